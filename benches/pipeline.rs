@@ -1,0 +1,103 @@
+//! Criterion benches of the request path's stages, each alone: HTTP parse, field extraction,
+//! ring push/pop, journal append. Run: `cargo bench --bench pipeline` (add `-- --quick` for a
+//! short run). Results and the machine they ran on go to perf/RESULTS.md.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use std::hint::black_box;
+
+use tracker::config::Config;
+use tracker::event::Event;
+use tracker::extract::{extract, IdGen, RequestView};
+use tracker::http::{self, HEADERS_MAX};
+
+/// The same realistic browser pixel request as perf/pixel.lua.
+const PIXEL: &[u8] = b"GET /i?c=12345&cr=678&p=0.25&site=news.example.com&cb=8815 HTTP/1.1\r\nHost: t.example.com\r\nConnection: keep-alive\r\nsec-ch-ua: \"Chromium\";v=\"124\", \"Google Chrome\";v=\"124\"\r\nsec-ch-ua-mobile: ?0\r\nUser-Agent: Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36\r\nsec-ch-ua-platform: \"Windows\"\r\nAccept: image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\nSec-Fetch-Dest: image\r\nReferer: https://news.example.com/world/article-123\r\nAccept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-US,en;q=0.9\r\nCookie: uid=5f2b1c9e-8d7a-4e3b-9a1f-0c2d3e4f5a6b; _ga=GA1.2.1234567890.1700000000\r\n\r\n";
+
+fn limits() -> http::Limits {
+    http::Limits { request_line_bytes_max: 4096, header_count_max: 64, header_bytes_max: 8192, body_bytes_max: 65536 }
+}
+
+fn bench_parse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("http");
+    g.throughput(Throughput::Elements(1));
+    let l = limits();
+    g.bench_function("parse_pixel_request", |b| {
+        b.iter(|| {
+            let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+            let r = http::parse(black_box(PIXEL), &mut headers, &l).ok().unwrap();
+            black_box(r.head_len)
+        })
+    });
+    g.finish();
+}
+
+fn bench_extract(c: &mut Criterion) {
+    let cfg = Config::embedded();
+    let ty = cfg.event_type("impression").unwrap().clone();
+    let l = limits();
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let req = http::parse(PIXEL, &mut headers, &l).ok().unwrap();
+    let view =
+        RequestView { query: req.query, headers: req.headers, client_ip: "203.0.113.7".parse().unwrap(), now_ns: 1 };
+    let mut ids = IdGen::new(0);
+    let mut ev = Event::ZERO;
+    let mut g = c.benchmark_group("extract");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("impression_fields", |b| {
+        b.iter(|| {
+            extract(&ty, black_box(&view), &mut ids, 0, 0, &mut ev).unwrap();
+            black_box(ev.slots[0])
+        })
+    });
+    g.finish();
+}
+
+fn bench_ring(c: &mut Criterion) {
+    let (mut p, mut cons) = tracker::ring::ring(1024);
+    let mut g = c.benchmark_group("ring");
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("push_pop_64", |b| {
+        b.iter(|| {
+            for i in 0..64u64 {
+                let e = p.reserve().unwrap();
+                e.seq = i;
+                p.commit();
+            }
+            black_box(cons.pop_batch(64, |e| black_box(e.seq) < u64::MAX))
+        })
+    });
+    g.finish();
+}
+
+fn bench_journal(c: &mut Criterion) {
+    // Each measured batch appends 10,000 records into a fresh, preallocated 8 MiB segment, so
+    // the disk use of a long run stays bounded and rotation cost is not part of the figure.
+    const RECORDS: u64 = 10_000;
+    let cfg = Config::embedded();
+    let mut ev = Event::ZERO;
+    ev.set_slot(0, 42);
+    let mut g = c.benchmark_group("journal");
+    g.throughput(Throughput::Elements(RECORDS));
+    g.bench_function("append_10k_records", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let (j, _) = tracker::journal::ShardJournal::open(dir.path(), 0, 8 << 20, &cfg.schema).unwrap();
+                (dir, j)
+            },
+            |(dir, mut j)| {
+                for i in 0..RECORDS {
+                    let mut e = ev;
+                    e.seq = i;
+                    j.append(&mut e).unwrap();
+                }
+                (dir, j)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_parse, bench_extract, bench_ring, bench_journal);
+criterion_main!(benches);

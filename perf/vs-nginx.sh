@@ -1,0 +1,549 @@
+#!/usr/bin/env bash
+# perf/vs-nginx.sh: load comparison of the tracker against nginx on the same box.
+#
+# Both servers get one core (SERVER_CPU, default 0), wrk gets the other (WRK_CPU, default 1),
+# both see byte-identical pixel requests (perf/pixel.lua), both log every request (nginx: a
+# buffered access log, buffer=64k flush=1s; the tracker: its journal). Runs alternate
+# nginx/tracker RUNS times; each run starts a fresh server, warms it up, then measures.
+# The primary metric is server CPU time per request, read from /proc/PID/stat.
+# See perf/README.md for what the columns mean and the caveats.
+#
+# Usage: perf/vs-nginx.sh [--no-build] [--write] [--no-results] [--help]
+#   --no-build    do not run `cargo build --release`; use target/release/tracker as is
+#   --write       rewrite the vs-nginx section of RESULTS.md with this run only
+#                 (default: append this run to that section)
+#   --no-results  do not touch RESULTS.md (stdout only)
+# Environment (defaults in brackets):
+#   CONNS [32] DURATION [10] (seconds) RUNS [3] WARMUP [2] (seconds, per run, not measured)
+#   SERVER_CPU [0] WRK_CPU [1] READY_TIMEOUT [10] (seconds)
+#   TRACKER_BIN   use this binary, never build
+#   TRACKER_ARGS  extra arguments appended to `tracker serve ...` (word-split)
+#   TRACKER_STANDIN=nginx  run a second, identical nginx in the tracker's slot (self-test)
+#   REQUIRE_TRACKER=1  fail instead of falling back to nginx only
+#   RESULTS_MD [perf/RESULTS.md]  NGINX [nginx]  WRK [wrk]  CARGO [cargo]  KEEP_TMP=1
+set -euo pipefail
+
+PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(dirname "$PERF_DIR")
+PIXEL_LUA=$PERF_DIR/pixel.lua
+# The path in perf/pixel.lua; used for the readiness probe.
+PIXEL_PATH='/i?c=12345&cr=678&p=0.25&site=news.example.com&cb=8f3a2c91d4e7b605'
+
+CONNS=${CONNS:-32}
+DURATION=${DURATION:-10}
+RUNS=${RUNS:-3}
+WARMUP=${WARMUP:-2}
+SERVER_CPU=${SERVER_CPU:-0}
+WRK_CPU=${WRK_CPU:-1}
+READY_TIMEOUT=${READY_TIMEOUT:-10}
+RESULTS_MD=${RESULTS_MD:-$PERF_DIR/RESULTS.md}
+NGINX=${NGINX:-nginx}
+WRK=${WRK:-wrk}
+CARGO=${CARGO:-cargo}
+TRACKER_STANDIN=${TRACKER_STANDIN:-}
+REQUIRE_TRACKER=${REQUIRE_TRACKER:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+
+# Command line as typed, with the knobs that change the result, for RESULTS.md.
+CMDLINE=""
+for v in CONNS DURATION RUNS WARMUP SERVER_CPU WRK_CPU TRACKER_BIN TRACKER_ARGS TRACKER_STANDIN; do
+  if [[ -n ${!v:-} ]]; then CMDLINE+="$v=$(printf '%q' "${!v}") "; fi
+done
+CMDLINE+="perf/vs-nginx.sh"
+for a in "$@"; do CMDLINE+=" $(printf '%q' "$a")"; done
+
+DO_BUILD=1
+RESULTS_MODE=append
+while (($#)); do
+  case $1 in
+    --no-build) DO_BUILD=0 ;;
+    --write) RESULTS_MODE=rewrite ;;
+    --no-results) RESULTS_MODE=none ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "vs-nginx: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+log() { printf '[vs-nginx] %s\n' "$*" >&2; }
+die() { printf '[vs-nginx] ERROR: %s\n' "$*" >&2; exit 1; }
+
+for v in CONNS DURATION RUNS WARMUP SERVER_CPU WRK_CPU READY_TIMEOUT; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
+done
+((RUNS >= 1 && DURATION >= 1 && CONNS >= 1)) || die "RUNS, DURATION and CONNS must be >= 1"
+((SERVER_CPU != WRK_CPU)) || die "SERVER_CPU and WRK_CPU must differ"
+for tool in "$NGINX" "$WRK" taskset curl getconf awk; do
+  command -v "$tool" >/dev/null || die "'$tool' not found in PATH"
+done
+[[ -r $PIXEL_LUA ]] || die "missing $PIXEL_LUA"
+[[ -d /sys/devices/system/cpu/cpu$SERVER_CPU && -d /sys/devices/system/cpu/cpu$WRK_CPU ]] ||
+  die "CPU $SERVER_CPU or $WRK_CPU does not exist"
+
+CLK_TCK=$(getconf CLK_TCK)
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/vs-nginx.XXXXXX")
+
+# ---------------------------------------------------------------- process bookkeeping / cleanup
+STARTED_PIDS=() # every server process we started (nginx masters and workers, the tracker)
+
+stop_pids() { # stop_pids SIGNAL PID... : signal, wait up to 5 s, then SIGKILL what is left
+  local sig=$1 p i alive
+  shift
+  (($#)) || return 0
+  for p in "$@"; do kill "-$sig" "$p" 2>/dev/null || true; done
+  for ((i = 0; i < 50; i++)); do
+    alive=0
+    for p in "$@"; do
+      if kill -0 "$p" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) != Z ]]; then alive=1; fi
+    done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for p in "$@"; do
+    if kill -0 "$p" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) != Z ]]; then
+      log "process $p did not stop on SIG$sig within 5 s; sending SIGKILL"
+      kill -KILL "$p" 2>/dev/null || true
+    fi
+  done
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done # reaps our own children only
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [[ -n ${CHILD_PID:-} ]]; then stop_pids TERM "$CHILD_PID"; fi
+  if ((${#STARTED_PIDS[@]})); then stop_pids TERM "${STARTED_PIDS[@]}"; fi
+  if [[ $KEEP_TMP == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- helpers
+free_port() {
+  if command -v python3 >/dev/null; then
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+    return
+  fi
+  local p i
+  for ((i = 0; i < 100; i++)); do
+    p=$((20000 + RANDOM % 40000))
+    if ! ss -Htln "sport = :$p" | grep -q .; then echo "$p"; return; fi
+  done
+  die "no free port found"
+}
+
+# Sum of utime+stime (clock ticks) over the given pids. /proc/PID/stat of a process covers all
+# of its threads (io_uring io-wq/sqpoll workers included). Fields 14 and 15; the comm field
+# (2) may contain spaces, so split after the last ')'.
+cpu_ticks() {
+  local p line sum=0
+  local -a f
+  for p in "$@"; do
+    line=$(<"/proc/$p/stat") || die "process $p vanished during the run"
+    read -r -a f <<<"${line##*) }"
+    sum=$((sum + f[11] + f[12]))
+  done
+  echo "$sum"
+}
+
+# Long-running children (cargo, wrk) run in the background and are waited for, so that a signal to
+# this script is handled at once (bash defers traps while a foreground child runs); cleanup stops
+# CHILD_PID if it is still set.
+CHILD_PID=""
+wait_child() { # wait_child PID: wait for a background child, return its status
+  local rc=0
+  CHILD_PID=$1
+  wait "$CHILD_PID" || rc=$?
+  CHILD_PID=""
+  return "$rc"
+}
+run_wrk() { # run_wrk OUTFILE TIMEOUT CMD...
+  local out=$1 limit=$2
+  shift 2
+  timeout "$limit" "$@" >"$out" 2>&1 &
+  wait_child $!
+}
+
+# "busy_jiffies total_jiffies steal_jiffies" for one CPU from /proc/stat.
+cpu_line() {
+  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t, $9 }' /proc/stat
+}
+
+children_of() { pgrep -P "$1" || true; }
+
+# Poll http://127.0.0.1:PORT/i until it answers 2xx. Bounded by READY_TIMEOUT.
+wait_ready() { # wait_ready NAME PID PORT LOGFILE
+  local name=$1 pid=$2 port=$3 logf=$4 code=000 i
+  for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      wait "$pid" 2>/dev/null && code=0 || code=$?
+      log "$name exited (status $code) before it became ready; last lines of $logf:"
+      tail -n 20 "$logf" >&2 || true
+      return 1
+    fi
+    code=$(curl -s -o /dev/null -w '%{http_code}' --connect-timeout 0.5 --max-time 1 \
+      "http://127.0.0.1:$port$PIXEL_PATH" 2>/dev/null) || true
+    [[ $code == 2?? ]] && return 0
+    sleep 0.1
+  done
+  log "$name did not answer 2xx on http://127.0.0.1:$port/i within ${READY_TIMEOUT}s (last HTTP code: $code); last lines of $logf:"
+  tail -n 20 "$logf" >&2 || true
+  return 1
+}
+
+# ---------------------------------------------------------------- nginx
+NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
+AFFINITY_MASK=1
+for ((k = 0; k < SERVER_CPU; k++)); do AFFINITY_MASK+=0; done
+
+write_nginx_conf() { # write_nginx_conf DIR PORT
+  local d=$1 port=$2
+  mkdir -p "$d/tmp"
+  cat >"$d/nginx.conf" <<EOF
+# generated by perf/vs-nginx.sh
+daemon off;
+master_process on;
+user $(id -un) $(id -gn);
+worker_processes 1;
+worker_cpu_affinity $AFFINITY_MASK;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+
+events {
+    worker_connections 4096;
+    use epoll;
+}
+
+http {
+    # combined + cookie + request time: \$request carries the full query string.
+    log_format pixel '\$remote_addr - \$remote_user [\$time_local] "\$request" \$status '
+                     '\$body_bytes_sent "\$http_referer" "\$http_user_agent" '
+                     '"\$http_cookie" \$request_time';
+    access_log off;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    server_tokens off;
+    client_body_temp_path $d/tmp/client;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        server_name _;
+        location = /i {
+            access_log $d/access.log pixel buffer=64k flush=1s;
+            return 204;
+        }
+        location / {
+            return 404;
+        }
+    }
+}
+EOF
+}
+
+# ---------------------------------------------------------------- tracker binary
+TRACKER_LABEL=tracker
+TRACKER_AVAILABLE=0
+TRACKER_NOTE=""
+if [[ $TRACKER_STANDIN == nginx ]]; then
+  TRACKER_AVAILABLE=1
+  TRACKER_LABEL="tracker (stand-in: nginx, self-test)"
+  TRACKER_NOTE="SELF-TEST: the tracker slot ran a second, identical nginx ($NGINX_VERSION)."
+elif [[ -n $TRACKER_STANDIN ]]; then
+  die "TRACKER_STANDIN supports only 'nginx'"
+else
+  if [[ -z ${TRACKER_BIN:-} ]]; then
+    TRACKER_BIN=${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/tracker
+    if ((DO_BUILD)); then
+      log "building the tracker: (cd $REPO_DIR && $CARGO build --release)"
+      (cd "$REPO_DIR" && exec "$CARGO" build --release >&2) &
+      if ! wait_child $!; then
+        TRACKER_NOTE="tracker not run: \`cargo build --release\` failed."
+        TRACKER_BIN=""
+      fi
+    fi
+  fi
+  if [[ -n $TRACKER_BIN && -z $TRACKER_NOTE ]]; then
+    if [[ ! -x $TRACKER_BIN ]]; then
+      TRACKER_NOTE="tracker not run: no executable at $TRACKER_BIN."
+    else
+      # The CLI this script drives: tracker serve --listen ADDR --shards N --journal-dir DIR
+      help=$(timeout 5 "$TRACKER_BIN" serve --help 2>&1) || true
+      missing=""
+      for flag in --listen --shards --journal-dir; do
+        [[ $help == *"$flag"* ]] || missing+=" $flag"
+      done
+      if [[ -n $missing ]]; then
+        TRACKER_NOTE="tracker not run: \`$TRACKER_BIN serve --help\` does not list:$missing (the serve CLI is not there yet)."
+      else
+        TRACKER_AVAILABLE=1
+      fi
+    fi
+  fi
+  if ((!TRACKER_AVAILABLE)); then
+    ((REQUIRE_TRACKER)) && die "$TRACKER_NOTE"
+    log "*** $TRACKER_NOTE Running nginx only. ***"
+  fi
+fi
+
+# ---------------------------------------------------------------- one run
+RUNS_TSV=$TMP/runs.tsv
+: >"$RUNS_TSV"
+SRV_PIDS=()     # pids measured for the current server
+SRV_MAIN_PID="" # master / main pid
+SERVER_CMDS=()  # command lines actually used, for the report
+
+start_server() { # start_server KIND DIR PORT ; sets SRV_PIDS SRV_MAIN_PID
+  local kind=$1 d=$2 port=$3
+  local -a cmd
+  if [[ $kind == nginx ]]; then
+    write_nginx_conf "$d" "$port"
+    "$NGINX" -t -q -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >"$d/server.log" 2>&1 ||
+      { cat "$d/server.log" >&2; die "generated nginx config is invalid ($d/nginx.conf)"; }
+    cmd=(taskset -c "$SERVER_CPU" "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/error.log")
+  else
+    mkdir -p "$d/journal"
+    # shellcheck disable=SC2206 # TRACKER_ARGS is meant to be word-split
+    cmd=(taskset -c "$SERVER_CPU" "$TRACKER_BIN" serve --listen "127.0.0.1:$port" --shards 1
+      --journal-dir "$d/journal" ${TRACKER_ARGS:-})
+  fi
+  "${cmd[@]}" >>"$d/server.log" 2>&1 &
+  SRV_MAIN_PID=$!
+  STARTED_PIDS+=("$SRV_MAIN_PID")
+  # Record the command with placeholders so it reads the same for every run.
+  local shown="${cmd[*]}"
+  shown=${shown//$d/\$RUNDIR}
+  shown=${shown//$port/\$PORT}
+  SERVER_CMDS+=("$shown")
+}
+
+# Runs one measured wrk against KIND; appends a line to RUNS_TSV.
+run_one() { # run_one KIND LABEL RUNNO
+  local kind=$1 label=$2 n=$3 real=$1
+  [[ $kind == tracker && $TRACKER_STANDIN == nginx ]] && real=nginx
+  local d=$TMP/run$n-$kind port
+  port=$(free_port)
+  mkdir -p "$d"
+  start_server "$real" "$d" "$port"
+  if ! wait_ready "$label" "$SRV_MAIN_PID" "$port" "$d/server.log"; then
+    [[ $real == nginx ]] && tail -n 20 "$d/error.log" >&2 2>/dev/null
+    die "$label did not become ready; giving up"
+  fi
+  SRV_PIDS=("$SRV_MAIN_PID")
+  if [[ $real == nginx ]]; then
+    local c
+    for c in $(children_of "$SRV_MAIN_PID"); do
+      SRV_PIDS+=("$c")
+      STARTED_PIDS+=("$c")
+    done
+    ((${#SRV_PIDS[@]} >= 2)) || die "nginx master $SRV_MAIN_PID has no worker"
+  fi
+  local url="http://127.0.0.1:$port/i"
+  local -a wrk_cmd=(taskset -c "$WRK_CPU" "$WRK" -t1 "-c$CONNS" "-d${DURATION}s" --latency -s "$PIXEL_LUA" "$url")
+  local warm_reqs=0
+  if ((WARMUP > 0)); then
+    run_wrk "$d/warmup.txt" $((WARMUP + 30)) taskset -c "$WRK_CPU" "$WRK" -t1 "-c$CONNS" "-d${WARMUP}s" -s "$PIXEL_LUA" "$url" ||
+      { cat "$d/warmup.txt" >&2; die "warm-up wrk against $label failed"; }
+    warm_reqs=$(awk '/^WRK_RESULT/ { for (i = 2; i <= NF; i++) if ($i ~ /^requests=/) { sub(/.*=/, "", $i); print $i } }' "$d/warmup.txt")
+  fi
+
+  local t0 t1 s0 s1 w0 w1
+  t0=$(cpu_ticks "${SRV_PIDS[@]}")
+  s0=$(cpu_line "$SERVER_CPU")
+  w0=$(cpu_line "$WRK_CPU")
+  run_wrk "$d/wrk.txt" $((DURATION + 30)) "${wrk_cmd[@]}" ||
+    { cat "$d/wrk.txt" >&2; die "wrk against $label failed"; }
+  t1=$(cpu_ticks "${SRV_PIDS[@]}")
+  s1=$(cpu_line "$SERVER_CPU")
+  w1=$(cpu_line "$WRK_CPU")
+  WRK_CMD_SHOWN="${wrk_cmd[*]}"
+  WRK_CMD_SHOWN=${WRK_CMD_SHOWN//$port/\$PORT}
+
+  # Graceful stop (nginx: QUIT flushes the buffered access log), then look at the log.
+  if [[ $real == nginx ]]; then stop_pids QUIT "${SRV_PIDS[@]}"; else stop_pids TERM "${SRV_PIDS[@]}"; fi
+  STARTED_PIDS=() # one server at a time: nothing of ours is left running now
+  local log_bytes log_lines=-1
+  if [[ $real == nginx ]]; then
+    log_bytes=$(stat -c %s "$d/access.log" 2>/dev/null || echo 0)
+    log_lines=$(wc -l <"$d/access.log" 2>/dev/null || echo 0)
+  else
+    log_bytes=$(du -sb "$d/journal" | awk '{print $1}')
+  fi
+
+  # Parse wrk: the WRK_RESULT line from pixel.lua's done(); the text report as a fallback.
+  local parsed
+  parsed=$(awk -v dur="$DURATION" '
+    function us(v) {   # "95.12us" / "1.23ms" / "2.00s" / "1.50m" -> microseconds
+      if (v ~ /us$/) return v + 0
+      if (v ~ /ms$/) return v * 1000
+      if (v ~ /m$/)  return v * 60e6
+      if (v ~ /s$/)  return v * 1e6
+      return v + 0
+    }
+    /^WRK_RESULT/ {
+      for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
+      have = 1
+    }
+    /Latency Distribution/ { indist = 1; next }
+    indist && $1 == "50%" { t50 = us($2) }
+    indist && $1 == "99%" { t99 = us($2); indist = 0 }
+    / requests in / { treq = $1 }
+    /^Requests\/sec:/ { trps = $2 }
+    /Socket errors:/ { gsub(/,/, ""); terr = $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx responses:/ { tnon = $NF }
+    END {
+      if (have) {
+        req = r["requests"]; rps = req / (r["duration_us"] / 1e6)
+        p50 = r["p50_us"]; p99 = r["p99_us"]
+        sock = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_timeout"]; non = r["err_status"]
+      } else {
+        req = treq; rps = trps; p50 = t50; p99 = t99; sock = terr + 0; non = tnon + 0
+      }
+      if (req == "" || rps == "" || p50 == "" || p99 == "") exit 1
+      printf "%d %.1f %.1f %.1f %d %d\n", req, rps, p50, p99, non, sock
+    }' "$d/wrk.txt") || { cat "$d/wrk.txt" >&2; die "could not parse wrk output for $label"; }
+  local req rps p50 p99 non sock
+  read -r req rps p50 p99 non sock <<<"$parsed"
+  ((req > 0)) || { cat "$d/wrk.txt" >&2; die "wrk completed 0 requests against $label"; }
+
+  local cpu_us srv_busy wrk_busy steal log_bpr
+  cpu_us=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$req" 'BEGIN { printf "%.2f", (b - a) / hz * 1e6 / n }')
+  read -r srv_busy steal <<<"$(awk -v a="$s0" -v b="$s1" 'BEGIN {
+    split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; if (t <= 0) t = 1
+    printf "%.0f %.1f", 100 * (y[1] - x[1]) / t, 100 * (y[3] - x[3]) / t }')"
+  wrk_busy=$(awk -v a="$w0" -v b="$w1" 'BEGIN {
+    split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; if (t <= 0) t = 1
+    printf "%.0f", 100 * (y[1] - x[1]) / t }')
+  # Requests the server saw: readiness probe(s) + warm-up + measured (+ up to CONNS in flight).
+  log_bpr=$(awk -v b="$log_bytes" -v n="$((req + warm_reqs + 1))" 'BEGIN { printf "%.0f", b / n }')
+
+  local logdesc
+  if [[ $real == nginx ]]; then
+    logdesc="access.log $log_lines lines, $log_bytes B"
+    if ((log_lines < req)); then
+      log "WARNING: $label access log has $log_lines lines for $req measured requests"
+    fi
+  else
+    logdesc="journal $log_bytes B"
+  fi
+  log "$(printf 'run %d %-8s %9.0f req/s  %6s us/req CPU  p50 %6.0f us  p99 %7.0f us  non2xx %d sock-err %d  core busy srv %s%% (steal %s%%) wrk %s%%  %s' \
+    "$n" "$kind" "$rps" "$cpu_us" "$p50" "$p99" "$non" "$sock" "$srv_busy" "$steal" "$wrk_busy" "$logdesc")"
+  printf '%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n' \
+    "$kind" "$n" "$rps" "$cpu_us" "$p50" "$p99" "$non" "$sock" "$srv_busy" "$wrk_busy" "$log_bpr" "$req" "$steal" >>"$RUNS_TSV"
+}
+
+# ---------------------------------------------------------------- main loop
+log "nginx: $NGINX_VERSION; server core $SERVER_CPU, wrk core $WRK_CPU; CONNS=$CONNS DURATION=${DURATION}s RUNS=$RUNS WARMUP=${WARMUP}s"
+for ((n = 1; n <= RUNS; n++)); do
+  # Alternate which server goes first so slow drifts of the noisy VM hit both alike.
+  if ((n % 2 == 1)); then order=(nginx tracker); else order=(tracker nginx); fi
+  for kind in "${order[@]}"; do
+    if [[ $kind == nginx ]]; then
+      run_one nginx nginx "$n"
+    elif ((TRACKER_AVAILABLE)); then
+      run_one tracker "$TRACKER_LABEL" "$n"
+    fi
+  done
+done
+
+# ---------------------------------------------------------------- report
+# stats COLUMN KIND -> "median min max" of that column (1-based, see runs.tsv) for that server
+stats() {
+  awk -F'\t' -v c="$1" -v k="$2" '$1 == k { print $c }' "$RUNS_TSV" | sort -g |
+    awk '{ v[NR] = $1 } END {
+      if (NR == 0) { print "nan nan nan"; exit }
+      m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+      print m, v[1], v[NR] }'
+}
+
+table_for() { # table_for KIND LABEL
+  local kind=$1 label=$2 nruns
+  nruns=$(awk -F'\t' -v k="$kind" '$1 == k' "$RUNS_TSV" | wc -l)
+  printf '**%s**, %d run(s)\n\n' "$label" "$nruns"
+  printf '| metric | median | min | max |\n|---|---:|---:|---:|\n'
+  local row col name fmt m lo hi
+  for row in "3|req/s|%.0f" "4|server CPU µs/req|%.2f" "5|p50 latency µs|%.0f" "6|p99 latency µs|%.0f" \
+    "7|non-2xx responses|%.0f" "8|socket errors|%.0f" "9|server core busy %|%.0f" "10|wrk core busy %|%.0f" \
+    "11|log bytes/req|%.0f"; do
+    IFS='|' read -r col name fmt <<<"$row"
+    read -r m lo hi <<<"$(stats "$col" "$kind")"
+    # shellcheck disable=SC2059 # fmt is ours
+    printf "| %s | $fmt | $fmt | $fmt |\n" "$name" "$m" "$lo" "$hi"
+  done
+  printf '\n'
+}
+
+ratio_line() { # ratio_line COLUMN NUMERATOR_KIND DENOMINATOR_KIND -> "R (per-run pairs lo–hi)"
+  local c=$1 a=$2 b=$3
+  awk -F'\t' -v c="$c" -v a="$a" -v b="$b" '
+    $1 == a { x[$2] = $c; sx[++na] = $c }
+    $1 == b { y[$2] = $c; sy[++nb] = $c }
+    function med(s, n,   i, j, t) {
+      for (i = 2; i <= n; i++) { t = s[i]; for (j = i - 1; j >= 1 && s[j] > t; j--) s[j + 1] = s[j]; s[j + 1] = t }
+      return (n % 2) ? s[(n + 1) / 2] : (s[n / 2] + s[n / 2 + 1]) / 2
+    }
+    END {
+      r = med(sy, nb); if (r == 0) { print "n/a"; exit }
+      r = med(sx, na) / r
+      lo = ""; hi = ""
+      for (k in x) if ((k in y) && y[k] > 0) { q = x[k] / y[k]; if (lo == "" || q < lo) lo = q; if (hi == "" || q > hi) hi = q }
+      printf "%.2f (per-run pairs %.2f–%.2f)\n", r, lo, hi
+    }' "$RUNS_TSV"
+}
+
+REPORT=$TMP/report.md
+# shellcheck disable=SC2016 # the backticks are markdown code spans, not command substitution
+{
+  printf '### %s: tracker vs nginx (perf/vs-nginx.sh)\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+  printf -- '- kernel: `%s`; CPU: %s (%s online); nginx: %s; wrk: %s\n' "$(uname -r)" \
+    "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" "$(nproc)" "$NGINX_VERSION" \
+    "$("$WRK" -v 2>&1 | awk 'NR == 1 { print $2 }')"
+  printf -- '- command: `%s` (cwd %s)\n' "$CMDLINE" "$REPO_DIR"
+  printf -- '- wrk: `%s`\n' "$WRK_CMD_SHOWN"
+  printf '%s\n' "${SERVER_CMDS[@]}" | sort -u | while IFS= read -r c; do
+    printf -- '- server: `%s`\n' "$c"
+  done
+  printf -- '- each run: fresh server, %ss warm-up (not measured), then %ss measured; runs alternate nginx/tracker\n' "$WARMUP" "$DURATION"
+  [[ -n $TRACKER_NOTE ]] && printf -- '- **%s**\n' "$TRACKER_NOTE"
+  printf '\n'
+  table_for nginx "$NGINX_VERSION (1 worker, access_log buffer=64k flush=1s)"
+  if ((TRACKER_AVAILABLE)); then
+    if [[ -n $TRACKER_STANDIN ]]; then table_for tracker "$TRACKER_LABEL"; else table_for tracker "$TRACKER_LABEL (--shards 1, journal on)"; fi
+    printf -- '- throughput tracker/nginx (req/s): **%s**\n' "$(ratio_line 3 tracker nginx)"
+    printf -- '- CPU per request nginx/tracker (>1: tracker is cheaper): **%s**\n' "$(ratio_line 4 nginx tracker)"
+    printf '\n'
+  fi
+} >"$REPORT"
+
+printf '\n'
+cat "$REPORT"
+
+# ---------------------------------------------------------------- RESULTS.md
+if [[ $RESULTS_MODE != none ]]; then
+  BEGIN_MARK='<!-- vs-nginx:begin -->'
+  END_MARK='<!-- vs-nginx:end -->'
+  if [[ ! -f $RESULTS_MD ]]; then
+    printf '# tracker perf results\n\nWritten by the scripts in perf/ (see perf/README.md). Newest entries last.\n\n' >"$RESULTS_MD"
+  fi
+  if ! grep -qF "$BEGIN_MARK" "$RESULTS_MD" || ! grep -qF "$END_MARK" "$RESULTS_MD"; then
+    printf '\n## vs-nginx\n\n%s\n%s\n' "$BEGIN_MARK" "$END_MARK" >>"$RESULTS_MD"
+  fi
+  NEW_MD=$TMP/results.md
+  awk -v b="$BEGIN_MARK" -v e="$END_MARK" -v rep="$REPORT" -v mode="$RESULTS_MODE" '
+    function emit(   l) { while ((getline l < rep) > 0) print l; close(rep) }
+    $0 == b { print; inside = 1; next }
+    $0 == e { emit(); print; inside = 0; next }
+    inside && mode == "rewrite" { next }
+    { print }' "$RESULTS_MD" >"$NEW_MD"
+  cat "$NEW_MD" >"$RESULTS_MD"
+  if [[ $RESULTS_MODE == rewrite ]]; then
+    log "rewrote the vs-nginx section of $RESULTS_MD"
+  else
+    log "appended to the vs-nginx section of $RESULTS_MD"
+  fi
+fi

@@ -1,0 +1,743 @@
+//! Configuration: TOML text → `RawConfig` (serde, unknown keys refused) → `validate` → `Config`,
+//! a value the runtime cannot misuse (limits in range, every endpoint names a known event type,
+//! every field has a slot and a byte range, defaults already parsed).
+//!
+//! Errors are cold-path and rich: each names the file, the line, the key, the bad value and
+//! what was expected. Validation collects every error rather than stopping at the first.
+
+mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use crate::constants::*;
+use crate::event::{SLOTS, STR_BYTES};
+use crate::schema::{FieldKind, FieldSchema, Schema, TypeSchema, SCHEMA_VERSION};
+use raw::{RawConfig, S};
+
+/// The embedded default: the same text as config/tracker.toml.
+pub const DEFAULT_TOML: &str = include_str!("../../config/tracker.toml");
+pub const DEFAULT_NAME: &str = "<embedded config/tracker.toml>";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: Server,
+    pub journal: Journal,
+    pub endpoints: Vec<Endpoint>,
+    pub types: Vec<EventType>,
+    /// What the journal embeds in every segment header.
+    pub schema: Schema,
+}
+
+#[derive(Clone, Debug)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// 0 = one per allowed CPU; resolved by the runtime.
+    pub shards: usize,
+    pub connections_per_shard_max: usize,
+    pub request_line_bytes_max: usize,
+    pub header_count_max: usize,
+    pub header_bytes_max: usize,
+    pub body_bytes_max: usize,
+    pub header_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub ring_events: usize,
+    pub io_uring_entries: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    None,
+    Interval,
+    Always,
+}
+
+#[derive(Clone, Debug)]
+pub struct Journal {
+    pub dir: PathBuf,
+    pub segment_bytes: u64,
+    pub sync: SyncPolicy,
+    pub sync_interval_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// GET, and HEAD answered like it.
+    Get,
+    Post,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseKind {
+    Gif,
+    NoContent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// Answer after the ring push.
+    Received,
+    /// Answer after the event is in the mmapped segment.
+    Logged,
+}
+
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub path: String,
+    pub method: Method,
+    pub type_id: u16,
+    pub response: ResponseKind,
+    pub ack: Ack,
+}
+
+/// Where a field's value comes from in the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Query parameter, compared byte for byte with the raw (undecoded) name.
+    Query(String),
+    /// Header, lower-cased name, compared case-insensitively.
+    Header(String),
+    Cookie(String),
+    ClientIp,
+    UserAgent,
+    Referer,
+    /// Receive time, unix milliseconds.
+    TimeMs,
+}
+
+#[derive(Clone, Debug)]
+pub struct Field {
+    pub name: String,
+    pub source: Source,
+    pub kind: FieldKind,
+    pub slot: usize,
+    /// Byte range in the event's byte area (strings, ip).
+    pub offset: usize,
+    pub max: usize,
+    pub required: bool,
+    pub default: Option<DefaultValue>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DefaultValue {
+    Num(u64),
+    Bytes(Vec<u8>),
+}
+
+#[derive(Clone, Debug)]
+pub struct EventType {
+    pub id: u16,
+    pub name: String,
+    pub fields: Vec<Field>,
+    /// Field indexes (into `fields`) that form the deterministic id.
+    pub identity: Vec<usize>,
+    /// Sources of a client-supplied id, first present wins.
+    pub id_from: Vec<Source>,
+}
+
+/// One problem in a config file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}: {}", self.file, self.line, self.key, self.message)
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// The embedded default configuration.
+    pub fn embedded() -> Config {
+        Config::parse(DEFAULT_TOML, DEFAULT_NAME).expect("embedded config/tracker.toml is valid")
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: name.clone(),
+                line: 0,
+                key: "-".into(),
+                message: format!("cannot read the file: {e}"),
+            }])
+        })?;
+        Config::parse(&text, &name)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+            ConfigErrors(vec![ConfigError {
+                file: file.into(),
+                line,
+                key: key_of_toml_error(text, e.span()),
+                message: e.message().to_string(),
+            }])
+        })?;
+        let mut v = Validator { text, file, errors: Vec::new() };
+        let cfg = v.config(raw);
+        if v.errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+
+    pub fn event_type(&self, name: &str) -> Option<&EventType> {
+        self.types.iter().find(|t| t.name == name)
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// For a TOML/serde error, the text under its span (usually the offending key), or "-".
+fn key_of_toml_error(text: &str, span: Option<Range<usize>>) -> String {
+    match span {
+        Some(s) if s.end <= text.len() && s.end > s.start && s.end - s.start <= 80 => {
+            let t = text[s].trim();
+            if t.contains('\n') || t.is_empty() {
+                "-".into()
+            } else {
+                t.to_string()
+            }
+        }
+        _ => "-".into(),
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.into(),
+            line: line_of(self.text, span.start),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// An integer in `lo..=hi`, or `default` when absent.
+    fn int(&mut self, v: &Option<S<i64>>, key: &str, default: i64, lo: i64, hi: i64) -> i64 {
+        match v {
+            None => default,
+            Some(s) => {
+                let x = *s.get_ref();
+                if x < lo || x > hi {
+                    self.err(s.span(), key, format!("{x} is out of range: expected {lo}..={hi}"));
+                    default
+                } else {
+                    x
+                }
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, v: &Option<S<String>>, key: &str, default: T, options: &[(&str, T)]) -> T {
+        let Some(s) = v else { return default };
+        match options.iter().find(|(n, _)| *n == s.get_ref().as_str()) {
+            Some((_, t)) => *t,
+            None => {
+                let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+                self.err(s.span(), key, format!("\"{}\" is not one of {}", s.get_ref(), names.join(", ")));
+                default
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let server = self.server(&raw.server);
+        let journal = self.journal(&raw.journal);
+        let (types, schema) = self.types(&raw.event);
+        let endpoints = self.endpoints(&raw.endpoint, &types);
+        Config { server, journal, endpoints, types, schema }
+    }
+
+    fn server(&mut self, r: &raw::RawServer) -> Server {
+        let listen = match &r.listen {
+            None => "0.0.0.0:8080".parse().unwrap(),
+            Some(s) => match s.get_ref().parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    self.err(
+                        s.span(),
+                        "server.listen",
+                        format!(
+                            "\"{}\" is not an address: expected IP:PORT such as \"0.0.0.0:8080\" or \"[::]:8080\"",
+                            s.get_ref()
+                        ),
+                    );
+                    "0.0.0.0:8080".parse().unwrap()
+                }
+            },
+        };
+        let ring_events =
+            self.int(&r.ring_events, "server.ring_events", 16384, RING_EVENTS_MIN as i64, RING_EVENTS_MAX as i64);
+        if !(ring_events as u64).is_power_of_two() {
+            let s = r.ring_events.as_ref().unwrap();
+            self.err(s.span(), "server.ring_events", format!("{ring_events} is not a power of two"));
+        }
+        let entries = self.int(&r.io_uring_entries, "server.io_uring_entries", 1024, 32, 32768);
+        if !(entries as u64).is_power_of_two() {
+            let s = r.io_uring_entries.as_ref().unwrap();
+            self.err(s.span(), "server.io_uring_entries", format!("{entries} is not a power of two"));
+        }
+        let request_line = self.int(&r.request_line_bytes_max, "server.request_line_bytes_max", 4096, 64, 65536);
+        let header_bytes = self.int(&r.header_bytes_max, "server.header_bytes_max", 8192, 256, 1 << 20);
+        if request_line >= header_bytes {
+            let span = r.request_line_bytes_max.as_ref().map(|s| s.span()).unwrap_or(0..0);
+            self.err(
+                span,
+                "server.request_line_bytes_max",
+                format!("{request_line} is not below server.header_bytes_max ({header_bytes}); the request line is part of the head"),
+            );
+        }
+        Server {
+            listen,
+            shards: self.int(&r.shards, "server.shards", 0, 0, SHARDS_MAX as i64) as usize,
+            connections_per_shard_max: self.int(
+                &r.connections_per_shard_max,
+                "server.connections_per_shard_max",
+                1024,
+                1,
+                1 << 20,
+            ) as usize,
+            request_line_bytes_max: request_line as usize,
+            header_count_max: self.int(
+                &r.header_count_max,
+                "server.header_count_max",
+                HEADERS_MAX as i64,
+                1,
+                HEADERS_MAX as i64,
+            ) as usize,
+            header_bytes_max: header_bytes as usize,
+            body_bytes_max: self.int(&r.body_bytes_max, "server.body_bytes_max", 65536, 0, 16 << 20) as usize,
+            header_read_timeout_ms: self.int(
+                &r.header_read_timeout_ms,
+                "server.header_read_timeout_ms",
+                10_000,
+                100,
+                600_000,
+            ) as u64,
+            idle_timeout_ms: self.int(&r.idle_timeout_ms, "server.idle_timeout_ms", 60_000, 100, 3_600_000) as u64,
+            ring_events: ring_events as usize,
+            io_uring_entries: entries as u32,
+        }
+    }
+
+    fn journal(&mut self, r: &raw::RawJournal) -> Journal {
+        let segment_bytes = self.int(
+            &r.segment_bytes,
+            "journal.segment_bytes",
+            64 << 20,
+            SEGMENT_BYTES_MIN as i64,
+            SEGMENT_BYTES_MAX as i64,
+        ) as u64;
+        if !segment_bytes.is_multiple_of(4096) {
+            let s = r.segment_bytes.as_ref().unwrap();
+            self.err(
+                s.span(),
+                "journal.segment_bytes",
+                format!("{segment_bytes} is not a multiple of 4096 (the page size)"),
+            );
+        }
+        let dir = match &r.dir {
+            Some(s) if s.get_ref().is_empty() => {
+                self.err(s.span(), "journal.dir", "empty: expected a directory path");
+                PathBuf::from("journal")
+            }
+            Some(s) => PathBuf::from(s.get_ref()),
+            None => PathBuf::from("journal"),
+        };
+        Journal {
+            dir,
+            segment_bytes,
+            sync: self.choice(
+                &r.sync,
+                "journal.sync",
+                SyncPolicy::Interval,
+                &[("none", SyncPolicy::None), ("interval", SyncPolicy::Interval), ("always", SyncPolicy::Always)],
+            ),
+            sync_interval_ms: self.int(&r.sync_interval_ms, "journal.sync_interval_ms", 1000, 1, 3_600_000) as u64,
+        }
+    }
+
+    fn endpoints(&mut self, raw: &[S<raw::RawEndpoint>], types: &[EventType]) -> Vec<Endpoint> {
+        let mut out: Vec<Endpoint> = Vec::new();
+        if raw.len() > ENDPOINTS_MAX {
+            self.err(raw[ENDPOINTS_MAX].span(), "endpoint", format!("more than {ENDPOINTS_MAX} endpoints"));
+        }
+        for (i, e) in raw.iter().enumerate() {
+            let key = |k: &str| format!("endpoint[{i}].{k}");
+            let r = e.get_ref();
+            let path = r.path.get_ref();
+            if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == b'?' || b == b'#' || b >= 0x7f) {
+                self.err(
+                    r.path.span(),
+                    key("path"),
+                    format!("\"{path}\" is not a path: expected /something without spaces, '?' or '#'"),
+                );
+            }
+            let method =
+                self.choice(&r.method, &key("method"), Method::Get, &[("GET", Method::Get), ("POST", Method::Post)]);
+            let response = self.choice(
+                &r.response,
+                &key("response"),
+                ResponseKind::NoContent,
+                &[("gif", ResponseKind::Gif), ("no_content", ResponseKind::NoContent)],
+            );
+            let ack = self.choice(
+                &r.ack,
+                &key("ack"),
+                Ack::Received,
+                &[("received", Ack::Received), ("logged", Ack::Logged)],
+            );
+            let type_id = match types.iter().find(|t| &t.name == r.event.get_ref()) {
+                Some(t) => t.id,
+                None => {
+                    let names: Vec<&str> = types.iter().map(|t| t.name.as_str()).collect();
+                    self.err(
+                        r.event.span(),
+                        key("event"),
+                        format!(
+                            "\"{}\" is not a declared event type: expected one of [{}] (declare it as [event.{}])",
+                            r.event.get_ref(),
+                            names.join(", "),
+                            r.event.get_ref()
+                        ),
+                    );
+                    0
+                }
+            };
+            if let Some(prev) = out.iter().position(|o| o.path == *path && o.method == method) {
+                self.err(
+                    r.path.span(),
+                    key("path"),
+                    format!("\"{path}\" with this method is already served by endpoint[{prev}]"),
+                );
+            }
+            out.push(Endpoint { path: path.clone(), method, type_id, response, ack });
+        }
+        out
+    }
+
+    fn types(&mut self, raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>) -> (Vec<EventType>, Schema) {
+        let mut types = Vec::new();
+        for (i, (name, ev)) in raw.iter().enumerate() {
+            if i >= EVENT_TYPES_MAX {
+                self.err(ev.span(), format!("event.{name}"), format!("more than {EVENT_TYPES_MAX} event types"));
+                break;
+            }
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                self.err(ev.span(), format!("event.{name}"), "event type names use only letters, digits, '_' and '-'");
+            }
+            types.push(self.event_type(i as u16, name, ev.get_ref()));
+        }
+        let schema = Schema {
+            version: SCHEMA_VERSION,
+            event_bytes: crate::event::EVENT_BYTES as u32,
+            types: types
+                .iter()
+                .map(|t| TypeSchema {
+                    id: t.id,
+                    name: t.name.clone(),
+                    fields: t
+                        .fields
+                        .iter()
+                        .map(|f| FieldSchema {
+                            name: f.name.clone(),
+                            kind: f.kind,
+                            slot: f.slot as u8,
+                            offset: f.offset as u16,
+                            max: f.max as u16,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        (types, schema)
+    }
+
+    fn event_type(&mut self, id: u16, name: &str, r: &raw::RawEvent) -> EventType {
+        let mut fields: Vec<Field> = Vec::new();
+        let mut area = 0usize;
+        if r.fields.len() > SLOTS {
+            self.err(
+                r.fields[SLOTS].span(),
+                format!("event.{name}.fields"),
+                format!("{} fields: at most {SLOTS} per event type", r.fields.len()),
+            );
+        }
+        for (i, f) in r.fields.iter().enumerate().take(SLOTS) {
+            let key = |k: &str| format!("event.{name}.fields[{i}].{k}");
+            let f = f.get_ref();
+            let fname = f.name.get_ref();
+            if fname.is_empty() || !fname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                self.err(
+                    f.name.span(),
+                    key("name"),
+                    format!("\"{fname}\": field names use only letters, digits and '_'"),
+                );
+            }
+            if fields.iter().any(|o| o.name == *fname) {
+                self.err(f.name.span(), key("name"), format!("\"{fname}\" is declared twice"));
+            }
+            let kind = match f.kind.get_ref().as_str() {
+                "u64" => FieldKind::U64,
+                "u32" => FieldKind::U32,
+                "i64" => FieldKind::I64,
+                "money" => FieldKind::Money,
+                "string" => FieldKind::Str,
+                "ip" => FieldKind::Ip,
+                other => {
+                    self.err(f.kind.span(), key("type"), format!("\"{other}\" is not a type: expected one of \"u64\", \"u32\", \"i64\", \"money\", \"string\", \"ip\""));
+                    FieldKind::U64
+                }
+            };
+            let source = self.source(f.source.get_ref(), f.source.span(), &key("source"));
+            if source == Source::ClientIp && kind != FieldKind::Ip {
+                self.err(f.kind.span(), key("type"), "client.ip must be stored as type \"ip\"");
+            }
+            if source == Source::TimeMs && !matches!(kind, FieldKind::U64 | FieldKind::I64) {
+                self.err(f.kind.span(), key("type"), "request.time_ms must be stored as type \"u64\" or \"i64\"");
+            }
+            let max = match (kind, &f.max_bytes) {
+                (FieldKind::Str, None) => 64,
+                (FieldKind::Str, Some(m)) => {
+                    let v = *m.get_ref();
+                    if v < 1 || v as usize > FIELD_STR_BYTES_MAX {
+                        self.err(
+                            m.span(),
+                            key("max_bytes"),
+                            format!("{v} is out of range: expected 1..={FIELD_STR_BYTES_MAX}"),
+                        );
+                        1
+                    } else {
+                        v as usize
+                    }
+                }
+                (_, Some(m)) => {
+                    self.err(m.span(), key("max_bytes"), "max_bytes applies to type \"string\" only");
+                    0
+                }
+                (k, None) => k.area_bytes(0) as usize,
+            };
+            let offset = area;
+            area += max;
+            if area > STR_BYTES {
+                self.err(
+                    f.name.span(),
+                    key("max_bytes"),
+                    format!("the strings and ips of event.{name} need {area} bytes so far: at most {STR_BYTES} (shorten max_bytes)"),
+                );
+            }
+            let default = f.default.as_ref().and_then(|d| self.default_value(d, kind, max, &key("default")));
+            let required = f.required.as_ref().map(|r| *r.get_ref()).unwrap_or(false);
+            if required && default.is_some() {
+                self.err(f.default.as_ref().unwrap().span(), key("default"), "a required field cannot have a default");
+            }
+            fields.push(Field { name: fname.clone(), source, kind, slot: i, offset, max, required, default });
+        }
+        let mut identity = Vec::new();
+        if let Some(ids) = &r.identity {
+            for n in ids.get_ref() {
+                match fields.iter().position(|f| &f.name == n.get_ref()) {
+                    Some(p) => identity.push(p),
+                    None => self.err(
+                        n.span(),
+                        format!("event.{name}.identity"),
+                        format!("\"{}\" is not a field of event.{name}", n.get_ref()),
+                    ),
+                }
+            }
+        }
+        let id_from = match &r.id_from {
+            None => vec![Source::Query("eid".into())],
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .map(|s| self.source(s.get_ref(), s.span(), &format!("event.{name}.id_from")))
+                .collect(),
+        };
+        EventType { id, name: name.to_string(), fields, identity, id_from }
+    }
+
+    fn source(&mut self, s: &str, span: Range<usize>, key: &str) -> Source {
+        let named = |p: &str| {
+            s.strip_prefix(p)
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b'&' && b != b'='))
+        };
+        if let Some(n) = named("query.") {
+            Source::Query(n.to_string())
+        } else if let Some(n) = named("header.") {
+            Source::Header(n.to_ascii_lowercase())
+        } else if let Some(n) = named("cookie.") {
+            Source::Cookie(n.to_string())
+        } else {
+            match s {
+                "client.ip" => Source::ClientIp,
+                "request.user_agent" => Source::UserAgent,
+                "request.referer" => Source::Referer,
+                "request.time_ms" => Source::TimeMs,
+                _ => {
+                    self.err(
+                        span,
+                        key,
+                        format!("\"{s}\" is not a source: expected query.<param>, header.<name>, cookie.<name>, client.ip, request.user_agent, request.referer or request.time_ms"),
+                    );
+                    Source::ClientIp
+                }
+            }
+        }
+    }
+
+    fn default_value(&mut self, d: &S<toml::Value>, kind: FieldKind, max: usize, key: &str) -> Option<DefaultValue> {
+        let text = match d.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => {
+                self.err(d.span(), key, format!("{other} is not a value for a {kind:?} field"));
+                return None;
+            }
+        };
+        let parsed = match kind {
+            FieldKind::Str => {
+                if text.len() > max {
+                    self.err(d.span(), key, format!("\"{text}\" is {} bytes: longer than max_bytes {max}", text.len()));
+                    return None;
+                }
+                return Some(DefaultValue::Bytes(text.into_bytes()));
+            }
+            FieldKind::Ip => {
+                self.err(d.span(), key, "ip fields take no default");
+                return None;
+            }
+            k => crate::extract::parse_number(k, text.as_bytes()),
+        };
+        match parsed {
+            Ok((v, _)) => Some(DefaultValue::Num(v)),
+            Err(why) => {
+                self.err(d.span(), key, format!("\"{text}\" {why}"));
+                None
+            }
+        }
+    }
+}
+
+/// Command-line overrides of file values (`tracker serve --listen ... --journal-dir ... --shards N`).
+#[derive(Default, Clone, Debug)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub journal_dir: Option<PathBuf>,
+    pub shards: Option<usize>,
+}
+
+impl Config {
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(l) = o.listen {
+            self.server.listen = l;
+        }
+        if let Some(d) = &o.journal_dir {
+            self.journal.dir = d.clone();
+        }
+        if let Some(s) = o.shards {
+            self.server.shards = s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_serves_the_required_endpoints() {
+        let c = Config::embedded();
+        for p in ["/i", "/cv", "/v", "/win", "/bill", "/e"] {
+            assert!(c.endpoints.iter().any(|e| e.path == p), "{p} missing");
+        }
+        let imp = c.event_type("impression").unwrap();
+        let f = |n: &str| imp.fields.iter().find(|f| f.name == n).unwrap();
+        assert_eq!(f("campaign_id").source, Source::Query("c".into()));
+        assert_eq!(f("campaign_id").kind, FieldKind::U64);
+        assert_eq!(f("creative_id").source, Source::Query("cr".into()));
+        assert_eq!(f("price").kind, FieldKind::Money);
+        assert_eq!(imp.id_from, vec![Source::Query("eid".into())]);
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        Config::parse(text, "t.toml").expect_err("expected errors").0
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = errors("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].file.as_str(), e[0].line, e[0].key.as_str()), ("t.toml", 3, "lisen"));
+        assert!(e[0].message.contains("unknown field"), "{}", e[0]);
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_with_its_line() {
+        let text = "[server]\nshards = 9999\nring_events = 1000\n\n[journal]\nsync = \"sometimes\"\n\n[[endpoint]]\npath = \"/i\"\nevent = \"nope\"\n\n[event.x]\nfields = [\n  { name = \"a\", source = \"query.a\", type = \"float\" },\n  { name = \"b\", source = \"body.b\", type = \"u64\" },\n  { name = \"c\", source = \"query.c\", type = \"u32\", default = \"12x\" },\n]\n";
+        let e = errors(text);
+        let got: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        for want in [
+            (2, "server.shards"),
+            (3, "server.ring_events"),
+            (6, "journal.sync"),
+            (10, "endpoint[0].event"),
+            (14, "event.x.fields[0].type"),
+            (15, "event.x.fields[1].source"),
+            (16, "event.x.fields[2].default"),
+        ] {
+            assert!(got.contains(&want), "missing {want:?} in {got:?}");
+        }
+        let shards = e.iter().find(|e| e.key == "server.shards").unwrap();
+        assert!(shards.message.contains("9999") && shards.message.contains("0..=256"), "{shards}");
+    }
+
+    #[test]
+    fn byte_area_overflow_is_refused() {
+        let text = "[event.x]\nfields = [\n  { name = \"a\", source = \"query.a\", type = \"string\", max_bytes = 300 },\n  { name = \"b\", source = \"query.b\", type = \"string\", max_bytes = 30 },\n]\n";
+        let e = errors(text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].line, 4);
+        assert!(e[0].message.contains("330"), "{}", e[0]);
+    }
+}

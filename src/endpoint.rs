@@ -1,0 +1,75 @@
+//! Routing: (method, path) → endpoint index, built once from config. A linear scan over a few
+//! dozen byte strings beats hashing at this size and allocates nothing.
+
+use crate::config::{Config, Method};
+
+pub enum Route {
+    Found(u16),
+    /// The path exists for other methods; the value is the `Allow` header's value.
+    MethodNotAllowed(&'static str),
+    NotFound,
+}
+
+/// The request's method as routing sees it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RequestMethod {
+    Get,
+    Head,
+    Post,
+    Other,
+}
+
+pub struct Routes {
+    paths: Vec<(Box<[u8]>, Method, u16)>,
+}
+
+impl Routes {
+    pub fn new(cfg: &Config) -> Routes {
+        Routes {
+            paths: cfg
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.path.as_bytes().into(), e.method, i as u16))
+                .collect(),
+        }
+    }
+
+    #[inline]
+    pub fn route(&self, method: RequestMethod, path: &[u8]) -> Route {
+        let (mut get, mut post) = (false, false);
+        for (p, m, i) in &self.paths {
+            if &p[..] != path {
+                continue;
+            }
+            match (m, method) {
+                (Method::Get, RequestMethod::Get | RequestMethod::Head) | (Method::Post, RequestMethod::Post) => {
+                    return Route::Found(*i)
+                }
+                (Method::Get, _) => get = true,
+                (Method::Post, _) => post = true,
+            }
+        }
+        match (get, post) {
+            (false, false) => Route::NotFound,
+            (true, false) => Route::MethodNotAllowed("GET, HEAD"),
+            (false, true) => Route::MethodNotAllowed("POST"),
+            (true, true) => Route::MethodNotAllowed("GET, HEAD, POST"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_routes_like_get_and_wrong_method_names_allow() {
+        let r = Routes::new(&Config::embedded());
+        assert!(matches!(r.route(RequestMethod::Get, b"/i"), Route::Found(0)));
+        assert!(matches!(r.route(RequestMethod::Head, b"/i"), Route::Found(0)));
+        assert!(matches!(r.route(RequestMethod::Post, b"/i"), Route::MethodNotAllowed("GET, HEAD")));
+        assert!(matches!(r.route(RequestMethod::Get, b"/nope"), Route::NotFound));
+        assert!(matches!(r.route(RequestMethod::Get, b"/i/"), Route::NotFound));
+    }
+}

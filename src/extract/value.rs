@@ -1,0 +1,179 @@
+//! Value decoding for extraction: percent-decoding straight into a destination slice, and the
+//! number and money parsers. Pure, allocation-free, shared with config validation of defaults.
+
+use crate::schema::FieldKind;
+
+/// Why a value was refused (the caller prefixes the field name).
+pub type Why = &'static str;
+
+#[inline]
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decodes a query value (`+` is a space) into `dst`. Returns the bytes written and
+/// whether the decoded value was longer than `dst` (the rest is validated, then dropped).
+pub fn percent_decode(src: &[u8], dst: &mut [u8]) -> Result<(usize, bool), Why> {
+    let (mut i, mut n, mut truncated) = (0usize, 0usize, false);
+    while i < src.len() {
+        let b = match src[i] {
+            b'%' => {
+                let hi = src.get(i + 1).copied().and_then(hex);
+                let lo = src.get(i + 2).copied().and_then(hex);
+                match (hi, lo) {
+                    (Some(h), Some(l)) => {
+                        i += 3;
+                        h << 4 | l
+                    }
+                    _ => return Err("bad percent-encoding"),
+                }
+            }
+            b'+' => {
+                i += 1;
+                b' '
+            }
+            c => {
+                i += 1;
+                c
+            }
+        };
+        if n < dst.len() {
+            dst[n] = b;
+            n += 1;
+        } else {
+            truncated = true;
+        }
+    }
+    Ok((n, truncated))
+}
+
+/// Parses a decimal value for a numeric kind. Returns the slot bits and whether precision was
+/// dropped (money with more than 6 decimals is truncated toward zero and flagged).
+pub fn parse_number(kind: FieldKind, s: &[u8]) -> Result<(u64, bool), Why> {
+    match kind {
+        FieldKind::U64 => parse_u64(s).map(|v| (v, false)).ok_or("is not an unsigned 64-bit integer"),
+        FieldKind::U32 => parse_u64(s)
+            .filter(|&v| v <= u32::MAX as u64)
+            .map(|v| (v, false))
+            .ok_or("is not an unsigned 32-bit integer"),
+        FieldKind::I64 => parse_i64(s).map(|v| (v as u64, false)).ok_or("is not a 64-bit integer"),
+        FieldKind::Money => parse_money(s).map(|(v, t)| (v as u64, t)).ok_or("is not a decimal amount"),
+        FieldKind::Str | FieldKind::Ip => Err("is not a number"),
+    }
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((c - b'0') as u64)?;
+    }
+    Some(v)
+}
+
+fn parse_i64(s: &[u8]) -> Option<i64> {
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        _ => (false, s),
+    };
+    let v = parse_u64(digits)?;
+    if neg {
+        if v <= i64::MAX as u64 + 1 {
+            Some((v as i64).wrapping_neg())
+        } else {
+            None
+        }
+    } else {
+        i64::try_from(v).ok()
+    }
+}
+
+/// "12.345678" → 12345678 micros. At most 6 decimals are kept; more are truncated (flagged).
+fn parse_money(s: &[u8]) -> Option<(i64, bool)> {
+    let (neg, s) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        _ => (false, s),
+    };
+    let (int, frac) = match s.iter().position(|&c| c == b'.') {
+        Some(p) => (&s[..p], &s[p + 1..]),
+        None => (s, &s[..0]),
+    };
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let whole = if int.is_empty() { 0 } else { parse_u64(int)? };
+    let mut micros: u64 = 0;
+    let mut truncated = false;
+    for (i, &c) in frac.iter().enumerate() {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        if i < 6 {
+            micros = micros * 10 + (c - b'0') as u64;
+        } else if c != b'0' {
+            truncated = true;
+        }
+    }
+    for _ in frac.len()..6 {
+        micros *= 10;
+    }
+    let total = whole.checked_mul(1_000_000)?.checked_add(micros)?;
+    let total = i64::try_from(total).ok()?;
+    Some((if neg { -total } else { total }, truncated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        let mut d = [0u8; 8];
+        assert_eq!(percent_decode(b"a%41+b", &mut d), Ok((4, false)));
+        assert_eq!(&d[..4], b"aA b");
+        assert_eq!(percent_decode(b"%zz", &mut d), Err("bad percent-encoding"));
+        assert_eq!(percent_decode(b"ab%4", &mut d), Err("bad percent-encoding"));
+        assert_eq!(percent_decode(b"0123456789", &mut d), Ok((8, true)));
+        assert_eq!(percent_decode(b"%C3%A9", &mut d), Ok((2, false)));
+        assert_eq!(&d[..2], "é".as_bytes());
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number(FieldKind::U64, b"18446744073709551615"), Ok((u64::MAX, false)));
+        assert!(parse_number(FieldKind::U64, b"18446744073709551616").is_err());
+        assert!(parse_number(FieldKind::U64, b"").is_err());
+        assert!(parse_number(FieldKind::U64, b"-1").is_err());
+        assert!(parse_number(FieldKind::U64, b"1x").is_err());
+        assert_eq!(parse_number(FieldKind::U32, b"4294967295"), Ok((u32::MAX as u64, false)));
+        assert!(parse_number(FieldKind::U32, b"4294967296").is_err());
+        assert_eq!(parse_number(FieldKind::I64, b"-9223372036854775808"), Ok((i64::MIN as u64, false)));
+        assert!(parse_number(FieldKind::I64, b"9223372036854775808").is_err());
+    }
+
+    #[test]
+    fn money_in_micros() {
+        let m = |s: &[u8]| parse_number(FieldKind::Money, s).map(|(v, t)| (v as i64, t));
+        assert_eq!(m(b"0.25"), Ok((250_000, false)));
+        assert_eq!(m(b"12"), Ok((12_000_000, false)));
+        assert_eq!(m(b".5"), Ok((500_000, false)));
+        assert_eq!(m(b"1.1234567"), Ok((1_123_456, true)));
+        assert_eq!(m(b"1.1234560"), Ok((1_123_456, false)));
+        assert_eq!(m(b"-0.000001"), Ok((-1, false)));
+        assert!(m(b".").is_err());
+        assert!(m(b"1.2.3").is_err());
+        assert!(m(b"1e3").is_err());
+        assert!(m(b"${AUCTION_PRICE}").is_err());
+        assert!(m(b"9223372036855").is_err());
+    }
+}

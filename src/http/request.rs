@@ -1,0 +1,819 @@
+//! One request head → [`Request`], a view that borrows the connection's read buffer.
+//!
+//! httparse does the tokenising into a fixed header array; this file adds what httparse leaves
+//! to its caller: limits that hold while the head is still arriving, a byte scan for bare CR /
+//! bare LF / control bytes, and the framing rules of RFC 9112 §6 that stop request smuggling.
+//! httparse is used with its default `ParserConfig`, in which every lenient option for requests
+//! is off (multiple spaces in the request line, space before the first header name, invalid
+//! header lines ignored); obs-fold is never accepted in requests. Tests below pin each of these.
+//!
+//! Only the first request in the buffer is looked at; `head_len` (plus the body framing) tells
+//! the caller where the next pipelined request starts.
+
+use httparse::Header;
+
+use super::query::{header, list_has_token};
+
+/// Compile-time size of the header array a connection keeps on its stack (64 × 32 bytes on
+/// 64-bit). [`Limits::header_count_max`] may be lower, never higher.
+pub const HEADERS_MAX: usize = 64;
+
+/// Runtime limits on one request, from config. Each is checked before the input that breaks it
+/// has fully arrived whenever that is possible, so a hostile client cannot make us buffer more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request line in bytes, without its CRLF. Longer → 414. Costs nothing but the
+    /// read buffer it may occupy (it is part of the head).
+    pub request_line_bytes_max: usize,
+    /// Most header fields per request, ≤ [`HEADERS_MAX`]. More → 431. Costs parse time only:
+    /// the array is fixed.
+    pub header_count_max: usize,
+    /// Longest head in bytes: request line, header lines and the blank line that ends them.
+    /// Longer → 431. Sizes the head part of every connection's read buffer.
+    pub header_bytes_max: usize,
+    /// Largest body in bytes (Content-Length, or chunked after decoding). Larger → 413. Sizes
+    /// the body part of every connection's read buffer and the chunked scratch.
+    pub body_bytes_max: usize,
+}
+
+/// The methods the endpoints can route on; anything else is `Other` (routing answers 405).
+/// Method names are case-sensitive (RFC 9110 §9.1): `get` is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Options,
+    Other,
+}
+
+/// How the body that follows the head is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// Neither Content-Length nor Transfer-Encoding: a request without a body.
+    None,
+    /// Exactly this many bytes follow the head; already checked ≤ `body_bytes_max`.
+    Length(usize),
+    /// `Transfer-Encoding: chunked`; decode with [`super::chunked::decode`].
+    Chunked,
+}
+
+/// Why a head (or a chunked body) could not be accepted. Hot path: two words, no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// The input is a valid prefix within every limit: read more and call again.
+    Incomplete,
+    /// Answer `status` with `reason` as the text body, then close: after a malformed request the
+    /// framing of whatever follows cannot be trusted.
+    Invalid { status: u16, reason: &'static str },
+}
+
+const fn invalid(status: u16, reason: &'static str) -> ParseError {
+    ParseError::Invalid { status, reason }
+}
+
+/// A parsed request head. `'b` is the read buffer, `'h` the caller's header array.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'b, 'h> {
+    pub method: Method,
+    /// The request target before `?`, starting with `/` (absolute-form targets are reduced to
+    /// their path; `*` only for OPTIONS). Not percent-decoded.
+    pub path: &'b [u8],
+    /// The request target after the first `?`, without it; empty when there is none.
+    pub query: &'b [u8],
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1 (nothing else parses).
+    pub version_minor: u8,
+    /// Bytes of the head, including any empty lines before it and the blank line that ends it:
+    /// the body (or the next pipelined request) starts at `buf[head_len..]`.
+    pub head_len: usize,
+    pub framing: BodyFraming,
+    /// Whether the connection may stay open after the response (RFC 9112 §9.3).
+    pub keep_alive: bool,
+    /// HTTP/1.1 request with a body and `Expect: 100-continue`: the client may wait for an
+    /// interim `100 Continue` (see [`super::response::continue_100`]) before sending the body.
+    pub expect_continue: bool,
+    /// The header fields in order, names and values as sent (values without surrounding OWS).
+    pub headers: &'h [Header<'b>],
+}
+
+impl<'b> Request<'b, '_> {
+    /// The first header field with this name, compared case-insensitively.
+    #[inline]
+    pub fn header(&self, name: &str) -> Option<&'b [u8]> {
+        header(self.headers, name)
+    }
+}
+
+/// Parses the first request head in `buf`.
+///
+/// `headers` is the caller's fixed array (usually `[httparse::EMPTY_HEADER; HEADERS_MAX]`);
+/// at most `limits.header_count_max` of it is used. On `Incomplete`, nothing in `buf` was wrong
+/// so far and every limit can still be met; call again when more bytes have arrived.
+pub fn parse<'b, 'h>(
+    buf: &'b [u8],
+    headers: &'h mut [Header<'b>],
+    limits: &Limits,
+) -> Result<Request<'b, 'h>, ParseError> {
+    debug_assert!(limits.header_count_max <= HEADERS_MAX);
+    debug_assert!(limits.header_count_max <= headers.len());
+    debug_assert!(limits.request_line_bytes_max < limits.header_bytes_max);
+
+    let count = limits.header_count_max.min(headers.len());
+    let mut req = httparse::Request::new(&mut headers[..count]);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            check_request_line(buf, limits.request_line_bytes_max)?;
+            // Everything in `buf` belongs to the unfinished head, which needs at least one
+            // more byte: if `buf` already fills the limit, the head cannot fit.
+            if buf.len() >= limits.header_bytes_max {
+                return Err(invalid(431, "request head too large"));
+            }
+            return Err(ParseError::Incomplete);
+        }
+        Err(e) => return Err(from_httparse(e, buf)),
+    };
+    let httparse::Request { method, path, version, headers } = req;
+    let headers: &'h [Header<'b>] = headers;
+
+    check_request_line(buf, limits.request_line_bytes_max)?;
+    if head_len > limits.header_bytes_max {
+        return Err(invalid(431, "request head too large"));
+    }
+    check_head_bytes(&buf[..head_len])?;
+
+    // httparse fills all three on Complete; treat a gap as malformed rather than panic.
+    let (Some(method), Some(target), Some(version_minor)) = (method, path, version) else {
+        return Err(invalid(400, "malformed request line"));
+    };
+    let method = match method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "OPTIONS" => Method::Options,
+        _ => Method::Other,
+    };
+    let (path, query) = split_target(method, target.as_bytes())?;
+
+    // One pass over the fields; the length switch keeps the common headers (User-Agent,
+    // Accept, Cookie, …) to one integer compare each.
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    let mut hosts = 0u32;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    for h in headers {
+        let name = h.name.as_bytes();
+        match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => {
+                hosts += 1;
+                if hosts > 1 {
+                    return Err(invalid(400, "more than one Host header"));
+                }
+            }
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                // Other expectations are ignored, which RFC 9110 §10.1.1 permits.
+                expect_continue |= h.value.eq_ignore_ascii_case(b"100-continue");
+            }
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                close |= list_has_token(h.value, b"close");
+                keep_alive_token |= list_has_token(h.value, b"keep-alive");
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                // Even an identical repeat is refused: some intermediaries take the first,
+                // some the last, some the sum of a list; refusing is the only safe reading.
+                if content_length.is_some() {
+                    return Err(invalid(400, "more than one Content-Length header"));
+                }
+                content_length = Some(parse_content_length(h.value)?);
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                if chunked {
+                    return Err(invalid(400, "more than one Transfer-Encoding header"));
+                }
+                // Only the bare `chunked` coding: a list (`gzip, chunked`) would mean decoding
+                // we do not do, and `identity` is obsolete (RFC 9112 §6.1 dropped it).
+                if !h.value.eq_ignore_ascii_case(b"chunked") {
+                    return Err(invalid(400, "unsupported Transfer-Encoding (only chunked)"));
+                }
+                chunked = true;
+            }
+            _ => {}
+        }
+    }
+
+    if chunked && content_length.is_some() {
+        return Err(invalid(400, "both Content-Length and Transfer-Encoding"));
+    }
+    if chunked && version_minor == 0 {
+        // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
+        return Err(invalid(400, "Transfer-Encoding in an HTTP/1.0 request"));
+    }
+    if version_minor == 1 && hosts == 0 {
+        return Err(invalid(400, "missing Host header"));
+    }
+    let framing = match content_length {
+        Some(n) if n > limits.body_bytes_max => return Err(invalid(413, "body too large")),
+        Some(n) => BodyFraming::Length(n),
+        None if chunked => BodyFraming::Chunked,
+        None => BodyFraming::None,
+    };
+    let keep_alive = match version_minor {
+        1 => !close,
+        _ => keep_alive_token && !close,
+    };
+    // RFC 9110 §10.1.1: ignore 100-continue from HTTP/1.0, and without a body there is
+    // nothing to wait for.
+    let expect_continue = expect_continue && version_minor == 1 && framing != BodyFraming::None;
+
+    Ok(Request { method, path, query, version_minor, head_len, framing, keep_alive, expect_continue, headers })
+}
+
+/// 414 if the request line (after the empty lines RFC 9112 §2.2 lets a client send before it)
+/// is longer than `max` bytes without its CRLF — known as soon as `max + 2` bytes hold no LF.
+fn check_request_line(buf: &[u8], max: usize) -> Result<(), ParseError> {
+    let mut start = 0;
+    while buf[start..].starts_with(b"\r\n") {
+        start += 2;
+    }
+    let window = &buf[start..buf.len().min(start + max + 2)];
+    let too_long = match window.iter().position(|&b| b == b'\n') {
+        Some(lf) => lf - usize::from(lf > 0 && window[lf - 1] == b'\r') > max,
+        None => window.len() == max + 2,
+    };
+    if too_long {
+        return Err(invalid(414, "request line too long"));
+    }
+    Ok(())
+}
+
+/// Every line of the head ends in CRLF and holds no control byte but HTAB. httparse already
+/// refuses most of these, but it accepts a bare LF as a line end; an intermediary that does not
+/// would see different header lines, so we refuse it. The scan also re-checks, independently
+/// of httparse, the bytes that matter most for smuggling (NUL, bare CR).
+fn check_head_bytes(head: &[u8]) -> Result<(), ParseError> {
+    let mut prev = 0u8;
+    for &b in head {
+        // Fast path: printable bytes and obs-text not after a CR.
+        if (b >= 0x20 && b != 0x7f) && prev != b'\r' {
+            prev = b;
+            continue;
+        }
+        if prev == b'\r' && b != b'\n' {
+            return Err(invalid(400, "bare CR in request head"));
+        }
+        match b {
+            b'\n' if prev != b'\r' => return Err(invalid(400, "bare LF in request head")),
+            b'\t' | b'\r' | b'\n' => {}
+            _ => return Err(invalid(400, "control character in request head")),
+        }
+        prev = b;
+    }
+    Ok(())
+}
+
+/// `1*DIGIT` that fits in usize. No sign, no spaces, no list (`5, 5`), no empty value.
+fn parse_content_length(v: &[u8]) -> Result<usize, ParseError> {
+    const BAD: ParseError = invalid(400, "invalid Content-Length");
+    if v.is_empty() {
+        return Err(BAD);
+    }
+    let mut n: usize = 0;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return Err(BAD);
+        }
+        n = n.checked_mul(10).and_then(|n| n.checked_add(usize::from(b - b'0'))).ok_or(BAD)?;
+    }
+    Ok(n)
+}
+
+/// Splits the request target into path and query (RFC 9112 §3.2). Origin-form is what we
+/// expect; absolute-form must be accepted by servers and is reduced to its path; `*` is only
+/// meaningful for OPTIONS; authority-form (CONNECT) and anything else are refused.
+fn split_target(method: Method, target: &[u8]) -> Result<(&[u8], &[u8]), ParseError> {
+    let rest = if target.first() == Some(&b'/') {
+        target
+    } else if let Some(after) = strip_scheme(target) {
+        // Skip the authority: the path starts at the first '/' or '?'.
+        let at = after.iter().position(|&b| b == b'/' || b == b'?');
+        at.map_or(&b""[..], |i| &after[i..])
+    } else if target == b"*" && method == Method::Options {
+        return Ok((target, b""));
+    } else {
+        return Err(invalid(400, "invalid request target"));
+    };
+    let (path, query) = match rest.iter().position(|&b| b == b'?') {
+        Some(q) => (&rest[..q], &rest[q + 1..]),
+        None => (rest, &b""[..]),
+    };
+    // An absolute-form target with an empty path means "/" (RFC 9110 §4.2.3).
+    let path = if path.is_empty() { &b"/"[..] } else { path };
+    Ok((path, query))
+}
+
+fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
+    for scheme in [&b"http://"[..], &b"https://"[..]] {
+        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            return Some(&target[scheme.len()..]);
+        }
+    }
+    None
+}
+
+fn from_httparse(e: httparse::Error, buf: &[u8]) -> ParseError {
+    match e {
+        httparse::Error::TooManyHeaders => invalid(431, "too many header fields"),
+        // The HTTP/2 connection preface (RFC 9113 §3.4) parses as a request line with version
+        // HTTP/2.0; name it, since prior-knowledge h2 clients are a common misconfiguration.
+        // 400 rather than 505: the client will not read an HTTP/1.1 response either way.
+        httparse::Error::Version if buf.starts_with(b"PRI * HTTP/2.0") => {
+            invalid(400, "HTTP/2 is not supported, use HTTP/1.1")
+        }
+        httparse::Error::Version => invalid(400, "unsupported HTTP version"),
+        httparse::Error::Token => invalid(400, "malformed request line"),
+        httparse::Error::NewLine => invalid(400, "malformed line ending"),
+        // Includes obs-fold: a line starting with SP or HTAB is not a field name.
+        httparse::Error::HeaderName => invalid(400, "invalid header name"),
+        httparse::Error::HeaderValue => invalid(400, "invalid header value"),
+        httparse::Error::Status => invalid(400, "malformed request"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits =
+        Limits { request_line_bytes_max: 64, header_count_max: 8, header_bytes_max: 256, body_bytes_max: 1000 };
+
+    /// Parses with LIMITS and hands the result to `f` (the request borrows a local array).
+    fn with<R>(buf: &[u8], f: impl FnOnce(Result<Request<'_, '_>, ParseError>) -> R) -> R {
+        let mut h = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        f(parse(buf, &mut h, &LIMITS))
+    }
+
+    #[track_caller]
+    fn rejects(buf: &[u8], status: u16, reason: &str) {
+        with(buf, |r| match r {
+            Err(ParseError::Invalid { status: s, reason: why }) => {
+                assert_eq!((s, why), (status, reason), "input {:?}", String::from_utf8_lossy(buf))
+            }
+            Err(e) => panic!("expected {status} {reason:?}, got {e:?}"),
+            Ok(req) => panic!("expected {status} {reason:?}, got {req:?}"),
+        })
+    }
+
+    #[track_caller]
+    fn accepts(buf: &[u8]) {
+        with(buf, |r| assert!(r.is_ok(), "{r:?}"));
+    }
+
+    fn head_with(line: &str) -> Vec<u8> {
+        format!("POST /e HTTP/1.1\r\nHost: a\r\n{line}\r\n\r\n").into_bytes()
+    }
+
+    #[test]
+    fn get_with_query() {
+        let buf = b"GET /p/i.gif?cid=42&u=%41 HTTP/1.1\r\nHost: t.example\r\nUser-Agent: x\r\nCookie: a=1\r\n\r\n";
+        with(buf, |r| {
+            let r = r.unwrap();
+            assert_eq!(r.method, Method::Get);
+            assert_eq!(r.path, b"/p/i.gif");
+            assert_eq!(r.query, b"cid=42&u=%41");
+            assert_eq!(r.version_minor, 1);
+            assert_eq!(r.head_len, buf.len());
+            assert_eq!(r.framing, BodyFraming::None);
+            assert!(r.keep_alive);
+            assert!(!r.expect_continue);
+            assert_eq!(r.headers.len(), 3);
+            assert_eq!(r.header("HOST"), Some(&b"t.example"[..]));
+            assert_eq!(r.header("user-agent"), Some(&b"x"[..]));
+            assert_eq!(r.header("referer"), None);
+        });
+    }
+
+    #[test]
+    fn path_without_query_and_empty_query() {
+        with(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", |r| {
+            let r = r.unwrap();
+            assert_eq!((r.path, r.query), (&b"/a"[..], &b""[..]));
+        });
+        with(b"GET /a? HTTP/1.1\r\nHost: a\r\n\r\n", |r| {
+            let r = r.unwrap();
+            assert_eq!((r.path, r.query), (&b"/a"[..], &b""[..]));
+        });
+    }
+
+    #[test]
+    fn head_method() {
+        with(b"HEAD /i.gif HTTP/1.1\r\nHost: a\r\n\r\n", |r| {
+            assert_eq!(r.unwrap().method, Method::Head);
+        });
+    }
+
+    #[test]
+    fn other_methods() {
+        with(b"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}", |r| {
+            let r = r.unwrap();
+            assert_eq!((r.method, r.framing), (Method::Post, BodyFraming::Length(2)));
+            assert_eq!(r.head_len, 48);
+        });
+        with(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", |r| {
+            let r = r.unwrap();
+            assert_eq!((r.method, r.path), (Method::Options, &b"*"[..]));
+        });
+        // Methods are case-sensitive.
+        with(b"get / HTTP/1.1\r\nHost: a\r\n\r\n", |r| assert_eq!(r.unwrap().method, Method::Other));
+        with(b"PUT / HTTP/1.1\r\nHost: a\r\n\r\n", |r| assert_eq!(r.unwrap().method, Method::Other));
+    }
+
+    #[test]
+    fn http10_keep_alive() {
+        // No Host needed in 1.0; closes by default; `Connection: keep-alive` keeps it open.
+        with(b"GET / HTTP/1.0\r\n\r\n", |r| {
+            let r = r.unwrap();
+            assert_eq!((r.version_minor, r.keep_alive), (0, false));
+        });
+        with(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", |r| {
+            let r = r.unwrap();
+            assert_eq!((r.version_minor, r.keep_alive), (0, true));
+        });
+        with(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", |r| {
+            assert!(!r.unwrap().keep_alive);
+        });
+    }
+
+    #[test]
+    fn http11_connection_close() {
+        with(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", |r| {
+            assert!(!r.unwrap().keep_alive);
+        });
+        // A comma list, tokens case-insensitive, split over two fields.
+        with(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nConnection: foo , CLOSE\r\n\r\n", |r| {
+            assert!(!r.unwrap().keep_alive);
+        });
+        // `closed` is not `close`.
+        with(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: closed\r\n\r\n", |r| {
+            assert!(r.unwrap().keep_alive);
+        });
+    }
+
+    #[test]
+    fn pipelined_two_requests() {
+        let buf =
+            b"GET /a?x=1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET";
+        let (first_len, second_start) = with(buf, |r| {
+            let r = r.unwrap();
+            assert_eq!((r.method, r.path, r.query), (Method::Get, &b"/a"[..], &b"x=1"[..]));
+            (r.head_len, r.head_len)
+        });
+        assert_eq!(first_len, 32);
+        let rest = &buf[second_start..];
+        let body_end = with(rest, |r| {
+            let r = r.unwrap();
+            assert_eq!((r.method, r.path, r.framing), (Method::Post, &b"/b"[..], BodyFraming::Length(3)));
+            assert_eq!(&rest[r.head_len..r.head_len + 3], b"abc");
+            r.head_len + 3
+        });
+        // The third request has only begun.
+        with(&rest[body_end..], |r| assert_eq!(r.unwrap_err(), ParseError::Incomplete));
+    }
+
+    #[test]
+    fn empty_lines_before_request_are_skipped() {
+        let buf = b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        with(buf, |r| assert_eq!(r.unwrap().head_len, buf.len()));
+    }
+
+    #[test]
+    fn split_at_every_byte_is_incomplete_until_complete() {
+        let buf = b"POST /e?a=1&b=2 HTTP/1.1\r\nHost: t.example\r\nContent-Length: 5\r\nCookie: u=abc\r\n\r\nhello";
+        let head_len = buf.len() - 5;
+        for i in 0..head_len {
+            with(&buf[..i], |r| assert_eq!(r.unwrap_err(), ParseError::Incomplete, "prefix {i}"));
+        }
+        for i in head_len..=buf.len() {
+            with(&buf[..i], |r| {
+                let r = r.unwrap();
+                assert_eq!((r.head_len, r.framing), (head_len, BodyFraming::Length(5)));
+            });
+        }
+    }
+
+    #[test]
+    fn expect_continue() {
+        with(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 9\r\n\r\n", |r| {
+            assert!(r.unwrap().expect_continue);
+        });
+        with(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n", |r| {
+            assert!(!r.unwrap().expect_continue, "no body, nothing to wait for");
+        });
+        with(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n", |r| {
+            assert!(!r.unwrap().expect_continue, "ignored from HTTP/1.0");
+        });
+    }
+
+    #[test]
+    fn absolute_form_is_reduced_to_path() {
+        with(b"GET http://t.example/p?q=1 HTTP/1.1\r\nHost: t.example\r\n\r\n", |r| {
+            let r = r.unwrap();
+            assert_eq!((r.path, r.query), (&b"/p"[..], &b"q=1"[..]));
+        });
+        with(b"GET HTTPS://t.example?q=1 HTTP/1.1\r\nHost: t.example\r\n\r\n", |r| {
+            let r = r.unwrap();
+            assert_eq!((r.path, r.query), (&b"/"[..], &b"q=1"[..]));
+        });
+    }
+
+    // ---- rejections: request line ----
+
+    #[test]
+    fn rejects_bad_request_line() {
+        rejects(b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed request line");
+        rejects(b"GET /  HTTP/1.1\r\nHost: a\r\n\r\n", 400, "unsupported HTTP version");
+        rejects(b"GET /\r\nHost: a\r\n\r\n", 400, "malformed request line");
+        rejects(b"GET\r\n\r\n", 400, "malformed request line");
+        rejects(b" GET / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed request line");
+        rejects(b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n", 400, "malformed line ending");
+    }
+
+    #[test]
+    fn rejects_bad_method_token() {
+        rejects(b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed request line");
+        rejects(b"G\x00T / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed request line");
+    }
+
+    #[test]
+    fn rejects_bad_target() {
+        rejects(b"GET foo HTTP/1.1\r\nHost: a\r\n\r\n", 400, "invalid request target");
+        rejects(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400, "invalid request target");
+        rejects(b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "invalid request target");
+        rejects(b"GET /a\x7fb HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed request line");
+        rejects(b"GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed request line");
+    }
+
+    #[test]
+    fn rejects_not_http1() {
+        rejects(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400, "unsupported HTTP version");
+        rejects(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 400, "unsupported HTTP version");
+        rejects(b"GET / http/1.1\r\nHost: a\r\n\r\n", 400, "unsupported HTTP version");
+        rejects(b"GET / HTTP/0.9\r\n\r\n", 400, "unsupported HTTP version");
+        // A version that cannot become HTTP/1.x is refused before it is complete.
+        rejects(b"GET / HTTP/2", 400, "unsupported HTTP version");
+    }
+
+    #[test]
+    fn rejects_http2_preface() {
+        rejects(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "HTTP/2 is not supported, use HTTP/1.1");
+    }
+
+    #[test]
+    fn rejects_long_request_line_complete() {
+        // request_line_bytes_max = 64: "GET " + target + " HTTP/1.1" = 13 + target bytes.
+        let ok = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(64 - 14));
+        accepts(ok.as_bytes());
+        let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(64 - 13));
+        rejects(long.as_bytes(), 414, "request line too long");
+    }
+
+    #[test]
+    fn rejects_long_request_line_while_incomplete() {
+        // No CRLF within 64 + 2 bytes: refused before the rest arrives.
+        let partial = format!("GET /{}", "a".repeat(61));
+        assert_eq!(partial.len(), 66);
+        rejects(partial.as_bytes(), 414, "request line too long");
+        // One byte less could still end in CRLF: wait.
+        with(&partial.as_bytes()[..65], |r| assert_eq!(r.unwrap_err(), ParseError::Incomplete));
+    }
+
+    // ---- rejections: head size and header count ----
+
+    #[test]
+    fn rejects_long_head_while_incomplete() {
+        let mut buf = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: ".to_vec();
+        buf.resize(LIMITS.header_bytes_max - 1, b'p');
+        with(&buf, |r| assert_eq!(r.unwrap_err(), ParseError::Incomplete));
+        buf.push(b'p');
+        rejects(&buf, 431, "request head too large");
+    }
+
+    #[test]
+    fn rejects_long_head_complete() {
+        let mut buf = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: ".to_vec();
+        let pad = LIMITS.header_bytes_max - buf.len() - 4;
+        buf.extend(std::iter::repeat_n(b'p', pad));
+        buf.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(buf.len(), LIMITS.header_bytes_max);
+        accepts(&buf);
+        buf.insert(30, b'p');
+        rejects(&buf, 431, "request head too large");
+    }
+
+    #[test]
+    fn rejects_too_many_headers() {
+        let mut buf = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for _ in 1..LIMITS.header_count_max {
+            buf.extend_from_slice(b"X: 1\r\n");
+        }
+        let mut full = buf.clone();
+        full.extend_from_slice(b"\r\n");
+        accepts(&full);
+        buf.extend_from_slice(b"X: 1\r\n\r\n");
+        rejects(&buf, 431, "too many header fields");
+    }
+
+    // ---- rejections: body framing ----
+
+    #[test]
+    fn rejects_content_length_and_transfer_encoding() {
+        rejects(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+            "both Content-Length and Transfer-Encoding",
+        );
+        rejects(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            400,
+            "both Content-Length and Transfer-Encoding",
+        );
+    }
+
+    #[test]
+    fn rejects_duplicate_content_length_even_identical() {
+        rejects(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n",
+            400,
+            "more than one Content-Length header",
+        );
+        rejects(&head_with("Content-Length: 5, 5"), 400, "invalid Content-Length");
+    }
+
+    #[test]
+    fn rejects_bad_content_length() {
+        for v in ["", "abc", "5a", "+5", "-1", "0x10", "1 0", "1.0", "99999999999999999999999"] {
+            rejects(&head_with(&format!("Content-Length: {v}")), 400, "invalid Content-Length");
+        }
+        with(&head_with("Content-Length: 007"), |r| assert_eq!(r.unwrap().framing, BodyFraming::Length(7)));
+        with(&head_with("Content-Length:  12  "), |r| assert_eq!(r.unwrap().framing, BodyFraming::Length(12)));
+    }
+
+    #[test]
+    fn rejects_content_length_over_body_limit() {
+        with(&head_with("Content-Length: 1000"), |r| assert_eq!(r.unwrap().framing, BodyFraming::Length(1000)));
+        rejects(&head_with("Content-Length: 1001"), 413, "body too large");
+    }
+
+    #[test]
+    fn accepts_chunked_case_insensitive() {
+        with(&head_with("Transfer-Encoding: Chunked"), |r| assert_eq!(r.unwrap().framing, BodyFraming::Chunked));
+    }
+
+    #[test]
+    fn rejects_transfer_encoding_other_than_chunked() {
+        let why = "unsupported Transfer-Encoding (only chunked)";
+        for v in ["gzip", "identity", "gzip, chunked", "chunked, chunked", "chunked;q=1", "xchunked", ""] {
+            rejects(&head_with(&format!("Transfer-Encoding: {v}")), 400, why);
+        }
+        rejects(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+            "more than one Transfer-Encoding header",
+        );
+    }
+
+    #[test]
+    fn rejects_transfer_encoding_in_http10() {
+        rejects(
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+            "Transfer-Encoding in an HTTP/1.0 request",
+        );
+    }
+
+    // ---- rejections: bytes that do not belong in a head ----
+
+    #[test]
+    fn rejects_nul() {
+        rejects(b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n", 400, "invalid header value");
+        rejects(b"GET /\x00 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed request line");
+        rejects(b"GET / HTTP/1.1\r\nHo\x00st: a\r\n\r\n", 400, "invalid header name");
+    }
+
+    #[test]
+    fn rejects_bare_cr() {
+        rejects(b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", 400, "invalid header value");
+        rejects(b"GET / HTTP/1.1\r\nHost: a\r\r\n\r\n", 400, "invalid header value");
+        rejects(b"GET / HTTP/1.1\rHost: a\r\n\r\n", 400, "malformed line ending");
+        rejects(b"GET / HTTP/1.1\r\nHost: a\r\n\rX\r\n\r\n", 400, "malformed line ending");
+    }
+
+    #[test]
+    fn rejects_bare_lf() {
+        // httparse accepts a bare LF as a line end; we do not.
+        rejects(b"GET / HTTP/1.1\nHost: a\r\n\r\n", 400, "bare LF in request head");
+        rejects(b"GET / HTTP/1.1\r\nHost: a\nX: 1\r\n\r\n", 400, "bare LF in request head");
+        rejects(b"GET / HTTP/1.1\r\nHost: a\r\n\n", 400, "bare LF in request head");
+        rejects(b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "bare LF in request head");
+    }
+
+    #[test]
+    fn rejects_control_characters() {
+        for c in (0x01u8..0x20).chain([0x7f]) {
+            if c == b'\t' || c == b'\r' || c == b'\n' {
+                continue;
+            }
+            let mut buf = b"GET / HTTP/1.1\r\nHost: a\r\nX: a".to_vec();
+            buf.extend_from_slice(&[c, b'b', b'\r', b'\n', b'\r', b'\n']);
+            rejects(&buf, 400, "invalid header value");
+        }
+        // HTAB inside a value is field content; obs-text passes through.
+        with(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\tb \xc3\xa9\r\n\r\n", |r| {
+            assert_eq!(r.unwrap().header("x"), Some(&b"a\tb \xc3\xa9"[..]));
+        });
+    }
+
+    #[test]
+    fn head_byte_scan_catches_what_httparse_would_miss() {
+        // Pins the second, independent check on its own input.
+        assert_eq!(
+            check_head_bytes(b"GET / HTTP/1.1\r\nX: \x01\r\n\r\n"),
+            Err(invalid(400, "control character in request head"))
+        );
+        assert_eq!(check_head_bytes(b"X: a\rb\r\n"), Err(invalid(400, "bare CR in request head")));
+        assert_eq!(check_head_bytes(b"X: a\r"), Ok(()));
+        assert_eq!(check_head_bytes(b"X: a\t\xff\r\n\r\n"), Ok(()));
+    }
+
+    #[test]
+    fn rejects_obs_fold() {
+        rejects(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n 2\r\n\r\n", 400, "invalid header name");
+        rejects(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\t2\r\n\r\n", 400, "invalid header name");
+    }
+
+    #[test]
+    fn lenient_httparse_options_are_off() {
+        // Space before the first header name.
+        rejects(b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", 400, "invalid header name");
+        // Space between header name and colon (a smuggling classic).
+        rejects(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400, "invalid header name");
+        rejects(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n", 400, "invalid header name");
+        // Invalid header lines are refused, not skipped.
+        rejects(b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: 1\r\n\r\n", 400, "invalid header name");
+        rejects(b"GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", 400, "invalid header name");
+    }
+
+    // ---- rejections: Host ----
+
+    #[test]
+    fn rejects_http11_without_host() {
+        rejects(b"GET / HTTP/1.1\r\nX: 1\r\n\r\n", 400, "missing Host header");
+    }
+
+    #[test]
+    fn rejects_more_than_one_host() {
+        rejects(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", 400, "more than one Host header");
+        rejects(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", 400, "more than one Host header");
+    }
+
+    /// Deterministic mutation run: no input may panic, and every accepted head stays inside
+    /// its buffer and its limits (the fuzz target's invariants, cheaply, on every test run).
+    #[test]
+    fn mutated_inputs_never_panic() {
+        let seeds: [&[u8]; 3] = [
+            b"GET /p?a=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            b"POST /e HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+            b"GET / HTTP/1.0\r\nContent-Length: 12\r\n\r\n",
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..30_000 {
+            let mut buf = seeds[round % seeds.len()].to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = next() as usize % buf.len();
+                match next() % 3 {
+                    0 => buf[at] = next() as u8,
+                    1 => buf.insert(at, b"\r\n:; \t\x00"[next() as usize % 7]),
+                    _ => drop(buf.remove(at)),
+                }
+            }
+            let cut = next() as usize % (buf.len() + 1);
+            with(&buf[..cut], |r| {
+                if let Ok(r) = r {
+                    assert!(r.head_len <= cut && r.head_len <= LIMITS.header_bytes_max);
+                    assert!(r.headers.len() <= LIMITS.header_count_max);
+                    assert!(!r.path.is_empty());
+                    if let BodyFraming::Length(n) = r.framing {
+                        assert!(n <= LIMITS.body_bytes_max);
+                    }
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The journal: per-shard, mmapped, append-only segment files of sealed 512-byte events.
+//!
+//! Stage: after the ring. Each shard's drain thread pops events and [`ShardJournal::append`]s
+//! them; [`JournalReader`] reads them back for `tracker journal cat [--follow]` and the
+//! forwarders. In: [`Event`](crate::event::Event)s and the [`Schema`](crate::schema::Schema)
+//! they were made with. Out: files under `journal.dir`.
+//!
+//! # What must hold
+//! - **An in-order prefix.** A shard's journal is the events appended, in append order, with no
+//!   gap: recovery keeps the intact records of the last segment up to the first bad one and
+//!   drops (zeroes) everything after it.
+//! - **Every record checked twice.** Sealed (magic + CRC32C) before it is copied in, verified
+//!   again by recovery and by the reader.
+//! - **No syscall, fault or allocation on append** except at rotation: segments are preallocated
+//!   (`set_len` + `posix_fallocate`, so a full disk fails at rotation and never as a SIGBUS on a
+//!   store) and mapped with `MAP_POPULATE`.
+//! - **One writer per shard directory**, enforced with an `flock` on the directory; the segment
+//!   is written only through the writer's map. Readers only read.
+//! - **Self-describing.** Every segment header embeds the schema its records were written with;
+//!   a reader never needs the current config.
+//! - **A `.seg` file always has its header on disk.** A segment is created as `.seg.tmp`, its
+//!   header written and fsynced, then renamed and the directory fsynced.
+//! - **Durability is the caller's policy** ([`SyncPolicy`](crate::config::SyncPolicy)): the drain decides when to call
+//!   [`ShardJournal::sync`]. Records survive `kill -9` as soon as `append` returns (they are in
+//!   the page cache); they survive power loss after `sync`.
+//!
+//! # Byte layout
+//! ```text
+//! root/shard-000/00000000000000000001.seg      shard: 3+ digits; segment number: 20 digits, from 1
+//!               00000000000000000002.seg
+//!               00000000000000000003.seg.corrupt  header failed its checks; set aside by the writer
+//!               00000000000000000004.seg.tmp      being created (removed at open if left over)
+//!
+//! segment:  [ header: fixed 64 bytes + schema JSON, zero-padded to 4096 × k ]
+//!           [ record 0: 512 bytes ][ record 1 ] ... [ zero slots ... ]   up to segment_bytes
+//! ```
+//! The header fields are tabled beside their constants in `segment.rs`; the record layout is
+//! the [`Event`](crate::event::Event) itself (`event.rs`). The first all-zero slot ends a
+//! segment's records; a segment is full when the next record does not fit in its file.
+//!
+//! # Write
+//! [`ShardJournal::append`] seals the event and copies it to the next slot of the map. When it
+//! does not fit, the writer rotates: creates segment N+1 (preallocate, header, fsync, rename,
+//! fsync dir, map). The full segment's unsynced range is flushed by the next `sync`.
+//!
+//! # Recover
+//! [`ShardJournal::open`] takes the highest-numbered segment and scans its slots: all-zero =
+//! clean end; intact record = kept; anything else = a torn or corrupt tail, zeroed up to the
+//! first all-zero slot and msynced, counted in the [`RecoveryReport`]. It then goes on appending
+//! to that segment, or starts a new one (reason in the report) when it is full, its schema is
+//! not the one given, or its header is bad (the file is renamed `.corrupt`).
+//!
+//! # Read
+//! [`JournalReader::poll`] delivers the records that became available since the last call,
+//! each with the schema of its segment; see `reader.rs` for how it tells a record being written
+//! from a corrupt one. Retention (removing segments every collector has passed) comes next.
+
+mod error;
+mod reader;
+mod segment;
+#[cfg(test)]
+mod tests;
+
+pub use error::JournalError;
+pub use reader::{JournalReader, READ_CHUNK_BYTES, WARNINGS_KEPT_MAX};
+pub use segment::{
+    segment_path, shard_dir, RecoveryReport, ShardJournal, CORRUPT_SUFFIX, FORMAT_VERSION, HEADER_FIXED_BYTES,
+    PAGE_BYTES, SCHEMA_BYTES_MAX, SEGMENT_MAGIC, SEGMENT_NAME_DIGITS, SEGMENT_SUFFIX, TMP_SUFFIX,
+};

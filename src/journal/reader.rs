@@ -1,0 +1,352 @@
+//! Reading segments back: every shard under a root (or one shard), segments in number order,
+//! records in order, for `tracker journal cat [--follow]` and, later, the forwarders.
+//!
+//! The reader uses `pread` into a reused buffer, not a map: a segment that retention unlinks or
+//! someone truncates while it is read gives a short read (an error), never a SIGBUS, and the
+//! reader needs no `unsafe`.
+//!
+//! Where a shard's records end, at each poll:
+//! - an all-zero slot: nothing more yet (the writer preallocates, so unwritten slots are zero);
+//! - a slot that is not an intact record and is followed only by zeros: the writer may be in
+//!   the middle of copying it, so it is retried at the next poll;
+//! - a slot that is not an intact record but is followed by written data (the next slot, or a
+//!   newer segment): corrupt. It is re-read once (the reader may have raced the writer's
+//!   stores), then skipped, counted in [`JournalReader::corrupt_records`] and reported in
+//!   [`JournalReader::take_warnings`]. Note the writer's recovery is stricter: on its next open
+//!   it drops everything after the first bad record of the last segment, so a reader that
+//!   skipped one there may have delivered records the journal later drops.
+//!
+//! A segment whose header fails its checks is skipped with a warning naming the file (and
+//! counted in [`JournalReader::corrupt_segments`]), so one bad file does not hide the segments
+//! after it. Files named `.seg.corrupt` (set aside by the writer) and `.seg.tmp` (being created)
+//! are never read.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::error::JournalError;
+use super::segment::{list_segments, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile};
+use crate::event::{Event, EVENT_BYTES};
+use crate::schema::Schema;
+
+/// Bytes read from a segment per `pread`.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Warnings kept between two [`JournalReader::take_warnings`]; more are only counted.
+pub const WARNINGS_KEPT_MAX: usize = 256;
+
+const _: () = assert!(READ_CHUNK_BYTES.is_multiple_of(EVENT_BYTES) && READ_CHUNK_BYTES >= EVENT_BYTES);
+
+/// Reads the journal under a root directory; see the module doc for where records end.
+pub struct JournalReader {
+    root: PathBuf,
+    /// `Some` when opened for one shard.
+    only_shard: Option<u16>,
+    shards: BTreeMap<u16, ShardCursor>,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    corrupt_records: u64,
+    corrupt_segments: u64,
+    warnings: Vec<JournalError>,
+    warnings_dropped: u64,
+}
+
+impl Stats {
+    fn warn(&mut self, e: JournalError) {
+        if self.warnings.len() < WARNINGS_KEPT_MAX {
+            self.warnings.push(e);
+        } else {
+            self.warnings_dropped += 1;
+        }
+    }
+}
+
+/// Where the reader is in one shard.
+struct ShardCursor {
+    shard: u16,
+    dir: PathBuf,
+    /// The next segment to open has at least this number.
+    next_number: u64,
+    open: Option<OpenSegment>,
+}
+
+struct OpenSegment {
+    number: u64,
+    path: PathBuf,
+    file: File,
+    file_bytes: u64,
+    schema: Schema,
+    /// `header_bytes`: where the records start.
+    first_record_off: u64,
+    /// Offset of the next record to deliver.
+    off: u64,
+    /// `chunk[..chunk_len]` holds the file's bytes from `chunk_start`.
+    chunk: Vec<u8>,
+    chunk_start: u64,
+    chunk_len: usize,
+}
+
+/// Why a scan of a segment stopped.
+enum Stop {
+    /// Every slot of the segment has been read.
+    End,
+    /// At a zero slot or a record that may still be being written.
+    Waiting,
+}
+
+impl JournalReader {
+    /// Reads every `shard-NNN` directory under `root`, including ones created later.
+    pub fn open(root: &Path) -> Result<JournalReader, JournalError> {
+        JournalReader::open_inner(root, None)
+    }
+
+    /// Reads only `root/shard-NNN` (which may not exist yet).
+    pub fn open_shard(root: &Path, shard: u16) -> Result<JournalReader, JournalError> {
+        JournalReader::open_inner(root, Some(shard))
+    }
+
+    fn open_inner(root: &Path, only_shard: Option<u16>) -> Result<JournalReader, JournalError> {
+        let meta = fs::metadata(root).map_err(|e| JournalError::new("open", root, e))?;
+        if !meta.is_dir() {
+            return Err(JournalError::invalid(
+                "open",
+                root,
+                io::ErrorKind::InvalidInput,
+                "not a directory; give the journal root (journal.dir), which holds shard-NNN/".into(),
+            ));
+        }
+        Ok(JournalReader { root: root.to_path_buf(), only_shard, shards: BTreeMap::new(), stats: Stats::default() })
+    }
+
+    /// Delivers the records that became available since the last call — shard by shard in
+    /// shard order, each shard's in order — calling `f` with the schema of the record's segment.
+    /// Returns how many. Picks up new segments and new shard directories, so following the
+    /// journal is calling this in a loop with a short sleep.
+    pub fn poll(&mut self, f: &mut dyn FnMut(&Schema, &Event)) -> Result<u64, JournalError> {
+        self.discover_shards()?;
+        let mut delivered = 0;
+        for cursor in self.shards.values_mut() {
+            delivered += cursor.poll(&mut self.stats, f)?;
+        }
+        Ok(delivered)
+    }
+
+    /// Records skipped because they were corrupt and followed by more data.
+    pub fn corrupt_records(&self) -> u64 {
+        self.stats.corrupt_records
+    }
+
+    /// Segments skipped because their header failed its checks.
+    pub fn corrupt_segments(&self) -> u64 {
+        self.stats.corrupt_segments
+    }
+
+    /// The warnings (each naming the file and what was wrong) since the last call, at most
+    /// [`WARNINGS_KEPT_MAX`]; the second value counts the ones that did not fit.
+    pub fn take_warnings(&mut self) -> (Vec<JournalError>, u64) {
+        let dropped = std::mem::take(&mut self.stats.warnings_dropped);
+        (std::mem::take(&mut self.stats.warnings), dropped)
+    }
+
+    fn discover_shards(&mut self) -> Result<(), JournalError> {
+        if let Some(shard) = self.only_shard {
+            if !self.shards.contains_key(&shard) {
+                self.shards.insert(shard, ShardCursor::new(&self.root, shard));
+            }
+            return Ok(());
+        }
+        let entries = fs::read_dir(&self.root).map_err(|e| JournalError::new("read dir", &self.root, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| JournalError::new("read dir", &self.root, e))?;
+            let Some(shard) = entry.file_name().to_str().and_then(parse_shard_dir_name) else {
+                continue;
+            };
+            if !self.shards.contains_key(&shard) {
+                self.shards.insert(shard, ShardCursor::new(&self.root, shard));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ShardCursor {
+    fn new(root: &Path, shard: u16) -> ShardCursor {
+        ShardCursor { shard, dir: shard_dir(root, shard), next_number: 1, open: None }
+    }
+
+    fn poll(&mut self, stats: &mut Stats, f: &mut dyn FnMut(&Schema, &Event)) -> Result<u64, JournalError> {
+        let mut delivered = 0;
+        loop {
+            if self.open.is_none() && !self.open_next(stats)? {
+                return Ok(delivered);
+            }
+            let seg = self.open.as_mut().expect("opened above");
+            let stop = seg.scan(false, stats, f, &mut delivered)?;
+            if let Stop::Waiting = stop {
+                if !self.newer_segment_exists()? {
+                    return Ok(delivered);
+                }
+                // The writer left this segment for good: everything it wrote here was written
+                // before the newer segment was created (rename + fsync), so one more pass sees
+                // it all, and a bad record there is no longer "being written".
+                let seg = self.open.as_mut().expect("still open");
+                seg.scan(true, stats, f, &mut delivered)?;
+            }
+            let seg = self.open.take().expect("still open");
+            self.next_number = seg.number + 1;
+        }
+    }
+
+    /// Opens the lowest segment numbered `next_number` or more whose header is good; false when
+    /// there is none (yet).
+    fn open_next(&mut self, stats: &mut Stats) -> Result<bool, JournalError> {
+        for (number, kind) in list_segments(&self.dir)? {
+            if kind != SegmentFile::Live || number < self.next_number {
+                continue;
+            }
+            self.next_number = number + 1;
+            let path = segment_path(&self.dir, number);
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                // Removed by retention between the listing and now.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(JournalError::new("open", &path, e)),
+            };
+            let file_bytes = file.metadata().map_err(|e| JournalError::new("stat", &path, e))?.len();
+            let header = read_header(&file, file_bytes, self.shard, number)
+                .map_err(|e| JournalError::new("read header", &path, e))?;
+            let header = match header {
+                Ok(h) => h,
+                Err(bad) => {
+                    stats.corrupt_segments += 1;
+                    stats.warn(JournalError::invalid(
+                        "read header",
+                        &path,
+                        io::ErrorKind::InvalidData,
+                        format!("{bad}; segment skipped"),
+                    ));
+                    continue;
+                }
+            };
+            let schema = match Schema::from_json(&header.schema_json) {
+                Ok(s) => s,
+                Err(msg) => {
+                    stats.corrupt_segments += 1;
+                    stats.warn(JournalError::invalid(
+                        "read header",
+                        &path,
+                        io::ErrorKind::InvalidData,
+                        format!("embedded {msg}; segment skipped"),
+                    ));
+                    continue;
+                }
+            };
+            self.open = Some(OpenSegment {
+                number,
+                path,
+                file,
+                file_bytes,
+                schema,
+                first_record_off: header.header_bytes as u64,
+                off: header.header_bytes as u64,
+                chunk: vec![0; READ_CHUNK_BYTES],
+                chunk_start: 0,
+                chunk_len: 0,
+            });
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn newer_segment_exists(&self) -> Result<bool, JournalError> {
+        let current = self.open.as_ref().map_or(0, |s| s.number);
+        Ok(list_segments(&self.dir)?.iter().any(|&(n, kind)| kind == SegmentFile::Live && n > current))
+    }
+}
+
+fn all_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+impl OpenSegment {
+    /// Delivers the records from `off` on. `last_pass`: the writer has moved to a newer
+    /// segment, so a zero slot is the end and a bad record is corrupt even at the tail.
+    fn scan(
+        &mut self,
+        last_pass: bool,
+        stats: &mut Stats,
+        f: &mut dyn FnMut(&Schema, &Event),
+        delivered: &mut u64,
+    ) -> Result<Stop, JournalError> {
+        // Bytes read at an earlier poll may have been written since.
+        self.chunk_len = 0;
+        loop {
+            if self.off + EVENT_BYTES as u64 > self.file_bytes {
+                return Ok(Stop::End);
+            }
+            let slot = self.slot(self.off)?;
+            if all_zero(&slot) {
+                return Ok(if last_pass { Stop::End } else { Stop::Waiting });
+            }
+            let e = Event::from_bytes(&slot);
+            if e.is_sealed_intact() {
+                f(&self.schema, &e);
+                *delivered += 1;
+                self.off += EVENT_BYTES as u64;
+                continue;
+            }
+            let next = self.off + EVENT_BYTES as u64;
+            let followed = last_pass || (next + EVENT_BYTES as u64 <= self.file_bytes && !all_zero(&self.slot(next)?));
+            if !followed {
+                return Ok(Stop::Waiting);
+            }
+            // Re-read: on a weakly ordered CPU the next slot's bytes can become visible before
+            // this one's are complete.
+            self.chunk_len = 0;
+            let again = Event::from_bytes(&self.slot(self.off)?);
+            if again.is_sealed_intact() {
+                f(&self.schema, &again);
+                *delivered += 1;
+            } else {
+                stats.corrupt_records += 1;
+                let slot_index = (self.off - self.first_record_off) / EVENT_BYTES as u64;
+                stats.warn(JournalError::invalid(
+                    "read record",
+                    &self.path,
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "record {slot_index} at offset {} is not an intact record (magic \
+                         {:#06x}, crc {:#010x} stored, {:#010x} computed) and more data follows; \
+                         skipped",
+                        self.off,
+                        again.magic,
+                        again.crc,
+                        again.compute_crc()
+                    ),
+                ));
+            }
+            self.off += EVENT_BYTES as u64;
+        }
+    }
+
+    /// The 512 bytes at `off`, from the chunk or a fresh `pread`.
+    fn slot(&mut self, off: u64) -> Result<[u8; EVENT_BYTES], JournalError> {
+        let in_chunk = off >= self.chunk_start && off + EVENT_BYTES as u64 <= self.chunk_start + self.chunk_len as u64;
+        if !in_chunk {
+            let n = (self.file_bytes - off).min(READ_CHUNK_BYTES as u64) as usize;
+            let n = n - n % EVENT_BYTES;
+            self.file
+                .read_exact_at(&mut self.chunk[..n], off)
+                .map_err(|e| JournalError::with_detail("read", &self.path, format!("{n} bytes at offset {off}"), e))?;
+            self.chunk_start = off;
+            self.chunk_len = n;
+        }
+        let at = (off - self.chunk_start) as usize;
+        Ok(self.chunk[at..at + EVENT_BYTES].try_into().expect("one slot"))
+    }
+}

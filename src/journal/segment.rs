@@ -1,0 +1,868 @@
+//! Segment files: the header layout with its constants, the writer ([`ShardJournal`]) and
+//! recovery of the last segment on open.
+//!
+//! Header, at offset 0 of every segment (little-endian, offsets in bytes):
+//!
+//! | offset | size | field          | value / check                                                |
+//! |-------:|-----:|----------------|--------------------------------------------------------------|
+//! |      0 |    8 | `magic`        | [`SEGMENT_MAGIC`] `b"TRKJRNL1"`                              |
+//! |      8 |    4 | `version`      | [`FORMAT_VERSION`]; any other value is rejected              |
+//! |     12 |    4 | `header_bytes` | first record's offset: [`PAGE_BYTES`] × k, ≥ 64 + schema     |
+//! |     16 |    2 | `shard`        | equals the `shard-NNN` directory                             |
+//! |     18 |    6 | reserved       | zero                                                         |
+//! |     24 |    8 | `segment`      | segment number, equals the file name                         |
+//! |     32 |    8 | `created_ns`   | unix nanoseconds when the segment was created                |
+//! |     40 |    4 | `event_bytes`  | [`EVENT_BYTES`] (512); any other value is rejected           |
+//! |     44 |    4 | `schema_bytes` | length of the schema JSON, ≤ [`SCHEMA_BYTES_MAX`]            |
+//! |     48 |   12 | reserved       | zero                                                         |
+//! |     60 |    4 | `crc`          | CRC32C of bytes 0..60, then of the schema JSON               |
+//! |     64 |    n | schema JSON    | [`Schema::to_json`] of the schema the records were made with |
+//! | 64 + n |      | zero           | up to `header_bytes`                                         |
+//!
+//! Records follow from `header_bytes`: raw [`Event`] bytes back to back, each sealed (magic +
+//! CRC32C). The file is preallocated to `segment_bytes`; the first all-zero slot is the end of
+//! the written records.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use memmap2::{MmapMut, MmapOptions};
+
+use super::error::JournalError;
+use crate::event::{Event, EVENT_BYTES};
+use crate::schema::Schema;
+
+/// First 8 bytes of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"TRKJRNL1";
+/// On-disk format version; bump on any change to the header or record layout.
+pub const FORMAT_VERSION: u32 = 1;
+/// Alignment unit of the header: records start at a multiple of it, so no record straddles a
+/// page and each record sits at a 64-byte aligned address in the map.
+pub const PAGE_BYTES: usize = 4096;
+/// Fixed part of the header, before the schema JSON.
+pub const HEADER_FIXED_BYTES: usize = 64;
+/// Largest embedded schema. Costs header space in every segment (rounded up to pages).
+pub const SCHEMA_BYTES_MAX: usize = 1 << 20;
+/// Segment file name: 20 digits (any u64) + this suffix.
+pub const SEGMENT_SUFFIX: &str = ".seg";
+/// Appended to a segment whose header failed its checks when the writer set it aside.
+pub const CORRUPT_SUFFIX: &str = ".corrupt";
+/// A segment being created: it gets its final name only once its header is on disk.
+pub const TMP_SUFFIX: &str = ".tmp";
+/// Digits in a segment file name: enough for u64::MAX.
+pub const SEGMENT_NAME_DIGITS: usize = 20;
+
+/// Offsets of the header fields (see the table above).
+mod at {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 8;
+    pub const HEADER_BYTES: usize = 12;
+    pub const SHARD: usize = 16;
+    pub const SEGMENT: usize = 24;
+    pub const CREATED_NS: usize = 32;
+    pub const EVENT_BYTES: usize = 40;
+    pub const SCHEMA_BYTES: usize = 44;
+    pub const CRC: usize = 60;
+}
+
+const _: () = assert!(PAGE_BYTES.is_multiple_of(EVENT_BYTES), "a record never straddles a page");
+const _: () = assert!(PAGE_BYTES.is_multiple_of(std::mem::align_of::<Event>()));
+const _: () = assert!(at::CRC + 4 == HEADER_FIXED_BYTES, "the crc is the last fixed field");
+const _: () = assert!(at::MAGIC + SEGMENT_MAGIC.len() == at::VERSION);
+const _: () = assert!(at::SCHEMA_BYTES + 4 <= at::CRC);
+const _: () = assert!(HEADER_FIXED_BYTES <= PAGE_BYTES);
+const _: () =
+    assert!(HEADER_FIXED_BYTES + SCHEMA_BYTES_MAX + PAGE_BYTES <= u32::MAX as usize, "header_bytes fits its u32 field");
+const _: () = assert!(EVENT_BYTES <= u32::MAX as usize);
+// u64::MAX = 18446744073709551615 has 20 digits.
+const _: () = assert!(u64::MAX / 10u64.pow(SEGMENT_NAME_DIGITS as u32 - 1) >= 1);
+const _: () = assert!(usize::BITS >= 64, "segment offsets are u64 on disk and usize in the map");
+
+/// What [`ShardJournal::open`] found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Number of the segment the writer appends to now.
+    pub segment: u64,
+    /// Intact records found in the last segment (0 when there was none).
+    pub records: u64,
+    /// Slots dropped from a torn or corrupt tail of the last segment: the first slot that was
+    /// neither all-zero nor an intact record, and every written slot after it.
+    pub torn_records: u64,
+    /// From the start of the first dropped slot to the last non-zero byte of the dropped slots
+    /// (100 for a record of which only 100 bytes were copied).
+    pub torn_bytes: u64,
+    /// Why the writer did not continue the last segment, when it did not.
+    pub new_segment_reason: Option<&'static str>,
+    /// The same, with the file and the numbers, for the operator's log.
+    pub detail: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names
+
+/// `root/shard-NNN`.
+pub fn shard_dir(root: &Path, shard: u16) -> PathBuf {
+    root.join(format!("shard-{shard:03}"))
+}
+
+/// `dir/<20 digits>.seg`.
+pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_NAME_DIGITS))
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The shard of a `shard-NNN` directory name.
+pub(crate) fn parse_shard_dir_name(name: &str) -> Option<u16> {
+    let digits = name.strip_prefix("shard-")?;
+    if digits.len() < 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum SegmentFile {
+    /// `N.seg`: a published segment.
+    Live,
+    /// `N.seg.corrupt`: set aside by the writer.
+    Corrupt,
+    /// `N.seg.tmp`: a creation that did not finish.
+    Tmp,
+}
+
+pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, SegmentFile)> {
+    let (digits, rest) = name.split_at_checked(SEGMENT_NAME_DIGITS)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let kind = match rest.strip_prefix(SEGMENT_SUFFIX)? {
+        "" => SegmentFile::Live,
+        CORRUPT_SUFFIX => SegmentFile::Corrupt,
+        TMP_SUFFIX => SegmentFile::Tmp,
+        _ => return None,
+    };
+    Some((digits.parse().ok()?, kind))
+}
+
+/// Segment files in `dir`, by number. A missing directory has none.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, SegmentFile)>, JournalError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(JournalError::new("read dir", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| JournalError::new("read dir", dir, e))?;
+        if let Some(found) = entry.file_name().to_str().and_then(parse_segment_name) {
+            out.push(found);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header
+
+/// A decoded, checked segment header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentHeader {
+    pub header_bytes: u32,
+    pub shard: u16,
+    pub segment: u64,
+    pub created_ns: u64,
+    pub schema_json: Vec<u8>,
+}
+
+/// Why a header was rejected. Each names the numbers found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum HeaderError {
+    /// The file is shorter than the fixed header.
+    Short {
+        file_bytes: u64,
+    },
+    /// The fixed header is all zero: the segment was never initialised.
+    Blank,
+    Magic {
+        found: [u8; 8],
+    },
+    Version {
+        found: u32,
+    },
+    Layout {
+        header_bytes: u32,
+        schema_bytes: u32,
+        file_bytes: u64,
+    },
+    Crc {
+        stored: u32,
+        computed: u32,
+    },
+    EventBytes {
+        found: u32,
+    },
+    Shard {
+        found: u16,
+        expected: u16,
+    },
+    Number {
+        found: u64,
+        expected: u64,
+    },
+}
+
+impl HeaderError {
+    /// For [`RecoveryReport::new_segment_reason`].
+    pub(crate) fn writer_reason(&self) -> &'static str {
+        match self {
+            HeaderError::Short { .. } => "last segment is shorter than a header; renamed to .corrupt",
+            HeaderError::Blank => "last segment's header is blank; renamed to .corrupt",
+            HeaderError::Magic { .. } => "last segment's header has a bad magic; renamed to .corrupt",
+            HeaderError::Version { .. } => "last segment's format version is not this build's; renamed to .corrupt",
+            HeaderError::Layout { .. } => "last segment's header has impossible lengths; renamed to .corrupt",
+            HeaderError::Crc { .. } => "last segment's header fails its CRC; renamed to .corrupt",
+            HeaderError::EventBytes { .. } => {
+                "last segment's records are not this build's event size; renamed to .corrupt"
+            }
+            HeaderError::Shard { .. } | HeaderError::Number { .. } => {
+                "last segment's header names another shard or number; renamed to .corrupt"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::Short { file_bytes } => {
+                write!(f, "file is {file_bytes} bytes, shorter than the {HEADER_FIXED_BYTES}-byte header")
+            }
+            HeaderError::Blank => write!(f, "header is all zero (the segment was never initialised)"),
+            HeaderError::Magic { found } => {
+                write!(f, "bad magic {:?}, expected {:?}", found.escape_ascii().to_string(), "TRKJRNL1")
+            }
+            HeaderError::Version { found } => {
+                write!(f, "format version {found}, this build reads {FORMAT_VERSION}; read it with a matching build")
+            }
+            HeaderError::Layout { header_bytes, schema_bytes, file_bytes } => write!(
+                f,
+                "header_bytes {header_bytes} with schema_bytes {schema_bytes} in a {file_bytes}-byte \
+                 file (header_bytes must be a multiple of {PAGE_BYTES} holding {HEADER_FIXED_BYTES} + \
+                 schema_bytes ≤ {SCHEMA_BYTES_MAX})"
+            ),
+            HeaderError::Crc { stored, computed } => {
+                write!(f, "header CRC32C {stored:#010x} stored, {computed:#010x} computed")
+            }
+            HeaderError::EventBytes { found } => {
+                write!(f, "event_bytes {found}, this build's records are {EVENT_BYTES} bytes")
+            }
+            HeaderError::Shard { found, expected } => {
+                write!(f, "header says shard {found}, the directory is shard {expected}")
+            }
+            HeaderError::Number { found, expected } => {
+                write!(f, "header says segment {found}, the file name says {expected}")
+            }
+        }
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn header_crc(fixed: &[u8], schema_json: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&fixed[..at::CRC]), schema_json)
+}
+
+/// Bytes of the header for a schema of `schema_bytes`: the fixed part and the schema rounded up
+/// to whole pages.
+pub(crate) fn header_bytes_for(schema_bytes: usize) -> usize {
+    (HEADER_FIXED_BYTES + schema_bytes).div_ceil(PAGE_BYTES) * PAGE_BYTES
+}
+
+impl SegmentHeader {
+    /// The header's bytes, `header_bytes` long (zero after the schema).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let header_bytes = self.header_bytes as usize;
+        assert_eq!(header_bytes, header_bytes_for(self.schema_json.len()));
+        let mut b = vec![0u8; header_bytes];
+        b[at::MAGIC..at::MAGIC + 8].copy_from_slice(&SEGMENT_MAGIC);
+        b[at::VERSION..at::VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[at::HEADER_BYTES..at::HEADER_BYTES + 4].copy_from_slice(&self.header_bytes.to_le_bytes());
+        b[at::SHARD..at::SHARD + 2].copy_from_slice(&self.shard.to_le_bytes());
+        b[at::SEGMENT..at::SEGMENT + 8].copy_from_slice(&self.segment.to_le_bytes());
+        b[at::CREATED_NS..at::CREATED_NS + 8].copy_from_slice(&self.created_ns.to_le_bytes());
+        b[at::EVENT_BYTES..at::EVENT_BYTES + 4].copy_from_slice(&(EVENT_BYTES as u32).to_le_bytes());
+        let schema_bytes = self.schema_json.len() as u32;
+        b[at::SCHEMA_BYTES..at::SCHEMA_BYTES + 4].copy_from_slice(&schema_bytes.to_le_bytes());
+        b[HEADER_FIXED_BYTES..HEADER_FIXED_BYTES + self.schema_json.len()].copy_from_slice(&self.schema_json);
+        let crc = header_crc(&b[..HEADER_FIXED_BYTES], &self.schema_json);
+        b[at::CRC..at::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+}
+
+/// Reads and checks the header of segment `number` of `shard`. The outer error is I/O, the
+/// inner one is what was wrong with the bytes.
+pub(crate) fn read_header(
+    file: &File,
+    file_bytes: u64,
+    shard: u16,
+    number: u64,
+) -> io::Result<Result<SegmentHeader, HeaderError>> {
+    if file_bytes < HEADER_FIXED_BYTES as u64 {
+        return Ok(Err(HeaderError::Short { file_bytes }));
+    }
+    let mut fixed = [0u8; HEADER_FIXED_BYTES];
+    file.read_exact_at(&mut fixed, 0)?;
+    if fixed[at::MAGIC..at::MAGIC + 8] != SEGMENT_MAGIC {
+        if fixed.iter().all(|&b| b == 0) {
+            return Ok(Err(HeaderError::Blank));
+        }
+        let found = fixed[at::MAGIC..at::MAGIC + 8].try_into().expect("8 bytes");
+        return Ok(Err(HeaderError::Magic { found }));
+    }
+    let version = u32_at(&fixed, at::VERSION);
+    if version != FORMAT_VERSION {
+        return Ok(Err(HeaderError::Version { found: version }));
+    }
+    let header_bytes = u32_at(&fixed, at::HEADER_BYTES);
+    let schema_bytes = u32_at(&fixed, at::SCHEMA_BYTES);
+    let layout_ok = schema_bytes as usize <= SCHEMA_BYTES_MAX
+        && header_bytes as usize == header_bytes_for(schema_bytes as usize)
+        && header_bytes as u64 <= file_bytes;
+    if !layout_ok {
+        return Ok(Err(HeaderError::Layout { header_bytes, schema_bytes, file_bytes }));
+    }
+    let mut schema_json = vec![0u8; schema_bytes as usize];
+    file.read_exact_at(&mut schema_json, HEADER_FIXED_BYTES as u64)?;
+    let stored = u32_at(&fixed, at::CRC);
+    let computed = header_crc(&fixed, &schema_json);
+    if stored != computed {
+        return Ok(Err(HeaderError::Crc { stored, computed }));
+    }
+    let event_bytes = u32_at(&fixed, at::EVENT_BYTES);
+    if event_bytes as usize != EVENT_BYTES {
+        return Ok(Err(HeaderError::EventBytes { found: event_bytes }));
+    }
+    let h = SegmentHeader {
+        header_bytes,
+        shard: u16_at(&fixed, at::SHARD),
+        segment: u64_at(&fixed, at::SEGMENT),
+        created_ns: u64_at(&fixed, at::CREATED_NS),
+        schema_json,
+    };
+    if h.shard != shard {
+        return Ok(Err(HeaderError::Shard { found: h.shard, expected: shard }));
+    }
+    if h.segment != number {
+        return Ok(Err(HeaderError::Number { found: h.segment, expected: number }));
+    }
+    Ok(Ok(h))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+/// The segment being appended to.
+struct Active {
+    number: u64,
+    path: PathBuf,
+    map: MmapMut,
+    /// Offset of the next record; every slot from here to the end is zero.
+    write_off: usize,
+    /// Everything before this offset has been msynced (or fsynced at creation).
+    synced_off: usize,
+    records: u64,
+}
+
+/// A segment left at rotation with records not yet synced: the next `sync()` flushes it, so a
+/// rotation costs no msync on the drain and `sync()` still covers every record appended.
+struct Retired {
+    path: PathBuf,
+    map: MmapMut,
+    from: usize,
+    to: usize,
+}
+
+impl Retired {
+    fn flush(self) -> Result<(), JournalError> {
+        msync(&self.map, &self.path, self.from, self.to)
+    }
+}
+
+fn msync(map: &MmapMut, path: &Path, from: usize, to: usize) -> Result<(), JournalError> {
+    debug_assert!(from <= to && to <= map.len());
+    if from == to {
+        return Ok(());
+    }
+    // memmap2 aligns the start down to the page size of this machine.
+    map.flush_range(from, to - from)
+        .map_err(|e| JournalError::with_detail("msync", path, format!("bytes {from}..{to}"), e))
+}
+
+// The drain thread that owns a ShardJournal may not be the thread that opened it.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<ShardJournal>();
+};
+
+/// One shard's writer: appends sealed events to the mapped active segment.
+///
+/// Owned by the shard's drain thread; never shared. `append` makes no syscall and takes no lock
+/// except when it rotates.
+pub struct ShardJournal {
+    dir: PathBuf,
+    /// The open shard directory: its `flock` keeps a second writer out (released on drop), and it
+    /// is fsynced after a segment file is created or renamed.
+    dir_file: File,
+    shard: u16,
+    /// Size of every new segment file, header included.
+    segment_bytes: u64,
+    schema_json: Vec<u8>,
+    /// Header size of new segments: the schema rounded up to pages.
+    header_bytes: usize,
+    active: Active,
+    retired: Option<Retired>,
+    bytes_written_total: u64,
+}
+
+impl ShardJournal {
+    /// Opens the journal of `shard` under `root`: `root/shard-NNN/` is created if missing, the
+    /// last segment is recovered (torn tail zeroed) and the writer is positioned after its last
+    /// intact record — or on a new segment when there is none, it is full, its header is
+    /// corrupt, or its schema is not `schema` (the report says which).
+    ///
+    /// `segment_bytes` is the size of each new segment file: it must hold the header (the schema
+    /// rounded up to 4 KiB pages) and at least one 512-byte record. An existing segment keeps the
+    /// size it was created with.
+    pub fn open(
+        root: &Path,
+        shard: u16,
+        segment_bytes: u64,
+        schema: &Schema,
+    ) -> Result<(ShardJournal, RecoveryReport), JournalError> {
+        let dir = shard_dir(root, shard);
+        let schema_json = schema.to_json();
+        if schema.event_bytes as usize != EVENT_BYTES {
+            return Err(JournalError::invalid(
+                "open",
+                &dir,
+                io::ErrorKind::InvalidInput,
+                format!("schema says event_bytes {}, this build's records are {EVENT_BYTES} bytes", schema.event_bytes),
+            ));
+        }
+        if schema_json.len() > SCHEMA_BYTES_MAX {
+            return Err(JournalError::invalid(
+                "open",
+                &dir,
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "schema JSON is {} bytes, more than the {SCHEMA_BYTES_MAX} a segment header \
+                     holds; declare fewer event types or fields",
+                    schema_json.len()
+                ),
+            ));
+        }
+        let header_bytes = header_bytes_for(schema_json.len());
+        let segment_bytes_min = (header_bytes + EVENT_BYTES) as u64;
+        if segment_bytes < segment_bytes_min || segment_bytes > isize::MAX as u64 {
+            return Err(JournalError::invalid(
+                "open",
+                &dir,
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "segment_bytes {segment_bytes} cannot hold the {header_bytes}-byte header and \
+                     one {EVENT_BYTES}-byte record; set journal.segment_bytes to at least \
+                     {segment_bytes_min} (64 MiB is typical)"
+                ),
+            ));
+        }
+
+        fs::create_dir_all(&dir).map_err(|e| JournalError::new("create dir", &dir, e))?;
+        let dir_file = File::open(&dir).map_err(|e| JournalError::new("open dir", &dir, e))?;
+        // SAFETY: flock on a file descriptor we own and keep open; no memory is involved.
+        if unsafe { libc::flock(dir_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(JournalError::with_detail(
+                "lock",
+                &dir,
+                "another writer holds this shard; stop it first".into(),
+                io::Error::last_os_error(),
+            ));
+        }
+
+        let listing = list_segments(&dir)?;
+        // A `.tmp` is a creation cut short before its header was on disk: no record was ever
+        // written to it.
+        let mut removed_tmp = false;
+        for &(n, kind) in &listing {
+            if kind == SegmentFile::Tmp {
+                let tmp = with_suffix(&segment_path(&dir, n), TMP_SUFFIX);
+                fs::remove_file(&tmp).map_err(|e| JournalError::new("remove", &tmp, e))?;
+                removed_tmp = true;
+            }
+        }
+        if removed_tmp {
+            dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", &dir, e))?;
+        }
+        // Never reuse a number, not even one set aside as .corrupt (a removed .tmp's may be).
+        let next_free =
+            listing.iter().filter(|&&(_, k)| k != SegmentFile::Tmp).map(|&(n, _)| n).max().map_or(1, |n| n + 1);
+        let last = listing.iter().rev().find(|&&(_, k)| k == SegmentFile::Live).map(|&(n, _)| n);
+
+        let mut report = RecoveryReport {
+            segment: 0,
+            records: 0,
+            torn_records: 0,
+            torn_bytes: 0,
+            new_segment_reason: None,
+            detail: None,
+        };
+        let resumed = match last {
+            None => {
+                report.new_segment_reason = Some("no segment in the shard directory yet");
+                None
+            }
+            Some(n) => recover_last(&dir, &dir_file, shard, n, schema, &schema_json, &mut report)?,
+        };
+
+        // A segment created by open counts its header as written.
+        let bytes_written_total = if resumed.is_none() { header_bytes as u64 } else { 0 };
+        let active = match resumed {
+            Some(active) => active,
+            None => {
+                let spec = NewSegment {
+                    dir: &dir,
+                    dir_file: &dir_file,
+                    shard,
+                    segment_bytes,
+                    schema_json: &schema_json,
+                    header_bytes,
+                };
+                spec.create(next_free)?
+            }
+        };
+        let journal = ShardJournal {
+            dir,
+            dir_file,
+            shard,
+            segment_bytes,
+            schema_json,
+            header_bytes,
+            active,
+            retired: None,
+            bytes_written_total,
+        };
+        report.segment = journal.active.number;
+        Ok((journal, report))
+    }
+
+    /// Seals `e` (magic + CRC32C) and copies it into the mapped segment, rotating to a new
+    /// segment first when it does not fit. No syscall except at rotation. An error comes only
+    /// from rotation (e.g. the disk is full): `e` was not written, the journal stays usable and
+    /// the next append tries the rotation again.
+    #[inline]
+    pub fn append(&mut self, e: &mut Event) -> Result<(), JournalError> {
+        e.seal();
+        if self.active.write_off + EVENT_BYTES > self.active.map.len() {
+            self.rotate()?;
+        }
+        let at = self.active.write_off;
+        debug_assert!(at.is_multiple_of(EVENT_BYTES) && at + EVENT_BYTES <= self.active.map.len());
+        // Checked again, in pair, by recovery and by the reader.
+        debug_assert!(e.is_sealed_intact());
+        self.active.map[at..at + EVENT_BYTES].copy_from_slice(e.as_bytes());
+        self.active.write_off = at + EVENT_BYTES;
+        self.active.records += 1;
+        self.bytes_written_total += EVENT_BYTES as u64;
+        Ok(())
+    }
+
+    /// msync(MS_SYNC) of what was appended since the last sync, in the segment left at the last
+    /// rotation and in the active one; no syscall when nothing was. An error means those records
+    /// may not be on disk, and a later sync that succeeds does not prove they are (the kernel
+    /// clears the error once reported): treat it as fatal for durability, not as retryable.
+    pub fn sync(&mut self) -> Result<(), JournalError> {
+        if let Some(r) = self.retired.take() {
+            r.flush()?;
+        }
+        let a = &mut self.active;
+        msync(&a.map, &a.path, a.synced_off, a.write_off)?;
+        a.synced_off = a.write_off;
+        Ok(())
+    }
+
+    /// Number of the active segment.
+    pub fn segment_number(&self) -> u64 {
+        self.active.number
+    }
+
+    /// Bytes written since open: records and the headers of segments created since.
+    pub fn bytes_written_total(&self) -> u64 {
+        self.bytes_written_total
+    }
+
+    /// Records in the active segment, recovered ones included.
+    pub fn records_in_segment(&self) -> u64 {
+        self.active.records
+    }
+
+    /// Path of the active segment file.
+    pub fn segment_path(&self) -> &Path {
+        &self.active.path
+    }
+
+    /// Leaves the full active segment for a new one. Cold: creates, preallocates, fsyncs and
+    /// prefaults a whole segment (tens of ms for 64 MiB) on the drain thread.
+    // Next step: create segment N+1 ahead of time off the drain thread, so rotation is a swap.
+    #[cold]
+    fn rotate(&mut self) -> Result<(), JournalError> {
+        // At most one segment waits for sync(): two rotations between syncs (tiny segments)
+        // flush the older one here.
+        if let Some(r) = self.retired.take() {
+            r.flush()?;
+        }
+        let next = self.create_active(self.active.number + 1)?;
+        let old = std::mem::replace(&mut self.active, next);
+        if old.write_off > old.synced_off {
+            self.retired = Some(Retired { path: old.path, map: old.map, from: old.synced_off, to: old.write_off });
+        }
+        self.bytes_written_total += self.header_bytes as u64;
+        Ok(())
+    }
+
+    fn create_active(&self, number: u64) -> Result<Active, JournalError> {
+        let spec = NewSegment {
+            dir: &self.dir,
+            dir_file: &self.dir_file,
+            shard: self.shard,
+            segment_bytes: self.segment_bytes,
+            schema_json: &self.schema_json,
+            header_bytes: self.header_bytes,
+        };
+        spec.create(number)
+    }
+}
+
+/// What a new segment of a shard is made of.
+struct NewSegment<'a> {
+    dir: &'a Path,
+    dir_file: &'a File,
+    shard: u16,
+    segment_bytes: u64,
+    schema_json: &'a [u8],
+    header_bytes: usize,
+}
+
+impl NewSegment<'_> {
+    /// Creates segment `number` with its header on disk and maps it.
+    fn create(&self, number: u64) -> Result<Active, JournalError> {
+        let header = SegmentHeader {
+            header_bytes: self.header_bytes as u32,
+            shard: self.shard,
+            segment: number,
+            created_ns: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+            schema_json: self.schema_json.to_vec(),
+        };
+        let path = segment_path(self.dir, number);
+        let file = create_segment_file(self.dir_file, &path, self.segment_bytes, &header)?;
+        let map = map_segment(&file, &path, self.segment_bytes as usize)?;
+        Ok(Active { number, path, map, write_off: self.header_bytes, synced_off: self.header_bytes, records: 0 })
+    }
+}
+
+/// Writes a new segment under a `.tmp` name — preallocated, header written, fsynced — then
+/// renames it to `path` and fsyncs the directory, so a `.seg` file always has its header on
+/// disk and a reader never sees a half-made one.
+fn create_segment_file(
+    dir_file: &File,
+    path: &Path,
+    segment_bytes: u64,
+    header: &SegmentHeader,
+) -> Result<File, JournalError> {
+    let tmp = with_suffix(path, TMP_SUFFIX);
+    let made = (|| {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| JournalError::new("create", &tmp, e))?;
+        let bytes = || format!("{segment_bytes} bytes");
+        file.set_len(segment_bytes).map_err(|e| JournalError::with_detail("set_len", path, bytes(), e))?;
+        // Allocate every block now: a full disk fails here, at rotation, never as a SIGBUS on
+        // a store into the map.
+        fallocate(&file, segment_bytes).map_err(|e| JournalError::with_detail("fallocate", path, bytes(), e))?;
+        file.write_all_at(&header.encode(), 0).map_err(|e| JournalError::new("write header", path, e))?;
+        file.sync_all().map_err(|e| JournalError::new("fsync", path, e))?;
+        Ok(file)
+    })();
+    let file = match made {
+        Ok(file) => file,
+        Err(e) => {
+            // Best effort: do not leave a preallocated file holding the space that ran out.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    fs::rename(&tmp, path).map_err(|e| JournalError::new("rename", &tmp, e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", dir, e))?;
+    Ok(file)
+}
+
+fn fallocate(file: &File, len: u64) -> io::Result<()> {
+    loop {
+        // SAFETY: posix_fallocate on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+        match rc {
+            0 => return Ok(()),
+            libc::EINTR => continue,
+            // It returns the error number instead of setting errno.
+            errno => return Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+/// Maps `len` bytes of a segment file read-write, prefaulted.
+fn map_segment(file: &File, path: &Path, len: usize) -> Result<MmapMut, JournalError> {
+    // SAFETY: the mmap contract of the journal. The file is a segment of a shard directory that
+    // this process holds the flock of, and while mapped it is written only through this map, by
+    // this one writer (the drain thread that owns the ShardJournal); readers only read it. Its
+    // length is fixed: it was preallocated to `len` bytes before mapping, and the journal never
+    // truncates a mapped segment. Truncation or writes by another process are out of contract
+    // (a store past a truncated end would SIGBUS). MAP_POPULATE prefaults every page, so an
+    // append touches no page that is not resident.
+    unsafe { MmapOptions::new().len(len).populate().map_mut(file) }
+        .map_err(|e| JournalError::with_detail("mmap", path, format!("{len} bytes"), e))
+}
+
+fn all_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+/// Recovers the highest-numbered segment `n`: returns it as the active segment when the writer
+/// can go on appending to it, `None` (with the reason in `report`) when a new one is needed.
+fn recover_last(
+    dir: &Path,
+    dir_file: &File,
+    shard: u16,
+    n: u64,
+    schema: &Schema,
+    schema_json: &[u8],
+    report: &mut RecoveryReport,
+) -> Result<Option<Active>, JournalError> {
+    let path = segment_path(dir, n);
+    let file =
+        OpenOptions::new().read(true).write(true).open(&path).map_err(|e| JournalError::new("open", &path, e))?;
+    let file_bytes = file.metadata().map_err(|e| JournalError::new("stat", &path, e))?.len();
+    let header = read_header(&file, file_bytes, shard, n).map_err(|e| JournalError::new("read header", &path, e))?;
+    let header = match header {
+        Ok(h) => h,
+        Err(bad) => {
+            let corrupt = with_suffix(&path, CORRUPT_SUFFIX);
+            fs::rename(&path, &corrupt).map_err(|e| JournalError::new("rename", &path, e))?;
+            dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", dir, e))?;
+            report.new_segment_reason = Some(bad.writer_reason());
+            report.detail = Some(format!("{}: {bad}; renamed to {}", path.display(), corrupt.display()));
+            return Ok(None);
+        }
+    };
+    if file_bytes > isize::MAX as u64 {
+        return Err(JournalError::invalid(
+            "open",
+            &path,
+            io::ErrorKind::InvalidData,
+            format!("segment is {file_bytes} bytes, more than this machine can map"),
+        ));
+    }
+    let mut map = map_segment(&file, &path, file_bytes as usize)?;
+    let header_bytes = header.header_bytes as usize;
+    let tail = recover_records(&mut map, &path, header_bytes)?;
+    report.records = tail.records;
+    report.torn_records = tail.torn_records;
+    report.torn_bytes = tail.torn_bytes;
+
+    let same_schema =
+        header.schema_json == schema_json || Schema::from_json(&header.schema_json).is_ok_and(|s| s == *schema);
+    if !same_schema {
+        report.new_segment_reason = Some("schema changed since the last segment was written");
+        report.detail =
+            Some(format!("{} was written with another schema; new events go to segment {}", path.display(), n + 1));
+        return Ok(None);
+    }
+    if tail.end_off + EVENT_BYTES > map.len() {
+        report.new_segment_reason = Some("last segment is full");
+        return Ok(None);
+    }
+    Ok(Some(Active {
+        number: n,
+        path,
+        map,
+        write_off: tail.end_off,
+        // The recovered records may be only in the page cache (the last run may have died
+        // before syncing them): the first sync() covers them all.
+        synced_off: header_bytes,
+        records: tail.records,
+    }))
+}
+
+struct Tail {
+    /// Offset of the first slot after the intact prefix.
+    end_off: usize,
+    records: u64,
+    torn_records: u64,
+    torn_bytes: u64,
+}
+
+/// Scans the records from `header_bytes`: all-zero slot = clean end; intact sealed record =
+/// kept; anything else starts a torn tail, which is zeroed up to the first all-zero slot (the
+/// journal is an in-order prefix: nothing after a bad record is kept) and msynced.
+fn recover_records(map: &mut MmapMut, path: &Path, header_bytes: usize) -> Result<Tail, JournalError> {
+    let len = map.len();
+    let mut off = header_bytes;
+    let mut records = 0u64;
+    while off + EVENT_BYTES <= len {
+        let slot: &[u8; EVENT_BYTES] = map[off..off + EVENT_BYTES].try_into().expect("one slot");
+        if all_zero(slot) || !Event::from_bytes(slot).is_sealed_intact() {
+            break;
+        }
+        records += 1;
+        off += EVENT_BYTES;
+    }
+    let end_off = off;
+    let mut torn_end = off;
+    let mut torn_records = 0u64;
+    let mut last_non_zero = off;
+    while torn_end + EVENT_BYTES <= len {
+        let slot = &map[torn_end..torn_end + EVENT_BYTES];
+        let Some(i) = slot.iter().rposition(|&b| b != 0) else {
+            break;
+        };
+        last_non_zero = torn_end + i + 1;
+        torn_records += 1;
+        torn_end += EVENT_BYTES;
+    }
+    if torn_records > 0 {
+        map[end_off..torn_end].fill(0);
+        msync(map, path, end_off, torn_end)?;
+    }
+    Ok(Tail { end_off, records, torn_records, torn_bytes: (last_non_zero - end_off) as u64 })
+}

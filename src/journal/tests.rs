@@ -1,0 +1,417 @@
+//! Journal tests with segments shrunk to 4 records, so rotation happens at once.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::segment::{header_bytes_for, read_header, HeaderError, SegmentHeader};
+use super::*;
+use crate::event::{Event, EVENT_BYTES};
+use crate::schema::{FieldKind, FieldSchema, Schema, TypeSchema, SCHEMA_VERSION};
+
+/// Header page + 4 records.
+const SEG_4: u64 = (PAGE_BYTES + 4 * EVENT_BYTES) as u64;
+/// Header page + 8 records.
+const SEG_8: u64 = (PAGE_BYTES + 8 * EVENT_BYTES) as u64;
+const HDR: u64 = PAGE_BYTES as u64;
+const REC: u64 = EVENT_BYTES as u64;
+
+fn field(name: &str, kind: FieldKind, slot: u8, offset: u16, max: u16) -> FieldSchema {
+    FieldSchema { name: name.into(), kind, slot, offset, max }
+}
+
+fn schema_a() -> Schema {
+    Schema {
+        version: SCHEMA_VERSION,
+        event_bytes: EVENT_BYTES as u32,
+        types: vec![TypeSchema {
+            id: 0,
+            name: "impression".into(),
+            fields: vec![
+                field("campaign_id", FieldKind::U64, 0, 0, 0),
+                field("site", FieldKind::Str, 1, 0, 32),
+                field("big", FieldKind::U64, 4, 0, 0),
+            ],
+        }],
+    }
+}
+
+/// Schema A with the campaign field renamed: the same slots decode under another name.
+fn schema_b() -> Schema {
+    let mut s = schema_a();
+    s.types[0].fields[0].name = "campaign".into();
+    s
+}
+
+fn ev(seq: u64) -> Event {
+    let mut e = Event::ZERO;
+    e.seq = seq;
+    e.ts_ns = 1_700_000_000_000_000_000 + seq;
+    e.id[0] = seq as u8;
+    e.set_slot(0, seq * 10);
+    e.set_str(1, 0, 32, format!("site-{seq}").as_bytes());
+    e
+}
+
+fn seg_file(root: &Path, shard: u16, n: u64) -> std::path::PathBuf {
+    segment_path(&shard_dir(root, shard), n)
+}
+
+/// Everything the reader has now, as (schema, event) pairs.
+fn read_all(r: &mut JournalReader) -> Vec<(Schema, Event)> {
+    let mut out = Vec::new();
+    let n = r.poll(&mut |s, e| out.push((s.clone(), *e))).unwrap();
+    assert_eq!(n as usize, out.len());
+    out
+}
+
+fn seqs(v: &[(Schema, Event)]) -> Vec<u64> {
+    v.iter().map(|(_, e)| e.seq).collect()
+}
+
+fn append_seqs(j: &mut ShardJournal, seqs: impl IntoIterator<Item = u64>) {
+    for s in seqs {
+        j.append(&mut ev(s)).unwrap();
+    }
+}
+
+fn patch(path: &Path, off: u64, bytes: &[u8]) {
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, off).unwrap();
+}
+
+fn read_bytes(path: &Path, off: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0; len];
+    fs::File::open(path).unwrap().read_exact_at(&mut b, off).unwrap();
+    b
+}
+
+#[test]
+fn appends_across_rotations_read_back_in_order_with_their_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j3, report) = ShardJournal::open(root, 3, SEG_4, &schema_a()).unwrap();
+    assert_eq!(report.segment, 1);
+    assert_eq!(report.new_segment_reason, Some("no segment in the shard directory yet"));
+    append_seqs(&mut j3, 1..=11);
+    assert_eq!(j3.segment_number(), 3);
+    assert_eq!(j3.records_in_segment(), 3);
+    assert_eq!(j3.bytes_written_total(), 3 * HDR + 11 * REC);
+    j3.sync().unwrap();
+    j3.sync().unwrap(); // nothing new: no-op
+
+    let (mut j0, _) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+    append_seqs(&mut j0, 100..=101);
+
+    for n in 1..=3 {
+        let p = seg_file(root, 3, n);
+        assert_eq!(fs::metadata(&p).unwrap().len(), SEG_4, "{}", p.display());
+    }
+    assert!(root.join("shard-003/00000000000000000003.seg").exists());
+    assert!(!seg_file(root, 3, 4).exists());
+
+    let mut r = JournalReader::open(root).unwrap();
+    let got = read_all(&mut r);
+    // Shard 0 first, then shard 3, each in append order.
+    assert_eq!(seqs(&got), [100, 101, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    for (schema, e) in &got {
+        assert_eq!(*schema, schema_a());
+        assert!(e.is_sealed_intact());
+        assert_eq!(e.slots[0], e.seq * 10);
+        assert_eq!(e.str_at(1, 0, 32), format!("site-{}", e.seq).as_bytes());
+    }
+    let mut json = String::new();
+    got[2].0.write_json(&got[2].1, &mut json);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["campaign_id"], 10);
+    assert_eq!(v["site"], "site-1");
+    assert_eq!(r.corrupt_records() + r.corrupt_segments(), 0);
+
+    let r3 = &mut JournalReader::open_shard(root, 3).unwrap();
+    assert_eq!(read_all(r3).len(), 11);
+}
+
+#[test]
+fn reopen_continues_the_last_segment_after_its_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=2);
+    drop(j);
+    let (mut j, report) = ShardJournal::open(dir.path(), 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.torn_records), (1, 2, 0));
+    assert_eq!(report.new_segment_reason, None);
+    assert_eq!(j.records_in_segment(), 2);
+    assert_eq!(j.bytes_written_total(), 0);
+    append_seqs(&mut j, [3]);
+    let mut r = JournalReader::open(dir.path()).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 3]);
+
+    // Full last segment: reopen moves on.
+    append_seqs(&mut j, 4..=8);
+    drop(j);
+    let (j, report) = ShardJournal::open(dir.path(), 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records), (2, 8));
+    assert_eq!(report.new_segment_reason, Some("last segment is full"));
+    assert_eq!(j.bytes_written_total(), HDR);
+}
+
+#[test]
+fn torn_tail_drops_the_bad_record_and_everything_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=5);
+    drop(j);
+    let path = seg_file(root, 0, 1);
+    let rec4 = HDR + 3 * REC;
+    patch(&path, rec4 + 200, &[0xAB; 8]);
+
+    // A reader before recovery: record 4 is bad but followed by record 5, so it is skipped.
+    let mut before = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut before)), [1, 2, 3, 5]);
+    assert_eq!(before.corrupt_records(), 1);
+    let (warnings, dropped) = before.take_warnings();
+    assert_eq!(dropped, 0);
+    let msg = warnings[0].to_string();
+    assert!(msg.contains("00000000000000000001.seg") && msg.contains("record 3 at offset 5632"), "{msg}");
+
+    let rec5 = read_bytes(&path, HDR + 4 * REC, EVENT_BYTES);
+    let rec5_used = rec5.iter().rposition(|&b| b != 0).unwrap() as u64 + 1;
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!(report.segment, 1);
+    assert_eq!(report.records, 3);
+    assert_eq!(report.torn_records, 2);
+    assert_eq!(report.torn_bytes, REC + rec5_used);
+    assert_eq!(report.new_segment_reason, None);
+    assert!(read_bytes(&path, rec4, 2 * EVENT_BYTES).iter().all(|&b| b == 0));
+
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 3]);
+    append_seqs(&mut j, [42]);
+    assert_eq!(Event::from_bytes(&read_bytes(&path, rec4, EVENT_BYTES).try_into().unwrap()).seq, 42);
+    assert_eq!(seqs(&read_all(&mut r)), [42]);
+    let mut fresh = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut fresh)), [1, 2, 3, 42]);
+    assert_eq!(fresh.corrupt_records(), 0);
+}
+
+#[test]
+fn partially_copied_last_record_waits_in_the_reader_and_is_dropped_by_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=3);
+    drop(j);
+    let path = seg_file(root, 0, 1);
+    let mut e = ev(4);
+    e.set_slot(4, u64::MAX); // bytes 96..104: byte 99 is not zero
+    e.seal();
+    patch(&path, HDR + 3 * REC, &e.as_bytes()[..100]);
+
+    // The reader takes it for a record being written: not delivered, not corrupt.
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 3]);
+    assert_eq!(read_all(&mut r).len(), 0);
+    assert_eq!(r.corrupt_records(), 0);
+
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.records, report.torn_records, report.torn_bytes), (3, 1, 100));
+    append_seqs(&mut j, [4]);
+    assert_eq!(seqs(&read_all(&mut r)), [4]);
+    assert_eq!(r.corrupt_records(), 0);
+}
+
+#[test]
+fn schema_change_on_reopen_starts_a_new_segment_and_each_decodes_with_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=2);
+    drop(j);
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_b()).unwrap();
+    assert_eq!(report.segment, 2);
+    assert_eq!(report.records, 2);
+    assert_eq!(report.new_segment_reason, Some("schema changed since the last segment was written"));
+    append_seqs(&mut j, 3..=4);
+
+    let mut r = JournalReader::open(root).unwrap();
+    let got = read_all(&mut r);
+    assert_eq!(seqs(&got), [1, 2, 3, 4]);
+    let names: Vec<String> = got
+        .iter()
+        .map(|(s, e)| {
+            let mut json = String::new();
+            s.write_json(e, &mut json);
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let key = if v.get("campaign_id").is_some() { "campaign_id" } else { "campaign" };
+            assert_eq!(v[key], e.seq * 10);
+            key.to_string()
+        })
+        .collect();
+    assert_eq!(names, ["campaign_id", "campaign_id", "campaign", "campaign"]);
+}
+
+#[test]
+fn corrupt_header_is_skipped_with_a_warning_by_the_reader_and_set_aside_by_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=2);
+    drop(j);
+    let path = seg_file(root, 0, 1);
+    // One byte of the embedded schema: only the header CRC can tell.
+    let b = read_bytes(&path, HEADER_FIXED_BYTES as u64 + 2, 1)[0];
+    patch(&path, HEADER_FIXED_BYTES as u64 + 2, &[b ^ 0x20]);
+
+    // Reader: skips the segment, names the file and the check that failed.
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(read_all(&mut r).len(), 0);
+    assert_eq!(r.corrupt_segments(), 1);
+    let (warnings, _) = r.take_warnings();
+    let msg = warnings[0].to_string();
+    assert!(msg.starts_with(&format!("journal: read header {}: header CRC32C", path.display())), "{msg}");
+    assert!(msg.ends_with("segment skipped"), "{msg}");
+
+    // Writer: renames it and goes on in segment 2.
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!(report.segment, 2);
+    assert_eq!(report.new_segment_reason, Some("last segment's header fails its CRC; renamed to .corrupt"));
+    assert!(report.detail.unwrap().contains("00000000000000000001.seg.corrupt"));
+    assert!(!path.exists());
+    assert!(root.join("shard-000/00000000000000000001.seg.corrupt").exists());
+    append_seqs(&mut j, [3]);
+    assert_eq!(seqs(&read_all(&mut r)), [3]);
+    let mut fresh = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut fresh)), [3]);
+    assert_eq!(fresh.corrupt_segments(), 0);
+
+    // The .corrupt number is never reused, even once segment 2 is gone.
+    drop(j);
+    fs::remove_file(seg_file(root, 0, 2)).unwrap();
+    let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!(report.segment, 2);
+}
+
+#[test]
+fn follow_returns_only_new_records_across_rotations_and_new_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(read_all(&mut r).len(), 0);
+    append_seqs(&mut j, 1..=3);
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 3]);
+    assert_eq!(read_all(&mut r).len(), 0);
+    // Fills segment 1 exactly, then two more rotations.
+    append_seqs(&mut j, 4..=10);
+    assert_eq!(j.segment_number(), 3);
+    assert_eq!(seqs(&read_all(&mut r)), [4, 5, 6, 7, 8, 9, 10]);
+    append_seqs(&mut j, [11]);
+    assert_eq!(seqs(&read_all(&mut r)), [11]);
+
+    let (mut j7, _) = ShardJournal::open(root, 7, SEG_4, &schema_a()).unwrap();
+    append_seqs(&mut j7, [70]);
+    append_seqs(&mut j, [12]);
+    assert_eq!(seqs(&read_all(&mut r)), [12, 70]);
+    assert_eq!(read_all(&mut r).len(), 0);
+    assert_eq!(r.corrupt_records() + r.corrupt_segments(), 0);
+}
+
+#[test]
+fn sync_covers_the_segment_left_at_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=6); // rotation with 4 unsynced in segment 1
+    j.sync().unwrap();
+    append_seqs(&mut j, 7..=14); // two rotations between syncs
+    j.sync().unwrap();
+    let mut r = JournalReader::open(dir.path()).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), (1..=14).collect::<Vec<_>>());
+}
+
+#[test]
+fn second_writer_on_a_shard_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_j, _) = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).unwrap();
+    let err = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).err().unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    assert!(err.to_string().contains("another writer holds this shard"), "{err}");
+}
+
+#[test]
+fn segment_bytes_too_small_names_the_minimum() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = ShardJournal::open(dir.path(), 0, HDR, &schema_a()).err().unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("segment_bytes 4096 cannot hold"), "{err}");
+    assert!(err.to_string().contains("at least 4608"), "{err}");
+}
+
+#[test]
+fn leftover_tmp_segment_is_removed_and_its_number_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = shard_dir(dir.path(), 0);
+    fs::create_dir_all(&shard).unwrap();
+    let tmp = shard.join("00000000000000000001.seg.tmp");
+    fs::write(&tmp, [0u8; 100]).unwrap();
+    let (_j, report) = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).unwrap();
+    assert_eq!(report.segment, 1);
+    assert!(!tmp.exists());
+}
+
+#[test]
+fn header_round_trips_and_each_check_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h");
+    let json = schema_a().to_json();
+    let h = SegmentHeader {
+        header_bytes: header_bytes_for(json.len()) as u32,
+        shard: 5,
+        segment: 9,
+        created_ns: 123,
+        schema_json: json,
+    };
+    let check = |bytes: &[u8], shard, number| {
+        fs::write(&path, bytes).unwrap();
+        let f = fs::File::open(&path).unwrap();
+        read_header(&f, bytes.len() as u64, shard, number).unwrap()
+    };
+    let good = h.encode();
+    assert_eq!(good.len(), PAGE_BYTES);
+    assert_eq!(check(&good, 5, 9), Ok(h.clone()));
+    assert_eq!(check(&good, 6, 9), Err(HeaderError::Shard { found: 5, expected: 6 }));
+    assert_eq!(check(&good, 5, 8), Err(HeaderError::Number { found: 9, expected: 8 }));
+    assert_eq!(check(&good[..10], 5, 9), Err(HeaderError::Short { file_bytes: 10 }));
+    assert_eq!(check(&vec![0; PAGE_BYTES], 5, 9), Err(HeaderError::Blank));
+    let mut bad = good.clone();
+    bad[0] = b'X';
+    assert!(matches!(check(&bad, 5, 9), Err(HeaderError::Magic { .. })));
+    let mut bad = good.clone();
+    bad[8] = 2;
+    assert_eq!(check(&bad, 5, 9), Err(HeaderError::Version { found: 2 }));
+    let mut bad = good.clone();
+    bad[41] = 1; // event_bytes 512 -> 256: the CRC catches it first
+    assert!(matches!(check(&bad, 5, 9), Err(HeaderError::Crc { .. })));
+    let mut bad = good.clone();
+    bad[12] = 1; // header_bytes no longer a page multiple
+    assert!(matches!(check(&bad, 5, 9), Err(HeaderError::Layout { .. })));
+    // A header claiming more pages than the file has.
+    assert!(matches!(check(&good[..PAGE_BYTES - 1], 5, 9), Err(HeaderError::Layout { .. })));
+}
+
+#[test]
+fn bad_tail_of_a_segment_the_writer_has_left_is_corrupt_not_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=3);
+    drop(j);
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_b()).unwrap();
+    assert_eq!(report.segment, 2);
+    append_seqs(&mut j, [4]);
+    // Damage after the writer left segment 1: a half record at its tail.
+    patch(&seg_file(root, 0, 1), HDR + 3 * REC, &ev(9).as_bytes()[..100]);
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 3, 4]);
+    assert_eq!(r.corrupt_records(), 1);
+}

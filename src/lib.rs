@@ -1,0 +1,41 @@
+//! tracker — a thread-per-core io_uring HTTP event tracker for ad-tech.
+//!
+//! ```text
+//! client ─TCP─▶ net (shard N: monoio io_uring reactor, SO_REUSEPORT listener, pinned to CPU N)
+//!                 │  http      parse head with httparse into a fixed header array
+//!                 │  endpoint  (method, path) → endpoint
+//!                 │  extract   query / headers / cookies → Event, written in place in the ring slot
+//!                 │  ring      per-shard SPSC ring (full → 503), then respond: GIF / 204 / 4xx
+//!                 ▼
+//!               runtime::drain (one thread per shard) ─▶ journal: mmapped append-only segments,
+//!                                                         CRC32C per record, schema in header
+//! ```
+//!
+//! Modules in the order an event travels:
+//! - [`config`]   TOML → validated `Config` (errors name file, line, key)
+//! - [`runtime`]  start-up, shard reactors, journal drains, shutdown order
+//! - [`net`]      listener (SO_REUSEPORT) and the per-connection loop (owned buffers, deadlines)
+//! - [`http`]     request parsing and prebuilt responses, no allocation, no I/O
+//! - [`endpoint`] routing table built from config
+//! - [`extract`]  request → `Event`, ids; pure
+//! - [`event`]    the fixed 512-byte record; [`schema`] how its slots map to field names
+//! - [`ring`]     per-core SPSC ring, the only crossing on the ingest path
+//! - [`journal`]  segment format, writer, recovery, reader
+//! - [`metrics`]  per-shard counters
+//!
+//! Synchronous and I/O-free: `http`, `endpoint`, `extract`, `event`, `schema`, `ring`. Only `net`,
+//! `journal` and `runtime` do I/O.
+
+pub mod clock;
+pub mod config;
+pub mod constants;
+pub mod endpoint;
+pub mod event;
+pub mod extract;
+pub mod http;
+pub mod journal;
+pub mod metrics;
+pub mod net;
+pub mod ring;
+pub mod runtime;
+pub mod schema;

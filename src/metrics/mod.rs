@@ -1,0 +1,149 @@
+//! Per-shard counters. Each shard writes only its own (relaxed atomics: a plain add on x86, no
+//! lock, no allocation, no cross-core traffic on the hot path); readers on other threads sum the
+//! shards. Labels come from closed sets fixed at start (endpoints and event types from config,
+//! statuses and reasons below).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Response statuses the tracker sends, a closed set (label `status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    S200,
+    S204,
+    S400,
+    S404,
+    S405,
+    S413,
+    S414,
+    S431,
+    S503,
+}
+
+pub const STATUSES: [Status; 9] = [
+    Status::S200,
+    Status::S204,
+    Status::S400,
+    Status::S404,
+    Status::S405,
+    Status::S413,
+    Status::S414,
+    Status::S431,
+    Status::S503,
+];
+
+impl Status {
+    pub fn code(self) -> u16 {
+        match self {
+            Status::S200 => 200,
+            Status::S204 => 204,
+            Status::S400 => 400,
+            Status::S404 => 404,
+            Status::S405 => 405,
+            Status::S413 => 413,
+            Status::S414 => 414,
+            Status::S431 => 431,
+            Status::S503 => 503,
+        }
+    }
+
+    pub fn from_code(code: u16) -> Status {
+        match code {
+            200 => Status::S200,
+            204 => Status::S204,
+            404 => Status::S404,
+            405 => Status::S405,
+            413 => Status::S413,
+            414 => Status::S414,
+            431 => Status::S431,
+            503 => Status::S503,
+            _ => Status::S400,
+        }
+    }
+}
+
+/// Why a request did not become an event, or a connection was dropped (label `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reason {
+    /// Malformed or ambiguous HTTP.
+    Malformed,
+    /// A field missing or unparsable.
+    Field,
+    RingFull,
+    ConnectionLimit,
+    HeaderTimeout,
+}
+
+pub const REASONS: [Reason; 5] =
+    [Reason::Malformed, Reason::Field, Reason::RingFull, Reason::ConnectionLimit, Reason::HeaderTimeout];
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::Field => "field",
+            Reason::RingFull => "ring_full",
+            Reason::ConnectionLimit => "connection_limit",
+            Reason::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
+pub struct ShardCounters {
+    /// [endpoint index (last row = no endpoint matched)][status]
+    requests: Box<[[AtomicU64; STATUSES.len()]]>,
+    /// [event type]
+    events: Box<[AtomicU64]>,
+    rejects: [AtomicU64; REASONS.len()],
+    pub connections_accepted: AtomicU64,
+    pub journal_records: AtomicU64,
+    pub journal_bytes: AtomicU64,
+    pub journal_torn_records: AtomicU64,
+    pub journal_errors: AtomicU64,
+}
+
+impl ShardCounters {
+    pub fn new(endpoints: usize, types: usize) -> ShardCounters {
+        ShardCounters {
+            requests: (0..=endpoints).map(|_| Default::default()).collect(),
+            events: (0..types).map(|_| AtomicU64::new(0)).collect(),
+            rejects: Default::default(),
+            connections_accepted: AtomicU64::new(0),
+            journal_records: AtomicU64::new(0),
+            journal_bytes: AtomicU64::new(0),
+            journal_torn_records: AtomicU64::new(0),
+            journal_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// `endpoint` None = no endpoint matched (404, or rejected before routing).
+    #[inline]
+    pub fn request(&self, endpoint: Option<u16>, status: Status) {
+        let row = endpoint.map_or(self.requests.len() - 1, |e| e as usize);
+        self.requests[row][status as usize].fetch_add(1, Relaxed);
+    }
+
+    #[inline]
+    pub fn event(&self, type_id: u16) {
+        self.events[type_id as usize].fetch_add(1, Relaxed);
+    }
+
+    #[inline]
+    pub fn reject(&self, r: Reason) {
+        self.rejects[r as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn requests(&self, endpoint: Option<u16>, status: Status) -> u64 {
+        let row = endpoint.map_or(self.requests.len() - 1, |e| e as usize);
+        self.requests[row][status as usize].load(Relaxed)
+    }
+
+    pub fn events(&self, type_id: u16) -> u64 {
+        self.events[type_id as usize].load(Relaxed)
+    }
+
+    pub fn rejects(&self, r: Reason) -> u64 {
+        self.rejects[r as usize].load(Relaxed)
+    }
+}

@@ -1,0 +1,300 @@
+//! One client connection on a shard: read into the connection's fixed buffer, answer every
+//! complete request in it (pipelining: in order, one write per batch), repeat.
+//!
+//! Invariants:
+//! - the read buffer holds at most header_bytes_max + body_bytes_max bytes; the parser rejects
+//!   anything that could not fit (414/431/413) before the buffer is full;
+//! - responses are appended to the write buffer, whose capacity is reserved at start and never
+//!   grows; a batch is flushed before the buffer could overflow;
+//! - an `ack = "logged"` response is written only after the drain reports its event in the
+//!   journal; the whole batch waits for the highest such sequence number;
+//! - a malformed request is answered with `Connection: close` and the connection closed after
+//!   the responses before it are written: the bytes after it cannot be trusted.
+//!
+//! Deadlines: the head of a request must arrive within header_read_timeout_ms of its first
+//! byte; an idle keep-alive connection is closed after idle_timeout_ms. Both are checked on a
+//! coarse tick while a read is pending, which also notices shutdown.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::net::TcpStream;
+
+use crate::config::{Ack, ResponseKind, Server};
+use crate::endpoint::{RequestMethod, Route};
+use crate::event::FLAG_HEAD;
+use crate::extract::{extract, RequestView};
+use crate::http::{self, BodyFraming, ParseError, HEADERS_MAX};
+use crate::metrics::{Reason, Status};
+use crate::runtime::shard::ShardCtx;
+
+/// Write buffer per connection: room for a batch of pipelined responses.
+pub const WRITE_BYTES: usize = 16 * 1024;
+/// Flush the batch when less than this is free: the largest single response we build.
+const RESPONSE_BYTES_MAX: usize = 1024;
+/// How often a pending read looks at its deadline and at shutdown.
+const TICK: Duration = Duration::from_millis(250);
+
+/// A connection's buffers, allocated once per shard at start and recycled.
+pub struct ConnBufs {
+    read: Vec<u8>,
+    write: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl ConnBufs {
+    pub fn new(s: &Server) -> ConnBufs {
+        ConnBufs {
+            read: Vec::with_capacity(s.header_bytes_max + s.body_bytes_max),
+            write: Vec::with_capacity(WRITE_BYTES),
+            // Chunked bodies decode into this fixed scratch (zeroed pages are mapped lazily).
+            body: vec![0; s.body_bytes_max],
+        }
+    }
+}
+
+/// What answering one request decided about the connection.
+struct Answer {
+    keep_alive: bool,
+    /// Journal sequence number this response must wait for (0 = none).
+    logged_seq: u64,
+}
+
+pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, mut bufs: ConnBufs) {
+    let server = &ctx.cfg.server;
+    let limits = http::Limits {
+        request_line_bytes_max: server.request_line_bytes_max,
+        header_count_max: server.header_count_max,
+        header_bytes_max: server.header_bytes_max,
+        body_bytes_max: server.body_bytes_max,
+    };
+    let idle = Duration::from_millis(server.idle_timeout_ms);
+    let header_timeout = Duration::from_millis(server.header_read_timeout_ms);
+    let mut canceller = Canceller::new();
+    let mut rbuf = std::mem::take(&mut bufs.read);
+    let mut wbuf = std::mem::take(&mut bufs.write);
+    rbuf.clear();
+    wbuf.clear();
+    // When the first byte of the request now in the buffer arrived.
+    let mut head_started: Option<Instant> = None;
+
+    'conn: loop {
+        // Answer every complete request in the buffer.
+        let mut start = 0usize;
+        let mut close = false;
+        let mut logged_seq = 0u64;
+        let now_ns = crate::clock::unix_nanos();
+        ctx.date.borrow_mut().update(now_ns / 1_000_000_000);
+        while start < rbuf.len() && wbuf.capacity() - wbuf.len() >= RESPONSE_BYTES_MAX {
+            let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+            let req = match http::parse(&rbuf[start..], &mut headers, &limits) {
+                Ok(r) => r,
+                Err(ParseError::Incomplete) => break,
+                Err(ParseError::Invalid { status, reason }) => {
+                    let st = Status::from_code(status);
+                    ctx.shared.counters.request(None, st);
+                    ctx.shared.counters.reject(Reason::Malformed);
+                    write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None);
+                    close = true;
+                    break;
+                }
+            };
+            let head_len = req.head_len;
+            let (body, consumed) = match req.framing {
+                BodyFraming::None => (&rbuf[..0], head_len),
+                BodyFraming::Length(n) => {
+                    if rbuf.len() - start < head_len + n {
+                        break;
+                    }
+                    (&rbuf[start + head_len..start + head_len + n], head_len + n)
+                }
+                BodyFraming::Chunked => {
+                    match http::chunked::decode(&rbuf[start + head_len..], &mut bufs.body[..], limits.body_bytes_max) {
+                        Ok((n, used)) => (&bufs.body[..n], head_len + used),
+                        Err(ParseError::Incomplete) => break,
+                        Err(ParseError::Invalid { status, reason }) => {
+                            let st = Status::from_code(status);
+                            ctx.shared.counters.request(None, st);
+                            ctx.shared.counters.reject(Reason::Malformed);
+                            write_error(&ctx, &mut wbuf, st, reason, false, false, req.version_minor, None);
+                            close = true;
+                            break;
+                        }
+                    }
+                }
+            };
+            let _ = body;
+            let a = answer(&ctx, &req, peer, now_ns, &mut wbuf);
+            logged_seq = logged_seq.max(a.logged_seq);
+            start += consumed;
+            head_started = None;
+            if !a.keep_alive {
+                close = true;
+                break;
+            }
+        }
+        // The batch stopped for want of output space, not input: answer the rest after the write.
+        let out_full = wbuf.capacity() - wbuf.len() < RESPONSE_BYTES_MAX;
+        // Wake the drain once per batch; then wait for the journal if a response needs it.
+        let filling = ctx.producer.borrow_mut().is_filling();
+        ctx.shared.notify_drain(logged_seq > 0 || filling);
+        if logged_seq > 0 {
+            ctx.journaled(logged_seq).await;
+        }
+        if !wbuf.is_empty() {
+            let (res, b) = stream.write_all(wbuf).await;
+            wbuf = b;
+            wbuf.clear();
+            if res.is_err() {
+                break 'conn;
+            }
+        }
+        if close || ctx.stopping.get() {
+            break 'conn;
+        }
+        // Keep the unanswered tail (a partial request) at the front of the buffer.
+        if start > 0 {
+            rbuf.copy_within(start.., 0);
+            rbuf.truncate(rbuf.len() - start);
+        }
+        if rbuf.len() == rbuf.capacity() {
+            // Unreachable while the parser enforces the limits; refuse rather than spin.
+            write_error(&ctx, &mut wbuf, Status::S431, "request too large", false, false, 1, None);
+            let (_, b) = stream.write_all(wbuf).await;
+            wbuf = b;
+            break 'conn;
+        }
+        if out_full {
+            continue;
+        }
+        if !rbuf.is_empty() && head_started.is_none() {
+            head_started = Some(Instant::now());
+        }
+
+        // Read more, bounded by the header deadline (partial request) or the idle timeout.
+        let deadline = match head_started {
+            Some(t) => t + header_timeout,
+            None => Instant::now() + idle,
+        };
+        let len = rbuf.len();
+        let cap = rbuf.capacity();
+        let read = stream.cancelable_read(rbuf.slice_mut(len..cap), canceller.handle());
+        let mut read = std::pin::pin!(read);
+        let (res, slice) = loop {
+            let now = Instant::now();
+            let tick = monoio::time::sleep(TICK.min(deadline.saturating_duration_since(now)));
+            monoio::select! {
+                r = &mut read => break r,
+                _ = tick => {
+                    if ctx.stopping.get() || Instant::now() >= deadline {
+                        canceller = canceller.cancel();
+                        break (&mut read).await;
+                    }
+                }
+            }
+        };
+        rbuf = slice.into_inner();
+        match res {
+            Ok(0) => break 'conn,
+            Ok(_) => {}
+            Err(_) => {
+                if head_started.is_some() && !ctx.stopping.get() {
+                    ctx.shared.counters.reject(Reason::HeaderTimeout);
+                }
+                break 'conn;
+            }
+        }
+    }
+    bufs.read = rbuf;
+    bufs.write = wbuf;
+    drop(stream);
+    ctx.conn_closed(bufs);
+}
+
+/// Routes, extracts, pushes and writes the response for one well-formed request.
+fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns: u64, wbuf: &mut Vec<u8>) -> Answer {
+    let counters = &ctx.shared.counters;
+    let head = req.method == http::Method::Head;
+    let ka = req.keep_alive;
+    let v = req.version_minor;
+    let method = match req.method {
+        http::Method::Get => RequestMethod::Get,
+        http::Method::Head => RequestMethod::Head,
+        http::Method::Post => RequestMethod::Post,
+        _ => RequestMethod::Other,
+    };
+    let ep_index = match ctx.routes.route(method, req.path) {
+        Route::Found(i) => i,
+        Route::NotFound => {
+            counters.request(None, Status::S404);
+            write_error(ctx, wbuf, Status::S404, "no such endpoint", ka, head, v, None);
+            return Answer { keep_alive: ka, logged_seq: 0 };
+        }
+        Route::MethodNotAllowed(allow) => {
+            counters.request(None, Status::S405);
+            write_error(ctx, wbuf, Status::S405, "method not allowed", ka, head, v, Some(allow));
+            return Answer { keep_alive: ka, logged_seq: 0 };
+        }
+    };
+    let ep = &ctx.cfg.endpoints[ep_index as usize];
+    let ty = &ctx.cfg.types[ep.type_id as usize];
+    let mut producer = ctx.producer.borrow_mut();
+    let next_seq = producer.pushed() + 1;
+    let Some(slot) = producer.reserve() else {
+        counters.request(Some(ep_index), Status::S503);
+        counters.reject(Reason::RingFull);
+        write_error(ctx, wbuf, Status::S503, "overloaded, retry", ka, head, v, None);
+        return Answer { keep_alive: ka, logged_seq: 0 };
+    };
+    let view = RequestView { query: req.query, headers: req.headers, client_ip: peer.ip(), now_ns };
+    if let Err(rej) = extract(ty, &view, &mut ctx.ids.borrow_mut(), ctx.shared.index, ep_index, slot) {
+        counters.request(Some(ep_index), Status::S400);
+        counters.reject(Reason::Field);
+        let mut msg = [0u8; 256];
+        let mut w = &mut msg[..];
+        let _ = write!(w, "field {}: {}", ty.fields[rej.field].name, rej.why);
+        let n = 256 - w.len();
+        let reason = std::str::from_utf8(&msg[..n]).unwrap_or("bad field value");
+        write_error(ctx, wbuf, Status::S400, reason, ka, head, v, None);
+        return Answer { keep_alive: ka, logged_seq: 0 };
+    }
+    if head {
+        slot.flags |= FLAG_HEAD;
+    }
+    slot.seq = next_seq;
+    let seq = producer.commit();
+    debug_assert_eq!(seq, next_seq);
+    counters.event(ty.id);
+    let date = ctx.date.borrow();
+    let status = match ep.response {
+        ResponseKind::Gif => {
+            let _ = http::response::gif(wbuf, ka, head, v, date.get());
+            Status::S200
+        }
+        ResponseKind::NoContent => {
+            let _ = http::response::no_content(wbuf, ka, v, date.get());
+            Status::S204
+        }
+    };
+    counters.request(Some(ep_index), status);
+    Answer { keep_alive: ka, logged_seq: if ep.ack == Ack::Logged { seq } else { 0 } }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_error(
+    ctx: &ShardCtx,
+    wbuf: &mut Vec<u8>,
+    status: Status,
+    reason: &str,
+    keep_alive: bool,
+    head: bool,
+    version_minor: u8,
+    allow: Option<&str>,
+) {
+    let date = ctx.date.borrow();
+    let _ = http::response::error(wbuf, status.code(), reason, keep_alive, head, version_minor, date.get(), allow);
+}

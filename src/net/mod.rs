@@ -1,0 +1,4 @@
+//! Network I/O of a shard: the SO_REUSEPORT listener and the connection loop.
+
+pub mod connection;
+pub mod listener;

@@ -1,0 +1,119 @@
+//! The journal drain: one thread per shard that moves events from the shard's ring into its
+//! journal segments, applies the sync policy, and tells the reactor how far the journal got
+//! (for `ack = "logged"` endpoints).
+//!
+//! It never blocks the reactor: the ring is the only thing they share. When the ring is empty the
+//! drain naps (DRAIN_NAP) while traffic flows and sleeps deeply once it stops; the reactor wakes
+//! it for `logged` requests, a filling ring, or a deep sleeper (Dekker handshake on
+//! `drain_sleeping`, see `ShardShared::notify_drain`).
+//! A journal error (disk full at rotation) leaves the event at the ring's head and retries with
+//! backoff: the ring fills, the reactor answers 503, nothing acknowledged is lost.
+
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::SyncPolicy;
+use crate::constants::DRAIN_BATCH_EVENTS;
+use crate::journal::ShardJournal;
+use crate::ring::Consumer;
+use crate::runtime::ShardShared;
+
+/// While events keep coming, the drain naps this long between looks at an empty ring instead of
+/// asking the reactor to wake it: a `received` event reaches the journal within this bound, and
+/// the reactor pays no wake-up per request.
+pub const DRAIN_NAP: Duration = Duration::from_millis(1);
+/// Naps in a row that found nothing before the drain sleeps deeply and asks to be woken.
+const NAPS_BEFORE_SLEEP: u32 = 200;
+/// Longest deep sleep (safety net only: the reactor wakes a deep sleeper on the next push).
+const IDLE_PARK: Duration = Duration::from_millis(100);
+/// Backoff after a journal error.
+const ERROR_BACKOFF: Duration = Duration::from_millis(200);
+
+pub fn run(
+    shared: Arc<ShardShared>,
+    mut ring: Consumer,
+    mut journal: ShardJournal,
+    sync: SyncPolicy,
+    sync_interval: Duration,
+) {
+    let counters = &shared.counters;
+    let mut next_sync = Instant::now() + sync_interval;
+    let mut dirty = false;
+    let mut error_logged = false;
+    let mut naps = 0u32;
+    loop {
+        let mut last_seq = 0;
+        let mut failed = false;
+        let n = ring.pop_batch(DRAIN_BATCH_EVENTS, |e| {
+            debug_assert!(e.seq > last_seq, "ring order");
+            match journal.append(e) {
+                Ok(()) => {
+                    last_seq = e.seq;
+                    true
+                }
+                Err(err) => {
+                    if !error_logged {
+                        eprintln!("tracker: shard {}: journal append failed, retrying: {err}", shared.index);
+                        error_logged = true;
+                    }
+                    counters.journal_errors.fetch_add(1, Relaxed);
+                    failed = true;
+                    false
+                }
+            }
+        });
+        if n > 0 {
+            error_logged = false;
+            dirty = true;
+            counters.journal_records.fetch_add(n as u64, Relaxed);
+            counters.journal_bytes.store(journal.bytes_written_total(), Relaxed);
+            if sync == SyncPolicy::Always {
+                sync_now(&shared, &mut journal);
+                dirty = false;
+            }
+            shared.publish_journaled(last_seq);
+        }
+        if sync == SyncPolicy::Interval && dirty && Instant::now() >= next_sync {
+            sync_now(&shared, &mut journal);
+            dirty = false;
+            next_sync = Instant::now() + sync_interval;
+        }
+        if failed {
+            std::thread::sleep(ERROR_BACKOFF);
+            continue;
+        }
+        if n > 0 {
+            naps = 0;
+        } else {
+            if shared.reactor_done.load(SeqCst) && ring.is_empty() {
+                break;
+            }
+            if naps < NAPS_BEFORE_SLEEP {
+                naps += 1;
+                std::thread::park_timeout(DRAIN_NAP);
+                continue;
+            }
+            shared.drain_sleeping.store(true, SeqCst);
+            if ring.is_empty() && !shared.reactor_done.load(SeqCst) {
+                let park = if dirty && sync == SyncPolicy::Interval {
+                    next_sync.saturating_duration_since(Instant::now()).min(IDLE_PARK)
+                } else {
+                    IDLE_PARK
+                };
+                std::thread::park_timeout(park);
+            }
+            shared.drain_sleeping.store(false, SeqCst);
+        }
+    }
+    if let Err(e) = journal.sync() {
+        eprintln!("tracker: shard {}: final journal sync failed: {e}", shared.index);
+    }
+}
+
+fn sync_now(shared: &ShardShared, journal: &mut ShardJournal) {
+    if let Err(e) = journal.sync() {
+        shared.counters.journal_errors.fetch_add(1, Relaxed);
+        eprintln!("tracker: shard {}: journal sync failed: {e}", shared.index);
+    }
+}

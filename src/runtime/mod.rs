@@ -1,0 +1,243 @@
+//! Start-up and shutdown: one io_uring reactor thread per shard (pinned, owning its listener,
+//! ring producer and connection buffers) and one journal drain thread per shard.
+//!
+//! Crossings between threads, all named here:
+//! - reactor → drain: the shard's ring (events) and `drain_sleeping`/unpark (wake-up);
+//! - drain → reactor: `journaled` (how far the journal got) and the shard's eventfd (wake-up);
+//! - control (signals, tests) → reactors: `stop` and the eventfd.
+//!
+//! Shutdown order (SIGTERM/SIGINT or `Running::stop`): reactors stop accepting, finish the
+//! requests they hold, close connections and exit; then each drain empties its ring into the
+//! journal, syncs and exits. Nothing acknowledged is lost.
+
+mod drain;
+pub mod shard;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::journal::ShardJournal;
+use crate::metrics::ShardCounters;
+
+/// State of one shard that other threads may touch. Everything else of a shard lives on its
+/// reactor thread.
+pub struct ShardShared {
+    pub index: u16,
+    pub counters: ShardCounters,
+    /// Sequence number of the last event of this shard in the journal.
+    journaled: AtomicU64,
+    /// The reactor has `ack = "logged"` requests waiting: the drain must signal the eventfd.
+    want_wake: AtomicBool,
+    /// Wakes the reactor's control task (journal progress, stop).
+    eventfd: OwnedFd,
+    pub drain_sleeping: AtomicBool,
+    drain_thread: OnceLock<Thread>,
+    pub reactor_done: AtomicBool,
+}
+
+impl ShardShared {
+    fn new(index: u16, counters: ShardCounters) -> io::Result<ShardShared> {
+        // SAFETY: eventfd returns a new descriptor we own, or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ShardShared {
+            index,
+            counters,
+            journaled: AtomicU64::new(0),
+            want_wake: AtomicBool::new(false),
+            // SAFETY: fd is a fresh descriptor owned by nobody else.
+            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            drain_sleeping: AtomicBool::new(false),
+            drain_thread: OnceLock::new(),
+            reactor_done: AtomicBool::new(false),
+        })
+    }
+
+    /// Drain side: events up to `seq` are in the journal.
+    pub fn publish_journaled(&self, seq: u64) {
+        self.journaled.store(seq, SeqCst);
+        // Pairs with the reactor's store of want_wake then load of journaled (Dekker): either it
+        // sees our seq, or we see its request for a wake-up.
+        if self.want_wake.load(SeqCst) {
+            self.wake_reactor();
+        }
+    }
+
+    pub fn journaled(&self) -> u64 {
+        self.journaled.load(SeqCst)
+    }
+
+    pub fn wake_reactor(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd; a full counter (EAGAIN) cannot
+        // happen with blocking writes of 1 before 2^64 - 2 unread wake-ups.
+        unsafe { libc::write(self.eventfd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    }
+
+    /// Reactor side, once per batch of pushed events. `urgent` (a response waits for the
+    /// journal, or the ring is filling up) always wakes the drain; otherwise only a drain in deep
+    /// sleep is woken, and a napping drain picks the events up within DRAIN_NAP. This keeps the
+    /// cost of a `received` pixel free of a futex wake and a context switch per request.
+    #[inline]
+    pub fn notify_drain(&self, urgent: bool) {
+        if !urgent {
+            // Pairs with the drain's store of drain_sleeping then re-check of the ring.
+            fence(SeqCst);
+            if !self.drain_sleeping.load(SeqCst) {
+                return;
+            }
+        }
+        if let Some(t) = self.drain_thread.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// A started server: its address, and the handles to stop it and wait for it.
+pub struct Running {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    shards: Vec<Arc<ShardShared>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn shards(&self) -> &[Arc<ShardShared>] {
+        &self.shards
+    }
+
+    /// Begins graceful shutdown (idempotent, callable from any thread via `stopper`).
+    pub fn stop(&self) {
+        stop_all(&self.stop, &self.shards);
+    }
+
+    /// A handle that can stop the server from another thread (signal handler thread).
+    pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
+        let (stop, shards) = (self.stop.clone(), self.shards.clone());
+        move || stop_all(&stop, &shards)
+    }
+
+    /// Waits until every reactor and drain has exited.
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn stop_all(stop: &AtomicBool, shards: &[Arc<ShardShared>]) {
+    stop.store(true, SeqCst);
+    for s in shards {
+        s.wake_reactor();
+    }
+}
+
+/// Start-up failures, each with what to do about it.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The CPUs shards pin to: the process's affinity mask, in order.
+pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
+    core_affinity::get_core_ids().unwrap_or_default()
+}
+
+/// Starts every shard and drain; returns once all reactors listen (or the first start error).
+pub fn start(cfg: Config) -> Result<Running, StartError> {
+    let cpus = allowed_cpus();
+    let shards = match cfg.server.shards {
+        0 => cpus.len().max(1),
+        n => n,
+    };
+    if !cpus.is_empty() && shards > cpus.len() {
+        eprintln!("tracker: {shards} shards on {} allowed CPUs: shards share CPUs round-robin", cpus.len());
+    }
+    let listeners = crate::net::listener::bind_shards(cfg.server.listen, shards)
+        .map_err(|e| StartError(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
+    let addr = listeners[0].local_addr().map_err(|e| StartError(format!("listener address: {e}")))?;
+    std::fs::create_dir_all(&cfg.journal.dir)
+        .map_err(|e| StartError(format!("cannot create journal directory {}: {e}", cfg.journal.dir.display())))?;
+
+    let cfg = Arc::new(cfg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut shared = Vec::new();
+    let mut threads = Vec::new();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let index = i as u16;
+        let sh = Arc::new(
+            ShardShared::new(index, ShardCounters::new(cfg.endpoints.len(), cfg.types.len()))
+                .map_err(|e| StartError(format!("shard {i}: eventfd: {e}")))?,
+        );
+        let (journal, report) = ShardJournal::open(&cfg.journal.dir, index, cfg.journal.segment_bytes, &cfg.schema)
+            .map_err(|e| StartError(format!("shard {i}: {e}")))?;
+        if report.torn_records > 0 {
+            eprintln!(
+                "tracker: shard {i}: journal segment {} had a torn tail: {} records ({} bytes) dropped, {} intact kept",
+                report.segment, report.torn_records, report.torn_bytes, report.records
+            );
+            sh.counters.journal_torn_records.fetch_add(report.torn_records, SeqCst);
+        }
+        if let Some(why) = report.new_segment_reason {
+            eprintln!("tracker: shard {i}: journal starts segment {}: {why}", journal.segment_number());
+        }
+        let (producer, consumer) = crate::ring::ring(cfg.server.ring_events);
+
+        let (d_sh, sync, interval) =
+            (sh.clone(), cfg.journal.sync, Duration::from_millis(cfg.journal.sync_interval_ms));
+        let drain = std::thread::Builder::new()
+            .name(format!("tracker-drain-{i}"))
+            .spawn(move || drain::run(d_sh, consumer, journal, sync, interval))
+            .map_err(|e| StartError(format!("spawn drain thread: {e}")))?;
+        let _ = sh.drain_thread.set(drain.thread().clone());
+        threads.push(drain);
+
+        let cpu = if cpus.is_empty() { None } else { Some(cpus[i % cpus.len()]) };
+        let args =
+            shard::ShardArgs { cfg: cfg.clone(), shared: sh.clone(), stop: stop.clone(), producer, listener, cpu };
+        let tx = ready_tx.clone();
+        let reactor = std::thread::Builder::new()
+            .name(format!("tracker-shard-{i}"))
+            .spawn(move || shard::run(args, tx))
+            .map_err(|e| StartError(format!("spawn shard thread: {e}")))?;
+        threads.push(reactor);
+        shared.push(sh);
+    }
+    drop(ready_tx);
+    let running = Running { addr, stop, shards: shared, threads };
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                running.stop();
+                running.wait();
+                return Err(StartError(e));
+            }
+            Err(_) => {
+                running.stop();
+                running.wait();
+                return Err(StartError("a shard thread exited during start-up".into()));
+            }
+        }
+    }
+    Ok(running)
+}

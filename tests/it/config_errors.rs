@@ -1,0 +1,37 @@
+//! Config errors name the file, line and key; check-config exits non-zero and lists them all.
+
+use crate::harness::BIN;
+use std::process::Command;
+
+#[test]
+fn check_config_reports_every_error_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "[server]\nlisten = \"nowhere\"\nshards = -1\n\n[[endpoint]]\npath = \"/x\"\nevent = \"missing\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let f = p.display().to_string();
+    assert!(err.contains(&format!("{f}:2: server.listen: \"nowhere\" is not an address")), "{err}");
+    assert!(err.contains(&format!("{f}:3: server.shards: -1 is out of range")), "{err}");
+    assert!(err.contains(&format!("{f}:7: endpoint[0].event: \"missing\" is not a declared event type")), "{err}");
+
+    // A syntax error names its line too, and `serve` refuses to start on it.
+    std::fs::write(&p, "[server]\nshards = 1\nlisten = [\n").unwrap();
+    let out = Command::new(BIN).arg("serve").arg("--config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with(&format!("{f}:")), "{err}");
+
+    // The shipped example is valid.
+    let ok = Command::new(BIN)
+        .arg("check-config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/tracker.toml"))
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}

@@ -1,0 +1,229 @@
+//! Test harness: runs the real `tracker` binary on 127.0.0.1:0 with a temporary journal, and a
+//! minimal HTTP/1.1 client over std TcpStream that reads responses byte for byte.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tracker");
+/// Bound on every wait in these tests; generous for two busy cores.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts the tracker with `config` (None = the embedded default) and extra flags.
+    pub fn start(config: Option<&str>, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, config, extra)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: Option<&str>, extra: &[&str]) -> Server {
+        let journal = dir.path().join("journal");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--journal-dir").arg(&journal);
+        if let Some(text) = config {
+            let p = dir.path().join("tracker.toml");
+            std::fs::write(&p, text).unwrap();
+            cmd.arg("--config").arg(p);
+        }
+        cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn tracker");
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("tracker: listening on ") {
+                        break rest.split_whitespace().next().unwrap().parse().unwrap();
+                    }
+                    eprintln!("[tracker] {line}");
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("tracker did not report listening within {WAIT:?}");
+                }
+            }
+        };
+        Server { child, addr, dir, stderr: rx }
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.dir.path().join("journal")
+    }
+
+    /// SIGTERM, then wait (bounded) for exit; returns the exit code.
+    pub fn stop(&mut self) -> i32 {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_exit()
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tracker did not exit within {WAIT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lines the server wrote to stderr so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tracker journal cat` over a directory, parsed.
+pub fn journal_cat(dir: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(BIN).args(["journal", "cat", "--journal-dir"]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "journal cat failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).unwrap();
+    }
+
+    pub fn get(&mut self, target: &str) -> Response {
+        self.send(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        self.read_response(false)
+    }
+
+    /// Reads one response (bodies framed by Content-Length; none for HEAD or 204/304).
+    pub fn read_response(&mut self, head: bool) -> Response {
+        self.try_read_response(head).expect("connection closed before a response")
+    }
+
+    pub fn try_read_response(&mut self, head: bool) -> Option<Response> {
+        let end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            if !self.fill() {
+                return None;
+            }
+        };
+        let text = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+        let mut lines = text.split("\r\n");
+        let status_line = lines.next().unwrap();
+        let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.trim().to_string(), v.trim().to_string())
+            })
+            .collect();
+        let len: usize = if head || status == 204 || status == 304 {
+            0
+        } else {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap_or(0)
+        };
+        while self.buf.len() < end + len {
+            assert!(self.fill(), "connection closed mid-body");
+        }
+        let body = self.buf[end..end + len].to_vec();
+        self.buf.drain(..end + len);
+        Some(Response { status, headers, body })
+    }
+
+    /// True when the server closed the connection (reads EOF) with nothing more to read.
+    pub fn is_closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill()
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut b = [0u8; 8192];
+        match self.stream.read(&mut b) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&b[..n]);
+                true
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                false
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Malformed, ambiguous and oversize requests: the documented status, `Connection: close`, the
+//! connection closed, and the server still serving the next client.
+
+use crate::harness::*;
+
+fn expect_reject(s: &Server, raw: &[u8], status: u16) {
+    let mut c = s.connect();
+    c.send(raw);
+    let r = c.read_response(false);
+    assert_eq!(r.status, status, "for {:?}: body {:?}", String::from_utf8_lossy(raw), String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("connection"), Some("close"), "for {:?}", String::from_utf8_lossy(raw));
+    assert!(!r.body.is_empty(), "a reject carries its reason");
+    assert!(c.is_closed(), "connection must close after {:?}", String::from_utf8_lossy(raw));
+    // The server keeps serving.
+    assert_eq!(s.connect().get("/i?c=1").status, 200);
+}
+
+#[test]
+fn malformed_and_ambiguous_requests_are_400_and_close() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let cases: &[&[u8]] = &[
+        b"GARBAGE\r\n\r\n",
+        b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+        b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n",
+        b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 12x\r\n\r\n",
+        b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nX-A: a\0b\r\n\r\n",
+        b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nX-A: a\rb\r\n\r\n",
+        b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nX-A: a\r\n  folded\r\n\r\n",
+        b"GET /i?c=1 HTTP/1.1\r\n\r\n",
+        b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ];
+    for raw in cases {
+        expect_reject(&s, raw, 400);
+    }
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
+fn oversize_requests_get_413_414_431() {
+    let cfg =
+        "[server]\nrequest_line_bytes_max = 256\nheader_bytes_max = 1024\nheader_count_max = 8\nbody_bytes_max = 16\n"
+            .to_string()
+            + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let long_target = format!("GET /i?c=1&x={} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(300));
+    expect_reject(&s, long_target.as_bytes(), 414);
+    let big_header = format!("GET /i?c=1 HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "b".repeat(1100));
+    expect_reject(&s, big_header.as_bytes(), 431);
+    let mut many = String::from("GET /i?c=1 HTTP/1.1\r\nHost: t\r\n");
+    for i in 0..12 {
+        many.push_str(&format!("X-{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    expect_reject(&s, many.as_bytes(), 431);
+    expect_reject(&s, b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 17\r\n\r\n", 413);
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
+fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let r = c.get("/nope");
+    assert_eq!(r.status, 404);
+    c.send(b"POST /i HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    // Both keep the connection.
+    assert_eq!(c.get("/i?c=2").status, 200);
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 1);
+}
+
+#[test]
+fn a_slow_header_is_cut_off_at_the_deadline() {
+    let cfg = "[server]\nheader_read_timeout_ms = 300\n".to_string() + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    c.send(b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\n");
+    // No further bytes: the server must close within the deadline (bounded by the harness wait).
+    let t = std::time::Instant::now();
+    assert!(c.is_closed());
+    assert!(t.elapsed() < WAIT);
+    assert_eq!(s.connect().get("/i?c=1").status, 200);
+    assert_eq!(s.stop(), 0);
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real binary over real TCP sockets, one module per feature.
+
+mod harness;
+
+mod config_errors;
+mod durability;
+mod http_rejects;
+mod pipeline;

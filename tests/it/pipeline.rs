@@ -1,0 +1,157 @@
+//! Pixels in, events out: keep-alive, pipelining, HEAD, HTTP/1.0, ring full, field errors.
+
+use crate::harness::*;
+use std::collections::HashSet;
+
+#[test]
+fn pixels_over_keepalive_and_pipelined_connections_are_journaled_exactly_once() {
+    let mut s = Server::start(None, &["--shards", "2"]);
+    let mut sent = Vec::new();
+    // Four keep-alive connections, one request at a time.
+    let mut n = 0u64;
+    for _ in 0..4 {
+        let mut c = s.connect();
+        for _ in 0..50 {
+            n += 1;
+            let r = c.get(&format!("/i?c={n}&cr={}&p=0.{:02}&site=s{n}.example&eid=e-{n}", n * 10, n % 100));
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("content-type"), Some("image/gif"));
+            assert_eq!(r.header("cache-control"), Some("no-cache, no-store, must-revalidate"));
+            assert_eq!(r.body.len(), 43);
+            assert!(r.body.starts_with(b"GIF89a"));
+            sent.push(n);
+        }
+    }
+    // Two connections that pipeline 100 requests in one write each.
+    for _ in 0..2 {
+        let mut c = s.connect();
+        let mut batch = Vec::new();
+        let first = n + 1;
+        for _ in 0..100 {
+            n += 1;
+            batch.extend_from_slice(
+                format!("GET /i?c={n}&cr={}&p=0.{:02}&site=s{n}.example&eid=e-{n} HTTP/1.1\r\nHost: t\r\nUser-Agent: test\r\n\r\n", n * 10, n % 100).as_bytes(),
+            );
+            sent.push(n);
+        }
+        c.send(&batch);
+        for _ in first..=n {
+            assert_eq!(c.read_response(false).status, 200);
+        }
+    }
+    assert_eq!(s.stop(), 0);
+
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.len(), sent.len(), "exactly one event per acknowledged pixel");
+    let mut ids = HashSet::new();
+    let mut seen = HashSet::new();
+    for e in &events {
+        assert_eq!(e["type"], "impression");
+        let c = e["campaign_id"].as_u64().unwrap();
+        assert_eq!(e["creative_id"].as_u64(), Some(c * 10));
+        assert_eq!(e["site"].as_str().unwrap(), format!("s{c}.example"));
+        let micros = (e["price"].as_f64().unwrap() * 1e6).round() as u64;
+        assert_eq!(micros, (c % 100) * 10_000);
+        assert_eq!(e["ip"], "127.0.0.1");
+        assert!(e["ts"].as_str().unwrap().ends_with('Z'));
+        assert!(e["shard"].as_u64().unwrap() < 2);
+        assert!(ids.insert(e["id"].as_str().unwrap().to_string()), "duplicate id");
+        assert!(seen.insert(c));
+    }
+    assert_eq!(seen.len(), sent.len());
+    // The same eid always maps to the same id, so a re-fired pixel can be recognised.
+    let a = events.iter().find(|e| e["campaign_id"] == 1).unwrap()["id"].clone();
+    let mut s2 = Server::start(None, &[]);
+    assert_eq!(s2.connect().get("/i?c=1&eid=e-1").status, 200);
+    assert_eq!(s2.stop(), 0);
+    assert_eq!(journal_cat(&s2.journal())[0]["id"], a);
+}
+
+#[test]
+fn head_http10_and_no_content_endpoints() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    c.send(b"HEAD /i?c=5 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response(true);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("43"));
+    // Nothing but the next response follows a HEAD response.
+    c.send(b"GET /v?ev=start&c=5 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+
+    // HTTP/1.0 without keep-alive: answered, then closed.
+    let mut c = s.connect();
+    c.send(b"GET /e?n=signup&val=-3 HTTP/1.0\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 204);
+    assert!(c.is_closed());
+    // HTTP/1.0 with keep-alive stays open.
+    let mut c = s.connect();
+    c.send(b"GET /e?n=a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("connection").map(str::to_ascii_lowercase).as_deref(), Some("keep-alive"));
+    c.send(b"GET /e?n=b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 204);
+    assert_eq!(s.stop(), 0);
+    let ev = journal_cat(&s.journal());
+    let names: Vec<&str> = ev.iter().filter_map(|e| e["name"].as_str()).collect();
+    assert_eq!(names, ["signup", "a", "b"]);
+    assert_eq!(ev.iter().find(|e| e["name"] == "signup").unwrap()["value"], -3);
+    assert_eq!(ev.iter().filter(|e| e["type"] == "video").count(), 1);
+}
+
+#[test]
+fn missing_or_bad_fields_are_400_with_the_reason_and_not_journaled() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let r = c.get("/i?cr=1");
+    assert_eq!(r.status, 400);
+    assert_eq!(String::from_utf8_lossy(&r.body).trim_end(), "field campaign_id: missing required value");
+    let r = c.get("/i?c=abc");
+    assert_eq!(r.status, 400);
+    assert_eq!(String::from_utf8_lossy(&r.body).trim_end(), "field campaign_id: is not an unsigned 64-bit integer");
+    let r = c.get("/win?auction=a&price=%24%7BAUCTION_PRICE%7D");
+    assert_eq!(r.status, 400);
+    assert_eq!(String::from_utf8_lossy(&r.body).trim_end(), "field price: is not a decimal amount");
+    // The connection survives a field error.
+    assert_eq!(c.get("/i?c=1").status, 200);
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 1);
+}
+
+#[test]
+fn a_full_ring_answers_503_with_retry_after_and_loses_nothing_it_acknowledged() {
+    let cfg = "[server]\nring_events = 16\n".to_string() + &default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    let mut batch = Vec::new();
+    const N: usize = 400;
+    for i in 0..N {
+        batch.extend_from_slice(format!("GET /i?c={} HTTP/1.1\r\nHost: t\r\n\r\n", i + 1).as_bytes());
+    }
+    c.send(&batch);
+    let (mut ok, mut busy) = (0, 0);
+    for _ in 0..N {
+        let r = c.read_response(false);
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(r.header("retry-after"), Some("1"));
+                busy += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(busy > 0, "a 16-event ring must overflow under a 400-request pipelined burst");
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), ok);
+}
+
+/// The default config's endpoint and event tables, for tests that change only [server] or [journal].
+pub fn default_endpoints_and_events() -> String {
+    let text = include_str!("../../config/tracker.toml");
+    let start = text.find("[[endpoint]]").unwrap();
+    text[start..].to_string()
+}
