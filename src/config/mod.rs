@@ -45,6 +45,8 @@ pub struct Server {
     pub idle_timeout_ms: u64,
     pub ring_events: usize,
     pub io_uring_entries: u32,
+    /// Add IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN to COOP_TASKRUN | TASKRUN_FLAG.
+    pub io_uring_defer_taskrun: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,6 +358,7 @@ impl Validator<'_> {
             idle_timeout_ms: self.int(&r.idle_timeout_ms, "server.idle_timeout_ms", 60_000, 100, 3_600_000) as u64,
             ring_events: ring_events as usize,
             io_uring_entries: entries as u32,
+            io_uring_defer_taskrun: r.io_uring_defer_taskrun.as_ref().is_some_and(|b| *b.get_ref()),
         }
     }
 

@@ -34,6 +34,7 @@ pub struct RawServer {
     pub idle_timeout_ms: Option<S<i64>>,
     pub ring_events: Option<S<i64>>,
     pub io_uring_entries: Option<S<i64>>,
+    pub io_uring_defer_taskrun: Option<S<bool>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -390,6 +390,46 @@ struct Active {
     /// Everything before this offset has been msynced (or fsynced at creation).
     synced_off: usize,
     records: u64,
+    /// Pages below this offset are resident (prefaulted); `write_off <= faulted_off` after
+    /// every append.
+    faulted_off: usize,
+}
+
+/// How far ahead of the write position the drain prefaults the segment, and in what steps.
+/// Faulting a whole 64 MiB segment at once (MAP_POPULATE) stalls a drain that shares a core with
+/// its reactor for ~15 ms at every rotation, which showed as a 15 ms p99 under load; a rolling
+/// 256 KiB window costs the same page zeroing spread evenly, one madvise per 512 records.
+pub const PREFAULT_BYTES: usize = 256 * 1024;
+const _: () = assert!(PREFAULT_BYTES.is_multiple_of(PAGE_BYTES) && PREFAULT_BYTES.is_multiple_of(EVENT_BYTES));
+
+impl Active {
+    /// Makes the pages of `[faulted_off, faulted_off + PREFAULT_BYTES)` resident so the next
+    /// appends store into memory without a fault.
+    #[cold]
+    fn prefault_ahead(&mut self) {
+        let from = self.faulted_off.min(self.map.len());
+        let to = (from + PREFAULT_BYTES).min(self.map.len());
+        prefault(&mut self.map[from..to]);
+        self.faulted_off = to;
+    }
+}
+
+/// Write-faults every page of `b` (which must be page-aligned at its start): MADV_POPULATE_WRITE
+/// (Linux ≥ 5.14) in one call, else a store of the byte already there into each page.
+fn prefault(b: &mut [u8]) {
+    if b.is_empty() {
+        return;
+    }
+    // SAFETY: the range is inside a live, writable shared mapping that we hold mutably;
+    // MADV_POPULATE_WRITE only faults pages in and does not change their contents.
+    let rc = unsafe { libc::madvise(b.as_mut_ptr() as *mut libc::c_void, b.len(), libc::MADV_POPULATE_WRITE) };
+    if rc != 0 {
+        for off in (0..b.len()).step_by(PAGE_BYTES) {
+            // SAFETY: off < b.len(); rewriting the byte's own value with a volatile store
+            // forces a write fault without changing the data.
+            unsafe { std::ptr::write_volatile(b.as_mut_ptr().add(off), std::ptr::read_volatile(b.as_ptr().add(off))) };
+        }
+    }
 }
 
 /// A segment left at rotation with records not yet synced: the next `sync()` flushes it, so a
@@ -584,6 +624,9 @@ impl ShardJournal {
             self.rotate()?;
         }
         let at = self.active.write_off;
+        if at + EVENT_BYTES > self.active.faulted_off {
+            self.active.prefault_ahead();
+        }
         debug_assert!(at.is_multiple_of(EVENT_BYTES) && at + EVENT_BYTES <= self.active.map.len());
         // Checked again, in pair, by recovery and by the reader.
         debug_assert!(e.is_sealed_intact());
@@ -683,7 +726,17 @@ impl NewSegment<'_> {
         let path = segment_path(self.dir, number);
         let file = create_segment_file(self.dir_file, &path, self.segment_bytes, &header)?;
         let map = map_segment(&file, &path, self.segment_bytes as usize)?;
-        Ok(Active { number, path, map, write_off: self.header_bytes, synced_off: self.header_bytes, records: 0 })
+        let mut a = Active {
+            number,
+            path,
+            map,
+            write_off: self.header_bytes,
+            synced_off: self.header_bytes,
+            records: 0,
+            faulted_off: self.header_bytes,
+        };
+        a.prefault_ahead();
+        Ok(a)
     }
 }
 
@@ -741,16 +794,17 @@ fn fallocate(file: &File, len: u64) -> io::Result<()> {
     }
 }
 
-/// Maps `len` bytes of a segment file read-write, prefaulted.
+/// Maps `len` bytes of a segment file read-write; pages are prefaulted ahead of the writer in
+/// PREFAULT_BYTES steps (see `Active::prefault_ahead`).
 fn map_segment(file: &File, path: &Path, len: usize) -> Result<MmapMut, JournalError> {
     // SAFETY: the mmap contract of the journal. The file is a segment of a shard directory that
     // this process holds the flock of, and while mapped it is written only through this map, by
     // this one writer (the drain thread that owns the ShardJournal); readers only read it. Its
     // length is fixed: it was preallocated to `len` bytes before mapping, and the journal never
     // truncates a mapped segment. Truncation or writes by another process are out of contract
-    // (a store past a truncated end would SIGBUS). MAP_POPULATE prefaults every page, so an
-    // append touches no page that is not resident.
-    unsafe { MmapOptions::new().len(len).populate().map_mut(file) }
+    // (a store past a truncated end would SIGBUS). The writer prefaults a window ahead of its
+    // position, so an append touches no page that is not resident.
+    unsafe { MmapOptions::new().len(len).map_mut(file) }
         .map_err(|e| JournalError::with_detail("mmap", path, format!("{len} bytes"), e))
 }
 
@@ -812,7 +866,7 @@ fn recover_last(
         report.new_segment_reason = Some("last segment is full");
         return Ok(None);
     }
-    Ok(Some(Active {
+    let mut active = Active {
         number: n,
         path,
         map,
@@ -821,7 +875,10 @@ fn recover_last(
         // before syncing them): the first sync() covers them all.
         synced_off: header_bytes,
         records: tail.records,
-    }))
+        faulted_off: tail.end_off - tail.end_off % PAGE_BYTES,
+    };
+    active.prefault_ahead();
+    Ok(Some(active))
 }
 
 struct Tail {

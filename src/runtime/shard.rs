@@ -130,11 +130,12 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
         }
     }
     let entries = args.cfg.server.io_uring_entries;
-    let mut rt = match build_runtime(entries, true) {
+    let defer = args.cfg.server.io_uring_defer_taskrun;
+    let mut rt = match build_runtime(entries, true, defer) {
         Ok(rt) => rt,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             eprintln!("tracker: shard {i}: this kernel refuses IORING_SETUP_COOP_TASKRUN (needs Linux ≥ 5.19); running without it, which costs CPU per request");
-            build_runtime(entries, false).map_err(|e| runtime_error(i, entries, e))?
+            build_runtime(entries, false, false).map_err(|e| runtime_error(i, entries, e))?
         }
         Err(e) => return Err(runtime_error(i, entries, e)),
     };
@@ -185,10 +186,13 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
 
 type Rt = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
 
-fn build_runtime(entries: u32, coop: bool) -> io::Result<Rt> {
+fn build_runtime(entries: u32, coop: bool, defer: bool) -> io::Result<Rt> {
     let mut urb = io_uring::IoUring::builder();
     if coop {
         urb.setup_coop_taskrun().setup_taskrun_flag();
+    }
+    if defer {
+        urb.setup_single_issuer().setup_defer_taskrun();
     }
     monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .with_entries(entries)
