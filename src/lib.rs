@@ -17,13 +17,14 @@
 //! - [`net`]      listener (SO_REUSEPORT) and the per-connection loop (owned buffers, deadlines)
 //! - [`http`]     request parsing and prebuilt responses, no allocation, no I/O
 //! - [`endpoint`] routing table built from config
+//! - [`redirect`] click endpoints: strict landing-URL parsing, allowlist, HMAC signatures, macros
 //! - [`extract`]  request → `Event`, ids; pure
 //! - [`event`]    the fixed 512-byte record; [`schema`] how its slots map to field names
 //! - [`ring`]     per-core SPSC ring, the only crossing on the ingest path
 //! - [`journal`]  segment format, writer, recovery, reader
 //! - [`metrics`]  per-shard counters
 //!
-//! Synchronous and I/O-free: `http`, `endpoint`, `extract`, `event`, `schema`, `ring`. Only `net`,
+//! Synchronous and I/O-free: `http`, `endpoint`, `redirect`, `extract`, `event`, `schema`, `ring`. Only `net`,
 //! `journal` and `runtime` do I/O.
 
 pub mod clock;
@@ -36,6 +37,7 @@ pub mod http;
 pub mod journal;
 pub mod metrics;
 pub mod net;
+pub mod redirect;
 pub mod ring;
 pub mod runtime;
 pub mod schema;

@@ -34,6 +34,33 @@ enum Cmd {
     },
     /// Validate a config file: exit 0, or print every error (file:line: key: problem) and exit 2.
     CheckConfig { file: PathBuf },
+    /// Print a signed click URL for a redirect endpoint (see docs/redirects.md).
+    SignUrl {
+        /// Config file holding the endpoint's [[endpoint.redirect.key]] (the embedded default has none).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Path of the redirect endpoint.
+        #[arg(long, default_value = "/c")]
+        endpoint: String,
+        /// Key id to sign with (default: the last key listed, the newest).
+        #[arg(long)]
+        kid: Option<String>,
+        /// Expiry, unix seconds (default: now + --ttl-s).
+        #[arg(long)]
+        exp: Option<u64>,
+        /// Lifetime of the URL when --exp is not given, seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_s: u64,
+        /// Scheme and host the URL starts with.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base: String,
+        /// The landing URL, unencoded; may contain {macros}.
+        #[arg(long)]
+        url: String,
+        /// The click's other parameters, already encoded (e.g. "c=123&cr=45&imp=abc").
+        #[arg(default_value = "")]
+        query: String,
+    },
     /// Read the journal.
     Journal {
         #[command(subcommand)]
@@ -82,6 +109,34 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Journal { cmd: JournalCmd::Cat { journal_dir, follow } } => journal_cat(&journal_dir, follow),
+        Cmd::SignUrl { config, endpoint, kid, exp, ttl_s, base, url, query } => {
+            let cfg = match config {
+                None => Config::embedded(),
+                Some(p) => match Config::load(&p) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let Some(rule) = cfg.endpoints.iter().find(|e| e.path == endpoint).and_then(|e| e.redirect.as_deref())
+            else {
+                eprintln!("tracker: no redirect endpoint with path {endpoint} in this config");
+                return ExitCode::from(2);
+            };
+            let exp = exp.unwrap_or_else(|| tracker::clock::unix_nanos() / 1_000_000_000 + ttl_s);
+            match tracker::redirect::signed_click_url(rule, &base, &endpoint, &query, &url, kid.as_deref(), exp) {
+                Ok(u) => {
+                    println!("{u}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tracker: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! what was expected. Validation collects every error rather than stopping at the first.
 
 mod raw;
+mod redirect;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -75,6 +76,8 @@ pub enum Method {
 pub enum ResponseKind {
     Gif,
     NoContent,
+    /// 302 to the landing URL, when it passes the endpoint's `redirect` rule.
+    Redirect,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +95,8 @@ pub struct Endpoint {
     pub type_id: u16,
     pub response: ResponseKind,
     pub ack: Ack,
+    /// Set exactly when `response` is `Redirect`.
+    pub redirect: Option<Box<crate::redirect::RedirectRule>>,
 }
 
 /// Where a field's value comes from in the request.
@@ -421,7 +426,11 @@ impl Validator<'_> {
                 &r.response,
                 &key("response"),
                 ResponseKind::NoContent,
-                &[("gif", ResponseKind::Gif), ("no_content", ResponseKind::NoContent)],
+                &[
+                    ("gif", ResponseKind::Gif),
+                    ("no_content", ResponseKind::NoContent),
+                    ("redirect", ResponseKind::Redirect),
+                ],
             );
             let ack = self.choice(
                 &r.ack,
@@ -453,7 +462,8 @@ impl Validator<'_> {
                     format!("\"{path}\" with this method is already served by endpoint[{prev}]"),
                 );
             }
-            out.push(Endpoint { path: path.clone(), method, type_id, response, ack });
+            let redirect = self.endpoint_redirect(i, r, response, method, types.get(type_id as usize));
+            out.push(Endpoint { path: path.clone(), method, type_id, response, ack, redirect });
         }
         out
     }

@@ -54,6 +54,28 @@ pub struct RawEndpoint {
     pub event: S<String>,
     pub response: Option<S<String>>,
     pub ack: Option<S<String>>,
+    /// `[endpoint.redirect]`, for `response = "redirect"` (see config/redirect.rs).
+    pub redirect: Option<S<RawRedirect>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub param: Option<S<String>>,
+    pub require: Option<S<String>>,
+    pub allow_domains: Option<S<Vec<S<String>>>>,
+    pub signed_fields: Option<S<Vec<S<String>>>>,
+    pub signature_ttl_max_s: Option<S<i64>>,
+    #[serde(default)]
+    pub key: Vec<S<RawKey>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub id: S<String>,
+    pub secret_hex: Option<S<String>>,
+    pub file: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

@@ -122,8 +122,8 @@ pub fn json(
 
 /// An error response with `reason` (plus a newline) as its text/plain body.
 ///
-/// `status` is one of 400, 404, 405, 408, 413, 414, 431, 500, 503, 505; anything else is a bug
-/// in the caller (debug assertion) and is sent as 500. 405 carries `Allow: {allow}`
+/// `status` is one of 400, 403, 404, 405, 408, 413, 414, 429, 431, 500, 503, 505; anything else
+/// is a bug in the caller (debug assertion) and is sent as 500. 405 carries `Allow: {allow}`
 /// (e.g. `GET, HEAD`), 503 carries `Retry-After: 1`.
 #[allow(clippy::too_many_arguments)] // one flat call per error path in `net`; a struct would only move the list
 pub fn error(
@@ -174,11 +174,13 @@ pub fn continue_100(out: &mut Vec<u8>) -> Result<usize, WriteError> {
 fn status_text(status: u16) -> Option<&'static [u8]> {
     Some(match status {
         400 => b"400 Bad Request",
+        403 => b"403 Forbidden",
         404 => b"404 Not Found",
         405 => b"405 Method Not Allowed",
         408 => b"408 Request Timeout",
         413 => b"413 Content Too Large",
         414 => b"414 URI Too Long",
+        429 => b"429 Too Many Requests",
         431 => b"431 Request Header Fields Too Large",
         500 => b"500 Internal Server Error",
         503 => b"503 Service Unavailable",

@@ -11,23 +11,29 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub enum Status {
     S200,
     S204,
+    S302,
     S400,
+    S403,
     S404,
     S405,
     S413,
     S414,
+    S429,
     S431,
     S503,
 }
 
-pub const STATUSES: [Status; 9] = [
+pub const STATUSES: [Status; 12] = [
     Status::S200,
     Status::S204,
+    Status::S302,
     Status::S400,
+    Status::S403,
     Status::S404,
     Status::S405,
     Status::S413,
     Status::S414,
+    Status::S429,
     Status::S431,
     Status::S503,
 ];
@@ -37,11 +43,14 @@ impl Status {
         match self {
             Status::S200 => 200,
             Status::S204 => 204,
+            Status::S302 => 302,
             Status::S400 => 400,
+            Status::S403 => 403,
             Status::S404 => 404,
             Status::S405 => 405,
             Status::S413 => 413,
             Status::S414 => 414,
+            Status::S429 => 429,
             Status::S431 => 431,
             Status::S503 => 503,
         }
@@ -51,10 +60,13 @@ impl Status {
         match code {
             200 => Status::S200,
             204 => Status::S204,
+            302 => Status::S302,
+            403 => Status::S403,
             404 => Status::S404,
             405 => Status::S405,
             413 => Status::S413,
             414 => Status::S414,
+            429 => Status::S429,
             431 => Status::S431,
             503 => Status::S503,
             _ => Status::S400,
@@ -73,10 +85,18 @@ pub enum Reason {
     RingFull,
     ConnectionLimit,
     HeaderTimeout,
+    /// A click's landing URL failed its endpoint's redirect rule (4xx, nothing logged).
+    Redirect,
 }
 
-pub const REASONS: [Reason; 5] =
-    [Reason::Malformed, Reason::Field, Reason::RingFull, Reason::ConnectionLimit, Reason::HeaderTimeout];
+pub const REASONS: [Reason; 6] = [
+    Reason::Malformed,
+    Reason::Field,
+    Reason::RingFull,
+    Reason::ConnectionLimit,
+    Reason::HeaderTimeout,
+    Reason::Redirect,
+];
 
 impl Reason {
     pub fn name(self) -> &'static str {
@@ -86,6 +106,7 @@ impl Reason {
             Reason::RingFull => "ring_full",
             Reason::ConnectionLimit => "connection_limit",
             Reason::HeaderTimeout => "header_timeout",
+            Reason::Redirect => "redirect_refused",
         }
     }
 }

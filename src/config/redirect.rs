@@ -1,0 +1,171 @@
+//! `[endpoint.redirect]` → [`RedirectRule`]: the landing-URL parameter, the allowlist, the
+//! signing keys (inline hex or a key file, read here at load, never on the request path) and
+//! which fields are signed. Errors name the file, line and key like the rest of validation.
+
+use super::raw::{RawEndpoint, RawRedirect};
+use super::{EventType, Method, ResponseKind, Source, Validator};
+use crate::redirect::{Domain, Key, RedirectRule, Require};
+
+/// Shortest signing secret accepted: 32 bytes, the HMAC-SHA256 block-size guidance of RFC 2104
+/// (a shorter key is easier to brute-force from one signed URL).
+const KEY_BYTES_MIN: usize = 32;
+const KEY_BYTES_MAX: usize = 128;
+/// Default and bound of `signature_ttl_max_s`.
+const TTL_MAX_DEFAULT_S: i64 = 30 * 86_400;
+const TTL_MAX_BOUND_S: i64 = 10 * 365 * 86_400;
+
+impl Validator<'_> {
+    pub(super) fn endpoint_redirect(
+        &mut self,
+        i: usize,
+        r: &RawEndpoint,
+        response: ResponseKind,
+        method: Method,
+        ty: Option<&EventType>,
+    ) -> Option<Box<RedirectRule>> {
+        let key = |k: &str| format!("endpoint[{i}].redirect.{k}");
+        match (&r.redirect, response) {
+            (None, ResponseKind::Redirect) => {
+                let span = r.response.as_ref().map(|s| s.span()).unwrap_or(r.path.span());
+                self.err(
+                    span,
+                    format!("endpoint[{i}].redirect"),
+                    "response = \"redirect\" needs an [endpoint.redirect] table (param, require, allow_domains, keys)",
+                );
+                None
+            }
+            (Some(rr), ResponseKind::Redirect) => {
+                if method != Method::Get {
+                    let span = r.method.as_ref().map(|s| s.span()).unwrap_or(r.path.span());
+                    self.err(span, format!("endpoint[{i}].method"), "a redirect endpoint must be GET");
+                }
+                Some(Box::new(self.redirect_rule(rr.get_ref(), rr.span(), ty, &key)))
+            }
+            (Some(rr), _) => {
+                self.err(rr.span(), format!("endpoint[{i}].redirect"), "only for response = \"redirect\"");
+                None
+            }
+            (None, _) => None,
+        }
+    }
+
+    fn redirect_rule(
+        &mut self,
+        r: &RawRedirect,
+        span: std::ops::Range<usize>,
+        ty: Option<&EventType>,
+        key: &dyn Fn(&str) -> String,
+    ) -> RedirectRule {
+        let param = match &r.param {
+            None => "url".to_string(),
+            Some(p) => {
+                let v = p.get_ref();
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                    self.err(
+                        p.span(),
+                        key("param"),
+                        format!("\"{v}\": expected a parameter name of letters, digits, '_' or '-'"),
+                    );
+                }
+                v.clone()
+            }
+        };
+        let require = self.choice(
+            &r.require,
+            &key("require"),
+            Require::Allowlist,
+            &[
+                ("allowlist", Require::Allowlist),
+                ("signature", Require::Signature),
+                ("either", Require::Either),
+                ("both", Require::Both),
+            ],
+        );
+        let mut allow = Vec::new();
+        if let Some(list) = &r.allow_domains {
+            for d in list.get_ref() {
+                match Domain::parse(d.get_ref()) {
+                    Ok(dom) => allow.push(dom),
+                    Err(why) => self.err(d.span(), key("allow_domains"), why),
+                }
+            }
+        }
+        let mut keys: Vec<Key> = Vec::new();
+        for k in &r.key {
+            let k = k.get_ref();
+            let id = k.id.get_ref();
+            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                self.err(
+                    k.id.span(),
+                    key("key.id"),
+                    format!("\"{id}\": expected 1..=64 letters, digits, '-', '_' or '.'"),
+                );
+            }
+            if keys.iter().any(|o| o.id == *id) {
+                self.err(k.id.span(), key("key.id"), format!("\"{id}\" is listed twice"));
+            }
+            let hex = match (&k.secret_hex, &k.file) {
+                (Some(h), None) => Some((h.get_ref().clone(), h.span(), "secret_hex")),
+                (None, Some(f)) => match std::fs::read_to_string(f.get_ref()) {
+                    Ok(text) => Some((text.trim().to_string(), f.span(), "file")),
+                    Err(e) => {
+                        self.err(f.span(), key("key.file"), format!("cannot read key file \"{}\": {e}", f.get_ref()));
+                        None
+                    }
+                },
+                _ => {
+                    self.err(k.id.span(), key("key"), "give exactly one of secret_hex or file");
+                    None
+                }
+            };
+            if let Some((hex, span, which)) = hex {
+                match decode_hex(&hex) {
+                    Some(s) if (KEY_BYTES_MIN..=KEY_BYTES_MAX).contains(&s.len()) => keys.push(Key::new(id, &s)),
+                    Some(s) => self.err(
+                        span,
+                        key(&format!("key.{which}")),
+                        format!("key \"{id}\" is {} bytes: expected {KEY_BYTES_MIN}..={KEY_BYTES_MAX} (generate one with `openssl rand -hex 32`)", s.len()),
+                    ),
+                    None => self.err(span, key(&format!("key.{which}")), format!("key \"{id}\" is not hex digits")),
+                }
+            }
+        }
+        if matches!(require, Require::Signature | Require::Either | Require::Both) && r.key.is_empty() {
+            let span = r.require.as_ref().map(|s| s.span()).unwrap_or(span.clone());
+            self.err(span, key("require"), "a signature is required but no [[endpoint.redirect.key]] is configured");
+        }
+        let mut signed = Vec::new();
+        if let Some(ty) = ty {
+            let names: Vec<(String, std::ops::Range<usize>)> = match &r.signed_fields {
+                Some(list) => list.get_ref().iter().map(|n| (n.get_ref().clone(), n.span())).collect(),
+                None => ty.identity.iter().map(|&f| (ty.fields[f].name.clone(), span.clone())).collect(),
+            };
+            for (n, sp) in names {
+                match ty.fields.iter().find(|f| f.name == n) {
+                    Some(f) => match &f.source {
+                        Source::Query(p) => signed.push((n.clone(), p.clone())),
+                        _ => self.err(
+                            sp,
+                            key("signed_fields"),
+                            format!("\"{n}\" is not read from the query: only query fields can be signed"),
+                        ),
+                    },
+                    None => self.err(sp, key("signed_fields"), format!("\"{n}\" is not a field of event.{}", ty.name)),
+                }
+            }
+        }
+        let ttl = self.int(&r.signature_ttl_max_s, &key("signature_ttl_max_s"), TTL_MAX_DEFAULT_S, 1, TTL_MAX_BOUND_S);
+        RedirectRule { param, require, allow, keys, signed, ttl_max_s: ttl as u64 }
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    if !b.len().is_multiple_of(2) || !b.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    (0..b.len())
+        .step_by(2)
+        .map(|i| std::str::from_utf8(&b[i..i + 2]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}

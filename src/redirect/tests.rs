@@ -1,0 +1,207 @@
+//! The rule end to end on request query strings, with the default config and a signed one.
+
+use super::*;
+use crate::config::Config;
+
+const KEY1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const KEY2: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+const NOW: u64 = 1_790_000_000;
+
+/// The default config with `require` changed and `keys` (TOML) added to the click endpoint.
+pub fn with_keys(require: &str, keys: &str) -> String {
+    crate::config::DEFAULT_TOML
+        .replace("require = \"allowlist\"", &format!("require = \"{require}\""))
+        .replace("\n[event.impression]", &format!("{keys}\n[event.impression]"))
+}
+
+fn signed_config(require: &str) -> Config {
+    let keys = format!(
+        "[[endpoint.redirect.key]]\nid = \"k1\"\nsecret_hex = \"{KEY1}\"\n[[endpoint.redirect.key]]\nid = \"k2\"\nsecret_hex = \"{KEY2}\"\n"
+    );
+    Config::parse(&with_keys(require, &keys), "t.toml").unwrap()
+}
+
+fn rule(cfg: &Config) -> &RedirectRule {
+    cfg.endpoints.iter().find(|e| e.path == "/c").unwrap().redirect.as_deref().unwrap()
+}
+
+fn run(r: &RedirectRule, q: &str) -> Result<String, Refused> {
+    let mut buf = [0u8; LANDING_URL_BYTES_MAX];
+    check(r, q.as_bytes(), NOW, &mut buf).map(|u| String::from_utf8(u.to_vec()).unwrap())
+}
+
+/// Percent-encodes like encodeURIComponent.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn sign(r: &RedirectRule, kid: &str, exp: u64, url: &str, fields: &[(&str, &str)]) -> String {
+    let key = r.keys.iter().find(|k| k.id == kid).unwrap();
+    let exp_s = exp.to_string();
+    let mut s = key.start(exp_s.as_bytes(), url.as_bytes());
+    for (name, _) in &r.signed {
+        let v = fields.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v);
+        s.field(name.as_bytes(), v.as_bytes());
+    }
+    String::from_utf8(s.finish().to_vec()).unwrap()
+}
+
+#[test]
+fn default_config_allows_example_com_and_its_subdomains_only() {
+    let cfg = Config::embedded();
+    let r = rule(&cfg);
+    assert_eq!(r.require, Require::Allowlist);
+    let ok = |u: &str| run(r, &format!("c=1&url={}", enc(u)));
+    assert_eq!(ok("https://example.com/x?a=1").unwrap(), "https://example.com/x?a=1");
+    assert!(ok("https://www.example.com/").is_ok());
+    assert!(ok("http://a.b.example.com:8080/").is_ok());
+    assert_eq!(ok("https://evil.com/").unwrap_err().status, 403);
+    assert_eq!(ok("https://example.com.evil.com/").unwrap_err().status, 403);
+    assert_eq!(ok("https://notexample.com/").unwrap_err().status, 403);
+}
+
+#[test]
+fn attacks_are_4xx() {
+    let cfg = Config::embedded();
+    let r = rule(&cfg);
+    for raw in [
+        "url=%2F%2Fevil.com",
+        "url=//evil.com",
+        "url=/%5Cevil.com",
+        "url=https:evil.com",
+        "url=https://example.com@evil.com",
+        "url=https%3A%2F%2Fexample.com%40evil.com",
+        "url=https%3A%2F%2Fexample.com%2540evil.com",
+        "url=https%253A%252F%252Fevil.com",
+        "url=%252F%252Fevil.com",
+        "url=javascript:alert(1)//example.com",
+        "url=data:text/html;base64,PHNjcmlwdD4=",
+        "url=https://example.com/%0D%0ASet-Cookie:%20a=1",
+        "url=https://example.com/%250D%250ASet-Cookie:a=1",
+        "url=https://example.com/%09",
+        "url=https://example.com%5C@evil.com",
+        "url=https://%65vil.com/",
+        "url=https://EXAMPLE.COM%2Eevil.com/",
+        "url=https://%D0%B5xample.com/",
+        "url=https://xn--xample-2of.com/",
+        "url=https://example.com/&url=https://evil.com/",
+        "url=",
+        "c=1",
+        "url=%zz",
+    ] {
+        let e = run(r, raw).expect_err(raw);
+        assert!(matches!(e.status, 400 | 403 | 414), "{raw}: {e:?}");
+    }
+}
+
+#[test]
+fn signatures_verify_expire_rotate_and_cover_the_fields() {
+    let cfg = signed_config("signature");
+    let r = rule(&cfg);
+    assert_eq!(r.signed.len(), 3, "defaults to the identity fields");
+    let url = "https://landing.test/p?x={click_id}";
+    let fields = [("campaign_id", "7"), ("creative_id", "8"), ("impression_id", "i 9")];
+    let exp = NOW + 3600;
+    let q = |kid: &str, exp: u64, sig: &str, c: &str| {
+        format!("c={c}&cr=8&imp=i%209&url={}&exp={exp}&kid={kid}&sig={sig}", enc(url))
+    };
+    let sig1 = sign(r, "k1", exp, url, &fields);
+    assert_eq!(run(r, &q("k1", exp, &sig1, "7")).unwrap(), url, "an unlisted host is fine when signed");
+    // Rotation: both keys are active; each verifies only its own signatures.
+    let sig2 = sign(r, "k2", exp, url, &fields);
+    assert!(run(r, &q("k2", exp, &sig2, "7")).is_ok());
+    assert_eq!(run(r, &q("k2", exp, &sig1, "7")).unwrap_err().status, 403);
+    assert_eq!(run(r, &q("k3", exp, &sig1, "7")).unwrap_err().reason, "unknown key id (kid)");
+    // A changed field, expiry or URL breaks the signature.
+    assert_eq!(run(r, &q("k1", exp, &sig1, "70")).unwrap_err().reason, "bad signature");
+    assert_eq!(run(r, &q("k1", exp + 1, &sig1, "7")).unwrap_err().reason, "bad signature");
+    let other = format!("c=7&cr=8&imp=i%209&url={}&exp={exp}&kid=k1&sig={sig1}", enc("https://landing.test/p?x=1"));
+    assert_eq!(run(r, &other).unwrap_err().reason, "bad signature");
+    // Expired.
+    let old = NOW - 1;
+    let sig_old = sign(r, "k1", old, url, &fields);
+    assert_eq!(run(r, &q("k1", old, &sig_old, "7")).unwrap_err().reason, "signature expired");
+    // Too far ahead, and non-canonical exp.
+    let far = NOW + 31 * 86_400;
+    let sig_far = sign(r, "k1", far, url, &fields);
+    assert_eq!(run(r, &q("k1", far, &sig_far, "7")).unwrap_err().status, 403);
+    assert_eq!(
+        run(r, &format!("c=7&cr=8&imp=i%209&url={}&exp=0{exp}&kid=k1&sig={sig1}", enc(url))).unwrap_err().status,
+        400
+    );
+    // Missing or mangled signature; duplicated parameters.
+    assert_eq!(run(r, &format!("c=7&url={}", enc(url))).unwrap_err().status, 403);
+    assert_eq!(run(r, &q("k1", exp, &sig1[..42], "7")).unwrap_err().status, 403);
+    assert_eq!(run(r, &format!("{}&sig={sig1}", q("k1", exp, &sig1, "7"))).unwrap_err().status, 400);
+    // A signed URL is still parsed strictly.
+    let bad = "https://good.test@evil.test/";
+    let sig_bad = sign(r, "k1", exp, bad, &fields);
+    assert_eq!(
+        run(r, &format!("c=7&cr=8&imp=i%209&url={}&exp={exp}&kid=k1&sig={sig_bad}", enc(bad))).unwrap_err().status,
+        400
+    );
+}
+
+#[test]
+fn either_and_both() {
+    let cfg = signed_config("either");
+    let r = rule(&cfg);
+    assert!(run(r, &format!("url={}", enc("https://example.com/"))).is_ok());
+    assert_eq!(run(r, &format!("url={}", enc("https://other.test/"))).unwrap_err().status, 403);
+    let cfg = signed_config("both");
+    let r = rule(&cfg);
+    let url = "https://other.test/";
+    let sig = sign(r, "k1", NOW + 60, url, &[]);
+    let q = format!("url={}&exp={}&kid=k1&sig={sig}", enc(url), NOW + 60);
+    assert_eq!(run(r, &q).unwrap_err().reason, "landing domain is not allowed");
+    assert_eq!(run(r, &format!("url={}", enc("https://example.com/"))).unwrap_err().status, 403);
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let bad = crate::config::DEFAULT_TOML
+        .replace("require = \"allowlist\"", "require = \"signature\"")
+        .replace("[\"example.com\", \"*.example.com\"]", "[\"*\", \"Example.com\"]");
+    let e = Config::parse(&bad, "t.toml").unwrap_err().0;
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.iter().filter(|k| k.ends_with("redirect.allow_domains")).count() == 2, "{e:?}");
+    assert!(keys.iter().any(|k| k.ends_with("redirect.require")), "{e:?}");
+    let short = with_keys("signature", "[[endpoint.redirect.key]]\nid = \"k\"\nsecret_hex = \"abcd\"\n");
+    let e = Config::parse(&short, "t.toml").unwrap_err().0;
+    assert!(e[0].message.contains("2 bytes"), "{e:?}");
+}
+
+#[test]
+fn macros_are_filled_and_encoded() {
+    let cfg = Config::embedded();
+    let ty = cfg.event_type("click").unwrap();
+    let req = crate::extract::RequestView {
+        query: b"c=42&cr=7&imp=a%2Fb%26c%20d&site=s",
+        headers: &[],
+        client_ip: "10.1.2.3".parse().unwrap(),
+        now_ns: NOW * 1_000_000_000,
+    };
+    let mut ev = Event::ZERO;
+    crate::extract::extract(ty, &req, &mut crate::extract::IdGen::new(0), 0, 0, &mut ev).unwrap();
+    let mut out = [0u8; LOCATION_BYTES_MAX];
+    let t =
+        b"https://example.com/l?cid={campaign_id}&imp={impression_id}&ip={ip}&e={event_id}&k={click_id}&x={nope}&y={";
+    let n = expand(t, &ev, ty, &mut out).unwrap();
+    let mut id = [0u8; 36];
+    format_uuid(&ev.id, &mut id);
+    let id = std::str::from_utf8(&id).unwrap();
+    assert_eq!(
+        std::str::from_utf8(&out[..n]).unwrap(),
+        format!("https://example.com/l?cid=42&imp=a%2Fb%26c%20d&ip=10.1.2.3&e={id}&k={id}&x={{nope}}&y={{")
+    );
+    let mut small = [0u8; 30];
+    assert_eq!(expand(t, &ev, ty, &mut small).unwrap_err().status, 414);
+}

@@ -1,0 +1,218 @@
+//! Click redirects over real sockets: allowed and signed landing URLs get a 302 with the macros
+//! filled in; every open-redirect and header-injection trick gets a 4xx with no `Location`, and
+//! nothing is journaled for it.
+
+use crate::harness::*;
+use std::process::Command;
+
+const KEY1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const KEY2: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+
+/// The default config, requiring `require`, with `keys` (TOML) on the click endpoint.
+fn config_with(require: &str, keys: &str) -> String {
+    include_str!("../../config/tracker.toml")
+        .replace("require = \"allowlist\"", &format!("require = \"{require}\""))
+        .replace("\n[event.impression]", &format!("{keys}\n[event.impression]"))
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Targets that must never redirect; the query is sent byte for byte.
+const ATTACKS: &[&str] = &[
+    "/c?c=1&url=%2F%2Fevil.com",
+    "/c?c=1&url=//evil.com",
+    "/c?c=1&url=/%5Cevil.com",
+    "/c?c=1&url=%2F%5Cevil.com",
+    "/c?c=1&url=https:evil.com",
+    "/c?c=1&url=https%3Aevil.com",
+    "/c?c=1&url=https:/evil.com",
+    "/c?c=1&url=https:///evil.com",
+    "/c?c=1&url=https:%5C%5Cevil.com",
+    "/c?c=1&url=https://example.com@evil.com",
+    "/c?c=1&url=https%3A%2F%2Fexample.com%40evil.com",
+    "/c?c=1&url=https%3A%2F%2Fexample.com%2540evil.com",
+    "/c?c=1&url=https%253A%252F%252Fevil.com",
+    "/c?c=1&url=%252F%252Fevil.com",
+    "/c?c=1&url=https://evil.com%23@example.com",
+    "/c?c=1&url=https://evil.com%5C@example.com",
+    "/c?c=1&url=https://evil.com",
+    "/c?c=1&url=https://example.com.evil.com/",
+    "/c?c=1&url=https://evilexample.com/",
+    "/c?c=1&url=HTTPS://EXAMPLE.COM.EVIL.COM/",
+    "/c?c=1&url=https://%2565xample.com/",
+    "/c?c=1&url=https://%D0%B5xample.com/",
+    "/c?c=1&url=https://xn--xample-2of.com/",
+    "/c?c=1&url=javascript:alert(1)",
+    "/c?c=1&url=javascript%3Aalert(1)%2F%2Fexample.com",
+    "/c?c=1&url=JAVASCRIPT:alert(1)",
+    "/c?c=1&url=data:text/html,%3Cscript%3Ealert(1)%3C/script%3E",
+    "/c?c=1&url=ftp://example.com/",
+    "/c?c=1&url=https://example.com/%0D%0ASet-Cookie:%20a=1",
+    "/c?c=1&url=https://example.com/%0ALocation:%20https://evil.com",
+    "/c?c=1&url=https://example.com/%250D%250ASet-Cookie:a=1",
+    "/c?c=1&url=https://example.com/%00",
+    "/c?c=1&url=https://exa%09mple.com/",
+    "/c?c=1&url=%20https://example.com/",
+    "/c?c=1&url=https://example.com/&url=https://evil.com/",
+    "/c?c=1&url=https://127.0.0.1/",
+    "/c?c=1&url=https://2130706433/",
+    "/c?c=1&url=",
+    "/c?c=1",
+    "/c?c=1&url=%zz",
+];
+
+#[test]
+fn every_redirect_attack_is_4xx_without_location_and_not_logged() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    for target in ATTACKS {
+        let r = c.get(target);
+        assert!((400..500).contains(&r.status), "{target}: {} {:?}", r.status, String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("location"), None, "{target}");
+        assert!(!r.body.is_empty(), "{target}: a refusal says why");
+    }
+    // The same connection still redirects a good click.
+    let r = c.get("/c?c=5&url=https%3A%2F%2Fwww.example.com%2Fok");
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some("https://www.example.com/ok"));
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.len(), 1, "only the good click is an event: {events:?}");
+    assert_eq!(events[0]["type"], "click");
+}
+
+#[test]
+fn raw_control_bytes_in_the_target_never_reach_a_location() {
+    let s = Server::start(None, &["--shards", "1"]);
+    for raw in [
+        &b"GET /c?c=1&url=https://example.com/\r\nSet-Cookie: a=1 HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+        b"GET /c?c=1&url=https://example.com/\x00 HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /c?c=1&url=https://example.com/\x7f HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /c?c=1&url=https://example.com/\xd0\xb5 HTTP/1.1\r\nHost: t\r\n\r\n",
+    ] {
+        let mut c = s.connect();
+        c.send(raw);
+        // Closed without an answer is fine too: never a redirect either way.
+        if let Some(r) = c.try_read_response(false) {
+            assert!((400..500).contains(&r.status), "{:?}: {}", String::from_utf8_lossy(raw), r.status);
+            assert_eq!(r.header("location"), None);
+        }
+    }
+}
+
+#[test]
+fn allowed_click_is_logged_then_redirected_with_macros_filled() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let landing = "https://shop.example.com/p?cid={campaign_id}&imp={impression_id}&clk={click_id}&x={unknown}#top";
+    let r = c.get(&format!("/c?c=42&cr=7&imp=a%2Fb%20c&url={}", enc(landing)));
+    assert_eq!(r.status, 302, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("cache-control"), Some("no-cache, no-store, must-revalidate"));
+    assert_eq!(r.header("content-length"), Some("0"));
+    let loc = r.header("location").unwrap().to_string();
+    // HEAD is answered alike.
+    c.send(format!("HEAD /c?c=1&url={} HTTP/1.1\r\nHost: t\r\n\r\n", enc("https://example.com/")).as_bytes());
+    let h = c.read_response(true);
+    assert_eq!((h.status, h.header("location")), (302, Some("https://example.com/")));
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.len(), 2);
+    let e = &events[0];
+    assert_eq!(
+        (e["type"].as_str(), e["campaign_id"].as_u64(), e["impression_id"].as_str()),
+        (Some("click"), Some(42), Some("a/b c"))
+    );
+    let id = e["id"].as_str().unwrap();
+    assert_eq!(loc, format!("https://shop.example.com/p?cid=42&imp=a%2Fb%20c&clk={id}&x={{unknown}}#top"));
+}
+
+fn sign_url(cfg: &std::path::Path, kid: Option<&str>, exp: Option<u64>, base: &str, url: &str, query: &str) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["sign-url", "--config"]).arg(cfg).args(["--base", base, "--url", url, query]);
+    if let Some(k) = kid {
+        cmd.args(["--kid", k]);
+    }
+    if let Some(e) = exp {
+        cmd.args(["--exp", &e.to_string()]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "sign-url: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn signed_urls_verify_expire_and_rotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyfile = dir.path().join("k2.hex");
+    std::fs::write(&keyfile, format!("{KEY2}\n")).unwrap();
+    let both = format!(
+        "[[endpoint.redirect.key]]\nid = \"k1\"\nsecret_hex = \"{KEY1}\"\n[[endpoint.redirect.key]]\nid = \"k2\"\nfile = \"{}\"\n",
+        keyfile.display()
+    );
+    let cfg_both = dir.path().join("both.toml");
+    std::fs::write(&cfg_both, config_with("either", &both)).unwrap();
+
+    let mut s = Server::start(Some(&config_with("either", &both)), &["--shards", "1"]);
+    let base = format!("http://{}", s.addr);
+    let target = |u: &str| u.strip_prefix(&base).unwrap().to_string();
+    let landing = "https://advertiser.test/landing?clk={click_id}";
+    let q = "c=9&cr=3&imp=i-1";
+    let u1 = sign_url(&cfg_both, Some("k1"), None, &base, landing, q);
+    let u2 = sign_url(&cfg_both, None, None, &base, landing, q);
+    assert!(u2.contains("&kid=k2&"), "the newest key signs by default: {u2}");
+    let past = sign_url(&cfg_both, Some("k1"), Some(1_600_000_000), &base, landing, q);
+
+    let mut c = s.connect();
+    for u in [&u1, &u2] {
+        let r = c.get(&target(u));
+        assert_eq!(r.status, 302, "{u}: {:?}", String::from_utf8_lossy(&r.body));
+        assert!(r.header("location").unwrap().starts_with("https://advertiser.test/landing?clk="));
+    }
+    let r = c.get(&target(&past));
+    assert_eq!((r.status, r.header("location")), (403, None));
+    assert_eq!(String::from_utf8_lossy(&r.body).trim(), "signature expired");
+    // Tampering with a signed field or the URL is refused.
+    let r = c.get(&target(&u1).replace("c=9", "c=10"));
+    assert_eq!((r.status, r.header("location")), (403, None));
+    let r = c.get(&target(&u1).replace("advertiser.test", "attacker.test"));
+    assert_eq!((r.status, r.header("location")), (403, None));
+    // Unsigned, unlisted: refused; allowlisted: fine without a signature ("either").
+    let r = c.get(&format!("/c?c=1&url={}", enc(landing)));
+    assert_eq!((r.status, r.header("location")), (403, None));
+    assert_eq!(c.get(&format!("/c?c=1&url={}", enc("https://example.com/"))).status, 302);
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 3);
+
+    // Rotation: k1 retired from the config; its URLs stop working, k2's keep working.
+    let only_k2 = format!("[[endpoint.redirect.key]]\nid = \"k2\"\nfile = \"{}\"\n", keyfile.display());
+    let s = Server::start(Some(&config_with("signature", &only_k2)), &["--shards", "1"]);
+    let base2 = format!("http://{}", s.addr);
+    let mut c = s.connect();
+    let r = c.get(target(&u1).as_str());
+    assert_eq!((r.status, r.header("location")), (403, None));
+    assert_eq!(String::from_utf8_lossy(&r.body).trim(), "unknown key id (kid)");
+    assert_eq!(c.get(&target(&u2)).status, 302);
+    let _ = base2;
+}
+
+#[test]
+fn check_config_refuses_an_open_redirect_allowlist() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.toml");
+    let text = include_str!("../../config/tracker.toml").replace("[\"example.com\", \"*.example.com\"]", "[\"*\"]");
+    std::fs::write(&p, text).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("redirect.allow_domains") && err.contains("open redirect"), "{err}");
+}
