@@ -20,6 +20,7 @@
 //! - [`redirect`] click endpoints: strict landing-URL parsing, allowlist, HMAC signatures, macros
 //! - [`extract`]  request → `Event`, ids; pure
 //! - [`event`]    the fixed 512-byte record; [`schema`] how its slots map to field names
+//! - [`dedup`]    window of recent event ids shared by all shards (lock-free, fixed size)
 //! - [`ring`]     per-core SPSC ring, the only crossing on the ingest path
 //! - [`journal`]  segment format, writer, recovery, reader
 //! - [`metrics`]  per-shard counters
@@ -30,6 +31,7 @@
 pub mod clock;
 pub mod config;
 pub mod constants;
+pub mod dedup;
 pub mod endpoint;
 pub mod event;
 pub mod extract;

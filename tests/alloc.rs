@@ -1,5 +1,6 @@
 //! Zero heap allocations per request once warm, on the pixel path, the reject (400) path, the
-//! journal-acknowledged path and the click-redirect paths (302 with macros, 4xx refusal).
+//! journal-acknowledged path, the dedup duplicate path and the click-redirect paths (302 with
+//! macros, 4xx refusal).
 //!
 //! A counting global allocator sees every allocation in this process: the tracker's shard and
 //! drain threads run in-process, and the client loop below allocates nothing itself (static
@@ -38,9 +39,13 @@ static A: Counting = Counting;
 
 const PIXEL: &[u8] = b"GET /i?c=12345&cr=678&p=0.25&site=news.example.com&cb=1 HTTP/1.1\r\nHost: t.example\r\nUser-Agent: Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36\r\nAccept: image/avif,image/webp,*/*\r\nReferer: https://news.example.com/a\r\nCookie: uid=u-1; other=2\r\n\r\n";
 const MISSING: &[u8] = b"GET /i?cr=1 HTTP/1.1\r\nHost: t\r\n\r\n";
-const LOGGED: &[u8] = b"GET /cv?c=1&value=2.5&order=o-1 HTTP/1.1\r\nHost: t\r\n\r\n";
+/// No order id, so every request is a new event (a fixed `order` would be deduplicated).
+const LOGGED: &[u8] = b"GET /cv?c=1&value=2.5 HTTP/1.1\r\nHost: t\r\n\r\n";
+/// The same derived id every time: after the first, the dedup window's duplicate path.
+const DUPLICATE: &[u8] = b"GET /i?c=1&imp=same-impression HTTP/1.1\r\nHost: t\r\n\r\n";
 /// A click: landing URL decoded, parsed, allowlisted, macros (id, number, string, ip) expanded.
-const CLICK: &[u8] = b"GET /c?c=77&cr=5&imp=i%201&url=https%3A%2F%2Fwww.example.com%2Fl%3Fclk%3D%7Bclick_id%7D%26c%3D%7Bcampaign_id%7D%26i%3D%7Bimpression_id%7D%26ip%3D%7Bip%7D HTTP/1.1\r\nHost: t\r\n\r\n";
+/// No `imp`, so the id is generated and every click is published.
+const CLICK: &[u8] = b"GET /c?c=77&cr=5&site=s%201&url=https%3A%2F%2Fwww.example.com%2Fl%3Fclk%3D%7Bclick_id%7D%26c%3D%7Bcampaign_id%7D%26s%3D%7Bsite%7D%26ip%3D%7Bip%7D HTTP/1.1\r\nHost: t\r\n\r\n";
 /// A refused click (403, nothing logged).
 const CLICK_REFUSED: &[u8] = b"GET /c?c=77&url=https%3A%2F%2Fexample.com%40evil.com%2F HTTP/1.1\r\nHost: t\r\n\r\n";
 
@@ -98,6 +103,7 @@ fn no_heap_allocation_per_request_once_warm() {
         ("pixel", PIXEL, b'2'),
         ("400", MISSING, b'4'),
         ("logged", LOGGED, b'2'),
+        ("duplicate", DUPLICATE, b'2'),
         ("redirect", CLICK, b'3'),
         ("redirect refused", CLICK_REFUSED, b'4'),
     ] {

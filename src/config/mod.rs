@@ -7,6 +7,9 @@
 
 mod raw;
 mod redirect;
+mod request;
+
+pub use request::DedupConfig;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -26,6 +29,7 @@ pub const DEFAULT_NAME: &str = "<embedded config/tracker.toml>";
 pub struct Config {
     pub server: Server,
     pub journal: Journal,
+    pub dedup: DedupConfig,
     pub endpoints: Vec<Endpoint>,
     pub types: Vec<EventType>,
     /// What the journal embeds in every segment header.
@@ -289,9 +293,10 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let server = self.server(&raw.server);
         let journal = self.journal(&raw.journal);
+        let dedup = self.dedup(&raw.dedup);
         let (types, schema) = self.types(&raw.event);
         let endpoints = self.endpoints(&raw.endpoint, &types);
-        Config { server, journal, endpoints, types, schema }
+        Config { server, journal, dedup, endpoints, types, schema }
     }
 
     fn server(&mut self, r: &raw::RawServer) -> Server {

@@ -15,6 +15,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub journal: RawJournal,
     #[serde(default)]
+    pub dedup: RawDedup,
+    #[serde(default)]
     pub endpoint: Vec<S<RawEndpoint>>,
     #[serde(default)]
     pub event: BTreeMap<String, S<RawEvent>>,
@@ -44,6 +46,13 @@ pub struct RawJournal {
     pub segment_bytes: Option<S<i64>>,
     pub sync: Option<S<String>>,
     pub sync_interval_ms: Option<S<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedup {
+    pub window_ms: Option<S<i64>>,
+    pub entries: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

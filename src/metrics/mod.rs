@@ -87,15 +87,18 @@ pub enum Reason {
     HeaderTimeout,
     /// A click's landing URL failed its endpoint's redirect rule (4xx, nothing logged).
     Redirect,
+    /// A repeat of an event id inside the dedup window: answered, not published.
+    Duplicate,
 }
 
-pub const REASONS: [Reason; 6] = [
+pub const REASONS: [Reason; 7] = [
     Reason::Malformed,
     Reason::Field,
     Reason::RingFull,
     Reason::ConnectionLimit,
     Reason::HeaderTimeout,
     Reason::Redirect,
+    Reason::Duplicate,
 ];
 
 impl Reason {
@@ -107,6 +110,7 @@ impl Reason {
             Reason::ConnectionLimit => "connection_limit",
             Reason::HeaderTimeout => "header_timeout",
             Reason::Redirect => "redirect_refused",
+            Reason::Duplicate => "duplicate",
         }
     }
 }

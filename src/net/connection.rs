@@ -26,7 +26,7 @@ use monoio::net::TcpStream;
 
 use crate::config::{Ack, ResponseKind, Server};
 use crate::endpoint::{RequestMethod, Route};
-use crate::event::FLAG_HEAD;
+use crate::event::{FLAG_HEAD, FLAG_ID_CLIENT, FLAG_ID_DERIVED};
 use crate::extract::{extract, RequestView};
 use crate::http::{self, BodyFraming, ParseError, HEADERS_MAX};
 use crate::metrics::{Reason, Status};
@@ -298,10 +298,24 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
             }
         }
     }
-    slot.seq = next_seq;
-    let seq = producer.commit();
-    debug_assert_eq!(seq, next_seq);
-    counters.event(ty.id);
+    // Dedup (shared by all shards): a repeat of a client or derived id inside the window is
+    // answered exactly like the first, but not published.
+    let duplicate = match &ctx.dedup {
+        Some(d) if slot.flags & (FLAG_ID_CLIENT | FLAG_ID_DERIVED) != 0 => {
+            d.check(&slot.id, ty.id, now_ns) == crate::dedup::Seen::Duplicate
+        }
+        _ => false,
+    };
+    let seq = if duplicate {
+        counters.reject(Reason::Duplicate);
+        0
+    } else {
+        slot.seq = next_seq;
+        let seq = producer.commit();
+        debug_assert_eq!(seq, next_seq);
+        counters.event(ty.id);
+        seq
+    };
     let date = ctx.date.borrow();
     let status = match ep.response {
         ResponseKind::Gif => {

@@ -4,7 +4,8 @@
 //! Crossings between threads, all named here:
 //! - reactor → drain: the shard's ring (events) and `drain_sleeping`/unpark (wake-up);
 //! - drain → reactor: `journaled` (how far the journal got) and the shard's eventfd (wake-up);
-//! - control (signals, tests) → reactors: `stop` and the eventfd.
+//! - control (signals, tests) → reactors: `stop` and the eventfd;
+//! - reactor ↔ reactor: the shared dedup table (`crate::dedup`, atomics only).
 //!
 //! Shutdown order (SIGTERM/SIGINT or `Running::stop`): reactors stop accepting, finish the
 //! requests they hold, close connections and exit; then each drain empties its ring into the
@@ -22,6 +23,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::dedup::Dedup;
 use crate::journal::ShardJournal;
 use crate::metrics::ShardCounters;
 
@@ -179,6 +181,8 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
 
     let cfg = Arc::new(cfg);
     let stop = Arc::new(AtomicBool::new(false));
+    // The dedup window is shared by all shards (one table, allocated now); None when off.
+    let dedup = (cfg.dedup.window_ms > 0).then(|| Arc::new(Dedup::new(cfg.dedup.entries, cfg.dedup.window_ms)));
     let mut shared = Vec::new();
     let mut threads = Vec::new();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -212,8 +216,15 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
         threads.push(drain);
 
         let cpu = if cpus.is_empty() { None } else { Some(cpus[i % cpus.len()]) };
-        let args =
-            shard::ShardArgs { cfg: cfg.clone(), shared: sh.clone(), stop: stop.clone(), producer, listener, cpu };
+        let args = shard::ShardArgs {
+            cfg: cfg.clone(),
+            shared: sh.clone(),
+            stop: stop.clone(),
+            producer,
+            listener,
+            cpu,
+            dedup: dedup.clone(),
+        };
         let tx = ready_tx.clone();
         let reactor = std::thread::Builder::new()
             .name(format!("tracker-shard-{i}"))

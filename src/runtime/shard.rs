@@ -32,6 +32,7 @@ pub struct ShardArgs {
     pub producer: Producer,
     pub listener: StdListener,
     pub cpu: Option<core_affinity::CoreId>,
+    pub dedup: Option<Arc<crate::dedup::Dedup>>,
 }
 
 /// Everything a connection task needs, on the reactor thread only (Rc, RefCell: no locks).
@@ -41,6 +42,8 @@ pub struct ShardCtx {
     pub shared: Arc<ShardShared>,
     pub routes: Routes,
     pub producer: RefCell<Producer>,
+    /// The dedup window shared by all shards; None when `dedup.window_ms = 0`.
+    pub dedup: Option<Arc<crate::dedup::Dedup>>,
     pub ids: RefCell<IdGen>,
     pub date: RefCell<DateCache>,
     pub stopping: Cell<bool>,
@@ -151,6 +154,7 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
             routes: Routes::new(&cfg),
             producer: RefCell::new(args.producer),
             ids: RefCell::new(IdGen::new(i)),
+            dedup: args.dedup,
             date: RefCell::new(DateCache::new()),
             stopping: Cell::new(false),
             stop: args.stop,

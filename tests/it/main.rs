@@ -3,6 +3,7 @@
 mod harness;
 
 mod config_errors;
+mod dedup;
 mod durability;
 mod http_rejects;
 mod pipeline;

@@ -1,0 +1,194 @@
+//! The dedup window: one fixed-size, lock-free table shared by every shard, keyed by event id.
+//!
+//! Stage: after extraction (the id is known), before the ring push. A re-fired pixel or a
+//! retried billing notice carries the same id (client `eid`, or derived from the type's identity
+//! fields); the first arrival inside the window is published, later ones are answered exactly
+//! alike but not published, and counted. Generated ids (UUIDv7) are unique by construction and
+//! never looked up.
+//!
+//! Layout: `buckets` cache lines of [`WAYS`] `AtomicU64` entries, allocated once at start
+//! (`entries` × 8 bytes). An entry is `fingerprint << 32 | time`, 0 = empty:
+//! - the bucket is chosen by the low bits of xxh3(id, type), the 32-bit fingerprint by the high
+//!   bits (never 0), so a false duplicate needs a 32-bit collision inside one bucket (~2⁻²⁹ per
+//!   lookup with a full bucket);
+//! - time is centiseconds of the Unix clock truncated to 32 bits (wraps after 497 days; ages are
+//!   computed with wrapping subtraction).
+//!
+//! Insert-or-find first looks for our fingerprint, fresh, in every way (→ duplicate), then scans
+//! the ways in order again: our fingerprint and fresh → duplicate; an empty or
+//! expired way → compare-and-swap our entry in (on failure, look at the same way again, so two
+//! shards racing on one id both land on the same way and exactly one wins); a fresh entry of
+//! another id → next way. A bucket full of fresh entries evicts its oldest (counted): the table
+//! bounds memory, not traffic, so under overload an old id can be forgotten early — sized right
+//! (`entries` ≥ distinct deduplicated ids per window), it is not. The one race that lets a
+//! duplicate through is two arrivals of the same id while another way of their bucket expires
+//! between their scans; a journal consumer that needs exactly-once still keys by id.
+//!
+//! Crossing: this table is the only state on the request path shared between shards. A lookup
+//! touches one cache line; an insert one CAS on it.
+
+use std::sync::atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed};
+
+/// Entries per bucket: one 64-byte cache line.
+pub const WAYS: usize = 8;
+/// Bounds of `dedup.entries`.
+pub const ENTRIES_MIN: usize = 1024;
+pub const ENTRIES_MAX: usize = 1 << 28;
+/// Longest window: ages are 32-bit centiseconds; stay far below the wrap.
+pub const WINDOW_MS_MAX: u64 = 7 * 86_400_000;
+
+const _: () = assert!(ENTRIES_MIN.is_multiple_of(WAYS) && ENTRIES_MIN.is_power_of_two());
+const _: () = assert!(WINDOW_MS_MAX / 10 < (u32::MAX / 2) as u64);
+
+#[repr(C, align(64))]
+struct Bucket([AtomicU64; WAYS]);
+
+const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
+
+/// Whether an id was seen inside the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// First time inside the window: publish it.
+    New,
+    /// Published already inside the window: answer, do not publish.
+    Duplicate,
+}
+
+pub struct Dedup {
+    buckets: Box<[Bucket]>,
+    mask: u64,
+    window_cs: u32,
+    evictions: AtomicU64,
+}
+
+impl Dedup {
+    /// `entries` is a power of two in ENTRIES_MIN..=ENTRIES_MAX (config validates it);
+    /// `window_ms` ≥ 1.
+    pub fn new(entries: usize, window_ms: u64) -> Dedup {
+        let entries = entries.clamp(ENTRIES_MIN, ENTRIES_MAX).next_power_of_two();
+        let n = entries / WAYS;
+        let buckets: Box<[Bucket]> = (0..n).map(|_| Bucket(Default::default())).collect();
+        Dedup {
+            buckets,
+            mask: (n - 1) as u64,
+            window_cs: window_ms.clamp(1, WINDOW_MS_MAX).div_ceil(10) as u32,
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// Records `id` (of event type `type_id`) at `now_ns` (Unix ns) unless it is already there
+    /// and fresh.
+    #[inline]
+    pub fn check(&self, id: &[u8; 16], type_id: u16, now_ns: u64) -> Seen {
+        let mut key = [0u8; 18];
+        key[..16].copy_from_slice(id);
+        key[16..].copy_from_slice(&type_id.to_le_bytes());
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key, 0x0064_6564_7570);
+        let fp = (h >> 32) as u32 | 1;
+        let now = (now_ns / 10_000_000) as u32;
+        let mine = u64::from(fp) << 32 | u64::from(now);
+        let bucket = &self.buckets[(h & self.mask) as usize].0;
+        let fresh = |v: u64| v != 0 && now.wrapping_sub(v as u32) < self.window_cs;
+        // First look for our own live entry in every way: an expired way of another id may sit
+        // before it and would otherwise take a second copy.
+        if bucket.iter().any(|w| {
+            let v = w.load(Acquire);
+            (v >> 32) as u32 == fp && fresh(v)
+        }) {
+            return Seen::Duplicate;
+        }
+        for way in bucket {
+            let mut v = way.load(Acquire);
+            loop {
+                if (v >> 32) as u32 == fp && fresh(v) {
+                    return Seen::Duplicate;
+                }
+                if fresh(v) {
+                    break; // another id's live entry: try the next way
+                }
+                match way.compare_exchange(v, mine, AcqRel, Acquire) {
+                    Ok(_) => return Seen::New,
+                    Err(now_there) => v = now_there,
+                }
+            }
+        }
+        // Every way holds a fresh entry of another id: replace the oldest.
+        let (oldest, _) = bucket
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (i, now.wrapping_sub(w.load(Relaxed) as u32)))
+            .max_by_key(|&(_, age)| age)
+            .unwrap_or((0, 0));
+        bucket[oldest].store(mine, Relaxed);
+        self.evictions.fetch_add(1, Relaxed);
+        Seen::New
+    }
+
+    /// Fresh entries forgotten early because their bucket was full.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn id(n: u64) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&n.to_le_bytes());
+        id
+    }
+
+    const T0: u64 = 1_790_000_000_000_000_000;
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_repeat_inside_the_window_is_a_duplicate_and_outside_is_new() {
+        let d = Dedup::new(1024, 1000);
+        assert_eq!(d.check(&id(1), 0, T0), Seen::New);
+        assert_eq!(d.check(&id(1), 0, T0 + 999 * MS), Seen::Duplicate);
+        assert_eq!(d.check(&id(1), 1, T0), Seen::New, "the type is part of the key");
+        assert_eq!(d.check(&id(2), 0, T0), Seen::New);
+        assert_eq!(d.check(&id(1), 0, T0 + 1000 * MS), Seen::New, "the window has passed");
+        assert_eq!(d.check(&id(1), 0, T0 + 1500 * MS), Seen::Duplicate, "re-recorded at 1000 ms");
+    }
+
+    #[test]
+    fn a_full_bucket_evicts_its_oldest_and_counts_it() {
+        let d = Dedup::new(1024, 60_000);
+        for n in 0..20_000u64 {
+            d.check(&id(n), 0, T0 + n * MS);
+        }
+        assert!(d.evictions() > 0);
+        // The most recent ids are still remembered.
+        for n in 19_990..20_000u64 {
+            assert_eq!(d.check(&id(n), 0, T0 + 20_000 * MS), Seen::Duplicate, "{n}");
+        }
+    }
+
+    #[test]
+    fn concurrent_shards_publish_each_id_exactly_once() {
+        let d = Arc::new(Dedup::new(1 << 16, 60_000));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    let mut new = 0u32;
+                    for round in 0..2000u64 {
+                        // Every thread sends the same ids in a different order.
+                        let n = (round * 7 + t * 13) % 2000;
+                        if d.check(&id(n), 3, T0) == Seen::New {
+                            new += 1;
+                        }
+                    }
+                    new
+                })
+            })
+            .collect();
+        let total: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(total, 2000);
+        assert_eq!(d.evictions(), 0);
+    }
+}

@@ -1,0 +1,63 @@
+//! The dedup window across shards: the same pixel on many connections (spread over two shards
+//! by SO_REUSEPORT) is answered every time and journaled once.
+
+use crate::harness::*;
+
+#[test]
+fn a_duplicate_pixel_on_different_connections_and_shards_is_one_event() {
+    let mut s = Server::start(None, &["--shards", "2"]);
+    // Find connections on both shards: a conversion without an order id is acknowledged only once
+    // it is in the journal (ack = logged), so the journal tells which shard took the connection.
+    let mut by_shard: [Vec<Client>; 2] = [Vec::new(), Vec::new()];
+    for probe in 0..64u64 {
+        if by_shard.iter().all(|v| v.len() >= 4) {
+            break;
+        }
+        let mut c = s.connect();
+        assert_eq!(c.get(&format!("/cv?c={}", 1000 + probe)).status, 200);
+        let shard = journal_cat(&s.journal())
+            .iter()
+            .find(|e| e["campaign_id"] == 1000 + probe)
+            .and_then(|e| e["shard"].as_u64())
+            .expect("a logged event is in the journal when acknowledged") as usize;
+        by_shard[shard].push(c);
+    }
+    assert!(by_shard.iter().all(|v| !v.is_empty()), "64 connections never reached both shards");
+    let mut conns: Vec<Client> = by_shard.into_iter().flatten().collect();
+    let n = conns.len();
+    for c in conns.iter_mut() {
+        // Same client eid.
+        let r = c.get("/i?c=1&eid=refire-1&cb=1");
+        assert_eq!((r.status, r.body.len()), (200, 43));
+        // Same identity fields (impression_id), different cache busters.
+        assert_eq!(c.get("/i?c=2&imp=imp-xyz&cb=2").status, 200);
+        // A retried billing notice (identity: auction, bid, imp); ack = logged.
+        assert_eq!(c.get("/bill?auction=a1&bid=b1&imp=i1&price=1.25").status, 204);
+        // A double click: redirected every time, logged once.
+        let r = c.get("/c?c=3&cr=4&imp=imp-xyz&url=https%3A%2F%2Fexample.com%2F%3Fk%3D%7Bclick_id%7D");
+        assert_eq!(r.status, 302);
+        // Generated ids are never deduplicated.
+        assert_eq!(c.get("/i?c=4").status, 200);
+    }
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    let count = |f: &dyn Fn(&serde_json::Value) -> bool| events.iter().filter(|e| f(e)).count();
+    assert_eq!(count(&|e| e["campaign_id"] == 1), 1, "{events:?}");
+    assert_eq!(count(&|e| e["campaign_id"] == 2), 1);
+    assert_eq!(count(&|e| e["type"] == "bill"), 1);
+    assert_eq!(count(&|e| e["type"] == "click"), 1);
+    assert_eq!(count(&|e| e["campaign_id"] == 4), n);
+    assert_eq!(count(&|e| e["type"] == "conversion"), events.len() - 4 - n);
+}
+
+#[test]
+fn dedup_can_be_turned_off() {
+    let cfg = "[dedup]\nwindow_ms = 0\n".to_string() + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for _ in 0..3 {
+        assert_eq!(c.get("/i?c=1&eid=same").status, 200);
+    }
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 3);
+}
