@@ -17,6 +17,7 @@
 //! - [`net`]      listener (SO_REUSEPORT) and the per-connection loop (owned buffers, deadlines)
 //! - [`http`]     request parsing and prebuilt responses, no allocation, no I/O
 //! - [`endpoint`] routing table built from config
+//! - [`enrich`]   per-source budgets (and privacy steps), before anything is decoded
 //! - [`redirect`] click endpoints: strict landing-URL parsing, allowlist, HMAC signatures, macros
 //! - [`extract`]  request → `Event`, ids; pure
 //! - [`event`]    the fixed 512-byte record; [`schema`] how its slots map to field names
@@ -33,6 +34,7 @@ pub mod config;
 pub mod constants;
 pub mod dedup;
 pub mod endpoint;
+pub mod enrich;
 pub mod event;
 pub mod extract;
 pub mod http;

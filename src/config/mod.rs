@@ -9,7 +9,8 @@ mod raw;
 mod redirect;
 mod request;
 
-pub use request::DedupConfig;
+pub use crate::enrich::budget::BudgetConfig;
+pub use request::{DedupConfig, OverBudget};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ pub struct Config {
     pub server: Server,
     pub journal: Journal,
     pub dedup: DedupConfig,
+    pub budget: BudgetConfig,
     pub endpoints: Vec<Endpoint>,
     pub types: Vec<EventType>,
     /// What the journal embeds in every segment header.
@@ -99,6 +101,8 @@ pub struct Endpoint {
     pub type_id: u16,
     pub response: ResponseKind,
     pub ack: Ack,
+    /// What a request over its source's budget gets.
+    pub over_budget: OverBudget,
     /// Set exactly when `response` is `Redirect`.
     pub redirect: Option<Box<crate::redirect::RedirectRule>>,
 }
@@ -294,9 +298,10 @@ impl Validator<'_> {
         let server = self.server(&raw.server);
         let journal = self.journal(&raw.journal);
         let dedup = self.dedup(&raw.dedup);
+        let budget = self.budget(&raw.budget);
         let (types, schema) = self.types(&raw.event);
         let endpoints = self.endpoints(&raw.endpoint, &types);
-        Config { server, journal, dedup, endpoints, types, schema }
+        Config { server, journal, dedup, budget, endpoints, types, schema }
     }
 
     fn server(&mut self, r: &raw::RawServer) -> Server {
@@ -468,7 +473,13 @@ impl Validator<'_> {
                 );
             }
             let redirect = self.endpoint_redirect(i, r, response, method, types.get(type_id as usize));
-            out.push(Endpoint { path: path.clone(), method, type_id, response, ack, redirect });
+            let over_budget = self.choice(
+                &r.over_budget,
+                &key("over_budget"),
+                OverBudget::Drop,
+                &[("drop", OverBudget::Drop), ("reject", OverBudget::Reject)],
+            );
+            out.push(Endpoint { path: path.clone(), method, type_id, response, ack, over_budget, redirect });
         }
         out
     }

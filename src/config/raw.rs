@@ -17,6 +17,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub dedup: RawDedup,
     #[serde(default)]
+    pub budget: RawBudget,
+    #[serde(default)]
     pub endpoint: Vec<S<RawEndpoint>>,
     #[serde(default)]
     pub event: BTreeMap<String, S<RawEvent>>,
@@ -55,6 +57,17 @@ pub struct RawDedup {
     pub entries: Option<S<i64>>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub rate_per_s: Option<S<i64>>,
+    pub burst: Option<S<i64>>,
+    pub ipv4_prefix_bits: Option<S<i64>>,
+    pub ipv6_prefix_bits: Option<S<i64>>,
+    pub entries: Option<S<i64>>,
+    pub exempt_loopback: Option<S<bool>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEndpoint {
@@ -63,6 +76,8 @@ pub struct RawEndpoint {
     pub event: S<String>,
     pub response: Option<S<String>>,
     pub ack: Option<S<String>>,
+    /// "drop" or "reject" (429) when the source is over its budget.
+    pub over_budget: Option<S<String>>,
     /// `[endpoint.redirect]`, for `response = "redirect"` (see config/redirect.rs).
     pub redirect: Option<S<RawRedirect>>,
 }

@@ -164,6 +164,31 @@ pub fn error(
     w.finish()
 }
 
+/// `HTTP/1.1 429 Too Many Requests` with `Retry-After: {retry_after_s}` and `reason` as the
+/// text body: a client over its per-source budget.
+pub fn too_many_requests(
+    out: &mut Vec<u8>,
+    retry_after_s: u32,
+    reason: &str,
+    keep_alive: bool,
+    head: bool,
+    version_minor: u8,
+    date: &[u8; DATE_BYTES],
+) -> Result<usize, WriteError> {
+    let mut w = Out::new(out);
+    w.status_line(b"429 Too Many Requests", date);
+    w.put(b"Content-Type: text/plain; charset=utf-8\r\nRetry-After: ");
+    let mut digits = [0u8; USIZE_DIGITS_MAX];
+    w.put(put_usize(&mut digits, retry_after_s as usize));
+    w.put(b"\r\n");
+    w.end_head(Some(reason.len() + 1), keep_alive, version_minor);
+    if !head {
+        w.put(reason.as_bytes());
+        w.put(b"\n");
+    }
+    w.finish()
+}
+
 /// `HTTP/1.1 100 Continue`, the interim response to `Expect: 100-continue`.
 pub fn continue_100(out: &mut Vec<u8>) -> Result<usize, WriteError> {
     let mut w = Out::new(out);
@@ -540,6 +565,23 @@ mod tests {
              Connection: keep-alive\r\n\
              \r\n\
              {\"ok\":true}"
+        );
+    }
+
+    #[test]
+    fn too_many_requests_bytes_exact() {
+        let mut out = buf();
+        too_many_requests(&mut out, 7, "over budget", true, false, 1, DATE).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 429 Too Many Requests\r\n\
+             Server: tracker\r\n\
+             Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\
+             Retry-After: 7\r\n\
+             Content-Length: 12\r\n\
+             \r\n\
+             over budget\n"
         );
     }
 

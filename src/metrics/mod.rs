@@ -89,9 +89,11 @@ pub enum Reason {
     Redirect,
     /// A repeat of an event id inside the dedup window: answered, not published.
     Duplicate,
+    /// The source's address prefix is over its budget: 429, or answered and not published.
+    OverBudget,
 }
 
-pub const REASONS: [Reason; 7] = [
+pub const REASONS: [Reason; 8] = [
     Reason::Malformed,
     Reason::Field,
     Reason::RingFull,
@@ -99,6 +101,7 @@ pub const REASONS: [Reason; 7] = [
     Reason::HeaderTimeout,
     Reason::Redirect,
     Reason::Duplicate,
+    Reason::OverBudget,
 ];
 
 impl Reason {
@@ -111,6 +114,7 @@ impl Reason {
             Reason::HeaderTimeout => "header_timeout",
             Reason::Redirect => "redirect_refused",
             Reason::Duplicate => "duplicate",
+            Reason::OverBudget => "over_budget",
         }
     }
 }

@@ -24,8 +24,9 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
-use crate::config::{Ack, ResponseKind, Server};
+use crate::config::{Ack, OverBudget, ResponseKind, Server};
 use crate::endpoint::{RequestMethod, Route};
+use crate::enrich::budget::Charge;
 use crate::event::{FLAG_HEAD, FLAG_ID_CLIENT, FLAG_ID_DERIVED};
 use crate::extract::{extract, RequestView};
 use crate::http::{self, BodyFraming, ParseError, HEADERS_MAX};
@@ -245,6 +246,29 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
     };
     let ep = &ctx.cfg.endpoints[ep_index as usize];
     let ty = &ctx.cfg.types[ep.type_id as usize];
+    // Per-source budget, before anything is decoded. `drop` endpoints answer as usual below and
+    // only skip the publish; `reject` endpoints answer 429 now.
+    let mut over_budget = false;
+    if let Some(b) = &ctx.budgets {
+        if let Charge::Over { retry_after_s } = b.charge(peer.ip(), now_ns) {
+            counters.reject(Reason::OverBudget);
+            if ep.over_budget == OverBudget::Reject {
+                counters.request(Some(ep_index), Status::S429);
+                let date = ctx.date.borrow();
+                let _ = http::response::too_many_requests(
+                    wbuf,
+                    retry_after_s,
+                    "over budget, retry later",
+                    ka,
+                    head,
+                    v,
+                    date.get(),
+                );
+                return Answer { keep_alive: ka, logged_seq: 0 };
+            }
+            over_budget = true;
+        }
+    }
     // Click redirects: the landing URL must pass the endpoint's rule before anything is logged
     // (a refused click is not a click). Decoded into this stack buffer; nothing is allocated.
     let mut landing_buf = [0u8; redirect::LANDING_URL_BYTES_MAX];
@@ -301,13 +325,16 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
     // Dedup (shared by all shards): a repeat of a client or derived id inside the window is
     // answered exactly like the first, but not published.
     let duplicate = match &ctx.dedup {
+        _ if over_budget => false,
         Some(d) if slot.flags & (FLAG_ID_CLIENT | FLAG_ID_DERIVED) != 0 => {
             d.check(&slot.id, ty.id, now_ns) == crate::dedup::Seen::Duplicate
         }
         _ => false,
     };
-    let seq = if duplicate {
-        counters.reject(Reason::Duplicate);
+    let seq = if duplicate || over_budget {
+        if duplicate {
+            counters.reject(Reason::Duplicate);
+        }
         0
     } else {
         slot.seq = next_seq;

@@ -5,7 +5,8 @@
 //! - reactor → drain: the shard's ring (events) and `drain_sleeping`/unpark (wake-up);
 //! - drain → reactor: `journaled` (how far the journal got) and the shard's eventfd (wake-up);
 //! - control (signals, tests) → reactors: `stop` and the eventfd;
-//! - reactor ↔ reactor: the shared dedup table (`crate::dedup`, atomics only).
+//! - reactor ↔ reactor: the shared dedup and budget tables (`crate::dedup`,
+//!   `crate::enrich::budget`; atomics only).
 //!
 //! Shutdown order (SIGTERM/SIGINT or `Running::stop`): reactors stop accepting, finish the
 //! requests they hold, close connections and exit; then each drain empties its ring into the
@@ -183,6 +184,9 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
     let stop = Arc::new(AtomicBool::new(false));
     // The dedup window is shared by all shards (one table, allocated now); None when off.
     let dedup = (cfg.dedup.window_ms > 0).then(|| Arc::new(Dedup::new(cfg.dedup.entries, cfg.dedup.window_ms)));
+    // Per-source budgets, one table shared by all shards; None when rate_per_s = 0.
+    let budgets = (cfg.budget.rate_per_s > 0)
+        .then(|| Arc::new(crate::enrich::budget::Budgets::new(cfg.budget, crate::clock::unix_nanos())));
     let mut shared = Vec::new();
     let mut threads = Vec::new();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -224,6 +228,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             listener,
             cpu,
             dedup: dedup.clone(),
+            budgets: budgets.clone(),
         };
         let tx = ready_tx.clone();
         let reactor = std::thread::Builder::new()

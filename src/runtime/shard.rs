@@ -33,6 +33,7 @@ pub struct ShardArgs {
     pub listener: StdListener,
     pub cpu: Option<core_affinity::CoreId>,
     pub dedup: Option<Arc<crate::dedup::Dedup>>,
+    pub budgets: Option<Arc<crate::enrich::budget::Budgets>>,
 }
 
 /// Everything a connection task needs, on the reactor thread only (Rc, RefCell: no locks).
@@ -44,6 +45,8 @@ pub struct ShardCtx {
     pub producer: RefCell<Producer>,
     /// The dedup window shared by all shards; None when `dedup.window_ms = 0`.
     pub dedup: Option<Arc<crate::dedup::Dedup>>,
+    /// Per-source budgets shared by all shards; None when `budget.rate_per_s = 0`.
+    pub budgets: Option<Arc<crate::enrich::budget::Budgets>>,
     pub ids: RefCell<IdGen>,
     pub date: RefCell<DateCache>,
     pub stopping: Cell<bool>,
@@ -155,6 +158,7 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
             producer: RefCell::new(args.producer),
             ids: RefCell::new(IdGen::new(i)),
             dedup: args.dedup,
+            budgets: args.budgets,
             date: RefCell::new(DateCache::new()),
             stopping: Cell::new(false),
             stop: args.stop,

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod budget;
 mod config_errors;
 mod dedup;
 mod durability;

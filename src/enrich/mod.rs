@@ -1,0 +1,7 @@
+//! Enrichment and protection steps between routing and the ring push: synchronous, I/O-free,
+//! allocation-free on the request path; any shared state is a fixed-size atomic table made at
+//! start.
+//!
+//! - [`budget`]  per-source token buckets keyed by address prefix (429 or answer-and-drop)
+
+pub mod budget;
