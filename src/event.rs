@@ -40,6 +40,8 @@ pub const FLAG_ID_CLIENT: u32 = 1 << 1;
 pub const FLAG_ID_DERIVED: u32 = 1 << 2;
 /// The request was a HEAD request (answered like GET, still an event).
 pub const FLAG_HEAD: u32 = 1 << 3;
+/// The request carried an opt-out signal (Sec-GPC, DNT, opt-out cookie): identifiers removed.
+pub const FLAG_OPTED_OUT: u32 = 1 << 4;
 
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]

@@ -105,6 +105,9 @@ impl Schema {
         if e.flags & FLAG_TRUNCATED != 0 {
             out.push_str(",\"truncated\":true");
         }
+        if e.flags & crate::event::FLAG_OPTED_OUT != 0 {
+            out.push_str(",\"opted_out\":true");
+        }
         let Some(t) = ty else {
             out.push('}');
             return;

@@ -39,8 +39,9 @@ static A: Counting = Counting;
 
 const PIXEL: &[u8] = b"GET /i?c=12345&cr=678&p=0.25&site=news.example.com&cb=1 HTTP/1.1\r\nHost: t.example\r\nUser-Agent: Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36\r\nAccept: image/avif,image/webp,*/*\r\nReferer: https://news.example.com/a\r\nCookie: uid=u-1; other=2\r\n\r\n";
 const MISSING: &[u8] = b"GET /i?cr=1 HTTP/1.1\r\nHost: t\r\n\r\n";
-/// No order id, so every request is a new event (a fixed `order` would be deduplicated).
-const LOGGED: &[u8] = b"GET /cv?c=1&value=2.5 HTTP/1.1\r\nHost: t\r\n\r\n";
+/// No order id, so every request is a new event (a fixed `order` would be deduplicated). The
+/// uid cookie is hashed (privacy.user_id_fields) and the ip truncated on this path.
+const LOGGED: &[u8] = b"GET /cv?c=1&value=2.5 HTTP/1.1\r\nHost: t\r\nCookie: uid=u-123456789\r\n\r\n";
 /// The same derived id every time: after the first, the dedup window's duplicate path.
 const DUPLICATE: &[u8] = b"GET /i?c=1&imp=same-impression HTTP/1.1\r\nHost: t\r\n\r\n";
 /// A click: landing URL decoded, parsed, allowlisted, macros (id, number, string, ip) expanded.

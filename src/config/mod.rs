@@ -10,7 +10,7 @@ mod redirect;
 mod request;
 
 pub use crate::enrich::budget::BudgetConfig;
-pub use request::{DedupConfig, OverBudget};
+pub use request::{DedupConfig, OverBudget, PrivacyConfig};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -32,6 +32,7 @@ pub struct Config {
     pub journal: Journal,
     pub dedup: DedupConfig,
     pub budget: BudgetConfig,
+    pub privacy: PrivacyConfig,
     pub endpoints: Vec<Endpoint>,
     pub types: Vec<EventType>,
     /// What the journal embeds in every segment header.
@@ -300,8 +301,9 @@ impl Validator<'_> {
         let dedup = self.dedup(&raw.dedup);
         let budget = self.budget(&raw.budget);
         let (types, schema) = self.types(&raw.event);
+        let privacy = self.privacy(&raw.privacy, &types);
         let endpoints = self.endpoints(&raw.endpoint, &types);
-        Config { server, journal, dedup, budget, endpoints, types, schema }
+        Config { server, journal, dedup, budget, privacy, endpoints, types, schema }
     }
 
     fn server(&mut self, r: &raw::RawServer) -> Server {

@@ -19,6 +19,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub budget: RawBudget,
     #[serde(default)]
+    pub privacy: RawPrivacy,
+    #[serde(default)]
     pub endpoint: Vec<S<RawEndpoint>>,
     #[serde(default)]
     pub event: BTreeMap<String, S<RawEvent>>,
@@ -55,6 +57,20 @@ pub struct RawJournal {
 pub struct RawDedup {
     pub window_ms: Option<S<i64>>,
     pub entries: Option<S<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrivacy {
+    pub ip: Option<S<String>>,
+    pub ipv4_prefix_bits: Option<S<i64>>,
+    pub ipv6_prefix_bits: Option<S<i64>>,
+    pub user_id_fields: Option<S<Vec<S<String>>>>,
+    pub hash_key_file: Option<S<String>>,
+    pub hash_rotate_s: Option<S<i64>>,
+    pub honor_gpc: Option<S<bool>>,
+    pub honor_dnt: Option<S<bool>>,
+    pub optout_cookie: Option<S<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -1,10 +1,12 @@
-//! Request-side sections: `[dedup]`, `[budget]` (and the other issue-3 protections as they land). Each
+//! Request-side sections: `[dedup]`, `[budget]`, `[privacy]`. Each
 //! validates into a plain value with its unit in the name.
 
-use super::raw::{RawBudget, RawDedup};
-use super::Validator;
+use super::raw::{RawBudget, RawDedup, RawPrivacy};
+use super::{EventType, Validator};
 use crate::dedup::{ENTRIES_MAX, ENTRIES_MIN, WINDOW_MS_MAX};
 use crate::enrich::budget::{self, BudgetConfig};
+use crate::enrich::privacy::{IpPolicy, Secret, USER_HASH_CHARS};
+use crate::schema::FieldKind;
 
 /// What an endpoint does with a request whose source is over its budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,4 +56,116 @@ impl Validator<'_> {
             exempt_loopback: r.exempt_loopback.as_ref().is_none_or(|b| *b.get_ref()),
         }
     }
+}
+
+/// `[privacy]`, validated; see `crate::enrich::privacy` for what each does.
+#[derive(Clone, Debug)]
+pub struct PrivacyConfig {
+    pub ip: IpPolicy,
+    pub ipv4_prefix_bits: u8,
+    pub ipv6_prefix_bits: u8,
+    /// Per event type (index = type id): bit i set = field i is a user id.
+    pub user_id_fields: Vec<u32>,
+    /// Master key of the user-id hash: from `hash_key_file`, else random per start.
+    pub hash_key: Secret,
+    pub hash_key_from_file: bool,
+    /// Period of the derived hash key, seconds; 0 = never rotate.
+    pub hash_rotate_s: u64,
+    pub honor_gpc: bool,
+    pub honor_dnt: bool,
+    /// Cookie whose presence (value not empty, "0" or "false") opts out; empty = none.
+    pub optout_cookie: String,
+}
+
+impl Validator<'_> {
+    pub(super) fn privacy(&mut self, r: &RawPrivacy, types: &[EventType]) -> PrivacyConfig {
+        let ip = self.choice(
+            &r.ip,
+            "privacy.ip",
+            IpPolicy::Truncate,
+            &[("truncate", IpPolicy::Truncate), ("drop", IpPolicy::Drop), ("keep", IpPolicy::Keep)],
+        );
+        let mut masks = vec![0u32; types.len()];
+        if let Some(list) = &r.user_id_fields {
+            for n in list.get_ref() {
+                let name = n.get_ref();
+                let mut found = false;
+                for t in types {
+                    let Some(i) = t.fields.iter().position(|f| &f.name == name) else { continue };
+                    found = true;
+                    let f = &t.fields[i];
+                    if f.kind != FieldKind::Str || f.max < USER_HASH_CHARS {
+                        self.err(n.span(), "privacy.user_id_fields", format!("\"{name}\" of event.{} must be a string field with max_bytes >= {USER_HASH_CHARS} to hold its hash", t.name));
+                    }
+                    if t.identity.contains(&i) {
+                        self.err(n.span(), "privacy.user_id_fields", format!("\"{name}\" is an identity field of event.{}: the event id would be derived from the raw user id", t.name));
+                    }
+                    masks[t.id as usize] |= 1 << i;
+                }
+                if !found {
+                    self.err(
+                        n.span(),
+                        "privacy.user_id_fields",
+                        format!("\"{name}\" is not a field of any event type"),
+                    );
+                }
+            }
+        }
+        let (hash_key, from_file) = match &r.hash_key_file {
+            Some(p) => {
+                match std::fs::read_to_string(p.get_ref()) {
+                    Ok(text) => {
+                        match decode_hex(text.trim()) {
+                            Some(k) if k.len() >= 32 => (k, true),
+                            _ => {
+                                self.err(p.span(), "privacy.hash_key_file", format!("\"{}\" must hold at least 32 bytes as hex (generate with `openssl rand -hex 32`)", p.get_ref()));
+                                (vec![0; 32], true)
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.err(p.span(), "privacy.hash_key_file", format!("cannot read \"{}\": {e}", p.get_ref()));
+                        (vec![0; 32], true)
+                    }
+                }
+            }
+            None => {
+                let mut k = vec![0u8; 32];
+                if getrandom::getrandom(&mut k).is_err() {
+                    self.err(
+                        0..0,
+                        "privacy.hash_key_file",
+                        "no key file and the OS gave no randomness for a temporary key",
+                    );
+                }
+                (k, false)
+            }
+        };
+        let rotate = self.int(&r.hash_rotate_s, "privacy.hash_rotate_s", 86_400, 0, 366 * 86_400) as u64;
+        let optout_cookie = r.optout_cookie.as_ref().map_or_else(|| "optout".to_string(), |c| c.get_ref().clone());
+        if optout_cookie.bytes().any(|b| !b.is_ascii_graphic() || b == b';' || b == b'=') {
+            let s = r.optout_cookie.as_ref().map(|s| s.span()).unwrap_or(0..0);
+            self.err(s, "privacy.optout_cookie", format!("\"{optout_cookie}\" is not a cookie name"));
+        }
+        PrivacyConfig {
+            ip,
+            ipv4_prefix_bits: self.int(&r.ipv4_prefix_bits, "privacy.ipv4_prefix_bits", 24, 0, 32) as u8,
+            ipv6_prefix_bits: self.int(&r.ipv6_prefix_bits, "privacy.ipv6_prefix_bits", 48, 0, 128) as u8,
+            user_id_fields: masks,
+            hash_key: Secret(hash_key),
+            hash_key_from_file: from_file,
+            hash_rotate_s: rotate,
+            honor_gpc: r.honor_gpc.as_ref().is_none_or(|b| *b.get_ref()),
+            honor_dnt: r.honor_dnt.as_ref().is_none_or(|b| *b.get_ref()),
+            optout_cookie,
+        }
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    if !b.len().is_multiple_of(2) || !b.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    (0..b.len()).step_by(2).map(|i| u8::from_str_radix(std::str::from_utf8(&b[i..i + 2]).ok()?, 16).ok()).collect()
 }

@@ -3,5 +3,7 @@
 //! start.
 //!
 //! - [`budget`]  per-source token buckets keyed by address prefix (429 or answer-and-drop)
+//! - [`privacy`] IP truncation, keyed hashing of user ids, opt-out signals
 
 pub mod budget;
+pub mod privacy;

@@ -302,12 +302,16 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
         let _ = write!(w, "field {}: {}", ty.fields[rej.field].name, rej.why);
         let n = 256 - w.len();
         let reason = std::str::from_utf8(&msg[..n]).unwrap_or("bad field value");
+        // The slot is reused by the next request: leave no raw value (a user id) behind in it.
+        slot.bytes.fill(0);
         write_error(ctx, wbuf, Status::S400, reason, ka, head, v, None);
         return Answer { keep_alive: ka, logged_seq: 0 };
     }
     if head {
         slot.flags |= FLAG_HEAD;
     }
+    // Privacy first: nothing after this line sees a raw user id or a full client address.
+    ctx.privacy.borrow_mut().apply(ty, req.headers, now_ns, slot);
     let mut location = [0u8; redirect::LOCATION_BYTES_MAX];
     let mut location_len = 0;
     if let Some(template) = landing {

@@ -180,6 +180,9 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
     std::fs::create_dir_all(&cfg.journal.dir)
         .map_err(|e| StartError(format!("cannot create journal directory {}: {e}", cfg.journal.dir.display())))?;
 
+    if cfg.privacy.user_id_fields.iter().any(|&m| m != 0) && !cfg.privacy.hash_key_from_file {
+        eprintln!("tracker: privacy.hash_key_file is not set: user ids are hashed with a random key made now, so their hashes change at every restart");
+    }
     let cfg = Arc::new(cfg);
     let stop = Arc::new(AtomicBool::new(false));
     // The dedup window is shared by all shards (one table, allocated now); None when off.

@@ -47,6 +47,8 @@ pub struct ShardCtx {
     pub dedup: Option<Arc<crate::dedup::Dedup>>,
     /// Per-source budgets shared by all shards; None when `budget.rate_per_s = 0`.
     pub budgets: Option<Arc<crate::enrich::budget::Budgets>>,
+    /// IP truncation, user-id hashing, opt-out: this shard's copy and period key.
+    pub privacy: RefCell<crate::enrich::privacy::Privacy>,
     pub ids: RefCell<IdGen>,
     pub date: RefCell<DateCache>,
     pub stopping: Cell<bool>,
@@ -159,6 +161,7 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
             ids: RefCell::new(IdGen::new(i)),
             dedup: args.dedup,
             budgets: args.budgets,
+            privacy: RefCell::new(crate::enrich::privacy::Privacy::new(cfg.privacy.clone())),
             date: RefCell::new(DateCache::new()),
             stopping: Cell::new(false),
             stop: args.stop,

@@ -8,4 +8,5 @@ mod dedup;
 mod durability;
 mod http_rejects;
 mod pipeline;
+mod privacy;
 mod redirect;

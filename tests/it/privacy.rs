@@ -1,0 +1,95 @@
+//! Privacy over real sockets: user ids are hashed before the journal (the raw bytes appear in
+//! no file), ips are truncated, opt-out signals remove identifiers, consent is recorded.
+
+use crate::harness::*;
+
+fn files_contain(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).unwrap().windows(needle.len()).any(|w| w == needle) {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
+const RAW_UID: &str = "raw-user-7d3f9c1e-secret";
+
+/// The default config with small segments: the whole journal is scanned byte by byte.
+fn small_segments() -> String {
+    include_str!("../../config/tracker.toml").replace("segment_bytes = 67108864", "segment_bytes = 262144")
+}
+
+#[test]
+fn the_raw_user_id_never_reaches_a_segment_and_opt_outs_drop_identifiers() {
+    let mut s = Server::start(Some(&small_segments()), &["--shards", "2"]);
+    let mut c = s.connect();
+    let send = |c: &mut Client, order: &str, extra: &str| {
+        c.send(
+            format!("GET /cv?c=1&order={order}&gdpr=1&gdpr_consent=CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA HTTP/1.1\r\nHost: t\r\nCookie: a=b; uid={RAW_UID}\r\n{extra}\r\n").as_bytes(),
+        );
+        assert_eq!(c.read_response(false).status, 200);
+    };
+    send(&mut c, "o-plain", "");
+    send(&mut c, "o-again", "");
+    send(&mut c, "o-gpc", "Sec-GPC: 1\r\n");
+    send(&mut c, "o-dnt", "DNT: 1\r\n");
+    send(&mut c, "o-cookie", "Cookie: optout=1\r\n");
+    // A rejected request with a user id must not leave it behind in the reused ring slot.
+    c.send(format!("GET /cv?c=x HTTP/1.1\r\nHost: t\r\nCookie: uid={RAW_UID}\r\n\r\n").as_bytes());
+    assert_eq!(c.read_response(false).status, 400);
+    send(&mut c, "o-after", "");
+    assert_eq!(s.stop(), 0);
+
+    assert_eq!(
+        files_contain(&s.journal(), RAW_UID.as_bytes()),
+        Vec::<std::path::PathBuf>::new(),
+        "raw user id on disk"
+    );
+    let events = journal_cat(&s.journal());
+    let by = |o: &str| events.iter().find(|e| e["order_id"] == o).unwrap_or_else(|| panic!("{o} missing: {events:?}"));
+    let plain = by("o-plain");
+    let hashed = plain["user_id"].as_str().unwrap();
+    assert_eq!(hashed.len(), 32);
+    assert!(hashed.bytes().all(|b| b.is_ascii_hexdigit()) && !hashed.contains("raw"));
+    assert_eq!(by("o-again")["user_id"], hashed, "stable within a period and across shards");
+    assert_eq!(by("o-after")["user_id"], hashed);
+    assert_eq!(plain["ip"], "127.0.0.0");
+    assert_eq!(
+        (plain["gdpr"].as_u64(), plain["gdpr_consent"].as_str()),
+        (Some(1), Some("CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"))
+    );
+    assert!(plain.get("opted_out").is_none());
+    for o in ["o-gpc", "o-dnt", "o-cookie"] {
+        let e = by(o);
+        assert!(e.get("user_id").is_none() && e.get("ip").is_none(), "{o}: {e}");
+        assert_eq!(e["opted_out"], true, "{o}");
+    }
+}
+
+#[test]
+fn a_key_file_keeps_hashes_stable_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("uid.key");
+    std::fs::write(&key, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n").unwrap();
+    let cfg = small_segments()
+        .replace("# hash_key_file = \"/etc/tracker/uid-hash.key\"", &format!("hash_key_file = \"{}\"", key.display()))
+        .replace("hash_rotate_s = 86400", "hash_rotate_s = 0");
+    let mut hashes = Vec::new();
+    for _ in 0..2 {
+        let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+        let mut c = s.connect();
+        c.send(format!("GET /cv?c=1 HTTP/1.1\r\nHost: t\r\nCookie: uid={RAW_UID}\r\n\r\n").as_bytes());
+        assert_eq!(c.read_response(false).status, 200);
+        assert_eq!(s.stop(), 0);
+        assert!(files_contain(&s.journal(), RAW_UID.as_bytes()).is_empty());
+        hashes.push(journal_cat(&s.journal())[0]["user_id"].clone());
+    }
+    assert_eq!(hashes[0], hashes[1]);
+}
