@@ -42,6 +42,9 @@ pub const FLAG_ID_DERIVED: u32 = 1 << 2;
 pub const FLAG_HEAD: u32 = 1 << 3;
 /// The request carried an opt-out signal (Sec-GPC, DNT, opt-out cookie): identifiers removed.
 pub const FLAG_OPTED_OUT: u32 = 1 << 4;
+/// A query value was an unsubstituted macro (`${AUCTION_PRICE}`, `[ERRORCODE]`) or `AUDIT`:
+/// that field was left empty rather than parsed.
+pub const FLAG_UNSUBSTITUTED: u32 = 1 << 5;
 
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]

@@ -108,6 +108,9 @@ impl Schema {
         if e.flags & crate::event::FLAG_OPTED_OUT != 0 {
             out.push_str(",\"opted_out\":true");
         }
+        if e.flags & crate::event::FLAG_UNSUBSTITUTED != 0 {
+            out.push_str(",\"unsubstituted\":true");
+        }
         let Some(t) = ty else {
             out.push('}');
             return;

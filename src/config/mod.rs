@@ -134,6 +134,8 @@ pub struct Field {
     pub max: usize,
     pub required: bool,
     pub default: Option<DefaultValue>,
+    /// Strings only: the allowed values (empty = any).
+    pub one_of: Vec<Box<[u8]>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -601,7 +603,23 @@ impl Validator<'_> {
             if required && default.is_some() {
                 self.err(f.default.as_ref().unwrap().span(), key("default"), "a required field cannot have a default");
             }
-            fields.push(Field { name: fname.clone(), source, kind, slot: i, offset, max, required, default });
+            let mut one_of: Vec<Box<[u8]>> = Vec::new();
+            if let Some(list) = &f.one_of {
+                if kind != FieldKind::Str {
+                    self.err(list.span(), key("one_of"), "one_of applies to type \"string\" only");
+                }
+                for v in list.get_ref() {
+                    if v.get_ref().is_empty() || v.get_ref().len() > max {
+                        self.err(
+                            v.span(),
+                            key("one_of"),
+                            format!("\"{}\" must be 1..={max} bytes (max_bytes)", v.get_ref()),
+                        );
+                    }
+                    one_of.push(v.get_ref().as_bytes().into());
+                }
+            }
+            fields.push(Field { name: fname.clone(), source, kind, slot: i, offset, max, required, default, one_of });
         }
         let mut identity = Vec::new();
         if let Some(ids) = &r.identity {

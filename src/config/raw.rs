@@ -137,4 +137,6 @@ pub struct RawField {
     pub required: Option<S<bool>>,
     pub default: Option<S<toml::Value>>,
     pub max_bytes: Option<S<i64>>,
+    /// Strings only: the value must be one of these (e.g. VAST event names).
+    pub one_of: Option<S<Vec<S<String>>>>,
 }

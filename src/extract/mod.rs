@@ -14,7 +14,7 @@ pub use value::{parse_number, percent_decode};
 use std::net::IpAddr;
 
 use crate::config::{DefaultValue, EventType, Field, Source};
-use crate::event::{Event, FLAG_ID_CLIENT, FLAG_ID_DERIVED, FLAG_TRUNCATED, SLOTS};
+use crate::event::{Event, FLAG_ID_CLIENT, FLAG_ID_DERIVED, FLAG_TRUNCATED, FLAG_UNSUBSTITUTED, SLOTS};
 use crate::schema::FieldKind;
 
 /// What extraction sees of a request.
@@ -56,6 +56,11 @@ pub fn extract(
     // the first occurrence of a parameter wins.
     let mut client_id: Option<&[u8]> = None;
     let mut client_id_rank = usize::MAX;
+    // Fields whose query value was an unsubstituted macro (`${AUCTION_PRICE}`, `[ERRORCODE]`)
+    // or OpenRTB's `AUDIT`: left absent (never parsed as a value), the event flagged, and a
+    // `required` field not refused for it — the notice did arrive, its sender substituted
+    // nothing, and a 400 would only make the exchange retry.
+    let mut macros = 0u32;
     for pair in req.query.split(|&b| b == b'&') {
         if pair.is_empty() {
             continue;
@@ -66,7 +71,12 @@ pub fn extract(
         };
         for (i, f) in ty.fields.iter().enumerate() {
             if let Source::Query(name) = &f.source {
-                if name.as_bytes() == k && !ev.has(f.slot) {
+                if name.as_bytes() == k && !ev.has(f.slot) && macros & (1 << i) == 0 {
+                    if is_macro(v) {
+                        macros |= 1 << i;
+                        ev.flags |= FLAG_UNSUBSTITUTED;
+                        continue;
+                    }
                     store_text(f, v, true, ev).map_err(|why| Rejected { field: i, why })?;
                 }
             }
@@ -117,7 +127,9 @@ pub fn extract(
             match &f.default {
                 Some(DefaultValue::Num(v)) => ev.set_slot(f.slot, *v),
                 Some(DefaultValue::Bytes(b)) => ev.set_str(f.slot, f.offset, f.max, b),
-                None if f.required => return Err(Rejected { field: i, why: "missing required value" }),
+                None if f.required && macros & (1 << i) == 0 => {
+                    return Err(Rejected { field: i, why: "missing required value" })
+                }
                 None => {}
             }
         }
@@ -180,6 +192,9 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), 
             if truncated {
                 ev.flags |= FLAG_TRUNCATED;
             }
+            if !f.one_of.is_empty() && (truncated || !f.one_of.iter().any(|o| **o == dst[..n])) {
+                return Err("is not one of the allowed values");
+            }
             ev.set_slot(f.slot, n as u64);
             Ok(())
         }
@@ -212,6 +227,34 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), 
             Ok(())
         }
     }
+}
+
+/// Whether a raw query value is an unsubstituted macro — `${NAME}` (OpenRTB), `[NAME]` (VAST),
+/// `{name}`, `%%NAME%%` (ad servers), raw or percent-encoded — or OpenRTB's `AUDIT` value
+/// (sent in place of real values when an exchange tests a notice URL).
+#[inline]
+pub fn is_macro(raw: &[u8]) -> bool {
+    if raw.is_empty() || !matches!(raw[0], b'$' | b'[' | b'{' | b'%' | b'A') || raw.len() > 96 {
+        return false;
+    }
+    let inner_ok = |inner: &[u8]| {
+        !inner.is_empty()
+            && inner.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b':' || c == b'-')
+    };
+    // `%%NAME%%` sent raw is not valid percent-encoding: recognise it before decoding.
+    if raw.len() >= 4 && raw.starts_with(b"%%") && raw.ends_with(b"%%") && inner_ok(&raw[2..raw.len() - 2]) {
+        return true;
+    }
+    let mut buf = [0u8; 96];
+    let v = match percent_decode(raw, &mut buf) {
+        Ok((n, false)) => &buf[..n],
+        _ => return false,
+    };
+    v == b"AUDIT"
+        || (v.starts_with(b"${") && v.ends_with(b"}") && inner_ok(&v[2..v.len() - 1]))
+        || (v.len() >= 2 && v[0] == b'[' && v[v.len() - 1] == b']' && inner_ok(&v[1..v.len() - 1]))
+        || (v.len() >= 2 && v[0] == b'{' && v[v.len() - 1] == b'}' && inner_ok(&v[1..v.len() - 1]))
+        || (v.len() >= 4 && v.starts_with(b"%%") && v.ends_with(b"%%") && inner_ok(&v[2..v.len() - 2]))
 }
 
 #[inline]
@@ -331,6 +374,49 @@ mod tests {
         let (d, _) = run(&cfg, "impression", b"c=1", &[]).unwrap();
         assert_eq!(c.id[6] >> 4, 7);
         assert_eq!(c.id[..6], d.id[..6]);
+    }
+
+    #[test]
+    fn unsubstituted_macros_and_audit_are_flagged_not_parsed() {
+        for v in [
+            "${AUCTION_PRICE}",
+            "%24%7BAUCTION_PRICE%7D",
+            "AUDIT",
+            "[ERRORCODE]",
+            "%5BADPLAYHEAD%5D",
+            "{price}",
+            "%%WINNING_PRICE%%",
+        ] {
+            assert!(is_macro(v.as_bytes()), "{v}");
+        }
+        for v in ["1.25", "AUDITED", "[]", "$5", "abc", "%41", ""] {
+            assert!(!is_macro(v.as_bytes()), "{v}");
+        }
+        let cfg = Config::embedded();
+        let (ev, json) =
+            run(&cfg, "bill", b"auction=a1&price=%24%7BAUCTION_PRICE%7D&cur=${AUCTION_CURRENCY}", &[]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(v.get("price").is_none(), "{json}");
+        assert_eq!(v["currency"], "USD", "the default applies");
+        assert_eq!(v["unsubstituted"], true);
+        assert_ne!(ev.flags & FLAG_UNSUBSTITUTED, 0);
+        let (_, json) = run(&cfg, "win", b"auction=AUDIT&price=AUDIT", &[]).unwrap();
+        assert!(json.contains("\"unsubstituted\":true") && !json.contains("\"price\""), "{json}");
+        // A plain bad price is still refused.
+        assert!(run(&cfg, "win", b"auction=a&price=cheap", &[]).is_err());
+    }
+
+    #[test]
+    fn one_of_restricts_string_values() {
+        let cfg = Config::embedded();
+        assert!(run(&cfg, "video", b"ev=firstQuartile", &[]).is_ok());
+        let t = cfg.event_type("video").unwrap();
+        let e = run(&cfg, "video", b"ev=firstquartile", &[]).unwrap_err();
+        assert_eq!((t.fields[e.field].name.as_str(), e.why), ("vast_event", "is not one of the allowed values"));
+        let (_, json) = run(&cfg, "video", b"ev=error&err=[ERRORCODE]&aph=00%3A00%3A15.000", &[]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(v.get("error_code").is_none());
+        assert_eq!(v["ad_playhead"], "00:00:15.000");
     }
 
     #[test]

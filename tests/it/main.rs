@@ -7,6 +7,7 @@ mod config_errors;
 mod dedup;
 mod durability;
 mod http_rejects;
+mod notices;
 mod pipeline;
 mod privacy;
 mod redirect;

@@ -112,7 +112,8 @@ fn missing_or_bad_fields_are_400_with_the_reason_and_not_journaled() {
     let r = c.get("/i?c=abc");
     assert_eq!(r.status, 400);
     assert_eq!(String::from_utf8_lossy(&r.body).trim_end(), "field campaign_id: is not an unsigned 64-bit integer");
-    let r = c.get("/win?auction=a&price=%24%7BAUCTION_PRICE%7D");
+    // (An unsubstituted ${AUCTION_PRICE} is accepted and flagged: see tests/it/notices.rs.)
+    let r = c.get("/win?auction=a&price=1.2.3");
     assert_eq!(r.status, 400);
     assert_eq!(String::from_utf8_lossy(&r.body).trim_end(), "field price: is not a decimal amount");
     // The connection survives a field error.
