@@ -136,6 +136,8 @@ pub struct Field {
     pub default: Option<DefaultValue>,
     /// Strings only: the allowed values (empty = any).
     pub one_of: Vec<Box<[u8]>>,
+    /// Money only: decrypt the value (Google Authorized Buyers price encryption).
+    pub decrypt: Option<Box<crate::extract::price::GooglePrice>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -619,7 +621,49 @@ impl Validator<'_> {
                     one_of.push(v.get_ref().as_bytes().into());
                 }
             }
-            fields.push(Field { name: fname.clone(), source, kind, slot: i, offset, max, required, default, one_of });
+            let decrypt = match (&f.decrypt, &f.encryption_key, &f.integrity_key) {
+                (None, None, None) => None,
+                (Some(d), Some(e), Some(ik)) if d.get_ref() == "google" => {
+                    if kind != FieldKind::Money {
+                        self.err(d.span(), key("decrypt"), "decrypt applies to type \"money\" only");
+                    }
+                    match crate::extract::price::GooglePrice::from_config(e.get_ref(), ik.get_ref()) {
+                        Ok(g) => Some(Box::new(g)),
+                        Err(why) => {
+                            self.err(e.span(), key("encryption_key"), why);
+                            None
+                        }
+                    }
+                }
+                (Some(d), _, _) if d.get_ref() != "google" => {
+                    self.err(
+                        d.span(),
+                        key("decrypt"),
+                        format!("\"{}\" is not a price decoder: expected \"google\"", d.get_ref()),
+                    );
+                    None
+                }
+                _ => {
+                    self.err(
+                        f.name.span(),
+                        key("decrypt"),
+                        "decrypt = \"google\" needs both encryption_key and integrity_key (web-safe base64)",
+                    );
+                    None
+                }
+            };
+            fields.push(Field {
+                name: fname.clone(),
+                source,
+                kind,
+                slot: i,
+                offset,
+                max,
+                required,
+                default,
+                one_of,
+                decrypt,
+            });
         }
         let mut identity = Vec::new();
         if let Some(ids) = &r.identity {

@@ -139,4 +139,8 @@ pub struct RawField {
     pub max_bytes: Option<S<i64>>,
     /// Strings only: the value must be one of these (e.g. VAST event names).
     pub one_of: Option<S<Vec<S<String>>>>,
+    /// Money only: "google" = Authorized Buyers encrypted price, with the two keys below.
+    pub decrypt: Option<S<String>>,
+    pub encryption_key: Option<S<String>>,
+    pub integrity_key: Option<S<String>>,
 }

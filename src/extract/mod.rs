@@ -6,6 +6,7 @@
 //! directly into the event's slots and byte area.
 
 mod id;
+pub mod price;
 mod value;
 
 pub use id::IdGen;
@@ -207,6 +208,22 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), 
                 .and_then(|s| s.trim().parse::<IpAddr>().ok())
                 .ok_or("is not an IP address")?;
             store_ip(f, ip, ev);
+            Ok(())
+        }
+        FieldKind::Money if f.decrypt.is_some() => {
+            if raw.is_empty() {
+                return Ok(());
+            }
+            let mut buf = [0u8; 64];
+            let (n, long) = if query { percent_decode(raw, &mut buf)? } else { copy(raw, &mut buf) };
+            if long {
+                return Err("is too long for an encrypted price");
+            }
+            let micros = match &f.decrypt {
+                Some(g) => g.decrypt(&buf[..n])?,
+                None => 0,
+            };
+            ev.set_slot(f.slot, micros as u64);
             Ok(())
         }
         kind => {

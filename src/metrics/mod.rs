@@ -91,9 +91,11 @@ pub enum Reason {
     Duplicate,
     /// The source's address prefix is over its budget: 429, or answered and not published.
     OverBudget,
+    /// An encrypted price failed its integrity check (tampered or wrong keys): 400, not logged.
+    PriceIntegrity,
 }
 
-pub const REASONS: [Reason; 8] = [
+pub const REASONS: [Reason; 9] = [
     Reason::Malformed,
     Reason::Field,
     Reason::RingFull,
@@ -102,6 +104,7 @@ pub const REASONS: [Reason; 8] = [
     Reason::Redirect,
     Reason::Duplicate,
     Reason::OverBudget,
+    Reason::PriceIntegrity,
 ];
 
 impl Reason {
@@ -115,6 +118,7 @@ impl Reason {
             Reason::Redirect => "redirect_refused",
             Reason::Duplicate => "duplicate",
             Reason::OverBudget => "over_budget",
+            Reason::PriceIntegrity => "price_integrity",
         }
     }
 }

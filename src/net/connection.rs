@@ -296,7 +296,11 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
     let view = RequestView { query: req.query, headers: req.headers, client_ip: peer.ip(), now_ns };
     if let Err(rej) = extract(ty, &view, &mut ctx.ids.borrow_mut(), ctx.shared.index, ep_index, slot) {
         counters.request(Some(ep_index), Status::S400);
-        counters.reject(Reason::Field);
+        counters.reject(if rej.why == crate::extract::price::INTEGRITY {
+            Reason::PriceIntegrity
+        } else {
+            Reason::Field
+        });
         let mut msg = [0u8; 256];
         let mut w = &mut msg[..];
         let _ = write!(w, "field {}: {}", ty.fields[rej.field].name, rej.why);

@@ -99,3 +99,53 @@ fn vast_events_with_macros() {
     let last = ev.last().unwrap();
     assert!(last.get("error_code").is_none() && last["unsubstituted"] == true);
 }
+
+/// An exchange whose prices arrive encrypted (Google Authorized Buyers scheme), with the keys and
+/// values published in Google's "decrypt price confirmations" guide.
+#[test]
+fn encrypted_prices_decrypt_and_tampered_ones_are_refused() {
+    let cfg = include_str!("../../config/tracker.toml").to_string()
+        + r#"
+[[endpoint]]
+path = "/bill/adx"
+method = "GET"
+event = "bill_adx"
+response = "no_content"
+ack = "logged"
+
+[event.bill_adx]
+identity = ["auction_id", "imp_id", "bid_id"]
+fields = [
+  { name = "auction_id", source = "query.auction", type = "string", max_bytes = 64, required = true },
+  { name = "bid_id",     source = "query.bid",     type = "string", max_bytes = 64 },
+  { name = "imp_id",     source = "query.imp",     type = "string", max_bytes = 32 },
+  { name = "price",      source = "query.price",   type = "money", required = true, decrypt = "google", encryption_key = "skU7Ax_NL5pPAFyKdkfZjZz2-VhIN8bjj1rVFOaJ_5o=", integrity_key = "arO23ykdNqUQ5LEoQ0FVmPkBd7xB5CO89PDZlSjpFxo=" },
+]
+"#;
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for (auction, enc) in [
+        ("a100", "YWJjMTIzZGVmNDU2Z2hpN7fhCuPemCce_6msaw"),
+        ("a1900", "YWJjMTIzZGVmNDU2Z2hpN7fhCuPemCAWJRxOgA"),
+        ("a2700", "YWJjMTIzZGVmNDU2Z2hpN7fhCuPemC32prpWWw"),
+    ] {
+        assert_eq!(c.get(&format!("/bill/adx?auction={auction}&price={enc}")).status, 204);
+    }
+    let r = c.get("/bill/adx?auction=forged&price=YWJjMTIzZGVmNDU2Z2hpN7fhCuPemCce_6msbw");
+    assert_eq!(r.status, 400);
+    assert_eq!(String::from_utf8_lossy(&r.body).trim(), "field price: failed its integrity check (encrypted price)");
+    assert_eq!(c.get("/bill/adx?auction=plain&price=1.25").status, 400, "a plaintext price is not accepted here");
+    // AUDIT is still flagged, not decrypted.
+    assert_eq!(c.get("/bill/adx?auction=audit&price=AUDIT").status, 204);
+    assert_eq!(s.stop(), 0);
+    let ev = journal_cat(&s.journal());
+    let price = |a: &str| {
+        ev.iter().find(|e| e["auction_id"] == a).map(|e| e["price"].as_f64().map(|p| (p * 1e6).round() as i64))
+    };
+    assert_eq!(price("a100"), Some(Some(100)));
+    assert_eq!(price("a1900"), Some(Some(1900)));
+    assert_eq!(price("a2700"), Some(Some(2700)));
+    assert_eq!(price("forged"), None, "a tampered price never reaches the journal");
+    assert_eq!(price("plain"), None);
+    assert_eq!(price("audit"), Some(None));
+}
