@@ -205,3 +205,112 @@ fn macros_are_filled_and_encoded() {
     let mut small = [0u8; 30];
     assert_eq!(expand(t, &ev, ty, &mut small).unwrap_err().status, 414);
 }
+
+/// A cheap deterministic fuzzer: random concatenations of the tokens attacks are made of, sent
+/// raw and percent-encoded (once and twice). Whatever passes must be a URL a browser sends to
+/// example.com or one of its subdomains, and must make a valid `Location`. Nothing may panic.
+#[test]
+fn fuzzed_landing_urls_never_escape_the_allowlist() {
+    const TOKENS: &[&str] = &[
+        "https://",
+        "http://",
+        "HTTPS://",
+        "https:",
+        "//",
+        "/",
+        "\\",
+        "@",
+        "%",
+        "%2F",
+        "%5C",
+        "%40",
+        "%0d",
+        "%0a",
+        "%25",
+        "%2540",
+        "%252F",
+        "example.com",
+        "EXAMPLE.COM",
+        "evil.com",
+        ".",
+        ":",
+        ":443",
+        "#",
+        "?",
+        "&",
+        "=",
+        "*",
+        " ",
+        "\t",
+        "\r\n",
+        "\u{0}",
+        "\u{7f}",
+        "е",
+        "xn--e1a",
+        "{",
+        "}",
+        "{click_id}",
+        "javascript:",
+        "data:",
+        "www.",
+        "a.",
+        "-",
+        "127.0.0.1",
+        "[::1]",
+        "+",
+        "%2e",
+        "%00",
+    ];
+    let cfg = Config::embedded();
+    let r = rule(&cfg);
+    let ty = cfg.event_type("click").unwrap();
+    let mut ev = Event::ZERO;
+    ev.type_id = ty.id;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut passed = 0;
+    for _ in 0..40_000 {
+        let n = 1 + next() % 8;
+        let mut url = String::new();
+        // Half start like a good URL, so the tokens after it probe the host and path rules.
+        match next() % 4 {
+            0 => {}
+            1 => url.push_str(["https://", "http://"][(next() % 2) as usize]),
+            _ => url.push_str(
+                ["https://example.com", "http://www.example.com", "HTTPS://A.Example.com"][(next() % 3) as usize],
+            ),
+        }
+        for _ in 0..n {
+            url.push_str(TOKENS[(next() % TOKENS.len() as u64) as usize]);
+        }
+        let value = match next() % 3 {
+            0 => url.clone(),
+            1 => enc(&url),
+            _ => enc(&enc(&url)),
+        };
+        let mut buf = [0u8; LANDING_URL_BYTES_MAX];
+        let q = format!("c=1&url={value}");
+        let Ok(landing) = check(r, q.as_bytes(), NOW, &mut buf) else { continue };
+        passed += 1;
+        let text = std::str::from_utf8(landing).expect("ASCII");
+        assert!(landing.iter().all(|&b| (0x21..=0x7e).contains(&b) && b != b'\\'), "{text:?}");
+        let lower = text.to_ascii_lowercase();
+        let rest = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://")).expect(text);
+        let authority = rest.split(['/', '?', '#']).next().unwrap();
+        let host = authority.split(':').next().unwrap();
+        assert!(!authority.contains('@') && !authority.contains('%'), "{text:?}");
+        assert!(host == "example.com" || host.ends_with(".example.com"), "{text:?} escaped to {host}");
+        let mut out = [0u8; LOCATION_BYTES_MAX];
+        let len = expand(landing, &ev, ty, &mut out).unwrap();
+        let mut wbuf = Vec::with_capacity(4096);
+        crate::http::response::redirect(&mut wbuf, &out[..len], true, 1, b"Sun, 06 Nov 1994 08:49:37 GMT")
+            .expect("a passed URL is a valid Location");
+    }
+    eprintln!("{passed} of 40000 fuzzed landing URLs passed");
+    assert!(passed > 500, "the fuzzer should also produce some good URLs ({passed})");
+}
