@@ -37,8 +37,13 @@ fn bench_extract(c: &mut Criterion) {
     let l = limits();
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let req = http::parse(PIXEL, &mut headers, &l).ok().unwrap();
-    let view =
-        RequestView { query: req.query, headers: req.headers, client_ip: "203.0.113.7".parse().unwrap(), now_ns: 1 };
+    let view = RequestView {
+        query: req.query,
+        headers: req.headers,
+        client_ip: "203.0.113.7".parse().unwrap(),
+        now_ns: 1,
+        user_agent: None,
+    };
     let mut ids = IdGen::new(0);
     let mut ev = Event::ZERO;
     let mut g = c.benchmark_group("extract");

@@ -71,6 +71,10 @@ pub struct RawPrivacy {
     pub honor_gpc: Option<S<bool>>,
     pub honor_dnt: Option<S<bool>>,
     pub optout_cookie: Option<S<String>>,
+    /// Keys of ad stitchers allowed to send X-Device-IP / X-Device-User-Agent.
+    #[serde(default)]
+    pub ssai_key: Vec<S<RawKey>>,
+    pub ssai_skew_s: Option<S<i64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -2,7 +2,7 @@
 //! signing keys (inline hex or a key file, read here at load, never on the request path) and
 //! which fields are signed. Errors name the file, line and key like the rest of validation.
 
-use super::raw::{RawEndpoint, RawRedirect};
+use super::raw::{RawEndpoint, RawKey, RawRedirect, S};
 use super::{EventType, Method, ResponseKind, Source, Validator};
 use crate::redirect::{Domain, Key, RedirectRule, Require};
 
@@ -90,46 +90,7 @@ impl Validator<'_> {
                 }
             }
         }
-        let mut keys: Vec<Key> = Vec::new();
-        for k in &r.key {
-            let k = k.get_ref();
-            let id = k.id.get_ref();
-            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                self.err(
-                    k.id.span(),
-                    key("key.id"),
-                    format!("\"{id}\": expected 1..=64 letters, digits, '-', '_' or '.'"),
-                );
-            }
-            if keys.iter().any(|o| o.id == *id) {
-                self.err(k.id.span(), key("key.id"), format!("\"{id}\" is listed twice"));
-            }
-            let hex = match (&k.secret_hex, &k.file) {
-                (Some(h), None) => Some((h.get_ref().clone(), h.span(), "secret_hex")),
-                (None, Some(f)) => match std::fs::read_to_string(f.get_ref()) {
-                    Ok(text) => Some((text.trim().to_string(), f.span(), "file")),
-                    Err(e) => {
-                        self.err(f.span(), key("key.file"), format!("cannot read key file \"{}\": {e}", f.get_ref()));
-                        None
-                    }
-                },
-                _ => {
-                    self.err(k.id.span(), key("key"), "give exactly one of secret_hex or file");
-                    None
-                }
-            };
-            if let Some((hex, span, which)) = hex {
-                match decode_hex(&hex) {
-                    Some(s) if (KEY_BYTES_MIN..=KEY_BYTES_MAX).contains(&s.len()) => keys.push(Key::new(id, &s)),
-                    Some(s) => self.err(
-                        span,
-                        key(&format!("key.{which}")),
-                        format!("key \"{id}\" is {} bytes: expected {KEY_BYTES_MIN}..={KEY_BYTES_MAX} (generate one with `openssl rand -hex 32`)", s.len()),
-                    ),
-                    None => self.err(span, key(&format!("key.{which}")), format!("key \"{id}\" is not hex digits")),
-                }
-            }
-        }
+        let keys: Vec<Key> = self.load_keys(&r.key, &key("key")).iter().map(|(id, s)| Key::new(id, s)).collect();
         if matches!(require, Require::Signature | Require::Either | Require::Both) && r.key.is_empty() {
             let span = r.require.as_ref().map(|s| s.span()).unwrap_or(span.clone());
             self.err(span, key("require"), "a signature is required but no [[endpoint.redirect.key]] is configured");
@@ -156,6 +117,57 @@ impl Validator<'_> {
         }
         let ttl = self.int(&r.signature_ttl_max_s, &key("signature_ttl_max_s"), TTL_MAX_DEFAULT_S, 1, TTL_MAX_BOUND_S);
         RedirectRule { param, require, allow, keys, signed, ttl_max_s: ttl as u64 }
+    }
+}
+
+impl Validator<'_> {
+    /// Signing keys (`[[...key]]`: id + secret_hex or file), read and checked: (id, secret).
+    pub(super) fn load_keys(&mut self, list: &[S<RawKey>], key: &str) -> Vec<(String, Vec<u8>)> {
+        let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
+        for k in list {
+            let k = k.get_ref();
+            let id = k.id.get_ref();
+            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                self.err(
+                    k.id.span(),
+                    format!("{key}.id"),
+                    format!("\"{id}\": expected 1..=64 letters, digits, '-', '_' or '.'"),
+                );
+            }
+            if keys.iter().any(|(o, _)| o == id) {
+                self.err(k.id.span(), format!("{key}.id"), format!("\"{id}\" is listed twice"));
+            }
+            let hex = match (&k.secret_hex, &k.file) {
+                (Some(h), None) => Some((h.get_ref().clone(), h.span(), "secret_hex")),
+                (None, Some(f)) => match std::fs::read_to_string(f.get_ref()) {
+                    Ok(text) => Some((text.trim().to_string(), f.span(), "file")),
+                    Err(e) => {
+                        self.err(
+                            f.span(),
+                            format!("{key}.file"),
+                            format!("cannot read key file \"{}\": {e}", f.get_ref()),
+                        );
+                        None
+                    }
+                },
+                _ => {
+                    self.err(k.id.span(), key.to_string(), "give exactly one of secret_hex or file");
+                    None
+                }
+            };
+            if let Some((hex, span, which)) = hex {
+                match decode_hex(&hex) {
+                    Some(s) if (KEY_BYTES_MIN..=KEY_BYTES_MAX).contains(&s.len()) => keys.push((id.clone(), s)),
+                    Some(s) => self.err(
+                        span,
+                        format!("{key}.{which}"),
+                        format!("key \"{id}\" is {} bytes: expected {KEY_BYTES_MIN}..={KEY_BYTES_MAX} (generate one with `openssl rand -hex 32`)", s.len()),
+                    ),
+                    None => self.err(span, format!("{key}.{which}"), format!("key \"{id}\" is not hex digits")),
+                }
+            }
+        }
+        keys
     }
 }
 

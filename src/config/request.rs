@@ -75,6 +75,9 @@ pub struct PrivacyConfig {
     pub honor_dnt: bool,
     /// Cookie whose presence (value not empty, "0" or "false") opts out; empty = none.
     pub optout_cookie: String,
+    /// Ad stitchers allowed to pass the device's ip and user agent; None = no keys (the
+    /// headers are always ignored).
+    pub ssai: Option<crate::enrich::ssai::SsaiAuth>,
 }
 
 impl Validator<'_> {
@@ -147,7 +150,11 @@ impl Validator<'_> {
             let s = r.optout_cookie.as_ref().map(|s| s.span()).unwrap_or(0..0);
             self.err(s, "privacy.optout_cookie", format!("\"{optout_cookie}\" is not a cookie name"));
         }
+        let ssai_keys = self.load_keys(&r.ssai_key, "privacy.ssai_key");
+        let skew = self.int(&r.ssai_skew_s, "privacy.ssai_skew_s", 300, 1, 3600) as u64;
+        let ssai = (!ssai_keys.is_empty()).then(|| crate::enrich::ssai::SsaiAuth::new(ssai_keys, skew));
         PrivacyConfig {
+            ssai,
             ip,
             ipv4_prefix_bits: self.int(&r.ipv4_prefix_bits, "privacy.ipv4_prefix_bits", 24, 0, 32) as u8,
             ipv6_prefix_bits: self.int(&r.ipv6_prefix_bits, "privacy.ipv6_prefix_bits", 48, 0, 128) as u8,

@@ -4,6 +4,8 @@
 //!
 //! - [`budget`]  per-source token buckets keyed by address prefix (429 or answer-and-drop)
 //! - [`privacy`] IP truncation, keyed hashing of user ids, opt-out signals
+//! - [`ssai`]    device address / user agent from authenticated ad stitchers only
 
 pub mod budget;
 pub mod privacy;
+pub mod ssai;

@@ -163,7 +163,13 @@ mod tests {
 
     fn run(cfg: &Config, ty: &str, q: &[u8], h: &[httparse::Header<'_>], now: u64) -> serde_json::Value {
         let t = cfg.event_type(ty).unwrap();
-        let req = RequestView { query: q, headers: h, client_ip: "203.0.113.77".parse().unwrap(), now_ns: now };
+        let req = RequestView {
+            query: q,
+            headers: h,
+            client_ip: "203.0.113.77".parse().unwrap(),
+            now_ns: now,
+            user_agent: None,
+        };
         let mut ev = Event::ZERO;
         extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();
         Privacy::new(cfg.privacy.clone()).apply(t, h, now, &mut ev);

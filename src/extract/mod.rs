@@ -24,6 +24,9 @@ pub struct RequestView<'a> {
     pub headers: &'a [httparse::Header<'a>],
     pub client_ip: IpAddr,
     pub now_ns: u64,
+    /// The device's user agent from an authenticated SSAI sender, used instead of the
+    /// request's `User-Agent` (see `enrich::ssai`).
+    pub user_agent: Option<&'a [u8]>,
 }
 
 /// Why a request cannot become an event: the field (index into the type's fields) and why.
@@ -106,7 +109,7 @@ pub fn extract(
                 Some(v) => store_text(f, v, false, ev),
                 None => Ok(()),
             },
-            Source::UserAgent => match header(req.headers, b"user-agent") {
+            Source::UserAgent => match req.user_agent.or_else(|| header(req.headers, b"user-agent")) {
                 Some(v) => store_text(f, v, false, ev),
                 None => Ok(()),
             },
@@ -343,8 +346,13 @@ mod tests {
         headers: &[httparse::Header<'_>],
     ) -> Result<(Event, String), Rejected> {
         let t = cfg.event_type(ty).unwrap();
-        let req =
-            RequestView { query, headers, client_ip: "10.1.2.3".parse().unwrap(), now_ns: 1_795_000_000_000_000_000 };
+        let req = RequestView {
+            query,
+            headers,
+            client_ip: "10.1.2.3".parse().unwrap(),
+            now_ns: 1_795_000_000_000_000_000,
+            user_agent: None,
+        };
         let mut ev = Event::ZERO;
         extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev)?;
         let mut s = String::new();

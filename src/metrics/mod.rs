@@ -93,9 +93,12 @@ pub enum Reason {
     OverBudget,
     /// An encrypted price failed its integrity check (tampered or wrong keys): 400, not logged.
     PriceIntegrity,
+    /// X-Device-IP from a sender that did not authenticate: the headers were ignored (the
+    /// request itself was served as usual).
+    SsaiUnauthenticated,
 }
 
-pub const REASONS: [Reason; 9] = [
+pub const REASONS: [Reason; 10] = [
     Reason::Malformed,
     Reason::Field,
     Reason::RingFull,
@@ -105,6 +108,7 @@ pub const REASONS: [Reason; 9] = [
     Reason::Duplicate,
     Reason::OverBudget,
     Reason::PriceIntegrity,
+    Reason::SsaiUnauthenticated,
 ];
 
 impl Reason {
@@ -119,6 +123,7 @@ impl Reason {
             Reason::Duplicate => "duplicate",
             Reason::OverBudget => "over_budget",
             Reason::PriceIntegrity => "price_integrity",
+            Reason::SsaiUnauthenticated => "ssai_unauthenticated",
         }
     }
 }

@@ -27,6 +27,7 @@ use monoio::net::TcpStream;
 use crate::config::{Ack, OverBudget, ResponseKind, Server};
 use crate::endpoint::{RequestMethod, Route};
 use crate::enrich::budget::Charge;
+use crate::enrich::ssai;
 use crate::event::{FLAG_HEAD, FLAG_ID_CLIENT, FLAG_ID_DERIVED};
 use crate::extract::{extract, RequestView};
 use crate::http::{self, BodyFraming, ParseError, HEADERS_MAX};
@@ -246,11 +247,18 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
     };
     let ep = &ctx.cfg.endpoints[ep_index as usize];
     let ty = &ctx.cfg.types[ep.type_id as usize];
+    // SSAI: the device's address and user agent, believed only from an authenticated stitcher.
+    let (mut client_ip, mut device_ua) = (peer.ip(), None);
+    match ssai::device(ctx.cfg.privacy.ssai.as_ref(), req.path, req.query, req.headers, now_ns / 1_000_000_000) {
+        ssai::Device::Absent => {}
+        ssai::Device::Trusted { ip, user_agent } => (client_ip, device_ua) = (ip, user_agent),
+        ssai::Device::Untrusted => counters.reject(Reason::SsaiUnauthenticated),
+    }
     // Per-source budget, before anything is decoded. `drop` endpoints answer as usual below and
     // only skip the publish; `reject` endpoints answer 429 now.
     let mut over_budget = false;
     if let Some(b) = &ctx.budgets {
-        if let Charge::Over { retry_after_s } = b.charge(peer.ip(), now_ns) {
+        if let Charge::Over { retry_after_s } = b.charge(client_ip, now_ns) {
             counters.reject(Reason::OverBudget);
             if ep.over_budget == OverBudget::Reject {
                 counters.request(Some(ep_index), Status::S429);
@@ -293,7 +301,7 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
         write_error(ctx, wbuf, Status::S503, "overloaded, retry", ka, head, v, None);
         return Answer { keep_alive: ka, logged_seq: 0 };
     };
-    let view = RequestView { query: req.query, headers: req.headers, client_ip: peer.ip(), now_ns };
+    let view = RequestView { query: req.query, headers: req.headers, client_ip, now_ns, user_agent: device_ua };
     if let Err(rej) = extract(ty, &view, &mut ctx.ids.borrow_mut(), ctx.shared.index, ep_index, slot) {
         counters.request(Some(ep_index), Status::S400);
         counters.reject(if rej.why == crate::extract::price::INTEGRITY {

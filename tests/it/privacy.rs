@@ -93,3 +93,39 @@ fn a_key_file_keeps_hashes_stable_across_restarts() {
     }
     assert_eq!(hashes[0], hashes[1]);
 }
+
+#[test]
+fn ssai_device_headers_are_believed_only_when_signed() {
+    let secret = "5a".repeat(32);
+    let cfg = small_segments()
+        .replace("# ssai_skew_s = 300", &format!("[[privacy.ssai_key]]\nid = \"st1\"\nsecret_hex = \"{secret}\"\n"))
+        .replace(
+            "  { name = \"site\",          source = \"query.site\", type = \"string\", max_bytes = 64 },\n  { name = \"ip\",            source = \"client.ip\", type = \"ip\" },\n  { name = \"gdpr\"",
+            "  { name = \"site\",          source = \"query.site\", type = \"string\", max_bytes = 32 },\n  { name = \"ip\",            source = \"client.ip\", type = \"ip\" },\n  { name = \"ua\", source = \"request.user_agent\", type = \"string\", max_bytes = 32 },\n  { name = \"gdpr\"",
+        );
+    let auth = tracker::enrich::ssai::SsaiAuth::new(vec![("st1".into(), vec![0x5a; 32])], 300);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    let send = |c: &mut Client, query: &str, auth_header: Option<String>| {
+        let mut req = format!("GET /i?{query} HTTP/1.1\r\nHost: t\r\nUser-Agent: stitcher/1.0\r\nX-Device-IP: 198.51.100.77\r\nX-Device-User-Agent: Roku/DVP-9.10\r\n");
+        if let Some(a) = auth_header {
+            req.push_str(&format!("X-Tracker-Auth: {a}\r\n"));
+        }
+        req.push_str("\r\n");
+        c.send(req.as_bytes());
+        assert_eq!(c.read_response(false).status, 200);
+    };
+    let sign = |q: &str, ts: u64| auth.sign("st1", ts, b"/i", q.as_bytes(), b"198.51.100.77", b"Roku/DVP-9.10");
+    send(&mut c, "c=1", sign("c=1", now));
+    send(&mut c, "c=2", None);
+    send(&mut c, "c=3", sign("c=999", now)); // signed for another request
+    send(&mut c, "c=4", sign("c=4", now - 3600)); // stale
+    assert_eq!(s.stop(), 0);
+    let ev = journal_cat(&s.journal());
+    let by = |c: u64| ev.iter().find(|e| e["campaign_id"] == c).unwrap();
+    assert_eq!((by(1)["ip"].as_str(), by(1)["ua"].as_str()), (Some("198.51.100.0"), Some("Roku/DVP-9.10")));
+    for c in [2, 3, 4] {
+        assert_eq!((by(c)["ip"].as_str(), by(c)["ua"].as_str()), (Some("127.0.0.0"), Some("stitcher/1.0")), "{c}");
+    }
+}
