@@ -104,5 +104,86 @@ fn bench_journal(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_parse, bench_extract, bench_ring, bench_journal);
+/// The request-side steps of issue 3, each alone: click redirect (allowlist, and signature),
+/// dedup lookup, budget charge, privacy (ip truncation + user-id hash).
+fn bench_request_side(c: &mut Criterion) {
+    use tracker::redirect::{check, expand, LANDING_URL_BYTES_MAX, LOCATION_BYTES_MAX};
+    let cfg = Config::embedded();
+    let rule = cfg.endpoints.iter().find(|e| e.path == "/c").unwrap().redirect.as_deref().unwrap().clone();
+    let click = cfg.event_type("click").unwrap().clone();
+    let q: &[u8] =
+        b"c=77&cr=5&imp=i-1&url=https%3A%2F%2Fwww.example.com%2Fl%3Fclk%3D%7Bclick_id%7D%26c%3D%7Bcampaign_id%7D";
+    let mut ev = Event::ZERO;
+    let view =
+        RequestView { query: q, headers: &[], client_ip: "203.0.113.7".parse().unwrap(), now_ns: 1, user_agent: None };
+    extract(&click, &view, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();
+    let mut g = c.benchmark_group("request_side");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("redirect_allowlist_check_and_expand", |b| {
+        b.iter(|| {
+            let mut buf = [0u8; LANDING_URL_BYTES_MAX];
+            let url = check(&rule, black_box(q), 1_790_000_000, &mut buf).unwrap();
+            let mut out = [0u8; LOCATION_BYTES_MAX];
+            black_box(expand(url, &ev, &click, &mut out).unwrap())
+        })
+    });
+    let mut signed = rule.clone();
+    signed.require = tracker::redirect::Require::Signature;
+    signed.keys = vec![tracker::redirect::Key::new("k1", &[7u8; 32])];
+    let url = tracker::redirect::signed_click_url(
+        &signed,
+        "",
+        "/c",
+        "c=77&cr=5&imp=i-1",
+        "https://www.example.com/l?clk={click_id}",
+        Some("k1"),
+        1_790_000_600,
+    )
+    .unwrap();
+    let signed_q = url.split_once('?').unwrap().1.as_bytes().to_vec();
+    g.bench_function("redirect_signature_check", |b| {
+        b.iter(|| {
+            let mut buf = [0u8; LANDING_URL_BYTES_MAX];
+            black_box(check(&signed, black_box(&signed_q), 1_790_000_000, &mut buf).unwrap().len())
+        })
+    });
+    let dedup = tracker::dedup::Dedup::new(1 << 20, 300_000);
+    let mut n = 0u64;
+    g.bench_function("dedup_check_new_id", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&n.to_le_bytes());
+            black_box(dedup.check(&id, 1, 1_790_000_000_000_000_000 + n))
+        })
+    });
+    let mut bcfg = cfg.budget;
+    bcfg.exempt_loopback = false;
+    bcfg.rate_per_s = 10_000_000;
+    bcfg.burst = 100_000_000;
+    let budgets = tracker::enrich::budget::Budgets::new(bcfg, 0);
+    let ip: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+    g.bench_function("budget_charge", |b| {
+        b.iter(|| {
+            n += 1;
+            black_box(budgets.charge(black_box(ip), n * 1000))
+        })
+    });
+    let conv = cfg.event_type("conversion").unwrap().clone();
+    let headers = [httparse::Header { name: "Cookie", value: b"uid=5f2b1c9e-8d7a-4e3b-9a1f-0c2d3e4f5a6b" }];
+    let view = RequestView { query: b"c=1&value=2.5", headers: &headers, client_ip: ip, now_ns: 1, user_agent: None };
+    let mut conv_ev = Event::ZERO;
+    let mut privacy = tracker::enrich::privacy::Privacy::new(cfg.privacy.clone());
+    let mut ids = IdGen::new(0);
+    g.bench_function("extract_and_privacy_conversion_with_uid", |b| {
+        b.iter(|| {
+            extract(&conv, &view, &mut ids, 0, 0, &mut conv_ev).unwrap();
+            privacy.apply(&conv, &headers, 1_790_000_000_000_000_000, &mut conv_ev);
+            black_box(conv_ev.slots[3])
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_parse, bench_extract, bench_ring, bench_journal, bench_request_side);
 criterion_main!(benches);

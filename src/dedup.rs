@@ -24,6 +24,12 @@
 //! duplicate through is two arrivals of the same id while another way of their bucket expires
 //! between their scans; a journal consumer that needs exactly-once still keys by id.
 //!
+//! Acknowledgement: a duplicate is answered at once, also on an `ack = "logged"` endpoint. If
+//! the first copy is still on its way to the journal on another shard and the process dies in
+//! that window, the retry was acknowledged for an event that is lost; the first sender got no
+//! acknowledgement and retries again after the restart (the table starts empty), so an
+//! at-least-once sender still delivers it.
+//!
 //! Crossing: this table is the only state on the request path shared between shards. A lookup
 //! touches one cache line; an insert one CAS on it.
 
