@@ -6,3 +6,4 @@ mod config_errors;
 mod durability;
 mod http_rejects;
 mod pipeline;
+mod shards;
