@@ -12,16 +12,17 @@
 //!   the responses before it are written: the bytes after it cannot be trusted.
 //!
 //! Deadlines: the head of a request must arrive within header_read_timeout_ms of its first
-//! byte; an idle keep-alive connection is closed after idle_timeout_ms. Both are checked on a
-//! coarse tick while a read is pending, which also notices shutdown.
+//! byte; an idle keep-alive connection is closed after idle_timeout_ms, and so is one whose
+//! client does not take its responses within idle_timeout_ms. All are checked on a coarse tick
+//! while a read or write is pending, which also notices shutdown.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::config::{Ack, ResponseKind, Server};
@@ -36,8 +37,10 @@ use crate::runtime::shard::ShardCtx;
 pub const WRITE_BYTES: usize = 16 * 1024;
 /// Flush the batch when less than this is free: the largest single response we build.
 const RESPONSE_BYTES_MAX: usize = 1024;
-/// How often a pending read looks at its deadline and at shutdown.
+/// How often a pending read or write looks at its deadline and at shutdown.
 const TICK: Duration = Duration::from_millis(250);
+/// How long responses already being written may take once the shard stops.
+const STOP_WRITE_GRACE: Duration = Duration::from_secs(2);
 
 /// A connection's buffers, allocated once per shard at start and recycled.
 pub struct ConnBufs {
@@ -146,7 +149,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             ctx.journaled(logged_seq).await;
         }
         if !wbuf.is_empty() {
-            let (res, b) = stream.write_all(wbuf).await;
+            let (res, b) = write_all(&ctx, &mut stream, wbuf, &mut canceller, idle).await;
             wbuf = b;
             wbuf.clear();
             if res.is_err() {
@@ -164,7 +167,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         if rbuf.len() == rbuf.capacity() {
             // Unreachable while the parser enforces the limits; refuse rather than spin.
             write_error(&ctx, &mut wbuf, Status::S431, "request too large", false, false, 1, None);
-            let (_, b) = stream.write_all(wbuf).await;
+            let (_, b) = write_all(&ctx, &mut stream, wbuf, &mut canceller, idle).await;
             wbuf = b;
             break 'conn;
         }
@@ -191,7 +194,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 r = &mut read => break r,
                 _ = tick => {
                     if ctx.stopping.get() || Instant::now() >= deadline {
-                        canceller = canceller.cancel();
+                        canceller = std::mem::take(&mut canceller).cancel();
                         break (&mut read).await;
                     }
                 }
@@ -213,6 +216,47 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     bufs.write = wbuf;
     drop(stream);
     ctx.conn_closed(bufs);
+}
+
+/// Writes all of `buf`, giving up (error) when the client has not taken it within `timeout`, or
+/// within STOP_WRITE_GRACE once the shard stops: a client that never reads its responses must
+/// not hold a connection (or shutdown) forever, while responses in flight at shutdown still go out.
+async fn write_all(
+    ctx: &ShardCtx,
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+    canceller: &mut Canceller,
+    timeout: Duration,
+) -> (std::io::Result<()>, Vec<u8>) {
+    let mut deadline = Instant::now() + timeout;
+    let mut done = 0;
+    while done < buf.len() {
+        let len = buf.len();
+        let write = stream.cancelable_write(buf.slice(done..len), canceller.handle());
+        let mut write = std::pin::pin!(write);
+        let (res, slice) = loop {
+            let tick = monoio::time::sleep(TICK.min(deadline.saturating_duration_since(Instant::now())));
+            monoio::select! {
+                r = &mut write => break r,
+                _ = tick => {
+                    if ctx.stopping.get() {
+                        deadline = deadline.min(Instant::now() + STOP_WRITE_GRACE);
+                    }
+                    if Instant::now() >= deadline {
+                        *canceller = std::mem::take(canceller).cancel();
+                        break (&mut write).await;
+                    }
+                }
+            }
+        };
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => return (Err(std::io::ErrorKind::WriteZero.into()), buf),
+            Ok(n) => done += n,
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
 }
 
 /// Routes, extracts, pushes and writes the response for one well-formed request.
