@@ -24,7 +24,7 @@ fn shards_default_to_the_allowed_cpus_and_pin_inside_the_mask() {
         Server::start_wrapped(tempfile::tempdir().unwrap(), &["taskset", "-c", &last], None, &["--shards", "0"]);
     assert_eq!(s.connect().get("/i?c=1").status, 200);
     let pid = s.child.id();
-    assert_eq!(cpus_allowed(pid, "tracker-shard-0"), [last.clone()], "pinned to the only allowed CPU");
+    assert_eq!(cpus_allowed(pid, "tracker-shard-0"), std::slice::from_ref(&last), "pinned to the only allowed CPU");
     assert!(cpus_allowed(pid, "tracker-shard-1").is_empty(), "one allowed CPU → one shard");
     assert_eq!(s.stop(), 0);
 
