@@ -196,12 +196,7 @@ pub fn parse_uuid(s: &[u8]) -> Option<[u8; 16]> {
             }
             return None;
         }
-        let v = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => return None,
-        };
+        let v = crate::http::query::hex(c)?;
         match hi.take() {
             None => hi = Some(v),
             Some(h) => {

@@ -104,8 +104,9 @@ pub fn percent_decode_truncating(src: &[u8], dst: &mut [u8]) -> Result<(usize, b
     Ok((n, truncated))
 }
 
+/// The value of one hex digit (either case).
 #[inline]
-fn hex(c: u8) -> Option<u8> {
+pub fn hex(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),
