@@ -27,8 +27,14 @@ impl Server {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: Option<&str>, extra: &[&str]) -> Server {
+        Self::start_env(dir, config, extra, &[])
+    }
+
+    /// Like `start_in`, with extra environment variables (e.g. NOTIFY_SOCKET).
+    pub fn start_env(dir: tempfile::TempDir, config: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let journal = dir.path().join("journal");
         let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
         cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--journal-dir").arg(&journal);
         if let Some(text) = config {
             let p = dir.path().join("tracker.toml");

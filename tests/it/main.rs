@@ -6,3 +6,6 @@ mod config_errors;
 mod durability;
 mod http_rejects;
 mod pipeline;
+mod reload;
+mod restart;
+mod systemd;
