@@ -191,6 +191,56 @@ mod tests {
     }
 
     #[test]
+    fn watchdog_pings_only_while_every_heartbeat_moves() {
+        use crate::metrics::ShardCounters;
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let notifier = Arc::new(Notifier { target: Some(Notifier::connect(path.as_os_str().as_bytes()).unwrap()) });
+        let shards: Vec<Arc<ShardShared>> =
+            (0..2).map(|i| Arc::new(ShardShared::new(i, ShardCounters::new(1, 1)).unwrap())).collect();
+        let done = Arc::new(AtomicBool::new(false));
+        let w = Watchdog::new(WATCHDOG_MIN);
+        let period = w.period();
+        let t = {
+            let (n, s, d) = (notifier.clone(), shards.clone(), done.clone());
+            std::thread::spawn(move || w.run(n, s, d))
+        };
+        let mut b = [0u8; 64];
+        rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let n = rx.recv(&mut b).unwrap();
+        assert_eq!(&b[..n], b"WATCHDOG=1", "first ping at once");
+
+        // Shard 1 stalls while shard 0 moves: no ping for several periods.
+        let start = std::time::Instant::now();
+        while start.elapsed() < period * 3 {
+            shards[0].heartbeat.fetch_add(1, Relaxed);
+            rx.set_nonblocking(true).unwrap();
+            assert!(rx.recv(&mut b).is_err(), "pinged while shard 1 was stalled");
+            rx.set_nonblocking(false).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Both move again: pings resume.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        rx.set_nonblocking(true).unwrap();
+        let resumed = loop {
+            for s in &shards {
+                s.heartbeat.fetch_add(1, Relaxed);
+            }
+            if let Ok(n) = rx.recv(&mut b) {
+                break n;
+            }
+            assert!(std::time::Instant::now() < deadline, "pings did not resume");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(&b[..resumed], b"WATCHDOG=1");
+        done.store(true, SeqCst);
+        t.thread().unpark();
+        t.join().unwrap();
+    }
+
+    #[test]
     fn sends_a_datagram() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
