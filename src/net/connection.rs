@@ -236,7 +236,9 @@ fn stop_grace_over(ctx: &ShardCtx) -> bool {
 fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns: u64, wbuf: &mut Vec<u8>) -> Answer {
     let counters = &ctx.shared.counters;
     let head = req.method == http::Method::Head;
-    let ka = req.keep_alive;
+    // While the shard stops, answer with `Connection: close`: the client opens its next request
+    // on a new connection (the new process in a restart) instead of racing our close.
+    let ka = req.keep_alive && !ctx.stopping.get();
     let v = req.version_minor;
     let method = match req.method {
         http::Method::Get => RequestMethod::Get,
