@@ -301,9 +301,10 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: &monoio::net::TcpListener) {
 }
 
 /// Bumps the shard's heartbeat while the reactor turns: the systemd watchdog pings only while
-/// every shard's moves (`notify.rs`). Ends at shutdown.
+/// every shard's moves (`notify.rs`). Runs until the reactor's runtime ends, shutdown included
+/// (a drain that takes a while is not a stall).
 async fn heartbeat(ctx: Rc<ShardCtx>) {
-    while !ctx.stopping.get() {
+    loop {
         ctx.shared.heartbeat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         monoio::time::sleep(super::notify::HEARTBEAT_PERIOD).await;
     }
