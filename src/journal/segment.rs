@@ -684,6 +684,43 @@ impl ShardJournal {
         &self.active.path
     }
 
+    /// Makes `schema` the schema of the records appended from now on. When it differs from the
+    /// active segment's, a new segment is started with it (the old one keeps its records under
+    /// its own schema, so every segment stays self-describing). Returns whether a segment was
+    /// started. Cold: the drain calls it when a reloaded config changed the event types. On an
+    /// error the journal keeps its old schema and stays usable; the caller retries.
+    #[cold]
+    pub fn set_schema(&mut self, schema: &Schema) -> Result<bool, JournalError> {
+        let json = schema.to_json();
+        if json == self.schema_json {
+            return Ok(false);
+        }
+        let header_bytes = header_bytes_for(json.len());
+        if json.len() > SCHEMA_BYTES_MAX || (header_bytes + EVENT_BYTES) as u64 > self.segment_bytes {
+            return Err(JournalError::invalid(
+                "set schema",
+                &self.dir,
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "schema JSON of {} bytes does not fit a segment header (at most {SCHEMA_BYTES_MAX} bytes, \
+                     and segment_bytes {} must hold the header and one record)",
+                    json.len(),
+                    self.segment_bytes
+                ),
+            ));
+        }
+        let old_json = std::mem::replace(&mut self.schema_json, json);
+        let old_header = std::mem::replace(&mut self.header_bytes, header_bytes);
+        match self.rotate() {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.schema_json = old_json;
+                self.header_bytes = old_header;
+                Err(e)
+            }
+        }
+    }
+
     /// Leaves the full active segment for a new one. Cold: creates, preallocates, fsyncs and
     /// prefaults a whole segment (tens of ms for 64 MiB) on the drain thread.
     // Next step: create segment N+1 ahead of time off the drain thread, so rotation is a swap.

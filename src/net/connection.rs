@@ -68,15 +68,19 @@ struct Answer {
 }
 
 pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, mut bufs: ConnBufs) {
-    let server = &ctx.cfg.server;
-    let limits = http::Limits {
-        request_line_bytes_max: server.request_line_bytes_max,
-        header_count_max: server.header_count_max,
-        header_bytes_max: server.header_bytes_max,
-        body_bytes_max: server.body_bytes_max,
+    // [server] keys never change while running (reload keeps them), so they are read once; the
+    // borrow of ctx.cfg must not live across an await (the control task swaps it on reload).
+    let (limits, idle, header_timeout) = {
+        let cfg = ctx.cfg.borrow();
+        let server = &cfg.server;
+        let limits = http::Limits {
+            request_line_bytes_max: server.request_line_bytes_max,
+            header_count_max: server.header_count_max,
+            header_bytes_max: server.header_bytes_max,
+            body_bytes_max: server.body_bytes_max,
+        };
+        (limits, Duration::from_millis(server.idle_timeout_ms), Duration::from_millis(server.header_read_timeout_ms))
     };
-    let idle = Duration::from_millis(server.idle_timeout_ms);
-    let header_timeout = Duration::from_millis(server.header_read_timeout_ms);
     let mut canceller = Canceller::new();
     let mut rbuf = std::mem::take(&mut bufs.read);
     let mut wbuf = std::mem::take(&mut bufs.write);
@@ -84,6 +88,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     wbuf.clear();
     // When the first byte of the request now in the buffer arrived.
     let mut head_started: Option<Instant> = None;
+    // At shutdown a connection that has not been answered yet (accepted from the queue as the
+    // shard stopped, or connected just before) still gets its first request read and answered,
+    // within STOP_FIRST_REQUEST_GRACE; an answered, idle one is closed at once.
+    let mut answered_any = false;
 
     'conn: loop {
         // Answer every complete request in the buffer.
@@ -132,6 +140,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             };
             let _ = body;
             let a = answer(&ctx, &req, peer, now_ns, &mut wbuf);
+            answered_any = true;
             logged_seq = logged_seq.max(a.logged_seq);
             start += consumed;
             head_started = None;
@@ -156,7 +165,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 break 'conn;
             }
         }
-        if close || ctx.stopping.get() {
+        if close || (ctx.stopping.get() && (answered_any || stop_grace_over(&ctx))) {
             break 'conn;
         }
         // Keep the unanswered tail (a partial request) at the front of the buffer.
@@ -193,7 +202,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             monoio::select! {
                 r = &mut read => break r,
                 _ = tick => {
-                    if ctx.stopping.get() || Instant::now() >= deadline {
+                    if (ctx.stopping.get() && (answered_any || stop_grace_over(&ctx))) || Instant::now() >= deadline {
                         canceller = std::mem::take(&mut canceller).cancel();
                         break (&mut read).await;
                     }
@@ -259,11 +268,21 @@ async fn write_all(
     (Ok(()), buf)
 }
 
+/// How long, at shutdown, a connection that was never answered waits for its first request.
+/// Bounds how much a silent client delays the exit of a draining process.
+pub const STOP_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+fn stop_grace_over(ctx: &ShardCtx) -> bool {
+    ctx.stop_at.get().is_none_or(|t| t.elapsed() >= STOP_FIRST_REQUEST_GRACE)
+}
+
 /// Routes, extracts, pushes and writes the response for one well-formed request.
 fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns: u64, wbuf: &mut Vec<u8>) -> Answer {
     let counters = &ctx.shared.counters;
     let head = req.method == http::Method::Head;
-    let ka = req.keep_alive;
+    // While the shard stops, answer with `Connection: close`: the client opens its next request
+    // on a new connection (the new process in a restart) instead of racing our close.
+    let ka = req.keep_alive && !ctx.stopping.get();
     let v = req.version_minor;
     let method = match req.method {
         http::Method::Get => RequestMethod::Get,
@@ -271,7 +290,10 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
         http::Method::Post => RequestMethod::Post,
         _ => RequestMethod::Other,
     };
-    let ep_index = match ctx.routes.route(method, req.path) {
+    // Borrowed for this request only: the control task swaps both between requests on reload.
+    let cfg = ctx.cfg.borrow();
+    let routes = ctx.routes.borrow();
+    let ep_index = match routes.route(method, req.path) {
         Route::Found(i) => i,
         Route::NotFound => {
             counters.request(None, Status::S404);
@@ -284,8 +306,8 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
             return Answer { keep_alive: ka, logged_seq: 0 };
         }
     };
-    let ep = &ctx.cfg.endpoints[ep_index as usize];
-    let ty = &ctx.cfg.types[ep.type_id as usize];
+    let ep = &cfg.endpoints[ep_index as usize];
+    let ty = &cfg.types[ep.type_id as usize];
     let mut producer = ctx.producer.borrow_mut();
     let next_seq = producer.pushed() + 1;
     let Some(slot) = producer.reserve() else {
@@ -310,6 +332,7 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
         slot.flags |= FLAG_HEAD;
     }
     slot.seq = next_seq;
+    slot.config_gen = ctx.config_gen.get();
     let seq = producer.commit();
     debug_assert_eq!(seq, next_seq);
     counters.event(ty.id);

@@ -6,4 +6,7 @@ mod config_errors;
 mod durability;
 mod http_rejects;
 mod pipeline;
+mod reload;
+mod restart;
 mod shards;
+mod systemd;
