@@ -21,6 +21,14 @@ fn bench_parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("http");
     g.throughput(Throughput::Elements(1));
     let l = limits();
+    // The floor: httparse alone, without our framing and smuggling checks.
+    g.bench_function("httparse_only", |b| {
+        b.iter(|| {
+            let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+            let mut r = httparse::Request::new(&mut headers);
+            black_box(r.parse(black_box(PIXEL)).unwrap().unwrap())
+        })
+    });
     g.bench_function("parse_pixel_request", |b| {
         b.iter(|| {
             let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];

@@ -13,7 +13,8 @@
 //!
 //! Modules in the order an event travels:
 //! - [`config`]   TOML → validated `Config` (errors name file, line, key)
-//! - [`runtime`]  start-up, shard reactors, journal drains, shutdown order
+//! - [`runtime`]  start-up, shard reactors, journal drains, shutdown order; hot reload,
+//!   systemd notify + watchdog, restart handoff (ops)
 //! - [`net`]      listener (SO_REUSEPORT) and the per-connection loop (owned buffers, deadlines)
 //! - [`http`]     request parsing and prebuilt responses, no allocation, no I/O
 //! - [`endpoint`] routing table built from config

@@ -85,9 +85,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config, listen, journal_dir, shards } => {
-            let mut cfg = match config {
+            let mut cfg = match &config {
                 None => Config::embedded(),
-                Some(p) => match Config::load(&p) {
+                Some(p) => match Config::load(p) {
                     Ok(c) => c,
                     Err(e) => {
                         eprintln!("{e}");
@@ -95,8 +95,9 @@ fn main() -> ExitCode {
                     }
                 },
             };
-            cfg.apply(&Overrides { listen, journal_dir, shards });
-            serve(cfg)
+            let overrides = Overrides { listen, journal_dir, shards };
+            cfg.apply(&overrides);
+            serve(cfg, config, overrides)
         }
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
@@ -140,9 +141,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(cfg: Config) -> ExitCode {
+/// Runs until SIGTERM/SIGINT. SIGHUP reloads `config_path` (ops: `runtime::reload`); systemd
+/// hears READY, RELOADING, STOPPING and watchdog pings (`runtime::notify`).
+fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> ExitCode {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    // Block-free signal delivery: a dedicated thread turns signals into a stop request.
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    use tracker::runtime::{handoff, notify, reload::Reloader};
+    // Block-free signal delivery: a dedicated thread turns signals into stop and reload requests.
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -150,8 +156,10 @@ fn serve(cfg: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let notifier = Arc::new(notify::Notifier::from_env());
     let journal_dir = cfg.journal.dir.clone();
-    let running = match tracker::runtime::start(cfg) {
+    let started_with = cfg.clone();
+    let running = match tracker::runtime::start_with(cfg, &|s| notifier.status(s)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tracker: {e}");
@@ -164,16 +172,35 @@ fn serve(cfg: Config) -> ExitCode {
         running.shards().len(),
         journal_dir.display()
     );
+    if handoff::migrate_req_enabled() == Some(false) {
+        eprintln!("tracker: note: net.ipv4.tcp_migrate_req is 0: in a zero-downtime restart, a connection that reaches this process's listen queue in the instant it closes is reset; set it to 1 (docs/operations.md)");
+    }
+    let status = format!("listening on {}, {} shards", running.addr(), running.shards().len());
+    notifier.ready(&status);
+
+    let watchdog_done = Arc::new(AtomicBool::new(false));
+    let watchdog = notify::watchdog_from_env().map(|interval| {
+        let (n, shards, done) = (notifier.clone(), running.shards().to_vec(), watchdog_done.clone());
+        let w = notify::Watchdog::new(interval);
+        std::thread::Builder::new()
+            .name("tracker-watchdog".into())
+            .spawn(move || w.run(n, shards, done))
+            .expect("spawn watchdog thread")
+    });
+    let mut reloader = config_path.map(|p| Reloader::new(p, overrides, started_with, running.shards().to_vec()));
+
     let stop = running.stopper();
     let handle = signals.handle();
+    let sig_notifier = notifier.clone();
     std::thread::Builder::new()
         .name("tracker-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
                 match sig {
-                    SIGHUP => eprintln!("tracker: SIGHUP: configuration reload is not supported yet; ignoring"),
+                    SIGHUP => reload(reloader.as_mut(), &sig_notifier, &status),
                     _ => {
                         eprintln!("tracker: signal {sig}: stopping (finishing in-flight requests, draining rings)");
+                        sig_notifier.stopping();
                         stop();
                     }
                 }
@@ -182,8 +209,54 @@ fn serve(cfg: Config) -> ExitCode {
         .expect("spawn signal thread");
     running.wait();
     handle.close();
+    watchdog_done.store(true, SeqCst);
+    if let Some(w) = watchdog {
+        w.thread().unpark();
+        let _ = w.join();
+    }
     eprintln!("tracker: stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: reload the config file, tell systemd, log the outcome (errors with file:line: key).
+fn reload(
+    reloader: Option<&mut tracker::runtime::reload::Reloader>,
+    notifier: &tracker::runtime::notify::Notifier,
+    status: &str,
+) {
+    let Some(r) = reloader else {
+        eprintln!("tracker: SIGHUP: running the embedded config (no --config FILE): nothing to reload");
+        return;
+    };
+    notifier.reloading();
+    match r.reload() {
+        Ok(rep) => {
+            for k in &rep.needs_restart {
+                eprintln!("tracker: reload: {k} needs a restart to take effect; the running value is kept");
+            }
+            if !rep.late_shards.is_empty() {
+                eprintln!(
+                    "tracker: reload: shards {:?} had not switched yet; they will on their next turn",
+                    rep.late_shards
+                );
+            }
+            eprintln!(
+                "tracker: reload: applied {} as generation {}: {} endpoints, {} event types{}",
+                r.path().display(),
+                rep.generation,
+                rep.endpoints,
+                rep.types,
+                if rep.schema_changed { "; schema changed: new journal segments follow" } else { "" }
+            );
+        }
+        Err(e) => {
+            eprintln!("tracker: reload of {} failed; the running config is kept:", r.path().display());
+            for line in e.to_string().lines() {
+                eprintln!("tracker: reload: {line}");
+            }
+        }
+    }
+    notifier.ready(status);
 }
 
 fn journal_cat(dir: &std::path::Path, follow: bool) -> ExitCode {

@@ -99,6 +99,7 @@ fn no_heap_allocation_per_request_once_warm() {
     cfg.budget.exempt_loopback = false;
     cfg.budget.rate_per_s = 10_000_000;
     cfg.budget.burst = 100_000_000;
+    let started_with = cfg.clone();
     let running = tracker::runtime::start(cfg).unwrap();
     let mut s = TcpStream::connect(running.addr()).unwrap();
     s.set_nodelay(true).unwrap();
@@ -124,6 +125,30 @@ fn no_heap_allocation_per_request_once_warm() {
         eprintln!("{name}: {} allocations over 5000 requests ({per_request:.4}/request)", after - before);
         assert_eq!(after - before, 0, "{name} path allocated {} times in 5000 requests", after - before);
     }
+
+    // After a hot reload (ops: runtime/reload.rs) the request path still allocates nothing: the
+    // swap happens once, on the control task, not per request.
+    let file = dir.path().join("tracker.toml");
+    std::fs::write(&file, tracker::config::DEFAULT_TOML.replace("path = \"/i\"", "path = \"/i2\"")).unwrap();
+    let overrides = tracker::config::Overrides {
+        listen: Some(started_with.server.listen),
+        journal_dir: Some(started_with.journal.dir.clone()),
+        shards: Some(1),
+    };
+    let mut reloader =
+        tracker::runtime::reload::Reloader::new(file, overrides, started_with, running.shards().to_vec());
+    let report = reloader.reload().unwrap();
+    assert!(report.late_shards.is_empty());
+    const PIXEL2: &[u8] = b"GET /i2?c=12345&cr=678 HTTP/1.1\r\nHost: t\r\n\r\n";
+    for _ in 0..2_000 {
+        assert_eq!(round_trip(&mut s, PIXEL2), b'2');
+    }
+    let before = ALLOCS.load(Relaxed);
+    for _ in 0..5_000 {
+        assert_eq!(round_trip(&mut s, PIXEL2), b'2');
+    }
+    let after = ALLOCS.load(Relaxed);
+    assert_eq!(after - before, 0, "pixel path after reload allocated {} times in 5000 requests", after - before);
     drop(s);
     running.stop();
     running.wait();

@@ -83,10 +83,10 @@ impl Privacy {
 
     fn opted_out(&self, headers: &[httparse::Header<'_>]) -> bool {
         let c = &self.cfg;
-        (c.honor_gpc && crate::extract::header(headers, b"sec-gpc").is_some_and(|v| v.trim_ascii() == b"1"))
-            || (c.honor_dnt && crate::extract::header(headers, b"dnt").is_some_and(|v| v.trim_ascii() == b"1"))
+        (c.honor_gpc && crate::http::query::header(headers, "sec-gpc").is_some_and(|v| v.trim_ascii() == b"1"))
+            || (c.honor_dnt && crate::http::query::header(headers, "dnt").is_some_and(|v| v.trim_ascii() == b"1"))
             || (!c.optout_cookie.is_empty()
-                && crate::extract::cookie(headers, c.optout_cookie.as_bytes())
+                && crate::http::query::cookie_in(headers, c.optout_cookie.as_bytes())
                     .is_some_and(|v| !v.is_empty() && v != b"0" && !v.eq_ignore_ascii_case(b"false")))
     }
 

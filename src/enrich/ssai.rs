@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::extract::header;
+use crate::http::query::header;
 use crate::redirect::sign::base64url_decode;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -93,12 +93,12 @@ pub fn device<'a>(
     headers: &'a [httparse::Header<'a>],
     now_s: u64,
 ) -> Device<'a> {
-    let Some(ip_raw) = header(headers, b"x-device-ip") else {
+    let Some(ip_raw) = header(headers, "x-device-ip") else {
         return Device::Absent;
     };
     let Some(auth) = auth else { return Device::Untrusted };
-    let ua = header(headers, b"x-device-user-agent");
-    let Some(value) = header(headers, b"x-tracker-auth") else {
+    let ua = header(headers, "x-device-user-agent");
+    let Some(value) = header(headers, "x-tracker-auth") else {
         return Device::Untrusted;
     };
     let mut parts = value.split(|&b| b == b' ').filter(|p| !p.is_empty());

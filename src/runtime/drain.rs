@@ -6,6 +6,9 @@
 //! drain naps (DRAIN_NAP) while traffic flows and sleeps deeply once it stops; the reactor wakes
 //! it for `logged` requests, a filling ring, or a deep sleeper (Dekker handshake on
 //! `drain_sleeping`, see `ShardShared::notify_drain`).
+//! Reload: each event carries the generation of the config it was made under; at the first event
+//! of a new generation the drain switches the journal to that config's schema (a new segment
+//! when it changed), so every record lands in a segment whose header describes it.
 //! A journal error (disk full at rotation) leaves the event at the ring's head and retries with
 //! backoff: the ring fills, the reactor answers 503, nothing acknowledged is lost.
 
@@ -51,11 +54,27 @@ pub fn run(
     let mut dirty = false;
     let mut error_logged = false;
     let mut naps = 0u32;
+    // Generation of the config whose schema the journal writes with.
+    let mut gen = 0u32;
     loop {
         let mut last_seq = 0;
         let mut failed = false;
         let n = ring.pop_batch(DRAIN_BATCH_EVENTS, |e| {
             debug_assert!(e.seq > last_seq, "ring order");
+            if e.config_gen != gen {
+                match switch_schema(&shared, &mut journal, e.config_gen) {
+                    Ok(()) => gen = e.config_gen,
+                    Err(err) => {
+                        if !error_logged {
+                            eprintln!("tracker: shard {}: journal schema switch failed, retrying: {err}", shared.index);
+                            error_logged = true;
+                        }
+                        counters.journal_errors.fetch_add(1, Relaxed);
+                        failed = true;
+                        return false;
+                    }
+                }
+            }
             match journal.append(e) {
                 Ok(()) => {
                     last_seq = e.seq;
@@ -125,4 +144,28 @@ fn sync_now(shared: &ShardShared, journal: &mut ShardJournal) {
         shared.counters.journal_errors.fetch_add(1, Relaxed);
         eprintln!("tracker: shard {}: journal sync failed: {e}", shared.index);
     }
+}
+
+/// Moves the journal to the schema of config generation `to` (cold: once per reload).
+#[cold]
+fn switch_schema(
+    shared: &ShardShared,
+    journal: &mut ShardJournal,
+    to: u32,
+) -> Result<(), crate::journal::JournalError> {
+    let Some(cfg) = shared.reload.config_for_drain(to) else {
+        // The reactor queues a config before it makes an event with it, so this cannot happen;
+        // writing under the schema in use keeps the record (a reader decodes it with that one).
+        debug_assert!(false, "no config queued for generation {to}");
+        eprintln!("tracker: shard {}: no config for generation {to}; keeping the journal's schema", shared.index);
+        return Ok(());
+    };
+    if journal.set_schema(&cfg.schema)? {
+        eprintln!(
+            "tracker: shard {}: journal starts segment {}: the reloaded config (generation {to}) changed the schema",
+            shared.index,
+            journal.segment_number()
+        );
+    }
+    Ok(())
 }

@@ -5,6 +5,8 @@
 //! - reactor → drain: the shard's ring (events) and `drain_sleeping`/unpark (wake-up);
 //! - drain → reactor: `journaled` (how far the journal got) and the shard's eventfd (wake-up);
 //! - control (signals, tests) → reactors: `stop` and the eventfd;
+//! - reload thread → reactor → drain: a new config per generation (`reload.rs`);
+//! - reactor → watchdog thread: `heartbeat` (`notify.rs`);
 //! - reactor ↔ reactor: the shared dedup and budget tables (`crate::dedup`,
 //!   `crate::enrich::budget`; atomics only).
 //!
@@ -13,19 +15,22 @@
 //! journal, syncs and exits. Nothing acknowledged is lost.
 
 mod drain;
+pub mod handoff;
+pub mod notify;
+pub mod reload;
 pub mod shard;
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::constants::{ENDPOINTS_MAX, EVENT_TYPES_MAX};
 use crate::dedup::Dedup;
-use crate::journal::ShardJournal;
 use crate::metrics::ShardCounters;
 
 /// State of one shard that other threads may touch. Everything else of a shard lives on its
@@ -42,6 +47,11 @@ pub struct ShardShared {
     pub drain_sleeping: AtomicBool,
     drain_thread: OnceLock<Thread>,
     pub reactor_done: AtomicBool,
+    /// Bumped by the reactor every `notify::HEARTBEAT_PERIOD`; the watchdog pings systemd only
+    /// while every shard's moves.
+    heartbeat: AtomicU64,
+    /// Configs handed over by a reload, to the reactor and then the drain.
+    pub reload: reload::ShardReload,
 }
 
 impl ShardShared {
@@ -61,6 +71,8 @@ impl ShardShared {
             drain_sleeping: AtomicBool::new(false),
             drain_thread: OnceLock::new(),
             reactor_done: AtomicBool::new(false),
+            heartbeat: AtomicU64::new(0),
+            reload: reload::ShardReload::default(),
         })
     }
 
@@ -76,6 +88,10 @@ impl ShardShared {
 
     pub fn journaled(&self) -> u64 {
         self.journaled.load(SeqCst)
+    }
+
+    pub fn heartbeat(&self) -> u64 {
+        self.heartbeat.load(Relaxed)
     }
 
     pub fn wake_reactor(&self) {
@@ -166,6 +182,11 @@ pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
 
 /// Starts every shard and drain; returns once all reactors listen (or the first start error).
 pub fn start(cfg: Config) -> Result<Running, StartError> {
+    start_with(cfg, &|_| {})
+}
+
+/// [`start`], telling `status` what it waits for (the systemd STATUS= line).
+pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartError> {
     let cpus = allowed_cpus();
     let shards = match cfg.server.shards {
         0 => cpus.len().max(1),
@@ -195,12 +216,14 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     for (i, listener) in listeners.into_iter().enumerate() {
         let index = i as u16;
+        // Sized for the most endpoints and types any config may have, so a reload that adds
+        // some never resizes (or locks) a counter array under the reactors.
         let sh = Arc::new(
-            ShardShared::new(index, ShardCounters::new(cfg.endpoints.len(), cfg.types.len()))
+            ShardShared::new(index, ShardCounters::new(ENDPOINTS_MAX, EVENT_TYPES_MAX))
                 .map_err(|e| StartError(format!("shard {i}: eventfd: {e}")))?,
         );
-        let (journal, report) = ShardJournal::open(&cfg.journal.dir, index, cfg.journal.segment_bytes, &cfg.schema)
-            .map_err(|e| StartError(format!("shard {i}: {e}")))?;
+        let (journal, report) =
+            handoff::open_journal(&cfg, index, addr, status).map_err(|e| StartError(format!("shard {i}: {e}")))?;
         if report.torn_records > 0 {
             eprintln!(
                 "tracker: shard {i}: journal segment {} had a torn tail: {} records ({} bytes) dropped, {} intact kept",

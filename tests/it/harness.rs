@@ -27,8 +27,36 @@ impl Server {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: Option<&str>, extra: &[&str]) -> Server {
+        Self::start_with(dir, &[], config, extra, &[])
+    }
+
+    /// Like `start_in`, with the binary run under a wrapper command (e.g. `taskset -c 1`).
+    pub fn start_wrapped(dir: tempfile::TempDir, wrapper: &[&str], config: Option<&str>, extra: &[&str]) -> Server {
+        Self::start_with(dir, wrapper, config, extra, &[])
+    }
+
+    /// Like `start_in`, with extra environment variables (e.g. NOTIFY_SOCKET).
+    pub fn start_env(dir: tempfile::TempDir, config: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_with(dir, &[], config, extra, env)
+    }
+
+    fn start_with(
+        dir: tempfile::TempDir,
+        wrapper: &[&str],
+        config: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let journal = dir.path().join("journal");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper.split_first() {
+            Some((w, args)) => {
+                let mut c = Command::new(w);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.envs(env.iter().copied());
         cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--journal-dir").arg(&journal);
         if let Some(text) = config {
             let p = dir.path().join("tracker.toml");

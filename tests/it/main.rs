@@ -11,3 +11,7 @@ mod notices;
 mod pipeline;
 mod privacy;
 mod redirect;
+mod reload;
+mod restart;
+mod shards;
+mod systemd;
