@@ -129,3 +129,34 @@ fn ssai_device_headers_are_believed_only_when_signed() {
         assert_eq!((by(c)["ip"].as_str(), by(c)["ua"].as_str()), (Some("127.0.0.0"), Some("stitcher/1.0")), "{c}");
     }
 }
+
+/// Without a key file the user-id key is random per start; a SIGHUP reload keeps it, so hashes
+/// do not change under a running server.
+#[test]
+fn a_reload_keeps_user_id_hashes_without_a_key_file() {
+    let cfg = small_segments();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let send = |s: &Server, order: &str| {
+        let mut c = s.connect();
+        c.send(format!("GET /cv?c=1&order={order} HTTP/1.1\r\nHost: t\r\nCookie: uid={RAW_UID}\r\n\r\n").as_bytes());
+        assert_eq!(c.read_response(false).status, 200);
+    };
+    send(&s, "before");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match s.stderr.recv_timeout(left) {
+            Ok(line) if line.contains("reload: applied") => break,
+            Ok(_) => {}
+            Err(_) => panic!("no reload within {WAIT:?}"),
+        }
+    }
+    send(&s, "after");
+    assert_eq!(s.stop(), 0);
+    let ev = journal_cat(&s.journal());
+    let hash = |o: &str| ev.iter().find(|e| e["order_id"] == o).unwrap()["user_id"].clone();
+    assert_eq!(hash("before"), hash("after"));
+    assert!(files_contain(&s.journal(), RAW_UID.as_bytes()).is_empty());
+}
