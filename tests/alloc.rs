@@ -45,8 +45,9 @@ const LOGGED: &[u8] = b"GET /cv?c=1&value=2.5 HTTP/1.1\r\nHost: t\r\nCookie: uid
 /// The same derived id every time: after the first, the dedup window's duplicate path.
 const DUPLICATE: &[u8] = b"GET /i?c=1&imp=same-impression HTTP/1.1\r\nHost: t\r\n\r\n";
 /// A click: landing URL decoded, parsed, allowlisted, macros (id, number, string, ip) expanded.
-/// No `imp`, so the id is generated and every click is published.
-const CLICK: &[u8] = b"GET /c?c=77&cr=5&site=s%201&url=https%3A%2F%2Fwww.example.com%2Fl%3Fclk%3D%7Bclick_id%7D%26c%3D%7Bcampaign_id%7D%26s%3D%7Bsite%7D%26ip%3D%7Bip%7D HTTP/1.1\r\nHost: t\r\n\r\n";
+/// No `imp`, so the id is generated and every click is published; the User-Agent feeds the
+/// click's device class and bot flag.
+const CLICK: &[u8] = b"GET /c?c=77&cr=5&site=s%201&url=https%3A%2F%2Fwww.example.com%2Fl%3Fclk%3D%7Bclick_id%7D%26c%3D%7Bcampaign_id%7D%26s%3D%7Bsite%7D%26ip%3D%7Bip%7D HTTP/1.1\r\nHost: t\r\nUser-Agent: Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148\r\n\r\n";
 /// A refused click (403, nothing logged).
 const CLICK_REFUSED: &[u8] = b"GET /c?c=77&url=https%3A%2F%2Fexample.com%40evil.com%2F HTTP/1.1\r\nHost: t\r\n\r\n";
 

@@ -121,6 +121,10 @@ pub enum Source {
     Referer,
     /// Receive time, unix milliseconds.
     TimeMs,
+    /// bot / ctv / tablet / mobile / desktop / unknown, from the User-Agent (`enrich::device`).
+    DeviceClass,
+    /// 1 when the User-Agent is a crawler, monitor or HTTP library, else 0.
+    IsBot,
 }
 
 #[derive(Clone, Debug)]
@@ -567,6 +571,18 @@ impl Validator<'_> {
             if source == Source::ClientIp && kind != FieldKind::Ip {
                 self.err(f.kind.span(), key("type"), "client.ip must be stored as type \"ip\"");
             }
+            if source == Source::DeviceClass
+                && (kind != FieldKind::Str || f.max_bytes.as_ref().is_some_and(|m| *m.get_ref() < 7))
+            {
+                self.err(
+                    f.kind.span(),
+                    key("type"),
+                    "request.device_class must be stored as type \"string\" with max_bytes >= 7",
+                );
+            }
+            if source == Source::IsBot && !matches!(kind, FieldKind::U64 | FieldKind::U32) {
+                self.err(f.kind.span(), key("type"), "request.is_bot must be stored as type \"u32\" or \"u64\"");
+            }
             if source == Source::TimeMs && !matches!(kind, FieldKind::U64 | FieldKind::I64) {
                 self.err(f.kind.span(), key("type"), "request.time_ms must be stored as type \"u64\" or \"i64\"");
             }
@@ -706,11 +722,13 @@ impl Validator<'_> {
                 "request.user_agent" => Source::UserAgent,
                 "request.referer" => Source::Referer,
                 "request.time_ms" => Source::TimeMs,
+                "request.device_class" => Source::DeviceClass,
+                "request.is_bot" => Source::IsBot,
                 _ => {
                     self.err(
                         span,
                         key,
-                        format!("\"{s}\" is not a source: expected query.<param>, header.<name>, cookie.<name>, client.ip, request.user_agent, request.referer or request.time_ms"),
+                        format!("\"{s}\" is not a source: expected query.<param>, header.<name>, cookie.<name>, client.ip, request.user_agent, request.referer, request.time_ms, request.device_class or request.is_bot"),
                     );
                     Source::ClientIp
                 }

@@ -126,6 +126,16 @@ pub fn extract(
                 ev.set_slot(f.slot, req.now_ns / 1_000_000);
                 Ok(())
             }
+            Source::DeviceClass => {
+                let ua = req.user_agent.or_else(|| header(req.headers, "user-agent"));
+                ev.set_str(f.slot, f.offset, f.max, crate::enrich::device::class(ua).as_bytes());
+                Ok(())
+            }
+            Source::IsBot => {
+                let ua = req.user_agent.or_else(|| header(req.headers, "user-agent"));
+                ev.set_slot(f.slot, u64::from(ua.is_some_and(crate::enrich::device::is_bot)));
+                Ok(())
+            }
         };
         r.map_err(|why| Rejected { field: i, why })?;
         if !ev.has(f.slot) {

@@ -217,3 +217,28 @@ fn check_config_refuses_an_open_redirect_allowlist() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("redirect.allow_domains") && err.contains("open redirect"), "{err}");
 }
+
+#[test]
+fn clicks_record_device_class_and_bot_flag() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    for (n, ua) in [
+        (1, "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148"),
+        (2, "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"),
+        (3, "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36"),
+    ] {
+        c.send(
+            format!("GET /c?c={n}&url=https%3A%2F%2Fexample.com%2F HTTP/1.1\r\nHost: t\r\nUser-Agent: {ua}\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(c.read_response(false).status, 302);
+    }
+    assert_eq!(c.get("/c?c=4&url=https%3A%2F%2Fexample.com%2F").status, 302);
+    assert_eq!(s.stop(), 0);
+    let ev = journal_cat(&s.journal());
+    let got: Vec<(u64, &str, u64)> = ev
+        .iter()
+        .map(|e| (e["campaign_id"].as_u64().unwrap(), e["device"].as_str().unwrap(), e["is_bot"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, [(1, "mobile", 0), (2, "bot", 1), (3, "desktop", 0), (4, "unknown", 0)]);
+}
