@@ -142,6 +142,8 @@ pub struct Field {
     pub one_of: Vec<Box<[u8]>>,
     /// Money only: decrypt the value (Google Authorized Buyers price encryption).
     pub decrypt: Option<Box<crate::extract::price::GooglePrice>>,
+    /// Numbers only: (min, max) as slot bits (signed for i64 and money); outside → 400.
+    pub range: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -668,7 +670,31 @@ impl Validator<'_> {
                     None
                 }
             };
+            let signed = matches!(kind, FieldKind::I64 | FieldKind::Money);
+            let bound = |v: &mut Self, b: &Option<S<toml::Value>>, which: &str, dflt: u64| -> u64 {
+                let Some(b) = b else { return dflt };
+                if !matches!(kind, FieldKind::U64 | FieldKind::U32 | FieldKind::I64 | FieldKind::Money) {
+                    v.err(b.span(), key(which), format!("{which} applies to numeric fields only"));
+                    return dflt;
+                }
+                match v.default_value(b, kind, max, &key(which)) {
+                    Some(DefaultValue::Num(n)) => n,
+                    _ => dflt,
+                }
+            };
+            let range = if f.min.is_some() || f.max.is_some() {
+                let lo = bound(self, &f.min, "min", if signed { i64::MIN as u64 } else { 0 });
+                let hi = bound(self, &f.max, "max", if signed { i64::MAX as u64 } else { u64::MAX });
+                let inverted = if signed { (lo as i64) > (hi as i64) } else { lo > hi };
+                if inverted {
+                    self.err(f.name.span(), key("min"), "min is greater than max");
+                }
+                Some((lo, hi))
+            } else {
+                None
+            };
             fields.push(Field {
+                range,
                 name: fname.clone(),
                 source,
                 kind,

@@ -143,6 +143,9 @@ pub struct RawField {
     pub max_bytes: Option<S<i64>>,
     /// Strings only: the value must be one of these (e.g. VAST event names).
     pub one_of: Option<S<Vec<S<String>>>>,
+    /// Numbers only: the smallest and largest value accepted (same syntax as the value).
+    pub min: Option<S<toml::Value>>,
+    pub max: Option<S<toml::Value>>,
     /// Money only: "google" = Authorized Buyers encrypted price, with the two keys below.
     pub decrypt: Option<S<String>>,
     pub encryption_key: Option<S<String>>,

@@ -237,6 +237,7 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), 
                 Some(g) => g.decrypt(&buf[..n])?,
                 None => 0,
             };
+            in_range(f, micros as u64)?;
             ev.set_slot(f.slot, micros as u64);
             Ok(())
         }
@@ -251,6 +252,7 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), 
                 return Err("is too long for a number");
             }
             let (v, lossy) = parse_number(kind, &buf[..n])?;
+            in_range(f, v)?;
             if lossy {
                 ev.flags |= FLAG_TRUNCATED;
             }
@@ -286,6 +288,21 @@ pub fn is_macro(raw: &[u8]) -> bool {
         || (v.len() >= 2 && v[0] == b'[' && v[v.len() - 1] == b']' && inner_ok(&v[1..v.len() - 1]))
         || (v.len() >= 2 && v[0] == b'{' && v[v.len() - 1] == b'}' && inner_ok(&v[1..v.len() - 1]))
         || (v.len() >= 4 && v.starts_with(b"%%") && v.ends_with(b"%%") && inner_ok(&v[2..v.len() - 2]))
+}
+
+/// The field's `min`/`max`, compared signed for i64 and money.
+#[inline]
+fn in_range(f: &Field, v: u64) -> Result<(), &'static str> {
+    let Some((lo, hi)) = f.range else { return Ok(()) };
+    let ok = match f.kind {
+        FieldKind::I64 | FieldKind::Money => (lo as i64..=hi as i64).contains(&(v as i64)),
+        _ => (lo..=hi).contains(&v),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err("is out of the allowed range (min/max)")
+    }
 }
 
 #[inline]
@@ -410,6 +427,24 @@ mod tests {
         assert!(json.contains("\"unsubstituted\":true") && !json.contains("\"price\""), "{json}");
         // A plain bad price is still refused.
         assert!(run(&cfg, "win", b"auction=a&price=cheap", &[]).is_err());
+    }
+
+    #[test]
+    fn min_and_max_bound_numbers() {
+        let cfg = Config::embedded();
+        let t = cfg.event_type("win").unwrap();
+        let e = run(&cfg, "win", b"auction=a&price=-0.01", &[]).unwrap_err();
+        assert_eq!((t.fields[e.field].name.as_str(), e.why), ("price", "is out of the allowed range (min/max)"));
+        assert!(run(&cfg, "win", b"auction=a&price=0", &[]).is_ok());
+        let text = "[event.x]\nfields = [\n  { name = \"n\", source = \"query.n\", type = \"i64\", min = -5, max = 5 },\n  { name = \"m\", source = \"query.m\", type = \"u32\", min = 9, max = 2 },\n  { name = \"s\", source = \"query.s\", type = \"string\", min = 1 },\n]\n";
+        let errs = Config::parse(text, "t.toml").unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["event.x.fields[1].min", "event.x.fields[2].min"], "{errs:?}");
+        let ok =
+            "[event.x]\nfields = [\n  { name = \"n\", source = \"query.n\", type = \"i64\", min = -5, max = 5 },\n]\n";
+        let cfg = Config::parse(ok, "t.toml").unwrap();
+        assert!(run(&cfg, "x", b"n=-5", &[]).is_ok() && run(&cfg, "x", b"n=5", &[]).is_ok());
+        assert!(run(&cfg, "x", b"n=-6", &[]).is_err() && run(&cfg, "x", b"n=6", &[]).is_err());
     }
 
     #[test]
