@@ -37,6 +37,8 @@ pub struct Config {
     pub types: Vec<EventType>,
     /// What the journal embeds in every segment header.
     pub schema: Schema,
+    /// Preprocessing steps added in code (`add_step`): (event type name, its id, the step).
+    pub steps: Vec<(String, u16, std::sync::Arc<dyn crate::enrich::step::Step>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -239,6 +241,20 @@ impl Config {
     pub fn event_type(&self, name: &str) -> Option<&EventType> {
         self.types.iter().find(|t| t.name == name)
     }
+
+    /// Adds a preprocessing step for events of type `type_name` (see `enrich::step`).
+    pub fn add_step(
+        &mut self,
+        type_name: &str,
+        step: std::sync::Arc<dyn crate::enrich::step::Step>,
+    ) -> Result<(), String> {
+        let id = self
+            .event_type(type_name)
+            .ok_or_else(|| format!("no event type \"{type_name}\" for step {}", step.name()))?
+            .id;
+        self.steps.push((type_name.to_string(), id, step));
+        Ok(())
+    }
 }
 
 /// 1-based line number of a byte offset.
@@ -313,7 +329,7 @@ impl Validator<'_> {
         let (types, schema) = self.types(&raw.event);
         let privacy = self.privacy(&raw.privacy, &types);
         let endpoints = self.endpoints(&raw.endpoint, &types);
-        Config { server, journal, dedup, budget, privacy, endpoints, types, schema }
+        Config { server, journal, dedup, budget, privacy, endpoints, types, schema, steps: Vec::new() }
     }
 
     fn server(&mut self, r: &raw::RawServer) -> Server {

@@ -5,9 +5,11 @@
 //! - [`budget`]  per-source token buckets keyed by address prefix (429 or answer-and-drop)
 //! - [`privacy`] IP truncation, keyed hashing of user ids, opt-out signals
 //! - [`device`]  device class and bot flag from the User-Agent (field sources)
+//! - [`step`]    the public `Step` trait: a deployment's own preprocessing, per event type
 //! - [`ssai`]    device address / user agent from authenticated ad stitchers only
 
 pub mod budget;
 pub mod device;
 pub mod privacy;
 pub mod ssai;
+pub mod step;

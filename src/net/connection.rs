@@ -390,6 +390,31 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
     }
     // Privacy first: nothing after this line sees a raw user id or a full client address.
     ctx.privacy.borrow_mut().apply(ty, req.headers, now_ns, slot);
+    // Preprocessing steps added in code (enrich::step), in order.
+    for (_, type_id, step) in &cfg.steps {
+        if *type_id != ty.id {
+            continue;
+        }
+        if let Err(why) = step.apply(ty, &view, slot) {
+            counters.request(Some(ep_index), Status::S400);
+            counters.reject(Reason::Field);
+            let mut msg = [0u8; 256];
+            let mut w = &mut msg[..];
+            let _ = write!(w, "step {}: {why}", step.name());
+            let n = 256 - w.len();
+            write_error(
+                ctx,
+                wbuf,
+                Status::S400,
+                std::str::from_utf8(&msg[..n]).unwrap_or("refused by a step"),
+                ka,
+                head,
+                v,
+                None,
+            );
+            return Answer { keep_alive: ka, logged_seq: 0 };
+        }
+    }
     let mut location = [0u8; redirect::LOCATION_BYTES_MAX];
     let mut location_len = 0;
     if let Some(template) = landing {

@@ -166,6 +166,13 @@ impl Reloader {
         // request side: the dedup and budget tables are shared by all shards and sized at start.
         next.dedup = self.current.dedup;
         next.budget = self.current.budget;
+        // Steps added in code stay, re-attached by type name (ids may change with the types).
+        for (name, _, step) in &self.current.steps {
+            match next.event_type(name).map(|t| t.id) {
+                Some(id) => next.steps.push((name.clone(), id, step.clone())),
+                None => eprintln!("tracker: reload: event type {name} is gone; its step {} is dropped", step.name()),
+            }
+        }
         // Without a key file the user-id hash key is random per start; keep it, or a reload
         // would change every user's hash.
         if !next.privacy.hash_key_from_file && !self.current.privacy.hash_key_from_file {
