@@ -31,6 +31,9 @@ enum Cmd {
         /// Number of shards, overriding server.shards (0 = one per allowed CPU).
         #[arg(long)]
         shards: Option<usize>,
+        /// Admin listener address, overriding admin.listen (port 0 picks a free port).
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
     },
     /// Validate a config file: exit 0, or print every error (file:line: key: problem) and exit 2.
     CheckConfig { file: PathBuf },
@@ -57,7 +60,7 @@ enum JournalCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Serve { config, listen, journal_dir, shards } => {
+        Cmd::Serve { config, listen, journal_dir, shards, admin_listen } => {
             let mut cfg = match config {
                 None => Config::embedded(),
                 Some(p) => match Config::load(&p) {
@@ -68,7 +71,7 @@ fn main() -> ExitCode {
                     }
                 },
             };
-            cfg.apply(&Overrides { listen, journal_dir, shards });
+            cfg.apply(&Overrides { listen, journal_dir, shards, admin_listen });
             serve(cfg)
         }
         Cmd::CheckConfig { file } => match Config::load(&file) {
