@@ -88,6 +88,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         let mut close = false;
         let mut logged_seq = 0u64;
         let now_ns = crate::clock::unix_nanos();
+        // Service time of each request below is measured from here: the read that completed it.
+        let batch_at = Instant::now();
         ctx.date.borrow_mut().update(now_ns / 1_000_000_000);
         while start < rbuf.len() && wbuf.capacity() - wbuf.len() >= RESPONSE_BYTES_MAX {
             let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
@@ -99,6 +101,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                     ctx.shared.counters.request(None, st);
                     ctx.shared.counters.reject(Reason::Malformed);
                     write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None);
+                    record_service(&ctx, batch_at);
                     close = true;
                     break;
                 }
@@ -121,6 +124,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                             ctx.shared.counters.request(None, st);
                             ctx.shared.counters.reject(Reason::Malformed);
                             write_error(&ctx, &mut wbuf, st, reason, false, false, req.version_minor, None);
+                            record_service(&ctx, batch_at);
                             close = true;
                             break;
                         }
@@ -129,6 +133,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             };
             let _ = body;
             let a = answer(&ctx, &req, peer, now_ns, &mut wbuf);
+            record_service(&ctx, batch_at);
             logged_seq = logged_seq.max(a.logged_seq);
             start += consumed;
             head_started = None;
@@ -282,6 +287,12 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
     };
     counters.request(Some(ep_index), status);
     Answer { keep_alive: ka, logged_seq: if ep.ack == Ack::Logged { seq } else { 0 } }
+}
+
+/// Records one request's service time (metrics::latency): no allocation, no lock.
+#[inline]
+fn record_service(ctx: &ShardCtx, batch_at: Instant) {
+    ctx.service.borrow_mut().record(batch_at.elapsed().as_nanos() as u64);
 }
 
 #[allow(clippy::too_many_arguments)]
