@@ -35,6 +35,13 @@ enum Cmd {
         #[arg(long)]
         admin_listen: Option<std::net::SocketAddr>,
     },
+    /// Print latency percentiles (µs, per shard and total) of a running tracker, read from its
+    /// admin listener's /stats.
+    Stats {
+        /// Admin address of the running tracker.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+    },
     /// Validate a config file: exit 0, or print every error (file:line: key: problem) and exit 2.
     CheckConfig { file: PathBuf },
     /// Read the journal.
@@ -85,6 +92,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Journal { cmd: JournalCmd::Cat { journal_dir, follow } } => journal_cat(&journal_dir, follow),
+        Cmd::Stats { admin } => stats(admin),
     }
 }
 
@@ -99,6 +107,18 @@ fn serve(cfg: Config) -> ExitCode {
         }
     };
     let journal_dir = cfg.journal.dir.clone();
+    // Admin listener: bound before the shards start so a taken port fails start-up at once.
+    let admin_listener = match tracker::admin::bind(cfg.admin.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "tracker: cannot listen on admin address {} (admin.listen / --admin-listen): {e}",
+                cfg.admin.listen
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let admin_cfg = cfg.clone();
     let running = match tracker::runtime::start(cfg) {
         Ok(r) => r,
         Err(e) => {
@@ -106,6 +126,17 @@ fn serve(cfg: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let admin = match tracker::admin::start(admin_listener, &admin_cfg, &running) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tracker: admin: {e}");
+            running.stop();
+            running.wait();
+            return ExitCode::from(1);
+        }
+    };
+    drop(admin_cfg);
+    eprintln!("tracker: admin on {}", admin.addr());
     eprintln!(
         "tracker: listening on {} ({} shards), journal {}",
         running.addr(),
@@ -129,6 +160,8 @@ fn serve(cfg: Config) -> ExitCode {
         })
         .expect("spawn signal thread");
     running.wait();
+    // Shards and drains have published their last histograms: write the last .hlog interval.
+    admin.finish();
     handle.close();
     eprintln!("tracker: stopped");
     ExitCode::SUCCESS
@@ -171,5 +204,19 @@ fn journal_cat(dir: &std::path::Path, follow: bool) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `tracker stats`: the percentile table of a running tracker.
+fn stats(admin: std::net::SocketAddr) -> ExitCode {
+    match tracker::admin::client::stats_table(admin) {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tracker: {e}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -35,6 +35,10 @@ impl Server {
             std::fs::write(&p, text).unwrap();
             cmd.arg("--config").arg(p);
         }
+        // Never the default admin port 9090: tests run in parallel, and others use the box.
+        if !extra.contains(&"--admin-listen") {
+            cmd.args(["--admin-listen", "127.0.0.1:0"]);
+        }
         cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn tracker");
         let err = child.stderr.take().unwrap();
