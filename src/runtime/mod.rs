@@ -118,12 +118,8 @@ impl Running {
         &self.shards
     }
 
-    /// True once shutdown has begun (reactors stop accepting): readiness reports it.
-    pub fn stopping(&self) -> bool {
-        self.stop.load(SeqCst)
-    }
-
-    /// The flag behind `stopping`, for threads that outlive a borrow of `Running` (admin).
+    /// True once shutdown has begun (reactors stop accepting), for threads that outlive a borrow
+    /// of `Running` (admin readiness).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }
