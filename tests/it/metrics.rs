@@ -311,3 +311,24 @@ fn base64_decode(s: &str) -> Vec<u8> {
     }
     out
 }
+
+#[test]
+fn admin_refuses_what_it_does_not_serve_and_keeps_serving() {
+    let s = Server::start(None, &["--shards", "1"]);
+    let admin = s.admin.unwrap();
+    let mut c = Client::connect(admin);
+    c.send(b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 405);
+    // A head that never ends within the admin's 4 KiB bound (exactly that much, so the server has
+    // read everything when it answers and closes: no reset races the response).
+    let mut c = Client::connect(admin);
+    c.send(&[b'A'; tracker::admin::REQUEST_BYTES_MAX]);
+    assert_eq!(c.read_response(false).status, 431);
+    // A client that connects and says nothing is dropped after the admin's client timeout.
+    let idle = Client::connect(admin);
+    assert_eq!(s.admin_get("/health").body, b"ok\n");
+    drop(idle);
+    let r = s.admin_get("/metrics?x=1");
+    assert_eq!(r.status, 200);
+    assert!(std::str::from_utf8(&r.body).unwrap().contains("# TYPE tracker_requests_total counter"));
+}
