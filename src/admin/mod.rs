@@ -151,9 +151,21 @@ fn cstr(p: &std::path::Path) -> io::Result<std::ffi::CString> {
     std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("path contains NUL"))
 }
 
-/// Binds the admin address (before the shards start, so a taken port fails start-up at once).
+/// Pending admin connections the kernel queues before accept.
+pub const ADMIN_BACKLOG: i32 = 64;
+
+/// Binds the admin address (before the shards start, so a port taken by another program fails
+/// start-up at once). SO_REUSEPORT, like the public listener: during a zero-downtime restart the
+/// new process binds the same admin port while the old one drains (the kernel only lets
+/// processes of the same user share it), and the old one answers /ready with 503 "stopping".
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(ADMIN_BACKLOG)?;
+    Ok(s.into())
 }
 
 /// The running admin threads.
