@@ -48,6 +48,8 @@ pub struct State {
     journal_dir: PathBuf,
     free_bytes_min: u64,
     backlog_max: u64,
+    /// When the admin state was built (start-up), seconds since the Unix epoch.
+    pub started_unix_s: f64,
 }
 
 impl State {
@@ -71,6 +73,7 @@ impl State {
             journal_dir: cfg.journal.dir.clone(),
             free_bytes_min,
             backlog_max,
+            started_unix_s: crate::clock::unix_nanos() as f64 / 1e9,
         }
     }
 

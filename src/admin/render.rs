@@ -55,6 +55,13 @@ pub fn metrics(state: &State) -> String {
     let shards = &state.shards;
     let sum = |f: &dyn Fn(&crate::metrics::ShardCounters) -> u64| shards.iter().map(|s| f(&s.counters)).sum::<u64>();
 
+    family(&mut out, "tracker_build_info", "gauge", "Always 1; the tracker's version as a label");
+    let _ = writeln!(out, "tracker_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    family(&mut out, "process_start_time_seconds", "gauge", "Start time of the process, seconds since the Unix epoch");
+    let _ = writeln!(out, "process_start_time_seconds {}", state.started_unix_s);
+    family(&mut out, "tracker_ready", "gauge", "1 when /ready answers 200, else 0");
+    let _ = writeln!(out, "tracker_ready {}", u8::from(state.ready().is_ok()));
+
     family(
         &mut out,
         "tracker_requests_total",

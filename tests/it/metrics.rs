@@ -126,6 +126,9 @@ fn metrics_count_exactly_the_requests_sent_and_histograms_merge_across_shards() 
     assert_eq!(get(&m, "tracker_journal_segments"), 2.0);
     assert_eq!(get(&m, "tracker_journal_torn_records_total"), 0.0);
     assert_eq!(get(&m, "tracker_journal_errors_total"), 0.0);
+    assert_eq!(get(&m, "tracker_ready"), 1.0);
+    assert_eq!(get(&m, r#"tracker_build_info{version="0.1.0"}"#), 1.0);
+    assert!(get(&m, "process_start_time_seconds") > 1.7e9);
 
     // Histograms: per-shard counts add up to the merged one; quantiles are ordered and non-zero.
     for (name, n, events_per_shard) in
@@ -222,6 +225,8 @@ fn ready_is_false_below_the_free_space_headroom() {
     let s = Server::start(Some(&cfg), &["--shards", "1"]);
     let why = ready_when(&s, 503);
     assert!(why.contains("bytes free, below admin.ready_free_bytes_min 9223372036854775807"), "{why}");
+    let m = parse_metrics(std::str::from_utf8(&s.admin_get("/metrics").body).unwrap());
+    assert_eq!(get(&m, "tracker_ready"), 0.0);
     assert_eq!(s.admin_get("/health").status, 200);
     // Still serving: readiness steers the load balancer, it does not refuse traffic.
     assert_eq!(s.connect().get("/i?c=1").status, 200);
