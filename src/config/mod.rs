@@ -25,6 +25,7 @@ pub const DEFAULT_NAME: &str = "<embedded config/tracker.toml>";
 pub struct Config {
     pub server: Server,
     pub journal: Journal,
+    pub admin: Admin,
     pub endpoints: Vec<Endpoint>,
     pub types: Vec<EventType>,
     /// What the journal embeds in every segment header.
@@ -62,6 +63,21 @@ pub struct Journal {
     pub segment_bytes: u64,
     pub sync: SyncPolicy,
     pub sync_interval_ms: u64,
+}
+
+/// `[admin]`: the control-plane listener, histogram publishing, readiness limits, `.hlog`.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// How often shards and drains publish their latency histograms, ms.
+    pub publish_interval_ms: u64,
+    /// Free bytes the journal's filesystem must keep for `/ready`; 0 = 2 × segment_bytes per shard.
+    pub ready_free_bytes_min: u64,
+    /// Most unread events in any ring for `/ready`; 0 = half of server.ring_events.
+    pub ready_ring_backlog_events_max: u64,
+    /// Where merged histograms are appended as an HdrHistogram interval log; None = off.
+    pub hlog_path: Option<PathBuf>,
+    pub hlog_interval_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,9 +300,45 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let server = self.server(&raw.server);
         let journal = self.journal(&raw.journal);
+        let admin = self.admin(&raw.admin);
         let (types, schema) = self.types(&raw.event);
         let endpoints = self.endpoints(&raw.endpoint, &types);
-        Config { server, journal, endpoints, types, schema }
+        Config { server, journal, admin, endpoints, types, schema }
+    }
+
+    fn admin(&mut self, r: &raw::RawAdmin) -> Admin {
+        let default_listen: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let listen = match &r.listen {
+            None => default_listen,
+            Some(s) => s.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
+                self.err(
+                    s.span(),
+                    "admin.listen",
+                    format!("\"{}\" is not an address: expected IP:PORT such as \"127.0.0.1:9090\"", s.get_ref()),
+                );
+                default_listen
+            }),
+        };
+        let hlog_path = match &r.hlog_path {
+            Some(s) if s.get_ref().is_empty() => None,
+            Some(s) => Some(PathBuf::from(s.get_ref())),
+            None => None,
+        };
+        Admin {
+            listen,
+            publish_interval_ms: self.int(&r.publish_interval_ms, "admin.publish_interval_ms", 1000, 10, 60_000) as u64,
+            ready_free_bytes_min: self.int(&r.ready_free_bytes_min, "admin.ready_free_bytes_min", 0, 0, i64::MAX)
+                as u64,
+            ready_ring_backlog_events_max: self.int(
+                &r.ready_ring_backlog_events_max,
+                "admin.ready_ring_backlog_events_max",
+                0,
+                0,
+                RING_EVENTS_MAX as i64,
+            ) as u64,
+            hlog_path,
+            hlog_interval_ms: self.int(&r.hlog_interval_ms, "admin.hlog_interval_ms", 10_000, 100, 3_600_000) as u64,
+        }
     }
 
     fn server(&mut self, r: &raw::RawServer) -> Server {
@@ -668,6 +720,7 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub journal_dir: Option<PathBuf>,
     pub shards: Option<usize>,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -680,6 +733,9 @@ impl Config {
         }
         if let Some(s) = o.shards {
             self.server.shards = s;
+        }
+        if let Some(a) = o.admin_listen {
+            self.admin.listen = a;
         }
     }
 }
@@ -733,6 +789,18 @@ mod tests {
         }
         let shards = e.iter().find(|e| e.key == "server.shards").unwrap();
         assert!(shards.message.contains("9999") && shards.message.contains("0..=256"), "{shards}");
+    }
+
+    #[test]
+    fn admin_section_defaults_and_errors() {
+        let a = Config::embedded().admin;
+        assert_eq!(a.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!((a.publish_interval_ms, a.ready_free_bytes_min, a.hlog_path), (1000, 0, None));
+        let e = errors("[admin]\nlisten = \"nope\"\npublish_interval_ms = 5\nhlog_interval_ms = 0\n");
+        let got: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(got, [(2, "admin.listen"), (3, "admin.publish_interval_ms"), (4, "admin.hlog_interval_ms")]);
+        let c = Config::parse("[admin]\nhlog_path = \"/tmp/t.hlog\"\n", "t.toml").unwrap();
+        assert_eq!(c.admin.hlog_path, Some(PathBuf::from("/tmp/t.hlog")));
     }
 
     #[test]

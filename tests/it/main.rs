@@ -5,6 +5,7 @@ mod harness;
 mod config_errors;
 mod durability;
 mod http_rejects;
+mod metrics;
 mod pipeline;
 mod reload;
 mod restart;
