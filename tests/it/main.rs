@@ -5,4 +5,5 @@ mod harness;
 mod config_errors;
 mod durability;
 mod http_rejects;
+mod loadgen;
 mod pipeline;
