@@ -3,6 +3,7 @@
 mod harness;
 
 mod config_errors;
+mod config_reference;
 mod durability;
 mod http_rejects;
 mod loadgen;
