@@ -279,7 +279,7 @@ async fn connection(st: Rc<ThreadState>, k: usize, stream: TcpStream, mut pacer:
         }
         let now = now_ns();
         if now >= end {
-            let missed = plan.scheduled(k as u64) - n;
+            let missed = plan.scheduled(k as u64).saturating_sub(n);
             st.count(|x| x.missed += missed);
             break;
         }
