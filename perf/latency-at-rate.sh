@@ -184,6 +184,7 @@ META=$OUT_DIR/meta.txt
   echo "host=kernel $(uname -r); $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) ($(nproc) online); $NGINX_VERSION"
   echo "servers=$(printf '%s\n' "${SERVER_CMDS[@]}" | sort -u | sed "s|$TRACKER_BIN|target/release/tracker|g; s|$REPO_DIR/||g" | paste -sd';')"
   echo "note=${NOTE:-}"
+  echo "out_dir=${OUT_DIR#"$REPO_DIR"/}"
 } >"$META"
 if ((WRITE_RESULTS)); then
   "$PYTHON" "$PERF_DIR/plot.py" --dir "$OUT_DIR" --png-dir "$PERF_DIR" --results "$PERF_DIR/RESULTS.md" ||
