@@ -94,11 +94,13 @@ def plot_curves(plt, rows, out, meta):
         x = [r["offered_rate"] / 1000 for r in rs]
         for key, name, ls, mk in styles:
             ax.plot(x, [max(r[key], 1) for r in rs], ls, marker=mk, color=colour(s, i), label="%s %s" % (s, name), markersize=4)
-        # Steps where the server (or loadgen) did not keep up: achieved < 99% of offered.
-        sat = [r for r in rs if r["achieved_rate"] < 0.99 * r["offered_rate"]]
+        # Steps where the server (or loadgen) did not keep up: achieved < 99% of offered, or more
+        # than 1% of the requests went out only after the end of the run (behind schedule).
+        sat = [r for r in rs if r["achieved_rate"] < 0.99 * r["offered_rate"]
+               or r.get("sent_after_end", 0) > 0.01 * r["achieved_rate"] * r.get("duration_s", 1.0)]
         if sat:
             ax.plot([r["offered_rate"] / 1000 for r in sat], [max(r["p999_us"], 1) for r in sat], "x", color="red", markersize=10, mew=2,
-                    label="fell behind: achieved < 99% of offered" if i == 0 else None)
+                    label="fell behind: achieved < 99% of offered, or > 1% sent after the end" if i == 0 else None)
     ax.set_yscale("log")
     ax.set_xlabel("offered rate (thousand requests / s, open loop)")
     ax.set_ylabel("latency from intended send time (µs, log scale)")

@@ -10,8 +10,10 @@
 //! spent waiting for a busy connection is counted (coordinated omission corrected).
 //!
 //! What goes out of a thread: one histogram per 1 s interval (ns) over a channel, and its
-//! counters at the end. No new request is started after the end of the run; requests a late
-//! connection did not get to are counted as `missed`.
+//! counters at the end. A connection that is behind schedule when the run ends still sends the
+//! requests it owes (intended inside the run) for up to `drain` more, so a stall at the very end
+//! is measured rather than dropped; they are counted in `sent_after_end`. What it still owes
+//! after that is counted as `missed`, and no request starts later than end + drain.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -48,6 +50,8 @@ pub struct Plan {
     pub warmup_ns: u64,
     pub duration_ns: u64,
     pub timeout: Duration,
+    /// How long after the end a late connection may still start the requests it owes.
+    pub drain_ns: u64,
     pub mix: Mix,
 }
 
@@ -84,6 +88,8 @@ pub struct Counts {
     pub protocol_errors: u64,
     /// Requests not sent because the run ended while the connection was behind schedule.
     pub missed: u64,
+    /// Measured requests sent after the end of the run (the connection was behind schedule).
+    pub sent_after_end: u64,
     /// 2xx responses over the whole run, warm-up included (what the server should have logged).
     pub all_ok: u64,
     /// Requests written over the whole run, warm-up included.
@@ -101,6 +107,7 @@ impl Counts {
         self.timeouts += o.timeouts;
         self.protocol_errors += o.protocol_errors;
         self.missed += o.missed;
+        self.sent_after_end += o.sent_after_end;
         self.all_ok += o.all_ok;
         self.all_sent += o.all_sent;
         self.behind_ns_max = self.behind_ns_max.max(o.behind_ns_max);
@@ -278,7 +285,7 @@ async fn connection(st: Rc<ThreadState>, k: usize, stream: TcpStream, mut pacer:
             break;
         }
         let now = now_ns();
-        if now >= end {
+        if now >= end + plan.drain_ns {
             let missed = plan.scheduled(k as u64).saturating_sub(n);
             st.count(|x| x.missed += missed);
             break;
@@ -317,9 +324,11 @@ async fn connection(st: Rc<ThreadState>, k: usize, stream: TcpStream, mut pacer:
             }
             continue;
         }
+        let after_end = measured && now_ns() >= end;
         st.count(|x| {
             x.all_sent += 1;
             x.sent += measured as u64;
+            x.sent_after_end += after_end as u64;
         });
         let deadline = now_ns() + plan.timeout.as_nanos() as u64;
         let (res, b) = read_response(s, rbuf, plan.mix.templates[t].head, deadline).await;

@@ -42,6 +42,7 @@ const THREADS_MAX: usize = 64;
 /// Requests per second, all connections together.
 const RATE_MAX: f64 = 10_000_000.0;
 const TIMEOUT_MAX: Duration = Duration::from_secs(60);
+const DRAIN_MAX: Duration = Duration::from_secs(60);
 /// Gap between "every connection is open" and the first intended send, so every thread is
 /// waiting on its schedule when it starts.
 const START_DELAY_NS: u64 = 20_000_000;
@@ -85,6 +86,10 @@ struct Args {
     /// Time to wait for a connect or a response before counting a timeout.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
+    /// After the run, how long a connection that is behind schedule may still send the requests
+    /// it owes (counted as sent after the end; what is left is counted as missed).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    drain: Duration,
     /// Write an HdrHistogram interval log (1 s intervals, latencies in ns) to this file.
     #[arg(long)]
     hlog: Option<PathBuf>,
@@ -164,6 +169,9 @@ fn run(args: Args) -> Result<(), (u8, String)> {
     if args.timeout < Duration::from_millis(1) || args.timeout > TIMEOUT_MAX {
         return Err(usage(format!("--timeout {:?}: expected 1ms..={}s", args.timeout, TIMEOUT_MAX.as_secs())));
     }
+    if args.drain > DRAIN_MAX {
+        return Err(usage(format!("--drain {:?}: at most {}s", args.drain, DRAIN_MAX.as_secs())));
+    }
     if args.connections == 0 || args.connections > CONNECTIONS_MAX {
         return Err(usage(format!("--connections {}: expected 1..={CONNECTIONS_MAX}", args.connections)));
     }
@@ -190,6 +198,7 @@ fn run(args: Args) -> Result<(), (u8, String)> {
         warmup_ns: args.warmup.as_nanos() as u64,
         duration_ns: args.duration.as_nanos() as u64,
         timeout: args.timeout,
+        drain_ns: args.drain.as_nanos() as u64,
         mix,
     });
 
@@ -305,6 +314,7 @@ mod tests {
             warmup_ns: 0,
             duration_ns: 2_000_000_000,
             timeout: Duration::from_secs(1),
+            drain_ns: 0,
             mix: Mix::parse("1 GET /\n", "h").unwrap(),
         };
         let total: u64 = (0..7).map(|k| plan.scheduled(k)).sum();

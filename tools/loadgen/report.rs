@@ -134,12 +134,13 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>)
     let achieved = c.sent as f64 / duration_s;
     let _ = writeln!(
         s,
-        "requests: {} sent in {:.3} s = {:.1} req/s ({:.2}% of {} asked); 2xx {}, non-2xx {}, connection errors {}, timeouts {}, bad responses {}, missed (behind schedule at the end) {}",
+        "requests: {} sent in {:.3} s = {:.1} req/s ({:.2}% of {} asked), {} of them after the end (behind schedule); 2xx {}, non-2xx {}, connection errors {}, timeouts {}, bad responses {}, missed (still behind after --drain) {}",
         c.sent,
         duration_s,
         achieved,
         100.0 * achieved / asked_rate,
         asked_rate,
+        c.sent_after_end,
         c.ok,
         c.non_2xx,
         c.conn_errors,
@@ -166,7 +167,7 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>)
     }
     let _ = write!(
         s,
-        "LOADGEN_RESULT asked_rate={asked_rate} duration_s={duration_s} sent={} achieved_rate={achieved:.1} ok={} non2xx={} conn_errors={} timeouts={} protocol_errors={} missed={} all_sent={} all_ok={} behind_ms_max={:.3} mean_us={:.1}",
+        "LOADGEN_RESULT asked_rate={asked_rate} duration_s={duration_s} sent={} achieved_rate={achieved:.1} ok={} non2xx={} conn_errors={} timeouts={} protocol_errors={} missed={} sent_after_end={} all_sent={} all_ok={} behind_ms_max={:.3} mean_us={:.1}",
         c.sent,
         c.ok,
         c.non_2xx,
@@ -174,6 +175,7 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>)
         c.timeouts,
         c.protocol_errors,
         c.missed,
+        c.sent_after_end,
         c.all_sent,
         c.all_ok,
         us(c.behind_ns_max) / 1000.0,
