@@ -87,8 +87,9 @@ def footnote(fig, text):
 
 def plot_curves(plt, rows, out, meta):
     servers = list(dict.fromkeys(r["server"] for r in rows))
-    fig, ax = plt.subplots(figsize=(10, 6), dpi=110)
+    fig, ax = plt.subplots(figsize=(12, 6), dpi=110)
     styles = [("p50_us", "p50", "-", "o"), ("p99_us", "p99", "--", "s"), ("p999_us", "p99.9", ":", "^")]
+    crossed = False
     for i, s in enumerate(servers):
         rs = sorted((r for r in rows if r["server"] == s), key=lambda r: r["offered_rate"])
         x = [r["offered_rate"] / 1000 for r in rs]
@@ -100,13 +101,14 @@ def plot_curves(plt, rows, out, meta):
                or r.get("sent_after_end", 0) > 0.01 * r["achieved_rate"] * r.get("duration_s", 1.0)]
         if sat:
             ax.plot([r["offered_rate"] / 1000 for r in sat], [max(r["p999_us"], 1) for r in sat], "x", color="red", markersize=10, mew=2,
-                    label="fell behind: achieved < 99% of offered, or > 1% sent after the end" if i == 0 else None)
+                    label=None if crossed else "fell behind:\nachieved < 99% of offered,\nor > 1% sent after the end")
+            crossed = True
     ax.set_yscale("log")
     ax.set_xlabel("offered rate (thousand requests / s, open loop)")
     ax.set_ylabel("latency from intended send time (µs, log scale)")
     ax.set_title("Latency at rate: tracker vs nginx (1 server core, loadgen on another)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     note = "%s; peak %s req/s = 100%%; %s; %s" % (meta.get("date", ""), meta.get("peak", "?"), meta.get("host", ""), meta.get("note", ""))
     footnote(fig, note)
     fig.savefig(out)
@@ -177,13 +179,13 @@ def table(rows, meta, png_rel):
     out.append("")
     out.append("![latency at rate](%s) ![percentiles](%s)" % (png_rel[0], png_rel[1]))
     out.append("")
-    out.append("| offered | req/s offered | server | req/s achieved | p50 µs | p90 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | non-2xx | errors |")
-    out.append("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| offered | req/s offered | server | req/s achieved | p50 µs | p90 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | sent after end | non-2xx | errors |")
+    out.append("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: (r["pct"], servers.index(r["server"]))):
         errs = r["conn_errors"] + r["timeouts"] + r["protocol_errors"]
-        out.append("| %d%% | %.0f | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %d | %d |" % (
+        out.append("| %d%% | %.0f | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %d | %d | %d |" % (
             r["pct"], r["offered_rate"], r["server"], r["achieved_rate"], r["p50_us"], r["p90_us"], r["p99_us"], r["p999_us"],
-            r["p9999_us"], r["max_us"], r["non2xx"], errs))
+            r["p9999_us"], r["max_us"], r.get("sent_after_end", 0), r["non2xx"], errs))
     out.append("")
     return "\n".join(out)
 
