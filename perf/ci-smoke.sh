@@ -114,6 +114,6 @@ awk -v events="$EVENTS" '/^LOADGEN_RESULT/ {
 # ---------------------------------------------------------------- summary
 step "done"
 printf '\nci-smoke summary (numbers are noisy on a shared VM; only breakage fails this step):\n'
-awk '/^[a-z_]+\/[^ ]+/ { name = $1 } /time:/ && !/change:/ { t = $0; sub(/.*time: */, "", t); print "  bench " name ": " t }' "$BENCH_OUT"
+awk '/^[a-z_]+\/[^ ]+/ { name = $1; change = 0 } /change:/ { change = 1 } /time:/ && !change { t = $0; sub(/.*time: */, "", t); print "  bench " name ": " t }' "$BENCH_OUT"
 grep -E 'throughput tracker/nginx|CPU per request nginx/tracker' "$VS_OUT" | sed 's/^/  /'
 printf '  run time: %ds\n' "$((SECONDS - T_START))"
