@@ -145,6 +145,9 @@ struct ThreadState {
     plan: Arc<Plan>,
     t0: u64,
     hist: RefCell<Histogram<u64>>,
+    /// How late the timer woke a connection after a request's intended time (measured window):
+    /// loadgen's own scheduling error, not the server's.
+    wake: RefCell<Histogram<u64>>,
     counts: Cell<Counts>,
 }
 
@@ -156,7 +159,10 @@ impl ThreadState {
     }
 }
 
-pub fn run(args: ThreadArgs) -> Result<Counts, String> {
+/// What a thread hands back at the end: its counters and its timer-lateness histogram (ns).
+pub type ThreadResult = (Counts, Histogram<u64>);
+
+pub fn run(args: ThreadArgs) -> Result<ThreadResult, String> {
     let i = args.index;
     if let Some(cpu) = args.cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
@@ -192,7 +198,7 @@ fn build_runtime(coop: bool) -> io::Result<Rt> {
         .build()
 }
 
-async fn thread_main(args: ThreadArgs) -> Result<Counts, String> {
+async fn thread_main(args: ThreadArgs) -> Result<ThreadResult, String> {
     let plan = args.plan.clone();
     // Open every connection and allocate every buffer before the schedule starts.
     let mut prepared = Vec::with_capacity(args.conns.len());
@@ -216,6 +222,7 @@ async fn thread_main(args: ThreadArgs) -> Result<Counts, String> {
         plan: plan.clone(),
         t0,
         hist: RefCell::new(new_histogram()),
+        wake: RefCell::new(new_histogram()),
         counts: Cell::new(Counts::default()),
     });
     let tick = monoio::spawn(tick_intervals(st.clone(), ticker, args.intervals.clone()));
@@ -231,7 +238,8 @@ async fn thread_main(args: ThreadArgs) -> Result<Counts, String> {
     // the end of the run.
     let last = std::mem::replace(&mut *st.hist.borrow_mut(), new_histogram());
     let _ = args.intervals.send((plan.intervals() - 1, last));
-    Ok(st.counts.get())
+    let wake = std::mem::replace(&mut *st.wake.borrow_mut(), new_histogram());
+    Ok((st.counts.get(), wake))
 }
 
 /// Hands this thread's histogram to main once per second of the measured window (all but the
@@ -295,6 +303,9 @@ async fn connection(st: Rc<ThreadState>, k: usize, stream: TcpStream, mut pacer:
             if let Err(e) = pacer.until(intended).await {
                 eprintln!("loadgen: connection {k}: timer failed: {e}");
                 return;
+            }
+            if intended >= m0 {
+                st.wake.borrow_mut().saturating_record(now_ns().saturating_sub(intended).max(1));
             }
         } else {
             let behind = now - intended;

@@ -272,9 +272,13 @@ fn run(args: Args) -> Result<(), (u8, String)> {
         }
     }
     let mut counts = Counts::default();
+    let mut wake = conn::new_histogram();
     for (i, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Ok(Ok(c)) => counts.add(&c),
+            Ok(Ok((c, w))) => {
+                counts.add(&c);
+                wake.add(&w).expect("same bounds");
+            }
             Ok(Err(e)) => return Err((1, format!("thread {i}: {e}"))),
             Err(_) => return Err((1, format!("thread {i} panicked"))),
         }
@@ -285,7 +289,7 @@ fn run(args: Args) -> Result<(), (u8, String)> {
     if let Some(p) = &args.hgrm {
         report::write_hgrm(p, &intervals.total).map_err(|e| (1, format!("--hgrm: {e}")))?;
     }
-    print!("{}", report::summary(plan.rate, args.duration.as_secs_f64(), &counts, &intervals.total));
+    print!("{}", report::summary(plan.rate, args.duration.as_secs_f64(), &counts, &intervals.total, &wake));
     Ok(())
 }
 

@@ -129,7 +129,7 @@ fn at(h: &Histogram<u64>, q: f64) -> u64 {
 }
 
 /// The human table and the `LOADGEN_RESULT k=v ...` line scripts parse.
-pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>) -> String {
+pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>, wake: &Histogram<u64>) -> String {
     let mut s = String::new();
     let achieved = c.sent as f64 / duration_s;
     let _ = writeln!(
@@ -157,6 +157,14 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>)
         let _ = write!(vals, "{:>10.1}", us(at(h, q)));
     }
     let _ = writeln!(s, "{head}\n{vals}");
+    let _ = writeln!(
+        s,
+        "loadgen's own timer lateness (woken after the intended send time; large values mean loadgen or its CPU was the bottleneck): p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs over {} sleeps",
+        us(at(wake, 50.0)),
+        us(at(wake, 99.0)),
+        us(wake.max()),
+        wake.len()
+    );
     if c.behind_ns_max > 100_000_000 {
         let _ = writeln!(
             s,
@@ -184,6 +192,13 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>)
     for (_, key, q) in PERCENTILES {
         let _ = write!(s, " {key}={:.1}", us(at(h, q)));
     }
+    let _ = write!(
+        s,
+        " wake_p50_us={:.1} wake_p99_us={:.1} wake_max_us={:.1}",
+        us(at(wake, 50.0)),
+        us(at(wake, 99.0)),
+        us(wake.max())
+    );
     s.push('\n');
     s
 }
