@@ -137,7 +137,7 @@ fi
 
 # ---------------------------------------------------------------- steps (open loop, loadgen)
 CSV=$OUT_DIR/latency-at-rate.csv
-echo "server,pct,offered_rate,achieved_rate,p50_us,p90_us,p99_us,p999_us,p9999_us,max_us,mean_us,ok,non2xx,conn_errors,timeouts,protocol_errors,missed,sent_after_end,duration_s" >"$CSV"
+echo "server,pct,offered_rate,achieved_rate,p50_us,p90_us,p99_us,p999_us,p9999_us,max_us,mean_us,ok,non2xx,conn_errors,timeouts,protocol_errors,missed,sent_after_end,duration_s,wake_p99_us,wake_max_us" >"$CSV"
 LG_SHOWN=""
 for pct in $STEPS; do
   rate=$((PEAK * pct / 100))
@@ -155,9 +155,9 @@ for pct in $STEPS; do
     line=$(grep '^LOADGEN_RESULT ' "$out") || { cat "$out" >&2; die "no LOADGEN_RESULT from loadgen"; }
     row=$(awk -v k="$kind" -v p="$pct" '{
       for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
-      printf "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", k, p, r["asked_rate"], r["achieved_rate"],
+      printf "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", k, p, r["asked_rate"], r["achieved_rate"],
         r["p50_us"], r["p90_us"], r["p99_us"], r["p999_us"], r["p9999_us"], r["max_us"], r["mean_us"],
-        r["ok"], r["non2xx"], r["conn_errors"], r["timeouts"], r["protocol_errors"], r["missed"], r["sent_after_end"], r["duration_s"] }' <<<"$line")
+        r["ok"], r["non2xx"], r["conn_errors"], r["timeouts"], r["protocol_errors"], r["missed"], r["sent_after_end"], r["duration_s"], r["wake_p99_us"], r["wake_max_us"] }' <<<"$line")
     echo "$row" >>"$CSV"
     log "$(awk -F, '{ printf "%-8s %3s%% %8s req/s offered, %9s achieved; p50 %8s us  p99 %9s us  p99.9 %9s us  max %9s us  non2xx %s errors %s", $1, $2, $3, $4, $5, $7, $8, $10, $13, $14 + $15 + $16 }' <<<"$row")"
     LG_SHOWN="${lg[*]}"

@@ -175,17 +175,20 @@ def table(rows, meta, png_rel):
     if meta.get("note"):
         out.append("- **%s**" % meta["note"])
     out.append("- latency is measured from each request's *intended* send time (coordinated-omission corrected); "
-               "achieved < offered means the server (or loadgen) fell behind at that rate.")
+               "achieved < offered, or many requests sent after the end, means the server (or loadgen) fell behind at that rate. "
+               "*loadgen wake*: how late loadgen's own timer woke after the intended time; a large value means the delay was "
+               "on loadgen's side (its core taken by something else), not the server's.")
     out.append("")
     out.append("![latency at rate](%s) ![percentiles](%s)" % (png_rel[0], png_rel[1]))
     out.append("")
-    out.append("| offered | req/s offered | server | req/s achieved | p50 µs | p90 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | sent after end | non-2xx | errors |")
-    out.append("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| offered | req/s offered | server | req/s achieved | p50 µs | p90 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | sent after end | non-2xx | errors | loadgen wake p99 / max µs |")
+    out.append("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: (r["pct"], servers.index(r["server"]))):
         errs = r["conn_errors"] + r["timeouts"] + r["protocol_errors"]
-        out.append("| %d%% | %.0f | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %d | %d | %d |" % (
+        wake = "%.0f / %.0f" % (r["wake_p99_us"], r["wake_max_us"]) if "wake_p99_us" in r else "—"
+        out.append("| %d%% | %.0f | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %d | %d | %d | %s |" % (
             r["pct"], r["offered_rate"], r["server"], r["achieved_rate"], r["p50_us"], r["p90_us"], r["p99_us"], r["p999_us"],
-            r["p9999_us"], r["max_us"], r.get("sent_after_end", 0), r["non2xx"], errs))
+            r["p9999_us"], r["max_us"], r.get("sent_after_end", 0), r["non2xx"], errs, wake))
     out.append("")
     return "\n".join(out)
 
