@@ -44,6 +44,9 @@ enum Cmd {
     },
     /// Validate a config file: exit 0, or print every error (file:line: key: problem) and exit 2.
     CheckConfig { file: PathBuf },
+    /// Print the reference of every config key (markdown: type, unit, default, bounds), generated
+    /// from the table the validator uses; docs/config-reference.md is this output.
+    ConfigReference,
     /// Read the journal.
     Journal {
         #[command(subcommand)]
@@ -92,6 +95,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::ConfigReference => {
+            print!("{}", tracker::config::keys::reference_markdown());
+            ExitCode::SUCCESS
+        }
         Cmd::Journal { cmd: JournalCmd::Cat { journal_dir, follow } } => journal_cat(&journal_dir, follow),
         Cmd::Stats { admin } => stats(admin),
     }

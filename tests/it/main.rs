@@ -3,8 +3,10 @@
 mod harness;
 
 mod config_errors;
+mod config_reference;
 mod durability;
 mod http_rejects;
+mod loadgen;
 mod metrics;
 mod pipeline;
 mod reload;
