@@ -39,10 +39,9 @@ VOLUME /var/lib/tracker
 EXPOSE 8080
 # SIGTERM drains rings into the journal and syncs; give it time (docker stop -t 60).
 STOPSIGNAL SIGTERM
-# Health: the public port answers HTTP (any status: GET /healthz is a 404 from the router and
-# creates no event). Uses bash's /dev/tcp, so the image needs no curl. When the admin listener
-# (--admin-listen, /health) is available, point this at it instead: see docs/deployment.md.
+# Health: the admin listener's /health (loopback 9090, [admin] listen) answers 200 while the
+# process is alive. Uses bash's /dev/tcp, so the image needs no curl.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.1\\r\\nHost: health\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -c 9 <&3 | grep -q '^HTTP/1.1'"]
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9090 && printf 'GET /health HTTP/1.1\\r\\nHost: health\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -c 12 <&3 | grep -q '^HTTP/1.1 200'"]
 ENTRYPOINT ["/usr/local/bin/tracker"]
 CMD ["serve", "--config", "/etc/tracker/tracker.toml", "--journal-dir", "/var/lib/tracker/journal"]

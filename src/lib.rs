@@ -25,11 +25,13 @@
 //! - [`dedup`]    window of recent event ids shared by all shards (lock-free, fixed size)
 //! - [`ring`]     per-core SPSC ring, the only crossing on the ingest path
 //! - [`journal`]  segment format, writer, recovery, reader
-//! - [`metrics`]  per-shard counters
+//! - [`metrics`]  per-shard counters and latency histograms (recorded locally, published on a timer)
+//! - [`admin`]    control plane off the shards: `/metrics`, `/health`, `/ready`, `/stats`, `.hlog`
 //!
 //! Synchronous and I/O-free: `http`, `endpoint`, `redirect`, `extract`, `event`, `schema`, `ring`. Only `net`,
 //! `journal` and `runtime` do I/O.
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod constants;

@@ -31,9 +31,22 @@ enum Cmd {
         /// Number of shards, overriding server.shards (0 = one per allowed CPU).
         #[arg(long)]
         shards: Option<usize>,
+        /// Admin listener address, overriding admin.listen (port 0 picks a free port).
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
+    },
+    /// Print latency percentiles (µs, per shard and total) of a running tracker, read from its
+    /// admin listener's /stats.
+    Stats {
+        /// Admin address of the running tracker.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
     },
     /// Validate a config file: exit 0, or print every error (file:line: key: problem) and exit 2.
     CheckConfig { file: PathBuf },
+    /// Print the reference of every config key (markdown: type, unit, default, bounds), generated
+    /// from the table the validator uses; docs/config-reference.md is this output.
+    ConfigReference,
     /// Print a signed click URL for a redirect endpoint (see docs/redirects.md).
     SignUrl {
         /// Config file holding the endpoint's [[endpoint.redirect.key]] (the embedded default has none).
@@ -84,7 +97,7 @@ enum JournalCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Serve { config, listen, journal_dir, shards } => {
+        Cmd::Serve { config, listen, journal_dir, shards, admin_listen } => {
             let mut cfg = match &config {
                 None => Config::embedded(),
                 Some(p) => match Config::load(p) {
@@ -95,7 +108,7 @@ fn main() -> ExitCode {
                     }
                 },
             };
-            let overrides = Overrides { listen, journal_dir, shards };
+            let overrides = Overrides { listen, journal_dir, shards, admin_listen };
             cfg.apply(&overrides);
             serve(cfg, config, overrides)
         }
@@ -109,7 +122,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::ConfigReference => {
+            print!("{}", tracker::config::keys::reference_markdown());
+            ExitCode::SUCCESS
+        }
         Cmd::Journal { cmd: JournalCmd::Cat { journal_dir, follow } } => journal_cat(&journal_dir, follow),
+        Cmd::Stats { admin } => stats(admin),
         Cmd::SignUrl { config, endpoint, kid, exp, ttl_s, base, url, query } => {
             let cfg = match config {
                 None => Config::embedded(),
@@ -158,6 +176,18 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
     };
     let notifier = Arc::new(notify::Notifier::from_env());
     let journal_dir = cfg.journal.dir.clone();
+    // Admin listener: bound before the shards start so a taken port fails start-up at once.
+    let admin_listener = match tracker::admin::bind(cfg.admin.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "tracker: cannot listen on admin address {} (admin.listen / --admin-listen): {e}",
+                cfg.admin.listen
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let admin_cfg = cfg.clone();
     let started_with = cfg.clone();
     let running = match tracker::runtime::start_with(cfg, &|s| notifier.status(s)) {
         Ok(r) => r,
@@ -166,6 +196,17 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
             return ExitCode::from(1);
         }
     };
+    let admin = match tracker::admin::start(admin_listener, &admin_cfg, &running) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tracker: admin: {e}");
+            running.stop();
+            running.wait();
+            return ExitCode::from(1);
+        }
+    };
+    drop(admin_cfg);
+    eprintln!("tracker: admin on {}", admin.addr());
     eprintln!(
         "tracker: listening on {} ({} shards), journal {}",
         running.addr(),
@@ -208,6 +249,8 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
         })
         .expect("spawn signal thread");
     running.wait();
+    // Shards and drains have published their last histograms: write the last .hlog interval.
+    admin.finish();
     handle.close();
     watchdog_done.store(true, SeqCst);
     if let Some(w) = watchdog {
@@ -296,5 +339,19 @@ fn journal_cat(dir: &std::path::Path, follow: bool) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `tracker stats`: the percentile table of a running tracker.
+fn stats(admin: std::net::SocketAddr) -> ExitCode {
+    match tracker::admin::client::stats_table(admin) {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tracker: {e}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -15,6 +15,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub journal: RawJournal,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
     pub dedup: RawDedup,
     #[serde(default)]
     pub budget: RawBudget,
@@ -50,6 +52,17 @@ pub struct RawJournal {
     pub segment_bytes: Option<S<i64>>,
     pub sync: Option<S<String>>,
     pub sync_interval_ms: Option<S<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<S<String>>,
+    pub publish_interval_ms: Option<S<i64>>,
+    pub ready_free_bytes_min: Option<S<i64>>,
+    pub ready_ring_backlog_events_max: Option<S<i64>>,
+    pub hlog_path: Option<S<String>>,
+    pub hlog_interval_ms: Option<S<i64>>,
 }
 
 #[derive(Deserialize, Default)]

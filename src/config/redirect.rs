@@ -2,6 +2,7 @@
 //! signing keys (inline hex or a key file, read here at load, never on the request path) and
 //! which fields are signed. Errors name the file, line and key like the rest of validation.
 
+use super::keys::{spec, REDIRECT_KEYS};
 use super::raw::{RawEndpoint, RawKey, RawRedirect, S};
 use super::{EventType, Method, ResponseKind, Source, Validator};
 use crate::redirect::{Domain, Key, RedirectRule, Require};
@@ -10,9 +11,6 @@ use crate::redirect::{Domain, Key, RedirectRule, Require};
 /// (a shorter key is easier to brute-force from one signed URL).
 const KEY_BYTES_MIN: usize = 32;
 const KEY_BYTES_MAX: usize = 128;
-/// Default and bound of `signature_ttl_max_s`.
-const TTL_MAX_DEFAULT_S: i64 = 30 * 86_400;
-const TTL_MAX_BOUND_S: i64 = 10 * 365 * 86_400;
 
 impl Validator<'_> {
     pub(super) fn endpoint_redirect(
@@ -73,7 +71,7 @@ impl Validator<'_> {
         let require = self.choice(
             &r.require,
             &key("require"),
-            Require::Allowlist,
+            spec(REDIRECT_KEYS, "require"),
             &[
                 ("allowlist", Require::Allowlist),
                 ("signature", Require::Signature),
@@ -115,7 +113,11 @@ impl Validator<'_> {
                 }
             }
         }
-        let ttl = self.int(&r.signature_ttl_max_s, &key("signature_ttl_max_s"), TTL_MAX_DEFAULT_S, 1, TTL_MAX_BOUND_S);
+        let ttl = self.int_at(
+            &r.signature_ttl_max_s,
+            &key("signature_ttl_max_s"),
+            spec(REDIRECT_KEYS, "signature_ttl_max_s"),
+        );
         RedirectRule { param, require, allow, keys, signed, ttl_max_s: ttl as u64 }
     }
 }

@@ -1,10 +1,10 @@
 //! Request-side sections: `[dedup]`, `[budget]`, `[privacy]`. Each
 //! validates into a plain value with its unit in the name.
 
+use super::keys::{spec, BUDGET_KEYS, DEDUP_KEYS, PRIVACY_KEYS};
 use super::raw::{RawBudget, RawDedup, RawPrivacy};
 use super::{EventType, Validator};
-use crate::dedup::{ENTRIES_MAX, ENTRIES_MIN, WINDOW_MS_MAX};
-use crate::enrich::budget::{self, BudgetConfig};
+use crate::enrich::budget::BudgetConfig;
 use crate::enrich::privacy::{IpPolicy, Secret, USER_HASH_CHARS};
 use crate::schema::FieldKind;
 
@@ -28,8 +28,8 @@ pub struct DedupConfig {
 
 impl Validator<'_> {
     pub(super) fn dedup(&mut self, r: &RawDedup) -> DedupConfig {
-        let window_ms = self.int(&r.window_ms, "dedup.window_ms", 300_000, 0, WINDOW_MS_MAX as i64) as u64;
-        let entries = self.int(&r.entries, "dedup.entries", 1 << 20, ENTRIES_MIN as i64, ENTRIES_MAX as i64) as usize;
+        let window_ms = self.int(&r.window_ms, spec(DEDUP_KEYS, "window_ms")) as u64;
+        let entries = self.int(&r.entries, spec(DEDUP_KEYS, "entries")) as usize;
         if !entries.is_power_of_two() {
             let s = r.entries.as_ref().map(|s| s.span()).unwrap_or(0..0);
             self.err(s, "dedup.entries", format!("{entries} is not a power of two"));
@@ -38,11 +38,9 @@ impl Validator<'_> {
     }
 
     pub(super) fn budget(&mut self, r: &RawBudget) -> BudgetConfig {
-        let rate_per_s = self.int(&r.rate_per_s, "budget.rate_per_s", 1000, 0, 10_000_000) as u32;
-        let burst = self.int(&r.burst, "budget.burst", 2000, 1, 100_000_000) as u32;
-        let entries =
-            self.int(&r.entries, "budget.entries", 1 << 16, budget::ENTRIES_MIN as i64, budget::ENTRIES_MAX as i64)
-                as usize;
+        let rate_per_s = self.int(&r.rate_per_s, spec(BUDGET_KEYS, "rate_per_s")) as u32;
+        let burst = self.int(&r.burst, spec(BUDGET_KEYS, "burst")) as u32;
+        let entries = self.int(&r.entries, spec(BUDGET_KEYS, "entries")) as usize;
         if !entries.is_power_of_two() {
             let s = r.entries.as_ref().map(|s| s.span()).unwrap_or(0..0);
             self.err(s, "budget.entries", format!("{entries} is not a power of two"));
@@ -50,8 +48,8 @@ impl Validator<'_> {
         BudgetConfig {
             rate_per_s,
             burst,
-            ipv4_prefix_bits: self.int(&r.ipv4_prefix_bits, "budget.ipv4_prefix_bits", 24, 8, 32) as u8,
-            ipv6_prefix_bits: self.int(&r.ipv6_prefix_bits, "budget.ipv6_prefix_bits", 48, 16, 128) as u8,
+            ipv4_prefix_bits: self.int(&r.ipv4_prefix_bits, spec(BUDGET_KEYS, "ipv4_prefix_bits")) as u8,
+            ipv6_prefix_bits: self.int(&r.ipv6_prefix_bits, spec(BUDGET_KEYS, "ipv6_prefix_bits")) as u8,
             entries,
             exempt_loopback: r.exempt_loopback.as_ref().is_none_or(|b| *b.get_ref()),
         }
@@ -85,7 +83,7 @@ impl Validator<'_> {
         let ip = self.choice(
             &r.ip,
             "privacy.ip",
-            IpPolicy::Truncate,
+            spec(PRIVACY_KEYS, "ip"),
             &[("truncate", IpPolicy::Truncate), ("drop", IpPolicy::Drop), ("keep", IpPolicy::Keep)],
         );
         let mut masks = vec![0u32; types.len()];
@@ -144,20 +142,20 @@ impl Validator<'_> {
                 (k, false)
             }
         };
-        let rotate = self.int(&r.hash_rotate_s, "privacy.hash_rotate_s", 86_400, 0, 366 * 86_400) as u64;
+        let rotate = self.int(&r.hash_rotate_s, spec(PRIVACY_KEYS, "hash_rotate_s")) as u64;
         let optout_cookie = r.optout_cookie.as_ref().map_or_else(|| "optout".to_string(), |c| c.get_ref().clone());
         if optout_cookie.bytes().any(|b| !b.is_ascii_graphic() || b == b';' || b == b'=') {
             let s = r.optout_cookie.as_ref().map(|s| s.span()).unwrap_or(0..0);
             self.err(s, "privacy.optout_cookie", format!("\"{optout_cookie}\" is not a cookie name"));
         }
         let ssai_keys = self.load_keys(&r.ssai_key, "privacy.ssai_key");
-        let skew = self.int(&r.ssai_skew_s, "privacy.ssai_skew_s", 300, 1, 3600) as u64;
+        let skew = self.int(&r.ssai_skew_s, spec(PRIVACY_KEYS, "ssai_skew_s")) as u64;
         let ssai = (!ssai_keys.is_empty()).then(|| crate::enrich::ssai::SsaiAuth::new(ssai_keys, skew));
         PrivacyConfig {
             ssai,
             ip,
-            ipv4_prefix_bits: self.int(&r.ipv4_prefix_bits, "privacy.ipv4_prefix_bits", 24, 0, 32) as u8,
-            ipv6_prefix_bits: self.int(&r.ipv6_prefix_bits, "privacy.ipv6_prefix_bits", 48, 0, 128) as u8,
+            ipv4_prefix_bits: self.int(&r.ipv4_prefix_bits, spec(PRIVACY_KEYS, "ipv4_prefix_bits")) as u8,
+            ipv6_prefix_bits: self.int(&r.ipv6_prefix_bits, spec(PRIVACY_KEYS, "ipv6_prefix_bits")) as u8,
             user_id_fields: masks,
             hash_key: Secret(hash_key),
             hash_key_from_file: from_file,

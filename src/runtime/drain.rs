@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::config::SyncPolicy;
 use crate::constants::DRAIN_BATCH_EVENTS;
 use crate::journal::ShardJournal;
+use crate::metrics::latency::LocalHistogram;
 use crate::ring::Consumer;
 use crate::runtime::ShardShared;
 
@@ -45,6 +46,7 @@ pub fn run(
     mut journal: ShardJournal,
     sync: SyncPolicy,
     sync_interval: Duration,
+    publish_interval: Duration,
 ) {
     // SAFETY: setpriority on this thread's own tid (Linux: per-thread niceness); failure only
     // leaves the default priority.
@@ -56,9 +58,15 @@ pub fn run(
     let mut naps = 0u32;
     // Generation of the config whose schema the journal writes with.
     let mut gen = 0u32;
+    // Ingest-to-journal latency (metrics::latency): receive times of the batch, recorded against
+    // one clock read once the batch is appended.
+    let mut latency = LocalHistogram::new();
+    let mut batch_ts = [0u64; DRAIN_BATCH_EVENTS];
+    let mut next_publish = Instant::now() + publish_interval;
     loop {
         let mut last_seq = 0;
         let mut failed = false;
+        let mut appended = 0usize;
         let n = ring.pop_batch(DRAIN_BATCH_EVENTS, |e| {
             debug_assert!(e.seq > last_seq, "ring order");
             if e.config_gen != gen {
@@ -75,9 +83,12 @@ pub fn run(
                     }
                 }
             }
+            let ts_ns = e.ts_ns;
             match journal.append(e) {
                 Ok(()) => {
                     last_seq = e.seq;
+                    batch_ts[appended] = ts_ns;
+                    appended += 1;
                     true
                 }
                 Err(err) => {
@@ -92,6 +103,10 @@ pub fn run(
             }
         });
         if n > 0 {
+            let now_ns = crate::clock::unix_nanos();
+            for &ts in &batch_ts[..appended] {
+                latency.record(now_ns.saturating_sub(ts));
+            }
             error_logged = false;
             dirty = true;
             counters.journal_records.fetch_add(n as u64, Relaxed);
@@ -106,6 +121,10 @@ pub fn run(
             sync_now(&shared, &mut journal);
             dirty = false;
             next_sync = Instant::now() + sync_interval;
+        }
+        if Instant::now() >= next_publish {
+            latency.publish(&counters.latency.journal);
+            next_publish = Instant::now() + publish_interval;
         }
         if failed {
             std::thread::sleep(ERROR_BACKOFF);
@@ -137,6 +156,7 @@ pub fn run(
     if let Err(e) = journal.sync() {
         eprintln!("tracker: shard {}: final journal sync failed: {e}", shared.index);
     }
+    latency.publish_wait(&counters.latency.journal);
 }
 
 fn sync_now(shared: &ShardShared, journal: &mut ShardJournal) {

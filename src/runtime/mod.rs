@@ -137,6 +137,12 @@ impl Running {
         &self.shards
     }
 
+    /// True once shutdown has begun (reactors stop accepting), for threads that outlive a borrow
+    /// of `Running` (admin readiness).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
     /// Begins graceful shutdown (idempotent, callable from any thread via `stopper`).
     pub fn stop(&self) {
         stop_all(&self.stop, &self.shards);
@@ -235,12 +241,14 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartEr
             eprintln!("tracker: shard {i}: journal starts segment {}: {why}", journal.segment_number());
         }
         let (producer, consumer) = crate::ring::ring(cfg.server.ring_events);
+        let _ = sh.counters.ring.set(producer.watch());
 
         let (d_sh, sync, interval) =
             (sh.clone(), cfg.journal.sync, Duration::from_millis(cfg.journal.sync_interval_ms));
+        let publish = Duration::from_millis(cfg.admin.publish_interval_ms);
         let drain = std::thread::Builder::new()
             .name(format!("tracker-drain-{i}"))
-            .spawn(move || drain::run(d_sh, consumer, journal, sync, interval))
+            .spawn(move || drain::run(d_sh, consumer, journal, sync, interval, publish))
             .map_err(|e| StartError(format!("spawn drain thread: {e}")))?;
         let _ = sh.drain_thread.set(drain.thread().clone());
         threads.push(drain);

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::endpoint::Routes;
 use crate::extract::IdGen;
 use crate::http::DateCache;
+use crate::metrics::latency::LocalHistogram;
 use crate::metrics::Reason;
 use crate::net::connection::{self, ConnBufs};
 use crate::ring::Producer;
@@ -60,6 +61,8 @@ pub struct ShardCtx {
     /// When shutdown began: connections accepted from the queue at shutdown get a short grace
     /// for their first request (`connection.rs`).
     pub stop_at: Cell<Option<std::time::Instant>>,
+    /// Request service time, recorded per request; published by `publish_latency`.
+    pub service: RefCell<LocalHistogram>,
     stop: Arc<AtomicBool>,
     conns: Cell<usize>,
     pool: RefCell<Vec<ConnBufs>>,
@@ -131,6 +134,7 @@ impl ShardCtx {
     pub fn conn_closed(&self, bufs: ConnBufs) {
         self.pool.borrow_mut().push(bufs);
         self.conns.set(self.conns.get() - 1);
+        self.shared.counters.connections_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.stopping.get() && self.conns.get() == 0 {
             if let Some(w) = self.idle_waker.take() {
                 w.wake();
@@ -187,6 +191,7 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
             privacy: RefCell::new(crate::enrich::privacy::Privacy::new(cfg.privacy.clone())),
             date: RefCell::new(DateCache::new()),
             stopping: Cell::new(false),
+            service: RefCell::new(LocalHistogram::new()),
             stop: args.stop,
             conns: Cell::new(0),
             pool: RefCell::new(pool),
@@ -201,6 +206,7 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
             monoio::fs::File::from_std(std::fs::File::from(efd)).map_err(|e| format!("shard {i}: eventfd: {e}"))?;
         monoio::spawn(control(ctx.clone(), efd));
         monoio::spawn(heartbeat(ctx.clone()));
+        monoio::spawn(publish_latency(ctx.clone()));
         let _ = ready.send(Ok(()));
 
         accept_loop(&ctx, &listener).await;
@@ -216,6 +222,8 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
             }
         })
         .await;
+        // The reactor is done serving: waiting for the lock here delays nobody.
+        ctx.service.borrow_mut().publish_wait(&ctx.shared.counters.latency.service);
         Ok::<(), String>(())
     })
 }
@@ -278,6 +286,16 @@ async fn control(ctx: Rc<ShardCtx>, efd: monoio::fs::File) {
             eprintln!("tracker: shard {}: eventfd read failed: {e}", ctx.shared.index);
             return;
         }
+    }
+}
+
+/// Publishes the service-time histogram for the admin thread every admin.publish_interval_ms
+/// (metrics::latency: try_lock, never waits). A timer task, never inside a request.
+async fn publish_latency(ctx: Rc<ShardCtx>) {
+    let every = std::time::Duration::from_millis(ctx.cfg.borrow().admin.publish_interval_ms);
+    while !ctx.stopping.get() {
+        monoio::time::sleep(every).await;
+        ctx.service.borrow_mut().publish(&ctx.shared.counters.latency.service);
     }
 }
 

@@ -15,6 +15,8 @@ pub const WAIT: Duration = Duration::from_secs(30);
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (`tracker: admin on ADDR`); tests always ask for port 0.
+    pub admin: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub stderr: mpsc::Receiver<String>,
 }
@@ -63,6 +65,10 @@ impl Server {
             std::fs::write(&p, text).unwrap();
             cmd.arg("--config").arg(p);
         }
+        // Never the default admin port 9090: tests run in parallel, and others use the box.
+        if !extra.contains(&"--admin-listen") {
+            cmd.args(["--admin-listen", "127.0.0.1:0"]);
+        }
         cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn tracker");
         let err = child.stderr.take().unwrap();
@@ -75,12 +81,17 @@ impl Server {
             }
         });
         let deadline = Instant::now() + WAIT;
+        let mut admin = None;
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(rest) = line.strip_prefix("tracker: listening on ") {
                         break rest.split_whitespace().next().unwrap().parse().unwrap();
+                    }
+                    if let Some(rest) = line.strip_prefix("tracker: admin on ") {
+                        admin = Some(rest.trim().parse().unwrap());
+                        continue;
                     }
                     eprintln!("[tracker] {line}");
                 }
@@ -90,7 +101,7 @@ impl Server {
                 }
             }
         };
-        Server { child, addr, dir, stderr: rx }
+        Server { child, addr, admin, dir, stderr: rx }
     }
 
     pub fn journal(&self) -> PathBuf {
@@ -130,6 +141,12 @@ impl Server {
 
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// One GET on the admin listener (a connection per request, as it closes after each).
+    pub fn admin_get(&self, path: &str) -> Response {
+        let mut c = Client::connect(self.admin.expect("tracker printed no admin address"));
+        c.get(path)
     }
 }
 

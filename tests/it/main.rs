@@ -4,9 +4,12 @@ mod harness;
 
 mod budget;
 mod config_errors;
+mod config_reference;
 mod dedup;
 mod durability;
 mod http_rejects;
+mod loadgen;
+mod metrics;
 mod notices;
 mod pipeline;
 mod privacy;
