@@ -21,12 +21,14 @@
 //! - [`event`]    the fixed 512-byte record; [`schema`] how its slots map to field names
 //! - [`ring`]     per-core SPSC ring, the only crossing on the ingest path
 //! - [`journal`]  segment format, writer, recovery, reader
+//! - [`collector`] forwarders: read the journal from persisted cursors, project, batch, deliver
 //! - [`metrics`]  per-shard counters
 //!
 //! Synchronous and I/O-free: `http`, `endpoint`, `extract`, `event`, `schema`, `ring`. Only `net`,
 //! `journal` and `runtime` do I/O.
 
 pub mod clock;
+pub mod collector;
 pub mod config;
 pub mod constants;
 pub mod endpoint;

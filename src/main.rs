@@ -34,6 +34,12 @@ enum Cmd {
     },
     /// Validate a config file: exit 0, or print every error (file:line: key: problem) and exit 2.
     CheckConfig { file: PathBuf },
+    /// Print, per collector, exactly which fields of which event types leave the process.
+    PrivacyManifest {
+        /// Config file (default: the embedded config).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Read the journal.
     Journal {
         #[command(subcommand)]
@@ -51,6 +57,22 @@ enum JournalCmd {
         /// Keep printing events as they are appended (like tail -f).
         #[arg(long)]
         follow: bool,
+    },
+    /// Move a collector's cursors back so it delivers again from a segment or a time (the
+    /// tracker must be stopped). Batches are cut exactly as before: same keys, same ids.
+    Replay {
+        #[arg(long, default_value = "journal")]
+        journal_dir: PathBuf,
+        /// Collector name (its `[[collector]]` name).
+        #[arg(long)]
+        collector: String,
+        /// Start of the first segment created at or before this time (RFC 3339, e.g.
+        /// 2026-11-26T08:00:00Z, or unix seconds).
+        #[arg(long, conflicts_with = "from_segment", required_unless_present = "from_segment")]
+        from_time: Option<String>,
+        /// Start of segment N of every shard.
+        #[arg(long)]
+        from_segment: Option<u64>,
     },
 }
 
@@ -73,6 +95,10 @@ fn main() -> ExitCode {
         }
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
+                if let Err(e) = tracker::collector::Registry::builtin().build_all(&c.collectors) {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
                 println!("{}: ok ({} endpoints, {} event types)", file.display(), c.endpoints.len(), c.types.len());
                 ExitCode::SUCCESS
             }
@@ -82,6 +108,32 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Journal { cmd: JournalCmd::Cat { journal_dir, follow } } => journal_cat(&journal_dir, follow),
+        Cmd::PrivacyManifest { config } => {
+            let cfg = match config {
+                None => Config::embedded(),
+                Some(p) => match Config::load(&p) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            print!("{}", tracker::collector::cli::privacy_manifest(&cfg));
+            ExitCode::SUCCESS
+        }
+        Cmd::Journal { cmd: JournalCmd::Replay { journal_dir, collector, from_time, from_segment } } => {
+            match tracker::collector::cli::replay(&journal_dir, &collector, from_time.as_deref(), from_segment) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tracker: replay: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 
@@ -96,6 +148,7 @@ fn serve(cfg: Config) -> ExitCode {
         }
     };
     let journal_dir = cfg.journal.dir.clone();
+    let collectors = cfg.clone();
     let running = match tracker::runtime::start(cfg) {
         Ok(r) => r,
         Err(e) => {
@@ -109,6 +162,16 @@ fn serve(cfg: Config) -> ExitCode {
         running.shards().len(),
         journal_dir.display()
     );
+    // Collectors run off the reactors, each on its own thread (collector/).
+    let forwarders = match tracker::collector::start(&collectors, &tracker::collector::Registry::builtin()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("tracker: collectors: {e}");
+            running.stop();
+            running.wait();
+            return ExitCode::from(2);
+        }
+    };
     let stop = running.stopper();
     let handle = signals.handle();
     std::thread::Builder::new()
@@ -127,6 +190,12 @@ fn serve(cfg: Config) -> ExitCode {
         .expect("spawn signal thread");
     running.wait();
     handle.close();
+    // The journal holds everything acknowledged now: collectors deliver it, then stop.
+    forwarders.stop();
+    let hung = forwarders.join(std::time::Duration::from_secs(10));
+    if hung > 0 {
+        eprintln!("tracker: {hung} collector(s) did not finish within 10 s; their cursors resume at the next start");
+    }
     eprintln!("tracker: stopped");
     ExitCode::SUCCESS
 }

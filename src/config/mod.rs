@@ -5,7 +5,12 @@
 //! Errors are cold-path and rich: each names the file, the line, the key, the bad value and
 //! what was expected. Validation collects every error rather than stopping at the first.
 
+mod collector;
 mod raw;
+
+pub use collector::{
+    BatchLimits, CollectorConfig, CollectorOptions, EventSelection, FieldSelection, RetryPolicy, COLLECTORS_MAX,
+};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,6 +34,8 @@ pub struct Config {
     pub types: Vec<EventType>,
     /// What the journal embeds in every segment header.
     pub schema: Schema,
+    /// `[[collector]]` tables (collector/): forwarders off the reactors, in config order.
+    pub collectors: Vec<CollectorConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -62,6 +69,11 @@ pub struct Journal {
     pub segment_bytes: u64,
     pub sync: SyncPolicy,
     pub sync_interval_ms: u64,
+    /// Delete a segment once every collector's cursor passed it and it is older than this, s;
+    /// 0 keeps every segment.
+    pub retention_age_s: u64,
+    /// Journal bytes on disk above which `logged` endpoints answer 503; 0 = no limit.
+    pub size_bytes_max: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -286,7 +298,8 @@ impl Validator<'_> {
         let journal = self.journal(&raw.journal);
         let (types, schema) = self.types(&raw.event);
         let endpoints = self.endpoints(&raw.endpoint, &types);
-        Config { server, journal, endpoints, types, schema }
+        let collectors = self.collectors(&raw.collector, &types);
+        Config { server, journal, endpoints, types, schema, collectors }
     }
 
     fn server(&mut self, r: &raw::RawServer) -> Server {
@@ -396,6 +409,8 @@ impl Validator<'_> {
                 &[("none", SyncPolicy::None), ("interval", SyncPolicy::Interval), ("always", SyncPolicy::Always)],
             ),
             sync_interval_ms: self.int(&r.sync_interval_ms, "journal.sync_interval_ms", 1000, 1, 3_600_000) as u64,
+            retention_age_s: self.int(&r.retention_age_s, "journal.retention_age_s", 0, 0, 10 * 365 * 86_400) as u64,
+            size_bytes_max: self.int(&r.size_bytes_max, "journal.size_bytes_max", 0, 0, i64::MAX) as u64,
         }
     }
 

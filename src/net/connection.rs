@@ -242,6 +242,13 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
     };
     let ep = &ctx.cfg.endpoints[ep_index as usize];
     let ty = &ctx.cfg.types[ep.type_id as usize];
+    // Journal over journal.size_bytes_max (collector/retention.rs): refuse what must be logged
+    // rather than fill the disk. One relaxed load of a static.
+    if ep.ack == Ack::Logged && crate::collector::retention::journal_over_limit() {
+        counters.request(Some(ep_index), Status::S503);
+        write_error(ctx, wbuf, Status::S503, "journal full, retry", ka, head, v, None);
+        return Answer { keep_alive: ka, logged_seq: 0 };
+    }
     let mut producer = ctx.producer.borrow_mut();
     let next_seq = producer.pushed() + 1;
     let Some(slot) = producer.reserve() else {
