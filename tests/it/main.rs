@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod collectors;
 mod config_errors;
 mod durability;
 mod http_rejects;

@@ -41,6 +41,8 @@ struct Ledger {
     spend: BTreeMap<String, i64>,
     budgets: BTreeMap<String, i64>,
     batches: u64,
+    /// Batches acknowledged again without being applied, since start.
+    duplicates: u64,
 }
 
 impl Ledger {
@@ -59,6 +61,7 @@ impl Ledger {
             spend: BTreeMap::new(),
             budgets,
             batches: 0,
+            duplicates: 0,
         };
         // Replay the ledger; a torn last line (crash mid-append, never acknowledged) is cut off.
         file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
@@ -117,7 +120,13 @@ impl Ledger {
             );
         }
         let total: i64 = self.spend.values().fold(0i64, |a, b| a.saturating_add(*b));
-        json!({"total_micros": total, "batches": self.batches, "keys": keys, "over_budget": self.over_budget()})
+        json!({
+            "total_micros": total,
+            "batches": self.batches,
+            "duplicates": self.duplicates,
+            "keys": keys,
+            "over_budget": self.over_budget(),
+        })
     }
 }
 
@@ -219,6 +228,7 @@ fn spend(ledger: &Mutex<Ledger>, req: &Request) -> (u16, Value) {
         if d != digest {
             return (409, json!({"error": format!("key {key} was applied with a different body")}));
         }
+        l.duplicates += 1;
         return (200, json!({"applied": false, "duplicate": true, "over_budget": l.over_budget()}));
     }
     let line =
