@@ -60,7 +60,7 @@
 //!
 //! Files: [`cursor`] (positions, cursor files, batch log), [`source`] (reading a shard from a
 //! position), [`project`] (attachment and allowlist), [`runner`] (the thread: batch, deliver,
-//! retry, commit), [`retention`], then one file per kind: [`banker`], [`jsonl`]; [`http`] is
+//! retry, commit), [`retention`], then one file per kind: [`banker`], [`jsonl`], `kafka`; [`http`] is
 //! the small blocking HTTP/1.1 client they share.
 
 pub mod banker;
@@ -68,6 +68,8 @@ pub mod cli;
 pub mod cursor;
 pub mod http;
 pub mod jsonl;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod project;
 pub mod retention;
 pub mod runner;
@@ -368,11 +370,13 @@ impl Registry {
         Registry { kinds: BTreeMap::new() }
     }
 
-    /// The kinds built into `tracker`: `banker`, `jsonl`.
+    /// The kinds built into `tracker`: `banker`, `jsonl`, and `kafka` (feature `kafka`, default).
     pub fn builtin() -> Registry {
         let mut r = Registry::empty();
         r.register("banker", banker::factory);
         r.register("jsonl", jsonl::factory);
+        #[cfg(feature = "kafka")]
+        r.register("kafka", kafka::factory);
         r
     }
 
