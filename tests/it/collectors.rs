@@ -320,3 +320,72 @@ fn collector_config_errors_name_file_line_and_key() {
     assert!(err.contains("budget_key") && err.contains("campaign_id"), "{err}");
     let _ = std::io::stderr().flush();
 }
+
+#[test]
+fn the_kafka_banker_example_config_is_valid() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/kafka-banker.toml");
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN).arg("privacy-manifest").arg("--config").arg(&p).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("collector \"kafka\" (kind kafka)") && text.contains("collector \"banker\""), "{text}");
+    assert!(!text.contains("user_id") && !text.contains(" ip"), "{text}");
+}
+
+fn segments(journal: &Path, shard: u16) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(journal.join(format!("shard-{shard:03}")))
+        .map(|d| {
+            d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.ends_with(".seg")).collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn retention_deletes_segments_every_collector_passed_and_the_size_limit_refuses_logged_events() {
+    let out = tempfile::tempdir().unwrap();
+    let all = out.path().join("all.jsonl");
+    // A dead banker (nothing listens on the port) holds its cursor at the start.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let with_journal = |extra: &str, collectors: &str| {
+        config(collectors).replace("segment_bytes = 131072", &format!("segment_bytes = 131072\n{extra}"))
+    };
+    // 1. Only a collector that keeps up: old segments go.
+    let text = with_journal("retention_age_s = 1", &jsonl_collector("all", &all, "\"all\"", "[]"));
+    let mut s = Server::start(Some(&text), &["--shards", "1"]);
+    send_mixed(s.addr, 0..1500);
+    wait_for("every event in the jsonl file", WAIT, || read_jsonl(&all).len() >= 1500);
+    let journal = s.journal();
+    wait_for("segment 1 deleted", WAIT, || !segments(&journal, 0).contains(&format!("{:020}.seg", 1)));
+    assert!(!segments(&journal, 0).is_empty(), "the newest segment stays");
+    assert_eq!(s.stop(), 0);
+
+    // 2. A collector that cannot deliver: nothing is deleted, and over the size limit logged
+    //    endpoints answer 503 while received ones still answer.
+    let collectors =
+        format!("{}{}", jsonl_collector("all", &out.path().join("b.jsonl"), "\"all\"", "[]"), banker_collector(dead));
+    let text = with_journal("retention_age_s = 1\nsize_bytes_max = 300000", &collectors);
+    let mut s = Server::start(Some(&text), &["--shards", "1"]);
+    let mut c = s.connect();
+    let mut refused = false;
+    for i in 0..3000 {
+        let r = c.get(&format!("/bill?auction=x{i}&price=0.1"));
+        if r.status == 503 {
+            refused = true;
+            break;
+        }
+        assert_eq!(r.status, 204);
+        if i % 500 == 499 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+    }
+    if !refused {
+        wait_for("logged endpoint refused over the size limit", WAIT, || {
+            s.connect().get("/bill?auction=y&price=0.1").status == 503
+        });
+    }
+    assert_eq!(s.connect().get("/i?c=1").status, 200, "received endpoints still answer");
+    assert!(segments(&s.journal(), 0).contains(&format!("{:020}.seg", 1)), "the banker has not passed segment 1");
+    assert_eq!(s.stop(), 0);
+}
