@@ -112,25 +112,25 @@ pub fn read_batches(dir: &Path, segment: u64) -> io::Result<Vec<(u32, u32)>> {
     Ok(out)
 }
 
-/// Appends range `[from, to)` to the batch log of `segment` and syncs it: after this returns,
-/// a restart cuts the same batch.
-pub fn append_batch(dir: &Path, segment: u64, from: u32, to: u32) -> io::Result<()> {
+/// Writes range `[from, to)` as entry number `entry` (0-based: the count of good entries
+/// already in the log, which the caller knows from [`read_batches`]) of the batch log of
+/// `segment`, drops anything after it (a torn entry left by a crash) and syncs: after this
+/// returns, a restart cuts the same batch.
+pub fn append_batch(dir: &Path, segment: u64, entry: usize, from: u32, to: u32) -> io::Result<()> {
     debug_assert!(from < to);
-    fs::create_dir_all(dir)?;
     let path = batches_path(dir, segment);
-    let created = !path.exists();
-    let f = OpenOptions::new().create(true).append(true).read(true).open(&path)?;
-    // A torn entry left by a crash mid-append is cut off first, so entries stay aligned.
-    let len = f.metadata()?.len();
-    let good = read_batches(dir, segment)?.len() as u64 * ENTRY_BYTES as u64;
-    if len != good {
-        f.set_len(good)?;
+    let created = entry == 0;
+    if created {
+        fs::create_dir_all(dir)?;
     }
+    let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
     let mut e = [0u8; ENTRY_BYTES];
     e[0..4].copy_from_slice(&from.to_le_bytes());
     e[4..8].copy_from_slice(&to.to_le_bytes());
     e[8..12].copy_from_slice(&entry_crc(from, to).to_le_bytes());
-    f.write_all_at(&e, good)?;
+    let at = (entry * ENTRY_BYTES) as u64;
+    f.write_all_at(&e, at)?;
+    f.set_len(at + ENTRY_BYTES as u64)?;
     f.sync_data()?;
     if created {
         fsync_dir(dir)?;
@@ -190,14 +190,14 @@ mod tests {
         assert_eq!(read_cursor(&dir).unwrap(), None);
         write_cursor(&dir, Position { segment: 3, index: 17 }).unwrap();
         assert_eq!(read_cursor(&dir).unwrap(), Some(Position { segment: 3, index: 17 }));
-        append_batch(&dir, 3, 0, 10).unwrap();
-        append_batch(&dir, 3, 10, 25).unwrap();
+        append_batch(&dir, 3, 0, 0, 10).unwrap();
+        append_batch(&dir, 3, 1, 10, 25).unwrap();
         // A torn third entry.
         let p = batches_path(&dir, 3);
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(&[1, 2, 3]).unwrap();
         assert_eq!(read_batches(&dir, 3).unwrap(), vec![(0, 10), (10, 25)]);
-        append_batch(&dir, 3, 25, 30).unwrap();
+        append_batch(&dir, 3, 2, 25, 30).unwrap();
         assert_eq!(read_batches(&dir, 3).unwrap(), vec![(0, 10), (10, 25), (25, 30)]);
         remove_batches_below(&dir, 4).unwrap();
         assert!(read_batches(&dir, 3).unwrap().is_empty());

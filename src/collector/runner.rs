@@ -349,12 +349,11 @@ impl Runner {
         } else {
             if !b.fixed {
                 // The range is on disk before the first attempt: a restart cuts it again.
-                cursor::append_batch(&st.dir, b.segment, b.from, b.to).map_err(|e| StepError::Io(e.to_string()))?;
-                if let Some((s, r)) = st.recorded.as_mut() {
-                    if *s == b.segment {
-                        r.push((b.from, b.to));
-                    }
-                }
+                let (s, r) = st.recorded.as_mut().expect("loaded when the batch was opened");
+                debug_assert_eq!(*s, b.segment);
+                cursor::append_batch(&st.dir, b.segment, r.len(), b.from, b.to)
+                    .map_err(|e| StepError::Io(e.to_string()))?;
+                r.push((b.from, b.to));
             }
             let mut batch = Batch {
                 key: format!("{}:{}:{}:{}:{}-{}", self.cfg.key_prefix, self.name, shard, b.segment, b.from, b.to),

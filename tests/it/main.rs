@@ -6,4 +6,5 @@ mod collectors;
 mod config_errors;
 mod durability;
 mod http_rejects;
+mod kafka;
 mod pipeline;
