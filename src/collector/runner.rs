@@ -44,6 +44,11 @@ pub struct CollectorStatus {
     pub retrying: AtomicBool,
     /// Unix ns of the newest event acknowledged.
     pub acked_event_ns: AtomicU64,
+    /// Age of the oldest event of the last acknowledged batch when it was acknowledged, ns:
+    /// journal-to-destination latency.
+    pub ack_lag_ns: AtomicU64,
+    /// Every shard's cursor is at the end of its journal with nothing pending (lag 0).
+    pub caught_up: AtomicBool,
     /// Last failure message (retriable or fatal).
     pub last_error: Mutex<String>,
 }
@@ -156,6 +161,8 @@ struct ShardState {
     projection: Option<(u64, Projection)>,
     recorded: Option<(u64, Vec<(u32, u32)>)>,
     open: Option<OpenBatch>,
+    /// At the last look the reader was at the end of the journal with no event pending.
+    caught_up: bool,
 }
 
 struct Runner {
@@ -200,6 +207,8 @@ impl Runner {
                     Err(StepError::Io(e)) => self.note_error(&mut last_error_logged, &e),
                 }
             }
+            let caught_up = self.shards.values().all(|s| s.caught_up);
+            self.status.caught_up.store(caught_up, Relaxed);
             if stopping && !progressed {
                 self.finish();
                 return;
@@ -253,6 +262,7 @@ impl Runner {
                     projection: None,
                     recorded: None,
                     open: None,
+                    caught_up: false,
                 },
             );
         }
@@ -322,6 +332,7 @@ impl Runner {
             if tail == Tail::Finished && consumed_all {
                 b.exhausted = true;
             }
+            st.caught_up = tail == Tail::Waiting && b.events.is_empty();
         }
         let linger = Duration::from_millis(limits.linger_ms);
         let ready = if b.fixed {
@@ -366,12 +377,16 @@ impl Runner {
                 events: b.events,
             };
             let newest = batch.events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
+            let oldest = batch.events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
             let n = batch.events.len() as u64;
             deliver(&mut *self.collector, &mut batch, &self.cfg, &self.status, &self.stop, &mut self.rng)
                 .map_err(StepError::Halt)?;
             self.status.events_total.fetch_add(n, Relaxed);
             self.status.batches_total.fetch_add(1, Relaxed);
             self.status.acked_event_ns.fetch_max(newest, Relaxed);
+            let now_ns =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+            self.status.ack_lag_ns.store(now_ns.saturating_sub(oldest), Relaxed);
             let st = self.shards.get_mut(&shard).expect("discovered");
             st.committed = Position { segment: b.segment, index: b.to };
         }

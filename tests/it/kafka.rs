@@ -223,3 +223,34 @@ fn a_broker_outage_fails_no_request_loses_nothing_and_the_backlog_drains() {
     eprintln!("after the outage: 5000 ids, {dups} delivered more than once (each carries its id)");
     assert_eq!(s.stop(), 0);
 }
+
+#[test]
+fn kill_9_mid_forwarding_then_replay_every_id_reaches_kafka_with_its_id() {
+    let Some(broker) = Broker::start() else { return };
+    let cfg = kafka_collector(broker.port, 30_000);
+    let mut s = Server::start(Some(&cfg), &["--shards", "2"]);
+    send(&s, 0..3000);
+    s.kill9();
+    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "2"]);
+    send(&s, 3000..5000);
+    let got = consume(broker.port, 5000);
+    assert_eq!(got.len(), 5000, "every id reached the topic");
+    let dups = got.values().filter(|(n, _, _)| *n > 1).count();
+    eprintln!("kill -9 mid-forwarding: 5000 ids in Kafka, {dups} more than once (each carries its id)");
+    assert_eq!(s.stop(), 0);
+    // Replay from the first segment: the same ids again, nothing new.
+    let out = std::process::Command::new(BIN)
+        .args(["journal", "replay", "--collector", "kafka", "--from-segment", "1", "--journal-dir"])
+        .arg(s.journal())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "2"]);
+    let got = consume(broker.port, 10_000);
+    assert_eq!(got.len(), 5000, "a replay sends the same ids");
+    assert_eq!(s.stop(), 0);
+}
