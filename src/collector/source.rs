@@ -223,3 +223,69 @@ impl ShardSource {
         self.open = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{ShardJournal, PAGE_BYTES};
+    use crate::schema::{FieldKind, FieldSchema, TypeSchema, SCHEMA_VERSION};
+
+    fn schema() -> Schema {
+        Schema {
+            version: SCHEMA_VERSION,
+            event_bytes: EVENT_BYTES as u32,
+            types: vec![TypeSchema {
+                id: 0,
+                name: "impression".into(),
+                fields: vec![FieldSchema { name: "c".into(), kind: FieldKind::U64, slot: 0, offset: 0, max: 0 }],
+            }],
+        }
+    }
+
+    fn ev(seq: u64) -> Event {
+        let mut e = Event::ZERO;
+        e.seq = seq;
+        e.set_slot(0, seq);
+        e
+    }
+
+    fn seqs(out: &[(u32, Event)]) -> Vec<u64> {
+        out.iter().map(|(_, e)| e.seq).collect()
+    }
+
+    #[test]
+    fn stops_at_a_bad_record_of_the_last_segment_and_skips_one_the_writer_left() {
+        let d = tempfile::tempdir().unwrap();
+        // Header page + 4 records per segment.
+        let seg_bytes = (PAGE_BYTES + 4 * EVENT_BYTES) as u64;
+        let (mut j, _) = ShardJournal::open(d.path(), 0, seg_bytes, &schema()).unwrap();
+        for s in 1..=3 {
+            j.append(&mut ev(s)).unwrap();
+        }
+        // Corrupt record 1 (seq 2) of segment 1, which is still the writer's.
+        let path = segment_path(&shard_dir(d.path(), 0), 1);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xff], (PAGE_BYTES + EVENT_BYTES + 100) as u64).unwrap();
+
+        let mut src = ShardSource::new(d.path(), 0);
+        let p = src.resolve(Position::default()).unwrap().unwrap();
+        assert_eq!(p, Position { segment: 1, index: 0 });
+        let mut out = Vec::new();
+        assert_eq!(src.read(1, 0, None, 100, &mut out).unwrap(), Tail::Waiting);
+        assert_eq!(seqs(&out), [1], "never past the bad record of the last segment");
+        assert_eq!(src.stalled_at, Some(Position { segment: 1, index: 1 }));
+
+        // The writer moves on to segment 2: the bad record is final, skipped and counted.
+        for s in 4..=6 {
+            j.append(&mut ev(s)).unwrap();
+        }
+        out.clear();
+        assert_eq!(src.read(1, 1, None, 100, &mut out).unwrap(), Tail::Finished);
+        assert_eq!(seqs(&out), [3, 4]);
+        assert_eq!(src.corrupt_skipped, 1);
+        out.clear();
+        let p = src.resolve(Position { segment: 2, index: 0 }).unwrap().unwrap();
+        assert_eq!(src.read(p.segment, p.index, Some(1), 100, &mut out).unwrap(), Tail::More);
+        assert_eq!(seqs(&out), [5], "limit is exclusive");
+    }
+}
