@@ -91,7 +91,8 @@ impl Forwarders {
 
 /// Builds every `[[collector]]` of `cfg` with `registry` and starts one thread each, plus the
 /// retention task when `journal.retention_age_s` or `journal.size_bytes_max` is set. Errors
-/// (a bad option, a collector already running) name the file, line and key or the directory.
+/// (a bad option) name the file, line and key. A collector another process still runs (a
+/// restart in progress) starts once that process lets go of its lock.
 pub fn start(cfg: &Config, registry: &Registry) -> Result<Forwarders, String> {
     let built = registry.build_all(&cfg.collectors).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -100,7 +101,6 @@ pub fn start(cfg: &Config, registry: &Registry) -> Result<Forwarders, String> {
     let journal = cfg.journal.dir.clone();
     fs::create_dir_all(&journal).map_err(|e| format!("cannot create {}: {e}", journal.display()))?;
     for (c, collector) in cfg.collectors.iter().zip(built) {
-        let lock = cursor::lock(&journal, &c.name).map_err(|e| format!("collector \"{}\": {e}", c.name))?;
         let status = Arc::new(CollectorStatus { name: c.name.clone(), kind: c.kind.clone(), ..Default::default() });
         let mut runner = Runner {
             cfg: c.clone(),
@@ -116,7 +116,9 @@ pub fn start(cfg: &Config, registry: &Registry) -> Result<Forwarders, String> {
         let t = std::thread::Builder::new()
             .name(format!("collector-{}", c.name))
             .spawn(move || {
-                let _lock = lock;
+                // During a zero-downtime restart the old process still forwards: wait for it to
+                // let go of the collector instead of failing the new one's start.
+                let Some(_lock) = runner.wait_for_lock() else { return };
                 runner.run();
             })
             .map_err(|e| format!("spawn collector thread: {e}"))?;
@@ -184,6 +186,34 @@ enum Halt {
 }
 
 impl Runner {
+    fn wait_for_lock(&mut self) -> Option<cursor::CollectorLock> {
+        let mut logged = false;
+        loop {
+            match cursor::lock(&self.journal, &self.name) {
+                Ok(l) => return Some(l),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !logged {
+                        eprintln!(
+                            "tracker: collector {}: another process runs it (a restart in progress?); waiting for it to stop",
+                            self.name
+                        );
+                        logged = true;
+                    }
+                }
+                Err(e) => {
+                    let msg =
+                        format!("cannot lock {}: {e}", cursor::collector_dir(&self.journal, &self.name).display());
+                    eprintln!("tracker: collector {}: {msg}; retrying", self.name);
+                    *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = msg;
+                }
+            }
+            if self.stop.load(SeqCst) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn run(&mut self) {
         let mut last_error_logged = Instant::now() - Duration::from_secs(60);
         loop {
