@@ -345,10 +345,11 @@ impl Runner {
                 .source
                 .read(b.segment, b.to, b.limit, READ_STEP_RECORDS, &mut self.read_buf)
                 .map_err(|e| StepError::Io(e.to_string()))?;
+            // Records read but left for the next batch (this one filled up).
             let mut consumed_all = true;
-            for (i, (index, e)) in self.read_buf.iter().enumerate() {
+            for (index, e) in self.read_buf.iter() {
                 if full(b) {
-                    consumed_all = i == self.read_buf.len();
+                    consumed_all = false;
                     break;
                 }
                 if let Some(ce) = projection.project(e) {
