@@ -40,7 +40,7 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Read the journal.
+    /// Read the journal (cat) and move collectors back over it (replay).
     Journal {
         #[command(subcommand)]
         cmd: JournalCmd,

@@ -85,9 +85,11 @@ impl Drop for Broker {
     }
 }
 
+/// The embedded config with small segments plus a Kafka collector on every type.
 fn kafka_collector(port: u16, timeout_ms: u64) -> String {
+    let base = tracker::config::DEFAULT_TOML.replace("segment_bytes = 67108864", "segment_bytes = 131072");
     format!(
-        "[[collector]]\nname = \"kafka\"\nkind = \"kafka\"\nevents = \"all\"\nfields = [\"campaign_id\", \"price\", \"vast_event\"]\n\
+        "{base}\n[[collector]]\nname = \"kafka\"\nkind = \"kafka\"\nevents = \"all\"\nfields = [\"campaign_id\", \"price\", \"vast_event\"]\n\
          linger_ms = 20\nretry_initial_ms = 100\nretry_max_ms = 1000\n\
          [collector.options]\nbrokers = \"127.0.0.1:{port}\"\ntimeout_ms = {timeout_ms}\n"
     )
