@@ -95,8 +95,9 @@ fn kafka_collector(port: u16, timeout_ms: u64) -> String {
     )
 }
 
-/// Every message of the six topics: id → (count, JSON value, `type` header).
-fn consume(port: u16, expect: usize) -> HashMap<String, (usize, Value, String)> {
+/// Every message of the six topics: id → (count, JSON value, `type` header). Reads until it has
+/// `ids` distinct ids and `messages` messages and the topics are idle, or a deadline.
+fn consume(port: u16, ids: usize, messages: usize) -> HashMap<String, (usize, Value, String)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", format!("127.0.0.1:{port}"))
         .set("group.id", "tracker-test")
@@ -133,7 +134,7 @@ fn consume(port: u16, expect: usize) -> HashMap<String, (usize, Value, String)> 
                 total += 1;
             }
             Some(Err(e)) => eprintln!("consumer: {e}"),
-            None if total >= expect => break,
+            None if got.len() >= ids && total >= messages => break,
             None => {}
         }
     }
@@ -188,7 +189,7 @@ fn ten_thousand_events_reach_kafka_each_exactly_once_with_the_idempotent_produce
     let mut s = Server::start(Some(&kafka_collector(broker.port, 30_000)), &["--shards", "2"]);
     let t0 = Instant::now();
     send(&s, 0..10_000);
-    let got = consume(broker.port, 10_000);
+    let got = consume(broker.port, 10_000, 10_000);
     let took = t0.elapsed();
     eprintln!("10000 events sent, produced and consumed back in {took:?}");
     assert_eq!(got.len(), 10_000, "distinct ids");
@@ -219,7 +220,7 @@ fn a_broker_outage_fails_no_request_loses_nothing_and_the_backlog_drains() {
     std::thread::sleep(Duration::from_secs(4));
     broker.signal(libc::SIGCONT);
     send(&s, 4000..5000);
-    let got = consume(broker.port, 5000);
+    let got = consume(broker.port, 5000, 5000);
     assert_eq!(got.len(), 5000, "every id reached the topic");
     let dups = got.values().filter(|(n, _, _)| *n > 1).count();
     eprintln!("after the outage: 5000 ids, {dups} delivered more than once (each carries its id)");
@@ -237,7 +238,7 @@ fn kill_9_mid_forwarding_then_replay_every_id_reaches_kafka_with_its_id() {
     drop(s);
     let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "2"]);
     send(&s, 3000..5000);
-    let got = consume(broker.port, 5000);
+    let got = consume(broker.port, 5000, 5000);
     assert_eq!(got.len(), 5000, "every id reached the topic");
     let dups = got.values().filter(|(n, _, _)| *n > 1).count();
     eprintln!("kill -9 mid-forwarding: 5000 ids in Kafka, {dups} more than once (each carries its id)");
@@ -252,7 +253,7 @@ fn kill_9_mid_forwarding_then_replay_every_id_reaches_kafka_with_its_id() {
     let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
     drop(s);
     let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "2"]);
-    let got = consume(broker.port, 10_000);
+    let got = consume(broker.port, 5000, 10_000);
     assert_eq!(got.len(), 5000, "a replay sends the same ids");
     assert_eq!(s.stop(), 0);
 }
