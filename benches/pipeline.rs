@@ -1,5 +1,5 @@
 //! Criterion benches of the request path's stages, each alone: HTTP parse, field extraction,
-//! ring push/pop, journal append. Run: `cargo bench --bench pipeline` (add `-- --quick` for a
+//! ring push/pop, journal append, latency recording. Run: `cargo bench --bench pipeline` (add `-- --quick` for a
 //! short run). Results and the machine they ran on go to perf/RESULTS.md.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -21,6 +21,14 @@ fn bench_parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("http");
     g.throughput(Throughput::Elements(1));
     let l = limits();
+    // The floor: httparse alone, without our framing and smuggling checks.
+    g.bench_function("httparse_only", |b| {
+        b.iter(|| {
+            let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+            let mut r = httparse::Request::new(&mut headers);
+            black_box(r.parse(black_box(PIXEL)).unwrap().unwrap())
+        })
+    });
     g.bench_function("parse_pixel_request", |b| {
         b.iter(|| {
             let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
@@ -99,5 +107,27 @@ fn bench_journal(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_parse, bench_extract, bench_ring, bench_journal);
+/// What service-time recording adds to each request: a wall-clock read (vDSO) and a histogram
+/// record (metrics::latency, net::connection::record_service).
+fn bench_latency(c: &mut Criterion) {
+    let mut g = c.benchmark_group("latency");
+    g.throughput(Throughput::Elements(1));
+    let mut h = tracker::metrics::latency::LocalHistogram::new();
+    let t0 = tracker::clock::unix_nanos();
+    g.bench_function("clock_and_record", |b| {
+        b.iter(|| h.record(black_box(tracker::clock::unix_nanos().saturating_sub(t0) % 10_000)))
+    });
+    g.bench_function("clock", |b| b.iter(|| black_box(tracker::clock::unix_nanos())));
+    let mut v = 3_000u64;
+    g.bench_function("record", |b| {
+        b.iter(|| {
+            // Service times of a few µs, varying like real ones.
+            v = (v * 13 + 7) % 9_000 + 1_000;
+            h.record(black_box(v))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_parse, bench_extract, bench_ring, bench_journal, bench_latency);
 criterion_main!(benches);

@@ -12,7 +12,8 @@
 -- At the end `done` prints one machine-readable line (WRK_RESULT ...) that
 -- perf/vs-nginx.sh parses; the usual human report is printed above it.
 
-local path = "/i?c=12345&cr=678&p=0.25&site=news.example.com&cb=8f3a2c91d4e7b605"
+-- PIXEL_PATH overrides the request target (e.g. a `logged` endpoint in perf/ack-cost.sh).
+local path = os.getenv("PIXEL_PATH") or "/i?c=12345&cr=678&p=0.25&site=news.example.com&cb=8f3a2c91d4e7b605"
 
 local headers = {
   { "Host", "t.adserver.example" },

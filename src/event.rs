@@ -18,7 +18,9 @@
 //!  44  present   u32   bit i set = slot i holds a value
 //!  48  shard     u16   shard that received the request
 //!  50  endpoint  u16   index of the endpoint in the config
-//!  52  reserved  [12]  zero
+//!  52  config_gen u32  generation of the config the event was made under: 0 at start, +1 per
+//!                      applied reload (SIGHUP); the drain writes it under that config's schema
+//!  56  reserved  [8]   zero
 //!  64  slots     [u64; 16]   numeric values; a string slot holds its byte length
 //! 192  bytes     [u8; 320]   string and IP values at schema-assigned offsets
 //! ```
@@ -54,7 +56,9 @@ pub struct Event {
     pub present: u32,
     pub shard: u16,
     pub endpoint: u16,
-    pub reserved: [u8; 12],
+    /// Which config (0 = the one loaded at start, +1 per reload) `type_id` and `endpoint` refer to.
+    pub config_gen: u32,
+    pub reserved: [u8; 8],
     pub slots: [u64; SLOTS],
     pub bytes: [u8; STR_BYTES],
 }
@@ -63,7 +67,7 @@ const _: () = assert!(std::mem::size_of::<Event>() == EVENT_BYTES);
 const _: () = assert!(EVENT_BYTES.is_multiple_of(64));
 const _: () = assert!(std::mem::align_of::<Event>() == 64);
 // No padding: the declared fields add up to the whole record.
-const _: () = assert!(4 + 2 + 2 + 8 + 16 + 8 + 4 + 4 + 2 + 2 + 12 + 8 * SLOTS + STR_BYTES == EVENT_BYTES);
+const _: () = assert!(4 + 2 + 2 + 8 + 16 + 8 + 4 + 4 + 2 + 2 + 4 + 8 + 8 * SLOTS + STR_BYTES == EVENT_BYTES);
 const _: () = assert!(SLOTS <= 32, "present is a u32 bitmap");
 const _: () = assert!(std::mem::offset_of!(Event, slots) == 64);
 const _: () = assert!(std::mem::offset_of!(Event, bytes) == 64 + 8 * SLOTS);
@@ -95,7 +99,8 @@ impl Event {
         present: 0,
         shard: 0,
         endpoint: 0,
-        reserved: [0; 12],
+        config_gen: 0,
+        reserved: [0; 8],
         slots: [0; SLOTS],
         bytes: [0; STR_BYTES],
     };
@@ -196,12 +201,7 @@ pub fn parse_uuid(s: &[u8]) -> Option<[u8; 16]> {
             }
             return None;
         }
-        let v = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => return None,
-        };
+        let v = crate::http::query::hex(c)?;
         match hi.take() {
             None => hi = Some(v),
             Some(h) => {

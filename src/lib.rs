@@ -13,7 +13,8 @@
 //!
 //! Modules in the order an event travels:
 //! - [`config`]   TOML → validated `Config` (errors name file, line, key)
-//! - [`runtime`]  start-up, shard reactors, journal drains, shutdown order
+//! - [`runtime`]  start-up, shard reactors, journal drains, shutdown order; hot reload,
+//!   systemd notify + watchdog, restart handoff (ops)
 //! - [`net`]      listener (SO_REUSEPORT) and the per-connection loop (owned buffers, deadlines)
 //! - [`http`]     request parsing and prebuilt responses, no allocation, no I/O
 //! - [`endpoint`] routing table built from config
@@ -22,11 +23,13 @@
 //! - [`ring`]     per-core SPSC ring, the only crossing on the ingest path
 //! - [`journal`]  segment format, writer, recovery, reader
 //! - [`collector`] forwarders: read the journal from persisted cursors, project, batch, deliver
-//! - [`metrics`]  per-shard counters
+//! - [`metrics`]  per-shard counters and latency histograms (recorded locally, published on a timer)
+//! - [`admin`]    control plane off the shards: `/metrics`, `/health`, `/ready`, `/stats`, `.hlog`
 //!
 //! Synchronous and I/O-free: `http`, `endpoint`, `extract`, `event`, `schema`, `ring`. Only `net`,
 //! `journal` and `runtime` do I/O.
 
+pub mod admin;
 pub mod clock;
 pub mod collector;
 pub mod config;

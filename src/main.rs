@@ -31,6 +31,16 @@ enum Cmd {
         /// Number of shards, overriding server.shards (0 = one per allowed CPU).
         #[arg(long)]
         shards: Option<usize>,
+        /// Admin listener address, overriding admin.listen (port 0 picks a free port).
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
+    },
+    /// Print latency percentiles (µs, per shard and total) of a running tracker, read from its
+    /// admin listener's /stats.
+    Stats {
+        /// Admin address of the running tracker.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
     },
     /// Validate a config file: exit 0, or print every error (file:line: key: problem) and exit 2.
     CheckConfig { file: PathBuf },
@@ -40,6 +50,9 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print the reference of every config key (markdown: type, unit, default, bounds), generated
+    /// from the table the validator uses; docs/config-reference.md is this output.
+    ConfigReference,
     /// Read the journal (cat) and move collectors back over it (replay).
     Journal {
         #[command(subcommand)]
@@ -79,10 +92,10 @@ enum JournalCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Serve { config, listen, journal_dir, shards } => {
-            let mut cfg = match config {
+        Cmd::Serve { config, listen, journal_dir, shards, admin_listen } => {
+            let mut cfg = match &config {
                 None => Config::embedded(),
-                Some(p) => match Config::load(&p) {
+                Some(p) => match Config::load(p) {
                     Ok(c) => c,
                     Err(e) => {
                         eprintln!("{e}");
@@ -90,8 +103,9 @@ fn main() -> ExitCode {
                     }
                 },
             };
-            cfg.apply(&Overrides { listen, journal_dir, shards });
-            serve(cfg)
+            let overrides = Overrides { listen, journal_dir, shards, admin_listen };
+            cfg.apply(&overrides);
+            serve(cfg, config, overrides)
         }
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
@@ -107,6 +121,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::ConfigReference => {
+            print!("{}", tracker::config::keys::reference_markdown());
+            ExitCode::SUCCESS
+        }
         Cmd::Journal { cmd: JournalCmd::Cat { journal_dir, follow } } => journal_cat(&journal_dir, follow),
         Cmd::PrivacyManifest { config } => {
             let cfg = match config {
@@ -134,12 +152,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Stats { admin } => stats(admin),
     }
 }
 
-fn serve(cfg: Config) -> ExitCode {
+/// Runs until SIGTERM/SIGINT. SIGHUP reloads `config_path` (ops: `runtime::reload`); systemd
+/// hears READY, RELOADING, STOPPING and watchdog pings (`runtime::notify`).
+fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> ExitCode {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    // Block-free signal delivery: a dedicated thread turns signals into a stop request.
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    use tracker::runtime::{handoff, notify, reload::Reloader};
+    // Block-free signal delivery: a dedicated thread turns signals into stop and reload requests.
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -147,15 +171,40 @@ fn serve(cfg: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let notifier = Arc::new(notify::Notifier::from_env());
     let journal_dir = cfg.journal.dir.clone();
     let collectors = cfg.clone();
-    let running = match tracker::runtime::start(cfg) {
+    // Admin listener: bound before the shards start so a taken port fails start-up at once.
+    let admin_listener = match tracker::admin::bind(cfg.admin.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "tracker: cannot listen on admin address {} (admin.listen / --admin-listen): {e}",
+                cfg.admin.listen
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let admin_cfg = cfg.clone();
+    let started_with = cfg.clone();
+    let running = match tracker::runtime::start_with(cfg, &|s| notifier.status(s)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tracker: {e}");
             return ExitCode::from(1);
         }
     };
+    let admin = match tracker::admin::start(admin_listener, &admin_cfg, &running) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tracker: admin: {e}");
+            running.stop();
+            running.wait();
+            return ExitCode::from(1);
+        }
+    };
+    drop(admin_cfg);
+    eprintln!("tracker: admin on {}", admin.addr());
     eprintln!(
         "tracker: listening on {} ({} shards), journal {}",
         running.addr(),
@@ -172,16 +221,35 @@ fn serve(cfg: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if handoff::migrate_req_enabled() == Some(false) {
+        eprintln!("tracker: note: net.ipv4.tcp_migrate_req is 0: in a zero-downtime restart, a connection that reaches this process's listen queue in the instant it closes is reset; set it to 1 (docs/operations.md)");
+    }
+    let status = format!("listening on {}, {} shards", running.addr(), running.shards().len());
+    notifier.ready(&status);
+
+    let watchdog_done = Arc::new(AtomicBool::new(false));
+    let watchdog = notify::watchdog_from_env().map(|interval| {
+        let (n, shards, done) = (notifier.clone(), running.shards().to_vec(), watchdog_done.clone());
+        let w = notify::Watchdog::new(interval);
+        std::thread::Builder::new()
+            .name("tracker-watchdog".into())
+            .spawn(move || w.run(n, shards, done))
+            .expect("spawn watchdog thread")
+    });
+    let mut reloader = config_path.map(|p| Reloader::new(p, overrides, started_with, running.shards().to_vec()));
+
     let stop = running.stopper();
     let handle = signals.handle();
+    let sig_notifier = notifier.clone();
     std::thread::Builder::new()
         .name("tracker-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
                 match sig {
-                    SIGHUP => eprintln!("tracker: SIGHUP: configuration reload is not supported yet; ignoring"),
+                    SIGHUP => reload(reloader.as_mut(), &sig_notifier, &status),
                     _ => {
                         eprintln!("tracker: signal {sig}: stopping (finishing in-flight requests, draining rings)");
+                        sig_notifier.stopping();
                         stop();
                     }
                 }
@@ -189,6 +257,8 @@ fn serve(cfg: Config) -> ExitCode {
         })
         .expect("spawn signal thread");
     running.wait();
+    // Shards and drains have published their last histograms: write the last .hlog interval.
+    admin.finish();
     handle.close();
     // The journal holds everything acknowledged now: collectors deliver it, then stop.
     forwarders.stop();
@@ -196,8 +266,54 @@ fn serve(cfg: Config) -> ExitCode {
     if hung > 0 {
         eprintln!("tracker: {hung} collector(s) did not finish within 10 s; their cursors resume at the next start");
     }
+    watchdog_done.store(true, SeqCst);
+    if let Some(w) = watchdog {
+        w.thread().unpark();
+        let _ = w.join();
+    }
     eprintln!("tracker: stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: reload the config file, tell systemd, log the outcome (errors with file:line: key).
+fn reload(
+    reloader: Option<&mut tracker::runtime::reload::Reloader>,
+    notifier: &tracker::runtime::notify::Notifier,
+    status: &str,
+) {
+    let Some(r) = reloader else {
+        eprintln!("tracker: SIGHUP: running the embedded config (no --config FILE): nothing to reload");
+        return;
+    };
+    notifier.reloading();
+    match r.reload() {
+        Ok(rep) => {
+            for k in &rep.needs_restart {
+                eprintln!("tracker: reload: {k} needs a restart to take effect; the running value is kept");
+            }
+            if !rep.late_shards.is_empty() {
+                eprintln!(
+                    "tracker: reload: shards {:?} had not switched yet; they will on their next turn",
+                    rep.late_shards
+                );
+            }
+            eprintln!(
+                "tracker: reload: applied {} as generation {}: {} endpoints, {} event types{}",
+                r.path().display(),
+                rep.generation,
+                rep.endpoints,
+                rep.types,
+                if rep.schema_changed { "; schema changed: new journal segments follow" } else { "" }
+            );
+        }
+        Err(e) => {
+            eprintln!("tracker: reload of {} failed; the running config is kept:", r.path().display());
+            for line in e.to_string().lines() {
+                eprintln!("tracker: reload: {line}");
+            }
+        }
+    }
+    notifier.ready(status);
 }
 
 fn journal_cat(dir: &std::path::Path, follow: bool) -> ExitCode {
@@ -237,5 +353,19 @@ fn journal_cat(dir: &std::path::Path, follow: bool) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `tracker stats`: the percentile table of a running tracker.
+fn stats(admin: std::net::SocketAddr) -> ExitCode {
+    match tracker::admin::client::stats_table(admin) {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tracker: {e}");
+            ExitCode::from(1)
+        }
     }
 }

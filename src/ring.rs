@@ -101,6 +101,31 @@ impl Producer {
     pub fn pushed(&self) -> u64 {
         self.tail
     }
+
+    /// A read-only view of this ring's counters for other threads (metrics, readiness).
+    pub fn watch(&self) -> RingWatch {
+        RingWatch { inner: self.inner.clone() }
+    }
+}
+
+/// Pushed and popped counts of a ring, readable from any thread (they only grow; depth is the
+/// difference). Reads never touch the slots.
+pub struct RingWatch {
+    inner: Arc<Inner>,
+}
+
+impl RingWatch {
+    pub fn pushed(&self) -> u64 {
+        self.inner.tail.load(Ordering::Acquire)
+    }
+
+    pub fn popped(&self) -> u64 {
+        self.inner.head.load(Ordering::Acquire)
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.inner.mask + 1
+    }
 }
 
 impl Consumer {

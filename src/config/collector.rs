@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::keys::{spec, COLLECTOR_KEYS};
 use super::raw::S;
 use super::{line_of, ConfigError, EventType, Validator};
 
@@ -162,13 +163,20 @@ impl Validator<'_> {
             let events = self.event_selection(r, &key("events"), types, c.span());
             let fields = self.field_selection(r, &key("fields"), &events, types, c.span());
             let batch = BatchLimits {
-                events_max: self.int(&r.events_max, &key("events_max"), 1000, 1, 100_000) as usize,
-                bytes_max: self.int(&r.bytes_max, &key("bytes_max"), 1 << 20, 1024, 64 << 20) as usize,
-                linger_ms: self.int(&r.linger_ms, &key("linger_ms"), 100, 0, 60_000) as u64,
+                events_max: self.int_at(&r.events_max, &key("events_max"), spec(COLLECTOR_KEYS, "events_max")) as usize,
+                bytes_max: self.int_at(&r.bytes_max, &key("bytes_max"), spec(COLLECTOR_KEYS, "bytes_max")) as usize,
+                linger_ms: self.int_at(&r.linger_ms, &key("linger_ms"), spec(COLLECTOR_KEYS, "linger_ms")) as u64,
             };
-            let initial_ms = self.int(&r.retry_initial_ms, &key("retry_initial_ms"), 100, 1, 60_000) as u64;
-            let max_ms =
-                self.int(&r.retry_max_ms, &key("retry_max_ms"), 10_000.max(initial_ms as i64), 1, 3_600_000) as u64;
+            let initial_ms =
+                self.int_at(&r.retry_initial_ms, &key("retry_initial_ms"), spec(COLLECTOR_KEYS, "retry_initial_ms"))
+                    as u64;
+            let max_ms = match &r.retry_max_ms {
+                // The default cap never sits below the first wait.
+                None => 10_000.max(initial_ms),
+                Some(_) => {
+                    self.int_at(&r.retry_max_ms, &key("retry_max_ms"), spec(COLLECTOR_KEYS, "retry_max_ms")) as u64
+                }
+            };
             if max_ms < initial_ms {
                 let span = r.retry_max_ms.as_ref().map_or(c.span(), |s| s.span());
                 self.err(span, key("retry_max_ms"), format!("{max_ms} is below retry_initial_ms ({initial_ms})"));
@@ -176,7 +184,11 @@ impl Validator<'_> {
             let retry = RetryPolicy {
                 initial_ms,
                 max_ms: max_ms.max(initial_ms),
-                jitter_percent: self.int(&r.retry_jitter_percent, &key("retry_jitter_percent"), 20, 0, 100) as u8,
+                jitter_percent: self.int_at(
+                    &r.retry_jitter_percent,
+                    &key("retry_jitter_percent"),
+                    spec(COLLECTOR_KEYS, "retry_jitter_percent"),
+                ) as u8,
             };
             let key_prefix = match &r.key_prefix {
                 None => "tracker".to_string(),

@@ -6,6 +6,7 @@
 //! what was expected. Validation collects every error rather than stopping at the first.
 
 mod collector;
+pub mod keys;
 mod raw;
 
 pub use collector::{
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 use crate::constants::*;
 use crate::event::{SLOTS, STR_BYTES};
 use crate::schema::{FieldKind, FieldSchema, Schema, TypeSchema, SCHEMA_VERSION};
+use keys::{spec, KeySpec, ADMIN_KEYS, ENDPOINT_KEYS, FIELD_KEYS, JOURNAL_KEYS, SERVER_KEYS};
 use raw::{RawConfig, S};
 
 /// The embedded default: the same text as config/tracker.toml.
@@ -30,6 +32,7 @@ pub const DEFAULT_NAME: &str = "<embedded config/tracker.toml>";
 pub struct Config {
     pub server: Server,
     pub journal: Journal,
+    pub admin: Admin,
     pub endpoints: Vec<Endpoint>,
     pub types: Vec<EventType>,
     /// What the journal embeds in every segment header.
@@ -74,6 +77,21 @@ pub struct Journal {
     pub retention_age_s: u64,
     /// Journal bytes on disk above which `logged` endpoints answer 503; 0 = no limit.
     pub size_bytes_max: u64,
+}
+
+/// `[admin]`: the control-plane listener, histogram publishing, readiness limits, `.hlog`.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// How often shards and drains publish their latency histograms, ms.
+    pub publish_interval_ms: u64,
+    /// Free bytes the journal's filesystem must keep for `/ready`; 0 = 2 × segment_bytes per shard.
+    pub ready_free_bytes_min: u64,
+    /// Most unread events in any ring for `/ready`; 0 = half of server.ring_events.
+    pub ready_ring_backlog_events_max: u64,
+    /// Where merged histograms are appended as an HdrHistogram interval log; None = off.
+    pub hlog_path: Option<PathBuf>,
+    pub hlog_interval_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,8 +283,16 @@ impl Validator<'_> {
         });
     }
 
-    /// An integer in `lo..=hi`, or `default` when absent.
-    fn int(&mut self, v: &Option<S<i64>>, key: &str, default: i64, lo: i64, hi: i64) -> i64 {
+    /// An integer within the key's bounds, or its default when absent (both from keys.rs).
+    fn int(&mut self, v: &Option<S<i64>>, k: &KeySpec) -> i64 {
+        self.int_at(v, &k.name(), k)
+    }
+
+    /// `int` for a key whose name in errors is not `section.key` (e.g. `event.x.fields[2].max_bytes`).
+    fn int_at(&mut self, v: &Option<S<i64>>, key: &str, k: &KeySpec) -> i64 {
+        let (keys::KeyDefault::Int(default), keys::Bounds::Range(lo, hi)) = (k.default, k.bounds) else {
+            panic!("{} is not an integer key with a range in keys.rs", k.name())
+        };
         match v {
             None => default,
             Some(s) => {
@@ -281,7 +307,19 @@ impl Validator<'_> {
         }
     }
 
-    fn choice<T: Copy>(&mut self, v: &Option<S<String>>, key: &str, default: T, options: &[(&str, T)]) -> T {
+    /// One of the key's names (keys.rs), mapped through `options`; its default when absent.
+    fn choice<T: Copy>(&mut self, v: &Option<S<String>>, key: &str, k: &KeySpec, options: &[(&str, T)]) -> T {
+        let keys::Bounds::OneOf(names) = k.bounds else { panic!("{} has no list of names in keys.rs", k.name()) };
+        debug_assert!(
+            names.iter().eq(options.iter().map(|(n, _)| n)),
+            "{}: keys.rs and the validator disagree",
+            k.name()
+        );
+        let default = options
+            .iter()
+            .find(|(n, _)| matches!(k.default, keys::KeyDefault::Str(d) if d == *n))
+            .expect("default is an option")
+            .1;
         let Some(s) = v else { return default };
         match options.iter().find(|(n, _)| *n == s.get_ref().as_str()) {
             Some((_, t)) => *t,
@@ -296,10 +334,41 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let server = self.server(&raw.server);
         let journal = self.journal(&raw.journal);
+        let admin = self.admin(&raw.admin);
         let (types, schema) = self.types(&raw.event);
         let endpoints = self.endpoints(&raw.endpoint, &types);
         let collectors = self.collectors(&raw.collector, &types);
-        Config { server, journal, endpoints, types, schema, collectors }
+        Config { server, journal, admin, endpoints, types, schema, collectors }
+    }
+
+    fn admin(&mut self, r: &raw::RawAdmin) -> Admin {
+        let default_listen: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let listen = match &r.listen {
+            None => default_listen,
+            Some(s) => s.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
+                self.err(
+                    s.span(),
+                    "admin.listen",
+                    format!("\"{}\" is not an address: expected IP:PORT such as \"127.0.0.1:9090\"", s.get_ref()),
+                );
+                default_listen
+            }),
+        };
+        let hlog_path = match &r.hlog_path {
+            Some(s) if s.get_ref().is_empty() => None,
+            Some(s) => Some(PathBuf::from(s.get_ref())),
+            None => None,
+        };
+        Admin {
+            listen,
+            publish_interval_ms: self.int(&r.publish_interval_ms, spec(ADMIN_KEYS, "publish_interval_ms")) as u64,
+            ready_free_bytes_min: self.int(&r.ready_free_bytes_min, spec(ADMIN_KEYS, "ready_free_bytes_min")) as u64,
+            ready_ring_backlog_events_max: self
+                .int(&r.ready_ring_backlog_events_max, spec(ADMIN_KEYS, "ready_ring_backlog_events_max"))
+                as u64,
+            hlog_path,
+            hlog_interval_ms: self.int(&r.hlog_interval_ms, spec(ADMIN_KEYS, "hlog_interval_ms")) as u64,
+        }
     }
 
     fn server(&mut self, r: &raw::RawServer) -> Server {
@@ -320,19 +389,18 @@ impl Validator<'_> {
                 }
             },
         };
-        let ring_events =
-            self.int(&r.ring_events, "server.ring_events", 16384, RING_EVENTS_MIN as i64, RING_EVENTS_MAX as i64);
+        let ring_events = self.int(&r.ring_events, spec(SERVER_KEYS, "ring_events"));
         if !(ring_events as u64).is_power_of_two() {
             let s = r.ring_events.as_ref().unwrap();
             self.err(s.span(), "server.ring_events", format!("{ring_events} is not a power of two"));
         }
-        let entries = self.int(&r.io_uring_entries, "server.io_uring_entries", 1024, 32, 32768);
+        let entries = self.int(&r.io_uring_entries, spec(SERVER_KEYS, "io_uring_entries"));
         if !(entries as u64).is_power_of_two() {
             let s = r.io_uring_entries.as_ref().unwrap();
             self.err(s.span(), "server.io_uring_entries", format!("{entries} is not a power of two"));
         }
-        let request_line = self.int(&r.request_line_bytes_max, "server.request_line_bytes_max", 4096, 64, 65536);
-        let header_bytes = self.int(&r.header_bytes_max, "server.header_bytes_max", 8192, 256, 1 << 20);
+        let request_line = self.int(&r.request_line_bytes_max, spec(SERVER_KEYS, "request_line_bytes_max"));
+        let header_bytes = self.int(&r.header_bytes_max, spec(SERVER_KEYS, "header_bytes_max"));
         if request_line >= header_bytes {
             let span = r.request_line_bytes_max.as_ref().map(|s| s.span()).unwrap_or(0..0);
             self.err(
@@ -343,32 +411,17 @@ impl Validator<'_> {
         }
         Server {
             listen,
-            shards: self.int(&r.shards, "server.shards", 0, 0, SHARDS_MAX as i64) as usize,
-            connections_per_shard_max: self.int(
-                &r.connections_per_shard_max,
-                "server.connections_per_shard_max",
-                1024,
-                1,
-                1 << 20,
-            ) as usize,
+            shards: self.int(&r.shards, spec(SERVER_KEYS, "shards")) as usize,
+            connections_per_shard_max: self
+                .int(&r.connections_per_shard_max, spec(SERVER_KEYS, "connections_per_shard_max"))
+                as usize,
             request_line_bytes_max: request_line as usize,
-            header_count_max: self.int(
-                &r.header_count_max,
-                "server.header_count_max",
-                HEADERS_MAX as i64,
-                1,
-                HEADERS_MAX as i64,
-            ) as usize,
+            header_count_max: self.int(&r.header_count_max, spec(SERVER_KEYS, "header_count_max")) as usize,
             header_bytes_max: header_bytes as usize,
-            body_bytes_max: self.int(&r.body_bytes_max, "server.body_bytes_max", 65536, 0, 16 << 20) as usize,
-            header_read_timeout_ms: self.int(
-                &r.header_read_timeout_ms,
-                "server.header_read_timeout_ms",
-                10_000,
-                100,
-                600_000,
-            ) as u64,
-            idle_timeout_ms: self.int(&r.idle_timeout_ms, "server.idle_timeout_ms", 60_000, 100, 3_600_000) as u64,
+            body_bytes_max: self.int(&r.body_bytes_max, spec(SERVER_KEYS, "body_bytes_max")) as usize,
+            header_read_timeout_ms: self.int(&r.header_read_timeout_ms, spec(SERVER_KEYS, "header_read_timeout_ms"))
+                as u64,
+            idle_timeout_ms: self.int(&r.idle_timeout_ms, spec(SERVER_KEYS, "idle_timeout_ms")) as u64,
             ring_events: ring_events as usize,
             io_uring_entries: entries as u32,
             io_uring_defer_taskrun: r.io_uring_defer_taskrun.as_ref().is_some_and(|b| *b.get_ref()),
@@ -376,13 +429,7 @@ impl Validator<'_> {
     }
 
     fn journal(&mut self, r: &raw::RawJournal) -> Journal {
-        let segment_bytes = self.int(
-            &r.segment_bytes,
-            "journal.segment_bytes",
-            64 << 20,
-            SEGMENT_BYTES_MIN as i64,
-            SEGMENT_BYTES_MAX as i64,
-        ) as u64;
+        let segment_bytes = self.int(&r.segment_bytes, spec(JOURNAL_KEYS, "segment_bytes")) as u64;
         if !segment_bytes.is_multiple_of(4096) {
             let s = r.segment_bytes.as_ref().unwrap();
             self.err(
@@ -405,12 +452,12 @@ impl Validator<'_> {
             sync: self.choice(
                 &r.sync,
                 "journal.sync",
-                SyncPolicy::Interval,
+                spec(JOURNAL_KEYS, "sync"),
                 &[("none", SyncPolicy::None), ("interval", SyncPolicy::Interval), ("always", SyncPolicy::Always)],
             ),
-            sync_interval_ms: self.int(&r.sync_interval_ms, "journal.sync_interval_ms", 1000, 1, 3_600_000) as u64,
-            retention_age_s: self.int(&r.retention_age_s, "journal.retention_age_s", 0, 0, 10 * 365 * 86_400) as u64,
-            size_bytes_max: self.int(&r.size_bytes_max, "journal.size_bytes_max", 0, 0, i64::MAX) as u64,
+            sync_interval_ms: self.int(&r.sync_interval_ms, spec(JOURNAL_KEYS, "sync_interval_ms")) as u64,
+            retention_age_s: self.int(&r.retention_age_s, spec(JOURNAL_KEYS, "retention_age_s")) as u64,
+            size_bytes_max: self.int(&r.size_bytes_max, spec(JOURNAL_KEYS, "size_bytes_max")) as u64,
         }
     }
 
@@ -430,18 +477,22 @@ impl Validator<'_> {
                     format!("\"{path}\" is not a path: expected /something without spaces, '?' or '#'"),
                 );
             }
-            let method =
-                self.choice(&r.method, &key("method"), Method::Get, &[("GET", Method::Get), ("POST", Method::Post)]);
+            let method = self.choice(
+                &r.method,
+                &key("method"),
+                spec(ENDPOINT_KEYS, "method"),
+                &[("GET", Method::Get), ("POST", Method::Post)],
+            );
             let response = self.choice(
                 &r.response,
                 &key("response"),
-                ResponseKind::NoContent,
+                spec(ENDPOINT_KEYS, "response"),
                 &[("gif", ResponseKind::Gif), ("no_content", ResponseKind::NoContent)],
             );
             let ack = self.choice(
                 &r.ack,
                 &key("ack"),
-                Ack::Received,
+                spec(ENDPOINT_KEYS, "ack"),
                 &[("received", Ack::Received), ("logged", Ack::Logged)],
             );
             let type_id = match types.iter().find(|t| &t.name == r.event.get_ref()) {
@@ -554,20 +605,7 @@ impl Validator<'_> {
                 self.err(f.kind.span(), key("type"), "request.time_ms must be stored as type \"u64\" or \"i64\"");
             }
             let max = match (kind, &f.max_bytes) {
-                (FieldKind::Str, None) => 64,
-                (FieldKind::Str, Some(m)) => {
-                    let v = *m.get_ref();
-                    if v < 1 || v as usize > FIELD_STR_BYTES_MAX {
-                        self.err(
-                            m.span(),
-                            key("max_bytes"),
-                            format!("{v} is out of range: expected 1..={FIELD_STR_BYTES_MAX}"),
-                        );
-                        1
-                    } else {
-                        v as usize
-                    }
-                }
+                (FieldKind::Str, m) => self.int_at(m, &key("max_bytes"), spec(FIELD_KEYS, "max_bytes")) as usize,
                 (_, Some(m)) => {
                     self.err(m.span(), key("max_bytes"), "max_bytes applies to type \"string\" only");
                     0
@@ -683,6 +721,7 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub journal_dir: Option<PathBuf>,
     pub shards: Option<usize>,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -695,6 +734,9 @@ impl Config {
         }
         if let Some(s) = o.shards {
             self.server.shards = s;
+        }
+        if let Some(a) = o.admin_listen {
+            self.admin.listen = a;
         }
     }
 }
@@ -748,6 +790,18 @@ mod tests {
         }
         let shards = e.iter().find(|e| e.key == "server.shards").unwrap();
         assert!(shards.message.contains("9999") && shards.message.contains("0..=256"), "{shards}");
+    }
+
+    #[test]
+    fn admin_section_defaults_and_errors() {
+        let a = Config::embedded().admin;
+        assert_eq!(a.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!((a.publish_interval_ms, a.ready_free_bytes_min, a.hlog_path), (1000, 0, None));
+        let e = errors("[admin]\nlisten = \"nope\"\npublish_interval_ms = 5\nhlog_interval_ms = 0\n");
+        let got: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(got, [(2, "admin.listen"), (3, "admin.publish_interval_ms"), (4, "admin.hlog_interval_ms")]);
+        let c = Config::parse("[admin]\nhlog_path = \"/tmp/t.hlog\"\n", "t.toml").unwrap();
+        assert_eq!(c.admin.hlog_path, Some(PathBuf::from("/tmp/t.hlog")));
     }
 
     #[test]

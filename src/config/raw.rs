@@ -15,6 +15,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub journal: RawJournal,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
     pub endpoint: Vec<S<RawEndpoint>>,
     #[serde(default)]
     pub event: BTreeMap<String, S<RawEvent>>,
@@ -48,6 +50,17 @@ pub struct RawJournal {
     pub sync_interval_ms: Option<S<i64>>,
     pub retention_age_s: Option<S<i64>>,
     pub size_bytes_max: Option<S<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<S<String>>,
+    pub publish_interval_ms: Option<S<i64>>,
+    pub ready_free_bytes_min: Option<S<i64>>,
+    pub ready_ring_backlog_events_max: Option<S<i64>>,
+    pub hlog_path: Option<S<String>>,
+    pub hlog_interval_ms: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

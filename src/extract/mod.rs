@@ -15,6 +15,7 @@ use std::net::IpAddr;
 
 use crate::config::{DefaultValue, EventType, Field, Source};
 use crate::event::{Event, FLAG_ID_CLIENT, FLAG_ID_DERIVED, FLAG_TRUNCATED, SLOTS};
+use crate::http::query::{cookie_in, header};
 use crate::schema::FieldKind;
 
 /// What extraction sees of a request.
@@ -87,19 +88,19 @@ pub fn extract(
         }
         let r = match &f.source {
             Source::Query(_) => Ok(()),
-            Source::Header(name) => match header(req.headers, name.as_bytes()) {
+            Source::Header(name) => match header(req.headers, name) {
                 Some(v) => store_text(f, v, false, ev),
                 None => Ok(()),
             },
-            Source::Cookie(name) => match cookie(req.headers, name.as_bytes()) {
+            Source::Cookie(name) => match cookie_in(req.headers, name.as_bytes()) {
                 Some(v) => store_text(f, v, false, ev),
                 None => Ok(()),
             },
-            Source::UserAgent => match header(req.headers, b"user-agent") {
+            Source::UserAgent => match header(req.headers, "user-agent") {
                 Some(v) => store_text(f, v, false, ev),
                 None => Ok(()),
             },
-            Source::Referer => match header(req.headers, b"referer") {
+            Source::Referer => match header(req.headers, "referer") {
                 Some(v) => store_text(f, v, false, ev),
                 None => Ok(()),
             },
@@ -127,8 +128,8 @@ pub fn extract(
     if client_id.is_none() {
         for s in ty.id_from.iter() {
             let v = match s {
-                Source::Header(n) => header(req.headers, n.as_bytes()),
-                Source::Cookie(n) => cookie(req.headers, n.as_bytes()),
+                Source::Header(n) => header(req.headers, n),
+                Source::Cookie(n) => cookie_in(req.headers, n.as_bytes()),
                 _ => None,
             };
             if let Some(v) = v.filter(|v| !v.is_empty()) {
@@ -239,36 +240,6 @@ fn store_ip(f: &Field, ip: IpAddr, ev: &mut Event) {
             ev.set_slot(f.slot, 6);
         }
     }
-}
-
-/// First header with this (lower-case) name, compared case-insensitively.
-#[inline]
-pub fn header<'a>(headers: &'a [httparse::Header<'a>], name: &[u8]) -> Option<&'a [u8]> {
-    headers.iter().find(|h| h.name.as_bytes().eq_ignore_ascii_case(name)).map(|h| h.value)
-}
-
-/// A cookie's value from the Cookie header(s): `a=1; b=2`.
-#[inline]
-pub fn cookie<'a>(headers: &'a [httparse::Header<'a>], name: &[u8]) -> Option<&'a [u8]> {
-    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("cookie")) {
-        for part in h.value.split(|&b| b == b';') {
-            let part = trim(part);
-            if let Some(p) = part.iter().position(|&b| b == b'=') {
-                if &part[..p] == name {
-                    let v = &part[p + 1..];
-                    return Some(v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v));
-                }
-            }
-        }
-    }
-    None
-}
-
-#[inline]
-fn trim(b: &[u8]) -> &[u8] {
-    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let e = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(s, |p| p + 1);
-    &b[s..e]
 }
 
 #[cfg(test)]

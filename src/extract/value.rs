@@ -1,55 +1,17 @@
-//! Value decoding for extraction: percent-decoding straight into a destination slice, and the
-//! number and money parsers. Pure, allocation-free, shared with config validation of defaults.
+//! Value decoding for extraction: percent-decoding straight into a destination slice (the HTTP
+//! layer's decoder, truncating), and the number and money parsers. Pure, allocation-free,
+//! shared with config validation of defaults.
 
 use crate::schema::FieldKind;
 
 /// Why a value was refused (the caller prefixes the field name).
 pub type Why = &'static str;
 
-#[inline]
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Percent-decodes a query value (`+` is a space) into `dst`. Returns the bytes written and
 /// whether the decoded value was longer than `dst` (the rest is validated, then dropped).
+#[inline]
 pub fn percent_decode(src: &[u8], dst: &mut [u8]) -> Result<(usize, bool), Why> {
-    let (mut i, mut n, mut truncated) = (0usize, 0usize, false);
-    while i < src.len() {
-        let b = match src[i] {
-            b'%' => {
-                let hi = src.get(i + 1).copied().and_then(hex);
-                let lo = src.get(i + 2).copied().and_then(hex);
-                match (hi, lo) {
-                    (Some(h), Some(l)) => {
-                        i += 3;
-                        h << 4 | l
-                    }
-                    _ => return Err("bad percent-encoding"),
-                }
-            }
-            b'+' => {
-                i += 1;
-                b' '
-            }
-            c => {
-                i += 1;
-                c
-            }
-        };
-        if n < dst.len() {
-            dst[n] = b;
-            n += 1;
-        } else {
-            truncated = true;
-        }
-    }
-    Ok((n, truncated))
+    crate::http::query::percent_decode_truncating(src, dst).map_err(|_| "bad percent-encoding")
 }
 
 /// Parses a decimal value for a numeric kind. Returns the slot bits and whether precision was

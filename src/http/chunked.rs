@@ -16,6 +16,7 @@
 //! CR or LF refused, also inside extensions), exactly CRLF after each chunk's data. Chunk
 //! extensions and trailer fields are checked for control bytes, bounded, and then ignored.
 
+use super::query::hex;
 use super::request::ParseError;
 
 /// Most hex digits in a chunk size, leading zeros included: 16 digits cover u64, so the size
@@ -168,16 +169,6 @@ fn crlf(s: &[u8], why: &'static str) -> Result<usize, ParseError> {
         [b'\r', b'\n', ..] => Ok(2),
         [] | [b'\r'] => Err(ParseError::Incomplete),
         _ => Err(invalid(400, why)),
-    }
-}
-
-#[inline]
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
     }
 }
 

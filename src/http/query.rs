@@ -63,7 +63,16 @@ pub fn find<'q>(query: &'q [u8], key: &[u8]) -> Option<&'q [u8]> {
 /// result is not checked to be UTF-8, nor to be free of decoded control bytes (`%00`): that is
 /// the consumer's decision. On error `dst` holds a partial value.
 pub fn percent_decode(src: &[u8], dst: &mut [u8]) -> Result<usize, DecodeError> {
-    let (mut i, mut n) = (0usize, 0usize);
+    match percent_decode_truncating(src, dst)? {
+        (n, false) => Ok(n),
+        (_, true) => Err(DecodeError::TooLong),
+    }
+}
+
+/// Like `percent_decode`, but a value longer than `dst` is cut to fit: returns the bytes written
+/// and whether any were dropped. The whole input is still checked for bad escapes.
+pub fn percent_decode_truncating(src: &[u8], dst: &mut [u8]) -> Result<(usize, bool), DecodeError> {
+    let (mut i, mut n, mut truncated) = (0usize, 0usize, false);
     while i < src.len() {
         let b = match src[i] {
             b'%' => {
@@ -84,17 +93,20 @@ pub fn percent_decode(src: &[u8], dst: &mut [u8]) -> Result<usize, DecodeError> 
                 c
             }
         };
-        let Some(slot) = dst.get_mut(n) else {
-            return Err(DecodeError::TooLong);
-        };
-        *slot = b;
-        n += 1;
+        match dst.get_mut(n) {
+            Some(slot) => {
+                *slot = b;
+                n += 1;
+            }
+            None => truncated = true,
+        }
     }
-    Ok(n)
+    Ok((n, truncated))
 }
 
+/// The value of one hex digit (either case).
 #[inline]
-fn hex(c: u8) -> Option<u8> {
+pub fn hex(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),

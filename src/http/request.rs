@@ -253,22 +253,36 @@ fn check_request_line(buf: &[u8], max: usize) -> Result<(), ParseError> {
 /// would see different header lines, so we refuse it. The scan also re-checks, independently
 /// of httparse, the bytes that matter most for smuggling (NUL, bare CR).
 fn check_head_bytes(head: &[u8]) -> Result<(), ParseError> {
-    let mut prev = 0u8;
-    for &b in head {
-        // Fast path: printable bytes and obs-text not after a CR.
-        if (b >= 0x20 && b != 0x7f) && prev != b'\r' {
-            prev = b;
-            continue;
+    #[inline(always)]
+    fn is_ctl(b: u8) -> bool {
+        b < 0x20 || b == 0x7f
+    }
+    // Most of a head is printable: skip 16 bytes at a time (the fold has no early exit, so it
+    // vectorises) and look closely only where a control byte is. A byte-at-a-time loop cost
+    // ~1.6 µs on a 580-byte browser request, four times httparse itself.
+    const STRIDE: usize = 16;
+    let n = head.len();
+    let mut i = 0;
+    while i < n {
+        while i + STRIDE <= n && !head[i..i + STRIDE].iter().fold(false, |any, &b| any | is_ctl(b)) {
+            i += STRIDE;
         }
-        if prev == b'\r' && b != b'\n' {
-            return Err(invalid(400, "bare CR in request head"));
+        if i >= n {
+            break;
         }
-        match b {
-            b'\n' if prev != b'\r' => return Err(invalid(400, "bare LF in request head")),
-            b'\t' | b'\r' | b'\n' => {}
+        match head[i] {
+            b if !is_ctl(b) => i += 1,
+            b'\t' => i += 1,
+            // A CR must be followed by LF; both are consumed together, so any LF met on its
+            // own is bare. A CR as the very last byte may still get its LF.
+            b'\r' => match head.get(i + 1) {
+                Some(b'\n') => i += 2,
+                None => i += 1,
+                Some(_) => return Err(invalid(400, "bare CR in request head")),
+            },
+            b'\n' => return Err(invalid(400, "bare LF in request head")),
             _ => return Err(invalid(400, "control character in request head")),
         }
-        prev = b;
     }
     Ok(())
 }

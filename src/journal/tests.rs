@@ -415,3 +415,26 @@ fn bad_tail_of_a_segment_the_writer_has_left_is_corrupt_not_pending() {
     assert_eq!(seqs(&read_all(&mut r)), [1, 2, 3, 4]);
     assert_eq!(r.corrupt_records(), 1);
 }
+
+#[test]
+fn set_schema_starts_a_new_segment_only_when_the_schema_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=2);
+    assert!(!j.set_schema(&schema_a()).unwrap(), "same schema: same segment");
+    assert_eq!(j.segment_number(), 1);
+    assert!(j.set_schema(&schema_b()).unwrap());
+    assert_eq!(j.segment_number(), 2);
+    append_seqs(&mut j, 3..=4);
+    j.sync().unwrap();
+
+    let got = read_all(&mut JournalReader::open(root).unwrap());
+    assert_eq!(seqs(&got), [1, 2, 3, 4]);
+    let schemas: Vec<bool> = got.iter().map(|(s, _)| *s == schema_a()).collect();
+    assert_eq!(schemas, [true, true, false, false], "each record decodes with the schema it was written under");
+    // A reopen with the new schema continues its segment.
+    drop(j);
+    let (j, report) = ShardJournal::open(root, 0, SEG_8, &schema_b()).unwrap();
+    assert_eq!((report.segment, report.records, j.segment_number()), (2, 2, 2));
+}

@@ -2,8 +2,18 @@
 //! lock, no allocation, no cross-core traffic on the hot path); readers on other threads sum the
 //! shards. Labels come from closed sets fixed at start (endpoints and event types from config,
 //! statuses and reasons below).
+//!
+//! - [`latency`]: per-shard HDR histograms (service time, ingest-to-journal, collector publish),
+//!   recorded thread-locally and published on a timer;
+//! - the admin listener that serves them (`/metrics`, `/ready`, `/stats`, `.hlog`) is
+//!   [`crate::admin`].
+
+pub mod latency;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+
+use crate::ring::RingWatch;
 
 /// Response statuses the tracker sends, a closed set (label `status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,10 +107,16 @@ pub struct ShardCounters {
     events: Box<[AtomicU64]>,
     rejects: [AtomicU64; REASONS.len()],
     pub connections_accepted: AtomicU64,
+    /// Connections closed after being accepted (open = accepted - closed).
+    pub connections_closed: AtomicU64,
     pub journal_records: AtomicU64,
     pub journal_bytes: AtomicU64,
     pub journal_torn_records: AtomicU64,
     pub journal_errors: AtomicU64,
+    /// Latency histograms published by the reactor, the drain and collectors.
+    pub latency: latency::ShardLatency,
+    /// Read-only view of the shard's ring (pushed / popped), set once at start.
+    pub ring: OnceLock<RingWatch>,
 }
 
 impl ShardCounters {
@@ -110,10 +126,13 @@ impl ShardCounters {
             events: (0..types).map(|_| AtomicU64::new(0)).collect(),
             rejects: Default::default(),
             connections_accepted: AtomicU64::new(0),
+            connections_closed: AtomicU64::new(0),
             journal_records: AtomicU64::new(0),
             journal_bytes: AtomicU64::new(0),
             journal_torn_records: AtomicU64::new(0),
             journal_errors: AtomicU64::new(0),
+            latency: Default::default(),
+            ring: OnceLock::new(),
         }
     }
 

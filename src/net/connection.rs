@@ -12,16 +12,17 @@
 //!   the responses before it are written: the bytes after it cannot be trusted.
 //!
 //! Deadlines: the head of a request must arrive within header_read_timeout_ms of its first
-//! byte; an idle keep-alive connection is closed after idle_timeout_ms. Both are checked on a
-//! coarse tick while a read is pending, which also notices shutdown.
+//! byte; an idle keep-alive connection is closed after idle_timeout_ms, and so is one whose
+//! client does not take its responses within idle_timeout_ms. All are checked on a coarse tick
+//! while a read or write is pending, which also notices shutdown.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::config::{Ack, ResponseKind, Server};
@@ -36,8 +37,10 @@ use crate::runtime::shard::ShardCtx;
 pub const WRITE_BYTES: usize = 16 * 1024;
 /// Flush the batch when less than this is free: the largest single response we build.
 const RESPONSE_BYTES_MAX: usize = 1024;
-/// How often a pending read looks at its deadline and at shutdown.
+/// How often a pending read or write looks at its deadline and at shutdown.
 const TICK: Duration = Duration::from_millis(250);
+/// How long responses already being written may take once the shard stops.
+const STOP_WRITE_GRACE: Duration = Duration::from_secs(2);
 
 /// A connection's buffers, allocated once per shard at start and recycled.
 pub struct ConnBufs {
@@ -65,15 +68,19 @@ struct Answer {
 }
 
 pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, mut bufs: ConnBufs) {
-    let server = &ctx.cfg.server;
-    let limits = http::Limits {
-        request_line_bytes_max: server.request_line_bytes_max,
-        header_count_max: server.header_count_max,
-        header_bytes_max: server.header_bytes_max,
-        body_bytes_max: server.body_bytes_max,
+    // [server] keys never change while running (reload keeps them), so they are read once; the
+    // borrow of ctx.cfg must not live across an await (the control task swaps it on reload).
+    let (limits, idle, header_timeout) = {
+        let cfg = ctx.cfg.borrow();
+        let server = &cfg.server;
+        let limits = http::Limits {
+            request_line_bytes_max: server.request_line_bytes_max,
+            header_count_max: server.header_count_max,
+            header_bytes_max: server.header_bytes_max,
+            body_bytes_max: server.body_bytes_max,
+        };
+        (limits, Duration::from_millis(server.idle_timeout_ms), Duration::from_millis(server.header_read_timeout_ms))
     };
-    let idle = Duration::from_millis(server.idle_timeout_ms);
-    let header_timeout = Duration::from_millis(server.header_read_timeout_ms);
     let mut canceller = Canceller::new();
     let mut rbuf = std::mem::take(&mut bufs.read);
     let mut wbuf = std::mem::take(&mut bufs.write);
@@ -81,12 +88,17 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     wbuf.clear();
     // When the first byte of the request now in the buffer arrived.
     let mut head_started: Option<Instant> = None;
+    // At shutdown a connection that has not been answered yet (accepted from the queue as the
+    // shard stopped, or connected just before) still gets its first request read and answered,
+    // within STOP_FIRST_REQUEST_GRACE; an answered, idle one is closed at once.
+    let mut answered_any = false;
 
     'conn: loop {
         // Answer every complete request in the buffer.
         let mut start = 0usize;
         let mut close = false;
         let mut logged_seq = 0u64;
+        // Also where the service time of each request below starts: the read that completed it.
         let now_ns = crate::clock::unix_nanos();
         ctx.date.borrow_mut().update(now_ns / 1_000_000_000);
         while start < rbuf.len() && wbuf.capacity() - wbuf.len() >= RESPONSE_BYTES_MAX {
@@ -99,6 +111,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                     ctx.shared.counters.request(None, st);
                     ctx.shared.counters.reject(Reason::Malformed);
                     write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None);
+                    record_service(&ctx, now_ns);
                     close = true;
                     break;
                 }
@@ -121,6 +134,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                             ctx.shared.counters.request(None, st);
                             ctx.shared.counters.reject(Reason::Malformed);
                             write_error(&ctx, &mut wbuf, st, reason, false, false, req.version_minor, None);
+                            record_service(&ctx, now_ns);
                             close = true;
                             break;
                         }
@@ -129,6 +143,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             };
             let _ = body;
             let a = answer(&ctx, &req, peer, now_ns, &mut wbuf);
+            answered_any = true;
+            record_service(&ctx, now_ns);
             logged_seq = logged_seq.max(a.logged_seq);
             start += consumed;
             head_started = None;
@@ -146,14 +162,14 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             ctx.journaled(logged_seq).await;
         }
         if !wbuf.is_empty() {
-            let (res, b) = stream.write_all(wbuf).await;
+            let (res, b) = write_all(&ctx, &mut stream, wbuf, &mut canceller, idle).await;
             wbuf = b;
             wbuf.clear();
             if res.is_err() {
                 break 'conn;
             }
         }
-        if close || ctx.stopping.get() {
+        if close || (ctx.stopping.get() && (answered_any || stop_grace_over(&ctx))) {
             break 'conn;
         }
         // Keep the unanswered tail (a partial request) at the front of the buffer.
@@ -164,7 +180,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         if rbuf.len() == rbuf.capacity() {
             // Unreachable while the parser enforces the limits; refuse rather than spin.
             write_error(&ctx, &mut wbuf, Status::S431, "request too large", false, false, 1, None);
-            let (_, b) = stream.write_all(wbuf).await;
+            let (_, b) = write_all(&ctx, &mut stream, wbuf, &mut canceller, idle).await;
             wbuf = b;
             break 'conn;
         }
@@ -190,8 +206,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             monoio::select! {
                 r = &mut read => break r,
                 _ = tick => {
-                    if ctx.stopping.get() || Instant::now() >= deadline {
-                        canceller = canceller.cancel();
+                    if (ctx.stopping.get() && (answered_any || stop_grace_over(&ctx))) || Instant::now() >= deadline {
+                        canceller = std::mem::take(&mut canceller).cancel();
                         break (&mut read).await;
                     }
                 }
@@ -215,11 +231,62 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     ctx.conn_closed(bufs);
 }
 
+/// Writes all of `buf`, giving up (error) when the client has not taken it within `timeout`, or
+/// within STOP_WRITE_GRACE once the shard stops: a client that never reads its responses must
+/// not hold a connection (or shutdown) forever, while responses in flight at shutdown still go out.
+async fn write_all(
+    ctx: &ShardCtx,
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+    canceller: &mut Canceller,
+    timeout: Duration,
+) -> (std::io::Result<()>, Vec<u8>) {
+    let mut deadline = Instant::now() + timeout;
+    let mut done = 0;
+    while done < buf.len() {
+        let len = buf.len();
+        let write = stream.cancelable_write(buf.slice(done..len), canceller.handle());
+        let mut write = std::pin::pin!(write);
+        let (res, slice) = loop {
+            let tick = monoio::time::sleep(TICK.min(deadline.saturating_duration_since(Instant::now())));
+            monoio::select! {
+                r = &mut write => break r,
+                _ = tick => {
+                    if ctx.stopping.get() {
+                        deadline = deadline.min(Instant::now() + STOP_WRITE_GRACE);
+                    }
+                    if Instant::now() >= deadline {
+                        *canceller = std::mem::take(canceller).cancel();
+                        break (&mut write).await;
+                    }
+                }
+            }
+        };
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => return (Err(std::io::ErrorKind::WriteZero.into()), buf),
+            Ok(n) => done += n,
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
+/// How long, at shutdown, a connection that was never answered waits for its first request.
+/// Bounds how much a silent client delays the exit of a draining process.
+pub const STOP_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+fn stop_grace_over(ctx: &ShardCtx) -> bool {
+    ctx.stop_at.get().is_none_or(|t| t.elapsed() >= STOP_FIRST_REQUEST_GRACE)
+}
+
 /// Routes, extracts, pushes and writes the response for one well-formed request.
 fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns: u64, wbuf: &mut Vec<u8>) -> Answer {
     let counters = &ctx.shared.counters;
     let head = req.method == http::Method::Head;
-    let ka = req.keep_alive;
+    // While the shard stops, answer with `Connection: close`: the client opens its next request
+    // on a new connection (the new process in a restart) instead of racing our close.
+    let ka = req.keep_alive && !ctx.stopping.get();
     let v = req.version_minor;
     let method = match req.method {
         http::Method::Get => RequestMethod::Get,
@@ -227,7 +294,10 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
         http::Method::Post => RequestMethod::Post,
         _ => RequestMethod::Other,
     };
-    let ep_index = match ctx.routes.route(method, req.path) {
+    // Borrowed for this request only: the control task swaps both between requests on reload.
+    let cfg = ctx.cfg.borrow();
+    let routes = ctx.routes.borrow();
+    let ep_index = match routes.route(method, req.path) {
         Route::Found(i) => i,
         Route::NotFound => {
             counters.request(None, Status::S404);
@@ -240,8 +310,8 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
             return Answer { keep_alive: ka, logged_seq: 0 };
         }
     };
-    let ep = &ctx.cfg.endpoints[ep_index as usize];
-    let ty = &ctx.cfg.types[ep.type_id as usize];
+    let ep = &cfg.endpoints[ep_index as usize];
+    let ty = &cfg.types[ep.type_id as usize];
     // Journal over journal.size_bytes_max (collector/retention.rs): refuse what must be logged
     // rather than fill the disk. One relaxed load of a static.
     if ep.ack == Ack::Logged && crate::collector::retention::journal_over_limit() {
@@ -273,6 +343,7 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
         slot.flags |= FLAG_HEAD;
     }
     slot.seq = next_seq;
+    slot.config_gen = ctx.config_gen.get();
     let seq = producer.commit();
     debug_assert_eq!(seq, next_seq);
     counters.event(ty.id);
@@ -289,6 +360,15 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
     };
     counters.request(Some(ep_index), status);
     Answer { keep_alive: ka, logged_seq: if ep.ack == Ack::Logged { seq } else { 0 } }
+}
+
+/// Records one request's service time (metrics::latency): no allocation, no lock, one vDSO clock
+/// read (~50 ns on a KVM guest; benches/pipeline.rs `latency`). It uses the wall clock so that
+/// the start is the read the batch already makes for event timestamps; a clock step during a
+/// request is clamped (backwards → 1 ns, forwards → at most 60 s).
+#[inline]
+fn record_service(ctx: &ShardCtx, start_ns: u64) {
+    ctx.service.borrow_mut().record(crate::clock::unix_nanos().saturating_sub(start_ns));
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -6,6 +6,9 @@
 //! drain naps (DRAIN_NAP) while traffic flows and sleeps deeply once it stops; the reactor wakes
 //! it for `logged` requests, a filling ring, or a deep sleeper (Dekker handshake on
 //! `drain_sleeping`, see `ShardShared::notify_drain`).
+//! Reload: each event carries the generation of the config it was made under; at the first event
+//! of a new generation the drain switches the journal to that config's schema (a new segment
+//! when it changed), so every record lands in a segment whose header describes it.
 //! A journal error (disk full at rotation) leaves the event at the ring's head and retries with
 //! backoff: the ring fills, the reactor answers 503, nothing acknowledged is lost.
 
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::config::SyncPolicy;
 use crate::constants::DRAIN_BATCH_EVENTS;
 use crate::journal::ShardJournal;
+use crate::metrics::latency::LocalHistogram;
 use crate::ring::Consumer;
 use crate::runtime::ShardShared;
 
@@ -42,6 +46,7 @@ pub fn run(
     mut journal: ShardJournal,
     sync: SyncPolicy,
     sync_interval: Duration,
+    publish_interval: Duration,
 ) {
     // SAFETY: setpriority on this thread's own tid (Linux: per-thread niceness); failure only
     // leaves the default priority.
@@ -51,14 +56,39 @@ pub fn run(
     let mut dirty = false;
     let mut error_logged = false;
     let mut naps = 0u32;
+    // Generation of the config whose schema the journal writes with.
+    let mut gen = 0u32;
+    // Ingest-to-journal latency (metrics::latency): receive times of the batch, recorded against
+    // one clock read once the batch is appended.
+    let mut latency = LocalHistogram::new();
+    let mut batch_ts = [0u64; DRAIN_BATCH_EVENTS];
+    let mut next_publish = Instant::now() + publish_interval;
     loop {
         let mut last_seq = 0;
         let mut failed = false;
+        let mut appended = 0usize;
         let n = ring.pop_batch(DRAIN_BATCH_EVENTS, |e| {
             debug_assert!(e.seq > last_seq, "ring order");
+            if e.config_gen != gen {
+                match switch_schema(&shared, &mut journal, e.config_gen) {
+                    Ok(()) => gen = e.config_gen,
+                    Err(err) => {
+                        if !error_logged {
+                            eprintln!("tracker: shard {}: journal schema switch failed, retrying: {err}", shared.index);
+                            error_logged = true;
+                        }
+                        counters.journal_errors.fetch_add(1, Relaxed);
+                        failed = true;
+                        return false;
+                    }
+                }
+            }
+            let ts_ns = e.ts_ns;
             match journal.append(e) {
                 Ok(()) => {
                     last_seq = e.seq;
+                    batch_ts[appended] = ts_ns;
+                    appended += 1;
                     true
                 }
                 Err(err) => {
@@ -73,6 +103,10 @@ pub fn run(
             }
         });
         if n > 0 {
+            let now_ns = crate::clock::unix_nanos();
+            for &ts in &batch_ts[..appended] {
+                latency.record(now_ns.saturating_sub(ts));
+            }
             error_logged = false;
             dirty = true;
             counters.journal_records.fetch_add(n as u64, Relaxed);
@@ -87,6 +121,10 @@ pub fn run(
             sync_now(&shared, &mut journal);
             dirty = false;
             next_sync = Instant::now() + sync_interval;
+        }
+        if Instant::now() >= next_publish {
+            latency.publish(&counters.latency.journal);
+            next_publish = Instant::now() + publish_interval;
         }
         if failed {
             std::thread::sleep(ERROR_BACKOFF);
@@ -118,6 +156,7 @@ pub fn run(
     if let Err(e) = journal.sync() {
         eprintln!("tracker: shard {}: final journal sync failed: {e}", shared.index);
     }
+    latency.publish_wait(&counters.latency.journal);
 }
 
 fn sync_now(shared: &ShardShared, journal: &mut ShardJournal) {
@@ -125,4 +164,28 @@ fn sync_now(shared: &ShardShared, journal: &mut ShardJournal) {
         shared.counters.journal_errors.fetch_add(1, Relaxed);
         eprintln!("tracker: shard {}: journal sync failed: {e}", shared.index);
     }
+}
+
+/// Moves the journal to the schema of config generation `to` (cold: once per reload).
+#[cold]
+fn switch_schema(
+    shared: &ShardShared,
+    journal: &mut ShardJournal,
+    to: u32,
+) -> Result<(), crate::journal::JournalError> {
+    let Some(cfg) = shared.reload.config_for_drain(to) else {
+        // The reactor queues a config before it makes an event with it, so this cannot happen;
+        // writing under the schema in use keeps the record (a reader decodes it with that one).
+        debug_assert!(false, "no config queued for generation {to}");
+        eprintln!("tracker: shard {}: no config for generation {to}; keeping the journal's schema", shared.index);
+        return Ok(());
+    };
+    if journal.set_schema(&cfg.schema)? {
+        eprintln!(
+            "tracker: shard {}: journal starts segment {}: the reloaded config (generation {to}) changed the schema",
+            shared.index,
+            journal.segment_number()
+        );
+    }
+    Ok(())
 }

@@ -4,25 +4,30 @@
 //! Crossings between threads, all named here:
 //! - reactor → drain: the shard's ring (events) and `drain_sleeping`/unpark (wake-up);
 //! - drain → reactor: `journaled` (how far the journal got) and the shard's eventfd (wake-up);
-//! - control (signals, tests) → reactors: `stop` and the eventfd.
+//! - control (signals, tests) → reactors: `stop` and the eventfd;
+//! - reload thread → reactor → drain: a new config per generation (`reload.rs`);
+//! - reactor → watchdog thread: `heartbeat` (`notify.rs`).
 //!
 //! Shutdown order (SIGTERM/SIGINT or `Running::stop`): reactors stop accepting, finish the
 //! requests they hold, close connections and exit; then each drain empties its ring into the
 //! journal, syncs and exits. Nothing acknowledged is lost.
 
 mod drain;
+pub mod handoff;
+pub mod notify;
+pub mod reload;
 pub mod shard;
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::journal::ShardJournal;
+use crate::constants::{ENDPOINTS_MAX, EVENT_TYPES_MAX};
 use crate::metrics::ShardCounters;
 
 /// State of one shard that other threads may touch. Everything else of a shard lives on its
@@ -39,6 +44,11 @@ pub struct ShardShared {
     pub drain_sleeping: AtomicBool,
     drain_thread: OnceLock<Thread>,
     pub reactor_done: AtomicBool,
+    /// Bumped by the reactor every `notify::HEARTBEAT_PERIOD`; the watchdog pings systemd only
+    /// while every shard's moves.
+    heartbeat: AtomicU64,
+    /// Configs handed over by a reload, to the reactor and then the drain.
+    pub reload: reload::ShardReload,
 }
 
 impl ShardShared {
@@ -58,6 +68,8 @@ impl ShardShared {
             drain_sleeping: AtomicBool::new(false),
             drain_thread: OnceLock::new(),
             reactor_done: AtomicBool::new(false),
+            heartbeat: AtomicU64::new(0),
+            reload: reload::ShardReload::default(),
         })
     }
 
@@ -73,6 +85,10 @@ impl ShardShared {
 
     pub fn journaled(&self) -> u64 {
         self.journaled.load(SeqCst)
+    }
+
+    pub fn heartbeat(&self) -> u64 {
+        self.heartbeat.load(Relaxed)
     }
 
     pub fn wake_reactor(&self) {
@@ -116,6 +132,12 @@ impl Running {
 
     pub fn shards(&self) -> &[Arc<ShardShared>] {
         &self.shards
+    }
+
+    /// True once shutdown has begun (reactors stop accepting), for threads that outlive a borrow
+    /// of `Running` (admin readiness).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
     }
 
     /// Begins graceful shutdown (idempotent, callable from any thread via `stopper`).
@@ -163,6 +185,11 @@ pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
 
 /// Starts every shard and drain; returns once all reactors listen (or the first start error).
 pub fn start(cfg: Config) -> Result<Running, StartError> {
+    start_with(cfg, &|_| {})
+}
+
+/// [`start`], telling `status` what it waits for (the systemd STATUS= line).
+pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartError> {
     let cpus = allowed_cpus();
     let shards = match cfg.server.shards {
         0 => cpus.len().max(1),
@@ -184,12 +211,14 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     for (i, listener) in listeners.into_iter().enumerate() {
         let index = i as u16;
+        // Sized for the most endpoints and types any config may have, so a reload that adds
+        // some never resizes (or locks) a counter array under the reactors.
         let sh = Arc::new(
-            ShardShared::new(index, ShardCounters::new(cfg.endpoints.len(), cfg.types.len()))
+            ShardShared::new(index, ShardCounters::new(ENDPOINTS_MAX, EVENT_TYPES_MAX))
                 .map_err(|e| StartError(format!("shard {i}: eventfd: {e}")))?,
         );
-        let (journal, report) = ShardJournal::open(&cfg.journal.dir, index, cfg.journal.segment_bytes, &cfg.schema)
-            .map_err(|e| StartError(format!("shard {i}: {e}")))?;
+        let (journal, report) =
+            handoff::open_journal(&cfg, index, addr, status).map_err(|e| StartError(format!("shard {i}: {e}")))?;
         if report.torn_records > 0 {
             eprintln!(
                 "tracker: shard {i}: journal segment {} had a torn tail: {} records ({} bytes) dropped, {} intact kept",
@@ -201,12 +230,14 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             eprintln!("tracker: shard {i}: journal starts segment {}: {why}", journal.segment_number());
         }
         let (producer, consumer) = crate::ring::ring(cfg.server.ring_events);
+        let _ = sh.counters.ring.set(producer.watch());
 
         let (d_sh, sync, interval) =
             (sh.clone(), cfg.journal.sync, Duration::from_millis(cfg.journal.sync_interval_ms));
+        let publish = Duration::from_millis(cfg.admin.publish_interval_ms);
         let drain = std::thread::Builder::new()
             .name(format!("tracker-drain-{i}"))
-            .spawn(move || drain::run(d_sh, consumer, journal, sync, interval))
+            .spawn(move || drain::run(d_sh, consumer, journal, sync, interval, publish))
             .map_err(|e| StartError(format!("spawn drain thread: {e}")))?;
         let _ = sh.drain_thread.set(drain.thread().clone());
         threads.push(drain);

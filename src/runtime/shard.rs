@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::endpoint::Routes;
 use crate::extract::IdGen;
 use crate::http::DateCache;
+use crate::metrics::latency::LocalHistogram;
 use crate::metrics::Reason;
 use crate::net::connection::{self, ConnBufs};
 use crate::ring::Producer;
@@ -37,13 +38,23 @@ pub struct ShardArgs {
 /// Everything a connection task needs, on the reactor thread only (Rc, RefCell: no locks).
 /// RefCell borrows are never held across an await.
 pub struct ShardCtx {
-    pub cfg: Arc<Config>,
+    /// The running config: read per request (a borrow, no lock, no refcount), replaced by the
+    /// control task between requests on reload (see `reload.rs`).
+    pub cfg: RefCell<Arc<Config>>,
+    /// Built from `cfg`, replaced with it.
+    pub routes: RefCell<Routes>,
+    /// Generation of `cfg`, written into every event this shard makes.
+    pub config_gen: Cell<u32>,
     pub shared: Arc<ShardShared>,
-    pub routes: Routes,
     pub producer: RefCell<Producer>,
     pub ids: RefCell<IdGen>,
     pub date: RefCell<DateCache>,
     pub stopping: Cell<bool>,
+    /// When shutdown began: connections accepted from the queue at shutdown get a short grace
+    /// for their first request (`connection.rs`).
+    pub stop_at: Cell<Option<std::time::Instant>>,
+    /// Request service time, recorded per request; published by `publish_latency`.
+    pub service: RefCell<LocalHistogram>,
     stop: Arc<AtomicBool>,
     conns: Cell<usize>,
     pool: RefCell<Vec<ConnBufs>>,
@@ -92,6 +103,7 @@ impl ShardCtx {
         if self.stopping.replace(true) {
             return;
         }
+        self.stop_at.set(Some(std::time::Instant::now()));
         let c = std::mem::take(&mut *self.accept_canceller.borrow_mut());
         drop(c.cancel());
         if let Some(w) = self.idle_waker.take() {
@@ -99,9 +111,20 @@ impl ShardCtx {
         }
     }
 
+    /// Switches to a reloaded config: called by the control task, never inside a request.
+    fn apply_config(&self, gen: u32, cfg: Arc<Config>) {
+        let routes = Routes::new(&cfg);
+        // The drain must know the config before the first event made with it reaches the ring.
+        self.shared.reload.applied(gen, cfg.clone());
+        *self.routes.borrow_mut() = routes;
+        *self.cfg.borrow_mut() = cfg;
+        self.config_gen.set(gen);
+    }
+
     pub fn conn_closed(&self, bufs: ConnBufs) {
         self.pool.borrow_mut().push(bufs);
         self.conns.set(self.conns.get() - 1);
+        self.shared.counters.connections_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.stopping.get() && self.conns.get() == 0 {
             if let Some(w) = self.idle_waker.take() {
                 w.wake();
@@ -148,11 +171,14 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
         // are touched on first use) and recycled; none is allocated per connection or request.
         let pool: Vec<ConnBufs> = (0..conns_max).map(|_| ConnBufs::new(&cfg.server)).collect();
         let ctx = Rc::new(ShardCtx {
-            routes: Routes::new(&cfg),
+            routes: RefCell::new(Routes::new(&cfg)),
+            config_gen: Cell::new(0),
+            stop_at: Cell::new(None),
             producer: RefCell::new(args.producer),
             ids: RefCell::new(IdGen::new(i)),
             date: RefCell::new(DateCache::new()),
             stopping: Cell::new(false),
+            service: RefCell::new(LocalHistogram::new()),
             stop: args.stop,
             conns: Cell::new(0),
             pool: RefCell::new(pool),
@@ -160,15 +186,18 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
             idle_waker: Cell::new(None),
             accept_canceller: RefCell::new(Canceller::new()),
             shared: args.shared,
-            cfg,
+            cfg: RefCell::new(cfg),
         });
         let efd = ctx.shared.eventfd.try_clone().map_err(|e| format!("shard {i}: eventfd: {e}"))?;
         let efd =
             monoio::fs::File::from_std(std::fs::File::from(efd)).map_err(|e| format!("shard {i}: eventfd: {e}"))?;
         monoio::spawn(control(ctx.clone(), efd));
+        monoio::spawn(heartbeat(ctx.clone()));
+        monoio::spawn(publish_latency(ctx.clone()));
         let _ = ready.send(Ok(()));
 
         accept_loop(&ctx, &listener).await;
+        accept_queued(&ctx, &listener);
         drop(listener);
         // Wait for in-flight connections to finish their requests and close.
         std::future::poll_fn(|cx| {
@@ -180,6 +209,8 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
             }
         })
         .await;
+        // The reactor is done serving: waiting for the lock here delays nobody.
+        ctx.service.borrow_mut().publish_wait(&ctx.shared.counters.latency.service);
         Ok::<(), String>(())
     })
 }
@@ -228,6 +259,9 @@ async fn control(ctx: Rc<ShardCtx>, efd: monoio::fs::File) {
         if ctx.stop.load(SeqCst) {
             ctx.begin_stop();
         }
+        if let Some((gen, cfg)) = ctx.shared.reload.take_offer() {
+            ctx.apply_config(gen, cfg);
+        }
         ctx.wake_journaled();
         if ctx.stopping.get() && ctx.conns.get() == 0 {
             return;
@@ -239,6 +273,16 @@ async fn control(ctx: Rc<ShardCtx>, efd: monoio::fs::File) {
             eprintln!("tracker: shard {}: eventfd read failed: {e}", ctx.shared.index);
             return;
         }
+    }
+}
+
+/// Publishes the service-time histogram for the admin thread every admin.publish_interval_ms
+/// (metrics::latency: try_lock, never waits). A timer task, never inside a request.
+async fn publish_latency(ctx: Rc<ShardCtx>) {
+    let every = std::time::Duration::from_millis(ctx.cfg.borrow().admin.publish_interval_ms);
+    while !ctx.stopping.get() {
+        monoio::time::sleep(every).await;
+        ctx.service.borrow_mut().publish(&ctx.shared.counters.latency.service);
     }
 }
 
@@ -266,6 +310,49 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: &monoio::net::TcpListener) {
             ctx.shared.counters.reject(Reason::ConnectionLimit);
             drop(stream);
             continue;
+        };
+        let _ = stream.set_nodelay(true);
+        ctx.conns.set(ctx.conns.get() + 1);
+        ctx.shared.counters.connections_accepted.fetch_add(1, SeqCst);
+        monoio::spawn(connection::serve(ctx.clone(), stream, peer, bufs));
+    }
+}
+
+/// Bumps the shard's heartbeat while the reactor turns: the systemd watchdog pings only while
+/// every shard's moves (`notify.rs`). Runs until the reactor's runtime ends, shutdown included
+/// (a drain that takes a while is not a stall).
+async fn heartbeat(ctx: Rc<ShardCtx>) {
+    loop {
+        ctx.shared.heartbeat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        monoio::time::sleep(super::notify::HEARTBEAT_PERIOD).await;
+    }
+}
+
+/// At shutdown, after the io_uring accept is cancelled: takes every connection already queued on
+/// the listener (closing it would reset them) and serves it like any other, then returns so the
+/// listener can be closed (`handoff.rs`).
+fn accept_queued(ctx: &Rc<ShardCtx>, listener: &monoio::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    loop {
+        let (std_stream, peer) = match super::handoff::accept_queued(listener.as_raw_fd()) {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("tracker: shard {}: accepting queued connections at shutdown: {e}", ctx.shared.index);
+                return;
+            }
+        };
+        let Some(bufs) = ctx.pool.borrow_mut().pop() else {
+            ctx.shared.counters.reject(Reason::ConnectionLimit);
+            continue;
+        };
+        let stream = match monoio::net::TcpStream::from_std(std_stream) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("tracker: shard {}: queued connection: {e}", ctx.shared.index);
+                ctx.pool.borrow_mut().push(bufs);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         ctx.conns.set(ctx.conns.get() + 1);

@@ -348,8 +348,9 @@ fn retention_deletes_segments_every_collector_passed_and_the_size_limit_refuses_
     let all = out.path().join("all.jsonl");
     // A dead banker (nothing listens on the port) holds its cursor at the start.
     let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // `extra` replaces the embedded config's retention_age_s / size_bytes_max lines.
     let with_journal = |extra: &str, collectors: &str| {
-        config(collectors).replace("segment_bytes = 131072", &format!("segment_bytes = 131072\n{extra}"))
+        config(collectors).replace("retention_age_s = 0\n", "").replace("size_bytes_max = 0\n", &format!("{extra}\n"))
     };
     // 1. Only a collector that keeps up: old segments go.
     let text = with_journal("retention_age_s = 1", &jsonl_collector("all", &all, "\"all\"", "[]"));

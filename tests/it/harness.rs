@@ -15,6 +15,8 @@ pub const WAIT: Duration = Duration::from_secs(30);
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (`tracker: admin on ADDR`); tests always ask for port 0.
+    pub admin: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub stderr: mpsc::Receiver<String>,
 }
@@ -27,13 +29,45 @@ impl Server {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: Option<&str>, extra: &[&str]) -> Server {
+        Self::start_with(dir, &[], config, extra, &[])
+    }
+
+    /// Like `start_in`, with the binary run under a wrapper command (e.g. `taskset -c 1`).
+    pub fn start_wrapped(dir: tempfile::TempDir, wrapper: &[&str], config: Option<&str>, extra: &[&str]) -> Server {
+        Self::start_with(dir, wrapper, config, extra, &[])
+    }
+
+    /// Like `start_in`, with extra environment variables (e.g. NOTIFY_SOCKET).
+    pub fn start_env(dir: tempfile::TempDir, config: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_with(dir, &[], config, extra, env)
+    }
+
+    fn start_with(
+        dir: tempfile::TempDir,
+        wrapper: &[&str],
+        config: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let journal = dir.path().join("journal");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper.split_first() {
+            Some((w, args)) => {
+                let mut c = Command::new(w);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.envs(env.iter().copied());
         cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--journal-dir").arg(&journal);
         if let Some(text) = config {
             let p = dir.path().join("tracker.toml");
             std::fs::write(&p, text).unwrap();
             cmd.arg("--config").arg(p);
+        }
+        // Never the default admin port 9090: tests run in parallel, and others use the box.
+        if !extra.contains(&"--admin-listen") {
+            cmd.args(["--admin-listen", "127.0.0.1:0"]);
         }
         cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn tracker");
@@ -47,12 +81,17 @@ impl Server {
             }
         });
         let deadline = Instant::now() + WAIT;
+        let mut admin = None;
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(rest) = line.strip_prefix("tracker: listening on ") {
                         break rest.split_whitespace().next().unwrap().parse().unwrap();
+                    }
+                    if let Some(rest) = line.strip_prefix("tracker: admin on ") {
+                        admin = Some(rest.trim().parse().unwrap());
+                        continue;
                     }
                     eprintln!("[tracker] {line}");
                 }
@@ -62,7 +101,7 @@ impl Server {
                 }
             }
         };
-        Server { child, addr, dir, stderr: rx }
+        Server { child, addr, admin, dir, stderr: rx }
     }
 
     pub fn journal(&self) -> PathBuf {
@@ -102,6 +141,12 @@ impl Server {
 
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// One GET on the admin listener (a connection per request, as it closes after each).
+    pub fn admin_get(&self, path: &str) -> Response {
+        let mut c = Client::connect(self.admin.expect("tracker printed no admin address"));
+        c.get(path)
     }
 }
 

@@ -88,3 +88,42 @@ fn a_slow_header_is_cut_off_at_the_deadline() {
     assert_eq!(s.connect().get("/i?c=1").status, 200);
     assert_eq!(s.stop(), 0);
 }
+
+/// TCP state of a socket from TCP_INFO (1 = ESTABLISHED, 7 = CLOSE, 8 = CLOSE_WAIT).
+fn tcp_state(s: &std::net::TcpStream) -> u8 {
+    use std::os::fd::AsRawFd;
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: TCP_INFO writes at most `len` bytes into our buffer; its first byte is tcpi_state.
+    let rc = unsafe {
+        libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
+    };
+    assert_eq!(rc, 0);
+    info[0]
+}
+
+#[test]
+fn a_client_that_never_reads_its_responses_is_cut_off() {
+    let cfg = "[server]\nidle_timeout_ms = 300\n".to_string() + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let c = s.connect();
+    let mut w = c.stream.try_clone().unwrap();
+    // Pipeline far more responses than the socket buffers hold, and never read one.
+    let writer = std::thread::spawn(move || {
+        let req = b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(1000);
+        for _ in 0..200 {
+            if std::io::Write::write_all(&mut w, &req).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    while tcp_state(&c.stream) == 1 {
+        assert!(std::time::Instant::now() < deadline, "server never gave up on a client that does not read");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(c);
+    writer.join().unwrap();
+    assert_eq!(s.connect().get("/i?c=2").status, 200);
+    assert_eq!(s.stop(), 0);
+}

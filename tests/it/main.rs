@@ -4,7 +4,14 @@ mod harness;
 
 mod collectors;
 mod config_errors;
+mod config_reference;
 mod durability;
 mod http_rejects;
 mod kafka;
+mod loadgen;
+mod metrics;
 mod pipeline;
+mod reload;
+mod restart;
+mod shards;
+mod systemd;

@@ -1,0 +1,209 @@
+# perf/lib.sh: helpers shared by the perf/ scripts (vs-nginx.sh, latency-at-rate.sh, ci-smoke.sh).
+# Sourced, not run. The sourcing script sets, before calling anything here:
+#   LOG_TAG (prefix of log lines), and before lib_init: TMP (its temp dir), KEEP_TMP,
+#   NGINX, SERVER_CPU, READY_TIMEOUT, PIXEL_PATH (readiness probe), TRACKER_BIN / TRACKER_ARGS
+#   (start_server tracker), TRACKER_STANDIN (optional).
+# What is here: log/die; process bookkeeping with cleanup on exit (every server started with
+# start_server is stopped, also on Ctrl-C); free_port; CPU accounting from /proc; readiness
+# polling; the nginx config (1 worker, return 204, buffered access log) and start_server.
+# shellcheck shell=bash
+
+log() { printf '[%s] %s\n' "${LOG_TAG:-perf}" "$*" >&2; }
+die() { printf '[%s] ERROR: %s\n' "${LOG_TAG:-perf}" "$*" >&2; exit 1; }
+
+STARTED_PIDS=() # every server process we started (nginx masters and workers, the tracker)
+# shellcheck disable=SC2034 # used by the sourcing scripts
+SRV_PIDS=()     # pids measured for the current server
+SRV_MAIN_PID="" # master / main pid
+SERVER_CMDS=()  # command lines actually used, for the report
+
+# lib_init: install the cleanup traps and read nginx's version (NGINX_VERSION). Call once TMP exists.
+lib_init() {
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  # shellcheck disable=SC2034 # used by the sourcing scripts
+  NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
+}
+
+# ---------------------------------------------------------------- process bookkeeping / cleanup
+
+stop_pids() { # stop_pids SIGNAL PID... : signal, wait up to 5 s, then SIGKILL what is left
+  local sig=$1 p i alive
+  shift
+  (($#)) || return 0
+  for p in "$@"; do kill "-$sig" "$p" 2>/dev/null || true; done
+  for ((i = 0; i < 50; i++)); do
+    alive=0
+    for p in "$@"; do
+      if kill -0 "$p" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) != Z ]]; then alive=1; fi
+    done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for p in "$@"; do
+    if kill -0 "$p" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) != Z ]]; then
+      log "process $p did not stop on SIG$sig within 5 s; sending SIGKILL"
+      kill -KILL "$p" 2>/dev/null || true
+    fi
+  done
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done # reaps our own children only
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [[ -n ${CHILD_PID:-} ]]; then stop_pids TERM "$CHILD_PID"; fi
+  if ((${#STARTED_PIDS[@]})); then stop_pids TERM "${STARTED_PIDS[@]}"; fi
+  if [[ $KEEP_TMP == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+  exit "$rc"
+}
+
+# ---------------------------------------------------------------- helpers
+free_port() {
+  if command -v python3 >/dev/null; then
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+    return
+  fi
+  local p i
+  for ((i = 0; i < 100; i++)); do
+    p=$((20000 + RANDOM % 40000))
+    if ! ss -Htln "sport = :$p" | grep -q .; then echo "$p"; return; fi
+  done
+  die "no free port found"
+}
+
+# Sum of utime+stime (clock ticks) over the given pids. /proc/PID/stat of a process covers all
+# of its threads (io_uring io-wq/sqpoll workers included). Fields 14 and 15; the comm field
+# (2) may contain spaces, so split after the last ')'.
+cpu_ticks() {
+  local p line sum=0
+  local -a f
+  for p in "$@"; do
+    line=$(<"/proc/$p/stat") || die "process $p vanished during the run"
+    read -r -a f <<<"${line##*) }"
+    sum=$((sum + f[11] + f[12]))
+  done
+  echo "$sum"
+}
+
+# Long-running children (cargo, wrk) run in the background and are waited for, so that a signal to
+# this script is handled at once (bash defers traps while a foreground child runs); cleanup stops
+# CHILD_PID if it is still set.
+CHILD_PID=""
+wait_child() { # wait_child PID: wait for a background child, return its status
+  local rc=0
+  CHILD_PID=$1
+  wait "$CHILD_PID" || rc=$?
+  CHILD_PID=""
+  return "$rc"
+}
+run_wrk() { # run_wrk OUTFILE TIMEOUT CMD...
+  local out=$1 limit=$2
+  shift 2
+  timeout "$limit" "$@" >"$out" 2>&1 &
+  wait_child $!
+}
+
+# "busy_jiffies total_jiffies steal_jiffies" for one CPU from /proc/stat.
+cpu_line() {
+  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t, $9 }' /proc/stat
+}
+
+children_of() { pgrep -P "$1" || true; }
+
+# Poll http://127.0.0.1:PORT/i until it answers 2xx. Bounded by READY_TIMEOUT.
+wait_ready() { # wait_ready NAME PID PORT LOGFILE
+  local name=$1 pid=$2 port=$3 logf=$4 code=000 i
+  for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      wait "$pid" 2>/dev/null && code=0 || code=$?
+      log "$name exited (status $code) before it became ready; last lines of $logf:"
+      tail -n 20 "$logf" >&2 || true
+      return 1
+    fi
+    code=$(curl -s -o /dev/null -w '%{http_code}' --connect-timeout 0.5 --max-time 1 \
+      "http://127.0.0.1:$port$PIXEL_PATH" 2>/dev/null) || true
+    [[ $code == 2?? ]] && return 0
+    sleep 0.1
+  done
+  log "$name did not answer 2xx on http://127.0.0.1:$port/i within ${READY_TIMEOUT}s (last HTTP code: $code); last lines of $logf:"
+  tail -n 20 "$logf" >&2 || true
+  return 1
+}
+
+# ---------------------------------------------------------------- nginx
+
+write_nginx_conf() { # write_nginx_conf DIR PORT
+  local d=$1 port=$2 k AFFINITY_MASK=1
+  for ((k = 0; k < SERVER_CPU; k++)); do AFFINITY_MASK+=0; done
+  mkdir -p "$d/tmp"
+  cat >"$d/nginx.conf" <<EOF
+# generated by perf/lib.sh (write_nginx_conf)
+daemon off;
+master_process on;
+user $(id -un) $(id -gn);
+worker_processes 1;
+worker_cpu_affinity $AFFINITY_MASK;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+
+events {
+    worker_connections 4096;
+    use epoll;
+}
+
+http {
+    # combined + cookie + request time: \$request carries the full query string.
+    log_format pixel '\$remote_addr - \$remote_user [\$time_local] "\$request" \$status '
+                     '\$body_bytes_sent "\$http_referer" "\$http_user_agent" '
+                     '"\$http_cookie" \$request_time';
+    access_log off;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    server_tokens off;
+    client_body_temp_path $d/tmp/client;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        server_name _;
+        location = /i {
+            access_log $d/access.log pixel buffer=64k flush=1s;
+            return 204;
+        }
+        location / {
+            return 404;
+        }
+    }
+}
+EOF
+}
+
+
+start_server() { # start_server KIND DIR PORT ; sets SRV_PIDS SRV_MAIN_PID
+  local kind=$1 d=$2 port=$3
+  local -a cmd
+  if [[ $kind == nginx ]]; then
+    write_nginx_conf "$d" "$port"
+    "$NGINX" -t -q -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >"$d/server.log" 2>&1 ||
+      { cat "$d/server.log" >&2; die "generated nginx config is invalid ($d/nginx.conf)"; }
+    cmd=(taskset -c "$SERVER_CPU" "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/error.log")
+  else
+    mkdir -p "$d/journal"
+    # shellcheck disable=SC2206 # TRACKER_ARGS is meant to be word-split
+    cmd=(taskset -c "$SERVER_CPU" "$TRACKER_BIN" serve --listen "127.0.0.1:$port" --shards 1
+      --journal-dir "$d/journal" ${TRACKER_ARGS:-})
+  fi
+  "${cmd[@]}" >>"$d/server.log" 2>&1 &
+  SRV_MAIN_PID=$!
+  STARTED_PIDS+=("$SRV_MAIN_PID")
+  # Record the command with placeholders so it reads the same for every run.
+  local shown="${cmd[*]}"
+  shown=${shown//$d/\$RUNDIR}
+  shown=${shown//$port/\$PORT}
+  SERVER_CMDS+=("$shown")
+}

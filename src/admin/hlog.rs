@@ -1,0 +1,141 @@
+//! The `.hlog` writer: every `admin.hlog_interval_ms` it takes what each shard published since
+//! the last interval (metrics::latency `Published::take_interval`), merges the shards, and appends
+//! one tagged histogram per kind (`service`, `journal`, `collector_publish`) to `admin.hlog_path`
+//! in the HdrHistogram interval-log format (log format 1.3, V2 deflate-compressed histograms), so
+//! Java's HistogramLogProcessor, HdrHistogram's plotters and the hdrhistogram crate's
+//! `IntervalLogIterator` read it.
+//!
+//! Layout of what one start appends (the file is opened for append: a restart adds a new header,
+//! which the readers accept):
+//! ```text
+//! #[Logged with tracker 0.1.0: values in ns]
+//! #[Histogram log format version 1.3]
+//! #[StartTime: 1764143800.123 (seconds since epoch)]
+//! #[BaseTime: 1764143800.123 (seconds since epoch)]
+//! "StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"
+//! Tag=service,0.000,10.000,52345.000,HISTFAAAA…
+//! ```
+//! Interval timestamps are seconds since BaseTime. Values and Interval_Max are in ns (readers
+//! decode the histogram; give HistogramLogProcessor `-outputValueUnitRatio 1000` for µs). An
+//! interval's counts are those the
+//! shards published during it, so its edges are blurred by up to `admin.publish_interval_ms`.
+//! Runs on its own thread; a write error is reported once and retried next interval.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::V2DeflateSerializer;
+
+use crate::metrics::latency::{new_histogram, KINDS};
+use crate::runtime::ShardShared;
+
+pub struct HlogWriter {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: JoinHandle<()>,
+}
+
+impl HlogWriter {
+    /// Opens (creates, appends to) `path`, writes the header, and starts the interval thread.
+    pub fn start(path: &Path, interval: Duration, shards: Vec<Arc<ShardShared>>) -> io::Result<HlogWriter> {
+        let file =
+            OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open admin.hlog_path {}: {e}", path.display()))
+            })?;
+        let mut out = BufWriter::new(file);
+        let base = SystemTime::now();
+        let base_s = base.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        write!(
+            out,
+            "#[Logged with tracker {}: values in ns]\n#[Histogram log format version 1.3]\n#[StartTime: {base_s:.3} (seconds since epoch)]\n#[BaseTime: {base_s:.3} (seconds since epoch)]\n\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
+            env!("CARGO_PKG_VERSION")
+        )?;
+        out.flush()?;
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let st = stop.clone();
+        let path = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("tracker-hlog".into())
+            .spawn(move || run(out, path, base, interval, shards, st))?;
+        Ok(HlogWriter { stop, thread })
+    }
+
+    /// Writes the last (partial) interval and joins the thread.
+    pub fn finish(self) {
+        *self.stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.stop.1.notify_all();
+        let _ = self.thread.join();
+    }
+}
+
+fn run(
+    mut out: BufWriter<File>,
+    path: PathBuf,
+    base: SystemTime,
+    interval: Duration,
+    shards: Vec<Arc<ShardShared>>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+) {
+    let mut serializer = V2DeflateSerializer::new();
+    let mut merged = new_histogram();
+    let mut start = base;
+    let mut next = Instant::now() + interval;
+    let mut failing = false;
+    loop {
+        let stopping = {
+            let mut stopped = stop.0.lock().unwrap_or_else(|e| e.into_inner());
+            while !*stopped {
+                let left = next.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                stopped = stop.1.wait_timeout(stopped, left).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            *stopped
+        };
+        next += interval;
+        let end = SystemTime::now();
+        let since_base = start.duration_since(base).unwrap_or_default();
+        let length = end.duration_since(start).unwrap_or_default();
+        let r = write_interval(&mut out, &mut serializer, &mut merged, &shards, since_base, length);
+        match r {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                eprintln!("tracker: cannot append to {}: {e}; retrying every interval", path.display());
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        start = end;
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Appends one tagged merged histogram per kind.
+fn write_interval(
+    out: &mut BufWriter<File>,
+    serializer: &mut V2DeflateSerializer,
+    merged: &mut hdrhistogram::Histogram<u64>,
+    shards: &[Arc<ShardShared>],
+    since_base: Duration,
+    length: Duration,
+) -> io::Result<()> {
+    // A builder with no headers writes nothing: the header was written once at start.
+    let mut w = IntervalLogWriterBuilder::new().begin_log_with(out, serializer)?;
+    for kind in KINDS {
+        merged.reset();
+        for s in shards {
+            s.counters.latency.get(kind).take_interval(merged);
+        }
+        let tag = Tag::new(kind.tag());
+        w.write_histogram(merged, since_base, length, tag).map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    drop(w);
+    out.flush()
+}

@@ -1,0 +1,281 @@
+//! The admin listener: the control plane's window on a running tracker, on its own address
+//! (`admin.listen`, loopback by default), never on the public port and never on a shard reactor.
+//!
+//! What goes in: read-only views of every shard (`ShardShared`: counters, ring watch, published
+//! latency histograms) and the stop flag. What comes out, over plain HTTP/1.1 (one request per
+//! connection, `Connection: close`):
+//! - `GET /metrics` Prometheus text exposition 0.0.4 ([`render::metrics`]);
+//! - `GET /health`  200 `ok` while the process is alive;
+//! - `GET /ready`   200 `ready` when accepting, every shard's journal directory is writable, the
+//!   journal filesystem has `admin.ready_free_bytes_min` free and no ring holds more than
+//!   `admin.ready_ring_backlog_events_max` unread events; otherwise 503 with every reason found;
+//! - `GET /stats`   JSON percentiles per shard and merged, read by `tracker stats`.
+//!
+//! And, when `admin.hlog_path` is set, a second thread appends the merged histograms to an
+//! HdrHistogram interval log ([`hlog`]).
+//!
+//! What must never happen: the admin thread blocking a reactor. It only loads atomics and takes
+//! the histogram snapshot locks, which reactors only ever `try_lock` (metrics::latency). It is one
+//! std thread with blocking sockets serving one connection at a time; a slow client is bounded by
+//! `CLIENT_TIMEOUT` and `REQUEST_BYTES_MAX`.
+
+pub mod client;
+pub mod hlog;
+pub mod render;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::runtime::{Running, ShardShared};
+
+/// Longest admin request head read, bytes; longer requests are answered 431.
+pub const REQUEST_BYTES_MAX: usize = 4096;
+/// Read and write timeout of one admin connection.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the admin thread reads: fixed at start.
+pub struct State {
+    pub shards: Vec<Arc<ShardShared>>,
+    stop: Arc<AtomicBool>,
+    /// `endpoint` label of each endpoint index (its path), then "none".
+    pub endpoint_labels: Vec<String>,
+    pub type_names: Vec<String>,
+    journal_dir: PathBuf,
+    free_bytes_min: u64,
+    backlog_max: u64,
+    /// When the admin state was built (start-up), seconds since the Unix epoch.
+    pub started_unix_s: f64,
+}
+
+impl State {
+    pub fn new(cfg: &Config, running: &Running) -> State {
+        let shards = running.shards().to_vec();
+        let mut endpoint_labels: Vec<String> = cfg.endpoints.iter().map(|e| e.path.clone()).collect();
+        endpoint_labels.push("none".into());
+        let free_bytes_min = match cfg.admin.ready_free_bytes_min {
+            0 => 2 * cfg.journal.segment_bytes * shards.len() as u64,
+            n => n,
+        };
+        let backlog_max = match cfg.admin.ready_ring_backlog_events_max {
+            0 => cfg.server.ring_events as u64 / 2,
+            n => n,
+        };
+        State {
+            shards,
+            stop: running.stop_flag(),
+            endpoint_labels,
+            type_names: cfg.types.iter().map(|t| t.name.clone()).collect(),
+            journal_dir: cfg.journal.dir.clone(),
+            free_bytes_min,
+            backlog_max,
+            started_unix_s: crate::clock::unix_nanos() as f64 / 1e9,
+        }
+    }
+
+    /// Ok when the tracker should receive traffic; otherwise every reason, one per line.
+    pub fn ready(&self) -> Result<(), String> {
+        let mut why: Vec<String> = Vec::new();
+        if self.stop.load(SeqCst) {
+            why.push("stopping: no longer accepting connections".into());
+        }
+        for s in &self.shards {
+            if s.reactor_done.load(SeqCst) {
+                why.push(format!("shard {}: reactor has exited", s.index));
+            }
+            let dir = crate::journal::shard_dir(&self.journal_dir, s.index);
+            if let Err(e) = writable(&dir) {
+                why.push(format!("journal directory {} is not writable: {e}", dir.display()));
+            }
+            if let Some(r) = s.counters.ring.get() {
+                let popped = r.popped();
+                let backlog = r.pushed().saturating_sub(popped);
+                if backlog > self.backlog_max {
+                    why.push(format!(
+                        "shard {}: ring backlog {backlog} events is over admin.ready_ring_backlog_events_max {} (the journal drain is behind)",
+                        s.index, self.backlog_max
+                    ));
+                }
+            }
+        }
+        match free_bytes(&self.journal_dir) {
+            Ok((free, read_only)) => {
+                if read_only {
+                    why.push(format!("journal filesystem of {} is mounted read-only", self.journal_dir.display()));
+                }
+                if free < self.free_bytes_min {
+                    why.push(format!(
+                        "journal filesystem of {} has {free} bytes free, below admin.ready_free_bytes_min {} (2 × journal.segment_bytes per shard when 0)",
+                        self.journal_dir.display(),
+                        self.free_bytes_min
+                    ));
+                }
+            }
+            Err(e) => why.push(format!("cannot stat the journal filesystem of {}: {e}", self.journal_dir.display())),
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("\n"))
+        }
+    }
+}
+
+/// `access(W_OK)`: what the kernel would decide for a create in `dir` by this process (root is
+/// refused only on read-only mounts, as its writes would be).
+fn writable(dir: &std::path::Path) -> io::Result<()> {
+    let c = cstr(dir)?;
+    // SAFETY: access reads the NUL-terminated path we own for the duration of the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Bytes available to unprivileged users on the filesystem of `dir`, and whether it is read-only.
+fn free_bytes(dir: &std::path::Path) -> io::Result<(u64, bool)> {
+    let c = cstr(dir)?;
+    // SAFETY: statvfs is plain old data; all-zero is a valid value that the call overwrites.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated and outlives the call; st is a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64 * st.f_frsize as u64, st.f_flag & libc::ST_RDONLY != 0))
+}
+
+fn cstr(p: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("path contains NUL"))
+}
+
+/// Pending admin connections the kernel queues before accept.
+pub const ADMIN_BACKLOG: i32 = 64;
+
+/// Binds the admin address (before the shards start, so a port taken by another program fails
+/// start-up at once). SO_REUSEPORT, like the public listener: during a zero-downtime restart the
+/// new process binds the same admin port while the old one drains (the kernel only lets
+/// processes of the same user share it), and the old one answers /ready with 503 "stopping".
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(ADMIN_BACKLOG)?;
+    Ok(s.into())
+}
+
+/// The running admin threads.
+pub struct Admin {
+    addr: SocketAddr,
+    hlog: Option<hlog::HlogWriter>,
+}
+
+impl Admin {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Writes the last `.hlog` interval (call after the shards have stopped and published) and
+    /// stops the hlog thread. The listener thread ends with the process.
+    pub fn finish(self) {
+        if let Some(h) = self.hlog {
+            h.finish();
+        }
+    }
+}
+
+/// Starts the admin listener thread (and the `.hlog` writer when configured).
+pub fn start(listener: TcpListener, cfg: &Config, running: &Running) -> io::Result<Admin> {
+    let addr = listener.local_addr()?;
+    let state = Arc::new(State::new(cfg, running));
+    let hlog = match &cfg.admin.hlog_path {
+        Some(p) => {
+            Some(hlog::HlogWriter::start(p, Duration::from_millis(cfg.admin.hlog_interval_ms), state.shards.clone())?)
+        }
+        None => None,
+    };
+    std::thread::Builder::new().name("tracker-admin".into()).spawn(move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(s) => {
+                    let _ = serve(&state, s);
+                }
+                // EMFILE and friends: back off briefly instead of spinning.
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    })?;
+    Ok(Admin { addr, hlog })
+}
+
+/// Answers one request on `s` and closes it.
+fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
+    s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut buf = [0u8; REQUEST_BYTES_MAX];
+    let mut n = 0;
+    let head_end = loop {
+        if let Some(p) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        if n == buf.len() {
+            return respond(&mut s, 431, "text/plain", b"request head too large\n", false);
+        }
+        let r = s.read(&mut buf[n..])?;
+        if r == 0 {
+            return Ok(());
+        }
+        n += r;
+    };
+    let line = buf[..head_end].split(|&b| b == b'\r').next().unwrap_or(&[]);
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, target) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
+    let head = method == b"HEAD";
+    if method != b"GET" && !head {
+        return respond(&mut s, 405, "text/plain", b"only GET and HEAD\n", head);
+    }
+    let path = target.split(|&b| b == b'?').next().unwrap_or(&[]);
+    match path {
+        b"/metrics" => {
+            let body = render::metrics(state);
+            respond(&mut s, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), head)
+        }
+        b"/health" => respond(&mut s, 200, "text/plain", b"ok\n", head),
+        b"/ready" => match state.ready() {
+            Ok(()) => respond(&mut s, 200, "text/plain", b"ready\n", head),
+            Err(why) => respond(&mut s, 503, "text/plain", format!("{why}\n").as_bytes(), head),
+        },
+        b"/stats" => {
+            let body = render::stats_json(state);
+            respond(&mut s, 200, "application/json", body.as_bytes(), head)
+        }
+        _ => respond(&mut s, 404, "text/plain", b"not found: try /metrics, /health, /ready, /stats\n", head),
+    }
+}
+
+fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], head: bool) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head {
+        out.extend_from_slice(body);
+    }
+    s.write_all(&out)?;
+    s.flush()
+}

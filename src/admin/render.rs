@@ -1,0 +1,270 @@
+//! Rendering on the admin thread: the Prometheus text exposition (format 0.0.4) and the `/stats`
+//! JSON. Sums the shards' counters (relaxed loads: each value is exact, the set is not one
+//! instant) and merges their published histograms. Allocates freely; never runs on a shard.
+//!
+//! Naming: counters end in `_total`, latencies are `_seconds` summaries with quantiles 0.5, 0.9,
+//! 0.99, 0.999 and 1 (= the max); per-shard families carry `shard`, the merged ones are separate
+//! families (`…_merged_seconds`) so that summing over `shard` never double-counts. Every label
+//! value comes from a closed set fixed at start.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+use super::State;
+use crate::metrics::latency::{new_histogram, Kind, KINDS};
+use crate::metrics::{REASONS, STATUSES};
+
+/// Quantiles of every latency summary; 1.0 is the max.
+pub const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
+
+/// Per-shard cumulative histograms of `kind`, and their merge.
+pub fn histograms(state: &State, kind: Kind) -> (Vec<Histogram<u64>>, Histogram<u64>) {
+    let per: Vec<Histogram<u64>> = state.shards.iter().map(|s| s.counters.latency.get(kind).cumulative()).collect();
+    let mut all = new_histogram();
+    for h in &per {
+        // Same bounds: cannot fail.
+        let _ = all.add(h);
+    }
+    (per, all)
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn summary(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for q in QUANTILES {
+        let v = if q >= 1.0 { h.max() } else { h.value_at_quantile(q) };
+        let _ = writeln!(out, "{name}{{{labels}{sep}quantile=\"{q}\"}} {}", v as f64 / 1e9);
+    }
+    let brace = |s: &str| if s.is_empty() { String::new() } else { format!("{{{s}}}") };
+    let _ = writeln!(out, "{name}_sum{} {}", brace(labels), h.mean() * h.len() as f64 / 1e9);
+    let _ = writeln!(out, "{name}_count{} {}", brace(labels), h.len());
+}
+
+/// The `/metrics` body.
+pub fn metrics(state: &State) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let shards = &state.shards;
+    let sum = |f: &dyn Fn(&crate::metrics::ShardCounters) -> u64| shards.iter().map(|s| f(&s.counters)).sum::<u64>();
+
+    family(&mut out, "tracker_build_info", "gauge", "Always 1; the tracker's version as a label");
+    let _ = writeln!(out, "tracker_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    family(&mut out, "process_start_time_seconds", "gauge", "Start time of the process, seconds since the Unix epoch");
+    let _ = writeln!(out, "process_start_time_seconds {}", state.started_unix_s);
+    family(&mut out, "tracker_ready", "gauge", "1 when /ready answers 200, else 0");
+    let _ = writeln!(out, "tracker_ready {}", u8::from(state.ready().is_ok()));
+
+    family(
+        &mut out,
+        "tracker_requests_total",
+        "counter",
+        "Requests answered, by endpoint path (\"none\" = no endpoint matched) and status",
+    );
+    // Endpoints that share a path (GET and POST) are one series.
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, label) in state.endpoint_labels.iter().enumerate() {
+        if seen.contains(&label.as_str()) {
+            continue;
+        }
+        seen.push(label);
+        for st in STATUSES {
+            let mut n = 0;
+            for (j, other) in state.endpoint_labels.iter().enumerate().skip(i) {
+                if other == label {
+                    let ep = if j + 1 == state.endpoint_labels.len() { None } else { Some(j as u16) };
+                    n += sum(&|c| c.requests(ep, st));
+                }
+            }
+            let _ =
+                writeln!(out, "tracker_requests_total{{endpoint=\"{}\",status=\"{}\"}} {n}", escape(label), st.code());
+        }
+    }
+
+    family(&mut out, "tracker_events_total", "counter", "Events pushed into the rings, by event type");
+    for (i, t) in state.type_names.iter().enumerate() {
+        let _ = writeln!(out, "tracker_events_total{{type=\"{}\"}} {}", escape(t), sum(&|c| c.events(i as u16)));
+    }
+
+    family(&mut out, "tracker_rejects_total", "counter", "Requests or connections refused, by reason");
+    for r in REASONS {
+        let _ = writeln!(out, "tracker_rejects_total{{reason=\"{}\"}} {}", r.name(), sum(&|c| c.rejects(r)));
+    }
+
+    family(&mut out, "tracker_connections_accepted_total", "counter", "Connections accepted by the shards");
+    let accepted = sum(&|c| c.connections_accepted.load(std::sync::atomic::Ordering::Relaxed));
+    let _ = writeln!(out, "tracker_connections_accepted_total {accepted}");
+    family(&mut out, "tracker_connections_open", "gauge", "Connections open now");
+    // Closed is read after accepted, so it can only be ahead by connections closed in between.
+    let closed = sum(&|c| c.connections_closed.load(std::sync::atomic::Ordering::Relaxed));
+    let _ = writeln!(out, "tracker_connections_open {}", accepted.saturating_sub(closed));
+
+    let watches: Vec<_> = shards.iter().filter_map(|s| s.counters.ring.get().map(|r| (s.index, r))).collect();
+    family(
+        &mut out,
+        "tracker_ring_pushed_total",
+        "counter",
+        "Events pushed into the shard's ring (depth = pushed - popped)",
+    );
+    let popped: Vec<u64> = watches.iter().map(|(_, r)| r.popped()).collect();
+    for (i, r) in &watches {
+        let _ = writeln!(out, "tracker_ring_pushed_total{{shard=\"{i}\"}} {}", r.pushed());
+    }
+    family(
+        &mut out,
+        "tracker_ring_popped_total",
+        "counter",
+        "Events the drain took from the shard's ring into the journal",
+    );
+    for ((i, _), p) in watches.iter().zip(&popped) {
+        let _ = writeln!(out, "tracker_ring_popped_total{{shard=\"{i}\"}} {p}");
+    }
+    family(&mut out, "tracker_ring_capacity_events", "gauge", "Events the shard's ring holds");
+    for (i, r) in &watches {
+        let _ = writeln!(out, "tracker_ring_capacity_events{{shard=\"{i}\"}} {}", r.capacity());
+    }
+
+    use std::sync::atomic::Ordering::Relaxed;
+    family(&mut out, "tracker_journal_records_total", "counter", "Records appended to journal segments");
+    let _ = writeln!(out, "tracker_journal_records_total {}", sum(&|c| c.journal_records.load(Relaxed)));
+    family(&mut out, "tracker_journal_bytes_total", "counter", "Bytes appended to journal segments");
+    let _ = writeln!(out, "tracker_journal_bytes_total {}", sum(&|c| c.journal_bytes.load(Relaxed)));
+    family(&mut out, "tracker_journal_segments", "gauge", "Journal segment files on disk");
+    let _ = writeln!(out, "tracker_journal_segments {}", segments(state));
+    family(
+        &mut out,
+        "tracker_journal_torn_records_total",
+        "counter",
+        "Torn records dropped from segment tails at start",
+    );
+    let _ = writeln!(out, "tracker_journal_torn_records_total {}", sum(&|c| c.journal_torn_records.load(Relaxed)));
+    family(&mut out, "tracker_journal_errors_total", "counter", "Journal append and sync failures");
+    let _ = writeln!(out, "tracker_journal_errors_total {}", sum(&|c| c.journal_errors.load(Relaxed)));
+
+    for kind in KINDS {
+        let (per, all) = histograms(state, kind);
+        let name = kind.metric();
+        family(&mut out, name, "summary", &format!("{}, per shard; quantile 1 is the max", kind.help()));
+        for (s, h) in shards.iter().zip(&per) {
+            summary(&mut out, name, &format!("shard=\"{}\"", s.index), h);
+        }
+        let merged = name.replace("_seconds", "_merged_seconds");
+        family(&mut out, &merged, "summary", &format!("{}, all shards merged; quantile 1 is the max", kind.help()));
+        summary(&mut out, &merged, "", &all);
+    }
+    out
+}
+
+/// Segment files under every shard directory (a readdir per shard: cheap at scrape rates).
+fn segments(state: &State) -> u64 {
+    let mut n = 0;
+    for s in &state.shards {
+        let dir = crate::journal::shard_dir(&state.journal_dir, s.index);
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            n += rd
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(crate::journal::SEGMENT_SUFFIX)))
+                .count() as u64;
+        }
+    }
+    n
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "count": h.len(),
+        "p50_ns": h.value_at_quantile(0.5),
+        "p90_ns": h.value_at_quantile(0.9),
+        "p99_ns": h.value_at_quantile(0.99),
+        "p999_ns": h.value_at_quantile(0.999),
+        "max_ns": h.max(),
+    })
+}
+
+/// The `/stats` body: `{"histograms": {"service": {"shards": [{"shard": 0, "count": …,
+/// "p50_ns": …}, …], "total": {…}}, "journal": …, "collector_publish": …}}`.
+pub fn stats_json(state: &State) -> String {
+    let mut hs = serde_json::Map::new();
+    for kind in KINDS {
+        let (per, all) = histograms(state, kind);
+        let shards: Vec<serde_json::Value> = state
+            .shards
+            .iter()
+            .zip(&per)
+            .map(|(s, h)| {
+                let mut v = percentiles(h);
+                v["shard"] = s.index.into();
+                v
+            })
+            .collect();
+        hs.insert(kind.tag().into(), serde_json::json!({ "shards": shards, "total": percentiles(&all) }));
+    }
+    serde_json::json!({ "histograms": hs }).to_string()
+}
+
+/// The `tracker stats` table from a `/stats` body: one row per histogram and shard, then its
+/// total; count and p50, p90, p99, p99.9, max in µs.
+pub fn stats_table(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<18} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "histogram", "shard", "count", "p50_us", "p90_us", "p99_us", "p99.9_us", "max_us"
+    );
+    let us = |r: &serde_json::Value, k: &str| r[k].as_u64().unwrap_or(0) as f64 / 1e3;
+    let row = |out: &mut String, name: &str, shard: &str, r: &serde_json::Value| {
+        let _ = writeln!(
+            out,
+            "{:<18} {:>6} {:>10} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            name,
+            shard,
+            r["count"].as_u64().unwrap_or(0),
+            us(r, "p50_ns"),
+            us(r, "p90_ns"),
+            us(r, "p99_ns"),
+            us(r, "p999_ns"),
+            us(r, "max_ns")
+        );
+    };
+    for kind in KINDS {
+        let h = &v["histograms"][kind.tag()];
+        if h.is_null() {
+            continue;
+        }
+        for s in h["shards"].as_array().map(|a| a.as_slice()).unwrap_or(&[]) {
+            row(&mut out, kind.tag(), &s["shard"].to_string(), s);
+        }
+        row(&mut out, kind.tag(), "total", &h["total"]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_table_has_a_row_per_shard_and_a_total_in_microseconds() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"histograms":{"service":{"shards":[{"shard":0,"count":2,"p50_ns":1500,"p90_ns":2000,"p99_ns":2000,"p999_ns":2000,"max_ns":2000}],"total":{"count":2,"p50_ns":1500,"p90_ns":2000,"p99_ns":2000,"p999_ns":2000,"max_ns":2000}}}}"#,
+        )
+        .unwrap();
+        let t = stats_table(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(lines[1].starts_with("service") && lines[1].contains(" 0 ") && lines[1].contains("1.5"), "{t}");
+        assert!(lines[2].contains("total") && lines[2].contains("2.0"), "{t}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,418 @@
+//! Every config key in one table: its section, type, unit, default, bounds and meaning. The
+//! validator takes defaults and bounds from here (`Validator::int`, `Validator::choice`) and
+//! `tracker config-reference` prints the table as markdown (docs/config-reference.md), so the
+//! reference and the code cannot disagree. A key added to raw.rs gets a row here; the tests
+//! check that config/tracker.toml lists exactly these keys with these defaults.
+
+use crate::constants::*;
+use crate::event::SLOTS;
+
+/// A key's default as the validator uses it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KeyDefault {
+    Int(i64),
+    Bool(bool),
+    Str(&'static str),
+    /// Required, or no default (described in the key's text).
+    None,
+}
+
+/// What values a key accepts, beyond its type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bounds {
+    /// Inclusive integer range.
+    Range(i64, i64),
+    OneOf(&'static [&'static str]),
+    /// Free-form rule, for the reference only (checked by the validator's own code).
+    Rule(&'static str),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct KeySpec {
+    /// `server`, `journal`, `endpoint`, `event.<type>`, `event.<type>.fields`.
+    pub section: &'static str,
+    pub key: &'static str,
+    pub kind: &'static str,
+    /// Unit of an integer (`bytes`, `ms`, …), or "".
+    pub unit: &'static str,
+    pub default: KeyDefault,
+    pub bounds: Bounds,
+    /// Further constraints the validator checks (power of two, relations to other keys).
+    pub also: &'static str,
+    pub doc: &'static str,
+}
+
+impl KeySpec {
+    /// `section.key`, as config errors name it.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.section, self.key)
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one row of the table, positional like the table itself
+const fn k(
+    section: &'static str,
+    key: &'static str,
+    kind: &'static str,
+    unit: &'static str,
+    default: KeyDefault,
+    bounds: Bounds,
+    also: &'static str,
+    doc: &'static str,
+) -> KeySpec {
+    KeySpec { section, key, kind, unit, default, bounds, also, doc }
+}
+
+use Bounds::*;
+use KeyDefault::{Bool, Int, None as NoDefault, Str};
+
+pub const SERVER_KEYS: &[KeySpec] = &[
+    k("server", "listen", "address", "", Str("0.0.0.0:8080"), Rule("IP:PORT, e.g. \"0.0.0.0:8080\" or \"[::]:8080\""), "",
+      "Address of the public listener; every shard binds it with SO_REUSEPORT. `--listen` overrides it."),
+    k("server", "shards", "integer", "shards", Int(0), Range(0, SHARDS_MAX as i64), "",
+      "Reactor threads, one io_uring runtime each, pinned to the allowed CPUs in order. 0 = one per allowed CPU. `--shards` overrides it."),
+    k("server", "connections_per_shard_max", "integer", "connections", Int(1024), Range(1, 1 << 20), "",
+      "Open connections per shard; beyond it new connections are closed at once and counted. Each costs its read and write buffers, allocated at start."),
+    k("server", "request_line_bytes_max", "integer", "bytes", Int(4096), Range(64, 65536), "below server.header_bytes_max",
+      "Longest request line (method, target, version); longer → 414."),
+    k("server", "header_count_max", "integer", "headers", Int(HEADERS_MAX as i64), Range(1, HEADERS_MAX as i64), "",
+      "Most header fields in one request; more → 431."),
+    k("server", "header_bytes_max", "integer", "bytes", Int(8192), Range(256, 1 << 20), "",
+      "Longest request head (request line + headers); longer → 431."),
+    k("server", "body_bytes_max", "integer", "bytes", Int(65536), Range(0, 16 << 20), "",
+      "Longest request body; longer → 413."),
+    k("server", "header_read_timeout_ms", "integer", "ms", Int(10_000), Range(100, 600_000), "",
+      "A request head must arrive whole within this time of its first byte (slowloris guard), else the connection is closed."),
+    k("server", "idle_timeout_ms", "integer", "ms", Int(60_000), Range(100, 3_600_000), "",
+      "A keep-alive connection with no request for this long is closed."),
+    k("server", "ring_events", "integer", "events", Int(16384), Range(RING_EVENTS_MIN as i64, RING_EVENTS_MAX as i64), "power of two",
+      "Events each shard's ring holds between the reactor and the journal drain; costs ring_events × 512 bytes per shard. Full → 503 + Retry-After."),
+    k("server", "io_uring_entries", "integer", "entries", Int(1024), Range(32, 32768), "power of two",
+      "Submission queue entries of each shard's io_uring."),
+    k("server", "io_uring_defer_taskrun", "bool", "", Bool(false), Rule("true or false"), "",
+      "Also set IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN (Linux ≥ 6.1). COOP_TASKRUN | TASKRUN_FLAG are always set."),
+];
+
+pub const JOURNAL_KEYS: &[KeySpec] = &[
+    k("journal", "dir", "path", "", Str("journal"), Rule("non-empty"), "",
+      "Root directory of the journal: one subdirectory per shard of segment files. `--journal-dir` overrides it."),
+    k("journal", "segment_bytes", "integer", "bytes", Int(64 << 20), Range(SEGMENT_BYTES_MIN as i64, SEGMENT_BYTES_MAX as i64), "multiple of 4096",
+      "Size of each segment file; preallocated and prefaulted, so also the disk and page-cache cost of the segment being written."),
+    k("journal", "sync", "string", "", Str("interval"), OneOf(&["none", "interval", "always"]), "",
+      "When the journal is msync'ed: never explicitly (survives a process crash, not a power loss), every sync_interval_ms, or after every batch the drain writes."),
+    k("journal", "sync_interval_ms", "integer", "ms", Int(1000), Range(1, 3_600_000), "",
+      "Period of the \"interval\" sync policy."),
+    k("journal", "retention_age_s", "integer", "s", Int(0), Range(0, 10 * 365 * 86_400), "",
+      "Delete a segment once every collector's cursor is past it, it is not its shard's newest, and it is older than this. 0 = keep every segment."),
+    k("journal", "size_bytes_max", "integer", "bytes", Int(0), Range(0, i64::MAX), "",
+      "Above this many bytes of segments, `logged` endpoints answer 503 (and readiness should be false) instead of filling the disk. 0 = no limit."),
+];
+
+pub const COLLECTOR_KEYS: &[KeySpec] = &[
+    k(
+        "collector",
+        "name",
+        "string",
+        "",
+        NoDefault,
+        Rule("1..=64 of [A-Za-z0-9_-]"),
+        "unique",
+        "Required. Names the collector's cursor directory (journal/collectors/<name>/) and its batch keys.",
+    ),
+    k(
+        "collector",
+        "kind",
+        "string",
+        "",
+        NoDefault,
+        Rule("banker | kafka | jsonl | a kind a custom build registers"),
+        "",
+        "Required. Which implementation delivers the batches (docs/collectors.md).",
+    ),
+    k(
+        "collector",
+        "events",
+        "list or \"all\"",
+        "",
+        NoDefault,
+        Rule("declared event types"),
+        "",
+        "Required. Event types this collector gets.",
+    ),
+    k(
+        "collector",
+        "fields",
+        "list",
+        "",
+        NoDefault,
+        Rule("fields of those types; [] = envelope only; [\"*\"] = all"),
+        "",
+        "Required. The allowlist: only these fields (plus type, id, ts, ts_ns, shard, seq) leave the process.",
+    ),
+    k(
+        "collector",
+        "events_max",
+        "integer",
+        "events",
+        Int(1000),
+        Range(1, 100_000),
+        "",
+        "A batch closes at this many events.",
+    ),
+    k(
+        "collector",
+        "bytes_max",
+        "integer",
+        "bytes",
+        Int(1 << 20),
+        Range(1024, 64 << 20),
+        "",
+        "A batch closes at this many bytes of event JSON.",
+    ),
+    k(
+        "collector",
+        "linger_ms",
+        "integer",
+        "ms",
+        Int(100),
+        Range(0, 60_000),
+        "",
+        "A batch closes this long after its first event.",
+    ),
+    k(
+        "collector",
+        "retry_initial_ms",
+        "integer",
+        "ms",
+        Int(100),
+        Range(1, 60_000),
+        "",
+        "First wait before a batch that failed retriably is sent again; doubles each time.",
+    ),
+    k(
+        "collector",
+        "retry_max_ms",
+        "integer",
+        "ms",
+        Int(10_000),
+        Range(1, 3_600_000),
+        "at least retry_initial_ms",
+        "Cap of the doubling retry wait.",
+    ),
+    k(
+        "collector",
+        "retry_jitter_percent",
+        "integer",
+        "%",
+        Int(20),
+        Range(0, 100),
+        "",
+        "Each retry wait is shortened by up to this share, at random.",
+    ),
+    k(
+        "collector",
+        "key_prefix",
+        "string",
+        "",
+        Str("tracker"),
+        Rule("1..=64 of [A-Za-z0-9_.-]"),
+        "",
+        "First part of every batch key; one per host when several trackers feed one destination.",
+    ),
+    k(
+        "collector",
+        "options",
+        "table",
+        "",
+        NoDefault,
+        Rule("per kind"),
+        "",
+        "Kind-specific settings ([collector.options]); unknown keys are errors.",
+    ),
+];
+
+pub const ADMIN_KEYS: &[KeySpec] = &[
+    k("admin", "listen", "address", "", Str("127.0.0.1:9090"), Rule("IP:PORT; port 0 picks a free port"), "",
+      "Control-plane listener: /metrics, /health, /ready, /stats. Keep it on loopback or a private interface. `--admin-listen` overrides it."),
+    k("admin", "publish_interval_ms", "integer", "ms", Int(1000), Range(10, 60_000), "",
+      "How often each shard and drain publishes its latency histograms to the admin side; /metrics and /stats lag by at most this."),
+    k("admin", "ready_free_bytes_min", "integer", "bytes", Int(0), Range(0, i64::MAX), "",
+      "/ready answers 503 below this much free space on the journal's filesystem. 0 = 2 × journal.segment_bytes per shard."),
+    k("admin", "ready_ring_backlog_events_max", "integer", "events", Int(0), Range(0, RING_EVENTS_MAX as i64), "",
+      "/ready answers 503 when a ring holds more unread events than this. 0 = half of server.ring_events."),
+    k("admin", "hlog_path", "path", "", NoDefault, Rule("a file path; unset or \"\" = off"), "",
+      "Append the merged latency histograms to this HdrHistogram interval log (tags service, journal, collector_publish; ns)."),
+    k("admin", "hlog_interval_ms", "integer", "ms", Int(10_000), Range(100, 3_600_000), "",
+      "Interval of the .hlog."),
+];
+
+pub const ENDPOINT_KEYS: &[KeySpec] = &[
+    k("endpoint", "path", "string", "", NoDefault, Rule("/path without spaces, '?' or '#'"), "unique per method",
+      "Required. Request path served by this endpoint (the query string is not part of it)."),
+    k("endpoint", "method", "string", "", Str("GET"), OneOf(&["GET", "POST"]), "",
+      "GET also answers HEAD (counted as an event, flagged)."),
+    k("endpoint", "event", "string", "", NoDefault, Rule("a declared [event.<type>]"), "",
+      "Required. Event type each request becomes."),
+    k("endpoint", "response", "string", "", Str("no_content"), OneOf(&["gif", "no_content"]), "",
+      "1×1 transparent GIF (no-cache) or 204."),
+    k("endpoint", "ack", "string", "", Str("received"), OneOf(&["received", "logged"]), "",
+      "Answer once the event is in the shard's ring, or once the drain has written it into the mmapped segment (survives kill -9)."),
+];
+
+pub const EVENT_KEYS: &[KeySpec] = &[
+    k(
+        "event.<type>",
+        "fields",
+        "array of tables",
+        "fields",
+        NoDefault,
+        Range(0, SLOTS as i64),
+        "strings and ips share the event's byte area",
+        "The event type's fields, in slot order; see the field keys below.",
+    ),
+    k(
+        "event.<type>",
+        "identity",
+        "array of field names",
+        "",
+        NoDefault,
+        Rule("names of fields of this type"),
+        "",
+        "Fields whose values, when all are present, make a deterministic event id (a re-fired pixel gets the same id).",
+    ),
+    k(
+        "event.<type>",
+        "id_from",
+        "array of sources",
+        "",
+        Str("[\"query.eid\"]"),
+        Rule("sources, as a field's source"),
+        "",
+        "Where a client-supplied event id is read from; the first present wins.",
+    ),
+];
+
+pub const FIELD_KEYS: &[KeySpec] = &[
+    k("event.<type>.fields", "name", "string", "", NoDefault, Rule("letters, digits, '_'"), "unique in the type",
+      "Required. Field name in the journal and in `tracker journal cat`."),
+    k("event.<type>.fields", "source", "string", "", NoDefault,
+      Rule("query.<param>, header.<name>, cookie.<name>, client.ip, request.user_agent, request.referer, request.time_ms"), "",
+      "Required. Where the value comes from in the request."),
+    k("event.<type>.fields", "type", "string", "", NoDefault, OneOf(&["u64", "u32", "i64", "money", "string", "ip"]),
+      "client.ip needs \"ip\"; request.time_ms needs \"u64\" or \"i64\"", "Required. money is stored as i64 micros."),
+    k("event.<type>.fields", "required", "bool", "", Bool(false), Rule("true or false"), "not with a default",
+      "A request without this field is answered 400 with the reason."),
+    k("event.<type>.fields", "default", "string or number", "", NoDefault, Rule("a value of the field's type"), "not for ip fields",
+      "Value used when the request has none."),
+    k("event.<type>.fields", "max_bytes", "integer", "bytes", Int(64), Range(1, FIELD_STR_BYTES_MAX as i64), "strings only",
+      "Longest stored value of a string field; longer values are truncated and the event flagged."),
+];
+
+/// Every table, in the order the reference prints them.
+pub const ALL: &[(&str, &[KeySpec])] = &[
+    ("[server]", SERVER_KEYS),
+    ("[journal]", JOURNAL_KEYS),
+    ("[admin]", ADMIN_KEYS),
+    ("[[endpoint]]", ENDPOINT_KEYS),
+    ("[[collector]]", COLLECTOR_KEYS),
+    ("[event.<type>]", EVENT_KEYS),
+    ("fields = [{ ... }] of an event type", FIELD_KEYS),
+];
+
+/// The spec of `key` in `table`. Panics on a name that is not there: a programming error that
+/// the embedded-config test reaches for every key.
+pub fn spec(table: &'static [KeySpec], key: &str) -> &'static KeySpec {
+    table
+        .iter()
+        .find(|s| s.key == key)
+        .unwrap_or_else(|| panic!("config key {key} has no KeySpec in src/config/keys.rs"))
+}
+
+fn default_text(d: KeyDefault) -> String {
+    match d {
+        KeyDefault::Int(i) => i.to_string(),
+        KeyDefault::Bool(b) => b.to_string(),
+        KeyDefault::Str(s) if s.starts_with('[') => format!("`{s}`"),
+        KeyDefault::Str(s) => format!("`\"{s}\"`"),
+        KeyDefault::None => "—".into(),
+    }
+}
+
+fn bounds_text(b: Bounds) -> String {
+    match b {
+        Bounds::Range(lo, hi) => format!("{lo}..={hi}"),
+        Bounds::OneOf(names) => names.iter().map(|n| format!("`\"{n}\"`")).collect::<Vec<_>>().join(", "),
+        Bounds::Rule(r) => r.to_string(),
+    }
+}
+
+/// docs/config-reference.md, generated.
+pub fn reference_markdown() -> String {
+    let mut s = String::new();
+    s.push_str("# Configuration reference\n\n");
+    s.push_str("<!-- Generated by `tracker config-reference` from src/config/keys.rs: do not edit by hand.\n");
+    s.push_str("     Regenerate: cargo run -- config-reference > docs/config-reference.md -->\n\n");
+    s.push_str("Every key of the TOML config, with its type, unit, default and bounds: the same table the\n");
+    s.push_str("validator uses. config/tracker.toml is the embedded default and shows every key in use;\n");
+    s.push_str("`tracker check-config FILE` reports every error as `file:line: key: problem`.\n");
+    for (title, table) in ALL {
+        s.push_str(&format!("\n## {title}\n\n"));
+        s.push_str("| key | type | unit | default | bounds | also | description |\n");
+        s.push_str("|---|---|---|---|---|---|---|\n");
+        for k in table.iter() {
+            s.push_str(&format!(
+                "| `{}` | {} | {} | {} | {} | {} | {} |\n",
+                k.key,
+                k.kind,
+                if k.unit.is_empty() { "—" } else { k.unit },
+                default_text(k.default),
+                bounds_text(k.bounds).replace('|', "\\|"),
+                if k.also.is_empty() { "—" } else { k.also },
+                k.doc.replace('|', "\\|")
+            ));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// config/tracker.toml documents every key: its [server] and [journal] keys are exactly the
+    /// table's, with the table's defaults.
+    #[test]
+    fn embedded_config_lists_every_key_with_its_default() {
+        let v: toml::Value = toml::from_str(crate::config::DEFAULT_TOML).unwrap();
+        for (section, table) in [("server", SERVER_KEYS), ("journal", JOURNAL_KEYS)] {
+            let t = v[section].as_table().unwrap();
+            let mut in_file: Vec<&str> = t.keys().map(String::as_str).collect();
+            let mut in_table: Vec<&str> = table.iter().map(|k| k.key).collect();
+            in_file.sort();
+            in_table.sort();
+            assert_eq!(in_file, in_table, "[{section}] keys in config/tracker.toml vs src/config/keys.rs");
+            for k in table.iter() {
+                let want = match k.default {
+                    KeyDefault::Int(i) => toml::Value::Integer(i),
+                    KeyDefault::Bool(b) => toml::Value::Boolean(b),
+                    KeyDefault::Str(s) => toml::Value::String(s.into()),
+                    KeyDefault::None => continue,
+                };
+                assert_eq!(t[k.key], want, "default of {} in config/tracker.toml", k.name());
+            }
+        }
+    }
+
+    #[test]
+    fn int_defaults_are_within_bounds_and_choice_defaults_are_options() {
+        for (_, table) in ALL {
+            for k in table.iter() {
+                match (k.default, k.bounds) {
+                    (KeyDefault::Int(d), Bounds::Range(lo, hi)) => assert!(lo <= d && d <= hi, "{}", k.name()),
+                    (KeyDefault::Str(d), Bounds::OneOf(o)) => assert!(o.contains(&d), "{}", k.name()),
+                    _ => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Observability over the admin listener: exact counts in /metrics, histograms merged across
+//! shards, /stats and `tracker stats`, /ready turning false and back, the .hlog read back with
+//! hdrhistogram's interval-log iterator. Every wait polls a condition until WAIT.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
+
+use crate::harness::*;
+
+/// The embedded config with `[admin]` keys replaced (each must be present in the default text).
+fn config_with(admin: &[(&str, &str)]) -> String {
+    let mut text = tracker::config::DEFAULT_TOML.to_string();
+    for (from, to) in admin {
+        assert!(text.contains(from), "config/tracker.toml no longer has {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
+/// Samples of a Prometheus text body: `name{labels}` → value. Checks the exposition shape: every
+/// sample's family was announced by `# HELP` and `# TYPE` first.
+fn parse_metrics(body: &str) -> BTreeMap<String, f64> {
+    let mut typed: Vec<String> = Vec::new();
+    let mut out = BTreeMap::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut p = rest.split(' ');
+            let name = p.next().unwrap().to_string();
+            let kind = p.next().unwrap();
+            assert!(["counter", "gauge", "summary"].contains(&kind), "{line}");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counter {name} must end in _total");
+            }
+            typed.push(name);
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        assert!(!line.starts_with('#') && !line.is_empty(), "unexpected line {line:?}");
+        let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
+        let name = key.split('{').next().unwrap();
+        let family = name.trim_end_matches("_sum").trim_end_matches("_count");
+        assert!(typed.iter().any(|t| t == name || t == family), "sample before its # TYPE: {line}");
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(out.insert(key.to_string(), v).is_none(), "duplicate series {key}");
+    }
+    out
+}
+
+fn get(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(key).unwrap_or_else(|| panic!("no series {key}"))
+}
+
+/// Sum of the series of `name` whose labels contain `with`.
+fn sum(m: &BTreeMap<String, f64>, name: &str, with: &str) -> f64 {
+    m.iter().filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(with)).map(|(_, v)| v).sum()
+}
+
+/// Polls `/metrics` until `done` holds; returns the last parse.
+fn metrics_when(s: &Server, what: &str, done: impl Fn(&BTreeMap<String, f64>) -> bool) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = s.admin_get("/metrics");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+        let m = parse_metrics(std::str::from_utf8(&r.body).unwrap());
+        if done(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "/metrics never showed {what} within {WAIT:?}:\n{m:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn metrics_count_exactly_the_requests_sent_and_histograms_merge_across_shards() {
+    let cfg = config_with(&[("publish_interval_ms = 1000", "publish_interval_ms = 20")]);
+    let s = Server::start(Some(&cfg), &["--shards", "2"]);
+    // 37 good pixels over 8 keep-alive connections (SO_REUSEPORT spreads them over the shards),
+    // 5 without the required campaign id, 3 to a path no endpoint serves.
+    let mut conns: Vec<Client> = (0..8).map(|_| s.connect()).collect();
+    for i in 0..37 {
+        let r = conns[i % 8].get(&format!("/i?c={i}&cr=7&p=0.5&site=m.example"));
+        assert_eq!(r.status, 200);
+    }
+    for c in conns.iter_mut().take(5) {
+        assert_eq!(c.get("/i?cr=7").status, 400);
+    }
+    for c in conns.iter_mut().take(3) {
+        assert_eq!(c.get("/nowhere?c=1").status, 404);
+    }
+    drop(conns);
+
+    let m = metrics_when(&s, "45 requests, 37 events journaled, no open connection", |m| {
+        get(m, "tracker_request_service_merged_seconds_count") == 45.0
+            && get(m, "tracker_journal_latency_merged_seconds_count") == 37.0
+            && get(m, "tracker_connections_open") == 0.0
+    });
+    // Requests by endpoint and status: exactly what was sent, nothing else.
+    assert_eq!(get(&m, r#"tracker_requests_total{endpoint="/i",status="200"}"#), 37.0);
+    assert_eq!(get(&m, r#"tracker_requests_total{endpoint="/i",status="400"}"#), 5.0);
+    assert_eq!(get(&m, r#"tracker_requests_total{endpoint="none",status="404"}"#), 3.0);
+    assert_eq!(sum(&m, "tracker_requests_total", ""), 45.0);
+    // Every endpoint of the config is a series (closed label set), even at zero.
+    for ep in ["/i", "/cv", "/v", "/win", "/bill", "/e", "none"] {
+        assert!(m.contains_key(&format!(r#"tracker_requests_total{{endpoint="{ep}",status="204"}}"#)), "{ep}");
+    }
+    assert_eq!(get(&m, r#"tracker_events_total{type="impression"}"#), 37.0);
+    assert_eq!(sum(&m, "tracker_events_total", ""), 37.0);
+    assert_eq!(get(&m, r#"tracker_rejects_total{reason="field"}"#), 5.0);
+    assert_eq!(sum(&m, "tracker_rejects_total", ""), 5.0);
+    assert_eq!(get(&m, "tracker_connections_accepted_total"), 8.0);
+    // Rings: per shard, everything pushed was popped into the journal.
+    assert_eq!(sum(&m, "tracker_ring_pushed_total", "shard="), 37.0);
+    for sh in ["0", "1"] {
+        let pushed = get(&m, &format!(r#"tracker_ring_pushed_total{{shard="{sh}"}}"#));
+        assert_eq!(get(&m, &format!(r#"tracker_ring_popped_total{{shard="{sh}"}}"#)), pushed);
+    }
+    assert_eq!(get(&m, "tracker_journal_records_total"), 37.0);
+    assert!(get(&m, "tracker_journal_bytes_total") >= 37.0 * 512.0);
+    assert_eq!(get(&m, "tracker_journal_segments"), 2.0);
+    assert_eq!(get(&m, "tracker_journal_torn_records_total"), 0.0);
+    assert_eq!(get(&m, "tracker_journal_errors_total"), 0.0);
+    assert_eq!(get(&m, "tracker_ready"), 1.0);
+    assert_eq!(get(&m, r#"tracker_build_info{version="0.1.0"}"#), 1.0);
+    assert!(get(&m, "process_start_time_seconds") > 1.7e9);
+
+    // Histograms: per-shard counts add up to the merged one; quantiles are ordered and non-zero.
+    for (name, n, events_per_shard) in
+        [("tracker_request_service", 45.0, None), ("tracker_journal_latency", 37.0, Some("tracker_ring_popped_total"))]
+    {
+        let per: Vec<f64> =
+            ["0", "1"].iter().map(|sh| get(&m, &format!(r#"{name}_seconds_count{{shard="{sh}"}}"#))).collect();
+        assert_eq!(per.iter().sum::<f64>(), n, "{name}: shards {per:?}");
+        if let Some(popped) = events_per_shard {
+            for (i, c) in per.iter().enumerate() {
+                assert_eq!(*c, get(&m, &format!(r#"{popped}{{shard="{i}"}}"#)), "{name} shard {i}");
+            }
+        }
+        let merged = format!("{name}_merged_seconds");
+        let q: Vec<f64> = ["0.5", "0.9", "0.99", "0.999", "1"]
+            .iter()
+            .map(|q| get(&m, &format!(r#"{merged}{{quantile="{q}"}}"#)))
+            .collect();
+        assert!(q[0] > 0.0 && q.windows(2).all(|w| w[0] <= w[1]), "{merged} quantiles {q:?}");
+        assert!(get(&m, &format!("{merged}_sum")) > 0.0);
+    }
+    assert_eq!(get(&m, "tracker_collector_publish_merged_seconds_count"), 0.0);
+
+    // /stats agrees, and `tracker stats` prints it as a table.
+    let admin = s.admin.unwrap().to_string();
+    let r = s.admin_get("/stats");
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let svc = &v["histograms"]["service"];
+    assert_eq!(svc["total"]["count"], 45);
+    let shard_sum: u64 = svc["shards"].as_array().unwrap().iter().map(|s| s["count"].as_u64().unwrap()).sum();
+    assert_eq!(shard_sum, 45);
+    let out = std::process::Command::new(BIN).args(["stats", "--admin", &admin]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8(out.stdout).unwrap();
+    let total = table
+        .lines()
+        .find(|l| l.starts_with("service") && l.contains("total"))
+        .unwrap_or_else(|| panic!("no service total row:\n{table}"));
+    assert_eq!(total.split_whitespace().nth(2), Some("45"), "{table}");
+    assert!(table.lines().next().unwrap().contains("p99.9_us"), "{table}");
+
+    // The admin listener answers only what it serves.
+    assert_eq!(s.admin_get("/nope").status, 404);
+    assert_eq!(s.admin_get("/health").body, b"ok\n");
+}
+
+/// Polls `/ready` until its status is `want`; returns the body.
+fn ready_when(s: &Server, want: u16) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = s.admin_get("/ready");
+        if r.status == want {
+            return String::from_utf8(r.body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "/ready stayed {} ({:?}), wanted {want}", r.status, r.body);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ready_turns_false_while_the_journal_directory_is_unwritable_and_true_after() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    assert_eq!(ready_when(&s, 200), "ready\n");
+    let journal = s.journal();
+    let shard_dir = journal.join("shard-000");
+    let away = s.dir.path().join("journal.away");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    // root writes through permission bits (and /ready says so, truthfully): take the directory
+    // away instead of chmod-ing it.
+    use std::os::unix::fs::PermissionsExt;
+    if root {
+        std::fs::rename(&journal, &away).unwrap();
+    } else {
+        std::fs::set_permissions(&shard_dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let why = ready_when(&s, 503);
+    assert!(why.contains("shard-000") && why.contains("not writable"), "{why}");
+    assert_eq!(s.admin_get("/health").status, 200, "alive while not ready");
+    if root {
+        std::fs::rename(&away, &journal).unwrap();
+    } else {
+        std::fs::set_permissions(&shard_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    assert_eq!(ready_when(&s, 200), "ready\n");
+    assert_eq!(s.connect().get("/i?c=1").status, 200);
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
+fn ready_is_false_below_the_free_space_headroom() {
+    let cfg = config_with(&[("ready_free_bytes_min = 0", "ready_free_bytes_min = 9223372036854775807")]);
+    let s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let why = ready_when(&s, 503);
+    assert!(why.contains("bytes free, below admin.ready_free_bytes_min 9223372036854775807"), "{why}");
+    let m = parse_metrics(std::str::from_utf8(&s.admin_get("/metrics").body).unwrap());
+    assert_eq!(get(&m, "tracker_ready"), 0.0);
+    assert_eq!(s.admin_get("/health").status, 200);
+    // Still serving: readiness steers the load balancer, it does not refuse traffic.
+    assert_eq!(s.connect().get("/i?c=1").status, 200);
+}
+
+#[test]
+fn hlog_reads_back_with_hdrhistogram_interval_log_iterator() {
+    let dir = tempfile::tempdir().unwrap();
+    let hlog = dir.path().join("tracker.hlog");
+    let cfg = config_with(&[
+        ("publish_interval_ms = 1000", "publish_interval_ms = 20"),
+        ("# hlog_path = \"tracker.hlog\"", &format!("hlog_path = \"{}\"", hlog.display())),
+        ("hlog_interval_ms = 10000", "hlog_interval_ms = 100"),
+    ]);
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "2"]);
+    let mut c = s.connect();
+    for i in 0..10 {
+        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
+    }
+    // Wait until some interval already holds requests, then stop: the last interval is flushed
+    // at exit, so the file must account for every request and event exactly.
+    let deadline = Instant::now() + WAIT;
+    while tagged_counts(&std::fs::read(&hlog).unwrap()).get("service").copied().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no service interval in {} within {WAIT:?}", hlog.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(c);
+    assert_eq!(s.stop(), 0);
+    let bytes = std::fs::read(&hlog).unwrap();
+    let counts = tagged_counts(&bytes);
+    assert_eq!(counts.get("service"), Some(&10), "{counts:?}");
+    assert_eq!(counts.get("journal"), Some(&10), "{counts:?}");
+    assert_eq!(counts.get("collector_publish"), Some(&0), "{counts:?}");
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.contains("#[Histogram log format version 1.3]"));
+    assert!(text.contains("\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\""));
+}
+
+/// Parses a whole .hlog with hdrhistogram's iterator (failing on any unparsable line), decodes
+/// every interval and sums counts per tag; checks StartTime/BaseTime and ordered intervals.
+fn tagged_counts(bytes: &[u8]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    let mut last_start: BTreeMap<String, std::time::Duration> = BTreeMap::new();
+    let (mut start_time, mut base_time) = (false, false);
+    let mut de = Deserializer::new();
+    // A line still being written has no newline yet: read whole lines only.
+    let whole = &bytes[..bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1)];
+    for e in IntervalLogIterator::new(whole) {
+        match e.unwrap_or_else(|e| panic!("unparsable .hlog: {e:?}")) {
+            LogEntry::StartTime(_) => start_time = true,
+            LogEntry::BaseTime(_) => base_time = true,
+            LogEntry::Interval(iv) => {
+                let tag = iv.tag().expect("every interval is tagged").as_str().to_string();
+                let raw = base64_decode(iv.encoded_histogram());
+                let h: Histogram<u64> = de.deserialize(&mut &raw[..]).expect("histogram decodes");
+                let prev = last_start.insert(tag.clone(), iv.start_timestamp());
+                assert!(prev.is_none_or(|p| p <= iv.start_timestamp()), "{tag} intervals out of order");
+                *counts.entry(tag).or_insert(0) += h.len();
+            }
+        }
+    }
+    if !counts.is_empty() {
+        assert!(start_time && base_time, "StartTime and BaseTime headers");
+    }
+    counts
+}
+
+/// Standard base64 (the interval log's histogram encoding), without a dependency for it.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|&c| c != b'=') {
+        acc = acc << 6 | val(c) as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn admin_refuses_what_it_does_not_serve_and_keeps_serving() {
+    let s = Server::start(None, &["--shards", "1"]);
+    let admin = s.admin.unwrap();
+    let mut c = Client::connect(admin);
+    c.send(b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 405);
+    // A head that never ends within the admin's 4 KiB bound (exactly that much, so the server has
+    // read everything when it answers and closes: no reset races the response).
+    let mut c = Client::connect(admin);
+    c.send(&[b'A'; tracker::admin::REQUEST_BYTES_MAX]);
+    assert_eq!(c.read_response(false).status, 431);
+    // A client that connects and says nothing is dropped after the admin's client timeout.
+    let idle = Client::connect(admin);
+    assert_eq!(s.admin_get("/health").body, b"ok\n");
+    drop(idle);
+    let r = s.admin_get("/metrics?x=1");
+    assert_eq!(r.status, 200);
+    assert!(std::str::from_utf8(&r.body).unwrap().contains("# TYPE tracker_requests_total counter"));
+}

@@ -1,0 +1,116 @@
+//! Hot reload over TCP: SIGHUP with a valid change (a new endpoint and a new field) takes effect
+//! on an existing keep-alive connection without a failed request, and the journal records the
+//! new events under the new schema; SIGHUP with an invalid file changes nothing and the log names
+//! file:line.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::harness::{journal_cat, Server, WAIT};
+
+const CONFIG: &str = include_str!("../../config/tracker.toml");
+
+/// The default config plus a field `extra` on impressions and an endpoint /new → event signup.
+fn changed_config() -> String {
+    let field = "  { name = \"ip\",            source = \"client.ip\", type = \"ip\" },\n]";
+    assert!(CONFIG.contains(field), "config/tracker.toml changed; update this test");
+    let mut c = CONFIG.replacen(
+        field,
+        "  { name = \"ip\",            source = \"client.ip\", type = \"ip\" },\n  { name = \"extra\", source = \"query.x\", type = \"string\", max_bytes = 16 },\n]",
+        1,
+    );
+    c.push_str(
+        "\n[[endpoint]]\npath = \"/new\"\nmethod = \"GET\"\nevent = \"signup\"\nresponse = \"no_content\"\nack = \"logged\"\n\n[event.signup]\nfields = [\n  { name = \"plan\", source = \"query.plan\", type = \"string\", max_bytes = 16, required = true },\n]\n",
+    );
+    c
+}
+
+/// Waits for a stderr line containing `needle`; returns it.
+fn wait_line(srv: &Server, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match srv.stderr.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => eprintln!("[tracker] {line}"),
+            Err(_) => panic!("no stderr line containing {needle:?} within {WAIT:?}"),
+        }
+    }
+}
+
+fn sighup(srv: &Server) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGHUP) };
+}
+
+#[test]
+fn sighup_applies_a_valid_config_without_a_failed_request_and_keeps_the_old_on_an_invalid_one() {
+    let srv = Server::start(Some(CONFIG), &["--shards", "2"]);
+    let path = srv.dir.path().join("tracker.toml");
+    let mut ka = srv.connect();
+    assert_eq!(ka.get("/i?c=1&eid=10000000-0000-4000-8000-000000000001").status, 200);
+    assert_eq!(ka.get("/new?plan=a").status, 404);
+
+    // Background load on its own keep-alive connection across both reloads: every request 200.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, bad, addr) = (stop.clone(), ok.clone(), bad.clone(), srv.addr);
+        std::thread::spawn(move || {
+            let mut c = crate::harness::Client::connect(addr);
+            while !stop.load(SeqCst) {
+                match c.get("/i?c=7").status {
+                    200 => ok.fetch_add(1, SeqCst),
+                    _ => bad.fetch_add(1, SeqCst),
+                };
+            }
+        })
+    };
+
+    std::fs::write(&path, changed_config()).unwrap();
+    sighup(&srv);
+    let applied = wait_line(&srv, "reload: applied");
+    assert!(applied.contains("generation 1") && applied.contains("schema changed"), "{applied}");
+
+    // Same keep-alive connection, new endpoint (ack = logged: it also proves the drain wrote it
+    // under the new config) and new field.
+    assert_eq!(ka.get("/new?plan=gold&eid=10000000-0000-4000-8000-000000000002").status, 204);
+    assert_eq!(ka.get("/i?c=2&x=hello&eid=10000000-0000-4000-8000-000000000003").status, 200);
+
+    // An invalid file: unknown key on line 3. Nothing changes; the log names file:line.
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap();
+    sighup(&srv);
+    let err = wait_line(&srv, "tracker.toml:3");
+    assert!(err.contains("lisen"), "{err}");
+    assert_eq!(ka.get("/new?plan=silver&eid=10000000-0000-4000-8000-000000000004").status, 204);
+    assert_eq!(ka.get("/i?c=3&x=still&eid=10000000-0000-4000-8000-000000000005").status, 200);
+
+    // A restart-only key is reported and ignored; the rest applies.
+    std::fs::write(&path, changed_config().replace("ring_events = 16384", "ring_events = 32")).unwrap();
+    sighup(&srv);
+    let line = wait_line(&srv, "needs a restart");
+    assert!(line.contains("server.ring_events: 16384 → 32"), "{line}");
+    wait_line(&srv, "generation 2");
+    assert_eq!(ka.get("/new?plan=bronze&eid=10000000-0000-4000-8000-000000000006").status, 204);
+
+    stop.store(true, SeqCst);
+    load.join().unwrap();
+    assert_eq!(bad.load(SeqCst), 0, "requests failed across the reloads");
+    assert!(ok.load(SeqCst) > 0);
+
+    let mut srv = srv;
+    assert_eq!(srv.stop(), 0);
+    let events = journal_cat(&srv.journal());
+    let by_id = |id: &str| {
+        events.iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("event {id} not in the journal")).clone()
+    };
+    let first = by_id("10000000-0000-4000-8000-000000000001");
+    assert!(first.get("extra").is_none(), "old events keep the old schema: {first}");
+    let signup = by_id("10000000-0000-4000-8000-000000000002");
+    assert_eq!(signup["type"], "signup");
+    assert_eq!(signup["plan"], "gold");
+    assert_eq!(by_id("10000000-0000-4000-8000-000000000003")["extra"], "hello");
+    assert_eq!(by_id("10000000-0000-4000-8000-000000000005")["extra"], "still");
+    assert_eq!(by_id("10000000-0000-4000-8000-000000000006")["plan"], "bronze");
+}

@@ -1,0 +1,103 @@
+//! systemd integration: the unit file verifies, and the real binary speaks the sd_notify protocol
+//! to a datagram socket passed as NOTIFY_SOCKET (READY after the port listens, RELOADING +
+//! MONOTONIC_USEC then READY on SIGHUP, WATCHDOG pings, STOPPING on SIGTERM).
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::harness::{Server, BIN, WAIT};
+
+const UNIT: &str = include_str!("../../systemd/tracker.service");
+const CONFIG: &str = include_str!("../../config/tracker.toml");
+
+#[test]
+fn unit_file_passes_systemd_analyze_verify() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("systemd-analyze is not installed; skipping");
+        return;
+    }
+    // verify checks that ExecStart's binary exists: point a copy at the binary under test.
+    assert!(UNIT.contains("ExecStart=/usr/local/bin/tracker "), "the unit's ExecStart changed; update this test");
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("tracker.service");
+    std::fs::write(&unit, UNIT.replace("ExecStart=/usr/local/bin/tracker ", &format!("ExecStart={BIN} "))).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
+    assert!(!stderr.contains("tracker.service:"), "systemd-analyze complained about the unit:\n{stderr}");
+    for key in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "WatchdogSec=",
+        "LimitMEMLOCK=",
+        "LimitNOFILE=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "io_uring_setup io_uring_enter io_uring_register",
+    ] {
+        assert!(UNIT.contains(key), "unit lacks {key}");
+    }
+}
+
+/// Receives the next notification, bounded by WAIT.
+fn recv(sock: &UnixDatagram) -> String {
+    let mut b = [0u8; 1024];
+    let n = sock.recv(&mut b).expect("no sd_notify message within the wait");
+    String::from_utf8_lossy(&b[..n]).into_owned()
+}
+
+/// Receives until a message starts with `prefix`; returns it and the ones skipped.
+fn recv_until(sock: &UnixDatagram, prefix: &str) -> (String, Vec<String>) {
+    let deadline = Instant::now() + WAIT;
+    let mut skipped = Vec::new();
+    while Instant::now() < deadline {
+        let m = recv(sock);
+        if m.starts_with(prefix) {
+            return (m, skipped);
+        }
+        skipped.push(m);
+    }
+    panic!("no {prefix} within {WAIT:?}; got {skipped:?}");
+}
+
+#[test]
+fn ready_reloading_watchdog_and_stopping_reach_notify_socket() {
+    // An abstract socket, as systemd uses; '@' in NOTIFY_SOCKET stands for the leading NUL.
+    let name = format!("tracker-it-notify-{}", std::process::id());
+    let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let notify = format!("@{name}");
+    let mut srv = Server::start_env(
+        tempfile::tempdir().unwrap(),
+        Some(CONFIG),
+        &[],
+        &[("NOTIFY_SOCKET", notify.as_str()), ("WATCHDOG_USEC", "1000000")],
+    );
+
+    let ready = recv(&sock);
+    assert!(ready.starts_with("READY=1\n"), "first message must be READY=1, got {ready:?}");
+    // READY came after the port listens: a pixel is answered at once.
+    assert_eq!(srv.connect().get("/i?c=1").status, 200);
+
+    // Watchdog pings follow while the shards are alive.
+    let (w, _) = recv_until(&sock, "WATCHDOG=1");
+    assert_eq!(w, "WATCHDOG=1");
+
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGHUP) };
+    let (reloading, _) = recv_until(&sock, "RELOADING=1");
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("RELOADING=1 carries MONOTONIC_USEC")
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    recv_until(&sock, "READY=1");
+
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
+    recv_until(&sock, "STOPPING=1");
+    assert_eq!(srv.wait_exit(), 0);
+}

@@ -1,0 +1,228 @@
+//! What a run leaves behind: the HdrHistogram interval log (`.hlog`, 1 s intervals, written as
+//! the run goes), the percentile distribution of the whole measured window (`.hgrm`, the text
+//! HdrHistogram's plotters read), and the table and machine-readable line on stdout.
+//!
+//! Histograms hold nanoseconds; tables and the result line print microseconds. In the `.hlog`
+//! the interval max column is in milliseconds (`MaxValueDivisor` 1e6), the encoded histograms in
+//! ns, as HdrHistogram's Java tools assume by default.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use hdrhistogram::serialization::interval_log::{IntervalLogWriter, IntervalLogWriterBuilder};
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::Histogram;
+
+use crate::conn::{new_histogram, Counts, INTERVAL_NS};
+
+/// Merges each interval's histograms from every thread and writes an interval to the log as
+/// soon as all threads have reported it, in order.
+pub struct Intervals {
+    threads: usize,
+    intervals: usize,
+    duration_ns: u64,
+    pending: BTreeMap<usize, (Histogram<u64>, usize)>,
+    next: usize,
+    pub total: Histogram<u64>,
+    log: Option<HlogFile>,
+}
+
+struct HlogFile {
+    out: BufWriter<File>,
+    ser: V2DeflateSerializer,
+    header: Option<(String, SystemTime)>,
+}
+
+impl Intervals {
+    pub fn new(
+        threads: usize,
+        intervals: usize,
+        duration_ns: u64,
+        hlog: Option<&Path>,
+        comment: &str,
+        start: SystemTime,
+    ) -> io::Result<Intervals> {
+        let log = match hlog {
+            None => None,
+            Some(p) => Some(HlogFile {
+                out: BufWriter::new(
+                    File::create(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?,
+                ),
+                ser: V2DeflateSerializer::new(),
+                header: Some((comment.to_string(), start)),
+            }),
+        };
+        Ok(Intervals {
+            threads,
+            intervals,
+            duration_ns,
+            pending: BTreeMap::new(),
+            next: 0,
+            total: new_histogram(),
+            log,
+        })
+    }
+
+    /// One thread's histogram for interval `i`. Returns the merged interval when it completes.
+    pub fn add(&mut self, i: usize, h: Histogram<u64>) -> io::Result<Vec<(usize, Histogram<u64>)>> {
+        let e = self.pending.entry(i).or_insert_with(|| (new_histogram(), 0));
+        e.0.add(&h).expect("same bounds");
+        e.1 += 1;
+        let mut done = Vec::new();
+        while let Some((_, n)) = self.pending.get(&self.next) {
+            if *n < self.threads {
+                break;
+            }
+            let (h, _) = self.pending.remove(&self.next).unwrap();
+            self.total.add(&h).expect("same bounds");
+            self.write(self.next, &h)?;
+            done.push((self.next, h));
+            self.next += 1;
+        }
+        Ok(done)
+    }
+
+    pub fn complete(&self) -> bool {
+        self.next == self.intervals
+    }
+
+    fn write(&mut self, i: usize, h: &Histogram<u64>) -> io::Result<()> {
+        let Some(log) = &mut self.log else { return Ok(()) };
+        let start_ns = i as u64 * INTERVAL_NS;
+        let len_ns = INTERVAL_NS.min(self.duration_ns - start_ns);
+        // The writer borrows the file and serializer; make one per interval (headers only once).
+        let mut b = IntervalLogWriterBuilder::new();
+        b.with_max_value_divisor(1e6);
+        if let Some((comment, start)) = log.header.take() {
+            b.add_comment(&comment).with_start_time(start).with_base_time(start);
+        }
+        let mut w: IntervalLogWriter<_, _> = b.begin_log_with(&mut log.out, &mut log.ser)?;
+        w.write_histogram(h, Duration::from_nanos(start_ns), Duration::from_nanos(len_ns), None)
+            .map_err(|e| io::Error::other(format!("hlog: {e:?}")))?;
+        log.out.flush()
+    }
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+pub const PERCENTILES: [(&str, &str, f64); 6] = [
+    ("p50", "p50_us", 50.0),
+    ("p90", "p90_us", 90.0),
+    ("p99", "p99_us", 99.0),
+    ("p99.9", "p999_us", 99.9),
+    ("p99.99", "p9999_us", 99.99),
+    ("max", "max_us", 100.0),
+];
+
+fn at(h: &Histogram<u64>, q: f64) -> u64 {
+    if q >= 100.0 {
+        h.max()
+    } else {
+        h.value_at_quantile(q / 100.0)
+    }
+}
+
+/// The human table and the `LOADGEN_RESULT k=v ...` line scripts parse.
+pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>, wake: &Histogram<u64>) -> String {
+    let mut s = String::new();
+    let achieved = c.sent as f64 / duration_s;
+    let _ = writeln!(
+        s,
+        "requests: {} sent in {:.3} s = {:.1} req/s ({:.2}% of {} asked), {} of them after the end (behind schedule); 2xx {}, non-2xx {}, connection errors {}, timeouts {}, bad responses {}, missed (still behind after --drain) {}",
+        c.sent,
+        duration_s,
+        achieved,
+        100.0 * achieved / asked_rate,
+        asked_rate,
+        c.sent_after_end,
+        c.ok,
+        c.non_2xx,
+        c.conn_errors,
+        c.timeouts,
+        c.protocol_errors,
+        c.missed
+    );
+    let _ =
+        writeln!(s, "latency from the intended send time (coordinated-omission corrected), µs, {} responses:", h.len());
+    let mut head = String::new();
+    let mut vals = String::new();
+    for (name, _, q) in PERCENTILES {
+        let _ = write!(head, "{name:>10}");
+        let _ = write!(vals, "{:>10.1}", us(at(h, q)));
+    }
+    let _ = writeln!(s, "{head}\n{vals}");
+    let _ = writeln!(
+        s,
+        "loadgen's own timer lateness (woken after the intended send time; large values mean loadgen or its CPU was the bottleneck): p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs over {} sleeps",
+        us(at(wake, 50.0)),
+        us(at(wake, 99.0)),
+        us(wake.max()),
+        wake.len()
+    );
+    if c.behind_ns_max > 100_000_000 {
+        let _ = writeln!(
+            s,
+            "note: a connection fell {:.0} ms behind its schedule: the server (or loadgen) could not keep up at this rate with {} in flight per connection; latencies above include that wait",
+            us(c.behind_ns_max) / 1000.0,
+            1
+        );
+    }
+    let _ = write!(
+        s,
+        "LOADGEN_RESULT asked_rate={asked_rate} duration_s={duration_s} sent={} achieved_rate={achieved:.1} ok={} non2xx={} conn_errors={} timeouts={} protocol_errors={} missed={} sent_after_end={} all_sent={} all_ok={} behind_ms_max={:.3} mean_us={:.1}",
+        c.sent,
+        c.ok,
+        c.non_2xx,
+        c.conn_errors,
+        c.timeouts,
+        c.protocol_errors,
+        c.missed,
+        c.sent_after_end,
+        c.all_sent,
+        c.all_ok,
+        us(c.behind_ns_max) / 1000.0,
+        h.mean() / 1000.0
+    );
+    for (_, key, q) in PERCENTILES {
+        let _ = write!(s, " {key}={:.1}", us(at(h, q)));
+    }
+    let _ = write!(
+        s,
+        " wake_p50_us={:.1} wake_p99_us={:.1} wake_max_us={:.1}",
+        us(at(wake, 50.0)),
+        us(at(wake, 99.0)),
+        us(wake.max())
+    );
+    s.push('\n');
+    s
+}
+
+/// Percentile distribution in HdrHistogram's text format (`outputPercentileDistribution`, values
+/// in µs), 5 ticks per half distance: what HdrHistogram's plotters and perf/plot.py read.
+pub fn write_hgrm(path: &Path, h: &Histogram<u64>) -> io::Result<()> {
+    let mut out =
+        BufWriter::new(File::create(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?);
+    writeln!(out, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)")?;
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let inv = if q < 1.0 { format!("{:>14.2}", 1.0 / (1.0 - q)) } else { format!("{:>14}", "") };
+        writeln!(out, "{:>12.3} {:>14.12} {:>10} {}", us(v.value_iterated_to()), q, total, inv)?;
+    }
+    writeln!(
+        out,
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]\n#[Max     = {:>12.3}, Total count    = {:>12}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0,
+        us(h.max()),
+        h.len()
+    )?;
+    out.flush()
+}
