@@ -70,6 +70,7 @@ pub mod http;
 pub mod jsonl;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod metrics;
 pub mod project;
 pub mod retention;
 pub mod runner;

@@ -123,6 +123,7 @@ pub fn start(cfg: &Config, registry: &Registry) -> Result<Forwarders, String> {
             })
             .map_err(|e| format!("spawn collector thread: {e}"))?;
         threads.push(t);
+        super::metrics::register(status.clone());
         statuses.push(status);
     }
     if cfg.journal.retention_age_s > 0 || cfg.journal.size_bytes_max > 0 {

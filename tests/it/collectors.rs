@@ -164,6 +164,13 @@ fn ten_thousand_mixed_events_bank_exactly_and_each_collector_sees_only_what_it_m
     assert_eq!(per_key, expected);
     assert!(b["keys"]["campaign_id=3"]["spend_micros"].as_i64().unwrap() > 0, "{b}");
 
+    let metrics = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    let banked: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tracker_collector_events_total{collector=\"banker\",kind=\"banker\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no banker events counter in /metrics:\n{metrics}"));
+    assert_eq!(banked, 4000, "impressions and bills acknowledged by the banker");
     wait_for("2000 conversions in the jsonl file", WAIT, || read_jsonl(&conv).len() >= 2000);
     let lines = read_jsonl(&conv);
     assert_eq!(lines.len(), 2000);
@@ -387,6 +394,9 @@ fn retention_deletes_segments_every_collector_passed_and_the_size_limit_refuses_
         });
     }
     assert_eq!(s.connect().get("/i?c=1").status, 200, "received endpoints still answer");
+    let ready = s.admin_get("/ready");
+    assert_eq!(ready.status, 503, "readiness is false over the size limit");
+    assert!(String::from_utf8_lossy(&ready.body).contains("journal.size_bytes_max"), "{ready:?}");
     assert!(segments(&s.journal(), 0).contains(&format!("{:020}.seg", 1)), "the banker has not passed segment 1");
     assert_eq!(s.stop(), 0);
 }
