@@ -25,6 +25,7 @@
 //! - [`dedup`]    window of recent event ids shared by all shards (lock-free, fixed size)
 //! - [`ring`]     per-core SPSC ring, the only crossing on the ingest path
 //! - [`journal`]  segment format, writer, recovery, reader
+//! - [`collector`] forwarders: read the journal from persisted cursors, project, batch, deliver
 //! - [`metrics`]  per-shard counters and latency histograms (recorded locally, published on a timer)
 //! - [`admin`]    control plane off the shards: `/metrics`, `/health`, `/ready`, `/stats`, `.hlog`
 //!
@@ -33,6 +34,7 @@
 
 pub mod admin;
 pub mod clock;
+pub mod collector;
 pub mod config;
 pub mod constants;
 pub mod dedup;

@@ -44,6 +44,12 @@ enum Cmd {
     },
     /// Validate a config file: exit 0, or print every error (file:line: key: problem) and exit 2.
     CheckConfig { file: PathBuf },
+    /// Print, per collector, exactly which fields of which event types leave the process.
+    PrivacyManifest {
+        /// Config file (default: the embedded config).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the reference of every config key (markdown: type, unit, default, bounds), generated
     /// from the table the validator uses; docs/config-reference.md is this output.
     ConfigReference,
@@ -74,7 +80,7 @@ enum Cmd {
         #[arg(default_value = "")]
         query: String,
     },
-    /// Read the journal.
+    /// Read the journal (cat) and move collectors back over it (replay).
     Journal {
         #[command(subcommand)]
         cmd: JournalCmd,
@@ -91,6 +97,22 @@ enum JournalCmd {
         /// Keep printing events as they are appended (like tail -f).
         #[arg(long)]
         follow: bool,
+    },
+    /// Move a collector's cursors back so it delivers again from a segment or a time (the
+    /// tracker must be stopped). Batches are cut exactly as before: same keys, same ids.
+    Replay {
+        #[arg(long, default_value = "journal")]
+        journal_dir: PathBuf,
+        /// Collector name (its `[[collector]]` name).
+        #[arg(long)]
+        collector: String,
+        /// Start of the first segment created at or before this time (RFC 3339, e.g.
+        /// 2026-11-26T08:00:00Z, or unix seconds).
+        #[arg(long, conflicts_with = "from_segment", required_unless_present = "from_segment")]
+        from_time: Option<String>,
+        /// Start of segment N of every shard.
+        #[arg(long)]
+        from_segment: Option<u64>,
     },
 }
 
@@ -114,6 +136,10 @@ fn main() -> ExitCode {
         }
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
+                if let Err(e) = tracker::collector::Registry::builtin().build_all(&c.collectors) {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
                 println!("{}: ok ({} endpoints, {} event types)", file.display(), c.endpoints.len(), c.types.len());
                 ExitCode::SUCCESS
             }
@@ -127,6 +153,32 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Journal { cmd: JournalCmd::Cat { journal_dir, follow } } => journal_cat(&journal_dir, follow),
+        Cmd::PrivacyManifest { config } => {
+            let cfg = match config {
+                None => Config::embedded(),
+                Some(p) => match Config::load(&p) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            print!("{}", tracker::collector::cli::privacy_manifest(&cfg));
+            ExitCode::SUCCESS
+        }
+        Cmd::Journal { cmd: JournalCmd::Replay { journal_dir, collector, from_time, from_segment } } => {
+            match tracker::collector::cli::replay(&journal_dir, &collector, from_time.as_deref(), from_segment) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tracker: replay: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Stats { admin } => stats(admin),
         Cmd::SignUrl { config, endpoint, kid, exp, ttl_s, base, url, query } => {
             let cfg = match config {
@@ -176,6 +228,7 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
     };
     let notifier = Arc::new(notify::Notifier::from_env());
     let journal_dir = cfg.journal.dir.clone();
+    let collectors = cfg.clone();
     // Admin listener: bound before the shards start so a taken port fails start-up at once.
     let admin_listener = match tracker::admin::bind(cfg.admin.listen) {
         Ok(l) => l,
@@ -213,6 +266,16 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
         running.shards().len(),
         journal_dir.display()
     );
+    // Collectors run off the reactors, each on its own thread (collector/).
+    let forwarders = match tracker::collector::start(&collectors, &tracker::collector::Registry::builtin()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("tracker: collectors: {e}");
+            running.stop();
+            running.wait();
+            return ExitCode::from(2);
+        }
+    };
     if handoff::migrate_req_enabled() == Some(false) {
         eprintln!("tracker: note: net.ipv4.tcp_migrate_req is 0: in a zero-downtime restart, a connection that reaches this process's listen queue in the instant it closes is reset; set it to 1 (docs/operations.md)");
     }
@@ -252,6 +315,12 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
     // Shards and drains have published their last histograms: write the last .hlog interval.
     admin.finish();
     handle.close();
+    // The journal holds everything acknowledged now: collectors deliver it, then stop.
+    forwarders.stop();
+    let hung = forwarders.join(std::time::Duration::from_secs(10));
+    if hung > 0 {
+        eprintln!("tracker: {hung} collector(s) did not finish within 10 s; their cursors resume at the next start");
+    }
     watchdog_done.store(true, SeqCst);
     if let Some(w) = watchdog {
         w.thread().unpark();

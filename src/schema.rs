@@ -168,7 +168,7 @@ impl Schema {
 }
 
 /// Writes `b` as a JSON string; bytes that are not UTF-8 become U+FFFD.
-fn json_str(out: &mut String, b: &[u8]) {
+pub fn json_str(out: &mut String, b: &[u8]) {
     let s = String::from_utf8_lossy(b);
     out.push('"');
     for c in s.chars() {

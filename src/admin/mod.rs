@@ -102,6 +102,13 @@ impl State {
                 }
             }
         }
+        // Collectors' journal size limit (collector/retention.rs).
+        if crate::collector::retention::journal_over_limit() {
+            why.push(format!(
+                "journal is {} bytes, over journal.size_bytes_max: logged endpoints answer 503 until collectors catch up and retention frees space",
+                crate::collector::retention::JOURNAL_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+            ));
+        }
         match free_bytes(&self.journal_dir) {
             Ok((free, read_only)) => {
                 if read_only {

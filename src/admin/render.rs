@@ -147,6 +147,8 @@ pub fn metrics(state: &State) -> String {
     let _ = writeln!(out, "tracker_journal_torn_records_total {}", sum(&|c| c.journal_torn_records.load(Relaxed)));
     family(&mut out, "tracker_journal_errors_total", "counter", "Journal append and sync failures");
     let _ = writeln!(out, "tracker_journal_errors_total {}", sum(&|c| c.journal_errors.load(Relaxed)));
+    // Collectors (collector/metrics.rs): per-collector totals, lag, journal size limit.
+    crate::collector::metrics::write_prometheus(&mut out);
 
     for kind in KINDS {
         let (per, all) = histograms(state, kind);

@@ -5,6 +5,7 @@
 //! Errors are cold-path and rich: each names the file, the line, the key, the bad value and
 //! what was expected. Validation collects every error rather than stopping at the first.
 
+mod collector;
 pub mod keys;
 mod raw;
 mod redirect;
@@ -12,6 +13,10 @@ mod request;
 
 pub use crate::enrich::budget::BudgetConfig;
 pub use request::{DedupConfig, OverBudget, PrivacyConfig};
+
+pub use collector::{
+    BatchLimits, CollectorConfig, CollectorOptions, EventSelection, FieldSelection, RetryPolicy, COLLECTORS_MAX,
+};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -42,6 +47,8 @@ pub struct Config {
     pub schema: Schema,
     /// Preprocessing steps added in code (`add_step`): (event type name, its id, the step).
     pub steps: Vec<(String, u16, std::sync::Arc<dyn crate::enrich::step::Step>)>,
+    /// `[[collector]]` tables (collector/): forwarders off the reactors, in config order.
+    pub collectors: Vec<CollectorConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -75,6 +82,11 @@ pub struct Journal {
     pub segment_bytes: u64,
     pub sync: SyncPolicy,
     pub sync_interval_ms: u64,
+    /// Delete a segment once every collector's cursor passed it and it is older than this, s;
+    /// 0 keeps every segment.
+    pub retention_age_s: u64,
+    /// Journal bytes on disk above which `logged` endpoints answer 503; 0 = no limit.
+    pub size_bytes_max: u64,
 }
 
 /// `[admin]`: the control-plane listener, histogram publishing, readiness limits, `.hlog`.
@@ -368,7 +380,20 @@ impl Validator<'_> {
         let (types, schema) = self.types(&raw.event);
         let privacy = self.privacy(&raw.privacy, &types);
         let endpoints = self.endpoints(&raw.endpoint, &types);
-        Config { server, journal, admin, dedup, budget, privacy, endpoints, types, schema, steps: Vec::new() }
+        let collectors = self.collectors(&raw.collector, &types);
+        Config {
+            server,
+            journal,
+            admin,
+            dedup,
+            budget,
+            privacy,
+            endpoints,
+            types,
+            schema,
+            collectors,
+            steps: Vec::new(),
+        }
     }
 
     fn admin(&mut self, r: &raw::RawAdmin) -> Admin {
@@ -486,6 +511,8 @@ impl Validator<'_> {
                 &[("none", SyncPolicy::None), ("interval", SyncPolicy::Interval), ("always", SyncPolicy::Always)],
             ),
             sync_interval_ms: self.int(&r.sync_interval_ms, spec(JOURNAL_KEYS, "sync_interval_ms")) as u64,
+            retention_age_s: self.int(&r.retention_age_s, spec(JOURNAL_KEYS, "retention_age_s")) as u64,
+            size_bytes_max: self.int(&r.size_bytes_max, spec(JOURNAL_KEYS, "size_bytes_max")) as u64,
         }
     }
 

@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub endpoint: Vec<S<RawEndpoint>>,
     #[serde(default)]
     pub event: BTreeMap<String, S<RawEvent>>,
+    #[serde(default)]
+    pub collector: Vec<S<super::collector::RawCollector>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -52,6 +54,8 @@ pub struct RawJournal {
     pub segment_bytes: Option<S<i64>>,
     pub sync: Option<S<String>>,
     pub sync_interval_ms: Option<S<i64>>,
+    pub retention_age_s: Option<S<i64>>,
+    pub size_bytes_max: Option<S<i64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -317,6 +317,13 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
     };
     let ep = &cfg.endpoints[ep_index as usize];
     let ty = &cfg.types[ep.type_id as usize];
+    // Journal over journal.size_bytes_max (collector/retention.rs): refuse what must be logged
+    // rather than fill the disk. One relaxed load of a static.
+    if ep.ack == Ack::Logged && crate::collector::retention::journal_over_limit() {
+        counters.request(Some(ep_index), Status::S503);
+        write_error(ctx, wbuf, Status::S503, "journal full, retry", ka, head, v, None);
+        return Answer { keep_alive: ka, logged_seq: 0 };
+    }
     // SSAI: the device's address and user agent, believed only from an authenticated stitcher.
     let (mut client_ip, mut device_ua) = (peer.ip(), None);
     match ssai::device(cfg.privacy.ssai.as_ref(), req.path, req.query, req.headers, now_ns / 1_000_000_000) {

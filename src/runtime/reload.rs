@@ -178,6 +178,7 @@ impl Reloader {
         if !next.privacy.hash_key_from_file && !self.current.privacy.hash_key_from_file {
             next.privacy.hash_key = self.current.privacy.hash_key.clone();
         }
+        next.collectors = self.current.collectors.clone();
         check_schema_fits(&next)?;
         let schema_changed = next.schema != self.current.schema;
 
@@ -265,6 +266,32 @@ pub fn restart_only_changes(running: &Config, file: &Config) -> Vec<String> {
     // request side: tables made at start (src/dedup.rs, src/enrich/budget.rs).
     cmp("dedup", format!("{:?}", running.dedup), format!("{:?}", file.dedup));
     cmp("budget", format!("{:?}", running.budget), format!("{:?}", file.budget));
+    cmp("journal.retention_age_s", a.retention_age_s.to_string(), b.retention_age_s.to_string());
+    cmp("journal.size_bytes_max", a.size_bytes_max.to_string(), b.size_bytes_max.to_string());
+    // Collectors run on their own threads from start (collector/): any change to a
+    // [[collector]] table takes a restart; their lines in the file do not count.
+    let summary = |c: &Config| {
+        let list: Vec<String> = c
+            .collectors
+            .iter()
+            .map(|x| {
+                let opts: Vec<String> = x.options.entries.iter().map(|(k, (_, v))| format!("{k}={v}")).collect();
+                format!(
+                    "{}({} {:?} {:?} {:?} {:?} {} [{}])",
+                    x.name,
+                    x.kind,
+                    x.events,
+                    x.fields,
+                    x.batch,
+                    x.retry,
+                    x.key_prefix,
+                    opts.join(" ")
+                )
+            })
+            .collect();
+        format!("[{}]", list.join(", "))
+    };
+    cmp("collector", summary(running), summary(file));
     out
 }
 
@@ -281,6 +308,19 @@ mod tests {
         let d = restart_only_changes(&a, &b);
         assert_eq!(d, vec!["server.ring_events: 16384 → 32".to_string(), "journal.sync_interval_ms: 1000 → 5".into()]);
         assert!(restart_only_changes(&a, &Config::embedded()).is_empty());
+    }
+
+    #[test]
+    fn a_changed_collector_needs_a_restart() {
+        let a = Config::embedded();
+        let text = format!(
+            "{}\n[[collector]]\nname = \"c\"\nkind = \"jsonl\"\nevents = \"all\"\nfields = []\n[collector.options]\npath = \"x\"\n",
+            crate::config::DEFAULT_TOML
+        );
+        let b = Config::parse(&text, "t.toml").unwrap();
+        let d = restart_only_changes(&a, &b);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].starts_with("collector: [] → [c(jsonl All"), "{d:?}");
     }
 
     #[test]

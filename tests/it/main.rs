@@ -3,11 +3,13 @@
 mod harness;
 
 mod budget;
+mod collectors;
 mod config_errors;
 mod config_reference;
 mod dedup;
 mod durability;
 mod http_rejects;
+mod kafka;
 mod loadgen;
 mod metrics;
 mod notices;

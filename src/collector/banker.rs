@@ -1,0 +1,142 @@
+//! `kind = "banker"`: spend to the budget service, per budget key, once per journal range.
+//!
+//! Each batch (one exact journal range of one shard, `linger_ms` ≤ 100 by default so the
+//! banker learns of spend fast) becomes one `POST <url>/v1/spend` with `Idempotency-Key` =
+//! the batch key and the spend of the range summed per budget key. The range is persisted
+//! before the first attempt (see `runner.rs`), so a retry, a crash or a replay sends the
+//! identical body under the identical key, and the banker applies it once. Protocol:
+//! docs/banker.md.
+//!
+//! Options: `url` (required, `http://host:port[/base]`), `budget_key` (fields forming the key,
+//! default `["campaign_id"]`), `price_field` (money field, default `"price"`), `timeout_ms`
+//! (per attempt, default 5000). Every field named must be in the collector's `fields`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::http::{request, Url};
+use super::{Batch, CollectedEvent, Collector, Delivery, Options, Value};
+
+pub struct Banker {
+    url: Url,
+    budget_key: Vec<String>,
+    price_field: String,
+    timeout: Duration,
+    over_budget: Vec<String>,
+}
+
+pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
+    let raw_url = o.string("url");
+    let url = match Url::parse(&raw_url) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            o.error("url", e);
+            None
+        }
+    };
+    let budget_key = o.strings_or("budget_key", &["campaign_id"]);
+    if budget_key.is_empty() {
+        o.error("budget_key", "empty: name the fields that form a budget key, e.g. [\"campaign_id\"]");
+    }
+    let price_field = o.string_or("price_field", "price");
+    let timeout = Duration::from_millis(o.u64("timeout_ms", 5000, 10, 600_000));
+    let fields = o.collector.fields.clone();
+    for f in budget_key.iter().chain(std::iter::once(&price_field)) {
+        if !fields.admits(f) {
+            let key = if *f == price_field { "price_field" } else { "budget_key" };
+            o.error(key, format!("\"{f}\" is not in this collector's fields allowlist; add it to `fields`"));
+        }
+    }
+    let Some(url) = url else { return Err("no usable url".into()) };
+    Ok(Box::new(Banker { url, budget_key, price_field, timeout, over_budget: Vec::new() }))
+}
+
+/// `campaign_id=7` or `campaign_id=7,line_item=3`; a missing field reads `-`.
+pub fn budget_key_of(e: &CollectedEvent, fields: &[String]) -> String {
+    let mut k = String::new();
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            k.push(',');
+        }
+        k.push_str(f);
+        k.push('=');
+        match e.field(f) {
+            Some(Value::U64(v)) => k.push_str(&v.to_string()),
+            Some(Value::I64(v)) | Some(Value::Money(v)) => k.push_str(&v.to_string()),
+            Some(Value::Str(s)) => k.push_str(s),
+            Some(Value::Ip(ip)) => k.push_str(&ip.to_string()),
+            None => k.push('-'),
+        }
+    }
+    k
+}
+
+impl Banker {
+    /// The request body of a batch: a pure function of the batch, so a resend is identical.
+    pub fn body(&self, batch: &Batch) -> Vec<u8> {
+        let mut spend: BTreeMap<String, (i64, u64)> = BTreeMap::new();
+        let mut priced = 0u64;
+        for e in &batch.events {
+            let Some(Value::Money(m)) = e.field(&self.price_field) else { continue };
+            let s = spend.entry(budget_key_of(e, &self.budget_key)).or_insert((0, 0));
+            s.0 = s.0.saturating_add(*m);
+            s.1 += 1;
+            priced += 1;
+        }
+        let spend: Vec<_> = spend
+            .into_iter()
+            .map(|(k, (micros, events))| json!({"budget_key": k, "micros": micros, "events": events}))
+            .collect();
+        let body = json!({
+            "key": batch.key,
+            "range": {
+                "collector": &*batch.collector,
+                "shard": batch.shard,
+                "segment": batch.segment,
+                "from": batch.from,
+                "to": batch.to,
+            },
+            "events": priced,
+            "spend": spend,
+        });
+        serde_json::to_vec(&body).expect("a JSON value serialises")
+    }
+}
+
+impl Collector for Banker {
+    fn deliver(&mut self, batch: &Batch) -> Delivery {
+        let body = self.body(batch);
+        let headers = [("Content-Type", "application/json"), ("Idempotency-Key", batch.key.as_str())];
+        let r = match request(&self.url, "POST", "/v1/spend", &headers, &body, self.timeout) {
+            Ok(r) => r,
+            Err(e) => return Delivery::Retry(e),
+        };
+        let text = String::from_utf8_lossy(&r.body);
+        match r.status {
+            200 => {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+                    let over: Vec<String> = v["over_budget"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                        .unwrap_or_default();
+                    for k in &over {
+                        if !self.over_budget.contains(k) {
+                            eprintln!("tracker: collector {}: banker says {k} is over budget", batch.collector);
+                        }
+                    }
+                    self.over_budget = over;
+                }
+                Delivery::Acked
+            }
+            409 => Delivery::Fatal(format!(
+                "banker refused key {} as already applied with a different body (409: {text}); the journal \
+                 range was re-cut differently: check the collector's batch log",
+                batch.key
+            )),
+            400 | 404 | 405 | 413 | 422 => Delivery::Fatal(format!("banker rejected the batch ({}: {text})", r.status)),
+            s => Delivery::Retry(format!("banker answered {s}: {text}")),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The collector commands: `tracker privacy-manifest` and `tracker journal replay`.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::Path;
+
+use super::cursor::{self, Position};
+use super::project::manifest;
+use super::source::ShardSource;
+use crate::config::Config;
+use crate::journal::{parse_shard_dir_name, read_header, segment_path, shard_dir};
+
+/// Per collector: its kind, destination options and, per attached event type, the fields that
+/// leave the process (the envelope always does).
+pub fn privacy_manifest(cfg: &Config) -> String {
+    let mut out = String::new();
+    if cfg.collectors.is_empty() {
+        out.push_str("no collectors: no event leaves the process (the journal stays on this host)\n");
+        return out;
+    }
+    for c in &cfg.collectors {
+        let _ = writeln!(out, "collector \"{}\" (kind {}):", c.name, c.kind);
+        for (k, (_, v)) in &c.options.entries {
+            if matches!(k.as_str(), "url" | "brokers" | "path" | "topic") {
+                let _ = writeln!(out, "  destination {k} = {v}");
+            }
+        }
+        let _ = writeln!(out, "  every event: type, id, ts, ts_ns, shard, seq");
+        for (ty, fields) in manifest(&cfg.schema, &c.events, &c.fields) {
+            let list = if fields.is_empty() { "(no fields)".to_string() } else { fields.join(", ") };
+            let _ = writeln!(out, "  {ty}: {list}");
+        }
+    }
+    out
+}
+
+/// Unix ns from RFC 3339 UTC (`2026-11-26T08:00:00Z`, fractions allowed) or unix seconds.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(secs.saturating_mul(1_000_000_000));
+    }
+    let bad = || format!("\"{s}\": expected RFC 3339 UTC such as 2026-11-26T08:00:00Z, or unix seconds");
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || (b[10] != b'T' && b[10] != b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok()).ok_or_else(bad);
+    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let rest = &s[19..];
+    let (frac, zone) = match rest.strip_prefix('.') {
+        Some(r) => {
+            let digits = r.bytes().take_while(|c| c.is_ascii_digit()).count();
+            let mut ns = 0u64;
+            for (i, c) in r[..digits].bytes().take(9).enumerate() {
+                ns += (c - b'0') as u64 * 10u64.pow(8 - i as u32);
+            }
+            (ns, &r[digits..])
+        }
+        None => (0, rest),
+    };
+    if zone != "Z" || !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return Err(bad());
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se;
+    if secs < 0 {
+        return Err(bad());
+    }
+    Ok(secs as u64 * 1_000_000_000 + frac)
+}
+
+/// Moves collector `name`'s cursor of every shard back to `--from-segment N` or to the start of
+/// the last segment created at or before `--from-time T` (never forward). Refuses while the
+/// collector runs. Returns what it did, one line per shard.
+pub fn replay(
+    journal: &Path,
+    name: &str,
+    from_time: Option<&str>,
+    from_segment: Option<u64>,
+) -> Result<String, String> {
+    let _lock = cursor::lock(journal, name).map_err(|e| e.to_string())?;
+    let at_ns = from_time.map(parse_time).transpose()?;
+    let mut out = String::new();
+    let mut shards: Vec<u16> = std::fs::read_dir(journal)
+        .map_err(|e| format!("read {}: {e}", journal.display()))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(parse_shard_dir_name))
+        .collect();
+    shards.sort_unstable();
+    for shard in shards {
+        let source = ShardSource::new(journal, shard);
+        let segments = source.segments().map_err(|e| e.to_string())?;
+        let target = match (from_segment, at_ns) {
+            (Some(n), _) => n,
+            (None, Some(t)) => {
+                let dir = shard_dir(journal, shard);
+                let mut chosen = segments.first().copied().unwrap_or(1);
+                for &n in &segments {
+                    let path = segment_path(&dir, n);
+                    let Ok(f) = File::open(&path) else { continue };
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    if let Ok(Ok(h)) = read_header(&f, len, shard, n) {
+                        if h.created_ns <= t {
+                            chosen = n;
+                        }
+                    }
+                }
+                chosen
+            }
+            (None, None) => return Err("give --from-segment N or --from-time T".into()),
+        };
+        let dir = cursor::collector_shard_dir(journal, name, shard);
+        let current = cursor::read_cursor(&dir).map_err(|e| e.to_string())?.unwrap_or_default();
+        let new = Position { segment: target, index: 0 };
+        if new >= current {
+            let _ = writeln!(
+                out,
+                "shard {shard}: cursor {} {} is not after segment {target}; unchanged",
+                current.segment, current.index
+            );
+            continue;
+        }
+        cursor::write_cursor(&dir, new).map_err(|e| format!("write cursor {}: {e}", dir.display()))?;
+        let _ = writeln!(out, "shard {shard}: cursor {} {} → {} 0", current.segment, current.index, target);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("0").unwrap(), 0);
+        assert_eq!(parse_time("2000-02-29T00:00:00.000000001Z").unwrap(), 951_782_400_000_000_001);
+        assert_eq!(parse_time("2026-11-26T07:42:02.5Z").unwrap(), 1_795_678_922_500_000_000);
+        assert!(parse_time("2026-11-26T07:42:02+01:00").is_err());
+        assert!(parse_time("yesterday").is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! A small blocking HTTP/1.1 client for collectors (std `TcpStream` + httparse): one request
+//! per connection (`Connection: close`), every step bounded by a timeout, response bodies
+//! bounded. Enough for a batch every few milliseconds; no TLS (put a local proxy in front).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Largest response body read; a longer one is an error.
+pub const RESPONSE_BYTES_MAX: usize = 1 << 20;
+
+/// `http://host:port/base`, parsed once at configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Url {
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing '/', "" for none.
+    pub base: String,
+}
+
+impl Url {
+    pub fn parse(s: &str) -> Result<Url, String> {
+        let rest = s.strip_prefix("http://").ok_or_else(|| format!("\"{s}\": expected http://HOST:PORT[/PATH]"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() => {
+                (h, p.parse::<u16>().map_err(|_| format!("\"{s}\": port \"{p}\" is not a number 1..=65535"))?)
+            }
+            _ if !authority.is_empty() => (authority, 80),
+            _ => return Err(format!("\"{s}\": no host")),
+        };
+        if path.bytes().any(|b| b <= b' ' || b == b'?' || b == b'#') {
+            return Err(format!("\"{s}\": the path may not hold spaces, '?' or '#'"));
+        }
+        Ok(Url { host: host.trim_matches(['[', ']']).to_string(), port, base: path.trim_end_matches('/').to_string() })
+    }
+
+    fn addr(&self) -> Result<SocketAddr, String> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("resolve {}:{}: {e}", self.host, self.port))?
+            .next()
+            .ok_or_else(|| format!("resolve {}: no address", self.host))
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Sends one request and reads the response; an `Err` is a transport failure (retriable).
+pub fn request(
+    url: &Url,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Response, String> {
+    let addr = url.addr()?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    let mut head = format!(
+        "{method} {}{path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        url.base,
+        url.host,
+        url.port,
+        body.len()
+    );
+    for (n, v) in headers {
+        head.push_str(n);
+        head.push_str(": ");
+        head.push_str(v);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).and_then(|_| s.write_all(body)).map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = s.read(&mut chunk).map_err(|e| format!("read from {addr}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > RESPONSE_BYTES_MAX + 16 * 1024 {
+            return Err(format!("response from {addr} is over {RESPONSE_BYTES_MAX} bytes"));
+        }
+        if let Some(r) = parse_response(&buf)? {
+            return Ok(r);
+        }
+    }
+    if let Some(r) = parse_response(&buf)? {
+        return Ok(r);
+    }
+    // EOF: a response without Content-Length ends here.
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    match r.parse(&buf) {
+        Ok(httparse::Status::Complete(n)) => Ok(Response { status: r.code.unwrap_or(0), body: buf[n..].to_vec() }),
+        _ => Err(format!("{addr} closed the connection before a whole response")),
+    }
+}
+
+/// A whole response in `buf`, `None` when more bytes are needed.
+fn parse_response(buf: &[u8]) -> Result<Option<Response>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    let head = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("bad response: {e}")),
+    };
+    let status = r.code.unwrap_or(0);
+    let len = r
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+    match len {
+        Some(l) if l > RESPONSE_BYTES_MAX => Err(format!("response body of {l} bytes is too large")),
+        Some(l) if buf.len() >= head + l => Ok(Some(Response { status, body: buf[head..head + l].to_vec() })),
+        Some(_) => Ok(None),
+        None if status == 204 || status == 304 => Ok(Some(Response { status, body: Vec::new() })),
+        // No length: the body ends at EOF, which the caller reaches by reading on.
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            Url::parse("http://127.0.0.1:9100").unwrap(),
+            Url { host: "127.0.0.1".into(), port: 9100, base: String::new() }
+        );
+        assert_eq!(Url::parse("http://b.example/x/").unwrap().base, "/x");
+        assert_eq!(Url::parse("http://[::1]:80/").unwrap().host, "::1");
+        assert!(Url::parse("https://x").is_err());
+        assert!(Url::parse("http://x:99999").is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! `kind = "kafka"`: one Kafka message per event, through librdkafka's idempotent producer.
+//!
+//! - Topic per event type from a template (`topic`, default `"tracker.{type}"`).
+//! - Key: the event id (default), a field's value (`key = "<field>"`, which must be
+//!   allowlisted), or none. Headers `id` (UUID) and `type` on every message.
+//! - Value: the event as JSON, the shape of `tracker journal cat` restricted to the allowlist.
+//! - `enable.idempotence=true`, `acks=all`, always: the broker drops librdkafka's own resends.
+//!   A batch is acknowledged once every message's delivery report is a success; any failure
+//!   retries the whole batch (the collector's backoff), so a message can then reach the topic
+//!   twice — with the same key and `id` header, for consumers to deduplicate.
+//! - Batching and compression from config: `linger.ms` from `producer_linger_ms` (default 5),
+//!   `batch.num.messages` from the collector's `events_max`, `compression.type` from
+//!   `compression`; extra librdkafka settings under `properties` (not the two above).
+//!
+//! The first time the broker assigns the idempotent producer its id, the collector logs
+//! `kafka idempotent producer active (producer id N, epoch E)` (from librdkafka statistics).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
+
+use super::{Batch, Collector, Delivery, Options, Value};
+
+/// librdkafka properties the collector owns; `properties` may not set them.
+const OWNED: [&str; 4] = ["enable.idempotence", "acks", "bootstrap.servers", "compression.type"];
+
+#[derive(Default)]
+struct Reports {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+    idempotent_logged: AtomicBool,
+    name: String,
+}
+
+struct Ctx(Arc<Reports>);
+
+impl ClientContext for Ctx {
+    fn stats(&self, s: Statistics) {
+        if let Some(eos) = s.eos {
+            if eos.producer_id >= 0 && eos.idemp_state == "Assigned" && !self.0.idempotent_logged.swap(true, Relaxed) {
+                eprintln!(
+                    "tracker: collector {}: kafka idempotent producer active (producer id {}, epoch {})",
+                    self.0.name, eos.producer_id, eos.producer_epoch
+                );
+            }
+        }
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        if (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Warning as i32) {
+            eprintln!("tracker: collector {}: librdkafka {fac}: {msg}", self.0.name);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        eprintln!("tracker: collector {}: librdkafka: {error}: {reason}", self.0.name);
+    }
+}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        match r {
+            Ok(_) => {
+                self.0.ok.fetch_add(1, Relaxed);
+            }
+            Err((e, _)) => {
+                self.0.failed.fetch_add(1, Relaxed);
+                let mut first = self.0.first_error.lock().unwrap_or_else(|p| p.into_inner());
+                if first.is_none() {
+                    *first = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+enum KeyFrom {
+    Id,
+    Field(String),
+    None,
+}
+
+pub struct Kafka {
+    config: ClientConfig,
+    topic: String,
+    key: KeyFrom,
+    timeout: Duration,
+    producer: Option<BaseProducer<Ctx>>,
+    reports: Arc<Reports>,
+    value: String,
+}
+
+pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
+    let brokers = o.string("brokers");
+    if brokers.is_empty() {
+        o.error("brokers", "empty: expected \"host:port[,host:port...]\"");
+    }
+    let topic = o.string_or("topic", "tracker.{type}");
+    if topic.is_empty()
+        || topic.replace("{type}", "x").bytes().any(|b| !(b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+    {
+        o.error(
+            "topic",
+            format!("\"{topic}\": a topic name of letters, digits, '.', '_', '-', with {{type}} for the event type"),
+        );
+    }
+    let key = match o.string_or("key", "id").as_str() {
+        "id" => KeyFrom::Id,
+        "none" => KeyFrom::None,
+        f => {
+            if !o.collector.fields.admits(f) {
+                o.error("key", format!("\"{f}\" is not \"id\", \"none\" or a field in this collector's `fields`"));
+            }
+            KeyFrom::Field(f.to_string())
+        }
+    };
+    let compression = o.string_or("compression", "none");
+    if !["none", "gzip", "snappy", "lz4"].contains(&compression.as_str()) {
+        o.error("compression", format!("\"{compression}\" is not one of \"none\", \"gzip\", \"snappy\", \"lz4\""));
+    }
+    let timeout_ms = o.u64("timeout_ms", 30_000, 100, 3_600_000);
+    let linger_ms = o.u64("producer_linger_ms", 5, 0, 60_000);
+    let props = o.string_table("properties");
+    for k in props.keys() {
+        if OWNED.contains(&k.as_str()) {
+            o.error(
+                "properties",
+                format!("\"{k}\" is set by the collector (idempotent producer, brokers, compression)"),
+            );
+        }
+    }
+    let mut config = ClientConfig::new();
+    for (k, v) in &props {
+        config.set(k, v);
+    }
+    config
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", &compression)
+        .set("linger.ms", linger_ms.to_string())
+        .set("batch.num.messages", o.collector.batch.events_max.to_string())
+        .set("message.timeout.ms", timeout_ms.to_string())
+        .set("statistics.interval.ms", "500");
+    let reports = Arc::new(Reports { name: o.collector.name.clone(), ..Default::default() });
+    Ok(Box::new(Kafka {
+        config,
+        topic,
+        key,
+        timeout: Duration::from_millis(timeout_ms + 1000),
+        producer: None,
+        reports,
+        value: String::new(),
+    }))
+}
+
+/// The producer, created on first use (no I/O in the factory: check-config builds collectors).
+fn producer<'a>(
+    slot: &'a mut Option<BaseProducer<Ctx>>,
+    config: &ClientConfig,
+    reports: &Arc<Reports>,
+) -> Result<&'a BaseProducer<Ctx>, String> {
+    if slot.is_none() {
+        let p: BaseProducer<Ctx> =
+            config.create_with_context(Ctx(reports.clone())).map_err(|e| format!("create producer: {e}"))?;
+        *slot = Some(p);
+    }
+    Ok(slot.as_ref().expect("created above"))
+}
+
+impl Collector for Kafka {
+    fn deliver(&mut self, batch: &Batch) -> Delivery {
+        let (topic_tpl, timeout) = (self.topic.clone(), self.timeout);
+        let reports = self.reports.clone();
+        reports.ok.store(0, Relaxed);
+        reports.failed.store(0, Relaxed);
+        *reports.first_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut value = std::mem::take(&mut self.value);
+        let producer = match producer(&mut self.producer, &self.config, &self.reports) {
+            Ok(p) => p,
+            Err(e) => return Delivery::Retry(e),
+        };
+        let deadline = Instant::now() + timeout;
+        for e in &batch.events {
+            value.clear();
+            e.write_json(&mut value);
+            let id = e.id_string();
+            let topic = topic_tpl.replace("{type}", &e.event_type);
+            let key: Option<String> = match &self.key {
+                KeyFrom::Id => Some(id.clone()),
+                KeyFrom::None => None,
+                KeyFrom::Field(f) => e.field(f).map(|v| match v {
+                    Value::U64(x) => x.to_string(),
+                    Value::I64(x) | Value::Money(x) => x.to_string(),
+                    Value::Str(s) => s.clone(),
+                    Value::Ip(ip) => ip.to_string(),
+                }),
+            };
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "id", value: Some(id.as_bytes()) })
+                .insert(Header { key: "type", value: Some(e.event_type.as_bytes()) });
+            let mut record = BaseRecord::to(&topic).payload(value.as_bytes()).headers(headers);
+            if let Some(k) = key.as_deref() {
+                record = record.key(k);
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        if Instant::now() > deadline {
+                            self.value = value;
+                            return Delivery::Retry("kafka producer queue stayed full".into());
+                        }
+                        producer.poll(Duration::from_millis(50));
+                        record = r;
+                    }
+                    Err((e, _)) => {
+                        self.value = value;
+                        return Delivery::Retry(format!("produce to {topic}: {e}"));
+                    }
+                }
+            }
+        }
+        self.value = value;
+        let n = batch.events.len() as u64;
+        let flushed = producer.flush(deadline.saturating_duration_since(Instant::now()));
+        let fatal = producer.client().fatal_error();
+        let (ok, failed) = (reports.ok.load(Relaxed), reports.failed.load(Relaxed));
+        if let Some((code, why)) = fatal {
+            // A fatal idempotence error (e.g. fenced): a new producer gets a new id.
+            self.producer = None;
+            return Delivery::Retry(format!("kafka producer fatal error {code:?}: {why}; recreating it"));
+        }
+        if ok == n && failed == 0 {
+            return Delivery::Acked;
+        }
+        let first = reports.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Delivery::Retry(match (flushed, first) {
+            (_, Some(e)) => format!("{failed} of {n} messages failed: {e}"),
+            (Err(e), None) => format!("{} of {n} delivery reports within the timeout: {e}", ok + failed),
+            (Ok(()), None) => format!("{ok} of {n} messages acknowledged"),
+        })
+    }
+
+    fn close(&mut self) {
+        if let Some(p) = &self.producer {
+            let _ = p.flush(Duration::from_secs(5));
+        }
+    }
+}

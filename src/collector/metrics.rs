@@ -1,0 +1,69 @@
+//! Collector metrics for the admin listener's `/metrics` (Prometheus text), from the statuses of
+//! the collectors this process runs and the retention task. Labels: `collector` (config names, a
+//! closed set fixed at start).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use super::retention;
+use super::runner::CollectorStatus;
+
+static RUNNING: Mutex<Vec<Arc<CollectorStatus>>> = Mutex::new(Vec::new());
+
+/// Called by `collector::start` for each collector it starts.
+pub(crate) fn register(s: Arc<CollectorStatus>) {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+}
+
+/// The collectors this process runs.
+pub fn statuses() -> Vec<Arc<CollectorStatus>> {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Appends the collector families to a Prometheus text exposition.
+pub fn write_prometheus(out: &mut String) {
+    let all = statuses();
+    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&CollectorStatus) -> String| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in &all {
+            let _ = writeln!(out, "{name}{{collector=\"{}\",kind=\"{}\"}} {}", s.name, s.kind, value(s));
+        }
+    };
+    family("tracker_collector_events_total", "counter", "Events acknowledged by the destination", &|s| {
+        s.events_total.load(Relaxed).to_string()
+    });
+    family("tracker_collector_batches_total", "counter", "Batches acknowledged by the destination", &|s| {
+        s.batches_total.load(Relaxed).to_string()
+    });
+    family("tracker_collector_retries_total", "counter", "Batch attempts that failed retriably", &|s| {
+        s.retries_total.load(Relaxed).to_string()
+    });
+    family(
+        "tracker_collector_failed",
+        "gauge",
+        "1 when the destination answered fatal and the collector stopped",
+        &|s| (s.failed.load(Relaxed) as u8).to_string(),
+    );
+    family("tracker_collector_caught_up", "gauge", "1 when every shard's cursor is at the end of the journal", &|s| {
+        (s.caught_up.load(Relaxed) as u8).to_string()
+    });
+    family(
+        "tracker_collector_ack_lag_seconds",
+        "gauge",
+        "Age of the oldest event of the last acknowledged batch when it was acknowledged",
+        &|s| format!("{:.6}", s.ack_lag_ns.load(Relaxed) as f64 / 1e9),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tracker_journal_over_size_limit 1 while the journal is over journal.size_bytes_max (logged endpoints answer 503)\n\
+         # TYPE tracker_journal_over_size_limit gauge\ntracker_journal_over_size_limit {}",
+        retention::journal_over_limit() as u8
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tracker_journal_segments_deleted_total Segments deleted by retention\n\
+         # TYPE tracker_journal_segments_deleted_total counter\ntracker_journal_segments_deleted_total {}",
+        retention::SEGMENTS_DELETED_TOTAL.load(Relaxed)
+    );
+}

@@ -1,0 +1,124 @@
+//! Retention and the journal size limit, off the reactors (one thread, once a second).
+//!
+//! - A segment is deleted once every configured collector's cursor for its shard is past it
+//!   (in a later segment), it is not the shard's newest segment, and it was created more than
+//!   `journal.retention_age_s` ago. With no collector, age alone decides. The collectors'
+//!   batch logs of deleted segments go with them.
+//! - When the segments on disk exceed `journal.size_bytes_max`, [`journal_over_limit`] turns
+//!   true: `logged` endpoints answer 503 and readiness should report false, instead of the
+//!   disk filling up; it turns false once retention (or an operator) freed space.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::cursor;
+use super::runner::cursors;
+use crate::config::Config;
+use crate::journal::{list_segments, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile};
+
+static OVER_LIMIT: AtomicBool = AtomicBool::new(false);
+/// Bytes of the journal's segment files at the last check (for metrics and readiness).
+pub static JOURNAL_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Segments deleted by retention since start.
+pub static SEGMENTS_DELETED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// True while the journal is over `journal.size_bytes_max`: `logged` endpoints answer 503 and
+/// readiness is false. One relaxed load; safe on the request path.
+#[inline]
+pub fn journal_over_limit() -> bool {
+    OVER_LIMIT.load(Relaxed)
+}
+
+const PERIOD: Duration = Duration::from_secs(1);
+
+pub fn spawn(cfg: &Config, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>, String> {
+    let journal = cfg.journal.dir.clone();
+    let names: Vec<String> = cfg.collectors.iter().map(|c| c.name.clone()).collect();
+    let (age_s, size_max) = (cfg.journal.retention_age_s, cfg.journal.size_bytes_max);
+    std::thread::Builder::new()
+        .name("journal-retention".into())
+        .spawn(move || {
+            while !stop.load(SeqCst) {
+                if let Err(e) = pass(&journal, &names, age_s, size_max) {
+                    eprintln!("tracker: retention: {e}");
+                }
+                let mut slept = Duration::ZERO;
+                while slept < PERIOD && !stop.load(SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    slept += Duration::from_millis(50);
+                }
+            }
+        })
+        .map_err(|e| format!("spawn retention thread: {e}"))
+}
+
+fn shards(journal: &Path) -> Vec<u16> {
+    let mut out: Vec<u16> = fs::read_dir(journal)
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().and_then(parse_shard_dir_name)).collect())
+        .unwrap_or_default();
+    out.sort_unstable();
+    out
+}
+
+/// One retention pass; returns the segments deleted.
+pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) -> Result<u64, String> {
+    let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut cursor_of = Vec::new();
+    for name in collectors {
+        cursor_of.push(cursors(journal, name).map_err(|e| format!("collector {name}: {e}"))?);
+    }
+    let mut deleted = 0;
+    let mut bytes = 0u64;
+    for shard in shards(journal) {
+        let dir = shard_dir(journal, shard);
+        let live: Vec<u64> = list_segments(&dir)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|&(_, k)| k == SegmentFile::Live)
+            .map(|(n, _)| n)
+            .collect();
+        let newest = live.last().copied().unwrap_or(0);
+        // Every collector must be past the segment: its cursor is in a later one.
+        let passed_below = cursor_of.iter().map(|c| c.get(&shard).map_or(0, |p| p.segment)).min().unwrap_or(u64::MAX);
+        for &n in &live {
+            let path = segment_path(&dir, n);
+            let Ok(file) = fs::File::open(&path) else { continue };
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let old_enough = age_s > 0
+                && match read_header(&file, len, shard, n) {
+                    Ok(Ok(h)) => now_ns.saturating_sub(h.created_ns) >= age_s.saturating_mul(1_000_000_000),
+                    _ => false,
+                };
+            if n < newest && n < passed_below && old_enough {
+                fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+                deleted += 1;
+                SEGMENTS_DELETED_TOTAL.fetch_add(1, Relaxed);
+                eprintln!("tracker: retention: deleted {} (every collector is past it)", path.display());
+                continue;
+            }
+            bytes += len;
+        }
+        for name in collectors {
+            let cdir: PathBuf = cursor::collector_shard_dir(journal, name, shard);
+            let first = live.iter().copied().find(|&n| fs::metadata(segment_path(&dir, n)).is_ok()).unwrap_or(0);
+            let _ = cursor::remove_batches_below(&cdir, first);
+        }
+    }
+    JOURNAL_BYTES.store(bytes, Relaxed);
+    let over = size_max > 0 && bytes > size_max;
+    if over != OVER_LIMIT.swap(over, SeqCst) {
+        if over {
+            eprintln!(
+                "tracker: journal is {bytes} bytes, over journal.size_bytes_max {size_max}: logged endpoints answer 503 \
+                 until retention frees space (collectors must catch up, or raise the limit)"
+            );
+        } else {
+            eprintln!("tracker: journal is {bytes} bytes, under journal.size_bytes_max {size_max} again");
+        }
+    }
+    Ok(deleted)
+}

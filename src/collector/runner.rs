@@ -1,0 +1,546 @@
+//! The forwarder thread of one collector: for each shard, read from the cursor, cut a batch
+//! (size, bytes or linger, never across a segment or a recorded batch boundary), persist its
+//! range, deliver it until acknowledged (capped exponential backoff with jitter), then move and
+//! persist the cursor. One thread per collector: its failure domain.
+//!
+//! Shutdown: [`Forwarders::stop`] asks every thread to deliver what is already journaled (one
+//! attempt per batch once stopping) and exit; [`Forwarders::join`] waits a bounded time, so a
+//! hanging destination cannot hold the process.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::cursor::{self, Position};
+use super::project::Projection;
+use super::source::{ShardSource, Tail};
+use super::{Batch, CollectedEvent, Collector, Delivery, Registry};
+use crate::config::{CollectorConfig, Config};
+use crate::event::Event;
+use crate::journal::parse_shard_dir_name;
+
+/// Pause of a collector thread that found nothing to do.
+const IDLE_POLL: Duration = Duration::from_millis(10);
+/// Records read from the journal per step.
+const READ_STEP_RECORDS: usize = 1024;
+/// A cursor moved only over records of other types is persisted at most this often.
+const CURSOR_PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+/// What a running collector has done; read by metrics, readiness and tests from any thread.
+#[derive(Debug, Default)]
+pub struct CollectorStatus {
+    pub name: String,
+    pub kind: String,
+    pub events_total: AtomicU64,
+    pub batches_total: AtomicU64,
+    pub retries_total: AtomicU64,
+    /// The destination answered Fatal: the thread stopped, the cursor stays.
+    pub failed: AtomicBool,
+    /// A batch is waiting for a retry now.
+    pub retrying: AtomicBool,
+    /// Unix ns of the newest event acknowledged.
+    pub acked_event_ns: AtomicU64,
+    /// Age of the oldest event of the last acknowledged batch when it was acknowledged, ns:
+    /// journal-to-destination latency.
+    pub ack_lag_ns: AtomicU64,
+    /// Every shard's cursor is at the end of its journal with nothing pending (lag 0).
+    pub caught_up: AtomicBool,
+    /// Last failure message (retriable or fatal).
+    pub last_error: Mutex<String>,
+}
+
+/// The running collectors and the retention task.
+pub struct Forwarders {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    statuses: Vec<Arc<CollectorStatus>>,
+}
+
+impl Forwarders {
+    pub fn statuses(&self) -> &[Arc<CollectorStatus>] {
+        &self.statuses
+    }
+
+    /// Asks every collector to deliver what is journaled and stop.
+    pub fn stop(&self) {
+        self.stop.store(true, SeqCst);
+    }
+
+    /// Waits for the collector threads at most `within`; returns how many did not finish
+    /// (their destination hangs; they die with the process).
+    pub fn join(self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        let mut left = 0;
+        for t in self.threads {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                left += 1;
+            }
+        }
+        left
+    }
+}
+
+/// Builds every `[[collector]]` of `cfg` with `registry` and starts one thread each, plus the
+/// retention task when `journal.retention_age_s` or `journal.size_bytes_max` is set. Errors
+/// (a bad option) name the file, line and key. A collector another process still runs (a
+/// restart in progress) starts once that process lets go of its lock.
+pub fn start(cfg: &Config, registry: &Registry) -> Result<Forwarders, String> {
+    let built = registry.build_all(&cfg.collectors).map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let mut statuses = Vec::new();
+    let journal = cfg.journal.dir.clone();
+    fs::create_dir_all(&journal).map_err(|e| format!("cannot create {}: {e}", journal.display()))?;
+    for (c, collector) in cfg.collectors.iter().zip(built) {
+        let status = Arc::new(CollectorStatus { name: c.name.clone(), kind: c.kind.clone(), ..Default::default() });
+        let mut runner = Runner {
+            cfg: c.clone(),
+            name: Arc::from(c.name.as_str()),
+            journal: journal.clone(),
+            collector,
+            shards: BTreeMap::new(),
+            status: status.clone(),
+            stop: stop.clone(),
+            rng: seed(),
+            read_buf: Vec::with_capacity(READ_STEP_RECORDS),
+        };
+        let t = std::thread::Builder::new()
+            .name(format!("collector-{}", c.name))
+            .spawn(move || {
+                // During a zero-downtime restart the old process still forwards: wait for it to
+                // let go of the collector instead of failing the new one's start.
+                let Some(_lock) = runner.wait_for_lock() else { return };
+                runner.run();
+            })
+            .map_err(|e| format!("spawn collector thread: {e}"))?;
+        threads.push(t);
+        super::metrics::register(status.clone());
+        statuses.push(status);
+    }
+    if cfg.journal.retention_age_s > 0 || cfg.journal.size_bytes_max > 0 {
+        threads.push(super::retention::spawn(cfg, stop.clone())?);
+    }
+    Ok(Forwarders { stop, threads, statuses })
+}
+
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::getrandom(&mut b);
+    u64::from_le_bytes(b) | 1
+}
+
+struct OpenBatch {
+    segment: u64,
+    from: u32,
+    /// Records `[from, to)` are in the batch (attached or not).
+    to: u32,
+    /// Never extend past this record: the start of a recorded batch, or the end of one being
+    /// sent again (`fixed`).
+    limit: Option<u32>,
+    /// A recorded batch sent again: exactly `[from, limit)`.
+    fixed: bool,
+    events: Vec<CollectedEvent>,
+    bytes: usize,
+    first_at: Option<Instant>,
+    /// The segment has no more records and the writer has left it.
+    exhausted: bool,
+}
+
+struct ShardState {
+    source: ShardSource,
+    dir: PathBuf,
+    committed: Position,
+    persisted: Position,
+    persisted_at: Instant,
+    projection: Option<(u64, Projection)>,
+    recorded: Option<(u64, Vec<(u32, u32)>)>,
+    open: Option<OpenBatch>,
+    /// At the last look the reader was at the end of the journal with no event pending.
+    caught_up: bool,
+}
+
+struct Runner {
+    cfg: CollectorConfig,
+    name: Arc<str>,
+    journal: PathBuf,
+    collector: Box<dyn Collector>,
+    shards: BTreeMap<u16, ShardState>,
+    status: Arc<CollectorStatus>,
+    stop: Arc<AtomicBool>,
+    rng: u64,
+    read_buf: Vec<(u32, Event)>,
+}
+
+enum Halt {
+    /// Stopping while a batch waits for a retry: it is recorded and is sent again at start.
+    Stopped,
+    Fatal,
+}
+
+impl Runner {
+    fn wait_for_lock(&mut self) -> Option<cursor::CollectorLock> {
+        let mut logged = false;
+        loop {
+            match cursor::lock(&self.journal, &self.name) {
+                Ok(l) => return Some(l),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !logged {
+                        eprintln!(
+                            "tracker: collector {}: another process runs it (a restart in progress?); waiting for it to stop",
+                            self.name
+                        );
+                        logged = true;
+                    }
+                }
+                Err(e) => {
+                    let msg =
+                        format!("cannot lock {}: {e}", cursor::collector_dir(&self.journal, &self.name).display());
+                    eprintln!("tracker: collector {}: {msg}; retrying", self.name);
+                    *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = msg;
+                }
+            }
+            if self.stop.load(SeqCst) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn run(&mut self) {
+        let mut last_error_logged = Instant::now() - Duration::from_secs(60);
+        loop {
+            let stopping = self.stop.load(SeqCst);
+            if let Err(e) = self.discover() {
+                self.note_error(&mut last_error_logged, &e);
+            }
+            let mut progressed = false;
+            let shards: Vec<u16> = self.shards.keys().copied().collect();
+            for shard in shards {
+                match self.step(shard, stopping) {
+                    Ok(p) => progressed |= p,
+                    Err(StepError::Halt(Halt::Fatal)) => {
+                        self.collector.close();
+                        return;
+                    }
+                    Err(StepError::Halt(Halt::Stopped)) => {
+                        self.finish();
+                        return;
+                    }
+                    Err(StepError::Io(e)) => self.note_error(&mut last_error_logged, &e),
+                }
+            }
+            let caught_up = self.shards.values().all(|s| s.caught_up);
+            self.status.caught_up.store(caught_up, Relaxed);
+            if stopping && !progressed {
+                self.finish();
+                return;
+            }
+            if !progressed {
+                std::thread::sleep(IDLE_POLL);
+            }
+        }
+    }
+
+    fn note_error(&self, last: &mut Instant, e: &str) {
+        *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+        if last.elapsed() >= Duration::from_secs(10) {
+            eprintln!("tracker: collector {}: {e}", self.name);
+            *last = Instant::now();
+        }
+    }
+
+    /// Persists the cursors and closes the collector.
+    fn finish(&mut self) {
+        for st in self.shards.values_mut() {
+            if st.committed != st.persisted && cursor::write_cursor(&st.dir, st.committed).is_ok() {
+                st.persisted = st.committed;
+            }
+        }
+        self.collector.close();
+    }
+
+    fn discover(&mut self) -> Result<(), String> {
+        let entries = match fs::read_dir(&self.journal) {
+            Ok(e) => e,
+            Err(e) => return Err(format!("read {}: {e}", self.journal.display())),
+        };
+        for entry in entries.flatten() {
+            let Some(shard) = entry.file_name().to_str().and_then(parse_shard_dir_name) else { continue };
+            if self.shards.contains_key(&shard) {
+                continue;
+            }
+            let dir = cursor::collector_shard_dir(&self.journal, &self.name, shard);
+            let committed = cursor::read_cursor(&dir)
+                .map_err(|e| format!("shard {shard}: cursor: {e}"))?
+                .unwrap_or(Position { segment: 0, index: 0 });
+            self.shards.insert(
+                shard,
+                ShardState {
+                    source: ShardSource::new(&self.journal, shard),
+                    dir,
+                    committed,
+                    persisted: committed,
+                    persisted_at: Instant::now(),
+                    projection: None,
+                    recorded: None,
+                    open: None,
+                    caught_up: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// One look at one shard: extend or start its batch, send it when ready. True when
+    /// anything moved.
+    fn step(&mut self, shard: u16, stopping: bool) -> Result<bool, StepError> {
+        let limits = self.cfg.batch;
+        let st = self.shards.get_mut(&shard).expect("discovered");
+        if st.open.is_none() {
+            let Some(pos) = st.source.resolve(st.committed).map_err(|e| StepError::Io(e.to_string()))? else {
+                return Ok(false);
+            };
+            let moved = pos != st.committed;
+            st.committed = pos;
+            if st.recorded.as_ref().is_none_or(|(s, _)| *s != pos.segment) {
+                let r = cursor::read_batches(&st.dir, pos.segment).map_err(|e| StepError::Io(e.to_string()))?;
+                st.recorded = Some((pos.segment, r));
+            }
+            let recorded = &st.recorded.as_ref().expect("loaded").1;
+            st.open = Some(match recorded.iter().find(|&&(f, t)| f <= pos.index && pos.index < t) {
+                // Cut before (a crash, a retry or a replay): the identical range again.
+                Some(&(f, t)) => OpenBatch::new(pos.segment, f, Some(t), true),
+                None => {
+                    let next = recorded.iter().map(|&(f, _)| f).filter(|&f| f > pos.index).min();
+                    OpenBatch::new(pos.segment, pos.index, next, false)
+                }
+            });
+            if moved {
+                persist(st, true)?;
+            }
+        }
+        let b = st.open.as_mut().expect("opened above");
+        if st.projection.as_ref().is_none_or(|(s, _)| *s != b.segment) {
+            // resolve() opened this segment, so its schema is at hand.
+            let Some(schema) = st.source.schema() else {
+                st.open = None;
+                return Ok(false);
+            };
+            st.projection = Some((b.segment, Projection::new(&schema, &self.cfg.events, &self.cfg.fields)));
+        }
+        let projection = &st.projection.as_ref().expect("built").1;
+        let full = |b: &OpenBatch| !b.fixed && (b.events.len() >= limits.events_max || b.bytes >= limits.bytes_max);
+        let mut progressed = false;
+        if !b.exhausted && !full(b) && b.limit != Some(b.to) {
+            self.read_buf.clear();
+            let tail = st
+                .source
+                .read(b.segment, b.to, b.limit, READ_STEP_RECORDS, &mut self.read_buf)
+                .map_err(|e| StepError::Io(e.to_string()))?;
+            // Records read but left for the next batch (this one filled up).
+            let mut consumed_all = true;
+            for (index, e) in self.read_buf.iter() {
+                if full(b) {
+                    consumed_all = false;
+                    break;
+                }
+                if let Some(ce) = projection.project(e) {
+                    b.bytes += ce.json_bytes();
+                    b.events.push(ce);
+                    b.first_at.get_or_insert_with(Instant::now);
+                }
+                b.to = index + 1;
+                progressed = true;
+            }
+            if tail == Tail::Finished && consumed_all {
+                b.exhausted = true;
+            }
+            st.caught_up = tail == Tail::Waiting && b.events.is_empty();
+        }
+        let linger = Duration::from_millis(limits.linger_ms);
+        let ready = if b.fixed {
+            b.limit == Some(b.to) || b.exhausted
+        } else {
+            full(b)
+                || b.limit == Some(b.to)
+                || b.exhausted
+                || b.first_at.is_some_and(|t| t.elapsed() >= linger)
+                || (stopping && !b.events.is_empty())
+        };
+        if !ready {
+            // Only records of other types so far: move the cursor over them now.
+            if b.events.is_empty() && b.to > b.from && !b.fixed {
+                st.committed = Position { segment: b.segment, index: b.to };
+                let (segment, to, limit) = (b.segment, b.to, b.limit);
+                st.open = Some(OpenBatch::new(segment, to, limit, false));
+                persist(st, false)?;
+            }
+            return Ok(progressed);
+        }
+        let b = st.open.take().expect("open");
+        if b.events.is_empty() {
+            st.committed = Position { segment: b.segment, index: b.to };
+        } else {
+            if !b.fixed {
+                // The range is on disk before the first attempt: a restart cuts it again.
+                let (s, r) = st.recorded.as_mut().expect("loaded when the batch was opened");
+                debug_assert_eq!(*s, b.segment);
+                cursor::append_batch(&st.dir, b.segment, r.len(), b.from, b.to)
+                    .map_err(|e| StepError::Io(e.to_string()))?;
+                r.push((b.from, b.to));
+            }
+            let mut batch = Batch {
+                key: format!("{}:{}:{}:{}:{}-{}", self.cfg.key_prefix, self.name, shard, b.segment, b.from, b.to),
+                collector: self.name.clone(),
+                shard,
+                segment: b.segment,
+                from: b.from,
+                to: b.to,
+                attempt: 0,
+                events: b.events,
+            };
+            let newest = batch.events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
+            let oldest = batch.events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
+            let n = batch.events.len() as u64;
+            deliver(&mut *self.collector, &mut batch, &self.cfg, &self.status, &self.stop, &mut self.rng)
+                .map_err(StepError::Halt)?;
+            self.status.events_total.fetch_add(n, Relaxed);
+            self.status.batches_total.fetch_add(1, Relaxed);
+            self.status.acked_event_ns.fetch_max(newest, Relaxed);
+            let now_ns =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+            self.status.ack_lag_ns.store(now_ns.saturating_sub(oldest), Relaxed);
+            let st = self.shards.get_mut(&shard).expect("discovered");
+            st.committed = Position { segment: b.segment, index: b.to };
+        }
+        let st = self.shards.get_mut(&shard).expect("discovered");
+        if b.exhausted {
+            // The writer left this segment and every record of it is delivered.
+            st.committed = Position { segment: b.segment + 1, index: 0 };
+        }
+        persist(st, true)?;
+        Ok(true)
+    }
+}
+
+enum StepError {
+    Halt(Halt),
+    Io(String),
+}
+
+impl OpenBatch {
+    fn new(segment: u64, from: u32, limit: Option<u32>, fixed: bool) -> OpenBatch {
+        OpenBatch {
+            segment,
+            from,
+            to: from,
+            limit,
+            fixed,
+            events: Vec::new(),
+            bytes: 0,
+            first_at: None,
+            exhausted: false,
+        }
+    }
+}
+
+/// Writes the shard's cursor when it moved: always when `now`, else at most every second.
+fn persist(st: &mut ShardState, now: bool) -> Result<(), StepError> {
+    if st.committed == st.persisted || (!now && st.persisted_at.elapsed() < CURSOR_PERSIST_EVERY) {
+        return Ok(());
+    }
+    cursor::write_cursor(&st.dir, st.committed).map_err(|e| StepError::Io(format!("write cursor: {e}")))?;
+    st.persisted = st.committed;
+    st.persisted_at = Instant::now();
+    Ok(())
+}
+
+/// Delivers `batch` until it is acknowledged: retriable failures wait a capped exponential
+/// backoff with jitter (interrupted by stop); a fatal one stops the collector.
+fn deliver(
+    collector: &mut dyn Collector,
+    batch: &mut Batch,
+    cfg: &CollectorConfig,
+    status: &CollectorStatus,
+    stop: &AtomicBool,
+    rng: &mut u64,
+) -> Result<(), Halt> {
+    let mut wait_ms = cfg.retry.initial_ms;
+    loop {
+        batch.attempt += 1;
+        match collector.deliver(batch) {
+            Delivery::Acked => {
+                status.retrying.store(false, Relaxed);
+                return Ok(());
+            }
+            Delivery::Fatal(why) => {
+                eprintln!(
+                    "tracker: collector {}: fatal: {why}; stopped at batch {} (the journal keeps the events; fix and restart)",
+                    cfg.name, batch.key
+                );
+                *status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = why;
+                status.failed.store(true, SeqCst);
+                return Err(Halt::Fatal);
+            }
+            Delivery::Retry(why) => {
+                status.retries_total.fetch_add(1, Relaxed);
+                status.retrying.store(true, Relaxed);
+                if batch.attempt == 1 || batch.attempt.is_power_of_two() {
+                    eprintln!(
+                        "tracker: collector {}: batch {} attempt {} failed, retrying: {why}",
+                        cfg.name, batch.key, batch.attempt
+                    );
+                }
+                *status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = why;
+                if stop.load(SeqCst) {
+                    return Err(Halt::Stopped);
+                }
+                let jitter = wait_ms * cfg.retry.jitter_percent as u64 / 100;
+                let sleep = wait_ms - if jitter > 0 { next_rand(rng) % (jitter + 1) } else { 0 };
+                let until = Instant::now() + Duration::from_millis(sleep);
+                while Instant::now() < until {
+                    if stop.load(SeqCst) {
+                        return Err(Halt::Stopped);
+                    }
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)));
+                }
+                wait_ms = (wait_ms * 2).min(cfg.retry.max_ms);
+            }
+        }
+    }
+}
+
+/// xorshift64: jitter only, not security.
+fn next_rand(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// The cursor of every shard of collector `name` (for replay, retention and status).
+pub fn cursors(journal: &Path, name: &str) -> std::io::Result<BTreeMap<u16, Position>> {
+    let mut out = BTreeMap::new();
+    let dir = cursor::collector_dir(journal, name);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries.flatten() {
+        let Some(shard) = entry.file_name().to_str().and_then(parse_shard_dir_name) else { continue };
+        if let Some(p) = cursor::read_cursor(&entry.path())? {
+            out.insert(shard, p);
+        }
+    }
+    Ok(out)
+}

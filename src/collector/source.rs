@@ -1,0 +1,291 @@
+//! Reading one shard's journal from a [`Position`] for a collector.
+//!
+//! Unlike `JournalReader` (for people: it skips a bad record followed by data), this reader
+//! **stops** at a bad record of the last segment and waits: the writer's recovery drops
+//! everything from the first bad record of the last segment on its next open, so delivering
+//! the records after one could send events that the journal later loses (and whose slots it
+//! reuses). A bad record in a segment the writer has left (a newer one exists) is final: it is
+//! skipped and counted, like `JournalReader` does.
+//!
+//! Uses `pread` into a reused buffer, never a map: a segment unlinked by retention mid-read is a
+//! short read (an error, retried), never a SIGBUS.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::cursor::Position;
+use crate::event::{Event, EVENT_BYTES};
+use crate::journal::{list_segments, read_header, segment_path, shard_dir, JournalError, SegmentFile};
+use crate::schema::Schema;
+
+/// Records read with one `pread` at most.
+const READ_RECORDS_MAX: usize = 128;
+
+/// Why [`ShardSource::read`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// It read `max` records or reached `limit`: there may be more.
+    More,
+    /// At the end of what the writer has written so far (an all-zero slot, a record being
+    /// written, or a bad record of the last segment): look again later.
+    Waiting,
+    /// Every record of the segment has been read and the writer has moved on to a newer one.
+    Finished,
+}
+
+struct OpenSegment {
+    number: u64,
+    path: PathBuf,
+    file: File,
+    file_bytes: u64,
+    header_bytes: u64,
+    created_ns: u64,
+    schema: Arc<Schema>,
+}
+
+/// One shard's segments, read from a position.
+pub struct ShardSource {
+    shard: u16,
+    dir: PathBuf,
+    open: Option<OpenSegment>,
+    buf: Vec<u8>,
+    /// Bad records skipped in segments the writer had left.
+    pub corrupt_skipped: u64,
+    /// Position of a bad record of the last segment this reader is stopped at, if any.
+    pub stalled_at: Option<Position>,
+}
+
+impl ShardSource {
+    pub fn new(journal: &Path, shard: u16) -> ShardSource {
+        ShardSource {
+            shard,
+            dir: shard_dir(journal, shard),
+            open: None,
+            buf: vec![0; READ_RECORDS_MAX * EVENT_BYTES],
+            corrupt_skipped: 0,
+            stalled_at: None,
+        }
+    }
+
+    pub fn shard(&self) -> u16 {
+        self.shard
+    }
+
+    /// Published segments with a good name, by number.
+    pub fn segments(&self) -> Result<Vec<u64>, JournalError> {
+        Ok(list_segments(&self.dir)?.into_iter().filter(|&(_, k)| k == SegmentFile::Live).map(|(n, _)| n).collect())
+    }
+
+    /// The first readable position at or after `pos`: `pos` itself when its segment exists,
+    /// else record 0 of the next segment; `None` when there is none yet.
+    pub fn resolve(&mut self, pos: Position) -> Result<Option<Position>, JournalError> {
+        for n in self.segments()? {
+            if n < pos.segment {
+                continue;
+            }
+            if self.open_segment(n)? {
+                return Ok(Some(if n == pos.segment { pos } else { Position { segment: n, index: 0 } }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The schema of segment `segment` (opened by `resolve` or `read`).
+    pub fn schema(&self) -> Option<Arc<Schema>> {
+        self.open.as_ref().map(|s| s.schema.clone())
+    }
+
+    /// Creation time of the open segment, unix ns.
+    pub fn created_ns(&self) -> Option<u64> {
+        self.open.as_ref().map(|s| s.created_ns)
+    }
+
+    /// Opens segment `n` (kept open across calls); false when it is gone or its header is bad.
+    fn open_segment(&mut self, n: u64) -> Result<bool, JournalError> {
+        if self.open.as_ref().is_some_and(|s| s.number == n) {
+            return Ok(true);
+        }
+        self.open = None;
+        let path = segment_path(&self.dir, n);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(JournalError::new("open", &path, e)),
+        };
+        let file_bytes = file.metadata().map_err(|e| JournalError::new("stat", &path, e))?.len();
+        let header =
+            read_header(&file, file_bytes, self.shard, n).map_err(|e| JournalError::new("read header", &path, e))?;
+        let Ok(header) = header else { return Ok(false) };
+        let Ok(schema) = Schema::from_json(&header.schema_json) else { return Ok(false) };
+        self.open = Some(OpenSegment {
+            number: n,
+            path,
+            file,
+            file_bytes,
+            header_bytes: header.header_bytes as u64,
+            created_ns: header.created_ns,
+            schema: Arc::new(schema),
+        });
+        Ok(true)
+    }
+
+    fn newer_segment_exists(&self, n: u64) -> Result<bool, JournalError> {
+        Ok(self.segments()?.iter().any(|&m| m > n))
+    }
+
+    /// Appends to `out` the intact records of segment `segment` from record `from`, at most
+    /// `max` and never at or past record `limit`, each with its index. The segment must have
+    /// been resolved.
+    pub fn read(
+        &mut self,
+        segment: u64,
+        from: u32,
+        limit: Option<u32>,
+        max: usize,
+        out: &mut Vec<(u32, Event)>,
+    ) -> Result<Tail, JournalError> {
+        if !self.open_segment(segment)? {
+            // Removed (retention) or set aside: the caller resolves again.
+            return Ok(Tail::Finished);
+        }
+        // Checked before reading: if a newer segment exists now, everything this one will ever
+        // hold was written before it was created (rename + fsync), so this pass sees it all.
+        let writer_left = self.newer_segment_exists(segment)?;
+        let seg = self.open.as_ref().expect("opened above");
+        let slots = (seg.file_bytes.saturating_sub(seg.header_bytes) / EVENT_BYTES as u64).min(u32::MAX as u64) as u32;
+        let end = limit.map_or(slots, |l| l.min(slots));
+        let mut index = from;
+        let mut taken = 0usize;
+        while index < end && taken < max {
+            let n = ((end - index) as usize).min(READ_RECORDS_MAX).min(max - taken);
+            let off = seg.header_bytes + index as u64 * EVENT_BYTES as u64;
+            let bytes = n * EVENT_BYTES;
+            seg.file.read_exact_at(&mut self.buf[..bytes], off).map_err(|e| {
+                JournalError::with_detail("read", &seg.path, format!("{bytes} bytes at offset {off}"), e)
+            })?;
+            for i in 0..n {
+                let slot: &[u8; EVENT_BYTES] =
+                    self.buf[i * EVENT_BYTES..(i + 1) * EVENT_BYTES].try_into().expect("one slot");
+                let e = Event::from_bytes(slot);
+                if e.is_sealed_intact() {
+                    out.push((index, e));
+                    index += 1;
+                    taken += 1;
+                    continue;
+                }
+                let zero = slot.iter().all(|&b| b == 0);
+                if zero {
+                    self.stalled_at = None;
+                    return Ok(if writer_left { Tail::Finished } else { Tail::Waiting });
+                }
+                if !writer_left {
+                    // Being written, or bad in the last segment: recovery would drop it and
+                    // everything after it, so never go past it.
+                    self.stalled_at = Some(Position { segment, index });
+                    return Ok(Tail::Waiting);
+                }
+                // Final and bad: skip it (re-read once first, in case we raced the writer).
+                let mut again = [0u8; EVENT_BYTES];
+                let at = seg.header_bytes + index as u64 * EVENT_BYTES as u64;
+                seg.file.read_exact_at(&mut again, at).map_err(|e| JournalError::new("read", &seg.path, e))?;
+                let e = Event::from_bytes(&again);
+                if e.is_sealed_intact() {
+                    out.push((index, e));
+                    taken += 1;
+                } else {
+                    self.corrupt_skipped += 1;
+                    eprintln!(
+                        "tracker: collector source: {}: record {index} is not intact; skipped (the writer left this segment)",
+                        seg.path.display()
+                    );
+                }
+                index += 1;
+                // The rest of the chunk may be stale after a skip; read again from here.
+                break;
+            }
+        }
+        self.stalled_at = None;
+        if index >= slots && writer_left {
+            return Ok(Tail::Finished);
+        }
+        if index >= slots {
+            // Full segment: the writer will rotate; wait for the newer one to appear.
+            return Ok(Tail::Waiting);
+        }
+        Ok(Tail::More)
+    }
+
+    /// Forgets the open segment (it may have been removed).
+    pub fn close(&mut self) {
+        self.open = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{ShardJournal, PAGE_BYTES};
+    use crate::schema::{FieldKind, FieldSchema, TypeSchema, SCHEMA_VERSION};
+
+    fn schema() -> Schema {
+        Schema {
+            version: SCHEMA_VERSION,
+            event_bytes: EVENT_BYTES as u32,
+            types: vec![TypeSchema {
+                id: 0,
+                name: "impression".into(),
+                fields: vec![FieldSchema { name: "c".into(), kind: FieldKind::U64, slot: 0, offset: 0, max: 0 }],
+            }],
+        }
+    }
+
+    fn ev(seq: u64) -> Event {
+        let mut e = Event::ZERO;
+        e.seq = seq;
+        e.set_slot(0, seq);
+        e
+    }
+
+    fn seqs(out: &[(u32, Event)]) -> Vec<u64> {
+        out.iter().map(|(_, e)| e.seq).collect()
+    }
+
+    #[test]
+    fn stops_at_a_bad_record_of_the_last_segment_and_skips_one_the_writer_left() {
+        let d = tempfile::tempdir().unwrap();
+        // Header page + 4 records per segment.
+        let seg_bytes = (PAGE_BYTES + 4 * EVENT_BYTES) as u64;
+        let (mut j, _) = ShardJournal::open(d.path(), 0, seg_bytes, &schema()).unwrap();
+        for s in 1..=3 {
+            j.append(&mut ev(s)).unwrap();
+        }
+        // Corrupt record 1 (seq 2) of segment 1, which is still the writer's.
+        let path = segment_path(&shard_dir(d.path(), 0), 1);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xff], (PAGE_BYTES + EVENT_BYTES + 100) as u64).unwrap();
+
+        let mut src = ShardSource::new(d.path(), 0);
+        let p = src.resolve(Position::default()).unwrap().unwrap();
+        assert_eq!(p, Position { segment: 1, index: 0 });
+        let mut out = Vec::new();
+        assert_eq!(src.read(1, 0, None, 100, &mut out).unwrap(), Tail::Waiting);
+        assert_eq!(seqs(&out), [1], "never past the bad record of the last segment");
+        assert_eq!(src.stalled_at, Some(Position { segment: 1, index: 1 }));
+
+        // The writer moves on to segment 2: the bad record is final, skipped and counted.
+        for s in 4..=6 {
+            j.append(&mut ev(s)).unwrap();
+        }
+        out.clear();
+        assert_eq!(src.read(1, 1, None, 100, &mut out).unwrap(), Tail::Finished);
+        assert_eq!(seqs(&out), [3, 4]);
+        assert_eq!(src.corrupt_skipped, 1);
+        out.clear();
+        let p = src.resolve(Position { segment: 2, index: 0 }).unwrap().unwrap();
+        assert_eq!(src.read(p.segment, p.index, Some(1), 100, &mut out).unwrap(), Tail::More);
+        assert_eq!(seqs(&out), [5], "limit is exclusive");
+    }
+}

@@ -1,0 +1,402 @@
+//! Collectors end to end: the real `tracker` and the reference `banker` as processes over real
+//! sockets. Spend totals exact to the micro across kill -9 and replay; attachment and allowlist
+//! hold; a hanging destination slows nothing else.
+
+use crate::harness::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BANKER: &str = env!("CARGO_BIN_EXE_banker");
+
+struct Banker {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Banker {
+    fn start(data: &Path) -> Banker {
+        let mut child = Command::new(BANKER)
+            .args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn banker");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("banker exited before listening").unwrap();
+            if let Some(a) = line.strip_prefix("banker: listening on ") {
+                break a.parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        Banker { child, addr }
+    }
+
+    fn balance(&self) -> Value {
+        let mut c = Client::connect(self.addr);
+        let r = c.get("/balance");
+        assert_eq!(r.status, 200);
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Banker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The embedded config with small segments (many rotations), 2 shards, and `collectors`.
+fn config(collectors: &str) -> String {
+    let base = tracker::config::DEFAULT_TOML.replace("segment_bytes = 67108864", "segment_bytes = 131072");
+    assert_ne!(base, tracker::config::DEFAULT_TOML);
+    format!("{base}\n{collectors}")
+}
+
+fn banker_collector(addr: SocketAddr) -> String {
+    format!(
+        "[[collector]]\nname = \"banker\"\nkind = \"banker\"\nevents = [\"bill\", \"impression\"]\n\
+         fields = [\"campaign_id\", \"price\"]\nlinger_ms = 50\nretry_initial_ms = 20\nretry_max_ms = 200\n\
+         [collector.options]\nurl = \"http://{addr}\"\ntimeout_ms = 2000\n"
+    )
+}
+
+fn jsonl_collector(name: &str, path: &Path, events: &str, fields: &str) -> String {
+    format!(
+        "[[collector]]\nname = \"{name}\"\nkind = \"jsonl\"\nevents = {events}\nfields = {fields}\nlinger_ms = 20\n\
+         [collector.options]\npath = \"{}\"\nfsync = false\n",
+        path.display()
+    )
+}
+
+/// Request `i` of a deterministic mix; returns the target and the billed micros it carries.
+fn mixed(i: u64) -> (String, i64) {
+    let micros = ((i * 7919) % 3_000_000) as i64 + 1;
+    let price = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+    let c = i % 7;
+    match i % 5 {
+        0 => (format!("/i?c={c}&cr=1&p={price}&imp=imp-{i}&site=s.example"), micros),
+        1 => (format!("/bill?auction=a-{i}&bid=b&imp=1&c={c}&price={price}"), micros),
+        2 => (format!("/v?ev=start&c={c}"), 0),
+        3 => (format!("/e?n=custom&val={i}"), 0),
+        _ => (format!("/cv?c={c}&value={price}&order=o-{i}"), 0),
+    }
+}
+
+/// Sends requests `range` of the mix over a few pipelined connections; returns the billed sum.
+fn send_mixed(addr: SocketAddr, range: std::ops::Range<u64>) -> i64 {
+    let mut total = 0i64;
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(addr)).collect();
+    let ids: Vec<u64> = range.collect();
+    for (n, chunk) in ids.chunks(64).enumerate() {
+        let c = &mut clients[n % 4];
+        let mut raw = Vec::new();
+        for &i in chunk {
+            let (target, micros) = mixed(i);
+            total += micros;
+            raw.extend_from_slice(
+                format!("GET {target} HTTP/1.1\r\nHost: t\r\nCookie: uid=secret-{i}\r\n\r\n").as_bytes(),
+            );
+        }
+        c.send(&raw);
+        for _ in chunk {
+            let r = c.read_response(false);
+            assert!(r.status == 200 || r.status == 204, "status {}: {}", r.status, String::from_utf8_lossy(&r.body));
+        }
+    }
+    total
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
+fn take_dir(s: &mut Server) -> tempfile::TempDir {
+    std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap())
+}
+
+#[test]
+fn ten_thousand_mixed_events_bank_exactly_and_each_collector_sees_only_what_it_may() {
+    let data = tempfile::tempdir().unwrap();
+    let banker = Banker::start(data.path());
+    let out = tempfile::tempdir().unwrap();
+    let conv = out.path().join("conversions.jsonl");
+    let collectors = format!(
+        "{}{}",
+        banker_collector(banker.addr),
+        jsonl_collector("conv", &conv, "[\"conversion\"]", "[\"campaign_id\", \"value\"]")
+    );
+    let mut s = Server::start(Some(&config(&collectors)), &["--shards", "2"]);
+    let t0 = Instant::now();
+    let expected = send_mixed(s.addr, 0..10_000);
+    let sent = t0.elapsed();
+    wait_for("banker total", WAIT * 2, || banker.balance()["total_micros"].as_i64() == Some(expected));
+    let forwarded = t0.elapsed();
+    eprintln!(
+        "10000 mixed events: sent in {sent:?}, banked (4000 priced) within {forwarded:?} of the first request; \
+         total {expected} micros"
+    );
+    let b = banker.balance();
+    let per_key: i64 = b["keys"].as_object().unwrap().values().map(|v| v["spend_micros"].as_i64().unwrap()).sum();
+    assert_eq!(per_key, expected);
+    assert!(b["keys"]["campaign_id=3"]["spend_micros"].as_i64().unwrap() > 0, "{b}");
+
+    let metrics = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    let banked: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tracker_collector_events_total{collector=\"banker\",kind=\"banker\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no banker events counter in /metrics:\n{metrics}"));
+    assert_eq!(banked, 4000, "impressions and bills acknowledged by the banker");
+    wait_for("2000 conversions in the jsonl file", WAIT, || read_jsonl(&conv).len() >= 2000);
+    let lines = read_jsonl(&conv);
+    assert_eq!(lines.len(), 2000);
+    for l in &lines {
+        assert_eq!(l["type"], "conversion", "{l}");
+        let keys: Vec<&str> = l.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        for k in &keys {
+            assert!(
+                ["type", "id", "ts", "ts_ns", "shard", "seq", "campaign_id", "value"].contains(k),
+                "field {k} is not allowlisted: {l}"
+            );
+        }
+        assert!(!l.to_string().contains("secret"), "{l}");
+    }
+    let ids: std::collections::HashSet<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2000);
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
+fn kill_9_mid_forwarding_then_replay_keeps_banker_totals_exact() {
+    let data = tempfile::tempdir().unwrap();
+    let mut banker = Banker::start(data.path());
+    let mut s = Server::start(Some(&config(&banker_collector(banker.addr))), &["--shards", "2"]);
+    let mut expected = send_mixed(s.addr, 0..3000);
+    // Mid-forwarding: some spend is banked, not all.
+    wait_for("some spend banked", WAIT, || banker.balance()["batches"].as_u64() > Some(0));
+    s.kill9();
+    // The banker dies too and comes back on another port; its ledger is on disk.
+    banker.kill9();
+    let banker = Banker::start(data.path());
+    let dir = take_dir(&mut s);
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&config(&banker_collector(banker.addr))), &["--shards", "2"]);
+    expected += send_mixed(s.addr, 3000..5000);
+    wait_for("banker total after kill -9", WAIT * 2, || banker.balance()["total_micros"].as_i64() == Some(expected));
+    assert_eq!(s.stop(), 0);
+    let before = banker.balance();
+
+    // Replay from the first segment: same ranges, same keys, applied once.
+    let journal = s.journal();
+    let out = Command::new(BIN)
+        .args(["journal", "replay", "--collector", "banker", "--from-segment", "1", "--journal-dir"])
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("→ 1 0"), "{said}");
+    let dir = take_dir(&mut s);
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&config(&banker_collector(banker.addr))), &["--shards", "2"]);
+    let again = before["batches"].as_u64().unwrap() + before["duplicates"].as_u64().unwrap();
+    wait_for("every batch sent again", WAIT * 2, || banker.balance()["duplicates"].as_u64() >= Some(again));
+    let after = banker.balance();
+    assert_eq!(after["total_micros"], before["total_micros"], "{after}");
+    assert_eq!(after["keys"], before["keys"]);
+    assert_eq!(after["batches"], before["batches"]);
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
+fn a_hanging_collector_slows_neither_the_pixels_nor_the_other_collectors() {
+    // Accepts connections and never answers.
+    let hang = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        hang.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            match hang.accept() {
+                Ok((c, _)) => conns.push(c),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+            if conns.len() > 100 {
+                break;
+            }
+        }
+    });
+    let out = tempfile::tempdir().unwrap();
+    let all = out.path().join("all.jsonl");
+    let collectors = format!(
+        "[[collector]]\nname = \"stuck\"\nkind = \"banker\"\nevents = \"all\"\nfields = [\"campaign_id\", \"price\"]\n\
+         [collector.options]\nurl = \"http://{hang_addr}\"\ntimeout_ms = 600000\n{}",
+        jsonl_collector("all", &all, "\"all\"", "[\"campaign_id\"]")
+    );
+    let mut s = Server::start(Some(&config(&collectors)), &["--shards", "2"]);
+    let mut c = s.connect();
+    let t0 = Instant::now();
+    let mut worst = Duration::ZERO;
+    for i in 0..2000 {
+        let t = Instant::now();
+        assert_eq!(c.get(&format!("/i?c={i}&p=0.5")).status, 200);
+        worst = worst.max(t.elapsed());
+    }
+    let took = t0.elapsed();
+    eprintln!("2000 pixels with a hanging collector: {took:?}, slowest {worst:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    wait_for("the other collector to get every event", WAIT, || read_jsonl(&all).len() >= 2000);
+    assert!(read_jsonl(&all).iter().all(|l| l.get("price").is_none()));
+    // SIGTERM still exits: the hanging collector is left behind after a bounded wait.
+    assert_eq!(s.stop(), 0);
+    drop(held);
+}
+
+#[test]
+fn privacy_manifest_lists_each_collectors_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let p: PathBuf = dir.path().join("t.toml");
+    let collectors = format!(
+        "{}{}",
+        banker_collector("127.0.0.1:9".parse().unwrap()),
+        jsonl_collector("conv", &dir.path().join("x"), "[\"conversion\"]", "[\"value\"]")
+    );
+    std::fs::write(&p, config(&collectors)).unwrap();
+    let out = Command::new(BIN).arg("privacy-manifest").arg("--config").arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("collector \"banker\" (kind banker)"), "{text}");
+    assert!(text.contains("  bill: campaign_id, price"), "{text}");
+    assert!(text.contains("  impression: campaign_id, price"), "{text}");
+    assert!(text.contains("  conversion: value\n"), "{text}");
+    assert!(!text.contains("user_id"), "{text}");
+}
+
+#[test]
+fn collector_config_errors_name_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.toml");
+    let text = config(
+        "[[collector]]\nname = \"b\"\nkind = \"banker\"\nevents = [\"bill\", \"nope\"]\nfields = [\"price\"]\n\
+         linger_ms = -1\n[collector.options]\nurl = \"ftp://x\"\ncolour = 1\n",
+    );
+    let base_lines = config("").lines().count();
+    std::fs::write(&p, &text).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let at = |n: usize| format!("{}:{}: ", p.display(), base_lines + n);
+    assert!(err.contains(&format!("{}collector[0].events", at(4))), "{err}");
+    assert!(err.contains(&format!("{}collector[0].linger_ms", at(6))), "{err}");
+    // Kind-specific options are checked when the collector is built, with the same locations.
+    let text = config(
+        "[[collector]]\nname = \"b\"\nkind = \"banker\"\nevents = [\"bill\"]\nfields = [\"price\"]\n\
+         [collector.options]\nurl = \"ftp://x\"\ncolour = 1\n",
+    );
+    std::fs::write(&p, &text).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains(&format!("{}collector[0].options.url", at(7))), "{err}");
+    assert!(err.contains(&format!("{}collector[0].options.colour", at(8))), "{err}");
+    assert!(err.contains("budget_key") && err.contains("campaign_id"), "{err}");
+    let _ = std::io::stderr().flush();
+}
+
+#[test]
+fn the_kafka_banker_example_config_is_valid() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/kafka-banker.toml");
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN).arg("privacy-manifest").arg("--config").arg(&p).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("collector \"kafka\" (kind kafka)") && text.contains("collector \"banker\""), "{text}");
+    assert!(!text.contains("user_id") && !text.contains(" ip"), "{text}");
+}
+
+fn segments(journal: &Path, shard: u16) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(journal.join(format!("shard-{shard:03}")))
+        .map(|d| {
+            d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.ends_with(".seg")).collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn retention_deletes_segments_every_collector_passed_and_the_size_limit_refuses_logged_events() {
+    let out = tempfile::tempdir().unwrap();
+    let all = out.path().join("all.jsonl");
+    // A dead banker (nothing listens on the port) holds its cursor at the start.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // `extra` replaces the embedded config's retention_age_s / size_bytes_max lines.
+    let with_journal = |extra: &str, collectors: &str| {
+        config(collectors).replace("retention_age_s = 0\n", "").replace("size_bytes_max = 0\n", &format!("{extra}\n"))
+    };
+    // 1. Only a collector that keeps up: old segments go.
+    let text = with_journal("retention_age_s = 1", &jsonl_collector("all", &all, "\"all\"", "[]"));
+    let mut s = Server::start(Some(&text), &["--shards", "1"]);
+    send_mixed(s.addr, 0..1500);
+    wait_for("every event in the jsonl file", WAIT, || read_jsonl(&all).len() >= 1500);
+    let journal = s.journal();
+    wait_for("segment 1 deleted", WAIT, || !segments(&journal, 0).contains(&format!("{:020}.seg", 1)));
+    assert!(!segments(&journal, 0).is_empty(), "the newest segment stays");
+    assert_eq!(s.stop(), 0);
+
+    // 2. A collector that cannot deliver: nothing is deleted, and over the size limit logged
+    //    endpoints answer 503 while received ones still answer.
+    let collectors =
+        format!("{}{}", jsonl_collector("all", &out.path().join("b.jsonl"), "\"all\"", "[]"), banker_collector(dead));
+    let text = with_journal("retention_age_s = 1\nsize_bytes_max = 300000", &collectors);
+    let mut s = Server::start(Some(&text), &["--shards", "1"]);
+    let mut c = s.connect();
+    let mut refused = false;
+    for i in 0..3000 {
+        let r = c.get(&format!("/bill?auction=x{i}&price=0.1"));
+        if r.status == 503 {
+            refused = true;
+            break;
+        }
+        assert_eq!(r.status, 204);
+        if i % 500 == 499 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+    }
+    if !refused {
+        wait_for("logged endpoint refused over the size limit", WAIT, || {
+            s.connect().get("/bill?auction=y&price=0.1").status == 503
+        });
+    }
+    assert_eq!(s.connect().get("/i?c=1").status, 200, "received endpoints still answer");
+    let ready = s.admin_get("/ready");
+    assert_eq!(ready.status, 503, "readiness is false over the size limit");
+    assert!(String::from_utf8_lossy(&ready.body).contains("journal.size_bytes_max"), "{ready:?}");
+    assert!(segments(&s.journal(), 0).contains(&format!("{:020}.seg", 1)), "the banker has not passed segment 1");
+    assert_eq!(s.stop(), 0);
+}

@@ -1,0 +1,259 @@
+//! The Kafka collector against a real Kafka-protocol broker: tansu 0.6.0 (in-memory storage) on
+//! a free loopback port, produced through the tracker and consumed back with librdkafka.
+//!
+//! tansu must be installed (`cargo install tansu --version 0.6.0 --locked --features
+//! dynostore`; .ci/run does it when missing). `TRACKER_SKIP_KAFKA=1` skips these tests.
+
+use crate::harness::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TYPES: [&str; 6] = ["impression", "conversion", "video", "win", "bill", "custom"];
+
+fn tansu_bin() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join("tansu")).find(|p| p.is_file())
+}
+
+struct Broker {
+    child: Child,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl Broker {
+    /// Starts tansu on a free loopback port, or `None` when skipped.
+    fn start() -> Option<Broker> {
+        let Some(bin) = tansu_bin() else {
+            if std::env::var_os("TRACKER_SKIP_KAFKA").is_some() {
+                eprintln!("SKIPPED: tansu is not installed and TRACKER_SKIP_KAFKA is set");
+                return None;
+            }
+            panic!(
+                "tansu not found: install it with `cargo install tansu --version 0.6.0 --locked --features dynostore` \
+                 (or set TRACKER_SKIP_KAFKA=1 to skip the Kafka tests)"
+            );
+        };
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tansu");
+        let b = Broker { child, port, bin };
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port} within {WAIT:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for t in TYPES {
+            let out = Command::new(&b.bin)
+                .args(["topic", "create", &format!("tracker.{t}"), "--broker", &url, "--partitions", "1"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "tansu topic create: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Some(b)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The embedded config with small segments plus a Kafka collector on every type.
+fn kafka_collector(port: u16, timeout_ms: u64) -> String {
+    let base = tracker::config::DEFAULT_TOML.replace("segment_bytes = 67108864", "segment_bytes = 131072");
+    format!(
+        "{base}\n[[collector]]\nname = \"kafka\"\nkind = \"kafka\"\nevents = \"all\"\nfields = [\"campaign_id\", \"price\", \"vast_event\"]\n\
+         linger_ms = 20\nretry_initial_ms = 100\nretry_max_ms = 1000\n\
+         [collector.options]\nbrokers = \"127.0.0.1:{port}\"\ntimeout_ms = {timeout_ms}\n"
+    )
+}
+
+/// Every message of the six topics: id → (count, JSON value, `type` header). Reads until it has
+/// `ids` distinct ids and `messages` messages and the topics are idle, or a deadline.
+fn consume(port: u16, ids: usize, messages: usize) -> HashMap<String, (usize, Value, String)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+        .set("group.id", "tracker-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in TYPES {
+        tpl.add_partition_offset(&format!("tracker.{t}"), 0, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut got: HashMap<String, (usize, Value, String)> = HashMap::new();
+    let mut total = 0;
+    let deadline = Instant::now() + WAIT * 2;
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                let headers = m.headers().expect("headers");
+                let h = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == name)
+                        .and_then(|h| h.value)
+                        .map(|b| String::from_utf8_lossy(b).to_string())
+                        .unwrap_or_default()
+                };
+                let id = h("id");
+                assert_eq!(v["id"].as_str(), Some(id.as_str()), "id header matches the value");
+                assert_eq!(m.key(), Some(id.as_bytes()), "key is the event id");
+                assert_eq!(m.topic(), format!("tracker.{}", v["type"].as_str().unwrap()));
+                let e = got.entry(id).or_insert((0, v, h("type")));
+                e.0 += 1;
+                total += 1;
+            }
+            Some(Err(e)) => eprintln!("consumer: {e}"),
+            None if got.len() >= ids && total >= messages => break,
+            None => {}
+        }
+    }
+    got
+}
+
+fn wait_line(s: &Server, seen: &mut Vec<String>, needle: &str) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        seen.extend(s.stderr_lines());
+        if seen.iter().any(|l| l.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Request `i` of a deterministic mix of all six endpoints.
+fn target(i: u64) -> String {
+    match i % 6 {
+        0 => format!("/i?c={}&p=0.{:06}&imp=imp-{i}", i % 7, i % 1_000_000),
+        1 => format!("/cv?c=1&value=2&order=o-{i}"),
+        2 => format!("/v?ev=start&c={}", i % 7),
+        3 => format!("/win?auction=w-{i}&price=0.5"),
+        4 => format!("/bill?auction=b-{i}&price=0.5&c=3"),
+        _ => format!("/e?n=n{i}"),
+    }
+}
+
+fn send(s: &Server, range: std::ops::Range<u64>) {
+    let mut c = s.connect();
+    let ids: Vec<u64> = range.collect();
+    for chunk in ids.chunks(64) {
+        let mut raw = Vec::new();
+        for &i in chunk {
+            raw.extend_from_slice(
+                format!("GET {} HTTP/1.1\r\nHost: t\r\nCookie: uid=secret\r\n\r\n", target(i)).as_bytes(),
+            );
+        }
+        c.send(&raw);
+        for _ in chunk {
+            let r = c.read_response(false);
+            assert!(r.status == 200 || r.status == 204, "status {}", r.status);
+        }
+    }
+}
+
+#[test]
+fn ten_thousand_events_reach_kafka_each_exactly_once_with_the_idempotent_producer() {
+    let Some(broker) = Broker::start() else { return };
+    let mut s = Server::start(Some(&kafka_collector(broker.port, 30_000)), &["--shards", "2"]);
+    let t0 = Instant::now();
+    send(&s, 0..10_000);
+    let got = consume(broker.port, 10_000, 10_000);
+    let took = t0.elapsed();
+    eprintln!("10000 events sent, produced and consumed back in {took:?}");
+    assert_eq!(got.len(), 10_000, "distinct ids");
+    let dups: Vec<_> = got.iter().filter(|(_, (n, _, _))| *n > 1).collect();
+    assert!(dups.is_empty(), "{} ids more than once", dups.len());
+    for (v, ty) in got.values().map(|(_, v, t)| (v, t)) {
+        assert_eq!(v["type"].as_str(), Some(ty.as_str()));
+        assert!(v.get("ip").is_none() && v.get("user_id").is_none() && v.get("order_id").is_none(), "{v}");
+    }
+    let mut seen = Vec::new();
+    assert!(
+        wait_line(&s, &mut seen, "kafka idempotent producer active (producer id"),
+        "no sign the broker assigned an idempotent producer id: {seen:?}"
+    );
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
+fn a_broker_outage_fails_no_request_loses_nothing_and_the_backlog_drains() {
+    let Some(broker) = Broker::start() else { return };
+    let mut s = Server::start(Some(&kafka_collector(broker.port, 2_000)), &["--shards", "2"]);
+    send(&s, 0..1000);
+    // The broker freezes (SIGSTOP): produce requests time out, batches are retried.
+    broker.signal(libc::SIGSTOP);
+    let t = Instant::now();
+    send(&s, 1000..4000);
+    eprintln!("3000 requests during the outage answered in {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_secs(4));
+    broker.signal(libc::SIGCONT);
+    send(&s, 4000..5000);
+    let got = consume(broker.port, 5000, 5000);
+    assert_eq!(got.len(), 5000, "every id reached the topic");
+    let dups = got.values().filter(|(n, _, _)| *n > 1).count();
+    eprintln!("after the outage: 5000 ids, {dups} delivered more than once (each carries its id)");
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
+fn kill_9_mid_forwarding_then_replay_every_id_reaches_kafka_with_its_id() {
+    let Some(broker) = Broker::start() else { return };
+    let cfg = kafka_collector(broker.port, 30_000);
+    let mut s = Server::start(Some(&cfg), &["--shards", "2"]);
+    send(&s, 0..3000);
+    s.kill9();
+    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "2"]);
+    send(&s, 3000..5000);
+    let got = consume(broker.port, 5000, 5000);
+    assert_eq!(got.len(), 5000, "every id reached the topic");
+    let dups = got.values().filter(|(n, _, _)| *n > 1).count();
+    eprintln!("kill -9 mid-forwarding: 5000 ids in Kafka, {dups} more than once (each carries its id)");
+    assert_eq!(s.stop(), 0);
+    // Replay from the first segment: the same ids again, nothing new.
+    let out = std::process::Command::new(BIN)
+        .args(["journal", "replay", "--collector", "kafka", "--from-segment", "1", "--journal-dir"])
+        .arg(s.journal())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "2"]);
+    let got = consume(broker.port, 5000, 10_000);
+    assert_eq!(got.len(), 5000, "a replay sends the same ids");
+    assert_eq!(s.stop(), 0);
+}

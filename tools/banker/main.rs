@@ -1,0 +1,345 @@
+//! `banker`: the reference budget service of docs/banker.md.
+//!
+//! `banker --listen 127.0.0.1:9100 --data DIR [--budgets FILE]`
+//!
+//! - `POST /v1/spend` applies a spend batch once per `Idempotency-Key`: the batch is appended to
+//!   `DIR/ledger.jsonl` and fsynced before the answer, so an acknowledged batch survives a crash,
+//!   and a key seen before is acknowledged again without being applied.
+//! - `GET /balance` returns the spend in micros per budget key and in total, with budgets and
+//!   the keys over budget.
+//! - Budgets (micros per budget key) come from `--budgets FILE` or `DIR/budgets.json`:
+//!   `{"campaign_id=7": 5000000}`.
+//!
+//! Prints `banker: listening on ADDR` to stderr once it accepts (port 0 picks a free port).
+//! Threads: one per connection, at most CONNECTIONS_MAX; one lock around the ledger.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// Largest request head, bytes.
+const HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Largest request body, bytes.
+const BODY_BYTES_MAX: usize = 16 << 20;
+/// Concurrent connections; more are answered 503.
+const CONNECTIONS_MAX: usize = 64;
+/// A connection idle this long is closed.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Ledger {
+    file: File,
+    /// Idempotency key → xxh3 of the body it was applied with.
+    applied: HashMap<String, u64>,
+    spend: BTreeMap<String, i64>,
+    budgets: BTreeMap<String, i64>,
+    batches: u64,
+    /// Batches acknowledged again without being applied, since start.
+    duplicates: u64,
+}
+
+impl Ledger {
+    fn open(dir: &Path, budgets: BTreeMap<String, i64>) -> Result<Ledger, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let path = dir.join("ledger.jsonl");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("open {}: {e}", path.display()))?;
+        let mut l = Ledger {
+            file: file.try_clone().map_err(|e| e.to_string())?,
+            applied: HashMap::new(),
+            spend: BTreeMap::new(),
+            budgets,
+            batches: 0,
+            duplicates: 0,
+        };
+        // Replay the ledger; a torn last line (crash mid-append, never acknowledged) is cut off.
+        file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+        let mut good = 0u64;
+        let mut reader = BufReader::new(&mut file);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).map_err(|e| format!("read {}: {e}", path.display()))?;
+            if n == 0 || !line.ends_with('\n') {
+                break;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(&line) else { break };
+            let (Some(key), Some(digest)) = (v["key"].as_str(), v["digest"].as_u64()) else { break };
+            l.apply(key, digest, &v["spend"]);
+            good += n as u64;
+        }
+        let len = l.file.metadata().map_err(|e| e.to_string())?.len();
+        if len != good {
+            eprintln!("banker: {}: dropping a torn tail of {} bytes", path.display(), len - good);
+            l.file.set_len(good).map_err(|e| e.to_string())?;
+        }
+        Ok(l)
+    }
+
+    fn apply(&mut self, key: &str, digest: u64, spend: &Value) {
+        for s in spend.as_array().into_iter().flatten() {
+            if let (Some(k), Some(m)) = (s["budget_key"].as_str(), s["micros"].as_i64()) {
+                let e = self.spend.entry(k.to_string()).or_insert(0);
+                *e = e.saturating_add(m);
+            }
+        }
+        self.applied.insert(key.to_string(), digest);
+        self.batches += 1;
+    }
+
+    fn over_budget(&self) -> Vec<&str> {
+        self.budgets
+            .iter()
+            .filter(|(k, b)| self.spend.get(*k).copied().unwrap_or(0) >= **b)
+            .map(|(k, _)| k.as_str())
+            .collect()
+    }
+
+    fn balance(&self) -> Value {
+        let mut keys = serde_json::Map::new();
+        let mut names: Vec<&String> = self.spend.keys().chain(self.budgets.keys()).collect();
+        names.sort();
+        names.dedup();
+        for k in names {
+            let spend = self.spend.get(k).copied().unwrap_or(0);
+            let budget = self.budgets.get(k).copied();
+            keys.insert(
+                k.clone(),
+                json!({"spend_micros": spend, "budget_micros": budget, "over_budget": budget.is_some_and(|b| spend >= b)}),
+            );
+        }
+        let total: i64 = self.spend.values().fold(0i64, |a, b| a.saturating_add(*b));
+        json!({
+            "total_micros": total,
+            "batches": self.batches,
+            "duplicates": self.duplicates,
+            "keys": keys,
+            "over_budget": self.over_budget(),
+        })
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    idempotency_key: Option<String>,
+    body: Vec<u8>,
+}
+
+fn read_request(s: &mut TcpStream) -> Result<Option<Request>, (u16, String)> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Request::new(&mut headers);
+        match r.parse(&buf) {
+            Ok(httparse::Status::Complete(head)) => {
+                let mut len = 0usize;
+                let mut key = None;
+                for h in r.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        len = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse().ok())
+                            .ok_or((400, "bad Content-Length".to_string()))?;
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        return Err((400, "Transfer-Encoding is not supported; send Content-Length".into()));
+                    } else if h.name.eq_ignore_ascii_case("idempotency-key") {
+                        key = std::str::from_utf8(h.value).ok().map(|v| v.trim().to_string());
+                    }
+                }
+                if len > BODY_BYTES_MAX {
+                    return Err((413, format!("body over {BODY_BYTES_MAX} bytes")));
+                }
+                let method = r.method.unwrap_or("").to_string();
+                let path = r.path.unwrap_or("").to_string();
+                while buf.len() < head + len {
+                    let n = s.read(&mut chunk).map_err(|e| (400, e.to_string()))?;
+                    if n == 0 {
+                        return Err((400, "connection closed mid-body".into()));
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                return Ok(Some(Request { method, path, idempotency_key: key, body: buf[head..head + len].to_vec() }));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Err((400, format!("bad request: {e}"))),
+        }
+        if buf.len() > HEAD_BYTES_MAX {
+            return Err((431, "request head too large".into()));
+        }
+        let n = s.read(&mut chunk).map_err(|e| (400, e.to_string()))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn respond(s: &mut TcpStream, status: u16, body: &Value) {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    };
+    let b = serde_json::to_vec(body).unwrap_or_default();
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        b.len()
+    );
+    let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(&b));
+}
+
+fn spend(ledger: &Mutex<Ledger>, req: &Request) -> (u16, Value) {
+    let v: Value = match serde_json::from_slice(&req.body) {
+        Ok(v) => v,
+        Err(e) => return (400, json!({"error": format!("body is not JSON: {e}")})),
+    };
+    let Some(key) = v["key"].as_str() else { return (400, json!({"error": "missing \"key\""})) };
+    if req.idempotency_key.as_deref() != Some(key) {
+        return (400, json!({"error": "the Idempotency-Key header must equal the body's \"key\""}));
+    }
+    let Some(items) = v["spend"].as_array() else { return (400, json!({"error": "missing \"spend\" array"})) };
+    for s in items {
+        if s["budget_key"].as_str().is_none() || s["micros"].as_i64().is_none() {
+            return (400, json!({"error": "each spend item needs \"budget_key\" (string) and \"micros\" (integer)"}));
+        }
+    }
+    let digest = xxhash_rust::xxh3::xxh3_64(&req.body);
+    let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(&d) = l.applied.get(key) {
+        if d != digest {
+            return (409, json!({"error": format!("key {key} was applied with a different body")}));
+        }
+        l.duplicates += 1;
+        return (200, json!({"applied": false, "duplicate": true, "over_budget": l.over_budget()}));
+    }
+    let line =
+        serde_json::to_string(&json!({"key": key, "digest": digest, "spend": v["spend"]})).unwrap_or_default() + "\n";
+    if let Err(e) = l.file.write_all(line.as_bytes()).and_then(|_| l.file.sync_data()) {
+        return (503, json!({"error": format!("ledger write failed: {e}")}));
+    }
+    l.apply(key, digest, &v["spend"]);
+    (200, json!({"applied": true, "duplicate": false, "over_budget": l.over_budget()}))
+}
+
+fn serve(mut s: TcpStream, ledger: &Mutex<Ledger>) {
+    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+    let req = match read_request(&mut s) {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err((status, why)) => return respond(&mut s, status, &json!({"error": why})),
+    };
+    let (status, body) = match (req.method.as_str(), req.path.split('?').next().unwrap_or("")) {
+        ("POST", "/v1/spend") => spend(ledger, &req),
+        ("GET", "/balance") => (200, ledger.lock().unwrap_or_else(|p| p.into_inner()).balance()),
+        ("GET", "/health") => (200, json!({"ok": true})),
+        (_, "/v1/spend" | "/balance" | "/health") => (405, json!({"error": "method not allowed"})),
+        _ => (404, json!({"error": "no such path"})),
+    };
+    respond(&mut s, status, &body);
+}
+
+fn load_budgets(path: &Path) -> Result<BTreeMap<String, i64>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let v: BTreeMap<String, i64> = serde_json::from_slice(&text)
+        .map_err(|e| format!("{}: expected {{\"budget key\": micros, ...}}: {e}", path.display()))?;
+    Ok(v)
+}
+
+fn main() -> ExitCode {
+    let mut listen = "127.0.0.1:9100".to_string();
+    let mut data: Option<PathBuf> = None;
+    let mut budgets: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => listen = args.next().unwrap_or_default(),
+            "--data" => data = args.next().map(PathBuf::from),
+            "--budgets" => budgets = args.next().map(PathBuf::from),
+            "-h" | "--help" => {
+                eprintln!("usage: banker --listen ADDR --data DIR [--budgets FILE]   (protocol: docs/banker.md)");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!(
+                    "banker: unknown argument {other:?}; usage: banker --listen ADDR --data DIR [--budgets FILE]"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(data) = data else {
+        eprintln!("banker: --data DIR is required (the ledger lives there)");
+        return ExitCode::from(2);
+    };
+    let budgets_path = budgets.unwrap_or_else(|| data.join("budgets.json"));
+    let budgets = if budgets_path.exists() {
+        match load_budgets(&budgets_path) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("banker: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        BTreeMap::new()
+    };
+    let ledger = match Ledger::open(&data, budgets) {
+        Ok(l) => Arc::new(Mutex::new(l)),
+        Err(e) => {
+            eprintln!("banker: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listener = match TcpListener::bind(&listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("banker: cannot listen on {listen}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match listener.local_addr() {
+        Ok(a) => eprintln!("banker: listening on {a}"),
+        Err(e) => {
+            eprintln!("banker: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let active = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let Ok(mut s) = conn else { continue };
+        if active.load(SeqCst) >= CONNECTIONS_MAX {
+            respond(&mut s, 503, &json!({"error": "too many connections"}));
+            continue;
+        }
+        active.fetch_add(1, SeqCst);
+        let (ledger, done) = (ledger.clone(), active.clone());
+        let spawned = std::thread::Builder::new().name("banker-conn".into()).spawn(move || {
+            serve(s, &ledger);
+            done.fetch_sub(1, SeqCst);
+        });
+        if spawned.is_err() {
+            active.fetch_sub(1, SeqCst);
+        }
+    }
+    ExitCode::SUCCESS
+}
