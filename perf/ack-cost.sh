@@ -17,9 +17,14 @@ trap cleanup EXIT
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# The default config with the dedup window off: wrk repeats one request, and every repeat of a
+# conversion's order id would otherwise be answered as a duplicate without reaching the journal.
+sed 's/^window_ms = .*/window_ms = 0/' "$root/config/tracker.toml" >"$tmp/tracker.toml"
+grep -q '^window_ms = 0$' "$tmp/tracker.toml" || { echo "ack-cost: could not turn dedup off in the config" >&2; exit 1; }
+
 one() { # $1 = label, $2 = target
   rm -rf "$tmp/j"
-  taskset -c "$SERVER_CPU" "$BIN" serve --listen 127.0.0.1:0 --shards 1 --journal-dir "$tmp/j" 2>"$tmp/err" &
+  taskset -c "$SERVER_CPU" "$BIN" serve --config "$tmp/tracker.toml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --shards 1 --journal-dir "$tmp/j" 2>"$tmp/err" &
   pid=$!
   local addr=""
   for _ in $(seq 1 100); do
