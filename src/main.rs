@@ -267,7 +267,11 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
         journal_dir.display()
     );
     // Collectors run off the reactors, each on its own thread (collector/).
-    let forwarders = match tracker::collector::start(&collectors, &tracker::collector::Registry::builtin()) {
+    let forwarders = match tracker::collector::start_with_shards(
+        &collectors,
+        &tracker::collector::Registry::builtin(),
+        running.shards(),
+    ) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("tracker: collectors: {e}");

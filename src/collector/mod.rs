@@ -86,7 +86,7 @@ use crate::event::format_uuid;
 use crate::schema::{json_str, rfc3339_nanos};
 
 pub use cursor::Position;
-pub use runner::{start, CollectorStatus, Forwarders};
+pub use runner::{start, start_with_shards, CollectorStatus, Forwarders};
 
 /// What a destination said about a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]

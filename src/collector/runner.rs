@@ -7,6 +7,8 @@
 //! attempt per batch once stopping) and exit; [`Forwarders::join`] waits a bounded time, so a
 //! hanging destination cannot hold the process.
 
+use crate::metrics::latency::LocalHistogram;
+use crate::runtime::ShardShared;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -94,6 +96,12 @@ impl Forwarders {
 /// (a bad option) name the file, line and key. A collector another process still runs (a
 /// restart in progress) starts once that process lets go of its lock.
 pub fn start(cfg: &Config, registry: &Registry) -> Result<Forwarders, String> {
+    start_with_shards(cfg, registry, &[])
+}
+
+/// Like `start`, and records every acknowledged batch's publish latency into the
+/// `collector_publish` histogram of the shard it came from (served by /metrics and the .hlog).
+pub fn start_with_shards(cfg: &Config, registry: &Registry, shards: &[Arc<ShardShared>]) -> Result<Forwarders, String> {
     let built = registry.build_all(&cfg.collectors).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
@@ -112,6 +120,9 @@ pub fn start(cfg: &Config, registry: &Registry) -> Result<Forwarders, String> {
             stop: stop.clone(),
             rng: seed(),
             read_buf: Vec::with_capacity(READ_STEP_RECORDS),
+            latency: BTreeMap::new(),
+            latency_to: shards.to_vec(),
+            latency_published_at: Instant::now(),
         };
         let t = std::thread::Builder::new()
             .name(format!("collector-{}", c.name))
@@ -178,7 +189,16 @@ struct Runner {
     stop: Arc<AtomicBool>,
     rng: u64,
     read_buf: Vec<(u32, Event)>,
+    /// Publish latency per shard (ns from the first attempt to the acknowledgement), handed every
+    /// PUBLISH_LATENCY_EVERY to that shard's `latency.collector_publish` when the runtime gave us
+    /// the shards (`start_with_shards`).
+    latency: BTreeMap<u16, LocalHistogram>,
+    latency_to: Vec<Arc<ShardShared>>,
+    latency_published_at: Instant,
 }
+
+/// How often a collector hands its publish latencies to the shards' histograms.
+const PUBLISH_LATENCY_EVERY: Duration = Duration::from_secs(1);
 
 enum Halt {
     /// Stopping while a batch waits for a retry: it is recorded and is sent again at start.
@@ -240,6 +260,9 @@ impl Runner {
             }
             let caught_up = self.shards.values().all(|s| s.caught_up);
             self.status.caught_up.store(caught_up, Relaxed);
+            if self.latency_published_at.elapsed() >= PUBLISH_LATENCY_EVERY {
+                self.publish_latency(false);
+            }
             if stopping && !progressed {
                 self.finish();
                 return;
@@ -259,7 +282,23 @@ impl Runner {
     }
 
     /// Persists the cursors and closes the collector.
+    /// Hands the local publish latencies to the shards' histograms (`wait` on exit paths).
+    fn publish_latency(&mut self, wait: bool) {
+        for (shard, h) in self.latency.iter_mut() {
+            if let Some(to) = self.latency_to.iter().find(|s| s.index == *shard) {
+                let to = &to.counters.latency.collector_publish;
+                if wait {
+                    h.publish_wait(to);
+                } else {
+                    h.publish(to);
+                }
+            }
+        }
+        self.latency_published_at = Instant::now();
+    }
+
     fn finish(&mut self) {
+        self.publish_latency(true);
         for st in self.shards.values_mut() {
             if st.committed != st.persisted && cursor::write_cursor(&st.dir, st.committed).is_ok() {
                 st.persisted = st.committed;
@@ -411,8 +450,12 @@ impl Runner {
             let newest = batch.events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
             let oldest = batch.events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
             let n = batch.events.len() as u64;
+            let started = Instant::now();
             deliver(&mut *self.collector, &mut batch, &self.cfg, &self.status, &self.stop, &mut self.rng)
                 .map_err(StepError::Halt)?;
+            if !self.latency_to.is_empty() {
+                self.latency.entry(shard).or_default().record(started.elapsed().as_nanos() as u64);
+            }
             self.status.events_total.fetch_add(n, Relaxed);
             self.status.batches_total.fetch_add(1, Relaxed);
             self.status.acked_event_ns.fetch_max(newest, Relaxed);

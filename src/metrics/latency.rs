@@ -10,10 +10,10 @@
 //! - `journal`: ingest-to-journal latency, from the event's receive time (`Event::ts_ns`, taken
 //!   when the read completed) to the end of the drain batch that appended it to the segment
 //!   (recorded by the drain, once per event, one clock read per batch);
-//! - `collector_publish`: collector publish latency — **the hook for collectors**: a forwarder
-//!   owns a [`LocalHistogram`], records each publish's duration into it, and calls
-//!   [`LocalHistogram::publish`] into `ShardCounters::latency.collector_publish` of the shard whose
-//!   segments it forwards, at most every `admin.publish_interval_ms`. Nothing records it yet.
+//! - `collector_publish`: collector publish latency, from a batch's first delivery attempt to its
+//!   acknowledgement (retries included): each collector thread owns a [`LocalHistogram`] per
+//!   shard and publishes it into `ShardCounters::latency.collector_publish` of the shard whose
+//!   segments the batch came from, every second (`collector/runner.rs`).
 //!
 //! ## Chosen design: thread-owned histograms, published on a timer with `try_lock`
 //! Each recording thread owns a [`LocalHistogram`] (one allocation at start; `saturating_record`

@@ -187,6 +187,15 @@ fn ten_thousand_mixed_events_bank_exactly_and_each_collector_sees_only_what_it_m
     }
     let ids: std::collections::HashSet<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 2000);
+    // Every acknowledged batch's publish latency reaches the shards' histograms (published
+    // every second by the collector threads): the merged summary counts them.
+    wait_for("collector publish latencies in /metrics", WAIT, || {
+        let m = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("tracker_collector_publish_merged_seconds_count "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    });
     assert_eq!(s.stop(), 0);
 }
 
