@@ -116,19 +116,25 @@ enum JournalCmd {
     },
 }
 
+/// The config named on the command line, or the embedded default; errors are printed (every one,
+/// with file, line and key) and become exit code 2.
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    match path {
+        None => Ok(Config::embedded()),
+        Some(p) => Config::load(p).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config, listen, journal_dir, shards, admin_listen } => {
-            let mut cfg = match &config {
-                None => Config::embedded(),
-                Some(p) => match Config::load(p) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(2);
-                    }
-                },
+            let mut cfg = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             let overrides = Overrides { listen, journal_dir, shards, admin_listen };
             cfg.apply(&overrides);
@@ -154,15 +160,9 @@ fn main() -> ExitCode {
         }
         Cmd::Journal { cmd: JournalCmd::Cat { journal_dir, follow } } => journal_cat(&journal_dir, follow),
         Cmd::PrivacyManifest { config } => {
-            let cfg = match config {
-                None => Config::embedded(),
-                Some(p) => match Config::load(&p) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(2);
-                    }
-                },
+            let cfg = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             print!("{}", tracker::collector::cli::privacy_manifest(&cfg));
             ExitCode::SUCCESS
@@ -181,15 +181,9 @@ fn main() -> ExitCode {
         }
         Cmd::Stats { admin } => stats(admin),
         Cmd::SignUrl { config, endpoint, kid, exp, ttl_s, base, url, query } => {
-            let cfg = match config {
-                None => Config::embedded(),
-                Some(p) => match Config::load(&p) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(2);
-                    }
-                },
+            let cfg = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             let Some(rule) = cfg.endpoints.iter().find(|e| e.path == endpoint).and_then(|e| e.redirect.as_deref())
             else {
