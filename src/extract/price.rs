@@ -82,26 +82,7 @@ fn websafe_b64(s: &[u8], out: &mut [u8]) -> Option<usize> {
     if s.len() % 4 == 1 {
         return None;
     }
-    let (mut acc, mut bits, mut n) = (0u32, 0u32, 0usize);
-    for &c in s {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        };
-        acc = acc << 6 | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            *out.get_mut(n)? = (acc >> bits) as u8;
-            n += 1;
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(n)
+    crate::http::query::base64url_decode(s, out).map(|(n, _)| n)
 }
 
 #[cfg(test)]

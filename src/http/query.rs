@@ -104,6 +104,33 @@ pub fn percent_decode_truncating(src: &[u8], dst: &mut [u8]) -> Result<(usize, b
     Ok((n, truncated))
 }
 
+/// Decodes base64url (RFC 4648 §5: `-` and `_`, no padding) into `out`. Returns the bytes
+/// written and the leftover bits below the last whole byte (a canonical encoding leaves them 0);
+/// None on a byte outside the alphabet or an output longer than `out`. Length and padding
+/// rules are the caller's (a signature tag and an encrypted price differ there).
+pub fn base64url_decode(s: &[u8], out: &mut [u8]) -> Option<(usize, u32)> {
+    let (mut acc, mut bits, mut n) = (0u32, 0u32, 0usize);
+    for &c in s {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        acc = acc << 6 | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            *out.get_mut(n)? = (acc >> bits) as u8;
+            n += 1;
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some((n, acc))
+}
+
 /// The value of one hex digit (either case).
 #[inline]
 pub fn hex(c: u8) -> Option<u8> {

@@ -115,32 +115,10 @@ pub fn base64url_decode(s: &[u8]) -> Option<[u8; 32]> {
     if s.len() != SIG_CHARS {
         return None;
     }
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        } as u32)
-    };
     let mut out = [0u8; 32];
-    let mut acc = 0u32;
-    let mut bits = 0u32;
-    let mut o = 0;
-    for &c in s {
-        acc = acc << 6 | val(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out[o] = (acc >> bits) as u8;
-            o += 1;
-            acc &= (1 << bits) - 1;
-        }
-    }
+    let (n, leftover) = crate::http::query::base64url_decode(s, &mut out)?;
     // 43 × 6 = 258 bits: 256 used, the last 2 must be zero (one encoding per tag).
-    (o == 32 && acc == 0).then_some(out)
+    (n == 32 && leftover == 0).then_some(out)
 }
 
 #[cfg(test)]
