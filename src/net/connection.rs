@@ -361,13 +361,7 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
         None => None,
         Some(rule) => match redirect::check(rule, req.query, now_ns / 1_000_000_000, &mut landing_buf) {
             Ok(url) => Some(url),
-            Err(refused) => {
-                let st = Status::from_code(refused.status);
-                counters.request(Some(ep_index), st);
-                counters.reject(Reason::Redirect);
-                write_error(ctx, wbuf, st, refused.reason, ka, head, v, None);
-                return Answer { keep_alive: ka, logged_seq: 0 };
-            }
+            Err(refused) => return refuse_redirect(ctx, wbuf, ep_index, refused, ka, head, v),
         },
     };
     let mut producer = ctx.producer.borrow_mut();
@@ -431,13 +425,7 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
     if let Some(template) = landing {
         match redirect::expand(template, slot, ty, &mut location) {
             Ok(n) => location_len = n,
-            Err(refused) => {
-                let st = Status::from_code(refused.status);
-                counters.request(Some(ep_index), st);
-                counters.reject(Reason::Redirect);
-                write_error(ctx, wbuf, st, refused.reason, ka, head, v, None);
-                return Answer { keep_alive: ka, logged_seq: 0 };
-            }
+            Err(refused) => return refuse_redirect(ctx, wbuf, ep_index, refused, ka, head, v),
         }
     }
     // Dedup (shared by all shards): a repeat of a client or derived id inside the window is
@@ -494,6 +482,23 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
 #[inline]
 fn record_service(ctx: &ShardCtx, start_ns: u64) {
     ctx.service.borrow_mut().record(crate::clock::unix_nanos().saturating_sub(start_ns));
+}
+
+/// A click whose landing URL failed the endpoint's rule: 4xx with the reason, counted, no event.
+fn refuse_redirect(
+    ctx: &ShardCtx,
+    wbuf: &mut Vec<u8>,
+    ep_index: u16,
+    refused: redirect::Refused,
+    keep_alive: bool,
+    head: bool,
+    version_minor: u8,
+) -> Answer {
+    let st = Status::from_code(refused.status);
+    ctx.shared.counters.request(Some(ep_index), st);
+    ctx.shared.counters.reject(Reason::Redirect);
+    write_error(ctx, wbuf, st, refused.reason, keep_alive, head, version_minor, None);
+    Answer { keep_alive, logged_seq: 0 }
 }
 
 #[allow(clippy::too_many_arguments)]
