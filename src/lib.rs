@@ -9,6 +9,7 @@
 //!                 ▼
 //!               runtime::drain (one thread per shard) ─▶ journal: mmapped append-only segments,
 //!                                                         CRC32C per record, schema in header
+//!               journal ─▶ collector threads (own cursors) ─▶ Kafka, banker, plugins
 //! ```
 //!
 //! Modules in the order an event travels:
@@ -29,8 +30,9 @@
 //! - [`metrics`]  per-shard counters and latency histograms (recorded locally, published on a timer)
 //! - [`admin`]    control plane off the shards: `/metrics`, `/health`, `/ready`, `/stats`, `.hlog`
 //!
-//! Synchronous and I/O-free: `http`, `endpoint`, `redirect`, `extract`, `event`, `schema`, `ring`. Only `net`,
-//! `journal` and `runtime` do I/O.
+//! Synchronous and I/O-free: `http`, `endpoint`, `enrich`, `redirect`, `extract`, `event`,
+//! `schema`, `dedup`, `ring`. Only `net`, `journal`, `runtime`, `collector` and `admin` do I/O;
+//! only `ring`, `dedup`, the budget table and the collectors' cursors cross cores.
 
 pub mod admin;
 pub mod clock;
