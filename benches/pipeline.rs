@@ -51,6 +51,7 @@ fn bench_extract(c: &mut Criterion) {
         client_ip: "203.0.113.7".parse().unwrap(),
         now_ns: 1,
         user_agent: None,
+        json: None,
     };
     let mut ids = IdGen::new(0);
     let mut ev = Event::ZERO;
@@ -122,8 +123,14 @@ fn bench_request_side(c: &mut Criterion) {
     let q: &[u8] =
         b"c=77&cr=5&imp=i-1&url=https%3A%2F%2Fwww.example.com%2Fl%3Fclk%3D%7Bclick_id%7D%26c%3D%7Bcampaign_id%7D";
     let mut ev = Event::ZERO;
-    let view =
-        RequestView { query: q, headers: &[], client_ip: "203.0.113.7".parse().unwrap(), now_ns: 1, user_agent: None };
+    let view = RequestView {
+        query: q,
+        headers: &[],
+        client_ip: "203.0.113.7".parse().unwrap(),
+        now_ns: 1,
+        user_agent: None,
+        json: None,
+    };
     extract(&click, &view, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();
     let mut g = c.benchmark_group("request_side");
     g.throughput(Throughput::Elements(1));
@@ -179,7 +186,14 @@ fn bench_request_side(c: &mut Criterion) {
     });
     let conv = cfg.event_type("conversion").unwrap().clone();
     let headers = [httparse::Header { name: "Cookie", value: b"uid=5f2b1c9e-8d7a-4e3b-9a1f-0c2d3e4f5a6b" }];
-    let view = RequestView { query: b"c=1&value=2.5", headers: &headers, client_ip: ip, now_ns: 1, user_agent: None };
+    let view = RequestView {
+        query: b"c=1&value=2.5",
+        headers: &headers,
+        client_ip: ip,
+        now_ns: 1,
+        user_agent: None,
+        json: None,
+    };
     let mut conv_ev = Event::ZERO;
     let mut privacy = tracker::enrich::privacy::Privacy::new(cfg.privacy.clone());
     let mut ids = IdGen::new(0);

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod batch;
 mod budget;
 mod config_errors;
 mod config_reference;
