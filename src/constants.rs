@@ -31,7 +31,7 @@ pub const BATCH_EVENTS_MAX: usize = 128;
 /// Longest reason given for one rejected batch item (longer ones are cut).
 pub const BATCH_REASON_BYTES_MAX: usize = 64;
 /// Bound of `server.body_decoded_bytes_max`: the per-shard inflate and JSON scratch cost about
-/// 18 bytes per body byte (see net/body.rs), so 16 MiB would be ~300 MiB per shard.
+/// 20 bytes per body byte (net::post), so this bound costs ~80 MiB per shard.
 pub const BODY_DECODED_BYTES_MAX: usize = 4 << 20;
 
 /// Most shards (u16 in the record; also bounded by the CPUs available).

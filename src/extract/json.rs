@@ -48,8 +48,8 @@ impl JsonScratch {
     pub fn new(input_bytes_max: usize) -> JsonScratch {
         let mut s = JsonScratch {
             buffers: Buffers::with_max_depth(input_bytes_max, DEPTH_MAX),
-            // Every node comes from at least one input byte (`0,` or `[]`): one node per byte.
-            tape: Tape(Vec::with_capacity(input_bytes_max + 2)),
+            // Every node but the last takes at least two input bytes (`0,`, `[]`, `"":`).
+            tape: Tape(Vec::with_capacity(input_bytes_max / 2 + 2)),
         };
         let mut doc = vec![0u8; input_bytes_max.max(2) + INPUT_PADDING];
         let n = input_bytes_max.max(2);
@@ -191,7 +191,7 @@ pub fn store(f: &Field, v: &Node<'_>, ev: &mut Event) -> Result<(), &'static str
         Node::Static(StaticNode::F64(x)) => {
             let t = fmt(&mut buf, format_args!("{x}"))?;
             if significant_digits(t) > 15 {
-                return Err("is a number with more than 15 significant digits: send it as a string");
+                return Err("has over 15 significant digits: send it as a string");
             }
             t
         }

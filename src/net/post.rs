@@ -52,7 +52,7 @@ pub struct PostScratch {
 }
 
 impl PostScratch {
-    /// Costs about 18 bytes per byte of the larger of `body_bytes_max` and
+    /// Costs about 20 bytes per byte of the larger of `body_bytes_max` and
     /// `body_decoded_bytes_max` (JSON scratch and tape) plus `body_decoded_bytes_max` (inflate
     /// output).
     pub fn new(s: &Server) -> PostScratch {
