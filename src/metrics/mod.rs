@@ -92,7 +92,8 @@ impl Status {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Reason {
-    /// Malformed or ambiguous HTTP.
+    /// Malformed or ambiguous HTTP, or a POST body refused as a whole (media type, gzip, not
+    /// JSON, too many items).
     Malformed,
     /// A field missing or unparsable.
     Field,

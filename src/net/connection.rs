@@ -157,7 +157,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 flush_first = true;
                 break;
             }
-            if let BodyFraming::Length(n) = req.framing {
+            if let (BodyFraming::Length(n), http::Method::Post) = (req.framing, req.method) {
                 // Into the body scratch: the JSON parser writes into its input, and `req`
                 // borrows the read buffer. A memcpy, small beside the parse.
                 bufs.body[..n].copy_from_slice(&rbuf[start + head_len..start + head_len + n]);
@@ -393,8 +393,9 @@ fn answer(
             }
         },
     };
-    // POST bodies: a JSON object, or a batch of them, each its own event (net::post).
-    if body_len > 0 {
+    // POST bodies: a JSON object, or a batch of them, each its own event (net::post). A body
+    // on a GET endpoint is ignored, as it always was.
+    if body_len > 0 && ep.method == crate::config::Method::Post {
         let view = RequestView {
             query: req.query,
             headers: req.headers,

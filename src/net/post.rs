@@ -141,10 +141,12 @@ pub(super) fn answer(
     let v = req.version_minor;
     let ep = &cfg.endpoints[ep_index as usize];
     let ty = &cfg.types[ep.type_id as usize];
+    // The body as a whole is refused (media type, gzip, not JSON, too many items): counted as
+    // malformed; refused items of a parsed body are counted by their own reasons below.
     let refuse = |wbuf: &mut Vec<u8>, status: u16, reason: &str| {
         let st = Status::from_code(status);
         counters.request(Some(ep_index), st);
-        counters.reject(Reason::Field);
+        counters.reject(Reason::Malformed);
         write_error(ctx, wbuf, st, reason, ka, false, v, None);
         Answer { keep_alive: ka, logged_seq: 0 }
     };

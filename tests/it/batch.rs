@@ -269,3 +269,33 @@ fn bad_json_paths_and_origins_are_config_errors() {
     assert!(err.contains(":8: endpoint[0].response:"), "{err}");
     assert!(err.contains(":12: event.x.fields[0].source: \"json.a..b\" is not a JSON path"), "{err}");
 }
+
+#[test]
+fn a_ring_that_fills_mid_batch_refuses_the_rest_as_overloaded() {
+    // A 16-event ring; the drain is woken once per read batch, after the answer, so a batch of
+    // 120 fills the ring part way through.
+    let cfg = "[server]\nring_events = 16\nbatch_events_max = 128\n".to_string()
+        + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    let items: Vec<String> = (0..120).map(|i| format!(r#"{{"type":"o","campaign_id":{i}}}"#)).collect();
+    let r = post(&mut c, "/batch", JSON, format!("[{}]", items.join(",")).as_bytes());
+    let a = json(&r);
+    let accepted = a["accepted"].as_u64().unwrap() as usize;
+    let rejected = a["rejected"].as_array().unwrap();
+    assert!(accepted >= 1 && accepted < 120, "{a}");
+    assert_eq!(accepted + rejected.len(), 120);
+    // The refused are exactly the tail, each "overloaded".
+    for (k, x) in rejected.iter().enumerate() {
+        assert_eq!(x["index"], accepted + k);
+        assert_eq!(x["reason"], "overloaded");
+    }
+    // The server serves on, and the accepted items are the journaled ones.
+    let r = post(&mut c, "/batch", JSON, br#"{"type":"after"}"#);
+    assert_eq!(json(&r)["accepted"], 1);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    let ids: Vec<u64> =
+        events.iter().filter(|e| e["kind"] == "o").map(|e| e["campaign_id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (0..accepted as u64).collect::<Vec<_>>());
+}
