@@ -183,6 +183,27 @@ fn no_heap_allocation_per_request_once_warm() {
         assert_eq!(after - before, 0, "{name} path allocated {} times in 5000 requests", after - before);
     }
 
+    // The worst bodies for simd-json's buffers, each sent once with no warm-up of its own: a
+    // body_bytes_max array of zeros (the most structurals and tape nodes a body can have; 413,
+    // too many items, after the parse) and the deepest nesting accepted. They allocate nothing:
+    // the buffers were grown to this worst case when the shard started (extract::json).
+    let body_max = started_with.server.body_bytes_max;
+    let mut zeros = vec![b'0'; body_max];
+    zeros[0] = b'[';
+    for i in (2..body_max - 1).step_by(2) {
+        zeros[i] = b',';
+    }
+    zeros[body_max - 1] = b']';
+    let depth = tracker::extract::json::DEPTH_MAX - 1;
+    let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes();
+    for (name, body, want) in [("worst-case array", &zeros, b'4'), ("deepest nesting", &nested, b'2')] {
+        let req = post("Content-Type: application/json\r\n", body);
+        let before = ALLOCS.load(Relaxed);
+        assert_eq!(round_trip(&mut s, &req), want, "{name}");
+        let after = ALLOCS.load(Relaxed);
+        assert_eq!(after - before, 0, "{name}: the first such body allocated {} times", after - before);
+    }
+
     // After a hot reload (ops: runtime/reload.rs) the request path still allocates nothing: the
     // swap happens once, on the control task, not per request.
     let file = dir.path().join("tracker.toml");
@@ -215,7 +236,8 @@ fn no_heap_allocation_per_request_once_warm() {
     // redirect, four JSON posts, preflight, pixel after reload), and every event journaled:
     // pixel, logged, redirect and pixel after reload 7000 each, the duplicate once (the rest
     // are repeats of it), the 400s and the refused redirects none; the three batches 3 × 7000
-    // each (their bad item never), the beacon 7000, the preflight none.
-    assert_eq!(shard.counters.latency.service.cumulative().len(), 84_000);
+    // each (their bad item never), the beacon 7000, the preflight none; and the two worst-case
+    // bodies (none: too many items, and an array that is not an event).
+    assert_eq!(shard.counters.latency.service.cumulative().len(), 84_002);
     assert_eq!(shard.counters.latency.journal.cumulative().len(), 28_001 + 3 * 21_000 + 7_000);
 }
