@@ -1,5 +1,5 @@
 //! Criterion benches of the request path's stages, each alone: HTTP parse, field extraction,
-//! ring push/pop, journal append, latency recording. Run: `cargo bench --bench pipeline` (add `-- --quick` for a
+//! ring push/pop, journal append, latency recording, JSON batch parse and extraction. Run: `cargo bench --bench pipeline` (add `-- --quick` for a
 //! short run). Results and the machine they ran on go to perf/RESULTS.md.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -51,6 +51,7 @@ fn bench_extract(c: &mut Criterion) {
         client_ip: "203.0.113.7".parse().unwrap(),
         now_ns: 1,
         user_agent: None,
+        json: None,
     };
     let mut ids = IdGen::new(0);
     let mut ev = Event::ZERO;
@@ -122,8 +123,14 @@ fn bench_request_side(c: &mut Criterion) {
     let q: &[u8] =
         b"c=77&cr=5&imp=i-1&url=https%3A%2F%2Fwww.example.com%2Fl%3Fclk%3D%7Bclick_id%7D%26c%3D%7Bcampaign_id%7D";
     let mut ev = Event::ZERO;
-    let view =
-        RequestView { query: q, headers: &[], client_ip: "203.0.113.7".parse().unwrap(), now_ns: 1, user_agent: None };
+    let view = RequestView {
+        query: q,
+        headers: &[],
+        client_ip: "203.0.113.7".parse().unwrap(),
+        now_ns: 1,
+        user_agent: None,
+        json: None,
+    };
     extract(&click, &view, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();
     let mut g = c.benchmark_group("request_side");
     g.throughput(Throughput::Elements(1));
@@ -179,7 +186,14 @@ fn bench_request_side(c: &mut Criterion) {
     });
     let conv = cfg.event_type("conversion").unwrap().clone();
     let headers = [httparse::Header { name: "Cookie", value: b"uid=5f2b1c9e-8d7a-4e3b-9a1f-0c2d3e4f5a6b" }];
-    let view = RequestView { query: b"c=1&value=2.5", headers: &headers, client_ip: ip, now_ns: 1, user_agent: None };
+    let view = RequestView {
+        query: b"c=1&value=2.5",
+        headers: &headers,
+        client_ip: ip,
+        now_ns: 1,
+        user_agent: None,
+        json: None,
+    };
     let mut conv_ev = Event::ZERO;
     let mut privacy = tracker::enrich::privacy::Privacy::new(cfg.privacy.clone());
     let mut ids = IdGen::new(0);
@@ -215,5 +229,58 @@ fn bench_latency(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_parse, bench_extract, bench_ring, bench_journal, bench_latency, bench_request_side);
+/// A 10-item JSON batch (sendBeacon-sized, ~1 KB): the in-place simd-json parse alone, and
+/// parse + extraction of every item into an Event (the default config's batch_event type).
+fn bench_json(c: &mut Criterion) {
+    use tracker::extract::json::{Items, JsonScratch, INPUT_PADDING};
+    let cfg = Config::embedded();
+    let ty = cfg.event_type("batch_event").unwrap().clone();
+    let items: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"type":"add_to_cart","name":"sku-{i}","value":19.99,"campaign_id":{i},"eid":"e-{i}"}}"#))
+        .collect();
+    let body = format!("[{}]", items.join(",")).into_bytes();
+    let mut scratch = JsonScratch::new(65536);
+    let mut buf = vec![0u8; body.len() + INPUT_PADDING];
+    let mut g = c.benchmark_group("json");
+    g.throughput(Throughput::Elements(10));
+    g.bench_function("parse_batch_10", |b| {
+        b.iter(|| {
+            buf[..body.len()].copy_from_slice(&body);
+            scratch.parse(&mut buf, body.len(), |d| black_box(d.map(|d| d.len()).unwrap_or(0)))
+        })
+    });
+    let mut ids = IdGen::new(0);
+    let mut ev = Event::ZERO;
+    g.bench_function("parse_and_extract_batch_10", |b| {
+        b.iter(|| {
+            buf[..body.len()].copy_from_slice(&body);
+            scratch.parse(&mut buf, body.len(), |d| {
+                for item in Items::new(d.unwrap()).unwrap().flatten() {
+                    let view = RequestView {
+                        query: b"",
+                        headers: &[],
+                        client_ip: "203.0.113.7".parse().unwrap(),
+                        now_ns: 1,
+                        user_agent: None,
+                        json: Some(item),
+                    };
+                    extract(&ty, &view, &mut ids, 0, 0, &mut ev).unwrap();
+                }
+                black_box(ev.slots[0])
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_parse,
+    bench_extract,
+    bench_ring,
+    bench_journal,
+    bench_latency,
+    bench_request_side,
+    bench_json
+);
 criterion_main!(benches);

@@ -25,6 +25,15 @@ pub const SEGMENT_BYTES_MAX: u64 = 16 << 30;
 /// Longest string a field may reserve in the event's byte area.
 pub const FIELD_STR_BYTES_MAX: usize = STR_BYTES;
 
+/// Bound of `server.batch_events_max`: a batch answer lists every rejected item (index and a
+/// reason of at most `BATCH_REASON_BYTES_MAX`), and must fit the connection's write buffer.
+pub const BATCH_EVENTS_MAX: usize = 128;
+/// Longest reason given for one rejected batch item (longer ones are cut).
+pub const BATCH_REASON_BYTES_MAX: usize = 64;
+/// Bound of `server.body_decoded_bytes_max`: the per-shard inflate and JSON scratch cost about
+/// 20 bytes per body byte (net::post), so this bound costs ~80 MiB per shard.
+pub const BODY_DECODED_BYTES_MAX: usize = 4 << 20;
+
 /// Most shards (u16 in the record; also bounded by the CPUs available).
 pub const SHARDS_MAX: usize = 256;
 

@@ -4,7 +4,7 @@
 //! client ─TCP─▶ net (shard N: monoio io_uring reactor, SO_REUSEPORT listener, pinned to CPU N)
 //!                 │  http      parse head with httparse into a fixed header array
 //!                 │  endpoint  (method, path) → endpoint
-//!                 │  extract   query / headers / cookies → Event, written in place in the ring slot
+//!                 │  extract   query / headers / cookies / JSON body → Event, in place in the ring slot
 //!                 │  ring      per-shard SPSC ring (full → 503), then respond: GIF / 204 / 4xx
 //!                 ▼
 //!               runtime::drain (one thread per shard) ─▶ journal: mmapped append-only segments,
@@ -16,12 +16,13 @@
 //! - [`config`]   TOML → validated `Config` (errors name file, line, key)
 //! - [`runtime`]  start-up, shard reactors, journal drains, shutdown order; hot reload,
 //!   systemd notify + watchdog, restart handoff (ops)
-//! - [`net`]      listener (SO_REUSEPORT) and the per-connection loop (owned buffers, deadlines)
-//! - [`http`]     request parsing and prebuilt responses, no allocation, no I/O
+//! - [`net`]      listener (SO_REUSEPORT) and the per-connection loop (owned buffers, deadlines);
+//!   POST bodies: media type, gzip with caps, batches with per-event status (`net::post`)
+//! - [`http`]     request parsing and prebuilt responses, CORS origin check, no allocation, no I/O
 //! - [`endpoint`] routing table built from config
 //! - [`enrich`]   per-source budgets (and privacy steps), before anything is decoded
 //! - [`redirect`] click endpoints: strict landing-URL parsing, allowlist, HMAC signatures, macros
-//! - [`extract`]  request → `Event`, ids; pure
+//! - [`extract`]  request → `Event`, ids; JSON bodies parsed in place with simd-json; pure
 //! - [`event`]    the fixed 512-byte record; [`schema`] how its slots map to field names
 //! - [`dedup`]    window of recent event ids shared by all shards (lock-free, fixed size)
 //! - [`ring`]     per-core SPSC ring, the only crossing on the ingest path

@@ -1,6 +1,9 @@
 //! Zero heap allocations per request once warm, on the pixel path, the reject (400) path, the
-//! journal-acknowledged path, the dedup duplicate path and the click-redirect paths (302 with
-//! macros, 4xx refusal).
+//! journal-acknowledged path, the dedup duplicate path, the click-redirect paths (302 with
+//! macros, 4xx refusal) and the POST paths: a JSON batch with a bad item (per-item status, CORS
+//! origin echoed), a sendBeacon text/plain object, a gzip batch, a chunked batch and a CORS
+//! preflight. simd-json's buffers, the tape, the inflate state and output and the batch answer
+//! are per-shard buffers sized at start (net::post), so a JSON request allocates nothing either.
 //!
 //! A counting global allocator sees every allocation in this process: the tracker's shard and
 //! drain threads run in-process, and the client loop below allocates nothing itself (static
@@ -55,6 +58,39 @@ const CLICK: &[u8] = b"GET /c?c=77&cr=5&site=s%201&url=https%3A%2F%2Fwww.example
 /// A refused click (403, nothing logged).
 const CLICK_REFUSED: &[u8] = b"GET /c?c=77&url=https%3A%2F%2Fexample.com%40evil.com%2F HTTP/1.1\r\nHost: t\r\n\r\n";
 
+/// A batch of four: three events and one refused (no `type`), from an allowed origin.
+const BATCH_JSON: &[u8] = br#"[{"type":"add_to_cart","name":"sku-1","value":19.99,"campaign_id":42,"imp":{"id":"a"}},{"name":"no type"},{"type":"view","value":"0.25"},{"type":"purchase","value":120,"campaign_id":7}]"#;
+const BEACON_JSON: &[u8] = br#"{"type":"beacon","name":"scroll","value":1}"#;
+
+fn post(headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut r =
+        format!("POST /batch HTTP/1.1\r\nHost: t\r\n{headers}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    v.extend(miniz_oxide::deflate::compress_to_vec(data, 6));
+    v.extend(crc32fast::hash(data).to_le_bytes());
+    v.extend((data.len() as u32).to_le_bytes());
+    v
+}
+
+fn chunked(body: &[u8]) -> Vec<u8> {
+    let mut r =
+        b"POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    let (a, b) = body.split_at(body.len() / 2);
+    for part in [a, b] {
+        r.extend(format!("{:x}\r\n", part.len()).as_bytes());
+        r.extend(part);
+        r.extend(b"\r\n");
+    }
+    r.extend(b"0\r\n\r\n");
+    r
+}
+
 /// Sends `req` and reads exactly one response into a stack buffer; returns the status digit.
 fn round_trip(s: &mut TcpStream, req: &[u8]) -> u8 {
     s.write_all(req).unwrap();
@@ -104,6 +140,7 @@ fn no_heap_allocation_per_request_once_warm() {
     cfg.budget.exempt_loopback = false;
     cfg.budget.rate_per_s = 10_000_000;
     cfg.budget.burst = 100_000_000;
+    cfg.cors.origins = vec![b"https://shop.example".as_slice().into()];
     let started_with = cfg.clone();
     cfg.admin.publish_interval_ms = 10;
     let running = tracker::runtime::start(cfg).unwrap();
@@ -111,14 +148,28 @@ fn no_heap_allocation_per_request_once_warm() {
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
 
-    for (name, req, want) in [
+    // Built before anything is measured.
+    let json_paths = [
+        ("json batch", post("Content-Type: application/json\r\nOrigin: https://shop.example\r\n", BATCH_JSON), b'2'),
+        ("beacon", post("Content-Type: text/plain;charset=UTF-8\r\n", BEACON_JSON), b'2'),
+        ("gzip batch", post("Content-Type: application/json\r\nContent-Encoding: gzip\r\n", &gzip(BATCH_JSON)), b'2'),
+        ("chunked batch", chunked(BATCH_JSON), b'2'),
+        (
+            "cors preflight",
+            b"OPTIONS /batch HTTP/1.1\r\nHost: t\r\nOrigin: https://shop.example\r\nAccess-Control-Request-Method: POST\r\n\r\n".to_vec(),
+            b'2',
+        ),
+    ];
+    let paths: [(&str, &[u8], u8); 6] = [
         ("pixel", PIXEL, b'2'),
         ("400", MISSING, b'4'),
         ("logged", LOGGED, b'2'),
         ("duplicate", DUPLICATE, b'2'),
         ("redirect", CLICK, b'3'),
         ("redirect refused", CLICK_REFUSED, b'4'),
-    ] {
+    ];
+    let all = paths.into_iter().chain(json_paths.iter().map(|(n, r, w)| (*n, r.as_slice(), *w)));
+    for (name, req, want) in all {
         for _ in 0..2_000 {
             assert_eq!(round_trip(&mut s, req), want);
         }
@@ -130,6 +181,27 @@ fn no_heap_allocation_per_request_once_warm() {
         let per_request = (after - before) as f64 / 5_000.0;
         eprintln!("{name}: {} allocations over 5000 requests ({per_request:.4}/request)", after - before);
         assert_eq!(after - before, 0, "{name} path allocated {} times in 5000 requests", after - before);
+    }
+
+    // The worst bodies for simd-json's buffers, each sent once with no warm-up of its own: a
+    // body_bytes_max array of zeros (the most structurals and tape nodes a body can have; 413,
+    // too many items, after the parse) and the deepest nesting accepted. They allocate nothing:
+    // the buffers were grown to this worst case when the shard started (extract::json).
+    let body_max = started_with.server.body_bytes_max;
+    let mut zeros = vec![b'0'; body_max];
+    zeros[0] = b'[';
+    for i in (2..body_max - 1).step_by(2) {
+        zeros[i] = b',';
+    }
+    zeros[body_max - 1] = b']';
+    let depth = tracker::extract::json::DEPTH_MAX - 1;
+    let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes();
+    for (name, body, want) in [("worst-case array", &zeros, b'4'), ("deepest nesting", &nested, b'2')] {
+        let req = post("Content-Type: application/json\r\n", body);
+        let before = ALLOCS.load(Relaxed);
+        assert_eq!(round_trip(&mut s, &req), want, "{name}");
+        let after = ALLOCS.load(Relaxed);
+        assert_eq!(after - before, 0, "{name}: the first such body allocated {} times", after - before);
     }
 
     // After a hot reload (ops: runtime/reload.rs) the request path still allocates nothing: the
@@ -160,10 +232,12 @@ fn no_heap_allocation_per_request_once_warm() {
     let shard = running.shards()[0].clone();
     running.stop();
     running.wait();
-    // Every request was recorded (7 × 7000: pixel, 400, logged, duplicate, redirect, refused
-    // redirect, pixel after reload), and every event journaled: pixel, logged, redirect and
-    // pixel after reload 7000 each, the duplicate once (the rest are repeats of it), the 400s
-    // and the refused redirects none.
-    assert_eq!(shard.counters.latency.service.cumulative().len(), 49_000);
-    assert_eq!(shard.counters.latency.journal.cumulative().len(), 28_001);
+    // Every request was recorded (12 × 7000: pixel, 400, logged, duplicate, redirect, refused
+    // redirect, four JSON posts, preflight, pixel after reload), and every event journaled:
+    // pixel, logged, redirect and pixel after reload 7000 each, the duplicate once (the rest
+    // are repeats of it), the 400s and the refused redirects none; the three batches 3 × 7000
+    // each (their bad item never), the beacon 7000, the preflight none; and the two worst-case
+    // bodies (none: too many items, and an array that is not an event).
+    assert_eq!(shard.counters.latency.service.cumulative().len(), 84_002);
+    assert_eq!(shard.counters.latency.journal.cumulative().len(), 28_001 + 3 * 21_000 + 7_000);
 }

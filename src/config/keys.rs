@@ -91,6 +91,19 @@ pub const SERVER_KEYS: &[KeySpec] = &[
       "Submission queue entries of each shard's io_uring."),
     k("server", "io_uring_defer_taskrun", "bool", "", Bool(false), Rule("true or false"), "",
       "Also set IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN (Linux ≥ 6.1). COOP_TASKRUN | TASKRUN_FLAG are always set."),
+    k("server", "batch_events_max", "integer", "events", Int(100), Range(1, BATCH_EVENTS_MAX as i64), "",
+      "Most events (array items) in one JSON body of a response = \"json\" endpoint; more → 413 and none is taken. Each rejected item's index and reason is in the answer, which must fit the connection's write buffer: hence the bound."),
+    k("server", "body_decoded_bytes_max", "integer", "bytes", Int(262144), Range(1024, BODY_DECODED_BYTES_MAX as i64), "",
+      "Most bytes a Content-Encoding: gzip body may inflate to; more → 413 (a gzip bomb stops here). Costs about 20 bytes per byte per shard (inflate output plus the JSON parser's scratch, sized for the larger of this and body_bytes_max), allocated at start: 262144 ≈ 5 MiB per shard."),
+    k("server", "body_inflate_ratio_max", "integer", "ratio", Int(100), Range(1, 100_000), "",
+      "Most inflated bytes per compressed byte of a gzip body; more → 413. JSON compresses 5–20×; a bomb compresses ~1000×."),
+];
+
+pub const CORS_KEYS: &[KeySpec] = &[
+    k("cors", "origins", "array of strings", "", Str("[]"), Rule("\"scheme://host[:port]\" exactly as browsers send Origin, or \"*\""), "",
+      "Web origins allowed to POST to response = \"json\" endpoints from a browser: the preflight (OPTIONS) is answered 204 for them and 403 for any other origin; their responses carry Access-Control-Allow-Origin with the origin echoed and Vary: Origin. \"*\" allows any origin, only when listed. Empty = no cross-origin POST (sendBeacon with a text/plain body needs no preflight and still works)."),
+    k("cors", "max_age_s", "integer", "s", Int(600), Range(0, 86400), "",
+      "How long a browser may cache a preflight answer (Access-Control-Max-Age)."),
 ];
 
 pub const JOURNAL_KEYS: &[KeySpec] = &[
@@ -253,8 +266,8 @@ pub const ENDPOINT_KEYS: &[KeySpec] = &[
       "GET also answers HEAD (counted as an event, flagged)."),
     k("endpoint", "event", "string", "", NoDefault, Rule("a declared [event.<type>]"), "",
       "Required. Event type each request becomes."),
-    k("endpoint", "response", "string", "", Str("no_content"), OneOf(&["gif", "no_content", "redirect"]), "redirect needs [endpoint.redirect] and GET",
-      "1×1 transparent GIF (no-cache), 204, or 302 to a landing URL that passes the endpoint's redirect rule (docs/redirects.md)."),
+    k("endpoint", "response", "string", "", Str("no_content"), OneOf(&["gif", "no_content", "redirect", "json"]), "redirect needs [endpoint.redirect] and GET; json needs POST",
+      "1×1 transparent GIF (no-cache), 204, 302 to a landing URL that passes the endpoint's redirect rule (docs/redirects.md), or (POST) 200 with the per-event status of a JSON object or batch: {\"accepted\":N,\"rejected\":[{\"index\":i,\"reason\":\"…\"}]} (docs/post.md)."),
     k("endpoint", "ack", "string", "", Str("received"), OneOf(&["received", "logged"]), "",
       "Answer once the event is in the shard's ring, or once the drain has written it into the mmapped segment (survives kill -9)."),
     k("endpoint", "over_budget", "string", "", Str("drop"), OneOf(&["drop", "reject"]), "",
@@ -552,7 +565,7 @@ pub const FIELD_KEYS: &[KeySpec] = &[
     k("event.<type>.fields", "name", "string", "", NoDefault, Rule("letters, digits, '_'"), "unique in the type",
       "Required. Field name in the journal and in `tracker journal cat`."),
     k("event.<type>.fields", "source", "string", "", NoDefault,
-      Rule("query.<param>, header.<name>, cookie.<name>, client.ip, request.user_agent, request.referer, request.time_ms, request.device_class, request.is_bot"), "",
+      Rule("query.<param>, header.<name>, cookie.<name>, json.<path>, client.ip, request.user_agent, request.referer, request.time_ms, request.device_class, request.is_bot"), "",
       "Required. Where the value comes from in the request."),
     k("event.<type>.fields", "type", "string", "", NoDefault, OneOf(&["u64", "u32", "i64", "money", "string", "ip"]),
       "client.ip needs \"ip\"; request.time_ms needs \"u64\" or \"i64\"", "Required. money is stored as i64 micros."),
@@ -584,6 +597,7 @@ pub const ALL: &[(&str, &[KeySpec])] = &[
     ("[dedup]", DEDUP_KEYS),
     ("[budget]", BUDGET_KEYS),
     ("[privacy]", PRIVACY_KEYS),
+    ("[cors]", CORS_KEYS),
     ("[[endpoint]]", ENDPOINT_KEYS),
     ("[endpoint.redirect]", REDIRECT_KEYS),
     ("[[endpoint.redirect.key]], [[privacy.ssai_key]]", SIGNING_KEY_KEYS),

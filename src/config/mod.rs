@@ -32,6 +32,10 @@ use raw::{RawConfig, S};
 /// The embedded default: the same text as config/tracker.toml.
 pub const DEFAULT_TOML: &str = include_str!("../../config/tracker.toml");
 pub const DEFAULT_NAME: &str = "<embedded config/tracker.toml>";
+/// Longest `[cors] origins` entry: `scheme://host:port` (echoed in answers, so bounded).
+pub const ORIGIN_BYTES_MAX: usize = 200;
+/// Most keys in a `json.<path>` source: events are flat objects with a few nested ids.
+pub const JSON_PATH_KEYS_MAX: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -41,6 +45,7 @@ pub struct Config {
     pub dedup: DedupConfig,
     pub budget: BudgetConfig,
     pub privacy: PrivacyConfig,
+    pub cors: Cors,
     pub endpoints: Vec<Endpoint>,
     pub types: Vec<EventType>,
     /// What the journal embeds in every segment header.
@@ -67,6 +72,22 @@ pub struct Server {
     pub io_uring_entries: u32,
     /// Add IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN to COOP_TASKRUN | TASKRUN_FLAG.
     pub io_uring_defer_taskrun: bool,
+    /// Most events in one JSON batch body; more → 413.
+    pub batch_events_max: usize,
+    /// Most bytes a gzip body may inflate to; more → 413.
+    pub body_decoded_bytes_max: usize,
+    /// Most inflated bytes per compressed byte of a gzip body; more → 413.
+    pub body_inflate_ratio_max: usize,
+}
+
+/// `[cors]`: which web origins may POST to the JSON endpoints from a browser.
+#[derive(Clone, Debug, Default)]
+pub struct Cors {
+    /// Exact `scheme://host[:port]` values, compared byte for byte with `Origin`.
+    pub origins: Vec<Box<[u8]>>,
+    /// `"*"` was listed: any origin is allowed (answered `Access-Control-Allow-Origin: *`).
+    pub any: bool,
+    pub max_age_s: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +138,9 @@ pub enum ResponseKind {
     NoContent,
     /// 302 to the landing URL, when it passes the endpoint's `redirect` rule.
     Redirect,
+    /// POST only: 200 with `{"accepted":N,"rejected":[{"index":i,"reason":"…"}]}`; the body is
+    /// one JSON object or an array of them (a batch).
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +181,8 @@ pub enum Source {
     DeviceClass,
     /// 1 when the User-Agent is a crawler, monitor or HTTP library, else 0.
     IsBot,
+    /// `json.a.b`: the value at that path of keys in the event's JSON object (POST bodies).
+    Json(Box<[Box<str>]>),
 }
 
 #[derive(Clone, Debug)]
@@ -379,6 +405,7 @@ impl Validator<'_> {
         let budget = self.budget(&raw.budget);
         let (types, schema) = self.types(&raw.event);
         let privacy = self.privacy(&raw.privacy, &types);
+        let cors = self.cors(&raw.cors);
         let endpoints = self.endpoints(&raw.endpoint, &types);
         let collectors = self.collectors(&raw.collector, &types);
         Config {
@@ -388,6 +415,7 @@ impl Validator<'_> {
             dedup,
             budget,
             privacy,
+            cors,
             endpoints,
             types,
             schema,
@@ -480,6 +508,11 @@ impl Validator<'_> {
             ring_events: ring_events as usize,
             io_uring_entries: entries as u32,
             io_uring_defer_taskrun: r.io_uring_defer_taskrun.as_ref().is_some_and(|b| *b.get_ref()),
+            batch_events_max: self.int(&r.batch_events_max, spec(SERVER_KEYS, "batch_events_max")) as usize,
+            body_decoded_bytes_max: self.int(&r.body_decoded_bytes_max, spec(SERVER_KEYS, "body_decoded_bytes_max"))
+                as usize,
+            body_inflate_ratio_max: self.int(&r.body_inflate_ratio_max, spec(SERVER_KEYS, "body_inflate_ratio_max"))
+                as usize,
         }
     }
 
@@ -546,8 +579,13 @@ impl Validator<'_> {
                     ("gif", ResponseKind::Gif),
                     ("no_content", ResponseKind::NoContent),
                     ("redirect", ResponseKind::Redirect),
+                    ("json", ResponseKind::Json),
                 ],
             );
+            if response == ResponseKind::Json && method != Method::Post {
+                let span = r.response.as_ref().map(|s| s.span()).unwrap_or(r.path.span());
+                self.err(span, key("response"), "response = \"json\" answers a JSON body: the endpoint must be POST");
+            }
             let ack = self.choice(
                 &r.ack,
                 &key("ack"),
@@ -823,6 +861,20 @@ impl Validator<'_> {
             Source::Header(n.to_ascii_lowercase())
         } else if let Some(n) = named("cookie.") {
             Source::Cookie(n.to_string())
+        } else if let Some(p) = s.strip_prefix("json.") {
+            let path: Box<[Box<str>]> = p.split('.').map(Box::from).collect();
+            let bad = path.len() > JSON_PATH_KEYS_MAX
+                || path
+                    .iter()
+                    .any(|k| k.is_empty() || k.bytes().any(|b| !b.is_ascii_graphic() || b == b'"' || b == b'\\'));
+            if bad {
+                self.err(
+                    span,
+                    key,
+                    format!("\"{s}\" is not a JSON path: expected json.<key>[.<key>…], at most {JSON_PATH_KEYS_MAX} keys of visible ASCII other than '.', '\"' and '\\'"),
+                );
+            }
+            Source::Json(path)
         } else {
             match s {
                 "client.ip" => Source::ClientIp,
@@ -835,7 +887,7 @@ impl Validator<'_> {
                     self.err(
                         span,
                         key,
-                        format!("\"{s}\" is not a source: expected query.<param>, header.<name>, cookie.<name>, client.ip, request.user_agent, request.referer, request.time_ms, request.device_class or request.is_bot"),
+                        format!("\"{s}\" is not a source: expected query.<param>, header.<name>, cookie.<name>, json.<path>, client.ip, request.user_agent, request.referer, request.time_ms, request.device_class or request.is_bot"),
                     );
                     Source::ClientIp
                 }

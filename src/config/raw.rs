@@ -23,6 +23,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub privacy: RawPrivacy,
     #[serde(default)]
+    pub cors: RawCors,
+    #[serde(default)]
     pub endpoint: Vec<S<RawEndpoint>>,
     #[serde(default)]
     pub event: BTreeMap<String, S<RawEvent>>,
@@ -45,6 +47,16 @@ pub struct RawServer {
     pub ring_events: Option<S<i64>>,
     pub io_uring_entries: Option<S<i64>>,
     pub io_uring_defer_taskrun: Option<S<bool>>,
+    pub batch_events_max: Option<S<i64>>,
+    pub body_decoded_bytes_max: Option<S<i64>>,
+    pub body_inflate_ratio_max: Option<S<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub origins: Option<S<Vec<S<String>>>>,
+    pub max_age_s: Option<S<i64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -1,9 +1,9 @@
-//! Request-side sections: `[dedup]`, `[budget]`, `[privacy]`. Each
+//! Request-side sections: `[cors]`, `[dedup]`, `[budget]`, `[privacy]`. Each
 //! validates into a plain value with its unit in the name.
 
-use super::keys::{spec, BUDGET_KEYS, DEDUP_KEYS, PRIVACY_KEYS};
-use super::raw::{RawBudget, RawDedup, RawPrivacy};
-use super::{EventType, Validator};
+use super::keys::{spec, BUDGET_KEYS, CORS_KEYS, DEDUP_KEYS, PRIVACY_KEYS};
+use super::raw::{RawBudget, RawCors, RawDedup, RawPrivacy};
+use super::{Cors, EventType, Validator};
 use crate::enrich::budget::BudgetConfig;
 use crate::enrich::privacy::{IpPolicy, Secret, USER_HASH_CHARS};
 use crate::schema::FieldKind;
@@ -27,6 +27,26 @@ pub struct DedupConfig {
 }
 
 impl Validator<'_> {
+    pub(super) fn cors(&mut self, r: &RawCors) -> Cors {
+        let max_age_s = self.int(&r.max_age_s, spec(CORS_KEYS, "max_age_s")) as u32;
+        let mut cors = Cors { origins: Vec::new(), any: false, max_age_s };
+        for o in r.origins.as_ref().map(|o| o.get_ref().as_slice()).unwrap_or(&[]) {
+            let v = o.get_ref();
+            if v == "*" {
+                cors.any = true;
+            } else if v.len() <= super::ORIGIN_BYTES_MAX && is_origin(v) {
+                cors.origins.push(v.as_bytes().into());
+            } else {
+                self.err(
+                    o.span(),
+                    "cors.origins",
+                    format!("\"{v}\" is not an origin: expected \"https://host\" or \"http://host:port\" (no path, no trailing '/', at most {} bytes), or \"*\"", super::ORIGIN_BYTES_MAX),
+                );
+            }
+        }
+        cors
+    }
+
     pub(super) fn dedup(&mut self, r: &RawDedup) -> DedupConfig {
         let window_ms = self.int(&r.window_ms, spec(DEDUP_KEYS, "window_ms")) as u64;
         let entries = self.int(&r.entries, spec(DEDUP_KEYS, "entries")) as usize;
@@ -173,4 +193,50 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..b.len()).step_by(2).map(|i| u8::from_str_radix(std::str::from_utf8(&b[i..i + 2]).ok()?, 16).ok()).collect()
+}
+
+/// `scheme://host[:port]` as browsers send it in `Origin`: http or https, a host of letters,
+/// digits, '-', '.', or a bracketed IPv6 literal, an optional port, nothing else.
+fn is_origin(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix("https://").or_else(|| v.strip_prefix("http://")) else { return false };
+    let port = if let Some(r) = rest.strip_prefix('[') {
+        let Some((h, p)) = r.split_once(']') else { return false };
+        if h.is_empty() || !h.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return false;
+        }
+        p
+    } else {
+        let (h, p) = rest.find(':').map_or((rest, ""), |i| rest.split_at(i));
+        if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+            return false;
+        }
+        p
+    };
+    port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod origin_tests {
+    #[test]
+    fn origins() {
+        for ok in ["https://example.com", "http://localhost:8080", "https://a-b.example.com", "http://[::1]:3000"] {
+            assert!(super::is_origin(ok), "{ok}");
+        }
+        for bad in [
+            "example.com",
+            "https://example.com/",
+            "https://ex ample.com",
+            "ftp://x",
+            "https://",
+            "https://x:",
+            "https://x:123456",
+            "https://x/y",
+            "null",
+        ] {
+            assert!(!super::is_origin(bad), "{bad}");
+        }
+    }
 }

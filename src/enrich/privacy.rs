@@ -169,6 +169,7 @@ mod tests {
             client_ip: "203.0.113.77".parse().unwrap(),
             now_ns: now,
             user_agent: None,
+            json: None,
         };
         let mut ev = Event::ZERO;
         extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();

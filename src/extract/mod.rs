@@ -6,6 +6,7 @@
 //! directly into the event's slots and byte area.
 
 mod id;
+pub mod json;
 pub mod price;
 mod value;
 
@@ -28,6 +29,9 @@ pub struct RequestView<'a> {
     /// The device's user agent from an authenticated SSAI sender, used instead of the
     /// request's `User-Agent` (see `enrich::ssai`).
     pub user_agent: Option<&'a [u8]>,
+    /// The JSON object this event comes from (a POST body or one item of a batch), for
+    /// `json.<path>` sources; None for requests without a JSON body.
+    pub json: Option<json::Doc<'a, 'a>>,
 }
 
 /// Why a request cannot become an event: the field (index into the type's fields) and why.
@@ -118,6 +122,10 @@ pub fn extract(
                 Some(v) => store_text(f, v, false, ev),
                 None => Ok(()),
             },
+            Source::Json(path) => match req.json.and_then(|obj| json::lookup(obj, path)) {
+                Some(v) => json::store(f, v, ev),
+                None => Ok(()),
+            },
             Source::ClientIp => {
                 store_ip(f, req.client_ip, ev);
                 Ok(())
@@ -151,11 +159,25 @@ pub fn extract(
     }
 
     // The id: client-supplied, else derived from identity fields, else generated.
+    let mut json_id = [0u8; 24];
+    let mut json_id_len = 0;
     if client_id.is_none() {
         for s in ty.id_from.iter() {
             let v = match s {
                 Source::Header(n) => header(req.headers, n),
                 Source::Cookie(n) => cookie_in(req.headers, n.as_bytes()),
+                Source::Json(path) => match req.json.and_then(|obj| json::lookup(obj, path)) {
+                    Some(simd_json::Node::String(s)) => Some(s.as_bytes()),
+                    // A numeric id is taken by its decimal text.
+                    Some(n) => {
+                        json_id_len = json_id_text(n, &mut json_id);
+                        if json_id_len > 0 {
+                            break;
+                        }
+                        None
+                    }
+                    None => None,
+                },
                 _ => None,
             };
             if let Some(v) = v.filter(|v| !v.is_empty()) {
@@ -163,6 +185,9 @@ pub fn extract(
                 break;
             }
         }
+    }
+    if client_id.is_none() && json_id_len > 0 {
+        client_id = Some(&json_id[..json_id_len]);
     }
     if let Some(v) = client_id {
         let mut buf = [0u8; 64];
@@ -189,6 +214,23 @@ pub fn extract(
     }
     debug_assert!(ty.fields.iter().all(|f| f.slot < SLOTS));
     Ok(())
+}
+
+/// The decimal text of an integer JSON id (`"eid": 123`); other values are no id.
+/// Returns its length, 0 for no id.
+fn json_id_text(n: &simd_json::Node<'_>, buf: &mut [u8; 24]) -> usize {
+    use std::io::Write as _;
+    let mut w = &mut buf[..];
+    let ok = match n {
+        simd_json::Node::Static(simd_json::StaticNode::I64(i)) => write!(w, "{i}").is_ok(),
+        simd_json::Node::Static(simd_json::StaticNode::U64(u)) => write!(w, "{u}").is_ok(),
+        _ => false,
+    };
+    if ok {
+        24 - w.len()
+    } else {
+        0
+    }
 }
 
 /// Stores a textual value (query values are percent-decoded first) as the field's kind.
@@ -350,6 +392,7 @@ mod tests {
             client_ip: "10.1.2.3".parse().unwrap(),
             now_ns: 1_795_000_000_000_000_000,
             user_agent: None,
+            json: None,
         };
         let mut ev = Event::ZERO;
         extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev)?;

@@ -11,6 +11,7 @@
 //! Files in the order a request uses them:
 //! - [`request`]  head parsing with httparse into a fixed header array; validation; framing
 //! - [`chunked`]  chunked transfer-coding → a caller-provided fixed scratch slice
+//! - [`cors`]     `Origin` against the `[cors]` allowlist (POST endpoints, preflights)
 //! - [`query`]    `k=v&…` pairs, percent-decoding into a slice, cookies, header lookup
 //! - [`response`] GIF / 204 / 302 / JSON / error writers, and the cached `Date` value
 //!
@@ -26,6 +27,7 @@
 //! - a panic on any input (the parsers are meant to be fuzzed).
 
 pub mod chunked;
+pub mod cors;
 pub mod query;
 pub mod request;
 pub mod response;

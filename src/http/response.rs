@@ -101,18 +101,29 @@ pub fn redirect(
     w.finish()
 }
 
-/// `HTTP/1.1 200 OK` with a JSON body the caller has serialised (e.g. an ack).
+/// `HTTP/1.1 200 OK` with a JSON body the caller has serialised (e.g. an ack). `allow_origin`
+/// (a CORS-allowed `Origin`, or `*`) adds `Access-Control-Allow-Origin` and `Vary: Origin`.
+#[allow(clippy::too_many_arguments)] // one flat call, like `error`
 pub fn json(
     out: &mut Vec<u8>,
     body: &[u8],
+    allow_origin: Option<&[u8]>,
     keep_alive: bool,
     head: bool,
     version_minor: u8,
     date: &[u8; DATE_BYTES],
 ) -> Result<usize, WriteError> {
+    if allow_origin.is_some_and(|o| !is_header_value(o)) {
+        return Err(WriteError::BadHeaderValue);
+    }
     let mut w = Out::new(out);
     w.status_line(b"200 OK", date);
     w.put(b"Content-Type: application/json\r\nCache-Control: no-store\r\n");
+    if let Some(o) = allow_origin {
+        w.put(b"Access-Control-Allow-Origin: ");
+        w.put(o);
+        w.put(b"\r\nVary: Origin\r\n");
+    }
     w.end_head(Some(body.len()), keep_alive, version_minor);
     if !head {
         w.put(body);
@@ -120,9 +131,36 @@ pub fn json(
     w.finish()
 }
 
+/// `HTTP/1.1 204 No Content` answering a CORS preflight from an allowed origin (`allow_origin`
+/// is that origin, or `*`): POST with the request headers a JSON or gzip body needs, cacheable
+/// by the browser for `max_age_s`.
+pub fn preflight(
+    out: &mut Vec<u8>,
+    allow_origin: &[u8],
+    max_age_s: u32,
+    keep_alive: bool,
+    version_minor: u8,
+    date: &[u8; DATE_BYTES],
+) -> Result<usize, WriteError> {
+    if allow_origin.is_empty() || !is_header_value(allow_origin) {
+        return Err(WriteError::BadHeaderValue);
+    }
+    let mut w = Out::new(out);
+    w.status_line(b"204 No Content", date);
+    w.put(b"Access-Control-Allow-Origin: ");
+    w.put(allow_origin);
+    w.put(b"\r\nVary: Origin\r\nAccess-Control-Allow-Methods: POST, OPTIONS\r\n");
+    w.put(b"Access-Control-Allow-Headers: Content-Type, Content-Encoding\r\nAccess-Control-Max-Age: ");
+    let mut digits = [0u8; USIZE_DIGITS_MAX];
+    w.put(put_usize(&mut digits, max_age_s as usize));
+    w.put(b"\r\n");
+    w.end_head(None, keep_alive, version_minor);
+    w.finish()
+}
+
 /// An error response with `reason` (plus a newline) as its text/plain body.
 ///
-/// `status` is one of 400, 403, 404, 405, 408, 413, 414, 429, 431, 500, 503, 505; anything else
+/// `status` is one of 400, 403, 404, 405, 408, 413, 414, 415, 429, 431, 500, 503, 505; anything else
 /// is a bug in the caller (debug assertion) and is sent as 500. 405 carries `Allow: {allow}`
 /// (e.g. `GET, HEAD`), 503 carries `Retry-After: 1`.
 #[allow(clippy::too_many_arguments)] // one flat call per error path in `net`; a struct would only move the list
@@ -205,6 +243,7 @@ fn status_text(status: u16) -> Option<&'static [u8]> {
         408 => b"408 Request Timeout",
         413 => b"413 Content Too Large",
         414 => b"414 URI Too Long",
+        415 => b"415 Unsupported Media Type",
         429 => b"429 Too Many Requests",
         431 => b"431 Request Header Fields Too Large",
         500 => b"500 Internal Server Error",
@@ -463,8 +502,8 @@ mod tests {
         assert_eq!(head, get[..get.len() - 17]);
 
         let (mut get, mut head) = (buf(), buf());
-        json(&mut get, b"{\"ok\":true}", true, false, 1, DATE).unwrap();
-        json(&mut head, b"{\"ok\":true}", true, true, 1, DATE).unwrap();
+        json(&mut get, b"{\"ok\":true}", None, true, false, 1, DATE).unwrap();
+        json(&mut head, b"{\"ok\":true}", None, true, true, 1, DATE).unwrap();
         assert_eq!(head, get[..get.len() - 11]);
     }
 
@@ -553,7 +592,7 @@ mod tests {
     #[test]
     fn json_bytes_exact() {
         let mut out = buf();
-        json(&mut out, b"{\"ok\":true}", true, false, 0, DATE).unwrap();
+        json(&mut out, b"{\"ok\":true}", None, true, false, 0, DATE).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\n\
@@ -566,6 +605,47 @@ mod tests {
              \r\n\
              {\"ok\":true}"
         );
+    }
+
+    #[test]
+    fn cors_bytes_exact() {
+        let mut out = buf();
+        json(&mut out, b"{}", Some(b"https://a.example"), true, false, 1, DATE).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\n\
+             Server: tracker\r\n\
+             Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Content-Type: application/json\r\n\
+             Cache-Control: no-store\r\n\
+             Access-Control-Allow-Origin: https://a.example\r\n\
+             Vary: Origin\r\n\
+             Content-Length: 2\r\n\
+             \r\n\
+             {}"
+        );
+        let mut out = buf();
+        preflight(&mut out, b"*", 600, false, 1, DATE).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 204 No Content\r\n\
+             Server: tracker\r\n\
+             Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Access-Control-Allow-Origin: *\r\n\
+             Vary: Origin\r\n\
+             Access-Control-Allow-Methods: POST, OPTIONS\r\n\
+             Access-Control-Allow-Headers: Content-Type, Content-Encoding\r\n\
+             Access-Control-Max-Age: 600\r\n\
+             Connection: close\r\n\
+             \r\n"
+        );
+        let mut out = buf();
+        assert_eq!(
+            preflight(&mut out, b"https://x\r\nSet-Cookie: a=b", 1, true, 1, DATE),
+            Err(WriteError::BadHeaderValue)
+        );
+        assert_eq!(json(&mut out, b"{}", Some(b"a\nb"), true, false, 1, DATE), Err(WriteError::BadHeaderValue));
+        assert!(out.is_empty());
     }
 
     #[test]

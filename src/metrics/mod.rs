@@ -28,12 +28,13 @@ pub enum Status {
     S405,
     S413,
     S414,
+    S415,
     S429,
     S431,
     S503,
 }
 
-pub const STATUSES: [Status; 12] = [
+pub const STATUSES: [Status; 13] = [
     Status::S200,
     Status::S204,
     Status::S302,
@@ -43,6 +44,7 @@ pub const STATUSES: [Status; 12] = [
     Status::S405,
     Status::S413,
     Status::S414,
+    Status::S415,
     Status::S429,
     Status::S431,
     Status::S503,
@@ -60,6 +62,7 @@ impl Status {
             Status::S405 => 405,
             Status::S413 => 413,
             Status::S414 => 414,
+            Status::S415 => 415,
             Status::S429 => 429,
             Status::S431 => 431,
             Status::S503 => 503,
@@ -76,6 +79,7 @@ impl Status {
             405 => Status::S405,
             413 => Status::S413,
             414 => Status::S414,
+            415 => Status::S415,
             429 => Status::S429,
             431 => Status::S431,
             503 => Status::S503,
@@ -88,7 +92,8 @@ impl Status {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Reason {
-    /// Malformed or ambiguous HTTP.
+    /// Malformed or ambiguous HTTP, or a POST body refused as a whole (media type, gzip, not
+    /// JSON, too many items).
     Malformed,
     /// A field missing or unparsable.
     Field,

@@ -33,6 +33,7 @@ use crate::event::{FLAG_HEAD, FLAG_ID_CLIENT, FLAG_ID_DERIVED};
 use crate::extract::{extract, RequestView};
 use crate::http::{self, BodyFraming, ParseError, HEADERS_MAX};
 use crate::metrics::{Reason, Status};
+use crate::net::post;
 use crate::redirect;
 use crate::runtime::shard::ShardCtx;
 
@@ -59,17 +60,19 @@ impl ConnBufs {
         ConnBufs {
             read: Vec::with_capacity(s.header_bytes_max + s.body_bytes_max),
             write: Vec::with_capacity(WRITE_BYTES),
-            // Chunked bodies decode into this fixed scratch (zeroed pages are mapped lazily).
-            body: vec![0; s.body_bytes_max],
+            // Bodies are parsed here: chunked ones decode into it, Content-Length ones are
+            // copied into it (the JSON parser writes into its input). Zeroed pages are mapped
+            // lazily; the padding is simd-json's.
+            body: vec![0; s.body_bytes_max + crate::extract::json::INPUT_PADDING],
         }
     }
 }
 
 /// What answering one request decided about the connection.
-struct Answer {
-    keep_alive: bool,
+pub(super) struct Answer {
+    pub(super) keep_alive: bool,
     /// Journal sequence number this response must wait for (0 = none).
-    logged_seq: u64,
+    pub(super) logged_seq: u64,
 }
 
 pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, mut bufs: ConnBufs) {
@@ -103,6 +106,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         let mut start = 0usize;
         let mut close = false;
         let mut logged_seq = 0u64;
+        // A POST needs more room than RESPONSE_BYTES_MAX (a batch's per-item status): the
+        // responses before it are written first.
+        let mut flush_first = false;
         // Also where the service time of each request below starts: the read that completed it.
         let now_ns = crate::clock::unix_nanos();
         ctx.date.borrow_mut().update(now_ns / 1_000_000_000);
@@ -122,17 +128,18 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 }
             };
             let head_len = req.head_len;
-            let (body, consumed) = match req.framing {
-                BodyFraming::None => (&rbuf[..0], head_len),
+            let (body_len, consumed) = match req.framing {
+                BodyFraming::None => (0, head_len),
                 BodyFraming::Length(n) => {
                     if rbuf.len() - start < head_len + n {
                         break;
                     }
-                    (&rbuf[start + head_len..start + head_len + n], head_len + n)
+                    (n, head_len + n)
                 }
                 BodyFraming::Chunked => {
-                    match http::chunked::decode(&rbuf[start + head_len..], &mut bufs.body[..], limits.body_bytes_max) {
-                        Ok((n, used)) => (&bufs.body[..n], head_len + used),
+                    let scratch = &mut bufs.body[..limits.body_bytes_max];
+                    match http::chunked::decode(&rbuf[start + head_len..], scratch, limits.body_bytes_max) {
+                        Ok((n, used)) => (n, head_len + used),
                         Err(ParseError::Incomplete) => break,
                         Err(ParseError::Invalid { status, reason }) => {
                             let st = Status::from_code(status);
@@ -146,8 +153,16 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                     }
                 }
             };
-            let _ = body;
-            let a = answer(&ctx, &req, peer, now_ns, &mut wbuf);
+            if req.method == http::Method::Post && wbuf.capacity() - wbuf.len() < post::POST_RESPONSE_BYTES_MAX {
+                flush_first = true;
+                break;
+            }
+            if let (BodyFraming::Length(n), http::Method::Post) = (req.framing, req.method) {
+                // Into the body scratch: the JSON parser writes into its input, and `req`
+                // borrows the read buffer. A memcpy, small beside the parse.
+                bufs.body[..n].copy_from_slice(&rbuf[start + head_len..start + head_len + n]);
+            }
+            let a = answer(&ctx, &req, &mut bufs.body, body_len, peer, now_ns, &mut wbuf);
             answered_any = true;
             record_service(&ctx, now_ns);
             logged_seq = logged_seq.max(a.logged_seq);
@@ -159,7 +174,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             }
         }
         // The batch stopped for want of output space, not input: answer the rest after the write.
-        let out_full = wbuf.capacity() - wbuf.len() < RESPONSE_BYTES_MAX;
+        let out_full = flush_first || wbuf.capacity() - wbuf.len() < RESPONSE_BYTES_MAX;
         // Wake the drain once per batch; then wait for the journal if a response needs it.
         let filling = ctx.producer.borrow_mut().is_filling();
         ctx.shared.notify_drain(logged_seq > 0 || filling);
@@ -285,8 +300,17 @@ fn stop_grace_over(ctx: &ShardCtx) -> bool {
     ctx.stop_at.get().is_none_or(|t| t.elapsed() >= STOP_FIRST_REQUEST_GRACE)
 }
 
-/// Routes, extracts, pushes and writes the response for one well-formed request.
-fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns: u64, wbuf: &mut Vec<u8>) -> Answer {
+/// Routes, extracts, pushes and writes the response for one well-formed request. `body[..body_len]`
+/// is its body (`body` has the JSON parser's padding after it).
+fn answer(
+    ctx: &ShardCtx,
+    req: &http::Request<'_, '_>,
+    body: &mut [u8],
+    body_len: usize,
+    peer: SocketAddr,
+    now_ns: u64,
+    wbuf: &mut Vec<u8>,
+) -> Answer {
     let counters = &ctx.shared.counters;
     let head = req.method == http::Method::Head;
     // While the shard stops, answer with `Connection: close`: the client opens its next request
@@ -302,6 +326,12 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
     // Borrowed for this request only: the control task swaps both between requests on reload.
     let cfg = ctx.cfg.borrow();
     let routes = ctx.routes.borrow();
+    // CORS preflight for a POST endpoint (http::cors); never an event.
+    if req.method == http::Method::Options {
+        if let Route::Found(i) = routes.route(RequestMethod::Post, req.path) {
+            return post::preflight(ctx, &cfg, i, req, ka, wbuf);
+        }
+    }
     let ep_index = match routes.route(method, req.path) {
         Route::Found(i) => i,
         Route::NotFound => {
@@ -364,6 +394,25 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
             Err(refused) => return refuse_redirect(ctx, wbuf, ep_index, refused, ka, head, v),
         },
     };
+    // POST bodies: a JSON object, or a batch of them, each its own event (net::post). A body
+    // on a GET endpoint is ignored, as it always was.
+    if body_len > 0 && ep.method == crate::config::Method::Post {
+        let view = RequestView {
+            query: req.query,
+            headers: req.headers,
+            client_ip,
+            now_ns,
+            user_agent: device_ua,
+            json: None,
+        };
+        return post::answer(ctx, &cfg, ep_index, req, view, body, body_len, over_budget, ka, wbuf);
+    }
+    if ep.response == ResponseKind::Json {
+        counters.request(Some(ep_index), Status::S400);
+        counters.reject(Reason::Field);
+        write_error(ctx, wbuf, Status::S400, "empty body: expected a JSON object or array", ka, head, v, None);
+        return Answer { keep_alive: ka, logged_seq: 0 };
+    }
     let mut producer = ctx.producer.borrow_mut();
     let next_seq = producer.pushed() + 1;
     let Some(slot) = producer.reserve() else {
@@ -372,7 +421,8 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
         write_error(ctx, wbuf, Status::S503, "overloaded, retry", ka, head, v, None);
         return Answer { keep_alive: ka, logged_seq: 0 };
     };
-    let view = RequestView { query: req.query, headers: req.headers, client_ip, now_ns, user_agent: device_ua };
+    let view =
+        RequestView { query: req.query, headers: req.headers, client_ip, now_ns, user_agent: device_ua, json: None };
     if let Err(rej) = extract(ty, &view, &mut ctx.ids.borrow_mut(), ctx.shared.index, ep_index, slot) {
         counters.request(Some(ep_index), Status::S400);
         counters.reject(if rej.why == crate::extract::price::INTEGRITY {
@@ -460,6 +510,12 @@ fn answer(ctx: &ShardCtx, req: &http::Request<'_, '_>, peer: SocketAddr, now_ns:
             let _ = http::response::no_content(wbuf, ka, v, date.get());
             Status::S204
         }
+        ResponseKind::Json => {
+            // Unreachable: a json endpoint has answered above (body or 400 for none).
+            debug_assert!(false, "json response without a body");
+            let _ = http::response::no_content(wbuf, ka, v, date.get());
+            Status::S204
+        }
         ResponseKind::Redirect => match http::response::redirect(wbuf, &location[..location_len], ka, v, date.get()) {
             Ok(_) => Status::S302,
             Err(_) => {
@@ -502,7 +558,7 @@ fn refuse_redirect(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_error(
+pub(super) fn write_error(
     ctx: &ShardCtx,
     wbuf: &mut Vec<u8>,
     status: Status,

@@ -1,4 +1,6 @@
 //! Network I/O of a shard: the SO_REUSEPORT listener and the connection loop.
 
+pub mod body;
 pub mod connection;
 pub mod listener;
+pub mod post;

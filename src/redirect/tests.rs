@@ -189,6 +189,7 @@ fn macros_are_filled_and_encoded() {
         client_ip: "10.1.2.3".parse().unwrap(),
         now_ns: NOW * 1_000_000_000,
         user_agent: None,
+        json: None,
     };
     let mut ev = Event::ZERO;
     crate::extract::extract(ty, &req, &mut crate::extract::IdGen::new(0), 0, 0, &mut ev).unwrap();

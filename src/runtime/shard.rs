@@ -63,6 +63,8 @@ pub struct ShardCtx {
     pub stop_at: Cell<Option<std::time::Instant>>,
     /// Request service time, recorded per request; published by `publish_latency`.
     pub service: RefCell<LocalHistogram>,
+    /// JSON parser, gzip inflater and batch answer buffers for POST bodies (net::post).
+    pub post: RefCell<crate::net::post::PostScratch>,
     stop: Arc<AtomicBool>,
     conns: Cell<usize>,
     pool: RefCell<Vec<ConnBufs>>,
@@ -192,6 +194,7 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
             date: RefCell::new(DateCache::new()),
             stopping: Cell::new(false),
             service: RefCell::new(LocalHistogram::new()),
+            post: RefCell::new(crate::net::post::PostScratch::new(&cfg.server)),
             stop: args.stop,
             conns: Cell::new(0),
             pool: RefCell::new(pool),

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod batch;
 mod budget;
 mod collectors;
 mod config_errors;

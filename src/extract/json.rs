@@ -1,0 +1,384 @@
+//! JSON request bodies: parse in place with simd-json, find batch items, look up `json.<path>`
+//! field sources.
+//!
+//! Stage: extraction, for POST endpoints. In: the request body in a per-connection (or, after
+//! gzip, per-shard) buffer with `INPUT_PADDING` spare bytes after it; out: a tape of nodes that
+//! borrow strings from that buffer (simd-json unescapes strings in place, so the buffer is
+//! modified). Pure, no I/O.
+//!
+//! Allocation: none per request once warm. simd-json keeps its working memory in `Buffers`
+//! (structural indexes, string scratch, stage-2 stack) and the tape in a `Vec<Node>`; both live
+//! in [`JsonScratch`], made once per shard, and are grown to their worst case for the largest
+//! body at start ([`JsonScratch::new`] parses a worst-case document), so a request only reuses
+//! them. `tests/alloc.rs` checks this.
+//!
+//! Numbers: simd-json gives integers as i64/u64 (exact) and other numbers as f64; it does not
+//! keep their text. An f64 is written back in its shortest round-trip form, which equals the sent
+//! text for every number of at most 15 significant digits (f64 holds 15 decimal digits exactly),
+//! e.g. every price up to 999999999.999999. A number that needs more digits is refused (send it
+//! as a string: strings are parsed from their exact text, money included).
+
+use simd_json::{Buffers, Node, StaticNode, Tape};
+
+use crate::config::Field;
+use crate::event::Event;
+use crate::schema::FieldKind;
+
+/// Spare bytes simd-json needs after the document in its input buffer.
+pub const INPUT_PADDING: usize = simd_json::INPUT_PADDING;
+
+/// Deepest nesting accepted in a body. An event is a flat object with a few nested ids; 32 is
+/// far above what a client sends and bounds simd-json's stage-2 stack.
+pub const DEPTH_MAX: usize = 32;
+
+/// A parsed body: the tape, root first.
+pub type Doc<'t, 'i> = &'t [Node<'i>];
+
+/// simd-json's working memory and the tape, reused by every parse on a shard.
+pub struct JsonScratch {
+    buffers: Buffers,
+    tape: Tape<'static>,
+}
+
+impl JsonScratch {
+    /// Sized for bodies of up to `input_bytes_max` bytes, and grown to the worst case now: a
+    /// document of that size with one structural character per byte pair (`[0,0,0,…]`) fills
+    /// the structural index and the tape as much as any body can, and a nest of `DEPTH_MAX`
+    /// arrays fills the stage-2 stack.
+    pub fn new(input_bytes_max: usize) -> JsonScratch {
+        let mut s = JsonScratch {
+            buffers: Buffers::with_max_depth(input_bytes_max, DEPTH_MAX),
+            // Every node but the last takes at least two input bytes (`0,`, `[]`, `"":`).
+            tape: Tape(Vec::with_capacity(input_bytes_max / 2 + 2)),
+        };
+        let mut doc = vec![0u8; input_bytes_max.max(2) + INPUT_PADDING];
+        let n = input_bytes_max.max(2);
+        // `[0,0,…,0]` (odd length) and `[[[…]]]` to DEPTH_MAX - 1.
+        doc[..n].fill(b',');
+        doc[0] = b'[';
+        let mut i = 1;
+        while i < n - 1 {
+            doc[i] = b'0';
+            i += 2;
+        }
+        doc[n - 1] = b']';
+        if doc[n - 2] == b',' {
+            doc[n - 2] = b' ';
+        }
+        s.parse(&mut doc, n, |_| ());
+        let depth = (DEPTH_MAX - 1).min(n / 2);
+        doc[..n].fill(b' ');
+        doc[..depth].fill(b'[');
+        doc[depth..2 * depth].fill(b']');
+        s.parse(&mut doc, n, |_| ());
+        s
+    }
+
+    /// Parses `input[..len]` in place and hands the tape to `f`. `input` must hold at least
+    /// `len + INPUT_PADDING` bytes (the padding may hold anything).
+    pub fn parse<R>(
+        &mut self,
+        input: &mut [u8],
+        len: usize,
+        f: impl FnOnce(Result<Doc<'_, '_>, &'static str>) -> R,
+    ) -> R {
+        debug_assert!(input.len() >= len + INPUT_PADDING);
+        let mut tape: Tape<'_> = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
+        let r = match simd_json::fill_tape_padded(input, len, &mut self.buffers, &mut tape) {
+            Ok(()) => f(Ok(&tape.0)),
+            Err(_) => f(Err("body is not valid JSON")),
+        };
+        self.tape = tape.reset();
+        r
+    }
+}
+
+/// Nodes a value occupies on the tape, itself included.
+#[inline]
+fn span(n: &Node<'_>) -> usize {
+    match n {
+        Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+        _ => 1,
+    }
+}
+
+/// The events in a body: the root object (one event), or each element of the root array.
+pub struct Items<'t, 'i> {
+    rest: &'t [Node<'i>],
+    left: usize,
+}
+
+impl<'t, 'i> Items<'t, 'i> {
+    pub fn new(doc: Doc<'t, 'i>) -> Result<Items<'t, 'i>, &'static str> {
+        match doc.first() {
+            Some(Node::Array { len, .. }) => Ok(Items { rest: &doc[1..], left: *len }),
+            Some(Node::Object { .. }) => Ok(Items { rest: doc, left: 1 }),
+            _ => Err("body is not a JSON object or array"),
+        }
+    }
+
+    /// Items not yet returned.
+    pub fn len(&self) -> usize {
+        self.left
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+}
+
+impl<'t, 'i> Iterator for Items<'t, 'i> {
+    /// An item's nodes, or why it is not an event (not an object).
+    type Item = Result<&'t [Node<'i>], &'static str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let n = span(self.rest.first()?).min(self.rest.len());
+        let (item, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Some(match item[0] {
+            Node::Object { .. } => Ok(item),
+            _ => Err("item is not a JSON object"),
+        })
+    }
+}
+
+/// The value at `path` (object keys, outermost first) in `obj`, if every step exists.
+pub fn lookup<'t, 'i>(obj: &'t [Node<'i>], path: &[Box<str>]) -> Option<&'t Node<'i>> {
+    let mut cur = obj;
+    for key in path {
+        let Some(&Node::Object { len, .. }) = cur.first() else { return None };
+        let mut i = 1;
+        let mut found = None;
+        for _ in 0..len {
+            let Node::String(k) = cur.get(i)? else { return None };
+            let v = cur.get(i + 1)?;
+            let n = span(v);
+            // The first occurrence of a duplicated key wins, as for query parameters.
+            if found.is_none() && *k == &**key {
+                found = Some(cur.get(i + 1..i + 1 + n)?);
+            }
+            i += 1 + n;
+        }
+        cur = found?;
+    }
+    cur.first()
+}
+
+/// Longest text a JSON scalar is turned into before it is stored (numbers only; strings are
+/// stored from the input directly).
+const NUMBER_TEXT_BYTES_MAX: usize = 48;
+
+/// Stores the value found for field `f` as its kind. `null` counts as absent; objects and
+/// arrays are refused.
+pub fn store(f: &Field, v: &Node<'_>, ev: &mut Event) -> Result<(), &'static str> {
+    let mut buf = [0u8; NUMBER_TEXT_BYTES_MAX];
+    let text: &[u8] = match v {
+        Node::String(s) => s.as_bytes(),
+        Node::Object { .. } | Node::Array { .. } => return Err("is an object or array, not a value"),
+        Node::Static(StaticNode::Null) => return Ok(()),
+        Node::Static(StaticNode::Bool(b)) => match (f.kind, *b) {
+            (FieldKind::Str, true) => b"true",
+            (FieldKind::Str, false) => b"false",
+            (_, true) => b"1",
+            (_, false) => b"0",
+        },
+        Node::Static(StaticNode::I64(i)) => fmt(&mut buf, format_args!("{i}"))?,
+        Node::Static(StaticNode::U64(u)) => fmt(&mut buf, format_args!("{u}"))?,
+        Node::Static(StaticNode::F64(x)) => {
+            let t = fmt(&mut buf, format_args!("{x}"))?;
+            if significant_digits(t) > 15 {
+                return Err("has over 15 significant digits: send it as a string");
+            }
+            t
+        }
+    };
+    super::store_text(f, text, false, ev)
+}
+
+fn fmt<'b>(buf: &'b mut [u8; NUMBER_TEXT_BYTES_MAX], args: std::fmt::Arguments<'_>) -> Result<&'b [u8], &'static str> {
+    use std::io::Write as _;
+    let mut w = &mut buf[..];
+    w.write_fmt(args).map_err(|_| "is too long for a number")?;
+    let n = NUMBER_TEXT_BYTES_MAX - w.len();
+    Ok(&buf[..n])
+}
+
+/// Digits of a plain decimal (`-0.00120`, `1200`) from the first non-zero one, trailing zeros
+/// after the point not counted.
+fn significant_digits(t: &[u8]) -> usize {
+    let digits = t.iter().filter(|c| c.is_ascii_digit());
+    let mut n = 0;
+    let mut started = false;
+    let mut pending_zeros = 0;
+    for &c in digits {
+        if c == b'0' && !started {
+            continue;
+        }
+        started = true;
+        if c == b'0' {
+            pending_zeros += 1;
+        } else {
+            n += pending_zeros + 1;
+            pending_zeros = 0;
+        }
+    }
+    // Zeros at the end of an integer part are significant for the range check only as
+    // magnitude, which f64 holds exactly up to 2^53; count them.
+    if !t.contains(&b'.') {
+        n += pending_zeros;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(p: &str) -> Vec<Box<str>> {
+        p.split('.').map(Box::from).collect()
+    }
+
+    fn with_doc<R>(text: &str, f: impl FnOnce(Result<Doc<'_, '_>, &'static str>) -> R) -> R {
+        let mut scratch = JsonScratch::new(1024);
+        let mut buf = text.as_bytes().to_vec();
+        buf.resize(text.len() + INPUT_PADDING, 0);
+        scratch.parse(&mut buf, text.len(), f)
+    }
+
+    fn text_of(n: &Node<'_>) -> String {
+        match n {
+            Node::String(s) => format!("s:{s}"),
+            Node::Static(x) => format!("{x:?}"),
+            Node::Object { .. } => "object".into(),
+            Node::Array { .. } => "array".into(),
+        }
+    }
+
+    #[test]
+    fn lookup_finds_nested_paths() {
+        let text = r#"{"a":1,"imp":{"id":"x\"y","w":[1,{"id":2}],"n":{"id":3}},"price":1.25,"imp2":{"id":9}}"#;
+        with_doc(text, |d| {
+            let d = d.unwrap();
+            assert_eq!(text_of(lookup(d, &path("a")).unwrap()), "U64(1)");
+            assert_eq!(text_of(lookup(d, &path("imp.id")).unwrap()), "s:x\"y");
+            assert_eq!(text_of(lookup(d, &path("imp.n.id")).unwrap()), "U64(3)");
+            assert_eq!(text_of(lookup(d, &path("imp2.id")).unwrap()), "U64(9)");
+            assert_eq!(text_of(lookup(d, &path("price")).unwrap()), "F64(1.25)");
+            assert_eq!(text_of(lookup(d, &path("imp.w")).unwrap()), "array");
+            assert!(lookup(d, &path("imp.w.id")).is_none());
+            assert!(lookup(d, &path("a.b")).is_none());
+            assert!(lookup(d, &path("nope")).is_none());
+        });
+    }
+
+    #[test]
+    fn duplicate_key_first_wins() {
+        with_doc(r#"{"a":1,"a":2}"#, |d| {
+            assert_eq!(text_of(lookup(d.unwrap(), &path("a")).unwrap()), "U64(1)");
+        });
+    }
+
+    #[test]
+    fn items_of_object_and_array() {
+        with_doc(r#"{"a":1}"#, |d| {
+            let it = Items::new(d.unwrap()).unwrap();
+            assert_eq!(it.len(), 1);
+            assert_eq!(it.filter(Result::is_ok).count(), 1);
+        });
+        with_doc(r#"[{"a":{"b":[1,2,{"c":3}]}}, 5, "x", [1], {"a":2}, null, {}]"#, |d| {
+            let d = d.unwrap();
+            let items: Vec<_> = Items::new(d).unwrap().collect();
+            assert_eq!(items.len(), 7);
+            let ok: Vec<bool> = items.iter().map(Result::is_ok).collect();
+            assert_eq!(ok, [true, false, false, false, true, false, true]);
+            assert_eq!(text_of(lookup(items[4].unwrap(), &path("a")).unwrap()), "U64(2)");
+            assert_eq!(text_of(lookup(items[0].unwrap(), &path("a")).unwrap()), "object");
+        });
+        with_doc("3", |d| assert!(Items::new(d.unwrap()).is_err()));
+        with_doc("[]", |d| assert!(Items::new(d.unwrap()).unwrap().is_empty()));
+        with_doc("{", |d| assert!(d.is_err()));
+    }
+
+    #[test]
+    fn significant_digit_counts() {
+        assert_eq!(significant_digits(b"0.000001"), 1);
+        assert_eq!(significant_digits(b"-1.25"), 3);
+        assert_eq!(significant_digits(b"1200"), 4);
+        assert_eq!(significant_digits(b"999999999.999999"), 15);
+        assert_eq!(significant_digits(b"0.1000000000000001"), 16);
+    }
+
+    #[test]
+    fn prices_as_json_numbers_are_exact() {
+        // Every 15-digit decimal survives f64 parse + shortest formatting.
+        for p in ["0.1", "1.23", "0.000001", "999999999.999999", "123456.789012", "5", "-2.5", "0.3"] {
+            with_doc(&format!("{{\"p\":{p}}}"), |d| {
+                let n = lookup(d.unwrap(), &path("p")).unwrap();
+                let mut buf = [0u8; NUMBER_TEXT_BYTES_MAX];
+                let t = match n {
+                    Node::Static(StaticNode::F64(x)) => fmt(&mut buf, format_args!("{x}")).unwrap().to_vec(),
+                    Node::Static(StaticNode::I64(x)) => x.to_string().into_bytes(),
+                    Node::Static(StaticNode::U64(x)) => x.to_string().into_bytes(),
+                    _ => panic!(),
+                };
+                assert_eq!(std::str::from_utf8(&t).unwrap(), p);
+            });
+        }
+    }
+
+    /// Random and mutated bodies never panic, and nothing reads past the tape.
+    #[test]
+    fn random_bodies_never_panic() {
+        let mut scratch = JsonScratch::new(512);
+        let seeds: [&[u8]; 4] = [
+            br#"[{"type":"a","value":1,"eid":"x"},{"imp":{"id":"\u00e9"}}]"#,
+            br#"{"a":[[[[{"b":null}]]]],"c":1e400,"d":-0,"e":18446744073709551616}"#,
+            b"[1,2,3,{\"x\":\"y\"},[],{}]",
+            b"\"just a string\"",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"{}[]\":,\\0123456789.eE-+truefalsnul ax\x00\xff";
+        for round in 0..4000 {
+            let seed = seeds[round % seeds.len()];
+            let mut body = seed.to_vec();
+            let edits = 1 + rnd() % 6;
+            for _ in 0..edits {
+                let r = rnd();
+                let i = (r as usize >> 8) % (body.len() + 1);
+                let c = alphabet[(r as usize) % alphabet.len()];
+                match r % 3 {
+                    0 if i < body.len() => body[i] = c,
+                    1 => body.insert(i, c),
+                    _ if i < body.len() => {
+                        body.remove(i);
+                    }
+                    _ => {}
+                }
+            }
+            body.truncate(512);
+            let len = body.len();
+            body.resize(len + INPUT_PADDING, 0);
+            scratch.parse(&mut body, len, |d| {
+                if let Ok(d) = d {
+                    if let Ok(items) = Items::new(d) {
+                        for item in items.flatten() {
+                            for p in ["type", "imp.id", "a.b", "value", "x"] {
+                                let _ = lookup(item, &path(p));
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Request bodies of POST endpoints: which media types and encodings are accepted, and gzip
+//! inflation with hard caps.
+//!
+//! Stage: between framing (connection.rs has the body bytes, Content-Length or de-chunked) and
+//! JSON parsing (extract::json). In: the request headers and body; out: the body to parse, either
+//! the received bytes or the inflated ones in this shard's fixed scratch — or a 4xx with a reason.
+//!
+//! Must never happen: memory growing with what a client sends. A gzip body inflates into a
+//! buffer of `server.body_decoded_bytes_max` bytes allocated at start; inflation stops at that
+//! cap, or earlier at `body_inflate_ratio_max` × the compressed size, and the request gets 413 —
+//! a gzip bomb costs at most one scratch's worth of inflate work. miniz_oxide inflates raw
+//! deflate into a caller's slice with no allocation of its own; we parse the gzip framing
+//! (RFC 1952) around it and check the trailer's CRC32 and size.
+
+use miniz_oxide::inflate::core::{decompress, inflate_flags, DecompressorOxide};
+use miniz_oxide::inflate::TINFLStatus;
+
+use crate::extract::json::INPUT_PADDING;
+use crate::http::query::header;
+
+/// Why a body is refused: the status and a reason for the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+const fn refused(status: u16, reason: &'static str) -> Refused {
+    Refused { status, reason }
+}
+
+/// How the body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// Checks `Content-Type` (JSON; `text/plain` as `navigator.sendBeacon` sends a string; absent)
+/// and `Content-Encoding` (absent, identity or gzip). Anything else is 415.
+pub fn content(headers: &[httparse::Header<'_>]) -> Result<Encoding, Refused> {
+    if let Some(ct) = header(headers, "content-type") {
+        let media = ct.split(|&b| b == b';').next().unwrap_or(b"");
+        let media = media.trim_ascii();
+        let ok = media.eq_ignore_ascii_case(b"application/json")
+            || media.eq_ignore_ascii_case(b"text/plain")
+            || media.is_empty();
+        if !ok {
+            return Err(refused(415, "content type must be application/json or text/plain (a JSON text)"));
+        }
+    }
+    match header(headers, "content-encoding").map(<[u8]>::trim_ascii) {
+        None => Ok(Encoding::Identity),
+        Some(e) if e.eq_ignore_ascii_case(b"identity") || e.is_empty() => Ok(Encoding::Identity),
+        Some(e) if e.eq_ignore_ascii_case(b"gzip") || e.eq_ignore_ascii_case(b"x-gzip") => Ok(Encoding::Gzip),
+        Some(_) => Err(refused(415, "content encoding must be gzip or identity")),
+    }
+}
+
+/// gzip member header flags (RFC 1952 §2.3.1).
+const FHCRC: u8 = 0x02;
+const FEXTRA: u8 = 0x04;
+const FNAME: u8 = 0x08;
+const FCOMMENT: u8 = 0x10;
+const FRESERVED: u8 = 0xe0;
+
+/// The inflate state and output of one shard, allocated once at start.
+pub struct Inflater {
+    state: Box<DecompressorOxide>,
+    /// `decoded_max + INPUT_PADDING` bytes: the JSON parser needs the padding after the text.
+    out: Vec<u8>,
+    decoded_max: usize,
+    ratio_max: usize,
+}
+
+impl Inflater {
+    pub fn new(decoded_max: usize, ratio_max: usize) -> Inflater {
+        Inflater { state: Box::default(), out: vec![0; decoded_max + INPUT_PADDING], decoded_max, ratio_max }
+    }
+
+    /// Inflates one gzip member. Returns the inflated length; the bytes are `out()[..len]` and
+    /// `out()` has `INPUT_PADDING` spare bytes after them.
+    pub fn gunzip(&mut self, input: &[u8]) -> Result<usize, Refused> {
+        let data = deflate_data(input)?;
+        // The ratio is taken over the whole body, as received.
+        let cap = self.decoded_max.min(input.len().saturating_mul(self.ratio_max));
+        self.state.init();
+        let flags = inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
+        let (status, used, n) = decompress(&mut self.state, data, &mut self.out[..cap], 0, flags);
+        match status {
+            TINFLStatus::Done => {}
+            TINFLStatus::HasMoreOutput if cap < self.decoded_max => {
+                return Err(refused(413, "gzip body inflates more than body_inflate_ratio_max times its size"))
+            }
+            TINFLStatus::HasMoreOutput => return Err(refused(413, "gzip body inflates beyond body_decoded_bytes_max")),
+            _ => return Err(refused(400, "gzip body is corrupt or truncated")),
+        }
+        let trailer = &data[used..];
+        if trailer.len() != 8 {
+            return Err(refused(400, "gzip body has a bad trailer or more than one member"));
+        }
+        let crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+        let size = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
+        if crc != crc32fast::hash(&self.out[..n]) || size != n as u32 {
+            return Err(refused(400, "gzip body fails its CRC32 or size check"));
+        }
+        Ok(n)
+    }
+
+    pub fn out(&mut self) -> &mut [u8] {
+        &mut self.out
+    }
+}
+
+/// The deflate stream (and trailer) after a gzip member header.
+fn deflate_data(b: &[u8]) -> Result<&[u8], Refused> {
+    const BAD: Refused = refused(400, "body is not gzip");
+    if b.len() < 18 || b[0] != 0x1f || b[1] != 0x8b || b[2] != 8 || b[3] & FRESERVED != 0 {
+        return Err(BAD);
+    }
+    let flg = b[3];
+    let mut i = 10;
+    if flg & FEXTRA != 0 {
+        let xlen = u16::from_le_bytes([*b.get(i).ok_or(BAD)?, *b.get(i + 1).ok_or(BAD)?]) as usize;
+        i += 2 + xlen;
+    }
+    for flag in [FNAME, FCOMMENT] {
+        if flg & flag != 0 {
+            let z = b.get(i..).ok_or(BAD)?.iter().position(|&c| c == 0).ok_or(BAD)?;
+            i += z + 1;
+        }
+    }
+    if flg & FHCRC != 0 {
+        i += 2;
+    }
+    b.get(i..).ok_or(BAD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        // Built by hand (header, raw deflate, trailer) so the test needs no other encoder.
+        let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+        v.extend(miniz_oxide::deflate::compress_to_vec(data, 6));
+        v.extend(crc32fast::hash(data).to_le_bytes());
+        v.extend((data.len() as u32).to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn inflates_and_checks_trailer() {
+        let mut inf = Inflater::new(4096, 100);
+        let body = br#"[{"type":"a"},{"type":"b"}]"#;
+        let n = inf.gunzip(&gz(body)).unwrap();
+        assert_eq!(&inf.out()[..n], body);
+        let mut bad = gz(body);
+        let l = bad.len();
+        bad[l - 5] ^= 1; // CRC
+        assert_eq!(inf.gunzip(&bad).unwrap_err().status, 400);
+        assert_eq!(inf.gunzip(b"not gzip at all, not at all").unwrap_err().status, 400);
+        // Trailing bytes after the member are refused.
+        let mut two = gz(body);
+        two.extend(gz(body));
+        assert_eq!(inf.gunzip(&two).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn header_fields_are_skipped() {
+        let body = b"{\"a\":1}";
+        let plain = gz(body);
+        let mut v = vec![0x1f, 0x8b, 8, FEXTRA | FNAME | FCOMMENT, 0, 0, 0, 0, 0, 255, 2, 0, b'x', b'y'];
+        v.extend(b"name\0comment\0");
+        v.extend(&plain[10..]);
+        let mut inf = Inflater::new(4096, 100);
+        let n = inf.gunzip(&v).unwrap();
+        assert_eq!(&inf.out()[..n], body);
+    }
+
+    #[test]
+    fn bombs_stop_at_the_caps() {
+        let zeros = vec![0u8; 10 << 20];
+        let bomb = gz(&zeros);
+        assert!(bomb.len() < 20_000, "{}", bomb.len());
+        // Size cap (ratio generous).
+        let mut inf = Inflater::new(64 * 1024, 100_000);
+        let e = inf.gunzip(&bomb).unwrap_err();
+        assert_eq!((e.status, e.reason), (413, "gzip body inflates beyond body_decoded_bytes_max"));
+        // Ratio cap.
+        let mut inf = Inflater::new(4 << 20, 10);
+        assert_eq!(inf.gunzip(&bomb).unwrap_err().status, 413);
+        // A body at exactly the cap is fine.
+        let mut inf = Inflater::new(1000, 100_000);
+        assert_eq!(inf.gunzip(&gz(&[b' '; 1000])).unwrap(), 1000);
+    }
+
+    #[test]
+    fn media_types() {
+        let h = |name: &'static str, v: &'static [u8]| httparse::Header { name, value: v };
+        assert_eq!(content(&[]), Ok(Encoding::Identity));
+        assert_eq!(content(&[h("Content-Type", b"text/plain;charset=UTF-8")]), Ok(Encoding::Identity));
+        assert_eq!(content(&[h("content-type", b"Application/JSON; charset=utf-8")]), Ok(Encoding::Identity));
+        assert_eq!(content(&[h("Content-Type", b"application/x-www-form-urlencoded")]).unwrap_err().status, 415);
+        assert_eq!(content(&[h("Content-Encoding", b"gzip")]), Ok(Encoding::Gzip));
+        assert_eq!(content(&[h("Content-Encoding", b"br")]).unwrap_err().status, 415);
+    }
+
+    /// Random bytes, and gzip with random damage, never panic.
+    #[test]
+    fn random_bodies_never_panic() {
+        let mut inf = Inflater::new(4096, 50);
+        let good = gz(br#"[{"type":"a","value":1},{"type":"b","value":2}]"#);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for round in 0..3000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut v = good.clone();
+            if round % 2 == 0 {
+                let i = (x as usize >> 8) % v.len();
+                v[i] = x as u8;
+                v.truncate(v.len() - (x as usize >> 20) % 4);
+            } else {
+                v.clear();
+                let _ = write!(v, "{x:x}{}", x.wrapping_mul(31));
+                v.splice(0..0, [0x1f, 0x8b, 8, (x >> 3) as u8]);
+            }
+            let _ = inf.gunzip(&v);
+        }
+    }
+}

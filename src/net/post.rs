@@ -1,0 +1,381 @@
+//! POST endpoints with a body: one JSON object (one event) or, for `response = "json"`, an
+//! array of them (a batch), each item its own event with its own status.
+//!
+//! Stage: `connection::answer` hands over a routed POST request whose body is non-empty. In: the
+//! body in the connection's body scratch (with `INPUT_PADDING` spare bytes); out: events pushed
+//! to this shard's ring and one response.
+//!
+//! Invariants:
+//! - one bad item never fails the others: each item is extracted, enriched and pushed on its
+//!   own; a refused item is reported by index and reason and counted (`reason="field"`);
+//! - the ring filling up mid-batch refuses the remaining items with reason `overloaded`
+//!   (counted as `ring_full`); items already pushed stay pushed and are counted as accepted;
+//! - a batch has at most `server.batch_events_max` items (more → 413, none pushed), so the
+//!   answer — every rejected index and a reason of at most `BATCH_REASON_BYTES_MAX` bytes — fits
+//!   `BATCH_ANSWER_BYTES_MAX`, which the connection keeps free in its write buffer;
+//! - nothing is allocated: the body is parsed in place, the gzip output, the JSON tape and the
+//!   answer are per-shard buffers sized at start (`PostScratch`).
+
+use std::io::Write as _;
+
+use crate::config::{Ack, Config, EventType, ResponseKind, Server};
+use crate::constants::{BATCH_EVENTS_MAX, BATCH_REASON_BYTES_MAX};
+use crate::event::{FLAG_ID_CLIENT, FLAG_ID_DERIVED};
+use crate::extract::json::{Items, JsonScratch, INPUT_PADDING};
+use crate::extract::{extract, RequestView};
+use crate::http::cors::{self, Origin};
+use crate::http::{self, Request};
+use crate::metrics::{Reason, Status};
+use crate::ring::Producer;
+use crate::runtime::shard::ShardCtx;
+
+use super::body::{self, Encoding, Inflater};
+use super::connection::{write_error, Answer};
+
+/// Bytes of one rejected item in the answer: `{"index":127,"reason":"…"},`.
+const ITEM_ANSWER_BYTES_MAX: usize = 28 + BATCH_REASON_BYTES_MAX;
+/// Room for `{"accepted":128,"rejected":[` written in front of the list once the count is known.
+const ANSWER_PREFIX_BYTES: usize = 32;
+/// The largest answer body.
+pub const BATCH_ANSWER_BYTES_MAX: usize = ANSWER_PREFIX_BYTES + BATCH_EVENTS_MAX * ITEM_ANSWER_BYTES_MAX + 2;
+/// Write-buffer room a POST answer needs: the body plus a head with the longest allowed origin
+/// echoed (config::request::ORIGIN_BYTES_MAX).
+pub const POST_RESPONSE_BYTES_MAX: usize = BATCH_ANSWER_BYTES_MAX + 1024;
+const _: () = assert!(POST_RESPONSE_BYTES_MAX <= super::connection::WRITE_BYTES);
+const _: () = assert!(crate::config::ORIGIN_BYTES_MAX + 512 <= 1024);
+
+/// A shard's POST buffers, allocated once at start and reused by every request.
+pub struct PostScratch {
+    json: JsonScratch,
+    inflate: Inflater,
+    answer: Vec<u8>,
+}
+
+impl PostScratch {
+    /// Costs about 20 bytes per byte of the larger of `body_bytes_max` and
+    /// `body_decoded_bytes_max` (JSON scratch and tape) plus `body_decoded_bytes_max` (inflate
+    /// output).
+    pub fn new(s: &Server) -> PostScratch {
+        PostScratch {
+            json: JsonScratch::new(s.body_bytes_max.max(s.body_decoded_bytes_max)),
+            inflate: Inflater::new(s.body_decoded_bytes_max, s.body_inflate_ratio_max),
+            answer: Vec::with_capacity(BATCH_ANSWER_BYTES_MAX),
+        }
+    }
+}
+
+/// Why one item did not become an event.
+enum Refusal<'c> {
+    Overloaded,
+    Item(&'static str),
+    Field(&'c str, &'static str, bool),
+    Step(&'c str, &'static str),
+}
+
+impl Refusal<'_> {
+    /// The reason as text, into `buf`, cut to `BATCH_REASON_BYTES_MAX` bytes for a batch.
+    fn text<'b>(&self, buf: &'b mut [u8; 256]) -> &'b str {
+        let mut w = &mut buf[..];
+        let _ = match self {
+            Refusal::Overloaded => write!(w, "overloaded"),
+            Refusal::Item(why) => write!(w, "{why}"),
+            Refusal::Field(name, why, _) => write!(w, "field {name}: {why}"),
+            Refusal::Step(name, why) => write!(w, "step {name}: {why}"),
+        };
+        let n = 256 - w.len();
+        std::str::from_utf8(&buf[..n]).unwrap_or("refused")
+    }
+}
+
+/// Answers a CORS preflight (`OPTIONS`) for the POST endpoint `ep_index`: 204 with the
+/// `Access-Control-*` headers for an allowed origin, 403 for any other (or none).
+pub(super) fn preflight(
+    ctx: &ShardCtx,
+    cfg: &Config,
+    ep_index: u16,
+    req: &Request<'_, '_>,
+    ka: bool,
+    wbuf: &mut Vec<u8>,
+) -> Answer {
+    let counters = &ctx.shared.counters;
+    match cors::origin(&cfg.cors, req.headers) {
+        Origin::Allowed(o) => {
+            let date = ctx.date.borrow();
+            let _ = http::response::preflight(wbuf, o, cfg.cors.max_age_s, ka, req.version_minor, date.get());
+            counters.request(Some(ep_index), Status::S204);
+        }
+        Origin::Absent | Origin::Denied => {
+            counters.request(Some(ep_index), Status::S403);
+            write_error(
+                ctx,
+                wbuf,
+                Status::S403,
+                "origin not allowed ([cors] origins)",
+                ka,
+                false,
+                req.version_minor,
+                None,
+            );
+        }
+    }
+    Answer { keep_alive: ka, logged_seq: 0 }
+}
+
+/// Answers a POST with a non-empty body (`body[..body_len]`; `body` has `INPUT_PADDING` spare
+/// bytes after it). `view` is the request's view without a JSON object.
+#[allow(clippy::too_many_arguments)] // the request's parts, as connection::answer has them
+pub(super) fn answer(
+    ctx: &ShardCtx,
+    cfg: &Config,
+    ep_index: u16,
+    req: &Request<'_, '_>,
+    view: RequestView<'_>,
+    body: &mut [u8],
+    body_len: usize,
+    over_budget: bool,
+    ka: bool,
+    wbuf: &mut Vec<u8>,
+) -> Answer {
+    debug_assert!(body.len() >= body_len + INPUT_PADDING);
+    let counters = &ctx.shared.counters;
+    let v = req.version_minor;
+    let ep = &cfg.endpoints[ep_index as usize];
+    let ty = &cfg.types[ep.type_id as usize];
+    // The body as a whole is refused (media type, gzip, not JSON, too many items): counted as
+    // malformed; refused items of a parsed body are counted by their own reasons below.
+    let refuse = |wbuf: &mut Vec<u8>, status: u16, reason: &str| {
+        let st = Status::from_code(status);
+        counters.request(Some(ep_index), st);
+        counters.reject(Reason::Malformed);
+        write_error(ctx, wbuf, st, reason, ka, false, v, None);
+        Answer { keep_alive: ka, logged_seq: 0 }
+    };
+    let encoding = match body::content(req.headers) {
+        Ok(e) => e,
+        Err(r) => return refuse(wbuf, r.status, r.reason),
+    };
+    let mut scratch = ctx.post.borrow_mut();
+    let PostScratch { json, inflate, answer } = &mut *scratch;
+    let (input, len) = match encoding {
+        Encoding::Identity => (body, body_len),
+        Encoding::Gzip => match inflate.gunzip(&body[..body_len]) {
+            Ok(n) => (inflate.out(), n),
+            Err(r) => return refuse(wbuf, r.status, r.reason),
+        },
+    };
+    let batch_max = cfg.server.batch_events_max;
+    json.parse(input, len, |doc| {
+        let items = match doc.and_then(Items::new) {
+            Ok(items) => items,
+            Err(why) => return refuse(wbuf, 400, why),
+        };
+        let is_array = doc.is_ok_and(|d| matches!(d.first(), Some(simd_json::Node::Array { .. })));
+        if ep.response != ResponseKind::Json && is_array {
+            return refuse(wbuf, 400, "a JSON array (batch) needs an endpoint with response = \"json\"");
+        }
+        if items.len() > batch_max {
+            return refuse(wbuf, 413, "more events in one body than server.batch_events_max");
+        }
+        let mut producer = ctx.producer.borrow_mut();
+        let mut accepted = 0usize;
+        let mut logged_seq = 0u64;
+        let mut overloaded = false;
+        answer.clear();
+        answer.resize(ANSWER_PREFIX_BYTES, b' ');
+        let mut first_refusal: Option<(Status, [u8; 256], usize)> = None;
+        for (index, item) in items.enumerate() {
+            let r = match item {
+                _ if overloaded => Err(Refusal::Overloaded),
+                Err(why) => Err(Refusal::Item(why)),
+                Ok(obj) => {
+                    let view = RequestView { json: Some(obj), ..view };
+                    push(ctx, cfg, ty, ep_index, &view, over_budget, &mut producer)
+                }
+            };
+            match r {
+                Ok(seq) => {
+                    accepted += 1;
+                    logged_seq = logged_seq.max(seq);
+                }
+                Err(refusal) => {
+                    let status = match refusal {
+                        Refusal::Overloaded => {
+                            overloaded = true;
+                            counters.reject(Reason::RingFull);
+                            Status::S503
+                        }
+                        Refusal::Field(_, _, true) => {
+                            counters.reject(Reason::PriceIntegrity);
+                            Status::S400
+                        }
+                        _ => {
+                            counters.reject(Reason::Field);
+                            Status::S400
+                        }
+                    };
+                    let mut buf = [0u8; 256];
+                    let text = refusal.text(&mut buf);
+                    if ep.response == ResponseKind::Json {
+                        if answer.len() > ANSWER_PREFIX_BYTES {
+                            push_bytes(answer, b",");
+                        }
+                        write_item(answer, index, text);
+                    } else if first_refusal.is_none() {
+                        let n = text.len();
+                        first_refusal = Some((status, buf, n));
+                    }
+                }
+            }
+        }
+        drop(producer);
+        let logged_seq = if ep.ack == Ack::Logged { logged_seq } else { 0 };
+        let date = ctx.date.borrow();
+        let allow_origin = match cors::origin(&cfg.cors, req.headers) {
+            Origin::Allowed(o) => Some(o),
+            Origin::Absent | Origin::Denied => None,
+        };
+        let status = match ep.response {
+            ResponseKind::Json => {
+                push_bytes(answer, b"]}");
+                let mut prefix = [0u8; ANSWER_PREFIX_BYTES];
+                let mut w = &mut prefix[..];
+                let _ = write!(w, "{{\"accepted\":{accepted},\"rejected\":[");
+                let plen = ANSWER_PREFIX_BYTES - w.len();
+                let at = ANSWER_PREFIX_BYTES - plen;
+                answer[at..ANSWER_PREFIX_BYTES].copy_from_slice(&prefix[..plen]);
+                let _ = http::response::json(wbuf, &answer[at..], allow_origin, ka, false, v, date.get());
+                Status::S200
+            }
+            _ if first_refusal.is_some() => {
+                let (st, buf, n) = first_refusal.unwrap_or((Status::S400, [0; 256], 0));
+                let reason = std::str::from_utf8(&buf[..n]).unwrap_or("refused");
+                let _ = http::response::error(wbuf, st.code(), reason, ka, false, v, date.get(), None);
+                st
+            }
+            ResponseKind::Gif => {
+                let _ = http::response::gif(wbuf, ka, false, v, date.get());
+                Status::S200
+            }
+            ResponseKind::NoContent | ResponseKind::Redirect => {
+                // Redirect endpoints are GET only (config), so this is a 204.
+                let _ = http::response::no_content(wbuf, ka, v, date.get());
+                Status::S204
+            }
+        };
+        counters.request(Some(ep_index), status);
+        Answer { keep_alive: ka, logged_seq }
+    })
+}
+
+/// Appends within the reserved capacity (the answer never grows past `BATCH_ANSWER_BYTES_MAX`).
+#[inline]
+fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    debug_assert!(out.len() + b.len() <= out.capacity());
+    if out.len() + b.len() <= out.capacity() {
+        out.extend_from_slice(b);
+    }
+}
+
+/// `{"index":i,"reason":"…"}` with the reason JSON-escaped and cut to BATCH_REASON_BYTES_MAX.
+fn write_item(out: &mut Vec<u8>, index: usize, reason: &str) {
+    let mut head = [0u8; 32];
+    let mut w = &mut head[..];
+    let _ = write!(w, "{{\"index\":{index},\"reason\":\"");
+    let n = 32 - w.len();
+    push_bytes(out, &head[..n]);
+    let mut esc = [0u8; BATCH_REASON_BYTES_MAX];
+    let mut e = 0;
+    for &b in reason.as_bytes() {
+        let piece: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x20..=0x7e => std::slice::from_ref(&b),
+            _ => b"?",
+        };
+        if e + piece.len() > esc.len() {
+            break;
+        }
+        esc[e..e + piece.len()].copy_from_slice(piece);
+        e += piece.len();
+    }
+    push_bytes(out, &esc[..e]);
+    push_bytes(out, b"\"}");
+}
+
+/// One item → one event in the ring, the same stages as a GET request: extract, privacy, steps,
+/// dedup, publish. Returns the sequence number (0 when not published: a duplicate, or over
+/// budget on a `drop` endpoint).
+fn push<'c>(
+    ctx: &ShardCtx,
+    cfg: &'c Config,
+    ty: &'c EventType,
+    ep_index: u16,
+    view: &RequestView<'_>,
+    over_budget: bool,
+    producer: &mut Producer,
+) -> Result<u64, Refusal<'c>> {
+    let next_seq = producer.pushed() + 1;
+    let Some(slot) = producer.reserve() else { return Err(Refusal::Overloaded) };
+    if let Err(rej) = extract(ty, view, &mut ctx.ids.borrow_mut(), ctx.shared.index, ep_index, slot) {
+        // The slot is reused by the next item: leave no raw value (a user id) behind in it.
+        slot.bytes.fill(0);
+        let integrity = rej.why == crate::extract::price::INTEGRITY;
+        return Err(Refusal::Field(&ty.fields[rej.field].name, rej.why, integrity));
+    }
+    ctx.privacy.borrow_mut().apply(ty, view.headers, view.now_ns, slot);
+    for (_, type_id, step) in &cfg.steps {
+        if *type_id == ty.id {
+            if let Err(why) = step.apply(ty, view, slot) {
+                slot.bytes.fill(0);
+                return Err(Refusal::Step(step.name(), why));
+            }
+        }
+    }
+    let duplicate = match &ctx.dedup {
+        _ if over_budget => false,
+        Some(d) if slot.flags & (FLAG_ID_CLIENT | FLAG_ID_DERIVED) != 0 => {
+            d.check(&slot.id, ty.id, view.now_ns) == crate::dedup::Seen::Duplicate
+        }
+        _ => false,
+    };
+    if duplicate {
+        ctx.shared.counters.reject(Reason::Duplicate);
+    }
+    if duplicate || over_budget {
+        return Ok(0);
+    }
+    slot.seq = next_seq;
+    slot.config_gen = ctx.config_gen.get();
+    let seq = producer.commit();
+    debug_assert_eq!(seq, next_seq);
+    ctx.shared.counters.event(ty.id);
+    Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_answers_are_bounded_and_escaped() {
+        let mut out = Vec::with_capacity(BATCH_ANSWER_BYTES_MAX);
+        write_item(&mut out, 7, "field \"x\\\": bad\n");
+        assert_eq!(std::str::from_utf8(&out).unwrap(), r#"{"index":7,"reason":"field \"x\\\": bad?"}"#);
+        out.clear();
+        let long = "y".repeat(500);
+        write_item(&mut out, BATCH_EVENTS_MAX - 1, &long);
+        assert!(out.len() <= ITEM_ANSWER_BYTES_MAX, "{}", out.len());
+        // The whole answer at its worst fits.
+        out.clear();
+        out.resize(ANSWER_PREFIX_BYTES, b' ');
+        for i in 0..BATCH_EVENTS_MAX {
+            if i > 0 {
+                push_bytes(&mut out, b",");
+            }
+            write_item(&mut out, i, &long);
+        }
+        push_bytes(&mut out, b"]}");
+        assert!(out.len() <= BATCH_ANSWER_BYTES_MAX);
+        assert_eq!(out.capacity(), BATCH_ANSWER_BYTES_MAX);
+    }
+}

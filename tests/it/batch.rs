@@ -1,0 +1,301 @@
+//! POST endpoints: JSON objects and batches at `POST /batch` (default config), sendBeacon's
+//! text/plain, gzip bodies and bombs, chunked bodies, CORS preflights. Real binary, real TCP.
+
+use crate::harness::*;
+
+fn post(c: &mut Client, path: &str, headers: &str, body: &[u8]) -> Response {
+    let mut req =
+        format!("POST {path} HTTP/1.1\r\nHost: t\r\n{headers}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+    req.extend_from_slice(body);
+    c.send(&req);
+    c.read_response(false)
+}
+
+fn json(r: &Response) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&r.body)))
+}
+
+/// gzip (RFC 1952) by hand: header, raw deflate, CRC32 and size.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    v.extend(miniz_oxide::deflate::compress_to_vec(data, 6));
+    v.extend(crc32fast::hash(data).to_le_bytes());
+    v.extend((data.len() as u32).to_le_bytes());
+    v
+}
+
+const JSON: &str = "Content-Type: application/json\r\n";
+
+#[test]
+fn a_batch_stores_exactly_the_good_items_and_reports_the_bad_by_index() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let body = br#"[
+        {"type":"add_to_cart","name":"sku-1","value":19.99,"campaign_id":42,"eid":"item-0"},
+        {"name":"no type"},
+        17,
+        {"type":"purchase","value":"abc"},
+        {"type":"purchase","value":"1234567.891011","campaign_id":7,"eid":99},
+        {"type":"view","value":0.000001,"imp":{"id":"x"}},
+        {"type":"huge","campaign_id":-1}
+    ]"#;
+    let r = post(&mut c, "/batch", JSON, body);
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let a = json(&r);
+    assert_eq!(a["accepted"], 3, "{a}");
+    let rejected = a["rejected"].as_array().unwrap();
+    let idx: Vec<u64> = rejected.iter().map(|x| x["index"].as_u64().unwrap()).collect();
+    assert_eq!(idx, [1, 2, 3, 6], "{a}");
+    assert_eq!(rejected[0]["reason"], "field kind: missing required value");
+    assert_eq!(rejected[1]["reason"], "item is not a JSON object");
+    assert!(rejected[2]["reason"].as_str().unwrap().starts_with("field value: "), "{a}");
+    assert!(rejected[3]["reason"].as_str().unwrap().starts_with("field campaign_id: "), "{a}");
+
+    // A single object is one event; the same answer shape.
+    let r = post(&mut c, "/batch", JSON, br#"{"type":"single","value":2}"#);
+    assert_eq!(json(&r), serde_json::json!({"accepted":1,"rejected":[]}));
+    // Not JSON at all, and an empty body: 400 with the reason, the connection stays usable.
+    let r = post(&mut c, "/batch", JSON, b"{nope");
+    assert_eq!((r.status, &r.body[..]), (400, &b"body is not valid JSON\n"[..]));
+    let r = post(&mut c, "/batch", JSON, b"");
+    assert_eq!(r.status, 400);
+    assert_eq!(c.get("/i?c=5").status, 200);
+
+    assert_eq!(s.stop(), 0);
+    let events: Vec<_> = journal_cat(&s.journal()).into_iter().filter(|e| e["type"] == "batch_event").collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["add_to_cart", "purchase", "view", "single"], "{events:?}");
+    // Money from a JSON number and from a string, exactly, in micros.
+    let micros = |e: &serde_json::Value| (e["value"].as_f64().unwrap() * 1e6).round() as i64;
+    assert_eq!(micros(&events[0]), 19_990_000, "{:?}", events[0]);
+    assert_eq!(events[0]["campaign_id"], 42);
+    assert_eq!(events[0]["name"], "sku-1");
+    assert_eq!(micros(&events[1]), 1_234_567_891_011);
+    assert_eq!(micros(&events[2]), 1);
+    // Client ids: a string and an integer eid make stable ids (the same on a retry).
+    assert_ne!(events[0]["id"], events[1]["id"]);
+}
+
+#[test]
+fn a_retried_batch_item_with_an_eid_is_one_event() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    for _ in 0..2 {
+        let r = post(&mut c, "/batch", JSON, br#"[{"type":"a","eid":"same-1"},{"type":"b"}]"#);
+        assert_eq!(json(&r)["accepted"], 2);
+    }
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.iter().filter(|e| e["kind"] == "a").count(), 1);
+    assert_eq!(events.iter().filter(|e| e["kind"] == "b").count(), 2);
+}
+
+#[test]
+fn send_beacon_text_plain_and_other_media_types() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    // What navigator.sendBeacon(url, JSON.stringify(events)) sends.
+    let r = post(
+        &mut c,
+        "/batch",
+        "Content-Type: text/plain;charset=UTF-8\r\nOrigin: https://anywhere.example\r\n",
+        br#"[{"type":"beacon","value":1}]"#,
+    );
+    assert_eq!(json(&r)["accepted"], 1);
+    // No CORS allowlist configured: the answer does not grant reading it.
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let r = post(&mut c, "/batch", "Content-Type: application/x-www-form-urlencoded\r\n", b"type=x");
+    assert_eq!(r.status, 415);
+    assert!(String::from_utf8_lossy(&r.body).contains("application/json or text/plain"));
+    let r = post(&mut c, "/batch", "Content-Encoding: br\r\n", br#"{"type":"x"}"#);
+    assert_eq!(r.status, 415);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.iter().filter(|e| e["type"] == "batch_event").count(), 1);
+}
+
+#[test]
+fn gzip_bodies_and_a_gzip_bomb() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let items: Vec<String> = (0..50).map(|i| format!(r#"{{"type":"gz","campaign_id":{i}}}"#)).collect();
+    let body = format!("[{}]", items.join(","));
+    let r =
+        post(&mut c, "/batch", "Content-Type: application/json\r\nContent-Encoding: gzip\r\n", &gzip(body.as_bytes()));
+    assert_eq!(json(&r)["accepted"], 50);
+
+    // 10 MB of zeros, ~10 KB compressed: refused at the cap, never inflated whole.
+    let bomb = gzip(&vec![0u8; 10 << 20]);
+    assert!(bomb.len() < 65536);
+    let r = post(&mut c, "/batch", "Content-Encoding: gzip\r\n", &bomb);
+    assert_eq!(r.status, 413, "{:?}", String::from_utf8_lossy(&r.body));
+    // A bomb of JSON whitespace under the ratio cap but over the size cap.
+    let mut big = vec![b' '; 1 << 20];
+    big[0] = b'[';
+    big[(1 << 20) - 1] = b']';
+    let r = post(&mut c, "/batch", "Content-Encoding: gzip\r\n", &gzip(&big));
+    assert_eq!(r.status, 413);
+    // Corrupt gzip is a 400.
+    let mut bad = gzip(br#"{"type":"x"}"#);
+    let n = bad.len();
+    bad[n - 6] ^= 0xff;
+    assert_eq!(post(&mut c, "/batch", "Content-Encoding: gzip\r\n", &bad).status, 400);
+    // The server keeps serving, on this connection and new ones.
+    assert_eq!(c.get("/i?c=9").status, 200);
+    assert_eq!(s.connect().get("/i?c=10").status, 200);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.iter().filter(|e| e["kind"] == "gz").count(), 50);
+}
+
+#[test]
+fn chunked_post_body() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let body = br#"[{"type":"chunked","name":"a"},{"type":"chunked","name":"b"}]"#;
+    let (a, b) = body.split_at(20);
+    let mut req =
+        b"POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    req.extend(format!("{:x}\r\n", a.len()).as_bytes());
+    req.extend(a);
+    req.extend(format!("\r\n{:x}\r\n", b.len()).as_bytes());
+    req.extend(b);
+    req.extend(b"\r\n0\r\n\r\n");
+    c.send(&req);
+    let r = c.read_response(false);
+    assert_eq!(json(&r)["accepted"], 2, "{:?}", String::from_utf8_lossy(&r.body));
+    // Pipelined after it: answered in order.
+    assert_eq!(c.get("/i?c=1").status, 200);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.iter().filter(|e| e["kind"] == "chunked").count(), 2);
+}
+
+#[test]
+fn batch_events_max_bounds_a_body() {
+    let cfg = "[server]\nbatch_events_max = 3\n".to_string() + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    let r = post(&mut c, "/batch", JSON, br#"[{"type":"a"},{"type":"a"},{"type":"a"},{"type":"a"}]"#);
+    assert_eq!(r.status, 413);
+    let r = post(&mut c, "/batch", JSON, br#"[{"type":"a"},{"type":"a"},{"type":"a"}]"#);
+    assert_eq!(json(&r)["accepted"], 3);
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 3);
+}
+
+#[test]
+fn cors_preflight_allowed_and_denied() {
+    let cfg = "[cors]\norigins = [\"https://shop.example\"]\nmax_age_s = 120\n".to_string()
+        + &crate::pipeline::default_endpoints_and_events();
+    let s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    let preflight = |c: &mut Client, origin: &str| {
+        c.send(
+            format!(
+                "OPTIONS /batch HTTP/1.1\r\nHost: t\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\n\
+                 Access-Control-Request-Headers: content-type\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        c.read_response(false)
+    };
+    let r = preflight(&mut c, "https://shop.example");
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://shop.example"));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    assert_eq!(r.header("access-control-allow-methods"), Some("POST, OPTIONS"));
+    assert_eq!(r.header("access-control-allow-headers"), Some("Content-Type, Content-Encoding"));
+    assert_eq!(r.header("access-control-max-age"), Some("120"));
+    let r = preflight(&mut c, "https://evil.example");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let r = preflight(&mut c, "https://shop.example.evil.example");
+    assert_eq!(r.status, 403);
+    // The POST itself: the allowed origin is echoed, others get no grant.
+    let r = post(
+        &mut c,
+        "/batch",
+        "Content-Type: application/json\r\nOrigin: https://shop.example\r\n",
+        br#"{"type":"x"}"#,
+    );
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (200, Some("https://shop.example")));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let r = post(
+        &mut c,
+        "/batch",
+        "Content-Type: application/json\r\nOrigin: https://evil.example\r\n",
+        br#"{"type":"x"}"#,
+    );
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (200, None));
+    // OPTIONS on a GET-only path is not a preflight.
+    c.send(b"OPTIONS /i HTTP/1.1\r\nHost: t\r\nOrigin: https://shop.example\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 405);
+}
+
+#[test]
+fn cors_star_only_when_configured() {
+    let cfg = "[cors]\norigins = [\"*\"]\n".to_string() + &crate::pipeline::default_endpoints_and_events();
+    let s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    c.send(b"OPTIONS /batch HTTP/1.1\r\nHost: t\r\nOrigin: https://any.example\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (204, Some("*")));
+    // The default config allows no origin.
+    let d = Server::start(None, &["--shards", "1"]);
+    let mut c = d.connect();
+    c.send(b"OPTIONS /batch HTTP/1.1\r\nHost: t\r\nOrigin: https://any.example\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 403);
+}
+
+#[test]
+fn bad_json_paths_and_origins_are_config_errors() {
+    let cfg = "[cors]\norigins = [\"https://ok.example\", \"https://bad.example/\"]\n\n\
+               [[endpoint]]\npath = \"/j\"\nmethod = \"GET\"\nevent = \"x\"\nresponse = \"json\"\n\n\
+               [event.x]\nfields = [\n  { name = \"a\", source = \"json.a..b\", type = \"u64\" },\n]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.toml");
+    std::fs::write(&p, cfg).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":2: cors.origins: \"https://bad.example/\" is not an origin"), "{err}");
+    assert!(err.contains(":8: endpoint[0].response:"), "{err}");
+    assert!(err.contains(":12: event.x.fields[0].source: \"json.a..b\" is not a JSON path"), "{err}");
+}
+
+#[test]
+fn a_ring_that_fills_mid_batch_refuses_the_rest_as_overloaded() {
+    // A 16-event ring; the drain is woken once per read batch, after the answer, so a batch of
+    // 120 fills the ring part way through.
+    let cfg = "[server]\nring_events = 16\nbatch_events_max = 128\n".to_string()
+        + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    let items: Vec<String> = (0..120).map(|i| format!(r#"{{"type":"o","campaign_id":{i}}}"#)).collect();
+    let r = post(&mut c, "/batch", JSON, format!("[{}]", items.join(",")).as_bytes());
+    let a = json(&r);
+    let accepted = a["accepted"].as_u64().unwrap() as usize;
+    let rejected = a["rejected"].as_array().unwrap();
+    assert!((1..120).contains(&accepted), "{a}");
+    assert_eq!(accepted + rejected.len(), 120);
+    // The refused are exactly the tail, each "overloaded".
+    for (k, x) in rejected.iter().enumerate() {
+        assert_eq!(x["index"], accepted + k);
+        assert_eq!(x["reason"], "overloaded");
+    }
+    // The server serves on, and the accepted items are the journaled ones.
+    let r = post(&mut c, "/batch", JSON, br#"{"type":"after"}"#);
+    assert_eq!(json(&r)["accepted"], 1);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    let ids: Vec<u64> =
+        events.iter().filter(|e| e["kind"] == "o").map(|e| e["campaign_id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (0..accepted as u64).collect::<Vec<_>>());
+}
