@@ -16,7 +16,6 @@
 //! client does not take its responses within idle_timeout_ms. All are checked on a coarse tick
 //! while a read or write is pending, which also notices shutdown.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -29,11 +28,11 @@ use crate::config::{Ack, OverBudget, ResponseKind, Server};
 use crate::endpoint::{RequestMethod, Route};
 use crate::enrich::budget::Charge;
 use crate::enrich::ssai;
-use crate::event::{FLAG_HEAD, FLAG_ID_CLIENT, FLAG_ID_DERIVED};
-use crate::extract::{extract, RequestView};
+use crate::event::FLAG_HEAD;
+use crate::extract::RequestView;
 use crate::http::{self, BodyFraming, ParseError, HEADERS_MAX};
 use crate::metrics::{Reason, Status};
-use crate::net::post;
+use crate::net::{pipeline, post};
 use crate::redirect;
 use crate::runtime::shard::ShardCtx;
 
@@ -414,7 +413,6 @@ fn answer(
         return Answer { keep_alive: ka, logged_seq: 0 };
     }
     let mut producer = ctx.producer.borrow_mut();
-    let next_seq = producer.pushed() + 1;
     let Some(slot) = producer.reserve() else {
         counters.request(Some(ep_index), Status::S503);
         counters.reject(Reason::RingFull);
@@ -423,52 +421,15 @@ fn answer(
     };
     let view =
         RequestView { query: req.query, headers: req.headers, client_ip, now_ns, user_agent: device_ua, json: None };
-    if let Err(rej) = extract(ty, &view, &mut ctx.ids.borrow_mut(), ctx.shared.index, ep_index, slot) {
+    if let Err(refusal) = pipeline::prepare(ctx, &cfg, ty, ep_index, &view, slot) {
         counters.request(Some(ep_index), Status::S400);
-        counters.reject(if rej.why == crate::extract::price::INTEGRITY {
-            Reason::PriceIntegrity
-        } else {
-            Reason::Field
-        });
+        counters.reject(refusal.reason());
         let mut msg = [0u8; 256];
-        let mut w = &mut msg[..];
-        let _ = write!(w, "field {}: {}", ty.fields[rej.field].name, rej.why);
-        let n = 256 - w.len();
-        let reason = std::str::from_utf8(&msg[..n]).unwrap_or("bad field value");
-        // The slot is reused by the next request: leave no raw value (a user id) behind in it.
-        slot.bytes.fill(0);
-        write_error(ctx, wbuf, Status::S400, reason, ka, head, v, None);
+        write_error(ctx, wbuf, Status::S400, refusal.text(&mut msg), ka, head, v, None);
         return Answer { keep_alive: ka, logged_seq: 0 };
     }
     if head {
         slot.flags |= FLAG_HEAD;
-    }
-    // Privacy first: nothing after this line sees a raw user id or a full client address.
-    ctx.privacy.borrow_mut().apply(ty, req.headers, now_ns, slot);
-    // Preprocessing steps added in code (enrich::step), in order.
-    for (_, type_id, step) in &cfg.steps {
-        if *type_id != ty.id {
-            continue;
-        }
-        if let Err(why) = step.apply(ty, &view, slot) {
-            counters.request(Some(ep_index), Status::S400);
-            counters.reject(Reason::Field);
-            let mut msg = [0u8; 256];
-            let mut w = &mut msg[..];
-            let _ = write!(w, "step {}: {why}", step.name());
-            let n = 256 - w.len();
-            write_error(
-                ctx,
-                wbuf,
-                Status::S400,
-                std::str::from_utf8(&msg[..n]).unwrap_or("refused by a step"),
-                ka,
-                head,
-                v,
-                None,
-            );
-            return Answer { keep_alive: ka, logged_seq: 0 };
-        }
     }
     let mut location = [0u8; redirect::LOCATION_BYTES_MAX];
     let mut location_len = 0;
@@ -478,28 +439,7 @@ fn answer(
             Err(refused) => return refuse_redirect(ctx, wbuf, ep_index, refused, ka, head, v),
         }
     }
-    // Dedup (shared by all shards): a repeat of a client or derived id inside the window is
-    // answered exactly like the first, but not published.
-    let duplicate = match &ctx.dedup {
-        _ if over_budget => false,
-        Some(d) if slot.flags & (FLAG_ID_CLIENT | FLAG_ID_DERIVED) != 0 => {
-            d.check(&slot.id, ty.id, now_ns) == crate::dedup::Seen::Duplicate
-        }
-        _ => false,
-    };
-    let seq = if duplicate || over_budget {
-        if duplicate {
-            counters.reject(Reason::Duplicate);
-        }
-        0
-    } else {
-        slot.seq = next_seq;
-        slot.config_gen = ctx.config_gen.get();
-        let seq = producer.commit();
-        debug_assert_eq!(seq, next_seq);
-        counters.event(ty.id);
-        seq
-    };
+    let seq = pipeline::publish(ctx, ty, now_ns, over_budget, &mut producer);
     let date = ctx.date.borrow();
     let status = match ep.response {
         ResponseKind::Gif => {

@@ -3,4 +3,5 @@
 pub mod body;
 pub mod connection;
 pub mod listener;
+mod pipeline;
 pub mod post;

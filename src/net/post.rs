@@ -20,9 +20,8 @@ use std::io::Write as _;
 
 use crate::config::{Ack, Config, EventType, ResponseKind, Server};
 use crate::constants::{BATCH_EVENTS_MAX, BATCH_REASON_BYTES_MAX};
-use crate::event::{FLAG_ID_CLIENT, FLAG_ID_DERIVED};
 use crate::extract::json::{Items, JsonScratch, INPUT_PADDING};
-use crate::extract::{extract, RequestView};
+use crate::extract::RequestView;
 use crate::http::cors::{self, Origin};
 use crate::http::{self, Request};
 use crate::metrics::{Reason, Status};
@@ -31,6 +30,7 @@ use crate::runtime::shard::ShardCtx;
 
 use super::body::{self, Encoding, Inflater};
 use super::connection::{write_error, Answer};
+use super::pipeline::{prepare, publish, Refusal};
 
 /// Bytes of one rejected item in the answer: `{"index":127,"reason":"…"},`.
 const ITEM_ANSWER_BYTES_MAX: usize = 28 + BATCH_REASON_BYTES_MAX;
@@ -61,29 +61,6 @@ impl PostScratch {
             inflate: Inflater::new(s.body_decoded_bytes_max, s.body_inflate_ratio_max),
             answer: Vec::with_capacity(BATCH_ANSWER_BYTES_MAX),
         }
-    }
-}
-
-/// Why one item did not become an event.
-enum Refusal<'c> {
-    Overloaded,
-    Item(&'static str),
-    Field(&'c str, &'static str, bool),
-    Step(&'c str, &'static str),
-}
-
-impl Refusal<'_> {
-    /// The reason as text, into `buf`, cut to `BATCH_REASON_BYTES_MAX` bytes for a batch.
-    fn text<'b>(&self, buf: &'b mut [u8; 256]) -> &'b str {
-        let mut w = &mut buf[..];
-        let _ = match self {
-            Refusal::Overloaded => write!(w, "overloaded"),
-            Refusal::Item(why) => write!(w, "{why}"),
-            Refusal::Field(name, why, _) => write!(w, "field {name}: {why}"),
-            Refusal::Step(name, why) => write!(w, "step {name}: {why}"),
-        };
-        let n = 256 - w.len();
-        std::str::from_utf8(&buf[..n]).unwrap_or("refused")
     }
 }
 
@@ -198,20 +175,13 @@ pub(super) fn answer(
                     logged_seq = logged_seq.max(seq);
                 }
                 Err(refusal) => {
+                    counters.reject(refusal.reason());
                     let status = match refusal {
                         Refusal::Overloaded => {
                             overloaded = true;
-                            counters.reject(Reason::RingFull);
                             Status::S503
                         }
-                        Refusal::Field(_, _, true) => {
-                            counters.reject(Reason::PriceIntegrity);
-                            Status::S400
-                        }
-                        _ => {
-                            counters.reject(Reason::Field);
-                            Status::S400
-                        }
+                        _ => Status::S400,
                     };
                     let mut buf = [0u8; 256];
                     let text = refusal.text(&mut buf);
@@ -302,9 +272,9 @@ fn write_item(out: &mut Vec<u8>, index: usize, reason: &str) {
     push_bytes(out, b"\"}");
 }
 
-/// One item → one event in the ring, the same stages as a GET request: extract, privacy, steps,
-/// dedup, publish. Returns the sequence number (0 when not published: a duplicate, or over
-/// budget on a `drop` endpoint).
+/// One item → one event in the ring, through the same stages as a GET request (`pipeline`).
+/// Returns the sequence number (0 when not published: a duplicate, or over budget on a `drop`
+/// endpoint).
 fn push<'c>(
     ctx: &ShardCtx,
     cfg: &'c Config,
@@ -314,42 +284,9 @@ fn push<'c>(
     over_budget: bool,
     producer: &mut Producer,
 ) -> Result<u64, Refusal<'c>> {
-    let next_seq = producer.pushed() + 1;
     let Some(slot) = producer.reserve() else { return Err(Refusal::Overloaded) };
-    if let Err(rej) = extract(ty, view, &mut ctx.ids.borrow_mut(), ctx.shared.index, ep_index, slot) {
-        // The slot is reused by the next item: leave no raw value (a user id) behind in it.
-        slot.bytes.fill(0);
-        let integrity = rej.why == crate::extract::price::INTEGRITY;
-        return Err(Refusal::Field(&ty.fields[rej.field].name, rej.why, integrity));
-    }
-    ctx.privacy.borrow_mut().apply(ty, view.headers, view.now_ns, slot);
-    for (_, type_id, step) in &cfg.steps {
-        if *type_id == ty.id {
-            if let Err(why) = step.apply(ty, view, slot) {
-                slot.bytes.fill(0);
-                return Err(Refusal::Step(step.name(), why));
-            }
-        }
-    }
-    let duplicate = match &ctx.dedup {
-        _ if over_budget => false,
-        Some(d) if slot.flags & (FLAG_ID_CLIENT | FLAG_ID_DERIVED) != 0 => {
-            d.check(&slot.id, ty.id, view.now_ns) == crate::dedup::Seen::Duplicate
-        }
-        _ => false,
-    };
-    if duplicate {
-        ctx.shared.counters.reject(Reason::Duplicate);
-    }
-    if duplicate || over_budget {
-        return Ok(0);
-    }
-    slot.seq = next_seq;
-    slot.config_gen = ctx.config_gen.get();
-    let seq = producer.commit();
-    debug_assert_eq!(seq, next_seq);
-    ctx.shared.counters.event(ty.id);
-    Ok(seq)
+    prepare(ctx, cfg, ty, ep_index, view, slot)?;
+    Ok(publish(ctx, ty, view.now_ns, over_budget, producer))
 }
 
 #[cfg(test)]

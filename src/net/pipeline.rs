@@ -1,0 +1,109 @@
+//! The stages between a parsed request and the ring, shared by GET requests (`connection.rs`)
+//! and every item of a POST body (`post.rs`), so both paths publish exactly alike:
+//! `prepare` (extract into the reserved ring slot, privacy, preprocessing steps) and `publish`
+//! (dedup window, then commit). What sits between the two (a HEAD flag, a click's Location)
+//! stays with the caller. Synchronous, no allocation.
+
+use std::io::Write as _;
+
+use crate::config::{Config, EventType};
+use crate::event::{Event, FLAG_ID_CLIENT, FLAG_ID_DERIVED};
+use crate::extract::{extract, RequestView};
+use crate::metrics::Reason;
+use crate::ring::Producer;
+use crate::runtime::shard::ShardCtx;
+
+/// Why a request or an item did not become an event.
+pub(super) enum Refusal<'c> {
+    /// The ring is full.
+    Overloaded,
+    /// A POST item that is not a JSON object, or similar.
+    Item(&'static str),
+    /// A field's value: (field name, why, failed a price integrity check).
+    Field(&'c str, &'static str, bool),
+    /// A preprocessing step: (step name, why).
+    Step(&'c str, &'static str),
+}
+
+impl Refusal<'_> {
+    /// The reason as text, into `buf`.
+    pub(super) fn text<'b>(&self, buf: &'b mut [u8; 256]) -> &'b str {
+        let mut w = &mut buf[..];
+        let _ = match self {
+            Refusal::Overloaded => write!(w, "overloaded"),
+            Refusal::Item(why) => write!(w, "{why}"),
+            Refusal::Field(name, why, _) => write!(w, "field {name}: {why}"),
+            Refusal::Step(name, why) => write!(w, "step {name}: {why}"),
+        };
+        let n = 256 - w.len();
+        std::str::from_utf8(&buf[..n]).unwrap_or("refused")
+    }
+
+    /// The reject counter it moves.
+    pub(super) fn reason(&self) -> Reason {
+        match self {
+            Refusal::Overloaded => Reason::RingFull,
+            Refusal::Field(_, _, true) => Reason::PriceIntegrity,
+            _ => Reason::Field,
+        }
+    }
+}
+
+/// Fills the reserved `slot`: extraction, privacy (nothing after it sees a raw user id or a full
+/// client address), then the steps added in code for this type, in order. On a refusal the
+/// slot's byte area is zeroed: the slot is reused by the next request and must keep no raw
+/// value (a user id) behind.
+pub(super) fn prepare<'c>(
+    ctx: &ShardCtx,
+    cfg: &'c Config,
+    ty: &'c EventType,
+    ep_index: u16,
+    view: &RequestView<'_>,
+    slot: &mut Event,
+) -> Result<(), Refusal<'c>> {
+    if let Err(rej) = extract(ty, view, &mut ctx.ids.borrow_mut(), ctx.shared.index, ep_index, slot) {
+        slot.bytes.fill(0);
+        let integrity = rej.why == crate::extract::price::INTEGRITY;
+        return Err(Refusal::Field(&ty.fields[rej.field].name, rej.why, integrity));
+    }
+    ctx.privacy.borrow_mut().apply(ty, view.headers, view.now_ns, slot);
+    for (_, type_id, step) in &cfg.steps {
+        if *type_id == ty.id {
+            if let Err(why) = step.apply(ty, view, slot) {
+                slot.bytes.fill(0);
+                return Err(Refusal::Step(step.name(), why));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Publishes the prepared slot unless it is a repeat of a client or derived id inside the dedup
+/// window (shared by all shards; answered like the first, counted, not published) or its source
+/// is over budget on a `drop` endpoint. Returns the sequence number, 0 when not published.
+pub(super) fn publish(ctx: &ShardCtx, ty: &EventType, now_ns: u64, over_budget: bool, producer: &mut Producer) -> u64 {
+    let next_seq = producer.pushed() + 1;
+    let Some(slot) = producer.reserve() else {
+        debug_assert!(false, "publish without a prepared slot");
+        return 0;
+    };
+    let duplicate = match &ctx.dedup {
+        _ if over_budget => false,
+        Some(d) if slot.flags & (FLAG_ID_CLIENT | FLAG_ID_DERIVED) != 0 => {
+            d.check(&slot.id, ty.id, now_ns) == crate::dedup::Seen::Duplicate
+        }
+        _ => false,
+    };
+    if duplicate {
+        ctx.shared.counters.reject(Reason::Duplicate);
+    }
+    if duplicate || over_budget {
+        return 0;
+    }
+    slot.seq = next_seq;
+    slot.config_gen = ctx.config_gen.get();
+    let seq = producer.commit();
+    debug_assert_eq!(seq, next_seq);
+    ctx.shared.counters.event(ty.id);
+    seq
+}
