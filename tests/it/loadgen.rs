@@ -6,7 +6,7 @@ use std::process::Command;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 
-use crate::harness::{journal_cat, Server};
+use crate::harness::{base64_decode, journal_cat, Server};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
 
@@ -73,30 +73,6 @@ fn loadgen_sends_the_asked_rate_and_every_2xx_is_journaled() {
     }
     assert_eq!(counts.len(), 2, "{counts:?}");
     assert_eq!(counts.iter().sum::<u64>() as f64, get(&r, "ok"));
-}
-
-/// Standard base64 (the .hlog's histogram encoding), decoded without a dependency.
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    } as u32;
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::new();
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c) << (18 - 6 * i);
-        }
-        for i in 0..chunk.len() - 1 {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
 }
 
 #[test]

@@ -294,29 +294,6 @@ fn tagged_counts(bytes: &[u8]) -> BTreeMap<String, u64> {
     counts
 }
 
-/// Standard base64 (the interval log's histogram encoding), without a dependency for it.
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes().filter(|&c| c != b'=') {
-        acc = acc << 6 | val(c) as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
-}
-
 #[test]
 fn admin_refuses_what_it_does_not_serve_and_keeps_serving() {
     let s = Server::start(None, &["--shards", "1"]);

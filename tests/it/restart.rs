@@ -9,14 +9,14 @@
 //! be completed within the bound is a failure.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{journal_cat, Client, Server, BIN, WAIT};
+use crate::harness::{journal_cat, stderr_lines, Client, Server, BIN, WAIT};
 
 /// Attempts per request before it counts as failed.
 const ATTEMPTS_MAX: u32 = 20;
@@ -85,20 +85,13 @@ fn start_second(addr: SocketAddr, journal: &std::path::Path) -> (Child, mpsc::Re
         .arg(addr.to_string())
         .arg("--journal-dir")
         .arg(journal)
+        .args(["--admin-listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stderr_lines(&mut child);
     wait_line(&rx, "is locked by another tracker process");
     (child, rx)
 }
