@@ -5,3 +5,15 @@
 pub fn unix_nanos() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
+
+/// Monotonic milliseconds from the kernel's tick-granular clock (CLOCK_MONOTONIC_COARSE: a
+/// vDSO read of a variable, no TSC read, ~1–4 ms resolution). For connection deadlines, which
+/// are swept every 250 ms: they need neither precision nor the wall clock's jumps.
+#[inline]
+pub fn mono_coarse_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we pass; this clock id exists on every
+    // Linux since 2.6.32.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}

@@ -13,15 +13,16 @@
 //!
 //! Deadlines: the head of a request must arrive within header_read_timeout_ms of its first
 //! byte; an idle keep-alive connection is closed after idle_timeout_ms, and so is one whose
-//! client does not take its responses within idle_timeout_ms. All are checked on a coarse tick
-//! while a read or write is pending, which also notices shutdown.
+//! client does not take its responses within idle_timeout_ms. A read or write arms the
+//! connection's slot in the shard's deadline sweep (`deadline.rs`), which also applies the
+//! shutdown graces.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 
 use crate::config::{Ack, OverBudget, ResponseKind, Server};
@@ -32,6 +33,7 @@ use crate::event::FLAG_HEAD;
 use crate::extract::RequestView;
 use crate::http::{self, BodyFraming, ParseError, HEADERS_MAX};
 use crate::metrics::{Reason, Status};
+use crate::net::deadline::{self, Wait};
 use crate::net::{pipeline, post};
 use crate::redirect;
 use crate::runtime::shard::ShardCtx;
@@ -42,21 +44,20 @@ pub const WRITE_BYTES: usize = 16 * 1024;
 /// with the longest Location, or an error with a 256-byte reason, plus headers).
 const RESPONSE_BYTES_MAX: usize = redirect::LOCATION_BYTES_MAX + 512;
 const _: () = assert!(RESPONSE_BYTES_MAX * 4 <= WRITE_BYTES);
-/// How often a pending read or write looks at its deadline and at shutdown.
-const TICK: Duration = Duration::from_millis(250);
-/// How long responses already being written may take once the shard stops.
-const STOP_WRITE_GRACE: Duration = Duration::from_secs(2);
 
-/// A connection's buffers, allocated once per shard at start and recycled.
+/// A connection's buffers and deadline slot, allocated once per shard at start and recycled.
 pub struct ConnBufs {
     read: Vec<u8>,
     write: Vec<u8>,
     body: Vec<u8>,
+    /// This connection's slot in the shard's `Deadlines`; unique among the pool's entries.
+    slot: usize,
 }
 
 impl ConnBufs {
-    pub fn new(s: &Server) -> ConnBufs {
+    pub fn new(s: &Server, slot: usize) -> ConnBufs {
         ConnBufs {
+            slot,
             read: Vec::with_capacity(s.header_bytes_max + s.body_bytes_max),
             write: Vec::with_capacity(WRITE_BYTES),
             // Bodies are parsed here: chunked ones decode into it, Content-Length ones are
@@ -86,15 +87,16 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             header_bytes_max: server.header_bytes_max,
             body_bytes_max: server.body_bytes_max,
         };
-        (limits, Duration::from_millis(server.idle_timeout_ms), Duration::from_millis(server.header_read_timeout_ms))
+        (limits, server.idle_timeout_ms, server.header_read_timeout_ms)
     };
-    let mut canceller = Canceller::new();
+    let fd = stream.as_raw_fd();
+    let slot = bufs.slot;
     let mut rbuf = std::mem::take(&mut bufs.read);
     let mut wbuf = std::mem::take(&mut bufs.write);
     rbuf.clear();
     wbuf.clear();
-    // When the first byte of the request now in the buffer arrived.
-    let mut head_started: Option<Instant> = None;
+    // When (coarse monotonic ms) the first byte of the request now in the buffer arrived.
+    let mut head_started: Option<u64> = None;
     // At shutdown a connection that has not been answered yet (accepted from the queue as the
     // shard stopped, or connected just before) still gets its first request read and answered,
     // within STOP_FIRST_REQUEST_GRACE; an answered, idle one is closed at once.
@@ -181,7 +183,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             ctx.journaled(logged_seq).await;
         }
         if !wbuf.is_empty() {
-            let (res, b) = write_all(&ctx, &mut stream, wbuf, &mut canceller, idle).await;
+            let (res, b) = write_all(&ctx, &mut stream, wbuf, slot, idle).await;
             wbuf = b;
             wbuf.clear();
             if res.is_err() {
@@ -199,49 +201,40 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         if rbuf.len() == rbuf.capacity() {
             // Unreachable while the parser enforces the limits; refuse rather than spin.
             write_error(&ctx, &mut wbuf, Status::S431, "request too large", false, false, 1, None);
-            let (_, b) = write_all(&ctx, &mut stream, wbuf, &mut canceller, idle).await;
+            let (_, b) = write_all(&ctx, &mut stream, wbuf, slot, idle).await;
             wbuf = b;
             break 'conn;
         }
         if out_full {
             continue;
         }
+        let now_ms = crate::clock::mono_coarse_ms();
         if !rbuf.is_empty() && head_started.is_none() {
-            head_started = Some(Instant::now());
+            head_started = Some(now_ms);
         }
 
         // Read more, bounded by the header deadline (partial request) or the idle timeout.
-        let deadline = match head_started {
+        let until_ms = match head_started {
             Some(t) => t + header_timeout,
-            None => Instant::now() + idle,
+            None => now_ms + idle,
         };
+        let wait = if answered_any { Wait::Read } else { Wait::FirstRead };
+        let armed = ctx.deadlines.arm(slot, fd, until_ms, wait);
         let len = rbuf.len();
         let cap = rbuf.capacity();
-        let read = stream.cancelable_read(rbuf.slice_mut(len..cap), canceller.handle());
-        let mut read = std::pin::pin!(read);
-        let (res, slice) = loop {
-            let now = Instant::now();
-            let tick = monoio::time::sleep(TICK.min(deadline.saturating_duration_since(now)));
-            monoio::select! {
-                r = &mut read => break r,
-                _ = tick => {
-                    if (ctx.stopping.get() && (answered_any || stop_grace_over(&ctx))) || Instant::now() >= deadline {
-                        canceller = std::mem::take(&mut canceller).cancel();
-                        break (&mut read).await;
-                    }
-                }
-            }
-        };
+        let (res, slice) = stream.read(rbuf.slice_mut(len..cap)).await;
         rbuf = slice.into_inner();
-        match res {
-            Ok(0) => break 'conn,
-            Ok(_) => {}
-            Err(_) => {
-                if head_started.is_some() && !ctx.stopping.get() {
-                    ctx.shared.counters.reject(Reason::HeaderTimeout);
-                }
-                break 'conn;
+        if armed.expired() {
+            // Given up by the sweep (the socket is shut down): a deadline, or shutdown.
+            if head_started.is_some() && !ctx.stopping.get() {
+                ctx.shared.counters.reject(Reason::HeaderTimeout);
             }
+            break 'conn;
+        }
+        drop(armed);
+        match res {
+            Ok(0) | Err(_) => break 'conn,
+            Ok(_) => {}
         }
     }
     bufs.read = rbuf;
@@ -250,38 +243,26 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     ctx.conn_closed(bufs);
 }
 
-/// Writes all of `buf`, giving up (error) when the client has not taken it within `timeout`, or
-/// within STOP_WRITE_GRACE once the shard stops: a client that never reads its responses must
-/// not hold a connection (or shutdown) forever, while responses in flight at shutdown still go out.
+/// Writes all of `buf`, giving up (error) when the client has not taken it within `timeout_ms`,
+/// or within STOP_WRITE_GRACE once the shard stops: a client that never reads its responses
+/// must not hold a connection (or shutdown) forever, while responses in flight at shutdown
+/// still go out.
 async fn write_all(
     ctx: &ShardCtx,
     stream: &mut TcpStream,
     mut buf: Vec<u8>,
-    canceller: &mut Canceller,
-    timeout: Duration,
+    slot: usize,
+    timeout_ms: u64,
 ) -> (std::io::Result<()>, Vec<u8>) {
-    let mut deadline = Instant::now() + timeout;
+    let armed = ctx.deadlines.arm(slot, stream.as_raw_fd(), crate::clock::mono_coarse_ms() + timeout_ms, Wait::Write);
     let mut done = 0;
     while done < buf.len() {
         let len = buf.len();
-        let write = stream.cancelable_write(buf.slice(done..len), canceller.handle());
-        let mut write = std::pin::pin!(write);
-        let (res, slice) = loop {
-            let tick = monoio::time::sleep(TICK.min(deadline.saturating_duration_since(Instant::now())));
-            monoio::select! {
-                r = &mut write => break r,
-                _ = tick => {
-                    if ctx.stopping.get() {
-                        deadline = deadline.min(Instant::now() + STOP_WRITE_GRACE);
-                    }
-                    if Instant::now() >= deadline {
-                        *canceller = std::mem::take(canceller).cancel();
-                        break (&mut write).await;
-                    }
-                }
-            }
-        };
+        let (res, slice) = stream.write(buf.slice(done..len)).await;
         buf = slice.into_inner();
+        if armed.expired() {
+            return (Err(std::io::ErrorKind::TimedOut.into()), buf);
+        }
         match res {
             Ok(0) => return (Err(std::io::ErrorKind::WriteZero.into()), buf),
             Ok(n) => done += n,
@@ -291,12 +272,10 @@ async fn write_all(
     (Ok(()), buf)
 }
 
-/// How long, at shutdown, a connection that was never answered waits for its first request.
-/// Bounds how much a silent client delays the exit of a draining process.
-pub const STOP_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
-
 fn stop_grace_over(ctx: &ShardCtx) -> bool {
-    ctx.stop_at.get().is_none_or(|t| t.elapsed() >= STOP_FIRST_REQUEST_GRACE)
+    ctx.stop_at
+        .get()
+        .is_none_or(|t| crate::clock::mono_coarse_ms() >= t + deadline::ms(deadline::STOP_FIRST_REQUEST_GRACE))
 }
 
 /// Routes, extracts, pushes and writes the response for one well-formed request. `body[..body_len]`

@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod connection;
+pub mod deadline;
 pub mod listener;
 mod pipeline;
 pub mod post;

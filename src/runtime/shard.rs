@@ -24,6 +24,7 @@ use crate::http::DateCache;
 use crate::metrics::latency::LocalHistogram;
 use crate::metrics::Reason;
 use crate::net::connection::{self, ConnBufs};
+use crate::net::deadline::{Deadlines, TICK};
 use crate::ring::Producer;
 
 pub struct ShardArgs {
@@ -58,9 +59,11 @@ pub struct ShardCtx {
     pub ids: RefCell<IdGen>,
     pub date: RefCell<DateCache>,
     pub stopping: Cell<bool>,
-    /// When shutdown began: connections accepted from the queue at shutdown get a short grace
-    /// for their first request (`connection.rs`).
-    pub stop_at: Cell<Option<std::time::Instant>>,
+    /// When shutdown began (`clock::mono_coarse_ms`): connections accepted from the queue at
+    /// shutdown get a short grace for their first request (`connection.rs`).
+    pub stop_at: Cell<Option<u64>>,
+    /// Every connection's read/write deadline, swept by the `sweep_deadlines` task.
+    pub deadlines: Deadlines,
     /// Request service time, recorded per request; published by `publish_latency`.
     pub service: RefCell<LocalHistogram>,
     /// JSON parser, gzip inflater and batch answer buffers for POST bodies (net::post).
@@ -113,7 +116,10 @@ impl ShardCtx {
         if self.stopping.replace(true) {
             return;
         }
-        self.stop_at.set(Some(std::time::Instant::now()));
+        let now_ms = crate::clock::mono_coarse_ms();
+        self.stop_at.set(Some(now_ms));
+        // Idle connections close now, not at the next tick.
+        self.deadlines.sweep(now_ms, Some(now_ms));
         let c = std::mem::take(&mut *self.accept_canceller.borrow_mut());
         drop(c.cancel());
         if let Some(w) = self.idle_waker.take() {
@@ -181,11 +187,12 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
         let conns_max = cfg.server.connections_per_shard_max;
         // Connection buffers for every allowed connection, allocated now (virtual memory: pages
         // are touched on first use) and recycled; none is allocated per connection or request.
-        let pool: Vec<ConnBufs> = (0..conns_max).map(|_| ConnBufs::new(&cfg.server)).collect();
+        let pool: Vec<ConnBufs> = (0..conns_max).map(|slot| ConnBufs::new(&cfg.server, slot)).collect();
         let ctx = Rc::new(ShardCtx {
             routes: RefCell::new(Routes::new(&cfg)),
             config_gen: Cell::new(0),
             stop_at: Cell::new(None),
+            deadlines: Deadlines::new(conns_max),
             producer: RefCell::new(args.producer),
             ids: RefCell::new(IdGen::new(i)),
             dedup: args.dedup,
@@ -210,6 +217,7 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
         monoio::spawn(control(ctx.clone(), efd));
         monoio::spawn(heartbeat(ctx.clone()));
         monoio::spawn(publish_latency(ctx.clone()));
+        monoio::spawn(sweep_deadlines(ctx.clone()));
         let _ = ready.send(Ok(()));
 
         accept_loop(&ctx, &listener).await;
@@ -287,6 +295,18 @@ async fn control(ctx: Rc<ShardCtx>, efd: monoio::fs::File) {
         buf.clear();
         if let Err(e) = res {
             eprintln!("tracker: shard {}: eventfd read failed: {e}", ctx.shared.index);
+            return;
+        }
+    }
+}
+
+/// Gives up on connection reads and writes past their deadline (`net::deadline`): one timer for
+/// the shard instead of one per pending read or write.
+async fn sweep_deadlines(ctx: Rc<ShardCtx>) {
+    loop {
+        monoio::time::sleep(TICK).await;
+        ctx.deadlines.sweep(crate::clock::mono_coarse_ms(), ctx.stop_at.get());
+        if ctx.stopping.get() && ctx.conns.get() == 0 {
             return;
         }
     }

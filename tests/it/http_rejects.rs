@@ -89,6 +89,21 @@ fn a_slow_header_is_cut_off_at_the_deadline() {
     assert_eq!(s.stop(), 0);
 }
 
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let cfg = "[server]\nidle_timeout_ms = 300\n".to_string() + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    assert_eq!(c.get("/i?c=1").status, 200);
+    // Answered, kept alive, then silent: the server closes it (bounded by the harness wait).
+    let t = std::time::Instant::now();
+    assert!(c.is_closed());
+    assert!(t.elapsed() < WAIT);
+    assert_eq!(s.connect().get("/i?c=2").status, 200);
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 2);
+}
+
 /// TCP state of a socket from TCP_INFO (1 = ESTABLISHED, 7 = CLOSE, 8 = CLOSE_WAIT).
 fn tcp_state(s: &std::net::TcpStream) -> u8 {
     use std::os::fd::AsRawFd;
