@@ -81,13 +81,22 @@ impl Privacy {
         }
     }
 
+    /// Sec-GPC: 1, DNT: 1 (each when honoured) or the opt-out cookie set: one pass over the
+    /// header fields, which every event pays for (`FLAG_OPTED_OUT` is recorded on all of them).
     fn opted_out(&self, headers: &[httparse::Header<'_>]) -> bool {
         let c = &self.cfg;
-        (c.honor_gpc && crate::http::query::header(headers, "sec-gpc").is_some_and(|v| v.trim_ascii() == b"1"))
-            || (c.honor_dnt && crate::http::query::header(headers, "dnt").is_some_and(|v| v.trim_ascii() == b"1"))
-            || (!c.optout_cookie.is_empty()
-                && crate::http::query::cookie_in(headers, c.optout_cookie.as_bytes())
-                    .is_some_and(|v| !v.is_empty() && v != b"0" && !v.eq_ignore_ascii_case(b"false")))
+        let cookie_name = c.optout_cookie.as_bytes();
+        headers.iter().any(|h| {
+            let is = |name: &str| h.name.len() == name.len() && h.name.eq_ignore_ascii_case(name);
+            if c.honor_gpc && is("sec-gpc") || c.honor_dnt && is("dnt") {
+                h.value.trim_ascii() == b"1"
+            } else if !cookie_name.is_empty() && is("cookie") {
+                crate::http::query::cookie(h.value, cookie_name)
+                    .is_some_and(|v| !v.is_empty() && v != b"0" && !v.eq_ignore_ascii_case(b"false"))
+            } else {
+                false
+            }
+        })
     }
 
     fn hash_in_place(&mut self, ev: &mut Event, slot: usize, offset: usize, max: usize, now_ns: u64) {

@@ -45,6 +45,13 @@ pub struct Rejected {
 /// plus percent-encoding slack).
 const NUMBER_BYTES_MAX: usize = 48;
 
+/// `a == b` for query parameter names, which are a few bytes long: compared inline, where the
+/// slice `==` calls memcmp for every pair of equal length (~1% of a pixel's CPU in perf).
+#[inline(always)]
+fn key_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// Fills `ev` (header fields other than crc/magic/seq included) from the request.
 pub fn extract(
     ty: &EventType,
@@ -80,7 +87,7 @@ pub fn extract(
         };
         for (i, f) in ty.fields.iter().enumerate() {
             if let Source::Query(name) = &f.source {
-                if name.as_bytes() == k && !ev.has(f.slot) && macros & (1 << i) == 0 {
+                if key_eq(name.as_bytes(), k) && !ev.has(f.slot) && macros & (1 << i) == 0 {
                     if is_macro(v) {
                         macros |= 1 << i;
                         ev.flags |= FLAG_UNSUBSTITUTED;
@@ -92,7 +99,7 @@ pub fn extract(
         }
         for (rank, s) in ty.id_from.iter().enumerate() {
             if let Source::Query(name) = s {
-                if name.as_bytes() == k && rank < client_id_rank && !v.is_empty() {
+                if key_eq(name.as_bytes(), k) && rank < client_id_rank && !v.is_empty() {
                     client_id = Some(v);
                     client_id_rank = rank;
                 }
