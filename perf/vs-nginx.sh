@@ -86,6 +86,7 @@ CLK_TCK=$(getconf CLK_TCK)
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/vs-nginx.XXXXXX")
 
 lib_init # cleanup traps, NGINX_VERSION
+sync # whatever ran before us: its writeback must not land in our first run
 
 # ---------------------------------------------------------------- tracker binary
 TRACKER_LABEL=tracker
@@ -189,6 +190,11 @@ run_one() { # run_one KIND LABEL RUNNO
   else
     log_bytes=$(du -sb "$d/journal" | awk '{print $1}')
   fi
+  # The run leaves hundreds of MB of dirty log pages; their writeback (kernel workers, ~30 s
+  # later) would land in a later run and steal its CPUs. Measured, delete, and wait for the
+  # disk, so each run starts on a quiet box whatever ran before it.
+  if ((!KEEP_TMP)); then rm -rf "$d/journal" "$d/access.log"; fi
+  sync
 
   # Parse wrk: the WRK_RESULT line from pixel.lua's done(); the text report as a fallback.
   local parsed
