@@ -76,15 +76,16 @@ free_port() {
 # Sum of utime+stime (clock ticks) over the given pids. /proc/PID/stat of a process covers all
 # of its threads (io_uring io-wq/sqpoll workers included). Fields 14 and 15; the comm field
 # (2) may contain spaces, so split after the last ')'.
-cpu_ticks() {
-  local p line sum=0
+cpu_ticks() { # cpu_ticks PID... -> "user system" clock ticks, summed over the processes
+  local p line user=0 sys=0
   local -a f
   for p in "$@"; do
     line=$(<"/proc/$p/stat") || die "process $p vanished during the run"
     read -r -a f <<<"${line##*) }"
-    sum=$((sum + f[11] + f[12]))
+    user=$((user + f[11]))
+    sys=$((sys + f[12]))
   done
-  echo "$sum"
+  echo "$user $sys"
 }
 
 # Long-running children (cargo, wrk) run in the background and are waited for, so that a signal to

@@ -232,8 +232,12 @@ run_one() { # run_one KIND LABEL RUNNO
   read -r req rps p50 p99 non sock <<<"$parsed"
   ((req > 0)) || { cat "$d/wrk.txt" >&2; die "wrk completed 0 requests against $label"; }
 
-  local cpu_us srv_busy wrk_busy steal log_bpr
-  cpu_us=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$req" 'BEGIN { printf "%.2f", (b - a) / hz * 1e6 / n }')
+  local cpu_us user_us sys_us srv_busy wrk_busy steal log_bpr
+  # µs per request: total, then its user-space and kernel parts (the kernel's TCP path is most of
+  # it for both servers, and where a noisy VM's variance shows).
+  read -r cpu_us user_us sys_us <<<"$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$req" 'BEGIN {
+    split(a, x, " "); split(b, y, " "); k = hz * n / 1e6
+    printf "%.2f %.2f %.2f", (y[1] + y[2] - x[1] - x[2]) / k, (y[1] - x[1]) / k, (y[2] - x[2]) / k }')"
   read -r srv_busy steal <<<"$(awk -v a="$s0" -v b="$s1" 'BEGIN {
     split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; if (t <= 0) t = 1
     printf "%.0f %.1f", 100 * (y[1] - x[1]) / t, 100 * (y[3] - x[3]) / t }')"
@@ -252,10 +256,11 @@ run_one() { # run_one KIND LABEL RUNNO
   else
     logdesc="journal $log_bytes B"
   fi
-  log "$(printf 'run %d %-8s %9.0f req/s  %6s us/req CPU  p50 %6.0f us  p99 %7.0f us  non2xx %d sock-err %d  core busy srv %s%% (steal %s%%) wrk %s%%  %s' \
-    "$n" "$kind" "$rps" "$cpu_us" "$p50" "$p99" "$non" "$sock" "$srv_busy" "$steal" "$wrk_busy" "$logdesc")"
-  printf '%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n' \
-    "$kind" "$n" "$rps" "$cpu_us" "$p50" "$p99" "$non" "$sock" "$srv_busy" "$wrk_busy" "$log_bpr" "$req" "$steal" >>"$RUNS_TSV"
+  log "$(printf 'run %d %-8s %9.0f req/s  %6s us/req CPU (user %s sys %s)  p50 %6.0f us  p99 %7.0f us  non2xx %d sock-err %d  core busy srv %s%% (steal %s%%) wrk %s%%  %s' \
+    "$n" "$kind" "$rps" "$cpu_us" "$user_us" "$sys_us" "$p50" "$p99" "$non" "$sock" "$srv_busy" "$steal" "$wrk_busy" "$logdesc")"
+  printf '%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$kind" "$n" "$rps" "$cpu_us" "$p50" "$p99" "$non" "$sock" "$srv_busy" "$wrk_busy" "$log_bpr" "$req" "$steal" \
+    "$user_us" "$sys_us" >>"$RUNS_TSV"
 }
 
 # ---------------------------------------------------------------- main loop
@@ -288,7 +293,7 @@ table_for() { # table_for KIND LABEL
   printf '**%s**, %d run(s)\n\n' "$label" "$nruns"
   printf '| metric | median | min | max |\n|---|---:|---:|---:|\n'
   local row col name fmt m lo hi
-  for row in "3|req/s|%.0f" "4|server CPU µs/req|%.2f" "5|p50 latency µs|%.0f" "6|p99 latency µs|%.0f" \
+  for row in "3|req/s|%.0f" "4|server CPU µs/req|%.2f" "14|… of it user space|%.2f" "15|… of it kernel|%.2f" "5|p50 latency µs|%.0f" "6|p99 latency µs|%.0f" \
     "7|non-2xx responses|%.0f" "8|socket errors|%.0f" "9|server core busy %|%.0f" "10|wrk core busy %|%.0f" \
     "11|log bytes/req|%.0f"; do
     IFS='|' read -r col name fmt <<<"$row"
