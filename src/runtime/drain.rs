@@ -25,10 +25,13 @@ use crate::runtime::ShardShared;
 
 /// While events keep coming, the drain naps this long between looks at an empty ring instead of
 /// asking the reactor to wake it: a `received` event reaches the journal within this bound, and
-/// the reactor pays no wake-up per request.
-pub const DRAIN_NAP: Duration = Duration::from_millis(1);
-/// Naps in a row that found nothing before the drain sleeps deeply and asks to be woken.
-const NAPS_BEFORE_SLEEP: u32 = 200;
+/// the reactor pays no wake-up per request. `logged` requests and a ring past half full wake
+/// the drain at once, so neither waits for it. Each nap ends in a timer interrupt and a switch
+/// on the reactor's CPU: at 125k requests/s, 1 ms naps cost 0.3 µs of CPU per request more
+/// than 5 ms naps (4 alternating pairs, every pair agreeing); 10 ms saved nothing more.
+pub const DRAIN_NAP: Duration = Duration::from_millis(5);
+/// Naps in a row that found nothing (~200 ms) before the drain sleeps deeply and asks to be woken.
+const NAPS_BEFORE_SLEEP: u32 = 40;
 /// Longest deep sleep (safety net only: the reactor wakes a deep sleeper on the next push).
 const IDLE_PARK: Duration = Duration::from_millis(100);
 /// Backoff after a journal error.
