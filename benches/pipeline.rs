@@ -31,7 +31,7 @@ fn bench_parse(c: &mut Criterion) {
     });
     g.bench_function("parse_pixel_request", |b| {
         b.iter(|| {
-            let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+            let mut headers = http::header_buf();
             let r = http::parse(black_box(PIXEL), &mut headers, &l).ok().unwrap();
             black_box(r.head_len)
         })
@@ -43,7 +43,7 @@ fn bench_extract(c: &mut Criterion) {
     let cfg = Config::embedded();
     let ty = cfg.event_type("impression").unwrap().clone();
     let l = limits();
-    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut headers = http::header_buf();
     let req = http::parse(PIXEL, &mut headers, &l).ok().unwrap();
     let view = RequestView {
         query: req.query,

@@ -32,5 +32,5 @@ pub mod query;
 pub mod request;
 pub mod response;
 
-pub use request::{parse, BodyFraming, Limits, Method, ParseError, Request, HEADERS_MAX};
+pub use request::{header_buf, parse, BodyFraming, HeaderBuf, Limits, Method, ParseError, Request, HEADERS_MAX};
 pub use response::{DateCache, WriteError, DATE_BYTES};

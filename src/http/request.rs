@@ -10,6 +10,8 @@
 //! Only the first request in the buffer is looked at; `head_len` (plus the body framing) tells
 //! the caller where the next pipelined request starts.
 
+use std::mem::MaybeUninit;
+
 use httparse::Header;
 
 use super::query::{header, list_has_token};
@@ -17,6 +19,15 @@ use super::query::{header, list_has_token};
 /// Compile-time size of the header array a connection keeps on its stack (64 × 32 bytes on
 /// 64-bit). [`Limits::header_count_max`] may be lower, never higher.
 pub const HEADERS_MAX: usize = 64;
+
+/// The header array `parse` fills, left uninitialised: httparse writes only the entries it
+/// parses, so a request does not pay for initialising all HEADERS_MAX (2 KiB of stores).
+pub type HeaderBuf<'b> = [MaybeUninit<Header<'b>>; HEADERS_MAX];
+
+#[inline(always)]
+pub fn header_buf<'b>() -> HeaderBuf<'b> {
+    [const { MaybeUninit::uninit() }; HEADERS_MAX]
+}
 
 /// Runtime limits on one request, from config. Each is checked before the input that breaks it
 /// has fully arrived whenever that is possible, so a hostile client cannot make us buffer more.
@@ -106,12 +117,12 @@ impl<'b> Request<'b, '_> {
 
 /// Parses the first request head in `buf`.
 ///
-/// `headers` is the caller's fixed array (usually `[httparse::EMPTY_HEADER; HEADERS_MAX]`);
+/// `headers` is the caller's fixed array (usually `header_buf()`, on its stack);
 /// at most `limits.header_count_max` of it is used. On `Incomplete`, nothing in `buf` was wrong
 /// so far and every limit can still be met; call again when more bytes have arrived.
 pub fn parse<'b, 'h>(
     buf: &'b [u8],
-    headers: &'h mut [Header<'b>],
+    headers: &'h mut [MaybeUninit<Header<'b>>],
     limits: &Limits,
 ) -> Result<Request<'b, 'h>, ParseError> {
     debug_assert!(limits.header_count_max <= HEADERS_MAX);
@@ -119,8 +130,8 @@ pub fn parse<'b, 'h>(
     debug_assert!(limits.request_line_bytes_max < limits.header_bytes_max);
 
     let count = limits.header_count_max.min(headers.len());
-    let mut req = httparse::Request::new(&mut headers[..count]);
-    let head_len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut headers[..count]) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             check_request_line(buf, limits.request_line_bytes_max)?;
@@ -425,7 +436,7 @@ mod tests {
 
     /// Parses with LIMITS and hands the result to `f` (the request borrows a local array).
     fn with<R>(buf: &[u8], f: impl FnOnce(Result<Request<'_, '_>, ParseError>) -> R) -> R {
-        let mut h = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let mut h = header_buf();
         f(parse(buf, &mut h, &LIMITS))
     }
 

@@ -31,7 +31,7 @@ use crate::enrich::budget::Charge;
 use crate::enrich::ssai;
 use crate::event::FLAG_HEAD;
 use crate::extract::RequestView;
-use crate::http::{self, BodyFraming, ParseError, HEADERS_MAX};
+use crate::http::{self, BodyFraming, ParseError};
 use crate::metrics::{Reason, Status};
 use crate::net::deadline::{self, Wait};
 use crate::net::{pipeline, post};
@@ -114,7 +114,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         let now_ns = crate::clock::unix_nanos();
         ctx.date.borrow_mut().update(now_ns / 1_000_000_000);
         while start < rbuf.len() && wbuf.capacity() - wbuf.len() >= RESPONSE_BYTES_MAX {
-            let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+            let mut headers = http::header_buf();
             let req = match http::parse(&rbuf[start..], &mut headers, &limits) {
                 Ok(r) => r,
                 Err(ParseError::Incomplete) => break,
