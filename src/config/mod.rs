@@ -219,6 +219,42 @@ pub struct EventType {
     pub identity: Vec<usize>,
     /// Sources of a client-supplied id, first present wins.
     pub id_from: Vec<Source>,
+    /// Every query parameter name a field or an id source reads, derived from `fields` and
+    /// `id_from`: the one pass over the query string in `extract` compares each pair's name
+    /// with this short list instead of walking every field.
+    pub query_keys: Vec<QueryKey>,
+}
+
+/// A query parameter name and what reads it.
+#[derive(Debug, Clone)]
+pub struct QueryKey {
+    pub name: Box<[u8]>,
+    pub reader: QueryReader,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryReader {
+    /// `fields[i]`.
+    Field(usize),
+    /// `id_from[rank]`.
+    IdFrom(usize),
+}
+
+impl EventType {
+    pub fn new(id: u16, name: String, fields: Vec<Field>, identity: Vec<usize>, id_from: Vec<Source>) -> EventType {
+        let key = |s: &Source| match s {
+            Source::Query(n) => Some(n.as_bytes().into()),
+            _ => None,
+        };
+        let query_keys = (fields.iter().enumerate())
+            .filter_map(|(i, f)| key(&f.source).map(|name| QueryKey { name, reader: QueryReader::Field(i) }))
+            .chain(
+                (id_from.iter().enumerate())
+                    .filter_map(|(r, s)| key(s).map(|name| QueryKey { name, reader: QueryReader::IdFrom(r) })),
+            )
+            .collect();
+        EventType { id, name, fields, identity, id_from, query_keys }
+    }
 }
 
 /// One problem in a config file, located.
@@ -847,7 +883,7 @@ impl Validator<'_> {
                 .map(|s| self.source(s.get_ref(), s.span(), &format!("event.{name}.id_from")))
                 .collect(),
         };
-        EventType { id, name: name.to_string(), fields, identity, id_from }
+        EventType::new(id, name.to_string(), fields, identity, id_from)
     }
 
     fn source(&mut self, s: &str, span: Range<usize>, key: &str) -> Source {

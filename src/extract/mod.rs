@@ -15,7 +15,7 @@ pub use value::{parse_number, percent_decode};
 
 use std::net::IpAddr;
 
-use crate::config::{DefaultValue, EventType, Field, Source};
+use crate::config::{DefaultValue, EventType, Field, QueryReader, Source};
 use crate::event::{Event, FLAG_ID_CLIENT, FLAG_ID_DERIVED, FLAG_TRUNCATED, FLAG_UNSUBSTITUTED, SLOTS};
 use crate::http::query::{cookie_in, header};
 use crate::schema::FieldKind;
@@ -68,7 +68,7 @@ pub fn extract(
     ev.flags = 0;
     ev.present = 0;
 
-    // Query parameters: one pass over the pairs, each matched against the (≤ 16) query fields;
+    // Query parameters: one pass over the pairs, each matched against the type's query keys;
     // the first occurrence of a parameter wins.
     let mut client_id: Option<&[u8]> = None;
     let mut client_id_rank = usize::MAX;
@@ -85,9 +85,16 @@ pub fn extract(
             Some(p) => (&pair[..p], &pair[p + 1..]),
             None => (pair, &pair[..0]),
         };
-        for (i, f) in ty.fields.iter().enumerate() {
-            if let Source::Query(name) = &f.source {
-                if key_eq(name.as_bytes(), k) && !ev.has(f.slot) && macros & (1 << i) == 0 {
+        for qk in &ty.query_keys {
+            if !key_eq(&qk.name, k) {
+                continue;
+            }
+            match qk.reader {
+                QueryReader::Field(i) => {
+                    let f = &ty.fields[i];
+                    if ev.has(f.slot) || macros & (1 << i) != 0 {
+                        continue;
+                    }
                     if is_macro(v) {
                         macros |= 1 << i;
                         ev.flags |= FLAG_UNSUBSTITUTED;
@@ -95,13 +102,11 @@ pub fn extract(
                     }
                     store_text(f, v, true, ev).map_err(|why| Rejected { field: i, why })?;
                 }
-            }
-        }
-        for (rank, s) in ty.id_from.iter().enumerate() {
-            if let Source::Query(name) = s {
-                if key_eq(name.as_bytes(), k) && rank < client_id_rank && !v.is_empty() {
-                    client_id = Some(v);
-                    client_id_rank = rank;
+                QueryReader::IdFrom(rank) => {
+                    if rank < client_id_rank && !v.is_empty() {
+                        client_id = Some(v);
+                        client_id_rank = rank;
+                    }
                 }
             }
         }
