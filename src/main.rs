@@ -309,7 +309,10 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
             }
         })
         .expect("spawn signal thread");
+    let shards = running.shards().to_vec();
     running.wait();
+    // A drain that gave up on a failing journal at shutdown (runtime/drain.rs STOP_RETRY).
+    let lost: u64 = shards.iter().map(|s| s.events_lost.load(SeqCst)).sum();
     // Shards and drains have published their last histograms: write the last .hlog interval.
     admin.finish();
     handle.close();
@@ -323,6 +326,12 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
     if let Some(w) = watchdog {
         w.thread().unpark();
         let _ = w.join();
+    }
+    if lost > 0 {
+        eprintln!(
+            "tracker: stopped; {lost} event(s) acknowledged as received were lost: the journal could not be written"
+        );
+        return ExitCode::from(1);
     }
     eprintln!("tracker: stopped");
     ExitCode::SUCCESS

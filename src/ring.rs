@@ -166,6 +166,12 @@ impl Consumer {
     pub fn popped(&self) -> u64 {
         self.head
     }
+
+    /// Events published and not yet popped (a fresh load of the producer's tail).
+    pub fn len(&mut self) -> usize {
+        self.tail_cache = self.inner.tail.load(Ordering::Acquire);
+        (self.tail_cache - self.head) as usize
+    }
 }
 
 #[cfg(test)]

@@ -87,6 +87,12 @@ impl State {
             if s.reactor_done.load(SeqCst) {
                 why.push(format!("shard {}: reactor has exited", s.index));
             }
+            if s.journal_failing() {
+                why.push(format!(
+                    "shard {}: journal appends are failing (see the log); logged endpoints answer 503 until one succeeds",
+                    s.index
+                ));
+            }
             let dir = crate::journal::shard_dir(&self.journal_dir, s.index);
             if let Err(e) = writable(&dir) {
                 why.push(format!("journal directory {} is not writable: {e}", dir.display()));

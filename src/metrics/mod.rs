@@ -111,9 +111,12 @@ pub enum Reason {
     /// X-Device-IP from a sender that did not authenticate: the headers were ignored (the
     /// request itself was served as usual).
     SsaiUnauthenticated,
+    /// The journal is failing (disk full, I/O error): a `logged` endpoint answered 503, or a
+    /// connection waiting for the journal was closed without its responses.
+    JournalUnavailable,
 }
 
-pub const REASONS: [Reason; 10] = [
+pub const REASONS: [Reason; 11] = [
     Reason::Malformed,
     Reason::Field,
     Reason::RingFull,
@@ -124,6 +127,7 @@ pub const REASONS: [Reason; 10] = [
     Reason::OverBudget,
     Reason::PriceIntegrity,
     Reason::SsaiUnauthenticated,
+    Reason::JournalUnavailable,
 ];
 
 impl Reason {
@@ -139,6 +143,7 @@ impl Reason {
             Reason::OverBudget => "over_budget",
             Reason::PriceIntegrity => "price_integrity",
             Reason::SsaiUnauthenticated => "ssai_unauthenticated",
+            Reason::JournalUnavailable => "journal_unavailable",
         }
     }
 }

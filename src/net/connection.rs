@@ -179,8 +179,12 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         // Wake the drain once per batch; then wait for the journal if a response needs it.
         let filling = ctx.producer.borrow_mut().is_filling();
         ctx.shared.notify_drain(logged_seq > 0 || filling);
-        if logged_seq > 0 {
-            ctx.journaled(logged_seq).await;
+        if logged_seq > 0 && !ctx.journaled(logged_seq).await {
+            // The journal failed before this batch's `logged` events reached it: they may never
+            // be written, so no response of the batch goes out (a 2xx would promise it). The
+            // client sees the connection close and retries.
+            ctx.shared.counters.reject(Reason::JournalUnavailable);
+            break 'conn;
         }
         if !wbuf.is_empty() {
             let (res, b) = write_all(&ctx, &mut stream, wbuf, slot, idle).await;
@@ -326,11 +330,22 @@ fn answer(
     let ep = &cfg.endpoints[ep_index as usize];
     let ty = &cfg.types[ep.type_id as usize];
     // Journal over journal.size_bytes_max (collector/retention.rs): refuse what must be logged
-    // rather than fill the disk. One relaxed load of a static.
-    if ep.ack == Ack::Logged && crate::collector::retention::journal_over_limit() {
-        counters.request(Some(ep_index), Status::S503);
-        write_error(ctx, wbuf, Status::S503, "journal full, retry", ka, head, v, None);
-        return Answer { keep_alive: ka, logged_seq: 0 };
+    // rather than fill the disk; and while this shard's journal fails (the drain retries),
+    // refuse it rather than promise what may never be written. Two relaxed loads.
+    if ep.ack == Ack::Logged {
+        let why = if crate::collector::retention::journal_over_limit() {
+            Some("journal full, retry")
+        } else if ctx.shared.journal_failing() {
+            counters.reject(Reason::JournalUnavailable);
+            Some("journal unavailable, retry")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            counters.request(Some(ep_index), Status::S503);
+            write_error(ctx, wbuf, Status::S503, why, ka, head, v, None);
+            return Answer { keep_alive: ka, logged_seq: 0 };
+        }
     }
     // SSAI: the device's address and user agent, believed only from an authenticated stitcher.
     let (mut client_ip, mut device_ua) = (peer.ip(), None);

@@ -36,6 +36,11 @@ const NAPS_BEFORE_SLEEP: u32 = 40;
 const IDLE_PARK: Duration = Duration::from_millis(100);
 /// Backoff after a journal error.
 const ERROR_BACKOFF: Duration = Duration::from_millis(200);
+/// Once the reactor has exited (shutdown), how long a failing journal is retried before the
+/// drain gives up on the events left in the ring, says how many, and lets the process exit 1:
+/// a shutdown must end (systemd would kill it anyway), and freeing disk space in that time
+/// still saves them.
+pub const STOP_RETRY: Duration = Duration::from_secs(10);
 
 /// Scheduling niceness of drain threads. A drain shares its CPU with its reactor when there are
 /// as many shards as CPUs; its bursts (prefaulting, rotation, msync) must not preempt the reactor
@@ -66,6 +71,8 @@ pub fn run(
     let mut latency = LocalHistogram::new();
     let mut batch_ts = [0u64; DRAIN_BATCH_EVENTS];
     let mut next_publish = Instant::now() + publish_interval;
+    // When the reactor had exited and the journal was failing: the STOP_RETRY clock.
+    let mut failing_at_stop: Option<Instant> = None;
     loop {
         let mut last_seq = 0;
         let mut failed = false;
@@ -130,8 +137,27 @@ pub fn run(
             next_publish = Instant::now() + publish_interval;
         }
         if failed {
+            shared.set_journal_failing(true);
+            if shared.reactor_done.load(SeqCst) {
+                let since = *failing_at_stop.get_or_insert_with(Instant::now);
+                if since.elapsed() >= STOP_RETRY {
+                    let lost = ring.len() as u64;
+                    shared.events_lost.store(lost, SeqCst);
+                    eprintln!(
+                        "tracker: shard {}: the journal still fails {} s into shutdown; giving up on {lost} event(s) \
+                         acknowledged as received that were never written (see the errors above)",
+                        shared.index,
+                        STOP_RETRY.as_secs()
+                    );
+                    break;
+                }
+            }
             std::thread::sleep(ERROR_BACKOFF);
             continue;
+        }
+        if n > 0 {
+            shared.set_journal_failing(false);
+            failing_at_stop = None;
         }
         if n > 0 {
             naps = 0;

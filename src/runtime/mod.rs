@@ -47,6 +47,13 @@ pub struct ShardShared {
     pub drain_sleeping: AtomicBool,
     drain_thread: OnceLock<Thread>,
     pub reactor_done: AtomicBool,
+    /// The drain's last journal append failed (disk full at rotation, an I/O error) and it is
+    /// retrying: `logged` endpoints answer 503, waiting `logged` responses are not sent, and
+    /// readiness is false, until an append succeeds.
+    journal_failing: AtomicBool,
+    /// Events still in the ring when the drain gave up at shutdown on a journal that kept
+    /// failing: acknowledged as received, never written. Non-zero makes the process exit 1.
+    pub events_lost: AtomicU64,
     /// Bumped by the reactor every `notify::HEARTBEAT_PERIOD`; the watchdog pings systemd only
     /// while every shard's moves.
     heartbeat: AtomicU64,
@@ -71,6 +78,8 @@ impl ShardShared {
             drain_sleeping: AtomicBool::new(false),
             drain_thread: OnceLock::new(),
             reactor_done: AtomicBool::new(false),
+            journal_failing: AtomicBool::new(false),
+            events_lost: AtomicU64::new(0),
             heartbeat: AtomicU64::new(0),
             reload: reload::ShardReload::default(),
         })
@@ -88,6 +97,18 @@ impl ShardShared {
 
     pub fn journaled(&self) -> u64 {
         self.journaled.load(SeqCst)
+    }
+
+    pub fn journal_failing(&self) -> bool {
+        self.journal_failing.load(Relaxed)
+    }
+
+    /// Drain side: the journal failed or recovered. A change wakes the reactor, whose waiting
+    /// `logged` connections must learn that their events may never be written.
+    pub fn set_journal_failing(&self, failing: bool) {
+        if self.journal_failing.swap(failing, SeqCst) != failing {
+            self.wake_reactor();
+        }
     }
 
     pub fn heartbeat(&self) -> u64 {

@@ -79,28 +79,37 @@ pub struct ShardCtx {
 }
 
 impl ShardCtx {
-    /// Waits until the drain has put event `seq` into the journal.
-    pub async fn journaled(&self, seq: u64) {
+    /// Waits until the drain has put event `seq` into the journal (true), or finds the journal
+    /// failing (false: the event may never be written).
+    pub async fn journaled(&self, seq: u64) -> bool {
         std::future::poll_fn(|cx| {
             if self.shared.journaled() >= seq {
-                return Poll::Ready(());
+                return Poll::Ready(true);
+            }
+            if self.shared.journal_failing() {
+                return Poll::Ready(false);
             }
             self.waiters.borrow_mut().push((seq, cx.waker().clone()));
             // Dekker with ShardShared::publish_journaled: publish the request, then re-check.
             self.shared.want_wake.store(true, SeqCst);
             if self.shared.journaled() >= seq {
-                return Poll::Ready(());
+                return Poll::Ready(true);
+            }
+            if self.shared.journal_failing() {
+                return Poll::Ready(false);
             }
             Poll::Pending
         })
         .await
     }
 
+    /// Wakes the connections whose events are in the journal, and all of them while it fails.
     fn wake_journaled(&self) {
         let done = self.shared.journaled();
+        let failing = self.shared.journal_failing();
         let mut w = self.waiters.borrow_mut();
         w.retain(|(seq, waker)| {
-            if *seq <= done {
+            if *seq <= done || failing {
                 waker.wake_by_ref();
                 false
             } else {

@@ -10,6 +10,7 @@ mod config_reference;
 mod dedup;
 mod durability;
 mod http_rejects;
+mod journal_failure;
 mod kafka;
 mod loadgen;
 mod metrics;

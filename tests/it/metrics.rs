@@ -177,7 +177,7 @@ fn metrics_count_exactly_the_requests_sent_and_histograms_merge_across_shards() 
 }
 
 /// Polls `/ready` until its status is `want`; returns the body.
-fn ready_when(s: &Server, want: u16) -> String {
+pub fn ready_when(s: &Server, want: u16) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
         let r = s.admin_get("/ready");

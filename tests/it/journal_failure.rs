@@ -1,0 +1,78 @@
+//! A journal that cannot be written. The next segment's path is taken by a directory, so the
+//! drain's rotation fails as it would on a full disk (root writes through permission bits, so
+//! those cannot stand in for it). Meanwhile `logged` endpoints answer 503 and readiness says why,
+//! `received` ones keep answering from the ring; once the path is free every acknowledged event
+//! reaches the journal. At shutdown a journal that keeps failing is given up on after the
+//! drain's retry budget, with exit code 1 and the count of the events lost.
+
+use crate::harness::{journal_cat, Server};
+use crate::metrics::ready_when;
+
+const CONFIG_HEAD: &str = "[journal]\nsegment_bytes = 65536\n";
+
+/// Starts a one-shard server with 64 KiB segments and blocks its second segment's path.
+fn start_blocked() -> (Server, std::path::PathBuf) {
+    let cfg = CONFIG_HEAD.to_string() + &crate::pipeline::default_endpoints_and_events();
+    let s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let block = s.journal().join("shard-000").join("00000000000000000002.seg");
+    std::fs::create_dir(&block).unwrap();
+    (s, block)
+}
+
+/// Pixels enough to fill the first segment (~127 records) and more.
+const PIXELS: usize = 300;
+
+fn fire_pixels(s: &Server) {
+    let mut c = s.connect();
+    for i in 0..PIXELS {
+        assert_eq!(c.get(&format!("/i?c={}", i + 1)).status, 200, "received pixels answer from the ring");
+    }
+}
+
+#[test]
+fn a_failing_journal_refuses_logged_requests_and_keeps_every_acknowledged_event_once_it_recovers() {
+    let (mut s, block) = start_blocked();
+    fire_pixels(&s);
+    let why = ready_when(&s, 503);
+    assert!(why.contains("journal appends are failing"), "{why}");
+    let r = s.connect().get("/cv?c=7&order=A1&value=1.5");
+    assert_eq!(r.status, 503);
+    assert!(String::from_utf8_lossy(&r.body).contains("journal unavailable"), "{:?}", r.body);
+    let metrics = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tracker_rejects_total{reason=\"journal_unavailable\"}") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // Space again: the drain's retry succeeds, readiness returns, logged requests are taken.
+    std::fs::remove_dir(&block).unwrap();
+    assert_eq!(ready_when(&s, 200), "ready\n");
+    assert_eq!(s.connect().get("/cv?c=7&order=A2&value=1.5").status, 200);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.len(), PIXELS + 1, "every 2xx is in the journal, the 503 is not");
+}
+
+#[test]
+fn a_journal_that_keeps_failing_at_shutdown_is_given_up_on_with_exit_code_1_and_the_loss_counted() {
+    let (mut s, block) = start_blocked();
+    fire_pixels(&s);
+    ready_when(&s, 503);
+    // The drain retries for STOP_RETRY (10 s) after the reactor exits, then gives up: the
+    // process must still end, and say what it lost (harness WAIT, 30 s, bounds this).
+    assert_eq!(s.stop(), 1);
+    let err = s.stderr_lines().join("\n");
+    let lost: usize = err
+        .lines()
+        .find_map(|l| l.split("giving up on ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'giving up on N event(s)' line in:\n{err}"));
+    assert!(err.contains("event(s) acknowledged as received were lost"), "{err}");
+    std::fs::remove_dir(&block).unwrap();
+    let written = journal_cat(&s.journal()).len();
+    assert!(lost > 0, "{err}");
+    assert_eq!(written + lost, PIXELS, "each acknowledged event is either in the journal or counted lost");
+}
