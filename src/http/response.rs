@@ -45,16 +45,27 @@ pub enum WriteError {
 
 const CACHE_NEVER: &[u8] = b"Cache-Control: no-cache, no-store, must-revalidate\r\n";
 
+fn check_origin(allow_origin: Option<&[u8]>) -> Result<(), WriteError> {
+    if allow_origin.is_some_and(|o| !is_header_value(o)) {
+        return Err(WriteError::BadHeaderValue);
+    }
+    Ok(())
+}
+
 /// `HTTP/1.1 200 OK` with the 1×1 GIF, uncacheable so that every view reaches us.
+/// `allow_origin`: see [`json`].
 pub fn gif(
     out: &mut Vec<u8>,
+    allow_origin: Option<&[u8]>,
     keep_alive: bool,
     head: bool,
     version_minor: u8,
     date: &[u8; DATE_BYTES],
 ) -> Result<usize, WriteError> {
+    check_origin(allow_origin)?;
     let mut w = Out::new(out);
     w.status_line(b"200 OK", date);
+    w.allow_origin(allow_origin);
     w.put(b"Content-Type: image/gif\r\n");
     w.put(CACHE_NEVER);
     w.end_head(Some(GIF.len()), keep_alive, version_minor);
@@ -65,15 +76,18 @@ pub fn gif(
 }
 
 /// `HTTP/1.1 204 No Content`. No `head` flag: a 204 has no body and no Content-Length either
-/// way.
+/// way. `allow_origin`: see [`json`].
 pub fn no_content(
     out: &mut Vec<u8>,
+    allow_origin: Option<&[u8]>,
     keep_alive: bool,
     version_minor: u8,
     date: &[u8; DATE_BYTES],
 ) -> Result<usize, WriteError> {
+    check_origin(allow_origin)?;
     let mut w = Out::new(out);
     w.status_line(b"204 No Content", date);
+    w.allow_origin(allow_origin);
     w.end_head(None, keep_alive, version_minor);
     w.finish()
 }
@@ -113,17 +127,11 @@ pub fn json(
     version_minor: u8,
     date: &[u8; DATE_BYTES],
 ) -> Result<usize, WriteError> {
-    if allow_origin.is_some_and(|o| !is_header_value(o)) {
-        return Err(WriteError::BadHeaderValue);
-    }
+    check_origin(allow_origin)?;
     let mut w = Out::new(out);
     w.status_line(b"200 OK", date);
     w.put(b"Content-Type: application/json\r\nCache-Control: no-store\r\n");
-    if let Some(o) = allow_origin {
-        w.put(b"Access-Control-Allow-Origin: ");
-        w.put(o);
-        w.put(b"\r\nVary: Origin\r\n");
-    }
+    w.allow_origin(allow_origin);
     w.end_head(Some(body.len()), keep_alive, version_minor);
     if !head {
         w.put(body);
@@ -162,7 +170,8 @@ pub fn preflight(
 ///
 /// `status` is one of 400, 403, 404, 405, 408, 413, 414, 415, 429, 431, 500, 503, 505; anything else
 /// is a bug in the caller (debug assertion) and is sent as 500. 405 carries `Allow: {allow}`
-/// (e.g. `GET, HEAD`), 503 carries `Retry-After: 1`.
+/// (e.g. `GET, HEAD`), 503 carries `Retry-After: 1`. `allow_origin`: see [`json`] (a browser
+/// shows a cross-origin script the reason only with it).
 #[allow(clippy::too_many_arguments)] // one flat call per error path in `net`; a struct would only move the list
 pub fn error(
     out: &mut Vec<u8>,
@@ -173,7 +182,9 @@ pub fn error(
     version_minor: u8,
     date: &[u8; DATE_BYTES],
     allow: Option<&str>,
+    allow_origin: Option<&[u8]>,
 ) -> Result<usize, WriteError> {
+    check_origin(allow_origin)?;
     let line = status_text(status);
     debug_assert!(line.is_some(), "no status text for {status}");
     debug_assert!(status != 405 || allow.is_some(), "405 without Allow");
@@ -185,6 +196,7 @@ pub fn error(
     }
     let mut w = Out::new(out);
     w.status_line(line, date);
+    w.allow_origin(allow_origin);
     w.put(b"Content-Type: text/plain; charset=utf-8\r\n");
     if let (405, Some(allow)) = (status, allow) {
         w.put(b"Allow: ");
@@ -291,6 +303,16 @@ impl<'v> Out<'v> {
         self.put(b"\r\nServer: tracker\r\nDate: ");
         self.put(date);
         self.put(b"\r\n");
+    }
+
+    /// `Access-Control-Allow-Origin` and `Vary: Origin` for a CORS-allowed origin (checked by
+    /// `check_origin` before anything was written).
+    fn allow_origin(&mut self, origin: Option<&[u8]>) {
+        if let Some(o) = origin {
+            self.put(b"Access-Control-Allow-Origin: ");
+            self.put(o);
+            self.put(b"\r\nVary: Origin\r\n");
+        }
     }
 
     fn end_head(&mut self, content_length: Option<usize>, keep_alive: bool, version_minor: u8) {
@@ -441,7 +463,7 @@ mod tests {
     #[test]
     fn gif_bytes_exact() {
         let mut out = buf();
-        let n = gif(&mut out, true, false, 1, DATE).unwrap();
+        let n = gif(&mut out, None, true, false, 1, DATE).unwrap();
         let mut want = b"HTTP/1.1 200 OK\r\n\
             Server: tracker\r\n\
             Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
@@ -467,37 +489,37 @@ mod tests {
     #[test]
     fn no_content_bytes_exact() {
         let mut out = buf();
-        no_content(&mut out, true, 1, DATE).unwrap();
+        no_content(&mut out, None, true, 1, DATE).unwrap();
         assert_eq!(out, b"HTTP/1.1 204 No Content\r\nServer: tracker\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n");
     }
 
     #[test]
     fn connection_header() {
         let mut out = buf();
-        no_content(&mut out, false, 1, DATE).unwrap();
+        no_content(&mut out, None, false, 1, DATE).unwrap();
         assert!(out.ends_with(b"GMT\r\nConnection: close\r\n\r\n"));
         out.clear();
-        no_content(&mut out, true, 0, DATE).unwrap();
+        no_content(&mut out, None, true, 0, DATE).unwrap();
         assert!(out.ends_with(b"GMT\r\nConnection: keep-alive\r\n\r\n"));
         out.clear();
-        no_content(&mut out, false, 0, DATE).unwrap();
+        no_content(&mut out, None, false, 0, DATE).unwrap();
         assert!(out.ends_with(b"GMT\r\nConnection: close\r\n\r\n"));
         out.clear();
-        gif(&mut out, false, false, 1, DATE).unwrap();
+        gif(&mut out, None, false, false, 1, DATE).unwrap();
         assert!(out.ends_with(&[&b"Content-Length: 43\r\nConnection: close\r\n\r\n"[..], &GIF].concat()));
     }
 
     #[test]
     fn head_has_same_headers_and_no_body() {
         let (mut get, mut head) = (buf(), buf());
-        gif(&mut get, true, false, 1, DATE).unwrap();
-        gif(&mut head, true, true, 1, DATE).unwrap();
+        gif(&mut get, None, true, false, 1, DATE).unwrap();
+        gif(&mut head, None, true, true, 1, DATE).unwrap();
         assert_eq!(head, get[..get.len() - GIF.len()]);
         assert!(head.ends_with(b"Content-Length: 43\r\n\r\n"));
 
         let (mut get, mut head) = (buf(), buf());
-        error(&mut get, 404, "no such endpoint", true, false, 1, DATE, None).unwrap();
-        error(&mut head, 404, "no such endpoint", true, true, 1, DATE, None).unwrap();
+        error(&mut get, 404, "no such endpoint", true, false, 1, DATE, None, None).unwrap();
+        error(&mut head, 404, "no such endpoint", true, true, 1, DATE, None, None).unwrap();
         assert!(get.ends_with(b"Content-Length: 17\r\n\r\nno such endpoint\n"));
         assert_eq!(head, get[..get.len() - 17]);
 
@@ -510,7 +532,7 @@ mod tests {
     #[test]
     fn error_bytes_exact() {
         let mut out = buf();
-        error(&mut out, 400, "missing required field campaign_id", false, false, 1, DATE, None).unwrap();
+        error(&mut out, 400, "missing required field campaign_id", false, false, 1, DATE, None, None).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 400 Bad Request\r\n\
@@ -534,7 +556,7 @@ mod tests {
             (431, "431 Request Header Fields Too Large"),
         ] {
             let mut out = buf();
-            error(&mut out, status, "r", true, false, 1, DATE, None).unwrap();
+            error(&mut out, status, "r", true, false, 1, DATE, None, None).unwrap();
             let text = String::from_utf8(out).unwrap();
             assert!(text.starts_with(&format!("HTTP/1.1 {line}\r\n")), "{text}");
             assert!(!text.contains("Allow") && !text.contains("Retry-After"));
@@ -545,12 +567,12 @@ mod tests {
     #[test]
     fn error_405_has_allow() {
         let mut out = buf();
-        error(&mut out, 405, "method not allowed", true, false, 1, DATE, Some("GET, HEAD")).unwrap();
+        error(&mut out, 405, "method not allowed", true, false, 1, DATE, Some("GET, HEAD"), None).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
         assert!(text.contains("\r\nAllow: GET, HEAD\r\n"));
         let mut out = buf();
-        let bad = error(&mut out, 405, "m", true, false, 1, DATE, Some("GET\r\nX: y"));
+        let bad = error(&mut out, 405, "m", true, false, 1, DATE, Some("GET\r\nX: y"), None);
         assert_eq!(bad, Err(WriteError::BadHeaderValue));
         assert!(out.is_empty());
     }
@@ -558,10 +580,30 @@ mod tests {
     #[test]
     fn error_503_has_retry_after() {
         let mut out = buf();
-        error(&mut out, 503, "overloaded, retry", true, false, 1, DATE, None).unwrap();
+        error(&mut out, 503, "overloaded, retry", true, false, 1, DATE, None, None).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(text.contains("\r\nRetry-After: 1\r\n"));
+    }
+
+    #[test]
+    fn errors_gifs_and_204s_carry_the_cors_grant_when_given_one() {
+        let mut out = Vec::with_capacity(1024);
+        error(&mut out, 400, "bad", true, false, 1, DATE, None, Some(b"https://a.example")).unwrap();
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(text.contains("\r\nAccess-Control-Allow-Origin: https://a.example\r\nVary: Origin\r\n"), "{text}");
+        out.clear();
+        gif(&mut out, Some(b"*"), true, false, 1, DATE).unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("\r\nAccess-Control-Allow-Origin: *\r\n"));
+        out.clear();
+        no_content(&mut out, Some(b"*"), true, 1, DATE).unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("\r\nAccess-Control-Allow-Origin: *\r\n"));
+        out.clear();
+        assert_eq!(
+            error(&mut out, 400, "bad", true, false, 1, DATE, None, Some(b"x\r\ny")),
+            Err(WriteError::BadHeaderValue)
+        );
+        assert!(out.is_empty());
     }
 
     #[test]
@@ -679,9 +721,9 @@ mod tests {
         let mut writes = 0;
         loop {
             let r = match writes % 4 {
-                0 => gif(&mut out, true, false, 1, DATE),
-                1 => no_content(&mut out, true, 1, DATE),
-                2 => error(&mut out, 400, "bad", true, false, 1, DATE, None),
+                0 => gif(&mut out, None, true, false, 1, DATE),
+                1 => no_content(&mut out, None, true, 1, DATE),
+                2 => error(&mut out, 400, "bad", true, false, 1, DATE, None, None),
                 _ => redirect(&mut out, b"/x", true, 1, DATE),
             };
             if r.is_err() {
@@ -700,9 +742,9 @@ mod tests {
         out.extend_from_slice(b"earlier response");
         let before = out.clone();
         let cap = out.capacity();
-        let r = gif(&mut out, true, false, 1, DATE);
+        let r = gif(&mut out, None, true, false, 1, DATE);
         let mut probe = Vec::with_capacity(1024);
-        let needed = gif(&mut probe, true, false, 1, DATE).unwrap();
+        let needed = gif(&mut probe, None, true, false, 1, DATE).unwrap();
         assert_eq!(r, Err(WriteError::Overflow { needed, free: cap - before.len() }));
         assert_eq!(out, before);
         assert_eq!(out.capacity(), cap);
@@ -710,7 +752,7 @@ mod tests {
         let mut exact = Vec::with_capacity(needed);
         let cap = exact.capacity();
         if cap == needed {
-            assert_eq!(gif(&mut exact, true, false, 1, DATE), Ok(needed));
+            assert_eq!(gif(&mut exact, None, true, false, 1, DATE), Ok(needed));
             assert_eq!(exact.capacity(), cap);
         }
     }

@@ -445,17 +445,17 @@ fn answer(
     let date = ctx.date.borrow();
     let status = match ep.response {
         ResponseKind::Gif => {
-            let _ = http::response::gif(wbuf, ka, head, v, date.get());
+            let _ = http::response::gif(wbuf, None, ka, head, v, date.get());
             Status::S200
         }
         ResponseKind::NoContent => {
-            let _ = http::response::no_content(wbuf, ka, v, date.get());
+            let _ = http::response::no_content(wbuf, None, ka, v, date.get());
             Status::S204
         }
         ResponseKind::Json => {
             // Unreachable: a json endpoint has answered above (body or 400 for none).
             debug_assert!(false, "json response without a body");
-            let _ = http::response::no_content(wbuf, ka, v, date.get());
+            let _ = http::response::no_content(wbuf, None, ka, v, date.get());
             Status::S204
         }
         ResponseKind::Redirect => match http::response::redirect(wbuf, location, ka, v, date.get()) {
@@ -464,7 +464,8 @@ fn answer(
                 // Unreachable: the URL was validated and macro values encoded, and the batch
                 // loop keeps RESPONSE_BYTES_MAX free. The event is logged; say so honestly.
                 debug_assert!(false, "redirect write failed");
-                let _ = http::response::error(wbuf, 500, "cannot write the redirect", ka, head, v, date.get(), None);
+                let _ =
+                    http::response::error(wbuf, 500, "cannot write the redirect", ka, head, v, date.get(), None, None);
                 Status::S400
             }
         },
@@ -511,5 +512,6 @@ pub(super) fn write_error(
     allow: Option<&str>,
 ) {
     let date = ctx.date.borrow();
-    let _ = http::response::error(wbuf, status.code(), reason, keep_alive, head, version_minor, date.get(), allow);
+    let _ =
+        http::response::error(wbuf, status.code(), reason, keep_alive, head, version_minor, date.get(), allow, None);
 }

@@ -118,13 +118,20 @@ pub(super) fn answer(
     let v = req.version_minor;
     let ep = &cfg.endpoints[ep_index as usize];
     let ty = &cfg.types[ep.type_id as usize];
+    // Every answer to an allowed origin carries the CORS headers, refusals included: without
+    // them a browser hides the status and the reason from the page's script.
+    let allow_origin = match cors::origin(&cfg.cors, req.headers) {
+        Origin::Allowed(o) => Some(o),
+        Origin::Absent | Origin::Denied => None,
+    };
     // The body as a whole is refused (media type, gzip, not JSON, too many items): counted as
     // malformed; refused items of a parsed body are counted by their own reasons below.
     let refuse = |wbuf: &mut Vec<u8>, status: u16, reason: &str| {
         let st = Status::from_code(status);
         counters.request(Some(ep_index), st);
         counters.reject(Reason::Malformed);
-        write_error(ctx, wbuf, st, reason, ka, false, v, None);
+        let date = ctx.date.borrow();
+        let _ = http::response::error(wbuf, st.code(), reason, ka, false, v, date.get(), None, allow_origin);
         Answer { keep_alive: ka, logged_seq: 0 }
     };
     let encoding = match body::content(req.headers) {
@@ -200,10 +207,6 @@ pub(super) fn answer(
         drop(producer);
         let logged_seq = if ep.ack == Ack::Logged { logged_seq } else { 0 };
         let date = ctx.date.borrow();
-        let allow_origin = match cors::origin(&cfg.cors, req.headers) {
-            Origin::Allowed(o) => Some(o),
-            Origin::Absent | Origin::Denied => None,
-        };
         let status = match ep.response {
             ResponseKind::Json => {
                 push_bytes(answer, b"]}");
@@ -219,16 +222,16 @@ pub(super) fn answer(
             _ if first_refusal.is_some() => {
                 let (st, buf, n) = first_refusal.unwrap_or((Status::S400, [0; 256], 0));
                 let reason = std::str::from_utf8(&buf[..n]).unwrap_or("refused");
-                let _ = http::response::error(wbuf, st.code(), reason, ka, false, v, date.get(), None);
+                let _ = http::response::error(wbuf, st.code(), reason, ka, false, v, date.get(), None, allow_origin);
                 st
             }
             ResponseKind::Gif => {
-                let _ = http::response::gif(wbuf, ka, false, v, date.get());
+                let _ = http::response::gif(wbuf, allow_origin, ka, false, v, date.get());
                 Status::S200
             }
             ResponseKind::NoContent | ResponseKind::Redirect => {
                 // Redirect endpoints are GET only (config), so this is a 204.
-                let _ = http::response::no_content(wbuf, ka, v, date.get());
+                let _ = http::response::no_content(wbuf, allow_origin, ka, v, date.get());
                 Status::S204
             }
         };

@@ -230,6 +230,13 @@ fn cors_preflight_allowed_and_denied() {
         br#"{"type":"x"}"#,
     );
     assert_eq!((r.status, r.header("access-control-allow-origin")), (200, None));
+    // A refused body answers the allowed origin with the grant too, so the page's script can
+    // read the status and the reason; other origins still get none.
+    let r = post(&mut c, "/batch", "Content-Type: application/json\r\nOrigin: https://shop.example\r\n", b"{not json");
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (400, Some("https://shop.example")));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let r = post(&mut c, "/batch", "Content-Type: application/json\r\nOrigin: https://evil.example\r\n", b"{not json");
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (400, None));
     // OPTIONS on a GET-only path is not a preflight.
     c.send(b"OPTIONS /i HTTP/1.1\r\nHost: t\r\nOrigin: https://shop.example\r\n\r\n");
     assert_eq!(c.read_response(false).status, 405);
