@@ -439,6 +439,16 @@ pub const BUDGET_KEYS: &[KeySpec] = &[
         "",
         "Never limit 127.0.0.0/8 and ::1.",
     ),
+    k(
+        "budget",
+        "connections_per_prefix_max",
+        "integer",
+        "connections",
+        Int(0),
+        Range(0, 1_000_000),
+        "0 = off",
+        "Open connections one address prefix may hold, across all shards; one more is closed at accept.",
+    ),
 ];
 
 /// `[privacy]` (src/enrich/privacy.rs, src/enrich/ssai.rs; docs/privacy.md).

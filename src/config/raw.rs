@@ -115,6 +115,7 @@ pub struct RawBudget {
     pub ipv6_prefix_bits: Option<S<i64>>,
     pub entries: Option<S<i64>>,
     pub exempt_loopback: Option<S<bool>>,
+    pub connections_per_prefix_max: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

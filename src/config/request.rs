@@ -72,6 +72,9 @@ impl Validator<'_> {
             ipv6_prefix_bits: self.int(&r.ipv6_prefix_bits, spec(BUDGET_KEYS, "ipv6_prefix_bits")) as u8,
             entries,
             exempt_loopback: r.exempt_loopback.as_ref().is_none_or(|b| *b.get_ref()),
+            connections_per_prefix_max: self
+                .int(&r.connections_per_prefix_max, spec(BUDGET_KEYS, "connections_per_prefix_max"))
+                as u32,
         }
     }
 }

@@ -22,7 +22,7 @@
 //! `entries` above the number of prefixes active at once to keep that rare.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire};
 
 pub const ENTRIES_MIN: usize = 1024;
 pub const ENTRIES_MAX: usize = 1 << 24;
@@ -44,6 +44,8 @@ pub struct BudgetConfig {
     pub entries: usize,
     /// 127.0.0.0/8 and ::1 are never limited (health checks, local load tests, a local proxy).
     pub exempt_loopback: bool,
+    /// Open connections one prefix may hold across all shards; 0 = no limit.
+    pub connections_per_prefix_max: u32,
 }
 
 /// Result of charging one request.
@@ -84,28 +86,7 @@ impl Budgets {
     /// Charges one request from `ip` at `now_ns` (Unix ns).
     #[inline]
     pub fn charge(&self, ip: IpAddr, now_ns: u64) -> Charge {
-        let mut key = [0u8; 17];
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        };
-        match ip {
-            IpAddr::V4(a) => {
-                if self.cfg.exempt_loopback && a.is_loopback() {
-                    return Charge::Within;
-                }
-                key[0] = 4;
-                key[1..5].copy_from_slice(&mask(&a.octets(), self.cfg.ipv4_prefix_bits));
-            }
-            IpAddr::V6(a) => {
-                if self.cfg.exempt_loopback && a.is_loopback() {
-                    return Charge::Within;
-                }
-                key[0] = 6;
-                key[1..].copy_from_slice(&mask(&a.octets(), self.cfg.ipv6_prefix_bits));
-            }
-        }
-        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key, 0x0000_6275_6467_6574);
+        let Some(h) = prefix_hash(&self.cfg, ip) else { return Charge::Within };
         let fp = (h >> 44) | 1; // 20 bits, never 0 (0 marks an empty entry)
         let slot = &self.table[(h & self.mask) as usize];
         let now = (now_ns.saturating_sub(self.epoch_ns) / 1000) & TAT_MASK;
@@ -126,6 +107,98 @@ impl Budgets {
             }
         }
         Charge::Within
+    }
+}
+
+/// A hash of the prefix `ip` belongs to (IPv4-mapped IPv6 counts as IPv4); None for an exempt
+/// loopback address.
+#[inline]
+fn prefix_hash(cfg: &BudgetConfig, ip: IpAddr) -> Option<u64> {
+    let mut key = [0u8; 17];
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    if cfg.exempt_loopback && ip.is_loopback() {
+        return None;
+    }
+    match ip {
+        IpAddr::V4(a) => {
+            key[0] = 4;
+            key[1..5].copy_from_slice(&mask(&a.octets(), cfg.ipv4_prefix_bits));
+        }
+        IpAddr::V6(a) => {
+            key[0] = 6;
+            key[1..].copy_from_slice(&mask(&a.octets(), cfg.ipv6_prefix_bits));
+        }
+    }
+    Some(xxhash_rust::xxh3::xxh3_64_with_seed(&key, 0x0000_6275_6467_6574))
+}
+
+/// Open connections per address prefix, in one fixed-size table shared by all shards
+/// (SO_REUSEPORT spreads one source's connections over them). Each prefix counts in two
+/// counters picked by two parts of its hash and is judged by the smaller: another prefix
+/// shares both only rarely, and a shared counter can only make a prefix look bigger. So
+/// collisions fail closed here — a prefix may be refused early, never let past its limit —
+/// and the table (`[budget] entries` counters of 4 bytes) is sized to keep that rare.
+pub struct Connections {
+    counts: Box<[AtomicU32]>,
+    mask: u64,
+    max: u32,
+    cfg: BudgetConfig,
+}
+
+/// An admitted connection's counters in [`Connections`]; `release` them when it closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    a: u32,
+    b: u32,
+}
+
+/// What [`Connections::admit`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted: release it when the connection closes.
+    Counted(Admitted),
+    /// A loopback address with `exempt_loopback`: not counted.
+    Exempt,
+    /// Its prefix already holds `connections_per_prefix_max`.
+    Refused,
+}
+
+impl Connections {
+    /// None when `connections_per_prefix_max` is 0 (no limit).
+    pub fn new(cfg: BudgetConfig) -> Option<Connections> {
+        let entries = cfg.entries.clamp(ENTRIES_MIN, ENTRIES_MAX).next_power_of_two();
+        (cfg.connections_per_prefix_max > 0).then(|| Connections {
+            counts: (0..entries).map(|_| AtomicU32::new(0)).collect(),
+            mask: (entries - 1) as u64,
+            max: cfg.connections_per_prefix_max,
+            cfg,
+        })
+    }
+
+    /// Counts a new connection from `ip`, unless its prefix is full.
+    pub fn admit(&self, ip: IpAddr) -> Admission {
+        let Some(h) = prefix_hash(&self.cfg, ip) else { return Admission::Exempt };
+        let a = (h & self.mask) as u32;
+        let mut b = ((h >> 32) & self.mask) as u32;
+        if b == a {
+            b = (a + 1) & self.mask as u32;
+        }
+        let (ca, cb) = (&self.counts[a as usize], &self.counts[b as usize]);
+        let held = (ca.fetch_add(1, AcqRel) + 1).min(cb.fetch_add(1, AcqRel) + 1);
+        let admitted = Admitted { a, b };
+        if held > self.max {
+            self.release(admitted);
+            return Admission::Refused;
+        }
+        Admission::Counted(admitted)
+    }
+
+    pub fn release(&self, c: Admitted) {
+        self.counts[c.a as usize].fetch_sub(1, AcqRel);
+        self.counts[c.b as usize].fetch_sub(1, AcqRel);
     }
 }
 
@@ -156,9 +229,46 @@ mod tests {
                 ipv6_prefix_bits: 48,
                 entries: 1024,
                 exempt_loopback: true,
+                connections_per_prefix_max: 0,
             },
             T0,
         )
+    }
+
+    #[test]
+    fn connections_per_prefix_are_capped_shared_by_the_prefix_and_freed_on_release() {
+        let cfg = BudgetConfig {
+            rate_per_s: 0,
+            burst: 1,
+            ipv4_prefix_bits: 24,
+            ipv6_prefix_bits: 48,
+            entries: 1024,
+            exempt_loopback: true,
+            connections_per_prefix_max: 2,
+        };
+        assert!(Connections::new(BudgetConfig { connections_per_prefix_max: 0, ..cfg }).is_none());
+        let t = Connections::new(cfg).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let counted = |a: Admission| match a {
+            Admission::Counted(x) => x,
+            other => panic!("{other:?}"),
+        };
+        let a = counted(t.admit(ip("203.0.113.7")));
+        // Same /24, and the same address written as IPv4-mapped IPv6: one prefix.
+        let b = counted(t.admit(ip("::ffff:203.0.113.200")));
+        assert_eq!(t.admit(ip("203.0.113.9")), Admission::Refused);
+        // Another prefix has its own count; loopback is exempt and never counted.
+        let other = counted(t.admit(ip("198.51.100.1")));
+        for _ in 0..10 {
+            assert_eq!(t.admit(ip("127.0.0.1")), Admission::Exempt);
+        }
+        t.release(a);
+        let c = counted(t.admit(ip("203.0.113.1")));
+        assert_eq!(t.admit(ip("203.0.113.2")), Admission::Refused, "a refusal leaves no count behind");
+        for x in [b, c, other] {
+            t.release(x);
+        }
+        assert!(t.counts.iter().all(|c| c.load(Acquire) == 0));
     }
 
     #[test]

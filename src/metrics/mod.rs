@@ -114,9 +114,12 @@ pub enum Reason {
     /// The journal is failing (disk full, I/O error): a `logged` endpoint answered 503, or a
     /// connection waiting for the journal was closed without its responses.
     JournalUnavailable,
+    /// A new connection from an address prefix already holding
+    /// `budget.connections_per_prefix_max`: closed at accept.
+    SourceConnectionLimit,
 }
 
-pub const REASONS: [Reason; 11] = [
+pub const REASONS: [Reason; 12] = [
     Reason::Malformed,
     Reason::Field,
     Reason::RingFull,
@@ -128,6 +131,7 @@ pub const REASONS: [Reason; 11] = [
     Reason::PriceIntegrity,
     Reason::SsaiUnauthenticated,
     Reason::JournalUnavailable,
+    Reason::SourceConnectionLimit,
 ];
 
 impl Reason {
@@ -144,6 +148,7 @@ impl Reason {
             Reason::PriceIntegrity => "price_integrity",
             Reason::SsaiUnauthenticated => "ssai_unauthenticated",
             Reason::JournalUnavailable => "journal_unavailable",
+            Reason::SourceConnectionLimit => "source_connection_limit",
         }
     }
 }

@@ -52,12 +52,15 @@ pub struct ConnBufs {
     body: Vec<u8>,
     /// This connection's slot in the shard's `Deadlines`; unique among the pool's entries.
     slot: usize,
+    /// Its count in the per-prefix connection table, released when it closes (`ShardCtx`).
+    pub source: Option<crate::enrich::budget::Admitted>,
 }
 
 impl ConnBufs {
     pub fn new(s: &Server, slot: usize) -> ConnBufs {
         ConnBufs {
             slot,
+            source: None,
             read: Vec::with_capacity(s.header_bytes_max + s.body_bytes_max),
             write: Vec::with_capacity(WRITE_BYTES),
             // Bodies are parsed here: chunked ones decode into it, Content-Length ones are

@@ -238,6 +238,8 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartEr
     // Per-source budgets, one table shared by all shards; None when rate_per_s = 0.
     let budgets = (cfg.budget.rate_per_s > 0)
         .then(|| Arc::new(crate::enrich::budget::Budgets::new(cfg.budget, crate::clock::unix_nanos())));
+    // Open connections per source prefix, shared likewise; None when the limit is 0.
+    let source_conns = crate::enrich::budget::Connections::new(cfg.budget).map(Arc::new);
     let mut shared = Vec::new();
     let mut threads = Vec::new();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -284,6 +286,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartEr
             cpu,
             dedup: dedup.clone(),
             budgets: budgets.clone(),
+            source_conns: source_conns.clone(),
         };
         let tx = ready_tx.clone();
         let reactor = std::thread::Builder::new()

@@ -19,6 +19,7 @@ use monoio::io::Canceller;
 use super::ShardShared;
 use crate::config::Config;
 use crate::endpoint::Routes;
+use crate::enrich::budget::Admission;
 use crate::extract::IdGen;
 use crate::http::DateCache;
 use crate::metrics::latency::LocalHistogram;
@@ -36,6 +37,7 @@ pub struct ShardArgs {
     pub cpu: Option<core_affinity::CoreId>,
     pub dedup: Option<Arc<crate::dedup::Dedup>>,
     pub budgets: Option<Arc<crate::enrich::budget::Budgets>>,
+    pub source_conns: Option<Arc<crate::enrich::budget::Connections>>,
 }
 
 /// Everything a connection task needs, on the reactor thread only (Rc, RefCell: no locks).
@@ -54,6 +56,9 @@ pub struct ShardCtx {
     pub dedup: Option<Arc<crate::dedup::Dedup>>,
     /// Per-source budgets shared by all shards; None when `budget.rate_per_s = 0`.
     pub budgets: Option<Arc<crate::enrich::budget::Budgets>>,
+    /// Open connections per source prefix, shared by all shards; None when
+    /// `budget.connections_per_prefix_max = 0`.
+    pub source_conns: Option<Arc<crate::enrich::budget::Connections>>,
     /// IP truncation, user-id hashing, opt-out: this shard's copy and period key.
     pub privacy: RefCell<crate::enrich::privacy::Privacy>,
     pub ids: RefCell<IdGen>,
@@ -148,7 +153,10 @@ impl ShardCtx {
         self.config_gen.set(gen);
     }
 
-    pub fn conn_closed(&self, bufs: ConnBufs) {
+    pub fn conn_closed(&self, mut bufs: ConnBufs) {
+        if let (Some(t), Some(a)) = (&self.source_conns, bufs.source.take()) {
+            t.release(a);
+        }
         self.pool.borrow_mut().push(bufs);
         self.conns.set(self.conns.get() - 1);
         self.shared.counters.connections_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -206,6 +214,7 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
             ids: RefCell::new(IdGen::new(i)),
             dedup: args.dedup,
             budgets: args.budgets,
+            source_conns: args.source_conns,
             privacy: RefCell::new(crate::enrich::privacy::Privacy::new(cfg.privacy.clone())),
             date: RefCell::new(DateCache::new()),
             stopping: Cell::new(false),
@@ -350,12 +359,25 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: &monoio::net::TcpListener) {
             }
         };
         let bufs = ctx.pool.borrow_mut().pop();
-        let Some(bufs) = bufs else {
+        let Some(mut bufs) = bufs else {
             // Over connections_per_shard_max: close at once (counted); the client retries.
             ctx.shared.counters.reject(Reason::ConnectionLimit);
             drop(stream);
             continue;
         };
+        // Over its prefix's connections_per_prefix_max: likewise (budget.rs).
+        if let Some(t) = &ctx.source_conns {
+            match t.admit(peer.ip()) {
+                Admission::Counted(a) => bufs.source = Some(a),
+                Admission::Exempt => bufs.source = None,
+                Admission::Refused => {
+                    ctx.shared.counters.reject(Reason::SourceConnectionLimit);
+                    ctx.pool.borrow_mut().push(bufs);
+                    drop(stream);
+                    continue;
+                }
+            }
+        }
         let _ = stream.set_nodelay(true);
         ctx.conns.set(ctx.conns.get() + 1);
         ctx.shared.counters.connections_accepted.fetch_add(1, SeqCst);

@@ -53,3 +53,43 @@ fn notices_over_budget_get_429_with_retry_after() {
     let bills = journal_cat(&s.journal()).iter().filter(|e| e["auction_id"] != "z").count();
     assert_eq!(bills, ok, "every 204 was journaled, no 429 was");
 }
+
+#[test]
+fn a_prefix_over_its_connection_limit_is_closed_at_accept_across_shards_and_freed_at_close() {
+    let cfg = "[budget]\nrate_per_s = 0\nconnections_per_prefix_max = 3\nexempt_loopback = false\n".to_string()
+        + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "2"]);
+    // Three connections, each answered (so each is accepted and counted, whichever shard).
+    let mut held: Vec<Client> = (0..3).map(|_| s.connect()).collect();
+    for (i, c) in held.iter_mut().enumerate() {
+        assert_eq!(c.get(&format!("/i?c={}", i + 1)).status, 200);
+    }
+    // The fourth from the same prefix is closed without an answer.
+    let mut over = s.connect();
+    over.send(b"GET /i?c=9 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(over.is_closed(), "a fourth connection from the prefix must be closed at accept");
+    let m = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    assert!(
+        m.lines().any(|l| l == "tracker_rejects_total{reason=\"source_connection_limit\"} 1"),
+        "{}",
+        m.lines().filter(|l| l.contains("rejects_total")).collect::<Vec<_>>().join("\n")
+    );
+    // Closing one frees its place (the server counts the close when it sees the EOF).
+    drop(held.pop());
+    let deadline = Instant::now() + WAIT;
+    let answered = loop {
+        let mut c = s.connect();
+        c.send(b"GET /i?c=10 HTTP/1.1\r\nHost: t\r\n\r\n");
+        if !c.is_closed() {
+            assert_eq!(c.read_response(false).status, 200);
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the freed place was never given to a new connection");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(answered);
+    drop(held);
+    assert_eq!(s.stop(), 0);
+    // The three answered, and the one on the freed place.
+    assert_eq!(journal_cat(&s.journal()).len(), 4);
+}
