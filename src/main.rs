@@ -80,7 +80,9 @@ enum Cmd {
         #[arg(default_value = "")]
         query: String,
     },
-    /// Read the journal (cat) and move collectors back over it (replay).
+    /// Read the journal (cat, tail) and move collectors back over it (replay). `tracker log …`
+    /// is the same command (the name DESIGN.md uses for the log segments).
+    #[command(visible_alias = "log")]
     Journal {
         #[command(subcommand)]
         cmd: JournalCmd,
@@ -97,6 +99,11 @@ enum JournalCmd {
         /// Keep printing events as they are appended (like tail -f).
         #[arg(long)]
         follow: bool,
+    },
+    /// `cat --follow`: every event so far, then each one as it is appended.
+    Tail {
+        #[arg(long, default_value = "journal")]
+        journal_dir: PathBuf,
     },
     /// Move a collector's cursors back so it delivers again from a segment or a time (the
     /// tracker must be stopped). Batches are cut exactly as before: same keys, same ids.
@@ -159,6 +166,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Journal { cmd: JournalCmd::Cat { journal_dir, follow } } => journal_cat(&journal_dir, follow),
+        Cmd::Journal { cmd: JournalCmd::Tail { journal_dir } } => journal_cat(&journal_dir, true),
         Cmd::PrivacyManifest { config } => {
             let cfg = match load_config(config.as_deref()) {
                 Ok(c) => c,

@@ -150,6 +150,41 @@ fn a_full_ring_answers_503_with_retry_after_and_loses_nothing_it_acknowledged() 
     assert_eq!(journal_cat(&s.journal()).len(), ok);
 }
 
+/// `tracker log tail` (alias of `journal cat --follow`) prints what is already there, then each
+/// event as the drain appends it, while the server runs.
+#[test]
+fn log_tail_follows_events_as_they_are_journaled() {
+    use std::io::BufRead;
+    let mut s = Server::start(None, &["--shards", "1"]);
+    assert_eq!(s.connect().get("/i?c=101").status, 200);
+    let mut tail = std::process::Command::new(BIN)
+        .args(["log", "tail", "--journal-dir"])
+        .arg(s.journal())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_campaign = || {
+        let line = rx.recv_timeout(WAIT).expect("log tail printed nothing within the wait");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["campaign_id"].as_u64().unwrap()
+    };
+    assert_eq!(next_campaign(), 101, "what was journaled before the tail started");
+    assert_eq!(s.connect().get("/i?c=102").status, 200);
+    assert_eq!(next_campaign(), 102, "an event appended while tailing");
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert_eq!(s.stop(), 0);
+}
+
 /// The default config's endpoint and event tables, for tests that change only [server] or [journal].
 pub fn default_endpoints_and_events() -> String {
     let text = include_str!("../../config/tracker.toml");
