@@ -86,7 +86,27 @@ impl Producer {
         debug_assert!(self.tail - self.head_cache < self.inner.mask + 1, "commit without reserve");
         self.tail += 1;
         self.inner.tail.store(self.tail, Ordering::Release);
+        self.prefetch_next();
         self.tail
+    }
+
+    /// Asks the CPU to bring the next slot's cache lines in for writing. A slot was last touched
+    /// a whole ring ago (8 MiB by default, long evicted), so without this the next request's
+    /// first read of its event waited for memory: 27% of `extract` in perf, on one load.
+    /// The next request is microseconds away, time enough for the lines to arrive.
+    #[inline]
+    fn prefetch_next(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+            let next = self.inner.slots[(self.tail & self.inner.mask) as usize].get() as *const i8;
+            for line in (0..std::mem::size_of::<Event>()).step_by(64) {
+                // SAFETY: a prefetch is a hint with no effect on memory, and `next + line` stays
+                // inside the slot; the slot itself may still be the consumer's (prefetching
+                // reads nothing the program sees).
+                unsafe { _mm_prefetch::<_MM_HINT_ET0>(next.add(line)) };
+            }
+        }
     }
 
     /// More than half full (a hint to wake the consumer). Refreshes the cached head: one
