@@ -191,8 +191,13 @@ pub fn parse<'b, 'h>(
                 expect_continue |= h.value.eq_ignore_ascii_case(b"100-continue");
             }
             10 if name.eq_ignore_ascii_case(b"connection") => {
-                close |= list_has_token(h.value, b"close");
-                keep_alive_token |= list_has_token(h.value, b"keep-alive");
+                // Browsers send exactly `keep-alive`: one compare instead of two list scans.
+                if h.value.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_token = true;
+                } else {
+                    close |= list_has_token(h.value, b"close");
+                    keep_alive_token |= list_has_token(h.value, b"keep-alive");
+                }
             }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 // Even an identical repeat is refused: some intermediaries take the first,
