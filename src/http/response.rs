@@ -155,9 +155,8 @@ pub fn preflight(
     }
     let mut w = Out::new(out);
     w.status_line(b"204 No Content", date);
-    w.put(b"Access-Control-Allow-Origin: ");
-    w.put(allow_origin);
-    w.put(b"\r\nVary: Origin\r\nAccess-Control-Allow-Methods: POST, OPTIONS\r\n");
+    w.allow_origin(Some(allow_origin));
+    w.put(b"Access-Control-Allow-Methods: POST, OPTIONS\r\n");
     w.put(b"Access-Control-Allow-Headers: Content-Type, Content-Encoding\r\nAccess-Control-Max-Age: ");
     let mut digits = [0u8; USIZE_DIGITS_MAX];
     w.put(put_usize(&mut digits, max_age_s as usize));
