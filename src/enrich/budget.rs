@@ -220,32 +220,25 @@ mod tests {
     const T0: u64 = 1_790_000_000_000_000_000;
     const MS: u64 = 1_000_000;
 
-    fn budgets(rate: u32, burst: u32) -> Budgets {
-        Budgets::new(
-            BudgetConfig {
-                rate_per_s: rate,
-                burst,
-                ipv4_prefix_bits: 24,
-                ipv6_prefix_bits: 48,
-                entries: 1024,
-                exempt_loopback: true,
-                connections_per_prefix_max: 0,
-            },
-            T0,
-        )
-    }
-
-    #[test]
-    fn connections_per_prefix_are_capped_shared_by_the_prefix_and_freed_on_release() {
-        let cfg = BudgetConfig {
-            rate_per_s: 0,
-            burst: 1,
+    fn config(rate: u32, burst: u32) -> BudgetConfig {
+        BudgetConfig {
+            rate_per_s: rate,
+            burst,
             ipv4_prefix_bits: 24,
             ipv6_prefix_bits: 48,
             entries: 1024,
             exempt_loopback: true,
-            connections_per_prefix_max: 2,
-        };
+            connections_per_prefix_max: 0,
+        }
+    }
+
+    fn budgets(rate: u32, burst: u32) -> Budgets {
+        Budgets::new(config(rate, burst), T0)
+    }
+
+    #[test]
+    fn connections_per_prefix_are_capped_shared_by_the_prefix_and_freed_on_release() {
+        let cfg = BudgetConfig { connections_per_prefix_max: 2, ..config(0, 1) };
         assert!(Connections::new(BudgetConfig { connections_per_prefix_max: 0, ..cfg }).is_none());
         let t = Connections::new(cfg).unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();

@@ -158,8 +158,6 @@ pub fn run(
         if n > 0 {
             shared.set_journal_failing(false);
             failing_at_stop = None;
-        }
-        if n > 0 {
             naps = 0;
         } else {
             if shared.reactor_done.load(SeqCst) && ring.is_empty() {
