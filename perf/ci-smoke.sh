@@ -74,14 +74,14 @@ step "cargo build --release --bins"
 # ---------------------------------------------------------------- tracker vs nginx
 step "perf/vs-nginx.sh, ${SMOKE_DURATION}s"
 VS_OUT=$TMP/vs-nginx.txt
-DURATION=$SMOKE_DURATION RUNS=1 WARMUP=1 REQUIRE_TRACKER=1 TRACKER_BIN=$BIN_DIR/tracker \
+DURATION=$SMOKE_DURATION RUNS=1 WARMUP=1 REQUIRE_TRACKER=1 TRACKER_BIN=$BIN_DIR/tracker FLOOR=1 FLOOR_BIN=$BIN_DIR/floor \
   "$PERF_DIR/vs-nginx.sh" --no-build --no-results >"$VS_OUT" || die "perf/vs-nginx.sh failed"
 cat "$VS_OUT"
 # Every table row "| non-2xx responses |" and "| socket errors |" must be 0; req/s > 0.
 awk -F'|' '
   $2 ~ /non-2xx responses|socket errors/ { for (i = 3; i <= 5; i++) if ($i + 0 != 0) { print "ci-smoke: " $2 "=" $i; bad = 1 } }
   $2 ~ /^ req\/s $/ { n++; if ($3 + 0 <= 0) { print "ci-smoke: zero throughput"; bad = 1 } }
-  END { if (n < 2) { print "ci-smoke: expected req/s rows for nginx and the tracker, found " n; bad = 1 } exit bad }' "$VS_OUT" >&2 ||
+  END { if (n < 3) { print "ci-smoke: expected req/s rows for nginx, the tracker and the floor, found " n; bad = 1 } exit bad }' "$VS_OUT" >&2 ||
   die "vs-nginx: the pipeline is broken (errors or zero throughput above)"
 
 # ---------------------------------------------------------------- loadgen against the tracker

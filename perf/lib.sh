@@ -2,7 +2,7 @@
 # Sourced, not run. The sourcing script sets, before calling anything here:
 #   LOG_TAG (prefix of log lines), and before lib_init: TMP (its temp dir), KEEP_TMP,
 #   NGINX, SERVER_CPU, READY_TIMEOUT, PIXEL_PATH (readiness probe), TRACKER_BIN / TRACKER_ARGS
-#   (start_server tracker), TRACKER_STANDIN (optional).
+#   (start_server tracker), FLOOR_BIN (start_server floor), TRACKER_STANDIN (optional).
 # What is here: log/die; process bookkeeping with cleanup on exit (every server started with
 # start_server is stopped, also on Ctrl-C); free_port; CPU accounting from /proc; readiness
 # polling; the nginx config (1 worker, return 204, buffered access log) and start_server.
@@ -193,6 +193,8 @@ start_server() { # start_server KIND DIR PORT ; sets SRV_PIDS SRV_MAIN_PID
     "$NGINX" -t -q -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >"$d/server.log" 2>&1 ||
       { cat "$d/server.log" >&2; die "generated nginx config is invalid ($d/nginx.conf)"; }
     cmd=(taskset -c "$SERVER_CPU" "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/error.log")
+  elif [[ $kind == floor ]]; then
+    cmd=(taskset -c "$SERVER_CPU" "$FLOOR_BIN" "127.0.0.1:$port")
   else
     mkdir -p "$d/journal"
     # shellcheck disable=SC2206 # TRACKER_ARGS is meant to be word-split

@@ -6,6 +6,9 @@
 # buffered access log, buffer=64k flush=1s; the tracker: its journal). Runs alternate
 # nginx/tracker RUNS times; each run starts a fresh server, warms it up, then measures.
 # The primary metric is server CPU time per request, read from /proc/PID/stat.
+# With FLOOR=1 (the default when target/release/floor exists) each round also runs `floor`
+# (tools/floor): a bare monoio server answering 204 with no parsing, events or journal, the
+# floor that the kernel's TCP path and the runtime set for both.
 # See perf/README.md for what the columns mean and the caveats.
 #
 # Usage: perf/vs-nginx.sh [--no-build] [--write] [--no-results] [--help]
@@ -19,6 +22,7 @@
 #   TRACKER_BIN   use this binary, never build
 #   TRACKER_ARGS  extra arguments appended to `tracker serve ...` (word-split)
 #   TRACKER_STANDIN=nginx  run a second, identical nginx in the tracker's slot (self-test)
+#   FLOOR [1 if FLOOR_BIN exists, else 0]  FLOOR_BIN [target/release/floor]
 #   REQUIRE_TRACKER=1  fail instead of falling back to nginx only
 #   RESULTS_MD [perf/RESULTS.md]  NGINX [nginx]  WRK [wrk]  CARGO [cargo]  KEEP_TMP=1
 set -euo pipefail
@@ -46,7 +50,7 @@ KEEP_TMP=${KEEP_TMP:-0}
 
 # Command line as typed, with the knobs that change the result, for RESULTS.md.
 CMDLINE=""
-for v in CONNS DURATION RUNS WARMUP SERVER_CPU WRK_CPU TRACKER_BIN TRACKER_ARGS TRACKER_STANDIN; do
+for v in CONNS DURATION RUNS WARMUP SERVER_CPU WRK_CPU TRACKER_BIN TRACKER_ARGS TRACKER_STANDIN FLOOR; do
   if [[ -n ${!v:-} ]]; then CMDLINE+="$v=$(printf '%q' "${!v}") "; fi
 done
 CMDLINE+="perf/vs-nginx.sh"
@@ -133,6 +137,15 @@ else
   fi
 fi
 
+# ---------------------------------------------------------------- floor binary
+# Built with the tracker (`cargo build --release` builds every binary of the package).
+FLOOR_BIN=${FLOOR_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/floor}
+if [[ -z ${FLOOR:-} ]]; then
+  if [[ -x $FLOOR_BIN ]]; then FLOOR=1; else FLOOR=0; fi
+fi
+[[ $FLOOR == [01] ]] || die "FLOOR must be 0 or 1, got '$FLOOR'"
+((FLOOR == 0)) || [[ -x $FLOOR_BIN ]] || die "FLOOR=1 but there is no executable at $FLOOR_BIN"
+
 # ---------------------------------------------------------------- one run
 RUNS_TSV=$TMP/runs.tsv
 : >"$RUNS_TSV"
@@ -187,6 +200,8 @@ run_one() { # run_one KIND LABEL RUNNO
   if [[ $real == nginx ]]; then
     log_bytes=$(stat -c %s "$d/access.log" 2>/dev/null || echo 0)
     log_lines=$(wc -l <"$d/access.log" 2>/dev/null || echo 0)
+  elif [[ $real == floor ]]; then
+    log_bytes=0
   else
     log_bytes=$(du -sb "$d/journal" | awk '{print $1}')
   fi
@@ -253,6 +268,8 @@ run_one() { # run_one KIND LABEL RUNNO
     if ((log_lines < req)); then
       log "WARNING: $label access log has $log_lines lines for $req measured requests"
     fi
+  elif [[ $real == floor ]]; then
+    logdesc="no log"
   else
     logdesc="journal $log_bytes B"
   fi
@@ -268,8 +285,14 @@ log "nginx: $NGINX_VERSION; server core $SERVER_CPU, wrk core $WRK_CPU; CONNS=$C
 for ((n = 1; n <= RUNS; n++)); do
   # Alternate which server goes first so slow drifts of the noisy VM hit both alike.
   if ((n % 2 == 1)); then order=(nginx tracker); else order=(tracker nginx); fi
+  # The floor runs on either side of the pair, alternating too.
+  if ((FLOOR)); then
+    if ((n % 2 == 1)); then order+=(floor); else order=(floor "${order[@]}"); fi
+  fi
   for kind in "${order[@]}"; do
-    if [[ $kind == nginx ]]; then
+    if [[ $kind == floor ]]; then
+      run_one floor "floor (tools/floor)" "$n"
+    elif [[ $kind == nginx ]]; then
       run_one nginx nginx "$n"
     elif ((TRACKER_AVAILABLE)); then
       run_one tracker "$TRACKER_LABEL" "$n"
@@ -339,7 +362,7 @@ REPORT=$TMP/report.md
   printf '%s\n' "${SERVER_CMDS[@]}" | sort -u | while IFS= read -r c; do
     printf -- '- server: `%s`\n' "$c"
   done
-  printf -- '- each run: fresh server, %ss warm-up (not measured), then %ss measured; runs alternate nginx/tracker\n' "$WARMUP" "$DURATION"
+  printf -- '- each run: fresh server, %ss warm-up (not measured), then %ss measured; runs alternate nginx/tracker (and the floor, when run, on either side)\n' "$WARMUP" "$DURATION"
   [[ -n $TRACKER_NOTE ]] && printf -- '- **%s**\n' "$TRACKER_NOTE"
   printf '\n'
   table_for nginx "$NGINX_VERSION (1 worker, access_log buffer=64k flush=1s)"
@@ -347,6 +370,14 @@ REPORT=$TMP/report.md
     if [[ -n $TRACKER_STANDIN ]]; then table_for tracker "$TRACKER_LABEL"; else table_for tracker "$TRACKER_LABEL (--shards 1, journal on)"; fi
     printf -- '- throughput tracker/nginx (req/s): **%s**\n' "$(ratio_line 3 tracker nginx)"
     printf -- '- CPU per request nginx/tracker (>1: tracker is cheaper): **%s**\n' "$(ratio_line 4 nginx tracker)"
+    printf '\n'
+  fi
+  if ((FLOOR)); then
+    table_for floor "floor (tools/floor: bare monoio, 204, no parsing, no events, no log)"
+    printf -- '- CPU per request nginx/floor (what is there to win at all): **%s**\n' "$(ratio_line 4 nginx floor)"
+    if ((TRACKER_AVAILABLE)); then
+      printf -- '- CPU per request tracker/floor (the whole pipeline above the floor): **%s**\n' "$(ratio_line 4 tracker floor)"
+    fi
     printf '\n'
   fi
 } >"$REPORT"
