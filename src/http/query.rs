@@ -72,7 +72,12 @@ pub fn percent_decode(src: &[u8], dst: &mut [u8]) -> Result<usize, DecodeError> 
 /// Like `percent_decode`, but a value longer than `dst` is cut to fit: returns the bytes written
 /// and whether any were dropped. The whole input is still checked for bad escapes.
 pub fn percent_decode_truncating(src: &[u8], dst: &mut [u8]) -> Result<(usize, bool), DecodeError> {
-    let (mut i, mut n, mut truncated) = (0usize, 0usize, false);
+    // Most values (ids, domains, consent strings) have no escape at all, or a long run before
+    // the first: copy that run in one go, then decode byte by byte from there.
+    let plain = memchr::memchr2(b'%', b'+', src).unwrap_or(src.len());
+    let take = plain.min(dst.len());
+    dst[..take].copy_from_slice(&src[..take]);
+    let (mut i, mut n, mut truncated) = (plain, take, plain > take);
     while i < src.len() {
         let b = match src[i] {
             b'%' => {
@@ -146,6 +151,9 @@ pub fn hex(c: u8) -> Option<u8> {
 /// Names are case-sensitive; whitespace around pairs is tolerated (clients vary); a value in
 /// double quotes is returned without them. The first match wins.
 pub fn cookie<'v>(header_value: &'v [u8], name: &[u8]) -> Option<&'v [u8]> {
+    // Most requests do not carry the cookie asked for (the opt-out cookie is looked for on
+    // every event): one SIMD search for its name settles that without splitting the header.
+    memchr::memmem::find(header_value, name)?;
     for part in header_value.split(|&b| b == b';') {
         let part = trim_ows(part);
         let Some(eq) = part.iter().position(|&b| b == b'=') else {
@@ -250,6 +258,20 @@ mod tests {
     }
 
     #[test]
+    fn percent_decoding_after_a_plain_run() {
+        // The run before the first escape is copied whole; what follows is still decoded and
+        // checked, also once the output is full.
+        assert_eq!(decode(b"abc%41d+e"), Ok(b"abcAd e".to_vec()));
+        let mut dst = [0u8; 3];
+        assert_eq!(percent_decode_truncating(b"abcdef", &mut dst), Ok((3, true)));
+        assert_eq!(&dst, b"abc");
+        assert_eq!(percent_decode_truncating(b"ab%41%42", &mut dst), Ok((3, true)));
+        assert_eq!(&dst, b"abA");
+        assert_eq!(percent_decode_truncating(b"abcdef%zz", &mut dst), Err(DecodeError::BadEscape));
+        assert_eq!(percent_decode_truncating(b"abcdef%4", &mut dst), Err(DecodeError::BadEscape));
+    }
+
+    #[test]
     fn cookies() {
         assert_eq!(cookie(b"a=1; b=2", b"a"), Some(&b"1"[..]));
         assert_eq!(cookie(b"a=1; b=2", b"b"), Some(&b"2"[..]));
@@ -262,6 +284,9 @@ mod tests {
         assert_eq!(cookie(b"uid=\"x y\"", b"uid"), Some(&b"x y"[..]));
         assert_eq!(cookie(b"uid=a=b", b"uid"), Some(&b"a=b"[..]));
         assert_eq!(cookie(b"", b"a"), None);
+        // The name's bytes appear, but only inside another cookie's name or value.
+        assert_eq!(cookie(b"x=optout; optout2=1", b"optout"), None);
+        assert_eq!(cookie(b"x=optout; optout=1", b"optout"), Some(&b"1"[..]));
     }
 
     #[test]

@@ -334,6 +334,11 @@ impl ControlMasks {
             // Unsigned v <= 0x1f: min(v, 0x1f) == v.
             let low = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
             let ctl = _mm_movemask_epi8(_mm_or_si128(low, eq(0x7f))) as u32;
+            // Most 16-byte chunks of a head lie inside a line: no control byte, nothing more to
+            // look at.
+            if ctl == 0 {
+                return ControlMasks { other: 0, cr: 0, lf: 0 };
+            }
             let tab = _mm_movemask_epi8(eq(b'\t')) as u32;
             let cr = _mm_movemask_epi8(eq(b'\r')) as u32;
             let lf = _mm_movemask_epi8(eq(b'\n')) as u32;
