@@ -182,8 +182,10 @@ impl ShardSource {
                     return Ok(if writer_left { Tail::Finished } else { Tail::Waiting });
                 }
                 if !writer_left {
-                    // Being written, or bad in the last segment: recovery would drop it and
-                    // everything after it, so never go past it.
+                    // Being written, or bad in the last segment: wait. Either the writer
+                    // completes it, or it leaves the segment (a restart with written data after
+                    // a bad record starts a new segment and keeps this one as is), and then the
+                    // record is final and skipped below.
                     self.stalled_at = Some(Position { segment, index });
                     return Ok(Tail::Waiting);
                 }

@@ -6,9 +6,11 @@
 //! they were made with. Out: files under `journal.dir`.
 //!
 //! # What must hold
-//! - **An in-order prefix.** A shard's journal is the events appended, in append order, with no
-//!   gap: recovery keeps the intact records of the last segment up to the first bad one and
-//!   drops (zeroes) everything after it.
+//! - **In order, and never rewritten where a reader may have been.** A shard's journal is the
+//!   events appended, in append order. Recovery zeroes and writes over only a torn last record
+//!   (a bad slot with nothing but zeros after it, where every reader waits); when written data
+//!   follows a bad or missing record, the segment is left as it is and appends go to a new one,
+//!   so no reader's position is ever reused.
 //! - **Every record checked twice.** Sealed (magic + CRC32C) before it is copied in, verified
 //!   again by recovery and by the reader.
 //! - **No syscall, fault or allocation on append** except at rotation: segments are preallocated
@@ -44,11 +46,12 @@
 //! fsync dir, map). The full segment's unsynced range is flushed by the next `sync`.
 //!
 //! # Recover
-//! [`ShardJournal::open`] takes the highest-numbered segment and scans its slots: all-zero =
-//! clean end; intact record = kept; anything else = a torn or corrupt tail, zeroed up to the
-//! first all-zero slot and msynced, counted in the [`RecoveryReport`]. It then goes on appending
-//! to that segment, or starts a new one (reason in the report) when it is full, its schema is
-//! not the one given, or its header is bad (the file is renamed `.corrupt`).
+//! [`ShardJournal::open`] takes the highest-numbered segment and scans its slots for the end of
+//! the intact prefix. Nothing after it = clean end; one bad slot and only zeros after it = a torn
+//! record, zeroed and msynced, counted in the [`RecoveryReport`]; any written data after the
+//! first bad or zero slot = left in place (`sealed_bad_records`). It then goes on appending to
+//! that segment, or starts a new one (reason in the report) when data was left in place, it is
+//! full, its schema is not the one given, or its header is bad (the file is renamed `.corrupt`).
 //!
 //! # Read
 //! [`JournalReader::poll`] delivers the records that became available since the last call,

@@ -12,9 +12,13 @@
 //! - a slot that is not an intact record but is followed by written data (the next slot, or a
 //!   newer segment): corrupt. It is re-read once (the reader may have raced the writer's
 //!   stores), then skipped, counted in [`JournalReader::corrupt_records`] and reported in
-//!   [`JournalReader::take_warnings`]. Note the writer's recovery is stricter: on its next open
-//!   it drops everything after the first bad record of the last segment, so a reader that
-//!   skipped one there may have delivered records the journal later drops.
+//!   [`JournalReader::take_warnings`]. The writer's recovery agrees: when written data follows
+//!   the first bad slot of its last segment, it leaves that segment as it is and starts the
+//!   next one, so what a reader delivered past the bad slot is neither dropped nor overwritten
+//!   (and a collector's cursor past it never skips new events). Only a bad slot with nothing
+//!   but zeros after it, which every reader waits at, is zeroed and written over.
+//! - in a segment the writer has left, an all-zero slot ends it even if data follows (a power
+//!   loss can leave a page unwritten before pages that were): those records are not delivered.
 //!
 //! A segment whose header fails its checks is skipped with a warning naming the file (and
 //! counted in [`JournalReader::corrupt_segments`]), so one bad file does not hide the segments
@@ -28,7 +32,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::error::JournalError;
-use super::segment::{list_segments, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile};
+use super::segment::{
+    all_zero, list_segments, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile,
+};
 use crate::event::{Event, EVENT_BYTES};
 use crate::schema::Schema;
 
@@ -267,10 +273,6 @@ impl ShardCursor {
         let current = self.open.as_ref().map_or(0, |s| s.number);
         Ok(list_segments(&self.dir)?.iter().any(|&(n, kind)| kind == SegmentFile::Live && n > current))
     }
-}
-
-fn all_zero(b: &[u8]) -> bool {
-    b.iter().all(|&x| x == 0)
 }
 
 impl OpenSegment {

@@ -89,12 +89,16 @@ pub struct RecoveryReport {
     pub segment: u64,
     /// Intact records found in the last segment (0 when there was none).
     pub records: u64,
-    /// Slots dropped from a torn or corrupt tail of the last segment: the first slot that was
-    /// neither all-zero nor an intact record, and every written slot after it.
+    /// Slots dropped from a torn tail of the last segment: a slot that was neither all-zero nor
+    /// an intact record, with nothing but zeros after it (no reader can have read past it).
     pub torn_records: u64,
     /// From the start of the first dropped slot to the last non-zero byte of the dropped slots
     /// (100 for a record of which only 100 bytes were copied).
     pub torn_bytes: u64,
+    /// Bad slots left in place in a last segment that was sealed as is because written data
+    /// follows its first bad (or missing) record: readers skip them, and whatever they already
+    /// read after them stays where it was (see `recover_records`).
+    pub sealed_bad_records: u64,
     /// Why the writer did not continue the last segment, when it did not.
     pub new_segment_reason: Option<&'static str>,
     /// The same, with the file and the numbers, for the operator's log.
@@ -584,6 +588,7 @@ impl ShardJournal {
             records: 0,
             torn_records: 0,
             torn_bytes: 0,
+            sealed_bad_records: 0,
             new_segment_reason: None,
             detail: None,
         };
@@ -864,8 +869,11 @@ fn map_segment(file: &File, path: &Path, len: usize) -> Result<MmapMut, JournalE
     Ok(map)
 }
 
-fn all_zero(b: &[u8]) -> bool {
-    b.iter().all(|&x| x == 0)
+/// Whether every byte of `b` is zero: 64 bytes at a time with an OR the compiler vectorises
+/// (recovery may look at a whole segment's worth).
+pub(super) fn all_zero(b: &[u8]) -> bool {
+    let (blocks, rest) = b.as_chunks::<64>();
+    blocks.iter().all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0) && rest.iter().all(|&x| x == 0)
 }
 
 /// Recovers the highest-numbered segment `n`: returns it as the active segment when the writer
@@ -905,10 +913,24 @@ fn recover_last(
     }
     let mut map = map_segment(&file, &path, file_bytes as usize)?;
     let header_bytes = header.header_bytes as usize;
-    let tail = recover_records(&mut map, &path, header_bytes)?;
+    let tail = recover_records(&mut map, &file, &path, header_bytes)?;
     report.records = tail.records;
     report.torn_records = tail.torn_records;
     report.torn_bytes = tail.torn_bytes;
+    if let Some(bad) = tail.sealed_bad {
+        report.sealed_bad_records = bad;
+        report.new_segment_reason =
+            Some("last segment has written data after a bad or missing record; left as is for readers");
+        report.detail = Some(format!(
+            "{}: {} intact records, then data after offset {}: {bad} bad slot(s) left in place (readers skip \
+             them), nothing dropped; new events go to segment {}",
+            path.display(),
+            tail.records,
+            tail.end_off,
+            n + 1
+        ));
+        return Ok(None);
+    }
 
     let same_schema =
         header.schema_json == schema_json || Schema::from_json(&header.schema_json).is_ok_and(|s| s == *schema);
@@ -941,15 +963,26 @@ fn recover_last(
 struct Tail {
     /// Offset of the first slot after the intact prefix.
     end_off: usize,
+    /// Intact records: the prefix, plus those after it when the segment is sealed.
     records: u64,
     torn_records: u64,
     torn_bytes: u64,
+    /// Some(bad slots) when the segment must be left as is (see `recover_records`).
+    sealed_bad: Option<u64>,
 }
 
-/// Scans the records from `header_bytes`: all-zero slot = clean end; intact sealed record =
-/// kept; anything else starts a torn tail, which is zeroed up to the first all-zero slot (the
-/// journal is an in-order prefix: nothing after a bad record is kept) and msynced.
-fn recover_records(map: &mut MmapMut, path: &Path, header_bytes: usize) -> Result<Tail, JournalError> {
+/// Scans the records from `header_bytes` for the end of the intact prefix (the first slot that
+/// is all-zero or not an intact sealed record), then decides by what a reader may have seen:
+/// - nothing but zeros after the prefix, or one bad slot and nothing but zeros after it (a
+///   record cut by a crash): a reader stops at such a slot and waits, so none has read past it.
+///   The slot is zeroed and msynced, and the writer appends from there (`end_off`).
+/// - written data after the first bad or zero slot (a bad record followed by records, or a gap
+///   that a power loss left before data written back out of order): a reader skips a bad slot
+///   that more data follows, so it may have delivered records after it, and a collector's
+///   cursor may point past it. Overwriting those positions would make that cursor skip the new
+///   events written there, so nothing is changed: the segment is sealed (`sealed_bad`) and the
+///   writer starts the next one.
+fn recover_records(map: &mut MmapMut, file: &File, path: &Path, header_bytes: usize) -> Result<Tail, JournalError> {
     let len = map.len();
     let mut off = header_bytes;
     let mut records = 0u64;
@@ -962,21 +995,57 @@ fn recover_records(map: &mut MmapMut, path: &Path, header_bytes: usize) -> Resul
         off += EVENT_BYTES;
     }
     let end_off = off;
-    let mut torn_end = off;
-    let mut torn_records = 0u64;
-    let mut last_non_zero = off;
-    while torn_end + EVENT_BYTES <= len {
-        let slot = &map[torn_end..torn_end + EVENT_BYTES];
-        let Some(i) = slot.iter().rposition(|&b| b != 0) else {
-            break;
-        };
-        last_non_zero = torn_end + i + 1;
-        torn_records += 1;
-        torn_end += EVENT_BYTES;
+    // A slot that is neither zero nor intact at end_off, and how much of it was written.
+    let torn_used = map.get(end_off..end_off + EVENT_BYTES).and_then(|s| s.iter().rposition(|&b| b != 0));
+    let after = end_off + if torn_used.is_some() { EVENT_BYTES } else { 0 };
+    if after < len && written_after(file, map, after) {
+        let (mut intact, mut bad) = (0u64, 0u64);
+        let mut at = end_off;
+        while at + EVENT_BYTES <= len {
+            let slot: &[u8; EVENT_BYTES] = map[at..at + EVENT_BYTES].try_into().expect("one slot");
+            if Event::from_bytes(slot).is_sealed_intact() {
+                intact += 1;
+            } else if !all_zero(slot) {
+                bad += 1;
+            }
+            at += EVENT_BYTES;
+        }
+        return Ok(Tail { end_off, records: records + intact, torn_records: 0, torn_bytes: 0, sealed_bad: Some(bad) });
     }
-    if torn_records > 0 {
-        map[end_off..torn_end].fill(0);
-        msync(map, path, end_off, torn_end)?;
+    let Some(used) = torn_used else {
+        return Ok(Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed_bad: None });
+    };
+    map[end_off..end_off + EVENT_BYTES].fill(0);
+    msync(map, path, end_off, end_off + EVENT_BYTES)?;
+    Ok(Tail { end_off, records, torn_records: 1, torn_bytes: used as u64 + 1, sealed_bad: None })
+}
+
+/// Whether any byte of `map[from..]` (a map of `file`) is non-zero. Only the file's data ranges
+/// are read (SEEK_DATA / SEEK_HOLE): ext4, xfs and tmpfs report a preallocated, never-written
+/// range as a hole, so the empty tail of a 64 MiB segment is not faulted in page by page. Where
+/// the file system cannot say, every byte is read.
+fn written_after(file: &File, map: &[u8], from: usize) -> bool {
+    let len = map.len();
+    let mut off = from;
+    while off < len {
+        // SAFETY: lseek on a file descriptor we own; no memory is involved.
+        let data = unsafe { libc::lseek(file.as_raw_fd(), off as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            // ENXIO: no data at or after `off`. Anything else: no answer, so read it all.
+            return io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO) && !all_zero(&map[off..]);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(file.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let start = (data as usize).clamp(off, len);
+        let end = if hole < 0 { len } else { (hole as usize).clamp(start, len) };
+        if !all_zero(&map[start..end]) {
+            return true;
+        }
+        if end <= start {
+            // No progress (a file system answering oddly): read the rest.
+            return !all_zero(&map[start..]);
+        }
+        off = end;
     }
-    Ok(Tail { end_off, records, torn_records, torn_bytes: (last_non_zero - end_off) as u64 })
+    false
 }

@@ -156,7 +156,7 @@ fn reopen_continues_the_last_segment_after_its_last_record() {
 }
 
 #[test]
-fn torn_tail_drops_the_bad_record_and_everything_after_it() {
+fn a_bad_record_followed_by_records_is_left_in_place_and_the_writer_moves_on() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
@@ -175,24 +175,75 @@ fn torn_tail_drops_the_bad_record_and_everything_after_it() {
     let msg = warnings[0].to_string();
     assert!(msg.contains("00000000000000000001.seg") && msg.contains("record 3 at offset 5632"), "{msg}");
 
-    let rec5 = read_bytes(&path, HDR + 4 * REC, EVENT_BYTES);
-    let rec5_used = rec5.iter().rposition(|&b| b != 0).unwrap() as u64 + 1;
+    // That reader may be a collector whose cursor is now past record 5: writing new events over
+    // slots 4 and 5 would make it skip them. The writer leaves segment 1 as it is.
+    let seg1 = std::fs::read(&path).unwrap();
     let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    assert_eq!(report.segment, 1);
-    assert_eq!(report.records, 3);
-    assert_eq!(report.torn_records, 2);
-    assert_eq!(report.torn_bytes, REC + rec5_used);
-    assert_eq!(report.new_segment_reason, None);
-    assert!(read_bytes(&path, rec4, 2 * EVENT_BYTES).iter().all(|&b| b == 0));
+    assert_eq!(report.segment, 2);
+    assert_eq!((report.records, report.torn_records, report.torn_bytes, report.sealed_bad_records), (4, 0, 0, 1));
+    assert!(report.new_segment_reason.unwrap().contains("after a bad or missing record"));
+    let detail = report.detail.unwrap();
+    assert!(detail.contains("00000000000000000001.seg") && detail.contains("1 bad slot(s)"), "{detail}");
+    assert_eq!(std::fs::read(&path).unwrap(), seg1, "segment 1 is not modified");
 
-    let mut r = JournalReader::open(root).unwrap();
-    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 3]);
     append_seqs(&mut j, [42]);
-    assert_eq!(Event::from_bytes(&read_bytes(&path, rec4, EVENT_BYTES).try_into().unwrap()).seq, 42);
-    assert_eq!(seqs(&read_all(&mut r)), [42]);
+    assert_eq!(seqs(&read_all(&mut before)), [42]);
     let mut fresh = JournalReader::open(root).unwrap();
-    assert_eq!(seqs(&read_all(&mut fresh)), [1, 2, 3, 42]);
-    assert_eq!(fresh.corrupt_records(), 0);
+    assert_eq!(seqs(&read_all(&mut fresh)), [1, 2, 3, 5, 42]);
+    assert_eq!(fresh.corrupt_records(), 1);
+    drop(j);
+
+    // Opened again: segment 2 ends cleanly, so the writer goes on appending to it.
+    let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.sealed_bad_records), (2, 1, 0));
+    assert_eq!(report.new_segment_reason, None);
+}
+
+#[test]
+fn records_after_a_zeroed_gap_are_left_in_place_and_the_writer_moves_on() {
+    // A power loss can leave an early page unwritten while a later one reached the disk.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=5);
+    drop(j);
+    let path = seg_file(root, 0, 1);
+    patch(&path, HDR + 2 * REC, &[0; EVENT_BYTES]);
+
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.torn_records, report.sealed_bad_records), (2, 4, 0, 0));
+    assert!(report.new_segment_reason.is_some());
+    // Nothing was overwritten: records 4 and 5 are still where they were.
+    assert_eq!(Event::from_bytes(&read_bytes(&path, HDR + 3 * REC, EVENT_BYTES).try_into().unwrap()).seq, 4);
+    append_seqs(&mut j, [42]);
+    // A reader ends a segment the writer has left at its first zero slot.
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 42]);
+}
+
+#[test]
+fn a_clean_tail_after_the_prefault_window_is_not_taken_for_data() {
+    // The writer zero-fills (pwrite) a window ahead of itself: data to SEEK_DATA, but zeros.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=3);
+    drop(j);
+    let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.torn_records, report.sealed_bad_records), (1, 3, 0, 0));
+    assert_eq!(report.new_segment_reason, None);
+}
+
+#[test]
+fn all_zero_checks_every_byte() {
+    let mut b = vec![0u8; 4096 + 13];
+    assert!(super::segment::all_zero(&b));
+    assert!(super::segment::all_zero(&[]));
+    for i in [0, 63, 64, 4095, 4096, 4108] {
+        b[i] = 1;
+        assert!(!super::segment::all_zero(&b), "byte {i}");
+        b[i] = 0;
+    }
 }
 
 #[test]

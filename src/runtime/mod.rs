@@ -263,6 +263,9 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartEr
         if let Some(why) = report.new_segment_reason {
             eprintln!("tracker: shard {i}: journal starts segment {}: {why}", journal.segment_number());
         }
+        if let Some(detail) = &report.detail {
+            eprintln!("tracker: shard {i}: journal: {detail}");
+        }
         let (producer, consumer) = crate::ring::ring(cfg.server.ring_events);
         let _ = sh.counters.ring.set(producer.watch());
 

@@ -19,6 +19,8 @@ pub struct Server {
     pub admin: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub stderr: mpsc::Receiver<String>,
+    /// What the server wrote to stderr before it reported listening (recovery, notes).
+    pub startup: Vec<String>,
 }
 
 impl Server {
@@ -74,6 +76,7 @@ impl Server {
         let rx = stderr_lines(&mut child);
         let deadline = Instant::now() + WAIT;
         let mut admin = None;
+        let mut startup = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -86,6 +89,7 @@ impl Server {
                         continue;
                     }
                     eprintln!("[tracker] {line}");
+                    startup.push(line);
                 }
                 Err(_) => {
                     let _ = child.kill();
@@ -93,7 +97,7 @@ impl Server {
                 }
             }
         };
-        Server { child, addr, admin, dir, stderr: rx }
+        Server { child, addr, admin, dir, stderr: rx, startup }
     }
 
     pub fn journal(&self) -> PathBuf {
