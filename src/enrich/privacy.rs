@@ -41,11 +41,16 @@ pub struct Privacy {
     cfg: PrivacyConfig,
     period: u64,
     period_mac: Option<HmacSha256>,
+    /// Searcher for the opt-out cookie's name, built once: most Cookie headers do not hold it,
+    /// and one SIMD search says so without splitting the header into pairs.
+    optout_finder: Option<memchr::memmem::Finder<'static>>,
 }
 
 impl Privacy {
     pub fn new(cfg: PrivacyConfig) -> Privacy {
-        Privacy { cfg, period: u64::MAX, period_mac: None }
+        let optout_finder = (!cfg.optout_cookie.is_empty())
+            .then(|| memchr::memmem::Finder::new(cfg.optout_cookie.as_bytes()).into_owned());
+        Privacy { cfg, period: u64::MAX, period_mac: None, optout_finder }
     }
 
     /// Applies the policy to `ev` (of type `ty`) in place.
@@ -90,9 +95,10 @@ impl Privacy {
             let is = |name: &str| h.name.len() == name.len() && h.name.eq_ignore_ascii_case(name);
             if c.honor_gpc && is("sec-gpc") || c.honor_dnt && is("dnt") {
                 h.value.trim_ascii() == b"1"
-            } else if !cookie_name.is_empty() && is("cookie") {
-                crate::http::query::cookie(h.value, cookie_name)
-                    .is_some_and(|v| !v.is_empty() && v != b"0" && !v.eq_ignore_ascii_case(b"false"))
+            } else if let Some(finder) = self.optout_finder.as_ref().filter(|_| is("cookie")) {
+                finder.find(h.value).is_some()
+                    && crate::http::query::cookie(h.value, cookie_name)
+                        .is_some_and(|v| !v.is_empty() && v != b"0" && !v.eq_ignore_ascii_case(b"false"))
             } else {
                 false
             }
