@@ -11,8 +11,10 @@ fn first_segment(journal: &std::path::Path) -> std::path::PathBuf {
     journal.join("shard-000").join(format!("{:020}.seg", 1))
 }
 
-#[test]
-fn a_record_cut_in_the_middle_is_dropped_and_appends_continue_after_it() {
+/// Serves pixels `/i?c=1` to `c=5` on one shard and stops; then lets `damage` change the bytes
+/// of segment 1 (given the record area's offset) and starts a new server on the same journal.
+/// Returns it with segment 1's path and its bytes as damaged.
+fn five_pixels_then_restart(damage: impl FnOnce(&mut [u8], usize)) -> (Server, std::path::PathBuf, Vec<u8>) {
     let mut s = Server::start(None, &["--shards", "1"]);
     let mut c = s.connect();
     for i in 1..=5 {
@@ -23,15 +25,32 @@ fn a_record_cut_in_the_middle_is_dropped_and_appends_continue_after_it() {
     let mut bytes = std::fs::read(&seg).unwrap();
     let header = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
     assert_eq!(header % 4096, 0);
-    // Simulate a crash mid-copy of record 5: its second half never reached the page cache.
-    let fifth = header + 4 * 512;
-    assert_ne!(bytes[fifth + 4..fifth + 6], [0, 0], "record 5 is written");
-    bytes[fifth + 256..fifth + 512].fill(0);
+    damage(&mut bytes, header);
     std::fs::write(&seg, &bytes).unwrap();
-
     let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
     drop(s);
-    let mut s = Server::start_in(dir, None, &["--shards", "1"]);
+    (Server::start_in(dir, None, &["--shards", "1"]), seg, bytes)
+}
+
+/// Fires `/i?c=6`, stops the server and returns the campaigns `journal cat` prints, in order
+/// (the server's directory lives as long as `s`).
+fn sixth_pixel_then_campaigns(s: &mut Server) -> Vec<u64> {
+    let mut c = s.connect();
+    assert_eq!(c.get("/i?c=6").status, 200);
+    assert_eq!(s.stop(), 0);
+    let ev = journal_cat(&s.journal());
+    ev.iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn a_record_cut_in_the_middle_is_dropped_and_appends_continue_after_it() {
+    let fifth = |header: usize| header + 4 * 512;
+    let (mut s, seg, _) = five_pixels_then_restart(|bytes, header| {
+        // Simulate a crash mid-copy of record 5: its second half never reached the page cache.
+        let fifth = fifth(header);
+        assert_ne!(bytes[fifth + 4..fifth + 6], [0, 0], "record 5 is written");
+        bytes[fifth + 256..fifth + 512].fill(0);
+    });
     assert!(
         s.startup
             .iter()
@@ -40,52 +59,27 @@ fn a_record_cut_in_the_middle_is_dropped_and_appends_continue_after_it() {
         "startup: {:?}",
         s.startup
     );
-    let mut c = s.connect();
-    assert_eq!(c.get("/i?c=6").status, 200);
-    assert_eq!(s.stop(), 0);
-    let lines = s.stderr_lines();
-    let ev = journal_cat(&s.journal());
-    let campaigns: Vec<u64> = ev.iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
-    assert_eq!(campaigns, [1, 2, 3, 4, 6], "stderr: {lines:?}");
+    assert_eq!(sixth_pixel_then_campaigns(&mut s), [1, 2, 3, 4, 6]);
     // The new record went right after the fourth, in the same segment.
     let bytes = std::fs::read(&seg).unwrap();
-    assert_ne!(bytes[fifth + 4..fifth + 6], [0, 0]);
+    let header = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    assert_ne!(bytes[fifth(header) + 4..fifth(header) + 6], [0, 0]);
 }
 
 #[test]
 fn a_bad_record_with_records_after_it_is_left_in_place_and_new_events_go_to_a_new_segment() {
-    let mut s = Server::start(None, &["--shards", "1"]);
-    let mut c = s.connect();
-    for i in 1..=5 {
-        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
-    }
-    assert_eq!(s.stop(), 0);
-    let seg = first_segment(&s.journal());
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let header = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
     // Record 3 damaged in place (records 4 and 5 intact after it): a reader such as a
     // collector may already have delivered 4 and 5 and moved its cursor past them.
-    let third = header + 2 * 512;
-    bytes[third + 100] ^= 0xff;
-    std::fs::write(&seg, &bytes).unwrap();
-
-    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
-    drop(s);
-    let mut s = Server::start_in(dir, None, &["--shards", "1"]);
-    let mut c = s.connect();
-    assert_eq!(c.get("/i?c=6").status, 200);
-    assert_eq!(s.stop(), 0);
+    let (mut s, seg, bytes) = five_pixels_then_restart(|bytes, header| bytes[header + 2 * 512 + 100] ^= 0xff);
     let lines = s.startup.clone();
     assert!(
         lines.iter().any(|l| l.contains("journal starts segment 2") && l.contains("left as is")),
-        "stderr: {lines:?}"
+        "startup: {lines:?}"
     );
-    assert!(lines.iter().any(|l| l.contains("1 bad slot(s) left in place")), "stderr: {lines:?}");
-    // Segment 1 is as it was; the bad record is skipped, nothing after it is lost or overwritten.
-    assert_eq!(std::fs::read(&seg).unwrap(), bytes);
-    let ev = journal_cat(&s.journal());
-    let campaigns: Vec<u64> = ev.iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
-    assert_eq!(campaigns, [1, 2, 4, 5, 6], "stderr: {lines:?}");
+    assert!(lines.iter().any(|l| l.contains("1 bad slot(s) left in place")), "startup: {lines:?}");
+    // The bad record is skipped; nothing after it is lost or overwritten.
+    assert_eq!(sixth_pixel_then_campaigns(&mut s), [1, 2, 4, 5, 6]);
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "segment 1 is as it was");
 }
 
 #[test]
