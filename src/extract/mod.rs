@@ -67,6 +67,12 @@ pub fn extract(
     ev.endpoint = endpoint;
     ev.flags = 0;
     ev.present = 0;
+    // A ring slot is reused every `ring_events` events: what an earlier event left in it (a
+    // longer string's tail, an absent field's value, another user's consent string) must not
+    // reach this event's record on disk, where only `present` and the lengths say what is
+    // whose. ~450 bytes of stores, a few ns.
+    ev.slots = [0; crate::event::SLOTS];
+    ev.bytes = [0; crate::event::STR_BYTES];
 
     // Query parameters: one pass over the pairs, each matched against the type's query keys;
     // the first occurrence of a parameter wins.
@@ -424,6 +430,30 @@ mod tests {
         assert_eq!(v["site"], "news.example.com");
         assert_eq!(v["ip"], "10.1.2.3");
         assert_eq!(ev.flags & (FLAG_ID_CLIENT | FLAG_ID_DERIVED), 0);
+    }
+
+    #[test]
+    fn nothing_of_an_earlier_event_in_the_slot_survives() {
+        let cfg = Config::embedded();
+        let t = cfg.event_type("impression").unwrap();
+        // What a slot looks like after an event with every field, and longer values.
+        let mut ev = Event::ZERO;
+        ev.slots = [0xAAAA; crate::event::SLOTS];
+        ev.bytes = [0xAA; crate::event::STR_BYTES];
+        let req = RequestView {
+            query: b"c=7&site=a.io",
+            headers: &[],
+            client_ip: "10.1.2.3".parse().unwrap(),
+            now_ns: 1_795_000_000_000_000_000,
+            user_agent: None,
+            json: None,
+        };
+        extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();
+        let (mut fresh, _) = run(&cfg, "impression", b"c=7&site=a.io", &[]).unwrap();
+        fresh.id = ev.id;
+        assert_eq!(ev.as_bytes()[..], fresh.as_bytes()[..], "the record depends only on this request");
+        let site = t.fields.iter().find(|f| f.name == "site").unwrap();
+        assert_eq!(&ev.bytes[site.offset..site.offset + site.max], &[b"a.io".as_slice(), &[0; 60]].concat()[..]);
     }
 
     #[test]
