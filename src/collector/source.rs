@@ -1,11 +1,11 @@
 //! Reading one shard's journal from a [`Position`] for a collector.
 //!
 //! Unlike `JournalReader` (for people: it skips a bad record followed by data), this reader
-//! **stops** at a bad record of the last segment and waits: the writer's recovery drops
-//! everything from the first bad record of the last segment on its next open, so delivering
-//! the records after one could send events that the journal later loses (and whose slots it
-//! reuses). A bad record in a segment the writer has left (a newer one exists) is final: it is
-//! skipped and counted, like `JournalReader` does.
+//! **stops** at a bad record of the last segment and waits: the writer may still be copying it.
+//! A bad record in a segment the writer has left (a newer one exists) is final: it is skipped
+//! and counted, like `JournalReader` does. The writer's recovery never reuses a position a
+//! reader may have passed (`journal/mod.rs`, "Recover"), so a cursor past a record stays valid
+//! across restarts of the process and of the machine.
 //!
 //! Uses `pread` into a reused buffer, never a map: a segment unlinked by retention mid-read is a
 //! short read (an error, retried), never a SIGBUS.

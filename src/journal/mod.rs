@@ -7,10 +7,12 @@
 //!
 //! # What must hold
 //! - **In order, and never rewritten where a reader may have been.** A shard's journal is the
-//!   events appended, in append order. Recovery zeroes and writes over only a torn last record
-//!   (a bad slot with nothing but zeros after it, where every reader waits); when written data
-//!   follows a bad or missing record, the segment is left as it is and appends go to a new one,
-//!   so no reader's position is ever reused.
+//!   events appended, in append order. Readers read the page cache, ahead of any msync. Recovery
+//!   zeroes and writes over only a torn last record (a bad slot with nothing but zeros after
+//!   it, where every reader waits), and only when the page cache readers saw is still there or
+//!   was synced (same boot, or a clean stop: `writer_state.rs`). When written data follows a
+//!   bad or missing record, or the machine restarted under a running writer, the segment is
+//!   left as it is and appends go to a new one, so no reader's position is ever reused.
 //! - **Every record checked twice.** Sealed (magic + CRC32C) before it is copied in, verified
 //!   again by recovery and by the reader.
 //! - **No syscall, fault or allocation on append** except at rotation: segments are preallocated
@@ -46,12 +48,15 @@
 //! fsync dir, map). The full segment's unsynced range is flushed by the next `sync`.
 //!
 //! # Recover
-//! [`ShardJournal::open`] takes the highest-numbered segment and scans its slots for the end of
-//! the intact prefix. Nothing after it = clean end; one bad slot and only zeros after it = a torn
-//! record, zeroed and msynced, counted in the [`RecoveryReport`]; any written data after the
-//! first bad or zero slot = left in place (`sealed_bad_records`). It then goes on appending to
-//! that segment, or starts a new one (reason in the report) when data was left in place, it is
-//! full, its schema is not the one given, or its header is bad (the file is renamed `.corrupt`).
+//! [`ShardJournal::open`] takes the highest-numbered segment. If the machine restarted since
+//! its writer opened it and that writer did not stop cleanly (`shard-NNN/writer.state`), the
+//! segment is left as it is. Otherwise its slots are scanned for the end of the intact prefix.
+//! Nothing after it = clean end; one bad slot and only zeros after it = a torn record, zeroed
+//! and msynced, counted in the [`RecoveryReport`]; any written data after the first bad or zero
+//! slot = left in place (`sealed_bad_records`). It then goes on appending to that segment, or
+//! starts a new one (reason and detail in the report) when the segment was left in place, is
+//! full, has another schema, or has a bad header (the file is renamed `.corrupt`). Then it
+//! records `<boot id> running`, and [`ShardJournal::close_clean`] `<boot id> clean`.
 //!
 //! # Read
 //! [`JournalReader::poll`] delivers the records that became available since the last call,
@@ -63,6 +68,7 @@ mod reader;
 mod segment;
 #[cfg(test)]
 mod tests;
+mod writer_state;
 
 pub use error::JournalError;
 // For the collectors' positioned reader (collector/source.rs).

@@ -13,10 +13,11 @@
 //!   newer segment): corrupt. It is re-read once (the reader may have raced the writer's
 //!   stores), then skipped, counted in [`JournalReader::corrupt_records`] and reported in
 //!   [`JournalReader::take_warnings`]. The writer's recovery agrees: when written data follows
-//!   the first bad slot of its last segment, it leaves that segment as it is and starts the
-//!   next one, so what a reader delivered past the bad slot is neither dropped nor overwritten
-//!   (and a collector's cursor past it never skips new events). Only a bad slot with nothing
-//!   but zeros after it, which every reader waits at, is zeroed and written over.
+//!   the first bad slot of its last segment (or the machine restarted under a running writer),
+//!   it leaves that segment as it is and starts the next one, so what a reader delivered past
+//!   the bad slot is neither dropped nor overwritten (and a collector's cursor past it never
+//!   skips new events). Only a bad slot with nothing but zeros after it, which every reader
+//!   waits at, is zeroed and written over.
 //! - in a segment the writer has left, an all-zero slot ends it even if data follows (a power
 //!   loss can leave a page unwritten before pages that were): those records are not delivered.
 //!

@@ -23,6 +23,7 @@
 //! CRC32C). The file is preallocated to `segment_bytes`; the first all-zero slot is the end of
 //! the written records.
 
+use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -33,6 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use memmap2::{MmapMut, MmapOptions};
 
 use super::error::JournalError;
+use super::writer_state;
 use crate::event::{Event, EVENT_BYTES};
 use crate::schema::Schema;
 
@@ -597,8 +599,13 @@ impl ShardJournal {
                 report.new_segment_reason = Some("no segment in the shard directory yet");
                 None
             }
-            Some(n) => recover_last(&dir, &dir_file, shard, n, schema, &schema_json, &mut report)?,
+            Some(n) => {
+                let tail_trusted = writer_state::tail_trusted(&dir);
+                recover_last(&dir, &dir_file, shard, n, schema, &schema_json, tail_trusted, &mut report)?
+            }
         };
+        // From here on records may be written, and read from the page cache, by this boot.
+        writer_state::write(&dir, &dir_file, writer_state::RUNNING)?;
 
         // A segment created by open counts its header as written.
         let bytes_written_total = if resumed.is_none() { header_bytes as u64 } else { 0 };
@@ -670,6 +677,14 @@ impl ShardJournal {
     }
 
     /// Number of the active segment.
+    /// The last call on a journal that stops cleanly: syncs everything, then records the
+    /// clean stop (`writer_state`), so the next writer may append to this segment even after
+    /// the machine restarts.
+    pub fn close_clean(mut self) -> Result<(), JournalError> {
+        self.sync()?;
+        writer_state::write(&self.dir, &self.dir_file, writer_state::CLEAN)
+    }
+
     pub fn segment_number(&self) -> u64 {
         self.active.number
     }
@@ -878,6 +893,9 @@ pub(super) fn all_zero(b: &[u8]) -> bool {
 
 /// Recovers the highest-numbered segment `n`: returns it as the active segment when the writer
 /// can go on appending to it, `None` (with the reason in `report`) when a new one is needed.
+/// `tail_trusted`: the page cache the last writer wrote into is the one readers read from
+/// (same boot), or it stopped cleanly (everything synced); see `writer_state`.
+#[allow(clippy::too_many_arguments)] // the open's state, passed down once
 fn recover_last(
     dir: &Path,
     dir_file: &File,
@@ -885,6 +903,7 @@ fn recover_last(
     n: u64,
     schema: &Schema,
     schema_json: &[u8],
+    tail_trusted: bool,
     report: &mut RecoveryReport,
 ) -> Result<Option<Active>, JournalError> {
     let path = segment_path(dir, n);
@@ -913,22 +932,30 @@ fn recover_last(
     }
     let mut map = map_segment(&file, &path, file_bytes as usize)?;
     let header_bytes = header.header_bytes as usize;
+    if !tail_trusted {
+        // The machine restarted while this segment was being written: readers (collectors,
+        // `journal cat --follow`) may have taken records from the page cache that never reached
+        // the disk, and moved their cursors past them. Appending here would put new events at
+        // those positions, where the cursors would skip them. Leave the segment as it is.
+        let tail = scan_left_segment(&map, &file, header_bytes);
+        report.records = tail.reachable;
+        report.sealed_bad_records = tail.bad;
+        report.new_segment_reason =
+            Some("the machine restarted since the last segment was written, without a clean stop; left as is");
+        report.detail = Some(tail.describe(&path, "the machine restarted without a clean stop"));
+        return Ok(None);
+    }
     let tail = recover_records(&mut map, &file, &path, header_bytes)?;
     report.records = tail.records;
     report.torn_records = tail.torn_records;
     report.torn_bytes = tail.torn_bytes;
-    if let Some(bad) = tail.sealed_bad {
-        report.sealed_bad_records = bad;
+    if tail.sealed {
+        let left = scan_left_segment(&map, &file, header_bytes);
+        report.records = left.reachable;
+        report.sealed_bad_records = left.bad;
         report.new_segment_reason =
             Some("last segment has written data after a bad or missing record; left as is for readers");
-        report.detail = Some(format!(
-            "{}: {} intact records, then data after offset {}: {bad} bad slot(s) left in place (readers skip \
-             them), nothing dropped; new events go to segment {}",
-            path.display(),
-            tail.records,
-            tail.end_off,
-            n + 1
-        ));
+        report.detail = Some(left.describe(&path, "written data follows a bad or missing record"));
         return Ok(None);
     }
 
@@ -963,12 +990,11 @@ fn recover_last(
 struct Tail {
     /// Offset of the first slot after the intact prefix.
     end_off: usize,
-    /// Intact records: the prefix, plus those after it when the segment is sealed.
     records: u64,
     torn_records: u64,
     torn_bytes: u64,
-    /// Some(bad slots) when the segment must be left as is (see `recover_records`).
-    sealed_bad: Option<u64>,
+    /// The segment must be left as is (see `recover_records`).
+    sealed: bool,
 }
 
 /// Scans the records from `header_bytes` for the end of the intact prefix (the first slot that
@@ -998,54 +1024,100 @@ fn recover_records(map: &mut MmapMut, file: &File, path: &Path, header_bytes: us
     // A slot that is neither zero nor intact at end_off, and how much of it was written.
     let torn_used = map.get(end_off..end_off + EVENT_BYTES).and_then(|s| s.iter().rposition(|&b| b != 0));
     let after = end_off + if torn_used.is_some() { EVENT_BYTES } else { 0 };
-    if after < len && written_after(file, map, after) {
-        let (mut intact, mut bad) = (0u64, 0u64);
-        let mut at = end_off;
-        while at + EVENT_BYTES <= len {
-            let slot: &[u8; EVENT_BYTES] = map[at..at + EVENT_BYTES].try_into().expect("one slot");
-            if Event::from_bytes(slot).is_sealed_intact() {
-                intact += 1;
-            } else if !all_zero(slot) {
-                bad += 1;
-            }
-            at += EVENT_BYTES;
-        }
-        return Ok(Tail { end_off, records: records + intact, torn_records: 0, torn_bytes: 0, sealed_bad: Some(bad) });
+    if after < len && data_ranges(file, after, len).any(|(a, b)| !all_zero(&map[a..b])) {
+        return Ok(Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed: true });
     }
     let Some(used) = torn_used else {
-        return Ok(Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed_bad: None });
+        return Ok(Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed: false });
     };
     map[end_off..end_off + EVENT_BYTES].fill(0);
     msync(map, path, end_off, end_off + EVENT_BYTES)?;
-    Ok(Tail { end_off, records, torn_records: 1, torn_bytes: used as u64 + 1, sealed_bad: None })
+    Ok(Tail { end_off, records, torn_records: 1, torn_bytes: used as u64 + 1, sealed: false })
 }
 
-/// Whether any byte of `map[from..]` (a map of `file`) is non-zero. Only the file's data ranges
-/// are read (SEEK_DATA / SEEK_HOLE): ext4, xfs and tmpfs report a preallocated, never-written
-/// range as a hole, so the empty tail of a 64 MiB segment is not faulted in page by page. Where
-/// the file system cannot say, every byte is read.
-fn written_after(file: &File, map: &[u8], from: usize) -> bool {
-    let len = map.len();
+/// What readers will find in a segment the writer leaves as is: they deliver intact records,
+/// skip a bad slot that data follows, and end the segment at its first all-zero slot.
+struct LeftSegment {
+    /// Intact records before the first all-zero slot: what readers deliver.
+    reachable: u64,
+    /// Bad (neither intact nor zero) slots before it: what readers skip.
+    bad: u64,
+    /// Intact records after it, which readers do not reach.
+    unreachable: u64,
+}
+
+impl LeftSegment {
+    fn describe(&self, path: &Path, why: &str) -> String {
+        let mut d = format!(
+            "{}: {why}: left as is with {} record(s) readers deliver and {} bad slot(s) they skip",
+            path.display(),
+            self.reachable,
+            self.bad
+        );
+        if self.unreachable > 0 {
+            let _ = write!(d, "; {} intact record(s) after a zeroed gap are not delivered", self.unreachable);
+        }
+        d.push_str("; new events go to a new segment");
+        d
+    }
+}
+
+/// Counts a left segment's slots, reading only the file's data ranges (see `data_ranges`).
+fn scan_left_segment(map: &[u8], file: &File, header_bytes: usize) -> LeftSegment {
+    let mut left = LeftSegment { reachable: 0, bad: 0, unreachable: 0 };
+    let mut gap = false;
+    let mut next = header_bytes;
+    for (a, b) in data_ranges(file, header_bytes, map.len()) {
+        // Slots wholly inside the range; a hole before it is all-zero slots.
+        let first = header_bytes + (a - header_bytes).div_ceil(EVENT_BYTES) * EVENT_BYTES;
+        gap |= first > next;
+        let mut at = first;
+        while at + EVENT_BYTES <= b {
+            let slot: &[u8; EVENT_BYTES] = map[at..at + EVENT_BYTES].try_into().expect("one slot");
+            if Event::from_bytes(slot).is_sealed_intact() {
+                if gap {
+                    left.unreachable += 1;
+                } else {
+                    left.reachable += 1;
+                }
+            } else if all_zero(slot) {
+                gap = true;
+            } else if !gap {
+                left.bad += 1;
+            }
+            at += EVENT_BYTES;
+        }
+        next = at;
+    }
+    left
+}
+
+/// The file's data ranges within `[from, len)`, as `(start, end)` offsets (SEEK_DATA /
+/// SEEK_HOLE): ext4, xfs and tmpfs report a preallocated, never-written range as a hole, so the
+/// empty tail of a 64 MiB segment is not read page by page. Where the file system cannot say,
+/// the whole rest is one range.
+fn data_ranges(file: &File, from: usize, len: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut off = from;
-    while off < len {
+    std::iter::from_fn(move || {
+        if off >= len {
+            return None;
+        }
         // SAFETY: lseek on a file descriptor we own; no memory is involved.
         let data = unsafe { libc::lseek(file.as_raw_fd(), off as libc::off_t, libc::SEEK_DATA) };
         if data < 0 {
-            // ENXIO: no data at or after `off`. Anything else: no answer, so read it all.
-            return io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO) && !all_zero(&map[off..]);
+            // ENXIO: no data at or after `off`. Anything else: no answer, so take it all.
+            let all = io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO);
+            let range = (off, len);
+            off = len;
+            return all.then_some(range);
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(file.as_raw_fd(), data, libc::SEEK_HOLE) };
         let start = (data as usize).clamp(off, len);
         let end = if hole < 0 { len } else { (hole as usize).clamp(start, len) };
-        if !all_zero(&map[start..end]) {
-            return true;
-        }
-        if end <= start {
-            // No progress (a file system answering oddly): read the rest.
-            return !all_zero(&map[start..]);
-        }
+        // No progress (a file system answering oddly): take the rest.
+        let end = if end <= start { len } else { end };
         off = end;
-    }
-    false
+        Some((start, end))
+    })
 }

@@ -211,8 +211,10 @@ fn records_after_a_zeroed_gap_are_left_in_place_and_the_writer_moves_on() {
     patch(&path, HDR + 2 * REC, &[0; EVENT_BYTES]);
 
     let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    assert_eq!((report.segment, report.records, report.torn_records, report.sealed_bad_records), (2, 4, 0, 0));
+    assert_eq!((report.segment, report.records, report.torn_records, report.sealed_bad_records), (2, 2, 0, 0));
     assert!(report.new_segment_reason.is_some());
+    let detail = report.detail.unwrap();
+    assert!(detail.contains("2 intact record(s) after a zeroed gap are not delivered"), "{detail}");
     // Nothing was overwritten: records 4 and 5 are still where they were.
     assert_eq!(Event::from_bytes(&read_bytes(&path, HDR + 3 * REC, EVENT_BYTES).try_into().unwrap()).seq, 4);
     append_seqs(&mut j, [42]);
@@ -231,6 +233,59 @@ fn a_clean_tail_after_the_prefault_window_is_not_taken_for_data() {
     drop(j);
     let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
     assert_eq!((report.segment, report.records, report.torn_records, report.sealed_bad_records), (1, 3, 0, 0));
+    assert_eq!(report.new_segment_reason, None);
+}
+
+#[test]
+fn data_beyond_the_prefault_window_after_a_hole_is_found() {
+    // A segment larger than the zero-filled window: its tail is a hole to SEEK_DATA.
+    let seg_bytes = (PAGE_BYTES + 4096 * EVENT_BYTES) as u64; // 2 MiB of records
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, seg_bytes, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=3);
+    drop(j);
+    let (j, report) = ShardJournal::open(root, 0, seg_bytes, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.sealed_bad_records), (1, 3, 0), "a clean tail");
+    assert_eq!(report.new_segment_reason, None);
+    drop(j);
+    // A record written back 1.5 MiB in, far past the window, after a gap of zeros.
+    let mut e = ev(99);
+    e.seal();
+    patch(&seg_file(root, 0, 1), HDR + 3072 * REC, e.as_bytes());
+    let (_, report) = ShardJournal::open(root, 0, seg_bytes, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.sealed_bad_records), (2, 3, 0));
+    assert!(report.detail.unwrap().contains("1 intact record(s) after a zeroed gap"));
+}
+
+#[test]
+fn after_a_restart_of_the_machine_without_a_clean_stop_the_last_segment_is_left_as_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=3);
+    drop(j);
+    // A torn fourth record, and a state file from another boot that never stopped cleanly.
+    let path = seg_file(root, 0, 1);
+    patch(&path, HDR + 3 * REC, &ev(4).as_bytes()[..100]);
+    let state = root.join("shard-000").join("writer.state");
+    std::fs::write(&state, "another-boot running\n").unwrap();
+    let seg1 = std::fs::read(&path).unwrap();
+
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.torn_records), (2, 3, 0));
+    assert!(report.new_segment_reason.unwrap().contains("machine restarted"));
+    assert_eq!(std::fs::read(&path).unwrap(), seg1, "nothing zeroed or overwritten");
+    append_seqs(&mut j, [5]);
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 3, 5]);
+
+    // A clean stop makes the tail trusted again, whatever boot the next open is in.
+    j.close_clean().unwrap();
+    let text = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(&state, text.replace(text.split_whitespace().next().unwrap(), "another-boot")).unwrap();
+    let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records), (2, 1));
     assert_eq!(report.new_segment_reason, None);
 }
 

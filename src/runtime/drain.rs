@@ -180,7 +180,9 @@ pub fn run(
             shared.drain_sleeping.store(false, SeqCst);
         }
     }
-    if let Err(e) = journal.sync() {
+    // A clean stop only when every event of the ring made it into the journal.
+    let result = if ring.is_empty() { journal.close_clean() } else { journal.sync() };
+    if let Err(e) = result {
         eprintln!("tracker: shard {}: final journal sync failed: {e}", shared.index);
     }
     latency.publish_wait(&counters.latency.journal);
