@@ -500,6 +500,9 @@ pub struct ShardJournal {
     active: Active,
     retired: Option<Retired>,
     bytes_written_total: u64,
+    /// An msync failed at some point: records may be missing from the disk even after a later
+    /// sync succeeds, so this run never records a clean stop.
+    sync_failed: bool,
 }
 
 impl ShardJournal {
@@ -604,9 +607,6 @@ impl ShardJournal {
                 recover_last(&dir, &dir_file, shard, n, schema, &schema_json, tail_trusted, &mut report)?
             }
         };
-        // From here on records may be written, and read from the page cache, by this boot.
-        writer_state::write(&dir, &dir_file, writer_state::RUNNING)?;
-
         // A segment created by open counts its header as written.
         let bytes_written_total = if resumed.is_none() { header_bytes as u64 } else { 0 };
         let active = match resumed {
@@ -623,6 +623,23 @@ impl ShardJournal {
                 spec.create(next_free)?
             }
         };
+        // From here on records may be written, and read from the page cache, by this boot.
+        // Recorded only now: an open that failed above (no room for a new segment) must leave
+        // an untrusted segment untrusted for the next try.
+        if let Err(e) = writer_state::write(&dir, &dir_file, writer_state::RUNNING) {
+            // No room to record it (a full disk)? Then no record at all: an older one may say
+            // `clean`, which after a machine restart would trust this run's unsynced tail.
+            match fs::remove_file(dir.join(writer_state::STATE_FILE)) {
+                Ok(()) => {}
+                Err(r) if r.kind() == io::ErrorKind::NotFound => {}
+                Err(_) => return Err(e),
+            }
+            let note = format!("{e}; removed the state file instead, so a machine restart will not trust this segment");
+            report.detail = Some(match report.detail.take() {
+                Some(d) => format!("{d}; {note}"),
+                None => note,
+            });
+        }
         let journal = ShardJournal {
             dir,
             dir_file,
@@ -633,6 +650,7 @@ impl ShardJournal {
             active,
             retired: None,
             bytes_written_total,
+            sync_failed: false,
         };
         report.segment = journal.active.number;
         Ok((journal, report))
@@ -667,6 +685,12 @@ impl ShardJournal {
     /// may not be on disk, and a later sync that succeeds does not prove they are (the kernel
     /// clears the error once reported): treat it as fatal for durability, not as retryable.
     pub fn sync(&mut self) -> Result<(), JournalError> {
+        let r = self.sync_inner();
+        self.sync_failed |= r.is_err();
+        r
+    }
+
+    fn sync_inner(&mut self) -> Result<(), JournalError> {
         if let Some(r) = self.retired.take() {
             r.flush()?;
         }
@@ -676,15 +700,24 @@ impl ShardJournal {
         Ok(())
     }
 
-    /// Number of the active segment.
     /// The last call on a journal that stops cleanly: syncs everything, then records the
     /// clean stop (`writer_state`), so the next writer may append to this segment even after
-    /// the machine restarts.
+    /// the machine restarts. Not after any failed sync of this run: that one's records may be
+    /// missing from the disk whatever later syncs say.
     pub fn close_clean(mut self) -> Result<(), JournalError> {
         self.sync()?;
+        if self.sync_failed {
+            return Err(JournalError::invalid(
+                "close",
+                &self.dir,
+                io::ErrorKind::Other,
+                "a sync failed earlier in this run; the stop is not recorded as clean".into(),
+            ));
+        }
         writer_state::write(&self.dir, &self.dir_file, writer_state::CLEAN)
     }
 
+    /// Number of the active segment.
     pub fn segment_number(&self) -> u64 {
         self.active.number
     }
@@ -749,7 +782,7 @@ impl ShardJournal {
         // At most one segment waits for sync(): two rotations between syncs (tiny segments)
         // flush the older one here.
         if let Some(r) = self.retired.take() {
-            r.flush()?;
+            r.flush().inspect_err(|_| self.sync_failed = true)?;
         }
         let next = self.create_active(self.active.number + 1)?;
         let old = std::mem::replace(&mut self.active, next);

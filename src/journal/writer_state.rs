@@ -1,6 +1,6 @@
 //! `shard-NNN/writer.state`: whether the journal's last writer ran in this boot of the machine,
-//! and whether it stopped cleanly. One line, `<boot id> running|clean`, replaced atomically
-//! (write `writer.state.tmp`, fsync, rename, fsync the directory).
+//! and whether it stopped cleanly. One line, `<boot id> running|clean`, padded to 64 bytes:
+//! overwritten in place once it exists, made with write, fsync, rename, fsync the directory.
 //!
 //! Why: readers (collectors, `journal cat --follow`) read records from the page cache as soon
 //! as they are appended, before any msync. A process that dies (even `kill -9`) leaves the page
@@ -10,8 +10,9 @@
 //! appends to its last segment only when the page cache it wrote into is this boot's, or when it
 //! stopped cleanly (everything synced); otherwise recovery leaves the segment as it is.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::error::JournalError;
@@ -39,15 +40,32 @@ pub fn tail_trusted(dir: &Path) -> bool {
     state == CLEAN || boot_id().is_some_and(|b| b == boot)
 }
 
+/// The file's fixed size: a boot id (36 bytes), a state, padding, a newline. Fixed so that
+/// an existing file is overwritten in place, which needs no free block (a full disk is when the
+/// preallocated segments matter most).
+const STATE_BYTES: usize = 64;
+
 /// Records `state` for this boot, durably, before it matters: `RUNNING` before the first
-/// append, `CLEAN` after the last sync.
+/// append, `CLEAN` after the last sync. An existing file is overwritten in place (one sector:
+/// the write lands whole or not at all); a missing one is made under a temporary name and
+/// renamed.
 pub fn write(dir: &Path, dir_file: &File, state: &str) -> Result<(), JournalError> {
     let path = dir.join(STATE_FILE);
+    let mut line = format!("{} {state}", boot_id().unwrap_or_else(|| "unknown".into())).into_bytes();
+    line.resize(STATE_BYTES - 1, b' ');
+    line.push(b'\n');
+    if let Ok(f) = OpenOptions::new().write(true).open(&path) {
+        if f.metadata().is_ok_and(|m| m.len() == STATE_BYTES as u64) {
+            return f
+                .write_all_at(&line, 0)
+                .and_then(|()| f.sync_data())
+                .map_err(|e| JournalError::new("write", &path, e));
+        }
+    }
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let line = format!("{} {state}\n", boot_id().unwrap_or_else(|| "unknown".into()));
     let write = || -> io::Result<()> {
         let mut f = File::create(&tmp)?;
-        f.write_all(line.as_bytes())?;
+        f.write_all(&line)?;
         f.sync_all()
     };
     write().map_err(|e| JournalError::new("write", &tmp, e))?;
@@ -84,9 +102,13 @@ mod tests {
         let f = File::open(d.path()).unwrap();
         write(d.path(), &f, RUNNING).unwrap();
         assert!(tail_trusted(d.path()));
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&d.path().join(STATE_FILE));
         write(d.path(), &f, CLEAN).unwrap();
+        assert_eq!(inode(&d.path().join(STATE_FILE)), before, "overwritten in place once it exists");
         let text = fs::read_to_string(d.path().join(STATE_FILE)).unwrap();
-        assert!(text.ends_with(" clean\n"), "{text}");
+        assert_eq!(text.len(), STATE_BYTES);
+        assert_eq!(text.split_whitespace().nth(1), Some("clean"), "{text}");
         assert!(!d.path().join("writer.state.tmp").exists());
     }
 }

@@ -7,6 +7,12 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// The state word (`running`, `clean`) of a shard's `writer.state`.
+fn writer_state(journal: &std::path::Path, shard: &str) -> String {
+    let text = std::fs::read_to_string(journal.join(shard).join("writer.state")).unwrap();
+    text.split_whitespace().nth(1).unwrap_or_default().to_string()
+}
+
 fn first_segment(journal: &std::path::Path) -> std::path::PathBuf {
     journal.join("shard-000").join(format!("{:020}.seg", 1))
 }
@@ -126,10 +132,18 @@ fn logged_acks_survive_kill_9_under_load() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 1000, "load ran: {} acknowledged", acked.len());
 
+    // Killed: each shard's journal still says its writer runs (in this boot, so the restart
+    // below may append to the last segments).
+    for shard in ["shard-000", "shard-001"] {
+        assert_eq!(writer_state(&s.journal(), shard), "running");
+    }
     let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
     drop(s);
     let mut s = Server::start_in(dir, None, &["--shards", "2"]);
     assert_eq!(s.stop(), 0);
+    for shard in ["shard-000", "shard-001"] {
+        assert_eq!(writer_state(&s.journal(), shard), "clean", "a SIGTERM stop is recorded as clean");
+    }
     let journaled: HashSet<String> =
         journal_cat(&s.journal()).iter().filter_map(|e| e["order_id"].as_str().map(str::to_string)).collect();
     let lost: Vec<&String> = acked.iter().filter(|o| !journaled.contains(*o)).collect();
