@@ -965,32 +965,35 @@ fn recover_last(
     }
     let mut map = map_segment(&file, &path, file_bytes as usize)?;
     let header_bytes = header.header_bytes as usize;
-    if !tail_trusted {
-        // The machine restarted while this segment was being written: readers (collectors,
-        // `journal cat --follow`) may have taken records from the page cache that never reached
-        // the disk, and moved their cursors past them. Appending here would put new events at
-        // those positions, where the cursors would skip them. Leave the segment as it is.
-        let tail = scan_left_segment(&map, &file, header_bytes);
-        report.records = tail.reachable;
-        report.sealed_bad_records = tail.bad;
-        report.new_segment_reason =
-            Some("the machine restarted since the last segment was written, without a clean stop; left as is");
-        report.detail = Some(tail.describe(&path, "the machine restarted without a clean stop"));
-        return Ok(None);
-    }
-    let tail = recover_records(&mut map, &file, &path, header_bytes)?;
-    report.records = tail.records;
-    report.torn_records = tail.torn_records;
-    report.torn_bytes = tail.torn_bytes;
-    if tail.sealed {
+    // The machine restarted while this segment was being written (`!tail_trusted`): readers
+    // (collectors, `journal cat --follow`) may have taken records from the page cache that never
+    // reached the disk, and moved their cursors past them. Appending here would put new events
+    // at those positions, where the cursors would skip them. Same when written data follows a
+    // bad or missing record (`recover_records`). Either way the segment is left as it is.
+    let tail = if tail_trusted { Some(recover_records(&mut map, &file, &path, header_bytes)?) } else { None };
+    let left_because = match &tail {
+        None => Some((
+            "the machine restarted since the last segment was written, without a clean stop; left as is",
+            "the machine restarted without a clean stop",
+        )),
+        Some(t) if t.sealed => Some((
+            "last segment has written data after a bad or missing record; left as is for readers",
+            "written data follows a bad or missing record",
+        )),
+        Some(_) => None,
+    };
+    if let Some((reason, why)) = left_because {
         let left = scan_left_segment(&map, &file, header_bytes);
         report.records = left.reachable;
         report.sealed_bad_records = left.bad;
-        report.new_segment_reason =
-            Some("last segment has written data after a bad or missing record; left as is for readers");
-        report.detail = Some(left.describe(&path, "written data follows a bad or missing record"));
+        report.new_segment_reason = Some(reason);
+        report.detail = Some(left.describe(&path, why));
         return Ok(None);
     }
+    let tail = tail.expect("trusted and not left as is");
+    report.records = tail.records;
+    report.torn_records = tail.torn_records;
+    report.torn_bytes = tail.torn_bytes;
 
     let same_schema =
         header.schema_json == schema_json || Schema::from_json(&header.schema_json).is_ok_and(|s| s == *schema);
