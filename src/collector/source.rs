@@ -176,7 +176,7 @@ impl ShardSource {
                     taken += 1;
                     continue;
                 }
-                let zero = slot.iter().all(|&b| b == 0);
+                let zero = crate::journal::all_zero(slot);
                 if zero {
                     self.stalled_at = None;
                     return Ok(if writer_left { Tail::Finished } else { Tail::Waiting });

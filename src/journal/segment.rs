@@ -919,7 +919,7 @@ fn map_segment(file: &File, path: &Path, len: usize) -> Result<MmapMut, JournalE
 
 /// Whether every byte of `b` is zero: 64 bytes at a time with an OR the compiler vectorises
 /// (recovery may look at a whole segment's worth).
-pub(super) fn all_zero(b: &[u8]) -> bool {
+pub(crate) fn all_zero(b: &[u8]) -> bool {
     let (blocks, rest) = b.as_chunks::<64>();
     blocks.iter().all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0) && rest.iter().all(|&x| x == 0)
 }
@@ -1042,7 +1042,7 @@ struct Tail {
 ///   that a power loss left before data written back out of order): a reader skips a bad slot
 ///   that more data follows, so it may have delivered records after it, and a collector's
 ///   cursor may point past it. Overwriting those positions would make that cursor skip the new
-///   events written there, so nothing is changed: the segment is sealed (`sealed_bad`) and the
+///   events written there, so nothing is changed: the segment is left as is (`sealed`) and the
 ///   writer starts the next one.
 fn recover_records(map: &mut MmapMut, file: &File, path: &Path, header_bytes: usize) -> Result<Tail, JournalError> {
     let len = map.len();
