@@ -403,6 +403,17 @@ mod tests {
         query: &[u8],
         headers: &[httparse::Header<'_>],
     ) -> Result<(Event, String), Rejected> {
+        run_in(cfg, ty, query, headers, Event::ZERO)
+    }
+
+    /// `run` into a slot that holds `ev` beforehand (a reused ring slot).
+    fn run_in(
+        cfg: &Config,
+        ty: &str,
+        query: &[u8],
+        headers: &[httparse::Header<'_>],
+        mut ev: Event,
+    ) -> Result<(Event, String), Rejected> {
         let t = cfg.event_type(ty).unwrap();
         let req = RequestView {
             query,
@@ -412,7 +423,6 @@ mod tests {
             user_agent: None,
             json: None,
         };
-        let mut ev = Event::ZERO;
         extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev)?;
         let mut s = String::new();
         cfg.schema.write_json(&ev, &mut s);
@@ -437,18 +447,10 @@ mod tests {
         let cfg = Config::embedded();
         let t = cfg.event_type("impression").unwrap();
         // What a slot looks like after an event with every field, and longer values.
-        let mut ev = Event::ZERO;
-        ev.slots = [0xAAAA; crate::event::SLOTS];
-        ev.bytes = [0xAA; crate::event::STR_BYTES];
-        let req = RequestView {
-            query: b"c=7&site=a.io",
-            headers: &[],
-            client_ip: "10.1.2.3".parse().unwrap(),
-            now_ns: 1_795_000_000_000_000_000,
-            user_agent: None,
-            json: None,
-        };
-        extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();
+        let mut used = Event::ZERO;
+        used.slots = [0xAAAA; crate::event::SLOTS];
+        used.bytes = [0xAA; crate::event::STR_BYTES];
+        let (ev, _) = run_in(&cfg, "impression", b"c=7&site=a.io", &[], used).unwrap();
         let (mut fresh, _) = run(&cfg, "impression", b"c=7&site=a.io", &[]).unwrap();
         fresh.id = ev.id;
         assert_eq!(ev.as_bytes()[..], fresh.as_bytes()[..], "the record depends only on this request");
