@@ -83,7 +83,10 @@ impl Notifier {
 
     /// `RELOADING=1` with the `MONOTONIC_USEC` that `Type=notify-reload` and newer systemd want.
     pub fn reloading(&self) {
-        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading configuration", monotonic_usec()));
+        self.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading configuration",
+            crate::clock::monotonic_usec()
+        ));
     }
 
     pub fn stopping(&self) {
@@ -93,14 +96,6 @@ impl Notifier {
     pub fn status(&self, status: &str) {
         self.notify(&format!("STATUS={status}"));
     }
-}
-
-/// CLOCK_MONOTONIC in microseconds, as systemd compares it.
-pub fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we pass; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// The watchdog interval systemd asked for (`$WATCHDOG_USEC`), if it is meant for this process
