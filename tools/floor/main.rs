@@ -77,28 +77,33 @@ async fn serve(mut stream: TcpStream) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        // One response per complete head; a partial head stays at the front of the buffer.
+        // One response per complete head, in order, written whenever the buffer is full and
+        // after the last; a partial head stays at the front of the read buffer.
         let mut consumed = 0;
         while let Some(end) = find_head_end(&rbuf[consumed..]) {
-            consumed += end;
             if wbuf.len() + RESPONSE.len() > wbuf.capacity() {
-                break;
+                let Some(b) = flush(&mut stream, wbuf).await else { return };
+                wbuf = b;
             }
             wbuf.extend_from_slice(RESPONSE);
+            consumed += end;
         }
         rbuf.drain(..consumed);
         if rbuf.len() == READ_BYTES {
             return;
         }
         if !wbuf.is_empty() {
-            let (res, b) = stream.write_all(wbuf).await;
+            let Some(b) = flush(&mut stream, wbuf).await else { return };
             wbuf = b;
-            wbuf.clear();
-            if res.is_err() {
-                return;
-            }
         }
     }
+}
+
+/// Writes all of `wbuf` and hands it back empty; None when the connection failed.
+async fn flush(stream: &mut TcpStream, wbuf: Vec<u8>) -> Option<Vec<u8>> {
+    let (res, mut b) = stream.write_all(wbuf).await;
+    b.clear();
+    res.ok().map(|_| b)
 }
 
 /// Offset just past the first `\r\n\r\n` in `b` (SIMD search: the floor should not pay for a
