@@ -77,6 +77,10 @@ pub enum ParseError {
     /// Answer `status` with `reason` as the text body, then close: after a malformed request the
     /// framing of whatever follows cannot be trusted.
     Invalid { status: u16, reason: &'static str },
+    /// The request line says HTTP/1.x with x > 1: RFC 9110 §2.5 says to process it as the
+    /// highest minor version we implement, so the caller writes `1` at `minor_at` (an offset
+    /// into the parsed buffer) and parses again. httparse itself only takes 1.0 and 1.1.
+    NewerMinorVersion { minor_at: usize },
 }
 
 const fn invalid(status: u16, reason: &'static str) -> ParseError {
@@ -418,6 +422,27 @@ fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
     None
 }
 
+/// The version of a complete request line (`… SP HTTP/D.D CRLF`, after any empty lines before
+/// it) as (offset of `HTTP/`, major digit, minor digit); `None` when the line is not complete or
+/// its last word is not of that form. Only looked at after httparse refused the version.
+fn request_line_version(buf: &[u8]) -> Option<(usize, u8, u8)> {
+    let mut start = 0;
+    while buf[start..].starts_with(b"\r\n") {
+        start += 2;
+    }
+    let lf = start + buf[start..].iter().position(|&b| b == b'\n')?;
+    let line = buf[start..lf].strip_suffix(b"\r")?;
+    let at = line.len().checked_sub(9)?;
+    match line[at..] {
+        [b' ', b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Some((start + at + 1, major, minor))
+        }
+        _ => None,
+    }
+}
+
 fn from_httparse(e: httparse::Error, buf: &[u8]) -> ParseError {
     match e {
         httparse::Error::TooManyHeaders => invalid(431, "too many header fields"),
@@ -427,7 +452,12 @@ fn from_httparse(e: httparse::Error, buf: &[u8]) -> ParseError {
         httparse::Error::Version if buf.starts_with(b"PRI * HTTP/2.0") => {
             invalid(400, "HTTP/2 is not supported, use HTTP/1.1")
         }
-        httparse::Error::Version => invalid(400, "unsupported HTTP version"),
+        httparse::Error::Version => match request_line_version(buf) {
+            Some((at, b'1', minor)) if minor > b'1' => ParseError::NewerMinorVersion { minor_at: at + 7 },
+            // RFC 9110 §15.6.6: a major version we do not speak.
+            Some((_, major, _)) if major > b'1' => invalid(505, "HTTP version not supported, use HTTP/1.1"),
+            _ => invalid(400, "unsupported HTTP version"),
+        },
         httparse::Error::Token => invalid(400, "malformed request line"),
         httparse::Error::NewLine => invalid(400, "malformed line ending"),
         // Includes obs-fold: a line starting with SP or HTAB is not a field name.
@@ -652,12 +682,31 @@ mod tests {
 
     #[test]
     fn rejects_not_http1() {
-        rejects(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400, "unsupported HTTP version");
-        rejects(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 400, "unsupported HTTP version");
+        rejects(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505, "HTTP version not supported, use HTTP/1.1");
+        rejects(b"\r\nGET / HTTP/3.0\r\n\r\n", 505, "HTTP version not supported, use HTTP/1.1");
+        rejects(b"GET / HTTP/2.0 \r\nHost: a\r\n\r\n", 400, "unsupported HTTP version");
+        rejects(b"GET / HTTP/1.10\r\nHost: a\r\n\r\n", 400, "malformed line ending");
         rejects(b"GET / http/1.1\r\nHost: a\r\n\r\n", 400, "unsupported HTTP version");
         rejects(b"GET / HTTP/0.9\r\n\r\n", 400, "unsupported HTTP version");
         // A version that cannot become HTTP/1.x is refused before it is complete.
         rejects(b"GET / HTTP/2", 400, "unsupported HTTP version");
+    }
+
+    #[test]
+    fn a_newer_http1_minor_version_is_read_as_1_1() {
+        for raw in [&b"GET /i HTTP/1.2\r\nHost: a\r\n\r\n"[..], b"\r\n\r\nGET /i HTTP/1.9\r\nHost: a\r\n\r\n"] {
+            let mut buf = raw.to_vec();
+            let at = with(&buf, |r| match r {
+                Err(ParseError::NewerMinorVersion { minor_at }) => minor_at,
+                other => panic!("{other:?}"),
+            });
+            assert!(buf[at].is_ascii_digit() && buf[at] > b'1' && buf[..at].ends_with(b"HTTP/1."));
+            buf[at] = b'1';
+            with(&buf, |r| {
+                let r = r.unwrap();
+                assert_eq!((r.version_minor, r.path, r.keep_alive), (1, &b"/i"[..], true));
+            });
+        }
     }
 
     #[test]

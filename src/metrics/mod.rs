@@ -32,9 +32,10 @@ pub enum Status {
     S429,
     S431,
     S503,
+    S505,
 }
 
-pub const STATUSES: [Status; 13] = [
+pub const STATUSES: [Status; 14] = [
     Status::S200,
     Status::S204,
     Status::S302,
@@ -48,6 +49,7 @@ pub const STATUSES: [Status; 13] = [
     Status::S429,
     Status::S431,
     Status::S503,
+    Status::S505,
 ];
 
 impl Status {
@@ -66,6 +68,7 @@ impl Status {
             Status::S429 => 429,
             Status::S431 => 431,
             Status::S503 => 503,
+            Status::S505 => 505,
         }
     }
 
@@ -83,6 +86,7 @@ impl Status {
             429 => Status::S429,
             431 => Status::S431,
             503 => Status::S503,
+            505 => Status::S505,
             _ => Status::S400,
         }
     }

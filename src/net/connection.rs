@@ -121,6 +121,12 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             let req = match http::parse(&rbuf[start..], &mut headers, &limits) {
                 Ok(r) => r,
                 Err(ParseError::Incomplete) => break,
+                Err(ParseError::NewerMinorVersion { minor_at }) => {
+                    // HTTP/1.x, x > 1, is read as HTTP/1.1: the digit is rewritten in place
+                    // and the head parsed again (it then parses as 1.1 or fails otherwise).
+                    rbuf[start + minor_at] = b'1';
+                    continue;
+                }
                 Err(ParseError::Invalid { status, reason }) => {
                     let st = Status::from_code(status);
                     ctx.shared.counters.request(None, st);
@@ -144,7 +150,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                     let scratch = &mut bufs.body[..limits.body_bytes_max];
                     match http::chunked::decode(&rbuf[start + head_len..], scratch, limits.body_bytes_max) {
                         Ok((n, used)) => (n, head_len + used),
-                        Err(ParseError::Incomplete) => break,
+                        // The decoder reports only Incomplete and Invalid.
+                        Err(ParseError::Incomplete | ParseError::NewerMinorVersion { .. }) => break,
                         Err(ParseError::Invalid { status, reason }) => {
                             let st = Status::from_code(status);
                             ctx.shared.counters.request(None, st);

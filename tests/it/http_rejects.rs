@@ -39,6 +39,27 @@ fn malformed_and_ambiguous_requests_are_400_and_close() {
 }
 
 #[test]
+fn http_1_2_is_served_as_1_1_and_a_major_version_2_gets_505() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    // RFC 9110 §2.5: a newer minor version of a major version we speak is read as the one we
+    // implement, keep-alive included (a pipelined pair on one connection).
+    let mut c = s.connect();
+    c.send(b"GET /i?c=71 HTTP/1.2\r\nHost: t\r\n\r\nGET /i?c=72 HTTP/1.1\r\nHost: t\r\n\r\n");
+    for _ in 0..2 {
+        let r = c.read_response(false);
+        assert_eq!(r.status, 200, "body {:?}", String::from_utf8_lossy(&r.body));
+        assert_ne!(r.header("connection"), Some("close"));
+    }
+    assert_eq!(c.get("/i?c=73").status, 200);
+    expect_reject(&s, b"GET /i?c=74 HTTP/2.0\r\nHost: t\r\n\r\n", 505);
+    assert_eq!(s.stop(), 0);
+    let mut campaigns: Vec<u64> =
+        journal_cat(&s.journal()).iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
+    campaigns.sort_unstable();
+    assert_eq!(campaigns, [1, 71, 72, 73], "the served requests (and expect_reject's probe), nothing of the 505");
+}
+
+#[test]
 fn oversize_requests_get_413_414_431() {
     let cfg =
         "[server]\nrequest_line_bytes_max = 256\nheader_bytes_max = 1024\nheader_count_max = 8\nbody_bytes_max = 16\n"
