@@ -3,7 +3,8 @@
 //! Unlike `JournalReader` (for people: it skips a bad record followed by data), this reader
 //! **stops** at a bad record of the last segment and waits: the writer may still be copying it.
 //! A bad record in a segment the writer has left (a newer one exists) is final: it is skipped
-//! and counted, like `JournalReader` does. The writer's recovery never reuses a position a
+//! and counted, like `JournalReader` does, and a zeroed gap there (a page a power loss left
+//! unwritten before pages that were) is passed over to the records after it. The writer's recovery never reuses a position a
 //! reader may have passed (`journal/mod.rs`, "Recover"), so a cursor past a record stays valid
 //! across restarts of the process and of the machine.
 //!
@@ -179,7 +180,25 @@ impl ShardSource {
                 let zero = crate::journal::all_zero(slot);
                 if zero {
                     self.stalled_at = None;
-                    return Ok(if writer_left { Tail::Finished } else { Tail::Waiting });
+                    if !writer_left {
+                        return Ok(Tail::Waiting);
+                    }
+                    // The writer has left the segment: a zero slot is its end or a gap (a page
+                    // a power loss left unwritten before pages that were written). Go on at the
+                    // next slot that is not zero, in this chunk or past the file's holes.
+                    let chunk = &self.buf[(i + 1) * EVENT_BYTES..n * EVENT_BYTES];
+                    if let Some(k) = chunk.chunks_exact(EVENT_BYTES).position(|s| !crate::journal::all_zero(s)) {
+                        index += (k + 1) as u32;
+                        break;
+                    }
+                    let from = seg.header_bytes + (index as u64 + (n - i) as u64) * EVENT_BYTES as u64;
+                    match crate::journal::next_data_slot(&seg.file, seg.header_bytes, from, seg.file_bytes) {
+                        Some(at) => {
+                            index = ((at - seg.header_bytes) / EVENT_BYTES as u64).min(slots as u64) as u32;
+                            break;
+                        }
+                        None => return Ok(Tail::Finished),
+                    }
                 }
                 if !writer_left {
                     // Being written, or bad in the last segment: wait. Either the writer
@@ -289,5 +308,43 @@ mod tests {
         let p = src.resolve(Position { segment: 2, index: 0 }).unwrap().unwrap();
         assert_eq!(src.read(p.segment, p.index, Some(1), 100, &mut out).unwrap(), Tail::More);
         assert_eq!(seqs(&out), [5], "limit is exclusive");
+    }
+
+    #[test]
+    fn a_zeroed_gap_in_a_segment_the_writer_left_is_passed_over() {
+        let d = tempfile::tempdir().unwrap();
+        // Header page + 4096 records (2 MiB): room for a hole past the zero-filled window.
+        let seg_bytes = (PAGE_BYTES + 4096 * EVENT_BYTES) as u64;
+        let (mut j, _) = ShardJournal::open(d.path(), 0, seg_bytes, &schema()).unwrap();
+        for s in 1..=6 {
+            j.append(&mut ev(s)).unwrap();
+        }
+        drop(j);
+        // A power loss kept record 2 (seq 3) off the disk, and a record far out in the tail
+        // (index 3000, in a hole) was written back where the writer never got.
+        let path = segment_path(&shard_dir(d.path(), 0), 1);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0; EVENT_BYTES], (PAGE_BYTES + 2 * EVENT_BYTES) as u64).unwrap();
+        let mut far = ev(99);
+        far.seal();
+        f.write_all_at(far.as_bytes(), (PAGE_BYTES + 3000 * EVENT_BYTES) as u64).unwrap();
+
+        let mut src = ShardSource::new(d.path(), 0);
+        let mut out = Vec::new();
+        // The writer's last segment: the gap is where it stops, for now.
+        assert_eq!(src.read(1, 0, None, 100, &mut out).unwrap(), Tail::Waiting);
+        assert_eq!(seqs(&out), [1, 2]);
+        // A restart leaves the segment as is (written data after a missing record) and starts
+        // segment 2: the records after the gap are final and delivered, with their indexes.
+        let (mut j, report) = ShardJournal::open(d.path(), 0, seg_bytes, &schema()).unwrap();
+        assert_eq!((report.segment, report.records), (2, 6));
+        j.append(&mut ev(7)).unwrap();
+        out.clear();
+        assert_eq!(src.read(1, 2, None, 100, &mut out).unwrap(), Tail::Finished);
+        assert_eq!(out.iter().map(|(i, e)| (*i, e.seq)).collect::<Vec<_>>(), [(3, 4), (4, 5), (5, 6), (3000, 99)]);
+        assert_eq!(src.corrupt_skipped, 0);
+        out.clear();
+        assert_eq!(src.read(2, 0, None, 100, &mut out).unwrap(), Tail::Waiting);
+        assert_eq!(seqs(&out), [7]);
     }
 }

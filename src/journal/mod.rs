@@ -39,8 +39,10 @@
 //!           [ record 0: 512 bytes ][ record 1 ] ... [ zero slots ... ]   up to segment_bytes
 //! ```
 //! The header fields are tabled beside their constants in `segment.rs`; the record layout is
-//! the [`Event`](crate::event::Event) itself (`event.rs`). The first all-zero slot ends a
-//! segment's records; a segment is full when the next record does not fit in its file.
+//! the [`Event`](crate::event::Event) itself (`event.rs`). In the segment being written, the
+//! first all-zero slot ends its records so far; in a segment the writer has left, readers go on
+//! past a zeroed gap (a page a power loss kept off the disk) to the records after it. A segment
+//! is full when the next record does not fit in its file.
 //!
 //! # Write
 //! [`ShardJournal::append`] seals the event and copies it to the next slot of the map. When it
@@ -73,7 +75,7 @@ mod writer_state;
 pub use error::JournalError;
 // For the collectors' positioned reader (collector/source.rs).
 pub use reader::{JournalReader, READ_CHUNK_BYTES, WARNINGS_KEPT_MAX};
-pub(crate) use segment::{all_zero, list_segments, parse_shard_dir_name, read_header, SegmentFile};
+pub(crate) use segment::{all_zero, list_segments, next_data_slot, parse_shard_dir_name, read_header, SegmentFile};
 pub use segment::{
     segment_path, shard_dir, RecoveryReport, ShardJournal, CORRUPT_SUFFIX, FORMAT_VERSION, HEADER_FIXED_BYTES,
     PAGE_BYTES, SCHEMA_BYTES_MAX, SEGMENT_MAGIC, SEGMENT_NAME_DIGITS, SEGMENT_SUFFIX, TMP_SUFFIX,

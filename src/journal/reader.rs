@@ -18,8 +18,9 @@
 //!   the bad slot is neither dropped nor overwritten (and a collector's cursor past it never
 //!   skips new events). Only a bad slot with nothing but zeros after it, which every reader
 //!   waits at, is zeroed and written over.
-//! - in a segment the writer has left, an all-zero slot ends it even if data follows (a power
-//!   loss can leave a page unwritten before pages that were): those records are not delivered.
+//! - in a segment the writer has left, an all-zero slot is a gap when data follows (a power
+//!   loss can leave a page unwritten before pages that were): the reader goes on past it, over
+//!   the file's holes (SEEK_DATA), and delivers the records after it.
 //!
 //! A segment whose header fails its checks is skipped with a warning naming the file (and
 //! counted in [`JournalReader::corrupt_segments`]), so one bad file does not hide the segments
@@ -34,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::JournalError;
 use super::segment::{
-    all_zero, list_segments, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile,
+    all_zero, list_segments, next_data_slot, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile,
 };
 use crate::event::{Event, EVENT_BYTES};
 use crate::schema::Schema;
@@ -294,7 +295,19 @@ impl OpenSegment {
             }
             let slot = self.slot(self.off)?;
             if all_zero(&slot) {
-                return Ok(if last_pass { Stop::End } else { Stop::Waiting });
+                if !last_pass {
+                    return Ok(Stop::Waiting);
+                }
+                // The writer has left the segment: a zero slot is its end or a gap (a page a
+                // power loss left unwritten before pages that were written); go on to the next
+                // slot that may hold data.
+                match self.next_nonzero_slot()? {
+                    Some(off) => {
+                        self.off = off;
+                        continue;
+                    }
+                    None => return Ok(Stop::End),
+                }
             }
             let e = Event::from_bytes(&slot);
             if e.is_sealed_intact() {
@@ -334,6 +347,31 @@ impl OpenSegment {
                 ));
             }
             self.off += EVENT_BYTES as u64;
+        }
+    }
+
+    /// After the zero slot at `off`: the next slot that is not all zero, looked for in the chunk
+    /// already read and then past the file's holes; `None` when there is none.
+    fn next_nonzero_slot(&mut self) -> Result<Option<u64>, JournalError> {
+        let mut from = self.off + EVENT_BYTES as u64;
+        loop {
+            let chunk_end = self.chunk_start + self.chunk_len as u64;
+            while from + EVENT_BYTES as u64 <= chunk_end {
+                if !all_zero(&self.slot(from)?) {
+                    return Ok(Some(from));
+                }
+                from += EVENT_BYTES as u64;
+            }
+            match next_data_slot(&self.file, self.first_record_off, from, self.file_bytes) {
+                Some(at) if at + EVENT_BYTES as u64 <= self.file_bytes => {
+                    // Read from `at` and look again (it may be a zero written ahead).
+                    if !all_zero(&self.slot(at)?) {
+                        return Ok(Some(at));
+                    }
+                    from = at + EVENT_BYTES as u64;
+                }
+                _ => return Ok(None),
+            }
         }
     }
 

@@ -1074,15 +1074,15 @@ fn recover_records(map: &mut MmapMut, file: &File, path: &Path, header_bytes: us
     Ok(Tail { end_off, records, torn_records: 1, torn_bytes: used as u64 + 1, sealed: false })
 }
 
-/// What readers will find in a segment the writer leaves as is: they deliver intact records,
-/// skip a bad slot that data follows, and end the segment at its first all-zero slot.
+/// What readers will find in a segment the writer leaves as is: they deliver its intact records
+/// (going on past a zeroed gap) and skip its bad slots.
 struct LeftSegment {
-    /// Intact records before the first all-zero slot: what readers deliver.
+    /// Intact records: what readers deliver.
     reachable: u64,
-    /// Bad (neither intact nor zero) slots before it: what readers skip.
+    /// Bad (neither intact nor zero) slots: what readers skip.
     bad: u64,
-    /// Intact records after it, which readers do not reach.
-    unreachable: u64,
+    /// Of `reachable`, those after an all-zero slot (a page a power loss left unwritten).
+    after_gap: u64,
 }
 
 impl LeftSegment {
@@ -1093,8 +1093,8 @@ impl LeftSegment {
             self.reachable,
             self.bad
         );
-        if self.unreachable > 0 {
-            let _ = write!(d, "; {} intact record(s) after a zeroed gap are not delivered", self.unreachable);
+        if self.after_gap > 0 {
+            let _ = write!(d, " ({} of the records after a zeroed gap)", self.after_gap);
         }
         d.push_str("; new events go to a new segment");
         d
@@ -1103,7 +1103,7 @@ impl LeftSegment {
 
 /// Counts a left segment's slots, reading only the file's data ranges (see `data_ranges`).
 fn scan_left_segment(map: &[u8], file: &File, header_bytes: usize) -> LeftSegment {
-    let mut left = LeftSegment { reachable: 0, bad: 0, unreachable: 0 };
+    let mut left = LeftSegment { reachable: 0, bad: 0, after_gap: 0 };
     let mut gap = false;
     let mut next = header_bytes;
     for (a, b) in data_ranges(file, header_bytes, map.len()) {
@@ -1114,14 +1114,11 @@ fn scan_left_segment(map: &[u8], file: &File, header_bytes: usize) -> LeftSegmen
         while at + EVENT_BYTES <= b {
             let slot: &[u8; EVENT_BYTES] = map[at..at + EVENT_BYTES].try_into().expect("one slot");
             if Event::from_bytes(slot).is_sealed_intact() {
-                if gap {
-                    left.unreachable += 1;
-                } else {
-                    left.reachable += 1;
-                }
+                left.reachable += 1;
+                left.after_gap += u64::from(gap);
             } else if all_zero(slot) {
                 gap = true;
-            } else if !gap {
+            } else {
                 left.bad += 1;
             }
             at += EVENT_BYTES;
@@ -1129,6 +1126,17 @@ fn scan_left_segment(map: &[u8], file: &File, header_bytes: usize) -> LeftSegmen
         next = at;
     }
     left
+}
+
+/// In a segment the writer has left, the offset of the first slot at or after `from` (a slot
+/// offset) that may hold written bytes, skipping what the file system reports as holes; `None`
+/// when nothing but holes follows. Readers use it to go on past a zeroed gap (a power loss can
+/// leave a page unwritten before pages that were written): the slot it names may still be
+/// zero (written zeros, such as the prefault window), which the caller checks.
+pub(crate) fn next_data_slot(file: &File, header_bytes: u64, from: u64, file_bytes: u64) -> Option<u64> {
+    let (start, _) = data_ranges(file, from as usize, file_bytes as usize).next()?;
+    let slot = header_bytes + (start as u64 - header_bytes) / EVENT_BYTES as u64 * EVENT_BYTES as u64;
+    Some(slot.max(from))
 }
 
 /// The file's data ranges within `[from, len)`, as `(start, end)` offsets (SEEK_DATA /

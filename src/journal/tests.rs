@@ -211,16 +211,18 @@ fn records_after_a_zeroed_gap_are_left_in_place_and_the_writer_moves_on() {
     patch(&path, HDR + 2 * REC, &[0; EVENT_BYTES]);
 
     let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    assert_eq!((report.segment, report.records, report.torn_records, report.sealed_bad_records), (2, 2, 0, 0));
+    assert_eq!((report.segment, report.records, report.torn_records, report.sealed_bad_records), (2, 4, 0, 0));
     assert!(report.new_segment_reason.is_some());
     let detail = report.detail.unwrap();
-    assert!(detail.contains("2 intact record(s) after a zeroed gap are not delivered"), "{detail}");
+    assert!(detail.contains("4 record(s) readers deliver and 0 bad slot(s)"), "{detail}");
+    assert!(detail.contains("(2 of the records after a zeroed gap)"), "{detail}");
     // Nothing was overwritten: records 4 and 5 are still where they were.
     assert_eq!(Event::from_bytes(&read_bytes(&path, HDR + 3 * REC, EVENT_BYTES).try_into().unwrap()).seq, 4);
     append_seqs(&mut j, [42]);
-    // A reader ends a segment the writer has left at its first zero slot.
+    // A reader goes on past the gap of a segment the writer has left.
     let mut r = JournalReader::open(root).unwrap();
-    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 42]);
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 4, 5, 42]);
+    assert_eq!(r.corrupt_records(), 0);
 }
 
 #[test]
@@ -254,8 +256,11 @@ fn data_beyond_the_prefault_window_after_a_hole_is_found() {
     e.seal();
     patch(&seg_file(root, 0, 1), HDR + 3072 * REC, e.as_bytes());
     let (_, report) = ShardJournal::open(root, 0, seg_bytes, &schema_a()).unwrap();
-    assert_eq!((report.segment, report.records, report.sealed_bad_records), (2, 3, 0));
-    assert!(report.detail.unwrap().contains("1 intact record(s) after a zeroed gap"));
+    assert_eq!((report.segment, report.records, report.sealed_bad_records), (2, 4, 0));
+    assert!(report.detail.unwrap().contains("(1 of the records after a zeroed gap)"));
+    // Readers find it too: past the written zeros of the prefault window, then the hole.
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 3, 99]);
 }
 
 #[test]
