@@ -75,6 +75,15 @@ fn append_seqs(j: &mut ShardJournal, seqs: impl IntoIterator<Item = u64>) {
     }
 }
 
+/// A fresh journal root whose shard 0 holds records seq 1..=n (schema A, SEG_8 segments),
+/// written by a writer that has since been dropped.
+fn closed_root(n: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=n);
+    dir
+}
+
 fn patch(path: &Path, off: u64, bytes: &[u8]) {
     let f = OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, off).unwrap();
@@ -157,11 +166,8 @@ fn reopen_continues_the_last_segment_after_its_last_record() {
 
 #[test]
 fn a_bad_record_followed_by_records_is_left_in_place_and_the_writer_moves_on() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = closed_root(5);
     let root = dir.path();
-    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    append_seqs(&mut j, 1..=5);
-    drop(j);
     let path = seg_file(root, 0, 1);
     let rec4 = HDR + 3 * REC;
     patch(&path, rec4 + 200, &[0xAB; 8]);
@@ -202,11 +208,8 @@ fn a_bad_record_followed_by_records_is_left_in_place_and_the_writer_moves_on() {
 #[test]
 fn records_after_a_zeroed_gap_are_left_in_place_and_the_writer_moves_on() {
     // A power loss can leave an early page unwritten while a later one reached the disk.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = closed_root(5);
     let root = dir.path();
-    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    append_seqs(&mut j, 1..=5);
-    drop(j);
     let path = seg_file(root, 0, 1);
     patch(&path, HDR + 2 * REC, &[0; EVENT_BYTES]);
 
@@ -228,11 +231,8 @@ fn records_after_a_zeroed_gap_are_left_in_place_and_the_writer_moves_on() {
 #[test]
 fn a_clean_tail_after_the_prefault_window_is_not_taken_for_data() {
     // The writer zero-fills (pwrite) a window ahead of itself: data to SEEK_DATA, but zeros.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = closed_root(3);
     let root = dir.path();
-    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    append_seqs(&mut j, 1..=3);
-    drop(j);
     let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
     assert_eq!((report.segment, report.records, report.torn_records, report.sealed_bad_records), (1, 3, 0, 0));
     assert_eq!(report.new_segment_reason, None);
@@ -265,11 +265,8 @@ fn data_beyond_the_prefault_window_after_a_hole_is_found() {
 
 #[test]
 fn after_a_restart_of_the_machine_without_a_clean_stop_the_last_segment_is_left_as_is() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = closed_root(3);
     let root = dir.path();
-    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    append_seqs(&mut j, 1..=3);
-    drop(j);
     // A torn fourth record, and a state file from another boot that never stopped cleanly.
     let path = seg_file(root, 0, 1);
     patch(&path, HDR + 3 * REC, &ev(4).as_bytes()[..100]);
@@ -308,11 +305,8 @@ fn all_zero_checks_every_byte() {
 
 #[test]
 fn partially_copied_last_record_waits_in_the_reader_and_is_dropped_by_recovery() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = closed_root(3);
     let root = dir.path();
-    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    append_seqs(&mut j, 1..=3);
-    drop(j);
     let path = seg_file(root, 0, 1);
     let mut e = ev(4);
     e.set_slot(4, u64::MAX); // bytes 96..104: byte 99 is not zero
@@ -334,11 +328,8 @@ fn partially_copied_last_record_waits_in_the_reader_and_is_dropped_by_recovery()
 
 #[test]
 fn schema_change_on_reopen_starts_a_new_segment_and_each_decodes_with_its_own() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = closed_root(2);
     let root = dir.path();
-    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    append_seqs(&mut j, 1..=2);
-    drop(j);
     let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_b()).unwrap();
     assert_eq!(report.segment, 2);
     assert_eq!(report.records, 2);
@@ -364,11 +355,8 @@ fn schema_change_on_reopen_starts_a_new_segment_and_each_decodes_with_its_own() 
 
 #[test]
 fn corrupt_header_is_skipped_with_a_warning_by_the_reader_and_set_aside_by_the_writer() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = closed_root(2);
     let root = dir.path();
-    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    append_seqs(&mut j, 1..=2);
-    drop(j);
     let path = seg_file(root, 0, 1);
     // One byte of the embedded schema: only the header CRC can tell.
     let b = read_bytes(&path, HEADER_FIXED_BYTES as u64 + 2, 1)[0];
@@ -512,11 +500,8 @@ fn header_round_trips_and_each_check_rejects() {
 
 #[test]
 fn bad_tail_of_a_segment_the_writer_has_left_is_corrupt_not_pending() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = closed_root(3);
     let root = dir.path();
-    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    append_seqs(&mut j, 1..=3);
-    drop(j);
     let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_b()).unwrap();
     assert_eq!(report.segment, 2);
     append_seqs(&mut j, [4]);
