@@ -400,6 +400,13 @@ impl Runner {
                 b.to = index + 1;
                 progressed = true;
             }
+            if consumed_all && st.source.reached > b.to {
+                // Slots passed without a record (a zeroed gap or a bad record of a segment the
+                // writer has left): the batch covers them too, or a fixed batch whose last
+                // slots they are would never reach its limit.
+                b.to = st.source.reached;
+                progressed = true;
+            }
             if tail == Tail::Finished && consumed_all {
                 b.exhausted = true;
             }

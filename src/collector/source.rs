@@ -57,6 +57,11 @@ pub struct ShardSource {
     pub corrupt_skipped: u64,
     /// Position of a bad record of the last segment this reader is stopped at, if any.
     pub stalled_at: Option<Position>,
+    /// After a [`ShardSource::read`]: the index of the first slot it did not pass. Every slot
+    /// before it was delivered, or passed over for good (a bad record, or a zeroed gap, of a
+    /// segment the writer has left), so a caller that took all the records may move there
+    /// even when the read delivered nothing.
+    pub reached: u32,
 }
 
 impl ShardSource {
@@ -68,6 +73,7 @@ impl ShardSource {
             buf: vec![0; READ_RECORDS_MAX * EVENT_BYTES],
             corrupt_skipped: 0,
             stalled_at: None,
+            reached: 0,
         }
     }
 
@@ -148,6 +154,21 @@ impl ShardSource {
         max: usize,
         out: &mut Vec<(u32, Event)>,
     ) -> Result<Tail, JournalError> {
+        let mut index = from;
+        let tail = self.read_slots(segment, limit, max, out, &mut index);
+        self.reached = index;
+        tail
+    }
+
+    /// `read` from `*index`, which it leaves at the first slot not passed.
+    fn read_slots(
+        &mut self,
+        segment: u64,
+        limit: Option<u32>,
+        max: usize,
+        out: &mut Vec<(u32, Event)>,
+        index: &mut u32,
+    ) -> Result<Tail, JournalError> {
         if !self.open_segment(segment)? {
             // Removed (retention) or set aside: the caller resolves again.
             return Ok(Tail::Finished);
@@ -158,11 +179,10 @@ impl ShardSource {
         let seg = self.open.as_ref().expect("opened above");
         let slots = (seg.file_bytes.saturating_sub(seg.header_bytes) / EVENT_BYTES as u64).min(u32::MAX as u64) as u32;
         let end = limit.map_or(slots, |l| l.min(slots));
-        let mut index = from;
         let mut taken = 0usize;
-        while index < end && taken < max {
-            let n = ((end - index) as usize).min(READ_RECORDS_MAX).min(max - taken);
-            let off = seg.header_bytes + index as u64 * EVENT_BYTES as u64;
+        while *index < end && taken < max {
+            let n = ((end - *index) as usize).min(READ_RECORDS_MAX).min(max - taken);
+            let off = seg.header_bytes + *index as u64 * EVENT_BYTES as u64;
             let bytes = n * EVENT_BYTES;
             seg.file.read_exact_at(&mut self.buf[..bytes], off).map_err(|e| {
                 JournalError::with_detail("read", &seg.path, format!("{bytes} bytes at offset {off}"), e)
@@ -172,8 +192,8 @@ impl ShardSource {
                     self.buf[i * EVENT_BYTES..(i + 1) * EVENT_BYTES].try_into().expect("one slot");
                 let e = Event::from_bytes(slot);
                 if e.is_sealed_intact() {
-                    out.push((index, e));
-                    index += 1;
+                    out.push((*index, e));
+                    *index += 1;
                     taken += 1;
                     continue;
                 }
@@ -188,16 +208,20 @@ impl ShardSource {
                     // next slot that is not zero, in this chunk or past the file's holes.
                     let chunk = &self.buf[(i + 1) * EVENT_BYTES..n * EVENT_BYTES];
                     if let Some(k) = chunk.chunks_exact(EVENT_BYTES).position(|s| !crate::journal::all_zero(s)) {
-                        index += (k + 1) as u32;
+                        *index += (k + 1) as u32;
                         break;
                     }
-                    let from = seg.header_bytes + (index as u64 + (n - i) as u64) * EVENT_BYTES as u64;
+                    let from = seg.header_bytes + (*index as u64 + (n - i) as u64) * EVENT_BYTES as u64;
                     match crate::journal::next_data_slot(&seg.file, seg.header_bytes, from, seg.file_bytes) {
+                        // Never past `end`: a caller's limit holds even across a gap.
                         Some(at) => {
-                            index = ((at - seg.header_bytes) / EVENT_BYTES as u64).min(slots as u64) as u32;
+                            *index = ((at - seg.header_bytes) / EVENT_BYTES as u64).min(end as u64) as u32;
                             break;
                         }
-                        None => return Ok(Tail::Finished),
+                        None => {
+                            *index = end;
+                            return Ok(Tail::Finished);
+                        }
                     }
                 }
                 if !writer_left {
@@ -205,34 +229,35 @@ impl ShardSource {
                     // completes it, or it leaves the segment (a restart with written data after
                     // a bad record starts a new segment and keeps this one as is), and then the
                     // record is final and skipped below.
-                    self.stalled_at = Some(Position { segment, index });
+                    self.stalled_at = Some(Position { segment, index: *index });
                     return Ok(Tail::Waiting);
                 }
                 // Final and bad: skip it (re-read once first, in case we raced the writer).
                 let mut again = [0u8; EVENT_BYTES];
-                let at = seg.header_bytes + index as u64 * EVENT_BYTES as u64;
+                let at = seg.header_bytes + *index as u64 * EVENT_BYTES as u64;
                 seg.file.read_exact_at(&mut again, at).map_err(|e| JournalError::new("read", &seg.path, e))?;
                 let e = Event::from_bytes(&again);
                 if e.is_sealed_intact() {
-                    out.push((index, e));
+                    out.push((*index, e));
                     taken += 1;
                 } else {
                     self.corrupt_skipped += 1;
                     eprintln!(
-                        "tracker: collector source: {}: record {index} is not intact; skipped (the writer left this segment)",
-                        seg.path.display()
+                        "tracker: collector source: {}: record {} is not intact; skipped (the writer left this segment)",
+                        seg.path.display(),
+                        *index
                     );
                 }
-                index += 1;
+                *index += 1;
                 // The rest of the chunk may be stale after a skip; read again from here.
                 break;
             }
         }
         self.stalled_at = None;
-        if index >= slots && writer_left {
+        if *index >= slots && writer_left {
             return Ok(Tail::Finished);
         }
-        if index >= slots {
+        if *index >= slots {
             // Full segment: the writer will rotate; wait for the newer one to appear.
             return Ok(Tail::Waiting);
         }

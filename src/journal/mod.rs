@@ -55,7 +55,8 @@
 //! segment is left as it is. Otherwise its slots are scanned for the end of the intact prefix.
 //! Nothing after it = clean end; one bad slot and only zeros after it = a torn record, zeroed
 //! and msynced, counted in the [`RecoveryReport`]; any written data after the first bad or zero
-//! slot = left in place (`sealed_bad_records`). It then goes on appending to that segment, or
+//! slot = left in place (`sealed_bad_records`), and readers deliver every intact record in it,
+//! past bad slots and zeroed gaps. It then goes on appending to that segment, or
 //! starts a new one (reason and detail in the report) when the segment was left in place, is
 //! full, has another schema, or has a bad header (the file is renamed `.corrupt`). Then it
 //! records `<boot id> running`, and [`ShardJournal::close_clean`] `<boot id> clean`.

@@ -20,8 +20,9 @@
 //! | 64 + n |      | zero           | up to `header_bytes`                                         |
 //!
 //! Records follow from `header_bytes`: raw [`Event`] bytes back to back, each sealed (magic +
-//! CRC32C). The file is preallocated to `segment_bytes`; the first all-zero slot is the end of
-//! the written records.
+//! CRC32C). The file is preallocated to `segment_bytes`; while the writer is on the segment its
+//! first all-zero slot is the end of the written records (a segment it has left may have a
+//! zeroed gap before more records: see `journal/mod.rs`).
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -1107,8 +1108,9 @@ fn scan_left_segment(map: &[u8], file: &File, header_bytes: usize) -> LeftSegmen
     let mut gap = false;
     let mut next = header_bytes;
     for (a, b) in data_ranges(file, header_bytes, map.len()) {
-        // Slots wholly inside the range; a hole before it is all-zero slots.
-        let first = header_bytes + (a - header_bytes).div_ceil(EVENT_BYTES) * EVENT_BYTES;
+        // From the slot the range starts in (as readers do, `next_data_slot`); a hole before it
+        // is all-zero slots.
+        let first = (header_bytes + (a - header_bytes) / EVENT_BYTES * EVENT_BYTES).max(next);
         gap |= first > next;
         let mut at = first;
         while at + EVENT_BYTES <= b {
