@@ -135,9 +135,14 @@ pub fn parse<'b, 'h>(
 
     let count = limits.header_count_max.min(headers.len());
     let mut req = httparse::Request::new(&mut []);
-    let head_len = match req.parse_with_uninit_headers(buf, &mut headers[..count]) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
+    let partial = match req.parse_with_uninit_headers(buf, &mut headers[..count]) {
+        Ok(httparse::Status::Complete(n)) => Ok(n),
+        Ok(httparse::Status::Partial) => Err(ParseError::Incomplete),
+        Err(e) => Err(from_httparse(e, buf)),
+    };
+    let head_len = match partial {
+        Ok(n) => n,
+        Err(ParseError::Incomplete) => {
             check_request_line(buf, limits.request_line_bytes_max)?;
             // Everything in `buf` belongs to the unfinished head, which needs at least one
             // more byte: if `buf` already fills the limit, the head cannot fit.
@@ -146,7 +151,7 @@ pub fn parse<'b, 'h>(
             }
             return Err(ParseError::Incomplete);
         }
-        Err(e) => return Err(from_httparse(e, buf)),
+        Err(e) => return Err(e),
     };
     let httparse::Request { method, path, version, headers } = req;
     let headers: &'h [Header<'b>] = headers;
@@ -432,6 +437,10 @@ fn request_line_version(buf: &[u8]) -> Option<(usize, u8, u8)> {
     }
     let lf = start + buf[start..].iter().position(|&b| b == b'\n')?;
     let line = buf[start..lf].strip_suffix(b"\r")?;
+    // `METHOD SP target SP version`: the version is the third word (a target has no SP).
+    if line.iter().filter(|&&b| b == b' ').count() != 2 {
+        return None;
+    }
     let at = line.len().checked_sub(9)?;
     match line[at..] {
         [b' ', b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
@@ -441,6 +450,23 @@ fn request_line_version(buf: &[u8]) -> Option<(usize, u8, u8)> {
         }
         _ => None,
     }
+}
+
+/// Whether `buf` is a request line cut right after a well-formed `SP HTTP/D.D` (and maybe its
+/// CR): the LF that decides what it is has not arrived yet.
+fn version_line_unfinished(buf: &[u8]) -> bool {
+    let mut start = 0;
+    while buf[start..].starts_with(b"\r\n") {
+        start += 2;
+    }
+    let line = &buf[start..];
+    if line.contains(&b'\n') {
+        return false;
+    }
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    line.len() >= 9
+        && matches!(line[line.len() - 9..], [b' ', b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit())
 }
 
 fn from_httparse(e: httparse::Error, buf: &[u8]) -> ParseError {
@@ -456,6 +482,9 @@ fn from_httparse(e: httparse::Error, buf: &[u8]) -> ParseError {
             Some((at, b'1', minor)) if minor > b'1' => ParseError::NewerMinorVersion { minor_at: at + 7 },
             // RFC 9110 §15.6.6: a major version we do not speak.
             Some((_, major, _)) if major > b'1' => invalid(505, "HTTP version not supported, use HTTP/1.1"),
+            // httparse judges the version as soon as its 8 bytes are in: wait for the line's
+            // end before telling a newer version from a bad one.
+            None if version_line_unfinished(buf) => ParseError::Incomplete,
             _ => invalid(400, "unsupported HTTP version"),
         },
         httparse::Error::Token => invalid(400, "malformed request line"),
@@ -690,6 +719,24 @@ mod tests {
         rejects(b"GET / HTTP/0.9\r\n\r\n", 400, "unsupported HTTP version");
         // A version that cannot become HTTP/1.x is refused before it is complete.
         rejects(b"GET / HTTP/2", 400, "unsupported HTTP version");
+    }
+
+    #[test]
+    fn a_version_is_judged_only_once_its_line_has_ended() {
+        for cut in [&b"GET /i HTTP/1.2"[..], b"GET /i HTTP/1.2\r", b"\r\nGET /i HTTP/2.0"] {
+            with(cut, |r| {
+                assert!(matches!(r, Err(ParseError::Incomplete)), "{:?}: {r:?}", String::from_utf8_lossy(cut))
+            });
+        }
+        // A line that cannot end well is refused at once, and waiting is bounded by the limits.
+        rejects(b"GET /i HTTP/2.0 x", 400, "unsupported HTTP version");
+        rejects(format!("GET /{} HTTP/1.2", "a".repeat(80)).as_bytes(), 414, "request line too long");
+    }
+
+    #[test]
+    fn two_versions_on_a_line_are_refused_not_rewritten() {
+        rejects(b"GET / HTTP/1.2 HTTP/1.5\r\nHost: a\r\n\r\n", 400, "unsupported HTTP version");
+        rejects(b"GET / HTTP/1.3 HTTP/2.0\r\nHost: a\r\n\r\n", 400, "unsupported HTTP version");
     }
 
     #[test]
