@@ -622,12 +622,24 @@ impl Validator<'_> {
                 let span = r.response.as_ref().map(|s| s.span()).unwrap_or(r.path.span());
                 self.err(span, key("response"), "response = \"json\" answers a JSON body: the endpoint must be POST");
             }
-            let ack = self.choice(
-                &r.ack,
-                &key("ack"),
-                spec(ENDPOINT_KEYS, "ack"),
-                &[("received", Ack::Received), ("logged", Ack::Logged)],
-            );
+            let ack = match &r.ack {
+                // DESIGN.md §7 first called the mode "durable"; say which name it has.
+                Some(a) if a.get_ref() == "durable" => {
+                    self.err(
+                        a.span(),
+                        key("ack"),
+                        "\"durable\" is not one of \"received\", \"logged\": the durable mode is \"logged\" \
+                         (the answer waits until the event is in the journal)",
+                    );
+                    Ack::Logged
+                }
+                _ => self.choice(
+                    &r.ack,
+                    &key("ack"),
+                    spec(ENDPOINT_KEYS, "ack"),
+                    &[("received", Ack::Received), ("logged", Ack::Logged)],
+                ),
+            };
             let type_id = match types.iter().find(|t| &t.name == r.event.get_ref()) {
                 Some(t) => t.id,
                 None => {

@@ -9,7 +9,8 @@ fn check_config_reports_every_error_with_file_line_and_key() {
     let p = dir.path().join("bad.toml");
     std::fs::write(
         &p,
-        "[server]\nlisten = \"nowhere\"\nshards = -1\n\n[[endpoint]]\npath = \"/x\"\nevent = \"missing\"\n",
+        "[server]\nlisten = \"nowhere\"\nshards = -1\n\n[[endpoint]]\npath = \"/x\"\nevent = \"missing\"\n\
+         ack = \"durable\"\n",
     )
     .unwrap();
     let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
@@ -19,6 +20,7 @@ fn check_config_reports_every_error_with_file_line_and_key() {
     assert!(err.contains(&format!("{f}:2: server.listen: \"nowhere\" is not an address")), "{err}");
     assert!(err.contains(&format!("{f}:3: server.shards: -1 is out of range")), "{err}");
     assert!(err.contains(&format!("{f}:7: endpoint[0].event: \"missing\" is not a declared event type")), "{err}");
+    assert!(err.contains(&format!("{f}:8: endpoint[0].ack: \"durable\" is not one of \"received\", \"logged\": the durable mode is \"logged\"")), "{err}");
 
     // A syntax error names its line too, and `serve` refuses to start on it.
     std::fs::write(&p, "[server]\nshards = 1\nlisten = [\n").unwrap();
