@@ -261,10 +261,7 @@ pub fn parse<'b, 'h>(
 /// 414 if the request line (after the empty lines RFC 9112 §2.2 lets a client send before it)
 /// is longer than `max` bytes without its CRLF — known as soon as `max + 2` bytes hold no LF.
 fn check_request_line(buf: &[u8], max: usize) -> Result<(), ParseError> {
-    let mut start = 0;
-    while buf[start..].starts_with(b"\r\n") {
-        start += 2;
-    }
+    let start = request_line_start(buf);
     let window = &buf[start..buf.len().min(start + max + 2)];
     let too_long = match window.iter().position(|&b| b == b'\n') {
         Some(lf) => lf - usize::from(lf > 0 && window[lf - 1] == b'\r') > max,
@@ -431,22 +428,33 @@ fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
 /// it) as (offset of `HTTP/`, major digit, minor digit); `None` when the line is not complete or
 /// its last word is not of that form. Only looked at after httparse refused the version.
 fn request_line_version(buf: &[u8]) -> Option<(usize, u8, u8)> {
-    let mut start = 0;
-    while buf[start..].starts_with(b"\r\n") {
-        start += 2;
-    }
+    let start = request_line_start(buf);
     let lf = start + buf[start..].iter().position(|&b| b == b'\n')?;
     let line = buf[start..lf].strip_suffix(b"\r")?;
     // `METHOD SP target SP version`: the version is the third word (a target has no SP).
     if line.iter().filter(|&&b| b == b' ').count() != 2 {
         return None;
     }
-    let at = line.len().checked_sub(9)?;
-    match line[at..] {
+    let (major, minor) = version_word(line)?;
+    Some((start + line.len() - 8, major, minor))
+}
+
+/// Where the request line starts: after the empty lines RFC 9112 §2.2 lets a client send first.
+fn request_line_start(buf: &[u8]) -> usize {
+    let mut start = 0;
+    while buf[start..].starts_with(b"\r\n") {
+        start += 2;
+    }
+    start
+}
+
+/// The (major, minor) digits of a line that ends in `SP HTTP/D.D`.
+fn version_word(line: &[u8]) -> Option<(u8, u8)> {
+    match line[line.len().checked_sub(9)?..] {
         [b' ', b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit() =>
         {
-            Some((start + at + 1, major, minor))
+            Some((major, minor))
         }
         _ => None,
     }
@@ -455,18 +463,8 @@ fn request_line_version(buf: &[u8]) -> Option<(usize, u8, u8)> {
 /// Whether `buf` is a request line cut right after a well-formed `SP HTTP/D.D` (and maybe its
 /// CR): the LF that decides what it is has not arrived yet.
 fn version_line_unfinished(buf: &[u8]) -> bool {
-    let mut start = 0;
-    while buf[start..].starts_with(b"\r\n") {
-        start += 2;
-    }
-    let line = &buf[start..];
-    if line.contains(&b'\n') {
-        return false;
-    }
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    line.len() >= 9
-        && matches!(line[line.len() - 9..], [b' ', b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-            if major.is_ascii_digit() && minor.is_ascii_digit())
+    let line = &buf[request_line_start(buf)..];
+    !line.contains(&b'\n') && version_word(line.strip_suffix(b"\r").unwrap_or(line)).is_some()
 }
 
 fn from_httparse(e: httparse::Error, buf: &[u8]) -> ParseError {
