@@ -64,7 +64,9 @@
 //! # Read
 //! [`JournalReader::poll`] delivers the records that became available since the last call,
 //! each with the schema of its segment; see `reader.rs` for how it tells a record being written
-//! from a corrupt one. Retention (removing segments every collector has passed) comes next.
+//! from a corrupt one. The collectors read with their own cursor-based reader
+//! (`collector/source.rs`); retention (`collector/retention.rs`) deletes the segments every
+//! collector has passed.
 
 mod error;
 mod reader;

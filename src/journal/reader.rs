@@ -1,5 +1,6 @@
 //! Reading segments back: every shard under a root (or one shard), segments in number order,
-//! records in order, for `tracker journal cat [--follow]` and, later, the forwarders.
+//! records in order, for `tracker journal cat [--follow]` (the collectors have their own reader,
+//! `collector/source.rs`, which resumes from a cursor).
 //!
 //! The reader uses `pread` into a reused buffer, not a map: a segment that retention unlinks or
 //! someone truncates while it is read gives a short read (an error), never a SIGBUS, and the
