@@ -407,11 +407,12 @@ struct Active {
 /// How far ahead of the write position the drain prefaults the segment, and in what steps
 /// (also the size of a static zero buffer). Faulting a whole 64 MiB segment at once
 /// (MAP_POPULATE) is a ~15 ms CPU burst at every rotation on the core a drain may share with its
-/// reactor; a rolling window spreads the same work evenly, one step per 2,048 records (~0.3 ms).
-/// The step size was measured (drain thread's kernel time per request under wrk, one shard,
-/// ext4): 256 KiB 0.26–0.39 µs, 1 MiB 0.22–0.25 µs, 2 MiB 0.17–0.22 µs, 4 MiB 0.7–0.85 µs (the
-/// page cache's large folios pay off up to 1–2 MiB; the 4 MiB copy from the zero page did not).
-pub const PREFAULT_BYTES: usize = 1024 * 1024;
+/// reactor; a rolling window spreads the same work evenly, one step per 512 records. The step
+/// is also how long the drain holds a shared core in one go (this kernel preempts it only when
+/// it sleeps or at a tick): 1 MiB steps (~1.5 ms runs) raised wrk's saturated p99 from
+/// 0.63–0.92 ms to 0.56–2.0 ms against 256 KiB, with no CPU difference beyond noise
+/// (perf/RESULTS.md).
+pub const PREFAULT_BYTES: usize = 256 * 1024;
 const _: () = assert!(PREFAULT_BYTES.is_multiple_of(PAGE_BYTES) && PREFAULT_BYTES.is_multiple_of(EVENT_BYTES));
 
 impl Active {
