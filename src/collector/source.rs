@@ -205,24 +205,23 @@ impl ShardSource {
                     }
                     // The writer has left the segment: a zero slot is its end or a gap (a page
                     // a power loss left unwritten before pages that were written). Go on at the
-                    // next slot that is not zero, in this chunk or past the file's holes.
-                    let chunk = &self.buf[(i + 1) * EVENT_BYTES..n * EVENT_BYTES];
-                    if let Some(k) = chunk.chunks_exact(EVENT_BYTES).position(|s| !crate::journal::all_zero(s)) {
-                        *index += (k + 1) as u32;
-                        break;
-                    }
-                    let from = seg.header_bytes + (*index as u64 + (n - i) as u64) * EVENT_BYTES as u64;
-                    match crate::journal::next_data_slot(&seg.file, seg.header_bytes, from, seg.file_bytes) {
-                        // Never past `end`: a caller's limit holds even across a gap.
-                        Some(at) => {
-                            *index = ((at - seg.header_bytes) / EVENT_BYTES as u64).min(end as u64) as u32;
-                            break;
-                        }
+                    // next slot that is not zero, never past `end` (a caller's limit holds
+                    // even across a gap); none at all: the segment is finished.
+                    let from = seg.header_bytes + (*index as u64 + 1) * EVENT_BYTES as u64;
+                    let until = seg.header_bytes + slots as u64 * EVENT_BYTES as u64;
+                    let next =
+                        crate::journal::next_nonzero_slot(&seg.file, seg.header_bytes, from, until, &mut self.buf)
+                            .map_err(|e| {
+                                JournalError::with_detail("read", &seg.path, format!("after offset {from}"), e)
+                            })?;
+                    match next {
+                        Some(at) => *index = ((at - seg.header_bytes) / EVENT_BYTES as u64).min(end as u64) as u32,
                         None => {
                             *index = end;
                             return Ok(Tail::Finished);
                         }
                     }
+                    break;
                 }
                 if !writer_left {
                     // Being written, or bad in the last segment: wait. Either the writer

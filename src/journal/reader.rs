@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::JournalError;
 use super::segment::{
-    all_zero, list_segments, next_data_slot, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile,
+    all_zero, list_segments, next_nonzero_slot, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile,
 };
 use crate::event::{Event, EVENT_BYTES};
 use crate::schema::Schema;
@@ -302,7 +302,12 @@ impl OpenSegment {
                 // The writer has left the segment: a zero slot is its end or a gap (a page a
                 // power loss left unwritten before pages that were written); go on to the next
                 // slot that may hold data.
-                match self.next_nonzero_slot()? {
+                let from = self.off + EVENT_BYTES as u64;
+                // The chunk is the scratch buffer: what it held is no longer valid.
+                self.chunk_len = 0;
+                match next_nonzero_slot(&self.file, self.first_record_off, from, self.file_bytes, &mut self.chunk)
+                    .map_err(|e| JournalError::with_detail("read", &self.path, format!("after offset {from}"), e))?
+                {
                     Some(off) => {
                         self.off = off;
                         continue;
@@ -348,31 +353,6 @@ impl OpenSegment {
                 ));
             }
             self.off += EVENT_BYTES as u64;
-        }
-    }
-
-    /// After the zero slot at `off`: the next slot that is not all zero, looked for in the chunk
-    /// already read and then past the file's holes; `None` when there is none.
-    fn next_nonzero_slot(&mut self) -> Result<Option<u64>, JournalError> {
-        let mut from = self.off + EVENT_BYTES as u64;
-        loop {
-            let chunk_end = self.chunk_start + self.chunk_len as u64;
-            while from + EVENT_BYTES as u64 <= chunk_end {
-                if !all_zero(&self.slot(from)?) {
-                    return Ok(Some(from));
-                }
-                from += EVENT_BYTES as u64;
-            }
-            match next_data_slot(&self.file, self.first_record_off, from, self.file_bytes) {
-                Some(at) if at + EVENT_BYTES as u64 <= self.file_bytes => {
-                    // Read from `at` and look again (it may be a zero written ahead).
-                    if !all_zero(&self.slot(at)?) {
-                        return Ok(Some(at));
-                    }
-                    from = at + EVENT_BYTES as u64;
-                }
-                _ => return Ok(None),
-            }
         }
     }
 

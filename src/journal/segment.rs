@@ -1133,13 +1133,40 @@ fn scan_left_segment(map: &[u8], file: &File, header_bytes: usize) -> LeftSegmen
 
 /// In a segment the writer has left, the offset of the first slot at or after `from` (a slot
 /// offset) that may hold written bytes, skipping what the file system reports as holes; `None`
-/// when nothing but holes follows. Readers use it to go on past a zeroed gap (a power loss can
-/// leave a page unwritten before pages that were written): the slot it names may still be
-/// zero (written zeros, such as the prefault window), which the caller checks.
-pub(crate) fn next_data_slot(file: &File, header_bytes: u64, from: u64, file_bytes: u64) -> Option<u64> {
+/// when nothing but holes follows. The slot it names may still be zero (written zeros, such as
+/// the prefault window): `next_nonzero_slot` reads on from there.
+fn next_data_slot(file: &File, header_bytes: u64, from: u64, file_bytes: u64) -> Option<u64> {
     let (start, _) = data_ranges(file, from as usize, file_bytes as usize).next()?;
     let slot = header_bytes + (start as u64 - header_bytes) / EVENT_BYTES as u64 * EVENT_BYTES as u64;
     Some(slot.max(from))
+}
+
+/// In a segment the writer has left, the first slot at or after `from` (a slot offset) that is
+/// not all zero, before `end`: read with `pread` into `buf` (a whole number of slots, reused as
+/// scratch) and skipping the file's holes. `None` when only zeros lie between. Both readers
+/// (`JournalReader`, the collectors' `ShardSource`) go on past a zeroed gap with it.
+pub(crate) fn next_nonzero_slot(
+    file: &File,
+    header_bytes: u64,
+    mut from: u64,
+    end: u64,
+    buf: &mut [u8],
+) -> io::Result<Option<u64>> {
+    let chunk_slots = (buf.len() / EVENT_BYTES) as u64;
+    debug_assert!(chunk_slots > 0);
+    loop {
+        let Some(at) = next_data_slot(file, header_bytes, from, end) else { return Ok(None) };
+        let n = (end.saturating_sub(at) / EVENT_BYTES as u64).min(chunk_slots) as usize;
+        if n == 0 {
+            return Ok(None);
+        }
+        let chunk = &mut buf[..n * EVENT_BYTES];
+        file.read_exact_at(chunk, at)?;
+        if let Some(k) = chunk.chunks_exact(EVENT_BYTES).position(|s| !all_zero(s)) {
+            return Ok(Some(at + (k * EVENT_BYTES) as u64));
+        }
+        from = at + (n * EVENT_BYTES) as u64;
+    }
 }
 
 /// The file's data ranges within `[from, len)`, as `(start, end)` offsets (SEEK_DATA /
