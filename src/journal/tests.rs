@@ -429,6 +429,39 @@ fn sync_covers_the_segment_left_at_rotation() {
 }
 
 #[test]
+fn writeback_starts_in_whole_pages_below_the_write_position_and_loses_nothing() {
+    use super::segment::WRITEBACK_STEP;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, 4 << 20, &schema_a()).unwrap();
+    let header = j.writeback_off();
+    let per_page = (PAGE_BYTES / EVENT_BYTES) as u64;
+    let per_step = (WRITEBACK_STEP / EVENT_BYTES) as u64;
+    // One record short of a step past the header: nothing starts.
+    append_seqs(&mut j, 1..per_step);
+    j.start_writeback();
+    assert_eq!(j.writeback_off(), header);
+    // Half a page more than a step: the whole pages start, the half page being written does not.
+    append_seqs(&mut j, per_step..per_step + per_page / 2);
+    j.start_writeback();
+    assert_eq!(j.writeback_off(), header + WRITEBACK_STEP);
+    // Appends go on into the page under the write position and the pages after it.
+    let last = 3 * per_step + per_page / 2;
+    append_seqs(&mut j, per_step + per_page / 2..=last);
+    j.start_writeback();
+    assert_eq!(j.writeback_off(), header + 3 * WRITEBACK_STEP);
+    // Less than a step more waits for the sync, which covers the whole pages too.
+    append_seqs(&mut j, last + 1..=last + 2 * per_page);
+    j.start_writeback();
+    assert_eq!(j.writeback_off(), header + 3 * WRITEBACK_STEP);
+    j.sync().unwrap();
+    assert_eq!(j.writeback_off(), header + 3 * WRITEBACK_STEP + 2 * PAGE_BYTES);
+    let mut r = JournalReader::open(dir.path()).unwrap();
+    let got = read_all(&mut r);
+    assert_eq!(seqs(&got), (1..=last + 2 * per_page).collect::<Vec<_>>());
+    assert!(got.iter().all(|(_, e)| e.slots[0] == e.seq * 10 && e.is_sealed_intact()));
+}
+
+#[test]
 fn second_writer_on_a_shard_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_j, _) = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).unwrap();

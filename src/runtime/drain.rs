@@ -124,6 +124,8 @@ pub fn run(
             if sync == SyncPolicy::Always {
                 sync_now(&shared, &mut journal);
                 dirty = false;
+            } else if sync == SyncPolicy::Interval {
+                journal.start_writeback();
             }
             shared.publish_journaled(last_seq);
         }
