@@ -42,6 +42,14 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(200);
 /// still saves them.
 pub const STOP_RETRY: Duration = Duration::from_secs(10);
 
+/// After a full batch the drain yields its CPU when fewer events than this wait in the ring.
+/// A drain that shares its core with the reactor otherwise catches up on a nap's backlog (~650
+/// events at 130k/s) in one run, and on this `PREEMPT_NONE` kernel the reactor waits it out:
+/// wrk's saturated p99 was 0.33–0.54 ms with the yield against 0.49–0.64 ms without (9 of 10
+/// alternating pairs lower, CPU per request the same; perf/RESULTS.md). Above the bound the
+/// drain does not yield, so a filling ring is never starved into 503s (an unguarded yield was).
+const YIELD_BELOW_EVENTS: usize = 1024;
+
 /// Scheduling niceness of drain threads. A drain shares its CPU with its reactor when there are
 /// as many shards as CPUs; its bursts (prefaulting, rotation, msync) must not preempt the reactor
 /// mid-batch. At +5 it still gets a quarter of the CPU when both are runnable, far more than it
@@ -161,6 +169,10 @@ pub fn run(
             shared.set_journal_failing(false);
             failing_at_stop = None;
             naps = 0;
+            if n == DRAIN_BATCH_EVENTS && ring.len() < YIELD_BELOW_EVENTS {
+                // More to do, but not much: let a reactor that shares this core answer first.
+                std::thread::yield_now();
+            }
         } else {
             if shared.reactor_done.load(SeqCst) && ring.is_empty() {
                 break;
