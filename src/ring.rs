@@ -149,6 +149,11 @@ impl RingWatch {
 }
 
 impl Consumer {
+    /// Events the ring holds when full.
+    pub fn capacity(&self) -> usize {
+        self.inner.mask as usize + 1
+    }
+
     /// Hands up to `max` published events, oldest first, to `f`, then frees the slots of those
     /// `f` accepted (returned true for); the first refusal stops the batch and leaves that event
     /// at the head for the next call. Returns how many were accepted. `f` may modify the event

@@ -432,7 +432,7 @@ fn sync_covers_the_segment_left_at_rotation() {
 fn writeback_starts_in_whole_pages_below_the_write_position_and_loses_nothing() {
     use super::segment::WRITEBACK_STEP;
     let dir = tempfile::tempdir().unwrap();
-    let (mut j, _) = ShardJournal::open(dir.path(), 0, 4 << 20, &schema_a()).unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, 8 << 20, &schema_a()).unwrap();
     let header = j.writeback_off();
     let per_page = (PAGE_BYTES / EVENT_BYTES) as u64;
     let per_step = (WRITEBACK_STEP / EVENT_BYTES) as u64;
@@ -440,7 +440,7 @@ fn writeback_starts_in_whole_pages_below_the_write_position_and_loses_nothing() 
     append_seqs(&mut j, 1..per_step);
     j.start_writeback();
     assert_eq!(j.writeback_off(), header);
-    // Half a page more than a step: the whole pages start, the half page being written does not.
+    // Part of a page more than a step: the whole pages start, the page being written does not.
     append_seqs(&mut j, per_step..per_step + per_page / 2);
     j.start_writeback();
     assert_eq!(j.writeback_off(), header + WRITEBACK_STEP);
@@ -449,16 +449,38 @@ fn writeback_starts_in_whole_pages_below_the_write_position_and_loses_nothing() 
     append_seqs(&mut j, per_step + per_page / 2..=last);
     j.start_writeback();
     assert_eq!(j.writeback_off(), header + 3 * WRITEBACK_STEP);
-    // Less than a step more waits for the sync, which covers the whole pages too.
+    // Less than a step more waits; the sync writes it but leaves it to the next step, which
+    // starts where the last one ended.
     append_seqs(&mut j, last + 1..=last + 2 * per_page);
     j.start_writeback();
     assert_eq!(j.writeback_off(), header + 3 * WRITEBACK_STEP);
     j.sync().unwrap();
-    assert_eq!(j.writeback_off(), header + 3 * WRITEBACK_STEP + 2 * PAGE_BYTES);
+    assert_eq!(j.writeback_off(), header + 3 * WRITEBACK_STEP);
+    let more = last + 2 * per_page + per_step;
+    append_seqs(&mut j, last + 2 * per_page + 1..=more);
+    j.start_writeback();
+    assert_eq!(j.writeback_off(), header + 4 * WRITEBACK_STEP + 2 * PAGE_BYTES);
     let mut r = JournalReader::open(dir.path()).unwrap();
     let got = read_all(&mut r);
-    assert_eq!(seqs(&got), (1..=last + 2 * per_page).collect::<Vec<_>>());
+    assert_eq!(seqs(&got), (1..=more).collect::<Vec<_>>());
     assert!(got.iter().all(|(_, e)| e.slots[0] == e.seq * 10 && e.is_sealed_intact()));
+}
+
+#[test]
+fn after_reopening_writeback_starts_at_the_last_page_not_over_the_recovered_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, 8 << 20, &schema_a()).unwrap();
+    let header = j.writeback_off();
+    append_seqs(&mut j, 1..=100);
+    drop(j);
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, 8 << 20, &schema_a()).unwrap();
+    assert_eq!(j.segment_number(), 1, "appends to the recovered segment");
+    let end = header + 100 * EVENT_BYTES;
+    assert_eq!(j.writeback_off(), end - end % PAGE_BYTES);
+    append_seqs(&mut j, 101..=110);
+    j.sync().unwrap();
+    let mut r = JournalReader::open(dir.path()).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), (1..=110).collect::<Vec<_>>());
 }
 
 #[test]

@@ -46,8 +46,10 @@ pub const STOP_RETRY: Duration = Duration::from_secs(10);
 /// A drain that shares its core with the reactor otherwise catches up on a nap's backlog (~650
 /// events at 130k/s) in one run, and on this `PREEMPT_NONE` kernel the reactor waits it out:
 /// wrk's saturated p99 was 0.33–0.54 ms with the yield against 0.49–0.64 ms without (9 of 10
-/// alternating pairs lower, CPU per request the same; perf/RESULTS.md). Above the bound the
-/// drain does not yield, so a filling ring is never starved into 503s (an unguarded yield was).
+/// alternating pairs lower, CPU per request the same; perf/RESULTS.md). Above the bound (or a
+/// quarter of a smaller ring) the drain does not yield, so a filling ring is not starved into
+/// 503s (an unguarded yield was). A `logged` request deep in the backlog may wait a few
+/// reactor turns longer; its reactor is what runs meanwhile.
 const YIELD_BELOW_EVENTS: usize = 1024;
 
 /// Scheduling niceness of drain threads. A drain shares its CPU with its reactor when there are
@@ -81,6 +83,8 @@ pub fn run(
     let mut next_publish = Instant::now() + publish_interval;
     // When the reactor had exited and the journal was failing: the STOP_RETRY clock.
     let mut failing_at_stop: Option<Instant> = None;
+    // A small ring (ring_events is configurable down to 16) is never yielded on past a quarter.
+    let yield_below = YIELD_BELOW_EVENTS.min(ring.capacity() / 4);
     loop {
         let mut last_seq = 0;
         let mut failed = false;
@@ -132,10 +136,12 @@ pub fn run(
             if sync == SyncPolicy::Always {
                 sync_now(&shared, &mut journal);
                 dirty = false;
-            } else if sync == SyncPolicy::Interval {
-                journal.start_writeback();
             }
             shared.publish_journaled(last_seq);
+            // After the publish: `logged` requests of this batch need not wait for it.
+            if sync == SyncPolicy::Interval {
+                journal.start_writeback();
+            }
         }
         if sync == SyncPolicy::Interval && dirty && Instant::now() >= next_sync {
             sync_now(&shared, &mut journal);
@@ -169,7 +175,7 @@ pub fn run(
             shared.set_journal_failing(false);
             failing_at_stop = None;
             naps = 0;
-            if n == DRAIN_BATCH_EVENTS && ring.len() < YIELD_BELOW_EVENTS {
+            if n == DRAIN_BATCH_EVENTS && ring.len() < yield_below {
                 // More to do, but not much: let a reactor that shares this core answer first.
                 std::thread::yield_now();
             }
