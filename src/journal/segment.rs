@@ -837,9 +837,9 @@ impl ShardJournal {
 
     /// Leaves the full active segment for a new one. Cold: creates, preallocates and fsyncs a
     /// segment and prefaults its first PREFAULT_BYTES (about a millisecond, most of it waiting
-    /// for the disk) on the drain thread, and
-    /// unmaps the old one (up to a few ms for a fully mapped 64 MiB segment; unmapping it in
-    /// steps with MADV_DONTNEED first showed no p99 difference in 5 pairs, so it is one call).
+    /// for the disk) on the drain thread, and unmaps the old one (up to a few ms when it is
+    /// fully mapped, i.e. under the `none` and `always` sync policies; `interval` unmaps it
+    /// step by step as it writes it back).
     // Next step: create segment N+1 ahead of time off the drain thread, so rotation is a swap.
     #[cold]
     fn rotate(&mut self) -> Result<(), JournalError> {
@@ -1072,6 +1072,7 @@ fn recover_last(
         report.new_segment_reason = Some("last segment is full");
         return Ok(None);
     }
+    let last_page = tail.end_off - tail.end_off % PAGE_BYTES;
     let mut active = Active {
         number: n,
         path,
@@ -1083,9 +1084,9 @@ fn recover_last(
         // The recovered records are not mapped (the prefault starts at their last page) and
         // the first sync() writes them: writeback in steps starts from there, not with one
         // burst over the whole recovered tail.
-        writeback_off: tail.end_off - tail.end_off % PAGE_BYTES,
+        writeback_off: last_page,
         records: tail.records,
-        faulted_off: tail.end_off - tail.end_off % PAGE_BYTES,
+        faulted_off: last_page,
         file,
     };
     active.prefault_ahead();
