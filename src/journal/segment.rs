@@ -396,11 +396,12 @@ struct Active {
     write_off: usize,
     /// Everything before this offset has been msynced (or fsynced at creation).
     synced_off: usize,
-    /// Writeback of every page below this offset has been started (`start_writeback`), and
-    /// those pages are no longer mapped by the writer; page-aligned, at most `write_off`.
-    writeback_off: usize,
+    /// The writer no longer maps any page below this offset (`start_writeback`,
+    /// `unmap_written`), and under `start_writeback` their writeback has been started;
+    /// page-aligned, at most `write_off`.
+    released_off: usize,
     records: u64,
-    /// Pages from `writeback_off` up to this offset are mapped and resident (prefaulted);
+    /// Pages from `released_off` up to this offset are mapped and resident (prefaulted);
     /// `write_off <= faulted_off` after every append.
     faulted_off: usize,
     /// The segment file, for prefaulting through the page cache (see `prefault_ahead`).
@@ -512,6 +513,9 @@ pub struct ShardJournal {
     header_bytes: usize,
     active: Active,
     retired: Option<Retired>,
+    /// The `none` sync policy: only a clean stop syncs, so a segment left at rotation is not
+    /// kept for a sync (that would be an msync of the whole segment at the next rotation).
+    kernel_writeback_only: bool,
     bytes_written_total: u64,
     /// An msync failed at some point: records may be missing from the disk even after a later
     /// sync succeeds, so this run never records a clean stop.
@@ -662,6 +666,7 @@ impl ShardJournal {
             header_bytes,
             active,
             retired: None,
+            kernel_writeback_only: false,
             bytes_written_total,
             sync_failed: false,
         };
@@ -710,7 +715,7 @@ impl ShardJournal {
         let a = &mut self.active;
         msync(&a.map, &a.path, a.synced_off, a.write_off)?;
         a.synced_off = a.write_off;
-        // writeback_off stays: the pages from there are still mapped, and the next
+        // released_off stays: the pages from there are still mapped, and the next
         // start_writeback unmaps them (their writeback, already done, costs nothing then).
         Ok(())
     }
@@ -724,12 +729,24 @@ impl ShardJournal {
     /// for the I/O and fault on the next store. No effect on durability: `sync()` still msyncs
     /// everything.
     pub fn start_writeback(&mut self) {
+        self.release_step(true);
+    }
+
+    /// Unmaps the active segment's whole pages appended since the last call, once they add up to
+    /// WRITEBACK_STEP, without starting their writeback: for the `none` and `always` policies,
+    /// where the kernel's flusher or `sync()`'s msync writes them. Either would otherwise
+    /// write-protect each page the writer still maps (below).
+    pub fn unmap_written(&mut self) {
+        self.release_step(false);
+    }
+
+    fn release_step(&mut self, start_writeback: bool) {
         let a = &mut self.active;
         let to = a.write_off / PAGE_BYTES * PAGE_BYTES;
-        if to < a.writeback_off + WRITEBACK_STEP {
+        if to < a.released_off + WRITEBACK_STEP {
             return;
         }
-        let from = a.writeback_off;
+        let from = a.released_off;
         debug_assert!(from.is_multiple_of(PAGE_BYTES) && to <= a.write_off);
         // Unmap the pages first: writeback write-protects every page still mapped writable,
         // with a TLB flush per page that reaches every core running a thread of this process
@@ -742,17 +759,26 @@ impl ShardJournal {
         // mappings (their dirty bits go to the page cache, which keeps the data). A failure
         // only leaves the pages mapped.
         unsafe { libc::madvise(a.map.as_ptr().add(from) as *mut libc::c_void, to - from, libc::MADV_DONTNEED) };
-        // SAFETY: sync_file_range on the segment's own descriptor; no memory is passed. A failure
-        // only leaves the pages to the next sync(), which reports errors.
-        unsafe {
-            libc::sync_file_range(
-                a.file.as_raw_fd(),
-                from as libc::off64_t,
-                (to - from) as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
-        a.writeback_off = to;
+        if start_writeback {
+            // SAFETY: sync_file_range on the segment's own descriptor; no memory is passed. A
+            // failure only leaves the pages to the next sync(), which reports errors.
+            unsafe {
+                libc::sync_file_range(
+                    a.file.as_raw_fd(),
+                    from as libc::off64_t,
+                    (to - from) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+        }
+        a.released_off = to;
+    }
+
+    /// For the `none` sync policy: from now on nothing but `sync()` (which a clean stop calls)
+    /// writes records back explicitly; the kernel's flusher writes back the rest. A segment left
+    /// at rotation is then unmapped at once instead of waiting to be msynced.
+    pub fn leave_writeback_to_kernel(&mut self) {
+        self.kernel_writeback_only = true;
     }
 
     /// The last call on a journal that stops cleanly: syncs everything, then records the
@@ -772,10 +798,17 @@ impl ShardJournal {
         writer_state::write(&self.dir, &self.dir_file, writer_state::CLEAN)
     }
 
-    /// Where `start_writeback` has got to in the active segment (tests of its bookkeeping).
+    /// Where `start_writeback` / `unmap_written` have got to in the active segment (tests of
+    /// their bookkeeping).
     #[cfg(test)]
-    pub(crate) fn writeback_off(&self) -> usize {
-        self.active.writeback_off
+    pub(crate) fn released_off(&self) -> usize {
+        self.active.released_off
+    }
+
+    /// Whether a segment left at rotation waits for the next `sync()` (tests).
+    #[cfg(test)]
+    pub(crate) fn has_retired(&self) -> bool {
+        self.retired.is_some()
     }
 
     /// Number of the active segment.
@@ -837,9 +870,8 @@ impl ShardJournal {
 
     /// Leaves the full active segment for a new one. Cold: creates, preallocates and fsyncs a
     /// segment and prefaults its first PREFAULT_BYTES (about a millisecond, most of it waiting
-    /// for the disk) on the drain thread, and unmaps the old one (up to a few ms when it is
-    /// fully mapped, i.e. under the `none` and `always` sync policies; `interval` unmaps it
-    /// step by step as it writes it back).
+    /// for the disk) on the drain thread, and unmaps the old one (little is left mapped: the
+    /// drain unmaps each step behind the writer, `start_writeback` / `unmap_written`).
     // Next step: create segment N+1 ahead of time off the drain thread, so rotation is a swap.
     #[cold]
     fn rotate(&mut self) -> Result<(), JournalError> {
@@ -850,7 +882,7 @@ impl ShardJournal {
         }
         let next = self.create_active(self.active.number + 1)?;
         let old = std::mem::replace(&mut self.active, next);
-        if old.write_off > old.synced_off {
+        if old.write_off > old.synced_off && !self.kernel_writeback_only {
             self.retired = Some(Retired { path: old.path, map: old.map, from: old.synced_off, to: old.write_off });
         }
         self.bytes_written_total += self.header_bytes as u64;
@@ -899,7 +931,7 @@ impl NewSegment<'_> {
             map,
             write_off: self.header_bytes,
             synced_off: self.header_bytes,
-            writeback_off: self.header_bytes,
+            released_off: self.header_bytes,
             records: 0,
             faulted_off: self.header_bytes,
             file,
@@ -1084,7 +1116,7 @@ fn recover_last(
         // The recovered records are not mapped (the prefault starts at their last page) and
         // the first sync() writes them: writeback in steps starts from there, not with one
         // burst over the whole recovered tail.
-        writeback_off: last_page,
+        released_off: last_page,
         records: tail.records,
         faulted_off: last_page,
         file,

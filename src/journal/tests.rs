@@ -433,33 +433,33 @@ fn writeback_starts_in_whole_pages_below_the_write_position_and_loses_nothing() 
     use super::segment::WRITEBACK_STEP;
     let dir = tempfile::tempdir().unwrap();
     let (mut j, _) = ShardJournal::open(dir.path(), 0, 8 << 20, &schema_a()).unwrap();
-    let header = j.writeback_off();
+    let header = j.released_off();
     let per_page = (PAGE_BYTES / EVENT_BYTES) as u64;
     let per_step = (WRITEBACK_STEP / EVENT_BYTES) as u64;
     // One record short of a step past the header: nothing starts.
     append_seqs(&mut j, 1..per_step);
     j.start_writeback();
-    assert_eq!(j.writeback_off(), header);
+    assert_eq!(j.released_off(), header);
     // Part of a page more than a step: the whole pages start, the page being written does not.
     append_seqs(&mut j, per_step..per_step + per_page / 2);
     j.start_writeback();
-    assert_eq!(j.writeback_off(), header + WRITEBACK_STEP);
+    assert_eq!(j.released_off(), header + WRITEBACK_STEP);
     // Appends go on into the page under the write position and the pages after it.
     let last = 3 * per_step + per_page / 2;
     append_seqs(&mut j, per_step + per_page / 2..=last);
     j.start_writeback();
-    assert_eq!(j.writeback_off(), header + 3 * WRITEBACK_STEP);
+    assert_eq!(j.released_off(), header + 3 * WRITEBACK_STEP);
     // Less than a step more waits; the sync writes it but leaves it to the next step, which
     // starts where the last one ended.
     append_seqs(&mut j, last + 1..=last + 2 * per_page);
     j.start_writeback();
-    assert_eq!(j.writeback_off(), header + 3 * WRITEBACK_STEP);
+    assert_eq!(j.released_off(), header + 3 * WRITEBACK_STEP);
     j.sync().unwrap();
-    assert_eq!(j.writeback_off(), header + 3 * WRITEBACK_STEP);
+    assert_eq!(j.released_off(), header + 3 * WRITEBACK_STEP);
     let more = last + 2 * per_page + per_step;
     append_seqs(&mut j, last + 2 * per_page + 1..=more);
     j.start_writeback();
-    assert_eq!(j.writeback_off(), header + 4 * WRITEBACK_STEP + 2 * PAGE_BYTES);
+    assert_eq!(j.released_off(), header + 4 * WRITEBACK_STEP + 2 * PAGE_BYTES);
     let mut r = JournalReader::open(dir.path()).unwrap();
     let got = read_all(&mut r);
     assert_eq!(seqs(&got), (1..=more).collect::<Vec<_>>());
@@ -470,13 +470,13 @@ fn writeback_starts_in_whole_pages_below_the_write_position_and_loses_nothing() 
 fn after_reopening_writeback_starts_at_the_last_page_not_over_the_recovered_tail() {
     let dir = tempfile::tempdir().unwrap();
     let (mut j, _) = ShardJournal::open(dir.path(), 0, 8 << 20, &schema_a()).unwrap();
-    let header = j.writeback_off();
+    let header = j.released_off();
     append_seqs(&mut j, 1..=100);
     drop(j);
     let (mut j, _) = ShardJournal::open(dir.path(), 0, 8 << 20, &schema_a()).unwrap();
     assert_eq!(j.segment_number(), 1, "appends to the recovered segment");
     let end = header + 100 * EVENT_BYTES;
-    assert_eq!(j.writeback_off(), end - end % PAGE_BYTES);
+    assert_eq!(j.released_off(), end - end % PAGE_BYTES);
     append_seqs(&mut j, 101..=110);
     j.sync().unwrap();
     let mut r = JournalReader::open(dir.path()).unwrap();
@@ -588,4 +588,42 @@ fn set_schema_starts_a_new_segment_only_when_the_schema_changes() {
     drop(j);
     let (j, report) = ShardJournal::open(root, 0, SEG_8, &schema_b()).unwrap();
     assert_eq!((report.segment, report.records, j.segment_number()), (2, 2, 2));
+}
+
+#[test]
+fn under_kernel_writeback_rotation_keeps_nothing_for_sync_and_unmapping_loses_nothing() {
+    use super::segment::WRITEBACK_STEP;
+    let dir = tempfile::tempdir().unwrap();
+    // Segments of 3 steps past the header: a rotation every ~3 MiB of records.
+    let seg = (header_bytes_for(schema_a().to_json().len()) + 3 * WRITEBACK_STEP) as u64;
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, seg, &schema_a()).unwrap();
+    let header = j.released_off();
+    j.leave_writeback_to_kernel();
+    let per_step = (WRITEBACK_STEP / EVENT_BYTES) as u64;
+    append_seqs(&mut j, 1..=per_step + 3);
+    j.unmap_written();
+    assert_eq!(j.released_off(), header + WRITEBACK_STEP, "a whole step behind the writer is unmapped");
+    // Past two rotations, unmapping after every batch of 100 as the drain does.
+    let last = 7 * per_step;
+    let mut next = per_step + 4;
+    while next <= last {
+        let to = (next + 99).min(last);
+        append_seqs(&mut j, next..=to);
+        j.unmap_written();
+        next = to + 1;
+    }
+    assert_eq!(j.segment_number(), 3);
+    assert!(!j.has_retired(), "no segment waits for an msync under the none policy");
+    j.close_clean().unwrap();
+    let mut r = JournalReader::open(dir.path()).unwrap();
+    let got = read_all(&mut r);
+    assert_eq!(seqs(&got), (1..=last).collect::<Vec<_>>());
+    assert!(got.iter().all(|(_, e)| e.slots[0] == e.seq * 10 && e.is_sealed_intact()));
+    assert_eq!(r.corrupt_records() + r.corrupt_segments(), 0);
+
+    // The default keeps the segment left at rotation for the next sync.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=6);
+    assert!(j.has_retired());
 }

@@ -69,6 +69,9 @@ pub fn run(
     // SAFETY: setpriority on this thread's own tid (Linux: per-thread niceness); failure only
     // leaves the default priority.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, DRAIN_NICE) };
+    if sync == SyncPolicy::None {
+        journal.leave_writeback_to_kernel();
+    }
     let counters = &shared.counters;
     let mut next_sync = Instant::now() + sync_interval;
     let mut dirty = false;
@@ -139,8 +142,9 @@ pub fn run(
             }
             shared.publish_journaled(last_seq);
             // After the publish: `logged` requests of this batch need not wait for it.
-            if sync == SyncPolicy::Interval {
-                journal.start_writeback();
+            match sync {
+                SyncPolicy::Interval => journal.start_writeback(),
+                SyncPolicy::None | SyncPolicy::Always => journal.unmap_written(),
             }
         }
         if sync == SyncPolicy::Interval && dirty && Instant::now() >= next_sync {
