@@ -23,7 +23,8 @@
 //! - **Self-describing.** Every segment header embeds the schema its records were written with;
 //!   a reader never needs the current config.
 //! - **A `.seg` file always has its header on disk.** A segment is created as `.seg.tmp`, its
-//!   header written and fsynced, then renamed and the directory fsynced.
+//!   header written and fsynced, then renamed; the directory is fsynced before any record in it
+//!   is reported synced (at once, or by the helper that makes segments ahead: `ahead.rs`).
 //! - **Durability is the caller's policy** ([`SyncPolicy`](crate::config::SyncPolicy)): the drain decides when to call
 //!   [`ShardJournal::sync`]. Records survive `kill -9` as soon as `append` returns (they are in
 //!   the page cache); they survive power loss after `sync`.
@@ -33,7 +34,8 @@
 //! root/shard-000/00000000000000000001.seg      shard: 3+ digits; segment number: 20 digits, from 1
 //!               00000000000000000002.seg
 //!               00000000000000000003.seg.corrupt  header failed its checks; set aside by the writer
-//!               00000000000000000004.seg.tmp      being created (removed at open if left over)
+//!               00000000000000000004.seg.tmp      being created, or made ahead for the next
+//!                                                 rotation (removed at open if left over)
 //!
 //! segment:  [ header: fixed 64 bytes + schema JSON, zero-padded to 4096 × k ]
 //!           [ record 0: 512 bytes ][ record 1 ] ... [ zero slots ... ]   up to segment_bytes
@@ -46,8 +48,10 @@
 //!
 //! # Write
 //! [`ShardJournal::append`] seals the event and copies it to the next slot of the map. When it
-//! does not fit, the writer rotates: creates segment N+1 (preallocate, header, fsync, rename,
-//! fsync dir, map). The full segment's unsynced range is flushed by the next `sync`.
+//! does not fit, the writer rotates: renames segment N+1, made ahead on a helper thread
+//! (preallocated, header, fsync: `ahead.rs`), into place and maps it, then starts making N+2;
+//! only when none was made ahead does it create N+1 itself (preallocate, header, fsync, rename,
+//! fsync dir). The full segment's unsynced range is flushed by the next `sync`.
 //!
 //! # Recover
 //! [`ShardJournal::open`] takes the highest-numbered segment. If the machine restarted since
@@ -68,6 +72,7 @@
 //! (`collector/source.rs`); retention (`collector/retention.rs`) deletes the segments every
 //! collector has passed.
 
+mod ahead;
 mod error;
 mod reader;
 mod segment;

@@ -30,10 +30,13 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use memmap2::{MmapMut, MmapOptions};
 
+use super::ahead::{Ahead, AheadSpec};
 use super::error::JournalError;
 use super::writer_state;
 use crate::event::{Event, EVENT_BYTES};
@@ -121,7 +124,7 @@ pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_NAME_DIGITS))
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+pub(super) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
@@ -490,6 +493,16 @@ fn msync(map: &MmapMut, path: &Path, from: usize, to: usize) -> Result<(), Journ
         .map_err(|e| JournalError::with_detail("msync", path, format!("bytes {from}..{to}"), e))
 }
 
+impl Drop for ShardJournal {
+    /// A segment being made ahead must not outlive its writer: a writer that reopens the
+    /// directory would race the helper thread for the same `.tmp` name.
+    fn drop(&mut self) {
+        if let Some(a) = self.ahead.take() {
+            a.discard();
+        }
+    }
+}
+
 // The drain thread that owns a ShardJournal may not be the thread that opened it.
 const _: fn() = || {
     fn send<T: Send>() {}
@@ -513,6 +526,14 @@ pub struct ShardJournal {
     header_bytes: usize,
     active: Active,
     retired: Option<Retired>,
+    /// Segment N+1 being made on a helper thread (`ahead.rs`); None while none is.
+    ahead: Option<Ahead>,
+    /// The directory entry of the active segment is on disk. Cleared when a rotation renames a
+    /// segment made ahead into place; set by the helper thread after it fsyncs the directory,
+    /// or by `sync()`, which fsyncs it when the helper has not yet.
+    rename_durable: Arc<AtomicBool>,
+    /// Rotations that found their segment made ahead.
+    segments_made_ahead: u64,
     /// The `none` sync policy: only a clean stop syncs, so a segment left at rotation is not
     /// kept for a sync (that would be an msync of the whole segment at the next rotation).
     kernel_writeback_only: bool,
@@ -657,7 +678,7 @@ impl ShardJournal {
                 None => note,
             });
         }
-        let journal = ShardJournal {
+        let mut journal = ShardJournal {
             dir,
             dir_file,
             shard,
@@ -666,10 +687,14 @@ impl ShardJournal {
             header_bytes,
             active,
             retired: None,
+            ahead: None,
+            rename_durable: Arc::new(AtomicBool::new(true)),
+            segments_made_ahead: 0,
             kernel_writeback_only: false,
             bytes_written_total,
             sync_failed: false,
         };
+        journal.start_ahead(false);
         report.segment = journal.active.number;
         Ok((journal, report))
     }
@@ -715,6 +740,10 @@ impl ShardJournal {
         let a = &mut self.active;
         msync(&a.map, &a.path, a.synced_off, a.write_off)?;
         a.synced_off = a.write_off;
+        if !self.rename_durable.load(SeqCst) {
+            self.dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", &self.dir, e))?;
+            self.rename_durable.store(true, SeqCst);
+        }
         // released_off stays: the pages from there are still mapped, and the next
         // start_writeback unmaps them (their writeback, already done, costs nothing then).
         Ok(())
@@ -786,6 +815,9 @@ impl ShardJournal {
     /// the machine restarts. Not after any failed sync of this run: that one's records may be
     /// missing from the disk whatever later syncs say.
     pub fn close_clean(mut self) -> Result<(), JournalError> {
+        if let Some(a) = self.ahead.take() {
+            a.discard();
+        }
         self.sync()?;
         if self.sync_failed {
             return Err(JournalError::invalid(
@@ -809,6 +841,28 @@ impl ShardJournal {
     #[cfg(test)]
     pub(crate) fn has_retired(&self) -> bool {
         self.retired.is_some()
+    }
+
+    /// Rotations since open that found their segment made ahead (`ahead.rs`); the others
+    /// created it on the drain.
+    pub fn segments_made_ahead(&self) -> u64 {
+        self.segments_made_ahead
+    }
+
+    /// Waits until the segment being made ahead is made (tests: a rotation then takes it).
+    #[cfg(test)]
+    pub(crate) fn wait_ahead(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.ahead.as_ref().is_some_and(|a| !a.is_finished()) {
+            assert!(std::time::Instant::now() < deadline, "segment made ahead not ready in 20 s");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Whether the directory entry of the active segment is known to be on disk (tests).
+    #[cfg(test)]
+    pub(crate) fn rename_durable(&self) -> bool {
+        self.rename_durable.load(SeqCst)
     }
 
     /// Number of the active segment.
@@ -868,11 +922,11 @@ impl ShardJournal {
         }
     }
 
-    /// Leaves the full active segment for a new one. Cold: creates, preallocates and fsyncs a
-    /// segment and prefaults its first PREFAULT_BYTES (about a millisecond, most of it waiting
-    /// for the disk) on the drain thread, and unmaps the old one (little is left mapped: the
-    /// drain unmaps each step behind the writer, `start_writeback` / `unmap_written`).
-    // Next step: create segment N+1 ahead of time off the drain thread, so rotation is a swap.
+    /// Leaves the full active segment for a new one. Cold: renames the segment made ahead
+    /// (`ahead.rs`) into place, maps it and prefaults its first PREFAULT_BYTES, then starts
+    /// making the one after it; creates the segment here only when none was made ahead
+    /// (preallocate and fsync, ~1–2 ms). Unmaps the old one (little is left mapped: the drain
+    /// unmaps each step behind the writer, `start_writeback` / `unmap_written`).
     #[cold]
     fn rotate(&mut self) -> Result<(), JournalError> {
         // At most one segment waits for sync(): two rotations between syncs (tiny segments)
@@ -880,13 +934,72 @@ impl ShardJournal {
         if let Some(r) = self.retired.take() {
             r.flush().inspect_err(|_| self.sync_failed = true)?;
         }
-        let next = self.create_active(self.active.number + 1)?;
+        let number = self.active.number + 1;
+        let made_ahead = self.ahead.take().and_then(|a| a.take(number, &self.schema_json));
+        let renamed = made_ahead.is_some();
+        let next = match made_ahead {
+            Some((file, tmp)) => self.activate_made_ahead(number, file, &tmp).inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            })?,
+            None => self.create_active(number)?,
+        };
         let old = std::mem::replace(&mut self.active, next);
         if old.write_off > old.synced_off && !self.kernel_writeback_only {
             self.retired = Some(Retired { path: old.path, map: old.map, from: old.synced_off, to: old.write_off });
         }
         self.bytes_written_total += self.header_bytes as u64;
+        self.segments_made_ahead += renamed as u64;
+        self.start_ahead(renamed);
         Ok(())
+    }
+
+    /// Starts making segment active + 1 on a helper thread. `fsync_dir_first`: a rename into
+    /// the directory is not yet durable, and the helper fsyncs the directory before it starts.
+    fn start_ahead(&mut self, fsync_dir_first: bool) {
+        if fsync_dir_first {
+            self.rename_durable.store(false, SeqCst);
+        }
+        self.ahead = Ahead::start(AheadSpec {
+            dir: self.dir.clone(),
+            shard: self.shard,
+            number: self.active.number + 1,
+            segment_bytes: self.segment_bytes,
+            header_bytes: self.header_bytes,
+            schema_json: self.schema_json.clone(),
+            fsync_dir_then: fsync_dir_first.then(|| self.rename_durable.clone()),
+        });
+    }
+
+    /// Puts segment `number`, made ahead as `tmp`, into place as the active segment: its header
+    /// records now as its creation time (one sector, CRC included), then the rename. The
+    /// directory fsync is left to the helper thread or to the next `sync()`.
+    fn activate_made_ahead(&self, number: u64, file: File, tmp: &Path) -> Result<Active, JournalError> {
+        let path = segment_path(&self.dir, number);
+        let header = SegmentHeader {
+            header_bytes: self.header_bytes as u32,
+            shard: self.shard,
+            segment: number,
+            created_ns: now_ns(),
+            schema_json: self.schema_json.clone(),
+        };
+        let encoded = header.encode();
+        file.write_all_at(&encoded[..HEADER_FIXED_BYTES], 0).map_err(|e| JournalError::new("write header", tmp, e))?;
+        fs::rename(tmp, &path).map_err(|e| JournalError::new("rename", tmp, e))?;
+        let map = map_segment(&file, &path, self.segment_bytes as usize)?;
+        let mut a = Active {
+            number,
+            path,
+            map,
+            write_off: self.header_bytes,
+            // The first sync() also covers the rewritten header.
+            synced_off: 0,
+            released_off: self.header_bytes,
+            records: 0,
+            faulted_off: self.header_bytes,
+            file,
+        };
+        a.prefault_ahead();
+        Ok(a)
     }
 
     fn create_active(&self, number: u64) -> Result<Active, JournalError> {
@@ -919,7 +1032,7 @@ impl NewSegment<'_> {
             header_bytes: self.header_bytes as u32,
             shard: self.shard,
             segment: number,
-            created_ns: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+            created_ns: now_ns(),
             schema_json: self.schema_json.to_vec(),
         };
         let path = segment_path(self.dir, number);
@@ -950,6 +1063,17 @@ fn create_segment_file(
     segment_bytes: u64,
     header: &SegmentHeader,
 ) -> Result<File, JournalError> {
+    let file = make_tmp_segment(path, segment_bytes, header)?;
+    let tmp = with_suffix(path, TMP_SUFFIX);
+    fs::rename(&tmp, path).map_err(|e| JournalError::new("rename", &tmp, e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", dir, e))?;
+    Ok(file)
+}
+
+/// Makes `path` + `.tmp`: preallocated to `segment_bytes`, `header` written, fsynced. On an
+/// error the file is removed, so it does not hold the space that ran out.
+pub(super) fn make_tmp_segment(path: &Path, segment_bytes: u64, header: &SegmentHeader) -> Result<File, JournalError> {
     let tmp = with_suffix(path, TMP_SUFFIX);
     let made = (|| {
         let file = OpenOptions::new()
@@ -968,18 +1092,15 @@ fn create_segment_file(
         file.sync_all().map_err(|e| JournalError::new("fsync", path, e))?;
         Ok(file)
     })();
-    let file = match made {
-        Ok(file) => file,
-        Err(e) => {
-            // Best effort: do not leave a preallocated file holding the space that ran out.
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    fs::rename(&tmp, path).map_err(|e| JournalError::new("rename", &tmp, e))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", dir, e))?;
-    Ok(file)
+    if made.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    made
+}
+
+/// Unix time in nanoseconds; 0 before 1970.
+pub(super) fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn fallocate(file: &File, len: u64) -> io::Result<()> {

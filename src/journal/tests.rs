@@ -627,3 +627,64 @@ fn under_kernel_writeback_rotation_keeps_nothing_for_sync_and_unmapping_loses_no
     append_seqs(&mut j, 1..=6);
     assert!(j.has_retired());
 }
+
+fn tmp_files(root: &Path, shard: u16) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(shard_dir(root, shard))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.ends_with(TMP_SUFFIX))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn rotation_takes_the_segment_made_ahead_stamped_with_its_activation_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+    j.wait_ahead();
+    // Made under its .tmp name: no reader takes segment 1 for finished.
+    assert_eq!(tmp_files(root, 0), ["00000000000000000002.seg.tmp"]);
+    assert!(!seg_file(root, 0, 2).exists());
+    let before = super::segment::now_ns();
+    append_seqs(&mut j, 1..=5); // 4 records per segment: rotates into segment 2
+    assert_eq!((j.segment_number(), j.segments_made_ahead()), (2, 1));
+    let f = fs::File::open(seg_file(root, 0, 2)).unwrap();
+    let h = read_header(&f, SEG_4, 0, 2).unwrap().unwrap();
+    assert!(h.created_ns >= before, "the header says when the segment became active, not when it was made");
+    assert_eq!(h.schema_json, schema_a().to_json());
+    // The rename is made durable by the helper or, at the latest, by the next sync.
+    j.sync().unwrap();
+    assert!(j.rename_durable());
+    j.wait_ahead();
+    append_seqs(&mut j, 6..=9);
+    assert_eq!((j.segment_number(), j.segments_made_ahead()), (3, 2));
+    j.close_clean().unwrap();
+    assert!(tmp_files(root, 0).is_empty(), "a clean stop removes the segment made ahead");
+    let got = read_all(&mut JournalReader::open(root).unwrap());
+    assert_eq!(seqs(&got), (1..=9).collect::<Vec<_>>());
+    assert!(got.iter().all(|(_, e)| e.is_sealed_intact()));
+}
+
+#[test]
+fn a_dropped_writer_leaves_no_segment_made_ahead_and_a_new_schema_does_not_take_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=2);
+    j.wait_ahead();
+    // Made ahead with schema a: a rotation for schema b creates its own segment.
+    assert!(j.set_schema(&schema_b()).unwrap());
+    assert_eq!((j.segment_number(), j.segments_made_ahead()), (2, 0));
+    let f = fs::File::open(seg_file(root, 0, 2)).unwrap();
+    assert_eq!(read_header(&f, SEG_8, 0, 2).unwrap().unwrap().schema_json, schema_b().to_json());
+    drop(j);
+    assert!(tmp_files(root, 0).is_empty(), "dropping the writer waits for its helper and removes the file");
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_b()).unwrap();
+    assert_eq!((report.segment, report.records), (2, 0));
+    append_seqs(&mut j, 3..=4);
+    j.sync().unwrap();
+    assert_eq!(seqs(&read_all(&mut JournalReader::open(root).unwrap())), [1, 2, 3, 4]);
+}
