@@ -1,11 +1,12 @@
-# perf/lib.sh: helpers shared by the perf/ scripts (vs-nginx.sh, latency-at-rate.sh, ci-smoke.sh).
+# perf/lib.sh: helpers shared by the perf/ scripts (vs-nginx.sh, cpu-at-rate.sh, latency-at-rate.sh, ci-smoke.sh).
 # Sourced, not run. The sourcing script sets, before calling anything here:
 #   LOG_TAG (prefix of log lines), and before lib_init: TMP (its temp dir), KEEP_TMP,
 #   NGINX, SERVER_CPU, READY_TIMEOUT, PIXEL_PATH (readiness probe), TRACKER_BIN / TRACKER_ARGS
 #   (start_server tracker), FLOOR_BIN (start_server floor), TRACKER_STANDIN (optional).
 # What is here: log/die; process bookkeeping with cleanup on exit (every server started with
 # start_server is stopped, also on Ctrl-C); free_port; CPU accounting from /proc; readiness
-# polling; the nginx config (1 worker, return 204, buffered access log) and start_server.
+# polling; the nginx config (1 worker, return 204, buffered access log), start_server, and
+# write_results_section (a script's section of RESULTS.md).
 # shellcheck shell=bash
 
 log() { printf '[%s] %s\n' "${LOG_TAG:-perf}" "$*" >&2; }
@@ -209,4 +210,28 @@ start_server() { # start_server KIND DIR PORT ; sets SRV_PIDS SRV_MAIN_PID
   shown=${shown//$d/\$RUNDIR}
   shown=${shown//$port/\$PORT}
   SERVER_CMDS+=("$shown")
+}
+
+# ---------------------------------------------------------------- RESULTS.md
+# Puts REPORT into the NAME section of RESULTS_MD, between `<!-- NAME:begin -->` and
+# `<!-- NAME:end -->` (added at the end when missing): replacing what is there (MODE rewrite)
+# or after it (MODE append).
+write_results_section() { # write_results_section NAME REPORT MODE
+  local name=$1 report=$2 mode=$3 begin end
+  begin="<!-- $name:begin -->"
+  end="<!-- $name:end -->"
+  if [[ ! -f $RESULTS_MD ]]; then
+    printf '# tracker perf results\n\nWritten by the scripts in perf/ (see perf/README.md). Newest entries last.\n\n' >"$RESULTS_MD"
+  fi
+  if ! grep -qF "$begin" "$RESULTS_MD" || ! grep -qF "$end" "$RESULTS_MD"; then
+    printf '\n## %s\n\n%s\n%s\n' "$name" "$begin" "$end" >>"$RESULTS_MD"
+  fi
+  awk -v b="$begin" -v e="$end" -v rep="$report" -v mode="$mode" '
+    function emit(   l) { while ((getline l < rep) > 0) print l; close(rep) }
+    $0 == b { print; inside = 1; next }
+    $0 == e { emit(); print; inside = 0; next }
+    inside && mode == "rewrite" { next }
+    { print }' "$RESULTS_MD" >"$TMP/results.md.new"
+  cat "$TMP/results.md.new" >"$RESULTS_MD"
+  if [[ $mode == rewrite ]]; then log "rewrote the $name section of $RESULTS_MD"; else log "appended to the $name section of $RESULTS_MD"; fi
 }

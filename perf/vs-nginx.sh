@@ -386,26 +386,4 @@ printf '\n'
 cat "$REPORT"
 
 # ---------------------------------------------------------------- RESULTS.md
-if [[ $RESULTS_MODE != none ]]; then
-  BEGIN_MARK='<!-- vs-nginx:begin -->'
-  END_MARK='<!-- vs-nginx:end -->'
-  if [[ ! -f $RESULTS_MD ]]; then
-    printf '# tracker perf results\n\nWritten by the scripts in perf/ (see perf/README.md). Newest entries last.\n\n' >"$RESULTS_MD"
-  fi
-  if ! grep -qF "$BEGIN_MARK" "$RESULTS_MD" || ! grep -qF "$END_MARK" "$RESULTS_MD"; then
-    printf '\n## vs-nginx\n\n%s\n%s\n' "$BEGIN_MARK" "$END_MARK" >>"$RESULTS_MD"
-  fi
-  NEW_MD=$TMP/results.md
-  awk -v b="$BEGIN_MARK" -v e="$END_MARK" -v rep="$REPORT" -v mode="$RESULTS_MODE" '
-    function emit(   l) { while ((getline l < rep) > 0) print l; close(rep) }
-    $0 == b { print; inside = 1; next }
-    $0 == e { emit(); print; inside = 0; next }
-    inside && mode == "rewrite" { next }
-    { print }' "$RESULTS_MD" >"$NEW_MD"
-  cat "$NEW_MD" >"$RESULTS_MD"
-  if [[ $RESULTS_MODE == rewrite ]]; then
-    log "rewrote the vs-nginx section of $RESULTS_MD"
-  else
-    log "appended to the vs-nginx section of $RESULTS_MD"
-  fi
-fi
+[[ $RESULTS_MODE == none ]] || write_results_section vs-nginx "$REPORT" "$RESULTS_MODE"
