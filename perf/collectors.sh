@@ -70,7 +70,9 @@ done
 DONE=$(date +%s.%N)
 # Exactness: wrk does not count requests cut off at the end of its run that the tracker did
 # journal, so the reference is the journal itself, once the tracker has stopped.
+# shellcheck disable=SC2046 # one word per job pid
 kill -TERM $(jobs -p | tail -n +2) 2>/dev/null || true
+# shellcheck disable=SC2046 # one word per job pid
 wait $(jobs -p | tail -n +2) 2>/dev/null || true
 JOURNALED=$("$T/tracker" journal cat --journal-dir "$W/j" | grep -c '"type":"impression"')
 "$T/tracker" serve --config "$W/t.toml" --listen 127.0.0.1:0 --journal-dir "$W/j" --shards 1 2> "$W/tracker3.err" &

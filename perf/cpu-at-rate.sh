@@ -43,33 +43,13 @@ TRACKER_BIN=${TRACKER_BIN:-$BIN_DIR/tracker}
 LOADGEN_BIN=${LOADGEN_BIN:-$BIN_DIR/loadgen}
 FLOOR_BIN=${FLOOR_BIN:-$BIN_DIR/floor}
 
-CMDLINE=""
-for v in RATES RUNS DURATION WARMUP CONNS SERVER_CPU LOADGEN_CPU SERVERS TRACKER_ARGS; do
-  if [[ -n ${!v:-} ]]; then CMDLINE+="$v=$(printf '%q' "${!v}") "; fi
-done
-CMDLINE+="perf/cpu-at-rate.sh"
-for a in "$@"; do CMDLINE+=" $(printf '%q' "$a")"; done
-
-DO_BUILD=1
-RESULTS_MODE=append
-while (($#)); do
-  case $1 in
-    --no-build) DO_BUILD=0 ;;
-    --write) RESULTS_MODE=rewrite ;;
-    --no-results) RESULTS_MODE=none ;;
-    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
-    *) echo "cpu-at-rate: unknown argument '$1' (try --help)" >&2; exit 2 ;;
-  esac
-  shift
-done
-
 LOG_TAG=cpu-at-rate
 # shellcheck source=perf/lib.sh
 source "$PERF_DIR/lib.sh"
 
-for v in RUNS DURATION WARMUP CONNS SERVER_CPU LOADGEN_CPU READY_TIMEOUT; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
-done
+CMDLINE=$(command_line perf/cpu-at-rate.sh "RATES RUNS DURATION WARMUP CONNS SERVER_CPU LOADGEN_CPU SERVERS TRACKER_ARGS" "$@")
+parse_result_args "${BASH_SOURCE[0]}" "$@"
+require_uints RUNS DURATION WARMUP CONNS SERVER_CPU LOADGEN_CPU READY_TIMEOUT
 ((RUNS >= 1 && DURATION >= 1 && CONNS >= 1)) || die "RUNS, DURATION and CONNS must be >= 1"
 ((SERVER_CPU != LOADGEN_CPU)) || die "SERVER_CPU and LOADGEN_CPU must differ"
 for r in $RATES; do [[ $r =~ ^[1-9][0-9]*$ ]] || die "RATES: '$r' is not a positive integer"; done

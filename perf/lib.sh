@@ -27,6 +27,45 @@ lib_init() {
   NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
 }
 
+# ---------------------------------------------------------------- command line
+# The command line as typed, with the environment knobs that change the result, for RESULTS.md.
+command_line() { # command_line SCRIPT "VAR..." ARG... -> one line
+  local script=$1 vars=$2 v a line=""
+  shift 2
+  for v in $vars; do
+    if [[ -n ${!v:-} ]]; then line+="$v=$(printf '%q' "${!v}") "; fi
+  done
+  line+=$script
+  for a in "$@"; do line+=" $(printf '%q' "$a")"; done
+  echo "$line"
+}
+
+# The flags of the scripts that write a section of RESULTS.md: --no-build, --write (rewrite the
+# section), --no-results, --help (the script's header comment). Sets DO_BUILD and RESULTS_MODE.
+parse_result_args() { # parse_result_args SCRIPT_PATH ARG...
+  local script=$1
+  shift
+  DO_BUILD=1 RESULTS_MODE=append
+  # shellcheck disable=SC2034 # DO_BUILD and RESULTS_MODE are read by the sourcing script
+  while (($#)); do
+    case $1 in
+      --no-build) DO_BUILD=0 ;;
+      --write) RESULTS_MODE=rewrite ;;
+      --no-results) RESULTS_MODE=none ;;
+      -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$script"; exit 0 ;;
+      *) echo "$LOG_TAG: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+  done
+}
+
+require_uints() { # require_uints VAR...: each must hold a non-negative integer
+  local v
+  for v in "$@"; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
+  done
+}
+
 # ---------------------------------------------------------------- process bookkeeping / cleanup
 
 stop_pids() { # stop_pids SIGNAL PID... : signal, wait up to 5 s, then SIGKILL what is left
@@ -216,6 +255,7 @@ start_server() { # start_server KIND DIR PORT ; sets SRV_PIDS SRV_MAIN_PID
 # Puts REPORT into the NAME section of RESULTS_MD, between `<!-- NAME:begin -->` and
 # `<!-- NAME:end -->` (added at the end when missing): replacing what is there (MODE rewrite)
 # or after it (MODE append).
+# shellcheck disable=SC2153 # RESULTS_MD is set by the sourcing script
 write_results_section() { # write_results_section NAME REPORT MODE
   local name=$1 report=$2 mode=$3 begin end
   begin="<!-- $name:begin -->"

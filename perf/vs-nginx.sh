@@ -48,35 +48,14 @@ TRACKER_STANDIN=${TRACKER_STANDIN:-}
 REQUIRE_TRACKER=${REQUIRE_TRACKER:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 
-# Command line as typed, with the knobs that change the result, for RESULTS.md.
-CMDLINE=""
-for v in CONNS DURATION RUNS WARMUP SERVER_CPU WRK_CPU TRACKER_BIN TRACKER_ARGS TRACKER_STANDIN FLOOR; do
-  if [[ -n ${!v:-} ]]; then CMDLINE+="$v=$(printf '%q' "${!v}") "; fi
-done
-CMDLINE+="perf/vs-nginx.sh"
-for a in "$@"; do CMDLINE+=" $(printf '%q' "$a")"; done
-
-DO_BUILD=1
-RESULTS_MODE=append
-while (($#)); do
-  case $1 in
-    --no-build) DO_BUILD=0 ;;
-    --write) RESULTS_MODE=rewrite ;;
-    --no-results) RESULTS_MODE=none ;;
-    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
-    *) echo "vs-nginx: unknown argument '$1' (try --help)" >&2; exit 2 ;;
-  esac
-  shift
-done
-
-# Shared helpers (process bookkeeping, nginx config, readiness): perf/lib.sh.
+# Shared helpers (process bookkeeping, nginx config, readiness, flags): perf/lib.sh.
 LOG_TAG=vs-nginx
 # shellcheck source=perf/lib.sh
 source "$PERF_DIR/lib.sh"
 
-for v in CONNS DURATION RUNS WARMUP SERVER_CPU WRK_CPU READY_TIMEOUT; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
-done
+CMDLINE=$(command_line perf/vs-nginx.sh "CONNS DURATION RUNS WARMUP SERVER_CPU WRK_CPU TRACKER_BIN TRACKER_ARGS TRACKER_STANDIN FLOOR" "$@")
+parse_result_args "${BASH_SOURCE[0]}" "$@"
+require_uints CONNS DURATION RUNS WARMUP SERVER_CPU WRK_CPU READY_TIMEOUT
 ((RUNS >= 1 && DURATION >= 1 && CONNS >= 1)) || die "RUNS, DURATION and CONNS must be >= 1"
 ((SERVER_CPU != WRK_CPU)) || die "SERVER_CPU and WRK_CPU must differ"
 for tool in "$NGINX" "$WRK" taskset curl getconf awk; do

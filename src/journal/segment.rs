@@ -428,6 +428,32 @@ pub(crate) const WRITEBACK_STEP: usize = 1024 * 1024;
 const _: () = assert!(PREFAULT_BYTES.is_multiple_of(PAGE_BYTES) && PREFAULT_BYTES.is_multiple_of(EVENT_BYTES));
 
 impl Active {
+    /// Maps a segment file that holds a header and no record, and prefaults its first window.
+    /// `synced_off`: what the next sync() may skip (the header, when it is known to be on disk).
+    fn start_empty(
+        number: u64,
+        path: PathBuf,
+        file: File,
+        segment_bytes: u64,
+        header_bytes: usize,
+        synced_off: usize,
+    ) -> Result<Active, JournalError> {
+        let map = map_segment(&file, &path, segment_bytes as usize)?;
+        let mut a = Active {
+            number,
+            path,
+            map,
+            write_off: header_bytes,
+            synced_off,
+            released_off: header_bytes,
+            records: 0,
+            faulted_off: header_bytes,
+            file,
+        };
+        a.prefault_ahead();
+        Ok(a)
+    }
+
     /// Makes the pages of `[faulted_off, faulted_off + PREFAULT_BYTES)` resident so the next
     /// appends store into memory without a fault.
     #[cold]
@@ -985,21 +1011,8 @@ impl ShardJournal {
         let encoded = header.encode();
         file.write_all_at(&encoded[..HEADER_FIXED_BYTES], 0).map_err(|e| JournalError::new("write header", tmp, e))?;
         fs::rename(tmp, &path).map_err(|e| JournalError::new("rename", tmp, e))?;
-        let map = map_segment(&file, &path, self.segment_bytes as usize)?;
-        let mut a = Active {
-            number,
-            path,
-            map,
-            write_off: self.header_bytes,
-            // The first sync() also covers the rewritten header.
-            synced_off: 0,
-            released_off: self.header_bytes,
-            records: 0,
-            faulted_off: self.header_bytes,
-            file,
-        };
-        a.prefault_ahead();
-        Ok(a)
+        // The first sync() also covers the rewritten header.
+        Active::start_empty(number, path, file, self.segment_bytes, self.header_bytes, 0)
     }
 
     fn create_active(&self, number: u64) -> Result<Active, JournalError> {
@@ -1037,20 +1050,7 @@ impl NewSegment<'_> {
         };
         let path = segment_path(self.dir, number);
         let file = create_segment_file(self.dir_file, &path, self.segment_bytes, &header)?;
-        let map = map_segment(&file, &path, self.segment_bytes as usize)?;
-        let mut a = Active {
-            number,
-            path,
-            map,
-            write_off: self.header_bytes,
-            synced_off: self.header_bytes,
-            released_off: self.header_bytes,
-            records: 0,
-            faulted_off: self.header_bytes,
-            file,
-        };
-        a.prefault_ahead();
-        Ok(a)
+        Active::start_empty(number, path, file, self.segment_bytes, self.header_bytes, self.header_bytes)
     }
 }
 
