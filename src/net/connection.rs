@@ -104,6 +104,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     // shard stopped, or connected just before) still gets its first request read and answered,
     // within STOP_FIRST_REQUEST_GRACE; an answered, idle one is closed at once.
     let mut answered_any = false;
+    // `100 Continue` went out for the request at the front of the buffer (RFC 9110 §10.1.1: a
+    // client that sent `Expect: 100-continue` may wait for it before sending the body).
+    let mut continue_sent = false;
 
     'conn: loop {
         // Answer every complete request in the buffer.
@@ -142,6 +145,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 BodyFraming::None => (0, head_len),
                 BodyFraming::Length(n) => {
                     if rbuf.len() - start < head_len + n {
+                        send_continue(&req, &mut continue_sent, &mut wbuf);
                         break;
                     }
                     (n, head_len + n)
@@ -151,7 +155,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                     match http::chunked::decode(&rbuf[start + head_len..], scratch, limits.body_bytes_max) {
                         Ok((n, used)) => (n, head_len + used),
                         // The decoder reports only Incomplete and Invalid.
-                        Err(ParseError::Incomplete | ParseError::NewerMinorVersion { .. }) => break,
+                        Err(ParseError::Incomplete | ParseError::NewerMinorVersion { .. }) => {
+                            send_continue(&req, &mut continue_sent, &mut wbuf);
+                            break;
+                        }
                         Err(ParseError::Invalid { status, reason }) => {
                             let st = Status::from_code(status);
                             ctx.shared.counters.request(None, st);
@@ -179,6 +186,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             logged_seq = logged_seq.max(a.logged_seq);
             start += consumed;
             head_started = None;
+            continue_sent = false;
             if !a.keep_alive {
                 close = true;
                 break;
@@ -213,8 +221,18 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             rbuf.truncate(rbuf.len() - start);
         }
         if rbuf.len() == rbuf.capacity() {
-            // Unreachable while the parser enforces the limits; refuse rather than spin.
-            write_error(&ctx, &mut wbuf, Status::S431, "request too large", false, false, 1, None);
+            // The buffer holds header_bytes_max + body_bytes_max, so a head that fits the limits
+            // leaves room for any body: only a chunked body whose framing (small chunks, long
+            // extensions) outgrows that room gets here. Anything else would be a parser bug;
+            // refuse rather than spin either way.
+            let mut headers = http::header_buf();
+            let (st, reason) = match http::parse(&rbuf, &mut headers, &limits) {
+                Ok(_) => (Status::S413, "chunked body framing larger than the request buffer"),
+                Err(_) => (Status::S431, "request too large"),
+            };
+            ctx.shared.counters.request(None, st);
+            ctx.shared.counters.reject(Reason::Malformed);
+            write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None);
             let (_, b) = write_all(&ctx, &mut stream, wbuf, slot, idle).await;
             wbuf = b;
             break 'conn;
@@ -524,4 +542,14 @@ pub(super) fn write_error(
     let date = ctx.date.borrow();
     let _ =
         http::response::error(wbuf, status.code(), reason, keep_alive, head, version_minor, date.get(), allow, None);
+}
+
+/// Queues `100 Continue` once for a request whose body has not all arrived, when it asked for
+/// one. The final response follows when the body is in.
+fn send_continue(req: &http::Request<'_, '_>, sent: &mut bool, wbuf: &mut Vec<u8>) {
+    if req.expect_continue && !*sent {
+        // The batch loop runs only with RESPONSE_BYTES_MAX free in wbuf: 25 bytes always fit.
+        let _ = http::response::continue_100(wbuf);
+        *sent = true;
+    }
 }

@@ -317,3 +317,71 @@ fn a_ring_that_fills_mid_batch_refuses_the_rest_as_overloaded() {
         events.iter().filter(|e| e["kind"] == "o").map(|e| e["campaign_id"].as_u64().unwrap()).collect();
     assert_eq!(ids, (0..accepted as u64).collect::<Vec<_>>());
 }
+
+#[test]
+fn expect_100_continue_gets_an_interim_answer_before_the_body() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let body = br#"[{"type":"cont","name":"a"},{"type":"cont","name":"b"}]"#;
+    c.send(
+        format!(
+            "POST /batch HTTP/1.1\r\nHost: t\r\n{JSON}Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    // The client waits for it before sending the body (RFC 9110 §10.1.1).
+    assert_eq!(c.read_response(false).status, 100);
+    c.send(&body[..10]);
+    c.send(&body[10..]);
+    let r = c.read_response(false);
+    assert_eq!(json(&r)["accepted"], 2, "{:?}", String::from_utf8_lossy(&r.body));
+    // Chunked, the same; and a body sent with the head gets only the final answer.
+    c.send(
+        format!("POST /batch HTTP/1.1\r\nHost: t\r\n{JSON}Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(c.read_response(false).status, 100);
+    let one = br#"[{"type":"cont","name":"c"}]"#;
+    c.send(format!("{:x}\r\n", one.len()).as_bytes());
+    c.send(one);
+    c.send(b"\r\n0\r\n\r\n");
+    assert_eq!(json(&c.read_response(false))["accepted"], 1);
+    let mut req = format!(
+        "POST /batch HTTP/1.1\r\nHost: t\r\n{JSON}Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        one.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(one);
+    c.send(&req);
+    assert_eq!(c.read_response(false).status, 200);
+    assert_eq!(c.get("/i?c=1").status, 200, "the connection goes on");
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).iter().filter(|e| e["kind"] == "cont").count(), 4);
+}
+
+#[test]
+fn chunked_framing_larger_than_the_request_buffer_is_413_and_counted() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let head = format!("POST /batch HTTP/1.1\r\nHost: t\r\n{JSON}Transfer-Encoding: chunked\r\n\r\n").into_bytes();
+    // 1-byte chunks: 6 bytes of framing per body byte. The read buffer holds
+    // header_bytes_max + body_bytes_max (8192 + 65536 by default); fill it exactly, so the
+    // server has read everything sent when it answers and closes.
+    let cap = 8192 + 65536;
+    let mut req = head;
+    while req.len() < cap {
+        req.extend_from_slice(b"1\r\n[\r\n");
+    }
+    req.truncate(cap);
+    c.send(&req);
+    let r = c.read_response(false);
+    assert_eq!(r.status, 413, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(c.is_closed());
+    let m = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    assert!(
+        m.lines().any(|l| l.starts_with("tracker_requests_total{") && l.contains("413") && !l.ends_with(" 0")),
+        "{m}"
+    );
+    assert_eq!(s.stop(), 0);
+}
