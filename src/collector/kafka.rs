@@ -237,14 +237,24 @@ impl Collector for Kafka {
         let fatal = producer.client().fatal_error();
         let (ok, failed) = (reports.ok.load(Relaxed), reports.failed.load(Relaxed));
         if let Some((code, why)) = fatal {
-            // A fatal idempotence error (e.g. fenced): a new producer gets a new id.
+            // A fatal idempotence error: a new producer gets a new id.
             self.producer = None;
             return Delivery::Retry(format!("kafka producer fatal error {code:?}: {why}; recreating it"));
         }
-        if ok == n && failed == 0 {
+        // Acked only when this attempt's every message is reported delivered and nothing is
+        // left in flight: the reports are counted per producer, and a failed attempt drops its
+        // producer (below), so no late report of an earlier attempt can be counted here.
+        if ok == n && failed == 0 && flushed.is_ok() {
             return Delivery::Acked;
         }
+        // Any failed attempt retries on a new producer. After a timed-out produce librdkafka
+        // keeps the idempotent producer's sequence state, and a broker may then answer every
+        // later produce with PRODUCER_FENCED as a per-message error, not a fatal one: with
+        // tansu a 2 s broker stall stopped delivery until a restart. Dropping the producer
+        // purges what it still holds (reported failed, counted in this attempt, which already
+        // failed) and the retry starts clean; its messages carry their ids, as every resend.
         let first = reports.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.producer = None;
         Delivery::Retry(match (flushed, first) {
             (_, Some(e)) => format!("{failed} of {n} messages failed: {e}"),
             (Err(e), None) => format!("{} of {n} delivery reports within the timeout: {e}", ok + failed),

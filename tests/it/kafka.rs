@@ -257,3 +257,22 @@ fn kill_9_mid_forwarding_then_replay_every_id_reaches_kafka_with_its_id() {
     assert_eq!(got.len(), 5000, "a replay sends the same ids");
     assert_eq!(s.stop(), 0);
 }
+
+#[test]
+fn a_short_broker_stall_that_times_out_a_batch_does_not_stop_delivery() {
+    // A review reproduced it with tansu: after one MessageTimedOut every retry was answered
+    // PRODUCER_FENCED per message, and nothing more was delivered until a restart.
+    let Some(broker) = Broker::start() else { return };
+    let mut s = Server::start(Some(&kafka_collector(broker.port, 1_000)), &["--shards", "1"]);
+    send(&s, 0..5);
+    assert_eq!(consume(broker.port, 5, 5).len(), 5);
+    broker.signal(libc::SIGSTOP);
+    send(&s, 5..10);
+    // Longer than the 1 s message timeout: the batch in flight times out.
+    std::thread::sleep(Duration::from_secs(3));
+    broker.signal(libc::SIGCONT);
+    send(&s, 10..15);
+    let got = consume(broker.port, 15, 15);
+    assert_eq!(got.len(), 15, "delivery goes on after the stall");
+    assert_eq!(s.stop(), 0);
+}
