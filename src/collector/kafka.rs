@@ -29,7 +29,17 @@ use rdkafka::ClientContext;
 use super::{Batch, Collector, Delivery, Options, Value};
 
 /// librdkafka properties the collector owns; `properties` may not set them.
-const OWNED: [&str; 4] = ["enable.idempotence", "acks", "bootstrap.servers", "compression.type"];
+const OWNED: [&str; 7] = [
+    "enable.idempotence",
+    "acks",
+    "bootstrap.servers",
+    "compression.type",
+    // Set from the collector's own keys (producer_linger_ms, batch.events_max, timeout_ms):
+    // a value here would be silently overridden.
+    "linger.ms",
+    "batch.num.messages",
+    "message.timeout.ms",
+];
 
 #[derive(Default)]
 struct Reports {
@@ -135,7 +145,10 @@ pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
         if OWNED.contains(&k.as_str()) {
             o.error(
                 "properties",
-                format!("\"{k}\" is set by the collector (idempotent producer, brokers, compression)"),
+                format!(
+                    "\"{k}\" is set by the collector (idempotent producer, brokers, compression; linger, \
+                     batch size and message timeout from producer_linger_ms, batch.events_max and timeout_ms)"
+                ),
             );
         }
     }
@@ -152,6 +165,12 @@ pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
         .set("batch.num.messages", o.collector.batch.events_max.to_string())
         .set("message.timeout.ms", timeout_ms.to_string())
         .set("statistics.interval.ms", "500");
+    // librdkafka checks property names and values only when a client is made from them. Making
+    // its native configuration does that with no I/O, so check-config and a reload name a bad
+    // property instead of the collector retrying "create producer" forever.
+    if let Err(e) = config.create_native_config() {
+        o.error("properties", format!("librdkafka refuses the configuration: {e}"));
+    }
     let reports = Arc::new(Reports { name: o.collector.name.clone(), ..Default::default() });
     Ok(Box::new(Kafka {
         config,

@@ -37,3 +37,24 @@ fn check_config_reports_every_error_with_file_line_and_key() {
         .unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
+
+#[test]
+fn a_kafka_property_librdkafka_refuses_is_a_config_error_not_an_endless_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("k.toml");
+    let cfg = tracker::config::DEFAULT_TOML.to_string()
+        + "\n[[collector]]\nname = \"k\"\nkind = \"kafka\"\nevents = \"all\"\nfields = []\n\
+           [collector.options]\nbrokers = \"127.0.0.1:9092\"\nproperties = { \"no.such.prop\" = \"1\" }\n";
+    std::fs::write(&p, &cfg).unwrap();
+    let line = cfg.lines().position(|l| l.starts_with("properties")).unwrap() + 1;
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let want = format!("{}:{line}: collector[0].options.properties: librdkafka refuses", p.display());
+    assert!(err.contains(&want) && err.contains("no.such.prop"), "{err}");
+    // A property the collector sets from its own keys is refused, not silently overridden.
+    std::fs::write(&p, cfg.replace("\"no.such.prop\" = \"1\"", "\"linger.ms\" = \"100\"")).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("\"linger.ms\" is set by the collector"), "{err}");
+}
