@@ -111,6 +111,9 @@ impl Schema {
         if e.flags & crate::event::FLAG_UNSUBSTITUTED != 0 {
             out.push_str(",\"unsubstituted\":true");
         }
+        if e.flags & crate::event::FLAG_HEAD != 0 {
+            out.push_str(",\"head\":true");
+        }
         let Some(t) = ty else {
             out.push('}');
             return;

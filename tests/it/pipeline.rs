@@ -100,6 +100,11 @@ fn head_http10_and_no_content_endpoints() {
     assert_eq!(names, ["signup", "a", "b"]);
     assert_eq!(ev.iter().find(|e| e["name"] == "signup").unwrap()["value"], -3);
     assert_eq!(ev.iter().filter(|e| e["type"] == "video").count(), 1);
+    // The HEAD impression is an event, flagged; the GETs are not.
+    let imps: Vec<&serde_json::Value> = ev.iter().filter(|e| e["type"] == "impression").collect();
+    assert_eq!(imps.len(), 1);
+    assert_eq!(imps[0]["head"], true, "{}", imps[0]);
+    assert!(ev.iter().filter(|e| e["type"] != "impression").all(|e| e.get("head").is_none()));
 }
 
 #[test]
