@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::error::JournalError;
-use super::segment::{make_tmp_segment, now_ns, segment_path, with_suffix, SegmentHeader, TMP_SUFFIX};
+use super::segment::{make_tmp_segment, segment_path, with_suffix, SegmentHeader, TMP_SUFFIX};
 
 /// Segment `number`'s file being made (or made) under its `.tmp` name.
 pub(super) struct Ahead {
@@ -43,7 +43,6 @@ pub(super) struct AheadSpec {
     pub shard: u16,
     pub number: u64,
     pub segment_bytes: u64,
-    pub header_bytes: usize,
     pub schema_json: Vec<u8>,
     /// Set after the thread has fsynced `dir` (a rename made just before it started), when
     /// given.
@@ -68,12 +67,8 @@ impl Ahead {
         let fits = self.number == number && self.schema_json == schema_json;
         match self.job.join() {
             Ok(Ok(file)) if fits => Some((file, self.tmp)),
-            Ok(Ok(_)) => {
-                let _ = fs::remove_file(&self.tmp);
-                None
-            }
-            // make() removed its own file; a panic cannot leave one worth keeping.
-            Ok(Err(_)) | Err(_) => {
+            // Another segment or schema, a failure (make() removed its file) or a panic.
+            _ => {
                 let _ = fs::remove_file(&self.tmp);
                 None
             }
@@ -99,12 +94,6 @@ fn make(spec: AheadSpec) -> Result<File, JournalError> {
             done.store(true, SeqCst);
         }
     }
-    let header = SegmentHeader {
-        header_bytes: spec.header_bytes as u32,
-        shard: spec.shard,
-        segment: spec.number,
-        created_ns: now_ns(),
-        schema_json: spec.schema_json,
-    };
+    let header = SegmentHeader::new_now(spec.shard, spec.number, spec.schema_json);
     make_tmp_segment(&segment_path(&spec.dir, spec.number), spec.segment_bytes, &header)
 }

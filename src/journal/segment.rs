@@ -307,6 +307,17 @@ pub(crate) fn header_bytes_for(schema_bytes: usize) -> usize {
 }
 
 impl SegmentHeader {
+    /// The header of segment `segment` of `shard` made now, for records of `schema_json`.
+    pub(crate) fn new_now(shard: u16, segment: u64, schema_json: Vec<u8>) -> SegmentHeader {
+        SegmentHeader {
+            header_bytes: header_bytes_for(schema_json.len()) as u32,
+            shard,
+            segment,
+            created_ns: now_ns(),
+            schema_json,
+        }
+    }
+
     /// The header's bytes, `header_bytes` long (zero after the schema).
     pub(crate) fn encode(&self) -> Vec<u8> {
         let header_bytes = self.header_bytes as usize;
@@ -990,7 +1001,6 @@ impl ShardJournal {
             shard: self.shard,
             number: self.active.number + 1,
             segment_bytes: self.segment_bytes,
-            header_bytes: self.header_bytes,
             schema_json: self.schema_json.clone(),
             fsync_dir_then: fsync_dir_first.then(|| self.rename_durable.clone()),
         });
@@ -1001,14 +1011,7 @@ impl ShardJournal {
     /// directory fsync is left to the helper thread or to the next `sync()`.
     fn activate_made_ahead(&self, number: u64, file: File, tmp: &Path) -> Result<Active, JournalError> {
         let path = segment_path(&self.dir, number);
-        let header = SegmentHeader {
-            header_bytes: self.header_bytes as u32,
-            shard: self.shard,
-            segment: number,
-            created_ns: now_ns(),
-            schema_json: self.schema_json.clone(),
-        };
-        let encoded = header.encode();
+        let encoded = SegmentHeader::new_now(self.shard, number, self.schema_json.clone()).encode();
         file.write_all_at(&encoded[..HEADER_FIXED_BYTES], 0).map_err(|e| JournalError::new("write header", tmp, e))?;
         fs::rename(tmp, &path).map_err(|e| JournalError::new("rename", tmp, e))?;
         // The first sync() also covers the rewritten header.
@@ -1041,13 +1044,7 @@ struct NewSegment<'a> {
 impl NewSegment<'_> {
     /// Creates segment `number` with its header on disk and maps it.
     fn create(&self, number: u64) -> Result<Active, JournalError> {
-        let header = SegmentHeader {
-            header_bytes: self.header_bytes as u32,
-            shard: self.shard,
-            segment: number,
-            created_ns: now_ns(),
-            schema_json: self.schema_json.to_vec(),
-        };
+        let header = SegmentHeader::new_now(self.shard, number, self.schema_json.to_vec());
         let path = segment_path(self.dir, number);
         let file = create_segment_file(self.dir_file, &path, self.segment_bytes, &header)?;
         Active::start_empty(number, path, file, self.segment_bytes, self.header_bytes, self.header_bytes)
