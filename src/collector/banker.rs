@@ -130,12 +130,26 @@ impl Collector for Banker {
                 }
                 Delivery::Acked
             }
+            // A range sent before: the banker applied its earlier cut (records a power loss since
+            // zeroed, or an older budget_key / price_field / fields); that spend stands.
+            409 if batch.sent_before => Delivery::Superseded(format!(
+                "the banker applied this range before with a different body (409: {text}); its earlier \
+                 spend stands"
+            )),
+            // A range never sent before cannot have been applied by this tracker: another one
+            // sends under the same key.
             409 => Delivery::Fatal(format!(
-                "banker refused key {} as already applied with a different body (409: {text}); the journal \
-                 range was re-cut differently: check the collector's batch log",
+                "banker refused key {} as already applied with a different body (409: {text}), and this \
+                 range was never sent before: does another tracker send under the same key_prefix?",
                 batch.key
             )),
-            400 | 404 | 405 | 413 | 422 => Delivery::Fatal(format!("banker rejected the batch ({}: {text})", r.status)),
+            400 | 413 | 422 => Delivery::Fatal(format!("banker rejected the batch ({}: {text})", r.status)),
+            // No /v1/spend there (yet): a banker mid-deploy or a proxy in front; retrying shows in
+            // the retry metrics, and the batch goes through once the route is back.
+            404 | 405 => Delivery::Retry(format!(
+                "banker answered {} for POST {}/v1/spend: is `url` the banker's? ({text})",
+                r.status, self.url.base
+            )),
             s => Delivery::Retry(format!("banker answered {s}: {text}")),
         }
     }

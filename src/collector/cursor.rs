@@ -6,12 +6,25 @@
 //! cursor                  "segment index\n": next record to deliver, replaced atomically
 //!                         (write cursor.tmp, fsync, rename, fsync dir): survives kill -9
 //! <segment:20>.batches    16-byte entries appended (and fdatasync'ed) before a batch is sent:
-//!                         from u32 | to u32 | crc32c(from, to) u32 | zero u32 (little-endian)
+//!                         from u32 | to u32 | crc u32 | base u32 (little-endian); base is the
+//!                         id of the key base the batch was sent under, crc = crc32c(from, to,
+//!                         base), or base 0 and crc32c(from, to) in logs written before bases
 //! lock                    flock held by the running collector (replay refuses while held)
 //! ```
+//! and, for the whole collector, `<journal.dir>/collectors/<name>/key_bases`: one line
+//! `"<id:08x> <key_prefix>:<name>\n"` per key base the collector ever sent under, appended and
+//! synced before the first batch entry that names it.
+//!
+//! Why the base is recorded: a batch sent again (retry after a crash, replay) must carry the
+//! key it carried the first time, or the destination applies it twice. The key's range part
+//! comes from the entry; the base (`key_prefix` and collector name) comes from the file, not
+//! from today's config, so changing `key_prefix` applies to new batches only.
+//!
 //! A torn last entry of a batch log (crash mid-append) fails its CRC and is ignored: that batch
-//! was never sent (the append is synced before the first attempt).
+//! was never sent (the append is synced before the first attempt). A torn last line of
+//! `key_bases` has no newline, or an id that does not match its text, and is ignored likewise.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -30,6 +43,16 @@ pub struct Position {
 
 const ENTRY_BYTES: usize = 16;
 const BATCHES_SUFFIX: &str = ".batches";
+const KEY_BASES: &str = "key_bases";
+
+/// One batch of a batch log: records `[from, to)` sent under key base `base` (0: a log written
+/// before bases were recorded; the caller uses its current base).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub from: u32,
+    pub to: u32,
+    pub base: u32,
+}
 
 /// `<journal>/collectors/<name>`.
 pub fn collector_dir(journal: &Path, name: &str) -> PathBuf {
@@ -84,15 +107,69 @@ fn batches_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:0width$}{BATCHES_SUFFIX}", width = SEGMENT_NAME_DIGITS))
 }
 
-fn entry_crc(from: u32, to: u32) -> u32 {
-    let mut b = [0u8; 8];
+fn entry_crc(from: u32, to: u32, base: u32) -> u32 {
+    let mut b = [0u8; 12];
     b[..4].copy_from_slice(&from.to_le_bytes());
-    b[4..].copy_from_slice(&to.to_le_bytes());
-    crc32c::crc32c(&b)
+    b[4..8].copy_from_slice(&to.to_le_bytes());
+    b[8..].copy_from_slice(&base.to_le_bytes());
+    // Entries from before key bases end at `to` (base 0): the same CRC as then.
+    crc32c::crc32c(if base == 0 { &b[..8] } else { &b })
 }
 
-/// The ranges `[from, to)` cut into batches in `segment`, in the order they were cut.
-pub fn read_batches(dir: &Path, segment: u64) -> io::Result<Vec<(u32, u32)>> {
+/// The id of a key base (`<key_prefix>:<name>`) in batch log entries: never 0.
+pub fn key_base_id(base: &str) -> u32 {
+    crc32c::crc32c(base.as_bytes()).max(1)
+}
+
+/// Every key base of the collector at `collector_dir` by id (empty when none was written).
+/// A line whose id does not match its text (torn, or edited) is skipped.
+pub fn read_key_bases(collector_dir: &Path) -> io::Result<BTreeMap<u32, String>> {
+    let text = match fs::read(collector_dir.join(KEY_BASES)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = BTreeMap::new();
+    // Only whole lines: a crash mid-append leaves a last line without its newline.
+    for line in text.split_inclusive(|&b| b == b'\n').filter_map(|l| l.strip_suffix(b"\n")) {
+        let Ok(line) = std::str::from_utf8(line) else { continue };
+        let Some((id, base)) = line.split_once(' ') else { continue };
+        match u32::from_str_radix(id, 16) {
+            Ok(id) if id == key_base_id(base) => {
+                out.insert(id, base.to_string());
+            }
+            _ => continue,
+        }
+    }
+    Ok(out)
+}
+
+/// Appends key base `base` to the collector's `key_bases` and syncs it (and the directory when
+/// the file is new): after this returns, batch entries may name `key_base_id(base)`.
+pub fn add_key_base(collector_dir: &Path, base: &str) -> io::Result<()> {
+    debug_assert!(!base.contains('\n'));
+    fs::create_dir_all(collector_dir)?;
+    let path = collector_dir.join(KEY_BASES);
+    let created = !path.exists();
+    let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+    // A torn line left by a crash would glue itself to this one: start on a fresh line.
+    let len = f.metadata()?.len();
+    let mut last = [0u8; 1];
+    let torn = len > 0 && {
+        File::open(&path)?.read_exact_at(&mut last, len - 1)?;
+        last[0] != b'\n'
+    };
+    let line = format!("{}{:08x} {base}\n", if torn { "\n" } else { "" }, key_base_id(base));
+    f.write_all(line.as_bytes())?;
+    f.sync_data()?;
+    if created {
+        fsync_dir(collector_dir)?;
+    }
+    Ok(())
+}
+
+/// The batches cut in `segment`, in the order they were cut.
+pub fn read_batches(dir: &Path, segment: u64) -> io::Result<Vec<Recorded>> {
     let mut b = Vec::new();
     match File::open(batches_path(dir, segment)) {
         Ok(mut f) => f.read_to_end(&mut b)?,
@@ -104,19 +181,21 @@ pub fn read_batches(dir: &Path, segment: u64) -> io::Result<Vec<(u32, u32)>> {
         let from = u32::from_le_bytes(e[0..4].try_into().expect("4"));
         let to = u32::from_le_bytes(e[4..8].try_into().expect("4"));
         let crc = u32::from_le_bytes(e[8..12].try_into().expect("4"));
-        if crc != entry_crc(from, to) || from >= to {
+        let base = u32::from_le_bytes(e[12..16].try_into().expect("4"));
+        if crc != entry_crc(from, to, base) || from >= to {
             break;
         }
-        out.push((from, to));
+        out.push(Recorded { from, to, base });
     }
     Ok(out)
 }
 
-/// Writes range `[from, to)` as entry number `entry` (0-based: the count of good entries
-/// already in the log, which the caller knows from [`read_batches`]) of the batch log of
-/// `segment`, drops anything after it (a torn entry left by a crash) and syncs: after this
-/// returns, a restart cuts the same batch.
-pub fn append_batch(dir: &Path, segment: u64, entry: usize, from: u32, to: u32) -> io::Result<()> {
+/// Writes `r` as entry number `entry` (0-based: the count of good entries already in the log,
+/// which the caller knows from [`read_batches`]) of the batch log of `segment`, drops anything
+/// after it (a torn entry left by a crash) and syncs: after this returns, a restart cuts the
+/// same batch under the same key. `r.base` must already be in `key_bases` ([`add_key_base`]).
+pub fn append_batch(dir: &Path, segment: u64, entry: usize, r: Recorded) -> io::Result<()> {
+    let Recorded { from, to, base } = r;
     debug_assert!(from < to);
     let path = batches_path(dir, segment);
     let created = entry == 0;
@@ -127,7 +206,8 @@ pub fn append_batch(dir: &Path, segment: u64, entry: usize, from: u32, to: u32) 
     let mut e = [0u8; ENTRY_BYTES];
     e[0..4].copy_from_slice(&from.to_le_bytes());
     e[4..8].copy_from_slice(&to.to_le_bytes());
-    e[8..12].copy_from_slice(&entry_crc(from, to).to_le_bytes());
+    e[8..12].copy_from_slice(&entry_crc(from, to, base).to_le_bytes());
+    e[12..16].copy_from_slice(&base.to_le_bytes());
     let at = (entry * ENTRY_BYTES) as u64;
     f.write_all_at(&e, at)?;
     f.set_len(at + ENTRY_BYTES as u64)?;
@@ -190,17 +270,52 @@ mod tests {
         assert_eq!(read_cursor(&dir).unwrap(), None);
         write_cursor(&dir, Position { segment: 3, index: 17 }).unwrap();
         assert_eq!(read_cursor(&dir).unwrap(), Some(Position { segment: 3, index: 17 }));
-        append_batch(&dir, 3, 0, 0, 10).unwrap();
-        append_batch(&dir, 3, 1, 10, 25).unwrap();
+        let r = |from, to| Recorded { from, to, base: 7 };
+        append_batch(&dir, 3, 0, r(0, 10)).unwrap();
+        append_batch(&dir, 3, 1, r(10, 25)).unwrap();
         // A torn third entry.
         let p = batches_path(&dir, 3);
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(&[1, 2, 3]).unwrap();
-        assert_eq!(read_batches(&dir, 3).unwrap(), vec![(0, 10), (10, 25)]);
-        append_batch(&dir, 3, 2, 25, 30).unwrap();
-        assert_eq!(read_batches(&dir, 3).unwrap(), vec![(0, 10), (10, 25), (25, 30)]);
+        assert_eq!(read_batches(&dir, 3).unwrap(), vec![r(0, 10), r(10, 25)]);
+        append_batch(&dir, 3, 2, r(25, 30)).unwrap();
+        assert_eq!(read_batches(&dir, 3).unwrap(), vec![r(0, 10), r(10, 25), r(25, 30)]);
         remove_batches_below(&dir, 4).unwrap();
         assert!(read_batches(&dir, 3).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_log_written_before_key_bases_still_reads_with_base_0() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("shard-000");
+        fs::create_dir_all(&dir).unwrap();
+        // The old entry layout: from | to | crc32c(from, to) | 0.
+        let mut e = [0u8; ENTRY_BYTES];
+        e[0..4].copy_from_slice(&5u32.to_le_bytes());
+        e[4..8].copy_from_slice(&9u32.to_le_bytes());
+        let mut ft = [0u8; 8];
+        ft[..4].copy_from_slice(&5u32.to_le_bytes());
+        ft[4..].copy_from_slice(&9u32.to_le_bytes());
+        e[8..12].copy_from_slice(&crc32c::crc32c(&ft).to_le_bytes());
+        fs::write(batches_path(&dir, 2), e).unwrap();
+        assert_eq!(read_batches(&dir, 2).unwrap(), vec![Recorded { from: 5, to: 9, base: 0 }]);
+    }
+
+    #[test]
+    fn key_bases_round_trip_and_skip_a_torn_line() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("banker");
+        assert!(read_key_bases(&dir).unwrap().is_empty());
+        add_key_base(&dir, "tracker:banker").unwrap();
+        // A crash mid-append: half a line, no newline.
+        let mut f = OpenOptions::new().append(true).open(dir.join(KEY_BASES)).unwrap();
+        f.write_all(b"0badc0de host-").unwrap();
+        assert_eq!(read_key_bases(&dir).unwrap().len(), 1);
+        add_key_base(&dir, "host-2:banker").unwrap();
+        let bases = read_key_bases(&dir).unwrap();
+        assert_eq!(bases.get(&key_base_id("tracker:banker")).map(String::as_str), Some("tracker:banker"));
+        assert_eq!(bases.get(&key_base_id("host-2:banker")).map(String::as_str), Some("host-2:banker"));
+        assert_eq!(bases.len(), 2);
     }
 
     #[test]

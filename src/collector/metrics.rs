@@ -40,6 +40,24 @@ pub fn write_prometheus(out: &mut String) {
         s.retries_total.load(Relaxed).to_string()
     });
     family(
+        "tracker_collector_superseded_total",
+        "counter",
+        "Batches sent again that the destination already held with a different body (it keeps what it has)",
+        &|s| s.superseded_total.load(Relaxed).to_string(),
+    );
+    family(
+        "tracker_collector_retrying",
+        "gauge",
+        "1 while a batch waits to be delivered again after a retriable failure",
+        &|s| (s.retrying.load(Relaxed) as u8).to_string(),
+    );
+    family(
+        "tracker_collector_pending_age_seconds",
+        "gauge",
+        "Age now of the oldest event of the batch being delivered (0 when none is): grows while a destination is down",
+        &|s| format!("{:.6}", s.pending_age_ns(crate::clock::unix_nanos()) as f64 / 1e9),
+    );
+    family(
         "tracker_collector_failed",
         "gauge",
         "1 when the destination answered fatal and the collector stopped",

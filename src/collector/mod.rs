@@ -93,6 +93,12 @@ pub use runner::{start, start_with_shards, CollectorStatus, Forwarders};
 pub enum Delivery {
     /// The destination has the whole batch: the cursor moves past it.
     Acked,
+    /// The destination already applied this key with a different body: an earlier cut of a
+    /// range sent again ([`Batch::sent_before`]) whose records changed since (a power loss
+    /// zeroed one) or that was projected under an older config. What it holds stands; the
+    /// cursor moves past the batch, and the string is logged and counted
+    /// (`tracker_collector_superseded_total`).
+    Superseded(String),
     /// Not delivered, may succeed later (timeout, connection refused, 5xx, 429): the same batch
     /// is delivered again after a capped exponential backoff with jitter. The string says why.
     Retry(String),
@@ -120,7 +126,8 @@ pub trait Collector: Send {
 #[derive(Clone, Debug)]
 pub struct Batch {
     /// Stable idempotency key of this range:
-    /// `<key_prefix>:<collector>:<shard>:<segment>:<from>-<to>`.
+    /// `<key_prefix>:<collector>:<shard>:<segment>:<from>-<to>`, where `<key_prefix>:<collector>`
+    /// is the one the range was first sent under (recorded with it), not necessarily today's.
     pub key: String,
     pub collector: Arc<str>,
     pub shard: u16,
@@ -130,6 +137,9 @@ pub struct Batch {
     pub to: u32,
     /// 1 for the first attempt in this process, then 2, 3, ...
     pub attempt: u32,
+    /// The range was cut before this process's first attempt (a restart or a replay sends it
+    /// again): the destination may hold it already.
+    pub sent_before: bool,
     pub events: Vec<CollectedEvent>,
 }
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::cursor::{self, Position};
+use super::cursor::{self, Position, Recorded};
 use super::project::Projection;
 use super::source::{ShardSource, Tail};
 use super::{Batch, CollectedEvent, Collector, Delivery, Registry};
@@ -40,6 +40,8 @@ pub struct CollectorStatus {
     pub events_total: AtomicU64,
     pub batches_total: AtomicU64,
     pub retries_total: AtomicU64,
+    /// Batches the destination already held under a different body ([`Delivery::Superseded`]).
+    pub superseded_total: AtomicU64,
     /// The destination answered Fatal: the thread stopped, the cursor stays.
     pub failed: AtomicBool,
     /// A batch is waiting for a retry now.
@@ -51,8 +53,21 @@ pub struct CollectorStatus {
     pub ack_lag_ns: AtomicU64,
     /// Every shard's cursor is at the end of its journal with nothing pending (lag 0).
     pub caught_up: AtomicBool,
+    /// Unix ns of the oldest event of the batch being delivered, 0 when none is.
+    pub pending_oldest_ns: AtomicU64,
     /// Last failure message (retriable or fatal).
     pub last_error: Mutex<String>,
+}
+
+impl CollectorStatus {
+    /// How old the oldest event of the batch being delivered is at `now_ns` (0 when none is):
+    /// unlike `ack_lag_ns`, it keeps growing while a destination is down.
+    pub fn pending_age_ns(&self, now_ns: u64) -> u64 {
+        match self.pending_oldest_ns.load(Relaxed) {
+            0 => 0,
+            t => now_ns.saturating_sub(t),
+        }
+    }
 }
 
 /// The running collectors and the retention task.
@@ -115,6 +130,7 @@ pub fn start_with_shards(cfg: &Config, registry: &Registry, shards: &[Arc<ShardS
             name: Arc::from(c.name.as_str()),
             journal: journal.clone(),
             collector,
+            key_bases: KeyBases::new(&journal, c),
             shards: BTreeMap::new(),
             status: status.clone(),
             stop: stop.clone(),
@@ -159,6 +175,8 @@ struct OpenBatch {
     limit: Option<u32>,
     /// A recorded batch sent again: exactly `[from, limit)`.
     fixed: bool,
+    /// Id of the key base a recorded batch was first sent under (0: the current one).
+    base: u32,
     events: Vec<CollectedEvent>,
     bytes: usize,
     first_at: Option<Instant>,
@@ -173,7 +191,7 @@ struct ShardState {
     persisted: Position,
     persisted_at: Instant,
     projection: Option<(u64, Projection)>,
-    recorded: Option<(u64, Vec<(u32, u32)>)>,
+    recorded: Option<(u64, Vec<Recorded>)>,
     open: Option<OpenBatch>,
     /// At the last look the reader was at the end of the journal with no event pending.
     caught_up: bool,
@@ -184,6 +202,7 @@ struct Runner {
     name: Arc<str>,
     journal: PathBuf,
     collector: Box<dyn Collector>,
+    key_bases: KeyBases,
     shards: BTreeMap<u16, ShardState>,
     status: Arc<CollectorStatus>,
     stop: Arc<AtomicBool>,
@@ -355,12 +374,12 @@ impl Runner {
                 st.recorded = Some((pos.segment, r));
             }
             let recorded = &st.recorded.as_ref().expect("loaded").1;
-            st.open = Some(match recorded.iter().find(|&&(f, t)| f <= pos.index && pos.index < t) {
+            st.open = Some(match recorded.iter().find(|r| r.from <= pos.index && pos.index < r.to) {
                 // Cut before (a crash, a retry or a replay): the identical range again.
-                Some(&(f, t)) => OpenBatch::new(pos.segment, f, Some(t), true),
+                Some(r) => OpenBatch::new(pos.segment, r.from, Some(r.to), Some(r.base)),
                 None => {
-                    let next = recorded.iter().map(|&(f, _)| f).filter(|&f| f > pos.index).min();
-                    OpenBatch::new(pos.segment, pos.index, next, false)
+                    let next = recorded.iter().map(|r| r.from).filter(|&f| f > pos.index).min();
+                    OpenBatch::new(pos.segment, pos.index, next, None)
                 }
             });
             if moved {
@@ -427,7 +446,7 @@ impl Runner {
             if b.events.is_empty() && b.to > b.from && !b.fixed {
                 st.committed = Position { segment: b.segment, index: b.to };
                 let (segment, to, limit) = (b.segment, b.to, b.limit);
-                st.open = Some(OpenBatch::new(segment, to, limit, false));
+                st.open = Some(OpenBatch::new(segment, to, limit, None));
                 persist(st, false)?;
             }
             return Ok(progressed);
@@ -436,30 +455,42 @@ impl Runner {
         if b.events.is_empty() {
             st.committed = Position { segment: b.segment, index: b.to };
         } else {
-            if !b.fixed {
-                // The range is on disk before the first attempt: a restart cuts it again.
+            let base = if b.fixed {
+                self.key_bases.name(b.base).map_err(StepError::Io)?
+            } else {
+                // The range and its key base are on disk before the first attempt: a restart
+                // cuts the same batch under the same key.
+                let id = self.key_bases.current_id().map_err(StepError::Io)?;
                 let (s, r) = st.recorded.as_mut().expect("loaded when the batch was opened");
                 debug_assert_eq!(*s, b.segment);
-                cursor::append_batch(&st.dir, b.segment, r.len(), b.from, b.to)
-                    .map_err(|e| StepError::Io(e.to_string()))?;
-                r.push((b.from, b.to));
-            }
+                let entry = Recorded { from: b.from, to: b.to, base: id };
+                cursor::append_batch(&st.dir, b.segment, r.len(), entry).map_err(|e| StepError::Io(e.to_string()))?;
+                r.push(entry);
+                self.key_bases.current.clone()
+            };
             let mut batch = Batch {
-                key: format!("{}:{}:{}:{}:{}-{}", self.cfg.key_prefix, self.name, shard, b.segment, b.from, b.to),
+                key: format!("{base}:{shard}:{}:{}-{}", b.segment, b.from, b.to),
                 collector: self.name.clone(),
                 shard,
                 segment: b.segment,
                 from: b.from,
                 to: b.to,
                 attempt: 0,
+                sent_before: b.fixed,
                 events: b.events,
             };
             let newest = batch.events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
             let oldest = batch.events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
             let n = batch.events.len() as u64;
             let started = Instant::now();
-            deliver(&mut *self.collector, &mut batch, &self.cfg, &self.status, &self.stop, &mut self.rng)
-                .map_err(StepError::Halt)?;
+            self.status.pending_oldest_ns.store(oldest.max(1), Relaxed);
+            let delivered =
+                deliver(&mut *self.collector, &mut batch, &self.cfg, &self.status, &self.stop, &mut self.rng);
+            // A stopped (fatal) collector keeps its pending age growing: its events wait.
+            if !matches!(delivered, Err(Halt::Fatal)) {
+                self.status.pending_oldest_ns.store(0, Relaxed);
+            }
+            delivered.map_err(StepError::Halt)?;
             if !self.latency_to.is_empty() {
                 self.latency.entry(shard).or_default().record(started.elapsed().as_nanos() as u64);
             }
@@ -482,19 +513,85 @@ impl Runner {
     }
 }
 
+/// The key bases (`<key_prefix>:<name>`) of one collector: the current one from the config and
+/// those recorded batches were sent under (`cursor.rs`, `key_bases`), loaded at first use.
+struct KeyBases {
+    dir: PathBuf,
+    current: String,
+    known: Option<BTreeMap<u32, String>>,
+    /// A recorded batch named an id missing from the file; said once.
+    missing_logged: bool,
+}
+
+impl KeyBases {
+    fn new(journal: &Path, cfg: &CollectorConfig) -> KeyBases {
+        KeyBases {
+            dir: cursor::collector_dir(journal, &cfg.name),
+            current: format!("{}:{}", cfg.key_prefix, cfg.name),
+            known: None,
+            missing_logged: false,
+        }
+    }
+
+    fn known(&mut self) -> Result<&mut BTreeMap<u32, String>, String> {
+        if self.known.is_none() {
+            let read = cursor::read_key_bases(&self.dir).map_err(|e| format!("read key bases: {e}"))?;
+            self.known = Some(read);
+        }
+        Ok(self.known.as_mut().expect("loaded above"))
+    }
+
+    /// The id of the current base, written to `key_bases` first if it is new.
+    fn current_id(&mut self) -> Result<u32, String> {
+        let id = cursor::key_base_id(&self.current);
+        if !self.known()?.contains_key(&id) {
+            cursor::add_key_base(&self.dir, &self.current).map_err(|e| format!("write key bases: {e}"))?;
+            let current = self.current.clone();
+            self.known()?.insert(id, current);
+        }
+        Ok(id)
+    }
+
+    /// The base a recorded batch was sent under: by its id, or the current one for a log written
+    /// before bases were recorded (id 0) or when `key_bases` lost the id (said once).
+    fn name(&mut self, id: u32) -> Result<String, String> {
+        if id == 0 {
+            return Ok(self.current.clone());
+        }
+        let current = self.current.clone();
+        let dir = self.dir.clone();
+        match self.known()?.get(&id) {
+            Some(b) => Ok(b.clone()),
+            None => {
+                if !self.missing_logged {
+                    eprintln!(
+                        "tracker: collector: key base {id:08x} of a recorded batch is missing from {}; \
+                         sending it under the current \"{current}\" (a destination may apply it twice)",
+                        dir.join("key_bases").display()
+                    );
+                    self.missing_logged = true;
+                }
+                Ok(current)
+            }
+        }
+    }
+}
+
 enum StepError {
     Halt(Halt),
     Io(String),
 }
 
 impl OpenBatch {
-    fn new(segment: u64, from: u32, limit: Option<u32>, fixed: bool) -> OpenBatch {
+    /// `recorded`: the key base id of a recorded batch sent again (then `limit` is its end).
+    fn new(segment: u64, from: u32, limit: Option<u32>, recorded: Option<u32>) -> OpenBatch {
         OpenBatch {
             segment,
             from,
             to: from,
             limit,
-            fixed,
+            fixed: recorded.is_some(),
+            base: recorded.unwrap_or(0),
             events: Vec::new(),
             bytes: 0,
             first_at: None,
@@ -529,6 +626,12 @@ fn deliver(
         batch.attempt += 1;
         match collector.deliver(batch) {
             Delivery::Acked => {
+                status.retrying.store(false, Relaxed);
+                return Ok(());
+            }
+            Delivery::Superseded(why) => {
+                eprintln!("tracker: collector {}: batch {} superseded, moving on: {why}", cfg.name, batch.key);
+                status.superseded_total.fetch_add(1, Relaxed);
                 status.retrying.store(false, Relaxed);
                 return Ok(());
             }

@@ -242,6 +242,53 @@ fn kill_9_mid_forwarding_then_replay_keeps_banker_totals_exact() {
 }
 
 #[test]
+fn a_replay_after_key_prefix_and_budget_key_changed_banks_nothing_twice() {
+    let data = tempfile::tempdir().unwrap();
+    let banker = Banker::start(data.path());
+    let mut s = Server::start(Some(&config(&banker_collector(banker.addr))), &["--shards", "2"]);
+    let mut expected = send_mixed(s.addr, 0..2000);
+    wait_for("banker total", WAIT, || banker.balance()["total_micros"].as_i64() == Some(expected));
+    assert_eq!(s.stop(), 0);
+    let before = banker.balance();
+
+    let out = Command::new(BIN)
+        .args(["journal", "replay", "--collector", "banker", "--from-segment", "1", "--journal-dir"])
+        .arg(s.journal())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A new key_prefix, and spend now keyed by campaign and creative: every batch sent again
+    // keeps the key it was first sent under (so the banker does not apply it twice) and now
+    // has a different body (so the banker answers 409 and keeps what it applied).
+    let changed = banker_collector(banker.addr)
+        .replace("fields = [\"campaign_id\", \"price\"]", "fields = [\"campaign_id\", \"creative_id\", \"price\"]")
+        .replace("linger_ms = 50", "linger_ms = 50\nkey_prefix = \"host-2\"")
+        .replace("timeout_ms = 2000", "timeout_ms = 2000\nbudget_key = [\"campaign_id\", \"creative_id\"]");
+    assert!(changed.contains("host-2") && changed.contains("creative_id\"]"), "{changed}");
+    let dir = take_dir(&mut s);
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&config(&changed)), &["--shards", "2", "--admin-listen", "127.0.0.1:0"]);
+    let resent = before["batches"].as_u64().unwrap();
+    let superseded = || {
+        let m = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+        m.lines()
+            .find(|l| l.starts_with("tracker_collector_superseded_total{collector=\"banker\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    // Every resent batch was answered (409, superseded) and the collector moved on past them.
+    wait_for("every batch resent", WAIT * 2, || superseded() == Some(resent));
+    let after = banker.balance();
+    assert_eq!(after["total_micros"], before["total_micros"], "{after}");
+    assert_eq!(after["batches"], before["batches"], "{after}");
+    // New events go out under the new prefix and are banked.
+    expected += send_mixed(s.addr, 2000..2500);
+    wait_for("new spend banked", WAIT, || banker.balance()["total_micros"].as_i64() == Some(expected));
+    let keys = banker.balance()["keys"].clone();
+    assert!(keys.to_string().contains("creative_id="), "{keys}");
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
 fn a_hanging_collector_slows_neither_the_pixels_nor_the_other_collectors() {
     // Accepts connections and never answers.
     let hang = TcpListener::bind("127.0.0.1:0").unwrap();
