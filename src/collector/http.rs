@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest response body read; a longer one is an error.
 pub const RESPONSE_BYTES_MAX: usize = 1 << 20;
@@ -54,6 +54,8 @@ pub struct Response {
 }
 
 /// Sends one request and reads the response; an `Err` is a transport failure (retriable).
+/// `timeout` bounds the whole exchange, connect to last byte: a destination that trickles its
+/// answer a byte at a time still times out.
 pub fn request(
     url: &Url,
     method: &str,
@@ -63,9 +65,18 @@ pub fn request(
     timeout: Duration,
 ) -> Result<Response, String> {
     let addr = url.addr()?;
+    let deadline = Instant::now() + timeout;
+    // The time left before the deadline, or the error to return when none is.
+    let left = |what: &str| {
+        let d = deadline.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            Err(format!("{what} {addr}: no whole answer within {} ms", timeout.as_millis()))
+        } else {
+            Ok(d)
+        }
+    };
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(left("send to")?)).map_err(|e| e.to_string())?;
     let _ = s.set_nodelay(true);
     let mut head = format!(
         "{method} {}{path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -85,6 +96,7 @@ pub fn request(
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 8192];
     loop {
+        s.set_read_timeout(Some(left("read from")?)).map_err(|e| e.to_string())?;
         let n = s.read(&mut chunk).map_err(|e| format!("read from {addr}: {e}"))?;
         if n == 0 {
             break;
@@ -148,5 +160,30 @@ mod tests {
         assert_eq!(Url::parse("http://[::1]:80/").unwrap().host, "::1");
         assert!(Url::parse("https://x").is_err());
         assert!(Url::parse("http://x:99999").is_err());
+    }
+
+    #[test]
+    fn the_timeout_bounds_the_whole_answer_not_each_read() {
+        // A destination that answers a byte every 20 ms: each read is quick, the whole answer
+        // takes 4 s, far past the 300 ms the attempt may take.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = c.read(&mut req);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n");
+            for _ in 0..200 {
+                if c.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let url = Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let r = request(&url, "POST", "/v1/spend", &[], b"{}", Duration::from_millis(300));
+        let e = r.expect_err("a trickled answer must time out");
+        assert!(e.contains("within 300 ms"), "{e}");
+        server.join().unwrap();
     }
 }
