@@ -3,10 +3,12 @@
 //!
 //! Options: `path` (required), `fsync` (default true: a batch is acknowledged once the lines
 //! are on disk). At-least-once: after a crash a batch may be appended twice; every line carries
-//! the event `id` to deduplicate on.
+//! the event `id` to deduplicate on. Lines stay whole: a failed write is cut back off the file
+//! before the retry, and a line a crash left without its newline is ended before the next one.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::{Batch, Collector, Delivery, Options};
@@ -30,24 +32,90 @@ pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
 impl Collector for Jsonl {
     fn deliver(&mut self, batch: &Batch) -> Delivery {
         if self.file.is_none() {
-            match OpenOptions::new().create(true).append(true).open(&self.path) {
+            match OpenOptions::new().create(true).read(true).append(true).open(&self.path) {
                 Ok(f) => self.file = Some(f),
                 Err(e) => return Delivery::Retry(format!("open {}: {e}", self.path.display())),
             }
         }
+        let f = self.file.as_mut().expect("opened above");
+        let len = match f.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                self.file = None;
+                return Delivery::Retry(format!("stat {}: {e}", self.path.display()));
+            }
+        };
         self.buf.clear();
+        let mut last = [0u8; 1];
+        if len > 0 && f.read_exact_at(&mut last, len - 1).is_ok() && last[0] != b'\n' {
+            // A crash (or another writer) left a line unfinished: ours start on their own line.
+            self.buf.push('\n');
+        }
         for e in &batch.events {
             e.write_json(&mut self.buf);
             self.buf.push('\n');
         }
-        let f = self.file.as_mut().expect("opened above");
         let written = f.write_all(self.buf.as_bytes()).and_then(|_| if self.fsync { f.sync_data() } else { Ok(()) });
         match written {
             Ok(()) => Delivery::Acked,
             Err(e) => {
+                // Cut the partial batch off (disk full mid-write): the retry appends it whole.
+                let _ = f.set_len(len);
                 self.file = None;
                 Delivery::Retry(format!("write {}: {e}", self.path.display()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::{CollectedEvent, Value};
+    use std::sync::Arc;
+
+    fn batch(ids: std::ops::Range<u8>) -> Batch {
+        let events = ids
+            .map(|i| CollectedEvent {
+                id: [i; 16],
+                event_type: Arc::from("impression"),
+                ts_ns: 1,
+                shard: 0,
+                seq: i as u64,
+                truncated: false,
+                fields: vec![(Arc::from("campaign_id"), Value::U64(7))],
+            })
+            .collect();
+        let (from, to) = (0, 2);
+        Batch {
+            key: "k".into(),
+            collector: Arc::from("j"),
+            shard: 0,
+            segment: 1,
+            from,
+            to,
+            attempt: 1,
+            sent_before: false,
+            events,
+        }
+    }
+
+    #[test]
+    fn a_line_a_crash_left_unfinished_does_not_swallow_the_next_batch() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("out.jsonl");
+        std::fs::write(&path, "{\"id\":\"whole\"}\n{\"id\":\"torn").unwrap();
+        let mut j = Jsonl { path: path.clone(), fsync: true, file: None, buf: String::new() };
+        assert_eq!(j.deliver(&batch(1..3)), Delivery::Acked);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines[1], "{\"id\":\"torn");
+        for l in [lines[0], lines[2], lines[3]] {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l:?}: {e}"));
+        }
+        // A file that ends whole gets no blank line.
+        assert_eq!(j.deliver(&batch(3..4)), Delivery::Acked);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5);
     }
 }

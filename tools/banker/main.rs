@@ -43,6 +43,9 @@ struct Ledger {
     batches: u64,
     /// Batches acknowledged again without being applied, since start.
     duplicates: u64,
+    /// A failed append could not be cut back off the file: what is on disk may differ from
+    /// what is in memory, so every spend is refused (503) until a restart replays the file.
+    broken: Option<String>,
 }
 
 impl Ledger {
@@ -62,6 +65,7 @@ impl Ledger {
             budgets,
             batches: 0,
             duplicates: 0,
+            broken: None,
         };
         // Replay the ledger; a torn last line (crash mid-append, never acknowledged) is cut off.
         file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
@@ -224,6 +228,9 @@ fn spend(ledger: &Mutex<Ledger>, req: &Request) -> (u16, Value) {
     }
     let digest = xxhash_rust::xxh3::xxh3_64(&req.body);
     let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(why) = &l.broken {
+        return (503, json!({"error": format!("ledger is inconsistent ({why}); restart the banker")}));
+    }
     if let Some(&d) = l.applied.get(key) {
         if d != digest {
             return (409, json!({"error": format!("key {key} was applied with a different body")}));
@@ -233,7 +240,16 @@ fn spend(ledger: &Mutex<Ledger>, req: &Request) -> (u16, Value) {
     }
     let line =
         serde_json::to_string(&json!({"key": key, "digest": digest, "spend": v["spend"]})).unwrap_or_default() + "\n";
+    let before = match l.file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return (503, json!({"error": format!("ledger stat failed: {e}")})),
+    };
     if let Err(e) = l.file.write_all(line.as_bytes()).and_then(|_| l.file.sync_data()) {
+        // Not applied: cut the line (whole or partial) back off, or the retry of this batch
+        // would append it a second time and a restart would apply it twice.
+        if let Err(t) = l.file.set_len(before) {
+            l.broken = Some(format!("append failed ({e}) and could not be cut back ({t})"));
+        }
         return (503, json!({"error": format!("ledger write failed: {e}")}));
     }
     l.apply(key, digest, &v["spend"]);
