@@ -107,6 +107,12 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     // `100 Continue` went out for the request at the front of the buffer (RFC 9110 §10.1.1: a
     // client that sent `Expect: 100-continue` may wait for it before sending the body).
     let mut continue_sent = false;
+    // The request at the front of the buffer waits for its body: with Content-Length, until
+    // the buffer holds this many bytes (its head is not parsed again before); chunked, decoding
+    // resumes where the last read's whole chunks ended. Either way a body arriving in many
+    // small reads costs time linear, not quadratic, in its size.
+    let mut need_bytes = 0usize;
+    let mut chunked_progress = http::chunked::Progress::default();
 
     'conn: loop {
         // Answer every complete request in the buffer.
@@ -119,7 +125,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         // Also where the service time of each request below starts: the read that completed it.
         let now_ns = crate::clock::unix_nanos();
         ctx.date.borrow_mut().update(now_ns / 1_000_000_000);
-        while start < rbuf.len() && wbuf.capacity() - wbuf.len() >= RESPONSE_BYTES_MAX {
+        while start < rbuf.len() && rbuf.len() >= need_bytes && wbuf.capacity() - wbuf.len() >= RESPONSE_BYTES_MAX {
             let mut headers = http::header_buf();
             let req = match http::parse(&rbuf[start..], &mut headers, &limits) {
                 Ok(r) => r,
@@ -145,6 +151,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 BodyFraming::None => (0, head_len),
                 BodyFraming::Length(n) => {
                     if rbuf.len() - start < head_len + n {
+                        // Relative to `start`, which becomes the front of the buffer below.
+                        need_bytes = head_len + n;
                         send_continue(&req, &mut continue_sent, &mut wbuf);
                         break;
                     }
@@ -152,7 +160,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 }
                 BodyFraming::Chunked => {
                     let scratch = &mut bufs.body[..limits.body_bytes_max];
-                    match http::chunked::decode(&rbuf[start + head_len..], scratch, limits.body_bytes_max) {
+                    let body = &rbuf[start + head_len..];
+                    // Only an incomplete body at the front of the buffer carries progress (the
+                    // batch breaks at it, and nothing writes the scratch until it resumes).
+                    match http::chunked::decode_from(body, scratch, limits.body_bytes_max, &mut chunked_progress) {
                         Ok((n, used)) => (n, head_len + used),
                         // The decoder reports only Incomplete and Invalid.
                         Err(ParseError::Incomplete | ParseError::NewerMinorVersion { .. }) => {
@@ -180,6 +191,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 // borrows the read buffer. A memcpy, small beside the parse.
                 bufs.body[..n].copy_from_slice(&rbuf[start + head_len..start + head_len + n]);
             }
+            need_bytes = 0;
+            chunked_progress = Default::default();
             let a = answer(&ctx, &req, &mut bufs.body, body_len, peer, now_ns, &mut wbuf);
             answered_any = true;
             record_service(&ctx, now_ns);

@@ -174,6 +174,46 @@ fn chunked_post_body() {
 }
 
 #[test]
+fn bodies_trickled_in_small_pieces_decode_whole() {
+    // A chunked body of 1–3 byte chunks and a Content-Length body, each written a few bytes
+    // at a time, so the server sees them over many reads and resumes each where it stopped.
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let items: Vec<String> = (0..8).map(|i| format!(r#"{{"type":"trickle","name":"n{i}"}}"#)).collect();
+    let body = format!("[{}]", items.join(","));
+    let mut chunked =
+        b"POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    let mut rest = body.as_bytes();
+    for size in (1..=3).cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, tail) = rest.split_at(size.min(rest.len()));
+        chunked.extend(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend(piece);
+        chunked.extend(b"\r\n");
+        rest = tail;
+    }
+    chunked.extend(b"0\r\n\r\n");
+    let plain = format!(
+        "POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for piece in chunked.chunks(5).chain(plain.as_bytes().chunks(7)) {
+        c.send(piece);
+    }
+    for _ in 0..2 {
+        let r = c.read_response(false);
+        assert_eq!(json(&r)["accepted"], 8, "{:?}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(c.get("/i?c=1").status, 200);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.iter().filter(|e| e["kind"] == "trickle").count(), 16);
+}
+
+#[test]
 fn batch_events_max_bounds_a_body() {
     let cfg = "[server]\nbatch_events_max = 3\n".to_string() + &crate::pipeline::default_endpoints_and_events();
     let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
