@@ -584,7 +584,7 @@ pub const FIELD_KEYS: &[KeySpec] = &[
     k("event.<type>.fields", "default", "string or number", "", NoDefault, Rule("a value of the field's type"), "not for ip fields",
       "Value used when the request has none."),
     k("event.<type>.fields", "max_bytes", "integer", "bytes", Int(64), Range(1, FIELD_STR_BYTES_MAX as i64), "strings only",
-      "Longest stored value of a string field; longer values are truncated and the event flagged."),
+      "Longest stored value of a string field; longer values are truncated (never through a UTF-8 character) and the event flagged."),
     k("event.<type>.fields", "one_of", "array of strings", "", NoDefault, Rule("values of at most max_bytes"), "strings only",
       "The allowed values; anything else is a 400."),
     k("event.<type>.fields", "min", "string or number", "", NoDefault, Rule("a value of the field's type"), "numbers only",

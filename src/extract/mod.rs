@@ -253,6 +253,28 @@ fn json_id_text(n: &simd_json::Node<'_>, buf: &mut [u8; 24]) -> usize {
 
 /// Stores a textual value (query values are percent-decoded first) as the field's kind.
 #[inline]
+/// The length of `b` without a UTF-8 sequence its end cuts short: a value truncated to its
+/// slot keeps whole characters (a cut through `é` would make the stored text invalid UTF-8,
+/// shown as U+FFFD downstream). Bytes that are not UTF-8 at all are left as they are.
+fn whole_utf8_prefix(b: &[u8]) -> usize {
+    // The last lead byte among the final 3 bytes (a longer sequence is not cut short here).
+    for back in 1..=b.len().min(3) {
+        let i = b.len() - back;
+        let byte = b[i];
+        if byte & 0xC0 == 0x80 {
+            continue; // a continuation byte: look further back for its lead
+        }
+        let need = match byte {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if back < need { i } else { b.len() };
+    }
+    b.len()
+}
+
 fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), &'static str> {
     match f.kind {
         FieldKind::Str => {
@@ -264,9 +286,12 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), 
                 dst[..n].copy_from_slice(&raw[..n]);
                 (n, n < raw.len())
             };
-            if truncated {
+            let n = if truncated {
                 ev.flags |= FLAG_TRUNCATED;
-            }
+                whole_utf8_prefix(&dst[..n])
+            } else {
+                n
+            };
             if !f.one_of.is_empty() && (truncated || !f.one_of.iter().any(|o| **o == dst[..n])) {
                 return Err("is not one of the allowed values");
             }
@@ -427,6 +452,27 @@ mod tests {
         let mut s = String::new();
         cfg.schema.write_json(&ev, &mut s);
         Ok((ev, s))
+    }
+
+    #[test]
+    fn a_value_truncated_to_its_slot_keeps_whole_characters() {
+        let cfg = Config::embedded();
+        // `site` holds 64 bytes: 63 ASCII bytes, then `é` (2 bytes) does not fit whole.
+        let site = format!("{}%C3%A9tail", "a".repeat(63));
+        let q = format!("c=1&cr=2&p=0.1&site={site}");
+        let (ev, json) = run(&cfg, "impression", q.as_bytes(), &[]).unwrap();
+        assert_ne!(ev.flags & FLAG_TRUNCATED, 0);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["site"], "a".repeat(63), "{json}");
+        // A 3-byte character cut after its first or second byte, a 4-byte one after its third.
+        assert_eq!(whole_utf8_prefix("ab€".as_bytes()), 5);
+        assert_eq!(whole_utf8_prefix(&"ab€".as_bytes()[..3]), 2);
+        assert_eq!(whole_utf8_prefix(&"ab€".as_bytes()[..4]), 2);
+        assert_eq!(whole_utf8_prefix(&"a😀".as_bytes()[..4]), 1);
+        assert_eq!(whole_utf8_prefix(&"a😀".as_bytes()[..5]), 5);
+        // Not UTF-8 to begin with: left alone.
+        assert_eq!(whole_utf8_prefix(b"ab\xff"), 3);
+        assert_eq!(whole_utf8_prefix(b""), 0);
     }
 
     #[test]

@@ -406,6 +406,9 @@ fn split_target(method: Method, target: &[u8]) -> Result<(&[u8], &[u8]), ParseEr
     } else {
         return Err(invalid(400, "invalid request target"));
     };
+    // A fragment is never part of a request target (RFC 9110 §4.2.3); a client that sends one
+    // anyway (`/i?c=1#top`) does not get `top` into the last query value.
+    let rest = rest.iter().position(|&b| b == b'#').map_or(rest, |f| &rest[..f]);
     let (path, query) = match rest.iter().position(|&b| b == b'?') {
         Some(q) => (&rest[..q], &rest[q + 1..]),
         None => (rest, &b""[..]),
@@ -544,6 +547,18 @@ mod tests {
             assert_eq!(r.header("HOST"), Some(&b"t.example"[..]));
             assert_eq!(r.header("user-agent"), Some(&b"x"[..]));
             assert_eq!(r.header("referer"), None);
+        });
+    }
+
+    #[test]
+    fn a_fragment_is_not_part_of_path_or_query() {
+        with(b"GET /i?c=1&p=0.25#top HTTP/1.1\r\nHost: a\r\n\r\n", |r| {
+            let r = r.unwrap();
+            assert_eq!((r.path, r.query), (&b"/i"[..], &b"c=1&p=0.25"[..]));
+        });
+        with(b"GET /i#x?c=1 HTTP/1.1\r\nHost: a\r\n\r\n", |r| {
+            let r = r.unwrap();
+            assert_eq!((r.path, r.query), (&b"/i"[..], &b""[..]));
         });
     }
 

@@ -49,12 +49,24 @@ pub fn content(headers: &[httparse::Header<'_>]) -> Result<Encoding, Refused> {
             return Err(refused(415, "content type must be application/json or text/plain (a JSON text)"));
         }
     }
-    match header(headers, "content-encoding").map(<[u8]>::trim_ascii) {
-        None => Ok(Encoding::Identity),
-        Some(e) if e.eq_ignore_ascii_case(b"identity") || e.is_empty() => Ok(Encoding::Identity),
-        Some(e) if e.eq_ignore_ascii_case(b"gzip") || e.eq_ignore_ascii_case(b"x-gzip") => Ok(Encoding::Gzip),
-        Some(_) => Err(refused(415, "content encoding must be gzip or identity")),
+    // Every coding of every Content-Encoding field line, in order (RFC 9110 §8.4: a list, and
+    // several lines are one list): reading only the first line would take a twice-gzipped
+    // body for a once-gzipped one.
+    let mut encoding = Encoding::Identity;
+    let lines = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-encoding"));
+    for coding in lines.flat_map(|h| h.value.split(|&b| b == b',')).map(<[u8]>::trim_ascii) {
+        if coding.is_empty() || coding.eq_ignore_ascii_case(b"identity") {
+            continue;
+        }
+        if !(coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip")) {
+            return Err(refused(415, "content encoding must be gzip or identity"));
+        }
+        if encoding == Encoding::Gzip {
+            return Err(refused(415, "content encoding gzip applied more than once"));
+        }
+        encoding = Encoding::Gzip;
     }
+    Ok(encoding)
 }
 
 /// gzip member header flags (RFC 1952 §2.3.1).
@@ -205,6 +217,12 @@ mod tests {
         assert_eq!(content(&[h("Content-Type", b"application/x-www-form-urlencoded")]).unwrap_err().status, 415);
         assert_eq!(content(&[h("Content-Encoding", b"gzip")]), Ok(Encoding::Gzip));
         assert_eq!(content(&[h("Content-Encoding", b"br")]).unwrap_err().status, 415);
+        // A list, over one line or several: every coding counts.
+        assert_eq!(content(&[h("Content-Encoding", b"identity, gzip")]), Ok(Encoding::Gzip));
+        assert_eq!(content(&[h("Content-Encoding", b"gzip, gzip")]).unwrap_err().status, 415);
+        let twice = [h("Content-Encoding", b"gzip"), h("Content-Type", b"text/plain"), h("content-encoding", b"gzip")];
+        assert_eq!(content(&twice).unwrap_err().reason, "content encoding gzip applied more than once");
+        assert_eq!(content(&[h("Content-Encoding", b"gzip"), h("Content-Encoding", b"br")]).unwrap_err().status, 415);
     }
 
     /// Random bytes, and gzip with random damage, never panic.
