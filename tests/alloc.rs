@@ -1,7 +1,7 @@
 //! Zero heap allocations per request once warm, on the pixel path, the reject (400) path, the
 //! journal-acknowledged path, the dedup duplicate path, the click-redirect paths (302 with
 //! macros, 4xx refusal) and the POST paths: a JSON batch with a bad item (per-item status, CORS
-//! origin echoed), a sendBeacon text/plain object, a gzip batch, a chunked batch and a CORS
+//! origin echoed), a batch parsed item by item, a sendBeacon text/plain object, a gzip batch, a chunked batch and a CORS
 //! preflight. simd-json's buffers, the tape, the inflate state and output and the batch answer
 //! are per-shard buffers sized at start (net::post), so a JSON request allocates nothing either.
 //!
@@ -60,6 +60,9 @@ const CLICK_REFUSED: &[u8] = b"GET /c?c=77&url=https%3A%2F%2Fexample.com%40evil.
 
 /// A batch of four: three events and one refused (no `type`), from an allowed origin.
 const BATCH_JSON: &[u8] = br#"[{"type":"add_to_cart","name":"sku-1","value":19.99,"campaign_id":42,"imp":{"id":"a"}},{"name":"no type"},{"type":"view","value":"0.25"},{"type":"purchase","value":120,"campaign_id":7}]"#;
+/// A batch simd-json refuses as a whole (a number out of range, an escape): split and parsed
+/// item by item.
+const BATCH_SPLIT_JSON: &[u8] = br#"[{"type":"view","name":"caf\u00e9"},{"type":"x","value":1e999}]"#;
 const BEACON_JSON: &[u8] = br#"{"type":"beacon","name":"scroll","value":1}"#;
 
 fn post(headers: &str, body: &[u8]) -> Vec<u8> {
@@ -154,6 +157,7 @@ fn no_heap_allocation_per_request_once_warm() {
         ("beacon", post("Content-Type: text/plain;charset=UTF-8\r\n", BEACON_JSON), b'2'),
         ("gzip batch", post("Content-Type: application/json\r\nContent-Encoding: gzip\r\n", &gzip(BATCH_JSON)), b'2'),
         ("chunked batch", chunked(BATCH_JSON), b'2'),
+        ("batch split by item", post("Content-Type: application/json\r\n", BATCH_SPLIT_JSON), b'2'),
         (
             "cors preflight",
             b"OPTIONS /batch HTTP/1.1\r\nHost: t\r\nOrigin: https://shop.example\r\nAccess-Control-Request-Method: POST\r\n\r\n".to_vec(),
@@ -232,12 +236,13 @@ fn no_heap_allocation_per_request_once_warm() {
     let shard = running.shards()[0].clone();
     running.stop();
     running.wait();
-    // Every request was recorded (12 × 7000: pixel, 400, logged, duplicate, redirect, refused
-    // redirect, four JSON posts, preflight, pixel after reload), and every event journaled:
+    // Every request was recorded (13 × 7000: pixel, 400, logged, duplicate, redirect, refused
+    // redirect, five JSON posts, preflight, pixel after reload), and every event journaled:
     // pixel, logged, redirect and pixel after reload 7000 each, the duplicate once (the rest
     // are repeats of it), the 400s and the refused redirects none; the three batches 3 × 7000
-    // each (their bad item never), the beacon 7000, the preflight none; and the two worst-case
-    // bodies (none: too many items, and an array that is not an event).
-    assert_eq!(shard.counters.latency.service.cumulative().len(), 84_002);
-    assert_eq!(shard.counters.latency.journal.cumulative().len(), 28_001 + 3 * 21_000 + 7_000);
+    // each (their bad item never), the split batch and the beacon 7000 each, the preflight
+    // none; and the two worst-case bodies (none: too many items, and an array that is not an
+    // event).
+    assert_eq!(shard.counters.latency.service.cumulative().len(), 91_002);
+    assert_eq!(shard.counters.latency.journal.cumulative().len(), 28_001 + 3 * 21_000 + 2 * 7_000);
 }

@@ -12,6 +12,10 @@
 //! body at start ([`JsonScratch::new`] parses a worst-case document), so a request only reuses
 //! them. `tests/alloc.rs` checks this.
 //!
+//! A batch simd-json refuses as a whole (one item with a number out of range, a lone surrogate)
+//! is split at its top-level commas and parsed item by item ([`JsonScratch::parse_items`]), so
+//! one bad item is refused alone, as every other bad item is.
+//!
 //! Numbers: simd-json gives integers as i64/u64 (exact) and other numbers as f64; it does not
 //! keep their text. An f64 is written back in its shortest round-trip form, which equals the sent
 //! text for every number of at most 15 significant digits (f64 holds 15 decimal digits exactly),
@@ -21,6 +25,7 @@
 use simd_json::{Buffers, Node, StaticNode, Tape};
 
 use crate::config::Field;
+use crate::constants::BATCH_EVENTS_MAX;
 use crate::event::Event;
 use crate::schema::FieldKind;
 
@@ -38,7 +43,24 @@ pub type Doc<'t, 'i> = &'t [Node<'i>];
 pub struct JsonScratch {
     buffers: Buffers,
     tape: Tape<'static>,
+    /// Item byte ranges of a batch that is not valid JSON as a whole (see `parse_items`).
+    ranges: Vec<(u32, u32)>,
+    /// One such item, copied out with padding to be parsed on its own.
+    item: Vec<u8>,
 }
+
+/// What a parsed body holds, before its items are handed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// The root is an array (a batch); else it is one object.
+    pub is_array: bool,
+    /// Items in the body (a split batch is counted up to `BATCH_EVENTS_MAX + 1`).
+    pub items: usize,
+}
+
+/// Why a batch item that had to be parsed on its own was refused.
+const ITEM_NOT_JSON: &str = "item is not valid JSON (a number out of range, a bad escape?)";
+const BODY_NOT_JSON: &str = "body is not valid JSON";
 
 impl JsonScratch {
     /// Sized for bodies of up to `input_bytes_max` bytes, and grown to the worst case now: a
@@ -50,6 +72,8 @@ impl JsonScratch {
             buffers: Buffers::with_max_depth(input_bytes_max, DEPTH_MAX),
             // Every node but the last takes at least two input bytes (`0,`, `[]`, `"":`).
             tape: Tape(Vec::with_capacity(input_bytes_max / 2 + 2)),
+            ranges: Vec::with_capacity(BATCH_EVENTS_MAX + 1),
+            item: vec![0; input_bytes_max + INPUT_PADDING],
         };
         let mut doc = vec![0u8; input_bytes_max.max(2) + INPUT_PADDING];
         let n = input_bytes_max.max(2);
@@ -86,11 +110,134 @@ impl JsonScratch {
         let mut tape: Tape<'_> = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
         let r = match simd_json::fill_tape_padded(input, len, &mut self.buffers, &mut tape) {
             Ok(()) => f(Ok(&tape.0)),
-            Err(_) => f(Err("body is not valid JSON")),
+            Err(_) => f(Err(BODY_NOT_JSON)),
         };
         self.tape = tape.reset();
         r
     }
+
+    /// Parses a body and hands out its events: `shape` first (it returns false to refuse the
+    /// body: then no item is handed out), then `each(state, index, item)` for every item in
+    /// order. A batch that is not valid JSON as a whole — usually one item with a number out of
+    /// range or a lone surrogate escape — is split at its top-level commas and each item parsed
+    /// on its own, so one bad item is refused by itself instead of failing every other. Any
+    /// other body that is not JSON goes to `shape` as `Err`. `input` as for [`Self::parse`].
+    pub fn parse_items<S>(
+        &mut self,
+        input: &mut [u8],
+        len: usize,
+        state: &mut S,
+        shape: impl FnOnce(&mut S, Result<Shape, &'static str>) -> bool,
+        mut each: impl FnMut(&mut S, usize, Result<&[Node<'_>], &'static str>),
+    ) {
+        // simd-json unescapes strings in place, also in a body it then fails on: keep the text
+        // for the split below when it has escapes (only those change bytes).
+        let escaped = memchr::memchr(b'\\', &input[..len]).is_some();
+        if escaped {
+            self.item[..len].copy_from_slice(&input[..len]);
+        }
+        let mut shape = Some(shape);
+        let parsed = self.parse(input, len, |doc| {
+            let Ok(doc) = doc else { return false };
+            let shape = shape.take().expect("called once");
+            match Items::new(doc) {
+                Ok(items) => {
+                    let is_array = matches!(doc.first(), Some(Node::Array { .. }));
+                    if shape(state, Ok(Shape { is_array, items: items.len() })) {
+                        for (index, item) in items.enumerate() {
+                            each(state, index, item);
+                        }
+                    }
+                }
+                Err(why) => {
+                    shape(state, Err(why));
+                }
+            }
+            true
+        });
+        if parsed {
+            return;
+        }
+        let shape = shape.take().expect("not called: the body did not parse");
+        if escaped {
+            input[..len].copy_from_slice(&self.item[..len]);
+        }
+        if let Err(why) = split_array(&input[..len], &mut self.ranges, BATCH_EVENTS_MAX + 1) {
+            shape(state, Err(why));
+            return;
+        }
+        if !shape(state, Ok(Shape { is_array: true, items: self.ranges.len() })) {
+            return;
+        }
+        // Each item is copied out before its parse: simd-json may write past a string's end
+        // (into what it takes for padding), which in place would be the next item.
+        let mut item = std::mem::take(&mut self.item);
+        for index in 0..self.ranges.len() {
+            let (from, to) = self.ranges[index];
+            let n = (to - from) as usize;
+            item[..n].copy_from_slice(&input[from as usize..to as usize]);
+            self.parse(&mut item, n, |doc| match doc {
+                Ok(doc) => match doc.first() {
+                    Some(Node::Object { .. }) => each(state, index, Ok(doc)),
+                    _ => each(state, index, Err("item is not a JSON object")),
+                },
+                Err(_) => each(state, index, Err(ITEM_NOT_JSON)),
+            });
+        }
+        self.item = item;
+    }
+}
+
+/// Splits the text of a JSON array into the byte ranges of its items (whitespace trimmed),
+/// at most `cap` of them (a longer array stops there), into `out`. Only strings, escapes and
+/// bracket depth are tracked: an item's own text is checked when it is parsed. `Err` when
+/// `b` is not an array whose brackets close.
+fn split_array(b: &[u8], out: &mut Vec<(u32, u32)>, cap: usize) -> Result<(), &'static str> {
+    let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+    out.clear();
+    let Some(open) = b.iter().position(|c| !ws(c)) else { return Err(BODY_NOT_JSON) };
+    if b[open] != b'[' || b.len() > u32::MAX as usize {
+        return Err(BODY_NOT_JSON);
+    }
+    let (mut start, mut depth, mut in_string) = (open + 1, 0usize, false);
+    let mut i = start;
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match c {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match c {
+                b'"' => in_string = true,
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' if depth > 0 => depth -= 1,
+                b',' | b']' if depth == 0 => {
+                    let item = &b[start..i];
+                    let from = start + item.iter().position(|c| !ws(c)).unwrap_or(item.len());
+                    let to = start + item.iter().rposition(|c| !ws(c)).map_or(0, |p| p + 1);
+                    let to = to.max(from);
+                    // `[]` has no item; `[1,]` has an empty (bad) second one.
+                    if !(c == b']' && out.is_empty() && from == to) {
+                        if out.len() == cap {
+                            return Ok(());
+                        }
+                        out.push((from as u32, to as u32));
+                    }
+                    if c == b']' {
+                        return if b[i + 1..].iter().all(ws) { Ok(()) } else { Err(BODY_NOT_JSON) };
+                    }
+                    start = i + 1;
+                }
+                b'}' => return Err(BODY_NOT_JSON),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    Err(BODY_NOT_JSON)
 }
 
 /// Nodes a value occupies on the tape, itself included.
@@ -237,6 +384,64 @@ fn significant_digits(t: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_array_finds_top_level_items_only() {
+        let mut out = Vec::new();
+        let text = |b: &[u8], out: &Vec<(u32, u32)>| -> Vec<String> {
+            out.iter().map(|&(f, t)| String::from_utf8_lossy(&b[f as usize..t as usize]).into_owned()).collect()
+        };
+        let b = br#" [ {"a":"x,]}\"{"} , [1,[2]] ,3,{"b":{"c":"\\"}} ] "#;
+        split_array(b, &mut out, 10).unwrap();
+        assert_eq!(text(b, &out), [r#"{"a":"x,]}\"{"}"#, "[1,[2]]", "3", r#"{"b":{"c":"\\"}}"#]);
+        split_array(b"[]", &mut out, 10).unwrap();
+        assert!(out.is_empty());
+        split_array(b"[1,,2,]", &mut out, 10).unwrap();
+        assert_eq!(text(b"[1,,2,]", &out), ["1", "", "2", ""]);
+        // Stops at the cap: the caller refuses the body as too many items.
+        split_array(b"[1,2,3,4]", &mut out, 2).unwrap();
+        assert_eq!(out.len(), 2);
+        for bad in [&b"{}"[..], b"", b"  ", b"[1,2", b"[1}", b"[\"]", b"[1] 2", b"x[1]"] {
+            assert_eq!(split_array(bad, &mut out, 10), Err(BODY_NOT_JSON), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn parse_items_refuses_only_the_items_that_do_not_parse() {
+        let mut scratch = JsonScratch::new(1024);
+        let text = br#"[{"a":"\u00e9"},{"b":1e999},7,{"c":"\ud800"},{"d":[1,2]}]"#;
+        let mut buf = text.to_vec();
+        buf.resize(text.len() + INPUT_PADDING, 0);
+        let mut seen: Vec<(usize, Result<usize, &str>)> = Vec::new();
+        let mut shape_seen = None;
+        scratch.parse_items(
+            &mut buf,
+            text.len(),
+            &mut seen,
+            |_, s| {
+                shape_seen = Some(s);
+                true
+            },
+            |seen, i, item| seen.push((i, item.map(|d| d.len()))),
+        );
+        assert_eq!(shape_seen, Some(Ok(Shape { is_array: true, items: 5 })));
+        assert_eq!(
+            seen,
+            [
+                (0, Ok(3)),
+                (1, Err(ITEM_NOT_JSON)),
+                (2, Err("item is not a JSON object")),
+                (3, Err(ITEM_NOT_JSON)),
+                (4, Ok(5))
+            ]
+        );
+        // A shape refused: no item is handed out.
+        let mut buf = text.to_vec();
+        buf.resize(text.len() + INPUT_PADDING, 0);
+        let mut n = 0;
+        scratch.parse_items(&mut buf, text.len(), &mut n, |_, _| false, |n, _, _| *n += 1);
+        assert_eq!(n, 0);
+    }
 
     fn path(p: &str) -> Vec<Box<str>> {
         p.split('.').map(Box::from).collect()

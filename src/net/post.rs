@@ -20,7 +20,7 @@ use std::io::Write as _;
 
 use crate::config::{Ack, Config, EventType, ResponseKind, Server};
 use crate::constants::{BATCH_EVENTS_MAX, BATCH_REASON_BYTES_MAX};
-use crate::extract::json::{Items, JsonScratch, INPUT_PADDING};
+use crate::extract::json::{JsonScratch, INPUT_PADDING};
 use crate::extract::RequestView;
 use crate::http::cors::{self, Origin};
 use crate::http::{self, Request};
@@ -52,7 +52,7 @@ pub struct PostScratch {
 }
 
 impl PostScratch {
-    /// Costs about 20 bytes per byte of the larger of `body_bytes_max` and
+    /// Costs about 21 bytes per byte of the larger of `body_bytes_max` and
     /// `body_decoded_bytes_max` (JSON scratch and tape) plus `body_decoded_bytes_max` (inflate
     /// output).
     pub fn new(s: &Server) -> PostScratch {
@@ -148,28 +148,40 @@ pub(super) fn answer(
         },
     };
     let batch_max = cfg.server.batch_events_max;
-    json.parse(input, len, |doc| {
-        let items = match doc.and_then(Items::new) {
-            Ok(items) => items,
-            Err(why) => return refuse(wbuf, 400, why),
-        };
-        let is_array = doc.is_ok_and(|d| matches!(d.first(), Some(simd_json::Node::Array { .. })));
-        if ep.response != ResponseKind::Json && is_array {
-            return refuse(wbuf, 400, "a JSON array (batch) needs an endpoint with response = \"json\"");
-        }
-        if items.len() > batch_max {
-            return refuse(wbuf, 413, "more events in one body than server.batch_events_max");
-        }
-        let mut producer = ctx.producer.borrow_mut();
-        let mut accepted = 0usize;
-        let mut logged_seq = 0u64;
-        let mut overloaded = false;
-        answer.clear();
-        answer.resize(ANSWER_PREFIX_BYTES, b' ');
-        let mut first_refusal: Option<(Status, [u8; 256], usize)> = None;
-        for (index, item) in items.enumerate() {
+    // What the items of one body did; the two callbacks of `parse_items` share it.
+    struct Tally {
+        accepted: usize,
+        logged_seq: u64,
+        overloaded: bool,
+        first_refusal: Option<(Status, [u8; 256], usize)>,
+        /// The body as a whole was refused: the answer is written.
+        refused: Option<Answer>,
+    }
+    let mut tally = Tally { accepted: 0, logged_seq: 0, overloaded: false, first_refusal: None, refused: None };
+    let mut producer = ctx.producer.borrow_mut();
+    answer.clear();
+    answer.resize(ANSWER_PREFIX_BYTES, b' ');
+    json.parse_items(
+        input,
+        len,
+        &mut tally,
+        |t, shape| {
+            let refusal = match shape {
+                Err(why) => Some((400, why)),
+                Ok(s) if s.is_array && ep.response != ResponseKind::Json => {
+                    Some((400, "a JSON array (batch) needs an endpoint with response = \"json\""))
+                }
+                Ok(s) if s.items > batch_max => Some((413, "more events in one body than server.batch_events_max")),
+                Ok(_) => None,
+            };
+            if let Some((status, why)) = refusal {
+                t.refused = Some(refuse(wbuf, status, why));
+            }
+            refusal.is_none()
+        },
+        |t, index, item| {
             let r = match item {
-                _ if overloaded => Err(Refusal::Overloaded),
+                _ if t.overloaded => Err(Refusal::Overloaded),
                 Err(why) => Err(Refusal::Item(why)),
                 Ok(obj) => {
                     let view = RequestView { json: Some(obj), ..view };
@@ -178,14 +190,14 @@ pub(super) fn answer(
             };
             match r {
                 Ok(seq) => {
-                    accepted += 1;
-                    logged_seq = logged_seq.max(seq);
+                    t.accepted += 1;
+                    t.logged_seq = t.logged_seq.max(seq);
                 }
                 Err(refusal) => {
                     counters.reject(refusal.reason());
                     let status = match refusal {
                         Refusal::Overloaded => {
-                            overloaded = true;
+                            t.overloaded = true;
                             Status::S503
                         }
                         _ => Status::S400,
@@ -197,47 +209,51 @@ pub(super) fn answer(
                             push_bytes(answer, b",");
                         }
                         write_item(answer, index, text);
-                    } else if first_refusal.is_none() {
+                    } else if t.first_refusal.is_none() {
                         let n = text.len();
-                        first_refusal = Some((status, buf, n));
+                        t.first_refusal = Some((status, buf, n));
                     }
                 }
             }
+        },
+    );
+    drop(producer);
+    if let Some(a) = tally.refused {
+        return a;
+    }
+    let Tally { accepted, logged_seq, first_refusal, .. } = tally;
+    let logged_seq = if ep.ack == Ack::Logged { logged_seq } else { 0 };
+    let date = ctx.date.borrow();
+    let status = match ep.response {
+        ResponseKind::Json => {
+            push_bytes(answer, b"]}");
+            let mut prefix = [0u8; ANSWER_PREFIX_BYTES];
+            let mut w = &mut prefix[..];
+            let _ = write!(w, "{{\"accepted\":{accepted},\"rejected\":[");
+            let plen = ANSWER_PREFIX_BYTES - w.len();
+            let at = ANSWER_PREFIX_BYTES - plen;
+            answer[at..ANSWER_PREFIX_BYTES].copy_from_slice(&prefix[..plen]);
+            let _ = http::response::json(wbuf, &answer[at..], allow_origin, ka, false, v, date.get());
+            Status::S200
         }
-        drop(producer);
-        let logged_seq = if ep.ack == Ack::Logged { logged_seq } else { 0 };
-        let date = ctx.date.borrow();
-        let status = match ep.response {
-            ResponseKind::Json => {
-                push_bytes(answer, b"]}");
-                let mut prefix = [0u8; ANSWER_PREFIX_BYTES];
-                let mut w = &mut prefix[..];
-                let _ = write!(w, "{{\"accepted\":{accepted},\"rejected\":[");
-                let plen = ANSWER_PREFIX_BYTES - w.len();
-                let at = ANSWER_PREFIX_BYTES - plen;
-                answer[at..ANSWER_PREFIX_BYTES].copy_from_slice(&prefix[..plen]);
-                let _ = http::response::json(wbuf, &answer[at..], allow_origin, ka, false, v, date.get());
-                Status::S200
-            }
-            _ if first_refusal.is_some() => {
-                let (st, buf, n) = first_refusal.unwrap_or((Status::S400, [0; 256], 0));
-                let reason = std::str::from_utf8(&buf[..n]).unwrap_or("refused");
-                let _ = http::response::error(wbuf, st.code(), reason, ka, false, v, date.get(), None, allow_origin);
-                st
-            }
-            ResponseKind::Gif => {
-                let _ = http::response::gif(wbuf, allow_origin, ka, false, v, date.get());
-                Status::S200
-            }
-            ResponseKind::NoContent | ResponseKind::Redirect => {
-                // Redirect endpoints are GET only (config), so this is a 204.
-                let _ = http::response::no_content(wbuf, allow_origin, ka, v, date.get());
-                Status::S204
-            }
-        };
-        counters.request(Some(ep_index), status);
-        Answer { keep_alive: ka, logged_seq }
-    })
+        _ if first_refusal.is_some() => {
+            let (st, buf, n) = first_refusal.unwrap_or((Status::S400, [0; 256], 0));
+            let reason = std::str::from_utf8(&buf[..n]).unwrap_or("refused");
+            let _ = http::response::error(wbuf, st.code(), reason, ka, false, v, date.get(), None, allow_origin);
+            st
+        }
+        ResponseKind::Gif => {
+            let _ = http::response::gif(wbuf, allow_origin, ka, false, v, date.get());
+            Status::S200
+        }
+        ResponseKind::NoContent | ResponseKind::Redirect => {
+            // Redirect endpoints are GET only (config), so this is a 204.
+            let _ = http::response::no_content(wbuf, allow_origin, ka, v, date.get());
+            Status::S204
+        }
+    };
+    counters.request(Some(ep_index), status);
+    Answer { keep_alive: ka, logged_seq }
 }
 
 /// Appends within the reserved capacity (the answer never grows past `BATCH_ANSWER_BYTES_MAX`).

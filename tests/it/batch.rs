@@ -150,6 +150,40 @@ fn gzip_bodies_and_a_gzip_bomb() {
 }
 
 #[test]
+fn an_item_simd_json_cannot_parse_is_refused_alone() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    // The body is not JSON simd-json accepts as a whole: a number out of range, a lone
+    // surrogate escape and a trailing comma; each item around them is fine.
+    let body = br#"[ {"type":"a","name":"n,]{\"0"}, {"type":"b","value":1e400},
+        {"type":"c","name":"\ud800"}, {"type":"d","nested":{"x":[1,{"y":"]"}]}} ,]"#;
+    let r = post(&mut c, "/batch", JSON, body);
+    let a = json(&r);
+    assert_eq!(a["accepted"], 2, "{a}");
+    let rejected = a["rejected"].as_array().unwrap();
+    let idx: Vec<u64> = rejected.iter().map(|x| x["index"].as_u64().unwrap()).collect();
+    assert_eq!(idx, [1, 2, 4], "{a}");
+    assert!(rejected[0]["reason"].as_str().unwrap().starts_with("item is not valid JSON"), "{a}");
+    // Still refused as a whole: not an array, brackets that never close, garbage after it.
+    for bad in [&b"{\"type\":1e400}"[..], b"[{\"type\":\"a\"}", b"[{\"type\":\"a\"}] x"] {
+        let r = post(&mut c, "/batch", JSON, bad);
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (400, &b"body is not valid JSON\n"[..]),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert_eq!(s.stop(), 0);
+    let kinds: Vec<String> = journal_cat(&s.journal())
+        .into_iter()
+        .filter(|e| e["type"] == "batch_event")
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["a", "d"]);
+}
+
+#[test]
 fn chunked_post_body() {
     let mut s = Server::start(None, &["--shards", "1"]);
     let mut c = s.connect();
