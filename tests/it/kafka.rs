@@ -208,6 +208,18 @@ fn ten_thousand_events_reach_kafka_each_exactly_once_with_the_idempotent_produce
 }
 
 #[test]
+fn zstd_compressed_batches_reach_kafka_whole() {
+    let Some(broker) = Broker::start() else { return };
+    let cfg = kafka_collector(broker.port, 30_000) + "compression = \"zstd\"\n";
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    send(&s, 0..600);
+    let got = consume(broker.port, 600, 600);
+    assert_eq!(got.len(), 600, "distinct ids");
+    assert!(got.values().all(|(n, _, _)| *n == 1));
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
 fn a_broker_outage_fails_no_request_loses_nothing_and_the_backlog_drains() {
     let Some(broker) = Broker::start() else { return };
     let mut s = Server::start(Some(&kafka_collector(broker.port, 2_000)), &["--shards", "2"]);
