@@ -6,14 +6,18 @@
 //! cursor                  "segment index\n": next record to deliver, replaced atomically
 //!                         (write cursor.tmp, fsync, rename, fsync dir): survives kill -9
 //! <segment:20>.batches    16-byte entries appended (and fdatasync'ed) before a batch is sent:
-//!                         from u32 | to u32 | crc u32 | base u32 (little-endian); base is the
-//!                         id of the key base the batch was sent under, crc = crc32c(from, to,
-//!                         base), or base 0 and crc32c(from, to) in logs written before bases
+//!                         from u32 | to u32 | crc32c(from, to) u32 | base u32 (little-endian);
+//!                         base: the id of the key base the batch was sent under (0 in logs
+//!                         written before bases: the legacy base). It is outside the CRC so a
+//!                         build from before bases still reads these logs (an entry is one
+//!                         16-byte write, inside one sector).
 //! lock                    flock held by the running collector (replay refuses while held)
 //! ```
 //! and, for the whole collector, `<journal.dir>/collectors/<name>/key_bases`: one line
 //! `"<id:08x> <key_prefix>:<name>\n"` per key base the collector ever sent under, appended and
-//! synced before the first batch entry that names it.
+//! synced before the first batch entry that names it. The first line, id `00000000`, is the
+//! legacy base: the one in the config when this file was created, which entries from before
+//! bases (base 0) were sent under.
 //!
 //! Why the base is recorded: a batch sent again (retry after a crash, replay) must carry the
 //! key it carried the first time, or the destination applies it twice. The key's range part
@@ -45,8 +49,11 @@ const ENTRY_BYTES: usize = 16;
 const BATCHES_SUFFIX: &str = ".batches";
 const KEY_BASES: &str = "key_bases";
 
-/// One batch of a batch log: records `[from, to)` sent under key base `base` (0: a log written
-/// before bases were recorded; the caller uses its current base).
+/// Id of the legacy key base in `key_bases` (what entries written before bases name).
+pub const LEGACY_BASE_ID: u32 = 0;
+
+/// One batch of a batch log: records `[from, to)` sent under key base `base`
+/// ([`LEGACY_BASE_ID`] in a log written before bases were recorded).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Recorded {
     pub from: u32,
@@ -107,13 +114,11 @@ fn batches_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:0width$}{BATCHES_SUFFIX}", width = SEGMENT_NAME_DIGITS))
 }
 
-fn entry_crc(from: u32, to: u32, base: u32) -> u32 {
-    let mut b = [0u8; 12];
+fn entry_crc(from: u32, to: u32) -> u32 {
+    let mut b = [0u8; 8];
     b[..4].copy_from_slice(&from.to_le_bytes());
-    b[4..8].copy_from_slice(&to.to_le_bytes());
-    b[8..].copy_from_slice(&base.to_le_bytes());
-    // Entries from before key bases end at `to` (base 0): the same CRC as then.
-    crc32c::crc32c(if base == 0 { &b[..8] } else { &b })
+    b[4..].copy_from_slice(&to.to_le_bytes());
+    crc32c::crc32c(&b)
 }
 
 /// The id of a key base (`<key_prefix>:<name>`) in batch log entries: never 0.
@@ -122,7 +127,8 @@ pub fn key_base_id(base: &str) -> u32 {
 }
 
 /// Every key base of the collector at `collector_dir` by id (empty when none was written).
-/// A line whose id does not match its text (torn, or edited) is skipped.
+/// A line whose id does not match its text (torn, or edited) is skipped, but for the legacy
+/// base's.
 pub fn read_key_bases(collector_dir: &Path) -> io::Result<BTreeMap<u32, String>> {
     let text = match fs::read(collector_dir.join(KEY_BASES)) {
         Ok(b) => b,
@@ -135,7 +141,7 @@ pub fn read_key_bases(collector_dir: &Path) -> io::Result<BTreeMap<u32, String>>
         let Ok(line) = std::str::from_utf8(line) else { continue };
         let Some((id, base)) = line.split_once(' ') else { continue };
         match u32::from_str_radix(id, 16) {
-            Ok(id) if id == key_base_id(base) => {
+            Ok(id) if id == key_base_id(base) || id == LEGACY_BASE_ID => {
                 out.insert(id, base.to_string());
             }
             _ => continue,
@@ -144,9 +150,10 @@ pub fn read_key_bases(collector_dir: &Path) -> io::Result<BTreeMap<u32, String>>
     Ok(out)
 }
 
-/// Appends key base `base` to the collector's `key_bases` and syncs it (and the directory when
-/// the file is new): after this returns, batch entries may name `key_base_id(base)`.
-pub fn add_key_base(collector_dir: &Path, base: &str) -> io::Result<()> {
+/// Appends key base `base` as `id` (`key_base_id(base)`, or [`LEGACY_BASE_ID`]) to the
+/// collector's `key_bases` and syncs it (and the directory when the file is new): after this
+/// returns, batch entries may name `id`.
+pub fn add_key_base(collector_dir: &Path, id: u32, base: &str) -> io::Result<()> {
     debug_assert!(!base.contains('\n'));
     fs::create_dir_all(collector_dir)?;
     let path = collector_dir.join(KEY_BASES);
@@ -159,7 +166,7 @@ pub fn add_key_base(collector_dir: &Path, base: &str) -> io::Result<()> {
         File::open(&path)?.read_exact_at(&mut last, len - 1)?;
         last[0] != b'\n'
     };
-    let line = format!("{}{:08x} {base}\n", if torn { "\n" } else { "" }, key_base_id(base));
+    let line = format!("{}{id:08x} {base}\n", if torn { "\n" } else { "" });
     f.write_all(line.as_bytes())?;
     f.sync_data()?;
     if created {
@@ -182,7 +189,7 @@ pub fn read_batches(dir: &Path, segment: u64) -> io::Result<Vec<Recorded>> {
         let to = u32::from_le_bytes(e[4..8].try_into().expect("4"));
         let crc = u32::from_le_bytes(e[8..12].try_into().expect("4"));
         let base = u32::from_le_bytes(e[12..16].try_into().expect("4"));
-        if crc != entry_crc(from, to, base) || from >= to {
+        if crc != entry_crc(from, to) || from >= to {
             break;
         }
         out.push(Recorded { from, to, base });
@@ -206,7 +213,7 @@ pub fn append_batch(dir: &Path, segment: u64, entry: usize, r: Recorded) -> io::
     let mut e = [0u8; ENTRY_BYTES];
     e[0..4].copy_from_slice(&from.to_le_bytes());
     e[4..8].copy_from_slice(&to.to_le_bytes());
-    e[8..12].copy_from_slice(&entry_crc(from, to, base).to_le_bytes());
+    e[8..12].copy_from_slice(&entry_crc(from, to).to_le_bytes());
     e[12..16].copy_from_slice(&base.to_le_bytes());
     let at = (entry * ENTRY_BYTES) as u64;
     f.write_all_at(&e, at)?;
@@ -216,6 +223,15 @@ pub fn append_batch(dir: &Path, segment: u64, entry: usize, r: Recorded) -> io::
         fsync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Drops entry number `entry` (the last one) of the batch log of `segment` and syncs: the
+/// destination refused that batch as it was, so nothing of it was applied, and a restart cuts
+/// the range afresh (under the key base then current).
+pub fn drop_last_batch(dir: &Path, segment: u64, entry: usize) -> io::Result<()> {
+    let f = OpenOptions::new().write(true).open(batches_path(dir, segment))?;
+    f.set_len((entry * ENTRY_BYTES) as u64)?;
+    f.sync_data()
 }
 
 /// Removes the batch logs of segments below `segment` (retention removed those segments).
@@ -298,7 +314,13 @@ mod tests {
         ft[4..].copy_from_slice(&9u32.to_le_bytes());
         e[8..12].copy_from_slice(&crc32c::crc32c(&ft).to_le_bytes());
         fs::write(batches_path(&dir, 2), e).unwrap();
-        assert_eq!(read_batches(&dir, 2).unwrap(), vec![Recorded { from: 5, to: 9, base: 0 }]);
+        assert_eq!(read_batches(&dir, 2).unwrap(), vec![Recorded { from: 5, to: 9, base: LEGACY_BASE_ID }]);
+        // And an entry with a base is the old layout plus the base: an old build reads it.
+        append_batch(&dir, 2, 1, Recorded { from: 9, to: 12, base: 77 }).unwrap();
+        let b = fs::read(batches_path(&dir, 2)).unwrap();
+        assert_eq!(&b[16 + 8..16 + 12], &entry_crc(9, 12).to_le_bytes());
+        drop_last_batch(&dir, 2, 1).unwrap();
+        assert_eq!(read_batches(&dir, 2).unwrap().len(), 1);
     }
 
     #[test]
@@ -306,16 +328,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("banker");
         assert!(read_key_bases(&dir).unwrap().is_empty());
-        add_key_base(&dir, "tracker:banker").unwrap();
+        add_key_base(&dir, LEGACY_BASE_ID, "old:banker").unwrap();
+        add_key_base(&dir, key_base_id("tracker:banker"), "tracker:banker").unwrap();
         // A crash mid-append: half a line, no newline.
         let mut f = OpenOptions::new().append(true).open(dir.join(KEY_BASES)).unwrap();
         f.write_all(b"0badc0de host-").unwrap();
-        assert_eq!(read_key_bases(&dir).unwrap().len(), 1);
-        add_key_base(&dir, "host-2:banker").unwrap();
+        assert_eq!(read_key_bases(&dir).unwrap().len(), 2);
+        add_key_base(&dir, key_base_id("host-2:banker"), "host-2:banker").unwrap();
         let bases = read_key_bases(&dir).unwrap();
         assert_eq!(bases.get(&key_base_id("tracker:banker")).map(String::as_str), Some("tracker:banker"));
         assert_eq!(bases.get(&key_base_id("host-2:banker")).map(String::as_str), Some("host-2:banker"));
-        assert_eq!(bases.len(), 2);
+        assert_eq!(bases.get(&LEGACY_BASE_ID).map(String::as_str), Some("old:banker"));
+        assert_eq!(bases.len(), 3);
     }
 
     #[test]

@@ -76,7 +76,6 @@ pub fn request(
         }
     };
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_write_timeout(Some(left("send to")?)).map_err(|e| e.to_string())?;
     let _ = s.set_nodelay(true);
     let mut head = format!(
         "{method} {}{path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -92,12 +91,34 @@ pub fn request(
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).and_then(|_| s.write_all(body)).map_err(|e| format!("send to {addr}: {e}"))?;
+    // Each write gets what is left of the deadline: a peer that reads slowly cannot stretch a
+    // large body's send past it.
+    for mut part in [head.as_bytes(), body] {
+        while !part.is_empty() {
+            s.set_write_timeout(Some(left("send to")?)).map_err(|e| e.to_string())?;
+            match s.write(part) {
+                Ok(0) => return Err(format!("send to {addr}: connection closed")),
+                Ok(n) => part = &part[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Err(format!("send to {addr}: not taken within {} ms", timeout.as_millis()))
+                }
+                Err(e) => return Err(format!("send to {addr}: {e}")),
+            }
+        }
+    }
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 8192];
     loop {
         s.set_read_timeout(Some(left("read from")?)).map_err(|e| e.to_string())?;
-        let n = s.read(&mut chunk).map_err(|e| format!("read from {addr}: {e}"))?;
+        let n = match s.read(&mut chunk) {
+            Ok(n) => n,
+            // SO_RCVTIMEO expired: the deadline, said as such.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(format!("read from {addr}: no whole answer within {} ms", timeout.as_millis()))
+            }
+            Err(e) => return Err(format!("read from {addr}: {e}")),
+        };
         if n == 0 {
             break;
         }

@@ -489,6 +489,24 @@ impl Runner {
             // A stopped (fatal) collector keeps its pending age growing: its events wait.
             if !matches!(delivered, Err(Halt::Fatal)) {
                 self.status.pending_oldest_ns.store(0, Relaxed);
+            } else if !b.fixed {
+                // Refused the first time it was ever sent: nothing of it was applied (a 409 here
+                // is another tracker's body under this key). Forget the cut, so the fix the
+                // error asks for (a key_prefix of its own) applies to this range too; keeping it
+                // would send it under the old key again and take the next 409 as superseded.
+                let st = self.shards.get_mut(&shard).expect("discovered");
+                let (_, r) = st.recorded.as_mut().expect("loaded when the batch was opened");
+                match cursor::drop_last_batch(&st.dir, b.segment, r.len() - 1) {
+                    Ok(()) => {
+                        r.pop();
+                    }
+                    Err(e) => eprintln!(
+                        "tracker: collector {}: could not drop the refused batch from the batch log ({e}); \
+                         remove the last entry of {} by hand before restarting",
+                        self.name,
+                        st.dir.display()
+                    ),
+                }
             }
             delivered.map_err(StepError::Halt)?;
             if !self.latency_to.is_empty() {
@@ -533,9 +551,18 @@ impl KeyBases {
         }
     }
 
+    /// The bases on disk, loaded at first use. A collector directory without a legacy base
+    /// gets the current one as that, first: logs written before bases were recorded were
+    /// written under the config of then, which is the config now unless it changed together
+    /// with the upgrade (docs/collectors.md says to upgrade first).
     fn known(&mut self) -> Result<&mut BTreeMap<u32, String>, String> {
         if self.known.is_none() {
-            let read = cursor::read_key_bases(&self.dir).map_err(|e| format!("read key bases: {e}"))?;
+            let mut read = cursor::read_key_bases(&self.dir).map_err(|e| format!("read key bases: {e}"))?;
+            if let std::collections::btree_map::Entry::Vacant(legacy) = read.entry(cursor::LEGACY_BASE_ID) {
+                cursor::add_key_base(&self.dir, cursor::LEGACY_BASE_ID, &self.current)
+                    .map_err(|e| format!("write key bases: {e}"))?;
+                legacy.insert(self.current.clone());
+            }
             self.known = Some(read);
         }
         Ok(self.known.as_mut().expect("loaded above"))
@@ -544,20 +571,26 @@ impl KeyBases {
     /// The id of the current base, written to `key_bases` first if it is new.
     fn current_id(&mut self) -> Result<u32, String> {
         let id = cursor::key_base_id(&self.current);
-        if !self.known()?.contains_key(&id) {
-            cursor::add_key_base(&self.dir, &self.current).map_err(|e| format!("write key bases: {e}"))?;
-            let current = self.current.clone();
-            self.known()?.insert(id, current);
+        let current = self.current.clone();
+        match self.known()?.get(&id) {
+            Some(b) if *b == current => {}
+            Some(other) => {
+                // Two bases with one CRC32C: entries could not tell them apart.
+                return Err(format!(
+                    "key base \"{current}\" has the id {id:08x} of the recorded \"{other}\"; choose another key_prefix"
+                ));
+            }
+            None => {
+                cursor::add_key_base(&self.dir, id, &current).map_err(|e| format!("write key bases: {e}"))?;
+                self.known()?.insert(id, current);
+            }
         }
         Ok(id)
     }
 
-    /// The base a recorded batch was sent under: by its id, or the current one for a log written
-    /// before bases were recorded (id 0) or when `key_bases` lost the id (said once).
+    /// The base a recorded batch was sent under, by its id (the legacy base for entries from
+    /// before bases), or the current one when `key_bases` lost the id (said once).
     fn name(&mut self, id: u32) -> Result<String, String> {
-        if id == 0 {
-            return Ok(self.current.clone());
-        }
         let current = self.current.clone();
         let dir = self.dir.clone();
         match self.known()?.get(&id) {
@@ -641,6 +674,7 @@ fn deliver(
                     cfg.name, batch.key
                 );
                 *status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = why;
+                status.retrying.store(false, Relaxed);
                 status.failed.store(true, SeqCst);
                 return Err(Halt::Fatal);
             }

@@ -251,8 +251,6 @@ fn json_id_text(n: &simd_json::Node<'_>, buf: &mut [u8; 24]) -> usize {
     }
 }
 
-/// Stores a textual value (query values are percent-decoded first) as the field's kind.
-#[inline]
 /// The length of `b` without a UTF-8 sequence its end cuts short: a value truncated to its
 /// slot keeps whole characters (a cut through `é` would make the stored text invalid UTF-8,
 /// shown as U+FFFD downstream). Bytes that are not UTF-8 at all are left as they are.
@@ -275,6 +273,8 @@ fn whole_utf8_prefix(b: &[u8]) -> usize {
     b.len()
 }
 
+/// Stores a textual value (query values are percent-decoded first) as the field's kind.
+#[inline]
 fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), &'static str> {
     match f.kind {
         FieldKind::Str => {
@@ -288,7 +288,10 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), 
             };
             let n = if truncated {
                 ev.flags |= FLAG_TRUNCATED;
-                whole_utf8_prefix(&dst[..n])
+                let whole = whole_utf8_prefix(&dst[..n]);
+                // Past the length the slot holds zeros (nothing of a cut character stays).
+                dst[whole..n].fill(0);
+                whole
             } else {
                 n
             };
@@ -460,8 +463,13 @@ mod tests {
         // `site` holds 64 bytes: 63 ASCII bytes, then `é` (2 bytes) does not fit whole.
         let site = format!("{}%C3%A9tail", "a".repeat(63));
         let q = format!("c=1&cr=2&p=0.1&site={site}");
-        let (ev, json) = run(&cfg, "impression", q.as_bytes(), &[]).unwrap();
+        // Into a slot whose bytes are all set, as a reused ring slot may be.
+        let mut dirty = Event::ZERO;
+        dirty.bytes.fill(0xAA);
+        let (ev, json) = run_in(&cfg, "impression", q.as_bytes(), &[], dirty).unwrap();
         assert_ne!(ev.flags & FLAG_TRUNCATED, 0);
+        let site = cfg.event_type("impression").unwrap().fields.iter().find(|f| &*f.name == "site").unwrap();
+        assert_eq!(ev.bytes[site.offset + 63], 0, "the cut character's first byte is cleared");
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["site"], "a".repeat(63), "{json}");
         // A 3-byte character cut after its first or second byte, a 4-byte one after its third.

@@ -496,3 +496,82 @@ fn a_collector_delivers_the_records_after_a_page_a_power_loss_kept_off_the_disk(
     let campaigns: Vec<u64> = read_jsonl(&path).iter().map(|v| v["campaign_id"].as_u64().unwrap()).collect();
     assert_eq!(campaigns, [1, 2, 4, 5, 6, 7]);
 }
+
+fn banker_metric(s: &Server, name: &str) -> Option<u64> {
+    let m = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    m.lines()
+        .find(|l| l.starts_with(&format!("{name}{{collector=\"banker\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+}
+
+#[test]
+fn a_batch_refused_for_another_trackers_key_is_banked_once_the_prefix_is_fixed() {
+    let data = tempfile::tempdir().unwrap();
+    let banker = Banker::start(data.path());
+    let cfg = config(&banker_collector(banker.addr));
+    // Tracker A, default key_prefix: one billed impression of 1.00.
+    let mut a = Server::start(Some(&cfg), &["--shards", "1"]);
+    assert_eq!(a.connect().get("/i?c=1&cr=1&p=1.000000&imp=a&site=s.example").status, 200);
+    wait_for("A banked", WAIT, || banker.balance()["total_micros"].as_i64() == Some(1_000_000));
+    assert_eq!(a.stop(), 0);
+    // Tracker B with the same key_prefix: same first key, another body → 409 → B stops.
+    let mut b = Server::start(Some(&cfg), &["--shards", "1", "--admin-listen", "127.0.0.1:0"]);
+    assert_eq!(b.connect().get("/i?c=1&cr=1&p=2.000000&imp=b&site=s.example").status, 200);
+    wait_for("B fatal", WAIT, || banker_metric(&b, "tracker_collector_failed") == Some(1));
+    // The operator does what the error says: a key_prefix of its own, and a restart.
+    let own = banker_collector(banker.addr).replace("linger_ms = 50", "linger_ms = 50\nkey_prefix = \"host-b\"");
+    let dir = take_dir(&mut b);
+    assert_eq!(b.stop(), 0);
+    drop(b);
+    let mut b = Server::start_in(dir, Some(&config(&own)), &["--shards", "1", "--admin-listen", "127.0.0.1:0"]);
+    wait_for("B's spend banked", WAIT, || banker.balance()["total_micros"].as_i64() == Some(3_000_000));
+    assert_eq!(banker_metric(&b, "tracker_collector_superseded_total"), Some(0));
+    assert_eq!(b.stop(), 0);
+}
+
+#[test]
+fn batch_logs_from_before_key_bases_keep_their_keys_after_key_prefix_changes() {
+    let data = tempfile::tempdir().unwrap();
+    let banker = Banker::start(data.path());
+    let mut s = Server::start(Some(&config(&banker_collector(banker.addr))), &["--shards", "1"]);
+    let mut expected = send_mixed(s.addr, 0..300);
+    wait_for("banked", WAIT, || banker.balance()["total_micros"].as_i64() == Some(expected));
+    assert_eq!(s.stop(), 0);
+    // Make the state what a build from before key bases left: entries with base 0, no key_bases.
+    let cdir = s.journal().join("collectors").join("banker");
+    std::fs::remove_file(cdir.join("key_bases")).unwrap();
+    for shard in std::fs::read_dir(&cdir).unwrap().flatten().filter(|e| e.path().is_dir()) {
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            if f.file_name().to_string_lossy().ends_with(".batches") {
+                let mut b = std::fs::read(f.path()).unwrap();
+                b.chunks_exact_mut(16).for_each(|e| e[12..16].fill(0));
+                std::fs::write(f.path(), b).unwrap();
+            }
+        }
+    }
+    // The upgrade: the same config once (its key_prefix becomes the legacy base) ...
+    let dir = take_dir(&mut s);
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&config(&banker_collector(banker.addr))), &["--shards", "1"]);
+    expected += send_mixed(s.addr, 300..400);
+    wait_for("banked after the upgrade", WAIT, || banker.balance()["total_micros"].as_i64() == Some(expected));
+    assert_eq!(s.stop(), 0);
+    let before = banker.balance();
+    // ... then a new key_prefix and a replay of everything: every range keeps its first key.
+    let out = Command::new(BIN)
+        .args(["journal", "replay", "--collector", "banker", "--from-segment", "1", "--journal-dir"])
+        .arg(s.journal())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let changed = banker_collector(banker.addr).replace("linger_ms = 50", "linger_ms = 50\nkey_prefix = \"host-2\"");
+    let dir = take_dir(&mut s);
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&config(&changed)), &["--shards", "1"]);
+    let again = before["batches"].as_u64().unwrap() + before["duplicates"].as_u64().unwrap();
+    wait_for("every batch sent again", WAIT * 2, || banker.balance()["duplicates"].as_u64() >= Some(again));
+    let after = banker.balance();
+    assert_eq!(after["total_micros"], before["total_micros"], "{after}");
+    assert_eq!(after["batches"], before["batches"], "{after}");
+    assert_eq!(s.stop(), 0);
+}
