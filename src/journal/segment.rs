@@ -658,9 +658,18 @@ impl ShardJournal {
         if removed_tmp {
             dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", &dir, e))?;
         }
-        // Never reuse a number, not even one set aside as .corrupt (a removed .tmp's may be).
-        let next_free =
-            listing.iter().filter(|&&(_, k)| k != SegmentFile::Tmp).map(|&(n, _)| n).max().map_or(1, |n| n + 1);
+        // Never reuse a number, not even one set aside as .corrupt. A removed .tmp's only when
+        // the last writer ran in this boot or stopped cleanly: a made-ahead segment is renamed
+        // into place and written at once, its directory fsynced after, so a machine restart
+        // in between can bring back the .tmp while readers (a collector's cursor) had seen
+        // records under its number. In this boot a .tmp was never renamed, never read.
+        let tail_trusted = writer_state::tail_trusted(&dir);
+        let next_free = listing
+            .iter()
+            .filter(|&&(_, k)| !(tail_trusted && k == SegmentFile::Tmp))
+            .map(|&(n, _)| n)
+            .max()
+            .map_or(1, |n| n + 1);
         let last = listing.iter().rev().find(|&&(_, k)| k == SegmentFile::Live).map(|&(n, _)| n);
 
         let mut report = RecoveryReport {
@@ -677,10 +686,15 @@ impl ShardJournal {
                 report.new_segment_reason = Some("no segment in the shard directory yet");
                 None
             }
-            Some(n) => {
-                let tail_trusted = writer_state::tail_trusted(&dir);
-                recover_last(&dir, &dir_file, shard, n, schema, &schema_json, tail_trusted, &mut report)?
+            // Something numbered above it (a newer segment set aside as .corrupt, a .tmp): the
+            // writer left this one, and readers may have moved past it; appending here would
+            // put records where they never look again.
+            Some(n) if n + 1 != next_free => {
+                report.new_segment_reason =
+                    Some("a newer segment than the last live one was set aside or never finished");
+                None
             }
+            Some(n) => recover_last(&dir, &dir_file, shard, n, schema, &schema_json, tail_trusted, &mut report)?,
         };
         // A segment created by open counts its header as written.
         let bytes_written_total = if resumed.is_none() { header_bytes as u64 } else { 0 };
