@@ -870,6 +870,16 @@ impl ShardJournal {
             a.discard();
         }
         self.sync()?;
+        if self.kernel_writeback_only {
+            // Under `none` the segments left at rotation were never synced (left to the
+            // kernel's flusher, `leave_writeback_to_kernel`); `clean` promises they are on disk
+            // too. One syncfs covers them all without keeping their files open.
+            // SAFETY: syncfs on a descriptor we own; no memory is involved.
+            if unsafe { libc::syncfs(self.dir_file.as_raw_fd()) } != 0 {
+                self.sync_failed = true;
+                return Err(JournalError::new("syncfs", &self.dir, io::Error::last_os_error()));
+            }
+        }
         if self.sync_failed {
             return Err(JournalError::invalid(
                 "close",

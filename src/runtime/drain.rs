@@ -76,6 +76,10 @@ pub fn run(
     let mut next_sync = Instant::now() + sync_interval;
     let mut dirty = false;
     let mut error_logged = false;
+    // Under `always`, a failed msync: the kernel cannot say which records reached the disk (it
+    // reports an error once, and a later msync succeeds without proving the earlier pages
+    // were written). No `logged` request is answered from then on; a restart recovers.
+    let mut durability_lost = false;
     let mut naps = 0u32;
     // Generation of the config whose schema the journal writes with.
     let mut gen = 0u32;
@@ -137,10 +141,20 @@ pub fn run(
             counters.journal_records.fetch_add(n as u64, Relaxed);
             counters.journal_bytes.store(journal.bytes_written_total(), Relaxed);
             if sync == SyncPolicy::Always {
-                sync_now(&shared, &mut journal);
+                if !sync_now(&shared, &mut journal) && !durability_lost {
+                    durability_lost = true;
+                    eprintln!(
+                        "tracker: shard {}: with sync = \"always\" a failed msync leaves no way to know which \
+                         records are on disk: logged endpoints answer 503 until the tracker is restarted",
+                        shared.index
+                    );
+                    shared.set_journal_failing(true);
+                }
                 dirty = false;
             }
-            shared.publish_journaled(last_seq);
+            if !durability_lost {
+                shared.publish_journaled(last_seq);
+            }
             // After the publish: `logged` requests of this batch need not wait for it.
             match sync {
                 SyncPolicy::Interval => journal.start_writeback(),
@@ -176,7 +190,7 @@ pub fn run(
             continue;
         }
         if n > 0 {
-            shared.set_journal_failing(false);
+            shared.set_journal_failing(durability_lost);
             failing_at_stop = None;
             naps = 0;
             if n == DRAIN_BATCH_EVENTS && ring.len() < yield_below {
@@ -212,10 +226,15 @@ pub fn run(
     latency.publish_wait(&counters.latency.journal);
 }
 
-fn sync_now(shared: &ShardShared, journal: &mut ShardJournal) {
-    if let Err(e) = journal.sync() {
-        shared.counters.journal_errors.fetch_add(1, Relaxed);
-        eprintln!("tracker: shard {}: journal sync failed: {e}", shared.index);
+/// Syncs the journal; false (logged and counted) when that failed.
+fn sync_now(shared: &ShardShared, journal: &mut ShardJournal) -> bool {
+    match journal.sync() {
+        Ok(()) => true,
+        Err(e) => {
+            shared.counters.journal_errors.fetch_add(1, Relaxed);
+            eprintln!("tracker: shard {}: journal sync failed: {e}", shared.index);
+            false
+        }
     }
 }
 
