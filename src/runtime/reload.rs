@@ -38,9 +38,6 @@ use crate::journal::{PAGE_BYTES, SCHEMA_BYTES_MAX};
 /// How long a reload waits for every reactor to switch before it reports the stragglers. A
 /// reactor switches within one turn of its event loop; this only bounds a wedged one.
 pub const APPLY_WAIT: Duration = Duration::from_secs(5);
-/// Configs queued for a drain that has not reached them yet (reloads faster than the ring
-/// drains). Older entries are dropped first; a drain never needs one older than its ring.
-const QUEUED_MAX: usize = 64;
 
 /// One shard's reload slot: written by the reload thread, read by the shard's reactor and drain.
 pub struct ShardReload {
@@ -49,7 +46,11 @@ pub struct ShardReload {
     offered_flag: AtomicBool,
     /// Generation the reactor makes events with.
     applied: AtomicU32,
-    /// Configs the reactor switched to, oldest first, until the drain reaches their events.
+    /// The configs the reactor switched to, oldest first, one per change of schema (the drain
+    /// needs only the schema): generation g is journaled under the newest entry numbered ≤ g.
+    /// Kept until the drain passes them, however many: dropping one would journal its events
+    /// under another schema (a drain stalled on a full disk while reloads go on). Bounded by
+    /// the reloads that change the schema while the drain is behind.
     for_drain: Mutex<VecDeque<(u32, Arc<Config>)>>,
 }
 
@@ -83,10 +84,9 @@ impl ShardReload {
     /// Reactor: events made from now on carry `gen`; the drain will find `cfg` for them.
     pub fn applied(&self, gen: u32, cfg: Arc<Config>) {
         let mut q = self.for_drain.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() == QUEUED_MAX {
-            q.pop_front();
+        if q.back().is_none_or(|(_, last)| last.schema != cfg.schema) {
+            q.push_back((gen, cfg));
         }
-        q.push_back((gen, cfg));
         drop(q);
         self.applied.store(gen, SeqCst);
     }
@@ -95,13 +95,14 @@ impl ShardReload {
         self.applied.load(SeqCst)
     }
 
-    /// Drain: the config of generation `gen`, dropping the older ones it has passed.
+    /// Drain: a config with the schema of generation `gen` (generations only grow), dropping
+    /// the ones before it.
     pub fn config_for_drain(&self, gen: u32) -> Option<Arc<Config>> {
         let mut q = self.for_drain.lock().unwrap_or_else(|p| p.into_inner());
-        while q.front().is_some_and(|(g, _)| *g < gen) {
+        while q.len() > 1 && q[1].0 <= gen {
             q.pop_front();
         }
-        q.front().filter(|(g, _)| *g == gen).map(|(_, c)| c.clone())
+        q.front().filter(|(g, _)| *g <= gen).map(|(_, c)| c.clone())
     }
 }
 
@@ -337,6 +338,23 @@ mod tests {
         r.applied(g, cfg);
         assert_eq!(r.applied_gen(), 2);
         assert!(r.config_for_drain(2).is_some());
-        assert!(r.config_for_drain(1).is_none(), "older generations are dropped once passed");
+    }
+
+    #[test]
+    fn a_drain_far_behind_still_finds_the_schema_of_every_generation() {
+        let r = ShardReload::default();
+        let a = Arc::new(Config::embedded());
+        let mut b = Config::embedded();
+        b.schema.types.pop();
+        let b = Arc::new(b);
+        // 200 reloads while the drain is stalled, alternating two schemas, some repeated.
+        for gen in 1..=200u32 {
+            r.applied(gen, if (gen / 3) % 2 == 0 { a.clone() } else { b.clone() });
+        }
+        for gen in 1..=200u32 {
+            let want = if (gen / 3) % 2 == 0 { &a.schema } else { &b.schema };
+            let got = r.config_for_drain(gen).unwrap_or_else(|| panic!("generation {gen}"));
+            assert_eq!(&got.schema, want, "generation {gen}");
+        }
     }
 }
