@@ -415,11 +415,24 @@ fn journal_cat(dir: &std::path::Path, follow: bool) -> ExitCode {
             eprintln!("tracker: {e}");
             return ExitCode::from(1);
         }
+        // What was skipped (a bad record, a segment with a bad header) is said, not hidden:
+        // stdout stays one event per line, stderr names each file and what was wrong.
+        let (warnings, dropped) = reader.take_warnings();
+        for w in &warnings {
+            eprintln!("tracker: journal cat: skipped: {w}");
+        }
+        if dropped > 0 {
+            eprintln!("tracker: journal cat: {dropped} more skipped (not listed)");
+        }
         if broken || out.flush().is_err() {
             // stdout closed (e.g. piped into head): not an error.
             return ExitCode::SUCCESS;
         }
         if !follow {
+            let (records, segments) = (reader.corrupt_records(), reader.corrupt_segments());
+            if records + segments > 0 {
+                eprintln!("tracker: journal cat: skipped {records} bad record(s) and {segments} bad segment(s)");
+            }
             return ExitCode::SUCCESS;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));

@@ -17,7 +17,7 @@
 //! What must never happen: the admin thread blocking a reactor. It only loads atomics and takes
 //! the histogram snapshot locks, which reactors only ever `try_lock` (metrics::latency). It is one
 //! std thread with blocking sockets serving one connection at a time; a slow client is bounded by
-//! `CLIENT_TIMEOUT` and `REQUEST_BYTES_MAX`.
+//! `CLIENT_TIMEOUT` for its whole request head (then 408) and `REQUEST_BYTES_MAX`.
 
 pub mod client;
 pub mod hlog;
@@ -230,8 +230,10 @@ pub fn start(listener: TcpListener, cfg: &Config, running: &Running) -> io::Resu
 
 /// Answers one request on `s` and closes it.
 fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
-    s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    // CLIENT_TIMEOUT bounds the whole head, not each read: a client trickling a byte a second
+    // would otherwise hold this (only) admin thread for an hour and starve the health probes.
+    let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
     let mut buf = [0u8; REQUEST_BYTES_MAX];
     let mut n = 0;
     let head_end = loop {
@@ -241,7 +243,18 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
         if n == buf.len() {
             return respond(&mut s, 431, "text/plain", b"request head too large\n", false);
         }
-        let r = s.read(&mut buf[n..])?;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return respond(&mut s, 408, "text/plain", b"request head not received in time\n", false);
+        }
+        s.set_read_timeout(Some(left))?;
+        let r = match s.read(&mut buf[n..]) {
+            Ok(r) => r,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return respond(&mut s, 408, "text/plain", b"request head not received in time\n", false);
+            }
+            Err(e) => return Err(e),
+        };
         if r == 0 {
             return Ok(());
         }
@@ -278,6 +291,7 @@ fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], head: bool)
         200 => "OK",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
         _ => "Service Unavailable",
     };

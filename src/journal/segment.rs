@@ -719,7 +719,8 @@ impl ShardJournal {
             // No room to record it (a full disk)? Then no record at all: an older one may say
             // `clean`, which after a machine restart would trust this run's unsynced tail.
             match fs::remove_file(dir.join(writer_state::STATE_FILE)) {
-                Ok(()) => {}
+                // Durably gone, or a power loss could bring back an old `clean`.
+                Ok(()) => dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", &dir, e))?,
                 Err(r) if r.kind() == io::ErrorKind::NotFound => {}
                 Err(_) => return Err(e),
             }

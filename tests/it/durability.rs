@@ -86,6 +86,12 @@ fn a_bad_record_with_records_after_it_is_left_in_place_and_new_events_go_to_a_ne
     // The bad record is skipped; nothing after it is lost or overwritten.
     assert_eq!(sixth_pixel_then_campaigns(&mut s), [1, 2, 4, 5, 6]);
     assert_eq!(std::fs::read(&seg).unwrap(), bytes, "segment 1 is as it was");
+    // `journal cat` says on stderr what it skipped, naming the file.
+    let out =
+        std::process::Command::new(BIN).args(["journal", "cat", "--journal-dir"]).arg(s.journal()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("journal cat: skipped") && err.contains("00000000000000000001.seg"), "{err}");
+    assert!(err.contains("skipped 1 bad record(s) and 0 bad segment(s)"), "{err}");
 }
 
 #[test]

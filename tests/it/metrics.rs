@@ -176,6 +176,32 @@ fn metrics_count_exactly_the_requests_sent_and_histograms_merge_across_shards() 
     assert_eq!(s.admin_get("/health").body, b"ok\n");
 }
 
+#[test]
+fn a_client_trickling_its_request_to_the_admin_listener_is_cut_off_with_408() {
+    use std::io::{Read, Write};
+    let s = Server::start(None, &["--shards", "1", "--admin-listen", "127.0.0.1:0"]);
+    let mut c = std::net::TcpStream::connect(s.admin.unwrap()).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+    // A byte every 300 ms, each read quick: the head never completes. The listener answers 408
+    // once its whole-head deadline passes (per read, the trickle would hold it for hours).
+    let mut answer = Vec::new();
+    for b in b"GET /metrics HTTP/1.1\r\nX-Slow: ".iter().cycle().take(200) {
+        if c.write_all(&[*b]).is_err() {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => continue,
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    // And the listener serves the next client.
+    assert_eq!(s.admin_get("/health").status, 200);
+}
+
 /// Polls `/ready` until its status is `want`; returns the body.
 pub fn ready_when(s: &Server, want: u16) -> String {
     let deadline = Instant::now() + WAIT;
