@@ -408,7 +408,7 @@ fn split_target(method: Method, target: &[u8]) -> Result<(&[u8], &[u8]), ParseEr
     };
     // A fragment is never part of a request target (RFC 9110 §4.2.3); a client that sends one
     // anyway (`/i?c=1#top`) does not get `top` into the last query value.
-    let rest = rest.iter().position(|&b| b == b'#').map_or(rest, |f| &rest[..f]);
+    let rest = memchr::memchr(b'#', rest).map_or(rest, |f| &rest[..f]);
     let (path, query) = match rest.iter().position(|&b| b == b'?') {
         Some(q) => (&rest[..q], &rest[q + 1..]),
         None => (rest, &b""[..]),
