@@ -134,6 +134,18 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// `tracker journal replay` of the banker collector from segment 1 (the tracker stopped);
+/// returns what it printed.
+fn replay_banker_from_the_start(journal: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["journal", "replay", "--collector", "banker", "--from-segment", "1", "--journal-dir"])
+        .arg(journal)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 fn take_dir(s: &mut Server) -> tempfile::TempDir {
     std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap())
 }
@@ -221,13 +233,7 @@ fn kill_9_mid_forwarding_then_replay_keeps_banker_totals_exact() {
 
     // Replay from the first segment: same ranges, same keys, applied once.
     let journal = s.journal();
-    let out = Command::new(BIN)
-        .args(["journal", "replay", "--collector", "banker", "--from-segment", "1", "--journal-dir"])
-        .arg(&journal)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let said = replay_banker_from_the_start(&journal);
     assert!(said.contains("→ 1 0"), "{said}");
     let dir = take_dir(&mut s);
     drop(s);
@@ -251,12 +257,7 @@ fn a_replay_after_key_prefix_and_budget_key_changed_banks_nothing_twice() {
     assert_eq!(s.stop(), 0);
     let before = banker.balance();
 
-    let out = Command::new(BIN)
-        .args(["journal", "replay", "--collector", "banker", "--from-segment", "1", "--journal-dir"])
-        .arg(s.journal())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    replay_banker_from_the_start(&s.journal());
     // A new key_prefix, and spend now keyed by campaign and creative: every batch sent again
     // keeps the key it was first sent under (so the banker does not apply it twice) and now
     // has a different body (so the banker answers 409 and keeps what it applied).
@@ -558,12 +559,7 @@ fn batch_logs_from_before_key_bases_keep_their_keys_after_key_prefix_changes() {
     assert_eq!(s.stop(), 0);
     let before = banker.balance();
     // ... then a new key_prefix and a replay of everything: every range keeps its first key.
-    let out = Command::new(BIN)
-        .args(["journal", "replay", "--collector", "banker", "--from-segment", "1", "--journal-dir"])
-        .arg(s.journal())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    replay_banker_from_the_start(&s.journal());
     let changed = banker_collector(banker.addr).replace("linger_ms = 50", "linger_ms = 50\nkey_prefix = \"host-2\"");
     let dir = take_dir(&mut s);
     drop(s);
