@@ -94,7 +94,11 @@ impl Dedup {
         let now = (now_ns / 10_000_000) as u32;
         let mine = u64::from(fp) << 32 | u64::from(now);
         let bucket = &self.buckets[(h & self.mask) as usize].0;
-        let fresh = |v: u64| v != 0 && now.wrapping_sub(v as u32) < self.window_cs;
+        // Signed age: another shard (its clock read once per read batch) or a clock stepped
+        // back can stamp an entry a little after our `now`; that entry is fresh, not 497 days
+        // old. Up to one window ahead counts (the window is at most 7 days, far inside i32).
+        let window = self.window_cs as i32;
+        let fresh = |v: u64| v != 0 && (-window..window).contains(&(now.wrapping_sub(v as u32) as i32));
         // First look for our own live entry in every way: an expired way of another id may sit
         // before it and would otherwise take a second copy.
         if bucket.iter().any(|w| {
@@ -122,7 +126,7 @@ impl Dedup {
         let (oldest, _) = bucket
             .iter()
             .enumerate()
-            .map(|(i, w)| (i, now.wrapping_sub(w.load(Relaxed) as u32)))
+            .map(|(i, w)| (i, now.wrapping_sub(w.load(Relaxed) as u32) as i32))
             .max_by_key(|&(_, age)| age)
             .unwrap_or((0, 0));
         bucket[oldest].store(mine, Relaxed);
@@ -138,6 +142,22 @@ impl Dedup {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_entry_stamped_a_little_after_now_is_still_seen() {
+        use super::*;
+        const T0: u64 = 1_795_000_000_000_000_000;
+        const MS: u64 = 1_000_000;
+        let d = Dedup::new(1024, 300_000);
+        let id = [7u8; 16];
+        // Another shard's later clock read landed first.
+        assert_eq!(d.check(&id, 0, T0 + 20 * MS), Seen::New);
+        assert_eq!(d.check(&id, 0, T0 + 10 * MS), Seen::Duplicate);
+        // Far in the future (more than a window): stale, the id is new again.
+        let far = [8u8; 16];
+        assert_eq!(d.check(&far, 0, T0 + 400_000 * MS), Seen::New);
+        assert_eq!(d.check(&far, 0, T0), Seen::New);
+    }
+
     use super::*;
     use std::sync::Arc;
 

@@ -441,6 +441,9 @@ impl Validator<'_> {
         let budget = self.budget(&raw.budget);
         let (types, schema) = self.types(&raw.event);
         let privacy = self.privacy(&raw.privacy, &types);
+        if !matches!(privacy.ip, crate::enrich::privacy::IpPolicy::Keep) {
+            self.no_ip_identity(&raw.event, &types);
+        }
         let cors = self.cors(&raw.cors);
         let endpoints = self.endpoints(&raw.endpoint, &types);
         let collectors = self.collectors(&raw.collector, &types);
@@ -674,6 +677,29 @@ impl Validator<'_> {
             out.push(Endpoint { path: path.clone(), method, type_id, response, ack, over_budget, redirect });
         }
         out
+    }
+
+    /// An id derived from the client's address would be an unkeyed hash of the whole address
+    /// (ids are made before the privacy step truncates it), which anyone can recompute for
+    /// every IPv4 address: with `privacy.ip` other than `keep`, no ip field is identity.
+    fn no_ip_identity(&mut self, raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>, types: &[EventType]) {
+        for (t, r) in types.iter().zip(raw.values()) {
+            let Some(ids) = &r.get_ref().identity else { continue };
+            for n in ids.get_ref() {
+                let Some(f) = t.fields.iter().find(|f| &f.name == n.get_ref()) else { continue };
+                if f.kind == FieldKind::Ip {
+                    self.err(
+                        n.span(),
+                        format!("event.{}.identity", t.name),
+                        format!(
+                            "\"{}\" is the client address: the event id would be an unkeyed hash of the whole address \
+                             (privacy.ip truncates only the stored field); leave it out, or set privacy.ip = \"keep\"",
+                            f.name
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     fn types(&mut self, raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>) -> (Vec<EventType>, Schema) {

@@ -124,6 +124,9 @@ impl Validator<'_> {
                     if t.identity.contains(&i) {
                         self.err(n.span(), "privacy.user_id_fields", format!("\"{name}\" is an identity field of event.{}: the event id would be derived from the raw user id", t.name));
                     }
+                    if t.id_from.contains(&f.source) {
+                        self.err(n.span(), "privacy.user_id_fields", format!("the source of \"{name}\" is in id_from of event.{}: the event id would be an unkeyed hash of the raw user id", t.name));
+                    }
                     masks[t.id as usize] |= 1 << i;
                 }
                 if !found {

@@ -320,13 +320,13 @@ pub fn lookup<'t, 'i>(obj: &'t [Node<'i>], path: &[Box<str>]) -> Option<&'t Node
 const NUMBER_TEXT_BYTES_MAX: usize = 48;
 
 /// Stores the value found for field `f` as its kind. `null` counts as absent; objects and
-/// arrays are refused.
-pub fn store(f: &Field, v: &Node<'_>, ev: &mut Event) -> Result<(), &'static str> {
+/// arrays are refused. `Some(hash)` as `store_text` says: a string truncated to its slot.
+pub fn store(f: &Field, v: &Node<'_>, ev: &mut Event) -> Result<Option<u64>, &'static str> {
     let mut buf = [0u8; NUMBER_TEXT_BYTES_MAX];
     let text: &[u8] = match v {
         Node::String(s) => s.as_bytes(),
         Node::Object { .. } | Node::Array { .. } => return Err("is an object or array, not a value"),
-        Node::Static(StaticNode::Null) => return Ok(()),
+        Node::Static(StaticNode::Null) => return Ok(None),
         Node::Static(StaticNode::Bool(b)) => match (f.kind, *b) {
             (FieldKind::Str, true) => b"true",
             (FieldKind::Str, false) => b"false",

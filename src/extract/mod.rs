@@ -83,6 +83,7 @@ pub fn extract(
     // `required` field not refused for it — the notice did arrive, its sender substituted
     // nothing, and a 400 would only make the exchange retry.
     let mut macros = 0u32;
+    let mut cut = CutIdentity::default();
     for pair in req.query.split(|&b| b == b'&') {
         if pair.is_empty() {
             continue;
@@ -106,7 +107,9 @@ pub fn extract(
                         ev.flags |= FLAG_UNSUBSTITUTED;
                         continue;
                     }
-                    store_text(f, v, true, ev).map_err(|why| Rejected { field: i, why })?;
+                    if let Some(h) = store_text(f, v, true, ev).map_err(|why| Rejected { field: i, why })? {
+                        cut.note(ty, i, h);
+                    }
                 }
                 QueryReader::IdFrom(rank) => {
                     if rank < client_id_rank && !v.is_empty() {
@@ -123,47 +126,49 @@ pub fn extract(
             continue;
         }
         let r = match &f.source {
-            Source::Query(_) => Ok(()),
+            Source::Query(_) => Ok(None),
             Source::Header(name) => match header(req.headers, name) {
                 Some(v) => store_text(f, v, false, ev),
-                None => Ok(()),
+                None => Ok(None),
             },
             Source::Cookie(name) => match cookie_in(req.headers, name.as_bytes()) {
                 Some(v) => store_text(f, v, false, ev),
-                None => Ok(()),
+                None => Ok(None),
             },
             Source::UserAgent => match req.user_agent.or_else(|| header(req.headers, "user-agent")) {
                 Some(v) => store_text(f, v, false, ev),
-                None => Ok(()),
+                None => Ok(None),
             },
             Source::Referer => match header(req.headers, "referer") {
                 Some(v) => store_text(f, v, false, ev),
-                None => Ok(()),
+                None => Ok(None),
             },
             Source::Json(path) => match req.json.and_then(|obj| json::lookup(obj, path)) {
                 Some(v) => json::store(f, v, ev),
-                None => Ok(()),
+                None => Ok(None),
             },
             Source::ClientIp => {
                 store_ip(f, req.client_ip, ev);
-                Ok(())
+                Ok(None)
             }
             Source::TimeMs => {
                 ev.set_slot(f.slot, req.now_ns / 1_000_000);
-                Ok(())
+                Ok(None)
             }
             Source::DeviceClass => {
                 let ua = req.user_agent.or_else(|| header(req.headers, "user-agent"));
                 ev.set_str(f.slot, f.offset, f.max, crate::enrich::device::class(ua).as_bytes());
-                Ok(())
+                Ok(None)
             }
             Source::IsBot => {
                 let ua = req.user_agent.or_else(|| header(req.headers, "user-agent"));
                 ev.set_slot(f.slot, u64::from(ua.is_some_and(crate::enrich::device::is_bot)));
-                Ok(())
+                Ok(None)
             }
         };
-        r.map_err(|why| Rejected { field: i, why })?;
+        if let Some(h) = r.map_err(|why| Rejected { field: i, why })? {
+            cut.note(ty, i, h);
+        }
         if !ev.has(f.slot) {
             match &f.default {
                 Some(DefaultValue::Num(v)) => ev.set_slot(f.slot, *v),
@@ -212,6 +217,9 @@ pub fn extract(
         let (n, long) = percent_decode(v, &mut buf).unwrap_or((0, true));
         ev.id = match crate::event::parse_uuid(&buf[..n]) {
             Some(u) if !long => u,
+            // Hashed as decoded, so `order-1` and `order%2D1` are one id; a value too long to
+            // decode here is hashed as sent.
+            _ if !long => id::from_client_value(&buf[..n]),
             _ => id::from_client_value(v),
         };
         ev.flags |= FLAG_ID_CLIENT;
@@ -220,7 +228,12 @@ pub fn extract(
         for &i in &ty.identity {
             let f = &ty.fields[i];
             match f.kind {
-                FieldKind::Str => d.part(ev.str_at(f.slot, f.offset, f.max)),
+                FieldKind::Str => {
+                    d.part(ev.str_at(f.slot, f.offset, f.max));
+                    if let Some(h) = cut.hash_of(i) {
+                        d.part(&h.to_le_bytes());
+                    }
+                }
                 FieldKind::Ip => d.part(&ev.bytes[f.offset..f.offset + 16]),
                 _ => d.part(&ev.slots[f.slot].to_le_bytes()),
             }
@@ -232,6 +245,29 @@ pub fn extract(
     }
     debug_assert!(ty.fields.iter().all(|f| f.slot < SLOTS));
     Ok(())
+}
+
+/// Identity fields whose value was truncated to its slot, with a hash of the whole value: two
+/// notices whose auction or impression ids differ only past `max_bytes` must not get one id
+/// (the second would be dropped as a duplicate). Rare, so a few entries on the stack.
+#[derive(Default)]
+struct CutIdentity {
+    fields: [(usize, u64); 4],
+    len: usize,
+}
+
+impl CutIdentity {
+    #[cold]
+    fn note(&mut self, ty: &EventType, field: usize, hash: u64) {
+        if self.len < self.fields.len() && ty.identity.contains(&field) {
+            self.fields[self.len] = (field, hash);
+            self.len += 1;
+        }
+    }
+
+    fn hash_of(&self, field: usize) -> Option<u64> {
+        self.fields[..self.len].iter().find(|(f, _)| *f == field).map(|&(_, h)| h)
+    }
 }
 
 /// The decimal text of an integer JSON id (`"eid": 123`); other values are no id.
@@ -274,8 +310,10 @@ fn whole_utf8_prefix(b: &[u8]) -> usize {
 }
 
 /// Stores a textual value (query values are percent-decoded first) as the field's kind.
+/// `Some(hash of raw)` when a string was truncated to its slot: what an id derived from it
+/// hashes instead of the cut value, so two values that differ only past the cut stay apart.
 #[inline]
-fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), &'static str> {
+fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Option<u64>, &'static str> {
     match f.kind {
         FieldKind::Str => {
             let dst = &mut ev.bytes[f.offset..f.offset + f.max];
@@ -299,7 +337,7 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), 
                 return Err("is not one of the allowed values");
             }
             ev.set_slot(f.slot, n as u64);
-            Ok(())
+            Ok(truncated.then(|| xxhash_rust::xxh3::xxh3_64(raw)))
         }
         FieldKind::Ip => {
             let mut buf = [0u8; 64];
@@ -310,11 +348,11 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), 
                 .and_then(|s| s.trim().parse::<IpAddr>().ok())
                 .ok_or("is not an IP address")?;
             store_ip(f, ip, ev);
-            Ok(())
+            Ok(None)
         }
         FieldKind::Money if f.decrypt.is_some() => {
             if raw.is_empty() {
-                return Ok(());
+                return Ok(None);
             }
             let mut buf = [0u8; 64];
             let (n, long) = if query { percent_decode(raw, &mut buf)? } else { copy(raw, &mut buf) };
@@ -327,12 +365,12 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), 
             };
             in_range(f, micros as u64)?;
             ev.set_slot(f.slot, micros as u64);
-            Ok(())
+            Ok(None)
         }
         kind => {
             if raw.is_empty() {
                 // An empty parameter (`c=`) counts as absent: defaults and `required` apply.
-                return Ok(());
+                return Ok(None);
             }
             let mut buf = [0u8; NUMBER_BYTES_MAX];
             let (n, long) = if query { percent_decode(raw, &mut buf)? } else { copy(raw, &mut buf) };
@@ -345,7 +383,7 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<(), 
                 ev.flags |= FLAG_TRUNCATED;
             }
             ev.set_slot(f.slot, v);
-            Ok(())
+            Ok(None)
         }
     }
 }
@@ -455,6 +493,39 @@ mod tests {
         let mut s = String::new();
         cfg.schema.write_json(&ev, &mut s);
         Ok((ev, s))
+    }
+
+    #[test]
+    fn identity_values_that_differ_only_past_max_bytes_get_different_ids() {
+        let cfg = Config::embedded();
+        // imp_id holds 32 bytes; these two differ in the 34th.
+        let p = "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f";
+        let q = |n: u32| format!("exch=x1&auction=a1&bid=b1&imp={p}-{n}&price=1");
+        let (a, _) = run(&cfg, "win", q(1).as_bytes(), &[]).unwrap();
+        let (b, _) = run(&cfg, "win", q(2).as_bytes(), &[]).unwrap();
+        let (a2, _) = run(&cfg, "win", q(1).as_bytes(), &[]).unwrap();
+        assert_ne!(a.flags & FLAG_ID_DERIVED, 0);
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.id, a2.id, "a retry is still one id");
+    }
+
+    #[test]
+    fn a_client_id_is_one_id_however_it_is_percent_encoded() {
+        let cfg = Config::embedded();
+        let id = |q: &str| run(&cfg, "impression", q.as_bytes(), &[]).unwrap().0.id;
+        assert_eq!(id("c=1&eid=order-1"), id("c=1&eid=order%2D1"));
+        assert_ne!(id("c=1&eid=order-1"), id("c=1&eid=order-2"));
+    }
+
+    #[test]
+    fn ids_may_not_be_unkeyed_hashes_of_user_ids_or_addresses() {
+        let text = crate::config::DEFAULT_TOML.to_string()
+            + "\n[event.probe]\nid_from = [\"cookie.uid\"]\n\
+               identity = [\"addr\"]\nfields = [\n  { name = \"user_id\", source = \"cookie.uid\", type = \"string\", max_bytes = 64 },\n\
+               { name = \"addr\", source = \"client.ip\", type = \"ip\" },\n]\n";
+        let err = Config::parse(&text, "t.toml").map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("is in id_from of event.probe"), "{err}");
+        assert!(err.contains("event.probe.identity") && err.contains("\"addr\" is the client address"), "{err}");
     }
 
     #[test]
