@@ -7,8 +7,9 @@
 //! (browsers send `Origin` as `scheme://host[:port]`, lower-case, no trailing slash), or when
 //! `"*"` was configured explicitly. The answer echoes the request's origin (or `*`) with
 //! `Vary: Origin`, so a shared cache never hands one origin's answer to another. Credentials
-//! are never allowed (no `Access-Control-Allow-Credentials`): the tracker reads no cookie a
-//! cross-origin fetch would have to send.
+//! are never allowed (no `Access-Control-Allow-Credentials`), so a page's script cannot read
+//! the answer to a credentialed request. That does not stop the browser sending cookies with a
+//! simple POST (sendBeacon does): `cookie.*` fields are read from them as from a pixel's.
 
 use crate::config::Cors;
 use crate::http::query::header;

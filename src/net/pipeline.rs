@@ -23,6 +23,8 @@ pub(super) enum Refusal<'c> {
     Field(&'c str, &'static str, bool),
     /// A preprocessing step: (step name, why).
     Step(&'c str, &'static str),
+    /// A POST item past the source's budget on a `reject` endpoint.
+    OverBudget,
 }
 
 impl Refusal<'_> {
@@ -34,6 +36,7 @@ impl Refusal<'_> {
             Refusal::Item(why) => write!(w, "{why}"),
             Refusal::Field(name, why, _) => write!(w, "field {name}: {why}"),
             Refusal::Step(name, why) => write!(w, "step {name}: {why}"),
+            Refusal::OverBudget => write!(w, "over budget, retry later"),
         };
         let n = 256 - w.len();
         std::str::from_utf8(&buf[..n]).unwrap_or("refused")
@@ -44,6 +47,7 @@ impl Refusal<'_> {
         match self {
             Refusal::Overloaded => Reason::RingFull,
             Refusal::Field(_, _, true) => Reason::PriceIntegrity,
+            Refusal::OverBudget => Reason::OverBudget,
             _ => Reason::Field,
         }
     }

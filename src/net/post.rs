@@ -18,8 +18,9 @@
 
 use std::io::Write as _;
 
-use crate::config::{Ack, Config, EventType, ResponseKind, Server};
+use crate::config::{Ack, Config, EventType, OverBudget, ResponseKind, Server};
 use crate::constants::{BATCH_EVENTS_MAX, BATCH_REASON_BYTES_MAX};
+use crate::enrich::budget::Charge;
 use crate::extract::json::{JsonScratch, INPUT_PADDING};
 use crate::extract::RequestView;
 use crate::http::cors::{self, Origin};
@@ -180,12 +181,25 @@ pub(super) fn answer(
             refusal.is_none()
         },
         |t, index, item| {
+            // The request paid for its first event; each further item is charged too, or a
+            // batch would carry a hundred events on one request's budget.
+            let item_over = over_budget
+                || (index > 0
+                    && ctx
+                        .budgets
+                        .as_ref()
+                        .is_some_and(|b| matches!(b.charge(view.client_ip, view.now_ns), Charge::Over { .. })));
             let r = match item {
                 _ if t.overloaded => Err(Refusal::Overloaded),
+                _ if item_over && !over_budget && ep.over_budget == OverBudget::Reject => Err(Refusal::OverBudget),
                 Err(why) => Err(Refusal::Item(why)),
                 Ok(obj) => {
+                    if item_over && !over_budget {
+                        // A `drop` endpoint: taken, answered, not journaled (as a pixel over budget).
+                        counters.reject(Reason::OverBudget);
+                    }
                     let view = RequestView { json: Some(obj), ..view };
-                    push(ctx, cfg, ty, ep_index, &view, over_budget, &mut producer)
+                    push(ctx, cfg, ty, ep_index, &view, item_over, &mut producer)
                 }
             };
             match r {
@@ -200,6 +214,7 @@ pub(super) fn answer(
                             t.overloaded = true;
                             Status::S503
                         }
+                        Refusal::OverBudget => Status::S429,
                         _ => Status::S400,
                     };
                     let mut buf = [0u8; 256];

@@ -93,3 +93,32 @@ fn a_prefix_over_its_connection_limit_is_closed_at_accept_across_shards_and_free
     // The three answered, and the one on the freed place.
     assert_eq!(journal_cat(&s.journal()).len(), 4);
 }
+
+#[test]
+fn each_item_of_a_batch_is_charged_to_the_sources_budget() {
+    let mut s = Server::start(Some(&config(1, 3)), &["--shards", "1"]);
+    let mut c = s.connect();
+    let items: Vec<String> = (0..10).map(|i| format!(r#"{{"type":"budgeted","name":"n{i}"}}"#)).collect();
+    let body = format!("[{}]", items.join(","));
+    let started = Instant::now();
+    let mut req = format!(
+        "POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body.as_bytes());
+    c.send(&req);
+    let r = c.read_response(false);
+    let refills = started.elapsed().as_secs() as usize + 1;
+    assert_eq!(r.status, 200);
+    let a: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let accepted = a["accepted"].as_u64().unwrap() as usize;
+    // The burst of 3 (the request's own charge is the first item's), plus refills.
+    assert!((3..=3 + refills).contains(&accepted), "{a}");
+    let rejected = a["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 10 - accepted, "{a}");
+    assert!(rejected.iter().all(|x| x["reason"] == "over budget, retry later"), "{a}");
+    assert_eq!(s.stop(), 0);
+    let n = journal_cat(&s.journal()).iter().filter(|e| e["kind"] == "budgeted").count();
+    assert_eq!(n, accepted);
+}
