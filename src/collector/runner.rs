@@ -44,7 +44,8 @@ pub struct CollectorStatus {
     pub superseded_total: AtomicU64,
     /// The destination answered Fatal: the thread stopped, the cursor stays.
     pub failed: AtomicBool,
-    /// A batch is waiting for a retry now.
+    /// A batch is waiting for a retry now, or the collector's own reads and writes (journal,
+    /// batch log) are failing and being retried.
     pub retrying: AtomicBool,
     /// Unix ns of the newest event acknowledged.
     pub acked_event_ns: AtomicU64,
@@ -265,7 +266,12 @@ impl Runner {
             let shards: Vec<u16> = self.shards.keys().copied().collect();
             for shard in shards {
                 match self.step(shard, stopping) {
-                    Ok(p) => progressed |= p,
+                    Ok(p) => {
+                        if p && !self.status.failed.load(Relaxed) {
+                            self.status.retrying.store(false, Relaxed);
+                        }
+                        progressed |= p;
+                    }
                     Err(StepError::Halt(Halt::Fatal)) => {
                         self.collector.close();
                         return;
@@ -274,7 +280,12 @@ impl Runner {
                         self.finish();
                         return;
                     }
-                    Err(StepError::Io(e)) => self.note_error(&mut last_error_logged, &e),
+                    Err(StepError::Io(e)) => {
+                        // Reading the journal or writing the batch log failed: retried on the
+                        // next pass, and shown as retrying like a destination that fails.
+                        self.status.retrying.store(true, Relaxed);
+                        self.note_error(&mut last_error_logged, &e);
+                    }
                 }
             }
             let caught_up = self.shards.values().all(|s| s.caught_up);
