@@ -66,15 +66,19 @@ pub fn request(
 ) -> Result<Response, String> {
     let addr = url.addr()?;
     let deadline = Instant::now() + timeout;
+    let expired = |what: &str| format!("{what} {addr}: the exchange did not finish within {} ms", timeout.as_millis());
     // The time left before the deadline, or the error to return when none is.
     let left = |what: &str| {
         let d = deadline.saturating_duration_since(Instant::now());
         if d.is_zero() {
-            Err(format!("{what} {addr}: no whole answer within {} ms", timeout.as_millis()))
+            Err(expired(what))
         } else {
             Ok(d)
         }
     };
+    // SO_SNDTIMEO / SO_RCVTIMEO set from `left` expired: the deadline, said as such.
+    let timed_out =
+        |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = s.set_nodelay(true);
     let mut head = format!(
@@ -100,9 +104,7 @@ pub fn request(
                 Ok(0) => return Err(format!("send to {addr}: connection closed")),
                 Ok(n) => part = &part[n..],
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    return Err(format!("send to {addr}: not taken within {} ms", timeout.as_millis()))
-                }
+                Err(e) if timed_out(&e) => return Err(expired("send to")),
                 Err(e) => return Err(format!("send to {addr}: {e}")),
             }
         }
@@ -113,10 +115,7 @@ pub fn request(
         s.set_read_timeout(Some(left("read from")?)).map_err(|e| e.to_string())?;
         let n = match s.read(&mut chunk) {
             Ok(n) => n,
-            // SO_RCVTIMEO expired: the deadline, said as such.
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err(format!("read from {addr}: no whole answer within {} ms", timeout.as_millis()))
-            }
+            Err(e) if timed_out(&e) => return Err(expired("read from")),
             Err(e) => return Err(format!("read from {addr}: {e}")),
         };
         if n == 0 {

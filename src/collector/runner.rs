@@ -174,10 +174,9 @@ struct OpenBatch {
     /// Never extend past this record: the start of a recorded batch, or the end of one being
     /// sent again (`fixed`).
     limit: Option<u32>,
-    /// A recorded batch sent again: exactly `[from, limit)`.
-    fixed: bool,
-    /// Id of the key base a recorded batch was first sent under (0: the current one).
-    base: u32,
+    /// A recorded batch sent again, exactly `[from, limit)`: the id of the key base it was
+    /// first sent under. `None` for a batch being cut now.
+    recorded: Option<u32>,
     events: Vec<CollectedEvent>,
     bytes: usize,
     first_at: Option<Instant>,
@@ -267,7 +266,7 @@ impl Runner {
             for shard in shards {
                 match self.step(shard, stopping) {
                     Ok(p) => {
-                        if p && !self.status.failed.load(Relaxed) {
+                        if p {
                             self.status.retrying.store(false, Relaxed);
                         }
                         progressed |= p;
@@ -407,7 +406,7 @@ impl Runner {
             st.projection = Some((b.segment, Projection::new(&schema, &self.cfg.events, &self.cfg.fields)));
         }
         let projection = &st.projection.as_ref().expect("built").1;
-        let full = |b: &OpenBatch| !b.fixed && (b.events.len() >= limits.events_max || b.bytes >= limits.bytes_max);
+        let full = |b: &OpenBatch| !b.fixed() && (b.events.len() >= limits.events_max || b.bytes >= limits.bytes_max);
         let mut progressed = false;
         if !b.exhausted && !full(b) && b.limit != Some(b.to) {
             self.read_buf.clear();
@@ -443,7 +442,7 @@ impl Runner {
             st.caught_up = tail == Tail::Waiting && b.events.is_empty();
         }
         let linger = Duration::from_millis(limits.linger_ms);
-        let ready = if b.fixed {
+        let ready = if b.fixed() {
             b.limit == Some(b.to) || b.exhausted
         } else {
             full(b)
@@ -454,7 +453,7 @@ impl Runner {
         };
         if !ready {
             // Only records of other types so far: move the cursor over them now.
-            if b.events.is_empty() && b.to > b.from && !b.fixed {
+            if b.events.is_empty() && b.to > b.from && !b.fixed() {
                 st.committed = Position { segment: b.segment, index: b.to };
                 let (segment, to, limit) = (b.segment, b.to, b.limit);
                 st.open = Some(OpenBatch::new(segment, to, limit, None));
@@ -466,8 +465,8 @@ impl Runner {
         if b.events.is_empty() {
             st.committed = Position { segment: b.segment, index: b.to };
         } else {
-            let base = if b.fixed {
-                self.key_bases.name(b.base).map_err(StepError::Io)?
+            let base = if let Some(id) = b.recorded {
+                self.key_bases.name(id).map_err(StepError::Io)?
             } else {
                 // The range and its key base are on disk before the first attempt: a restart
                 // cuts the same batch under the same key.
@@ -487,7 +486,7 @@ impl Runner {
                 from: b.from,
                 to: b.to,
                 attempt: 0,
-                sent_before: b.fixed,
+                sent_before: b.fixed(),
                 events: b.events,
             };
             let newest = batch.events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
@@ -500,7 +499,7 @@ impl Runner {
             // A stopped (fatal) collector keeps its pending age growing: its events wait.
             if !matches!(delivered, Err(Halt::Fatal)) {
                 self.status.pending_oldest_ns.store(0, Relaxed);
-            } else if !b.fixed {
+            } else if b.recorded.is_none() {
                 // Refused the first time it was ever sent: nothing of it was applied (a 409 here
                 // is another tracker's body under this key). Forget the cut, so the fix the
                 // error asks for (a key_prefix of its own) applies to this range too; keeping it
@@ -602,22 +601,19 @@ impl KeyBases {
     /// The base a recorded batch was sent under, by its id (the legacy base for entries from
     /// before bases), or the current one when `key_bases` lost the id (said once).
     fn name(&mut self, id: u32) -> Result<String, String> {
-        let current = self.current.clone();
-        let dir = self.dir.clone();
-        match self.known()?.get(&id) {
-            Some(b) => Ok(b.clone()),
-            None => {
-                if !self.missing_logged {
-                    eprintln!(
-                        "tracker: collector: key base {id:08x} of a recorded batch is missing from {}; \
-                         sending it under the current \"{current}\" (a destination may apply it twice)",
-                        dir.join("key_bases").display()
-                    );
-                    self.missing_logged = true;
-                }
-                Ok(current)
-            }
+        if let Some(b) = self.known()?.get(&id) {
+            return Ok(b.clone());
         }
+        if !self.missing_logged {
+            eprintln!(
+                "tracker: collector: key base {id:08x} of a recorded batch is missing from {}; \
+                 sending it under the current \"{}\" (a destination may apply it twice)",
+                self.dir.join("key_bases").display(),
+                self.current
+            );
+            self.missing_logged = true;
+        }
+        Ok(self.current.clone())
     }
 }
 
@@ -627,6 +623,10 @@ enum StepError {
 }
 
 impl OpenBatch {
+    fn fixed(&self) -> bool {
+        self.recorded.is_some()
+    }
+
     /// `recorded`: the key base id of a recorded batch sent again (then `limit` is its end).
     fn new(segment: u64, from: u32, limit: Option<u32>, recorded: Option<u32>) -> OpenBatch {
         OpenBatch {
@@ -634,8 +634,7 @@ impl OpenBatch {
             from,
             to: from,
             limit,
-            fixed: recorded.is_some(),
-            base: recorded.unwrap_or(0),
+            recorded,
             events: Vec::new(),
             bytes: 0,
             first_at: None,
