@@ -183,23 +183,24 @@ pub(super) fn answer(
         |t, index, item| {
             // The request paid for its first event; each further item is charged too, or a
             // batch would carry a hundred events on one request's budget.
-            let item_over = over_budget
-                || (index > 0
-                    && ctx
-                        .budgets
-                        .as_ref()
-                        .is_some_and(|b| matches!(b.charge(view.client_ip, view.now_ns), Charge::Over { .. })));
+            // (A request already over budget was counted once, and all its items go unjournaled.)
+            let charged_over = !over_budget
+                && index > 0
+                && ctx
+                    .budgets
+                    .as_ref()
+                    .is_some_and(|b| matches!(b.charge(view.client_ip, view.now_ns), Charge::Over { .. }));
             let r = match item {
                 _ if t.overloaded => Err(Refusal::Overloaded),
-                _ if item_over && !over_budget && ep.over_budget == OverBudget::Reject => Err(Refusal::OverBudget),
+                _ if charged_over && ep.over_budget == OverBudget::Reject => Err(Refusal::OverBudget),
                 Err(why) => Err(Refusal::Item(why)),
                 Ok(obj) => {
-                    if item_over && !over_budget {
+                    if charged_over {
                         // A `drop` endpoint: taken, answered, not journaled (as a pixel over budget).
                         counters.reject(Reason::OverBudget);
                     }
                     let view = RequestView { json: Some(obj), ..view };
-                    push(ctx, cfg, ty, ep_index, &view, item_over, &mut producer)
+                    push(ctx, cfg, ty, ep_index, &view, over_budget || charged_over, &mut producer)
                 }
             };
             match r {
