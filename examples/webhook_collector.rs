@@ -195,7 +195,9 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(30);
         while lines.len() < 5 && Instant::now() < deadline {
             if let Ok((key, body)) = rx.recv_timeout(Duration::from_millis(100)) {
-                assert!(key.starts_with("tracker:hook:0:"), "{key}");
+                // `<key_prefix>:<collector>:<shard>:...`, the prefix the journal's own.
+                let prefix = std::fs::read_to_string(cfg.journal.dir.join("collectors/default_key_prefix")).unwrap();
+                assert!(key.starts_with(&format!("{}:hook:0:", prefix.trim_end())), "{key}");
                 lines.extend(body.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()));
             }
         }

@@ -24,6 +24,10 @@
 //! comes from the entry; the base (`key_prefix` and collector name) comes from the file, not
 //! from today's config, so changing `key_prefix` applies to new batches only.
 //!
+//! And for every collector of the journal, `<journal.dir>/collectors/default_key_prefix`: the
+//! `key_prefix` of collectors that set none, `tracker-<16 hex digits>` drawn at random when the
+//! first such collector starts, so two trackers on default configs never share batch keys.
+//!
 //! A torn last entry of a batch log (crash mid-append) fails its CRC and is ignored: that batch
 //! was never sent (the append is synced before the first attempt). A torn last line of
 //! `key_bases` has no newline, or an id that does not match its text, and is ignored likewise.
@@ -48,6 +52,11 @@ pub struct Position {
 const ENTRY_BYTES: usize = 16;
 const BATCHES_SUFFIX: &str = ".batches";
 const KEY_BASES: &str = "key_bases";
+const DEFAULT_KEY_PREFIX: &str = "default_key_prefix";
+
+/// The `key_prefix` every collector had by default before the journal drew its own
+/// ([`default_key_prefix`]): what logs from before key bases were sent under when none was set.
+pub const OLD_DEFAULT_KEY_PREFIX: &str = "tracker";
 
 /// Id of the legacy key base in `key_bases` (what entries written before bases name).
 pub const LEGACY_BASE_ID: u32 = 0;
@@ -173,6 +182,63 @@ pub fn add_key_base(collector_dir: &Path, id: u32, base: &str) -> io::Result<()>
         fsync_dir(collector_dir)?;
     }
     Ok(())
+}
+
+/// The journal's own key prefix (`collectors/default_key_prefix`), drawn and stored on first
+/// use. Made with a link so that two processes starting on one journal at once (a zero-downtime
+/// restart) agree on it: the loser of the race reads the winner's.
+pub fn default_key_prefix(journal: &Path) -> io::Result<String> {
+    let dir = journal.join("collectors");
+    let path = dir.join(DEFAULT_KEY_PREFIX);
+    if let Some(p) = read_default_key_prefix(&path)? {
+        return Ok(p);
+    }
+    fs::create_dir_all(&dir)?;
+    let mut random = [0u8; 8];
+    getrandom::getrandom(&mut random).map_err(|e| io::Error::other(format!("no random bytes: {e}")))?;
+    let drawn = format!("tracker-{:016x}", u64::from_le_bytes(random));
+    let tmp = dir.join(format!("{DEFAULT_KEY_PREFIX}.{}.tmp", std::process::id()));
+    let mut f = File::create(&tmp)?;
+    f.write_all(format!("{drawn}\n").as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    let linked = fs::hard_link(&tmp, &path);
+    fs::remove_file(&tmp)?;
+    match linked {
+        Ok(()) => fsync_dir(&dir)?,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    read_default_key_prefix(&path)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: not one line of 1..=64 letters, digits, '_', '-' or '.'", path.display()),
+        )
+    })
+}
+
+fn read_default_key_prefix(path: &Path) -> io::Result<Option<String>> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let p = text.trim_end_matches('\n');
+    if valid_key_prefix(p) {
+        Ok(Some(p.to_string()))
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: not one line of 1..=64 letters, digits, '_', '-' or '.'", path.display()),
+        ))
+    }
+}
+
+/// What a `key_prefix` may be: it is part of keys other systems store and compare.
+pub fn valid_key_prefix(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 64
+        && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 /// The batches cut in `segment`, in the order they were cut.
@@ -348,5 +414,20 @@ mod tests {
         let _a = lock(d.path(), "x").unwrap();
         let e = lock(d.path(), "x").err().unwrap();
         assert!(e.to_string().contains("stop the tracker"), "{e}");
+    }
+
+    #[test]
+    fn the_default_key_prefix_is_drawn_once_per_journal() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = default_key_prefix(a.path()).unwrap();
+        assert!(first.starts_with("tracker-") && first.len() == 24 && valid_key_prefix(&first), "{first}");
+        assert_eq!(default_key_prefix(a.path()).unwrap(), first);
+        assert_ne!(default_key_prefix(b.path()).unwrap(), first);
+        // No temporary file is left next to it.
+        assert_eq!(fs::read_dir(a.path().join("collectors")).unwrap().count(), 1);
+        // A file that is not a prefix is an error naming it, never a silently new prefix.
+        fs::write(a.path().join("collectors").join(DEFAULT_KEY_PREFIX), "two words\n").unwrap();
+        let e = default_key_prefix(a.path()).unwrap_err().to_string();
+        assert!(e.contains("default_key_prefix") && e.contains("letters"), "{e}");
     }
 }

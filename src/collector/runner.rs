@@ -124,6 +124,13 @@ pub fn start_with_shards(cfg: &Config, registry: &Registry, shards: &[Arc<ShardS
     let mut statuses = Vec::new();
     let journal = cfg.journal.dir.clone();
     fs::create_dir_all(&journal).map_err(|e| format!("cannot create {}: {e}", journal.display()))?;
+    let journal_prefix = match cfg.collectors.iter().any(|c| c.key_prefix.is_none()) {
+        true => Some(
+            cursor::default_key_prefix(&journal)
+                .map_err(|e| format!("collectors: the journal's default key_prefix: {e}"))?,
+        ),
+        false => None,
+    };
     for (c, collector) in cfg.collectors.iter().zip(built) {
         let status = Arc::new(CollectorStatus { name: c.name.clone(), kind: c.kind.clone(), ..Default::default() });
         let mut runner = Runner {
@@ -131,7 +138,7 @@ pub fn start_with_shards(cfg: &Config, registry: &Registry, shards: &[Arc<ShardS
             name: Arc::from(c.name.as_str()),
             journal: journal.clone(),
             collector,
-            key_bases: KeyBases::new(&journal, c),
+            key_bases: KeyBases::new(&journal, c, journal_prefix.as_deref()),
             shards: BTreeMap::new(),
             status: status.clone(),
             stop: stop.clone(),
@@ -546,32 +553,40 @@ impl Runner {
 struct KeyBases {
     dir: PathBuf,
     current: String,
+    /// What logs from before key bases were sent under: this config's base, or the old
+    /// default's when the config sets no `key_prefix` (the default then was not the journal's).
+    legacy: String,
     known: Option<BTreeMap<u32, String>>,
     /// A recorded batch named an id missing from the file; said once.
     missing_logged: bool,
 }
 
 impl KeyBases {
-    fn new(journal: &Path, cfg: &CollectorConfig) -> KeyBases {
+    /// `journal_prefix`: the journal's own (`cursor::default_key_prefix`), for a config with
+    /// no `key_prefix`.
+    fn new(journal: &Path, cfg: &CollectorConfig, journal_prefix: Option<&str>) -> KeyBases {
+        let prefix = cfg.key_prefix.as_deref().or(journal_prefix).unwrap_or(cursor::OLD_DEFAULT_KEY_PREFIX);
+        let legacy = cfg.key_prefix.as_deref().unwrap_or(cursor::OLD_DEFAULT_KEY_PREFIX);
         KeyBases {
             dir: cursor::collector_dir(journal, &cfg.name),
-            current: format!("{}:{}", cfg.key_prefix, cfg.name),
+            current: format!("{prefix}:{}", cfg.name),
+            legacy: format!("{legacy}:{}", cfg.name),
             known: None,
             missing_logged: false,
         }
     }
 
     /// The bases on disk, loaded at first use. A collector directory without a legacy base
-    /// gets the current one as that, first: logs written before bases were recorded were
-    /// written under the config of then, which is the config now unless it changed together
-    /// with the upgrade (docs/collectors.md says to upgrade first).
+    /// gets `legacy` as that, first: logs written before bases were recorded were written
+    /// under the config of then, which is the config now unless it changed together with the
+    /// upgrade (docs/collectors.md says to upgrade first).
     fn known(&mut self) -> Result<&mut BTreeMap<u32, String>, String> {
         if self.known.is_none() {
             let mut read = cursor::read_key_bases(&self.dir).map_err(|e| format!("read key bases: {e}"))?;
             if let std::collections::btree_map::Entry::Vacant(legacy) = read.entry(cursor::LEGACY_BASE_ID) {
-                cursor::add_key_base(&self.dir, cursor::LEGACY_BASE_ID, &self.current)
+                cursor::add_key_base(&self.dir, cursor::LEGACY_BASE_ID, &self.legacy)
                     .map_err(|e| format!("write key bases: {e}"))?;
-                legacy.insert(self.current.clone());
+                legacy.insert(self.legacy.clone());
             }
             self.known = Some(read);
         }

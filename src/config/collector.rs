@@ -124,8 +124,8 @@ pub struct CollectorConfig {
     pub batch: BatchLimits,
     pub retry: RetryPolicy,
     /// First part of every batch key (`<key_prefix>:<name>:<shard>:<segment>:<from>-<to>`):
-    /// give each tracker host its own when several feed one destination. Default "tracker".
-    pub key_prefix: String,
+    /// `None`: the journal's own, drawn at random (`collector::cursor::default_key_prefix`).
+    pub key_prefix: Option<String>,
     pub options: CollectorOptions,
 }
 
@@ -191,20 +191,17 @@ impl Validator<'_> {
                 ) as u8,
             };
             let key_prefix = match &r.key_prefix {
-                None => "tracker".to_string(),
+                None => None,
                 Some(p) => {
                     let v = p.get_ref();
-                    if v.is_empty()
-                        || v.len() > 64
-                        || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-                    {
+                    if !crate::collector::cursor::valid_key_prefix(v) {
                         self.err(
                             p.span(),
                             key("key_prefix"),
                             format!("\"{v}\": 1..=64 letters, digits, '_', '-' or '.'"),
                         );
                     }
-                    v.clone()
+                    Some(v.clone())
                 }
             };
             let mut options = CollectorOptions {

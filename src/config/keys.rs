@@ -227,10 +227,10 @@ pub const COLLECTOR_KEYS: &[KeySpec] = &[
         "key_prefix",
         "string",
         "",
-        Str("tracker"),
+        NoDefault,
         Rule("1..=64 of [A-Za-z0-9_.-]"),
         "",
-        "First part of every batch key; one per host when several trackers feed one destination.",
+        "First part of every batch key. Unset: the journal's own, `tracker-` and 16 random hex digits drawn at the first start and kept in `<journal.dir>/collectors/default_key_prefix`, so hosts on one config never share keys.",
     ),
     k(
         "collector",

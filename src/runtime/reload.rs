@@ -278,7 +278,7 @@ pub fn restart_only_changes(running: &Config, file: &Config) -> Vec<String> {
             .map(|x| {
                 let opts: Vec<String> = x.options.entries.iter().map(|(k, (_, v))| format!("{k}={v}")).collect();
                 format!(
-                    "{}({} {:?} {:?} {:?} {:?} {} [{}])",
+                    "{}({} {:?} {:?} {:?} {:?} {:?} [{}])",
                     x.name,
                     x.kind,
                     x.events,

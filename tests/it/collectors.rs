@@ -506,16 +506,43 @@ fn banker_metric(s: &Server, name: &str) -> Option<u64> {
 }
 
 #[test]
-fn a_batch_refused_for_another_trackers_key_is_banked_once_the_prefix_is_fixed() {
+fn two_trackers_on_default_configs_bank_each_their_own_spend() {
     let data = tempfile::tempdir().unwrap();
     let banker = Banker::start(data.path());
     let cfg = config(&banker_collector(banker.addr));
-    // Tracker A, default key_prefix: one billed impression of 1.00.
+    // Two hosts, one config with no key_prefix, one journal each: the same shard, segment and
+    // range on both, so a shared default prefix would give both first batches one key.
+    let mut a = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut b = Server::start(Some(&cfg), &["--shards", "1", "--admin-listen", "127.0.0.1:0"]);
+    assert_eq!(a.connect().get("/i?c=1&cr=1&p=1.000000&imp=a&site=s.example").status, 200);
+    assert_eq!(b.connect().get("/i?c=1&cr=1&p=2.000000&imp=b&site=s.example").status, 200);
+    wait_for("both banked", WAIT, || banker.balance()["total_micros"].as_i64() == Some(3_000_000));
+    assert_eq!(banker_metric(&b, "tracker_collector_failed"), Some(0));
+    let prefix = |s: &Server| std::fs::read_to_string(s.journal().join("collectors/default_key_prefix")).unwrap();
+    assert_ne!(prefix(&a), prefix(&b));
+    // A restart keeps the journal's prefix: a range sent again carries its first key.
+    let before = prefix(&a);
+    let dir = take_dir(&mut a);
+    assert_eq!(a.stop(), 0);
+    drop(a);
+    let mut a = Server::start_in(dir, Some(&cfg), &["--shards", "1"]);
+    assert_eq!(prefix(&a), before);
+    assert_eq!(a.stop(), 0);
+    assert_eq!(b.stop(), 0);
+}
+
+#[test]
+fn a_batch_refused_for_another_trackers_key_is_banked_once_the_prefix_is_fixed() {
+    let data = tempfile::tempdir().unwrap();
+    let banker = Banker::start(data.path());
+    let shared = banker_collector(banker.addr).replace("linger_ms = 50", "linger_ms = 50\nkey_prefix = \"shared\"");
+    let cfg = config(&shared);
+    // Tracker A: one billed impression of 1.00.
     let mut a = Server::start(Some(&cfg), &["--shards", "1"]);
     assert_eq!(a.connect().get("/i?c=1&cr=1&p=1.000000&imp=a&site=s.example").status, 200);
     wait_for("A banked", WAIT, || banker.balance()["total_micros"].as_i64() == Some(1_000_000));
     assert_eq!(a.stop(), 0);
-    // Tracker B with the same key_prefix: same first key, another body → 409 → B stops.
+    // Tracker B, misconfigured with A's key_prefix: same first key, another body → 409 → B stops.
     let mut b = Server::start(Some(&cfg), &["--shards", "1", "--admin-listen", "127.0.0.1:0"]);
     assert_eq!(b.connect().get("/i?c=1&cr=1&p=2.000000&imp=b&site=s.example").status, 200);
     wait_for("B fatal", WAIT, || banker_metric(&b, "tracker_collector_failed") == Some(1));
@@ -534,7 +561,10 @@ fn a_batch_refused_for_another_trackers_key_is_banked_once_the_prefix_is_fixed()
 fn batch_logs_from_before_key_bases_keep_their_keys_after_key_prefix_changes() {
     let data = tempfile::tempdir().unwrap();
     let banker = Banker::start(data.path());
-    let mut s = Server::start(Some(&config(&banker_collector(banker.addr))), &["--shards", "1"]);
+    // A build from before key bases, with no key_prefix set, sent under the default of then.
+    let old_default =
+        banker_collector(banker.addr).replace("linger_ms = 50", "linger_ms = 50\nkey_prefix = \"tracker\"");
+    let mut s = Server::start(Some(&config(&old_default)), &["--shards", "1"]);
     let mut expected = send_mixed(s.addr, 0..300);
     wait_for("banked", WAIT, || banker.balance()["total_micros"].as_i64() == Some(expected));
     assert_eq!(s.stop(), 0);
@@ -550,7 +580,7 @@ fn batch_logs_from_before_key_bases_keep_their_keys_after_key_prefix_changes() {
             }
         }
     }
-    // The upgrade: the same config once (its key_prefix becomes the legacy base) ...
+    // The upgrade: the same config, with no key_prefix (the old default becomes the legacy base) ...
     let dir = take_dir(&mut s);
     drop(s);
     let mut s = Server::start_in(dir, Some(&config(&banker_collector(banker.addr))), &["--shards", "1"]);
