@@ -26,6 +26,7 @@ pub enum Status {
     S403,
     S404,
     S405,
+    S408,
     S413,
     S414,
     S415,
@@ -35,7 +36,7 @@ pub enum Status {
     S505,
 }
 
-pub const STATUSES: [Status; 14] = [
+pub const STATUSES: [Status; 15] = [
     Status::S200,
     Status::S204,
     Status::S302,
@@ -43,6 +44,7 @@ pub const STATUSES: [Status; 14] = [
     Status::S403,
     Status::S404,
     Status::S405,
+    Status::S408,
     Status::S413,
     Status::S414,
     Status::S415,
@@ -62,6 +64,7 @@ impl Status {
             Status::S403 => 403,
             Status::S404 => 404,
             Status::S405 => 405,
+            Status::S408 => 408,
             Status::S413 => 413,
             Status::S414 => 414,
             Status::S415 => 415,
@@ -80,6 +83,7 @@ impl Status {
             403 => Status::S403,
             404 => Status::S404,
             405 => Status::S405,
+            408 => Status::S408,
             413 => Status::S413,
             414 => Status::S414,
             415 => Status::S415,

@@ -11,8 +11,8 @@
 //! - a malformed request is answered with `Connection: close` and the connection closed after
 //!   the responses before it are written: the bytes after it cannot be trusted.
 //!
-//! Deadlines: the head of a request must arrive within header_read_timeout_ms of its first
-//! byte; an idle keep-alive connection is closed after idle_timeout_ms, and so is one whose
+//! Deadlines: a request (head and body) must arrive within header_read_timeout_ms of its first
+//! byte, or it is answered 408 and the connection closed; an idle keep-alive connection is closed after idle_timeout_ms, and so is one whose
 //! client does not take its responses within idle_timeout_ms. A read or write arms the
 //! connection's slot in the shard's deadline sweep (`deadline.rs`), which also applies the
 //! shutdown graces.
@@ -270,9 +270,17 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         let (res, slice) = stream.read(rbuf.slice_mut(len..cap)).await;
         rbuf = slice.into_inner();
         if armed.expired() {
-            // Given up by the sweep (the socket is shut down): a deadline, or shutdown.
+            // Given up by the sweep (reads shut down): a deadline, or shutdown. A request cut
+            // off in the middle is told why; an idle connection just closes.
+            drop(armed);
             if head_started.is_some() && !ctx.stopping.get() {
                 ctx.shared.counters.reject(Reason::HeaderTimeout);
+                ctx.shared.counters.request(None, Status::S408);
+                let why = "request not received whole within header_read_timeout_ms";
+                write_error(&ctx, &mut wbuf, Status::S408, why, false, false, 1, None);
+                let grace = deadline::ms(deadline::TIMED_OUT_ANSWER_GRACE);
+                let (_, b) = write_all(&ctx, &mut stream, wbuf, slot, grace).await;
+                wbuf = b;
             }
             break 'conn;
         }

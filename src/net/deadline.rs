@@ -4,8 +4,9 @@
 //! A connection arms its slot (its socket, when it gives up, what it waits for) before it
 //! awaits a read or a write and disarms it after; arming is two stores, with no clock read
 //! beyond the batch's coarse one and no timer-wheel entry. The sweep shuts down
-//! (`shutdown(2)`, SHUT_RDWR) the socket of every slot whose time is up: the pending read
-//! completes with 0, the pending write with EPIPE, and the connection, finding its slot
+//! (`shutdown(2)`) the socket of every slot whose time is up: a pending read completes with 0
+//! (SHUT_RD: the write side stays open, so a connection cut in the middle of a request can
+//! still answer 408), a pending write with EPIPE (SHUT_RDWR); the connection, finding its slot
 //! expired, closes. A cancelled io_uring op would do the same at the price of a cancel handle
 //! on every op (~0.7% of a request's CPU, measured with perf).
 //!
@@ -21,6 +22,8 @@ use std::time::Duration;
 pub const TICK: Duration = Duration::from_millis(250);
 /// How long responses already being written may take once the shard stops.
 pub const STOP_WRITE_GRACE: Duration = Duration::from_secs(2);
+/// How long the 408 to a request that did not arrive in time may take to write.
+pub const TIMED_OUT_ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// How long, at shutdown, a connection that was never answered waits for its first request.
 /// Bounds how much a silent client delays the exit of a draining process.
 pub const STOP_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
@@ -84,9 +87,10 @@ impl Deadlines {
             };
             if now_ms >= until {
                 s.expired.set(true);
+                let how = if wait == Wait::Write { libc::SHUT_RDWR } else { libc::SHUT_RD };
                 // SAFETY: `fd` is the socket of a connection suspended on it (module invariant),
                 // so it is open and ours; shutdown only changes the socket's state.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                unsafe { libc::shutdown(fd, how) };
                 fired += 1;
             }
         }
@@ -132,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn fires_only_when_due_and_shuts_the_socket_down() {
+    fn fires_only_when_due_and_shuts_reads_down_but_leaves_writes_open() {
         let d = Deadlines::new(2);
         let (mut client, server) = pair();
         let armed = d.arm(1, server.as_raw_fd(), 1_000, Wait::Read);
@@ -142,11 +146,26 @@ mod tests {
         assert!(armed.expired());
         // Fired once only.
         assert_eq!(d.sweep(2_000, None), 0);
-        // The client sees the close: EOF.
+        // Our reads see EOF; a last answer can still be written, then the close reaches the client.
+        let mut b = [0u8; 2];
+        assert_eq!((&server).read(&mut b).unwrap(), 0);
+        (&server).write_all(b"ok").unwrap();
+        drop(server);
+        client.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ok");
+        assert_eq!(client.read(&mut b).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_write_past_its_deadline_is_shut_both_ways() {
+        let d = Deadlines::new(1);
+        let (mut client, server) = pair();
+        let armed = d.arm(0, server.as_raw_fd(), 10, Wait::Write);
+        assert_eq!(d.sweep(10, None), 1);
+        assert!(armed.expired());
+        assert!((&server).write_all(b"x").is_err());
         let mut b = [0u8; 1];
         assert_eq!(client.read(&mut b).unwrap(), 0);
-        // And our side can no longer write.
-        assert!((&server).write_all(b"x").is_err());
     }
 
     #[test]

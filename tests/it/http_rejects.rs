@@ -97,17 +97,36 @@ fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
 }
 
 #[test]
-fn a_slow_header_is_cut_off_at_the_deadline() {
+fn a_slow_header_or_body_is_answered_408_at_the_deadline() {
     let cfg = "[server]\nheader_read_timeout_ms = 300\n".to_string() + &crate::pipeline::default_endpoints_and_events();
-    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
-    let mut c = s.connect();
-    c.send(b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\n");
-    // No further bytes: the server must close within the deadline (bounded by the harness wait).
-    let t = std::time::Instant::now();
-    assert!(c.is_closed());
-    assert!(t.elapsed() < WAIT);
-    assert_eq!(s.connect().get("/i?c=1").status, 200);
+    let mut s = Server::start(Some(&cfg), &["--shards", "1", "--admin-listen", "127.0.0.1:0"]);
+    // A head that never ends, and a batch whose body stops short of its Content-Length after a
+    // request answered on the same connection.
+    let mut head = s.connect();
+    head.send(b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\n");
+    let mut body = s.connect();
+    assert_eq!(body.get("/i?c=2").status, 200);
+    body.send(
+        b"POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n[{\"type\":",
+    );
+    // No further bytes: each gets 408 with the reason, then the close (bounded by the harness wait).
+    for c in [&mut head, &mut body] {
+        let r = c.read_response(false);
+        assert_eq!(r.status, 408);
+        assert_eq!(r.header("Connection"), Some("close"));
+        assert!(String::from_utf8_lossy(&r.body).contains("header_read_timeout_ms"), "{r:?}");
+        assert!(c.is_closed());
+    }
+    assert_eq!(s.connect().get("/i?c=3").status, 200);
+    let m = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    let timed_out: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("tracker_requests_total{") && l.contains("status=\"408\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(timed_out, 2.0, "{m}");
     assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 2);
 }
 
 #[test]
