@@ -20,13 +20,15 @@
 //! keep their text. An f64 is written back in its shortest round-trip form, which equals the sent
 //! text for every number of at most 15 significant digits (f64 holds 15 decimal digits exactly),
 //! e.g. every price up to 999999999.999999. A number that needs more digits is refused (send it
-//! as a string: strings are parsed from their exact text, money included).
+//! as a string: strings are parsed from their exact text, money included), except by a money
+//! field below 1e9, which takes the nearest micro: such digits are a binary float's artefact
+//! (`19.990000000000002` from JavaScript arithmetic), not a price.
 
 use simd_json::{Buffers, Node, StaticNode, Tape};
 
 use crate::config::Field;
 use crate::constants::BATCH_EVENTS_MAX;
-use crate::event::Event;
+use crate::event::{Event, FLAG_TRUNCATED};
 use crate::schema::FieldKind;
 
 /// Spare bytes simd-json needs after the document in its input buffer.
@@ -315,6 +317,10 @@ pub fn lookup<'t, 'i>(obj: &'t [Node<'i>], path: &[Box<str>]) -> Option<&'t Node
     cur.first()
 }
 
+/// A money field's JSON float of more than 15 significant digits is rounded to the micro below
+/// this magnitude (where an f64 resolves far finer than a micro), refused at or above it.
+const MONEY_ROUNDED_BELOW: f64 = 1e9;
+
 /// Longest text a JSON scalar is turned into before it is stored (numbers only; strings are
 /// stored from the input directly).
 const NUMBER_TEXT_BYTES_MAX: usize = 48;
@@ -336,11 +342,25 @@ pub fn store(f: &Field, v: &Node<'_>, ev: &mut Event) -> Result<Option<u64>, &'s
         Node::Static(StaticNode::I64(i)) => fmt(&mut buf, format_args!("{i}"))?,
         Node::Static(StaticNode::U64(u)) => fmt(&mut buf, format_args!("{u}"))?,
         Node::Static(StaticNode::F64(x)) => {
+            let x = *x;
             let t = fmt(&mut buf, format_args!("{x}"))?;
-            if significant_digits(t) > 15 {
+            if significant_digits(t) <= 15 {
+                t
+            } else if f.kind == FieldKind::Money && f.decrypt.is_none() && x.abs() < MONEY_ROUNDED_BELOW {
+                // A binary float's artefact (JavaScript's 0.1 * 3 is 0.30000000000000004, its
+                // 0.7 * 0.1 is 0.06999999999999999): the sender meant a decimal the f64 only
+                // approximates. Below 1e9 an f64 is within far less than half a micro of it, so
+                // the nearest micro is that decimal; the value is flagged as changed.
+                let micros = (x.abs() * 1e6).round() as u64;
+                ev.flags |= FLAG_TRUNCATED;
+                let sign = if x < 0.0 && micros > 0 { "-" } else { "" };
+                let (whole, frac) = (micros / 1_000_000, micros % 1_000_000);
+                let mut rounded = [0u8; NUMBER_TEXT_BYTES_MAX];
+                let t = fmt(&mut rounded, format_args!("{sign}{whole}.{frac:06}"))?;
+                return super::store_text(f, t, false, ev);
+            } else {
                 return Err("has over 15 significant digits: send it as a string");
             }
-            t
         }
     };
     super::store_text(f, text, false, ev)

@@ -78,6 +78,36 @@ fn a_batch_stores_exactly_the_good_items_and_reports_the_bad_by_index() {
 }
 
 #[test]
+fn money_from_javascript_float_arithmetic_is_the_nearest_micro() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    // What JavaScript sends for 0.1 * 3, 0.7 * 0.1, -(19.99 + 1e-15) and 3 * 6.6666666666666667;
+    // then a 17-digit number too large to round to a micro, and one for an integer field.
+    let body = br#"[
+        {"type":"a","value":0.30000000000000004},
+        {"type":"b","value":0.06999999999999999},
+        {"type":"c","value":-19.990000000000002},
+        {"type":"d","value":20.000000000000004},
+        {"type":"e","value":1234567890.1234567},
+        {"type":"f","value":1,"campaign_id":1.0000000000000002}
+    ]"#;
+    let r = post(&mut c, "/batch", JSON, body);
+    let a = json(&r);
+    assert_eq!(a["accepted"], 4, "{a}");
+    let rejected = a["rejected"].as_array().unwrap();
+    let idx: Vec<u64> = rejected.iter().map(|x| x["index"].as_u64().unwrap()).collect();
+    assert_eq!(idx, [4, 5], "{a}");
+    for r in rejected {
+        assert!(r["reason"].as_str().unwrap().contains("over 15 significant digits"), "{a}");
+    }
+    assert_eq!(s.stop(), 0);
+    let events: Vec<_> = journal_cat(&s.journal()).into_iter().filter(|e| e["type"] == "batch_event").collect();
+    let micros: Vec<i64> = events.iter().map(|e| (e["value"].as_f64().unwrap() * 1e6).round() as i64).collect();
+    assert_eq!(micros, [300_000, 70_000, -19_990_000, 20_000_000], "{events:?}");
+    assert!(events.iter().all(|e| e["truncated"] == true), "{events:?}");
+}
+
+#[test]
 fn a_retried_batch_item_with_an_eid_is_one_event() {
     let mut s = Server::start(None, &["--shards", "1"]);
     let mut c = s.connect();
