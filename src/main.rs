@@ -297,7 +297,7 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
             .spawn(move || w.run(n, shards, done))
             .expect("spawn watchdog thread")
     });
-    let mut reloader = config_path.map(|p| Reloader::new(p, overrides, started_with, running.shards().to_vec()));
+    let mut reloader = config_path.map(|p| Reloader::new(p, overrides, started_with, &running));
 
     let stop = running.stopper();
     let handle = signals.handle();
@@ -321,8 +321,6 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
     running.wait();
     // A drain that gave up on a failing journal at shutdown (runtime/drain.rs STOP_RETRY).
     let lost: u64 = shards.iter().map(|s| s.events_lost.load(SeqCst)).sum();
-    // Shards and drains have published their last histograms: write the last .hlog interval.
-    admin.finish();
     handle.close();
     // The journal holds everything acknowledged now: collectors deliver it, then stop.
     forwarders.stop();
@@ -330,6 +328,9 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
     if hung > 0 {
         eprintln!("tracker: {hung} collector(s) did not finish within 10 s; their cursors resume at the next start");
     }
+    // Shards, drains and collectors have published their last histograms (the collectors'
+    // shutdown deliveries included): write the last .hlog interval.
+    admin.finish();
     watchdog_done.store(true, SeqCst);
     if let Some(w) = watchdog {
         w.thread().unpark();

@@ -218,8 +218,7 @@ fn no_heap_allocation_per_request_once_warm() {
         shards: Some(1),
         admin_listen: None,
     };
-    let mut reloader =
-        tracker::runtime::reload::Reloader::new(file, overrides, started_with, running.shards().to_vec());
+    let mut reloader = tracker::runtime::reload::Reloader::new(file, overrides, started_with, &running);
     let report = reloader.reload().unwrap();
     assert!(report.late_shards.is_empty());
     const PIXEL2: &[u8] = b"GET /i2?c=12345&cr=678 HTTP/1.1\r\nHost: t\r\n\r\n";

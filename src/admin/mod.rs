@@ -15,8 +15,9 @@
 //! HdrHistogram interval log ([`hlog`]).
 //!
 //! What must never happen: the admin thread blocking a reactor. It only loads atomics and takes
-//! the histogram snapshot locks, which reactors only ever `try_lock` (metrics::latency). It is one
-//! std thread with blocking sockets serving one connection at a time; a slow client is bounded by
+//! the histogram snapshot locks, which reactors only ever `try_lock` (metrics::latency). One std
+//! thread accepts and hands each connection to a thread of its own (at most `CONNECTIONS_MAX`
+//! at once, blocking sockets), so a slow client delays nobody else; it is bounded by
 //! `CLIENT_TIMEOUT` for its whole request head (then 408) and `REQUEST_BYTES_MAX`.
 
 pub mod client;
@@ -26,7 +27,7 @@ pub mod render;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,26 +38,27 @@ use crate::runtime::{Running, ShardShared};
 pub const REQUEST_BYTES_MAX: usize = 4096;
 /// Read and write timeout of one admin connection.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Admin connections served at once, each on a thread of its own; one more is answered 503 at
+/// once. A few silent clients then cost a thread each for CLIENT_TIMEOUT instead of holding
+/// every request behind them (the health probes included).
+pub const CONNECTIONS_MAX: usize = 16;
 
 /// What the admin thread reads: fixed at start.
 pub struct State {
     pub shards: Vec<Arc<ShardShared>>,
     stop: Arc<AtomicBool>,
-    /// `endpoint` label of each endpoint index (its path), then "none".
-    pub endpoint_labels: Vec<String>,
-    pub type_names: Vec<String>,
+    /// The `endpoint` and `type` label of each counter slot; grows with reloads.
+    pub labels: Arc<crate::metrics::CounterLabels>,
     journal_dir: PathBuf,
     free_bytes_min: u64,
     backlog_max: u64,
-    /// When the admin state was built (start-up), seconds since the Unix epoch.
+    /// When the process started, seconds since the Unix epoch.
     pub started_unix_s: f64,
 }
 
 impl State {
     pub fn new(cfg: &Config, running: &Running) -> State {
         let shards = running.shards().to_vec();
-        let mut endpoint_labels: Vec<String> = cfg.endpoints.iter().map(|e| e.path.clone()).collect();
-        endpoint_labels.push("none".into());
         let free_bytes_min = match cfg.admin.ready_free_bytes_min {
             0 => 2 * cfg.journal.segment_bytes * shards.len() as u64,
             n => n,
@@ -68,12 +70,11 @@ impl State {
         State {
             shards,
             stop: running.stop_flag(),
-            endpoint_labels,
-            type_names: cfg.types.iter().map(|t| t.name.clone()).collect(),
+            labels: running.counter_labels(),
             journal_dir: cfg.journal.dir.clone(),
             free_bytes_min,
             backlog_max,
-            started_unix_s: crate::clock::unix_nanos() as f64 / 1e9,
+            started_unix_s: process_start_unix_s().unwrap_or_else(|| crate::clock::unix_nanos() as f64 / 1e9),
         }
     }
 
@@ -136,6 +137,24 @@ impl State {
             Err(why.join("\n"))
         }
     }
+}
+
+/// When this process started, from `/proc/self/stat` (field 22, clock ticks after boot) and
+/// the boot time in `/proc/stat`: the moment before journal recovery and any wait for a lock.
+fn process_start_unix_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may hold spaces and ')': field 3 is index 0.
+    let start_ticks: f64 = stat.rsplit_once(')')?.1.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    let boot: f64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| boot + start_ticks / hz as f64)
 }
 
 /// `access(W_OK)`: what the kernel would decide for a create in `dir` by this process (root is
@@ -215,10 +234,23 @@ pub fn start(listener: TcpListener, cfg: &Config, running: &Running) -> io::Resu
         None => None,
     };
     std::thread::Builder::new().name("tracker-admin".into()).spawn(move || {
+        let active = Arc::new(AtomicUsize::new(0));
         for conn in listener.incoming() {
             match conn {
-                Ok(s) => {
-                    let _ = serve(&state, s);
+                Ok(mut s) => {
+                    if active.load(SeqCst) >= CONNECTIONS_MAX {
+                        // Never queue behind slow clients: the health probes must get through.
+                        let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+                        let _ = respond(&mut s, 503, "text/plain", b"too many admin connections\n", false);
+                        continue;
+                    }
+                    let slot = Active::take(&active);
+                    let state = state.clone();
+                    // A failed spawn drops the closure, connection and slot with it.
+                    let _ = std::thread::Builder::new().name("tracker-admin-conn".into()).spawn(move || {
+                        let _slot = slot;
+                        let _ = serve(&state, s);
+                    });
                 }
                 // EMFILE and friends: back off briefly instead of spinning.
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -226,6 +258,22 @@ pub fn start(listener: TcpListener, cfg: &Config, running: &Running) -> io::Resu
         }
     })?;
     Ok(Admin { addr, hlog })
+}
+
+/// One of the CONNECTIONS_MAX admin connections served at once, given back when dropped.
+struct Active(Arc<AtomicUsize>);
+
+impl Active {
+    fn take(count: &Arc<AtomicUsize>) -> Active {
+        count.fetch_add(1, SeqCst);
+        Active(count.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
 }
 
 /// Answers one request on `s` and closes it.

@@ -3,8 +3,10 @@
 //! instant) and merges their published histograms. Allocates freely; never runs on a shard.
 //!
 //! Naming: counters end in `_total`, latencies are `_seconds` summaries with quantiles 0.5, 0.9,
-//! 0.99, 0.999 and 1 (= the max); per-shard families carry `shard`, the merged ones are separate
-//! families (`…_merged_seconds`) so that summing over `shard` never double-counts. Every label
+//! 0.99, 0.999 and 1 (= the max) since start; per-shard families carry `shard`, the merged ones
+//! are separate families (`…_merged_seconds`) so that summing over `shard` never double-counts.
+//! The same latencies are also `…_histogram_seconds` histograms in fixed buckets, per shard,
+//! for windowed quantiles and aggregation in PromQL. Every label
 //! value comes from a closed set fixed at start.
 
 use std::fmt::Write as _;
@@ -42,11 +44,33 @@ fn summary(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>) {
     let sep = if labels.is_empty() { "" } else { "," };
     for q in QUANTILES {
         let v = if q >= 1.0 { h.max() } else { h.value_at_quantile(q) };
-        let _ = writeln!(out, "{name}{{{labels}{sep}quantile=\"{q}\"}} {}", v as f64 / 1e9);
+        // No observation has no quantile (Prometheus clients print NaN), not a latency of 0.
+        let v = if h.is_empty() { f64::NAN } else { v as f64 / 1e9 };
+        let _ = writeln!(out, "{name}{{{labels}{sep}quantile=\"{q}\"}} {v}");
     }
     let brace = |s: &str| if s.is_empty() { String::new() } else { format!("{{{s}}}") };
     let _ = writeln!(out, "{name}_sum{} {}", brace(labels), h.mean() * h.len() as f64 / 1e9);
     let _ = writeln!(out, "{name}_count{} {}", brace(labels), h.len());
+}
+
+/// Upper bounds (seconds) of the `…_histogram_seconds` buckets: 1-2.5-5 steps from 1 µs to
+/// 60 s, the histograms' range. Fixed, so series from every tracker and every shard aggregate.
+pub const BUCKETS_S: [f64; 24] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// A Prometheus histogram of `h` (cumulative since start, like a counter): `_bucket` for each
+/// of BUCKETS_S and `+Inf`, `_sum`, `_count`. A bucket counts the values the HDR histogram holds
+/// at or below its bound, to the HDR's precision (3 significant digits).
+fn buckets(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>) {
+    for le in BUCKETS_S {
+        let n = h.count_between(0, (le * 1e9) as u64);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.mean() * h.len() as f64 / 1e9);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
 }
 
 /// The `/metrics` body.
@@ -68,28 +92,20 @@ pub fn metrics(state: &State) -> String {
         "counter",
         "Requests answered, by endpoint path (\"none\" = no endpoint matched) and status",
     );
-    // Endpoints that share a path (GET and POST) are one series.
-    let mut seen: Vec<&str> = Vec::new();
-    for (i, label) in state.endpoint_labels.iter().enumerate() {
-        if seen.contains(&label.as_str()) {
-            continue;
-        }
-        seen.push(label);
+    // One row per path (endpoints that share one, GET and POST, are one series), kept for
+    // every path this process served, through reloads; then the row of no endpoint.
+    let labels = state.labels.snapshot();
+    let rows = labels.endpoints.iter().enumerate().map(|(i, p)| (p.as_str(), Some(i as u16)));
+    for (label, row) in rows.chain(std::iter::once(("none", None))) {
         for st in STATUSES {
-            let mut n = 0;
-            for (j, other) in state.endpoint_labels.iter().enumerate().skip(i) {
-                if other == label {
-                    let ep = if j + 1 == state.endpoint_labels.len() { None } else { Some(j as u16) };
-                    n += sum(&|c| c.requests(ep, st));
-                }
-            }
+            let n = sum(&|c| c.requests(row, st));
             let _ =
                 writeln!(out, "tracker_requests_total{{endpoint=\"{}\",status=\"{}\"}} {n}", escape(label), st.code());
         }
     }
 
     family(&mut out, "tracker_events_total", "counter", "Events pushed into the rings, by event type");
-    for (i, t) in state.type_names.iter().enumerate() {
+    for (i, t) in labels.types.iter().enumerate() {
         let _ = writeln!(out, "tracker_events_total{{type=\"{}\"}} {}", escape(t), sum(&|c| c.events(i as u16)));
     }
 
@@ -160,6 +176,13 @@ pub fn metrics(state: &State) -> String {
         let merged = name.replace("_seconds", "_merged_seconds");
         family(&mut out, &merged, "summary", &format!("{}, all shards merged; quantile 1 is the max", kind.help()));
         summary(&mut out, &merged, "", &all);
+        // The summaries' quantiles cover the whole run; buckets give rates over any window
+        // (histogram_quantile over rate(...[5m])) and add up across shards and trackers.
+        let hist = name.replace("_seconds", "_histogram_seconds");
+        family(&mut out, &hist, "histogram", &format!("{}, per shard, in fixed buckets", kind.help()));
+        for (s, h) in shards.iter().zip(&per) {
+            buckets(&mut out, &hist, &format!("shard=\"{}\"", s.index), h);
+        }
     }
     out
 }

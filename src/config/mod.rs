@@ -162,6 +162,10 @@ pub struct Endpoint {
     pub over_budget: OverBudget,
     /// Set exactly when `response` is `Redirect`.
     pub redirect: Option<Box<crate::redirect::RedirectRule>>,
+    /// Row of this endpoint's path in the shards' request counters: the position in the config
+    /// until the runtime assigns the process's own (`metrics::CounterLabels`), which a reload
+    /// keeps per path.
+    pub counter: u16,
 }
 
 /// Where a field's value comes from in the request.
@@ -223,6 +227,9 @@ pub struct EventType {
     /// `id_from`: the one pass over the query string in `extract` compares each pair's name
     /// with this short list instead of walking every field.
     pub query_keys: Vec<QueryKey>,
+    /// Column of this type's name in the shards' event counters: `id` until the runtime assigns
+    /// the process's own (`metrics::CounterLabels`), which a reload keeps per name.
+    pub counter: u16,
 }
 
 /// A query parameter name and what reads it.
@@ -253,7 +260,7 @@ impl EventType {
                     .filter_map(|(r, s)| key(s).map(|name| QueryKey { name, reader: QueryReader::IdFrom(r) })),
             )
             .collect();
-        EventType { id, name, fields, identity, id_from, query_keys }
+        EventType { id, name, fields, identity, id_from, query_keys, counter: id }
     }
 }
 
@@ -674,7 +681,8 @@ impl Validator<'_> {
                 spec(ENDPOINT_KEYS, "over_budget"),
                 &[("drop", OverBudget::Drop), ("reject", OverBudget::Reject)],
             );
-            out.push(Endpoint { path: path.clone(), method, type_id, response, ack, over_budget, redirect });
+            let counter = out.len() as u16;
+            out.push(Endpoint { path: path.clone(), method, type_id, response, ack, over_budget, redirect, counter });
         }
         out
     }

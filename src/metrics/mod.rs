@@ -1,7 +1,7 @@
 //! Per-shard counters. Each shard writes only its own (relaxed atomics: a plain add on x86, no
 //! lock, no allocation, no cross-core traffic on the hot path); readers on other threads sum the
-//! shards. Labels come from closed sets fixed at start (endpoints and event types from config,
-//! statuses and reasons below).
+//! shards. Labels come from closed sets: statuses and reasons below, and the endpoint paths and
+//! event type names the process has served ([`CounterLabels`]: a reload only adds to them).
 //!
 //! - [`latency`]: per-shard HDR histograms (service time, ingest-to-journal, collector publish),
 //!   recorded thread-locally and published on a timer;
@@ -11,9 +11,65 @@
 pub mod latency;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
+use crate::config::Config;
+use crate::constants::{ENDPOINTS_MAX, EVENT_TYPES_MAX};
 use crate::ring::RingWatch;
+
+/// The label of every request-counter row (an endpoint path) and event-counter column (an
+/// event type name) this process has used. Counters are indexed by these slots, not by a
+/// config's positions, so a reload that adds, removes or reorders endpoints or types keeps each
+/// series under its own label. Grow-only: a series, once shown, stays (a counter never goes
+/// back), and the rows never move under the reactors.
+#[derive(Default)]
+pub struct CounterLabels {
+    slots: Mutex<LabelSlots>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelSlots {
+    /// Row i of the request counters is path `endpoints[i]` (the last row, "none", is apart).
+    pub endpoints: Vec<String>,
+    /// Column i of the event counters is type `types[i]`.
+    pub types: Vec<String>,
+}
+
+impl CounterLabels {
+    /// Sets `counter` of every endpoint and event type of `cfg` to its path's or name's slot,
+    /// adding the names not seen before. All or nothing: Err (nothing added) when the new names
+    /// would not fit the counters sized at start, which only many reloads with ever new names
+    /// reach; a restart starts the table afresh.
+    pub fn assign(&self, cfg: &mut Config) -> Result<(), String> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = slots.clone();
+        fn slot(names: &mut Vec<String>, name: &str) -> usize {
+            names.iter().position(|n| n == name).unwrap_or_else(|| {
+                names.push(name.to_string());
+                names.len() - 1
+            })
+        }
+        for e in &mut cfg.endpoints {
+            e.counter = slot(&mut next.endpoints, &e.path) as u16;
+        }
+        for t in &mut cfg.types {
+            t.counter = slot(&mut next.types, &t.name) as u16;
+        }
+        if next.endpoints.len() > ENDPOINTS_MAX || next.types.len() > EVENT_TYPES_MAX {
+            return Err(format!(
+                "this process has counted {} endpoint paths and {} event types; the counters hold {ENDPOINTS_MAX} and                  {EVENT_TYPES_MAX}: restart to apply a config with new names",
+                slots.endpoints.len(),
+                slots.types.len()
+            ));
+        }
+        *slots = next;
+        Ok(())
+    }
+
+    pub fn snapshot(&self) -> LabelSlots {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 /// Response statuses the tracker sends, a closed set (label `status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,8 +261,9 @@ impl ShardCounters {
         }
     }
 
-    /// `endpoint` None = no endpoint matched (404, or rejected before routing).
-    /// Only the shard's reactor thread may call this, `event` and `reject` (see `bump`).
+    /// `endpoint`: the endpoint's counter row (`Endpoint::counter`); None = no endpoint matched
+    /// (404, or rejected before routing). Only the shard's reactor thread may call this,
+    /// `event` (with `EventType::counter`) and `reject` (see `bump`).
     #[inline]
     pub fn request(&self, endpoint: Option<u16>, status: Status) {
         let row = endpoint.map_or(self.requests.len() - 1, |e| e as usize);

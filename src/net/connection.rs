@@ -391,7 +391,7 @@ fn answer(
             None
         };
         if let Some(why) = why {
-            counters.request(Some(ep_index), Status::S503);
+            counters.request(Some(ep.counter), Status::S503);
             write_error(ctx, wbuf, Status::S503, why, ka, head, v, None);
             return Answer { keep_alive: ka, logged_seq: 0 };
         }
@@ -410,7 +410,7 @@ fn answer(
         if let Charge::Over { retry_after_s } = b.charge(client_ip, now_ns) {
             counters.reject(Reason::OverBudget);
             if ep.over_budget == OverBudget::Reject {
-                counters.request(Some(ep_index), Status::S429);
+                counters.request(Some(ep.counter), Status::S429);
                 let date = ctx.date.borrow();
                 let _ = http::response::too_many_requests(
                     wbuf,
@@ -437,7 +437,7 @@ fn answer(
             landing_buf = [0u8; redirect::LANDING_URL_BYTES_MAX];
             match redirect::check(rule, req.query, now_ns / 1_000_000_000, &mut landing_buf) {
                 Ok(url) => Some(url),
-                Err(refused) => return refuse_redirect(ctx, wbuf, ep_index, refused, ka, head, v),
+                Err(refused) => return refuse_redirect(ctx, wbuf, ep.counter, refused, ka, head, v),
             }
         }
     };
@@ -455,14 +455,14 @@ fn answer(
         return post::answer(ctx, &cfg, ep_index, req, view, body, body_len, over_budget, ka, wbuf);
     }
     if ep.response == ResponseKind::Json {
-        counters.request(Some(ep_index), Status::S400);
+        counters.request(Some(ep.counter), Status::S400);
         counters.reject(Reason::Field);
         write_error(ctx, wbuf, Status::S400, "empty body: expected a JSON object or array", ka, head, v, None);
         return Answer { keep_alive: ka, logged_seq: 0 };
     }
     let mut producer = ctx.producer.borrow_mut();
     let Some(slot) = producer.reserve() else {
-        counters.request(Some(ep_index), Status::S503);
+        counters.request(Some(ep.counter), Status::S503);
         counters.reject(Reason::RingFull);
         write_error(ctx, wbuf, Status::S503, "overloaded, retry", ka, head, v, None);
         return Answer { keep_alive: ka, logged_seq: 0 };
@@ -470,7 +470,7 @@ fn answer(
     let view =
         RequestView { query: req.query, headers: req.headers, client_ip, now_ns, user_agent: device_ua, json: None };
     if let Err(refusal) = pipeline::prepare(ctx, &cfg, ty, ep_index, &view, slot) {
-        counters.request(Some(ep_index), Status::S400);
+        counters.request(Some(ep.counter), Status::S400);
         counters.reject(refusal.reason());
         let mut msg = [0u8; 256];
         write_error(ctx, wbuf, Status::S400, refusal.text(&mut msg), ka, head, v, None);
@@ -486,7 +486,7 @@ fn answer(
             location_buf = [0u8; redirect::LOCATION_BYTES_MAX];
             match redirect::expand(template, slot, ty, &mut location_buf) {
                 Ok(n) => &location_buf[..n],
-                Err(refused) => return refuse_redirect(ctx, wbuf, ep_index, refused, ka, head, v),
+                Err(refused) => return refuse_redirect(ctx, wbuf, ep.counter, refused, ka, head, v),
             }
         }
     };
@@ -519,7 +519,7 @@ fn answer(
             }
         },
     };
-    counters.request(Some(ep_index), status);
+    counters.request(Some(ep.counter), status);
     Answer { keep_alive: ka, logged_seq: if ep.ack == Ack::Logged { seq } else { 0 } }
 }
 
@@ -536,14 +536,14 @@ fn record_service(ctx: &ShardCtx, start_ns: u64) {
 fn refuse_redirect(
     ctx: &ShardCtx,
     wbuf: &mut Vec<u8>,
-    ep_index: u16,
+    counter: u16,
     refused: redirect::Refused,
     keep_alive: bool,
     head: bool,
     version_minor: u8,
 ) -> Answer {
     let st = Status::from_code(refused.status);
-    ctx.shared.counters.request(Some(ep_index), st);
+    ctx.shared.counters.request(Some(counter), st);
     ctx.shared.counters.reject(Reason::Redirect);
     write_error(ctx, wbuf, st, refused.reason, keep_alive, head, version_minor, None);
     Answer { keep_alive, logged_seq: 0 }

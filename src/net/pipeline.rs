@@ -108,6 +108,6 @@ pub(super) fn publish(ctx: &ShardCtx, ty: &EventType, now_ns: u64, over_budget: 
     slot.config_gen = ctx.config_gen.get();
     let seq = producer.commit();
     debug_assert_eq!(seq, next_seq);
-    ctx.shared.counters.event(ty.id);
+    ctx.shared.counters.event(ty.counter);
     seq
 }

@@ -76,14 +76,15 @@ pub(super) fn preflight(
     wbuf: &mut Vec<u8>,
 ) -> Answer {
     let counters = &ctx.shared.counters;
+    let counter = cfg.endpoints[ep_index as usize].counter;
     match cors::origin(&cfg.cors, req.headers) {
         Origin::Allowed(o) => {
             let date = ctx.date.borrow();
             let _ = http::response::preflight(wbuf, o, cfg.cors.max_age_s, ka, req.version_minor, date.get());
-            counters.request(Some(ep_index), Status::S204);
+            counters.request(Some(counter), Status::S204);
         }
         Origin::Absent | Origin::Denied => {
-            counters.request(Some(ep_index), Status::S403);
+            counters.request(Some(counter), Status::S403);
             write_error(
                 ctx,
                 wbuf,
@@ -129,7 +130,7 @@ pub(super) fn answer(
     // malformed; refused items of a parsed body are counted by their own reasons below.
     let refuse = |wbuf: &mut Vec<u8>, status: u16, reason: &str| {
         let st = Status::from_code(status);
-        counters.request(Some(ep_index), st);
+        counters.request(Some(ep.counter), st);
         counters.reject(Reason::Malformed);
         let date = ctx.date.borrow();
         let _ = http::response::error(wbuf, st.code(), reason, ka, false, v, date.get(), None, allow_origin);
@@ -268,7 +269,7 @@ pub(super) fn answer(
             Status::S204
         }
     };
-    counters.request(Some(ep_index), status);
+    counters.request(Some(ep.counter), status);
     Answer { keep_alive: ka, logged_seq }
 }
 

@@ -31,7 +31,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::constants::{ENDPOINTS_MAX, EVENT_TYPES_MAX};
 use crate::dedup::Dedup;
-use crate::metrics::ShardCounters;
+use crate::metrics::{CounterLabels, ShardCounters};
 
 /// State of one shard that other threads may touch. Everything else of a shard lives on its
 /// reactor thread.
@@ -147,6 +147,8 @@ pub struct Running {
     stop: Arc<AtomicBool>,
     shards: Vec<Arc<ShardShared>>,
     threads: Vec<JoinHandle<()>>,
+    /// The counter slot of every endpoint path and type name served, kept across reloads.
+    labels: Arc<CounterLabels>,
 }
 
 impl Running {
@@ -156,6 +158,11 @@ impl Running {
 
     pub fn shards(&self) -> &[Arc<ShardShared>] {
         &self.shards
+    }
+
+    /// The labels of the shards' counters (admin renders them; a reload assigns from them).
+    pub fn counter_labels(&self) -> Arc<CounterLabels> {
+        self.labels.clone()
     }
 
     /// True once shutdown has begun (reactors stop accepting), for threads that outlive a borrow
@@ -231,6 +238,10 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartEr
     if cfg.privacy.user_id_fields.iter().any(|&m| m != 0) && !cfg.privacy.hash_key_from_file {
         eprintln!("tracker: privacy.hash_key_file is not set: user ids are hashed with a random key made now, so their hashes change at every restart");
     }
+    let mut cfg = cfg;
+    let labels = Arc::new(CounterLabels::default());
+    // The first config always fits: the validator caps endpoints and types at the counters' size.
+    labels.assign(&mut cfg).map_err(StartError)?;
     let cfg = Arc::new(cfg);
     let stop = Arc::new(AtomicBool::new(false));
     // The dedup window is shared by all shards (one table, allocated now); None when off.
@@ -300,7 +311,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartEr
         shared.push(sh);
     }
     drop(ready_tx);
-    let running = Running { addr, stop, shards: shared, threads };
+    let running = Running { addr, stop, shards: shared, threads, labels };
     for _ in 0..shards {
         match ready_rx.recv() {
             Ok(Ok(())) => {}

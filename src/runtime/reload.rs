@@ -34,6 +34,7 @@ use super::ShardShared;
 use crate::config::{Config, ConfigErrors, Overrides};
 use crate::event::EVENT_BYTES;
 use crate::journal::{PAGE_BYTES, SCHEMA_BYTES_MAX};
+use crate::metrics::CounterLabels;
 
 /// How long a reload waits for every reactor to switch before it reports the stragglers. A
 /// reactor switches within one turn of its event loop; this only bounds a wedged one.
@@ -144,12 +145,20 @@ pub struct Reloader {
     current: Arc<Config>,
     generation: u32,
     shards: Vec<Arc<ShardShared>>,
+    labels: Arc<CounterLabels>,
 }
 
 impl Reloader {
-    /// `current` is the config the shards started with (overrides applied).
-    pub fn new(path: PathBuf, overrides: Overrides, current: Config, shards: Vec<Arc<ShardShared>>) -> Reloader {
-        Reloader { path, overrides, current: Arc::new(current), generation: 0, shards }
+    /// `current` is the config `running` started with (overrides applied).
+    pub fn new(path: PathBuf, overrides: Overrides, current: Config, running: &super::Running) -> Reloader {
+        Reloader {
+            path,
+            overrides,
+            current: Arc::new(current),
+            generation: 0,
+            shards: running.shards().to_vec(),
+            labels: running.counter_labels(),
+        }
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -181,6 +190,8 @@ impl Reloader {
         }
         next.collectors = self.current.collectors.clone();
         check_schema_fits(&next)?;
+        // Counters by path and type name, not position: the series keep their labels.
+        self.labels.assign(&mut next).map_err(ReloadError::Unusable)?;
         let schema_changed = next.schema != self.current.schema;
 
         self.generation += 1;

@@ -31,7 +31,7 @@ fn parse_metrics(body: &str) -> BTreeMap<String, f64> {
             let mut p = rest.split(' ');
             let name = p.next().unwrap().to_string();
             let kind = p.next().unwrap();
-            assert!(["counter", "gauge", "summary"].contains(&kind), "{line}");
+            assert!(["counter", "gauge", "summary", "histogram"].contains(&kind), "{line}");
             if kind == "counter" {
                 assert!(name.ends_with("_total"), "counter {name} must end in _total");
             }
@@ -44,7 +44,7 @@ fn parse_metrics(body: &str) -> BTreeMap<String, f64> {
         assert!(!line.starts_with('#') && !line.is_empty(), "unexpected line {line:?}");
         let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
         let name = key.split('{').next().unwrap();
-        let family = name.trim_end_matches("_sum").trim_end_matches("_count");
+        let family = name.trim_end_matches("_sum").trim_end_matches("_count").trim_end_matches("_bucket");
         assert!(typed.iter().any(|t| t == name || t == family), "sample before its # TYPE: {line}");
         let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
         assert!(out.insert(key.to_string(), v).is_none(), "duplicate series {key}");
@@ -149,8 +149,28 @@ fn metrics_count_exactly_the_requests_sent_and_histograms_merge_across_shards() 
             .collect();
         assert!(q[0] > 0.0 && q.windows(2).all(|w| w[0] <= w[1]), "{merged} quantiles {q:?}");
         assert!(get(&m, &format!("{merged}_sum")) > 0.0);
+        // The bucketed histogram of each shard: cumulative, ending at +Inf = its count.
+        for (sh, count) in ["0", "1"].iter().zip(&per) {
+            let hist = format!("{name}_histogram_seconds");
+            let prefix = format!("{hist}_bucket{{shard=\"{sh}\",le=\"");
+            let mut by_le: Vec<(f64, f64)> = m
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.trim_end_matches("\"}").parse::<f64>().ok()?, *v)))
+                .collect();
+            by_le.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let bucket_lines: Vec<f64> = by_le.iter().map(|&(_, n)| n).collect();
+            assert_eq!(bucket_lines.len(), 25, "{hist} shard {sh}");
+            assert!(bucket_lines.windows(2).all(|w| w[0] <= w[1]), "{hist} shard {sh}: {bucket_lines:?}");
+            assert_eq!(bucket_lines.last(), Some(count));
+            assert_eq!(get(&m, &format!(r#"{hist}_bucket{{shard="{sh}",le="+Inf"}}"#)), *count);
+            assert_eq!(get(&m, &format!(r#"{hist}_count{{shard="{sh}"}}"#)), *count);
+            // Nothing here takes a minute.
+            assert_eq!(get(&m, &format!(r#"{hist}_bucket{{shard="{sh}",le="60"}}"#)), *count);
+        }
     }
     assert_eq!(get(&m, "tracker_collector_publish_merged_seconds_count"), 0.0);
+    // No observation: no quantile.
+    assert!(get(&m, r#"tracker_collector_publish_merged_seconds{quantile="0.5"}"#).is_nan());
 
     // /stats agrees, and `tracker stats` prints it as a table.
     let admin = s.admin.unwrap().to_string();
@@ -200,6 +220,31 @@ fn a_client_trickling_its_request_to_the_admin_listener_is_cut_off_with_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
     // And the listener serves the next client.
     assert_eq!(s.admin_get("/health").status, 200);
+}
+
+#[test]
+fn silent_admin_clients_do_not_hold_back_the_health_probe() {
+    use std::io::Read;
+    let s = Server::start(None, &["--shards", "1", "--admin-listen", "127.0.0.1:0"]);
+    // Connections that never send a byte: each is answered 408 only when its 2 s are up.
+    let mut silent: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(s.admin.unwrap()).unwrap()).collect();
+    // Served behind them one at a time, /health would come after all three 408s (6 s); it must
+    // come while they still wait, so none of them has an answer yet.
+    assert_eq!(s.admin_get("/health").status, 200);
+    for c in &mut silent {
+        c.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 64];
+        let e = c.read(&mut b).expect_err("a silent client was answered before /health");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    }
+    // Each still gets its 408.
+    for mut c in silent {
+        c.set_nonblocking(false).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    }
 }
 
 /// Polls `/ready` until its status is `want`; returns the body.

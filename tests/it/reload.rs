@@ -116,3 +116,44 @@ fn sighup_applies_a_valid_config_without_a_failed_request_and_keeps_the_old_on_a
     assert_eq!(by_id("10000000-0000-4000-8000-000000000005")["extra"], "still");
     assert_eq!(by_id("10000000-0000-4000-8000-000000000006")["plan"], "bronze");
 }
+
+/// `tracker_requests_total` and `tracker_events_total` of one series, summed over shards.
+fn counter(srv: &Server, series: &str) -> Option<u64> {
+    let m = String::from_utf8(srv.admin_get("/metrics").body).unwrap();
+    m.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))?.rsplit(' ').next()?.parse().ok()
+}
+
+#[test]
+fn counters_keep_their_labels_when_a_reload_removes_and_adds_endpoints() {
+    let srv = Server::start(Some(CONFIG), &["--shards", "2", "--admin-listen", "127.0.0.1:0"]);
+    let path = srv.dir.path().join("tracker.toml");
+    let mut c = srv.connect();
+    for i in 0..3 {
+        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
+    }
+    assert_eq!(c.get("/cv?c=1&order=o1").status, 200);
+
+    // /i, the first endpoint, goes; /new and its type signup come: every position after it moves.
+    let i_block = "[[endpoint]]\npath = \"/i\"\nmethod = \"GET\"\nevent = \"impression\"\nresponse = \"gif\"\nack = \"received\"\n\n";
+    assert!(changed_config().contains(i_block), "config/tracker.toml changed; update this test");
+    std::fs::write(&path, changed_config().replacen(i_block, "", 1)).unwrap();
+    sighup(&srv);
+    wait_line(&srv, "reload: applied");
+    assert_eq!(c.get("/i?c=9").status, 404);
+    for i in 0..4 {
+        assert_eq!(c.get(&format!("/cv?c=1&order=p{i}")).status, 200);
+    }
+    for i in 0..5 {
+        assert_eq!(c.get(&format!("/new?plan=p{i}")).status, 204);
+    }
+
+    assert_eq!(counter(&srv, r#"tracker_requests_total{endpoint="/i",status="200"}"#), Some(3));
+    assert_eq!(counter(&srv, r#"tracker_requests_total{endpoint="/cv",status="200"}"#), Some(5));
+    assert_eq!(counter(&srv, r#"tracker_requests_total{endpoint="/new",status="204"}"#), Some(5));
+    assert_eq!(counter(&srv, r#"tracker_requests_total{endpoint="none",status="404"}"#), Some(1));
+    assert_eq!(counter(&srv, r#"tracker_events_total{type="impression"}"#), Some(3));
+    assert_eq!(counter(&srv, r#"tracker_events_total{type="conversion"}"#), Some(5));
+    assert_eq!(counter(&srv, r#"tracker_events_total{type="signup"}"#), Some(5));
+    let mut srv = srv;
+    assert_eq!(srv.stop(), 0);
+}
