@@ -242,10 +242,23 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
             return ExitCode::from(1);
         }
     };
+    // A stop asked for while start-up waits for another process's journal locks (a handoff
+    // being called off) ends the wait; the signal iterator takes over once serving.
+    let stop_asked = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop_asked.clone()) {
+            eprintln!("tracker: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let admin_cfg = cfg.clone();
     let started_with = cfg.clone();
-    let running = match tracker::runtime::start_with(cfg, &|s| notifier.status(s)) {
+    let running = match tracker::runtime::start_with(cfg, &|s| notifier.status(s), &|| stop_asked.load(SeqCst)) {
         Ok(r) => r,
+        Err(_) if stop_asked.load(SeqCst) => {
+            eprintln!("tracker: stopped during start-up, before serving anything");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("tracker: {e}");
             return ExitCode::from(1);

@@ -27,9 +27,13 @@ systemctl start --no-block "tracker@$new"
 deadline=$((SECONDS + WAIT_BOUND_S))
 until systemctl show -p StatusText --value "tracker@$new" | grep -q 'is locked'; do
   state=$(systemctl show -p ActiveState --value "tracker@$new")
-  if [ "$state" != activating ] && [ "$state" != active ]; then
+  # Restart=on-failure shows a failed start as "activating" with SubState auto-restart.
+  sub=$(systemctl show -p SubState --value "tracker@$new")
+  if { [ "$state" != activating ] && [ "$state" != active ]; } || [ "$sub" = auto-restart ]; then
     echo "tracker-handoff: tracker@$new failed to start; tracker@$old keeps serving" >&2
     journalctl -u "tracker@$new" -n 20 --no-pager >&2 || true
+    # No restart loop next to the serving instance.
+    systemctl stop "tracker@$new" || true
     exit 1
   fi
   if [ "$SECONDS" -ge "$deadline" ]; then

@@ -101,8 +101,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     // When (coarse monotonic ms) the first byte of the request now in the buffer arrived.
     let mut head_started: Option<u64> = None;
     // At shutdown a connection that has not been answered yet (accepted from the queue as the
-    // shard stopped, or connected just before) still gets its first request read and answered,
-    // within STOP_FIRST_REQUEST_GRACE; an answered, idle one is closed at once.
+    // shard stopped, or connected just before), or holds part of its next request, still gets
+    // that request read and answered within STOP_UNANSWERED_GRACE; an answered, idle one is
+    // closed at once.
     let mut answered_any = false;
     // `100 Continue` went out for the request at the front of the buffer (RFC 9110 §10.1.1: a
     // client that sent `Expect: 100-continue` may wait for it before sending the body).
@@ -225,7 +226,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 break 'conn;
             }
         }
-        if close || (ctx.stopping.get() && (answered_any || stop_grace_over(&ctx))) {
+        // At stop, a connection closes once it has no request left to answer: a request partly
+        // received (its first, or a later one on a kept-alive connection) still gets the grace.
+        let partial = start < rbuf.len();
+        if close || (ctx.stopping.get() && ((answered_any && !partial) || stop_grace_over(&ctx))) {
             break 'conn;
         }
         // Keep the unanswered tail (a partial request) at the front of the buffer.
@@ -263,7 +267,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             Some(t) => t + header_timeout,
             None => now_ms + idle,
         };
-        let wait = if answered_any { Wait::Read } else { Wait::FirstRead };
+        let wait = if answered_any && head_started.is_none() { Wait::Read } else { Wait::Unanswered };
         let armed = ctx.deadlines.arm(slot, fd, until_ms, wait);
         let len = rbuf.len();
         let cap = rbuf.capacity();
@@ -328,7 +332,7 @@ async fn write_all(
 fn stop_grace_over(ctx: &ShardCtx) -> bool {
     ctx.stop_at
         .get()
-        .is_none_or(|t| crate::clock::mono_coarse_ms() >= t + deadline::ms(deadline::STOP_FIRST_REQUEST_GRACE))
+        .is_none_or(|t| crate::clock::mono_coarse_ms() >= t + deadline::ms(deadline::STOP_UNANSWERED_GRACE))
 }
 
 /// Routes, extracts, pushes and writes the response for one well-formed request. `body[..body_len]`

@@ -24,17 +24,20 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub const STOP_WRITE_GRACE: Duration = Duration::from_secs(2);
 /// How long the 408 to a request that did not arrive in time may take to write.
 pub const TIMED_OUT_ANSWER_GRACE: Duration = Duration::from_secs(1);
-/// How long, at shutdown, a connection that was never answered waits for its first request.
-/// Bounds how much a silent client delays the exit of a draining process.
-pub const STOP_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// How long, at shutdown, a request not received whole yet (a connection's first, or one partly
+/// received) may take to arrive. Bounds how much a silent client delays the exit of a draining
+/// process.
+pub const STOP_UNANSWERED_GRACE: Duration = Duration::from_secs(1);
 
 /// What an armed connection is suspended on; decides what shutdown does to it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Wait {
-    /// Reading, after at least one response: closed at once when the shard stops.
+    /// Reading, after at least one response, with nothing of the next request yet: closed at
+    /// once when the shard stops.
     Read,
-    /// Reading its first request: at shutdown it still gets STOP_FIRST_REQUEST_GRACE.
-    FirstRead,
+    /// Reading a request not yet answered: a connection's first, or one partly received. At
+    /// shutdown it still gets STOP_UNANSWERED_GRACE to arrive whole and be answered.
+    Unanswered,
     /// Writing responses: at shutdown they get STOP_WRITE_GRACE.
     Write,
 }
@@ -82,7 +85,7 @@ impl Deadlines {
             let until = match (stop_at_ms, wait) {
                 (None, _) => s.until_ms.get(),
                 (Some(_), Wait::Read) => 0,
-                (Some(t), Wait::FirstRead) => s.until_ms.get().min(t + ms(STOP_FIRST_REQUEST_GRACE)),
+                (Some(t), Wait::Unanswered) => s.until_ms.get().min(t + ms(STOP_UNANSWERED_GRACE)),
                 (Some(t), Wait::Write) => s.until_ms.get().min(t + ms(STOP_WRITE_GRACE)),
             };
             if now_ms >= until {
@@ -188,11 +191,11 @@ mod tests {
         let (_c2, s2) = pair();
         let far = 1_000_000;
         let a = d.arm(0, s0.as_raw_fd(), far, Wait::Read);
-        let b = d.arm(1, s1.as_raw_fd(), far, Wait::FirstRead);
+        let b = d.arm(1, s1.as_raw_fd(), far, Wait::Unanswered);
         let c = d.arm(2, s2.as_raw_fd(), far, Wait::Write);
         assert_eq!(d.sweep(100, Some(100)), 1);
         assert!(a.expired() && !b.expired() && !c.expired());
-        assert_eq!(d.sweep(100 + ms(STOP_FIRST_REQUEST_GRACE), Some(100)), 1);
+        assert_eq!(d.sweep(100 + ms(STOP_UNANSWERED_GRACE), Some(100)), 1);
         assert!(b.expired() && !c.expired());
         assert_eq!(d.sweep(100 + ms(STOP_WRITE_GRACE), Some(100)), 1);
         assert!(c.expired());

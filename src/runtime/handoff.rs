@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::journal::{JournalError, RecoveryReport, ShardJournal};
 
-/// Longest a starting process waits for another process to release a shard's journal lock.
+/// Longest a starting process waits for another process to release its shards' journal locks,
+/// all shards together.
 /// Covers an old process's drain (in-flight requests, ring, final sync); a lock still held after
 /// it means a second tracker is running on the same journal, which is an operator error.
 pub const JOURNAL_LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -33,16 +34,26 @@ pub const JOURNAL_LOCK_WAIT: Duration = Duration::from_secs(60);
 const LOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// Opens a shard's journal, waiting for a previous process (restart) to release its lock.
+/// `deadline` is shared by all shards (JOURNAL_LOCK_WAIT from the start); `cancelled` is asked
+/// between tries, so a stop requested during the wait ends it (the error says so).
 pub fn open_journal(
     cfg: &Config,
     shard: u16,
     addr: SocketAddr,
     status: &dyn Fn(&str),
+    deadline: Instant,
+    cancelled: &dyn Fn() -> bool,
 ) -> Result<(ShardJournal, RecoveryReport), JournalError> {
-    let deadline = Instant::now() + JOURNAL_LOCK_WAIT;
     let mut told = false;
     loop {
         match ShardJournal::open(&cfg.journal.dir, shard, cfg.journal.segment_bytes, &cfg.schema) {
+            Err(e) if is_locked(&e) && cancelled() => {
+                return Err(JournalError::new(
+                    "lock",
+                    &crate::journal::shard_dir(&cfg.journal.dir, shard),
+                    io::Error::new(io::ErrorKind::Interrupted, "stop requested while waiting for the lock"),
+                ));
+            }
             Err(e) if is_locked(&e) && Instant::now() < deadline => {
                 if !told {
                     let msg = format!(

@@ -197,6 +197,21 @@ fn stop_all(stop: &AtomicBool, shards: &[Arc<ShardShared>]) {
     }
 }
 
+/// A start that failed after some shards were spawned: stops them (they drain what they took)
+/// and waits for every thread, so nothing acknowledged is left behind in a ring.
+fn abandon_start(
+    stop: &AtomicBool,
+    shards: &[Arc<ShardShared>],
+    threads: Vec<JoinHandle<()>>,
+    why: String,
+) -> StartError {
+    stop_all(stop, shards);
+    for t in threads {
+        let _ = t.join();
+    }
+    StartError(why)
+}
+
 /// Start-up failures, each with what to do about it.
 #[derive(Debug)]
 pub struct StartError(pub String);
@@ -216,11 +231,12 @@ pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
 
 /// Starts every shard and drain; returns once all reactors listen (or the first start error).
 pub fn start(cfg: Config) -> Result<Running, StartError> {
-    start_with(cfg, &|_| {})
+    start_with(cfg, &|_| {}, &|| false)
 }
 
-/// [`start`], telling `status` what it waits for (the systemd STATUS= line).
-pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartError> {
+/// [`start`], telling `status` what it waits for (the systemd STATUS= line) and giving up the
+/// wait for another process's journal locks once `cancelled` says so (a stop during start-up).
+pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bool) -> Result<Running, StartError> {
     let cpus = allowed_cpus();
     let shards = match cfg.server.shards {
         0 => cpus.len().max(1),
@@ -251,9 +267,11 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartEr
         .then(|| Arc::new(crate::enrich::budget::Budgets::new(cfg.budget, crate::clock::unix_nanos())));
     // Open connections per source prefix, shared likewise; None when the limit is 0.
     let source_conns = crate::enrich::budget::Connections::new(cfg.budget).map(Arc::new);
-    let mut shared = Vec::new();
-    let mut threads = Vec::new();
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    // Every shard's journal first, before any shard serves: a shard that cannot open (its lock
+    // still held after the wait, a full disk) fails the start with nothing acknowledged yet.
+    // One deadline for all shards, so the whole wait is JOURNAL_LOCK_WAIT however many there are.
+    let deadline = std::time::Instant::now() + handoff::JOURNAL_LOCK_WAIT;
+    let mut opened = Vec::with_capacity(shards);
     for (i, listener) in listeners.into_iter().enumerate() {
         let index = i as u16;
         // Sized for the most endpoints and types any config may have, so a reload that adds
@@ -262,8 +280,8 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartEr
             ShardShared::new(index, ShardCounters::new(ENDPOINTS_MAX, EVENT_TYPES_MAX))
                 .map_err(|e| StartError(format!("shard {i}: eventfd: {e}")))?,
         );
-        let (journal, report) =
-            handoff::open_journal(&cfg, index, addr, status).map_err(|e| StartError(format!("shard {i}: {e}")))?;
+        let (journal, report) = handoff::open_journal(&cfg, index, addr, status, deadline, cancelled)
+            .map_err(|e| StartError(format!("shard {i}: {e}")))?;
         if report.torn_records > 0 {
             eprintln!(
                 "tracker: shard {i}: journal segment {} had a torn tail: {} records ({} bytes) dropped, {} intact kept",
@@ -277,6 +295,13 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartEr
         if let Some(detail) = &report.detail {
             eprintln!("tracker: shard {i}: journal: {detail}");
         }
+        opened.push((sh, journal, listener));
+    }
+
+    let mut shared = Vec::new();
+    let mut threads = Vec::new();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    for (i, (sh, journal, listener)) in opened.into_iter().enumerate() {
         let (producer, consumer) = crate::ring::ring(cfg.server.ring_events);
         let _ = sh.counters.ring.set(producer.watch());
 
@@ -285,10 +310,14 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartEr
         let publish = Duration::from_millis(cfg.admin.publish_interval_ms);
         let drain = std::thread::Builder::new()
             .name(format!("tracker-drain-{i}"))
-            .spawn(move || drain::run(d_sh, consumer, journal, sync, interval, publish))
-            .map_err(|e| StartError(format!("spawn drain thread: {e}")))?;
+            .spawn(move || drain::run(d_sh, consumer, journal, sync, interval, publish));
+        let drain = match drain {
+            Ok(t) => t,
+            Err(e) => return Err(abandon_start(&stop, &shared, threads, format!("spawn drain thread: {e}"))),
+        };
         let _ = sh.drain_thread.set(drain.thread().clone());
         threads.push(drain);
+        shared.push(sh.clone());
 
         let cpu = if cpus.is_empty() { None } else { Some(cpus[i % cpus.len()]) };
         let args = shard::ShardArgs {
@@ -303,12 +332,14 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str)) -> Result<Running, StartEr
             source_conns: source_conns.clone(),
         };
         let tx = ready_tx.clone();
-        let reactor = std::thread::Builder::new()
-            .name(format!("tracker-shard-{i}"))
-            .spawn(move || shard::run(args, tx))
-            .map_err(|e| StartError(format!("spawn shard thread: {e}")))?;
-        threads.push(reactor);
-        shared.push(sh);
+        match std::thread::Builder::new().name(format!("tracker-shard-{i}")).spawn(move || shard::run(args, tx)) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                // Its drain runs until told that no reactor will feed it.
+                sh.reactor_done.store(true, SeqCst);
+                return Err(abandon_start(&stop, &shared, threads, format!("spawn shard thread: {e}")));
+            }
+        }
     }
     drop(ready_tx);
     let running = Running { addr, stop, shards: shared, threads, labels };

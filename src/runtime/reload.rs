@@ -176,6 +176,8 @@ impl Reloader {
         // request side: the dedup and budget tables are shared by all shards and sized at start.
         next.dedup = self.current.dedup;
         next.budget = self.current.budget;
+        // The admin listener, histogram publishing and the .hlog writer are started with these.
+        next.admin = self.current.admin.clone();
         // Steps added in code stay, re-attached by type name (ids may change with the types).
         for (name, _, step) in &self.current.steps {
             match next.event_type(name).map(|t| t.id) {
@@ -280,6 +282,18 @@ pub fn restart_only_changes(running: &Config, file: &Config) -> Vec<String> {
     cmp("budget", format!("{:?}", running.budget), format!("{:?}", file.budget));
     cmp("journal.retention_age_s", a.retention_age_s.to_string(), b.retention_age_s.to_string());
     cmp("journal.size_bytes_max", a.size_bytes_max.to_string(), b.size_bytes_max.to_string());
+    // The admin thread, the .hlog writer and every publishing timer read [admin] once, at start.
+    let (ra, fa) = (&running.admin, &file.admin);
+    cmp("admin.listen", ra.listen.to_string(), fa.listen.to_string());
+    cmp("admin.publish_interval_ms", ra.publish_interval_ms.to_string(), fa.publish_interval_ms.to_string());
+    cmp("admin.ready_free_bytes_min", ra.ready_free_bytes_min.to_string(), fa.ready_free_bytes_min.to_string());
+    cmp(
+        "admin.ready_ring_backlog_events_max",
+        ra.ready_ring_backlog_events_max.to_string(),
+        fa.ready_ring_backlog_events_max.to_string(),
+    );
+    cmp("admin.hlog_path", format!("{:?}", ra.hlog_path), format!("{:?}", fa.hlog_path));
+    cmp("admin.hlog_interval_ms", ra.hlog_interval_ms.to_string(), fa.hlog_interval_ms.to_string());
     // Collectors run on their own threads from start (collector/): any change to a
     // [[collector]] table takes a restart; their lines in the file do not count.
     let summary = |c: &Config| {
@@ -320,6 +334,22 @@ mod tests {
         let d = restart_only_changes(&a, &b);
         assert_eq!(d, vec!["server.ring_events: 16384 → 32".to_string(), "journal.sync_interval_ms: 1000 → 5".into()]);
         assert!(restart_only_changes(&a, &Config::embedded()).is_empty());
+    }
+
+    #[test]
+    fn admin_keys_are_restart_only() {
+        let a = Config::embedded();
+        let mut b = Config::embedded();
+        b.admin.listen = "127.0.0.1:9999".parse().unwrap();
+        b.admin.ready_free_bytes_min = 1 << 40;
+        let d = restart_only_changes(&a, &b);
+        assert_eq!(
+            d,
+            vec![
+                "admin.listen: 127.0.0.1:9090 → 127.0.0.1:9999".to_string(),
+                "admin.ready_free_bytes_min: 0 → 1099511627776".into()
+            ]
+        );
     }
 
     #[test]

@@ -251,6 +251,12 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
             }
         })
         .await;
+        // monoio closes a dropped socket with an io_uring op, queued until the next submission:
+        // returning now would end the runtime with the listener's and the last connections'
+        // closes never submitted, so the listening socket would keep queueing (never resetting
+        // or migrating) connections and clients would wait for their FIN until the process
+        // exits. One timer wait makes the runtime submit them.
+        monoio::time::sleep(std::time::Duration::from_millis(1)).await;
         // The reactor is done serving: waiting for the lock here delays nobody.
         ctx.service.borrow_mut().publish_wait(&ctx.shared.counters.latency.service);
         Ok::<(), String>(())
@@ -305,9 +311,9 @@ async fn control(ctx: Rc<ShardCtx>, efd: monoio::fs::File) {
             ctx.apply_config(gen, cfg);
         }
         ctx.wake_journaled();
-        if ctx.stopping.get() && ctx.conns.get() == 0 {
-            return;
-        }
+        // Never returns at stop, even with no connection left: one may still be taken from
+        // the accept queue and wait for the journal, which only this task wakes. The runtime
+        // drops the task when the reactor's last connection has closed.
         let (res, b) = efd.read_at(buf, 0).await;
         buf = b;
         buf.clear();
@@ -320,13 +326,12 @@ async fn control(ctx: Rc<ShardCtx>, efd: monoio::fs::File) {
 
 /// Gives up on connection reads and writes past their deadline (`net::deadline`): one timer for
 /// the shard instead of one per pending read or write.
+/// Runs until the runtime drops it (as `control`, it must outlive a moment with no connection:
+/// connections taken from the accept queue at stop still get their stop grace).
 async fn sweep_deadlines(ctx: Rc<ShardCtx>) {
     loop {
         monoio::time::sleep(TICK).await;
         ctx.deadlines.sweep(crate::clock::mono_coarse_ms(), ctx.stop_at.get());
-        if ctx.stopping.get() && ctx.conns.get() == 0 {
-            return;
-        }
     }
 }
 

@@ -1,0 +1,117 @@
+//! Start and stop of the server in this process (`tracker::runtime`), where the order of events
+//! around a stop can be set up exactly: a request taken from the accept queue at stop, one
+//! partly received when the stop comes, a start that fails on a later shard.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use tracker::config::Config;
+
+use crate::harness::WAIT;
+
+fn config(dir: &std::path::Path, shards: usize, listen: SocketAddr) -> Config {
+    let mut cfg = Config::embedded();
+    cfg.server.listen = listen;
+    cfg.server.shards = shards;
+    cfg.server.connections_per_shard_max = 8;
+    cfg.journal.dir = dir.join("journal");
+    cfg.journal.segment_bytes = 1 << 20;
+    cfg
+}
+
+/// Sends `raw`, reads one response head; its status, or None when the server closed first.
+fn exchange(s: &mut TcpStream, raw: &[u8]) -> Option<String> {
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(raw).ok()?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&b[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Waits until the shards have stopped accepting (their listeners are closed).
+fn wait_until_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting {WAIT:?} after stop");
+        std::thread::yield_now();
+    }
+}
+
+/// `running.wait()` within WAIT; false when it hung.
+fn waits(running: tracker::runtime::Running) -> bool {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        running.wait();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(WAIT).is_ok()
+}
+
+#[test]
+fn a_logged_request_taken_from_the_accept_queue_at_stop_is_answered_and_the_shard_exits() {
+    // The window (a connection accepted after the shard began stopping with none open) is
+    // narrow; every round has a chance to hit it.
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let running = tracker::runtime::start(config(dir.path(), 1, "127.0.0.1:0".parse().unwrap())).unwrap();
+        let addr = running.addr();
+        running.stop();
+        let answer = TcpStream::connect(addr).ok().and_then(|mut s| {
+            exchange(&mut s, b"GET /cv?c=1&eid=10000000-0000-4000-8000-000000000001 HTTP/1.1\r\nHost: t\r\n\r\n")
+        });
+        assert!(waits(running), "round {round}: the shard did not exit after stop (answer: {answer:?})");
+        // Its listening socket is closed, not left queueing connections nobody will accept.
+        assert!(TcpStream::connect(addr).is_err(), "round {round}: a listener outlived the stop");
+        // Answered, then in the journal; or never accepted (refused or reset), never acknowledged.
+        let events = crate::harness::journal_cat(&dir.path().join("journal"));
+        match answer {
+            Some(head) => {
+                assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
+                assert_eq!(events.len(), 1, "round {round}");
+            }
+            None => assert!(events.len() <= 1, "round {round}"),
+        }
+    }
+}
+
+#[test]
+fn a_request_partly_received_when_the_stop_comes_is_still_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = tracker::runtime::start(config(dir.path(), 1, "127.0.0.1:0".parse().unwrap())).unwrap();
+    let addr = running.addr();
+    let mut s = TcpStream::connect(addr).unwrap();
+    // One write: a whole request and the head of the next but its last CRLF. The answer to the
+    // first means the server read both; the second waits in its buffer.
+    let first = exchange(&mut s, b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\n\r\nGET /i?c=2 HTTP/1.1\r\nHost: t\r\n").unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    running.stop();
+    wait_until_refused(addr);
+    let second = exchange(&mut s, b"\r\n").expect("the request in flight at stop was dropped");
+    assert!(second.starts_with("HTTP/1.1 200") && second.contains("Connection: close"), "{second}");
+    assert!(waits(running));
+    assert_eq!(crate::harness::journal_cat(&dir.path().join("journal")).len(), 2);
+}
+
+#[test]
+fn a_start_that_fails_on_a_later_shard_serves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // Shard 1's journal cannot be opened: its directory is a file.
+    std::fs::create_dir_all(dir.path().join("journal")).unwrap();
+    std::fs::write(dir.path().join("journal/shard-001"), b"x").unwrap();
+    let err = tracker::runtime::start(config(dir.path(), 2, listen)).err().expect("start must fail");
+    assert!(err.to_string().contains("shard 1"), "{err}");
+    // Nothing listens: shard 0 never answered (and so never acknowledged) anything.
+    assert!(TcpStream::connect(listen).is_err(), "a listener survived the failed start");
+}
