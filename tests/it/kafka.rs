@@ -26,15 +26,25 @@ fn tansu_bin() -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join("tansu")).find(|p| p.is_file())
 }
 
-struct Broker {
+pub struct Broker {
     child: Child,
-    port: u16,
+    pub port: u16,
     bin: PathBuf,
 }
 
 impl Broker {
     /// Starts tansu on a free loopback port, or `None` when skipped.
     fn start() -> Option<Broker> {
+        Broker::start_with(None)
+    }
+
+    /// Like `start`, advertising 127.0.0.1:`port` to clients as the broker's address instead of
+    /// its own (a proxy in front of it).
+    pub fn start_advertising(port: u16) -> Option<Broker> {
+        Broker::start_with(Some(port))
+    }
+
+    fn start_with(advertised: Option<u16>) -> Option<Broker> {
         let Some(bin) = tansu_bin() else {
             if std::env::var_os("TRACKER_SKIP_KAFKA").is_some() {
                 eprintln!("SKIPPED: tansu is not installed and TRACKER_SKIP_KAFKA is set");
@@ -47,8 +57,9 @@ impl Broker {
         };
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised_url])
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -86,7 +97,7 @@ impl Drop for Broker {
 }
 
 /// The embedded config with small segments plus a Kafka collector on every type.
-fn kafka_collector(port: u16, timeout_ms: u64) -> String {
+pub fn kafka_collector(port: u16, timeout_ms: u64) -> String {
     let base = tracker::config::DEFAULT_TOML.replace("segment_bytes = 67108864", "segment_bytes = 131072");
     format!(
         "{base}\n[[collector]]\nname = \"kafka\"\nkind = \"kafka\"\nevents = \"all\"\nfields = [\"campaign_id\", \"price\", \"vast_event\"]\n\
@@ -98,12 +109,24 @@ fn kafka_collector(port: u16, timeout_ms: u64) -> String {
 /// Every message of the six topics: id → (count, JSON value, `type` header). Reads until it has
 /// `ids` distinct ids and `messages` messages and the topics are idle, or a deadline.
 fn consume(port: u16, ids: usize, messages: usize) -> HashMap<String, (usize, Value, String)> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+    consume_with(port, ids, messages, &[])
+}
+
+/// `consume` with extra librdkafka settings (TLS).
+pub fn consume_with(
+    port: u16,
+    ids: usize,
+    messages: usize,
+    props: &[(&str, &str)],
+) -> HashMap<String, (usize, Value, String)> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", format!("127.0.0.1:{port}"))
         .set("group.id", "tracker-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+        .set("enable.auto.commit", "false");
+    for (k, v) in props {
+        cfg.set(*k, *v);
+    }
+    let c: BaseConsumer = cfg.create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for t in TYPES {
         tpl.add_partition_offset(&format!("tracker.{t}"), 0, Offset::Beginning).unwrap();
@@ -165,7 +188,7 @@ fn target(i: u64) -> String {
     }
 }
 
-fn send(s: &Server, range: std::ops::Range<u64>) {
+pub fn send(s: &Server, range: std::ops::Range<u64>) {
     let mut c = s.connect();
     let ids: Vec<u64> = range.collect();
     for chunk in ids.chunks(64) {

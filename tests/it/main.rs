@@ -12,6 +12,7 @@ mod durability;
 mod http_rejects;
 mod journal_failure;
 mod kafka;
+mod kafka_tls;
 mod lifecycle;
 mod loadgen;
 mod metrics;
