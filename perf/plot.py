@@ -15,6 +15,7 @@ matplotlib is installed with pip when missing (Agg backend: no display needed).
 
 import argparse
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -185,7 +186,12 @@ def table(rows, meta, png_rel):
     out.append("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: (r["pct"], servers.index(r["server"]))):
         errs = r["conn_errors"] + r["timeouts"] + r["protocol_errors"]
-        wake = "%.0f / %.0f" % (r["wake_p99_us"], r["wake_max_us"]) if "wake_p99_us" in r else "—"
+        if "wake_p99_us" not in r:
+            wake = "—"
+        elif math.isnan(r["wake_p99_us"]):
+            wake = "n/a (never ahead of schedule)"
+        else:
+            wake = "%.0f / %.0f" % (r["wake_p99_us"], r["wake_max_us"])
         out.append("| %d%% | %.0f | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %d | %d | %d | %s |" % (
             r["pct"], r["offered_rate"], r["server"], r["achieved_rate"], r["p50_us"], r["p90_us"], r["p99_us"], r["p999_us"],
             r["p9999_us"], r["max_us"], r.get("sent_after_end", 0), r["non2xx"], errs, wake))

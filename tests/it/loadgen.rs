@@ -73,6 +73,78 @@ fn loadgen_sends_the_asked_rate_and_every_2xx_is_journaled() {
     }
     assert_eq!(counts.len(), 2, "{counts:?}");
     assert_eq!(counts.iter().sum::<u64>() as f64, get(&r, "ok"));
+    // One header: each of its lines once, before the first interval.
+    let text = String::from_utf8(text).unwrap();
+    for tag in ["#[StartTime:", "#[BaseTime:", "#[MaxValueDivisor:"] {
+        assert_eq!(text.lines().filter(|l| l.starts_with(tag)).count(), 1, "{tag} in\n{text}");
+    }
+}
+
+/// A server on a free port that reads requests and answers each with `answer` (nothing at all
+/// when it is empty), until the listener is dropped with the test.
+fn scripted_server(answer: &'static [u8]) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if !answer.is_empty() && c.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn run_loadgen(addr: std::net::SocketAddr, extra: &[&str]) -> (Vec<(String, f64)>, String) {
+    let out = Command::new(LOADGEN)
+        .args(["--target", &addr.to_string(), "--rate", "50", "--duration", "1s", "--connections", "2"])
+        .args(["--warmup", "0s"])
+        .args(extra)
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "loadgen failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    (result_line(&stdout), stdout)
+}
+
+#[test]
+fn requests_that_time_out_are_in_the_percentiles_at_their_timeout() {
+    // Reads every request, answers none: each times out after 200 ms.
+    let addr = scripted_server(b"");
+    let (r, stdout) = run_loadgen(addr, &["--timeout", "200ms"]);
+    let timeouts = get(&r, "timeouts");
+    assert!(timeouts > 0.0, "{stdout}");
+    assert_eq!(get(&r, "failed_timed"), timeouts, "{stdout}");
+    assert_eq!(get(&r, "ok"), 0.0);
+    // Left out, the histogram would be empty and every percentile 0.
+    assert!(get(&r, "p50_us") >= 200_000.0, "{stdout}");
+    assert!(stdout.contains("failed: timed up to the failure"), "{stdout}");
+}
+
+#[test]
+fn an_interim_100_continue_is_not_taken_for_the_answer() {
+    let addr = scripted_server(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n");
+    let (r, stdout) = run_loadgen(addr, &["--timeout", "5s"]);
+    assert!(get(&r, "sent") > 0.0);
+    // Each request's answer is its 204: no non-2xx, and no 204 left over to be read as the
+    // next request's answer.
+    assert_eq!(get(&r, "ok"), get(&r, "sent"), "{stdout}");
+    assert_eq!(get(&r, "non2xx") + get(&r, "protocol_errors") + get(&r, "timeouts"), 0.0, "{stdout}");
 }
 
 #[test]

@@ -96,6 +96,9 @@ pub struct Counts {
     pub all_sent: u64,
     /// Largest lateness of a send behind its intended time, ns.
     pub behind_ns_max: u64,
+    /// Measured requests sent and then failed (timeout, connection closed or reset, bad
+    /// response): in the latency histogram up to the failure.
+    pub failed_timed: u64,
 }
 
 impl Counts {
@@ -107,6 +110,7 @@ impl Counts {
         self.timeouts += o.timeouts;
         self.protocol_errors += o.protocol_errors;
         self.missed += o.missed;
+        self.failed_timed += o.failed_timed;
         self.sent_after_end += o.sent_after_end;
         self.all_ok += o.all_ok;
         self.all_sent += o.all_sent;
@@ -365,10 +369,17 @@ async fn connection(st: Rc<ThreadState>, k: usize, stream: TcpStream, mut pacer:
                     rbuf = Vec::with_capacity(RESPONSE_HEAD_BYTES_MAX);
                 }
                 if measured {
-                    st.count(|x| match f {
-                        Fail::Conn => x.conn_errors += 1,
-                        Fail::Timeout => x.timeouts += 1,
-                        Fail::Protocol(_) => x.protocol_errors += 1,
+                    // A request that was sent and failed is timed too, up to its failure: left
+                    // out, a server stalling some connections past the timeout would vanish from
+                    // the percentiles.
+                    st.hist.borrow_mut().saturating_record(now_ns().saturating_sub(intended).max(1));
+                    st.count(|x| {
+                        x.failed_timed += 1;
+                        match f {
+                            Fail::Conn => x.conn_errors += 1,
+                            Fail::Timeout => x.timeouts += 1,
+                            Fail::Protocol(_) => x.protocol_errors += 1,
+                        }
                     });
                 }
                 if let Fail::Protocol(why) = f {
@@ -403,6 +414,10 @@ async fn read_response(
                     if rbuf.len() == rbuf.capacity() {
                         return (Err(Fail::Protocol("response head larger than 16 KiB")), rbuf);
                     }
+                }
+                Ok(Framing::Interim { head_bytes }) => {
+                    rbuf.drain(..head_bytes);
+                    continue;
                 }
                 Ok(Framing::Complete { status, head_bytes, body_bytes, close }) => {
                     let total = head_bytes as u64 + body_bytes;

@@ -11,13 +11,16 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use hdrhistogram::serialization::interval_log::{IntervalLogWriter, IntervalLogWriterBuilder};
-use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 
 use crate::conn::{new_histogram, Counts, INTERVAL_NS};
+
+/// The interval max column in milliseconds (histograms in ns), as HdrHistogram's tools assume.
+const MAX_VALUE_DIVISOR: f64 = 1e6;
 
 /// Merges each interval's histograms from every thread and writes an interval to the log as
 /// soon as all threads have reported it, in order.
@@ -34,7 +37,9 @@ pub struct Intervals {
 struct HlogFile {
     out: BufWriter<File>,
     ser: V2DeflateSerializer,
-    header: Option<(String, SystemTime)>,
+    /// Reused for each interval's serialized histogram and its base64 text.
+    bytes: Vec<u8>,
+    text: String,
 }
 
 impl Intervals {
@@ -48,13 +53,26 @@ impl Intervals {
     ) -> io::Result<Intervals> {
         let log = match hlog {
             None => None,
-            Some(p) => Some(HlogFile {
-                out: BufWriter::new(
-                    File::create(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?,
-                ),
-                ser: V2DeflateSerializer::new(),
-                header: Some((comment.to_string(), start)),
-            }),
+            Some(p) => {
+                let mut log = HlogFile {
+                    out: BufWriter::new(
+                        File::create(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?,
+                    ),
+                    ser: V2DeflateSerializer::new(),
+                    bytes: Vec::new(),
+                    text: String::new(),
+                };
+                // The header, once: comment, StartTime, BaseTime, MaxValueDivisor (the interval
+                // lines below divide their max column by it themselves).
+                let mut b = IntervalLogWriterBuilder::new();
+                b.with_max_value_divisor(MAX_VALUE_DIVISOR)
+                    .add_comment(comment)
+                    .with_start_time(start)
+                    .with_base_time(start);
+                b.begin_log_with(&mut log.out, &mut log.ser)?;
+                log.out.flush()?;
+                Some(log)
+            }
         };
         Ok(Intervals {
             threads,
@@ -90,19 +108,26 @@ impl Intervals {
         self.next == self.intervals
     }
 
+    /// One interval line, `start,length,max,histogram` (seconds, seconds, max / divisor, V2
+    /// deflate in base64), as HdrHistogram's log writers write it; flushed, so a run cut short
+    /// keeps every interval written so far.
     fn write(&mut self, i: usize, h: &Histogram<u64>) -> io::Result<()> {
+        use base64::Engine as _;
         let Some(log) = &mut self.log else { return Ok(()) };
         let start_ns = i as u64 * INTERVAL_NS;
         let len_ns = INTERVAL_NS.min(self.duration_ns - start_ns);
-        // The writer borrows the file and serializer; make one per interval (headers only once).
-        let mut b = IntervalLogWriterBuilder::new();
-        b.with_max_value_divisor(1e6);
-        if let Some((comment, start)) = log.header.take() {
-            b.add_comment(&comment).with_start_time(start).with_base_time(start);
-        }
-        let mut w: IntervalLogWriter<_, _> = b.begin_log_with(&mut log.out, &mut log.ser)?;
-        w.write_histogram(h, Duration::from_nanos(start_ns), Duration::from_nanos(len_ns), None)
-            .map_err(|e| io::Error::other(format!("hlog: {e:?}")))?;
+        log.bytes.clear();
+        log.ser.serialize(h, &mut log.bytes).map_err(|e| io::Error::other(format!("hlog: {e:?}")))?;
+        log.text.clear();
+        base64::engine::general_purpose::STANDARD.encode_string(&log.bytes, &mut log.text);
+        writeln!(
+            log.out,
+            "{:.3},{:.3},{:.3},{}",
+            start_ns as f64 / 1e9,
+            len_ns as f64 / 1e9,
+            h.max() as f64 / MAX_VALUE_DIVISOR,
+            log.text
+        )?;
         log.out.flush()
     }
 }
@@ -148,8 +173,12 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>,
         c.protocol_errors,
         c.missed
     );
-    let _ =
-        writeln!(s, "latency from the intended send time (coordinated-omission corrected), µs, {} responses:", h.len());
+    let _ = writeln!(
+        s,
+        "latency from the intended send time (coordinated-omission corrected), µs, {} requests ({} of them failed: timed up to the failure):",
+        h.len(),
+        c.failed_timed
+    );
     let mut head = String::new();
     let mut vals = String::new();
     for (name, _, q) in PERCENTILES {
@@ -157,14 +186,22 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>,
         let _ = write!(vals, "{:>10.1}", us(at(h, q)));
     }
     let _ = writeln!(s, "{head}\n{vals}");
-    let _ = writeln!(
-        s,
-        "loadgen's own timer lateness (woken after the intended send time; large values mean loadgen or its CPU was the bottleneck): p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs over {} sleeps",
-        us(at(wake, 50.0)),
-        us(at(wake, 99.0)),
-        us(wake.max()),
-        wake.len()
-    );
+    if wake.is_empty() {
+        // Never ahead of schedule: every send was already late, so there is no timer to judge.
+        let _ = writeln!(
+            s,
+            "loadgen's own timer lateness: n/a (0 sleeps: every send was at or behind its intended time; see 'behind' above)"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "loadgen's own timer lateness (woken after the intended send time; large values mean loadgen or its CPU was the bottleneck): p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs over {} sleeps",
+            us(at(wake, 50.0)),
+            us(at(wake, 99.0)),
+            us(wake.max()),
+            wake.len()
+        );
+    }
     if c.behind_ns_max > 100_000_000 {
         let _ = writeln!(
             s,
@@ -175,13 +212,14 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>,
     }
     let _ = write!(
         s,
-        "LOADGEN_RESULT asked_rate={asked_rate} duration_s={duration_s} sent={} achieved_rate={achieved:.1} ok={} non2xx={} conn_errors={} timeouts={} protocol_errors={} missed={} sent_after_end={} all_sent={} all_ok={} behind_ms_max={:.3} mean_us={:.1}",
+        "LOADGEN_RESULT asked_rate={asked_rate} duration_s={duration_s} sent={} achieved_rate={achieved:.1} ok={} non2xx={} conn_errors={} timeouts={} protocol_errors={} failed_timed={} missed={} sent_after_end={} all_sent={} all_ok={} behind_ms_max={:.3} mean_us={:.1}",
         c.sent,
         c.ok,
         c.non_2xx,
         c.conn_errors,
         c.timeouts,
         c.protocol_errors,
+        c.failed_timed,
         c.missed,
         c.sent_after_end,
         c.all_sent,
@@ -192,13 +230,18 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>,
     for (_, key, q) in PERCENTILES {
         let _ = write!(s, " {key}={:.1}", us(at(h, q)));
     }
-    let _ = write!(
-        s,
-        " wake_p50_us={:.1} wake_p99_us={:.1} wake_max_us={:.1}",
-        us(at(wake, 50.0)),
-        us(at(wake, 99.0)),
-        us(wake.max())
-    );
+    // No sleeps, no lateness to report: `nan` (which parses as a number), never a perfect 0.
+    if wake.is_empty() {
+        let _ = write!(s, " wake_p50_us=nan wake_p99_us=nan wake_max_us=nan");
+    } else {
+        let _ = write!(
+            s,
+            " wake_p50_us={:.1} wake_p99_us={:.1} wake_max_us={:.1}",
+            us(at(wake, 50.0)),
+            us(at(wake, 99.0)),
+            us(wake.max())
+        );
+    }
     s.push('\n');
     s
 }

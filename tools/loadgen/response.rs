@@ -2,7 +2,8 @@
 //! and how many bytes the whole response takes out. Pure; no allocation (fixed header array).
 //!
 //! A response's end is known from its head alone: `Content-Length`, or no body at all for HEAD,
-//! 1xx, 204 and 304. Chunked bodies and bodies framed by closing the connection are refused
+//! 204 and 304. A 1xx interim response (`100 Continue` to `Expect: 100-continue`) is only a
+//! head before the final response: it is skipped, never taken for the answer. Chunked bodies and bodies framed by closing the connection are refused
 //! (neither the tracker nor nginx's `return 204` send them), as is anything httparse rejects.
 
 /// Headers looked at per response; more is a protocol error.
@@ -12,6 +13,8 @@ const RESPONSE_HEADERS_MAX: usize = 32;
 pub enum Framing {
     /// The head is not complete yet.
     Partial,
+    /// A 1xx interim response of `head_bytes`: the final one follows.
+    Interim { head_bytes: usize },
     Complete {
         status: u16,
         /// Bytes of the status line and headers, including the blank line.
@@ -33,6 +36,10 @@ pub fn frame(buf: &[u8], head_request: bool) -> Result<Framing, &'static str> {
         Err(_) => return Err("malformed response head"),
     };
     let status = r.code.unwrap_or(0);
+    // 101 switches protocols: no HTTP response follows, so it is final (and not a 2xx).
+    if (100..200).contains(&status) && status != 101 {
+        return Ok(Framing::Interim { head_bytes });
+    }
     let http10 = r.version == Some(0);
     let mut length: Option<u64> = None;
     let mut close = http10;
@@ -86,6 +93,14 @@ mod tests {
         assert_eq!(frame(r, false), done(200, 64, 43, false));
         assert_eq!(frame(&r[..30], false), Ok(Framing::Partial));
         assert_eq!(frame(r, true), done(200, 64, 0, false));
+    }
+
+    #[test]
+    fn an_interim_response_is_not_the_answer() {
+        let r = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(frame(r, false), Ok(Framing::Interim { head_bytes: 25 }));
+        assert_eq!(frame(&r[25..], false), done(204, 27, 0, false));
+        assert_eq!(frame(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false), done(101, 36, 0, false));
     }
 
     #[test]
