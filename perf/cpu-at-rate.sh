@@ -94,7 +94,15 @@ one() { # one SERVER RATE ROUND
   read -r u1 s1 < <(cpu_ticks "${pids[@]}")
   if [[ $kind == nginx ]]; then stop_pids QUIT "$SRV_MAIN_PID"; else stop_pids TERM "$SRV_MAIN_PID"; fi
   STARTED_PIDS=()
+  local status=0 # only the tracker's says something (the floor dies of SIGTERM, 143)
+  [[ $kind == tracker ]] && status=${EXIT_STATUS[$SRV_MAIN_PID]:-0}
+  ((status == 0)) || die "$kind exited with status $status after the run at $rate req/s (the tracker exits 1 when it lost acknowledged events): not a measurement"
   line=$(grep '^LOADGEN_RESULT ' "$out") || { cat "$out" >&2; die "no LOADGEN_RESULT from loadgen"; }
+  # A run with failed requests or non-2xx answers is not a measurement of the same work: stop.
+  awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
+         bad = r["non2xx"] + r["conn_errors"] + r["timeouts"] + r["protocol_errors"]
+         if (bad > 0) { printf "%d non-2xx, %d connection errors, %d timeouts, %d bad responses\n", r["non2xx"], r["conn_errors"], r["timeouts"], r["protocol_errors"]; exit 1 } }' \
+    <<<"$line" >"$out.errors" || die "loadgen against $kind at $rate req/s: $(cat "$out.errors"): not a measurement"
   awk -v k="$kind" -v rate="$rate" -v round="$round" -v u="$((u1 - u0))" -v s="$((s1 - s0))" -v tck="$CLK_TCK" '{
       for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
       ok = r["ok"] + 0

@@ -114,7 +114,18 @@ fresh_server() {
 stop_server() { # stop_server KIND
   if [[ $1 == nginx ]]; then stop_pids QUIT "$SRV_MAIN_PID"; else stop_pids TERM "$SRV_MAIN_PID"; fi
   STARTED_PIDS=()
+  local status=0 # only the tracker's says something (the floor dies of SIGTERM, 143)
+  [[ $1 == tracker ]] && status=${EXIT_STATUS[$SRV_MAIN_PID]:-0}
+  ((status == 0)) || die "$1 exited with status $status (the tracker exits 1 when it lost acknowledged events)"
   [[ $KEEP_TMP == 1 ]] || rm -rf "$RUNDIR"
+  # The run's dirty log pages are written back now, not inside the next server's run.
+  sync
+}
+
+# SERVERS in order for even steps, reversed for odd ones: what one run leaves behind (writeback,
+# page cache, the host's mood) does not always land on the same server.
+order_for() { # order_for INDEX
+  if (($1 % 2 == 0)); then echo "$SERVERS"; else tr ' ' '\n' <<<"$SERVERS" | tac | tr '\n' ' '; fi
 }
 
 # ---------------------------------------------------------------- peak (closed loop, wrk)
@@ -122,7 +133,7 @@ if [[ -n ${PEAK:-} ]]; then
   log "peak given: $PEAK req/s"
 else
   PEAK=0
-  for kind in $SERVERS; do
+  for kind in $(order_for 1); do
     fresh_server "$kind"
     run_wrk "$TMP/peak-$kind.txt" $((PEAK_DURATION + 30)) taskset -c "$LOADGEN_CPU" "$WRK" -t1 -c"$WRK_CONNS" \
       -d"${PEAK_DURATION}s" -s "$PIXEL_LUA" "http://127.0.0.1:$PORT/i" || { cat "$TMP/peak-$kind.txt" >&2; die "wrk against $kind failed"; }
@@ -139,10 +150,12 @@ fi
 CSV=$OUT_DIR/latency-at-rate.csv
 echo "server,pct,offered_rate,achieved_rate,p50_us,p90_us,p99_us,p999_us,p9999_us,max_us,mean_us,ok,non2xx,conn_errors,timeouts,protocol_errors,missed,sent_after_end,duration_s,wake_p99_us,wake_max_us" >"$CSV"
 LG_SHOWN=""
+step=0
 for pct in $STEPS; do
   rate=$((PEAK * pct / 100))
   ((rate >= 1)) || rate=1
-  for kind in $SERVERS; do
+  step=$((step + 1))
+  for kind in $(order_for "$step"); do
     fresh_server "$kind"
     lg=(taskset -c "$LOADGEN_CPU" "$LOADGEN_BIN" --target "127.0.0.1:$PORT" --rate "$rate"
       --duration "${STEP_DURATION}s" --warmup "${WARMUP}s" --connections "$CONNS" --threads 1

@@ -13,6 +13,7 @@ log() { printf '[%s] %s\n' "${LOG_TAG:-perf}" "$*" >&2; }
 die() { printf '[%s] ERROR: %s\n' "${LOG_TAG:-perf}" "$*" >&2; exit 1; }
 
 STARTED_PIDS=() # every server process we started (nginx masters and workers, the tracker)
+declare -A EXIT_STATUS=() # pid -> exit status, filled by stop_pids for our own children
 # shellcheck disable=SC2034 # used by the sourcing scripts
 SRV_PIDS=()     # pids measured for the current server
 SRV_MAIN_PID="" # master / main pid
@@ -87,7 +88,14 @@ stop_pids() { # stop_pids SIGNAL PID... : signal, wait up to 5 s, then SIGKILL w
       kill -KILL "$p" 2>/dev/null || true
     fi
   done
-  for p in "$@"; do wait "$p" 2>/dev/null || true; done # reaps our own children only
+  # Reaps our own children only; their exit statuses stay in EXIT_STATUS for the caller (the
+  # tracker exits 1 when it lost acknowledged events: a run that did is not a measurement).
+  local st
+  for p in "$@"; do
+    st=0
+    wait "$p" 2>/dev/null || st=$?
+    EXIT_STATUS[$p]=$st
+  done
 }
 
 cleanup() {
@@ -146,9 +154,11 @@ run_wrk() { # run_wrk OUTFILE TIMEOUT CMD...
   wait_child $!
 }
 
-# "busy_jiffies total_jiffies steal_jiffies" for one CPU from /proc/stat.
+# "busy_jiffies total_jiffies steal_jiffies" for one CPU from /proc/stat. Busy is time the CPU
+# ran something of this guest (user, nice, system, irq, softirq); idle, iowait and steal (time
+# the host ran someone else while this vCPU wanted to run) are not.
 cpu_line() {
-  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t, $9 }' /proc/stat
+  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6 - $9, t, $9 }' /proc/stat
 }
 
 children_of() { pgrep -P "$1" || true; }

@@ -175,6 +175,14 @@ run_one() { # run_one KIND LABEL RUNNO
   # Graceful stop (nginx: QUIT flushes the buffered access log), then look at the log.
   if [[ $real == nginx ]]; then stop_pids QUIT "${SRV_PIDS[@]}"; else stop_pids TERM "${SRV_PIDS[@]}"; fi
   STARTED_PIDS=() # one server at a time: nothing of ours is left running now
+  # The tracker stops on SIGTERM with 0, or 1 when it lost acknowledged events; the floor has
+  # no handler (143) and nginx's QUIT is its own business.
+  local status=0
+  [[ $real == tracker ]] && status=${EXIT_STATUS[$SRV_MAIN_PID]:-0}
+  if ((status != 0)); then
+    tail -n 20 "$d/server.log" >&2 2>/dev/null || true
+    die "$label exited with status $status after run $n (the tracker exits 1 when it lost acknowledged events): not a measurement"
+  fi
   local log_bytes log_lines=-1
   if [[ $real == nginx ]]; then
     log_bytes=$(stat -c %s "$d/access.log" 2>/dev/null || echo 0)
@@ -225,6 +233,12 @@ run_one() { # run_one KIND LABEL RUNNO
   local req rps p50 p99 non sock
   read -r req rps p50 p99 non sock <<<"$parsed"
   ((req > 0)) || { cat "$d/wrk.txt" >&2; die "wrk completed 0 requests against $label"; }
+  # A server answering errors (a fast 503, a reset) looks cheap per request: such a run would
+  # bias the medians and ratios, so it stops the set instead of entering them.
+  if ((non > 0 || sock > 0)); then
+    cat "$d/wrk.txt" >&2
+    die "run $n against $label had $non non-2xx responses and $sock socket errors: not a measurement"
+  fi
 
   local cpu_us user_us sys_us srv_busy wrk_busy steal log_bpr
   # µs per request: total, then its user-space and kernel parts (the kernel's TCP path is most of
