@@ -85,10 +85,12 @@ impl Dedup {
     /// Records `id` (of event type `type_id`) at `now_ns` (Unix ns) unless it is already there
     /// and fresh.
     #[inline]
-    pub fn check(&self, id: &[u8; 16], type_id: u16, now_ns: u64) -> Seen {
-        let mut key = [0u8; 18];
+    /// `type_key`: `EventType::key`, a hash of the type's name (not its position in the
+    /// config, which a reload that adds or removes a type shifts).
+    pub fn check(&self, id: &[u8; 16], type_key: u64, now_ns: u64) -> Seen {
+        let mut key = [0u8; 24];
         key[..16].copy_from_slice(id);
-        key[16..].copy_from_slice(&type_id.to_le_bytes());
+        key[16..].copy_from_slice(&type_key.to_le_bytes());
         let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key, 0x0064_6564_7570);
         let fp = (h >> 32) as u32 | 1;
         let now = (now_ns / 10_000_000) as u32;

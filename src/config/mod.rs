@@ -230,6 +230,9 @@ pub struct EventType {
     /// Column of this type's name in the shards' event counters: `id` until the runtime assigns
     /// the process's own (`metrics::CounterLabels`), which a reload keeps per name.
     pub counter: u16,
+    /// A hash of `name`: what derived ids and the dedup window key on. `id` is a position, which
+    /// a reload that adds or removes another type shifts; a retried notice must keep its id.
+    pub key: u64,
 }
 
 /// A query parameter name and what reads it.
@@ -260,7 +263,8 @@ impl EventType {
                     .filter_map(|(r, s)| key(s).map(|name| QueryKey { name, reader: QueryReader::IdFrom(r) })),
             )
             .collect();
-        EventType { id, name, fields, identity, id_from, query_keys, counter: id }
+        let key = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
+        EventType { id, name, fields, identity, id_from, query_keys, counter: id, key }
     }
 }
 

@@ -49,9 +49,11 @@ pub struct Derived(Xxh3);
 
 impl Derived {
     #[inline]
-    pub fn new(type_id: u16) -> Derived {
+    /// `type_key`: `EventType::key` (its name's hash), so an id stays the same when a reload
+    /// adds, removes or reorders other types.
+    pub fn new(type_key: u64) -> Derived {
         let mut h = Xxh3::with_seed(0x6964_656e_7469_7479);
-        h.update(&type_id.to_le_bytes());
+        h.update(&type_key.to_le_bytes());
         Derived(h)
     }
 

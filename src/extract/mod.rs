@@ -224,7 +224,7 @@ pub fn extract(
         };
         ev.flags |= FLAG_ID_CLIENT;
     } else if !ty.identity.is_empty() && ty.identity.iter().all(|&i| ev.has(ty.fields[i].slot)) {
-        let mut d = id::Derived::new(ty.id);
+        let mut d = id::Derived::new(ty.key);
         for &i in &ty.identity {
             let f = &ty.fields[i];
             match f.kind {
@@ -249,11 +249,17 @@ pub fn extract(
 
 /// Identity fields whose value was truncated to its slot, with a hash of the whole value: two
 /// notices whose auction or impression ids differ only past `max_bytes` must not get one id
-/// (the second would be dropped as a duplicate). Rare, so a few entries on the stack.
-#[derive(Default)]
+/// (the second would be dropped as a duplicate). One entry per field a type may declare
+/// (`SLOTS`), so every identity field cut is remembered, however many; 256 bytes of stack.
 struct CutIdentity {
-    fields: [(usize, u64); 4],
+    fields: [(usize, u64); SLOTS],
     len: usize,
+}
+
+impl Default for CutIdentity {
+    fn default() -> CutIdentity {
+        CutIdentity { fields: [(0, 0); SLOTS], len: 0 }
+    }
 }
 
 impl CutIdentity {
@@ -315,6 +321,10 @@ fn whole_utf8_prefix(b: &[u8]) -> usize {
 #[inline]
 fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Option<u64>, &'static str> {
     match f.kind {
+        // An empty value is absent, as for numbers: `required` refuses it, `default` fills it,
+        // and an identity field left empty (an exchange that does not fill its macro) makes no
+        // derived id, so distinct wins of one auction are not merged into one.
+        FieldKind::Str if raw.is_empty() => Ok(None),
         FieldKind::Str => {
             let dst = &mut ev.bytes[f.offset..f.offset + f.max];
             let (n, truncated) = if query {
@@ -683,5 +693,53 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["currency"], "USD");
         assert_eq!(v["price"].as_f64(), Some(1.5));
+    }
+
+    #[test]
+    fn a_derived_id_does_not_move_when_a_reload_adds_another_type() {
+        // A type named before `bill` shifts its position (its `id`); a retried bill must keep
+        // its id, or the dedup window and every consumer count it twice.
+        let before = Config::embedded();
+        let text = crate::config::DEFAULT_TOML.to_string() + "\n[event.aaa]\nfields = []\n";
+        let after = Config::parse(&text, "t.toml").unwrap();
+        assert_ne!(before.event_type("bill").unwrap().id, after.event_type("bill").unwrap().id);
+        let q = b"exch=x1&auction=a1&bid=b1&imp=i1&price=1.25";
+        let (x, _) = run(&before, "bill", q, &[]).unwrap();
+        let (y, _) = run(&after, "bill", q, &[]).unwrap();
+        assert_eq!(x.id, y.id);
+        assert_ne!(x.flags & FLAG_ID_DERIVED, 0);
+    }
+
+    #[test]
+    fn an_empty_identity_value_makes_no_derived_id_and_fails_required() {
+        let cfg = Config::embedded();
+        // An exchange that leaves its bid and imp macros empty: two slots of one auction.
+        let (a, _) = run(&cfg, "win", b"exch=x1&auction=a1&bid=&imp=&price=1.10", &[]).unwrap();
+        let (b, _) = run(&cfg, "win", b"exch=x1&auction=a1&bid=&imp=&price=2.20", &[]).unwrap();
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.flags & FLAG_ID_DERIVED, 0);
+        // Empty is absent: a required string refuses it like a missing one.
+        let ty = cfg.event_type("win").unwrap();
+        let auction = ty.fields.iter().find(|f| f.name == "auction_id").expect("win has auction_id");
+        assert!(auction.required, "the default win requires its auction id");
+        assert!(run(&cfg, "win", b"exch=x1&auction=&bid=b&imp=i&price=1", &[]).is_err());
+    }
+
+    #[test]
+    fn every_cut_identity_field_keeps_ids_apart_not_only_the_first_four() {
+        let mut text = String::from("[[endpoint]]\npath = \"/n\"\nevent = \"n\"\n[event.n]\nidentity = [\"a\", \"b\", \"c\", \"d\", \"e\"]\nfields = [\n");
+        for f in ["a", "b", "c", "d", "e"] {
+            text.push_str(&format!(
+                "  {{ name = \"{f}\", source = \"query.{f}\", type = \"string\", max_bytes = 4 }},\n"
+            ));
+        }
+        text.push_str("]\n");
+        let cfg = Config::parse(&text, "t.toml").unwrap();
+        // Every value is cut at 4 bytes; the two requests differ only past the cut of the 5th.
+        let q = |last: &str| format!("a=aaaaaa&b=bbbbbb&c=cccccc&d=dddddd&e=eeee{last}");
+        let (x, _) = run(&cfg, "n", q("x1").as_bytes(), &[]).unwrap();
+        let (y, _) = run(&cfg, "n", q("y2").as_bytes(), &[]).unwrap();
+        assert_ne!(x.flags & FLAG_ID_DERIVED, 0);
+        assert_ne!(x.id, y.id);
     }
 }

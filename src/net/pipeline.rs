@@ -94,7 +94,7 @@ pub(super) fn publish(ctx: &ShardCtx, ty: &EventType, now_ns: u64, over_budget: 
     let duplicate = match &ctx.dedup {
         _ if over_budget => false,
         Some(d) if slot.flags & (FLAG_ID_CLIENT | FLAG_ID_DERIVED) != 0 => {
-            d.check(&slot.id, ty.id, now_ns) == crate::dedup::Seen::Duplicate
+            d.check(&slot.id, ty.key, now_ns) == crate::dedup::Seen::Duplicate
         }
         _ => false,
     };
