@@ -113,6 +113,19 @@ impl Validator<'_> {
                 }
             }
         }
+        // A signature over the URL alone lets anyone rewrite the click's campaign or creative
+        // and keep the signature: refuse that unless the file asks for it (signed_fields = []).
+        if matches!(require, Require::Signature | Require::Either | Require::Both)
+            && signed.is_empty()
+            && r.signed_fields.is_none()
+            && ty.is_some()
+        {
+            self.err(
+                span.clone(),
+                key("signed_fields"),
+                "the signature would cover the landing URL only (the event type has no identity fields): list the                  query fields a signed click carries, e.g. signed_fields = [\"campaign_id\", \"creative_id\"], or                  signed_fields = [] to sign the URL alone",
+            );
+        }
         let ttl = self.int_at(
             &r.signature_ttl_max_s,
             &key("signature_ttl_max_s"),

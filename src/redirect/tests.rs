@@ -316,3 +316,43 @@ fn fuzzed_landing_urls_never_escape_the_allowlist() {
     eprintln!("{passed} of 40000 fuzzed landing URLs passed");
     assert!(passed > 500, "the fuzzer should also produce some good URLs ({passed})");
 }
+
+#[test]
+fn a_wildcard_over_a_public_suffix_is_refused() {
+    for open in ["*.com", "*.co.uk", "*.com.au", "*.ne.jp", "*.io"] {
+        let e = url::Domain::parse(open).err().unwrap_or_else(|| panic!("{open} accepted"));
+        assert!(e.contains("public suffix"), "{open}: {e}");
+    }
+    for fine in ["*.example.com", "*.shop.co.uk", "*.brand.io", "example.co.uk"] {
+        assert!(url::Domain::parse(fine).is_ok(), "{fine}");
+    }
+}
+
+#[test]
+fn a_signature_that_would_cover_no_field_is_a_config_error_unless_asked_for() {
+    let click = r#"
+[[endpoint]]
+path = "/c"
+event = "click"
+response = "redirect"
+[endpoint.redirect]
+require = "signature"
+SIGNED
+[[endpoint.redirect.key]]
+id = "k1"
+secret_hex = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+[event.click]
+fields = [ { name = "campaign_id", source = "query.c", type = "u64", required = true } ]
+"#;
+    // No identity and no signed_fields: a signed click's campaign could be rewritten.
+    let e = Config::parse(&click.replace("SIGNED", ""), "t.toml").unwrap_err().0;
+    assert!(e.iter().any(|e| e.key.ends_with("redirect.signed_fields") && e.message.contains("landing URL only")), "{e:?}");
+    // Listing the field signs it; an explicit empty list is the file's choice.
+    let cfg = Config::parse(&click.replace("SIGNED", "signed_fields = [\"campaign_id\"]"), "t.toml").unwrap();
+    let r = rule(&cfg);
+    let url = "https://shop.test/p";
+    let sig = sign(r, "k1", NOW + 60, url, &[("campaign_id", "7")]);
+    assert!(run(r, &format!("c=7&url={}&exp={}&kid=k1&sig={sig}", enc(url), NOW + 60)).is_ok());
+    assert!(run(r, &format!("c=999&url={}&exp={}&kid=k1&sig={sig}", enc(url), NOW + 60)).is_err());
+    assert!(Config::parse(&click.replace("SIGNED", "signed_fields = []"), "t.toml").is_ok());
+}

@@ -138,6 +138,19 @@ pub struct Domain {
     pub subdomains: bool,
 }
 
+/// Second-level labels registries sell names under (`co.uk`, `com.au`, `ne.jp`, …).
+const REGISTRY_LABELS: [&str; 10] = ["co", "com", "net", "org", "ac", "gov", "edu", "ne", "or", "go"];
+
+/// A suffix anyone can register names under, without a public-suffix list: a single label
+/// (`com`), or a registry label under a two-letter country code (`co.uk`, `com.br`). Not the
+/// whole list, but a wildcard over one of these is never what an allowlist means.
+fn is_public_suffix_like(host: &str) -> bool {
+    match host.split_once('.') {
+        None => true,
+        Some((second, cc)) => cc.len() == 2 && !cc.contains('.') && REGISTRY_LABELS.contains(&second),
+    }
+}
+
 impl Domain {
     /// Parses a config entry; `Err` says what is wrong with it.
     pub fn parse(entry: &str) -> Result<Domain, String> {
@@ -151,6 +164,12 @@ impl Domain {
             Some(h) => (h, true),
             None => (entry, false),
         };
+        if subdomains && is_public_suffix_like(host) {
+            return Err(format!(
+                "\"{entry}\" would allow every domain under a public suffix (an open redirect); list the advertisers' \
+                 domains, e.g. \"*.shop.{host}\""
+            ));
+        }
         if host.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(format!("\"{entry}\" must be lower case"));
         }
