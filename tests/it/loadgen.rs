@@ -110,13 +110,15 @@ fn scripted_server(answer: &'static [u8]) -> std::net::SocketAddr {
     addr
 }
 
+/// 50 req/s for 1 s over 2 connections, no warm-up, unless `args` says otherwise.
 fn run_loadgen(addr: std::net::SocketAddr, extra: &[&str]) -> (Vec<(String, f64)>, String) {
-    let out = Command::new(LOADGEN)
-        .args(["--target", &addr.to_string(), "--rate", "50", "--duration", "1s", "--connections", "2"])
-        .args(["--warmup", "0s"])
-        .args(extra)
-        .output()
-        .expect("run loadgen");
+    let mut args = vec!["--target".to_string(), addr.to_string()];
+    for (flag, default) in [("--rate", "50"), ("--duration", "1s"), ("--connections", "2"), ("--warmup", "0s")] {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_string(), default.to_string()]);
+        }
+    }
+    let out = Command::new(LOADGEN).args(args).args(extra).output().expect("run loadgen");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "loadgen failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     (result_line(&stdout), stdout)
@@ -134,6 +136,29 @@ fn requests_that_time_out_are_in_the_percentiles_at_their_timeout() {
     // Left out, the histogram would be empty and every percentile 0.
     assert!(get(&r, "p50_us") >= 200_000.0, "{stdout}");
     assert!(stdout.contains("failed: timed up to the failure"), "{stdout}");
+}
+
+#[test]
+fn requests_refused_a_connection_are_in_the_percentiles() {
+    // Accepts one connection, closes it on the first request, and then no more: every later
+    // request of the one connection finds its reconnect refused.
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        drop(l);
+        let mut buf = [0u8; 4096];
+        let _ = c.read(&mut buf);
+    });
+    let (r, stdout) = run_loadgen(addr, &["--connections", "1", "--timeout", "5s"]);
+    server.join().unwrap();
+    let conn_errors = get(&r, "conn_errors");
+    assert!(conn_errors > 1.0, "{stdout}");
+    assert_eq!(get(&r, "ok"), 0.0, "{stdout}");
+    // Every failure is in the histogram, the refused connects as well as the closed one.
+    assert_eq!(get(&r, "failed_timed"), conn_errors + get(&r, "timeouts") + get(&r, "protocol_errors"), "{stdout}");
+    assert!(stdout.contains(&format!("{} requests ({} of them failed", conn_errors, conn_errors)), "{stdout}");
 }
 
 #[test]

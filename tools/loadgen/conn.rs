@@ -7,7 +7,9 @@
 //! until a request's intended time (a timerfd with an absolute deadline: nanosecond precision,
 //! unlike the runtime's millisecond timer wheel), or sends at once when it is already late
 //! because the previous response was slow. Latency is measured from the intended time, so time
-//! spent waiting for a busy connection is counted (coordinated omission corrected).
+//! spent waiting for a busy connection is counted (coordinated omission corrected). A request
+//! that fails (connect, write, reset, timeout, bad response) is in the histogram too, up to its
+//! failure: the percentiles cover every measured request, not only the answered ones.
 //!
 //! What goes out of a thread: one histogram per 1 s interval (ns) over a channel, and its
 //! counters at the end. A connection that is behind schedule when the run ends still sends the
@@ -96,8 +98,9 @@ pub struct Counts {
     pub all_sent: u64,
     /// Largest lateness of a send behind its intended time, ns.
     pub behind_ns_max: u64,
-    /// Measured requests sent and then failed (timeout, connection closed or reset, bad
-    /// response): in the latency histogram up to the failure.
+    /// Measured requests that failed (connect refused or timed out, write failed, connection
+    /// closed or reset, response timeout, bad response): in the latency histogram up to the
+    /// failure. Always conn_errors + timeouts + protocol_errors.
     pub failed_timed: u64,
 }
 
@@ -160,6 +163,22 @@ impl ThreadState {
         let mut c = self.counts.get();
         f(&mut c);
         self.counts.set(c);
+    }
+
+    /// A measured request that failed: counted by kind, and timed from its intended send time up
+    /// to now. Left out of the histogram, a server that stalls (timeouts), drops (resets) or
+    /// stops accepting (refused connects) would vanish from the percentiles instead of showing
+    /// at least the time it made the request wait.
+    fn fail(&self, intended: u64, f: Fail) {
+        self.hist.borrow_mut().saturating_record(now_ns().saturating_sub(intended).max(1));
+        self.count(|x| {
+            x.failed_timed += 1;
+            match f {
+                Fail::Conn => x.conn_errors += 1,
+                Fail::Timeout => x.timeouts += 1,
+                Fail::Protocol(_) => x.protocol_errors += 1,
+            }
+        });
     }
 }
 
@@ -273,7 +292,9 @@ async fn connect(plan: &Plan) -> io::Result<TcpStream> {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Fail {
+    /// Connect refused or timed out, write failed, or the connection closed or reset.
     Conn,
     Timeout,
     Protocol(&'static str),
@@ -321,7 +342,7 @@ async fn connection(st: Rc<ThreadState>, k: usize, stream: TcpStream, mut pacer:
                 Ok(s) => stream = Some(s),
                 Err(_) => {
                     if measured {
-                        st.count(|x| x.conn_errors += 1);
+                        st.fail(intended, Fail::Conn);
                     }
                     continue;
                 }
@@ -335,7 +356,7 @@ async fn connection(st: Rc<ThreadState>, k: usize, stream: TcpStream, mut pacer:
         if res.is_err() {
             stream = None;
             if measured {
-                st.count(|x| x.conn_errors += 1);
+                st.fail(intended, Fail::Conn);
             }
             continue;
         }
@@ -369,18 +390,7 @@ async fn connection(st: Rc<ThreadState>, k: usize, stream: TcpStream, mut pacer:
                     rbuf = Vec::with_capacity(RESPONSE_HEAD_BYTES_MAX);
                 }
                 if measured {
-                    // A request that was sent and failed is timed too, up to its failure: left
-                    // out, a server stalling some connections past the timeout would vanish from
-                    // the percentiles.
-                    st.hist.borrow_mut().saturating_record(now_ns().saturating_sub(intended).max(1));
-                    st.count(|x| {
-                        x.failed_timed += 1;
-                        match f {
-                            Fail::Conn => x.conn_errors += 1,
-                            Fail::Timeout => x.timeouts += 1,
-                            Fail::Protocol(_) => x.protocol_errors += 1,
-                        }
-                    });
+                    st.fail(intended, f);
                 }
                 if let Fail::Protocol(why) = f {
                     if !protocol_error_shown {
