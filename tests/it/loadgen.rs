@@ -68,6 +68,8 @@ fn loadgen_sends_the_asked_rate_and_every_2xx_is_journaled() {
             let b = base64_decode(h.encoded_histogram());
             let hist: hdrhistogram::Histogram<u64> = de.deserialize(&mut &b[..]).unwrap();
             assert_eq!(h.duration().as_secs_f64(), 1.0);
+            // The max column is in ms (MaxValueDivisor 1e6 over ns), to the 3 decimals written.
+            assert!((h.max() - hist.max() as f64 / 1e6).abs() <= 0.0005, "{} vs {} ns", h.max(), hist.max());
             counts.push(hist.len());
         }
     }
@@ -75,9 +77,11 @@ fn loadgen_sends_the_asked_rate_and_every_2xx_is_journaled() {
     assert_eq!(counts.iter().sum::<u64>() as f64, get(&r, "ok"));
     // One header: each of its lines once, before the first interval.
     let text = String::from_utf8(text).unwrap();
-    for tag in ["#[StartTime:", "#[BaseTime:", "#[MaxValueDivisor:"] {
+    for tag in ["#[Histogram log format", "#[StartTime:", "#[BaseTime:", "#[MaxValueDivisor:", "\"StartTimestamp\""] {
         assert_eq!(text.lines().filter(|l| l.starts_with(tag)).count(), 1, "{tag} in\n{text}");
     }
+    let first_interval = text.lines().position(|l| !l.starts_with('#') && !l.starts_with('"')).unwrap();
+    assert!(text.lines().skip(first_interval).all(|l| !l.starts_with('#') && !l.starts_with('"')), "{text}");
 }
 
 /// A server on a free port that reads requests and answers each with `answer` (nothing at all
@@ -159,6 +163,23 @@ fn requests_refused_a_connection_are_in_the_percentiles() {
     // Every failure is in the histogram, the refused connects as well as the closed one.
     assert_eq!(get(&r, "failed_timed"), conn_errors + get(&r, "timeouts") + get(&r, "protocol_errors"), "{stdout}");
     assert!(stdout.contains(&format!("{} requests ({} of them failed", conn_errors, conn_errors)), "{stdout}");
+}
+
+#[test]
+fn a_run_that_never_slept_reports_no_timer_lateness_rather_than_zero() {
+    // No answers and a 200 ms timeout against a 10 ms schedule on one connection: after the
+    // first request (in the warm-up) every send is already late, so no measured send ever waits
+    // on the timer and there is no lateness to report.
+    let addr = scripted_server(b"");
+    let args = ["--rate", "100", "--connections", "1", "--warmup", "10ms", "--timeout", "200ms", "--drain", "0s"];
+    let (r, stdout) = run_loadgen(addr, &args);
+    assert!(get(&r, "sent") > 0.0, "{stdout}");
+    assert_eq!(get(&r, "timeouts"), get(&r, "sent"), "{stdout}");
+    // 0 would read as a perfect timer.
+    for k in ["wake_p50_us", "wake_p99_us", "wake_max_us"] {
+        assert!(get(&r, k).is_nan(), "{k}\n{stdout}");
+    }
+    assert!(stdout.contains("timer lateness: n/a (0 sleeps"), "{stdout}");
 }
 
 #[test]

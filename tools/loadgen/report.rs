@@ -21,6 +21,10 @@ use crate::conn::{new_histogram, Counts, INTERVAL_NS};
 
 /// The interval max column in milliseconds (histograms in ns), as HdrHistogram's tools assume.
 const MAX_VALUE_DIVISOR: f64 = 1e6;
+/// The header comment and the column legend HdrHistogram's Java writer puts before the first
+/// interval; its reader and the Rust crate's both skip them.
+const HLOG_FORMAT_VERSION: &str = "[Histogram log format version 1.3]";
+const HLOG_LEGEND: &str = r#""StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram""#;
 
 /// Merges each interval's histograms from every thread and writes an interval to the log as
 /// soon as all threads have reported it, in order.
@@ -62,14 +66,17 @@ impl Intervals {
                     bytes: Vec::new(),
                     text: String::new(),
                 };
-                // The header, once: comment, StartTime, BaseTime, MaxValueDivisor (the interval
-                // lines below divide their max column by it themselves).
+                // The header, once, as HdrHistogram's Java HistogramLogWriter lays it out:
+                // comments (ours, the format version), StartTime, BaseTime, MaxValueDivisor (the
+                // interval lines below divide their max column by it themselves), the legend.
                 let mut b = IntervalLogWriterBuilder::new();
                 b.with_max_value_divisor(MAX_VALUE_DIVISOR)
                     .add_comment(comment)
+                    .add_comment(HLOG_FORMAT_VERSION)
                     .with_start_time(start)
                     .with_base_time(start);
                 b.begin_log_with(&mut log.out, &mut log.ser)?;
+                writeln!(log.out, "{HLOG_LEGEND}")?;
                 log.out.flush()?;
                 Some(log)
             }
