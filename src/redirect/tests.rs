@@ -346,7 +346,10 @@ fields = [ { name = "campaign_id", source = "query.c", type = "u64", required = 
 "#;
     // No identity and no signed_fields: a signed click's campaign could be rewritten.
     let e = Config::parse(&click.replace("SIGNED", ""), "t.toml").unwrap_err().0;
-    assert!(e.iter().any(|e| e.key.ends_with("redirect.signed_fields") && e.message.contains("landing URL only")), "{e:?}");
+    assert!(
+        e.iter().any(|e| e.key.ends_with("redirect.signed_fields") && e.message.contains("landing URL only")),
+        "{e:?}"
+    );
     // Listing the field signs it; an explicit empty list is the file's choice.
     let cfg = Config::parse(&click.replace("SIGNED", "signed_fields = [\"campaign_id\"]"), "t.toml").unwrap();
     let r = rule(&cfg);
