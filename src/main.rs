@@ -198,8 +198,17 @@ fn main() -> ExitCode {
                 eprintln!("tracker: no redirect endpoint with path {endpoint} in this config");
                 return ExitCode::from(2);
             };
-            let exp = exp.unwrap_or_else(|| tracker::clock::unix_nanos() / 1_000_000_000 + ttl_s);
-            match tracker::redirect::signed_click_url(rule, &base, &endpoint, &query, &url, kid.as_deref(), exp) {
+            let now_s = tracker::clock::unix_nanos() / 1_000_000_000;
+            let exp = exp.unwrap_or(now_s + ttl_s);
+            match tracker::redirect::signed_click_url(
+                rule,
+                &format!("{base}{endpoint}"),
+                &query,
+                &url,
+                kid.as_deref(),
+                exp,
+                now_s,
+            ) {
                 Ok(u) => {
                     println!("{u}");
                     ExitCode::SUCCESS

@@ -269,19 +269,34 @@ fn fmt<'t>(tmp: &'t mut [u8; 48], args: std::fmt::Arguments<'_>) -> &'t [u8] {
     &tmp[..48 - left]
 }
 
-/// Builds a signed click URL (cold path: `tracker sign-url`, tests, examples): `base`, `path`,
-/// `?`, `query` (already-encoded pairs such as `c=1&cr=2`), then `url`, `exp`, `kid`, `sig`. The
-/// signed field values are read back from `query` exactly as the server will read them.
+/// Builds a signed click URL (cold path: `tracker sign-url`, tests, examples): `endpoint_url`
+/// (base and path), `?`, `query` (already-encoded pairs such as `c=1&cr=2`), then `url`, `exp`,
+/// `kid`, `sig`. The signed field values are read back from `query` exactly as the server will
+/// read them. Refuses what the server would refuse at `now_s`: an expiry in the past or beyond
+/// `signature_ttl_max_s`, a signed value with CR or LF.
 pub fn signed_click_url(
     rule: &RedirectRule,
-    base: &str,
-    path: &str,
+    endpoint_url: &str,
     query: &str,
     landing: &str,
     kid: Option<&str>,
     exp_s: u64,
+    now_s: u64,
 ) -> Result<String, String> {
     url::parse(landing.as_bytes()).map_err(|why| format!("the server would refuse this URL: {why}"))?;
+    // The server refuses an expiry in the past or more than signature_ttl_max_s ahead: a URL it
+    // would answer 403 for days is not printed.
+    if exp_s <= now_s {
+        return Err(format!("expiry {exp_s} is not in the future (now {now_s})"));
+    }
+    if exp_s - now_s > rule.ttl_max_s {
+        return Err(format!(
+            "expiry {exp_s} is {} s ahead: the server refuses more than this endpoint's signature_ttl_max_s ({} s); \
+             sign for a shorter time or raise signature_ttl_max_s",
+            exp_s - now_s,
+            rule.ttl_max_s
+        ));
+    }
     if landing.len() > LANDING_URL_BYTES_MAX {
         return Err(format!("landing URL is {} bytes: at most {LANDING_URL_BYTES_MAX}", landing.len()));
     }
@@ -300,6 +315,9 @@ pub fn signed_click_url(
             None => 0,
             Some(raw) => query::percent_decode(raw, &mut v).map_err(|e| format!("{param}: {e:?}"))?,
         };
+        if v[..n].iter().any(|&b| b == b'\r' || b == b'\n') {
+            return Err(format!("{param}: a signed value may not hold CR or LF"));
+        }
         m.field(name.as_bytes(), &v[..n]);
     }
     let sig = m.finish();
@@ -309,7 +327,7 @@ pub fn signed_click_url(
     let n = w.n;
     let sep = if query.is_empty() { "" } else { "&" };
     Ok(format!(
-        "{base}{path}?{query}{sep}{}={}&exp={exp}&kid={}&sig={}",
+        "{endpoint_url}?{query}{sep}{}={}&exp={exp}&kid={}&sig={}",
         rule.param,
         String::from_utf8_lossy(&enc[..n]),
         key.id,

@@ -359,3 +359,20 @@ fields = [ { name = "campaign_id", source = "query.c", type = "u64", required = 
     assert!(run(r, &format!("c=999&url={}&exp={}&kid=k1&sig={sig}", enc(url), NOW + 60)).is_err());
     assert!(Config::parse(&click.replace("SIGNED", "signed_fields = []"), "t.toml").is_ok());
 }
+
+#[test]
+fn sign_url_refuses_what_the_server_would_refuse() {
+    let cfg = signed_config("signature");
+    let r = rule(&cfg);
+    let sign =
+        |exp: u64, query: &str| signed_click_url(r, "https://t.test/c", query, "https://shop.test/p", None, exp, NOW);
+    let q = "c=7&cr=1&imp=a";
+    // Within signature_ttl_max_s: printed, and the server takes it.
+    let u = sign(NOW + 60, q).unwrap();
+    assert!(run(r, u.split_once('?').unwrap().1).is_ok());
+    // 90 days ahead (past the ttl), already expired, or a signed value with a line break.
+    let e = sign(NOW + 90 * 86_400, q).unwrap_err();
+    assert!(e.contains("signature_ttl_max_s"), "{e}");
+    assert!(sign(NOW, q).unwrap_err().contains("not in the future"));
+    assert!(sign(NOW + 60, "c=7&cr=1&imp=a%0Db").unwrap_err().contains("CR or LF"));
+}

@@ -170,7 +170,22 @@ fn signed_urls_verify_expire_and_rotate() {
     let u1 = sign_url(&cfg_both, Some("k1"), None, &base, landing, q);
     let u2 = sign_url(&cfg_both, None, None, &base, landing, q);
     assert!(u2.contains("&kid=k2&"), "the newest key signs by default: {u2}");
-    let past = sign_url(&cfg_both, Some("k1"), Some(1_600_000_000), &base, landing, q);
+    // sign-url refuses an expiry the server would refuse (and says so) ...
+    let out = Command::new(BIN)
+        .args(["sign-url", "--config"])
+        .arg(&cfg_both)
+        .args(["--base", &base, "--url", landing, "--exp", "1600000000", q])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in the future"), "{out:?}");
+    // ... so the expired URL is signed as of its own time, through the library.
+    let past = {
+        let cfg = tracker::config::Config::load(&cfg_both).unwrap();
+        let rule = cfg.endpoints.iter().find(|e| e.path == "/c").unwrap().redirect.as_deref().unwrap();
+        let exp = 1_600_000_000;
+        tracker::redirect::signed_click_url(rule, &format!("{base}/c"), q, landing, Some("k1"), exp, exp - 60).unwrap()
+    };
 
     let mut c = s.connect();
     for u in [&u1, &u2] {
