@@ -28,8 +28,9 @@ enum Cmd {
         /// Journal directory, overriding journal.dir.
         #[arg(long)]
         journal_dir: Option<PathBuf>,
-        /// Number of shards, overriding server.shards (0 = one per allowed CPU).
-        #[arg(long)]
+        /// Number of shards, overriding server.shards (0 = one per allowed CPU; at most 256, as
+        /// in the file).
+        #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=tracker::constants::SHARDS_MAX as u64))]
         shards: Option<usize>,
         /// Admin listener address, overriding admin.listen (port 0 picks a free port).
         #[arg(long)]

@@ -311,10 +311,10 @@ pub const REDIRECT_KEYS: &[KeySpec] = &[
         "signed_fields",
         "array of strings",
         "",
-        Str("[]"),
+        NoDefault,
         Rule("fields of the event type read from the query"),
         "",
-        "Fields covered by the signature, in order; default: the event type's identity fields.",
+        "Fields covered by the signature, in order. Unset: the event type's identity fields; a rule requiring a signature over no field is an error unless this is set to [].",
     ),
     k(
         "endpoint.redirect",

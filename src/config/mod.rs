@@ -365,8 +365,29 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
-/// For a TOML/serde error, the text under its span (usually the offending key), or "-".
+/// For a TOML/serde error, the key it is about: when the span lies in the value of a
+/// `key = value` line (a wrong type, a number too large), that key under its `[table]`;
+/// otherwise the text under the span (usually the offending key), or "-".
 fn key_of_toml_error(text: &str, span: Option<Range<usize>>) -> String {
+    if let Some(s) = span.as_ref().filter(|s| s.start <= text.len() && text.is_char_boundary(s.start)) {
+        let line_start = text[..s.start].rfind('\n').map_or(0, |i| i + 1);
+        let line = text[line_start..].lines().next().unwrap_or("");
+        if let Some(eq) = line.find('=').filter(|&eq| line_start + eq < s.start) {
+            let key = line[..eq].trim().trim_matches('"');
+            let table = text[..line_start]
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| l.starts_with('['))
+                .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+            if !key.is_empty() && !key.contains(['{', '[', ',']) {
+                return match table {
+                    Some(t) if !t.is_empty() => format!("{t}.{key}"),
+                    _ => key.to_string(),
+                };
+            }
+        }
+    }
     match span {
         Some(s) if s.end <= text.len() && s.end > s.start && s.end - s.start <= 80 => {
             let t = text[s].trim();
@@ -535,11 +556,17 @@ impl Validator<'_> {
         let request_line = self.int(&r.request_line_bytes_max, spec(SERVER_KEYS, "request_line_bytes_max"));
         let header_bytes = self.int(&r.header_bytes_max, spec(SERVER_KEYS, "header_bytes_max"));
         if request_line >= header_bytes {
-            let span = r.request_line_bytes_max.as_ref().map(|s| s.span()).unwrap_or(0..0);
+            // Point at the line the file has: request_line_bytes_max, or header_bytes_max when
+            // only that one was written (the other is its default).
+            let (span, key) = match (&r.request_line_bytes_max, &r.header_bytes_max) {
+                (None, Some(h)) => (h.span(), "server.header_bytes_max"),
+                (Some(l), _) => (l.span(), "server.request_line_bytes_max"),
+                (None, None) => (0..0, "server.request_line_bytes_max"),
+            };
             self.err(
                 span,
-                "server.request_line_bytes_max",
-                format!("{request_line} is not below server.header_bytes_max ({header_bytes}); the request line is part of the head"),
+                key,
+                format!("server.request_line_bytes_max {request_line} is not below server.header_bytes_max ({header_bytes}); the request line is part of the head"),
             );
         }
         Server {
@@ -1111,5 +1138,24 @@ mod tests {
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].line, 4);
         assert!(e[0].message.contains("330"), "{}", e[0]);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_or_size_names_its_key_not_the_value() {
+        let e = Config::parse("[server]\nshards = \"two\"\n", "t.toml").map(|_| ()).unwrap_err().0;
+        assert_eq!((e[0].line, e[0].key.as_str()), (2, "server.shards"), "{e:?}");
+        assert!(e[0].message.contains("\"two\""), "{e:?}");
+        let e = Config::parse("[journal]\nsegment_bytes = 99999999999999999999\n", "t.toml").map(|_| ()).unwrap_err().0;
+        assert_eq!((e[0].line, e[0].key.as_str()), (2, "journal.segment_bytes"), "{e:?}");
+        // An unknown key is still named by itself.
+        let e = Config::parse("[server]\nshardz = 2\n", "t.toml").map(|_| ()).unwrap_err().0;
+        assert_eq!(e[0].line, 2, "{e:?}");
+        assert!(e[0].key.contains("shardz"), "{e:?}");
+    }
+
+    #[test]
+    fn a_head_limit_below_the_request_line_default_points_at_the_line_written() {
+        let e = Config::parse("[server]\nheader_bytes_max = 2048\n", "t.toml").map(|_| ()).unwrap_err().0;
+        assert_eq!((e[0].line, e[0].key.as_str()), (2, "server.header_bytes_max"), "{e:?}");
     }
 }

@@ -68,3 +68,11 @@ fn a_kafka_property_librdkafka_refuses_is_a_config_error_not_an_endless_retry() 
     let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_shards_flag_out_of_bounds_is_refused_like_the_key() {
+    let out = std::process::Command::new(BIN).args(["serve", "--shards", "5000"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shards") && err.contains("0..=256"), "{err}");
+}
