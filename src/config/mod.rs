@@ -814,8 +814,12 @@ impl Validator<'_> {
                     FieldKind::U64
                 }
             };
+            let errors_before = self.errors.len();
             let source = self.source(f.source.get_ref(), f.source.span(), &key("source"));
-            if source == Source::ClientIp && kind != FieldKind::Ip {
+            // A bad source is reported once, by `source`: its stand-in (client.ip) must not set
+            // off the checks that only a real source can fail.
+            let source_ok = self.errors.len() == errors_before;
+            if source_ok && source == Source::ClientIp && kind != FieldKind::Ip {
                 self.err(f.kind.span(), key("type"), "client.ip must be stored as type \"ip\"");
             }
             if source == Source::DeviceClass
@@ -1157,5 +1161,13 @@ mod tests {
     fn a_head_limit_below_the_request_line_default_points_at_the_line_written() {
         let e = Config::parse("[server]\nheader_bytes_max = 2048\n", "t.toml").map(|_| ()).unwrap_err().0;
         assert_eq!((e[0].line, e[0].key.as_str()), (2, "server.header_bytes_max"), "{e:?}");
+    }
+
+    #[test]
+    fn a_bad_source_is_one_error() {
+        let text = "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nfields = [ { name = \"a\", source = \"header.X Y\", type = \"string\" } ]\n";
+        let e = Config::parse(text, "t.toml").map(|_| ()).unwrap_err().0;
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].key.ends_with("fields[0].source"), "{e:?}");
     }
 }
