@@ -473,7 +473,7 @@ pub const PRIVACY_KEYS: &[KeySpec] = &[
         Str("[]"),
         Rule("string fields, max_bytes >= 32, not identity fields"),
         "",
-        "Fields replaced by a keyed hash (32 hex digits); the raw value is never journaled.",
+        "Fields replaced by a keyed hash (32 hex digits); the raw value is never journaled. Unset: none — a config of your own that leaves [privacy] out journals user ids as sent; the shipped config sets [\"user_id\"].",
     ),
     k(
         "privacy",
