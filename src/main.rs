@@ -100,6 +100,10 @@ enum JournalCmd {
         /// Keep printing events as they are appended (like tail -f).
         #[arg(long)]
         follow: bool,
+        /// Exit 3 when a damaged record or segment was skipped (it is always named on stderr),
+        /// so a script can tell a clean read from one that passed over damage.
+        #[arg(long, conflicts_with = "follow")]
+        strict: bool,
     },
     /// `cat --follow`: every event so far, then each one as it is appended.
     Tail {
@@ -166,8 +170,10 @@ fn main() -> ExitCode {
             print!("{}", tracker::config::keys::reference_markdown());
             ExitCode::SUCCESS
         }
-        Cmd::Journal { cmd: JournalCmd::Cat { journal_dir, follow } } => journal_cat(&journal_dir, follow),
-        Cmd::Journal { cmd: JournalCmd::Tail { journal_dir } } => journal_cat(&journal_dir, true),
+        Cmd::Journal { cmd: JournalCmd::Cat { journal_dir, follow, strict } } => {
+            journal_cat(&journal_dir, follow, strict)
+        }
+        Cmd::Journal { cmd: JournalCmd::Tail { journal_dir } } => journal_cat(&journal_dir, true, false),
         Cmd::PrivacyManifest { config } => {
             let cfg = match load_config(config.as_deref()) {
                 Ok(c) => c,
@@ -410,7 +416,7 @@ fn reload(
     notifier.ready(status);
 }
 
-fn journal_cat(dir: &std::path::Path, follow: bool) -> ExitCode {
+fn journal_cat(dir: &std::path::Path, follow: bool, strict: bool) -> ExitCode {
     use std::io::Write;
     let mut reader = match tracker::journal::JournalReader::open(dir) {
         Ok(r) => r,
@@ -456,6 +462,9 @@ fn journal_cat(dir: &std::path::Path, follow: bool) -> ExitCode {
             let (records, segments) = (reader.corrupt_records(), reader.corrupt_segments());
             if records + segments > 0 {
                 eprintln!("tracker: journal cat: skipped {records} bad record(s) and {segments} bad segment(s)");
+                if strict {
+                    return ExitCode::from(3);
+                }
             }
             return ExitCode::SUCCESS;
         }

@@ -92,6 +92,15 @@ fn a_bad_record_with_records_after_it_is_left_in_place_and_new_events_go_to_a_ne
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("journal cat: skipped") && err.contains("00000000000000000001.seg"), "{err}");
     assert!(err.contains("skipped 1 bad record(s) and 0 bad segment(s)"), "{err}");
+    assert_eq!(out.status.code(), Some(0));
+    // --strict: the same read, and an exit status a script can test.
+    let strict = std::process::Command::new(BIN)
+        .args(["journal", "cat", "--strict", "--journal-dir"])
+        .arg(s.journal())
+        .output()
+        .unwrap();
+    assert_eq!(strict.status.code(), Some(3));
+    assert_eq!(strict.stdout, out.stdout);
 }
 
 #[test]
