@@ -12,8 +12,9 @@
 //!   the responses before it are written: the bytes after it cannot be trusted.
 //!
 //! Deadlines: a request (head and body) must arrive within header_read_timeout_ms of its first
-//! byte, or it is answered 408 and the connection closed; an idle keep-alive connection is closed after idle_timeout_ms, and so is one whose
-//! client does not take its responses within idle_timeout_ms. A read or write arms the
+//! byte, or it is answered 408 and the connection closed; an idle keep-alive connection is
+//! closed after idle_timeout_ms, and so is one whose client does not take its responses within
+//! idle_timeout_ms. A read or write arms the
 //! connection's slot in the shard's deadline sweep (`deadline.rs`), which also applies the
 //! shutdown graces.
 
