@@ -92,11 +92,7 @@ one() { # one SERVER RATE ROUND
   timeout $((DURATION + 60)) "${lg[@]}" --duration "${DURATION}s" >"$out" 2>&1 &
   wait_child $! || { cat "$out" >&2; die "loadgen against $kind at $rate req/s failed"; }
   read -r u1 s1 < <(cpu_ticks "${pids[@]}")
-  if [[ $kind == nginx ]]; then stop_pids QUIT "$SRV_MAIN_PID"; else stop_pids TERM "$SRV_MAIN_PID"; fi
-  STARTED_PIDS=()
-  local status=0 # only the tracker's says something (the floor dies of SIGTERM, 143)
-  [[ $kind == tracker ]] && status=${EXIT_STATUS[$SRV_MAIN_PID]:-0}
-  ((status == 0)) || die "$kind exited with status $status after the run at $rate req/s (the tracker exits 1 when it lost acknowledged events): not a measurement"
+  stop_checked "$kind" "after the run at $rate req/s" "" "$SRV_MAIN_PID"
   line=$(grep '^LOADGEN_RESULT ' "$out") || { cat "$out" >&2; die "no LOADGEN_RESULT from loadgen"; }
   # A run with failed requests or non-2xx answers is not a measurement of the same work: stop.
   awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }

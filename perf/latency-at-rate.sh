@@ -112,11 +112,7 @@ fresh_server() {
   wait_ready "$1" "$SRV_MAIN_PID" "$PORT" "$RUNDIR/server.log" || die "$1 did not become ready"
 }
 stop_server() { # stop_server KIND
-  if [[ $1 == nginx ]]; then stop_pids QUIT "$SRV_MAIN_PID"; else stop_pids TERM "$SRV_MAIN_PID"; fi
-  STARTED_PIDS=()
-  local status=0 # only the tracker's says something (the floor dies of SIGTERM, 143)
-  [[ $1 == tracker ]] && status=${EXIT_STATUS[$SRV_MAIN_PID]:-0}
-  ((status == 0)) || die "$1 exited with status $status (the tracker exits 1 when it lost acknowledged events)"
+  stop_checked "$1" "" "$RUNDIR/server.log" "$SRV_MAIN_PID"
   [[ $KEEP_TMP == 1 ]] || rm -rf "$RUNDIR"
   # The run's dirty log pages are written back now, not inside the next server's run.
   sync

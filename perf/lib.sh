@@ -98,6 +98,23 @@ stop_pids() { # stop_pids SIGNAL PID... : signal, wait up to 5 s, then SIGKILL w
   done
 }
 
+# stop_checked KIND CONTEXT LOGFILE PID...: stops a server (nginx: QUIT, which flushes its
+# access log; the others TERM), forgets our pids, and dies when it was the tracker and it exited
+# non-zero: it exits 1 when it lost acknowledged events, so the run is not a measurement. The
+# floor has no SIGTERM handler (143) and nginx's status is its own business. LOGFILE (may be
+# empty) is shown when it dies.
+stop_checked() {
+  local kind=$1 context=$2 logf=$3
+  shift 3
+  if [[ $kind == nginx ]]; then stop_pids QUIT "$@"; else stop_pids TERM "$@"; fi
+  STARTED_PIDS=()
+  local status=${EXIT_STATUS[$1]:-0}
+  if [[ $kind == tracker ]] && ((status != 0)); then
+    [[ -n $logf ]] && tail -n 20 "$logf" >&2 2>/dev/null
+    die "tracker exited with status $status $context (it exits 1 when it lost acknowledged events): not a measurement"
+  fi
+}
+
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM

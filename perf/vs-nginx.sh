@@ -173,16 +173,8 @@ run_one() { # run_one KIND LABEL RUNNO
   WRK_CMD_SHOWN=${WRK_CMD_SHOWN//$port/\$PORT}
 
   # Graceful stop (nginx: QUIT flushes the buffered access log), then look at the log.
-  if [[ $real == nginx ]]; then stop_pids QUIT "${SRV_PIDS[@]}"; else stop_pids TERM "${SRV_PIDS[@]}"; fi
-  STARTED_PIDS=() # one server at a time: nothing of ours is left running now
-  # The tracker stops on SIGTERM with 0, or 1 when it lost acknowledged events; the floor has
-  # no handler (143) and nginx's QUIT is its own business.
-  local status=0
-  [[ $real == tracker ]] && status=${EXIT_STATUS[$SRV_MAIN_PID]:-0}
-  if ((status != 0)); then
-    tail -n 20 "$d/server.log" >&2 2>/dev/null || true
-    die "$label exited with status $status after run $n (the tracker exits 1 when it lost acknowledged events): not a measurement"
-  fi
+  # One server at a time: nothing of ours is left running after this.
+  stop_checked "$real" "after run $n" "$d/server.log" "${SRV_PIDS[@]}"
   local log_bytes log_lines=-1
   if [[ $real == nginx ]]; then
     log_bytes=$(stat -c %s "$d/access.log" 2>/dev/null || echo 0)

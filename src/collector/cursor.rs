@@ -209,12 +209,14 @@ pub fn default_key_prefix(journal: &Path) -> io::Result<String> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
-    read_default_key_prefix(&path)?.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: not one line of 1..=64 letters, digits, '_', '-' or '.'", path.display()),
-        )
-    })
+    read_default_key_prefix(&path)?.ok_or_else(|| not_a_key_prefix(&path))
+}
+
+fn not_a_key_prefix(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: not one line of 1..=64 letters, digits, '_', '-' or '.'", path.display()),
+    )
 }
 
 fn read_default_key_prefix(path: &Path) -> io::Result<Option<String>> {
@@ -227,10 +229,7 @@ fn read_default_key_prefix(path: &Path) -> io::Result<Option<String>> {
     if valid_key_prefix(p) {
         Ok(Some(p.to_string()))
     } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: not one line of 1..=64 letters, digits, '_', '-' or '.'", path.display()),
-        ))
+        Err(not_a_key_prefix(path))
     }
 }
 
