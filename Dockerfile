@@ -13,17 +13,18 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# Dependencies first, so a source change does not rebuild them.
-COPY Cargo.toml Cargo.lock ./
-COPY benches benches
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && cargo build --release --locked \
-    && rm -rf src
-COPY src src
-COPY config config
-# Touch so cargo rebuilds the crate over the placeholder build.
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked \
-    && strip --strip-debug target/release/tracker
+# The whole build context (.dockerignore leaves out target/, .git and journals): Cargo.toml names
+# targets under tools/, benches/ and examples/, and cargo refuses a manifest whose targets are
+# missing, so copying a hand-picked subset breaks whenever a target is added.
+COPY . .
+# BuildKit cache mounts keep the registry and the target dir between builds, so a source change
+# recompiles the crate, not librdkafka and OpenSSL. The target dir is a cache, not a layer: the
+# binary is copied out in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin tracker \
+    && install -m 0755 target/release/tracker /usr/local/bin/tracker \
+    && strip --strip-debug /usr/local/bin/tracker
 
 FROM debian:bookworm-slim
 # A fixed uid so volume ownership is predictable across image versions.
@@ -32,7 +33,7 @@ RUN groupadd --system --gid 10001 tracker \
        --shell /usr/sbin/nologin tracker \
     && install -d -o tracker -g tracker -m 0750 /var/lib/tracker \
     && install -d -m 0755 /etc/tracker
-COPY --from=build /src/target/release/tracker /usr/local/bin/tracker
+COPY --from=build /usr/local/bin/tracker /usr/local/bin/tracker
 COPY config/tracker.toml /etc/tracker/tracker.toml
 USER tracker:tracker
 VOLUME /var/lib/tracker

@@ -8,6 +8,7 @@ mod collectors;
 mod config_errors;
 mod config_reference;
 mod dedup;
+mod docker;
 mod durability;
 mod http_rejects;
 mod journal_failure;
