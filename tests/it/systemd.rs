@@ -101,3 +101,55 @@ fn ready_reloading_watchdog_and_stopping_reach_notify_socket() {
     recv_until(&sock, "STOPPING=1");
     assert_eq!(srv.wait_exit(), 0);
 }
+
+const HANDOFF: &str = include_str!("../../systemd/tracker-handoff.sh");
+
+/// systemd/tracker-handoff.sh decides that the new instance is bound and waiting for the old
+/// one's journal locks by grepping its StatusText (the sd_notify `STATUS=` line) for a fixed
+/// phrase; if the message changed, every handoff would time out and leave the old one serving.
+#[test]
+fn lock_wait_status_carries_the_phrase_the_handoff_script_waits_for() {
+    let needle = HANDOFF
+        .lines()
+        .find(|l| l.contains("StatusText") && l.contains("grep -q"))
+        .and_then(|l| l.split("grep -q '").nth(1))
+        .and_then(|rest| rest.split('\'').next())
+        .expect("tracker-handoff.sh polls StatusText with grep -q '…'");
+
+    let mut old = Server::start(None, &["--shards", "1"]);
+    let name = format!("tracker-it-handoff-{}", std::process::id());
+    let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    // Killed on drop, so a failed assertion leaves no process behind.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut new = Child(
+        Command::new(BIN)
+            .args(["serve", "--shards", "1", "--admin-listen", "127.0.0.1:0", "--listen"])
+            .arg(old.addr.to_string())
+            .arg("--journal-dir")
+            .arg(old.journal())
+            .env("NOTIFY_SOCKET", format!("@{name}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (status, before) = recv_until(&sock, "STATUS=");
+    assert!(
+        status.contains(needle),
+        "the lock wait's status {status:?} lacks {needle:?}, which tracker-handoff.sh waits for (after {before:?})"
+    );
+    assert!(!before.iter().any(|m| m.starts_with("READY=1")), "READY before the locks were taken: {before:?}");
+    // The old instance stops; the new one takes the locks and only then reports ready.
+    assert_eq!(old.stop(), 0);
+    recv_until(&sock, "READY=1");
+    unsafe { libc::kill(new.0.id() as i32, libc::SIGTERM) };
+    assert!(new.0.wait().unwrap().success());
+}
