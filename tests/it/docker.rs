@@ -124,3 +124,45 @@ fn build_stage_context_holds_every_cargo_target() {
         assert!(workdir.join(needed).is_file(), "the build context lacks {needed}");
     }
 }
+
+/// The image's HEALTHCHECK command, run against a real tracker's admin listener: it passes while
+/// the tracker serves, and fails against a listener that answers 503.
+#[test]
+fn healthcheck_command_passes_against_the_admin_listener_and_fails_on_another_answer() {
+    let line = DOCKERFILE
+        .replace("\\\n", " ")
+        .lines()
+        .find(|l| l.trim_start().starts_with("HEALTHCHECK"))
+        .expect("the image has a HEALTHCHECK")
+        .to_string();
+    let json = &line[line.find("CMD [").expect("HEALTHCHECK … CMD [exec form]") + 4..];
+    let argv: Vec<String> = serde_json::from_str(json.trim()).expect("CMD is a JSON array");
+    assert_eq!(argv[..2], ["bash", "-c"], "the check runs a bash script: {argv:?}");
+    let script = &argv[2];
+    // The image serves /etc/tracker/tracker.toml, whose admin listener is 127.0.0.1:9090.
+    assert!(script.contains("127.0.0.1/9090"), "the check no longer targets the admin port: {script}");
+    let run = |port: u16| {
+        Command::new("timeout")
+            .args(["10", "bash", "-c", &script.replace("127.0.0.1/9090", &format!("127.0.0.1/{port}"))])
+            .status()
+            .unwrap()
+    };
+
+    let srv = crate::harness::Server::start(Some(include_str!("../../config/tracker.toml")), &[]);
+    assert!(
+        run(srv.admin.expect("admin listener").port()).success(),
+        "the health check failed against a serving tracker"
+    );
+
+    let unhealthy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = unhealthy.local_addr().unwrap().port();
+    let answer = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut c, _) = unhealthy.accept().unwrap();
+        let mut b = [0u8; 512];
+        let _ = c.read(&mut b);
+        let _ = c.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    });
+    assert!(!run(port).success(), "the health check passed on a 503");
+    answer.join().unwrap();
+}
