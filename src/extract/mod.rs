@@ -78,6 +78,10 @@ pub fn extract(
     // the first occurrence of a parameter wins.
     let mut client_id: Option<&[u8]> = None;
     let mut client_id_rank = usize::MAX;
+    // Whether `client_id` is percent-encoded text (a query value, a header or a cookie) or a
+    // JSON string, which simd-json has already unescaped: decoding a JSON id again would make
+    // `"a+b"` and `"a b"` (or `"x%41"` and `"xA"`) one id, and the second a dropped duplicate.
+    let mut client_id_encoded = true;
     // Fields whose query value was an unsubstituted macro (`${AUCTION_PRICE}`, `[ERRORCODE]`)
     // or OpenRTB's `AUDIT`: left absent (never parsed as a value), the event flagged, and a
     // `required` field not refused for it — the notice did arrive, its sender substituted
@@ -205,20 +209,24 @@ pub fn extract(
             };
             if let Some(v) = v.filter(|v| !v.is_empty()) {
                 client_id = Some(v);
+                client_id_encoded = !matches!(s, Source::Json(_));
                 break;
             }
         }
     }
     if client_id.is_none() && json_id_len > 0 {
         client_id = Some(&json_id[..json_id_len]);
+        client_id_encoded = false;
     }
     if let Some(v) = client_id {
         let mut buf = [0u8; 64];
-        let (n, long) = percent_decode(v, &mut buf).unwrap_or((0, true));
+        let (n, long) =
+            if client_id_encoded { percent_decode(v, &mut buf).unwrap_or((0, true)) } else { copy(v, &mut buf) };
         ev.id = match crate::event::parse_uuid(&buf[..n]) {
             Some(u) if !long => u,
-            // Hashed as decoded, so `order-1` and `order%2D1` are one id; a value too long to
-            // decode here is hashed as sent.
+            // Hashed as decoded, so `order-1` and `order%2D1` in a query are one id; a value too
+            // long to decode here is hashed as sent. A JSON id without `%` or `+` hashes as it
+            // did when JSON ids were percent-decoded too, so such ids keep their event ids.
             _ if !long => id::from_client_value(&buf[..n]),
             _ => id::from_client_value(v),
         };

@@ -121,6 +121,28 @@ fn a_retried_batch_item_with_an_eid_is_one_event() {
     assert_eq!(events.iter().filter(|e| e["kind"] == "b").count(), 2);
 }
 
+/// A JSON string is already unescaped: decoding it again as percent-encoded text made `a+b` and
+/// `a b` (or `x%41` and `xA`) one event id, and the second was dropped as a duplicate.
+#[test]
+fn json_eids_that_differ_only_by_percent_encoding_are_distinct_events() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    for eid in ["a+b", "a b", "x%41", "xA", "50%off"] {
+        let r = post(&mut c, "/batch", JSON, format!(r#"{{"type":"pct","eid":"{eid}"}}"#).as_bytes());
+        assert_eq!(json(&r)["accepted"], 1, "{eid}");
+    }
+    // The same id again is still one event.
+    let r = post(&mut c, "/batch", JSON, br#"{"type":"pct","eid":"a+b"}"#);
+    assert_eq!(json(&r)["accepted"], 1);
+    assert_eq!(s.stop(), 0);
+    let events: Vec<_> = journal_cat(&s.journal()).into_iter().filter(|e| e["kind"] == "pct").collect();
+    assert_eq!(events.len(), 5, "{events:?}");
+    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "{events:?}");
+}
+
 #[test]
 fn send_beacon_text_plain_and_other_media_types() {
     let mut s = Server::start(None, &["--shards", "1"]);
