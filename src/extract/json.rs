@@ -19,10 +19,11 @@
 //! Numbers: simd-json gives integers as i64/u64 (exact) and other numbers as f64; it does not
 //! keep their text. An f64 is written back in its shortest round-trip form, which equals the sent
 //! text for every number of at most 15 significant digits (f64 holds 15 decimal digits exactly),
-//! e.g. every price up to 999999999.999999. A number that needs more digits is refused (send it
-//! as a string: strings are parsed from their exact text, money included), except by a money
-//! field below 1e9, which takes the nearest micro: such digits are a binary float's artefact
-//! (`19.990000000000002` from JavaScript arithmetic), not a price.
+//! e.g. every price up to 999999999.999999. A number that needs more digits is refused by a
+//! number field (send it as a string: strings are parsed from their exact text, money included),
+//! except by a money field below 1e9, which takes the nearest micro: such digits are a binary
+//! float's artefact (`19.990000000000002` from JavaScript arithmetic), not a price. A string
+//! field takes the shortest round-trip text whatever its digits.
 
 use simd_json::{Buffers, Node, StaticNode, Tape};
 
@@ -344,7 +345,9 @@ pub fn store(f: &Field, v: &Node<'_>, ev: &mut Event) -> Result<Option<u64>, &'s
         Node::Static(StaticNode::F64(x)) => {
             let x = *x;
             let t = fmt(&mut buf, format_args!("{x}"))?;
-            if significant_digits(t) <= 15 {
+            // A string field takes the shortest round-trip text as it is: nothing is guessed,
+            // the 15-digit rule is about reading a number back as the decimal that was meant.
+            if f.kind == FieldKind::Str || significant_digits(t) <= 15 {
                 t
             } else if f.kind == FieldKind::Money && f.decrypt.is_none() && x.abs() < MONEY_ROUNDED_BELOW {
                 // A binary float's artefact (JavaScript's 0.1 * 3 is 0.30000000000000004, its

@@ -107,6 +107,23 @@ fn money_from_javascript_float_arithmetic_is_the_nearest_micro() {
     assert!(events.iter().all(|e| e["truncated"] == true), "{events:?}");
 }
 
+/// docs/post.md: a string field takes any JSON number as its shortest round-trip text; the
+/// 15-digit refusal is for number fields only. A 17-digit float in a string field refused the item.
+#[test]
+fn a_long_float_in_a_string_field_is_its_text() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let r = post(&mut c, "/batch", JSON, br#"[{"type":"sf","name":0.30000000000000004},{"type":"sf","name":2.5}]"#);
+    assert_eq!(json(&r), serde_json::json!({"accepted":2,"rejected":[]}));
+    assert_eq!(s.stop(), 0);
+    let names: Vec<String> = journal_cat(&s.journal())
+        .into_iter()
+        .filter(|e| e["kind"] == "sf")
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["0.30000000000000004", "2.5"]);
+}
+
 #[test]
 fn a_retried_batch_item_with_an_eid_is_one_event() {
     let mut s = Server::start(None, &["--shards", "1"]);
