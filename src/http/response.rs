@@ -214,7 +214,8 @@ pub fn error(
 }
 
 /// `HTTP/1.1 429 Too Many Requests` with `Retry-After: {retry_after_s}` and `reason` as the
-/// text body: a client over its per-source budget.
+/// text body: a client over its per-source budget. `allow_origin`: see [`json`].
+#[allow(clippy::too_many_arguments)] // the parts of the head, as `error` takes them
 pub fn too_many_requests(
     out: &mut Vec<u8>,
     retry_after_s: u32,
@@ -223,9 +224,12 @@ pub fn too_many_requests(
     head: bool,
     version_minor: u8,
     date: &[u8; DATE_BYTES],
+    allow_origin: Option<&[u8]>,
 ) -> Result<usize, WriteError> {
+    check_origin(allow_origin)?;
     let mut w = Out::new(out);
     w.status_line(b"429 Too Many Requests", date);
+    w.allow_origin(allow_origin);
     w.put(b"Content-Type: text/plain; charset=utf-8\r\nRetry-After: ");
     let mut digits = [0u8; USIZE_DIGITS_MAX];
     w.put(put_usize(&mut digits, retry_after_s as usize));
@@ -692,7 +696,7 @@ mod tests {
     #[test]
     fn too_many_requests_bytes_exact() {
         let mut out = buf();
-        too_many_requests(&mut out, 7, "over budget", true, false, 1, DATE).unwrap();
+        too_many_requests(&mut out, 7, "over budget", true, false, 1, DATE, None).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 429 Too Many Requests\r\n\

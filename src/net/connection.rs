@@ -142,7 +142,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                     let st = Status::from_code(status);
                     ctx.shared.counters.request(None, st);
                     ctx.shared.counters.reject(Reason::Malformed);
-                    write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None);
+                    write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None, None);
                     record_service(&ctx, now_ns);
                     close = true;
                     break;
@@ -176,7 +176,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                             let st = Status::from_code(status);
                             ctx.shared.counters.request(None, st);
                             ctx.shared.counters.reject(Reason::Malformed);
-                            write_error(&ctx, &mut wbuf, st, reason, false, false, req.version_minor, None);
+                            write_error(&ctx, &mut wbuf, st, reason, false, false, req.version_minor, None, None);
                             record_service(&ctx, now_ns);
                             close = true;
                             break;
@@ -250,7 +250,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             };
             ctx.shared.counters.request(None, st);
             ctx.shared.counters.reject(Reason::Malformed);
-            write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None);
+            write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None, None);
             let (_, b) = write_all(&ctx, &mut stream, wbuf, slot, idle).await;
             wbuf = b;
             break 'conn;
@@ -282,7 +282,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 ctx.shared.counters.reject(Reason::HeaderTimeout);
                 ctx.shared.counters.request(None, Status::S408);
                 let why = "request not received whole within header_read_timeout_ms";
-                write_error(&ctx, &mut wbuf, Status::S408, why, false, false, 1, None);
+                write_error(&ctx, &mut wbuf, Status::S408, why, false, false, 1, None, None);
                 let grace = deadline::ms(deadline::TIMED_OUT_ANSWER_GRACE);
                 let (_, b) = write_all(&ctx, &mut stream, wbuf, slot, grace).await;
                 wbuf = b;
@@ -372,17 +372,27 @@ fn answer(
         Route::Found(i) => i,
         Route::NotFound => {
             counters.request(None, Status::S404);
-            write_error(ctx, wbuf, Status::S404, "no such endpoint", ka, head, v, None);
+            write_error(ctx, wbuf, Status::S404, "no such endpoint", ka, head, v, None, None);
             return Answer { keep_alive: ka, logged_seq: 0 };
         }
         Route::MethodNotAllowed(allow) => {
             counters.request(None, Status::S405);
-            write_error(ctx, wbuf, Status::S405, "method not allowed", ka, head, v, Some(allow));
+            write_error(ctx, wbuf, Status::S405, "method not allowed", ka, head, v, Some(allow), None);
             return Answer { keep_alive: ka, logged_seq: 0 };
         }
     };
     let ep = &cfg.endpoints[ep_index as usize];
     let ty = &cfg.types[ep.type_id as usize];
+    // Every answer of a POST endpoint to an allowed origin carries the CORS grant, refusals
+    // included (docs/post.md): without it a browser hides the status and the reason from the
+    // page's script. GET endpoints never grant it.
+    let allow_origin = match ep.method {
+        crate::config::Method::Post => match http::cors::origin(&cfg.cors, req.headers) {
+            http::cors::Origin::Allowed(o) => Some(o),
+            http::cors::Origin::Absent | http::cors::Origin::Denied => None,
+        },
+        crate::config::Method::Get => None,
+    };
     // Journal over journal.size_bytes_max (collector/retention.rs): refuse what must be logged
     // rather than fill the disk; and while this shard's journal fails (the drain retries),
     // refuse it rather than promise what may never be written. Two relaxed loads.
@@ -397,7 +407,7 @@ fn answer(
         };
         if let Some(why) = why {
             counters.request(Some(ep.counter), Status::S503);
-            write_error(ctx, wbuf, Status::S503, why, ka, head, v, None);
+            write_error(ctx, wbuf, Status::S503, why, ka, head, v, None, allow_origin);
             return Answer { keep_alive: ka, logged_seq: 0 };
         }
     }
@@ -425,6 +435,7 @@ fn answer(
                     head,
                     v,
                     date.get(),
+                    allow_origin,
                 );
                 return Answer { keep_alive: ka, logged_seq: 0 };
             }
@@ -457,19 +468,29 @@ fn answer(
             user_agent: device_ua,
             json: None,
         };
-        return post::answer(ctx, &cfg, ep_index, req, view, body, body_len, over_budget, ka, wbuf);
+        return post::answer(ctx, &cfg, ep_index, req, view, body, body_len, over_budget, allow_origin, ka, wbuf);
     }
     if ep.response == ResponseKind::Json {
         counters.request(Some(ep.counter), Status::S400);
         counters.reject(Reason::Field);
-        write_error(ctx, wbuf, Status::S400, "empty body: expected a JSON object or array", ka, head, v, None);
+        write_error(
+            ctx,
+            wbuf,
+            Status::S400,
+            "empty body: expected a JSON object or array",
+            ka,
+            head,
+            v,
+            None,
+            allow_origin,
+        );
         return Answer { keep_alive: ka, logged_seq: 0 };
     }
     let mut producer = ctx.producer.borrow_mut();
     let Some(slot) = producer.reserve() else {
         counters.request(Some(ep.counter), Status::S503);
         counters.reject(Reason::RingFull);
-        write_error(ctx, wbuf, Status::S503, "overloaded, retry", ka, head, v, None);
+        write_error(ctx, wbuf, Status::S503, "overloaded, retry", ka, head, v, None, allow_origin);
         return Answer { keep_alive: ka, logged_seq: 0 };
     };
     let view =
@@ -478,7 +499,7 @@ fn answer(
         counters.request(Some(ep.counter), Status::S400);
         counters.reject(refusal.reason());
         let mut msg = [0u8; 256];
-        write_error(ctx, wbuf, Status::S400, refusal.text(&mut msg), ka, head, v, None);
+        write_error(ctx, wbuf, Status::S400, refusal.text(&mut msg), ka, head, v, None, allow_origin);
         return Answer { keep_alive: ka, logged_seq: 0 };
     }
     if head {
@@ -499,11 +520,11 @@ fn answer(
     let date = ctx.date.borrow();
     let status = match ep.response {
         ResponseKind::Gif => {
-            let _ = http::response::gif(wbuf, None, ka, head, v, date.get());
+            let _ = http::response::gif(wbuf, allow_origin, ka, head, v, date.get());
             Status::S200
         }
         ResponseKind::NoContent => {
-            let _ = http::response::no_content(wbuf, None, ka, v, date.get());
+            let _ = http::response::no_content(wbuf, allow_origin, ka, v, date.get());
             Status::S204
         }
         ResponseKind::Json => {
@@ -550,7 +571,7 @@ fn refuse_redirect(
     let st = Status::from_code(refused.status);
     ctx.shared.counters.request(Some(counter), st);
     ctx.shared.counters.reject(Reason::Redirect);
-    write_error(ctx, wbuf, st, refused.reason, keep_alive, head, version_minor, None);
+    write_error(ctx, wbuf, st, refused.reason, keep_alive, head, version_minor, None, None);
     Answer { keep_alive, logged_seq: 0 }
 }
 
@@ -564,10 +585,20 @@ pub(super) fn write_error(
     head: bool,
     version_minor: u8,
     allow: Option<&str>,
+    allow_origin: Option<&[u8]>,
 ) {
     let date = ctx.date.borrow();
-    let _ =
-        http::response::error(wbuf, status.code(), reason, keep_alive, head, version_minor, date.get(), allow, None);
+    let _ = http::response::error(
+        wbuf,
+        status.code(),
+        reason,
+        keep_alive,
+        head,
+        version_minor,
+        date.get(),
+        allow,
+        allow_origin,
+    );
 }
 
 /// Queues `100 Continue` once for a request whose body has not all arrived, when it asked for

@@ -94,6 +94,7 @@ pub(super) fn preflight(
                 false,
                 req.version_minor,
                 None,
+                None,
             );
         }
     }
@@ -101,7 +102,9 @@ pub(super) fn preflight(
 }
 
 /// Answers a POST with a non-empty body (`body[..body_len]`; `body` has `INPUT_PADDING` spare
-/// bytes after it). `view` is the request's view without a JSON object.
+/// bytes after it). `view` is the request's view without a JSON object; `allow_origin` the
+/// request's origin when `[cors]` allows it (every answer, refusals included, carries it:
+/// without it a browser hides the status and the reason from the page's script).
 #[allow(clippy::too_many_arguments)] // the request's parts, as connection::answer has them
 pub(super) fn answer(
     ctx: &ShardCtx,
@@ -112,6 +115,7 @@ pub(super) fn answer(
     body: &mut [u8],
     body_len: usize,
     over_budget: bool,
+    allow_origin: Option<&[u8]>,
     ka: bool,
     wbuf: &mut Vec<u8>,
 ) -> Answer {
@@ -120,12 +124,6 @@ pub(super) fn answer(
     let v = req.version_minor;
     let ep = &cfg.endpoints[ep_index as usize];
     let ty = &cfg.types[ep.type_id as usize];
-    // Every answer to an allowed origin carries the CORS headers, refusals included: without
-    // them a browser hides the status and the reason from the page's script.
-    let allow_origin = match cors::origin(&cfg.cors, req.headers) {
-        Origin::Allowed(o) => Some(o),
-        Origin::Absent | Origin::Denied => None,
-    };
     // The body as a whole is refused (media type, gzip, not JSON, too many items): counted as
     // malformed; refused items of a parsed body are counted by their own reasons below.
     let refuse = |wbuf: &mut Vec<u8>, status: u16, reason: &str| {

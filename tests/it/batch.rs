@@ -385,6 +385,49 @@ fn cors_preflight_allowed_and_denied() {
     assert_eq!(c.read_response(false).status, 405);
 }
 
+/// docs/post.md: every answer to a POST from a listed origin carries the grant, refusals
+/// included. Those written before the body is looked at (an empty body, over budget) and the
+/// pixel answer of a POST endpoint without a body had none, so the page could not read them.
+#[test]
+fn cors_grant_on_every_post_answer_to_an_allowed_origin() {
+    let cfg = "[cors]\norigins = [\"https://shop.example\"]\n\
+               [budget]\nrate_per_s = 1\nburst = 5\nexempt_loopback = false\n\n\
+               [[endpoint]]\npath = \"/p\"\nmethod = \"POST\"\nevent = \"batch_event\"\nresponse = \"no_content\"\n\n"
+        .to_string()
+        + &crate::pipeline::default_endpoints_and_events();
+    let s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    let origin = "Origin: https://shop.example\r\n";
+    let grant = |r: &Response| (r.status, r.header("access-control-allow-origin").map(str::to_string));
+    let allowed = Some("https://shop.example".to_string());
+    // An empty body on the json endpoint: 400.
+    let r = post(&mut c, "/batch", origin, b"");
+    assert_eq!(grant(&r), (400, allowed.clone()), "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    // A no_content POST endpoint without a body is read as a pixel: no `kind`, so 400.
+    let r = post(&mut c, "/p", origin, b"");
+    assert_eq!(grant(&r), (400, allowed.clone()), "{:?}", String::from_utf8_lossy(&r.body));
+    // Another origin still gets no grant, nor a GET endpoint.
+    let r = post(&mut c, "/batch", "Origin: https://evil.example\r\n", b"");
+    assert_eq!(grant(&r), (400, None));
+    c.send(b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nOrigin: https://shop.example\r\n\r\n");
+    assert_eq!(grant(&c.read_response(false)).1, None);
+    // Over budget on the json endpoint (over_budget = "reject"): 429 with the grant. The burst
+    // is 5 and the rate 1/s, so one of these is refused however slow the run.
+    let mut refused = None;
+    for _ in 0..50 {
+        let r = post(&mut c, "/batch", origin, br#"{"type":"b"}"#);
+        if r.status == 429 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(grant(&r), (200, allowed.clone()));
+    }
+    let r = refused.expect("never over budget");
+    assert_eq!(grant(&r), (429, allowed.clone()));
+    assert!(r.header("retry-after").is_some());
+}
+
 #[test]
 fn cors_star_only_when_configured() {
     let cfg = "[cors]\norigins = [\"*\"]\n".to_string() + &crate::pipeline::default_endpoints_and_events();
