@@ -28,7 +28,9 @@
 //! the first copy is still on its way to the journal on another shard and the process dies in
 //! that window, the retry was acknowledged for an event that is lost; the first sender got no
 //! acknowledgement and retries again after the restart (the table starts empty), so an
-//! at-least-once sender still delivers it.
+//! at-least-once sender still delivers it. While any shard's journal fails, `logged` endpoints
+//! refuse before this lookup (`ShardShared::any_journal_failing`): a retry must not be taken
+//! for a duplicate of a first copy stuck in a failing journal.
 //!
 //! Crossing: this table is the only state on the request path shared between shards. A lookup
 //! touches one cache line; an insert one CAS on it.

@@ -394,12 +394,14 @@ fn answer(
         crate::config::Method::Get => None,
     };
     // Journal over journal.size_bytes_max (collector/retention.rs): refuse what must be logged
-    // rather than fill the disk; and while this shard's journal fails (the drain retries),
-    // refuse it rather than promise what may never be written. Two relaxed loads.
+    // rather than fill the disk; and while a journal fails (the drain retries), refuse it
+    // rather than promise what may never be written — any shard's, since a retry that lands on
+    // a healthy shard would be taken for a duplicate of the copy stuck in the failing one.
+    // Two relaxed loads.
     if ep.ack == Ack::Logged {
         let why = if crate::collector::retention::journal_over_limit() {
             Some("journal full, retry")
-        } else if ctx.shared.journal_failing() {
+        } else if ctx.shared.any_journal_failing() {
             counters.reject(Reason::JournalUnavailable);
             Some("journal unavailable, retry")
         } else {

@@ -23,7 +23,7 @@ pub mod shard;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
@@ -51,6 +51,9 @@ pub struct ShardShared {
     /// retrying: `logged` endpoints answer 503, waiting `logged` responses are not sent, and
     /// readiness is false, until an append succeeds.
     journal_failing: AtomicBool,
+    /// How many of this server's shards have `journal_failing` set; one counter shared by all
+    /// of them (see `any_journal_failing`).
+    journals_failing: Arc<AtomicUsize>,
     /// Events still in the ring when the drain gave up at shutdown on a journal that kept
     /// failing: acknowledged as received, never written. Non-zero makes the process exit 1.
     pub events_lost: AtomicU64,
@@ -62,7 +65,7 @@ pub struct ShardShared {
 }
 
 impl ShardShared {
-    fn new(index: u16, counters: ShardCounters) -> io::Result<ShardShared> {
+    fn new(index: u16, counters: ShardCounters, journals_failing: Arc<AtomicUsize>) -> io::Result<ShardShared> {
         // SAFETY: eventfd returns a new descriptor we own, or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -79,6 +82,7 @@ impl ShardShared {
             drain_thread: OnceLock::new(),
             reactor_done: AtomicBool::new(false),
             journal_failing: AtomicBool::new(false),
+            journals_failing,
             events_lost: AtomicU64::new(0),
             heartbeat: AtomicU64::new(0),
             reload: reload::ShardReload::default(),
@@ -107,8 +111,21 @@ impl ShardShared {
     /// `logged` connections must learn that their events may never be written.
     pub fn set_journal_failing(&self, failing: bool) {
         if self.journal_failing.swap(failing, SeqCst) != failing {
+            if failing {
+                self.journals_failing.fetch_add(1, SeqCst);
+            } else {
+                self.journals_failing.fetch_sub(1, SeqCst);
+            }
             self.wake_reactor();
         }
+    }
+
+    /// Some shard's journal of this server is failing, this one's or another's. `logged`
+    /// endpoints refuse while it is: the dedup window is shared by all shards, so a retried
+    /// event whose first copy is stuck in a failing journal would otherwise be answered as a
+    /// duplicate (2xx) by a healthy shard, for an event that may never be written.
+    pub fn any_journal_failing(&self) -> bool {
+        self.journals_failing.load(Relaxed) > 0
     }
 
     pub fn heartbeat(&self) -> u64 {
@@ -272,12 +289,13 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
     // One deadline for all shards, so the whole wait is JOURNAL_LOCK_WAIT however many there are.
     let deadline = std::time::Instant::now() + handoff::JOURNAL_LOCK_WAIT;
     let mut opened = Vec::with_capacity(shards);
+    let journals_failing = Arc::new(AtomicUsize::new(0));
     for (i, listener) in listeners.into_iter().enumerate() {
         let index = i as u16;
         // Sized for the most endpoints and types any config may have, so a reload that adds
         // some never resizes (or locks) a counter array under the reactors.
         let sh = Arc::new(
-            ShardShared::new(index, ShardCounters::new(ENDPOINTS_MAX, EVENT_TYPES_MAX))
+            ShardShared::new(index, ShardCounters::new(ENDPOINTS_MAX, EVENT_TYPES_MAX), journals_failing.clone())
                 .map_err(|e| StartError(format!("shard {i}: eventfd: {e}")))?,
         );
         let (journal, report) = handoff::open_journal(&cfg, index, addr, status, deadline, cancelled)

@@ -193,8 +193,9 @@ mod tests {
         let path = dir.path().join("notify");
         let rx = UnixDatagram::bind(&path).unwrap();
         let notifier = Arc::new(Notifier { target: Some(Notifier::connect(path.as_os_str().as_bytes()).unwrap()) });
-        let shards: Vec<Arc<ShardShared>> =
-            (0..2).map(|i| Arc::new(ShardShared::new(i, ShardCounters::new(1, 1)).unwrap())).collect();
+        let shards: Vec<Arc<ShardShared>> = (0..2)
+            .map(|i| Arc::new(ShardShared::new(i, ShardCounters::new(1, 1), Default::default()).unwrap()))
+            .collect();
         let done = Arc::new(AtomicBool::new(false));
         let w = Watchdog::new(WATCHDOG_MIN);
         let period = w.period();

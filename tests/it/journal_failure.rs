@@ -76,3 +76,42 @@ fn a_journal_that_keeps_failing_at_shutdown_is_given_up_on_with_exit_code_1_and_
     assert!(lost > 0, "{err}");
     assert_eq!(written + lost, PIXELS, "each acknowledged event is either in the journal or counted lost");
 }
+
+/// The dedup window is shared by all shards. A `logged` event stuck in shard 0's failing journal
+/// must not be answered as a duplicate (2xx) when its retry lands on shard 1, whose journal is
+/// fine: while any shard's journal fails, every shard's `logged` endpoints answer 503.
+#[test]
+fn while_one_shards_journal_fails_logged_requests_are_refused_on_every_shard() {
+    let cfg = CONFIG_HEAD.to_string() + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "2"]);
+    let block = s.journal().join("shard-000").join("00000000000000000002.seg");
+    std::fs::create_dir(&block).unwrap();
+    // Connections go to shards by a hash of their addresses: fill segments from new connections
+    // until shard 0's rotation has failed (each shard's first segment holds ~127 records).
+    let mut fired = 0;
+    for conn in 0.. {
+        assert!(conn < 64, "no connection reached shard 0");
+        let mut c = s.connect();
+        for _ in 0..150 {
+            fired += 1;
+            assert_eq!(c.get(&format!("/i?c={fired}")).status, 200);
+        }
+        if s.admin_get("/ready").status == 503 {
+            break;
+        }
+    }
+    let why = ready_when(&s, 503);
+    assert!(why.contains("shard 0: journal appends are failing"), "{why}");
+    assert!(!why.contains("shard 1:"), "only shard 0's rotation is blocked: {why}");
+    // Each on a new connection, so both shards are asked (2⁻¹⁶ that all land on shard 0).
+    for i in 0..16 {
+        let r = s.connect().get(&format!("/cv?c=7&order=R{i}&value=1.5"));
+        assert_eq!(r.status, 503, "logged request {i} while shard 0's journal fails: {:?}", r.body);
+    }
+
+    std::fs::remove_dir(&block).unwrap();
+    assert_eq!(ready_when(&s, 200), "ready\n");
+    assert_eq!(s.connect().get("/cv?c=7&order=A2&value=1.5").status, 200);
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), fired + 1, "every 2xx is in the journal, no 503 is");
+}
