@@ -188,33 +188,35 @@ pub fn extract(
     // The id: client-supplied, else derived from identity fields, else generated.
     let mut json_id = [0u8; 24];
     let mut json_id_len = 0;
-    if client_id.is_none() {
-        for s in ty.id_from.iter() {
-            let v = match s {
-                Source::Header(n) => header(req.headers, n),
-                Source::Cookie(n) => cookie_in(req.headers, n.as_bytes()),
-                Source::Json(path) => match req.json.and_then(|obj| json::lookup(obj, path)) {
-                    Some(simd_json::Node::String(s)) => Some(s.as_bytes()),
-                    // A numeric id is taken by its decimal text.
-                    Some(n) => {
-                        json_id_len = json_id_text(n, &mut json_id);
-                        if json_id_len > 0 {
-                            break;
-                        }
-                        None
+    // `id_from` in its order, the first present wins: the other sources listed before the best
+    // query source found above (`client_id_rank`, usize::MAX for none) are looked at here.
+    let mut json_numeric = false;
+    for s in ty.id_from.iter().take(client_id_rank) {
+        let v = match s {
+            Source::Header(n) => header(req.headers, n),
+            Source::Cookie(n) => cookie_in(req.headers, n.as_bytes()),
+            Source::Json(path) => match req.json.and_then(|obj| json::lookup(obj, path)) {
+                Some(simd_json::Node::String(s)) => Some(s.as_bytes()),
+                // A numeric id is taken by its decimal text.
+                Some(n) => {
+                    json_id_len = json_id_text(n, &mut json_id);
+                    if json_id_len > 0 {
+                        json_numeric = true;
+                        break;
                     }
-                    None => None,
-                },
-                _ => None,
-            };
-            if let Some(v) = v.filter(|v| !v.is_empty()) {
-                client_id = Some(v);
-                client_id_encoded = !matches!(s, Source::Json(_));
-                break;
-            }
+                    None
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            client_id = Some(v);
+            client_id_encoded = !matches!(s, Source::Json(_));
+            break;
         }
     }
-    if client_id.is_none() && json_id_len > 0 {
+    if json_numeric {
         client_id = Some(&json_id[..json_id_len]);
         client_id_encoded = false;
     }

@@ -160,6 +160,29 @@ fn json_eids_that_differ_only_by_percent_encoding_are_distinct_events() {
     assert_eq!(ids.len(), 5, "{events:?}");
 }
 
+/// `id_from` is read in its order, the first present source wins: a JSON source listed before a
+/// query source wins over it (the query's value was taken whatever the order).
+#[test]
+fn id_from_takes_the_first_present_source_in_its_order() {
+    const A: &str = "40000000-0000-4000-8000-00000000000a";
+    const B: &str = "40000000-0000-4000-8000-00000000000b";
+    let default = include_str!("../../config/tracker.toml");
+    let cfg = default.replace(r#"id_from = ["json.eid"]"#, r#"id_from = ["json.eid", "query.eid"]"#);
+    assert_ne!(cfg, default, "the shipped config's batch id_from changed; update this test");
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    let r = post(&mut c, &format!("/batch?eid={A}"), JSON, format!(r#"{{"type":"both","eid":"{B}"}}"#).as_bytes());
+    assert_eq!(json(&r)["accepted"], 1);
+    // No JSON eid: the query's is next in the list.
+    let r = post(&mut c, &format!("/batch?eid={A}"), JSON, br#"{"type":"query_only"}"#);
+    assert_eq!(json(&r)["accepted"], 1);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    let id_of = |kind: &str| events.iter().find(|e| e["kind"] == kind).map(|e| e["id"].as_str().unwrap().to_string());
+    assert_eq!(id_of("both").as_deref(), Some(B), "{events:?}");
+    assert_eq!(id_of("query_only").as_deref(), Some(A), "{events:?}");
+}
+
 #[test]
 fn send_beacon_text_plain_and_other_media_types() {
     let mut s = Server::start(None, &["--shards", "1"]);
