@@ -5,10 +5,13 @@
 //! are on disk). At-least-once: after a crash a batch may be appended twice; every line carries
 //! the event `id` to deduplicate on. Lines stay whole: a failed write is cut back off the file
 //! before the retry, and a line a crash left without its newline is ended before the next one.
+//! The file may be rotated from outside (renamed or removed, as logrotate does): each batch is
+//! written to the file `path` names at that moment, never to one renamed away or unlinked,
+//! where an acknowledged line would be lost with it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 
 use super::{Batch, Collector, Delivery, Options};
@@ -31,6 +34,17 @@ pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
 
 impl Collector for Jsonl {
     fn deliver(&mut self, batch: &Batch) -> Delivery {
+        if let Some(f) = &self.file {
+            // Rotated away since the last batch (renamed, removed, replaced): the open file is
+            // no longer the one `path` names, and what is appended to it reaches no reader.
+            let same = match (f.metadata(), std::fs::metadata(&self.path)) {
+                (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+                _ => false,
+            };
+            if !same {
+                self.file = None;
+            }
+        }
         if self.file.is_none() {
             match OpenOptions::new().create(true).read(true).append(true).open(&self.path) {
                 Ok(f) => self.file = Some(f),
@@ -117,5 +131,23 @@ mod tests {
         // A file that ends whole gets no blank line.
         assert_eq!(j.deliver(&batch(3..4)), Delivery::Acked);
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5);
+    }
+
+    #[test]
+    fn a_file_rotated_away_gets_no_more_lines_the_path_gets_them() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("out.jsonl");
+        let mut j = Jsonl { path: path.clone(), fsync: true, file: None, buf: String::new() };
+        assert_eq!(j.deliver(&batch(1..3)), Delivery::Acked);
+        // logrotate's default: rename, and the writer is expected to start a new file.
+        let rotated = d.path().join("out.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        assert_eq!(j.deliver(&batch(3..4)), Delivery::Acked);
+        assert_eq!(std::fs::read_to_string(&rotated).unwrap().lines().count(), 2);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1, "the acknowledged line is at `path`");
+        // Removed outright (rotated and compressed): the next batch is not written to the unlinked file.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(j.deliver(&batch(4..6)), Delivery::Acked);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
     }
 }
