@@ -31,6 +31,10 @@ const IDLE_POLL: Duration = Duration::from_millis(10);
 const READ_STEP_RECORDS: usize = 1024;
 /// A cursor moved only over records of other types is persisted at most this often.
 const CURSOR_PERSIST_EVERY: Duration = Duration::from_secs(1);
+/// A record of a shard's newest segment that stays not intact this long is reported: the
+/// writer copies a record in microseconds, so it is damaged (or its writer is stuck), and the
+/// reader waits at it, holding back every event after it, until the writer leaves the segment.
+const STALL_REPORT_AFTER: Duration = Duration::from_secs(2);
 
 /// What a running collector has done; read by metrics, readiness and tests from any thread.
 #[derive(Debug, Default)]
@@ -202,6 +206,9 @@ struct ShardState {
     open: Option<OpenBatch>,
     /// At the last look the reader was at the end of the journal with no event pending.
     caught_up: bool,
+    /// The reader waits at a record of the newest segment that is not intact: where, since
+    /// when, and whether that was reported.
+    stalled: Option<(Position, Instant, bool)>,
 }
 
 struct Runner {
@@ -369,6 +376,7 @@ impl Runner {
                     recorded: None,
                     open: None,
                     caught_up: false,
+                    stalled: None,
                 },
             );
         }
@@ -446,7 +454,29 @@ impl Runner {
             if tail == Tail::Finished && consumed_all {
                 b.exhausted = true;
             }
-            st.caught_up = tail == Tail::Waiting && b.events.is_empty();
+            // Waiting at a record that is not intact is not the end of the journal: the writer
+            // may have written more after it, which this collector has not delivered.
+            let stalled_at = st.source.stalled_at;
+            st.caught_up = tail == Tail::Waiting && b.events.is_empty() && stalled_at.is_none();
+            st.stalled = match (stalled_at, st.stalled.take()) {
+                (None, _) => None,
+                (Some(p), Some((q, since, reported))) if p == q => {
+                    let due = !reported && since.elapsed() >= STALL_REPORT_AFTER;
+                    if due {
+                        let path = st.source.open_path().map_or_else(String::new, |p| p.display().to_string());
+                        let msg = format!(
+                            "shard {shard}: {path}: record {} has not been intact for {} s (damaged, or its writer is \
+                             stuck): the events after it wait until the writer moves to a new segment, which skips it",
+                            p.index,
+                            STALL_REPORT_AFTER.as_secs()
+                        );
+                        eprintln!("tracker: collector {}: {msg}", self.name);
+                        *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = msg;
+                    }
+                    Some((q, since, reported || due))
+                }
+                (Some(p), _) => Some((p, Instant::now(), false)),
+            };
         }
         let linger = Duration::from_millis(limits.linger_ms);
         let ready = if b.fixed() {

@@ -105,6 +105,11 @@ impl ShardSource {
         self.open.as_ref().map(|s| s.schema.clone())
     }
 
+    /// The file of the open segment (to name it in a message).
+    pub fn open_path(&self) -> Option<&Path> {
+        self.open.as_ref().map(|s| s.path.as_path())
+    }
+
     /// Creation time of the open segment, unix ns.
     pub fn created_ns(&self) -> Option<u64> {
         self.open.as_ref().map(|s| s.created_ns)
