@@ -48,7 +48,7 @@ pub fn write_prometheus(out: &mut String) {
     family(
         "tracker_collector_retrying",
         "gauge",
-        "1 while a batch waits to be delivered again after a retriable failure, or the collector's own journal reads or batch-log writes fail",
+        "1 while a batch waits to be delivered again after a retriable failure, or the collector's own journal reads, cursor reads or batch-log writes fail",
         &|s| (s.retrying.load(Relaxed) as u8).to_string(),
     );
     family(

@@ -49,7 +49,7 @@ pub struct CollectorStatus {
     /// The destination answered Fatal: the thread stopped, the cursor stays.
     pub failed: AtomicBool,
     /// A batch is waiting for a retry now, or the collector's own reads and writes (journal,
-    /// batch log) are failing and being retried.
+    /// cursors, batch log) are failing and being retried.
     pub retrying: AtomicBool,
     /// Unix ns of the newest event acknowledged.
     pub acked_event_ns: AtomicU64,
@@ -272,19 +272,19 @@ impl Runner {
         let mut last_error_logged = Instant::now() - Duration::from_secs(60);
         loop {
             let stopping = self.stop.load(SeqCst);
+            // Something of this collector's own failed this pass (a shard it cannot start on, a
+            // journal read, a batch-log write): it is retrying, and not caught up, whatever the
+            // other shards did.
+            let mut failing = false;
             if let Err(e) = self.discover() {
+                failing = true;
                 self.note_error(&mut last_error_logged, &e);
             }
             let mut progressed = false;
             let shards: Vec<u16> = self.shards.keys().copied().collect();
             for shard in shards {
                 match self.step(shard, stopping) {
-                    Ok(p) => {
-                        if p {
-                            self.status.retrying.store(false, Relaxed);
-                        }
-                        progressed |= p;
-                    }
+                    Ok(p) => progressed |= p,
                     Err(StepError::Halt(Halt::Fatal)) => {
                         self.collector.close();
                         return;
@@ -296,12 +296,15 @@ impl Runner {
                     Err(StepError::Io(e)) => {
                         // Reading the journal or writing the batch log failed: retried on the
                         // next pass, and shown as retrying like a destination that fails.
-                        self.status.retrying.store(true, Relaxed);
+                        failing = true;
                         self.note_error(&mut last_error_logged, &e);
                     }
                 }
             }
-            let caught_up = self.shards.values().all(|s| s.caught_up);
+            // A destination's retries happen inside `step` and end acknowledged (or halt the
+            // thread), so after a pass only this pass's own failures say "retrying".
+            self.status.retrying.store(failing, Relaxed);
+            let caught_up = !failing && self.shards.values().all(|s| s.caught_up);
             self.status.caught_up.store(caught_up, Relaxed);
             if self.latency_published_at.elapsed() >= PUBLISH_LATENCY_EVERY {
                 self.publish_latency(false);
@@ -350,20 +353,28 @@ impl Runner {
         self.collector.close();
     }
 
+    /// Starts on the shards not yet known. One whose cursor cannot be read is skipped (and
+    /// tried again next pass) without keeping the others from starting; the first such error
+    /// is returned.
     fn discover(&mut self) -> Result<(), String> {
         let entries = match fs::read_dir(&self.journal) {
             Ok(e) => e,
             Err(e) => return Err(format!("read {}: {e}", self.journal.display())),
         };
+        let mut first_error = None;
         for entry in entries.flatten() {
             let Some(shard) = entry.file_name().to_str().and_then(parse_shard_dir_name) else { continue };
             if self.shards.contains_key(&shard) {
                 continue;
             }
             let dir = cursor::collector_shard_dir(&self.journal, &self.name, shard);
-            let committed = cursor::read_cursor(&dir)
-                .map_err(|e| format!("shard {shard}: cursor: {e}"))?
-                .unwrap_or(Position { segment: 0, index: 0 });
+            let committed = match cursor::read_cursor(&dir) {
+                Ok(c) => c.unwrap_or(Position { segment: 0, index: 0 }),
+                Err(e) => {
+                    first_error.get_or_insert(format!("shard {shard}: cursor: {e}"));
+                    continue;
+                }
+            };
             self.shards.insert(
                 shard,
                 ShardState {
@@ -380,7 +391,7 @@ impl Runner {
                 },
             );
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// One look at one shard: extend or start its batch, send it when ready. True when

@@ -651,3 +651,38 @@ fn a_collector_stalled_at_a_damaged_record_of_the_newest_segment_says_so() {
     });
     assert_eq!(read_jsonl(&path).len(), 3);
 }
+
+#[test]
+fn a_shard_whose_cursor_cannot_be_read_shows_as_retrying_and_holds_back_no_other_shard() {
+    // Shard 1's cursor of collector "j" is not a cursor (edited by hand, a damaged disk).
+    let dir = tempfile::tempdir().unwrap();
+    let cursor = dir.path().join("journal/collectors/j/shard-001/cursor");
+    std::fs::create_dir_all(cursor.parent().unwrap()).unwrap();
+    std::fs::write(&cursor, "not a cursor\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("events.jsonl");
+    let cfg = format!("{}\n{}", tracker::config::DEFAULT_TOML, jsonl_collector("j", &path, "\"all\"", "[]"));
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "3"]);
+    // Pixels on fresh connections until both shard 1 and another shard journaled some.
+    let journal = s.journal();
+    let (mut sent, mut on_1, mut elsewhere) = (0, 0, 0);
+    while on_1 == 0 || elsewhere == 0 {
+        assert!(sent < 200, "{sent} connections all went to one shard");
+        assert_eq!(s.connect().get("/i?c=1").status, 200);
+        sent += 1;
+        wait_for("the pixel journaled", WAIT, || journal_cat(&journal).len() == sent);
+        let events = journal_cat(&journal);
+        on_1 = events.iter().filter(|e| e["shard"] == 1).count();
+        elsewhere = events.len() - on_1;
+    }
+    // Every event of the other shards is delivered, whatever order the shards are listed in ...
+    wait_for("the other shards' events", WAIT, || read_jsonl(&path).len() == elsewhere);
+    // ... and the collector says it is not done, and what to fix.
+    wait_for("retrying 1, caught_up 0", WAIT, || {
+        collector_metric(&s, "j", "tracker_collector_retrying") == Some(1.0)
+            && collector_metric(&s, "j", "tracker_collector_caught_up") == Some(0.0)
+    });
+    let said = s.stderr_lines();
+    assert!(said.iter().any(|l| l.contains("collector j") && l.contains("shard-001/cursor")), "{said:?}");
+    assert_eq!(s.stop(), 0);
+}
