@@ -125,44 +125,53 @@ pub fn request(
         if buf.len() > RESPONSE_BYTES_MAX + 16 * 1024 {
             return Err(format!("response from {addr} is over {RESPONSE_BYTES_MAX} bytes"));
         }
-        if let Some(r) = parse_response(&buf)? {
+        if let Some(r) = parse_response(&buf, false)? {
             return Ok(r);
         }
     }
-    if let Some(r) = parse_response(&buf)? {
-        return Ok(r);
-    }
     // EOF: a response without Content-Length ends here.
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut r = httparse::Response::new(&mut headers);
-    match r.parse(&buf) {
-        Ok(httparse::Status::Complete(n)) => Ok(Response { status: r.code.unwrap_or(0), body: buf[n..].to_vec() }),
-        _ => Err(format!("{addr} closed the connection before a whole response")),
+    match parse_response(&buf, true)? {
+        Some(r) => Ok(r),
+        None => Err(format!("{addr} closed the connection before a whole response")),
     }
 }
 
-/// A whole response in `buf`, `None` when more bytes are needed.
-fn parse_response(buf: &[u8]) -> Result<Option<Response>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut r = httparse::Response::new(&mut headers);
-    let head = match r.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("bad response: {e}")),
-    };
-    let status = r.code.unwrap_or(0);
-    let len = r
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
-    match len {
-        Some(l) if l > RESPONSE_BYTES_MAX => Err(format!("response body of {l} bytes is too large")),
-        Some(l) if buf.len() >= head + l => Ok(Some(Response { status, body: buf[head..head + l].to_vec() })),
-        Some(_) => Ok(None),
-        None if status == 204 || status == 304 => Ok(Some(Response { status, body: Vec::new() })),
-        // No length: the body ends at EOF, which the caller reaches by reading on.
-        None => Ok(None),
+/// The final response in `buf`, `None` when more bytes are needed. Interim 1xx responses
+/// before it (`100 Continue`, `103 Early Hints`: a server or proxy may send them unasked, and
+/// HTTP/1.1 clients must read past them) are skipped; taken as the answer, they would fail
+/// every attempt of a batch the destination accepted. `eof`: the peer closed, so a response
+/// without a length ends here.
+fn parse_response(buf: &[u8], eof: bool) -> Result<Option<Response>, String> {
+    let mut at = 0;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        let head = match r.parse(&buf[at..]) {
+            Ok(httparse::Status::Complete(n)) => at + n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(format!("bad response: {e}")),
+        };
+        let status = r.code.unwrap_or(0);
+        if (100..200).contains(&status) && status != 101 {
+            at = head;
+            continue;
+        }
+        let len = r
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+        return match len {
+            Some(l) if l > RESPONSE_BYTES_MAX => Err(format!("response body of {l} bytes is too large")),
+            Some(l) if buf.len() >= head + l => Ok(Some(Response { status, body: buf[head..head + l].to_vec() })),
+            // Cut short: what came is all there is (the status line still says what happened).
+            Some(_) if eof => Ok(Some(Response { status, body: buf[head..].to_vec() })),
+            Some(_) => Ok(None),
+            None if status == 204 || status == 304 => Ok(Some(Response { status, body: Vec::new() })),
+            // No length: the body ends at EOF, which the caller reaches by reading on.
+            None if eof => Ok(Some(Response { status, body: buf[head..].to_vec() })),
+            None => Ok(None),
+        };
     }
 }
 
@@ -180,6 +189,41 @@ mod tests {
         assert_eq!(Url::parse("http://[::1]:80/").unwrap().host, "::1");
         assert!(Url::parse("https://x").is_err());
         assert!(Url::parse("http://x:99999").is_err());
+    }
+
+    /// Answers one request with `answer` on a fresh port; returns the client's result.
+    fn exchange(answer: &'static [u8]) -> Result<Response, String> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            // The whole request (head, then the body `{}`): closing with some of it unread
+            // would reset the connection under the client's read.
+            let (mut req, mut chunk) = (Vec::new(), [0u8; 1024]);
+            while !req.ends_with(b"{}") {
+                match c.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = c.write_all(answer);
+        });
+        let url = Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let r = request(&url, "POST", "/v1/spend", &[], b"{}", Duration::from_secs(5));
+        server.join().unwrap();
+        r
+    }
+
+    #[test]
+    fn interim_1xx_answers_are_read_past_to_the_final_one() {
+        let r = exchange(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+        // Without a length the final answer's body ends at EOF, after the interim ones too.
+        let r = exchange(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\n\r\nlater").unwrap();
+        assert_eq!((r.status, &r.body[..]), (503, &b"later"[..]));
+        // Only interim answers, then EOF: no answer.
+        assert!(exchange(b"HTTP/1.1 100 Continue\r\n\r\n").is_err());
     }
 
     #[test]
