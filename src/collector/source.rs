@@ -55,6 +55,10 @@ pub struct ShardSource {
     buf: Vec<u8>,
     /// Bad records skipped in segments the writer had left.
     pub corrupt_skipped: u64,
+    /// Segments skipped whole because their header failed its checks.
+    pub corrupt_segments: u64,
+    /// The highest segment reported as skipped, so each is said once.
+    reported_segment: u64,
     /// Position of a bad record of the last segment this reader is stopped at, if any.
     pub stalled_at: Option<Position>,
     /// After a [`ShardSource::read`]: the index of the first slot it did not pass. Every slot
@@ -72,6 +76,8 @@ impl ShardSource {
             open: None,
             buf: vec![0; READ_RECORDS_MAX * EVENT_BYTES],
             corrupt_skipped: 0,
+            corrupt_segments: 0,
+            reported_segment: 0,
             stalled_at: None,
             reached: 0,
         }
@@ -130,8 +136,27 @@ impl ShardSource {
         let file_bytes = file.metadata().map_err(|e| JournalError::new("stat", &path, e))?.len();
         let header =
             read_header(&file, file_bytes, self.shard, n).map_err(|e| JournalError::new("read header", &path, e))?;
-        let Ok(header) = header else { return Ok(false) };
-        let Ok(schema) = Schema::from_json(&header.schema_json) else { return Ok(false) };
+        let parsed = match header {
+            Ok(h) => Schema::from_json(&h.schema_json).map(|s| (h, s)).map_err(|m| format!("embedded {m}")),
+            Err(bad) => Err(bad.to_string()),
+        };
+        let (header, schema) = match parsed {
+            Ok(hs) => hs,
+            Err(why) => {
+                // Unreadable for good (a header is on disk before the file gets its name): the
+                // reader goes on with the next segment, as `journal cat` does, and says which
+                // events it did not deliver and why, once.
+                if n > self.reported_segment {
+                    self.reported_segment = n;
+                    self.corrupt_segments += 1;
+                    eprintln!(
+                        "tracker: collector source: {}: {why}; segment skipped, its events are not delivered",
+                        path.display()
+                    );
+                }
+                return Ok(false);
+            }
+        };
         self.open = Some(OpenSegment {
             number: n,
             path,

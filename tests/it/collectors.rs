@@ -686,3 +686,38 @@ fn a_shard_whose_cursor_cannot_be_read_shows_as_retrying_and_holds_back_no_other
     assert!(said.iter().any(|l| l.contains("collector j") && l.contains("shard-001/cursor")), "{said:?}");
     assert_eq!(s.stop(), 0);
 }
+
+#[test]
+fn a_collector_names_a_segment_it_skips_for_a_bad_header() {
+    // Pixels over several segments on one shard, no collector yet.
+    let mut s = Server::start(Some(&config("")), &["--shards", "1"]);
+    let mut c = s.connect();
+    let mut i = 0;
+    while segments(&s.journal(), 0).len() < 3 {
+        i += 1;
+        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
+        assert!(i < 5000, "no third segment after {i} pixels");
+    }
+    assert_eq!(s.stop(), 0);
+    // Segment 1's header is damaged (its magic), after the writer left it.
+    let seg = s.journal().join("shard-000").join(format!("{:020}.seg", 1));
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"XX", 0).unwrap();
+
+    // A jsonl collector reads the journal from the start: it delivers the other segments and
+    // says which one it skipped, and why.
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("impressions.jsonl");
+    let cfg = config(&jsonl_collector("imp", &path, "[\"impression\"]", "[\"campaign_id\"]"));
+    let mut s = Server::start_in(take_dir(&mut s), Some(&cfg), &["--shards", "1"]);
+    let mut said = Vec::new();
+    wait_for("the skipped segment named", WAIT, || {
+        said.extend(s.stderr_lines());
+        said.iter().any(|l| l.contains(&format!("{:020}.seg", 1)) && l.contains("magic") && l.contains("skipped"))
+    });
+    let last = i as u64;
+    wait_for("the last pixel delivered", WAIT, || {
+        read_jsonl(&path).last().is_some_and(|e| e["campaign_id"].as_u64() == Some(last))
+    });
+    assert_eq!(s.stop(), 0);
+}
