@@ -242,9 +242,15 @@ enum Halt {
 impl Runner {
     fn wait_for_lock(&mut self) -> Option<cursor::CollectorLock> {
         let mut logged = false;
+        // The last error said: one that persists (a directory that cannot be made) is said
+        // once and kept as the last error, not printed ten times a second.
+        let mut said = String::new();
         loop {
             match cursor::lock(&self.journal, &self.name) {
-                Ok(l) => return Some(l),
+                Ok(l) => {
+                    self.status.retrying.store(false, Relaxed);
+                    return Some(l);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if !logged {
                         eprintln!(
@@ -257,7 +263,11 @@ impl Runner {
                 Err(e) => {
                     let msg =
                         format!("cannot lock {}: {e}", cursor::collector_dir(&self.journal, &self.name).display());
-                    eprintln!("tracker: collector {}: {msg}; retrying", self.name);
+                    if msg != said {
+                        eprintln!("tracker: collector {}: {msg}; retrying", self.name);
+                        said.clone_from(&msg);
+                    }
+                    self.status.retrying.store(true, Relaxed);
                     *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = msg;
                 }
             }

@@ -721,3 +721,32 @@ fn a_collector_names_a_segment_it_skips_for_a_bad_header() {
     });
     assert_eq!(s.stop(), 0);
 }
+
+#[test]
+fn a_collector_that_cannot_take_its_lock_says_so_once_and_shows_as_retrying() {
+    // The collector's directory cannot be made: a file is in its place.
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("journal/collectors/j");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{}\n{}",
+        tracker::config::DEFAULT_TOML,
+        jsonl_collector("j", &out.path().join("e.jsonl"), "\"all\"", "[]")
+    );
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "1"]);
+    wait_for("retrying 1", WAIT, || collector_metric(&s, "j", "tracker_collector_retrying") == Some(1.0));
+    // Several more attempts (one every 100 ms) pass while /metrics is read a few times.
+    for _ in 0..5 {
+        assert_eq!(collector_metric(&s, "j", "tracker_collector_retrying"), Some(1.0));
+        assert_eq!(s.connect().get("/i?c=1").status, 200);
+    }
+    // Put right, the collector starts.
+    std::fs::remove_file(&blocker).unwrap();
+    wait_for("the collector running", WAIT, || out.path().join("e.jsonl").exists());
+    assert_eq!(s.stop(), 0);
+    let said: Vec<String> = s.stderr_lines().into_iter().filter(|l| l.contains("cannot lock")).collect();
+    assert_eq!(said.len(), 1, "said once, not at every attempt: {said:?}");
+    assert!(said[0].contains("collectors/j"), "{said:?}");
+}
