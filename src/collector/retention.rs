@@ -16,7 +16,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::cursor;
-use super::runner::cursors;
 use crate::config::Config;
 use crate::journal::{list_segments, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile};
 
@@ -42,10 +41,14 @@ pub fn spawn(cfg: &Config, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>, Stri
     std::thread::Builder::new()
         .name("journal-retention".into())
         .spawn(move || {
+            // A problem that lasts (an unreadable cursor) is said once, not every second.
+            let mut said: Vec<String> = Vec::new();
             while !stop.load(SeqCst) {
-                if let Err(e) = pass(&journal, &names, age_s, size_max) {
-                    eprintln!("tracker: retention: {e}");
+                let (_, problems) = pass(&journal, &names, age_s, size_max);
+                for p in problems.iter().filter(|p| !said.contains(p)) {
+                    eprintln!("tracker: retention: {p}");
                 }
+                said = problems;
                 let mut slept = Duration::ZERO;
                 while slept < PERIOD && !stop.load(SeqCst) {
                     std::thread::sleep(Duration::from_millis(50));
@@ -64,26 +67,41 @@ fn shards(journal: &Path) -> Vec<u16> {
     out
 }
 
-/// One retention pass; returns the segments deleted.
-pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) -> Result<u64, String> {
+/// One retention pass; returns the segments deleted and what stood in its way. A problem holds
+/// back only what it concerns: a collector's cursor for a shard that cannot be read keeps every
+/// segment of that shard (how far that collector got is unknown), a shard directory that cannot
+/// be listed is passed over; the other shards' retention and the size limit go on regardless,
+/// so a damaged cursor file can neither fill the disk nor lose segments.
+pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) -> (u64, Vec<String>) {
     let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let mut cursor_of = Vec::new();
-    for name in collectors {
-        cursor_of.push(cursors(journal, name).map_err(|e| format!("collector {name}: {e}"))?);
-    }
+    let mut problems = Vec::new();
     let mut deleted = 0;
     let mut bytes = 0u64;
     for shard in shards(journal) {
         let dir = shard_dir(journal, shard);
-        let live: Vec<u64> = list_segments(&dir)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|&(_, k)| k == SegmentFile::Live)
-            .map(|(n, _)| n)
-            .collect();
+        let live: Vec<u64> = match list_segments(&dir) {
+            Ok(l) => l.into_iter().filter(|&(_, k)| k == SegmentFile::Live).map(|(n, _)| n).collect(),
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
         let newest = live.last().copied().unwrap_or(0);
-        // Every collector must be past the segment: its cursor is in a later one.
-        let passed_below = cursor_of.iter().map(|c| c.get(&shard).map_or(0, |p| p.segment)).min().unwrap_or(u64::MAX);
+        // Every collector must be past the segment: its cursor is in a later one. No cursor yet
+        // is the start of the journal; one that cannot be read holds everything.
+        let mut passed_below = u64::MAX;
+        for name in collectors {
+            let at = match cursor::read_cursor(&cursor::collector_shard_dir(journal, name, shard)) {
+                Ok(p) => p.map_or(0, |p| p.segment),
+                Err(e) => {
+                    problems.push(format!(
+                        "collector {name}: shard {shard}: {e}; keeping every segment of shard {shard} until it can be read"
+                    ));
+                    0
+                }
+            };
+            passed_below = passed_below.min(at);
+        }
         for &n in &live {
             let path = segment_path(&dir, n);
             let Ok(file) = fs::File::open(&path) else { continue };
@@ -94,11 +112,15 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
                     _ => false,
                 };
             if n < newest && n < passed_below && old_enough {
-                fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
-                deleted += 1;
-                SEGMENTS_DELETED_TOTAL.fetch_add(1, Relaxed);
-                eprintln!("tracker: retention: deleted {} (every collector is past it)", path.display());
-                continue;
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        deleted += 1;
+                        SEGMENTS_DELETED_TOTAL.fetch_add(1, Relaxed);
+                        eprintln!("tracker: retention: deleted {} (every collector is past it)", path.display());
+                        continue;
+                    }
+                    Err(e) => problems.push(format!("remove {}: {e}", path.display())),
+                }
             }
             bytes += len;
         }
@@ -120,5 +142,5 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
             eprintln!("tracker: journal is {bytes} bytes, under journal.size_bytes_max {size_max} again");
         }
     }
-    Ok(deleted)
+    (deleted, problems)
 }

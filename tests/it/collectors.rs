@@ -750,3 +750,49 @@ fn a_collector_that_cannot_take_its_lock_says_so_once_and_shows_as_retrying() {
     assert_eq!(said.len(), 1, "said once, not at every attempt: {said:?}");
     assert!(said[0].contains("collectors/j"), "{said:?}");
 }
+
+/// A collector's cursor file that cannot be read (damaged, hand-edited) holds back only its own
+/// shard: the other shard's passed segments are still deleted, and the journal's size still
+/// counts, so `journal.size_bytes_max` still refuses `logged` events before the disk fills. The
+/// problem is said once, not every second. (Retention used to give up the whole pass.)
+#[test]
+fn an_unreadable_cursor_holds_back_only_its_shard_and_the_size_limit_still_holds() {
+    let out = tempfile::tempdir().unwrap();
+    let text = config(&jsonl_collector("all", &out.path().join("all.jsonl"), "\"all\"", "[]"))
+        .replace("retention_age_s = 0\n", "retention_age_s = 1\n")
+        .replace("size_bytes_max = 0\n", "size_bytes_max = 600000\n");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("journal/collectors/all/shard-001");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("cursor"), "not a cursor\n").unwrap();
+    let mut s = Server::start_in(dir, Some(&text), &["--shards", "2"]);
+    let journal = s.journal();
+
+    // Pixels from new connections (shards are chosen per connection) until both shards have
+    // rotated and shard 1 alone holds more than the limit.
+    let mut fired = 0u64;
+    for conn in 0.. {
+        assert!(conn < 400, "shard 1 never grew past the limit");
+        if segments(&journal, 0).len() >= 3 && segments(&journal, 1).len() >= 6 {
+            break;
+        }
+        let mut c = s.connect();
+        let mut raw = Vec::new();
+        for _ in 0..100 {
+            fired += 1;
+            raw.extend_from_slice(format!("GET /i?c={fired} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        }
+        c.send(&raw);
+        for _ in 0..100 {
+            assert_eq!(c.read_response(false).status, 200);
+        }
+    }
+    wait_for("shard 0's first segment deleted", WAIT, || !segments(&journal, 0).contains(&format!("{:020}.seg", 1)));
+    wait_for("logged endpoint refused over the size limit", WAIT, || {
+        s.connect().get("/bill?auction=y&price=0.1").status == 503
+    });
+    assert!(segments(&journal, 1).contains(&format!("{:020}.seg", 1)), "shard 1's cursor is unknown: kept");
+    assert_eq!(s.stop(), 0);
+    let said = s.stderr_lines().iter().filter(|l| l.contains("keeping every segment of shard 1")).count();
+    assert_eq!(said, 1, "{:?}", s.stderr_lines());
+}
