@@ -566,8 +566,9 @@ pub struct ShardJournal {
     /// Segment N+1 being made on a helper thread (`ahead.rs`); None while none is.
     ahead: Option<Ahead>,
     /// The directory entry of the active segment is on disk. Cleared when a rotation renames a
-    /// segment made ahead into place; set by the helper thread after it fsyncs the directory,
-    /// or by `sync()`, which fsyncs it when the helper has not yet.
+    /// segment made ahead into place, and at open when the last segment is resumed (its rename
+    /// may not have been fsynced); set by the helper thread after it fsyncs the directory, or
+    /// by `sync()`, which fsyncs it when the helper has not yet.
     rename_durable: Arc<AtomicBool>,
     /// Rotations that found their segment made ahead.
     segments_made_ahead: u64,
@@ -698,6 +699,12 @@ impl ShardJournal {
         };
         // A segment created by open counts its header as written.
         let bytes_written_total = if resumed.is_none() { header_bytes as u64 } else { 0 };
+        // A segment created here had its directory fsynced. A resumed one may have been renamed
+        // into place (made ahead) by a writer killed before it or its helper fsynced the
+        // directory: the rename may still be in the page cache only, and a power loss would
+        // bring back the `.tmp` that an open removes. So the first sync() fsyncs the directory
+        // before any record of this run is reported synced.
+        let rename_durable = resumed.is_none();
         let active = match resumed {
             Some(active) => active,
             None => {
@@ -740,7 +747,7 @@ impl ShardJournal {
             active,
             retired: None,
             ahead: None,
-            rename_durable: Arc::new(AtomicBool::new(true)),
+            rename_durable: Arc::new(AtomicBool::new(rename_durable)),
             segments_made_ahead: 0,
             kernel_writeback_only: false,
             bytes_written_total,

@@ -736,3 +736,22 @@ fn the_writer_never_appends_to_a_segment_older_than_one_set_aside() {
     append_seqs(&mut j, 4..=5);
     assert_eq!(seqs(&read_all(&mut follower)), [4, 5]);
 }
+
+#[test]
+fn a_resumed_segment_s_directory_entry_is_made_durable_before_its_records_are_reported_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+    j.wait_ahead();
+    append_seqs(&mut j, 1..=5); // 5 lands in made-ahead segment 2, renamed into place
+                                // A kill -9 can come before the helper (or a sync) fsyncs the directory: the rename is then
+                                // in the page cache only, and nothing the next writer can see says whether it reached the
+                                // disk. (Dropping the writer here joins the helper; the reopen cannot know that it did.)
+    drop(j);
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.new_segment_reason), (2, 1, None));
+    assert!(!j.rename_durable(), "a resumed segment's rename is not assumed durable");
+    append_seqs(&mut j, [6]);
+    j.sync().unwrap();
+    assert!(j.rename_durable(), "the first sync fsyncs the directory");
+}
