@@ -93,6 +93,10 @@ const _: () = assert!(usize::BITS >= 64, "segment offsets are u64 on disk and us
 pub struct RecoveryReport {
     /// Number of the segment the writer appends to now.
     pub segment: u64,
+    /// Number of the last segment, which `records`, `torn_*` and `sealed_bad_records` describe
+    /// (0 when there was none or it was not scanned). Not always `segment`: a torn tail is
+    /// dropped from the last segment before a new schema (say) starts the next one.
+    pub last_segment: u64,
     /// Intact records found in the last segment (0 when there was none).
     pub records: u64,
     /// Slots dropped from a torn tail of the last segment: a slot that was neither all-zero nor
@@ -675,6 +679,7 @@ impl ShardJournal {
 
         let mut report = RecoveryReport {
             segment: 0,
+            last_segment: 0,
             records: 0,
             torn_records: 0,
             torn_bytes: 0,
@@ -1186,6 +1191,7 @@ fn recover_last(
     tail_trusted: bool,
     report: &mut RecoveryReport,
 ) -> Result<Option<Active>, JournalError> {
+    report.last_segment = n;
     let path = segment_path(dir, n);
     let file =
         OpenOptions::new().read(true).write(true).open(&path).map_err(|e| JournalError::new("open", &path, e))?;

@@ -303,7 +303,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
         if report.torn_records > 0 {
             eprintln!(
                 "tracker: shard {i}: journal segment {} had a torn tail: {} records ({} bytes) dropped, {} intact kept",
-                report.segment, report.torn_records, report.torn_bytes, report.records
+                report.last_segment, report.torn_records, report.torn_bytes, report.records
             );
             sh.counters.journal_torn_records.fetch_add(report.torn_records, SeqCst);
         }

@@ -187,3 +187,36 @@ impl Client {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.try_read_response(false))).ok().flatten()
     }
 }
+
+#[test]
+fn a_torn_tail_is_logged_against_its_own_segment_when_a_new_schema_starts_another() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    for i in 1..=3 {
+        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
+    }
+    assert_eq!(s.stop(), 0);
+    // A crash mid-copy of record 3: its second half never reached the page cache.
+    let seg = first_segment(&s.journal());
+    let header = u32::from_le_bytes(std::fs::read(&seg).unwrap()[12..16].try_into().unwrap()) as u64;
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 256], header + 2 * 512 + 256).unwrap();
+    // Restarted with another schema (impression's creative_id renamed): events go to segment 2,
+    // while the torn record was dropped from segment 1.
+    let old = r#"{ name = "creative_id",   source = "query.cr",  type = "u64" },"#;
+    let cfg = tracker::config::DEFAULT_TOML.replacen(old, &old.replace("creative_id", "creative"), 1);
+    assert_ne!(cfg, tracker::config::DEFAULT_TOML);
+    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "1"]);
+    let lines = s.startup.clone();
+    assert!(lines.iter().any(|l| l.contains("journal starts segment 2: schema changed")), "startup: {lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("journal segment 1 had a torn tail: 1 records (")
+                && l.contains("dropped, 2 intact kept")),
+        "startup: {lines:?}"
+    );
+    assert_eq!(s.stop(), 0);
+}
