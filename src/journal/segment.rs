@@ -1008,7 +1008,16 @@ impl ShardJournal {
         if let Some(r) = self.retired.take() {
             r.flush().inspect_err(|_| self.sync_failed = true)?;
         }
-        let number = self.active.number + 1;
+        // A `.seg` already under the next number was published by an earlier rotation that
+        // failed after its rename (the directory fsync or the mmap failed). A reader may hold
+        // that file open, waiting at its first slot, and would never see records written to
+        // another file put under its name: it stays as it is (empty), and the writer takes the
+        // number after it. One stat per rotation. (Only a file: anything else under that name
+        // was never a segment, and the rename over it fails and is reported.)
+        let mut number = self.active.number + 1;
+        while fs::symlink_metadata(segment_path(&self.dir, number)).is_ok_and(|m| m.is_file()) {
+            number += 1;
+        }
         let made_ahead = self.ahead.take().and_then(|a| a.take(number, &self.schema_json));
         let renamed = made_ahead.is_some();
         let next = match made_ahead {

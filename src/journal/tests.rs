@@ -755,3 +755,29 @@ fn a_resumed_segment_s_directory_entry_is_made_durable_before_its_records_are_re
     j.sync().unwrap();
     assert!(j.rename_durable(), "the first sync fsyncs the directory");
 }
+
+#[test]
+fn a_segment_published_by_a_rotation_that_failed_after_the_rename_is_never_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=4); // segment 1 is full
+                                // What a rotation leaves when it fails after renaming segment 2 into place (the directory
+                                // fsync or the mmap failed): a published, empty segment 2, and the writer still on 1.
+    let two = seg_file(root, 0, 2);
+    let header = SegmentHeader::new_now(0, 2, schema_a().to_json()).encode();
+    fs::write(&two, &header).unwrap();
+    OpenOptions::new().write(true).open(&two).unwrap().set_len(SEG_4).unwrap();
+    // A follower sees segment 1 finished and opens segment 2, waiting at its first slot.
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 3, 4]);
+    // The retried rotation must not put another file under that name: the follower holds the
+    // one it opened and would never see the records written to the new one.
+    j.wait_ahead();
+    append_seqs(&mut j, 5..=6);
+    assert_eq!(seqs(&read_all(&mut r)), [5, 6]);
+    assert_eq!(j.segment_number(), 3);
+    drop(j);
+    let got = read_all(&mut JournalReader::open(root).unwrap());
+    assert_eq!(seqs(&got), (1..=6).collect::<Vec<_>>());
+}
