@@ -524,10 +524,21 @@ impl Retired {
     }
 }
 
+// Tests: makes every msync of this thread fail (EIO), as a disk error would.
+#[cfg(test)]
+thread_local! {
+    pub(super) static FAIL_MSYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn msync(map: &MmapMut, path: &Path, from: usize, to: usize) -> Result<(), JournalError> {
     debug_assert!(from <= to && to <= map.len());
     if from == to {
         return Ok(());
+    }
+    #[cfg(test)]
+    if FAIL_MSYNC.get() {
+        let eio = io::Error::from_raw_os_error(libc::EIO);
+        return Err(JournalError::with_detail("msync", path, format!("bytes {from}..{to}"), eio));
     }
     // memmap2 aligns the start down to the page size of this machine.
     map.flush_range(from, to - from)
@@ -583,6 +594,10 @@ pub struct ShardJournal {
     /// An msync failed at some point: records may be missing from the disk even after a later
     /// sync succeeds, so this run never records a clean stop.
     sync_failed: bool,
+    /// A rotation's msync of the segment left at the rotation before it failed. The records
+    /// there were appended since the last sync, so the next sync() (which acknowledges them
+    /// under `always`) returns this error.
+    rotation_msync_error: Option<JournalError>,
 }
 
 impl ShardJournal {
@@ -757,6 +772,7 @@ impl ShardJournal {
             kernel_writeback_only: false,
             bytes_written_total,
             sync_failed: false,
+            rotation_msync_error: None,
         };
         journal.start_ahead(false);
         report.segment = journal.active.number;
@@ -788,9 +804,11 @@ impl ShardJournal {
     }
 
     /// msync(MS_SYNC) of what was appended since the last sync, in the segment left at the last
-    /// rotation and in the active one; no syscall when nothing was. An error means those records
-    /// may not be on disk, and a later sync that succeeds does not prove they are (the kernel
-    /// clears the error once reported): treat it as fatal for durability, not as retryable.
+    /// rotation and in the active one; no syscall when nothing was. Also an error when a
+    /// rotation since the last sync failed to msync the segment it left for it. An error means
+    /// those records may not be on disk, and a later sync that succeeds does not prove they are
+    /// (the kernel clears the error once reported): treat it as fatal for durability, not as
+    /// retryable.
     pub fn sync(&mut self) -> Result<(), JournalError> {
         let r = self.sync_inner();
         self.sync_failed |= r.is_err();
@@ -810,7 +828,12 @@ impl ShardJournal {
         }
         // released_off stays: the pages from there are still mapped, and the next
         // start_writeback unmaps them (their writeback, already done, costs nothing then).
-        Ok(())
+        // Last: what could be synced now is, and the records a rotation failed to msync are
+        // still reported as not on disk.
+        match self.rotation_msync_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Starts (does not wait for) writeback of the active segment's whole pages appended since
@@ -1004,9 +1027,14 @@ impl ShardJournal {
     #[cold]
     fn rotate(&mut self) -> Result<(), JournalError> {
         // At most one segment waits for sync(): two rotations between syncs (tiny segments)
-        // flush the older one here.
+        // flush the older one here. Its records were appended since the last sync, so a failure
+        // is the next sync()'s to report (the drain acknowledges on that sync under `always`);
+        // the append itself can go on.
         if let Some(r) = self.retired.take() {
-            r.flush().inspect_err(|_| self.sync_failed = true)?;
+            if let Err(e) = r.flush() {
+                self.sync_failed = true;
+                self.rotation_msync_error.get_or_insert(e);
+            }
         }
         // A `.seg` already under the next number was published by an earlier rotation that
         // failed after its rename (the directory fsync or the mmap failed). A reader may hold

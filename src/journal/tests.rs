@@ -781,3 +781,25 @@ fn a_segment_published_by_a_rotation_that_failed_after_the_rename_is_never_repla
     let got = read_all(&mut JournalReader::open(root).unwrap());
     assert_eq!(seqs(&got), (1..=6).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_failed_msync_at_rotation_fails_the_next_sync() {
+    // Under sync = "always" the drain answers `logged` requests once sync() returns Ok: a batch
+    // of more records than a (64 KiB) segment holds rotates twice, and the second rotation
+    // msyncs the segment the first one left. When that msync fails, the sync that would
+    // acknowledge those records must say so.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=8); // segment 1 full and left for sync(), segment 2 full
+    assert!(j.has_retired());
+    super::segment::FAIL_MSYNC.set(true);
+    let r = j.append(&mut ev(9)); // rotates: msyncs segment 1, which fails
+    super::segment::FAIL_MSYNC.set(false);
+    if r.is_err() {
+        j.append(&mut ev(9)).unwrap(); // the drain retries
+    }
+    assert!(j.sync().is_err(), "records 1..=4 may not be on disk");
+    let mut reader = JournalReader::open(dir.path()).unwrap();
+    assert_eq!(seqs(&read_all(&mut reader)), (1..=9).collect::<Vec<_>>(), "each record once");
+    assert!(j.close_clean().is_err(), "never a clean stop after a failed msync");
+}
