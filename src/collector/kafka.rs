@@ -242,6 +242,9 @@ impl Collector for Kafka {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         if Instant::now() > deadline {
                             self.value = value;
+                            // Like every failed attempt (below): what this one queued must not
+                            // be reported into the next attempt's counts.
+                            self.producer = None;
                             return Delivery::Retry("kafka producer queue stayed full".into());
                         }
                         producer.poll(Duration::from_millis(50));
@@ -249,6 +252,7 @@ impl Collector for Kafka {
                     }
                     Err((e, _)) => {
                         self.value = value;
+                        self.producer = None;
                         return Delivery::Retry(format!("produce to {topic}: {e}"));
                     }
                 }
@@ -265,8 +269,9 @@ impl Collector for Kafka {
             return Delivery::Retry(format!("kafka producer fatal error {code:?}: {why}; recreating it"));
         }
         // Acked only when this attempt's every message is reported delivered and nothing is
-        // left in flight: the reports are counted per producer, and a failed attempt drops its
-        // producer (below), so no late report of an earlier attempt can be counted here.
+        // left in flight: the reports are counted per producer, and every failed attempt drops
+        // its producer (below, and where a send gave up above), so no late report of an earlier
+        // attempt can be counted here.
         if ok == n && failed == 0 && flushed.is_ok() {
             return Delivery::Acked;
         }
