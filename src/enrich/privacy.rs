@@ -11,7 +11,12 @@
 //!   ids cannot be joined across periods. The raw value is overwritten in place (its whole
 //!   byte range zeroed first), so it never reaches the ring, the journal or a collector;
 //! - on an opt-out signal (`Sec-GPC: 1`, `DNT: 1`, or the configured opt-out cookie present and
-//!   not "0"/"false"), the user-id and ip fields removed and the event flagged `opted_out`.
+//!   not "0"/"false"), the user-id and ip fields removed and the event flagged `opted_out`;
+//! - an id derived from an identity field this step removed or changed (an ip field under
+//!   opt-out, allowed as identity with `ip = "keep"`) re-keyed: HMAC-SHA256(period key,
+//!   "tracker-id-v1\n" + id), cut to 128 bits. The derived id is an unkeyed hash of the raw
+//!   values (made before this step), so left alone it would give back what was removed; keyed,
+//!   repeats inside one period are still one id for the dedup window.
 //!
 //! No allocation: the period key is re-derived on the stack when the period changes (once per
 //! `hash_rotate_s` per shard), the hash is written straight into the field's bytes.
@@ -20,7 +25,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::{EventType, PrivacyConfig};
-use crate::event::{Event, FLAG_OPTED_OUT};
+use crate::event::{Event, FLAG_ID_DERIVED, FLAG_OPTED_OUT};
 use crate::schema::FieldKind;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -59,12 +64,18 @@ impl Privacy {
         if opted_out {
             ev.flags |= FLAG_OPTED_OUT;
         }
+        // An identity field whose value this step removes or changes: the derived id, an
+        // unkeyed hash of the raw values, must not keep what the step took out.
+        let mut identity_changed = false;
         for (i, f) in ty.fields.iter().enumerate() {
             if !ev.has(f.slot) {
                 continue;
             }
             let user_id = self.cfg.user_id_fields.get(ty.id as usize).is_some_and(|m| m & (1 << i) != 0);
             if f.kind == FieldKind::Ip {
+                if opted_out || self.cfg.ip != IpPolicy::Keep {
+                    identity_changed |= ty.identity.contains(&i);
+                }
                 if opted_out || self.cfg.ip == IpPolicy::Drop {
                     clear(ev, f.slot, f.offset, f.max);
                 } else if self.cfg.ip == IpPolicy::Truncate {
@@ -77,12 +88,23 @@ impl Privacy {
                     }
                 }
             } else if user_id {
+                identity_changed |= ty.identity.contains(&i);
                 if opted_out {
                     clear(ev, f.slot, f.offset, f.max);
                 } else {
                     self.hash_in_place(ev, f.slot, f.offset, f.max, now_ns);
                 }
             }
+        }
+        if identity_changed && ev.flags & FLAG_ID_DERIVED != 0 {
+            let mut m = self.period_mac(now_ns).clone();
+            m.update(b"tracker-id-v1\n");
+            m.update(&ev.id);
+            let tag = m.finalize().into_bytes();
+            ev.id.copy_from_slice(&tag[..16]);
+            // Still a UUIDv8, as every derived id.
+            ev.id[6] = (ev.id[6] & 0x0f) | 0x80;
+            ev.id[8] = (ev.id[8] & 0x3f) | 0x80;
         }
     }
 
@@ -105,17 +127,21 @@ impl Privacy {
         })
     }
 
-    fn hash_in_place(&mut self, ev: &mut Event, slot: usize, offset: usize, max: usize, now_ns: u64) {
+    /// The keyed HMAC state of the period `now_ns` falls in, re-derived when the period changes.
+    fn period_mac(&mut self, now_ns: u64) -> &HmacSha256 {
         let period = match self.cfg.hash_rotate_s {
             0 => 0,
             r => now_ns / 1_000_000_000 / r,
         };
         if period != self.period || self.period_mac.is_none() {
             self.period = period;
-            self.period_mac = Some(period_key(&self.cfg.hash_key.0, period, self.cfg.hash_rotate_s));
+            self.period_mac = None;
         }
-        let Some(base) = &self.period_mac else { return };
-        let mut m = base.clone();
+        self.period_mac.get_or_insert_with(|| period_key(&self.cfg.hash_key.0, period, self.cfg.hash_rotate_s))
+    }
+
+    fn hash_in_place(&mut self, ev: &mut Event, slot: usize, offset: usize, max: usize, now_ns: u64) {
+        let mut m = self.period_mac(now_ns).clone();
         m.update(ev.str_at(slot, offset, max));
         let tag = m.finalize().into_bytes();
         let area = &mut ev.bytes[offset..offset + max];

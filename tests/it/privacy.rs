@@ -160,3 +160,31 @@ fn a_reload_keeps_user_id_hashes_without_a_key_file() {
     assert_eq!(hash("before"), hash("after"));
     assert!(files_contain(&s.journal(), RAW_UID.as_bytes()).is_empty());
 }
+
+/// With `privacy.ip = "keep"` an ip field may be an identity field, so the event id is derived
+/// from the whole client address. An opted-out event has its ip removed; its id must not be
+/// that unkeyed hash of the address (anyone can recompute it for every IPv4 address), so it
+/// is re-keyed — and opted-out repeats are still one event.
+#[test]
+fn an_opted_out_event_id_is_not_the_unkeyed_hash_of_its_removed_ip() {
+    let cfg = small_segments().replace("ip = \"truncate\"", "ip = \"keep\"").replace(
+        "[event.impression]\nidentity = [\"impression_id\"]",
+        "[event.impression]\nidentity = [\"campaign_id\", \"ip\"]",
+    );
+    assert!(cfg.contains("identity = [\"campaign_id\", \"ip\"]"));
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for extra in ["Sec-GPC: 1\r\n", "Sec-GPC: 1\r\n", ""] {
+        c.send(format!("GET /i?c=7 HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes());
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    assert_eq!(s.stop(), 0);
+    let ev = journal_cat(&s.journal());
+    assert_eq!(ev.len(), 2, "one opted-out event (its repeat deduplicated) and one plain: {ev:?}");
+    let opted = ev.iter().find(|e| e["opted_out"] == true).expect("opted-out event");
+    let plain = ev.iter().find(|e| e.get("opted_out").is_none()).expect("plain event");
+    assert!(opted.get("ip").is_none(), "{opted}");
+    assert_eq!(plain["ip"], "127.0.0.1");
+    // The plain event's id is the unkeyed hash of (campaign, address); the opted-out one's not.
+    assert_ne!(opted["id"], plain["id"]);
+}
