@@ -13,7 +13,8 @@
 //! `?` (query empty when there is none); an absent header signs as an empty line.
 //!
 //! Outcome: no `X-Device-IP` → nothing to do; valid → the event's client ip and user agent are
-//! the device's (then truncated / hashed by the privacy step like any other), and budgets
+//! the device's (then truncated / hashed by the privacy step like any other; no
+//! `X-Device-User-Agent` → no user agent, not the stitcher's own), and budgets
 //! charge the device's prefix; anything else → the headers are ignored (the peer address is
 //! used) and the request counted as `ssai_unauthenticated`. No allocation: the keyed HMAC
 //! states are cloned per request, the tag compared in constant time.
@@ -47,8 +48,9 @@ impl std::fmt::Debug for SsaiAuth {
 pub enum Device<'a> {
     /// No `X-Device-IP`: an ordinary request.
     Absent,
-    /// Authenticated: use these.
-    Trusted { ip: IpAddr, user_agent: Option<&'a [u8]> },
+    /// Authenticated: use these. `user_agent` is empty when the stitcher sent none: the
+    /// request's own `User-Agent` is the stitcher's, never the device's.
+    Trusted { ip: IpAddr, user_agent: &'a [u8] },
     /// Present but not authenticated (or no keys configured): ignored, counted.
     Untrusted,
 }
@@ -120,7 +122,7 @@ pub fn device<'a>(
         return Device::Untrusted;
     }
     match std::str::from_utf8(ip_raw).ok().and_then(|s| s.trim().parse::<IpAddr>().ok()) {
-        Some(ip) => Device::Trusted { ip, user_agent: ua },
+        Some(ip) => Device::Trusted { ip, user_agent: ua.unwrap_or(b"") },
         None => Device::Untrusted,
     }
 }
@@ -159,7 +161,7 @@ mod tests {
         let hs = h(&sig_owned);
         assert_eq!(
             device(Some(&a), b"/v", b"ev=start", &hs, NOW + 10),
-            Device::Trusted { ip: "198.51.100.7".parse().unwrap(), user_agent: Some(&b"Roku/DVP-9.10"[..]) }
+            Device::Trusted { ip: "198.51.100.7".parse().unwrap(), user_agent: &b"Roku/DVP-9.10"[..] }
         );
         // Another target, a stale timestamp, no keys, a wrong key id: untrusted.
         assert_eq!(device(Some(&a), b"/v", b"ev=complete", &hs, NOW), Device::Untrusted);

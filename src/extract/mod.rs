@@ -27,7 +27,8 @@ pub struct RequestView<'a> {
     pub client_ip: IpAddr,
     pub now_ns: u64,
     /// The device's user agent from an authenticated SSAI sender, used instead of the
-    /// request's `User-Agent` (see `enrich::ssai`).
+    /// request's `User-Agent`, which is the stitcher's (see `enrich::ssai`); empty when the
+    /// stitcher sent none (the event then has no user agent, device class `unknown`).
     pub user_agent: Option<&'a [u8]>,
     /// The JSON object this event comes from (a POST body or one item of a batch), for
     /// `json.<path>` sources; None for requests without a JSON body.

@@ -417,7 +417,7 @@ fn answer(
     let (mut client_ip, mut device_ua) = (peer.ip(), None);
     match ssai::device(cfg.privacy.ssai.as_ref(), req.path, req.query, req.headers, now_ns / 1_000_000_000) {
         ssai::Device::Absent => {}
-        ssai::Device::Trusted { ip, user_agent } => (client_ip, device_ua) = (ip, user_agent),
+        ssai::Device::Trusted { ip, user_agent } => (client_ip, device_ua) = (ip, Some(user_agent)),
         ssai::Device::Untrusted => counters.reject(Reason::SsaiUnauthenticated),
     }
     // Per-source budget, before anything is decoded. `drop` endpoints answer as usual below and

@@ -121,6 +121,11 @@ fn ssai_device_headers_are_believed_only_when_signed() {
     send(&mut c, "c=2", None);
     send(&mut c, "c=3", sign("c=999", now)); // signed for another request
     send(&mut c, "c=4", sign("c=4", now - 3600)); // stale
+                                                  // Signed without a device user agent: the stitcher's own User-Agent is not the device's
+                                                  // (it would classify a viewer as the stitcher's HTTP library, often a bot).
+    let a = auth.sign("st1", now, b"/i", b"c=5", b"198.51.100.77", b"").unwrap();
+    c.send(format!("GET /i?c=5 HTTP/1.1\r\nHost: t\r\nUser-Agent: stitcher/1.0\r\nX-Device-IP: 198.51.100.77\r\nX-Tracker-Auth: {a}\r\n\r\n").as_bytes());
+    assert_eq!(c.read_response(false).status, 200);
     assert_eq!(s.stop(), 0);
     let ev = journal_cat(&s.journal());
     let by = |c: u64| ev.iter().find(|e| e["campaign_id"] == c).unwrap();
@@ -128,6 +133,7 @@ fn ssai_device_headers_are_believed_only_when_signed() {
     for c in [2, 3, 4] {
         assert_eq!((by(c)["ip"].as_str(), by(c)["ua"].as_str()), (Some("127.0.0.0"), Some("stitcher/1.0")), "{c}");
     }
+    assert_eq!((by(5)["ip"].as_str(), by(5).get("ua")), (Some("198.51.100.0"), None), "{}", by(5));
 }
 
 /// Without a key file the user-id key is random per start; a SIGHUP reload keeps it, so hashes
