@@ -405,7 +405,7 @@ pub const BUDGET_KEYS: &[KeySpec] = &[
         "requests",
         Int(2000),
         Range(1, 100_000_000),
-        "",
+        "at most rate_per_s × 86400",
         "Requests a prefix may send at once above the rate.",
     ),
     k("budget", "ipv4_prefix_bits", "integer", "bits", Int(24), Range(8, 32), "", "IPv4 prefix that makes one source."),

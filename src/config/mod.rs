@@ -1124,6 +1124,15 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_of_more_than_a_day_of_budget_is_refused() {
+        let e = errors("[budget]\nrate_per_s = 1\nburst = 300000\n");
+        assert_eq!((e.len(), e[0].line, e[0].key.as_str()), (1, 3, "budget.burst"), "{e:?}");
+        assert!(e[0].message.contains("at most rate_per_s × 86400 = 86400"), "{}", e[0]);
+        assert!(Config::parse("[budget]\nrate_per_s = 1\nburst = 86400\n", "t.toml").is_ok());
+        assert!(Config::parse("[budget]\nrate_per_s = 0\nburst = 300000\n", "t.toml").is_ok());
+    }
+
+    #[test]
     fn admin_section_defaults_and_errors() {
         let a = Config::embedded().admin;
         assert_eq!(a.listen, "127.0.0.1:9090".parse().unwrap());

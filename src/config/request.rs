@@ -60,6 +60,11 @@ impl Validator<'_> {
     pub(super) fn budget(&mut self, r: &RawBudget) -> BudgetConfig {
         let rate_per_s = self.int(&r.rate_per_s, spec(BUDGET_KEYS, "rate_per_s")) as u32;
         let burst = self.int(&r.burst, spec(BUDGET_KEYS, "burst")) as u32;
+        let burst_s_max = crate::enrich::budget::BURST_S_MAX;
+        if rate_per_s > 0 && u64::from(burst) > u64::from(rate_per_s) * burst_s_max {
+            let s = r.burst.as_ref().map(|s| s.span()).unwrap_or(0..0);
+            self.err(s, "budget.burst", format!("{burst} requests at {rate_per_s}/s is more than {burst_s_max} s of budget (a bucket's time wraps after 3.2 days); at most rate_per_s × {burst_s_max} = {}", u64::from(rate_per_s) * burst_s_max));
+        }
         let entries = self.int(&r.entries, spec(BUDGET_KEYS, "entries")) as usize;
         if !entries.is_power_of_two() {
             let s = r.entries.as_ref().map(|s| s.span()).unwrap_or(0..0);

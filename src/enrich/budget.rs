@@ -38,6 +38,13 @@ const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
 const TICKS_PER_US: u64 = 64;
 /// CAS attempts before a contended request is let through.
 const CAS_TRIES: usize = 4;
+/// Longest budget a bucket holds, `burst / rate_per_s`, in seconds (the config refuses more;
+/// `Budgets::new` caps it). The TAT's distance from now is read modulo 2^44 ticks (3.26 days):
+/// a tolerance near that could never be exceeded — every request would pass.
+pub const BURST_S_MAX: u64 = 86_400;
+// The furthest a TAT may be ahead (tolerance + one interval, at the slowest rate of 1/s) stays
+// within half the TAT's range, so ahead and behind are told apart.
+const _: () = assert!((BURST_S_MAX + 1) * 1_000_000 * TICKS_PER_US < 1 << (TAT_BITS - 1));
 
 /// The budget as configured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +93,7 @@ impl Budgets {
             table: (0..entries).map(|_| AtomicU64::new(0)).collect(),
             mask: (entries - 1) as u64,
             interval,
-            tolerance: interval * u64::from(cfg.burst.max(1)),
+            tolerance: (interval * u64::from(cfg.burst.max(1))).min(BURST_S_MAX * 1_000_000 * TICKS_PER_US),
             epoch_ns: now_ns,
             cfg,
         }
@@ -301,6 +308,17 @@ mod tests {
             t.release(x);
         }
         assert!(t.counts.iter().all(|c| c.load(Acquire) == 0));
+    }
+
+    #[test]
+    fn a_burst_longer_than_the_tat_range_still_throttles() {
+        // 1/s with a burst of 300,000: 3.5 days of budget, past the 44-bit TAT's 3.26 days. The
+        // tolerance is capped at BURST_S_MAX seconds of budget, so the bucket still empties.
+        let b = budgets(1, 300_000);
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let passed = (0..300_001u64).take_while(|_| b.charge(ip, T0) == Charge::Within).count();
+        assert_eq!(passed as u64, BURST_S_MAX, "requests passed at once");
+        assert_eq!(b.charge(ip, T0), Charge::Over { retry_after_s: 1 });
     }
 
     #[test]
