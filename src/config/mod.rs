@@ -206,6 +206,9 @@ pub struct Field {
     pub decrypt: Option<Box<crate::extract::price::GooglePrice>>,
     /// Numbers only: (min, max) as slot bits (signed for i64 and money); outside → 400.
     pub range: Option<(u64, u64)>,
+    /// Named in `privacy.user_id_fields`: hashed by the privacy step. A value longer than the
+    /// field is then kept whole, as a digest, not cut (`extract::store_text`).
+    pub user_id: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -471,8 +474,14 @@ impl Validator<'_> {
         let admin = self.admin(&raw.admin);
         let dedup = self.dedup(&raw.dedup);
         let budget = self.budget(&raw.budget);
-        let (types, schema) = self.types(&raw.event);
+        let (mut types, schema) = self.types(&raw.event);
         let privacy = self.privacy(&raw.privacy, &types);
+        for t in &mut types {
+            let mask = privacy.user_id_fields.get(t.id as usize).copied().unwrap_or(0);
+            for (i, f) in t.fields.iter_mut().enumerate() {
+                f.user_id = mask & (1 << i) != 0;
+            }
+        }
         if !matches!(privacy.ip, crate::enrich::privacy::IpPolicy::Keep) {
             self.no_ip_identity(&raw.event, &types);
         }
@@ -941,6 +950,7 @@ impl Validator<'_> {
                 default,
                 one_of,
                 decrypt,
+                user_id: false,
             });
         }
         let mut identity = Vec::new();

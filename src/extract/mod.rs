@@ -330,6 +330,36 @@ fn whole_utf8_prefix(b: &[u8]) -> usize {
 /// `Some(hash of raw)` when a string was truncated to its slot: what an id derived from it
 /// hashes instead of the cut value, so two values that differ only past the cut stay apart.
 #[inline]
+/// A user id (`privacy.user_id_fields`) that may not fit its field: stored as the hex of a
+/// 128-bit digest of the whole value, which the privacy step then hashes with its key like any
+/// user id. Cut to the field instead, ids sharing their first `max_bytes` (long JWT-like values)
+/// would become one user. The digest never leaves the slot unkeyed: the privacy step runs on it
+/// (or clears it on an opt-out) before the event is published. A query value is decoded first
+/// when it fits the scratch buffer, so `a%2Db` and `a-b` stay one user, as for short ids.
+fn store_long_user_id(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Option<u64>, &'static str> {
+    let mut buf = [0u8; 512];
+    let value = match query.then(|| percent_decode(raw, &mut buf)).transpose()? {
+        Some((n, false)) => &buf[..n],
+        // Longer than the scratch even decoded (or not a query value): the digest of the text
+        // as sent.
+        _ => raw,
+    };
+    if value.len() <= f.max {
+        // Short once decoded: stored as it is.
+        ev.set_str(f.slot, f.offset, f.max, value);
+        return Ok(None);
+    }
+    let digest = xxhash_rust::xxh3::xxh3_128(value).to_be_bytes();
+    let mut hex = [0u8; 32];
+    for (i, b) in digest.iter().enumerate() {
+        hex[2 * i] = b"0123456789abcdef"[usize::from(b >> 4)];
+        hex[2 * i + 1] = b"0123456789abcdef"[usize::from(b & 0xf)];
+    }
+    debug_assert!(f.max >= hex.len(), "config: user id fields hold at least USER_HASH_CHARS");
+    ev.set_str(f.slot, f.offset, f.max, &hex[..hex.len().min(f.max)]);
+    Ok(None)
+}
+
 fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Option<u64>, &'static str> {
     match f.kind {
         // An empty value is absent, as for numbers: `required` refuses it, `default` fills it,
@@ -338,6 +368,9 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Opti
         FieldKind::Str if raw.is_empty() => Ok(None),
         FieldKind::Str => {
             let dst = &mut ev.bytes[f.offset..f.offset + f.max];
+            if f.user_id && raw.len() > dst.len() {
+                return store_long_user_id(f, raw, query, ev);
+            }
             let (n, truncated) = if query {
                 percent_decode(raw, dst)?
             } else {

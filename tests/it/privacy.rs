@@ -194,3 +194,35 @@ fn an_opted_out_event_id_is_not_the_unkeyed_hash_of_its_removed_ip() {
     // The plain event's id is the unkeyed hash of (campaign, address); the opted-out one's not.
     assert_ne!(opted["id"], plain["id"]);
 }
+
+/// User ids longer than their field (48 bytes for the shipped `user_id`) are hashed whole: two
+/// that share their first 48 bytes stay two users (they were cut first, then hashed, and became
+/// one), one sent twice stays one, and neither is journaled raw nor flagged truncated.
+#[test]
+fn long_user_ids_sharing_a_prefix_stay_distinct_users() {
+    let mut s = Server::start(Some(&small_segments()), &["--shards", "1"]);
+    let prefix = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6";
+    assert!(prefix.len() > 48);
+    let mut c = s.connect();
+    for (order, uid) in
+        [("o1", format!("{prefix}AAAA")), ("o2", format!("{prefix}BBBB")), ("o3", format!("{prefix}AAAA"))]
+    {
+        c.send(format!("GET /cv?c=1&order={order} HTTP/1.1\r\nHost: t\r\nCookie: uid={uid}\r\n\r\n").as_bytes());
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    let uid = |order: &str| {
+        let e = events.iter().find(|e| e["order_id"] == order).unwrap_or_else(|| panic!("{order}: {events:?}"));
+        assert!(e.get("truncated").is_none(), "a hashed whole id is not truncated: {e}");
+        e["user_id"].as_str().unwrap().to_string()
+    };
+    assert_ne!(uid("o1"), uid("o2"), "distinct long ids");
+    assert_eq!(uid("o1"), uid("o3"), "the same long id");
+    assert_eq!(uid("o1").len(), 32, "a keyed hash: {}", uid("o1"));
+    for seg in std::fs::read_dir(s.journal().join("shard-000")).unwrap() {
+        let bytes = std::fs::read(seg.unwrap().path()).unwrap();
+        assert!(!bytes.windows(prefix.len()).any(|w| w == prefix.as_bytes()), "a raw id in the journal");
+        assert!(!bytes.windows(48).any(|w| w == &prefix.as_bytes()[..48]), "a cut raw id in the journal");
+    }
+}
