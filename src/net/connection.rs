@@ -9,7 +9,10 @@
 //! - an `ack = "logged"` response is written only after the drain reports its event in the
 //!   journal; the whole batch waits for the highest such sequence number;
 //! - a malformed request is answered with `Connection: close` and the connection closed after
-//!   the responses before it are written: the bytes after it cannot be trusted.
+//!   the responses before it are written: the bytes after it cannot be trusted;
+//! - a connection we close after a response is half-closed and read (and discarded) for up to
+//!   LINGER_GRACE first, never closed with unread bytes: that close is a reset, which can cost
+//!   the client the response (RFC 9112 §9.6).
 //!
 //! Deadlines: a request (head and body) must arrive within header_read_timeout_ms of its first
 //! byte, or it is answered 408 and the connection closed; an idle keep-alive connection is
@@ -115,6 +118,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     // small reads costs time linear, not quadratic, in its size.
     let mut need_bytes = 0usize;
     let mut chunked_progress = http::chunked::Progress::default();
+    // The connection closes after a response that said `Connection: close` (an error, or the
+    // client's own close): the client may still be sending, so it gets a lingering close.
+    let mut linger = false;
 
     'conn: loop {
         // Answer every complete request in the buffer.
@@ -230,7 +236,11 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         // At stop, a connection closes once it has no request left to answer: a request partly
         // received (its first, or a later one on a kept-alive connection) still gets the grace.
         let partial = start < rbuf.len();
-        if close || (ctx.stopping.get() && ((answered_any && !partial) || stop_grace_over(&ctx))) {
+        if close {
+            linger = true;
+            break 'conn;
+        }
+        if ctx.stopping.get() && ((answered_any && !partial) || stop_grace_over(&ctx)) {
             break 'conn;
         }
         // Keep the unanswered tail (a partial request) at the front of the buffer.
@@ -251,8 +261,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             ctx.shared.counters.request(None, st);
             ctx.shared.counters.reject(Reason::Malformed);
             write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None, None);
-            let (_, b) = write_all(&ctx, &mut stream, wbuf, slot, idle).await;
+            let (res, b) = write_all(&ctx, &mut stream, wbuf, slot, idle).await;
             wbuf = b;
+            linger = res.is_ok();
             break 'conn;
         }
         if out_full {
@@ -284,8 +295,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 let why = "request not received whole within header_read_timeout_ms";
                 write_error(&ctx, &mut wbuf, Status::S408, why, false, false, 1, None, None);
                 let grace = deadline::ms(deadline::TIMED_OUT_ANSWER_GRACE);
-                let (_, b) = write_all(&ctx, &mut stream, wbuf, slot, grace).await;
+                let (res, b) = write_all(&ctx, &mut stream, wbuf, slot, grace).await;
                 wbuf = b;
+                linger = res.is_ok();
             }
             break 'conn;
         }
@@ -294,6 +306,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             Ok(0) | Err(_) => break 'conn,
             Ok(_) => {}
         }
+    }
+    if linger {
+        rbuf = linger_close(&ctx, &mut stream, rbuf, slot).await;
     }
     bufs.read = rbuf;
     bufs.write = wbuf;
@@ -328,6 +343,36 @@ async fn write_all(
         }
     }
     (Ok(()), buf)
+}
+
+/// Lingering close (RFC 9112 §9.6): half-closes, then reads and discards until the client
+/// closes too, for at most LINGER_GRACE. Closing a socket that still holds unread bytes makes
+/// the kernel send RST instead of FIN, and a reset makes the client's next write fail and its
+/// read report an error: the response just written (a 413 to an upload still being sent, a 400
+/// to a pipelined batch) is lost to the client or the proxy in front, which answers 502 or
+/// retries. The FIN after our response lets a client that has read it close at once; one that
+/// keeps sending is read until the grace ends (and at shutdown, until the next sweep).
+async fn linger_close(ctx: &ShardCtx, stream: &mut TcpStream, mut rbuf: Vec<u8>, slot: usize) -> Vec<u8> {
+    let fd = stream.as_raw_fd();
+    // SAFETY: `fd` is this connection's open socket; shutdown only changes its state.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } != 0 {
+        return rbuf;
+    }
+    let armed =
+        ctx.deadlines.arm(slot, fd, crate::clock::mono_coarse_ms() + deadline::ms(deadline::LINGER_GRACE), Wait::Read);
+    loop {
+        // The read buffer is free now: its contents are never answered.
+        rbuf.clear();
+        let cap = rbuf.capacity();
+        let (res, slice) = stream.read(rbuf.slice_mut(0..cap)).await;
+        rbuf = slice.into_inner();
+        if armed.expired() || !matches!(res, Ok(n) if n > 0) {
+            break;
+        }
+    }
+    drop(armed);
+    rbuf.clear();
+    rbuf
 }
 
 fn stop_grace_over(ctx: &ShardCtx) -> bool {

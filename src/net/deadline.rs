@@ -24,6 +24,10 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub const STOP_WRITE_GRACE: Duration = Duration::from_secs(2);
 /// How long the 408 to a request that did not arrive in time may take to write.
 pub const TIMED_OUT_ANSWER_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection that closes after its response reads on (and discards) what the
+/// client still sends, waiting for the client's own close (connection.rs `linger_close`).
+/// Holds the connection's slot that long at most; at shutdown the next sweep ends it.
+pub const LINGER_GRACE: Duration = Duration::from_secs(1);
 /// How long, at shutdown, a request not received whole yet (a connection's first, or one partly
 /// received) may take to arrive. Bounds how much a silent client delays the exit of a draining
 /// process.

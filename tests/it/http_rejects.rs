@@ -182,3 +182,35 @@ fn a_client_that_never_reads_its_responses_is_cut_off() {
     assert_eq!(s.connect().get("/i?c=2").status, 200);
     assert_eq!(s.stop(), 0);
 }
+
+/// RFC 9112 §9.6: a server that closes while the client may still be sending must half-close
+/// and read on, not close outright. A close with unread bytes in the socket makes the kernel
+/// send RST: the client's next write fails and its read reports a reset, so a proxy in front
+/// answers 502 (or retries the POST) instead of passing on our 413, and on a lossy path the
+/// RST discards the 413 itself before it is acknowledged.
+#[test]
+fn a_refused_upload_still_being_sent_gets_its_answer_and_a_clean_close_not_a_reset() {
+    let cfg = "[server]\nrequest_line_bytes_max = 256\nheader_bytes_max = 1024\nbody_bytes_max = 16\n".to_string()
+        + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    // Far more body than the connection's read buffer (1040 bytes) takes in one read: most of
+    // it is still in the server's socket when the head is refused.
+    let mut raw =
+        b"POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    raw.resize(raw.len() + 32 * 1024, b' ');
+    c.send(&raw);
+    let r = c.read_response(false);
+    assert_eq!(r.status, 413, "body {:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("connection"), Some("close"));
+    // The client, not knowing better yet, sends more of its body: the server takes it in...
+    c.send(&[b' '; 16 * 1024]);
+    // ...and its close is a FIN the client reads as end of stream, not a reset.
+    let mut rest = [0u8; 64];
+    match std::io::Read::read(&mut c.stream, &mut rest) {
+        Ok(0) => {}
+        other => panic!("expected a clean end of stream after the 413, got {other:?}"),
+    }
+    assert_eq!(s.connect().get("/i?c=1").status, 200);
+    assert_eq!(s.stop(), 0);
+}
