@@ -176,6 +176,18 @@ impl Event {
     }
 }
 
+/// Writes `src` as lowercase hex into the start of `dst` (two digits a byte), as many whole
+/// bytes as fit; returns the digits written.
+pub fn write_hex(src: &[u8], dst: &mut [u8]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = src.len().min(dst.len() / 2);
+    for (k, b) in src[..n].iter().enumerate() {
+        dst[2 * k] = HEX[usize::from(b >> 4)];
+        dst[2 * k + 1] = HEX[usize::from(b & 15)];
+    }
+    2 * n
+}
+
 /// Formats a 16-byte id as a lowercase UUID string into `out` (36 bytes).
 pub fn format_uuid(id: &[u8; 16], out: &mut [u8; 36]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";

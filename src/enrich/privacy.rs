@@ -146,12 +146,7 @@ impl Privacy {
         let tag = m.finalize().into_bytes();
         let area = &mut ev.bytes[offset..offset + max];
         area.fill(0);
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let n = USER_HASH_CHARS.min(max);
-        for (k, b) in tag.iter().take(n / 2).enumerate() {
-            area[2 * k] = HEX[(b >> 4) as usize];
-            area[2 * k + 1] = HEX[(b & 15) as usize];
-        }
+        let n = crate::event::write_hex(&tag[..USER_HASH_CHARS / 2], &mut area[..USER_HASH_CHARS.min(max)]);
         ev.slots[slot] = n as u64;
     }
 }

@@ -326,10 +326,6 @@ fn whole_utf8_prefix(b: &[u8]) -> usize {
     b.len()
 }
 
-/// Stores a textual value (query values are percent-decoded first) as the field's kind.
-/// `Some(hash of raw)` when a string was truncated to its slot: what an id derived from it
-/// hashes instead of the cut value, so two values that differ only past the cut stay apart.
-#[inline]
 /// A user id (`privacy.user_id_fields`) that may not fit its field: stored as the hex of a
 /// 128-bit digest of the whole value, which the privacy step then hashes with its key like any
 /// user id. Cut to the field instead, ids sharing their first `max_bytes` (long JWT-like values)
@@ -351,15 +347,16 @@ fn store_long_user_id(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Res
     }
     let digest = xxhash_rust::xxh3::xxh3_128(value).to_be_bytes();
     let mut hex = [0u8; 32];
-    for (i, b) in digest.iter().enumerate() {
-        hex[2 * i] = b"0123456789abcdef"[usize::from(b >> 4)];
-        hex[2 * i + 1] = b"0123456789abcdef"[usize::from(b & 0xf)];
-    }
     debug_assert!(f.max >= hex.len(), "config: user id fields hold at least USER_HASH_CHARS");
-    ev.set_str(f.slot, f.offset, f.max, &hex[..hex.len().min(f.max)]);
+    let n = crate::event::write_hex(&digest, &mut hex[..f.max.min(32)]);
+    ev.set_str(f.slot, f.offset, f.max, &hex[..n]);
     Ok(None)
 }
 
+/// Stores a textual value (query values are percent-decoded first) as the field's kind.
+/// `Some(hash of raw)` when a string was truncated to its slot: what an id derived from it
+/// hashes instead of the cut value, so two values that differ only past the cut stay apart.
+#[inline]
 fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Option<u64>, &'static str> {
     match f.kind {
         // An empty value is absent, as for numbers: `required` refuses it, `default` fills it,
