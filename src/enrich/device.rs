@@ -26,6 +26,9 @@ pub const BOT_TOKENS: &[&[u8]] = &[
     b"libwww",
     b"scrapy",
 ];
+/// Names that contain the token `bot` and are not crawlers: the phone brand Cubot ("CUBOT_X30"
+/// in its User-Agent) was flagged a bot, its users' events kept out of reports and billing.
+pub const NOT_BOT_WORDS: &[&[u8]] = &[b"cubot"];
 /// Connected TVs, streaming sticks and consoles.
 pub const CTV_TOKENS: &[&[u8]] = &[
     b"smart-tv",
@@ -60,7 +63,7 @@ pub fn class(ua: Option<&[u8]>) -> &'static str {
     let Some(ua) = ua.filter(|u| !u.is_empty()) else { return "unknown" };
     let mut buf = [0u8; UA_BYTES_MAX];
     let ua = lower(ua, &mut buf);
-    if any(ua, BOT_TOKENS) {
+    if any_bot(ua) {
         "bot"
     } else if any(ua, CTV_TOKENS) {
         "ctv"
@@ -76,7 +79,26 @@ pub fn class(ua: Option<&[u8]>) -> &'static str {
 /// Whether a User-Agent is a crawler, monitor or HTTP library.
 pub fn is_bot(ua: &[u8]) -> bool {
     let mut buf = [0u8; UA_BYTES_MAX];
-    any(lower(ua, &mut buf), BOT_TOKENS)
+    any_bot(lower(ua, &mut buf))
+}
+
+/// BOT_TOKENS in a lower-cased User-Agent; `bot` counts only where it is not part of one of
+/// NOT_BOT_WORDS.
+fn any_bot(ua: &[u8]) -> bool {
+    BOT_TOKENS.iter().any(|t| {
+        if *t != b"bot" {
+            return contains(ua, t);
+        }
+        let mut i = 0;
+        while let Some(p) = find(&ua[i..], b"bot") {
+            let end = i + p + b"bot".len();
+            if !NOT_BOT_WORDS.iter().any(|w| ua[..end].ends_with(w)) {
+                return true;
+            }
+            i += p + 1;
+        }
+        false
+    })
 }
 
 /// ASCII-lower-cased copy of the first UA_BYTES_MAX bytes, on the caller's stack.
@@ -92,21 +114,26 @@ fn any(ua: &[u8], tokens: &[&[u8]]) -> bool {
     tokens.iter().any(|t| contains(ua, t))
 }
 
-/// Whether `hay` contains `needle`: a SIMD scan for the needle's first byte, then a compare.
+/// Whether `hay` contains `needle`.
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else { return true };
+    find(hay, needle).is_some()
+}
+
+/// Where `needle` first occurs in `hay`: a SIMD scan for the needle's first byte, then a compare.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let Some((&first, rest)) = needle.split_first() else { return Some(0) };
     let mut i = 0;
     while let Some(p) = memchr::memchr(first, &hay[i..]) {
         let s = i + p;
         if hay.len() - s < needle.len() {
-            return false;
+            return None;
         }
         if &hay[s + 1..s + needle.len()] == rest {
-            return true;
+            return Some(s);
         }
         i = s + 1;
     }
-    false
+    None
 }
 
 #[cfg(test)]
@@ -137,6 +164,12 @@ mod tests {
         assert_eq!(class(None), "unknown");
         assert_eq!(class(Some(b"")), "unknown");
         assert!(is_bot(b"Mozilla/5.0 (compatible; bingbot/2.0)"));
+        // A Cubot phone is not a bot; a crawler that also names one still is.
+        let cubot = b"Mozilla/5.0 (Linux; Android 10; CUBOT_X30) AppleWebKit/537.36 Chrome/124.0 Mobile Safari/537.36";
+        assert!(!is_bot(cubot));
+        assert_eq!(class(Some(cubot)), "mobile");
+        assert!(is_bot(b"Mozilla/5.0 (Linux; Android 10; CUBOT_X30) (compatible; Googlebot/2.1)"));
+        assert!(is_bot(b"cubot-crawler"), "another token still counts");
         assert!(!is_bot(b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/124.0"));
     }
 }
