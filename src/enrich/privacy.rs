@@ -71,7 +71,6 @@ impl Privacy {
             if !ev.has(f.slot) {
                 continue;
             }
-            let user_id = self.cfg.user_id_fields.get(ty.id as usize).is_some_and(|m| m & (1 << i) != 0);
             if f.kind == FieldKind::Ip {
                 if opted_out || self.cfg.ip != IpPolicy::Keep {
                     identity_changed |= ty.identity.contains(&i);
@@ -87,7 +86,7 @@ impl Privacy {
                         *b &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
                     }
                 }
-            } else if user_id {
+            } else if f.user_id {
                 identity_changed |= ty.identity.contains(&i);
                 if opted_out {
                     clear(ev, f.slot, f.offset, f.max);
