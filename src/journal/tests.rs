@@ -744,9 +744,10 @@ fn a_resumed_segment_s_directory_entry_is_made_durable_before_its_records_are_re
     let (mut j, _) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
     j.wait_ahead();
     append_seqs(&mut j, 1..=5); // 5 lands in made-ahead segment 2, renamed into place
-                                // A kill -9 can come before the helper (or a sync) fsyncs the directory: the rename is then
-                                // in the page cache only, and nothing the next writer can see says whether it reached the
-                                // disk. (Dropping the writer here joins the helper; the reopen cannot know that it did.)
+
+    // A kill -9 can come before the helper (or a sync) fsyncs the directory: the rename is then
+    // in the page cache only, and nothing the next writer can see says whether it reached the
+    // disk. (Dropping the writer here joins the helper; the reopen cannot know that it did.)
     drop(j);
     let (mut j, report) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
     assert_eq!((report.segment, report.records, report.new_segment_reason), (2, 1, None));
@@ -762,8 +763,9 @@ fn a_segment_published_by_a_rotation_that_failed_after_the_rename_is_never_repla
     let root = dir.path();
     let (mut j, _) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
     append_seqs(&mut j, 1..=4); // segment 1 is full
-                                // What a rotation leaves when it fails after renaming segment 2 into place (the directory
-                                // fsync or the mmap failed): a published, empty segment 2, and the writer still on 1.
+
+    // What a rotation leaves when it fails after renaming segment 2 into place (the directory
+    // fsync or the mmap failed): a published, empty segment 2, and the writer still on 1.
     let two = seg_file(root, 0, 2);
     let header = SegmentHeader::new_now(0, 2, schema_a().to_json()).encode();
     fs::write(&two, &header).unwrap();
