@@ -82,7 +82,7 @@ pub const SERVER_KEYS: &[KeySpec] = &[
     k("server", "body_bytes_max", "integer", "bytes", Int(65536), Range(0, 16 << 20), "",
       "Longest request body; longer → 413."),
     k("server", "header_read_timeout_ms", "integer", "ms", Int(10_000), Range(100, 600_000), "",
-      "A request (head and any body) must arrive whole within this time of its first byte (slowloris guard), else it is answered 408 and the connection closed."),
+      "A request (head and any body) must arrive whole within this time of its first byte (slowloris guard), else it is answered 408 and the connection closed. A new connection that sends nothing within this time of its accept is closed unanswered."),
     k("server", "idle_timeout_ms", "integer", "ms", Int(60_000), Range(100, 3_600_000), "",
       "A keep-alive connection with no request for this long is closed."),
     k("server", "ring_events", "integer", "events", Int(16384), Range(RING_EVENTS_MIN as i64, RING_EVENTS_MAX as i64), "power of two",

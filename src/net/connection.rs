@@ -15,7 +15,8 @@
 //!   the client the response (RFC 9112 §9.6).
 //!
 //! Deadlines: a request (head and body) must arrive within header_read_timeout_ms of its first
-//! byte, or it is answered 408 and the connection closed; an idle keep-alive connection is
+//! byte, or it is answered 408 and the connection closed; a new connection that sends nothing
+//! within header_read_timeout_ms of its accept is closed unanswered; an idle keep-alive connection is
 //! closed after idle_timeout_ms, and so is one whose client does not take its responses within
 //! idle_timeout_ms. A read or write arms the
 //! connection's slot in the shard's deadline sweep (`deadline.rs`), which also applies the
@@ -96,6 +97,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         };
         (limits, server.idle_timeout_ms, server.header_read_timeout_ms)
     };
+    let accepted_ms = crate::clock::mono_coarse_ms();
     let fd = stream.as_raw_fd();
     let slot = bufs.slot;
     let mut rbuf = std::mem::take(&mut bufs.read);
@@ -274,9 +276,11 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             head_started = Some(now_ms);
         }
 
-        // Read more, bounded by the header deadline (partial request) or the idle timeout.
+        // Read more, bounded by the header deadline (a partial request, or a new connection's
+        // first request, timed from the accept) or, between requests, the idle timeout.
         let until_ms = match head_started {
             Some(t) => t + header_timeout,
+            None if !answered_any => accepted_ms + header_timeout,
             None => now_ms + idle,
         };
         let wait = if answered_any && head_started.is_none() { Wait::Read } else { Wait::Unanswered };

@@ -144,6 +144,36 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(journal_cat(&s.journal()).len(), 2);
 }
 
+/// A connection that never sends a byte is closed at header_read_timeout_ms, not held for the
+/// (much longer) keep-alive idle timeout: otherwise a client that opens connections and sends
+/// nothing holds each one for idle_timeout_ms, and fills connections_per_shard_max at a sixth
+/// of the rate the slowloris guard allows for a client that sends one byte.
+#[test]
+fn a_new_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let cfg = "[server]\nheader_read_timeout_ms = 300\nidle_timeout_ms = 3600000\n".to_string()
+        + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1", "--admin-listen", "127.0.0.1:0"]);
+    let mut silent = s.connect();
+    // Closed without an answer (nothing was asked), well before the harness's wait runs out.
+    assert!(silent.is_closed());
+    // A kept-alive connection is still held for the idle timeout after its answer: it outlives
+    // a second silent connection opened after it.
+    let mut kept = s.connect();
+    assert_eq!(kept.get("/i?c=1").status, 200);
+    let mut second = s.connect();
+    assert!(second.is_closed());
+    assert_eq!(kept.get("/i?c=2").status, 200);
+    let m = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    let timed_out: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("tracker_requests_total{") && l.contains("status=\"408\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(timed_out, 0.0, "{m}");
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 2);
+}
+
 /// TCP state of a socket from TCP_INFO (1 = ESTABLISHED, 7 = CLOSE, 8 = CLOSE_WAIT).
 fn tcp_state(s: &std::net::TcpStream) -> u8 {
     use std::os::fd::AsRawFd;
