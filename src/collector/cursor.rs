@@ -39,7 +39,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::journal::SEGMENT_NAME_DIGITS;
+use crate::journal::{create_dir_durable, fsync_dir, SEGMENT_NAME_DIGITS};
 
 /// A place in one shard's journal: record `index` of segment `segment` (both from the journal's
 /// numbering: segments from 1, records from 0 after the header).
@@ -80,10 +80,6 @@ pub fn collector_shard_dir(journal: &Path, name: &str, shard: u16) -> PathBuf {
     collector_dir(journal, name).join(format!("shard-{shard:03}"))
 }
 
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Reads the cursor of a shard; `None` when none was written yet (start of the journal).
 pub fn read_cursor(dir: &Path) -> io::Result<Option<Position>> {
     let path = dir.join("cursor");
@@ -109,7 +105,7 @@ pub fn read_cursor(dir: &Path) -> io::Result<Option<Position>> {
 
 /// Replaces the cursor of a shard atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_cursor(dir: &Path, p: Position) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
+    create_dir_durable(dir)?;
     let tmp = dir.join("cursor.tmp");
     let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
     f.write_all(format!("{} {}\n", p.segment, p.index).as_bytes())?;
@@ -164,7 +160,7 @@ pub fn read_key_bases(collector_dir: &Path) -> io::Result<BTreeMap<u32, String>>
 /// returns, batch entries may name `id`.
 pub fn add_key_base(collector_dir: &Path, id: u32, base: &str) -> io::Result<()> {
     debug_assert!(!base.contains('\n'));
-    fs::create_dir_all(collector_dir)?;
+    create_dir_durable(collector_dir)?;
     let path = collector_dir.join(KEY_BASES);
     let created = !path.exists();
     let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -193,7 +189,7 @@ pub fn default_key_prefix(journal: &Path) -> io::Result<String> {
     if let Some(p) = read_default_key_prefix(&path)? {
         return Ok(p);
     }
-    fs::create_dir_all(&dir)?;
+    create_dir_durable(&dir)?;
     let mut random = [0u8; 8];
     getrandom::getrandom(&mut random).map_err(|e| io::Error::other(format!("no random bytes: {e}")))?;
     let drawn = format!("tracker-{:016x}", u64::from_le_bytes(random));
@@ -272,7 +268,7 @@ pub fn append_batch(dir: &Path, segment: u64, entry: usize, r: Recorded) -> io::
     let path = batches_path(dir, segment);
     let created = entry == 0;
     if created {
-        fs::create_dir_all(dir)?;
+        create_dir_durable(dir)?;
     }
     let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
     let mut e = [0u8; ENTRY_BYTES];
@@ -328,7 +324,7 @@ pub struct CollectorLock {
 /// Takes the lock of `<journal>/collectors/<name>`; an error names who to stop.
 pub fn lock(journal: &Path, name: &str) -> io::Result<CollectorLock> {
     let dir = collector_dir(journal, name);
-    fs::create_dir_all(&dir)?;
+    create_dir_durable(&dir)?;
     let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
     // SAFETY: flock on a descriptor we own and keep open for the lock's lifetime.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {

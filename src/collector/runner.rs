@@ -127,7 +127,7 @@ pub fn start_with_shards(cfg: &Config, registry: &Registry, shards: &[Arc<ShardS
     let mut threads = Vec::new();
     let mut statuses = Vec::new();
     let journal = cfg.journal.dir.clone();
-    fs::create_dir_all(&journal).map_err(|e| format!("cannot create {}: {e}", journal.display()))?;
+    crate::journal::create_dir_durable(&journal).map_err(|e| format!("cannot create {}: {e}", journal.display()))?;
     let journal_prefix = match cfg.collectors.iter().any(|c| c.key_prefix.is_none()) {
         true => Some(
             cursor::default_key_prefix(&journal)

@@ -73,6 +73,7 @@
 //! collector has passed.
 
 mod ahead;
+mod dir;
 mod error;
 mod reader;
 mod segment;
@@ -80,6 +81,7 @@ mod segment;
 mod tests;
 mod writer_state;
 
+pub use dir::{create_dir_durable, fsync_dir};
 pub use error::JournalError;
 // For the collectors' positioned reader (collector/source.rs).
 pub use reader::{JournalReader, READ_CHUNK_BYTES, WARNINGS_KEPT_MAX};

@@ -652,7 +652,7 @@ impl ShardJournal {
             ));
         }
 
-        fs::create_dir_all(&dir).map_err(|e| JournalError::new("create dir", &dir, e))?;
+        super::create_dir_durable(&dir).map_err(|e| JournalError::new("create dir", &dir, e))?;
         let dir_file = File::open(&dir).map_err(|e| JournalError::new("open dir", &dir, e))?;
         // SAFETY: flock on a file descriptor we own and keep open; no memory is involved.
         if unsafe { libc::flock(dir_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {

@@ -265,7 +265,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
     let listeners = crate::net::listener::bind_shards(cfg.server.listen, shards)
         .map_err(|e| StartError(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
     let addr = listeners[0].local_addr().map_err(|e| StartError(format!("listener address: {e}")))?;
-    std::fs::create_dir_all(&cfg.journal.dir)
+    crate::journal::create_dir_durable(&cfg.journal.dir)
         .map_err(|e| StartError(format!("cannot create journal directory {}: {e}", cfg.journal.dir.display())))?;
 
     if cfg.privacy.user_id_fields.iter().any(|&m| m != 0) && !cfg.privacy.hash_key_from_file {
