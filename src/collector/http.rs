@@ -1,22 +1,40 @@
 //! A small blocking HTTP/1.1 client for collectors (std `TcpStream` + httparse): one request
 //! per connection (`Connection: close`), every step bounded by a timeout, response bodies
 //! bounded. Enough for a batch every few milliseconds; no TLS (put a local proxy in front).
+//!
+//! Names are looked up at most every RESOLVE_TTL, not once per request, on a thread of their
+//! own: getaddrinfo has no timeout (resolv.conf's retries can add up to tens of seconds), so a
+//! request waits for a lookup only until its own deadline, and while a name does not resolve
+//! the addresses it last resolved to stay in use. Every address is tried in turn.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Largest response body read; a longer one is an error.
 pub const RESPONSE_BYTES_MAX: usize = 1 << 20;
+/// How long a name's addresses are used before it is looked up again (sooner after no address
+/// took a connection).
+const RESOLVE_TTL: Duration = Duration::from_secs(30);
 
 /// `http://host:port/base`, parsed once at configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Url {
     pub host: String,
     pub port: u16,
     /// Path prefix without a trailing '/', "" for none.
     pub base: String,
+    /// The host's addresses; shared by the clones of one parsed Url.
+    addrs: Arc<Addresses>,
 }
+
+impl PartialEq for Url {
+    fn eq(&self, o: &Url) -> bool {
+        (&self.host, self.port, &self.base) == (&o.host, o.port, &o.base)
+    }
+}
+impl Eq for Url {}
 
 impl Url {
     pub fn parse(s: &str) -> Result<Url, String> {
@@ -35,16 +53,133 @@ impl Url {
         if path.bytes().any(|b| b <= b' ' || b == b'?' || b == b'#') {
             return Err(format!("\"{s}\": the path may not hold spaces, '?' or '#'"));
         }
-        Ok(Url { host: host.trim_matches(['[', ']']).to_string(), port, base: path.trim_end_matches('/').to_string() })
+        let host = host.trim_matches(['[', ']']).to_string();
+        let addrs = Arc::new(Addresses::new(&host, port, system_lookup));
+        Ok(Url { host, port, base: path.trim_end_matches('/').to_string(), addrs })
+    }
+}
+
+/// A name lookup: the system resolver, or a test's.
+type Lookup = fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
+
+fn system_lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    (host, port).to_socket_addrs().map(|a| a.collect())
+}
+
+/// The addresses of one host, and the one lookup of it that may be in flight.
+#[derive(Debug)]
+struct Addresses {
+    host: String,
+    port: u16,
+    /// An IP address as the host: never looked up.
+    literal: bool,
+    lookup: Lookup,
+    state: Mutex<AddrState>,
+    /// Signalled when a lookup ends.
+    looked_up: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct AddrState {
+    /// From the last lookup that found any; empty before one did.
+    addrs: Vec<SocketAddr>,
+    /// When `addrs` were found; None = look up before the next use.
+    found_at: Option<Instant>,
+    looking_up: bool,
+    /// Why the last lookup failed, until one succeeds.
+    error: Option<String>,
+}
+
+impl Addresses {
+    fn new(host: &str, port: u16, lookup: Lookup) -> Addresses {
+        let ip = host.parse::<IpAddr>().ok();
+        let state =
+            AddrState { addrs: ip.map(|ip| SocketAddr::new(ip, port)).into_iter().collect(), ..Default::default() };
+        Addresses {
+            host: host.to_string(),
+            port,
+            literal: ip.is_some(),
+            lookup,
+            state: Mutex::new(state),
+            looked_up: Condvar::new(),
+        }
     }
 
-    fn addr(&self) -> Result<SocketAddr, String> {
-        (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("resolve {}:{}: {e}", self.host, self.port))?
-            .next()
-            .ok_or_else(|| format!("resolve {}: no address", self.host))
+    /// The addresses to try, looked up first when due, waiting for that at most until `deadline`.
+    /// A lookup that failed or did not answer in time leaves the last addresses found in use.
+    fn get(self: &Arc<Self>, deadline: Instant) -> Result<Vec<SocketAddr>, String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if self.literal || st.found_at.is_some_and(|t| t.elapsed() < RESOLVE_TTL) {
+            return Ok(st.addrs.clone());
+        }
+        if !st.looking_up {
+            st.looking_up = true;
+            let me = Arc::clone(self);
+            let spawned = std::thread::Builder::new().name("tracker-resolve".into()).spawn(move || me.look_up());
+            if spawned.is_err() {
+                // No thread to spare: look up here, unbounded, rather than never.
+                drop(st);
+                self.look_up();
+                st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        while st.looking_up {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self.looked_up.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        if !st.addrs.is_empty() {
+            return Ok(st.addrs.clone());
+        }
+        match (&st.error, st.looking_up) {
+            (Some(e), _) => Err(e.clone()),
+            (None, true) => Err(format!("resolve {}: no answer in time", self.host)),
+            (None, false) => Err(format!("resolve {}: no address", self.host)),
+        }
     }
+
+    fn look_up(&self) {
+        let found = (self.lookup)(&self.host, self.port);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match found {
+            Ok(a) if !a.is_empty() => {
+                st.addrs = a;
+                st.found_at = Some(Instant::now());
+                st.error = None;
+            }
+            Ok(_) => st.error = Some(format!("resolve {}: no address", self.host)),
+            Err(e) => st.error = Some(format!("resolve {}:{}: {e}", self.host, self.port)),
+        }
+        st.looking_up = false;
+        self.looked_up.notify_all();
+    }
+
+    /// No address took a connection: look the name up again before the next request.
+    fn refused(&self) {
+        if !self.literal {
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).found_at = None;
+        }
+    }
+}
+
+/// Connects to the first of `addrs` that accepts, giving each an equal share of the time left
+/// before `deadline`, so that one address that drops packets cannot use up the exchange's
+/// whole time before the next is tried.
+fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<(TcpStream, SocketAddr), String> {
+    let mut last = None;
+    for (i, a) in addrs.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(a, left / (addrs.len() - i) as u32) {
+            Ok(s) => return Ok((s, *a)),
+            Err(e) => last = Some(format!("connect {a}: {e}")),
+        }
+    }
+    Err(last.unwrap_or_else(|| "connect: no time left".into()))
 }
 
 #[derive(Debug)]
@@ -64,8 +199,9 @@ pub fn request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<Response, String> {
-    let addr = url.addr()?;
     let deadline = Instant::now() + timeout;
+    let addrs = url.addrs.get(deadline)?;
+    let (mut s, addr) = connect_any(&addrs, deadline).inspect_err(|_| url.addrs.refused())?;
     let expired = |what: &str| format!("{what} {addr}: the exchange did not finish within {} ms", timeout.as_millis());
     // The time left before the deadline, or the error to return when none is.
     let left = |what: &str| {
@@ -79,7 +215,6 @@ pub fn request(
     // SO_SNDTIMEO / SO_RCVTIMEO set from `left` expired: the deadline, said as such.
     let timed_out =
         |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = s.set_nodelay(true);
     let mut head = format!(
         "{method} {}{path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -177,14 +312,14 @@ fn parse_response(buf: &[u8], eof: bool) -> Result<Option<Response>, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
     use super::*;
 
     #[test]
     fn urls() {
-        assert_eq!(
-            Url::parse("http://127.0.0.1:9100").unwrap(),
-            Url { host: "127.0.0.1".into(), port: 9100, base: String::new() }
-        );
+        let u = Url::parse("http://127.0.0.1:9100").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.base.as_str()), ("127.0.0.1", 9100, ""));
         assert_eq!(Url::parse("http://b.example/x/").unwrap().base, "/x");
         assert_eq!(Url::parse("http://[::1]:80/").unwrap().host, "::1");
         assert!(Url::parse("https://x").is_err());
@@ -248,6 +383,107 @@ mod tests {
         let r = request(&url, "POST", "/v1/spend", &[], b"{}", Duration::from_millis(300));
         let e = r.expect_err("a trickled answer must time out");
         assert!(e.contains("within 300 ms"), "{e}");
+        server.join().unwrap();
+    }
+
+    /// Answers `n` requests, one per connection, with `200 ok`; returns its address.
+    fn answer_ok(n: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for _ in 0..n {
+                let (mut c, _) = l.accept().unwrap();
+                let (mut req, mut chunk) = (Vec::new(), [0u8; 1024]);
+                while !req.ends_with(b"{}") {
+                    match c.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
+        });
+        (addr, server)
+    }
+
+    fn url_with(port: u16, lookup: Lookup) -> Url {
+        let host = "banker.test";
+        Url { host: host.into(), port, base: String::new(), addrs: Arc::new(Addresses::new(host, port, lookup)) }
+    }
+
+    fn post(url: &Url, timeout_ms: u64) -> Result<Response, String> {
+        request(url, "POST", "/v1/spend", &[], b"{}", Duration::from_millis(timeout_ms))
+    }
+
+    static DEAD_FIRST: Mutex<Option<SocketAddr>> = Mutex::new(None);
+
+    #[test]
+    fn every_address_of_a_name_is_tried_in_turn() {
+        // The name's first address has nothing listening (a port just freed); the second answers.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        *DEAD_FIRST.lock().unwrap() = Some(dead);
+        fn lookup(_: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+            Ok(vec![DEAD_FIRST.lock().unwrap().unwrap(), SocketAddr::from(([127, 0, 0, 1], port))])
+        }
+        let (live, server) = answer_ok(1);
+        let r = post(&url_with(live.port(), lookup), 5000).unwrap();
+        assert_eq!(r.status, 200);
+        server.join().unwrap();
+    }
+
+    static HUNG_CALLS: AtomicUsize = AtomicUsize::new(0);
+    static RELEASED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+    /// A resolver that answers only once the test releases it (or gives up after 20 s).
+    fn hung_lookup(_: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        HUNG_CALLS.fetch_add(1, Relaxed);
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut released = RELEASED.0.lock().unwrap();
+        while !*released {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::other("never released"));
+            }
+            released = RELEASED.1.wait_timeout(released, left).unwrap().0;
+        }
+        Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+    }
+
+    #[test]
+    fn a_lookup_that_does_not_answer_is_bounded_by_the_request_timeout() {
+        let (live, server) = answer_ok(1);
+        let url = url_with(live.port(), hung_lookup);
+        // Not 20 s: the request gives up at its own deadline, and its retry does not start a
+        // second lookup beside the one still in flight.
+        for _ in 0..2 {
+            let e = post(&url, 200).expect_err("no address yet");
+            assert!(e.contains("resolve banker.test: no answer in time"), "{e}");
+        }
+        assert_eq!(HUNG_CALLS.load(Relaxed), 1);
+        *RELEASED.0.lock().unwrap() = true;
+        RELEASED.1.notify_all();
+        assert_eq!(post(&url, 5000).unwrap().status, 200);
+        assert_eq!(HUNG_CALLS.load(Relaxed), 1);
+        server.join().unwrap();
+    }
+
+    static FLAKY_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn a_failing_lookup_leaves_the_last_addresses_in_use() {
+        fn lookup(_: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+            match FLAKY_CALLS.fetch_add(1, Relaxed) {
+                0 => Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))]),
+                _ => Err(std::io::Error::other("Temporary failure in name resolution")),
+            }
+        }
+        let (live, server) = answer_ok(2);
+        let url = url_with(live.port(), lookup);
+        assert_eq!(post(&url, 5000).unwrap().status, 200);
+        // Due again (as after RESOLVE_TTL); the resolver fails; the address it gave still works.
+        url.addrs.state.lock().unwrap().found_at = None;
+        assert_eq!(post(&url, 5000).unwrap().status, 200);
+        assert_eq!(FLAKY_CALLS.load(Relaxed), 2);
         server.join().unwrap();
     }
 }
