@@ -212,23 +212,28 @@ impl ShardCursor {
     }
 
     /// Opens the lowest segment numbered `next_number` or more whose header is good; false when
-    /// there is none (yet).
+    /// there is none (yet). `next_number` passes a segment only once it is opened, gone or
+    /// skipped as corrupt: after an I/O error the next poll tries the same segment again.
     fn open_next(&mut self, stats: &mut Stats) -> Result<bool, JournalError> {
         for (number, kind) in list_segments(&self.dir)? {
             if kind != SegmentFile::Live || number < self.next_number {
                 continue;
             }
-            self.next_number = number + 1;
             let path = segment_path(&self.dir, number);
             let file = match File::open(&path) {
                 Ok(file) => file,
                 // Removed by retention between the listing and now.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.next_number = number + 1;
+                    continue;
+                }
                 Err(e) => return Err(JournalError::new("open", &path, e)),
             };
             let file_bytes = file.metadata().map_err(|e| JournalError::new("stat", &path, e))?.len();
             let header = read_header(&file, file_bytes, self.shard, number)
                 .map_err(|e| JournalError::new("read header", &path, e))?;
+            // Read, good or bad: a corrupt header stays corrupt, so it is named once and passed.
+            self.next_number = number + 1;
             let header = match header {
                 Ok(h) => h,
                 Err(bad) => {

@@ -805,3 +805,23 @@ fn a_failed_msync_at_rotation_fails_the_next_sync() {
     assert_eq!(seqs(&read_all(&mut reader)), (1..=9).collect::<Vec<_>>(), "each record once");
     assert!(j.close_clean().is_err(), "never a clean stop after a failed msync");
 }
+
+#[test]
+fn a_segment_that_failed_to_open_is_read_at_the_next_poll_not_skipped() {
+    let dir = closed_root(12);
+    let root = dir.path();
+    let first = seg_file(root, 0, 1);
+    assert!(seg_file(root, 0, 2).exists());
+    // A stand-in for a passing I/O error (EIO, EMFILE): segment 1's name opens, but as a
+    // directory its header cannot be read.
+    let aside = root.join("seg1.aside");
+    fs::rename(&first, &aside).unwrap();
+    fs::create_dir(&first).unwrap();
+    let mut r = JournalReader::open(root).unwrap();
+    let e = r.poll(&mut |_, _| {}).expect_err("segment 1 cannot be read");
+    assert!(e.to_string().contains("read header"), "{e}");
+    // The error passes; the same reader, polled again, starts at segment 1.
+    fs::remove_dir(&first).unwrap();
+    fs::rename(&aside, &first).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), (1..=12).collect::<Vec<_>>());
+}
