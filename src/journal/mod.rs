@@ -17,7 +17,7 @@
 //!   again by recovery and by the reader.
 //! - **No syscall, fault or allocation on append** except at rotation: segments are preallocated
 //!   (`set_len` + `posix_fallocate`, so a full disk fails at rotation and never as a SIGBUS on a
-//!   store) and prefaulted in a rolling window ahead of the writer (`MADV_POPULATE_WRITE`).
+//!   store; a resumed segment is allocated again, in case a sparse copy dropped that) and prefaulted in a rolling window ahead of the writer (`MADV_POPULATE_WRITE`).
 //! - **One writer per shard directory**, enforced with an `flock` on the directory; the segment
 //!   is written only through the writer's map. Readers only read.
 //! - **Self-describing.** Every segment header embeds the schema its records were written with;

@@ -1297,6 +1297,12 @@ fn recover_last(
         report.new_segment_reason = Some("last segment is full");
         return Ok(None);
     }
+    // Appends go on in this file, so every block of it must be allocated: a store into a hole
+    // on a full disk is a SIGBUS, not an error. This journal preallocated the segment when it
+    // made it, but a sparse copy or restore (cp --sparse, rsync -S, a backup tool) drops that.
+    // Over blocks already allocated this changes nothing and costs an extent lookup.
+    fallocate(&file, file_bytes)
+        .map_err(|e| JournalError::with_detail("fallocate", &path, format!("{file_bytes} bytes, to resume it"), e))?;
     let last_page = tail.end_off - tail.end_off % PAGE_BYTES;
     let mut active = Active {
         number: n,

@@ -825,3 +825,41 @@ fn a_segment_that_failed_to_open_is_read_at_the_next_poll_not_skipped() {
     fs::rename(&aside, &first).unwrap();
     assert_eq!(seqs(&read_all(&mut r)), (1..=12).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_resumed_segment_that_lost_its_preallocation_gets_it_back_before_appends() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    // Records 1..=3 fill part of the first page after the header; the free tail after that
+    // page is four prefault windows long, so resuming's prefault does not cover it.
+    const SEG_TAIL: u64 = 2 * HDR + 4 * super::segment::PREFAULT_BYTES as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_TAIL, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=3);
+    drop(j);
+    // The free tail as a hole, as a sparse copy (cp --sparse, rsync -S, a restore) leaves it.
+    let path = seg_file(root, 0, 1);
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    let (from, len) = (2 * HDR, SEG_TAIL - 2 * HDR);
+    // SAFETY: fallocate on a file descriptor we own; no memory is involved.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            from as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let allocated = |p: &Path| fs::metadata(p).unwrap().blocks() * 512;
+    assert!(allocated(&path) < SEG_TAIL);
+
+    // Resumed, every block of the file is allocated again: a store on a full disk cannot SIGBUS.
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_TAIL, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.new_segment_reason), (1, None));
+    assert!(allocated(&path) >= SEG_TAIL, "{} of {SEG_TAIL} bytes allocated", allocated(&path));
+    append_seqs(&mut j, [4]);
+    drop(j);
+    assert_eq!(seqs(&read_all(&mut JournalReader::open(root).unwrap())), [1, 2, 3, 4]);
+}
