@@ -27,6 +27,8 @@ pub struct Url {
     pub base: String,
     /// The host's addresses; shared by the clones of one parsed Url.
     addrs: Arc<Addresses>,
+    /// `host[:port]` as the URL wrote it, an IPv6 address in brackets: the Host header.
+    authority: String,
 }
 
 impl PartialEq for Url {
@@ -55,7 +57,8 @@ impl Url {
         }
         let host = host.trim_matches(['[', ']']).to_string();
         let addrs = Arc::new(Addresses::new(&host, port, system_lookup));
-        Ok(Url { host, port, base: path.trim_end_matches('/').to_string(), addrs })
+        let base = path.trim_end_matches('/').to_string();
+        Ok(Url { host, port, base, addrs, authority: authority.to_string() })
     }
 }
 
@@ -217,10 +220,9 @@ pub fn request(
         |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
     let _ = s.set_nodelay(true);
     let mut head = format!(
-        "{method} {}{path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
         url.base,
-        url.host,
-        url.port,
+        url.authority,
         body.len()
     );
     for (n, v) in headers {
@@ -408,7 +410,8 @@ mod tests {
 
     fn url_with(port: u16, lookup: Lookup) -> Url {
         let host = "banker.test";
-        Url { host: host.into(), port, base: String::new(), addrs: Arc::new(Addresses::new(host, port, lookup)) }
+        let addrs = Arc::new(Addresses::new(host, port, lookup));
+        Url { host: host.into(), port, base: String::new(), addrs, authority: format!("{host}:{port}") }
     }
 
     fn post(url: &Url, timeout_ms: u64) -> Result<Response, String> {
@@ -485,5 +488,28 @@ mod tests {
         assert_eq!(post(&url, 5000).unwrap().status, 200);
         assert_eq!(FLAKY_CALLS.load(Relaxed), 2);
         server.join().unwrap();
+    }
+
+    #[test]
+    fn the_host_header_is_the_urls_authority_with_an_ipv6_address_in_brackets() {
+        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let (mut req, mut chunk) = (Vec::new(), [0u8; 1024]);
+            while !req.ends_with(b"{}") {
+                match c.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = c.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+            String::from_utf8(req).unwrap()
+        });
+        let url = Url::parse(&format!("http://[::1]:{port}/bank")).unwrap();
+        assert_eq!(post(&url, 5000).unwrap().status, 204);
+        let req = server.join().unwrap();
+        assert!(req.starts_with("POST /bank/v1/spend HTTP/1.1\r\n"), "{req}");
+        assert!(req.contains(&format!("\r\nHost: [::1]:{port}\r\n")), "{req}");
     }
 }
