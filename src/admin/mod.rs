@@ -343,8 +343,10 @@ fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], head: bool)
         431 => "Request Header Fields Too Large",
         _ => "Service Unavailable",
     };
+    // RFC 9110 15.5.6: a 405 must list the methods the resource does serve.
+    let allow = if status == 405 { "Allow: GET, HEAD\r\n" } else { "" };
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();

@@ -385,3 +385,14 @@ fn admin_refuses_what_it_does_not_serve_and_keeps_serving() {
     assert_eq!(r.status, 200);
     assert!(std::str::from_utf8(&r.body).unwrap().contains("# TYPE tracker_requests_total counter"));
 }
+
+#[test]
+fn admin_405_names_the_methods_it_serves_in_allow() {
+    // RFC 9110 15.5.6: a 405 must carry Allow, or the client cannot tell what would work.
+    let s = Server::start(None, &["--shards", "1"]);
+    let mut c = Client::connect(s.admin.unwrap());
+    c.send(b"DELETE /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"), "{:?}", r.headers);
+}
