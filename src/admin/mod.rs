@@ -315,6 +315,18 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
     if method != b"GET" && !head {
         return respond(&mut s, 405, "text/plain", b"only GET and HEAD\n", head);
     }
+    // RFC 9112 3.2.2: a server must also accept the absolute form, `http://host/metrics`; only
+    // the path after the authority routes.
+    let scheme = ["http://", "https://"]
+        .iter()
+        .find(|p| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p.as_bytes()));
+    let target = match scheme {
+        Some(p) => {
+            let rest = &target[p.len()..];
+            &rest[rest.iter().position(|&b| matches!(b, b'/' | b'?')).unwrap_or(rest.len())..]
+        }
+        None => target,
+    };
     let path = target.split(|&b| b == b'?').next().unwrap_or(&[]);
     match path {
         b"/metrics" => {

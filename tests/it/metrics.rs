@@ -396,3 +396,18 @@ fn admin_405_names_the_methods_it_serves_in_allow() {
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"), "{:?}", r.headers);
 }
+
+#[test]
+fn admin_accepts_an_absolute_form_target() {
+    // RFC 9112 3.2.2: a server must accept `GET http://host/path` as well as `GET /path`.
+    let s = Server::start(None, &["--shards", "1"]);
+    let admin = s.admin.unwrap();
+    for target in [format!("http://{admin}/health"), format!("HTTP://{admin}/health?probe=1")] {
+        let mut c = Client::connect(admin);
+        let r = c.get(&target);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]), "{target}");
+    }
+    // Only the path after the authority routes: a host that looks like a path does not.
+    let mut c = Client::connect(admin);
+    assert_eq!(c.get("http://health/").status, 404);
+}
