@@ -49,6 +49,8 @@ pub struct State {
     stop: Arc<AtomicBool>,
     /// The `endpoint` and `type` label of each counter slot; grows with reloads.
     pub labels: Arc<crate::metrics::CounterLabels>,
+    /// The shared dedup window, for its eviction count; None when dedup is off.
+    pub dedup: Option<Arc<crate::dedup::Dedup>>,
     journal_dir: PathBuf,
     free_bytes_min: u64,
     backlog_max: u64,
@@ -71,6 +73,7 @@ impl State {
             shards,
             stop: running.stop_flag(),
             labels: running.counter_labels(),
+            dedup: running.dedup(),
             journal_dir: cfg.journal.dir.clone(),
             free_bytes_min,
             backlog_max,

@@ -114,6 +114,16 @@ pub fn metrics(state: &State) -> String {
         let _ = writeln!(out, "tracker_rejects_total{{reason=\"{}\"}} {}", r.name(), sum(&|c| c.rejects(r)));
     }
 
+    // Without this an undersized dedup.entries is invisible: ids evicted early from a full
+    // bucket let their duplicates through, and only this count says the table is too small.
+    family(
+        &mut out,
+        "tracker_dedup_evictions_total",
+        "counter",
+        "Event ids forgotten before their dedup window ended because their bucket was full (raise dedup.entries)",
+    );
+    let _ = writeln!(out, "tracker_dedup_evictions_total {}", state.dedup.as_ref().map_or(0, |d| d.evictions()));
+
     family(&mut out, "tracker_connections_accepted_total", "counter", "Connections accepted by the shards");
     let accepted = sum(&|c| c.connections_accepted.load(std::sync::atomic::Ordering::Relaxed));
     let _ = writeln!(out, "tracker_connections_accepted_total {accepted}");

@@ -166,6 +166,8 @@ pub struct Running {
     threads: Vec<JoinHandle<()>>,
     /// The counter slot of every endpoint path and type name served, kept across reloads.
     labels: Arc<CounterLabels>,
+    /// The dedup window shared by the shards; None when `dedup.window_ms = 0`.
+    dedup: Option<Arc<Dedup>>,
 }
 
 impl Running {
@@ -180,6 +182,11 @@ impl Running {
     /// The labels of the shards' counters (admin renders them; a reload assigns from them).
     pub fn counter_labels(&self) -> Arc<CounterLabels> {
         self.labels.clone()
+    }
+
+    /// The shared dedup window (admin reads its eviction count); None when dedup is off.
+    pub fn dedup(&self) -> Option<Arc<Dedup>> {
+        self.dedup.clone()
     }
 
     /// True once shutdown has begun (reactors stop accepting), for threads that outlive a borrow
@@ -360,7 +367,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
         }
     }
     drop(ready_tx);
-    let running = Running { addr, stop, shards: shared, threads, labels };
+    let running = Running { addr, stop, shards: shared, threads, labels, dedup };
     for _ in 0..shards {
         match ready_rx.recv() {
             Ok(Ok(())) => {}

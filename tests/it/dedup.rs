@@ -61,3 +61,25 @@ fn dedup_can_be_turned_off() {
     assert_eq!(s.stop(), 0);
     assert_eq!(journal_cat(&s.journal()).len(), 3);
 }
+
+#[test]
+fn ids_forgotten_early_by_a_full_dedup_table_are_counted_in_metrics() {
+    // The smallest table (1024 entries) and more distinct ids than it holds, all inside the
+    // window: by pigeonhole at least 1100 - 1024 of them evict a live entry, and an operator
+    // must see that to know dedup.entries is too small (duplicates of those ids get through).
+    let cfg = "[dedup]\nentries = 1024\n".to_string() + &crate::pipeline::default_endpoints_and_events();
+    let s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for i in 0..1100 {
+        assert_eq!(c.get(&format!("/i?c=1&eid=fill-{i}")).status, 200);
+    }
+    let body = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    let evictions: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("tracker_dedup_evictions_total "))
+        .unwrap_or_else(|| panic!("no tracker_dedup_evictions_total in /metrics:\n{body}"))
+        .parse()
+        .unwrap();
+    assert!(evictions >= 1100 - 1024, "{evictions}");
+    assert!(body.contains("# TYPE tracker_dedup_evictions_total counter"));
+}
