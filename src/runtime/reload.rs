@@ -272,6 +272,9 @@ pub fn restart_only_changes(running: &Config, file: &Config) -> Vec<String> {
     cmp("server.ring_events", a.ring_events.to_string(), b.ring_events.to_string());
     cmp("server.io_uring_entries", a.io_uring_entries.to_string(), b.io_uring_entries.to_string());
     cmp("server.io_uring_defer_taskrun", a.io_uring_defer_taskrun.to_string(), b.io_uring_defer_taskrun.to_string());
+    cmp("server.batch_events_max", a.batch_events_max.to_string(), b.batch_events_max.to_string());
+    cmp("server.body_decoded_bytes_max", a.body_decoded_bytes_max.to_string(), b.body_decoded_bytes_max.to_string());
+    cmp("server.body_inflate_ratio_max", a.body_inflate_ratio_max.to_string(), b.body_inflate_ratio_max.to_string());
     let (a, b) = (&running.journal, &file.journal);
     cmp("journal.dir", a.dir.display().to_string(), b.dir.display().to_string());
     cmp("journal.segment_bytes", a.segment_bytes.to_string(), b.segment_bytes.to_string());

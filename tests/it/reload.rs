@@ -157,3 +157,38 @@ fn counters_keep_their_labels_when_a_reload_removes_and_adds_endpoints() {
     let mut srv = srv;
     assert_eq!(srv.stop(), 0);
 }
+
+/// Regression: `server.batch_events_max`, `body_decoded_bytes_max` and `body_inflate_ratio_max`
+/// were kept at their running values on reload (like every `[server]` key) without the "needs a
+/// restart" line the docs promise, so an operator lowering the batch limit saw nothing happen.
+#[test]
+fn a_changed_post_body_limit_is_reported_as_needing_a_restart_and_the_running_value_kept() {
+    let srv = Server::start(Some(CONFIG), &["--shards", "1"]);
+    let path = srv.dir.path().join("tracker.toml");
+    for (from, to) in [
+        ("batch_events_max = 100", "batch_events_max = 1"),
+        ("body_decoded_bytes_max = 262144", "body_decoded_bytes_max = 1024"),
+        ("body_inflate_ratio_max = 100", "body_inflate_ratio_max = 5"),
+    ] {
+        assert!(CONFIG.contains(from), "config/tracker.toml changed; update this test");
+        std::fs::write(&path, CONFIG.replace(from, to)).unwrap();
+        sighup(&srv);
+        let key = from.split(' ').next().unwrap();
+        let line = wait_line(&srv, "needs a restart");
+        assert!(line.contains(&format!("server.{key}: ")), "{line}");
+        wait_line(&srv, "reload: applied");
+    }
+    // The running batch limit (100) still holds: two items are both taken.
+    let mut c = srv.connect();
+    let body = r#"[{"type":"a"},{"type":"b"}]"#;
+    c.send(
+        format!(
+            "POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains(r#""accepted":2"#), "{:?}", String::from_utf8_lossy(&r.body));
+}
