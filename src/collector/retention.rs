@@ -5,7 +5,7 @@
 //!   `journal.retention_age_s` ago. With no collector, age alone decides. The collectors'
 //!   batch logs of deleted segments go with them.
 //! - When the segments on disk exceed `journal.size_bytes_max`, [`journal_over_limit`] turns
-//!   true: `logged` endpoints answer 503 and readiness should report false, instead of the
+//!   true: `logged` endpoints answer 503 and `/ready` reports it (503), instead of the
 //!   disk filling up; it turns false once retention (or an operator) freed space.
 
 use std::fs;

@@ -2,7 +2,8 @@
 //! validator takes defaults and bounds from here (`Validator::int`, `Validator::choice`) and
 //! `tracker config-reference` prints the table as markdown (docs/config-reference.md), so the
 //! reference and the code cannot disagree. A key added to raw.rs gets a row here; the tests
-//! check that config/tracker.toml lists exactly these keys with these defaults.
+//! check that config/tracker.toml lists exactly the [server] and [journal] keys with these
+//! defaults.
 
 use crate::constants::*;
 use crate::event::SLOTS;
@@ -118,7 +119,7 @@ pub const JOURNAL_KEYS: &[KeySpec] = &[
     k("journal", "retention_age_s", "integer", "s", Int(0), Range(0, 10 * 365 * 86_400), "",
       "Delete a segment once every collector's cursor is past it, it is not its shard's newest, and it is older than this. 0 = keep every segment."),
     k("journal", "size_bytes_max", "integer", "bytes", Int(0), Range(0, i64::MAX), "",
-      "Above this many bytes of segments, `logged` endpoints answer 503 (and readiness should be false) instead of filling the disk. 0 = no limit."),
+      "Above this many bytes of segments, `logged` endpoints answer 503 (and /ready 503) instead of filling the disk. 0 = no limit."),
 ];
 
 pub const COLLECTOR_KEYS: &[KeySpec] = &[
