@@ -1,5 +1,6 @@
 //! The `tracker` command: parse the command line, load config, run; errors become exit codes
-//! here and nowhere else (0 ok, 1 runtime failure, 2 bad config or usage).
+//! here and nowhere else (0 ok, 1 runtime failure, 2 bad config or usage, 3 `journal cat --strict`
+//! skipped damage).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
