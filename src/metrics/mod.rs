@@ -57,7 +57,7 @@ impl CounterLabels {
         }
         if next.endpoints.len() > ENDPOINTS_MAX || next.types.len() > EVENT_TYPES_MAX {
             return Err(format!(
-                "this process has counted {} endpoint paths and {} event types; the counters hold {ENDPOINTS_MAX} and                  {EVENT_TYPES_MAX}: restart to apply a config with new names",
+                "this process has counted {} endpoint paths and {} event types; the counters hold {ENDPOINTS_MAX} and {EVENT_TYPES_MAX}: restart to apply a config with new names",
                 slots.endpoints.len(),
                 slots.types.len()
             ));
