@@ -938,6 +938,29 @@ impl Validator<'_> {
             } else {
                 None
             };
+            // The default is stored for every request that lacks the field: it must pass the
+            // checks a client's value would, or the journal gets values the field refuses.
+            if let (Some(d), Some(raw)) = (&default, &f.default) {
+                let text = match raw.get_ref() {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let refused = match (d, range) {
+                    (DefaultValue::Bytes(b), _) => !one_of.is_empty() && !one_of.iter().any(|o| **o == b[..]),
+                    (DefaultValue::Num(n), Some((lo, hi))) if signed => !(lo as i64..=hi as i64).contains(&(*n as i64)),
+                    (DefaultValue::Num(n), Some((lo, hi))) => !(lo..=hi).contains(n),
+                    (DefaultValue::Num(_), None) => false,
+                };
+                if refused {
+                    let rule =
+                        if matches!(d, DefaultValue::Bytes(_)) { "not one of one_of" } else { "outside min..max" };
+                    self.err(
+                        raw.span(),
+                        key("default"),
+                        format!("\"{text}\" is {rule}: requests without the field would store a value it refuses"),
+                    );
+                }
+            }
             fields.push(Field {
                 range,
                 name: fname.clone(),

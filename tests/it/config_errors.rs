@@ -76,3 +76,30 @@ fn a_shards_flag_out_of_bounds_is_refused_like_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--shards") && err.contains("0..=256"), "{err}");
 }
+
+/// Regression: a field's `default` is stored for every request that lacks the field, yet it was
+/// not held to the field's own `one_of` or `min`/`max`: check-config passed and the journal got
+/// values the field refuses from any client (a currency of "GBP" where only USD and EUR are
+/// allowed, a negative price under `min = 0`).
+#[test]
+fn a_default_the_field_would_refuse_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("d.toml");
+    std::fs::write(
+        &p,
+        "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n\n[event.x]\nfields = [\n\
+         \x20 { name = \"cur\", source = \"query.cur\", type = \"string\", max_bytes = 3, one_of = [\"USD\", \"EUR\"], default = \"GBP\" },\n\
+         \x20 { name = \"price\", source = \"query.p\", type = \"money\", min = 0, default = \"-1.5\" },\n\
+         \x20 { name = \"n\", source = \"query.n\", type = \"u32\", min = 10, max = 20, default = 21 },\n\
+         \x20 { name = \"ok\", source = \"query.ok\", type = \"i64\", min = -5, max = 5, default = -5 },\n]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let f = p.display().to_string();
+    assert!(err.contains(&format!("{f}:7: event.x.fields[0].default: \"GBP\" is not one of")), "{err}");
+    assert!(err.contains(&format!("{f}:8: event.x.fields[1].default: \"-1.5\" is outside min..max")), "{err}");
+    assert!(err.contains(&format!("{f}:9: event.x.fields[2].default: \"21\" is outside min..max")), "{err}");
+    assert_eq!(err.lines().count(), 3, "a default at a bound is allowed: {err}");
+}
