@@ -475,6 +475,7 @@ impl Validator<'_> {
         let dedup = self.dedup(&raw.dedup);
         let budget = self.budget(&raw.budget);
         let (mut types, schema) = self.types(&raw.event);
+        self.schema_fits(&schema, journal.segment_bytes, &raw);
         let privacy = self.privacy(&raw.privacy, &types);
         for t in &mut types {
             let mask = privacy.user_id_fields.get(t.id as usize).copied().unwrap_or(0);
@@ -501,6 +502,30 @@ impl Validator<'_> {
             schema,
             collectors,
             steps: Vec::new(),
+        }
+    }
+
+    /// Every segment header embeds the schema: it must fit one with room for a record, or no
+    /// shard could open its journal (`ShardJournal::open` checks the same, without a line).
+    fn schema_fits(&mut self, schema: &Schema, segment_bytes: u64, raw: &RawConfig) {
+        use crate::journal::{HEADER_FIXED_BYTES, PAGE_BYTES, SCHEMA_BYTES_MAX};
+        let json = schema.to_json().len();
+        let header = (HEADER_FIXED_BYTES + json).div_ceil(PAGE_BYTES) * PAGE_BYTES;
+        let need = (header + crate::event::EVENT_BYTES) as u64;
+        let types_span = raw.event.values().next().map_or(0..0, |e| e.span());
+        if json > SCHEMA_BYTES_MAX {
+            self.err(
+                types_span,
+                "event",
+                format!("the event types make {json} bytes of schema JSON: a segment header holds at most {SCHEMA_BYTES_MAX}; declare fewer event types or fields"),
+            );
+        } else if need > segment_bytes {
+            let span = raw.journal.segment_bytes.as_ref().map_or(types_span, |s| s.span());
+            self.err(
+                span,
+                "journal.segment_bytes",
+                format!("{segment_bytes} cannot hold the {header}-byte segment header the event types need and one {}-byte record: expected at least {need}", crate::event::EVENT_BYTES),
+            );
         }
     }
 

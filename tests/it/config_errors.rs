@@ -103,3 +103,40 @@ fn a_default_the_field_would_refuse_is_a_config_error() {
     assert!(err.contains(&format!("{f}:9: event.x.fields[2].default: \"21\" is outside min..max")), "{err}");
     assert_eq!(err.lines().count(), 3, "a default at a bound is allowed: {err}");
 }
+
+/// Regression: a schema too large for `journal.segment_bytes` passed check-config, then `serve`
+/// failed at the journal's open with exit 1 and no file or line: a config error that only a
+/// start found.
+#[test]
+fn a_schema_that_does_not_fit_a_segment_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.toml");
+    let mut text = String::from("[journal]\nsegment_bytes = 65536\n\n[[endpoint]]\npath = \"/x\"\nevent = \"t0\"\n");
+    // 120 types of 10 fields: ~90 KB of schema JSON, more than a 64 KiB segment holds.
+    for t in 0..120 {
+        text.push_str(&format!("[event.t{t}]\nfields = [\n"));
+        for f in 0..10 {
+            text.push_str(&format!(
+                "  {{ name = \"a_long_field_name_{f}\", source = \"query.f{f}\", type = \"u64\" }},\n"
+            ));
+        }
+        text.push_str("]\n");
+    }
+    std::fs::write(&p, &text).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{}:2: journal.segment_bytes: 65536 cannot hold", p.display())), "{err}");
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--journal-dir"])
+        .arg(dir.path().join("j"))
+        .arg("--config")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    // With room for it, the same types are fine.
+    std::fs::write(&p, text.replace("segment_bytes = 65536", "segment_bytes = 1048576")).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
