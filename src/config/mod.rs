@@ -331,8 +331,9 @@ impl Config {
             ConfigErrors(vec![ConfigError {
                 file: file.into(),
                 line,
-                key: key_of_toml_error(text, e.span()),
-                message: e.message().to_string(),
+                key: key_of_toml_error(text, e.span(), e.message()),
+                // One line per error: toml's message may run on over several.
+                message: toml_message(e.message()),
             }])
         })?;
         let mut v = Validator { text, file, errors: Vec::new() };
@@ -368,40 +369,82 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
-/// For a TOML/serde error, the key it is about: when the span lies in the value of a
-/// `key = value` line (a wrong type, a number too large), that key under its `[table]`;
-/// otherwise the text under the span (usually the offending key), or "-".
-fn key_of_toml_error(text: &str, span: Option<Range<usize>>) -> String {
-    if let Some(s) = span.as_ref().filter(|s| s.start <= text.len() && text.is_char_boundary(s.start)) {
-        let line_start = text[..s.start].rfind('\n').map_or(0, |i| i + 1);
-        let line = text[line_start..].lines().next().unwrap_or("");
-        if let Some(eq) = line.find('=').filter(|&eq| line_start + eq < s.start) {
-            let key = line[..eq].trim().trim_matches('"');
-            let table = text[..line_start]
-                .lines()
-                .rev()
-                .map(str::trim)
-                .find(|l| l.starts_with('['))
-                .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
-            if !key.is_empty() && !key.contains(['{', '[', ',']) {
-                return match table {
-                    Some(t) if !t.is_empty() => format!("{t}.{key}"),
-                    _ => key.to_string(),
-                };
-            }
+/// The dotted key a TOML-level error is about, read from the text around the error's span, as
+/// the validator's own errors name keys: `table.key` for a `key = value` line (an array table
+/// numbered, `endpoint[1].method`), the table for an error in a table header, `table.field`
+/// for a missing field (from the message), `-` when none of that can be told.
+fn key_of_toml_error(text: &str, span: Option<Range<usize>>, message: &str) -> String {
+    let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next());
+    let Some(s) = span.filter(|s| s.start <= text.len() && text.is_char_boundary(s.start)) else {
+        return missing.map_or_else(|| "-".into(), str::to_string);
+    };
+    let line_start = text[..s.start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let code = toml_code(line);
+    let join = |table: Option<String>, key: &str| match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    };
+    if code.starts_with('[') {
+        // Errors in a table header, and errors about a table as a whole (a missing field; a
+        // wrong type for the table) point at its header line.
+        let table = toml_table_at(text, line_start + line.len());
+        return match missing {
+            Some(field) => join(table, field),
+            None => table.unwrap_or_else(|| "-".into()),
+        };
+    }
+    let table = toml_table_at(text, line_start);
+    if let Some(eq) = code.find('=') {
+        let key = code[..eq].trim().trim_matches('"');
+        if !key.is_empty() && !key.contains(['{', '[', ',']) {
+            return join(table, key);
         }
     }
-    match span {
-        Some(s) if s.end <= text.len() && s.end > s.start && s.end - s.start <= 80 => {
-            let t = text[s].trim();
-            if t.contains('\n') || t.is_empty() {
-                "-".into()
-            } else {
-                t.to_string()
-            }
-        }
-        _ => "-".into(),
+    match missing {
+        Some(field) => join(table, field),
+        None => "-".into(),
     }
+}
+
+/// toml's message on one line (it may run on over several), a table named as one: serde says
+/// `expected struct RawServer`, naming a type of ours the reader has never seen.
+fn toml_message(m: &str) -> String {
+    let mut m = m.trim().replace('\n', "; ");
+    if let Some(i) = m.find("expected struct Raw") {
+        let end = m[i + "expected struct ".len()..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(m.len(), |j| i + "expected struct ".len() + j);
+        m.replace_range(i..end, "expected a table");
+    }
+    m
+}
+
+/// A TOML line without its comment, trimmed (a `#` inside a quoted string is not a comment).
+fn toml_code(line: &str) -> &str {
+    let mut quote = None;
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '#') => return line[..i].trim(),
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+    }
+    line.trim()
+}
+
+/// The table whose body holds byte offset `at`, from the last header line before it: `server`,
+/// `event.impression`, or for an array table `endpoint[i]` (its i-th header from 0).
+fn toml_table_at(text: &str, at: usize) -> Option<String> {
+    let before = &text[..at.min(text.len())];
+    let header = before.lines().rev().map(toml_code).find(|l| l.starts_with('['))?;
+    let name = |h: &str| h.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+    if !header.starts_with("[[") {
+        return Some(name(header));
+    }
+    let n = before.lines().map(toml_code).filter(|l| *l == header).count();
+    Some(format!("{}[{}]", name(header), n.saturating_sub(1)))
 }
 
 struct Validator<'a> {
@@ -1157,8 +1200,30 @@ mod tests {
     fn unknown_key_names_file_line_and_key() {
         let e = errors("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
         assert_eq!(e.len(), 1);
-        assert_eq!((e[0].file.as_str(), e[0].line, e[0].key.as_str()), ("t.toml", 3, "lisen"));
+        assert_eq!((e[0].file.as_str(), e[0].line, e[0].key.as_str()), ("t.toml", 3, "server.lisen"));
         assert!(e[0].message.contains("unknown field"), "{}", e[0]);
+    }
+
+    #[test]
+    fn toml_level_errors_name_the_dotted_key_on_one_line() {
+        for (text, line, key, message) in [
+            ("[server]\nshards = 1\nshards = 2\n", 3, "server.shards", "duplicate key `shards`"),
+            ("[server]\nshards = 1\n[server]\nshards = 2\n", 3, "server", "invalid table header; duplicate key"),
+            ("[server] # main\nshards = \"x\"\n", 2, "server.shards", "invalid type: string"),
+            (
+                "[[endpoint]]\npath = \"/i\"\nevent = \"e\"\n[[endpoint]] # two\npath = \"/x\"\nmethod = 5\n",
+                6,
+                "endpoint[1].method",
+                "expected a string",
+            ),
+            ("[[endpoint]]\nmethod = \"GET\"\nevent = \"e\"\n", 1, "endpoint[0].path", "missing field `path`"),
+            ("server = 5\n", 1, "server", "invalid type: integer `5`, expected a table"),
+        ] {
+            let e = errors(text);
+            assert_eq!((e[0].line, e[0].key.as_str()), (line, key), "{text:?}: {}", e[0]);
+            assert!(e[0].message.contains(message) && !e[0].message.contains('\n'), "{text:?}: {}", e[0]);
+        }
+        assert_eq!(toml_code("a = \"x # y\" # z"), "a = \"x # y\"");
     }
 
     #[test]
