@@ -123,7 +123,7 @@ impl Validator<'_> {
             self.err(
                 span.clone(),
                 key("signed_fields"),
-                "the signature would cover the landing URL only (the event type has no identity fields): list the                  query fields a signed click carries, e.g. signed_fields = [\"campaign_id\", \"creative_id\"], or                  signed_fields = [] to sign the URL alone",
+                "the signature would cover the landing URL only (the event type has no identity fields): list the query fields a signed click carries, e.g. signed_fields = [\"campaign_id\", \"creative_id\"], or signed_fields = [] to sign the URL alone",
             );
         }
         let ttl = self.int_at(
