@@ -73,7 +73,7 @@ pub const SERVER_KEYS: &[KeySpec] = &[
     k("server", "shards", "integer", "shards", Int(0), Range(0, SHARDS_MAX as i64), "",
       "Reactor threads, one io_uring runtime each, pinned to the allowed CPUs in order. 0 = one per allowed CPU. `--shards` overrides it."),
     k("server", "connections_per_shard_max", "integer", "connections", Int(1024), Range(1, 1 << 20), "",
-      "Open connections per shard; beyond it new connections are closed at once and counted. Each costs its read and write buffers, allocated at start."),
+      "Open connections per shard; beyond it new connections are closed at once and counted. Each costs header_bytes_max + 2 × body_bytes_max + 16 KiB of buffers (read, body scratch, write), allocated at start; a start whose shards × connections × buffers exceeds physical memory is refused."),
     k("server", "request_line_bytes_max", "integer", "bytes", Int(4096), Range(64, 65536), "below server.header_bytes_max",
       "Longest request line (method, target, version); longer → 414."),
     k("server", "header_count_max", "integer", "headers", Int(HEADERS_MAX as i64), Range(1, HEADERS_MAX as i64), "",

@@ -61,6 +61,12 @@ pub struct ConnBufs {
     pub source: Option<crate::enrich::budget::Admitted>,
 }
 
+/// Bytes of buffers one connection slot holds (read + write + body scratch), as `ConnBufs::new`
+/// allocates them.
+pub fn buffer_bytes(s: &Server) -> usize {
+    s.header_bytes_max + s.body_bytes_max + WRITE_BYTES + s.body_bytes_max + crate::extract::json::INPUT_PADDING
+}
+
 impl ConnBufs {
     pub fn new(s: &Server, slot: usize) -> ConnBufs {
         ConnBufs {

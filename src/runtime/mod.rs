@@ -248,6 +248,35 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// Refuses a start whose connection buffers could not fit in memory when every allowed
+/// connection fills them: each shard allocates buffers for `connections_per_shard_max`
+/// connections up front, and their pages are touched as connections use them, so such a
+/// config (a raised body_bytes_max, a typo in the connection count) ends in the OOM killer,
+/// which may pick another process of the machine, not in an error. 1 << 20 connections of
+/// 16 MiB bodies, both in bounds, took 24 GiB of memory before the buffers were all made.
+fn check_connection_memory(s: &crate::config::Server, shards: usize, memory: Option<u64>) -> Result<(), StartError> {
+    let Some(memory) = memory else { return Ok(()) };
+    let per_connection = crate::net::connection::buffer_bytes(s) as u64;
+    let total = per_connection.saturating_mul(s.connections_per_shard_max as u64).saturating_mul(shards as u64);
+    if total <= memory {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(StartError(format!(
+        "connection buffers need up to {:.1} GiB ({shards} shard(s) × server.connections_per_shard_max {} × {per_connection} bytes: header_bytes_max + 2 × body_bytes_max + the write buffer), more than this machine's {:.1} GiB of memory; lower server.connections_per_shard_max or server.body_bytes_max",
+        gib(total),
+        s.connections_per_shard_max,
+        gib(memory)
+    )))
+}
+
+/// Physical memory (sysconf), None where it cannot be told.
+fn physical_memory_bytes() -> Option<u64> {
+    // SAFETY: sysconf reads system parameters; no memory is involved.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
+}
+
 /// The CPUs shards pin to: the process's affinity mask, in order.
 pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
     core_affinity::get_core_ids().unwrap_or_default()
@@ -269,6 +298,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
     if !cpus.is_empty() && shards > cpus.len() {
         eprintln!("tracker: {shards} shards on {} allowed CPUs: shards share CPUs round-robin", cpus.len());
     }
+    check_connection_memory(&cfg.server, shards, physical_memory_bytes())?;
     let listeners = crate::net::listener::bind_shards(cfg.server.listen, shards)
         .map_err(|e| StartError(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
     let addr = listeners[0].local_addr().map_err(|e| StartError(format!("listener address: {e}")))?;
@@ -384,4 +414,20 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
         }
     }
     Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_memory_is_checked_against_the_worst_case_of_every_shard() {
+        let mut s = Config::embedded().server;
+        s.connections_per_shard_max = 1000;
+        let per = crate::net::connection::buffer_bytes(&s) as u64;
+        assert!(check_connection_memory(&s, 2, Some(2000 * per)).is_ok());
+        let e = check_connection_memory(&s, 2, Some(2000 * per - 1)).unwrap_err().to_string();
+        assert!(e.contains("2 shard(s) × server.connections_per_shard_max 1000"), "{e}");
+        assert!(check_connection_memory(&s, 64, None).is_ok());
+    }
 }

@@ -115,3 +115,30 @@ fn a_start_that_fails_on_a_later_shard_serves_nothing() {
     // Nothing listens: shard 0 never answered (and so never acknowledged) anything.
     assert!(TcpStream::connect(listen).is_err(), "a listener survived the failed start");
 }
+
+/// A config whose connection buffers cannot fit in memory is refused at start with the keys to
+/// change, not run into the OOM killer (1 << 20 connections of 16 MiB bodies, both within
+/// their bounds, reached 24 GiB before the buffers were all made). The child runs under an
+/// address-space limit, so that if the check ever goes, this test fails on an allocation
+/// instead of taking the machine's memory.
+#[test]
+fn connection_buffers_larger_than_memory_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("big.toml");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/tracker.toml"))
+        .unwrap()
+        .replace("connections_per_shard_max = 1024", "connections_per_shard_max = 1048576")
+        .replace("body_bytes_max = 65536", "body_bytes_max = 16777216");
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ulimit -v 8000000 && exec \"$0\" \"$@\"", crate::harness::BIN, "serve", "--config"])
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--journal-dir"])
+        .arg(dir.path().join("journal"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("connection buffers need up to"), "{err}");
+    assert!(err.contains("lower server.connections_per_shard_max or server.body_bytes_max"), "{err}");
+}
