@@ -16,9 +16,9 @@
 //!
 //! Deadlines: a request (head and body) must arrive within header_read_timeout_ms of its first
 //! byte, or it is answered 408 and the connection closed; a new connection that sends nothing
-//! within header_read_timeout_ms of its accept is closed unanswered; an idle keep-alive connection is
-//! closed after idle_timeout_ms, and so is one whose client does not take its responses within
-//! idle_timeout_ms. A read or write arms the
+//! within header_read_timeout_ms of its accept is closed unanswered; an idle keep-alive
+//! connection is closed after idle_timeout_ms, and so is one whose client does not take its
+//! responses within idle_timeout_ms. A read or write arms the
 //! connection's slot in the shard's deadline sweep (`deadline.rs`), which also applies the
 //! shutdown graces.
 
