@@ -430,6 +430,8 @@ fn journal_cat(dir: &std::path::Path, follow: bool, strict: bool) -> ExitCode {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut line = String::with_capacity(1024);
     let mut broken = false;
+    // The error the last poll failed with, while following.
+    let mut failing: Option<String> = None;
     loop {
         let r = reader.poll(&mut |schema, ev| {
             if broken {
@@ -442,9 +444,24 @@ fn journal_cat(dir: &std::path::Path, follow: bool, strict: bool) -> ExitCode {
                 broken = true;
             }
         });
-        if let Err(e) = r {
-            eprintln!("tracker: {e}");
-            return ExitCode::from(1);
+        match r {
+            Ok(_) => failing = None,
+            // Following, an error (EMFILE, EIO, a segment being replaced by hand) is waited out
+            // like `tail -F` does, said once until it changes: the reader tries the same place
+            // again, so nothing is skipped. A one-shot read reports it and fails.
+            Err(e) if follow => {
+                let said = e.to_string();
+                if failing.as_deref() != Some(said.as_str()) {
+                    eprintln!("tracker: {said}; retrying every second");
+                    failing = Some(said);
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => {
+                eprintln!("tracker: {e}");
+                return ExitCode::from(1);
+            }
         }
         // What was skipped (a bad record, a segment with a bad header) is said, not hidden:
         // stdout stays one event per line, stderr names each file and what was wrong.

@@ -190,6 +190,52 @@ fn log_tail_follows_events_as_they_are_journaled() {
     assert_eq!(s.stop(), 0);
 }
 
+/// A read error while following is said and waited out, and the events behind it are printed
+/// once it passes: a follower is not ended by a passing error, and nothing is skipped.
+#[test]
+fn journal_cat_follow_waits_out_a_read_error_and_skips_nothing() {
+    use std::io::BufRead;
+    let mut s = Server::start(None, &["--shards", "1"]);
+    for c in 201..=203 {
+        assert_eq!(s.connect().get(&format!("/i?c={c}")).status, 200);
+    }
+    assert_eq!(s.stop(), 0);
+    // A stand-in for a passing I/O error: the segment's name opens, but as a directory.
+    let seg = s.journal().join("shard-000/00000000000000000001.seg");
+    let aside = s.journal().join("aside");
+    std::fs::rename(&seg, &aside).unwrap();
+    std::fs::create_dir(&seg).unwrap();
+    let mut cat = std::process::Command::new(BIN)
+        .args(["journal", "cat", "--follow", "--journal-dir"])
+        .arg(s.journal())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let errors = crate::harness::stderr_lines(&mut cat);
+    let said = errors.recv_timeout(WAIT).expect("the error is said");
+    assert!(said.contains("read header") && said.ends_with("retrying every second"), "{said}");
+    std::fs::remove_dir(&seg).unwrap();
+    std::fs::rename(&aside, &seg).unwrap();
+    let out = cat.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    for c in 201..=203 {
+        let line = rx.recv_timeout(WAIT).expect("the events behind the error are printed");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["campaign_id"].as_u64(), Some(c));
+    }
+    assert!(cat.try_wait().unwrap().is_none(), "still following");
+    let _ = cat.kill();
+    let _ = cat.wait();
+}
+
 /// The default config's endpoint and event tables, for tests that change only [server] or [journal].
 pub fn default_endpoints_and_events() -> String {
     let text = include_str!("../../config/tracker.toml");
