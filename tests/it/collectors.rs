@@ -796,3 +796,20 @@ fn an_unreadable_cursor_holds_back_only_its_shard_and_the_size_limit_still_holds
     let said = s.stderr_lines().iter().filter(|l| l.contains("keeping every segment of shard 1")).count();
     assert_eq!(said, 1, "{:?}", s.stderr_lines());
 }
+
+#[test]
+fn the_banker_starts_after_a_crash_tore_its_ledger_inside_a_multibyte_character() {
+    let data = tempfile::tempdir().unwrap();
+    // One acknowledged batch, then the start of another cut off mid-'é' (a crash mid-append:
+    // never acknowledged). Budget keys are any UTF-8, which the ledger keeps unescaped.
+    let whole = "{\"digest\":1,\"key\":\"k1\",\"spend\":[{\"budget_key\":\"c=é\",\"micros\":5}]}\n";
+    let mut ledger = whole.as_bytes().to_vec();
+    let torn = "{\"digest\":2,\"key\":\"k2\",\"spend\":[{\"budget_key\":\"c=é".as_bytes();
+    ledger.extend_from_slice(&torn[..torn.len() - 1]);
+    assert!(std::str::from_utf8(&ledger).is_err(), "the tail ends inside a character");
+    std::fs::write(data.path().join("ledger.jsonl"), &ledger).unwrap();
+    let banker = Banker::start(data.path());
+    let b = banker.balance();
+    assert_eq!((b["total_micros"].as_i64(), b["batches"].as_u64()), (Some(5), Some(1)), "{b}");
+    assert_eq!(std::fs::read(data.path().join("ledger.jsonl")).unwrap(), whole.as_bytes(), "the torn tail is cut");
+}

@@ -71,14 +71,16 @@ impl Ledger {
         file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
         let mut good = 0u64;
         let mut reader = BufReader::new(&mut file);
-        let mut line = String::new();
+        // Bytes, not a String: a crash can tear the last line inside a multi-byte character of a
+        // budget key, and read_line would fail the whole start on that instead of cutting it.
+        let mut line = Vec::new();
         loop {
             line.clear();
-            let n = reader.read_line(&mut line).map_err(|e| format!("read {}: {e}", path.display()))?;
-            if n == 0 || !line.ends_with('\n') {
+            let n = reader.read_until(b'\n', &mut line).map_err(|e| format!("read {}: {e}", path.display()))?;
+            if n == 0 || !line.ends_with(b"\n") {
                 break;
             }
-            let Ok(v) = serde_json::from_str::<Value>(&line) else { break };
+            let Ok(v) = serde_json::from_slice::<Value>(&line) else { break };
             let (Some(key), Some(digest)) = (v["key"].as_str(), v["digest"].as_u64()) else { break };
             l.apply(key, digest, &v["spend"]);
             good += n as u64;
