@@ -116,18 +116,27 @@ impl Collector for Banker {
         let text = String::from_utf8_lossy(&r.body);
         match r.status {
             200 => {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.body) {
-                    let over: Vec<String> = v["over_budget"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
-                        .unwrap_or_default();
-                    for k in &over {
-                        if !self.over_budget.contains(k) {
-                            eprintln!("tracker: collector {}: banker says {k} is over budget", batch.collector);
-                        }
-                    }
-                    self.over_budget = over;
+                // Only the banker's own answer says the spend is held: a 200 from anything else
+                // at `url` (a maintenance page, a catch-all route) applied nothing, and moving on
+                // would lose the batch's spend for good.
+                let v = serde_json::from_slice::<serde_json::Value>(&r.body).unwrap_or_default();
+                if v["applied"] != true && v["duplicate"] != true {
+                    return Delivery::Retry(format!(
+                        "banker answered 200 for POST {}/v1/spend without saying it applied the batch: is `url` \
+                         the banker's? ({text})",
+                        self.url.base
+                    ));
                 }
+                let over: Vec<String> = v["over_budget"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                    .unwrap_or_default();
+                for k in &over {
+                    if !self.over_budget.contains(k) {
+                        eprintln!("tracker: collector {}: banker says {k} is over budget", batch.collector);
+                    }
+                }
+                self.over_budget = over;
                 Delivery::Acked
             }
             // A range sent before: the banker applied its earlier cut (records a power loss since

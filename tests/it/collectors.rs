@@ -813,3 +813,55 @@ fn the_banker_starts_after_a_crash_tore_its_ledger_inside_a_multibyte_character(
     assert_eq!((b["total_micros"].as_i64(), b["batches"].as_u64()), (Some(5), Some(1)), "{b}");
     assert_eq!(std::fs::read(data.path().join("ledger.jsonl")).unwrap(), whole.as_bytes(), "the torn tail is cut");
 }
+
+/// Reads one HTTP request with a Content-Length body from `c`; returns (head, body).
+fn read_http_request(c: &mut std::net::TcpStream) -> (String, Vec<u8>) {
+    use std::io::Read;
+    let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .map_or(0, |v| v.parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                return (head, buf[end + 4..end + 4 + len].to_vec());
+            }
+        }
+        let n = c.read(&mut chunk).unwrap();
+        assert!(n > 0, "the client closed mid-request");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn a_200_that_is_not_the_bankers_answer_is_retried_not_taken_as_applied() {
+    // Something at `url` that answers 200 to anything (a maintenance page, a catch-all proxy
+    // route): the batch was not applied, and moving on would lose its spend for good.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (i, c) in l.incoming().enumerate() {
+            let Ok(mut c) = c else { return };
+            c.set_read_timeout(Some(WAIT)).unwrap();
+            let (_, body) = read_http_request(&mut c);
+            let answer: &[u8] = if i == 0 {
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 21\r\n\r\n<h1>maintenance</h1>\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 51\r\n\r\n{\"applied\":true,\"duplicate\":false,\"over_budget\":[]}"
+            };
+            let _ = c.write_all(answer);
+            if tx.send(body).is_err() {
+                return;
+            }
+        }
+    });
+    let mut s = Server::start(Some(&config(&banker_collector(addr))), &["--shards", "1"]);
+    assert_eq!(s.connect().get("/i?c=1&cr=1&p=1.000000&imp=a&site=s.example").status, 200);
+    let first = rx.recv_timeout(WAIT).expect("the batch is sent");
+    let again = rx.recv_timeout(WAIT).expect("the batch answered by a maintenance page is sent again");
+    assert_eq!(first, again, "the identical batch");
+    assert_eq!(s.stop(), 0);
+}
