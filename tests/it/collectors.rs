@@ -865,3 +865,17 @@ fn a_200_that_is_not_the_bankers_answer_is_retried_not_taken_as_applied() {
     assert_eq!(first, again, "the identical batch");
     assert_eq!(s.stop(), 0);
 }
+
+#[test]
+fn a_banker_that_times_out_reading_a_request_does_not_call_it_malformed() {
+    // A body that stops arriving (a network stall longer than the banker's 30 s I/O timeout,
+    // with a collector timeout_ms above that): docs/banker.md makes a 400 fatal to the
+    // collector, so the banker must not answer its own timeout with one.
+    let data = tempfile::tempdir().unwrap();
+    let banker = Banker::start(data.path());
+    let mut c = Client::connect(banker.addr);
+    c.stream.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    c.send(b"POST /v1/spend HTTP/1.1\r\nHost: b\r\nIdempotency-Key: k\r\nContent-Length: 100\r\n\r\n{\"key\":");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+}

@@ -171,7 +171,7 @@ fn read_request(s: &mut TcpStream) -> Result<Option<Request>, (u16, String)> {
                 let method = r.method.unwrap_or("").to_string();
                 let path = r.path.unwrap_or("").to_string();
                 while buf.len() < head + len {
-                    let n = s.read(&mut chunk).map_err(|e| (400, e.to_string()))?;
+                    let n = s.read(&mut chunk).map_err(read_failed)?;
                     if n == 0 {
                         return Err((400, "connection closed mid-body".into()));
                     }
@@ -185,11 +185,23 @@ fn read_request(s: &mut TcpStream) -> Result<Option<Request>, (u16, String)> {
         if buf.len() > HEAD_BYTES_MAX {
             return Err((431, "request head too large".into()));
         }
-        let n = s.read(&mut chunk).map_err(|e| (400, e.to_string()))?;
+        let n = s.read(&mut chunk).map_err(read_failed)?;
         if n == 0 {
             return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The answer to a request that could not be read. A 400 would tell the tracker its batch is
+/// malformed, which stops its collector (docs/banker.md): a request that stopped arriving
+/// (IO_TIMEOUT) is a 408, which it retries.
+fn read_failed(e: std::io::Error) -> (u16, String) {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            (408, format!("no request bytes for {} s", IO_TIMEOUT.as_secs()))
+        }
+        _ => (400, e.to_string()),
     }
 }
 
@@ -199,6 +211,7 @@ fn respond(s: &mut TcpStream, status: u16, body: &Value) {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
