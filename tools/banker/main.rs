@@ -50,7 +50,9 @@ struct Ledger {
 
 impl Ledger {
     fn open(dir: &Path, budgets: BTreeMap<String, i64>) -> Result<Ledger, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        // The directory and the ledger's entry in it are made durable before any batch is
+        // acknowledged: a power loss must not take the file that holds acknowledged spend.
+        tracker::journal::create_dir_durable(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let path = dir.join("ledger.jsonl");
         let mut file = OpenOptions::new()
             .create(true)
@@ -58,6 +60,7 @@ impl Ledger {
             .append(true)
             .open(&path)
             .map_err(|e| format!("open {}: {e}", path.display()))?;
+        tracker::journal::fsync_dir(dir).map_err(|e| format!("fsync {}: {e}", dir.display()))?;
         let mut l = Ledger {
             file: file.try_clone().map_err(|e| e.to_string())?,
             applied: HashMap::new(),
