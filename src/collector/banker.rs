@@ -53,7 +53,8 @@ pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
     Ok(Box::new(Banker { url, budget_key, price_field, timeout, over_budget: Vec::new() }))
 }
 
-/// `campaign_id=7` or `campaign_id=7,line_item=3`; a missing field reads `-`.
+/// `campaign_id=7` or `campaign_id=7,line_item=3`; a missing field reads `-`; in a string value
+/// `,` `=` `%` are percent-encoded, and so is a value that is just `-`.
 pub fn budget_key_of(e: &CollectedEvent, fields: &[String]) -> String {
     let mut k = String::new();
     for (i, f) in fields.iter().enumerate() {
@@ -65,7 +66,19 @@ pub fn budget_key_of(e: &CollectedEvent, fields: &[String]) -> String {
         match e.field(f) {
             Some(Value::U64(v)) => k.push_str(&v.to_string()),
             Some(Value::I64(v)) | Some(Value::Money(v)) => k.push_str(&v.to_string()),
-            Some(Value::Str(s)) => k.push_str(s),
+            // Escaped so that no two different values read the same: `,` and `=` would end
+            // the value early, and `-` alone is a missing field.
+            Some(Value::Str(s)) if s == "-" => k.push_str("%2D"),
+            Some(Value::Str(s)) => {
+                for c in s.chars() {
+                    match c {
+                        ',' => k.push_str("%2C"),
+                        '=' => k.push_str("%3D"),
+                        '%' => k.push_str("%25"),
+                        c => k.push(c),
+                    }
+                }
+            }
             Some(Value::Ip(ip)) => k.push_str(&ip.to_string()),
             None => k.push('-'),
         }
@@ -161,5 +174,39 @@ impl Collector for Banker {
             )),
             s => Delivery::Retry(format!("banker answered {s}: {text}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn key(fields: &[(&str, Value)]) -> String {
+        let e = CollectedEvent {
+            id: [0; 16],
+            event_type: "win".into(),
+            ts_ns: 0,
+            shard: 0,
+            seq: 1,
+            truncated: false,
+            fields: fields.iter().map(|(n, v)| (Arc::from(*n), v.clone())).collect(),
+        };
+        budget_key_of(&e, &["site".into(), "campaign_id".into()])
+    }
+
+    #[test]
+    fn different_values_never_make_the_same_budget_key() {
+        let s = |v: &str| Value::Str(v.into());
+        assert_eq!(key(&[("site", s("a.example")), ("campaign_id", Value::U64(7))]), "site=a.example,campaign_id=7");
+        // A site whose text holds the separator and the next field, against the real pair.
+        let forged = key(&[("site", s("a,campaign_id=7"))]);
+        let real = key(&[("site", s("a")), ("campaign_id", Value::U64(7))]);
+        assert_ne!(forged, real);
+        assert_eq!(forged, "site=a%2Ccampaign_id%3D7,campaign_id=-");
+        // A value that is just `-` is not a missing field, and `%` stays unambiguous.
+        assert_ne!(key(&[("site", s("-"))]), key(&[]));
+        assert_ne!(key(&[("site", s("%2C"))]), key(&[("site", s(","))]));
     }
 }
