@@ -19,9 +19,14 @@ struct Banker {
 
 impl Banker {
     fn start(data: &Path) -> Banker {
+        Banker::start_with(data, &[])
+    }
+
+    fn start_with(data: &Path, extra: &[&str]) -> Banker {
         let mut child = Command::new(BANKER)
             .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -868,14 +873,46 @@ fn a_200_that_is_not_the_bankers_answer_is_retried_not_taken_as_applied() {
 
 #[test]
 fn a_banker_that_times_out_reading_a_request_does_not_call_it_malformed() {
-    // A body that stops arriving (a network stall longer than the banker's 30 s I/O timeout,
-    // with a collector timeout_ms above that): docs/banker.md makes a 400 fatal to the
-    // collector, so the banker must not answer its own timeout with one.
+    // A body that stops arriving (a network stall longer than the banker's request timeout,
+    // 30 s by default, with a collector timeout_ms above that): docs/banker.md makes a 400
+    // fatal to the collector, so the banker must not answer its own timeout with one.
     let data = tempfile::tempdir().unwrap();
-    let banker = Banker::start(data.path());
+    let banker = Banker::start_with(data.path(), &["--request-timeout-ms", "300"]);
     let mut c = Client::connect(banker.addr);
-    c.stream.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
     c.send(b"POST /v1/spend HTTP/1.1\r\nHost: b\r\nIdempotency-Key: k\r\nContent-Length: 100\r\n\r\n{\"key\":");
     let r = c.read_response(false);
     assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[test]
+fn a_client_trickling_its_request_is_cut_off_at_the_banker_request_timeout() {
+    // A byte every 50 ms: each read is quick, the whole request never comes. With a timer that
+    // each read restarts, such a client would hold one of the banker's 64 connections for as
+    // long as it trickles; the answer must come while it still does.
+    let data = tempfile::tempdir().unwrap();
+    let banker = Banker::start_with(data.path(), &["--request-timeout-ms", "300"]);
+    let mut c = Client::connect(banker.addr);
+    c.send(b"POST /v1/spend HTTP/1.1\r\nHost: b\r\nIdempotency-Key: k\r\nContent-Length: 1000\r\n\r\n");
+    let mut w = c.stream.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickling = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Up to 20 s of trickle; true when the answer came before the trickle ran out.
+            for _ in 0..400 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return true;
+                }
+                if std::io::Write::write_all(&mut w, b" ").is_err() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        })
+    };
+    let r = c.read_response(false);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+    assert!(trickling.join().unwrap(), "the banker answered only after the client stopped sending");
 }

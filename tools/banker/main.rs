@@ -1,6 +1,6 @@
 //! `banker`: the reference budget service of docs/banker.md.
 //!
-//! `banker --listen 127.0.0.1:9100 --data DIR [--budgets FILE]`
+//! `banker --listen 127.0.0.1:9100 --data DIR [--budgets FILE] [--request-timeout-ms MS]`
 //!
 //! - `POST /v1/spend` applies a spend batch once per `Idempotency-Key`: the batch is appended to
 //!   `DIR/ledger.jsonl` and fsynced before the answer, so an acknowledged batch survives a crash,
@@ -11,7 +11,9 @@
 //!   `{"campaign_id=7": 5000000}`.
 //!
 //! Prints `banker: listening on ADDR` to stderr once it accepts (port 0 picks a free port).
-//! Threads: one per connection, at most CONNECTIONS_MAX; one lock around the ledger.
+//! Threads: one per connection, at most CONNECTIONS_MAX; one lock around the ledger. A request
+//! must arrive whole within `--request-timeout-ms` (default 30000) of its connection, or it is
+//! answered 408: a client trickling bytes cannot hold one of the connections for ever.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -31,8 +33,8 @@ const HEAD_BYTES_MAX: usize = 16 * 1024;
 const BODY_BYTES_MAX: usize = 16 << 20;
 /// Concurrent connections; more are answered 503.
 const CONNECTIONS_MAX: usize = 64;
-/// A connection idle this long is closed.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound on reading a whole request, and on writing its answer.
+const REQUEST_TIMEOUT_MS: u64 = 30_000;
 
 struct Ledger {
     file: File,
@@ -146,7 +148,23 @@ struct Request {
     body: Vec<u8>,
 }
 
-fn read_request(s: &mut TcpStream) -> Result<Option<Request>, (u16, String)> {
+/// Reads one request, which must arrive whole within `timeout` (one deadline for all reads,
+/// not a timer each read restarts).
+fn read_request(s: &mut TcpStream, timeout: Duration) -> Result<Option<Request>, (u16, String)> {
+    let deadline = Instant::now() + timeout;
+    let too_slow = || (408, format!("request not received whole within {} ms", timeout.as_millis()));
+    // Each read may wait only for what is left of the deadline.
+    let read = |s: &mut TcpStream, chunk: &mut [u8]| {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(too_slow());
+        }
+        let _ = s.set_read_timeout(Some(left));
+        s.read(chunk).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => too_slow(),
+            _ => (400, e.to_string()),
+        })
+    };
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
     loop {
@@ -174,7 +192,7 @@ fn read_request(s: &mut TcpStream) -> Result<Option<Request>, (u16, String)> {
                 let method = r.method.unwrap_or("").to_string();
                 let path = r.path.unwrap_or("").to_string();
                 while buf.len() < head + len {
-                    let n = s.read(&mut chunk).map_err(read_failed)?;
+                    let n = read(s, &mut chunk)?;
                     if n == 0 {
                         return Err((400, "connection closed mid-body".into()));
                     }
@@ -188,7 +206,7 @@ fn read_request(s: &mut TcpStream) -> Result<Option<Request>, (u16, String)> {
         if buf.len() > HEAD_BYTES_MAX {
             return Err((431, "request head too large".into()));
         }
-        let n = s.read(&mut chunk).map_err(read_failed)?;
+        let n = read(s, &mut chunk)?;
         if n == 0 {
             return Ok(None);
         }
@@ -196,17 +214,9 @@ fn read_request(s: &mut TcpStream) -> Result<Option<Request>, (u16, String)> {
     }
 }
 
-/// The answer to a request that could not be read. A 400 would tell the tracker its batch is
-/// malformed, which stops its collector (docs/banker.md): a request that stopped arriving
-/// (IO_TIMEOUT) is a 408, which it retries.
-fn read_failed(e: std::io::Error) -> (u16, String) {
-    match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            (408, format!("no request bytes for {} s", IO_TIMEOUT.as_secs()))
-        }
-        _ => (400, e.to_string()),
-    }
-}
+// A request that could not be read is answered by status: a 400 would tell the tracker its
+// batch is malformed, which stops its collector (docs/banker.md); one that stopped arriving in
+// time is a 408, which it retries.
 
 fn respond(s: &mut TcpStream, status: u16, body: &Value) {
     let reason = match status {
@@ -274,10 +284,9 @@ fn spend(ledger: &Mutex<Ledger>, req: &Request) -> (u16, Value) {
     (200, json!({"applied": true, "duplicate": false, "over_budget": l.over_budget()}))
 }
 
-fn serve(mut s: TcpStream, ledger: &Mutex<Ledger>) {
-    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-    let req = match read_request(&mut s) {
+fn serve(mut s: TcpStream, ledger: &Mutex<Ledger>, timeout: Duration) {
+    let _ = s.set_write_timeout(Some(timeout));
+    let req = match read_request(&mut s, timeout) {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err((status, why)) => return respond(&mut s, status, &json!({"error": why})),
@@ -303,19 +312,27 @@ fn main() -> ExitCode {
     let mut listen = "127.0.0.1:9100".to_string();
     let mut data: Option<PathBuf> = None;
     let mut budgets: Option<PathBuf> = None;
+    let mut timeout_ms = REQUEST_TIMEOUT_MS;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => listen = args.next().unwrap_or_default(),
             "--data" => data = args.next().map(PathBuf::from),
             "--budgets" => budgets = args.next().map(PathBuf::from),
+            "--request-timeout-ms" => match args.next().and_then(|v| v.parse::<u64>().ok()).filter(|&v| v > 0) {
+                Some(v) => timeout_ms = v,
+                None => {
+                    eprintln!("banker: --request-timeout-ms takes a number of milliseconds above 0");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
-                eprintln!("usage: banker --listen ADDR --data DIR [--budgets FILE]   (protocol: docs/banker.md)");
+                eprintln!("usage: banker --listen ADDR --data DIR [--budgets FILE] [--request-timeout-ms MS]   (protocol: docs/banker.md)");
                 return ExitCode::SUCCESS;
             }
             other => {
                 eprintln!(
-                    "banker: unknown argument {other:?}; usage: banker --listen ADDR --data DIR [--budgets FILE]"
+                    "banker: unknown argument {other:?}; usage: banker --listen ADDR --data DIR [--budgets FILE] [--request-timeout-ms MS]"
                 );
                 return ExitCode::from(2);
             }
@@ -368,7 +385,7 @@ fn main() -> ExitCode {
         active.fetch_add(1, SeqCst);
         let (ledger, done) = (ledger.clone(), active.clone());
         let spawned = std::thread::Builder::new().name("banker-conn".into()).spawn(move || {
-            serve(s, &ledger);
+            serve(s, &ledger, Duration::from_millis(timeout_ms));
             done.fetch_sub(1, SeqCst);
         });
         if spawned.is_err() {
