@@ -388,7 +388,9 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Opti
                 return Err("is not one of the allowed values");
             }
             ev.set_slot(f.slot, n as u64);
-            Ok(truncated.then(|| xxhash_rust::xxh3::xxh3_64(raw)))
+            // A query value is hashed as decoded, as it is stored: a retry that encodes the
+            // value otherwise (`-` or `%2D`) is the same value, and must keep its id.
+            Ok(truncated.then(|| if query { decoded_hash(raw) } else { xxhash_rust::xxh3::xxh3_64(raw) }))
         }
         FieldKind::Ip => {
             let mut buf = [0u8; 64];
@@ -437,6 +439,29 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Opti
             Ok(None)
         }
     }
+}
+
+/// xxh3-64 of a query value as percent-decoded, however long: decoded a piece at a time into a
+/// stack buffer (a value may be as long as the request line), each piece cut before a `%` whose
+/// escape it would split. The value was checked for bad escapes when it was stored.
+#[cold]
+fn decoded_hash(raw: &[u8]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = [0u8; 256];
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(buf.len());
+        if cut < rest.len() {
+            if let Some(p) = rest[cut - 2..cut].iter().position(|&b| b == b'%') {
+                cut = cut - 2 + p;
+            }
+        }
+        // A piece decodes to at most its own length, so it fits; a bad escape cannot occur here.
+        let (n, _) = percent_decode(&rest[..cut], &mut buf).unwrap_or((0, false));
+        h.update(&buf[..n]);
+        rest = &rest[cut..];
+    }
+    h.digest()
 }
 
 /// Whether a raw query value is an unsubstituted macro — `${NAME}` (OpenRTB), `[NAME]` (VAST),
@@ -558,6 +583,17 @@ mod tests {
         assert_ne!(a.flags & FLAG_ID_DERIVED, 0);
         assert_ne!(a.id, b.id);
         assert_eq!(a.id, a2.id, "a retry is still one id");
+    }
+
+    #[test]
+    fn a_cut_query_value_is_hashed_as_decoded_whatever_its_length() {
+        // Escapes at every position around the 256-byte pieces the value is decoded in.
+        for pad in 250..260 {
+            let raw = format!("{}%2D%41+b{}", "a".repeat(pad), "%43".repeat(200));
+            let decoded = format!("{}-A b{}", "a".repeat(pad), "C".repeat(200));
+            assert_eq!(decoded_hash(raw.as_bytes()), xxhash_rust::xxh3::xxh3_64(decoded.as_bytes()), "{pad}");
+        }
+        assert_eq!(decoded_hash(b""), xxhash_rust::xxh3::xxh3_64(b""));
     }
 
     #[test]

@@ -149,3 +149,27 @@ fields = [
     assert_eq!(price("plain"), None);
     assert_eq!(price("audit"), Some(None));
 }
+
+/// A retried billing notice is one event even when its retry percent-encodes a long id
+/// differently (`-` or `%2D`, `+` or `%20`): the id hashes each identity value whole and
+/// decoded, also past the field's `max_bytes` (imp_id holds 32 bytes).
+#[test]
+fn a_retried_notice_whose_long_id_is_encoded_differently_is_one_event() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let imp = ["0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b-0001+x", "0190a1b2%2Dc3d4-7e5f-8a6b-7c8d9e0f1a2b-0001%20x"];
+    for imp in imp {
+        let t = format!("/bill?exch=x1&auction=A1&bid=B1&imp={imp}&price=1.25");
+        assert_eq!(c.get(&t).status, 204, "{t}");
+    }
+    // Differing past the cut once decoded: two notices.
+    assert_eq!(
+        c.get("/bill?exch=x1&auction=A1&bid=B1&imp=0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b-0001+y&price=1.25").status,
+        204
+    );
+    assert_eq!(s.stop(), 0);
+    let ev = journal_cat(&s.journal());
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[0]["truncated"], true);
+    assert_ne!(ev[0]["id"], ev[1]["id"]);
+}
