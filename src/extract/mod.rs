@@ -117,6 +117,13 @@ pub fn extract(
                     }
                 }
                 QueryReader::IdFrom(rank) => {
+                    // An id macro the sender did not fill (`eid=${EVENT_ID}`) is no id: taken as
+                    // one, it would give every such event one id, and dedup would drop all but
+                    // the first.
+                    if rank < client_id_rank && is_macro(v) {
+                        ev.flags |= FLAG_UNSUBSTITUTED;
+                        continue;
+                    }
                     if rank < client_id_rank && !v.is_empty() {
                         client_id = Some(v);
                         client_id_rank = rank;

@@ -173,3 +173,22 @@ fn a_retried_notice_whose_long_id_is_encoded_differently_is_one_event() {
     assert_eq!(ev[0]["truncated"], true);
     assert_ne!(ev[0]["id"], ev[1]["id"]);
 }
+
+/// An `eid` left as an unsubstituted macro is no id: taken literally it would give every such
+/// event one id, and the dedup window would journal the first and drop the rest.
+#[test]
+fn an_unsubstituted_eid_macro_is_no_client_id() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    for (n, eid) in ["${EVENT_ID}", "%24%7BEVENT_ID%7D", "[EVENTID]", "%%EVENT_ID%%", "AUDIT"].iter().enumerate() {
+        assert_eq!(c.get(&format!("/i?c={n}&eid={eid}")).status, 200, "{eid}");
+    }
+    assert_eq!(c.get("/v?ev=start&c=9&eid=[EVENTID]").status, 204);
+    assert_eq!(c.get("/v?ev=start&c=10&eid=[EVENTID]").status, 204);
+    assert_eq!(s.stop(), 0);
+    let ev = journal_cat(&s.journal());
+    assert_eq!(ev.len(), 7, "{ev:?}");
+    assert!(ev.iter().all(|e| e["unsubstituted"] == true), "{ev:?}");
+    let ids: std::collections::HashSet<_> = ev.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 7);
+}
