@@ -38,10 +38,25 @@ impl IdGen {
     }
 }
 
+/// Seed of the hash of a client-supplied id.
+const CLIENT_SEED: u64 = 0x0065_6964;
+
 /// Hashes a client-supplied id that is not a UUID.
 #[inline]
 pub fn from_client_value(v: &[u8]) -> [u8; 16] {
-    mark_v8(xxhash_rust::xxh3::xxh3_128_with_seed(v, 0x0065_6964))
+    mark_v8(xxhash_rust::xxh3::xxh3_128_with_seed(v, CLIENT_SEED))
+}
+
+/// `from_client_value` of a value fed in pieces: this hasher, `update` with each, then
+/// `finish_client_value` (the same id as one call with the pieces joined).
+#[inline]
+pub fn client_value_hasher() -> Xxh3 {
+    Xxh3::with_seed(CLIENT_SEED)
+}
+
+#[inline]
+pub fn finish_client_value(h: Xxh3) -> [u8; 16] {
+    mark_v8(h.digest128())
 }
 
 /// Incremental hash of identity parts for a derived id.
@@ -94,6 +109,16 @@ mod tests {
         assert!(x < y);
         assert_ne!(x, z);
         assert_eq!(&x[..6], &z[..6]);
+    }
+
+    #[test]
+    fn a_client_value_fed_in_pieces_is_the_same_id() {
+        let v = "order-".repeat(50);
+        let mut h = client_value_hasher();
+        for piece in v.as_bytes().chunks(7) {
+            h.update(piece);
+        }
+        assert_eq!(finish_client_value(h), from_client_value(v.as_bytes()));
     }
 
     #[test]

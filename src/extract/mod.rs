@@ -230,14 +230,26 @@ pub fn extract(
     }
     if let Some(v) = client_id {
         let mut buf = [0u8; 64];
-        let (n, long) =
-            if client_id_encoded { percent_decode(v, &mut buf).unwrap_or((0, true)) } else { copy(v, &mut buf) };
+        let (n, long, decodable) = match client_id_encoded {
+            true => percent_decode(v, &mut buf).map_or((0, true, false), |(n, long)| (n, long, true)),
+            false => {
+                let (n, long) = copy(v, &mut buf);
+                (n, long, false)
+            }
+        };
         ev.id = match crate::event::parse_uuid(&buf[..n]) {
             Some(u) if !long => u,
-            // Hashed as decoded, so `order-1` and `order%2D1` in a query are one id; a value too
-            // long to decode here is hashed as sent. A JSON id without `%` or `+` hashes as it
-            // did when JSON ids were percent-decoded too, so such ids keep their event ids.
+            // Hashed as decoded, so `order-1` and `order%2D1` in a query are one id, however
+            // long (a value too long for `buf` is decoded again a piece at a time); a value that
+            // is not valid percent-encoding is hashed as sent. A JSON id without `%` or `+`
+            // hashes as it did when JSON ids were percent-decoded too, so such ids keep their
+            // event ids.
             _ if !long => id::from_client_value(&buf[..n]),
+            _ if decodable => {
+                let mut h = id::client_value_hasher();
+                hash_decoded(v, &mut h);
+                id::finish_client_value(h)
+            }
             _ => id::from_client_value(v),
         };
         ev.flags |= FLAG_ID_CLIENT;
@@ -454,6 +466,13 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Opti
 #[cold]
 fn decoded_hash(raw: &[u8]) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
+    hash_decoded(raw, &mut h);
+    h.digest()
+}
+
+/// Feeds `raw` percent-decoded to `h`, a piece at a time (see `decoded_hash`).
+#[cold]
+fn hash_decoded(raw: &[u8], h: &mut xxhash_rust::xxh3::Xxh3) {
     let mut buf = [0u8; 256];
     let mut rest = raw;
     while !rest.is_empty() {
@@ -468,7 +487,6 @@ fn decoded_hash(raw: &[u8]) -> u64 {
         h.update(&buf[..n]);
         rest = &rest[cut..];
     }
-    h.digest()
 }
 
 /// Whether a raw query value is an unsubstituted macro — `${NAME}` (OpenRTB), `[NAME]` (VAST),

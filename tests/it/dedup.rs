@@ -83,3 +83,19 @@ fn ids_forgotten_early_by_a_full_dedup_table_are_counted_in_metrics() {
     assert!(evictions >= 1100 - 1024, "{evictions}");
     assert!(body.contains("# TYPE tracker_dedup_evictions_total counter"));
 }
+
+#[test]
+fn a_long_eid_is_one_id_however_it_is_percent_encoded() {
+    // Longer than the 64 bytes an id is decoded into on the stack: still hashed as decoded, so
+    // a re-fired pixel that encodes its eid otherwise is recognised as a repeat.
+    let long = "order-".repeat(12);
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    assert_eq!(c.get(&format!("/i?c=1&eid={long}")).status, 200);
+    assert_eq!(c.get(&format!("/i?c=2&eid={}", long.replace('-', "%2D"))).status, 200);
+    assert_eq!(c.get(&format!("/i?c=3&eid={long}x")).status, 200);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    let campaigns: Vec<_> = events.iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
+    assert_eq!(campaigns, [1, 3], "{events:?}");
+}
