@@ -44,6 +44,23 @@ pub const FLAG_ID_DERIVED: u32 = 1 << 2;
 pub const FLAG_HEAD: u32 = 1 << 3;
 /// The request carried an opt-out signal (Sec-GPC, DNT, opt-out cookie): identifiers removed.
 pub const FLAG_OPTED_OUT: u32 = 1 << 4;
+/// Appends the set FLAG_* bits that consumers see, as JSON members (`,"truncated":true`, ...),
+/// in one order for `journal cat` and every collector payload.
+pub fn write_flags_json(flags: u32, out: &mut String) {
+    for (bit, name) in [
+        (FLAG_TRUNCATED, "truncated"),
+        (FLAG_OPTED_OUT, "opted_out"),
+        (FLAG_UNSUBSTITUTED, "unsubstituted"),
+        (FLAG_HEAD, "head"),
+    ] {
+        if flags & bit != 0 {
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str("\":true");
+        }
+    }
+}
+
 /// A query value was an unsubstituted macro (`${AUCTION_PRICE}`, `[ERRORCODE]`) or `AUDIT`:
 /// that field was left empty rather than parsed.
 pub const FLAG_UNSUBSTITUTED: u32 = 1 << 5;

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
-use crate::event::{format_uuid, Event, FLAG_TRUNCATED};
+use crate::event::{format_uuid, Event};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -102,18 +102,7 @@ impl Schema {
             e.shard,
             e.seq
         );
-        if e.flags & FLAG_TRUNCATED != 0 {
-            out.push_str(",\"truncated\":true");
-        }
-        if e.flags & crate::event::FLAG_OPTED_OUT != 0 {
-            out.push_str(",\"opted_out\":true");
-        }
-        if e.flags & crate::event::FLAG_UNSUBSTITUTED != 0 {
-            out.push_str(",\"unsubstituted\":true");
-        }
-        if e.flags & crate::event::FLAG_HEAD != 0 {
-            out.push_str(",\"head\":true");
-        }
+        crate::event::write_flags_json(e.flags, out);
         let Some(t) = ty else {
             out.push('}');
             return;

@@ -190,7 +190,7 @@ mod tests {
             ts_ns: 0,
             shard: 0,
             seq: 1,
-            truncated: false,
+            flags: 0,
             fields: fields.iter().map(|(n, v)| (Arc::from(*n), v.clone())).collect(),
         };
         budget_key_of(&e, &["site".into(), "campaign_id".into()])

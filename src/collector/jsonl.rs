@@ -96,7 +96,7 @@ mod tests {
                 ts_ns: 1,
                 shard: 0,
                 seq: i as u64,
-                truncated: false,
+                flags: 0,
                 fields: vec![(Arc::from("campaign_id"), Value::U64(7))],
             })
             .collect();

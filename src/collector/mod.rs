@@ -164,8 +164,8 @@ pub struct CollectedEvent {
     pub shard: u16,
     /// Per-shard sequence number of the process run that received it.
     pub seq: u64,
-    /// A value did not fit its slot and was truncated.
-    pub truncated: bool,
+    /// The event's FLAG_* bits (`event.rs`): truncated, opted out, unsubstituted, HEAD.
+    pub flags: u32,
     pub fields: Vec<(Arc<str>, Value)>,
 }
 
@@ -182,8 +182,8 @@ impl CollectedEvent {
     }
 
     /// Appends the event as one JSON object, the shape of `tracker journal cat` restricted to
-    /// the allowlisted fields: `type`, `id`, `ts`, `ts_ns`, `shard`, `seq`, `truncated` when
-    /// set, then each field (money as a decimal number with 6 places).
+    /// the allowlisted fields: `type`, `id`, `ts`, `ts_ns`, `shard`, `seq`, the flags that are
+    /// set (`truncated`, `opted_out`, `unsubstituted`, `head`), then each field (money as a decimal number with 6 places).
     pub fn write_json(&self, out: &mut String) {
         out.push_str("{\"type\":");
         json_str(out, self.event_type.as_bytes());
@@ -196,9 +196,7 @@ impl CollectedEvent {
             self.shard,
             self.seq
         );
-        if self.truncated {
-            out.push_str(",\"truncated\":true");
-        }
+        crate::event::write_flags_json(self.flags, out);
         for (name, v) in &self.fields {
             out.push(',');
             json_str(out, name.as_bytes());

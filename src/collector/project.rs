@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::{CollectedEvent, Value};
 use crate::config::{EventSelection, FieldSelection};
-use crate::event::{Event, FLAG_TRUNCATED};
+use crate::event::Event;
 use crate::schema::{FieldKind, FieldSchema, Schema};
 
 /// What to keep of each event type of one schema.
@@ -91,7 +91,7 @@ impl Projection {
             ts_ns: e.ts_ns,
             shard: e.shard,
             seq: e.seq,
-            truncated: e.flags & FLAG_TRUNCATED != 0,
+            flags: e.flags,
             fields,
         })
     }

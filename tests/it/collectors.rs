@@ -916,3 +916,36 @@ fn a_client_trickling_its_request_is_cut_off_at_the_banker_request_timeout() {
     assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
     assert!(trickling.join().unwrap(), "the banker answered only after the client stopped sending");
 }
+
+/// A collector's payload carries the flags `journal cat` shows (the documented shape), so a
+/// consumer can tell a HEAD request, an opted-out visitor or an unfilled price macro apart.
+#[test]
+fn collector_payloads_carry_the_events_flags_like_journal_cat() {
+    let out = tempfile::tempdir().unwrap();
+    let imps = out.path().join("impressions.jsonl");
+    let mut s =
+        Server::start(Some(&config(&jsonl_collector("imps", &imps, "[\"impression\"]", "[\"campaign_id\"]"))), &[]);
+    let mut c = s.connect();
+    assert_eq!(c.get("/i?c=1").status, 200);
+    c.send(b"HEAD /i?c=2 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.read_response(true).status, 200);
+    c.send(b"GET /i?c=3 HTTP/1.1\r\nHost: t\r\nSec-GPC: 1\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 200);
+    assert_eq!(c.get("/i?c=4&p=${AUCTION_PRICE}").status, 200);
+    wait_for("4 impressions in the jsonl file", WAIT, || read_jsonl(&imps).len() >= 4);
+    let flags = |v: &Value| {
+        ["truncated", "opted_out", "unsubstituted", "head"]
+            .into_iter()
+            .filter(|f| v.get(*f) == Some(&Value::Bool(true)))
+            .collect::<Vec<_>>()
+    };
+    let mut got: Vec<(u64, Vec<&str>)> =
+        read_jsonl(&imps).iter().map(|v| (v["campaign_id"].as_u64().unwrap(), flags(v))).collect();
+    got.sort();
+    assert_eq!(got, [(1, vec![]), (2, vec!["head"]), (3, vec!["opted_out"]), (4, vec!["unsubstituted"])]);
+    assert_eq!(s.stop(), 0);
+    let mut journal: Vec<(u64, Vec<&str>)> =
+        journal_cat(&s.journal()).iter().map(|v| (v["campaign_id"].as_u64().unwrap(), flags(v))).collect();
+    journal.sort();
+    assert_eq!(journal, got);
+}
