@@ -328,21 +328,26 @@ mod tests {
         assert!(Url::parse("http://x:99999").is_err());
     }
 
+    /// Reads a test request whole (head, then the body `{}`): closing with some of it unread
+    /// would reset the connection under the client's read.
+    fn read_request(c: &mut std::net::TcpStream) -> Vec<u8> {
+        let (mut req, mut chunk) = (Vec::new(), [0u8; 1024]);
+        while !req.ends_with(b"{}") {
+            match c.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => req.extend_from_slice(&chunk[..n]),
+            }
+        }
+        req
+    }
+
     /// Answers one request with `answer` on a fresh port; returns the client's result.
     fn exchange(answer: &'static [u8]) -> Result<Response, String> {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
-            // The whole request (head, then the body `{}`): closing with some of it unread
-            // would reset the connection under the client's read.
-            let (mut req, mut chunk) = (Vec::new(), [0u8; 1024]);
-            while !req.ends_with(b"{}") {
-                match c.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&chunk[..n]),
-                }
-            }
+            read_request(&mut c);
             let _ = c.write_all(answer);
         });
         let url = Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
@@ -395,13 +400,7 @@ mod tests {
         let server = std::thread::spawn(move || {
             for _ in 0..n {
                 let (mut c, _) = l.accept().unwrap();
-                let (mut req, mut chunk) = (Vec::new(), [0u8; 1024]);
-                while !req.ends_with(b"{}") {
-                    match c.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                read_request(&mut c);
                 let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
             }
         });
@@ -496,13 +495,7 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
-            let (mut req, mut chunk) = (Vec::new(), [0u8; 1024]);
-            while !req.ends_with(b"{}") {
-                match c.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&chunk[..n]),
-                }
-            }
+            let req = read_request(&mut c);
             let _ = c.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
             String::from_utf8(req).unwrap()
         });

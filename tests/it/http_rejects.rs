@@ -118,13 +118,8 @@ fn a_slow_header_or_body_is_answered_408_at_the_deadline() {
         assert!(c.is_closed());
     }
     assert_eq!(s.connect().get("/i?c=3").status, 200);
-    let m = String::from_utf8(s.admin_get("/metrics").body).unwrap();
-    let timed_out: f64 = m
-        .lines()
-        .filter(|l| l.starts_with("tracker_requests_total{") && l.contains("status=\"408\""))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
-    assert_eq!(timed_out, 2.0, "{m}");
+    let timed_out = requests_with_status(&s, "408");
+    assert_eq!(timed_out, 2.0);
     assert_eq!(s.stop(), 0);
     assert_eq!(journal_cat(&s.journal()).len(), 2);
 }
@@ -142,6 +137,15 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(s.connect().get("/i?c=2").status, 200);
     assert_eq!(s.stop(), 0);
     assert_eq!(journal_cat(&s.journal()).len(), 2);
+}
+
+/// `tracker_requests_total` summed over the series with this status.
+fn requests_with_status(s: &Server, status: &str) -> f64 {
+    let m = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    m.lines()
+        .filter(|l| l.starts_with("tracker_requests_total{") && l.contains(&format!("status=\"{status}\"")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
 }
 
 /// A connection that never sends a byte is closed at header_read_timeout_ms, not held for the
@@ -163,13 +167,8 @@ fn a_new_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
     let mut second = s.connect();
     assert!(second.is_closed());
     assert_eq!(kept.get("/i?c=2").status, 200);
-    let m = String::from_utf8(s.admin_get("/metrics").body).unwrap();
-    let timed_out: f64 = m
-        .lines()
-        .filter(|l| l.starts_with("tracker_requests_total{") && l.contains("status=\"408\""))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
-    assert_eq!(timed_out, 0.0, "{m}");
+    let timed_out = requests_with_status(&s, "408");
+    assert_eq!(timed_out, 0.0);
     assert_eq!(s.stop(), 0);
     assert_eq!(journal_cat(&s.journal()).len(), 2);
 }
