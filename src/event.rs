@@ -44,6 +44,10 @@ pub const FLAG_ID_DERIVED: u32 = 1 << 2;
 pub const FLAG_HEAD: u32 = 1 << 3;
 /// The request carried an opt-out signal (Sec-GPC, DNT, opt-out cookie): identifiers removed.
 pub const FLAG_OPTED_OUT: u32 = 1 << 4;
+/// A query value was an unsubstituted macro (`${AUCTION_PRICE}`, `[ERRORCODE]`) or `AUDIT`:
+/// that field was left empty rather than parsed.
+pub const FLAG_UNSUBSTITUTED: u32 = 1 << 5;
+
 /// Appends the set FLAG_* bits that consumers see, as JSON members (`,"truncated":true`, ...),
 /// in one order for `journal cat` and every collector payload.
 pub fn write_flags_json(flags: u32, out: &mut String) {
@@ -60,10 +64,6 @@ pub fn write_flags_json(flags: u32, out: &mut String) {
         }
     }
 }
-
-/// A query value was an unsubstituted macro (`${AUCTION_PRICE}`, `[ERRORCODE]`) or `AUDIT`:
-/// that field was left empty rather than parsed.
-pub const FLAG_UNSUBSTITUTED: u32 = 1 << 5;
 
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
@@ -207,16 +207,14 @@ pub fn write_hex(src: &[u8], dst: &mut [u8]) -> usize {
 
 /// Formats a 16-byte id as a lowercase UUID string into `out` (36 bytes).
 pub fn format_uuid(id: &[u8; 16], out: &mut [u8; 36]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // 8-4-4-4-12 digits: bytes 0..4, 4..6, 6..8, 8..10 and 10..16, a dash between groups.
     let mut j = 0;
-    for (i, b) in id.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
+    for (k, group) in [0..4, 4..6, 6..8, 8..10, 10..16].into_iter().enumerate() {
+        if k > 0 {
             out[j] = b'-';
             j += 1;
         }
-        out[j] = HEX[(b >> 4) as usize];
-        out[j + 1] = HEX[(b & 15) as usize];
-        j += 2;
+        j += write_hex(&id[group], &mut out[j..]);
     }
 }
 

@@ -551,9 +551,9 @@ impl Validator<'_> {
     /// Every segment header embeds the schema: it must fit one with room for a record, or no
     /// shard could open its journal (`ShardJournal::open` checks the same, without a line).
     fn schema_fits(&mut self, schema: &Schema, segment_bytes: u64, raw: &RawConfig) {
-        use crate::journal::{HEADER_FIXED_BYTES, PAGE_BYTES, SCHEMA_BYTES_MAX};
+        use crate::journal::{header_bytes_for, SCHEMA_BYTES_MAX};
         let json = schema.to_json().len();
-        let header = (HEADER_FIXED_BYTES + json).div_ceil(PAGE_BYTES) * PAGE_BYTES;
+        let header = header_bytes_for(json);
         let need = (header + crate::event::EVENT_BYTES) as u64;
         let types_span = raw.event.values().next().map_or(0..0, |e| e.span());
         if json > SCHEMA_BYTES_MAX {

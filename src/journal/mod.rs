@@ -85,7 +85,9 @@ pub use dir::{create_dir_durable, fsync_dir};
 pub use error::JournalError;
 // For the collectors' positioned reader (collector/source.rs).
 pub use reader::{JournalReader, READ_CHUNK_BYTES, WARNINGS_KEPT_MAX};
-pub(crate) use segment::{all_zero, list_segments, next_nonzero_slot, parse_shard_dir_name, read_header, SegmentFile};
+pub(crate) use segment::{
+    all_zero, header_bytes_for, list_segments, next_nonzero_slot, parse_shard_dir_name, read_header, SegmentFile,
+};
 pub use segment::{
     segment_path, shard_dir, RecoveryReport, ShardJournal, CORRUPT_SUFFIX, FORMAT_VERSION, HEADER_FIXED_BYTES,
     PAGE_BYTES, SCHEMA_BYTES_MAX, SEGMENT_MAGIC, SEGMENT_NAME_DIGITS, SEGMENT_SUFFIX, TMP_SUFFIX,
