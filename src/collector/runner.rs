@@ -789,21 +789,3 @@ fn next_rand(s: &mut u64) -> u64 {
     *s ^= *s << 17;
     *s
 }
-
-/// The cursor of every shard of collector `name` (for replay, retention and status).
-pub fn cursors(journal: &Path, name: &str) -> std::io::Result<BTreeMap<u16, Position>> {
-    let mut out = BTreeMap::new();
-    let dir = cursor::collector_dir(journal, name);
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for entry in entries.flatten() {
-        let Some(shard) = entry.file_name().to_str().and_then(parse_shard_dir_name) else { continue };
-        if let Some(p) = cursor::read_cursor(&entry.path())? {
-            out.insert(shard, p);
-        }
-    }
-    Ok(out)
-}

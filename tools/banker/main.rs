@@ -149,7 +149,9 @@ struct Request {
 }
 
 /// Reads one request, which must arrive whole within `timeout` (one deadline for all reads,
-/// not a timer each read restarts).
+/// not a timer each read restarts). What cannot be read is answered by status: a 400 tells the
+/// tracker its batch is malformed, which stops its collector (docs/banker.md), so a request
+/// that stopped arriving in time is a 408, which it retries.
 fn read_request(s: &mut TcpStream, timeout: Duration) -> Result<Option<Request>, (u16, String)> {
     let deadline = Instant::now() + timeout;
     let too_slow = || (408, format!("request not received whole within {} ms", timeout.as_millis()));
@@ -213,10 +215,6 @@ fn read_request(s: &mut TcpStream, timeout: Duration) -> Result<Option<Request>,
         buf.extend_from_slice(&chunk[..n]);
     }
 }
-
-// A request that could not be read is answered by status: a 400 would tell the tracker its
-// batch is malformed, which stops its collector (docs/banker.md); one that stopped arriving in
-// time is a 408, which it retries.
 
 fn respond(s: &mut TcpStream, status: u16, body: &Value) {
     let reason = match status {
