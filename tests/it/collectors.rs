@@ -504,10 +504,7 @@ fn a_collector_delivers_the_records_after_a_page_a_power_loss_kept_off_the_disk(
 }
 
 fn banker_metric(s: &Server, name: &str) -> Option<u64> {
-    let m = String::from_utf8(s.admin_get("/metrics").body).unwrap();
-    m.lines()
-        .find(|l| l.starts_with(&format!("{name}{{collector=\"banker\"")))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    collector_metric(s, "banker", name).map(|v| v as u64)
 }
 
 #[test]

@@ -141,11 +141,8 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 
 /// `tracker_requests_total` summed over the series with this status.
 fn requests_with_status(s: &Server, status: &str) -> f64 {
-    let m = String::from_utf8(s.admin_get("/metrics").body).unwrap();
-    m.lines()
-        .filter(|l| l.starts_with("tracker_requests_total{") && l.contains(&format!("status=\"{status}\"")))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
+    let m = crate::metrics::parse_metrics(&String::from_utf8(s.admin_get("/metrics").body).unwrap());
+    crate::metrics::sum(&m, "tracker_requests_total", &format!("status=\"{status}\""))
 }
 
 /// A connection that never sends a byte is closed at header_read_timeout_ms, not held for the

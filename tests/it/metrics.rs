@@ -23,7 +23,7 @@ fn config_with(admin: &[(&str, &str)]) -> String {
 
 /// Samples of a Prometheus text body: `name{labels}` → value. Checks the exposition shape: every
 /// sample's family was announced by `# HELP` and `# TYPE` first.
-fn parse_metrics(body: &str) -> BTreeMap<String, f64> {
+pub(crate) fn parse_metrics(body: &str) -> BTreeMap<String, f64> {
     let mut typed: Vec<String> = Vec::new();
     let mut out = BTreeMap::new();
     for line in body.lines() {
@@ -57,7 +57,7 @@ fn get(m: &BTreeMap<String, f64>, key: &str) -> f64 {
 }
 
 /// Sum of the series of `name` whose labels contain `with`.
-fn sum(m: &BTreeMap<String, f64>, name: &str, with: &str) -> f64 {
+pub(crate) fn sum(m: &BTreeMap<String, f64>, name: &str, with: &str) -> f64 {
     m.iter().filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(with)).map(|(_, v)| v).sum()
 }
 
