@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::http::{request, Url};
 use super::{Batch, CollectedEvent, Collector, Delivery, Options, Value};
+use crate::schema::FieldKind;
 
 pub struct Banker {
     url: Url,
@@ -42,11 +43,25 @@ pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
     }
     let price_field = o.string_or("price_field", "price");
     let timeout = Duration::from_millis(o.u64("timeout_ms", 5000, 10, 600_000));
-    let fields = o.collector.fields.clone();
-    for f in budget_key.iter().chain(std::iter::once(&price_field)) {
-        if !fields.admits(f) {
-            let key = if *f == price_field { "price_field" } else { "budget_key" };
+    let collector = o.collector;
+    for (key, f) in budget_key.iter().map(|f| ("budget_key", f)).chain([("price_field", &price_field)]) {
+        if !collector.fields.admits(f) {
             o.error(key, format!("\"{f}\" is not in this collector's fields allowlist; add it to `fields`"));
+        } else if !collector.field_kinds.contains_key(f) {
+            // Reachable with `fields = ["*"]`: a misspelt name would make every budget key read
+            // `-` for it, or every event carry no spend, and the banker learn nothing.
+            o.error(key, format!("\"{f}\" is not a field of any event type this collector gets"));
+        }
+    }
+    // Only money values are spend (`body`): a price declared as another kind would be skipped
+    // on every event, silently, and the budget never move.
+    for (ty, kind) in collector.field_kinds.get(&price_field).into_iter().flatten() {
+        if *kind != FieldKind::Money {
+            let kind = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            o.error(
+                "price_field",
+                format!("\"{price_field}\" is a {kind} field in event type \"{ty}\"; the banker sums money fields only (type = \"money\")"),
+            );
         }
     }
     let Some(url) = url else { return Err("no usable url".into()) };

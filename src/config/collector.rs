@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::keys::{spec, COLLECTOR_KEYS};
 use super::raw::S;
 use super::{line_of, ConfigError, EventType, Validator};
+use crate::schema::FieldKind;
 
 /// Most `[[collector]]` tables: each costs a thread and a cursor file per shard.
 pub const COLLECTORS_MAX: usize = 32;
@@ -121,6 +122,10 @@ pub struct CollectorConfig {
     pub kind: String,
     pub events: EventSelection,
     pub fields: FieldSelection,
+    /// Every field this collector may see (of an attached type, admitted by `fields`), by name:
+    /// the attached types that declare it and its kind in each. For kind-specific checks (the
+    /// banker sums only money fields).
+    pub field_kinds: BTreeMap<String, Vec<(String, FieldKind)>>,
     pub batch: BatchLimits,
     pub retry: RetryPolicy,
     /// First part of every batch key (`<key_prefix>:<name>:<shard>:<segment>:<from>-<to>`):
@@ -162,6 +167,12 @@ impl Validator<'_> {
             }
             let events = self.event_selection(r, &key("events"), types, c.span());
             let fields = self.field_selection(r, &key("fields"), &events, types, c.span());
+            let mut field_kinds: BTreeMap<String, Vec<(String, FieldKind)>> = BTreeMap::new();
+            for t in types.iter().filter(|t| events.admits(&t.name)) {
+                for f in t.fields.iter().filter(|f| fields.admits(&f.name)) {
+                    field_kinds.entry(f.name.clone()).or_default().push((t.name.clone(), f.kind));
+                }
+            }
             let batch = BatchLimits {
                 events_max: self.int_at(&r.events_max, &key("events_max"), spec(COLLECTOR_KEYS, "events_max")) as usize,
                 bytes_max: self.int_at(&r.bytes_max, &key("bytes_max"), spec(COLLECTOR_KEYS, "bytes_max")) as usize,
@@ -215,7 +226,7 @@ impl Validator<'_> {
                     options.entries.insert(k.clone(), (line_of(self.text, v.span().start), v.get_ref().clone()));
                 }
             }
-            out.push(CollectorConfig { name, kind, events, fields, batch, retry, key_prefix, options });
+            out.push(CollectorConfig { name, kind, events, fields, field_kinds, batch, retry, key_prefix, options });
         }
         out
     }

@@ -391,6 +391,43 @@ fn collector_config_errors_name_file_line_and_key() {
 }
 
 #[test]
+fn banker_names_must_be_fields_it_gets_and_its_price_money() {
+    // With `fields = ["*"]` the allowlist admits any name: a misspelt budget key or a price
+    // that is not money would be accepted and the banker would silently learn no spend.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.toml");
+    let text = config(
+        "[[collector]]\nname = \"b\"\nkind = \"banker\"\nevents = [\"bill\", \"impression\"]\nfields = [\"*\"]\n\
+         [collector.options]\nurl = \"http://127.0.0.1:9\"\nbudget_key = [\"campaing_id\"]\nprice_field = \"campaign_id\"\n",
+    );
+    std::fs::write(&p, &text).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let line = |key: &str| text.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+    let at = |key: &str| format!("{}:{}: collector[0].options.{key}: ", p.display(), line(key));
+    assert!(
+        err.contains(&format!(
+            "{}\"campaing_id\" is not a field of any event type this collector gets",
+            at("budget_key")
+        )),
+        "{err}"
+    );
+    for ty in ["bill", "impression"] {
+        let want = format!("\"campaign_id\" is a u64 field in event type \"{ty}\"; the banker sums money fields only");
+        assert!(err.contains(&format!("{}{want}", at("price_field"))), "{err}");
+    }
+    // The same collector with the right names is valid.
+    std::fs::write(
+        &p,
+        text.replace("campaing_id", "campaign_id").replace("price_field = \"campaign_id\"", "price_field = \"price\""),
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn the_kafka_banker_example_config_is_valid() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/kafka-banker.toml");
     let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
