@@ -413,11 +413,15 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Opti
         }
         FieldKind::Ip => {
             let mut buf = [0u8; 64];
-            let (n, long) = if query { percent_decode(raw, &mut buf)? } else { copy(raw, &mut buf) };
+            // A list (`X-Forwarded-For: client, proxy, …`): the last entry is the one the
+            // nearest proxy appended, the only one it vouches for; the earlier ones are the
+            // client's to invent. Only the tail is looked at, so a long list is no error.
+            let tail = &raw[raw.iter().rposition(|&b| b == b',').map_or(0, |p| p + 1)..];
+            let (n, long) = if query { percent_decode(tail, &mut buf)? } else { copy(tail, &mut buf) };
             let ip = std::str::from_utf8(&buf[..n])
                 .ok()
                 .filter(|_| !long)
-                .and_then(|s| s.trim().parse::<IpAddr>().ok())
+                .and_then(|s| parse_ip(s.trim()))
                 .ok_or("is not an IP address")?;
             store_ip(f, ip, ev);
             Ok(None)
@@ -537,6 +541,12 @@ fn copy(src: &[u8], dst: &mut [u8]) -> (usize, bool) {
     let n = src.len().min(dst.len());
     dst[..n].copy_from_slice(&src[..n]);
     (n, n < src.len())
+}
+
+/// An address as proxies write it: bare, or with the port some add (`198.51.100.7:4711`,
+/// `[2001:db8::7]:4711`); the port is no part of what is stored.
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>().ok().or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 #[inline]

@@ -226,3 +226,40 @@ fn long_user_ids_sharing_a_prefix_stay_distinct_users() {
         assert!(!bytes.windows(48).any(|w| w == &prefix.as_bytes()[..48]), "a cut raw id in the journal");
     }
 }
+
+/// Behind a layer-7 load balancer the ip field reads `X-Forwarded-For` (docs/deployment.md).
+/// The balancer appends the address it saw to whatever the client sent, so a browser behind
+/// a proxy (or one that sends its own header) arrives with a list: the last entry is the one
+/// the balancer vouches for. It is stored and truncated like a socket address — never a 400
+/// that loses the event, never the spoofable first entry. Some balancers add the port.
+#[test]
+fn an_ip_field_read_from_x_forwarded_for_takes_the_last_address_and_truncates_it() {
+    let cfg = small_segments().replace(
+        "{ name = \"ip\",          source = \"client.ip\",   type = \"ip\" },",
+        "{ name = \"ip\",          source = \"header.x-forwarded-for\",   type = \"ip\" },",
+    );
+    assert!(cfg.contains("header.x-forwarded-for"));
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for (order, xff) in [
+        ("one", "198.51.100.77"),
+        ("list", "203.0.113.9, 10.1.2.3,198.51.100.78"),
+        ("mapped", "203.0.113.9, ::ffff:198.51.100.79"),
+        ("port", "198.51.100.80:4711"),
+        ("v6", "203.0.113.9, [2001:db8:1:2::7]:4711"),
+    ] {
+        c.send(format!("GET /cv?c=1&order={order} HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {xff}\r\n\r\n").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!(r.status, 200, "{xff}: {:?}", String::from_utf8_lossy(&r.body));
+    }
+    c.send(b"GET /cv?c=1&order=junk HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9, unknown\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 400, "a last entry that is no address is refused");
+    assert_eq!(s.stop(), 0);
+    let ev = journal_cat(&s.journal());
+    let ip = |o: &str| ev.iter().find(|e| e["order_id"] == o).unwrap_or_else(|| panic!("{o}: {ev:?}"))["ip"].clone();
+    assert_eq!(ip("one"), "198.51.100.0");
+    assert_eq!(ip("list"), "198.51.100.0");
+    assert_eq!(ip("mapped"), "198.51.100.0");
+    assert_eq!(ip("port"), "198.51.100.0");
+    assert_eq!(ip("v6"), "2001:db8:1::");
+}
