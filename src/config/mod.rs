@@ -529,6 +529,7 @@ impl Validator<'_> {
         if !matches!(privacy.ip, crate::enrich::privacy::IpPolicy::Keep) {
             self.no_ip_identity(&raw.event, &types);
         }
+        self.no_ip_id_from(&raw.event, &types);
         let cors = self.cors(&raw.cors);
         let endpoints = self.endpoints(&raw.endpoint, &types);
         let collectors = self.collectors(&raw.collector, &types);
@@ -793,6 +794,32 @@ impl Validator<'_> {
             out.push(Endpoint { path: path.clone(), method, type_id, response, ack, over_budget, redirect, counter });
         }
         out
+    }
+
+    /// An id read from the header an ip field reads (`id_from = ["header.x-forwarded-for"]`) is
+    /// made before the privacy step, as an unkeyed hash of the whole client address, and is
+    /// not re-keyed on an opt-out as a derived id is: refused whatever `privacy.ip` says.
+    fn no_ip_id_from(&mut self, raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>, types: &[EventType]) {
+        for (t, r) in types.iter().zip(raw.values()) {
+            let Some(list) = &r.get_ref().id_from else { continue };
+            // `t.id_from` was built from this list in order, one source per entry. client.ip
+            // (also the stand-in for a bad source, already reported) is never read as an id.
+            for (src, entry) in t.id_from.iter().zip(list.get_ref()).filter(|(s, _)| **s != Source::ClientIp) {
+                let Some(f) = t.fields.iter().find(|f| f.kind == FieldKind::Ip && f.source == *src) else {
+                    continue;
+                };
+                self.err(
+                    entry.span(),
+                    format!("event.{}.id_from", t.name),
+                    format!(
+                        "\"{}\" is the source of ip field \"{}\": the event id would be an unkeyed hash of the whole \
+                         client address, kept even on an opt-out; leave it out",
+                        entry.get_ref(),
+                        f.name
+                    ),
+                );
+            }
+        }
     }
 
     /// An id derived from the client's address would be an unkeyed hash of the whole address
@@ -1293,6 +1320,19 @@ mod tests {
     fn a_head_limit_below_the_request_line_default_points_at_the_line_written() {
         let e = Config::parse("[server]\nheader_bytes_max = 2048\n", "t.toml").map(|_| ()).unwrap_err().0;
         assert_eq!((e[0].line, e[0].key.as_str()), (2, "server.header_bytes_max"), "{e:?}");
+    }
+
+    /// An id read from the header an ip field reads (`id_from`) is made before the privacy step,
+    /// as an unkeyed hash of the whole address, and an opt-out does not re-key it.
+    #[test]
+    fn an_ip_fields_source_in_id_from_is_refused() {
+        let text = "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nid_from = [\"query.eid\", \"header.X-Forwarded-For\"]\nfields = [ { name = \"addr\", source = \"header.x-forwarded-for\", type = \"ip\" } ]\n";
+        let e = errors(text);
+        assert_eq!((e.len(), e[0].line, e[0].key.as_str()), (1, 5, "event.x.id_from"), "{e:?}");
+        assert!(e[0].message.contains("\"addr\"") && e[0].message.contains("unkeyed hash"), "{}", e[0]);
+        let keep = errors(&format!("[privacy]\nip = \"keep\"\n{text}"));
+        assert_eq!((keep.len(), keep[0].key.as_str()), (1, "event.x.id_from"), "{keep:?}");
+        assert!(Config::parse(&text.replace("\"header.X-Forwarded-For\"", "\"header.x-request-id\""), "t.toml").is_ok());
     }
 
     #[test]
