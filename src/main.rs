@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use tracker::config::{Config, Overrides};
+use tracker::config::{Config, ConfigErrors, Overrides};
 
 #[derive(Parser)]
 #[command(name = "tracker", version, about = "Thread-per-core io_uring HTTP event tracker for ad-tech")]
@@ -153,10 +153,15 @@ fn main() -> ExitCode {
             cfg.apply(&overrides);
             serve(cfg, config, overrides)
         }
-        Cmd::CheckConfig { file } => match Config::load(&file) {
-            Ok(c) => {
+        Cmd::CheckConfig { file } => match Config::load_with_errors(&file) {
+            Ok((c, mut errors)) => {
+                // Collector options are checked by their kind's build, also when the rest has
+                // errors: every error in one run.
                 if let Err(e) = tracker::collector::Registry::builtin().build_all(&c.collectors) {
-                    eprintln!("{e}");
+                    errors.extend(e.0);
+                }
+                if !errors.is_empty() {
+                    eprintln!("{}", ConfigErrors(errors));
                     return ExitCode::from(2);
                 }
                 println!("{}: ok ({} endpoints, {} event types)", file.display(), c.endpoints.len(), c.types.len());

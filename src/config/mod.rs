@@ -312,20 +312,29 @@ impl Config {
 
     /// Reads and validates a config file.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: name.clone(),
-                line: 0,
-                key: "-".into(),
-                message: format!("cannot read the file: {e}"),
-            }])
-        })?;
-        Config::parse(&text, &name)
+        Config::parse(&read_file(path)?, &path.display().to_string())
+    }
+
+    /// `parse_with_errors` of a file.
+    pub fn load_with_errors(path: &std::path::Path) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+        Config::parse_with_errors(&read_file(path)?, &path.display().to_string())
     }
 
     /// Parses and validates config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+        let (cfg, errors) = Config::parse_with_errors(text, file)?;
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Like `parse`, but a config that parses as TOML is returned with its validation errors
+    /// rather than instead of them, values in error replaced by placeholders: `check-config`
+    /// then also builds its collectors, so their option errors come in the same run as the rest.
+    /// Never serve such a config.
+    pub fn parse_with_errors(text: &str, file: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
             ConfigErrors(vec![ConfigError {
@@ -338,11 +347,7 @@ impl Config {
         })?;
         let mut v = Validator { text, file, errors: Vec::new() };
         let cfg = v.config(raw);
-        if v.errors.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigErrors(v.errors))
-        }
+        Ok((cfg, v.errors))
     }
 
     pub fn event_type(&self, name: &str) -> Option<&EventType> {
@@ -362,6 +367,17 @@ impl Config {
         self.steps.push((type_name.to_string(), id, step));
         Ok(())
     }
+}
+
+fn read_file(path: &std::path::Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            key: "-".into(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })
 }
 
 /// 1-based line number of a byte offset.

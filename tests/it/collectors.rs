@@ -375,7 +375,10 @@ fn collector_config_errors_name_file_line_and_key() {
     let at = |n: usize| format!("{}:{}: ", p.display(), base_lines + n);
     assert!(err.contains(&format!("{}collector[0].events", at(4))), "{err}");
     assert!(err.contains(&format!("{}collector[0].linger_ms", at(6))), "{err}");
-    // Kind-specific options are checked when the collector is built, with the same locations.
+    // Kind-specific options are checked when the collector is built, with the same locations,
+    // in the same run as the errors above.
+    assert!(err.contains(&format!("{}collector[0].options.url", at(8))), "{err}");
+    assert!(err.contains(&format!("{}collector[0].options.colour", at(9))), "{err}");
     let text = config(
         "[[collector]]\nname = \"b\"\nkind = \"banker\"\nevents = [\"bill\"]\nfields = [\"price\"]\n\
          [collector.options]\nurl = \"ftp://x\"\ncolour = 1\n",
