@@ -64,6 +64,8 @@ pub struct Shape {
 /// Why a batch item that had to be parsed on its own was refused.
 const ITEM_NOT_JSON: &str = "item is not valid JSON (a number out of range, a bad escape?)";
 const BODY_NOT_JSON: &str = "body is not valid JSON";
+const BODY_TOO_DEEP: &str = "body nested deeper than 32 levels (extract::json::DEPTH_MAX)";
+const _: () = assert!(DEPTH_MAX == 32, "BODY_TOO_DEEP names the limit");
 
 impl JsonScratch {
     /// Sized for bodies of up to `input_bytes_max` bytes, and grown to the worst case now: a
@@ -113,6 +115,7 @@ impl JsonScratch {
         let mut tape: Tape<'_> = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
         let r = match simd_json::fill_tape_padded(input, len, &mut self.buffers, &mut tape) {
             Ok(()) => f(Ok(&tape.0)),
+            Err(e) if *e.error() == simd_json::ErrorType::DepthLimitExceeded => f(Err(BODY_TOO_DEEP)),
             Err(_) => f(Err(BODY_NOT_JSON)),
         };
         self.tape = tape.reset();
@@ -141,7 +144,16 @@ impl JsonScratch {
         }
         let mut shape = Some(shape);
         let parsed = self.parse(input, len, |doc| {
-            let Ok(doc) = doc else { return false };
+            let doc = match doc {
+                Ok(doc) => doc,
+                // Not split: each item is shallower than the body, so split items would pass a
+                // limit the body failed.
+                Err(BODY_TOO_DEEP) => {
+                    shape.take().expect("called once")(state, Err(BODY_TOO_DEEP));
+                    return true;
+                }
+                Err(_) => return false,
+            };
             let shape = shape.take().expect("called once");
             match Items::new(doc) {
                 Ok(items) => {
@@ -194,7 +206,8 @@ impl JsonScratch {
 /// Splits the text of a JSON array into the byte ranges of its items (whitespace trimmed),
 /// at most `cap` of them (a longer array stops there), into `out`. Only strings, escapes and
 /// bracket depth are tracked: an item's own text is checked when it is parsed. `Err` when
-/// `b` is not an array whose brackets close.
+/// `b` is not an array whose brackets close, or nests deeper than `DEPTH_MAX` (a body simd-json
+/// refused for another reason first must not be let through for its depth by the split).
 fn split_array(b: &[u8], out: &mut Vec<(u32, u32)>, cap: usize) -> Result<(), &'static str> {
     let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
     out.clear();
@@ -215,7 +228,13 @@ fn split_array(b: &[u8], out: &mut Vec<(u32, u32)>, cap: usize) -> Result<(), &'
         } else {
             match c {
                 b'"' => in_string = true,
-                b'[' | b'{' => depth += 1,
+                b'[' | b'{' => {
+                    depth += 1;
+                    // `depth` leaves out the array itself.
+                    if depth >= DEPTH_MAX {
+                        return Err(BODY_TOO_DEEP);
+                    }
+                }
                 b']' | b'}' if depth > 0 => depth -= 1,
                 b',' | b']' if depth == 0 => {
                     let item = &b[start..i];
@@ -424,6 +443,11 @@ mod tests {
         // Stops at the cap: the caller refuses the body as too many items.
         split_array(b"[1,2,3,4]", &mut out, 2).unwrap();
         assert_eq!(out.len(), 2);
+        // 32 levels with the array itself; one more is refused, brackets in strings not counted.
+        let nest = |n: usize| format!("[1,{}{}]", "[".repeat(n), "]".repeat(n)).into_bytes();
+        split_array(&nest(DEPTH_MAX - 1), &mut out, 10).unwrap();
+        assert_eq!(split_array(&nest(DEPTH_MAX), &mut out, 10), Err(BODY_TOO_DEEP));
+        split_array(format!("[\"{}\"]", "[".repeat(40)).as_bytes(), &mut out, 10).unwrap();
         for bad in [&b"{}"[..], b"", b"  ", b"[1,2", b"[1}", b"[\"]", b"[1] 2", b"x[1]"] {
             assert_eq!(split_array(bad, &mut out, 10), Err(BODY_NOT_JSON), "{:?}", String::from_utf8_lossy(bad));
         }

@@ -275,6 +275,38 @@ fn an_item_simd_json_cannot_parse_is_refused_alone() {
     assert_eq!(kinds, ["a", "d"]);
 }
 
+/// docs/post.md: a body nested deeper than 32 levels is a 400. A batch simd-json refused for
+/// its depth was split into items and each parsed on its own, where every item is a level
+/// shallower: a 33-level body was answered 200 and its items journaled.
+#[test]
+fn a_body_nested_deeper_than_32_levels_is_400_batch_or_not() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    // `{"type":…,"x":` then n nested arrays: the object is 1 level, the arrays n more.
+    let nested = |n: usize| format!(r#"{{"type":"deep","x":{}{}}}"#, "[".repeat(n), "]".repeat(n));
+    let too_deep = "body nested deeper than 32 levels (extract::json::DEPTH_MAX)\n";
+    let bodies = [
+        format!("[{}]", nested(31)),
+        format!(r#"[{{"type":"ok"}},{},{{"type":"ok"}}]"#, nested(31)),
+        // Refused for a number out of range before the depth is reached: split, still too deep.
+        format!(r#"[{{"type":"n","value":1e400}},{}]"#, nested(31)),
+        format!("{}{}", "[".repeat(33), "]".repeat(33)),
+        nested(32),
+    ];
+    for body in &bodies {
+        let r = post(&mut c, "/batch", JSON, body.as_bytes());
+        assert_eq!((r.status, String::from_utf8_lossy(&r.body).as_ref()), (400, too_deep), "{body}");
+    }
+    // 32 levels exactly are fine, alone or as a batch.
+    let r = post(&mut c, "/batch", JSON, nested(31).as_bytes());
+    assert_eq!(json(&r)["accepted"], 1);
+    let r = post(&mut c, "/batch", JSON, format!("[{}]", nested(30)).as_bytes());
+    assert_eq!(json(&r)["accepted"], 1);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.iter().filter(|e| e["type"] == "batch_event").count(), 2, "{events:?}");
+}
+
 #[test]
 fn chunked_post_body() {
     let mut s = Server::start(None, &["--shards", "1"]);
