@@ -529,7 +529,9 @@ fn answer(
     }
     if ep.response == ResponseKind::Json {
         counters.request(Some(ep.counter), Status::S400);
-        counters.reject(Reason::Field);
+        // A body refused as a whole, as post::answer counts one that is not JSON: `field` is
+        // for an item's field.
+        counters.reject(Reason::Malformed);
         write_error(
             ctx,
             wbuf,

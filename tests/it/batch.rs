@@ -307,6 +307,22 @@ fn a_body_nested_deeper_than_32_levels_is_400_batch_or_not() {
     assert_eq!(events.iter().filter(|e| e["type"] == "batch_event").count(), 2, "{events:?}");
 }
 
+/// README: a body refused as a whole counts as `malformed`; `field` is for an item's field. An
+/// empty body (no bytes, or a chunked body of none) was counted as `field`, while a body of
+/// one space, refused for the same reason, was `malformed`.
+#[test]
+fn an_empty_body_counts_as_malformed_like_any_body_refused_whole() {
+    let s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    assert_eq!(post(&mut c, "/batch", JSON, b"").status, 400);
+    assert_eq!(post(&mut c, "/batch", JSON, b" ").status, 400);
+    c.send(format!("POST /batch HTTP/1.1\r\nHost: t\r\n{JSON}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").as_bytes());
+    assert_eq!(c.read_response(false).status, 400);
+    let m = crate::metrics::parse_metrics(std::str::from_utf8(&s.admin_get("/metrics").body).unwrap());
+    assert_eq!(m[r#"tracker_rejects_total{reason="malformed"}"#], 3.0, "{m:#?}");
+    assert_eq!(m[r#"tracker_rejects_total{reason="field"}"#], 0.0, "{m:#?}");
+}
+
 #[test]
 fn chunked_post_body() {
     let mut s = Server::start(None, &["--shards", "1"]);
