@@ -371,6 +371,11 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
         w.thread().unpark();
         let _ = w.join();
     }
+    let panicked: Vec<u16> = shards.iter().filter(|s| s.reactor_panicked()).map(|s| s.index).collect();
+    if !panicked.is_empty() {
+        eprintln!("tracker: stopped because the reactor of shard(s) {panicked:?} panicked (see above)");
+        return ExitCode::from(1);
+    }
     if lost > 0 {
         eprintln!(
             "tracker: stopped; {lost} event(s) acknowledged as received were lost: the journal could not be written"

@@ -57,6 +57,8 @@ pub struct ShardShared {
     /// Events still in the ring when the drain gave up at shutdown on a journal that kept
     /// failing: acknowledged as received, never written. Non-zero makes the process exit 1.
     pub events_lost: AtomicU64,
+    /// The reactor panicked (`shard::run`): the server stopped itself, and the process exits 1.
+    reactor_panicked: AtomicBool,
     /// Bumped by the reactor every `notify::HEARTBEAT_PERIOD`; the watchdog pings systemd only
     /// while every shard's moves.
     heartbeat: AtomicU64,
@@ -84,6 +86,7 @@ impl ShardShared {
             journal_failing: AtomicBool::new(false),
             journals_failing,
             events_lost: AtomicU64::new(0),
+            reactor_panicked: AtomicBool::new(false),
             heartbeat: AtomicU64::new(0),
             reload: reload::ShardReload::default(),
         })
@@ -126,6 +129,10 @@ impl ShardShared {
     /// duplicate (2xx) by a healthy shard, for an event that may never be written.
     pub fn any_journal_failing(&self) -> bool {
         self.journals_failing.load(Relaxed) > 0
+    }
+
+    pub fn reactor_panicked(&self) -> bool {
+        self.reactor_panicked.load(SeqCst)
     }
 
     pub fn heartbeat(&self) -> u64 {
@@ -327,6 +334,8 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
     let deadline = std::time::Instant::now() + handoff::JOURNAL_LOCK_WAIT;
     let mut opened = Vec::with_capacity(shards);
     let journals_failing = Arc::new(AtomicUsize::new(0));
+    // Filled once every shard is spawned; a reactor that panics stops them all through it.
+    let peers = Arc::new(OnceLock::new());
     for (i, listener) in listeners.into_iter().enumerate() {
         let index = i as u16;
         // Sized for the most endpoints and types any config may have, so a reload that adds
@@ -385,6 +394,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
             dedup: dedup.clone(),
             budgets: budgets.clone(),
             source_conns: source_conns.clone(),
+            peers: peers.clone(),
         };
         let tx = ready_tx.clone();
         match std::thread::Builder::new().name(format!("tracker-shard-{i}")).spawn(move || shard::run(args, tx)) {
@@ -397,6 +407,11 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
         }
     }
     drop(ready_tx);
+    let _ = peers.set(shared.clone());
+    // A reactor that panicked before the list was set could wake no one.
+    if stop.load(SeqCst) {
+        stop_all(&stop, &shared);
+    }
     let running = Running { addr, stop, shards: shared, threads, labels, dedup };
     for _ in 0..shards {
         match ready_rx.recv() {

@@ -11,7 +11,7 @@ use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Poll, Waker};
 
 use monoio::io::Canceller;
@@ -38,6 +38,8 @@ pub struct ShardArgs {
     pub dedup: Option<Arc<crate::dedup::Dedup>>,
     pub budgets: Option<Arc<crate::enrich::budget::Budgets>>,
     pub source_conns: Option<Arc<crate::enrich::budget::Connections>>,
+    /// Every shard of the server, set once all are spawned: a reactor that panics stops them.
+    pub peers: Arc<OnceLock<Vec<Arc<ShardShared>>>>,
 }
 
 /// Everything a connection task needs, on the reactor thread only (Rc, RefCell: no locks).
@@ -170,9 +172,29 @@ impl ShardCtx {
 
 pub fn run(args: ShardArgs, ready: Sender<Result<(), String>>) {
     let shared = args.shared.clone();
-    let result = run_inner(args, &ready);
-    if let Err(e) = result {
-        let _ = ready.send(Err(e));
+    let (stop, peers) = (args.stop.clone(), args.peers.clone());
+    // A panic (a bug, a step breaking its contract) must not unwind past `reactor_done`: the
+    // drain would wait for this reactor forever and a stop would never finish. Its connections
+    // are gone with it, so the whole server stops: every shard drains what it acknowledged into
+    // the journal, and the process exits 1 (main.rs) for its supervisor to restart it.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(args, &ready))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = ready.send(Err(e));
+        }
+        Err(payload) => {
+            let why = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("no message");
+            let i = shared.index;
+            eprintln!("tracker: shard {i}: reactor panicked ({why}); stopping every shard, draining the rings");
+            shared.reactor_panicked.store(true, SeqCst);
+            // During start-up: the start fails (and stops the shards it started).
+            let _ = ready.send(Err(format!("shard {i}: reactor panicked: {why}")));
+            super::stop_all(&stop, peers.get().map_or(&[][..], Vec::as_slice));
+        }
     }
     shared.reactor_done.store(true, SeqCst);
     if let Some(t) = shared.drain_thread.get() {

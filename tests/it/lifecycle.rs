@@ -142,3 +142,56 @@ fn connection_buffers_larger_than_memory_are_refused_at_start() {
     assert!(err.contains("connection buffers need up to"), "{err}");
     assert!(err.contains("lower server.connections_per_shard_max or server.body_bytes_max"), "{err}");
 }
+
+/// A step that panics on campaign 666: stands for any bug that panics on a reactor thread.
+#[derive(Debug)]
+struct PanicOn666;
+
+impl tracker::enrich::step::Step for PanicOn666 {
+    fn name(&self) -> &str {
+        "panic_on_666"
+    }
+    fn apply(
+        &self,
+        ty: &tracker::config::EventType,
+        _req: &tracker::extract::RequestView<'_>,
+        ev: &mut tracker::event::Event,
+    ) -> Result<(), &'static str> {
+        let c = ty.fields.iter().find(|f| f.name == "campaign_id").ok_or("no campaign_id")?;
+        assert!(!(ev.has(c.slot) && ev.slots[c.slot] == 666), "a bug on the request path");
+        Ok(())
+    }
+}
+
+/// Regression: a panic on a reactor thread unwound past the point that tells the shard's drain
+/// the reactor is done, so the drain waited for it forever and a stop never finished (systemd
+/// SIGKILLs after TimeoutStopSec, skipping the final sync and the clean-stop record). The whole
+/// server must stop instead: every shard drains what it acknowledged, and the failure is known.
+#[test]
+fn a_panic_on_a_reactor_stops_the_server_with_every_acknowledged_event_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2, "127.0.0.1:0".parse().unwrap());
+    cfg.add_step("impression", std::sync::Arc::new(PanicOn666)).unwrap();
+    let running = tracker::runtime::start(cfg).unwrap();
+    let addr = running.addr();
+    let mut acked = 0;
+    for c in 1..=20 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let head = exchange(&mut s, format!("GET /i?c={c} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        acked += 1;
+    }
+    let shards = running.shards().to_vec();
+    // Not read back: the dead runtime never closes its sockets (the process exits soon after).
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /i?c=666 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !shards.iter().any(|s| s.reactor_panicked()) {
+        assert!(Instant::now() < deadline, "no reactor panicked within {WAIT:?}");
+        std::thread::yield_now();
+    }
+    // No stop asked for: the panic itself stops every shard.
+    assert!(waits(running), "the server did not stop after a reactor panicked");
+    let events = crate::harness::journal_cat(&dir.path().join("journal"));
+    assert_eq!(events.len(), acked, "{events:?}");
+}
