@@ -209,7 +209,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             }
             need_bytes = 0;
             chunked_progress = Default::default();
-            let a = answer(&ctx, &req, &mut bufs.body, body_len, peer, now_ns, &mut wbuf);
+            // At stop, a request with more bytes behind it (pipelined) keeps the connection
+            // open so they are answered too; the last request in the buffer says close.
+            let more = start + consumed < rbuf.len();
+            let a = answer(&ctx, &req, &mut bufs.body, body_len, more, peer, now_ns, &mut wbuf);
             answered_any = true;
             record_service(&ctx, now_ns);
             logged_seq = logged_seq.max(a.logged_seq);
@@ -392,12 +395,15 @@ fn stop_grace_over(ctx: &ShardCtx) -> bool {
 }
 
 /// Routes, extracts, pushes and writes the response for one well-formed request. `body[..body_len]`
-/// is its body (`body` has the JSON parser's padding after it).
+/// is its body (`body` has the JSON parser's padding after it); `more`: bytes of another request
+/// follow it in the read buffer.
+#[allow(clippy::too_many_arguments)] // the request's parts, as the batch loop has them
 fn answer(
     ctx: &ShardCtx,
     req: &http::Request<'_, '_>,
     body: &mut [u8],
     body_len: usize,
+    more: bool,
     peer: SocketAddr,
     now_ns: u64,
     wbuf: &mut Vec<u8>,
@@ -405,8 +411,10 @@ fn answer(
     let counters = &ctx.shared.counters;
     let head = req.method == http::Method::Head;
     // While the shard stops, answer with `Connection: close`: the client opens its next request
-    // on a new connection (the new process in a restart) instead of racing our close.
-    let ka = req.keep_alive && !ctx.stopping.get();
+    // on a new connection (the new process in a restart) instead of racing our close. Not while
+    // requests it pipelined are still in the buffer: they were received and are answered first
+    // (a close here would drop them unanswered); the stop graces bound how long that lasts.
+    let ka = req.keep_alive && (!ctx.stopping.get() || more);
     let v = req.version_minor;
     let method = match req.method {
         http::Method::Get => RequestMethod::Get,
