@@ -277,7 +277,9 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
     let started_with = cfg.clone();
     let running = match tracker::runtime::start_with(cfg, &|s| notifier.status(s), &|| stop_asked.load(SeqCst)) {
         Ok(r) => r,
-        Err(_) if stop_asked.load(SeqCst) => {
+        // Only a start called off by the stop exits as a stop: any other failure is reported
+        // as one, whether or not a stop was asked for meanwhile.
+        Err(e) if e.cancelled => {
             eprintln!("tracker: stopped during start-up, before serving anything");
             return ExitCode::SUCCESS;
         }

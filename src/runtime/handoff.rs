@@ -33,6 +33,13 @@ pub const JOURNAL_LOCK_WAIT: Duration = Duration::from_secs(60);
 /// How often the lock is tried again while waiting.
 const LOCK_RETRY: Duration = Duration::from_millis(20);
 
+const CANCELLED: &str = "stop requested while waiting for the lock";
+
+/// Whether `open_journal` gave up because `cancelled` said so, rather than failed.
+pub fn is_cancelled(e: &JournalError) -> bool {
+    e.op() == "lock" && e.kind() == io::ErrorKind::Interrupted && e.io_error().to_string() == CANCELLED
+}
+
 /// Opens a shard's journal, waiting for a previous process (restart) to release its lock.
 /// `deadline` is shared by all shards (JOURNAL_LOCK_WAIT from the start); `cancelled` is asked
 /// between tries, so a stop requested during the wait ends it (the error says so).
@@ -51,7 +58,7 @@ pub fn open_journal(
                 return Err(JournalError::new(
                     "lock",
                     &crate::journal::shard_dir(&cfg.journal.dir, shard),
-                    io::Error::new(io::ErrorKind::Interrupted, "stop requested while waiting for the lock"),
+                    io::Error::new(io::ErrorKind::Interrupted, CANCELLED),
                 ));
             }
             Err(e) if is_locked(&e) && Instant::now() < deadline => {
@@ -112,4 +119,25 @@ pub fn accept_queued(fd: RawFd) -> io::Result<Option<(std::net::TcpStream, Socke
 pub fn migrate_req_enabled() -> Option<bool> {
     let s = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").ok()?;
     Some(s.trim() == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_lock_wait_called_off_counts_as_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::embedded();
+        cfg.journal.dir = dir.path().join("journal");
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let far = Instant::now() + Duration::from_secs(60);
+        let held = open_journal(&cfg, 0, addr, &|_| {}, far, &|| false).unwrap();
+        let e = open_journal(&cfg, 0, addr, &|_| {}, far, &|| true).err().expect("the lock is held");
+        assert!(is_cancelled(&e), "{e}");
+        // Given up at the deadline, the wait failed: not a cancel.
+        let e = open_journal(&cfg, 0, addr, &|_| {}, Instant::now(), &|| false).err().expect("the lock is held");
+        assert!(!is_cancelled(&e), "{e}");
+        drop(held);
+    }
 }

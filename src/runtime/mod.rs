@@ -240,16 +240,27 @@ fn abandon_start(
     for t in threads {
         let _ = t.join();
     }
-    StartError(why)
+    StartError::new(why)
 }
 
 /// Start-up failures, each with what to do about it.
 #[derive(Debug)]
-pub struct StartError(pub String);
+pub struct StartError {
+    pub message: String,
+    /// The start was called off by `start_with`'s `cancelled` (a stop asked for while waiting
+    /// for another process's journal lock), not failed: the caller may exit as from a stop.
+    pub cancelled: bool,
+}
+
+impl StartError {
+    pub fn new(message: impl Into<String>) -> StartError {
+        StartError { message: message.into(), cancelled: false }
+    }
+}
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -269,7 +280,7 @@ fn check_connection_memory(s: &crate::config::Server, shards: usize, memory: Opt
         return Ok(());
     }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    Err(StartError(format!(
+    Err(StartError::new(format!(
         "connection buffers need up to {:.1} GiB ({shards} shard(s) × server.connections_per_shard_max {} × {per_connection} bytes: header_bytes_max + 2 × body_bytes_max + the write buffer), more than this machine's {:.1} GiB of memory; lower server.connections_per_shard_max or server.body_bytes_max",
         gib(total),
         s.connections_per_shard_max,
@@ -307,10 +318,10 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
     }
     check_connection_memory(&cfg.server, shards, physical_memory_bytes())?;
     let listeners = crate::net::listener::bind_shards(cfg.server.listen, shards)
-        .map_err(|e| StartError(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
-    let addr = listeners[0].local_addr().map_err(|e| StartError(format!("listener address: {e}")))?;
+        .map_err(|e| StartError::new(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
+    let addr = listeners[0].local_addr().map_err(|e| StartError::new(format!("listener address: {e}")))?;
     crate::journal::create_dir_durable(&cfg.journal.dir)
-        .map_err(|e| StartError(format!("cannot create journal directory {}: {e}", cfg.journal.dir.display())))?;
+        .map_err(|e| StartError::new(format!("cannot create journal directory {}: {e}", cfg.journal.dir.display())))?;
 
     if cfg.privacy.user_id_fields.iter().any(|&m| m != 0) && !cfg.privacy.hash_key_from_file {
         eprintln!("tracker: privacy.hash_key_file is not set: user ids are hashed with a random key made now, so their hashes change at every restart");
@@ -318,7 +329,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
     let mut cfg = cfg;
     let labels = Arc::new(CounterLabels::default());
     // The first config always fits: the validator caps endpoints and types at the counters' size.
-    labels.assign(&mut cfg).map_err(StartError)?;
+    labels.assign(&mut cfg).map_err(StartError::new)?;
     let cfg = Arc::new(cfg);
     let stop = Arc::new(AtomicBool::new(false));
     // The dedup window is shared by all shards (one table, allocated now); None when off.
@@ -342,10 +353,10 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
         // some never resizes (or locks) a counter array under the reactors.
         let sh = Arc::new(
             ShardShared::new(index, ShardCounters::new(ENDPOINTS_MAX, EVENT_TYPES_MAX), journals_failing.clone())
-                .map_err(|e| StartError(format!("shard {i}: eventfd: {e}")))?,
+                .map_err(|e| StartError::new(format!("shard {i}: eventfd: {e}")))?,
         );
         let (journal, report) = handoff::open_journal(&cfg, index, addr, status, deadline, cancelled)
-            .map_err(|e| StartError(format!("shard {i}: {e}")))?;
+            .map_err(|e| StartError { message: format!("shard {i}: {e}"), cancelled: handoff::is_cancelled(&e) })?;
         if report.torn_records > 0 {
             eprintln!(
                 "tracker: shard {i}: journal segment {} had a torn tail: {} records ({} bytes) dropped, {} intact kept",
@@ -419,12 +430,12 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
             Ok(Err(e)) => {
                 running.stop();
                 running.wait();
-                return Err(StartError(e));
+                return Err(StartError::new(e));
             }
             Err(_) => {
                 running.stop();
                 running.wait();
-                return Err(StartError("a shard thread exited during start-up".into()));
+                return Err(StartError::new("a shard thread exited during start-up"));
             }
         }
     }

@@ -108,6 +108,28 @@ fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) {
 }
 
 #[test]
+fn a_stop_while_waiting_for_the_journal_lock_exits_as_a_stop() {
+    let mut old = Server::start(None, &["--shards", "2"]);
+    let (mut second, err) = start_second(old.addr, &old.journal());
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    wait_line(&err, "stopped during start-up, before serving anything");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(st) = second.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the waiting process did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "a start called off by a stop exits as a stop");
+    // The first process never noticed: it still serves, and stops cleanly.
+    let r = Client::connect(old.addr).get("/i?c=1");
+    assert_eq!(r.status, 200);
+    assert_eq!(old.stop(), 0);
+}
+
+#[test]
 fn restart_under_load_loses_no_request_and_no_event() {
     let fresh = restart_under_load(2, 2);
     assert!(fresh <= 2 * ATTEMPTS_MAX as u64);
