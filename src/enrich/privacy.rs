@@ -78,9 +78,17 @@ impl Privacy {
                 if opted_out || self.cfg.ip == IpPolicy::Drop {
                     clear(ev, f.slot, f.offset, f.max);
                 } else if self.cfg.ip == IpPolicy::Truncate {
-                    let bits =
-                        if ev.slots[f.slot] == 4 { self.cfg.ipv4_prefix_bits } else { self.cfg.ipv6_prefix_bits };
                     let bytes = &mut ev.bytes[f.offset..f.offset + 16];
+                    let bits = if ev.slots[f.slot] == 4 {
+                        self.cfg.ipv4_prefix_bits
+                    } else if bytes[..2] == [0x20, 0x02] {
+                        // 6to4 (2002::/16, RFC 3056) carries the whole IPv4 address of its site
+                        // in bits 16..48, which an IPv6 /48 would keep: cut that address as an
+                        // IPv4 one.
+                        self.cfg.ipv6_prefix_bits.min(16 + self.cfg.ipv4_prefix_bits)
+                    } else {
+                        self.cfg.ipv6_prefix_bits
+                    };
                     for (k, b) in bytes.iter_mut().enumerate() {
                         let keep = (bits as usize).saturating_sub(k * 8).min(8);
                         *b &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
@@ -197,11 +205,15 @@ mod tests {
     const NOW: u64 = 1_790_000_000_000_000_000;
 
     fn run(cfg: &Config, ty: &str, q: &[u8], h: &[httparse::Header<'_>], now: u64) -> serde_json::Value {
+        run_from("203.0.113.77", cfg, ty, q, h, now)
+    }
+
+    fn run_from(ip: &str, cfg: &Config, ty: &str, q: &[u8], h: &[httparse::Header<'_>], now: u64) -> serde_json::Value {
         let t = cfg.event_type(ty).unwrap();
         let req = RequestView {
             query: q,
             headers: h,
-            client_ip: "203.0.113.77".parse().unwrap(),
+            client_ip: ip.parse().unwrap(),
             now_ns: now,
             user_agent: None,
             json: None,
@@ -229,6 +241,17 @@ mod tests {
         assert_eq!(again["user_id"], v["user_id"]);
         let next_day = run(&cfg, "conversion", b"c=1", &h, NOW + 86_400 * 1_000_000_000);
         assert_ne!(next_day["user_id"], v["user_id"]);
+    }
+
+    #[test]
+    fn an_ipv4_address_inside_an_ipv6_one_is_cut_as_ipv4() {
+        let cfg = Config::embedded();
+        let ip = |from: &str| run_from(from, &cfg, "conversion", b"c=1", &[], NOW)["ip"].clone();
+        // 203.0.113.77 behind a 6to4 relay: a /48 would keep all of it.
+        assert_eq!(ip("2002:cb00:714d:1:2:3:4:5"), "2002:cb00:7100::");
+        // IPv4-mapped is stored as IPv4; native IPv6 keeps its /48.
+        assert_eq!(ip("::ffff:203.0.113.77"), "203.0.113.0");
+        assert_eq!(ip("2001:db8:abcd:12:1:2:3:4"), "2001:db8:abcd::");
     }
 
     #[test]
