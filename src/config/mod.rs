@@ -310,14 +310,20 @@ impl Config {
         Config::parse(DEFAULT_TOML, DEFAULT_NAME).expect("embedded config/tracker.toml is valid")
     }
 
-    /// Reads and validates a config file.
+    /// Reads and validates a config file to serve from: as `parse`, and it must declare an
+    /// endpoint.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
-        Config::parse(&read_file(path)?, &path.display().to_string())
+        let (cfg, errors) = Config::load_with_errors(path)?;
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
-    /// `parse_with_errors` of a file.
+    /// `parse_with_errors` of a file, and the file must declare an endpoint.
     pub fn load_with_errors(path: &std::path::Path) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
-        Config::parse_with_errors(&read_file(path)?, &path.display().to_string())
+        Config::parse_inner(&read_file(path)?, &path.display().to_string(), true)
     }
 
     /// Parses and validates config text; `file` names it in errors.
@@ -335,6 +341,10 @@ impl Config {
     /// then also builds its collectors, so their option errors come in the same run as the rest.
     /// Never serve such a config.
     pub fn parse_with_errors(text: &str, file: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+        Config::parse_inner(text, file, false)
+    }
+
+    fn parse_inner(text: &str, file: &str, require_endpoint: bool) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
             ConfigErrors(vec![ConfigError {
@@ -345,8 +355,20 @@ impl Config {
                 message: toml_message(e.message()),
             }])
         })?;
+        // A file replaces the embedded default whole: one that only tunes `[server]` would
+        // otherwise pass and then answer every request 404. (Config text parsed for a test or an
+        // embedding program may leave endpoints out.)
+        let no_endpoint = require_endpoint && raw.endpoint.is_empty();
         let mut v = Validator { text, file, errors: Vec::new() };
         let cfg = v.config(raw);
+        if no_endpoint {
+            v.err(
+                0..0,
+                "endpoint",
+                "no [[endpoint]] table: every request would get 404. A config file replaces the embedded \
+                 default whole; copy the [[endpoint]] and [event.*] tables you need from config/tracker.toml",
+            );
+        }
         Ok((cfg, v.errors))
     }
 

@@ -1,7 +1,9 @@
 //! Config errors name the file, line and key; check-config exits non-zero and lists them all.
 
-use crate::harness::BIN;
-use std::process::Command;
+use crate::harness::{BIN, WAIT};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[test]
 fn check_config_reports_every_error_with_file_line_and_key() {
@@ -139,4 +141,44 @@ fn a_schema_that_does_not_fit_a_segment_is_a_config_error() {
     std::fs::write(&p, text.replace("segment_bytes = 65536", "segment_bytes = 1048576")).unwrap();
     let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_config_file_without_endpoints_is_refused_not_served_as_404s() {
+    // A file replaces the embedded default whole; one that only tunes a section used to pass
+    // check-config and then answer every request 404.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("partial.toml");
+    std::fs::write(&p, "[server]\nshards = 1\n").unwrap();
+    let f = p.display().to_string();
+    let want = format!("{f}:1: endpoint: no [[endpoint]] table: every request would get 404");
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains(&want), "{err}");
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--journal-dir"])
+        .arg(dir.path().join("journal"))
+        .arg("--config")
+        .arg(&p)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a server that started anyway would never exit on its own.
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(st) = serve.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("serve started on a config without endpoints");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(2));
+    let mut err = String::new();
+    serve.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains(&want), "{err}");
 }
