@@ -1,9 +1,8 @@
 //! Config errors name the file, line and key; check-config exits non-zero and lists them all.
 
-use crate::harness::{BIN, WAIT};
+use crate::harness::{wait_child, BIN};
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 #[test]
 fn check_config_reports_every_error_with_file_line_and_key() {
@@ -166,17 +165,7 @@ fn a_config_file_without_endpoints_is_refused_not_served_as_404s() {
         .spawn()
         .unwrap();
     // Bounded: a server that started anyway would never exit on its own.
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(st) = serve.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = serve.kill();
-            panic!("serve started on a config without endpoints");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_child(&mut serve, "on a config without endpoints");
     assert_eq!(status.code(), Some(2));
     let mut err = String::new();
     serve.stderr.take().unwrap().read_to_string(&mut err).unwrap();

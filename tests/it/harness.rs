@@ -117,17 +117,7 @@ impl Server {
     }
 
     pub fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("tracker did not exit within {WAIT:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_child(&mut self.child, "of SIGTERM").code().unwrap_or(-1)
     }
 
     /// Lines the server wrote to stderr so far.
@@ -305,5 +295,21 @@ impl Client {
             }
             Err(e) => panic!("read: {e}"),
         }
+    }
+}
+
+/// Waits (bounded by WAIT) for `child` to exit; on timeout kills it and panics, saying it did
+/// not exit within WAIT `after` ("of SIGTERM", ...).
+pub fn wait_child(child: &mut std::process::Child, after: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tracker did not exit within {WAIT:?} {after}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

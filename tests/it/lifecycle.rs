@@ -82,10 +82,10 @@ fn a_logged_request_taken_from_the_accept_queue_at_stop_is_answered_and_the_shar
     }
 }
 
-#[test]
-fn a_request_partly_received_when_the_stop_comes_is_still_answered() {
-    let dir = tempfile::tempdir().unwrap();
-    let running = tracker::runtime::start(config(dir.path(), 1, "127.0.0.1:0".parse().unwrap())).unwrap();
+/// A one-shard server in `dir` that has answered `GET /i?c=1` on the returned connection and
+/// holds the head of `GET /i?c=2` but its last CRLF, stopped (no longer accepting).
+fn stopped_with_a_request_partly_received(dir: &std::path::Path) -> (tracker::runtime::Running, TcpStream) {
+    let running = tracker::runtime::start(config(dir, 1, "127.0.0.1:0".parse().unwrap())).unwrap();
     let addr = running.addr();
     let mut s = TcpStream::connect(addr).unwrap();
     // One write: a whole request and the head of the next but its last CRLF. The answer to the
@@ -94,6 +94,13 @@ fn a_request_partly_received_when_the_stop_comes_is_still_answered() {
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     running.stop();
     wait_until_refused(addr);
+    (running, s)
+}
+
+#[test]
+fn a_request_partly_received_when_the_stop_comes_is_still_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, mut s) = stopped_with_a_request_partly_received(dir.path());
     let second = exchange(&mut s, b"\r\n").expect("the request in flight at stop was dropped");
     assert!(second.starts_with("HTTP/1.1 200") && second.contains("Connection: close"), "{second}");
     assert!(waits(running));
@@ -203,14 +210,8 @@ fn a_panic_on_a_reactor_stops_the_server_with_every_acknowledged_event_journaled
 #[test]
 fn requests_pipelined_when_the_stop_comes_are_all_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let running = tracker::runtime::start(config(dir.path(), 1, "127.0.0.1:0".parse().unwrap())).unwrap();
-    let addr = running.addr();
-    let mut s = TcpStream::connect(addr).unwrap();
     // A request partly received when the stop comes keeps the connection open through it.
-    let first = exchange(&mut s, b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\n\r\nGET /i?c=2 HTTP/1.1\r\nHost: t\r\n").unwrap();
-    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    running.stop();
-    wait_until_refused(addr);
+    let (running, mut s) = stopped_with_a_request_partly_received(dir.path());
     // Its end and a whole second request, in one write.
     s.write_all(b"\r\nGET /i?c=3 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut all = Vec::new();

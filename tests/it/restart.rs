@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{journal_cat, stderr_lines, Client, Server, BIN, WAIT};
+use crate::harness::{journal_cat, stderr_lines, wait_child, Client, Server, BIN, WAIT};
 
 /// Attempts per request before it counts as failed.
 const ATTEMPTS_MAX: u32 = 20;
@@ -114,14 +114,7 @@ fn a_stop_while_waiting_for_the_journal_lock_exits_as_a_stop() {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
     wait_line(&err, "stopped during start-up, before serving anything");
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(st) = second.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "the waiting process did not exit on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_child(&mut second, "of SIGTERM");
     assert_eq!(status.code(), Some(0), "a start called off by a stop exits as a stop");
     // The first process never noticed: it still serves, and stops cleanly.
     let r = Client::connect(old.addr).get("/i?c=1");
@@ -199,15 +192,7 @@ fn restart_under_load(keep_alive_clients: u64, fresh_clients: u64) -> u64 {
 
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(new.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(st) = new.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "the new process did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success());
+    assert!(wait_child(&mut new, "of SIGTERM").success());
 
     let (ok, failed, retries) = (t.ok.load(SeqCst), t.failed.load(SeqCst), t.retries.load(SeqCst));
     let fresh = t.fresh_resets.load(SeqCst);
