@@ -89,10 +89,11 @@ impl Privacy {
                     } else {
                         self.cfg.ipv6_prefix_bits
                     };
-                    for (k, b) in bytes.iter_mut().enumerate() {
-                        let keep = (bits as usize).saturating_sub(k * 8).min(8);
-                        *b &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
-                    }
+                    // The address as one big-endian u128 (IPv4 in its first 4 bytes), its
+                    // first `bits` bits kept: one mask, no loop over the bytes.
+                    let mask = u128::MAX.checked_shl(128 - u32::from(bits.min(128))).unwrap_or(0);
+                    let kept = u128::from_be_bytes((&*bytes).try_into().expect("16 bytes")) & mask;
+                    bytes.copy_from_slice(&kept.to_be_bytes());
                 }
             } else if f.user_id {
                 identity_changed |= ty.identity.contains(&i);
@@ -252,6 +253,20 @@ mod tests {
         // IPv4-mapped is stored as IPv4; native IPv6 keeps its /48.
         assert_eq!(ip("::ffff:203.0.113.77"), "203.0.113.0");
         assert_eq!(ip("2001:db8:abcd:12:1:2:3:4"), "2001:db8:abcd::");
+        // Prefixes that end inside a byte, and the ends of the range.
+        let mut cfg = Config::embedded();
+        let ip = |cfg: &Config, from: &str| run_from(from, cfg, "conversion", b"c=1", &[], NOW)["ip"].clone();
+        (cfg.privacy.ipv4_prefix_bits, cfg.privacy.ipv6_prefix_bits) = (20, 28);
+        assert_eq!(ip(&cfg, "203.0.127.77"), "203.0.112.0");
+        assert_eq!(ip(&cfg, "2001:dbff::1"), "2001:dbf0::");
+        assert_eq!(ip(&cfg, "2002:cbff:7f4d::1"), "2002:cbf0::");
+        cfg.privacy.ipv6_prefix_bits = 64;
+        assert_eq!(ip(&cfg, "2002:cb00:7f4d:1::1"), "2002:cb00:7000::");
+        (cfg.privacy.ipv4_prefix_bits, cfg.privacy.ipv6_prefix_bits) = (32, 128);
+        assert_eq!(ip(&cfg, "203.0.113.77"), "203.0.113.77");
+        assert_eq!(ip(&cfg, "2001:db8::77"), "2001:db8::77");
+        (cfg.privacy.ipv4_prefix_bits, cfg.privacy.ipv6_prefix_bits) = (0, 0);
+        assert_eq!(ip(&cfg, "203.0.113.77"), "0.0.0.0");
     }
 
     #[test]
