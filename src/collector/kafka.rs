@@ -144,6 +144,15 @@ pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
     }
     let timeout_ms = o.u64("timeout_ms", 30_000, 100, 3_600_000);
     let linger_ms = o.u64("producer_linger_ms", 5, 0, 60_000);
+    // librdkafka refuses the pair when it makes the producer (`message.timeout.ms` must be
+    // greater than `linger.ms`): said here, against our own keys, not as a retry forever.
+    let timing_ok = linger_ms < timeout_ms;
+    if !timing_ok {
+        o.error(
+            "producer_linger_ms",
+            format!("{linger_ms} is not below timeout_ms {timeout_ms}: a message must be able to wait its linger"),
+        );
+    }
     let props = o.string_table("properties");
     for k in props.keys() {
         if OWNED.contains(&k.as_str()) {
@@ -174,6 +183,10 @@ pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
     // property instead of the collector retrying "create producer" forever.
     if let Err(e) = config.create_native_config() {
         o.error("properties", format!("librdkafka refuses the configuration: {e}"));
+    } else if timing_ok {
+        if let Err(e) = probe_producer(&config) {
+            o.error("properties", format!("librdkafka refuses the configuration: {e}"));
+        }
     }
     let reports = Arc::new(Reports { name: o.collector.name.clone(), ..Default::default() });
     Ok(Box::new(Kafka {
@@ -185,6 +198,26 @@ pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
         reports,
         value: String::new(),
     }))
+}
+
+/// Some settings librdkafka checks only when it makes a client (e.g. `max.in.flight` above 5
+/// with `enable.idempotence`): makes one, with no broker to connect to and without TLS or SASL
+/// (their files and secrets belong to the host the tracker runs on, which check-config may not
+/// be), and drops it. No network I/O; librdkafka starts and joins its threads.
+fn probe_producer(config: &ClientConfig) -> Result<(), KafkaError> {
+    struct Quiet;
+    impl ClientContext for Quiet {
+        fn log(&self, _: rdkafka::config::RDKafkaLogLevel, _: &str, _: &str) {}
+        fn error(&self, _: KafkaError, _: &str) {}
+    }
+    impl ProducerContext for Quiet {
+        type DeliveryOpaque = ();
+        fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+    }
+    let mut probe = config.clone();
+    probe.remove("bootstrap.servers").remove("statistics.interval.ms").set("security.protocol", "plaintext");
+    let _: BaseProducer<Quiet> = probe.create_with_context(Quiet)?;
+    Ok(())
 }
 
 /// The producer, created on first use (no I/O in the factory: check-config builds collectors).

@@ -171,3 +171,37 @@ fn a_config_file_without_endpoints_is_refused_not_served_as_404s() {
     serve.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(err.contains(&want), "{err}");
 }
+
+/// Regression: librdkafka checks some settings only when a client is made (`rd_kafka_new`), not
+/// when its configuration is: `max.in.flight` above 5 with the idempotent producer, or a
+/// `producer_linger_ms` not below `timeout_ms`. check-config passed them, and the collector then
+/// retried "create producer" forever while the events waited.
+#[test]
+fn kafka_settings_librdkafka_refuses_only_at_producer_creation_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("k.toml");
+    let cfg = tracker::config::DEFAULT_TOML.to_string()
+        + "\n[[collector]]\nname = \"k\"\nkind = \"kafka\"\nevents = \"all\"\nfields = []\n\
+           [collector.options]\nbrokers = \"127.0.0.1:9092\"\n@OPTIONS@\n";
+    let check = |option: &str| {
+        let text = cfg.replace("@OPTIONS@", option);
+        std::fs::write(&p, &text).unwrap();
+        let line = text.lines().position(|l| l == option.lines().last().unwrap()).unwrap() + 1;
+        let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap(), format!("{}:{line}: ", p.display()))
+    };
+    let (code, err, at) = check("properties = { \"max.in.flight\" = \"10\" }");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("{at}collector[0].options.properties: librdkafka refuses")), "{err}");
+    assert!(err.contains("max.in.flight"), "{err}");
+    let (code, err, at) = check("timeout_ms = 1000\nproducer_linger_ms = 1000");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("{at}collector[0].options.producer_linger_ms: 1000")), "{err}");
+    assert!(err.contains("timeout_ms"), "{err}");
+    // Still fine: TLS settings naming files of the host the tracker runs on are not read here.
+    let (code, err, _) = check(
+        "properties = { \"security.protocol\" = \"ssl\", \"ssl.ca.location\" = \"/nonexistent/ca.pem\", \
+         \"max.in.flight\" = \"5\" }",
+    );
+    assert_eq!(code, Some(0), "{err}");
+}
