@@ -83,12 +83,15 @@ pub fn collector_shard_dir(journal: &Path, name: &str, shard: u16) -> PathBuf {
 /// Reads the cursor of a shard; `None` when none was written yet (start of the journal).
 pub fn read_cursor(dir: &Path) -> io::Result<Option<Position>> {
     let path = dir.join("cursor");
-    let mut s = String::new();
-    match File::open(&path) {
-        Ok(mut f) => f.read_to_string(&mut s)?,
+    // Every error names the file: it reaches an operator through the collector's last error,
+    // retention's warning and `journal replay`, none of which knows where the cursor lives.
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(named(e)),
     };
+    let s = String::from_utf8_lossy(&bytes);
     let mut it = s.split_whitespace();
     let parsed = (|| Some(Position { segment: it.next()?.parse().ok()?, index: it.next()?.parse().ok()? }))();
     match parsed {
@@ -401,6 +404,24 @@ mod tests {
         assert_eq!(bases.get(&key_base_id("host-2:banker")).map(String::as_str), Some("host-2:banker"));
         assert_eq!(bases.get(&LEGACY_BASE_ID).map(String::as_str), Some("old:banker"));
         assert_eq!(bases.len(), 3);
+    }
+
+    /// Regression: a cursor damaged into bytes that are not UTF-8 (or one that cannot be read
+    /// at all) failed with the bare "stream did not contain valid UTF-8", naming no file, in
+    /// the collector's last error, retention's warning and `journal replay`.
+    #[test]
+    fn a_cursor_that_cannot_be_read_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("shard-000");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cursor"), b"3 \xff\xfe\n").unwrap();
+        let e = read_cursor(&dir).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains(&dir.join("cursor").display().to_string()), "{e}");
+        fs::remove_file(dir.join("cursor")).unwrap();
+        fs::create_dir(dir.join("cursor")).unwrap();
+        let e = read_cursor(&dir).unwrap_err();
+        assert!(e.to_string().contains(&dir.join("cursor").display().to_string()), "{e}");
     }
 
     #[test]
