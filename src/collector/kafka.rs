@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
@@ -47,6 +47,10 @@ struct Reports {
     ok: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// Per topic, this attempt's messages without a delivery report yet: a timeout names the
+    /// topics that did not answer (a topic that does not exist is one), since the topic comes
+    /// from a per-type template.
+    unreported: Mutex<Vec<(String, u64)>>,
     idempotent_logged: AtomicBool,
     name: String,
 }
@@ -80,6 +84,14 @@ impl ProducerContext for Ctx {
     type DeliveryOpaque = ();
 
     fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        let topic = match r {
+            Ok(m) | Err((_, m)) => m.topic(),
+        };
+        let mut unreported = self.0.unreported.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, n)) = unreported.iter_mut().find(|(t, _)| t == topic) {
+            *n = n.saturating_sub(1);
+        }
+        drop(unreported);
         match r {
             Ok(_) => {
                 self.0.ok.fetch_add(1, Relaxed);
@@ -88,7 +100,7 @@ impl ProducerContext for Ctx {
                 self.0.failed.fetch_add(1, Relaxed);
                 let mut first = self.0.first_error.lock().unwrap_or_else(|p| p.into_inner());
                 if first.is_none() {
-                    *first = Some(e.to_string());
+                    *first = Some(format!("{topic}: {e}"));
                 }
             }
         }
@@ -241,6 +253,7 @@ impl Collector for Kafka {
         reports.ok.store(0, Relaxed);
         reports.failed.store(0, Relaxed);
         *reports.first_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        reports.unreported.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let mut value = std::mem::take(&mut self.value);
         let producer = match producer(&mut self.producer, &self.config, &self.reports) {
             Ok(p) => p,
@@ -271,7 +284,15 @@ impl Collector for Kafka {
             }
             loop {
                 match producer.send(record) {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        // Reports come only from poll and flush, on this thread, after this.
+                        let mut unreported = reports.unreported.lock().unwrap_or_else(|p| p.into_inner());
+                        match unreported.iter_mut().find(|(t, _)| *t == topic) {
+                            Some((_, n)) => *n += 1,
+                            None => unreported.push((topic.clone(), 1)),
+                        }
+                        break;
+                    }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         if Instant::now() > deadline {
                             self.value = value;
@@ -318,7 +339,15 @@ impl Collector for Kafka {
         self.producer = None;
         Delivery::Retry(match (flushed, first) {
             (_, Some(e)) => format!("{failed} of {n} messages failed: {e}"),
-            (Err(e), None) => format!("{} of {n} delivery reports within the timeout: {e}", ok + failed),
+            (Err(e), None) => {
+                let unreported = reports.unreported.lock().unwrap_or_else(|p| p.into_inner());
+                let topics: Vec<&str> = unreported.iter().filter(|(_, n)| *n > 0).map(|(t, _)| t.as_str()).collect();
+                let waiting = match topics.is_empty() {
+                    true => String::new(),
+                    false => format!("; no report from {} (does it exist?)", topics.join(", ")),
+                };
+                format!("{} of {n} delivery reports within the timeout{waiting}: {e}", ok + failed)
+            }
             (Ok(()), None) => format!("{ok} of {n} messages acknowledged"),
         })
     }

@@ -311,3 +311,19 @@ fn a_short_broker_stall_that_times_out_a_batch_does_not_stop_delivery() {
     assert_eq!(got.len(), 15, "delivery goes on after the stall");
     assert_eq!(s.stop(), 0);
 }
+
+/// Regression: a batch to a topic that does not exist failed its attempts with "0 of 1 delivery
+/// reports within the timeout: Flush error: OperationTimedOut", naming no topic, while the
+/// topic comes from a per-type template: the operator could not tell which one to create.
+#[test]
+fn a_batch_kafka_does_not_acknowledge_names_the_topic() {
+    let Some(broker) = Broker::start() else { return };
+    let cfg = kafka_collector(broker.port, 1_000) + "topic = \"absent.{type}\"\n";
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    send(&s, 0..1);
+    let mut seen = Vec::new();
+    assert!(wait_line(&s, &mut seen, "attempt 1 failed"), "no failed attempt: {seen:?}");
+    let failed = seen.iter().find(|l| l.contains("attempt 1 failed")).unwrap();
+    assert!(failed.contains("absent.impression"), "{failed}");
+    s.stop();
+}
