@@ -39,35 +39,56 @@ fn check_config_reports_every_error_with_file_line_and_key() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
 
+/// Kafka settings librdkafka refuses are config errors, never an endless retry of the producer.
+/// Regression (second half): librdkafka checks some settings only when a client is made
+/// (`rd_kafka_new`), not when its configuration is: `max.in.flight` above 5 with the idempotent
+/// producer, or a `producer_linger_ms` not below `timeout_ms`. check-config passed them, and the
+/// collector then retried "create producer" forever while the events waited.
 #[test]
-fn a_kafka_property_librdkafka_refuses_is_a_config_error_not_an_endless_retry() {
+fn kafka_settings_librdkafka_refuses_are_config_errors_not_an_endless_retry() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("k.toml");
     let cfg = tracker::config::DEFAULT_TOML.to_string()
         + "\n[[collector]]\nname = \"k\"\nkind = \"kafka\"\nevents = \"all\"\nfields = []\n\
-           [collector.options]\nbrokers = \"127.0.0.1:9092\"\nproperties = { \"no.such.prop\" = \"1\" }\n";
-    std::fs::write(&p, &cfg).unwrap();
-    let line = cfg.lines().position(|l| l.starts_with("properties")).unwrap() + 1;
-    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8(out.stderr).unwrap();
-    let want = format!("{}:{line}: collector[0].options.properties: librdkafka refuses", p.display());
-    assert!(err.contains(&want) && err.contains("no.such.prop"), "{err}");
+           [collector.options]\nbrokers = \"127.0.0.1:9092\"\n@OPTIONS@\n";
+    // check-config on the collector with `option` (lines): exit code, stderr, `file:line: ` of
+    // the option's last line.
+    let check = |option: &str| {
+        let text = cfg.replace("@OPTIONS@", option);
+        std::fs::write(&p, &text).unwrap();
+        let line = text.lines().position(|l| l == option.lines().last().unwrap()).unwrap() + 1;
+        let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap(), format!("{}:{line}: ", p.display()))
+    };
+    let (code, err, at) = check("properties = { \"no.such.prop\" = \"1\" }");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("{at}collector[0].options.properties: librdkafka refuses")), "{err}");
+    assert!(err.contains("no.such.prop"), "{err}");
     // A property the collector sets from its own keys is refused, not silently overridden.
-    std::fs::write(&p, cfg.replace("\"no.such.prop\" = \"1\"", "\"linger.ms\" = \"100\"")).unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
-    let err = String::from_utf8(out.stderr).unwrap();
+    let (_, err, _) = check("properties = { \"linger.ms\" = \"100\" }");
     assert!(err.contains("\"linger.ms\" is set by the collector"), "{err}");
     // TLS and SASL are built in: a managed cluster's settings pass librdkafka's own check.
-    let sasl = "\"security.protocol\" = \"sasl_ssl\", \"sasl.mechanisms\" = \"SCRAM-SHA-512\", \
-                \"sasl.username\" = \"tracker\", \"sasl.password\" = \"secret\", \"ssl.endpoint.identification.algorithm\" = \"https\"";
-    std::fs::write(
-        &p,
-        cfg.replace("\"no.such.prop\" = \"1\"", sasl).replace("brokers = ", "compression = \"zstd\"\nbrokers = "),
-    )
-    .unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, err, _) = check(
+        "compression = \"zstd\"\nproperties = { \"security.protocol\" = \"sasl_ssl\", \"sasl.mechanisms\" = \
+         \"SCRAM-SHA-512\", \"sasl.username\" = \"tracker\", \"sasl.password\" = \"secret\", \
+         \"ssl.endpoint.identification.algorithm\" = \"https\" }",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // Checked only when a producer is made.
+    let (code, err, at) = check("properties = { \"max.in.flight\" = \"10\" }");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("{at}collector[0].options.properties: librdkafka refuses")), "{err}");
+    assert!(err.contains("max.in.flight"), "{err}");
+    let (code, err, at) = check("timeout_ms = 1000\nproducer_linger_ms = 1000");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("{at}collector[0].options.producer_linger_ms: 1000")), "{err}");
+    assert!(err.contains("timeout_ms"), "{err}");
+    // Still fine: TLS settings naming files of the host the tracker runs on are not read here.
+    let (code, err, _) = check(
+        "properties = { \"security.protocol\" = \"ssl\", \"ssl.ca.location\" = \"/nonexistent/ca.pem\", \
+         \"max.in.flight\" = \"5\" }",
+    );
+    assert_eq!(code, Some(0), "{err}");
 }
 
 #[test]
@@ -170,38 +191,4 @@ fn a_config_file_without_endpoints_is_refused_not_served_as_404s() {
     let mut err = String::new();
     serve.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(err.contains(&want), "{err}");
-}
-
-/// Regression: librdkafka checks some settings only when a client is made (`rd_kafka_new`), not
-/// when its configuration is: `max.in.flight` above 5 with the idempotent producer, or a
-/// `producer_linger_ms` not below `timeout_ms`. check-config passed them, and the collector then
-/// retried "create producer" forever while the events waited.
-#[test]
-fn kafka_settings_librdkafka_refuses_only_at_producer_creation_are_config_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("k.toml");
-    let cfg = tracker::config::DEFAULT_TOML.to_string()
-        + "\n[[collector]]\nname = \"k\"\nkind = \"kafka\"\nevents = \"all\"\nfields = []\n\
-           [collector.options]\nbrokers = \"127.0.0.1:9092\"\n@OPTIONS@\n";
-    let check = |option: &str| {
-        let text = cfg.replace("@OPTIONS@", option);
-        std::fs::write(&p, &text).unwrap();
-        let line = text.lines().position(|l| l == option.lines().last().unwrap()).unwrap() + 1;
-        let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
-        (out.status.code(), String::from_utf8(out.stderr).unwrap(), format!("{}:{line}: ", p.display()))
-    };
-    let (code, err, at) = check("properties = { \"max.in.flight\" = \"10\" }");
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains(&format!("{at}collector[0].options.properties: librdkafka refuses")), "{err}");
-    assert!(err.contains("max.in.flight"), "{err}");
-    let (code, err, at) = check("timeout_ms = 1000\nproducer_linger_ms = 1000");
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains(&format!("{at}collector[0].options.producer_linger_ms: 1000")), "{err}");
-    assert!(err.contains("timeout_ms"), "{err}");
-    // Still fine: TLS settings naming files of the host the tracker runs on are not read here.
-    let (code, err, _) = check(
-        "properties = { \"security.protocol\" = \"ssl\", \"ssl.ca.location\" = \"/nonexistent/ca.pem\", \
-         \"max.in.flight\" = \"5\" }",
-    );
-    assert_eq!(code, Some(0), "{err}");
 }
