@@ -57,6 +57,21 @@ pub enum FieldKind {
 }
 
 impl FieldKind {
+    pub const ALL: [FieldKind; 6] =
+        [FieldKind::U64, FieldKind::U32, FieldKind::I64, FieldKind::Money, FieldKind::Str, FieldKind::Ip];
+
+    /// The kind as a field's `type = "…"` spells it in the config.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            FieldKind::U64 => "u64",
+            FieldKind::U32 => "u32",
+            FieldKind::I64 => "i64",
+            FieldKind::Money => "money",
+            FieldKind::Str => "string",
+            FieldKind::Ip => "ip",
+        }
+    }
+
     /// Bytes this kind needs in the byte area for a declared maximum.
     pub fn area_bytes(self, max: u16) -> u16 {
         match self {

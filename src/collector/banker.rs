@@ -57,7 +57,7 @@ pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
     // on every event, silently, and the budget never move.
     for (ty, kind) in collector.field_kinds.get(&price_field).into_iter().flatten() {
         if *kind != FieldKind::Money {
-            let kind = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let kind = kind.config_name();
             o.error(
                 "price_field",
                 format!("\"{price_field}\" is a {kind} field in event type \"{ty}\"; the banker sums money fields only (type = \"money\")"),

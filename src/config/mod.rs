@@ -944,14 +944,10 @@ impl Validator<'_> {
             if fields.iter().any(|o| o.name == *fname) {
                 self.err(f.name.span(), key("name"), format!("\"{fname}\" is declared twice"));
             }
-            let kind = match f.kind.get_ref().as_str() {
-                "u64" => FieldKind::U64,
-                "u32" => FieldKind::U32,
-                "i64" => FieldKind::I64,
-                "money" => FieldKind::Money,
-                "string" => FieldKind::Str,
-                "ip" => FieldKind::Ip,
-                other => {
+            let kind = match FieldKind::ALL.into_iter().find(|k| k.config_name() == f.kind.get_ref()) {
+                Some(k) => k,
+                None => {
+                    let other = f.kind.get_ref();
                     self.err(f.kind.span(), key("type"), format!("\"{other}\" is not a type: expected one of \"u64\", \"u32\", \"i64\", \"money\", \"string\", \"ip\""));
                     FieldKind::U64
                 }
