@@ -342,9 +342,10 @@ impl Collector for Kafka {
             (Err(e), None) => {
                 let unreported = reports.unreported.lock().unwrap_or_else(|p| p.into_inner());
                 let topics: Vec<&str> = unreported.iter().filter(|(_, n)| *n > 0).map(|(t, _)| t.as_str()).collect();
-                let waiting = match topics.is_empty() {
-                    true => String::new(),
-                    false => format!("; no report from {} (does it exist?)", topics.join(", ")),
+                let waiting = if topics.is_empty() {
+                    String::new()
+                } else {
+                    format!("; no report from {} (does it exist?)", topics.join(", "))
                 };
                 format!("{} of {n} delivery reports within the timeout{waiting}: {e}", ok + failed)
             }

@@ -948,7 +948,13 @@ impl Validator<'_> {
                 Some(k) => k,
                 None => {
                     let other = f.kind.get_ref();
-                    self.err(f.kind.span(), key("type"), format!("\"{other}\" is not a type: expected one of \"u64\", \"u32\", \"i64\", \"money\", \"string\", \"ip\""));
+                    let known: Vec<String> =
+                        FieldKind::ALL.iter().map(|k| format!("\"{}\"", k.config_name())).collect();
+                    self.err(
+                        f.kind.span(),
+                        key("type"),
+                        format!("\"{other}\" is not a type: expected one of {}", known.join(", ")),
+                    );
                     FieldKind::U64
                 }
             };
@@ -1305,6 +1311,11 @@ mod tests {
         }
         let shards = e.iter().find(|e| e.key == "server.shards").unwrap();
         assert!(shards.message.contains("9999") && shards.message.contains("0..=256"), "{shards}");
+        let ty = e.iter().find(|e| e.key == "event.x.fields[0].type").unwrap();
+        assert_eq!(
+            ty.message,
+            "\"float\" is not a type: expected one of \"u64\", \"u32\", \"i64\", \"money\", \"string\", \"ip\""
+        );
     }
 
     #[test]
