@@ -149,6 +149,14 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            // Collector options are checked by their kind's build (librdkafka's own checks among
+            // them), as check-config does: before anything is bound or opened. Found only when
+            // the collectors start, a bad one failed the process after it had waited for another
+            // process's journal locks (in a handoff, the cue to stop that process) and served.
+            if let Err(e) = tracker::collector::Registry::builtin().build_all(&cfg.collectors) {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
             let overrides = Overrides { listen, journal_dir, shards, admin_listen };
             cfg.apply(&overrides);
             serve(cfg, config, overrides)

@@ -122,6 +122,48 @@ fn a_stop_while_waiting_for_the_journal_lock_exits_as_a_stop() {
     assert_eq!(old.stop(), 0);
 }
 
+/// Regression: a `[[collector]]` option that only the collector's build checks (here a property
+/// librdkafka refuses) was found after `serve` had bound the port and opened the journal. In a
+/// handoff the new process first waited for the old one's journal locks, reporting "is locked"
+/// (the cue on which `tracker-handoff.sh` stops the old process), and failed only once it had
+/// taken over: an outage. It is now refused before anything is bound or opened.
+#[test]
+fn a_collector_option_error_fails_the_start_before_it_waits_for_the_journal_lock() {
+    let mut old = Server::start(None, &["--shards", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        tracker::config::DEFAULT_TOML.to_string()
+            + "\n[[collector]]\nname = \"k\"\nkind = \"kafka\"\nevents = \"all\"\nfields = []\n\
+               [collector.options]\nbrokers = \"127.0.0.1:9092\"\nproperties = { \"no.such.prop\" = \"1\" }\n",
+    )
+    .unwrap();
+    let mut second = Command::new(BIN)
+        .args(["serve", "--shards", "1", "--config"])
+        .arg(&cfg)
+        .arg("--listen")
+        .arg(old.addr.to_string())
+        .arg("--journal-dir")
+        .arg(old.journal())
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stderr_lines(&mut second);
+    let status = wait_child(&mut second, "of a collector option error");
+    // The child has exited: its stderr ends, and so does this.
+    let err: Vec<String> = rx.iter().collect();
+    assert_eq!(status.code(), Some(2), "{err:#?}");
+    assert!(err.iter().any(|l| l.contains("collector[0].options.properties: librdkafka refuses")), "{err:#?}");
+    assert!(!err.iter().any(|l| l.contains("is locked") || l.contains("listening on")), "{err:#?}");
+    // The running process never noticed.
+    assert_eq!(Client::connect(old.addr).get("/i?c=1").status, 200);
+    assert_eq!(old.stop(), 0);
+}
+
 #[test]
 fn restart_under_load_loses_no_request_and_no_event() {
     let fresh = restart_under_load(2, 2);
