@@ -497,6 +497,15 @@ fn journal_cat(dir: &std::path::Path, follow: bool, strict: bool) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         if !follow {
+            // Every tracker that ran on a journal made its shard directories at start: none means
+            // another directory was given, not an empty journal. (Following may start first.)
+            if reader.shards() == 0 {
+                eprintln!(
+                    "tracker: journal cat: no shard-NNN directory under {}: not a journal root; give journal.dir",
+                    dir.display()
+                );
+                return ExitCode::from(1);
+            }
             let (records, segments) = (reader.corrupt_records(), reader.corrupt_segments());
             if records + segments > 0 {
                 eprintln!("tracker: journal cat: skipped {records} bad record(s) and {segments} bad segment(s)");

@@ -129,6 +129,21 @@ impl JournalReader {
                 "not a directory; give the journal root (journal.dir), which holds shard-NNN/".into(),
             ));
         }
+        // The segments are in root/shard-NNN/: given one of those, the reader would look for
+        // shard directories inside it, find none, and report an empty journal.
+        let shard_dir_given = root.file_name().and_then(|n| n.to_str()).and_then(parse_shard_dir_name).is_some();
+        if only_shard.is_none() && shard_dir_given {
+            let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            return Err(JournalError::invalid(
+                "open",
+                root,
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "is a shard directory; give the journal root {} (journal.dir), which holds shard-NNN/",
+                    parent.display()
+                ),
+            ));
+        }
         Ok(JournalReader { root: root.to_path_buf(), only_shard, shards: BTreeMap::new(), stats: Stats::default() })
     }
 
@@ -143,6 +158,11 @@ impl JournalReader {
             delivered += cursor.poll(&mut self.stats, f)?;
         }
         Ok(delivered)
+    }
+
+    /// Shard directories found so far.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
     }
 
     /// Records skipped because they were corrupt and followed by more data.

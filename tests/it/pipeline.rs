@@ -242,3 +242,38 @@ pub fn default_endpoints_and_events() -> String {
     let start = text.find("[[endpoint]]").unwrap();
     text[start..].to_string()
 }
+
+/// Regression: `journal cat` given a shard directory (`…/journal/shard-000`, where the segment
+/// files are) or a directory that holds no journal printed nothing and exited 0, the same as an
+/// empty journal: an operator who picked the wrong directory was told there were no events. Both
+/// are now errors that say which directory to give.
+#[test]
+fn journal_cat_of_a_shard_directory_or_of_no_journal_is_an_error_not_an_empty_journal() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    assert_eq!(s.connect().get("/i?c=301").status, 200);
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 1, "the journal root reads the event");
+    // Bounded: a `--follow` that took the directory would wait for shard directories forever.
+    let run = |args: &[&str], dir: &std::path::Path| {
+        let mut c = std::process::Command::new(BIN)
+            .args(args)
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let code = wait_child(&mut c, "of a --journal-dir that is not the journal root").code();
+        let out = c.wait_with_output().unwrap();
+        (code, out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let root = format!("give the journal root {}", s.journal().display());
+    for args in [["journal", "cat", "--journal-dir"].as_slice(), &["journal", "cat", "--follow", "--journal-dir"]] {
+        let (code, out, err) = run(args, &s.journal().join("shard-000"));
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(out.is_empty() && err.contains("is a shard directory") && err.contains(&root), "{args:?}: {err}");
+    }
+    let (code, out, err) = run(&["journal", "cat", "--journal-dir"], s.dir.path());
+    assert_eq!(code, Some(1), "{err}");
+    let said = format!("no shard-NNN directory under {}", s.dir.path().display());
+    assert!(out.is_empty() && err.contains(&said), "{err}");
+}
