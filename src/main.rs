@@ -272,6 +272,15 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
             return ExitCode::from(1);
         }
     };
+    // The .hlog file likewise: a path that cannot be opened must not fail the start after the
+    // journal was taken.
+    let hlog = match tracker::admin::open_hlog(&cfg) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("tracker: admin: {e}");
+            return ExitCode::from(1);
+        }
+    };
     // A stop asked for while start-up waits for another process's journal locks (a handoff
     // being called off) ends the wait; the signal iterator takes over once serving.
     let stop_asked = Arc::new(AtomicBool::new(false));
@@ -296,7 +305,7 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
             return ExitCode::from(1);
         }
     };
-    let admin = match tracker::admin::start(admin_listener, &admin_cfg, &running) {
+    let admin = match tracker::admin::start(admin_listener, hlog, &admin_cfg, &running) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("tracker: admin: {e}");

@@ -39,13 +39,28 @@ pub struct HlogWriter {
     thread: JoinHandle<()>,
 }
 
-impl HlogWriter {
-    /// Opens (creates, appends to) `path`, writes the header, and starts the interval thread.
-    pub fn start(path: &Path, interval: Duration, shards: Vec<Arc<ShardShared>>) -> io::Result<HlogWriter> {
+/// `admin.hlog_path`, opened (created, appended to) before the shards start: a path that
+/// cannot be written fails start-up at once, as a taken admin port does, instead of after the
+/// journal was taken (in a zero-downtime restart, after the old process was told to stop).
+pub struct HlogFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl HlogFile {
+    pub fn open(path: &Path) -> io::Result<HlogFile> {
         let file =
             OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot open admin.hlog_path {}: {e}", path.display()))
             })?;
+        Ok(HlogFile { path: path.to_path_buf(), file })
+    }
+}
+
+impl HlogWriter {
+    /// Writes the header to the opened file and starts the interval thread.
+    pub fn start(hlog: HlogFile, interval: Duration, shards: Vec<Arc<ShardShared>>) -> io::Result<HlogWriter> {
+        let HlogFile { path, file } = hlog;
         let mut out = BufWriter::new(file);
         let base = SystemTime::now();
         let base_s = base.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
@@ -57,7 +72,6 @@ impl HlogWriter {
         out.flush()?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let st = stop.clone();
-        let path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("tracker-hlog".into())
             .spawn(move || run(out, path, base, interval, shards, st))?;

@@ -226,13 +226,24 @@ impl Admin {
     }
 }
 
-/// Starts the admin listener thread (and the `.hlog` writer when configured).
-pub fn start(listener: TcpListener, cfg: &Config, running: &Running) -> io::Result<Admin> {
+/// Opens `admin.hlog_path` when it is set ([`hlog::HlogFile`]); call it before the shards start,
+/// like [`bind`].
+pub fn open_hlog(cfg: &Config) -> io::Result<Option<hlog::HlogFile>> {
+    cfg.admin.hlog_path.as_deref().map(hlog::HlogFile::open).transpose()
+}
+
+/// Starts the admin listener thread (and the `.hlog` writer when `hlog` was opened).
+pub fn start(
+    listener: TcpListener,
+    hlog: Option<hlog::HlogFile>,
+    cfg: &Config,
+    running: &Running,
+) -> io::Result<Admin> {
     let addr = listener.local_addr()?;
     let state = Arc::new(State::new(cfg, running));
-    let hlog = match &cfg.admin.hlog_path {
-        Some(p) => {
-            Some(hlog::HlogWriter::start(p, Duration::from_millis(cfg.admin.hlog_interval_ms), state.shards.clone())?)
+    let hlog = match hlog {
+        Some(f) => {
+            Some(hlog::HlogWriter::start(f, Duration::from_millis(cfg.admin.hlog_interval_ms), state.shards.clone())?)
         }
         None => None,
     };

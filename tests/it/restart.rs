@@ -107,6 +107,46 @@ fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) {
     }
 }
 
+/// Regression: an `admin.hlog_path` that cannot be opened (a directory that does not exist, or
+/// one the unit's `ProtectSystem=strict` makes read-only) was found when the admin listener
+/// started, after the shards had taken the journal: in a handoff, after the new process had
+/// reported "is locked" and the old one had been stopped. It now fails the start at once, like
+/// a taken admin port.
+#[test]
+fn an_hlog_path_that_cannot_be_opened_fails_the_start_before_it_waits_for_the_journal_lock() {
+    let mut old = Server::start(None, &["--shards", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let hlog = dir.path().join("no-such-dir/tracker.hlog");
+    let cfg = dir.path().join("hlog.toml");
+    let text = tracker::config::DEFAULT_TOML
+        .replace("# hlog_path = \"tracker.hlog\"", &format!("hlog_path = \"{}\"", hlog.display()));
+    assert!(text.contains("\nhlog_path = "), "config/tracker.toml's hlog_path line changed; update this test");
+    std::fs::write(&cfg, text).unwrap();
+    let mut second = Command::new(BIN)
+        .args(["serve", "--shards", "1", "--config"])
+        .arg(&cfg)
+        .arg("--listen")
+        .arg(old.addr.to_string())
+        .arg("--journal-dir")
+        .arg(old.journal())
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stderr_lines(&mut second);
+    let status = wait_child(&mut second, "of an hlog path that cannot be opened");
+    // The child has exited: its stderr ends, and so does this.
+    let err: Vec<String> = rx.iter().collect();
+    assert_eq!(status.code(), Some(1), "{err:#?}");
+    let said = format!("cannot open admin.hlog_path {}", hlog.display());
+    assert!(err.iter().any(|l| l.contains(&said)), "{err:#?}");
+    assert!(!err.iter().any(|l| l.contains("is locked") || l.contains("listening on")), "{err:#?}");
+    assert_eq!(Client::connect(old.addr).get("/i?c=1").status, 200);
+    assert_eq!(old.stop(), 0);
+}
+
 #[test]
 fn a_stop_while_waiting_for_the_journal_lock_exits_as_a_stop() {
     let mut old = Server::start(None, &["--shards", "2"]);
