@@ -368,6 +368,11 @@ async fn publish_latency(ctx: Rc<ShardCtx>) {
 }
 
 async fn accept_loop(ctx: &Rc<ShardCtx>, listener: &monoio::net::TcpListener) {
+    // Accepts failed in a row, and the errno of the last one said. While a connection waits in
+    // the queue a failure repeats every 10 ms: said at each, it spends journald's rate limit for
+    // the service (and so drops every other line) within seconds. Said when it starts or
+    // changes, then once when accepting works again.
+    let mut failing: (u64, Option<i32>) = (0, None);
     loop {
         if ctx.stopping.get() {
             return;
@@ -380,11 +385,18 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: &monoio::net::TcpListener) {
                     return;
                 }
                 // EMFILE/ENFILE/ENOBUFS: keep serving the connections we have.
-                eprintln!("tracker: shard {}: accept failed: {e}", ctx.shared.index);
+                if failing.0 == 0 || failing.1 != e.raw_os_error() {
+                    eprintln!("tracker: shard {}: accept failed: {e}{}", ctx.shared.index, accept_error_hint(&e));
+                }
+                failing = (failing.0 + 1, e.raw_os_error());
                 monoio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
         };
+        if failing.0 > 0 {
+            eprintln!("tracker: shard {}: accept works again after {} failed attempts", ctx.shared.index, failing.0);
+            failing = (0, None);
+        }
         let bufs = ctx.pool.borrow_mut().pop();
         let Some(mut bufs) = bufs else {
             // Over connections_per_shard_max: close at once (counted); the client retries.
@@ -410,6 +422,22 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: &monoio::net::TcpListener) {
         ctx.shared.counters.connections_accepted.fetch_add(1, SeqCst);
         monoio::spawn(connection::serve(ctx.clone(), stream, peer, bufs));
     }
+}
+
+/// What to do about a failed accept, with the numbers: the open-file limit, for EMFILE.
+fn accept_error_hint(e: &std::io::Error) -> String {
+    let mut hint = String::from("; retrying every 10 ms, said again only when the error changes");
+    if e.raw_os_error() == Some(libc::EMFILE) {
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the limit into the struct we own.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+        hint.push_str(&format!(
+            "; the process has all the descriptors RLIMIT_NOFILE {} allows (hard {}): raise LimitNOFILE= in \
+             systemd/tracker.service or `ulimit -n` to at least shards × server.connections_per_shard_max + 64 per shard",
+            rl.rlim_cur, rl.rlim_max
+        ));
+    }
+    hint
 }
 
 /// Bumps the shard's heartbeat while the reactor turns: the systemd watchdog pings only while

@@ -240,3 +240,44 @@ fn a_refused_upload_still_being_sent_gets_its_answer_and_a_clean_close_not_a_res
     assert_eq!(s.connect().get("/i?c=1").status, 200);
     assert_eq!(s.stop(), 0);
 }
+
+/// Regression: with the process's open-file limit reached, every failed accept (one each 10 ms
+/// per shard while a connection waits in the listen queue) printed a line: about 100 lines a
+/// second per shard, which spends journald's rate limit for the service and so drops every
+/// other line it writes. The failure is now said once, with the limit and the fix, and once
+/// more when accepting works again.
+#[test]
+fn accept_failing_on_the_open_file_limit_is_said_once_not_every_10_ms() {
+    use std::time::{Duration, Instant};
+    let wrapper = ["bash", "-c", "ulimit -n 48 && exec \"$0\" \"$@\""];
+    let mut s = Server::start_wrapped(tempfile::tempdir().unwrap(), &wrapper, None, &["--shards", "1"]);
+    // More connections than descriptors left: the kernel queues them whether or not the tracker
+    // can take them.
+    let conns: Vec<std::net::TcpStream> = (0..64).map(|_| std::net::TcpStream::connect(s.addr).unwrap()).collect();
+    let next_line = |within: Duration| s.stderr.recv_timeout(within).ok();
+    let deadline = Instant::now() + WAIT;
+    let first = loop {
+        let line = next_line(deadline.saturating_duration_since(Instant::now())).expect("accept failure said");
+        if line.contains("accept failed") {
+            break line;
+        }
+    };
+    assert!(first.contains("RLIMIT_NOFILE 48") && first.contains("LimitNOFILE"), "{first}");
+    // The failure repeats every 10 ms while the connections stay: a bounded look for a repeat.
+    let look = Instant::now() + Duration::from_secs(1);
+    while let Some(line) = next_line(look.saturating_duration_since(Instant::now())) {
+        assert!(!line.contains("accept failed"), "said again: {line}");
+    }
+    drop(conns);
+    let deadline = Instant::now() + WAIT;
+    let again = loop {
+        let line = next_line(deadline.saturating_duration_since(Instant::now())).expect("recovery said");
+        assert!(!line.contains("accept failed"), "said again: {line}");
+        if line.contains("accept works again") {
+            break line;
+        }
+    };
+    assert!(again.contains("failed attempts"), "{again}");
+    assert_eq!(s.connect().get("/i?c=1").status, 200);
+    assert_eq!(s.stop(), 0);
+}
