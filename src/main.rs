@@ -351,7 +351,11 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
             .spawn(move || w.run(n, shards, done))
             .expect("spawn watchdog thread")
     });
-    let mut reloader = config_path.map(|p| Reloader::new(p, overrides, started_with, &running));
+    // A reload refuses what check-config refuses, collector options included.
+    let mut reloader = config_path.map(|p| {
+        Reloader::new(p, overrides, started_with, &running)
+            .with_check(Box::new(|c| tracker::collector::Registry::builtin().build_all(&c.collectors).map(drop)))
+    });
 
     let stop = running.stopper();
     let handle = signals.handle();

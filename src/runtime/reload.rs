@@ -138,6 +138,10 @@ pub struct ReloadReport {
     pub late_shards: Vec<u16>,
 }
 
+/// A check a file must pass besides its own validation: the `[[collector]]` options, which only
+/// the builds of the collector kinds the program knows check (`collector::Registry`).
+pub type ExtraCheck = Box<dyn Fn(&Config) -> Result<(), ConfigErrors> + Send>;
+
 /// Owned by the signal thread: the file, the command-line overrides, the running config.
 pub struct Reloader {
     path: PathBuf,
@@ -146,6 +150,7 @@ pub struct Reloader {
     generation: u32,
     shards: Vec<Arc<ShardShared>>,
     labels: Arc<CounterLabels>,
+    check: Option<ExtraCheck>,
 }
 
 impl Reloader {
@@ -158,7 +163,16 @@ impl Reloader {
             generation: 0,
             shards: running.shards().to_vec(),
             labels: running.counter_labels(),
+            check: None,
         }
+    }
+
+    /// Refuse a file that fails `check` too, as `check-config` refuses it: collectors are
+    /// restart-only, but a file whose collectors cannot be built would be applied now and fail
+    /// the next start.
+    pub fn with_check(mut self, check: ExtraCheck) -> Reloader {
+        self.check = Some(check);
+        self
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -168,6 +182,9 @@ impl Reloader {
     /// Reads, validates and applies the file; on any error the running config stays.
     pub fn reload(&mut self) -> Result<ReloadReport, ReloadError> {
         let mut next = Config::load(&self.path).map_err(ReloadError::Invalid)?;
+        if let Some(check) = &self.check {
+            check(&next).map_err(ReloadError::Invalid)?;
+        }
         next.apply(&self.overrides);
         let needs_restart = restart_only_changes(&self.current, &next);
         // Keep what was sized and opened at start.

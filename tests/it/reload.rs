@@ -192,3 +192,27 @@ fn a_changed_post_body_limit_is_reported_as_needing_a_restart_and_the_running_va
     assert_eq!(r.status, 200);
     assert!(String::from_utf8_lossy(&r.body).contains(r#""accepted":2"#), "{:?}", String::from_utf8_lossy(&r.body));
 }
+
+/// Regression: a reload validated the file but not its `[[collector]]` options, which only the
+/// collector's build checks (here a property librdkafka refuses): a file `check-config` refuses
+/// was logged as applied, the new endpoints served, and the next start of the service failed on
+/// it. Such a file is now refused whole, with the same error line as `check-config`.
+#[test]
+fn a_reload_with_a_collector_option_error_is_refused_like_check_config_refuses_it() {
+    let srv = Server::start(Some(CONFIG), &["--shards", "1"]);
+    let path = srv.dir.path().join("tracker.toml");
+    let bad = changed_config()
+        + "\n[[collector]]\nname = \"k\"\nkind = \"kafka\"\nevents = \"all\"\nfields = []\n\
+           [collector.options]\nbrokers = \"127.0.0.1:9092\"\nproperties = { \"no.such.prop\" = \"1\" }\n";
+    std::fs::write(&path, &bad).unwrap();
+    let check = std::process::Command::new(crate::harness::BIN).arg("check-config").arg(&path).output().unwrap();
+    let said = String::from_utf8(check.stderr).unwrap();
+    assert_eq!(check.status.code(), Some(2), "{said}");
+    sighup(&srv);
+    wait_line(&srv, "failed; the running config is kept");
+    let err = wait_line(&srv, "collector[0].options.properties");
+    assert!(said.lines().any(|l| err.ends_with(l)), "reload said {err:?}, check-config said {said:?}");
+    assert_eq!(srv.connect().get("/new?plan=a").status, 404, "nothing of the file was applied");
+    let mut srv = srv;
+    assert_eq!(srv.stop(), 0);
+}
