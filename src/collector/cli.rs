@@ -91,15 +91,37 @@ pub fn replay(
     from_time: Option<&str>,
     from_segment: Option<u64>,
 ) -> Result<String, String> {
-    let _lock = cursor::lock(journal, name).map_err(|e| e.to_string())?;
-    let at_ns = from_time.map(parse_time).transpose()?;
-    let mut out = String::new();
+    // Both checked before the lock, which creates <journal>/collectors/<name>/: a wrong
+    // --journal-dir or a misspelt name must fail, not make that tree and report a replay that
+    // moved nothing.
     let mut shards: Vec<u16> = std::fs::read_dir(journal)
-        .map_err(|e| format!("read {}: {e}", journal.display()))?
+        .map_err(|e| format!("read {}: {e}; give the journal root (journal.dir)", journal.display()))?
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(parse_shard_dir_name))
         .collect();
+    if shards.is_empty() {
+        return Err(format!(
+            "no shard-NNN directory under {}: not a journal root; give journal.dir",
+            journal.display()
+        ));
+    }
     shards.sort_unstable();
+    if !cursor::collector_dir(journal, name).is_dir() {
+        let mut known: Vec<String> = std::fs::read_dir(journal.join("collectors"))
+            .map(|d| {
+                d.flatten().filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().into_string().ok()).collect()
+            })
+            .unwrap_or_default();
+        known.sort_unstable();
+        return Err(format!(
+            "collector \"{name}\" has never run on the journal {} (known: {}): no cursor to move back",
+            journal.display(),
+            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        ));
+    }
+    let _lock = cursor::lock(journal, name).map_err(|e| e.to_string())?;
+    let at_ns = from_time.map(parse_time).transpose()?;
+    let mut out = String::new();
     for shard in shards {
         let source = ShardSource::new(journal, shard);
         let segments = source.segments().map_err(|e| e.to_string())?;

@@ -986,3 +986,44 @@ fn collector_payloads_carry_the_events_flags_like_journal_cat() {
     journal.sort();
     assert_eq!(journal, got);
 }
+
+/// Regression: `journal replay` locked the collector before it looked at anything, and the lock
+/// creates `<journal>/collectors/<name>/`. Run with a wrong `--journal-dir` (the default is
+/// `journal` in the current directory) it made that tree and exited 0 having moved nothing; with
+/// a misspelt collector name it printed "unchanged" for every shard and exited 0. Either way
+/// the operator believed a replay was done that was not. Both are now errors that create
+/// nothing.
+#[test]
+fn replay_of_a_missing_journal_or_an_unknown_collector_is_an_error_and_creates_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let out_path = work.path().join("out.jsonl");
+    let cfg = config(&jsonl_collector("lines", &out_path, "\"all\"", "[\"campaign_id\"]"));
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    assert_eq!(s.connect().get("/i?c=1").status, 200);
+    assert_eq!(s.stop(), 0);
+    let replay = |journal: &Path, name: &str| {
+        let out = Command::new(BIN)
+            .args(["journal", "replay", "--collector", name, "--from-segment", "1", "--journal-dir"])
+            .arg(journal)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let missing = work.path().join("journal");
+    let (code, out, err) = replay(&missing, "lines");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains(&missing.display().to_string()) && err.contains("journal root"), "{err}");
+    assert!(!missing.exists(), "replay created {}", missing.display());
+
+    let (code, out, err) = replay(&s.journal(), "lnies");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("\"lnies\"") && err.contains("known: lines"), "{err}");
+    assert!(!s.journal().join("collectors/lnies").exists(), "replay made a directory for an unknown collector");
+
+    let (code, out, err) = replay(&s.journal(), "lines");
+    assert_eq!(code, Some(0), "{out}{err}");
+}
