@@ -159,6 +159,16 @@ fn main() -> ExitCode {
             }
             let overrides = Overrides { listen, journal_dir, shards, admin_listen };
             cfg.apply(&overrides);
+            // The file was checked for this; the flags may make the clash too.
+            if tracker::config::listeners_clash(cfg.server.listen, cfg.admin.listen) {
+                eprintln!(
+                    "tracker: admin.listen / --admin-listen {} shares a port with server.listen / --listen {}: {}",
+                    cfg.admin.listen,
+                    cfg.server.listen,
+                    tracker::config::LISTENERS_CLASH
+                );
+                return ExitCode::from(2);
+            }
             serve(cfg, config, overrides)
         }
         Cmd::CheckConfig { file } => match Config::load_with_errors(&file) {

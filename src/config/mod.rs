@@ -37,6 +37,22 @@ pub const ORIGIN_BYTES_MAX: usize = 200;
 /// Most keys in a `json.<path>` source: events are flat objects with a few nested ids.
 pub const JSON_PATH_KEYS_MAX: usize = 8;
 
+/// Whether the admin listener at `admin` would share connections with the public one at
+/// `server`: the same port (not 0, which picks a free one) on the same address or on one the
+/// other's wildcard covers (`[::]` covers IPv4 too). Both bind with SO_REUSEPORT (so that a
+/// restarting tracker can bind them while the old one drains), so the kernel does not refuse
+/// the second bind: it splits the connections between them.
+pub fn listeners_clash(server: SocketAddr, admin: SocketAddr) -> bool {
+    let covers = |w: SocketAddr, o: SocketAddr| w.ip().is_unspecified() && (w.is_ipv6() || o.is_ipv4());
+    server.port() != 0
+        && server.port() == admin.port()
+        && (server.ip() == admin.ip() || covers(server, admin) || covers(admin, server))
+}
+
+/// Why [`listeners_clash`] is an error, and what is expected instead.
+pub const LISTENERS_CLASH: &str = "both bind with SO_REUSEPORT, so the kernel would split connections between \
+     them (pixels answered 404 by the admin listener, readiness probes by the shards); expected another port";
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub server: Server,
@@ -553,6 +569,20 @@ impl Validator<'_> {
         let server = self.server(&raw.server);
         let journal = self.journal(&raw.journal);
         let admin = self.admin(&raw.admin);
+        if listeners_clash(server.listen, admin.listen) {
+            // On the line that was written: admin.listen's, unless only server.listen was.
+            let (span, key, value, other, other_value) = match (&raw.admin.listen, &raw.server.listen) {
+                (None, Some(s)) => (s.span(), "server.listen", server.listen, "admin.listen", admin.listen),
+                (a, _) => (
+                    a.as_ref().map_or(0..0, |a| a.span()),
+                    "admin.listen",
+                    admin.listen,
+                    "server.listen",
+                    server.listen,
+                ),
+            };
+            self.err(span, key, format!("\"{value}\" shares a port with {other} \"{other_value}\": {LISTENERS_CLASH}"));
+        }
         let dedup = self.dedup(&raw.dedup);
         let budget = self.budget(&raw.budget);
         let (mut types, schema) = self.types(&raw.event);
@@ -1316,6 +1346,21 @@ mod tests {
             ty.message,
             "\"float\" is not a type: expected one of \"u64\", \"u32\", \"i64\", \"money\", \"string\", \"ip\""
         );
+    }
+
+    #[test]
+    fn listeners_clash_on_one_port_of_a_covered_address_only() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(listeners_clash(a("127.0.0.1:8080"), a("127.0.0.1:8080")));
+        assert!(listeners_clash(a("0.0.0.0:8080"), a("127.0.0.1:8080")));
+        assert!(listeners_clash(a("127.0.0.1:8080"), a("0.0.0.0:8080")));
+        assert!(listeners_clash(a("[::]:8080"), a("127.0.0.1:8080")));
+        assert!(!listeners_clash(a("0.0.0.0:8080"), a("[::1]:8080")), "an IPv4 wildcard covers no IPv6 address");
+        assert!(!listeners_clash(a("127.0.0.1:8080"), a("127.0.0.2:8080")));
+        assert!(!listeners_clash(a("0.0.0.0:8080"), a("127.0.0.1:9090")));
+        assert!(!listeners_clash(a("127.0.0.1:0"), a("127.0.0.1:0")), "port 0 picks a free port for each");
+        let e = Config::parse("[server]\nlisten = \"127.0.0.1:9090\"\n", "t.toml").unwrap_err().0;
+        assert_eq!((e.len(), e[0].line, e[0].key.as_str()), (1, 2, "server.listen"), "{e:?}");
     }
 
     #[test]

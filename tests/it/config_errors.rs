@@ -192,3 +192,41 @@ fn a_config_file_without_endpoints_is_refused_not_served_as_404s() {
     serve.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(err.contains(&want), "{err}");
 }
+
+/// Regression: the admin listener and the public one both bind with SO_REUSEPORT, so giving them
+/// the same address (or one the other's wildcard covers) was accepted by check-config and by
+/// serve, and the kernel split connections between them: pixels answered 404 by the admin
+/// listener (events never taken), readiness probes answered 404 by the shards. It is now a
+/// config error, and `serve` refuses the same clash made by its flags before binding anything.
+#[test]
+fn an_admin_address_that_shares_the_public_listener_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("clash.toml");
+    let text = tracker::config::DEFAULT_TOML.replace("listen = \"127.0.0.1:9090\"", "listen = \"127.0.0.1:8080\"");
+    assert!(text.contains("listen = \"0.0.0.0:8080\""), "config/tracker.toml's listen lines changed; update this test");
+    let line = text.lines().position(|l| l == "listen = \"127.0.0.1:8080\"").unwrap() + 1;
+    std::fs::write(&p, &text).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{}:{line}: admin.listen: \"127.0.0.1:8080\"", p.display())), "{err}");
+    assert!(err.contains("server.listen \"0.0.0.0:8080\""), "{err}");
+
+    // The flags: a port this test holds (without SO_REUSEPORT), so nothing else can be hit.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--shards", "1", "--listen", &addr, "--admin-listen", &addr, "--journal-dir"])
+        .arg(dir.path().join("journal"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code = wait_child(&mut serve, "of a clashing --admin-listen").code();
+    let mut err = String::new();
+    serve.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("admin.listen / --admin-listen {addr}")), "{err}");
+    assert!(!dir.path().join("journal").exists(), "serve went on to open the journal");
+}
