@@ -343,7 +343,9 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
             eprintln!("tracker: collectors: {e}");
             running.stop();
             running.wait();
-            return ExitCode::from(2);
+            // Their options were checked before the start: what fails here is the journal's
+            // collector files or a thread, a runtime failure, not the config.
+            return ExitCode::from(1);
         }
     };
     if handoff::migrate_req_enabled() == Some(false) {

@@ -1027,3 +1027,22 @@ fn replay_of_a_missing_journal_or_an_unknown_collector_is_an_error_and_creates_n
     let (code, out, err) = replay(&s.journal(), "lines");
     assert_eq!(code, Some(0), "{out}{err}");
 }
+
+/// Regression: a collector start failure that is not a config error (here the journal's
+/// default key prefix file is damaged) exited 2, the code for a bad config or usage, which sends
+/// the operator to a config file that `check-config` passes. It is a runtime failure: exit 1.
+#[test]
+fn a_collector_start_failure_that_is_not_a_config_error_exits_1_not_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let collectors = dir.path().join("journal/collectors");
+    std::fs::create_dir_all(&collectors).unwrap();
+    std::fs::write(collectors.join("default_key_prefix"), "not a prefix\n").unwrap();
+    let out_path = dir.path().join("out.jsonl");
+    let cfg = config(&jsonl_collector("lines", &out_path, "\"all\"", "[\"campaign_id\"]"));
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "1"]);
+    let code = s.wait_exit();
+    // The process has exited: its stderr ends, and so does this.
+    let err: Vec<String> = s.stderr.iter().collect();
+    assert_eq!(code, 1, "{err:#?}");
+    assert!(err.iter().any(|l| l.contains("default_key_prefix")), "{err:#?}");
+}
