@@ -125,11 +125,13 @@ pub fn replay(
     for shard in shards {
         let source = ShardSource::new(journal, shard);
         let segments = source.segments().map_err(|e| e.to_string())?;
-        let target = match (from_segment, at_ns) {
+        // The segment asked for, which retention may have deleted.
+        let asked = match (from_segment, at_ns) {
             (Some(n), _) => n,
             (None, Some(t)) => {
                 let dir = shard_dir(journal, shard);
-                let mut chosen = segments.first().copied().unwrap_or(1);
+                // Before every segment left: the start of the journal was asked for.
+                let mut chosen = 1;
                 for &n in &segments {
                     let path = segment_path(&dir, n);
                     let Ok(f) = File::open(&path) else { continue };
@@ -144,6 +146,19 @@ pub fn replay(
             }
             (None, None) => return Err("give --from-segment N or --from-time T".into()),
         };
+        // Segments are numbered from 1.
+        let asked = asked.max(1);
+        // The collector starts at the first segment left; the line says so, and that the ones
+        // before it are gone, rather than promising a delivery from a segment that is deleted.
+        let first = segments.first().copied().unwrap_or(asked);
+        let target = asked.max(first);
+        let gone = if asked >= first {
+            String::new()
+        } else if first - asked == 1 {
+            format!(" (segment {asked} is deleted: delivery starts at segment {first})")
+        } else {
+            format!(" (segments {asked}..={} are deleted: delivery starts at segment {first})", first - 1)
+        };
         let dir = cursor::collector_shard_dir(journal, name, shard);
         let current = cursor::read_cursor(&dir).map_err(|e| e.to_string())?.unwrap_or_default();
         let new = Position { segment: target, index: 0 };
@@ -156,7 +171,7 @@ pub fn replay(
             continue;
         }
         cursor::write_cursor(&dir, new).map_err(|e| format!("write cursor {}: {e}", dir.display()))?;
-        let _ = writeln!(out, "shard {shard}: cursor {} {} → {} 0", current.segment, current.index, target);
+        let _ = writeln!(out, "shard {shard}: cursor {} {} → {} 0{gone}", current.segment, current.index, target);
     }
     Ok(out)
 }

@@ -1046,3 +1046,36 @@ fn a_collector_start_failure_that_is_not_a_config_error_exits_1_not_2() {
     assert_eq!(code, 1, "{err:#?}");
     assert!(err.iter().any(|l| l.contains("default_key_prefix")), "{err:#?}");
 }
+
+/// Regression: `journal replay --from-segment N` to a segment retention had already deleted
+/// said `cursor … → N 0` and exited 0, as if delivery would start there; the collector then
+/// started at the first segment left, and the operator was never told that the events before it
+/// were gone. The line now names the first segment that exists and says the earlier ones are
+/// deleted.
+#[test]
+fn replay_to_a_deleted_segment_says_where_delivery_really_starts() {
+    let work = tempfile::tempdir().unwrap();
+    let out_path = work.path().join("out.jsonl");
+    let cfg = config(&jsonl_collector("lines", &out_path, "\"all\"", "[\"campaign_id\"]"))
+        .replace("segment_bytes = 131072", "segment_bytes = 65536");
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    // About 110 records fill a 64 KiB segment: three segments.
+    for i in 0..300 {
+        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
+    }
+    drop(c);
+    assert_eq!(s.stop(), 0);
+    let shard = s.journal().join("shard-000");
+    assert!(shard.join("00000000000000000003.seg").exists(), "expected three segments");
+    // What retention does once every collector is past segment 1.
+    std::fs::remove_file(shard.join("00000000000000000001.seg")).unwrap();
+    let out = Command::new(BIN)
+        .args(["journal", "replay", "--collector", "lines", "--from-segment", "1", "--journal-dir"])
+        .arg(s.journal())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("→ 2 0") && stdout.contains("segment 1 is deleted"), "{stdout}");
+}
