@@ -457,6 +457,14 @@ fn reload(
             for line in e.to_string().lines() {
                 eprintln!("tracker: reload: {line}");
             }
+            // READY=1 ends a refused reload too (systemd has no other answer to RELOADING=1), so
+            // the status line is where `systemctl status` shows the refusal, until a reload works.
+            let first = e.to_string().lines().next().unwrap_or("").to_string();
+            notifier.ready(&format!(
+                "{status}; reload of {} failed, running config kept (see the log): {first}",
+                r.path().display()
+            ));
+            return;
         }
     }
     notifier.ready(status);

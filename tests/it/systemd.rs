@@ -153,3 +153,30 @@ fn lock_wait_status_carries_the_phrase_the_handoff_script_waits_for() {
     unsafe { libc::kill(new.0.id() as i32, libc::SIGTERM) };
     assert!(new.0.wait().unwrap().success());
 }
+
+/// Regression: after a refused reload the tracker sent `READY=1` with the same `STATUS=` as
+/// after a good one, so `systemctl reload` succeeded and `systemctl status` showed nothing: the
+/// only trace of the refusal was in the log. The status line now says that the reload of the
+/// file failed and the running config is kept, until a reload succeeds.
+#[test]
+fn a_refused_reload_shows_in_the_service_status() {
+    let name = format!("tracker-it-notify-reload-{}", std::process::id());
+    let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let notify = format!("@{name}");
+    let mut srv =
+        Server::start_env(tempfile::tempdir().unwrap(), Some(CONFIG), &[], &[("NOTIFY_SOCKET", notify.as_str())]);
+    recv_until(&sock, "READY=1");
+    let path = srv.dir.path().join("tracker.toml");
+    std::fs::write(&path, "[server]\nlisen = 3\n").unwrap();
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGHUP) };
+    let (ready, _) = recv_until(&sock, "READY=1");
+    let status = ready.lines().find_map(|l| l.strip_prefix("STATUS=")).unwrap_or("");
+    assert!(status.contains("reload") && status.contains("failed") && status.contains("config kept"), "{ready:?}");
+    // A good reload clears it.
+    std::fs::write(&path, CONFIG).unwrap();
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGHUP) };
+    let (ready, _) = recv_until(&sock, "READY=1");
+    assert!(ready.contains("STATUS=listening on") && !ready.contains("failed"), "{ready:?}");
+    assert_eq!(srv.stop(), 0);
+}
