@@ -23,6 +23,10 @@
 //!   loss can leave a page unwritten before pages that were): the reader goes on past it, over
 //!   the file's holes (SEEK_DATA), and delivers the records after it.
 //!
+//! A segment deleted (retention) after the reader has started on its shard but before it got to
+//! it is named in a warning when the reader passes its number; segments deleted before the first
+//! one the reader opens are simply the journal's start.
+//!
 //! A segment whose header fails its checks is skipped with a warning naming the file (and
 //! counted in [`JournalReader::corrupt_segments`]), so one bad file does not hide the segments
 //! after it. Files named `.seg.corrupt` (set aside by the writer) and `.seg.tmp` (being created)
@@ -81,6 +85,10 @@ struct ShardCursor {
     dir: PathBuf,
     /// The next segment to open has at least this number.
     next_number: u64,
+    /// A segment of this shard was opened (or passed as corrupt): from then on a number
+    /// missing before the next one found is a segment deleted before it was read, not the
+    /// start of the journal.
+    seen_any: bool,
     open: Option<OpenSegment>,
 }
 
@@ -205,7 +213,7 @@ impl JournalReader {
 
 impl ShardCursor {
     fn new(root: &Path, shard: u16) -> ShardCursor {
-        ShardCursor { shard, dir: shard_dir(root, shard), next_number: 1, open: None }
+        ShardCursor { shard, dir: shard_dir(root, shard), next_number: 1, seen_any: false, open: None }
     }
 
     fn poll(&mut self, stats: &mut Stats, f: &mut dyn FnMut(&Schema, &Event)) -> Result<u64, JournalError> {
@@ -235,6 +243,9 @@ impl ShardCursor {
     /// there is none (yet). `next_number` passes a segment only once it is opened, gone or
     /// skipped as corrupt: after an I/O error the next poll tries the same segment again.
     fn open_next(&mut self, stats: &mut Stats) -> Result<bool, JournalError> {
+        // The first number not yet delivered or passed: a segment found above it means the
+        // ones between were deleted (retention) before this reader got to them.
+        let mut expected = self.next_number;
         for (number, kind) in list_segments(&self.dir)? {
             if kind != SegmentFile::Live || number < self.next_number {
                 continue;
@@ -252,6 +263,23 @@ impl ShardCursor {
             let file_bytes = file.metadata().map_err(|e| JournalError::new("stat", &path, e))?.len();
             let header = read_header(&file, file_bytes, self.shard, number)
                 .map_err(|e| JournalError::new("read header", &path, e))?;
+            if self.seen_any && number > expected {
+                let (which, whose) = match number - expected {
+                    1 => (format!("segment {expected} was"), "its"),
+                    _ => (format!("segments {expected}..={} were", number - 1), "their"),
+                };
+                stats.warn(JournalError::invalid(
+                    "read",
+                    &self.dir,
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "{which} deleted before it was read (by retention, or set aside as .seg.corrupt): \
+                         {whose} events are not in this output"
+                    ),
+                ));
+            }
+            self.seen_any = true;
+            expected = number + 1;
             // Read, good or bad: a corrupt header stays corrupt, so it is named once and passed.
             self.next_number = number + 1;
             let header = match header {

@@ -416,6 +416,31 @@ fn follow_returns_only_new_records_across_rotations_and_new_shards() {
     assert_eq!(r.corrupt_records() + r.corrupt_segments(), 0);
 }
 
+/// Regression: a follower that fell behind while retention deleted a segment after the one it
+/// was reading went on at the next segment left without a word, so `journal cat --follow` lost
+/// that segment's events silently. The jump is now a warning naming the segment; a journal
+/// whose first segments were deleted before the reader started is not one.
+#[test]
+fn a_follower_is_told_of_a_segment_deleted_before_it_was_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=5);
+    fs::remove_file(seg_file(root, 0, 1)).unwrap();
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [5]);
+    assert!(r.take_warnings().0.is_empty(), "segments deleted before the reader started are no gap");
+    // Segment 2 ends with 8; 9..=12 fill segment 3, 13 starts segment 4.
+    append_seqs(&mut j, 6..=13);
+    assert_eq!(j.segment_number(), 4);
+    fs::remove_file(seg_file(root, 0, 3)).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [6, 7, 8, 13]);
+    let (warnings, _) = r.take_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let said = warnings[0].to_string();
+    assert!(said.contains("segment 3 was deleted before it was read"), "{said}");
+}
+
 #[test]
 fn sync_covers_the_segment_left_at_rotation() {
     let dir = tempfile::tempdir().unwrap();
