@@ -54,6 +54,7 @@ pub struct State {
     journal_dir: PathBuf,
     free_bytes_min: u64,
     backlog_max: u64,
+    retention_age_s: u64,
     /// When the process started, seconds since the Unix epoch.
     pub started_unix_s: f64,
 }
@@ -77,6 +78,7 @@ impl State {
             journal_dir: cfg.journal.dir.clone(),
             free_bytes_min,
             backlog_max,
+            retention_age_s: cfg.journal.retention_age_s,
             started_unix_s: process_start_unix_s().unwrap_or_else(|| crate::clock::unix_nanos() as f64 / 1e9),
         }
     }
@@ -115,8 +117,9 @@ impl State {
         // Collectors' journal size limit (collector/retention.rs).
         if crate::collector::retention::journal_over_limit() {
             why.push(format!(
-                "journal is {} bytes, over journal.size_bytes_max: logged endpoints answer 503 until collectors catch up and retention frees space",
-                crate::collector::retention::JOURNAL_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+                "journal is {} bytes, over journal.size_bytes_max: logged endpoints answer 503 {}",
+                crate::collector::retention::JOURNAL_BYTES.load(std::sync::atomic::Ordering::Relaxed),
+                crate::collector::retention::until_under_limit(self.retention_age_s)
             ));
         }
         match free_bytes(&self.journal_dir) {

@@ -34,6 +34,17 @@ pub fn journal_over_limit() -> bool {
 
 const PERIOD: Duration = Duration::from_secs(1);
 
+/// What brings the journal back under `journal.size_bytes_max`, for the log and `/ready`: with
+/// `journal.retention_age_s = 0` retention deletes nothing, so waiting would never end.
+pub fn until_under_limit(retention_age_s: u64) -> &'static str {
+    if retention_age_s == 0 {
+        "until segments are deleted by hand or the limit is raised: journal.retention_age_s is 0, so retention \
+         deletes nothing"
+    } else {
+        "until retention frees space (collectors must catch up), or the limit is raised"
+    }
+}
+
 pub fn spawn(cfg: &Config, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>, String> {
     let journal = cfg.journal.dir.clone();
     let names: Vec<String> = cfg.collectors.iter().map(|c| c.name.clone()).collect();
@@ -135,8 +146,8 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
     if over != OVER_LIMIT.swap(over, SeqCst) {
         if over {
             eprintln!(
-                "tracker: journal is {bytes} bytes, over journal.size_bytes_max {size_max}: logged endpoints answer 503 \
-                 until retention frees space (collectors must catch up, or raise the limit)"
+                "tracker: journal is {bytes} bytes, over journal.size_bytes_max {size_max}: logged endpoints answer 503 {}",
+                until_under_limit(age_s)
             );
         } else {
             eprintln!("tracker: journal is {bytes} bytes, under journal.size_bytes_max {size_max} again");

@@ -1079,3 +1079,32 @@ fn replay_to_a_deleted_segment_says_where_delivery_really_starts() {
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("→ 2 0") && stdout.contains("segment 1 is deleted"), "{stdout}");
 }
+
+/// Regression: over `journal.size_bytes_max` with `journal.retention_age_s = 0` (retention off,
+/// the default), /ready and the log said logged endpoints answer 503 "until collectors catch up
+/// and retention frees space": retention deletes nothing when its age is 0, so the operator
+/// waited for something that never comes. Both now say that retention is off and what to do.
+#[test]
+fn over_the_size_limit_with_retention_off_says_that_nothing_will_be_deleted() {
+    let text = config("").replace("size_bytes_max = 0\n", "size_bytes_max = 200000\n");
+    assert!(text.contains("retention_age_s = 0\n"));
+    let mut s = Server::start(Some(&text), &["--shards", "1"]);
+    let mut c = s.connect();
+    // About 240 records fill a 128 KiB segment: the second one takes the journal over the limit.
+    for i in 0..300 {
+        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
+    }
+    let why = crate::metrics::ready_when(&s, 503);
+    assert!(why.contains("journal.size_bytes_max"), "{why}");
+    assert!(why.contains("journal.retention_age_s is 0") && !why.contains("retention frees space"), "{why}");
+    let deadline = Instant::now() + WAIT;
+    let said = loop {
+        let line =
+            s.stderr.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the limit is logged");
+        if line.contains("over journal.size_bytes_max") {
+            break line;
+        }
+    };
+    assert!(said.contains("journal.retention_age_s is 0") && !said.contains("until retention frees"), "{said}");
+    assert_eq!(s.stop(), 0);
+}
