@@ -195,18 +195,24 @@ fn cstr(p: &std::path::Path) -> io::Result<std::ffi::CString> {
 /// Pending admin connections the kernel queues before accept.
 pub const ADMIN_BACKLOG: i32 = 64;
 
+/// The admin address, bound but not yet listening ([`bind`]); [`start`] listens on it.
+pub struct Bound(socket2::Socket);
+
 /// Binds the admin address (before the shards start, so a port taken by another program fails
 /// start-up at once). SO_REUSEPORT, like the public listener: during a zero-downtime restart the
 /// new process binds the same admin port while the old one drains (the kernel only lets
 /// processes of the same user share it), and the old one answers /ready with 503 "stopping".
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// It listens only in [`start`], once it is served: a listening socket joins the port's group
+/// and gets its share of the connections, which would wait unanswered in its backlog while the
+/// new process waits for the old one's journal locks (health probes timing out while the old
+/// process serves). Bound but not listening, it gets none.
+pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.bind(&addr.into())?;
-    s.listen(ADMIN_BACKLOG)?;
-    Ok(s.into())
+    Ok(Bound(s))
 }
 
 /// The running admin threads.
@@ -236,12 +242,9 @@ pub fn open_hlog(cfg: &Config) -> io::Result<Option<hlog::HlogFile>> {
 }
 
 /// Starts the admin listener thread (and the `.hlog` writer when `hlog` was opened).
-pub fn start(
-    listener: TcpListener,
-    hlog: Option<hlog::HlogFile>,
-    cfg: &Config,
-    running: &Running,
-) -> io::Result<Admin> {
+pub fn start(bound: Bound, hlog: Option<hlog::HlogFile>, cfg: &Config, running: &Running) -> io::Result<Admin> {
+    bound.0.listen(ADMIN_BACKLOG)?;
+    let listener: TcpListener = bound.0.into();
     let addr = listener.local_addr()?;
     let state = Arc::new(State::new(cfg, running));
     let hlog = match hlog {

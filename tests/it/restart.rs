@@ -147,6 +147,51 @@ fn an_hlog_path_that_cannot_be_opened_fails_the_start_before_it_waits_for_the_jo
     assert_eq!(old.stop(), 0);
 }
 
+/// Regression: a new process bound the admin port (SO_REUSEPORT, like the old one) and listened
+/// on it before it waited for the old process's journal locks, but served it only once started.
+/// The kernel gave it its share of the admin connections meanwhile, and those waited unanswered
+/// in its backlog: during a handoff about half of the health probes timed out while the old
+/// process was serving, enough for a load balancer to take the host out. The new process now
+/// listens on the admin port only once it serves it; meanwhile the old one answers every probe.
+#[test]
+fn admin_probes_are_all_answered_while_a_new_process_waits_for_the_journal_lock() {
+    use std::io::Read;
+    let mut old = Server::start(None, &["--shards", "1"]);
+    let admin = old.admin.unwrap();
+    let mut second = Command::new(BIN)
+        .args(["serve", "--shards", "1", "--listen"])
+        .arg(old.addr.to_string())
+        .arg("--journal-dir")
+        .arg(old.journal())
+        .arg("--admin-listen")
+        .arg(admin.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stderr_lines(&mut second);
+    wait_line(&rx, "is locked by another tracker process");
+    // Every probe gets its answer from the old process within the bound, not a wait in the
+    // new one's backlog.
+    for i in 0..32 {
+        let mut c = std::net::TcpStream::connect(admin).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let mut head = [0u8; 12];
+        let got = c.read_exact(&mut head);
+        assert!(got.is_ok() && &head == b"HTTP/1.1 200", "probe {i} unanswered: {got:?}");
+    }
+    assert_eq!(old.stop(), 0);
+    wait_line(&rx, "tracker: listening on");
+    // The new process serves the admin port once started.
+    let r = Client::connect(admin).get("/health");
+    assert_eq!(r.status, 200);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_child(&mut second, "of SIGTERM").code(), Some(0));
+}
+
 #[test]
 fn a_stop_while_waiting_for_the_journal_lock_exits_as_a_stop() {
     let mut old = Server::start(None, &["--shards", "2"]);
