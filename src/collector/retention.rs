@@ -4,7 +4,8 @@
 //!   (in a later segment), it is not the shard's newest segment, and it was created more than
 //!   `journal.retention_age_s` ago. With no collector, age alone decides. The collectors'
 //!   batch logs of deleted segments go with them.
-//! - When the segments on disk exceed `journal.size_bytes_max`, [`journal_over_limit`] turns
+//! - When the segment files on disk (the next one made ahead and any set aside as `.corrupt`
+//!   included) exceed `journal.size_bytes_max`, [`journal_over_limit`] turns
 //!   true: `logged` endpoints answer 503 and `/ready` reports it (503), instead of the
 //!   disk filling up; it turns false once retention (or an operator) freed space.
 
@@ -17,7 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::cursor;
 use crate::config::Config;
-use crate::journal::{list_segments, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile};
+use crate::journal::{
+    list_segments, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile, CORRUPT_SUFFIX, TMP_SUFFIX,
+};
 
 static OVER_LIMIT: AtomicBool = AtomicBool::new(false);
 /// Bytes of the journal's segment files at the last check (for metrics and readiness).
@@ -90,13 +93,27 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
     let mut bytes = 0u64;
     for shard in shards(journal) {
         let dir = shard_dir(journal, shard);
-        let live: Vec<u64> = match list_segments(&dir) {
-            Ok(l) => l.into_iter().filter(|&(_, k)| k == SegmentFile::Live).map(|(n, _)| n).collect(),
+        let files = match list_segments(&dir) {
+            Ok(l) => l,
             Err(e) => {
                 problems.push(e.to_string());
                 continue;
             }
         };
+        // The size limit is there to keep the disk from filling: the next segment made ahead
+        // (`.seg.tmp`, preallocated whole) and segments set aside (`.seg.corrupt`) take disk
+        // too, up to a segment per shard beyond the limit if left out. Retention deletes neither.
+        for &(n, kind) in &files {
+            let suffix = match kind {
+                SegmentFile::Live => continue,
+                SegmentFile::Tmp => TMP_SUFFIX,
+                SegmentFile::Corrupt => CORRUPT_SUFFIX,
+            };
+            let mut path = segment_path(&dir, n).into_os_string();
+            path.push(suffix);
+            bytes += fs::metadata(&path).map_or(0, |m| m.len());
+        }
+        let live: Vec<u64> = files.into_iter().filter(|&(_, k)| k == SegmentFile::Live).map(|(n, _)| n).collect();
         let newest = live.last().copied().unwrap_or(0);
         // Every collector must be past the segment: its cursor is in a later one. No cursor yet
         // is the start of the journal; one that cannot be read holds everything.

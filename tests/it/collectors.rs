@@ -1108,3 +1108,30 @@ fn over_the_size_limit_with_retention_off_says_that_nothing_will_be_deleted() {
     assert!(said.contains("journal.retention_age_s is 0") && !said.contains("until retention frees"), "{said}");
     assert_eq!(s.stop(), 0);
 }
+
+/// Regression: the size that `journal.size_bytes_max` is held to counted only the `.seg` files.
+/// Each shard also keeps its next segment made ahead (`N.seg.tmp`, preallocated to the full
+/// segment size) and any segment set aside as `.seg.corrupt`: on disk, uncounted, up to one
+/// segment per shard beyond the limit that is there to keep the disk from filling. Every segment
+/// file of the journal now counts.
+#[test]
+fn the_size_limit_counts_the_segment_made_ahead() {
+    let text = config("").replace("size_bytes_max = 0\n", "size_bytes_max = 300000\n");
+    let mut s = Server::start(Some(&text), &["--shards", "1"]);
+    let journal = s.journal();
+    let shard = journal.join("shard-000");
+    let mut c = s.connect();
+    // Until the first rotation: two 128 KiB segments (262144 bytes, under the limit) ...
+    for i in 0.. {
+        assert!(i < 2000, "no rotation");
+        if segments(&journal, 0).len() == 2 {
+            break;
+        }
+        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
+    }
+    // ... and the third made ahead: 393216 bytes of segment files on disk.
+    wait_for("segment 3 made ahead", WAIT, || shard.join(format!("{:020}.seg.tmp", 3)).exists());
+    let why = crate::metrics::ready_when(&s, 503);
+    assert!(why.contains("over journal.size_bytes_max"), "{why}");
+    assert_eq!(s.stop(), 0);
+}
