@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use crate::config::{DefaultValue, EventType, Field, QueryReader, Source};
 use crate::event::{Event, FLAG_ID_CLIENT, FLAG_ID_DERIVED, FLAG_TRUNCATED, FLAG_UNSUBSTITUTED, SLOTS};
-use crate::http::query::{cookie_in, header};
+use crate::http::query::{cookie_in, header, header_last};
 use crate::schema::FieldKind;
 
 /// What extraction sees of a request.
@@ -139,6 +139,13 @@ pub fn extract(
         }
         let r = match &f.source {
             Source::Query(_) => Ok(None),
+            // An ip field takes the last entry of the whole list (store_text), which is on the
+            // last line: a balancer may add its own line after the client's instead of
+            // extending it, and the first line is then the client's to invent.
+            Source::Header(name) if f.kind == FieldKind::Ip => match header_last(req.headers, name) {
+                Some(v) => store_text(f, v, false, ev),
+                None => Ok(None),
+            },
             Source::Header(name) => match header(req.headers, name) {
                 Some(v) => store_text(f, v, false, ev),
                 None => Ok(None),

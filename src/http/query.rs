@@ -178,6 +178,14 @@ pub fn header<'b>(headers: &[Header<'b>], name: &str) -> Option<&'b [u8]> {
     headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
 }
 
+/// The value of the last header field named `name`, compared case-insensitively. Several lines
+/// of one field are one list in order (RFC 9110 §5.3): for a list intermediaries append to
+/// (`X-Forwarded-For`), a line one adds after the client's own holds the list's end.
+#[inline]
+pub fn header_last<'b>(headers: &[Header<'b>], name: &str) -> Option<&'b [u8]> {
+    headers.iter().rev().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+}
+
 /// Whether a comma-separated header value (`Connection: keep-alive, Upgrade`) holds `token`,
 /// compared case-insensitively, ignoring optional whitespace around members.
 pub fn list_has_token(value: &[u8], token: &[u8]) -> bool {

@@ -263,3 +263,31 @@ fn an_ip_field_read_from_x_forwarded_for_takes_the_last_address_and_truncates_it
     assert_eq!(ip("port"), "198.51.100.0");
     assert_eq!(ip("v6"), "2001:db8:1::");
 }
+
+/// Regression: with two `X-Forwarded-For` field lines — the client's own, then the one a
+/// balancer adds after it (HAProxy's `option forwardfor` adds a line rather than extending the
+/// client's) — the ip field took the first line, so a client chose the address stored for it.
+/// Several lines are one list in order (RFC 9110 §5.3): its last entry is on the last line.
+#[test]
+fn an_x_forwarded_for_line_added_after_the_clients_own_is_the_address_taken() {
+    let cfg = small_segments().replace(
+        "{ name = \"ip\",          source = \"client.ip\",   type = \"ip\" },",
+        "{ name = \"ip\",          source = \"header.x-forwarded-for\",   type = \"ip\" },",
+    );
+    assert!(cfg.contains("header.x-forwarded-for"));
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for (order, lines) in [
+        ("two", "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.81\r\n"),
+        ("between", "X-Forwarded-For: 203.0.113.9, 10.0.0.1\r\nX-A: 1\r\nx-forwarded-for: 198.51.100.82\r\n"),
+    ] {
+        c.send(format!("GET /cv?c=1&order={order} HTTP/1.1\r\nHost: t\r\n{lines}\r\n").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!(r.status, 200, "{order}: {:?}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(s.stop(), 0);
+    let ev = journal_cat(&s.journal());
+    let ip = |o: &str| ev.iter().find(|e| e["order_id"] == o).unwrap_or_else(|| panic!("{o}: {ev:?}"))["ip"].clone();
+    assert_eq!(ip("two"), "198.51.100.0");
+    assert_eq!(ip("between"), "198.51.100.0");
+}
