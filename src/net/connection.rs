@@ -224,6 +224,12 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 break;
             }
         }
+        // RFC 9112 §2.2: empty lines before a request line are ignored (old clients end a POST
+        // with an extra CRLF), so a tail of nothing else is no request begun: it must not start
+        // the header deadline (the idle connection got a 408 at header_read_timeout_ms) nor
+        // count as a request partly received at stop. It stays in the buffer: the next request
+        // is parsed with it, and a stream of nothing else still meets the 431 head limit.
+        let begun = rbuf[start..].chunks(2).any(|p| p != b"\r\n");
         // The batch stopped for want of output space, not input: answer the rest after the write.
         let out_full = flush_first || wbuf.capacity() - wbuf.len() < RESPONSE_BYTES_MAX;
         // Wake the drain once per batch; then wait for the journal if a response needs it.
@@ -246,12 +252,11 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         }
         // At stop, a connection closes once it has no request left to answer: a request partly
         // received (its first, or a later one on a kept-alive connection) still gets the grace.
-        let partial = start < rbuf.len();
         if close {
             linger = true;
             break 'conn;
         }
-        if ctx.stopping.get() && ((answered_any && !partial) || stop_grace_over(&ctx)) {
+        if ctx.stopping.get() && ((answered_any && !begun) || stop_grace_over(&ctx)) {
             break 'conn;
         }
         // Keep the unanswered tail (a partial request) at the front of the buffer.
@@ -281,7 +286,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             continue;
         }
         let now_ms = crate::clock::mono_coarse_ms();
-        if !rbuf.is_empty() && head_started.is_none() {
+        if begun && head_started.is_none() {
             head_started = Some(now_ms);
         }
 

@@ -139,6 +139,37 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(journal_cat(&s.journal()).len(), 2);
 }
 
+/// Regression: RFC 9112 §2.2 has a server ignore empty lines before a request line (old clients
+/// end a POST with an extra CRLF). Left in the buffer they counted as a request begun, so the
+/// idle keep-alive connection got an unsolicited 408 and a close at header_read_timeout_ms — a
+/// 408 a client sending its next request then reads as that request's answer — instead of
+/// waiting idle_timeout_ms and closing without a word.
+#[test]
+fn empty_lines_after_a_request_are_not_a_request_begun() {
+    let cfg = "[server]\nheader_read_timeout_ms = 300\nidle_timeout_ms = 2000\n".to_string()
+        + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    c.send(b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\n\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 200);
+    // The empty lines are ignored before the next request too.
+    c.send(b"\r\n\r\nGET /i?c=2 HTTP/1.1\r\nHost: t\r\n\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 200);
+    // Past the header deadline nothing is said; at the idle timeout the connection just closes.
+    let r = c.try_read_response(false);
+    assert!(r.is_none(), "an idle connection was answered: {r:?}");
+    assert_eq!(requests_with_status(&s, "408"), 0.0);
+    // Ignored, not unbounded: a stream of nothing but empty lines still meets the head limit
+    // (header_bytes_max, 8 KiB by default).
+    let mut c = s.connect();
+    assert_eq!(c.get("/i?c=3").status, 200);
+    c.send(&b"\r\n".repeat(4096));
+    assert_eq!(c.read_response(false).status, 431);
+    assert!(c.is_closed());
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 3);
+}
+
 /// `tracker_requests_total` summed over the series with this status.
 fn requests_with_status(s: &Server, status: &str) -> f64 {
     let m = crate::metrics::parse_metrics(&String::from_utf8(s.admin_get("/metrics").body).unwrap());
