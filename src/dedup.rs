@@ -4,7 +4,7 @@
 //! retried billing notice carries the same id (client `eid`, or derived from the type's identity
 //! fields); the first arrival inside the window is published, later ones are answered exactly
 //! alike but not published, and counted. Generated ids (UUIDv7) are unique by construction and
-//! never looked up.
+//! never looked up; nor are HEAD requests (`net::pipeline::publish`), which are not the user's.
 //!
 //! Layout: `buckets` cache lines of [`WAYS`] `AtomicU64` entries, allocated once at start
 //! (`entries` × 8 bytes). An entry is `fingerprint << 32 | time`, 0 = empty:

@@ -7,7 +7,7 @@
 use std::io::Write as _;
 
 use crate::config::{Config, EventType};
-use crate::event::{Event, FLAG_ID_CLIENT, FLAG_ID_DERIVED};
+use crate::event::{Event, FLAG_HEAD, FLAG_ID_CLIENT, FLAG_ID_DERIVED};
 use crate::extract::{extract, RequestView};
 use crate::metrics::Reason;
 use crate::ring::Producer;
@@ -85,6 +85,9 @@ pub(super) fn prepare<'c>(
 /// Publishes the prepared slot unless it is a repeat of a client or derived id inside the dedup
 /// window (shared by all shards; answered like the first, counted, not published) or its source
 /// is over budget on a `drop` endpoint. Returns the sequence number, 0 when not published.
+/// A HEAD (flagged by the caller) neither consults nor enters the window: it is a link scanner
+/// or a prefetcher, not the user, and taking the id would drop the user's GET that follows as
+/// its duplicate.
 pub(super) fn publish(ctx: &ShardCtx, ty: &EventType, now_ns: u64, over_budget: bool, producer: &mut Producer) -> u64 {
     let next_seq = producer.pushed() + 1;
     let Some(slot) = producer.reserve() else {
@@ -92,7 +95,7 @@ pub(super) fn publish(ctx: &ShardCtx, ty: &EventType, now_ns: u64, over_budget: 
         return 0;
     };
     let duplicate = match &ctx.dedup {
-        _ if over_budget => false,
+        _ if over_budget || slot.flags & FLAG_HEAD != 0 => false,
         Some(d) if slot.flags & (FLAG_ID_CLIENT | FLAG_ID_DERIVED) != 0 => {
             d.check(&slot.id, ty.key, now_ns) == crate::dedup::Seen::Duplicate
         }

@@ -51,6 +51,25 @@ fn a_duplicate_pixel_on_different_connections_and_shards_is_one_event() {
 }
 
 #[test]
+fn a_head_from_a_link_scanner_does_not_make_the_users_click_a_duplicate() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let click = "/c?c=3&cr=4&imp=imp-scan&url=https%3A%2F%2Fexample.com%2F";
+    // A mail scanner probes the link twice with HEAD, then the user clicks it.
+    for _ in 0..2 {
+        c.send(format!("HEAD {click} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(c.read_response(true).status, 302);
+    }
+    assert_eq!(c.get(click).status, 302);
+    // The user's double click is still one click.
+    assert_eq!(c.get(click).status, 302);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.iter().filter(|e| e["head"] == true).count(), 2, "{events:?}");
+    assert_eq!(events.len(), 3, "two flagged HEADs and one click: {events:?}");
+}
+
+#[test]
 fn dedup_can_be_turned_off() {
     let cfg = "[dedup]\nwindow_ms = 0\n".to_string() + &crate::pipeline::default_endpoints_and_events();
     let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
