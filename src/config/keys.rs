@@ -268,7 +268,7 @@ pub const ENDPOINT_KEYS: &[KeySpec] = &[
     k("endpoint", "event", "string", "", NoDefault, Rule("a declared [event.<type>]"), "",
       "Required. Event type each request becomes."),
     k("endpoint", "response", "string", "", Str("no_content"), OneOf(&["gif", "no_content", "redirect", "json"]), "redirect needs [endpoint.redirect] and GET; json needs POST",
-      "1×1 transparent GIF (no-cache), 204, 302 to a landing URL that passes the endpoint's redirect rule (docs/redirects.md), or (POST) 200 with the per-event status of a JSON object or batch: {\"accepted\":N,\"rejected\":[{\"index\":i,\"reason\":\"…\"}]} (docs/post.md)."),
+      "1×1 transparent GIF, 204 (both no-cache), 302 to a landing URL that passes the endpoint's redirect rule (docs/redirects.md), or (POST) 200 with the per-event status of a JSON object or batch: {\"accepted\":N,\"rejected\":[{\"index\":i,\"reason\":\"…\"}]} (docs/post.md)."),
     k("endpoint", "ack", "string", "", Str("received"), OneOf(&["received", "logged"]), "",
       "Answer once the event is in the shard's ring, or once the drain has written it into the mmapped segment (survives kill -9)."),
     k("endpoint", "over_budget", "string", "", Str("drop"), OneOf(&["drop", "reject"]), "",

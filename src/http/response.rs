@@ -75,8 +75,9 @@ pub fn gif(
     w.finish()
 }
 
-/// `HTTP/1.1 204 No Content`. No `head` flag: a 204 has no body and no Content-Length either
-/// way. `allow_origin`: see [`json`].
+/// `HTTP/1.1 204 No Content`, uncacheable like the GIF: RFC 9110 §15.3.5 lets a cache keep a
+/// 204, and a cached pixel is an event we never see. No `head` flag: a 204 has no body and no
+/// Content-Length either way. `allow_origin`: see [`json`].
 pub fn no_content(
     out: &mut Vec<u8>,
     allow_origin: Option<&[u8]>,
@@ -88,6 +89,7 @@ pub fn no_content(
     let mut w = Out::new(out);
     w.status_line(b"204 No Content", date);
     w.allow_origin(allow_origin);
+    w.put(CACHE_NEVER);
     w.end_head(None, keep_alive, version_minor);
     w.finish()
 }
@@ -493,20 +495,24 @@ mod tests {
     fn no_content_bytes_exact() {
         let mut out = buf();
         no_content(&mut out, None, true, 1, DATE).unwrap();
-        assert_eq!(out, b"HTTP/1.1 204 No Content\r\nServer: tracker\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 204 No Content\r\nServer: tracker\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+              Cache-Control: no-cache, no-store, must-revalidate\r\n\r\n"
+        );
     }
 
     #[test]
     fn connection_header() {
         let mut out = buf();
         no_content(&mut out, None, false, 1, DATE).unwrap();
-        assert!(out.ends_with(b"GMT\r\nConnection: close\r\n\r\n"));
+        assert!(out.ends_with(b"must-revalidate\r\nConnection: close\r\n\r\n"));
         out.clear();
         no_content(&mut out, None, true, 0, DATE).unwrap();
-        assert!(out.ends_with(b"GMT\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(out.ends_with(b"must-revalidate\r\nConnection: keep-alive\r\n\r\n"));
         out.clear();
         no_content(&mut out, None, false, 0, DATE).unwrap();
-        assert!(out.ends_with(b"GMT\r\nConnection: close\r\n\r\n"));
+        assert!(out.ends_with(b"must-revalidate\r\nConnection: close\r\n\r\n"));
         out.clear();
         gif(&mut out, None, false, false, 1, DATE).unwrap();
         assert!(out.ends_with(&[&b"Content-Length: 43\r\nConnection: close\r\n\r\n"[..], &GIF].concat()));

@@ -4,6 +4,20 @@ use crate::harness::*;
 use std::collections::HashSet;
 
 #[test]
+fn a_204_pixel_is_marked_uncacheable_like_the_gif() {
+    // A cached 204 (RFC 9110 §15.3.5 allows it) would swallow the player's next quartile or a
+    // retried notice before it reached us.
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    for target in ["/v?c=1&cr=2&ev=start", "/win?auction=a1&bid=b1&imp=i1&price=1.25", "/e?n=signup"] {
+        let r = c.get(target);
+        assert_eq!(r.status, 204, "{target}");
+        assert_eq!(r.header("cache-control"), Some("no-cache, no-store, must-revalidate"), "{target}");
+    }
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
 fn pixels_over_keepalive_and_pipelined_connections_are_journaled_exactly_once() {
     let mut s = Server::start(None, &["--shards", "2"]);
     let mut sent = Vec::new();
