@@ -50,11 +50,13 @@ impl Routes {
                 (Method::Post, _) => post = true,
             }
         }
+        // A POST path also answers OPTIONS (the CORS preflight, `net::connection`), so Allow
+        // names it: RFC 9110 §10.2.1 lists every method the resource supports.
         match (get, post) {
             (false, false) => Route::NotFound,
             (true, false) => Route::MethodNotAllowed("GET, HEAD"),
-            (false, true) => Route::MethodNotAllowed("POST"),
-            (true, true) => Route::MethodNotAllowed("GET, HEAD, POST"),
+            (false, true) => Route::MethodNotAllowed("POST, OPTIONS"),
+            (true, true) => Route::MethodNotAllowed("GET, HEAD, POST, OPTIONS"),
         }
     }
 }

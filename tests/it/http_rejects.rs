@@ -90,6 +90,8 @@ fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     let r = c.read_response(false);
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    // A POST endpoint answers OPTIONS (CORS preflight), so its Allow says so (RFC 9110 §10.2.1).
+    assert_eq!(c.get("/batch").header("allow"), Some("POST, OPTIONS"));
     // Both keep the connection.
     assert_eq!(c.get("/i?c=2").status, 200);
     assert_eq!(s.stop(), 0);
