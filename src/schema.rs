@@ -174,7 +174,9 @@ impl Schema {
     }
 }
 
-/// Writes `b` as a JSON string; bytes that are not UTF-8 become U+FFFD.
+/// Writes `b` as a JSON string; bytes that are not UTF-8 become U+FFFD. U+2028 and U+2029 are
+/// escaped too: JSON allows them raw, but JavaScript before ES2019 ends a line at them, so a
+/// consumer that embeds our JSON in a script would break on an event carrying one.
 pub fn json_str(out: &mut String, b: &[u8]) {
     let s = String::from_utf8_lossy(b);
     out.push('"');
@@ -185,13 +187,41 @@ pub fn json_str(out: &mut String, b: &[u8]) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
+            c if (c as u32) < 0x20 || is_js_line_separator(c) => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),
         }
     }
     out.push('"');
+}
+
+/// U+2028 LINE SEPARATOR and U+2029 PARAGRAPH SEPARATOR: valid raw in JSON, line ends in
+/// JavaScript before ES2019; every JSON string we write escapes them.
+fn is_js_line_separator(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// `v` as compact JSON, as `serde_json::to_vec` writes it but with U+2028 and U+2029 escaped
+/// like [`json_str`] does: for JSON built with serde_json (the banker's body).
+pub fn json_vec(v: &serde_json::Value) -> Vec<u8> {
+    struct JsSafe;
+    impl serde_json::ser::Formatter for JsSafe {
+        fn write_string_fragment<W: ?Sized + std::io::Write>(&mut self, w: &mut W, s: &str) -> std::io::Result<()> {
+            let mut rest = s;
+            while let Some(i) = rest.find(is_js_line_separator) {
+                let c = rest[i..].chars().next().expect("found at i");
+                w.write_all(&rest.as_bytes()[..i])?;
+                write!(w, "\\u{:04x}", c as u32)?;
+                rest = &rest[i + c.len_utf8()..];
+            }
+            w.write_all(rest.as_bytes())
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, JsSafe);
+    v.serialize(&mut ser).expect("a JSON value serialises");
+    out
 }
 
 /// Unix nanoseconds as RFC 3339 UTC with nanoseconds, e.g. `2026-11-26T07:22:02.123456789Z`.
@@ -221,6 +251,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: U+2028 and U+2029 were written raw. JSON allows them in strings, JavaScript
+    /// before ES2019 does not, so a consumer embedding a line of `journal cat`, jsonl or a Kafka
+    /// value in a script broke on an event that carried one.
+    #[test]
+    fn json_strings_escape_the_javascript_line_separators() {
+        let mut out = String::new();
+        json_str(&mut out, "a\u{2028}b\u{2029}c\u{2027}".as_bytes());
+        assert_eq!(out, "\"a\\u2028b\\u2029c\u{2027}\"");
+        assert_eq!(serde_json::from_str::<String>(&out).unwrap(), "a\u{2028}b\u{2029}c\u{2027}");
+    }
 
     #[test]
     fn rfc3339_known_instants() {

@@ -129,7 +129,7 @@ impl Banker {
             "events": priced,
             "spend": spend,
         });
-        serde_json::to_vec(&body).expect("a JSON value serialises")
+        crate::schema::json_vec(&body)
     }
 }
 
@@ -209,6 +209,46 @@ mod tests {
             fields: fields.iter().map(|(n, v)| (Arc::from(*n), v.clone())).collect(),
         };
         budget_key_of(&e, &["site".into(), "campaign_id".into()])
+    }
+
+    /// Regression: the body was serde_json's, which writes U+2028 and U+2029 raw (the shared
+    /// writer, `schema::json_str`, escapes them for consumers that embed JSON in JavaScript).
+    #[test]
+    fn the_body_escapes_the_javascript_line_separators() {
+        let b = Banker {
+            url: Url::parse("http://127.0.0.1:1").unwrap(),
+            budget_key: vec!["site".into()],
+            price_field: "price".into(),
+            timeout: Duration::from_secs(1),
+            over_budget: Vec::new(),
+        };
+        let e = CollectedEvent {
+            id: [0; 16],
+            event_type: "win".into(),
+            ts_ns: 0,
+            shard: 0,
+            seq: 1,
+            flags: 0,
+            fields: vec![
+                (Arc::from("site"), Value::Str("a\u{2028}b\u{2029}".into())),
+                (Arc::from("price"), Value::Money(250_000)),
+            ],
+        };
+        let batch = Batch {
+            key: "k".into(),
+            collector: Arc::from("banker"),
+            shard: 0,
+            segment: 1,
+            from: 0,
+            to: 1,
+            attempt: 1,
+            sent_before: false,
+            events: vec![e],
+        };
+        let body = String::from_utf8(b.body(&batch)).unwrap();
+        assert!(body.contains(r#""budget_key":"site=a\u2028b\u2029""#), "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["spend"][0]["budget_key"], "site=a\u{2028}b\u{2029}");
     }
 
     #[test]
