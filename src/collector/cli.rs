@@ -170,7 +170,7 @@ pub fn replay(
             );
             continue;
         }
-        cursor::write_cursor(&dir, new).map_err(|e| format!("write cursor {}: {e}", dir.display()))?;
+        cursor::write_cursor(&dir, new).map_err(|e| e.to_string())?;
         let _ = writeln!(out, "shard {shard}: cursor {} {} → {} 0{gone}", current.segment, current.index, target);
     }
     Ok(out)

@@ -106,16 +106,29 @@ pub fn read_cursor(dir: &Path) -> io::Result<Option<Position>> {
     }
 }
 
+/// `e` with the operation and the file it was about, as `JournalError` names them
+/// (`write /var/lib/tracker/journal/collectors/banker/shard-000/cursor: No space left on device`):
+/// these errors reach an operator through a collector's last error and stderr, which do not
+/// know which of the collector's files failed. Keeps the kind.
+fn named(op: &str, path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
+}
+
 /// Replaces the cursor of a shard atomically: temp file, fsync, rename, fsync of the directory.
+/// An error names the cursor file.
 pub fn write_cursor(dir: &Path, p: Position) -> io::Result<()> {
-    create_dir_durable(dir)?;
-    let tmp = dir.join("cursor.tmp");
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-    f.write_all(format!("{} {}\n", p.segment, p.index).as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, dir.join("cursor"))?;
-    fsync_dir(dir)
+    let path = dir.join("cursor");
+    let write = || {
+        create_dir_durable(dir)?;
+        let tmp = dir.join("cursor.tmp");
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        f.write_all(format!("{} {}\n", p.segment, p.index).as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, &path)?;
+        fsync_dir(dir)
+    };
+    write().map_err(|e| named("write", &path, e))
 }
 
 fn batches_path(dir: &Path, segment: u64) -> PathBuf {
@@ -138,10 +151,11 @@ pub fn key_base_id(base: &str) -> u32 {
 /// A line whose id does not match its text (torn, or edited) is skipped, but for the legacy
 /// base's.
 pub fn read_key_bases(collector_dir: &Path) -> io::Result<BTreeMap<u32, String>> {
-    let text = match fs::read(collector_dir.join(KEY_BASES)) {
+    let path = collector_dir.join(KEY_BASES);
+    let text = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(named("read", &path, e)),
     };
     let mut out = BTreeMap::new();
     // Only whole lines: a crash mid-append leaves a last line without its newline.
@@ -163,24 +177,27 @@ pub fn read_key_bases(collector_dir: &Path) -> io::Result<BTreeMap<u32, String>>
 /// returns, batch entries may name `id`.
 pub fn add_key_base(collector_dir: &Path, id: u32, base: &str) -> io::Result<()> {
     debug_assert!(!base.contains('\n'));
-    create_dir_durable(collector_dir)?;
     let path = collector_dir.join(KEY_BASES);
-    let created = !path.exists();
-    let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
-    // A torn line left by a crash would glue itself to this one: start on a fresh line.
-    let len = f.metadata()?.len();
-    let mut last = [0u8; 1];
-    let torn = len > 0 && {
-        File::open(&path)?.read_exact_at(&mut last, len - 1)?;
-        last[0] != b'\n'
+    let add = || {
+        create_dir_durable(collector_dir)?;
+        let created = !path.exists();
+        let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+        // A torn line left by a crash would glue itself to this one: start on a fresh line.
+        let len = f.metadata()?.len();
+        let mut last = [0u8; 1];
+        let torn = len > 0 && {
+            File::open(&path)?.read_exact_at(&mut last, len - 1)?;
+            last[0] != b'\n'
+        };
+        let line = format!("{}{id:08x} {base}\n", if torn { "\n" } else { "" });
+        f.write_all(line.as_bytes())?;
+        f.sync_data()?;
+        if created {
+            fsync_dir(collector_dir)?;
+        }
+        Ok(())
     };
-    let line = format!("{}{id:08x} {base}\n", if torn { "\n" } else { "" });
-    f.write_all(line.as_bytes())?;
-    f.sync_data()?;
-    if created {
-        fsync_dir(collector_dir)?;
-    }
-    Ok(())
+    add().map_err(|e| named("write", &path, e))
 }
 
 /// The journal's own key prefix (`collectors/default_key_prefix`), drawn and stored on first
@@ -241,11 +258,12 @@ pub fn valid_key_prefix(p: &str) -> bool {
 
 /// The batches cut in `segment`, in the order they were cut.
 pub fn read_batches(dir: &Path, segment: u64) -> io::Result<Vec<Recorded>> {
+    let path = batches_path(dir, segment);
     let mut b = Vec::new();
-    match File::open(batches_path(dir, segment)) {
-        Ok(mut f) => f.read_to_end(&mut b)?,
+    match File::open(&path) {
+        Ok(mut f) => f.read_to_end(&mut b).map_err(|e| named("read", &path, e))?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(named("read", &path, e)),
     };
     let mut out = Vec::new();
     for e in b.chunks_exact(ENTRY_BYTES) {
@@ -269,33 +287,40 @@ pub fn append_batch(dir: &Path, segment: u64, entry: usize, r: Recorded) -> io::
     let Recorded { from, to, base } = r;
     debug_assert!(from < to);
     let path = batches_path(dir, segment);
-    let created = entry == 0;
-    if created {
-        create_dir_durable(dir)?;
-    }
-    let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-    let mut e = [0u8; ENTRY_BYTES];
-    e[0..4].copy_from_slice(&from.to_le_bytes());
-    e[4..8].copy_from_slice(&to.to_le_bytes());
-    e[8..12].copy_from_slice(&entry_crc(from, to).to_le_bytes());
-    e[12..16].copy_from_slice(&base.to_le_bytes());
-    let at = (entry * ENTRY_BYTES) as u64;
-    f.write_all_at(&e, at)?;
-    f.set_len(at + ENTRY_BYTES as u64)?;
-    f.sync_data()?;
-    if created {
-        fsync_dir(dir)?;
-    }
-    Ok(())
+    let append = || {
+        let created = entry == 0;
+        if created {
+            create_dir_durable(dir)?;
+        }
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        let mut e = [0u8; ENTRY_BYTES];
+        e[0..4].copy_from_slice(&from.to_le_bytes());
+        e[4..8].copy_from_slice(&to.to_le_bytes());
+        e[8..12].copy_from_slice(&entry_crc(from, to).to_le_bytes());
+        e[12..16].copy_from_slice(&base.to_le_bytes());
+        let at = (entry * ENTRY_BYTES) as u64;
+        f.write_all_at(&e, at)?;
+        f.set_len(at + ENTRY_BYTES as u64)?;
+        f.sync_data()?;
+        if created {
+            fsync_dir(dir)?;
+        }
+        Ok(())
+    };
+    append().map_err(|e| named("write", &path, e))
 }
 
 /// Drops entry number `entry` (the last one) of the batch log of `segment` and syncs: the
 /// destination refused that batch as it was, so nothing of it was applied, and a restart cuts
 /// the range afresh (under the key base then current).
 pub fn drop_last_batch(dir: &Path, segment: u64, entry: usize) -> io::Result<()> {
-    let f = OpenOptions::new().write(true).open(batches_path(dir, segment))?;
-    f.set_len((entry * ENTRY_BYTES) as u64)?;
-    f.sync_data()
+    let path = batches_path(dir, segment);
+    let drop_last = || {
+        let f = OpenOptions::new().write(true).open(&path)?;
+        f.set_len((entry * ENTRY_BYTES) as u64)?;
+        f.sync_data()
+    };
+    drop_last().map_err(|e| named("truncate", &path, e))
 }
 
 /// Removes the batch logs of segments below `segment` (retention removed those segments).
@@ -422,6 +447,32 @@ mod tests {
         fs::create_dir(dir.join("cursor")).unwrap();
         let e = read_cursor(&dir).unwrap_err();
         assert!(e.to_string().contains(&dir.join("cursor").display().to_string()), "{e}");
+    }
+
+    /// Regression: writing a cursor, a batch log or `key_bases` failed with the bare OS error
+    /// ("write cursor: Is a directory (os error 21)"), naming no file, in the collector's last
+    /// error and on stderr: the operator could not tell which of a collector's files it was.
+    #[test]
+    fn a_cursor_or_batch_log_that_cannot_be_written_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("c").join("shard-000");
+        // A directory where the file goes fails for every user, root included.
+        fs::create_dir_all(dir.join("cursor.tmp")).unwrap();
+        let e = write_cursor(&dir, Position { segment: 1, index: 2 }).unwrap_err().to_string();
+        assert!(e.contains(&dir.join("cursor").display().to_string()), "{e}");
+        fs::create_dir_all(batches_path(&dir, 3)).unwrap();
+        let e = append_batch(&dir, 3, 0, Recorded { from: 0, to: 1, base: 1 }).unwrap_err().to_string();
+        assert!(e.contains(&batches_path(&dir, 3).display().to_string()), "{e}");
+        let e = read_batches(&dir, 3).unwrap_err().to_string();
+        assert!(e.contains(&batches_path(&dir, 3).display().to_string()), "{e}");
+        let e = drop_last_batch(&dir, 3, 0).unwrap_err().to_string();
+        assert!(e.contains(&batches_path(&dir, 3).display().to_string()), "{e}");
+        let cdir = d.path().join("c");
+        fs::create_dir_all(cdir.join(KEY_BASES)).unwrap();
+        let e = add_key_base(&cdir, 1, "x:c").unwrap_err().to_string();
+        assert!(e.contains(&cdir.join(KEY_BASES).display().to_string()), "{e}");
+        let e = read_key_bases(&cdir).unwrap_err().to_string();
+        assert!(e.contains(&cdir.join(KEY_BASES).display().to_string()), "{e}");
     }
 
     #[test]

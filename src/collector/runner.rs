@@ -633,10 +633,9 @@ impl KeyBases {
     /// upgrade (docs/collectors.md says to upgrade first).
     fn known(&mut self) -> Result<&mut BTreeMap<u32, String>, String> {
         if self.known.is_none() {
-            let mut read = cursor::read_key_bases(&self.dir).map_err(|e| format!("read key bases: {e}"))?;
+            let mut read = cursor::read_key_bases(&self.dir).map_err(|e| e.to_string())?;
             if let std::collections::btree_map::Entry::Vacant(legacy) = read.entry(cursor::LEGACY_BASE_ID) {
-                cursor::add_key_base(&self.dir, cursor::LEGACY_BASE_ID, &self.legacy)
-                    .map_err(|e| format!("write key bases: {e}"))?;
+                cursor::add_key_base(&self.dir, cursor::LEGACY_BASE_ID, &self.legacy).map_err(|e| e.to_string())?;
                 legacy.insert(self.legacy.clone());
             }
             self.known = Some(read);
@@ -657,7 +656,7 @@ impl KeyBases {
                 ));
             }
             None => {
-                cursor::add_key_base(&self.dir, id, &current).map_err(|e| format!("write key bases: {e}"))?;
+                cursor::add_key_base(&self.dir, id, &current).map_err(|e| e.to_string())?;
                 self.known()?.insert(id, current);
             }
         }
@@ -714,7 +713,8 @@ fn persist(st: &mut ShardState, now: bool) -> Result<(), StepError> {
     if st.committed == st.persisted || (!now && st.persisted_at.elapsed() < CURSOR_PERSIST_EVERY) {
         return Ok(());
     }
-    cursor::write_cursor(&st.dir, st.committed).map_err(|e| StepError::Io(format!("write cursor: {e}")))?;
+    // The error names the cursor file (`write …/shard-NNN/cursor: …`).
+    cursor::write_cursor(&st.dir, st.committed).map_err(|e| StepError::Io(e.to_string()))?;
     st.persisted = st.committed;
     st.persisted_at = Instant::now();
     Ok(())
