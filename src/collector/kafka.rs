@@ -2,7 +2,7 @@
 //!
 //! - Topic per event type from a template (`topic`, default `"tracker.{type}"`).
 //! - Key: the event id (default), a field's value (`key = "<field>"`, which must be
-//!   allowlisted), or none. Headers `id` (UUID) and `type` on every message.
+//!   allowlisted) as the value's JSON shows it (money `0.250000`; a string unquoted), or none. Headers `id` (UUID) and `type` on every message.
 //! - Value: the event as JSON, the shape of `tracker journal cat` restricted to the allowlist.
 //! - `enable.idempotence=true`, `acks=all`, always: the broker drops librdkafka's own resends.
 //!   A batch is acknowledged once every message's delivery report is a success; any failure
@@ -268,12 +268,8 @@ impl Collector for Kafka {
             let key: Option<String> = match &self.key {
                 KeyFrom::Id => Some(id.clone()),
                 KeyFrom::None => None,
-                KeyFrom::Field(f) => e.field(f).map(|v| match v {
-                    Value::U64(x) => x.to_string(),
-                    Value::I64(x) | Value::Money(x) => x.to_string(),
-                    Value::Str(s) => s.clone(),
-                    Value::Ip(ip) => ip.to_string(),
-                }),
+                // The value's text (money `0.250000`, not micros): key and value agree.
+                KeyFrom::Field(f) => e.field(f).map(Value::to_string),
             };
             let headers = OwnedHeaders::new()
                 .insert(Header { key: "id", value: Some(id.as_bytes()) })

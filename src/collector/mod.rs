@@ -154,6 +154,25 @@ pub enum Value {
     Ip(IpAddr),
 }
 
+/// The value's text, as in the event's JSON (a string without its quotes and escapes): money
+/// as a decimal with 6 places (`0.250000`, never the micros). A Kafka key taken from a field is
+/// this text, so key and value say the same.
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::U64(x) => write!(f, "{x}"),
+            Value::I64(x) => write!(f, "{x}"),
+            Value::Money(m) => {
+                let sign = if *m < 0 { "-" } else { "" };
+                let a = m.unsigned_abs();
+                write!(f, "{sign}{}.{:06}", a / 1_000_000, a % 1_000_000)
+            }
+            Value::Str(s) => f.write_str(s),
+            Value::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
 /// An event as a collector sees it: the envelope and the allowlisted fields, nothing else.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CollectedEvent {
@@ -202,20 +221,12 @@ impl CollectedEvent {
             json_str(out, name.as_bytes());
             out.push(':');
             match v {
-                Value::U64(x) => {
-                    let _ = write!(out, "{x}");
-                }
-                Value::I64(x) => {
-                    let _ = write!(out, "{x}");
-                }
-                Value::Money(m) => {
-                    let sign = if *m < 0 { "-" } else { "" };
-                    let a = m.unsigned_abs();
-                    let _ = write!(out, "{sign}{}.{:06}", a / 1_000_000, a % 1_000_000);
+                Value::U64(_) | Value::I64(_) | Value::Money(_) => {
+                    let _ = write!(out, "{v}");
                 }
                 Value::Str(s) => json_str(out, s.as_bytes()),
-                Value::Ip(ip) => {
-                    let _ = write!(out, "\"{ip}\"");
+                Value::Ip(_) => {
+                    let _ = write!(out, "\"{v}\"");
                 }
             }
         }

@@ -327,3 +327,40 @@ fn a_batch_kafka_does_not_acknowledge_names_the_topic() {
     assert!(failed.contains("absent.impression"), "{failed}");
     s.stop();
 }
+
+/// Regression: with `key = "<money field>"` the message key was the raw micros (`250000`)
+/// while the value said `"price":0.250000`: consumers partitioning or joining on the key saw
+/// a number 10^6 times the one in the event.
+#[test]
+fn a_key_from_a_money_field_is_the_text_of_the_value() {
+    let Some(broker) = Broker::start() else { return };
+    let cfg = kafka_collector(broker.port, 30_000) + "key = \"price\"\n";
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let r = s.connect().get("/win?auction=w-key&price=0.25");
+    assert!(r.status == 200 || r.status == 204, "status {}", r.status);
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{}", broker.port))
+        .set("group.id", "tracker-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("tracker.win", 0, Offset::Beginning).unwrap();
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let (key, value) = loop {
+        assert!(Instant::now() < deadline, "no message on tracker.win within {WAIT:?}");
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            break (
+                m.key().map(|k| String::from_utf8_lossy(k).to_string()),
+                String::from_utf8_lossy(m.payload().unwrap()).to_string(),
+            );
+        }
+    };
+    // The value's text for the field, as written: `"price":<text>` up to the next `,` or `}`.
+    let at = value.find("\"price\":").expect("price in the value") + "\"price\":".len();
+    let text = &value[at..at + value[at..].find([',', '}']).unwrap()];
+    assert_eq!(text, "0.250000", "{value}");
+    assert_eq!(key.as_deref(), Some(text), "{value}");
+    assert_eq!(s.stop(), 0);
+}
