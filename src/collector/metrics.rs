@@ -46,6 +46,12 @@ pub fn write_prometheus(out: &mut String) {
         &|s| s.superseded_total.load(Relaxed).to_string(),
     );
     family(
+        "tracker_collector_cursor_resets_total",
+        "counter",
+        "Shard cursors found past every segment of their shard (the journal was reset) and moved to its first segment",
+        &|s| s.cursor_resets_total.load(Relaxed).to_string(),
+    );
+    family(
         "tracker_collector_retrying",
         "gauge",
         "1 while a batch waits to be delivered again after a retriable failure, or the collector's own journal reads, cursor reads or batch-log writes fail",

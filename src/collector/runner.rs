@@ -46,6 +46,9 @@ pub struct CollectorStatus {
     pub retries_total: AtomicU64,
     /// Batches the destination already held under a different body ([`Delivery::Superseded`]).
     pub superseded_total: AtomicU64,
+    /// Shard cursors found past every segment of their shard and moved back to its first one
+    /// (the journal's shard directories were wiped and `collectors/` kept).
+    pub cursor_resets_total: AtomicU64,
     /// The destination answered Fatal: the thread stopped, the cursor stays.
     pub failed: AtomicBool,
     /// A batch is waiting for a retry now, or the collector's own reads and writes (journal,
@@ -404,6 +407,47 @@ impl Runner {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// The shard has no segment at or after the cursor. Normally the writer has not made it
+    /// yet. But a cursor never gets ahead of the newest segment (it moves to segment N + 1 only
+    /// once N + 1 exists, and retention keeps the newest), so when segments exist and all are
+    /// below it, the journal was reset under a kept `collectors/` (shard directories wiped, the
+    /// writer numbering from 1 again): waiting would deliver nothing, ever. Then it says so,
+    /// drops the shard's batch logs (their ranges are the old journal's: cut again they would
+    /// resend new records under old batches' keys), and moves the cursor to record 0 of the
+    /// first segment. None of those records was delivered (the cursor was ahead of them all),
+    /// so none is delivered twice. True when it moved.
+    fn reset_if_past_every_segment(&mut self, shard: u16) -> Result<bool, StepError> {
+        let st = self.shards.get_mut(&shard).expect("discovered");
+        let segments = st.source.segments().map_err(|e| StepError::Io(e.to_string()))?;
+        let (Some(&first), Some(&newest)) = (segments.first(), segments.last()) else { return Ok(false) };
+        let at = st.committed;
+        if newest >= at.segment {
+            // Written since resolve looked: the next pass reads it.
+            return Ok(false);
+        }
+        let msg = format!(
+            "shard {shard}: cursor {} points at segment {} record {}, past every segment of {} (newest {newest}): \
+             the journal was reset (its shard directory wiped?) while this collector's state was kept; dropping \
+             its batch logs and delivering again from segment {first} record 0",
+            st.dir.join("cursor").display(),
+            at.segment,
+            at.index,
+            crate::journal::shard_dir(&self.journal, shard).display(),
+        );
+        eprintln!("tracker: collector {}: {msg}", self.name);
+        *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = msg;
+        // Batch logs first, then the cursor: a crash between the two finds the same cursor and
+        // does this again, never a moved cursor with the old logs.
+        cursor::remove_batches_below(&st.dir, u64::MAX)
+            .map_err(|e| StepError::Io(format!("remove batch logs in {}: {e}", st.dir.display())))?;
+        st.recorded = None;
+        st.projection = None;
+        st.committed = Position { segment: first, index: 0 };
+        persist(st, true)?;
+        self.status.cursor_resets_total.fetch_add(1, Relaxed);
+        Ok(true)
+    }
+
     /// One look at one shard: extend or start its batch, send it when ready. True when
     /// anything moved.
     fn step(&mut self, shard: u16, stopping: bool) -> Result<bool, StepError> {
@@ -411,7 +455,7 @@ impl Runner {
         let st = self.shards.get_mut(&shard).expect("discovered");
         if st.open.is_none() {
             let Some(pos) = st.source.resolve(st.committed).map_err(|e| StepError::Io(e.to_string()))? else {
-                return Ok(false);
+                return self.reset_if_past_every_segment(shard);
             };
             let moved = pos != st.committed;
             st.committed = pos;

@@ -1135,3 +1135,46 @@ fn the_size_limit_counts_the_segment_made_ahead() {
     assert!(why.contains("over journal.size_bytes_max"), "{why}");
     assert_eq!(s.stop(), 0);
 }
+
+/// Regression: the operator wiped the journal's shard directories but kept `collectors/`. The
+/// writer starts again at segment 1; the collector's cursor pointed at a later segment of the
+/// old journal, so it waited for that segment to appear and delivered nothing, silently.
+#[test]
+fn a_cursor_past_every_segment_after_the_journal_was_wiped_delivers_the_new_segments() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("events.jsonl");
+    let cfg = config(&jsonl_collector("j", &path, "\"all\"", "[]"));
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    // Conversions are `logged`; 600 of 512 bytes fill more than two 128 KiB segments.
+    let mut c = s.connect();
+    for i in 0..600 {
+        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
+    }
+    wait_for("the old journal delivered", WAIT, || read_jsonl(&path).len() == 600);
+    assert_eq!(s.stop(), 0);
+    let cursor = s.journal().join("collectors/j/shard-000/cursor");
+    let old = std::fs::read_to_string(&cursor).unwrap();
+    assert!(old.split(' ').next().unwrap().parse::<u64>().unwrap() >= 3, "cursor {old:?}");
+    std::fs::remove_dir_all(s.journal().join("shard-000")).unwrap();
+
+    let dir = take_dir(&mut s);
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for i in 600..605 {
+        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
+    }
+    wait_for("the new journal's events delivered", WAIT, || read_jsonl(&path).len() >= 605);
+    let lines = read_jsonl(&path);
+    let ids: std::collections::HashSet<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!((lines.len(), ids.len()), (605, 605), "each event once");
+    // Said loudly, naming the cursor file and where it pointed, and counted.
+    let said = s.stderr_lines();
+    let line = said.iter().find(|l| l.contains("collector j") && l.contains("past every segment"));
+    let line = line.unwrap_or_else(|| panic!("no line about the reset: {said:?}"));
+    let (seg, index) = old.trim().split_once(' ').unwrap();
+    let pointed = format!("segment {seg} record {index}");
+    assert!(line.contains(&cursor.display().to_string()) && line.contains(&pointed), "{line}");
+    assert_eq!(collector_metric(&s, "j", "tracker_collector_cursor_resets_total"), Some(1.0));
+    assert_eq!(s.stop(), 0);
+}
