@@ -12,6 +12,10 @@
 //!                         build from before bases still reads these logs (an entry is one
 //!                         16-byte write, inside one sector).
 //! lock                    flock held by the running collector (replay refuses while held)
+//! generation              "N\n": how many times this shard's journal was found reset (wiped
+//!                         under this state; absent: never). Batches cut after a reset are
+//!                         sent under the key base `<key_prefix>:<name>/journal-N`, as the new
+//!                         journal numbers its segments from 1 again, like the old one did.
 //! ```
 //! and, for the whole collector, `<journal.dir>/collectors/<name>/key_bases`: one line
 //! `"<id:08x> <key_prefix>:<name>\n"` per key base the collector ever sent under, appended and
@@ -53,6 +57,7 @@ const ENTRY_BYTES: usize = 16;
 const BATCHES_SUFFIX: &str = ".batches";
 const KEY_BASES: &str = "key_bases";
 const DEFAULT_KEY_PREFIX: &str = "default_key_prefix";
+const GENERATION: &str = "generation";
 
 /// The `key_prefix` every collector had by default before the journal drew its own
 /// ([`default_key_prefix`]): what logs from before key bases were sent under when none was set.
@@ -123,6 +128,34 @@ pub fn write_cursor(dir: &Path, p: Position) -> io::Result<()> {
         let tmp = dir.join("cursor.tmp");
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
         f.write_all(format!("{} {}\n", p.segment, p.index).as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, &path)?;
+        fsync_dir(dir)
+    };
+    write().map_err(|e| named("write", &path, e))
+}
+
+/// How many times the journal of the shard at `dir` was found reset (0 when never).
+pub fn read_generation(dir: &Path) -> io::Result<u64> {
+    let path = dir.join(GENERATION);
+    match fs::read_to_string(&path) {
+        Ok(t) => t.trim_end_matches('\n').parse().map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {t:?} is not a number", path.display()))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(named("read", &path, e)),
+    }
+}
+
+/// Replaces the shard's generation atomically, as [`write_cursor`] does the cursor.
+pub fn write_generation(dir: &Path, generation: u64) -> io::Result<()> {
+    let path = dir.join(GENERATION);
+    let write = || {
+        create_dir_durable(dir)?;
+        let tmp = dir.join("generation.tmp");
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        f.write_all(format!("{generation}\n").as_bytes())?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, &path)?;

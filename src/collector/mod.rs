@@ -127,7 +127,9 @@ pub trait Collector: Send {
 pub struct Batch {
     /// Stable idempotency key of this range:
     /// `<key_prefix>:<collector>:<shard>:<segment>:<from>-<to>`, where `<key_prefix>:<collector>`
-    /// is the one the range was first sent under (recorded with it), not necessarily today's.
+    /// is the one the range was first sent under (recorded with it), not necessarily today's;
+    /// `<key_prefix>:<collector>/journal-N` once the shard's journal was found reset N times
+    /// (its segment numbers, and so its ranges, repeat the old journal's).
     pub key: String,
     pub collector: Arc<str>,
     pub shard: u16,

@@ -203,6 +203,9 @@ struct ShardState {
     dir: PathBuf,
     committed: Position,
     persisted: Position,
+    /// Times this shard's journal was found reset (`cursor::read_generation`): new batches are
+    /// sent under a key base of their own ([`KeyBases::current_for`]).
+    generation: u64,
     persisted_at: Instant,
     projection: Option<(u64, Projection)>,
     recorded: Option<(u64, Vec<Recorded>)>,
@@ -388,6 +391,13 @@ impl Runner {
                     continue;
                 }
             };
+            let generation = match cursor::read_generation(&dir) {
+                Ok(g) => g,
+                Err(e) => {
+                    first_error.get_or_insert(format!("shard {shard}: {e}"));
+                    continue;
+                }
+            };
             self.shards.insert(
                 shard,
                 ShardState {
@@ -395,6 +405,7 @@ impl Runner {
                     dir,
                     committed,
                     persisted: committed,
+                    generation,
                     persisted_at: Instant::now(),
                     projection: None,
                     recorded: None,
@@ -412,9 +423,9 @@ impl Runner {
     /// once N + 1 exists, and retention keeps the newest), so when segments exist and all are
     /// below it, the journal was reset under a kept `collectors/` (shard directories wiped, the
     /// writer numbering from 1 again): waiting would deliver nothing, ever. Then it says so,
-    /// drops the shard's batch logs (their ranges are the old journal's: cut again they would
-    /// resend new records under old batches' keys), and moves the cursor to record 0 of the
-    /// first segment. None of those records was delivered (the cursor was ahead of them all),
+    /// moves the shard to a new generation (a key base of its own for new batches), drops the
+    /// shard's batch logs (their ranges are the old journal's: cut again they would resend new
+    /// records under old batches' keys), and moves the cursor to record 0 of the first segment. None of those records was delivered (the cursor was ahead of them all),
     /// so none is delivered twice. True when it moved.
     fn reset_if_past_every_segment(&mut self, shard: u16) -> Result<bool, StepError> {
         let st = self.shards.get_mut(&shard).expect("discovered");
@@ -428,16 +439,24 @@ impl Runner {
         let msg = format!(
             "shard {shard}: cursor {} points at segment {} record {}, past every segment of {} (newest {newest}): \
              the journal was reset (its shard directory wiped?) while this collector's state was kept; dropping \
-             its batch logs and delivering again from segment {first} record 0",
+             its batch logs and delivering again from segment {first} record 0, under the key base \"{}\"",
             st.dir.join("cursor").display(),
             at.segment,
             at.index,
             crate::journal::shard_dir(&self.journal, shard).display(),
+            self.key_bases.current_for(st.generation + 1),
         );
         eprintln!("tracker: collector {}: {msg}", self.name);
         *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = msg;
-        // Batch logs first, then the cursor: a crash between the two finds the same cursor and
-        // does this again, never a moved cursor with the old logs.
+        // The new journal's segments are numbered from 1 again, so its ranges repeat the old
+        // one's: its batches get a key base of their own, or a destination that dedupes on keys
+        // (the banker) would take them for the old batches and drop them. Generation first,
+        // then batch logs, then the cursor: a crash in between finds the same cursor and does
+        // this again (one more generation, still a new base), never a moved cursor with the
+        // old logs or the old base.
+        let generation = st.generation + 1;
+        cursor::write_generation(&st.dir, generation).map_err(|e| StepError::Io(e.to_string()))?;
+        st.generation = generation;
         cursor::remove_batches_below(&st.dir, u64::MAX)
             .map_err(|e| StepError::Io(format!("remove batch logs in {}: {e}", st.dir.display())))?;
         st.recorded = None;
@@ -572,13 +591,14 @@ impl Runner {
             } else {
                 // The range and its key base are on disk before the first attempt: a restart
                 // cuts the same batch under the same key.
-                let id = self.key_bases.current_id().map_err(StepError::Io)?;
+                let base = self.key_bases.current_for(st.generation);
+                let id = self.key_bases.current_id(&base).map_err(StepError::Io)?;
                 let (s, r) = st.recorded.as_mut().expect("loaded when the batch was opened");
                 debug_assert_eq!(*s, b.segment);
                 let entry = Recorded { from: b.from, to: b.to, base: id };
                 cursor::append_batch(&st.dir, b.segment, r.len(), entry).map_err(|e| StepError::Io(e.to_string()))?;
                 r.push(entry);
-                self.key_bases.current.clone()
+                base
             };
             let mut batch = Batch {
                 key: format!("{base}:{shard}:{}:{}-{}", b.segment, b.from, b.to),
@@ -687,10 +707,21 @@ impl KeyBases {
         Ok(self.known.as_mut().expect("loaded above"))
     }
 
-    /// The id of the current base, written to `key_bases` first if it is new.
-    fn current_id(&mut self) -> Result<u32, String> {
-        let id = cursor::key_base_id(&self.current);
-        let current = self.current.clone();
+    /// The base new batches of a shard are sent under: the current one, or, once the shard's
+    /// journal was found reset `generation` times, `<current>/journal-<generation>` (the new
+    /// journal's segment numbers, and so its ranges, repeat the old one's).
+    fn current_for(&self, generation: u64) -> String {
+        match generation {
+            0 => self.current.clone(),
+            g => format!("{}/journal-{g}", self.current),
+        }
+    }
+
+    /// The id of `current` (from [`KeyBases::current_for`]), written to `key_bases` first if
+    /// it is new.
+    fn current_id(&mut self, current: &str) -> Result<u32, String> {
+        let id = cursor::key_base_id(current);
+        let current = current.to_string();
         match self.known()?.get(&id) {
             Some(b) if *b == current => {}
             Some(other) => {

@@ -1178,3 +1178,40 @@ fn a_cursor_past_every_segment_after_the_journal_was_wiped_delivers_the_new_segm
     assert_eq!(collector_metric(&s, "j", "tracker_collector_cursor_resets_total"), Some(1.0));
     assert_eq!(s.stop(), 0);
 }
+
+/// Regression: after the journal was wiped under kept collector state, the new segments are
+/// numbered from 1 again, so their batches got the keys of the old journal's batches: the
+/// banker took each as a resend of the old one (same key and, at one price, the same body)
+/// and applied none of the new spend.
+#[test]
+fn after_the_journal_was_wiped_new_spend_is_banked_under_keys_of_its_own() {
+    let data = tempfile::tempdir().unwrap();
+    let banker = Banker::start(data.path());
+    // One event per batch: every batch is exactly one record, so old and new ranges coincide.
+    let cfg = config(&banker_collector(banker.addr).replace("linger_ms = 50", "linger_ms = 50\nevents_max = 1"));
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let impression =
+        |i: u64| format!("GET /i?c=1&cr=1&p=0.500000&imp=i-{i}&site=s.example HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut c = s.connect();
+    // 600 impressions of 512 bytes fill more than two 128 KiB segments.
+    for chunk in (0..600u64).collect::<Vec<_>>().chunks(50) {
+        c.send(chunk.iter().map(|&i| impression(i)).collect::<String>().as_bytes());
+        for _ in chunk {
+            assert_eq!(c.read_response(false).status, 200);
+        }
+    }
+    wait_for("the old journal banked", WAIT * 2, || banker.balance()["total_micros"].as_i64() == Some(300_000_000));
+    assert_eq!(s.stop(), 0);
+    std::fs::remove_dir_all(s.journal().join("shard-000")).unwrap();
+    let dir = take_dir(&mut s);
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "1", "--admin-listen", "127.0.0.1:0"]);
+    let mut c = s.connect();
+    for i in 600..603 {
+        c.send(impression(i).as_bytes());
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    wait_for("the new batches acknowledged", WAIT, || banker_metric(&s, "tracker_collector_batches_total") == Some(3));
+    assert_eq!(banker.balance()["total_micros"].as_i64(), Some(301_500_000), "{}", banker.balance());
+    assert_eq!(s.stop(), 0);
+}
