@@ -120,6 +120,19 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
         let mut passed_below = u64::MAX;
         for name in collectors {
             let at = match cursor::read_cursor(&cursor::collector_shard_dir(journal, name, shard)) {
+                // Past every segment: the shard's journal was wiped under this state and is
+                // numbered from 1 again; the collector moves the cursor back to its first
+                // segment when it next steps this shard (runner.rs). Until then it has passed
+                // none of the new segments.
+                Ok(Some(p)) if !live.is_empty() && p.segment > newest => {
+                    problems.push(format!(
+                        "collector {name}: shard {shard}: cursor at segment {} is past every segment (newest \
+                         {newest}): the journal was reset; keeping every segment of shard {shard} until the \
+                         collector has moved it back",
+                        p.segment
+                    ));
+                    0
+                }
                 Ok(p) => p.map_or(0, |p| p.segment),
                 Err(e) => {
                     problems.push(format!(
@@ -171,4 +184,64 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
         }
     }
     (deleted, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EVENT_BYTES};
+    use crate::journal::{ShardJournal, PAGE_BYTES};
+    use crate::schema::{FieldKind, FieldSchema, Schema, TypeSchema, SCHEMA_VERSION};
+    use std::os::unix::fs::FileExt;
+
+    /// Sets segment `path`'s `created_ns` to 0 (created long ago) and seals its header again.
+    fn backdate(path: &Path) {
+        let f = fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let mut fixed = [0u8; 64];
+        f.read_exact_at(&mut fixed, 0).unwrap();
+        fixed[32..40].copy_from_slice(&0u64.to_le_bytes());
+        let mut schema = vec![0u8; u32::from_le_bytes(fixed[44..48].try_into().unwrap()) as usize];
+        f.read_exact_at(&mut schema, 64).unwrap();
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&fixed[..60]), &schema);
+        fixed[60..64].copy_from_slice(&crc.to_le_bytes());
+        f.write_all_at(&fixed, 0).unwrap();
+    }
+
+    /// Regression: the shard directory was wiped under kept collector state, so a cursor
+    /// pointed past every segment of the new journal, and retention took it for a collector
+    /// that had passed them all: it deleted the new segments (once old enough) before the
+    /// collector, held up on another shard by a destination that is down, had delivered them.
+    #[test]
+    fn a_cursor_past_every_segment_keeps_the_shards_segments() {
+        let d = tempfile::tempdir().unwrap();
+        let schema = Schema {
+            version: SCHEMA_VERSION,
+            event_bytes: EVENT_BYTES as u32,
+            types: vec![TypeSchema {
+                id: 0,
+                name: "impression".into(),
+                fields: vec![FieldSchema { name: "c".into(), kind: FieldKind::U64, slot: 0, offset: 0, max: 0 }],
+            }],
+        };
+        // Header page + 4 records per segment: 9 events make segments 1, 2 and 3.
+        let (mut j, _) = ShardJournal::open(d.path(), 0, (PAGE_BYTES + 4 * EVENT_BYTES) as u64, &schema).unwrap();
+        for s in 1..=9 {
+            let mut e = Event::ZERO;
+            e.seq = s;
+            j.append(&mut e).unwrap();
+        }
+        for n in 1..=3 {
+            backdate(&segment_path(&shard_dir(d.path(), 0), n));
+        }
+        // The old journal's cursor: segment 7.
+        cursor::write_cursor(&cursor::collector_shard_dir(d.path(), "c", 0), cursor::Position { segment: 7, index: 2 })
+            .unwrap();
+        let (deleted, problems) = pass(d.path(), &["c".to_string()], 1, 0);
+        assert_eq!(deleted, 0, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("collector c") && p.contains("past every segment")), "{problems:?}");
+        // Once the collector moved its cursor back (runner.rs), retention goes on as usual.
+        cursor::write_cursor(&cursor::collector_shard_dir(d.path(), "c", 0), cursor::Position { segment: 3, index: 0 })
+            .unwrap();
+        assert_eq!(pass(d.path(), &["c".to_string()], 1, 0).0, 2);
+    }
 }
