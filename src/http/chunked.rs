@@ -112,7 +112,8 @@ fn size_line(line: &[u8]) -> Result<(u64, usize), ParseError> {
         return Err(invalid(400, "chunk size is not hex"));
     }
     // chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ): only whitespace may come
-    // before the first ';', then any visible bytes, SP or HTAB until CRLF.
+    // before the first ';', then any visible bytes, SP or HTAB until CRLF. Whitespace with no
+    // ';' after it is not in the grammar at all, so it is refused rather than read leniently.
     let ext_start = i;
     let mut in_ext = false;
     loop {
@@ -123,6 +124,7 @@ fn size_line(line: &[u8]) -> Result<(u64, usize), ParseError> {
             return Err(ParseError::Incomplete);
         };
         match b {
+            b'\r' if !in_ext && i > ext_start => return Err(invalid(400, "whitespace after chunk size")),
             b'\r' => return Ok((size, i + crlf(&line[i..], "bare CR in chunk size line")?)),
             b'\n' => return Err(invalid(400, "bare LF in chunk size line")),
             b';' => in_ext = true,
@@ -281,6 +283,15 @@ mod tests {
         rejects(b" 5\r\nhello\r\n0\r\n\r\n", 400, "chunk size is not hex");
         rejects(b"5 x\r\nhello\r\n0\r\n\r\n", 400, "chunk size is not hex");
         rejects(b"g\r\n", 400, "chunk size is not hex");
+    }
+
+    #[test]
+    fn whitespace_after_a_chunk_size_without_an_extension_is_refused() {
+        // BWS is only allowed before a ';' (RFC 9112 §7.1.1); `5 \r\n` is not a chunk-size
+        // line, and a front end that reads it another way would frame the body differently.
+        rejects(b"5 \r\nhello\r\n0\r\n\r\n", 400, "whitespace after chunk size");
+        rejects(b"0\t\r\n\r\n", 400, "whitespace after chunk size");
+        assert_eq!(run(b"5 \t;x\r\nhello\r\n0\r\n\r\n").map(|(b, _)| b), Ok(b"hello".to_vec()));
     }
 
     #[test]
