@@ -331,9 +331,10 @@ impl Collector for Kafka {
         // tansu a 2 s broker stall stopped delivery until a restart. Dropping the producer
         // purges what it still holds (reported failed, counted in this attempt, which already
         // failed) and the retry starts clean; its messages carry their ids, as every resend.
+        // The reason is read before the drop: dropping the producer purges its queue, which
+        // reports the purged messages and would empty `unreported`, so the error named no topic.
         let first = reports.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        self.producer = None;
-        Delivery::Retry(match (flushed, first) {
+        let why = match (flushed, first) {
             (_, Some(e)) => format!("{failed} of {n} messages failed: {e}"),
             (Err(e), None) => {
                 let unreported = reports.unreported.lock().unwrap_or_else(|p| p.into_inner());
@@ -346,7 +347,9 @@ impl Collector for Kafka {
                 format!("{} of {n} delivery reports within the timeout{waiting}: {e}", ok + failed)
             }
             (Ok(()), None) => format!("{ok} of {n} messages acknowledged"),
-        })
+        };
+        self.producer = None;
+        Delivery::Retry(why)
     }
 
     fn close(&mut self) {
