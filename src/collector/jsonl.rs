@@ -74,9 +74,14 @@ impl Collector for Jsonl {
             Ok(()) => Delivery::Acked,
             Err(e) => {
                 // Cut the partial batch off (disk full mid-write): the retry appends it whole.
-                let _ = f.set_len(len);
+                // If even that fails, the retry starts on a new line after the partial one, so
+                // lines stay whole but the batch's first lines may appear twice: say so.
+                let cut = match f.set_len(len) {
+                    Ok(()) => String::new(),
+                    Err(c) => format!("; cutting the partial batch off failed too ({c}), so its lines may repeat"),
+                };
                 self.file = None;
-                Delivery::Retry(format!("write {}: {e}", self.path.display()))
+                Delivery::Retry(format!("write {}: {e}{cut}", self.path.display()))
             }
         }
     }

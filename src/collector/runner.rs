@@ -361,9 +361,18 @@ impl Runner {
 
     fn finish(&mut self) {
         self.publish_latency(true);
-        for st in self.shards.values_mut() {
-            if st.committed != st.persisted && cursor::write_cursor(&st.dir, st.committed).is_ok() {
-                st.persisted = st.committed;
+        for (shard, st) in self.shards.iter_mut() {
+            if st.committed == st.persisted {
+                continue;
+            }
+            match cursor::write_cursor(&st.dir, st.committed) {
+                Ok(()) => st.persisted = st.committed,
+                // Nothing is lost (the cursor stays behind, so those batches are sent again after
+                // the restart), but an operator who sees them resent must be able to learn why.
+                Err(e) => eprintln!(
+                    "tracker: collector {}: shard {shard}: final cursor not saved, its last batches will be sent again after a restart: {e}",
+                    self.cfg.name
+                ),
             }
         }
         self.collector.close();
