@@ -417,6 +417,14 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
         );
         return ExitCode::from(1);
     }
+    let unsynced: Vec<u16> = shards.iter().filter(|s| s.final_sync_failed()).map(|s| s.index).collect();
+    if !unsynced.is_empty() {
+        eprintln!(
+            "tracker: stopped; the last journal sync of shard(s) {unsynced:?} failed (see above): every event is in \
+             its segment, but the disk may not hold them all until the kernel writes them back"
+        );
+        return ExitCode::from(1);
+    }
     eprintln!("tracker: stopped");
     ExitCode::SUCCESS
 }

@@ -83,6 +83,8 @@ mod writer_state;
 
 pub use dir::{create_dir_durable, fsync_dir};
 pub use error::JournalError;
+#[cfg(test)]
+pub(crate) use segment::FAIL_MSYNC;
 // For the collectors' positioned reader (collector/source.rs).
 pub use reader::{JournalReader, READ_CHUNK_BYTES, WARNINGS_KEPT_MAX};
 pub(crate) use segment::{

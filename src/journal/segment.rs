@@ -527,7 +527,7 @@ impl Retired {
 // Tests: makes every msync of this thread fail (EIO), as a disk error would.
 #[cfg(test)]
 thread_local! {
-    pub(super) static FAIL_MSYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    pub(crate) static FAIL_MSYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn msync(map: &MmapMut, path: &Path, from: usize, to: usize) -> Result<(), JournalError> {

@@ -221,6 +221,7 @@ pub fn run(
     // A clean stop only when every event of the ring made it into the journal.
     let result = if ring.is_empty() { journal.close_clean() } else { journal.sync() };
     if let Err(e) = result {
+        shared.final_sync_failed.store(true, SeqCst);
         eprintln!("tracker: shard {}: final journal sync failed: {e}", shared.index);
     }
     latency.publish_wait(&counters.latency.journal);
@@ -260,4 +261,36 @@ fn switch_schema(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::ShardCounters;
+
+    /// Regression: a final sync that failed at shutdown was logged, and the process still
+    /// exited 0, as if every event were on disk.
+    #[test]
+    fn a_final_sync_that_fails_is_flagged_for_the_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = ShardJournal::open(dir.path(), 0, 1 << 20, &Config::embedded().schema).unwrap();
+        let shared = Arc::new(ShardShared::new(0, ShardCounters::new(1, 1), Default::default()).unwrap());
+        let (mut producer, consumer) = crate::ring::ring(16);
+        let slot = producer.reserve().unwrap();
+        slot.seq = 1;
+        producer.commit();
+        shared.reactor_done.store(true, SeqCst);
+        let drain_shared = shared.clone();
+        let long = Duration::from_secs(3600);
+        std::thread::spawn(move || {
+            // The drain's own thread: every msync it makes fails, as on a disk error.
+            crate::journal::FAIL_MSYNC.set(true);
+            run(drain_shared, consumer, journal, SyncPolicy::Interval, long, long);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(shared.journaled.load(SeqCst), 1, "the event was appended");
+        assert!(shared.final_sync_failed());
+    }
 }

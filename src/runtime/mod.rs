@@ -57,6 +57,9 @@ pub struct ShardShared {
     /// Events still in the ring when the drain gave up at shutdown on a journal that kept
     /// failing: acknowledged as received, never written. Non-zero makes the process exit 1.
     pub events_lost: AtomicU64,
+    /// The drain's last sync at shutdown failed: every event is in the segment (page cache), but
+    /// the disk may not have all of them. Makes the process exit 1.
+    final_sync_failed: AtomicBool,
     /// The reactor panicked (`shard::run`): the server stopped itself, and the process exits 1.
     reactor_panicked: AtomicBool,
     /// Bumped by the reactor every `notify::HEARTBEAT_PERIOD`; the watchdog pings systemd only
@@ -86,6 +89,7 @@ impl ShardShared {
             journal_failing: AtomicBool::new(false),
             journals_failing,
             events_lost: AtomicU64::new(0),
+            final_sync_failed: AtomicBool::new(false),
             reactor_panicked: AtomicBool::new(false),
             heartbeat: AtomicU64::new(0),
             reload: reload::ShardReload::default(),
@@ -133,6 +137,11 @@ impl ShardShared {
 
     pub fn reactor_panicked(&self) -> bool {
         self.reactor_panicked.load(SeqCst)
+    }
+
+    /// The drain's final sync at shutdown failed (`drain::run`).
+    pub fn final_sync_failed(&self) -> bool {
+        self.final_sync_failed.load(SeqCst)
     }
 
     pub fn heartbeat(&self) -> u64 {
