@@ -166,6 +166,13 @@ pub fn metrics(state: &State) -> String {
     let _ = writeln!(out, "tracker_journal_segments {}", segments(state));
     family(
         &mut out,
+        "tracker_journal_disk_bytes",
+        "gauge",
+        "Bytes of segment files on disk, the segment made ahead and set-aside ones included (what journal.size_bytes_max limits)",
+    );
+    let _ = writeln!(out, "tracker_journal_disk_bytes {}", crate::collector::retention::disk_bytes(&state.journal_dir));
+    family(
+        &mut out,
         "tracker_journal_torn_records_total",
         "counter",
         "Torn records dropped from segment tails at start",

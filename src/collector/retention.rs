@@ -73,6 +73,32 @@ pub fn spawn(cfg: &Config, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>, Stri
         .map_err(|e| format!("spawn retention thread: {e}"))
 }
 
+/// The path of segment file `n` of shard directory `dir`, as `list_segments` found it.
+fn file_path(dir: &Path, n: u64, kind: SegmentFile) -> PathBuf {
+    let mut path = segment_path(dir, n).into_os_string();
+    path.push(match kind {
+        SegmentFile::Live => "",
+        SegmentFile::Tmp => TMP_SUFFIX,
+        SegmentFile::Corrupt => CORRUPT_SUFFIX,
+    });
+    path.into()
+}
+
+/// Bytes of every segment file under `journal` (live, made ahead, set aside): what
+/// `journal.size_bytes_max` limits, read at each scrape for the `tracker_journal_disk_bytes`
+/// gauge, so it is current whether or not retention runs. A file that vanishes meanwhile
+/// counts 0.
+pub fn disk_bytes(journal: &Path) -> u64 {
+    let mut bytes = 0;
+    for shard in shards(journal) {
+        let dir = shard_dir(journal, shard);
+        for (n, kind) in list_segments(&dir).unwrap_or_default() {
+            bytes += fs::metadata(file_path(&dir, n, kind)).map_or(0, |m| m.len());
+        }
+    }
+    bytes
+}
+
 fn shards(journal: &Path) -> Vec<u16> {
     let mut out: Vec<u16> = fs::read_dir(journal)
         .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().and_then(parse_shard_dir_name)).collect())
@@ -103,15 +129,8 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
         // The size limit is there to keep the disk from filling: the next segment made ahead
         // (`.seg.tmp`, preallocated whole) and segments set aside (`.seg.corrupt`) take disk
         // too, up to a segment per shard beyond the limit if left out. Retention deletes neither.
-        for &(n, kind) in &files {
-            let suffix = match kind {
-                SegmentFile::Live => continue,
-                SegmentFile::Tmp => TMP_SUFFIX,
-                SegmentFile::Corrupt => CORRUPT_SUFFIX,
-            };
-            let mut path = segment_path(&dir, n).into_os_string();
-            path.push(suffix);
-            bytes += fs::metadata(&path).map_or(0, |m| m.len());
+        for &(n, kind) in files.iter().filter(|&&(_, k)| k != SegmentFile::Live) {
+            bytes += fs::metadata(file_path(&dir, n, kind)).map_or(0, |m| m.len());
         }
         let live: Vec<u64> = files.into_iter().filter(|&(_, k)| k == SegmentFile::Live).map(|(n, _)| n).collect();
         let newest = live.last().copied().unwrap_or(0);

@@ -124,6 +124,9 @@ fn metrics_count_exactly_the_requests_sent_and_histograms_merge_across_shards() 
     assert_eq!(get(&m, "tracker_journal_records_total"), 37.0);
     assert!(get(&m, "tracker_journal_bytes_total") >= 37.0 * 512.0);
     assert_eq!(get(&m, "tracker_journal_segments"), 2.0);
+    // Two preallocated 64 MiB segments, and up to one made ahead per shard.
+    let disk = get(&m, "tracker_journal_disk_bytes");
+    assert!((2.0 * 67108864.0..=4.0 * 67108864.0).contains(&disk), "{disk}");
     assert_eq!(get(&m, "tracker_journal_torn_records_total"), 0.0);
     assert_eq!(get(&m, "tracker_journal_errors_total"), 0.0);
     assert_eq!(get(&m, "tracker_ready"), 1.0);
