@@ -315,29 +315,31 @@ pub fn restart_only_changes(running: &Config, file: &Config) -> Vec<String> {
     cmp("admin.hlog_path", format!("{:?}", ra.hlog_path), format!("{:?}", fa.hlog_path));
     cmp("admin.hlog_interval_ms", ra.hlog_interval_ms.to_string(), fa.hlog_interval_ms.to_string());
     // Collectors run on their own threads from start (collector/): any change to a
-    // [[collector]] table takes a restart; their lines in the file do not count.
-    let summary = |c: &Config| {
-        let list: Vec<String> = c
-            .collectors
-            .iter()
-            .map(|x| {
-                let opts: Vec<String> = x.options.entries.iter().map(|(k, (_, v))| format!("{k}={v}")).collect();
-                format!(
-                    "{}({} {:?} {:?} {:?} {:?} {:?} [{}])",
-                    x.name,
-                    x.kind,
-                    x.events,
-                    x.fields,
-                    x.batch,
-                    x.retry,
-                    x.key_prefix,
-                    opts.join(" ")
-                )
-            })
-            .collect();
-        format!("[{}]", list.join(", "))
+    // [[collector]] table takes a restart; their lines in the file do not count. Named one by
+    // one (added, removed, changed) rather than as a dump of every collector's settings.
+    let setting = |x: &crate::config::CollectorConfig| {
+        let opts: Vec<String> = x.options.entries.iter().map(|(k, (_, v))| format!("{k}={v}")).collect();
+        format!(
+            "{} {:?} {:?} {:?} {:?} {:?} [{}]",
+            x.kind,
+            x.events,
+            x.fields,
+            x.batch,
+            x.retry,
+            x.key_prefix,
+            opts.join(" ")
+        )
     };
-    cmp("collector", summary(running), summary(file));
+    for r in &running.collectors {
+        match file.collectors.iter().find(|f| f.name == r.name) {
+            None => out.push(format!("collector {}: removed", r.name)),
+            Some(f) if setting(f) != setting(r) => out.push(format!("collector {}: settings changed", r.name)),
+            Some(_) => {}
+        }
+    }
+    for f in file.collectors.iter().filter(|f| !running.collectors.iter().any(|r| r.name == f.name)) {
+        out.push(format!("collector {}: added", f.name));
+    }
     out
 }
 
@@ -380,9 +382,11 @@ mod tests {
             crate::config::DEFAULT_TOML
         );
         let b = Config::parse(&text, "t.toml").unwrap();
-        let d = restart_only_changes(&a, &b);
-        assert_eq!(d.len(), 1, "{d:?}");
-        assert!(d[0].starts_with("collector: [] → [c(jsonl All"), "{d:?}");
+        assert_eq!(restart_only_changes(&a, &b), ["collector c: added"]);
+        assert_eq!(restart_only_changes(&b, &a), ["collector c: removed"]);
+        let c = Config::parse(&text.replace("path = \"x\"", "path = \"y\""), "t.toml").unwrap();
+        assert_eq!(restart_only_changes(&b, &c), ["collector c: settings changed"]);
+        assert!(restart_only_changes(&b, &b.clone()).is_empty());
     }
 
     #[test]
