@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::http::{request, Url};
 use super::{Batch, CollectedEvent, Collector, Delivery, Options, Value};
+use crate::event::FLAG_HEAD;
 use crate::schema::FieldKind;
 
 pub struct Banker {
@@ -107,6 +108,12 @@ impl Banker {
         let mut spend: BTreeMap<String, (i64, u64)> = BTreeMap::new();
         let mut priced = 0u64;
         for e in &batch.events {
+            // A HEAD is a link scanner or a prefetcher fetching the notice's URL, not the notice:
+            // it is journaled (flagged) but never enters the dedup window, so summing it would
+            // count the price again for every HEAD beside the GET that billed it.
+            if e.flags & FLAG_HEAD != 0 {
+                continue;
+            }
             let Some(Value::Money(m)) = e.field(&self.price_field) else { continue };
             let s = spend.entry(budget_key_of(e, &self.budget_key)).or_insert((0, 0));
             s.0 = s.0.saturating_add(*m);

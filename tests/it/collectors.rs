@@ -1215,3 +1215,28 @@ fn after_the_journal_was_wiped_new_spend_is_banked_under_keys_of_its_own() {
     assert_eq!(banker.balance()["total_micros"].as_i64(), Some(301_500_000), "{}", banker.balance());
     assert_eq!(s.stop(), 0);
 }
+
+/// Regression: a `HEAD` of a billing notice (a link scanner, a prefetcher: journaled, flagged
+/// `head`, never in the dedup window) was summed as spend, so the banker counted the notice's
+/// price once more for every HEAD of its URL, beside the GET that billed it.
+#[test]
+fn a_head_of_a_billing_notice_is_not_spend() {
+    let data = tempfile::tempdir().unwrap();
+    let banker = Banker::start(data.path());
+    let mut s = Server::start(Some(&config(&banker_collector(banker.addr))), &["--shards", "1"]);
+    let mut c = s.connect();
+    let bill = "/bill?auction=a-1&bid=b&imp=1&c=7&price=1.500000";
+    for _ in 0..2 {
+        c.send(format!("HEAD {bill} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(c.read_response(true).status, 204);
+    }
+    assert_eq!(c.get(bill).status, 204);
+    assert_eq!(c.get("/bill?auction=a-2&bid=b&imp=1&c=7&price=0.250000").status, 204);
+    // All four records delivered (the HEADs are journaled and reach the collector) ...
+    wait_for("four events at the banker", WAIT, || banker_metric(&s, "tracker_collector_events_total") == Some(4));
+    // ... and only the two GETs are spend.
+    let b = banker.balance();
+    assert_eq!(b["total_micros"], 1_750_000, "{b}");
+    assert_eq!(b["keys"]["campaign_id=7"]["spend_micros"], 1_750_000, "{b}");
+    assert_eq!(s.stop(), 0);
+}
