@@ -293,6 +293,35 @@ fn parse_response(buf: &[u8], eof: bool) -> Result<Option<Response>, String> {
             at = head;
             continue;
         }
+        // RFC 9112 §6.3: a Transfer-Encoding whose final coding is chunked frames the body, a
+        // Content-Length beside it notwithstanding; the body ends at its last chunk, also on a
+        // connection the destination keeps open.
+        let chunked = r
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .rfind(|c| !c.is_empty())
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        if chunked {
+            // Decoded from the start at each read: answers are small, and bounded by the caller.
+            let mut body = vec![0u8; RESPONSE_BYTES_MAX];
+            return match crate::http::chunked::decode(&buf[head..], &mut body, RESPONSE_BYTES_MAX) {
+                Ok((n, _)) => {
+                    body.truncate(n);
+                    Ok(Some(Response { status, body }))
+                }
+                // At EOF the caller says the answer was cut short.
+                Err(crate::http::ParseError::Incomplete | crate::http::ParseError::NewerMinorVersion { .. }) => {
+                    Ok(None)
+                }
+                Err(crate::http::ParseError::Invalid { status: 413, .. }) => {
+                    Err(format!("chunked response body is over {RESPONSE_BYTES_MAX} bytes"))
+                }
+                Err(crate::http::ParseError::Invalid { reason, .. }) => Err(format!("bad chunked response: {reason}")),
+            };
+        }
         let len = r
             .headers
             .iter()
@@ -366,6 +395,43 @@ mod tests {
         assert_eq!((r.status, &r.body[..]), (503, &b"later"[..]));
         // Only interim answers, then EOF: no answer.
         assert!(exchange(b"HTTP/1.1 100 Continue\r\n\r\n").is_err());
+    }
+
+    /// Regression: a chunked answer (what many HTTP stacks and proxies send for a body of
+    /// unknown length) was taken raw, framing and all, so the banker's `200 {"applied":true}`
+    /// did not parse and the batch was retried for ever; and on a connection the destination
+    /// kept open after it, each attempt waited out its whole timeout.
+    #[test]
+    fn a_chunked_answer_is_decoded_and_ends_at_its_last_chunk() {
+        let r = exchange(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7;ext=1\r\n{\"a\":1,\r\n4\r\n\"b\":\r\n2\r\n2}\r\n0\r\nX-T: 1\r\n\r\n")
+            .unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &br#"{"a":1,"b":2}"#[..]));
+        // Chunked wins over a Content-Length beside it (RFC 9112 §6.3).
+        let r = exchange(
+            b"HTTP/1.1 409 Conflict\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((r.status, &r.body[..]), (409, &b"no"[..]));
+        // Bad framing is an error (the attempt is retried), not a body.
+        assert!(exchange(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhi\r\n0\r\n\r\n").is_err());
+        // Cut short by EOF: no whole answer.
+        assert!(exchange(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel").is_err());
+        // The destination keeps the connection open after the last chunk: the answer is whole
+        // there, well before the attempt's timeout.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            read_request(&mut c);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n");
+            // Open until the client closes (or 20 s pass).
+            let _ = c.set_read_timeout(Some(Duration::from_secs(20)));
+            let _ = c.read(&mut [0u8; 16]);
+        });
+        let url = Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let r = request(&url, "POST", "/v1/spend", &[], b"{}", Duration::from_secs(10)).unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+        server.join().unwrap();
     }
 
     #[test]
