@@ -234,26 +234,42 @@ pub fn request(
     head.push_str("\r\n");
     // Each write gets what is left of the deadline: a peer that reads slowly cannot stretch a
     // large body's send past it.
-    for mut part in [head.as_bytes(), body] {
+    // A peer may answer from the head alone and close with the body unread (413 for a body over
+    // its limit): the write then fails, but the answer is in the receive buffer, and it is what
+    // says why. So a failed send reads on; only when no refusal is there is it a send failure.
+    let mut send_failed = None;
+    'send: for mut part in [head.as_bytes(), body] {
         while !part.is_empty() {
             s.set_write_timeout(Some(left("send to")?)).map_err(|e| e.to_string())?;
             match s.write(part) {
-                Ok(0) => return Err(format!("send to {addr}: connection closed")),
+                Ok(0) => {
+                    send_failed = Some(format!("send to {addr}: connection closed"));
+                    break 'send;
+                }
                 Ok(n) => part = &part[n..],
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if timed_out(&e) => return Err(expired("send to")),
-                Err(e) => return Err(format!("send to {addr}: {e}")),
+                Err(e) => {
+                    send_failed = Some(format!("send to {addr}: {e}"));
+                    break 'send;
+                }
             }
         }
     }
+    // An answer to a request that was not sent whole acknowledges nothing: only a refusal is
+    // taken from it.
+    let early = |r: Response| match &send_failed {
+        Some(e) if (200..300).contains(&r.status) => Err(e.clone()),
+        _ => Ok(r),
+    };
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 8192];
     loop {
         s.set_read_timeout(Some(left("read from")?)).map_err(|e| e.to_string())?;
         let n = match s.read(&mut chunk) {
             Ok(n) => n,
-            Err(e) if timed_out(&e) => return Err(expired("read from")),
-            Err(e) => return Err(format!("read from {addr}: {e}")),
+            Err(e) if timed_out(&e) => return Err(send_failed.unwrap_or_else(|| expired("read from"))),
+            Err(e) => return Err(send_failed.unwrap_or_else(|| format!("read from {addr}: {e}"))),
         };
         if n == 0 {
             break;
@@ -262,14 +278,17 @@ pub fn request(
         if buf.len() > RESPONSE_BYTES_MAX + 16 * 1024 {
             return Err(format!("response from {addr} is over {RESPONSE_BYTES_MAX} bytes"));
         }
-        if let Some(r) = parse_response(&buf, false)? {
-            return Ok(r);
+        match parse_response(&buf, false) {
+            Ok(Some(r)) => return early(r),
+            Ok(None) => {}
+            Err(e) => return Err(send_failed.unwrap_or(e)),
         }
     }
     // EOF: a response without Content-Length ends here.
-    match parse_response(&buf, true)? {
-        Some(r) => Ok(r),
-        None => Err(format!("{addr} closed the connection before a whole response")),
+    match parse_response(&buf, true) {
+        Ok(Some(r)) => early(r),
+        Ok(None) => Err(send_failed.unwrap_or_else(|| format!("{addr} closed the connection before a whole response"))),
+        Err(e) => Err(send_failed.unwrap_or(e)),
     }
 }
 
@@ -432,6 +451,34 @@ mod tests {
         let r = request(&url, "POST", "/v1/spend", &[], b"{}", Duration::from_secs(10)).unwrap();
         assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
         server.join().unwrap();
+    }
+
+    /// Regression: a destination that refuses a request from its head alone (413 for a body
+    /// over its limit) and closes without reading the body made the client's write fail, and
+    /// the refusal was taken for a transport failure: retried for ever instead of stopping
+    /// with the destination's reason.
+    #[test]
+    fn an_answer_sent_before_the_body_was_read_is_the_answer() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && c.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = c.write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 13\r\nConnection: close\r\n\r\nbody too big\n",
+            );
+            // Closed with the body unread: the kernel answers what follows with a reset.
+        });
+        let url = Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let body = vec![b'x'; 32 << 20];
+        let r = request(&url, "POST", "/v1/spend", &[], &body, Duration::from_secs(10));
+        server.join().unwrap();
+        let r = r.expect("the 413 is the answer");
+        assert_eq!((r.status, &r.body[..]), (413, &b"body too big\n"[..]));
     }
 
     #[test]
