@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 /// Largest response body read; a longer one is an error.
 pub const RESPONSE_BYTES_MAX: usize = 1 << 20;
+/// Header fields a response may carry. Ingress and proxy chains add a dozen or more (tracing,
+/// security, CDN headers); a response over the limit is refused as malformed and its batch
+/// retried for ever, so this is generous. 128 × 32 bytes of stack, off the request path.
+const RESPONSE_HEADERS_MAX: usize = 128;
 /// How long a name's addresses are used before it is looked up again (sooner after no address
 /// took a connection).
 const RESOLVE_TTL: Duration = Duration::from_secs(30);
@@ -45,7 +49,9 @@ impl Url {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let (host, port) = match authority.rsplit_once(':') {
+        // A ':' inside brackets belongs to an IPv6 address (`[::1]`), not to a port.
+        let port_colon = authority.rfind(':').filter(|&i| !authority[i..].contains(']'));
+        let (host, port) = match port_colon.map(|i| (&authority[..i], &authority[i + 1..])) {
             Some((h, p)) if !h.is_empty() => {
                 (h, p.parse::<u16>().map_err(|_| format!("\"{s}\": port \"{p}\" is not a number 1..=65535"))?)
             }
@@ -300,7 +306,7 @@ pub fn request(
 fn parse_response(buf: &[u8], eof: bool) -> Result<Option<Response>, String> {
     let mut at = 0;
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut headers = [httparse::EMPTY_HEADER; RESPONSE_HEADERS_MAX];
         let mut r = httparse::Response::new(&mut headers);
         let head = match r.parse(&buf[at..]) {
             Ok(httparse::Status::Complete(n)) => at + n,
@@ -372,8 +378,26 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port, u.base.as_str()), ("127.0.0.1", 9100, ""));
         assert_eq!(Url::parse("http://b.example/x/").unwrap().base, "/x");
         assert_eq!(Url::parse("http://[::1]:80/").unwrap().host, "::1");
+        // Regression: without a port, the address's last ':' was taken for the port's.
+        let v6 = Url::parse("http://[::1]/spend").unwrap();
+        assert_eq!(
+            (v6.host.as_str(), v6.port, v6.base.as_str(), v6.authority.as_str()),
+            ("::1", 80, "/spend", "[::1]")
+        );
         assert!(Url::parse("https://x").is_err());
         assert!(Url::parse("http://x:99999").is_err());
+    }
+
+    #[test]
+    fn a_response_with_many_header_fields_is_read() {
+        // Regression: more than 32 fields (a proxy chain's) was "bad response", retried for ever.
+        let mut r = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..100 {
+            r.extend_from_slice(format!("X-Proxy-{i}: hop\r\n").as_bytes());
+        }
+        r.extend_from_slice(b"Content-Length: 2\r\n\r\n{}");
+        let got = parse_response(&r, false).unwrap().expect("a whole response");
+        assert_eq!(got.status, 200);
     }
 
     /// Reads a test request whole (head, then the body `{}`): closing with some of it unread
