@@ -52,6 +52,7 @@ fn bench_extract(c: &mut Criterion) {
         now_ns: 1,
         user_agent: None,
         json: None,
+        item: None,
     };
     let mut ids = IdGen::new(0);
     let mut ev = Event::ZERO;
@@ -130,6 +131,7 @@ fn bench_request_side(c: &mut Criterion) {
         now_ns: 1,
         user_agent: None,
         json: None,
+        item: None,
     };
     extract(&click, &view, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();
     let mut g = c.benchmark_group("request_side");
@@ -193,6 +195,7 @@ fn bench_request_side(c: &mut Criterion) {
         now_ns: 1,
         user_agent: None,
         json: None,
+        item: None,
     };
     let mut conv_ev = Event::ZERO;
     let mut privacy = tracker::enrich::privacy::Privacy::new(cfg.privacy.clone());
@@ -255,7 +258,7 @@ fn bench_json(c: &mut Criterion) {
         b.iter(|| {
             buf[..body.len()].copy_from_slice(&body);
             scratch.parse(&mut buf, body.len(), |d| {
-                for item in Items::new(d.unwrap()).unwrap().flatten() {
+                for (i, item) in Items::new(d.unwrap()).unwrap().flatten().enumerate() {
                     let view = RequestView {
                         query: b"",
                         headers: &[],
@@ -263,6 +266,7 @@ fn bench_json(c: &mut Criterion) {
                         now_ns: 1,
                         user_agent: None,
                         json: Some(item),
+                        item: Some(i as u32),
                     };
                     extract(&ty, &view, &mut ids, 0, 0, &mut ev).unwrap();
                 }

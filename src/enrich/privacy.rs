@@ -218,6 +218,7 @@ mod tests {
             now_ns: now,
             user_agent: None,
             json: None,
+            item: None,
         };
         let mut ev = Event::ZERO;
         extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();

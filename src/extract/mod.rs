@@ -33,6 +33,12 @@ pub struct RequestView<'a> {
     /// The JSON object this event comes from (a POST body or one item of a batch), for
     /// `json.<path>` sources; None for requests without a JSON body.
     pub json: Option<json::Doc<'a, 'a>>,
+    /// This event's index among the items of a JSON array body; None for a GET and for a body
+    /// that is one object. An id taken from the request rather than the item (a header, query
+    /// or cookie `id_from` source, or identity fields none of which is `json.*`) is the same
+    /// for every item: the index is mixed into it, or every item after the first would be
+    /// answered accepted and dropped as a duplicate.
+    pub item: Option<u32>,
 }
 
 /// Why a request cannot become an event: the field (index into the type's fields) and why.
@@ -259,6 +265,9 @@ pub fn extract(
             }
             _ => id::from_client_value(v),
         };
+        if let (Some(item), true) = (req.item, client_id_encoded) {
+            ev.id = of_item(ty.key, &ev.id, item);
+        }
         ev.flags |= FLAG_ID_CLIENT;
     } else if !ty.identity.is_empty() && ty.identity.iter().all(|&i| ev.has(ty.fields[i].slot)) {
         let mut d = id::Derived::new(ty.key);
@@ -276,12 +285,27 @@ pub fn extract(
             }
         }
         ev.id = d.finish();
+        if let Some(item) = req.item {
+            if !ty.identity.iter().any(|&i| matches!(ty.fields[i].source, Source::Json(_))) {
+                ev.id = of_item(ty.key, &ev.id, item);
+            }
+        }
         ev.flags |= FLAG_ID_DERIVED;
     } else {
         ev.id = ids.generate(req.now_ns / 1_000_000);
     }
     debug_assert!(ty.fields.iter().all(|f| f.slot < SLOTS));
     Ok(())
+}
+
+/// The id of item `item` of a batch whose id came from the request, not the item: a retry of
+/// the same request gives each item its id again, and two items never share one.
+#[cold]
+fn of_item(type_key: u64, request_id: &[u8; 16], item: u32) -> [u8; 16] {
+    let mut d = id::Derived::new(type_key);
+    d.part(request_id);
+    d.part(&item.to_le_bytes());
+    d.finish()
 }
 
 /// Identity fields whose value was truncated to its slot, with a hash of the whole value: two
@@ -606,6 +630,7 @@ mod tests {
             now_ns: 1_795_000_000_000_000_000,
             user_agent: None,
             json: None,
+            item: None,
         };
         extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev)?;
         let mut s = String::new();

@@ -537,6 +537,7 @@ fn answer(
             now_ns,
             user_agent: device_ua,
             json: None,
+            item: None,
         };
         return post::answer(ctx, &cfg, ep_index, req, view, body, body_len, over_budget, allow_origin, ka, wbuf);
     }
@@ -565,8 +566,15 @@ fn answer(
         write_error(ctx, wbuf, Status::S503, "overloaded, retry", ka, head, v, None, allow_origin);
         return Answer { keep_alive: ka, logged_seq: 0 };
     };
-    let view =
-        RequestView { query: req.query, headers: req.headers, client_ip, now_ns, user_agent: device_ua, json: None };
+    let view = RequestView {
+        query: req.query,
+        headers: req.headers,
+        client_ip,
+        now_ns,
+        user_agent: device_ua,
+        json: None,
+        item: None,
+    };
     if let Err(refusal) = pipeline::prepare(ctx, &cfg, ty, ep_index, &view, slot) {
         counters.request(Some(ep.counter), Status::S400);
         counters.reject(refusal.reason());

@@ -156,8 +156,11 @@ pub(super) fn answer(
         first_refusal: Option<(Status, [u8; 256], usize)>,
         /// The body as a whole was refused: the answer is written.
         refused: Option<Answer>,
+        /// The body is an array: its items carry their index (`RequestView::item`).
+        is_array: bool,
     }
-    let mut tally = Tally { accepted: 0, logged_seq: 0, overloaded: false, first_refusal: None, refused: None };
+    let mut tally =
+        Tally { accepted: 0, logged_seq: 0, overloaded: false, first_refusal: None, refused: None, is_array: false };
     let mut producer = ctx.producer.borrow_mut();
     answer.clear();
     answer.resize(ANSWER_PREFIX_BYTES, b' ');
@@ -177,6 +180,7 @@ pub(super) fn answer(
             if let Some((status, why)) = refusal {
                 t.refused = Some(refuse(wbuf, status, why));
             }
+            t.is_array = shape.is_ok_and(|s| s.is_array);
             refusal.is_none()
         },
         |t, index, item| {
@@ -198,7 +202,7 @@ pub(super) fn answer(
                         // A `drop` endpoint: taken, answered, not journaled (as a pixel over budget).
                         counters.reject(Reason::OverBudget);
                     }
-                    let view = RequestView { json: Some(obj), ..view };
+                    let view = RequestView { json: Some(obj), item: t.is_array.then_some(index as u32), ..view };
                     push(ctx, cfg, ty, ep_index, &view, over_budget || charged_over, &mut producer)
                 }
             };

@@ -190,6 +190,7 @@ fn macros_are_filled_and_encoded() {
         now_ns: NOW * 1_000_000_000,
         user_agent: None,
         json: None,
+        item: None,
     };
     let mut ev = Event::ZERO;
     crate::extract::extract(ty, &req, &mut crate::extract::IdGen::new(0), 0, 0, &mut ev).unwrap();

@@ -642,3 +642,31 @@ fn chunked_framing_larger_than_the_request_buffer_is_413_and_counted() {
     );
     assert_eq!(s.stop(), 0);
 }
+
+/// Regression: an id from the request (here a header) was the same for every item of a batch,
+/// so the batch was answered `accepted: 3` and two of its events were dropped as duplicates.
+/// Each item now gets its own id from the request's and its index; the same request retried is
+/// still one event per item.
+#[test]
+fn items_of_a_batch_with_a_request_level_id_are_each_an_event() {
+    let default = include_str!("../../config/tracker.toml");
+    let cfg = default.replace(r#"id_from = ["json.eid"]"#, r#"id_from = ["json.eid", "header.x-request-id"]"#);
+    assert_ne!(cfg, default, "the shipped config's batch id_from changed; update this test");
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    let body = br#"[{"type":"a"},{"type":"b"},{"type":"c","eid":"own-id"}]"#;
+    let headers = format!("{JSON}X-Request-Id: req-1\r\n");
+    for _ in 0..2 {
+        let r = post(&mut c, "/batch", &headers, body);
+        assert_eq!(json(&r)["accepted"], 3, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // One object (not a batch) keeps the request's id as it is.
+    let r = post(&mut c, "/batch", "Content-Type: application/json\r\nX-Request-Id: req-2\r\n", br#"{"type":"d"}"#);
+    assert_eq!(json(&r)["accepted"], 1);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["a", "b", "c", "d"], "each item once, the retry deduplicated: {events:?}");
+    let ids: std::collections::HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 4);
+}
