@@ -526,7 +526,10 @@ fn hash_decoded(raw: &[u8], h: &mut xxhash_rust::xxh3::Xxh3) {
 
 /// Whether a raw query value is an unsubstituted macro — `${NAME}` (OpenRTB), `[NAME]` (VAST),
 /// `{name}`, `%%NAME%%` (ad servers), raw or percent-encoded — or OpenRTB's `AUDIT` value
-/// (sent in place of real values when an exchange tests a notice URL).
+/// (sent in place of real values when an exchange tests a notice URL). A UUID in braces or
+/// brackets (`{3F2504E0-4F89-11D3-9A0C-0305E82C3301}`, .NET's `Guid.ToString("B")`) is a value:
+/// no macro is named like one, and taken for a macro an auction id was dropped, so the notice
+/// got a generated id and each retry was journaled and billed again.
 #[inline]
 pub fn is_macro(raw: &[u8]) -> bool {
     if raw.is_empty() || !matches!(raw[0], b'$' | b'[' | b'{' | b'%' | b'A') || raw.len() > 96 {
@@ -545,10 +548,11 @@ pub fn is_macro(raw: &[u8]) -> bool {
         Ok((n, false)) => &buf[..n],
         _ => return false,
     };
+    let bracketed = |inner: &[u8]| inner_ok(inner) && crate::event::parse_uuid(inner).is_none();
     v == b"AUDIT"
         || (v.starts_with(b"${") && v.ends_with(b"}") && inner_ok(&v[2..v.len() - 1]))
-        || (v.len() >= 2 && v[0] == b'[' && v[v.len() - 1] == b']' && inner_ok(&v[1..v.len() - 1]))
-        || (v.len() >= 2 && v[0] == b'{' && v[v.len() - 1] == b'}' && inner_ok(&v[1..v.len() - 1]))
+        || (v.len() >= 2 && v[0] == b'[' && v[v.len() - 1] == b']' && bracketed(&v[1..v.len() - 1]))
+        || (v.len() >= 2 && v[0] == b'{' && v[v.len() - 1] == b'}' && bracketed(&v[1..v.len() - 1]))
         || (v.len() >= 4 && v.starts_with(b"%%") && v.ends_with(b"%%") && inner_ok(&v[2..v.len() - 2]))
 }
 
@@ -778,7 +782,18 @@ mod tests {
         ] {
             assert!(is_macro(v.as_bytes()), "{v}");
         }
-        for v in ["1.25", "AUDITED", "[]", "$5", "abc", "%41", ""] {
+        for v in [
+            "1.25",
+            "AUDITED",
+            "[]",
+            "$5",
+            "abc",
+            "%41",
+            "",
+            "{3F2504E0-4F89-11D3-9A0C-0305E82C3301}",
+            "%7B3f2504e0-4f89-11d3-9a0c-0305e82c3301%7D",
+            "[3F2504E04F8911D39A0C0305E82C3301]",
+        ] {
             assert!(!is_macro(v.as_bytes()), "{v}");
         }
         let cfg = Config::embedded();

@@ -192,3 +192,23 @@ fn an_unsubstituted_eid_macro_is_no_client_id() {
     let ids: std::collections::HashSet<_> = ev.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 7);
 }
+
+/// A braced GUID (`{3F2504E0-…}`, as .NET's `Guid.ToString("B")` writes one) looked like an
+/// unsubstituted `{macro}`: the auction id was dropped, the notice got a generated id, and every
+/// retry of a billing notice was journaled (and billed) again.
+#[test]
+fn a_braced_guid_auction_id_is_a_value_not_a_macro() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let target = "/bill?exch=x1&auction=%7B3F2504E0-4F89-11D3-9A0C-0305E82C3301%7D&bid=b1&imp=i1&price=1.25";
+    for _ in 0..3 {
+        assert_eq!(s.connect().get(target).status, 204);
+    }
+    // A macro the exchange left unsubstituted is still one.
+    assert_eq!(s.connect().get("/bill?exch=x1&auction={AUCTION_ID}&bid=b1&imp=i1&price=1.25").status, 204);
+    assert_eq!(s.stop(), 0);
+    let bills: Vec<_> = journal_cat(&s.journal()).into_iter().filter(|e| e["type"] == "bill").collect();
+    let guid: Vec<_> = bills.iter().filter(|e| e.get("unsubstituted").is_none()).collect();
+    assert_eq!(guid.len(), 1, "retries are one event: {bills:?}");
+    assert_eq!(guid[0]["auction_id"], "{3F2504E0-4F89-11D3-9A0C-0305E82C3301}");
+    assert_eq!(bills.len(), 2, "{bills:?}");
+}
