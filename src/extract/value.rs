@@ -61,37 +61,63 @@ fn parse_i64(s: &[u8]) -> Option<i64> {
 }
 
 /// "12.345678" → 12345678 micros. At most 6 decimals are kept; more are truncated (flagged).
+/// An exponent (`5.0E-4`, `1.25e2`) is taken too: Java, Python, Go and JavaScript print small
+/// amounts so, and an exchange substitutes `${AUCTION_PRICE}` with whatever its language
+/// printed — refused, its notice would be retried until dropped. The decimal point is moved
+/// exactly, on the digits; there is no float in between.
 fn parse_money(s: &[u8]) -> Option<(i64, bool)> {
     let (neg, s) = match s.first() {
         Some(b'-') => (true, &s[1..]),
         _ => (false, s),
     };
-    let (int, frac) = match s.iter().position(|&c| c == b'.') {
-        Some(p) => (&s[..p], &s[p + 1..]),
-        None => (s, &s[..0]),
+    let (mantissa, exp) = match s.iter().position(|&c| c == b'e' || c == b'E') {
+        Some(p) => (&s[..p], parse_exponent(&s[p + 1..])?),
+        None => (s, 0),
+    };
+    let (int, frac) = match mantissa.iter().position(|&c| c == b'.') {
+        Some(p) => (&mantissa[..p], &mantissa[p + 1..]),
+        None => (mantissa, &mantissa[..0]),
     };
     if int.is_empty() && frac.is_empty() {
         return None;
     }
-    let whole = if int.is_empty() { 0 } else { parse_u64(int)? };
-    let mut micros: u64 = 0;
-    let mut truncated = false;
-    for (i, &c) in frac.iter().enumerate() {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        if i < 6 {
-            micros = micros * 10 + (c - b'0') as u64;
-        } else if c != b'0' {
-            truncated = true;
-        }
+    let digits = || int.iter().chain(frac);
+    if !digits().all(u8::is_ascii_digit) {
+        return None;
     }
-    for _ in frac.len()..6 {
-        micros *= 10;
+    // The digits, int then frac, with the point after `point` of them (before the first when
+    // negative, past the last when beyond). The first `kept` digits reach the micros; any
+    // other non-zero one is cut (toward zero).
+    let point = int.len() as i64 + i64::from(exp);
+    let kept = (point + 6).clamp(0, (int.len() + frac.len()) as i64) as usize;
+    let mut value: u64 = 0;
+    for &c in digits().take(kept) {
+        value = value.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
     }
-    let total = whole.checked_mul(1_000_000)?.checked_add(micros)?;
+    let truncated = digits().skip(kept).any(|&c| c != b'0');
+    // The kept digits end `point + 6 - kept` places above the micros (>= 0 when any is kept):
+    // scale them up.
+    let total = match value {
+        0 => 0,
+        v => v.checked_mul(10u64.checked_pow(u32::try_from(point + 6 - kept as i64).ok()?)?)?,
+    };
     let total = i64::try_from(total).ok()?;
     Some((if neg { -total } else { total }, truncated))
+}
+
+/// The exponent after `e`: an optional sign and 1..=4 digits (beyond, any non-zero amount is
+/// out of range or below a micro).
+fn parse_exponent(s: &[u8]) -> Option<i32> {
+    let (neg, d) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if d.is_empty() || d.len() > 4 || !d.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = d.iter().fold(0i32, |v, &c| v * 10 + i32::from(c - b'0'));
+    Some(if neg { -v } else { v })
 }
 
 #[cfg(test)]
@@ -134,7 +160,18 @@ mod tests {
         assert_eq!(m(b"-0.000001"), Ok((-1, false)));
         assert!(m(b".").is_err());
         assert!(m(b"1.2.3").is_err());
-        assert!(m(b"1e3").is_err());
+        assert_eq!(m(b"1e3"), Ok((1_000_000_000, false)));
+        assert_eq!(m(b"5.0E-4"), Ok((500, false)));
+        assert_eq!(m(b"1.234567e-1"), Ok((123_456, true)));
+        assert_eq!(m(b"-2.5e+1"), Ok((-25_000_000, false)));
+        assert_eq!(m(b"0e9999"), Ok((0, false)));
+        assert_eq!(m(b"1e-9999"), Ok((0, true)));
+        assert_eq!(m(b"00000000000000000000000001.5"), Ok((1_500_000, false)));
+        assert!(m(b"1e9999").is_err());
+        assert!(m(b"1e13").is_err(), "past i64 micros");
+        for bad in [&b"1e"[..], b"e5", b"1e-", b"1e+", b"1e1.5", b"1ee1", b"1e12345", b".e1", b"1e 1"] {
+            assert!(m(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
         assert!(m(b"${AUCTION_PRICE}").is_err());
         assert!(m(b"9223372036855").is_err());
     }

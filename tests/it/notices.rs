@@ -212,3 +212,29 @@ fn a_braced_guid_auction_id_is_a_value_not_a_macro() {
     assert_eq!(guid[0]["auction_id"], "{3F2504E0-4F89-11D3-9A0C-0305E82C3301}");
     assert_eq!(bills.len(), 2, "{bills:?}");
 }
+
+/// A price in exponent notation, as Java (`Double.toString`: `5.0E-4`), Python (`str`: `5e-05`)
+/// and JavaScript (`String`: `1e-7`) print small amounts, was a 400: the exchange retried the
+/// notice until it gave up, and the win or the billed impression was never logged.
+#[test]
+fn a_price_in_exponent_notation_is_a_price() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    for (auction, price) in [("e1", "5.0E-4"), ("e2", "5e-05"), ("e3", "1.25e2"), ("e4", "1e-7")] {
+        let r = c.get(&format!("/win?exch=x1&auction={auction}&bid=b&imp=i&price={price}"));
+        assert_eq!(r.status, 204, "{price}: {}", String::from_utf8_lossy(&r.body));
+    }
+    // Still no price: a bare exponent, one without digits, or a mantissa without any.
+    for price in ["e5", "1e", "1e-", ".e1", "1e1.5", "1e%2B"] {
+        assert_eq!(c.get(&format!("/win?exch=x1&auction=bad&price={price}")).status, 400, "{price}");
+    }
+    assert_eq!(s.stop(), 0);
+    let wins = journal_cat(&s.journal());
+    let price = |a: &str| wins.iter().find(|e| e["auction_id"] == a).map(|e| e["price"].as_f64());
+    assert_eq!(price("e1"), Some(Some(0.0005)));
+    assert_eq!(price("e2"), Some(Some(0.00005)));
+    assert_eq!(price("e3"), Some(Some(125.0)));
+    // Below a micro: 0, flagged as cut, as any seventh decimal is.
+    let e4 = wins.iter().find(|e| e["auction_id"] == "e4").unwrap();
+    assert_eq!((e4["price"].as_f64(), &e4["truncated"]), (Some(0.0), &serde_json::json!(true)), "{e4}");
+}
