@@ -7,7 +7,8 @@
 //!
 //! Keys: the client address masked to a prefix (IPv4 /24, IPv6 /48 by default: one household,
 //! office or small hosting block — one client can cycle addresses inside it, not across it).
-//! IPv4-mapped IPv6 addresses count as IPv4.
+//! IPv4-mapped IPv6 addresses, and IPv4 clients in the NAT64 well-known prefix `64:ff9b::/96`
+//! (what an IPv6-only tracker behind a stateless translator sees), count as IPv4.
 //!
 //! The bucket is kept as a GCRA "theoretical arrival time" (TAT), one `AtomicU64` per entry:
 //! `fingerprint (20 bits) << 44 | TAT (44 bits of 1/64 µs since the table was made, wrapping
@@ -128,13 +129,14 @@ impl Budgets {
     }
 }
 
-/// A hash of the prefix `ip` belongs to (IPv4-mapped IPv6 counts as IPv4); None for an exempt
-/// loopback address.
+/// A hash of the prefix `ip` belongs to (IPv4-mapped IPv6, and an IPv4 client translated into
+/// the NAT64 well-known prefix `64:ff9b::/96`, count as IPv4); None for an exempt loopback
+/// address.
 #[inline]
 fn prefix_hash(cfg: &BudgetConfig, ip: IpAddr) -> Option<u64> {
     let mut key = [0u8; 17];
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().or_else(|| nat64_ipv4(&v6)).map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     if cfg.exempt_loopback && ip.is_loopback() {
@@ -151,6 +153,18 @@ fn prefix_hash(cfg: &BudgetConfig, ip: IpAddr) -> Option<u64> {
         }
     }
     Some(xxhash_rust::xxh3::xxh3_64_with_seed(&key, 0x0000_6275_6467_6574))
+}
+
+/// The IPv4 client inside a NAT64 well-known-prefix address (RFC 6052, `64:ff9b::a.b.c.d`), as
+/// an IPv6-only tracker behind a stateless translator (SIIT-DC, RFC 7755) sees every IPv4
+/// client: by its /48 they would all be one source, sharing one budget.
+#[inline]
+fn nat64_ipv4(v6: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let o = v6.octets();
+    let v4 = std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    // A translator never uses the prefix for 127/8 (RFC 6052 §3.1): such an address is not
+    // taken for the exempt loopback.
+    (o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0] && !v4.is_loopback()).then_some(v4)
 }
 
 /// Open connections per address prefix, in one fixed-size table shared by all shards
@@ -358,6 +372,21 @@ mod tests {
         assert_eq!(b.charge(v6b, T0), Charge::Within);
         assert!(matches!(b.charge(v6a, T0), Charge::Over { .. }), "same /48");
         assert_eq!(b.charge(v6c, T0), Charge::Within);
+    }
+
+    /// Behind a stateless IPv4/IPv6 translator (SIIT-DC, RFC 7755) an IPv6-only tracker sees
+    /// every IPv4 client as `64:ff9b::a.b.c.d` (RFC 6052): keyed by its /48, all of them
+    /// shared one budget, and one busy source got every IPv4 client refused.
+    #[test]
+    fn ipv4_clients_behind_a_nat64_prefix_each_have_their_own_budget() {
+        let b = budgets(1, 1);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(b.charge(ip("64:ff9b::198.51.100.7"), T0), Charge::Within);
+        assert_eq!(b.charge(ip("64:ff9b::203.0.113.9"), T0), Charge::Within, "another IPv4 /24");
+        assert!(matches!(b.charge(ip("64:ff9b::198.51.100.200"), T0), Charge::Over { .. }), "the same /24");
+        assert!(matches!(b.charge(ip("198.51.100.1"), T0), Charge::Over { .. }), "the same /24, untranslated");
+        assert_eq!(b.charge(ip("64:ff9b::127.0.0.1"), T0), Charge::Within);
+        assert!(matches!(b.charge(ip("64:ff9b::127.0.0.1"), T0), Charge::Over { .. }), "not the exempt loopback");
     }
 
     #[test]
