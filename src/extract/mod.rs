@@ -231,7 +231,14 @@ pub fn extract(
             },
             _ => None,
         };
+        // An id macro left unfilled is no id here either (as `eid=${EVENT_ID}` in a query): a
+        // postback template's `"eid":"${EVENT_ID}"` would give every such event one id, and
+        // dedup would drop all but the first.
         if let Some(v) = v.filter(|v| !v.is_empty()) {
+            if is_macro(v) {
+                ev.flags |= FLAG_UNSUBSTITUTED;
+                continue;
+            }
             client_id = Some(v);
             client_id_encoded = !matches!(s, Source::Json(_));
             break;

@@ -138,6 +138,24 @@ fn a_retried_batch_item_with_an_eid_is_one_event() {
     assert_eq!(events.iter().filter(|e| e["kind"] == "b").count(), 2);
 }
 
+/// An id macro a postback template left unfilled (`"eid":"${EVENT_ID}"`) was taken as the id of
+/// every such event: all but the first inside the dedup window were dropped as duplicates. As
+/// in a query (`eid=${EVENT_ID}`), it is no id: each event gets its own, flagged.
+#[test]
+fn an_unfilled_id_macro_in_a_json_item_is_no_id() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let r = post(&mut c, "/batch", JSON, br#"[{"type":"m1","eid":"${EVENT_ID}"},{"type":"m2","eid":"{event_id}"}]"#);
+    assert_eq!(json(&r)["accepted"], 2);
+    let r = post(&mut c, "/batch", JSON, br#"{"type":"m3","eid":"${EVENT_ID}"}"#);
+    assert_eq!(json(&r)["accepted"], 1);
+    assert_eq!(s.stop(), 0);
+    let events: Vec<_> = journal_cat(&s.journal()).into_iter().filter(|e| e["kind"] != "pct").collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["m1", "m2", "m3"], "{events:?}");
+    assert!(events.iter().all(|e| e["unsubstituted"] == true), "{events:?}");
+}
+
 /// A JSON string is already unescaped: decoding it again as percent-encoded text made `a+b` and
 /// `a b` (or `x%41` and `xA`) one event id, and the second was dropped as a duplicate.
 #[test]
