@@ -62,8 +62,10 @@
 //! slot = left in place (`sealed_bad_records`), and readers deliver every intact record in it,
 //! past bad slots and zeroed gaps. It then goes on appending to that segment, or
 //! starts a new one (reason and detail in the report) when the segment was left in place, is
-//! full, has another schema, or has a bad header (the file is renamed `.corrupt`). Then it
-//! records `<boot id> running`, and [`ShardJournal::close_clean`] `<boot id> clean`.
+//! full, has another schema, or has a bad header (the file is renamed `.corrupt`). When the last
+//! writer did not stop cleanly, a `syncfs` writes back what it left in the page cache (in any
+//! segment), so this writer's clean stop covers it. Then it records `<boot id> running`, and
+//! [`ShardJournal::close_clean`] `<boot id> clean`.
 //!
 //! # Read
 //! [`JournalReader::poll`] delivers the records that became available since the last call,

@@ -524,7 +524,7 @@ impl Retired {
     }
 }
 
-// Tests: makes every msync of this thread fail (EIO), as a disk error would.
+// Tests: makes every msync and syncfs of this thread fail (EIO), as a disk error would.
 #[cfg(test)]
 thread_local! {
     pub(crate) static FAIL_MSYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -543,6 +543,20 @@ fn msync(map: &MmapMut, path: &Path, from: usize, to: usize) -> Result<(), Journ
     // memmap2 aligns the start down to the page size of this machine.
     map.flush_range(from, to - from)
         .map_err(|e| JournalError::with_detail("msync", path, format!("bytes {from}..{to}"), e))
+}
+
+/// syncfs(2) of the file system holding `dir` (open as `dir_file`): writes back every dirty page
+/// of every file on it, the segments no writer of this run keeps a map of included.
+fn sync_fs(dir_file: &File, dir: &Path) -> Result<(), JournalError> {
+    #[cfg(test)]
+    if FAIL_MSYNC.get() {
+        return Err(JournalError::new("syncfs", dir, io::Error::from_raw_os_error(libc::EIO)));
+    }
+    // SAFETY: syncfs on a descriptor we own; no memory is involved.
+    if unsafe { libc::syncfs(dir_file.as_raw_fd()) } != 0 {
+        return Err(JournalError::new("syncfs", dir, io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 impl Drop for ShardJournal {
@@ -684,6 +698,13 @@ impl ShardJournal {
         // in between can bring back the .tmp while readers (a collector's cursor) had seen
         // records under its number. In this boot a .tmp was never renamed, never read.
         let tail_trusted = writer_state::tail_trusted(&dir);
+        // A last writer that did not stop cleanly (killed) may have left records only in the
+        // page cache, and not just in the last segment: the one it rotated away from within
+        // its last sync interval, or every segment under the `none` policy. This writer syncs
+        // only the segment it writes, so its clean stop would record `clean` over them (and a
+        // power loss after it would lose them). One syncfs now writes them all back; when it
+        // fails this run never records a clean stop.
+        let leftovers_synced = if writer_state::stopped_clean(&dir) { Ok(()) } else { sync_fs(&dir_file, &dir) };
         let next_free = listing
             .iter()
             .filter(|&&(_, k)| !(tail_trusted && k == SegmentFile::Tmp))
@@ -757,6 +778,15 @@ impl ShardJournal {
                 None => note,
             });
         }
+        if let Err(e) = &leftovers_synced {
+            let note = format!(
+                "{e}; the last writer's unsynced records may not be on disk, so this run will not record a clean stop"
+            );
+            report.detail = Some(match report.detail.take() {
+                Some(d) => format!("{d}; {note}"),
+                None => note,
+            });
+        }
         let mut journal = ShardJournal {
             dir,
             dir_file,
@@ -771,7 +801,7 @@ impl ShardJournal {
             segments_made_ahead: 0,
             kernel_writeback_only: false,
             bytes_written_total,
-            sync_failed: false,
+            sync_failed: leftovers_synced.is_err(),
             rotation_msync_error: None,
         };
         journal.start_ahead(false);
@@ -910,10 +940,9 @@ impl ShardJournal {
             // Under `none` the segments left at rotation were never synced (left to the
             // kernel's flusher, `leave_writeback_to_kernel`); `clean` promises they are on disk
             // too. One syncfs covers them all without keeping their files open.
-            // SAFETY: syncfs on a descriptor we own; no memory is involved.
-            if unsafe { libc::syncfs(self.dir_file.as_raw_fd()) } != 0 {
+            if let Err(e) = sync_fs(&self.dir_file, &self.dir) {
                 self.sync_failed = true;
-                return Err(JournalError::new("syncfs", &self.dir, io::Error::last_os_error()));
+                return Err(e);
             }
         }
         if self.sync_failed {

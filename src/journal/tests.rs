@@ -888,3 +888,28 @@ fn a_resumed_segment_that_lost_its_preallocation_gets_it_back_before_appends() {
     drop(j);
     assert_eq!(seqs(&read_all(&mut JournalReader::open(root).unwrap())), [1, 2, 3, 4]);
 }
+
+#[test]
+fn a_clean_stop_after_a_kill_is_not_recorded_until_the_killed_writers_unsynced_segment_is_synced() {
+    // A writer killed (-9) within a sync interval of a rotation leaves the segment it rotated
+    // away from with records only in the page cache. The next writer (same boot) resumes the
+    // newer segment and syncs only what it appends there: its clean stop must not say `clean`
+    // (everything on disk) unless the killed writer's leftovers were synced too.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=5); // segment 1 left at rotation, never synced
+    assert!(j.has_retired());
+    drop(j); // killed: no sync, `running` in this boot
+    super::segment::FAIL_MSYNC.set(true); // the disk fails every sync of the reopen
+    let reopened = ShardJournal::open(root, 0, SEG_4, &schema_a());
+    super::segment::FAIL_MSYNC.set(false);
+    let (mut j, report) = reopened.expect("a failed sync of the leftovers does not stop the writer");
+    assert_eq!((report.segment, report.records), (2, 1));
+    append_seqs(&mut j, [6]);
+    let e = j.close_clean().expect_err("segment 1's records may not be on disk");
+    assert!(e.to_string().contains("not recorded as clean"), "{e}");
+    let state = fs::read_to_string(shard_dir(root, 0).join("writer.state")).unwrap();
+    assert_eq!(state.split_whitespace().nth(1), Some("running"), "{state}");
+    assert_eq!(seqs(&read_all(&mut JournalReader::open(root).unwrap())), (1..=6).collect::<Vec<_>>());
+}

@@ -40,6 +40,12 @@ pub fn tail_trusted(dir: &Path) -> bool {
     state == CLEAN || boot_id().is_some_and(|b| b == boot)
 }
 
+/// Whether the last writer of `dir` recorded a clean stop (everything it wrote is on disk). No
+/// state file counts as not: a writer that could not record `running` removed it.
+pub fn stopped_clean(dir: &Path) -> bool {
+    fs::read_to_string(dir.join(STATE_FILE)).is_ok_and(|text| text.split_whitespace().nth(1) == Some(CLEAN))
+}
+
 /// The file's fixed size: a boot id (36 bytes), a state, padding, a newline. Fixed so that
 /// an existing file is overwritten in place, which needs no free block (a full disk is when the
 /// preallocated segments matter most).
@@ -94,6 +100,14 @@ mod tests {
         assert!(!tail_trusted(dir_with(Some("another-boot running\n")).path()));
         assert!(!tail_trusted(dir_with(None).path()));
         assert!(!tail_trusted(dir_with(Some("garbage")).path()));
+    }
+
+    #[test]
+    fn stopped_clean_only_when_the_state_says_so() {
+        assert!(stopped_clean(dir_with(Some("another-boot clean\n")).path()));
+        assert!(!stopped_clean(dir_with(Some("another-boot running\n")).path()));
+        assert!(!stopped_clean(dir_with(Some("clean")).path()), "a boot id, then the state");
+        assert!(!stopped_clean(dir_with(None).path()));
     }
 
     #[test]
