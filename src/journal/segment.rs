@@ -53,7 +53,7 @@ pub const PAGE_BYTES: usize = 4096;
 pub const HEADER_FIXED_BYTES: usize = 64;
 /// Largest embedded schema. Costs header space in every segment (rounded up to pages).
 pub const SCHEMA_BYTES_MAX: usize = 1 << 20;
-/// Segment file name: 20 digits (any u64) + this suffix.
+/// Segment file name: 20 digits (any u64 below u64::MAX) + this suffix.
 pub const SEGMENT_SUFFIX: &str = ".seg";
 /// Appended to a segment whose header failed its checks when the writer set it aside.
 pub const CORRUPT_SUFFIX: &str = ".corrupt";
@@ -164,7 +164,10 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, SegmentFile)> {
         TMP_SUFFIX => SegmentFile::Tmp,
         _ => return None,
     };
-    Some((digits.parse().ok()?, kind))
+    // u64::MAX is not a segment number: nothing can follow it (the writer's and the readers'
+    // next number, n + 1, would overflow), and no writer gets there.
+    let number: u64 = digits.parse().ok()?;
+    (number < u64::MAX).then_some((number, kind))
 }
 
 /// Segment files in `dir`, by number. A missing directory has none.

@@ -913,3 +913,22 @@ fn a_clean_stop_after_a_kill_is_not_recorded_until_the_killed_writers_unsynced_s
     assert_eq!(state.split_whitespace().nth(1), Some("running"), "{state}");
     assert_eq!(seqs(&read_all(&mut JournalReader::open(root).unwrap())), (1..=6).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_file_numbered_u64_max_is_not_taken_for_a_segment() {
+    // 20 digits hold u64::MAX, but no segment can follow it: the writer's next number and the
+    // reader's next one (n + 1) overflowed, a panic here and a wrap to 0 (every segment read
+    // again, forever) in a release build.
+    let dir = closed_root(2);
+    let root = dir.path();
+    let max = shard_dir(root, 0).join(format!("{}.seg", u64::MAX));
+    fs::copy(seg_file(root, 0, 1), &max).unwrap();
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2]);
+    assert_eq!(read_all(&mut r).len(), 0, "nothing twice");
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records), (1, 2));
+    append_seqs(&mut j, [3]);
+    assert_eq!(seqs(&read_all(&mut r)), [3]);
+    assert!(max.exists(), "left as it is");
+}
