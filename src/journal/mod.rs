@@ -58,8 +58,10 @@
 //! its writer opened it and that writer did not stop cleanly (`shard-NNN/writer.state`), the
 //! segment is left as it is. Otherwise its slots are scanned for the end of the intact prefix.
 //! Nothing after it = clean end; one bad slot and only zeros after it = a torn record, zeroed
-//! and msynced, counted in the [`RecoveryReport`]; any written data after the first bad or zero
-//! slot = left in place (`sealed_bad_records`), and readers deliver every intact record in it,
+//! and msynced, counted in the [`RecoveryReport`] (only when the last writer did not stop
+//! cleanly: a clean stop cuts no record, so after one that slot is damage to a record readers
+//! may have passed, and is left in place like the next case); any written data after the first
+//! bad or zero slot = left in place (`sealed_bad_records`), and readers deliver every intact record in it,
 //! past bad slots and zeroed gaps. It then goes on appending to that segment, or
 //! starts a new one (reason and detail in the report) when the segment was left in place, is
 //! full, has another schema, or has a bad header (the file is renamed `.corrupt`). When the last

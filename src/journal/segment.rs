@@ -701,13 +701,14 @@ impl ShardJournal {
         // in between can bring back the .tmp while readers (a collector's cursor) had seen
         // records under its number. In this boot a .tmp was never renamed, never read.
         let tail_trusted = writer_state::tail_trusted(&dir);
+        let stopped_clean = writer_state::stopped_clean(&dir);
         // A last writer that did not stop cleanly (killed) may have left records only in the
         // page cache, and not just in the last segment: the one it rotated away from within
         // its last sync interval, or every segment under the `none` policy. This writer syncs
         // only the segment it writes, so its clean stop would record `clean` over them (and a
         // power loss after it would lose them). One syncfs now writes them all back; when it
         // fails this run never records a clean stop.
-        let leftovers_synced = if writer_state::stopped_clean(&dir) { Ok(()) } else { sync_fs(&dir_file, &dir) };
+        let leftovers_synced = if stopped_clean { Ok(()) } else { sync_fs(&dir_file, &dir) };
         let next_free = listing
             .iter()
             .filter(|&&(_, k)| !(tail_trusted && k == SegmentFile::Tmp))
@@ -739,7 +740,10 @@ impl ShardJournal {
                     Some("a newer segment than the last live one was set aside or never finished");
                 None
             }
-            Some(n) => recover_last(&dir, &dir_file, shard, n, schema, &schema_json, tail_trusted, &mut report)?,
+            Some(n) => {
+                let trust = Trust { tail: tail_trusted, stopped_clean };
+                recover_last(&dir, &dir_file, shard, n, schema, &schema_json, trust, &mut report)?
+            }
         };
         // A segment created by open counts its header as written.
         let bytes_written_total = if resumed.is_none() { header_bytes as u64 } else { 0 };
@@ -1245,10 +1249,19 @@ pub(crate) fn all_zero(b: &[u8]) -> bool {
     blocks.iter().all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0) && rest.iter().all(|&x| x == 0)
 }
 
+/// What the last writer's `writer.state` says about the last segment (see `writer_state`).
+#[derive(Clone, Copy)]
+struct Trust {
+    /// The page cache it wrote into is the one readers read from (same boot), or it stopped
+    /// cleanly (everything synced): recovery may append to the segment.
+    tail: bool,
+    /// It stopped cleanly: no record was being copied, so a bad slot is damage, not a torn write.
+    stopped_clean: bool,
+}
+
 /// Recovers the highest-numbered segment `n`: returns it as the active segment when the writer
 /// can go on appending to it, `None` (with the reason in `report`) when a new one is needed.
-/// `tail_trusted`: the page cache the last writer wrote into is the one readers read from
-/// (same boot), or it stopped cleanly (everything synced); see `writer_state`.
+/// `trust`: what the last writer's state says (see [`Trust`]).
 #[allow(clippy::too_many_arguments)] // the open's state, passed down once
 fn recover_last(
     dir: &Path,
@@ -1257,7 +1270,7 @@ fn recover_last(
     n: u64,
     schema: &Schema,
     schema_json: &[u8],
-    tail_trusted: bool,
+    trust: Trust,
     report: &mut RecoveryReport,
 ) -> Result<Option<Active>, JournalError> {
     report.last_segment = n;
@@ -1287,16 +1300,24 @@ fn recover_last(
     }
     let mut map = map_segment(&file, &path, file_bytes as usize)?;
     let header_bytes = header.header_bytes as usize;
-    // The machine restarted while this segment was being written (`!tail_trusted`): readers
+    // The machine restarted while this segment was being written (`!trust.tail`): readers
     // (collectors, `journal cat --follow`) may have taken records from the page cache that never
     // reached the disk, and moved their cursors past them. Appending here would put new events
     // at those positions, where the cursors would skip them. Same when written data follows a
-    // bad or missing record (`recover_records`). Either way the segment is left as it is.
-    let tail = if tail_trusted { Some(recover_records(&mut map, &file, &path, header_bytes)?) } else { None };
+    // bad or missing record, or when a record went bad after a clean stop (`recover_records`).
+    // Either way the segment is left as it is.
+    let torn_possible = !trust.stopped_clean;
+    let tail =
+        if trust.tail { Some(recover_records(&mut map, &file, &path, header_bytes, torn_possible)?) } else { None };
     let left_because = match &tail {
         None => Some((
             "the machine restarted since the last segment was written, without a clean stop; left as is",
             "the machine restarted without a clean stop",
+        )),
+        Some(t) if t.sealed && t.damaged => Some((
+            "last segment has a bad record though its writer stopped cleanly (damage, not a torn write); left as is \
+             for readers",
+            "a record went bad after its writer stopped cleanly",
         )),
         Some(t) if t.sealed => Some((
             "last segment has written data after a bad or missing record; left as is for readers",
@@ -1364,6 +1385,8 @@ struct Tail {
     torn_bytes: u64,
     /// The segment must be left as is (see `recover_records`).
     sealed: bool,
+    /// Sealed for a bad slot with nothing after it, which a clean stop cannot have left.
+    damaged: bool,
 }
 
 /// Scans the records from `header_bytes` for the end of the intact prefix (the first slot that
@@ -1377,7 +1400,17 @@ struct Tail {
 ///   cursor may point past it. Overwriting those positions would make that cursor skip the new
 ///   events written there, so nothing is changed: the segment is left as is (`sealed`) and the
 ///   writer starts the next one.
-fn recover_records(map: &mut MmapMut, file: &File, path: &Path, header_bytes: usize) -> Result<Tail, JournalError> {
+/// - one bad slot and nothing but zeros after it when no record can have been cut
+///   (`!torn_possible`: the last writer stopped cleanly, after its last copy): the record was
+///   damaged after it was written, and readers may have delivered it and gone on. Left as is
+///   (`sealed`, `damaged`) for the same reason.
+fn recover_records(
+    map: &mut MmapMut,
+    file: &File,
+    path: &Path,
+    header_bytes: usize,
+    torn_possible: bool,
+) -> Result<Tail, JournalError> {
     let len = map.len();
     let mut off = header_bytes;
     let mut records = 0u64;
@@ -1394,14 +1427,17 @@ fn recover_records(map: &mut MmapMut, file: &File, path: &Path, header_bytes: us
     let torn_used = map.get(end_off..end_off + EVENT_BYTES).and_then(|s| s.iter().rposition(|&b| b != 0));
     let after = end_off + if torn_used.is_some() { EVENT_BYTES } else { 0 };
     if after < len && data_ranges(file, after, len).any(|(a, b)| !all_zero(&map[a..b])) {
-        return Ok(Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed: true });
+        return Ok(Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed: true, damaged: false });
     }
     let Some(used) = torn_used else {
-        return Ok(Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed: false });
+        return Ok(Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed: false, damaged: false });
     };
+    if !torn_possible {
+        return Ok(Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed: true, damaged: true });
+    }
     map[end_off..end_off + EVENT_BYTES].fill(0);
     msync(map, path, end_off, end_off + EVENT_BYTES)?;
-    Ok(Tail { end_off, records, torn_records: 1, torn_bytes: used as u64 + 1, sealed: false })
+    Ok(Tail { end_off, records, torn_records: 1, torn_bytes: used as u64 + 1, sealed: false, damaged: false })
 }
 
 /// What readers will find in a segment the writer leaves as is: they deliver its intact records

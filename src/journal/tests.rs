@@ -932,3 +932,23 @@ fn a_file_numbered_u64_max_is_not_taken_for_a_segment() {
     assert_eq!(seqs(&read_all(&mut r)), [3]);
     assert!(max.exists(), "left as it is");
 }
+
+#[test]
+fn a_bad_last_record_after_a_clean_stop_is_damage_not_a_torn_write() {
+    // A clean stop leaves no record half-copied, and readers may have delivered every record
+    // before it. A last record that is bad at the next open was damaged after it was read:
+    // zeroing it and appending there would put the next event where a reader's position is
+    // already past it.
+    let dir = closed_root(0);
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=3);
+    let mut follower = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut follower)), [1, 2, 3]);
+    j.close_clean().unwrap();
+    patch(&seg_file(root, 0, 1), HDR + 2 * REC + 100, &[0xff]);
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.torn_records, report.sealed_bad_records), (2, 0, 1), "{report:?}");
+    append_seqs(&mut j, 4..=5);
+    assert_eq!(seqs(&read_all(&mut follower)), [4, 5], "nothing written where the follower had been");
+}

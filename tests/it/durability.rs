@@ -13,14 +13,27 @@ fn writer_state(journal: &std::path::Path, shard: &str) -> String {
     text.split_whitespace().nth(1).unwrap_or_default().to_string()
 }
 
+/// Makes a shard's `writer.state` say what a `kill -9` leaves (`running`, in this boot) instead of
+/// the clean stop the test made: a record cut mid-copy comes only from a writer that died.
+fn as_if_killed(journal: &std::path::Path, shard: &str) {
+    let path = journal.join(shard).join("writer.state");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("clean  "), "{text:?}");
+    std::fs::write(&path, text.replacen("clean  ", "running", 1)).unwrap();
+}
+
 fn first_segment(journal: &std::path::Path) -> std::path::PathBuf {
     journal.join("shard-000").join(format!("{:020}.seg", 1))
 }
 
 /// Serves pixels `/i?c=1` to `c=5` on one shard and stops; then lets `damage` change the bytes
-/// of segment 1 (given the record area's offset) and starts a new server on the same journal.
-/// Returns it with segment 1's path and its bytes as damaged.
-fn five_pixels_then_restart(damage: impl FnOnce(&mut [u8], usize)) -> (Server, std::path::PathBuf, Vec<u8>) {
+/// of segment 1 (given the record area's offset), marks the stop as a kill when `killed`, and
+/// starts a new server on the same journal. Returns it with segment 1's path and its bytes as
+/// damaged.
+fn five_pixels_then_restart(
+    killed: bool,
+    damage: impl FnOnce(&mut [u8], usize),
+) -> (Server, std::path::PathBuf, Vec<u8>) {
     let mut s = Server::start(None, &["--shards", "1"]);
     let mut c = s.connect();
     for i in 1..=5 {
@@ -33,6 +46,9 @@ fn five_pixels_then_restart(damage: impl FnOnce(&mut [u8], usize)) -> (Server, s
     assert_eq!(header % 4096, 0);
     damage(&mut bytes, header);
     std::fs::write(&seg, &bytes).unwrap();
+    if killed {
+        as_if_killed(&s.journal(), "shard-000");
+    }
     let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
     drop(s);
     (Server::start_in(dir, None, &["--shards", "1"]), seg, bytes)
@@ -51,7 +67,7 @@ fn sixth_pixel_then_campaigns(s: &mut Server) -> Vec<u64> {
 #[test]
 fn a_record_cut_in_the_middle_is_dropped_and_appends_continue_after_it() {
     let fifth = |header: usize| header + 4 * 512;
-    let (mut s, seg, _) = five_pixels_then_restart(|bytes, header| {
+    let (mut s, seg, _) = five_pixels_then_restart(true, |bytes, header| {
         // Simulate a crash mid-copy of record 5: its second half never reached the page cache.
         let fifth = fifth(header);
         assert_ne!(bytes[fifth + 4..fifth + 6], [0, 0], "record 5 is written");
@@ -76,7 +92,7 @@ fn a_record_cut_in_the_middle_is_dropped_and_appends_continue_after_it() {
 fn a_bad_record_with_records_after_it_is_left_in_place_and_new_events_go_to_a_new_segment() {
     // Record 3 damaged in place (records 4 and 5 intact after it): a reader such as a
     // collector may already have delivered 4 and 5 and moved its cursor past them.
-    let (mut s, seg, bytes) = five_pixels_then_restart(|bytes, header| bytes[header + 2 * 512 + 100] ^= 0xff);
+    let (mut s, seg, bytes) = five_pixels_then_restart(false, |bytes, header| bytes[header + 2 * 512 + 100] ^= 0xff);
     let lines = s.startup.clone();
     assert!(
         lines.iter().any(|l| l.contains("journal starts segment 2") && l.contains("left as is")),
@@ -101,6 +117,22 @@ fn a_bad_record_with_records_after_it_is_left_in_place_and_new_events_go_to_a_ne
         .unwrap();
     assert_eq!(strict.status.code(), Some(3));
     assert_eq!(strict.stdout, out.stdout);
+}
+
+/// Regression: a last record that went bad after a clean stop was taken for a torn write,
+/// zeroed, and the next event written in its place, where a collector that had delivered the
+/// record (its cursor past it) never looked again.
+#[test]
+fn a_last_record_damaged_after_a_clean_stop_is_left_in_place_and_new_events_go_to_a_new_segment() {
+    let (mut s, seg, bytes) = five_pixels_then_restart(false, |bytes, header| bytes[header + 4 * 512 + 100] ^= 0xff);
+    let lines = s.startup.clone();
+    assert!(
+        lines.iter().any(|l| l.contains("journal starts segment 2") && l.contains("stopped cleanly")),
+        "startup: {lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("torn tail")), "startup: {lines:?}");
+    assert_eq!(sixth_pixel_then_campaigns(&mut s), [1, 2, 3, 4, 6]);
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "segment 1 is as it was");
 }
 
 #[test]
@@ -201,6 +233,7 @@ fn a_torn_tail_is_logged_against_its_own_segment_when_a_new_schema_starts_anothe
     let header = u32::from_le_bytes(std::fs::read(&seg).unwrap()[12..16].try_into().unwrap()) as u64;
     let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 256], header + 2 * 512 + 256).unwrap();
+    as_if_killed(&s.journal(), "shard-000");
     // Restarted with another schema (impression's creative_id renamed): events go to segment 2,
     // while the torn record was dropped from segment 1.
     let old = r#"{ name = "creative_id",   source = "query.cr",  type = "u64" },"#;
