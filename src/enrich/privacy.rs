@@ -126,9 +126,11 @@ impl Privacy {
             if c.honor_gpc && is("sec-gpc") || c.honor_dnt && is("dnt") {
                 h.value.trim_ascii() == b"1"
             } else if let Some(finder) = self.optout_finder.as_ref().filter(|_| is("cookie")) {
+                // Every pair of that name counts, not the first: an empty one set for another
+                // path must not hide the opt-out.
                 finder.find(h.value).is_some()
-                    && crate::http::query::cookie(h.value, cookie_name)
-                        .is_some_and(|v| !v.is_empty() && v != b"0" && !v.eq_ignore_ascii_case(b"false"))
+                    && crate::http::query::cookies(h.value, cookie_name)
+                        .any(|v| !v.is_empty() && v != b"0" && !v.eq_ignore_ascii_case(b"false"))
             } else {
                 false
             }

@@ -151,19 +151,25 @@ pub fn hex(c: u8) -> Option<u8> {
 /// Names are case-sensitive; whitespace around pairs is tolerated (clients vary); a value in
 /// double quotes is returned without them. The first match wins.
 pub fn cookie<'v>(header_value: &'v [u8], name: &[u8]) -> Option<&'v [u8]> {
-    for part in header_value.split(|&b| b == b';') {
+    cookies(header_value, name).next()
+}
+
+/// Every value of cookie `name` in one Cookie header value, in order. A browser sends one pair
+/// per path or domain the cookie was set for (`optout=; optout=1`), most specific path first.
+pub fn cookies<'v, 'n>(header_value: &'v [u8], name: &'n [u8]) -> impl Iterator<Item = &'v [u8]> + 'n
+where
+    'v: 'n,
+{
+    header_value.split(|&b| b == b';').filter_map(move |part| {
         let part = trim_ows(part);
-        let Some(eq) = part.iter().position(|&b| b == b'=') else {
-            continue;
-        };
+        let eq = part.iter().position(|&b| b == b'=')?;
         if trim_ows(&part[..eq]) != name {
-            continue;
+            return None;
         }
         let v = trim_ows(&part[eq + 1..]);
         let unquoted = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\""));
-        return Some(unquoted.unwrap_or(v));
-    }
-    None
+        Some(unquoted.unwrap_or(v))
+    })
 }
 
 /// The value of cookie `name` across every Cookie header of a request.

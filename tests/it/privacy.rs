@@ -41,6 +41,8 @@ fn the_raw_user_id_never_reaches_a_segment_and_opt_outs_drop_identifiers() {
     send(&mut c, "o-gpc", "Sec-GPC: 1\r\n");
     send(&mut c, "o-dnt", "DNT: 1\r\n");
     send(&mut c, "o-cookie", "Cookie: optout=1\r\n");
+    // A browser sends one pair per path the cookie was set for: any of them opts out.
+    send(&mut c, "o-cookie-2", "Cookie: optout=; optout=1\r\n");
     // A rejected request with a user id must not leave it behind in the reused ring slot.
     c.send(format!("GET /cv?c=x HTTP/1.1\r\nHost: t\r\nCookie: uid={RAW_UID}\r\n\r\n").as_bytes());
     assert_eq!(c.read_response(false).status, 400);
@@ -66,7 +68,7 @@ fn the_raw_user_id_never_reaches_a_segment_and_opt_outs_drop_identifiers() {
         (Some(1), Some("CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"))
     );
     assert!(plain.get("opted_out").is_none());
-    for o in ["o-gpc", "o-dnt", "o-cookie"] {
+    for o in ["o-gpc", "o-dnt", "o-cookie", "o-cookie-2"] {
         let e = by(o);
         assert!(e.get("user_id").is_none() && e.get("ip").is_none(), "{o}: {e}");
         assert_eq!(e["opted_out"], true, "{o}");
