@@ -996,6 +996,17 @@ impl Validator<'_> {
             if source_ok && source == Source::ClientIp && kind != FieldKind::Ip {
                 self.err(f.kind.span(), key("type"), "client.ip must be stored as type \"ip\"");
             }
+            // Privacy truncates ip fields only: a client address read from a proxy's header into
+            // a string (or number) field would be stored whole.
+            if let Source::Header(h) = &source {
+                if ADDRESS_HEADERS.contains(&h.as_str()) && kind != FieldKind::Ip {
+                    self.err(
+                        f.kind.span(),
+                        key("type"),
+                        format!("header.{h} holds a client address: store it as type \"ip\", which privacy truncates"),
+                    );
+                }
+            }
             if source == Source::DeviceClass
                 && (kind != FieldKind::Str || f.max_bytes.as_ref().is_some_and(|m| *m.get_ref() < 7))
             {
@@ -1270,9 +1281,29 @@ impl Config {
     }
 }
 
+/// Request headers that carry a client's address (proxies, CDNs, SSAI stitchers), lowercase.
+const ADDRESS_HEADERS: [&str; 7] =
+    ["x-forwarded-for", "x-real-ip", "forwarded", "true-client-ip", "cf-connecting-ip", "x-client-ip", "x-device-ip"];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_address_header_must_be_stored_as_an_ip() {
+        // Regression: as a string it reached the journal whole, past the privacy truncation.
+        let text = format!(
+            "{}\n[event.fwd]\nfields = [\n  {{ name = \"who\", source = \"header.X-Forwarded-For\", type = \"string\", max_bytes = 64 }},\n]\n",
+            DEFAULT_TOML
+        );
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].key, "event.fwd.fields[0].type");
+        assert!(e[0].message.contains("header.x-forwarded-for holds a client address"), "{}", e[0]);
+        let as_ip =
+            text.replace("X-Forwarded-For\", type = \"string\", max_bytes = 64", "X-Forwarded-For\", type = \"ip\"");
+        Config::parse(&as_ip, "t.toml").unwrap();
+    }
 
     #[test]
     fn embedded_default_is_valid_and_serves_the_required_endpoints() {
