@@ -527,18 +527,18 @@ fn answer(
             }
         }
     };
+    let view = RequestView {
+        query: req.query,
+        headers: req.headers,
+        client_ip,
+        now_ns,
+        user_agent: device_ua,
+        json: None,
+        item: None,
+    };
     // POST bodies: a JSON object, or a batch of them, each its own event (net::post). A body
     // on a GET endpoint is ignored, as it always was.
     if body_len > 0 && ep.method == crate::config::Method::Post {
-        let view = RequestView {
-            query: req.query,
-            headers: req.headers,
-            client_ip,
-            now_ns,
-            user_agent: device_ua,
-            json: None,
-            item: None,
-        };
         return post::answer(ctx, &cfg, ep_index, req, view, body, body_len, over_budget, allow_origin, ka, wbuf);
     }
     if ep.response == ResponseKind::Json {
@@ -565,15 +565,6 @@ fn answer(
         counters.reject(Reason::RingFull);
         write_error(ctx, wbuf, Status::S503, "overloaded, retry", ka, head, v, None, allow_origin);
         return Answer { keep_alive: ka, logged_seq: 0 };
-    };
-    let view = RequestView {
-        query: req.query,
-        headers: req.headers,
-        client_ip,
-        now_ns,
-        user_agent: device_ua,
-        json: None,
-        item: None,
     };
     if let Err(refusal) = pipeline::prepare(ctx, &cfg, ty, ep_index, &view, slot) {
         counters.request(Some(ep.counter), Status::S400);
