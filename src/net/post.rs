@@ -187,14 +187,19 @@ pub(super) fn answer(
             // The request paid for its first event; each further item is charged too, or a
             // batch would carry a hundred events on one request's budget.
             // (A request already over budget was counted once, and all its items go unjournaled.)
+            // Items refused as overloaded are not charged: the client retries them, and a
+            // burst the ring could not hold must not also spend the budget of their retry.
+            // Once the ring was full, the rest of the body is refused (the answer's tail).
+            let full = t.overloaded || producer.reserve().is_none();
             let charged_over = !over_budget
                 && index > 0
+                && !full
                 && ctx
                     .budgets
                     .as_ref()
                     .is_some_and(|b| matches!(b.charge(view.client_ip, view.now_ns), Charge::Over { .. }));
             let r = match item {
-                _ if t.overloaded => Err(Refusal::Overloaded),
+                _ if full => Err(Refusal::Overloaded),
                 _ if charged_over && ep.over_budget == OverBudget::Reject => Err(Refusal::OverBudget),
                 Err(why) => Err(Refusal::Item(why)),
                 Ok(obj) => {

@@ -688,3 +688,35 @@ fn items_of_a_batch_with_a_request_level_id_are_each_an_event() {
     let ids: std::collections::HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 4);
 }
+
+/// Regression: a batch's items refused as overloaded (ring full) were charged to the source's
+/// budget like the items taken, so one burst the ring could not hold spent the client's whole
+/// budget, and its retry of those items was refused as over budget.
+#[test]
+fn items_refused_as_overloaded_are_not_charged_to_the_budget() {
+    let cfg = "[server]\nring_events = 16\nbatch_events_max = 128\n\
+               [budget]\nrate_per_s = 1\nburst = 60\nexempt_loopback = false\n"
+        .to_string()
+        + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    let items: Vec<String> = (0..120).map(|i| format!(r#"{{"type":"o","campaign_id":{i}}}"#)).collect();
+    let a = json(&post(&mut c, "/batch", JSON, format!("[{}]", items.join(",")).as_bytes()));
+    let accepted = a["accepted"].as_u64().unwrap();
+    assert!((1..=17).contains(&accepted), "a 16-event ring takes at most 16 (+1 popped meanwhile): {a}");
+    assert!(a["rejected"].as_array().unwrap().iter().all(|x| x["reason"] == "overloaded"), "{a}");
+    // The budget paid for what was taken only: the client's retry is taken once there is room.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = post(&mut c, "/batch", JSON, br#"{"type":"retry"}"#);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let a = json(&r);
+        if a["accepted"] == 1 {
+            break;
+        }
+        assert_eq!(a["rejected"][0]["reason"], "overloaded", "{a}");
+        assert!(std::time::Instant::now() < deadline, "the ring never drained");
+        std::thread::yield_now();
+    }
+    assert_eq!(s.stop(), 0);
+}
