@@ -552,6 +552,23 @@ fn bad_json_paths_and_origins_are_config_errors() {
     assert!(err.contains(":12: event.x.fields[0].source: \"json.a..b\" is not a JSON path"), "{err}");
 }
 
+/// Posts one JSON object to /batch until it is taken, as a client retries an `overloaded`
+/// refusal; any other answer (a 429, another reason) fails. Bounded: the drain makes room.
+fn post_until_taken(c: &mut Client, body: &[u8]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = post(c, "/batch", JSON, body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let a = json(&r);
+        if a["accepted"] == 1 {
+            return;
+        }
+        assert_eq!(a["rejected"][0]["reason"], "overloaded", "{a}");
+        assert!(std::time::Instant::now() < deadline, "the ring never drained");
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn a_ring_that_fills_mid_batch_refuses_the_rest_as_overloaded() {
     // A 16-event ring; the drain is woken once per read batch, after the answer, so a batch of
@@ -575,17 +592,7 @@ fn a_ring_that_fills_mid_batch_refuses_the_rest_as_overloaded() {
     // The server serves on once the drain has made room (it may not have run yet: the item is
     // then refused as overloaded, which is the answer a client retries), and the accepted
     // items are the journaled ones.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let r = post(&mut c, "/batch", JSON, br#"{"type":"after"}"#);
-        let a = json(&r);
-        if a["accepted"] == 1 {
-            break;
-        }
-        assert_eq!(a["rejected"][0]["reason"], "overloaded", "{a}");
-        assert!(std::time::Instant::now() < deadline, "the ring never drained");
-        std::thread::yield_now();
-    }
+    post_until_taken(&mut c, br#"{"type":"after"}"#);
     assert_eq!(s.stop(), 0);
     let events = journal_cat(&s.journal());
     let ids: Vec<u64> =
@@ -706,17 +713,6 @@ fn items_refused_as_overloaded_are_not_charged_to_the_budget() {
     assert!((1..=17).contains(&accepted), "a 16-event ring takes at most 16 (+1 popped meanwhile): {a}");
     assert!(a["rejected"].as_array().unwrap().iter().all(|x| x["reason"] == "overloaded"), "{a}");
     // The budget paid for what was taken only: the client's retry is taken once there is room.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let r = post(&mut c, "/batch", JSON, br#"{"type":"retry"}"#);
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let a = json(&r);
-        if a["accepted"] == 1 {
-            break;
-        }
-        assert_eq!(a["rejected"][0]["reason"], "overloaded", "{a}");
-        assert!(std::time::Instant::now() < deadline, "the ring never drained");
-        std::thread::yield_now();
-    }
+    post_until_taken(&mut c, br#"{"type":"retry"}"#);
     assert_eq!(s.stop(), 0);
 }

@@ -229,6 +229,16 @@ fn long_user_ids_sharing_a_prefix_stay_distinct_users() {
     }
 }
 
+/// The default config (small segments) with its ip fields read from `X-Forwarded-For`.
+fn ip_from_x_forwarded_for() -> String {
+    let cfg = small_segments().replace(
+        "{ name = \"ip\",          source = \"client.ip\",   type = \"ip\" },",
+        "{ name = \"ip\",          source = \"header.x-forwarded-for\",   type = \"ip\" },",
+    );
+    assert!(cfg.contains("header.x-forwarded-for"), "the default config's ip field line changed");
+    cfg
+}
+
 /// Behind a layer-7 load balancer the ip field reads `X-Forwarded-For` (docs/deployment.md).
 /// The balancer appends the address it saw to whatever the client sent, so a browser behind
 /// a proxy (or one that sends its own header) arrives with a list: the last entry is the one
@@ -236,12 +246,7 @@ fn long_user_ids_sharing_a_prefix_stay_distinct_users() {
 /// that loses the event, never the spoofable first entry. Some balancers add the port.
 #[test]
 fn an_ip_field_read_from_x_forwarded_for_takes_the_last_address_and_truncates_it() {
-    let cfg = small_segments().replace(
-        "{ name = \"ip\",          source = \"client.ip\",   type = \"ip\" },",
-        "{ name = \"ip\",          source = \"header.x-forwarded-for\",   type = \"ip\" },",
-    );
-    assert!(cfg.contains("header.x-forwarded-for"));
-    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut s = Server::start(Some(&ip_from_x_forwarded_for()), &["--shards", "1"]);
     let mut c = s.connect();
     for (order, xff) in [
         ("one", "198.51.100.77"),
@@ -272,12 +277,7 @@ fn an_ip_field_read_from_x_forwarded_for_takes_the_last_address_and_truncates_it
 /// Several lines are one list in order (RFC 9110 §5.3): its last entry is on the last line.
 #[test]
 fn an_x_forwarded_for_line_added_after_the_clients_own_is_the_address_taken() {
-    let cfg = small_segments().replace(
-        "{ name = \"ip\",          source = \"client.ip\",   type = \"ip\" },",
-        "{ name = \"ip\",          source = \"header.x-forwarded-for\",   type = \"ip\" },",
-    );
-    assert!(cfg.contains("header.x-forwarded-for"));
-    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut s = Server::start(Some(&ip_from_x_forwarded_for()), &["--shards", "1"]);
     let mut c = s.connect();
     for (order, lines) in [
         ("two", "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.81\r\n"),

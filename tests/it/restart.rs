@@ -80,30 +80,23 @@ fn fire(addr: SocketAddr, conn: &mut Option<Client>, n: u64, keep_alive: bool, t
 /// Starts the second process on the same port and journal; returns once it reported that it
 /// bound the port and waits for the first process's journal lock.
 fn start_second(addr: SocketAddr, journal: &std::path::Path) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--shards", "2", "--listen"])
-        .arg(addr.to_string())
-        .arg("--journal-dir")
-        .arg(journal)
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = stderr_lines(&mut child);
+    let (child, rx) = spawn_beside(addr, journal, &["--shards", "2", "--admin-listen", "127.0.0.1:0"]);
     wait_line(&rx, "is locked by another tracker process");
     (child, rx)
 }
 
-/// Spawns a second `tracker serve` (one shard) on `old`'s port and journal with `extra`
+/// Spawns another `tracker serve` on `addr` and `journal` (a running server's) with `extra`
 /// arguments; returns it with its stderr lines.
-fn spawn_beside(old: &Server, extra: &[&std::ffi::OsStr]) -> (Child, mpsc::Receiver<String>) {
+fn spawn_beside<S: AsRef<std::ffi::OsStr>>(
+    addr: SocketAddr,
+    journal: &std::path::Path,
+    extra: &[S],
+) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
-        .args(["serve", "--shards", "1", "--listen"])
-        .arg(old.addr.to_string())
+        .args(["serve", "--listen"])
+        .arg(addr.to_string())
         .arg("--journal-dir")
-        .arg(old.journal())
+        .arg(journal)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -140,8 +133,8 @@ fn an_hlog_path_that_cannot_be_opened_fails_the_start_before_it_waits_for_the_jo
         .replace("# hlog_path = \"tracker.hlog\"", &format!("hlog_path = \"{}\"", hlog.display()));
     assert!(text.contains("\nhlog_path = "), "config/tracker.toml's hlog_path line changed; update this test");
     std::fs::write(&cfg, text).unwrap();
-    let (mut second, rx) =
-        spawn_beside(&old, &["--config".as_ref(), cfg.as_ref(), "--admin-listen".as_ref(), "127.0.0.1:0".as_ref()]);
+    let args = ["--shards", "1", "--config", cfg.to_str().unwrap(), "--admin-listen", "127.0.0.1:0"];
+    let (mut second, rx) = spawn_beside(old.addr, &old.journal(), &args);
     let status = wait_child(&mut second, "of an hlog path that cannot be opened");
     // The child has exited: its stderr ends, and so does this.
     let err: Vec<String> = rx.iter().collect();
@@ -165,7 +158,7 @@ fn admin_probes_are_all_answered_while_a_new_process_waits_for_the_journal_lock(
     let mut old = Server::start(None, &["--shards", "1"]);
     let admin = old.admin.unwrap();
     let admin_arg = admin.to_string();
-    let (mut second, rx) = spawn_beside(&old, &["--admin-listen".as_ref(), admin_arg.as_ref()]);
+    let (mut second, rx) = spawn_beside(old.addr, &old.journal(), &["--shards", "1", "--admin-listen", &admin_arg]);
     wait_line(&rx, "is locked by another tracker process");
     // Every probe gets its answer from the old process within the bound, not a wait in the
     // new one's backlog.
@@ -219,8 +212,8 @@ fn a_collector_option_error_fails_the_start_before_it_waits_for_the_journal_lock
                [collector.options]\nbrokers = \"127.0.0.1:9092\"\nproperties = { \"no.such.prop\" = \"1\" }\n",
     )
     .unwrap();
-    let (mut second, rx) =
-        spawn_beside(&old, &["--config".as_ref(), cfg.as_ref(), "--admin-listen".as_ref(), "127.0.0.1:0".as_ref()]);
+    let args = ["--shards", "1", "--config", cfg.to_str().unwrap(), "--admin-listen", "127.0.0.1:0"];
+    let (mut second, rx) = spawn_beside(old.addr, &old.journal(), &args);
     let status = wait_child(&mut second, "of a collector option error");
     // The child has exited: its stderr ends, and so does this.
     let err: Vec<String> = rx.iter().collect();
