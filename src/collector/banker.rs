@@ -205,8 +205,9 @@ mod tests {
 
     use super::*;
 
-    fn key(fields: &[(&str, Value)]) -> String {
-        let e = CollectedEvent {
+    /// A win event with these fields.
+    fn win(fields: &[(&str, Value)]) -> CollectedEvent {
+        CollectedEvent {
             id: [0; 16],
             event_type: "win".into(),
             ts_ns: 0,
@@ -214,8 +215,11 @@ mod tests {
             seq: 1,
             flags: 0,
             fields: fields.iter().map(|(n, v)| (Arc::from(*n), v.clone())).collect(),
-        };
-        budget_key_of(&e, &["site".into(), "campaign_id".into()])
+        }
+    }
+
+    fn key(fields: &[(&str, Value)]) -> String {
+        budget_key_of(&win(fields), &["site".into(), "campaign_id".into()])
     }
 
     /// Regression: the body was serde_json's, which writes U+2028 and U+2029 raw (the shared
@@ -229,18 +233,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             over_budget: Vec::new(),
         };
-        let e = CollectedEvent {
-            id: [0; 16],
-            event_type: "win".into(),
-            ts_ns: 0,
-            shard: 0,
-            seq: 1,
-            flags: 0,
-            fields: vec![
-                (Arc::from("site"), Value::Str("a\u{2028}b\u{2029}".into())),
-                (Arc::from("price"), Value::Money(250_000)),
-            ],
-        };
+        let e = win(&[("site", Value::Str("a\u{2028}b\u{2029}".into())), ("price", Value::Money(250_000))]);
         let batch = Batch {
             key: "k".into(),
             collector: Arc::from("banker"),

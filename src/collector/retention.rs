@@ -210,7 +210,6 @@ mod tests {
     use super::*;
     use crate::event::{Event, EVENT_BYTES};
     use crate::journal::{ShardJournal, PAGE_BYTES};
-    use crate::schema::{FieldKind, FieldSchema, Schema, TypeSchema, SCHEMA_VERSION};
     use std::os::unix::fs::FileExt;
 
     /// Sets segment `path`'s `created_ns` to 0 (created long ago) and seals its header again.
@@ -233,15 +232,7 @@ mod tests {
     #[test]
     fn a_cursor_past_every_segment_keeps_the_shards_segments() {
         let d = tempfile::tempdir().unwrap();
-        let schema = Schema {
-            version: SCHEMA_VERSION,
-            event_bytes: EVENT_BYTES as u32,
-            types: vec![TypeSchema {
-                id: 0,
-                name: "impression".into(),
-                fields: vec![FieldSchema { name: "c".into(), kind: FieldKind::U64, slot: 0, offset: 0, max: 0 }],
-            }],
-        };
+        let schema = crate::collector::source::tests::schema();
         // Header page + 4 records per segment: 9 events make segments 1, 2 and 3.
         let (mut j, _) = ShardJournal::open(d.path(), 0, (PAGE_BYTES + 4 * EVENT_BYTES) as u64, &schema).unwrap();
         for s in 1..=9 {

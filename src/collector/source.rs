@@ -300,12 +300,13 @@ impl ShardSource {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::journal::{ShardJournal, PAGE_BYTES};
     use crate::schema::{FieldKind, FieldSchema, TypeSchema, SCHEMA_VERSION};
 
-    fn schema() -> Schema {
+    /// One type, `impression`, with one u64 field `c`: the collectors' tests' journal schema.
+    pub(in crate::collector) fn schema() -> Schema {
         Schema {
             version: SCHEMA_VERSION,
             event_bytes: EVENT_BYTES as u32,
