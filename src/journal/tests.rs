@@ -491,6 +491,72 @@ fn writeback_starts_in_whole_pages_below_the_write_position_and_loses_nothing() 
     assert!(got.iter().all(|(_, e)| e.slots[0] == e.seq * 10 && e.is_sealed_intact()));
 }
 
+/// Which pages of `path` in `[from, to)` are in the page cache (`mincore` of a fresh map: it
+/// reports the cache, not this map's page tables).
+fn resident_pages(path: &Path, from: usize, to: usize) -> Vec<bool> {
+    let file = fs::File::open(path).unwrap();
+    // SAFETY: a read-only map of a file this test owns; nothing reads through it.
+    let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let mut vec = vec![0u8; (to - from).div_ceil(PAGE_BYTES)];
+    // SAFETY: the range lies inside the live map, page-aligned at `from`; `vec` holds one byte
+    // per page of it.
+    let rc = unsafe { libc::mincore(map.as_ptr().add(from) as *mut libc::c_void, to - from, vec.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    vec.iter().map(|b| b & 1 == 1).collect()
+}
+
+#[test]
+fn written_pages_leave_the_page_cache_behind_the_kept_window_and_stay_readable() {
+    use super::segment::{CACHE_KEPT_BYTES, WRITEBACK_STEP};
+    // `interval` (writeback started step by step) and `always` (msynced, then unmapped).
+    for start_writeback in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let seg_bytes = (CACHE_KEPT_BYTES + 8 * WRITEBACK_STEP) as u64;
+        let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
+        let path = j.segment_path().to_path_buf();
+        let header = j.released_off();
+        let per_step = (WRITEBACK_STEP / EVENT_BYTES) as u64;
+        let mut next = 1u64;
+        let mut step = |j: &mut ShardJournal| {
+            append_seqs(j, next..next + per_step);
+            next += per_step;
+            if start_writeback {
+                j.start_writeback();
+            } else {
+                j.sync().unwrap();
+                j.unmap_written();
+            }
+        };
+        // Past the kept window by two steps, then every page clean (written back).
+        let steps_kept = CACHE_KEPT_BYTES / WRITEBACK_STEP;
+        for _ in 0..steps_kept + 2 {
+            step(&mut j);
+        }
+        j.sync().unwrap();
+        // The next step drops the step below the kept window, now surely clean (the one
+        // before it was dropped while its writeback may still have been running): those pages
+        // leave the cache.
+        let released = j.released_off();
+        step(&mut j);
+        let (gone_from, gone_to) = (released - WRITEBACK_STEP - CACHE_KEPT_BYTES, released - CACHE_KEPT_BYTES);
+        assert!(header < gone_from);
+        let gone = resident_pages(&path, gone_from, gone_to);
+        assert!(
+            gone.iter().all(|r| !r),
+            "still cached: {} of {} pages",
+            gone.iter().filter(|r| **r).count(),
+            gone.len()
+        );
+        // The kept window, which collectors read right behind the writer, is still cached.
+        let kept = resident_pages(&path, gone_to, released);
+        assert!(kept.iter().all(|r| *r), "dropped from the window: {}", kept.iter().filter(|r| !**r).count());
+        // Every record is still there, read back from the disk where it left the cache.
+        j.sync().unwrap();
+        let mut r = JournalReader::open(dir.path()).unwrap();
+        assert_eq!(seqs(&read_all(&mut r)), (1..next).collect::<Vec<_>>(), "start_writeback {start_writeback}");
+    }
+}
+
 #[test]
 fn after_reopening_writeback_starts_at_the_last_page_not_over_the_recovered_tail() {
     let dir = tempfile::tempdir().unwrap();
