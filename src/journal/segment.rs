@@ -504,6 +504,17 @@ impl Active {
     }
 }
 
+/// Hands the clean page cache of `len` bytes of `file` from `from` (0: to the end) back to the
+/// kernel. POSIX_FADV_DONTNEED never drops a dirty, under-writeback or mapped page (it starts
+/// writeback of dirty ones instead), so no data is at risk, only the cost of reading it again.
+fn drop_cache(file: &File, from: usize, len: usize) {
+    // SAFETY: posix_fadvise on a descriptor we own; no memory is passed. A failure only leaves
+    // the pages cached.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), from as libc::off64_t, len as libc::off64_t, libc::POSIX_FADV_DONTNEED)
+    };
+}
+
 /// Write-faults every page of `b` (which must be page-aligned at its start): MADV_POPULATE_WRITE
 /// (Linux ≥ 5.14) in one call, else a store of the byte already there into each page.
 fn prefault(b: &mut [u8]) {
@@ -605,6 +616,10 @@ pub struct ShardJournal {
     header_bytes: usize,
     active: Active,
     retired: Option<Retired>,
+    /// The segment left at the last rotation, whose page cache (the kept window and the step
+    /// not yet released when it was left) is handed back once it is written back and the
+    /// active segment holds a kept window of its own (`release_step`).
+    left_cached: Option<File>,
     /// Segment N+1 being made on a helper thread (`ahead.rs`); None while none is.
     ahead: Option<Ahead>,
     /// The directory entry of the active segment is on disk. Cleared when a rotation renames a
@@ -813,6 +828,7 @@ impl ShardJournal {
             header_bytes,
             active,
             retired: None,
+            left_cached: None,
             ahead: None,
             rename_durable: Arc::new(AtomicBool::new(rename_durable)),
             segments_made_ahead: 0,
@@ -948,19 +964,17 @@ impl ShardJournal {
         // that policy leaves to the kernel.
         let drop_to = from.saturating_sub(CACHE_KEPT_BYTES);
         if drop_written && drop_to > a.dropped_off {
-            // SAFETY: posix_fadvise on the segment's own descriptor; no memory is passed. A
-            // failure only leaves the pages cached.
-            unsafe {
-                libc::posix_fadvise(
-                    a.file.as_raw_fd(),
-                    a.dropped_off as libc::off64_t,
-                    (drop_to - a.dropped_off) as libc::off64_t,
-                    libc::POSIX_FADV_DONTNEED,
-                )
-            };
+            drop_cache(&a.file, a.dropped_off, drop_to - a.dropped_off);
             a.dropped_off = drop_to;
         }
         a.released_off = to;
+        // The segment left at the last rotation, once its records are msynced (no `Retired`
+        // waits) and this one keeps a window of its own: what it still has cached goes too.
+        if drop_to > 0 && self.retired.is_none() {
+            if let Some(f) = self.left_cached.take() {
+                drop_cache(&f, 0, 0);
+            }
+        }
     }
 
     /// For the `none` sync policy: from now on nothing but `sync()` (which a clean stop calls)
@@ -1108,6 +1122,10 @@ impl ShardJournal {
                 self.rotation_msync_error.get_or_insert(e);
             }
         }
+        // The segment left before: msynced just now, or long ago.
+        if let Some(f) = self.left_cached.take() {
+            drop_cache(&f, 0, 0);
+        }
         // A `.seg` already under the next number was published by an earlier rotation that
         // failed after its rename (the directory fsync or the mmap failed). A reader may hold
         // that file open, waiting at its first slot, and would never see records written to
@@ -1127,6 +1145,9 @@ impl ShardJournal {
             None => self.create_active(number)?,
         };
         let old = std::mem::replace(&mut self.active, next);
+        if !self.kernel_writeback_only {
+            self.left_cached = Some(old.file);
+        }
         if old.write_off > old.synced_off && !self.kernel_writeback_only {
             self.retired = Some(Retired { path: old.path, map: old.map, from: old.synced_off, to: old.write_off });
         }

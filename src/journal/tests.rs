@@ -558,6 +558,49 @@ fn written_pages_leave_the_page_cache_behind_the_kept_window_and_stay_readable()
 }
 
 #[test]
+fn a_segment_left_at_rotation_leaves_the_page_cache_once_the_next_keeps_its_own_window() {
+    use super::segment::{CACHE_KEPT_BYTES, WRITEBACK_STEP};
+    for start_writeback in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let seg_bytes = (CACHE_KEPT_BYTES + 4 * WRITEBACK_STEP) as u64;
+        let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
+        let first = j.segment_path().to_path_buf();
+        let per_step = (WRITEBACK_STEP / EVENT_BYTES) as u64;
+        let mut next = 1u64;
+        let mut step = |j: &mut ShardJournal| {
+            append_seqs(j, next..next + per_step);
+            next += per_step;
+            if start_writeback {
+                j.start_writeback();
+            } else {
+                j.sync().unwrap();
+                j.unmap_written();
+            }
+        };
+        while j.segment_number() == 1 {
+            step(&mut j);
+        }
+        // The interval sync writes the segment left at rotation; until then it stays cached.
+        j.sync().unwrap();
+        let len = fs::metadata(&first).unwrap().len() as usize;
+        assert!(resident_pages(&first, 0, len).iter().any(|r| *r), "the left segment's tail is cached");
+        while j.released_off() <= CACHE_KEPT_BYTES + WRITEBACK_STEP {
+            step(&mut j);
+        }
+        let left = resident_pages(&first, 0, len);
+        assert!(
+            left.iter().all(|r| !r),
+            "still cached: {} of {} pages",
+            left.iter().filter(|r| **r).count(),
+            left.len()
+        );
+        j.sync().unwrap();
+        let mut r = JournalReader::open(dir.path()).unwrap();
+        assert_eq!(seqs(&read_all(&mut r)), (1..next).collect::<Vec<_>>(), "start_writeback {start_writeback}");
+    }
+}
+
+#[test]
 fn after_reopening_writeback_starts_at_the_last_page_not_over_the_recovered_tail() {
     let dir = tempfile::tempdir().unwrap();
     let (mut j, _) = ShardJournal::open(dir.path(), 0, 8 << 20, &schema_a()).unwrap();
