@@ -111,7 +111,7 @@ pub const JOURNAL_KEYS: &[KeySpec] = &[
     k("journal", "dir", "path", "", Str("journal"), Rule("non-empty"), "",
       "Root directory of the journal: one subdirectory per shard of segment files. `--journal-dir` overrides it."),
     k("journal", "segment_bytes", "integer", "bytes", Int(64 << 20), Range(SEGMENT_BYTES_MIN as i64, SEGMENT_BYTES_MAX as i64), "multiple of 4096",
-      "Size of each segment file; preallocated and prefaulted, so also the disk and page-cache cost of the segment being written."),
+      "Size of each segment file; preallocated, so also the disk space the segment being written holds (plus one made ahead)."),
     k("journal", "sync", "string", "", Str("interval"), OneOf(&["none", "interval", "always"]), "",
       "When the journal is msync'ed: never explicitly (survives a process crash, not a power loss), every sync_interval_ms, or after every batch the drain writes."),
     k("journal", "sync_interval_ms", "integer", "ms", Int(1000), Range(1, 3_600_000), "",
