@@ -194,6 +194,9 @@ pub fn parse<'b, 'h>(
                 if hosts > 1 {
                     return Err(invalid(400, "more than one Host header"));
                 }
+                if !valid_host(h.value) {
+                    return Err(invalid(400, "invalid Host header"));
+                }
             }
             6 if name.eq_ignore_ascii_case(b"expect") => {
                 // Other expectations are ignored, which RFC 9110 §10.1.1 permits.
@@ -390,6 +393,76 @@ fn parse_content_length(v: &[u8]) -> Result<usize, ParseError> {
     }
     Ok(n)
 }
+
+/// Whether a Host field value is valid (RFC 9112 §3.2): empty, or `uri-host [ ":" port ]` with
+/// RFC 3986's grammar — an IP-literal (`[` IPv6address or IPvFuture `]`), or a reg-name
+/// (unreserved / pct-encoded / sub-delims, which also covers IPv4address); `port = *DIGIT`.
+/// Refused, so that no later reader mistakes part of it for something else: a path (`/`),
+/// userinfo (`@`), a query or fragment, spaces, a second `:`, an unclosed `[`, raw UTF-8 (IDNs
+/// come as `xn--`). Runs on every request: one table load per byte of a host name of a few
+/// dozen bytes; only a bracketed literal goes through std's (non-allocating) IPv6 parser.
+fn valid_host(v: &[u8]) -> bool {
+    let port = if v.first() == Some(&b'[') {
+        let Some(close) = memchr::memchr(b']', v) else {
+            return false;
+        };
+        if !valid_ip_literal(&v[1..close]) {
+            return false;
+        }
+        &v[close + 1..]
+    } else {
+        let mut i = 0;
+        while i < v.len() {
+            if REG_NAME[v[i] as usize] {
+                i += 1;
+            } else if v[i] == b'%' && i + 2 < v.len() && v[i + 1].is_ascii_hexdigit() && v[i + 2].is_ascii_hexdigit() {
+                i += 3;
+            } else {
+                break;
+            }
+        }
+        &v[i..]
+    };
+    match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
+}
+
+/// What is between the brackets of an IP-literal: `IPv6address`, or
+/// `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )`.
+fn valid_ip_literal(a: &[u8]) -> bool {
+    match a {
+        [b'v' | b'V', rest @ ..] => {
+            let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+                return false;
+            };
+            let (version, tail) = (&rest[..dot], &rest[dot + 1..]);
+            !version.is_empty()
+                && version.iter().all(u8::is_ascii_hexdigit)
+                && !tail.is_empty()
+                && tail.iter().all(|&b| REG_NAME[b as usize] || b == b':')
+        }
+        // std's parser allocates nothing; it takes no zone id, as RFC 3986 takes none either.
+        _ => std::str::from_utf8(a).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok()),
+    }
+}
+
+/// Bytes a reg-name holds as they are (RFC 3986 §3.2.2): unreserved and sub-delims. `%` starts
+/// a pct-encoded triplet and is checked apart.
+const REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=');
+        i += 1;
+    }
+    t
+};
 
 /// Splits the request target into path and query (RFC 9112 §3.2). Origin-form is what we
 /// expect; absolute-form must be accepted by servers and is reduced to its path; `*` is only
@@ -1053,6 +1126,85 @@ mod tests {
     fn rejects_more_than_one_host() {
         rejects(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", 400, "more than one Host header");
         rejects(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", 400, "more than one Host header");
+    }
+
+    /// RFC 9112 §3.2: `Host = uri-host [ ":" port ]` (RFC 3986: IP-literal, IPv4address or
+    /// reg-name; `port = *DIGIT`), or empty.
+    #[test]
+    fn accepts_valid_host_values() {
+        let hosts = [
+            "",
+            "a",
+            "t.example",
+            "T.Example.:8080",
+            "t.example:",
+            "127.0.0.1",
+            "127.0.0.1:65535",
+            "xn--bcher-kva.example",
+            "a-b_c~d.e",
+            "%41b%7e",
+            "!$&'()*+,;=",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:DB8::7]",
+            "[::ffff:192.0.2.1]:1",
+            "[v1.fe80::a+en1]",
+            "[V7f.a~:!]",
+        ];
+        for v in hosts {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {v}\r\n\r\n");
+            with(raw.as_bytes(), |r| assert_eq!(r.map(|r| r.header("host")), Ok(Some(v.as_bytes())), "{v:?}"));
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_host_values() {
+        let hosts: [&[u8]; 36] = [
+            b"a b",
+            b"a/b",
+            b"a/",
+            b"u@a",
+            b"a?b",
+            b"a#b",
+            b"a\"b",
+            b"a<b",
+            b"a>b",
+            b"a\\b",
+            b"a^b",
+            b"a`b",
+            b"a{b",
+            b"a|b",
+            b"a}b",
+            b"a[b",
+            b"a]",
+            b"a:80:81",
+            b"::1",
+            b"a:8o",
+            b"a:-1",
+            b"a: 80",
+            b"a%",
+            b"a%4",
+            b"a%zz",
+            b"caf\xc3\xa9.example",
+            b"a\tb",
+            b"[::1",
+            b"[::1]x",
+            b"[::1]:x",
+            b"[]",
+            b"[::g]",
+            b"[1.2.3.4]",
+            b"[v1.]",
+            b"[vz.a]",
+            b"[v1.a/b]",
+        ];
+        for v in hosts {
+            let mut raw = b"GET / HTTP/1.1\r\nHost: ".to_vec();
+            raw.extend_from_slice(v);
+            raw.extend_from_slice(b"\r\n\r\n");
+            rejects(&raw, 400, "invalid Host header");
+        }
+        // Also in HTTP/1.0, where Host is optional but, when sent, must be valid.
+        rejects(b"GET / HTTP/1.0\r\nHost: a/b\r\n\r\n", 400, "invalid Host header");
     }
 
     /// Deterministic mutation run: no input may panic, and every accepted head stays inside

@@ -38,6 +38,40 @@ fn malformed_and_ambiguous_requests_are_400_and_close() {
     assert_eq!(s.stop(), 0);
 }
 
+/// RFC 9112 §3.2: a request whose Host is not `uri-host [":" port]` (or empty) is a 400. A
+/// server that takes such a Host lets a client put a path, credentials or a second port where a
+/// proxy, a log reader or a virtual-host table expects a host name.
+#[test]
+fn an_invalid_host_is_400_and_close() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let hosts: &[&[u8]] = &[b"t/evil", b"u@t", b"t:80:81", b"t:8o", b"t?x", b"t#x", b"t x", b"t\\x", b"[::1", b"t<x>"];
+    for host in hosts {
+        let mut raw = b"GET /i?c=1 HTTP/1.1\r\nHost: ".to_vec();
+        raw.extend_from_slice(host);
+        raw.extend_from_slice(b"\r\n\r\n");
+        let mut c = s.connect();
+        c.send(&raw);
+        let r = c.read_response(false);
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (400, &b"invalid Host header\n"[..]),
+            "Host {:?}",
+            String::from_utf8_lossy(host)
+        );
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(c.is_closed());
+    }
+    // Valid forms are served, on one kept-alive connection: empty, host:port, IP literals.
+    let mut c = s.connect();
+    for host in ["", "t.example:8080", "127.0.0.1:1", "[::1]:8080", "[v1.x]"] {
+        c.send(format!("GET /i?c=2 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!(r.status, 200, "Host {host:?}: {:?}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 5, "only the valid requests became events");
+}
+
 #[test]
 fn http_1_2_is_served_as_1_1_and_a_major_version_2_gets_505() {
     let mut s = Server::start(None, &["--shards", "1"]);
