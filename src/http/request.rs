@@ -181,7 +181,7 @@ pub fn parse<'b, 'h>(
     // One pass over the fields; the length switch keeps the common headers (User-Agent,
     // Accept, Cookie, …) to one integer compare each.
     let mut content_length: Option<usize> = None;
-    let mut chunked = false;
+    let mut codings = TransferCodings::default();
     let mut hosts = 0u32;
     let mut close = false;
     let mut keep_alive_token = false;
@@ -219,27 +219,37 @@ pub fn parse<'b, 'h>(
                 }
                 content_length = Some(parse_content_length(h.value)?);
             }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                if chunked {
-                    return Err(invalid(400, "more than one Transfer-Encoding header"));
-                }
-                // Only the bare `chunked` coding: a list (`gzip, chunked`) would mean decoding
-                // we do not do, and `identity` is obsolete (RFC 9112 §6.1 dropped it).
-                if !h.value.eq_ignore_ascii_case(b"chunked") {
-                    return Err(invalid(400, "unsupported Transfer-Encoding (only chunked)"));
-                }
-                chunked = true;
-            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => codings.add_field_line(h.value)?,
             _ => {}
         }
     }
 
-    if chunked && content_length.is_some() {
-        return Err(invalid(400, "both Content-Length and Transfer-Encoding"));
-    }
-    if chunked && version_minor == 0 {
-        // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
-        return Err(invalid(400, "Transfer-Encoding in an HTTP/1.0 request"));
+    // Framing first (400: nothing after this request can be trusted), then whether we
+    // implement the codings (501).
+    let chunked = codings.present;
+    if chunked {
+        if !codings.chunked && !codings.other {
+            // Only empty list members: no coding named at all.
+            return Err(TE_MALFORMED);
+        }
+        if content_length.is_some() {
+            return Err(invalid(400, "both Content-Length and Transfer-Encoding"));
+        }
+        if version_minor == 0 {
+            // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
+            return Err(invalid(400, "Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if !codings.chunked_last {
+            // RFC 9112 §6.3: then the body's length cannot be determined, and the server MUST
+            // answer 400 — which takes precedence over §6.1's SHOULD 501 for `gzip` alone.
+            return Err(invalid(400, "Transfer-Encoding does not end in chunked"));
+        }
+        if codings.other {
+            // RFC 9112 §6.1: a coding we do not understand (`gzip, chunked`). We implement none
+            // but chunked (`identity` is not one any more). The connection still closes: we do
+            // not read the body to skip it.
+            return Err(invalid(501, "unsupported transfer coding (only chunked)"));
+        }
     }
     if version_minor == 1 && hosts == 0 {
         return Err(invalid(400, "missing Host header"));
@@ -260,6 +270,142 @@ pub fn parse<'b, 'h>(
 
     Ok(Request { method, path, query, version_minor, head_len, framing, keep_alive, expect_continue, headers })
 }
+
+const TE_MALFORMED: ParseError = invalid(400, "malformed Transfer-Encoding");
+
+/// The Transfer-Encoding field lines of a request, read as the one list they make (RFC 9110
+/// §5.3): `#transfer-coding`, `transfer-coding = token *( OWS ";" OWS transfer-parameter )`
+/// (RFC 9112 §7). Only what framing and the 400/501 choice need is kept.
+#[derive(Debug, Default)]
+struct TransferCodings {
+    /// A Transfer-Encoding field line was present, even an empty one.
+    present: bool,
+    /// `chunked` was named (at most once: a second is refused as it is met).
+    chunked: bool,
+    /// The last coding named so far is `chunked`.
+    chunked_last: bool,
+    /// A coding other than `chunked` was named.
+    other: bool,
+}
+
+impl TransferCodings {
+    /// Adds one field line's codings. Syntax errors and a second `chunked` are refused at once.
+    fn add_field_line(&mut self, v: &[u8]) -> Result<(), ParseError> {
+        self.present = true;
+        // The whole field as browsers, curl and every HTTP library send it: one compare.
+        if v.eq_ignore_ascii_case(b"chunked") {
+            return self.add(true);
+        }
+        let mut i = 0;
+        loop {
+            // OWS and empty list members (RFC 9110 §5.6.1: a recipient ignores them).
+            while i < v.len() && matches!(v[i], b' ' | b'\t' | b',') {
+                i += 1;
+            }
+            if i == v.len() {
+                return Ok(());
+            }
+            let name = token(v, &mut i)?;
+            let chunked = name.eq_ignore_ascii_case(b"chunked");
+            skip_ows(v, &mut i);
+            let mut parameters = false;
+            while v.get(i) == Some(&b';') {
+                // transfer-parameter = token BWS "=" BWS ( token / quoted-string )
+                i += 1;
+                skip_ows(v, &mut i);
+                token(v, &mut i)?;
+                skip_ows(v, &mut i);
+                if v.get(i) != Some(&b'=') {
+                    return Err(TE_MALFORMED);
+                }
+                i += 1;
+                skip_ows(v, &mut i);
+                if v.get(i) == Some(&b'"') {
+                    quoted_string(v, &mut i)?;
+                } else {
+                    token(v, &mut i)?;
+                }
+                skip_ows(v, &mut i);
+                parameters = true;
+            }
+            if !matches!(v.get(i), None | Some(b',')) {
+                return Err(TE_MALFORMED);
+            }
+            if chunked && parameters {
+                // RFC 9112 §7.1 defines none; another reader may or may not take it as chunked.
+                return Err(invalid(400, "chunked with parameters in Transfer-Encoding"));
+            }
+            self.add(chunked)?;
+        }
+    }
+
+    fn add(&mut self, chunked: bool) -> Result<(), ParseError> {
+        if chunked {
+            // RFC 9112 §6.1: a sender MUST NOT apply chunked more than once.
+            if self.chunked {
+                return Err(invalid(400, "chunked more than once in Transfer-Encoding"));
+            }
+            self.chunked = true;
+        } else {
+            self.other = true;
+        }
+        self.chunked_last = chunked;
+        Ok(())
+    }
+}
+
+/// `1*tchar` at `v[*i..]`, advancing past it; an empty token is malformed.
+fn token<'v>(v: &'v [u8], i: &mut usize) -> Result<&'v [u8], ParseError> {
+    let start = *i;
+    while *i < v.len() && TCHAR[v[*i] as usize] {
+        *i += 1;
+    }
+    if *i == start {
+        return Err(TE_MALFORMED);
+    }
+    Ok(&v[start..*i])
+}
+
+/// A quoted-string starting at `v[*i] == b'"'`, advancing past its closing quote. The head scan
+/// has already refused control bytes other than HTAB, so only the quote and backslash matter.
+fn quoted_string(v: &[u8], i: &mut usize) -> Result<(), ParseError> {
+    debug_assert_eq!(v.get(*i), Some(&b'"'));
+    *i += 1;
+    loop {
+        match v.get(*i) {
+            None => return Err(TE_MALFORMED),
+            Some(b'"') => {
+                *i += 1;
+                return Ok(());
+            }
+            Some(b'\\') if *i + 1 < v.len() => *i += 2,
+            Some(b'\\') => return Err(TE_MALFORMED),
+            Some(_) => *i += 1,
+        }
+    }
+}
+
+fn skip_ows(v: &[u8], i: &mut usize) {
+    while *i < v.len() && matches!(v[*i], b' ' | b'\t') {
+        *i += 1;
+    }
+}
+
+/// tchar (RFC 9110 §5.6.2): the bytes of a token.
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            );
+        i += 1;
+    }
+    t
+};
 
 /// 414 if the request line (after the empty lines RFC 9112 §2.2 lets a client send before it)
 /// is longer than `max` bytes without its CRLF — known as soon as `max + 2` bytes hold no LF.
@@ -949,25 +1095,107 @@ mod tests {
     }
 
     #[test]
-    fn rejects_transfer_encoding_other_than_chunked() {
-        let why = "unsupported Transfer-Encoding (only chunked)";
-        for v in ["gzip", "identity", "gzip, chunked", "chunked, chunked", "chunked;q=1", "xchunked", ""] {
+    fn accepts_chunked_as_the_only_coding_of_a_list() {
+        // Empty list members are ignored (RFC 9110 §5.6.1), and so is an empty field line.
+        for v in ["chunked", "CHUNKED", ", chunked", "chunked ,", " ,, chunked, "] {
+            with(&head_with(&format!("Transfer-Encoding: {v}")), |r| {
+                assert_eq!(r.map(|r| r.framing), Ok(BodyFraming::Chunked), "{v:?}")
+            });
+        }
+        let two_lines = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\nTransfer-Encoding: chunked\r\n\r\n";
+        with(two_lines, |r| assert_eq!(r.map(|r| r.framing), Ok(BodyFraming::Chunked)));
+    }
+
+    /// RFC 9112 §6.1: a well-formed coding list ending in chunked, with a coding before it we do
+    /// not implement, is 501 (the framing is known; the content's coding is not).
+    #[test]
+    fn an_unsupported_coding_before_chunked_is_501() {
+        let why = "unsupported transfer coding (only chunked)";
+        for v in [
+            "gzip, chunked",
+            "deflate,chunked",
+            "GZIP , Chunked",
+            "x-custom, chunked",
+            "identity, chunked",
+            "gzip;level=1, chunked",
+            "gzip ; q = \"a, b\\\"\" , chunked",
+            ", gzip,, chunked ,",
+        ] {
+            rejects(&head_with(&format!("Transfer-Encoding: {v}")), 501, why);
+        }
+        // Two field lines make one list (RFC 9110 §5.3).
+        let two_lines = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n";
+        rejects(two_lines, 501, why);
+    }
+
+    /// RFC 9112 §6.3: in a request whose codings do not end in chunked the body's length cannot
+    /// be known, and the server MUST answer 400 — so `gzip` alone is 400, not 501.
+    #[test]
+    fn a_coding_list_that_does_not_end_in_chunked_is_400() {
+        let why = "Transfer-Encoding does not end in chunked";
+        for v in ["gzip", "deflate", "identity", "xchunked", "chunked, gzip", "gzip, chunked, deflate"] {
+            rejects(&head_with(&format!("Transfer-Encoding: {v}")), 400, why);
+        }
+        let two_lines = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n";
+        rejects(two_lines, 400, why);
+    }
+
+    #[test]
+    fn chunked_twice_is_400() {
+        let why = "chunked more than once in Transfer-Encoding";
+        for v in ["chunked, chunked", "chunked,,Chunked", "gzip, chunked, chunked"] {
             rejects(&head_with(&format!("Transfer-Encoding: {v}")), 400, why);
         }
         rejects(
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             400,
-            "more than one Transfer-Encoding header",
+            why,
         );
     }
 
     #[test]
+    fn a_malformed_coding_list_is_400() {
+        for v in [
+            "",
+            ",",
+            " , ,",
+            "chunked chunked",
+            "gzip/1, chunked",
+            "\"gzip\", chunked",
+            "gzip;, chunked",
+            "gzip;a, chunked",
+            "gzip;a=, chunked",
+            "gzip;=1, chunked",
+            "gzip;a=\"x, chunked",
+            "gzip;a=b c, chunked",
+        ] {
+            rejects(&head_with(&format!("Transfer-Encoding: {v}")), 400, "malformed Transfer-Encoding");
+        }
+        // chunked defines no parameters (RFC 9112 §7.1).
+        rejects(&head_with("Transfer-Encoding: chunked;q=1"), 400, "chunked with parameters in Transfer-Encoding");
+    }
+
+    #[test]
     fn rejects_transfer_encoding_in_http10() {
-        rejects(
-            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-            400,
-            "Transfer-Encoding in an HTTP/1.0 request",
-        );
+        for te in ["chunked", "gzip, chunked", "gzip"] {
+            rejects(
+                format!("POST / HTTP/1.0\r\nTransfer-Encoding: {te}\r\n\r\n").as_bytes(),
+                400,
+                "Transfer-Encoding in an HTTP/1.0 request",
+            );
+        }
+    }
+
+    #[test]
+    fn content_length_with_any_transfer_encoding_is_400_not_501() {
+        for te in ["gzip, chunked", "gzip"] {
+            rejects(
+                format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: {te}\r\n\r\n")
+                    .as_bytes(),
+                400,
+                "both Content-Length and Transfer-Encoding",
+            );
+        }
     }
 
     // ---- rejections: bytes that do not belong in a head ----
@@ -1211,8 +1439,9 @@ mod tests {
     /// its buffer and its limits (the fuzz target's invariants, cheaply, on every test run).
     #[test]
     fn mutated_inputs_never_panic() {
-        let seeds: [&[u8]; 4] = [
+        let seeds: [&[u8]; 5] = [
             b"GET /p?a=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            b"POST /e HTTP/1.1\r\nHost: [::1]:80\r\nTransfer-Encoding: x;q=\"a\\\"b\", chunked\r\n\r\n0\r\n\r\n",
             b"POST /e HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
             b"GET / HTTP/1.0\r\nContent-Length: 12\r\n\r\n",
             b"GET /v?ev=start HTTP/1.2\r\nHost: a\r\n\r\n",

@@ -169,7 +169,7 @@ pub fn preflight(
 
 /// An error response with `reason` (plus a newline) as its text/plain body.
 ///
-/// `status` is one of 400, 403, 404, 405, 408, 413, 414, 415, 429, 431, 500, 503, 505; anything else
+/// `status` is one of 400, 403, 404, 405, 408, 413, 414, 415, 429, 431, 500, 501, 503, 505; anything else
 /// is a bug in the caller (debug assertion) and is sent as 500. 405 carries `Allow: {allow}`
 /// (e.g. `GET, HEAD`), 503 carries `Retry-After: 1`. `allow_origin`: see [`json`] (a browser
 /// shows a cross-origin script the reason only with it).
@@ -264,6 +264,7 @@ fn status_text(status: u16) -> Option<&'static [u8]> {
         429 => b"429 Too Many Requests",
         431 => b"431 Request Header Fields Too Large",
         500 => b"500 Internal Server Error",
+        501 => b"501 Not Implemented",
         503 => b"503 Service Unavailable",
         505 => b"505 HTTP Version Not Supported",
         _ => return None,
@@ -563,6 +564,7 @@ mod tests {
             (413, "413 Content Too Large"),
             (414, "414 URI Too Long"),
             (431, "431 Request Header Fields Too Large"),
+            (501, "501 Not Implemented"),
         ] {
             let mut out = buf();
             error(&mut out, status, "r", true, false, 1, DATE, None, None).unwrap();

@@ -88,11 +88,12 @@ pub enum Status {
     S415,
     S429,
     S431,
+    S501,
     S503,
     S505,
 }
 
-pub const STATUSES: [Status; 15] = [
+pub const STATUSES: [Status; 16] = [
     Status::S200,
     Status::S204,
     Status::S302,
@@ -106,6 +107,7 @@ pub const STATUSES: [Status; 15] = [
     Status::S415,
     Status::S429,
     Status::S431,
+    Status::S501,
     Status::S503,
     Status::S505,
 ];
@@ -126,6 +128,7 @@ impl Status {
             Status::S415 => 415,
             Status::S429 => 429,
             Status::S431 => 431,
+            Status::S501 => 501,
             Status::S503 => 503,
             Status::S505 => 505,
         }
@@ -145,6 +148,7 @@ impl Status {
             415 => Status::S415,
             429 => Status::S429,
             431 => Status::S431,
+            501 => Status::S501,
             503 => Status::S503,
             505 => Status::S505,
             _ => Status::S400,

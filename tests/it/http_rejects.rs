@@ -29,7 +29,13 @@ fn malformed_and_ambiguous_requests_are_400_and_close() {
         b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nX-A: a\rb\r\n\r\n",
         b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nX-A: a\r\n  folded\r\n\r\n",
         b"GET /i?c=1 HTTP/1.1\r\n\r\n",
+        // Codings that do not end in chunked: the body's length cannot be known (RFC 9112 §6.3).
         b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST /batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        b"POST /batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+        b"POST /batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: , ,\r\n\r\n",
+        b"POST /batch HTTP/1.0\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"POST /batch HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
         b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ];
     for raw in cases {
@@ -70,6 +76,31 @@ fn an_invalid_host_is_400_and_close() {
     }
     assert_eq!(s.stop(), 0);
     assert_eq!(journal_cat(&s.journal()).len(), 5, "only the valid requests became events");
+}
+
+/// RFC 9112 §6.1: a transfer coding the server does not implement, in a list that ends in
+/// chunked, is 501 (Not Implemented) rather than 400: the request is well formed, the server
+/// lacks the coding. The connection still closes: the body that follows is not read as one.
+#[test]
+fn an_unsupported_transfer_coding_is_501_and_close() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let cases: &[&[u8]] = &[
+        b"POST /batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n",
+        b"POST /batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: deflate\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: x-custom;a=\"1, 2\", chunked\r\n\r\n0\r\n\r\n",
+    ];
+    for raw in cases {
+        let mut c = s.connect();
+        c.send(raw);
+        let r = c.read_response(false);
+        let what = String::from_utf8_lossy(raw);
+        assert_eq!((r.status, &r.body[..]), (501, &b"unsupported transfer coding (only chunked)\n"[..]), "{what}");
+        assert_eq!(r.header("connection"), Some("close"), "{what}");
+        assert!(c.is_closed(), "{what}");
+    }
+    assert_eq!(s.connect().get("/i?c=1").status, 200);
+    assert_eq!(requests_with_status(&s, "501"), 3.0);
+    assert_eq!(s.stop(), 0);
 }
 
 #[test]
