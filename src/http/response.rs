@@ -167,6 +167,27 @@ pub fn preflight(
     w.finish()
 }
 
+/// The methods the tracker implements for some target, as `OPTIONS *` reports them.
+pub const ALLOW_ALL: &str = "GET, HEAD, POST, OPTIONS";
+
+/// `HTTP/1.1 204 No Content` answering `OPTIONS *` (RFC 9110 §9.3.7): a question about the
+/// server, not a resource, so `Allow` lists every method it implements. Responses to OPTIONS
+/// are not cacheable, so no Cache-Control; a 204 has no Content-Length (RFC 9110 §8.6).
+pub fn options_server(
+    out: &mut Vec<u8>,
+    keep_alive: bool,
+    version_minor: u8,
+    date: &[u8; DATE_BYTES],
+) -> Result<usize, WriteError> {
+    let mut w = Out::new(out);
+    w.status_line(b"204 No Content", date);
+    w.put(b"Allow: ");
+    w.put(ALLOW_ALL.as_bytes());
+    w.put(b"\r\n");
+    w.end_head(None, keep_alive, version_minor);
+    w.finish()
+}
+
 /// An error response with `reason` (plus a newline) as its text/plain body.
 ///
 /// `status` is one of 400, 403, 404, 405, 408, 413, 414, 415, 429, 431, 500, 501, 503, 505; anything else
@@ -699,6 +720,23 @@ mod tests {
         );
         assert_eq!(json(&mut out, b"{}", Some(b"a\nb"), true, false, 1, DATE), Err(WriteError::BadHeaderValue));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn options_server_bytes_exact() {
+        let mut out = buf();
+        options_server(&mut out, true, 1, DATE).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 204 No Content\r\n\
+             Server: tracker\r\n\
+             Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Allow: GET, HEAD, POST, OPTIONS\r\n\
+             \r\n"
+        );
+        let mut out = buf();
+        options_server(&mut out, true, 0, DATE).unwrap();
+        assert!(out.ends_with(b"Allow: GET, HEAD, POST, OPTIONS\r\nConnection: keep-alive\r\n\r\n"));
     }
 
     #[test]

@@ -430,6 +430,13 @@ fn answer(
     // Borrowed for this request only: the control task swaps both between requests on reload.
     let cfg = ctx.cfg.borrow();
     let routes = ctx.routes.borrow();
+    // `OPTIONS *` (asterisk-form, only parsed for OPTIONS): about the server as a whole.
+    if req.method == http::Method::Options && req.path == b"*" {
+        counters.request(None, Status::S204);
+        let date = ctx.date.borrow();
+        let _ = http::response::options_server(wbuf, ka, v, date.get());
+        return Answer { keep_alive: ka, logged_seq: 0 };
+    }
     // CORS preflight for a POST endpoint (http::cors); never an event.
     if req.method == http::Method::Options {
         if let Route::Found(i) = routes.route(RequestMethod::Post, req.path) {

@@ -163,6 +163,38 @@ fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     assert_eq!(journal_cat(&s.journal()).len(), 1);
 }
 
+/// RFC 9110 §9.3.7, RFC 9112 §3.2.4: `OPTIONS *` asks about the server, not a resource. It is
+/// answered 204 with the methods the server implements at all, and keeps the connection; `*`
+/// with any other method is not a valid target.
+#[test]
+fn options_asterisk_is_204_with_allow_and_keeps_the_connection() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    c.send(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 204, "body {:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST, OPTIONS"));
+    assert_eq!((r.header("connection"), r.header("content-length")), (None, None));
+    // HTTP/1.0 with keep-alive, pipelined behind a pixel: both answered, in order, kept open.
+    c.send(b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\n\r\nOPTIONS * HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 200);
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.header("connection")), (204, Some("keep-alive")));
+    assert_eq!(c.get("/i?c=2").status, 200);
+    for raw in [
+        &b"GET * HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+        b"HEAD * HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"POST * HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        b"DELETE * HTTP/1.1\r\nHost: t\r\n\r\n",
+    ] {
+        expect_reject(&s, raw, 400);
+    }
+    assert_eq!(requests_with_status(&s, "204"), 2.0);
+    assert_eq!(s.stop(), 0);
+    // The two pixels and expect_reject's four probes; OPTIONS is never an event.
+    assert_eq!(journal_cat(&s.journal()).len(), 6);
+}
+
 #[test]
 fn a_slow_header_or_body_is_answered_408_at_the_deadline() {
     let cfg = "[server]\nheader_read_timeout_ms = 300\n".to_string() + &crate::pipeline::default_endpoints_and_events();
