@@ -174,23 +174,33 @@ impl Schema {
     }
 }
 
-/// Writes `b` as a JSON string; bytes that are not UTF-8 become U+FFFD. U+2028 and U+2029 are
+/// Writes `b` as a JSON string; valid UTF-8 as its text, each byte that is not part of valid
+/// UTF-8 as a lone surrogate escape `\udc80`..`\udcff` (below). U+2028 and U+2029 are
 /// escaped too: JSON allows them raw, but JavaScript before ES2019 ends a line at them, so a
 /// consumer that embeds our JSON in a script would break on an event carrying one.
 pub fn json_str(out: &mut String, b: &[u8]) {
-    let s = String::from_utf8_lossy(b);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || is_js_line_separator(c) => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 || is_js_line_separator(c) => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
             }
-            c => out.push(c),
+        }
+        // A byte that is not part of valid UTF-8 (always 0x80..=0xFF) as the lone low surrogate
+        // U+DC80 + (byte - 0x80), PEP 383's "surrogateescape": valid JSON text, and never the
+        // escape of a valid string (UTF-8 cannot hold a surrogate), so different bytes stay
+        // different strings where U+FFFD made them one. Python reads the bytes back with
+        // `s.encode("utf-8", "surrogateescape")`.
+        for &x in chunk.invalid() {
+            let _ = write!(out, "\\u{:04x}", 0xdc00 + u32::from(x));
         }
     }
     out.push('"');
@@ -261,6 +271,22 @@ mod tests {
         json_str(&mut out, "a\u{2028}b\u{2029}c\u{2027}".as_bytes());
         assert_eq!(out, "\"a\\u2028b\\u2029c\u{2027}\"");
         assert_eq!(serde_json::from_str::<String>(&out).unwrap(), "a\u{2028}b\u{2029}c\u{2027}");
+    }
+
+    /// Regression: invalid bytes became U+FFFD, so `a\xff` and `a\xfe` were written alike.
+    #[test]
+    fn json_strings_keep_bytes_that_are_not_utf8_apart_as_lone_surrogates() {
+        let j = |b: &[u8]| {
+            let mut out = String::new();
+            json_str(&mut out, b);
+            out
+        };
+        assert_eq!(j(b"a\xff"), r#""a\udcff""#);
+        assert_eq!(j(b"a\xfe"), r#""a\udcfe""#);
+        // A truncated sequence, then valid text again; U+FFFD itself stays as it is.
+        assert_eq!(j(b"\xe2\x82x\xc3\xa9\xef\xbf\xbd"), "\"\\udce2\\udc82x\u{e9}\u{fffd}\"");
+        // Valid UTF-8 is written as before, and reads back with a strict parser.
+        assert_eq!(j("a%FF\u{fffd}".as_bytes()), "\"a%FF\u{fffd}\"");
     }
 
     #[test]

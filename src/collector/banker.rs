@@ -12,6 +12,7 @@
 //! (per attempt, default 5000). Every field named must be in the collector's `fields`.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::json;
@@ -70,7 +71,8 @@ pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
 }
 
 /// `campaign_id=7` or `campaign_id=7,line_item=3`; a missing field reads `-`; in a string value
-/// `,` `=` `%` are percent-encoded, and so is a value that is just `-`.
+/// `,` `=` `%` are percent-encoded, and so is a value that is just `-`, and each byte that is
+/// not part of valid UTF-8 (`%FF`: since `%` itself is always encoded, that can only be the byte).
 pub fn budget_key_of(e: &CollectedEvent, fields: &[String]) -> String {
     let mut k = String::new();
     for (i, f) in fields.iter().enumerate() {
@@ -85,13 +87,14 @@ pub fn budget_key_of(e: &CollectedEvent, fields: &[String]) -> String {
             // Escaped so that no two different values read the same: `,` and `=` would end
             // the value early, and `-` alone is a missing field.
             Some(Value::Str(s)) if s == "-" => k.push_str("%2D"),
-            Some(Value::Str(s)) => {
-                for c in s.chars() {
-                    match c {
-                        ',' => k.push_str("%2C"),
-                        '=' => k.push_str("%3D"),
-                        '%' => k.push_str("%25"),
-                        c => k.push(c),
+            Some(Value::Str(s)) => push_escaped(&mut k, s),
+            // Made lossy (U+FFFD), `a%FF` and `a%FE` were one key, and one site was charged
+            // the other's spend.
+            Some(Value::Bytes(b)) => {
+                for chunk in b.utf8_chunks() {
+                    push_escaped(&mut k, chunk.valid());
+                    for x in chunk.invalid() {
+                        let _ = write!(k, "%{x:02X}");
                     }
                 }
             }
@@ -100,6 +103,17 @@ pub fn budget_key_of(e: &CollectedEvent, fields: &[String]) -> String {
         }
     }
     k
+}
+
+fn push_escaped(k: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            ',' => k.push_str("%2C"),
+            '=' => k.push_str("%3D"),
+            '%' => k.push_str("%25"),
+            c => k.push(c),
+        }
+    }
 }
 
 impl Banker {
@@ -263,5 +277,19 @@ mod tests {
         // A value that is just `-` is not a missing field, and `%` stays unambiguous.
         assert_ne!(key(&[("site", s("-"))]), key(&[]));
         assert_ne!(key(&[("site", s("%2C"))]), key(&[("site", s(","))]));
+    }
+
+    /// Regression: the projection made invalid bytes U+FFFD, so `a%FF` and `a%FE` were one key.
+    #[test]
+    fn bytes_that_are_not_utf8_are_percent_encoded_and_never_meet_a_valid_value() {
+        let s = |v: &str| Value::Str(v.into());
+        let b = |v: &[u8]| Value::Bytes(v.to_vec());
+        assert_eq!(key(&[("site", b(b"a\xff"))]), "site=a%FF,campaign_id=-");
+        assert_eq!(key(&[("site", b(b"a\xfe"))]), "site=a%FE,campaign_id=-");
+        // The valid text `a%FF`: its `%` is encoded, so it cannot read as the byte.
+        assert_eq!(key(&[("site", s("a%FF"))]), "site=a%25FF,campaign_id=-");
+        // Valid parts of an invalid value are escaped as in a valid one.
+        assert_eq!(key(&[("site", b(b",=%-\xc3"))]), "site=%2C%3D%25-%C3,campaign_id=-");
+        assert_eq!(key(&[("site", b(b"\xe2\x82"))]), "site=%E2%82,campaign_id=-");
     }
 }

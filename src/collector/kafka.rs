@@ -265,11 +265,12 @@ impl Collector for Kafka {
             e.write_json(&mut value);
             let id = e.id_string();
             let topic = topic_tpl.replace("{type}", &e.event_type);
-            let key: Option<String> = match &self.key {
-                KeyFrom::Id => Some(id.clone()),
+            let key: Option<Vec<u8>> = match &self.key {
+                KeyFrom::Id => Some(id.clone().into_bytes()),
                 KeyFrom::None => None,
-                // The value's text (money `0.250000`, not micros): key and value agree.
-                KeyFrom::Field(f) => e.field(f).map(Value::to_string),
+                // The value's text (money `0.250000`, not micros): key and value agree. A string
+                // not valid UTF-8 keys by its stored bytes, never a lossy text two values share.
+                KeyFrom::Field(f) => e.field(f).map(Value::key_bytes),
             };
             let headers = OwnedHeaders::new()
                 .insert(Header { key: "id", value: Some(id.as_bytes()) })

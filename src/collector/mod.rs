@@ -152,13 +152,33 @@ pub enum Value {
     I64(i64),
     /// Signed micros of the currency unit: 0.25 is 250000.
     Money(i64),
+    /// A string field's value, when its stored bytes are valid UTF-8 (nearly always).
     Str(String),
+    /// A string field's value whose stored bytes are not valid UTF-8 (a query value `%FF` is
+    /// the byte 0xFF), carried as they are: mapping them to text (U+FFFD) would make two
+    /// different values, and so two budget keys or Kafka keys, the same. In JSON each byte of an
+    /// invalid sequence is written as a lone surrogate escape (see [`crate::schema::json_str`]).
+    Bytes(Vec<u8>),
     Ip(IpAddr),
+}
+
+impl Value {
+    /// The bytes a key taken from this value is made of (a Kafka message key): the stored bytes
+    /// of a string, as they are; the [`Display`](std::fmt::Display) text of anything else. Two
+    /// different values never give the same bytes.
+    pub fn key_bytes(&self) -> Vec<u8> {
+        match self {
+            Value::Str(s) => s.as_bytes().to_vec(),
+            Value::Bytes(b) => b.clone(),
+            v => v.to_string().into_bytes(),
+        }
+    }
 }
 
 /// The value's text, as in the event's JSON (a string without its quotes and escapes): money
 /// as a decimal with 6 places (`0.250000`, never the micros). A Kafka key taken from a field is
-/// this text, so key and value say the same.
+/// this text ([`Value::key_bytes`]), so key and value say the same. For people only: a
+/// [`Value::Bytes`] shows each invalid byte as U+FFFD here, so that text is not a key.
 impl std::fmt::Display for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -170,6 +190,7 @@ impl std::fmt::Display for Value {
                 write!(f, "{sign}{}.{:06}", a / 1_000_000, a % 1_000_000)
             }
             Value::Str(s) => f.write_str(s),
+            Value::Bytes(b) => f.write_str(&String::from_utf8_lossy(b)),
             Value::Ip(ip) => write!(f, "{ip}"),
         }
     }
@@ -227,6 +248,7 @@ impl CollectedEvent {
                     let _ = write!(out, "{v}");
                 }
                 Value::Str(s) => json_str(out, s.as_bytes()),
+                Value::Bytes(b) => json_str(out, b),
                 Value::Ip(_) => {
                     let _ = write!(out, "\"{v}\"");
                 }

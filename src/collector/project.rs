@@ -66,7 +66,12 @@ impl Projection {
                     if o + m > e.bytes.len() {
                         continue;
                     }
-                    Value::Str(String::from_utf8_lossy(e.str_at(slot, o, m)).into_owned())
+                    // Stored as received: not lossy, so different bytes stay different values.
+                    let b = e.str_at(slot, o, m);
+                    match std::str::from_utf8(b) {
+                        Ok(s) => Value::Str(s.to_owned()),
+                        Err(_) => Value::Bytes(b.to_vec()),
+                    }
                 }
                 FieldKind::Ip => {
                     let o = f.offset as usize;

@@ -1240,3 +1240,48 @@ fn a_head_of_a_billing_notice_is_not_spend() {
     assert_eq!(b["keys"]["campaign_id=7"]["spend_micros"], 1_750_000, "{b}");
     assert_eq!(s.stop(), 0);
 }
+
+/// Regression: string values are stored as bytes (`%FF` decodes to the byte 0xFF), but the
+/// projection read them with `from_utf8_lossy`, so `a%FF` and `a%FE` both reached the collectors
+/// as `a\u{FFFD}`: the banker summed two sites' spend under one budget key, and JSONL lines and
+/// `journal cat` could not tell them apart. Valid UTF-8 (here a literal `a%FF`) is unchanged.
+#[test]
+fn string_values_that_are_not_utf8_stay_apart_at_the_banker_and_in_json() {
+    let data = tempfile::tempdir().unwrap();
+    let banker = Banker::start(data.path());
+    let out = tempfile::tempdir().unwrap();
+    let jsonl = out.path().join("sites.jsonl");
+    let collectors = format!(
+        "[[collector]]\nname = \"banker\"\nkind = \"banker\"\nevents = [\"impression\"]\n\
+         fields = [\"site\", \"price\"]\nlinger_ms = 20\nretry_initial_ms = 20\nretry_max_ms = 200\n\
+         [collector.options]\nurl = \"http://{}\"\nbudget_key = [\"site\"]\ntimeout_ms = 2000\n{}",
+        banker.addr,
+        jsonl_collector("sites", &jsonl, "[\"impression\"]", "[\"site\"]")
+    );
+    let mut s = Server::start(Some(&config(&collectors)), &["--shards", "1"]);
+    let mut c = s.connect();
+    for (i, (site, price)) in [("a%FF", "1.000000"), ("a%FE", "0.250000"), ("a%25FF", "0.030000")].iter().enumerate() {
+        let r = c.get(&format!("/i?c=7&p={price}&imp=imp-{i}&site={site}"));
+        assert_eq!(r.status, 200, "{site}: {:?}", String::from_utf8_lossy(&r.body));
+    }
+    wait_for("three events at the banker", WAIT, || banker_metric(&s, "tracker_collector_events_total") == Some(3));
+    let b = banker.balance();
+    assert_eq!(b["keys"]["site=a%FF"]["spend_micros"], 1_000_000, "{b}");
+    assert_eq!(b["keys"]["site=a%FE"]["spend_micros"], 250_000, "{b}");
+    // The valid text `a%FF` keeps its `%` escaped as the protocol always did.
+    assert_eq!(b["keys"]["site=a%25FF"]["spend_micros"], 30_000, "{b}");
+    assert_eq!(b["keys"].as_object().unwrap().len(), 3, "{b}");
+    // JSON: an invalid byte is a lone surrogate escape U+DC80 + byte - 0x80 (PEP 383), which no
+    // valid UTF-8 string can produce; valid text is written as before.
+    wait_for("three JSONL lines", WAIT, || std::fs::read_to_string(&jsonl).unwrap_or_default().lines().count() == 3);
+    let lines = std::fs::read_to_string(&jsonl).unwrap();
+    let sites: Vec<&str> = lines.lines().map(|l| &l[l.find(",\"site\":").expect(l)..]).collect();
+    assert_eq!(sites, [r#","site":"a\udcff"}"#, r#","site":"a\udcfe"}"#, r#","site":"a%FF"}"#]);
+    assert_eq!(s.stop(), 0);
+    let cat = Command::new(BIN).args(["journal", "cat", "--journal-dir"]).arg(s.journal()).output().unwrap();
+    assert!(cat.status.success(), "{}", String::from_utf8_lossy(&cat.stderr));
+    let cat = String::from_utf8(cat.stdout).unwrap();
+    for site in [r#""site":"a\udcff""#, r#""site":"a\udcfe""#, r#""site":"a%FF""#] {
+        assert_eq!(cat.matches(site).count(), 1, "{site} in {cat}");
+    }
+}
