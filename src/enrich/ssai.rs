@@ -15,7 +15,10 @@
 //! Outcome: no `X-Device-IP` → nothing to do; valid → the event's client ip and user agent are
 //! the device's (then truncated / hashed by the privacy step like any other; no
 //! `X-Device-User-Agent` → no user agent, not the stitcher's own), and budgets
-//! charge the device's prefix; anything else → the headers are ignored (the peer address is
+//! charge the device's prefix; valid but an address no remote viewer has (loopback,
+//! unspecified, link-local, multicast, broadcast: [`usable_device_ip`]) → refused, 400
+//! `X-Device-IP is not a client address`, counted as `ssai_device_ip_unusable`; anything else
+//! → the headers are ignored (the peer address is
 //! used) and the request counted as `ssai_unauthenticated`. No allocation: the keyed HMAC
 //! states are cloned per request, the tag compared in constant time.
 
@@ -53,6 +56,42 @@ pub enum Device<'a> {
     Trusted { ip: IpAddr, user_agent: &'a [u8] },
     /// Present but not authenticated (or no keys configured): ignored, counted.
     Untrusted,
+    /// Authenticated, but the address cannot be a remote viewer's ([`usable_device_ip`]): a
+    /// stitcher forwarding its own hop's address or an unset default. Refused (400).
+    Unusable,
+}
+
+/// True when `ip` can be the address of a viewer a stitcher served from afar: not unspecified
+/// (`0.0.0.0`, `::`), `0.0.0.0/8` ("this network"), loopback, link-local, multicast or the
+/// broadcast address — in any of its IPv4-mapped (`::ffff:a.b.c.d`) or NAT64 (`64:ff9b::/96`)
+/// forms. Such an address says nothing about the viewer, and would be budgeted wrongly:
+/// loopback is exempt from budgets (`budget.exempt_loopback`), so a stitcher sending 127.0.0.1
+/// had no limit; the others would put every such viewer in one shared bucket. Private and
+/// shared (CGNAT) ranges are usable: an operator's own stitcher may well see its subscribers so.
+pub fn usable_device_ip(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None if o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0] => {
+                    IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+                }
+                None => IpAddr::V6(v6),
+            }
+        }
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(a) => {
+            !(a.octets()[0] == 0 || a.is_loopback() || a.is_link_local() || a.is_multicast() || a.is_broadcast())
+        }
+        IpAddr::V6(a) => {
+            // fe80::/10, link-local unicast.
+            let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
+            !(a.is_unspecified() || a.is_loopback() || link_local || a.is_multicast())
+        }
+    }
 }
 
 impl SsaiAuth {
@@ -122,7 +161,8 @@ pub fn device<'a>(
         return Device::Untrusted;
     }
     match std::str::from_utf8(ip_raw).ok().and_then(|s| s.trim().parse::<IpAddr>().ok()) {
-        Some(ip) => Device::Trusted { ip, user_agent: ua.unwrap_or(b"") },
+        Some(ip) if usable_device_ip(ip) => Device::Trusted { ip, user_agent: ua.unwrap_or(b"") },
+        Some(_) => Device::Unusable,
         None => Device::Untrusted,
     }
 }
@@ -179,5 +219,48 @@ mod tests {
             device(Some(&a), b"/v", b"", &[Header { name: "X-Device-IP", value: b"1.2.3.4" }], NOW),
             Device::Untrusted
         );
+        // Signed, but no viewer's address.
+        let sig = a.sign("s1", NOW, b"/v", b"", b"::ffff:127.0.0.1", b"").unwrap();
+        let hs = [
+            Header { name: "X-Device-IP", value: b"::ffff:127.0.0.1" },
+            Header { name: "X-Tracker-Auth", value: sig.as_bytes() },
+        ];
+        assert_eq!(device(Some(&a), b"/v", b"", &hs, NOW), Device::Unusable);
+    }
+
+    #[test]
+    fn device_addresses_no_remote_viewer_has_are_unusable() {
+        let usable = |s: &str| usable_device_ip(s.parse().unwrap());
+        for bad in [
+            "127.0.0.1",
+            "127.255.0.9",
+            "::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "::",
+            "169.254.169.254",
+            "fe80::1",
+            "febf::1",
+            "224.0.0.1",
+            "ff02::1",
+            "255.255.255.255",
+            "::ffff:0.0.0.0",
+        ] {
+            assert!(!usable(bad), "{bad}");
+        }
+        for good in [
+            "198.51.100.7",
+            "10.1.2.3",
+            "192.168.1.1",
+            "100.64.0.1",
+            "2001:db8::1",
+            "fc00::1",
+            "fec0::1",
+            "64:ff9b::198.51.100.7",
+        ] {
+            assert!(usable(good), "{good}");
+        }
     }
 }

@@ -179,6 +179,9 @@ pub enum Reason {
     /// X-Device-IP from a sender that did not authenticate: the headers were ignored (the
     /// request itself was served as usual).
     SsaiUnauthenticated,
+    /// X-Device-IP from an authenticated stitcher, but an address no remote viewer has
+    /// (loopback, unspecified, link-local, multicast, broadcast): 400, nothing logged.
+    SsaiDeviceIpUnusable,
     /// The journal is failing (disk full, I/O error): a `logged` endpoint answered 503, or a
     /// connection waiting for the journal was closed without its responses.
     JournalUnavailable,
@@ -187,7 +190,7 @@ pub enum Reason {
     SourceConnectionLimit,
 }
 
-pub const REASONS: [Reason; 12] = [
+pub const REASONS: [Reason; 13] = [
     Reason::Malformed,
     Reason::Field,
     Reason::RingFull,
@@ -198,6 +201,7 @@ pub const REASONS: [Reason; 12] = [
     Reason::OverBudget,
     Reason::PriceIntegrity,
     Reason::SsaiUnauthenticated,
+    Reason::SsaiDeviceIpUnusable,
     Reason::JournalUnavailable,
     Reason::SourceConnectionLimit,
 ];
@@ -215,6 +219,7 @@ impl Reason {
             Reason::OverBudget => "over_budget",
             Reason::PriceIntegrity => "price_integrity",
             Reason::SsaiUnauthenticated => "ssai_unauthenticated",
+            Reason::SsaiDeviceIpUnusable => "ssai_device_ip_unusable",
             Reason::JournalUnavailable => "journal_unavailable",
             Reason::SourceConnectionLimit => "source_connection_limit",
         }

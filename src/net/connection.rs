@@ -494,6 +494,16 @@ fn answer(
         ssai::Device::Absent => {}
         ssai::Device::Trusted { ip, user_agent } => (client_ip, device_ua) = (ip, Some(user_agent)),
         ssai::Device::Untrusted => counters.reject(Reason::SsaiUnauthenticated),
+        // Signed, but no viewer's address: charged as itself it would be exempt (loopback) or
+        // one bucket for all such viewers, and journaled it says nothing. Refused, so the
+        // stitcher's operator sees the bug rather than a budget bypass or silent bad data.
+        ssai::Device::Unusable => {
+            counters.reject(Reason::SsaiDeviceIpUnusable);
+            counters.request(Some(ep.counter), Status::S400);
+            let why = "X-Device-IP is not a client address";
+            write_error(ctx, wbuf, Status::S400, why, ka, head, v, None, allow_origin);
+            return Answer { keep_alive: ka, logged_seq: 0 };
+        }
     }
     // Per-source budget, before anything is decoded. `drop` endpoints answer as usual below and
     // only skip the publish; `reject` endpoints answer 429 now.

@@ -122,3 +122,81 @@ fn each_item_of_a_batch_is_charged_to_the_sources_budget() {
     let n = journal_cat(&s.journal()).iter().filter(|e| e["kind"] == "budgeted").count();
     assert_eq!(n, accepted);
 }
+
+/// The embedded config with a 1/s budget of burst `burst` that exempts loopback (the default),
+/// and the SSAI key `st1` (0x5a × 32).
+fn ssai_config(burst: u32) -> String {
+    let cfg = tracker::config::DEFAULT_TOML
+        .replace("rate_per_s = 1000\n", "rate_per_s = 1\n")
+        .replace("burst = 2000\n", &format!("burst = {burst}\n"))
+        .replace(
+            "# ssai_skew_s = 300",
+            &format!("[[privacy.ssai_key]]\nid = \"st1\"\nsecret_hex = \"{}\"\n", "5a".repeat(32)),
+        );
+    assert!(cfg.contains("rate_per_s = 1\n") && cfg.contains("exempt_loopback = true") && cfg.contains("\"st1\""));
+    cfg
+}
+
+/// A billing notice from a stitcher that signs `X-Device-IP: device`.
+fn signed_bill(c: &mut Client, i: usize, device: &str) -> Response {
+    let auth = tracker::enrich::ssai::SsaiAuth::new(vec![("st1".into(), vec![0x5a; 32])], 300);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let query = format!("auction=a{i}&price=1");
+    let sig = auth.sign("st1", now, b"/bill", query.as_bytes(), device.as_bytes(), b"").unwrap();
+    c.send(
+        format!("GET /bill?{query} HTTP/1.1\r\nHost: t\r\nX-Device-IP: {device}\r\nX-Tracker-Auth: {sig}\r\n\r\n")
+            .as_bytes(),
+    );
+    c.read_response(false)
+}
+
+/// Regression: a signed `X-Device-IP` of 127.0.0.1 (or `::1`, `::ffff:127.0.0.1`) was charged
+/// as that address, which `exempt_loopback` never limits: a stitcher forwarding a loopback
+/// address (its own hop's, or one a viewer put in a header it trusts) had no budget at all.
+/// Addresses that cannot be a remote viewer's are now refused with a 400 that says why.
+#[test]
+fn a_signed_device_address_that_is_no_clients_is_refused_not_exempt_from_the_budget() {
+    let mut s = Server::start(Some(&ssai_config(3)), &["--shards", "1"]);
+    let mut c = s.connect();
+    let unusable = [
+        "127.0.0.1",
+        "::1",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+        "::",
+        "0.1.2.3",
+        "224.0.0.1",
+        "ff02::1",
+        "255.255.255.255",
+        "169.254.1.1",
+        "fe80::1",
+    ];
+    let mut i = 0;
+    for device in unusable {
+        for _ in 0..10 {
+            i += 1;
+            let r = signed_bill(&mut c, i, device);
+            assert_eq!(
+                (r.status, String::from_utf8_lossy(&r.body).trim()),
+                (400, "X-Device-IP is not a client address"),
+                "{device}"
+            );
+        }
+    }
+    // A usable device address (a private one included) is charged as before: its burst of 3,
+    // then 429 (a refill during a slow run may let one more pass).
+    for device in ["198.51.100.7", "10.1.2.3"] {
+        let passed = (0..10).take_while(|_| {
+            i += 1;
+            signed_bill(&mut c, i, device).status == 204
+        });
+        let passed = passed.count();
+        assert!((3..=5).contains(&passed), "{device}: {passed} passed");
+    }
+    let m = s.admin_get("/metrics");
+    let m = String::from_utf8_lossy(&m.body);
+    assert!(m.contains("tracker_rejects_total{reason=\"ssai_device_ip_unusable\"} 110"), "{m}");
+    assert_eq!(s.stop(), 0);
+    let bills = journal_cat(&s.journal()).iter().filter(|e| e["type"] == "bill").count();
+    assert!((6..=10).contains(&bills), "{bills}: only the usable devices' bills are journaled");
+}
