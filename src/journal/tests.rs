@@ -505,6 +505,27 @@ fn resident_pages(path: &Path, from: usize, to: usize) -> Vec<bool> {
     vec.iter().map(|b| b & 1 == 1).collect()
 }
 
+/// Appends one WRITEBACK_STEP of records (numbered on from `next`), then releases it as the
+/// drain does: `interval` starts its writeback, `always` msyncs it first.
+struct StepWriter {
+    next: u64,
+    start_writeback: bool,
+}
+
+impl StepWriter {
+    fn step(&mut self, j: &mut ShardJournal) {
+        let per_step = (super::segment::WRITEBACK_STEP / EVENT_BYTES) as u64;
+        append_seqs(j, self.next..self.next + per_step);
+        self.next += per_step;
+        if self.start_writeback {
+            j.start_writeback();
+        } else {
+            j.sync().unwrap();
+            j.unmap_written();
+        }
+    }
+}
+
 #[test]
 fn written_pages_leave_the_page_cache_behind_the_kept_window_and_stay_readable() {
     use super::segment::{CACHE_KEPT_BYTES, WRITEBACK_STEP};
@@ -515,29 +536,18 @@ fn written_pages_leave_the_page_cache_behind_the_kept_window_and_stay_readable()
         let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
         let path = j.segment_path().to_path_buf();
         let header = j.released_off();
-        let per_step = (WRITEBACK_STEP / EVENT_BYTES) as u64;
-        let mut next = 1u64;
-        let mut step = |j: &mut ShardJournal| {
-            append_seqs(j, next..next + per_step);
-            next += per_step;
-            if start_writeback {
-                j.start_writeback();
-            } else {
-                j.sync().unwrap();
-                j.unmap_written();
-            }
-        };
+        let mut w = StepWriter { next: 1, start_writeback };
         // Past the kept window by two steps, then every page clean (written back).
         let steps_kept = CACHE_KEPT_BYTES / WRITEBACK_STEP;
         for _ in 0..steps_kept + 2 {
-            step(&mut j);
+            w.step(&mut j);
         }
         j.sync().unwrap();
         // The next step drops the step below the kept window, now surely clean (the one
         // before it was dropped while its writeback may still have been running): those pages
         // leave the cache.
         let released = j.released_off();
-        step(&mut j);
+        w.step(&mut j);
         let (gone_from, gone_to) = (released - WRITEBACK_STEP - CACHE_KEPT_BYTES, released - CACHE_KEPT_BYTES);
         assert!(header < gone_from);
         let gone = resident_pages(&path, gone_from, gone_to);
@@ -553,7 +563,7 @@ fn written_pages_leave_the_page_cache_behind_the_kept_window_and_stay_readable()
         // Every record is still there, read back from the disk where it left the cache.
         j.sync().unwrap();
         let mut r = JournalReader::open(dir.path()).unwrap();
-        assert_eq!(seqs(&read_all(&mut r)), (1..next).collect::<Vec<_>>(), "start_writeback {start_writeback}");
+        assert_eq!(seqs(&read_all(&mut r)), (1..w.next).collect::<Vec<_>>(), "start_writeback {start_writeback}");
     }
 }
 
@@ -565,27 +575,16 @@ fn a_segment_left_at_rotation_leaves_the_page_cache_once_the_next_keeps_its_own_
         let seg_bytes = (CACHE_KEPT_BYTES + 4 * WRITEBACK_STEP) as u64;
         let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
         let first = j.segment_path().to_path_buf();
-        let per_step = (WRITEBACK_STEP / EVENT_BYTES) as u64;
-        let mut next = 1u64;
-        let mut step = |j: &mut ShardJournal| {
-            append_seqs(j, next..next + per_step);
-            next += per_step;
-            if start_writeback {
-                j.start_writeback();
-            } else {
-                j.sync().unwrap();
-                j.unmap_written();
-            }
-        };
+        let mut w = StepWriter { next: 1, start_writeback };
         while j.segment_number() == 1 {
-            step(&mut j);
+            w.step(&mut j);
         }
         // The interval sync writes the segment left at rotation; until then it stays cached.
         j.sync().unwrap();
         let len = fs::metadata(&first).unwrap().len() as usize;
         assert!(resident_pages(&first, 0, len).iter().any(|r| *r), "the left segment's tail is cached");
         while j.released_off() <= CACHE_KEPT_BYTES + WRITEBACK_STEP {
-            step(&mut j);
+            w.step(&mut j);
         }
         let left = resident_pages(&first, 0, len);
         assert!(
@@ -596,7 +595,7 @@ fn a_segment_left_at_rotation_leaves_the_page_cache_once_the_next_keeps_its_own_
         );
         j.sync().unwrap();
         let mut r = JournalReader::open(dir.path()).unwrap();
-        assert_eq!(seqs(&read_all(&mut r)), (1..next).collect::<Vec<_>>(), "start_writeback {start_writeback}");
+        assert_eq!(seqs(&read_all(&mut r)), (1..w.next).collect::<Vec<_>>(), "start_writeback {start_writeback}");
     }
 }
 
