@@ -5,7 +5,7 @@
 //!   `journal.retention_age_s` ago. With no collector, age alone decides. The collectors'
 //!   batch logs of deleted segments go with them.
 //! - When the segment files on disk (the next one made ahead and any set aside as `.corrupt`
-//!   included) exceed `journal.size_bytes_max`, [`journal_over_limit`] turns
+//!   or `.unpublished` included) exceed `journal.size_bytes_max`, [`journal_over_limit`] turns
 //!   true: `logged` endpoints answer 503 and `/ready` reports it (503), instead of the
 //!   disk filling up; it turns false once retention (or an operator) freed space.
 
@@ -20,6 +20,7 @@ use super::cursor;
 use crate::config::Config;
 use crate::journal::{
     list_segments, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile, CORRUPT_SUFFIX, TMP_SUFFIX,
+    UNPUBLISHED_SUFFIX,
 };
 
 static OVER_LIMIT: AtomicBool = AtomicBool::new(false);
@@ -80,6 +81,7 @@ fn file_path(dir: &Path, n: u64, kind: SegmentFile) -> PathBuf {
         SegmentFile::Live => "",
         SegmentFile::Tmp => TMP_SUFFIX,
         SegmentFile::Corrupt => CORRUPT_SUFFIX,
+        SegmentFile::Unpublished => UNPUBLISHED_SUFFIX,
     });
     path.into()
 }
@@ -127,8 +129,9 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
             }
         };
         // The size limit is there to keep the disk from filling: the next segment made ahead
-        // (`.seg.tmp`, preallocated whole) and segments set aside (`.seg.corrupt`) take disk
-        // too, up to a segment per shard beyond the limit if left out. Retention deletes neither.
+        // (`.seg.tmp`, preallocated whole) and segments set aside (`.seg.corrupt`,
+        // `.seg.unpublished`) take disk too, up to a segment per shard beyond the limit if left
+        // out. Retention deletes none of them.
         for &(n, kind) in files.iter().filter(|&&(_, k)| k != SegmentFile::Live) {
             bytes += fs::metadata(file_path(&dir, n, kind)).map_or(0, |m| m.len());
         }

@@ -9,7 +9,9 @@
 //! # What must hold
 //! - **Readers never see it early.** Until the rename it is a `.tmp`: readers ignore it, and a
 //!   newer `.seg` would tell them the segment being written is finished. An open after a crash
-//!   removes it like any other `.tmp`.
+//!   removes it like any other `.tmp` with no record in it. (One with records was renamed into
+//!   place and appended to before a power loss undid the rename: the open puts it back, or sets
+//!   it aside, `resolve_tmps` in `segment.rs`.)
 //! - **The rename becomes durable before any record in it is reported synced.** The thread
 //!   started at a rotation first fsyncs the directory (the rename just made), then sets
 //!   `rename_durable`; a `sync()` that finds it unset fsyncs the directory itself.

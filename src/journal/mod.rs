@@ -35,7 +35,11 @@
 //!               00000000000000000002.seg
 //!               00000000000000000003.seg.corrupt  header failed its checks; set aside by the writer
 //!               00000000000000000004.seg.tmp      being created, or made ahead for the next
-//!                                                 rotation (removed at open if left over)
+//!                                                 rotation (resolved at open if left over: see
+//!                                                 Recover)
+//!               00000000000000000005.seg.unpublished  a left-over .tmp holding records that
+//!                                                 could not be put into place; set aside by the
+//!                                                 writer, never read or deleted by the tracker
 //!
 //! segment:  [ header: fixed 64 bytes + schema JSON, zero-padded to 4096 × k ]
 //!           [ record 0: 512 bytes ][ record 1 ] ... [ zero slots ... ]   up to segment_bytes
@@ -54,7 +58,21 @@
 //! fsync dir). The full segment's unsynced range is flushed by the next `sync`.
 //!
 //! # Recover
-//! [`ShardJournal::open`] takes the highest-numbered segment. If the machine restarted since
+//! [`ShardJournal::open`] first resolves each left-over `.seg.tmp`, in number order. One with no
+//! intact record (a creation cut short, a segment made ahead and never used) is removed. One
+//! with intact records is a made-ahead segment a rotation renamed into place and the writer
+//! appended to, whose rename a power loss undid before the directory fsync (its blocks reached
+//! the disk, its name did not): its records were acknowledged `received` and collectors may have
+//! read them. When its header is good for this shard and number, no `N.seg` exists and N is the
+//! number after every other segment file, it is renamed back to `N.seg` (nothing in it changed)
+//! and the directory fsynced; anything else (`N.seg` exists too, N is not the next number, a
+//! header that is bad or names another shard or number) is ambiguous, so it is renamed
+//! `N.seg.unpublished` and kept, never read and never deleted, and the report's notes name it
+//! (counted by `journal.size_bytes_max` like a `.corrupt` file). A removed `.tmp`'s number is
+//! not reused after a machine restart (readers may have seen records under it that the power
+//! loss kept off the disk); a set-aside one's never is.
+//!
+//! It then takes the highest-numbered segment (a `.tmp` put back into place included). If the machine restarted since
 //! its writer opened it and that writer did not stop cleanly (`shard-NNN/writer.state`), the
 //! segment is left as it is. Otherwise its slots are scanned for the end of the intact prefix.
 //! Nothing after it = clean end; one bad slot and only zeros after it = a torn record, zeroed
@@ -96,5 +114,5 @@ pub(crate) use segment::{
 };
 pub use segment::{
     segment_path, shard_dir, RecoveryReport, ShardJournal, CORRUPT_SUFFIX, FORMAT_VERSION, HEADER_FIXED_BYTES,
-    PAGE_BYTES, SCHEMA_BYTES_MAX, SEGMENT_MAGIC, SEGMENT_NAME_DIGITS, SEGMENT_SUFFIX, TMP_SUFFIX,
+    PAGE_BYTES, SCHEMA_BYTES_MAX, SEGMENT_MAGIC, SEGMENT_NAME_DIGITS, SEGMENT_SUFFIX, TMP_SUFFIX, UNPUBLISHED_SUFFIX,
 };

@@ -59,6 +59,11 @@ pub const SEGMENT_SUFFIX: &str = ".seg";
 pub const CORRUPT_SUFFIX: &str = ".corrupt";
 /// A segment being created: it gets its final name only once its header is on disk.
 pub const TMP_SUFFIX: &str = ".tmp";
+/// Appended (instead of [`TMP_SUFFIX`]) to a `.seg.tmp` that holds records but that the writer
+/// could not put into place at open: its number is taken or is not the next one, or its header
+/// names another shard or number. Never read, never deleted by the tracker; counted by the size
+/// limit like a `.corrupt` file.
+pub const UNPUBLISHED_SUFFIX: &str = ".unpublished";
 /// Digits in a segment file name: enough for u64::MAX.
 pub const SEGMENT_NAME_DIGITS: usize = 20;
 
@@ -99,6 +104,15 @@ pub struct RecoveryReport {
     pub last_segment: u64,
     /// Intact records found in the last segment (0 when there was none).
     pub records: u64,
+    /// `.seg.tmp` files holding records that were renamed into place as `.seg`: made-ahead
+    /// segments whose rename a power loss undid after the writer had appended to them.
+    pub recovered_tmp: Vec<u64>,
+    /// `.seg.tmp` files holding records that could not be put into place, renamed
+    /// `.seg.unpublished` and kept ([`UNPUBLISHED_SUFFIX`]).
+    pub set_aside_tmp: Vec<u64>,
+    /// Lines for the operator's log besides `detail`: one per `.seg.tmp` recovered or set
+    /// aside, naming the files and the number of records.
+    pub notes: Vec<String>,
     /// Slots dropped from a torn tail of the last segment: a slot that was neither all-zero nor
     /// an intact record, with nothing but zeros after it (no reader can have read past it).
     pub torn_records: u64,
@@ -149,8 +163,11 @@ pub(crate) enum SegmentFile {
     Live,
     /// `N.seg.corrupt`: set aside by the writer.
     Corrupt,
-    /// `N.seg.tmp`: a creation that did not finish.
+    /// `N.seg.tmp`: a creation that did not finish, or a made-ahead segment whose rename a
+    /// power loss undid.
     Tmp,
+    /// `N.seg.unpublished`: a `.seg.tmp` holding records, set aside by the writer.
+    Unpublished,
 }
 
 pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, SegmentFile)> {
@@ -162,6 +179,7 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, SegmentFile)> {
         "" => SegmentFile::Live,
         CORRUPT_SUFFIX => SegmentFile::Corrupt,
         TMP_SUFFIX => SegmentFile::Tmp,
+        UNPUBLISHED_SUFFIX => SegmentFile::Unpublished,
         _ => return None,
     };
     // u64::MAX is not a segment number: nothing can follow it (the writer's and the readers'
@@ -706,25 +724,17 @@ impl ShardJournal {
             ));
         }
 
+        // A `.tmp` is a creation cut short (removed), or a made-ahead segment whose rename into
+        // place a power loss undid after records were appended to it (put back into place, or
+        // set aside when that is ambiguous): see `resolve_tmps`.
+        let tmps = resolve_tmps(&dir, &dir_file, shard, &list_segments(&dir)?)?;
         let listing = list_segments(&dir)?;
-        // A `.tmp` is a creation cut short before its header was on disk: no record was ever
-        // written to it.
-        let mut removed_tmp = false;
-        for &(n, kind) in &listing {
-            if kind == SegmentFile::Tmp {
-                let tmp = with_suffix(&segment_path(&dir, n), TMP_SUFFIX);
-                fs::remove_file(&tmp).map_err(|e| JournalError::new("remove", &tmp, e))?;
-                removed_tmp = true;
-            }
-        }
-        if removed_tmp {
-            dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", &dir, e))?;
-        }
-        // Never reuse a number, not even one set aside as .corrupt. A removed .tmp's only when
-        // the last writer ran in this boot or stopped cleanly: a made-ahead segment is renamed
-        // into place and written at once, its directory fsynced after, so a machine restart
-        // in between can bring back the .tmp while readers (a collector's cursor) had seen
-        // records under its number. In this boot a .tmp was never renamed, never read.
+        // Never reuse a number, not even one set aside as .corrupt or .unpublished. A removed
+        // .tmp's only when the last writer ran in this boot or stopped cleanly: a made-ahead
+        // segment is renamed into place and written at once, its directory fsynced after, so a
+        // machine restart in between can bring back the .tmp while readers (a collector's
+        // cursor) had seen records under its number that did not reach the disk either. In this
+        // boot a .tmp was never renamed, never read.
         let tail_trusted = writer_state::tail_trusted(&dir);
         let stopped_clean = writer_state::stopped_clean(&dir);
         // A last writer that did not stop cleanly (killed) may have left records only in the
@@ -734,12 +744,8 @@ impl ShardJournal {
         // power loss after it would lose them). One syncfs now writes them all back; when it
         // fails this run never records a clean stop.
         let leftovers_synced = if stopped_clean { Ok(()) } else { sync_fs(&dir_file, &dir) };
-        let next_free = listing
-            .iter()
-            .filter(|&&(_, k)| !(tail_trusted && k == SegmentFile::Tmp))
-            .map(|&(n, _)| n)
-            .max()
-            .map_or(1, |n| n + 1);
+        let removed_tmp_max = if tail_trusted { None } else { tmps.removed.iter().copied().max() };
+        let next_free = listing.iter().map(|&(n, _)| n).chain(removed_tmp_max).max().map_or(1, |n| n + 1);
         let last = listing.iter().rev().find(|&&(_, k)| k == SegmentFile::Live).map(|&(n, _)| n);
 
         let mut report = RecoveryReport {
@@ -751,15 +757,18 @@ impl ShardJournal {
             sealed_bad_records: 0,
             new_segment_reason: None,
             detail: None,
+            recovered_tmp: tmps.recovered,
+            set_aside_tmp: tmps.set_aside,
+            notes: tmps.notes,
         };
         let resumed = match last {
             None => {
                 report.new_segment_reason = Some("no segment in the shard directory yet");
                 None
             }
-            // Something numbered above it (a newer segment set aside as .corrupt, a .tmp): the
-            // writer left this one, and readers may have moved past it; appending here would
-            // put records where they never look again.
+            // Something numbered above it (a newer segment set aside as .corrupt or .unpublished,
+            // a .tmp of another boot removed above): the writer left this one, and readers may
+            // have moved past it; appending here would put records where they never look again.
             Some(n) if n + 1 != next_free => {
                 report.new_segment_reason =
                     Some("a newer segment than the last live one was set aside or never finished");
@@ -1304,6 +1313,135 @@ fn map_segment(file: &File, path: &Path, len: usize) -> Result<MmapMut, JournalE
 pub(crate) fn all_zero(b: &[u8]) -> bool {
     let (blocks, rest) = b.as_chunks::<64>();
     blocks.iter().all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0) && rest.iter().all(|&x| x == 0)
+}
+
+/// What [`ShardJournal::open`] did with the `.seg.tmp` files it found (`resolve_tmps`).
+struct Tmps {
+    /// Held no intact record: removed.
+    removed: Vec<u64>,
+    /// Renamed into place as `.seg`.
+    recovered: Vec<u64>,
+    /// Renamed `.seg.unpublished`.
+    set_aside: Vec<u64>,
+    notes: Vec<String>,
+}
+
+/// Resolves every `.seg.tmp` in `dir` (`listing`, ascending), before the last segment is
+/// recovered. A `.tmp` is either a creation cut short or a segment made ahead and not yet used
+/// (no record was ever written to either), or a made-ahead segment that a rotation renamed into
+/// place and the writer appended to, whose rename a power loss undid before the directory
+/// fsync made it durable (its header and records reached the disk, its name did not). Those
+/// records were acknowledged (`received`) and may have been read by collectors, so:
+/// - no intact record in it: removed, as it always was;
+/// - intact records, a header that is good for this shard and number, no `N.seg`, and N the
+///   number after every other segment file: renamed to `N.seg` (the rename undone, nothing in
+///   the file changed), then recovered as the last segment like any other;
+/// - intact records otherwise (ambiguous: `N.seg` exists too, N is not the next number, or the
+///   header is bad or names another shard or number): renamed `N.seg.unpublished` and kept,
+///   never read and never deleted, with a note naming it for the operator.
+///
+/// The directory is fsynced once after any change.
+fn resolve_tmps(dir: &Path, dir_file: &File, shard: u16, listing: &[(u64, SegmentFile)]) -> Result<Tmps, JournalError> {
+    let mut out = Tmps { removed: Vec::new(), recovered: Vec::new(), set_aside: Vec::new(), notes: Vec::new() };
+    // The highest number of a file that stays (live, .corrupt, .unpublished), as it grows.
+    let mut kept_max = listing.iter().filter(|&&(_, k)| k != SegmentFile::Tmp).map(|&(n, _)| n).max().unwrap_or(0);
+    for &(n, _) in listing.iter().filter(|&&(_, k)| k == SegmentFile::Tmp) {
+        let path = segment_path(dir, n);
+        let tmp = with_suffix(&path, TMP_SUFFIX);
+        let (header, records) = inspect_tmp(&tmp, shard, n)?;
+        if records == 0 {
+            fs::remove_file(&tmp).map_err(|e| JournalError::new("remove", &tmp, e))?;
+            out.removed.push(n);
+            continue;
+        }
+        let live_too = listing.contains(&(n, SegmentFile::Live));
+        let why_not = match header {
+            Err(bad) => Some(format!("its header does not fit: {bad}")),
+            Ok(_) if live_too => Some(format!("{} exists too", path.display())),
+            Ok(_) if n != kept_max + 1 => {
+                Some(format!("segment {n} is not the next number after segment {kept_max}, the newest kept"))
+            }
+            Ok(_) => None,
+        };
+        match why_not {
+            None => {
+                fs::rename(&tmp, &path).map_err(|e| JournalError::new("rename", &tmp, e))?;
+                out.recovered.push(n);
+                out.notes.push(format!(
+                    "{}: a made-ahead segment holding {records} record(s) whose rename into place a power loss \
+                     undid; renamed back to {} (nothing in it changed), so its records are kept and read",
+                    tmp.display(),
+                    path.display()
+                ));
+            }
+            Some(why) => {
+                let aside = with_suffix(&path, UNPUBLISHED_SUFFIX);
+                // A writer never makes a `.tmp` at or below a kept number, so only someone
+                // else's hand can have put both here: refuse rather than replace either.
+                if fs::symlink_metadata(&aside).is_ok() {
+                    return Err(JournalError::invalid(
+                        "set aside",
+                        &tmp,
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "it holds {records} record(s) that cannot be put into place ({why}), and {} already \
+                             exists; move one of them out of {} and start again",
+                            aside.display(),
+                            dir.display()
+                        ),
+                    ));
+                }
+                fs::rename(&tmp, &aside).map_err(|e| JournalError::new("rename", &tmp, e))?;
+                out.set_aside.push(n);
+                out.notes.push(format!(
+                    "{}: holds {records} record(s) but cannot be put into place: {why}; SET ASIDE as {} and \
+                     kept: collectors and `tracker journal cat` do not read it, and it counts against \
+                     journal.size_bytes_max until an operator moves or deletes it",
+                    tmp.display(),
+                    aside.display()
+                ));
+            }
+        }
+        kept_max = kept_max.max(n);
+    }
+    if !(out.removed.is_empty() && out.recovered.is_empty() && out.set_aside.is_empty()) {
+        dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", dir, e))?;
+    }
+    Ok(out)
+}
+
+/// The header check of `.seg.tmp` `tmp` as segment `number` of `shard`, and how many intact
+/// records it holds: from its header's end when the header is good, else at every slot a
+/// header could have put one (512-byte steps from the first page).
+fn inspect_tmp(tmp: &Path, shard: u16, number: u64) -> Result<(Result<SegmentHeader, HeaderError>, u64), JournalError> {
+    let file = File::open(tmp).map_err(|e| JournalError::new("open", tmp, e))?;
+    let file_bytes = file.metadata().map_err(|e| JournalError::new("stat", tmp, e))?.len();
+    let header = read_header(&file, file_bytes, shard, number).map_err(|e| JournalError::new("read header", tmp, e))?;
+    let from = header.as_ref().map_or(PAGE_BYTES, |h| h.header_bytes as usize);
+    let records = count_intact(&file, from, file_bytes as usize)
+        .map_err(|e| JournalError::with_detail("read", tmp, format!("records from offset {from}"), e))?;
+    Ok((header, records))
+}
+
+/// Intact records among the slots of `file` from `from` (a slot offset) up to `len`, read with
+/// `pread` over the file's data ranges (a preallocated, unwritten tail is not read).
+fn count_intact(file: &File, from: usize, len: usize) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 * EVENT_BYTES];
+    let mut count = 0;
+    let mut next = from;
+    for (a, b) in data_ranges(file, from, len) {
+        let mut at = (from + (a - from) / EVENT_BYTES * EVENT_BYTES).max(next);
+        while at < b && at + EVENT_BYTES <= len {
+            let slots = ((len - at) / EVENT_BYTES).min((b - at).div_ceil(EVENT_BYTES)).min(buf.len() / EVENT_BYTES);
+            let chunk = &mut buf[..slots * EVENT_BYTES];
+            file.read_exact_at(chunk, at as u64)?;
+            let intact = chunk.as_chunks::<EVENT_BYTES>().0.iter().filter(|s| Event::from_bytes(s).is_sealed_intact());
+            count += intact.count() as u64;
+            at += slots * EVENT_BYTES;
+        }
+        next = at;
+    }
+    Ok(count)
 }
 
 /// What the last writer's `writer.state` says about the last segment (see `writer_state`).

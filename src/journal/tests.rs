@@ -646,11 +646,14 @@ fn leftover_tmp_segment_is_removed_and_its_number_reused_only_within_the_writers
         }
         let tmp = shard.join("00000000000000000001.seg.tmp");
         fs::write(&tmp, [0u8; 100]).unwrap();
+        // Made ahead, header on disk, no record (or its records did not reach the disk).
+        let ahead = unrenamed_tmp(dir.path(), 2, 0, 2, &[]);
         let (_j, report) = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).unwrap();
         // In this boot a .tmp was never renamed into place, so never read; after a machine
         // restart its rename may have been lost after readers saw it.
-        assert_eq!(report.segment, if this_boot { 1 } else { 2 });
-        assert!(!tmp.exists());
+        assert_eq!(report.segment, if this_boot { 1 } else { 3 });
+        assert!(!tmp.exists() && !ahead.exists());
+        assert!(report.recovered_tmp.is_empty() && report.set_aside_tmp.is_empty() && report.notes.is_empty());
     }
 }
 
@@ -847,8 +850,10 @@ fn a_made_ahead_segments_number_is_not_reused_when_a_machine_restart_lost_its_re
     fs::write(shard.join("writer.state"), "another-boot running\n").unwrap();
     let (mut j, report) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
     assert_eq!(report.segment, 3, "segment 2 was published and read: its number is not reused");
+    assert_eq!(report.recovered_tmp, [2], "its records are put back into place, not removed");
     append_seqs(&mut j, 7..=9);
-    assert_eq!(seqs(&read_all(&mut r)), [7, 8, 9], "the reader goes on past the gap");
+    assert_eq!(seqs(&read_all(&mut r)), [7, 8, 9], "the reader goes on where it was");
+    assert_eq!(seqs(&read_all(&mut JournalReader::open(root).unwrap())), (1..=9).collect::<Vec<_>>());
 }
 
 #[test]
@@ -1059,4 +1064,169 @@ fn a_bad_last_record_after_a_clean_stop_is_damage_not_a_torn_write() {
     assert_eq!((report.segment, report.torn_records, report.sealed_bad_records), (2, 0, 1), "{report:?}");
     append_seqs(&mut j, 4..=5);
     assert_eq!(seqs(&read_all(&mut follower)), [4, 5], "nothing written where the follower had been");
+}
+
+/// Writes `shard-000/<n>.seg.tmp` as a power loss leaves a made-ahead segment whose rename into
+/// place was undone after the writer appended to it: a header for (`header_shard`,
+/// `header_number`) with schema A, then `seqs` as sealed records, in a SEG_4 file.
+fn unrenamed_tmp(root: &Path, n: u64, header_shard: u16, header_number: u64, seqs: &[u64]) -> std::path::PathBuf {
+    let shard = shard_dir(root, 0);
+    fs::create_dir_all(&shard).unwrap();
+    let tmp = shard.join(format!("{n:020}.seg.tmp"));
+    let f = fs::File::create(&tmp).unwrap();
+    f.set_len(SEG_4).unwrap();
+    f.write_all_at(&SegmentHeader::new_now(header_shard, header_number, schema_a().to_json()).encode(), 0).unwrap();
+    for (i, &s) in seqs.iter().enumerate() {
+        let mut e = ev(s);
+        e.seal();
+        f.write_all_at(e.as_bytes(), HDR + i as u64 * REC).unwrap();
+    }
+    tmp
+}
+
+/// A shard 0 journal with segments 1 and 2 full (seqs 1..=8, SEG_4) whose writer was running
+/// when the machine went down (`writer.state` names another boot).
+fn root_after_power_loss() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=8);
+    j.sync().unwrap();
+    drop(j);
+    let shard = shard_dir(dir.path(), 0);
+    // What a writer killed with the machine leaves: no made-ahead file was ever synced into place.
+    for name in tmp_files(dir.path(), 0) {
+        fs::remove_file(shard.join(name)).unwrap();
+    }
+    fs::write(shard.join("writer.state"), "another-boot running\n").unwrap();
+    dir
+}
+
+#[test]
+fn records_in_a_made_ahead_segment_whose_rename_a_power_loss_undid_are_recovered() {
+    let dir = root_after_power_loss();
+    let root = dir.path();
+    unrenamed_tmp(root, 3, 0, 3, &[9, 10]);
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+    assert!(seg_file(root, 0, 3).exists(), "renamed into place");
+    assert!(tmp_files(root, 0).iter().all(|n| n != "00000000000000000003.seg.tmp"), "{:?}", tmp_files(root, 0));
+    // Then recovered like any last segment: another boot's running writer, so left as is.
+    assert_eq!((report.last_segment, report.records, report.segment), (3, 2, 4));
+    assert_eq!(report.recovered_tmp, [3]);
+    assert!(report.notes.iter().any(|n| n.contains("00000000000000000003.seg.tmp") && n.contains("2 record(s)")));
+    append_seqs(&mut j, [11]);
+    j.sync().unwrap();
+    drop(j);
+
+    // `journal cat` reads the recovered records in order, with nothing skipped.
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), (1..=11).collect::<Vec<_>>());
+    assert_eq!(r.corrupt_records() + r.corrupt_segments(), 0);
+    assert_eq!(r.take_warnings().0.len(), 0);
+
+    // A collector whose cursor is in segment 3 (it read 9 from the page cache before the power
+    // loss) goes on from there; one whose cursor is at segment 2 reads all of segment 3.
+    use crate::collector::cursor::Position;
+    use crate::collector::source::{ShardSource, Tail};
+    let mut src = ShardSource::new(root, 0);
+    assert_eq!(src.resolve(Position { segment: 3, index: 1 }).unwrap(), Some(Position { segment: 3, index: 1 }));
+    let mut out = Vec::new();
+    assert_eq!(src.read(3, 1, None, 100, &mut out).unwrap(), Tail::Finished);
+    assert_eq!(out.iter().map(|(i, e)| (*i, e.seq)).collect::<Vec<_>>(), [(1, 10)]);
+    out.clear();
+    assert_eq!(src.read(3, 0, None, 100, &mut out).unwrap(), Tail::Finished);
+    assert_eq!(out.iter().map(|(_, e)| e.seq).collect::<Vec<_>>(), [9, 10]);
+    assert_eq!(src.corrupt_skipped + src.corrupt_segments, 0);
+}
+
+#[test]
+fn a_made_ahead_segment_with_records_is_set_aside_never_removed_when_its_place_is_ambiguous() {
+    // (tmp number, header shard, header number, whether 3.seg exists too, why)
+    let cases = [
+        (3, 0, 3, true, "exists too"),
+        (3, 1, 3, false, "header says shard 1"),
+        (3, 0, 7, false, "header says segment 7"),
+        (4, 0, 4, false, "not the next number after segment 2"),
+    ];
+    for (n, header_shard, header_number, live_too, why) in cases {
+        let dir = root_after_power_loss();
+        let root = dir.path();
+        if live_too {
+            // Segment 3 was created and its directory entry synced; a .tmp under its number
+            // (which no writer makes) holds records too.
+            let (mut j, _) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+            assert_eq!(j.segment_number(), 3);
+            append_seqs(&mut j, [9]);
+            drop(j);
+            for name in tmp_files(root, 0) {
+                fs::remove_file(shard_dir(root, 0).join(name)).unwrap();
+            }
+        }
+        let before = read_all(&mut JournalReader::open(root).unwrap());
+        let tmp = unrenamed_tmp(root, n, header_shard, header_number, &[90, 91]);
+        let tmp_bytes = fs::read(&tmp).unwrap();
+        let (mut j, report) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+        let aside = shard_dir(root, 0).join(format!("{n:020}.seg.unpublished"));
+        assert_eq!(fs::read(&aside).unwrap(), tmp_bytes, "{why}: kept whole under a name no one reads or deletes");
+        assert!(!tmp.exists(), "{why}");
+        assert_eq!((report.recovered_tmp.len(), &report.set_aside_tmp[..]), (0, &[n][..]), "{why}");
+        let note = report.notes.join("\n");
+        assert!(
+            note.contains(why) && note.contains(&aside.display().to_string()) && note.contains("2 record(s)"),
+            "{note}"
+        );
+        // (Segment 3 itself, when live, is resumed as usual.)
+        assert!(report.segment > n || live_too, "{why}: the number set aside is not reused");
+        append_seqs(&mut j, [42]);
+        drop(j);
+        // Readers never see it; the size limit counts it; retention leaves it.
+        let after = read_all(&mut JournalReader::open(root).unwrap());
+        assert_eq!(seqs(&after), [seqs(&before), vec![42]].concat(), "{why}");
+        let on_disk = |kind: &str| {
+            fs::read_dir(shard_dir(root, 0))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_str().unwrap().ends_with(kind))
+                .map(|e| e.metadata().unwrap().len())
+                .sum::<u64>()
+        };
+        assert_eq!(
+            crate::collector::retention::disk_bytes(root),
+            on_disk(".seg") + on_disk(".unpublished") + on_disk(".tmp")
+        );
+        crate::collector::retention::pass(root, &[], 1, 0);
+        assert!(aside.exists(), "{why}");
+        // Opened again: the file stays as it is, and says nothing more.
+        let (_, report) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+        assert!(aside.exists() && report.notes.is_empty(), "{why}");
+    }
+}
+
+#[test]
+fn two_made_ahead_segments_whose_renames_were_undone_are_both_put_back_in_order() {
+    let dir = root_after_power_loss();
+    let root = dir.path();
+    unrenamed_tmp(root, 3, 0, 3, &[9, 10, 11, 12]);
+    unrenamed_tmp(root, 4, 0, 4, &[13]);
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+    assert_eq!((report.recovered_tmp, report.set_aside_tmp.len(), report.segment), (vec![3, 4], 0, 5));
+    append_seqs(&mut j, [14]);
+    assert_eq!(seqs(&read_all(&mut JournalReader::open(root).unwrap())), (1..=14).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_recovered_segment_is_resumed_like_any_last_segment_when_its_tail_is_trusted() {
+    // A rename lost after a clean stop cannot happen (the stop fsyncs the directory), but a
+    // restored copy can look like it: the last writer stopped cleanly, so the page cache held
+    // nothing the disk lacks, and the writer goes on after the last record.
+    let dir = root_after_power_loss();
+    let root = dir.path();
+    fs::write(shard_dir(root, 0).join("writer.state"), "another-boot clean\n").unwrap();
+    unrenamed_tmp(root, 3, 0, 3, &[9]);
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+    assert_eq!(
+        (report.recovered_tmp, report.segment, report.records, report.new_segment_reason),
+        (vec![3], 3, 1, None)
+    );
+    append_seqs(&mut j, [10]);
+    assert_eq!(seqs(&read_all(&mut JournalReader::open(root).unwrap())), (1..=10).collect::<Vec<_>>());
 }

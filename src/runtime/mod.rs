@@ -366,6 +366,10 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
         );
         let (journal, report) = handoff::open_journal(&cfg, index, addr, status, deadline, cancelled)
             .map_err(|e| StartError { message: format!("shard {i}: {e}"), cancelled: handoff::is_cancelled(&e) })?;
+        // Before the last segment's lines: a .seg.tmp put back into place is that segment.
+        for note in &report.notes {
+            eprintln!("tracker: shard {i}: journal: {note}");
+        }
         if report.torn_records > 0 {
             eprintln!(
                 "tracker: shard {i}: journal segment {} had a torn tail: {} records ({} bytes) dropped, {} intact kept",
