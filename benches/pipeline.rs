@@ -48,6 +48,7 @@ fn bench_extract(c: &mut Criterion) {
     let view = RequestView {
         query: req.query,
         headers: req.headers,
+        host: req.host,
         client_ip: "203.0.113.7".parse().unwrap(),
         now_ns: 1,
         user_agent: None,
@@ -127,6 +128,7 @@ fn bench_request_side(c: &mut Criterion) {
     let view = RequestView {
         query: q,
         headers: &[],
+        host: None,
         client_ip: "203.0.113.7".parse().unwrap(),
         now_ns: 1,
         user_agent: None,
@@ -191,6 +193,7 @@ fn bench_request_side(c: &mut Criterion) {
     let view = RequestView {
         query: b"c=1&value=2.5",
         headers: &headers,
+        host: None,
         client_ip: ip,
         now_ns: 1,
         user_agent: None,
@@ -262,6 +265,7 @@ fn bench_json(c: &mut Criterion) {
                     let view = RequestView {
                         query: b"",
                         headers: &[],
+                        host: None,
                         client_ip: "203.0.113.7".parse().unwrap(),
                         now_ns: 1,
                         user_agent: None,

@@ -45,6 +45,8 @@ unsafe impl GlobalAlloc for Counting {
 static A: Counting = Counting;
 
 const PIXEL: &[u8] = b"GET /i?c=12345&cr=678&p=0.25&site=news.example.com&cb=1 HTTP/1.1\r\nHost: t.example\r\nUser-Agent: Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36\r\nAccept: image/avif,image/webp,*/*\r\nReferer: https://news.example.com/a\r\nCookie: uid=u-1; other=2\r\n\r\n";
+/// The absolute form (RFC 9112 §3.2.2): its authority is validated and becomes the host.
+const ABSOLUTE: &[u8] = b"GET http://t.example:8080/i?c=12345&cr=678 HTTP/1.1\r\nHost: t.example\r\n\r\n";
 const MISSING: &[u8] = b"GET /i?cr=1 HTTP/1.1\r\nHost: t\r\n\r\n";
 /// No order id, so every request is a new event (a fixed `order` would be deduplicated). The
 /// uid cookie is hashed (privacy.user_id_fields) and the ip truncated on this path.
@@ -139,7 +141,7 @@ fn no_heap_allocation_per_request_once_warm() {
     cfg.server.connections_per_shard_max = 16;
     cfg.journal.dir = dir.path().join("journal");
     cfg.journal.segment_bytes = 64 << 20;
-    // Room in the ring for every event this test makes (105,001), so none is refused as
+    // Room in the ring for every event this test makes (112,001), so none is refused as
     // overloaded when the niced drain gets little CPU on a busy machine: the counts below are
     // exact. 64 MiB, allocated once.
     cfg.server.ring_events = 1 << 17;
@@ -168,8 +170,9 @@ fn no_heap_allocation_per_request_once_warm() {
             b'2',
         ),
     ];
-    let paths: [(&str, &[u8], u8); 6] = [
+    let paths: [(&str, &[u8], u8); 7] = [
         ("pixel", PIXEL, b'2'),
+        ("absolute-form pixel", ABSOLUTE, b'2'),
         ("400", MISSING, b'4'),
         ("logged", LOGGED, b'2'),
         ("duplicate", DUPLICATE, b'2'),
@@ -250,13 +253,13 @@ fn no_heap_allocation_per_request_once_warm() {
     let shard = running.shards()[0].clone();
     running.stop();
     running.wait();
-    // Every request was recorded (13 × 7000: pixel, 400, logged, duplicate, redirect, refused
+    // Every request was recorded (14 × 7000: pixel, absolute-form pixel, 400, logged, duplicate, redirect, refused
     // redirect, five JSON posts, preflight, pixel after reload), and every event journaled:
-    // pixel, logged, redirect and pixel after reload 7000 each, the duplicate once (the rest
+    // pixel, absolute-form pixel, logged, redirect and pixel after reload 7000 each, the duplicate once (the rest
     // are repeats of it), the 400s and the refused redirects none; the three batches 3 × 7000
     // each (their bad item never), the split batch and the beacon 7000 each, the preflight
     // none; and the two worst-case bodies (none: too many items, and an array that is not an
     // event).
-    assert_eq!(shard.counters.latency.service.cumulative().len(), 91_002);
-    assert_eq!(shard.counters.latency.journal.cumulative().len(), 28_001 + 3 * 21_000 + 2 * 7_000);
+    assert_eq!(shard.counters.latency.service.cumulative().len(), 98_002);
+    assert_eq!(shard.counters.latency.journal.cumulative().len(), 35_001 + 3 * 21_000 + 2 * 7_000);
 }

@@ -577,7 +577,7 @@ pub const FIELD_KEYS: &[KeySpec] = &[
       "Required. Field name in the journal and in `tracker journal cat`."),
     k("event.<type>.fields", "source", "string", "", NoDefault,
       Rule("query.<param>, header.<name>, cookie.<name>, json.<path>, client.ip, request.user_agent, request.referer, request.time_ms, request.device_class, request.is_bot"), "",
-      "Required. Where the value comes from in the request."),
+      "Required. Where the value comes from in the request. header.host is the request's host: the authority of an absolute-form target (`GET http://host/…`) when there is one, which replaces the Host header (RFC 9112 §3.2.2)."),
     k("event.<type>.fields", "type", "string", "", NoDefault, OneOf(&["u64", "u32", "i64", "money", "string", "ip"]),
       "client.ip needs \"ip\"; request.time_ms needs \"u64\" or \"i64\"", "Required. money is stored as i64 micros."),
     k("event.<type>.fields", "required", "bool", "", Bool(false), Rule("true or false"), "not with a default",

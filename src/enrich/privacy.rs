@@ -216,6 +216,7 @@ mod tests {
         let req = RequestView {
             query: q,
             headers: h,
+            host: None,
             client_ip: ip.parse().unwrap(),
             now_ns: now,
             user_agent: None,

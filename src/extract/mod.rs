@@ -24,6 +24,9 @@ use crate::schema::FieldKind;
 pub struct RequestView<'a> {
     pub query: &'a [u8],
     pub headers: &'a [httparse::Header<'a>],
+    /// The request's host ([`crate::http::Request::host`]): what a `header.host` source reads,
+    /// so that an absolute-form target's authority replaces the Host header (RFC 9112 §3.2.2).
+    pub host: Option<&'a [u8]>,
     pub client_ip: IpAddr,
     pub now_ns: u64,
     /// The device's user agent from an authenticated SSAI sender, used instead of the
@@ -57,6 +60,18 @@ const NUMBER_BYTES_MAX: usize = 48;
 #[inline(always)]
 fn key_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// The value a `header.<name>` source reads (`name` lower-case): the first field of that name,
+/// except `host`, which is the request's host — the Host field, or the authority of an
+/// absolute-form target, which RFC 9112 §3.2.2 says the server MUST use instead.
+#[inline]
+fn header_source<'a>(req: &RequestView<'a>, name: &str) -> Option<&'a [u8]> {
+    if name == "host" {
+        req.host
+    } else {
+        header(req.headers, name)
+    }
 }
 
 /// Fills `ev` (header fields other than crc/magic/seq included) from the request.
@@ -148,11 +163,11 @@ pub fn extract(
             // An ip field takes the last entry of the whole list (store_text), which is on the
             // last line: a balancer may add its own line after the client's instead of
             // extending it, and the first line is then the client's to invent.
-            Source::Header(name) if f.kind == FieldKind::Ip => match header_last(req.headers, name) {
+            Source::Header(name) if f.kind == FieldKind::Ip && name != "host" => match header_last(req.headers, name) {
                 Some(v) => store_text(f, v, false, ev),
                 None => Ok(None),
             },
-            Source::Header(name) => match header(req.headers, name) {
+            Source::Header(name) => match header_source(req, name) {
                 Some(v) => store_text(f, v, false, ev),
                 None => Ok(None),
             },
@@ -214,7 +229,7 @@ pub fn extract(
     let mut json_numeric = false;
     for s in ty.id_from.iter().take(client_id_rank) {
         let v = match s {
-            Source::Header(n) => header(req.headers, n),
+            Source::Header(n) => header_source(req, n),
             Source::Cookie(n) => cookie_in(req.headers, n.as_bytes()),
             Source::Json(path) => match req.json.and_then(|obj| json::lookup(obj, path)) {
                 Some(simd_json::Node::String(s)) => Some(s.as_bytes()),
@@ -637,6 +652,7 @@ mod tests {
         let req = RequestView {
             query,
             headers,
+            host: header(headers, "host"),
             client_ip: "10.1.2.3".parse().unwrap(),
             now_ns: 1_795_000_000_000_000_000,
             user_agent: None,

@@ -94,6 +94,12 @@ pub struct Request<'b, 'h> {
     /// The request target before `?`, starting with `/` (absolute-form targets are reduced to
     /// their path; `*` only for OPTIONS). Not percent-decoded.
     pub path: &'b [u8],
+    /// The host the request is for, `uri-host [ ":" port ]` as sent (not lower-cased): the
+    /// authority of an absolute-form target, which RFC 9112 §3.2.2 says replaces the Host
+    /// header, else the Host header's value. None only for an HTTP/1.0 request without Host
+    /// and not in absolute form. Both are validated (`valid_host`); read the host here, never
+    /// from `headers`.
+    pub host: Option<&'b [u8]>,
     /// The request target after the first `?`, without it; empty when there is none.
     pub query: &'b [u8],
     /// 0 for HTTP/1.0, 1 for HTTP/1.1 (nothing else parses).
@@ -176,13 +182,13 @@ pub fn parse<'b, 'h>(
         "OPTIONS" => Method::Options,
         _ => Method::Other,
     };
-    let (path, query) = split_target(method, target.as_bytes())?;
+    let (path, query, authority) = split_target(method, target.as_bytes())?;
 
     // One pass over the fields; the length switch keeps the common headers (User-Agent,
     // Accept, Cookie, …) to one integer compare each.
     let mut content_length: Option<usize> = None;
     let mut codings = TransferCodings::default();
-    let mut hosts = 0u32;
+    let mut host_field: Option<&'b [u8]> = None;
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
@@ -190,13 +196,15 @@ pub fn parse<'b, 'h>(
         let name = h.name.as_bytes();
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => {
-                hosts += 1;
-                if hosts > 1 {
+                if host_field.is_some() {
                     return Err(invalid(400, "more than one Host header"));
                 }
+                // Checked even when an absolute-form target overrides it (RFC 9112 §3.2: any
+                // request with an invalid Host value is a 400).
                 if !valid_host(h.value) {
                     return Err(invalid(400, "invalid Host header"));
                 }
+                host_field = Some(h.value);
             }
             6 if name.eq_ignore_ascii_case(b"expect") => {
                 // Other expectations are ignored, which RFC 9110 §10.1.1 permits.
@@ -251,7 +259,7 @@ pub fn parse<'b, 'h>(
             return Err(invalid(501, "unsupported transfer coding (only chunked)"));
         }
     }
-    if version_minor == 1 && hosts == 0 {
+    if version_minor == 1 && host_field.is_none() {
         return Err(invalid(400, "missing Host header"));
     }
     let framing = match content_length {
@@ -268,7 +276,10 @@ pub fn parse<'b, 'h>(
     // nothing to wait for.
     let expect_continue = expect_continue && version_minor == 1 && framing != BodyFraming::None;
 
-    Ok(Request { method, path, query, version_minor, head_len, framing, keep_alive, expect_continue, headers })
+    // RFC 9112 §3.2.2: the target's authority, when it has one, is the host; Host is ignored.
+    let host = authority.or(host_field);
+
+    Ok(Request { method, path, host, query, version_minor, head_len, framing, keep_alive, expect_continue, headers })
 }
 
 const TE_MALFORMED: ParseError = invalid(400, "malformed Transfer-Encoding");
@@ -610,18 +621,31 @@ const REG_NAME: [bool; 256] = {
     t
 };
 
-/// Splits the request target into path and query (RFC 9112 §3.2). Origin-form is what we
-/// expect; absolute-form must be accepted by servers and is reduced to its path; `*` is only
-/// meaningful for OPTIONS; authority-form (CONNECT) and anything else are refused.
-fn split_target(method: Method, target: &[u8]) -> Result<(&[u8], &[u8]), ParseError> {
-    let rest = if target.first() == Some(&b'/') {
-        target
+/// A request target's (path, query, authority of an absolute-form target).
+type Target<'t> = (&'t [u8], &'t [u8], Option<&'t [u8]>);
+
+/// Splits the request target into path, query and authority (RFC 9112 §3.2). Origin-form is
+/// what we expect; absolute-form must be accepted by servers: its path routes and its authority
+/// is the request's host (§3.2.2), so it must be one — a valid Host value ([`valid_host`]) that
+/// names a host (RFC 9110 §4.2.1: an empty host MUST be rejected) and has no user info (RFC 9110
+/// §4.2.4: `user@host` is not allowed in http(s) URIs). `*` is only meaningful for OPTIONS;
+/// authority-form (CONNECT) and anything else are refused.
+fn split_target(method: Method, target: &[u8]) -> Result<Target<'_>, ParseError> {
+    let (rest, authority) = if target.first() == Some(&b'/') {
+        (target, None)
     } else if let Some(after) = strip_scheme(target) {
-        // Skip the authority: the path starts at the first '/' or '?'.
-        let at = after.iter().position(|&b| b == b'/' || b == b'?');
-        at.map_or(&b""[..], |i| &after[i..])
+        // The authority ends at the path, the query or a fragment (RFC 3986 §3.2).
+        let end = after.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(after.len());
+        let authority = &after[..end];
+        if memchr::memchr(b'@', authority).is_some() {
+            return Err(invalid(400, "user info in the request target"));
+        }
+        if matches!(authority.first(), None | Some(b':')) || !valid_host(authority) {
+            return Err(invalid(400, "invalid host in the request target"));
+        }
+        (&after[end..], Some(authority))
     } else if target == b"*" && method == Method::Options {
-        return Ok((target, b""));
+        return Ok((target, b"", None));
     } else {
         return Err(invalid(400, "invalid request target"));
     };
@@ -634,7 +658,7 @@ fn split_target(method: Method, target: &[u8]) -> Result<(&[u8], &[u8]), ParseEr
     };
     // An absolute-form target with an empty path means "/" (RFC 9110 §4.2.3).
     let path = if path.is_empty() { &b"/"[..] } else { path };
-    Ok((path, query))
+    Ok((path, query, authority))
 }
 
 fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
@@ -912,6 +936,55 @@ mod tests {
             let r = r.unwrap();
             assert_eq!((r.path, r.query), (&b"/"[..], &b"q=1"[..]));
         });
+    }
+
+    /// RFC 9112 §3.2.2: the authority of an absolute-form target is the host, whatever Host says.
+    #[test]
+    fn the_host_is_the_absolute_form_authority_else_the_host_header() {
+        let cases: [(&[u8], Option<&[u8]>); 8] = [
+            (b"GET /p HTTP/1.1\r\nHost: h.example:80\r\n\r\n", Some(b"h.example:80")),
+            (b"GET /p HTTP/1.0\r\n\r\n", None),
+            (b"GET http://t.example/p HTTP/1.1\r\nHost: h.example\r\n\r\n", Some(b"t.example")),
+            (b"GET hTTpS://T.example:8443?q HTTP/1.1\r\nHost: \r\n\r\n", Some(b"T.example:8443")),
+            (b"GET http://[::1]:1#f HTTP/1.1\r\nHost: h\r\n\r\n", Some(b"[::1]:1")),
+            (b"GET http://t.example/p HTTP/1.0\r\n\r\n", Some(b"t.example")),
+            (b"GET http://%74.example/a@b HTTP/1.0\r\n\r\n", Some(b"%74.example")),
+            (b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", Some(b"h")),
+        ];
+        for (raw, host) in cases {
+            with(raw, |r| assert_eq!(r.map(|r| r.host), Ok(host), "{:?}", String::from_utf8_lossy(raw)));
+        }
+    }
+
+    #[test]
+    fn rejects_an_absolute_form_authority_that_is_no_host() {
+        for target in ["http://u@t", "http://u:p@t/", "http://@t/p", "https://t@/p"] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n");
+            rejects(raw.as_bytes(), 400, "user info in the request target");
+        }
+        for target in [
+            "http://",
+            "http:///p",
+            "http://?q",
+            "http://#f",
+            "http://:80/p",
+            "http://t:80:81/",
+            "http://t:x/",
+            "http://[::1/",
+            "http://[::1]x/",
+            "http://t%zz/",
+            "http://t%/",
+            "http://t\"x/",
+            "http://t{x}/",
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n");
+            rejects(raw.as_bytes(), 400, "invalid host in the request target");
+        }
+        // The Host header is still held to its own rules (RFC 9112 §3.2), even when ignored.
+        rejects(b"GET http://t/p HTTP/1.1\r\nHost: u@t\r\n\r\n", 400, "invalid Host header");
+        rejects(b"GET http://t/p HTTP/1.1\r\n\r\n", 400, "missing Host header");
+        // Only http and https are absolute-form targets here.
+        rejects(b"GET ftp://t/p HTTP/1.1\r\nHost: t\r\n\r\n", 400, "invalid request target");
     }
 
     // ---- rejections: request line ----

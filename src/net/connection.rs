@@ -547,6 +547,7 @@ fn answer(
     let view = RequestView {
         query: req.query,
         headers: req.headers,
+        host: req.host,
         client_ip,
         now_ns,
         user_agent: device_ua,

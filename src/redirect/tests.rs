@@ -186,6 +186,7 @@ fn macros_are_filled_and_encoded() {
     let req = crate::extract::RequestView {
         query: b"c=42&cr=7&imp=a%2Fb%26c%20d&site=s",
         headers: &[],
+        host: None,
         client_ip: "10.1.2.3".parse().unwrap(),
         now_ns: NOW * 1_000_000_000,
         user_agent: None,

@@ -411,3 +411,45 @@ fn accept_failing_on_the_open_file_limit_is_said_once_not_every_10_ms() {
     assert_eq!(s.connect().get("/i?c=1").status, 200);
     assert_eq!(s.stop(), 0);
 }
+
+/// Regression: an absolute-form target (`GET http://host/i`) was reduced to its path and its
+/// authority thrown away unchecked, so `http://user@t/…` or `http://t:80:81/…` was served as
+/// if it named a host. RFC 9112 §3.2.2 makes that authority the request's host; it is held to
+/// the rules of a Host value, must name a host (RFC 9110 §4.2.1), and carries no user info
+/// (RFC 9110 §4.2.4).
+#[test]
+fn an_absolute_form_target_with_an_invalid_authority_is_400_and_close() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let cases: &[(&str, &str)] = &[
+        ("http://user@t.example/i?c=1", "user info in the request target"),
+        ("http://user:pw@t.example/i?c=1", "user info in the request target"),
+        ("HTTPS://@t.example/i?c=1", "user info in the request target"),
+        ("http://t.example:80:81/i?c=1", "invalid host in the request target"),
+        ("http://t.example:8o/i?c=1", "invalid host in the request target"),
+        ("http://[::1/i?c=1", "invalid host in the request target"),
+        ("http://t%zz/i?c=1", "invalid host in the request target"),
+        ("http://t{x}/i?c=1", "invalid host in the request target"),
+        ("http:///i?c=1", "invalid host in the request target"),
+        ("http://:80/i?c=1", "invalid host in the request target"),
+        ("http://?c=1", "invalid host in the request target"),
+    ];
+    for (target, why) in cases {
+        let mut c = s.connect();
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: t.example\r\n\r\n").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (400, *why), "{target}");
+        assert_eq!(r.header("connection"), Some("close"), "{target}");
+        assert!(c.is_closed(), "{target}");
+    }
+    // Valid authorities are served, on one kept-alive connection; the scheme in any case.
+    let mut c = s.connect();
+    for target in
+        ["http://t.example/i?c=1", "HTTP://T.Example:8080/i?c=2", "https://[::1]:8080/i?c=3", "hTTp://127.0.0.1/i?c=4"]
+    {
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: t.example\r\n\r\n").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!(r.status, 200, "{target}: {:?}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 4, "only the valid requests became events");
+}

@@ -291,3 +291,46 @@ fn journal_cat_of_a_shard_directory_or_of_no_journal_is_an_error_not_an_empty_jo
     let said = format!("no shard-NNN directory under {}", s.dir.path().display());
     assert!(out.is_empty() && err.contains(&said), "{err}");
 }
+
+/// Regression: a `header.host` field read the Host header even when the target was in absolute
+/// form, whose authority RFC 9112 §3.2.2 says the server MUST use instead of Host. An event
+/// could then carry a host the request did not address.
+#[test]
+fn a_header_host_field_reads_the_authority_of_an_absolute_form_target() {
+    let site = "  { name = \"site\",          source = \"query.site\", type = \"string\", max_bytes = 64 },\n";
+    let cfg = tracker::config::DEFAULT_TOML.replacen(
+        site,
+        // The site's 64 bytes shared with the host: the type's byte area is full.
+        &format!(
+            "{}  {{ name = \"host\", source = \"header.host\", type = \"string\", max_bytes = 32 }},\n",
+            site.replace("64", "32")
+        ),
+        1,
+    );
+    assert!(cfg.contains("source = \"header.host\""));
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for (target, _host) in [
+        ("/i?c=1", "header.example"),
+        ("http://target.example/i?c=2", "target.example"),
+        ("HTTPS://Target.Example:8443/i?c=3", "Target.Example:8443"),
+        ("http://[2001:db8::1]/i?c=4", "[2001:db8::1]"),
+    ] {
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: header.example\r\n\r\n").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!(r.status, 200, "{target}: {:?}", String::from_utf8_lossy(&r.body));
+    }
+    // HTTP/1.0 without Host: an absolute-form target still names the host.
+    let mut c = s.connect();
+    c.send(b"GET http://ten.example/i?c=6 HTTP/1.0\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 200);
+    assert_eq!(s.stop(), 0);
+    let ev = journal_cat(&s.journal());
+    let host_of = |c: u64| ev.iter().find(|e| e["campaign_id"] == c).map(|e| e["host"].clone());
+    assert_eq!(host_of(1), Some("header.example".into()));
+    assert_eq!(host_of(2), Some("target.example".into()));
+    assert_eq!(host_of(3), Some("Target.Example:8443".into()));
+    assert_eq!(host_of(4), Some("[2001:db8::1]".into()));
+    assert_eq!(host_of(6), Some("ten.example".into()));
+    assert_eq!(ev.len(), 5);
+}
