@@ -17,10 +17,12 @@
 //! `X-Device-User-Agent` → no user agent, not the stitcher's own), and budgets
 //! charge the device's prefix; valid but an address no remote viewer has (loopback,
 //! unspecified, link-local, multicast, broadcast: [`usable_device_ip`]) → refused, 400
-//! `X-Device-IP is not a client address`, counted as `ssai_device_ip_unusable`; anything else
-//! → the headers are ignored (the peer address is
-//! used) and the request counted as `ssai_unauthenticated`. No allocation: the keyed HMAC
-//! states are cloned per request, the tag compared in constant time.
+//! `X-Device-IP is not a client address`; valid but not an IP address at all (empty, a list,
+//! a port, brackets) → refused, 400 `X-Device-IP is not an IP address`; both counted as
+//! `ssai_device_ip_unusable`, nothing journaled. Anything else (not authenticated) → the
+//! headers are ignored (the peer address is used) and the request counted as
+//! `ssai_unauthenticated`. No allocation: the keyed HMAC states are cloned per request, the
+//! tag compared in constant time.
 
 use std::net::IpAddr;
 
@@ -59,6 +61,10 @@ pub enum Device<'a> {
     /// Authenticated, but the address cannot be a remote viewer's ([`usable_device_ip`]): a
     /// stitcher forwarding its own hop's address or an unset default. Refused (400).
     Unusable,
+    /// Authenticated, but the value does not parse as an IP address (empty, a list, with a
+    /// port or brackets): a stitcher bug, not an unauthenticated sender. Refused (400): falling
+    /// back to the stitcher's address would journal and budget it as the viewer.
+    NotAnAddress,
 }
 
 /// True when `ip` can be the address of a viewer a stitcher served from afar: not unspecified
@@ -163,7 +169,7 @@ pub fn device<'a>(
     match std::str::from_utf8(ip_raw).ok().and_then(|s| s.trim().parse::<IpAddr>().ok()) {
         Some(ip) if usable_device_ip(ip) => Device::Trusted { ip, user_agent: ua.unwrap_or(b"") },
         Some(_) => Device::Unusable,
-        None => Device::Untrusted,
+        None => Device::NotAnAddress,
     }
 }
 
@@ -226,6 +232,15 @@ mod tests {
             Header { name: "X-Tracker-Auth", value: sig.as_bytes() },
         ];
         assert_eq!(device(Some(&a), b"/v", b"", &hs, NOW), Device::Unusable);
+        // Signed, but not an address at all: refused too, not taken for unauthenticated.
+        for raw in [&b""[..], b"nope", b"198.51.100.7, 10.0.0.1", b"198.51.100.7:443", b"[::1]", b"\xff"] {
+            let sig = a.sign("s1", NOW, b"/v", b"", raw, b"").unwrap();
+            let hs =
+                [Header { name: "X-Device-IP", value: raw }, Header { name: "X-Tracker-Auth", value: sig.as_bytes() }];
+            assert_eq!(device(Some(&a), b"/v", b"", &hs, NOW), Device::NotAnAddress, "{raw:?}");
+            // Unsigned, the same value is only ignored.
+            assert_eq!(device(Some(&a), b"/v", b"", &hs[..1], NOW), Device::Untrusted, "{raw:?}");
+        }
     }
 
     #[test]

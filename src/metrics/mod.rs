@@ -180,7 +180,8 @@ pub enum Reason {
     /// request itself was served as usual).
     SsaiUnauthenticated,
     /// X-Device-IP from an authenticated stitcher, but an address no remote viewer has
-    /// (loopback, unspecified, link-local, multicast, broadcast): 400, nothing logged.
+    /// (loopback, unspecified, link-local, multicast, broadcast) or not an IP address at all:
+    /// 400, nothing logged.
     SsaiDeviceIpUnusable,
     /// The journal is failing (disk full, I/O error): a `logged` endpoint answered 503, or a
     /// connection waiting for the journal was closed without its responses.

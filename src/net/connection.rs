@@ -490,17 +490,24 @@ fn answer(
     }
     // SSAI: the device's address and user agent, believed only from an authenticated stitcher.
     let (mut client_ip, mut device_ua) = (peer.ip(), None);
-    match ssai::device(cfg.privacy.ssai.as_ref(), req.path, req.query, req.headers, now_ns / 1_000_000_000) {
+    let device = ssai::device(cfg.privacy.ssai.as_ref(), req.path, req.query, req.headers, now_ns / 1_000_000_000);
+    match device {
         ssai::Device::Absent => {}
         ssai::Device::Trusted { ip, user_agent } => (client_ip, device_ua) = (ip, Some(user_agent)),
         ssai::Device::Untrusted => counters.reject(Reason::SsaiUnauthenticated),
         // Signed, but no viewer's address: charged as itself it would be exempt (loopback) or
         // one bucket for all such viewers, and journaled it says nothing. Refused, so the
         // stitcher's operator sees the bug rather than a budget bypass or silent bad data.
-        ssai::Device::Unusable => {
+        // Signed, but not an address at all: a stitcher bug too, not an unauthenticated sender;
+        // falling back to the stitcher's address would journal and budget it as the viewer.
+        // One counter for both: either way the stitcher sends no usable device address.
+        ssai::Device::Unusable | ssai::Device::NotAnAddress => {
             counters.reject(Reason::SsaiDeviceIpUnusable);
             counters.request(Some(ep.counter), Status::S400);
-            let why = "X-Device-IP is not a client address";
+            let why = match device {
+                ssai::Device::Unusable => "X-Device-IP is not a client address",
+                _ => "X-Device-IP is not an IP address",
+            };
             write_error(ctx, wbuf, Status::S400, why, ka, head, v, None, allow_origin);
             return Answer { keep_alive: ka, logged_seq: 0 };
         }

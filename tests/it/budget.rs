@@ -200,3 +200,41 @@ fn a_signed_device_address_that_is_no_clients_is_refused_not_exempt_from_the_bud
     let bills = journal_cat(&s.journal()).iter().filter(|e| e["type"] == "bill").count();
     assert!((6..=10).contains(&bills), "{bills}: only the usable devices' bills are journaled");
 }
+
+/// Regression: a correctly signed `X-Device-IP` that is not an IP address at all was taken as
+/// no device header: the stitcher's own address was journaled and budgeted as the viewer, and
+/// the request counted as `ssai_unauthenticated`, which it was not. It is refused like an
+/// address no viewer can have: 400 with the reason, counted as `ssai_device_ip_unusable`,
+/// nothing journaled.
+#[test]
+fn a_signed_device_address_that_is_not_an_ip_address_is_refused() {
+    let mut s = Server::start(Some(&ssai_config(1000)), &["--shards", "1"]);
+    let mut c = s.connect();
+    let unparsable = [
+        "",
+        "not-an-ip",
+        "198.51.100.300",
+        "198.51.100.7, 10.0.0.1",
+        "198.51.100.7:443",
+        "[2001:db8::1]",
+        "2001:db8::1%eth0",
+    ];
+    for (i, device) in unparsable.iter().enumerate() {
+        let r = signed_bill(&mut c, i, device);
+        assert_eq!(
+            (r.status, String::from_utf8_lossy(&r.body).trim()),
+            (400, "X-Device-IP is not an IP address"),
+            "{device:?}"
+        );
+    }
+    // A usable address from the same stitcher is served as before.
+    let r = signed_bill(&mut c, 100, "198.51.100.7");
+    assert_eq!(r.status, 204);
+    let m = s.admin_get("/metrics");
+    let m = String::from_utf8_lossy(&m.body);
+    assert!(m.contains("tracker_rejects_total{reason=\"ssai_device_ip_unusable\"} 7"), "{m}");
+    assert!(m.contains("tracker_rejects_total{reason=\"ssai_unauthenticated\"} 0"), "{m}");
+    assert_eq!(s.stop(), 0);
+    let bills: Vec<_> = journal_cat(&s.journal()).into_iter().filter(|e| e["type"] == "bill").collect();
+    assert_eq!(bills.len(), 1, "only the signed usable device's bill is journaled: {bills:?}");
+}
