@@ -467,7 +467,7 @@ pub(crate) const WRITEBACK_STEP: usize = 1024 * 1024;
 /// How much of the newest written data, below the writer's released pages, stays in the page
 /// cache for collectors and `journal cat --follow` to read from memory; older pages, written
 /// back by then, are dropped from it (`release_step`). 8 MiB is ~80 ms of one shard saturated
-/// (~100 MB/s) and seconds at ordinary rates, against a collector that polls every 10 ms;
+/// (~100 MB/s) and seconds at ordinary rates, against a collector that, caught up, polls every 10 ms;
 /// a collector further behind reads from the disk, sequentially.
 pub(crate) const CACHE_KEPT_BYTES: usize = 8 * WRITEBACK_STEP;
 const _: () = assert!(PREFAULT_BYTES.is_multiple_of(PAGE_BYTES) && PREFAULT_BYTES.is_multiple_of(EVENT_BYTES));
@@ -524,7 +524,8 @@ impl Active {
 
 /// Hands the clean page cache of `len` bytes of `file` from `from` (0: to the end) back to the
 /// kernel. POSIX_FADV_DONTNEED never drops a dirty, under-writeback or mapped page (it starts
-/// writeback of dirty ones instead), so no data is at risk, only the cost of reading it again.
+/// writeback of dirty ones instead), nor a folio crossing either end of the range, so no data
+/// is at risk, only the cost of reading it again.
 fn drop_cache(file: &File, from: usize, len: usize) {
     // SAFETY: posix_fadvise on a descriptor we own; no memory is passed. A failure only leaves
     // the pages cached.
@@ -929,7 +930,9 @@ impl ShardJournal {
     }
 
     fn release_step(&mut self, start_writeback: bool) {
-        let drop_written = !self.kernel_writeback_only;
+        // Not after a failed sync: a page whose writeback failed is left clean in the cache, the
+        // only good copy of its records, and DONTNEED would drop it.
+        let drop_written = !self.kernel_writeback_only && !self.sync_failed;
         let a = &mut self.active;
         let to = a.write_off / PAGE_BYTES * PAGE_BYTES;
         if to < a.released_off + WRITEBACK_STEP {
@@ -973,13 +976,17 @@ impl ShardJournal {
         // that policy leaves to the kernel.
         let drop_to = from.saturating_sub(CACHE_KEPT_BYTES);
         if drop_written && drop_to > a.dropped_off {
-            drop_cache(&a.file, a.dropped_off, drop_to - a.dropped_off);
+            // From one prefault window lower: DONTNEED skips a folio that crosses either end of
+            // its range, and ext4's large folios (one per prefault write at most) may cross the
+            // last call's end. Going over dropped pages again costs a walk of an empty range.
+            let start = a.dropped_off.saturating_sub(PREFAULT_BYTES);
+            drop_cache(&a.file, start, drop_to - start);
             a.dropped_off = drop_to;
         }
         a.released_off = to;
         // The segment left at the last rotation, once its records are msynced (no `Retired`
         // waits) and this one keeps a window of its own: what it still has cached goes too.
-        if drop_to > 0 && self.retired.is_none() {
+        if drop_written && drop_to > 0 && self.retired.is_none() {
             if let Some(f) = self.left_cached.take() {
                 drop_cache(&f, 0, 0);
             }
@@ -1131,9 +1138,15 @@ impl ShardJournal {
                 self.rotation_msync_error.get_or_insert(e);
             }
         }
-        // The segment left before: msynced just now, or long ago.
+        // The segment left at the rotation before, when the one being left now did not reach a
+        // kept window of its own first (`release_step`): msynced now or long ago (unless that
+        // failed, see `release_step`), and written at least CACHE_KEPT_BYTES ago when the
+        // segment being left holds that much. A smaller segment keeps it cached (closed here),
+        // so collectors still read the last few segments from memory.
         if let Some(f) = self.left_cached.take() {
-            drop_cache(&f, 0, 0);
+            if !self.sync_failed && self.active.write_off >= CACHE_KEPT_BYTES {
+                drop_cache(&f, 0, 0);
+            }
         }
         // A `.seg` already under the next number was published by an earlier rotation that
         // failed after its rename (the directory fsync or the mmap failed). A reader may hold
@@ -1560,15 +1573,24 @@ fn recover_last(
         // The recovered records may be only in the page cache (the last run may have died
         // before syncing them): the first sync() covers them all.
         synced_off: header_bytes,
-        // The recovered records are not mapped (the prefault starts at their last page) and
-        // the first sync() writes them: writeback in steps starts from there, not with one
-        // burst over the whole recovered tail.
+        // The recovered records are unmapped below (the scan faulted them in; the prefault
+        // starts at their last page) and the first sync() writes them: writeback in steps
+        // starts from there, not with one burst over the whole recovered tail.
         released_off: last_page,
         dropped_off: 0,
         records: tail.records,
         faulted_off: last_page,
         file,
     };
+    // The recovery scan read the records through this map, which left their pages mapped:
+    // unmap them, as `release_step` does for appended steps, so what the writer maps is the
+    // prefault window again and the pages can leave the cache once written back.
+    if last_page > 0 {
+        // SAFETY: the range lies inside the live map and below the write position's page,
+        // where the writer never stores; MADV_DONTNEED on a shared file mapping drops only the
+        // page mappings (dirty bits go to the page cache, which keeps the data).
+        unsafe { libc::madvise(active.map.as_ptr() as *mut libc::c_void, last_page, libc::MADV_DONTNEED) };
+    }
     active.prefault_ahead();
     Ok(Some(active))
 }

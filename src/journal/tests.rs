@@ -491,6 +491,25 @@ fn writeback_starts_in_whole_pages_below_the_write_position_and_loses_nothing() 
     assert!(got.iter().all(|(_, e)| e.slots[0] == e.seq * 10 && e.is_sealed_intact()));
 }
 
+/// A temporary directory on the filesystem holding the source tree, for tests of page-cache
+/// residency: on tmpfs (a common /tmp) pages cannot leave the cache, which those tests assert.
+fn disk_tempdir() -> tempfile::TempDir {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    fs::create_dir_all(&base).unwrap();
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statfs into a zeroed struct we own, on a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0, "statfs {}", dir.path().display());
+    assert_ne!(
+        st.f_type,
+        libc::TMPFS_MAGIC,
+        "{} is on tmpfs, whose pages never leave the cache: these tests need a disk filesystem",
+        dir.path().display()
+    );
+    dir
+}
+
 /// Which pages of `path` in `[from, to)` are in the page cache (`mincore` of a fresh map: it
 /// reports the cache, not this map's page tables).
 fn resident_pages(path: &Path, from: usize, to: usize) -> Vec<bool> {
@@ -531,7 +550,7 @@ fn written_pages_leave_the_page_cache_behind_the_kept_window_and_stay_readable()
     use super::segment::{CACHE_KEPT_BYTES, WRITEBACK_STEP};
     // `interval` (writeback started step by step) and `always` (msynced, then unmapped).
     for start_writeback in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = disk_tempdir();
         let seg_bytes = (CACHE_KEPT_BYTES + 8 * WRITEBACK_STEP) as u64;
         let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
         let path = j.segment_path().to_path_buf();
@@ -571,7 +590,7 @@ fn written_pages_leave_the_page_cache_behind_the_kept_window_and_stay_readable()
 fn a_segment_left_at_rotation_leaves_the_page_cache_once_the_next_keeps_its_own_window() {
     use super::segment::{CACHE_KEPT_BYTES, WRITEBACK_STEP};
     for start_writeback in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = disk_tempdir();
         let seg_bytes = (CACHE_KEPT_BYTES + 4 * WRITEBACK_STEP) as u64;
         let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
         let first = j.segment_path().to_path_buf();
@@ -597,6 +616,73 @@ fn a_segment_left_at_rotation_leaves_the_page_cache_once_the_next_keeps_its_own_
         let mut r = JournalReader::open(dir.path()).unwrap();
         assert_eq!(seqs(&read_all(&mut r)), (1..w.next).collect::<Vec<_>>(), "start_writeback {start_writeback}");
     }
+}
+
+#[test]
+fn a_resumed_segments_recovered_records_leave_the_page_cache_too() {
+    use super::segment::{CACHE_KEPT_BYTES, WRITEBACK_STEP};
+    let dir = disk_tempdir();
+    let seg_bytes = (64 * WRITEBACK_STEP) as u64;
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
+    let path = j.segment_path().to_path_buf();
+    let mut w = StepWriter { next: 1, start_writeback: false };
+    for _ in 0..20 {
+        w.step(&mut j);
+    }
+    j.close_clean().unwrap();
+    // Resumed after a clean stop: the recovery scan reads every record through the new map.
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
+    assert_eq!(j.segment_path(), path, "the segment is resumed");
+    w.step(&mut j);
+    let below = 20 * WRITEBACK_STEP - CACHE_KEPT_BYTES;
+    let r = resident_pages(&path, 0, below);
+    assert!(r.iter().all(|r| !r), "recovered pages still cached: {} of {}", r.iter().filter(|r| **r).count(), r.len());
+    j.sync().unwrap();
+    let mut rd = JournalReader::open(dir.path()).unwrap();
+    assert_eq!(seqs(&read_all(&mut rd)), (1..w.next).collect::<Vec<_>>());
+}
+
+#[test]
+fn after_a_failed_sync_no_page_leaves_the_cache() {
+    use super::segment::{CACHE_KEPT_BYTES, FAIL_MSYNC, WRITEBACK_STEP};
+    let dir = disk_tempdir();
+    let seg_bytes = (64 * WRITEBACK_STEP) as u64;
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
+    let path = j.segment_path().to_path_buf();
+    let mut w = StepWriter { next: 1, start_writeback: true };
+    w.step(&mut j);
+    // A page whose writeback failed stays clean in the cache, the only good copy of its
+    // records: once a sync has failed, nothing is handed back.
+    FAIL_MSYNC.set(true);
+    assert!(j.sync().is_err());
+    FAIL_MSYNC.set(false);
+    let steps_kept = CACHE_KEPT_BYTES / WRITEBACK_STEP;
+    for _ in 0..steps_kept + 4 {
+        w.step(&mut j);
+    }
+    let r = resident_pages(&path, 0, 3 * WRITEBACK_STEP);
+    assert!(r.iter().all(|r| *r), "dropped after a failed sync: {} of {}", r.iter().filter(|r| !**r).count(), r.len());
+}
+
+#[test]
+fn pages_leave_the_cache_whatever_the_batches_boundaries() {
+    use super::segment::{CACHE_KEPT_BYTES, WRITEBACK_STEP};
+    let dir = disk_tempdir();
+    let seg_bytes = (64 * WRITEBACK_STEP) as u64;
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
+    let path = j.segment_path().to_path_buf();
+    // Batches of 301 records, msynced then released as under `always`: the release points fall
+    // anywhere, not at the prefault writes' boundaries, where large folios begin and end.
+    let mut next = 1u64;
+    while j.released_off() < 40 * WRITEBACK_STEP {
+        append_seqs(&mut j, next..next + 301);
+        next += 301;
+        j.sync().unwrap();
+        j.unmap_written();
+    }
+    let below = j.released_off() - CACHE_KEPT_BYTES - 2 * WRITEBACK_STEP;
+    let r = resident_pages(&path, 0, below);
+    assert!(r.iter().all(|r| !r), "left behind: {} of {} pages", r.iter().filter(|r| **r).count(), r.len());
 }
 
 #[test]
