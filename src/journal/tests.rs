@@ -510,9 +510,10 @@ fn disk_tempdir() -> tempfile::TempDir {
     dir
 }
 
-/// Which pages of `path` in `[from, to)` are in the page cache (`mincore` of a fresh map: it
-/// reports the cache, not this map's page tables).
-fn resident_pages(path: &Path, from: usize, to: usize) -> Vec<bool> {
+/// How many of the pages of `path` in `[from, to)` are in the page cache, of how many
+/// (`mincore` of a fresh map of a file this process owns: it reports the cache, not this map's
+/// page tables).
+fn cached_pages(path: &Path, from: usize, to: usize) -> (usize, usize) {
     let file = fs::File::open(path).unwrap();
     // SAFETY: a read-only map of a file this test owns; nothing reads through it.
     let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
@@ -521,7 +522,7 @@ fn resident_pages(path: &Path, from: usize, to: usize) -> Vec<bool> {
     // per page of it.
     let rc = unsafe { libc::mincore(map.as_ptr().add(from) as *mut libc::c_void, to - from, vec.as_mut_ptr()) };
     assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
-    vec.iter().map(|b| b & 1 == 1).collect()
+    (vec.iter().filter(|b| *b & 1 == 1).count(), vec.len())
 }
 
 /// Appends one WRITEBACK_STEP of records (numbered on from `next`), then releases it as the
@@ -569,16 +570,11 @@ fn written_pages_leave_the_page_cache_behind_the_kept_window_and_stay_readable()
         w.step(&mut j);
         let (gone_from, gone_to) = (released - WRITEBACK_STEP - CACHE_KEPT_BYTES, released - CACHE_KEPT_BYTES);
         assert!(header < gone_from);
-        let gone = resident_pages(&path, gone_from, gone_to);
-        assert!(
-            gone.iter().all(|r| !r),
-            "still cached: {} of {} pages",
-            gone.iter().filter(|r| **r).count(),
-            gone.len()
-        );
+        let (cached, pages) = cached_pages(&path, gone_from, gone_to);
+        assert_eq!(cached, 0, "still cached: {cached} of {pages} pages");
         // The kept window, which collectors read right behind the writer, is still cached.
-        let kept = resident_pages(&path, gone_to, released);
-        assert!(kept.iter().all(|r| *r), "dropped from the window: {}", kept.iter().filter(|r| !**r).count());
+        let (cached, pages) = cached_pages(&path, gone_to, released);
+        assert_eq!(cached, pages, "dropped from the window: {} of {pages}", pages - cached);
         // Every record is still there, read back from the disk where it left the cache.
         j.sync().unwrap();
         let mut r = JournalReader::open(dir.path()).unwrap();
@@ -601,17 +597,12 @@ fn a_segment_left_at_rotation_leaves_the_page_cache_once_the_next_keeps_its_own_
         // The interval sync writes the segment left at rotation; until then it stays cached.
         j.sync().unwrap();
         let len = fs::metadata(&first).unwrap().len() as usize;
-        assert!(resident_pages(&first, 0, len).iter().any(|r| *r), "the left segment's tail is cached");
+        assert!(cached_pages(&first, 0, len).0 > 0, "the left segment's tail is cached");
         while j.released_off() <= CACHE_KEPT_BYTES + WRITEBACK_STEP {
             w.step(&mut j);
         }
-        let left = resident_pages(&first, 0, len);
-        assert!(
-            left.iter().all(|r| !r),
-            "still cached: {} of {} pages",
-            left.iter().filter(|r| **r).count(),
-            left.len()
-        );
+        let (cached, pages) = cached_pages(&first, 0, len);
+        assert_eq!(cached, 0, "still cached: {cached} of {pages} pages");
         j.sync().unwrap();
         let mut r = JournalReader::open(dir.path()).unwrap();
         assert_eq!(seqs(&read_all(&mut r)), (1..w.next).collect::<Vec<_>>(), "start_writeback {start_writeback}");
@@ -635,8 +626,8 @@ fn a_resumed_segments_recovered_records_leave_the_page_cache_too() {
     assert_eq!(j.segment_path(), path, "the segment is resumed");
     w.step(&mut j);
     let below = 20 * WRITEBACK_STEP - CACHE_KEPT_BYTES;
-    let r = resident_pages(&path, 0, below);
-    assert!(r.iter().all(|r| !r), "recovered pages still cached: {} of {}", r.iter().filter(|r| **r).count(), r.len());
+    let (cached, pages) = cached_pages(&path, 0, below);
+    assert_eq!(cached, 0, "recovered pages still cached: {cached} of {pages}");
     j.sync().unwrap();
     let mut rd = JournalReader::open(dir.path()).unwrap();
     assert_eq!(seqs(&read_all(&mut rd)), (1..w.next).collect::<Vec<_>>());
@@ -660,8 +651,8 @@ fn after_a_failed_sync_no_page_leaves_the_cache() {
     for _ in 0..steps_kept + 4 {
         w.step(&mut j);
     }
-    let r = resident_pages(&path, 0, 3 * WRITEBACK_STEP);
-    assert!(r.iter().all(|r| *r), "dropped after a failed sync: {} of {}", r.iter().filter(|r| !**r).count(), r.len());
+    let (cached, pages) = cached_pages(&path, 0, 3 * WRITEBACK_STEP);
+    assert_eq!(cached, pages, "dropped after a failed sync: {} of {pages}", pages - cached);
 }
 
 #[test]
@@ -681,8 +672,8 @@ fn pages_leave_the_cache_whatever_the_batches_boundaries() {
         j.unmap_written();
     }
     let below = j.released_off() - CACHE_KEPT_BYTES - 2 * WRITEBACK_STEP;
-    let r = resident_pages(&path, 0, below);
-    assert!(r.iter().all(|r| !r), "left behind: {} of {} pages", r.iter().filter(|r| **r).count(), r.len());
+    let (cached, pages) = cached_pages(&path, 0, below);
+    assert_eq!(cached, 0, "left behind: {cached} of {pages} pages");
 }
 
 #[test]
