@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracker::config::Config;
 
@@ -84,23 +84,36 @@ fn a_logged_request_taken_from_the_accept_queue_at_stop_is_answered_and_the_shar
 
 /// A one-shard server in `dir` that has answered `GET /i?c=1` on the returned connection and
 /// holds the head of `GET /i?c=2` but its last CRLF, stopped (no longer accepting).
-fn stopped_with_a_request_partly_received(dir: &std::path::Path) -> (tracker::runtime::Running, TcpStream) {
-    let running = tracker::runtime::start(config(dir, 1, "127.0.0.1:0".parse().unwrap())).unwrap();
-    let addr = running.addr();
-    let mut s = TcpStream::connect(addr).unwrap();
-    // One write: a whole request and the head of the next but its last CRLF. The answer to the
-    // first means the server read both; the second waits in its buffer.
-    let first = exchange(&mut s, b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\n\r\nGET /i?c=2 HTTP/1.1\r\nHost: t\r\n").unwrap();
-    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    running.stop();
-    wait_until_refused(addr);
-    (running, s)
+fn stopped_with_a_request_partly_received() -> (tempfile::TempDir, tracker::runtime::Running, TcpStream) {
+    // The server gives such a request STOP_UNANSWERED_GRACE (1 s) from the stop to arrive whole:
+    // the rest must be sent well inside it, which a busy machine can prevent between the stop and
+    // the listener's refusal. A round that took too long proves nothing either way and is run
+    // again; only rounds that met the precondition are returned to be checked.
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let running = tracker::runtime::start(config(dir.path(), 1, "127.0.0.1:0".parse().unwrap())).unwrap();
+        let addr = running.addr();
+        let mut s = TcpStream::connect(addr).unwrap();
+        // One write: a whole request and the head of the next but its last CRLF. The answer to
+        // the first means the server read both; the second waits in its buffer.
+        let first =
+            exchange(&mut s, b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\n\r\nGET /i?c=2 HTTP/1.1\r\nHost: t\r\n").unwrap();
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let stopped = Instant::now();
+        running.stop();
+        wait_until_refused(addr);
+        if stopped.elapsed() < Duration::from_millis(500) {
+            return (dir, running, s);
+        }
+        drop(s);
+        assert!(waits(running));
+    }
+    panic!("in 5 rounds the listener never refused within 0.5 s of the stop: the machine is too busy to test this");
 }
 
 #[test]
 fn a_request_partly_received_when_the_stop_comes_is_still_answered() {
-    let dir = tempfile::tempdir().unwrap();
-    let (running, mut s) = stopped_with_a_request_partly_received(dir.path());
+    let (dir, running, mut s) = stopped_with_a_request_partly_received();
     let second = exchange(&mut s, b"\r\n").expect("the request in flight at stop was dropped");
     assert!(second.starts_with("HTTP/1.1 200") && second.contains("Connection: close"), "{second}");
     assert!(waits(running));
@@ -209,9 +222,8 @@ fn a_panic_on_a_reactor_stops_the_server_with_every_acknowledged_event_journaled
 /// last in the buffer says close.
 #[test]
 fn requests_pipelined_when_the_stop_comes_are_all_answered() {
-    let dir = tempfile::tempdir().unwrap();
     // A request partly received when the stop comes keeps the connection open through it.
-    let (running, mut s) = stopped_with_a_request_partly_received(dir.path());
+    let (dir, running, mut s) = stopped_with_a_request_partly_received();
     // Its end and a whole second request, in one write.
     s.write_all(b"\r\nGET /i?c=3 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut all = Vec::new();
