@@ -965,10 +965,10 @@ impl ShardJournal {
         }
         // Hand the page cache of what was written long enough ago back to the kernel, so the
         // next prefault reuses those just-freed pages instead of growing the cache by ~100 MB/s
-        // into memory untouched since boot. Touching such memory is what made the prefault
-        // the drain's largest cost: on this VM (free page reporting hands free memory back to
-        // the host) copy_folio_from_iter_atomic fell from 4.4% to 1.4% of the process's samples
-        // (perf/RESULTS.md); on bare metal a full page cache would otherwise make every new page
+        // into memory not touched since it was freed. The profile points at touching such memory
+        // as the drain's largest cost: on this VM (free page reporting hands free memory back to
+        // the host) copy_folio_from_iter_atomic fell from 4.4% to 1.4–1.8% of the process's
+        // samples (perf/RESULTS.md); on bare metal a full page cache would otherwise make every new page
         // cost a reclaim, and push out everyone else's cache for data read once. Safe for the
         // data: POSIX_FADV_DONTNEED never drops a dirty, under-writeback or mapped page. Under
         // `interval` these pages' writeback started steps ago, under `always` they were msynced;
