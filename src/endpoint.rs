@@ -56,7 +56,7 @@ impl Routes {
             (false, false) => Route::NotFound,
             (true, false) => Route::MethodNotAllowed("GET, HEAD"),
             (false, true) => Route::MethodNotAllowed("POST, OPTIONS"),
-            (true, true) => Route::MethodNotAllowed("GET, HEAD, POST, OPTIONS"),
+            (true, true) => Route::MethodNotAllowed(crate::http::response::ALLOW_ALL),
         }
     }
 }

@@ -160,11 +160,17 @@ fn prefix_hash(cfg: &BudgetConfig, ip: IpAddr) -> Option<u64> {
 /// client: by its /48 they would all be one source, sharing one budget.
 #[inline]
 fn nat64_ipv4(v6: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
-    let o = v6.octets();
-    let v4 = std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]);
     // A translator never uses the prefix for 127/8 (RFC 6052 §3.1): such an address is not
     // taken for the exempt loopback.
-    (o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0] && !v4.is_loopback()).then_some(v4)
+    nat64_embedded(v6).filter(|v4| !v4.is_loopback())
+}
+
+/// The IPv4 address inside `64:ff9b::/96` (RFC 6052's well-known NAT64 prefix), whatever it is.
+#[inline]
+pub(crate) fn nat64_embedded(v6: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let o = v6.octets();
+    (o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0])
+        .then(|| std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
 }
 
 /// Open connections per address prefix, in one fixed-size table shared by all shards

@@ -77,14 +77,7 @@ pub enum Device<'a> {
 pub fn usable_device_ip(ip: IpAddr) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => {
-            let o = v6.octets();
-            match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None if o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0] => {
-                    IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
-                }
-                None => IpAddr::V6(v6),
-            }
+            v6.to_ipv4_mapped().or_else(|| super::budget::nat64_embedded(&v6)).map_or(IpAddr::V6(v6), IpAddr::V4)
         }
         v4 => v4,
     };
