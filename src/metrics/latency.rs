@@ -3,10 +3,12 @@
 //!
 //! Three measurements, all in nanoseconds, per shard:
 //! - `service`: request service time, from the read completion that made a request complete to
-//!   its response queued in the connection's write buffer (recorded by the reactor, per request,
-//!   rejects included; an `ack = "logged"` request's wait for the journal is not part of it).
-//!   Wall clock, so its start is the read the batch already makes for event timestamps: one
-//!   vDSO read (~50 ns on a KVM guest) plus ~10 ns of record per request (benches `latency`);
+//!   the end of its batch — every request the read completed answered into the connection's
+//!   write buffer, which goes out as one write (recorded by the reactor, once per batch with
+//!   the batch's request count, rejects included; an `ack = "logged"` request's wait for the
+//!   journal is not part of it). Wall clock, so its start is the read the batch already makes
+//!   for event timestamps: one vDSO read (~17–50 ns) plus ~5 ns of record per batch (benches
+//!   `latency`), not per request;
 //! - `journal`: ingest-to-journal latency, from the event's receive time (`Event::ts_ns`, taken
 //!   when the read completed) to the end of the drain batch that appended it to the segment
 //!   (recorded by the drain, once per event, one clock read per batch);
@@ -74,6 +76,12 @@ impl LocalHistogram {
     #[inline]
     pub fn record(&mut self, ns: u64) {
         self.h.saturating_record(ns.max(LATENCY_NS_MIN));
+    }
+
+    /// Records `count` durations of `ns` each, as one update (clamped like `record`).
+    #[inline]
+    pub fn record_n(&mut self, ns: u64, count: u64) {
+        self.h.saturating_record_n(ns.max(LATENCY_NS_MIN), count);
     }
 
     /// Values recorded since the last successful publish.

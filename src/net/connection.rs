@@ -140,6 +140,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         let mut flush_first = false;
         // Also where the service time of each request below starts: the read that completed it.
         let now_ns = crate::clock::unix_nanos();
+        // Requests answered (or refused) into `wbuf` by this batch: their service time ends
+        // together, when the batch does and its responses can go out.
+        let mut served = 0u64;
         ctx.date.borrow_mut().update(now_ns / 1_000_000_000);
         while start < rbuf.len() && rbuf.len() >= need_bytes && wbuf.capacity() - wbuf.len() >= RESPONSE_BYTES_MAX {
             let mut headers = http::header_buf();
@@ -157,7 +160,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                     ctx.shared.counters.request(None, st);
                     ctx.shared.counters.reject(Reason::Malformed);
                     write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None, None);
-                    record_service(&ctx, now_ns);
+                    served += 1;
                     close = true;
                     break;
                 }
@@ -191,7 +194,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                             ctx.shared.counters.request(None, st);
                             ctx.shared.counters.reject(Reason::Malformed);
                             write_error(&ctx, &mut wbuf, st, reason, false, false, req.version_minor, None, None);
-                            record_service(&ctx, now_ns);
+                            served += 1;
                             close = true;
                             break;
                         }
@@ -214,7 +217,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             let more = start + consumed < rbuf.len();
             let a = answer(&ctx, &req, &mut bufs.body, body_len, more, peer, now_ns, &mut wbuf);
             answered_any = true;
-            record_service(&ctx, now_ns);
+            served += 1;
             logged_seq = logged_seq.max(a.logged_seq);
             start += consumed;
             head_started = None;
@@ -223,6 +226,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 close = true;
                 break;
             }
+        }
+        if served > 0 {
+            record_service(&ctx, now_ns, served);
         }
         // RFC 9112 §2.2: empty lines before a request line are ignored (old clients end a POST
         // with an extra CRLF), so a tail of nothing else is no request begun: it must not start
@@ -645,13 +651,14 @@ fn answer(
     Answer { keep_alive: ka, logged_seq: if ep.ack == Ack::Logged { seq } else { 0 } }
 }
 
-/// Records one request's service time (metrics::latency): no allocation, no lock, one vDSO clock
-/// read (~50 ns on a KVM guest; benches/pipeline.rs `latency`). It uses the wall clock so that
-/// the start is the read the batch already makes for event timestamps; a clock step during a
-/// request is clamped (backwards → 1 ns, forwards → at most 60 s).
+/// Records the service time of a batch's `count` requests (metrics::latency): no allocation, no
+/// lock, one vDSO clock read per batch (~17–50 ns; benches/pipeline.rs `latency`), not one per
+/// request. It uses the wall clock so that the start is the read the batch already makes for
+/// event timestamps; a clock step during a batch is clamped (backwards → 1 ns, forwards → at
+/// most 60 s).
 #[inline]
-fn record_service(ctx: &ShardCtx, start_ns: u64) {
-    ctx.service.borrow_mut().record(crate::clock::unix_nanos().saturating_sub(start_ns));
+fn record_service(ctx: &ShardCtx, start_ns: u64, count: u64) {
+    ctx.service.borrow_mut().record_n(crate::clock::unix_nanos().saturating_sub(start_ns), count);
 }
 
 /// A click whose landing URL failed the endpoint's rule: 4xx with the reason, counted, no event.
