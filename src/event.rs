@@ -147,7 +147,7 @@ impl Event {
     /// CRC32C over everything but the crc field itself.
     #[inline]
     pub fn compute_crc(&self) -> u32 {
-        crc32c::crc32c(&self.as_bytes()[4..])
+        crc_fast::crc32_iscsi(&self.as_bytes()[4..])
     }
 
     /// Seals the record for the journal: magic and CRC.

@@ -172,12 +172,12 @@ fn entry_crc(from: u32, to: u32) -> u32 {
     let mut b = [0u8; 8];
     b[..4].copy_from_slice(&from.to_le_bytes());
     b[4..].copy_from_slice(&to.to_le_bytes());
-    crc32c::crc32c(&b)
+    crc_fast::crc32_iscsi(&b)
 }
 
 /// The id of a key base (`<key_prefix>:<name>`) in batch log entries: never 0.
 pub fn key_base_id(base: &str) -> u32 {
-    crc32c::crc32c(base.as_bytes()).max(1)
+    crc_fast::crc32_iscsi(base.as_bytes()).max(1)
 }
 
 /// Every key base of the collector at `collector_dir` by id (empty when none was written).
@@ -434,7 +434,7 @@ mod tests {
         let mut ft = [0u8; 8];
         ft[..4].copy_from_slice(&5u32.to_le_bytes());
         ft[4..].copy_from_slice(&9u32.to_le_bytes());
-        e[8..12].copy_from_slice(&crc32c::crc32c(&ft).to_le_bytes());
+        e[8..12].copy_from_slice(&crc_fast::crc32_iscsi(&ft).to_le_bytes());
         fs::write(batches_path(&dir, 2), e).unwrap();
         assert_eq!(read_batches(&dir, 2).unwrap(), vec![Recorded { from: 5, to: 9, base: LEGACY_BASE_ID }]);
         // And an entry with a base is the old layout plus the base: an old build reads it.

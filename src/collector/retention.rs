@@ -223,7 +223,10 @@ mod tests {
         fixed[32..40].copy_from_slice(&0u64.to_le_bytes());
         let mut schema = vec![0u8; u32::from_le_bytes(fixed[44..48].try_into().unwrap()) as usize];
         f.read_exact_at(&mut schema, 64).unwrap();
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&fixed[..60]), &schema);
+        let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        d.update(&fixed[..60]);
+        d.update(&schema);
+        let crc = d.finalize() as u32;
         fixed[60..64].copy_from_slice(&crc.to_le_bytes());
         f.write_all_at(&fixed, 0).unwrap();
     }

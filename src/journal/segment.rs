@@ -322,7 +322,10 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 fn header_crc(fixed: &[u8], schema_json: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&fixed[..at::CRC]), schema_json)
+    let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    d.update(&fixed[..at::CRC]);
+    d.update(schema_json);
+    d.finalize() as u32
 }
 
 /// Bytes of the header for a schema of `schema_bytes`: the fixed part and the schema rounded up
