@@ -146,7 +146,12 @@ pub struct Batch {
 }
 
 /// A field value, typed as declared in `[event.<type>]`.
+///
+/// Non-exhaustive: a field type added later (a new variant) must not break a collector plugin
+/// built against this version, so a plugin's `match` needs a `_` arm (its JSON or
+/// [`Display`](std::fmt::Display) text is a fine fallback).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Value {
     U64(u64),
     I64(i64),
