@@ -18,10 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::cursor;
 use crate::config::Config;
-use crate::journal::{
-    list_segments, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile, CORRUPT_SUFFIX, TMP_SUFFIX,
-    UNPUBLISHED_SUFFIX,
-};
+use crate::journal::{list_segments, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile};
 
 static OVER_LIMIT: AtomicBool = AtomicBool::new(false);
 /// Bytes of the journal's segment files at the last check (for metrics and readiness).
@@ -74,18 +71,6 @@ pub fn spawn(cfg: &Config, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>, Stri
         .map_err(|e| format!("spawn retention thread: {e}"))
 }
 
-/// The path of segment file `n` of shard directory `dir`, as `list_segments` found it.
-fn file_path(dir: &Path, n: u64, kind: SegmentFile) -> PathBuf {
-    let mut path = segment_path(dir, n).into_os_string();
-    path.push(match kind {
-        SegmentFile::Live => "",
-        SegmentFile::Tmp => TMP_SUFFIX,
-        SegmentFile::Corrupt => CORRUPT_SUFFIX,
-        SegmentFile::Unpublished => UNPUBLISHED_SUFFIX,
-    });
-    path.into()
-}
-
 /// Bytes of every segment file under `journal` (live, made ahead, set aside): what
 /// `journal.size_bytes_max` limits, read at each scrape for the `tracker_journal_disk_bytes`
 /// gauge, so it is current whether or not retention runs. A file that vanishes meanwhile
@@ -95,7 +80,7 @@ pub fn disk_bytes(journal: &Path) -> u64 {
     for shard in shards(journal) {
         let dir = shard_dir(journal, shard);
         for (n, kind) in list_segments(&dir).unwrap_or_default() {
-            bytes += fs::metadata(file_path(&dir, n, kind)).map_or(0, |m| m.len());
+            bytes += fs::metadata(kind.path(&dir, n)).map_or(0, |m| m.len());
         }
     }
     bytes
@@ -133,7 +118,7 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
         // `.seg.unpublished`) take disk too, up to a segment per shard beyond the limit if left
         // out. Retention deletes none of them.
         for &(n, kind) in files.iter().filter(|&&(_, k)| k != SegmentFile::Live) {
-            bytes += fs::metadata(file_path(&dir, n, kind)).map_or(0, |m| m.len());
+            bytes += fs::metadata(kind.path(&dir, n)).map_or(0, |m| m.len());
         }
         let live: Vec<u64> = files.into_iter().filter(|&(_, k)| k == SegmentFile::Live).map(|(n, _)| n).collect();
         let newest = live.last().copied().unwrap_or(0);

@@ -40,6 +40,9 @@
 //!               00000000000000000005.seg.unpublished  a left-over .tmp holding records that
 //!                                                 could not be put into place; set aside by the
 //!                                                 writer, never read or deleted by the tracker
+//!               00000000000000000005.seg.unpublished.1  the same, when the name without a copy
+//!                                                 number was taken (`.corrupt.1` likewise);
+//!                                                 a set-aside file never replaces another
 //!
 //! segment:  [ header: fixed 64 bytes + schema JSON, zero-padded to 4096 × k ]
 //!           [ record 0: 512 bytes ][ record 1 ] ... [ zero slots ... ]   up to segment_bytes
@@ -67,7 +70,8 @@
 //! number after every other segment file, it is renamed back to `N.seg` (nothing in it changed)
 //! and the directory fsynced; anything else (`N.seg` exists too, N is not the next number, a
 //! header that is bad or names another shard or number) is ambiguous, so it is renamed
-//! `N.seg.unpublished` and kept, never read and never deleted, and the report's notes name it
+//! `N.seg.unpublished` (`N.seg.unpublished.1`, `.2`, … when that name is taken) and kept, never
+//! read and never deleted, and the report's notes name it
 //! (counted by `journal.size_bytes_max` like a `.corrupt` file). A removed `.tmp`'s number is
 //! not reused after a machine restart (readers may have seen records under it that the power
 //! loss kept off the disk); a set-aside one's never is.

@@ -29,8 +29,8 @@
 //!
 //! A segment whose header fails its checks is skipped with a warning naming the file (and
 //! counted in [`JournalReader::corrupt_segments`]), so one bad file does not hide the segments
-//! after it. Files named `.seg.corrupt` and `.seg.unpublished` (set aside by the writer) and
-//! `.seg.tmp` (being created) are never read.
+//! after it. Files named `.seg.corrupt` and `.seg.unpublished` (set aside by the writer, with or
+//! without a copy number such as `.1`) and `.seg.tmp` (being created) are never read.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

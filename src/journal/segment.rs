@@ -55,14 +55,16 @@ pub const HEADER_FIXED_BYTES: usize = 64;
 pub const SCHEMA_BYTES_MAX: usize = 1 << 20;
 /// Segment file name: 20 digits (any u64 below u64::MAX) + this suffix.
 pub const SEGMENT_SUFFIX: &str = ".seg";
-/// Appended to a segment whose header failed its checks when the writer set it aside.
+/// Appended to a segment whose header failed its checks when the writer set it aside; when
+/// that name is taken, `.corrupt.K` with the first free K ≥ 1 (`set_aside`).
 pub const CORRUPT_SUFFIX: &str = ".corrupt";
 /// A segment being created: it gets its final name only once its header is on disk.
 pub const TMP_SUFFIX: &str = ".tmp";
 /// Appended (instead of [`TMP_SUFFIX`]) to a `.seg.tmp` that holds records but that the writer
 /// could not put into place at open: its number is taken or is not the next one, or its header
 /// names another shard or number. Never read, never deleted by the tracker; counted by the size
-/// limit like a `.corrupt` file.
+/// limit like a `.corrupt` file. When that name is taken, `.unpublished.K` with the first free
+/// K ≥ 1 (`set_aside`), treated the same everywhere.
 pub const UNPUBLISHED_SUFFIX: &str = ".unpublished";
 /// Digits in a segment file name: enough for u64::MAX.
 pub const SEGMENT_NAME_DIGITS: usize = 20;
@@ -108,7 +110,8 @@ pub struct RecoveryReport {
     /// segments whose rename a power loss undid after the writer had appended to them.
     pub recovered_tmp: Vec<u64>,
     /// `.seg.tmp` files holding records that could not be put into place, renamed
-    /// `.seg.unpublished` and kept ([`UNPUBLISHED_SUFFIX`]).
+    /// `.seg.unpublished` (`.seg.unpublished.K` when that name was taken) and kept
+    /// ([`UNPUBLISHED_SUFFIX`]).
     pub set_aside_tmp: Vec<u64>,
     /// Lines for the operator's log besides `detail`: one per `.seg.tmp` recovered or set
     /// aside, naming the files and the number of records.
@@ -161,13 +164,32 @@ pub(crate) fn parse_shard_dir_name(name: &str) -> Option<u16> {
 pub(crate) enum SegmentFile {
     /// `N.seg`: a published segment.
     Live,
-    /// `N.seg.corrupt`: set aside by the writer.
-    Corrupt,
+    /// `N.seg.corrupt`, or `N.seg.corrupt.K` for copy K ≥ 1: set aside by the writer.
+    Corrupt(u32),
     /// `N.seg.tmp`: a creation that did not finish, or a made-ahead segment whose rename a
     /// power loss undid.
     Tmp,
-    /// `N.seg.unpublished`: a `.seg.tmp` holding records, set aside by the writer.
-    Unpublished,
+    /// `N.seg.unpublished`, or `N.seg.unpublished.K` for copy K ≥ 1: a `.seg.tmp` holding
+    /// records, set aside by the writer.
+    Unpublished(u32),
+}
+
+impl SegmentFile {
+    /// The file of segment `n` of this kind in shard directory `dir`: the one name
+    /// [`parse_segment_name`] reads back as `(n, self)`.
+    pub(crate) fn path(self, dir: &Path, n: u64) -> PathBuf {
+        let live = segment_path(dir, n);
+        let aside = |suffix: &str, copy: u32| match copy {
+            0 => with_suffix(&live, suffix),
+            k => with_suffix(&live, &format!("{suffix}.{k}")),
+        };
+        match self {
+            SegmentFile::Live => live.clone(),
+            SegmentFile::Tmp => with_suffix(&live, TMP_SUFFIX),
+            SegmentFile::Corrupt(copy) => aside(CORRUPT_SUFFIX, copy),
+            SegmentFile::Unpublished(copy) => aside(UNPUBLISHED_SUFFIX, copy),
+        }
+    }
 }
 
 pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, SegmentFile)> {
@@ -177,15 +199,30 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, SegmentFile)> {
     }
     let kind = match rest.strip_prefix(SEGMENT_SUFFIX)? {
         "" => SegmentFile::Live,
-        CORRUPT_SUFFIX => SegmentFile::Corrupt,
         TMP_SUFFIX => SegmentFile::Tmp,
-        UNPUBLISHED_SUFFIX => SegmentFile::Unpublished,
-        _ => return None,
+        aside => match aside.strip_prefix(CORRUPT_SUFFIX) {
+            Some(copy) => SegmentFile::Corrupt(parse_copy(copy)?),
+            None => SegmentFile::Unpublished(parse_copy(aside.strip_prefix(UNPUBLISHED_SUFFIX)?)?),
+        },
     };
     // u64::MAX is not a segment number: nothing can follow it (the writer's and the readers'
     // next number, n + 1, would overflow), and no writer gets there.
     let number: u64 = digits.parse().ok()?;
     (number < u64::MAX).then_some((number, kind))
+}
+
+/// The copy number after a set-aside suffix: none is 0, `.K` is K ≥ 1 in plain decimal. One
+/// spelling per number (no `.0`, no leading zero), so that two names never mean the same copy
+/// and [`SegmentFile::path`] gives back the name that was parsed.
+fn parse_copy(s: &str) -> Option<u32> {
+    if s.is_empty() {
+        return Some(0);
+    }
+    let digits = s.strip_prefix('.')?;
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Segment files in `dir`, by number. A missing directory has none.
@@ -1353,8 +1390,10 @@ struct Tmps {
 ///   number after every other segment file: renamed to `N.seg` (the rename undone, nothing in
 ///   the file changed), then recovered as the last segment like any other;
 /// - intact records otherwise (ambiguous: `N.seg` exists too, N is not the next number, or the
-///   header is bad or names another shard or number): renamed `N.seg.unpublished` and kept,
-///   never read and never deleted, with a note naming it for the operator.
+///   header is bad or names another shard or number): renamed `N.seg.unpublished` (or the
+///   first free `N.seg.unpublished.K`, K = 1, 2, …, when an earlier one or an operator's copy
+///   holds that name: `set_aside`) and kept, never read and never deleted, with a note naming
+///   it for the operator.
 ///
 /// The directory is fsynced once after any change.
 fn resolve_tmps(dir: &Path, dir_file: &File, shard: u16, listing: &[(u64, SegmentFile)]) -> Result<Tmps, JournalError> {
@@ -1391,30 +1430,15 @@ fn resolve_tmps(dir: &Path, dir_file: &File, shard: u16, listing: &[(u64, Segmen
                 ));
             }
             Some(why) => {
-                let aside = with_suffix(&path, UNPUBLISHED_SUFFIX);
-                // A writer never makes a `.tmp` at or below a kept number, so only someone
-                // else's hand can have put both here: refuse rather than replace either.
-                if fs::symlink_metadata(&aside).is_ok() {
-                    return Err(JournalError::invalid(
-                        "set aside",
-                        &tmp,
-                        io::ErrorKind::AlreadyExists,
-                        format!(
-                            "it holds {records} record(s) that cannot be put into place ({why}), and {} already \
-                             exists; move one of them out of {} and start again",
-                            aside.display(),
-                            dir.display()
-                        ),
-                    ));
-                }
-                fs::rename(&tmp, &aside).map_err(|e| JournalError::new("rename", &tmp, e))?;
+                let aside = set_aside(dir, &tmp, n, SegmentFile::Unpublished)?;
                 out.set_aside.push(n);
                 out.notes.push(format!(
-                    "{}: holds {records} record(s) but cannot be put into place: {why}; SET ASIDE as {} and \
+                    "{}: holds {records} record(s) but cannot be put into place: {why}; SET ASIDE as {}{} and \
                      kept: collectors and `tracker journal cat` do not read it, and it counts against \
                      journal.size_bytes_max until an operator moves or deletes it",
                     tmp.display(),
-                    aside.display()
+                    aside.display(),
+                    taken_before(dir, n, SegmentFile::Unpublished, &aside),
                 ));
             }
         }
@@ -1424,6 +1448,70 @@ fn resolve_tmps(dir: &Path, dir_file: &File, shard: u16, listing: &[(u64, Segmen
         dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", dir, e))?;
     }
     Ok(out)
+}
+
+/// Renames `from` (segment `n`'s file) to the first free name among `aside(0)`, `aside(1)`, …
+/// (`N.seg.unpublished`, `N.seg.unpublished.1`, …) and returns it. A file set aside is never
+/// deleted, so neither may setting another aside replace it (an earlier open's, or a copy an
+/// operator put back), nor may a name already taken fail the open: the writer would not start
+/// until someone moved files by hand. The rename itself refuses a taken name
+/// (`RENAME_NOREPLACE`), so a file that appears between two tries is kept too. Every name tried
+/// and refused is a file in `dir`, so the search ends within the directory's size; it errs only
+/// when all 2^32 copy numbers of `n` are taken.
+fn set_aside(dir: &Path, from: &Path, n: u64, aside: fn(u32) -> SegmentFile) -> Result<PathBuf, JournalError> {
+    for copy in 0..=u32::MAX {
+        let to = aside(copy).path(dir, n);
+        match rename_noreplace(from, &to) {
+            Ok(()) => return Ok(to),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(JournalError::with_detail("rename", from, format!("to {}", to.display()), e)),
+        }
+    }
+    Err(JournalError::invalid(
+        "rename",
+        from,
+        io::ErrorKind::AlreadyExists,
+        format!("every name it could be set aside under in {} is taken; move some out", dir.display()),
+    ))
+}
+
+/// For the operator's log: which files already held the names before `taken` (the one
+/// `set_aside` chose), so a set-aside file with a copy number is not taken for the only one.
+fn taken_before(dir: &Path, n: u64, aside: fn(u32) -> SegmentFile, taken: &Path) -> String {
+    if aside(0).path(dir, n) == taken {
+        return String::new();
+    }
+    format!(
+        " ({} and any lower copy number were taken already; those files are kept as they are)",
+        aside(0).path(dir, n).display()
+    )
+}
+
+/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (c_from, c_to) = (c_path(from)?, c_path(to)?);
+    // SAFETY: two NUL-terminated paths that outlive the call; the kernel only reads them.
+    let r = unsafe {
+        libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // A file system (or a kernel before 3.15) without RENAME_NOREPLACE: look, then rename.
+        // Only another hand in this directory at that instant could slip a file in between;
+        // the writer holds the shard's lock.
+        Some(libc::EINVAL | libc::ENOSYS) => {
+            if fs::symlink_metadata(to).is_ok() {
+                return Err(io::ErrorKind::AlreadyExists.into());
+            }
+            fs::rename(from, to)
+        }
+        _ => Err(e),
+    }
 }
 
 /// The header check of `.seg.tmp` `tmp` as segment `number` of `shard`, and how many intact
@@ -1493,11 +1581,15 @@ fn recover_last(
     let header = match header {
         Ok(h) => h,
         Err(bad) => {
-            let corrupt = with_suffix(&path, CORRUPT_SUFFIX);
-            fs::rename(&path, &corrupt).map_err(|e| JournalError::new("rename", &path, e))?;
+            let corrupt = set_aside(dir, &path, n, SegmentFile::Corrupt)?;
             dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", dir, e))?;
             report.new_segment_reason = Some(bad.writer_reason());
-            report.detail = Some(format!("{}: {bad}; renamed to {}", path.display(), corrupt.display()));
+            report.detail = Some(format!(
+                "{}: {bad}; renamed to {}{}",
+                path.display(),
+                corrupt.display(),
+                taken_before(dir, n, SegmentFile::Corrupt, &corrupt)
+            ));
             return Ok(None);
         }
     };

@@ -1307,3 +1307,100 @@ fn a_recovered_segment_is_resumed_like_any_last_segment_when_its_tail_is_trusted
     append_seqs(&mut j, [10]);
     assert_eq!(seqs(&read_all(&mut JournalReader::open(root).unwrap())), (1..=10).collect::<Vec<_>>());
 }
+
+/// Regression: a `.seg.tmp` with records to set aside under a number that already had a
+/// `.seg.unpublished` (an operator's copy, or one set aside by an earlier open and put back by
+/// hand) failed the open: the writer would neither replace the older file nor start. It now
+/// takes the next free name, `.seg.unpublished.1`, `.2`, …, which everything that knows
+/// `.seg.unpublished` treats the same way: not read, counted by the size limit, never deleted,
+/// and its number never reused.
+#[test]
+fn a_second_file_set_aside_under_one_number_takes_a_free_name_and_keeps_both() {
+    let dir = root_after_power_loss();
+    let root = dir.path();
+    let shard = shard_dir(root, 0);
+    let first = shard.join(format!("{:020}.seg.unpublished", 3));
+    fs::write(&first, b"an operator's copy").unwrap();
+    let before = seqs(&read_all(&mut JournalReader::open(root).unwrap()));
+    let mut kept = vec![(first.clone(), fs::read(&first).unwrap())];
+    for (k, seqs_in_tmp) in [(1, [90, 91]), (2, [92, 93])] {
+        let tmp = unrenamed_tmp(root, 3, 0, 3, &seqs_in_tmp);
+        let tmp_bytes = fs::read(&tmp).unwrap();
+        let (mut j, report) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+        let aside = shard.join(format!("{:020}.seg.unpublished.{k}", 3));
+        assert!(fs::read(&aside).is_ok_and(|b| b == tmp_bytes), "set aside whole under the next free name");
+        assert!(!tmp.exists());
+        for (path, bytes) in &kept {
+            assert!(&fs::read(path).unwrap() == bytes, "{} is kept as it was", path.display());
+        }
+        kept.push((aside.clone(), tmp_bytes));
+        assert_eq!(report.set_aside_tmp, [3]);
+        let note = report.notes.join("\n");
+        assert!(note.contains("SET ASIDE as") && note.contains(&aside.display().to_string()), "{note}");
+        assert!(note.contains(&format!("{} and any lower copy number were taken", first.display())), "{note}");
+        assert!(report.segment > 3, "the number set aside is not reused");
+        append_seqs(&mut j, [40 + k]);
+        drop(j);
+    }
+    // Readers never see them; the size limit counts them; retention leaves them.
+    assert_eq!(seqs(&read_all(&mut JournalReader::open(root).unwrap())), [before, vec![41, 42]].concat());
+    let on_disk: u64 = fs::read_dir(&shard)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_str().unwrap().contains(".seg"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert_eq!(crate::collector::retention::disk_bytes(root), on_disk);
+    crate::collector::retention::pass(root, &[], 1, 0);
+    assert!(kept.iter().all(|(p, _)| p.exists()));
+    // With only a suffixed copy left under 3 (and nothing above it), 3 is still not reused.
+    drop(dir);
+    let dir = root_after_power_loss();
+    let root = dir.path();
+    fs::write(shard_dir(root, 0).join(format!("{:020}.seg.unpublished.1", 3)), b"copy").unwrap();
+    let (_, report) = ShardJournal::open(root, 0, SEG_4, &schema_a()).unwrap();
+    assert_eq!(report.segment, 4);
+}
+
+/// Regression: a last segment whose header is bad was renamed `.seg.corrupt` over an existing
+/// `.seg.corrupt` of the same number (an operator's copy put back), which was lost.
+#[test]
+fn a_segment_set_aside_as_corrupt_never_replaces_an_older_corrupt_file() {
+    let dir = closed_root(2);
+    let root = dir.path();
+    let shard = shard_dir(root, 0);
+    let older = shard.join(format!("{:020}.seg.corrupt", 1));
+    fs::write(&older, b"an older set-aside copy").unwrap();
+    let path = seg_file(root, 0, 1);
+    patch(&path, 0, b"XXXXXXXX");
+    let bad = fs::read(&path).unwrap();
+    let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert!(fs::read(&older).unwrap() == b"an older set-aside copy", "the older file is kept as it was");
+    let aside = shard.join(format!("{:020}.seg.corrupt.1", 1));
+    assert!(fs::read(&aside).unwrap() == bad, "the bad segment is set aside whole under the next free name");
+    assert!(report.detail.as_deref().unwrap().contains(&aside.display().to_string()), "{report:?}");
+    assert_eq!(report.segment, 2);
+}
+#[test]
+fn segment_names_with_a_copy_number_parse_only_in_one_spelling() {
+    use super::segment::parse_segment_name;
+    let n = |s: &str| format!("{:020}.seg{s}", 7);
+    assert_eq!(parse_segment_name(&n(".unpublished")), Some((7, SegmentFile::Unpublished(0))));
+    assert_eq!(parse_segment_name(&n(".unpublished.1")), Some((7, SegmentFile::Unpublished(1))));
+    assert_eq!(parse_segment_name(&n(".unpublished.12")), Some((7, SegmentFile::Unpublished(12))));
+    assert_eq!(parse_segment_name(&n(".corrupt")), Some((7, SegmentFile::Corrupt(0))));
+    assert_eq!(parse_segment_name(&n(".corrupt.3")), Some((7, SegmentFile::Corrupt(3))));
+    // One name per file: `.0`, a leading zero, a sign or other text would be a second spelling
+    // of a name already taken, or someone else's file.
+    for bad in [".unpublished.0", ".unpublished.01", ".unpublished.", ".unpublished.+1", ".unpublished.bak", ".tmp.1"] {
+        assert_eq!(parse_segment_name(&n(bad)), None, "{bad}");
+    }
+    assert_eq!(parse_segment_name(&n(".corrupt.4294967296")), None, "beyond u32");
+    // And back: the path a listing entry names is the file it was parsed from.
+    let dir = Path::new("/j/shard-000");
+    for kind in [SegmentFile::Live, SegmentFile::Tmp, SegmentFile::Corrupt(0), SegmentFile::Unpublished(2)] {
+        let path = kind.path(dir, 7);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(parse_segment_name(name), Some((7, kind)), "{name}");
+    }
+}
