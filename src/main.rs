@@ -102,7 +102,9 @@ enum JournalCmd {
         #[arg(long)]
         follow: bool,
         /// Exit 3 when a damaged record or segment was skipped (it is always named on stderr),
-        /// so a script can tell a clean read from one that passed over damage.
+        /// so a script can tell a clean read from one that passed over damage. A bad last
+        /// record of a shard's newest segment is damage only once its writer stopped cleanly;
+        /// before that it may be a record still being written.
         #[arg(long, conflicts_with = "follow")]
         strict: bool,
     },

@@ -9,7 +9,11 @@
 //! Where a shard's records end, at each poll:
 //! - an all-zero slot: nothing more yet (the writer preallocates, so unwritten slots are zero);
 //! - a slot that is not an intact record and is followed only by zeros: the writer may be in
-//!   the middle of copying it, so it is retried at the next poll;
+//!   the middle of copying it, so it is retried at the next poll — unless the shard's
+//!   `writer.state` says its writer stopped cleanly (nothing is being written, and the next
+//!   writer will leave that segment as it is): then it is corrupt, counted and reported like
+//!   the next case (see `skip_damage_after_clean_stop` for why the state can be trusted while
+//!   a writer may be starting);
 //! - a slot that is not an intact record but is followed by written data (the next slot, or a
 //!   newer segment): corrupt. It is re-read once (the reader may have raced the writer's
 //!   stores), then skipped, counted in [`JournalReader::corrupt_records`] and reported in
@@ -42,6 +46,7 @@ use super::error::JournalError;
 use super::segment::{
     all_zero, list_segments, next_nonzero_slot, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile,
 };
+use super::writer_state;
 use crate::event::{Event, EVENT_BYTES};
 use crate::schema::Schema;
 
@@ -226,6 +231,10 @@ impl ShardCursor {
             let stop = seg.scan(false, stats, f, &mut delivered)?;
             if let Stop::Waiting = stop {
                 if !self.newer_segment_exists()? {
+                    let seg = self.open.as_mut().expect("still open");
+                    if seg.skip_damage_after_clean_stop(&self.dir, stats)? {
+                        continue;
+                    }
                     return Ok(delivered);
                 }
                 // The writer left this segment for good: everything it wrote here was written
@@ -408,6 +417,56 @@ impl OpenSegment {
             }
             self.off += EVENT_BYTES as u64;
         }
+    }
+
+    /// Called where `scan` waits in the newest segment: when the slot there is bad (nothing but
+    /// zeros after it) and the shard's writer has stopped cleanly, it is damage, not a record
+    /// being copied: counted, named in a warning and passed (true). Otherwise nothing changes.
+    ///
+    /// `writer.state` says `clean` only after a writer's last sync, and a writer records
+    /// `running` (durably) before its first append, so the order of the reads matters: the slot
+    /// was bad, then the state said `clean`, then the slot is read again and has the same bytes.
+    /// A writer copying that slot at the first read had not stopped, so a `clean` after it means
+    /// it stopped since, having finished the copy: the second read differs. A writer that starts
+    /// after the state read finds the slot bad after a clean stop and leaves the segment as it is
+    /// (`recover_records`), so it never writes there. What this cannot tell from damage is a
+    /// killed writer's cut record that a second writer zeroed, and a third, started after the
+    /// state read, is copying again with the very same bytes so far: two restarts within one
+    /// read, and a record with another id and time.
+    fn skip_damage_after_clean_stop(&mut self, dir: &Path, stats: &mut Stats) -> Result<bool, JournalError> {
+        if self.off + EVENT_BYTES as u64 > self.file_bytes {
+            return Ok(false);
+        }
+        self.chunk_len = 0;
+        let seen = self.slot(self.off)?;
+        if all_zero(&seen) || Event::from_bytes(&seen).is_sealed_intact() || !writer_state::stopped_clean(dir) {
+            return Ok(false);
+        }
+        self.chunk_len = 0;
+        let again = self.slot(self.off)?;
+        if again != seen {
+            return Ok(false);
+        }
+        let e = Event::from_bytes(&again);
+        stats.corrupt_records += 1;
+        let slot_index = (self.off - self.first_record_off) / EVENT_BYTES as u64;
+        stats.warn(JournalError::invalid(
+            "read record",
+            &self.path,
+            io::ErrorKind::InvalidData,
+            format!(
+                "record {slot_index} at offset {} is not an intact record (magic {:#06x}, crc {:#010x} \
+                 stored, {:#010x} computed) and its writer stopped cleanly ({}), so it is damage, not a \
+                 record being written; skipped",
+                self.off,
+                e.magic,
+                e.crc,
+                e.compute_crc(),
+                dir.join(writer_state::STATE_FILE).display()
+            ),
+        ));
+        self.off += EVENT_BYTES as u64;
+        Ok(true)
     }
 
     /// The 512 bytes at `off`, from the chunk or a fresh `pread`.

@@ -135,6 +135,75 @@ fn a_last_record_damaged_after_a_clean_stop_is_left_in_place_and_new_events_go_t
     assert_eq!(std::fs::read(&seg).unwrap(), bytes, "segment 1 is as it was");
 }
 
+/// Segment 1 of shard 0 under `root`, written with the writer API: campaigns 1..=3, then a
+/// clean stop (`writer.state` says `clean`). Returns the segment's path and where its records
+/// start.
+fn three_records_then_clean_stop(root: &std::path::Path) -> (std::path::PathBuf, usize) {
+    use tracker::event::{Event, EVENT_BYTES};
+    use tracker::journal::{ShardJournal, PAGE_BYTES};
+    use tracker::schema::{FieldKind, FieldSchema, Schema, TypeSchema, SCHEMA_VERSION};
+    let campaign = FieldSchema { name: "campaign_id".into(), kind: FieldKind::U64, slot: 0, offset: 0, max: 0 };
+    let schema = Schema {
+        version: SCHEMA_VERSION,
+        event_bytes: EVENT_BYTES as u32,
+        types: vec![TypeSchema { id: 0, name: "impression".into(), fields: vec![campaign] }],
+    };
+    let (mut j, _) = ShardJournal::open(root, 0, (PAGE_BYTES + 8 * EVENT_BYTES) as u64, &schema).unwrap();
+    for c in 1..=3 {
+        let mut e = Event::ZERO;
+        e.seq = c;
+        e.set_slot(0, c);
+        j.append(&mut e).unwrap();
+    }
+    let seg = j.segment_path().to_path_buf();
+    j.close_clean().unwrap();
+    assert_eq!(writer_state(root, "shard-000"), "clean");
+    let bytes = std::fs::read(&seg).unwrap();
+    (seg, u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize)
+}
+
+/// `tracker journal cat --strict` on `root`: (exit code, campaigns printed, stderr).
+fn strict_cat(root: &std::path::Path) -> (Option<i32>, Vec<u64>, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["journal", "cat", "--strict", "--journal-dir"])
+        .arg(root)
+        .output()
+        .unwrap();
+    let campaigns = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["campaign_id"].as_u64().unwrap())
+        .collect();
+    (out.status.code(), campaigns, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Regression: `journal cat --strict` took a bad last record of the newest segment for a
+/// record still being copied even when its writer had stopped cleanly (nothing is written any
+/// more), printed the records before it and exited 0, so a script checking the journal after a
+/// clean stop never heard of the damage.
+#[test]
+fn strict_cat_reports_a_last_record_damaged_after_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (seg, header) = three_records_then_clean_stop(root);
+    assert_eq!(strict_cat(root), (Some(0), vec![1, 2, 3], String::new()), "intact: a clean read");
+
+    let third = header + 2 * 512;
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[third + 100] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (code, campaigns, err) = strict_cat(root);
+    assert_eq!((code, &campaigns[..]), (Some(3), &[1, 2][..]), "{err}");
+    assert!(err.contains(&seg.display().to_string()) && err.contains(&format!("offset {third}")), "{err}");
+    assert!(err.contains("stopped cleanly"), "{err}");
+    assert!(err.contains("skipped 1 bad record(s) and 0 bad segment(s)"), "{err}");
+
+    // The same bytes while the state says a writer is running (or was killed mid-copy): the
+    // record may still be being written, so it is not damage, and the read is clean so far.
+    as_if_killed(root, "shard-000");
+    assert_eq!(strict_cat(root), (Some(0), vec![1, 2], String::new()));
+}
+
 #[test]
 fn logged_acks_survive_kill_9_under_load() {
     let mut s = Server::start(None, &["--shards", "2"]);
