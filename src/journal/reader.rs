@@ -117,8 +117,10 @@ struct OpenSegment {
 enum Stop {
     /// Every slot of the segment has been read.
     End,
-    /// At a zero slot or a record that may still be being written.
+    /// At a zero slot: nothing more yet.
     Waiting,
+    /// At a bad slot with nothing but zeros after it: a record that may still be being written.
+    WaitingOnBad,
 }
 
 impl JournalReader {
@@ -229,10 +231,10 @@ impl ShardCursor {
             }
             let seg = self.open.as_mut().expect("opened above");
             let stop = seg.scan(false, stats, f, &mut delivered)?;
-            if let Stop::Waiting = stop {
+            if let Stop::Waiting | Stop::WaitingOnBad = stop {
                 if !self.newer_segment_exists()? {
                     let seg = self.open.as_mut().expect("still open");
-                    if seg.skip_damage_after_clean_stop(&self.dir, stats)? {
+                    if matches!(stop, Stop::WaitingOnBad) && seg.skip_damage_after_clean_stop(&self.dir, stats)? {
                         continue;
                     }
                     return Ok(delivered);
@@ -388,7 +390,7 @@ impl OpenSegment {
             let next = self.off + EVENT_BYTES as u64;
             let followed = last_pass || (next + EVENT_BYTES as u64 <= self.file_bytes && !all_zero(&self.slot(next)?));
             if !followed {
-                return Ok(Stop::Waiting);
+                return Ok(Stop::WaitingOnBad);
             }
             // Re-read: on a weakly ordered CPU the next slot's bytes can become visible before
             // this one's are complete.
@@ -419,8 +421,8 @@ impl OpenSegment {
         }
     }
 
-    /// Called where `scan` waits in the newest segment: when the slot there is bad (nothing but
-    /// zeros after it) and the shard's writer has stopped cleanly, it is damage, not a record
+    /// Called where `scan` waits on a bad slot in the newest segment: when the slot is still bad
+    /// and the shard's writer has stopped cleanly, it is damage, not a record
     /// being copied: counted, named in a warning and passed (true). Otherwise nothing changes.
     ///
     /// `writer.state` says `clean` only after a writer's last sync, and a writer records
