@@ -1475,8 +1475,8 @@ fn set_aside(dir: &Path, from: &Path, n: u64, aside: fn(u32) -> SegmentFile) -> 
     ))
 }
 
-/// For the operator's log: which files already held the names before `taken` (the one
-/// `set_aside` chose), so a set-aside file with a copy number is not taken for the only one.
+/// For the operator's log, when `set_aside` chose a name with a copy number (`taken`): that
+/// more files are set aside under segment `n`, so the one the line names is not the only one.
 fn taken_before(dir: &Path, n: u64, aside: fn(u32) -> SegmentFile, taken: &Path) -> String {
     if aside(0).path(dir, n) == taken {
         return String::new();
