@@ -5,6 +5,9 @@ use crate::config::{Config, Method};
 
 pub enum Route {
     Found(u16),
+    /// OPTIONS on a configured path (RFC 9110 §9.3.7): answered 204 with this `Allow` value,
+    /// never an event. A CORS preflight on a POST path is told apart before routing.
+    Options(&'static str),
     /// The path exists for other methods; the value is the `Allow` header's value.
     MethodNotAllowed(&'static str),
     NotFound,
@@ -16,6 +19,7 @@ pub enum RequestMethod {
     Get,
     Head,
     Post,
+    Options,
     Other,
 }
 
@@ -50,13 +54,19 @@ impl Routes {
                 (Method::Post, _) => post = true,
             }
         }
-        // A POST path also answers OPTIONS (the CORS preflight, `net::connection`), so Allow
-        // names it: RFC 9110 §10.2.1 lists every method the resource supports.
-        match (get, post) {
-            (false, false) => Route::NotFound,
-            (true, false) => Route::MethodNotAllowed("GET, HEAD"),
-            (false, true) => Route::MethodNotAllowed("POST, OPTIONS"),
-            (true, true) => Route::MethodNotAllowed(crate::http::response::ALLOW_ALL),
+        // Every configured path answers OPTIONS (`Route::Options`; on a POST path also the CORS
+        // preflight, `net::connection`), so Allow names it: RFC 9110 §10.2.1 lists every
+        // method the resource supports. Static strings: routing allocates nothing.
+        let allow = match (get, post) {
+            (false, false) => return Route::NotFound,
+            (true, false) => "GET, HEAD, OPTIONS",
+            (false, true) => "POST, OPTIONS",
+            (true, true) => crate::http::response::ALLOW_ALL,
+        };
+        if method == RequestMethod::Options {
+            Route::Options(allow)
+        } else {
+            Route::MethodNotAllowed(allow)
         }
     }
 }
@@ -70,8 +80,17 @@ mod tests {
         let r = Routes::new(&Config::embedded());
         assert!(matches!(r.route(RequestMethod::Get, b"/i"), Route::Found(0)));
         assert!(matches!(r.route(RequestMethod::Head, b"/i"), Route::Found(0)));
-        assert!(matches!(r.route(RequestMethod::Post, b"/i"), Route::MethodNotAllowed("GET, HEAD")));
+        assert!(matches!(r.route(RequestMethod::Post, b"/i"), Route::MethodNotAllowed("GET, HEAD, OPTIONS")));
+        assert!(matches!(r.route(RequestMethod::Other, b"/batch"), Route::MethodNotAllowed("POST, OPTIONS")));
         assert!(matches!(r.route(RequestMethod::Get, b"/nope"), Route::NotFound));
         assert!(matches!(r.route(RequestMethod::Get, b"/i/"), Route::NotFound));
+    }
+
+    #[test]
+    fn options_on_a_configured_path_names_its_methods_and_options() {
+        let r = Routes::new(&Config::embedded());
+        assert!(matches!(r.route(RequestMethod::Options, b"/i"), Route::Options("GET, HEAD, OPTIONS")));
+        assert!(matches!(r.route(RequestMethod::Options, b"/batch"), Route::Options("POST, OPTIONS")));
+        assert!(matches!(r.route(RequestMethod::Options, b"/nope"), Route::NotFound));
     }
 }

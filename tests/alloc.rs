@@ -170,8 +170,9 @@ fn no_heap_allocation_per_request_once_warm() {
             b'2',
         ),
     ];
-    let paths: [(&str, &[u8], u8); 7] = [
+    let paths: [(&str, &[u8], u8); 8] = [
         ("pixel", PIXEL, b'2'),
+        ("options on a path", b"OPTIONS /i HTTP/1.1\r\nHost: t\r\n\r\n", b'2'),
         ("absolute-form pixel", ABSOLUTE, b'2'),
         ("400", MISSING, b'4'),
         ("logged", LOGGED, b'2'),
@@ -253,13 +254,13 @@ fn no_heap_allocation_per_request_once_warm() {
     let shard = running.shards()[0].clone();
     running.stop();
     running.wait();
-    // Every request was recorded (14 × 7000: pixel, absolute-form pixel, 400, logged, duplicate, redirect, refused
-    // redirect, five JSON posts, preflight, pixel after reload), and every event journaled:
+    // Every request was recorded (15 × 7000: pixel, OPTIONS on a path, absolute-form pixel, 400, logged, duplicate,
+    // redirect, refused redirect, five JSON posts, preflight, pixel after reload), and every event journaled:
     // pixel, absolute-form pixel, logged, redirect and pixel after reload 7000 each, the duplicate once (the rest
     // are repeats of it), the 400s and the refused redirects none; the three batches 3 × 7000
-    // each (their bad item never), the split batch and the beacon 7000 each, the preflight
-    // none; and the two worst-case bodies (none: too many items, and an array that is not an
+    // each (their bad item never), the split batch and the beacon 7000 each, the OPTIONS and
+    // the preflight none; and the two worst-case bodies (none: too many items, and an array that is not an
     // event).
-    assert_eq!(shard.counters.latency.service.cumulative().len(), 98_002);
+    assert_eq!(shard.counters.latency.service.cumulative().len(), 105_002);
     assert_eq!(shard.counters.latency.journal.cumulative().len(), 35_001 + 3 * 21_000 + 2 * 7_000);
 }

@@ -170,19 +170,24 @@ pub fn preflight(
 /// The methods the tracker implements for some target, as `OPTIONS *` reports them.
 pub const ALLOW_ALL: &str = "GET, HEAD, POST, OPTIONS";
 
-/// `HTTP/1.1 204 No Content` answering `OPTIONS *` (RFC 9110 §9.3.7): a question about the
-/// server, not a resource, so `Allow` lists every method it implements. Responses to OPTIONS
-/// are not cacheable, so no Cache-Control; a 204 has no Content-Length (RFC 9110 §8.6).
-pub fn options_server(
+/// `HTTP/1.1 204 No Content` answering OPTIONS (RFC 9110 §9.3.7) with `Allow: {allow}`: for
+/// `OPTIONS *`, a question about the server, [`ALLOW_ALL`]; for a path, that path's methods
+/// (`endpoint::Route::Options`). Responses to OPTIONS are not cacheable, so no Cache-Control;
+/// a 204 has no Content-Length (RFC 9110 §8.6).
+pub fn options(
     out: &mut Vec<u8>,
+    allow: &str,
     keep_alive: bool,
     version_minor: u8,
     date: &[u8; DATE_BYTES],
 ) -> Result<usize, WriteError> {
+    if !is_header_value(allow.as_bytes()) {
+        return Err(WriteError::BadHeaderValue);
+    }
     let mut w = Out::new(out);
     w.status_line(b"204 No Content", date);
     w.put(b"Allow: ");
-    w.put(ALLOW_ALL.as_bytes());
+    w.put(allow.as_bytes());
     w.put(b"\r\n");
     w.end_head(None, keep_alive, version_minor);
     w.finish()
@@ -723,9 +728,9 @@ mod tests {
     }
 
     #[test]
-    fn options_server_bytes_exact() {
+    fn options_bytes_exact() {
         let mut out = buf();
-        options_server(&mut out, true, 1, DATE).unwrap();
+        options(&mut out, ALLOW_ALL, true, 1, DATE).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 204 No Content\r\n\
@@ -735,8 +740,14 @@ mod tests {
              \r\n"
         );
         let mut out = buf();
-        options_server(&mut out, true, 0, DATE).unwrap();
+        options(&mut out, ALLOW_ALL, true, 0, DATE).unwrap();
         assert!(out.ends_with(b"Allow: GET, HEAD, POST, OPTIONS\r\nConnection: keep-alive\r\n\r\n"));
+        let mut out = buf();
+        options(&mut out, "GET, HEAD, OPTIONS", false, 1, DATE).unwrap();
+        assert!(out.ends_with(b"Allow: GET, HEAD, OPTIONS\r\nConnection: close\r\n\r\n"));
+        let mut out = buf();
+        assert_eq!(options(&mut out, "GET\r\nX: y", true, 1, DATE), Err(WriteError::BadHeaderValue));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -431,6 +431,7 @@ fn answer(
         http::Method::Get => RequestMethod::Get,
         http::Method::Head => RequestMethod::Head,
         http::Method::Post => RequestMethod::Post,
+        http::Method::Options => RequestMethod::Options,
         _ => RequestMethod::Other,
     };
     // Borrowed for this request only: the control task swaps both between requests on reload.
@@ -440,17 +441,26 @@ fn answer(
     if req.method == http::Method::Options && req.path == b"*" {
         counters.request(None, Status::S204);
         let date = ctx.date.borrow();
-        let _ = http::response::options_server(wbuf, ka, v, date.get());
+        let _ = http::response::options(wbuf, http::response::ALLOW_ALL, ka, v, date.get());
         return Answer { keep_alive: ka, logged_seq: 0 };
     }
-    // CORS preflight for a POST endpoint (http::cors); never an event.
-    if req.method == http::Method::Options {
+    // CORS preflight for a POST endpoint (http::cors); never an event. A browser sends every
+    // preflight with `Origin` (the Fetch standard); an OPTIONS without one is a plain question about
+    // the path and is answered below with its `Allow`, like OPTIONS on a GET path.
+    if req.method == http::Method::Options && http::query::header(req.headers, "origin").is_some() {
         if let Route::Found(i) = routes.route(RequestMethod::Post, req.path) {
             return post::preflight(ctx, &cfg, i, req, ka, wbuf);
         }
     }
     let ep_index = match routes.route(method, req.path) {
         Route::Found(i) => i,
+        // Counted as `OPTIONS *` is: no endpoint's request, since no endpoint ran.
+        Route::Options(allow) => {
+            counters.request(None, Status::S204);
+            let date = ctx.date.borrow();
+            let _ = http::response::options(wbuf, allow, ka, v, date.get());
+            return Answer { keep_alive: ka, logged_seq: 0 };
+        }
         Route::NotFound => {
             counters.request(None, Status::S404);
             write_error(ctx, wbuf, Status::S404, "no such endpoint", ka, head, v, None, None);

@@ -66,7 +66,9 @@ impl PostScratch {
 }
 
 /// Answers a CORS preflight (`OPTIONS`) for the POST endpoint `ep_index`: 204 with the
-/// `Access-Control-*` headers for an allowed origin, 403 for any other (or none).
+/// `Access-Control-*` headers for an allowed origin, 403 for any other. `connection::answer`
+/// calls it only for a request with an `Origin` (one without is answered with `Allow`); the
+/// 403 for none stays as the safe answer should that ever change.
 pub(super) fn preflight(
     ctx: &ShardCtx,
     cfg: &Config,

@@ -469,9 +469,11 @@ fn cors_preflight_allowed_and_denied() {
     assert_eq!(r.header("vary"), Some("Origin"));
     let r = post(&mut c, "/batch", "Content-Type: application/json\r\nOrigin: https://evil.example\r\n", b"{not json");
     assert_eq!((r.status, r.header("access-control-allow-origin")), (400, None));
-    // OPTIONS on a GET-only path is not a preflight.
+    // OPTIONS on a GET-only path is not a preflight: it names the path's methods, grants nothing.
     c.send(b"OPTIONS /i HTTP/1.1\r\nHost: t\r\nOrigin: https://shop.example\r\n\r\n");
-    assert_eq!(c.read_response(false).status, 405);
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.header("allow")), (204, Some("GET, HEAD, OPTIONS")));
+    assert_eq!(r.header("access-control-allow-origin"), None);
 }
 
 /// docs/post.md: every answer to a POST from a listed origin carries the grant, refusals

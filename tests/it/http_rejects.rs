@@ -154,12 +154,55 @@ fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     c.send(b"POST /i HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
     let r = c.read_response(false);
     assert_eq!(r.status, 405);
-    assert_eq!(r.header("allow"), Some("GET, HEAD"));
-    // A POST endpoint answers OPTIONS (CORS preflight), so its Allow says so (RFC 9110 §10.2.1).
+    // Every configured path answers OPTIONS, so every Allow names it (RFC 9110 §10.2.1).
+    assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"));
     assert_eq!(c.get("/batch").header("allow"), Some("POST, OPTIONS"));
     // Both keep the connection.
     assert_eq!(c.get("/i?c=2").status, 200);
     assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 1);
+}
+
+/// RFC 9110 §9.3.7: OPTIONS on a resource asks which methods it supports, and a server that
+/// implements OPTIONS answers 2xx with `Allow`. It answered 405 with an `Allow` that did not even
+/// name OPTIONS on a GET path, and 403 on a POST path when the request was not a CORS preflight
+/// (no `Origin`). Never an event, and counted like `OPTIONS *`.
+#[test]
+fn options_on_a_path_is_204_with_its_methods_in_allow() {
+    // The default endpoints plus a POST on a GET path, so one path has both methods.
+    let cfg = "[[endpoint]]\npath = \"/cv\"\nmethod = \"POST\"\nevent = \"batch_event\"\nresponse = \"no_content\"\n\n"
+        .to_string()
+        + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for (path, allow) in
+        [("/i", "GET, HEAD, OPTIONS"), ("/batch", "POST, OPTIONS"), ("/cv", "GET, HEAD, POST, OPTIONS")]
+    {
+        c.send(format!("OPTIONS {path}?c=1 HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!(r.status, 204, "{path}: body {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("allow"), Some(allow), "{path}");
+        // Kept open; a 204 has no Content-Length; not a preflight, so no CORS grant.
+        assert_eq!((r.header("connection"), r.header("content-length")), (None, None), "{path}");
+        assert_eq!(r.header("access-control-allow-origin"), None, "{path}");
+    }
+    // An unknown path is still not a resource.
+    c.send(b"OPTIONS /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 404);
+    // Every 405 names OPTIONS among the methods that would work.
+    c.send(b"POST /i HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD, OPTIONS")));
+    c.send(b"HEAD /batch HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response(true);
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST, OPTIONS")));
+    c.send(b"DELETE /cv HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD, POST, OPTIONS")));
+    assert_eq!(c.get("/i?c=2").status, 200);
+    assert_eq!(requests_with_status(&s, "204"), 3.0);
+    assert_eq!(s.stop(), 0);
+    // Only the pixel: OPTIONS is never an event.
     assert_eq!(journal_cat(&s.journal()).len(), 1);
 }
 
