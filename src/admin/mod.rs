@@ -11,6 +11,9 @@
 //!   `admin.ready_ring_backlog_events_max` unread events; otherwise 503 with every reason found;
 //! - `GET /stats`   JSON percentiles per shard and merged, read by `tracker stats`.
 //!
+//! A request with no Host in HTTP/1.1, more than one Host, or a Host value that is not
+//! `host[:port]` gets 400 with the reason (RFC 9112 §3.2), by the public listener's rule.
+//!
 //! And, when `admin.hlog_path` is set, a second thread appends the merged histograms to an
 //! HdrHistogram interval log ([`hlog`]).
 //!
@@ -331,7 +334,13 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
     let line = buf[..head_end].split(|&b| b == b'\r').next().unwrap_or(&[]);
     let mut parts = line.split(|&b| b == b' ');
     let (method, target) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
+    let version = parts.next().unwrap_or(&[]);
     let head = method == b"HEAD";
+    // Before the method and path, as on the public listener: a request about no valid host is
+    // malformed whatever it asks for.
+    if let Some(why) = host_problem(&buf[..head_end], version) {
+        return respond(&mut s, 400, "text/plain", format!("{why}\n").as_bytes(), head);
+    }
     if method != b"GET" && !head {
         return respond(&mut s, 405, "text/plain", b"only GET and HEAD\n", head);
     }
@@ -366,9 +375,39 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
     }
 }
 
+/// Why the head (request line and fields, without the blank line) breaks RFC 9112 §3.2's Host
+/// rule, as the public listener words it (`http::request`): more than one Host, a value that is
+/// not `host[:port]` (the public [`valid_host`](crate::http::request::valid_host)), or none in
+/// a request that is not HTTP/1.0 (the admin speaks 1.0 and 1.1 and reads anything else as 1.1).
+fn host_problem(head: &[u8], version: &[u8]) -> Option<&'static str> {
+    let mut host: Option<&[u8]> = None;
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        if !line[..colon].eq_ignore_ascii_case(b"host") {
+            continue;
+        }
+        if host.is_some() {
+            return Some("more than one Host header");
+        }
+        // The field value without the optional whitespace (SP, HTAB) around it (RFC 9110 §5.5);
+        // any other byte stays for valid_host to refuse.
+        let ows = |b: &u8| *b == b' ' || *b == b'\t';
+        let v = &line[colon + 1..];
+        let v = &v[v.iter().position(|b| !ows(b)).unwrap_or(v.len())..];
+        let v = &v[..v.iter().rposition(|b| !ows(b)).map_or(0, |i| i + 1)];
+        if !crate::http::request::valid_host(v) {
+            return Some("invalid Host header");
+        }
+        host = Some(v);
+    }
+    (host.is_none() && version != b"HTTP/1.0").then_some("missing Host header")
+}
+
 fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], head: bool) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
+        400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",

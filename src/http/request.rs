@@ -558,7 +558,8 @@ fn parse_content_length(v: &[u8]) -> Result<usize, ParseError> {
 /// userinfo (`@`), a query or fragment, spaces, a second `:`, an unclosed `[`, raw UTF-8 (IDNs
 /// come as `xn--`). Runs on every request: one table load per byte of a host name of a few
 /// dozen bytes; only a bracketed literal goes through std's (non-allocating) IPv6 parser.
-fn valid_host(v: &[u8]) -> bool {
+/// The admin listener checks its Host with this too ([`crate::admin`]): one rule for both.
+pub(crate) fn valid_host(v: &[u8]) -> bool {
     let port = if v.first() == Some(&b'[') {
         let Some(close) = memchr::memchr(b']', v) else {
             return false;

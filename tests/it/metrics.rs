@@ -400,6 +400,45 @@ fn admin_405_names_the_methods_it_serves_in_allow() {
     assert_eq!(r.header("allow"), Some("GET, HEAD"), "{:?}", r.headers);
 }
 
+/// RFC 9112 §3.2: a request with no Host in HTTP/1.1, more than one Host, or an invalid Host
+/// value gets 400. The public listener refused these; the admin listener answered them.
+#[test]
+fn admin_refuses_a_missing_repeated_or_invalid_host_with_400() {
+    let s = Server::start(None, &["--shards", "1"]);
+    let admin = s.admin.unwrap();
+    let refused: [(&[u8], &str); 7] = [
+        (b"GET /health HTTP/1.1\r\n\r\n", "missing Host header"),
+        (b"GET /metrics HTTP/1.1\r\nX-A: b\r\n\r\n", "missing Host header"),
+        (b"GET /health HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", "more than one Host header"),
+        (b"GET /health HTTP/1.0\r\nHost: a\r\nHOST: b\r\n\r\n", "more than one Host header"),
+        (b"GET /health HTTP/1.1\r\nHost: a/b\r\n\r\n", "invalid Host header"),
+        (b"GET /ready HTTP/1.1\r\nHost: user@a:1\r\n\r\n", "invalid Host header"),
+        (b"GET /health HTTP/1.0\r\nHost: [::1\r\n\r\n", "invalid Host header"),
+    ];
+    for (raw, why) in refused {
+        let mut c = Client::connect(admin);
+        c.send(raw);
+        let r = c.read_response(false);
+        let text = String::from_utf8_lossy(raw);
+        assert_eq!((r.status, std::str::from_utf8(&r.body).unwrap()), (400, format!("{why}\n").as_str()), "{text:?}");
+        assert_eq!(r.header("connection"), Some("close"), "{text:?}");
+        assert!(c.is_closed(), "{text:?}");
+    }
+    // What RFC 9112 allows still works: no Host in HTTP/1.0, an empty Host, an IP literal with
+    // a port, the admin address as `tracker stats` sends it, spaces around the value.
+    for raw in [
+        "GET /health HTTP/1.0\r\n\r\n".to_string(),
+        "GET /health HTTP/1.1\r\nHost:\r\n\r\n".to_string(),
+        "GET /health HTTP/1.1\r\nHost: [::1]:9090\r\n\r\n".to_string(),
+        format!("GET /health HTTP/1.1\r\nhost:  {admin} \r\n\r\n"),
+    ] {
+        let mut c = Client::connect(admin);
+        c.send(raw.as_bytes());
+        let r = c.read_response(false);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]), "{raw:?}");
+    }
+}
+
 #[test]
 fn admin_accepts_an_absolute_form_target() {
     // RFC 9112 3.2.2: a server must accept `GET http://host/path` as well as `GET /path`.
