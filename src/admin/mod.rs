@@ -345,18 +345,15 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
         return respond(&mut s, 405, "text/plain", b"only GET and HEAD\n", head);
     }
     // RFC 9112 3.2.2: a server must also accept the absolute form, `http://host/metrics`; only
-    // the path after the authority routes.
-    let scheme = ["http://", "https://"]
-        .iter()
-        .find(|p| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p.as_bytes()));
-    let target = match scheme {
-        Some(p) => {
-            let rest = &target[p.len()..];
-            &rest[rest.iter().position(|&b| matches!(b, b'/' | b'?')).unwrap_or(rest.len())..]
+    // the path after the authority routes, and the authority is checked as on the public
+    // listener (no user info, a valid host), by the same code.
+    let path = match crate::http::request::split_target(crate::http::Method::Get, target) {
+        Ok((path, _query, _authority)) => path,
+        Err(crate::http::ParseError::Invalid { reason, .. }) => {
+            return respond(&mut s, 400, "text/plain", format!("{reason}\n").as_bytes(), head)
         }
-        None => target,
+        Err(_) => return respond(&mut s, 400, "text/plain", b"invalid request target\n", head),
     };
-    let path = target.split(|&b| b == b'?').next().unwrap_or(&[]);
     match path {
         b"/metrics" => {
             let body = render::metrics(state);

@@ -623,7 +623,7 @@ const REG_NAME: [bool; 256] = {
 };
 
 /// A request target's (path, query, authority of an absolute-form target).
-type Target<'t> = (&'t [u8], &'t [u8], Option<&'t [u8]>);
+pub(crate) type Target<'t> = (&'t [u8], &'t [u8], Option<&'t [u8]>);
 
 /// Splits the request target into path, query and authority (RFC 9112 §3.2). Origin-form is
 /// what we expect; absolute-form must be accepted by servers: its path routes and its authority
@@ -631,7 +631,7 @@ type Target<'t> = (&'t [u8], &'t [u8], Option<&'t [u8]>);
 /// names a host (RFC 9110 §4.2.1: an empty host MUST be rejected) and has no user info (RFC 9110
 /// §4.2.4: `user@host` is not allowed in http(s) URIs). `*` is only meaningful for OPTIONS;
 /// authority-form (CONNECT) and anything else are refused.
-fn split_target(method: Method, target: &[u8]) -> Result<Target<'_>, ParseError> {
+pub(crate) fn split_target(method: Method, target: &[u8]) -> Result<Target<'_>, ParseError> {
     let (rest, authority) = if target.first() == Some(&b'/') {
         (target, None)
     } else if let Some(after) = strip_scheme(target) {

@@ -452,4 +452,17 @@ fn admin_accepts_an_absolute_form_target() {
     // Only the path after the authority routes: a host that looks like a path does not.
     let mut c = Client::connect(admin);
     assert_eq!(c.get("http://health/").status, 404);
+    // The authority is checked as on the public listener: it is the request's host.
+    for (target, why) in [
+        (format!("http://user@{admin}/health"), "user info in the request target"),
+        ("http:///health".to_string(), "invalid host in the request target"),
+        ("http://:80/health".to_string(), "invalid host in the request target"),
+        ("http://[::1/health".to_string(), "invalid host in the request target"),
+        ("health".to_string(), "invalid request target"),
+    ] {
+        let mut c = Client::connect(admin);
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!((r.status, std::str::from_utf8(&r.body).unwrap()), (400, format!("{why}\n").as_str()), "{target}");
+    }
 }
