@@ -400,22 +400,7 @@ impl OpenSegment {
                 f(&self.schema, &again);
                 *delivered += 1;
             } else {
-                stats.corrupt_records += 1;
-                let slot_index = (self.off - self.first_record_off) / EVENT_BYTES as u64;
-                stats.warn(JournalError::invalid(
-                    "read record",
-                    &self.path,
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "record {slot_index} at offset {} is not an intact record (magic \
-                         {:#06x}, crc {:#010x} stored, {:#010x} computed) and more data follows; \
-                         skipped",
-                        self.off,
-                        again.magic,
-                        again.crc,
-                        again.compute_crc()
-                    ),
-                ));
+                self.count_damaged(stats, &again, "more data follows");
             }
             self.off += EVENT_BYTES as u64;
         }
@@ -449,7 +434,18 @@ impl OpenSegment {
         if again != seen {
             return Ok(false);
         }
-        let e = Event::from_bytes(&again);
+        let why = format!(
+            "its writer stopped cleanly ({}), so it is damage, not a record being written",
+            dir.join(writer_state::STATE_FILE).display()
+        );
+        self.count_damaged(stats, &Event::from_bytes(&again), &why);
+        self.off += EVENT_BYTES as u64;
+        Ok(true)
+    }
+
+    /// Counts the slot at `off`, which holds `e`, as a damaged record and warns naming the
+    /// segment, the slot and `why` it is taken for damage; the caller passes it.
+    fn count_damaged(&self, stats: &mut Stats, e: &Event, why: &str) {
         stats.corrupt_records += 1;
         let slot_index = (self.off - self.first_record_off) / EVENT_BYTES as u64;
         stats.warn(JournalError::invalid(
@@ -457,18 +453,14 @@ impl OpenSegment {
             &self.path,
             io::ErrorKind::InvalidData,
             format!(
-                "record {slot_index} at offset {} is not an intact record (magic {:#06x}, crc {:#010x} \
-                 stored, {:#010x} computed) and its writer stopped cleanly ({}), so it is damage, not a \
-                 record being written; skipped",
+                "record {slot_index} at offset {} is not an intact record (magic {:#06x}, crc {:#010x} stored, \
+                 {:#010x} computed) and {why}; skipped",
                 self.off,
                 e.magic,
                 e.crc,
-                e.compute_crc(),
-                dir.join(writer_state::STATE_FILE).display()
+                e.compute_crc()
             ),
         ));
-        self.off += EVENT_BYTES as u64;
-        Ok(true)
     }
 
     /// The 512 bytes at `off`, from the chunk or a fresh `pread`.
