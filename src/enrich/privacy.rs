@@ -41,6 +41,79 @@ pub enum IpPolicy {
     Keep,
 }
 
+/// What to do with referer fields (source `request.referer` or `header.referer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefererPolicy {
+    /// `scheme://host[:port]/path`: no query, no fragment, no userinfo.
+    Path,
+    /// `scheme://host[:port]`.
+    Origin,
+    /// As received.
+    Full,
+    /// Never stored.
+    Drop,
+}
+
+/// Rewrites the referer `v` in place as `policy` says and returns how many bytes of `v` to
+/// keep; 0 = store nothing. Bytes past the returned length are stale and must be zeroed by the
+/// caller. The rewrite only removes bytes (a prefix kept, userinfo taken out of the middle), so
+/// the value is unchanged exactly when the returned length is `v.len()`.
+///
+/// - `Path`: everything before the first `?` or `#`, whatever the shape of the value (a
+///   relative reference, `android-app://…`, garbage alike); with a `scheme://` shape, any
+///   userinfo (`user:pass@`) removed too, and nothing kept when its host is empty.
+/// - `Origin`: only a value of the `scheme://host` shape (any scheme: `android-app://com.x`
+///   is what Android apps send) keeps `scheme://` and its authority, which ends at the first
+///   `/`, `\`, `?` or `#` (`\` is a `/` to browsers), userinfo removed; anything else: nothing.
+/// - `Full`: all of it; `Drop`: nothing.
+///
+/// `%3F` and `%23` are not delimiters: the value is matched as sent, never decoded.
+///
+/// `cut`: `v` may have lost its tail to the field's `max_bytes`. If its authority then runs
+/// to the end of `v`, the `@` that would show the start to be userinfo may be in the lost
+/// tail: nothing is kept under `Path` and `Origin` rather than a possible password.
+pub fn trim_referer(v: &mut [u8], policy: RefererPolicy, cut: bool) -> usize {
+    let query_or_fragment = |b: &u8| *b == b'?' || *b == b'#';
+    match policy {
+        RefererPolicy::Full => return v.len(),
+        RefererPolicy::Drop => return 0,
+        RefererPolicy::Path | RefererPolicy::Origin => {}
+    }
+    let Some(start) = authority_start(v) else {
+        return match policy {
+            RefererPolicy::Path => v.iter().position(query_or_fragment).unwrap_or(v.len()),
+            _ => 0,
+        };
+    };
+    let mut end =
+        v[start..].iter().position(|&b| matches!(b, b'/' | b'\\' | b'?' | b'#')).map_or(v.len(), |p| start + p);
+    if cut && end == v.len() {
+        return 0;
+    }
+    let mut len = v.len();
+    // The last '@' (as browsers parse it), so a stray '@' in the userinfo leaves none of it.
+    if let Some(at) = v[start..end].iter().rposition(|&b| b == b'@') {
+        let host = start + at + 1;
+        v.copy_within(host..len, start);
+        len -= host - start;
+        end -= host - start;
+    }
+    if end == start {
+        return 0;
+    }
+    match policy {
+        RefererPolicy::Origin => end,
+        _ => v[end..len].iter().position(query_or_fragment).map_or(len, |p| end + p),
+    }
+}
+
+/// Where the authority of `scheme://authority…` starts: RFC 3986's scheme (a letter, then
+/// letters, digits, '+', '-', '.') followed by "://"; None for any other shape.
+fn authority_start(v: &[u8]) -> Option<usize> {
+    let colon = v.iter().position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))?;
+    (colon > 0 && v[0].is_ascii_alphabetic() && v[colon..].starts_with(b"://")).then_some(colon + 3)
+}
+
 /// One shard's privacy step: the config and the current period's key.
 pub struct Privacy {
     cfg: PrivacyConfig,
@@ -312,6 +385,82 @@ mod tests {
         let tag = m.finalize().into_bytes();
         let hex: String = tag[..16].iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, DOC_HASH);
+    }
+
+    fn trimmed(v: &str, policy: RefererPolicy, cut: bool) -> String {
+        let mut b = v.as_bytes().to_vec();
+        let n = trim_referer(&mut b, policy, cut);
+        String::from_utf8(b[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn referers_keep_what_their_policy_promises() {
+        use RefererPolicy::*;
+        // (received, under path, under origin)
+        for (v, path, origin) in [
+            ("https://shop.example/cart?email=a%40b.c", "https://shop.example/cart", "https://shop.example"),
+            ("https://shop.example/a/b#token=s3cret", "https://shop.example/a/b", "https://shop.example"),
+            ("https://shop.example/a?q=x#frag", "https://shop.example/a", "https://shop.example"),
+            ("https://shop.example/a#frag?not-a-query", "https://shop.example/a", "https://shop.example"),
+            ("http://shop.example:8080/p/?s=1", "http://shop.example:8080/p/", "http://shop.example:8080"),
+            ("https://[2001:db8::1]:8443/x?y=1", "https://[2001:db8::1]:8443/x", "https://[2001:db8::1]:8443"),
+            ("https://[2001:db8::1]", "https://[2001:db8::1]", "https://[2001:db8::1]"),
+            // No path: the query or fragment ends the authority.
+            ("https://shop.example", "https://shop.example", "https://shop.example"),
+            ("https://shop.example?q=1", "https://shop.example", "https://shop.example"),
+            ("https://shop.example#f", "https://shop.example", "https://shop.example"),
+            ("https://shop.example/", "https://shop.example/", "https://shop.example"),
+            // Percent-encoded '?' and '#' are path bytes, not delimiters.
+            ("https://shop.example/a%3Fb%23c?d", "https://shop.example/a%3Fb%23c", "https://shop.example"),
+            // Userinfo never survives either mode.
+            ("https://alice:pw@shop.example/a?b", "https://shop.example/a", "https://shop.example"),
+            ("https://a@b@shop.example/a", "https://shop.example/a", "https://shop.example"),
+            ("https://shop.example/u/a@b.c?x", "https://shop.example/u/a@b.c", "https://shop.example"),
+            // A backslash is a slash to browsers: it ends the authority.
+            ("https://shop.example\\secret/path", "https://shop.example\\secret/path", "https://shop.example"),
+            // Other schemes: the same shape rules.
+            (
+                "android-app://com.example.app/path?x",
+                "android-app://com.example.app/path",
+                "android-app://com.example.app",
+            ),
+            ("HTTPS://Shop.Example/A?b", "HTTPS://Shop.Example/A", "HTTPS://Shop.Example"),
+            // No `scheme://` shape: path cuts at '?' or '#', origin keeps nothing.
+            ("/relative/page?session=1", "/relative/page", ""),
+            ("shop.example/a?b", "shop.example/a", ""),
+            ("about:blank", "about:blank", ""),
+            ("mailto:x?subject=s", "mailto:x", ""),
+            ("?only=query", "", ""),
+            ("1http://x/y?z", "1http://x/y", ""),
+            ("not a url #at all", "not a url ", ""),
+            // `scheme://` with no host: nothing.
+            ("file:///etc/passwd?x", "", ""),
+            ("https://@/x", "", ""),
+            ("", "", ""),
+        ] {
+            assert_eq!(trimmed(v, Path, false), path, "path of {v:?}");
+            assert_eq!(trimmed(v, Origin, false), origin, "origin of {v:?}");
+            assert_eq!(trimmed(v, Full, false), v, "full of {v:?}");
+            assert_eq!(trimmed(v, Drop, false), "", "drop of {v:?}");
+        }
+    }
+
+    #[test]
+    fn a_referer_cut_at_max_bytes_keeps_nothing_it_cannot_vouch_for() {
+        use RefererPolicy::*;
+        // Cut inside the query or the path: the authority is whole, trimmed as usual.
+        assert_eq!(trimmed("https://shop.example/a?email=x%40y", Path, true), "https://shop.example/a");
+        assert_eq!(trimmed("https://shop.example/a/very/long/pa", Path, true), "https://shop.example/a/very/long/pa");
+        assert_eq!(trimmed("https://shop.example/a/very/long/pa", Origin, true), "https://shop.example");
+        // Cut inside the authority: what looks like a host may be a user and password whose
+        // '@' was cut off.
+        assert_eq!(trimmed("https://alice:hunter2-and-so-on", Path, true), "");
+        assert_eq!(trimmed("https://alice:hunter2-and-so-on", Origin, true), "");
+        assert_eq!(trimmed("https://alice:hunter2-and-so-on", Full, true), "https://alice:hunter2-and-so-on");
+        // The same bytes not cut are a whole (odd) host.
+        assert_eq!(trimmed("https://alice:hunter2-and-so-on", Origin, false), "https://alice:hunter2-and-so-on");
+        // No `scheme://` shape: a path cut is still a path.
+        assert_eq!(trimmed("/relative/long/pa", Path, true), "/relative/long/pa");
     }
 
     const DOC_HASH: &str = "8f3eb5be70de2bec3b0dfc3db9fdc00a";
