@@ -1,8 +1,8 @@
 //! Zero heap allocations per request once warm, on the pixel path, the reject (400) path, the
 //! journal-acknowledged path, the dedup duplicate path, the click-redirect paths (302 with
 //! macros, 4xx refusal) and the POST paths: a JSON batch with a bad item (per-item status, CORS
-//! origin echoed), a batch parsed item by item, a sendBeacon text/plain object, a gzip batch, a chunked batch and a CORS
-//! preflight. simd-json's buffers, the tape, the inflate state and output and the batch answer
+//! origin echoed, each item's Referer trimmed), a batch parsed item by item, a sendBeacon
+//! text/plain object, a gzip batch, a chunked batch and a CORS preflight. simd-json's buffers, the tape, the inflate state and output and the batch answer
 //! are per-shard buffers sized at start (net::post), so a JSON request allocates nothing either.
 //!
 //! A counting global allocator sees every allocation in this process: the tracker's shard and
@@ -159,7 +159,15 @@ fn no_heap_allocation_per_request_once_warm() {
 
     // Built before anything is measured.
     let json_paths = [
-        ("json batch", post("Content-Type: application/json\r\nOrigin: https://shop.example\r\n", BATCH_JSON), b'2'),
+        // Each item's referer field is cut to its path (privacy.referer), in place.
+        (
+            "json batch",
+            post(
+                "Content-Type: application/json\r\nOrigin: https://shop.example\r\nReferer: https://shop.example/cart?email=a%40b.c#sid=1\r\n",
+                BATCH_JSON,
+            ),
+            b'2',
+        ),
         ("beacon", post("Content-Type: text/plain;charset=UTF-8\r\n", BEACON_JSON), b'2'),
         ("gzip batch", post("Content-Type: application/json\r\nContent-Encoding: gzip\r\n", &gzip(BATCH_JSON)), b'2'),
         ("chunked batch", chunked(BATCH_JSON), b'2'),

@@ -468,6 +468,16 @@ pub const PRIVACY_KEYS: &[KeySpec] = &[
     k("privacy", "ipv6_prefix_bits", "integer", "bits", Int(48), Range(0, 128), "", "IPv6 prefix kept by truncate."),
     k(
         "privacy",
+        "referer",
+        "string",
+        "",
+        Str("path"),
+        OneOf(&["path", "origin", "full", "drop"]),
+        "",
+        "What of the Referer fields (request.referer, header.referer) keep: scheme://host[:port]/path (no query, fragment or userinfo), scheme://host[:port], all of it, or nothing. Removed on an opt-out, as ips are. See docs/privacy.md.",
+    ),
+    k(
+        "privacy",
         "user_id_fields",
         "array of strings",
         "",
@@ -504,9 +514,9 @@ pub const PRIVACY_KEYS: &[KeySpec] = &[
         Bool(true),
         Rule("true or false"),
         "",
-        "Sec-GPC: 1 removes user ids and ips.",
+        "Sec-GPC: 1 removes user ids, ips and referers.",
     ),
-    k("privacy", "honor_dnt", "bool", "", Bool(true), Rule("true or false"), "", "DNT: 1 removes user ids and ips."),
+    k("privacy", "honor_dnt", "bool", "", Bool(true), Rule("true or false"), "", "DNT: 1 removes user ids, ips and referers."),
     k(
         "privacy",
         "optout_cookie",
@@ -515,7 +525,7 @@ pub const PRIVACY_KEYS: &[KeySpec] = &[
         Str("optout"),
         Rule("a cookie name; \"\" = none"),
         "",
-        "This cookie present (not \"0\"/\"false\") removes user ids and ips.",
+        "This cookie present (not \"0\"/\"false\") removes user ids, ips and referers.",
     ),
     k(
         "privacy",

@@ -222,6 +222,9 @@ pub struct Field {
     pub decrypt: Option<Box<crate::extract::price::GooglePrice>>,
     /// Numbers only: (min, max) as slot bits (signed for i64 and money); outside → 400.
     pub range: Option<(u64, u64)>,
+    /// A string field that reads the Referer (`request.referer` or `header.referer`): trimmed
+    /// by the privacy step as `privacy.referer` says.
+    pub referer: bool,
     /// Named in `privacy.user_id_fields`: hashed by the privacy step. A value longer than the
     /// field is then kept whole, as a digest, not cut (`extract::store_text`).
     pub user_id: bool,
@@ -1137,7 +1140,14 @@ impl Validator<'_> {
                     );
                 }
             }
+            let referer = kind == FieldKind::Str
+                && match &source {
+                    Source::Referer => true,
+                    Source::Header(h) => h == "referer",
+                    _ => false,
+                };
             fields.push(Field {
+                referer,
                 range,
                 name: fname.clone(),
                 source,

@@ -94,6 +94,7 @@ pub struct RawPrivacy {
     pub ip: Option<S<String>>,
     pub ipv4_prefix_bits: Option<S<i64>>,
     pub ipv6_prefix_bits: Option<S<i64>>,
+    pub referer: Option<S<String>>,
     pub user_id_fields: Option<S<Vec<S<String>>>>,
     pub hash_key_file: Option<S<String>>,
     pub hash_rotate_s: Option<S<i64>>,

@@ -5,7 +5,7 @@ use super::keys::{spec, BUDGET_KEYS, CORS_KEYS, DEDUP_KEYS, PRIVACY_KEYS};
 use super::raw::{RawBudget, RawCors, RawDedup, RawPrivacy};
 use super::{Cors, EventType, Validator};
 use crate::enrich::budget::BudgetConfig;
-use crate::enrich::privacy::{IpPolicy, Secret, USER_HASH_CHARS};
+use crate::enrich::privacy::{IpPolicy, RefererPolicy, Secret, USER_HASH_CHARS};
 use crate::schema::FieldKind;
 
 /// What an endpoint does with a request whose source is over its budget.
@@ -90,6 +90,8 @@ pub struct PrivacyConfig {
     pub ip: IpPolicy,
     pub ipv4_prefix_bits: u8,
     pub ipv6_prefix_bits: u8,
+    /// What of referer fields (`Field::referer`) is stored.
+    pub referer: RefererPolicy,
     /// Per event type (index = type id): bit i set = field i is a user id.
     pub user_id_fields: Vec<u32>,
     /// Master key of the user-id hash: from `hash_key_file`, else random per start.
@@ -113,6 +115,17 @@ impl Validator<'_> {
             "privacy.ip",
             spec(PRIVACY_KEYS, "ip"),
             &[("truncate", IpPolicy::Truncate), ("drop", IpPolicy::Drop), ("keep", IpPolicy::Keep)],
+        );
+        let referer = self.choice(
+            &r.referer,
+            "privacy.referer",
+            spec(PRIVACY_KEYS, "referer"),
+            &[
+                ("path", RefererPolicy::Path),
+                ("origin", RefererPolicy::Origin),
+                ("full", RefererPolicy::Full),
+                ("drop", RefererPolicy::Drop),
+            ],
         );
         let mut masks = vec![0u32; types.len()];
         if let Some(list) = &r.user_id_fields {
@@ -185,6 +198,7 @@ impl Validator<'_> {
         PrivacyConfig {
             ssai,
             ip,
+            referer,
             ipv4_prefix_bits: self.int(&r.ipv4_prefix_bits, spec(PRIVACY_KEYS, "ipv4_prefix_bits")) as u8,
             ipv6_prefix_bits: self.int(&r.ipv6_prefix_bits, spec(PRIVACY_KEYS, "ipv6_prefix_bits")) as u8,
             user_id_fields: masks,

@@ -10,13 +10,18 @@
 //!   period key without coordinating; after a rotation the same user hashes differently, so
 //!   ids cannot be joined across periods. The raw value is overwritten in place (its whole
 //!   byte range zeroed first), so it never reaches the ring, the journal or a collector;
+//! - every referer field (`request.referer`, `header.referer`) trimmed in place to what
+//!   `privacy.referer` keeps (`trim_referer`): by default its path, without the query and
+//!   fragment, where pages put emails, search terms and session or reset tokens;
 //! - on an opt-out signal (`Sec-GPC: 1`, `DNT: 1`, or the configured opt-out cookie present and
-//!   not "0"/"false"), the user-id and ip fields removed and the event flagged `opted_out`;
+//!   not "0"/"false"), the user-id, ip and referer fields removed and the event flagged
+//!   `opted_out`;
 //! - an id derived from an identity field this step removed or changed (an ip field under
-//!   opt-out, allowed as identity with `ip = "keep"`) re-keyed: HMAC-SHA256(period key,
-//!   "tracker-id-v1\n" + id), cut to 128 bits. The derived id is an unkeyed hash of the raw
-//!   values (made before this step), so left alone it would give back what was removed; keyed,
-//!   repeats inside one period are still one id for the dedup window.
+//!   opt-out, allowed as identity with `ip = "keep"`; a referer field not kept in full)
+//!   re-keyed: HMAC-SHA256(period key, "tracker-id-v1\n" + id), cut to 128 bits. The derived
+//!   id is an unkeyed hash of the raw values (made before this step), so left alone it would
+//!   give back what was removed; keyed, repeats inside one period are still one id for the
+//!   dedup window.
 //!
 //! No allocation: the period key is re-derived on the stack when the period changes (once per
 //! `hash_rotate_s` per shard), the hash is written straight into the field's bytes.
@@ -25,7 +30,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::{EventType, PrivacyConfig};
-use crate::event::{Event, FLAG_ID_DERIVED, FLAG_OPTED_OUT};
+use crate::event::{Event, FLAG_ID_DERIVED, FLAG_OPTED_OUT, FLAG_TRUNCATED};
 use crate::schema::FieldKind;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -52,6 +57,18 @@ pub enum RefererPolicy {
     Full,
     /// Never stored.
     Drop,
+}
+
+impl RefererPolicy {
+    /// As written in `privacy.referer`.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            RefererPolicy::Path => "path",
+            RefererPolicy::Origin => "origin",
+            RefererPolicy::Full => "full",
+            RefererPolicy::Drop => "drop",
+        }
+    }
 }
 
 /// Rewrites the referer `v` in place as `policy` says and returns how many bytes of `v` to
@@ -174,6 +191,25 @@ impl Privacy {
                     clear(ev, f.slot, f.offset, f.max);
                 } else {
                     self.hash_in_place(ev, f.slot, f.offset, f.max, now_ns);
+                }
+            } else if f.referer {
+                // Opted out: removed whatever the mode, as an ip is.
+                let policy = if opted_out { RefererPolicy::Drop } else { self.cfg.referer };
+                if policy != RefererPolicy::Full {
+                    identity_changed |= ty.identity.contains(&i);
+                }
+                let len = ev.slots[f.slot] as usize;
+                debug_assert!(len <= f.max);
+                // `extract` cuts a long value at max_bytes, then back to a whole UTF-8
+                // character (at most 3 bytes less), and flags the event.
+                let cut = ev.flags & FLAG_TRUNCATED != 0 && len + 4 > f.max;
+                let kept = trim_referer(&mut ev.bytes[f.offset..f.offset + len], policy, cut);
+                if kept == 0 {
+                    clear(ev, f.slot, f.offset, f.max);
+                } else {
+                    debug_assert!(kept <= len);
+                    ev.bytes[f.offset + kept..f.offset + len].fill(0);
+                    ev.slots[f.slot] = kept as u64;
                 }
             }
         }
@@ -443,6 +479,33 @@ mod tests {
             assert_eq!(trimmed(v, Full, false), v, "full of {v:?}");
             assert_eq!(trimmed(v, Drop, false), "", "drop of {v:?}");
         }
+    }
+
+    /// An id derived from a referer field hashes the value as received, query included: unless
+    /// the field is kept whole, the privacy step re-keys it, as it does an opted-out ip's.
+    #[test]
+    fn an_id_derived_from_a_referer_is_rekeyed_unless_kept_in_full() {
+        let text = |mode: &str| {
+            format!(
+                "[privacy]\nreferer = \"{mode}\"\n[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\n\
+                 identity = [\"r\"]\nfields = [ {{ name = \"r\", source = \"header.referer\", type = \"string\", max_bytes = 64 }} ]\n"
+            )
+        };
+        let h = [httparse::Header { name: "REFERER", value: b"https://shop.example/a?email=a%40b.c" }];
+        let id = |cfg: &Config| {
+            let v = run(cfg, "x", b"", &h, NOW);
+            (v["id"].clone(), v["r"].clone())
+        };
+        let (full, full_r) = id(&Config::parse(&text("full"), "t.toml").unwrap());
+        // One config: its hash key is made at parse when no key file is set.
+        let path_cfg = Config::parse(&text("path"), "t.toml").unwrap();
+        let (path, path_r) = id(&path_cfg);
+        assert_eq!(
+            (full_r.as_str(), path_r.as_str()),
+            (Some("https://shop.example/a?email=a%40b.c"), Some("https://shop.example/a"))
+        );
+        assert_ne!(path, full, "an unkeyed hash of the query left in the id");
+        assert_eq!(id(&path_cfg).0, path, "repeats in one period are one id");
     }
 
     #[test]

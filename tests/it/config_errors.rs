@@ -230,3 +230,22 @@ fn an_admin_address_that_shares_the_public_listener_is_refused() {
     assert!(err.contains(&format!("admin.listen / --admin-listen {addr}")), "{err}");
     assert!(!dir.path().join("journal").exists(), "serve went on to open the journal");
 }
+
+/// `privacy.referer` takes one of its four modes.
+#[test]
+fn privacy_referer_is_one_of_its_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.toml");
+    std::fs::write(&p, "[privacy]\nip = \"keep\"\nreferer = \"query\"\n\n[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nfields = []\n").unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let f = p.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{f}:3: privacy.referer: \"query\" is not one of \"path\", \"origin\", \"full\", \"drop\""
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -293,3 +293,69 @@ fn an_x_forwarded_for_line_added_after_the_clients_own_is_the_address_taken() {
     assert_eq!(ip("two"), "198.51.100.0");
     assert_eq!(ip("between"), "198.51.100.0");
 }
+
+/// A Referer whose query and fragment hold personal data, as a shop's order page sends it.
+const LEAKY_REFERER: &str =
+    "https://alice:pw@shop.example:8443/account/orders?email=alice%40example.com&token=r3set#sid=s3cret";
+
+/// The referer fields of a GET pixel and a POST item, under one `privacy.referer` (None = the
+/// shipped default), as `tracker journal cat` reads them back. The custom type also stores the
+/// header through `header.Referer`, which is the same value under another source.
+fn referers_stored(mode: Option<&str>) -> Vec<serde_json::Value> {
+    // The label's bytes make room for the second referer in the type's 320-byte string area.
+    let mut cfg = small_segments().replace(
+        "  { name = \"label\",       source = \"query.l\",   type = \"string\", max_bytes = 128 },\n  { name = \"referer\",     source = \"request.referer\", type = \"string\", max_bytes = 96 },\n",
+        "  { name = \"label\",       source = \"query.l\",   type = \"string\", max_bytes = 32 },\n  { name = \"referer\",     source = \"request.referer\", type = \"string\", max_bytes = 96 },\n  { name = \"referer_header\", source = \"header.Referer\", type = \"string\", max_bytes = 96 },\n",
+    );
+    assert!(cfg.contains("referer_header"), "the custom type's referer line moved");
+    if let Some(mode) = mode {
+        let before = cfg.clone();
+        cfg = cfg.replace("\nreferer = \"path\"\n", &format!("\nreferer = \"{mode}\"\n"));
+        assert_ne!(cfg, before, "[privacy] referer line missing from config/tracker.toml");
+    }
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    c.send(format!("GET /e?n=get HTTP/1.1\r\nHost: t\r\nReferer: {LEAKY_REFERER}\r\n\r\n").as_bytes());
+    assert_eq!(c.read_response(false).status, 204);
+    c.send(format!("GET /e?n=gpc HTTP/1.1\r\nHost: t\r\nSec-GPC: 1\r\nReferer: {LEAKY_REFERER}\r\n\r\n").as_bytes());
+    assert_eq!(c.read_response(false).status, 204);
+    let body = r#"[{"type":"post","name":"sku-1"}]"#;
+    c.send(
+        format!(
+            "POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nReferer: {LEAKY_REFERER}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.read_response(false).status, 200);
+    assert_eq!(s.stop(), 0);
+    if mode != Some("full") {
+        for secret in ["alice%40example.com", "r3set", "s3cret", "alice:pw"] {
+            assert!(files_contain(&s.journal(), secret.as_bytes()).is_empty(), "{secret} on disk under {mode:?}");
+        }
+    }
+    let events = journal_cat(&s.journal());
+    let by = |key: &str, v: &str| {
+        events.iter().find(|e| e[key] == v).unwrap_or_else(|| panic!("{v} missing: {events:?}")).clone()
+    };
+    let (get, gpc, post) = (by("name", "get"), by("name", "gpc"), by("kind", "post"));
+    assert_eq!(get["referer_header"], get["referer"], "header.referer is trimmed as request.referer is");
+    // Opted out: the referer goes with the ip, whatever the mode.
+    assert_eq!(gpc["opted_out"], true);
+    assert!(gpc.get("referer").is_none() && gpc.get("referer_header").is_none() && gpc.get("ip").is_none(), "{gpc}");
+    assert_eq!(post["referer"], get["referer"], "POST items as GET pixels");
+    vec![get["referer"].clone(), post["referer"].clone()]
+}
+
+#[test]
+fn the_referer_keeps_only_what_privacy_referer_allows() {
+    let cut = |s: &str| serde_json::Value::from(s);
+    let path = cut("https://shop.example:8443/account/orders");
+    assert_eq!(referers_stored(None), [path.clone(), path], "default: path");
+    let origin = cut("https://shop.example:8443");
+    assert_eq!(referers_stored(Some("origin")), [origin.clone(), origin]);
+    // As received, cut at max_bytes = 96 as any string.
+    let full = cut(&LEAKY_REFERER[..96]);
+    assert_eq!(referers_stored(Some("full")), [full.clone(), full]);
+    assert_eq!(referers_stored(Some("drop")), [serde_json::Value::Null, serde_json::Value::Null]);
+}
