@@ -24,6 +24,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use crate::constants::*;
+use crate::enrich::privacy::RefererPolicy;
 use crate::event::{SLOTS, STR_BYTES};
 use crate::schema::{FieldKind, FieldSchema, Schema, TypeSchema, SCHEMA_VERSION};
 use keys::{spec, KeySpec, ADMIN_KEYS, ENDPOINT_KEYS, FIELD_KEYS, JOURNAL_KEYS, SERVER_KEYS};
@@ -601,6 +602,8 @@ impl Validator<'_> {
             self.no_ip_identity(&raw.event, &types);
         }
         self.no_ip_id_from(&raw.event, &types);
+        self.no_referer_id_from(&raw.event, &types);
+        self.referer_defaults_kept(&raw.event, &types, privacy.referer);
         let cors = self.cors(&raw.cors);
         let endpoints = self.endpoints(&raw.endpoint, &types);
         let collectors = self.collectors(&raw.collector, &types);
@@ -889,6 +892,65 @@ impl Validator<'_> {
                         f.name
                     ),
                 );
+            }
+        }
+    }
+
+    /// An id read from the Referer (`id_from = ["header.referer"]`) is made before the privacy
+    /// step, as an unkeyed hash of the whole URL (query and fragment included), and is not
+    /// re-keyed on an opt-out: refused whatever `privacy.referer` says, as an ip's source is.
+    fn no_referer_id_from(&mut self, raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>, types: &[EventType]) {
+        for (t, r) in types.iter().zip(raw.values()) {
+            let Some(list) = &r.get_ref().id_from else { continue };
+            for (src, entry) in t.id_from.iter().zip(list.get_ref()) {
+                if matches!(src, Source::Header(h) if h == "referer") {
+                    self.err(
+                        entry.span(),
+                        format!("event.{}.id_from", t.name),
+                        format!(
+                            "\"{}\" reads the Referer: the event id would be an unkeyed hash of the whole page URL, \
+                             query included, kept even on an opt-out; leave it out",
+                            entry.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A referer field's `default` is stored for every request without a Referer, after which
+    /// the privacy step trims it like a received value: one it would rewrite would be stored
+    /// as no request could make it (under `origin`, "none" would vanish).
+    fn referer_defaults_kept(
+        &mut self,
+        raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>,
+        types: &[EventType],
+        policy: RefererPolicy,
+    ) {
+        for (t, r) in types.iter().zip(raw.values()) {
+            for (i, (f, rf)) in t.fields.iter().zip(&r.get_ref().fields).enumerate() {
+                let (true, Some(DefaultValue::Bytes(d)), Some(span)) =
+                    (f.referer, &f.default, rf.get_ref().default.as_ref().map(|d| d.span()))
+                else {
+                    continue;
+                };
+                let mut kept = d.clone();
+                let n = crate::enrich::privacy::trim_referer(&mut kept, policy, false);
+                if n != d.len() {
+                    let d = String::from_utf8_lossy(d);
+                    let stored = match n {
+                        0 => "nothing".to_string(),
+                        n => format!("\"{}\"", String::from_utf8_lossy(&kept[..n])),
+                    };
+                    self.err(
+                        span,
+                        format!("event.{}.fields[{i}].default", t.name),
+                        format!(
+                            "\"{d}\" would be stored as {stored} under privacy.referer = \"{}\"",
+                            policy.config_name()
+                        ),
+                    );
+                }
             }
         }
     }

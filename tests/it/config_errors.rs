@@ -249,3 +249,36 @@ fn privacy_referer_is_one_of_its_modes() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// A referer field may not hold what `privacy.referer` would not store: a `default` it would
+/// rewrite (the journal would get a value no request can give), or an id read from the Referer
+/// (an unkeyed hash of the whole URL, query included, kept even on an opt-out).
+#[test]
+fn a_referer_fields_default_and_id_source_keep_to_privacy_referer() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.toml");
+    let f = p.display().to_string();
+    let event = "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n\n[event.x]\nid_from = [\"query.eid\", \"header.Referer\"]\nfields = [\n\
+                 \x20 { name = \"r\", source = \"request.referer\", type = \"string\", max_bytes = 64, default = \"https://a.example/b\" },\n]\n";
+    let check = |text: &str| {
+        std::fs::write(&p, text).unwrap();
+        let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        err
+    };
+    let err = check(&format!("[privacy]\nreferer = \"origin\"\n{event}"));
+    assert!(err.contains(&format!("{f}:8: event.x.id_from: \"header.Referer\" reads the Referer")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}:10: event.x.fields[0].default: \"https://a.example/b\" would be stored as \"https://a.example\" under privacy.referer = \"origin\""
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 2, "{err}");
+    // Under the default (path) that default is stored as written; the id source is refused
+    // whatever the mode.
+    let err = check(&event.replace("\"query.eid\", ", ""));
+    assert!(err.contains(&format!("{f}:6: event.x.id_from: \"header.Referer\" reads the Referer")), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
