@@ -77,11 +77,12 @@ impl RefererPolicy {
 /// the value is unchanged exactly when the returned length is `v.len()`.
 ///
 /// - `Path`: everything before the first `?` or `#`, whatever the shape of the value (a
-///   relative reference, `android-app://…`, garbage alike); with a `scheme://` shape, any
-///   userinfo (`user:pass@`) removed too, and nothing kept when its host is empty.
+///   relative reference, `android-app://…`, garbage alike); with a `scheme://` or `//` shape,
+///   any userinfo (`user:pass@`) removed too, and nothing kept when its host is empty.
 /// - `Origin`: only a value of the `scheme://host` shape (any scheme: `android-app://com.x`
-///   is what Android apps send) keeps `scheme://` and its authority, which ends at the first
-///   `/`, `\`, `?` or `#` (`\` is a `/` to browsers), userinfo removed; anything else: nothing.
+///   is what Android apps send) or `//host` keeps that prefix and its authority, which ends at
+///   the first `/`, `\`, `?` or `#` (`\` is a `/` to browsers), userinfo removed; anything
+///   else: nothing.
 /// - `Full`: all of it; `Drop`: nothing.
 ///
 /// `%3F` and `%23` are not delimiters: the value is matched as sent, never decoded.
@@ -125,8 +126,12 @@ pub fn trim_referer(v: &mut [u8], policy: RefererPolicy, cut: bool) -> usize {
 }
 
 /// Where the authority of `scheme://authority…` starts: RFC 3986's scheme (a letter, then
-/// letters, digits, '+', '-', '.') followed by "://"; None for any other shape.
+/// letters, digits, '+', '-', '.') followed by "://", or a network-path reference
+/// (`//authority…`, which RFC 9110 allows as a Referer); None for any other shape.
 fn authority_start(v: &[u8]) -> Option<usize> {
+    if v.starts_with(b"//") {
+        return Some(2);
+    }
     let colon = v.iter().position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))?;
     (colon > 0 && v[0].is_ascii_alphabetic() && v[colon..].starts_with(b"://")).then_some(colon + 3)
 }
@@ -468,6 +473,8 @@ mod tests {
             ("mailto:x?subject=s", "mailto:x", ""),
             ("?only=query", "", ""),
             ("1http://x/y?z", "1http://x/y", ""),
+            // A network-path reference (`//host/path`) has an authority, so userinfo, too.
+            ("//alice:pw@shop.example/a?b", "//shop.example/a", "//shop.example"),
             ("not a url #at all", "not a url ", ""),
             // `scheme://` with no host: nothing.
             ("file:///etc/passwd?x", "", ""),
