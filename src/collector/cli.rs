@@ -14,6 +14,7 @@ use crate::journal::{parse_shard_dir_name, read_header, segment_path, shard_dir}
 /// leave the process (the envelope always does).
 pub fn privacy_manifest(cfg: &Config) -> String {
     let mut out = String::new();
+    write_privacy_step(cfg, &mut out);
     if cfg.collectors.is_empty() {
         out.push_str("no collectors: no event leaves the process (the journal stays on this host)\n");
         return out;
@@ -32,6 +33,63 @@ pub fn privacy_manifest(cfg: &Config) -> String {
         }
     }
     out
+}
+
+/// What the privacy step (`enrich::privacy`) does to values before anything stores or sends
+/// them: the journal and every collector see only its output.
+fn write_privacy_step(cfg: &Config, out: &mut String) {
+    use crate::enrich::privacy::{IpPolicy, RefererPolicy};
+    let p = &cfg.privacy;
+    out.push_str("values as stored (privacy step, before the journal and every collector):\n");
+    let _ = match p.ip {
+        IpPolicy::Truncate => {
+            writeln!(out, "  ip fields: truncated to /{} (IPv4), /{} (IPv6)", p.ipv4_prefix_bits, p.ipv6_prefix_bits)
+        }
+        IpPolicy::Drop => writeln!(out, "  ip fields: dropped"),
+        IpPolicy::Keep => writeln!(out, "  ip fields: kept whole"),
+    };
+    let _ = writeln!(
+        out,
+        "  referer fields: {}",
+        match p.referer {
+            RefererPolicy::Path => "scheme://host[:port]/path (no query, fragment or user info)",
+            RefererPolicy::Origin => "scheme://host[:port] only",
+            RefererPolicy::Full => "as received",
+            RefererPolicy::Drop => "dropped",
+        }
+    );
+    let hashed: Vec<String> = cfg
+        .types
+        .iter()
+        .flat_map(|t| {
+            let mask = p.user_id_fields.get(t.id as usize).copied().unwrap_or(0);
+            t.fields
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| mask & (1 << i) != 0)
+                .map(move |(_, f)| format!("{}.{}", t.name, f.name))
+        })
+        .collect();
+    if !hashed.is_empty() {
+        let rotation = match p.hash_rotate_s {
+            0 => "never rotated".to_string(),
+            s => format!("rotated every {s} s"),
+        };
+        let _ = writeln!(out, "  user id fields, keyed hash {rotation}: {}", hashed.join(", "));
+    }
+    let mut signals = Vec::new();
+    if p.honor_gpc {
+        signals.push("Sec-GPC".to_string());
+    }
+    if p.honor_dnt {
+        signals.push("DNT".to_string());
+    }
+    if !p.optout_cookie.is_empty() {
+        signals.push(format!("cookie \"{}\"", p.optout_cookie));
+    }
+    if !signals.is_empty() {
+        let _ = writeln!(out, "  opt-out ({}): user ids, ips and referers removed", signals.join(", "));
+    }
 }
 
 /// Unix ns from RFC 3339 UTC (`2026-11-26T08:00:00Z`, fractions allowed) or unix seconds.
