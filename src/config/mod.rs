@@ -601,8 +601,7 @@ impl Validator<'_> {
         if !matches!(privacy.ip, crate::enrich::privacy::IpPolicy::Keep) {
             self.no_ip_identity(&raw.event, &types);
         }
-        self.no_ip_id_from(&raw.event, &types);
-        self.no_referer_id_from(&raw.event, &types);
+        self.no_unkeyed_id_from(&raw.event, &types);
         self.referer_defaults_kept(&raw.event, &types, privacy.referer);
         let cors = self.cors(&raw.cors);
         let endpoints = self.endpoints(&raw.endpoint, &types);
@@ -870,50 +869,34 @@ impl Validator<'_> {
         out
     }
 
-    /// An id read from the header an ip field reads (`id_from = ["header.x-forwarded-for"]`) is
-    /// made before the privacy step, as an unkeyed hash of the whole client address, and is
-    /// not re-keyed on an opt-out as a derived id is: refused whatever `privacy.ip` says.
-    fn no_ip_id_from(&mut self, raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>, types: &[EventType]) {
+    /// An id read from the header an ip field reads (`id_from = ["header.x-forwarded-for"]`) or
+    /// from the Referer (`id_from = ["header.referer"]`) is made before the privacy step, as an
+    /// unkeyed hash of the whole client address or page URL (query and fragment included), and
+    /// is not re-keyed on an opt-out as a derived id is: refused whatever `privacy.ip` and
+    /// `privacy.referer` say.
+    fn no_unkeyed_id_from(&mut self, raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>, types: &[EventType]) {
         for (t, r) in types.iter().zip(raw.values()) {
             let Some(list) = &r.get_ref().id_from else { continue };
             // `t.id_from` was built from this list in order, one source per entry. client.ip
             // (also the stand-in for a bad source, already reported) is never read as an id.
             for (src, entry) in t.id_from.iter().zip(list.get_ref()).filter(|(s, _)| **s != Source::ClientIp) {
-                let Some(f) = t.fields.iter().find(|f| f.kind == FieldKind::Ip && f.source == *src) else {
-                    continue;
-                };
-                self.err(
-                    entry.span(),
-                    format!("event.{}.id_from", t.name),
+                let why = if let Some(f) = t.fields.iter().find(|f| f.kind == FieldKind::Ip && f.source == *src) {
                     format!(
                         "\"{}\" is the source of ip field \"{}\": the event id would be an unkeyed hash of the whole \
                          client address, kept even on an opt-out; leave it out",
                         entry.get_ref(),
                         f.name
-                    ),
-                );
-            }
-        }
-    }
-
-    /// An id read from the Referer (`id_from = ["header.referer"]`) is made before the privacy
-    /// step, as an unkeyed hash of the whole URL (query and fragment included), and is not
-    /// re-keyed on an opt-out: refused whatever `privacy.referer` says, as an ip's source is.
-    fn no_referer_id_from(&mut self, raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>, types: &[EventType]) {
-        for (t, r) in types.iter().zip(raw.values()) {
-            let Some(list) = &r.get_ref().id_from else { continue };
-            for (src, entry) in t.id_from.iter().zip(list.get_ref()) {
-                if matches!(src, Source::Header(h) if h == "referer") {
-                    self.err(
-                        entry.span(),
-                        format!("event.{}.id_from", t.name),
-                        format!(
-                            "\"{}\" reads the Referer: the event id would be an unkeyed hash of the whole page URL, \
-                             query included, kept even on an opt-out; leave it out",
-                            entry.get_ref()
-                        ),
-                    );
-                }
+                    )
+                } else if matches!(src, Source::Header(h) if h == "referer") {
+                    format!(
+                        "\"{}\" reads the Referer: the event id would be an unkeyed hash of the whole page URL, \
+                         query included, kept even on an opt-out; leave it out",
+                        entry.get_ref()
+                    )
+                } else {
+                    continue;
+                };
+                self.err(entry.span(), format!("event.{}.id_from", t.name), why);
             }
         }
     }
