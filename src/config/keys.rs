@@ -576,8 +576,8 @@ pub const EVENT_KEYS: &[KeySpec] = &[
         "array of sources",
         "",
         Str("[\"query.eid\"]"),
-        Rule("sources, as a field's source"),
-        "",
+        Rule("query.<param>, header.<name>, cookie.<name>, json.<path>"),
+        "no built-in (client.ip, request.*): derive an id from fields with `identity`",
         "Where a client-supplied event id is read from; the first present wins.",
     ),
 ];

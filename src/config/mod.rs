@@ -1225,7 +1225,29 @@ impl Validator<'_> {
             Some(list) => list
                 .get_ref()
                 .iter()
-                .map(|s| self.source(s.get_ref(), s.span(), &format!("event.{name}.id_from")))
+                .map(|s| {
+                    let key = format!("event.{name}.id_from");
+                    let reported = self.errors.len();
+                    let src = self.source(s.get_ref(), s.span(), &key);
+                    // `extract` reads an id only from what the client sent as one; a built-in
+                    // (client.ip, request.*) here would be accepted and never read. A bad source
+                    // comes back as client.ip, already reported: not reported twice.
+                    let client_sent =
+                        matches!(src, Source::Query(_) | Source::Header(_) | Source::Cookie(_) | Source::Json(_));
+                    if !client_sent && self.errors.len() == reported {
+                        self.err(
+                            s.span(),
+                            key,
+                            format!(
+                                "\"{}\" is not an id source: id_from reads a client-supplied event id from \
+                                 query.<param>, header.<name>, cookie.<name> or json.<path>; to derive the id from \
+                                 fields, list them in `identity`",
+                                s.get_ref()
+                            ),
+                        );
+                    }
+                    src
+                })
                 .collect(),
         };
         EventType::new(id, name.to_string(), fields, identity, id_from)
@@ -1509,6 +1531,24 @@ mod tests {
         let keep = errors(&format!("[privacy]\nip = \"keep\"\n{text}"));
         assert_eq!((keep.len(), keep[0].key.as_str()), (1, "event.x.id_from"), "{keep:?}");
         assert!(Config::parse(&text.replace("\"header.X-Forwarded-For\"", "\"header.x-request-id\""), "t.toml").is_ok());
+    }
+
+    /// Regression: a built-in in `id_from` was accepted and never read, so the config looked as
+    /// if it set the event id while every event got a derived or generated one.
+    #[test]
+    fn a_built_in_in_id_from_is_refused() {
+        for builtin in ["client.ip", "request.referer", "request.user_agent", "request.time_ms", "request.is_bot"] {
+            let text = format!("[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nid_from = [\"query.eid\", \"{builtin}\"]\nfields = []\n");
+            let e = errors(&text);
+            assert_eq!((e.len(), e[0].line, e[0].key.as_str()), (1, 5, "event.x.id_from"), "{builtin}: {e:?}");
+            assert!(e[0].message.contains(builtin) && e[0].message.contains("identity"), "{}", e[0]);
+        }
+        // A misspelt built-in is one error, the unknown-source one.
+        let e = errors(
+            "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nid_from = [\"request.refferer\"]\nfields = []\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].message.contains("is not a source"), "{}", e[0]);
     }
 
     #[test]
