@@ -11,8 +11,13 @@
 //!   `admin.ready_ring_backlog_events_max` unread events; otherwise 503 with every reason found;
 //! - `GET /stats`   JSON percentiles per shard and merged, read by `tracker stats`.
 //!
-//! A request with no Host in HTTP/1.1, more than one Host, or a Host value that is not
-//! `host[:port]` gets 400 with the reason (RFC 9112 §3.2), by the public listener's rule.
+//! The request head is read by the public listener's parser ([`crate::http::parse`]), so the
+//! admin listener refuses what the public one refuses, with the same status and reason, and
+//! closes: RFC 9112 syntax as httparse's strict default checks it (a space before a field's
+//! colon, a field line without one, obs-fold, a malformed request line), bare CR or LF and
+//! control bytes anywhere in the head, no Host in HTTP/1.1, more than one Host, a Host or an
+//! absolute-form authority that is not `host[:port]`, ambiguous body framing. One set of rules,
+//! one copy of it.
 //!
 //! And, when `admin.hlog_path` is set, a second thread appends the merged histograms to an
 //! HdrHistogram interval log ([`hlog`]).
@@ -35,6 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::http::{self, Limits, Method, ParseError, HEADERS_MAX};
 use crate::runtime::{Running, ShardShared};
 
 /// Longest admin request head read, bytes; longer requests are answered 431.
@@ -299,6 +305,39 @@ impl Drop for Active {
     }
 }
 
+/// The public listener's parser ([`http::parse`]) with the admin's bounds: one for the whole
+/// head, REQUEST_BYTES_MAX (over it 431). The request line may take all of it but its line end,
+/// so the parser never has a 414 to give before the 431. The header array is the public one.
+const LIMITS: Limits = Limits {
+    request_line_bytes_max: REQUEST_BYTES_MAX - 1,
+    header_count_max: HEADERS_MAX,
+    header_bytes_max: REQUEST_BYTES_MAX,
+    body_bytes_max: usize::MAX,
+};
+
+/// What an admin request asks about: its path, read while the head is still borrowed from the
+/// read buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resource {
+    Metrics,
+    Health,
+    Ready,
+    Stats,
+    Unknown,
+}
+
+impl Resource {
+    fn of(path: &[u8]) -> Resource {
+        match path {
+            b"/metrics" => Resource::Metrics,
+            b"/health" => Resource::Health,
+            b"/ready" => Resource::Ready,
+            b"/stats" => Resource::Stats,
+            _ => Resource::Unknown,
+        }
+    }
+}
+
 /// Answers one request on `s` and closes it.
 fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
     s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
@@ -307,13 +346,26 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
     let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
     let mut buf = [0u8; REQUEST_BYTES_MAX];
     let mut n = 0;
-    let head_end = loop {
-        if let Some(p) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
+    // The head is parsed as the public listener parses it (RFC 9112 syntax by httparse, bare CR
+    // or LF and control bytes, Host, absolute-form target, body framing), each refusal with its
+    // status and reason. The parsed view borrows `buf`, which the next read writes into: only
+    // what the answer needs leaves the loop.
+    let (method, resource) = loop {
+        let mut headers = http::header_buf();
+        match http::parse(&buf[..n], &mut headers, &LIMITS) {
+            Ok(req) => break (req.method, Resource::of(req.path)),
+            Err(ParseError::Incomplete) => {}
+            // HTTP/1.x, x > 1, is read as HTTP/1.1 (RFC 9110 §2.5), as on the public listener.
+            Err(ParseError::NewerMinorVersion { minor_at }) => {
+                buf[minor_at] = b'1';
+                continue;
+            }
+            Err(ParseError::Invalid { status, reason }) => {
+                return respond(&mut s, status, "text/plain", format!("{reason}\n").as_bytes(), false)
+            }
         }
-        if n == buf.len() {
-            return respond(&mut s, 431, "text/plain", b"request head too large\n", false);
-        }
+        // The parser answers 431 once the head fills LIMITS.header_bytes_max, the buffer's size.
+        debug_assert!(n < buf.len());
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return respond(&mut s, 408, "text/plain", b"request head not received in time\n", false);
@@ -331,90 +383,40 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
         }
         n += r;
     };
-    let line = buf[..head_end].split(|&b| b == b'\r').next().unwrap_or(&[]);
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, target) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
-    let version = parts.next().unwrap_or(&[]);
-    let head = method == b"HEAD";
-    // Before the method and path, as on the public listener: a request about no valid host is
-    // malformed whatever it asks for.
-    if let Some(why) = host_problem(&buf[..head_end], version) {
-        return respond(&mut s, 400, "text/plain", format!("{why}\n").as_bytes(), head);
-    }
-    if method != b"GET" && !head {
+    let head = method == Method::Head;
+    if method != Method::Get && !head {
         return respond(&mut s, 405, "text/plain", b"only GET and HEAD\n", head);
     }
-    // RFC 9112 3.2.2: a server must also accept the absolute form, `http://host/metrics`; only
-    // the path after the authority routes, and the authority is checked as on the public
-    // listener (no user info, a valid host), by the same code.
-    let path = match crate::http::request::split_target(crate::http::Method::Get, target) {
-        Ok((path, _query, _authority)) => path,
-        Err(crate::http::ParseError::Invalid { reason, .. }) => {
-            return respond(&mut s, 400, "text/plain", format!("{reason}\n").as_bytes(), head)
-        }
-        Err(_) => return respond(&mut s, 400, "text/plain", b"invalid request target\n", head),
-    };
-    match path {
-        b"/metrics" => {
+    match resource {
+        Resource::Metrics => {
             let body = render::metrics(state);
             respond(&mut s, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), head)
         }
-        b"/health" => respond(&mut s, 200, "text/plain", b"ok\n", head),
-        b"/ready" => match state.ready() {
+        Resource::Health => respond(&mut s, 200, "text/plain", b"ok\n", head),
+        Resource::Ready => match state.ready() {
             Ok(()) => respond(&mut s, 200, "text/plain", b"ready\n", head),
             Err(why) => respond(&mut s, 503, "text/plain", format!("{why}\n").as_bytes(), head),
         },
-        b"/stats" => {
+        Resource::Stats => {
             let body = render::stats_json(state);
             respond(&mut s, 200, "application/json", body.as_bytes(), head)
         }
-        _ => respond(&mut s, 404, "text/plain", b"not found: try /metrics, /health, /ready, /stats\n", head),
+        Resource::Unknown => {
+            respond(&mut s, 404, "text/plain", b"not found: try /metrics, /health, /ready, /stats\n", head)
+        }
     }
-}
-
-/// Why the head (request line and fields, without the blank line) breaks RFC 9112 §3.2's Host
-/// rule, as the public listener words it (`http::request`): more than one Host, a value that is
-/// not `host[:port]` (the public [`valid_host`](crate::http::request::valid_host)), or none in
-/// a request that is not HTTP/1.0 (the admin speaks 1.0 and 1.1 and reads anything else as 1.1).
-fn host_problem(head: &[u8], version: &[u8]) -> Option<&'static str> {
-    let mut host: Option<&[u8]> = None;
-    for line in head.split(|&b| b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-        if !line[..colon].eq_ignore_ascii_case(b"host") {
-            continue;
-        }
-        if host.is_some() {
-            return Some("more than one Host header");
-        }
-        // The field value without the optional whitespace (SP, HTAB) around it (RFC 9110 §5.5);
-        // any other byte stays for valid_host to refuse.
-        let ows = |b: &u8| *b == b' ' || *b == b'\t';
-        let v = &line[colon + 1..];
-        let v = &v[v.iter().position(|b| !ows(b)).unwrap_or(v.len())..];
-        let v = &v[..v.iter().rposition(|b| !ows(b)).map_or(0, |i| i + 1)];
-        if !crate::http::request::valid_host(v) {
-            return Some("invalid Host header");
-        }
-        host = Some(v);
-    }
-    (host.is_none() && version != b"HTTP/1.0").then_some("missing Host header")
 }
 
 fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], head: bool) -> io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
+    // The public writer's error status lines; of the rest the admin answers only 200.
+    let line = match status {
+        200 => "200 OK",
+        _ => http::response::status_text(status).unwrap_or("500 Internal Server Error"),
     };
     // RFC 9110 15.5.6: a 405 must list the methods the resource does serve.
     let allow = if status == 405 { "Allow: GET, HEAD\r\n" } else { "" };
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {line}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();

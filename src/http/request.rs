@@ -558,8 +558,7 @@ fn parse_content_length(v: &[u8]) -> Result<usize, ParseError> {
 /// userinfo (`@`), a query or fragment, spaces, a second `:`, an unclosed `[`, raw UTF-8 (IDNs
 /// come as `xn--`). Runs on every request: one table load per byte of a host name of a few
 /// dozen bytes; only a bracketed literal goes through std's (non-allocating) IPv6 parser.
-/// The admin listener checks its Host with this too ([`crate::admin`]): one rule for both.
-pub(crate) fn valid_host(v: &[u8]) -> bool {
+fn valid_host(v: &[u8]) -> bool {
     let port = if v.first() == Some(&b'[') {
         let Some(close) = memchr::memchr(b']', v) else {
             return false;
@@ -623,7 +622,7 @@ const REG_NAME: [bool; 256] = {
 };
 
 /// A request target's (path, query, authority of an absolute-form target).
-pub(crate) type Target<'t> = (&'t [u8], &'t [u8], Option<&'t [u8]>);
+type Target<'t> = (&'t [u8], &'t [u8], Option<&'t [u8]>);
 
 /// Splits the request target into path, query and authority (RFC 9112 §3.2). Origin-form is
 /// what we expect; absolute-form must be accepted by servers: its path routes and its authority
@@ -631,7 +630,7 @@ pub(crate) type Target<'t> = (&'t [u8], &'t [u8], Option<&'t [u8]>);
 /// names a host (RFC 9110 §4.2.1: an empty host MUST be rejected) and has no user info (RFC 9110
 /// §4.2.4: `user@host` is not allowed in http(s) URIs). `*` is only meaningful for OPTIONS;
 /// authority-form (CONNECT) and anything else are refused.
-pub(crate) fn split_target(method: Method, target: &[u8]) -> Result<Target<'_>, ParseError> {
+fn split_target(method: Method, target: &[u8]) -> Result<Target<'_>, ParseError> {
     let (rest, authority) = if target.first() == Some(&b'/') {
         (target, None)
     } else if let Some(after) = strip_scheme(target) {

@@ -215,7 +215,7 @@ pub fn error(
     let line = status_text(status);
     debug_assert!(line.is_some(), "no status text for {status}");
     debug_assert!(status != 405 || allow.is_some(), "405 without Allow");
-    let line = line.unwrap_or(b"500 Internal Server Error");
+    let line = line.unwrap_or("500 Internal Server Error").as_bytes();
     if let Some(allow) = allow {
         if !is_header_value(allow.as_bytes()) {
             return Err(WriteError::BadHeaderValue);
@@ -277,22 +277,23 @@ pub fn continue_100(out: &mut Vec<u8>) -> Result<usize, WriteError> {
     w.finish()
 }
 
-fn status_text(status: u16) -> Option<&'static [u8]> {
+/// The status line after `HTTP/1.1 ` of every error status we answer (the admin listener's too).
+pub(crate) fn status_text(status: u16) -> Option<&'static str> {
     Some(match status {
-        400 => b"400 Bad Request",
-        403 => b"403 Forbidden",
-        404 => b"404 Not Found",
-        405 => b"405 Method Not Allowed",
-        408 => b"408 Request Timeout",
-        413 => b"413 Content Too Large",
-        414 => b"414 URI Too Long",
-        415 => b"415 Unsupported Media Type",
-        429 => b"429 Too Many Requests",
-        431 => b"431 Request Header Fields Too Large",
-        500 => b"500 Internal Server Error",
-        501 => b"501 Not Implemented",
-        503 => b"503 Service Unavailable",
-        505 => b"505 HTTP Version Not Supported",
+        400 => "400 Bad Request",
+        403 => "403 Forbidden",
+        404 => "404 Not Found",
+        405 => "405 Method Not Allowed",
+        408 => "408 Request Timeout",
+        413 => "413 Content Too Large",
+        414 => "414 URI Too Long",
+        415 => "415 Unsupported Media Type",
+        429 => "429 Too Many Requests",
+        431 => "431 Request Header Fields Too Large",
+        500 => "500 Internal Server Error",
+        501 => "501 Not Implemented",
+        503 => "503 Service Unavailable",
+        505 => "505 HTTP Version Not Supported",
         _ => return None,
     })
 }

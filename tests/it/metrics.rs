@@ -466,3 +466,52 @@ fn admin_accepts_an_absolute_form_target() {
         assert_eq!((r.status, std::str::from_utf8(&r.body).unwrap()), (400, format!("{why}\n").as_str()), "{target}");
     }
 }
+
+/// The admin listener reads its head with the public listener's parser, so what one refuses the
+/// other refuses, with the same status and reason, and closes. It used to split the head by hand
+/// and served `Host : a` (as a request without Host), a field line without a colon, obs-fold,
+/// NUL or a bare CR in a value, and a request line with two spaces.
+#[test]
+fn admin_refuses_a_malformed_head_as_the_public_listener_does() {
+    let s = Server::start(None, &["--shards", "1"]);
+    let admin = s.admin.unwrap();
+    let refused: [&[u8]; 11] = [
+        b"GET /health HTTP/1.1\r\nHost : a\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\r\nX-A: b\r\n  folded\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\r\nX-A: a\0b\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\r\nX-A: a\rb\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\nX-A: b\r\n\r\n",
+        b"GET  /health HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /health HTTP/1.1 x\r\nHost: a\r\n\r\n",
+        b"GET /health\r\nHost: a\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+        b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+    for raw in refused {
+        let text = String::from_utf8_lossy(raw);
+        let mut public = s.connect();
+        public.send(raw);
+        let want = public.read_response(false);
+        assert_eq!(want.status, 400, "public listener, {text:?}");
+        let mut c = Client::connect(admin);
+        c.send(raw);
+        let r = c.read_response(false);
+        let (got, want) = (String::from_utf8_lossy(&r.body), String::from_utf8_lossy(&want.body));
+        assert_eq!((r.status, got), (400, want), "{text:?}");
+        assert_eq!(r.header("connection"), Some("close"), "{text:?}");
+        assert!(c.is_closed(), "{text:?}");
+    }
+    // What the parser reads leniently by RFC 9112 still works: an empty line before the request
+    // line (§2.2), HTTP/1.2 read as 1.1 (RFC 9110 §2.5), a Content-Length of 0.
+    for raw in [
+        &b"\r\nGET /health HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+        b"GET /health HTTP/1.2\r\nHost: a\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let mut c = Client::connect(admin);
+        c.send(raw);
+        let r = c.read_response(false);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]), "{:?}", String::from_utf8_lossy(raw));
+    }
+}
