@@ -11,6 +11,11 @@
 //!   `admin.ready_ring_backlog_events_max` unread events; otherwise 503 with every reason found;
 //! - `GET /stats`   JSON percentiles per shard and merged, read by `tracker stats`.
 //!
+//! `HEAD` on each of these gets the GET answer's head. `OPTIONS` on each, or `OPTIONS *` (the
+//! listener as a whole), gets 204 with `Allow: GET, HEAD, OPTIONS`, as on the public listener;
+//! no CORS grant, since no page in a browser has business here. Another method on them is 405
+//! with the same Allow; any other path is 404, whatever the method.
+//!
 //! The request head is read by the public listener's parser ([`crate::http::parse`]), so the
 //! admin listener refuses what the public one refuses, with the same status and reason, and
 //! closes: RFC 9112 syntax as httparse's strict default checks it (a space before a field's
@@ -323,6 +328,8 @@ enum Resource {
     Health,
     Ready,
     Stats,
+    /// `*`, the server as a whole: a target only OPTIONS may have (RFC 9112 §3.2.4).
+    Server,
     Unknown,
 }
 
@@ -333,6 +340,7 @@ impl Resource {
             b"/health" => Resource::Health,
             b"/ready" => Resource::Ready,
             b"/stats" => Resource::Stats,
+            b"*" => Resource::Server,
             _ => Resource::Unknown,
         }
     }
@@ -384,42 +392,61 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
         n += r;
     };
     let head = method == Method::Head;
-    if method != Method::Get && !head {
-        return respond(&mut s, 405, "text/plain", b"only GET and HEAD\n", head);
-    }
-    match resource {
-        Resource::Metrics => {
-            let body = render::metrics(state);
-            respond(&mut s, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), head)
-        }
-        Resource::Health => respond(&mut s, 200, "text/plain", b"ok\n", head),
-        Resource::Ready => match state.ready() {
-            Ok(()) => respond(&mut s, 200, "text/plain", b"ready\n", head),
-            Err(why) => respond(&mut s, 503, "text/plain", format!("{why}\n").as_bytes(), head),
-        },
-        Resource::Stats => {
-            let body = render::stats_json(state);
-            respond(&mut s, 200, "application/json", body.as_bytes(), head)
-        }
-        Resource::Unknown => {
+    // As on the public listener: an unknown path is 404 whatever the method; on a known one
+    // OPTIONS tells the methods (RFC 9110 §9.3.7), and any method but GET, HEAD and OPTIONS is 405.
+    match (resource, method) {
+        (Resource::Unknown, _) => {
             respond(&mut s, 404, "text/plain", b"not found: try /metrics, /health, /ready, /stats\n", head)
         }
+        (_, Method::Options) => respond(&mut s, 204, "", b"", false),
+        (Resource::Server, _) => unreachable!("`*` is a target only for OPTIONS (http::request::split_target)"),
+        (_, Method::Get | Method::Head) => answer(state, &mut s, resource, head),
+        (_, Method::Post | Method::Other) => respond(&mut s, 405, "text/plain", b"method not allowed\n", head),
     }
 }
 
+/// The answer to GET (or HEAD, `head`) on one of the admin resources.
+fn answer(state: &State, s: &mut TcpStream, resource: Resource, head: bool) -> io::Result<()> {
+    match resource {
+        Resource::Metrics => {
+            let body = render::metrics(state);
+            respond(s, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), head)
+        }
+        Resource::Health => respond(s, 200, "text/plain", b"ok\n", head),
+        Resource::Ready => match state.ready() {
+            Ok(()) => respond(s, 200, "text/plain", b"ready\n", head),
+            Err(why) => respond(s, 503, "text/plain", format!("{why}\n").as_bytes(), head),
+        },
+        Resource::Stats => {
+            let body = render::stats_json(state);
+            respond(s, 200, "application/json", body.as_bytes(), head)
+        }
+        Resource::Server | Resource::Unknown => unreachable!("no GET answer for {resource:?}"),
+    }
+}
+
+/// The methods every admin resource (and the admin server as a whole, `OPTIONS *`) takes.
+const ALLOW: &str = "GET, HEAD, OPTIONS";
+
 fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], head: bool) -> io::Result<()> {
-    // The public writer's error status lines; of the rest the admin answers only 200.
+    // The public writer's error status lines; of the rest the admin answers only 200 and 204.
     let line = match status {
         200 => "200 OK",
+        204 => "204 No Content",
         _ => http::response::status_text(status).unwrap_or("500 Internal Server Error"),
     };
-    // RFC 9110 15.5.6: a 405 must list the methods the resource does serve.
-    let allow = if status == 405 { "Allow: GET, HEAD\r\n" } else { "" };
-    let mut out = format!(
-        "HTTP/1.1 {line}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
+    // RFC 9110 §15.5.6: a 405 must list the methods the resource does serve; §9.3.7: the answer
+    // to OPTIONS lists them too.
+    let allow = if matches!(status, 204 | 405) { format!("Allow: {ALLOW}\r\n") } else { String::new() };
+    // RFC 9110 §8.6: a 204 has no content, so no Content-Length (and no type).
+    debug_assert!(status != 204 || body.is_empty());
+    let content = if status == 204 {
+        String::new()
+    } else {
+        format!("Content-Type: {ctype}\r\nContent-Length: {}\r\n", body.len())
+    };
+    let mut out =
+        format!("HTTP/1.1 {line}\r\n{content}{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n").into_bytes();
     if !head {
         out.extend_from_slice(body);
     }

@@ -397,7 +397,7 @@ fn admin_405_names_the_methods_it_serves_in_allow() {
     c.send(b"DELETE /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
     let r = c.read_response(false);
     assert_eq!(r.status, 405);
-    assert_eq!(r.header("allow"), Some("GET, HEAD"), "{:?}", r.headers);
+    assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"), "{:?}", r.headers);
 }
 
 /// RFC 9112 §3.2: a request with no Host in HTTP/1.1, more than one Host, or an invalid Host
@@ -513,5 +513,42 @@ fn admin_refuses_a_malformed_head_as_the_public_listener_does() {
         c.send(raw);
         let r = c.read_response(false);
         assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]), "{:?}", String::from_utf8_lossy(raw));
+    }
+}
+
+/// RFC 9110 §9.3.7: OPTIONS on a path the admin listener serves (or `*`, the server itself) is a
+/// 204 with the methods in Allow, as on the public listener; every 405 names OPTIONS too. No
+/// CORS: the admin listener is not for pages in a browser.
+#[test]
+fn admin_answers_options_with_204_and_allow_and_every_405_names_options() {
+    const ALLOW: &str = "GET, HEAD, OPTIONS";
+    let s = Server::start(None, &["--shards", "1"]);
+    let admin = s.admin.unwrap();
+    let absolute = format!("http://{admin}/stats");
+    for target in ["/metrics", "/health", "/ready", "/stats", "/health?x=1", "*", absolute.as_str()] {
+        let mut c = Client::connect(admin);
+        c.send(format!("OPTIONS {target} HTTP/1.1\r\nHost: a\r\nOrigin: https://a.example\r\n\r\n").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!(r.status, 204, "{target}: {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("allow"), Some(ALLOW), "{target}");
+        // RFC 9110 §8.6: a 204 has no Content-Length.
+        assert_eq!((r.header("content-length"), r.header("connection")), (None, Some("close")), "{target}");
+        assert!(r.headers.iter().all(|(n, _)| !n.to_ascii_lowercase().starts_with("access-control-")), "{target}");
+        assert!(c.is_closed(), "{target}");
+    }
+    // An unknown path is still not a resource.
+    let mut c = Client::connect(admin);
+    c.send(b"OPTIONS /nope HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 404);
+    for (raw, head) in [
+        (&b"DELETE /metrics HTTP/1.1\r\nHost: a\r\n\r\n"[..], false),
+        (b"POST /health HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", false),
+        (b"PUT /ready HTTP/1.0\r\n\r\n", false),
+        (b"get /stats HTTP/1.1\r\nHost: a\r\n\r\n", false),
+    ] {
+        let mut c = Client::connect(admin);
+        c.send(raw);
+        let r = c.read_response(head);
+        assert_eq!((r.status, r.header("allow")), (405, Some(ALLOW)), "{:?}", String::from_utf8_lossy(raw));
     }
 }
