@@ -24,6 +24,12 @@
 //! absolute-form authority that is not `host[:port]`, ambiguous body framing. One set of rules,
 //! one copy of it.
 //!
+//! It reads no request body: a request that announces one (Content-Length above 0, or chunked)
+//! is answered 413 `the admin listener reads no request body` before it, whatever its method and
+//! path. After every refusal of a request not read whole (that 413, a refused head, 408) the
+//! connection closes lingering (RFC 9112 §9.6, [`linger_close`]), so the refusal is not lost to
+//! a reset.
+//!
 //! And, when `admin.hlog_path` is set, a second thread appends the merged histograms to an
 //! HdrHistogram interval log ([`hlog`]).
 //!
@@ -45,7 +51,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::http::{self, Limits, Method, ParseError, HEADERS_MAX};
+use crate::http::{self, BodyFraming, Limits, Method, ParseError, HEADERS_MAX};
 use crate::runtime::{Running, ShardShared};
 
 /// Longest admin request head read, bytes; longer requests are answered 431.
@@ -312,7 +318,8 @@ impl Drop for Active {
 
 /// The public listener's parser ([`http::parse`]) with the admin's bounds: one for the whole
 /// head, REQUEST_BYTES_MAX (over it 431). The request line may take all of it but its line end,
-/// so the parser never has a 414 to give before the 431. The header array is the public one.
+/// so the parser never has a 414 to give before the 431. The header array is the public one. A
+/// body is refused whatever its length ([`serve`]): the parser checks only its framing.
 const LIMITS: Limits = Limits {
     request_line_bytes_max: REQUEST_BYTES_MAX - 1,
     header_count_max: HEADERS_MAX,
@@ -358,31 +365,29 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
     // or LF and control bytes, Host, absolute-form target, body framing), each refusal with its
     // status and reason. The parsed view borrows `buf`, which the next read writes into: only
     // what the answer needs leaves the loop.
-    let (method, resource) = loop {
+    let (method, resource, framing) = loop {
         let mut headers = http::header_buf();
         match http::parse(&buf[..n], &mut headers, &LIMITS) {
-            Ok(req) => break (req.method, Resource::of(req.path)),
+            Ok(req) => break (req.method, Resource::of(req.path), req.framing),
             Err(ParseError::Incomplete) => {}
             // HTTP/1.x, x > 1, is read as HTTP/1.1 (RFC 9110 §2.5), as on the public listener.
             Err(ParseError::NewerMinorVersion { minor_at }) => {
                 buf[minor_at] = b'1';
                 continue;
             }
-            Err(ParseError::Invalid { status, reason }) => {
-                return respond(&mut s, status, "text/plain", format!("{reason}\n").as_bytes(), false)
-            }
+            Err(ParseError::Invalid { status, reason }) => return refuse(s, status, reason),
         }
         // The parser answers 431 once the head fills LIMITS.header_bytes_max, the buffer's size.
         debug_assert!(n < buf.len());
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return respond(&mut s, 408, "text/plain", b"request head not received in time\n", false);
+            return refuse(s, 408, "request head not received in time");
         }
         s.set_read_timeout(Some(left))?;
         let r = match s.read(&mut buf[n..]) {
             Ok(r) => r,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                return respond(&mut s, 408, "text/plain", b"request head not received in time\n", false);
+                return refuse(s, 408, "request head not received in time");
             }
             Err(e) => return Err(e),
         };
@@ -391,6 +396,12 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
         }
         n += r;
     };
+    // Nothing here takes content, so a body is never read: a request that announces one is
+    // refused before it, whatever its method and path. 413 (RFC 9110 §15.5.14), not 400: the
+    // framing is sound (the parser has checked it), the content is more than the none taken.
+    if !matches!(framing, BodyFraming::None | BodyFraming::Length(0)) {
+        return refuse(s, 413, "the admin listener reads no request body");
+    }
     let head = method == Method::Head;
     // As on the public listener: an unknown path is 404 whatever the method; on a known one
     // OPTIONS tells the methods (RFC 9110 §9.3.7), and any method but GET, HEAD and OPTIONS is 405.
@@ -402,6 +413,36 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
         (Resource::Server, _) => unreachable!("`*` is a target only for OPTIONS (http::request::split_target)"),
         (_, Method::Get | Method::Head) => answer(state, &mut s, resource, head),
         (_, Method::Post | Method::Other) => respond(&mut s, 405, "text/plain", b"method not allowed\n", head),
+    }
+}
+
+/// Answers `status` with `reason` to a request not read whole (a refused head, one that did not
+/// arrive in time, a body left unread), then closes with [`linger_close`].
+fn refuse(mut s: TcpStream, status: u16, reason: &str) -> io::Result<()> {
+    respond(&mut s, status, "text/plain", format!("{reason}\n").as_bytes(), false)?;
+    linger_close(s);
+    Ok(())
+}
+
+/// Lingering close (RFC 9112 §9.6), as the public listener closes (net::connection): half-close,
+/// then read and drop what the client still sends until it closes too, for at most
+/// LINGER_GRACE. Closed with unread bytes in it, a socket sends RST instead of FIN, and the
+/// reset can cost the client the answer just written (a proxy in front then answers 502). The
+/// connection keeps its CONNECTIONS_MAX slot that long at most.
+fn linger_close(mut s: TcpStream) {
+    if s.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + crate::net::deadline::LINGER_GRACE;
+    let mut scratch = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        if !matches!(s.read(&mut scratch), Ok(n) if n > 0) {
+            return;
+        }
     }
 }
 

@@ -552,3 +552,45 @@ fn admin_answers_options_with_204_and_allow_and_every_405_names_options() {
         assert_eq!((r.status, r.header("allow")), (405, Some(ALLOW)), "{:?}", String::from_utf8_lossy(raw));
     }
 }
+
+/// The admin listener reads no request body: a request that announces one (Content-Length > 0 or
+/// chunked) is answered 413 with the reason before the body is read, and closed cleanly: the
+/// body the client is still sending is read and dropped (RFC 9112 §9.6), so the close is a FIN
+/// and not a reset that could cost the client the 413.
+#[test]
+fn admin_refuses_a_request_with_a_body_with_413_and_a_clean_close() {
+    let s = Server::start(None, &["--shards", "1"]);
+    let admin = s.admin.unwrap();
+    for head in [
+        &b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n"[..],
+        b"GET /health HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
+        let text = String::from_utf8_lossy(head);
+        let mut c = Client::connect(admin);
+        // Far more than the admin's head buffer: most of it is still in the socket at the answer.
+        let mut raw = head.to_vec();
+        raw.resize(raw.len() + 8 * tracker::admin::REQUEST_BYTES_MAX, b'x');
+        c.send(&raw);
+        let r = c.read_response(false);
+        assert_eq!(
+            (r.status, std::str::from_utf8(&r.body).unwrap()),
+            (413, "the admin listener reads no request body\n"),
+            "{text:?}"
+        );
+        assert_eq!(r.header("connection"), Some("close"), "{text:?}");
+        // The client, not knowing better yet, sends more: its close is read as end of stream.
+        c.send(&[b'x'; 4096]);
+        let mut rest = [0u8; 64];
+        match std::io::Read::read(&mut c.stream, &mut rest) {
+            Ok(0) => {}
+            other => panic!("{text:?}: expected a clean end of stream after the 413, got {other:?}"),
+        }
+    }
+    // Framing the public listener refuses is refused here by the same rule, before the body.
+    let mut c = Client::connect(admin);
+    c.send(b"GET /health HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.body.as_slice()), (400, &b"both Content-Length and Transfer-Encoding\n"[..]));
+    assert_eq!(s.admin_get("/health").status, 200);
+}
