@@ -357,7 +357,8 @@ impl Resource {
 fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
     s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     // CLIENT_TIMEOUT bounds the whole head, not each read: a client trickling a byte a second
-    // would otherwise hold this (only) admin thread for an hour and starve the health probes.
+    // would otherwise hold this connection's thread and CONNECTIONS_MAX slot for an hour; a
+    // few such clients would starve the health probes.
     let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
     let mut buf = [0u8; REQUEST_BYTES_MAX];
     let mut n = 0;
@@ -410,7 +411,9 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
             respond(&mut s, 404, "text/plain", b"not found: try /metrics, /health, /ready, /stats\n", head)
         }
         (_, Method::Options) => respond(&mut s, 204, "", b"", false),
-        (Resource::Server, _) => unreachable!("`*` is a target only for OPTIONS (http::request::split_target)"),
+        // The parser lets `*` through for OPTIONS only (RFC 9112 §3.2.4); answered as it would
+        // be, never a panic, should that ever change.
+        (Resource::Server, _) => refuse(s, 400, "invalid request target"),
         (_, Method::Get | Method::Head) => answer(state, &mut s, resource, head),
         (_, Method::Post | Method::Other) => respond(&mut s, 405, "text/plain", b"method not allowed\n", head),
     }
@@ -462,7 +465,8 @@ fn answer(state: &State, s: &mut TcpStream, resource: Resource, head: bool) -> i
             let body = render::stats_json(state);
             respond(s, 200, "application/json", body.as_bytes(), head)
         }
-        Resource::Server | Resource::Unknown => unreachable!("no GET answer for {resource:?}"),
+        // `serve` routes neither here; a 404 rather than a panic (panic = abort) if it ever did.
+        Resource::Server | Resource::Unknown => respond(s, 404, "text/plain", b"not found\n", head),
     }
 }
 
