@@ -45,6 +45,9 @@ pub mod endpoint;
 pub mod enrich;
 pub mod event;
 pub mod extract;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod journal;
 pub mod metrics;

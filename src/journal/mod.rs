@@ -109,6 +109,8 @@ mod writer_state;
 
 pub use dir::{create_dir_durable, fsync_dir};
 pub use error::JournalError;
+#[cfg(feature = "fuzzing")]
+pub(crate) use segment::reseal as segment_reseal;
 #[cfg(test)]
 pub(crate) use segment::FAIL_MSYNC;
 // For the collectors' positioned reader (collector/source.rs).

@@ -83,10 +83,10 @@ impl ConnBufs {
 }
 
 /// What answering one request decided about the connection.
-pub(super) struct Answer {
-    pub(super) keep_alive: bool,
+pub(crate) struct Answer {
+    pub(crate) keep_alive: bool,
     /// Journal sequence number this response must wait for (0 = none).
-    pub(super) logged_seq: u64,
+    pub(crate) logged_seq: u64,
 }
 
 pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, mut bufs: ConnBufs) {
@@ -409,7 +409,7 @@ fn stop_grace_over(ctx: &ShardCtx) -> bool {
 /// is its body (`body` has the JSON parser's padding after it); `more`: bytes of another request
 /// follow it in the read buffer.
 #[allow(clippy::too_many_arguments)] // the request's parts, as the batch loop has them
-fn answer(
+pub(crate) fn answer(
     ctx: &ShardCtx,
     req: &http::Request<'_, '_>,
     body: &mut [u8],
@@ -689,7 +689,7 @@ fn refuse_redirect(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn write_error(
+pub(crate) fn write_error(
     ctx: &ShardCtx,
     wbuf: &mut Vec<u8>,
     status: Status,

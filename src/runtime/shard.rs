@@ -86,6 +86,46 @@ pub struct ShardCtx {
 }
 
 impl ShardCtx {
+    /// A shard's request-path state with no reactor, listener or drain behind it, for
+    /// `crate::fuzzing`: built from `cfg` exactly as `run_inner` builds it (routes, privacy,
+    /// dedup window and budgets as `runtime::start` makes them, POST scratch), so a request
+    /// answered through it takes the same path as one on a socket. No connection pool: the
+    /// caller owns the buffers.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn detached(cfg: Arc<Config>, producer: Producer) -> io::Result<ShardCtx> {
+        let counters =
+            crate::metrics::ShardCounters::new(crate::constants::ENDPOINTS_MAX, crate::constants::EVENT_TYPES_MAX);
+        let shared = super::ShardShared::new(0, counters, Arc::new(std::sync::atomic::AtomicUsize::new(0)))?;
+        let dedup = (cfg.dedup.window_ms > 0)
+            .then(|| Arc::new(crate::dedup::Dedup::new(cfg.dedup.entries, cfg.dedup.window_ms)));
+        let budgets = (cfg.budget.rate_per_s > 0)
+            .then(|| Arc::new(crate::enrich::budget::Budgets::new(cfg.budget, crate::clock::unix_nanos())));
+        Ok(ShardCtx {
+            routes: RefCell::new(Routes::new(&cfg)),
+            config_gen: Cell::new(0),
+            stop_at: Cell::new(None),
+            deadlines: Deadlines::new(1),
+            producer: RefCell::new(producer),
+            ids: RefCell::new(IdGen::new(0)),
+            dedup,
+            budgets,
+            source_conns: None,
+            privacy: RefCell::new(crate::enrich::privacy::Privacy::new(cfg.privacy.clone())),
+            date: RefCell::new(DateCache::new()),
+            stopping: Cell::new(false),
+            service: RefCell::new(LocalHistogram::new()),
+            post: RefCell::new(crate::net::post::PostScratch::new(&cfg.server)),
+            stop: Arc::new(AtomicBool::new(false)),
+            conns: Cell::new(0),
+            pool: RefCell::new(Vec::new()),
+            waiters: RefCell::new(Vec::new()),
+            idle_waker: Cell::new(None),
+            accept_canceller: RefCell::new(Canceller::new()),
+            shared: Arc::new(shared),
+            cfg: RefCell::new(cfg),
+        })
+    }
+
     /// Waits until the drain has put event `seq` into the journal (true), or finds the journal
     /// failing (false: the event may never be written).
     pub async fn journaled(&self, seq: u64) -> bool {

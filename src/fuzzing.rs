@@ -1,0 +1,185 @@
+//! Entry points for the fuzz targets in `tools/fuzz` (feature `fuzzing`; not a stable API, not
+//! for production builds).
+//!
+//! [`RequestPath`] is the request path below the socket: the bytes one read put in a
+//! connection's buffer, answered the way the batch loop of `net::connection::serve` answers
+//! them — `http::parse` (and its HTTP/1.x minor-version rewrite), the body framing, the chunked
+//! decoder into the body scratch, a Content-Length body copied there, then
+//! `connection::answer`, the function the reactor calls: routing, CORS, SSAI, budgets,
+//! redirects, extraction, privacy and steps, POST bodies (`net::post`: media type, gzip, JSON
+//! batches), the ring and the response writers. What it leaves out is I/O: reads, writes,
+//! deadlines, the wait for the journal. Keep it in step with that loop.
+//!
+//! Every response is checked as a client would read it: a head httparse accepts, a status that
+//! is a 2xx, 3xx or 4xx or one of the 5xx the path may answer (501 transfer coding, 503 ring
+//! full or journal, 505 version), a body
+//! exactly as long as its Content-Length says, and a write buffer that never grew. Every event
+//! that reached the ring is popped and written as `journal cat` would write it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::http::{self, BodyFraming, Limits, ParseError};
+use crate::metrics::Status;
+use crate::net::connection::{self, WRITE_BYTES};
+use crate::ring::Consumer;
+use crate::runtime::shard::ShardCtx;
+
+/// One shard's request path with its connection buffers, reused for every input.
+pub struct RequestPath {
+    ctx: ShardCtx,
+    consumer: Consumer,
+    limits: Limits,
+    /// The connection's read buffer: header_bytes_max + body_bytes_max, as `ConnBufs` sizes it.
+    rbuf: Vec<u8>,
+    /// The body scratch, with simd-json's padding after body_bytes_max.
+    body: Vec<u8>,
+    wbuf: Vec<u8>,
+    peer: SocketAddr,
+    line: String,
+}
+
+impl RequestPath {
+    /// A shard built from `cfg` (e.g. `Config::embedded()`), with requests coming from `peer`.
+    pub fn new(cfg: Config, peer: SocketAddr) -> RequestPath {
+        let s = &cfg.server;
+        let limits = Limits {
+            request_line_bytes_max: s.request_line_bytes_max,
+            header_count_max: s.header_count_max,
+            header_bytes_max: s.header_bytes_max,
+            body_bytes_max: s.body_bytes_max,
+        };
+        let rbuf = Vec::with_capacity(s.header_bytes_max + s.body_bytes_max);
+        let body = vec![0; s.body_bytes_max + crate::extract::json::INPUT_PADDING];
+        let (producer, consumer) = crate::ring::ring(s.ring_events);
+        let ctx = ShardCtx::detached(Arc::new(cfg), producer).expect("eventfd for a detached shard");
+        RequestPath {
+            ctx,
+            consumer,
+            limits,
+            rbuf,
+            body,
+            wbuf: Vec::with_capacity(WRITE_BYTES),
+            peer,
+            line: String::with_capacity(4096),
+        }
+    }
+
+    /// Answers every complete request at the front of `input` (cut to the read buffer's size),
+    /// in order, until one is incomplete or closes the connection. Returns how many were answered.
+    /// Panics if a response is malformed (see the module doc).
+    pub fn serve(&mut self, input: &[u8]) -> usize {
+        let cap = self.rbuf.capacity();
+        self.rbuf.clear();
+        self.rbuf.extend_from_slice(&input[..input.len().min(cap)]);
+        let now_ns = crate::clock::unix_nanos();
+        self.ctx.date.borrow_mut().update(now_ns / 1_000_000_000);
+        let mut start = 0;
+        let mut answered = 0;
+        while start < self.rbuf.len() {
+            self.wbuf.clear();
+            let mut headers = http::header_buf();
+            let req = match http::parse(&self.rbuf[start..], &mut headers, &self.limits) {
+                Ok(r) => r,
+                Err(ParseError::Incomplete) => break,
+                Err(ParseError::NewerMinorVersion { minor_at }) => {
+                    self.rbuf[start + minor_at] = b'1';
+                    continue;
+                }
+                Err(ParseError::Invalid { status, reason }) => {
+                    let st = Status::from_code(status);
+                    connection::write_error(&self.ctx, &mut self.wbuf, st, reason, false, false, 1, None, None);
+                    check_response(&self.wbuf, false);
+                    answered += 1;
+                    break;
+                }
+            };
+            let head_len = req.head_len;
+            let (body_len, consumed) = match req.framing {
+                BodyFraming::None => (0, head_len),
+                BodyFraming::Length(n) => {
+                    if self.rbuf.len() - start < head_len + n {
+                        break;
+                    }
+                    (n, head_len + n)
+                }
+                BodyFraming::Chunked => {
+                    let scratch = &mut self.body[..self.limits.body_bytes_max];
+                    let src = &self.rbuf[start + head_len..];
+                    let mut progress = http::chunked::Progress::default();
+                    match http::chunked::decode_from(src, scratch, self.limits.body_bytes_max, &mut progress) {
+                        Ok((n, used)) => (n, head_len + used),
+                        Err(ParseError::Incomplete | ParseError::NewerMinorVersion { .. }) => break,
+                        Err(ParseError::Invalid { status, reason }) => {
+                            let st = Status::from_code(status);
+                            let v = req.version_minor;
+                            connection::write_error(&self.ctx, &mut self.wbuf, st, reason, false, false, v, None, None);
+                            check_response(&self.wbuf, false);
+                            answered += 1;
+                            break;
+                        }
+                    }
+                }
+            };
+            if let (BodyFraming::Length(n), http::Method::Post) = (req.framing, req.method) {
+                self.body[..n].copy_from_slice(&self.rbuf[start + head_len..start + head_len + n]);
+            }
+            let more = start + consumed < self.rbuf.len();
+            let head = req.method == http::Method::Head;
+            let a =
+                connection::answer(&self.ctx, &req, &mut self.body, body_len, more, self.peer, now_ns, &mut self.wbuf);
+            check_response(&self.wbuf, head);
+            answered += 1;
+            self.pop_events();
+            start += consumed;
+            if !a.keep_alive {
+                break;
+            }
+        }
+        answered
+    }
+
+    /// Takes every event off the ring, as the drain would, and writes it as `journal cat` does.
+    fn pop_events(&mut self) {
+        let cfg = self.ctx.cfg.borrow().clone();
+        let line = &mut self.line;
+        self.consumer.pop_batch(usize::MAX, |ev| {
+            line.clear();
+            cfg.schema.write_json(ev, line);
+            true
+        });
+    }
+}
+
+/// Panics unless `w` is one complete, well-formed response (see the module doc).
+#[allow(clippy::ptr_arg)] // a Vec: its capacity is checked too
+fn check_response(w: &Vec<u8>, head: bool) {
+    assert_eq!(w.capacity(), WRITE_BYTES, "the write buffer grew");
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    let head_len = match r.parse(w) {
+        Ok(httparse::Status::Complete(n)) => n,
+        other => panic!("response head does not parse ({other:?}): {:?}", String::from_utf8_lossy(w)),
+    };
+    let code = r.code.unwrap_or(0);
+    assert!(
+        (200..500).contains(&code) || [501, 503, 505].contains(&code),
+        "status {code} on the request path: {:?}",
+        String::from_utf8_lossy(w)
+    );
+    let length = r.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length")).map(|h| {
+        std::str::from_utf8(h.value).ok().and_then(|v| v.parse::<usize>().ok()).expect("Content-Length is a number")
+    });
+    let body = w.len() - head_len;
+    match (head, length) {
+        (true, _) | (false, None) => assert_eq!(body, 0, "a body without Content-Length, or on HEAD"),
+        (false, Some(n)) => assert_eq!(body, n, "body length is not its Content-Length"),
+    }
+}
+
+/// Rewrites the header CRC and the record seals of segment file bytes (see
+/// `journal::segment::reseal`), so a fuzzed schema or record reaches the code behind the CRCs.
+pub fn reseal_segment(bytes: &mut [u8]) {
+    crate::journal::segment_reseal(bytes)
+}
