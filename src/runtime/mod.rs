@@ -341,13 +341,9 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
     labels.assign(&mut cfg).map_err(StartError::new)?;
     let cfg = Arc::new(cfg);
     let stop = Arc::new(AtomicBool::new(false));
-    // The dedup window is shared by all shards (one table, allocated now); None when off.
-    let dedup = (cfg.dedup.window_ms > 0).then(|| Arc::new(Dedup::new(cfg.dedup.entries, cfg.dedup.window_ms)));
-    // Per-source budgets, one table shared by all shards; None when rate_per_s = 0.
-    let budgets = (cfg.budget.rate_per_s > 0)
-        .then(|| Arc::new(crate::enrich::budget::Budgets::new(cfg.budget, crate::clock::unix_nanos())));
-    // Open connections per source prefix, shared likewise; None when the limit is 0.
-    let source_conns = crate::enrich::budget::Connections::new(cfg.budget).map(Arc::new);
+    // The dedup window, budgets and per-prefix connection counts: one table each, shared by all
+    // shards, allocated now.
+    let tables = shard::SharedTables::new(&cfg);
     // Every shard's journal first, before any shard serves: a shard that cannot open (its lock
     // still held after the wait, a full disk) fails the start with nothing acknowledged yet.
     // One deadline for all shards, so the whole wait is JOURNAL_LOCK_WAIT however many there are.
@@ -415,9 +411,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
             producer,
             listener,
             cpu,
-            dedup: dedup.clone(),
-            budgets: budgets.clone(),
-            source_conns: source_conns.clone(),
+            tables: tables.clone(),
             peers: peers.clone(),
         };
         let tx = ready_tx.clone();
@@ -436,7 +430,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
     if stop.load(SeqCst) {
         stop_all(&stop, &shared);
     }
-    let running = Running { addr, stop, shards: shared, threads, labels, dedup };
+    let running = Running { addr, stop, shards: shared, threads, labels, dedup: tables.dedup };
     for _ in 0..shards {
         match ready_rx.recv() {
             Ok(Ok(())) => {}

@@ -35,11 +35,31 @@ pub struct ShardArgs {
     pub producer: Producer,
     pub listener: StdListener,
     pub cpu: Option<core_affinity::CoreId>,
+    pub tables: SharedTables,
+    /// Every shard of the server, set once all are spawned: a reactor that panics stops them.
+    pub peers: Arc<OnceLock<Vec<Arc<ShardShared>>>>,
+}
+
+/// The tables every shard's request path shares with the others (one each, allocated at start):
+/// the dedup window (None when `dedup.window_ms = 0`), per-source budgets (None when
+/// `budget.rate_per_s = 0`) and open connections per source prefix (None when that limit is 0).
+#[derive(Clone)]
+pub struct SharedTables {
     pub dedup: Option<Arc<crate::dedup::Dedup>>,
     pub budgets: Option<Arc<crate::enrich::budget::Budgets>>,
     pub source_conns: Option<Arc<crate::enrich::budget::Connections>>,
-    /// Every shard of the server, set once all are spawned: a reactor that panics stops them.
-    pub peers: Arc<OnceLock<Vec<Arc<ShardShared>>>>,
+}
+
+impl SharedTables {
+    pub fn new(cfg: &Config) -> SharedTables {
+        SharedTables {
+            dedup: (cfg.dedup.window_ms > 0)
+                .then(|| Arc::new(crate::dedup::Dedup::new(cfg.dedup.entries, cfg.dedup.window_ms))),
+            budgets: (cfg.budget.rate_per_s > 0)
+                .then(|| Arc::new(crate::enrich::budget::Budgets::new(cfg.budget, crate::clock::unix_nanos()))),
+            source_conns: crate::enrich::budget::Connections::new(cfg.budget).map(Arc::new),
+        }
+    }
 }
 
 /// Everything a connection task needs, on the reactor thread only (Rc, RefCell: no locks).
@@ -86,44 +106,56 @@ pub struct ShardCtx {
 }
 
 impl ShardCtx {
-    /// A shard's request-path state with no reactor, listener or drain behind it, for
-    /// `crate::fuzzing`: built from `cfg` exactly as `run_inner` builds it (routes, privacy,
-    /// dedup window and budgets as `runtime::start` makes them, POST scratch), so a request
-    /// answered through it takes the same path as one on a socket. No connection pool: the
-    /// caller owns the buffers.
-    #[cfg(feature = "fuzzing")]
-    pub(crate) fn detached(cfg: Arc<Config>, producer: Producer) -> io::Result<ShardCtx> {
-        let counters =
-            crate::metrics::ShardCounters::new(crate::constants::ENDPOINTS_MAX, crate::constants::EVENT_TYPES_MAX);
-        let shared = super::ShardShared::new(0, counters, Arc::new(std::sync::atomic::AtomicUsize::new(0)))?;
-        let dedup = (cfg.dedup.window_ms > 0)
-            .then(|| Arc::new(crate::dedup::Dedup::new(cfg.dedup.entries, cfg.dedup.window_ms)));
-        let budgets = (cfg.budget.rate_per_s > 0)
-            .then(|| Arc::new(crate::enrich::budget::Budgets::new(cfg.budget, crate::clock::unix_nanos())));
-        Ok(ShardCtx {
+    /// A shard's request-path state, as a reactor starts with it: routes and privacy from `cfg`,
+    /// the connection buffers of `pool` (allocated at start, recycled), no connection yet.
+    #[allow(clippy::too_many_arguments)] // the parts a shard is given at start, as ShardArgs has them
+    fn new(
+        cfg: Arc<Config>,
+        index: u16,
+        producer: Producer,
+        tables: SharedTables,
+        stop: Arc<AtomicBool>,
+        shared: Arc<ShardShared>,
+        pool: Vec<ConnBufs>,
+    ) -> ShardCtx {
+        let conns_max = pool.len();
+        ShardCtx {
             routes: RefCell::new(Routes::new(&cfg)),
             config_gen: Cell::new(0),
             stop_at: Cell::new(None),
-            deadlines: Deadlines::new(1),
+            deadlines: Deadlines::new(conns_max.max(1)),
             producer: RefCell::new(producer),
-            ids: RefCell::new(IdGen::new(0)),
-            dedup,
-            budgets,
-            source_conns: None,
+            ids: RefCell::new(IdGen::new(index)),
+            dedup: tables.dedup,
+            budgets: tables.budgets,
+            source_conns: tables.source_conns,
             privacy: RefCell::new(crate::enrich::privacy::Privacy::new(cfg.privacy.clone())),
             date: RefCell::new(DateCache::new()),
             stopping: Cell::new(false),
             service: RefCell::new(LocalHistogram::new()),
             post: RefCell::new(crate::net::post::PostScratch::new(&cfg.server)),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop,
             conns: Cell::new(0),
-            pool: RefCell::new(Vec::new()),
-            waiters: RefCell::new(Vec::new()),
+            pool: RefCell::new(pool),
+            waiters: RefCell::new(Vec::with_capacity(conns_max + 1)),
             idle_waker: Cell::new(None),
             accept_canceller: RefCell::new(Canceller::new()),
-            shared: Arc::new(shared),
+            shared,
             cfg: RefCell::new(cfg),
-        })
+        }
+    }
+
+    /// A shard's request-path state with no reactor, listener or drain behind it, for
+    /// `crate::fuzzing`: built by the reactor's own constructor with the tables `runtime::start`
+    /// makes, so a request answered through it takes the same path as one on a socket. No
+    /// connection pool: the caller owns the buffers.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn detached(cfg: Arc<Config>, producer: Producer) -> io::Result<ShardCtx> {
+        let counters =
+            crate::metrics::ShardCounters::new(crate::constants::ENDPOINTS_MAX, crate::constants::EVENT_TYPES_MAX);
+        let shared = super::ShardShared::new(0, counters, Arc::new(std::sync::atomic::AtomicUsize::new(0)))?;
+        let tables = SharedTables::new(&cfg);
+        Ok(ShardCtx::new(cfg, 0, producer, tables, Arc::new(AtomicBool::new(false)), Arc::new(shared), Vec::new()))
     }
 
     /// Waits until the drain has put event `seq` into the journal (true), or finds the journal
@@ -267,30 +299,7 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
         // Connection buffers for every allowed connection, allocated now (virtual memory: pages
         // are touched on first use) and recycled; none is allocated per connection or request.
         let pool: Vec<ConnBufs> = (0..conns_max).map(|slot| ConnBufs::new(&cfg.server, slot)).collect();
-        let ctx = Rc::new(ShardCtx {
-            routes: RefCell::new(Routes::new(&cfg)),
-            config_gen: Cell::new(0),
-            stop_at: Cell::new(None),
-            deadlines: Deadlines::new(conns_max),
-            producer: RefCell::new(args.producer),
-            ids: RefCell::new(IdGen::new(i)),
-            dedup: args.dedup,
-            budgets: args.budgets,
-            source_conns: args.source_conns,
-            privacy: RefCell::new(crate::enrich::privacy::Privacy::new(cfg.privacy.clone())),
-            date: RefCell::new(DateCache::new()),
-            stopping: Cell::new(false),
-            service: RefCell::new(LocalHistogram::new()),
-            post: RefCell::new(crate::net::post::PostScratch::new(&cfg.server)),
-            stop: args.stop,
-            conns: Cell::new(0),
-            pool: RefCell::new(pool),
-            waiters: RefCell::new(Vec::with_capacity(conns_max + 1)),
-            idle_waker: Cell::new(None),
-            accept_canceller: RefCell::new(Canceller::new()),
-            shared: args.shared,
-            cfg: RefCell::new(cfg),
-        });
+        let ctx = Rc::new(ShardCtx::new(cfg, i, args.producer, args.tables, args.stop, args.shared, pool));
         let efd = ctx.shared.eventfd.try_clone().map_err(|e| format!("shard {i}: eventfd: {e}"))?;
         let efd =
             monoio::fs::File::from_std(std::fs::File::from(efd)).map_err(|e| format!("shard {i}: eventfd: {e}"))?;
