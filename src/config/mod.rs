@@ -6,6 +6,7 @@
 //! what was expected. Validation collects every error rather than stopping at the first.
 
 mod collector;
+mod key_path;
 pub mod keys;
 mod raw;
 mod redirect;
@@ -436,6 +437,16 @@ fn key_of_toml_error(text: &str, span: Option<Range<usize>>, message: &str) -> S
     let Some(s) = span.filter(|s| s.start <= text.len() && text.is_char_boundary(s.start)) else {
         return missing.map_or_else(|| "-".into(), str::to_string);
     };
+    // Text that parses as TOML: the key the span lies in, read off the document, with the field
+    // a table lacks or has unknown (`event.x.fields[1].requried`): an inline table in an array
+    // gives the line-based reading below nothing to go on.
+    if let Some(path) = key_path::key_path_at(text, s.start) {
+        let unknown = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next());
+        return match unknown.or(missing) {
+            Some(field) if !path.ends_with(&format!(".{field}")) && path != field => format!("{path}.{field}"),
+            _ => path,
+        };
+    }
     let line_start = text[..s.start].rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or("");
     let code = toml_code(line);
