@@ -1562,6 +1562,15 @@ mod tests {
         assert!(e[0].message.contains("is not a source"), "{}", e[0]);
     }
 
+    /// Regression: a typo in a field declared as an inline table named no key (`-`).
+    #[test]
+    fn an_unknown_field_in_an_inline_table_is_named_by_its_path() {
+        let text = "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nfields = [\n  { name = \"a\", source = \"query.a\", type = \"u64\" },\n  { name = \"b\", source = \"query.b\", type = \"u64\", requried = true },\n]\n";
+        let e = errors(text);
+        assert_eq!((e.len(), e[0].line, e[0].key.as_str()), (1, 7, "event.x.fields[1].requried"), "{e:?}");
+        assert!(e[0].message.contains("unknown field `requried`"), "{}", e[0]);
+    }
+
     #[test]
     fn a_bad_source_is_one_error() {
         let text = "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nfields = [ { name = \"a\", source = \"header.X Y\", type = \"string\" } ]\n";
