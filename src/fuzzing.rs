@@ -7,13 +7,17 @@
 //! decoder into the body scratch, a Content-Length body copied there, then
 //! `connection::answer`, the function the reactor calls: routing, CORS, SSAI, budgets,
 //! redirects, extraction, privacy and steps, POST bodies (`net::post`: media type, gzip, JSON
-//! batches), the ring and the response writers. What it leaves out is I/O: reads, writes,
-//! deadlines, the wait for the journal. Keep it in step with that loop.
+//! batches), the ring and the response writers; responses batched in the write buffer and
+//! flushed when it runs short (before a POST too), `100 Continue` for a request waiting for its
+//! body, and the 413/431 for a read buffer filled to capacity. What it leaves out is I/O: reads
+//! (so a body's progress across reads, which the `chunked` target covers), writes, deadlines,
+//! the wait for the journal. Keep it in step with that loop.
 //!
 //! Every response is checked as a client would read it: a head httparse accepts, a status that
 //! is a 2xx, 3xx or 4xx or one of the 5xx the path may answer (501 transfer coding, 503 ring
-//! full or journal, 505 version), a body
-//! exactly as long as its Content-Length says, and a write buffer that never grew. Every event
+//! full or journal, 505 version), or a `100 Continue` last in its batch; a body exactly as long
+//! as its Content-Length says, one response per request and nothing after them, and a write
+//! buffer that never grew. Every event
 //! that reached the ring is popped and written as `journal cat` would write it.
 
 use std::net::SocketAddr;
@@ -36,6 +40,8 @@ pub struct RequestPath {
     /// The body scratch, with simd-json's padding after body_bytes_max.
     body: Vec<u8>,
     wbuf: Vec<u8>,
+    /// One entry per response now in `wbuf`: whether it answers a HEAD (no body).
+    heads: Vec<bool>,
     peer: SocketAddr,
     line: String,
 }
@@ -61,6 +67,7 @@ impl RequestPath {
             rbuf,
             body,
             wbuf: Vec::with_capacity(WRITE_BYTES),
+            heads: Vec::new(),
             peer,
             line: String::with_capacity(4096),
         }
@@ -69,16 +76,28 @@ impl RequestPath {
     /// Answers every complete request at the front of `input` (cut to the read buffer's size),
     /// in order, until one is incomplete or closes the connection. Returns how many were answered.
     /// Panics if a response is malformed (see the module doc).
+    ///
+    /// As the batch loop does: responses accumulate in the write buffer, which is "written"
+    /// (checked and cleared) when less than `RESPONSE_BYTES_MAX` is free, or before a POST when
+    /// less than `POST_RESPONSE_BYTES_MAX` is; a request waiting for its body queues
+    /// `100 Continue` when it asked for one; a buffer filled to capacity with nothing answered
+    /// gets the 413/431 the reactor sends before it closes.
     pub fn serve(&mut self, input: &[u8]) -> usize {
         let cap = self.rbuf.capacity();
         self.rbuf.clear();
         self.rbuf.extend_from_slice(&input[..input.len().min(cap)]);
         let now_ns = crate::clock::unix_nanos();
         self.ctx.date.borrow_mut().update(now_ns / 1_000_000_000);
+        self.wbuf.clear();
+        self.heads.clear();
         let mut start = 0;
         let mut answered = 0;
+        let mut close = false;
+        let mut continue_sent = false;
         while start < self.rbuf.len() {
-            self.wbuf.clear();
+            if self.wbuf.capacity() - self.wbuf.len() < connection::RESPONSE_BYTES_MAX {
+                self.flush();
+            }
             let mut headers = http::header_buf();
             let req = match http::parse(&self.rbuf[start..], &mut headers, &self.limits) {
                 Ok(r) => r,
@@ -90,8 +109,9 @@ impl RequestPath {
                 Err(ParseError::Invalid { status, reason }) => {
                     let st = Status::from_code(status);
                     connection::write_error(&self.ctx, &mut self.wbuf, st, reason, false, false, 1, None, None);
-                    check_response(&self.wbuf, false);
+                    self.heads.push(false);
                     answered += 1;
+                    close = true;
                     break;
                 }
             };
@@ -100,6 +120,7 @@ impl RequestPath {
                 BodyFraming::None => (0, head_len),
                 BodyFraming::Length(n) => {
                     if self.rbuf.len() - start < head_len + n {
+                        queue_continue(&req, &mut continue_sent, &mut self.wbuf, &mut self.heads);
                         break;
                     }
                     (n, head_len + n)
@@ -110,18 +131,29 @@ impl RequestPath {
                     let mut progress = http::chunked::Progress::default();
                     match http::chunked::decode_from(src, scratch, self.limits.body_bytes_max, &mut progress) {
                         Ok((n, used)) => (n, head_len + used),
-                        Err(ParseError::Incomplete | ParseError::NewerMinorVersion { .. }) => break,
+                        Err(ParseError::Incomplete | ParseError::NewerMinorVersion { .. }) => {
+                            queue_continue(&req, &mut continue_sent, &mut self.wbuf, &mut self.heads);
+                            break;
+                        }
                         Err(ParseError::Invalid { status, reason }) => {
                             let st = Status::from_code(status);
                             let v = req.version_minor;
                             connection::write_error(&self.ctx, &mut self.wbuf, st, reason, false, false, v, None, None);
-                            check_response(&self.wbuf, false);
+                            self.heads.push(false);
                             answered += 1;
+                            close = true;
                             break;
                         }
                     }
                 }
             };
+            if req.method == http::Method::Post
+                && self.wbuf.capacity() - self.wbuf.len() < crate::net::post::POST_RESPONSE_BYTES_MAX
+            {
+                // The reactor writes the batch so far and parses this request again.
+                self.flush();
+                continue;
+            }
             if let (BodyFraming::Length(n), http::Method::Post) = (req.framing, req.method) {
                 self.body[..n].copy_from_slice(&self.rbuf[start + head_len..start + head_len + n]);
             }
@@ -129,15 +161,42 @@ impl RequestPath {
             let head = req.method == http::Method::Head;
             let a =
                 connection::answer(&self.ctx, &req, &mut self.body, body_len, more, self.peer, now_ns, &mut self.wbuf);
-            check_response(&self.wbuf, head);
+            self.heads.push(head);
             answered += 1;
             self.pop_events();
             start += consumed;
+            continue_sent = false;
             if !a.keep_alive {
+                close = true;
                 break;
             }
         }
+        if !close && start == 0 && self.rbuf.len() == cap {
+            // The buffer holds header_bytes_max + body_bytes_max: a head within the limits leaves
+            // room for any Content-Length body, so only chunked framing can fill it.
+            let mut headers = http::header_buf();
+            if let Ok(req) = http::parse(&self.rbuf, &mut headers, &self.limits) {
+                assert_eq!(
+                    req.framing,
+                    BodyFraming::Chunked,
+                    "a full read buffer holds a whole head and no chunked body"
+                );
+            }
+            let (st, reason) = connection::full_buffer_refusal(&self.rbuf, &self.limits);
+            connection::write_error(&self.ctx, &mut self.wbuf, st, reason, false, false, 1, None, None);
+            self.heads.push(false);
+            answered += 1;
+        }
+        self.flush();
         answered
+    }
+
+    /// Checks the responses in the write buffer, one for each entry of `heads`, and clears both:
+    /// what the reactor's write of a batch does, as far as the client can tell.
+    fn flush(&mut self) {
+        check_responses(&self.wbuf, &self.heads);
+        self.wbuf.clear();
+        self.heads.clear();
     }
 
     /// Takes every event off the ring, as the drain would, and writes it as `journal cat` does.
@@ -152,30 +211,60 @@ impl RequestPath {
     }
 }
 
-/// Panics unless `w` is one complete, well-formed response (see the module doc).
-#[allow(clippy::ptr_arg)] // a Vec: its capacity is checked too
-fn check_response(w: &Vec<u8>, head: bool) {
-    assert_eq!(w.capacity(), WRITE_BYTES, "the write buffer grew");
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut r = httparse::Response::new(&mut headers);
-    let head_len = match r.parse(w) {
-        Ok(httparse::Status::Complete(n)) => n,
-        other => panic!("response head does not parse ({other:?}): {:?}", String::from_utf8_lossy(w)),
-    };
-    let code = r.code.unwrap_or(0);
-    assert!(
-        (200..500).contains(&code) || [501, 503, 505].contains(&code),
-        "status {code} on the request path: {:?}",
-        String::from_utf8_lossy(w)
-    );
-    let length = r.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length")).map(|h| {
-        std::str::from_utf8(h.value).ok().and_then(|v| v.parse::<usize>().ok()).expect("Content-Length is a number")
-    });
-    let body = w.len() - head_len;
-    match (head, length) {
-        (true, _) | (false, None) => assert_eq!(body, 0, "a body without Content-Length, or on HEAD"),
-        (false, Some(n)) => assert_eq!(body, n, "body length is not its Content-Length"),
+/// `connection::send_continue`, noting in `heads` that the write buffer now holds a 100.
+fn queue_continue(req: &http::Request<'_, '_>, sent: &mut bool, wbuf: &mut Vec<u8>, heads: &mut Vec<bool>) {
+    let before = wbuf.len();
+    connection::send_continue(req, sent, wbuf);
+    if wbuf.len() != before {
+        heads.push(false);
     }
+}
+
+/// Panics unless `w` is exactly one complete, well-formed response per entry of `heads` (true:
+/// answers a HEAD), in order; a `100 Continue` may only come last (see the module doc).
+#[allow(clippy::ptr_arg)] // a Vec: its capacity is checked too
+fn check_responses(w: &Vec<u8>, heads: &[bool]) {
+    assert_eq!(w.capacity(), WRITE_BYTES, "the write buffer grew");
+    let mut at = 0;
+    for (i, &head) in heads.iter().enumerate() {
+        let rest = &w[at..];
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        let head_len = match r.parse(rest) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!("response head does not parse ({other:?}): {:?}", String::from_utf8_lossy(w)),
+        };
+        let code = r.code.unwrap_or(0);
+        if code == 100 {
+            assert_eq!(
+                i + 1,
+                heads.len(),
+                "100 Continue is the last response of a batch: {:?}",
+                String::from_utf8_lossy(w)
+            );
+            assert_eq!(head_len, rest.len(), "100 Continue has no body");
+            return;
+        }
+        assert!(
+            (200..500).contains(&code) || [501, 503, 505].contains(&code),
+            "status {code} on the request path: {:?}",
+            String::from_utf8_lossy(w)
+        );
+        let length = r.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length")).map(|h| {
+            std::str::from_utf8(h.value).ok().and_then(|v| v.parse::<usize>().ok()).expect("Content-Length is a number")
+        });
+        let body = match (head, length) {
+            (true, _) | (false, None) => 0,
+            (false, Some(n)) => n,
+        };
+        assert!(
+            head_len + body <= rest.len(),
+            "body shorter than its Content-Length: {:?}",
+            String::from_utf8_lossy(w)
+        );
+        at += head_len + body;
+    }
+    assert_eq!(at, w.len(), "bytes after the last response: {:?}", String::from_utf8_lossy(w));
 }
 
 /// Rewrites the header CRC and the record seals of segment file bytes (see

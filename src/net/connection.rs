@@ -47,7 +47,7 @@ use crate::runtime::shard::ShardCtx;
 pub const WRITE_BYTES: usize = 16 * 1024;
 /// Flush the batch when less than this is free: the largest single response we build (a 302
 /// with the longest Location, or an error with a 256-byte reason, plus headers).
-const RESPONSE_BYTES_MAX: usize = redirect::LOCATION_BYTES_MAX + 512;
+pub(crate) const RESPONSE_BYTES_MAX: usize = redirect::LOCATION_BYTES_MAX + 512;
 const _: () = assert!(RESPONSE_BYTES_MAX * 4 <= WRITE_BYTES);
 
 /// A connection's buffers and deadline slot, allocated once per shard at start and recycled.
@@ -275,11 +275,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             // leaves room for any body: only a chunked body whose framing (small chunks, long
             // extensions) outgrows that room gets here. Anything else would be a parser bug;
             // refuse rather than spin either way.
-            let mut headers = http::header_buf();
-            let (st, reason) = match http::parse(&rbuf, &mut headers, &limits) {
-                Ok(_) => (Status::S413, "chunked body framing larger than the request buffer"),
-                Err(_) => (Status::S431, "request too large"),
-            };
+            let (st, reason) = full_buffer_refusal(&rbuf, &limits);
             ctx.shared.counters.request(None, st);
             ctx.shared.counters.reject(Reason::Malformed);
             write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None, None);
@@ -338,6 +334,16 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     bufs.write = wbuf;
     drop(stream);
     ctx.conn_closed(bufs);
+}
+
+/// The answer to a read buffer filled to capacity with no request in it answered: 413 when its
+/// head parses (a chunked body whose framing outgrew the room), else 431.
+pub(crate) fn full_buffer_refusal(rbuf: &[u8], limits: &http::Limits) -> (Status, &'static str) {
+    let mut headers = http::header_buf();
+    match http::parse(rbuf, &mut headers, limits) {
+        Ok(_) => (Status::S413, "chunked body framing larger than the request buffer"),
+        Err(_) => (Status::S431, "request too large"),
+    }
 }
 
 /// Writes all of `buf`, giving up (error) when the client has not taken it within `timeout_ms`,
@@ -716,7 +722,7 @@ pub(crate) fn write_error(
 
 /// Queues `100 Continue` once for a request whose body has not all arrived, when it asked for
 /// one. The final response follows when the body is in.
-fn send_continue(req: &http::Request<'_, '_>, sent: &mut bool, wbuf: &mut Vec<u8>) {
+pub(crate) fn send_continue(req: &http::Request<'_, '_>, sent: &mut bool, wbuf: &mut Vec<u8>) {
     if req.expect_continue && !*sent {
         // The batch loop runs only with RESPONSE_BYTES_MAX free in wbuf: 25 bytes always fit.
         let _ = http::response::continue_100(wbuf);
