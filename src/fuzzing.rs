@@ -267,6 +267,27 @@ fn check_responses(w: &Vec<u8>, heads: &[bool]) {
     assert_eq!(at, w.len(), "bytes after the last response: {:?}", String::from_utf8_lossy(w));
 }
 
+/// Reads the journal under `root` as `tracker journal cat` does (every record written as JSON
+/// with its segment's schema, the warnings rendered), without the output: a few polls reach
+/// the end of one file. Panics only if the directory cannot be opened at all.
+pub fn read_journal(root: &std::path::Path) {
+    let mut reader = crate::journal::JournalReader::open(root).expect("open the journal dir");
+    let mut line = String::new();
+    for _ in 0..4 {
+        match reader.poll(&mut |schema, ev| {
+            line.clear();
+            schema.write_json(ev, &mut line);
+        }) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let (warnings, _) = reader.take_warnings();
+    for w in warnings {
+        let _ = w.to_string();
+    }
+}
+
 /// Rewrites the header CRC and the record seals of segment file bytes (see
 /// `journal::segment::reseal`), so a fuzzed schema or record reaches the code behind the CRCs.
 pub fn reseal_segment(bytes: &mut [u8]) {

@@ -12,7 +12,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tracker::event::Event;
-use tracker::journal::{JournalReader, ShardJournal};
+use tracker::journal::ShardJournal;
 
 fuzz_target!(|data: &[u8]| {
     let [mode, file @ ..] = data else { return };
@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let name = if mode & 1 != 0 { "00000000000000000001.seg.tmp" } else { "00000000000000000001.seg" };
     std::fs::write(shard.join(name), &file).unwrap();
 
-    cat(root.path());
+    tracker::fuzzing::read_journal(root.path());
     let cfg = tracker::config::Config::embedded();
     // Small segments: the writer preallocates each one it makes.
     if let Ok((mut j, _report)) = ShardJournal::open(root.path(), 0, 64 << 10, &cfg.schema) {
@@ -38,26 +38,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = j.append(&mut e);
         let _ = j.sync();
         drop(j);
-        cat(root.path());
+        tracker::fuzzing::read_journal(root.path());
     }
 });
-
-/// What `tracker journal cat` does, without the output.
-fn cat(root: &std::path::Path) {
-    let mut reader = JournalReader::open(root).unwrap();
-    let mut line = String::new();
-    // Each poll delivers what is new; a few are enough to reach the end of one file.
-    for _ in 0..4 {
-        match reader.poll(&mut |schema, ev| {
-            line.clear();
-            schema.write_json(ev, &mut line);
-        }) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    let (warnings, _) = reader.take_warnings();
-    for w in warnings {
-        let _ = w.to_string();
-    }
-}
