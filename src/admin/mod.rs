@@ -3,7 +3,7 @@
 //!
 //! What goes in: read-only views of every shard (`ShardShared`: counters, ring watch, published
 //! latency histograms) and the stop flag. What comes out, over plain HTTP/1.1 (one request per
-//! connection, `Connection: close`):
+//! connection, `Connection: close`; `Server` and `Date` as on the public listener):
 //! - `GET /metrics` Prometheus text exposition 0.0.4 ([`render::metrics`]);
 //! - `GET /health`  200 `ok` while the process is alive;
 //! - `GET /ready`   200 `ready` when accepting, every shard's journal directory is writable, the
@@ -490,8 +490,16 @@ fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], head: bool)
     } else {
         format!("Content-Type: {ctype}\r\nContent-Length: {}\r\n", body.len())
     };
-    let mut out =
-        format!("HTTP/1.1 {line}\r\n{content}{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n").into_bytes();
+    // RFC 9110 §6.6.1: a server with a clock sends Date. Formatted by the public listener's
+    // DateCache, so both write the same value the same way; a fresh one per answer, as admin
+    // answers are few and each is on a thread of its own. Server as the public listener sends it.
+    let mut date = http::DateCache::new();
+    date.update(crate::clock::unix_nanos() / 1_000_000_000);
+    let date = String::from_utf8_lossy(date.get());
+    let mut out = format!(
+        "HTTP/1.1 {line}\r\nServer: tracker\r\nDate: {date}\r\n{content}{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
     if !head {
         out.extend_from_slice(body);
     }

@@ -594,3 +594,59 @@ fn admin_refuses_a_request_with_a_body_with_413_and_a_clean_close() {
     assert_eq!((r.status, r.body.as_slice()), (400, &b"both Content-Length and Transfer-Encoding\n"[..]));
     assert_eq!(s.admin_get("/health").status, 200);
 }
+
+/// The `Date` value (IMF-fixdate) of each second from `from` to `to`, by the public listener's
+/// own formatter.
+fn dates_between(from: u64, to: u64) -> Vec<String> {
+    (from..=to)
+        .map(|secs| {
+            let mut d = tracker::http::DateCache::new();
+            d.update(secs);
+            String::from_utf8(d.get().to_vec()).unwrap()
+        })
+        .collect()
+}
+
+fn unix_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// RFC 9110 §6.6.1: an origin server with a clock sends `Date` in every response. The admin
+/// listener sent none, and no `Server` either, which every public answer carries: every admin
+/// answer (served, refused before its body, refused head) now carries both, as the public one.
+#[test]
+fn admin_answers_carry_date_and_server_as_the_public_listener_does() {
+    let s = Server::start(None, &["--shards", "1"]);
+    let admin = s.admin.unwrap();
+    let public = s.connect().get("/");
+    let server = public.header("server").expect("the public listener sends Server").to_string();
+    for (raw, status) in [
+        (&b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"[..], 200),
+        (b"GET /ready HTTP/1.1\r\nHost: a\r\n\r\n", 200),
+        (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", 204),
+        (b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+        (b"DELETE /metrics HTTP/1.1\r\nHost: a\r\n\r\n", 405),
+        (b"GET /health HTTP/1.1\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx", 413),
+    ] {
+        let text = String::from_utf8_lossy(raw);
+        let before = unix_s();
+        let mut c = Client::connect(admin);
+        c.send(raw);
+        let r = c.read_response(false);
+        let after = unix_s();
+        assert_eq!(r.status, status, "{text:?}");
+        assert_eq!(r.header("server"), Some(server.as_str()), "{text:?}: {:?}", r.headers);
+        let date = r.header("date").unwrap_or_else(|| panic!("{text:?}: no Date in {:?}", r.headers));
+        assert!(
+            dates_between(before, after).iter().any(|d| d == date),
+            "{text:?}: Date {date:?} not in {before}..={after}"
+        );
+    }
+    // HEAD gets the GET answer's head, Date and Server included.
+    let mut c = Client::connect(admin);
+    c.send(b"HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.read_response(true);
+    assert_eq!((r.status, r.header("server")), (200, Some(server.as_str())));
+    assert!(r.header("date").is_some_and(|d| d.ends_with(" GMT")), "{:?}", r.headers);
+}
