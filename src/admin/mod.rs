@@ -26,9 +26,9 @@
 //!
 //! It reads no request body: a request that announces one (Content-Length above 0, or chunked)
 //! is answered 413 `the admin listener reads no request body` before it, whatever its method and
-//! path. After every refusal of a request not read whole (that 413, a refused head, 408) the
-//! connection closes lingering (RFC 9112 §9.6, [`linger_close`]), so the refusal is not lost to
-//! a reset.
+//! path. After every refusal of a request not read whole (that 413, a refused head, 408, the 503
+//! over CONNECTIONS_MAX) the connection closes lingering (RFC 9112 §9.6, [`linger_close`]), so
+//! the refusal is not lost to a reset.
 //!
 //! And, when `admin.hlog_path` is set, a second thread appends the merged histograms to an
 //! HdrHistogram interval log ([`hlog`]).
@@ -37,7 +37,9 @@
 //! the histogram snapshot locks, which reactors only ever `try_lock` (metrics::latency). One std
 //! thread accepts and hands each connection to a thread of its own (at most `CONNECTIONS_MAX`
 //! at once, blocking sockets), so a slow client delays nobody else; it is bounded by
-//! `CLIENT_TIMEOUT` for its whole request head (then 408) and `REQUEST_BYTES_MAX`.
+//! `CLIENT_TIMEOUT` for its whole request head (then 408) and `REQUEST_BYTES_MAX`. One over
+//! that gets 503 and its lingering close on a thread too (at most `REFUSING_MAX`, each for at
+//! most about a second).
 
 pub mod client;
 pub mod hlog;
@@ -62,6 +64,15 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// once. A few silent clients then cost a thread each for CLIENT_TIMEOUT instead of holding
 /// every request behind them (the health probes included).
 pub const CONNECTIONS_MAX: usize = 16;
+/// Connections over CONNECTIONS_MAX that may be closing lingering after their 503 at the same
+/// time, each on a thread of its own for at most BUSY_WRITE_TIMEOUT + LINGER_GRACE (1.1 s): a
+/// flood of them costs at most this many threads, not one per connection. Past it a 503 is written and the
+/// connection closed at once, as before lingering: under such a flood a reset may cost a
+/// client its 503, and nothing else is held.
+pub const REFUSING_MAX: usize = 16;
+/// Write timeout of the 503 to a connection over CONNECTIONS_MAX. A fresh socket's send
+/// buffer takes the few hundred bytes at once; this only bounds a peer that shrank it.
+const BUSY_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// What the admin thread reads: fixed at start.
 pub struct State {
@@ -275,13 +286,13 @@ pub fn start(bound: Bound, hlog: Option<hlog::HlogFile>, cfg: &Config, running: 
     };
     std::thread::Builder::new().name("tracker-admin".into()).spawn(move || {
         let active = Arc::new(AtomicUsize::new(0));
+        let refusing = Arc::new(AtomicUsize::new(0));
         for conn in listener.incoming() {
             match conn {
-                Ok(mut s) => {
+                Ok(s) => {
                     if active.load(SeqCst) >= CONNECTIONS_MAX {
                         // Never queue behind slow clients: the health probes must get through.
-                        let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
-                        let _ = respond(&mut s, 503, "text/plain", b"too many admin connections\n", false);
+                        refuse_busy(s, &refusing);
                         continue;
                     }
                     let slot = Active::take(&active);
@@ -300,7 +311,27 @@ pub fn start(bound: Bound, hlog: Option<hlog::HlogFile>, cfg: &Config, running: 
     Ok(Admin { addr, hlog })
 }
 
-/// One of the CONNECTIONS_MAX admin connections served at once, given back when dropped.
+/// 503 to a connection over CONNECTIONS_MAX, then a lingering close ([`refuse`]) on a thread of
+/// its own, so the accept thread never waits on it: its request is most likely in the socket
+/// already, and a close with it unread is a reset that can cost the client the 503. Past
+/// REFUSING_MAX such threads, the 503 and an immediate close on the accept thread.
+fn refuse_busy(mut s: TcpStream, refusing: &Arc<AtomicUsize>) {
+    const REASON: &str = "too many admin connections";
+    let _ = s.set_write_timeout(Some(BUSY_WRITE_TIMEOUT));
+    if refusing.load(SeqCst) >= REFUSING_MAX {
+        let _ = respond(&mut s, 503, "text/plain", format!("{REASON}\n").as_bytes(), false);
+        return;
+    }
+    let slot = Active::take(refusing);
+    // A failed spawn drops the closure, connection and slot with it.
+    let _ = std::thread::Builder::new().name("tracker-admin-busy".into()).spawn(move || {
+        let _slot = slot;
+        let _ = refuse(s, 503, REASON);
+    });
+}
+
+/// One of a bounded count of admin connections on threads at once (CONNECTIONS_MAX served,
+/// REFUSING_MAX refused), given back when dropped.
 struct Active(Arc<AtomicUsize>);
 
 impl Active {
@@ -431,7 +462,7 @@ fn refuse(mut s: TcpStream, status: u16, reason: &str) -> io::Result<()> {
 /// then read and drop what the client still sends until it closes too, for at most
 /// LINGER_GRACE. Closed with unread bytes in it, a socket sends RST instead of FIN, and the
 /// reset can cost the client the answer just written (a proxy in front then answers 502). The
-/// connection keeps its CONNECTIONS_MAX slot that long at most.
+/// connection keeps its CONNECTIONS_MAX (or REFUSING_MAX) slot that long at most.
 fn linger_close(mut s: TcpStream) {
     if s.shutdown(std::net::Shutdown::Write).is_err() {
         return;

@@ -650,3 +650,66 @@ fn admin_answers_carry_date_and_server_as_the_public_listener_does() {
     assert_eq!((r.status, r.header("server")), (200, Some(server.as_str())));
     assert!(r.header("date").is_some_and(|d| d.ends_with(" GMT")), "{:?}", r.headers);
 }
+
+/// Over CONNECTIONS_MAX the admin listener answers 503 at once. It used to close straight after,
+/// with the request unread, so the close was a reset (RFC 9112 §9.6) that could cost the client
+/// the 503 it had just been sent; now it closes lingering, as after its other refusals.
+#[test]
+fn admin_over_its_connection_limit_answers_503_and_closes_cleanly() {
+    use std::io::{Read, Write};
+    let s = Server::start(None, &["--shards", "1"]);
+    let admin = s.admin.unwrap();
+    // Silent clients take every slot. The accept thread takes them in connect order and counts
+    // each before it accepts the next, so the extra connection, queued behind them, finds the
+    // listener full: only the slots' own CLIENT_TIMEOUT (2 s, counted once each is served) could
+    // free one first.
+    let held: Vec<Client> = (0..tracker::admin::CONNECTIONS_MAX).map(|_| Client::connect(admin)).collect();
+    let mut c = Client::connect(admin);
+    let before = unix_s();
+    c.send(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.read_response(false);
+    let after = unix_s();
+    assert_eq!((r.status, std::str::from_utf8(&r.body).unwrap()), (503, "too many admin connections\n"));
+    assert_eq!((r.header("connection"), r.header("server")), (Some("close"), Some("tracker")), "{:?}", r.headers);
+    let date = r.header("date").unwrap_or_else(|| panic!("no Date in {:?}", r.headers));
+    assert!(dates_between(before, after).iter().any(|d| d == date), "Date {date:?} not in {before}..={after}");
+    // The client, not knowing better yet, sends more. Lingering, the listener reads and drops it
+    // and the client reads a clean end of stream; closed at once, the listener resets (the
+    // write or the read fails) whether the request came before its close or after.
+    let wrote = c.stream.write_all(&[b'x'; 4096]);
+    let mut rest = [0u8; 64];
+    let read = c.stream.read(&mut rest);
+    assert!(
+        wrote.is_ok() && matches!(read, Ok(0)),
+        "expected a clean close after the 503: write {wrote:?}, read {read:?}"
+    );
+    drop(held);
+}
+
+/// The lingering close of those 503s is on threads of their own, and a flood of over-limit
+/// clients that never close must not cost a thread each: at most REFUSING_MAX linger at once.
+#[test]
+fn a_flood_over_the_admin_connection_limit_lingers_on_at_most_refusing_max_threads() {
+    use tracker::admin::{CONNECTIONS_MAX, REFUSING_MAX};
+    let s = Server::start(None, &["--shards", "1"]);
+    let admin = s.admin.unwrap();
+    let held: Vec<Client> = (0..CONNECTIONS_MAX).map(|_| Client::connect(admin)).collect();
+    // Each reads its 503, so the listener has accepted it; none closes, so each lingering one
+    // holds its thread for LINGER_GRACE.
+    let flood: Vec<Client> = (0..REFUSING_MAX + 24)
+        .map(|_| {
+            let mut c = Client::connect(admin);
+            c.send(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(c.read_response(false).status, 503);
+            c
+        })
+        .collect();
+    // Thread names are cut to 15 bytes: `tracker-admin-busy` reads `tracker-admin-b`.
+    let lingering = std::fs::read_dir(format!("/proc/{}/task", s.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("tracker-admin-b"))
+        .count();
+    assert!(lingering <= REFUSING_MAX, "{lingering} threads linger, over REFUSING_MAX {REFUSING_MAX}");
+    drop((held, flood));
+}
