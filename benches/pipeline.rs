@@ -151,7 +151,7 @@ fn bench_request_side(c: &mut Criterion) {
     signed.keys = vec![tracker::redirect::Key::new("k1", &[7u8; 32])];
     let url = tracker::redirect::signed_click_url(
         &signed,
-        "/c",
+        "",
         "c=77&cr=5&imp=i-1",
         "https://www.example.com/l?clk={click_id}",
         Some("k1"),

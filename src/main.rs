@@ -233,15 +233,7 @@ fn main() -> ExitCode {
             };
             let now_s = tracker::clock::unix_nanos() / 1_000_000_000;
             let exp = exp.unwrap_or(now_s + ttl_s);
-            match tracker::redirect::signed_click_url(
-                rule,
-                &format!("{base}{endpoint}"),
-                &query,
-                &url,
-                kid.as_deref(),
-                exp,
-                now_s,
-            ) {
+            match tracker::redirect::signed_click_url(rule, &base, &query, &url, kid.as_deref(), exp, now_s) {
                 Ok(u) => {
                     println!("{u}");
                     ExitCode::SUCCESS

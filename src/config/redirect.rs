@@ -37,7 +37,7 @@ impl Validator<'_> {
                     let span = r.method.as_ref().map(|s| s.span()).unwrap_or(r.path.span());
                     self.err(span, format!("endpoint[{i}].method"), "a redirect endpoint must be GET");
                 }
-                Some(Box::new(self.redirect_rule(rr.get_ref(), rr.span(), ty, &key)))
+                Some(Box::new(self.redirect_rule(r.path.get_ref(), rr.get_ref(), rr.span(), ty, &key)))
             }
             (Some(rr), _) => {
                 self.err(rr.span(), format!("endpoint[{i}].redirect"), "only for response = \"redirect\"");
@@ -47,8 +47,11 @@ impl Validator<'_> {
         }
     }
 
+    /// `path` is the endpoint's path as written in the file (already checked by the caller to
+    /// hold no space or control byte): the signatures this rule verifies are bound to it.
     fn redirect_rule(
         &mut self,
+        path: &str,
         r: &RawRedirect,
         span: std::ops::Range<usize>,
         ty: Option<&EventType>,
@@ -131,7 +134,7 @@ impl Validator<'_> {
             &key("signature_ttl_max_s"),
             spec(REDIRECT_KEYS, "signature_ttl_max_s"),
         );
-        RedirectRule { param, require, allow, keys, signed, ttl_max_s: ttl as u64 }
+        RedirectRule { path: path.to_string(), param, require, allow, keys, signed, ttl_max_s: ttl as u64 }
     }
 }
 

@@ -11,8 +11,8 @@
 //! - the URL is parsed strictly ([`url`]): absolute http(s), plain DNS host, no user info, no
 //!   backslash, no control or non-ASCII byte, no encoded control byte — anything else is 400;
 //! - then, per `require`: the host is on the allowlist ([`url::Domain`]), and/or the URL carries
-//!   a valid, unexpired HMAC-SHA256 signature ([`sign`]) over the URL, the signed fields and the
-//!   expiry, by one of the endpoint's keys (`kid`) — a failure is 403;
+//!   a valid, unexpired HMAC-SHA256 signature ([`sign`]) over the endpoint's path, the URL, the
+//!   signed fields and the expiry, by one of the endpoint's keys (`kid`) — a failure is 403;
 //! - the parameters that decide (`url`, `sig`, `exp`, `kid`) may appear only once: two copies
 //!   could be read differently by a proxy in front of us.
 
@@ -54,6 +54,9 @@ pub enum Require {
 /// An endpoint's redirect rule, validated from `[endpoint.redirect]`.
 #[derive(Clone, Debug)]
 pub struct RedirectRule {
+    /// The endpoint's configured path: signatures are bound to it, so a key shared by two
+    /// endpoints does not let a URL signed for one pass the other's rule.
+    pub path: String,
     /// Query parameter carrying the landing URL (`url`).
     pub param: String,
     pub require: Require,
@@ -138,7 +141,7 @@ fn verify(rule: &RedirectRule, q: &[u8], landing: &[u8], now_s: u64) -> Result<(
     }
     let key = rule.keys.iter().find(|k| k.id.as_bytes() == kid).ok_or(forbidden("unknown key id (kid)"))?;
     let tag = sign::base64url_decode(sig).ok_or(forbidden("bad signature"))?;
-    let mut m = key.start(exp, landing);
+    let mut m = key.start(rule.path.as_bytes(), exp, landing);
     let mut v = [0u8; SIGNED_VALUE_BYTES_MAX];
     for (name, param) in &rule.signed {
         let n = match unique(q, param.as_bytes(), "a signed field appears more than once")? {
@@ -269,14 +272,15 @@ fn fmt<'t>(tmp: &'t mut [u8; 48], args: std::fmt::Arguments<'_>) -> &'t [u8] {
     &tmp[..48 - left]
 }
 
-/// Builds a signed click URL (cold path: `tracker sign-url`, tests, examples): `endpoint_url`
-/// (base and path), `?`, `query` (already-encoded pairs such as `c=1&cr=2`), then `url`, `exp`,
-/// `kid`, `sig`. The signed field values are read back from `query` exactly as the server will
-/// read them. Refuses what the server would refuse at `now_s`: an expiry in the past or beyond
+/// Builds a signed click URL (cold path: `tracker sign-url`, tests, examples): `base` (scheme
+/// and host, or empty), the rule's endpoint path (the one the signature binds, so the printed
+/// URL cannot point at another endpoint than it was signed for), `?`, `query` (already-encoded
+/// pairs such as `c=1&cr=2`), then `url`, `exp`, `kid`, `sig`. The signed field values are read
+/// back from `query` exactly as the server will read them. Refuses what the server would refuse at `now_s`: an expiry in the past or beyond
 /// `signature_ttl_max_s`, a signed value with CR or LF.
 pub fn signed_click_url(
     rule: &RedirectRule,
-    endpoint_url: &str,
+    base: &str,
     query: &str,
     landing: &str,
     kid: Option<&str>,
@@ -308,7 +312,7 @@ pub fn signed_click_url(
         None => rule.keys.last().ok_or("this endpoint has no [[endpoint.redirect.key]]")?,
     };
     let exp = exp_s.to_string();
-    let mut m = key.start(exp.as_bytes(), landing.as_bytes());
+    let mut m = key.start(rule.path.as_bytes(), exp.as_bytes(), landing.as_bytes());
     for (name, param) in &rule.signed {
         let mut v = vec![0u8; SIGNED_VALUE_BYTES_MAX];
         let n = match query::find(query.as_bytes(), param.as_bytes()) {
@@ -327,7 +331,8 @@ pub fn signed_click_url(
     let n = w.n;
     let sep = if query.is_empty() { "" } else { "&" };
     Ok(format!(
-        "{endpoint_url}?{query}{sep}{}={}&exp={exp}&kid={}&sig={}",
+        "{base}{}?{query}{sep}{}={}&exp={exp}&kid={}&sig={}",
+        rule.path,
         rule.param,
         String::from_utf8_lossy(&enc[..n]),
         key.id,

@@ -1,7 +1,8 @@
 //! The click-URL signature: HMAC-SHA256 over a canonical message, sent as base64url.
 //!
 //! ```text
-//! message = "tracker-redirect-v1" LF
+//! message = "tracker-redirect-v2" LF
+//!           endpoint-path LF           (the [[endpoint]]'s `path`, exactly as configured)
 //!           kid LF
 //!           exp LF                     (decimal unix seconds, exactly as in the URL)
 //!           landing-url LF             (after one percent-decoding of the `url` parameter)
@@ -16,6 +17,11 @@
 //! request, no allocation) and compares tags with `Mac::verify_slice`, which is constant-time:
 //! an early-exit compare would tell an attacker, byte by byte through response timing, how
 //! much of a forged signature is right.
+//!
+//! The endpoint's path is in the message because keys may be shared between redirect
+//! endpoints with different rules: without it a URL signed for a lenient endpoint would verify
+//! on a strict one. It is the configured path, not the request target, so the signer (who knows
+//! only the config) and the verifier agree byte for byte whatever encoding a client sends.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -23,8 +29,9 @@ use sha2::Sha256;
 pub type HmacSha256 = Hmac<Sha256>;
 
 /// First line of every signed message: names the algorithm so a future version cannot be
-/// confused with this one.
-pub const DOMAIN: &[u8] = b"tracker-redirect-v1\n";
+/// confused with this one. v2 added the endpoint-path line; v1 (no path) is not accepted, so no
+/// v1 signature can verify as a v2 message.
+pub const DOMAIN: &[u8] = b"tracker-redirect-v2\n";
 /// Length of a base64url (no padding) SHA-256 tag.
 pub const SIG_CHARS: usize = 43;
 
@@ -49,11 +56,15 @@ impl Key {
         Key { id: id.to_string(), mac }
     }
 
-    /// A fresh HMAC state keyed with this key, with the message's fixed head written.
+    /// A fresh HMAC state keyed with this key, with the message's fixed head written. `path`
+    /// is the endpoint's configured path; it never holds a line break (config refuses one).
     #[inline]
-    pub fn start(&self, exp: &[u8], url: &[u8]) -> Signer {
+    pub fn start(&self, path: &[u8], exp: &[u8], url: &[u8]) -> Signer {
+        debug_assert!(!path.contains(&b'\n'));
         let mut m = self.mac.clone();
         m.update(DOMAIN);
+        m.update(path);
+        m.update(b"\n");
         m.update(self.id.as_bytes());
         m.update(b"\n");
         m.update(exp);
@@ -130,25 +141,44 @@ mod tests {
     }
 
     /// The vector printed in docs/redirects.md, computed independently of this code (Python's
-    /// hmac module); if this test changes, the doc must change with it.
+    /// hmac module and `openssl dgst -mac HMAC`); if this test changes, the doc must change with
+    /// it.
     #[test]
     fn doc_test_vector() {
         let key = Key::new("2026-11", &hexd("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"));
-        let mut s = key.start(b"1798761600", b"https://www.example.com/landing?utm_source=tracker&cid={campaign_id}");
+        let mut s =
+            key.start(b"/c", b"1798761600", b"https://www.example.com/landing?utm_source=tracker&cid={campaign_id}");
         s.field(b"campaign_id", b"123");
         s.field(b"creative_id", b"45");
         s.field(b"impression_id", b"imp-abc");
         let sig = s.finish();
         assert_eq!(std::str::from_utf8(&sig).unwrap(), DOC_SIG);
         let tag = base64url_decode(&sig).unwrap();
-        let mut v = key.start(b"1798761600", b"https://www.example.com/landing?utm_source=tracker&cid={campaign_id}");
+        let mut v =
+            key.start(b"/c", b"1798761600", b"https://www.example.com/landing?utm_source=tracker&cid={campaign_id}");
         v.field(b"campaign_id", b"123");
         v.field(b"creative_id", b"45");
         v.field(b"impression_id", b"imp-abc");
         assert!(v.verify(&tag));
     }
 
-    pub const DOC_SIG: &str = "KGDJyzalfRILQk7k9Ritxru5__ZxlhT_DtbnE9cz8og";
+    pub const DOC_SIG: &str = "X0E-JflEKx2mxBewb-yQN8gu437wA_UwdYjro2qLXF4";
+
+    /// The same click signed under v1 (no endpoint-path line; the vector docs/redirects.md
+    /// printed before v2, from Python's hmac module) is refused: v1 URLs are not accepted.
+    #[test]
+    fn v1_signature_does_not_verify() {
+        let key = Key::new("2026-11", &hexd("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"));
+        let v1 = base64url_decode(b"KGDJyzalfRILQk7k9Ritxru5__ZxlhT_DtbnE9cz8og").unwrap();
+        for path in [&b"/c"[..], b""] {
+            let mut v =
+                key.start(path, b"1798761600", b"https://www.example.com/landing?utm_source=tracker&cid={campaign_id}");
+            v.field(b"campaign_id", b"123");
+            v.field(b"creative_id", b"45");
+            v.field(b"impression_id", b"imp-abc");
+            assert!(!v.verify(&v1));
+        }
+    }
 
     #[test]
     fn base64url_round_trip_and_strictness() {

@@ -46,7 +46,7 @@ fn enc(s: &str) -> String {
 fn sign(r: &RedirectRule, kid: &str, exp: u64, url: &str, fields: &[(&str, &str)]) -> String {
     let key = r.keys.iter().find(|k| k.id == kid).unwrap();
     let exp_s = exp.to_string();
-    let mut s = key.start(exp_s.as_bytes(), url.as_bytes());
+    let mut s = key.start(r.path.as_bytes(), exp_s.as_bytes(), url.as_bytes());
     for (name, _) in &r.signed {
         let v = fields.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v);
         s.field(name.as_bytes(), v.as_bytes());
@@ -367,7 +367,7 @@ fn sign_url_refuses_what_the_server_would_refuse() {
     let cfg = signed_config("signature");
     let r = rule(&cfg);
     let sign =
-        |exp: u64, query: &str| signed_click_url(r, "https://t.test/c", query, "https://shop.test/p", None, exp, NOW);
+        |exp: u64, query: &str| signed_click_url(r, "https://t.test", query, "https://shop.test/p", None, exp, NOW);
     let q = "c=7&cr=1&imp=a";
     // Within signature_ttl_max_s: printed, and the server takes it.
     let u = sign(NOW + 60, q).unwrap();
@@ -377,4 +377,16 @@ fn sign_url_refuses_what_the_server_would_refuse() {
     assert!(e.contains("signature_ttl_max_s"), "{e}");
     assert!(sign(NOW, q).unwrap_err().contains("not in the future"));
     assert!(sign(NOW + 60, "c=7&cr=1&imp=a%0Db").unwrap_err().contains("CR or LF"));
+}
+
+#[test]
+fn a_signature_is_bound_to_the_endpoint_path() {
+    let cfg = signed_config("signature");
+    let r = rule(&cfg);
+    let u = signed_click_url(r, "", "c=7&cr=1&imp=a", "https://shop.test/p", None, NOW + 60, NOW).unwrap();
+    let q = u.strip_prefix("/c?").expect("the URL points at the endpoint it was signed for");
+    assert!(run(r, q).is_ok());
+    // The same keys on another path (a second endpoint sharing them): the URL does not verify.
+    let other = RedirectRule { path: "/c2".to_string(), ..r.clone() };
+    assert_eq!(run(&other, q), Err(Refused { status: 403, reason: "bad signature" }));
 }

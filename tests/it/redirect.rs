@@ -184,7 +184,7 @@ fn signed_urls_verify_expire_and_rotate() {
         let cfg = tracker::config::Config::load(&cfg_both).unwrap();
         let rule = cfg.endpoints.iter().find(|e| e.path == "/c").unwrap().redirect.as_deref().unwrap();
         let exp = 1_600_000_000;
-        tracker::redirect::signed_click_url(rule, &format!("{base}/c"), q, landing, Some("k1"), exp, exp - 60).unwrap()
+        tracker::redirect::signed_click_url(rule, &base, q, landing, Some("k1"), exp, exp - 60).unwrap()
     };
 
     let mut c = s.connect();
@@ -256,4 +256,60 @@ fn clicks_record_device_class_and_bot_flag() {
         .map(|e| (e["campaign_id"].as_u64().unwrap(), e["device"].as_str().unwrap(), e["is_bot"].as_u64().unwrap()))
         .collect();
     assert_eq!(got, [(1, "mobile", 0), (2, "bot", 1), (3, "desktop", 0), (4, "unknown", 0)]);
+}
+
+/// The default config, `require = "either"` with key k1 on `/c`, plus a second redirect
+/// endpoint `/c2` that shares k1 but has a stricter rule (signature only, nothing allowlisted):
+/// the set-up of an operator who reuses one key across endpoints.
+fn two_endpoints_sharing_a_key() -> String {
+    let k1 = format!("[[endpoint.redirect.key]]\nid = \"k1\"\nsecret_hex = \"{KEY1}\"\n");
+    format!(
+        "{}\n[[endpoint]]\npath = \"/c2\"\nmethod = \"GET\"\nevent = \"click\"\nresponse = \"redirect\"\nack = \"received\"\n\n[endpoint.redirect]\nrequire = \"signature\"\nallow_domains = []\n{k1}",
+        config_with("either", &k1)
+    )
+}
+
+/// Regression: the signed message did not name the endpoint, so with one key on two redirect
+/// endpoints a URL signed for `/c` was followed by `/c2` (and the other way round), slipping
+/// past whichever endpoint had the stricter rule.
+#[test]
+fn a_url_signed_for_one_endpoint_is_refused_on_another_with_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = two_endpoints_sharing_a_key();
+    let cfg = dir.path().join("two.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let mut s = Server::start(Some(&text), &["--shards", "1"]);
+    let base = format!("http://{}", s.addr);
+    let landing = "https://advertiser.test/landing?clk={click_id}";
+    let sign = |endpoint: &str, q: &str| {
+        let out = Command::new(BIN)
+            .args(["sign-url", "--config"])
+            .arg(&cfg)
+            .args(["--endpoint", endpoint, "--base", &base, "--url", landing, q])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sign-url: {}", String::from_utf8_lossy(&out.stderr));
+        let u = String::from_utf8(out.stdout).unwrap();
+        u.trim().strip_prefix(&base).unwrap().to_string()
+    };
+    let for_c = sign("/c", "c=1&cr=1&imp=i-1");
+    let for_c2 = sign("/c2", "c=2&cr=2&imp=i-2");
+    assert!(for_c.starts_with("/c?") && for_c2.starts_with("/c2?"), "{for_c} {for_c2}");
+
+    let mut c = s.connect();
+    // Each URL on the endpoint it was signed for: followed.
+    for u in [&for_c, &for_c2] {
+        let r = c.get(u);
+        assert_eq!(r.status, 302, "{u}: {:?}", String::from_utf8_lossy(&r.body));
+        assert!(r.header("location").unwrap().starts_with("https://advertiser.test/landing?clk="), "{u}");
+    }
+    // The same query on the other endpoint: refused, no Location, nothing logged.
+    for u in [for_c.replacen("/c?", "/c2?", 1), for_c2.replacen("/c2?", "/c?", 1)] {
+        let r = c.get(&u);
+        assert_eq!((r.status, r.header("location")), (403, None), "{u}");
+        assert_eq!(String::from_utf8_lossy(&r.body).trim(), "bad signature", "{u}");
+    }
+    assert_eq!(s.stop(), 0);
+    let got: Vec<u64> = journal_cat(&s.journal()).iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
+    assert_eq!(got, [1, 2], "only the two clicks on their own endpoints are logged");
 }
