@@ -60,9 +60,10 @@ enum Cmd {
         /// Config file holding the endpoint's [[endpoint.redirect.key]] (the embedded default has none).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Path of the redirect endpoint.
-        #[arg(long, default_value = "/c")]
-        endpoint: String,
+        /// Path of the redirect endpoint the URL is for; a signature holds on that endpoint only.
+        /// Needed when the config has more than one redirect endpoint.
+        #[arg(long)]
+        endpoint: Option<String>,
         /// Key id to sign with (default: the last key listed, the newest).
         #[arg(long)]
         kid: Option<String>,
@@ -226,10 +227,12 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let Some(rule) = cfg.endpoints.iter().find(|e| e.path == endpoint).and_then(|e| e.redirect.as_deref())
-            else {
-                eprintln!("tracker: no redirect endpoint with path {endpoint} in this config");
-                return ExitCode::from(2);
+            let rule = match redirect_rule(&cfg, endpoint.as_deref()) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("tracker: {e}");
+                    return ExitCode::from(2);
+                }
             };
             let now_s = tracker::clock::unix_nanos() / 1_000_000_000;
             let exp = exp.unwrap_or(now_s + ttl_s);
@@ -244,6 +247,27 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// The rule `sign-url` signs for: the endpoint at `path`, or the config's only redirect
+/// endpoint. Since a signature holds on one endpoint only, it never guesses among several: a
+/// wrong guess would print a URL that is refused where it is used.
+fn redirect_rule<'c>(cfg: &'c Config, path: Option<&str>) -> Result<&'c tracker::redirect::RedirectRule, String> {
+    let rules: Vec<&tracker::redirect::RedirectRule> =
+        cfg.endpoints.iter().filter_map(|e| e.redirect.as_deref()).collect();
+    let paths = || rules.iter().map(|r| r.path.as_str()).collect::<Vec<_>>().join(", ");
+    match (path, rules.as_slice()) {
+        (_, []) => Err("this config has no redirect endpoint (response = \"redirect\") to sign for".to_string()),
+        (Some(p), _) => rules.iter().copied().find(|r| r.path == p).ok_or_else(|| {
+            format!("no redirect endpoint with path {p} in this config; give --endpoint one of: {}", paths())
+        }),
+        (None, [only]) => Ok(only),
+        (None, _) => Err(format!(
+            "this config has {} redirect endpoints and a signature holds on one only: give --endpoint one of: {}",
+            rules.len(),
+            paths()
+        )),
     }
 }
 

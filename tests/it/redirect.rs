@@ -313,3 +313,28 @@ fn a_url_signed_for_one_endpoint_is_refused_on_another_with_the_same_key() {
     let got: Vec<u64> = journal_cat(&s.journal()).iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
     assert_eq!(got, [1, 2], "only the two clicks on their own endpoints are logged");
 }
+
+/// A signature holds on one endpoint only, so with two redirect endpoints `sign-url` must be
+/// told which: guessing `/c` would print a URL that is refused where it was meant to be used.
+/// With one redirect endpoint (the other tests) it needs no `--endpoint`.
+#[test]
+fn sign_url_asks_which_endpoint_when_the_config_has_several() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("two.toml");
+    std::fs::write(&cfg, two_endpoints_sharing_a_key()).unwrap();
+    let run = |extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["sign-url", "--config"]).arg(&cfg).args(["--url", "https://advertiser.test/", "c=1"]).args(extra);
+        cmd.output().unwrap()
+    };
+    for extra in [&[][..], &["--endpoint", "/i"], &["--endpoint", "/nope"]] {
+        let out = run(extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(out.stdout.is_empty(), "{extra:?}");
+        assert!(err.contains("--endpoint") && err.contains("/c, /c2"), "{extra:?}: {err}");
+    }
+    let out = run(&["--endpoint", "/c2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("http://127.0.0.1:8080/c2?c=1&url="));
+}
