@@ -1,25 +1,45 @@
-//! The dotted key at a byte offset of a TOML text, named the way the validator names keys
-//! (`server.listen`, `endpoint[1].method`, `event.impression.fields[2].type`): for errors that
-//! come from TOML deserialization, which carry a span but no key. Cold path: only on errors.
+//! The key at a byte offset of a TOML text, for errors that come from TOML deserialization, which
+//! carry a span but no key: named the way the validator names keys (`server.listen`,
+//! `endpoint[1].method`, `event.impression.fields[2].type`), and removed from the document so
+//! that deserializing again goes on to the next error. Cold path: only on errors.
 
-use toml_edit::{ImDocument, InlineTable, Item, Table, Value};
+use toml_edit::{ArrayOfTables, ImDocument, InlineTable, Item, Table, Value};
+
+/// One step down a TOML document: a key of a table, or an index into an array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Step {
+    Key(String),
+    Index(usize),
+}
 
 /// The path of the innermost key or value whose span holds `at`; None when the text is not
 /// TOML (a syntax error: the caller reads the key off the line instead) or nothing holds `at`.
 pub(super) fn key_path_at(text: &str, at: usize) -> Option<String> {
     let doc = ImDocument::parse(text).ok()?;
+    locate(doc.as_table(), at).map(|steps| join(&steps))
+}
+
+/// The steps down to the innermost key or value of `root` whose span holds `at`: for a key, the
+/// steps to its value. None when nothing holds `at`.
+pub(super) fn locate(root: &Table, at: usize) -> Option<Vec<Step>> {
     let mut path = Vec::new();
-    in_table(doc.as_table(), at, &mut path).then(|| join(&path))
+    in_table(root, at, &mut path).then_some(path)
+}
+
+/// Removes what `steps` lead to (a key and its value, an array element, an array-of-tables
+/// element) from `root`; whether there was such a thing.
+pub(super) fn remove(root: &mut Table, steps: &[Step]) -> bool {
+    remove_in_table(root, steps)
 }
 
 fn holds(span: Option<std::ops::Range<usize>>, at: usize) -> bool {
     span.is_some_and(|s| s.start <= at && at < s.end)
 }
 
-/// Whether `at` lies in `t`: pushes the keys (and array indexes) down to it onto `path`.
-fn in_table(t: &Table, at: usize, path: &mut Vec<String>) -> bool {
+/// Whether `at` lies in `t`: pushes the steps down to it onto `path`.
+fn in_table(t: &Table, at: usize, path: &mut Vec<Step>) -> bool {
     for (k, item) in t.iter() {
-        path.push(k.to_string());
+        path.push(Step::Key(k.to_string()));
         if t.key(k).is_some_and(|key| holds(key.span(), at)) || in_item(item, at, path) {
             return true;
         }
@@ -29,13 +49,13 @@ fn in_table(t: &Table, at: usize, path: &mut Vec<String>) -> bool {
     holds(t.span(), at)
 }
 
-fn in_item(item: &Item, at: usize, path: &mut Vec<String>) -> bool {
+fn in_item(item: &Item, at: usize, path: &mut Vec<Step>) -> bool {
     match item {
         Item::Table(t) => in_table(t, at, path),
         Item::ArrayOfTables(a) => a.iter().enumerate().any(|(i, t)| {
-            index(path, i);
+            path.push(Step::Index(i));
             in_table(t, at, path) || {
-                unindex(path);
+                path.pop();
                 false
             }
         }),
@@ -44,7 +64,7 @@ fn in_item(item: &Item, at: usize, path: &mut Vec<String>) -> bool {
     }
 }
 
-fn in_value(v: &Value, at: usize, path: &mut Vec<String>) -> bool {
+fn in_value(v: &Value, at: usize, path: &mut Vec<Step>) -> bool {
     if !holds(v.span(), at) {
         return false;
     }
@@ -54,11 +74,11 @@ fn in_value(v: &Value, at: usize, path: &mut Vec<String>) -> bool {
         }
         Value::Array(a) => {
             for (i, e) in a.iter().enumerate() {
-                index(path, i);
+                path.push(Step::Index(i));
                 if in_value(e, at, path) {
                     return true;
                 }
-                unindex(path);
+                path.pop();
             }
         }
         _ => {}
@@ -67,9 +87,9 @@ fn in_value(v: &Value, at: usize, path: &mut Vec<String>) -> bool {
     true
 }
 
-fn in_inline(t: &InlineTable, at: usize, path: &mut Vec<String>) -> bool {
+fn in_inline(t: &InlineTable, at: usize, path: &mut Vec<Step>) -> bool {
     for (k, v) in t.iter() {
-        path.push(k.to_string());
+        path.push(Step::Key(k.to_string()));
         if t.key(k).is_some_and(|key| holds(key.span(), at)) || in_value(v, at, path) {
             return true;
         }
@@ -78,23 +98,62 @@ fn in_inline(t: &InlineTable, at: usize, path: &mut Vec<String>) -> bool {
     false
 }
 
-/// `fields` → `fields[i]`: an array element is named by its index on its array's key.
-fn index(path: &mut [String], i: usize) {
-    if let Some(last) = path.last_mut() {
-        last.push_str(&format!("[{i}]"));
+fn remove_in_table(t: &mut Table, steps: &[Step]) -> bool {
+    match steps {
+        [Step::Key(k)] => t.remove(k).is_some(),
+        [Step::Key(k), rest @ ..] => t.get_mut(k).is_some_and(|item| remove_in_item(item, rest)),
+        _ => false,
     }
 }
 
-fn unindex(path: &mut [String]) {
-    if let Some(last) = path.last_mut() {
-        if let Some(open) = last.rfind('[') {
-            last.truncate(open);
+fn remove_in_item(item: &mut Item, steps: &[Step]) -> bool {
+    match (item, steps) {
+        (Item::Table(t), _) => remove_in_table(t, steps),
+        (Item::ArrayOfTables(a), [Step::Index(i)]) => remove_table_at(a, *i),
+        (Item::ArrayOfTables(a), [Step::Index(i), rest @ ..]) => {
+            a.get_mut(*i).is_some_and(|t| remove_in_table(t, rest))
+        }
+        (Item::Value(v), _) => remove_in_value(v, steps),
+        _ => false,
+    }
+}
+
+fn remove_in_value(v: &mut Value, steps: &[Step]) -> bool {
+    match (v, steps) {
+        (Value::InlineTable(t), [Step::Key(k)]) => t.remove(k).is_some(),
+        (Value::InlineTable(t), [Step::Key(k), rest @ ..]) => t.get_mut(k).is_some_and(|v| remove_in_value(v, rest)),
+        (Value::Array(a), [Step::Index(i)]) if *i < a.len() => {
+            a.remove(*i);
+            true
+        }
+        (Value::Array(a), [Step::Index(i), rest @ ..]) => a.get_mut(*i).is_some_and(|v| remove_in_value(v, rest)),
+        _ => false,
+    }
+}
+
+fn remove_table_at(a: &mut ArrayOfTables, i: usize) -> bool {
+    let there = i < a.len();
+    if there {
+        a.remove(i);
+    }
+    there
+}
+
+/// `endpoint`, `1`, `method` → `endpoint[1].method`: an array element is named by its index on
+/// its array's key.
+fn join(path: &[Step]) -> String {
+    let mut s = String::new();
+    for step in path {
+        match step {
+            Step::Key(k) if s.is_empty() => s.push_str(k),
+            Step::Key(k) => {
+                s.push('.');
+                s.push_str(k);
+            }
+            Step::Index(i) => s.push_str(&format!("[{i}]")),
         }
     }
-}
-
-fn join(path: &[String]) -> String {
-    path.join(".")
+    s
 }
 
 #[cfg(test)]

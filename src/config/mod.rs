@@ -3,7 +3,9 @@
 //! every field has a slot and a byte range, defaults already parsed).
 //!
 //! Errors are cold-path and rich: each names the file, the line, the key, the bad value and
-//! what was expected. Validation collects every error rather than stopping at the first.
+//! what was expected. Every error is reported rather than the first: every error in the file's
+//! shape (unknown keys, values of the wrong TOML type, missing keys; `deserialize`), or when the
+//! shape is right every error validation finds. A syntax error is reported alone.
 
 mod collector;
 mod key_path;
@@ -366,16 +368,7 @@ impl Config {
     }
 
     fn parse_inner(text: &str, file: &str, require_endpoint: bool) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
-            ConfigErrors(vec![ConfigError {
-                file: file.into(),
-                line,
-                key: key_of_toml_error(text, e.span(), e.message()),
-                // One line per error: toml's message may run on over several.
-                message: toml_message(e.message()),
-            }])
-        })?;
+        let raw = deserialize(text, file)?;
         // A file replaces the embedded default whole: one that only tunes `[server]` would
         // otherwise pass and then answer every request 404. (Config text parsed for a test or an
         // embedding program may leave endpoints out.)
@@ -421,6 +414,56 @@ fn read_file(path: &std::path::Path) -> Result<String, ConfigErrors> {
             message: format!("cannot read the file: {e}"),
         }])
     })
+}
+
+/// Most errors in the file's shape reported in one run. Each costs deserializing the whole
+/// document again, so a file of nothing but typos costs this many passes, not one per line.
+const SHAPE_ERRORS_MAX: usize = 100;
+
+/// The text as `RawConfig`, or every error in its shape: each unknown key, value of the wrong
+/// TOML type and missing required key. serde stops at the first, so each is named, then removed
+/// from the document, and the rest deserialized again until it passes: the serde types stay the
+/// one description of the shape (no schema walk to keep in step with them). The removed keys
+/// keep their spans, so every error is named on the text as written. A syntax error stops at
+/// once: nothing after it can be trusted. Shape errors stop before validation too: what it would
+/// say of a document with keys taken out (a default in place of a typo) would mislead.
+fn deserialize(text: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
+    let error = |span: Option<Range<usize>>, message: &str| ConfigError {
+        file: file.into(),
+        line: span.as_ref().map_or(0, |s| line_of(text, s.start)),
+        key: key_of_toml_error(text, span, message),
+        // One line per error: toml's message may run on over several.
+        message: toml_message(message),
+    };
+    let doc = toml_edit::ImDocument::parse(text).map_err(|e| ConfigErrors(vec![error(e.span(), e.message())]))?;
+    let mut root = doc.as_table().clone();
+    let mut errors: Vec<ConfigError> = Vec::new();
+    loop {
+        let e = match toml_edit::de::from_document::<RawConfig>(toml_edit::DocumentMut::from(root.clone())) {
+            Ok(raw) if errors.is_empty() => return Ok(raw),
+            Ok(_) => return Err(ConfigErrors(errors)),
+            Err(e) => e,
+        };
+        let this = error(e.span(), e.message());
+        // A required key of the wrong type, once removed, is missing too (named on its table's
+        // line): said once is enough. No two other shape errors name one key.
+        if !errors.iter().any(|x| x.key == this.key) {
+            errors.push(this);
+        }
+        if errors.len() == SHAPE_ERRORS_MAX {
+            errors.push(ConfigError {
+                file: file.into(),
+                line: 0,
+                key: "-".into(),
+                message: format!("stopped after {SHAPE_ERRORS_MAX} errors; fix these and check again"),
+            });
+            return Err(ConfigErrors(errors));
+        }
+        let steps = e.span().and_then(|s| key_path::locate(&root, s.start));
+        if !steps.is_some_and(|s| key_path::remove(&mut root, &s)) {
+            return Err(ConfigErrors(errors));
+        }
+    }
 }
 
 /// 1-based line number of a byte offset.
@@ -1440,6 +1483,58 @@ mod tests {
             assert!(e[0].message.contains(message) && !e[0].message.contains('\n'), "{text:?}: {}", e[0]);
         }
         assert_eq!(toml_code("a = \"x # y\" # z"), "a = \"x # y\"");
+    }
+
+    /// Regression: deserialization stopped at the first shape error, so a file with several
+    /// typos took one run each.
+    #[test]
+    fn every_shape_error_is_reported_in_one_run() {
+        let text = "server = 5\n\
+                    [cors]\norigins = [\"https://a.example\", 5]\nmax_age = 1\n\
+                    [[endpoint]]\npath = 5\nevent = \"x\"\n\
+                    [[endpoint]]\nevent = \"x\"\nmethd = \"GET\"\n\
+                    [[endpoint]]\npath = \"/r\"\nevent = \"x\"\n\
+                    [endpoint.redirect]\nparm = \"u\"\n\
+                    [[endpoint.redirect.key]]\nid = 1\n\
+                    [event.x]\nfields = [\n  { name = \"a\", source = 1, type = \"u64\", requried = true },\n  { type = \"u64\" },\n]\n\
+                    identty = []\n";
+        let e = errors(text);
+        let got: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (1, "server"),
+                (3, "cors.origins[1]"),
+                (4, "cors.max_age"),
+                (6, "endpoint[0].path"),
+                (10, "endpoint[1].methd"),
+                (8, "endpoint[1].path"),
+                (15, "endpoint[2].redirect.parm"),
+                (17, "endpoint[2].redirect.key[0].id"),
+                (20, "event.x.fields[0].source"),
+                (20, "event.x.fields[0].requried"),
+                (21, "event.x.fields[1].name"),
+                (23, "event.x.identty"),
+            ],
+            "{e:#?}"
+        );
+        let m = |key: &str| e.iter().find(|e| e.key == key).unwrap().message.as_str();
+        assert_eq!(m("server"), "invalid type: integer `5`, expected a table");
+        assert_eq!(m("cors.origins[1]"), "invalid type: integer `5`, expected a string");
+        assert_eq!(m("cors.max_age"), "unknown field `max_age`, expected `origins` or `max_age_s`");
+        assert_eq!(m("endpoint[0].path"), "invalid type: integer `5`, expected a string", "not also missing");
+        assert_eq!(m("endpoint[1].path"), "missing field `path`");
+        assert_eq!(m("event.x.fields[1].name"), "missing field `name`");
+        // Only the shape is reported: `event = "x"` of an endpoint whose type has errors is not.
+        assert!(e.iter().all(|e| !e.message.contains("declared")), "{e:#?}");
+        // The limit: a file of nothing but typos stops at SHAPE_ERRORS_MAX.
+        let typos: String = (0..SHAPE_ERRORS_MAX + 5).map(|i| format!("typo{i} = 1\n")).collect();
+        let e = errors(&format!("[server]\n{typos}"));
+        assert_eq!(e.len(), SHAPE_ERRORS_MAX + 1, "{e:#?}");
+        assert_eq!(e[SHAPE_ERRORS_MAX - 1].key, format!("server.typo{}", SHAPE_ERRORS_MAX - 1));
+        assert!(e[SHAPE_ERRORS_MAX].message.starts_with("stopped after 100 errors"), "{}", e[SHAPE_ERRORS_MAX]);
+        // A syntax error is one error: nothing after it can be trusted.
+        assert_eq!(errors("[server]\nshardz = 1\nlisten = [\nring_events = \"x\"\n").len(), 1);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The config file exactly as written: serde types with spans, unknown keys refused. Nothing
-//! here is trusted; `validate` turns it into a `Config`.
+//! here is trusted; `validate` turns it into a `Config`. These types are the one description of
+//! the file's shape: `config::deserialize` reports every error in it by deserializing into them
+//! again with each bad key taken out.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;

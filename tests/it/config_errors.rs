@@ -39,6 +39,40 @@ fn check_config_reports_every_error_with_file_line_and_key() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
 
+/// Regression: errors in the file's shape (an unknown key, a value of the wrong TOML type) were
+/// reported one per run, the first serde met, so a file with several typos took as many runs.
+/// Every one is now listed, each with its line, full key, the value and what was expected.
+#[test]
+fn check_config_lists_every_unknown_key_and_wrong_type_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("shape.toml");
+    std::fs::write(
+        &p,
+        "[server]\nlisten = \"127.0.0.1:8080\"\nshardz = 2\nring_events = \"lots\"\n\n[journal]\nsync = 5\n\n\
+         [[endpoint]]\npath = \"/i\"\nevent = \"x\"\n\n[[endpoint]]\npath = \"/c\"\nevent = \"x\"\nack = 1\nrespnse = \"gif\"\n\n\
+         [event.x]\nfields = [\n  { name = \"a\", source = \"query.a\", type = \"u64\" },\n  \
+         { name = \"b\", source = \"query.b\", type = \"u64\", requried = true },\n  \
+         { name = \"c\", source = \"query.c\", type = \"string\", max_bytes = \"big\" },\n]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let f = p.display().to_string();
+    for want in [
+        "3: server.shardz: unknown field `shardz`, expected one of `listen`, `shards`,",
+        "4: server.ring_events: invalid type: string \"lots\", expected i64",
+        "7: journal.sync: invalid type: integer `5`, expected a string",
+        "16: endpoint[1].ack: invalid type: integer `1`, expected a string",
+        "17: endpoint[1].respnse: unknown field `respnse`, expected one of `path`, `method`,",
+        "22: event.x.fields[1].requried: unknown field `requried`, expected one of `name`, `source`,",
+        "23: event.x.fields[2].max_bytes: invalid type: string \"big\", expected i64",
+    ] {
+        assert!(err.contains(&format!("{f}:{want}")), "missing {want:?} in:\n{err}");
+    }
+    assert_eq!(err.lines().count(), 7, "one line per error, none twice:\n{err}");
+}
+
 /// Kafka settings librdkafka refuses are config errors, never an endless retry of the producer.
 /// Regression (second half): librdkafka checks some settings only when a client is made
 /// (`rd_kafka_new`), not when its configuration is: `max.in.flight` above 5 with the idempotent
