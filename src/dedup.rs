@@ -6,11 +6,16 @@
 //! alike but not published, and counted. Generated ids (UUIDv7) are unique by construction and
 //! never looked up; nor are HEAD requests (`net::pipeline::publish`), which are not the user's.
 //!
-//! Layout: `buckets` cache lines of [`WAYS`] `AtomicU64` entries, allocated once at start
-//! (`entries` × 8 bytes). An entry is `fingerprint << 32 | time`, 0 = empty:
-//! - the bucket is chosen by the low bits of xxh3(id, type), the 32-bit fingerprint by the high
-//!   bits (never 0), so a false duplicate needs a 32-bit collision inside one bucket (~2⁻²⁹ per
-//!   lookup with a full bucket);
+//! Layout: `buckets` cache lines of [`WAYS`] 16-byte entries, each one 128-bit atomic, allocated
+//! once at start (`entries` × [`ENTRY_BYTES`]). An entry is `fingerprint << 64 | time`, 0 = empty
+//! (bits 32..64 are zero):
+//! - the key (id, type) is hashed once with xxh3_128; the bucket is chosen by the low bits of
+//!   its low half, the 64-bit fingerprint is its high half (0 taken as 1, so an entry is never
+//!   0). A false duplicate — a different id answered as a repeat and never journaled — needs a
+//!   fresh entry of another id in the same bucket with an equal 64-bit fingerprint: at most
+//!   4 × 2⁻⁶⁴ = 2⁻⁶² per lookup, once in ~10⁶ years at 100k lookups/s. (A 32-bit fingerprint
+//!   beside the time in one `AtomicU64` was 8 × 2⁻³² ≈ 2⁻²⁹: an event lost every hour or two at
+//!   that rate on a well-filled table, billing notices included.)
 //! - time is centiseconds of the Unix clock truncated to 32 bits (wraps after 497 days; ages are
 //!   computed with wrapping subtraction).
 //!
@@ -24,6 +29,15 @@
 //! duplicate through is two arrivals of the same id while another way of their bucket expires
 //! between their scans; a journal consumer that needs exactly-once still keys by id.
 //!
+//! 128-bit atomics (`portable_atomic::AtomicU128`): on x86-64 a compare-exchange is
+//! `lock cmpxchg16b`, chosen at run time (CPUID, read once) since the default x86-64 target does
+//! not assume it; a load is `vmovdqa` on a CPU with AVX (16-byte aligned AVX loads are atomic per
+//! Intel and AMD), else a `lock cmpxchg16b` that writes the line it reads. On a CPU without
+//! CMPXCHG16B (the first x86-64 generation, or a VM given a bare CPU model such as `qemu64`) the
+//! crate would fall back to a global striped seqlock: a lock on the request path. [`lock_free`]
+//! tells, and `runtime::start` refuses to run the window on such a CPU (the error says to give
+//! the VM a CPU model with it, x86-64-v2 or later, or to set `dedup.window_ms = 0`).
+//!
 //! Acknowledgement: a duplicate is answered at once, also on an `ack = "logged"` endpoint. If
 //! the first copy is still on its way to the journal on another shard and the process dies in
 //! that window, the retry was acknowledged for an event that is lost; the first sender got no
@@ -35,10 +49,13 @@
 //! Crossing: this table is the only state on the request path shared between shards. A lookup
 //! touches one cache line; an insert one CAS on it.
 
+use portable_atomic::AtomicU128;
 use std::sync::atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed};
 
-/// Entries per bucket: one 64-byte cache line.
-pub const WAYS: usize = 8;
+/// Entries per bucket: four 16-byte entries fill one 64-byte cache line.
+pub const WAYS: usize = 4;
+/// Bytes of one entry: what each of `dedup.entries` costs.
+pub const ENTRY_BYTES: usize = 16;
 /// Bounds of `dedup.entries`.
 pub const ENTRIES_MIN: usize = 1024;
 pub const ENTRIES_MAX: usize = 1 << 28;
@@ -49,9 +66,28 @@ const _: () = assert!(ENTRIES_MIN.is_multiple_of(WAYS) && ENTRIES_MIN.is_power_o
 const _: () = assert!(WINDOW_MS_MAX / 10 < (u32::MAX / 2) as u64);
 
 #[repr(C, align(64))]
-struct Bucket([AtomicU64; WAYS]);
+struct Bucket([AtomicU128; WAYS]);
 
-const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
+const _: () = assert!(std::mem::size_of::<AtomicU128>() == ENTRY_BYTES);
+// cmpxchg16b needs 16-byte alignment; the bucket's 64 keeps each entry on it.
+const _: () = assert!(std::mem::align_of::<AtomicU128>() == ENTRY_BYTES);
+const _: () = assert!(std::mem::size_of::<Bucket>() == 64 && WAYS * ENTRY_BYTES == 64);
+
+/// Whether the table's 128-bit compare-exchange is one CPU instruction on this machine (x86-64:
+/// CMPXCHG16B). When it is not, every lookup would take one of portable-atomic's global locks.
+pub fn lock_free() -> bool {
+    AtomicU128::is_lock_free()
+}
+
+/// The entry's fingerprint (0 only in an empty way).
+fn fingerprint(v: u128) -> u64 {
+    (v >> 64) as u64
+}
+
+/// The entry's time, in centiseconds truncated to 32 bits.
+fn stamp(v: u128) -> u32 {
+    v as u32
+}
 
 /// Whether an id was seen inside the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,28 +129,30 @@ impl Dedup {
         let mut key = [0u8; 24];
         key[..16].copy_from_slice(id);
         key[16..].copy_from_slice(&type_key.to_le_bytes());
-        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key, 0x0064_6564_7570);
-        let fp = (h >> 32) as u32 | 1;
+        let h = xxhash_rust::xxh3::xxh3_128_with_seed(&key, 0x0064_6564_7570);
+        // The bucket from the low half, the fingerprint from the high half: ids that share a
+        // bucket still have 64 bits of fingerprint to differ in.
+        let fp = ((h >> 64) as u64).max(1);
         let now = (now_ns / 10_000_000) as u32;
-        let mine = u64::from(fp) << 32 | u64::from(now);
-        let bucket = &self.buckets[(h & self.mask) as usize].0;
+        let mine = u128::from(fp) << 64 | u128::from(now);
+        let bucket = &self.buckets[(h as u64 & self.mask) as usize].0;
         // Signed age: another shard (its clock read once per read batch) or a clock stepped
         // back can stamp an entry a little after our `now`; that entry is fresh, not 497 days
         // old. Up to one window ahead counts (the window is at most 7 days, far inside i32).
         let window = self.window_cs as i32;
-        let fresh = |v: u64| v != 0 && (-window..window).contains(&(now.wrapping_sub(v as u32) as i32));
+        let fresh = |v: u128| v != 0 && (-window..window).contains(&(now.wrapping_sub(stamp(v)) as i32));
         // First look for our own live entry in every way: an expired way of another id may sit
         // before it and would otherwise take a second copy.
         if bucket.iter().any(|w| {
             let v = w.load(Acquire);
-            (v >> 32) as u32 == fp && fresh(v)
+            fingerprint(v) == fp && fresh(v)
         }) {
             return Seen::Duplicate;
         }
         for way in bucket {
             let mut v = way.load(Acquire);
             loop {
-                if (v >> 32) as u32 == fp && fresh(v) {
+                if fingerprint(v) == fp && fresh(v) {
                     return Seen::Duplicate;
                 }
                 if fresh(v) {
@@ -130,7 +168,7 @@ impl Dedup {
         let (oldest, _) = bucket
             .iter()
             .enumerate()
-            .map(|(i, w)| (i, now.wrapping_sub(w.load(Relaxed) as u32) as i32))
+            .map(|(i, w)| (i, now.wrapping_sub(stamp(w.load(Relaxed))) as i32))
             .max_by_key(|&(_, age)| age)
             .unwrap_or((0, 0));
         bucket[oldest].store(mine, Relaxed);
@@ -196,6 +234,37 @@ mod tests {
         for n in 19_990..20_000u64 {
             assert_eq!(d.check(&id(n), 0, T0 + 20_000 * MS), Seen::Duplicate, "{n}");
         }
+    }
+
+    /// Regression: with a 32-bit fingerprint, two distinct ids that landed in one bucket with
+    /// equal fingerprints were one id to the table, and the second (a real event, perhaps a
+    /// billing notice) was answered as a duplicate and never journaled. Here two such ids are
+    /// found by a birthday search over the old scheme (xxh3_64: bucket from the low bits of a
+    /// 1024-entry, 8-way table, fingerprint = high 32 bits | 1), and the table must tell them
+    /// apart.
+    #[test]
+    fn ids_that_collided_in_the_old_32_bit_fingerprint_are_told_apart() {
+        const OLD_BUCKET_MASK: u64 = 1024 / 8 - 1;
+        let old_key = |n: u64| {
+            let mut key = [0u8; 24];
+            key[..16].copy_from_slice(&id(n));
+            let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key, 0x0064_6564_7570);
+            (((h >> 32) as u32 | 1) as u64) << 32 | (h & OLD_BUCKET_MASK)
+        };
+        // 38 bits to match (7 of bucket, 31 of fingerprint): a collision is expected after
+        // ~2^19 ids; 2^22 makes missing one a ~1e-14 event (and the search is deterministic).
+        let mut seen = std::collections::HashMap::with_capacity(1 << 20);
+        let (a, b) = (0..1u64 << 22)
+            .find_map(|n| seen.insert(old_key(n), n).map(|m| (m, n)))
+            .expect("a 38-bit collision among 2^22 ids");
+        assert_ne!(a, b);
+        assert_eq!(old_key(a), old_key(b), "the old table could not tell {a} from {b}");
+
+        let d = Dedup::new(1024, 60_000);
+        assert_eq!(d.check(&id(a), 0, T0), Seen::New);
+        assert_eq!(d.check(&id(b), 0, T0), Seen::New, "{b} is a different event from {a}");
+        assert_eq!(d.check(&id(a), 0, T0 + MS), Seen::Duplicate);
+        assert_eq!(d.check(&id(b), 0, T0 + MS), Seen::Duplicate);
     }
 
     #[test]

@@ -383,7 +383,7 @@ pub const DEDUP_KEYS: &[KeySpec] = &[
         Int(1 << 20),
         Range(crate::dedup::ENTRIES_MIN as i64, crate::dedup::ENTRIES_MAX as i64),
         "power of two",
-        "Table entries shared by all shards; costs entries × 8 bytes.",
+        "Table entries shared by all shards; costs entries × 16 bytes.",
     ),
 ];
 

@@ -22,7 +22,7 @@ pub enum OverBudget {
 pub struct DedupConfig {
     /// A repeat of an id within this many ms is answered but not published; 0 = off.
     pub window_ms: u64,
-    /// Table entries (power of two); costs entries × 8 bytes, shared by all shards.
+    /// Table entries (power of two); costs entries × 16 bytes, shared by all shards.
     pub entries: usize,
 }
 

@@ -297,6 +297,20 @@ fn check_connection_memory(s: &crate::config::Server, shards: usize, memory: Opt
     )))
 }
 
+/// Refuses a dedup window that would take a lock on every lookup: its 16-byte entries need a
+/// 128-bit compare-exchange (x86-64: CMPXCHG16B), and where the CPU has none portable-atomic
+/// falls back to global locks shared by all shards (src/dedup.rs). Such a CPU is rare (the first
+/// x86-64 generation, a VM given a bare CPU model such as `qemu64`), so it is refused, not
+/// served slower without anyone knowing.
+fn check_dedup_lock_free(d: &crate::config::DedupConfig, lock_free: bool) -> Result<(), StartError> {
+    if d.window_ms == 0 || lock_free {
+        return Ok(());
+    }
+    Err(StartError::new(
+        "the dedup window needs a 128-bit compare-exchange (x86-64: CMPXCHG16B), which this CPU does not report: without it every lookup would take a lock shared by all shards; run on a CPU (or a VM CPU model) that has it, x86-64-v2 or later such as `-cpu host`, or set dedup.window_ms = 0",
+    ))
+}
+
 /// Physical memory (sysconf), None where it cannot be told.
 fn physical_memory_bytes() -> Option<u64> {
     // SAFETY: sysconf reads system parameters; no memory is involved.
@@ -326,6 +340,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
         eprintln!("tracker: {shards} shards on {} allowed CPUs: shards share CPUs round-robin", cpus.len());
     }
     check_connection_memory(&cfg.server, shards, physical_memory_bytes())?;
+    check_dedup_lock_free(&cfg.dedup, crate::dedup::lock_free())?;
     let listeners = crate::net::listener::bind_shards(cfg.server.listen, shards)
         .map_err(|e| StartError::new(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
     let addr = listeners[0].local_addr().map_err(|e| StartError::new(format!("listener address: {e}")))?;
@@ -462,5 +477,23 @@ mod tests {
         let e = check_connection_memory(&s, 2, Some(2000 * per - 1)).unwrap_err().to_string();
         assert!(e.contains("2 shard(s) × server.connections_per_shard_max 1000"), "{e}");
         assert!(check_connection_memory(&s, 64, None).is_ok());
+    }
+
+    #[test]
+    fn a_dedup_window_without_lock_free_128_bit_atomics_is_refused_with_the_fix() {
+        let mut d = Config::embedded().dedup;
+        assert!(d.window_ms > 0);
+        assert!(check_dedup_lock_free(&d, true).is_ok());
+        let e = check_dedup_lock_free(&d, false).unwrap_err().to_string();
+        assert!(e.contains("CMPXCHG16B") && e.contains("dedup.window_ms = 0"), "{e}");
+        d.window_ms = 0;
+        assert!(check_dedup_lock_free(&d, false).is_ok(), "no window, no table, nothing to refuse");
+    }
+
+    /// The machines this runs on: if this fails, the start check above refuses the dedup window.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn this_machine_has_lock_free_128_bit_atomics() {
+        assert!(crate::dedup::lock_free());
     }
 }
