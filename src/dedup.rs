@@ -34,9 +34,9 @@
 //! not assume it; a load is `vmovdqa` on a CPU with AVX (16-byte aligned AVX loads are atomic per
 //! Intel and AMD), else a `lock cmpxchg16b` that writes the line it reads. On a CPU without
 //! CMPXCHG16B (the first x86-64 generation, or a VM given a bare CPU model such as `qemu64`) the
-//! crate would fall back to a global striped seqlock: a lock on the request path. [`lock_free`]
-//! tells, and `runtime::start` refuses to run the window on such a CPU (the error says to give
-//! the VM a CPU model with it, x86-64-v2 or later, or to set `dedup.window_ms = 0`).
+//! crate falls back to striped seqlocks: a lock on the request path. [`lock_free`]
+//! tells, and `runtime::start` warns of it on such a CPU (saying to give the VM a CPU model
+//! with it, x86-64-v2 or later, or to set `dedup.window_ms = 0`): still correct, just slower.
 //!
 //! Acknowledgement: a duplicate is answered at once, also on an `ack = "logged"` endpoint. If
 //! the first copy is still on its way to the journal on another shard and the process dies in
@@ -74,7 +74,7 @@ const _: () = assert!(std::mem::align_of::<AtomicU128>() == ENTRY_BYTES);
 const _: () = assert!(std::mem::size_of::<Bucket>() == 64 && WAYS * ENTRY_BYTES == 64);
 
 /// Whether the table's 128-bit compare-exchange is one CPU instruction on this machine (x86-64:
-/// CMPXCHG16B). When it is not, every lookup would take one of portable-atomic's global locks.
+/// CMPXCHG16B). When it is not, every lookup takes one of portable-atomic's striped seqlocks.
 pub fn lock_free() -> bool {
     AtomicU128::is_lock_free()
 }

@@ -297,18 +297,18 @@ fn check_connection_memory(s: &crate::config::Server, shards: usize, memory: Opt
     )))
 }
 
-/// Refuses a dedup window that would take a lock on every lookup: its 16-byte entries need a
-/// 128-bit compare-exchange (x86-64: CMPXCHG16B), and where the CPU has none portable-atomic
-/// falls back to global locks shared by all shards (src/dedup.rs). Such a CPU is rare (the first
-/// x86-64 generation, a VM given a bare CPU model such as `qemu64`), so it is refused, not
-/// served slower without anyone knowing.
-fn check_dedup_lock_free(d: &crate::config::DedupConfig, lock_free: bool) -> Result<(), StartError> {
+/// The warning for a dedup window on a CPU without a lock-free 128-bit compare-exchange
+/// (x86-64: CMPXCHG16B): its 16-byte entries then go through portable-atomic's striped
+/// seqlocks (src/dedup.rs). Correct, and a lock on the request path: said at start, not refused,
+/// since the embedded default has the window on and such CPUs are mostly VMs given a bare CPU
+/// model (`qemu64`), where the operator can fix it.
+fn dedup_lock_warning(d: &crate::config::DedupConfig, lock_free: bool) -> Option<&'static str> {
     if d.window_ms == 0 || lock_free {
-        return Ok(());
+        return None;
     }
-    Err(StartError::new(
-        "the dedup window needs a 128-bit compare-exchange (x86-64: CMPXCHG16B), which this CPU does not report: without it every lookup would take a lock shared by all shards; run on a CPU (or a VM CPU model) that has it, x86-64-v2 or later such as `-cpu host`, or set dedup.window_ms = 0",
-    ))
+    Some(
+        "tracker: warning: this CPU reports no 128-bit compare-exchange (x86-64: CMPXCHG16B), so every dedup lookup takes a striped lock shared by all shards; give the VM a CPU model with it (x86-64-v2 or later, e.g. `-cpu host`), or set dedup.window_ms = 0 to turn the window off",
+    )
 }
 
 /// Physical memory (sysconf), None where it cannot be told.
@@ -340,7 +340,9 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
         eprintln!("tracker: {shards} shards on {} allowed CPUs: shards share CPUs round-robin", cpus.len());
     }
     check_connection_memory(&cfg.server, shards, physical_memory_bytes())?;
-    check_dedup_lock_free(&cfg.dedup, crate::dedup::lock_free())?;
+    if let Some(w) = dedup_lock_warning(&cfg.dedup, crate::dedup::lock_free()) {
+        eprintln!("{w}");
+    }
     let listeners = crate::net::listener::bind_shards(cfg.server.listen, shards)
         .map_err(|e| StartError::new(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
     let addr = listeners[0].local_addr().map_err(|e| StartError::new(format!("listener address: {e}")))?;
@@ -480,17 +482,17 @@ mod tests {
     }
 
     #[test]
-    fn a_dedup_window_without_lock_free_128_bit_atomics_is_refused_with_the_fix() {
+    fn a_dedup_window_without_lock_free_128_bit_atomics_is_warned_of_with_the_fix() {
         let mut d = Config::embedded().dedup;
         assert!(d.window_ms > 0);
-        assert!(check_dedup_lock_free(&d, true).is_ok());
-        let e = check_dedup_lock_free(&d, false).unwrap_err().to_string();
-        assert!(e.contains("CMPXCHG16B") && e.contains("dedup.window_ms = 0"), "{e}");
+        assert!(dedup_lock_warning(&d, true).is_none());
+        let w = dedup_lock_warning(&d, false).expect("a warning");
+        assert!(w.contains("CMPXCHG16B") && w.contains("dedup.window_ms = 0"), "{w}");
         d.window_ms = 0;
-        assert!(check_dedup_lock_free(&d, false).is_ok(), "no window, no table, nothing to refuse");
+        assert!(dedup_lock_warning(&d, false).is_none(), "no window, no table, nothing to say");
     }
 
-    /// The machines this runs on: if this fails, the start check above refuses the dedup window.
+    /// The machines this runs on: if this fails, the dedup window takes a lock per lookup here.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn this_machine_has_lock_free_128_bit_atomics() {
