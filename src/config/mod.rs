@@ -529,7 +529,66 @@ fn toml_message(m: &str) -> String {
             .map_or(m.len(), |j| i + "expected struct ".len() + j);
         m.replace_range(i..end, "expected a table");
     }
+    if let Some(guess) = closest_known_key(&m) {
+        m = format!("{m}; did you mean `{guess}`?");
+    }
     m
+}
+
+/// For serde's "unknown field `requried`, expected one of `name`, `source`, …": the expected key
+/// a typo most likely meant — the only one within two edits (insert, delete, substitute or swap
+/// two neighbours), ties broken by the fewest edits. None when no key is that close, or two are
+/// equally close: a guess that could be wrong is left out.
+fn closest_known_key(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let expected = expected.strip_prefix(", expected one of ").or_else(|| expected.strip_prefix(", expected "))?;
+    let mut best: Option<(usize, &str)> = None;
+    let mut tied = false;
+    // serde lists one key as "`a`", two as "`a` or `b`", more as "one of `a`, `b`, `c`".
+    let keys = expected.split(", ").flat_map(|k| k.split(" or "));
+    for key in keys.filter_map(|k| k.strip_prefix('`')?.strip_suffix('`')) {
+        let d = edit_distance(unknown.as_bytes(), key.as_bytes());
+        match best {
+            _ if d > 2 => {}
+            Some((b, _)) if d > b => {}
+            Some((b, _)) if d == b => tied = true,
+            _ => {
+                best = Some((d, key));
+                tied = false;
+            }
+        }
+    }
+    best.filter(|_| !tied).map(|(_, k)| k)
+}
+
+/// Optimal string alignment distance (Damerau–Levenshtein without repeated edits of one
+/// substring): a transposition such as `requried` for `required` is one edit. Cold path: config
+/// errors only.
+fn edit_distance(a: &[u8], b: &[u8]) -> usize {
+    let w = b.len() + 1;
+    let mut d: Vec<usize> = (0..(a.len() + 1) * w)
+        .map(|i| {
+            if i < w {
+                i
+            } else if i % w == 0 {
+                i / w
+            } else {
+                0
+            }
+        })
+        .collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[(i - 1) * w + j] + 1).min(d[i * w + j - 1] + 1).min(d[(i - 1) * w + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[(i - 2) * w + j - 2] + 1);
+            }
+            d[i * w + j] = v;
+        }
+    }
+    d[a.len() * w + b.len()]
 }
 
 /// A TOML line without its comment, trimmed (a `#` inside a quoted string is not a comment).
@@ -1485,6 +1544,27 @@ mod tests {
         assert_eq!(toml_code("a = \"x # y\" # z"), "a = \"x # y\"");
     }
 
+    #[test]
+    fn an_unknown_key_one_or_two_edits_from_a_known_one_is_named_as_the_likely_meant_one() {
+        let m = |u: &str| {
+            toml_message(&format!(
+                "unknown field `{u}`, expected one of `name`, `source`, `type`, `required`, `default`"
+            ))
+        };
+        assert!(m("requried").ends_with("; did you mean `required`?"), "{}", m("requried"));
+        assert!(m("sorce").ends_with("; did you mean `source`?"));
+        assert!(m("nmae").ends_with("; did you mean `name`?"));
+        assert!(m("defaults").ends_with("; did you mean `default`?"));
+        // Nothing close: no guess.
+        assert!(!m("colour").contains("did you mean"));
+        // Two equally close: no guess either.
+        let tie = toml_message("unknown field `ab`, expected one of `aa`, `bb`");
+        assert!(!tie.contains("did you mean"), "{tie}");
+        assert_eq!(edit_distance(b"requried", b"required"), 1);
+        assert_eq!(edit_distance(b"", b"abc"), 3);
+        assert_eq!(edit_distance(b"kitten", b"sitting"), 3);
+    }
+
     /// Regression: deserialization stopped at the first shape error, so a file with several
     /// typos took one run each.
     #[test]
@@ -1521,7 +1601,10 @@ mod tests {
         let m = |key: &str| e.iter().find(|e| e.key == key).unwrap().message.as_str();
         assert_eq!(m("server"), "invalid type: integer `5`, expected a table");
         assert_eq!(m("cors.origins[1]"), "invalid type: integer `5`, expected a string");
-        assert_eq!(m("cors.max_age"), "unknown field `max_age`, expected `origins` or `max_age_s`");
+        assert_eq!(
+            m("cors.max_age"),
+            "unknown field `max_age`, expected `origins` or `max_age_s`; did you mean `max_age_s`?"
+        );
         assert_eq!(m("endpoint[0].path"), "invalid type: integer `5`, expected a string", "not also missing");
         assert_eq!(m("endpoint[1].path"), "missing field `path`");
         assert_eq!(m("event.x.fields[1].name"), "missing field `name`");

@@ -71,6 +71,12 @@ fn check_config_lists_every_unknown_key_and_wrong_type_in_one_run() {
         assert!(err.contains(&format!("{f}:{want}")), "missing {want:?} in:\n{err}");
     }
     assert_eq!(err.lines().count(), 7, "one line per error, none twice:\n{err}");
+    // A typo one or two edits from a known key is named as the one likely meant (the unit test
+    // in src/config has the cases with no guess).
+    for (key, guess) in [("requried", "required"), ("respnse", "response"), ("shardz", "shards")] {
+        let line = err.lines().find(|l| l.contains(&format!("unknown field `{key}`"))).unwrap();
+        assert!(line.ends_with(&format!("; did you mean `{guess}`?")), "{line}");
+    }
 }
 
 /// Kafka settings librdkafka refuses are config errors, never an endless retry of the producer.
