@@ -1,9 +1,11 @@
 //! Zero heap allocations per request once warm, on the pixel path, the reject (400) path, the
-//! journal-acknowledged path, the dedup duplicate path, the click-redirect paths (302 with
-//! macros, 4xx refusal) and the POST paths: a JSON batch with a bad item (per-item status, CORS
-//! origin echoed, each item's Referer trimmed), a batch parsed item by item, a sendBeacon
-//! text/plain object, a gzip batch, a chunked batch and a CORS preflight. simd-json's buffers, the tape, the inflate state and output and the batch answer
-//! are per-shard buffers sized at start (net::post), so a JSON request allocates nothing either.
+//! journal-acknowledged path, the GDPR consent paths (the TCF string decoded; opted out without
+//! consent), the dedup duplicate path, the click-redirect paths (302 with macros, 4xx refusal)
+//! and the POST paths: a JSON batch with a bad item (per-item status, CORS origin echoed, each
+//! item's Referer trimmed), a batch parsed item by item, a sendBeacon text/plain object, a gzip
+//! batch, a chunked batch and a CORS preflight. simd-json's buffers, the tape, the inflate
+//! state and output and the batch answer are per-shard buffers sized at start (net::post), so a
+//! JSON request allocates nothing either.
 //!
 //! A counting global allocator sees every allocation in this process: the tracker's shard and
 //! drain threads run in-process, and the client loop below allocates nothing itself (static
@@ -53,6 +55,11 @@ const MISSING: &[u8] = b"GET /i?cr=1 HTTP/1.1\r\nHost: t\r\n\r\n";
 const LOGGED: &[u8] = b"GET /cv?c=1&value=2.5 HTTP/1.1\r\nHost: t\r\nCookie: uid=u-123456789\r\n\r\n";
 /// The same derived id every time: after the first, the dedup window's duplicate path.
 const DUPLICATE: &[u8] = b"GET /i?c=1&imp=same-impression HTTP/1.1\r\nHost: t\r\n\r\n";
+/// GDPR applies (privacy.gdpr = "enforce", the default): the TCF consent string is decoded
+/// in place; without consent to Purpose 1 the event takes the opt-out path (uid and ip
+/// removed, counted as gdpr_no_consent), with it the uid is hashed as on LOGGED.
+const GDPR_NO_CONSENT: &[u8] = b"GET /cv?c=1&gdpr=1&gdpr_consent=CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA HTTP/1.1\r\nHost: t\r\nCookie: uid=u-123456789\r\n\r\n";
+const GDPR_CONSENT: &[u8] = b"GET /cv?c=1&gdpr=1&gdpr_consent=CLcVDxRMWfGmWAVAHCENAXCkAKDAADnAABRgA5mdfCKZuYJez-NQm0TBMYA4oCAAGQYIAAAAAAEAIAEgAA.argAC0gAAAAAAAAAAAA HTTP/1.1\r\nHost: t\r\nCookie: uid=u-123456789\r\n\r\n";
 /// A click: landing URL decoded, parsed, allowlisted, macros (id, number, string, ip) expanded.
 /// No `imp`, so the id is generated and every click is published; the User-Agent feeds the
 /// click's device class and bot flag.
@@ -178,12 +185,14 @@ fn no_heap_allocation_per_request_once_warm() {
             b'2',
         ),
     ];
-    let paths: [(&str, &[u8], u8); 8] = [
+    let paths: [(&str, &[u8], u8); 10] = [
         ("pixel", PIXEL, b'2'),
         ("options on a path", b"OPTIONS /i HTTP/1.1\r\nHost: t\r\n\r\n", b'2'),
         ("absolute-form pixel", ABSOLUTE, b'2'),
         ("400", MISSING, b'4'),
         ("logged", LOGGED, b'2'),
+        ("gdpr without consent", GDPR_NO_CONSENT, b'2'),
+        ("gdpr with consent", GDPR_CONSENT, b'2'),
         ("duplicate", DUPLICATE, b'2'),
         ("redirect", CLICK, b'3'),
         ("redirect refused", CLICK_REFUSED, b'4'),
@@ -262,13 +271,15 @@ fn no_heap_allocation_per_request_once_warm() {
     let shard = running.shards()[0].clone();
     running.stop();
     running.wait();
-    // Every request was recorded (15 × 7000: pixel, OPTIONS on a path, absolute-form pixel, 400, logged, duplicate,
-    // redirect, refused redirect, five JSON posts, preflight, pixel after reload), and every event journaled:
-    // pixel, absolute-form pixel, logged, redirect and pixel after reload 7000 each, the duplicate once (the rest
+    // Every request was recorded (17 × 7000: pixel, OPTIONS on a path, absolute-form pixel, 400, logged, gdpr
+    // without and with consent, duplicate, redirect, refused redirect, five JSON posts, preflight, pixel after
+    // reload), and every event journaled: pixel, absolute-form pixel, logged, the two gdpr ones, redirect and
+    // pixel after reload 7000 each, the duplicate once (the rest
     // are repeats of it), the 400s and the refused redirects none; the three batches 3 × 7000
     // each (their bad item never), the split batch and the beacon 7000 each, the OPTIONS and
     // the preflight none; and the two worst-case bodies (none: too many items, and an array that is not an
     // event).
-    assert_eq!(shard.counters.latency.service.cumulative().len(), 105_002);
-    assert_eq!(shard.counters.latency.journal.cumulative().len(), 35_001 + 3 * 21_000 + 2 * 7_000);
+    assert_eq!(shard.counters.latency.service.cumulative().len(), 119_002);
+    assert_eq!(shard.counters.latency.journal.cumulative().len(), 49_001 + 3 * 21_000 + 2 * 7_000);
+    assert_eq!(shard.counters.rejects(tracker::metrics::Reason::GdprNoConsent), 7_000);
 }

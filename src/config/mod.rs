@@ -704,7 +704,7 @@ impl Validator<'_> {
         let budget = self.budget(&raw.budget);
         let (mut types, schema) = self.types(&raw.event);
         self.schema_fits(&schema, journal.segment_bytes, &raw);
-        let privacy = self.privacy(&raw.privacy, &types);
+        let privacy = self.privacy(&raw.privacy, &types, &raw.event);
         for t in &mut types {
             let mask = privacy.user_id_fields.get(t.id as usize).copied().unwrap_or(0);
             for (i, f) in t.fields.iter_mut().enumerate() {

@@ -103,6 +103,9 @@ pub struct RawPrivacy {
     pub honor_gpc: Option<S<bool>>,
     pub honor_dnt: Option<S<bool>>,
     pub optout_cookie: Option<S<String>>,
+    pub gdpr: Option<S<String>>,
+    pub gdpr_field: Option<S<String>>,
+    pub gdpr_consent_field: Option<S<String>>,
     /// Keys of ad stitchers allowed to send X-Device-IP / X-Device-User-Agent.
     #[serde(default)]
     pub ssai_key: Vec<S<RawKey>>,

@@ -2,10 +2,10 @@
 //! validates into a plain value with its unit in the name.
 
 use super::keys::{spec, BUDGET_KEYS, CORS_KEYS, DEDUP_KEYS, PRIVACY_KEYS};
-use super::raw::{RawBudget, RawCors, RawDedup, RawPrivacy};
+use super::raw::{RawBudget, RawCors, RawDedup, RawEvent, RawPrivacy, S};
 use super::{Cors, EventType, Validator};
 use crate::enrich::budget::BudgetConfig;
-use crate::enrich::privacy::{IpPolicy, RefererPolicy, Secret, USER_HASH_CHARS};
+use crate::enrich::privacy::{GdprFields, GdprMode, IpPolicy, RefererPolicy, Secret, USER_HASH_CHARS};
 use crate::schema::FieldKind;
 
 /// What an endpoint does with a request whose source is over its budget.
@@ -103,13 +103,21 @@ pub struct PrivacyConfig {
     pub honor_dnt: bool,
     /// Cookie whose presence (value not empty, "0" or "false") opts out; empty = none.
     pub optout_cookie: String,
+    pub gdpr: GdprMode,
+    /// Per event type (index = type id): its GDPR fields.
+    pub gdpr_fields: Vec<GdprFields>,
     /// Ad stitchers allowed to pass the device's ip and user agent; None = no keys (the
     /// headers are always ignored).
     pub ssai: Option<crate::enrich::ssai::SsaiAuth>,
 }
 
 impl Validator<'_> {
-    pub(super) fn privacy(&mut self, r: &RawPrivacy, types: &[EventType]) -> PrivacyConfig {
+    pub(super) fn privacy(
+        &mut self,
+        r: &RawPrivacy,
+        types: &[EventType],
+        raw_events: &std::collections::BTreeMap<String, S<RawEvent>>,
+    ) -> PrivacyConfig {
         let ip = self.choice(
             &r.ip,
             "privacy.ip",
@@ -192,6 +200,25 @@ impl Validator<'_> {
             let s = r.optout_cookie.as_ref().map(|s| s.span()).unwrap_or(0..0);
             self.err(s, "privacy.optout_cookie", format!("\"{optout_cookie}\" is not a cookie name"));
         }
+        let gdpr = self.choice(
+            &r.gdpr,
+            "privacy.gdpr",
+            spec(PRIVACY_KEYS, "gdpr"),
+            &[("record", GdprMode::Record), ("enforce", GdprMode::Enforce)],
+        );
+        // Written as "enforce": the fields must exist, or nothing would be enforced (or, with
+        // no consent field, every event under GDPR would lose its ids) without a word.
+        let enforce_written = r.gdpr.as_ref().filter(|_| gdpr == GdprMode::Enforce).map(|g| g.span());
+        let mut gdpr_fields = vec![GdprFields::default(); types.len()];
+        if gdpr == GdprMode::Enforce || r.gdpr_field.is_some() || r.gdpr_consent_field.is_some() {
+            let applies = GdprField { key: "gdpr_field", kind: FieldKind::U32, kind_name: "u32" };
+            let consent = GdprField { key: "gdpr_consent_field", kind: FieldKind::Str, kind_name: "string" };
+            let applies = self.gdpr_field(&r.gdpr_field, &applies, enforce_written.clone(), types, raw_events);
+            let consent = self.gdpr_field(&r.gdpr_consent_field, &consent, enforce_written, types, raw_events);
+            for (t, f) in gdpr_fields.iter_mut().enumerate() {
+                *f = GdprFields { applies: applies[t], consent: consent[t] };
+            }
+        }
         let ssai_keys = self.load_keys(&r.ssai_key, "privacy.ssai_key");
         let skew = self.int(&r.ssai_skew_s, spec(PRIVACY_KEYS, "ssai_skew_s")) as u64;
         let ssai = (!ssai_keys.is_empty()).then(|| crate::enrich::ssai::SsaiAuth::new(ssai_keys, skew));
@@ -208,8 +235,60 @@ impl Validator<'_> {
             honor_gpc: r.honor_gpc.as_ref().is_none_or(|b| *b.get_ref()),
             honor_dnt: r.honor_dnt.as_ref().is_none_or(|b| *b.get_ref()),
             optout_cookie,
+            gdpr,
+            gdpr_fields,
         }
     }
+
+    /// The index of the field `named` (or the key's default name) in each event type (index =
+    /// type id), checked to be of `f.kind`. Like `user_id_fields`, a name means that field in
+    /// every type that has it. An error names the key's line when it is written, else the
+    /// field's `type` (the name came from the default). `must_exist`: the span of a written
+    /// `gdpr = "enforce"`, which a name no type has would leave without effect.
+    fn gdpr_field(
+        &mut self,
+        named: &Option<S<String>>,
+        f: &GdprField,
+        must_exist: Option<std::ops::Range<usize>>,
+        types: &[EventType],
+        raw_events: &std::collections::BTreeMap<String, S<RawEvent>>,
+    ) -> Vec<Option<u8>> {
+        let k = spec(PRIVACY_KEYS, f.key);
+        let super::keys::KeyDefault::Str(default) = k.default else {
+            panic!("{} has no default name in keys.rs", k.name())
+        };
+        let name = named.as_ref().map_or(default, |n| n.get_ref().as_str());
+        let key = k.name();
+        let mut at = vec![None; types.len()];
+        for (t, raw) in types.iter().zip(raw_events.values()) {
+            let Some(i) = t.fields.iter().position(|x| x.name == name) else { continue };
+            if t.fields[i].kind != f.kind {
+                let span = named.as_ref().map_or_else(|| raw.get_ref().fields[i].get_ref().kind.span(), |n| n.span());
+                self.err(
+                    span,
+                    &key,
+                    format!(
+                        "\"{name}\" of event.{} must be a {} field to be read as GDPR consent (set privacy.{} to another field, or privacy.gdpr = \"record\")",
+                        t.name, f.kind_name, f.key
+                    ),
+                );
+            }
+            at[t.id as usize] = Some(i as u8);
+        }
+        if at.iter().all(Option::is_none) {
+            if let Some(span) = named.as_ref().map(|n| n.span()).or(must_exist) {
+                self.err(span, &key, format!("\"{name}\" is not a field of any event type"));
+            }
+        }
+        at
+    }
+}
+
+/// One of the two GDPR field keys and the field type it needs.
+struct GdprField {
+    key: &'static str,
+    kind: FieldKind,
+    kind_name: &'static str,
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

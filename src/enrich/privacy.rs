@@ -16,6 +16,9 @@
 //! - on an opt-out signal (`Sec-GPC: 1`, `DNT: 1`, or the configured opt-out cookie present and
 //!   not "0"/"false"), the user-id, ip and referer fields removed and the event flagged
 //!   `opted_out`;
+//! - with `gdpr = "enforce"`, the same for an event whose gdpr field is set (not 0) and whose
+//!   consent field holds no IAB TCF v2 consent to Purpose 1 ([`tcf`]): the caller counts it
+//!   (reason `gdpr_no_consent`);
 //! - an id derived from an identity field this step removed or changed (an ip field under
 //!   opt-out, allowed as identity with `ip = "keep"`; a referer field not kept in full)
 //!   re-keyed: HMAC-SHA256(period key, "tracker-id-v1\n" + id), cut to 128 bits. The derived
@@ -30,6 +33,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::{EventType, PrivacyConfig};
+use crate::enrich::tcf;
 use crate::event::{Event, FLAG_ID_DERIVED, FLAG_OPTED_OUT, FLAG_TRUNCATED};
 use crate::schema::FieldKind;
 
@@ -45,6 +49,27 @@ pub enum IpPolicy {
     Drop,
     Keep,
 }
+
+/// `privacy.gdpr`: what the GDPR consent fields are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GdprMode {
+    /// Stored as any field; nothing acts on them.
+    Record,
+    /// GDPR applies and no TCF v2 consent to Purpose 1: handled as an opt-out.
+    Enforce,
+}
+
+/// Where one event type holds the GDPR signals (`privacy.gdpr_field`,
+/// `privacy.gdpr_consent_field`): indexes into its `fields`, None = the type has no such field.
+/// Checked at config load: `applies` is a u32 field, `consent` a string field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GdprFields {
+    pub applies: Option<u8>,
+    pub consent: Option<u8>,
+}
+
+// A field index fits the u8 of `GdprFields`.
+const _: () = assert!(crate::constants::FIELDS_MAX <= u8::MAX as usize);
 
 /// What to do with referer fields (source `request.referer` or `header.referer`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +161,15 @@ fn authority_start(v: &[u8]) -> Option<usize> {
     (colon > 0 && v[0].is_ascii_alphabetic() && v[colon..].starts_with(b"://")).then_some(colon + 3)
 }
 
+/// Why the privacy step removed an event's user ids, ips and referers (flagged `opted_out`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptOut {
+    /// `Sec-GPC: 1`, `DNT: 1` or the opt-out cookie.
+    Signal,
+    /// `gdpr = "enforce"`: GDPR applies and the request carries no TCF v2 consent to Purpose 1.
+    NoGdprConsent,
+}
+
 /// One shard's privacy step: the config and the current period's key.
 pub struct Privacy {
     cfg: PrivacyConfig,
@@ -153,9 +187,26 @@ impl Privacy {
         Privacy { cfg, period: u64::MAX, period_mac: None, optout_finder }
     }
 
-    /// Applies the policy to `ev` (of type `ty`) in place.
-    pub fn apply(&mut self, ty: &EventType, headers: &[httparse::Header<'_>], now_ns: u64, ev: &mut Event) {
-        let opted_out = self.opted_out(headers);
+    /// Applies the policy to `ev` (of type `ty`) in place; says why its identifiers were
+    /// removed, if they were. A signal is looked for first: an event it opts out is not also
+    /// one without consent (its consent string is then not read).
+    pub fn apply(
+        &mut self,
+        ty: &EventType,
+        headers: &[httparse::Header<'_>],
+        now_ns: u64,
+        ev: &mut Event,
+    ) -> Option<OptOut> {
+        let opt_out = if self.opted_out(headers) {
+            Some(OptOut::Signal)
+        } else if self.cfg.gdpr == GdprMode::Enforce && !self.gdpr_consented(ty, ev) {
+            Some(OptOut::NoGdprConsent)
+        } else {
+            None
+        };
+        // One path for both: without consent to store or read the device (TCF Purpose 1) the
+        // uid cookie should not have been read, so the event keeps what an opted-out one does.
+        let opted_out = opt_out.is_some();
         if opted_out {
             ev.flags |= FLAG_OPTED_OUT;
         }
@@ -228,6 +279,22 @@ impl Privacy {
             ev.id[6] = (ev.id[6] & 0x0f) | 0x80;
             ev.id[8] = (ev.id[8] & 0x3f) | 0x80;
         }
+        opt_out
+    }
+
+    /// Under `gdpr = "enforce"`: false when the event's gdpr field is set (any value but 0)
+    /// and its consent field does not hold a TCF v2 string consenting to Purpose 1 (absent,
+    /// empty, unreadable or a type without a consent field included). No gdpr field, or 0:
+    /// true, the request says GDPR does not apply.
+    fn gdpr_consented(&self, ty: &EventType, ev: &Event) -> bool {
+        let Some(at) = self.cfg.gdpr_fields.get(ty.id as usize) else { return true };
+        let Some(applies) = at.applies.and_then(|i| ty.fields.get(i as usize)) else { return true };
+        if !ev.has(applies.slot) || ev.slots[applies.slot] == 0 {
+            return true;
+        }
+        at.consent
+            .and_then(|i| ty.fields.get(i as usize))
+            .is_some_and(|c| ev.has(c.slot) && tcf::purpose_one_consent(ev.str_at(c.slot, c.offset, c.max)))
     }
 
     /// Sec-GPC: 1, DNT: 1 (each when honoured) or the opt-out cookie set: one pass over the
@@ -316,7 +383,7 @@ impl std::fmt::Debug for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, DEFAULT_TOML};
     use crate::extract::{extract, IdGen, RequestView};
 
     const NOW: u64 = 1_790_000_000_000_000_000;
@@ -415,6 +482,124 @@ mod tests {
         ];
         let v = run(&cfg, "conversion", b"c=1", &h, NOW);
         assert!(v.get("user_id").is_some() && v.get("opted_out").is_none());
+    }
+
+    /// Purposes 1, 3, 9, 10 (enrich::tcf's hand-decoded string) and none (CMP 31).
+    const TC_P1: &str =
+        "CLcVDxRMWfGmWAVAHCENAXCkAKDAADnAABRgA5mdfCKZuYJez-NQm0TBMYA4oCAAGQYIAAAAAAEAIAEgAA.argAC0gAAAAAAAAAAAA";
+    const TC_NONE: &str = "CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA";
+
+    /// The conversion of `q` with a uid cookie, and what the step said.
+    fn gdpr_run(cfg: &Config, q: &str) -> (serde_json::Value, Option<OptOut>) {
+        let t = cfg.event_type("conversion").unwrap();
+        let h = [httparse::Header { name: "Cookie", value: b"uid=raw-uid-1" }];
+        let req = RequestView {
+            query: q.as_bytes(),
+            headers: &h,
+            host: None,
+            client_ip: "203.0.113.77".parse().unwrap(),
+            now_ns: NOW,
+            user_agent: None,
+            json: None,
+            item: None,
+        };
+        let mut ev = Event::ZERO;
+        extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();
+        let why = Privacy::new(cfg.privacy.clone()).apply(t, &h, NOW, &mut ev);
+        let mut s = String::new();
+        cfg.schema.write_json(&ev, &mut s);
+        (serde_json::from_str(&s).unwrap(), why)
+    }
+
+    #[test]
+    fn gdpr_without_purpose_one_consent_is_an_opt_out_when_enforced() {
+        let cfg = Config::embedded();
+        assert_eq!(cfg.privacy.gdpr, GdprMode::Enforce, "the shipped default");
+        // Purpose 1 is set in it, but the purposes field is cut: not trusted.
+        let unread = &TC_P1[..28];
+        for q in [
+            "c=1&gdpr=1".to_string(),
+            "c=1&gdpr=1&gdpr_consent=".to_string(),
+            format!("c=1&gdpr=1&gdpr_consent={TC_NONE}"),
+            format!("c=1&gdpr=1&gdpr_consent={unread}"),
+            "c=1&gdpr=1&gdpr_consent=%24%7BGDPR_CONSENT_52%7D".to_string(),
+            format!("c=1&gdpr=2&gdpr_consent={TC_NONE}"),
+        ] {
+            let (v, why) = gdpr_run(&cfg, &q);
+            assert_eq!(why, Some(OptOut::NoGdprConsent), "{q}");
+            assert!(v.get("user_id").is_none() && v.get("ip").is_none(), "{q}: {v}");
+            assert_eq!(v["opted_out"], true, "{q}");
+            // The signals themselves are kept: they say why the ids are gone.
+            assert!(v["gdpr"].as_u64().unwrap() > 0);
+        }
+        for q in [
+            format!("c=1&gdpr=1&gdpr_consent={TC_P1}"),
+            format!("c=1&gdpr=0&gdpr_consent={TC_NONE}"),
+            "c=1&gdpr=0".to_string(),
+            "c=1".to_string(),
+        ] {
+            let (v, why) = gdpr_run(&cfg, &q);
+            assert_eq!(why, None, "{q}");
+            assert_eq!((v["ip"].as_str(), v.get("opted_out")), (Some("203.0.113.0"), None), "{q}");
+            assert_eq!(v["user_id"].as_str().map(str::len), Some(USER_HASH_CHARS), "{q}");
+        }
+        // A signal wins: the event is opted out by it, not counted as lacking consent.
+        let h = [httparse::Header { name: "Sec-GPC", value: b"1" }];
+        let v = run(&cfg, "conversion", b"c=1&gdpr=1", &h, NOW);
+        assert_eq!(v["opted_out"], true);
+    }
+
+    #[test]
+    fn gdpr_is_only_stored_when_recorded() {
+        let text = DEFAULT_TOML.replace("\ngdpr = \"enforce\"\n", "\ngdpr = \"record\"\n");
+        assert_ne!(text, DEFAULT_TOML);
+        let cfg = Config::parse(&text, "t.toml").unwrap();
+        let (v, why) = gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={TC_NONE}"));
+        assert_eq!(why, None);
+        assert_eq!((v["ip"].as_str(), v.get("opted_out")), (Some("203.0.113.0"), None));
+        assert_eq!((v["gdpr"].as_u64(), v["gdpr_consent"].as_str()), (Some(1), Some(TC_NONE)));
+        assert!(v["user_id"].is_string());
+    }
+
+    #[test]
+    fn gdpr_fields_are_named_by_config_and_checked_at_load() {
+        let ty =
+            |fields: &str| format!("[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nfields = [\n{fields}\n]\n");
+        let ip = "  { name = \"ip\", source = \"client.ip\", type = \"ip\" },";
+        // Other names, as a custom config may use.
+        let text = format!(
+            "[privacy]\ngdpr_field = \"regs_gdpr\"\ngdpr_consent_field = \"tcf\"\n{}",
+            ty(&format!("{ip}\n  {{ name = \"regs_gdpr\", source = \"query.g\", type = \"u32\" }},\n  {{ name = \"tcf\", source = \"query.t\", type = \"string\", max_bytes = 100 }},"))
+        );
+        let cfg = Config::parse(&text, "t.toml").unwrap();
+        let t = cfg.event_type("x").unwrap();
+        assert_eq!(cfg.privacy.gdpr_fields[t.id as usize], GdprFields { applies: Some(1), consent: Some(2) });
+        // A type without them (the default names, unset): nothing to enforce, no error.
+        let cfg = Config::parse(&ty(ip), "t.toml").unwrap();
+        assert_eq!(cfg.privacy.gdpr_fields, vec![GdprFields::default()]);
+        let errors = |text: &str| match Config::parse(text, "t.toml") {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        };
+        // A default-named field of the wrong type: its own line.
+        let e = errors(&ty("  { name = \"gdpr\", source = \"query.gdpr\", type = \"string\", max_bytes = 4 },"));
+        assert!(e.contains("t.toml:6: privacy.gdpr_field: \"gdpr\" of event.x must be a u32 field"), "{e}");
+        let e = errors(&format!(
+            "[privacy]\ngdpr_consent_field = \"gdpr\"\n{}",
+            ty("  { name = \"gdpr\", source = \"query.gdpr\", type = \"u32\" },")
+        ));
+        assert!(e.contains("t.toml:2: privacy.gdpr_consent_field: \"gdpr\" of event.x must be a string field"), "{e}");
+        // A written name no type has, or enforce written without the fields.
+        let e = errors(&format!("[privacy]\ngdpr_field = \"regs\"\n{}", ty(ip)));
+        assert!(e.contains("t.toml:2: privacy.gdpr_field: \"regs\" is not a field of any event type"), "{e}");
+        let e = errors(&format!("[privacy]\ngdpr = \"enforce\"\n{}", ty(ip)));
+        assert!(e.contains("t.toml:2: privacy.gdpr_field: \"gdpr\" is not a field of any event type"), "{e}");
+        assert!(
+            e.contains("t.toml:2: privacy.gdpr_consent_field: \"gdpr_consent\" is not a field of any event type"),
+            "{e}"
+        );
+        let e = errors(&format!("[privacy]\ngdpr = \"always\"\n{}", ty(ip)));
+        assert!(e.contains("t.toml:2: privacy.gdpr: \"always\" is not one of \"record\", \"enforce\""), "{e}");
     }
 
     #[test]

@@ -156,7 +156,8 @@ impl Status {
     }
 }
 
-/// Why a request did not become an event, or a connection was dropped (label `reason`).
+/// Why a request did not become an event, or a connection was dropped, or what of a request
+/// was not believed or kept (label `reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Reason {
@@ -189,9 +190,12 @@ pub enum Reason {
     /// A new connection from an address prefix already holding
     /// `budget.connections_per_prefix_max`: closed at accept.
     SourceConnectionLimit,
+    /// `privacy.gdpr = "enforce"`: an event under GDPR without TCF consent to Purpose 1 lost
+    /// its user ids, ips and referers, as an opted-out one does (it was served and kept).
+    GdprNoConsent,
 }
 
-pub const REASONS: [Reason; 13] = [
+pub const REASONS: [Reason; 14] = [
     Reason::Malformed,
     Reason::Field,
     Reason::RingFull,
@@ -205,6 +209,7 @@ pub const REASONS: [Reason; 13] = [
     Reason::SsaiDeviceIpUnusable,
     Reason::JournalUnavailable,
     Reason::SourceConnectionLimit,
+    Reason::GdprNoConsent,
 ];
 
 impl Reason {
@@ -223,6 +228,7 @@ impl Reason {
             Reason::SsaiDeviceIpUnusable => "ssai_device_ip_unusable",
             Reason::JournalUnavailable => "journal_unavailable",
             Reason::SourceConnectionLimit => "source_connection_limit",
+            Reason::GdprNoConsent => "gdpr_no_consent",
         }
     }
 }

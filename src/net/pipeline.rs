@@ -7,6 +7,7 @@
 use std::io::Write as _;
 
 use crate::config::{Config, EventType};
+use crate::enrich::privacy::OptOut;
 use crate::event::{Event, FLAG_HEAD, FLAG_ID_CLIENT, FLAG_ID_DERIVED};
 use crate::extract::{extract, RequestView};
 use crate::metrics::Reason;
@@ -70,7 +71,9 @@ pub(super) fn prepare<'c>(
         let integrity = rej.why == crate::extract::price::INTEGRITY;
         return Err(Refusal::Field(&ty.fields[rej.field].name, rej.why, integrity));
     }
-    ctx.privacy.borrow_mut().apply(ty, view.headers, view.now_ns, slot);
+    if ctx.privacy.borrow_mut().apply(ty, view.headers, view.now_ns, slot) == Some(OptOut::NoGdprConsent) {
+        ctx.shared.counters.reject(Reason::GdprNoConsent);
+    }
     for (_, type_id, step) in &cfg.steps {
         if *type_id == ty.id {
             if let Err(why) = step.apply(ty, view, slot) {

@@ -1,5 +1,6 @@
 //! Privacy over real sockets: user ids are hashed before the journal (the raw bytes appear in
-//! no file), ips are truncated, opt-out signals remove identifiers, consent is recorded.
+//! no file), ips are truncated, opt-out signals remove identifiers, and so does the lack of GDPR
+//! consent (`privacy.gdpr = "enforce"`) unless consent is only recorded.
 
 use crate::harness::*;
 
@@ -20,6 +21,10 @@ fn files_contain(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf
 }
 
 const RAW_UID: &str = "raw-user-7d3f9c1e-secret";
+/// IAB TCF v2 consent strings: purposes 1, 3, 9 and 10 (hand-decoded in enrich::tcf), and none.
+const TC_P1: &str =
+    "CLcVDxRMWfGmWAVAHCENAXCkAKDAADnAABRgA5mdfCKZuYJez-NQm0TBMYA4oCAAGQYIAAAAAAEAIAEgAA.argAC0gAAAAAAAAAAAA";
+const TC_NONE: &str = "CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA";
 
 /// The default config with small segments: the whole journal is scanned byte by byte.
 fn small_segments() -> String {
@@ -32,7 +37,7 @@ fn the_raw_user_id_never_reaches_a_segment_and_opt_outs_drop_identifiers() {
     let mut c = s.connect();
     let send = |c: &mut Client, order: &str, extra: &str| {
         c.send(
-            format!("GET /cv?c=1&order={order}&gdpr=1&gdpr_consent=CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA HTTP/1.1\r\nHost: t\r\nCookie: a=b; uid={RAW_UID}\r\n{extra}\r\n").as_bytes(),
+            format!("GET /cv?c=1&order={order}&gdpr=1&gdpr_consent={TC_P1} HTTP/1.1\r\nHost: t\r\nCookie: a=b; uid={RAW_UID}\r\n{extra}\r\n").as_bytes(),
         );
         assert_eq!(c.read_response(false).status, 200);
     };
@@ -63,10 +68,7 @@ fn the_raw_user_id_never_reaches_a_segment_and_opt_outs_drop_identifiers() {
     assert_eq!(by("o-again")["user_id"], hashed, "stable within a period and across shards");
     assert_eq!(by("o-after")["user_id"], hashed);
     assert_eq!(plain["ip"], "127.0.0.0");
-    assert_eq!(
-        (plain["gdpr"].as_u64(), plain["gdpr_consent"].as_str()),
-        (Some(1), Some("CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"))
-    );
+    assert_eq!((plain["gdpr"].as_u64(), plain["gdpr_consent"].as_str()), (Some(1), Some(TC_P1)));
     assert!(plain.get("opted_out").is_none());
     for o in ["o-gpc", "o-dnt", "o-cookie", "o-cookie-2"] {
         let e = by(o);
@@ -358,4 +360,68 @@ fn the_referer_keeps_only_what_privacy_referer_allows() {
     let full = cut(&LEAKY_REFERER[..96]);
     assert_eq!(referers_stored(Some("full")), [full.clone(), full]);
     assert_eq!(referers_stored(Some("drop")), [serde_json::Value::Null, serde_json::Value::Null]);
+}
+
+/// Conversion pixels under GDPR (gdpr=1) with and without TCF consent to Purpose 1, over TCP,
+/// under `privacy.gdpr` = None (the default), "enforce" and "record": (journaled events by
+/// order id, the `gdpr_no_consent` counter).
+fn gdpr_pixels(mode: Option<&str>) -> (std::collections::HashMap<String, serde_json::Value>, f64) {
+    let mut text = small_segments();
+    // The shipped config writes the default out; None takes the key out to get it.
+    let line = "\ngdpr = \"enforce\"\n";
+    assert!(text.contains(line));
+    text = text.replace(line, &mode.map_or("\n".to_string(), |m| format!("\ngdpr = \"{m}\"\n")));
+    let mut s = Server::start(Some(&text), &["--shards", "1"]);
+    let mut c = s.connect();
+    for (order, q) in [
+        ("no-string", "gdpr=1".to_string()),
+        ("no-purpose-1", format!("gdpr=1&gdpr_consent={TC_NONE}")),
+        ("not-tcf", "gdpr=1&gdpr_consent=%24%7BGDPR_CONSENT_755%7D".to_string()),
+        ("purpose-1", format!("gdpr=1&gdpr_consent={TC_P1}")),
+        ("not-applicable", format!("gdpr=0&gdpr_consent={TC_NONE}")),
+        ("no-gdpr", String::new()),
+    ] {
+        c.send(
+            format!("GET /cv?c=1&order={order}&{q} HTTP/1.1\r\nHost: t\r\nCookie: uid={RAW_UID}\r\nReferer: https://shop.example/cart?email=x\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(c.read_response(false).status, 200, "{order}");
+    }
+    let m = crate::metrics::parse_metrics(std::str::from_utf8(&s.admin_get("/metrics").body).unwrap());
+    let no_consent = m[r#"tracker_rejects_total{reason="gdpr_no_consent"}"#];
+    assert_eq!(s.stop(), 0);
+    assert!(files_contain(&s.journal(), RAW_UID.as_bytes()).is_empty(), "raw user id on disk");
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.len(), 6, "every pixel is journaled, consent or not: {events:?}");
+    (events.into_iter().map(|e| (e["order_id"].as_str().unwrap().to_string(), e)).collect(), no_consent)
+}
+
+#[test]
+fn gdpr_without_purpose_one_consent_is_journaled_as_an_opt_out_when_enforced() {
+    for mode in [None, Some("enforce")] {
+        let (by, no_consent) = gdpr_pixels(mode);
+        for o in ["no-string", "no-purpose-1", "not-tcf"] {
+            let e = &by[o];
+            assert!(e.get("user_id").is_none() && e.get("ip").is_none(), "{mode:?} {o}: {e}");
+            assert_eq!(e["opted_out"], true, "{mode:?} {o}");
+            assert_eq!(e["gdpr"], 1, "{mode:?} {o}");
+        }
+        for o in ["purpose-1", "not-applicable", "no-gdpr"] {
+            let e = &by[o];
+            assert_eq!(e["user_id"].as_str().map(str::len), Some(32), "{mode:?} {o}: {e}");
+            assert_eq!((e["ip"].as_str(), e.get("opted_out")), (Some("127.0.0.0"), None), "{mode:?} {o}");
+        }
+        assert_eq!(no_consent, 3.0, "{mode:?}");
+    }
+}
+
+#[test]
+fn gdpr_consent_is_only_stored_when_recorded() {
+    let (by, no_consent) = gdpr_pixels(Some("record"));
+    for (o, e) in &by {
+        assert_eq!(e["user_id"].as_str().map(str::len), Some(32), "{o}: {e}");
+        assert_eq!((e["ip"].as_str(), e.get("opted_out")), (Some("127.0.0.0"), None), "{o}");
+    }
+    assert_eq!(by["no-purpose-1"]["gdpr_consent"], TC_NONE);
+    assert_eq!(no_consent, 0.0);
 }
