@@ -38,7 +38,7 @@ pub fn privacy_manifest(cfg: &Config) -> String {
 /// What the privacy step (`enrich::privacy`) does to values before anything stores or sends
 /// them: the journal and every collector see only its output.
 fn write_privacy_step(cfg: &Config, out: &mut String) {
-    use crate::enrich::privacy::{IpPolicy, RefererPolicy};
+    use crate::enrich::privacy::{GdprMode, IpPolicy, RefererPolicy};
     let p = &cfg.privacy;
     out.push_str("values as stored (privacy step, before the journal and every collector):\n");
     let _ = match p.ip {
@@ -90,6 +90,23 @@ fn write_privacy_step(cfg: &Config, out: &mut String) {
     if !signals.is_empty() {
         let _ = writeln!(out, "  opt-out ({}): user ids, ips and referers removed", signals.join(", "));
     }
+    let gdpr_types: Vec<&str> = cfg
+        .types
+        .iter()
+        .filter(|t| p.gdpr_fields.get(t.id as usize).is_some_and(|f| f.applies.is_some()))
+        .map(|t| t.name.as_str())
+        .collect();
+    if gdpr_types.is_empty() {
+        return;
+    }
+    let _ = match p.gdpr {
+        GdprMode::Enforce => writeln!(
+            out,
+            "  gdpr consent (enforced; {}): with GDPR applying and no IAB TCF v2 consent to Purpose 1, user ids, ips and referers removed",
+            gdpr_types.join(", ")
+        ),
+        GdprMode::Record => writeln!(out, "  gdpr consent (recorded, not enforced; {})", gdpr_types.join(", ")),
+    };
 }
 
 /// Unix ns from RFC 3339 UTC (`2026-11-26T08:00:00Z`, fractions allowed) or unix seconds.

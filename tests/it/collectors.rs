@@ -361,6 +361,10 @@ fn privacy_manifest_lists_each_collectors_fields() {
     assert!(text.contains("ip fields: truncated to /24 (IPv4), /48 (IPv6)\n"), "{text}");
     assert!(text.contains("referer fields: scheme://host[:port]/path (no query, fragment or user info)\n"), "{text}");
     assert!(text.contains("opt-out (Sec-GPC, DNT, cookie \"optout\"): user ids, ips and referers removed\n"), "{text}");
+    assert!(
+        text.contains("gdpr consent (enforced; click, conversion, impression): with GDPR applying and no IAB TCF v2 consent to Purpose 1, user ids, ips and referers removed\n"),
+        "{text}"
+    );
     let before = text.split("collector \"banker\"").next().unwrap();
     assert!(before.contains("user id fields, keyed hash rotated every 86400 s: conversion.user_id"), "{text}");
     assert_eq!(text.matches("user_id").count(), 1, "only in the privacy lines, in no collector's list: {text}");
