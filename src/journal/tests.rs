@@ -723,13 +723,22 @@ fn leftover_tmp_segment_is_removed_and_its_number_reused_only_within_the_writers
         }
         let tmp = shard.join("00000000000000000001.seg.tmp");
         fs::write(&tmp, [0u8; 100]).unwrap();
-        // Made ahead, header on disk, no record (or its records did not reach the disk).
+        // Made ahead, header on disk, no record (or its records did not reach the disk). Its
+        // last byte marks it: the writer opened below makes a segment ahead of its own under the
+        // same name when it resumes segment 1, and that one must not be taken for it.
         let ahead = unrenamed_tmp(dir.path(), 2, 0, 2, &[]);
-        let (_j, report) = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).unwrap();
+        const MARK: u8 = 0xa5;
+        fs::OpenOptions::new().write(true).open(&ahead).unwrap().write_all_at(&[MARK], SEG_4 - 1).unwrap();
+        let (j, report) = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).unwrap();
+        // Regression: the check below raced with the writer's own made-ahead segment 2 (this
+        // boot) and failed when the helper thread won.
+        j.wait_ahead();
         // In this boot a .tmp was never renamed into place, so never read; after a machine
         // restart its rename may have been lost after readers saw it.
         assert_eq!(report.segment, if this_boot { 1 } else { 3 });
-        assert!(!tmp.exists() && !ahead.exists());
+        assert!(!tmp.exists());
+        let leftover = fs::read(&ahead).is_ok_and(|b| b.last() == Some(&MARK));
+        assert!(!leftover, "the leftover made-ahead segment was removed");
         assert!(report.recovered_tmp.is_empty() && report.set_aside_tmp.is_empty() && report.notes.is_empty());
     }
 }
