@@ -393,6 +393,18 @@ mod tests {
     }
 
     fn run_from(ip: &str, cfg: &Config, ty: &str, q: &[u8], h: &[httparse::Header<'_>], now: u64) -> serde_json::Value {
+        apply_from(ip, cfg, ty, q, h, now).0
+    }
+
+    /// The event of type `ty` for this request after the step, as JSON, and what the step said.
+    fn apply_from(
+        ip: &str,
+        cfg: &Config,
+        ty: &str,
+        q: &[u8],
+        h: &[httparse::Header<'_>],
+        now: u64,
+    ) -> (serde_json::Value, Option<OptOut>) {
         let t = cfg.event_type(ty).unwrap();
         let req = RequestView {
             query: q,
@@ -406,11 +418,11 @@ mod tests {
         };
         let mut ev = Event::ZERO;
         extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();
-        Privacy::new(cfg.privacy.clone()).apply(t, h, now, &mut ev);
+        let why = Privacy::new(cfg.privacy.clone()).apply(t, h, now, &mut ev);
         let mut s = String::new();
         cfg.schema.write_json(&ev, &mut s);
         assert!(!ev.bytes.windows(7).any(|w| w == b"raw-uid"), "raw user id left in the record");
-        serde_json::from_str(&s).unwrap()
+        (serde_json::from_str(&s).unwrap(), why)
     }
 
     #[test]
@@ -491,24 +503,8 @@ mod tests {
 
     /// The conversion of `q` with a uid cookie, and what the step said.
     fn gdpr_run(cfg: &Config, q: &str) -> (serde_json::Value, Option<OptOut>) {
-        let t = cfg.event_type("conversion").unwrap();
         let h = [httparse::Header { name: "Cookie", value: b"uid=raw-uid-1" }];
-        let req = RequestView {
-            query: q.as_bytes(),
-            headers: &h,
-            host: None,
-            client_ip: "203.0.113.77".parse().unwrap(),
-            now_ns: NOW,
-            user_agent: None,
-            json: None,
-            item: None,
-        };
-        let mut ev = Event::ZERO;
-        extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();
-        let why = Privacy::new(cfg.privacy.clone()).apply(t, &h, NOW, &mut ev);
-        let mut s = String::new();
-        cfg.schema.write_json(&ev, &mut s);
-        (serde_json::from_str(&s).unwrap(), why)
+        apply_from("203.0.113.77", cfg, "conversion", q.as_bytes(), &h, NOW)
     }
 
     #[test]
