@@ -211,8 +211,8 @@ impl Validator<'_> {
         let enforce_written = r.gdpr.as_ref().filter(|_| gdpr == GdprMode::Enforce).map(|g| g.span());
         let mut gdpr_fields = vec![GdprFields::default(); types.len()];
         if gdpr == GdprMode::Enforce || r.gdpr_field.is_some() || r.gdpr_consent_field.is_some() {
-            let applies = GdprField { key: "gdpr_field", kind: FieldKind::U32, kind_name: "u32" };
-            let consent = GdprField { key: "gdpr_consent_field", kind: FieldKind::Str, kind_name: "string" };
+            let applies = GdprField { key: "gdpr_field", kind: FieldKind::U32 };
+            let consent = GdprField { key: "gdpr_consent_field", kind: FieldKind::Str };
             let applies = self.gdpr_field(&r.gdpr_field, &applies, enforce_written.clone(), types, raw_events);
             let consent = self.gdpr_field(&r.gdpr_consent_field, &consent, enforce_written, types, raw_events);
             for (t, f) in gdpr_fields.iter_mut().enumerate() {
@@ -269,7 +269,9 @@ impl Validator<'_> {
                     &key,
                     format!(
                         "\"{name}\" of event.{} must be a {} field to be read as GDPR consent (set privacy.{} to another field, or privacy.gdpr = \"record\")",
-                        t.name, f.kind_name, f.key
+                        t.name,
+                        f.kind.config_name(),
+                        f.key
                     ),
                 );
             }
@@ -288,7 +290,6 @@ impl Validator<'_> {
 struct GdprField {
     key: &'static str,
     kind: FieldKind,
-    kind_name: &'static str,
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
