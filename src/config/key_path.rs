@@ -3,7 +3,7 @@
 //! `endpoint[1].method`, `event.impression.fields[2].type`), and removed from the document so
 //! that deserializing again goes on to the next error. Cold path: only on errors.
 
-use toml_edit::{ArrayOfTables, ImDocument, InlineTable, Item, Table, Value};
+use toml_edit::{ArrayOfTables, ImDocument, Item, Table, TableLike, Value};
 
 /// One step down a TOML document: a key of a table, or an index into an array.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,13 @@ fn holds(span: Option<std::ops::Range<usize>>, at: usize) -> bool {
 
 /// Whether `at` lies in `t`: pushes the steps down to it onto `path`.
 fn in_table(t: &Table, at: usize, path: &mut Vec<Step>) -> bool {
+    // A table's own span is its header line (`[server]`): an error about the table as a whole.
+    in_entries(t, at, path) || holds(t.span(), at)
+}
+
+/// Whether `at` lies in one of the keys or values of `t` (a table or an inline table): pushes
+/// the steps down to it onto `path`.
+fn in_entries(t: &dyn TableLike, at: usize, path: &mut Vec<Step>) -> bool {
     for (k, item) in t.iter() {
         path.push(Step::Key(k.to_string()));
         if t.key(k).is_some_and(|key| holds(key.span(), at)) || in_item(item, at, path) {
@@ -45,8 +52,7 @@ fn in_table(t: &Table, at: usize, path: &mut Vec<Step>) -> bool {
         }
         path.pop();
     }
-    // A table's own span is its header line (`[server]`): an error about the table as a whole.
-    holds(t.span(), at)
+    false
 }
 
 fn in_item(item: &Item, at: usize, path: &mut Vec<Step>) -> bool {
@@ -70,7 +76,7 @@ fn in_value(v: &Value, at: usize, path: &mut Vec<Step>) -> bool {
     }
     match v {
         Value::InlineTable(t) => {
-            in_inline(t, at, path);
+            in_entries(t, at, path);
         }
         Value::Array(a) => {
             for (i, e) in a.iter().enumerate() {
@@ -85,17 +91,6 @@ fn in_value(v: &Value, at: usize, path: &mut Vec<Step>) -> bool {
     }
     // Inside this value but on none of its parts (a brace, a comma): the value itself.
     true
-}
-
-fn in_inline(t: &InlineTable, at: usize, path: &mut Vec<Step>) -> bool {
-    for (k, v) in t.iter() {
-        path.push(Step::Key(k.to_string()));
-        if t.key(k).is_some_and(|key| holds(key.span(), at)) || in_value(v, at, path) {
-            return true;
-        }
-        path.pop();
-    }
-    false
 }
 
 fn remove_in_table(t: &mut Table, steps: &[Step]) -> bool {
