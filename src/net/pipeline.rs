@@ -110,7 +110,6 @@ pub(super) fn publish(ctx: &ShardCtx, ty: &EventType, now_ns: u64, over_budget: 
     if duplicate || over_budget {
         return 0;
     }
-    slot.seq = next_seq;
     slot.config_gen = ctx.config_gen.get();
     let seq = producer.commit();
     debug_assert_eq!(seq, next_seq);

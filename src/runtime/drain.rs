@@ -277,8 +277,7 @@ mod tests {
         let (journal, _) = ShardJournal::open(dir.path(), 0, 1 << 20, &Config::embedded().schema).unwrap();
         let shared = Arc::new(ShardShared::new(0, ShardCounters::new(1, 1), Default::default()).unwrap());
         let (mut producer, consumer) = crate::ring::ring(16);
-        let slot = producer.reserve().unwrap();
-        slot.seq = 1;
+        producer.reserve().unwrap();
         producer.commit();
         shared.reactor_done.store(true, SeqCst);
         let drain_shared = shared.clone();
