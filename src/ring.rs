@@ -166,11 +166,12 @@ pub struct Consumer {
     popped: u64,
 }
 
-/// A ring of `capacity` events (a power of two), split into its two ends: a hot tier of up to
-/// [`HOT_EVENTS`] and a spill tier of the rest.
+/// A ring of `capacity` events (a power of two), split into its two ends: a hot tier of
+/// [`HOT_EVENTS`], or half of a smaller ring, and a spill tier of the rest. (A small ring is
+/// split too, so that the spill path runs wherever a test fills a ring.)
 pub fn ring(capacity: usize) -> (Producer, Consumer) {
     assert!(capacity.is_power_of_two() && capacity >= 2, "ring capacity {capacity} must be a power of two ≥ 2");
-    tiered(capacity, HOT_EVENTS.min(capacity))
+    tiered(capacity, HOT_EVENTS.min(capacity / 2))
 }
 
 /// A ring of `capacity` events whose hot tier holds `hot` of them (tests make it small to
@@ -285,6 +286,12 @@ impl RingWatch {
     pub fn capacity(&self) -> u64 {
         self.inner.hot.len() + self.inner.spill.len()
     }
+
+    /// Events that went through the spill tier: pushed while the hot tier was full, because the
+    /// drain was behind. Each cost its request a wait on memory.
+    pub fn spilled(&self) -> u64 {
+        self.inner.spill.tail.load(Ordering::Acquire)
+    }
 }
 
 impl Consumer {
@@ -375,13 +382,25 @@ mod tests {
 
     #[test]
     fn full_ring_refuses_then_accepts_after_pop() {
-        let (mut p, mut c) = ring(4);
+        let (mut p, mut c) = tiered(4, 4);
         for i in 0..4 {
             assert!(push(&mut p, 10 + i));
         }
         assert!(p.reserve().is_none());
         assert_eq!(pop(&mut c, 2), [(1, 10), (2, 11)]);
         assert!(p.reserve().is_some());
+    }
+
+    #[test]
+    fn tier_sizes() {
+        let sizes = |cap| {
+            let (p, _c) = ring(cap);
+            (p.inner.hot.slots.len(), p.inner.spill.slots.len())
+        };
+        assert_eq!(sizes(1 << 14), (HOT_EVENTS, (1 << 14) - HOT_EVENTS));
+        assert_eq!(sizes(2 * HOT_EVENTS), (HOT_EVENTS, HOT_EVENTS));
+        assert_eq!(sizes(16), (8, 8));
+        assert_eq!(sizes(2), (1, 1));
     }
 
     #[test]
@@ -404,7 +423,7 @@ mod tests {
         assert_eq!(pop(&mut c, 1), [(1, 1)]);
         assert!(push(&mut p, 6));
         let w = p.watch();
-        assert_eq!((w.pushed(), w.popped(), w.capacity()), (6, 1, 8));
+        assert_eq!((w.pushed(), w.popped(), w.capacity(), w.spilled()), (6, 1, 8, 3));
         assert_eq!(c.len(), 5);
         assert_eq!(pop(&mut c, 10), [(2, 2), (3, 3), (4, 4), (5, 5), (6, 6)]);
         assert!(c.is_empty());

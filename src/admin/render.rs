@@ -156,6 +156,15 @@ pub fn metrics(state: &State) -> String {
     for (i, r) in &watches {
         let _ = writeln!(out, "tracker_ring_capacity_events{{shard=\"{i}\"}} {}", r.capacity());
     }
+    family(
+        &mut out,
+        "tracker_ring_spilled_total",
+        "counter",
+        "Events pushed into the ring's spill tier because its cache-hot tier was full (the drain was behind)",
+    );
+    for (i, r) in &watches {
+        let _ = writeln!(out, "tracker_ring_spilled_total{{shard=\"{i}\"}} {}", r.spilled());
+    }
 
     use std::sync::atomic::Ordering::Relaxed;
     family(&mut out, "tracker_journal_records_total", "counter", "Records appended to journal segments");

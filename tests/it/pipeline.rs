@@ -165,8 +165,14 @@ fn a_full_ring_answers_503_with_retry_after_and_loses_nothing_it_acknowledged() 
         }
     }
     assert!(busy > 0, "a 16-event ring must overflow under a 400-request pipelined burst");
+    // A 503 means both tiers were full, so events went through the spill tier (8 of the 16).
+    let m = crate::metrics::parse_metrics(std::str::from_utf8(&s.admin_get("/metrics").body).unwrap());
+    assert!(m[r#"tracker_ring_spilled_total{shard="0"}"#] > 0.0, "{m:#?}");
     assert_eq!(s.stop(), 0);
-    assert_eq!(journal_cat(&s.journal()).len(), ok);
+    // Exactly the acknowledged events, in the order they were sent, whichever tier held them.
+    let campaigns: Vec<u64> = journal_cat(&s.journal()).iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
+    assert_eq!(campaigns.len(), ok);
+    assert!(campaigns.windows(2).all(|w| w[0] < w[1]), "journal out of order: {campaigns:?}");
 }
 
 /// `tracker log tail` (alias of `journal cat --follow`) prints what is already there, then each
