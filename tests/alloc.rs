@@ -1,11 +1,11 @@
 //! Zero heap allocations per request once warm, on the pixel path, the reject (400) path, the
-//! journal-acknowledged path, the GDPR consent paths (the TCF string decoded; opted out without
-//! consent), the dedup duplicate path, the click-redirect paths (302 with macros, 4xx refusal)
-//! and the POST paths: a JSON batch with a bad item (per-item status, CORS origin echoed, each
-//! item's Referer trimmed), a batch parsed item by item, a sendBeacon text/plain object, a gzip
-//! batch, a chunked batch and a CORS preflight. simd-json's buffers, the tape, the inflate
-//! state and output and the batch answer are per-shard buffers sized at start (net::post), so a
-//! JSON request allocates nothing either.
+//! journal-acknowledged path, the GDPR consent paths (the TCF string decoded, its vendor consent
+//! section included; opted out without consent), the dedup duplicate path, the click-redirect
+//! paths (302 with macros, 4xx refusal) and the POST paths: a JSON batch with a bad item
+//! (per-item status, CORS origin echoed, each item's Referer trimmed), a batch parsed item by
+//! item, a sendBeacon text/plain object, a gzip batch, a chunked batch and a CORS preflight.
+//! simd-json's buffers, the tape, the inflate state and output and the batch answer are
+//! per-shard buffers sized at start (net::post), so a JSON request allocates nothing either.
 //!
 //! A counting global allocator sees every allocation in this process: the tracker's shard and
 //! drain threads run in-process, and the client loop below allocates nothing itself (static
@@ -55,9 +55,10 @@ const MISSING: &[u8] = b"GET /i?cr=1 HTTP/1.1\r\nHost: t\r\n\r\n";
 const LOGGED: &[u8] = b"GET /cv?c=1&value=2.5 HTTP/1.1\r\nHost: t\r\nCookie: uid=u-123456789\r\n\r\n";
 /// The same derived id every time: after the first, the dedup window's duplicate path.
 const DUPLICATE: &[u8] = b"GET /i?c=1&imp=same-impression HTTP/1.1\r\nHost: t\r\n\r\n";
-/// GDPR applies (privacy.gdpr = "enforce", the default): the TCF consent string is decoded
-/// in place; without consent to Purpose 1 the event takes the opt-out path (uid and ip
-/// removed, counted as gdpr_no_consent), with it the uid is hashed as on LOGGED.
+/// GDPR applies (privacy.gdpr = "enforce", the default; privacy.tcf_vendor_id set below): the
+/// TCF consent string is decoded in place; without consent to Purpose 1 the event takes the
+/// opt-out path (uid and ip removed, counted as gdpr_no_consent), with it and with consent to
+/// vendor 115 (the last bit of its vendor bitfield, read whole) the uid is hashed as on LOGGED.
 const GDPR_NO_CONSENT: &[u8] = b"GET /cv?c=1&gdpr=1&gdpr_consent=CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA HTTP/1.1\r\nHost: t\r\nCookie: uid=u-123456789\r\n\r\n";
 const GDPR_CONSENT: &[u8] = b"GET /cv?c=1&gdpr=1&gdpr_consent=CLcVDxRMWfGmWAVAHCENAXCkAKDAADnAABRgA5mdfCKZuYJez-NQm0TBMYA4oCAAGQYIAAAAAAEAIAEgAA.argAC0gAAAAAAAAAAAA HTTP/1.1\r\nHost: t\r\nCookie: uid=u-123456789\r\n\r\n";
 /// A click: landing URL decoded, parsed, allowlisted, macros (id, number, string, ip) expanded.
@@ -157,6 +158,8 @@ fn no_heap_allocation_per_request_once_warm() {
     cfg.budget.rate_per_s = 10_000_000;
     cfg.budget.burst = 100_000_000;
     cfg.cors.origins = vec![b"https://shop.example".as_slice().into()];
+    // GDPR_CONSENT's vendor 115: its Vendor Consent Section is decoded on that path.
+    cfg.privacy.tcf_vendor_id = std::num::NonZeroU16::new(115);
     let started_with = cfg.clone();
     cfg.admin.publish_interval_ms = 10;
     let running = tracker::runtime::start(cfg).unwrap();

@@ -102,8 +102,9 @@ fn write_privacy_step(cfg: &Config, out: &mut String) {
     let _ = match p.gdpr {
         GdprMode::Enforce => writeln!(
             out,
-            "  gdpr consent (enforced; {}): with GDPR applying and no IAB TCF v2 consent to Purpose 1, user ids, ips and referers removed",
-            gdpr_types.join(", ")
+            "  gdpr consent (enforced; {}): with GDPR applying and no IAB TCF v2 consent to Purpose 1{}, user ids, ips and referers removed",
+            gdpr_types.join(", "),
+            p.tcf_vendor_id.map_or(String::new(), |v| format!(" and to vendor {v}"))
         ),
         GdprMode::Record => writeln!(out, "  gdpr consent (recorded, not enforced; {})", gdpr_types.join(", ")),
     };
@@ -262,5 +263,16 @@ mod tests {
         assert_eq!(parse_time("2026-11-26T07:42:02.5Z").unwrap(), 1_795_678_922_500_000_000);
         assert!(parse_time("2026-11-26T07:42:02+01:00").is_err());
         assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn the_privacy_manifest_names_the_vendor_whose_consent_is_enforced() {
+        let line = "with GDPR applying and no IAB TCF v2 consent to Purpose 1";
+        let mut cfg = Config::embedded();
+        let text = privacy_manifest(&cfg);
+        assert!(text.contains(&format!("{line}, user ids, ips and referers removed\n")), "{text}");
+        cfg.privacy.tcf_vendor_id = std::num::NonZeroU16::new(755);
+        let text = privacy_manifest(&cfg);
+        assert!(text.contains(&format!("{line} and to vendor 755, user ids, ips and referers removed\n")), "{text}");
     }
 }

@@ -535,7 +535,7 @@ pub const PRIVACY_KEYS: &[KeySpec] = &[
         Str("enforce"),
         OneOf(&["record", "enforce"]),
         "",
-        "enforce: an event whose gdpr field is set (not 0) and whose gdpr_consent field holds no IAB TCF v2 consent to Purpose 1 loses its user ids, ips and referers and is flagged opted_out, as on an opt-out (counted as reason gdpr_no_consent); record: both fields are only stored. See docs/privacy.md.",
+        "enforce: an event whose gdpr field is set (not 0) and whose gdpr_consent field holds no IAB TCF v2 consent to Purpose 1 (or, with tcf_vendor_id set, none to that vendor) loses its user ids, ips and referers and is flagged opted_out, as on an opt-out (counted as reason gdpr_no_consent); record: both fields are only stored. See docs/privacy.md.",
     ),
     k(
         "privacy",
@@ -556,6 +556,16 @@ pub const PRIVACY_KEYS: &[KeySpec] = &[
         Rule("a string field where present"),
         "",
         "The field (by name, in any event type) holding the TCF consent string (the ${GDPR_CONSENT_xxx} macro).",
+    ),
+    k(
+        "privacy",
+        "tcf_vendor_id",
+        "integer",
+        "",
+        Int(0),
+        Range(0, 65_535),
+        "0 = not checked",
+        "The tracker operator's own vendor id in the IAB Global Vendor List. Set, with gdpr = \"enforce\": an event under GDPR whose TCF string consents to Purpose 1 but not to this vendor (its Vendor Consent Section: not listed, above MaxVendorId, or the section cut short, by the sender or by the consent field's max_bytes) is handled as one without consent (reason gdpr_no_consent). 0: vendor consent is not read. See docs/privacy.md.",
     ),
     k(
         "privacy",

@@ -106,6 +106,7 @@ pub struct RawPrivacy {
     pub gdpr: Option<S<String>>,
     pub gdpr_field: Option<S<String>>,
     pub gdpr_consent_field: Option<S<String>>,
+    pub tcf_vendor_id: Option<S<i64>>,
     /// Keys of ad stitchers allowed to send X-Device-IP / X-Device-User-Agent.
     #[serde(default)]
     pub ssai_key: Vec<S<RawKey>>,

@@ -106,6 +106,9 @@ pub struct PrivacyConfig {
     pub gdpr: GdprMode,
     /// Per event type (index = type id): its GDPR fields.
     pub gdpr_fields: Vec<GdprFields>,
+    /// `tcf_vendor_id`: the vendor whose TCF consent `gdpr = "enforce"` also requires; None
+    /// (0 in the file) = vendor consent not read.
+    pub tcf_vendor_id: Option<std::num::NonZeroU16>,
     /// Ad stitchers allowed to pass the device's ip and user agent; None = no keys (the
     /// headers are always ignored).
     pub ssai: Option<crate::enrich::ssai::SsaiAuth>,
@@ -219,6 +222,8 @@ impl Validator<'_> {
                 *f = GdprFields { applies: applies[t], consent: consent[t] };
             }
         }
+        let tcf_vendor_id = self.int(&r.tcf_vendor_id, spec(PRIVACY_KEYS, "tcf_vendor_id"));
+        let tcf_vendor_id = u16::try_from(tcf_vendor_id).ok().and_then(std::num::NonZeroU16::new);
         let ssai_keys = self.load_keys(&r.ssai_key, "privacy.ssai_key");
         let skew = self.int(&r.ssai_skew_s, spec(PRIVACY_KEYS, "ssai_skew_s")) as u64;
         let ssai = (!ssai_keys.is_empty()).then(|| crate::enrich::ssai::SsaiAuth::new(ssai_keys, skew));
@@ -237,6 +242,7 @@ impl Validator<'_> {
             optout_cookie,
             gdpr,
             gdpr_fields,
+            tcf_vendor_id,
         }
     }
 

@@ -7,7 +7,7 @@
 //! - [`device`]  device class and bot flag from the User-Agent (field sources)
 //! - [`step`]    the public `Step` trait: a deployment's own preprocessing, per event type
 //! - [`ssai`]    device address / user agent from authenticated ad stitchers only
-//! - [`tcf`]     IAB TCF v2 consent strings: Purpose 1 consent, for `privacy.gdpr = "enforce"`
+//! - [`tcf`]     IAB TCF v2 consent strings: Purpose 1 and vendor consent, for `privacy.gdpr = "enforce"`
 
 pub mod budget;
 pub mod device;

@@ -17,8 +17,9 @@
 //!   not "0"/"false"), the user-id, ip and referer fields removed and the event flagged
 //!   `opted_out`;
 //! - with `gdpr = "enforce"`, the same for an event whose gdpr field is set (not 0) and whose
-//!   consent field holds no IAB TCF v2 consent to Purpose 1 ([`tcf`]): the caller counts it
-//!   (reason `gdpr_no_consent`);
+//!   consent field holds no IAB TCF v2 consent to Purpose 1 ([`tcf`]) or, with
+//!   `tcf_vendor_id` set, none to that vendor: the caller counts it (reason
+//!   `gdpr_no_consent`);
 //! - an id derived from an identity field this step removed or changed (an ip field under
 //!   opt-out, allowed as identity with `ip = "keep"`; a referer field not kept in full)
 //!   re-keyed: HMAC-SHA256(period key, "tracker-id-v1\n" + id), cut to 128 bits. The derived
@@ -55,7 +56,8 @@ pub enum IpPolicy {
 pub enum GdprMode {
     /// Stored as any field; nothing acts on them.
     Record,
-    /// GDPR applies and no TCF v2 consent to Purpose 1: handled as an opt-out.
+    /// GDPR applies and no TCF v2 consent to Purpose 1 (and to `tcf_vendor_id`, when set):
+    /// handled as an opt-out.
     Enforce,
 }
 
@@ -166,7 +168,8 @@ fn authority_start(v: &[u8]) -> Option<usize> {
 pub enum OptOut {
     /// `Sec-GPC: 1`, `DNT: 1` or the opt-out cookie.
     Signal,
-    /// `gdpr = "enforce"`: GDPR applies and the request carries no TCF v2 consent to Purpose 1.
+    /// `gdpr = "enforce"`: GDPR applies and the request carries no TCF v2 consent to Purpose 1
+    /// (or, with `tcf_vendor_id` set, none to that vendor).
     NoGdprConsent,
 }
 
@@ -283,9 +286,10 @@ impl Privacy {
     }
 
     /// Under `gdpr = "enforce"`: false when the event's gdpr field is set (any value but 0)
-    /// and its consent field does not hold a TCF v2 string consenting to Purpose 1 (absent,
-    /// empty, unreadable or a type without a consent field included). No gdpr field, or 0:
-    /// true, the request says GDPR does not apply.
+    /// and its consent field does not hold a TCF v2 string consenting to Purpose 1 and, with
+    /// `tcf_vendor_id` set, to that vendor (absent, empty, unreadable, cut by the field's
+    /// max_bytes inside the vendor section, or a type without a consent field included). No
+    /// gdpr field, or 0: true, the request says GDPR does not apply.
     fn gdpr_consented(&self, ty: &EventType, ev: &Event) -> bool {
         let Some(at) = self.cfg.gdpr_fields.get(ty.id as usize) else { return true };
         let Some(applies) = at.applies.and_then(|i| ty.fields.get(i as usize)) else { return true };
@@ -294,7 +298,7 @@ impl Privacy {
         }
         at.consent
             .and_then(|i| ty.fields.get(i as usize))
-            .is_some_and(|c| ev.has(c.slot) && tcf::purpose_one_consent(ev.str_at(c.slot, c.offset, c.max)))
+            .is_some_and(|c| ev.has(c.slot) && tcf::consent(ev.str_at(c.slot, c.offset, c.max), self.cfg.tcf_vendor_id))
     }
 
     /// Sec-GPC: 1, DNT: 1 (each when honoured) or the opt-out cookie set: one pass over the
@@ -543,6 +547,92 @@ mod tests {
         let h = [httparse::Header { name: "Sec-GPC", value: b"1" }];
         let v = run(&cfg, "conversion", b"c=1&gdpr=1", &h, NOW);
         assert_eq!(v["opted_out"], true);
+    }
+
+    /// TC_P1 with vendor 115's bit cleared (character 57, 'Y' → 'Q'; see enrich::tcf):
+    /// Purpose 1 and vendors 2, 3, 114 still consented.
+    fn tc_p1_without_vendor_115() -> String {
+        let mut s = TC_P1.as_bytes().to_vec();
+        assert_eq!(s[57], b'Y');
+        s[57] = b'Q';
+        String::from_utf8(s).unwrap()
+    }
+
+    #[test]
+    fn with_a_vendor_id_gdpr_also_needs_that_vendors_consent() {
+        let mut cfg = Config::embedded();
+        assert_eq!(cfg.privacy.tcf_vendor_id, None, "the shipped default: vendor consent not checked");
+        let without_115 = tc_p1_without_vendor_115();
+        // Not checked: Purpose 1 is enough, as before.
+        assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={without_115}")).1, None);
+        cfg.privacy.tcf_vendor_id = std::num::NonZeroU16::new(115);
+        for q in [
+            format!("c=1&gdpr=1&gdpr_consent={without_115}"),
+            // Vendor 115 consented, Purpose 1 not: TC_P1 with Purpose 1 cleared ('K' → 'C').
+            format!("c=1&gdpr=1&gdpr_consent={}C{}", &TC_P1[..25], &TC_P1[26..]),
+            format!("c=1&gdpr=1&gdpr_consent={TC_NONE}"),
+            "c=1&gdpr=1".to_string(),
+        ] {
+            let (v, why) = gdpr_run(&cfg, &q);
+            assert_eq!(why, Some(OptOut::NoGdprConsent), "{q}");
+            assert!(v.get("user_id").is_none() && v.get("ip").is_none(), "{q}: {v}");
+            assert_eq!(v["opted_out"], true, "{q}");
+        }
+        for q in [
+            format!("c=1&gdpr=1&gdpr_consent={TC_P1}"),
+            // GDPR does not apply: neither is read.
+            format!("c=1&gdpr=0&gdpr_consent={without_115}"),
+            "c=1".to_string(),
+        ] {
+            let (v, why) = gdpr_run(&cfg, &q);
+            assert_eq!(why, None, "{q}");
+            assert_eq!(v["user_id"].as_str().map(str::len), Some(USER_HASH_CHARS), "{q}");
+        }
+        // Above the string's MaxVendorId (115): no consent.
+        cfg.privacy.tcf_vendor_id = std::num::NonZeroU16::new(116);
+        assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={TC_P1}")).1, Some(OptOut::NoGdprConsent));
+        // Only enforced: recorded, the vendor id is not read.
+        cfg.privacy.gdpr = GdprMode::Record;
+        assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={without_115}")).1, None);
+    }
+
+    /// The consent field's max_bytes cuts a string whose vendor section runs past it: that
+    /// section is not whole, so the vendor has no consent (Purpose 1 alone still reads).
+    #[test]
+    fn a_consent_string_cut_inside_its_vendor_section_gives_no_vendor_consent() {
+        // TC_P1's bitfield ends at bit 345, inside character 57; 57 characters are 342 bits.
+        let text = DEFAULT_TOML.replace(
+            "{ name = \"gdpr_consent\",  source = \"query.gdpr_consent\", type = \"string\", max_bytes = 160 },\n]\n\n# VAST",
+            "{ name = \"gdpr_consent\",  source = \"query.gdpr_consent\", type = \"string\", max_bytes = 57 },\n]\n\n# VAST",
+        );
+        assert_ne!(text, DEFAULT_TOML);
+        let mut cfg = Config::parse(&text, "t.toml").unwrap();
+        let q = format!("c=1&gdpr=1&gdpr_consent={TC_P1}");
+        assert_eq!(gdpr_run(&cfg, &q).1, None, "Purpose 1 is whole in 57 characters");
+        cfg.privacy.tcf_vendor_id = std::num::NonZeroU16::new(2);
+        let (v, why) = gdpr_run(&cfg, &q);
+        assert_eq!(why, Some(OptOut::NoGdprConsent));
+        assert_eq!((v["truncated"].as_bool(), v["gdpr_consent"].as_str()), (Some(true), Some(&TC_P1[..57])));
+    }
+
+    #[test]
+    fn tcf_vendor_id_is_a_gvl_id_or_0() {
+        let cfg = |v: &str| {
+            Config::parse(&DEFAULT_TOML.replace("\ntcf_vendor_id = 0\n", &format!("\ntcf_vendor_id = {v}\n")), "t.toml")
+        };
+        assert_eq!(cfg("0").unwrap().privacy.tcf_vendor_id, None);
+        assert_eq!(cfg("755").unwrap().privacy.tcf_vendor_id, std::num::NonZeroU16::new(755));
+        assert_eq!(cfg("65535").unwrap().privacy.tcf_vendor_id, std::num::NonZeroU16::new(65535));
+        let line = DEFAULT_TOML.lines().position(|l| l == "tcf_vendor_id = 0").expect("written in [privacy]") + 1;
+        for (v, why) in [
+            ("65536", "65536 is out of range: expected 0..=65535".to_string()),
+            ("-1", "-1 is out of range: expected 0..=65535".to_string()),
+        ] {
+            let e = cfg(v).unwrap_err().to_string();
+            assert!(e.contains(&format!("t.toml:{line}: privacy.tcf_vendor_id: {why}")), "{e}");
+        }
+        let e = cfg("\"755\"").unwrap_err().to_string();
+        assert!(e.contains(&format!("t.toml:{line}: privacy.tcf_vendor_id")), "{e}");
     }
 
     #[test]

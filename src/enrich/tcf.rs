@@ -1,13 +1,16 @@
 //! IAB TCF v2 consent strings (`gdpr_consent`), read only as far as the privacy step needs:
-//! does the string give consent to Purpose 1, "Store and/or access information on a device"?
+//! does the string give consent to Purpose 1, "Store and/or access information on a device",
+//! and (when `privacy.tcf_vendor_id` is set) to that vendor?
 //!
-//! In: the string as received; out: yes or no. Anything that is not a TCF v2 string (another
-//! version, a byte outside base64url, a core segment too short to hold the purpose bits) is
-//! no: a string the tracker cannot read gives it no consent.
+//! In: the string as received, the vendor id or none; out: yes or no. Anything that is not a
+//! TCF v2 string (another version, a byte outside base64url, a core segment too short to hold
+//! the purpose bits) is no: a string the tracker cannot read gives it no consent. So is a core
+//! segment too short for the Vendor Consent Section it declares (a bitfield of MaxVendorId
+//! bits, or NumEntries range entries), and a vendor id above its MaxVendorId.
 //!
-//! Layout (IAB Tech Lab, "Consent string and vendor list formats v2", core string): segments
-//! separated by '.', the core segment first, base64url without padding; its bits, most
-//! significant first:
+//! Layout (IAB Tech Lab, "Transparency and Consent String with Global Vendor & CMP List
+//! Formats", Final v2.2, core string table): segments separated by '.', the core segment first,
+//! base64url without padding; its bits, most significant first:
 //!
 //! ```text
 //! bit   0  Version              6   (= 2)
@@ -23,12 +26,32 @@
 //!     139  UseNonStandardTexts  1
 //!     140  SpecialFeatureOptIns 12
 //!     152  PurposesConsent     24   (first bit = Purpose 1)
-//!     176  PurposesLITransparency, PurposeOneTreatment, PublisherCC, vendor sections …
+//!     176  PurposesLITransparency 24
+//!     200  PurposeOneTreatment  1
+//!     201  PublisherCC         12
+//!     213  Vendor Consent Section:
+//!            MaxVendorId       16
+//!            IsRangeEncoding    1   (1 = ranges, 0 = bitfield)
+//!            bitfield:  MaxVendorId bits, the first for vendor 1 (bit 230 = vendor 1)
+//!            ranges:    NumEntries 12, then NumEntries times:
+//!                         IsARange 1, StartOrOnlyVendorId 16, EndVendorId 16 (only if
+//!                         IsARange = 1; the range is inclusive)
+//!          then the Vendor Legitimate Interest Section, publisher restrictions …
 //! ```
 //!
-//! Vendor consent (whether this tracker's vendor id was consented) is not read: see
-//! docs/privacy.md. No allocation: each base64url character is mapped to its 6 bits on the
-//! fly, and only the two characters holding Version and Purpose 1 are looked at for value.
+//! Checked against the specification's own text: the file "TCFv2/IAB Tech Lab - Consent
+//! string and vendor list formats v2.md" of github.com/InteractiveAdvertisingBureau/
+//! GDPR-Transparency-and-Consent-Framework ("Final v.2.2 May 2023", its version history up to
+//! 2.3, April 2025, which changes no core field; commit 23217df4 of November 2025), section
+//! "The Core String": the field order and widths above, "where index 0 is Vendor ID 1", and "If
+//! a Vendor ID is not within the bounds of the ranges then the vendor is assumed to have 'No
+//! Consent'". Not checked against another decoder.
+//!
+//! Not read: the legitimate-interest sections, publisher restrictions and the segments after
+//! the core (see docs/privacy.md). No allocation: each base64url character is mapped to its 6
+//! bits on the fly when a bit of it is read, and range entries are read one at a time.
+
+use std::num::NonZeroU16;
 
 /// TCF version this decoder reads.
 pub const VERSION: u8 = 2;
@@ -37,20 +60,91 @@ pub const PURPOSE_ONE_BIT: usize = 152;
 /// Bits a core segment must hold for its PurposesConsent field to be whole: a string cut
 /// inside that field is not trusted with its first bit either.
 pub const CORE_BITS_MIN: usize = PURPOSE_ONE_BIT + 24;
+/// Bit offset of the Vendor Consent Section (its MaxVendorId) in the core segment: after
+/// PurposesConsent 24, PurposesLITransparency 24, PurposeOneTreatment 1, PublisherCC 12.
+pub const VENDOR_SECTION_BIT: usize = PURPOSE_ONE_BIT + 24 + 24 + 1 + 12;
 
 const _: () = assert!(PURPOSE_ONE_BIT == 6 + 36 + 36 + 12 + 12 + 6 + 12 + 12 + 6 + 1 + 1 + 12);
+const _: () = assert!(VENDOR_SECTION_BIT == 213);
 
 /// Whether `tc` is a TCF v2 consent string whose core segment gives consent to Purpose 1.
 pub fn purpose_one_consent(tc: &[u8]) -> bool {
-    let core = match memchr::memchr(b'.', tc) {
-        Some(end) => &tc[..end],
-        None => tc,
-    };
-    if core.len() * 6 < CORE_BITS_MIN || !core.iter().all(|&c| sextet(c).is_some()) {
-        return false;
+    consent(tc, None)
+}
+
+/// Whether `tc` is a TCF v2 consent string whose core segment gives consent to Purpose 1 and,
+/// when `vendor` is set, to that vendor in its Vendor Consent Section.
+pub fn consent(tc: &[u8], vendor: Option<NonZeroU16>) -> bool {
+    let Some(core) = Core::new(tc) else { return false };
+    core.read(0, 6) == Some(u32::from(VERSION))
+        && core.bit(PURPOSE_ONE_BIT) == 1
+        && vendor.is_none_or(|v| core.vendor_consent(v.get()))
+}
+
+/// A core segment checked to be base64url and to hold PurposesConsent whole.
+struct Core<'a> {
+    chars: &'a [u8],
+}
+
+impl<'a> Core<'a> {
+    fn new(tc: &'a [u8]) -> Option<Core<'a>> {
+        let chars = match memchr::memchr(b'.', tc) {
+            Some(end) => &tc[..end],
+            None => tc,
+        };
+        (chars.len() * 6 >= CORE_BITS_MIN && chars.iter().all(|&c| sextet(c).is_some())).then_some(Core { chars })
     }
-    let bit = |at: usize| sextet(core[at / 6]).is_some_and(|s| s >> (5 - at % 6) & 1 == 1);
-    sextet(core[0]) == Some(VERSION) && bit(PURPOSE_ONE_BIT)
+
+    /// Bits the segment holds (a whole number of characters; the writer's padding to a byte
+    /// included).
+    fn len(&self) -> usize {
+        self.chars.len() * 6
+    }
+
+    /// Bit `at` (< `len`), 0 or 1.
+    fn bit(&self, at: usize) -> u32 {
+        // Every character was checked in `new`.
+        u32::from(sextet(self.chars[at / 6]).unwrap_or(0) >> (5 - at % 6) & 1)
+    }
+
+    /// The `width` (<= 16) bits from `at` as a big-endian number; None when the segment ends
+    /// before them.
+    fn read(&self, at: usize, width: usize) -> Option<u32> {
+        debug_assert!(width <= 16);
+        (at + width <= self.len()).then(|| (at..at + width).fold(0, |n, i| n << 1 | self.bit(i)))
+    }
+
+    /// The Vendor Consent Section's answer for `vendor` (>= 1): no when the vendor is above
+    /// MaxVendorId or the section is not whole. Range entries are all read (the spec does not
+    /// require them sorted), each at least 17 bits, so the loop is bounded by the string's
+    /// length whatever NumEntries says.
+    fn vendor_consent(&self, vendor: u16) -> bool {
+        let vendor = u32::from(vendor);
+        let mut at = VENDOR_SECTION_BIT;
+        let (Some(max), Some(is_range)) = (self.read(at, 16), self.read(at + 16, 1)) else { return false };
+        at += 17;
+        if is_range == 0 {
+            // The bitfield: MaxVendorId bits, vendor 1 first.
+            let bits = max as usize;
+            return vendor <= max && at + bits <= self.len() && self.bit(at + vendor as usize - 1) == 1;
+        }
+        let Some(entries) = self.read(at, 12) else { return false };
+        at += 12;
+        let mut found = false;
+        for _ in 0..entries {
+            let (Some(is_a_range), Some(start)) = (self.read(at, 1), self.read(at + 1, 16)) else { return false };
+            at += 17;
+            let end = if is_a_range == 1 {
+                let Some(end) = self.read(at, 16) else { return false };
+                at += 16;
+                end
+            } else {
+                start
+            };
+            found |= start <= vendor && vendor <= end;
+        }
+        found && vendor <= max
+    }
 }
 
 /// The 6 bits a base64url character (RFC 4648 §5) stands for; None for any other byte,
@@ -94,7 +188,13 @@ mod tests {
     /// A whole core segment (no vendors) with `version` and these PurposesConsent bits
     /// (bit 23 = Purpose 1).
     fn core(version: u64, purposes: u64) -> String {
-        encode(&[
+        core_with(version, purposes, &[(0, 16), (0, 1)])
+    }
+
+    /// The fields of a core segment up to its Vendor Consent Section (bits 0..213), with
+    /// `version` and `purposes`.
+    fn head(version: u64, purposes: u64) -> Vec<(u64, usize)> {
+        vec![
             (version, 6),
             (17_000_000_000, 36), // Created, deciseconds: 2023-11
             (17_000_000_000, 36), // LastUpdated
@@ -111,15 +211,224 @@ mod tests {
             (0, 24),              // PurposesLITransparency
             (0, 1),               // PurposeOneTreatment
             (4 * 64 + 4, 12),     // PublisherCC "EE"
-            (0, 16),              // MaxVendorId (consent)
-            (0, 1),               // IsRangeEncoding
-            (0, 16),              // MaxVendorId (legitimate interest)
-            (0, 1),               // IsRangeEncoding
-            (0, 12),              // NumPubRestrictions
-        ])
+        ]
+    }
+
+    /// A whole core segment: `head`, then `vendors` as its Vendor Consent Section (MaxVendorId,
+    /// IsRangeEncoding, the bitfield or range entries), then an empty legitimate-interest
+    /// section and no publisher restrictions, as a CMP writes them.
+    fn core_with(version: u64, purposes: u64, vendors: &[(u64, usize)]) -> String {
+        let mut f = head(version, purposes);
+        f.extend_from_slice(vendors);
+        f.extend_from_slice(&[
+            (0, 16), // MaxVendorId (legitimate interest)
+            (0, 1),  // IsRangeEncoding
+            (0, 12), // NumPubRestrictions
+        ]);
+        encode(&f)
     }
 
     const P1: u64 = 1 << 23;
+
+    fn v(id: u16) -> Option<NonZeroU16> {
+        Some(NonZeroU16::new(id).expect("a vendor id is not 0"))
+    }
+
+    /// A Vendor Consent Section as a bitfield: MaxVendorId, IsRangeEncoding = 0, one bit per
+    /// vendor 1..=max, set for `consented`.
+    fn bitfield(max: u16, consented: &[u16]) -> Vec<(u64, usize)> {
+        let mut f = vec![(u64::from(max), 16), (0, 1)];
+        f.extend((1..=max).map(|id| (u64::from(consented.contains(&id)), 1)));
+        f
+    }
+
+    /// A Vendor Consent Section as ranges: MaxVendorId, IsRangeEncoding = 1, NumEntries, then
+    /// each entry (start, end): IsARange = 0 and one id when start == end, else IsARange = 1
+    /// and both.
+    fn ranges(max: u16, entries: &[(u16, u16)]) -> Vec<(u64, usize)> {
+        let mut f = vec![(u64::from(max), 16), (1, 1), (entries.len() as u64, 12)];
+        for &(start, end) in entries {
+            if start == end {
+                f.extend_from_slice(&[(0, 1), (u64::from(start), 16)]);
+            } else {
+                f.extend_from_slice(&[(1, 1), (u64::from(start), 16), (u64::from(end), 16)]);
+            }
+        }
+        f
+    }
+
+    #[test]
+    fn the_vendor_consent_section_starts_after_the_publisher_cc() {
+        assert_eq!(head(2, P1).iter().map(|&(_, w)| w).sum::<usize>(), VENDOR_SECTION_BIT);
+        assert_eq!(VENDOR_SECTION_BIT, 213);
+    }
+
+    #[test]
+    fn a_bitfield_consents_to_the_vendors_whose_bit_is_set() {
+        let s = core_with(2, P1, &bitfield(10, &[2, 10]));
+        for (id, yes) in [(1, false), (2, true), (3, false), (9, false), (10, true)] {
+            assert_eq!(consent(s.as_bytes(), v(id)), yes, "vendor {id}");
+        }
+        // Above MaxVendorId: not in the section, no consent, whatever the bits after it say.
+        assert!(!consent(s.as_bytes(), v(11)));
+        assert!(!consent(s.as_bytes(), v(u16::MAX)));
+        // Not checked: Purpose 1 alone decides, as before.
+        assert!(consent(s.as_bytes(), None));
+        // The vendor without Purpose 1 is no consent either.
+        let no_p1 = core_with(2, 0x7f_ffff, &bitfield(10, &[2, 10]));
+        assert!(!consent(no_p1.as_bytes(), v(2)));
+        assert!(!consent(no_p1.as_bytes(), None));
+        // Vendor 1 is the bitfield's first bit, right after IsRangeEncoding.
+        let first = core_with(2, P1, &bitfield(1, &[1]));
+        assert!(consent(first.as_bytes(), v(1)));
+        assert!(!consent(first.as_bytes(), v(2)));
+        // No vendors at all (MaxVendorId 0): nobody is consented.
+        assert!(!consent(core(2, P1).as_bytes(), v(1)));
+    }
+
+    #[test]
+    fn a_vendors_bit_is_read_at_its_own_offset() {
+        // The bit after the section (the legitimate-interest MaxVendorId 0x8001 starts with a
+        // 1) is not vendor 4's.
+        let mut f = head(2, P1);
+        f.extend(bitfield(4, &[1, 2, 3]));
+        f.extend_from_slice(&[(0x8001, 16), (0, 1), (1, 1), (0, 12)]);
+        let s = encode(&f);
+        assert!(consent(s.as_bytes(), v(3)));
+        assert!(!consent(s.as_bytes(), v(4)));
+        assert!(!consent(s.as_bytes(), v(5)), "above MaxVendorId: the next section's first bit");
+        // The bit before vendor 1 is IsRangeEncoding, and before it MaxVendorId ends in a 1.
+        assert!(!consent(core_with(2, P1, &bitfield(1, &[])).as_bytes(), v(1)));
+        assert!(!consent(core_with(2, P1, &bitfield(3, &[])).as_bytes(), v(1)));
+    }
+
+    #[test]
+    fn ranges_consent_to_their_single_ids_and_every_id_between_their_ends() {
+        let s = core_with(2, P1, &ranges(300, &[(5, 5), (100, 200), (300, 300)]));
+        for (id, yes) in [
+            (4, false),
+            (5, true),
+            (6, false),
+            (99, false),
+            (100, true),
+            (150, true),
+            (200, true),
+            (201, false),
+            (299, false),
+            (300, true),
+        ] {
+            assert_eq!(consent(s.as_bytes(), v(id)), yes, "vendor {id}");
+        }
+        assert!(!consent(s.as_bytes(), v(301)), "above MaxVendorId");
+        // An entry reaching past MaxVendorId does not consent to the ids above it.
+        let past = core_with(2, P1, &ranges(150, &[(100, 200)]));
+        assert!(consent(past.as_bytes(), v(150)));
+        assert!(!consent(past.as_bytes(), v(151)));
+        // Entries in any order; the last one may be the match.
+        let unordered = core_with(2, P1, &ranges(900, &[(700, 900), (1, 3), (42, 42)]));
+        assert!(consent(unordered.as_bytes(), v(42)));
+        assert!(consent(unordered.as_bytes(), v(800)));
+        assert!(!consent(unordered.as_bytes(), v(41)));
+        // A range written backwards holds nothing; no entries, nobody.
+        let backwards = core_with(2, P1, &ranges(200, &[(200, 100)]));
+        assert!(!consent(backwards.as_bytes(), v(150)));
+        assert!(!consent(core_with(2, P1, &ranges(200, &[])).as_bytes(), v(1)));
+        // Purpose 1 still comes first.
+        let no_p1 = core_with(2, 0, &ranges(300, &[(1, 300)]));
+        assert!(!consent(no_p1.as_bytes(), v(5)));
+    }
+
+    /// A section the string is too short for is not read, not even the part that is there: a
+    /// string cut inside the vendor section (by a sender, or by the consent field's
+    /// max_bytes) gives no vendor consent.
+    #[test]
+    fn a_string_too_short_for_its_vendor_section_gives_no_vendor_consent() {
+        let chars = |bits: usize| bits.div_ceil(6);
+        // Bitfield of 700 vendors, vendor 7 set: whole, then cut by one character inside it.
+        let mut f = head(2, P1);
+        f.extend(bitfield(700, &[7]));
+        let whole = encode(&f);
+        let end = VENDOR_SECTION_BIT + 17 + 700;
+        // `encode` pads to a byte: the string ends with the section (no LI section after it),
+        // which is enough for vendor consent.
+        assert_eq!(whole.len(), chars(end.next_multiple_of(8)));
+        assert!(consent(whole.as_bytes(), v(7)));
+        let cut = &whole.as_bytes()[..chars(end) - 1];
+        assert!(!consent(cut, v(7)), "bitfield cut after vendor 7's bit");
+        assert!(consent(cut, None), "Purpose 1 is still whole");
+        // Cut inside MaxVendorId: 216 bits, and 228 (one short of IsRangeEncoding's bit).
+        assert!(!consent(&whole.as_bytes()[..36], v(7)));
+        assert!(!consent(&whole.as_bytes()[..38], v(7)));
+        // Ranges: NumEntries says 3, the third is cut (the match is in the first).
+        let mut f = head(2, P1);
+        f.extend(ranges(500, &[(7, 7), (100, 200), (300, 500)]));
+        let whole = encode(&f);
+        let end = VENDOR_SECTION_BIT + 17 + 12 + 17 + 33 + 33;
+        assert!(consent(whole.as_bytes(), v(7)));
+        assert!(consent(whole.as_bytes(), v(400)));
+        for cut in [chars(end) - 1, chars(end - 33), chars(VENDOR_SECTION_BIT + 17 + 6)] {
+            let s = &whole.as_bytes()[..cut];
+            assert!(!consent(s, v(7)), "cut at {cut} characters");
+            assert!(!consent(s, v(400)), "cut at {cut} characters");
+        }
+        // Cut after another segment: the core ends at the '.', what follows is not its bits.
+        let dotted = format!("{}.{}", &whole[..chars(end) - 1], &whole[chars(end) - 1..]);
+        assert!(!consent(dotted.as_bytes(), v(7)));
+        // NumEntries 4095 with nothing after it.
+        let mut f = head(2, P1);
+        f.extend_from_slice(&[(500, 16), (1, 1), (4095, 12)]);
+        assert!(!consent(encode(&f).as_bytes(), v(7)));
+    }
+
+    /// Every cut of a string, character by character: before its vendor section is whole no
+    /// vendor is consented; from there on each vendor gets the whole string's answer.
+    #[test]
+    fn every_cut_before_the_section_ends_gives_no_vendor_consent() {
+        for (section, bits) in [
+            (bitfield(40, &[1, 7, 39, 40]), 17 + 40),
+            (ranges(900, &[(7, 7), (30, 40), (850, 900)]), 17 + 12 + 17 + 33 + 33),
+        ] {
+            let whole = core_with(2, P1, &section);
+            let end = VENDOR_SECTION_BIT + bits;
+            for cut in 0..=whole.len() {
+                let s = &whole.as_bytes()[..cut];
+                for id in [1, 2, 7, 8, 30, 35, 39, 40, 41, 849, 850, 900, 901] {
+                    let want = cut * 6 >= end && consent(whole.as_bytes(), v(id));
+                    assert_eq!(consent(s, v(id)), want, "vendor {id}, cut at {cut} of {}", whole.len());
+                }
+            }
+        }
+    }
+
+    /// The real-world string of `a_real_world_string_decoded_by_hand`, its Vendor Consent
+    /// Section decoded by hand:
+    ///
+    /// ```text
+    /// chars 35..=38 'g' 'A' '5' 'm' = 100000 000000 111001 100110, bits 210..234:
+    ///     bits 213..229 MaxVendorId = 000 000000 111001 1 = 115,
+    ///     bit 229 IsRangeEncoding = 0 (a bitfield),
+    ///     bits 230..234 vendors 1..=4 = 0 1 1 0
+    /// char 57       'Y'     = 011000, bits 342..348: vendors 113, 114, 115 = 0 1 1 (bit
+    ///                         344 = 230 + 114), then the legitimate-interest section
+    /// ```
+    #[test]
+    fn a_real_world_strings_vendors_decoded_by_hand() {
+        const TC: &str =
+            "CLcVDxRMWfGmWAVAHCENAXCkAKDAADnAABRgA5mdfCKZuYJez-NQm0TBMYA4oCAAGQYIAAAAAAEAIAEgAA.argAC0gAAAAAAAAAAAA";
+        assert_eq!(&TC[35..39], "gA5m");
+        assert_eq!(&TC[57..58], "Y");
+        let tc = TC.as_bytes();
+        for (id, yes) in [(1, false), (2, true), (3, true), (4, false), (113, false), (114, true), (115, true)] {
+            assert_eq!(consent(tc, v(id)), yes, "vendor {id}");
+        }
+        assert!(!consent(tc, v(116)), "above MaxVendorId 115");
+        // 'Y' (011000) turned into 'Q' (010000): vendor 115 off, 114 still on.
+        let mut off = tc.to_vec();
+        off[57] = b'Q';
+        assert!(!consent(&off, v(115)));
+        assert!(consent(&off, v(114)));
+        assert!(consent(&off, None));
+    }
 
     #[test]
     fn purpose_one_is_the_first_purposes_consent_bit() {

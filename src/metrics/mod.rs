@@ -190,8 +190,9 @@ pub enum Reason {
     /// A new connection from an address prefix already holding
     /// `budget.connections_per_prefix_max`: closed at accept.
     SourceConnectionLimit,
-    /// `privacy.gdpr = "enforce"`: an event under GDPR without TCF consent to Purpose 1 lost
-    /// its user ids, ips and referers, as an opted-out one does (it was served and kept).
+    /// `privacy.gdpr = "enforce"`: an event under GDPR without TCF consent to Purpose 1 (or,
+    /// with `privacy.tcf_vendor_id` set, to that vendor) lost its user ids, ips and referers,
+    /// as an opted-out one does (it was served and kept).
     GdprNoConsent,
 }
 

@@ -322,3 +322,32 @@ fn a_referer_fields_default_and_id_source_keep_to_privacy_referer() {
     assert!(err.contains(&format!("{f}:6: event.x.id_from: \"header.Referer\" reads the Referer")), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// `privacy.tcf_vendor_id` is a GVL vendor id (1..=65535) or 0; anything else is named with
+/// file, line and key.
+#[test]
+fn privacy_tcf_vendor_id_is_a_vendor_id_or_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("v.toml");
+    let f = p.display().to_string();
+    for (value, why) in [
+        ("65536", "65536 is out of range: expected 0..=65535"),
+        ("-755", "-755 is out of range: expected 0..=65535"),
+        ("\"755\"", "invalid type: string \"755\", expected i64"),
+    ] {
+        std::fs::write(
+            &p,
+            format!("[privacy]\ngdpr = \"enforce\"\ntcf_vendor_id = {value}\n\n[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nfields = [\n  {{ name = \"gdpr\", source = \"query.gdpr\", type = \"u32\" }},\n  {{ name = \"gdpr_consent\", source = \"query.gdpr_consent\", type = \"string\", max_bytes = 256 }},\n]\n"),
+        )
+        .unwrap();
+        let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{value}: {err}");
+        assert!(err.contains(&format!("{f}:3: privacy.tcf_vendor_id: {why}")), "{value}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    std::fs::write(&p, std::fs::read_to_string(&p).unwrap().replace("tcf_vendor_id = \"755\"", "tcf_vendor_id = 755"))
+        .unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,6 +1,7 @@
 //! Privacy over real sockets: user ids are hashed before the journal (the raw bytes appear in
 //! no file), ips are truncated, opt-out signals remove identifiers, and so does the lack of GDPR
-//! consent (`privacy.gdpr = "enforce"`) unless consent is only recorded.
+//! consent (`privacy.gdpr = "enforce"`, with `privacy.tcf_vendor_id` also the lack of that
+//! vendor's consent) unless consent is only recorded.
 
 use crate::harness::*;
 
@@ -424,4 +425,45 @@ fn gdpr_consent_is_only_stored_when_recorded() {
     }
     assert_eq!(by["no-purpose-1"]["gdpr_consent"], TC_NONE);
     assert_eq!(no_consent, 0.0);
+}
+
+/// `privacy.tcf_vendor_id = 115` over TCP: TC_P1 consents to Purpose 1 and to vendor 115 (its
+/// bitfield's last bit, MaxVendorId 115; see enrich::tcf), so its event is kept; the same
+/// string with vendor 115's bit cleared (character 57, 'Y' → 'Q') still consents to Purpose 1
+/// but not to the vendor, so its event takes the opt-out path and is counted.
+#[test]
+fn with_tcf_vendor_id_set_purpose_one_without_the_vendor_is_an_opt_out() {
+    let mut no_vendor = TC_P1.as_bytes().to_vec();
+    assert_eq!(no_vendor[57], b'Y');
+    no_vendor[57] = b'Q';
+    let no_vendor = String::from_utf8(no_vendor).unwrap();
+    let line = "\ntcf_vendor_id = 0\n";
+    let text = small_segments();
+    assert!(text.contains(line));
+    let mut s = Server::start(Some(&text.replace(line, "\ntcf_vendor_id = 115\n")), &["--shards", "1"]);
+    let mut c = s.connect();
+    for (order, tc) in [("both", TC_P1), ("purpose-1-only", no_vendor.as_str()), ("neither", TC_NONE)] {
+        c.send(
+            format!("GET /cv?c=1&order={order}&gdpr=1&gdpr_consent={tc} HTTP/1.1\r\nHost: t\r\nCookie: uid={RAW_UID}\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(c.read_response(false).status, 200, "{order}");
+    }
+    let m = crate::metrics::parse_metrics(std::str::from_utf8(&s.admin_get("/metrics").body).unwrap());
+    assert_eq!(m[r#"tracker_rejects_total{reason="gdpr_no_consent"}"#], 2.0);
+    assert_eq!(s.stop(), 0);
+    assert!(files_contain(&s.journal(), RAW_UID.as_bytes()).is_empty(), "raw user id on disk");
+    let by: std::collections::HashMap<String, serde_json::Value> =
+        journal_cat(&s.journal()).into_iter().map(|e| (e["order_id"].as_str().unwrap().to_string(), e)).collect();
+    assert_eq!(by.len(), 3, "every pixel is journaled, consent or not: {by:?}");
+    let kept = &by["both"];
+    assert_eq!(kept["user_id"].as_str().map(str::len), Some(32), "{kept}");
+    assert_eq!((kept["ip"].as_str(), kept.get("opted_out")), (Some("127.0.0.0"), None), "{kept}");
+    for o in ["purpose-1-only", "neither"] {
+        let e = &by[o];
+        assert!(e.get("user_id").is_none() && e.get("ip").is_none(), "{o}: {e}");
+        assert_eq!(e["opted_out"], true, "{o}");
+        assert_eq!(e["gdpr"], 1, "{o}");
+    }
+    assert_eq!(by["purpose-1-only"]["gdpr_consent"], no_vendor.as_str());
 }
