@@ -206,7 +206,7 @@ fn bench_request_side(c: &mut Criterion) {
     g.bench_function("extract_and_privacy_conversion_with_uid", |b| {
         b.iter(|| {
             extract(&conv, &view, &mut ids, 0, 0, &mut conv_ev).unwrap();
-            privacy.apply(&conv, &headers, 1_790_000_000_000_000_000, &mut conv_ev);
+            privacy.apply(&conv, &view, &mut conv_ev);
             black_box(conv_ev.slots[3])
         })
     });

@@ -36,6 +36,7 @@ use sha2::Sha256;
 use crate::config::{EventType, PrivacyConfig};
 use crate::enrich::tcf;
 use crate::event::{Event, FLAG_ID_DERIVED, FLAG_OPTED_OUT, FLAG_TRUNCATED};
+use crate::extract::{self, RequestView};
 use crate::schema::FieldKind;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -50,6 +51,12 @@ pub enum IpPolicy {
     Drop,
     Keep,
 }
+
+/// Most of a consent string the vendor check reads from the request when the consent field cut
+/// it: a core segment longer than this (or a longer string without a '.') gives no vendor
+/// consent. The core segment of a TCF string consenting to every one of ~1400 vendors by
+/// bitfield, with a legitimate-interest bitfield as long, is ~500 characters.
+const TCF_AS_SENT_BYTES: usize = 2048;
 
 /// `privacy.gdpr`: what the GDPR consent fields are for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,16 +200,11 @@ impl Privacy {
     /// Applies the policy to `ev` (of type `ty`) in place; says why its identifiers were
     /// removed, if they were. A signal is looked for first: an event it opts out is not also
     /// one without consent (its consent string is then not read).
-    pub fn apply(
-        &mut self,
-        ty: &EventType,
-        headers: &[httparse::Header<'_>],
-        now_ns: u64,
-        ev: &mut Event,
-    ) -> Option<OptOut> {
-        let opt_out = if self.opted_out(headers) {
+    pub fn apply(&mut self, ty: &EventType, req: &RequestView<'_>, ev: &mut Event) -> Option<OptOut> {
+        let now_ns = req.now_ns;
+        let opt_out = if self.opted_out(req.headers) {
             Some(OptOut::Signal)
-        } else if self.cfg.gdpr == GdprMode::Enforce && !self.gdpr_consented(ty, ev) {
+        } else if self.cfg.gdpr == GdprMode::Enforce && !self.gdpr_consented(ty, req, ev) {
             Some(OptOut::NoGdprConsent)
         } else {
             None
@@ -290,15 +292,30 @@ impl Privacy {
     /// `tcf_vendor_id` set, to that vendor (absent, empty, unreadable, cut by the field's
     /// max_bytes inside the vendor section, or a type without a consent field included). No
     /// gdpr field, or 0: true, the request says GDPR does not apply.
-    fn gdpr_consented(&self, ty: &EventType, ev: &Event) -> bool {
+    fn gdpr_consented(&self, ty: &EventType, req: &RequestView<'_>, ev: &Event) -> bool {
         let Some(at) = self.cfg.gdpr_fields.get(ty.id as usize) else { return true };
         let Some(applies) = at.applies.and_then(|i| ty.fields.get(i as usize)) else { return true };
         if !ev.has(applies.slot) || ev.slots[applies.slot] == 0 {
             return true;
         }
-        at.consent
-            .and_then(|i| ty.fields.get(i as usize))
-            .is_some_and(|c| ev.has(c.slot) && tcf::consent(ev.str_at(c.slot, c.offset, c.max), self.cfg.tcf_vendor_id))
+        let Some(c) = at.consent.and_then(|i| ty.fields.get(i as usize)).filter(|c| ev.has(c.slot)) else {
+            return false;
+        };
+        let vendor = self.cfg.tcf_vendor_id;
+        let stored = ev.str_at(c.slot, c.offset, c.max);
+        // A TCF string is ASCII, so one filling its field was cut there, and its vendor section
+        // may run past the cut (a bitfield of ~1400 vendors alone is ~230 characters). Purpose 1
+        // (character 26) is always kept, so only the vendor check reads the string as sent,
+        // from the request; its core segment (up to the first '.') is all that is read.
+        if vendor.is_some() && stored.len() == c.max {
+            let mut buf = [0u8; TCF_AS_SENT_BYTES];
+            if let Some((sent, whole)) = extract::text_as_sent(c, req, &mut buf) {
+                if whole || memchr::memchr(b'.', sent).is_some() {
+                    return tcf::consent(sent, vendor);
+                }
+            }
+        }
+        tcf::consent(stored, vendor)
     }
 
     /// Sec-GPC: 1, DNT: 1 (each when honoured) or the opt-out cookie set: one pass over the
@@ -422,7 +439,7 @@ mod tests {
         };
         let mut ev = Event::ZERO;
         extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();
-        let why = Privacy::new(cfg.privacy.clone()).apply(t, h, now, &mut ev);
+        let why = Privacy::new(cfg.privacy.clone()).apply(t, &req, &mut ev);
         let mut s = String::new();
         cfg.schema.write_json(&ev, &mut s);
         assert!(!ev.bytes.windows(7).any(|w| w == b"raw-uid"), "raw user id left in the record");
@@ -596,10 +613,13 @@ mod tests {
         assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={without_115}")).1, None);
     }
 
-    /// The consent field's max_bytes cuts a string whose vendor section runs past it: that
-    /// section is not whole, so the vendor has no consent (Purpose 1 alone still reads).
+    /// The consent field's max_bytes cuts a string whose vendor section runs past it: the record
+    /// keeps the cut string, but the vendor is judged on the string as sent, read again from
+    /// the request. Regression: the cut section was taken for no vendor consent, so with the
+    /// shipped 160–192-byte consent fields most real strings (bitfields of ~1400 vendors) lost
+    /// their users' consent.
     #[test]
-    fn a_consent_string_cut_inside_its_vendor_section_gives_no_vendor_consent() {
+    fn a_consent_string_cut_by_its_field_is_judged_as_sent() {
         // TC_P1's bitfield ends at bit 345, inside character 57; 57 characters are 342 bits.
         let text = DEFAULT_TOML.replace(
             "{ name = \"gdpr_consent\",  source = \"query.gdpr_consent\", type = \"string\", max_bytes = 160 },\n]\n\n# VAST",
@@ -609,10 +629,25 @@ mod tests {
         let mut cfg = Config::parse(&text, "t.toml").unwrap();
         let q = format!("c=1&gdpr=1&gdpr_consent={TC_P1}");
         assert_eq!(gdpr_run(&cfg, &q).1, None, "Purpose 1 is whole in 57 characters");
-        cfg.privacy.tcf_vendor_id = std::num::NonZeroU16::new(2);
-        let (v, why) = gdpr_run(&cfg, &q);
-        assert_eq!(why, Some(OptOut::NoGdprConsent));
-        assert_eq!((v["truncated"].as_bool(), v["gdpr_consent"].as_str()), (Some(true), Some(&TC_P1[..57])));
+        for vendor in [2, 115] {
+            cfg.privacy.tcf_vendor_id = std::num::NonZeroU16::new(vendor);
+            let (v, why) = gdpr_run(&cfg, &q);
+            assert_eq!(why, None, "vendor {vendor}");
+            assert_eq!((v["truncated"].as_bool(), v["gdpr_consent"].as_str()), (Some(true), Some(&TC_P1[..57])));
+        }
+        // Vendor 115's bit, past the cut, cleared in the string as sent: no consent.
+        let without_115 = tc_p1_without_vendor_115();
+        assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={without_115}")).1, Some(OptOut::NoGdprConsent));
+        // Percent-encoded as sent, decoded as extraction decodes it.
+        let encoded = format!("{}%{:02X}{}", &TC_P1[..60], TC_P1.as_bytes()[60], &TC_P1[61..]);
+        assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={encoded}")).1, None);
+        // A core segment longer than the string is read for (TCF_AS_SENT_BYTES): no consent,
+        // not a guess from its first part; after a '.', the other segments do not count.
+        let core = &TC_P1[..TC_P1.find('.').unwrap()];
+        let long = format!("{core}{}", "A".repeat(TCF_AS_SENT_BYTES));
+        assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={long}")).1, Some(OptOut::NoGdprConsent));
+        let segments = format!("{core}.{}", "A".repeat(TCF_AS_SENT_BYTES));
+        assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={segments}")).1, None);
     }
 
     #[test]

@@ -398,6 +398,41 @@ fn whole_utf8_prefix(b: &[u8]) -> usize {
     b.len()
 }
 
+/// The value of string field `f` in this request as extraction reads it (a query value
+/// percent-decoded, a header or cookie as sent, a JSON string unescaped) but before the field's
+/// `max_bytes` cuts it, written into `buf`: the bytes and whether they are the whole value
+/// (false: `buf` was too short). None when the request has no such value, or a query value is
+/// not valid percent-encoding. For a step that must judge what was sent rather than what the
+/// record keeps: a TCF consent string whose vendor section runs past the consent field.
+/// A query parameter is its first non-empty occurrence (extraction also skips an unsubstituted
+/// macro there, which no caller of this needs to tell apart).
+pub fn text_as_sent<'b>(f: &Field, req: &RequestView<'_>, buf: &'b mut [u8]) -> Option<(&'b [u8], bool)> {
+    let copy = |v: &[u8], buf: &'b mut [u8]| {
+        let n = v.len().min(buf.len());
+        buf[..n].copy_from_slice(&v[..n]);
+        Some((&buf[..n], n == v.len()))
+    };
+    match &f.source {
+        Source::Query(name) => {
+            let v = req.query.split(|&b| b == b'&').find_map(|pair| {
+                let (k, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+                (key_eq(name.as_bytes(), k) && v.len() > 1).then(|| &v[1..])
+            })?;
+            let (n, cut) = percent_decode(v, buf).ok()?;
+            Some((&buf[..n], !cut))
+        }
+        Source::Header(name) => copy(header_source(req, name)?, buf),
+        Source::Cookie(name) => copy(cookie_in(req.headers, name.as_bytes())?, buf),
+        Source::UserAgent => copy(req.user_agent.or_else(|| header(req.headers, "user-agent"))?, buf),
+        Source::Referer => copy(header(req.headers, "referer")?, buf),
+        Source::Json(path) => match req.json.and_then(|obj| json::lookup(obj, path)) {
+            Some(simd_json::Node::String(s)) => copy(s.as_bytes(), buf),
+            _ => None,
+        },
+        Source::ClientIp | Source::TimeMs | Source::DeviceClass | Source::IsBot => None,
+    }
+}
+
 /// A user id (`privacy.user_id_fields`) that may not fit its field: stored as the hex of a
 /// 128-bit digest of the whole value, which the privacy step then hashes with its key like any
 /// user id. Cut to the field instead, ids sharing their first `max_bytes` (long JWT-like values)

@@ -71,7 +71,7 @@ pub(super) fn prepare<'c>(
         let integrity = rej.why == crate::extract::price::INTEGRITY;
         return Err(Refusal::Field(&ty.fields[rej.field].name, rej.why, integrity));
     }
-    if ctx.privacy.borrow_mut().apply(ty, view.headers, view.now_ns, slot) == Some(OptOut::NoGdprConsent) {
+    if ctx.privacy.borrow_mut().apply(ty, view, slot) == Some(OptOut::NoGdprConsent) {
         ctx.shared.counters.reject(Reason::GdprNoConsent);
     }
     for (_, type_id, step) in &cfg.steps {

@@ -467,3 +467,46 @@ fn with_tcf_vendor_id_set_purpose_one_without_the_vendor_is_an_opt_out() {
     }
     assert_eq!(by["purpose-1-only"]["gdpr_consent"], no_vendor.as_str());
 }
+
+/// A consent field shorter than the TCF string (`max_bytes = 57` on conversions, which cuts
+/// TC_P1 inside its vendor bitfield): the journal keeps the cut string, flagged truncated, but
+/// the vendor is judged on the string the request carried. Regression: the cut section read as
+/// no vendor consent, so with real strings longer than the shipped fields every user who
+/// consented was opted out.
+#[test]
+fn vendor_consent_is_judged_on_the_string_as_sent_not_the_cut_field() {
+    let mut no_vendor = TC_P1.as_bytes().to_vec();
+    no_vendor[57] = b'Q';
+    let no_vendor = String::from_utf8(no_vendor).unwrap();
+    let field = "{ name = \"gdpr_consent\",  source = \"query.gdpr_consent\", type = \"string\", max_bytes = 160 },\n]\n\n# VAST";
+    let text = small_segments();
+    assert!(text.contains(field) && text.contains("\ntcf_vendor_id = 0\n"));
+    let text = text
+        .replace(field, &field.replace("max_bytes = 160", "max_bytes = 57"))
+        .replace("\ntcf_vendor_id = 0\n", "\ntcf_vendor_id = 115\n");
+    let mut s = Server::start(Some(&text), &["--shards", "1"]);
+    let mut c = s.connect();
+    for (order, tc) in [("consented", TC_P1), ("not-to-115", no_vendor.as_str())] {
+        c.send(
+            format!("GET /cv?c=1&order={order}&gdpr=1&gdpr_consent={tc} HTTP/1.1\r\nHost: t\r\nCookie: uid={RAW_UID}\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(c.read_response(false).status, 200, "{order}");
+    }
+    let m = crate::metrics::parse_metrics(std::str::from_utf8(&s.admin_get("/metrics").body).unwrap());
+    assert_eq!(m[r#"tracker_rejects_total{reason="gdpr_no_consent"}"#], 1.0);
+    assert_eq!(s.stop(), 0);
+    let by: std::collections::HashMap<String, serde_json::Value> =
+        journal_cat(&s.journal()).into_iter().map(|e| (e["order_id"].as_str().unwrap().to_string(), e)).collect();
+    let kept = &by["consented"];
+    assert_eq!(
+        (kept["gdpr_consent"].as_str(), kept["truncated"].as_bool()),
+        (Some(&TC_P1[..57]), Some(true)),
+        "{kept}"
+    );
+    assert_eq!(kept["user_id"].as_str().map(str::len), Some(32), "{kept}");
+    assert_eq!(kept.get("opted_out"), None, "{kept}");
+    let out = &by["not-to-115"];
+    assert!(out.get("user_id").is_none() && out.get("ip").is_none(), "{out}");
+    assert_eq!(out["opted_out"], true);
+}
