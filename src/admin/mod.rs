@@ -27,7 +27,7 @@
 //! It reads no request body: a request that announces one (Content-Length above 0, or chunked)
 //! is answered 413 `the admin listener reads no request body` before it, whatever its method and
 //! path. After every refusal of a request not read whole (that 413, a refused head, 408, the 503
-//! over CONNECTIONS_MAX) the connection closes lingering (RFC 9112 §9.6, [`linger_close`]), so
+//! over CONNECTIONS_MAX) the connection closes lingering (RFC 9112 §9.6, `linger_close`), so
 //! the refusal is not lost to a reset.
 //!
 //! And, when `admin.hlog_path` is set, a second thread appends the merged histograms to an

@@ -2,7 +2,7 @@
 //! validator takes defaults and bounds from here (`Validator::int`, `Validator::choice`) and
 //! `tracker config-reference` prints the table as markdown (docs/config-reference.md), so the
 //! reference and the code cannot disagree. A key added to raw.rs gets a row here; the tests
-//! check that config/tracker.toml lists exactly the [server] and [journal] keys with these
+//! check that config/tracker.toml lists exactly the `[server]` and `[journal]` keys with these
 //! defaults.
 
 use crate::constants::*;
