@@ -148,7 +148,7 @@ impl Validator<'_> {
                 || name.len() > 64
                 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             {
-                self.err(
+                self.err_own(
                     r.name.span(),
                     key("name"),
                     format!("\"{name}\": 1..=64 letters, digits, '_' or '-' (it names a directory)"),
@@ -159,7 +159,7 @@ impl Validator<'_> {
             }
             let kind = r.kind.get_ref().clone();
             if kind.is_empty() {
-                self.err(
+                self.err_own(
                     r.kind.span(),
                     key("kind"),
                     "empty: expected a collector kind such as \"banker\" or \"jsonl\"",
@@ -206,7 +206,7 @@ impl Validator<'_> {
                 Some(p) => {
                     let v = p.get_ref();
                     if !crate::collector::cursor::valid_key_prefix(v) {
-                        self.err(
+                        self.err_own(
                             p.span(),
                             key("key_prefix"),
                             format!("\"{v}\": 1..=64 letters, digits, '_', '-' or '.'"),
@@ -233,7 +233,7 @@ impl Validator<'_> {
 
     fn string_list(&mut self, v: &S<toml::Value>, key: &str) -> Option<Vec<String>> {
         let toml::Value::Array(items) = v.get_ref() else {
-            self.err(v.span(), key, "expected a list of strings");
+            self.err_own(v.span(), key, "expected a list of strings");
             return None;
         };
         let mut out = Vec::new();
@@ -241,7 +241,7 @@ impl Validator<'_> {
             match it.as_str() {
                 Some(s) => out.push(s.to_string()),
                 None => {
-                    self.err(v.span(), key, format!("{it} is not a string"));
+                    self.err_own(v.span(), key, format!("{it} is not a string"));
                     return None;
                 }
             }
@@ -265,7 +265,7 @@ impl Validator<'_> {
         }
         let Some(names) = self.string_list(v, key) else { return EventSelection::Types(Vec::new()) };
         if names.is_empty() {
-            self.err(v.span(), key, "empty list: name at least one event type, or \"all\"");
+            self.err_own(v.span(), key, "empty list: name at least one event type, or \"all\"");
         }
         for n in &names {
             if !types.iter().any(|t| &t.name == n) {

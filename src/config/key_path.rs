@@ -136,7 +136,7 @@ fn remove_table_at(a: &mut ArrayOfTables, i: usize) -> bool {
 
 /// `endpoint`, `1`, `method` → `endpoint[1].method`: an array element is named by its index on
 /// its array's key.
-fn join(path: &[Step]) -> String {
+pub(super) fn join(path: &[Step]) -> String {
     let mut s = String::new();
     for step in path {
         match step {

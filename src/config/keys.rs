@@ -702,9 +702,11 @@ pub fn reference_markdown() -> String {
     s.push_str("     Regenerate: cargo run -- config-reference > docs/config-reference.md -->\n\n");
     s.push_str("Every key of the TOML config, with its type, unit, default and bounds: the same table the\n");
     s.push_str("validator uses. config/tracker.toml is the embedded default and shows every key in use;\n");
-    s.push_str("`tracker check-config FILE` reports every error as `file:line: key: problem`: every unknown\n");
-    s.push_str("key, value of the wrong type and missing key, or once there are none every value out of its\n");
-    s.push_str("bounds or rule. A TOML syntax error is reported alone: nothing after it can be read.\n");
+    s.push_str("`tracker check-config FILE` reports every error as `file:line: key: problem`, in one run:\n");
+    s.push_str("every unknown key, value of the wrong type and missing key, and every value out of its bounds\n");
+    s.push_str("or rule in the keys whose own shape is right (a rule that reads a table with a key in error\n");
+    s.push_str("is checked once that key is fixed). A TOML syntax error is reported alone: nothing after it\n");
+    s.push_str("can be read.\n");
     for (title, table) in ALL {
         s.push_str(&format!("\n## {title}\n\n"));
         s.push_str("| key | type | unit | default | bounds | also | description |\n");

@@ -3,9 +3,17 @@
 //! every field has a slot and a byte range, defaults already parsed).
 //!
 //! Errors are cold-path and rich: each names the file, the line, the key, the bad value and
-//! what was expected. Every error is reported rather than the first: every error in the file's
-//! shape (unknown keys, values of the wrong TOML type, missing keys; `deserialize`), or when the
-//! shape is right every error validation finds. A syntax error is reported alone.
+//! what was expected. Every error is reported rather than the first, all in one run: every error
+//! in the file's shape (unknown keys, values of the wrong TOML type, missing keys; `deserialize`)
+//! and every error validation finds in the keys whose own shape is right (a value out of its
+//! range, not among the allowed names, not a power of two; a rule between keys). With shape
+//! errors, what is validated is the document with the keys in error taken out, so validation may
+//! say things that hold only because they were taken out (a default in place of a misspelt key,
+//! a field or an event type gone): those are left out (`Pruned`). A value error about a key's
+//! own value is always reported; one from a rule over other keys only when no table it reads
+//! lost a key, and none when a whole top-level key was taken out (a misspelt `[servr]`). Then
+//! the errors come in the order of their lines, at most `SHAPE_ERRORS_MAX`. A syntax error is
+//! reported alone: nothing after it can be trusted.
 
 mod collector;
 mod key_path;
@@ -359,23 +367,25 @@ impl Config {
         }
     }
 
-    /// Like `parse`, but a config that parses as TOML is returned with its validation errors
-    /// rather than instead of them, values in error replaced by placeholders: `check-config`
-    /// then also builds its collectors, so their option errors come in the same run as the rest.
-    /// Never serve such a config.
+    /// Like `parse`, but a config that parses as TOML is returned with its errors rather than
+    /// instead of them, values in error replaced by placeholders and keys of the wrong shape
+    /// left out: `check-config` then also builds its collectors, so their option errors come in
+    /// the same run as the rest. With shape errors, only the collectors made of keys that all
+    /// had the right shape are kept (see `Pruned::builds`). Never serve such a config.
     pub fn parse_with_errors(text: &str, file: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         Config::parse_inner(text, file, false)
     }
 
     fn parse_inner(text: &str, file: &str, require_endpoint: bool) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
-        let raw = deserialize(text, file)?;
+        let Shape { raw, errors: shape, pruned } = deserialize(text, file)?;
         // A file replaces the embedded default whole: one that only tunes `[server]` would
         // otherwise pass and then answer every request 404. (Config text parsed for a test or an
         // embedding program may leave endpoints out.)
         let no_endpoint = require_endpoint && raw.endpoint.is_empty();
-        let mut v = Validator { text, file, errors: Vec::new() };
-        let cfg = v.config(raw);
+        let mut v = Validator { text, file, errors: Vec::new(), bases: Vec::new(), also: Vec::new() };
+        let mut cfg = v.config(raw);
         if no_endpoint {
+            v.reading(&[]);
             v.err(
                 0..0,
                 "endpoint",
@@ -383,7 +393,21 @@ impl Config {
                  default whole; copy the [[endpoint]] and [event.*] tables you need from config/tracker.toml",
             );
         }
-        Ok((cfg, v.errors))
+        if shape.is_empty() {
+            return Ok((cfg, v.errors));
+        }
+        // Validated with the keys in error taken out: only what holds of the keys left.
+        let mut errors = shape;
+        errors.extend(v.errors.into_iter().zip(&v.bases).filter_map(|(e, basis)| pruned.keep(e, basis)));
+        cfg.collectors.retain_mut(|c| pruned.builds(c));
+        // Stable: errors on one line stay in the order they were found. Line 0 (no line) last.
+        errors.sort_by_key(|e| (e.line == 0, e.line));
+        if errors.len() > SHAPE_ERRORS_MAX {
+            errors.truncate(SHAPE_ERRORS_MAX);
+            errors.push(stopped(file));
+            return Err(ConfigErrors(errors));
+        }
+        Ok((cfg, errors))
     }
 
     pub fn event_type(&self, name: &str) -> Option<&EventType> {
@@ -416,18 +440,38 @@ fn read_file(path: &std::path::Path) -> Result<String, ConfigErrors> {
     })
 }
 
-/// Most errors in the file's shape reported in one run. Each costs deserializing the whole
-/// document again, so a file of nothing but typos costs this many passes, not one per line.
+/// Most errors reported in a run that finds errors in the file's shape (shape and value errors
+/// together; the first by line). Each shape error costs deserializing the whole document again,
+/// so a file of nothing but typos costs this many passes, not one per line.
 const SHAPE_ERRORS_MAX: usize = 100;
 
-/// The text as `RawConfig`, or every error in its shape: each unknown key, value of the wrong
+fn stopped(file: &str) -> ConfigError {
+    ConfigError {
+        file: file.into(),
+        line: 0,
+        key: "-".into(),
+        message: format!("stopped after {SHAPE_ERRORS_MAX} errors; fix these and check again"),
+    }
+}
+
+/// A document that deserializes, with what it took to get there.
+struct Shape {
+    /// The text, less the keys in `pruned`.
+    raw: RawConfig,
+    /// Every error in the text's shape; none when `raw` is the text as written.
+    errors: Vec<ConfigError>,
+    pruned: Pruned,
+}
+
+/// The text as `RawConfig` with every error in its shape: each unknown key, value of the wrong
 /// TOML type and missing required key. serde stops at the first, so each is named, then removed
 /// from the document, and the rest deserialized again until it passes: the serde types stay the
 /// one description of the shape (no schema walk to keep in step with them). The removed keys
-/// keep their spans, so every error is named on the text as written. A syntax error stops at
-/// once: nothing after it can be trusted. Shape errors stop before validation too: what it would
-/// say of a document with keys taken out (a default in place of a typo) would mislead.
-fn deserialize(text: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
+/// keep their spans, so every error is named on the text as written, and so is every error
+/// validation then finds in what is left (`Pruned` says what was taken out, for telling the
+/// errors of the keys left from what only follows from taking the others out). A syntax error
+/// stops at once, and so do `SHAPE_ERRORS_MAX` shape errors: nothing is validated then.
+fn deserialize(text: &str, file: &str) -> Result<Shape, ConfigErrors> {
     let error = |span: Option<Range<usize>>, message: &str| ConfigError {
         file: file.into(),
         line: span.as_ref().map_or(0, |s| line_of(text, s.start)),
@@ -438,10 +482,10 @@ fn deserialize(text: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
     let doc = toml_edit::ImDocument::parse(text).map_err(|e| ConfigErrors(vec![error(e.span(), e.message())]))?;
     let mut root = doc.as_table().clone();
     let mut errors: Vec<ConfigError> = Vec::new();
+    let mut pruned = Pruned::default();
     loop {
         let e = match toml_edit::de::from_document::<RawConfig>(toml_edit::DocumentMut::from(root.clone())) {
-            Ok(raw) if errors.is_empty() => return Ok(raw),
-            Ok(_) => return Err(ConfigErrors(errors)),
+            Ok(raw) => return Ok(Shape { raw, errors, pruned }),
             Err(e) => e,
         };
         let this = error(e.span(), e.message());
@@ -451,18 +495,130 @@ fn deserialize(text: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
             errors.push(this);
         }
         if errors.len() == SHAPE_ERRORS_MAX {
-            errors.push(ConfigError {
-                file: file.into(),
-                line: 0,
-                key: "-".into(),
-                message: format!("stopped after {SHAPE_ERRORS_MAX} errors; fix these and check again"),
-            });
+            errors.push(stopped(file));
             return Err(ConfigErrors(errors));
         }
-        let steps = e.span().and_then(|s| key_path::locate(&root, s.start));
-        if !steps.is_some_and(|s| key_path::remove(&mut root, &s)) {
-            return Err(ConfigErrors(errors));
+        match e.span().and_then(|s| key_path::locate(&root, s.start)) {
+            Some(steps) if key_path::remove(&mut root, &steps) => pruned.record(&steps),
+            _ => return Err(ConfigErrors(errors)),
         }
+    }
+}
+
+/// What `deserialize` took out of the document to get past its shape errors. Validation of
+/// what is left may then report what holds only because of that: a key taken out takes its
+/// default (`server.request_line_bytes_max = "4k"` leaves 4096, which a written
+/// `header_bytes_max = 2048` is then "not above"), a field or an event type taken out is then
+/// "not declared" where a rule names it. So a value error is kept when it is about its key's own
+/// value (`Basis::OwnValue`), or when none of the tables its rule reads lost a key; when in
+/// doubt it is left out: it comes in the next run, once the shape is right.
+#[derive(Default)]
+struct Pruned {
+    /// Each key or array element taken out, named on the text as written (`server.shardz`,
+    /// `endpoint[2]`, `event.x.fields[0]`).
+    removed: Vec<String>,
+    /// Each array element taken out, in order, as (array, index) on the document as it was
+    /// then: the elements after it moved down one, and validation names an element by its
+    /// place in the document it is given.
+    shifts: Vec<(String, usize)>,
+    /// A top-level key was taken out: a misspelt table (`[servr]`) or a table of the wrong type,
+    /// whose keys any rule may have been meant to read.
+    top_level: bool,
+}
+
+impl Pruned {
+    fn record(&mut self, steps: &[key_path::Step]) {
+        let written = self.as_written(&key_path::join(steps));
+        self.removed.push(written);
+        self.top_level |= steps.len() == 1;
+        if let [array @ .., key_path::Step::Index(i)] = steps {
+            self.shifts.push((key_path::join(array), *i));
+        }
+    }
+
+    /// A key, or a message naming another element (`endpoint[0]`), of the document validated,
+    /// with each array index as in the text as written.
+    fn as_written(&self, s: &str) -> String {
+        self.shifts.iter().rev().fold(s.to_string(), |s, (array, i)| shift(&s, array, *i))
+    }
+
+    /// Index `i` of top-level array `array` (`collector`) as in the text as written.
+    fn index_as_written(&self, array: &str, i: usize) -> usize {
+        self.shifts.iter().rev().fold(i, |i, (a, removed)| if a == array && i >= *removed { i + 1 } else { i })
+    }
+
+    /// Whether a rule reading these tables (named as written) may have read a default or a
+    /// missing element in place of a key taken out.
+    fn doubtful(&self, tables: impl IntoIterator<Item = String>) -> bool {
+        self.top_level || tables.into_iter().any(|t| self.removed.iter().any(|r| overlaps(&t, r)))
+    }
+
+    /// Validation error `e` as written, unless it may be a consequence of a key taken out.
+    fn keep(&self, mut e: ConfigError, basis: &Basis) -> Option<ConfigError> {
+        e.key = self.as_written(&e.key);
+        e.message = self.as_written(&e.message);
+        match basis {
+            Basis::OwnValue => Some(e),
+            Basis::Tables(also) => {
+                let tables =
+                    std::iter::once(table_of(&e.key).to_string()).chain(also.iter().map(|t| self.as_written(t)));
+                (!self.doubtful(tables)).then_some(e)
+            }
+        }
+    }
+
+    /// Whether `check-config` builds collector `c` (its kind checks its options), renamed as
+    /// written: only when its table and the event types it gets lost no key (the banker, for
+    /// one, checks the kinds of their fields).
+    fn builds(&self, c: &mut CollectorConfig) -> bool {
+        c.options.index = self.index_as_written("collector", c.options.index);
+        let types: Vec<String> = match &c.events {
+            EventSelection::All => vec!["event".into()],
+            EventSelection::Types(t) => t.iter().map(|t| format!("event.{t}")).collect(),
+        };
+        !self.doubtful(std::iter::once(format!("collector[{}]", c.options.index)).chain(types))
+    }
+}
+
+/// `s` with each `array[j]` in it (at its start or after a space) for j >= i renamed
+/// `array[j + 1]`: element i of `array` was taken out.
+fn shift(s: &str, array: &str, i: usize) -> String {
+    let open = format!("{array}[");
+    let (mut out, mut copied, mut from) = (String::new(), 0, 0);
+    while let Some(p) = s[from..].find(&open).map(|p| from + p) {
+        let digits = p + open.len();
+        let end = s[digits..].find(|c: char| !c.is_ascii_digit()).map_or(s.len(), |n| digits + n);
+        from = digits;
+        let named = (p == 0 || s[..p].ends_with(' ')) && s[end..].starts_with(']');
+        if let (true, Ok(j)) = (named, s[digits..end].parse::<usize>()) {
+            if j >= i {
+                out.push_str(&s[copied..digits]);
+                out.push_str(&(j + 1).to_string());
+                copied = end;
+            }
+        }
+    }
+    out.push_str(&s[copied..]);
+    out
+}
+
+/// Whether one of two keys is the other or lies in it (`event.x` and `event.x.fields[0]`).
+fn overlaps(a: &str, b: &str) -> bool {
+    let within = |k: &str, t: &str| k.strip_prefix(t).is_some_and(|r| r.is_empty() || r.starts_with(['.', '[']));
+    within(a, b) || within(b, a)
+}
+
+/// The table a key's rules read at least: its `[[endpoint]]` or `[[collector]]` element, its
+/// `[event.<type>]`, else its section (`server.listen` → `server`).
+fn table_of(key: &str) -> &str {
+    let first = key.find(['.', '[']).unwrap_or(key.len());
+    let rest = &key[first..];
+    match &key[..first] {
+        "endpoint" | "collector" if rest.starts_with('[') => {
+            &key[..rest.find(']').map_or(key.len(), |j| first + j + 1)]
+        }
+        "event" if rest.starts_with('.') => &key[..rest[1..].find(['.', '[']).map_or(key.len(), |j| first + 1 + j)],
+        _ => &key[..first],
     }
 }
 
@@ -622,16 +778,45 @@ struct Validator<'a> {
     text: &'a str,
     file: &'a str,
     errors: Vec<ConfigError>,
+    /// What each of `errors` (same index) was decided from.
+    bases: Vec<Basis>,
+    /// The tables the checks under way read besides the one of the key an error names
+    /// (`reading`).
+    also: Vec<String>,
+}
+
+/// What a validation error was decided from: when keys of the wrong shape were taken out of the
+/// document, whether the error may only follow from that (`Pruned::keep`).
+#[derive(Debug)]
+enum Basis {
+    /// The value of the key it names alone: its range, its list of names, its syntax (`err_own`).
+    OwnValue,
+    /// A rule, which may read any key of the table of the key it names (`table_of`) and of
+    /// these tables (`err`).
+    Tables(Vec<String>),
 }
 
 impl Validator<'_> {
+    /// An error from a rule: it reads the table of `key` and those named by `reading`.
     fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            file: self.file.into(),
-            line: line_of(self.text, span.start),
-            key: key.into(),
-            message: message.into(),
-        });
+        let basis = Basis::Tables(self.also.clone());
+        self.push(span, key.into(), message.into(), basis);
+    }
+
+    /// An error about the value of `key` alone, whatever the rest of the file says.
+    fn err_own(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        self.push(span, key.into(), message.into(), Basis::OwnValue);
+    }
+
+    fn push(&mut self, span: Range<usize>, key: String, message: String, basis: Basis) {
+        self.errors.push(ConfigError { file: self.file.into(), line: line_of(self.text, span.start), key, message });
+        self.bases.push(basis);
+    }
+
+    /// The tables the checks that follow read besides the one of the key they name an error on:
+    /// sections (`privacy`), elements (`event.x`, `endpoint[2]`), whole arrays (`endpoint`).
+    fn reading(&mut self, tables: &[&str]) {
+        self.also = tables.iter().map(|t| t.to_string()).collect();
     }
 
     /// An integer within the key's bounds, or its default when absent (both from keys.rs).
@@ -649,7 +834,7 @@ impl Validator<'_> {
             Some(s) => {
                 let x = *s.get_ref();
                 if x < lo || x > hi {
-                    self.err(s.span(), key, format!("{x} is out of range: expected {lo}..={hi}"));
+                    self.err_own(s.span(), key, format!("{x} is out of range: expected {lo}..={hi}"));
                     default
                 } else {
                     x
@@ -676,16 +861,20 @@ impl Validator<'_> {
             Some((_, t)) => *t,
             None => {
                 let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-                self.err(s.span(), key, format!("\"{}\" is not one of {}", s.get_ref(), names.join(", ")));
+                self.err_own(s.span(), key, format!("\"{}\" is not one of {}", s.get_ref(), names.join(", ")));
                 default
             }
         }
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
+        // Each check reads the table of the key it names an error on; `reading` names the other
+        // tables it reads, for a run whose shape errors took keys out (`Pruned`).
+        self.reading(&[]);
         let server = self.server(&raw.server);
         let journal = self.journal(&raw.journal);
         let admin = self.admin(&raw.admin);
+        self.reading(&["server", "admin"]);
         if listeners_clash(server.listen, admin.listen) {
             // On the line that was written: admin.listen's, unless only server.listen was.
             let (span, key, value, other, other_value) = match (&raw.admin.listen, &raw.server.listen) {
@@ -700,10 +889,13 @@ impl Validator<'_> {
             };
             self.err(span, key, format!("\"{value}\" shares a port with {other} \"{other_value}\": {LISTENERS_CLASH}"));
         }
+        self.reading(&[]);
         let dedup = self.dedup(&raw.dedup);
         let budget = self.budget(&raw.budget);
         let (mut types, schema) = self.types(&raw.event);
+        self.reading(&["event", "journal"]);
         self.schema_fits(&schema, journal.segment_bytes, &raw);
+        self.reading(&["event"]);
         let privacy = self.privacy(&raw.privacy, &types, &raw.event);
         for t in &mut types {
             let mask = privacy.user_id_fields.get(t.id as usize).copied().unwrap_or(0);
@@ -711,14 +903,19 @@ impl Validator<'_> {
                 f.user_id = mask & (1 << i) != 0;
             }
         }
+        self.reading(&["privacy"]);
         if !matches!(privacy.ip, crate::enrich::privacy::IpPolicy::Keep) {
             self.no_ip_identity(&raw.event, &types);
         }
         self.no_unkeyed_id_from(&raw.event, &types);
         self.referer_defaults_kept(&raw.event, &types, privacy.referer);
+        self.reading(&[]);
         let cors = self.cors(&raw.cors);
         let endpoints = self.endpoints(&raw.endpoint, &types);
+        // Which event types a collector gets, and their fields.
+        self.reading(&["event"]);
         let collectors = self.collectors(&raw.collector, &types);
+        self.reading(&[]);
         Config {
             server,
             journal,
@@ -764,7 +961,7 @@ impl Validator<'_> {
         let listen = match &r.listen {
             None => default_listen,
             Some(s) => s.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
-                self.err(
+                self.err_own(
                     s.span(),
                     "admin.listen",
                     format!("\"{}\" is not an address: expected IP:PORT such as \"127.0.0.1:9090\"", s.get_ref()),
@@ -795,7 +992,7 @@ impl Validator<'_> {
             Some(s) => match s.get_ref().parse::<SocketAddr>() {
                 Ok(a) => a,
                 Err(_) => {
-                    self.err(
+                    self.err_own(
                         s.span(),
                         "server.listen",
                         format!(
@@ -810,12 +1007,12 @@ impl Validator<'_> {
         let ring_events = self.int(&r.ring_events, spec(SERVER_KEYS, "ring_events"));
         if !(ring_events as u64).is_power_of_two() {
             let s = r.ring_events.as_ref().unwrap();
-            self.err(s.span(), "server.ring_events", format!("{ring_events} is not a power of two"));
+            self.err_own(s.span(), "server.ring_events", format!("{ring_events} is not a power of two"));
         }
         let entries = self.int(&r.io_uring_entries, spec(SERVER_KEYS, "io_uring_entries"));
         if !(entries as u64).is_power_of_two() {
             let s = r.io_uring_entries.as_ref().unwrap();
-            self.err(s.span(), "server.io_uring_entries", format!("{entries} is not a power of two"));
+            self.err_own(s.span(), "server.io_uring_entries", format!("{entries} is not a power of two"));
         }
         let request_line = self.int(&r.request_line_bytes_max, spec(SERVER_KEYS, "request_line_bytes_max"));
         let header_bytes = self.int(&r.header_bytes_max, spec(SERVER_KEYS, "header_bytes_max"));
@@ -861,7 +1058,7 @@ impl Validator<'_> {
         let segment_bytes = self.int(&r.segment_bytes, spec(JOURNAL_KEYS, "segment_bytes")) as u64;
         if !segment_bytes.is_multiple_of(4096) {
             let s = r.segment_bytes.as_ref().unwrap();
-            self.err(
+            self.err_own(
                 s.span(),
                 "journal.segment_bytes",
                 format!("{segment_bytes} is not a multiple of 4096 (the page size)"),
@@ -869,7 +1066,7 @@ impl Validator<'_> {
         }
         let dir = match &r.dir {
             Some(s) if s.get_ref().is_empty() => {
-                self.err(s.span(), "journal.dir", "empty: expected a directory path");
+                self.err_own(s.span(), "journal.dir", "empty: expected a directory path");
                 PathBuf::from("journal")
             }
             Some(s) => PathBuf::from(s.get_ref()),
@@ -898,9 +1095,12 @@ impl Validator<'_> {
         for (i, e) in raw.iter().enumerate() {
             let key = |k: &str| format!("endpoint[{i}].{k}");
             let r = e.get_ref();
+            // Its event type: whether it is declared, its fields (`redirect.signed_fields`).
+            let event = format!("event.{}", r.event.get_ref());
+            self.reading(&[&event]);
             let path = r.path.get_ref();
             if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == b'?' || b == b'#' || b >= 0x7f) {
-                self.err(
+                self.err_own(
                     r.path.span(),
                     key("path"),
                     format!("\"{path}\" is not a path: expected /something without spaces, '?' or '#'"),
@@ -930,7 +1130,7 @@ impl Validator<'_> {
             let ack = match &r.ack {
                 // DESIGN.md §7 first called the mode "durable"; say which name it has.
                 Some(a) if a.get_ref() == "durable" => {
-                    self.err(
+                    self.err_own(
                         a.span(),
                         key("ack"),
                         "\"durable\" is not one of \"received\", \"logged\": the durable mode is \"logged\" \
@@ -963,11 +1163,14 @@ impl Validator<'_> {
                 }
             };
             if let Some(prev) = out.iter().position(|o| o.path == *path && o.method == method) {
+                // The other's method may be the default in place of one taken out.
+                self.reading(&["endpoint"]);
                 self.err(
                     r.path.span(),
                     key("path"),
                     format!("\"{path}\" with this method is already served by endpoint[{prev}]"),
                 );
+                self.reading(&[&event]);
             }
             let redirect = self.endpoint_redirect(i, r, response, method, types.get(type_id as usize));
             let over_budget = self.choice(
@@ -979,6 +1182,7 @@ impl Validator<'_> {
             let counter = out.len() as u16;
             out.push(Endpoint { path: path.clone(), method, type_id, response, ack, over_budget, redirect, counter });
         }
+        self.reading(&[]);
         out
     }
 
@@ -1082,7 +1286,11 @@ impl Validator<'_> {
                 break;
             }
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-                self.err(ev.span(), format!("event.{name}"), "event type names use only letters, digits, '_' and '-'");
+                self.err_own(
+                    ev.span(),
+                    format!("event.{name}"),
+                    "event type names use only letters, digits, '_' and '-'",
+                );
             }
             types.push(self.event_type(i as u16, name, ev.get_ref()));
         }
@@ -1126,7 +1334,7 @@ impl Validator<'_> {
             let f = f.get_ref();
             let fname = f.name.get_ref();
             if fname.is_empty() || !fname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                self.err(
+                self.err_own(
                     f.name.span(),
                     key("name"),
                     format!("\"{fname}\": field names use only letters, digits and '_'"),
@@ -1141,7 +1349,7 @@ impl Validator<'_> {
                     let other = f.kind.get_ref();
                     let known: Vec<String> =
                         FieldKind::ALL.iter().map(|k| format!("\"{}\"", k.config_name())).collect();
-                    self.err(
+                    self.err_own(
                         f.kind.span(),
                         key("type"),
                         format!("\"{other}\" is not a type: expected one of {}", known.join(", ")),
@@ -1236,7 +1444,7 @@ impl Validator<'_> {
                     }
                 }
                 (Some(d), _, _) if d.get_ref() != "google" => {
-                    self.err(
+                    self.err_own(
                         d.span(),
                         key("decrypt"),
                         format!("\"{}\" is not a price decoder: expected \"google\"", d.get_ref()),
@@ -1348,7 +1556,7 @@ impl Validator<'_> {
                     let client_sent =
                         matches!(src, Source::Query(_) | Source::Header(_) | Source::Cookie(_) | Source::Json(_));
                     if !client_sent && self.errors.len() == reported {
-                        self.err(
+                        self.err_own(
                             s.span(),
                             key,
                             format!(
@@ -1384,7 +1592,7 @@ impl Validator<'_> {
                     .iter()
                     .any(|k| k.is_empty() || k.bytes().any(|b| !b.is_ascii_graphic() || b == b'"' || b == b'\\'));
             if bad {
-                self.err(
+                self.err_own(
                     span,
                     key,
                     format!("\"{s}\" is not a JSON path: expected json.<key>[.<key>…], at most {JSON_PATH_KEYS_MAX} keys of visible ASCII other than '.', '\"' and '\\'"),
@@ -1400,7 +1608,7 @@ impl Validator<'_> {
                 "request.device_class" => Source::DeviceClass,
                 "request.is_bot" => Source::IsBot,
                 _ => {
-                    self.err(
+                    self.err_own(
                         span,
                         key,
                         format!("\"{s}\" is not a source: expected query.<param>, header.<name>, cookie.<name>, json.<path>, client.ip, request.user_agent, request.referer, request.time_ms, request.device_class or request.is_bot"),
@@ -1529,7 +1737,7 @@ mod tests {
             ("[server]\nshards = 1\n[server]\nshards = 2\n", 3, "server", "invalid table header; duplicate key"),
             ("[server] # main\nshards = \"x\"\n", 2, "server.shards", "invalid type: string"),
             (
-                "[[endpoint]]\npath = \"/i\"\nevent = \"e\"\n[[endpoint]] # two\npath = \"/x\"\nmethod = 5\n",
+                "[[endpoint]]\npath = \"/i\"\nevent = \"e\"\n[[endpoint]] # two\npath = \"/x\"\nmethod = 5\nevent = \"e\"\n[event.e]\n",
                 6,
                 "endpoint[1].method",
                 "expected a string",
@@ -1587,8 +1795,8 @@ mod tests {
                 (3, "cors.origins[1]"),
                 (4, "cors.max_age"),
                 (6, "endpoint[0].path"),
-                (10, "endpoint[1].methd"),
                 (8, "endpoint[1].path"),
+                (10, "endpoint[1].methd"),
                 (15, "endpoint[2].redirect.parm"),
                 (17, "endpoint[2].redirect.key[0].id"),
                 (20, "event.x.fields[0].source"),
@@ -1608,7 +1816,8 @@ mod tests {
         assert_eq!(m("endpoint[0].path"), "invalid type: integer `5`, expected a string", "not also missing");
         assert_eq!(m("endpoint[1].path"), "missing field `path`");
         assert_eq!(m("event.x.fields[1].name"), "missing field `name`");
-        // Only the shape is reported: `event = "x"` of an endpoint whose type has errors is not.
+        // Nothing that follows from the keys taken out is reported: not `event = "x"` of an
+        // endpoint whose type had errors, nor any rule once a top-level key (`server`) went.
         assert!(e.iter().all(|e| !e.message.contains("declared")), "{e:#?}");
         // The limit: a file of nothing but typos stops at SHAPE_ERRORS_MAX.
         let typos: String = (0..SHAPE_ERRORS_MAX + 5).map(|i| format!("typo{i} = 1\n")).collect();
@@ -1618,6 +1827,126 @@ mod tests {
         assert!(e[SHAPE_ERRORS_MAX].message.starts_with("stopped after 100 errors"), "{}", e[SHAPE_ERRORS_MAX]);
         // A syntax error is one error: nothing after it can be trusted.
         assert_eq!(errors("[server]\nshardz = 1\nlisten = [\nring_events = \"x\"\n").len(), 1);
+    }
+
+    /// The line of the first line of `text` that contains `needle`.
+    fn line_with(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).expect("needle in text") + 1
+    }
+
+    /// Regression: value errors (out of range, not one of, not a power of two…) were checked
+    /// only once the shape was right, so a file with one typo and one bad value took two runs.
+    /// Every key whose own shape is fine is now validated in the same run, and named by its
+    /// index in the file as written even when an element before it was taken out.
+    #[test]
+    fn value_errors_come_in_the_same_run_as_shape_errors() {
+        let text = "[server]\nshardz = 2\nring_events = \"lots\"\nshards = 9999\n\
+                    [journal]\nsegment_bytes = 1048577\nsync = \"sometimes\"\n\
+                    [[endpoint]]\nevent = \"x\"\n\
+                    [[endpoint]]\npath = \"/i\"\nevent = \"x\"\nmethod = \"PUT\"\n\
+                    [event.x]\nfields = [\n  { source = \"query.a\", type = \"u64\" },\n  \
+                    { name = \"b\", source = \"query.b\", type = \"float\" },\n]\n";
+        let e = errors(text);
+        let got: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (2, "server.shardz"),
+                (3, "server.ring_events"),
+                (4, "server.shards"),
+                (6, "journal.segment_bytes"),
+                (7, "journal.sync"),
+                (8, "endpoint[0].path"),
+                (13, "endpoint[1].method"),
+                (16, "event.x.fields[0].name"),
+                (17, "event.x.fields[1].type"),
+            ],
+            "{e:#?}"
+        );
+        let m = |key: &str| e.iter().find(|e| e.key == key).unwrap().message.as_str();
+        assert_eq!(m("server.shards"), "9999 is out of range: expected 0..=256");
+        assert_eq!(m("journal.segment_bytes"), "1048577 is not a multiple of 4096 (the page size)");
+        assert_eq!(m("journal.sync"), "\"sometimes\" is not one of \"none\", \"interval\", \"always\"");
+        assert_eq!(m("endpoint[1].method"), "\"PUT\" is not one of \"GET\", \"POST\"");
+        assert!(m("event.x.fields[1].type").starts_with("\"float\" is not a type"), "{e:#?}");
+        // The same through parse_with_errors (check-config): the shape errors are in the list.
+        let (_, listed) = Config::parse_with_errors(text, "t.toml").unwrap();
+        assert_eq!(listed, e);
+
+        // Another element named in a message is named as written too.
+        let collectors = "[[collector]]\nname = \"a\"\nevents = \"all\"\nfields = []\n\
+                          [[collector]]\nname = \"b\"\nkind = \"jsonl\"\nevents = \"all\"\nfields = []\n\
+                          [[collector]]\nname = \"b\"\nkind = \"jsonl\"\nevents = \"all\"\nfields = []\n";
+        let (cfg, e) = Config::parse_with_errors(collectors, "t.toml").unwrap();
+        let got: Vec<(usize, &str, &str)> = e.iter().map(|e| (e.line, e.key.as_str(), e.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (1, "collector[0].kind", "missing field `kind`"),
+                (11, "collector[2].name", "\"b\" is already the name of collector[1]"),
+            ]
+        );
+        // check-config builds the two left, under their indexes as written.
+        assert_eq!(cfg.collectors.iter().map(|c| c.options.index).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(shift("endpoint[3].method", "endpoint", 1), "endpoint[4].method");
+        assert_eq!(shift("endpoint[0].method", "endpoint", 1), "endpoint[0].method");
+        assert_eq!(
+            shift("endpoint[2].redirect.key[1].id", "endpoint[2].redirect.key", 0),
+            "endpoint[2].redirect.key[2].id"
+        );
+        assert_eq!(
+            shift("\"/a\" is already served by endpoint[1]", "endpoint", 0),
+            "\"/a\" is already served by endpoint[2]"
+        );
+        assert_eq!(shift("myendpoint[1]", "endpoint", 0), "myendpoint[1]");
+
+        // The cap holds for both kinds together: the first SHAPE_ERRORS_MAX by line.
+        let endpoints: String =
+            (0..60).map(|i| format!("[[endpoint]]\npath = \"/e{i}\"\nevent = \"x\"\nmethod = \"PUT\"\n")).collect();
+        let typos: String = (0..60).map(|i| format!("typo{i} = 1\n")).collect();
+        let e = errors(&format!("{endpoints}[event.x]\n[server]\n{typos}"));
+        assert_eq!(e.len(), SHAPE_ERRORS_MAX + 1, "{e:#?}");
+        assert_eq!((e[0].line, e[0].key.as_str()), (4, "endpoint[0].method"));
+        assert_eq!(e[59].key, "endpoint[59].method");
+        assert_eq!(e[SHAPE_ERRORS_MAX - 1].key, format!("server.typo{}", SHAPE_ERRORS_MAX - 61));
+        assert!(e[SHAPE_ERRORS_MAX].message.starts_with("stopped after 100 errors"), "{}", e[SHAPE_ERRORS_MAX]);
+    }
+
+    /// What the validator says of the document with the bad keys taken out, but only because
+    /// they were taken out, is not reported: a field removed from an event type is not "not a
+    /// field" of the rules that name it, a removed event type not "not declared" for an endpoint
+    /// that names it. A rule over keys whose shape was fine still is.
+    #[test]
+    fn a_consequence_of_a_key_taken_out_is_not_reported() {
+        let text = "[privacy]\nuser_id_fields = [\"uid\"]\n\
+                    [[endpoint]]\npath = \"/c\"\nevent = \"x\"\nresponse = \"redirect\"\n\
+                    [endpoint.redirect]\nallow_domains = [\"example.com\"]\nsigned_fields = [\"campaign\"]\n\
+                    [[endpoint]]\npath = \"/y\"\nevent = \"y\"\n\
+                    [[endpoint]]\npath = \"/z\"\nevent = \"z\"\nresponse = \"json\"\n\
+                    [event]\ny = 5\n\
+                    [event.x]\nidentity = [\"campaign\"]\nfields = [\n\
+                    \x20 { name = \"campaign\", source = 5, type = \"u64\" },\n\
+                    \x20 { name = \"uid\", source = \"query.u\", type = 5 },\n]\n\
+                    [event.z]\nfields = [ { name = \"n\", source = \"query.n\", type = \"u64\" } ]\n";
+        let e = errors(text);
+        let got: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (line_with(text, "response = \"json\""), "endpoint[2].response"),
+                (line_with(text, "y = 5"), "event.y"),
+                (line_with(text, "\"campaign\", source"), "event.x.fields[0].source"),
+                (line_with(text, "\"uid\", source"), "event.x.fields[1].type"),
+            ],
+            "{e:#?}"
+        );
+        assert!(e[0].message.contains("must be POST"), "{}", e[0]);
+        // A misspelt table: every section may have lost its keys to it, so only what a key says
+        // of itself is reported (not that admin.listen clashes with a default server.listen).
+        let e =
+            errors("[servr]\nlisten = \"127.0.0.1:9090\"\n[admin]\nlisten = \"0.0.0.0:8080\"\nhlog_interval_ms = 0\n");
+        let got: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(got, [(1, "servr"), (5, "admin.hlog_interval_ms")], "{e:#?}");
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Validator<'_> {
             Some(p) => {
                 let v = p.get_ref();
                 if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-                    self.err(
+                    self.err_own(
                         p.span(),
                         key("param"),
                         format!("\"{v}\": expected a parameter name of letters, digits, '_' or '-'"),
@@ -87,7 +87,7 @@ impl Validator<'_> {
             for d in list.get_ref() {
                 match Domain::parse(d.get_ref()) {
                     Ok(dom) => allow.push(dom),
-                    Err(why) => self.err(d.span(), key("allow_domains"), why),
+                    Err(why) => self.err_own(d.span(), key("allow_domains"), why),
                 }
             }
         }
@@ -146,7 +146,7 @@ impl Validator<'_> {
             let k = k.get_ref();
             let id = k.id.get_ref();
             if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                self.err(
+                self.err_own(
                     k.id.span(),
                     format!("{key}.id"),
                     format!("\"{id}\": expected 1..=64 letters, digits, '-', '_' or '.'"),
@@ -160,7 +160,7 @@ impl Validator<'_> {
                 (None, Some(f)) => match std::fs::read_to_string(f.get_ref()) {
                     Ok(text) => Some((text.trim().to_string(), f.span(), "file")),
                     Err(e) => {
-                        self.err(
+                        self.err_own(
                             f.span(),
                             format!("{key}.file"),
                             format!("cannot read key file \"{}\": {e}", f.get_ref()),
@@ -176,12 +176,12 @@ impl Validator<'_> {
             if let Some((hex, span, which)) = hex {
                 match decode_hex(&hex) {
                     Some(s) if (KEY_BYTES_MIN..=KEY_BYTES_MAX).contains(&s.len()) => keys.push((id.clone(), s)),
-                    Some(s) => self.err(
+                    Some(s) => self.err_own(
                         span,
                         format!("{key}.{which}"),
                         format!("key \"{id}\" is {} bytes: expected {KEY_BYTES_MIN}..={KEY_BYTES_MAX} (generate one with `openssl rand -hex 32`)", s.len()),
                     ),
-                    None => self.err(span, format!("{key}.{which}"), format!("key \"{id}\" is not hex digits")),
+                    None => self.err_own(span, format!("{key}.{which}"), format!("key \"{id}\" is not hex digits")),
                 }
             }
         }

@@ -37,7 +37,7 @@ impl Validator<'_> {
             } else if v.len() <= super::ORIGIN_BYTES_MAX && is_origin(v) {
                 cors.origins.push(v.as_bytes().into());
             } else {
-                self.err(
+                self.err_own(
                     o.span(),
                     "cors.origins",
                     format!("\"{v}\" is not an origin: expected \"https://host\" or \"http://host:port\" (no path, no trailing '/', at most {} bytes), or \"*\"", super::ORIGIN_BYTES_MAX),
@@ -52,7 +52,7 @@ impl Validator<'_> {
         let entries = self.int(&r.entries, spec(DEDUP_KEYS, "entries")) as usize;
         if !entries.is_power_of_two() {
             let s = r.entries.as_ref().map(|s| s.span()).unwrap_or(0..0);
-            self.err(s, "dedup.entries", format!("{entries} is not a power of two"));
+            self.err_own(s, "dedup.entries", format!("{entries} is not a power of two"));
         }
         DedupConfig { window_ms, entries }
     }
@@ -68,7 +68,7 @@ impl Validator<'_> {
         let entries = self.int(&r.entries, spec(BUDGET_KEYS, "entries")) as usize;
         if !entries.is_power_of_two() {
             let s = r.entries.as_ref().map(|s| s.span()).unwrap_or(0..0);
-            self.err(s, "budget.entries", format!("{entries} is not a power of two"));
+            self.err_own(s, "budget.entries", format!("{entries} is not a power of two"));
         }
         BudgetConfig {
             rate_per_s,
@@ -168,23 +168,26 @@ impl Validator<'_> {
             }
         }
         let (hash_key, from_file) = match &r.hash_key_file {
-            Some(p) => {
-                match std::fs::read_to_string(p.get_ref()) {
-                    Ok(text) => {
-                        match decode_hex(text.trim()) {
-                            Some(k) if k.len() >= 32 => (k, true),
-                            _ => {
-                                self.err(p.span(), "privacy.hash_key_file", format!("\"{}\" must hold at least 32 bytes as hex (generate with `openssl rand -hex 32`)", p.get_ref()));
-                                (vec![0; 32], true)
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        self.err(p.span(), "privacy.hash_key_file", format!("cannot read \"{}\": {e}", p.get_ref()));
+            Some(p) => match std::fs::read_to_string(p.get_ref()) {
+                Ok(text) => match decode_hex(text.trim()) {
+                    Some(k) if k.len() >= 32 => (k, true),
+                    _ => {
+                        self.err_own(
+                            p.span(),
+                            "privacy.hash_key_file",
+                            format!(
+                                "\"{}\" must hold at least 32 bytes as hex (generate with `openssl rand -hex 32`)",
+                                p.get_ref()
+                            ),
+                        );
                         (vec![0; 32], true)
                     }
+                },
+                Err(e) => {
+                    self.err_own(p.span(), "privacy.hash_key_file", format!("cannot read \"{}\": {e}", p.get_ref()));
+                    (vec![0; 32], true)
                 }
-            }
+            },
             None => {
                 let mut k = vec![0u8; 32];
                 if getrandom::getrandom(&mut k).is_err() {
@@ -201,7 +204,7 @@ impl Validator<'_> {
         let optout_cookie = r.optout_cookie.as_ref().map_or_else(|| "optout".to_string(), |c| c.get_ref().clone());
         if optout_cookie.bytes().any(|b| !b.is_ascii_graphic() || b == b';' || b == b'=') {
             let s = r.optout_cookie.as_ref().map(|s| s.span()).unwrap_or(0..0);
-            self.err(s, "privacy.optout_cookie", format!("\"{optout_cookie}\" is not a cookie name"));
+            self.err_own(s, "privacy.optout_cookie", format!("\"{optout_cookie}\" is not a cookie name"));
         }
         let gdpr = self.choice(
             &r.gdpr,

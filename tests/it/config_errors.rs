@@ -79,6 +79,46 @@ fn check_config_lists_every_unknown_key_and_wrong_type_in_one_run() {
     }
 }
 
+/// Regression: value errors (a number out of its range, a string not among the allowed ones)
+/// were checked only once the file's shape was right, so a file with an unknown key and an
+/// out-of-range value took one run to learn of the first and another for the second. Every key
+/// whose own shape is fine is now validated in the same run, collector options included; what
+/// would only follow from a key taken out (an endpoint naming an event type that had a shape
+/// error, an identity naming a field that had one) is not reported.
+#[test]
+fn check_config_lists_shape_and_value_errors_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("both.toml");
+    let text = "[server]\nlisten = \"127.0.0.1:8080\"\nshardz = 2\nring_events = \"lots\"\nshards = 9999\n\n\
+                [[endpoint]]\npath = \"/i\"\nevent = \"x\"\n\n[[endpoint]]\npath = \"/v\"\nevent = \"v\"\n\n\
+                [[endpoint]]\npath = \"/z\"\nevent = \"z\"\n\n\
+                [event]\nv = \"video\"\n\n\
+                [event.x]\nidentity = [\"a\"]\nfields = [\n  { name = \"a\", source = 1, type = \"u64\" },\n]\n\n\
+                [event.z]\nfields = [ { name = \"n\", source = \"query.n\", type = \"u64\" } ]\n\n\
+                [[collector]]\nname = \"j\"\nkind = \"jsonl\"\nevents = [\"z\"]\nfields = []\n\
+                [collector.options]\npath = \"\"\n";
+    std::fs::write(&p, text).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let f = p.display().to_string();
+    let line = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let want = [
+        format!("{f}:3: server.shardz: unknown field `shardz`, expected one of `listen`, `shards`,"),
+        format!("{f}:4: server.ring_events: invalid type: string \"lots\", expected i64"),
+        format!("{f}:5: server.shards: 9999 is out of range: expected 0..=256"),
+        format!("{f}:{}: event.v: invalid type: string \"video\", expected a table", line("v = \"video\"")),
+        format!("{f}:{}: event.x.fields[0].source: invalid type: integer `1`, expected a string", line("source = 1")),
+        format!("{f}:{}: collector[0].options.path: empty", line("path = \"\"")),
+    ];
+    let got: Vec<&str> = err.lines().collect();
+    assert_eq!(got.len(), want.len(), "one line per error, no consequence of a key taken out:\n{err}");
+    for (got, want) in got.iter().zip(&want) {
+        assert!(got.starts_with(want.as_str()), "{got:?} is not {want:?} in:\n{err}");
+    }
+    assert!(!err.contains("is not a declared event type") && !err.contains("is not a field"), "{err}");
+}
+
 /// Kafka settings librdkafka refuses are config errors, never an endless retry of the producer.
 /// Regression (second half): librdkafka checks some settings only when a client is made
 /// (`rd_kafka_new`), not when its configuration is: `max.in.flight` above 5 with the idempotent
