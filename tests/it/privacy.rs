@@ -3,6 +3,8 @@
 //! consent (`privacy.gdpr = "enforce"`, with `privacy.tcf_vendor_id` also the lack of that
 //! vendor's consent) unless consent is only recorded.
 
+use std::collections::HashMap;
+
 use crate::harness::*;
 
 fn files_contain(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
@@ -366,22 +368,33 @@ fn the_referer_keeps_only_what_privacy_referer_allows() {
 /// Conversion pixels under GDPR (gdpr=1) with and without TCF consent to Purpose 1, over TCP,
 /// under `privacy.gdpr` = None (the default), "enforce" and "record": (journaled events by
 /// order id, the `gdpr_no_consent` counter).
-fn gdpr_pixels(mode: Option<&str>) -> (std::collections::HashMap<String, serde_json::Value>, f64) {
+fn gdpr_pixels(mode: Option<&str>) -> (HashMap<String, serde_json::Value>, f64) {
     let mut text = small_segments();
     // The shipped config writes the default out; None takes the key out to get it.
     let line = "\ngdpr = \"enforce\"\n";
     assert!(text.contains(line));
     text = text.replace(line, &mode.map_or("\n".to_string(), |m| format!("\ngdpr = \"{m}\"\n")));
-    let mut s = Server::start(Some(&text), &["--shards", "1"]);
+    conversions(
+        &text,
+        &[
+            ("no-string", "gdpr=1".to_string()),
+            ("no-purpose-1", format!("gdpr=1&gdpr_consent={TC_NONE}")),
+            ("not-tcf", "gdpr=1&gdpr_consent=%24%7BGDPR_CONSENT_755%7D".to_string()),
+            ("purpose-1", format!("gdpr=1&gdpr_consent={TC_P1}")),
+            ("not-applicable", format!("gdpr=0&gdpr_consent={TC_NONE}")),
+            ("no-gdpr", String::new()),
+        ],
+    )
+}
+
+/// Serves `config` on one shard, sends one conversion per (order id, rest of the query) with
+/// the raw uid cookie and a referer, each answered 200, and stops. Returns the journaled
+/// events by order id and the `gdpr_no_consent` count, after checking that the raw user id
+/// reached no file and every pixel was journaled.
+fn conversions(config: &str, sends: &[(&str, String)]) -> (HashMap<String, serde_json::Value>, f64) {
+    let mut s = Server::start(Some(config), &["--shards", "1"]);
     let mut c = s.connect();
-    for (order, q) in [
-        ("no-string", "gdpr=1".to_string()),
-        ("no-purpose-1", format!("gdpr=1&gdpr_consent={TC_NONE}")),
-        ("not-tcf", "gdpr=1&gdpr_consent=%24%7BGDPR_CONSENT_755%7D".to_string()),
-        ("purpose-1", format!("gdpr=1&gdpr_consent={TC_P1}")),
-        ("not-applicable", format!("gdpr=0&gdpr_consent={TC_NONE}")),
-        ("no-gdpr", String::new()),
-    ] {
+    for (order, q) in sends {
         c.send(
             format!("GET /cv?c=1&order={order}&{q} HTTP/1.1\r\nHost: t\r\nCookie: uid={RAW_UID}\r\nReferer: https://shop.example/cart?email=x\r\n\r\n")
                 .as_bytes(),
@@ -393,7 +406,7 @@ fn gdpr_pixels(mode: Option<&str>) -> (std::collections::HashMap<String, serde_j
     assert_eq!(s.stop(), 0);
     assert!(files_contain(&s.journal(), RAW_UID.as_bytes()).is_empty(), "raw user id on disk");
     let events = journal_cat(&s.journal());
-    assert_eq!(events.len(), 6, "every pixel is journaled, consent or not: {events:?}");
+    assert_eq!(events.len(), sends.len(), "every pixel is journaled, consent or not: {events:?}");
     (events.into_iter().map(|e| (e["order_id"].as_str().unwrap().to_string(), e)).collect(), no_consent)
 }
 
@@ -427,35 +440,25 @@ fn gdpr_consent_is_only_stored_when_recorded() {
     assert_eq!(no_consent, 0.0);
 }
 
+/// TC_P1 with vendor 115's bit cleared (character 57, 'Y' → 'Q'): still Purpose 1 and
+/// vendors 2, 3 and 114 (the lib's privacy tests build the same string from TC_P1).
+const TC_P1_WITHOUT_115: &str =
+    "CLcVDxRMWfGmWAVAHCENAXCkAKDAADnAABRgA5mdfCKZuYJez-NQm0TBMQA4oCAAGQYIAAAAAAEAIAEgAA.argAC0gAAAAAAAAAAAA";
+
 /// `privacy.tcf_vendor_id = 115` over TCP: TC_P1 consents to Purpose 1 and to vendor 115 (its
 /// bitfield's last bit, MaxVendorId 115; see enrich::tcf), so its event is kept; the same
-/// string with vendor 115's bit cleared (character 57, 'Y' → 'Q') still consents to Purpose 1
-/// but not to the vendor, so its event takes the opt-out path and is counted.
+/// string with vendor 115's bit cleared still consents to Purpose 1 but not to the vendor, so
+/// its event takes the opt-out path and is counted.
 #[test]
 fn with_tcf_vendor_id_set_purpose_one_without_the_vendor_is_an_opt_out() {
-    let mut no_vendor = TC_P1.as_bytes().to_vec();
-    assert_eq!(no_vendor[57], b'Y');
-    no_vendor[57] = b'Q';
-    let no_vendor = String::from_utf8(no_vendor).unwrap();
+    let no_vendor = TC_P1_WITHOUT_115;
     let line = "\ntcf_vendor_id = 0\n";
     let text = small_segments();
     assert!(text.contains(line));
-    let mut s = Server::start(Some(&text.replace(line, "\ntcf_vendor_id = 115\n")), &["--shards", "1"]);
-    let mut c = s.connect();
-    for (order, tc) in [("both", TC_P1), ("purpose-1-only", no_vendor.as_str()), ("neither", TC_NONE)] {
-        c.send(
-            format!("GET /cv?c=1&order={order}&gdpr=1&gdpr_consent={tc} HTTP/1.1\r\nHost: t\r\nCookie: uid={RAW_UID}\r\n\r\n")
-                .as_bytes(),
-        );
-        assert_eq!(c.read_response(false).status, 200, "{order}");
-    }
-    let m = crate::metrics::parse_metrics(std::str::from_utf8(&s.admin_get("/metrics").body).unwrap());
-    assert_eq!(m[r#"tracker_rejects_total{reason="gdpr_no_consent"}"#], 2.0);
-    assert_eq!(s.stop(), 0);
-    assert!(files_contain(&s.journal(), RAW_UID.as_bytes()).is_empty(), "raw user id on disk");
-    let by: std::collections::HashMap<String, serde_json::Value> =
-        journal_cat(&s.journal()).into_iter().map(|e| (e["order_id"].as_str().unwrap().to_string(), e)).collect();
-    assert_eq!(by.len(), 3, "every pixel is journaled, consent or not: {by:?}");
+    let sends = [("both", TC_P1), ("purpose-1-only", no_vendor), ("neither", TC_NONE)]
+        .map(|(o, tc)| (o, format!("gdpr=1&gdpr_consent={tc}")));
+    let (by, no_consent) = conversions(&text.replace(line, "\ntcf_vendor_id = 115\n"), &sends);
+    assert_eq!(no_consent, 2.0);
     let kept = &by["both"];
     assert_eq!(kept["user_id"].as_str().map(str::len), Some(32), "{kept}");
     assert_eq!((kept["ip"].as_str(), kept.get("opted_out")), (Some("127.0.0.0"), None), "{kept}");
@@ -465,7 +468,7 @@ fn with_tcf_vendor_id_set_purpose_one_without_the_vendor_is_an_opt_out() {
         assert_eq!(e["opted_out"], true, "{o}");
         assert_eq!(e["gdpr"], 1, "{o}");
     }
-    assert_eq!(by["purpose-1-only"]["gdpr_consent"], no_vendor.as_str());
+    assert_eq!(by["purpose-1-only"]["gdpr_consent"], no_vendor);
 }
 
 /// A consent field shorter than the TCF string (`max_bytes = 57` on conversions, which cuts
@@ -475,29 +478,17 @@ fn with_tcf_vendor_id_set_purpose_one_without_the_vendor_is_an_opt_out() {
 /// consented was opted out.
 #[test]
 fn vendor_consent_is_judged_on_the_string_as_sent_not_the_cut_field() {
-    let mut no_vendor = TC_P1.as_bytes().to_vec();
-    no_vendor[57] = b'Q';
-    let no_vendor = String::from_utf8(no_vendor).unwrap();
+    let no_vendor = TC_P1_WITHOUT_115;
     let field = "{ name = \"gdpr_consent\",  source = \"query.gdpr_consent\", type = \"string\", max_bytes = 160 },\n]\n\n# VAST";
     let text = small_segments();
     assert!(text.contains(field) && text.contains("\ntcf_vendor_id = 0\n"));
     let text = text
         .replace(field, &field.replace("max_bytes = 160", "max_bytes = 57"))
         .replace("\ntcf_vendor_id = 0\n", "\ntcf_vendor_id = 115\n");
-    let mut s = Server::start(Some(&text), &["--shards", "1"]);
-    let mut c = s.connect();
-    for (order, tc) in [("consented", TC_P1), ("not-to-115", no_vendor.as_str())] {
-        c.send(
-            format!("GET /cv?c=1&order={order}&gdpr=1&gdpr_consent={tc} HTTP/1.1\r\nHost: t\r\nCookie: uid={RAW_UID}\r\n\r\n")
-                .as_bytes(),
-        );
-        assert_eq!(c.read_response(false).status, 200, "{order}");
-    }
-    let m = crate::metrics::parse_metrics(std::str::from_utf8(&s.admin_get("/metrics").body).unwrap());
-    assert_eq!(m[r#"tracker_rejects_total{reason="gdpr_no_consent"}"#], 1.0);
-    assert_eq!(s.stop(), 0);
-    let by: std::collections::HashMap<String, serde_json::Value> =
-        journal_cat(&s.journal()).into_iter().map(|e| (e["order_id"].as_str().unwrap().to_string(), e)).collect();
+    let sends =
+        [("consented", TC_P1), ("not-to-115", no_vendor)].map(|(o, tc)| (o, format!("gdpr=1&gdpr_consent={tc}")));
+    let (by, no_consent) = conversions(&text, &sends);
+    assert_eq!(no_consent, 1.0);
     let kept = &by["consented"];
     assert_eq!(
         (kept["gdpr_consent"].as_str(), kept["truncated"].as_bool()),
