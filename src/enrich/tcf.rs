@@ -504,4 +504,97 @@ mod tests {
         // A v2 string from this repo's own tests (CMP 31, all purposes off).
         assert!(!purpose_one_consent(b"CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"));
     }
+
+    /// The consent answer read the slow way, for checking the decoder: the core segment
+    /// expanded into one bool per bit, each field read at its place in the IAB table. Without
+    /// a vendor, Purpose 1 alone.
+    fn by_the_table(tc: &[u8], vendor: Option<u32>) -> bool {
+        let core = tc.split(|&c| c == b'.').next().unwrap_or(b"");
+        let Some(sextets) = core.iter().map(|&c| sextet(c)).collect::<Option<Vec<u8>>>() else { return false };
+        let bits: Vec<bool> = sextets.iter().flat_map(|&s| (0..6).rev().map(move |i| s >> i & 1 == 1)).collect();
+        let num = |at: usize, w: usize| -> Option<u32> {
+            bits.get(at..at + w).map(|b| b.iter().fold(0, |n, &b| n << 1 | u32::from(b)))
+        };
+        if bits.len() < 152 + 24 || num(0, 6) != Some(2) || !bits[152] {
+            return false;
+        }
+        let Some(vendor) = vendor else { return true };
+        let (Some(max), Some(ranges)) = (num(213, 16), num(229, 1)) else { return false };
+        if ranges == 0 {
+            return vendor <= max && bits.len() >= 230 + max as usize && bits[230 + vendor as usize - 1];
+        }
+        let Some(n) = num(230, 12) else { return false };
+        let (mut at, mut found) = (242, false);
+        for _ in 0..n {
+            let (Some(is_range), Some(start)) = (num(at, 1), num(at + 1, 16)) else { return false };
+            at += 17;
+            let end = if is_range == 1 {
+                let Some(end) = num(at, 16) else { return false };
+                at += 16;
+                end
+            } else {
+                start
+            };
+            found |= (start..=end).contains(&vendor);
+        }
+        found && vendor <= max
+    }
+
+    /// Random consent strings as CMPs write them (bitfields and ranges of random vendors), then
+    /// cut, extended or with a character changed: the decoder never panics and answers as the
+    /// IAB table read bit by bit does, for vendors inside, around and past MaxVendorId.
+    #[test]
+    fn random_strings_answer_as_the_table_read_bit_by_bit() {
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut consented = 0;
+        for _ in 0..4000 {
+            let max = next(300) as u16;
+            let section = if next(2) == 0 {
+                let on: Vec<u16> = (1..=max).filter(|_| next(3) == 0).collect();
+                bitfield(max, &on)
+            } else {
+                let mut f = vec![(u64::from(max), 16), (1, 1)];
+                let n = next(6);
+                f.push((n, 12));
+                for _ in 0..n {
+                    let start = next(u64::from(max) + 2);
+                    if next(2) == 0 {
+                        f.extend([(0, 1), (start, 16)]);
+                    } else {
+                        f.extend([(1, 1), (start, 16), ((start + next(40)).min(65535), 16)]);
+                    }
+                }
+                f
+            };
+            let mut tc = core_with(2, if next(8) == 0 { 0 } else { P1 }, &section).into_bytes();
+            match next(4) {
+                0 => tc.truncate(next(tc.len() as u64 + 1) as usize),
+                1 => {
+                    let at = next(tc.len() as u64) as usize;
+                    tc[at] = b"AQgw_-.=+"[next(9) as usize];
+                }
+                2 => tc.extend_from_slice(b".argAC0gAAAAAAAAAAAA"),
+                _ => {}
+            }
+            for vendor in [1, 2, next(u64::from(max) + 1) as u16 + 1, max, max.saturating_add(1), 65535] {
+                let Some(nz) = NonZeroU16::new(vendor) else { continue };
+                let got = consent(&tc, Some(nz));
+                assert_eq!(
+                    got,
+                    by_the_table(&tc, Some(u32::from(vendor))),
+                    "{} vendor {vendor}",
+                    String::from_utf8_lossy(&tc)
+                );
+                consented += usize::from(got);
+            }
+            assert_eq!(purpose_one_consent(&tc), by_the_table(&tc, None), "{}", String::from_utf8_lossy(&tc));
+        }
+        assert!(consented > 1000, "the generator rarely makes a consenting string: {consented}");
+    }
 }
