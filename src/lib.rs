@@ -25,7 +25,7 @@
 //! - [`extract`]  request → `Event`, ids; JSON bodies parsed in place with simd-json; pure
 //! - [`event`]    the fixed 512-byte record; [`schema`] how its slots map to field names
 //! - [`dedup`]    window of recent event ids shared by all shards (lock-free, fixed size)
-//! - [`ring`]     per-core SPSC ring, the only crossing on the ingest path
+//! - [`ring`]     per-core SPSC ring (a cache-hot tier, a spill tier), the only crossing on the ingest path
 //! - [`journal`]  segment format, writer, recovery, reader
 //! - [`collector`] forwarders: read the journal from persisted cursors, project, batch, deliver
 //! - [`metrics`]  per-shard counters and latency histograms (recorded locally, published on a timer)
