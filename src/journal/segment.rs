@@ -1525,17 +1525,20 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
     let e = io::Error::last_os_error();
     match e.raw_os_error() {
-        // A file system (or a kernel before 3.15) without RENAME_NOREPLACE: look, then rename.
-        // Only another hand in this directory at that instant could slip a file in between;
-        // the writer holds the shard's lock.
-        Some(libc::EINVAL | libc::ENOSYS) => {
-            if fs::symlink_metadata(to).is_ok() {
-                return Err(io::ErrorKind::AlreadyExists.into());
-            }
-            fs::rename(from, to)
-        }
+        // A file system (or a kernel before 3.15) without RENAME_NOREPLACE.
+        Some(libc::EINVAL | libc::ENOSYS) => rename_if_absent(from, to),
         _ => Err(e),
     }
+}
+
+/// `rename_noreplace` where the kernel cannot refuse a taken name itself: look, then rename.
+/// Only another hand in this directory at that instant could slip a file in between; the
+/// writer holds the shard's lock.
+fn rename_if_absent(from: &Path, to: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(to).is_ok() {
+        return Err(io::ErrorKind::AlreadyExists.into());
+    }
+    fs::rename(from, to)
 }
 
 /// The header check of `.seg.tmp` `tmp` as segment `number` of `shard`, and how many intact
@@ -1898,4 +1901,32 @@ fn data_ranges(file: &File, from: usize, len: usize) -> impl Iterator<Item = (us
         off = end;
         Some((start, end))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ways of refusing a taken name keep both files: the kernel's (`RENAME_NOREPLACE`)
+    /// and the look-then-rename used where a file system does not support it, which no file
+    /// system here lacks, so it is called directly.
+    #[test]
+    fn a_rename_onto_a_taken_name_keeps_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("1.seg.tmp"), dir.path().join("1.seg.unpublished"));
+        for rename in [rename_noreplace, rename_if_absent] {
+            fs::write(&from, b"new").unwrap();
+            fs::write(&to, b"set aside before").unwrap();
+            assert_eq!(rename(&from, &to).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+            assert_eq!(
+                (fs::read(&from).unwrap(), fs::read(&to).unwrap()),
+                (b"new".to_vec(), b"set aside before".to_vec())
+            );
+            fs::remove_file(&to).unwrap();
+            rename(&from, &to).unwrap();
+            assert!(!from.exists());
+            assert_eq!(fs::read(&to).unwrap(), b"new");
+            fs::remove_file(&to).unwrap();
+        }
+    }
 }
