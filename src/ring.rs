@@ -7,9 +7,11 @@
 //! `server.ring_events`) only takes events while the hot one is full. Why: a slot is written
 //! again one lap of its tier after it was last touched. With one 8 MiB tier that lap evicts it
 //! from the core's L2, and zeroing the slot for the next event was the single largest user-space
-//! item of a pixel request in perf (8% of the shard's CPU, ~0.4 µs, waiting on memory); with a
-//! 1 MiB lap it stays in cache (1.6%). The spill tier keeps the burst capacity an operator
-//! configured (a stalled msync, a slow disk) without paying for it while nothing stalls.
+//! item of a pixel request in perf (8% of the shard's CPU, ~0.4 µs, waiting on memory, in an
+//! hour when the host's memory was contended; in a quiet one a miss is cheap and the tier saves
+//! little); with a 1 MiB lap it stays in cache (1.6%). The spill tier keeps the burst capacity
+//! an operator configured (a stalled msync, a slow disk) without paying for it while nothing
+//! stalls.
 //!
 //! Invariants:
 //! - in each tier, `head` (popped) and `tail` (pushed) only grow and `tail - head <= slots`;
@@ -36,8 +38,9 @@ use crossbeam_utils::CachePadded;
 use crate::event::Event;
 
 /// Slots of the hot tier: 1 MiB of events, which stays in a server core's L2 (1–2 MiB) beside
-/// the connections' buffers. It holds a drain nap's backlog (5 ms at 200k events/s) with room
-/// to spare, and the reactor wakes the drain once it is half full.
+/// the connections' buffers. It holds a drain nap's backlog (5 ms at 200k events/s), and the
+/// reactor wakes the drain once it is half full; a drain held up longer (an msync, its share of
+/// a saturated core) spills: 1.9% of events at 210k/s on one core here (perf/RESULTS.md).
 pub const HOT_EVENTS: usize = 2048;
 
 /// One SPSC tier: its slots and the two counters its ends publish.
