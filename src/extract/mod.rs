@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use crate::config::{DefaultValue, EventType, Field, QueryReader, Source};
 use crate::event::{Event, FLAG_ID_CLIENT, FLAG_ID_DERIVED, FLAG_TRUNCATED, FLAG_UNSUBSTITUTED, SLOTS};
-use crate::http::query::{cookie_in, header, header_last};
+use crate::http::query::{cookie_in, header, header_last, pairs};
 use crate::schema::FieldKind;
 
 /// What extraction sees of a request.
@@ -110,14 +110,7 @@ pub fn extract(
     // nothing, and a 400 would only make the exchange retry.
     let mut macros = 0u32;
     let mut cut = CutIdentity::default();
-    for pair in req.query.split(|&b| b == b'&') {
-        if pair.is_empty() {
-            continue;
-        }
-        let (k, v) = match pair.iter().position(|&b| b == b'=') {
-            Some(p) => (&pair[..p], &pair[p + 1..]),
-            None => (pair, &pair[..0]),
-        };
+    for (k, v) in pairs(req.query) {
         for qk in &ty.query_keys {
             if !key_eq(&qk.name, k) {
                 continue;
@@ -414,10 +407,7 @@ pub fn text_as_sent<'b>(f: &Field, req: &RequestView<'_>, buf: &'b mut [u8]) -> 
     };
     match &f.source {
         Source::Query(name) => {
-            let v = req.query.split(|&b| b == b'&').find_map(|pair| {
-                let (k, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
-                (key_eq(name.as_bytes(), k) && v.len() > 1).then(|| &v[1..])
-            })?;
+            let (_, v) = pairs(req.query).find(|(k, v)| key_eq(name.as_bytes(), k) && !v.is_empty())?;
             let (n, cut) = percent_decode(v, buf).ok()?;
             Some((&buf[..n], !cut))
         }
