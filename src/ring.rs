@@ -155,10 +155,20 @@ pub struct Producer {
     inner: Arc<Inner>,
     hot: PushEnd,
     spill: PushEnd,
-    /// Whether the slot `reserve` last handed out is in the spill tier.
-    reserved_spill: bool,
+    /// The tier of the slot `reserve` handed out and `commit` has not published yet: until then
+    /// every `reserve` returns that same slot. (`net::pipeline` fills the slot through one
+    /// reserve and publishes it through another: had the second chosen afresh, the drain freeing
+    /// hot slots in between would have made it publish a stale hot slot in place of the spill
+    /// slot just filled.)
+    reserved: Option<Reserved>,
     /// Events committed so far (the last sequence number stamped).
     seq: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reserved {
+    Hot,
+    Spill,
 }
 
 pub struct Consumer {
@@ -183,47 +193,47 @@ fn tiered(capacity: usize, hot: usize) -> (Producer, Consumer) {
     assert!(hot >= 1 && hot <= capacity, "hot tier {hot} must be within 1..={capacity}");
     let inner = Arc::new(Inner { hot: Tier::new(hot), spill: Tier::new(capacity - hot) });
     (
-        Producer {
-            inner: inner.clone(),
-            hot: PushEnd::default(),
-            spill: PushEnd::default(),
-            reserved_spill: false,
-            seq: 0,
-        },
+        Producer { inner: inner.clone(), hot: PushEnd::default(), spill: PushEnd::default(), reserved: None, seq: 0 },
         Consumer { inner, hot: PopEnd::default(), spill: PopEnd::default(), popped: 0 },
     )
 }
 
 impl Producer {
     /// The next free slot, to be filled and then `commit`ted: in the hot tier when it has room,
-    /// else in the spill tier; None when both are full. A reserved slot that is not committed is
-    /// simply reused (or abandoned for the other tier's) by the next reserve.
+    /// else in the spill tier; None when both are full. Until `commit`, every call returns the
+    /// same slot (a request refused after its reserve leaves it to the next one).
     #[inline]
     pub fn reserve(&mut self) -> Option<&mut Event> {
         let inner = &*self.inner;
-        let slot = if self.hot.has_room(&inner.hot) {
-            self.reserved_spill = false;
-            &inner.hot.slots[self.hot.at]
-        } else if self.spill.has_room(&inner.spill) {
-            self.reserved_spill = true;
-            &inner.spill.slots[self.spill.at]
-        } else {
-            return None;
+        let tier = match self.reserved {
+            Some(t) => t,
+            None if self.hot.has_room(&inner.hot) => Reserved::Hot,
+            None if self.spill.has_room(&inner.spill) => Reserved::Spill,
+            None => return None,
         };
-        // SAFETY: the tier's tail - head < its length, so the consumer has freed this slot
-        // (Acquire in has_room pairs with its Release of head) and will not read it until we
-        // publish the tier's tail.
+        self.reserved = Some(tier);
+        let slot = match tier {
+            Reserved::Hot => &inner.hot.slots[self.hot.at],
+            Reserved::Spill => &inner.spill.slots[self.spill.at],
+        };
+        // SAFETY: when the tier was chosen its tail - head < its length, so the consumer had
+        // freed this slot (Acquire in has_room pairs with its Release of head); it will not
+        // read it until `commit` publishes the tier's tail, and nothing moves that tail before.
         Some(unsafe { &mut *slot.get() })
     }
 
     /// Stamps the reserved slot with the next sequence number and publishes it. Returns that
-    /// number: the event's 1-based position in this ring's order.
+    /// number (the event's 1-based position in this ring's order), or 0 when no slot is
+    /// reserved: nothing is published then.
     #[inline]
     pub fn commit(&mut self) -> u64 {
         let inner = &*self.inner;
-        let (end, tier) =
-            if self.reserved_spill { (&mut self.spill, &inner.spill) } else { (&mut self.hot, &inner.hot) };
-        debug_assert!(end.tail - end.head_cache < tier.len(), "commit without reserve");
+        let (end, tier) = match self.reserved.take() {
+            Some(Reserved::Hot) => (&mut self.hot, &inner.hot),
+            Some(Reserved::Spill) => (&mut self.spill, &inner.spill),
+            // A caller's bug (net::pipeline::publish asserts the number it gets in debug builds).
+            None => return 0,
+        };
         self.seq += 1;
         // SAFETY: the slot reserve handed out, still ours: its tier's tail is not yet past it.
         unsafe { (*tier.slots[end.at].get()).seq = self.seq };
@@ -381,6 +391,32 @@ mod tests {
             true
         });
         seen
+    }
+
+    /// `net::pipeline` fills a slot through one reserve and publishes it through a second: the
+    /// drain freeing a hot slot in between must not make the second hand out that stale slot.
+    #[test]
+    fn a_second_reserve_before_commit_returns_the_slot_being_filled() {
+        let (mut p, mut c) = ring(4); // hot 2, spill 2
+        assert!(push(&mut p, 1) && push(&mut p, 2));
+        p.reserve().unwrap().slots[0] = 99; // hot full: the spill tier's slot
+        assert_eq!(pop(&mut c, 1), [(1, 1)]); // the drain frees a hot slot meanwhile
+        assert_eq!(p.reserve().unwrap().slots[0], 99);
+        assert_eq!(p.commit(), 3);
+        assert_eq!(pop(&mut c, 10), [(2, 2), (3, 99)]);
+    }
+
+    /// A commit with no slot reserved (a caller's bug) publishes nothing: it must not stamp or
+    /// publish a slot the consumer has not freed.
+    #[test]
+    fn a_commit_without_a_reserve_publishes_nothing() {
+        let (mut p, mut c) = ring(2); // hot 1, spill 1
+        assert!(push(&mut p, 1) && push(&mut p, 2));
+        assert!(p.reserve().is_none());
+        assert_eq!(p.commit(), 0);
+        assert_eq!(pop(&mut c, 10), [(1, 1), (2, 2)]);
+        assert!(push(&mut p, 3));
+        assert_eq!(pop(&mut c, 10), [(3, 3)]);
     }
 
     #[test]
@@ -547,10 +583,17 @@ mod tests {
         let mut p = p;
         let mut i = 1u64;
         while i <= N {
-            if push(&mut p, i * 3) {
-                i += 1;
-            } else {
-                std::thread::yield_now();
+            // As net::pipeline does: fill through one reserve, publish after another.
+            match p.reserve() {
+                Some(e) => {
+                    e.slots[0] = i * 3;
+                    p.reserve().expect("the slot stays reserved");
+                    p.commit();
+                    i += 1;
+                }
+                // A consumer that failed an assertion pops no more: stop and report it.
+                None if t.is_finished() => break,
+                None => std::thread::yield_now(),
             }
         }
         t.join().unwrap();
