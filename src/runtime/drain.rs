@@ -12,6 +12,7 @@
 //! A journal error (disk full at rotation) leaves the event at the ring's head and retries with
 //! backoff: the ring fills, the reactor answers 503, nothing acknowledged is lost.
 
+use std::sync::atomic::fence;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -207,6 +208,12 @@ pub fn run(
                 continue;
             }
             shared.drain_sleeping.store(true, SeqCst);
+            // Dekker with notify_drain (a commit's Release store, fence, load of drain_sleeping):
+            // the ring's tails are read with Acquire loads, which a SeqCst store alone does not
+            // keep after it everywhere (on x86 it is a full barrier; on a weaker CPU the check
+            // could see the ring empty while the reactor still sees the drain awake, and the
+            // events would wait for IDLE_PARK).
+            fence(SeqCst);
             if ring.is_empty() && !shared.reactor_done.load(SeqCst) {
                 let park = if dirty && sync == SyncPolicy::Interval {
                     next_sync.saturating_duration_since(Instant::now()).min(IDLE_PARK)
