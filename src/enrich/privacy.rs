@@ -289,8 +289,8 @@ impl Privacy {
 
     /// Under `gdpr = "enforce"`: false when the event's gdpr field is set (any value but 0)
     /// and its consent field does not hold a TCF v2 string consenting to Purpose 1 and, with
-    /// `tcf_vendor_id` set, to that vendor (absent, empty, unreadable, cut by the field's
-    /// max_bytes inside the vendor section, or a type without a consent field included). No
+    /// `tcf_vendor_id` set, to that vendor (absent, empty, unreadable, a core segment longer
+    /// than TCF_AS_SENT_BYTES, or a type without a consent field included). No
     /// gdpr field, or 0: true, the request says GDPR does not apply.
     fn gdpr_consented(&self, ty: &EventType, req: &RequestView<'_>, ev: &Event) -> bool {
         let Some(at) = self.cfg.gdpr_fields.get(ty.id as usize) else { return true };
@@ -303,17 +303,23 @@ impl Privacy {
         };
         let vendor = self.cfg.tcf_vendor_id;
         let stored = ev.str_at(c.slot, c.offset, c.max);
-        // A TCF string is ASCII, so one filling its field was cut there, and its vendor section
-        // may run past the cut (a bitfield of ~1400 vendors alone is ~230 characters). Purpose 1
-        // (character 26) is always kept, so only the vendor check reads the string as sent,
-        // from the request; its core segment (up to the first '.') is all that is read.
-        if vendor.is_some() && stored.len() == c.max {
+        // A TCF string is ASCII, so one filling its field was cut there: its vendor section may
+        // run past the cut (a bitfield of ~1400 vendors alone is ~230 characters), and so may a
+        // byte that makes the string no TCF string at all. So a string filling its field is
+        // judged as sent, read again from the request, whether or not a vendor is checked (the
+        // verdict must not depend on max_bytes); its core segment (up to the first '.') is all
+        // that is read.
+        if stored.len() == c.max {
             let mut buf = [0u8; TCF_AS_SENT_BYTES];
-            if let Some((sent, whole)) = extract::text_as_sent(c, req, &mut buf) {
-                if whole || memchr::memchr(b'.', sent).is_some() {
-                    return tcf::consent(sent, vendor);
-                }
-            }
+            return match extract::text_as_sent(c, req, &mut buf) {
+                Some((sent, whole)) if whole || memchr::memchr(b'.', sent).is_some() => tcf::consent(sent, vendor),
+                // A core segment longer than the buffer: no TC string has one (the GVL's ~1400
+                // vendors in two bitfields are ~500 characters), so it is no consent rather than
+                // a guess from its first part.
+                Some(_) => false,
+                // Not readable again (not a request text): the stored copy is all there is.
+                None => tcf::consent(stored, vendor),
+            };
         }
         tcf::consent(stored, vendor)
     }
@@ -648,6 +654,38 @@ mod tests {
         assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={long}")).1, Some(OptOut::NoGdprConsent));
         let segments = format!("{core}.{}", "A".repeat(TCF_AS_SENT_BYTES));
         assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={segments}")).1, None);
+    }
+
+    /// Regressions: without a vendor id the string was judged on the stored copy, so the
+    /// verdict on Purpose 1 depended on the field's max_bytes. Cut below the 30 characters
+    /// that hold Purpose 1, a consenting string was no consent; cut above a byte that is no
+    /// base64url (padding here), a string that is no TCF string was consent.
+    #[test]
+    fn purpose_one_is_judged_on_the_string_as_sent_whatever_max_bytes() {
+        let with_max = |max: usize| {
+            let text = DEFAULT_TOML.replace(
+                "{ name = \"gdpr_consent\",  source = \"query.gdpr_consent\", type = \"string\", max_bytes = 160 },\n]\n\n# VAST",
+                &format!("{{ name = \"gdpr_consent\",  source = \"query.gdpr_consent\", type = \"string\", max_bytes = {max} }},\n]\n\n# VAST"),
+            );
+            assert_ne!(text, DEFAULT_TOML);
+            Config::parse(&text, "t.toml").unwrap()
+        };
+        assert_eq!(gdpr_run(&with_max(29), &format!("c=1&gdpr=1&gdpr_consent={TC_P1}")).1, None);
+        let core = &TC_P1[..TC_P1.find('.').unwrap()];
+        let padded = format!("{}{}==", &core[..84.min(core.len())], "A".repeat(100));
+        let cfg = Config::parse(DEFAULT_TOML, "t.toml").unwrap();
+        assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={padded}")).1, Some(OptOut::NoGdprConsent));
+        // Within the field, the same padding was always no consent.
+        let short = format!("{}==", &core[..84.min(core.len())]);
+        assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={short}")).1, Some(OptOut::NoGdprConsent));
+        // A core segment longer than the string is read for: no consent, also when the vendor's
+        // bit lies within the stored copy.
+        let long = format!("{core}{}", "A".repeat(TCF_AS_SENT_BYTES));
+        let mut cfg = cfg;
+        for vendor in [None, std::num::NonZeroU16::new(2)] {
+            cfg.privacy.tcf_vendor_id = vendor;
+            assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={long}")).1, Some(OptOut::NoGdprConsent));
+        }
     }
 
     #[test]
