@@ -514,9 +514,9 @@ pub const PRIVACY_KEYS: &[KeySpec] = &[
         Bool(true),
         Rule("true or false"),
         "",
-        "Sec-GPC: 1 removes user ids, ips and referers.",
+        "Sec-GPC: 1 removes user ids, ips, referers and the GDPR consent string.",
     ),
-    k("privacy", "honor_dnt", "bool", "", Bool(true), Rule("true or false"), "", "DNT: 1 removes user ids, ips and referers."),
+    k("privacy", "honor_dnt", "bool", "", Bool(true), Rule("true or false"), "", "DNT: 1 removes user ids, ips, referers and the GDPR consent string."),
     k(
         "privacy",
         "optout_cookie",
@@ -525,7 +525,7 @@ pub const PRIVACY_KEYS: &[KeySpec] = &[
         Str("optout"),
         Rule("a cookie name; \"\" = none"),
         "",
-        "This cookie present (not \"0\"/\"false\") removes user ids, ips and referers.",
+        "This cookie present (not \"0\"/\"false\") removes user ids, ips, referers and the GDPR consent string.",
     ),
     k(
         "privacy",
@@ -535,7 +535,7 @@ pub const PRIVACY_KEYS: &[KeySpec] = &[
         Str("enforce"),
         OneOf(&["record", "enforce"]),
         "",
-        "enforce: an event whose gdpr field is set (not 0) and whose gdpr_consent field holds no IAB TCF v2 consent to Purpose 1 (or, with tcf_vendor_id set, none to that vendor) loses its user ids, ips and referers and is flagged opted_out, as on an opt-out (counted as reason gdpr_no_consent); record: both fields are only stored. See docs/privacy.md.",
+        "enforce: an event whose gdpr field is set (not 0) and whose gdpr_consent field holds no IAB TCF v2 consent to Purpose 1 (or, with tcf_vendor_id set, none to that vendor) loses its user ids, ips, referers and consent string and is flagged opted_out, as on an opt-out (counted as reason gdpr_no_consent); record: both fields are only stored. See docs/privacy.md.",
     ),
     k(
         "privacy",

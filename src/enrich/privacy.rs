@@ -218,11 +218,19 @@ impl Privacy {
         // An identity field whose value this step removes or changes: the derived id, an
         // unkeyed hash of the raw values, must not keep what the step took out.
         let mut identity_changed = false;
+        // The consent string goes with the ids: its creation and update times (to the tenth of a
+        // second) and vendor choices are one browser's until it consents again, so kept it
+        // would single out the user the event no longer names (and join one user's events
+        // across the hash periods). The flag and the gdpr field say why the ids are gone.
+        let consent = self.cfg.gdpr_fields.get(ty.id as usize).and_then(|g| g.consent).map(usize::from);
         for (i, f) in ty.fields.iter().enumerate() {
             if !ev.has(f.slot) {
                 continue;
             }
-            if f.kind == FieldKind::Ip {
+            if opted_out && consent == Some(i) {
+                identity_changed |= ty.identity.contains(&i);
+                clear(ev, f.slot, f.offset, f.max);
+            } else if f.kind == FieldKind::Ip {
                 if opted_out || self.cfg.ip != IpPolicy::Keep {
                     identity_changed |= ty.identity.contains(&i);
                 }

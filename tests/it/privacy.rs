@@ -76,6 +76,7 @@ fn the_raw_user_id_never_reaches_a_segment_and_opt_outs_drop_identifiers() {
     for o in ["o-gpc", "o-dnt", "o-cookie", "o-cookie-2"] {
         let e = by(o);
         assert!(e.get("user_id").is_none() && e.get("ip").is_none(), "{o}: {e}");
+        assert!(e.get("gdpr_consent").is_none(), "the consent string goes with the ids: {o}: {e}");
         assert_eq!(e["opted_out"], true, "{o}");
     }
 }
@@ -419,12 +420,16 @@ fn gdpr_without_purpose_one_consent_is_journaled_as_an_opt_out_when_enforced() {
             assert!(e.get("user_id").is_none() && e.get("ip").is_none(), "{mode:?} {o}: {e}");
             assert_eq!(e["opted_out"], true, "{mode:?} {o}");
             assert_eq!(e["gdpr"], 1, "{mode:?} {o}");
+            // The consent string goes with the ids (it singles out a browser).
+            assert!(e.get("gdpr_consent").is_none(), "{mode:?} {o}: {e}");
         }
         for o in ["purpose-1", "not-applicable", "no-gdpr"] {
             let e = &by[o];
             assert_eq!(e["user_id"].as_str().map(str::len), Some(32), "{mode:?} {o}: {e}");
             assert_eq!((e["ip"].as_str(), e.get("opted_out")), (Some("127.0.0.0"), None), "{mode:?} {o}");
         }
+        assert_eq!(by["purpose-1"]["gdpr_consent"], TC_P1, "{mode:?}");
+        assert_eq!(by["not-applicable"]["gdpr_consent"], TC_NONE, "{mode:?}");
         assert_eq!(no_consent, 3.0, "{mode:?}");
     }
 }
@@ -468,7 +473,8 @@ fn with_tcf_vendor_id_set_purpose_one_without_the_vendor_is_an_opt_out() {
         assert_eq!(e["opted_out"], true, "{o}");
         assert_eq!(e["gdpr"], 1, "{o}");
     }
-    assert_eq!(by["purpose-1-only"]["gdpr_consent"], no_vendor);
+    assert!(by["purpose-1-only"].get("gdpr_consent").is_none(), "{}", by["purpose-1-only"]);
+    assert_eq!(kept["gdpr_consent"], TC_P1);
 }
 
 /// A consent field shorter than the TCF string (`max_bytes = 57` on conversions, which cuts
