@@ -613,13 +613,16 @@ pub(crate) fn answer(
         write_error(ctx, wbuf, Status::S503, "overloaded, retry", ka, head, v, None, allow_origin);
         return Answer { keep_alive: ka, logged_seq: 0 };
     };
-    if let Err(refusal) = pipeline::prepare(ctx, &cfg, ty, ep_index, &view, slot) {
-        counters.request(Some(ep.counter), Status::S400);
-        counters.reject(refusal.reason());
-        let mut msg = [0u8; 256];
-        write_error(ctx, wbuf, Status::S400, refusal.text(&mut msg), ka, head, v, None, allow_origin);
-        return Answer { keep_alive: ka, logged_seq: 0 };
-    }
+    let prepared = match pipeline::prepare(ctx, &cfg, ty, ep_index, &view, slot) {
+        Ok(p) => p,
+        Err(refusal) => {
+            counters.request(Some(ep.counter), Status::S400);
+            counters.reject(refusal.reason());
+            let mut msg = [0u8; 256];
+            write_error(ctx, wbuf, Status::S400, refusal.text(&mut msg), ka, head, v, None, allow_origin);
+            return Answer { keep_alive: ka, logged_seq: 0 };
+        }
+    };
     if head {
         slot.flags |= FLAG_HEAD;
     }
@@ -634,7 +637,7 @@ pub(crate) fn answer(
             }
         }
     };
-    let seq = pipeline::publish(ctx, ty, now_ns, over_budget, &mut producer);
+    let seq = pipeline::publish(ctx, ty, prepared, now_ns, over_budget, &mut producer);
     let date = ctx.date.borrow();
     let status = match ep.response {
         ResponseKind::Gif => {

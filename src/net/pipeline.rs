@@ -54,6 +54,14 @@ impl Refusal<'_> {
     }
 }
 
+/// What `prepare` learned that counts only once the event is published (a repeat inside the
+/// dedup window, or an event dropped over budget, is not one).
+#[must_use]
+pub(super) struct Prepared {
+    /// The privacy step opted the event out for want of GDPR consent.
+    no_gdpr_consent: bool,
+}
+
 /// Fills the reserved `slot`: extraction, privacy (nothing after it sees a raw user id or a full
 /// client address), then the steps added in code for this type, in order. On a refusal the
 /// slot's byte area is zeroed: the slot is reused by the next request and must keep no raw
@@ -65,15 +73,13 @@ pub(super) fn prepare<'c>(
     ep_index: u16,
     view: &RequestView<'_>,
     slot: &mut Event,
-) -> Result<(), Refusal<'c>> {
+) -> Result<Prepared, Refusal<'c>> {
     if let Err(rej) = extract(ty, view, &mut ctx.ids.borrow_mut(), ctx.shared.index, ep_index, slot) {
         slot.bytes.fill(0);
         let integrity = rej.why == crate::extract::price::INTEGRITY;
         return Err(Refusal::Field(&ty.fields[rej.field].name, rej.why, integrity));
     }
-    if ctx.privacy.borrow_mut().apply(ty, view, slot) == Some(OptOut::NoGdprConsent) {
-        ctx.shared.counters.reject(Reason::GdprNoConsent);
-    }
+    let no_gdpr_consent = ctx.privacy.borrow_mut().apply(ty, view, slot) == Some(OptOut::NoGdprConsent);
     for (_, type_id, step) in &cfg.steps {
         if *type_id == ty.id {
             if let Err(why) = step.apply(ty, view, slot) {
@@ -82,7 +88,7 @@ pub(super) fn prepare<'c>(
             }
         }
     }
-    Ok(())
+    Ok(Prepared { no_gdpr_consent })
 }
 
 /// Publishes the prepared slot unless it is a repeat of a client or derived id inside the dedup
@@ -91,7 +97,14 @@ pub(super) fn prepare<'c>(
 /// A HEAD (flagged by the caller) neither consults nor enters the window: it is a link scanner
 /// or a prefetcher, not the user, and taking the id would drop the user's GET that follows as
 /// its duplicate.
-pub(super) fn publish(ctx: &ShardCtx, ty: &EventType, now_ns: u64, over_budget: bool, producer: &mut Producer) -> u64 {
+pub(super) fn publish(
+    ctx: &ShardCtx,
+    ty: &EventType,
+    prepared: Prepared,
+    now_ns: u64,
+    over_budget: bool,
+    producer: &mut Producer,
+) -> u64 {
     let next_seq = producer.pushed() + 1;
     let Some(slot) = producer.reserve() else {
         debug_assert!(false, "publish without a prepared slot");
@@ -114,5 +127,8 @@ pub(super) fn publish(ctx: &ShardCtx, ty: &EventType, now_ns: u64, over_budget: 
     let seq = producer.commit();
     debug_assert_eq!(seq, next_seq);
     ctx.shared.counters.event(ty.counter);
+    if prepared.no_gdpr_consent {
+        ctx.shared.counters.reject(Reason::GdprNoConsent);
+    }
     seq
 }

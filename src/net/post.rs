@@ -330,8 +330,8 @@ fn push<'c>(
     producer: &mut Producer,
 ) -> Result<u64, Refusal<'c>> {
     let Some(slot) = producer.reserve() else { return Err(Refusal::Overloaded) };
-    prepare(ctx, cfg, ty, ep_index, view, slot)?;
-    Ok(publish(ctx, ty, view.now_ns, over_budget, producer))
+    let prepared = prepare(ctx, cfg, ty, ep_index, view, slot)?;
+    Ok(publish(ctx, ty, prepared, view.now_ns, over_budget, producer))
 }
 
 #[cfg(test)]

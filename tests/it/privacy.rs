@@ -507,3 +507,21 @@ fn vendor_consent_is_judged_on_the_string_as_sent_not_the_cut_field() {
     assert!(out.get("user_id").is_none() && out.get("ip").is_none(), "{out}");
     assert_eq!(out["opted_out"], true);
 }
+
+/// `gdpr_no_consent` counts journaled events, as the docs say. Regression: it moved when the
+/// privacy step ran, before the dedup window, so a retried pixel (same eid) without consent
+/// counted twice for one event.
+#[test]
+fn gdpr_no_consent_counts_each_event_once_not_each_retry() {
+    let mut s = Server::start(Some(&small_segments()), &["--shards", "1"]);
+    let mut c = s.connect();
+    for _ in 0..3 {
+        c.send(b"GET /cv?c=1&eid=retried-1&gdpr=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    let m = crate::metrics::parse_metrics(std::str::from_utf8(&s.admin_get("/metrics").body).unwrap());
+    assert_eq!(m[r#"tracker_rejects_total{reason="duplicate"}"#], 2.0, "{m:#?}");
+    assert_eq!(m[r#"tracker_rejects_total{reason="gdpr_no_consent"}"#], 1.0, "{m:#?}");
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 1);
+}
