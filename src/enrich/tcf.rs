@@ -4,9 +4,10 @@
 //!
 //! In: the string as received, the vendor id or none; out: yes or no. Anything that is not a
 //! TCF v2 string (another version, a byte outside base64url, a core segment too short to hold
-//! the purpose bits) is no: a string the tracker cannot read gives it no consent. So is a core
-//! segment too short for the Vendor Consent Section it declares (a bitfield of MaxVendorId
-//! bits, or NumEntries range entries), and a vendor id above its MaxVendorId.
+//! the purpose bits and PurposeOneTreatment) is no: a string the tracker cannot read gives it
+//! no consent, nor does one saying Purpose 1 was never put to the user (PurposeOneTreatment =
+//! 1). So is a core segment too short for the Vendor Consent Section it declares (a bitfield of
+//! MaxVendorId bits, or NumEntries range entries), and a vendor id above its MaxVendorId.
 //!
 //! Layout (IAB Tech Lab, "Transparency and Consent String with Global Vendor & CMP List
 //! Formats", Final v2.2, core string table): segments separated by '.', the core segment first,
@@ -57,9 +58,13 @@ use std::num::NonZeroU16;
 pub const VERSION: u8 = 2;
 /// Bit offset of PurposesConsent's first bit (Purpose 1) in the core segment.
 pub const PURPOSE_ONE_BIT: usize = 152;
-/// Bits a core segment must hold for its PurposesConsent field to be whole: a string cut
-/// inside that field is not trusted with its first bit either.
-pub const CORE_BITS_MIN: usize = PURPOSE_ONE_BIT + 24;
+/// Bit offset of PurposeOneTreatment: 1 = Purpose 1 was not disclosed to the user at all (a
+/// publisher whose country treats device storage differently), so whatever PurposesConsent
+/// says, no consent to it was given.
+pub const PURPOSE_ONE_TREATMENT_BIT: usize = PURPOSE_ONE_BIT + 24 + 24;
+/// Bits a core segment must hold for Purpose 1 to be judged: PurposesConsent whole (a string cut
+/// inside that field is not trusted with its first bit either) and PurposeOneTreatment.
+pub const CORE_BITS_MIN: usize = PURPOSE_ONE_TREATMENT_BIT + 1;
 /// Bit offset of the Vendor Consent Section (its MaxVendorId) in the core segment: after
 /// PurposesConsent 24, PurposesLITransparency 24, PurposeOneTreatment 1, PublisherCC 12.
 pub const VENDOR_SECTION_BIT: usize = PURPOSE_ONE_BIT + 24 + 24 + 1 + 12;
@@ -78,10 +83,11 @@ pub fn consent(tc: &[u8], vendor: Option<NonZeroU16>) -> bool {
     let Some(core) = Core::new(tc) else { return false };
     core.read(0, 6) == Some(u32::from(VERSION))
         && core.bit(PURPOSE_ONE_BIT) == 1
+        && core.bit(PURPOSE_ONE_TREATMENT_BIT) == 0
         && vendor.is_none_or(|v| core.vendor_consent(v.get()))
 }
 
-/// A core segment checked to be base64url and to hold PurposesConsent whole.
+/// A core segment checked to be base64url and to hold CORE_BITS_MIN bits.
 struct Core<'a> {
     chars: &'a [u8],
 }
@@ -505,6 +511,23 @@ mod tests {
         assert!(!purpose_one_consent(b"CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"));
     }
 
+    /// PurposeOneTreatment = 1 says Purpose 1 was never put to the user: no consent, even with
+    /// its PurposesConsent bit set. Regression: only the bit was read, so such a string (the
+    /// spec calls a global one with the flag invalid) counted as consent.
+    #[test]
+    fn purpose_one_not_disclosed_is_no_consent_whatever_its_bit_says() {
+        let mut f = head(2, P1);
+        f[14] = (1, 1); // PurposeOneTreatment
+        f.extend(bitfield(10, &[2]));
+        f.extend_from_slice(&[(0, 16), (0, 1), (0, 12)]);
+        let s = encode(&f);
+        assert!(!purpose_one_consent(s.as_bytes()));
+        assert!(!consent(s.as_bytes(), v(2)));
+        assert!(!by_the_table(s.as_bytes(), None));
+        f[14] = (0, 1);
+        assert!(consent(encode(&f).as_bytes(), v(2)));
+    }
+
     /// The consent answer read the slow way, for checking the decoder: the core segment
     /// expanded into one bool per bit, each field read at its place in the IAB table. Without
     /// a vendor, Purpose 1 alone.
@@ -515,7 +538,7 @@ mod tests {
         let num = |at: usize, w: usize| -> Option<u32> {
             bits.get(at..at + w).map(|b| b.iter().fold(0, |n, &b| n << 1 | u32::from(b)))
         };
-        if bits.len() < 152 + 24 || num(0, 6) != Some(2) || !bits[152] {
+        if bits.len() < 201 || num(0, 6) != Some(2) || !bits[152] || bits[200] {
             return false;
         }
         let Some(vendor) = vendor else { return true };
@@ -572,7 +595,13 @@ mod tests {
                 }
                 f
             };
-            let mut tc = core_with(2, if next(8) == 0 { 0 } else { P1 }, &section).into_bytes();
+            let mut f = head(2, if next(8) == 0 { 0 } else { P1 });
+            if next(16) == 0 {
+                f[14] = (1, 1); // PurposeOneTreatment
+            }
+            f.extend_from_slice(&section);
+            f.extend_from_slice(&[(0, 16), (0, 1), (0, 12)]);
+            let mut tc = encode(&f).into_bytes();
             match next(4) {
                 0 => tc.truncate(next(tc.len() as u64 + 1) as usize),
                 1 => {
