@@ -173,7 +173,7 @@ fn bench_request_side(c: &mut Criterion) {
             n += 1;
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&n.to_le_bytes());
-            black_box(dedup.check(&id, 1, 1_790_000_000_000_000_000 + n))
+            black_box(dedup.check(&id, 1, 1_790_000_000_000_000_000 + n, 0, n))
         })
     });
     let mut bcfg = cfg.budget;

@@ -7,8 +7,8 @@
 //! never looked up; nor are HEAD requests (`net::pipeline::publish`), which are not the user's.
 //!
 //! Layout: `buckets` cache lines of [`WAYS`] 16-byte entries, each one 128-bit atomic, allocated
-//! once at start (`entries` × [`ENTRY_BYTES`]). An entry is `fingerprint << 64 | time`, 0 = empty
-//! (bits 32..64 are zero):
+//! once at start (`entries` × [`ENTRY_BYTES`]). An entry is
+//! `fingerprint << 64 | shard << 56 | seq_low << 32 | time`, 0 = empty:
 //! - the key (id, type) is hashed once with xxh3_128; the bucket is chosen by the low bits of
 //!   its low half, the 64-bit fingerprint is its high half (0 taken as 1, so an entry is never
 //!   0). A false duplicate — a different id answered as a repeat and never journaled — needs a
@@ -17,7 +17,12 @@
 //!   beside the time in one `AtomicU64` was 8 × 2⁻³² ≈ 2⁻²⁹: an event lost every hour or two at
 //!   that rate on a well-filled table, billing notices included.)
 //! - time is centiseconds of the Unix clock truncated to 32 bits (wraps after 497 days; ages are
-//!   computed with wrapping subtraction).
+//!   computed with wrapping subtraction). Only the low 32 bits are ever read as time ([`stamp`]);
+//!   whole entries are only compared for equality (the compare-and-swap).
+//! - shard (8 bits) and seq_low (the low [`SEQ_BITS`] of the ring sequence number) say where the
+//!   first copy went: a duplicate on an `ack = "logged"` endpoint waits for that event to be
+//!   journaled (see Acknowledgement). [`full_seq`] recovers the whole number from the shard's
+//!   count of pushed events.
 //!
 //! Insert-or-find first looks for our fingerprint, fresh, in every way (→ duplicate), then scans
 //! the ways in order again: our fingerprint and fresh → duplicate; an empty or
@@ -62,7 +67,19 @@ pub const ENTRIES_MAX: usize = 1 << 28;
 /// Longest window: ages are 32-bit centiseconds; stay far below the wrap.
 pub const WINDOW_MS_MAX: u64 = 7 * 86_400_000;
 
+/// Bits of the first copy's sequence number kept in an entry (bits 32..56); its shard takes the
+/// 8 above them.
+pub const SEQ_BITS: u32 = 24;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+
 const _: () = assert!(ENTRIES_MIN.is_multiple_of(WAYS) && ENTRIES_MIN.is_power_of_two());
+// The shard index fits the 8 bits above the seq.
+const _: () = assert!(crate::constants::SHARDS_MAX <= 1 << (32 - SEQ_BITS));
+// A shard's events not yet journaled are at most what its ring holds plus one drain batch
+// popped and not yet published (at most another ring's worth): the newest seq with the right
+// low bits at or below the shard's pushed count is then the first copy's whenever the first
+// copy can still be waiting for the journal (`full_seq`).
+const _: () = assert!(2 * crate::constants::RING_EVENTS_MAX < 1 << SEQ_BITS);
 const _: () = assert!(WINDOW_MS_MAX / 10 < (u32::MAX / 2) as u64);
 
 #[repr(C, align(64))]
@@ -89,13 +106,42 @@ fn stamp(v: u128) -> u32 {
     v as u32
 }
 
+/// The entry's first copy: its shard and the low SEQ_BITS of its sequence number.
+fn first_copy(v: u128) -> FirstCopy {
+    FirstCopy { shard: (v >> 56) as u8 as u16, seq_low: (v >> 32) as u32 & SEQ_MASK as u32 }
+}
+
+/// Where the first copy of a duplicated id went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstCopy {
+    pub shard: u16,
+    /// The low [`SEQ_BITS`] of its sequence number in that shard's ring ([`full_seq`]).
+    pub seq_low: u32,
+}
+
 /// Whether an id was seen inside the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
     /// First time inside the window: publish it.
     New,
     /// Published already inside the window: answer, do not publish.
-    Duplicate,
+    Duplicate(FirstCopy),
+}
+
+/// The sequence number of a first copy from its low [`SEQ_BITS`]: the newest seq at or below
+/// `newest` with those bits, 0 when there is none (seqs start at 1). `newest` must be at least
+/// the first copy's seq: its shard's pushed count read after the entry, plus one (the other
+/// reactor enters its entry just before it commits the event). A first copy older than a lap
+/// of 2^SEQ_BITS reads as a newer seq: a wait for a later event of the same shard.
+pub fn full_seq(seq_low: u32, newest: u64) -> u64 {
+    let low = u64::from(seq_low) & SEQ_MASK;
+    let candidate = (newest & !SEQ_MASK) | low;
+    if candidate <= newest {
+        candidate
+    } else {
+        // Below: the previous lap, when there is one.
+        candidate.saturating_sub(1 << SEQ_BITS)
+    }
 }
 
 pub struct Dedup {
@@ -121,11 +167,13 @@ impl Dedup {
     }
 
     /// Records `id` (of event type `type_id`) at `now_ns` (Unix ns) unless it is already there
-    /// and fresh.
-    #[inline]
+    /// and fresh; `shard` and `seq` say where this copy goes when it is new (the caller's shard
+    /// and the sequence number its commit will give it), and a duplicate is told the first's.
     /// `type_key`: `EventType::key`, a hash of the type's name (not its position in the
     /// config, which a reload that adds or removes a type shifts).
-    pub fn check(&self, id: &[u8; 16], type_key: u64, now_ns: u64) -> Seen {
+    #[inline]
+    pub fn check(&self, id: &[u8; 16], type_key: u64, now_ns: u64, shard: u16, seq: u64) -> Seen {
+        debug_assert!((shard as usize) < crate::constants::SHARDS_MAX);
         let mut key = [0u8; 24];
         key[..16].copy_from_slice(id);
         key[16..].copy_from_slice(&type_key.to_le_bytes());
@@ -134,7 +182,8 @@ impl Dedup {
         // bucket still have 64 bits of fingerprint to differ in.
         let fp = ((h >> 64) as u64).max(1);
         let now = (now_ns / 10_000_000) as u32;
-        let mine = u128::from(fp) << 64 | u128::from(now);
+        let place = u64::from(shard as u8) << 24 | (seq & SEQ_MASK);
+        let mine = u128::from(fp) << 64 | u128::from(place) << 32 | u128::from(now);
         let bucket = &self.buckets[(h as u64 & self.mask) as usize].0;
         // Signed age: another shard (its clock read once per read batch) or a clock stepped
         // back can stamp an entry a little after our `now`; that entry is fresh, not 497 days
@@ -143,17 +192,17 @@ impl Dedup {
         let fresh = |v: u128| v != 0 && (-window..window).contains(&(now.wrapping_sub(stamp(v)) as i32));
         // First look for our own live entry in every way: an expired way of another id may sit
         // before it and would otherwise take a second copy.
-        if bucket.iter().any(|w| {
+        for w in bucket {
             let v = w.load(Acquire);
-            fingerprint(v) == fp && fresh(v)
-        }) {
-            return Seen::Duplicate;
+            if fingerprint(v) == fp && fresh(v) {
+                return Seen::Duplicate(first_copy(v));
+            }
         }
         for way in bucket {
             let mut v = way.load(Acquire);
             loop {
                 if fingerprint(v) == fp && fresh(v) {
-                    return Seen::Duplicate;
+                    return Seen::Duplicate(first_copy(v));
                 }
                 if fresh(v) {
                     break; // another id's live entry: try the next way
@@ -192,12 +241,12 @@ mod tests {
         let d = Dedup::new(1024, 300_000);
         let id = [7u8; 16];
         // Another shard's later clock read landed first.
-        assert_eq!(d.check(&id, 0, T0 + 20 * MS), Seen::New);
-        assert_eq!(d.check(&id, 0, T0 + 10 * MS), Seen::Duplicate);
+        assert_eq!(d.check(&id, 0, T0 + 20 * MS, 0, 1), Seen::New);
+        assert_eq!(d.check(&id, 0, T0 + 10 * MS, 0, 1), DUP);
         // Far in the future (more than a window): stale, the id is new again.
         let far = [8u8; 16];
-        assert_eq!(d.check(&far, 0, T0 + 400_000 * MS), Seen::New);
-        assert_eq!(d.check(&far, 0, T0), Seen::New);
+        assert_eq!(d.check(&far, 0, T0 + 400_000 * MS, 0, 1), Seen::New);
+        assert_eq!(d.check(&far, 0, T0, 0, 1), Seen::New);
     }
 
     use super::*;
@@ -210,29 +259,31 @@ mod tests {
     }
 
     const T0: u64 = 1_790_000_000_000_000_000;
+    /// What a first copy recorded by the tests that do not look at it (shard 0, seq 1) gives.
+    const DUP: Seen = Seen::Duplicate(FirstCopy { shard: 0, seq_low: 1 });
     const MS: u64 = 1_000_000;
 
     #[test]
     fn a_repeat_inside_the_window_is_a_duplicate_and_outside_is_new() {
         let d = Dedup::new(1024, 1000);
-        assert_eq!(d.check(&id(1), 0, T0), Seen::New);
-        assert_eq!(d.check(&id(1), 0, T0 + 999 * MS), Seen::Duplicate);
-        assert_eq!(d.check(&id(1), 1, T0), Seen::New, "the type is part of the key");
-        assert_eq!(d.check(&id(2), 0, T0), Seen::New);
-        assert_eq!(d.check(&id(1), 0, T0 + 1000 * MS), Seen::New, "the window has passed");
-        assert_eq!(d.check(&id(1), 0, T0 + 1500 * MS), Seen::Duplicate, "re-recorded at 1000 ms");
+        assert_eq!(d.check(&id(1), 0, T0, 0, 1), Seen::New);
+        assert_eq!(d.check(&id(1), 0, T0 + 999 * MS, 0, 1), DUP);
+        assert_eq!(d.check(&id(1), 1, T0, 0, 1), Seen::New, "the type is part of the key");
+        assert_eq!(d.check(&id(2), 0, T0, 0, 1), Seen::New);
+        assert_eq!(d.check(&id(1), 0, T0 + 1000 * MS, 0, 1), Seen::New, "the window has passed");
+        assert_eq!(d.check(&id(1), 0, T0 + 1500 * MS, 0, 1), DUP, "re-recorded at 1000 ms");
     }
 
     #[test]
     fn a_full_bucket_evicts_its_oldest_and_counts_it() {
         let d = Dedup::new(1024, 60_000);
         for n in 0..20_000u64 {
-            d.check(&id(n), 0, T0 + n * MS);
+            d.check(&id(n), 0, T0 + n * MS, 0, 1);
         }
         assert!(d.evictions() > 0);
         // The most recent ids are still remembered.
         for n in 19_990..20_000u64 {
-            assert_eq!(d.check(&id(n), 0, T0 + 20_000 * MS), Seen::Duplicate, "{n}");
+            assert_eq!(d.check(&id(n), 0, T0 + 20_000 * MS, 0, 1), DUP, "{n}");
         }
     }
 
@@ -261,10 +312,71 @@ mod tests {
         assert_eq!(old_key(a), old_key(b), "the old table could not tell {a} from {b}");
 
         let d = Dedup::new(1024, 60_000);
-        assert_eq!(d.check(&id(a), 0, T0), Seen::New);
-        assert_eq!(d.check(&id(b), 0, T0), Seen::New, "{b} is a different event from {a}");
-        assert_eq!(d.check(&id(a), 0, T0 + MS), Seen::Duplicate);
-        assert_eq!(d.check(&id(b), 0, T0 + MS), Seen::Duplicate);
+        assert_eq!(d.check(&id(a), 0, T0, 0, 1), Seen::New);
+        assert_eq!(d.check(&id(b), 0, T0, 0, 1), Seen::New, "{b} is a different event from {a}");
+        assert_eq!(d.check(&id(a), 0, T0 + MS, 0, 1), DUP);
+        assert_eq!(d.check(&id(b), 0, T0 + MS, 0, 1), DUP);
+    }
+
+    #[test]
+    fn an_entry_keeps_the_first_copys_shard_and_low_sequence_bits() {
+        let d = Dedup::new(1024, 60_000);
+        let seq = (5u64 << SEQ_BITS) | 0x00ab_cdef;
+        assert_eq!(d.check(&id(1), 0, T0, 255, seq), Seen::New);
+        let first = FirstCopy { shard: 255, seq_low: 0x00ab_cdef };
+        // Whoever asks next, and whatever seq it would have given the event, learns the first's.
+        assert_eq!(d.check(&id(1), 0, T0 + MS, 3, 99), Seen::Duplicate(first));
+        assert_eq!(d.check(&id(1), 0, T0 + 2 * MS, 255, seq + 7), Seen::Duplicate(first));
+        // Past the window the id is recorded again, with the new copy's shard and seq.
+        assert_eq!(d.check(&id(1), 0, T0 + 60_000 * MS, 7, 12), Seen::New);
+        assert_eq!(d.check(&id(1), 0, T0 + 60_001 * MS, 0, 1), Seen::Duplicate(FirstCopy { shard: 7, seq_low: 12 }));
+    }
+
+    /// Bits 32..64 of an entry were always zero; now they hold the shard and seq. Expiry and
+    /// eviction must still read the time from the low 32 bits alone.
+    #[test]
+    fn expiry_and_eviction_read_only_the_time_with_shard_and_seq_bits_set() {
+        let d = Dedup::new(1024, 1000);
+        let all_ones = (1u64 << SEQ_BITS) - 1;
+        assert_eq!(d.check(&id(1), 0, T0, 255, all_ones), Seen::New);
+        assert_eq!(
+            d.check(&id(1), 0, T0 + 999 * MS, 0, 1),
+            Seen::Duplicate(FirstCopy { shard: 255, seq_low: 0xff_ffff })
+        );
+        assert_eq!(d.check(&id(1), 0, T0 + 1000 * MS, 1, 2), Seen::New, "expired at one window");
+        // A full bucket still evicts its oldest, by time: fill the table with set high bits.
+        let d = Dedup::new(1024, 600_000);
+        for n in 0..20_000u64 {
+            d.check(&id(n), 0, T0 + n * MS, 255, all_ones - n);
+        }
+        assert!(d.evictions() > 0);
+        for n in 19_990..20_000u64 {
+            let want = FirstCopy { shard: 255, seq_low: ((all_ones - n) & all_ones) as u32 };
+            assert_eq!(d.check(&id(n), 0, T0 + 20_000 * MS, 0, 1), Seen::Duplicate(want), "{n}");
+        }
+    }
+
+    #[test]
+    fn the_full_sequence_number_is_the_newest_one_with_those_low_bits() {
+        const WRAP: u64 = 1 << SEQ_BITS;
+        let low = |s: u64| (s & (WRAP - 1)) as u32;
+        // Not wrapped yet.
+        assert_eq!(full_seq(low(5), 5), 5);
+        assert_eq!(full_seq(low(5), 9), 5);
+        assert_eq!(full_seq(low(WRAP - 1), WRAP - 1), WRAP - 1);
+        // Around the wrap: a first copy just before it, the shard just after.
+        assert_eq!(full_seq(low(WRAP - 1), WRAP), WRAP - 1);
+        assert_eq!(full_seq(low(WRAP - 1), WRAP + 3), WRAP - 1);
+        assert_eq!(full_seq(low(WRAP), WRAP), WRAP);
+        assert_eq!(full_seq(low(WRAP + 2), WRAP + 3), WRAP + 2);
+        // Many laps on.
+        assert_eq!(full_seq(low(7 * WRAP + 10), 7 * WRAP + 10), 7 * WRAP + 10);
+        assert_eq!(full_seq(low(7 * WRAP - 10), 7 * WRAP + 10), 7 * WRAP - 10);
+        // Never newer than `newest`, never 0: a seq older than a lap reads as the newest with
+        // its low bits (a wait for a later event, which is safe).
+        assert_eq!(full_seq(low(WRAP + 3), WRAP + 3 + WRAP), 2 * WRAP + 3);
+        assert_eq!(full_seq(0, WRAP - 1), 0, "no seq ≤ newest has those bits: nothing to wait for");
+        assert_eq!(full_seq(low(9), 3), 0, "newer than `newest`: not in this run");
     }
 
     #[test]
@@ -278,7 +390,7 @@ mod tests {
                     for round in 0..2000u64 {
                         // Every thread sends the same ids in a different order.
                         let n = (round * 7 + t * 13) % 2000;
-                        if d.check(&id(n), 3, T0) == Seen::New {
+                        if d.check(&id(n), 3, T0, t as u16, round + 1) == Seen::New {
                             new += 1;
                         }
                     }

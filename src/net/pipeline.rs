@@ -113,7 +113,7 @@ pub(super) fn publish(
     let duplicate = match &ctx.dedup {
         _ if over_budget || slot.flags & FLAG_HEAD != 0 => false,
         Some(d) if slot.flags & (FLAG_ID_CLIENT | FLAG_ID_DERIVED) != 0 => {
-            d.check(&slot.id, ty.key, now_ns) == crate::dedup::Seen::Duplicate
+            matches!(d.check(&slot.id, ty.key, now_ns, ctx.shared.index, next_seq), crate::dedup::Seen::Duplicate(_))
         }
         _ => false,
     };
