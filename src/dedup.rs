@@ -43,13 +43,18 @@
 //! tells, and `runtime::start` warns of it on such a CPU (saying to give the VM a CPU model
 //! with it, x86-64-v2 or later, or to set `dedup.window_ms = 0`): still correct, just slower.
 //!
-//! Acknowledgement: a duplicate is answered at once, also on an `ack = "logged"` endpoint. If
-//! the first copy is still on its way to the journal on another shard and the process dies in
-//! that window, the retry was acknowledged for an event that is lost; the first sender got no
-//! acknowledgement and retries again after the restart (the table starts empty), so an
-//! at-least-once sender still delivers it. While any shard's journal fails, `logged` endpoints
-//! refuse before this lookup (`ShardShared::any_journal_failing`): a retry must not be taken
-//! for a duplicate of a first copy stuck in a failing journal.
+//! Acknowledgement: on an `ack = "received"` endpoint a duplicate is answered at once. On an
+//! `ack = "logged"` endpoint its response waits, as the first copy's own does, until the first
+//! copy is in the journal (`net::connection`: the shard's own journal wakes it; another shard's
+//! is polled, bounded by `idle_timeout_ms`), and when that journal fails it is refused as a
+//! `logged` request whose own event failed is (the connection closes unanswered): a 2xx always
+//! means the event survives `kill -9`, whichever copy carried it. A POST batch's answer waits
+//! for the first copies of its duplicate items likewise, on at most
+//! `net::pipeline::ELSEWHERE_MAX` other shards (an item past that is refused for a retry). While any shard's journal
+//! fails, `logged` endpoints also refuse before this lookup (`ShardShared::any_journal_failing`).
+//! A first copy more than 2^[`SEQ_BITS`] events behind its shard's newest is read as a later
+//! event of that shard: the wait is then longer than it needs to be, never shorter (the ring
+//! holds far fewer events, so such a first copy is journaled long since).
 //!
 //! Crossing: this table is the only state on the request path shared between shards. A lookup
 //! touches one cache line; an insert one CAS on it.

@@ -7,7 +7,10 @@
 //! - responses are appended to the write buffer, whose capacity is reserved at start and never
 //!   grows; a batch is flushed before the buffer could overflow;
 //! - an `ack = "logged"` response is written only after the drain reports its event in the
-//!   journal; the whole batch waits for the highest such sequence number;
+//!   journal; the whole batch waits for the highest such sequence number. A duplicate's response
+//!   waits for its first copy instead: in this shard's journal the same way, in another's by
+//!   polling it (at most `idle_timeout_ms`), and a response that waits on another shard ends its
+//!   batch; a journal that fails (or the poll's timeout) closes the connection unanswered;
 //! - a malformed request is answered with `Connection: close` and the connection closed after
 //!   the responses before it are written: the bytes after it cannot be trusted;
 //! - a connection we close after a response is half-closed and read (and discarded) for up to
@@ -39,7 +42,8 @@ use crate::extract::RequestView;
 use crate::http::{self, BodyFraming, ParseError};
 use crate::metrics::{Reason, Status};
 use crate::net::deadline::{self, Wait};
-use crate::net::{pipeline, post};
+use crate::net::pipeline::{self, Elsewhere};
+use crate::net::post;
 use crate::redirect;
 use crate::runtime::shard::ShardCtx;
 
@@ -87,6 +91,9 @@ pub(crate) struct Answer {
     pub(crate) keep_alive: bool,
     /// Journal sequence number this response must wait for (0 = none).
     pub(crate) logged_seq: u64,
+    /// Events in other shards' journals it must wait for: first copies of duplicates, on an
+    /// `ack = "logged"` endpoint (`pipeline::Published::wait_for`).
+    pub(crate) elsewhere: Elsewhere,
 }
 
 pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, mut bufs: ConnBufs) {
@@ -135,6 +142,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         let mut start = 0usize;
         let mut close = false;
         let mut logged_seq = 0u64;
+        // First copies on other shards the batch's responses wait for. A response that waits
+        // for any ends the batch (rare: a duplicate that came before its first copy was
+        // journaled), so the next one starts with room for its own.
+        let mut elsewhere = Elsewhere::NONE;
         // A POST needs more room than RESPONSE_BYTES_MAX (a batch's per-item status): the
         // responses before it are written first.
         let mut flush_first = false;
@@ -219,11 +230,16 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             answered_any = true;
             served += 1;
             logged_seq = logged_seq.max(a.logged_seq);
+            debug_assert!(elsewhere.is_empty(), "a wait elsewhere ends the batch");
+            elsewhere = a.elsewhere;
             start += consumed;
             head_started = None;
             continue_sent = false;
             if !a.keep_alive {
                 close = true;
+                break;
+            }
+            if !elsewhere.is_empty() {
                 break;
             }
         }
@@ -237,7 +253,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         // is parsed with it, and a stream of nothing else still meets the 431 head limit.
         let begun = rbuf[start..].chunks(2).any(|p| p != b"\r\n");
         // The batch stopped for want of output space, not input: answer the rest after the write.
-        let out_full = flush_first || wbuf.capacity() - wbuf.len() < RESPONSE_BYTES_MAX;
+        let out_full = flush_first || !elsewhere.is_empty() || wbuf.capacity() - wbuf.len() < RESPONSE_BYTES_MAX;
         // Wake the drain once per batch; then wait for the journal if a response needs it.
         let filling = ctx.producer.borrow_mut().is_filling();
         ctx.shared.notify_drain(logged_seq > 0 || filling);
@@ -247,6 +263,17 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             // client sees the connection close and retries.
             ctx.shared.counters.reject(Reason::JournalUnavailable);
             break 'conn;
+        }
+        // Likewise for first copies in other shards' journals, bounded by the idle timeout: a
+        // journal that is stuck without failing must not hold the connection forever.
+        if !elsewhere.is_empty() {
+            let until_ms = crate::clock::mono_coarse_ms() + idle;
+            for &(shard, seq) in elsewhere.waits() {
+                if !ctx.journaled_elsewhere(shard, seq, until_ms).await {
+                    ctx.shared.counters.reject(Reason::JournalUnavailable);
+                    break 'conn;
+                }
+            }
         }
         if !wbuf.is_empty() {
             let (res, b) = write_all(&ctx, &mut stream, wbuf, slot, idle).await;
@@ -448,7 +475,7 @@ pub(crate) fn answer(
         counters.request(None, Status::S204);
         let date = ctx.date.borrow();
         let _ = http::response::options(wbuf, http::response::ALLOW_ALL, ka, v, date.get());
-        return Answer { keep_alive: ka, logged_seq: 0 };
+        return Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE };
     }
     // CORS preflight for a POST endpoint (http::cors); never an event. A browser sends every
     // preflight with `Origin` (the Fetch standard); an OPTIONS without one is a plain question about
@@ -465,17 +492,17 @@ pub(crate) fn answer(
             counters.request(None, Status::S204);
             let date = ctx.date.borrow();
             let _ = http::response::options(wbuf, allow, ka, v, date.get());
-            return Answer { keep_alive: ka, logged_seq: 0 };
+            return Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE };
         }
         Route::NotFound => {
             counters.request(None, Status::S404);
             write_error(ctx, wbuf, Status::S404, "no such endpoint", ka, head, v, None, None);
-            return Answer { keep_alive: ka, logged_seq: 0 };
+            return Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE };
         }
         Route::MethodNotAllowed(allow) => {
             counters.request(None, Status::S405);
             write_error(ctx, wbuf, Status::S405, "method not allowed", ka, head, v, Some(allow), None);
-            return Answer { keep_alive: ka, logged_seq: 0 };
+            return Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE };
         }
     };
     let ep = &cfg.endpoints[ep_index as usize];
@@ -507,7 +534,7 @@ pub(crate) fn answer(
         if let Some(why) = why {
             counters.request(Some(ep.counter), Status::S503);
             write_error(ctx, wbuf, Status::S503, why, ka, head, v, None, allow_origin);
-            return Answer { keep_alive: ka, logged_seq: 0 };
+            return Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE };
         }
     }
     // SSAI: the device's address and user agent, believed only from an authenticated stitcher.
@@ -531,7 +558,7 @@ pub(crate) fn answer(
                 _ => "X-Device-IP is not an IP address",
             };
             write_error(ctx, wbuf, Status::S400, why, ka, head, v, None, allow_origin);
-            return Answer { keep_alive: ka, logged_seq: 0 };
+            return Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE };
         }
     }
     // Per-source budget, before anything is decoded. `drop` endpoints answer as usual below and
@@ -553,7 +580,7 @@ pub(crate) fn answer(
                     date.get(),
                     allow_origin,
                 );
-                return Answer { keep_alive: ka, logged_seq: 0 };
+                return Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE };
             }
             over_budget = true;
         }
@@ -604,14 +631,14 @@ pub(crate) fn answer(
             None,
             allow_origin,
         );
-        return Answer { keep_alive: ka, logged_seq: 0 };
+        return Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE };
     }
     let mut producer = ctx.producer.borrow_mut();
     let Some(slot) = producer.reserve() else {
         counters.request(Some(ep.counter), Status::S503);
         counters.reject(Reason::RingFull);
         write_error(ctx, wbuf, Status::S503, "overloaded, retry", ka, head, v, None, allow_origin);
-        return Answer { keep_alive: ka, logged_seq: 0 };
+        return Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE };
     };
     let prepared = match pipeline::prepare(ctx, &cfg, ty, ep_index, &view, slot) {
         Ok(p) => p,
@@ -620,7 +647,7 @@ pub(crate) fn answer(
             counters.reject(refusal.reason());
             let mut msg = [0u8; 256];
             write_error(ctx, wbuf, Status::S400, refusal.text(&mut msg), ka, head, v, None, allow_origin);
-            return Answer { keep_alive: ka, logged_seq: 0 };
+            return Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE };
         }
     };
     if head {
@@ -637,7 +664,7 @@ pub(crate) fn answer(
             }
         }
     };
-    let seq = pipeline::publish(ctx, ty, prepared, now_ns, over_budget, &mut producer);
+    let published = pipeline::publish(ctx, ty, prepared, now_ns, over_budget, &mut producer);
     let date = ctx.date.borrow();
     let status = match ep.response {
         ResponseKind::Gif => {
@@ -667,7 +694,12 @@ pub(crate) fn answer(
         },
     };
     counters.request(Some(ep.counter), status);
-    Answer { keep_alive: ka, logged_seq: if ep.ack == Ack::Logged { seq } else { 0 } }
+    let (mut logged_seq, mut elsewhere) = (0, Elsewhere::NONE);
+    if ep.ack == Ack::Logged {
+        // One event: always room for its one wait.
+        let _ = published.wait_for(ctx, &mut logged_seq, &mut elsewhere);
+    }
+    Answer { keep_alive: ka, logged_seq, elsewhere }
 }
 
 /// Records the service time of a batch's `count` requests (metrics::latency): no allocation, no
@@ -694,7 +726,7 @@ fn refuse_redirect(
     ctx.shared.counters.request(Some(counter), st);
     ctx.shared.counters.reject(Reason::Redirect);
     write_error(ctx, wbuf, st, refused.reason, keep_alive, head, version_minor, None, None);
-    Answer { keep_alive, logged_seq: 0 }
+    Answer { keep_alive, logged_seq: 0, elsewhere: Elsewhere::NONE }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -31,7 +31,7 @@ use crate::runtime::shard::ShardCtx;
 
 use super::body::{self, Encoding, Inflater};
 use super::connection::{write_error, Answer};
-use super::pipeline::{prepare, publish, Refusal};
+use super::pipeline::{prepare, publish, Elsewhere, Published, Refusal};
 
 /// Bytes of one rejected item in the answer: `{"index":127,"reason":"…"},`.
 const ITEM_ANSWER_BYTES_MAX: usize = 28 + BATCH_REASON_BYTES_MAX;
@@ -100,7 +100,7 @@ pub(super) fn preflight(
             );
         }
     }
-    Answer { keep_alive: ka, logged_seq: 0 }
+    Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE }
 }
 
 /// Answers a POST with a non-empty body (`body[..body_len]`; `body` has `INPUT_PADDING` spare
@@ -134,7 +134,7 @@ pub(super) fn answer(
         counters.reject(Reason::Malformed);
         let date = ctx.date.borrow();
         let _ = http::response::error(wbuf, st.code(), reason, ka, false, v, date.get(), None, allow_origin);
-        Answer { keep_alive: ka, logged_seq: 0 }
+        Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE }
     };
     let encoding = match body::content(req.headers) {
         Ok(e) => e,
@@ -153,7 +153,10 @@ pub(super) fn answer(
     // What the items of one body did; the two callbacks of `parse_items` share it.
     struct Tally {
         accepted: usize,
+        /// What the answer waits for on a `logged` endpoint: this shard's journal, and first
+        /// copies of duplicate items in other shards' journals.
         logged_seq: u64,
+        elsewhere: Elsewhere,
         overloaded: bool,
         first_refusal: Option<(Status, [u8; 256], usize)>,
         /// The body as a whole was refused: the answer is written.
@@ -161,8 +164,16 @@ pub(super) fn answer(
         /// The body is an array: its items carry their index (`RequestView::item`).
         is_array: bool,
     }
-    let mut tally =
-        Tally { accepted: 0, logged_seq: 0, overloaded: false, first_refusal: None, refused: None, is_array: false };
+    let mut tally = Tally {
+        accepted: 0,
+        logged_seq: 0,
+        elsewhere: Elsewhere::NONE,
+        overloaded: false,
+        first_refusal: None,
+        refused: None,
+        is_array: false,
+    };
+    let logged = ep.ack == Ack::Logged;
     let mut producer = ctx.producer.borrow_mut();
     answer.clear();
     answer.resize(ANSWER_PREFIX_BYTES, b' ');
@@ -213,11 +224,16 @@ pub(super) fn answer(
                     push(ctx, cfg, ty, ep_index, &view, over_budget || charged_over, &mut producer)
                 }
             };
-            match r {
-                Ok(seq) => {
-                    t.accepted += 1;
-                    t.logged_seq = t.logged_seq.max(seq);
+            // On a `logged` endpoint the answer waits for each item's event, or a duplicate's
+            // first copy; one waiting on too many other shards is refused for a retry instead.
+            let r = match r {
+                Ok(p) if logged && !p.wait_for(ctx, &mut t.logged_seq, &mut t.elsewhere) => {
+                    Err(Refusal::FirstCopyPending)
                 }
+                r => r,
+            };
+            match r {
+                Ok(_) => t.accepted += 1,
                 Err(refusal) => {
                     counters.reject(refusal.reason());
                     let status = match refusal {
@@ -225,6 +241,7 @@ pub(super) fn answer(
                             t.overloaded = true;
                             Status::S503
                         }
+                        Refusal::FirstCopyPending => Status::S503,
                         Refusal::OverBudget => Status::S429,
                         _ => Status::S400,
                     };
@@ -247,8 +264,7 @@ pub(super) fn answer(
     if let Some(a) = tally.refused {
         return a;
     }
-    let Tally { accepted, logged_seq, first_refusal, .. } = tally;
-    let logged_seq = if ep.ack == Ack::Logged { logged_seq } else { 0 };
+    let Tally { accepted, logged_seq, elsewhere, first_refusal, .. } = tally;
     let date = ctx.date.borrow();
     let status = match ep.response {
         ResponseKind::Json => {
@@ -279,7 +295,7 @@ pub(super) fn answer(
         }
     };
     counters.request(Some(ep.counter), status);
-    Answer { keep_alive: ka, logged_seq }
+    Answer { keep_alive: ka, logged_seq, elsewhere }
 }
 
 /// Appends within the reserved capacity (the answer never grows past `BATCH_ANSWER_BYTES_MAX`).
@@ -318,8 +334,6 @@ fn write_item(out: &mut Vec<u8>, index: usize, reason: &str) {
 }
 
 /// One item → one event in the ring, through the same stages as a GET request (`pipeline`).
-/// Returns the sequence number (0 when not published: a duplicate, or over budget on a `drop`
-/// endpoint).
 fn push<'c>(
     ctx: &ShardCtx,
     cfg: &'c Config,
@@ -328,7 +342,7 @@ fn push<'c>(
     view: &RequestView<'_>,
     over_budget: bool,
     producer: &mut Producer,
-) -> Result<u64, Refusal<'c>> {
+) -> Result<Published, Refusal<'c>> {
     let Some(slot) = producer.reserve() else { return Err(Refusal::Overloaded) };
     let prepared = prepare(ctx, cfg, ty, ep_index, view, slot)?;
     Ok(publish(ctx, ty, prepared, view.now_ns, over_budget, producer))

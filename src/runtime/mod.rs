@@ -8,7 +8,10 @@
 //! - reload thread → reactor → drain: a new config per generation (`reload.rs`);
 //! - reactor → watchdog thread: `heartbeat` (`notify.rs`);
 //! - reactor ↔ reactor: the shared dedup and budget tables (`crate::dedup`,
-//!   `crate::enrich::budget`; atomics only).
+//!   `crate::enrich::budget`; atomics only);
+//! - drain → other reactors: `journaled`, `journal_failing` and the ring's pushed count, polled
+//!   by a duplicate on a `logged` endpoint waiting for its first copy on this shard
+//!   (`ShardCtx::journaled_elsewhere`).
 //!
 //! Shutdown order (SIGTERM/SIGINT or `Running::stop`): reactors stop accepting, finish the
 //! requests they hold, close connections and exit; then each drain empties its ring into the
@@ -367,7 +370,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
     let deadline = std::time::Instant::now() + handoff::JOURNAL_LOCK_WAIT;
     let mut opened = Vec::with_capacity(shards);
     let journals_failing = Arc::new(AtomicUsize::new(0));
-    // Filled once every shard is spawned; a reactor that panics stops them all through it.
+    // Filled before any shard is spawned; a reactor that panics stops them all through it.
     let peers = Arc::new(OnceLock::new());
     for (i, listener) in listeners.into_iter().enumerate() {
         let index = i as u16;
@@ -399,13 +402,22 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
         opened.push((sh, journal, listener));
     }
 
+    // Every shard's ring, and the list of shards, before any reactor serves: a duplicate on a
+    // `logged` endpoint waits for its first copy on another shard, read through the list and
+    // that shard's ring count (`ShardCtx::first_copy_pending`).
+    let rings: Vec<_> = opened
+        .iter()
+        .map(|(sh, ..)| {
+            let (producer, consumer) = crate::ring::ring(cfg.server.ring_events);
+            let _ = sh.counters.ring.set(producer.watch());
+            (producer, consumer)
+        })
+        .collect();
+    let _ = peers.set(opened.iter().map(|(sh, ..)| sh.clone()).collect::<Vec<_>>());
     let mut shared = Vec::new();
     let mut threads = Vec::new();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    for (i, (sh, journal, listener)) in opened.into_iter().enumerate() {
-        let (producer, consumer) = crate::ring::ring(cfg.server.ring_events);
-        let _ = sh.counters.ring.set(producer.watch());
-
+    for (i, ((sh, journal, listener), (producer, consumer))) in opened.into_iter().zip(rings).enumerate() {
         let (d_sh, sync, interval) =
             (sh.clone(), cfg.journal.sync, Duration::from_millis(cfg.journal.sync_interval_ms));
         let publish = Duration::from_millis(cfg.admin.publish_interval_ms);
@@ -442,11 +454,6 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
         }
     }
     drop(ready_tx);
-    let _ = peers.set(shared.clone());
-    // A reactor that panicked before the list was set could wake no one.
-    if stop.load(SeqCst) {
-        stop_all(&stop, &shared);
-    }
     let running = Running { addr, stop, shards: shared, threads, labels, dedup: tables.dedup };
     for _ in 0..shards {
         match ready_rx.recv() {

@@ -28,6 +28,10 @@ use crate::net::connection::{self, ConnBufs};
 use crate::net::deadline::{Deadlines, TICK};
 use crate::ring::Producer;
 
+/// How often a duplicate waiting for its first copy in another shard's journal looks again
+/// (`ShardCtx::journaled_elsewhere`): about the drain's own pace under load (DRAIN_NAP is 5 ms).
+const FIRST_COPY_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
 pub struct ShardArgs {
     pub cfg: Arc<Config>,
     pub shared: Arc<ShardShared>,
@@ -36,7 +40,8 @@ pub struct ShardArgs {
     pub listener: StdListener,
     pub cpu: Option<core_affinity::CoreId>,
     pub tables: SharedTables,
-    /// Every shard of the server, set once all are spawned: a reactor that panics stops them.
+    /// Every shard of the server (this one included, by index), set before any is spawned: a
+    /// reactor that panics stops them, and a duplicate waits for its first copy on another.
     pub peers: Arc<OnceLock<Vec<Arc<ShardShared>>>>,
 }
 
@@ -73,6 +78,8 @@ pub struct ShardCtx {
     /// Generation of `cfg`, written into every event this shard makes.
     pub config_gen: Cell<u32>,
     pub shared: Arc<ShardShared>,
+    /// Every shard of the server by index, this one included (`ShardArgs::peers`).
+    peers: Arc<OnceLock<Vec<Arc<ShardShared>>>>,
     pub producer: RefCell<Producer>,
     /// The dedup window shared by all shards; None when `dedup.window_ms = 0`.
     pub dedup: Option<Arc<crate::dedup::Dedup>>,
@@ -116,6 +123,7 @@ impl ShardCtx {
         tables: SharedTables,
         stop: Arc<AtomicBool>,
         shared: Arc<ShardShared>,
+        peers: Arc<OnceLock<Vec<Arc<ShardShared>>>>,
         pool: Vec<ConnBufs>,
     ) -> ShardCtx {
         let conns_max = pool.len();
@@ -141,6 +149,7 @@ impl ShardCtx {
             idle_waker: Cell::new(None),
             accept_canceller: RefCell::new(Canceller::new()),
             shared,
+            peers,
             cfg: RefCell::new(cfg),
         }
     }
@@ -154,8 +163,10 @@ impl ShardCtx {
         let counters =
             crate::metrics::ShardCounters::new(crate::constants::ENDPOINTS_MAX, crate::constants::EVENT_TYPES_MAX);
         let shared = super::ShardShared::new(0, counters, Arc::new(std::sync::atomic::AtomicUsize::new(0)))?;
-        let tables = SharedTables::new(&cfg);
-        Ok(ShardCtx::new(cfg, 0, producer, tables, Arc::new(AtomicBool::new(false)), Arc::new(shared), Vec::new()))
+        let _ = shared.counters.ring.set(producer.watch());
+        let (tables, shared) = (SharedTables::new(&cfg), Arc::new(shared));
+        let peers = Arc::new(OnceLock::from(vec![shared.clone()]));
+        Ok(ShardCtx::new(cfg, 0, producer, tables, Arc::new(AtomicBool::new(false)), shared, peers, Vec::new()))
     }
 
     /// Waits until the drain has put event `seq` into the journal (true), or finds the journal
@@ -180,6 +191,42 @@ impl ShardCtx {
             Poll::Pending
         })
         .await
+    }
+
+    /// Where a duplicate's response on an `ack = "logged"` endpoint must wait: the shard its
+    /// first copy went to and that event's full sequence number, or None when it is in the
+    /// journal already. The shard's pushed count is read after the dedup entry (which the other
+    /// reactor enters just before it commits the event, hence the + 1 for another shard's).
+    pub fn first_copy_pending(&self, first: crate::dedup::FirstCopy) -> Option<(u16, u64)> {
+        let peer = self.peers.get().and_then(|p| p.get(first.shard as usize));
+        // Every shard of this run is in the list before any serves; an entry names no other.
+        debug_assert!(peer.is_some(), "first copy on unknown shard {}", first.shard);
+        let peer = peer?;
+        let pushed = peer.counters.ring.get().map_or(0, |w| w.pushed());
+        let newest = if first.shard == self.shared.index { pushed } else { pushed + 1 };
+        let seq = crate::dedup::full_seq(first.seq_low, newest);
+        (seq > peer.journaled()).then_some((first.shard, seq))
+    }
+
+    /// Waits until shard `shard`'s drain has put its event `seq` into the journal (true), or
+    /// finds that journal failing or the coarse monotonic clock past `until_ms` (false: the event
+    /// may never be written, or not soon). For a duplicate whose first copy went to another
+    /// shard: that shard's drain wakes only its own reactor, so this one looks every
+    /// FIRST_COPY_POLL on a timer. Only a duplicate that arrives before its first copy is in
+    /// the journal waits here, on a `logged` endpoint: rare, and never on the pixel path.
+    pub async fn journaled_elsewhere(&self, shard: u16, seq: u64, until_ms: u64) -> bool {
+        let Some(peer) = self.peers.get().and_then(|p| p.get(shard as usize)) else { return false };
+        // Its drain may be napping: the first copy may have come on a `received` endpoint.
+        peer.notify_drain(true);
+        loop {
+            if peer.journaled() >= seq {
+                return true;
+            }
+            if peer.journal_failing() || crate::clock::mono_coarse_ms() >= until_ms {
+                return false;
+            }
+            monoio::time::sleep(FIRST_COPY_POLL).await;
+        }
     }
 
     /// Wakes the connections whose events are in the journal, and all of them while it fails.
@@ -299,7 +346,7 @@ fn run_inner(args: ShardArgs, ready: &Sender<Result<(), String>>) -> Result<(), 
         // Connection buffers for every allowed connection, allocated now (virtual memory: pages
         // are touched on first use) and recycled; none is allocated per connection or request.
         let pool: Vec<ConnBufs> = (0..conns_max).map(|slot| ConnBufs::new(&cfg.server, slot)).collect();
-        let ctx = Rc::new(ShardCtx::new(cfg, i, args.producer, args.tables, args.stop, args.shared, pool));
+        let ctx = Rc::new(ShardCtx::new(cfg, i, args.producer, args.tables, args.stop, args.shared, args.peers, pool));
         let efd = ctx.shared.eventfd.try_clone().map_err(|e| format!("shard {i}: eventfd: {e}"))?;
         let efd =
             monoio::fs::File::from_std(std::fs::File::from(efd)).map_err(|e| format!("shard {i}: eventfd: {e}"))?;

@@ -2,6 +2,7 @@
 //! by SO_REUSEPORT) is answered every time and journaled once.
 
 use crate::harness::*;
+use crate::metrics::{get, metrics_when, ready_when};
 
 #[test]
 fn a_duplicate_pixel_on_different_connections_and_shards_is_one_event() {
@@ -117,4 +118,219 @@ fn a_long_eid_is_one_id_however_it_is_percent_encoded() {
     let events = journal_cat(&s.journal());
     let campaigns: Vec<_> = events.iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
     assert_eq!(campaigns, [1, 3], "{events:?}");
+}
+
+/// Two connections of `s` on each of its two shards, found as the first dedup test does: a
+/// conversion without an order id is acknowledged (ack = logged) only once it is in the journal,
+/// which then says which shard took it.
+fn two_connections_per_shard(s: &Server) -> [Vec<Client>; 2] {
+    let mut by_shard: [Vec<Client>; 2] = [Vec::new(), Vec::new()];
+    for probe in 0..64u64 {
+        let mut c = s.connect();
+        assert_eq!(c.get(&format!("/cv?c={}", 1000 + probe)).status, 200);
+        let shard = journal_cat(&s.journal())
+            .iter()
+            .find(|e| e["campaign_id"] == 1000 + probe)
+            .and_then(|e| e["shard"].as_u64())
+            .expect("a logged event is in the journal when acknowledged") as usize;
+        if by_shard[shard].len() < 2 {
+            by_shard[shard].push(c);
+        }
+        if by_shard.iter().all(|v| v.len() == 2) {
+            return by_shard;
+        }
+    }
+    panic!("64 connections never reached both shards twice");
+}
+
+/// One thread of another process held still with ptrace (PTRACE_SEIZE + PTRACE_INTERRUPT stop
+/// that thread alone, no signal involved), resumed when dropped. ptrace is per calling thread:
+/// hold and drop it on the same one (a test's own). Lets a test keep a shard's journal drain from
+/// running without timing anything.
+struct HeldThread(libc::pid_t);
+
+impl HeldThread {
+    /// Holds the thread of process `pid` named `name` (its comm, at most 15 bytes).
+    fn hold(pid: u32, name: &str) -> HeldThread {
+        let tid: libc::pid_t = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| t.ok())
+            .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+            .unwrap_or_else(|| panic!("no thread {name} in process {pid}"))
+            .file_name()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let null = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: ptrace requests on a thread id; no memory of ours is passed.
+        let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, null, null) };
+        assert_eq!(seized, 0, "PTRACE_SEIZE {tid}: {}", std::io::Error::last_os_error());
+        let held = HeldThread(tid);
+        // SAFETY: as above.
+        let interrupted = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null) };
+        assert_eq!(interrupted, 0, "PTRACE_INTERRUPT {tid}: {}", std::io::Error::last_os_error());
+        let mut status = 0;
+        // SAFETY: waits for the tracee's stop; writes only `status`.
+        let waited = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        assert!(waited == tid && libc::WIFSTOPPED(status), "thread {tid} did not stop: {status:#x}");
+        held
+    }
+}
+
+impl Drop for HeldThread {
+    fn drop(&mut self) {
+        let null = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: detaching a tracee of this thread resumes it; no memory is passed.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, null, null) };
+    }
+}
+
+/// The request that makes an event's first copy (`first_req`, sent on shard 0) and its repeat
+/// (`repeat_req`, on another connection of shard `repeat_shard`), with shard 0's drain held
+/// while both arrive, behind pixels that fill shard 0's segment. With `block` its next segment
+/// cannot be made, so the drain, released, fails before it reaches the first copy; without, it
+/// goes on. `events` is the type's event counter: it says when shard 0 has taken the first copy
+/// (whose request waits for the journal), and only then is the repeat sent; the drain is
+/// released once the repeat is counted as a duplicate. Returns the server (with `block`, shard
+/// 0's journal failing) and what each connection got, None for closed unanswered.
+fn repeat_of_a_first_copy_held_up(
+    cfg_tail: &str,
+    block: bool,
+    repeat_shard: usize,
+    first_req: &str,
+    repeat_req: &str,
+    events: &str,
+) -> (Server, Option<Response>, Option<Response>) {
+    let cfg =
+        "[journal]\nsegment_bytes = 65536\n".to_string() + &crate::pipeline::default_endpoints_and_events() + cfg_tail;
+    let s = Server::start(Some(&cfg), &["--shards", "2"]);
+    let mut conns = two_connections_per_shard(&s);
+    let mut repeat = conns[repeat_shard].pop().unwrap();
+    let mut first = conns[0].pop().unwrap();
+    if block {
+        std::fs::create_dir(s.journal().join("shard-000").join("00000000000000000002.seg")).unwrap();
+    }
+    let drain = HeldThread::hold(s.child.id(), "tracker-drain-0");
+    // More than a 64 KiB segment holds (~127 records): answered from the ring (ack = received).
+    for i in 0..200 {
+        assert_eq!(first.get(&format!("/i?c={}", i + 1)).status, 200);
+    }
+    const DUPLICATES: &str = r#"tracker_rejects_total{reason="duplicate"}"#;
+    let before = metrics_when(&s, "metrics", |_| true);
+    first.send(first_req.as_bytes());
+    metrics_when(&s, "the first copy pushed", |m| get(m, events) == get(&before, events) + 1.0);
+    repeat.send(repeat_req.as_bytes());
+    // Taken for a repeat while no journal fails yet (after, it would be refused up front).
+    metrics_when(&s, "the repeat seen", |m| get(m, DUPLICATES) == get(&before, DUPLICATES) + 1.0);
+    drop(drain);
+    let answered = repeat.try_read_response(false);
+    let first_answered = first.try_read_response(false);
+    if block {
+        assert!(ready_when(&s, 503).contains("shard 0: journal appends are failing"));
+    }
+    (s, first_answered, answered)
+}
+
+/// Regression: the dedup window answered a repeat at once, also on an `ack = "logged"` endpoint,
+/// while the first copy's own request was still waiting for the journal. Had the process died
+/// then, or the journal failed as here, a 2xx was out for an event that never reached the disk.
+/// The drain fails with the first copy (shard 0) still in its ring: neither its request nor the
+/// repeat (shard 1) may be acknowledged; both connections are closed unanswered.
+#[test]
+fn a_duplicate_on_a_logged_endpoint_is_not_acknowledged_before_its_first_copy_is_journaled() {
+    let conversion = "GET /cv?c=7&order=R-1&value=1.5 HTTP/1.1\r\nHost: t\r\n\r\n";
+    let (mut s, first, repeat) = repeat_of_a_first_copy_held_up(
+        "",
+        true,
+        1,
+        conversion,
+        conversion,
+        r#"tracker_events_total{type="conversion"}"#,
+    );
+    assert!(repeat.is_none(), "the repeat was acknowledged, its first copy never journaled: {repeat:?}");
+    assert!(first.is_none(), "the first copy's own request is not acknowledged: {first:?}");
+
+    // Once the journal can be written again the first copy is journaled, exactly once.
+    std::fs::remove_dir(s.journal().join("shard-000").join("00000000000000000002.seg")).unwrap();
+    assert_eq!(ready_when(&s, 200), "ready\n");
+    assert_eq!(s.connect().get("/cv?c=7&order=R-1&value=1.5").status, 200, "a retry now is a duplicate, acknowledged");
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.iter().filter(|e| e["order_id"] == "R-1").count(), 1, "{events:?}");
+}
+
+/// A repeat whose first copy is held up on another shard is acknowledged once that copy is
+/// journaled: the wait ends in a 2xx, not only in a refusal.
+#[test]
+fn a_duplicate_on_a_logged_endpoint_is_acknowledged_once_its_first_copy_is_journaled() {
+    let conversion = "GET /cv?c=7&order=R-1&value=1.5 HTTP/1.1\r\nHost: t\r\n\r\n";
+    let (mut s, first, repeat) = repeat_of_a_first_copy_held_up(
+        "",
+        false,
+        1,
+        conversion,
+        conversion,
+        r#"tracker_events_total{type="conversion"}"#,
+    );
+    assert_eq!(repeat.map(|r| r.status), Some(200));
+    assert_eq!(first.map(|r| r.status), Some(200));
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.iter().filter(|e| e["order_id"] == "R-1").count(), 1, "{events:?}");
+}
+
+/// The same with the repeat on another connection of the first copy's shard.
+#[test]
+fn a_duplicate_on_a_logged_endpoint_waits_for_its_first_copy_on_the_same_shard_too() {
+    let conversion = "GET /cv?c=7&order=R-1&value=1.5 HTTP/1.1\r\nHost: t\r\n\r\n";
+    let (mut s, first, repeat) = repeat_of_a_first_copy_held_up(
+        "",
+        true,
+        0,
+        conversion,
+        conversion,
+        r#"tracker_events_total{type="conversion"}"#,
+    );
+    assert!(repeat.is_none(), "the repeat was acknowledged, its first copy never journaled: {repeat:?}");
+    assert!(first.is_none(), "the first copy's own request is not acknowledged: {first:?}");
+    std::fs::remove_dir(s.journal().join("shard-000").join("00000000000000000002.seg")).unwrap();
+    assert_eq!(ready_when(&s, 200), "ready\n");
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.iter().filter(|e| e["order_id"] == "R-1").count(), 1, "{events:?}");
+}
+
+/// The same for a POST batch on a `logged` endpoint: its answer waits for the first copy of each
+/// duplicate item too, wherever it went, and is not sent when that copy's journal fails.
+#[test]
+fn a_logged_batch_with_a_duplicate_item_is_not_acknowledged_before_its_first_copy_is_journaled() {
+    let tail = "\n[[endpoint]]\npath = \"/lbatch\"\nmethod = \"POST\"\nevent = \"batch_event\"\nresponse = \"json\"\nack = \"logged\"\n";
+    let post = |body: &str| {
+        format!(
+            "POST /lbatch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (mut s, first, repeat) = repeat_of_a_first_copy_held_up(
+        tail,
+        true,
+        1,
+        &post(r#"[{"type":"k","eid":"B-1"}]"#),
+        // A new item (journaled on shard 1, whose journal is fine) and the repeat.
+        &post(r#"[{"type":"k","eid":"B-2"},{"type":"k","eid":"B-1"}]"#),
+        r#"tracker_events_total{type="batch_event"}"#,
+    );
+    assert!(repeat.is_none(), "the batch was acknowledged, its item's first copy never journaled: {repeat:?}");
+    assert!(first.is_none(), "the first copy's own batch is not acknowledged: {first:?}");
+
+    std::fs::remove_dir(s.journal().join("shard-000").join("00000000000000000002.seg")).unwrap();
+    assert_eq!(ready_when(&s, 200), "ready\n");
+    let mut c = s.connect();
+    c.send(post(r#"[{"type":"k","eid":"B-2"},{"type":"k","eid":"B-1"}]"#).as_bytes());
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.body), (200, br#"{"accepted":2,"rejected":[]}"#.to_vec()), "retried: two duplicates");
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.iter().filter(|e| e["type"] == "batch_event").count(), 2, "B-1 and B-2 once each: {events:?}");
 }

@@ -52,7 +52,7 @@ pub(crate) fn parse_metrics(body: &str) -> BTreeMap<String, f64> {
     out
 }
 
-fn get(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+pub(crate) fn get(m: &BTreeMap<String, f64>, key: &str) -> f64 {
     *m.get(key).unwrap_or_else(|| panic!("no series {key}"))
 }
 
@@ -62,7 +62,11 @@ pub(crate) fn sum(m: &BTreeMap<String, f64>, name: &str, with: &str) -> f64 {
 }
 
 /// Polls `/metrics` until `done` holds; returns the last parse.
-fn metrics_when(s: &Server, what: &str, done: impl Fn(&BTreeMap<String, f64>) -> bool) -> BTreeMap<String, f64> {
+pub(crate) fn metrics_when(
+    s: &Server,
+    what: &str,
+    done: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
     let deadline = Instant::now() + WAIT;
     loop {
         let r = s.admin_get("/metrics");
