@@ -232,6 +232,21 @@ fn repeat_of_a_first_copy_held_up(
     (s, first_answered, answered)
 }
 
+const CONVERSION: &str = "GET /cv?c=7&order=R-1&value=1.5 HTTP/1.1\r\nHost: t\r\n\r\n";
+
+/// `repeat_of_a_first_copy_held_up` for a conversion (ack = logged) and its repeat.
+fn conversion_repeat_held_up(block: bool, repeat_shard: usize) -> (Server, Option<Response>, Option<Response>) {
+    let events = r#"tracker_events_total{type="conversion"}"#;
+    repeat_of_a_first_copy_held_up("", block, repeat_shard, CONVERSION, CONVERSION, events)
+}
+
+/// Lets shard 0 make its next segment again (see `repeat_of_a_first_copy_held_up`), and waits
+/// until its journal is written again.
+fn unblock_shard_0(s: &Server) {
+    std::fs::remove_dir(s.journal().join("shard-000").join("00000000000000000002.seg")).unwrap();
+    assert_eq!(ready_when(s, 200), "ready\n");
+}
+
 /// Regression: the dedup window answered a repeat at once, also on an `ack = "logged"` endpoint,
 /// while the first copy's own request was still waiting for the journal. Had the process died
 /// then, or the journal failed as here, a 2xx was out for an event that never reached the disk.
@@ -239,21 +254,12 @@ fn repeat_of_a_first_copy_held_up(
 /// repeat (shard 1) may be acknowledged; both connections are closed unanswered.
 #[test]
 fn a_duplicate_on_a_logged_endpoint_is_not_acknowledged_before_its_first_copy_is_journaled() {
-    let conversion = "GET /cv?c=7&order=R-1&value=1.5 HTTP/1.1\r\nHost: t\r\n\r\n";
-    let (mut s, first, repeat) = repeat_of_a_first_copy_held_up(
-        "",
-        true,
-        1,
-        conversion,
-        conversion,
-        r#"tracker_events_total{type="conversion"}"#,
-    );
+    let (mut s, first, repeat) = conversion_repeat_held_up(true, 1);
     assert!(repeat.is_none(), "the repeat was acknowledged, its first copy never journaled: {repeat:?}");
     assert!(first.is_none(), "the first copy's own request is not acknowledged: {first:?}");
 
     // Once the journal can be written again the first copy is journaled, exactly once.
-    std::fs::remove_dir(s.journal().join("shard-000").join("00000000000000000002.seg")).unwrap();
-    assert_eq!(ready_when(&s, 200), "ready\n");
+    unblock_shard_0(&s);
     assert_eq!(s.connect().get("/cv?c=7&order=R-1&value=1.5").status, 200, "a retry now is a duplicate, acknowledged");
     assert_eq!(s.stop(), 0);
     let events = journal_cat(&s.journal());
@@ -264,15 +270,7 @@ fn a_duplicate_on_a_logged_endpoint_is_not_acknowledged_before_its_first_copy_is
 /// journaled: the wait ends in a 2xx, not only in a refusal.
 #[test]
 fn a_duplicate_on_a_logged_endpoint_is_acknowledged_once_its_first_copy_is_journaled() {
-    let conversion = "GET /cv?c=7&order=R-1&value=1.5 HTTP/1.1\r\nHost: t\r\n\r\n";
-    let (mut s, first, repeat) = repeat_of_a_first_copy_held_up(
-        "",
-        false,
-        1,
-        conversion,
-        conversion,
-        r#"tracker_events_total{type="conversion"}"#,
-    );
+    let (mut s, first, repeat) = conversion_repeat_held_up(false, 1);
     assert_eq!(repeat.map(|r| r.status), Some(200));
     assert_eq!(first.map(|r| r.status), Some(200));
     assert_eq!(s.stop(), 0);
@@ -283,19 +281,10 @@ fn a_duplicate_on_a_logged_endpoint_is_acknowledged_once_its_first_copy_is_journ
 /// The same with the repeat on another connection of the first copy's shard.
 #[test]
 fn a_duplicate_on_a_logged_endpoint_waits_for_its_first_copy_on_the_same_shard_too() {
-    let conversion = "GET /cv?c=7&order=R-1&value=1.5 HTTP/1.1\r\nHost: t\r\n\r\n";
-    let (mut s, first, repeat) = repeat_of_a_first_copy_held_up(
-        "",
-        true,
-        0,
-        conversion,
-        conversion,
-        r#"tracker_events_total{type="conversion"}"#,
-    );
+    let (mut s, first, repeat) = conversion_repeat_held_up(true, 0);
     assert!(repeat.is_none(), "the repeat was acknowledged, its first copy never journaled: {repeat:?}");
     assert!(first.is_none(), "the first copy's own request is not acknowledged: {first:?}");
-    std::fs::remove_dir(s.journal().join("shard-000").join("00000000000000000002.seg")).unwrap();
-    assert_eq!(ready_when(&s, 200), "ready\n");
+    unblock_shard_0(&s);
     assert_eq!(s.stop(), 0);
     let events = journal_cat(&s.journal());
     assert_eq!(events.iter().filter(|e| e["order_id"] == "R-1").count(), 1, "{events:?}");
@@ -324,8 +313,7 @@ fn a_logged_batch_with_a_duplicate_item_is_not_acknowledged_before_its_first_cop
     assert!(repeat.is_none(), "the batch was acknowledged, its item's first copy never journaled: {repeat:?}");
     assert!(first.is_none(), "the first copy's own batch is not acknowledged: {first:?}");
 
-    std::fs::remove_dir(s.journal().join("shard-000").join("00000000000000000002.seg")).unwrap();
-    assert_eq!(ready_when(&s, 200), "ready\n");
+    unblock_shard_0(&s);
     let mut c = s.connect();
     c.send(post(r#"[{"type":"k","eid":"B-2"},{"type":"k","eid":"B-1"}]"#).as_bytes());
     let r = c.read_response(false);
