@@ -7,22 +7,7 @@ use crate::metrics::{get, metrics_when, ready_when};
 #[test]
 fn a_duplicate_pixel_on_different_connections_and_shards_is_one_event() {
     let mut s = Server::start(None, &["--shards", "2"]);
-    // Find connections on both shards: a conversion without an order id is acknowledged only once
-    // it is in the journal (ack = logged), so the journal tells which shard took the connection.
-    let mut by_shard: [Vec<Client>; 2] = [Vec::new(), Vec::new()];
-    for probe in 0..64u64 {
-        if by_shard.iter().all(|v| v.len() >= 4) {
-            break;
-        }
-        let mut c = s.connect();
-        assert_eq!(c.get(&format!("/cv?c={}", 1000 + probe)).status, 200);
-        let shard = journal_cat(&s.journal())
-            .iter()
-            .find(|e| e["campaign_id"] == 1000 + probe)
-            .and_then(|e| e["shard"].as_u64())
-            .expect("a logged event is in the journal when acknowledged") as usize;
-        by_shard[shard].push(c);
-    }
+    let by_shard = connections_by_shard(&s, 4);
     assert!(by_shard.iter().all(|v| !v.is_empty()), "64 connections never reached both shards");
     let mut conns: Vec<Client> = by_shard.into_iter().flatten().collect();
     let n = conns.len();
@@ -120,12 +105,15 @@ fn a_long_eid_is_one_id_however_it_is_percent_encoded() {
     assert_eq!(campaigns, [1, 3], "{events:?}");
 }
 
-/// Two connections of `s` on each of its two shards, found as the first dedup test does: a
+/// Up to `want` connections of `s` on each of its two shards, from at most 64 tries. A
 /// conversion without an order id is acknowledged (ack = logged) only once it is in the journal,
-/// which then says which shard took it.
-fn two_connections_per_shard(s: &Server) -> [Vec<Client>; 2] {
+/// which then says which shard took the connection.
+fn connections_by_shard(s: &Server, want: usize) -> [Vec<Client>; 2] {
     let mut by_shard: [Vec<Client>; 2] = [Vec::new(), Vec::new()];
     for probe in 0..64u64 {
+        if by_shard.iter().all(|v| v.len() >= want) {
+            break;
+        }
         let mut c = s.connect();
         assert_eq!(c.get(&format!("/cv?c={}", 1000 + probe)).status, 200);
         let shard = journal_cat(&s.journal())
@@ -133,14 +121,18 @@ fn two_connections_per_shard(s: &Server) -> [Vec<Client>; 2] {
             .find(|e| e["campaign_id"] == 1000 + probe)
             .and_then(|e| e["shard"].as_u64())
             .expect("a logged event is in the journal when acknowledged") as usize;
-        if by_shard[shard].len() < 2 {
+        if by_shard[shard].len() < want {
             by_shard[shard].push(c);
         }
-        if by_shard.iter().all(|v| v.len() == 2) {
-            return by_shard;
-        }
     }
-    panic!("64 connections never reached both shards twice");
+    by_shard
+}
+
+/// Two connections of `s` on each of its two shards.
+fn two_connections_per_shard(s: &Server) -> [Vec<Client>; 2] {
+    let by_shard = connections_by_shard(s, 2);
+    assert!(by_shard.iter().all(|v| v.len() == 2), "64 connections never reached both shards twice");
+    by_shard
 }
 
 /// One thread of another process held still with ptrace (PTRACE_SEIZE + PTRACE_INTERRUPT stop
@@ -247,6 +239,19 @@ fn unblock_shard_0(s: &Server) {
     assert_eq!(ready_when(s, 200), "ready\n");
 }
 
+/// Both the first copy's request and its repeat closed unanswered.
+fn neither_acknowledged(first: &Option<Response>, repeat: &Option<Response>) {
+    assert!(repeat.is_none(), "the repeat was acknowledged, its first copy never journaled: {repeat:?}");
+    assert!(first.is_none(), "the first copy's own request is not acknowledged: {first:?}");
+}
+
+/// Stops `s` and checks that the conversion R-1 is in its journal exactly once.
+fn stop_with_r1_journaled_once(mut s: Server) {
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.iter().filter(|e| e["order_id"] == "R-1").count(), 1, "{events:?}");
+}
+
 /// Regression: the dedup window answered a repeat at once, also on an `ack = "logged"` endpoint,
 /// while the first copy's own request was still waiting for the journal. Had the process died
 /// then, or the journal failed as here, a 2xx was out for an event that never reached the disk.
@@ -254,40 +259,32 @@ fn unblock_shard_0(s: &Server) {
 /// repeat (shard 1) may be acknowledged; both connections are closed unanswered.
 #[test]
 fn a_duplicate_on_a_logged_endpoint_is_not_acknowledged_before_its_first_copy_is_journaled() {
-    let (mut s, first, repeat) = conversion_repeat_held_up(true, 1);
-    assert!(repeat.is_none(), "the repeat was acknowledged, its first copy never journaled: {repeat:?}");
-    assert!(first.is_none(), "the first copy's own request is not acknowledged: {first:?}");
+    let (s, first, repeat) = conversion_repeat_held_up(true, 1);
+    neither_acknowledged(&first, &repeat);
 
     // Once the journal can be written again the first copy is journaled, exactly once.
     unblock_shard_0(&s);
     assert_eq!(s.connect().get("/cv?c=7&order=R-1&value=1.5").status, 200, "a retry now is a duplicate, acknowledged");
-    assert_eq!(s.stop(), 0);
-    let events = journal_cat(&s.journal());
-    assert_eq!(events.iter().filter(|e| e["order_id"] == "R-1").count(), 1, "{events:?}");
+    stop_with_r1_journaled_once(s);
 }
 
 /// A repeat whose first copy is held up on another shard is acknowledged once that copy is
 /// journaled: the wait ends in a 2xx, not only in a refusal.
 #[test]
 fn a_duplicate_on_a_logged_endpoint_is_acknowledged_once_its_first_copy_is_journaled() {
-    let (mut s, first, repeat) = conversion_repeat_held_up(false, 1);
+    let (s, first, repeat) = conversion_repeat_held_up(false, 1);
     assert_eq!(repeat.map(|r| r.status), Some(200));
     assert_eq!(first.map(|r| r.status), Some(200));
-    assert_eq!(s.stop(), 0);
-    let events = journal_cat(&s.journal());
-    assert_eq!(events.iter().filter(|e| e["order_id"] == "R-1").count(), 1, "{events:?}");
+    stop_with_r1_journaled_once(s);
 }
 
 /// The same with the repeat on another connection of the first copy's shard.
 #[test]
 fn a_duplicate_on_a_logged_endpoint_waits_for_its_first_copy_on_the_same_shard_too() {
-    let (mut s, first, repeat) = conversion_repeat_held_up(true, 0);
-    assert!(repeat.is_none(), "the repeat was acknowledged, its first copy never journaled: {repeat:?}");
-    assert!(first.is_none(), "the first copy's own request is not acknowledged: {first:?}");
+    let (s, first, repeat) = conversion_repeat_held_up(true, 0);
+    neither_acknowledged(&first, &repeat);
     unblock_shard_0(&s);
-    assert_eq!(s.stop(), 0);
-    let events = journal_cat(&s.journal());
-    assert_eq!(events.iter().filter(|e| e["order_id"] == "R-1").count(), 1, "{events:?}");
+    stop_with_r1_journaled_once(s);
 }
 
 /// The same for a POST batch on a `logged` endpoint: its answer waits for the first copy of each
