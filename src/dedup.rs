@@ -17,7 +17,7 @@
 //!   beside the time in one `AtomicU64` was 8 × 2⁻³² ≈ 2⁻²⁹: an event lost every hour or two at
 //!   that rate on a well-filled table, billing notices included.)
 //! - time is centiseconds of the Unix clock truncated to 32 bits (wraps after 497 days; ages are
-//!   computed with wrapping subtraction). Only the low 32 bits are ever read as time ([`stamp`]);
+//!   computed with wrapping subtraction). Only the low 32 bits are ever read as time (`stamp`);
 //!   whole entries are only compared for equality (the compare-and-swap).
 //! - shard (8 bits) and seq_low (the low [`SEQ_BITS`] of the ring sequence number) say where the
 //!   first copy went: a duplicate on an `ack = "logged"` endpoint waits for that event to be
