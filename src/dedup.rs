@@ -60,7 +60,7 @@
 //! touches one cache line; an insert one CAS on it.
 
 use portable_atomic::AtomicU128;
-use std::sync::atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 
 /// Entries per bucket: four 16-byte entries fill one 64-byte cache line.
 pub const WAYS: usize = 4;
@@ -225,7 +225,12 @@ impl Dedup {
             .map(|(i, w)| (i, now.wrapping_sub(stamp(w.load(Relaxed))) as i32))
             .max_by_key(|&(_, age)| age)
             .unwrap_or((0, 0));
-        bucket[oldest].store(mine, Relaxed);
+        // Release, as the CAS path's AcqRel: a shard that reads this entry (Acquire) must then
+        // see this shard's ring count at least as of this insert, or it would rebuild the first
+        // copy's seq too low and answer a `logged` repeat before that copy is journaled
+        // (`ShardCtx::first_copy_pending`). Free on x86; on ARM a Relaxed store could be seen
+        // before the ring's tail store that precedes it.
+        bucket[oldest].store(mine, Release);
         self.evictions.fetch_add(1, Relaxed);
         Seen::New
     }
