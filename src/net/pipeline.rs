@@ -54,7 +54,8 @@ impl Refusal<'_> {
             Refusal::Overloaded => Reason::RingFull,
             Refusal::Field(_, _, true) => Reason::PriceIntegrity,
             Refusal::OverBudget => Reason::OverBudget,
-            Refusal::FirstCopyPending => Reason::JournalUnavailable,
+            // Counted by `publish` when it found the repeat; the caller does not count it again.
+            Refusal::FirstCopyPending => Reason::Duplicate,
             _ => Reason::Field,
         }
     }

@@ -235,7 +235,11 @@ pub(super) fn answer(
             match r {
                 Ok(_) => t.accepted += 1,
                 Err(refusal) => {
-                    counters.reject(refusal.reason());
+                    // A first copy pending too far away: the item was counted as a duplicate
+                    // when it was found to be one; one item, one count.
+                    if !matches!(refusal, Refusal::FirstCopyPending) {
+                        counters.reject(refusal.reason());
+                    }
                     let status = match refusal {
                         Refusal::Overloaded => {
                             t.overloaded = true;
