@@ -28,9 +28,13 @@ use crate::net::connection::{self, ConnBufs};
 use crate::net::deadline::{Deadlines, TICK};
 use crate::ring::Producer;
 
-/// How often a duplicate waiting for its first copy in another shard's journal looks again
-/// (`ShardCtx::journaled_elsewhere`): about the drain's own pace under load (DRAIN_NAP is 5 ms).
+/// How soon a duplicate waiting for its first copy in another shard's journal looks again
+/// (`ShardCtx::journaled_elsewhere`): first after 1 ms, about the drain's own pace under load
+/// (DRAIN_NAP is 5 ms), then twice as long each time up to FIRST_COPY_POLL_MAX, so that while
+/// that journal stalls without failing, the retries piling up on this shard do not each wake
+/// it every millisecond.
 const FIRST_COPY_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+const FIRST_COPY_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(64);
 
 pub struct ShardArgs {
     pub cfg: Arc<Config>,
@@ -211,13 +215,14 @@ impl ShardCtx {
     /// Waits until shard `shard`'s drain has put its event `seq` into the journal (true), or
     /// finds that journal failing or the coarse monotonic clock past `until_ms` (false: the event
     /// may never be written, or not soon). For a duplicate whose first copy went to another
-    /// shard: that shard's drain wakes only its own reactor, so this one looks every
-    /// FIRST_COPY_POLL on a timer. Only a duplicate that arrives before its first copy is in
+    /// shard: that shard's drain wakes only its own reactor, so this one looks again on a timer
+    /// (FIRST_COPY_POLL, backing off). Only a duplicate that arrives before its first copy is in
     /// the journal waits here, on a `logged` endpoint: rare, and never on the pixel path.
     pub async fn journaled_elsewhere(&self, shard: u16, seq: u64, until_ms: u64) -> bool {
         let Some(peer) = self.peers.get().and_then(|p| p.get(shard as usize)) else { return false };
         // Its drain may be napping: the first copy may have come on a `received` endpoint.
         peer.notify_drain(true);
+        let mut pause = FIRST_COPY_POLL;
         loop {
             if peer.journaled() >= seq {
                 return true;
@@ -225,7 +230,8 @@ impl ShardCtx {
             if peer.journal_failing() || crate::clock::mono_coarse_ms() >= until_ms {
                 return false;
             }
-            monoio::time::sleep(FIRST_COPY_POLL).await;
+            monoio::time::sleep(pause).await;
+            pause = (pause * 2).min(FIRST_COPY_POLL_MAX);
         }
     }
 
