@@ -644,7 +644,9 @@ pub(crate) fn answer(
         Ok(p) => p,
         Err(refusal) => {
             counters.request(Some(ep.counter), Status::S400);
-            counters.reject(refusal.reason());
+            if let Some(reason) = refusal.reason() {
+                counters.reject(reason);
+            }
             let mut msg = [0u8; 256];
             write_error(ctx, wbuf, Status::S400, refusal.text(&mut msg), ka, head, v, None, allow_origin);
             return Answer { keep_alive: ka, logged_seq: 0, elsewhere: Elsewhere::NONE };

@@ -48,16 +48,16 @@ impl Refusal<'_> {
         std::str::from_utf8(&buf[..n]).unwrap_or("refused")
     }
 
-    /// The reject counter it moves.
-    pub(super) fn reason(&self) -> Reason {
-        match self {
+    /// The reject counter it moves; None when the item was counted already (`publish` counts
+    /// every repeat as a duplicate, one pending too far away included).
+    pub(super) fn reason(&self) -> Option<Reason> {
+        Some(match self {
             Refusal::Overloaded => Reason::RingFull,
             Refusal::Field(_, _, true) => Reason::PriceIntegrity,
             Refusal::OverBudget => Reason::OverBudget,
-            // Counted by `publish` when it found the repeat; the caller does not count it again.
-            Refusal::FirstCopyPending => Reason::Duplicate,
+            Refusal::FirstCopyPending => return None,
             _ => Reason::Field,
-        }
+        })
     }
 }
 

@@ -235,10 +235,8 @@ pub(super) fn answer(
             match r {
                 Ok(_) => t.accepted += 1,
                 Err(refusal) => {
-                    // A first copy pending too far away: the item was counted as a duplicate
-                    // when it was found to be one; one item, one count.
-                    if !matches!(refusal, Refusal::FirstCopyPending) {
-                        counters.reject(refusal.reason());
+                    if let Some(reason) = refusal.reason() {
+                        counters.reject(reason);
                     }
                     let status = match refusal {
                         Refusal::Overloaded => {
