@@ -93,7 +93,11 @@ fn write_privacy_step(cfg: &Config, out: &mut String) {
     let gdpr_types: Vec<&str> = cfg
         .types
         .iter()
-        .filter(|t| p.gdpr_fields.get(t.id as usize).is_some_and(|f| f.applies.is_some()))
+        .filter(|t| {
+            // A type with only a consent field is judged too when an unsaid GDPR applies.
+            let unknown = p.gdpr_unknown_applies && p.gdpr == GdprMode::Enforce;
+            p.gdpr_fields.get(t.id as usize).is_some_and(|f| f.applies.is_some() || (unknown && f.consent.is_some()))
+        })
         .map(|t| t.name.as_str())
         .collect();
     if gdpr_types.is_empty() {
@@ -102,8 +106,9 @@ fn write_privacy_step(cfg: &Config, out: &mut String) {
     let _ = match p.gdpr {
         GdprMode::Enforce => writeln!(
             out,
-            "  gdpr consent (enforced; {}): with GDPR applying and no IAB TCF v2 consent to Purpose 1{}, user ids, ips and referers removed",
+            "  gdpr consent (enforced; {}): with GDPR applying{} and no IAB TCF v2 consent to Purpose 1{}, user ids, ips and referers removed",
             gdpr_types.join(", "),
+            if p.gdpr_unknown_applies { " (or not said)" } else { "" },
             p.tcf_vendor_id.map_or(String::new(), |v| format!(" and to vendor {v}"))
         ),
         GdprMode::Record => writeln!(out, "  gdpr consent (recorded, not enforced; {})", gdpr_types.join(", ")),
@@ -274,5 +279,16 @@ mod tests {
         cfg.privacy.tcf_vendor_id = std::num::NonZeroU16::new(755);
         let text = privacy_manifest(&cfg);
         assert!(text.contains(&format!("{line} and to vendor 755, user ids, ips and referers removed\n")), "{text}");
+    }
+
+    #[test]
+    fn the_privacy_manifest_says_when_an_unsaid_gdpr_applies_and_to_which_types() {
+        let mut cfg = Config::embedded();
+        let text = privacy_manifest(&cfg);
+        assert!(text.contains("(enforced; click, conversion, impression): with GDPR applying and no"), "{text}");
+        cfg.privacy.gdpr_unknown_applies = true;
+        let text = privacy_manifest(&cfg);
+        let line = "(enforced; click, conversion, impression, video): with GDPR applying (or not said) and no";
+        assert!(text.contains(line), "{text}");
     }
 }

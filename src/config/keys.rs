@@ -539,6 +539,16 @@ pub const PRIVACY_KEYS: &[KeySpec] = &[
     ),
     k(
         "privacy",
+        "gdpr_unknown",
+        "string",
+        "",
+        Str("not_applicable"),
+        OneOf(&["not_applicable", "applies"]),
+        "",
+        "What an event with no GDPR signal is judged as, under gdpr = \"enforce\": no gdpr field value (not sent, empty, or an unsubstituted macro) in a type that has the field, or a type with a gdpr_consent field but no gdpr field (VAST trackers have only [GDPRCONSENT]). not_applicable: kept as is; applies: judged by its consent string, as gdpr=1 (the IAB leaves an absent signal to the vendor's own geo judgement; this is that judgement for a tracker serving the EEA). A type with neither field is never affected. See docs/privacy.md.",
+    ),
+    k(
+        "privacy",
         "gdpr_field",
         "string",
         "",

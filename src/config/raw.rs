@@ -104,6 +104,7 @@ pub struct RawPrivacy {
     pub honor_dnt: Option<S<bool>>,
     pub optout_cookie: Option<S<String>>,
     pub gdpr: Option<S<String>>,
+    pub gdpr_unknown: Option<S<String>>,
     pub gdpr_field: Option<S<String>>,
     pub gdpr_consent_field: Option<S<String>>,
     pub tcf_vendor_id: Option<S<i64>>,

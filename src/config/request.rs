@@ -104,6 +104,9 @@ pub struct PrivacyConfig {
     /// Cookie whose presence (value not empty, "0" or "false") opts out; empty = none.
     pub optout_cookie: String,
     pub gdpr: GdprMode,
+    /// `gdpr_unknown = "applies"`: under `gdpr = "enforce"`, an event with no GDPR signal (no
+    /// gdpr value, or a type with a consent field and no gdpr field) is judged as gdpr=1.
+    pub gdpr_unknown_applies: bool,
     /// Per event type (index = type id): its GDPR fields.
     pub gdpr_fields: Vec<GdprFields>,
     /// `tcf_vendor_id`: the vendor whose TCF consent `gdpr = "enforce"` also requires; None
@@ -212,6 +215,21 @@ impl Validator<'_> {
             spec(PRIVACY_KEYS, "gdpr"),
             &[("record", GdprMode::Record), ("enforce", GdprMode::Enforce)],
         );
+        let gdpr_unknown_applies = self.choice(
+            &r.gdpr_unknown,
+            "privacy.gdpr_unknown",
+            spec(PRIVACY_KEYS, "gdpr_unknown"),
+            &[("not_applicable", false), ("applies", true)],
+        );
+        // Written as "applies": only "enforce" acts on it, and only through a consent field.
+        let unknown_written = r.gdpr_unknown.as_ref().filter(|_| gdpr_unknown_applies).map(|g| g.span());
+        if let Some(span) = unknown_written.clone().filter(|_| gdpr == GdprMode::Record) {
+            self.err_own(
+                span,
+                "privacy.gdpr_unknown",
+                "\"applies\" acts only with privacy.gdpr = \"enforce\" (here \"record\": nothing is enforced)",
+            );
+        }
         // Written as "enforce": the fields must exist, or nothing would be enforced (or, with
         // no consent field, every event under GDPR would lose its ids) without a word.
         let enforce_written = r.gdpr.as_ref().filter(|_| gdpr == GdprMode::Enforce).map(|g| g.span());
@@ -220,7 +238,8 @@ impl Validator<'_> {
             let applies = GdprField { key: "gdpr_field", kind: FieldKind::U32 };
             let consent = GdprField { key: "gdpr_consent_field", kind: FieldKind::Str };
             let applies = self.gdpr_field(&r.gdpr_field, &applies, enforce_written.clone(), types, raw_events);
-            let consent = self.gdpr_field(&r.gdpr_consent_field, &consent, enforce_written, types, raw_events);
+            let consent_needed = enforce_written.or(unknown_written);
+            let consent = self.gdpr_field(&r.gdpr_consent_field, &consent, consent_needed, types, raw_events);
             for (t, f) in gdpr_fields.iter_mut().enumerate() {
                 *f = GdprFields { applies: applies[t], consent: consent[t] };
             }
@@ -244,6 +263,7 @@ impl Validator<'_> {
             honor_dnt: r.honor_dnt.as_ref().is_none_or(|b| *b.get_ref()),
             optout_cookie,
             gdpr,
+            gdpr_unknown_applies,
             gdpr_fields,
             tcf_vendor_id,
         }

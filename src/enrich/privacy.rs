@@ -295,15 +295,22 @@ impl Privacy {
         opt_out
     }
 
-    /// Under `gdpr = "enforce"`: false when the event's gdpr field is set (any value but 0)
-    /// and its consent field does not hold a TCF v2 string consenting to Purpose 1 and, with
-    /// `tcf_vendor_id` set, to that vendor (absent, empty, unreadable, a core segment longer
-    /// than TCF_AS_SENT_BYTES, or a type without a consent field included). No
-    /// gdpr field, or 0: true, the request says GDPR does not apply.
+    /// Under `gdpr = "enforce"`: false when GDPR applies to the event and its consent field
+    /// does not hold a TCF v2 string consenting to Purpose 1 and, with `tcf_vendor_id` set, to
+    /// that vendor (absent, empty, unreadable, a core segment longer than TCF_AS_SENT_BYTES, or
+    /// a type without a consent field included). GDPR applies when the gdpr field is set (any
+    /// value but 0); with no gdpr value, or in a type with a consent field and no gdpr field,
+    /// only under `gdpr_unknown = "applies"`. gdpr=0: true, the request says it does not apply.
     fn gdpr_consented(&self, ty: &EventType, req: &RequestView<'_>, ev: &Event) -> bool {
         let Some(at) = self.cfg.gdpr_fields.get(ty.id as usize) else { return true };
-        let Some(applies) = at.applies.and_then(|i| ty.fields.get(i as usize)) else { return true };
-        if !ev.has(applies.slot) || ev.slots[applies.slot] == 0 {
+        let unknown = self.cfg.gdpr_unknown_applies;
+        let applies = match at.applies.and_then(|i| ty.fields.get(i as usize)) {
+            Some(f) if ev.has(f.slot) => ev.slots[f.slot] != 0,
+            Some(_) => unknown,
+            // A type with neither field has nothing to judge by: never affected.
+            None => unknown && at.consent.is_some(),
+        };
+        if !applies {
             return true;
         }
         let Some(c) = at.consent.and_then(|i| ty.fields.get(i as usize)).filter(|c| ev.has(c.slot)) else {
@@ -587,6 +594,47 @@ mod tests {
         assert_eq!(s[57], b'Y');
         s[57] = b'Q';
         String::from_utf8(s).unwrap()
+    }
+
+    #[test]
+    fn an_unsaid_gdpr_is_judged_by_the_consent_string_only_when_gdpr_unknown_applies() {
+        let mut cfg = Config::embedded();
+        let unsaid = [
+            "c=1".to_string(),
+            "c=1&gdpr=".to_string(),
+            // ${GDPR} left unsubstituted: the field is left empty, as not sent.
+            "c=1&gdpr=%24%7BGDPR%7D".to_string(),
+            format!("c=1&gdpr_consent={TC_NONE}"),
+        ];
+        for q in &unsaid {
+            assert_eq!(gdpr_run(&cfg, q).1, None, "default not_applicable: {q}");
+        }
+        let vast = |cfg: &Config, q: &str| {
+            let h = [httparse::Header { name: "Cookie", value: b"uid=raw-uid-1" }];
+            apply_from("203.0.113.77", cfg, "video", format!("ev=start&{q}").as_bytes(), &h, NOW).1
+        };
+        // The VAST type has a consent field and no gdpr field: untouched by default.
+        assert_eq!(vast(&cfg, &format!("gdpr_consent={TC_NONE}")), None);
+        cfg.privacy.gdpr_unknown_applies = true;
+        for q in &unsaid {
+            let (v, why) = gdpr_run(&cfg, q);
+            assert_eq!(why, Some(OptOut::NoGdprConsent), "{q}");
+            assert!(v.get("user_id").is_none() && v["opted_out"] == true, "{q}: {v}");
+        }
+        assert_eq!(vast(&cfg, &format!("gdpr_consent={TC_NONE}")), Some(OptOut::NoGdprConsent));
+        assert_eq!(vast(&cfg, ""), Some(OptOut::NoGdprConsent));
+        assert_eq!(vast(&cfg, &format!("gdpr_consent={TC_P1}")), None);
+        // Said either way, the request is believed: gdpr=0 is not GDPR, gdpr=1 needs consent.
+        assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr_consent={TC_P1}")).1, None);
+        assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=0&gdpr_consent={TC_NONE}")).1, None);
+        assert_eq!(gdpr_run(&cfg, "c=1&gdpr=0").1, None);
+        // A type with neither field (the custom event) has nothing to be judged by.
+        assert!(cfg.event_type("custom").is_some_and(|t| t.fields.iter().all(|f| !f.name.starts_with("gdpr"))));
+        let h = [httparse::Header { name: "Cookie", value: b"uid=raw-uid-1" }];
+        assert_eq!(apply_from("203.0.113.77", &cfg, "custom", b"n=x", &h, NOW).1, None);
+        // Only "enforce" acts on it.
+        cfg.privacy.gdpr = GdprMode::Record;
+        assert_eq!(gdpr_run(&cfg, "c=1").1, None);
     }
 
     #[test]

@@ -391,3 +391,58 @@ fn privacy_tcf_vendor_id_is_a_vendor_id_or_0() {
     let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `privacy.gdpr_unknown` is one of its two words, "applies" only where something acts on it
+/// (gdpr = "enforce", a consent field in some type); each error names file, line and key.
+#[test]
+fn privacy_gdpr_unknown_applies_only_where_it_can_act() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("u.toml");
+    let f = p.display().to_string();
+    let fields = "  { name = \"gdpr\", source = \"query.gdpr\", type = \"u32\" },\n  { name = \"gdpr_consent\", source = \"query.gdpr_consent\", type = \"string\", max_bytes = 256 },\n";
+    let config = |privacy: &str, fields: &str| {
+        format!(
+            "[privacy]\n{privacy}\n\n[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nfields = [\n{fields}]\n"
+        )
+    };
+    for (privacy, fields, why) in [
+        ("gdpr = \"enforce\"\ngdpr_unknown = \"yes\"", fields, "\"yes\" is not one of \"not_applicable\", \"applies\""),
+        (
+            "gdpr = \"record\"\ngdpr_unknown = \"applies\"",
+            fields,
+            "\"applies\" acts only with privacy.gdpr = \"enforce\" (here \"record\": nothing is enforced)",
+        ),
+        (
+            "gdpr = \"record\"\ngdpr_unknown = \"applies\"",
+            "  { name = \"n\", source = \"query.n\", type = \"u32\" },\n",
+            "\"applies\" acts only with privacy.gdpr = \"enforce\" (here \"record\": nothing is enforced)",
+        ),
+    ] {
+        std::fs::write(&p, config(privacy, fields)).unwrap();
+        let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{privacy}: {err}");
+        assert!(err.contains(&format!("{f}:3: privacy.gdpr_unknown: {why}")), "{privacy}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    // gdpr = "enforce" by default; with no consent field anywhere "applies" could act on nothing.
+    std::fs::write(
+        &p,
+        config("gdpr_unknown = \"applies\"", "  { name = \"n\", source = \"query.n\", type = \"u32\" },\n"),
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{f}:2: privacy.gdpr_consent_field: \"gdpr_consent\" is not a field of any event type")),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // Only the consent field is needed: a VAST-like type without a gdpr field is judged by it.
+    let consent_only =
+        "  { name = \"gdpr_consent\", source = \"query.gdpr_consent\", type = \"string\", max_bytes = 256 },\n";
+    std::fs::write(&p, config("gdpr_unknown = \"applies\"", consent_only)).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

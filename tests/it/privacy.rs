@@ -434,6 +434,39 @@ fn gdpr_without_purpose_one_consent_is_journaled_as_an_opt_out_when_enforced() {
     }
 }
 
+/// `privacy.gdpr_unknown = "applies"` over TCP: a conversion that does not say whether GDPR
+/// applies (no gdpr, or the macro left unsubstituted) is judged by its consent string, as
+/// gdpr=1 would be; one that says gdpr=0 is believed.
+#[test]
+fn with_gdpr_unknown_applies_a_pixel_that_does_not_say_is_judged_by_its_consent() {
+    let text = small_segments();
+    let line = "\ngdpr_unknown = \"not_applicable\"\n";
+    assert!(text.contains(line));
+    let text = text.replace(line, "\ngdpr_unknown = \"applies\"\n");
+    let (by, no_consent) = conversions(
+        &text,
+        &[
+            ("unsaid", String::new()),
+            ("unsaid-no-purpose-1", format!("gdpr_consent={TC_NONE}")),
+            ("macro", "gdpr=%24%7BGDPR%7D".to_string()),
+            ("unsaid-purpose-1", format!("gdpr_consent={TC_P1}")),
+            ("not-applicable", format!("gdpr=0&gdpr_consent={TC_NONE}")),
+        ],
+    );
+    for o in ["unsaid", "unsaid-no-purpose-1", "macro"] {
+        let e = &by[o];
+        assert!(e.get("user_id").is_none() && e.get("ip").is_none(), "{o}: {e}");
+        assert_eq!((e["opted_out"].as_bool(), e.get("gdpr"), e.get("gdpr_consent")), (Some(true), None, None), "{o}");
+    }
+    assert_eq!(by["macro"]["unsubstituted"], true);
+    for o in ["unsaid-purpose-1", "not-applicable"] {
+        let e = &by[o];
+        assert_eq!(e["user_id"].as_str().map(str::len), Some(32), "{o}: {e}");
+        assert_eq!((e["ip"].as_str(), e.get("opted_out")), (Some("127.0.0.0"), None), "{o}");
+    }
+    assert_eq!(no_consent, 3.0);
+}
+
 #[test]
 fn gdpr_consent_is_only_stored_when_recorded() {
     let (by, no_consent) = gdpr_pixels(Some("record"));
