@@ -245,9 +245,16 @@ impl Producer {
     }
 
     /// Asks the CPU to bring the next hot slot's cache lines into L1 before the next request
-    /// fills it (from L2, where the hot tier's short lap keeps it).
+    /// fills it (from L2, where the hot tier's short lap keeps it). Not while the cached head
+    /// says the hot tier is full: that slot is then the consumer's next read, and a prefetch
+    /// for writing would pull its lines away from the consumer's core. (The cached head is
+    /// never ahead of the real one, so "room" from it is certain; "full" may be stale, and
+    /// then one prefetch in a lap of the tier is skipped.)
     #[inline]
     fn prefetch_next(&self) {
+        if self.hot.tail - self.hot.head_cache >= self.inner.hot.len() {
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
