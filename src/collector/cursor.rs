@@ -3,8 +3,12 @@
 //! `<journal.dir>/collectors/<name>/shard-NNN/`.
 //!
 //! ```text
-//! cursor                  "segment index\n": next record to deliver, replaced atomically
-//!                         (write cursor.tmp, fsync, rename, fsync dir): survives kill -9
+//! cursor                  "segment index created_ns\n": next record to deliver, replaced
+//!                         atomically (write cursor.tmp, fsync, rename, fsync dir): survives
+//!                         kill -9. created_ns: the `created_ns` of that segment's header, when
+//!                         the collector had it open (absent in cursors of older builds and
+//!                         before the segment exists): a segment of that number with another
+//!                         creation time belongs to a journal made since (wiped and restarted)
 //! <segment:20>.batches    16-byte entries appended (and fdatasync'ed) before a batch is sent:
 //!                         from u32 | to u32 | crc32c(from, to) u32 | base u32 (little-endian);
 //!                         base: the id of the key base the batch was sent under (0 in logs
@@ -87,6 +91,12 @@ pub fn collector_shard_dir(journal: &Path, name: &str, shard: u16) -> PathBuf {
 
 /// Reads the cursor of a shard; `None` when none was written yet (start of the journal).
 pub fn read_cursor(dir: &Path) -> io::Result<Option<Position>> {
+    Ok(read_cursor_stamped(dir)?.map(|(p, _)| p))
+}
+
+/// Reads the cursor of a shard with the creation time of its segment, when it was written
+/// with one; `None` when no cursor was written yet.
+pub fn read_cursor_stamped(dir: &Path) -> io::Result<Option<(Position, Option<u64>)>> {
     let path = dir.join("cursor");
     // Every error names the file: it reaches an operator through the collector's last error,
     // retention's warning and `journal replay`, none of which knows where the cursor lives.
@@ -98,13 +108,20 @@ pub fn read_cursor(dir: &Path) -> io::Result<Option<Position>> {
     };
     let s = String::from_utf8_lossy(&bytes);
     let mut it = s.split_whitespace();
-    let parsed = (|| Some(Position { segment: it.next()?.parse().ok()?, index: it.next()?.parse().ok()? }))();
+    let parsed = (|| {
+        let p = Position { segment: it.next()?.parse().ok()?, index: it.next()?.parse().ok()? };
+        let created = match it.next() {
+            Some(c) => Some(c.parse().ok()?),
+            None => None,
+        };
+        it.next().is_none().then_some((p, created))
+    })();
     match parsed {
         Some(p) => Ok(Some(p)),
         None => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "{}: {s:?} is not \"segment index\"; fix or remove it (tracker journal replay rewrites it)",
+                "{}: {s:?} is not \"segment index [created_ns]\"; fix or remove it (tracker journal replay rewrites it)",
                 path.display()
             ),
         )),
@@ -122,12 +139,21 @@ fn named(op: &str, path: &Path, e: io::Error) -> io::Error {
 /// Replaces the cursor of a shard atomically: temp file, fsync, rename, fsync of the directory.
 /// An error names the cursor file.
 pub fn write_cursor(dir: &Path, p: Position) -> io::Result<()> {
+    write_cursor_stamped(dir, p, None)
+}
+
+/// [`write_cursor`] with the creation time of the cursor's segment (its header's `created_ns`).
+pub fn write_cursor_stamped(dir: &Path, p: Position, created_ns: Option<u64>) -> io::Result<()> {
     let path = dir.join("cursor");
+    let line = match created_ns {
+        Some(c) => format!("{} {} {c}\n", p.segment, p.index),
+        None => format!("{} {}\n", p.segment, p.index),
+    };
     let write = || {
         create_dir_durable(dir)?;
         let tmp = dir.join("cursor.tmp");
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.write_all(format!("{} {}\n", p.segment, p.index).as_bytes())?;
+        f.write_all(line.as_bytes())?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, &path)?;
@@ -400,6 +426,27 @@ pub fn lock(journal: &Path, name: &str) -> io::Result<CollectorLock> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cursor carries its segment's creation time when the collector had it; one written
+    /// by an older build (two fields) still reads, without it; more than three fields is no
+    /// cursor.
+    #[test]
+    fn a_cursor_reads_back_with_or_without_its_segments_creation_time() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("shard-000");
+        let at = Position { segment: 1, index: 100 };
+        write_cursor_stamped(&dir, at, Some(1_795_849_382_038_484_114)).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("cursor")).unwrap(), "1 100 1795849382038484114\n");
+        assert_eq!(read_cursor_stamped(&dir).unwrap(), Some((at, Some(1_795_849_382_038_484_114))));
+        assert_eq!(read_cursor(&dir).unwrap(), Some(at));
+        fs::write(dir.join("cursor"), "1 100\n").unwrap();
+        assert_eq!(read_cursor_stamped(&dir).unwrap(), Some((at, None)));
+        for bad in ["1 100 x\n", "1 100 5 6\n", "1\n"] {
+            fs::write(dir.join("cursor"), bad).unwrap();
+            let e = read_cursor_stamped(&dir).unwrap_err();
+            assert!(e.to_string().contains("is not \"segment index [created_ns]\""), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn cursor_round_trip_and_batches_survive_a_torn_entry() {

@@ -203,6 +203,9 @@ struct ShardState {
     dir: PathBuf,
     committed: Position,
     persisted: Position,
+    /// The `created_ns` of `persisted.segment`'s header as the cursor file records it (None:
+    /// not recorded). Another creation time on a segment of that number = a new journal.
+    stamp: Option<u64>,
     /// Times this shard's journal was found reset (`cursor::read_generation`): new batches are
     /// sent under a key base of their own ([`KeyBases::current_for`]).
     generation: u64,
@@ -365,8 +368,9 @@ impl Runner {
             if st.committed == st.persisted {
                 continue;
             }
-            match cursor::write_cursor(&st.dir, st.committed) {
-                Ok(()) => st.persisted = st.committed,
+            let created = st.source.created_ns_of(st.committed.segment);
+            match cursor::write_cursor_stamped(&st.dir, st.committed, created) {
+                Ok(()) => (st.persisted, st.stamp) = (st.committed, created),
                 // Nothing is lost (the cursor stays behind, so those batches are sent again after
                 // the restart), but an operator who sees them resent must be able to learn why.
                 Err(e) => eprintln!(
@@ -393,8 +397,8 @@ impl Runner {
                 continue;
             }
             let dir = cursor::collector_shard_dir(&self.journal, &self.name, shard);
-            let committed = match cursor::read_cursor(&dir) {
-                Ok(c) => c.unwrap_or(Position { segment: 0, index: 0 }),
+            let (committed, stamp) = match cursor::read_cursor_stamped(&dir) {
+                Ok(c) => c.unwrap_or((Position { segment: 0, index: 0 }, None)),
                 Err(e) => {
                     first_error.get_or_insert(format!("shard {shard}: cursor: {e}"));
                     continue;
@@ -414,6 +418,7 @@ impl Runner {
                     dir,
                     committed,
                     persisted: committed,
+                    stamp,
                     generation,
                     persisted_at: Instant::now(),
                     projection: None,
@@ -445,14 +450,43 @@ impl Runner {
             // Written since resolve looked: the next pass reads it.
             return Ok(false);
         }
+        let why = format!(
+            "past every segment of {} (newest {newest})",
+            crate::journal::shard_dir(&self.journal, shard).display()
+        );
+        self.reset_journal(shard, first, &why)
+    }
+
+    /// The cursor's segment exists, but was created at another time than the one the cursor
+    /// recorded: the journal was reset under a kept `collectors/` and has numbered its segments
+    /// up to the cursor's again (a cursor in segment 1 always is), so the cursor is no place in
+    /// it. Handled as [`Self::reset_if_past_every_segment`]. True when it moved.
+    fn reset_if_segment_recreated(&mut self, shard: u16) -> Result<bool, StepError> {
+        let st = self.shards.get_mut(&shard).expect("discovered");
+        let at = st.committed;
+        let (Some(was), Some(now)) = (st.stamp, st.source.created_ns_of(at.segment)) else { return Ok(false) };
+        if st.persisted.segment != at.segment || was == now {
+            return Ok(false);
+        }
+        let segments = st.source.segments().map_err(|e| StepError::Io(e.to_string()))?;
+        let Some(&first) = segments.first() else { return Ok(false) };
+        let path = crate::journal::segment_path(&crate::journal::shard_dir(&self.journal, shard), at.segment);
+        let why = format!("of a segment created at {was} (unix ns), but {} was created at {now}", path.display());
+        self.reset_journal(shard, first, &why)
+    }
+
+    /// Starts delivering a reset journal (see [`Self::reset_if_past_every_segment`]) from record
+    /// 0 of its segment `first`, saying `why` the cursor is no place in it.
+    fn reset_journal(&mut self, shard: u16, first: u64, why: &str) -> Result<bool, StepError> {
+        let st = self.shards.get_mut(&shard).expect("discovered");
+        let at = st.committed;
         let msg = format!(
-            "shard {shard}: cursor {} points at segment {} record {}, past every segment of {} (newest {newest}): \
+            "shard {shard}: cursor {} points at segment {} record {}, {why}: \
              the journal was reset (its shard directory wiped?) while this collector's state was kept; dropping \
              its batch logs and delivering again from segment {first} record 0, under the key base \"{}\"",
             st.dir.join("cursor").display(),
             at.segment,
             at.index,
-            crate::journal::shard_dir(&self.journal, shard).display(),
             self.key_bases.current_for(st.generation + 1),
         );
         eprintln!("tracker: collector {}: {msg}", self.name);
@@ -471,6 +505,7 @@ impl Runner {
         st.recorded = None;
         st.projection = None;
         st.committed = Position { segment: first, index: 0 };
+        st.stamp = None;
         persist(st, true)?;
         self.status.cursor_resets_total.fetch_add(1, Relaxed);
         Ok(true)
@@ -481,10 +516,18 @@ impl Runner {
     fn step(&mut self, shard: u16, stopping: bool) -> Result<bool, StepError> {
         let limits = self.cfg.batch;
         let st = self.shards.get_mut(&shard).expect("discovered");
+        let mut resolved = None;
         if st.open.is_none() {
             let Some(pos) = st.source.resolve(st.committed).map_err(|e| StepError::Io(e.to_string()))? else {
                 return self.reset_if_past_every_segment(shard);
             };
+            if pos == st.committed && self.reset_if_segment_recreated(shard)? {
+                return Ok(true);
+            }
+            resolved = Some(pos);
+        }
+        let st = self.shards.get_mut(&shard).expect("discovered");
+        if let Some(pos) = resolved {
             let moved = pos != st.committed;
             st.committed = pos;
             if st.recorded.as_ref().is_none_or(|(s, _)| *s != pos.segment) {
@@ -798,8 +841,9 @@ fn persist(st: &mut ShardState, now: bool) -> Result<(), StepError> {
         return Ok(());
     }
     // The error names the cursor file (`write …/shard-NNN/cursor: …`).
-    cursor::write_cursor(&st.dir, st.committed).map_err(|e| StepError::Io(e.to_string()))?;
-    st.persisted = st.committed;
+    let created = st.source.created_ns_of(st.committed.segment);
+    cursor::write_cursor_stamped(&st.dir, st.committed, created).map_err(|e| StepError::Io(e.to_string()))?;
+    (st.persisted, st.stamp) = (st.committed, created);
     st.persisted_at = Instant::now();
     Ok(())
 }

@@ -121,6 +121,11 @@ impl ShardSource {
         self.open.as_ref().map(|s| s.created_ns)
     }
 
+    /// Creation time of segment `segment` when it is the open one, unix ns.
+    pub fn created_ns_of(&self, segment: u64) -> Option<u64> {
+        self.open.as_ref().filter(|s| s.number == segment).map(|s| s.created_ns)
+    }
+
     /// Opens segment `n` (kept open across calls); false when it is gone or its header is bad.
     fn open_segment(&mut self, n: u64) -> Result<bool, JournalError> {
         if self.open.as_ref().is_some_and(|s| s.number == n) {

@@ -1186,9 +1186,49 @@ fn a_cursor_past_every_segment_after_the_journal_was_wiped_delivers_the_new_segm
     let said = s.stderr_lines();
     let line = said.iter().find(|l| l.contains("collector j") && l.contains("past every segment"));
     let line = line.unwrap_or_else(|| panic!("no line about the reset: {said:?}"));
-    let (seg, index) = old.trim().split_once(' ').unwrap();
-    let pointed = format!("segment {seg} record {index}");
+    let old: Vec<&str> = old.split_whitespace().collect();
+    let pointed = format!("segment {} record {}", old[0], old[1]);
     assert!(line.contains(&cursor.display().to_string()) && line.contains(&pointed), "{line}");
+    assert_eq!(collector_metric(&s, "j", "tracker_collector_cursor_resets_total"), Some(1.0));
+    assert_eq!(s.stop(), 0);
+}
+
+/// Regression: as above, but with the old cursor inside segment 1 (record 100). The new
+/// journal has a segment 1 too, so the cursor did not look past every segment: the collector
+/// waited for record 100 of the new segment and never delivered its first 100 events. The
+/// cursor now carries its segment's creation time, which the new segment 1 does not share.
+#[test]
+fn a_cursor_in_segment_one_of_a_wiped_journal_delivers_the_new_segment_one_from_its_start() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("events.jsonl");
+    let cfg = config(&jsonl_collector("j", &path, "\"all\"", "[]"));
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for i in 0..100 {
+        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
+    }
+    wait_for("the old journal delivered", WAIT, || read_jsonl(&path).len() == 100);
+    assert_eq!(s.stop(), 0);
+    let cursor = s.journal().join("collectors/j/shard-000/cursor");
+    let old = std::fs::read_to_string(&cursor).unwrap();
+    assert!(old.starts_with("1 100 "), "cursor {old:?}");
+    std::fs::remove_dir_all(s.journal().join("shard-000")).unwrap();
+
+    let dir = take_dir(&mut s);
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for i in 100..105 {
+        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
+    }
+    wait_for("the new journal's events delivered", WAIT, || read_jsonl(&path).len() >= 105);
+    let lines = read_jsonl(&path);
+    let ids: std::collections::HashSet<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!((lines.len(), ids.len()), (105, 105), "each event once");
+    let said = s.stderr_lines();
+    let line = said.iter().find(|l| l.contains("collector j") && l.contains("segment 1 record 100"));
+    let line = line.unwrap_or_else(|| panic!("no line about the reset: {said:?}"));
+    assert!(line.contains(&cursor.display().to_string()) && line.contains("was created at"), "{line}");
     assert_eq!(collector_metric(&s, "j", "tracker_collector_cursor_resets_total"), Some(1.0));
     assert_eq!(s.stop(), 0);
 }
