@@ -99,6 +99,13 @@ fn shards(journal: &Path) -> Vec<u16> {
 /// segment of that shard (how far that collector got is unknown), a shard directory that cannot
 /// be listed is passed over; the other shards' retention and the size limit go on regardless,
 /// so a damaged cursor file can neither fill the disk nor lose segments.
+/// The `created_ns` of segment `n`'s header, when it can be read.
+fn created_ns(dir: &Path, shard: u16, n: u64) -> Option<u64> {
+    let file = fs::File::open(segment_path(dir, n)).ok()?;
+    let len = file.metadata().ok()?.len();
+    read_header(&file, len, shard, n).ok()?.ok().map(|h| h.created_ns)
+}
+
 pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) -> (u64, Vec<String>) {
     let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mut problems = Vec::new();
@@ -126,12 +133,12 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
         // is the start of the journal; one that cannot be read holds everything.
         let mut passed_below = u64::MAX;
         for name in collectors {
-            let at = match cursor::read_cursor(&cursor::collector_shard_dir(journal, name, shard)) {
+            let at = match cursor::read_cursor_stamped(&cursor::collector_shard_dir(journal, name, shard)) {
                 // Past every segment: the shard's journal was wiped under this state and is
                 // numbered from 1 again; the collector moves the cursor back to its first
                 // segment when it next steps this shard (runner.rs). Until then it has passed
                 // none of the new segments.
-                Ok(Some(p)) if !live.is_empty() && p.segment > newest => {
+                Ok(Some((p, _))) if !live.is_empty() && p.segment > newest => {
                     problems.push(format!(
                         "collector {name}: shard {shard}: cursor at segment {} is past every segment (newest \
                          {newest}): the journal was reset; keeping every segment of shard {shard} until the \
@@ -140,7 +147,22 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
                     ));
                     0
                 }
-                Ok(p) => p.map_or(0, |p| p.segment),
+                // On a segment of its number created at another time than the cursor recorded:
+                // reset too, and the new journal numbered up to the cursor's segment again
+                // (runner.rs `reset_if_segment_recreated` moves it back to the first segment).
+                Ok(Some((p, Some(was))))
+                    if live.contains(&p.segment)
+                        && created_ns(&dir, shard, p.segment).is_some_and(|now| now != was) =>
+                {
+                    problems.push(format!(
+                        "collector {name}: shard {shard}: cursor at segment {} recorded its creation at {was} (unix \
+                         ns), which is not that segment's: the journal was reset; keeping every segment of shard \
+                         {shard} until the collector has moved it back",
+                        p.segment
+                    ));
+                    0
+                }
+                Ok(p) => p.map_or(0, |(p, _)| p.segment),
                 Err(e) => {
                     problems.push(format!(
                         "collector {name}: shard {shard}: {e}; keeping every segment of shard {shard} until it can be read"
@@ -243,6 +265,33 @@ mod tests {
         // Once the collector moved its cursor back (runner.rs), retention goes on as usual.
         cursor::write_cursor(&cursor::collector_shard_dir(d.path(), "c", 0), cursor::Position { segment: 3, index: 0 })
             .unwrap();
+        assert_eq!(pass(d.path(), &["c".to_string()], 1, 0).0, 2);
+    }
+
+    /// Regression: a cursor on a segment the reset journal numbered again (another creation
+    /// time than the cursor recorded) let retention delete the new segments below it before the
+    /// collector had moved back to deliver them.
+    #[test]
+    fn a_cursor_on_a_segment_created_since_keeps_the_shards_segments() {
+        let d = tempfile::tempdir().unwrap();
+        let schema = crate::collector::source::tests::schema();
+        let (mut j, _) = ShardJournal::open(d.path(), 0, (PAGE_BYTES + 4 * EVENT_BYTES) as u64, &schema).unwrap();
+        for s in 1..=9 {
+            let mut e = Event::ZERO;
+            e.seq = s;
+            j.append(&mut e).unwrap();
+        }
+        for n in 1..=3 {
+            backdate(&segment_path(&shard_dir(d.path(), 0), n));
+        }
+        let third = created_ns(&shard_dir(d.path(), 0), 0, 3).unwrap();
+        let c = cursor::collector_shard_dir(d.path(), "c", 0);
+        cursor::write_cursor_stamped(&c, cursor::Position { segment: 3, index: 2 }, Some(third ^ 1)).unwrap();
+        let (deleted, problems) = pass(d.path(), &["c".to_string()], 1, 0);
+        assert_eq!(deleted, 0, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("collector c") && p.contains("was reset")), "{problems:?}");
+        // The segment the cursor recorded: retention goes on as usual.
+        cursor::write_cursor_stamped(&c, cursor::Position { segment: 3, index: 2 }, Some(third)).unwrap();
         assert_eq!(pass(d.path(), &["c".to_string()], 1, 0).0, 2);
     }
 }
