@@ -673,9 +673,10 @@ impl Runner {
             // A stopped (fatal) collector keeps its pending age growing: its events wait.
             if !matches!(delivered, Err(Halt::Fatal)) {
                 self.status.pending_oldest_ns.store(0, Relaxed);
-            } else if b.recorded.is_none() {
+            } else if b.recorded.is_none() && batch.attempt == 1 {
                 // Refused the first time it was ever sent: nothing of it was applied (a 409 here
-                // is another tracker's body under this key). Forget the cut, so the fix the
+                // is another tracker's body under this key). Not after a failed earlier attempt:
+                // a timed-out one may have been applied, and this range must keep its key. Forget the cut, so the fix the
                 // error asks for (a key_prefix of its own) applies to this range too; keeping it
                 // would send it under the old key again and take the next 409 as superseded.
                 let st = self.shards.get_mut(&shard).expect("discovered");
