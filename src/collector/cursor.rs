@@ -89,6 +89,17 @@ pub fn collector_shard_dir(journal: &Path, name: &str, shard: u16) -> PathBuf {
     collector_dir(journal, name).join(format!("shard-{shard:03}"))
 }
 
+/// Whether a segment whose header now says `on_disk_ns` was made after the cursor recorded
+/// `recorded_ns` for a segment of the same number: the journal was reset (wiped and numbered up
+/// to it again). Only a *later* time counts: the writer stamps a segment made ahead with its
+/// activation time in a header write it does not sync at once, so after a power loss the disk
+/// may hold the earlier time the segment was made at, while a cursor recorded the later one
+/// from the page cache. That is the same segment, and a reset there would resend the journal
+/// under new keys. (A new journal made under a clock set back is not told apart.)
+pub fn segment_made_since(recorded_ns: u64, on_disk_ns: u64) -> bool {
+    on_disk_ns > recorded_ns
+}
+
 /// Reads the cursor of a shard; `None` when none was written yet (start of the journal).
 pub fn read_cursor(dir: &Path) -> io::Result<Option<Position>> {
     Ok(read_cursor_stamped(dir)?.map(|(p, _)| p))

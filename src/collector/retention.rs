@@ -152,7 +152,8 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
                 // (runner.rs `reset_if_segment_recreated` moves it back to the first segment).
                 Ok(Some((p, Some(was))))
                     if live.contains(&p.segment)
-                        && created_ns(&dir, shard, p.segment).is_some_and(|now| now != was) =>
+                        && created_ns(&dir, shard, p.segment)
+                            .is_some_and(|now| cursor::segment_made_since(was, now)) =>
                 {
                     problems.push(format!(
                         "collector {name}: shard {shard}: cursor at segment {} recorded its creation at {was} (unix \
@@ -281,17 +282,21 @@ mod tests {
             e.seq = s;
             j.append(&mut e).unwrap();
         }
-        for n in 1..=3 {
+        // Segments 1 and 2 old enough to go; 3 keeps the time it was made at.
+        for n in 1..=2 {
             backdate(&segment_path(&shard_dir(d.path(), 0), n));
         }
         let third = created_ns(&shard_dir(d.path(), 0), 0, 3).unwrap();
         let c = cursor::collector_shard_dir(d.path(), "c", 0);
-        cursor::write_cursor_stamped(&c, cursor::Position { segment: 3, index: 2 }, Some(third ^ 1)).unwrap();
+        // The cursor recorded a segment 3 made earlier than this one: another journal's.
+        let backdated = third - 1;
+        cursor::write_cursor_stamped(&c, cursor::Position { segment: 3, index: 2 }, Some(backdated)).unwrap();
         let (deleted, problems) = pass(d.path(), &["c".to_string()], 1, 0);
         assert_eq!(deleted, 0, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("collector c") && p.contains("was reset")), "{problems:?}");
-        // The segment the cursor recorded: retention goes on as usual.
-        cursor::write_cursor_stamped(&c, cursor::Position { segment: 3, index: 2 }, Some(third)).unwrap();
+        // A later time than the header's is this segment still: the activation time of a segment
+        // made ahead, whose header write a power loss undid (the disk kept the time it was made).
+        cursor::write_cursor_stamped(&c, cursor::Position { segment: 3, index: 2 }, Some(third + 1)).unwrap();
         assert_eq!(pass(d.path(), &["c".to_string()], 1, 0).0, 2);
     }
 }

@@ -465,7 +465,7 @@ impl Runner {
         let st = self.shards.get_mut(&shard).expect("discovered");
         let at = st.committed;
         let (Some(was), Some(now)) = (st.stamp, st.source.created_ns_of(at.segment)) else { return Ok(false) };
-        if st.persisted.segment != at.segment || was == now {
+        if st.persisted.segment != at.segment || !cursor::segment_made_since(was, now) {
             return Ok(false);
         }
         let segments = st.source.segments().map_err(|e| StepError::Io(e.to_string()))?;
