@@ -160,7 +160,8 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
     if secs < 0 {
         return Err(bad());
     }
-    Ok(secs as u64 * 1_000_000_000 + frac)
+    // Past 2554 the nanoseconds do not fit a u64 (the unix-seconds form saturates alike).
+    Ok((secs as u64).saturating_mul(1_000_000_000).saturating_add(frac))
 }
 
 /// Moves collector `name`'s cursor of every shard back to `--from-segment N` or to the start of
@@ -268,6 +269,10 @@ mod tests {
         assert_eq!(parse_time("2026-11-26T07:42:02.5Z").unwrap(), 1_795_678_922_500_000_000);
         assert!(parse_time("2026-11-26T07:42:02+01:00").is_err());
         assert!(parse_time("yesterday").is_err());
+        // Regression: a time past 2554 overflowed the nanoseconds (a panic in debug builds, a
+        // wrap to an earlier time in release ones).
+        assert_eq!(parse_time("2600-01-01T00:00:00Z").unwrap(), u64::MAX);
+        assert_eq!(parse_time("2554-07-21T23:34:33.709551615Z").unwrap(), u64::MAX);
     }
 
     #[test]
