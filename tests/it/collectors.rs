@@ -870,6 +870,45 @@ fn the_banker_starts_after_a_crash_tore_its_ledger_inside_a_multibyte_character(
     assert_eq!(std::fs::read(data.path().join("ledger.jsonl")).unwrap(), whole.as_bytes(), "the torn tail is cut");
 }
 
+/// Regression: the banker cut its ledger at the first line it could not read, wherever it was:
+/// one damaged line in the middle erased every acknowledged batch after it (and their keys, so
+/// resends were applied again). Only a torn last line is cut; a damaged line with more after it
+/// stops the start, naming the file and the line, and leaves the ledger as it is.
+#[test]
+fn the_banker_refuses_a_ledger_damaged_before_its_last_line_instead_of_cutting_it() {
+    let data = tempfile::tempdir().unwrap();
+    let line =
+        |k: u32| format!("{{\"digest\":{k},\"key\":\"k{k}\",\"spend\":[{{\"budget_key\":\"c=1\",\"micros\":5}}]}}\n");
+    let damaged = format!("{}{}{}", line(1), line(2).replace("\"key\"", "\"kez\""), line(3));
+    let path = data.path().join("ledger.jsonl");
+    std::fs::write(&path, &damaged).unwrap();
+    let mut child = Command::new(BANKER)
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.is_some_and(|s| !s.success()), "the banker started: {err}");
+    assert!(err.contains(&format!("{}: line 2", path.display())), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), damaged, "the ledger is left as it is");
+}
+
 /// Reads one HTTP request with a Content-Length body from `c`; returns (head, body).
 fn read_http_request(c: &mut std::net::TcpStream) -> (String, Vec<u8>) {
     use std::io::Read;

@@ -73,20 +73,36 @@ impl Ledger {
             broken: None,
         };
         // Replay the ledger; a torn last line (crash mid-append, never acknowledged) is cut off.
+        // A line that cannot be read with more after it is damage, not a tear: cutting there
+        // would erase acknowledged batches (and their keys, so their resends would be applied
+        // again), so the start stops and says where.
         file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
         let mut good = 0u64;
         let mut reader = BufReader::new(&mut file);
         // Bytes, not a String: a crash can tear the last line inside a multi-byte character of a
         // budget key, and read_line would fail the whole start on that instead of cutting it.
         let mut line = Vec::new();
-        loop {
+        for number in 1u64.. {
             line.clear();
             let n = reader.read_until(b'\n', &mut line).map_err(|e| format!("read {}: {e}", path.display()))?;
             if n == 0 || !line.ends_with(b"\n") {
                 break;
             }
-            let Ok(v) = serde_json::from_slice::<Value>(&line) else { break };
-            let (Some(key), Some(digest)) = (v["key"].as_str(), v["digest"].as_u64()) else { break };
+            let entry = serde_json::from_slice::<Value>(&line).ok();
+            let Some((key, digest, v)) =
+                entry.as_ref().and_then(|v| Some((v["key"].as_str()?, v["digest"].as_u64()?, v)))
+            else {
+                let more = reader.fill_buf().map_err(|e| format!("read {}: {e}", path.display()))?;
+                if more.is_empty() {
+                    break;
+                }
+                return Err(format!(
+                    "{}: line {number} is not a ledger entry (JSON with \"key\" and \"digest\") and more \
+                     entries follow it: the ledger is damaged; fix or remove that line (the batches after it \
+                     were acknowledged)",
+                    path.display()
+                ));
+            };
             l.apply(key, digest, &v["spend"]);
             good += n as u64;
         }
