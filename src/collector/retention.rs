@@ -239,24 +239,31 @@ mod tests {
         f.write_all_at(&fixed, 0).unwrap();
     }
 
-    /// Regression: the shard directory was wiped under kept collector state, so a cursor
-    /// pointed past every segment of the new journal, and retention took it for a collector
-    /// that had passed them all: it deleted the new segments (once old enough) before the
-    /// collector, held up on another shard by a destination that is down, had delivered them.
-    #[test]
-    fn a_cursor_past_every_segment_keeps_the_shards_segments() {
+    /// A journal of shard 0 with segments 1, 2 and 3 (a header page + 4 records each, 9
+    /// events), the first `backdated` of them created at time 0. The writer is closed.
+    fn three_segments(backdated: u64) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         let schema = crate::collector::source::tests::schema();
-        // Header page + 4 records per segment: 9 events make segments 1, 2 and 3.
         let (mut j, _) = ShardJournal::open(d.path(), 0, (PAGE_BYTES + 4 * EVENT_BYTES) as u64, &schema).unwrap();
         for s in 1..=9 {
             let mut e = Event::ZERO;
             e.seq = s;
             j.append(&mut e).unwrap();
         }
-        for n in 1..=3 {
+        drop(j);
+        for n in 1..=backdated {
             backdate(&segment_path(&shard_dir(d.path(), 0), n));
         }
+        d
+    }
+
+    /// Regression: the shard directory was wiped under kept collector state, so a cursor
+    /// pointed past every segment of the new journal, and retention took it for a collector
+    /// that had passed them all: it deleted the new segments (once old enough) before the
+    /// collector, held up on another shard by a destination that is down, had delivered them.
+    #[test]
+    fn a_cursor_past_every_segment_keeps_the_shards_segments() {
+        let d = three_segments(3);
         // The old journal's cursor: segment 7.
         cursor::write_cursor(&cursor::collector_shard_dir(d.path(), "c", 0), cursor::Position { segment: 7, index: 2 })
             .unwrap();
@@ -274,18 +281,8 @@ mod tests {
     /// collector had moved back to deliver them.
     #[test]
     fn a_cursor_on_a_segment_created_since_keeps_the_shards_segments() {
-        let d = tempfile::tempdir().unwrap();
-        let schema = crate::collector::source::tests::schema();
-        let (mut j, _) = ShardJournal::open(d.path(), 0, (PAGE_BYTES + 4 * EVENT_BYTES) as u64, &schema).unwrap();
-        for s in 1..=9 {
-            let mut e = Event::ZERO;
-            e.seq = s;
-            j.append(&mut e).unwrap();
-        }
         // Segments 1 and 2 old enough to go; 3 keeps the time it was made at.
-        for n in 1..=2 {
-            backdate(&segment_path(&shard_dir(d.path(), 0), n));
-        }
+        let d = three_segments(2);
         let third = created_ns(&shard_dir(d.path(), 0), 0, 3).unwrap();
         let c = cursor::collector_shard_dir(d.path(), "c", 0);
         // The cursor recorded a segment 3 made earlier than this one: another journal's.
