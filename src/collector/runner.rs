@@ -457,8 +457,8 @@ impl Runner {
         self.reset_journal(shard, first, &why)
     }
 
-    /// The cursor's segment exists, but was created at another time than the one the cursor
-    /// recorded: the journal was reset under a kept `collectors/` and has numbered its segments
+    /// The cursor's segment exists, but was created later than the cursor recorded
+    /// ([`cursor::segment_made_since`]): the journal was reset under a kept `collectors/` and has numbered its segments
     /// up to the cursor's again (a cursor in segment 1 always is), so the cursor is no place in
     /// it. Handled as [`Self::reset_if_past_every_segment`]. True when it moved.
     fn reset_if_segment_recreated(&mut self, shard: u16) -> Result<bool, StepError> {
@@ -675,10 +675,11 @@ impl Runner {
                 self.status.pending_oldest_ns.store(0, Relaxed);
             } else if b.recorded.is_none() && batch.attempt == 1 {
                 // Refused the first time it was ever sent: nothing of it was applied (a 409 here
-                // is another tracker's body under this key). Not after a failed earlier attempt:
-                // a timed-out one may have been applied, and this range must keep its key. Forget the cut, so the fix the
+                // is another tracker's body under this key). Forget the cut, so the fix the
                 // error asks for (a key_prefix of its own) applies to this range too; keeping it
                 // would send it under the old key again and take the next 409 as superseded.
+                // Not after a failed earlier attempt: a timed-out one may have been applied, and
+                // then this range must keep its key.
                 let st = self.shards.get_mut(&shard).expect("discovered");
                 let (_, r) = st.recorded.as_mut().expect("loaded when the batch was opened");
                 match cursor::drop_last_batch(&st.dir, b.segment, r.len() - 1) {
