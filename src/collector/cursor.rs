@@ -7,8 +7,9 @@
 //!                         atomically (write cursor.tmp, fsync, rename, fsync dir): survives
 //!                         kill -9. created_ns: the `created_ns` of that segment's header, when
 //!                         the collector had it open (absent in cursors of older builds and
-//!                         before the segment exists): a segment of that number with another
-//!                         creation time belongs to a journal made since (wiped and restarted)
+//!                         before the segment exists): a segment of that number created later
+//!                         belongs to a journal made since (wiped and restarted); see
+//!                         `segment_made_since` for why an earlier time does not count
 //! <segment:20>.batches    16-byte entries appended (and fdatasync'ed) before a batch is sent:
 //!                         from u32 | to u32 | crc32c(from, to) u32 | base u32 (little-endian);
 //!                         base: the id of the key base the batch was sent under (0 in logs
