@@ -23,7 +23,9 @@
 //! connection is closed after idle_timeout_ms, and so is one whose client does not take its
 //! responses within idle_timeout_ms. A read or write arms the
 //! connection's slot in the shard's deadline sweep (`deadline.rs`), which also applies the
-//! shutdown graces.
+//! shutdown graces. A read that completes with bytes in the same reactor turn as its deadline
+//! (or the stop) fires has them answered: every request whole in the buffer gets its response,
+//! then the connection closes without reading again.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -136,6 +138,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     // The connection closes after a response that said `Connection: close` (an error, or the
     // client's own close): the client may still be sending, so it gets a lingering close.
     let mut linger = false;
+    // Set when the sweep shut reads down (a deadline, or shutdown) during a read that still
+    // brought bytes: what is whole in the buffer is answered, then the connection closes without
+    // reading again. True when it was a begun request's header deadline.
+    let mut reads_shut: Option<bool> = None;
 
     'conn: loop {
         // Answer every complete request in the buffer.
@@ -314,6 +320,16 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         if out_full {
             continue;
         }
+        if let Some(head_timed_out) = reads_shut {
+            // The deadline is final: another read would let a client that trickles its
+            // request outlive it. A request begun and timed out is told why.
+            if head_timed_out && begun && !ctx.stopping.get() {
+                let b;
+                (linger, b) = answer_timed_out(&ctx, &mut stream, wbuf, slot).await;
+                wbuf = b;
+            }
+            break 'conn;
+        }
         let now_ms = crate::clock::mono_coarse_ms();
         if begun && head_started.is_none() {
             head_started = Some(now_ms);
@@ -332,26 +348,26 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         let cap = rbuf.capacity();
         let (res, slice) = stream.read(rbuf.slice_mut(len..cap)).await;
         rbuf = slice.into_inner();
-        if armed.expired() {
-            // Given up by the sweep (reads shut down): a deadline, or shutdown. A request cut
-            // off in the middle is told why; an idle connection just closes.
-            drop(armed);
-            if head_started.is_some() && !ctx.stopping.get() {
-                ctx.shared.counters.reject(Reason::HeaderTimeout);
-                ctx.shared.counters.request(None, Status::S408);
-                let why = "request not received whole within header_read_timeout_ms";
-                write_error(&ctx, &mut wbuf, Status::S408, why, false, false, 1, None, None);
-                let grace = deadline::ms(deadline::TIMED_OUT_ANSWER_GRACE);
-                let (res, b) = write_all(&ctx, &mut stream, wbuf, slot, grace).await;
-                wbuf = b;
-                linger = res.is_ok();
-            }
-            break 'conn;
-        }
+        // Given up by the sweep (reads shut down): a deadline, or shutdown.
+        let expired = armed.expired();
         drop(armed);
         match res {
-            Ok(0) | Err(_) => break 'conn,
-            Ok(_) => {}
+            // The read completed before the sweep ran but resumed us after it (both ready in
+            // one turn of the reactor): what it brought was received, so it is answered first.
+            Ok(n) if n > 0 => {
+                if expired {
+                    reads_shut = Some(head_started.is_some());
+                }
+            }
+            _ => {
+                // A request cut off in the middle is told why; an idle connection just closes.
+                if expired && head_started.is_some() && !ctx.stopping.get() {
+                    let b;
+                    (linger, b) = answer_timed_out(&ctx, &mut stream, wbuf, slot).await;
+                    wbuf = b;
+                }
+                break 'conn;
+            }
         }
     }
     if linger {
@@ -361,6 +377,18 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     bufs.write = wbuf;
     drop(stream);
     ctx.conn_closed(bufs);
+}
+
+/// Answers 408 to a request not received whole within header_read_timeout_ms, counted. Returns
+/// whether it went out (the connection then lingers) and the write buffer.
+async fn answer_timed_out(ctx: &ShardCtx, stream: &mut TcpStream, mut wbuf: Vec<u8>, slot: usize) -> (bool, Vec<u8>) {
+    ctx.shared.counters.reject(Reason::HeaderTimeout);
+    ctx.shared.counters.request(None, Status::S408);
+    let why = "request not received whole within header_read_timeout_ms";
+    write_error(ctx, &mut wbuf, Status::S408, why, false, false, 1, None, None);
+    let grace = deadline::ms(deadline::TIMED_OUT_ANSWER_GRACE);
+    let (res, b) = write_all(ctx, stream, wbuf, slot, grace).await;
+    (res.is_ok(), b)
 }
 
 /// The answer to a read buffer filled to capacity with no request in it answered: 413 when its

@@ -313,3 +313,46 @@ pub fn wait_child(child: &mut std::process::Child, after: &str) -> std::process:
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One thread of another process held still with ptrace (PTRACE_SEIZE + PTRACE_INTERRUPT stop
+/// that thread alone, no signal involved), resumed when dropped. ptrace is per calling thread:
+/// hold and drop it on the same one (a test's own). Lets a test keep a shard's journal drain from
+/// running without timing anything.
+pub struct HeldThread(libc::pid_t);
+
+impl HeldThread {
+    /// Holds the thread of process `pid` named `name` (its comm, at most 15 bytes).
+    pub fn hold(pid: u32, name: &str) -> HeldThread {
+        let tid: libc::pid_t = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| t.ok())
+            .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+            .unwrap_or_else(|| panic!("no thread {name} in process {pid}"))
+            .file_name()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let null = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: ptrace requests on a thread id; no memory of ours is passed.
+        let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, null, null) };
+        assert_eq!(seized, 0, "PTRACE_SEIZE {tid}: {}", std::io::Error::last_os_error());
+        let held = HeldThread(tid);
+        // SAFETY: as above.
+        let interrupted = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null) };
+        assert_eq!(interrupted, 0, "PTRACE_INTERRUPT {tid}: {}", std::io::Error::last_os_error());
+        let mut status = 0;
+        // SAFETY: waits for the tracee's stop; writes only `status`.
+        let waited = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        assert!(waited == tid && libc::WIFSTOPPED(status), "thread {tid} did not stop: {status:#x}");
+        held
+    }
+}
+
+impl Drop for HeldThread {
+    fn drop(&mut self) {
+        let null = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: detaching a tracee of this thread resumes it; no memory is passed.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, null, null) };
+    }
+}

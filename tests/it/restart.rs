@@ -319,3 +319,65 @@ fn restart_under_load(keep_alive_clients: u64, fresh_clients: u64) -> u64 {
     assert_eq!(acked.len() as u64, ok);
     fresh
 }
+
+/// Each eventfd of process `pid` with its counter (`/proc/PID/fdinfo`), by descriptor.
+fn eventfd_counts(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().filter_map(|e| e.ok()) {
+        let Ok(info) = std::fs::read_to_string(e.path()) else { continue };
+        if let Some(v) = info.lines().find_map(|l| l.strip_prefix("eventfd-count:")) {
+            out.push((e.file_name().to_string_lossy().into_owned(), u64::from_str_radix(v.trim(), 16).unwrap()));
+        }
+    }
+    out
+}
+
+/// Bytes the kernel holds unread on the server side of the loopback connection from
+/// `client_port` to `server_port` (`/proc/net/tcp`'s rx_queue).
+fn unread_on_server_side(server_port: u16, client_port: u16) -> u64 {
+    let (local, remote) = (format!(":{server_port:04X}"), format!(":{client_port:04X}"));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1].ends_with(&local) && f[2].ends_with(&remote))
+                .then(|| u64::from_str_radix(f[4].split(':').nth(1).unwrap(), 16).unwrap())
+        })
+        .unwrap_or(0)
+}
+
+/// The order the reactor sees them in is set exactly: with the shard's thread held (ptrace), the
+/// stop's wake-up is queued first, then a request on an idle keep-alive connection. Released,
+/// the reactor takes both in one turn: the stop shuts that connection's reads down (an idle
+/// connection closes at once at stop) after its read already took the request. That request
+/// was received, so it is answered, not dropped unanswered.
+#[test]
+fn a_request_read_in_the_same_turn_as_the_stop_is_answered() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let pid = s.child.id();
+    let mut c = s.connect();
+    assert_eq!(c.get("/i?c=1").status, 200);
+    let held = crate::harness::HeldThread::hold(pid, "tracker-shard-0");
+    let before = eventfd_counts(pid);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + WAIT;
+    while eventfd_counts(pid) == before {
+        assert!(Instant::now() < deadline, "SIGTERM never woke the held shard");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    c.send(b"GET /i?c=2 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let client_port = c.stream.local_addr().unwrap().port();
+    while unread_on_server_side(s.addr.port(), client_port) == 0 {
+        assert!(Instant::now() < deadline, "the request never reached the server's socket");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(held);
+    let r = c.try_read_response(false).expect("the request read as the stop came was dropped unanswered");
+    assert_eq!((r.status, r.header("Connection")), (200, Some("close")));
+    assert_eq!(s.wait_exit(), 0);
+    let ids: Vec<u64> = journal_cat(&s.journal()).iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [1, 2]);
+}
