@@ -631,10 +631,41 @@ impl Retired {
     }
 }
 
-// Tests: makes every msync and syncfs of this thread fail (EIO), as a disk error would.
+// Tests: makes every msync and syncfs of this thread fail (EIO), as a disk error would;
+// FAIL_WRITEBACK likewise for the check before pages leave the cache (`writeback_done`), as an
+// asynchronous writeback's failure would.
 #[cfg(test)]
 thread_local! {
     pub(crate) static FAIL_MSYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    pub(crate) static FAIL_WRITEBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Waits for the writeback of `from..to` of `file` that is already under way (long finished,
+/// normally: it was started at least CACHE_KEPT_BYTES of appends ago) and returns the writeback
+/// error the kernel recorded for the file since the file's last check, if any.
+/// sync_file_range(SYNC_FILE_RANGE_WAIT_BEFORE) checks and advances the open file's error
+/// sequence as msync and fsync do (`file_fdatawait_range`): an error reported here is not
+/// reported again to the next msync through the same open file.
+fn writeback_done(file: &File, path: &Path, from: usize, to: usize) -> Result<(), JournalError> {
+    #[cfg(test)]
+    if FAIL_WRITEBACK.get() {
+        let eio = io::Error::from_raw_os_error(libc::EIO);
+        return Err(JournalError::with_detail("sync_file_range", path, format!("bytes {from}..{to}"), eio));
+    }
+    // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
+    let rc = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            (to - from) as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(JournalError::with_detail("sync_file_range", path, format!("bytes {from}..{to}"), e));
+    }
+    Ok(())
 }
 
 fn msync(map: &MmapMut, path: &Path, from: usize, to: usize) -> Result<(), JournalError> {
@@ -719,10 +750,11 @@ pub struct ShardJournal {
     /// An msync failed at some point: records may be missing from the disk even after a later
     /// sync succeeds, so this run never records a clean stop.
     sync_failed: bool,
-    /// A rotation's msync of the segment left at the rotation before it failed. The records
-    /// there were appended since the last sync, so the next sync() (which acknowledges them
-    /// under `always`) returns this error.
-    rotation_msync_error: Option<JournalError>,
+    /// A write-back of records appended since the last sync failed outside sync(): a rotation's
+    /// msync of the segment left at the rotation before, or the check before pages leave the
+    /// cache (`release_step`). The next sync() (which acknowledges those records under
+    /// `always`, or counts them durable under `interval`) returns this error.
+    deferred_sync_error: Option<JournalError>,
 }
 
 impl ShardJournal {
@@ -909,7 +941,7 @@ impl ShardJournal {
             kernel_writeback_only: false,
             bytes_written_total,
             sync_failed: leftovers_synced.is_err(),
-            rotation_msync_error: None,
+            deferred_sync_error: None,
         };
         journal.start_ahead(false);
         report.segment = journal.active.number;
@@ -967,7 +999,7 @@ impl ShardJournal {
         // start_writeback unmaps them (their writeback, already done, costs nothing then).
         // Last: what could be synced now is, and the records a rotation failed to msync are
         // still reported as not on disk.
-        match self.rotation_msync_error.take() {
+        match self.deferred_sync_error.take() {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -1039,15 +1071,32 @@ impl ShardJournal {
         // under `none` they may still be dirty, and DONTNEED would start their writeback, which
         // that policy leaves to the kernel.
         let drop_to = from.saturating_sub(CACHE_KEPT_BYTES);
+        let mut writeback_error = None;
         if drop_written && drop_to > a.dropped_off {
             // From one prefault window lower: DONTNEED skips a folio that crosses either end of
             // its range, and ext4's large folios (one per prefault write at most) may cross the
             // last call's end. Going over dropped pages again costs a walk of an empty range.
             let start = a.dropped_off.saturating_sub(PREFAULT_BYTES);
-            drop_cache(&a.file, start, drop_to - start);
-            a.dropped_off = drop_to;
+            // Pages no msync has confirmed yet (`interval`: their writeback was started by an
+            // earlier step) may have failed it, and a page whose writeback failed is left clean
+            // in the cache, the only good copy of its records: DONTNEED would drop it before
+            // the next sync reported the error. Asked first; on an error nothing is dropped.
+            match if drop_to > a.synced_off { writeback_done(&a.file, &a.path, start, drop_to) } else { Ok(()) } {
+                Ok(()) => {
+                    drop_cache(&a.file, start, drop_to - start);
+                    a.dropped_off = drop_to;
+                }
+                Err(e) => writeback_error = Some(e),
+            }
         }
         a.released_off = to;
+        if let Some(e) = writeback_error {
+            // The check consumed the error (the file's errseq), so the next sync() would not see
+            // it: that sync returns it instead, as it does a rotation's failed msync.
+            self.sync_failed = true;
+            self.deferred_sync_error.get_or_insert(e);
+            return;
+        }
         // The segment left at the last rotation, once its records are msynced (no `Retired`
         // waits) and this one keeps a window of its own: what it still has cached goes too.
         if drop_written && drop_to > 0 && self.retired.is_none() {
@@ -1199,7 +1248,7 @@ impl ShardJournal {
         if let Some(r) = self.retired.take() {
             if let Err(e) = r.flush() {
                 self.sync_failed = true;
-                self.rotation_msync_error.get_or_insert(e);
+                self.deferred_sync_error.get_or_insert(e);
             }
         }
         // The segment left at the rotation before, when the one being left now did not reach a

@@ -656,6 +656,33 @@ fn after_a_failed_sync_no_page_leaves_the_cache() {
 }
 
 #[test]
+fn a_writeback_failure_found_before_pages_leave_the_cache_keeps_them_and_fails_the_next_sync() {
+    use super::segment::{CACHE_KEPT_BYTES, FAIL_WRITEBACK, WRITEBACK_STEP};
+    let dir = disk_tempdir();
+    let seg_bytes = (64 * WRITEBACK_STEP) as u64;
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
+    let path = j.segment_path().to_path_buf();
+    // `interval`: writeback started step by step, no sync, so no msync has confirmed any page
+    // when the first ones would leave the cache; their writeback failed.
+    let mut w = StepWriter { next: 1, start_writeback: true };
+    // Records from the first whole page after the header (which the segment's making handles).
+    let first = j.released_off().next_multiple_of(PAGE_BYTES);
+    FAIL_WRITEBACK.set(true);
+    let steps_kept = CACHE_KEPT_BYTES / WRITEBACK_STEP;
+    for _ in 0..steps_kept + 4 {
+        w.step(&mut j);
+    }
+    FAIL_WRITEBACK.set(false);
+    let (cached, pages) = cached_pages(&path, first, 3 * WRITEBACK_STEP);
+    assert_eq!(cached, pages, "dropped after a failed writeback: {} of {pages}", pages - cached);
+    // The check took the error from the kernel: the next sync reports it, and the stop is not
+    // recorded as clean.
+    let e = j.sync().expect_err("the failed writeback is reported by the next sync");
+    assert_eq!(e.op(), "sync_file_range", "{e}");
+    assert!(j.close_clean().is_err());
+}
+
+#[test]
 fn pages_leave_the_cache_whatever_the_batches_boundaries() {
     use super::segment::{CACHE_KEPT_BYTES, WRITEBACK_STEP};
     let dir = disk_tempdir();
