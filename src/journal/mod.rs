@@ -99,6 +99,7 @@
 //! collector has passed.
 
 mod ahead;
+mod background_sync;
 mod dir;
 mod error;
 mod reader;

@@ -37,6 +37,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use memmap2::{MmapMut, MmapOptions};
 
 use super::ahead::{Ahead, AheadSpec};
+use super::background_sync::{BackgroundSync, SyncJob};
 use super::error::JournalError;
 use super::writer_state;
 use crate::event::{Event, EVENT_BYTES};
@@ -534,6 +535,9 @@ pub(crate) const WRITEBACK_STEP: usize = 1024 * 1024;
 /// (~100 MB/s) and seconds at ordinary rates, against a collector that, caught up, polls every 10 ms;
 /// a collector further behind reads from the disk, sequentially.
 pub(crate) const CACHE_KEPT_BYTES: usize = 8 * WRITEBACK_STEP;
+/// The most page cache one `release_step` hands back: under `interval` a finished sync makes a
+/// second's worth droppable at once (~100 MB saturated), dropped over the following steps.
+const DROP_STEP_MAX: usize = 4 * WRITEBACK_STEP;
 const _: () = assert!(PREFAULT_BYTES.is_multiple_of(PAGE_BYTES) && PREFAULT_BYTES.is_multiple_of(EVENT_BYTES));
 
 impl Active {
@@ -618,7 +622,7 @@ fn prefault(b: &mut [u8]) {
 
 /// A segment left at rotation with records not yet synced: the next `sync()` flushes it, so a
 /// rotation costs no msync on the drain and `sync()` still covers every record appended.
-struct Retired {
+pub(super) struct Retired {
     path: PathBuf,
     map: MmapMut,
     from: usize,
@@ -626,46 +630,16 @@ struct Retired {
 }
 
 impl Retired {
-    fn flush(self) -> Result<(), JournalError> {
+    pub(super) fn flush(self) -> Result<(), JournalError> {
         msync(&self.map, &self.path, self.from, self.to)
     }
 }
 
-// Tests: makes every msync and syncfs of this thread fail (EIO), as a disk error would;
-// FAIL_WRITEBACK likewise for the check before pages leave the cache (`writeback_done`), as an
-// asynchronous writeback's failure would.
+// Tests: makes every msync and syncfs of this thread fail (EIO), as a disk error would, and
+// every background sync it starts (`background_sync.rs`).
 #[cfg(test)]
 thread_local! {
     pub(crate) static FAIL_MSYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    pub(crate) static FAIL_WRITEBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Waits for the writeback of `from..to` of `file` that is already under way (long finished,
-/// normally: it was started at least CACHE_KEPT_BYTES of appends ago) and returns the writeback
-/// error the kernel recorded for the file since the file's last check, if any.
-/// sync_file_range(SYNC_FILE_RANGE_WAIT_BEFORE) checks and advances the open file's error
-/// sequence as msync and fsync do (`file_fdatawait_range`): an error reported here is not
-/// reported again to the next msync through the same open file.
-fn writeback_done(file: &File, path: &Path, from: usize, to: usize) -> Result<(), JournalError> {
-    #[cfg(test)]
-    if FAIL_WRITEBACK.get() {
-        let eio = io::Error::from_raw_os_error(libc::EIO);
-        return Err(JournalError::with_detail("sync_file_range", path, format!("bytes {from}..{to}"), eio));
-    }
-    // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
-    let rc = unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            from as libc::off64_t,
-            (to - from) as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE,
-        )
-    };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(JournalError::with_detail("sync_file_range", path, format!("bytes {from}..{to}"), e));
-    }
-    Ok(())
 }
 
 fn msync(map: &MmapMut, path: &Path, from: usize, to: usize) -> Result<(), JournalError> {
@@ -703,6 +677,9 @@ impl Drop for ShardJournal {
     fn drop(&mut self) {
         if let Some(a) = self.ahead.take() {
             a.discard();
+        }
+        if let Some(b) = self.background.take() {
+            let _ = b.wait(&self.dir);
         }
     }
 }
@@ -750,11 +727,12 @@ pub struct ShardJournal {
     /// An msync failed at some point: records may be missing from the disk even after a later
     /// sync succeeds, so this run never records a clean stop.
     sync_failed: bool,
-    /// A write-back of records appended since the last sync failed outside sync(): a rotation's
-    /// msync of the segment left at the rotation before, or the check before pages leave the
-    /// cache (`release_step`). The next sync() (which acknowledges those records under
-    /// `always`, or counts them durable under `interval`) returns this error.
+    /// A rotation's msync of the segment left at the rotation before it failed. The records
+    /// there were appended since the last sync, so the next sync() (which acknowledges them
+    /// under `always`) returns this error.
     deferred_sync_error: Option<JournalError>,
+    /// An `interval` sync running on a helper thread (`sync_in_background`); at most one.
+    background: Option<BackgroundSync>,
 }
 
 impl ShardJournal {
@@ -942,6 +920,7 @@ impl ShardJournal {
             bytes_written_total,
             sync_failed: leftovers_synced.is_err(),
             deferred_sync_error: None,
+            background: None,
         };
         journal.start_ahead(false);
         report.segment = journal.active.number;
@@ -979,9 +958,93 @@ impl ShardJournal {
     /// (the kernel clears the error once reported): treat it as fatal for durability, not as
     /// retryable.
     pub fn sync(&mut self) -> Result<(), JournalError> {
+        // A background sync's error is this sync's too; the sync itself still runs.
+        let before = self.finish_background_sync();
         let r = self.sync_inner();
         self.sync_failed |= r.is_err();
+        before.and(r)
+    }
+
+    /// The `interval` sync without the wait (`background_sync.rs`): starts what `sync()` does on
+    /// a helper thread, after collecting the previous one's outcome. None while the previous
+    /// one still runs (this one is skipped: the next interval's covers its records), else that
+    /// outcome (Ok when there was none). Falls back to `sync()` when no thread can be started.
+    pub fn sync_in_background(&mut self) -> Option<Result<(), JournalError>> {
+        if self.background.as_ref().is_some_and(|b| !b.is_finished()) {
+            return None;
+        }
+        let before = self.finish_background_sync();
+        let a = &self.active;
+        let dir_pending = !self.rename_durable.load(SeqCst);
+        if self.retired.is_none() && a.synced_off == a.write_off && !dir_pending {
+            return Some(before);
+        }
+        let active = match a.file.try_clone() {
+            Ok(f) => (f, a.path.clone()),
+            Err(_) => return Some(before.and(self.sync())),
+        };
+        let dir = if dir_pending {
+            match self.dir_file.try_clone() {
+                Ok(f) => Some((f, self.dir.clone())),
+                Err(_) => return Some(before.and(self.sync())),
+            }
+        } else {
+            None
+        };
+        let job = SyncJob {
+            retired: self.retired.take(),
+            active,
+            dir,
+            #[cfg(test)]
+            fail: FAIL_MSYNC.get(),
+        };
+        match BackgroundSync::start(self.shard, a.number, a.write_off, job) {
+            Ok(b) => self.background = Some(b),
+            Err(job) => {
+                // No thread: the same work, here.
+                let r = super::background_sync::run(*job).map(|dir_synced| {
+                    self.synced(self.active.number, self.active.write_off, dir_synced);
+                });
+                let r = r.and_then(|()| self.deferred_sync_error.take().map_or(Ok(()), Err));
+                self.sync_failed |= r.is_err();
+                return Some(before.and(r));
+            }
+        }
+        Some(before)
+    }
+
+    /// The outcome of a finished background sync, once (None while one runs or none was
+    /// started). The drain asks at every turn, so a failed one is said without waiting for
+    /// the next interval.
+    pub fn background_sync_done(&mut self) -> Option<Result<(), JournalError>> {
+        if !self.background.as_ref()?.is_finished() {
+            return None;
+        }
+        Some(self.finish_background_sync())
+    }
+
+    /// Waits for the background sync, if one was started, and applies its outcome: how far the
+    /// active segment is synced, and an error as a failed sync, with any error deferred to the
+    /// next sync (which it was).
+    fn finish_background_sync(&mut self) -> Result<(), JournalError> {
+        let Some(b) = self.background.take() else { return Ok(()) };
+        let (number, to) = (b.number, b.to);
+        let r = b.wait(&self.dir).map(|dir_synced| self.synced(number, to, dir_synced));
+        let r = r.and_then(|()| self.deferred_sync_error.take().map_or(Ok(()), Err));
+        self.sync_failed |= r.is_err();
         r
+    }
+
+    /// Records that segment `number` is synced up to `to` (and the directory, when
+    /// `dir_synced`). Only the active segment's progress is kept: one left since is retired, and
+    /// the directory fsync predates that rotation's rename.
+    fn synced(&mut self, number: u64, to: usize, dir_synced: bool) {
+        if self.active.number == number {
+            self.active.synced_off = self.active.synced_off.max(to);
+            if dir_synced {
+                self.rename_durable.store(true, SeqCst);
+            }
+        }
     }
 
     fn sync_inner(&mut self) -> Result<(), JournalError> {
@@ -1066,40 +1129,29 @@ impl ShardJournal {
         // the host) copy_folio_from_iter_atomic fell from 4.4% to 1.4–1.8% of the process's
         // samples (perf/RESULTS.md); on bare metal a full page cache would otherwise make every new page
         // cost a reclaim, and push out everyone else's cache for data read once. Safe for the
-        // data: POSIX_FADV_DONTNEED never drops a dirty, under-writeback or mapped page. Under
-        // `interval` these pages' writeback started steps ago, under `always` they were msynced;
-        // under `none` they may still be dirty, and DONTNEED would start their writeback, which
-        // that policy leaves to the kernel.
-        let drop_to = from.saturating_sub(CACHE_KEPT_BYTES);
-        let mut writeback_error = None;
+        // data: POSIX_FADV_DONTNEED never drops a dirty, under-writeback or mapped page, and only
+        // pages a finished sync covered are dropped (below `synced_off`): a page whose writeback
+        // failed is left clean in the cache, the only good copy of its records, until a sync
+        // reports the error (after which `drop_written` is false). Under `always` every batch is
+        // synced; under `interval` the background sync moves `synced_off` once per interval, and
+        // the drops follow it at most DROP_STEP_MAX per step, so a second's worth never goes in
+        // one call on a core a reactor may share. Never waits for the disk: the drain goes on
+        // through a stall (`background_sync.rs`). Under `none` pages may still be dirty, and
+        // DONTNEED would start their writeback, which that policy leaves to the kernel.
+        let drop_to = from.saturating_sub(CACHE_KEPT_BYTES).min(a.synced_off / PAGE_BYTES * PAGE_BYTES);
+        let drop_to = drop_to.min(a.dropped_off + DROP_STEP_MAX);
         if drop_written && drop_to > a.dropped_off {
             // From one prefault window lower: DONTNEED skips a folio that crosses either end of
             // its range, and ext4's large folios (one per prefault write at most) may cross the
             // last call's end. Going over dropped pages again costs a walk of an empty range.
             let start = a.dropped_off.saturating_sub(PREFAULT_BYTES);
-            // Pages no msync has confirmed yet (`interval`: their writeback was started by an
-            // earlier step) may have failed it, and a page whose writeback failed is left clean
-            // in the cache, the only good copy of its records: DONTNEED would drop it before
-            // the next sync reported the error. Asked first; on an error nothing is dropped.
-            match if drop_to > a.synced_off { writeback_done(&a.file, &a.path, start, drop_to) } else { Ok(()) } {
-                Ok(()) => {
-                    drop_cache(&a.file, start, drop_to - start);
-                    a.dropped_off = drop_to;
-                }
-                Err(e) => writeback_error = Some(e),
-            }
+            drop_cache(&a.file, start, drop_to - start);
+            a.dropped_off = drop_to;
         }
         a.released_off = to;
-        if let Some(e) = writeback_error {
-            // The check consumed the error (the file's errseq), so the next sync() would not see
-            // it: that sync returns it instead, as it does a rotation's failed msync.
-            self.sync_failed = true;
-            self.deferred_sync_error.get_or_insert(e);
-            return;
-        }
         // The segment left at the last rotation, once its records are msynced (no `Retired`
         // waits) and this one keeps a window of its own: what it still has cached goes too.
-        if drop_written && drop_to > 0 && self.retired.is_none() {
+        if drop_written && drop_to > 0 && self.retired.is_none() && self.background.is_none() {
             if let Some(f) = self.left_cached.take() {
                 drop_cache(&f, 0, 0);
             }
@@ -1140,6 +1192,12 @@ impl ShardJournal {
             ));
         }
         writer_state::write(&self.dir, &self.dir_file, writer_state::CLEAN)
+    }
+
+    /// How far the active segment is known synced, and where its writer is (tests).
+    #[cfg(test)]
+    pub(crate) fn synced_and_written(&self) -> (usize, usize) {
+        (self.active.synced_off, self.active.write_off)
     }
 
     /// Where `start_writeback` / `unmap_written` have got to in the active segment (tests of
@@ -1257,7 +1315,7 @@ impl ShardJournal {
         // segment being left holds that much. A smaller segment keeps it cached (closed here),
         // so collectors still read the last few segments from memory.
         if let Some(f) = self.left_cached.take() {
-            if !self.sync_failed && self.active.write_off >= CACHE_KEPT_BYTES {
+            if !self.sync_failed && self.background.is_none() && self.active.write_off >= CACHE_KEPT_BYTES {
                 drop_cache(&f, 0, 0);
             }
         }

@@ -162,10 +162,25 @@ pub fn run(
                 SyncPolicy::None | SyncPolicy::Always => journal.unmap_written(),
             }
         }
-        if sync == SyncPolicy::Interval && dirty && Instant::now() >= next_sync {
-            sync_now(&shared, &mut journal);
-            dirty = false;
-            next_sync = Instant::now() + sync_interval;
+        if sync == SyncPolicy::Interval {
+            // The sync runs on a helper thread (journal/background_sync.rs): a disk that stalls
+            // holds it, not this drain, which goes on emptying the ring. One at a time; a
+            // failed one is said as soon as it is known.
+            if let Some(Err(e)) = journal.background_sync_done() {
+                sync_failed(&shared, &e);
+            }
+            if dirty && Instant::now() >= next_sync {
+                match journal.sync_in_background() {
+                    None => {} // The last one still runs: this one's records wait for the next.
+                    Some(r) => {
+                        if let Err(e) = r {
+                            sync_failed(&shared, &e);
+                        }
+                        dirty = false;
+                    }
+                }
+                next_sync = Instant::now() + sync_interval;
+            }
         }
         if Instant::now() >= next_publish {
             latency.publish(&counters.latency.journal);
@@ -236,14 +251,12 @@ pub fn run(
 
 /// Syncs the journal; false (logged and counted) when that failed.
 fn sync_now(shared: &ShardShared, journal: &mut ShardJournal) -> bool {
-    match journal.sync() {
-        Ok(()) => true,
-        Err(e) => {
-            shared.counters.journal_errors.fetch_add(1, Relaxed);
-            eprintln!("tracker: shard {}: journal sync failed: {e}", shared.index);
-            false
-        }
-    }
+    journal.sync().map_err(|e| sync_failed(shared, &e)).is_ok()
+}
+
+fn sync_failed(shared: &ShardShared, e: &crate::journal::JournalError) {
+    shared.counters.journal_errors.fetch_add(1, Relaxed);
+    eprintln!("tracker: shard {}: journal sync failed: {e}", shared.index);
 }
 
 /// Moves the journal to the schema of config generation `to` (cold: once per reload).

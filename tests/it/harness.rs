@@ -323,11 +323,17 @@ pub struct HeldThread(libc::pid_t);
 impl HeldThread {
     /// Holds the thread of process `pid` named `name` (its comm, at most 15 bytes).
     pub fn hold(pid: u32, name: &str) -> HeldThread {
+        Self::try_hold(pid, name).unwrap_or_else(|why| panic!("thread {name} of process {pid}: {why}"))
+    }
+
+    /// Like `hold`, for a thread that may not exist or may exit first (a short-lived helper):
+    /// Err says which.
+    pub fn try_hold(pid: u32, name: &str) -> Result<HeldThread, String> {
         let tid: libc::pid_t = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
+            .map_err(|e| format!("/proc/{pid}/task: {e}"))?
             .filter_map(|t| t.ok())
             .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
-            .unwrap_or_else(|| panic!("no thread {name} in process {pid}"))
+            .ok_or("no such thread")?
             .file_name()
             .to_str()
             .unwrap()
@@ -335,17 +341,21 @@ impl HeldThread {
             .unwrap();
         let null = std::ptr::null_mut::<libc::c_void>();
         // SAFETY: ptrace requests on a thread id; no memory of ours is passed.
-        let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, null, null) };
-        assert_eq!(seized, 0, "PTRACE_SEIZE {tid}: {}", std::io::Error::last_os_error());
+        if unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, null, null) } != 0 {
+            return Err(format!("PTRACE_SEIZE {tid}: {}", std::io::Error::last_os_error()));
+        }
         let held = HeldThread(tid);
         // SAFETY: as above.
-        let interrupted = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null) };
-        assert_eq!(interrupted, 0, "PTRACE_INTERRUPT {tid}: {}", std::io::Error::last_os_error());
+        if unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null) } != 0 {
+            return Err(format!("PTRACE_INTERRUPT {tid}: {}", std::io::Error::last_os_error()));
+        }
         let mut status = 0;
-        // SAFETY: waits for the tracee's stop; writes only `status`.
+        // SAFETY: waits for the tracee's stop (or its exit); writes only `status`.
         let waited = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
-        assert!(waited == tid && libc::WIFSTOPPED(status), "thread {tid} did not stop: {status:#x}");
-        held
+        if waited != tid || !libc::WIFSTOPPED(status) {
+            return Err(format!("thread {tid} did not stop (it exited?): {status:#x}"));
+        }
+        Ok(held)
     }
 }
 

@@ -175,6 +175,37 @@ fn a_full_ring_answers_503_with_retry_after_and_loses_nothing_it_acknowledged() 
     assert!(campaigns.windows(2).all(|w| w[0] < w[1]), "journal out of order: {campaigns:?}");
 }
 
+/// The `interval` sync runs on a short-lived thread of its own (journal/background_sync.rs), so
+/// a disk that holds a sync does not hold the drain: with one such thread stopped mid-sync
+/// (ptrace), four rings' worth of pixels are still taken into the journal, none refused 503.
+#[test]
+fn a_journal_sync_held_up_does_not_hold_up_the_drain() {
+    let cfg =
+        "[server]\nring_events = 256\n[journal]\nsync_interval_ms = 1\n".to_string() + &default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let pid = s.child.id();
+    let mut c = s.connect();
+    let mut n = 0u64;
+    let deadline = std::time::Instant::now() + WAIT;
+    // Each pixel leaves the journal to sync, and a sync starts every ms: catch one.
+    let held = loop {
+        n += 1;
+        assert_eq!(c.get(&format!("/i?c={n}")).status, 200);
+        if let Ok(h) = HeldThread::try_hold(pid, "tracker-sync-0") {
+            break h;
+        }
+        assert!(std::time::Instant::now() < deadline, "no journal sync ran on a thread of its own");
+    };
+    for _ in 0..4 * 256 {
+        n += 1;
+        assert_eq!(c.get(&format!("/i?c={n}")).status, 200, "pixel {n} while the sync is held");
+    }
+    drop(held);
+    assert_eq!(s.stop(), 0);
+    let campaigns: Vec<u64> = journal_cat(&s.journal()).iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
+    assert_eq!(campaigns, (1..=n).collect::<Vec<_>>());
+}
+
 /// `tracker log tail` (alias of `journal cat --follow`) prints what is already there, then each
 /// event as the drain appends it, while the server runs.
 #[test]
