@@ -525,6 +525,16 @@ fn cached_pages(path: &Path, from: usize, to: usize) -> (usize, usize) {
     (vec.iter().filter(|b| *b & 1 == 1).count(), vec.len())
 }
 
+/// A journal on a disk filesystem whose segments hold 64 WRITEBACK_STEPs, with the path of its
+/// first segment: the page-cache tests' start.
+fn journal_of_64_steps() -> (tempfile::TempDir, ShardJournal, std::path::PathBuf) {
+    let dir = disk_tempdir();
+    let seg_bytes = (64 * super::segment::WRITEBACK_STEP) as u64;
+    let (j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
+    let path = j.segment_path().to_path_buf();
+    (dir, j, path)
+}
+
 /// Appends one WRITEBACK_STEP of records (numbered on from `next`), then releases it as the
 /// drain does: `interval` starts its writeback, `always` msyncs it first.
 struct StepWriter {
@@ -612,16 +622,14 @@ fn a_segment_left_at_rotation_leaves_the_page_cache_once_the_next_keeps_its_own_
 #[test]
 fn a_resumed_segments_recovered_records_leave_the_page_cache_too() {
     use super::segment::{CACHE_KEPT_BYTES, WRITEBACK_STEP};
-    let dir = disk_tempdir();
-    let seg_bytes = (64 * WRITEBACK_STEP) as u64;
-    let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
-    let path = j.segment_path().to_path_buf();
+    let (dir, mut j, path) = journal_of_64_steps();
     let mut w = StepWriter { next: 1, start_writeback: false };
     for _ in 0..20 {
         w.step(&mut j);
     }
     j.close_clean().unwrap();
     // Resumed after a clean stop: the recovery scan reads every record through the new map.
+    let seg_bytes = (64 * super::segment::WRITEBACK_STEP) as u64;
     let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
     assert_eq!(j.segment_path(), path, "the segment is resumed");
     // A step hands back at most 4 MiB (`DROP_STEP_MAX`): the 12 MiB below the window take three.
@@ -639,10 +647,7 @@ fn a_resumed_segments_recovered_records_leave_the_page_cache_too() {
 #[test]
 fn after_a_failed_sync_no_page_leaves_the_cache() {
     use super::segment::{CACHE_KEPT_BYTES, FAIL_MSYNC, WRITEBACK_STEP};
-    let dir = disk_tempdir();
-    let seg_bytes = (64 * WRITEBACK_STEP) as u64;
-    let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
-    let path = j.segment_path().to_path_buf();
+    let (_dir, mut j, path) = journal_of_64_steps();
     let mut w = StepWriter { next: 1, start_writeback: true };
     w.step(&mut j);
     // A page whose writeback failed stays clean in the cache, the only good copy of its
@@ -661,10 +666,7 @@ fn after_a_failed_sync_no_page_leaves_the_cache() {
 #[test]
 fn under_interval_only_pages_a_sync_covered_leave_the_cache() {
     use super::segment::{CACHE_KEPT_BYTES, WRITEBACK_STEP};
-    let dir = disk_tempdir();
-    let seg_bytes = (64 * WRITEBACK_STEP) as u64;
-    let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
-    let path = j.segment_path().to_path_buf();
+    let (_dir, mut j, path) = journal_of_64_steps();
     // Records from the first whole page after the header (which the segment's making handles).
     let first = j.released_off().next_multiple_of(PAGE_BYTES);
     // `interval`: writeback started step by step, and no sync yet. Far past the kept window,
@@ -769,10 +771,7 @@ fn sync_waits_for_the_background_sync_and_returns_its_error() {
 #[test]
 fn pages_leave_the_cache_whatever_the_batches_boundaries() {
     use super::segment::{CACHE_KEPT_BYTES, WRITEBACK_STEP};
-    let dir = disk_tempdir();
-    let seg_bytes = (64 * WRITEBACK_STEP) as u64;
-    let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
-    let path = j.segment_path().to_path_buf();
+    let (_dir, mut j, path) = journal_of_64_steps();
     // Batches of 301 records, msynced then released as under `always`: the release points fall
     // anywhere, not at the prefault writes' boundaries, where large folios begin and end.
     let mut next = 1u64;
