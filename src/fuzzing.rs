@@ -159,8 +159,17 @@ impl RequestPath {
             }
             let more = start + consumed < self.rbuf.len();
             let head = req.method == http::Method::Head;
-            let a =
-                connection::answer(&self.ctx, &req, &mut self.body, body_len, more, self.peer, now_ns, &mut self.wbuf);
+            let a = connection::answer(
+                &self.ctx,
+                &req,
+                &mut self.body,
+                body_len,
+                more,
+                false,
+                self.peer,
+                now_ns,
+                &mut self.wbuf,
+            );
             self.heads.push(head);
             answered += 1;
             self.pop_events();

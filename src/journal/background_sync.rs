@@ -37,7 +37,8 @@ pub(super) struct SyncJob {
     /// The shard directory (a duplicate of its descriptor) when a rename in it may not be on
     /// disk yet.
     pub dir: Option<(File, PathBuf)>,
-    /// Tests: fail as an I/O error would (the drain thread's FAIL_MSYNC when the job started).
+    /// Tests: fail as an I/O error would (the drain thread's FAIL_MSYNC when the job started;
+    /// `run`).
     #[cfg(test)]
     pub fail: bool,
 }
@@ -85,10 +86,15 @@ impl BackgroundSync {
 
 /// Writes the job back; Ok(true) when it fsynced the directory too.
 pub(super) fn run(job: SyncJob) -> Result<bool, JournalError> {
+    // Tests: the first write-back fails, as on a disk error: the retired segment's when there
+    // is one (so a test sees the job reach it), else the active one's.
     #[cfg(test)]
     if job.fail {
         let eio = std::io::Error::from_raw_os_error(libc::EIO);
-        return Err(JournalError::new("fdatasync", &job.active.1, eio));
+        return Err(match &job.retired {
+            Some(r) => JournalError::new("msync", r.path(), eio),
+            None => JournalError::new("fdatasync", &job.active.1, eio),
+        });
     }
     if let Some(r) = job.retired {
         r.flush()?;

@@ -630,6 +630,11 @@ pub(super) struct Retired {
 }
 
 impl Retired {
+    #[cfg(test)]
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub(super) fn flush(self) -> Result<(), JournalError> {
         msync(&self.map, &self.path, self.from, self.to)
     }

@@ -734,6 +734,22 @@ fn a_background_sync_covers_the_segment_left_at_rotation_and_the_active_one() {
 }
 
 #[test]
+fn a_background_sync_writes_the_segment_left_at_rotation_first() {
+    use super::segment::FAIL_MSYNC;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..=5);
+    assert_eq!(j.segment_number(), 2, "segment 1 was left unsynced at rotation");
+    let left = j.segment_path().with_file_name(format!("{:020}.seg", 1));
+    // The job's first write-back fails: it is the left segment's msync, so the job took it.
+    FAIL_MSYNC.set(true);
+    assert!(matches!(j.sync_in_background(), Some(Ok(()))));
+    FAIL_MSYNC.set(false);
+    let e = background_outcome(&mut j).expect_err("the left segment's msync failed");
+    assert_eq!((e.op(), e.path()), ("msync", left.as_path()), "{e}");
+}
+
+#[test]
 fn a_failed_background_sync_is_reported_and_the_stop_is_not_clean() {
     use super::segment::FAIL_MSYNC;
     let dir = tempfile::tempdir().unwrap();

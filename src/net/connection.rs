@@ -232,7 +232,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             // At stop, a request with more bytes behind it (pipelined) keeps the connection
             // open so they are answered too; the last request in the buffer says close.
             let more = start + consumed < rbuf.len();
-            let a = answer(&ctx, &req, &mut bufs.body, body_len, more, peer, now_ns, &mut wbuf);
+            let last_read = reads_shut.is_some();
+            let a = answer(&ctx, &req, &mut bufs.body, body_len, more, last_read, peer, now_ns, &mut wbuf);
             answered_any = true;
             served += 1;
             logged_seq = logged_seq.max(a.logged_seq);
@@ -468,7 +469,8 @@ fn stop_grace_over(ctx: &ShardCtx) -> bool {
 
 /// Routes, extracts, pushes and writes the response for one well-formed request. `body[..body_len]`
 /// is its body (`body` has the JSON parser's padding after it); `more`: bytes of another request
-/// follow it in the read buffer.
+/// follow it in the read buffer; `last_read`: the connection reads nothing more (a deadline shut
+/// its reads while the read that brought this request completed).
 #[allow(clippy::too_many_arguments)] // the request's parts, as the batch loop has them
 pub(crate) fn answer(
     ctx: &ShardCtx,
@@ -476,6 +478,7 @@ pub(crate) fn answer(
     body: &mut [u8],
     body_len: usize,
     more: bool,
+    last_read: bool,
     peer: SocketAddr,
     now_ns: u64,
     wbuf: &mut Vec<u8>,
@@ -486,7 +489,8 @@ pub(crate) fn answer(
     // on a new connection (the new process in a restart) instead of racing our close. Not while
     // requests it pipelined are still in the buffer: they were received and are answered first
     // (a close here would drop them unanswered); the stop graces bound how long that lasts.
-    let ka = req.keep_alive && (!ctx.stopping.get() || more);
+    // Likewise after the last read: the client must not send a next request nobody reads.
+    let ka = req.keep_alive && ((!ctx.stopping.get() && !last_read) || more);
     let v = req.version_minor;
     let method = match req.method {
         http::Method::Get => RequestMethod::Get,

@@ -53,6 +53,9 @@ pub const STOP_RETRY: Duration = Duration::from_secs(10);
 /// reactor turns longer; its reactor is what runs meanwhile.
 const YIELD_BELOW_EVENTS: usize = 1024;
 
+/// How soon an `interval` sync that found the previous one still running tries again.
+const SYNC_BUSY_RETRY: Duration = Duration::from_millis(10);
+
 /// Scheduling niceness of drain threads. A drain shares its CPU with its reactor when there are
 /// as many shards as CPUs; its bursts (prefaulting, rotation, msync) must not preempt the reactor
 /// mid-batch. At +5 it still gets a quarter of the CPU when both are runnable, far more than it
@@ -171,15 +174,16 @@ pub fn run(
             }
             if dirty && Instant::now() >= next_sync {
                 match journal.sync_in_background() {
-                    None => {} // The last one still runs: this one's records wait for the next.
+                    // The last one still runs (a slow disk): this one starts once it ends.
+                    None => next_sync = Instant::now() + sync_interval.min(SYNC_BUSY_RETRY),
                     Some(r) => {
                         if let Err(e) = r {
                             sync_failed(&shared, &e);
                         }
                         dirty = false;
+                        next_sync = Instant::now() + sync_interval;
                     }
                 }
-                next_sync = Instant::now() + sync_interval;
             }
         }
         if Instant::now() >= next_publish {
