@@ -733,8 +733,8 @@ pub struct ShardJournal {
     /// sync succeeds, so this run never records a clean stop.
     sync_failed: bool,
     /// A rotation's msync of the segment left at the rotation before it failed. The records
-    /// there were appended since the last sync, so the next sync() (which acknowledges them
-    /// under `always`) returns this error.
+    /// there were appended since the last sync, so the next sync (which acknowledges them
+    /// under `always`), or the next background sync's outcome, returns this error.
     deferred_sync_error: Option<JournalError>,
     /// An `interval` sync running on a helper thread (`sync_in_background`); at most one.
     background: Option<BackgroundSync>,
@@ -1007,11 +1007,8 @@ impl ShardJournal {
             Ok(b) => self.background = Some(b),
             Err(job) => {
                 // No thread: the same work, here.
-                let r = super::background_sync::run(*job).map(|dir_synced| {
-                    self.synced(self.active.number, self.active.write_off, dir_synced);
-                });
-                let r = r.and_then(|()| self.deferred_sync_error.take().map_or(Ok(()), Err));
-                self.sync_failed |= r.is_err();
+                let (number, to) = (self.active.number, self.active.write_off);
+                let r = self.apply_sync_outcome(number, to, super::background_sync::run(*job));
                 return Some(before.and(r));
             }
         }
@@ -1034,22 +1031,31 @@ impl ShardJournal {
     fn finish_background_sync(&mut self) -> Result<(), JournalError> {
         let Some(b) = self.background.take() else { return Ok(()) };
         let (number, to) = (b.number, b.to);
-        let r = b.wait(&self.dir).map(|dir_synced| self.synced(number, to, dir_synced));
-        let r = r.and_then(|()| self.deferred_sync_error.take().map_or(Ok(()), Err));
-        self.sync_failed |= r.is_err();
-        r
+        let outcome = b.wait(&self.dir);
+        self.apply_sync_outcome(number, to, outcome)
     }
 
-    /// Records that segment `number` is synced up to `to` (and the directory, when
-    /// `dir_synced`). Only the active segment's progress is kept: one left since is retired, and
-    /// the directory fsync predates that rotation's rename.
-    fn synced(&mut self, number: u64, to: usize, dir_synced: bool) {
-        if self.active.number == number {
-            self.active.synced_off = self.active.synced_off.max(to);
-            if dir_synced {
-                self.rename_durable.store(true, SeqCst);
+    /// Applies the outcome of a sync job started when segment `number` was written up to `to`
+    /// (Ok(true): the directory was fsynced too). Only the active segment's progress is kept:
+    /// one left since is retired, and the directory fsync predates that rotation's rename. An
+    /// error, or one deferred to this sync, is a failed sync.
+    fn apply_sync_outcome(
+        &mut self,
+        number: u64,
+        to: usize,
+        outcome: Result<bool, JournalError>,
+    ) -> Result<(), JournalError> {
+        let r = outcome.and_then(|dir_synced| {
+            if self.active.number == number {
+                self.active.synced_off = self.active.synced_off.max(to);
+                if dir_synced {
+                    self.rename_durable.store(true, SeqCst);
+                }
             }
-        }
+            self.deferred_sync_error.take().map_or(Ok(()), Err)
+        });
+        self.sync_failed |= r.is_err();
+        r
     }
 
     fn sync_inner(&mut self) -> Result<(), JournalError> {

@@ -1189,38 +1189,48 @@ fn the_size_limit_counts_the_segment_made_ahead() {
     assert_eq!(s.stop(), 0);
 }
 
+/// A one-shard server whose jsonl collector `j` delivered `before` conversions (`logged`, 512
+/// bytes each), then stopped; its shard directory wiped with `collectors/` kept; restarted on
+/// the same journal and 5 more conversions delivered, each event once in the collector's file.
+/// Returns the running server, the collector's output directory (kept while the server runs),
+/// the cursor file and what it held before the wipe.
+fn jsonl_collector_across_a_wiped_journal(before: usize) -> (Server, tempfile::TempDir, std::path::PathBuf, String) {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("events.jsonl");
+    let cfg = config(&jsonl_collector("j", &path, "\"all\"", "[]"));
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for i in 0..before {
+        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
+    }
+    wait_for("the old journal delivered", WAIT, || read_jsonl(&path).len() == before);
+    assert_eq!(s.stop(), 0);
+    let cursor = s.journal().join("collectors/j/shard-000/cursor");
+    let old = std::fs::read_to_string(&cursor).unwrap();
+    std::fs::remove_dir_all(s.journal().join("shard-000")).unwrap();
+
+    let dir = take_dir(&mut s);
+    drop(s);
+    let s = Server::start_in(dir, Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for i in before..before + 5 {
+        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
+    }
+    wait_for("the new journal's events delivered", WAIT, || read_jsonl(&path).len() >= before + 5);
+    let lines = read_jsonl(&path);
+    let ids: std::collections::HashSet<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!((lines.len(), ids.len()), (before + 5, before + 5), "each event once");
+    (s, out, cursor, old)
+}
+
 /// Regression: the operator wiped the journal's shard directories but kept `collectors/`. The
 /// writer starts again at segment 1; the collector's cursor pointed at a later segment of the
 /// old journal, so it waited for that segment to appear and delivered nothing, silently.
 #[test]
 fn a_cursor_past_every_segment_after_the_journal_was_wiped_delivers_the_new_segments() {
-    let out = tempfile::tempdir().unwrap();
-    let path = out.path().join("events.jsonl");
-    let cfg = config(&jsonl_collector("j", &path, "\"all\"", "[]"));
-    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
-    // Conversions are `logged`; 600 of 512 bytes fill more than two 128 KiB segments.
-    let mut c = s.connect();
-    for i in 0..600 {
-        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
-    }
-    wait_for("the old journal delivered", WAIT, || read_jsonl(&path).len() == 600);
-    assert_eq!(s.stop(), 0);
-    let cursor = s.journal().join("collectors/j/shard-000/cursor");
-    let old = std::fs::read_to_string(&cursor).unwrap();
+    // 600 conversions of 512 bytes fill more than two 128 KiB segments.
+    let (mut s, _out, cursor, old) = jsonl_collector_across_a_wiped_journal(600);
     assert!(old.split(' ').next().unwrap().parse::<u64>().unwrap() >= 3, "cursor {old:?}");
-    std::fs::remove_dir_all(s.journal().join("shard-000")).unwrap();
-
-    let dir = take_dir(&mut s);
-    drop(s);
-    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "1"]);
-    let mut c = s.connect();
-    for i in 600..605 {
-        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
-    }
-    wait_for("the new journal's events delivered", WAIT, || read_jsonl(&path).len() >= 605);
-    let lines = read_jsonl(&path);
-    let ids: std::collections::HashSet<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
-    assert_eq!((lines.len(), ids.len()), (605, 605), "each event once");
     // Said loudly, naming the cursor file and where it pointed, and counted.
     let said = s.stderr_lines();
     let line = said.iter().find(|l| l.contains("collector j") && l.contains("past every segment"));
@@ -1238,32 +1248,8 @@ fn a_cursor_past_every_segment_after_the_journal_was_wiped_delivers_the_new_segm
 /// cursor now carries its segment's creation time, which the new segment 1 does not share.
 #[test]
 fn a_cursor_in_segment_one_of_a_wiped_journal_delivers_the_new_segment_one_from_its_start() {
-    let out = tempfile::tempdir().unwrap();
-    let path = out.path().join("events.jsonl");
-    let cfg = config(&jsonl_collector("j", &path, "\"all\"", "[]"));
-    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
-    let mut c = s.connect();
-    for i in 0..100 {
-        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
-    }
-    wait_for("the old journal delivered", WAIT, || read_jsonl(&path).len() == 100);
-    assert_eq!(s.stop(), 0);
-    let cursor = s.journal().join("collectors/j/shard-000/cursor");
-    let old = std::fs::read_to_string(&cursor).unwrap();
+    let (mut s, _out, cursor, old) = jsonl_collector_across_a_wiped_journal(100);
     assert!(old.starts_with("1 100 "), "cursor {old:?}");
-    std::fs::remove_dir_all(s.journal().join("shard-000")).unwrap();
-
-    let dir = take_dir(&mut s);
-    drop(s);
-    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "1"]);
-    let mut c = s.connect();
-    for i in 100..105 {
-        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
-    }
-    wait_for("the new journal's events delivered", WAIT, || read_jsonl(&path).len() >= 105);
-    let lines = read_jsonl(&path);
-    let ids: std::collections::HashSet<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
-    assert_eq!((lines.len(), ids.len()), (105, 105), "each event once");
     let said = s.stderr_lines();
     let line = said.iter().find(|l| l.contains("collector j") && l.contains("segment 1 record 100"));
     let line = line.unwrap_or_else(|| panic!("no line about the reset: {said:?}"));
