@@ -187,6 +187,13 @@ pub fn metrics(state: &State) -> String {
         "Torn records dropped from segment tails at start",
     );
     let _ = writeln!(out, "tracker_journal_torn_records_total {}", sum(&|c| c.journal_torn_records.load(Relaxed)));
+    family(
+        &mut out,
+        "tracker_journal_syncs_total",
+        "counter",
+        "Journal syncs that succeeded (journal.sync: every sync_interval_ms, or per drained batch)",
+    );
+    let _ = writeln!(out, "tracker_journal_syncs_total {}", sum(&|c| c.journal_syncs.load(Relaxed)));
     family(&mut out, "tracker_journal_errors_total", "counter", "Journal append and sync failures");
     let _ = writeln!(out, "tracker_journal_errors_total {}", sum(&|c| c.journal_errors.load(Relaxed)));
     // Collectors (collector/metrics.rs): per-collector totals, lag, journal size limit.

@@ -4,8 +4,13 @@
 //! flush, the inode. Usually a few ms; on a shared cloud disk now and then several hundred. Run
 //! by the drain, nothing empties the shard's ring while it waits, and a ring that holds ~150 ms
 //! at saturation overflows into 503s (perf/RESULTS.md, twentieth session). Here the drain hands
-//! the sync to a short-lived thread (`ShardJournal::sync_in_background`) and goes on appending;
-//! it collects the outcome at its next interval, or waits for it in `sync()`.
+//! the sync to the shard's sync thread (`ShardJournal::sync_in_background`) and goes on
+//! appending; it collects the outcome at its next turn, or waits for it in `sync()`.
+//!
+//! The thread (`tracker-sync-N`) is started at the writer's first background sync and lives as
+//! long as the writer: a thread started per sync cost a spawn, a 2 MiB stack mapped and unmapped
+//! (a TLB shootdown on the reactor's CPU) and ~10 heap allocations every `sync_interval_ms`.
+//! Handing a job over takes a mutex and a condition variable, neither of which allocates.
 //!
 //! # What must hold
 //! - **It covers what the synchronous sync covers**: the segment left at the last rotation (its
@@ -15,15 +20,20 @@
 //!   error state with the map and the writer), then the directory when a rename in it is not
 //!   known durable yet.
 //! - **Its errors are not lost**: the kernel reports a writeback error once per open file, and
-//!   whoever sees it here hands it to the drain as a failed sync (`sync_failed`).
+//!   whoever sees it here hands it to the drain as a failed sync (`sync_failed`). A panic in the
+//!   job is an error too, and the thread stays up for the next one.
 //! - **One at a time**, and never outliving its writer: `sync()`, `close_clean` and drop wait for
-//!   it. While one runs the next interval's sync is skipped, not queued.
+//!   it; drop also ends the thread, after the job it was given. While one runs the next
+//!   interval's sync is skipped, not queued.
 //! - **Nothing is dropped from the page cache behind it**: pages it has not confirmed are kept
 //!   (`release_step` and the rotation hand back only what a finished sync covered).
 
 use std::fs::File;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use super::error::JournalError;
@@ -33,7 +43,7 @@ use super::segment::Retired;
 pub(super) struct SyncJob {
     pub retired: Option<Retired>,
     /// The active segment's descriptor (a duplicate) and path, for the error.
-    pub active: (File, PathBuf),
+    pub active: (File, Arc<Path>),
     /// The shard directory (a duplicate of its descriptor) when a rename in it may not be on
     /// disk yet.
     pub dir: Option<(File, PathBuf)>,
@@ -43,49 +53,139 @@ pub(super) struct SyncJob {
     pub fail: bool,
 }
 
-/// A background sync started by `ShardJournal::sync_in_background`.
-pub(super) struct BackgroundSync {
-    /// The active segment's number and write offset when it started: what it makes durable.
-    pub number: u64,
-    pub to: usize,
-    /// Ok(true): the directory was fsynced too.
-    job: JoinHandle<Result<bool, JournalError>>,
+/// Ok(true): the directory was fsynced too.
+type Outcome = Result<bool, JournalError>;
+
+/// The hand-over between the writer and its sync thread.
+#[derive(Default)]
+struct Slot {
+    /// Given, not yet taken by the thread.
+    job: Option<SyncJob>,
+    /// The last job's outcome, until the writer takes it.
+    outcome: Option<Outcome>,
+    /// The writer is gone: end once no job is left.
+    stop: bool,
 }
 
-impl BackgroundSync {
-    /// Starts the thread (named `tracker-sync-N`), or gives the job back when no thread could
-    /// be started: the caller then syncs it itself.
-    pub(super) fn start(shard: u16, number: u64, to: usize, job: SyncJob) -> Result<BackgroundSync, Box<SyncJob>> {
-        // Handed over through a slot so that a failed spawn, which drops the closure, does not
-        // drop the job with it (a retired map dropped unsynced).
-        let slot = Arc::new(Mutex::new(Some(job)));
-        let theirs = slot.clone();
-        let spawned = std::thread::Builder::new().name(format!("tracker-sync-{shard}")).spawn(move || {
-            let job = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
-            job.map_or(Ok(false), run)
+struct Shared {
+    slot: Mutex<Slot>,
+    /// Signalled on a new job, on stop, and on an outcome.
+    changed: Condvar,
+    /// An outcome is in the slot: what the drain polls every turn, without taking the lock (a
+    /// sync thread preempted, or stopped by a debugger, inside its few locked instructions
+    /// must not hold the drain up).
+    done: AtomicBool,
+}
+
+impl Shared {
+    /// The slot, poisoned or not: nothing panics while holding it (a job's panic is caught
+    /// outside the lock), and its fields are consistent at every unlock.
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A shard's sync thread; owned by its writer (`ShardJournal`), ended when dropped.
+pub(super) struct Syncer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    /// The job handed over last, until its outcome is taken: the active segment's number and
+    /// write offset when it was handed over, i.e. what it makes durable.
+    in_flight: Option<(u64, usize)>,
+}
+
+impl Syncer {
+    /// Starts the thread, named `tracker-sync-N`.
+    pub(super) fn start(shard: u16) -> std::io::Result<Syncer> {
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot::default()),
+            changed: Condvar::new(),
+            done: AtomicBool::new(false),
         });
-        match spawned {
-            Ok(job) => Ok(BackgroundSync { number, to, job }),
-            Err(_) => Err(Box::new(
-                slot.lock().unwrap_or_else(|p| p.into_inner()).take().expect("the job of a thread never started"),
-            )),
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new().name(format!("tracker-sync-{shard}")).spawn(move || serve(&theirs))?;
+        Ok(Syncer { shared, thread: Some(thread), in_flight: None })
+    }
+
+    /// Hands over `job`, which makes segment `number` durable up to `to`. The previous job's
+    /// outcome has been taken (`wait`): at most one is ever in flight.
+    pub(super) fn submit(&mut self, number: u64, to: usize, job: SyncJob) {
+        debug_assert!(self.in_flight.is_none(), "one sync at a time");
+        self.in_flight = Some((number, to));
+        self.shared.lock().job = Some(job);
+        self.shared.changed.notify_all();
+    }
+
+    /// A job was handed over and its outcome not taken yet.
+    pub(super) fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// A job is in flight and its outcome is waiting (no wait).
+    pub(super) fn is_finished(&self) -> bool {
+        self.in_flight.is_some() && self.shared.done.load(Acquire)
+    }
+
+    /// Waits for the outcome of the job in flight: its segment number and offset (`submit`)
+    /// and what became of it. None when none is in flight. The thread outlives every job (it
+    /// ends only at drop, and nothing in `serve` outside the job can panic), so an outcome
+    /// comes.
+    pub(super) fn wait(&mut self) -> Option<(u64, usize, Outcome)> {
+        let (number, to) = self.in_flight.take()?;
+        let mut slot = self.shared.lock();
+        loop {
+            if let Some(outcome) = slot.outcome.take() {
+                self.shared.done.store(false, Relaxed);
+                return Some((number, to, outcome));
+            }
+            slot = self.shared.changed.wait(slot).unwrap_or_else(|p| p.into_inner());
         }
     }
+}
 
-    pub(super) fn is_finished(&self) -> bool {
-        self.job.is_finished()
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
+}
 
-    /// Waits for the outcome. `dir` names the shard directory in the error of a panicked thread.
-    pub(super) fn wait(self, dir: &std::path::Path) -> Result<bool, JournalError> {
-        self.job.join().unwrap_or_else(|_| {
-            Err(JournalError::invalid("sync", dir, std::io::ErrorKind::Other, "the sync thread panicked".into()))
-        })
+/// The thread: runs each job handed over, posts its outcome, and ends at stop once no job is
+/// left (a job given before the stop is still written back). The lock is held only to take a
+/// job or post an outcome, never while writing back. A job's panic is caught and posted as its
+/// error; nothing else here can panic (a poisoned lock is taken as it is).
+fn serve(shared: &Shared) {
+    loop {
+        let job = {
+            let mut slot = shared.lock();
+            loop {
+                if let Some(job) = slot.job.take() {
+                    break job;
+                }
+                if slot.stop {
+                    return;
+                }
+                slot = shared.changed.wait(slot).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let path = job.active.1.clone();
+        let outcome = catch_unwind(AssertUnwindSafe(|| run(job))).unwrap_or_else(|_| {
+            Err(JournalError::invalid("sync", &path, std::io::ErrorKind::Other, "the sync job panicked".into()))
+        });
+        // `done` changes only under the lock, so it always says whether `outcome` is there.
+        let mut slot = shared.lock();
+        slot.outcome = Some(outcome);
+        shared.done.store(true, Release);
+        drop(slot);
+        shared.changed.notify_all();
     }
 }
 
 /// Writes the job back; Ok(true) when it fsynced the directory too.
-pub(super) fn run(job: SyncJob) -> Result<bool, JournalError> {
+pub(super) fn run(job: SyncJob) -> Outcome {
     // Tests: the first write-back fails, as on a disk error: the retired segment's when there
     // is one (so a test sees the job reach it), else the active one's.
     #[cfg(test)]

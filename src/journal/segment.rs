@@ -37,7 +37,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use memmap2::{MmapMut, MmapOptions};
 
 use super::ahead::{Ahead, AheadSpec};
-use super::background_sync::{BackgroundSync, SyncJob};
+use super::background_sync::{SyncJob, Syncer};
 use super::error::JournalError;
 use super::writer_state;
 use crate::event::{Event, EVENT_BYTES};
@@ -494,7 +494,8 @@ pub(crate) fn read_header(
 /// The segment being appended to.
 struct Active {
     number: u64,
-    path: PathBuf,
+    /// Shared with the sync thread's jobs, which name it in their errors.
+    path: Arc<Path>,
     map: MmapMut,
     /// Offset of the next record; every slot from here to the end is zero.
     write_off: usize,
@@ -554,7 +555,7 @@ impl Active {
         let map = map_segment(&file, &path, segment_bytes as usize)?;
         let mut a = Active {
             number,
-            path,
+            path: path.into(),
             map,
             write_off: header_bytes,
             synced_off,
@@ -623,7 +624,7 @@ fn prefault(b: &mut [u8]) {
 /// A segment left at rotation with records not yet synced: the next `sync()` flushes it, so a
 /// rotation costs no msync on the drain and `sync()` still covers every record appended.
 pub(super) struct Retired {
-    path: PathBuf,
+    path: Arc<Path>,
     map: MmapMut,
     from: usize,
     to: usize,
@@ -683,9 +684,8 @@ impl Drop for ShardJournal {
         if let Some(a) = self.ahead.take() {
             a.discard();
         }
-        if let Some(b) = self.background.take() {
-            let _ = b.wait(&self.dir);
-        }
+        // The sync thread ends once its job is done (Syncer's drop): waited for here.
+        self.syncer.take();
     }
 }
 
@@ -729,6 +729,8 @@ pub struct ShardJournal {
     /// kept for a sync (that would be an msync of the whole segment at the next rotation).
     kernel_writeback_only: bool,
     bytes_written_total: u64,
+    /// Syncs that succeeded, in the background or not (`syncs`).
+    syncs: u64,
     /// An msync failed at some point: records may be missing from the disk even after a later
     /// sync succeeds, so this run never records a clean stop.
     sync_failed: bool,
@@ -736,8 +738,9 @@ pub struct ShardJournal {
     /// there were appended since the last sync, so the next sync (which acknowledges them
     /// under `always`), or the next background sync's outcome, returns this error.
     deferred_sync_error: Option<JournalError>,
-    /// An `interval` sync running on a helper thread (`sync_in_background`); at most one.
-    background: Option<BackgroundSync>,
+    /// The shard's sync thread (`sync_in_background`), started at the first background sync;
+    /// at most one job in flight.
+    syncer: Option<Syncer>,
 }
 
 impl ShardJournal {
@@ -923,9 +926,10 @@ impl ShardJournal {
             segments_made_ahead: 0,
             kernel_writeback_only: false,
             bytes_written_total,
+            syncs: 0,
             sync_failed: leftovers_synced.is_err(),
             deferred_sync_error: None,
-            background: None,
+            syncer: None,
         };
         journal.start_ahead(false);
         report.segment = journal.active.number;
@@ -967,6 +971,7 @@ impl ShardJournal {
         let before = self.finish_background_sync();
         let r = self.sync_inner();
         self.sync_failed |= r.is_err();
+        self.syncs += r.is_ok() as u64;
         before.and(r)
     }
 
@@ -975,7 +980,7 @@ impl ShardJournal {
     /// one still runs (this one is skipped: the next interval's covers its records), else that
     /// outcome (Ok when there was none). Falls back to `sync()` when no thread can be started.
     pub fn sync_in_background(&mut self) -> Option<Result<(), JournalError>> {
-        if self.background.as_ref().is_some_and(|b| !b.is_finished()) {
+        if self.sync_in_flight() && !self.syncer.as_ref().is_some_and(Syncer::is_finished) {
             return None;
         }
         let before = self.finish_background_sync();
@@ -985,6 +990,7 @@ impl ShardJournal {
             return Some(before);
         }
         let active = match a.file.try_clone() {
+            // An Arc's clone: handing over a job allocates nothing (tests/alloc.rs).
             Ok(f) => (f, a.path.clone()),
             Err(_) => return Some(before.and(self.sync())),
         };
@@ -1003,12 +1009,16 @@ impl ShardJournal {
             #[cfg(test)]
             fail: FAIL_MSYNC.get(),
         };
-        match BackgroundSync::start(self.shard, a.number, a.write_off, job) {
-            Ok(b) => self.background = Some(b),
-            Err(job) => {
-                // No thread: the same work, here.
-                let (number, to) = (self.active.number, self.active.write_off);
-                let r = self.apply_sync_outcome(number, to, super::background_sync::run(*job));
+        let (number, to) = (a.number, a.write_off);
+        if self.syncer.is_none() {
+            // Started once; when it cannot be, every sync runs here (below) and it is tried again
+            // at the next.
+            self.syncer = Syncer::start(self.shard).ok();
+        }
+        match &mut self.syncer {
+            Some(s) => s.submit(number, to, job),
+            None => {
+                let r = self.apply_sync_outcome(number, to, super::background_sync::run(job));
                 return Some(before.and(r));
             }
         }
@@ -1019,19 +1029,24 @@ impl ShardJournal {
     /// started). The drain asks at every turn, so a failed one is said without waiting for
     /// the next interval.
     pub fn background_sync_done(&mut self) -> Option<Result<(), JournalError>> {
-        if !self.background.as_ref()?.is_finished() {
+        if !self.syncer.as_ref()?.is_finished() {
             return None;
         }
         Some(self.finish_background_sync())
+    }
+
+    /// A background sync was handed over and its outcome not applied yet.
+    fn sync_in_flight(&self) -> bool {
+        self.syncer.as_ref().is_some_and(Syncer::in_flight)
     }
 
     /// Waits for the background sync, if one was started, and applies its outcome: how far the
     /// active segment is synced, and an error as a failed sync, with any error deferred to the
     /// next sync (which it was).
     fn finish_background_sync(&mut self) -> Result<(), JournalError> {
-        let Some(b) = self.background.take() else { return Ok(()) };
-        let (number, to) = (b.number, b.to);
-        let outcome = b.wait(&self.dir);
+        let Some((number, to, outcome)) = self.syncer.as_mut().and_then(Syncer::wait) else {
+            return Ok(());
+        };
         self.apply_sync_outcome(number, to, outcome)
     }
 
@@ -1055,6 +1070,7 @@ impl ShardJournal {
             self.deferred_sync_error.take().map_or(Ok(()), Err)
         });
         self.sync_failed |= r.is_err();
+        self.syncs += r.is_ok() as u64;
         r
     }
 
@@ -1162,7 +1178,7 @@ impl ShardJournal {
         a.released_off = to;
         // The segment left at the last rotation, once its records are msynced (no `Retired`
         // waits) and this one keeps a window of its own: what it still has cached goes too.
-        if drop_written && drop_to > 0 && self.retired.is_none() && self.background.is_none() {
+        if drop_written && drop_to > 0 && self.retired.is_none() && !self.sync_in_flight() {
             if let Some(f) = self.left_cached.take() {
                 drop_cache(&f, 0, 0);
             }
@@ -1256,6 +1272,11 @@ impl ShardJournal {
         self.bytes_written_total
     }
 
+    /// Syncs that succeeded so far (`sync`, and background syncs once their outcome is applied).
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
     /// Records in the active segment, recovered ones included.
     pub fn records_in_segment(&self) -> u64 {
         self.active.records
@@ -1326,7 +1347,7 @@ impl ShardJournal {
         // segment being left holds that much. A smaller segment keeps it cached (closed here),
         // so collectors still read the last few segments from memory.
         if let Some(f) = self.left_cached.take() {
-            if !self.sync_failed && self.background.is_none() && self.active.write_off >= CACHE_KEPT_BYTES {
+            if !self.sync_failed && !self.sync_in_flight() && self.active.write_off >= CACHE_KEPT_BYTES {
                 drop_cache(&f, 0, 0);
             }
         }
@@ -1807,7 +1828,7 @@ fn recover_last(
     let last_page = tail.end_off - tail.end_off % PAGE_BYTES;
     let mut active = Active {
         number: n,
-        path,
+        path: path.into(),
         map,
         write_off: tail.end_off,
         // The recovered records may be only in the page cache (the last run may have died

@@ -733,6 +733,47 @@ fn a_background_sync_covers_the_segment_left_at_rotation_and_the_active_one() {
     assert_eq!(seqs(&read_all(&mut r)), (1..next).collect::<Vec<_>>());
 }
 
+/// Threads of this process named `name` (`/proc/self/task/*/comm`, 15 bytes at most), by tid.
+fn threads_named(name: &str) -> Vec<u32> {
+    let mut tids: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            (comm.trim_end() == name).then(|| t.file_name().to_str()?.parse().ok())?
+        })
+        .collect();
+    tids.sort();
+    tids
+}
+
+#[test]
+fn one_sync_thread_serves_every_background_sync_and_ends_with_its_writer() {
+    // A shard number no other test uses: the thread's name is this test's own.
+    const SHARD: u16 = 97;
+    let name = format!("tracker-sync-{SHARD}");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), SHARD, SEG_4, &schema_a()).unwrap();
+    assert!(threads_named(&name).is_empty(), "started before the first background sync");
+    let mut thread = None;
+    for n in 1..=3u64 {
+        append_seqs(&mut j, n..n + 1);
+        assert!(matches!(j.sync_in_background(), Some(Ok(()))));
+        background_outcome(&mut j).unwrap();
+        let tids = threads_named(&name);
+        assert_eq!(tids.len(), 1, "sync threads after sync {n}: {tids:?}");
+        assert_eq!(*thread.get_or_insert(tids[0]), tids[0], "sync {n} ran on a new thread");
+    }
+    assert_eq!(j.syncs(), 3);
+    // A job still in flight when the writer goes: its thread writes it back, then ends.
+    append_seqs(&mut j, 4..5);
+    assert!(matches!(j.sync_in_background(), Some(Ok(()))));
+    drop(j);
+    assert!(threads_named(&name).is_empty(), "the sync thread outlived its writer");
+    let mut r = JournalReader::open(dir.path()).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), (1..5).collect::<Vec<_>>());
+}
+
 #[test]
 fn a_background_sync_writes_the_segment_left_at_rotation_first() {
     use super::segment::FAIL_MSYNC;

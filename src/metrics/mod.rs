@@ -255,6 +255,8 @@ pub struct ShardCounters {
     pub journal_bytes: AtomicU64,
     pub journal_torn_records: AtomicU64,
     pub journal_errors: AtomicU64,
+    /// Syncs (msync / fdatasync, by the sync policy) that succeeded.
+    pub journal_syncs: AtomicU64,
     /// Latency histograms published by the reactor, the drain and collectors.
     pub latency: latency::ShardLatency,
     /// Read-only view of the shard's ring (pushed / popped), set once at start.
@@ -273,6 +275,7 @@ impl ShardCounters {
             journal_bytes: AtomicU64::new(0),
             journal_torn_records: AtomicU64::new(0),
             journal_errors: AtomicU64::new(0),
+            journal_syncs: AtomicU64::new(0),
             latency: Default::default(),
             ring: OnceLock::new(),
         }

@@ -154,6 +154,7 @@ pub fn run(
                     );
                     shared.set_journal_failing(true);
                 }
+                counters.journal_syncs.store(journal.syncs(), Relaxed);
                 dirty = false;
             }
             if !durability_lost {
@@ -185,6 +186,7 @@ pub fn run(
                     }
                 }
             }
+            counters.journal_syncs.store(journal.syncs(), Relaxed);
         }
         if Instant::now() >= next_publish {
             latency.publish(&counters.latency.journal);

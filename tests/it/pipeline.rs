@@ -175,9 +175,10 @@ fn a_full_ring_answers_503_with_retry_after_and_loses_nothing_it_acknowledged() 
     assert!(campaigns.windows(2).all(|w| w[0] < w[1]), "journal out of order: {campaigns:?}");
 }
 
-/// The `interval` sync runs on a short-lived thread of its own (journal/background_sync.rs), so
-/// a disk that holds a sync does not hold the drain: with one such thread stopped mid-sync
-/// (ptrace), four rings' worth of pixels are still taken into the journal, none refused 503.
+/// The `interval` sync runs on a thread of its own (journal/background_sync.rs), so a disk that
+/// holds a sync does not hold the drain: with that thread stopped (ptrace; at whatever point
+/// it was, mid-sync or waiting for one, where the next sync handed over waits), four rings'
+/// worth of pixels are still taken into the journal, none refused 503.
 #[test]
 fn a_journal_sync_held_up_does_not_hold_up_the_drain() {
     let cfg =
