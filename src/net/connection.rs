@@ -9,8 +9,9 @@
 //! - an `ack = "logged"` response is written only after the drain reports its event in the
 //!   journal; the whole batch waits for the highest such sequence number. A duplicate's response
 //!   waits for its first copy instead: in this shard's journal the same way, in another's by
-//!   polling it (at most `idle_timeout_ms`), and a response that waits on another shard ends its
-//!   batch; a journal that fails (or the poll's timeout) closes the connection unanswered;
+//!   polling it, and a response that waits on another shard ends its batch; a journal that
+//!   fails, or has not taken the event within `idle_timeout_ms`, closes the connection
+//!   unanswered;
 //! - a malformed request is answered with `Connection: close` and the connection closed after
 //!   the responses before it are written: the bytes after it cannot be trusted;
 //! - a connection we close after a response is half-closed and read (and discarded) for up to
@@ -264,15 +265,16 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         // Wake the drain once per batch; then wait for the journal if a response needs it.
         let filling = ctx.producer.borrow_mut().is_filling();
         ctx.shared.notify_drain(logged_seq > 0 || filling);
-        if logged_seq > 0 && !ctx.journaled(logged_seq).await {
-            // The journal failed before this batch's `logged` events reached it: they may never
-            // be written, so no response of the batch goes out (a 2xx would promise it). The
-            // client sees the connection close and retries.
+        if logged_seq > 0 && !ctx.journaled_within(logged_seq, idle).await {
+            // The journal failed before this batch's `logged` events reached it, or did not
+            // take them within the idle timeout (a disk that hangs without failing): they may
+            // never be written, so no response of the batch goes out (a 2xx would promise it).
+            // The client sees the connection close and retries; the event ids make the retry a
+            // duplicate if the first copy does reach the journal.
             ctx.shared.counters.reject(Reason::JournalUnavailable);
             break 'conn;
         }
-        // Likewise for first copies in other shards' journals, bounded by the idle timeout: a
-        // journal that is stuck without failing must not hold the connection forever.
+        // Likewise for first copies in other shards' journals, with the same bound.
         if !elsewhere.is_empty() {
             let until_ms = crate::clock::mono_coarse_ms() + idle;
             for &(shard, seq) in elsewhere.waits() {

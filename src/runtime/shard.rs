@@ -197,6 +197,16 @@ impl ShardCtx {
         .await
     }
 
+    /// `journaled`, bounded: false also when `seq` is not in the journal within `ms`. A drain
+    /// held up by a disk that hangs without failing must not hold `logged` connections (and so
+    /// the stop) for as long as it hangs.
+    pub async fn journaled_within(&self, seq: u64, ms: u64) -> bool {
+        if self.shared.journaled() >= seq {
+            return true;
+        }
+        monoio::time::timeout(std::time::Duration::from_millis(ms), self.journaled(seq)).await.unwrap_or(false)
+    }
+
     /// Where a duplicate's response on an `ack = "logged"` endpoint must wait: the shard its
     /// first copy went to and that event's full sequence number, or None when it is in the
     /// journal already. The shard's pushed count is read after the dedup entry (which the other

@@ -115,3 +115,32 @@ fn while_one_shards_journal_fails_logged_requests_are_refused_on_every_shard() {
     assert_eq!(s.stop(), 0);
     assert_eq!(journal_cat(&s.journal()).len(), fired + 1, "every 2xx is in the journal, no 503 is");
 }
+
+/// A journal that hangs without failing (a disk that stops answering: here the drain's thread
+/// is stopped with ptrace) holds a `logged` request no longer than `idle_timeout_ms`: the
+/// connection then closes unanswered (no 2xx without the journal), counted as
+/// `journal_unavailable`. Once the drain goes on, the event it held is journaled and the stop is
+/// clean.
+#[test]
+fn a_logged_request_waits_for_a_hung_journal_no_longer_than_the_idle_timeout() {
+    use std::io::Read;
+    let cfg = "[server]\nidle_timeout_ms = 300\n".to_string() + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let held = crate::harness::HeldThread::hold(s.child.id(), "tracker-drain-0");
+    let mut c = s.connect();
+    c.send(b"GET /cv?c=7&order=H1&value=1.5 HTTP/1.1\r\nHost: t\r\n\r\n");
+    // Closed with nothing written (EOF, or a reset), well before the harness's read timeout.
+    let mut got = Vec::new();
+    let read = c.stream.read_to_end(&mut got);
+    assert!(got.is_empty(), "answered while the journal was held: {:?}", String::from_utf8_lossy(&got));
+    assert!(read.as_ref().map_or_else(|e| e.kind() == std::io::ErrorKind::ConnectionReset, |_| true), "{read:?}");
+    let metrics = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    assert!(metrics.lines().any(|l| l == "tracker_rejects_total{reason=\"journal_unavailable\"} 1"), "{metrics}");
+    // Received endpoints still answer from the ring meanwhile.
+    assert_eq!(s.connect().get("/i?c=8").status, 200);
+    drop(held);
+    assert_eq!(s.stop(), 0);
+    let orders: Vec<String> =
+        journal_cat(&s.journal()).iter().filter_map(|e| e["order_id"].as_str().map(str::to_owned)).collect();
+    assert_eq!(orders, ["H1"], "the event held by the stopped drain is journaled once it goes on");
+}
