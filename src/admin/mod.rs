@@ -130,6 +130,12 @@ impl State {
                     s.index
                 ));
             }
+            if s.journal_stalled() {
+                why.push(format!(
+                    "shard {}: journal stalled: events wait and none was journaled for journal.stall_timeout_ms; logged endpoints answer 503 until it moves",
+                    s.index
+                ));
+            }
             let dir = crate::journal::shard_dir(&self.journal_dir, s.index);
             if let Err(e) = writable(&dir) {
                 why.push(format!("journal directory {} is not writable: {e}", dir.display()));

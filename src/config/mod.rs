@@ -131,6 +131,9 @@ pub struct Journal {
     pub segment_bytes: u64,
     pub sync: SyncPolicy,
     pub sync_interval_ms: u64,
+    /// Events waiting and none journaled for this long: the journal is stalled
+    /// (`runtime::shard`'s heartbeat), ms.
+    pub stall_timeout_ms: u64,
     /// Delete a segment once every collector's cursor passed it and it is older than this, s;
     /// 0 keeps every segment.
     pub retention_age_s: u64,
@@ -1082,6 +1085,7 @@ impl Validator<'_> {
                 &[("none", SyncPolicy::None), ("interval", SyncPolicy::Interval), ("always", SyncPolicy::Always)],
             ),
             sync_interval_ms: self.int(&r.sync_interval_ms, spec(JOURNAL_KEYS, "sync_interval_ms")) as u64,
+            stall_timeout_ms: self.int(&r.stall_timeout_ms, spec(JOURNAL_KEYS, "stall_timeout_ms")) as u64,
             retention_age_s: self.int(&r.retention_age_s, spec(JOURNAL_KEYS, "retention_age_s")) as u64,
             size_bytes_max: self.int(&r.size_bytes_max, spec(JOURNAL_KEYS, "size_bytes_max")) as u64,
         }

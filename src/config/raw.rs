@@ -68,6 +68,7 @@ pub struct RawJournal {
     pub segment_bytes: Option<S<i64>>,
     pub sync: Option<S<String>>,
     pub sync_interval_ms: Option<S<i64>>,
+    pub stall_timeout_ms: Option<S<i64>>,
     pub retention_age_s: Option<S<i64>>,
     pub size_bytes_max: Option<S<i64>>,
 }

@@ -54,8 +54,13 @@ pub struct ShardShared {
     /// retrying: `logged` endpoints answer 503, waiting `logged` responses are not sent, and
     /// readiness is false, until an append succeeds.
     journal_failing: AtomicBool,
-    /// How many of this server's shards have `journal_failing` set; one counter shared by all
-    /// of them (see `any_journal_failing`).
+    /// The drain has taken none of the events waiting in the ring for `journal.stall_timeout_ms`
+    /// (a disk that hangs without failing: the drain waits in a syscall and reports nothing).
+    /// Set and cleared by the reactor (`shard::StallWatch`); to `logged` endpoints and
+    /// readiness it is the same as `journal_failing`.
+    journal_stalled: AtomicBool,
+    /// How many `journal_failing` and `journal_stalled` flags of this server's shards are set;
+    /// one counter shared by all of them (see `any_journal_failing`).
     journals_failing: Arc<AtomicUsize>,
     /// Events still in the ring when the drain gave up at shutdown on a journal that kept
     /// failing: acknowledged as received, never written. Non-zero makes the process exit 1.
@@ -90,6 +95,7 @@ impl ShardShared {
             drain_thread: OnceLock::new(),
             reactor_done: AtomicBool::new(false),
             journal_failing: AtomicBool::new(false),
+            journal_stalled: AtomicBool::new(false),
             journals_failing,
             events_lost: AtomicU64::new(0),
             final_sync_failed: AtomicBool::new(false),
@@ -117,20 +123,43 @@ impl ShardShared {
         self.journal_failing.load(Relaxed)
     }
 
+    pub fn journal_stalled(&self) -> bool {
+        self.journal_stalled.load(Relaxed)
+    }
+
+    /// Failing or stalled: events waiting for this journal may never be written, or not soon.
+    pub fn journal_unavailable(&self) -> bool {
+        self.journal_failing() || self.journal_stalled()
+    }
+
     /// Drain side: the journal failed or recovered. A change wakes the reactor, whose waiting
     /// `logged` connections must learn that their events may never be written.
     pub fn set_journal_failing(&self, failing: bool) {
-        if self.journal_failing.swap(failing, SeqCst) != failing {
-            if failing {
-                self.journals_failing.fetch_add(1, SeqCst);
-            } else {
-                self.journals_failing.fetch_sub(1, SeqCst);
-            }
+        if self.set_flag(&self.journal_failing, failing) {
             self.wake_reactor();
         }
     }
 
-    /// Some shard's journal of this server is failing, this one's or another's. `logged`
+    /// Reactor side: the journal stalled or moved again (`shard::StallWatch`). The reactor
+    /// wakes its own waiting connections.
+    pub fn set_journal_stalled(&self, stalled: bool) -> bool {
+        self.set_flag(&self.journal_stalled, stalled)
+    }
+
+    /// Sets `flag` and keeps the server's count of set flags; true when it changed.
+    fn set_flag(&self, flag: &AtomicBool, on: bool) -> bool {
+        let changed = flag.swap(on, SeqCst) != on;
+        if changed {
+            if on {
+                self.journals_failing.fetch_add(1, SeqCst);
+            } else {
+                self.journals_failing.fetch_sub(1, SeqCst);
+            }
+        }
+        changed
+    }
+
+    /// Some shard's journal of this server is failing or stalled, this one's or another's. `logged`
     /// endpoints refuse while it is: the dedup window is shared by all shards, so a retried
     /// event whose first copy is stuck in a failing journal would otherwise be answered as a
     /// duplicate (2xx) by a healthy shard, for an event that may never be written.

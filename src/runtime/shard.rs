@@ -174,13 +174,13 @@ impl ShardCtx {
     }
 
     /// Waits until the drain has put event `seq` into the journal (true), or finds the journal
-    /// failing (false: the event may never be written).
+    /// failing or stalled (false: the event may never be written, or not soon).
     pub async fn journaled(&self, seq: u64) -> bool {
         std::future::poll_fn(|cx| {
             if self.shared.journaled() >= seq {
                 return Poll::Ready(true);
             }
-            if self.shared.journal_failing() {
+            if self.shared.journal_unavailable() {
                 return Poll::Ready(false);
             }
             self.waiters.borrow_mut().push((seq, cx.waker().clone()));
@@ -189,7 +189,7 @@ impl ShardCtx {
             if self.shared.journaled() >= seq {
                 return Poll::Ready(true);
             }
-            if self.shared.journal_failing() {
+            if self.shared.journal_unavailable() {
                 return Poll::Ready(false);
             }
             Poll::Pending
@@ -237,7 +237,7 @@ impl ShardCtx {
             if peer.journaled() >= seq {
                 return true;
             }
-            if peer.journal_failing() || crate::clock::mono_coarse_ms() >= until_ms {
+            if peer.journal_unavailable() || crate::clock::mono_coarse_ms() >= until_ms {
                 return false;
             }
             monoio::time::sleep(pause).await;
@@ -245,10 +245,11 @@ impl ShardCtx {
         }
     }
 
-    /// Wakes the connections whose events are in the journal, and all of them while it fails.
+    /// Wakes the connections whose events are in the journal, and all of them while it fails
+    /// or stalls.
     fn wake_journaled(&self) {
         let done = self.shared.journaled();
-        let failing = self.shared.journal_failing();
+        let failing = self.shared.journal_unavailable();
         let mut w = self.waiters.borrow_mut();
         w.retain(|(seq, waker)| {
             if *seq <= done || failing {
@@ -556,9 +557,54 @@ fn accept_error_hint(e: &std::io::Error) -> String {
 /// every shard's moves (`notify.rs`). Runs until the reactor's runtime ends, shutdown included
 /// (a drain that takes a while is not a stall).
 async fn heartbeat(ctx: Rc<ShardCtx>) {
+    let mut stall = StallWatch::default();
     loop {
         ctx.shared.heartbeat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stall.check(&ctx, crate::clock::mono_coarse_ms());
         monoio::time::sleep(super::notify::HEARTBEAT_PERIOD).await;
+    }
+}
+
+/// Finds the shard's journal stalled: events waiting in the ring, and none journaled for
+/// `journal.stall_timeout_ms`. A drain held up by a disk that hangs without failing reports
+/// nothing (it waits inside a syscall), so only the reactor can tell; checked at each heartbeat.
+#[derive(Default)]
+struct StallWatch {
+    /// `journaled` at the last look, and since when (coarse monotonic ms) it has not moved.
+    journaled: u64,
+    since_ms: u64,
+}
+
+impl StallWatch {
+    fn check(&mut self, ctx: &ShardCtx, now_ms: u64) {
+        let shared = &ctx.shared;
+        let journaled = shared.journaled();
+        let pushed = shared.counters.ring.get().map_or(0, |w| w.pushed());
+        // Event sequence numbers count this shard's pushes from 1, so nothing waits when the
+        // journal holds the last one pushed.
+        if journaled != self.journaled || journaled >= pushed {
+            self.journaled = journaled;
+            self.since_ms = now_ms;
+            if shared.set_journal_stalled(false) {
+                eprintln!(
+                    "tracker: shard {}: the journal takes events again; logged endpoints answer again",
+                    shared.index
+                );
+            }
+            return;
+        }
+        let limit = ctx.cfg.borrow().journal.stall_timeout_ms;
+        let still = now_ms.saturating_sub(self.since_ms);
+        if still >= limit && shared.set_journal_stalled(true) {
+            eprintln!(
+                "tracker: shard {}: journal stalled: {} event(s) waiting, none journaled for {still} ms (a disk that \
+                 hangs?); logged endpoints answer 503 until it moves",
+                shared.index,
+                pushed - journaled
+            );
+            // Connections waiting for it: their responses are not sent.
+            ctx.wake_journaled();
+        }
     }
 }
 

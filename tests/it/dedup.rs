@@ -151,8 +151,11 @@ fn repeat_of_a_first_copy_held_up(
     repeat_req: &str,
     events: &str,
 ) -> (Server, Option<Response>, Option<Response>) {
-    let cfg =
-        "[journal]\nsegment_bytes = 65536\n".to_string() + &crate::pipeline::default_endpoints_and_events() + cfg_tail;
+    // The drain is held below for as long as the steps take: never long enough, even on a busy
+    // machine, to count as a stalled journal, which would refuse the repeat up front.
+    let cfg = "[journal]\nsegment_bytes = 65536\nstall_timeout_ms = 600000\n".to_string()
+        + &crate::pipeline::default_endpoints_and_events()
+        + cfg_tail;
     let s = Server::start(Some(&cfg), &["--shards", "2"]);
     let mut conns = two_connections_per_shard(&s);
     let mut repeat = conns[repeat_shard].pop().unwrap();

@@ -144,3 +144,41 @@ fn a_logged_request_waits_for_a_hung_journal_no_longer_than_the_idle_timeout() {
         journal_cat(&s.journal()).iter().filter_map(|e| e["order_id"].as_str().map(str::to_owned)).collect();
     assert_eq!(orders, ["H1"], "the event held by the stopped drain is journaled once it goes on");
 }
+
+/// A journal that has taken none of the events waiting for it for `journal.stall_timeout_ms` is
+/// stalled (a disk that hangs; here the drain's thread is stopped with ptrace): the `logged`
+/// response already waiting is not sent, `/ready` says why, new `logged` requests are refused
+/// 503 at once, `received` ones still answer from the ring; once the drain moves, all of that
+/// ends and every acknowledged event (and the one whose response was withheld) is journaled.
+#[test]
+fn a_stalled_journal_refuses_logged_requests_until_it_moves_again() {
+    use std::io::Read;
+    let cfg = "[journal]\nstall_timeout_ms = 300\n".to_string() + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    assert_eq!(ready_when(&s, 200), "ready\n");
+    let held = crate::harness::HeldThread::hold(s.child.id(), "tracker-drain-0");
+    let mut waiting = s.connect();
+    waiting.send(b"GET /cv?c=7&order=S1&value=1.5 HTTP/1.1\r\nHost: t\r\n\r\n");
+    // Ended by the stall (300 ms), not by the idle timeout (60 s) nor the harness's 30 s read.
+    let mut got = Vec::new();
+    let read = waiting.stream.read_to_end(&mut got);
+    assert!(got.is_empty(), "answered while the journal was held: {:?}", String::from_utf8_lossy(&got));
+    assert!(read.as_ref().map_or_else(|e| e.kind() == std::io::ErrorKind::ConnectionReset, |_| true), "{read:?}");
+    let why = ready_when(&s, 503);
+    assert!(why.contains("shard 0: journal stalled"), "{why}");
+    let refused = s.connect().get("/cv?c=7&order=S2&value=1.5");
+    assert_eq!(refused.status, 503);
+    assert!(String::from_utf8_lossy(&refused.body).contains("journal unavailable"), "{:?}", refused.body);
+    assert_eq!(s.connect().get("/i?c=8").status, 200, "received endpoints answer from the ring");
+    drop(held);
+    assert_eq!(ready_when(&s, 200), "ready\n");
+    assert_eq!(s.connect().get("/cv?c=7&order=S3&value=1.5").status, 200);
+    assert_eq!(s.stop(), 0);
+    let err = s.stderr_lines().join("\n");
+    assert!(err.contains("shard 0: journal stalled: 1 event(s) waiting"), "{err}");
+    assert!(err.contains("shard 0: the journal takes events again"), "{err}");
+    let events = journal_cat(&s.journal());
+    let orders: Vec<&str> = events.iter().filter_map(|e| e["order_id"].as_str()).collect();
+    assert_eq!(orders, ["S1", "S3"], "the refused conversion is not journaled, the withheld one is");
+    assert_eq!(events.iter().filter(|e| e["campaign_id"] == 8).count(), 1);
+}
