@@ -135,10 +135,16 @@ fn missing_or_bad_fields_are_400_with_the_reason_and_not_journaled() {
     let r = c.get("/win?auction=a&price=1.2.3");
     assert_eq!(r.status, 400);
     assert_eq!(String::from_utf8_lossy(&r.body).trim_end(), "field price: is not a decimal amount");
+    // A browser-fired impression's price is bounded by default (max = 1000): one forged pixel
+    // cannot spend a campaign's budget at the banker.
+    let r = c.get("/i?c=1&p=1000.000001");
+    assert_eq!(r.status, 400);
+    assert_eq!(String::from_utf8_lossy(&r.body).trim_end(), "field price: is out of the allowed range (min/max)");
+    assert_eq!(c.get("/i?c=2&p=1000").status, 200, "the bound itself is accepted");
     // The connection survives a field error.
     assert_eq!(c.get("/i?c=1").status, 200);
     assert_eq!(s.stop(), 0);
-    assert_eq!(journal_cat(&s.journal()).len(), 1);
+    assert_eq!(journal_cat(&s.journal()).len(), 2);
 }
 
 #[test]
