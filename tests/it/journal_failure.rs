@@ -116,6 +116,19 @@ fn while_one_shards_journal_fails_logged_requests_are_refused_on_every_shard() {
     assert_eq!(journal_cat(&s.journal()).len(), fired + 1, "every 2xx is in the journal, no 503 is");
 }
 
+/// Sends a conversion (`ack = "logged"`) with order id `order` on a new connection, and checks
+/// that the connection is closed with nothing written (EOF, or a reset): no 2xx while its
+/// event is not in the journal.
+fn conversion_closed_unanswered(s: &Server, order: &str) {
+    use std::io::Read;
+    let mut c = s.connect();
+    c.send(format!("GET /cv?c=7&order={order}&value=1.5 HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    let mut got = Vec::new();
+    let read = c.stream.read_to_end(&mut got);
+    assert!(got.is_empty(), "answered while the journal was held: {:?}", String::from_utf8_lossy(&got));
+    assert!(read.as_ref().map_or_else(|e| e.kind() == std::io::ErrorKind::ConnectionReset, |_| true), "{read:?}");
+}
+
 /// A journal that hangs without failing (a disk that stops answering: here the drain's thread
 /// is stopped with ptrace) holds a `logged` request no longer than `idle_timeout_ms`: the
 /// connection then closes unanswered (no 2xx without the journal), counted as
@@ -123,17 +136,11 @@ fn while_one_shards_journal_fails_logged_requests_are_refused_on_every_shard() {
 /// clean.
 #[test]
 fn a_logged_request_waits_for_a_hung_journal_no_longer_than_the_idle_timeout() {
-    use std::io::Read;
     let cfg = "[server]\nidle_timeout_ms = 300\n".to_string() + &crate::pipeline::default_endpoints_and_events();
     let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
     let held = crate::harness::HeldThread::hold(s.child.id(), "tracker-drain-0");
-    let mut c = s.connect();
-    c.send(b"GET /cv?c=7&order=H1&value=1.5 HTTP/1.1\r\nHost: t\r\n\r\n");
-    // Closed with nothing written (EOF, or a reset), well before the harness's read timeout.
-    let mut got = Vec::new();
-    let read = c.stream.read_to_end(&mut got);
-    assert!(got.is_empty(), "answered while the journal was held: {:?}", String::from_utf8_lossy(&got));
-    assert!(read.as_ref().map_or_else(|e| e.kind() == std::io::ErrorKind::ConnectionReset, |_| true), "{read:?}");
+    // Closed well before the harness's 30 s read timeout.
+    conversion_closed_unanswered(&s, "H1");
     let metrics = String::from_utf8(s.admin_get("/metrics").body).unwrap();
     assert!(metrics.lines().any(|l| l == "tracker_rejects_total{reason=\"journal_unavailable\"} 1"), "{metrics}");
     // Received endpoints still answer from the ring meanwhile.
@@ -152,18 +159,12 @@ fn a_logged_request_waits_for_a_hung_journal_no_longer_than_the_idle_timeout() {
 /// ends and every acknowledged event (and the one whose response was withheld) is journaled.
 #[test]
 fn a_stalled_journal_refuses_logged_requests_until_it_moves_again() {
-    use std::io::Read;
     let cfg = "[journal]\nstall_timeout_ms = 300\n".to_string() + &crate::pipeline::default_endpoints_and_events();
     let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
     assert_eq!(ready_when(&s, 200), "ready\n");
     let held = crate::harness::HeldThread::hold(s.child.id(), "tracker-drain-0");
-    let mut waiting = s.connect();
-    waiting.send(b"GET /cv?c=7&order=S1&value=1.5 HTTP/1.1\r\nHost: t\r\n\r\n");
     // Ended by the stall (300 ms), not by the idle timeout (60 s) nor the harness's 30 s read.
-    let mut got = Vec::new();
-    let read = waiting.stream.read_to_end(&mut got);
-    assert!(got.is_empty(), "answered while the journal was held: {:?}", String::from_utf8_lossy(&got));
-    assert!(read.as_ref().map_or_else(|e| e.kind() == std::io::ErrorKind::ConnectionReset, |_| true), "{read:?}");
+    conversion_closed_unanswered(&s, "S1");
     let why = ready_when(&s, 503);
     assert!(why.contains("shard 0: journal stalled"), "{why}");
     let refused = s.connect().get("/cv?c=7&order=S2&value=1.5");
