@@ -20,8 +20,9 @@
 //!   error state with the map and the writer), then the directory when a rename in it is not
 //!   known durable yet.
 //! - **Its errors are not lost**: the kernel reports a writeback error once per open file, and
-//!   whoever sees it here hands it to the drain as a failed sync (`sync_failed`). A panic in the
-//!   job is an error too, and the thread stays up for the next one.
+//!   whoever sees it here hands it to the drain as a failed sync (`sync_failed`). In a build
+//!   that unwinds (tests; the release profile aborts on panic), a panic in the job is an error
+//!   too, and the thread stays up for the next one.
 //! - **One at a time**, and never outliving its writer: `sync()`, `close_clean` and drop wait for
 //!   it; drop also ends the thread, after the job it was given. While one runs the next
 //!   interval's sync is skipped, not queued.
@@ -155,8 +156,9 @@ impl Drop for Syncer {
 
 /// The thread: runs each job handed over, posts its outcome, and ends at stop once no job is
 /// left (a job given before the stop is still written back). The lock is held only to take a
-/// job or post an outcome, never while writing back. A job's panic is caught and posted as its
-/// error; nothing else here can panic (a poisoned lock is taken as it is).
+/// job or post an outcome, never while writing back. Where panics unwind, a job's panic is
+/// caught and posted as its error; nothing else here can panic (a poisoned lock is taken as it
+/// is).
 fn serve(shared: &Shared) {
     loop {
         let job = {

@@ -528,6 +528,61 @@ mod tests {
         assert!(dedup_lock_warning(&d, false).is_none(), "no window, no table, nothing to say");
     }
 
+    /// A shard with a ring of 16 events, `pushed` of them pushed.
+    fn shard_with_events(pushed: u64) -> (ShardShared, crate::ring::Producer) {
+        let shared = ShardShared::new(0, ShardCounters::new(1, 1), Arc::default()).unwrap();
+        let (mut producer, _consumer) = crate::ring::ring(16);
+        let _ = shared.counters.ring.set(producer.watch());
+        for _ in 0..pushed {
+            producer.reserve().unwrap();
+            producer.commit();
+        }
+        (shared, producer)
+    }
+
+    #[test]
+    fn a_journal_is_stalled_only_while_events_wait_and_none_is_journaled_for_the_timeout() {
+        let (shared, _p) = shard_with_events(0);
+        let mut w = shard::StallWatch::new(0, 0);
+        assert!(!w.check(&shared, 100, 1000), "nothing waits: no stall however long");
+        let (shared, _p) = shard_with_events(2);
+        let mut w = shard::StallWatch::new(0, 1000);
+        assert!(!w.check(&shared, 100, 1099));
+        assert!(!shared.journal_stalled() && !shared.any_journal_failing());
+        assert!(w.check(&shared, 100, 1100), "two events waited 100 ms");
+        assert!(shared.journal_stalled() && shared.any_journal_failing());
+        assert!(!w.check(&shared, 100, 1200), "said once");
+        assert!(shared.journal_stalled());
+        // The drain moves: not stalled, and the clock starts again for the event still waiting.
+        shared.publish_journaled(1);
+        assert!(!w.check(&shared, 100, 1300));
+        assert!(!shared.journal_stalled() && !shared.any_journal_failing());
+        assert!(!w.check(&shared, 100, 1399));
+        assert!(w.check(&shared, 100, 1400));
+        shared.publish_journaled(2);
+        assert!(!w.check(&shared, 100, 5000), "nothing waits");
+        assert!(!shared.journal_stalled());
+    }
+
+    #[test]
+    fn a_failing_journal_is_not_also_called_stalled_and_the_count_of_flags_comes_back_to_zero() {
+        let (shared, _p) = shard_with_events(1);
+        let mut w = shard::StallWatch::new(0, 0);
+        // Failing (e.g. `always` after a failed msync: journaled never moves again).
+        shared.set_journal_failing(true);
+        assert!(!w.check(&shared, 100, 10_000));
+        assert!(!shared.journal_stalled() && shared.any_journal_failing());
+        shared.set_journal_failing(false);
+        assert!(!shared.any_journal_failing());
+        assert!(w.check(&shared, 100, 10_100), "stalled once no longer failing");
+        // Both set, then the drain says it fails: the stall is cleared, the failure counts.
+        shared.set_journal_failing(true);
+        assert!(!w.check(&shared, 100, 10_200));
+        assert!(!shared.journal_stalled() && shared.journal_failing() && shared.any_journal_failing());
+        shared.set_journal_failing(false);
+        assert!(!shared.any_journal_failing(), "every flag cleared: the count is back to zero");
+    }
+
     /// The machines this runs on: if this fails, the dedup window takes a lock per lookup here.
     #[test]
     #[cfg(target_arch = "x86_64")]

@@ -557,10 +557,14 @@ fn accept_error_hint(e: &std::io::Error) -> String {
 /// every shard's moves (`notify.rs`). Runs until the reactor's runtime ends, shutdown included
 /// (a drain that takes a while is not a stall).
 async fn heartbeat(ctx: Rc<ShardCtx>) {
-    let mut stall = StallWatch::default();
+    let mut stall = StallWatch::new(ctx.shared.journaled(), crate::clock::mono_coarse_ms());
     loop {
         ctx.shared.heartbeat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        stall.check(&ctx, crate::clock::mono_coarse_ms());
+        let limit = ctx.cfg.borrow().journal.stall_timeout_ms;
+        if stall.check(&ctx.shared, limit, crate::clock::mono_coarse_ms()) {
+            // Connections waiting for it: their responses are not sent.
+            ctx.wake_journaled();
+        }
         monoio::time::sleep(super::notify::HEARTBEAT_PERIOD).await;
     }
 }
@@ -568,21 +572,28 @@ async fn heartbeat(ctx: Rc<ShardCtx>) {
 /// Finds the shard's journal stalled: events waiting in the ring, and none journaled for
 /// `journal.stall_timeout_ms`. A drain held up by a disk that hangs without failing reports
 /// nothing (it waits inside a syscall), so only the reactor can tell; checked at each heartbeat.
-#[derive(Default)]
-struct StallWatch {
-    /// `journaled` at the last look, and since when (coarse monotonic ms) it has not moved.
+/// A failing journal is not also called stalled: the drain says it fails, and under
+/// `sync = "always"` a failed msync stops `journaled` for the rest of the run by design.
+pub(crate) struct StallWatch {
+    /// `journaled` at the last look, and since when (coarse monotonic ms) it has not moved or
+    /// nothing waited.
     journaled: u64,
     since_ms: u64,
 }
 
 impl StallWatch {
-    fn check(&mut self, ctx: &ShardCtx, now_ms: u64) {
-        let shared = &ctx.shared;
+    pub(crate) fn new(journaled: u64, now_ms: u64) -> StallWatch {
+        StallWatch { journaled, since_ms: now_ms }
+    }
+
+    /// Looks at `shared`'s journal at `now_ms`, `limit_ms` being the stall timeout, and sets or
+    /// clears its stalled flag; true when it has just been set.
+    pub(crate) fn check(&mut self, shared: &super::ShardShared, limit_ms: u64, now_ms: u64) -> bool {
         let journaled = shared.journaled();
         let pushed = shared.counters.ring.get().map_or(0, |w| w.pushed());
         // Event sequence numbers count this shard's pushes from 1, so nothing waits when the
         // journal holds the last one pushed.
-        if journaled != self.journaled || journaled >= pushed {
+        if journaled != self.journaled || journaled >= pushed || shared.journal_failing() {
             self.journaled = journaled;
             self.since_ms = now_ms;
             if shared.set_journal_stalled(false) {
@@ -591,20 +602,19 @@ impl StallWatch {
                     shared.index
                 );
             }
-            return;
+            return false;
         }
-        let limit = ctx.cfg.borrow().journal.stall_timeout_ms;
         let still = now_ms.saturating_sub(self.since_ms);
-        if still >= limit && shared.set_journal_stalled(true) {
+        let stalled = still >= limit_ms && shared.set_journal_stalled(true);
+        if stalled {
             eprintln!(
                 "tracker: shard {}: journal stalled: {} event(s) waiting, none journaled for {still} ms (a disk that \
                  hangs?); logged endpoints answer 503 until it moves",
                 shared.index,
                 pushed - journaled
             );
-            // Connections waiting for it: their responses are not sent.
-            ctx.wake_journaled();
         }
+        stalled
     }
 }
 
