@@ -577,7 +577,7 @@ pub const PRIVACY_KEYS: &[KeySpec] = &[
         Int(0),
         Range(0, 65_535),
         "0 = not checked",
-        "The tracker operator's own vendor id in the IAB Global Vendor List. Set, with gdpr = \"enforce\": an event under GDPR whose TCF string consents to Purpose 1 but not to this vendor (its Vendor Consent Section: not listed, above MaxVendorId, or the section cut short by the sender; a string the consent field's max_bytes cut is judged as the request carried it) is handled as one without consent (reason gdpr_no_consent). 0: vendor consent is not read. See docs/privacy.md.",
+        "The tracker operator's own vendor id in the IAB Global Vendor List. Set, with gdpr = \"enforce\": an event under GDPR whose TCF string consents to Purpose 1 but not to this vendor (its Vendor Consent Section: not listed, above MaxVendorId, disallowed by a publisher restriction on Purpose 1, or the string cut short of its restrictions by the sender; a string the consent field's max_bytes cut is judged as the request carried it) is handled as one without consent (reason gdpr_no_consent). 0: vendor consent is not read. See docs/privacy.md.",
     ),
     k(
         "privacy",

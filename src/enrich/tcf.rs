@@ -37,7 +37,12 @@
 //!            ranges:    NumEntries 12, then NumEntries times:
 //!                         IsARange 1, StartOrOnlyVendorId 16, EndVendorId 16 (only if
 //!                         IsARange = 1; the range is inclusive)
-//!          then the Vendor Legitimate Interest Section, publisher restrictions …
+//!          Vendor Legitimate Interest Section: the same layout as the Vendor Consent Section
+//!          Publisher restrictions:
+//!            NumPubRestrictions 12, then that many times:
+//!              PurposeId 6, RestrictionType 2 (0 not allowed, 1 require consent, 2 require
+//!              legitimate interest, 3 undefined), NumEntries 12, then that many range
+//!              entries as above
 //! ```
 //!
 //! Checked against the specification's own text: the file "TCFv2/IAB Tech Lab - Consent
@@ -48,8 +53,10 @@
 //! a Vendor ID is not within the bounds of the ranges then the vendor is assumed to have 'No
 //! Consent'". Not checked against another decoder.
 //!
-//! Not read: the legitimate-interest sections, publisher restrictions and the segments after
-//! the core (see docs/privacy.md). No allocation: each base64url character is mapped to its 6
+//! With a vendor id, a publisher restriction on Purpose 1 that names the vendor with any type but
+//! "require consent" is no consent; so is a string that ends before the restrictions are whole.
+//! Not read: what the legitimate-interest section says, restrictions on other purposes, and
+//! the segments after the core (see docs/privacy.md). No allocation: each base64url character is mapped to its 6
 //! bits on the fly when a bit of it is read, and range entries are read one at a time.
 
 use std::num::NonZeroU16;
@@ -120,38 +127,76 @@ impl<'a> Core<'a> {
         (at + width <= self.len()).then(|| (at..at + width).fold(0, |n, i| n << 1 | self.bit(i)))
     }
 
-    /// The Vendor Consent Section's answer for `vendor` (>= 1): no when the vendor is above
-    /// MaxVendorId or the section is not whole. Range entries are all read (the spec does not
-    /// require them sorted), each at least 17 bits, so the loop is bounded by the string's
-    /// length whatever NumEntries says.
+    /// The answer for `vendor` (>= 1): the Vendor Consent Section consents to it, and no
+    /// publisher restriction on Purpose 1 other than "require consent" names it. No when the
+    /// vendor is above MaxVendorId, or when the string ends before the Vendor Consent Section,
+    /// the Vendor Legitimate Interest Section after it or the publisher restrictions after
+    /// that are whole: a string cut there may have named the vendor in a restriction.
     fn vendor_consent(&self, vendor: u16) -> bool {
         let vendor = u32::from(vendor);
-        let mut at = VENDOR_SECTION_BIT;
-        let (Some(max), Some(is_range)) = (self.read(at, 16), self.read(at + 16, 1)) else { return false };
-        at += 17;
+        let Some((consented, li)) = self.vendor_section(VENDOR_SECTION_BIT, vendor) else { return false };
+        let Some((_, restrictions)) = self.vendor_section(li, vendor) else { return false };
+        consented && self.purpose_one_restricted(restrictions, vendor) == Some(false)
+    }
+
+    /// A vendor section at `at` (MaxVendorId 16, IsRangeEncoding 1, then a bitfield of
+    /// MaxVendorId bits or NumEntries 12 and the range entries): whether it names `vendor`
+    /// (never above MaxVendorId), and the offset after it; None when the string ends inside it.
+    fn vendor_section(&self, at: usize, vendor: u32) -> Option<(bool, usize)> {
+        let (max, is_range) = (self.read(at, 16)?, self.read(at + 16, 1)?);
+        let at = at + 17;
         if is_range == 0 {
             // The bitfield: MaxVendorId bits, vendor 1 first.
-            let bits = max as usize;
-            return vendor <= max && at + bits <= self.len() && self.bit(at + vendor as usize - 1) == 1;
+            let end = at + max as usize;
+            return (end <= self.len()).then(|| (vendor <= max && self.bit(at + vendor as usize - 1) == 1, end));
         }
-        let Some(entries) = self.read(at, 12) else { return false };
-        at += 12;
+        let entries = self.read(at, 12)?;
+        let (found, end) = self.range_entries(at + 12, entries, vendor)?;
+        Some((found && vendor <= max, end))
+    }
+
+    /// `entries` range entries from `at` (IsARange 1, StartOrOnlyVendorId 16, and EndVendorId
+    /// 16 when IsARange; inclusive): whether one holds `vendor`, and the offset after them.
+    /// All are read (the spec does not require them sorted); each takes at least 17 bits, so
+    /// the loop is bounded by the string's length whatever the count says.
+    fn range_entries(&self, mut at: usize, entries: u32, vendor: u32) -> Option<(bool, usize)> {
         let mut found = false;
         for _ in 0..entries {
-            let (Some(is_a_range), Some(start)) = (self.read(at, 1), self.read(at + 1, 16)) else { return false };
+            let (is_a_range, start) = (self.read(at, 1)?, self.read(at + 1, 16)?);
             at += 17;
             let end = if is_a_range == 1 {
-                let Some(end) = self.read(at, 16) else { return false };
                 at += 16;
-                end
+                self.read(at - 16, 16)?
             } else {
                 start
             };
             found |= start <= vendor && vendor <= end;
         }
-        found && vendor <= max
+        Some((found, at))
+    }
+
+    /// The publisher restrictions at `at` (NumPubRestrictions 12, then each: PurposeId 6,
+    /// RestrictionType 2, NumEntries 12, range entries): whether one on Purpose 1 names
+    /// `vendor` with a type other than 1, "require consent" (0: not allowed; 2: require
+    /// legitimate interest, on which Purpose 1 can never rest; 3: undefined). None when the
+    /// string ends inside them.
+    fn purpose_one_restricted(&self, at: usize, vendor: u32) -> Option<bool> {
+        let count = self.read(at, 12)?;
+        let mut at = at + 12;
+        let mut restricted = false;
+        for _ in 0..count {
+            let (purpose, kind, entries) = (self.read(at, 6)?, self.read(at + 6, 2)?, self.read(at + 8, 12)?);
+            let (names, end) = self.range_entries(at + 20, entries, vendor)?;
+            restricted |= purpose == 1 && kind != RESTRICTION_REQUIRE_CONSENT && names;
+            at = end;
+        }
+        Some(restricted)
     }
 }
+
+/// Publisher restriction type 1: the vendor must have consent for the purpose (which Purpose 1
+/// needs anyway).
+const RESTRICTION_REQUIRE_CONSENT: u32 = 1;
 
 /// The 6 bits a base64url character (RFC 4648 §5) stands for; None for any other byte,
 /// padding ('=') included: the TC string is written without it.
@@ -235,6 +280,9 @@ mod tests {
     }
 
     const P1: u64 = 1 << 23;
+    /// What `core_with` writes after the Vendor Consent Section: an empty legitimate-interest
+    /// section (MaxVendorId 16, IsRangeEncoding 1) and NumPubRestrictions 12 = 0.
+    const TRAILER_BITS: usize = 16 + 1 + 12;
 
     fn v(id: u16) -> Option<NonZeroU16> {
         Some(NonZeroU16::new(id).expect("a vendor id is not 0"))
@@ -295,10 +343,10 @@ mod tests {
     #[test]
     fn a_vendors_bit_is_read_at_its_own_offset() {
         // The bit after the section (the legitimate-interest MaxVendorId 0x8001 starts with a
-        // 1) is not vendor 4's.
+        // 1; its section is ranges, none) is not vendor 4's.
         let mut f = head(2, P1);
         f.extend(bitfield(4, &[1, 2, 3]));
-        f.extend_from_slice(&[(0x8001, 16), (0, 1), (1, 1), (0, 12)]);
+        f.extend_from_slice(&[(0x8001, 16), (1, 1), (0, 12), (0, 12)]);
         let s = encode(&f);
         assert!(consent(s.as_bytes(), v(3)));
         assert!(!consent(s.as_bytes(), v(4)));
@@ -351,13 +399,11 @@ mod tests {
     fn a_string_too_short_for_its_vendor_section_gives_no_vendor_consent() {
         let chars = |bits: usize| bits.div_ceil(6);
         // Bitfield of 700 vendors, vendor 7 set: whole, then cut by one character inside it.
-        let mut f = head(2, P1);
-        f.extend(bitfield(700, &[7]));
-        let whole = encode(&f);
+        let whole = core_with(2, P1, &bitfield(700, &[7]));
         let end = VENDOR_SECTION_BIT + 17 + 700;
-        // `encode` pads to a byte: the string ends with the section (no LI section after it),
-        // which is enough for vendor consent.
-        assert_eq!(whole.len(), chars(end.next_multiple_of(8)));
+        // `encode` pads to a byte, after the empty legitimate-interest section and
+        // NumPubRestrictions.
+        assert_eq!(whole.len(), chars((end + TRAILER_BITS).next_multiple_of(8)));
         assert!(consent(whole.as_bytes(), v(7)));
         let cut = &whole.as_bytes()[..chars(end) - 1];
         assert!(!consent(cut, v(7)), "bitfield cut after vendor 7's bit");
@@ -366,9 +412,7 @@ mod tests {
         assert!(!consent(&whole.as_bytes()[..36], v(7)));
         assert!(!consent(&whole.as_bytes()[..38], v(7)));
         // Ranges: NumEntries says 3, the third is cut (the match is in the first).
-        let mut f = head(2, P1);
-        f.extend(ranges(500, &[(7, 7), (100, 200), (300, 500)]));
-        let whole = encode(&f);
+        let whole = core_with(2, P1, &ranges(500, &[(7, 7), (100, 200), (300, 500)]));
         let end = VENDOR_SECTION_BIT + 17 + 12 + 17 + 33 + 33;
         assert!(consent(whole.as_bytes(), v(7)));
         assert!(consent(whole.as_bytes(), v(400)));
@@ -386,8 +430,9 @@ mod tests {
         assert!(!consent(encode(&f).as_bytes(), v(7)));
     }
 
-    /// Every cut of a string, character by character: before its vendor section is whole no
-    /// vendor is consented; from there on each vendor gets the whole string's answer.
+    /// Every cut of a string, character by character: before its vendor section, the empty
+    /// legitimate-interest section and NumPubRestrictions after it are whole no vendor is
+    /// consented; from there on each vendor gets the whole string's answer.
     #[test]
     fn every_cut_before_the_section_ends_gives_no_vendor_consent() {
         for (section, bits) in [
@@ -395,7 +440,7 @@ mod tests {
             (ranges(900, &[(7, 7), (30, 40), (850, 900)]), 17 + 12 + 17 + 33 + 33),
         ] {
             let whole = core_with(2, P1, &section);
-            let end = VENDOR_SECTION_BIT + bits;
+            let end = VENDOR_SECTION_BIT + bits + TRAILER_BITS;
             for cut in 0..=whole.len() {
                 let s = &whole.as_bytes()[..cut];
                 for id in [1, 2, 7, 8, 30, 35, 39, 40, 41, 849, 850, 900, 901] {
@@ -404,6 +449,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A whole core segment with Purpose 1 consented, `vendors` as its Vendor Consent Section,
+    /// a legitimate-interest section naming vendors 1..=10, and `restrictions` (PurposeId,
+    /// RestrictionType, first and last vendor of one range entry).
+    fn core_restricted(vendors: &[(u64, usize)], restrictions: &[(u64, u64, u16, u16)]) -> String {
+        let mut f = head(2, P1);
+        f.extend_from_slice(vendors);
+        f.extend(ranges(10, &[(1, 10)]));
+        f.push((restrictions.len() as u64, 12));
+        for &(purpose, kind, start, end) in restrictions {
+            f.extend([(purpose, 6), (kind, 2)]);
+            f.extend_from_slice(&ranges(0, &[(start, end)])[2..]);
+        }
+        encode(&f)
+    }
+
+    /// A publisher may disallow a vendor for a purpose (RestrictionType 0), or require
+    /// legitimate interest (2), on which Purpose 1 can never rest: either, on Purpose 1, takes
+    /// away the vendor's consent; "require consent" (1) changes nothing, nor does a
+    /// restriction on another purpose or another vendor.
+    #[test]
+    fn a_publisher_restriction_on_purpose_one_naming_the_vendor_takes_its_consent_away() {
+        let vendors = bitfield(10, &[3, 5]);
+        let free = core_restricted(&vendors, &[]);
+        assert!(consent(free.as_bytes(), v(3)) && consent(free.as_bytes(), v(5)));
+        for (kind, yes) in [(0, false), (1, true), (2, false), (3, false)] {
+            let s = core_restricted(&vendors, &[(1, kind, 3, 3)]);
+            assert_eq!(consent(s.as_bytes(), v(3)), yes, "type {kind}");
+            assert!(consent(s.as_bytes(), v(5)), "type {kind} names vendor 3 only");
+            assert!(purpose_one_consent(s.as_bytes()), "without a vendor id, restrictions name no one");
+        }
+        // Another purpose's restriction; a range around the vendor; the last of several.
+        assert!(consent(core_restricted(&vendors, &[(2, 0, 1, 10)]).as_bytes(), v(3)));
+        let around = core_restricted(&vendors, &[(1, 0, 2, 4)]);
+        assert!(!consent(around.as_bytes(), v(3)));
+        assert!(consent(around.as_bytes(), v(5)));
+        let last = core_restricted(&vendors, &[(2, 0, 5, 5), (1, 1, 5, 5), (1, 0, 5, 6)]);
+        assert!(!consent(last.as_bytes(), v(5)));
+        assert!(consent(last.as_bytes(), v(3)));
+        // Restrictions the string is too short for: no vendor consent, as it might name it.
+        let whole = core_restricted(&vendors, &[(2, 0, 7, 7), (2, 0, 8, 8)]);
+        let end = VENDOR_SECTION_BIT + 17 + 10 + (17 + 12 + 33) + 12 + 2 * (20 + 17);
+        assert!(consent(whole.as_bytes(), v(3)));
+        assert!(!consent(&whole.as_bytes()[..(end - 17).div_ceil(6)], v(3)));
+        assert!(purpose_one_consent(&whole.as_bytes()[..(end - 17).div_ceil(6)]));
     }
 
     /// The real-world string of `a_real_world_string_decoded_by_hand`, its Vendor Consent
@@ -542,25 +633,47 @@ mod tests {
             return false;
         }
         let Some(vendor) = vendor else { return true };
-        let (Some(max), Some(ranges)) = (num(213, 16), num(229, 1)) else { return false };
-        if ranges == 0 {
-            return vendor <= max && bits.len() >= 230 + max as usize && bits[230 + vendor as usize - 1];
-        }
-        let Some(n) = num(230, 12) else { return false };
-        let (mut at, mut found) = (242, false);
-        for _ in 0..n {
-            let (Some(is_range), Some(start)) = (num(at, 1), num(at + 1, 16)) else { return false };
-            at += 17;
-            let end = if is_range == 1 {
-                let Some(end) = num(at, 16) else { return false };
-                at += 16;
-                end
-            } else {
-                start
+        // Range entries from `at`: the vendors they hold, and where they end.
+        let entries = |mut at: usize, n: u32| -> Option<(Vec<u32>, usize)> {
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                let (is_range, start) = (num(at, 1)?, num(at + 1, 16)?);
+                at += 17;
+                let end = if is_range == 1 {
+                    at += 16;
+                    num(at - 16, 16)?
+                } else {
+                    start
+                };
+                ids.extend(start..=end);
+            }
+            Some((ids, at))
+        };
+        // A vendor section from `at`: the vendors it consents to, and where it ends.
+        let section = |at: usize| -> Option<(Vec<u32>, usize)> {
+            let (max, ranges) = (num(at, 16)?, num(at + 16, 1)?);
+            if ranges == 0 {
+                let field = bits.get(at + 17..at + 17 + max as usize)?;
+                let ids = (1..=max).filter(|&id| field[id as usize - 1]).collect();
+                return Some((ids, at + 17 + max as usize));
+            }
+            let (ids, end) = entries(at + 29, num(at + 17, 12)?)?;
+            Some((ids.into_iter().filter(|&id| id <= max).collect(), end))
+        };
+        let Some((consented, li_at)) = section(213) else { return false };
+        let Some((_, restrictions_at)) = section(li_at) else { return false };
+        let Some(count) = num(restrictions_at, 12) else { return false };
+        let mut at = restrictions_at + 12;
+        let mut restricted = false;
+        for _ in 0..count {
+            let (Some(purpose), Some(kind), Some(n)) = (num(at, 6), num(at + 6, 2), num(at + 8, 12)) else {
+                return false;
             };
-            found |= (start..=end).contains(&vendor);
+            let Some((ids, end)) = entries(at + 20, n) else { return false };
+            restricted |= purpose == 1 && kind != 1 && ids.contains(&vendor);
+            at = end;
         }
-        found && vendor <= max
+        consented.contains(&vendor) && !restricted
     }
 
     /// Random consent strings as CMPs write them (bitfields and ranges of random vendors), then
@@ -600,7 +713,26 @@ mod tests {
                 f[14] = (1, 1); // PurposeOneTreatment
             }
             f.extend_from_slice(&section);
-            f.extend_from_slice(&[(0, 16), (0, 1), (0, 12)]);
+            // A legitimate-interest section (empty, or a bitfield or ranges of its own), then
+            // publisher restrictions: none, or a few on Purpose 1 or 2 of any type, some
+            // naming vendors of the consent section.
+            match next(3) {
+                0 => f.extend_from_slice(&[(0, 16), (0, 1)]),
+                1 => {
+                    let li_max = next(200) as u16;
+                    let on: Vec<u16> = (1..=li_max).filter(|_| next(2) == 0).collect();
+                    f.extend(bitfield(li_max, &on));
+                }
+                _ => f.extend(ranges(next(300) as u16 + 1, &[(1, next(200) as u16 + 1)])),
+            }
+            let restrictions = if next(2) == 0 { 0 } else { next(4) };
+            f.push((restrictions, 12));
+            for _ in 0..restrictions {
+                f.extend([(1 + next(2), 6), (next(4), 2)]);
+                let start = next(u64::from(max) + 2) as u16;
+                let r = ranges(0, &[(start, start.saturating_add(next(30) as u16))]);
+                f.extend_from_slice(&r[2..]); // NumEntries and the entry, without MaxVendorId
+            }
             let mut tc = encode(&f).into_bytes();
             match next(4) {
                 0 => tc.truncate(next(tc.len() as u64 + 1) as usize),
