@@ -194,6 +194,22 @@ pub fn metrics(state: &State) -> String {
         "Journal syncs that succeeded (journal.sync: every sync_interval_ms, or per drained batch)",
     );
     let _ = writeln!(out, "tracker_journal_syncs_total {}", sum(&|c| c.journal_syncs.load(Relaxed)));
+    family(
+        &mut out,
+        "tracker_journal_unavailable",
+        "gauge",
+        "1 while the shard's journal fails (appends retried) or is stalled (events wait, none journaled for journal.stall_timeout_ms); logged endpoints answer 503 meanwhile",
+    );
+    for s in shards {
+        for (reason, on) in [("failing", s.journal_failing()), ("stalled", s.journal_stalled())] {
+            let _ = writeln!(
+                out,
+                "tracker_journal_unavailable{{shard=\"{}\",reason=\"{reason}\"}} {}",
+                s.index,
+                u8::from(on)
+            );
+        }
+    }
     family(&mut out, "tracker_journal_errors_total", "counter", "Journal append and sync failures");
     let _ = writeln!(out, "tracker_journal_errors_total {}", sum(&|c| c.journal_errors.load(Relaxed)));
     // Collectors (collector/metrics.rs): per-collector totals, lag, journal size limit.

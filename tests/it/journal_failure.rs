@@ -45,6 +45,7 @@ fn a_failing_journal_refuses_logged_requests_and_keeps_every_acknowledged_event_
             .any(|l| l.starts_with("tracker_rejects_total{reason=\"journal_unavailable\"}") && !l.ends_with(" 0")),
         "{metrics}"
     );
+    assert!(metrics.lines().any(|l| l == "tracker_journal_unavailable{shard=\"0\",reason=\"failing\"} 1"), "{metrics}");
 
     // Space again: the drain's retry succeeds, readiness returns, logged requests are taken.
     std::fs::remove_dir(&block).unwrap();
@@ -167,12 +168,21 @@ fn a_stalled_journal_refuses_logged_requests_until_it_moves_again() {
     conversion_closed_unanswered(&s, "S1");
     let why = ready_when(&s, 503);
     assert!(why.contains("shard 0: journal stalled"), "{why}");
+    let metrics = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    for line in [
+        "tracker_journal_unavailable{shard=\"0\",reason=\"stalled\"} 1",
+        "tracker_journal_unavailable{shard=\"0\",reason=\"failing\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in {metrics}");
+    }
     let refused = s.connect().get("/cv?c=7&order=S2&value=1.5");
     assert_eq!(refused.status, 503);
     assert!(String::from_utf8_lossy(&refused.body).contains("journal unavailable"), "{:?}", refused.body);
     assert_eq!(s.connect().get("/i?c=8").status, 200, "received endpoints answer from the ring");
     drop(held);
     assert_eq!(ready_when(&s, 200), "ready\n");
+    let metrics = String::from_utf8(s.admin_get("/metrics").body).unwrap();
+    assert!(metrics.lines().any(|l| l == "tracker_journal_unavailable{shard=\"0\",reason=\"stalled\"} 0"));
     assert_eq!(s.connect().get("/cv?c=7&order=S3&value=1.5").status, 200);
     assert_eq!(s.stop(), 0);
     let err = s.stderr_lines().join("\n");
