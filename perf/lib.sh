@@ -153,6 +153,14 @@ cpu_ticks() { # cpu_ticks PID... -> "user system" clock ticks, summed over the p
   echo "$user $sys"
 }
 
+# Context switches of every thread of the given processes, voluntary (the thread slept: an
+# io_uring or epoll wait, a nap) and not, summed. A thread that exits between two reads drops
+# out of the second: the counts of a run are a close lower bound, not exact.
+ctx_switches() { # ctx_switches PID... -> "voluntary involuntary"
+  cat "${@/#//proc/}"/task/*/status 2>/dev/null |
+    awk '/^voluntary_ctxt_switches/ { v += $2 } /^nonvoluntary_ctxt_switches/ { n += $2 } END { print v + 0, n + 0 }'
+}
+
 # Long-running children (cargo, wrk) run in the background and are waited for, so that a signal to
 # this script is handled at once (bash defers traps while a foreground child runs); cleanup stops
 # CHILD_PID if it is still set.

@@ -165,13 +165,15 @@ run_one() { # run_one KIND LABEL RUNNO
     warm_reqs=$(awk '/^WRK_RESULT/ { for (i = 2; i <= NF; i++) if ($i ~ /^requests=/) { sub(/.*=/, "", $i); print $i } }' "$d/warmup.txt")
   fi
 
-  local t0 t1 s0 s1 w0 w1
+  local t0 t1 s0 s1 w0 w1 c0 c1
   t0=$(cpu_ticks "${SRV_PIDS[@]}")
+  c0=$(ctx_switches "${SRV_PIDS[@]}")
   s0=$(cpu_line "$SERVER_CPU")
   w0=$(cpu_line "$WRK_CPU")
   run_wrk "$d/wrk.txt" $((DURATION + 30)) "${wrk_cmd[@]}" ||
     { cat "$d/wrk.txt" >&2; die "wrk against $label failed"; }
   t1=$(cpu_ticks "${SRV_PIDS[@]}")
+  c1=$(ctx_switches "${SRV_PIDS[@]}")
   s1=$(cpu_line "$SERVER_CPU")
   w1=$(cpu_line "$WRK_CPU")
   WRK_CMD_SHOWN="${wrk_cmd[*]}"
@@ -240,7 +242,7 @@ run_one() { # run_one KIND LABEL RUNNO
     return 1
   fi
 
-  local cpu_us user_us sys_us srv_busy wrk_busy steal log_bpr
+  local cpu_us user_us sys_us srv_busy wrk_busy steal log_bpr sleeps_k
   # µs per request: total, then its user-space and kernel parts (the kernel's TCP path is most of
   # it for both servers, and where a noisy VM's variance shows).
   read -r cpu_us user_us sys_us <<<"$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$req" 'BEGIN {
@@ -252,6 +254,10 @@ run_one() { # run_one KIND LABEL RUNNO
   wrk_busy=$(awk -v a="$w0" -v b="$w1" 'BEGIN {
     split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; if (t <= 0) t = 1
     printf "%.0f", 100 * (y[1] - x[1]) / t }')
+  # Times the server's threads went to sleep per 1000 requests: a server faster than wrk
+  # sleeps between bursts and pays each wake-up in kernel time (perf/RESULTS.md).
+  sleeps_k=$(awk -v a="$c0" -v b="$c1" -v n="$req" 'BEGIN {
+    split(a, x, " "); split(b, y, " "); printf "%.1f", 1000 * (y[1] - x[1]) / n }')
   # Requests the server saw: readiness probe(s) + warm-up + measured (+ up to CONNS in flight).
   log_bpr=$(awk -v b="$log_bytes" -v n="$((req + warm_reqs + 1))" 'BEGIN { printf "%.0f", b / n }')
 
@@ -266,11 +272,11 @@ run_one() { # run_one KIND LABEL RUNNO
   else
     logdesc="journal $log_bytes B"
   fi
-  log "$(printf 'run %d %-8s %9.0f req/s  %6s us/req CPU (user %s sys %s)  p50 %6.0f us  p99 %7.0f us  non2xx %d sock-err %d  core busy srv %s%% (steal %s%%) wrk %s%%  %s' \
-    "$n" "$kind" "$rps" "$cpu_us" "$user_us" "$sys_us" "$p50" "$p99" "$non" "$sock" "$srv_busy" "$steal" "$wrk_busy" "$logdesc")"
-  printf '%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+  log "$(printf 'run %d %-8s %9.0f req/s  %6s us/req CPU (user %s sys %s)  p50 %6.0f us  p99 %7.0f us  non2xx %d sock-err %d  core busy srv %s%% (steal %s%%) wrk %s%%  sleeps/1k req %s  %s' \
+    "$n" "$kind" "$rps" "$cpu_us" "$user_us" "$sys_us" "$p50" "$p99" "$non" "$sock" "$srv_busy" "$steal" "$wrk_busy" "$sleeps_k" "$logdesc")"
+  printf '%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$kind" "$n" "$rps" "$cpu_us" "$p50" "$p99" "$non" "$sock" "$srv_busy" "$wrk_busy" "$log_bpr" "$req" "$steal" \
-    "$user_us" "$sys_us" >>"$RUNS_TSV"
+    "$user_us" "$sys_us" "$sleeps_k" >>"$RUNS_TSV"
 }
 
 # ---------------------------------------------------------------- main loop
@@ -312,7 +318,7 @@ table_for() { # table_for KIND LABEL
   printf '| metric | median | min | max |\n|---|---:|---:|---:|\n'
   local row col name fmt m lo hi
   for row in "3|req/s|%.0f" "4|server CPU µs/req|%.2f" "14|… of it user space|%.2f" "15|… of it kernel|%.2f" "5|p50 latency µs|%.0f" "6|p99 latency µs|%.0f" \
-    "7|non-2xx responses|%.0f" "8|socket errors|%.0f" "9|server core busy %|%.0f" "10|wrk core busy %|%.0f" \
+    "7|non-2xx responses|%.0f" "8|socket errors|%.0f" "9|server core busy %|%.0f" "16|server sleeps per 1000 requests|%.1f" "10|wrk core busy %|%.0f" \
     "11|log bytes/req|%.0f"; do
     IFS='|' read -r col name fmt <<<"$row"
     read -r m lo hi <<<"$(stats "$col" "$kind")"
