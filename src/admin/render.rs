@@ -263,7 +263,7 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
 }
 
 /// The `/stats` body: `{"histograms": {"service": {"shards": [{"shard": 0, "count": …,
-/// "p50_ns": …}, …], "total": {…}}, "journal": …, "collector_publish": …}}`.
+/// "p50_ns": …}, …], "total": {…}}, "journal": …, "journal_sync": …, "collector_publish": …}}`.
 pub fn stats_json(state: &State) -> String {
     let mut hs = serde_json::Map::new();
     for kind in KINDS {

@@ -57,13 +57,21 @@ pub(super) struct SyncJob {
 /// Ok(true): the directory was fsynced too.
 type Outcome = Result<bool, JournalError>;
 
+/// What became of a job, and how long it took (ns).
+pub(super) struct Done {
+    pub number: u64,
+    pub to: usize,
+    pub outcome: Outcome,
+    pub took_ns: u64,
+}
+
 /// The hand-over between the writer and its sync thread.
 #[derive(Default)]
 struct Slot {
     /// Given, not yet taken by the thread.
     job: Option<SyncJob>,
-    /// The last job's outcome, until the writer takes it.
-    outcome: Option<Outcome>,
+    /// The last job's outcome and duration (ns), until the writer takes it.
+    outcome: Option<(Outcome, u64)>,
     /// The writer is gone: end once no job is left.
     stop: bool,
 }
@@ -131,13 +139,13 @@ impl Syncer {
     /// and what became of it. None when none is in flight. The thread outlives every job (it
     /// ends only at drop, and nothing in `serve` outside the job can panic), so an outcome
     /// comes.
-    pub(super) fn wait(&mut self) -> Option<(u64, usize, Outcome)> {
+    pub(super) fn wait(&mut self) -> Option<Done> {
         let (number, to) = self.in_flight.take()?;
         let mut slot = self.shared.lock();
         loop {
-            if let Some(outcome) = slot.outcome.take() {
+            if let Some((outcome, took_ns)) = slot.outcome.take() {
                 self.shared.done.store(false, Relaxed);
-                return Some((number, to, outcome));
+                return Some(Done { number, to, outcome, took_ns });
             }
             slot = self.shared.changed.wait(slot).unwrap_or_else(|p| p.into_inner());
         }
@@ -174,16 +182,25 @@ fn serve(shared: &Shared) {
             }
         };
         let path = job.active.1.clone();
-        let outcome = catch_unwind(AssertUnwindSafe(|| run(job))).unwrap_or_else(|_| {
-            Err(JournalError::invalid("sync", &path, std::io::ErrorKind::Other, "the sync job panicked".into()))
+        let (outcome, took_ns) = timed(|| {
+            catch_unwind(AssertUnwindSafe(|| run(job))).unwrap_or_else(|_| {
+                Err(JournalError::invalid("sync", &path, std::io::ErrorKind::Other, "the sync job panicked".into()))
+            })
         });
         // `done` changes only under the lock, so it always says whether `outcome` is there.
         let mut slot = shared.lock();
-        slot.outcome = Some(outcome);
+        slot.outcome = Some((outcome, took_ns));
         shared.done.store(true, Release);
         drop(slot);
         shared.changed.notify_all();
     }
+}
+
+/// `f`'s result and how long it took, ns.
+pub(super) fn timed<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let start = std::time::Instant::now();
+    let r = f();
+    (r, start.elapsed().as_nanos() as u64)
 }
 
 /// Writes the job back; Ok(true) when it fsynced the directory too.

@@ -37,7 +37,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use memmap2::{MmapMut, MmapOptions};
 
 use super::ahead::{Ahead, AheadSpec};
-use super::background_sync::{SyncJob, Syncer};
+use super::background_sync::{timed, SyncJob, Syncer};
 use super::error::JournalError;
 use super::writer_state;
 use crate::event::{Event, EVENT_BYTES};
@@ -731,6 +731,9 @@ pub struct ShardJournal {
     bytes_written_total: u64,
     /// Syncs that succeeded, in the background or not (`syncs`).
     syncs: u64,
+    /// How long the last sync whose outcome was applied took, ns, until taken
+    /// (`take_sync_duration_ns`).
+    sync_ns: Option<u64>,
     /// An msync failed at some point: records may be missing from the disk even after a later
     /// sync succeeds, so this run never records a clean stop.
     sync_failed: bool,
@@ -927,6 +930,7 @@ impl ShardJournal {
             kernel_writeback_only: false,
             bytes_written_total,
             syncs: 0,
+            sync_ns: None,
             sync_failed: leftovers_synced.is_err(),
             deferred_sync_error: None,
             syncer: None,
@@ -969,9 +973,10 @@ impl ShardJournal {
     pub fn sync(&mut self) -> Result<(), JournalError> {
         // A background sync's error is this sync's too; the sync itself still runs.
         let before = self.finish_background_sync();
-        let r = self.sync_inner();
+        let (r, took_ns) = timed(|| self.sync_inner());
         self.sync_failed |= r.is_err();
         self.syncs += r.is_ok() as u64;
+        self.sync_ns = Some(took_ns);
         before.and(r)
     }
 
@@ -1018,7 +1023,9 @@ impl ShardJournal {
         match &mut self.syncer {
             Some(s) => s.submit(number, to, job),
             None => {
-                let r = self.apply_sync_outcome(number, to, super::background_sync::run(job));
+                let (outcome, took_ns) = timed(|| super::background_sync::run(job));
+                self.sync_ns = Some(took_ns);
+                let r = self.apply_sync_outcome(number, to, outcome);
                 return Some(before.and(r));
             }
         }
@@ -1044,10 +1051,11 @@ impl ShardJournal {
     /// active segment is synced, and an error as a failed sync, with any error deferred to the
     /// next sync (which it was).
     fn finish_background_sync(&mut self) -> Result<(), JournalError> {
-        let Some((number, to, outcome)) = self.syncer.as_mut().and_then(Syncer::wait) else {
+        let Some(done) = self.syncer.as_mut().and_then(Syncer::wait) else {
             return Ok(());
         };
-        self.apply_sync_outcome(number, to, outcome)
+        self.sync_ns = Some(done.took_ns);
+        self.apply_sync_outcome(done.number, done.to, done.outcome)
     }
 
     /// Applies the outcome of a sync job started when segment `number` was written up to `to`
@@ -1275,6 +1283,13 @@ impl ShardJournal {
     /// Syncs that succeeded so far (`sync`, and background syncs once their outcome is applied).
     pub fn syncs(&self) -> u64 {
         self.syncs
+    }
+
+    /// How long the last sync took (ns), once: the one whose outcome was applied last, failed
+    /// or not. The drain takes it after each call that may sync, for
+    /// `tracker_journal_sync_seconds`.
+    pub fn take_sync_duration_ns(&mut self) -> Option<u64> {
+        self.sync_ns.take()
     }
 
     /// Records in the active segment, recovered ones included.

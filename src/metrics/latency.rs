@@ -161,10 +161,11 @@ impl Published {
 pub enum Kind {
     Service,
     Journal,
+    JournalSync,
     CollectorPublish,
 }
 
-pub const KINDS: [Kind; 3] = [Kind::Service, Kind::Journal, Kind::CollectorPublish];
+pub const KINDS: [Kind; 4] = [Kind::Service, Kind::Journal, Kind::JournalSync, Kind::CollectorPublish];
 
 impl Kind {
     /// Tag in the `.hlog` and key in `/stats` (no spaces or commas: interval-log tags forbid them).
@@ -172,6 +173,7 @@ impl Kind {
         match self {
             Kind::Service => "service",
             Kind::Journal => "journal",
+            Kind::JournalSync => "journal_sync",
             Kind::CollectorPublish => "collector_publish",
         }
     }
@@ -181,6 +183,7 @@ impl Kind {
         match self {
             Kind::Service => "tracker_request_service_seconds",
             Kind::Journal => "tracker_journal_latency_seconds",
+            Kind::JournalSync => "tracker_journal_sync_seconds",
             Kind::CollectorPublish => "tracker_collector_publish_seconds",
         }
     }
@@ -189,6 +192,7 @@ impl Kind {
         match self {
             Kind::Service => "Request service time: read completion to response queued in the write buffer",
             Kind::Journal => "Ingest-to-journal latency: event receive time to record appended in the segment",
+            Kind::JournalSync => "Journal sync duration: one sync (msync / fdatasync of what was appended since the last) from start to end, on the sync thread under interval, on the drain under always",
             Kind::CollectorPublish => "Collector publish latency (recorded by collectors)",
         }
     }
@@ -199,6 +203,7 @@ impl Kind {
 pub struct ShardLatency {
     pub service: Published,
     pub journal: Published,
+    pub journal_sync: Published,
     /// Hook for collectors: see the module doc.
     pub collector_publish: Published,
 }
@@ -208,6 +213,7 @@ impl ShardLatency {
         match k {
             Kind::Service => &self.service,
             Kind::Journal => &self.journal,
+            Kind::JournalSync => &self.journal_sync,
             Kind::CollectorPublish => &self.collector_publish,
         }
     }

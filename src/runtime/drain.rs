@@ -90,6 +90,8 @@ pub fn run(
     // Ingest-to-journal latency (metrics::latency): receive times of the batch, recorded against
     // one clock read once the batch is appended.
     let mut latency = LocalHistogram::new();
+    // How long each sync took (`ShardJournal::take_sync_duration_ns`), on whichever thread.
+    let mut sync_latency = LocalHistogram::new();
     let mut batch_ts = [0u64; DRAIN_BATCH_EVENTS];
     let mut next_publish = Instant::now() + publish_interval;
     // When the reactor had exited and the journal was failing: the STOP_RETRY clock.
@@ -188,8 +190,12 @@ pub fn run(
             }
             counters.journal_syncs.store(journal.syncs(), Relaxed);
         }
+        if let Some(ns) = journal.take_sync_duration_ns() {
+            sync_latency.record(ns);
+        }
         if Instant::now() >= next_publish {
             latency.publish(&counters.latency.journal);
+            sync_latency.publish(&counters.latency.journal_sync);
             next_publish = Instant::now() + publish_interval;
         }
         if failed {
@@ -247,12 +253,16 @@ pub fn run(
         }
     }
     // A clean stop only when every event of the ring made it into the journal.
+    // The final sync, timed here: a clean close consumes the journal.
+    let start = Instant::now();
     let result = if ring.is_empty() { journal.close_clean() } else { journal.sync() };
+    sync_latency.record(start.elapsed().as_nanos() as u64);
     if let Err(e) = result {
         shared.final_sync_failed.store(true, SeqCst);
         eprintln!("tracker: shard {}: final journal sync failed: {e}", shared.index);
     }
     latency.publish_wait(&counters.latency.journal);
+    sync_latency.publish_wait(&counters.latency.journal_sync);
 }
 
 /// Syncs the journal; false (logged and counted) when that failed.

@@ -81,6 +81,31 @@ pub(crate) fn metrics_when(
     }
 }
 
+/// Journal syncs are counted and each one's duration is a histogram (per shard and merged),
+/// whichever thread ran it; `/stats` has it under `journal_sync`.
+#[test]
+fn journal_syncs_are_counted_and_timed() {
+    let cfg = config_with(&[
+        ("publish_interval_ms = 1000", "publish_interval_ms = 20"),
+        ("sync_interval_ms = 1000", "sync_interval_ms = 10"),
+    ]);
+    let s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let c = std::cell::RefCell::new(s.connect());
+    let m = metrics_when(&s, "three syncs counted and timed", |m| {
+        // A sync needs something appended since the last one.
+        assert_eq!(c.borrow_mut().get("/i?c=5").status, 200);
+        get(m, "tracker_journal_syncs_total") >= 3.0 && get(m, "tracker_journal_sync_merged_seconds_count") >= 3.0
+    });
+    assert_eq!(
+        get(&m, r#"tracker_journal_sync_seconds_count{shard="0"}"#),
+        get(&m, "tracker_journal_sync_merged_seconds_count")
+    );
+    let slowest = get(&m, r#"tracker_journal_sync_merged_seconds{quantile="1"}"#);
+    assert!(slowest > 0.0 && slowest < 30.0, "{slowest}");
+    let stats: serde_json::Value = serde_json::from_slice(&s.admin_get("/stats").body).unwrap();
+    assert!(stats["histograms"]["journal_sync"]["total"]["count"].as_u64().unwrap() >= 3, "{stats}");
+}
+
 #[test]
 fn metrics_count_exactly_the_requests_sent_and_histograms_merge_across_shards() {
     let cfg = config_with(&[("publish_interval_ms = 1000", "publish_interval_ms = 20")]);
