@@ -257,7 +257,7 @@ pub const ADMIN_KEYS: &[KeySpec] = &[
     k("admin", "ready_ring_backlog_events_max", "integer", "events", Int(0), Range(0, RING_EVENTS_MAX as i64), "",
       "/ready answers 503 when a ring holds more unread events than this. 0 = half of server.ring_events."),
     k("admin", "hlog_path", "path", "", NoDefault, Rule("a file path; unset or \"\" = off"), "",
-      "Append the merged latency histograms to this HdrHistogram interval log (tags service, journal, collector_publish; ns)."),
+      "Append the merged latency histograms to this HdrHistogram interval log (tags service, journal, journal_sync, collector_publish; ns)."),
     k("admin", "hlog_interval_ms", "integer", "ms", Int(10_000), Range(100, 3_600_000), "",
       "Interval of the .hlog."),
 ];
