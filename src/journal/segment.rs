@@ -1024,8 +1024,7 @@ impl ShardJournal {
             Some(s) => s.submit(number, to, job),
             None => {
                 let (outcome, took_ns) = timed(|| super::background_sync::run(job));
-                self.sync_ns = Some(took_ns);
-                let r = self.apply_sync_outcome(number, to, outcome);
+                let r = self.apply_sync_outcome(number, to, outcome, took_ns);
                 return Some(before.and(r));
             }
         }
@@ -1054,19 +1053,20 @@ impl ShardJournal {
         let Some(done) = self.syncer.as_mut().and_then(Syncer::wait) else {
             return Ok(());
         };
-        self.sync_ns = Some(done.took_ns);
-        self.apply_sync_outcome(done.number, done.to, done.outcome)
+        self.apply_sync_outcome(done.number, done.to, done.outcome, done.took_ns)
     }
 
     /// Applies the outcome of a sync job started when segment `number` was written up to `to`
     /// (Ok(true): the directory was fsynced too). Only the active segment's progress is kept:
     /// one left since is retired, and the directory fsync predates that rotation's rename. An
-    /// error, or one deferred to this sync, is a failed sync.
+    /// error, or one deferred to this sync, is a failed sync. `took_ns`: how long the job took
+    /// (`take_sync_duration_ns`).
     fn apply_sync_outcome(
         &mut self,
         number: u64,
         to: usize,
         outcome: Result<bool, JournalError>,
+        took_ns: u64,
     ) -> Result<(), JournalError> {
         let r = outcome.and_then(|dir_synced| {
             if self.active.number == number {
@@ -1079,6 +1079,7 @@ impl ShardJournal {
         });
         self.sync_failed |= r.is_err();
         self.syncs += r.is_ok() as u64;
+        self.sync_ns = Some(took_ns);
         r
     }
 

@@ -156,7 +156,6 @@ pub fn run(
                     );
                     shared.set_journal_failing(true);
                 }
-                counters.journal_syncs.store(journal.syncs(), Relaxed);
                 dirty = false;
             }
             if !durability_lost {
@@ -188,10 +187,10 @@ pub fn run(
                     }
                 }
             }
-            counters.journal_syncs.store(journal.syncs(), Relaxed);
         }
         if let Some(ns) = journal.take_sync_duration_ns() {
             sync_latency.record(ns);
+            counters.journal_syncs.store(journal.syncs(), Relaxed);
         }
         if Instant::now() >= next_publish {
             latency.publish(&counters.latency.journal);
