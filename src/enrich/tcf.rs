@@ -56,8 +56,9 @@
 //! With a vendor id, a publisher restriction on Purpose 1 that names the vendor with any type but
 //! "require consent" is no consent; so is a string that ends before the restrictions are whole.
 //! Not read: what the legitimate-interest section says, restrictions on other purposes, and
-//! the segments after the core (see docs/privacy.md). No allocation: each base64url character is mapped to its 6
-//! bits on the fly when a bit of it is read, and range entries are read one at a time.
+//! the segments after the core (see docs/privacy.md). No allocation: each base64url character
+//! is mapped to its 6 bits on the fly when a bit of it is read, and range entries are read one
+//! at a time.
 
 use std::num::NonZeroU16;
 
@@ -165,8 +166,9 @@ impl<'a> Core<'a> {
             let (is_a_range, start) = (self.read(at, 1)?, self.read(at + 1, 16)?);
             at += 17;
             let end = if is_a_range == 1 {
+                let end = self.read(at, 16)?;
                 at += 16;
-                self.read(at - 16, 16)?
+                end
             } else {
                 start
             };
@@ -300,7 +302,15 @@ mod tests {
     /// each entry (start, end): IsARange = 0 and one id when start == end, else IsARange = 1
     /// and both.
     fn ranges(max: u16, entries: &[(u16, u16)]) -> Vec<(u64, usize)> {
-        let mut f = vec![(u64::from(max), 16), (1, 1), (entries.len() as u64, 12)];
+        let mut f = vec![(u64::from(max), 16), (1, 1)];
+        f.extend(range_entries(entries));
+        f
+    }
+
+    /// NumEntries, then each entry (start, end): IsARange = 0 and one id when start == end,
+    /// else IsARange = 1 and both (a vendor section's ranges, a publisher restriction's).
+    fn range_entries(entries: &[(u16, u16)]) -> Vec<(u64, usize)> {
+        let mut f = vec![(entries.len() as u64, 12)];
         for &(start, end) in entries {
             if start == end {
                 f.extend_from_slice(&[(0, 1), (u64::from(start), 16)]);
@@ -461,7 +471,7 @@ mod tests {
         f.push((restrictions.len() as u64, 12));
         for &(purpose, kind, start, end) in restrictions {
             f.extend([(purpose, 6), (kind, 2)]);
-            f.extend_from_slice(&ranges(0, &[(start, end)])[2..]);
+            f.extend(range_entries(&[(start, end)]));
         }
         encode(&f)
     }
@@ -730,8 +740,7 @@ mod tests {
             for _ in 0..restrictions {
                 f.extend([(1 + next(2), 6), (next(4), 2)]);
                 let start = next(u64::from(max) + 2) as u16;
-                let r = ranges(0, &[(start, start.saturating_add(next(30) as u16))]);
-                f.extend_from_slice(&r[2..]); // NumEntries and the entry, without MaxVendorId
+                f.extend(range_entries(&[(start, start.saturating_add(next(30) as u16))]));
             }
             let mut tc = encode(&f).into_bytes();
             match next(4) {
