@@ -542,14 +542,15 @@ fn journal_cat(dir: &std::path::Path, follow: bool, strict: bool) -> ExitCode {
                 return ExitCode::from(1);
             }
         }
-        // What was skipped (a bad record, a segment with a bad header) is said, not hidden:
-        // stdout stays one event per line, stderr names each file and what was wrong.
+        // What was skipped (a bad record, a segment with a bad header) or read around (a header
+        // read from its second copy) is said, not hidden: stdout stays one event per line,
+        // stderr names each file and what was wrong (each warning says what was done).
         let (warnings, dropped) = reader.take_warnings();
         for w in &warnings {
-            eprintln!("tracker: journal cat: skipped: {w}");
+            eprintln!("tracker: journal cat: {w}");
         }
         if dropped > 0 {
-            eprintln!("tracker: journal cat: {dropped} more skipped (not listed)");
+            eprintln!("tracker: journal cat: {dropped} more warning(s) (not listed)");
         }
         if broken || out.flush().is_err() {
             // stdout closed (e.g. piped into head): not an error.

@@ -239,12 +239,12 @@ mod tests {
         f.write_all_at(&fixed, 0).unwrap();
     }
 
-    /// A journal of shard 0 with segments 1, 2 and 3 (a header page + 4 records each, 9
+    /// A journal of shard 0 with segments 1, 2 and 3 (a two-page header + 4 records each, 9
     /// events), the first `backdated` of them created at time 0. The writer is closed.
     fn three_segments(backdated: u64) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         let schema = crate::collector::source::tests::schema();
-        let (mut j, _) = ShardJournal::open(d.path(), 0, (PAGE_BYTES + 4 * EVENT_BYTES) as u64, &schema).unwrap();
+        let (mut j, _) = ShardJournal::open(d.path(), 0, (2 * PAGE_BYTES + 4 * EVENT_BYTES) as u64, &schema).unwrap();
         for s in 1..=9 {
             let mut e = Event::ZERO;
             e.seq = s;

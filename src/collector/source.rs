@@ -146,7 +146,17 @@ impl ShardSource {
             Err(bad) => Err(bad.to_string()),
         };
         let (header, schema) = match parsed {
-            Ok(hs) => hs,
+            Ok((h, s)) => {
+                if let Some(bad) = &h.first_copy_bad {
+                    eprintln!(
+                        "tracker: collector source: {}: the header's first copy is damaged ({bad}); read from the \
+                         second, at offset {}",
+                        path.display(),
+                        h.read_at()
+                    );
+                }
+                (h, s)
+            }
             Err(why) => {
                 // Unreadable for good (a header is on disk before the file gets its name): the
                 // reader goes on with the next segment, as `journal cat` does, and says which
@@ -308,6 +318,9 @@ impl ShardSource {
 pub(super) mod tests {
     use super::*;
     use crate::journal::{ShardJournal, PAGE_BYTES};
+
+    /// The test schema's header: two copies of one page.
+    const HDR: usize = 2 * PAGE_BYTES;
     use crate::schema::{FieldKind, FieldSchema, TypeSchema, SCHEMA_VERSION};
 
     /// One type, `impression`, with one u64 field `c`: the collectors' tests' journal schema.
@@ -337,8 +350,8 @@ pub(super) mod tests {
     #[test]
     fn stops_at_a_bad_record_of_the_last_segment_and_skips_one_the_writer_left() {
         let d = tempfile::tempdir().unwrap();
-        // Header page + 4 records per segment.
-        let seg_bytes = (PAGE_BYTES + 4 * EVENT_BYTES) as u64;
+        // Header + 4 records per segment.
+        let seg_bytes = (HDR + 4 * EVENT_BYTES) as u64;
         let (mut j, _) = ShardJournal::open(d.path(), 0, seg_bytes, &schema()).unwrap();
         for s in 1..=3 {
             j.append(&mut ev(s)).unwrap();
@@ -346,7 +359,7 @@ pub(super) mod tests {
         // Corrupt record 1 (seq 2) of segment 1, which is still the writer's.
         let path = segment_path(&shard_dir(d.path(), 0), 1);
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(&[0xff], (PAGE_BYTES + EVENT_BYTES + 100) as u64).unwrap();
+        f.write_all_at(&[0xff], (HDR + EVENT_BYTES + 100) as u64).unwrap();
 
         let mut src = ShardSource::new(d.path(), 0);
         let p = src.resolve(Position::default()).unwrap().unwrap();
@@ -373,8 +386,8 @@ pub(super) mod tests {
     #[test]
     fn a_zeroed_gap_in_a_segment_the_writer_left_is_passed_over() {
         let d = tempfile::tempdir().unwrap();
-        // Header page + 4096 records (2 MiB): room for a hole past the zero-filled window.
-        let seg_bytes = (PAGE_BYTES + 4096 * EVENT_BYTES) as u64;
+        // Header + 4096 records (2 MiB): room for a hole past the zero-filled window.
+        let seg_bytes = (HDR + 4096 * EVENT_BYTES) as u64;
         let (mut j, _) = ShardJournal::open(d.path(), 0, seg_bytes, &schema()).unwrap();
         for s in 1..=6 {
             j.append(&mut ev(s)).unwrap();
@@ -384,10 +397,10 @@ pub(super) mod tests {
         // (index 3000, in a hole) was written back where the writer never got.
         let path = segment_path(&shard_dir(d.path(), 0), 1);
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(&[0; EVENT_BYTES], (PAGE_BYTES + 2 * EVENT_BYTES) as u64).unwrap();
+        f.write_all_at(&[0; EVENT_BYTES], (HDR + 2 * EVENT_BYTES) as u64).unwrap();
         let mut far = ev(99);
         far.seal();
-        f.write_all_at(far.as_bytes(), (PAGE_BYTES + 3000 * EVENT_BYTES) as u64).unwrap();
+        f.write_all_at(far.as_bytes(), (HDR + 3000 * EVENT_BYTES) as u64).unwrap();
 
         let mut src = ShardSource::new(d.path(), 0);
         let mut out = Vec::new();

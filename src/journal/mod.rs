@@ -33,7 +33,8 @@
 //! ```text
 //! root/shard-000/00000000000000000001.seg      shard: 3+ digits; segment number: 20 digits, from 1
 //!               00000000000000000002.seg
-//!               00000000000000000003.seg.corrupt  header failed its checks; set aside by the writer
+//!               00000000000000000003.seg.corrupt  both header copies failed their checks; set
+//!                                                 aside by the writer
 //!               00000000000000000004.seg.tmp      being created, or made ahead for the next
 //!                                                 rotation (resolved at open if left over: see
 //!                                                 Recover)
@@ -86,7 +87,8 @@
 //! bad or zero slot = left in place (`sealed_bad_records`), and readers deliver every intact record in it,
 //! past bad slots and zeroed gaps. It then goes on appending to that segment, or
 //! starts a new one (reason and detail in the report) when the segment was left in place, is
-//! full, has another schema, or has a bad header (the file is renamed `.corrupt`). When the last
+//! full, has another schema, or has a bad header (both copies bad: the file is renamed `.corrupt`;
+//! the first copy alone bad: it is rewritten from the second, a note in the report). When the last
 //! writer did not stop cleanly, a `syncfs` writes back what it left in the page cache (in any
 //! segment), so this writer's clean stop covers it. Then it records `<boot id> running`, and
 //! [`ShardJournal::close_clean`] `<boot id> clean`.

@@ -31,7 +31,8 @@
 //! it is named in a warning when the reader passes its number; segments deleted before the first
 //! one the reader opens are simply the journal's start.
 //!
-//! A segment whose header fails its checks is skipped with a warning naming the file (and
+//! A segment whose header's first copy fails its checks is read through the second, with a
+//! warning naming the file. One whose copies both fail is skipped with a warning naming the file (and
 //! counted in [`JournalReader::corrupt_segments`]), so one bad file does not hide the segments
 //! after it. Files named `.seg.corrupt` and `.seg.unpublished` (set aside by the writer, with or
 //! without a copy number such as `.1`) and `.seg.tmp` (being created) are never read.
@@ -295,7 +296,17 @@ impl ShardCursor {
             // Read, good or bad: a corrupt header stays corrupt, so it is named once and passed.
             self.next_number = number + 1;
             let header = match header {
-                Ok(h) => h,
+                Ok(h) => {
+                    if let Some(bad) = &h.first_copy_bad {
+                        stats.warn(JournalError::invalid(
+                            "read header",
+                            &path,
+                            io::ErrorKind::InvalidData,
+                            format!("first copy damaged ({bad}); read from the second, at offset {}", h.read_at()),
+                        ));
+                    }
+                    h
+                }
                 Err(bad) => {
                     stats.corrupt_segments += 1;
                     stats.warn(JournalError::invalid(

@@ -1,13 +1,14 @@
 //! Segment files: the header layout with its constants, the writer ([`ShardJournal`]) and
 //! recovery of the last segment on open.
 //!
-//! Header, at offset 0 of every segment (little-endian, offsets in bytes):
+//! Header, at offset 0 of every segment and again, byte for byte, at `header_bytes / 2` (the
+//! copy; little-endian, offsets in bytes from the start of either):
 //!
 //! | offset | size | field          | value / check                                                |
 //! |-------:|-----:|----------------|--------------------------------------------------------------|
 //! |      0 |    8 | `magic`        | [`SEGMENT_MAGIC`] `b"TRKJRNL1"`                              |
-//! |      8 |    4 | `version`      | [`FORMAT_VERSION`]; any other value is rejected              |
-//! |     12 |    4 | `header_bytes` | first record's offset: [`PAGE_BYTES`] × k, ≥ 64 + schema     |
+//! |      8 |    4 | `version`      | [`FORMAT_VERSION`] (2), or 1 ([`FORMAT_VERSION_ONE_HEADER`]) |
+//! |     12 |    4 | `header_bytes` | first record's offset: two copies of [`PAGE_BYTES`] × k each |
 //! |     16 |    2 | `shard`        | equals the `shard-NNN` directory                             |
 //! |     18 |    6 | reserved       | zero                                                         |
 //! |     24 |    8 | `segment`      | segment number, equals the file name                         |
@@ -17,7 +18,18 @@
 //! |     48 |   12 | reserved       | zero                                                         |
 //! |     60 |    4 | `crc`          | CRC32C of bytes 0..60, then of the schema JSON               |
 //! |     64 |    n | schema JSON    | [`Schema::to_json`] of the schema the records were made with |
-//! | 64 + n |      | zero           | up to `header_bytes`                                         |
+//! | 64 + n |      | zero           | up to the end of the copy's pages                            |
+//!
+//! Why two copies: every record carries its own CRC, but the schema that decodes them is in the
+//! header, so one bad byte there would make the whole segment (~130 k events at 64 MiB)
+//! unreadable. The copy starts on its own page, so damage to one page (a bad sector, a page a
+//! power loss left unwritten) leaves the other. A reader whose header at 0 fails its checks
+//! looks for the copy at each page up to the largest header, takes the first one that passes
+//! every check and whose own `header_bytes` puts it at exactly half, and says so; the writer
+//! rewrites a damaged first copy of the last segment from the second at start. A page at or
+//! after `header_bytes` starts with a record (CRC, then `RECORD_MAGIC`), which never reads as a
+//! header. Version 1 segments (one copy, `header_bytes` = its pages) are read and appended to as
+//! they are.
 //!
 //! Records follow from `header_bytes`: raw [`Event`] bytes back to back, each sealed (magic +
 //! CRC32C). The file is preallocated to `segment_bytes`; while the writer is on the segment its
@@ -46,7 +58,10 @@ use crate::schema::Schema;
 /// First 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TRKJRNL1";
 /// On-disk format version; bump on any change to the header or record layout.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The format before the header copy: the same header and records, the header once. Still read,
+/// and a last segment in it is still appended to.
+pub const FORMAT_VERSION_ONE_HEADER: u32 = 1;
 /// Alignment unit of the header: records start at a multiple of it, so no record straddles a
 /// page and each record sits at a 64-byte aligned address in the map.
 pub const PAGE_BYTES: usize = 4096;
@@ -89,8 +104,10 @@ const _: () = assert!(at::CRC + 4 == HEADER_FIXED_BYTES, "the crc is the last fi
 const _: () = assert!(at::MAGIC + SEGMENT_MAGIC.len() == at::VERSION);
 const _: () = assert!(at::SCHEMA_BYTES + 4 <= at::CRC);
 const _: () = assert!(HEADER_FIXED_BYTES <= PAGE_BYTES);
-const _: () =
-    assert!(HEADER_FIXED_BYTES + SCHEMA_BYTES_MAX + PAGE_BYTES <= u32::MAX as usize, "header_bytes fits its u32 field");
+const _: () = assert!(
+    2 * (HEADER_FIXED_BYTES + SCHEMA_BYTES_MAX + PAGE_BYTES) <= u32::MAX as usize,
+    "header_bytes fits its u32 field"
+);
 const _: () = assert!(EVENT_BYTES <= u32::MAX as usize);
 // u64::MAX = 18446744073709551615 has 20 digits.
 const _: () = assert!(u64::MAX / 10u64.pow(SEGMENT_NAME_DIGITS as u32 - 1) >= 1);
@@ -255,6 +272,8 @@ pub(crate) struct SegmentHeader {
     pub segment: u64,
     pub created_ns: u64,
     pub schema_json: Vec<u8>,
+    /// Read from the copy at `header_bytes / 2`: what was wrong with the first copy.
+    pub first_copy_bad: Option<HeaderError>,
 }
 
 /// Why a header was rejected. Each names the numbers found.
@@ -325,7 +344,11 @@ impl std::fmt::Display for HeaderError {
                 write!(f, "bad magic {:?}, expected {:?}", found.escape_ascii().to_string(), "TRKJRNL1")
             }
             HeaderError::Version { found } => {
-                write!(f, "format version {found}, this build reads {FORMAT_VERSION}; read it with a matching build")
+                write!(
+                    f,
+                    "format version {found}, this build reads {FORMAT_VERSION_ONE_HEADER} and {FORMAT_VERSION}; \
+                     read it with a matching build"
+                )
             }
             HeaderError::Layout { header_bytes, schema_bytes, file_bytes } => write!(
                 f,
@@ -366,10 +389,15 @@ fn header_crc(fixed: &[u8], schema_json: &[u8]) -> u32 {
     d.finalize() as u32
 }
 
-/// Bytes of the header for a schema of `schema_bytes`: the fixed part and the schema rounded up
-/// to whole pages.
-pub(crate) fn header_bytes_for(schema_bytes: usize) -> usize {
+/// Bytes of one copy of the header for a schema of `schema_bytes`: the fixed part and the schema
+/// rounded up to whole pages. (All of a version 1 header.)
+pub(crate) fn copy_bytes_for(schema_bytes: usize) -> usize {
     (HEADER_FIXED_BYTES + schema_bytes).div_ceil(PAGE_BYTES) * PAGE_BYTES
+}
+
+/// Bytes of the header, both copies, for a schema of `schema_bytes`: the first record's offset.
+pub(crate) fn header_bytes_for(schema_bytes: usize) -> usize {
+    2 * copy_bytes_for(schema_bytes)
 }
 
 impl SegmentHeader {
@@ -381,14 +409,24 @@ impl SegmentHeader {
             segment,
             created_ns: now_ns(),
             schema_json,
+            first_copy_bad: None,
         }
     }
 
-    /// The header's bytes, `header_bytes` long (zero after the schema).
+    /// The header's bytes in this build's format, `header_bytes` long: the first copy, zero
+    /// after the schema up to its last page, then the second.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let header_bytes = self.header_bytes as usize;
         assert_eq!(header_bytes, header_bytes_for(self.schema_json.len()));
         let mut b = vec![0u8; header_bytes];
+        let copy = header_bytes / 2;
+        self.encode_copy(&mut b[..copy]);
+        b.copy_within(..copy, copy);
+        b
+    }
+
+    /// One copy of the header into `b` (zeroed, one copy long).
+    fn encode_copy(&self, b: &mut [u8]) {
         b[at::MAGIC..at::MAGIC + 8].copy_from_slice(&SEGMENT_MAGIC);
         b[at::VERSION..at::VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         b[at::HEADER_BYTES..at::HEADER_BYTES + 4].copy_from_slice(&self.header_bytes.to_le_bytes());
@@ -401,7 +439,6 @@ impl SegmentHeader {
         b[HEADER_FIXED_BYTES..HEADER_FIXED_BYTES + self.schema_json.len()].copy_from_slice(&self.schema_json);
         let crc = header_crc(&b[..HEADER_FIXED_BYTES], &self.schema_json);
         b[at::CRC..at::CRC + 4].copy_from_slice(&crc.to_le_bytes());
-        b
     }
 }
 
@@ -430,18 +467,44 @@ pub(crate) fn reseal(b: &mut [u8]) {
 }
 
 /// Reads and checks the header of segment `number` of `shard`. The outer error is I/O, the
-/// inner one is what was wrong with the bytes.
+/// inner one is what was wrong with the bytes: the first copy's error when no copy passes.
 pub(crate) fn read_header(
     file: &File,
     file_bytes: u64,
     shard: u16,
     number: u64,
 ) -> io::Result<Result<SegmentHeader, HeaderError>> {
-    if file_bytes < HEADER_FIXED_BYTES as u64 {
+    let first_bad = match read_copy(file, file_bytes, 0)? {
+        Ok(h) => return Ok(h.of(shard, number)),
+        // Too short for a header at all: there is no copy either.
+        Err(short @ HeaderError::Short { .. }) => return Ok(Err(short)),
+        Err(bad) => bad,
+    };
+    // The first copy is damaged. The second starts at the page where the first one's pages end,
+    // which its own `header_bytes` says (a damaged first copy cannot be asked): try each page a
+    // header can end at, first to last.
+    let last_page = (copy_bytes_for(SCHEMA_BYTES_MAX) / PAGE_BYTES) as u64;
+    for page in 1..=last_page {
+        let off = page * PAGE_BYTES as u64;
+        if 2 * off > file_bytes {
+            break;
+        }
+        if let Ok(mut h) = read_copy(file, file_bytes, off)? {
+            h.first_copy_bad = Some(first_bad);
+            return Ok(h.of(shard, number));
+        }
+    }
+    Ok(Err(first_bad))
+}
+
+/// Checks the copy of a header at `off` (0: the first copy) on its own, short of the shard and
+/// number. A copy at `off` > 0 is this build's format and sits at half its `header_bytes`.
+fn read_copy(file: &File, file_bytes: u64, off: u64) -> io::Result<Result<SegmentHeader, HeaderError>> {
+    if file_bytes < off + HEADER_FIXED_BYTES as u64 {
         return Ok(Err(HeaderError::Short { file_bytes }));
     }
     let mut fixed = [0u8; HEADER_FIXED_BYTES];
-    file.read_exact_at(&mut fixed, 0)?;
+    file.read_exact_at(&mut fixed, off)?;
     if fixed[at::MAGIC..at::MAGIC + 8] != SEGMENT_MAGIC {
         if fixed.iter().all(|&b| b == 0) {
             return Ok(Err(HeaderError::Blank));
@@ -450,19 +513,23 @@ pub(crate) fn read_header(
         return Ok(Err(HeaderError::Magic { found }));
     }
     let version = u32_at(&fixed, at::VERSION);
-    if version != FORMAT_VERSION {
-        return Ok(Err(HeaderError::Version { found: version }));
-    }
+    let copies = match version {
+        FORMAT_VERSION => 2,
+        FORMAT_VERSION_ONE_HEADER if off == 0 => 1,
+        _ => return Ok(Err(HeaderError::Version { found: version })),
+    };
     let header_bytes = u32_at(&fixed, at::HEADER_BYTES);
     let schema_bytes = u32_at(&fixed, at::SCHEMA_BYTES);
+    let copy_bytes = copy_bytes_for(schema_bytes as usize) as u64;
     let layout_ok = schema_bytes as usize <= SCHEMA_BYTES_MAX
-        && header_bytes as usize == header_bytes_for(schema_bytes as usize)
+        && header_bytes as u64 == copies * copy_bytes
+        && (off == 0 || off == copy_bytes)
         && header_bytes as u64 <= file_bytes;
     if !layout_ok {
         return Ok(Err(HeaderError::Layout { header_bytes, schema_bytes, file_bytes }));
     }
     let mut schema_json = vec![0u8; schema_bytes as usize];
-    file.read_exact_at(&mut schema_json, HEADER_FIXED_BYTES as u64)?;
+    file.read_exact_at(&mut schema_json, off + HEADER_FIXED_BYTES as u64)?;
     let stored = u32_at(&fixed, at::CRC);
     let computed = header_crc(&fixed, &schema_json);
     if stored != computed {
@@ -472,20 +539,37 @@ pub(crate) fn read_header(
     if event_bytes as usize != EVENT_BYTES {
         return Ok(Err(HeaderError::EventBytes { found: event_bytes }));
     }
-    let h = SegmentHeader {
+    Ok(Ok(SegmentHeader {
         header_bytes,
         shard: u16_at(&fixed, at::SHARD),
         segment: u64_at(&fixed, at::SEGMENT),
         created_ns: u64_at(&fixed, at::CREATED_NS),
         schema_json,
-    };
-    if h.shard != shard {
-        return Ok(Err(HeaderError::Shard { found: h.shard, expected: shard }));
+        first_copy_bad: None,
+    }))
+}
+
+impl SegmentHeader {
+    /// This header, when it names segment `number` of `shard`.
+    fn of(self, shard: u16, number: u64) -> Result<SegmentHeader, HeaderError> {
+        if self.shard != shard {
+            return Err(HeaderError::Shard { found: self.shard, expected: shard });
+        }
+        if self.segment != number {
+            return Err(HeaderError::Number { found: self.segment, expected: number });
+        }
+        Ok(self)
     }
-    if h.segment != number {
-        return Ok(Err(HeaderError::Number { found: h.segment, expected: number }));
+
+    /// Where the copy the header was read from starts: 0, or `header_bytes / 2` when the first
+    /// one was damaged.
+    pub(crate) fn read_at(&self) -> u64 {
+        if self.first_copy_bad.is_some() {
+            self.header_bytes as u64 / 2
+        } else {
+            0
+        }
     }
-    Ok(Ok(h))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1415,12 +1499,16 @@ impl ShardJournal {
     }
 
     /// Puts segment `number`, made ahead as `tmp`, into place as the active segment: its header
-    /// records now as its creation time (one sector, CRC included), then the rename. The
-    /// directory fsync is left to the helper thread or to the next `sync()`.
+    /// records now as its creation time (the fixed part of each copy, one sector each, CRC
+    /// included), then the rename. The directory fsync is left to the helper thread or to the
+    /// next `sync()`.
     fn activate_made_ahead(&self, number: u64, file: File, tmp: &Path) -> Result<Active, JournalError> {
         let path = segment_path(&self.dir, number);
         let encoded = SegmentHeader::new_now(self.shard, number, self.schema_json.clone()).encode();
-        file.write_all_at(&encoded[..HEADER_FIXED_BYTES], 0).map_err(|e| JournalError::new("write header", tmp, e))?;
+        for copy in [0, encoded.len() / 2] {
+            let fixed = &encoded[copy..copy + HEADER_FIXED_BYTES];
+            file.write_all_at(fixed, copy as u64).map_err(|e| JournalError::new("write header", tmp, e))?;
+        }
         fs::rename(tmp, &path).map_err(|e| JournalError::new("rename", tmp, e))?;
         // The first sync() also covers the rewritten header.
         Active::start_empty(number, path, file, self.segment_bytes, self.header_bytes, 0)
@@ -1740,6 +1828,14 @@ struct Trust {
     stopped_clean: bool,
 }
 
+/// Writes the first copy of `header` (read from its second) back over the damaged one, and
+/// makes it durable before any append: the segment then has two good copies again.
+fn repair_first_copy(file: &File, path: &Path, header: &SegmentHeader) -> Result<(), JournalError> {
+    let encoded = header.encode();
+    file.write_all_at(&encoded[..encoded.len() / 2], 0).map_err(|e| JournalError::new("write header", path, e))?;
+    file.sync_data().map_err(|e| JournalError::new("fsync", path, e))
+}
+
 /// Recovers the highest-numbered segment `n`: returns it as the active segment when the writer
 /// can go on appending to it, `None` (with the reason in `report`) when a new one is needed.
 /// `trust`: what the last writer's state says (see [`Trust`]).
@@ -1775,6 +1871,14 @@ fn recover_last(
             return Ok(None);
         }
     };
+    if let Some(bad) = &header.first_copy_bad {
+        repair_first_copy(&file, &path, &header)?;
+        report.notes.push(format!(
+            "{}: the header's first copy was damaged ({bad}); rewritten from the second, at offset {}",
+            path.display(),
+            header.read_at()
+        ));
+    }
     if file_bytes > isize::MAX as u64 {
         return Err(JournalError::invalid(
             "open",

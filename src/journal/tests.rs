@@ -4,16 +4,17 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::segment::{header_bytes_for, read_header, HeaderError, SegmentHeader};
+use super::segment::{copy_bytes_for, header_bytes_for, read_header, HeaderError, SegmentHeader};
 use super::*;
 use crate::event::{Event, EVENT_BYTES};
 use crate::schema::{FieldKind, FieldSchema, Schema, TypeSchema, SCHEMA_VERSION};
 
-/// Header page + 4 records.
-const SEG_4: u64 = (PAGE_BYTES + 4 * EVENT_BYTES) as u64;
-/// Header page + 8 records.
-const SEG_8: u64 = (PAGE_BYTES + 8 * EVENT_BYTES) as u64;
-const HDR: u64 = PAGE_BYTES as u64;
+/// Header (two copies, a page each) + 4 records.
+const SEG_4: u64 = HDR + 4 * EVENT_BYTES as u64;
+/// Header (two copies, a page each) + 8 records.
+const SEG_8: u64 = HDR + 8 * EVENT_BYTES as u64;
+/// The header of the test schemas: two copies of one page.
+const HDR: u64 = 2 * PAGE_BYTES as u64;
 const REC: u64 = EVENT_BYTES as u64;
 
 fn field(name: &str, kind: FieldKind, slot: u8, offset: u16, max: u16) -> FieldSchema {
@@ -179,7 +180,7 @@ fn a_bad_record_followed_by_records_is_left_in_place_and_the_writer_moves_on() {
     let (warnings, dropped) = before.take_warnings();
     assert_eq!(dropped, 0);
     let msg = warnings[0].to_string();
-    assert!(msg.contains("00000000000000000001.seg") && msg.contains("record 3 at offset 5632"), "{msg}");
+    assert!(msg.contains("00000000000000000001.seg") && msg.contains(&format!("record 3 at offset {rec4}")), "{msg}");
 
     // That reader may be a collector whose cursor is now past record 5: writing new events over
     // slots 4 and 5 would make it skip them. The writer leaves segment 1 as it is.
@@ -241,7 +242,7 @@ fn a_clean_tail_after_the_prefault_window_is_not_taken_for_data() {
 #[test]
 fn data_beyond_the_prefault_window_after_a_hole_is_found() {
     // A segment larger than the zero-filled window: its tail is a hole to SEEK_DATA.
-    let seg_bytes = (PAGE_BYTES + 4096 * EVENT_BYTES) as u64; // 2 MiB of records
+    let seg_bytes = HDR + 4096 * EVENT_BYTES as u64; // 2 MiB of records
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (mut j, _) = ShardJournal::open(root, 0, seg_bytes, &schema_a()).unwrap();
@@ -358,9 +359,12 @@ fn corrupt_header_is_skipped_with_a_warning_by_the_reader_and_set_aside_by_the_w
     let dir = closed_root(2);
     let root = dir.path();
     let path = seg_file(root, 0, 1);
-    // One byte of the embedded schema: only the header CRC can tell.
-    let b = read_bytes(&path, HEADER_FIXED_BYTES as u64 + 2, 1)[0];
-    patch(&path, HEADER_FIXED_BYTES as u64 + 2, &[b ^ 0x20]);
+    // One byte of the embedded schema, in both copies: only the header CRC can tell.
+    for copy in [0, PAGE_BYTES as u64] {
+        let at = copy + HEADER_FIXED_BYTES as u64 + 2;
+        let b = read_bytes(&path, at, 1)[0];
+        patch(&path, at, &[b ^ 0x20]);
+    }
 
     // Reader: skips the segment, names the file and the check that failed.
     let mut r = JournalReader::open(root).unwrap();
@@ -704,7 +708,7 @@ fn background_outcome(j: &mut ShardJournal) -> Result<(), JournalError> {
 #[test]
 fn a_background_sync_covers_the_segment_left_at_rotation_and_the_active_one() {
     let dir = tempfile::tempdir().unwrap();
-    let seg_bytes = (PAGE_BYTES + 16 * EVENT_BYTES) as u64;
+    let seg_bytes = HDR + 16 * EVENT_BYTES as u64;
     let (mut j, _) = ShardJournal::open(dir.path(), 0, seg_bytes, &schema_a()).unwrap();
     // Past one rotation: segment 1 is left unsynced, segment 2 is active with records in it.
     let mut next = 1u64;
@@ -879,8 +883,8 @@ fn segment_bytes_too_small_names_the_minimum() {
     let dir = tempfile::tempdir().unwrap();
     let err = ShardJournal::open(dir.path(), 0, HDR, &schema_a()).err().unwrap();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
-    assert!(err.to_string().contains("segment_bytes 4096 cannot hold"), "{err}");
-    assert!(err.to_string().contains("at least 4608"), "{err}");
+    assert!(err.to_string().contains(&format!("segment_bytes {HDR} cannot hold")), "{err}");
+    assert!(err.to_string().contains(&format!("at least {}", HDR + REC)), "{err}");
 }
 
 #[test]
@@ -926,6 +930,7 @@ fn header_round_trips_and_each_check_rejects() {
         segment: 9,
         created_ns: 123,
         schema_json: json,
+        first_copy_bad: None,
     };
     let check = |bytes: &[u8], shard, number| {
         fs::write(&path, bytes).unwrap();
@@ -933,26 +938,113 @@ fn header_round_trips_and_each_check_rejects() {
         read_header(&f, bytes.len() as u64, shard, number).unwrap()
     };
     let good = h.encode();
-    assert_eq!(good.len(), PAGE_BYTES);
+    assert_eq!(good.len(), 2 * PAGE_BYTES, "two copies, a page each");
+    assert_eq!(good[..PAGE_BYTES], good[PAGE_BYTES..]);
     assert_eq!(check(&good, 5, 9), Ok(h.clone()));
     assert_eq!(check(&good, 6, 9), Err(HeaderError::Shard { found: 5, expected: 6 }));
     assert_eq!(check(&good, 5, 8), Err(HeaderError::Number { found: 9, expected: 8 }));
     assert_eq!(check(&good[..10], 5, 9), Err(HeaderError::Short { file_bytes: 10 }));
-    assert_eq!(check(&vec![0; PAGE_BYTES], 5, 9), Err(HeaderError::Blank));
-    let mut bad = good.clone();
-    bad[0] = b'X';
-    assert!(matches!(check(&bad, 5, 9), Err(HeaderError::Magic { .. })));
-    let mut bad = good.clone();
-    bad[8] = 2;
-    assert_eq!(check(&bad, 5, 9), Err(HeaderError::Version { found: 2 }));
-    let mut bad = good.clone();
-    bad[41] = 1; // event_bytes 512 -> 256: the CRC catches it first
-    assert!(matches!(check(&bad, 5, 9), Err(HeaderError::Crc { .. })));
-    let mut bad = good.clone();
-    bad[12] = 1; // header_bytes no longer a page multiple
-    assert!(matches!(check(&bad, 5, 9), Err(HeaderError::Layout { .. })));
-    // A header claiming more pages than the file has.
-    assert!(matches!(check(&good[..PAGE_BYTES - 1], 5, 9), Err(HeaderError::Layout { .. })));
+    assert_eq!(check(&vec![0; 2 * PAGE_BYTES], 5, 9), Err(HeaderError::Blank));
+    // Each check, on the first copy alone (the header is read from the second, which says what
+    // was wrong with the first) and on both (rejected with the first copy's error).
+    type Damage = (usize, u8, fn(&HeaderError) -> bool);
+    let damaged: [Damage; 5] = [
+        (0, b'X', |e| matches!(e, HeaderError::Magic { .. })),
+        (8, 3, |e| *e == HeaderError::Version { found: 3 }),
+        (41, 1, |e| matches!(e, HeaderError::Crc { .. })), // event_bytes 512 -> 256: the CRC catches it first
+        (12, 1, |e| matches!(e, HeaderError::Layout { .. })), // header_bytes no longer two copies' pages
+        (HEADER_FIXED_BYTES + 2, b'~', |e| matches!(e, HeaderError::Crc { .. })), // the schema
+    ];
+    for (at, byte, is) in damaged {
+        let mut first = good.clone();
+        first[at] = byte;
+        let got = check(&first, 5, 9).unwrap();
+        assert!(is(got.first_copy_bad.as_ref().unwrap()), "byte {at}: {got:?}");
+        assert_eq!(SegmentHeader { first_copy_bad: None, ..got.clone() }, h, "byte {at}");
+        assert_eq!(got.read_at(), PAGE_BYTES as u64);
+        let mut both = first.clone();
+        both[PAGE_BYTES + at] = byte;
+        let err = check(&both, 5, 9).unwrap_err();
+        assert!(is(&err), "byte {at}: {err:?}");
+    }
+    // The first copy blank (a page lost): read from the second.
+    let mut blank_first = good.clone();
+    blank_first[..PAGE_BYTES].fill(0);
+    assert_eq!(check(&blank_first, 5, 9).unwrap().first_copy_bad, Some(HeaderError::Blank));
+    // A header claiming more pages than the file has, and a second copy out of reach.
+    assert!(matches!(check(&good[..2 * PAGE_BYTES - 1], 5, 9), Err(HeaderError::Layout { .. })));
+    // Only a second copy that its own header_bytes puts at half counts: one a page further on
+    // (as if the first copy's pages were one more) is not taken.
+    let mut moved = good.clone();
+    moved[..PAGE_BYTES].fill(0xAA);
+    moved.splice(PAGE_BYTES..PAGE_BYTES, vec![0; PAGE_BYTES]);
+    assert!(matches!(check(&moved, 5, 9), Err(HeaderError::Magic { .. })));
+    // A copy that names another segment says so, as the first would.
+    let mut other = SegmentHeader { segment: 10, ..h.clone() }.encode();
+    other[..PAGE_BYTES].fill(0);
+    assert_eq!(check(&other, 5, 9), Err(HeaderError::Number { found: 10, expected: 9 }));
+}
+
+#[test]
+fn a_version_one_segment_with_one_header_copy_is_read_and_appended_to() {
+    let dir = closed_root(2);
+    let root = dir.path();
+    let path = seg_file(root, 0, 1);
+    // The same segment as version 1 wrote it: the header once (version 1, `header_bytes` its own
+    // page), the records right after it, the file as long.
+    let two = fs::read(&path).unwrap();
+    let schema_bytes = u32::from_le_bytes(two[44..48].try_into().unwrap()) as usize;
+    assert_eq!(copy_bytes_for(schema_bytes), PAGE_BYTES);
+    let mut v1 = two[..PAGE_BYTES].to_vec();
+    v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+    v1[12..16].copy_from_slice(&(PAGE_BYTES as u32).to_le_bytes());
+    let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    crc.update(&v1[..60]);
+    crc.update(&v1[HEADER_FIXED_BYTES..HEADER_FIXED_BYTES + schema_bytes]);
+    v1[60..64].copy_from_slice(&(crc.finalize() as u32).to_le_bytes());
+    v1.extend_from_slice(&two[2 * PAGE_BYTES..]);
+    v1.resize(two.len(), 0);
+    fs::write(&path, &v1).unwrap();
+
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2]);
+    assert!(r.take_warnings().0.is_empty());
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.new_segment_reason), (1, 2, None), "{report:?}");
+    append_seqs(&mut j, [3]);
+    assert_eq!(seqs(&read_all(&mut r)), [3]);
+    assert_eq!(read_bytes(&path, 0, PAGE_BYTES), v1[..PAGE_BYTES], "its header is left as it was");
+    assert_eq!(read_bytes(&path, 8, 4), 1u32.to_le_bytes());
+}
+
+#[test]
+fn a_damaged_first_header_copy_is_read_through_the_second_and_rewritten_by_the_writer() {
+    let dir = closed_root(2);
+    let root = dir.path();
+    let path = seg_file(root, 0, 1);
+    let original = read_bytes(&path, 0, 2 * PAGE_BYTES);
+    // One byte of the embedded schema in the first copy: only that copy's CRC can tell.
+    patch(&path, HEADER_FIXED_BYTES as u64 + 2, &[original[HEADER_FIXED_BYTES + 2] ^ 0x20]);
+
+    // Reader: every record, and a warning naming the file and the copy it read.
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2]);
+    assert_eq!(r.corrupt_segments(), 0);
+    let (warnings, _) = r.take_warnings();
+    let msg = warnings[0].to_string();
+    assert!(msg.starts_with(&format!("journal: read header {}: first copy damaged (header CRC32C", path.display())));
+    assert!(msg.ends_with(&format!("read from the second, at offset {PAGE_BYTES}")), "{msg}");
+
+    // Writer: rewrites the first copy, says so, and appends to the same segment.
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.new_segment_reason), (1, 2, None), "{report:?}");
+    assert!(report.notes.iter().any(|n| n.contains("first copy was damaged") && n.contains("rewritten")), "{report:?}");
+    assert_eq!(read_bytes(&path, 0, 2 * PAGE_BYTES), original, "both copies as written");
+    append_seqs(&mut j, [3]);
+    assert_eq!(seqs(&read_all(&mut r)), [3]);
+    let mut fresh = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut fresh)), [1, 2, 3]);
+    assert!(fresh.take_warnings().0.is_empty());
 }
 
 #[test]
@@ -1553,7 +1645,9 @@ fn a_segment_set_aside_as_corrupt_never_replaces_an_older_corrupt_file() {
     let older = shard.join(format!("{:020}.seg.corrupt", 1));
     fs::write(&older, b"an older set-aside copy").unwrap();
     let path = seg_file(root, 0, 1);
-    patch(&path, 0, b"XXXXXXXX");
+    for copy in [0, PAGE_BYTES as u64] {
+        patch(&path, copy, b"XXXXXXXX");
+    }
     let bad = fs::read(&path).unwrap();
     let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
     assert!(fs::read(&older).unwrap() == b"an older set-aside copy", "the older file is kept as it was");

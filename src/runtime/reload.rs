@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use super::ShardShared;
 use crate::config::{Config, ConfigErrors, Overrides};
 use crate::event::EVENT_BYTES;
-use crate::journal::{PAGE_BYTES, SCHEMA_BYTES_MAX};
+use crate::journal::{header_bytes_for, SCHEMA_BYTES_MAX};
 use crate::metrics::CounterLabels;
 
 /// How long a reload waits for every reactor to switch before it reports the stragglers. A
@@ -250,7 +250,7 @@ impl Reloader {
 /// never write the new config's events.
 fn check_schema_fits(cfg: &Config) -> Result<(), ReloadError> {
     let json = cfg.schema.to_json();
-    let header = (64 + json.len()).div_ceil(PAGE_BYTES) * PAGE_BYTES;
+    let header = header_bytes_for(json.len());
     if json.len() > SCHEMA_BYTES_MAX || (header + EVENT_BYTES) as u64 > cfg.journal.segment_bytes {
         return Err(ReloadError::Unusable(format!(
             "the new schema is {} bytes of JSON: a segment header holds at most {SCHEMA_BYTES_MAX}, and \

@@ -755,13 +755,21 @@ fn a_collector_names_a_segment_it_skips_for_a_bad_header() {
         assert!(i < 5000, "no third segment after {i} pixels");
     }
     assert_eq!(s.stop(), 0);
-    // Segment 1's header is damaged (its magic), after the writer left it.
-    let seg = s.journal().join("shard-000").join(format!("{:020}.seg", 1));
-    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, b"XX", 0).unwrap();
+    // After the writer left them: segment 1's header is damaged in both copies (their magic),
+    // segment 2's in its first copy only.
+    let seg = |n: u64| s.journal().join("shard-000").join(format!("{n:020}.seg"));
+    let bytes = std::fs::read(seg(1)).unwrap();
+    let header = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as u64;
+    let in_first = bytes[header as usize..].chunks_exact(512).filter(|r| r[4..6] == [0xE7, 0xE7]).count() as u64;
+    for (n, copies) in [(1, &[0, header / 2][..]), (2, &[0][..])] {
+        let f = std::fs::OpenOptions::new().write(true).open(seg(n)).unwrap();
+        for &at in copies {
+            std::os::unix::fs::FileExt::write_all_at(&f, b"XX", at).unwrap();
+        }
+    }
 
-    // A jsonl collector reads the journal from the start: it delivers the other segments and
-    // says which one it skipped, and why.
+    // A jsonl collector reads the journal from the start: it delivers the other segments (the
+    // second through its header's second copy) and says which one it skipped, and why.
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("impressions.jsonl");
     let cfg = config(&jsonl_collector("imp", &path, "[\"impression\"]", "[\"campaign_id\"]"));
@@ -775,6 +783,14 @@ fn a_collector_names_a_segment_it_skips_for_a_bad_header() {
     wait_for("the last pixel delivered", WAIT, || {
         read_jsonl(&path).last().is_some_and(|e| e["campaign_id"].as_u64() == Some(last))
     });
+    let delivered: Vec<u64> = read_jsonl(&path).iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
+    assert_eq!(delivered, (in_first + 1..=last).collect::<Vec<_>>(), "all but segment 1's {in_first}");
+    said.extend(s.stderr_lines());
+    assert!(
+        said.iter().any(|l| l.contains(&format!("{:020}.seg: the header's first copy is damaged", 2))
+            && l.contains(&format!("read from the second, at offset {}", header / 2))),
+        "{said:?}"
+    );
     assert_eq!(s.stop(), 0);
 }
 

@@ -106,7 +106,7 @@ fn a_bad_record_with_records_after_it_is_left_in_place_and_new_events_go_to_a_ne
     let out =
         std::process::Command::new(BIN).args(["journal", "cat", "--journal-dir"]).arg(s.journal()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("journal cat: skipped") && err.contains("00000000000000000001.seg"), "{err}");
+    assert!(err.contains("journal cat: journal: read record") && err.contains("00000000000000000001.seg"), "{err}");
     assert!(err.contains("skipped 1 bad record(s) and 0 bad segment(s)"), "{err}");
     assert_eq!(out.status.code(), Some(0));
     // --strict: the same read, and an exit status a script can test.
@@ -117,6 +117,43 @@ fn a_bad_record_with_records_after_it_is_left_in_place_and_new_events_go_to_a_ne
         .unwrap();
     assert_eq!(strict.status.code(), Some(3));
     assert_eq!(strict.stdout, out.stdout);
+}
+
+/// One bad byte in a segment's header used to hide all of its events (the schema that decodes
+/// them is there): the header is written twice, and the second copy stands in for the first.
+#[test]
+fn a_damaged_header_is_read_from_its_copy_and_rewritten_at_restart_losing_nothing() {
+    let (mut s, seg, damaged) = five_pixels_then_restart(false, |bytes, header| {
+        assert_eq!(bytes[..header / 2], bytes[header / 2..header], "the header is there twice");
+        bytes[70] ^= 0x20; // a byte of the first copy's schema JSON: only its CRC can tell
+    });
+    let header = u32::from_le_bytes(damaged[12..16].try_into().unwrap()) as usize;
+    // `journal cat` of the segment as damaged (the server has repaired its own file by now):
+    // every event, and a line naming the file and the copy it read.
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::create_dir(scratch.path().join("shard-000")).unwrap();
+    std::fs::write(scratch.path().join("shard-000").join(seg.file_name().unwrap()), &damaged).unwrap();
+    let out =
+        std::process::Command::new(BIN).args(["journal", "cat", "--journal-dir"]).arg(scratch.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("00000000000000000001.seg: first copy damaged (header CRC32C"), "{err}");
+    assert!(err.contains(&format!("read from the second, at offset {}", header / 2)), "{err}");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+    // The restarted server rewrote the first copy, said so, and went on in the same segment.
+    assert!(
+        s.startup.iter().any(|l| l.contains("00000000000000000001.seg: the header's first copy was damaged")
+            && l.contains("rewritten from the second")),
+        "startup: {:?}",
+        s.startup
+    );
+    assert!(!s.startup.iter().any(|l| l.contains("journal starts segment 2")), "startup: {:?}", s.startup);
+    assert_eq!(sixth_pixel_then_campaigns(&mut s), [1, 2, 3, 4, 5, 6]);
+    let bytes = std::fs::read(&seg).unwrap();
+    assert_eq!(bytes[..header / 2], bytes[header / 2..header], "both copies good again");
+    let out =
+        std::process::Command::new(BIN).args(["journal", "cat", "--journal-dir"]).arg(s.journal()).output().unwrap();
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Regression: a last record that went bad after a clean stop was taken for a torn write,
@@ -148,7 +185,7 @@ fn three_records_then_clean_stop(root: &std::path::Path) -> (std::path::PathBuf,
         event_bytes: EVENT_BYTES as u32,
         types: vec![TypeSchema { id: 0, name: "impression".into(), fields: vec![campaign] }],
     };
-    let (mut j, _) = ShardJournal::open(root, 0, (PAGE_BYTES + 8 * EVENT_BYTES) as u64, &schema).unwrap();
+    let (mut j, _) = ShardJournal::open(root, 0, (2 * PAGE_BYTES + 8 * EVENT_BYTES) as u64, &schema).unwrap();
     for c in 1..=3 {
         let mut e = Event::ZERO;
         e.seq = c;
