@@ -16,8 +16,9 @@
 //!   started at a rotation first fsyncs the directory (the rename just made), then sets
 //!   `rename_durable`; a `sync()` that finds it unset fsyncs the directory itself.
 //! - **A `.seg` file always has its header on disk**: the thread fsyncs the header before the
-//!   rename can happen. The rotation rewrites only the 64-byte fixed part (one sector, with its
-//!   CRC) to record when the segment became active; either version is a valid header.
+//!   rename can happen. The rotation rewrites only the 64-byte fixed part of each of the
+//!   header's two copies (one sector each, with its CRC) to record when the segment became
+//!   active; either version of either copy is a valid header.
 //! - **It never outlives its writer.** `ShardJournal` waits for the thread and removes the file
 //!   when it stops or drops, so a writer that reopens the directory never races it.
 
