@@ -51,7 +51,7 @@
 //! means the event survives `kill -9`, whichever copy carried it. A POST batch's answer waits
 //! for the first copies of its duplicate items likewise, on at most
 //! `net::pipeline::ELSEWHERE_MAX` other shards (an item past that is refused for a retry). While any shard's journal
-//! fails, `logged` endpoints also refuse before this lookup (`ShardShared::any_journal_failing`).
+//! fails, `logged` endpoints also refuse before this lookup (`ShardShared::any_journal_unavailable`).
 //! A first copy more than 2^[`SEQ_BITS`] events behind its shard's newest is read as a later
 //! event of that shard: the wait is then longer than it needs to be, never shorter (the ring
 //! holds far fewer events, so such a first copy is journaled long since).

@@ -559,7 +559,7 @@ pub(crate) fn answer(
     if ep.ack == Ack::Logged {
         let why = if crate::collector::retention::journal_over_limit() {
             Some("journal full, retry")
-        } else if ctx.shared.any_journal_failing() {
+        } else if ctx.shared.any_journal_unavailable() {
             counters.reject(Reason::JournalUnavailable);
             Some("journal unavailable, retry")
         } else {

@@ -60,8 +60,8 @@ pub struct ShardShared {
     /// readiness it is the same as `journal_failing`.
     journal_stalled: AtomicBool,
     /// How many `journal_failing` and `journal_stalled` flags of this server's shards are set;
-    /// one counter shared by all of them (see `any_journal_failing`).
-    journals_failing: Arc<AtomicUsize>,
+    /// one counter shared by all of them (see `any_journal_unavailable`).
+    journal_flags_set: Arc<AtomicUsize>,
     /// Events still in the ring when the drain gave up at shutdown on a journal that kept
     /// failing: acknowledged as received, never written. Non-zero makes the process exit 1.
     pub events_lost: AtomicU64,
@@ -78,7 +78,7 @@ pub struct ShardShared {
 }
 
 impl ShardShared {
-    fn new(index: u16, counters: ShardCounters, journals_failing: Arc<AtomicUsize>) -> io::Result<ShardShared> {
+    fn new(index: u16, counters: ShardCounters, journal_flags_set: Arc<AtomicUsize>) -> io::Result<ShardShared> {
         // SAFETY: eventfd returns a new descriptor we own, or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -96,7 +96,7 @@ impl ShardShared {
             reactor_done: AtomicBool::new(false),
             journal_failing: AtomicBool::new(false),
             journal_stalled: AtomicBool::new(false),
-            journals_failing,
+            journal_flags_set,
             events_lost: AtomicU64::new(0),
             final_sync_failed: AtomicBool::new(false),
             reactor_panicked: AtomicBool::new(false),
@@ -151,9 +151,9 @@ impl ShardShared {
         let changed = flag.swap(on, SeqCst) != on;
         if changed {
             if on {
-                self.journals_failing.fetch_add(1, SeqCst);
+                self.journal_flags_set.fetch_add(1, SeqCst);
             } else {
-                self.journals_failing.fetch_sub(1, SeqCst);
+                self.journal_flags_set.fetch_sub(1, SeqCst);
             }
         }
         changed
@@ -163,8 +163,8 @@ impl ShardShared {
     /// endpoints refuse while it is: the dedup window is shared by all shards, so a retried
     /// event whose first copy is stuck in a failing journal would otherwise be answered as a
     /// duplicate (2xx) by a healthy shard, for an event that may never be written.
-    pub fn any_journal_failing(&self) -> bool {
-        self.journals_failing.load(Relaxed) > 0
+    pub fn any_journal_unavailable(&self) -> bool {
+        self.journal_flags_set.load(Relaxed) > 0
     }
 
     pub fn reactor_panicked(&self) -> bool {
@@ -398,7 +398,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
     // One deadline for all shards, so the whole wait is JOURNAL_LOCK_WAIT however many there are.
     let deadline = std::time::Instant::now() + handoff::JOURNAL_LOCK_WAIT;
     let mut opened = Vec::with_capacity(shards);
-    let journals_failing = Arc::new(AtomicUsize::new(0));
+    let journal_flags_set = Arc::new(AtomicUsize::new(0));
     // Filled before any shard is spawned; a reactor that panics stops them all through it.
     let peers = Arc::new(OnceLock::new());
     for (i, listener) in listeners.into_iter().enumerate() {
@@ -406,7 +406,7 @@ pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bo
         // Sized for the most endpoints and types any config may have, so a reload that adds
         // some never resizes (or locks) a counter array under the reactors.
         let sh = Arc::new(
-            ShardShared::new(index, ShardCounters::new(ENDPOINTS_MAX, EVENT_TYPES_MAX), journals_failing.clone())
+            ShardShared::new(index, ShardCounters::new(ENDPOINTS_MAX, EVENT_TYPES_MAX), journal_flags_set.clone())
                 .map_err(|e| StartError::new(format!("shard {i}: eventfd: {e}")))?,
         );
         let (journal, report) = handoff::open_journal(&cfg, index, addr, status, deadline, cancelled)
@@ -548,15 +548,15 @@ mod tests {
         let (shared, _p) = shard_with_events(2);
         let mut w = shard::StallWatch::new(0, 1000);
         assert!(!w.check(&shared, 100, 1099));
-        assert!(!shared.journal_stalled() && !shared.any_journal_failing());
+        assert!(!shared.journal_stalled() && !shared.any_journal_unavailable());
         assert!(w.check(&shared, 100, 1100), "two events waited 100 ms");
-        assert!(shared.journal_stalled() && shared.any_journal_failing());
+        assert!(shared.journal_stalled() && shared.any_journal_unavailable());
         assert!(!w.check(&shared, 100, 1200), "said once");
         assert!(shared.journal_stalled());
         // The drain moves: not stalled, and the clock starts again for the event still waiting.
         shared.publish_journaled(1);
         assert!(!w.check(&shared, 100, 1300));
-        assert!(!shared.journal_stalled() && !shared.any_journal_failing());
+        assert!(!shared.journal_stalled() && !shared.any_journal_unavailable());
         assert!(!w.check(&shared, 100, 1399));
         assert!(w.check(&shared, 100, 1400));
         shared.publish_journaled(2);
@@ -571,16 +571,16 @@ mod tests {
         // Failing (e.g. `always` after a failed msync: journaled never moves again).
         shared.set_journal_failing(true);
         assert!(!w.check(&shared, 100, 10_000));
-        assert!(!shared.journal_stalled() && shared.any_journal_failing());
+        assert!(!shared.journal_stalled() && shared.any_journal_unavailable());
         shared.set_journal_failing(false);
-        assert!(!shared.any_journal_failing());
+        assert!(!shared.any_journal_unavailable());
         assert!(w.check(&shared, 100, 10_100), "stalled once no longer failing");
         // Both set, then the drain says it fails: the stall is cleared, the failure counts.
         shared.set_journal_failing(true);
         assert!(!w.check(&shared, 100, 10_200));
-        assert!(!shared.journal_stalled() && shared.journal_failing() && shared.any_journal_failing());
+        assert!(!shared.journal_stalled() && shared.journal_failing() && shared.any_journal_unavailable());
         shared.set_journal_failing(false);
-        assert!(!shared.any_journal_failing(), "every flag cleared: the count is back to zero");
+        assert!(!shared.any_journal_unavailable(), "every flag cleared: the count is back to zero");
     }
 
     /// The machines this runs on: if this fails, the dedup window takes a lock per lookup here.
