@@ -88,7 +88,7 @@
 //! past bad slots and zeroed gaps. It then goes on appending to that segment, or
 //! starts a new one (reason and detail in the report) when the segment was left in place, is
 //! full, has another schema, or has a bad header (both copies bad: the file is renamed `.corrupt`;
-//! the first copy alone bad: it is rewritten from the second, a note in the report). When the last
+//! one copy bad: it is rewritten from the other, a note in the report). When the last
 //! writer did not stop cleanly, a `syncfs` writes back what it left in the page cache (in any
 //! segment), so this writer's clean stop covers it. Then it records `<boot id> running`, and
 //! [`ShardJournal::close_clean`] `<boot id> clean`.

@@ -25,8 +25,9 @@
 //! unreadable. The copy starts on its own page, so damage to one page (a bad sector, a page a
 //! power loss left unwritten) leaves the other. A reader whose header at 0 fails its checks
 //! looks for the copy at each page up to the largest header, takes the first one that passes
-//! every check and whose own `header_bytes` puts it at exactly half, and says so; the writer
-//! rewrites a damaged first copy of the last segment from the second at start. A page at or
+//! every check and whose own `header_bytes` puts it at exactly half, and says so. At start the
+//! writer rewrites either copy of the last segment's header that is not as it should be (a
+//! damaged first copy from the second; a second that differs from a good first, from the first). A page at or
 //! after `header_bytes` starts with a record (CRC, then `RECORD_MAGIC`), which never reads as a
 //! header. Version 1 segments (one copy, `header_bytes` = its pages) are read and appended to as
 //! they are.
@@ -1828,12 +1829,32 @@ struct Trust {
     stopped_clean: bool,
 }
 
-/// Writes the first copy of `header` (read from its second) back over the damaged one, and
-/// makes it durable before any append: the segment then has two good copies again.
-fn repair_first_copy(file: &File, path: &Path, header: &SegmentHeader) -> Result<(), JournalError> {
+/// Rewrites each copy of `header` that is not on disk as this build encodes it (a damaged
+/// first copy the header was read around, a damaged second one nobody reads while the first is
+/// good, one left behind by a rotation cut between its two writes), and makes them durable
+/// before any append: the segment then has two good copies again. Returns whether the second
+/// copy was rewritten (the first is, exactly when the header was read from the second). A
+/// version 1 header, which has one copy, is left as it is.
+fn repair_header(file: &File, path: &Path, header: &SegmentHeader) -> Result<bool, JournalError> {
+    if header.header_bytes as usize != header_bytes_for(header.schema_json.len()) {
+        return Ok(false);
+    }
     let encoded = header.encode();
-    file.write_all_at(&encoded[..encoded.len() / 2], 0).map_err(|e| JournalError::new("write header", path, e))?;
-    file.sync_data().map_err(|e| JournalError::new("fsync", path, e))
+    let mut on_disk = vec![0u8; encoded.len()];
+    file.read_exact_at(&mut on_disk, 0).map_err(|e| JournalError::new("read header", path, e))?;
+    let copy = encoded.len() / 2;
+    let mut second_rewritten = false;
+    for at in [0, copy] {
+        if on_disk[at..at + copy] != encoded[at..at + copy] {
+            let wrote = file.write_all_at(&encoded[at..at + copy], at as u64);
+            wrote.map_err(|e| JournalError::new("write header", path, e))?;
+            second_rewritten |= at == copy;
+        }
+    }
+    if on_disk != encoded {
+        file.sync_data().map_err(|e| JournalError::new("fsync", path, e))?;
+    }
+    Ok(second_rewritten)
 }
 
 /// Recovers the highest-numbered segment `n`: returns it as the active segment when the writer
@@ -1871,12 +1892,19 @@ fn recover_last(
             return Ok(None);
         }
     };
+    let second_rewritten = repair_header(&file, &path, &header)?;
     if let Some(bad) = &header.first_copy_bad {
-        repair_first_copy(&file, &path, &header)?;
         report.notes.push(format!(
             "{}: the header's first copy was damaged ({bad}); rewritten from the second, at offset {}",
             path.display(),
             header.read_at()
+        ));
+    } else if second_rewritten {
+        report.notes.push(format!(
+            "{}: the header's second copy, at offset {}, did not match the first (damaged, or a rotation \
+             stopped between its two writes); rewritten from the first",
+            path.display(),
+            header.header_bytes / 2
         ));
     }
     if file_bytes > isize::MAX as u64 {

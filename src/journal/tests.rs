@@ -1018,6 +1018,32 @@ fn a_version_one_segment_with_one_header_copy_is_read_and_appended_to() {
 }
 
 #[test]
+fn a_damaged_second_header_copy_is_rewritten_by_the_writer_from_the_first() {
+    let dir = closed_root(2);
+    let root = dir.path();
+    let path = seg_file(root, 0, 1);
+    let original = read_bytes(&path, 0, 2 * PAGE_BYTES);
+    let at = PAGE_BYTES + HEADER_FIXED_BYTES + 2;
+    patch(&path, at as u64, &[original[at] ^ 0x20]);
+    // Readers never look at it while the first copy is good.
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2]);
+    assert!(r.take_warnings().0.is_empty());
+    // The writer puts it right, says so, and appends to the same segment.
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.new_segment_reason), (1, 2, None), "{report:?}");
+    let note = report.notes.iter().find(|n| n.contains("second copy")).expect("a note");
+    assert!(note.contains(&format!("at offset {PAGE_BYTES}, did not match the first")), "{note}");
+    assert_eq!(read_bytes(&path, 0, 2 * PAGE_BYTES), original);
+    append_seqs(&mut j, [3]);
+    assert_eq!(seqs(&read_all(&mut r)), [3]);
+    // Nothing to put right: no note, nothing written.
+    drop(j);
+    let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert!(report.notes.is_empty(), "{report:?}");
+}
+
+#[test]
 fn a_damaged_first_header_copy_is_read_through_the_second_and_rewritten_by_the_writer() {
     let dir = closed_root(2);
     let root = dir.path();
