@@ -443,19 +443,23 @@ impl SegmentHeader {
     }
 }
 
-/// For `crate::fuzzing`: rewrites the checksums in a segment file's bytes — the header's CRC
-/// when its lengths fit the bytes, and the seal of every non-zero record slot after the header —
-/// so that a fuzzer's changes to a schema or a record get past the CRCs to the code behind them.
+/// For `crate::fuzzing`: rewrites the checksums in a segment file's bytes — the CRC of each
+/// header copy (at 0, and at half the first copy's `header_bytes`) whose lengths fit the bytes,
+/// and the seal of every non-zero record slot after the header — so that a fuzzer's changes to
+/// a schema or a record get past the CRCs to the code behind them.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn reseal(b: &mut [u8]) {
     if b.len() < HEADER_FIXED_BYTES {
         return;
     }
     let header_bytes = u32_at(b, at::HEADER_BYTES) as usize;
-    let schema_bytes = u32_at(b, at::SCHEMA_BYTES) as usize;
-    if HEADER_FIXED_BYTES + schema_bytes <= b.len().min(HEADER_FIXED_BYTES + SCHEMA_BYTES_MAX) {
-        let crc = header_crc(&b[..HEADER_FIXED_BYTES], &b[HEADER_FIXED_BYTES..HEADER_FIXED_BYTES + schema_bytes]);
-        b[at::CRC..at::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    for copy in [0, header_bytes / 2] {
+        let Some(h) = b.get_mut(copy..).filter(|h| h.len() >= HEADER_FIXED_BYTES) else { continue };
+        let schema_bytes = u32_at(h, at::SCHEMA_BYTES) as usize;
+        if HEADER_FIXED_BYTES + schema_bytes <= h.len().min(HEADER_FIXED_BYTES + SCHEMA_BYTES_MAX) {
+            let crc = header_crc(&h[..HEADER_FIXED_BYTES], &h[HEADER_FIXED_BYTES..HEADER_FIXED_BYTES + schema_bytes]);
+            h[at::CRC..at::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        }
     }
     let first = header_bytes.max(HEADER_FIXED_BYTES).next_multiple_of(EVENT_BYTES);
     for slot in b.get_mut(first..).unwrap_or_default().chunks_exact_mut(EVENT_BYTES) {
