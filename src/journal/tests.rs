@@ -1017,60 +1017,49 @@ fn a_version_one_segment_with_one_header_copy_is_read_and_appended_to() {
     assert_eq!(read_bytes(&path, 8, 4), 1u32.to_le_bytes());
 }
 
+/// One byte of the embedded schema in one copy of the header (only that copy's CRC can tell):
+/// readers read every record (through the second copy when the first is the damaged one, and
+/// say so), and the writer rewrites the damaged copy from the other, says so, and appends to
+/// the same segment.
 #[test]
-fn a_damaged_second_header_copy_is_rewritten_by_the_writer_from_the_first() {
-    let dir = closed_root(2);
-    let root = dir.path();
-    let path = seg_file(root, 0, 1);
-    let original = read_bytes(&path, 0, 2 * PAGE_BYTES);
-    let at = PAGE_BYTES + HEADER_FIXED_BYTES + 2;
-    patch(&path, at as u64, &[original[at] ^ 0x20]);
-    // Readers never look at it while the first copy is good.
-    let mut r = JournalReader::open(root).unwrap();
-    assert_eq!(seqs(&read_all(&mut r)), [1, 2]);
-    assert!(r.take_warnings().0.is_empty());
-    // The writer puts it right, says so, and appends to the same segment.
-    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    assert_eq!((report.segment, report.records, report.new_segment_reason), (1, 2, None), "{report:?}");
-    let note = report.notes.iter().find(|n| n.contains("second copy")).expect("a note");
-    assert!(note.contains(&format!("at offset {PAGE_BYTES}, did not match the first")), "{note}");
-    assert_eq!(read_bytes(&path, 0, 2 * PAGE_BYTES), original);
-    append_seqs(&mut j, [3]);
-    assert_eq!(seqs(&read_all(&mut r)), [3]);
-    // Nothing to put right: no note, nothing written.
-    drop(j);
-    let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    assert!(report.notes.is_empty(), "{report:?}");
-}
+fn a_damaged_header_copy_is_read_around_and_rewritten_from_the_other_by_the_writer() {
+    for (copy, note) in [
+        (0, "first copy was damaged (header CRC32C".to_string()),
+        (PAGE_BYTES, format!("second copy, at offset {PAGE_BYTES}, did not match the first")),
+    ] {
+        let dir = closed_root(2);
+        let root = dir.path();
+        let path = seg_file(root, 0, 1);
+        let original = read_bytes(&path, 0, 2 * PAGE_BYTES);
+        let at = copy + HEADER_FIXED_BYTES + 2;
+        patch(&path, at as u64, &[original[at] ^ 0x20]);
 
-#[test]
-fn a_damaged_first_header_copy_is_read_through_the_second_and_rewritten_by_the_writer() {
-    let dir = closed_root(2);
-    let root = dir.path();
-    let path = seg_file(root, 0, 1);
-    let original = read_bytes(&path, 0, 2 * PAGE_BYTES);
-    // One byte of the embedded schema in the first copy: only that copy's CRC can tell.
-    patch(&path, HEADER_FIXED_BYTES as u64 + 2, &[original[HEADER_FIXED_BYTES + 2] ^ 0x20]);
+        let mut r = JournalReader::open(root).unwrap();
+        assert_eq!(seqs(&read_all(&mut r)), [1, 2], "copy at {copy}");
+        assert_eq!(r.corrupt_segments(), 0);
+        let warnings: Vec<String> = r.take_warnings().0.iter().map(|w| w.to_string()).collect();
+        if copy == 0 {
+            let start = format!("journal: read header {}: first copy damaged (header CRC32C", path.display());
+            assert!(warnings[0].starts_with(&start), "{warnings:?}");
+            assert!(warnings[0].ends_with(&format!("read from the second, at offset {PAGE_BYTES}")), "{warnings:?}");
+        } else {
+            assert!(warnings.is_empty(), "the second copy is not read while the first is good: {warnings:?}");
+        }
 
-    // Reader: every record, and a warning naming the file and the copy it read.
-    let mut r = JournalReader::open(root).unwrap();
-    assert_eq!(seqs(&read_all(&mut r)), [1, 2]);
-    assert_eq!(r.corrupt_segments(), 0);
-    let (warnings, _) = r.take_warnings();
-    let msg = warnings[0].to_string();
-    assert!(msg.starts_with(&format!("journal: read header {}: first copy damaged (header CRC32C", path.display())));
-    assert!(msg.ends_with(&format!("read from the second, at offset {PAGE_BYTES}")), "{msg}");
-
-    // Writer: rewrites the first copy, says so, and appends to the same segment.
-    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    assert_eq!((report.segment, report.records, report.new_segment_reason), (1, 2, None), "{report:?}");
-    assert!(report.notes.iter().any(|n| n.contains("first copy was damaged") && n.contains("rewritten")), "{report:?}");
-    assert_eq!(read_bytes(&path, 0, 2 * PAGE_BYTES), original, "both copies as written");
-    append_seqs(&mut j, [3]);
-    assert_eq!(seqs(&read_all(&mut r)), [3]);
-    let mut fresh = JournalReader::open(root).unwrap();
-    assert_eq!(seqs(&read_all(&mut fresh)), [1, 2, 3]);
-    assert!(fresh.take_warnings().0.is_empty());
+        let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+        assert_eq!((report.segment, report.records, report.new_segment_reason), (1, 2, None), "{report:?}");
+        assert!(report.notes.iter().any(|n| n.contains(&note) && n.contains("rewritten")), "{report:?}");
+        assert_eq!(read_bytes(&path, 0, 2 * PAGE_BYTES), original, "both copies as written");
+        append_seqs(&mut j, [3]);
+        assert_eq!(seqs(&read_all(&mut r)), [3]);
+        let mut fresh = JournalReader::open(root).unwrap();
+        assert_eq!(seqs(&read_all(&mut fresh)), [1, 2, 3]);
+        assert!(fresh.take_warnings().0.is_empty());
+        // Nothing left to put right: no note.
+        drop(j);
+        let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+        assert!(report.notes.is_empty(), "{report:?}");
+    }
 }
 
 #[test]
