@@ -284,8 +284,13 @@ pub(crate) enum HeaderError {
     Short {
         file_bytes: u64,
     },
-    /// The fixed header is all zero: the segment was never initialised.
+    /// The fixed header is all zero: the segment was never initialised (or the page was lost).
     Blank,
+    /// The first copy's pages could not be read (an I/O error such as EIO); only ever the
+    /// `first_copy_bad` of a header read from its second copy.
+    Unreadable {
+        error: String,
+    },
     Magic {
         found: [u8; 8],
     },
@@ -320,6 +325,7 @@ impl HeaderError {
         match self {
             HeaderError::Short { .. } => "last segment is shorter than a header; renamed to .corrupt",
             HeaderError::Blank => "last segment's header is blank; renamed to .corrupt",
+            HeaderError::Unreadable { .. } => "last segment's header cannot be read; renamed to .corrupt",
             HeaderError::Magic { .. } => "last segment's header has a bad magic; renamed to .corrupt",
             HeaderError::Version { .. } => "last segment's format version is not this build's; renamed to .corrupt",
             HeaderError::Layout { .. } => "last segment's header has impossible lengths; renamed to .corrupt",
@@ -340,7 +346,10 @@ impl std::fmt::Display for HeaderError {
             HeaderError::Short { file_bytes } => {
                 write!(f, "file is {file_bytes} bytes, shorter than the {HEADER_FIXED_BYTES}-byte header")
             }
-            HeaderError::Blank => write!(f, "header is all zero (the segment was never initialised)"),
+            HeaderError::Blank => {
+                write!(f, "header is all zero (the segment was never initialised, or the page was lost)")
+            }
+            HeaderError::Unreadable { error } => write!(f, "header cannot be read: {error}"),
             HeaderError::Magic { found } => {
                 write!(f, "bad magic {:?}, expected {:?}", found.escape_ascii().to_string(), "TRKJRNL1")
             }
@@ -354,7 +363,8 @@ impl std::fmt::Display for HeaderError {
             HeaderError::Layout { header_bytes, schema_bytes, file_bytes } => write!(
                 f,
                 "header_bytes {header_bytes} with schema_bytes {schema_bytes} in a {file_bytes}-byte \
-                 file (header_bytes must be a multiple of {PAGE_BYTES} holding {HEADER_FIXED_BYTES} + \
+                 file (header_bytes must be 2 × ({HEADER_FIXED_BYTES} + schema_bytes rounded up to \
+                 {PAGE_BYTES}), 1 × for format version {FORMAT_VERSION_ONE_HEADER}, within the file, with \
                  schema_bytes ≤ {SCHEMA_BYTES_MAX})"
             ),
             HeaderError::Crc { stored, computed } => {
@@ -453,7 +463,11 @@ pub(crate) fn reseal(b: &mut [u8]) {
         return;
     }
     let header_bytes = u32_at(b, at::HEADER_BYTES) as usize;
-    for copy in [0, header_bytes / 2] {
+    // The second copy only where the first says there is one: this format, and a half that
+    // does not cut into the first copy's schema (a version 1 header has one copy).
+    let first_ends = HEADER_FIXED_BYTES + u32_at(b, at::SCHEMA_BYTES) as usize;
+    let two = u32_at(b, at::VERSION) == FORMAT_VERSION && header_bytes / 2 >= first_ends;
+    for copy in if two { vec![0, header_bytes / 2] } else { vec![0] } {
         let Some(h) = b.get_mut(copy..).filter(|h| h.len() >= HEADER_FIXED_BYTES) else { continue };
         let schema_bytes = u32_at(h, at::SCHEMA_BYTES) as usize;
         if HEADER_FIXED_BYTES + schema_bytes <= h.len().min(HEADER_FIXED_BYTES + SCHEMA_BYTES_MAX) {
@@ -479,11 +493,15 @@ pub(crate) fn read_header(
     shard: u16,
     number: u64,
 ) -> io::Result<Result<SegmentHeader, HeaderError>> {
-    let first_bad = match read_copy(file, file_bytes, 0)? {
-        Ok(h) => return Ok(h.of(shard, number)),
+    // A first copy that cannot be read (EIO from a bad sector) is damaged too: its copy is on
+    // other pages. When no copy is found the read error is returned as it was, an I/O error
+    // the caller may retry, not a verdict on the bytes.
+    let (first_bad, unreadable) = match read_copy(file, file_bytes, 0) {
+        Ok(Ok(h)) => return Ok(h.of(shard, number)),
         // Too short for a header at all: there is no copy either.
-        Err(short @ HeaderError::Short { .. }) => return Ok(Err(short)),
-        Err(bad) => bad,
+        Ok(Err(short @ HeaderError::Short { .. })) => return Ok(Err(short)),
+        Ok(Err(bad)) => (bad, None),
+        Err(e) => (HeaderError::Unreadable { error: e.to_string() }, Some(e)),
     };
     // The first copy is damaged. The second starts at the page where the first one's pages end,
     // which its own `header_bytes` says (a damaged first copy cannot be asked): try each page a
@@ -494,12 +512,16 @@ pub(crate) fn read_header(
         if 2 * off > file_bytes {
             break;
         }
-        if let Ok(mut h) = read_copy(file, file_bytes, off)? {
+        // A page that cannot be read holds no copy that can be used.
+        if let Ok(Ok(mut h)) = read_copy(file, file_bytes, off) {
             h.first_copy_bad = Some(first_bad);
             return Ok(h.of(shard, number));
         }
     }
-    Ok(Err(first_bad))
+    match unreadable {
+        Some(e) => Err(e),
+        None => Ok(Err(first_bad)),
+    }
 }
 
 /// Checks the copy of a header at `off` (0: the first copy) on its own, short of the shard and
@@ -1844,21 +1866,27 @@ fn repair_header(file: &File, path: &Path, header: &SegmentHeader) -> Result<boo
         return Ok(false);
     }
     let encoded = header.encode();
-    let mut on_disk = vec![0u8; encoded.len()];
-    file.read_exact_at(&mut on_disk, 0).map_err(|e| JournalError::new("read header", path, e))?;
     let copy = encoded.len() / 2;
-    let mut second_rewritten = false;
-    for at in [0, copy] {
-        if on_disk[at..at + copy] != encoded[at..at + copy] {
+    let mut on_disk = vec![0u8; copy];
+    let mut rewritten = [false; 2];
+    for (i, at) in [0, copy].into_iter().enumerate() {
+        // The first copy is rewritten only when the header was read around it: bytes past its
+        // schema, which no CRC covers, are not damage. A copy that cannot be read (a bad
+        // sector) is rewritten: the write usually makes the drive remap the sector.
+        let stale = match i {
+            0 => header.first_copy_bad.is_some(),
+            _ => file.read_exact_at(&mut on_disk, at as u64).is_err() || on_disk[..] != encoded[at..],
+        };
+        if stale {
             let wrote = file.write_all_at(&encoded[at..at + copy], at as u64);
             wrote.map_err(|e| JournalError::new("write header", path, e))?;
-            second_rewritten |= at == copy;
+            rewritten[i] = true;
         }
     }
-    if on_disk != encoded {
+    if rewritten.contains(&true) {
         file.sync_data().map_err(|e| JournalError::new("fsync", path, e))?;
     }
-    Ok(second_rewritten)
+    Ok(rewritten[1])
 }
 
 /// Recovers the highest-numbered segment `n`: returns it as the active segment when the writer

@@ -975,10 +975,23 @@ fn header_round_trips_and_each_check_rejects() {
     assert!(matches!(check(&good[..2 * PAGE_BYTES - 1], 5, 9), Err(HeaderError::Layout { .. })));
     // Only a second copy that its own header_bytes puts at half counts: one a page further on
     // (as if the first copy's pages were one more) is not taken.
+    // (The file is long enough for the search to reach it: 2 × its offset.)
     let mut moved = good.clone();
     moved[..PAGE_BYTES].fill(0xAA);
     moved.splice(PAGE_BYTES..PAGE_BYTES, vec![0; PAGE_BYTES]);
+    moved.resize(6 * PAGE_BYTES, 0);
     assert!(matches!(check(&moved, 5, 9), Err(HeaderError::Magic { .. })));
+    // A schema longer than one page: each copy is two pages, and the second is found at the
+    // third page, past the first copy's own second page.
+    let long = SegmentHeader { schema_json: vec![b' '; PAGE_BYTES], ..SegmentHeader::new_now(5, 9, Vec::new()) };
+    let long = SegmentHeader { header_bytes: header_bytes_for(PAGE_BYTES) as u32, ..long };
+    assert_eq!(long.header_bytes as usize, 4 * PAGE_BYTES);
+    let mut bytes = long.encode();
+    bytes.resize(8 * PAGE_BYTES, 0);
+    bytes[HEADER_FIXED_BYTES + 10] = b'x';
+    let got = check(&bytes, 5, 9).unwrap();
+    assert_eq!(got.read_at(), 2 * PAGE_BYTES as u64);
+    assert_eq!(SegmentHeader { first_copy_bad: None, ..got }, long);
     // A copy that names another segment says so, as the first would.
     let mut other = SegmentHeader { segment: 10, ..h.clone() }.encode();
     other[..PAGE_BYTES].fill(0);
@@ -1060,6 +1073,13 @@ fn a_damaged_header_copy_is_read_around_and_rewritten_from_the_other_by_the_writ
         let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
         assert!(report.notes.is_empty(), "{report:?}");
     }
+    // Bytes past a good first copy's schema, which no CRC covers, are not damage: left alone.
+    let dir = closed_root(1);
+    let path = seg_file(dir.path(), 0, 1);
+    patch(&path, PAGE_BYTES as u64 - 1, b"~");
+    let (_, report) = ShardJournal::open(dir.path(), 0, SEG_8, &schema_a()).unwrap();
+    assert!(report.notes.is_empty(), "{report:?}");
+    assert_eq!(read_bytes(&path, PAGE_BYTES as u64 - 1, 1), b"~");
 }
 
 #[test]
@@ -1717,7 +1737,7 @@ fn reseal_makes_either_header_copy_pass_its_crc() {
     b[..PAGE_BYTES].fill(0);
     b[PAGE_BYTES + 32] ^= 1;
     assert!(matches!(check(&b), Err(HeaderError::Blank)));
-    b[12..16].copy_from_slice(&good[12..16]); // reseal finds the copy through header_bytes
+    b[8..16].copy_from_slice(&good[8..16]); // reseal finds the copy through version and header_bytes
     super::segment::reseal(&mut b);
     assert!(check(&b).is_ok());
 }
