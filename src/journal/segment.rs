@@ -23,14 +23,14 @@
 //! Why two copies: every record carries its own CRC, but the schema that decodes them is in the
 //! header, so one bad byte there would make the whole segment (~130 k events at 64 MiB)
 //! unreadable. The copy starts on its own page, so damage to one page (a bad sector, a page a
-//! power loss left unwritten) leaves the other. A reader whose header at 0 fails its checks
-//! looks for the copy at each page up to the largest header, takes the first one that passes
-//! every check and whose own `header_bytes` puts it at exactly half, and says so. At start the
-//! writer rewrites either copy of the last segment's header that is not as it should be (a
-//! damaged first copy from the second; a second that differs from a good first, from the first). A page at or
-//! after `header_bytes` starts with a record (CRC, then `RECORD_MAGIC`), which never reads as a
-//! header. Version 1 segments (one copy, `header_bytes` = its pages) are read and appended to as
-//! they are.
+//! power loss left unwritten) leaves the other. A reader whose header at 0 fails its checks, or
+//! cannot be read at all, looks for the copy at each page up to the largest header, takes the
+//! first one that passes every check and whose own `header_bytes` puts it at exactly half, and
+//! says so. At start the writer rewrites either copy of the last segment's header that is not as
+//! it should be (a damaged first copy from the second; a second that differs from a good first,
+//! from the first). A page at or after `header_bytes` starts with a record (CRC, then
+//! `RECORD_MAGIC`), which never reads as a header. Version 1 segments (one copy,
+//! `header_bytes` = its pages) are read and appended to as they are.
 //!
 //! Records follow from `header_bytes`: raw [`Event`] bytes back to back, each sealed (magic +
 //! CRC32C). The file is preallocated to `segment_bytes`; while the writer is on the segment its
