@@ -318,10 +318,10 @@ impl ShardSource {
 pub(super) mod tests {
     use super::*;
     use crate::journal::{ShardJournal, PAGE_BYTES};
+    use crate::schema::{FieldKind, FieldSchema, TypeSchema, SCHEMA_VERSION};
 
     /// The test schema's header: two copies of one page.
     const HDR: usize = 2 * PAGE_BYTES;
-    use crate::schema::{FieldKind, FieldSchema, TypeSchema, SCHEMA_VERSION};
 
     /// One type, `impression`, with one u64 field `c`: the collectors' tests' journal schema.
     pub(in crate::collector) fn schema() -> Schema {

@@ -32,9 +32,9 @@
 //! one the reader opens are simply the journal's start.
 //!
 //! A segment whose header's first copy fails its checks is read through the second, with a
-//! warning naming the file. One whose copies both fail is skipped with a warning naming the file (and
-//! counted in [`JournalReader::corrupt_segments`]), so one bad file does not hide the segments
-//! after it. Files named `.seg.corrupt` and `.seg.unpublished` (set aside by the writer, with or
+//! warning naming the file. One whose copies both fail is skipped with a warning naming the
+//! file (and counted in [`JournalReader::corrupt_segments`]), so one bad file does not hide the
+//! segments after it. Files named `.seg.corrupt` and `.seg.unpublished` (set aside by the writer, with or
 //! without a copy number such as `.1`) and `.seg.tmp` (being created) are never read.
 
 use std::collections::BTreeMap;
