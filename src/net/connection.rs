@@ -177,7 +177,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                     let st = Status::from_code(status);
                     ctx.shared.counters.request(None, st);
                     ctx.shared.counters.reject(Reason::Malformed);
-                    write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None, None);
+                    let head = http::request::is_head(&rbuf[start..]);
+                    write_error(&ctx, &mut wbuf, st, reason, false, head, 1, None, None);
                     served += 1;
                     close = true;
                     break;
@@ -211,7 +212,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                             let st = Status::from_code(status);
                             ctx.shared.counters.request(None, st);
                             ctx.shared.counters.reject(Reason::Malformed);
-                            write_error(&ctx, &mut wbuf, st, reason, false, false, req.version_minor, None, None);
+                            let head = req.method == http::Method::Head;
+                            write_error(&ctx, &mut wbuf, st, reason, false, head, req.version_minor, None, None);
                             served += 1;
                             close = true;
                             break;

@@ -142,6 +142,35 @@ fn oversize_requests_get_413_414_431() {
     many.push_str("\r\n");
     expect_reject(&s, many.as_bytes(), 431);
     expect_reject(&s, b"GET /i?c=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 17\r\n\r\n", 413);
+    // A length no machine word holds is a body too large, not a malformed length.
+    expect_reject(&s, b"POST /batch HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n", 413);
+    assert_eq!(s.stop(), 0);
+}
+
+/// RFC 9110 §9.3.2: no answer to a HEAD has a body, a refusal's neither. A client reading one
+/// stops at the blank line, so a reason sent after it would be read as the next response.
+#[test]
+fn a_refused_head_request_gets_its_status_and_no_body() {
+    let cfg = "[server]\nbody_bytes_max = 16\n".to_string() + &crate::pipeline::default_endpoints_and_events();
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let cases: &[(&[u8], u16)] = &[
+        // Refused while the head is parsed: no Host, a body over the limit, framing.
+        (b"HEAD /i?c=1 HTTP/1.1\r\n\r\n", 400),
+        (b"\r\nHEAD /i?c=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 17\r\n\r\n", 413),
+        (b"HEAD /i?c=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", 400),
+        // Refused while its chunked body is decoded.
+        (b"HEAD /i?c=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    ];
+    for &(raw, status) in cases {
+        let what = String::from_utf8_lossy(raw);
+        let mut c = s.connect();
+        c.send(raw);
+        let r = c.read_response(true);
+        assert_eq!((r.status, r.header("connection")), (status, Some("close")), "for {what:?}");
+        assert!(c.is_closed(), "after the head of the answer to {what:?}, the close and no body");
+    }
+    // The same refusal of a GET carries its reason.
+    expect_reject(&s, b"GET /i?c=1 HTTP/1.1\r\n\r\n", 400);
     assert_eq!(s.stop(), 0);
 }
 
@@ -226,12 +255,18 @@ fn options_asterisk_is_204_with_allow_and_keeps_the_connection() {
     assert_eq!(c.get("/i?c=2").status, 200);
     for raw in [
         &b"GET * HTTP/1.1\r\nHost: t\r\n\r\n"[..],
-        b"HEAD * HTTP/1.1\r\nHost: t\r\n\r\n",
         b"POST * HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
         b"DELETE * HTTP/1.1\r\nHost: t\r\n\r\n",
     ] {
         expect_reject(&s, raw, 400);
     }
+    // A HEAD's refusal has no body (a_refused_head_request_gets_its_status_and_no_body).
+    let mut c = s.connect();
+    c.send(b"HEAD * HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response(true);
+    assert_eq!((r.status, r.header("connection")), (400, Some("close")));
+    assert!(c.is_closed());
+    assert_eq!(s.connect().get("/i?c=1").status, 200);
     assert_eq!(requests_with_status(&s, "204"), 2.0);
     assert_eq!(s.stop(), 0);
     // The two pixels and expect_reject's four probes; OPTIONS is never an event.
