@@ -472,17 +472,33 @@ fn accept_failing_on_the_open_file_limit_is_said_once_not_every_10_ms() {
     };
     assert!(first.contains("RLIMIT_NOFILE 48") && first.contains("LimitNOFILE"), "{first}");
     // The failure repeats every 10 ms while the connections stay: a bounded look for a repeat.
+    // It may be said again only after a real recovery in between: a descriptor the tracker
+    // closes for itself (the directory fsync of the next segment, made ahead at start) lets one
+    // queued connection in, and the next accept fails anew.
     let look = Instant::now() + Duration::from_secs(1);
+    // The last "works again" when no failure was said after it.
+    let (mut recovery, mut said): (Option<String>, u32) = (None, 0);
     while let Some(line) = next_line(look.saturating_duration_since(Instant::now())) {
-        assert!(!line.contains("accept failed"), "said again: {line}");
-    }
-    drop(conns);
-    let deadline = Instant::now() + WAIT;
-    let again = loop {
-        let line = next_line(deadline.saturating_duration_since(Instant::now())).expect("recovery said");
-        assert!(!line.contains("accept failed"), "said again: {line}");
         if line.contains("accept works again") {
-            break line;
+            recovery = Some(line);
+        } else if line.contains("accept failed") {
+            assert!(recovery.take().is_some(), "said again with no recovery between: {line}");
+            said += 1;
+        }
+    }
+    assert!(said <= 3, "said {said} more times in a second: the tracker's own descriptors do not churn that much");
+    drop(conns);
+    let again = match recovery {
+        Some(line) => line,
+        None => {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let line = next_line(deadline.saturating_duration_since(Instant::now())).expect("recovery said");
+                assert!(!line.contains("accept failed"), "said again: {line}");
+                if line.contains("accept works again") {
+                    break line;
+                }
+            }
         }
     };
     assert!(again.contains("failed attempts"), "{again}");
