@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::statistics::Statistics;
@@ -29,18 +29,34 @@ use rdkafka::ClientContext;
 
 use super::{Batch, Collector, Delivery, Options, Value};
 
-/// librdkafka properties the collector owns; `properties` may not set them.
-const OWNED: [&str; 7] = [
+/// librdkafka properties the collector owns; `properties` may not set them, under any of the
+/// names librdkafka gives one setting (CONFIGURATION.md: its aliases): librdkafka applies a
+/// config's entries in no fixed order, so an alias beside ours would win in some processes and
+/// not in others.
+const OWNED: [&str; 12] = [
     "enable.idempotence",
     "acks",
+    "request.required.acks",
     "bootstrap.servers",
+    "metadata.broker.list",
     "compression.type",
+    "compression.codec",
     // Set from the collector's own keys (producer_linger_ms, batch.events_max, timeout_ms):
     // a value here would be silently overridden.
     "linger.ms",
+    "queue.buffering.max.ms",
     "batch.num.messages",
     "message.timeout.ms",
+    "delivery.timeout.ms",
 ];
+
+/// How long one wait for delivery reports lasts before the producer's queue is looked at again.
+/// rdkafka's `BaseProducer::poll` always runs to its deadline, even once every report is in, and
+/// its `flush` polls in 100 ms steps: a batch took at least 100 ms, which capped one collector
+/// at `events_max` × 10 events a second.
+const REPORT_POLL: Duration = Duration::from_millis(1);
+/// Most events one idle pass takes from an idle producer's queue (statistics every 500 ms, logs).
+const IDLE_EVENTS_MAX: usize = 64;
 
 #[derive(Default)]
 struct Reports {
@@ -311,7 +327,7 @@ impl Collector for Kafka {
         }
         self.value = value;
         let n = batch.events.len() as u64;
-        let flushed = producer.flush(deadline.saturating_duration_since(Instant::now()));
+        let flushed = wait_for_reports(producer, deadline);
         let fatal = producer.client().fatal_error();
         let (ok, failed) = (reports.ok.load(Relaxed), reports.failed.load(Relaxed));
         if let Some((code, why)) = fatal {
@@ -353,9 +369,36 @@ impl Collector for Kafka {
         Delivery::Retry(why)
     }
 
+    /// Serves what an idle producer queues for this thread (statistics every 500 ms, log and
+    /// error events): nothing else polls it between batches, and librdkafka's queue of them has
+    /// no bound, so a collector idle for hours grew by the statistics' JSON each half second.
+    fn idle(&mut self) {
+        if let Some(p) = &self.producer {
+            // One event per zero-timeout poll (rdkafka polls once, then sees its deadline gone).
+            for _ in 0..IDLE_EVENTS_MAX.min(p.in_flight_count().max(0) as usize) {
+                p.poll(Duration::ZERO);
+            }
+        }
+    }
+
     fn close(&mut self) {
         if let Some(p) = &self.producer {
-            let _ = p.flush(Duration::from_secs(5));
+            let _ = wait_for_reports(p, Instant::now() + Duration::from_secs(5));
         }
+    }
+}
+
+/// Polls delivery reports until nothing is in flight (no message unreported, no event unserved:
+/// librdkafka's `outq_len`), or until `deadline` (then `Flush(OperationTimedOut)`, as `flush`).
+fn wait_for_reports(producer: &BaseProducer<Ctx>, deadline: Instant) -> KafkaResult<()> {
+    loop {
+        if producer.in_flight_count() <= 0 {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        producer.poll(left.min(REPORT_POLL));
     }
 }

@@ -118,6 +118,11 @@ pub enum Delivery {
 pub trait Collector: Send {
     fn deliver(&mut self, batch: &Batch) -> Delivery;
 
+    /// Called between deliveries when a pass of the collector's thread found nothing to send
+    /// (at most every 10 ms): for housekeeping a client library leaves to its caller's thread,
+    /// such as serving the events an idle Kafka producer queues. Must not block for long.
+    fn idle(&mut self) {}
+
     /// Called once when the tracker stops, after the last delivery.
     fn close(&mut self) {}
 }

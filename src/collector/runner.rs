@@ -333,6 +333,7 @@ impl Runner {
                 return;
             }
             if !progressed {
+                self.collector.idle();
                 std::thread::sleep(IDLE_POLL);
             }
         }

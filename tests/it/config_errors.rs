@@ -147,6 +147,12 @@ fn kafka_settings_librdkafka_refuses_are_config_errors_not_an_endless_retry() {
     // A property the collector sets from its own keys is refused, not silently overridden.
     let (_, err, _) = check("properties = { \"linger.ms\" = \"100\" }");
     assert!(err.contains("\"linger.ms\" is set by the collector"), "{err}");
+    // So is one under another name librdkafka gives the same setting.
+    for alias in ["queue.buffering.max.ms", "request.required.acks", "metadata.broker.list", "delivery.timeout.ms"] {
+        let (code, err, _) = check(&format!("properties = {{ \"{alias}\" = \"1\" }}"));
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(&format!("\"{alias}\" is set by the collector")), "{err}");
+    }
     // TLS and SASL are built in: a managed cluster's settings pass librdkafka's own check.
     let (code, err, _) = check(
         "compression = \"zstd\"\nproperties = { \"security.protocol\" = \"sasl_ssl\", \"sasl.mechanisms\" = \
