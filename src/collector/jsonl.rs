@@ -7,12 +7,13 @@
 //! before the retry, and a line a crash left without its newline is ended before the next one.
 //! The file may be rotated from outside (renamed or removed, as logrotate does): each batch is
 //! written to the file `path` names at that moment, never to one renamed away or unlinked,
-//! where an acknowledged line would be lost with it.
+//! where an acknowledged line would be lost with it. With `fsync`, a file the collector creates
+//! has its directory fsynced before the first line goes in.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{Batch, Collector, Delivery, Options};
 
@@ -46,7 +47,7 @@ impl Collector for Jsonl {
             }
         }
         if self.file.is_none() {
-            match OpenOptions::new().create(true).read(true).append(true).open(&self.path) {
+            match open_append(&self.path, self.fsync) {
                 Ok(f) => self.file = Some(f),
                 Err(e) => return Delivery::Retry(format!("open {}: {e}", self.path.display())),
             }
@@ -85,6 +86,25 @@ impl Collector for Jsonl {
             }
         }
     }
+}
+
+/// Opens `path` to append, creating it when missing. A file it creates gets its directory
+/// entry made durable (with `fsync`) before any line is written: by POSIX a new file's name
+/// is on disk only once its directory is fsynced, and without it a power cut could take the
+/// file, with lines already acknowledged, along (the first batch, or the first after a
+/// rotation). Done before the write, so a failure retries with nothing appended yet.
+fn open_append(path: &Path, fsync: bool) -> std::io::Result<File> {
+    match OpenOptions::new().read(true).append(true).open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        other => return other,
+    }
+    // Created here, or by another writer between the two opens: either way not yet known durable.
+    let f = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+    if fsync {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        crate::journal::fsync_dir(dir)?;
+    }
+    Ok(f)
 }
 
 #[cfg(test)]
