@@ -13,22 +13,25 @@ set -euo pipefail
 LOAD_S=${1:-3}
 CONNS=${2:-8}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+LOG_TAG=kafka-catchup
+# shellcheck source=perf/lib.sh
+. "$REPO/perf/lib.sh" # free_port, die
 BIN=${TRACKER_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/tracker}
-[ -x "$BIN" ] || { echo "no $BIN: run cargo build --release" >&2; exit 1; }
+[ -x "$BIN" ] || die "no $BIN: run cargo build --release"
 W=$(mktemp -d)
 PIDS=()
-cleanup() {
+stop_all() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$W"
 }
-trap cleanup EXIT
+trap stop_all EXIT
 wait_line() { # file pattern
   for _ in $(seq 200); do grep -q "$2" "$1" && return 0; sleep 0.05; done
-  echo "no '$2' in $1:" >&2; cat "$1" >&2; exit 1
+  cat "$1" >&2; die "no '$2' in $1"
 }
 
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 tansu broker --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
   --storage-engine memory://tansu/ > "$W/tansu.log" 2>&1 &
 PIDS+=($!)
@@ -69,5 +72,5 @@ for _ in $(seq 3000); do
   sleep 0.05
 done
 END=$(date +%s.%N)
-[ "$GOT" -ge "$N" ] || { echo "the collector delivered $GOT of $N events within 150 s" >&2; exit 1; }
+[ "$GOT" -ge "$N" ] || die "the collector delivered $GOT of $N events within 150 s"
 awk -v n="$N" -v s="$START" -v e="$END" 'BEGIN { printf "%d events acknowledged by Kafka in %.2f s from the restart: %.0f events/s\n", n, e - s, n / (e - s) }'
