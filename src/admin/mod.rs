@@ -332,7 +332,7 @@ fn refuse_busy(mut s: TcpStream, refusing: &Arc<AtomicUsize>) {
     // A failed spawn drops the closure, connection and slot with it.
     let _ = std::thread::Builder::new().name("tracker-admin-busy".into()).spawn(move || {
         let _slot = slot;
-        let _ = refuse(s, 503, REASON);
+        let _ = refuse(s, 503, REASON, false);
     });
 }
 
@@ -413,19 +413,21 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
                 buf[minor_at] = b'1';
                 continue;
             }
-            Err(ParseError::Invalid { status, reason }) => return refuse(s, status, reason),
+            Err(ParseError::Invalid { status, reason }) => {
+                return refuse(s, status, reason, http::request::is_head(&buf[..n]))
+            }
         }
         // The parser answers 431 once the head fills LIMITS.header_bytes_max, the buffer's size.
         debug_assert!(n < buf.len());
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return refuse(s, 408, "request head not received in time");
+            return refuse(s, 408, "request head not received in time", http::request::is_head(&buf[..n]));
         }
         s.set_read_timeout(Some(left))?;
         let r = match s.read(&mut buf[n..]) {
             Ok(r) => r,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                return refuse(s, 408, "request head not received in time");
+                return refuse(s, 408, "request head not received in time", http::request::is_head(&buf[..n]));
             }
             Err(e) => return Err(e),
         };
@@ -438,7 +440,7 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
     // refused before it, whatever its method and path. 413 (RFC 9110 §15.5.14), not 400: the
     // framing is sound (the parser has checked it), the content is more than the none taken.
     if !matches!(framing, BodyFraming::None | BodyFraming::Length(0)) {
-        return refuse(s, 413, "the admin listener reads no request body");
+        return refuse(s, 413, "the admin listener reads no request body", method == Method::Head);
     }
     let head = method == Method::Head;
     // As on the public listener: an unknown path is 404 whatever the method; on a known one
@@ -450,16 +452,18 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
         (_, Method::Options) => respond(&mut s, 204, "", b"", false),
         // The parser lets `*` through for OPTIONS only (RFC 9112 §3.2.4); answered as it would
         // be, never a panic, should that ever change.
-        (Resource::Server, _) => refuse(s, 400, "invalid request target"),
+        (Resource::Server, _) => refuse(s, 400, "invalid request target", head),
         (_, Method::Get | Method::Head) => answer(state, &mut s, resource, head),
         (_, Method::Post | Method::Other) => respond(&mut s, 405, "text/plain", b"method not allowed\n", head),
     }
 }
 
 /// Answers `status` with `reason` to a request not read whole (a refused head, one that did not
-/// arrive in time, a body left unread), then closes with [`linger_close`].
-fn refuse(mut s: TcpStream, status: u16, reason: &str) -> io::Result<()> {
-    respond(&mut s, status, "text/plain", format!("{reason}\n").as_bytes(), false)?;
+/// arrive in time, a body left unread), then closes with [`linger_close`]. `head`: the request
+/// is a HEAD (for a head that did not parse, by its first word: `http::request::is_head`), whose
+/// answer has no body (RFC 9110 §9.3.2), as on the public listener.
+fn refuse(mut s: TcpStream, status: u16, reason: &str, head: bool) -> io::Result<()> {
+    respond(&mut s, status, "text/plain", format!("{reason}\n").as_bytes(), head)?;
     linger_close(s);
     Ok(())
 }

@@ -228,6 +228,32 @@ fn metrics_count_exactly_the_requests_sent_and_histograms_merge_across_shards() 
     assert_eq!(s.admin_get("/health").body, b"ok\n");
 }
 
+/// As on the public listener (http_rejects::a_refused_head_request_gets_its_status_and_no_body):
+/// a refused HEAD gets its status and no body, whether its head did not parse or it announced one.
+#[test]
+fn a_refused_head_request_to_the_admin_listener_gets_its_status_and_no_body() {
+    let s = Server::start(None, &["--shards", "1", "--admin-listen", "127.0.0.1:0"]);
+    let cases: &[(&[u8], u16)] = &[
+        (b"HEAD /metrics HTTP/1.1\r\n\r\n", 400),
+        (b"HEAD /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello", 413),
+    ];
+    for &(raw, status) in cases {
+        let what = String::from_utf8_lossy(raw);
+        let mut c = Client::connect(s.admin.unwrap());
+        c.send(raw);
+        let r = c.read_response(true);
+        assert_eq!(r.status, status, "for {what:?}");
+        assert!(c.is_closed(), "after the head of the answer to {what:?}, the close and no body");
+    }
+    // A GET's refusal still carries its reason.
+    let mut c = Client::connect(s.admin.unwrap());
+    c.send(b"GET /metrics HTTP/1.1\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 400);
+    assert!(!r.body.is_empty());
+    assert_eq!(s.admin_get("/health").status, 200);
+}
+
 #[test]
 fn a_client_trickling_its_request_to_the_admin_listener_is_cut_off_with_408() {
     use std::io::{Read, Write};
