@@ -1,14 +1,13 @@
 //! The collector commands: `tracker privacy-manifest` and `tracker journal replay`.
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::Path;
 
 use super::cursor::{self, Position};
 use super::project::manifest;
 use super::source::ShardSource;
 use crate::config::Config;
-use crate::journal::{parse_shard_dir_name, read_header, segment_path, shard_dir};
+use crate::journal::{parse_shard_dir_name, segment_created_ns, shard_dir};
 
 /// Per collector: its kind, destination options and, per attached event type, the fields that
 /// leave the process (the envelope always does).
@@ -215,13 +214,8 @@ pub fn replay(
                 // Before every segment left: the start of the journal was asked for.
                 let mut chosen = 1;
                 for &n in &segments {
-                    let path = segment_path(&dir, n);
-                    let Ok(f) = File::open(&path) else { continue };
-                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    if let Ok(Ok(h)) = read_header(&f, len, shard, n) {
-                        if h.created_ns <= t {
-                            chosen = n;
-                        }
+                    if segment_created_ns(&dir, shard, n).is_some_and(|created| created <= t) {
+                        chosen = n;
                     }
                 }
                 chosen
@@ -252,7 +246,9 @@ pub fn replay(
             );
             continue;
         }
-        cursor::write_cursor(&dir, new).map_err(|e| e.to_string())?;
+        // Stamped like the runner's cursors, so that a wipe of this journal is noticed from it too.
+        let created = segment_created_ns(&shard_dir(journal, shard), shard, target);
+        cursor::write_cursor_stamped(&dir, new, created).map_err(|e| e.to_string())?;
         let _ = writeln!(out, "shard {shard}: cursor {} {} → {} 0{gone}", current.segment, current.index, target);
     }
     Ok(out)

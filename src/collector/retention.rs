@@ -18,7 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::cursor;
 use crate::config::Config;
-use crate::journal::{list_segments, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile};
+use crate::journal::{
+    list_segments, parse_shard_dir_name, read_header, segment_created_ns, segment_path, shard_dir, SegmentFile,
+};
 
 static OVER_LIMIT: AtomicBool = AtomicBool::new(false);
 /// Bytes of the journal's segment files at the last check (for metrics and readiness).
@@ -99,13 +101,6 @@ fn shards(journal: &Path) -> Vec<u16> {
 /// segment of that shard (how far that collector got is unknown), a shard directory that cannot
 /// be listed is passed over; the other shards' retention and the size limit go on regardless,
 /// so a damaged cursor file can neither fill the disk nor lose segments.
-/// The `created_ns` of segment `n`'s header, when it can be read.
-fn created_ns(dir: &Path, shard: u16, n: u64) -> Option<u64> {
-    let file = fs::File::open(segment_path(dir, n)).ok()?;
-    let len = file.metadata().ok()?.len();
-    read_header(&file, len, shard, n).ok()?.ok().map(|h| h.created_ns)
-}
-
 pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) -> (u64, Vec<String>) {
     let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mut problems = Vec::new();
@@ -152,7 +147,7 @@ pub fn pass(journal: &Path, collectors: &[String], age_s: u64, size_max: u64) ->
                 // (runner.rs `reset_if_segment_recreated` moves it back to the first segment).
                 Ok(Some((p, Some(was))))
                     if live.contains(&p.segment)
-                        && created_ns(&dir, shard, p.segment)
+                        && segment_created_ns(&dir, shard, p.segment)
                             .is_some_and(|now| cursor::segment_made_since(was, now)) =>
                 {
                     problems.push(format!(
@@ -283,7 +278,7 @@ mod tests {
     fn a_cursor_on_a_segment_created_since_keeps_the_shards_segments() {
         // Segments 1 and 2 old enough to go; 3 keeps the time it was made at.
         let d = three_segments(2);
-        let third = created_ns(&shard_dir(d.path(), 0), 0, 3).unwrap();
+        let third = segment_created_ns(&shard_dir(d.path(), 0), 0, 3).unwrap();
         let c = cursor::collector_shard_dir(d.path(), "c", 0);
         // The cursor recorded a segment 3 made earlier than this one: another journal's.
         let backdated = third - 1;

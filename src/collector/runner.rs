@@ -369,7 +369,7 @@ impl Runner {
             if st.committed == st.persisted {
                 continue;
             }
-            let created = st.source.created_ns_of(st.committed.segment);
+            let created = st.source.created_ns_on_disk(st.committed.segment);
             match cursor::write_cursor_stamped(&st.dir, st.committed, created) {
                 Ok(()) => (st.persisted, st.stamp) = (st.committed, created),
                 // Nothing is lost (the cursor stays behind, so those batches are sent again after
@@ -843,8 +843,11 @@ fn persist(st: &mut ShardState, now: bool) -> Result<(), StepError> {
     if st.committed == st.persisted || (!now && st.persisted_at.elapsed() < CURSOR_PERSIST_EVERY) {
         return Ok(());
     }
-    // The error names the cursor file (`write …/shard-NNN/cursor: …`).
-    let created = st.source.created_ns_of(st.committed.segment);
+    // The error names the cursor file (`write …/shard-NNN/cursor: …`). The stamp is read from
+    // the disk only when the cursor moved to record 0 of the segment after a finished one (the
+    // source is still on that one): the cursor needs its segment's time from the first write,
+    // or a journal wiped and regrown past that number before the next start would go unnoticed.
+    let created = st.source.created_ns_on_disk(st.committed.segment);
     cursor::write_cursor_stamped(&st.dir, st.committed, created).map_err(|e| StepError::Io(e.to_string()))?;
     (st.persisted, st.stamp) = (st.committed, created);
     st.persisted_at = Instant::now();

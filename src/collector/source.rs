@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use super::cursor::Position;
 use crate::event::{Event, EVENT_BYTES};
-use crate::journal::{list_segments, read_header, segment_path, shard_dir, JournalError, SegmentFile};
+use crate::journal::{
+    list_segments, read_header, segment_created_ns, segment_path, shard_dir, JournalError, SegmentFile,
+};
 use crate::schema::Schema;
 
 /// Records read with one `pread` at most.
@@ -124,6 +126,13 @@ impl ShardSource {
     /// Creation time of segment `segment` when it is the open one, unix ns.
     pub fn created_ns_of(&self, segment: u64) -> Option<u64> {
         self.open.as_ref().filter(|s| s.number == segment).map(|s| s.created_ns)
+    }
+
+    /// Creation time of segment `segment`, unix ns: the open segment's, else read from its
+    /// header on disk (`None` when it is missing or its header is bad). For the stamp of a cursor
+    /// this source is not reading from yet: record 0 of the segment after a finished one.
+    pub fn created_ns_on_disk(&self, segment: u64) -> Option<u64> {
+        self.created_ns_of(segment).or_else(|| segment_created_ns(&self.dir, self.shard, segment))
     }
 
     /// Opens segment `n` (kept open across calls); false when it is gone or its header is bad.

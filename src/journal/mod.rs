@@ -119,7 +119,8 @@ pub(crate) use segment::FAIL_MSYNC;
 // For the collectors' positioned reader (collector/source.rs).
 pub use reader::{JournalReader, READ_CHUNK_BYTES, WARNINGS_KEPT_MAX};
 pub(crate) use segment::{
-    all_zero, header_bytes_for, list_segments, next_nonzero_slot, parse_shard_dir_name, read_header, SegmentFile,
+    all_zero, header_bytes_for, list_segments, next_nonzero_slot, parse_shard_dir_name, read_header,
+    segment_created_ns, SegmentFile,
 };
 pub use segment::{
     segment_path, shard_dir, RecoveryReport, ShardJournal, CORRUPT_SUFFIX, FORMAT_VERSION, HEADER_FIXED_BYTES,

@@ -524,6 +524,14 @@ pub(crate) fn read_header(
     }
 }
 
+/// The `created_ns` of the header of segment `number` in the shard directory `dir`, when the
+/// file exists and its header (either copy) reads and passes its checks.
+pub(crate) fn segment_created_ns(dir: &Path, shard: u16, number: u64) -> Option<u64> {
+    let file = File::open(segment_path(dir, number)).ok()?;
+    let len = file.metadata().ok()?.len();
+    read_header(&file, len, shard, number).ok()?.ok().map(|h| h.created_ns)
+}
+
 /// Checks the copy of a header at `off` (0: the first copy) on its own, short of the shard and
 /// number. A copy at `off` > 0 is this build's format and sits at half its `header_bytes`.
 fn read_copy(file: &File, file_bytes: u64, off: u64) -> io::Result<Result<SegmentHeader, HeaderError>> {

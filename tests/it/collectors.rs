@@ -1147,6 +1147,58 @@ fn replay_to_a_deleted_segment_says_where_delivery_really_starts() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("→ 2 0") && stdout.contains("segment 1 is deleted"), "{stdout}");
+    // Stamped with segment 2's creation time, so a later wipe of this journal is noticed.
+    let cursor = std::fs::read_to_string(s.journal().join("collectors/lines/shard-000/cursor")).unwrap();
+    let created = header_created_ns(&shard.join("00000000000000000002.seg"));
+    assert_eq!(cursor, format!("2 0 {created}\n"));
+}
+
+/// The `created_ns` field of a segment's header (bytes 32..40, little-endian: the format table
+/// in src/journal/segment.rs).
+fn header_created_ns(segment: &Path) -> u64 {
+    let bytes = std::fs::read(segment).unwrap();
+    u64::from_le_bytes(bytes[32..40].try_into().unwrap())
+}
+
+/// Regression: a collector that delivered the last record of a segment the writer had left
+/// moved its cursor to record 0 of the next segment and wrote it without that segment's
+/// creation time (it knew only the open segment's). Stopped there (the next segment still
+/// empty), the cursor could not tell a journal wiped and regrown past that number before the
+/// next start, and would skip the new journal's records before it.
+#[test]
+fn a_cursor_moved_to_the_next_segment_carries_that_segments_creation_time() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("events.jsonl");
+    let cfg = config(&jsonl_collector("j", &path, "\"all\"", "[]"));
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for i in 0..3 {
+        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
+    }
+    wait_for("three events delivered", WAIT, || read_jsonl(&path).len() == 3);
+    drop(c);
+    assert_eq!(s.stop(), 0);
+    let cursor = s.journal().join("collectors/j/shard-000/cursor");
+    let shard = s.journal().join("shard-000");
+    let first = header_created_ns(&shard.join("00000000000000000001.seg"));
+    assert_eq!(std::fs::read_to_string(&cursor).unwrap(), format!("1 3 {first}\n"));
+
+    // Another schema (one string field's size changed): the writer leaves segment 1 at start
+    // for a new, empty segment 2, and the collector finishes segment 1 with nothing to send.
+    let old_label = "{ name = \"label\",       source = \"query.l\",   type = \"string\", max_bytes = 128 }";
+    assert!(cfg.contains(old_label));
+    let cfg = cfg.replace(old_label, &old_label.replace("128", "120"));
+    let dir = take_dir(&mut s);
+    drop(s);
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "1"]);
+    wait_for("the cursor moved to segment 2", WAIT, || {
+        std::fs::read_to_string(&cursor).is_ok_and(|c| c.starts_with("2 0"))
+    });
+    assert_eq!(s.stop(), 0);
+    let second = header_created_ns(&shard.join("00000000000000000002.seg"));
+    assert!(second > first, "segment 2 created at {second}, segment 1 at {first}");
+    assert_eq!(std::fs::read_to_string(&cursor).unwrap(), format!("2 0 {second}\n"));
+    assert_eq!(read_jsonl(&path).len(), 3, "nothing delivered twice");
 }
 
 /// Regression: over `journal.size_bytes_max` with `journal.retention_age_s = 0` (retention off,
