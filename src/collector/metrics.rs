@@ -52,6 +52,21 @@ pub fn write_prometheus(out: &mut String) {
         &|s| s.cursor_resets_total.load(Relaxed).to_string(),
     );
     family(
+        "tracker_collector_records_skipped_total",
+        "counter",
+        &format!(
+            "Records of segments the writer had left that were not delivered: they failed their CRC, or could not be read for {} s",
+            super::source::UNREADABLE_SKIP_AFTER.as_secs()
+        ),
+        &|s| s.records_skipped_total.load(Relaxed).to_string(),
+    );
+    family(
+        "tracker_collector_segments_skipped_total",
+        "counter",
+        "Segments not delivered because no copy of their header passed its checks",
+        &|s| s.segments_skipped_total.load(Relaxed).to_string(),
+    );
+    family(
         "tracker_collector_retrying",
         "gauge",
         "1 while a batch waits to be delivered again after a retriable failure, or the collector's own journal reads, cursor reads or batch-log writes fail",

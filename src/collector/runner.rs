@@ -49,6 +49,11 @@ pub struct CollectorStatus {
     /// Shard cursors found past every segment of their shard and moved back to its first one
     /// (the journal's shard directories were wiped and `collectors/` kept).
     pub cursor_resets_total: AtomicU64,
+    /// Records of segments the writer had left that were passed over: they failed their CRC,
+    /// or could not be read for `source::UNREADABLE_SKIP_AFTER` (this process's count).
+    pub records_skipped_total: AtomicU64,
+    /// Segments passed over whole because no copy of their header passed its checks.
+    pub segments_skipped_total: AtomicU64,
     /// The destination answered Fatal: the thread stopped, the cursor stays.
     pub failed: AtomicBool,
     /// A batch is waiting for a retry now, or the collector's own reads and writes (journal,
@@ -320,6 +325,12 @@ impl Runner {
                     }
                 }
             }
+            let (records, segments) = self
+                .shards
+                .values()
+                .fold((0, 0), |(r, s), st| (r + st.source.corrupt_skipped, s + st.source.corrupt_segments));
+            self.status.records_skipped_total.store(records, Relaxed);
+            self.status.segments_skipped_total.store(segments, Relaxed);
             // A destination's retries happen inside `step` and end acknowledged (or halt the
             // thread), so after a pass only this pass's own failures say "retrying".
             self.status.retrying.store(failing, Relaxed);

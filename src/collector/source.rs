@@ -8,6 +8,11 @@
 //! reader may have passed (`journal/mod.rs`, "Recover"), so a cursor past a record stays valid
 //! across restarts of the process and of the machine.
 //!
+//! A record that cannot be read at all (EIO: a bad sector) is an error, retried, while the writer
+//! is on its segment. Once the writer has left it, it is retried for UNREADABLE_SKIP_AFTER and
+//! then skipped and counted like a bad record: a sector that stays unreadable would otherwise
+//! hold this collector, and the retention behind it, for good.
+//!
 //! Uses `pread` into a reused buffer, never a map: a segment unlinked by retention mid-read is a
 //! short read (an error, retried), never a SIGBUS.
 
@@ -16,6 +21,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::cursor::Position;
 use crate::event::{Event, EVENT_BYTES};
@@ -26,6 +32,10 @@ use crate::schema::Schema;
 
 /// Records read with one `pread` at most.
 const READ_RECORDS_MAX: usize = 128;
+/// How long a record of a segment the writer has left is retried while it cannot be read before
+/// it is skipped. Long enough for a storage path that fails over (multipath, a SAN) to come back,
+/// short against the hours a bad sector would otherwise hold the collector.
+pub const UNREADABLE_SKIP_AFTER: Duration = Duration::from_secs(60);
 
 /// Why [`ShardSource::read`] stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +65,8 @@ pub struct ShardSource {
     dir: PathBuf,
     open: Option<OpenSegment>,
     buf: Vec<u8>,
-    /// Bad records skipped in segments the writer had left.
+    /// Records skipped in segments the writer had left: bad ones, and ones unreadable for
+    /// `unreadable_skip_after`.
     pub corrupt_skipped: u64,
     /// Segments skipped whole because their header failed its checks.
     pub corrupt_segments: u64,
@@ -63,6 +74,13 @@ pub struct ShardSource {
     reported_segment: u64,
     /// Position of a bad record of the last segment this reader is stopped at, if any.
     pub stalled_at: Option<Position>,
+    /// A record of a left segment that could not be read, and when that was first seen.
+    unreadable: Option<(Position, Instant)>,
+    /// UNREADABLE_SKIP_AFTER, but for tests.
+    unreadable_skip_after: Duration,
+    /// Byte range of the open segment file whose reads fail with EIO (a bad sector, for tests).
+    #[cfg(test)]
+    failing_bytes: Option<std::ops::Range<u64>>,
     /// After a [`ShardSource::read`]: the index of the first slot it did not pass. Every slot
     /// before it was delivered, or passed over for good (a bad record, or a zeroed gap, of a
     /// segment the writer has left), so a caller that took all the records may move there
@@ -81,6 +99,10 @@ impl ShardSource {
             corrupt_segments: 0,
             reported_segment: 0,
             stalled_at: None,
+            unreadable: None,
+            unreadable_skip_after: UNREADABLE_SKIP_AFTER,
+            #[cfg(test)]
+            failing_bytes: None,
             reached: 0,
         }
     }
@@ -234,13 +256,60 @@ impl ShardSource {
         let slots = (seg.file_bytes.saturating_sub(seg.header_bytes) / EVENT_BYTES as u64).min(u32::MAX as u64) as u32;
         let end = limit.map_or(slots, |l| l.min(slots));
         let mut taken = 0usize;
+        // After a read of several records failed: one record per read up to here, which tells
+        // the unreadable ones from the readable ones around them.
+        let mut one_by_one_until = 0u32;
+        let start = *index;
         while *index < end && taken < max {
-            let n = ((end - *index) as usize).min(READ_RECORDS_MAX).min(max - taken);
+            let mut n = ((end - *index) as usize).min(READ_RECORDS_MAX).min(max - taken);
+            if *index < one_by_one_until {
+                n = 1;
+            }
             let off = seg.header_bytes + *index as u64 * EVENT_BYTES as u64;
             let bytes = n * EVENT_BYTES;
-            seg.file.read_exact_at(&mut self.buf[..bytes], off).map_err(|e| {
-                JournalError::with_detail("read", &seg.path, format!("{bytes} bytes at offset {off}"), e)
-            })?;
+            let read = match self.injected_error(off, bytes) {
+                Some(e) => Err(e),
+                None => seg.file.read_exact_at(&mut self.buf[..bytes], off),
+            };
+            if let Err(e) = read {
+                if n > 1 {
+                    one_by_one_until = *index + n as u32;
+                    continue;
+                }
+                let here = Position { segment, index: *index };
+                let since = match self.unreadable {
+                    Some((at, since)) if at == here => since,
+                    _ => self.unreadable.insert((here, Instant::now())).1,
+                };
+                if !writer_left || since.elapsed() < self.unreadable_skip_after {
+                    if *index > start {
+                        // What was passed so far goes out first; the next read starts here.
+                        self.stalled_at = None;
+                        return Ok(Tail::More);
+                    }
+                    let detail = if writer_left {
+                        format!(
+                            "record {} ({bytes} bytes at offset {off}); skipped if still unreadable {} s after the first failure",
+                            *index,
+                            self.unreadable_skip_after.as_secs()
+                        )
+                    } else {
+                        format!("{bytes} bytes at offset {off}")
+                    };
+                    return Err(JournalError::with_detail("read", &seg.path, detail, e));
+                }
+                self.unreadable = None;
+                self.corrupt_skipped += 1;
+                eprintln!(
+                    "tracker: collector source: {}: record {} could not be read for {} s ({e}); skipped (the writer \
+                     left this segment)",
+                    seg.path.display(),
+                    *index,
+                    since.elapsed().as_secs()
+                );
+                *index += 1;
+                continue;
+            }
             for i in 0..n {
                 let slot: &[u8; EVENT_BYTES] =
                     self.buf[i * EVENT_BYTES..(i + 1) * EVENT_BYTES].try_into().expect("one slot");
@@ -320,6 +389,18 @@ impl ShardSource {
     /// Forgets the open segment (it may have been removed).
     pub fn close(&mut self) {
         self.open = None;
+    }
+
+    /// The error a read of `len` bytes at `off` of the open segment gets from the test hook
+    /// `failing_bytes`; always none outside tests.
+    #[inline(always)]
+    fn injected_error(&self, off: u64, len: usize) -> Option<io::Error> {
+        #[cfg(test)]
+        if self.failing_bytes.as_ref().is_some_and(|r| off < r.end && r.start < off + len as u64) {
+            return Some(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let _ = (off, len);
+        None
     }
 }
 
@@ -428,5 +509,46 @@ pub(super) mod tests {
         out.clear();
         assert_eq!(src.read(2, 0, None, 100, &mut out).unwrap(), Tail::Waiting);
         assert_eq!(seqs(&out), [7]);
+    }
+
+    /// A page of records that cannot be read (EIO, a bad sector): retried while the writer is on
+    /// the segment, and after it left until `unreadable_skip_after`; then skipped and counted,
+    /// and only that page's records: the ones around it in the same read are delivered.
+    #[test]
+    fn an_unreadable_page_of_a_segment_the_writer_left_is_skipped_after_its_retry_time() {
+        let d = tempfile::tempdir().unwrap();
+        let per_page = (PAGE_BYTES / EVENT_BYTES) as u64;
+        // Header + 4 pages of records.
+        let seg_bytes = (HDR + 4 * PAGE_BYTES) as u64;
+        let (mut j, _) = ShardJournal::open(d.path(), 0, seg_bytes, &schema()).unwrap();
+        let in_segment = 4 * per_page;
+        for s in 1..=in_segment {
+            j.append(&mut ev(s)).unwrap();
+        }
+        let mut src = ShardSource::new(d.path(), 0);
+        let mut out = Vec::new();
+        // The records' second page is unreadable.
+        let bad = (HDR + PAGE_BYTES) as u64..(HDR + 2 * PAGE_BYTES) as u64;
+        src.failing_bytes = Some(bad);
+        assert!(src.resolve(Position::default()).unwrap().is_some());
+        let e = src.read(1, per_page as u32, None, 1000, &mut out).unwrap_err().to_string();
+        assert!(e.contains("00000000000000000001.seg") && e.contains("Input/output error"), "{e}");
+        assert!(out.is_empty() && src.corrupt_skipped == 0, "the writer is on the segment: nothing passed");
+
+        // The records before the page are delivered, up to it.
+        assert_eq!(src.read(1, 0, None, 1000, &mut out).unwrap(), Tail::More);
+        assert_eq!(seqs(&out), (1..=per_page).collect::<Vec<_>>());
+        // The writer leaves the segment: the page is an error (retried) until its time is up.
+        j.append(&mut ev(in_segment + 1)).unwrap();
+        out.clear();
+        let e = src.read(1, per_page as u32, None, 1000, &mut out).unwrap_err().to_string();
+        assert!(e.contains(&format!("record {per_page} ")) && e.contains("skipped if still unreadable 60 s"), "{e}");
+        assert!(out.is_empty() && src.corrupt_skipped == 0);
+
+        out.clear();
+        src.unreadable_skip_after = Duration::ZERO;
+        assert_eq!(src.read(1, per_page as u32, None, 1000, &mut out).unwrap(), Tail::Finished);
+        assert_eq!(seqs(&out), (2 * per_page + 1..=in_segment).collect::<Vec<_>>());
+        assert_eq!(src.corrupt_skipped, per_page, "the page's records, counted");
     }
 }

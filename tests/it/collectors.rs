@@ -673,10 +673,10 @@ fn a_collector_stalled_at_a_damaged_record_of_the_newest_segment_says_so() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("later");
     let path = dir.join("events.jsonl");
-    let collector = jsonl_collector("j", &path, "\"all\"", "[]")
+    let collector = jsonl_collector("j", &path, "\"all\"", "[\"campaign_id\"]")
         .replace("linger_ms = 20", "linger_ms = 20\nretry_initial_ms = 20\nretry_max_ms = 50");
     let cfg = format!("{}\n{collector}", tracker::config::DEFAULT_TOML);
-    let s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
     let mut c = s.connect();
     // Conversions are `logged`: once answered, each is in the segment.
     assert_eq!(c.get("/cv?c=1&value=1&order=o-1").status, 200);
@@ -706,6 +706,18 @@ fn a_collector_stalled_at_a_damaged_record_of_the_newest_segment_says_so() {
         collector_metric(&s, "j", "tracker_collector_caught_up") == Some(0.0)
     });
     assert_eq!(read_jsonl(&path).len(), 3);
+    assert_eq!(collector_metric(&s, "j", "tracker_collector_records_skipped_total"), Some(0.0));
+
+    // A restart leaves the segment (recovery starts a new one after a damaged record): the
+    // record is final, skipped and counted, and the two after it are delivered.
+    assert_eq!(s.stop(), 0);
+    let s = Server::start_in(take_dir(&mut s), Some(&cfg), &["--shards", "1"]);
+    wait_for("the records after the damaged one", WAIT, || read_jsonl(&path).len() >= 5);
+    let campaigns: Vec<u64> = read_jsonl(&path).iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
+    assert_eq!(campaigns, [1, 2, 3, 5, 6]);
+    wait_for("the skip counted", WAIT, || {
+        collector_metric(&s, "j", "tracker_collector_records_skipped_total") == Some(1.0)
+    });
 }
 
 #[test]
@@ -785,6 +797,8 @@ fn a_collector_names_a_segment_it_skips_for_a_bad_header() {
     });
     let delivered: Vec<u64> = read_jsonl(&path).iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
     assert_eq!(delivered, (in_first + 1..=last).collect::<Vec<_>>(), "all but segment 1's {in_first}");
+    assert_eq!(collector_metric(&s, "imp", "tracker_collector_segments_skipped_total"), Some(1.0));
+    assert_eq!(collector_metric(&s, "imp", "tracker_collector_records_skipped_total"), Some(0.0));
     said.extend(s.stderr_lines());
     assert!(
         said.iter().any(|l| l.contains(&format!("{:020}.seg: the header's first copy is damaged", 2))
