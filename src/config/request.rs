@@ -233,17 +233,17 @@ impl Validator<'_> {
         // Written as "enforce": the fields must exist, or nothing would be enforced (or, with
         // no consent field, every event under GDPR would lose its ids) without a word.
         let enforce_written = r.gdpr.as_ref().filter(|_| gdpr == GdprMode::Enforce).map(|g| g.span());
-        let mut gdpr_fields = vec![GdprFields::default(); types.len()];
-        if gdpr == GdprMode::Enforce || r.gdpr_field.is_some() || r.gdpr_consent_field.is_some() {
-            let applies = GdprField { key: "gdpr_field", kind: FieldKind::U32 };
-            let consent = GdprField { key: "gdpr_consent_field", kind: FieldKind::Str };
-            let applies = self.gdpr_field(&r.gdpr_field, &applies, enforce_written.clone(), types, raw_events);
-            let consent_needed = enforce_written.or(unknown_written);
-            let consent = self.gdpr_field(&r.gdpr_consent_field, &consent, consent_needed, types, raw_events);
-            for (t, f) in gdpr_fields.iter_mut().enumerate() {
-                *f = GdprFields { applies: applies[t], consent: consent[t] };
-            }
-        }
+        // Looked up under "record" too: an opted-out event loses its consent string whatever the
+        // mode (docs/privacy.md). There, with the names left to their defaults, a field of that
+        // name but another type is simply not the signal; written or enforced, it is an error.
+        let strict = gdpr == GdprMode::Enforce || r.gdpr_field.is_some() || r.gdpr_consent_field.is_some();
+        let applies = GdprField { key: "gdpr_field", kind: FieldKind::U32 };
+        let consent = GdprField { key: "gdpr_consent_field", kind: FieldKind::Str };
+        let applies = self.gdpr_field(&r.gdpr_field, &applies, strict, enforce_written.clone(), types, raw_events);
+        let consent_needed = enforce_written.or(unknown_written);
+        let consent = self.gdpr_field(&r.gdpr_consent_field, &consent, strict, consent_needed, types, raw_events);
+        let gdpr_fields: Vec<GdprFields> =
+            applies.iter().zip(&consent).map(|(&applies, &consent)| GdprFields { applies, consent }).collect();
         let tcf_vendor_id = self.int(&r.tcf_vendor_id, spec(PRIVACY_KEYS, "tcf_vendor_id"));
         let tcf_vendor_id = u16::try_from(tcf_vendor_id).ok().and_then(std::num::NonZeroU16::new);
         let ssai_keys = self.load_keys(&r.ssai_key, "privacy.ssai_key");
@@ -278,6 +278,8 @@ impl Validator<'_> {
         &mut self,
         named: &Option<S<String>>,
         f: &GdprField,
+        // False: a field of another type is passed over instead of refused.
+        strict: bool,
         must_exist: Option<std::ops::Range<usize>>,
         types: &[EventType],
         raw_events: &std::collections::BTreeMap<String, S<RawEvent>>,
@@ -292,6 +294,9 @@ impl Validator<'_> {
         for (t, raw) in types.iter().zip(raw_events.values()) {
             let Some(i) = t.fields.iter().position(|x| x.name == name) else { continue };
             if t.fields[i].kind != f.kind {
+                if !strict {
+                    continue;
+                }
                 let span = named.as_ref().map_or_else(|| raw.get_ref().fields[i].get_ref().kind.span(), |n| n.span());
                 self.err(
                     span,

@@ -538,6 +538,35 @@ mod tests {
         assert!(v.get("user_id").is_some() && v.get("opted_out").is_none());
     }
 
+    /// Regression: under `gdpr = "record"` with the field names left to their defaults, the
+    /// consent fields were never looked up, so an opted-out event kept its consent string.
+    #[test]
+    fn an_opted_out_event_loses_its_consent_string_under_record_with_default_field_names() {
+        let mut text = DEFAULT_TOML.to_string();
+        for (from, to) in [
+            ("\ngdpr = \"enforce\"\n", "\ngdpr = \"record\"\n"),
+            ("\ngdpr_field = \"gdpr\"\n", "\n"),
+            ("\ngdpr_consent_field = \"gdpr_consent\"\n", "\n"),
+        ] {
+            assert!(text.contains(from), "{from}");
+            text = text.replace(from, to);
+        }
+        let cfg = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(cfg.privacy.gdpr, GdprMode::Record);
+        let h = [
+            httparse::Header { name: "Sec-GPC", value: b"1" },
+            httparse::Header { name: "Cookie", value: b"uid=raw-uid-1" },
+        ];
+        let q = format!("c=1&gdpr=1&gdpr_consent={TC_P1}");
+        let v = run(&cfg, "conversion", q.as_bytes(), &h, NOW);
+        assert_eq!(v["opted_out"], true, "{v}");
+        assert!(v.get("gdpr_consent").is_none() && v.get("user_id").is_none(), "{v}");
+        assert_eq!(v["gdpr"], 1);
+        // Without the signal, "record" keeps it, and judges nothing.
+        let v = run(&cfg, "conversion", format!("c=1&gdpr=1&gdpr_consent={TC_NONE}").as_bytes(), &h[1..], NOW);
+        assert_eq!((v["gdpr_consent"].as_str(), v.get("opted_out")), (Some(TC_NONE), None), "{v}");
+    }
+
     /// Purposes 1, 3, 9, 10 (enrich::tcf's hand-decoded string) and none (CMP 31).
     const TC_P1: &str =
         "CLcVDxRMWfGmWAVAHCENAXCkAKDAADnAABRgA5mdfCKZuYJez-NQm0TBMYA4oCAAGQYIAAAAAAEAIAEgAA.argAC0gAAAAAAAAAAAA";
@@ -797,8 +826,12 @@ mod tests {
             Err(e) => e.to_string(),
         };
         // A default-named field of the wrong type: its own line.
-        let e = errors(&ty("  { name = \"gdpr\", source = \"query.gdpr\", type = \"string\", max_bytes = 4 },"));
+        let gdpr_str = ty("  { name = \"gdpr\", source = \"query.gdpr\", type = \"string\", max_bytes = 4 },");
+        let e = errors(&gdpr_str);
         assert!(e.contains("t.toml:6: privacy.gdpr_field: \"gdpr\" of event.x must be a u32 field"), "{e}");
+        // Under "record" with the names unwritten, it is just not the signal.
+        let cfg = Config::parse(&format!("[privacy]\ngdpr = \"record\"\n{gdpr_str}"), "t.toml").unwrap();
+        assert_eq!(cfg.privacy.gdpr_fields, vec![GdprFields::default()]);
         let e = errors(&format!(
             "[privacy]\ngdpr_consent_field = \"gdpr\"\n{}",
             ty("  { name = \"gdpr\", source = \"query.gdpr\", type = \"u32\" },")
