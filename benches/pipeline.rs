@@ -180,7 +180,7 @@ fn bench_request_side(c: &mut Criterion) {
     bcfg.exempt_loopback = false;
     bcfg.rate_per_s = 10_000_000;
     bcfg.burst = 100_000_000;
-    let budgets = tracker::enrich::budget::Budgets::new(bcfg, 0);
+    let budgets = tracker::enrich::budget::Budgets::new(bcfg);
     let ip: std::net::IpAddr = "203.0.113.7".parse().unwrap();
     g.bench_function("budget_charge", |b| {
         b.iter(|| {

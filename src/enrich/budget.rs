@@ -11,17 +11,20 @@
 //! (what an IPv6-only tracker behind a stateless translator sees), count as IPv4.
 //!
 //! The bucket is kept as a GCRA "theoretical arrival time" (TAT), one `AtomicU64` per entry:
-//! `fingerprint (20 bits) << 44 | TAT (44 bits of 1/64 µs since the table was made, wrapping
-//! every 3.2 days)`. A request at `now` computes `tat' = max(tat, now) + interval`; it passes
+//! `fingerprint (20 bits) << 44 | TAT (44 bits of 1/64 µs of Unix time, wrapping every 3.2
+//! days)`. Times are compared by their wrapping distance only, so there is no epoch: a wall
+//! clock stepped back, even to before the process started, is one more step on the circle. A request at `now` computes `tat' = max(tat, now) + interval`; it passes
 //! when `tat' - now <= interval × burst`, and then stores `tat'` with one compare-and-swap
 //! (retried a bounded number of times; a CAS that keeps losing lets the request pass).
 //! Equivalent to a bucket of `burst` tokens refilled at `rate_per_s`; 1/64 µs keeps the
 //! interval within 1% of the configured rate up to ~640,000/s (whole µs let 600,000/s pass
 //! as 1,000,000/s).
 //!
-//! A TAT is never legitimately more than `interval × (burst + 1)` ahead of now. One further
-//! ahead is stale: an entry idle so long its time wrapped, or a wall clock stepped back. It
-//! counts as a fresh bucket, so neither throttles a source that did nothing.
+//! A TAT is never legitimately more than `interval × (burst + 1)` ahead of the latest clock
+//! read. Another shard's read may be older than that (each connection read is charged with the
+//! time it was received, and a POST batch's items all with one), by up to STALE_SLACK. One further
+//! ahead than both is stale: an entry idle so long its time wrapped, or a wall clock stepped
+//! back. It counts as a fresh bucket, so neither throttles a source that did nothing.
 //!
 //! The table is direct-mapped: an entry holding another prefix's fingerprint is taken over as a
 //! fresh bucket. Two busy prefixes that share an entry therefore reset each other and both get
@@ -39,13 +42,18 @@ const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
 const TICKS_PER_US: u64 = 64;
 /// CAS attempts before a contended request is let through.
 const CAS_TRIES: usize = 4;
+/// How much older than another shard's one shard's `now` may be and still charge against its
+/// TAT, in ticks (1 s). A TAT only one interval past the tolerance was taken for stale: a shard
+/// whose clock read lagged by 1.5 ms (a POST batch under way) handed a throttled source a full
+/// burst, at 1000/s.
+const STALE_SLACK: u64 = 1_000_000 * TICKS_PER_US;
 /// Longest budget a bucket holds, `burst / rate_per_s`, in seconds (the config refuses more;
 /// `Budgets::new` caps it). The TAT's distance from now is read modulo 2^44 ticks (3.26 days):
 /// a tolerance near that could never be exceeded — every request would pass.
 pub const BURST_S_MAX: u64 = 86_400;
-// The furthest a TAT may be ahead (tolerance + one interval, at the slowest rate of 1/s) stays
-// within half the TAT's range, so ahead and behind are told apart.
-const _: () = assert!((BURST_S_MAX + 1) * 1_000_000 * TICKS_PER_US < 1 << (TAT_BITS - 1));
+// The furthest a TAT may be ahead (tolerance + one interval at the slowest rate of 1/s + the
+// slack) stays within half the TAT's range, so ahead and behind are told apart.
+const _: () = assert!((BURST_S_MAX + 1) * 1_000_000 * TICKS_PER_US + STALE_SLACK < 1 << (TAT_BITS - 1));
 
 /// The budget as configured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,13 +88,11 @@ pub struct Budgets {
     /// In ticks (1/64 µs), as the TAT.
     interval: u64,
     tolerance: u64,
-    epoch_ns: u64,
     cfg: BudgetConfig,
 }
 
 impl Budgets {
-    /// `now_ns`: Unix nanoseconds at creation (the TAT epoch).
-    pub fn new(cfg: BudgetConfig, now_ns: u64) -> Budgets {
+    pub fn new(cfg: BudgetConfig) -> Budgets {
         let entries = cfg.entries.clamp(ENTRIES_MIN, ENTRIES_MAX).next_power_of_two();
         let rate = u64::from(cfg.rate_per_s.max(1));
         let interval = (1_000_000 * TICKS_PER_US / rate).max(1);
@@ -95,7 +101,6 @@ impl Budgets {
             mask: (entries - 1) as u64,
             interval,
             tolerance: (interval * u64::from(cfg.burst.max(1))).min(BURST_S_MAX * 1_000_000 * TICKS_PER_US),
-            epoch_ns: now_ns,
             cfg,
         }
     }
@@ -106,14 +111,15 @@ impl Budgets {
         let Some(h) = prefix_hash(&self.cfg, ip) else { return Charge::Within };
         let fp = (h >> 44) | 1; // 20 bits, never 0 (0 marks an empty entry)
         let slot = &self.table[(h & self.mask) as usize];
-        let now = (now_ns.saturating_sub(self.epoch_ns) * TICKS_PER_US / 1000) & TAT_MASK;
+        // In µs first: now_ns × 64 would overflow.
+        let now = ((now_ns / 1000) * TICKS_PER_US + (now_ns % 1000) * TICKS_PER_US / 1000) & TAT_MASK;
         let mut v = slot.load(Acquire);
         for _ in 0..CAS_TRIES {
             let tat = if v >> TAT_BITS == fp { v & TAT_MASK } else { now };
             // Times wrap at 2^44 ticks: compare by wrapping distance. A TAT in the past, or
             // further ahead than any charge puts it (stale, see the module doc), restarts at now.
             let ahead = tat.wrapping_sub(now) & TAT_MASK;
-            let base = if ahead > self.tolerance + self.interval { now } else { tat };
+            let base = if ahead > self.tolerance + self.interval + STALE_SLACK { now } else { tat };
             let next = (base + self.interval) & TAT_MASK;
             let wait = (next.wrapping_sub(now) & TAT_MASK).saturating_sub(self.tolerance);
             if wait > 0 {
@@ -271,7 +277,7 @@ mod tests {
     }
 
     fn budgets(rate: u32, burst: u32) -> Budgets {
-        Budgets::new(config(rate, burst), T0)
+        Budgets::new(config(rate, burst))
     }
 
     #[test]
@@ -286,6 +292,40 @@ mod tests {
         let b = budgets(1000, 2000);
         assert_eq!(b.charge(ip, T0 + 10_000 * MS), Charge::Within);
         assert_eq!(b.charge(ip, T0 + 5_000 * MS), Charge::Within, "the clock stepped back 5 s");
+    }
+
+    /// Regression: a TAT more than one interval past the tolerance was taken for stale, so a
+    /// shard charging with a clock read 1.5 ms older than another's (each connection read is
+    /// charged with its receive time) gave a throttled source a fresh burst.
+    #[test]
+    fn a_throttled_source_stays_throttled_for_a_shard_whose_clock_read_lags() {
+        let b = budgets(1000, 2000);
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let now = T0 + 10_000 * MS;
+        let passed = (0..3000).take_while(|_| b.charge(ip, now) == Charge::Within).count();
+        assert_eq!(passed, 2000);
+        for lag_us in [1, 1_500, 50_000, 500_000] {
+            assert!(matches!(b.charge(ip, now - lag_us * 1000), Charge::Over { .. }), "read {lag_us} µs older");
+        }
+    }
+
+    /// Regression: time was counted from the table's creation and saturated at it, so a wall
+    /// clock stepped back to before the process started (NTP correcting a clock that booted
+    /// fast) froze every bucket: each source got its burst and then nothing until the clock
+    /// caught up again.
+    #[test]
+    fn a_wall_clock_stepped_back_to_before_the_start_still_refills() {
+        let b = budgets(10, 5);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(b.charge(ip, T0), Charge::Within);
+        let back = T0 - 3_600_000 * MS;
+        for i in 0..5 {
+            assert_eq!(b.charge(ip, back), Charge::Within, "burst request {i}");
+        }
+        assert!(matches!(b.charge(ip, back), Charge::Over { .. }));
+        // 10/s: one token every 100 ms, on the new timeline.
+        assert_eq!(b.charge(ip, back + 100 * MS), Charge::Within);
+        assert!(matches!(b.charge(ip, back + 100 * MS), Charge::Over { .. }));
     }
 
     #[test]

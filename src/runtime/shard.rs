@@ -64,8 +64,7 @@ impl SharedTables {
         SharedTables {
             dedup: (cfg.dedup.window_ms > 0)
                 .then(|| Arc::new(crate::dedup::Dedup::new(cfg.dedup.entries, cfg.dedup.window_ms))),
-            budgets: (cfg.budget.rate_per_s > 0)
-                .then(|| Arc::new(crate::enrich::budget::Budgets::new(cfg.budget, crate::clock::unix_nanos()))),
+            budgets: (cfg.budget.rate_per_s > 0).then(|| Arc::new(crate::enrich::budget::Budgets::new(cfg.budget))),
             source_conns: crate::enrich::budget::Connections::new(cfg.budget).map(Arc::new),
         }
     }
