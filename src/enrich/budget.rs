@@ -183,8 +183,10 @@ pub(crate) fn nat64_embedded(v6: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Ad
 /// (SO_REUSEPORT spreads one source's connections over them). Each prefix counts in two
 /// counters picked by two parts of its hash and is judged by the smaller: another prefix
 /// shares both only rarely, and a shared counter can only make a prefix look bigger. So
-/// collisions fail closed here — a prefix may be refused early, never let past its limit —
-/// and the table (`[budget] entries` counters of 4 bytes) is sized to keep that rare.
+/// collisions fail closed here — a prefix may be refused early — and the table (`[budget]
+/// entries` counters of 4 bytes) is sized to keep that rare. Connections accepted at the same
+/// instant on several shards may pass the limit by one each: their two counters are counted
+/// one after the other, so each may see the other's count in only one of them.
 pub struct Connections {
     counts: Box<[AtomicU32]>,
     mask: u64,

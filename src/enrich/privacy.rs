@@ -324,7 +324,9 @@ impl Privacy {
         // judged as sent, read again from the request, whether or not a vendor is checked (the
         // verdict must not depend on max_bytes); its core segment (up to the first '.') is all
         // that is read.
-        if stored.len() == c.max {
+        // Within 3 bytes of it, too: a cut backs off to a whole UTF-8 character (at most 4
+        // bytes), and the string as sent then holds one, which no TCF string does.
+        if stored.len() + 3 >= c.max {
             let mut buf = [0u8; TCF_AS_SENT_BYTES];
             return match extract::text_as_sent(c, req, &mut buf) {
                 Some((sent, whole)) if whole || memchr::memchr(b'.', sent).is_some() => tcf::consent(sent, vendor),
@@ -770,6 +772,14 @@ mod tests {
         for vendor in [None, std::num::NonZeroU16::new(2)] {
             cfg.privacy.tcf_vendor_id = vendor;
             assert_eq!(gdpr_run(&cfg, &format!("c=1&gdpr=1&gdpr_consent={long}")).1, Some(OptOut::NoGdprConsent));
+        }
+        // Regression: a field cut backs off to a whole UTF-8 character, so a string cut inside
+        // one is stored shorter than max_bytes and was judged on that copy: consent, though
+        // the string as sent holds a byte no TCF string has.
+        for max in [57, 58, 59] {
+            let cut_inside = format!("c=1&gdpr=1&gdpr_consent={}%E2%82%AC{}", &core[..56], &core[56..]);
+            let (v, why) = gdpr_run(&with_max(max), &cut_inside);
+            assert_eq!(why, Some(OptOut::NoGdprConsent), "max_bytes {max}: {v}");
         }
     }
 

@@ -297,6 +297,18 @@ pub fn restart_only_changes(running: &Config, file: &Config) -> Vec<String> {
     cmp("journal.segment_bytes", a.segment_bytes.to_string(), b.segment_bytes.to_string());
     cmp("journal.sync", format!("{:?}", a.sync), format!("{:?}", b.sync));
     cmp("journal.sync_interval_ms", a.sync_interval_ms.to_string(), b.sync_interval_ms.to_string());
+    cmp("journal.stall_timeout_ms", a.stall_timeout_ms.to_string(), b.stall_timeout_ms.to_string());
+    // The whole [journal] table is kept from start (`Reloader`): a key added to it and not
+    // compared here would be ignored on reload without a word. This fails to compile then.
+    let crate::config::Journal {
+        dir: _,
+        segment_bytes: _,
+        sync: _,
+        sync_interval_ms: _,
+        stall_timeout_ms: _,
+        retention_age_s: _,
+        size_bytes_max: _,
+    } = a;
     // request side: tables made at start (src/dedup.rs, src/enrich/budget.rs).
     cmp("dedup", format!("{:?}", running.dedup), format!("{:?}", file.dedup));
     cmp("budget", format!("{:?}", running.budget), format!("{:?}", file.budget));
@@ -353,8 +365,13 @@ mod tests {
         let mut b = Config::embedded();
         b.server.ring_events = 32;
         b.journal.sync_interval_ms = 5;
+        b.journal.stall_timeout_ms = 7;
         let d = restart_only_changes(&a, &b);
-        assert_eq!(d, vec!["server.ring_events: 16384 → 32".to_string(), "journal.sync_interval_ms: 1000 → 5".into()]);
+        let stall = format!("journal.stall_timeout_ms: {} → 7", a.journal.stall_timeout_ms);
+        assert_eq!(
+            d,
+            vec!["server.ring_events: 16384 → 32".to_string(), "journal.sync_interval_ms: 1000 → 5".into(), stall]
+        );
         assert!(restart_only_changes(&a, &Config::embedded()).is_empty());
     }
 
