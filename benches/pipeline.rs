@@ -53,6 +53,7 @@ fn bench_extract(c: &mut Criterion) {
         now_ns: 1,
         user_agent: None,
         json: None,
+        client_id_ignored: false,
         item: None,
     };
     let mut ids = IdGen::new(0);
@@ -133,6 +134,7 @@ fn bench_request_side(c: &mut Criterion) {
         now_ns: 1,
         user_agent: None,
         json: None,
+        client_id_ignored: false,
         item: None,
     };
     extract(&click, &view, &mut IdGen::new(0), 0, 0, &mut ev).unwrap();
@@ -141,7 +143,7 @@ fn bench_request_side(c: &mut Criterion) {
     g.bench_function("redirect_allowlist_check_and_expand", |b| {
         b.iter(|| {
             let mut buf = [0u8; LANDING_URL_BYTES_MAX];
-            let url = check(&rule, black_box(q), 1_790_000_000, &mut buf).unwrap();
+            let url = check(&rule, black_box(q), 1_790_000_000, &mut buf).unwrap().url;
             let mut out = [0u8; LOCATION_BYTES_MAX];
             black_box(expand(url, &ev, &click, &mut out).unwrap())
         })
@@ -163,7 +165,7 @@ fn bench_request_side(c: &mut Criterion) {
     g.bench_function("redirect_signature_check", |b| {
         b.iter(|| {
             let mut buf = [0u8; LANDING_URL_BYTES_MAX];
-            black_box(check(&signed, black_box(&signed_q), 1_790_000_000, &mut buf).unwrap().len())
+            black_box(check(&signed, black_box(&signed_q), 1_790_000_000, &mut buf).unwrap().url.len())
         })
     });
     let dedup = tracker::dedup::Dedup::new(1 << 20, 300_000);
@@ -198,6 +200,7 @@ fn bench_request_side(c: &mut Criterion) {
         now_ns: 1,
         user_agent: None,
         json: None,
+        client_id_ignored: false,
         item: None,
     };
     let mut conv_ev = Event::ZERO;
@@ -270,6 +273,7 @@ fn bench_json(c: &mut Criterion) {
                         now_ns: 1,
                         user_agent: None,
                         json: Some(item),
+                        client_id_ignored: false,
                         item: Some(i as u32),
                     };
                     extract(&ty, &view, &mut ids, 0, 0, &mut ev).unwrap();

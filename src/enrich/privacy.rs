@@ -458,6 +458,7 @@ mod tests {
             now_ns: now,
             user_agent: None,
             json: None,
+            client_id_ignored: false,
             item: None,
         };
         let mut ev = Event::ZERO;

@@ -36,6 +36,10 @@ pub struct RequestView<'a> {
     /// The JSON object this event comes from (a POST body or one item of a batch), for
     /// `json.<path>` sources; None for requests without a JSON body.
     pub json: Option<json::Doc<'a, 'a>>,
+    /// Take no client-supplied id (`id_from`): a signed click's id comes from what its signature
+    /// covers (the identity fields), or anyone holding one signed URL could add `eid=…` and mint
+    /// clicks the dedup window cannot fold, with ids of their choosing.
+    pub client_id_ignored: bool,
     /// This event's index among the items of a JSON array body; None for a GET and for a body
     /// that is one object. An id taken from the request rather than the item (a header, query
     /// or cookie `id_from` source, or identity fields none of which is `json.*`) is the same
@@ -251,6 +255,9 @@ pub fn extract(
             client_id_encoded = !matches!(s, Source::Json(_));
             break;
         }
+    }
+    if req.client_id_ignored {
+        (client_id, json_numeric) = (None, false);
     }
     if json_numeric {
         client_id = Some(&json_id[..json_id_len]);
@@ -682,6 +689,7 @@ mod tests {
             now_ns: 1_795_000_000_000_000_000,
             user_agent: None,
             json: None,
+            client_id_ignored: false,
             item: None,
         };
         extract(t, &req, &mut IdGen::new(0), 0, 0, &mut ev)?;

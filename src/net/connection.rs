@@ -644,6 +644,7 @@ pub(crate) fn answer(
         now_ns,
         user_agent: device_ua,
         json: None,
+        client_id_ignored: landing.is_some_and(|l| l.signed),
         item: None,
     };
     // POST bodies: a JSON object, or a batch of them, each its own event (net::post). A body
@@ -696,7 +697,7 @@ pub(crate) fn answer(
         None => &[],
         Some(template) => {
             location_buf = [0u8; redirect::LOCATION_BYTES_MAX];
-            match redirect::expand(template, slot, ty, &mut location_buf) {
+            match redirect::expand(template.url, slot, ty, &mut location_buf) {
                 Ok(n) => &location_buf[..n],
                 Err(refused) => return refuse_redirect(ctx, wbuf, ep.counter, refused, ka, head, v),
             }

@@ -68,6 +68,16 @@ pub struct RedirectRule {
     pub ttl_max_s: u64,
 }
 
+/// A landing URL that passed the rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Landing<'u> {
+    /// Decoded, macros unexpanded.
+    pub url: &'u [u8],
+    /// A signature was verified: the click's signed fields are the signer's. Its event id must
+    /// then come from them, not from an `id_from` value the signature does not cover.
+    pub signed: bool,
+}
+
 /// Why a click is not redirected: answer `status` (400, 403 or 414) with `reason`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refused {
@@ -103,7 +113,7 @@ pub fn check<'u>(
     q: &[u8],
     now_s: u64,
     buf: &'u mut [u8; LANDING_URL_BYTES_MAX],
-) -> Result<&'u [u8], Refused> {
+) -> Result<Landing<'u>, Refused> {
     let raw = unique(q, rule.param.as_bytes(), "the landing URL parameter appears more than once")?
         .ok_or(bad("missing landing URL"))?;
     let n = match query::percent_decode(raw, &mut buf[..]) {
@@ -115,16 +125,17 @@ pub fn check<'u>(
     let host = url::parse(landing).map_err(bad)?;
     let listed = url::allowed(&rule.allow, host);
     const NOT_LISTED: Refused = forbidden("landing domain is not allowed");
-    match rule.require {
+    let signed = match rule.require {
         Require::Allowlist if !listed => return Err(NOT_LISTED),
-        Require::Allowlist => {}
-        Require::Signature => verify(rule, q, landing, now_s)?,
-        Require::Either if listed => {}
-        Require::Either => verify(rule, q, landing, now_s)?,
+        Require::Allowlist => false,
+        Require::Either if listed => false,
         Require::Both if !listed => return Err(NOT_LISTED),
-        Require::Both => verify(rule, q, landing, now_s)?,
-    }
-    Ok(landing)
+        Require::Signature | Require::Either | Require::Both => {
+            verify(rule, q, landing, now_s)?;
+            true
+        }
+    };
+    Ok(Landing { url: landing, signed })
 }
 
 /// Verifies `sig` / `exp` / `kid`.

@@ -27,7 +27,7 @@ fn rule(cfg: &Config) -> &RedirectRule {
 
 fn run(r: &RedirectRule, q: &str) -> Result<String, Refused> {
     let mut buf = [0u8; LANDING_URL_BYTES_MAX];
-    check(r, q.as_bytes(), NOW, &mut buf).map(|u| String::from_utf8(u.to_vec()).unwrap())
+    check(r, q.as_bytes(), NOW, &mut buf).map(|u| String::from_utf8(u.url.to_vec()).unwrap())
 }
 
 /// Percent-encodes like encodeURIComponent.
@@ -191,6 +191,7 @@ fn macros_are_filled_and_encoded() {
         now_ns: NOW * 1_000_000_000,
         user_agent: None,
         json: None,
+        client_id_ignored: false,
         item: None,
     };
     let mut ev = Event::ZERO;
@@ -299,7 +300,8 @@ fn fuzzed_landing_urls_never_escape_the_allowlist() {
         };
         let mut buf = [0u8; LANDING_URL_BYTES_MAX];
         let q = format!("c=1&url={value}");
-        let Ok(landing) = check(r, q.as_bytes(), NOW, &mut buf) else { continue };
+        let Ok(checked) = check(r, q.as_bytes(), NOW, &mut buf) else { continue };
+        let landing = checked.url;
         passed += 1;
         let text = std::str::from_utf8(landing).expect("ASCII");
         assert!(landing.iter().all(|&b| (0x21..=0x7e).contains(&b) && b != b'\\'), "{text:?}");

@@ -201,6 +201,14 @@ fn signed_urls_verify_expire_and_rotate() {
     assert_eq!((r.status, r.header("location")), (403, None));
     let r = c.get(&target(&u1).replace("advertiser.test", "attacker.test"));
     assert_eq!((r.status, r.header("location")), (403, None));
+    // An eid the signature does not cover makes no new click: the id still comes from the
+    // signed identity fields (the Location's click id is u1's), and the dedup window folds
+    // them. Before, each eid was a click of its own, with the id its sender chose.
+    let clk = c.get(&target(&u1)).header("location").unwrap().to_string();
+    for eid in ["attacker-1", "attacker-2", "0190b2a4-0000-7000-8000-000000000001"] {
+        let r = c.get(&format!("{}&eid={eid}", target(&u1)));
+        assert_eq!((r.status, r.header("location")), (302, Some(clk.as_str())), "eid {eid}");
+    }
     // Unsigned, unlisted: refused; allowlisted: fine without a signature ("either").
     let r = c.get(&format!("/c?c=1&url={}", enc(landing)));
     assert_eq!((r.status, r.header("location")), (403, None));
