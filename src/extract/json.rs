@@ -363,7 +363,14 @@ pub fn store(f: &Field, v: &Node<'_>, ev: &mut Event) -> Result<Option<u64>, &'s
         Node::Static(StaticNode::U64(u)) => fmt(&mut buf, format_args!("{u}"))?,
         Node::Static(StaticNode::F64(x)) => {
             let x = *x;
-            let t = fmt(&mut buf, format_args!("{x}"))?;
+            let Ok(t) = fmt(&mut buf, format_args!("{x}")) else {
+                // Plain text longer than the buffer: a magnitude below ~1e-30 or above ~1e47,
+                // far under a micro or past every number kind's range. Its exponent form says
+                // which, exactly: an amount reads it as 0 (cut, flagged), the rest refuse it
+                // as out of range, a string keeps it as it is.
+                let mut exp = [0u8; NUMBER_TEXT_BYTES_MAX];
+                return super::store_text(f, fmt(&mut exp, format_args!("{x:e}"))?, false, ev);
+            };
             // A string field takes the shortest round-trip text as it is: nothing is guessed,
             // the 15-digit rule is about reading a number back as the decimal that was meant.
             if f.kind == FieldKind::Str || significant_digits(t) <= 15 {

@@ -58,6 +58,9 @@ pub struct Rejected {
 /// Longest numeric value accepted before decoding fails (covers u64, i64 and money with 6 decimals
 /// plus percent-encoding slack).
 const NUMBER_BYTES_MAX: usize = 48;
+/// Longest amount read at all, decoded: any double printed exactly in plain notation fits (the
+/// smallest subnormal has 1074 decimals).
+const LONG_AMOUNT_BYTES_MAX: usize = 1100;
 
 /// `a == b` for query parameter names, which are a few bytes long: compared inline, where the
 /// slice `==` calls memcmp for every pair of equal length (~1% of a pixel's CPU in perf).
@@ -535,10 +538,7 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Opti
             }
             let mut buf = [0u8; NUMBER_BYTES_MAX];
             let (n, long) = if query { percent_decode(raw, &mut buf)? } else { copy(raw, &mut buf) };
-            if long {
-                return Err("is too long for a number");
-            }
-            let (v, lossy) = parse_number(kind, &buf[..n])?;
+            let (v, lossy) = if long { parse_long_number(kind, raw, query)? } else { parse_number(kind, &buf[..n])? };
             in_range(f, v)?;
             if lossy {
                 ev.flags |= FLAG_TRUNCATED;
@@ -547,6 +547,25 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Opti
             Ok(None)
         }
     }
+}
+
+/// [`parse_number`] of a value longer than NUMBER_BYTES_MAX. Only an amount can be that long and
+/// valid: `0.1000000000000000055511151231257827021181583404541015625` is how Java's
+/// `BigDecimal(double)` or Python's `Decimal(float)` print 0.1, and an exchange substitutes
+/// `${AUCTION_PRICE}` with whatever its language printed. Refused, its notice would be retried
+/// until dropped; read, it is cut to micros and flagged like any amount with more decimals.
+#[cold]
+fn parse_long_number(kind: FieldKind, raw: &[u8], query: bool) -> Result<(u64, bool), &'static str> {
+    const TOO_LONG: &str = "is too long for a number";
+    if kind != FieldKind::Money {
+        return Err(TOO_LONG);
+    }
+    let mut buf = [0u8; LONG_AMOUNT_BYTES_MAX];
+    let (n, long) = if query { percent_decode(raw, &mut buf)? } else { copy(raw, &mut buf) };
+    if long {
+        return Err(TOO_LONG);
+    }
+    parse_number(kind, &buf[..n])
 }
 
 /// xxh3-64 of a query value as percent-decoded, however long: decoded a piece at a time into a
@@ -779,6 +798,28 @@ mod tests {
         assert_eq!(v["site"], "news.example.com");
         assert_eq!(v["ip"], "10.1.2.3");
         assert_eq!(ev.flags & (FLAG_ID_CLIENT | FLAG_ID_DERIVED), 0);
+    }
+
+    /// Regression: an amount longer than 48 bytes was refused ("is too long for a number"),
+    /// though how Java's BigDecimal(double) prints 0.1 is a fine price, cut to micros.
+    #[test]
+    fn a_long_exact_amount_is_cut_to_micros_not_refused() {
+        let cfg = Config::embedded();
+        let exact = "0.1000000000000000055511151231257827021181583404541015625";
+        for p in [exact.to_string(), exact.replace('.', "%2E"), format!("{exact}E1")] {
+            let (ev, json) = run(&cfg, "impression", format!("c=1&p={p}").as_bytes(), &[]).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let want = if p.ends_with("E1") { 1.0 } else { 0.1 };
+            assert_eq!((v["price"].as_f64(), v["truncated"].as_bool()), (Some(want), Some(true)), "{p}");
+            assert_ne!(ev.flags & crate::event::FLAG_TRUNCATED, 0);
+        }
+        // Past any double printed exactly, and not an amount: still refused, with the field.
+        let t = cfg.event_type("impression").unwrap();
+        let long = format!("c=1&p=0.{}", "1".repeat(LONG_AMOUNT_BYTES_MAX));
+        let e = run(&cfg, "impression", long.as_bytes(), &[]).unwrap_err();
+        assert_eq!((t.fields[e.field].name.as_str(), e.why), ("price", "is too long for a number"));
+        let e = run(&cfg, "impression", format!("c={}", "1".repeat(60)).as_bytes(), &[]).unwrap_err();
+        assert_eq!((t.fields[e.field].name.as_str(), e.why), ("campaign_id", "is too long for a number"));
     }
 
     #[test]

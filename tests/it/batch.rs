@@ -107,6 +107,42 @@ fn money_from_javascript_float_arithmetic_is_the_nearest_micro() {
     assert!(events.iter().all(|e| e["truncated"] == true), "{events:?}");
 }
 
+/// Regression: a float whose plain text is longer than 48 bytes (1e-47 prints as 0.000…01)
+/// was refused as "too long for a number"; as an amount it is 0, cut and flagged, and past
+/// every range it is refused for its value.
+#[test]
+fn a_float_too_small_or_large_to_print_plainly_is_read_by_its_value() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let body = br#"[
+        {"type":"tiny","value":1e-47},
+        {"type":"neg","value":-3.5e-40},
+        {"type":"huge","value":1e300},
+        {"type":"id","value":1,"campaign_id":1e60},
+        {"type":"str","name":1e-47}
+    ]"#;
+    let a = json(&post(&mut c, "/batch", JSON, body));
+    assert_eq!(a["accepted"], 3, "{a}");
+    let rejected = a["rejected"].as_array().unwrap();
+    let got: Vec<(u64, &str)> =
+        rejected.iter().map(|x| (x["index"].as_u64().unwrap(), x["reason"].as_str().unwrap())).collect();
+    assert_eq!(got.len(), 2, "{a}");
+    assert!(got[0].0 == 2 && got[0].1.contains("field value") && !got[0].1.contains("too long"), "{a}");
+    assert!(got[1].0 == 3 && got[1].1.contains("field campaign_id") && !got[1].1.contains("too long"), "{a}");
+    assert_eq!(s.stop(), 0);
+    let events: Vec<_> = journal_cat(&s.journal()).into_iter().filter(|e| e["type"] == "batch_event").collect();
+    let got: Vec<(&str, serde_json::Value)> = events
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), if e["kind"] == "str" { e["name"].clone() } else { e["value"].clone() }))
+        .collect();
+    assert_eq!(
+        got,
+        [("tiny", serde_json::json!(0.0)), ("neg", serde_json::json!(0.0)), ("str", serde_json::json!("1e-47"))],
+        "{events:?}"
+    );
+    assert!(events[..2].iter().all(|e| e["truncated"] == true), "{events:?}");
+}
+
 /// docs/post.md: a string field takes any JSON number as its shortest round-trip text; the
 /// 15-digit refusal is for number fields only. A 17-digit float in a string field refused the item.
 #[test]
