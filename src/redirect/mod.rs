@@ -322,13 +322,33 @@ pub fn signed_click_url(
         })?,
         None => rule.keys.last().ok_or("this endpoint has no [[endpoint.redirect.key]]")?,
     };
+    // What the server refuses in the rest of the query: the parameters this call appends, a
+    // value that is not valid percent-encoding (every field's extraction refuses it).
+    let q = query.as_bytes();
+    for (k, v) in query::pairs(q) {
+        for own in [rule.param.as_bytes(), b"exp", b"kid", b"sig"] {
+            if k == own {
+                return Err(format!(
+                    "the query already has {}: sign-url appends it, and the server refuses a click URL with it twice",
+                    String::from_utf8_lossy(own)
+                ));
+            }
+        }
+        if query::percent_decode_truncating(v, &mut [0u8; 64]).is_err() {
+            return Err(format!("{}: bad percent-encoding", String::from_utf8_lossy(k)));
+        }
+    }
     let exp = exp_s.to_string();
     let mut m = key.start(rule.path.as_bytes(), exp.as_bytes(), landing.as_bytes());
     for (name, param) in &rule.signed {
         let mut v = vec![0u8; SIGNED_VALUE_BYTES_MAX];
-        let n = match query::find(query.as_bytes(), param.as_bytes()) {
+        let raw = unique(q, param.as_bytes(), "")
+            .map_err(|_| format!("{param} appears more than once: the server refuses a signed field given twice"))?;
+        let n = match raw {
             None => 0,
-            Some(raw) => query::percent_decode(raw, &mut v).map_err(|e| format!("{param}: {e:?}"))?,
+            Some(raw) => query::percent_decode(raw, &mut v).map_err(|_| {
+                format!("{param}: its value is longer than {SIGNED_VALUE_BYTES_MAX} bytes decoded, the most a signed field may hold")
+            })?,
         };
         if v[..n].iter().any(|&b| b == b'\r' || b == b'\n') {
             return Err(format!("{param}: a signed value may not hold CR or LF"));

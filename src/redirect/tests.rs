@@ -379,6 +379,24 @@ fn sign_url_refuses_what_the_server_would_refuse() {
     assert!(e.contains("signature_ttl_max_s"), "{e}");
     assert!(sign(NOW, q).unwrap_err().contains("not in the future"));
     assert!(sign(NOW + 60, "c=7&cr=1&imp=a%0Db").unwrap_err().contains("CR or LF"));
+    // Regressions: each of these was printed, and the server refused the URL (400).
+    for (query, said) in [
+        ("c=7&c=8&cr=1&imp=a", "c appears more than once"),
+        ("c=7&cr=1&imp=a&url=x", "already has url"),
+        ("c=7&cr=1&imp=a&sig=x", "already has sig"),
+        ("c=7&cr=1&imp=a&exp=1", "already has exp"),
+        ("c=7&cr=1&imp=a&kid=k", "already has kid"),
+        ("c=7&cr=1&imp=a&site=%zz", "site: bad percent-encoding"),
+    ] {
+        let e = sign(NOW + 60, query).unwrap_err();
+        assert!(e.contains(said), "{query}: {e}");
+        let mut url = sign(NOW + 60, "c=7&cr=1&imp=a").unwrap();
+        url.push('&');
+        url.push_str(query.rsplit('&').next().unwrap());
+        assert!(run(r, url.split_once('?').unwrap().1).is_err() || query.contains("site"), "{query}");
+    }
+    let long = format!("c=7&cr=1&imp={}", "a".repeat(SIGNED_VALUE_BYTES_MAX + 1));
+    assert!(sign(NOW + 60, &long).unwrap_err().contains("longer than 320 bytes"));
 }
 
 #[test]
