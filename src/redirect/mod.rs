@@ -187,11 +187,14 @@ fn parse_exp(s: &[u8]) -> Option<u64> {
 pub fn expand(template: &[u8], ev: &Event, ty: &EventType, out: &mut [u8]) -> Result<usize, Refused> {
     const LONG: Refused = Refused { status: 414, reason: "landing URL too long after macros" };
     let mut w = Cursor { out, n: 0 };
+    // A `}` further than the longest name cannot close a macro: looking no further keeps a
+    // template of many `{` linear.
+    let longest = ty.fields.iter().map(|f| f.name.len()).max().unwrap_or(0).max("click_id".len());
     let mut i = 0;
     while i < template.len() {
         let c = template[i];
         if c == b'{' {
-            if let Some(len) = template[i + 1..].iter().take(64).position(|&b| b == b'}') {
+            if let Some(len) = template[i + 1..].iter().take(longest + 1).position(|&b| b == b'}') {
                 let name = &template[i + 1..i + 1 + len];
                 if value(name, ev, ty, &mut w).ok_or(LONG)? {
                     i += len + 2;

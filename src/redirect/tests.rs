@@ -209,6 +209,18 @@ fn macros_are_filled_and_encoded() {
     );
     let mut small = [0u8; 30];
     assert_eq!(expand(t, &ev, ty, &mut small).unwrap_err().status, 414);
+
+    // Regression: a name of 64 bytes or more was never filled (the scan for `}` stopped there).
+    let long = "site_of_the_publisher_as_the_exchange_sent_it_in_the_bid_request_x";
+    assert!(long.len() > 64);
+    let text = crate::config::DEFAULT_TOML.replace("{ name = \"site\",", &format!("{{ name = \"{long}\","));
+    let cfg = Config::parse(&text, "t.toml").unwrap();
+    let ty = cfg.event_type("click").unwrap();
+    let mut ev = Event::ZERO;
+    crate::extract::extract(ty, &req, &mut crate::extract::IdGen::new(0), 0, 0, &mut ev).unwrap();
+    let t = format!("https://example.com/l?s={{{long}}}");
+    let n = expand(t.as_bytes(), &ev, ty, &mut out).unwrap();
+    assert_eq!(&out[..n], b"https://example.com/l?s=s");
 }
 
 /// A cheap deterministic fuzzer: random concatenations of the tokens attacks are made of, sent
