@@ -239,8 +239,10 @@ impl Validator<'_> {
         let strict = gdpr == GdprMode::Enforce || r.gdpr_field.is_some() || r.gdpr_consent_field.is_some();
         let applies = GdprField { key: "gdpr_field", kind: FieldKind::U32 };
         let consent = GdprField { key: "gdpr_consent_field", kind: FieldKind::Str };
-        let applies = self.gdpr_field(&r.gdpr_field, &applies, strict, enforce_written.clone(), types, raw_events);
-        let consent_needed = enforce_written.or(unknown_written);
+        // Not strict: looked up for the opt-out only, and never an error (as before it was).
+        let applies_needed = enforce_written.clone().filter(|_| strict);
+        let applies = self.gdpr_field(&r.gdpr_field, &applies, strict, applies_needed, types, raw_events);
+        let consent_needed = enforce_written.or(unknown_written).filter(|_| strict);
         let consent = self.gdpr_field(&r.gdpr_consent_field, &consent, strict, consent_needed, types, raw_events);
         let gdpr_fields: Vec<GdprFields> =
             applies.iter().zip(&consent).map(|(&applies, &consent)| GdprFields { applies, consent }).collect();
