@@ -235,7 +235,11 @@ fn main() -> ExitCode {
                 }
             };
             let now_s = tracker::clock::unix_nanos() / 1_000_000_000;
-            let exp = exp.unwrap_or(now_s + ttl_s);
+            // An absurd --ttl-s says so instead of wrapping into an expiry in the past.
+            let Some(exp) = exp.or_else(|| now_s.checked_add(ttl_s)) else {
+                eprintln!("tracker: --ttl-s {ttl_s} is past any expiry a URL can carry");
+                return ExitCode::from(2);
+            };
             match tracker::redirect::signed_click_url(rule, &base, &query, &url, kid.as_deref(), exp, now_s) {
                 Ok(u) => {
                     println!("{u}");

@@ -179,6 +179,15 @@ fn signed_urls_verify_expire_and_rotate() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in the future"), "{out:?}");
+    // ... and a --ttl-s past any expiry, instead of wrapping into one in the past.
+    let out = Command::new(BIN)
+        .args(["sign-url", "--config"])
+        .arg(&cfg_both)
+        .args(["--base", &base, "--url", landing, "--ttl-s", &u64::MAX.to_string(), q])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is past any expiry"), "{out:?}");
     // ... so the expired URL is signed as of its own time, through the library.
     let past = {
         let cfg = tracker::config::Config::load(&cfg_both).unwrap();
