@@ -397,7 +397,11 @@ impl Config {
             );
         }
         if shape.is_empty() {
-            return Ok((cfg, v.errors));
+            let mut errors = v.errors;
+            // In the order of their lines (README), not of validation (event types before
+            // [privacy], in name order). Stable: errors on one line keep their order.
+            errors.sort_by_key(|e| (e.line == 0, e.line));
+            return Ok((cfg, errors));
         }
         // Validated with the keys in error taken out: only what holds of the keys left.
         let mut errors = shape;

@@ -452,3 +452,28 @@ fn privacy_gdpr_unknown_applies_only_where_it_can_act() {
     let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Regression: with no shape error, value errors came out in validation order (event types
+/// before `[privacy]`), not in the order of their lines as README promises.
+#[test]
+fn check_config_lists_value_errors_in_the_order_of_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.toml");
+    let referer = "\nreferer = \"path\"\n";
+    let campaign = "{ name = \"campaign_id\",   source = \"query.c\",   type = \"u64\", required = true },";
+    let base = tracker::config::DEFAULT_TOML;
+    assert!(base.contains(referer) && base.contains(campaign));
+    let text =
+        base.replace(referer, "\nreferer = \"query\"\n").replacen(campaign, &campaign.replace("u64", "float"), 1);
+    std::fs::write(&p, &text).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<usize> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{}:", p.display()))?.split(':').next()?.parse().ok())
+        .collect();
+    assert!(lines.len() >= 2, "{err}");
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{lines:?}\n{err}");
+    assert!(err.contains("privacy.referer") && err.contains("float"), "{err}");
+}
