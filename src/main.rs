@@ -180,7 +180,7 @@ fn main() -> ExitCode {
                 // errors: every error in one run.
                 if let Err(e) = tracker::collector::Registry::builtin().build_all(&c.collectors) {
                     errors.extend(e.0);
-                    errors.sort_by_key(|e| (e.line == 0, e.line));
+                    tracker::config::sort_by_line(&mut errors);
                 }
                 if !errors.is_empty() {
                     eprintln!("{}", ConfigErrors(errors));

@@ -324,6 +324,12 @@ impl fmt::Display for ConfigError {
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
+/// Puts `errors` in the order of their lines, as they are listed (README), not of validation.
+/// Stable: errors on one line keep the order they were found in. Line 0 (no line) last.
+pub fn sort_by_line(errors: &mut [ConfigError]) {
+    errors.sort_by_key(|e| (e.line == 0, e.line));
+}
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, e) in self.0.iter().enumerate() {
@@ -398,17 +404,14 @@ impl Config {
         }
         if shape.is_empty() {
             let mut errors = v.errors;
-            // In the order of their lines (README), not of validation (event types before
-            // [privacy], in name order). Stable: errors on one line keep their order.
-            errors.sort_by_key(|e| (e.line == 0, e.line));
+            sort_by_line(&mut errors);
             return Ok((cfg, errors));
         }
         // Validated with the keys in error taken out: only what holds of the keys left.
         let mut errors = shape;
         errors.extend(v.errors.into_iter().zip(&v.bases).filter_map(|(e, basis)| pruned.keep(e, basis)));
         cfg.collectors.retain_mut(|c| pruned.builds(c));
-        // Stable: errors on one line stay in the order they were found. Line 0 (no line) last.
-        errors.sort_by_key(|e| (e.line == 0, e.line));
+        sort_by_line(&mut errors);
         if errors.len() > SHAPE_ERRORS_MAX {
             errors.truncate(SHAPE_ERRORS_MAX);
             errors.push(stopped(file));
