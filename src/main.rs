@@ -528,11 +528,22 @@ fn journal_cat(dir: &std::path::Path, follow: bool, strict: bool) -> ExitCode {
                 broken = true;
             }
         });
+        // What was skipped (a bad record, an unreadable one, a segment with a bad header) or read
+        // around (a header read from its second copy) is said, not hidden: stdout stays one event
+        // per line, stderr names each file and what was wrong (each warning says what was done).
+        let (warnings, dropped) = reader.take_warnings();
+        for w in &warnings {
+            eprintln!("tracker: journal cat: {w}");
+        }
+        if dropped > 0 {
+            eprintln!("tracker: journal cat: {dropped} more warning(s) (not listed)");
+        }
         match r {
             Ok(_) => failing = None,
             // Following, an error (EMFILE, EIO, a segment being replaced by hand) is waited out
             // like `tail -F` does, said once until it changes: the reader tries the same place
-            // again, so nothing is skipped. A one-shot read reports it and fails.
+            // again, so nothing is skipped. A one-shot read reports it and fails (after every
+            // other shard's events: one shard's failure does not hold up the rest).
             Err(e) if follow => {
                 let said = e.to_string();
                 if failing.as_deref() != Some(said.as_str()) {
@@ -546,16 +557,6 @@ fn journal_cat(dir: &std::path::Path, follow: bool, strict: bool) -> ExitCode {
                 eprintln!("tracker: {e}");
                 return ExitCode::from(1);
             }
-        }
-        // What was skipped (a bad record, a segment with a bad header) or read around (a header
-        // read from its second copy) is said, not hidden: stdout stays one event per line,
-        // stderr names each file and what was wrong (each warning says what was done).
-        let (warnings, dropped) = reader.take_warnings();
-        for w in &warnings {
-            eprintln!("tracker: journal cat: {w}");
-        }
-        if dropped > 0 {
-            eprintln!("tracker: journal cat: {dropped} more warning(s) (not listed)");
         }
         if broken || out.flush().is_err() {
             // stdout closed (e.g. piped into head): not an error.
@@ -572,8 +573,15 @@ fn journal_cat(dir: &std::path::Path, follow: bool, strict: bool) -> ExitCode {
                 return ExitCode::from(1);
             }
             let (records, segments) = (reader.corrupt_records(), reader.corrupt_segments());
-            if records + segments > 0 {
-                eprintln!("tracker: journal cat: skipped {records} bad record(s) and {segments} bad segment(s)");
+            let unreadable = reader.unreadable_records();
+            if records + segments + unreadable > 0 {
+                let unreadable = match unreadable {
+                    0 => String::new(),
+                    n => format!(", {n} unreadable record(s)"),
+                };
+                eprintln!(
+                    "tracker: journal cat: skipped {records} bad record(s){unreadable} and {segments} bad segment(s)"
+                );
                 if strict {
                     return ExitCode::from(3);
                 }

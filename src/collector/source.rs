@@ -78,9 +78,6 @@ pub struct ShardSource {
     unreadable: Option<(Position, Instant)>,
     /// UNREADABLE_SKIP_AFTER, but for tests.
     unreadable_skip_after: Duration,
-    /// Byte range of the open segment file whose reads fail with EIO (a bad sector, for tests).
-    #[cfg(test)]
-    failing_bytes: Option<std::ops::Range<u64>>,
     /// After a [`ShardSource::read`]: the index of the first slot it did not pass. Every slot
     /// before it was delivered, or passed over for good (a bad record, or a zeroed gap, of a
     /// segment the writer has left), so a caller that took all the records may move there
@@ -101,8 +98,6 @@ impl ShardSource {
             stalled_at: None,
             unreadable: None,
             unreadable_skip_after: UNREADABLE_SKIP_AFTER,
-            #[cfg(test)]
-            failing_bytes: None,
             reached: 0,
         }
     }
@@ -267,10 +262,7 @@ impl ShardSource {
             }
             let off = seg.header_bytes + *index as u64 * EVENT_BYTES as u64;
             let bytes = n * EVENT_BYTES;
-            let read = match self.injected_error(off, bytes) {
-                Some(e) => Err(e),
-                None => seg.file.read_exact_at(&mut self.buf[..bytes], off),
-            };
+            let read = crate::journal::read_exact_at(&seg.file, &mut self.buf[..bytes], off);
             if let Err(e) = read {
                 if n > 1 {
                     one_by_one_until = *index + n as u32;
@@ -333,10 +325,7 @@ impl ShardSource {
                     let from = seg.header_bytes + (*index as u64 + 1) * EVENT_BYTES as u64;
                     let until = seg.header_bytes + slots as u64 * EVENT_BYTES as u64;
                     let next =
-                        crate::journal::next_nonzero_slot(&seg.file, seg.header_bytes, from, until, &mut self.buf)
-                            .map_err(|e| {
-                                JournalError::with_detail("read", &seg.path, format!("after offset {from}"), e)
-                            })?;
+                        crate::journal::next_nonzero_slot(&seg.file, seg.header_bytes, from, until, &mut self.buf);
                     match next {
                         Some(at) => *index = ((at - seg.header_bytes) / EVENT_BYTES as u64).min(end as u64) as u32,
                         None => {
@@ -389,18 +378,6 @@ impl ShardSource {
     /// Forgets the open segment (it may have been removed).
     pub fn close(&mut self) {
         self.open = None;
-    }
-
-    /// The error a read of `len` bytes at `off` of the open segment gets from the test hook
-    /// `failing_bytes`; always none outside tests.
-    #[inline(always)]
-    fn injected_error(&self, off: u64, len: usize) -> Option<io::Error> {
-        #[cfg(test)]
-        if self.failing_bytes.as_ref().is_some_and(|r| off < r.end && r.start < off + len as u64) {
-            return Some(io::Error::from_raw_os_error(libc::EIO));
-        }
-        let _ = (off, len);
-        None
     }
 }
 
@@ -529,7 +506,7 @@ pub(super) mod tests {
         let mut out = Vec::new();
         // The records' second page is unreadable.
         let bad = (HDR + PAGE_BYTES) as u64..(HDR + 2 * PAGE_BYTES) as u64;
-        src.failing_bytes = Some(bad);
+        let _unreadable = crate::journal::fail_reads(&segment_path(&shard_dir(d.path(), 0), 1), bad);
         assert!(src.resolve(Position::default()).unwrap().is_some());
         let e = src.read(1, per_page as u32, None, 1000, &mut out).unwrap_err().to_string();
         assert!(e.contains("00000000000000000001.seg") && e.contains("Input/output error"), "{e}");

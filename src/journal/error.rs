@@ -32,6 +32,15 @@ impl JournalError {
         JournalError::new(op, path, io::Error::new(kind, msg))
     }
 
+    /// The same error with `note` (what was done about it) added to its detail.
+    pub(crate) fn noted(mut self, note: &str) -> JournalError {
+        if !self.detail.is_empty() {
+            self.detail.push_str("; ");
+        }
+        self.detail.push_str(note);
+        self
+    }
+
     /// What was being done: `open`, `fallocate`, `mmap`, `msync`, `read header`, ...
     pub fn op(&self) -> &'static str {
         self.op

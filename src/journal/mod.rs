@@ -104,6 +104,7 @@ mod ahead;
 mod background_sync;
 mod dir;
 mod error;
+mod pread;
 mod reader;
 mod segment;
 #[cfg(test)]
@@ -112,6 +113,9 @@ mod writer_state;
 
 pub use dir::{create_dir_durable, fsync_dir};
 pub use error::JournalError;
+#[cfg(test)]
+pub(crate) use pread::fail_reads;
+pub(crate) use pread::read_exact_at;
 #[cfg(feature = "fuzzing")]
 pub(crate) use segment::reseal as segment_reseal;
 #[cfg(test)]

@@ -27,6 +27,12 @@
 //!   loss can leave a page unwritten before pages that were): the reader goes on past it, over
 //!   the file's holes (SEEK_DATA), and delivers the records after it.
 //!
+//! A slot the disk cannot read (EIO) is read again alone when the 64 KiB read around it fails,
+//! so only the bad sector's slots are lost. In a segment the writer has left it is skipped,
+//! counted in [`JournalReader::unreadable_records`] and named in a warning; where the writer
+//! may still be appending it is an error for that shard only, which the next poll retries from
+//! the same slot (the other shards are read meanwhile).
+//!
 //! A segment deleted (retention) after the reader has started on its shard but before it got to
 //! it is named in a warning when the reader passes its number; segments deleted before the first
 //! one the reader opens are simply the journal's start.
@@ -40,10 +46,10 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::error::JournalError;
+use super::pread;
 use super::segment::{
     all_zero, list_segments, next_nonzero_slot, parse_shard_dir_name, read_header, segment_path, shard_dir, SegmentFile,
 };
@@ -70,6 +76,7 @@ pub struct JournalReader {
 #[derive(Default)]
 struct Stats {
     corrupt_records: u64,
+    unreadable_records: u64,
     corrupt_segments: u64,
     warnings: Vec<JournalError>,
     warnings_dropped: u64,
@@ -112,6 +119,8 @@ struct OpenSegment {
     chunk: Vec<u8>,
     chunk_start: u64,
     chunk_len: usize,
+    /// Slots before this offset are read one per `pread` (a chunk over them failed).
+    one_by_one_until: u64,
 }
 
 /// Why a scan of a segment stopped.
@@ -122,6 +131,9 @@ enum Stop {
     Waiting,
     /// At a bad slot with nothing but zeros after it: a record that may still be being written.
     WaitingOnBad,
+    /// At a slot that cannot be read (EIO) while the writer may still be on the segment: an
+    /// error, retried, unless the writer has left it (then the last pass skips the slot).
+    Unreadable(JournalError),
 }
 
 impl JournalReader {
@@ -167,13 +179,26 @@ impl JournalReader {
     /// shard order, each shard's in order — calling `f` with the schema of the record's segment.
     /// Returns how many. Picks up new segments and new shard directories, so following the
     /// journal is calling this in a loop with a short sleep.
+    ///
+    /// A shard whose read fails (EIO where its writer still is, a file it cannot open) does not
+    /// hold up the others: every shard is polled, and the first failure is returned after (any
+    /// further one becomes a warning). The failed shard tries the same place again at the next
+    /// call, so nothing of it is skipped.
     pub fn poll(&mut self, f: &mut dyn FnMut(&Schema, &Event)) -> Result<u64, JournalError> {
         self.discover_shards()?;
         let mut delivered = 0;
+        let mut failed = None;
         for cursor in self.shards.values_mut() {
-            delivered += cursor.poll(&mut self.stats, f)?;
+            match cursor.poll(&mut self.stats, f) {
+                Ok(n) => delivered += n,
+                Err(e) if failed.is_none() => failed = Some(e),
+                Err(e) => self.stats.warn(e),
+            }
         }
-        Ok(delivered)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(delivered),
+        }
     }
 
     /// Shard directories found so far.
@@ -184,6 +209,11 @@ impl JournalReader {
     /// Records skipped because they were corrupt and followed by more data.
     pub fn corrupt_records(&self) -> u64 {
         self.stats.corrupt_records
+    }
+
+    /// Slots skipped because they could not be read (EIO) in a segment the writer had left.
+    pub fn unreadable_records(&self) -> u64 {
+        self.stats.unreadable_records
     }
 
     /// Segments skipped because their header failed its checks.
@@ -232,13 +262,14 @@ impl ShardCursor {
             }
             let seg = self.open.as_mut().expect("opened above");
             let stop = seg.scan(false, stats, f, &mut delivered)?;
-            if let Stop::Waiting | Stop::WaitingOnBad = stop {
+            if !matches!(stop, Stop::End) {
                 if !self.newer_segment_exists()? {
                     let seg = self.open.as_mut().expect("still open");
-                    if matches!(stop, Stop::WaitingOnBad) && seg.skip_damage_after_clean_stop(&self.dir, stats)? {
-                        continue;
+                    match stop {
+                        Stop::WaitingOnBad if seg.skip_damage_after_clean_stop(&self.dir, stats)? => continue,
+                        Stop::Unreadable(e) => return Err(e),
+                        _ => return Ok(delivered),
                     }
-                    return Ok(delivered);
                 }
                 // The writer left this segment for good: everything it wrote here was written
                 // before the newer segment was created (rename + fsync), so one more pass sees
@@ -286,7 +317,7 @@ impl ShardCursor {
                     io::ErrorKind::NotFound,
                     format!(
                         "{which} deleted before it was read (by retention, or set aside as .seg.corrupt or \
-                         .seg.unpublished): \
+                         .seg.unpublished), or lost with the machine before it reached the disk: \
                          {whose} events are not in this output"
                     ),
                 ));
@@ -342,6 +373,7 @@ impl ShardCursor {
                 chunk: vec![0; READ_CHUNK_BYTES],
                 chunk_start: 0,
                 chunk_len: 0,
+                one_by_one_until: 0,
             });
             return Ok(true);
         }
@@ -370,7 +402,15 @@ impl OpenSegment {
             if self.off + EVENT_BYTES as u64 > self.file_bytes {
                 return Ok(Stop::End);
             }
-            let slot = self.slot(self.off)?;
+            let slot = match self.slot(self.off) {
+                Ok(slot) => slot,
+                Err(e) if last_pass => {
+                    self.count_unreadable(stats, e);
+                    self.off += EVENT_BYTES as u64;
+                    continue;
+                }
+                Err(e) => return Ok(Stop::Unreadable(e)),
+            };
             if all_zero(&slot) {
                 if !last_pass {
                     return Ok(Stop::Waiting);
@@ -381,9 +421,7 @@ impl OpenSegment {
                 let from = self.off + EVENT_BYTES as u64;
                 // The chunk is the scratch buffer: what it held is no longer valid.
                 self.chunk_len = 0;
-                match next_nonzero_slot(&self.file, self.first_record_off, from, self.file_bytes, &mut self.chunk)
-                    .map_err(|e| JournalError::with_detail("read", &self.path, format!("after offset {from}"), e))?
-                {
+                match next_nonzero_slot(&self.file, self.first_record_off, from, self.file_bytes, &mut self.chunk) {
                     Some(off) => {
                         self.off = off;
                         continue;
@@ -399,14 +437,24 @@ impl OpenSegment {
                 continue;
             }
             let next = self.off + EVENT_BYTES as u64;
-            let followed = last_pass || (next + EVENT_BYTES as u64 <= self.file_bytes && !all_zero(&self.slot(next)?));
+            // A next slot that cannot be read says nothing: wait, as for zeros.
+            let followed = last_pass
+                || (next + EVENT_BYTES as u64 <= self.file_bytes && self.slot(next).is_ok_and(|s| !all_zero(&s)));
             if !followed {
                 return Ok(Stop::WaitingOnBad);
             }
             // Re-read: on a weakly ordered CPU the next slot's bytes can become visible before
             // this one's are complete.
             self.chunk_len = 0;
-            let again = Event::from_bytes(&self.slot(self.off)?);
+            let again = match self.slot(self.off) {
+                Ok(slot) => Event::from_bytes(&slot),
+                Err(e) if last_pass => {
+                    self.count_unreadable(stats, e);
+                    self.off += EVENT_BYTES as u64;
+                    continue;
+                }
+                Err(e) => return Ok(Stop::Unreadable(e)),
+            };
             if again.is_sealed_intact() {
                 f(&self.schema, &again);
                 *delivered += 1;
@@ -474,15 +522,34 @@ impl OpenSegment {
         ));
     }
 
-    /// The 512 bytes at `off`, from the chunk or a fresh `pread`.
+    /// Counts a slot that `e` says cannot be read, in a segment the writer has left, and warns;
+    /// the caller passes it. Retrying would hold this shard's output for good
+    /// behind a sector that stays bad.
+    fn count_unreadable(&self, stats: &mut Stats, e: JournalError) {
+        stats.unreadable_records += 1;
+        stats.warn(e.noted("skipped: its writer has left the segment"));
+    }
+
+    /// The 512 bytes at `off`, from the chunk or a fresh `pread`. After a chunk that could not
+    /// be read, the slots it spans are read one at a time, so a bad sector costs only its own
+    /// slots (an error each) and the ones around it are delivered.
     fn slot(&mut self, off: u64) -> Result<[u8; EVENT_BYTES], JournalError> {
         let in_chunk = off >= self.chunk_start && off + EVENT_BYTES as u64 <= self.chunk_start + self.chunk_len as u64;
         if !in_chunk {
             let n = (self.file_bytes - off).min(READ_CHUNK_BYTES as u64) as usize;
-            let n = n - n % EVENT_BYTES;
-            self.file
-                .read_exact_at(&mut self.chunk[..n], off)
-                .map_err(|e| JournalError::with_detail("read", &self.path, format!("{n} bytes at offset {off}"), e))?;
+            let mut n = n - n % EVENT_BYTES;
+            if off < self.one_by_one_until {
+                n = EVENT_BYTES;
+            }
+            if let Err(e) = pread::read_exact_at(&self.file, &mut self.chunk[..n], off) {
+                self.chunk_len = 0;
+                if n > EVENT_BYTES {
+                    self.one_by_one_until = off + n as u64;
+                    return self.slot(off);
+                }
+                let detail = format!("record {} at offset {off}", (off - self.first_record_off) / EVENT_BYTES as u64);
+                return Err(JournalError::with_detail("read", &self.path, detail, e));
+            }
             self.chunk_start = off;
             self.chunk_len = n;
         }

@@ -40,6 +40,7 @@
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,7 @@ use memmap2::{MmapMut, MmapOptions};
 use super::ahead::{Ahead, AheadSpec};
 use super::background_sync::{timed, SyncJob, Syncer};
 use super::error::JournalError;
+use super::pread;
 use super::writer_state;
 use crate::event::{Event, EVENT_BYTES};
 use crate::schema::Schema;
@@ -539,7 +541,7 @@ fn read_copy(file: &File, file_bytes: u64, off: u64) -> io::Result<Result<Segmen
         return Ok(Err(HeaderError::Short { file_bytes }));
     }
     let mut fixed = [0u8; HEADER_FIXED_BYTES];
-    file.read_exact_at(&mut fixed, off)?;
+    pread::read_exact_at(file, &mut fixed, off)?;
     if fixed[at::MAGIC..at::MAGIC + 8] != SEGMENT_MAGIC {
         if fixed.iter().all(|&b| b == 0) {
             return Ok(Err(HeaderError::Blank));
@@ -564,7 +566,7 @@ fn read_copy(file: &File, file_bytes: u64, off: u64) -> io::Result<Result<Segmen
         return Ok(Err(HeaderError::Layout { header_bytes, schema_bytes, file_bytes }));
     }
     let mut schema_json = vec![0u8; schema_bytes as usize];
-    file.read_exact_at(&mut schema_json, off + HEADER_FIXED_BYTES as u64)?;
+    pread::read_exact_at(file, &mut schema_json, off + HEADER_FIXED_BYTES as u64)?;
     let stored = u32_at(&fixed, at::CRC);
     let computed = header_crc(&fixed, &schema_json);
     if stored != computed {
@@ -971,16 +973,22 @@ impl ShardJournal {
                 report.new_segment_reason = Some("no segment in the shard directory yet");
                 None
             }
-            // Something numbered above it (a newer segment set aside as .corrupt or .unpublished,
-            // a .tmp of another boot removed above): the writer left this one, and readers may
-            // have moved past it; appending here would put records where they never look again.
-            Some(n) if n + 1 != next_free => {
+            // A newer segment set aside as .corrupt or .unpublished: the writer left this one,
+            // and readers may have moved past it; appending here would put records where they
+            // never look again.
+            Some(n) if listing.iter().any(|&(m, _)| m > n) => {
                 report.new_segment_reason =
                     Some("a newer segment than the last live one was set aside or never finished");
                 None
             }
+            // Otherwise the number after it may still be taken by a .tmp of another boot removed
+            // above (the writer made the next segment ahead, then the machine went down: readers
+            // may have read it under its final name). That is only so when the tail is not
+            // trusted, and then recovery leaves the segment as it is, as after any power loss,
+            // after scanning it and repairing its header copies like any last segment.
             Some(n) => {
-                let trust = Trust { tail: tail_trusted, stopped_clean };
+                debug_assert!(n + 1 == next_free || !tail_trusted);
+                let trust = Trust { tail: tail_trusted && n + 1 == next_free, stopped_clean };
                 recover_last(&dir, &dir_file, shard, n, schema, &schema_json, trust, &mut report)?
             }
         };
@@ -1706,7 +1714,7 @@ fn resolve_tmps(dir: &Path, dir_file: &File, shard: u16, listing: &[(u64, Segmen
         let path = segment_path(dir, n);
         let tmp = with_suffix(&path, TMP_SUFFIX);
         let (header, records) = inspect_tmp(&tmp, shard, n)?;
-        if records == 0 {
+        if records.intact == 0 && records.unreadable == 0 {
             fs::remove_file(&tmp).map_err(|e| JournalError::new("remove", &tmp, e))?;
             out.removed.push(n);
             continue;
@@ -1725,7 +1733,7 @@ fn resolve_tmps(dir: &Path, dir_file: &File, shard: u16, listing: &[(u64, Segmen
                 fs::rename(&tmp, &path).map_err(|e| JournalError::new("rename", &tmp, e))?;
                 out.recovered.push(n);
                 out.notes.push(format!(
-                    "{}: a made-ahead segment holding {records} record(s) whose rename into place a power loss \
+                    "{}: a made-ahead segment holding {records} whose rename into place a power loss \
                      undid; renamed back to {} (nothing in it changed), so its records are kept and read",
                     tmp.display(),
                     path.display()
@@ -1735,7 +1743,7 @@ fn resolve_tmps(dir: &Path, dir_file: &File, shard: u16, listing: &[(u64, Segmen
                 let aside = set_aside(dir, &tmp, n, SegmentFile::Unpublished)?;
                 out.set_aside.push(n);
                 out.notes.push(format!(
-                    "{}: holds {records} record(s) but cannot be put into place: {why}; SET ASIDE as {}{} and \
+                    "{}: holds {records} but cannot be put into place: {why}; SET ASIDE as {}{} and \
                      kept: collectors and `tracker journal cat` do not read it, and it counts against \
                      journal.size_bytes_max until an operator moves or deletes it",
                     tmp.display(),
@@ -1819,38 +1827,62 @@ fn rename_if_absent(from: &Path, to: &Path) -> io::Result<()> {
     fs::rename(from, to)
 }
 
-/// The header check of `.seg.tmp` `tmp` as segment `number` of `shard`, and how many intact
-/// records it holds: from its header's end when the header is good, else at every slot a
-/// header could have put one (512-byte steps from the first page).
-fn inspect_tmp(tmp: &Path, shard: u16, number: u64) -> Result<(Result<SegmentHeader, HeaderError>, u64), JournalError> {
+/// The header check of `.seg.tmp` `tmp` as segment `number` of `shard`, and how many slots may
+/// hold records: the intact ones and the unreadable ones (EIO), from its header's end when the
+/// header is good, else at every slot a header could have put one (512-byte steps from the
+/// first page). A header that cannot be read is a bad header, not an error: the file is judged
+/// by its records like one whose header a crash cut.
+fn inspect_tmp(
+    tmp: &Path,
+    shard: u16,
+    number: u64,
+) -> Result<(Result<SegmentHeader, HeaderError>, Slots), JournalError> {
     let file = File::open(tmp).map_err(|e| JournalError::new("open", tmp, e))?;
     let file_bytes = file.metadata().map_err(|e| JournalError::new("stat", tmp, e))?.len();
-    let header = read_header(&file, file_bytes, shard, number).map_err(|e| JournalError::new("read header", tmp, e))?;
+    let header = read_header(&file, file_bytes, shard, number)
+        .unwrap_or_else(|e| Err(HeaderError::Unreadable { error: e.to_string() }));
     let from = header.as_ref().map_or(PAGE_BYTES, |h| h.header_bytes as usize);
-    let records = count_intact(&file, from, file_bytes as usize)
-        .map_err(|e| JournalError::with_detail("read", tmp, format!("records from offset {from}"), e))?;
-    Ok((header, records))
+    let (intact, unreadable) = count_intact(&file, from, file_bytes as usize);
+    Ok((header, Slots { intact, unreadable }))
+}
+
+/// What a `.seg.tmp` holds (`inspect_tmp`).
+struct Slots {
+    intact: u64,
+    unreadable: u64,
+}
+
+impl std::fmt::Display for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} record(s)", self.intact)?;
+        if self.unreadable > 0 {
+            write!(f, " and {} slot(s) that cannot be read (I/O error)", self.unreadable)?;
+        }
+        Ok(())
+    }
 }
 
 /// Intact records among the slots of `file` from `from` (a slot offset) up to `len`, read with
-/// `pread` over the file's data ranges (a preallocated, unwritten tail is not read).
-fn count_intact(file: &File, from: usize, len: usize) -> io::Result<u64> {
-    let mut buf = vec![0u8; 64 * EVENT_BYTES];
-    let mut count = 0;
+/// `pread` over the file's data ranges (a preallocated, unwritten tail is not read), and the
+/// slots that could not be read (EIO), which may hold records too.
+fn count_intact(file: &File, from: usize, len: usize) -> (u64, u64) {
+    let mut buf = vec![0u8; SCAN_CHUNK_SLOTS * EVENT_BYTES];
+    let (mut intact, mut unreadable) = (0, 0);
     let mut next = from;
     for (a, b) in data_ranges(file, from, len) {
-        let mut at = (from + (a - from) / EVENT_BYTES * EVENT_BYTES).max(next);
-        while at < b && at + EVENT_BYTES <= len {
-            let slots = ((len - at) / EVENT_BYTES).min((b - at).div_ceil(EVENT_BYTES)).min(buf.len() / EVENT_BYTES);
-            let chunk = &mut buf[..slots * EVENT_BYTES];
-            file.read_exact_at(chunk, at as u64)?;
-            let intact = chunk.as_chunks::<EVENT_BYTES>().0.iter().filter(|s| Event::from_bytes(s).is_sealed_intact());
-            count += intact.count() as u64;
-            at += slots * EVENT_BYTES;
-        }
-        next = at;
+        let at = (from + (a - from) / EVENT_BYTES * EVENT_BYTES).max(next);
+        // Every slot that starts in the range (it may end past it).
+        let to = if b > at { (at + (b - at).div_ceil(EVENT_BYTES) * EVENT_BYTES).min(len) } else { at };
+        let _ = pread::for_each_slot(file, at, to, &mut buf, |_, slot| {
+            match slot {
+                Some(s) => intact += u64::from(Event::from_bytes(s).is_sealed_intact()),
+                None => unreadable += 1,
+            }
+            ControlFlow::Continue(())
+        });
+        next = next.max(to);
     }
-    Ok(count)
+    (intact, unreadable)
 }
 
 /// What the last writer's `writer.state` says about the last segment (see `writer_state`).
@@ -1883,7 +1915,7 @@ fn repair_header(file: &File, path: &Path, header: &SegmentHeader) -> Result<boo
         // sector) is rewritten: the write usually makes the drive remap the sector.
         let stale = match i {
             0 => header.first_copy_bad.is_some(),
-            _ => file.read_exact_at(&mut on_disk, at as u64).is_err() || on_disk[..] != encoded[at..],
+            _ => pread::read_exact_at(file, &mut on_disk, at as u64).is_err() || on_disk[..] != encoded[at..],
         };
         if stale {
             let wrote = file.write_all_at(&encoded[at..at + copy], at as u64);
@@ -1916,7 +1948,21 @@ fn recover_last(
     let file =
         OpenOptions::new().read(true).write(true).open(&path).map_err(|e| JournalError::new("open", &path, e))?;
     let file_bytes = file.metadata().map_err(|e| JournalError::new("stat", &path, e))?.len();
-    let header = read_header(&file, file_bytes, shard, n).map_err(|e| JournalError::new("read header", &path, e))?;
+    let header = match read_header(&file, file_bytes, shard, n) {
+        Ok(h) => h,
+        // Neither copy can be read (EIO, or both copies' pages on bad sectors). Not damage a
+        // rename to .corrupt should settle: the disk may answer again, and then readers find
+        // every record. Failing the open instead would stop the tracker at every start until
+        // someone moved the file; a new segment lets it serve meanwhile.
+        Err(e) => {
+            report.new_segment_reason = Some("the last segment's header cannot be read (I/O error); left as is");
+            report.detail = Some(format!(
+                "{}: header cannot be read: {e}; left as is, readers retry it; new events go to a new segment",
+                path.display()
+            ));
+            return Ok(None);
+        }
+    };
     let header = match header {
         Ok(h) => h,
         Err(bad) => {
@@ -1955,21 +2001,24 @@ fn recover_last(
             format!("segment is {file_bytes} bytes, more than this machine can map"),
         ));
     }
-    let mut map = map_segment(&file, &path, file_bytes as usize)?;
+    let len = file_bytes as usize;
     let header_bytes = header.header_bytes as usize;
     // The machine restarted while this segment was being written (`!trust.tail`): readers
     // (collectors, `journal cat --follow`) may have taken records from the page cache that never
     // reached the disk, and moved their cursors past them. Appending here would put new events
     // at those positions, where the cursors would skip them. Same when written data follows a
-    // bad or missing record, or when a record went bad after a clean stop (`recover_records`).
-    // Either way the segment is left as it is.
+    // bad or missing record, when a record went bad after a clean stop, or when a slot cannot
+    // be read (`recover_records`). Either way the segment is left as it is.
     let torn_possible = !trust.stopped_clean;
-    let tail =
-        if trust.tail { Some(recover_records(&mut map, &file, &path, header_bytes, torn_possible)?) } else { None };
+    let tail = if trust.tail { Some(recover_records(&file, &path, header_bytes, len, torn_possible)?) } else { None };
     let left_because = match &tail {
         None => Some((
             "the machine restarted since the last segment was written, without a clean stop; left as is",
             "the machine restarted without a clean stop",
+        )),
+        Some(t) if t.unreadable => Some((
+            "last segment has a slot that cannot be read (I/O error); left as is for readers",
+            "a slot cannot be read (I/O error)",
         )),
         Some(t) if t.sealed && t.damaged => Some((
             "last segment has a bad record though its writer stopped cleanly (damage, not a torn write); left as is \
@@ -1983,7 +2032,7 @@ fn recover_last(
         Some(_) => None,
     };
     if let Some((reason, why)) = left_because {
-        let left = scan_left_segment(&map, &file, header_bytes);
+        let left = scan_left_segment(&file, header_bytes, len);
         report.records = left.reachable;
         report.sealed_bad_records = left.bad;
         report.new_segment_reason = Some(reason);
@@ -2003,7 +2052,7 @@ fn recover_last(
             Some(format!("{} was written with another schema; new events go to segment {}", path.display(), n + 1));
         return Ok(None);
     }
-    if tail.end_off + EVENT_BYTES > map.len() {
+    if tail.end_off + EVENT_BYTES > len {
         report.new_segment_reason = Some("last segment is full");
         return Ok(None);
     }
@@ -2013,6 +2062,10 @@ fn recover_last(
     // Over blocks already allocated this changes nothing and costs an extent lookup.
     fallocate(&file, file_bytes)
         .map_err(|e| JournalError::with_detail("fallocate", &path, format!("{file_bytes} bytes, to resume it"), e))?;
+    // Mapped only now, to append: the scan above read every written slot with `pread`, so a
+    // slot of it that the disk cannot read was an error, not a SIGBUS. The writer's stores start
+    // at the page of `end_off`, which the scan has just read.
+    let map = map_segment(&file, &path, len)?;
     let last_page = tail.end_off - tail.end_off % PAGE_BYTES;
     let mut active = Active {
         number: n,
@@ -2022,27 +2075,21 @@ fn recover_last(
         // The recovered records may be only in the page cache (the last run may have died
         // before syncing them): the first sync() covers them all.
         synced_off: header_bytes,
-        // The recovered records are unmapped below (the scan faulted them in; the prefault
-        // starts at their last page) and the first sync() writes them: writeback in steps
-        // starts from there, not with one burst over the whole recovered tail.
+        // The first sync() writes the recovered records: writeback in steps starts from their
+        // last page (the prefault starts there too), not with one burst over the whole
+        // recovered tail.
         released_off: last_page,
         dropped_off: 0,
         records: tail.records,
         faulted_off: last_page,
         file,
     };
-    // The recovery scan read the records through this map, which left their pages mapped:
-    // unmap them, as `release_step` does for appended steps, so what the writer maps is the
-    // prefault window again and the pages can leave the cache once written back.
-    if last_page > 0 {
-        // SAFETY: the range lies inside the live map and below the write position's page,
-        // where the writer never stores; MADV_DONTNEED on a shared file mapping drops only the
-        // page mappings (dirty bits go to the page cache, which keeps the data).
-        unsafe { libc::madvise(active.map.as_ptr() as *mut libc::c_void, last_page, libc::MADV_DONTNEED) };
-    }
     active.prefault_ahead();
     Ok(Some(active))
 }
+
+/// Slots read per `pread` by the recovery scans.
+const SCAN_CHUNK_SLOTS: usize = 128;
 
 struct Tail {
     /// Offset of the first slot after the intact prefix.
@@ -2054,13 +2101,16 @@ struct Tail {
     sealed: bool,
     /// Sealed for a bad slot with nothing after it, which a clean stop cannot have left.
     damaged: bool,
+    /// Sealed because a slot after the prefix, or a byte after it, cannot be read.
+    unreadable: bool,
 }
 
-/// Scans the records from `header_bytes` for the end of the intact prefix (the first slot that
-/// is all-zero or not an intact sealed record), then decides by what a reader may have seen:
+/// Scans the records from `header_bytes` (with `pread`, of a segment `len` bytes long) for the
+/// end of the intact prefix (the first slot that is all-zero or not an intact sealed record),
+/// then decides by what a reader may have seen:
 /// - nothing but zeros after the prefix, or one bad slot and nothing but zeros after it (a
 ///   record cut by a crash): a reader stops at such a slot and waits, so none has read past it.
-///   The slot is zeroed and msynced, and the writer appends from there (`end_off`).
+///   The slot is zeroed and synced, and the writer appends from there (`end_off`).
 /// - written data after the first bad or zero slot (a bad record followed by records, or a gap
 ///   that a power loss left before data written back out of order): a reader skips a bad slot
 ///   that more data follows, so it may have delivered records after it, and a collector's
@@ -2071,40 +2121,85 @@ struct Tail {
 ///   (`!torn_possible`: the last writer stopped cleanly, after its last copy): the record was
 ///   damaged after it was written, and readers may have delivered it and gone on. Left as is
 ///   (`sealed`, `damaged`) for the same reason.
+/// - a slot in or after the prefix that cannot be read (EIO): what it holds is unknown, and
+///   readers skip it in the end (the collectors after retrying it), so it is left as is
+///   (`sealed`, `unreadable`).
 fn recover_records(
-    map: &mut MmapMut,
     file: &File,
     path: &Path,
     header_bytes: usize,
+    len: usize,
     torn_possible: bool,
 ) -> Result<Tail, JournalError> {
-    let len = map.len();
-    let mut off = header_bytes;
+    let mut buf = vec![0u8; SCAN_CHUNK_SLOTS * EVENT_BYTES];
     let mut records = 0u64;
-    while off + EVENT_BYTES <= len {
-        let slot: &[u8; EVENT_BYTES] = map[off..off + EVENT_BYTES].try_into().expect("one slot");
+    // Past the last whole slot unless the scan stops before.
+    let mut end_off = len.max(header_bytes) - (len.max(header_bytes) - header_bytes) % EVENT_BYTES;
+    // The slot at end_off when it is neither zero nor intact: how much of it was written.
+    let mut torn_used = None;
+    let mut unreadable = false;
+    let _ = pread::for_each_slot(file, header_bytes, len, &mut buf, |off, slot| {
+        let Some(slot) = slot else {
+            (end_off, unreadable) = (off, true);
+            return ControlFlow::Break(());
+        };
         if all_zero(slot) || !Event::from_bytes(slot).is_sealed_intact() {
-            break;
+            end_off = off;
+            torn_used = slot.iter().rposition(|&b| b != 0);
+            return ControlFlow::Break(());
         }
         records += 1;
-        off += EVENT_BYTES;
+        ControlFlow::Continue(())
+    });
+    let sealed = |unreadable| Tail {
+        end_off,
+        records,
+        torn_records: 0,
+        torn_bytes: 0,
+        sealed: true,
+        damaged: false,
+        unreadable,
+    };
+    if unreadable {
+        return Ok(sealed(true));
     }
-    let end_off = off;
-    // A slot that is neither zero nor intact at end_off, and how much of it was written.
-    let torn_used = map.get(end_off..end_off + EVENT_BYTES).and_then(|s| s.iter().rposition(|&b| b != 0));
     let after = end_off + if torn_used.is_some() { EVENT_BYTES } else { 0 };
-    if after < len && data_ranges(file, after, len).any(|(a, b)| !all_zero(&map[a..b])) {
-        return Ok(Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed: true, damaged: false });
+    if after < len {
+        for (a, b) in data_ranges(file, after, len) {
+            match pread::any_nonzero(file, a, b, &mut buf) {
+                Ok(false) => {}
+                Ok(true) => return Ok(sealed(false)),
+                Err(_) => return Ok(sealed(true)),
+            }
+        }
     }
     let Some(used) = torn_used else {
-        return Ok(Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed: false, damaged: false });
+        return Ok(Tail {
+            end_off,
+            records,
+            torn_records: 0,
+            torn_bytes: 0,
+            sealed: false,
+            damaged: false,
+            unreadable: false,
+        });
     };
     if !torn_possible {
-        return Ok(Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed: true, damaged: true });
+        return Ok(Tail { damaged: true, ..sealed(false) });
     }
-    map[end_off..end_off + EVENT_BYTES].fill(0);
-    msync(map, path, end_off, end_off + EVENT_BYTES)?;
-    Ok(Tail { end_off, records, torn_records: 1, torn_bytes: used as u64 + 1, sealed: false, damaged: false })
+    file.write_all_at(&[0u8; EVENT_BYTES], end_off as u64)
+        .map_err(|e| JournalError::with_detail("write", path, format!("zeros over the torn record at {end_off}"), e))?;
+    // Durable before any append: the last run's other pages were synced by `open` already.
+    file.sync_data().map_err(|e| JournalError::new("fdatasync", path, e))?;
+    Ok(Tail {
+        end_off,
+        records,
+        torn_records: 1,
+        torn_bytes: used as u64 + 1,
+        sealed: false,
+        damaged: false,
+        unreadable: false,
+    })
 }
 
 /// What readers will find in a segment the writer leaves as is: they deliver its intact records
@@ -2114,6 +2209,8 @@ struct LeftSegment {
     reachable: u64,
     /// Bad (neither intact nor zero) slots: what readers skip.
     bad: u64,
+    /// Slots that cannot be read (EIO): what readers skip in the end too.
+    unreadable: u64,
     /// Of `reachable`, those after an all-zero slot (a page a power loss left unwritten).
     after_gap: u64,
 }
@@ -2126,6 +2223,9 @@ impl LeftSegment {
             self.reachable,
             self.bad
         );
+        if self.unreadable > 0 {
+            let _ = write!(d, ", and {} slot(s) that cannot be read (I/O error)", self.unreadable);
+        }
         if self.after_gap > 0 {
             let _ = write!(d, " ({} of the records after a zeroed gap)", self.after_gap);
         }
@@ -2135,29 +2235,30 @@ impl LeftSegment {
 }
 
 /// Counts a left segment's slots, reading only the file's data ranges (see `data_ranges`).
-fn scan_left_segment(map: &[u8], file: &File, header_bytes: usize) -> LeftSegment {
-    let mut left = LeftSegment { reachable: 0, bad: 0, after_gap: 0 };
+fn scan_left_segment(file: &File, header_bytes: usize, len: usize) -> LeftSegment {
+    let mut left = LeftSegment { reachable: 0, bad: 0, unreadable: 0, after_gap: 0 };
+    let mut buf = vec![0u8; SCAN_CHUNK_SLOTS * EVENT_BYTES];
     let mut gap = false;
     let mut next = header_bytes;
-    for (a, b) in data_ranges(file, header_bytes, map.len()) {
+    for (a, b) in data_ranges(file, header_bytes, len) {
         // From the slot the range starts in (as readers do, `next_data_slot`); a hole before it
         // is all-zero slots.
         let first = (header_bytes + (a - header_bytes) / EVENT_BYTES * EVENT_BYTES).max(next);
         gap |= first > next;
-        let mut at = first;
-        while at + EVENT_BYTES <= b {
-            let slot: &[u8; EVENT_BYTES] = map[at..at + EVENT_BYTES].try_into().expect("one slot");
-            if Event::from_bytes(slot).is_sealed_intact() {
-                left.reachable += 1;
-                left.after_gap += u64::from(gap);
-            } else if all_zero(slot) {
-                gap = true;
-            } else {
-                left.bad += 1;
+        let to = first.max(first + b.saturating_sub(first) / EVENT_BYTES * EVENT_BYTES);
+        let _ = pread::for_each_slot(file, first, to, &mut buf, |_, slot| {
+            match slot {
+                None => left.unreadable += 1,
+                Some(s) if Event::from_bytes(s).is_sealed_intact() => {
+                    left.reachable += 1;
+                    left.after_gap += u64::from(gap);
+                }
+                Some(s) if all_zero(s) => gap = true,
+                Some(_) => left.bad += 1,
             }
-            at += EVENT_BYTES;
-        }
-        next = at;
+            ControlFlow::Continue(())
+        });
+        next = next.max(to);
     }
     left
 }
@@ -2173,28 +2274,37 @@ fn next_data_slot(file: &File, header_bytes: u64, from: u64, file_bytes: u64) ->
 }
 
 /// In a segment the writer has left, the first slot at or after `from` (a slot offset) that is
-/// not all zero, before `end`: read with `pread` into `buf` (a whole number of slots, reused as
-/// scratch) and skipping the file's holes. `None` when only zeros lie between. Both readers
-/// (`JournalReader`, the collectors' `ShardSource`) go on past a zeroed gap with it.
+/// not all zero, or that cannot be read, before `end`: read with `pread` into `buf` (a whole
+/// number of slots, reused as scratch) and skipping the file's holes. `None` when only zeros
+/// lie between. Both readers (`JournalReader`, the collectors' `ShardSource`) go on past a
+/// zeroed gap with it; an unreadable slot is theirs to retry or skip.
 pub(crate) fn next_nonzero_slot(
     file: &File,
     header_bytes: u64,
     mut from: u64,
     end: u64,
     buf: &mut [u8],
-) -> io::Result<Option<u64>> {
+) -> Option<u64> {
     let chunk_slots = (buf.len() / EVENT_BYTES) as u64;
     debug_assert!(chunk_slots > 0);
     loop {
-        let Some(at) = next_data_slot(file, header_bytes, from, end) else { return Ok(None) };
+        let at = next_data_slot(file, header_bytes, from, end)?;
         let n = (end.saturating_sub(at) / EVENT_BYTES as u64).min(chunk_slots) as usize;
         if n == 0 {
-            return Ok(None);
+            return None;
         }
         let chunk = &mut buf[..n * EVENT_BYTES];
-        file.read_exact_at(chunk, at)?;
-        if let Some(k) = chunk.chunks_exact(EVENT_BYTES).position(|s| !all_zero(s)) {
-            return Ok(Some(at + (k * EVENT_BYTES) as u64));
+        if pread::read_exact_at(file, chunk, at).is_err() {
+            // A bad sector in the chunk: slot by slot, and the first that is not zero or cannot
+            // be read is where the caller looks next (and meets the read error itself).
+            for (k, slot) in chunk.as_chunks_mut::<EVENT_BYTES>().0.iter_mut().enumerate() {
+                let off = at + (k * EVENT_BYTES) as u64;
+                if pread::read_exact_at(file, slot, off).is_err() || !all_zero(slot) {
+                    return Some(off);
+                }
+            }
+        } else if let Some(k) = chunk.chunks_exact(EVENT_BYTES).position(|s| !all_zero(s)) {
+            return Some(at + (k * EVENT_BYTES) as u64);
         }
         from = at + (n * EVENT_BYTES) as u64;
     }

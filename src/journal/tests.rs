@@ -1741,3 +1741,127 @@ fn reseal_makes_either_header_copy_pass_its_crc() {
     super::segment::reseal(&mut b);
     assert!(check(&b).is_ok());
 }
+
+/// A record the disk cannot read (EIO) in the last segment: recovery reads with `pread`, so it
+/// is an error it handles (through a map it was a SIGBUS at every start). The segment is left
+/// as it is, events go to a new one, and readers skip only the unreadable slot, with a warning.
+#[test]
+fn an_unreadable_record_in_the_last_segment_leaves_it_as_is_and_readers_skip_only_that_slot() {
+    let dir = closed_root(6);
+    let root = dir.path();
+    let path = seg_file(root, 0, 1);
+    let seg1 = fs::read(&path).unwrap();
+    let rec3 = HDR + 2 * REC;
+    let _bad = fail_reads(&path, rec3..rec3 + 8);
+
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.sealed_bad_records, report.torn_records), (2, 5, 0, 0));
+    assert!(report.new_segment_reason.unwrap().contains("cannot be read"));
+    let detail = report.detail.unwrap();
+    assert!(
+        detail.contains("00000000000000000001.seg") && detail.contains("1 slot(s) that cannot be read"),
+        "{detail}"
+    );
+    append_seqs(&mut j, [7]);
+
+    // The writer has left segment 1: the slot is skipped, named and counted; the rest is read.
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 4, 5, 6, 7]);
+    assert_eq!((r.unreadable_records(), r.corrupt_records()), (1, 0));
+    let (warnings, _) = r.take_warnings();
+    let msg = warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(msg.contains(&format!("record 2 at offset {rec3}")) && msg.contains("Input/output error"), "{msg}");
+    drop(_bad);
+    assert_eq!(fs::read(&path).unwrap(), seg1, "segment 1 is not modified");
+}
+
+/// A segment whose two header copies both cannot be read is left, not renamed (the disk may
+/// answer again), and not a failed open: the tracker serves from a new segment.
+#[test]
+fn a_last_segment_whose_header_cannot_be_read_is_left_and_the_writer_starts_the_next() {
+    let dir = closed_root(2);
+    let root = dir.path();
+    let path = seg_file(root, 0, 1);
+    let bad = fail_reads(&path, 0..HDR);
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!(report.segment, 2);
+    assert!(report.new_segment_reason.unwrap().contains("header cannot be read"));
+    assert!(report.detail.unwrap().contains("Input/output error"));
+    assert!(path.exists(), "left under its name");
+    append_seqs(&mut j, [3]);
+    drop(bad);
+    let mut r = JournalReader::open(root).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), [1, 2, 3]);
+}
+
+/// `journal cat`'s reader: an unreadable record where the writer still appends is an error for
+/// that shard only, retried from the same place; the other shards are delivered in full.
+#[test]
+fn an_unreadable_record_of_one_shards_active_segment_holds_up_only_that_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j0, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    let (mut j1, _) = ShardJournal::open(root, 1, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j0, 1..=4);
+    append_seqs(&mut j1, 11..=14);
+    let rec3 = HDR + 2 * REC;
+    let bad = fail_reads(&seg_file(root, 0, 1), rec3..rec3 + REC);
+
+    let mut r = JournalReader::open(root).unwrap();
+    let mut got = Vec::new();
+    let e = r.poll(&mut |_, e| got.push(e.seq)).unwrap_err().to_string();
+    assert!(e.contains("shard-000") && e.contains("Input/output error"), "{e}");
+    assert_eq!(got, [1, 2, 11, 12, 13, 14], "shard 0 up to the slot, shard 1 in full");
+    assert_eq!(r.unreadable_records(), 0, "not skipped: the writer may still be on it");
+
+    // The disk answers again: shard 0 goes on from the slot it stopped at.
+    drop(bad);
+    assert_eq!(seqs(&read_all(&mut r)), [3, 4]);
+}
+
+/// A `.seg.tmp` whose slots cannot be read may hold records: it is not removed as an empty
+/// leftover.
+#[test]
+fn a_made_ahead_segment_that_cannot_be_read_is_not_removed_as_empty() {
+    let dir = root_after_power_loss();
+    let root = dir.path();
+    let tmp = unrenamed_tmp(root, 3, 0, 3, &[]);
+    // Written (zeros), so the scan does not pass it as a hole.
+    patch(&tmp, HDR, &[0; EVENT_BYTES]);
+    let _bad = fail_reads(&tmp, HDR..HDR + REC);
+    let (_j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    let notes = report.notes.join("\n");
+    assert!(notes.contains("1 slot(s) that cannot be read"), "{notes}");
+    assert!(!tmp.exists() && (report.recovered_tmp == [3] || report.set_aside_tmp == [3]), "{notes}");
+}
+
+/// A made-ahead segment (`2.seg.tmp`, no record) that a machine restart left behind: its number
+/// is not reused (it may have been read under its final name), and the last segment is still
+/// recovered as after any power loss: scanned, counted, its header copies repaired, left as is.
+#[test]
+fn a_leftover_made_ahead_segment_after_a_power_loss_does_not_skip_the_last_segments_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    j.wait_ahead();
+    append_seqs(&mut j, 1..=3);
+    j.sync().unwrap();
+    drop(j);
+    let shard = shard_dir(root, 0);
+    // What the machine going down leaves: the made-ahead file (whose own fsync made its name
+    // durable), a running writer of another boot, and a damaged second header copy.
+    fs::write(shard.join("00000000000000000002.seg.tmp"), SegmentHeader::new_now(0, 2, schema_a().to_json()).encode())
+        .unwrap();
+    fs::write(shard.join("writer.state"), "another-boot running\n").unwrap();
+    let path = seg_file(root, 0, 1);
+    patch(&path, HDR / 2 + 100, &[0xAB; 4]);
+
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.last_segment, report.records, report.segment), (1, 3, 3));
+    assert!(report.new_segment_reason.unwrap().contains("machine restarted"));
+    assert!(report.detail.unwrap().contains("left as is with 3 record(s)"));
+    assert!(report.notes.iter().any(|n| n.contains("second copy")), "{:?}", report.notes);
+    assert_eq!(read_bytes(&path, HDR / 2, 4096), read_bytes(&path, 0, 4096), "second copy rewritten");
+    append_seqs(&mut j, [4]);
+    assert_eq!(seqs(&read_all(&mut JournalReader::open(root).unwrap())), [1, 2, 3, 4]);
+}
