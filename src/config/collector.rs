@@ -188,7 +188,7 @@ impl Validator<'_> {
                     self.int_at(&r.retry_max_ms, &key("retry_max_ms"), spec(COLLECTOR_KEYS, "retry_max_ms")) as u64
                 }
             };
-            if max_ms < initial_ms {
+            if max_ms < initial_ms && !self.refused_any(&[&key("retry_initial_ms"), &key("retry_max_ms")]) {
                 let span = r.retry_max_ms.as_ref().map_or(c.span(), |s| s.span());
                 self.err(span, key("retry_max_ms"), format!("{max_ms} is below retry_initial_ms ({initial_ms})"));
             }

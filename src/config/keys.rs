@@ -656,9 +656,9 @@ pub const FIELD_KEYS: &[KeySpec] = &[
       "Largest value accepted; above is a 400."),
     k("event.<type>.fields", "decrypt", "string", "", NoDefault, OneOf(&["google"]), "money only; needs both keys",
       "Decrypt the value (Google Authorized Buyers encrypted price); a failed integrity check is a 400."),
-    k("event.<type>.fields", "encryption_key", "string", "", NoDefault, Rule("web-safe base64"), "with decrypt",
+    k("event.<type>.fields", "encryption_key", "string", "", NoDefault, Rule("web-safe base64 of 16..=64 bytes"), "with decrypt",
       "The exchange's encryption key."),
-    k("event.<type>.fields", "integrity_key", "string", "", NoDefault, Rule("web-safe base64"), "with decrypt",
+    k("event.<type>.fields", "integrity_key", "string", "", NoDefault, Rule("web-safe base64 of 16..=64 bytes"), "with decrypt",
       "The exchange's integrity key."),
 ];
 

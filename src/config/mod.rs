@@ -391,7 +391,8 @@ impl Config {
         // otherwise pass and then answer every request 404. (Config text parsed for a test or an
         // embedding program may leave endpoints out.)
         let no_endpoint = require_endpoint && raw.endpoint.is_empty();
-        let mut v = Validator { text, file, errors: Vec::new(), bases: Vec::new(), also: Vec::new() };
+        let mut v =
+            Validator { text, file, errors: Vec::new(), bases: Vec::new(), also: Vec::new(), refused: Vec::new() };
         let mut cfg = v.config(raw);
         if no_endpoint {
             v.reading(&[]);
@@ -793,6 +794,10 @@ struct Validator<'a> {
     /// The tables the checks under way read besides the one of the key an error names
     /// (`reading`).
     also: Vec<String>,
+    /// Integer keys whose value was refused (out of range) and whose default now stands in.
+    /// A rule between keys that reads one of them is not checked (`refused_any`): its error
+    /// would quote the default, not what the file says, for a key already in error.
+    refused: Vec<String>,
 }
 
 /// What a validation error was decided from: when keys of the wrong shape were taken out of the
@@ -845,12 +850,18 @@ impl Validator<'_> {
                 let x = *s.get_ref();
                 if x < lo || x > hi {
                     self.err_own(s.span(), key, format!("{x} is out of range: expected {lo}..={hi}"));
+                    self.refused.push(key.to_string());
                     default
                 } else {
                     x
                 }
             }
         }
+    }
+
+    /// Whether any of `keys` had its value refused and its default standing in (`refused`).
+    fn refused_any(&self, keys: &[&str]) -> bool {
+        keys.iter().any(|k| self.refused.iter().any(|r| r == k))
     }
 
     /// One of the key's names (keys.rs), mapped through `options`; its default when absent.
@@ -1026,7 +1037,9 @@ impl Validator<'_> {
         }
         let request_line = self.int(&r.request_line_bytes_max, spec(SERVER_KEYS, "request_line_bytes_max"));
         let header_bytes = self.int(&r.header_bytes_max, spec(SERVER_KEYS, "header_bytes_max"));
-        if request_line >= header_bytes {
+        if request_line >= header_bytes
+            && !self.refused_any(&["server.request_line_bytes_max", "server.header_bytes_max"])
+        {
             // Point at the line the file has: request_line_bytes_max, or header_bytes_max when
             // only that one was written (the other is its default).
             let (span, key) = match (&r.request_line_bytes_max, &r.header_bytes_max) {
@@ -1412,7 +1425,12 @@ impl Validator<'_> {
             };
             let offset = area;
             area += max;
-            if area > STR_BYTES {
+            // Not when a max_bytes of this type was refused: its default is in the sum.
+            let sum_as_written = !self
+                .refused
+                .iter()
+                .any(|r| r.strip_prefix(&format!("event.{name}.fields[")).is_some_and(|r| r.ends_with("].max_bytes")));
+            if area > STR_BYTES && sum_as_written {
                 self.err(
                     f.name.span(),
                     key("max_bytes"),
@@ -1446,13 +1464,15 @@ impl Validator<'_> {
                     if kind != FieldKind::Money {
                         self.err(d.span(), key("decrypt"), "decrypt applies to type \"money\" only");
                     }
-                    match crate::extract::price::GooglePrice::from_config(e.get_ref(), ik.get_ref()) {
-                        Ok(g) => Some(Box::new(g)),
-                        Err(why) => {
-                            self.err(e.span(), key("encryption_key"), why);
-                            None
-                        }
-                    }
+                    // Each key is checked on its own, and a bad one named at its own line.
+                    use crate::extract::price::GooglePrice;
+                    let decode = |v: &mut Self, k: &S<String>, which: &str| {
+                        GooglePrice::key_from_config(k.get_ref())
+                            .map_err(|why| v.err_own(k.span(), key(which), format!("{which} {why}")))
+                            .ok()
+                    };
+                    let (e, i) = (decode(self, e, "encryption_key"), decode(self, ik, "integrity_key"));
+                    e.zip(i).map(|(e, i)| Box::new(GooglePrice::new(&e, &i)))
                 }
                 (Some(d), _, _) if d.get_ref() != "google" => {
                     self.err_own(
@@ -2095,5 +2115,52 @@ mod tests {
         let e = Config::parse(text, "t.toml").map(|_| ()).unwrap_err().0;
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].key.ends_with("fields[0].source"), "{e:?}");
+    }
+
+    /// A value refused as out of range is said once: a rule between keys that would read the
+    /// default standing in for it ("4096 is not below 2048") is not checked.
+    #[test]
+    fn a_rule_does_not_quote_a_default_standing_in_for_a_refused_value() {
+        let e = errors("[server]\nrequest_line_bytes_max = 100000\nheader_bytes_max = 2048\n");
+        let got: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(got, [(2, "server.request_line_bytes_max")], "{e:#?}");
+        assert!(e[0].message.contains("100000 is out of range"), "{e:#?}");
+        // The rule itself still holds between values in range.
+        let e = errors("[server]\nrequest_line_bytes_max = 4096\nheader_bytes_max = 2048\n");
+        assert!(e[0].message.contains("4096 is not below server.header_bytes_max (2048)"), "{e:#?}");
+        let e = errors("[budget]\nrate_per_s = 1\nburst = 99999999999\n");
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].key, "budget.burst");
+    }
+
+    /// Each price-decryption key is checked on its own and named at its own line; the bound
+    /// the message gives is the one enforced.
+    #[test]
+    fn each_bad_price_key_is_named_by_itself() {
+        let text = "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\n[[event.x.fields]]\nname = \"p\"\nsource = \"query.p\"\n\
+                    type = \"money\"\ndecrypt = \"google\"\nencryption_key = \"short\"\nintegrity_key = \"also-short\"\n";
+        let e = errors(text);
+        let got: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(got, [(10, "event.x.fields[0].encryption_key"), (11, "event.x.fields[0].integrity_key")], "{e:#?}");
+        assert!(e[1].message.starts_with("integrity_key is not web-safe base64 of a 16..=64-byte key"), "{e:#?}");
+        // A 64-byte key (HMAC-SHA1's block) is taken; 65 bytes is not.
+        let b64 = |n: usize| "A".repeat(n.div_ceil(3) * 4);
+        let with = |ek: &str| {
+            text.replace("\"short\"", &format!("\"{ek}\"")).replace("\"also-short\"", &format!("\"{}\"", b64(32)))
+        };
+        assert!(Config::parse(&with(&b64(63)), "t.toml").is_ok());
+        let e = errors(&with(&b64(66)));
+        assert_eq!((e.len(), e[0].key.as_str()), (1, "event.x.fields[0].encryption_key"), "{e:#?}");
+    }
+
+    /// Which signing key an error is about: its index, as shape errors name it.
+    #[test]
+    fn a_signing_key_error_names_the_key_by_its_index() {
+        let text = "[[endpoint]]\npath = \"/r\"\nevent = \"x\"\nresponse = \"redirect\"\n[endpoint.redirect]\nparam = \"url\"\n\
+                    [[endpoint.redirect.key]]\nid = \"k1\"\nsecret_hex = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n\
+                    [[endpoint.redirect.key]]\nid = \"k2\"\nsecret_hex = \"abc\"\n\
+                    [event.x]\nfields = [ { name = \"a\", source = \"query.a\", type = \"u64\" } ]\n";
+        let e = errors(text);
+        assert!(e.iter().any(|e| e.key == "endpoint[0].redirect.key[1].secret_hex" && e.line == 12), "{e:#?}");
     }
 }

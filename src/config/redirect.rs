@@ -142,7 +142,9 @@ impl Validator<'_> {
     /// Signing keys (`[[...key]]`: id + secret_hex or file), read and checked: (id, secret).
     pub(super) fn load_keys(&mut self, list: &[S<RawKey>], key: &str) -> Vec<(String, Vec<u8>)> {
         let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
-        for k in list {
+        for (i, k) in list.iter().enumerate() {
+            // `redirect.key[1].secret_hex`: which of the keys, as shape errors name it.
+            let key = &format!("{key}[{i}]");
             let k = k.get_ref();
             let id = k.id.get_ref();
             if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {

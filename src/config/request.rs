@@ -61,7 +61,10 @@ impl Validator<'_> {
         let rate_per_s = self.int(&r.rate_per_s, spec(BUDGET_KEYS, "rate_per_s")) as u32;
         let burst = self.int(&r.burst, spec(BUDGET_KEYS, "burst")) as u32;
         let burst_s_max = crate::enrich::budget::BURST_S_MAX;
-        if rate_per_s > 0 && u64::from(burst) > u64::from(rate_per_s) * burst_s_max {
+        if rate_per_s > 0
+            && u64::from(burst) > u64::from(rate_per_s) * burst_s_max
+            && !self.refused_any(&["budget.rate_per_s", "budget.burst"])
+        {
             let s = r.burst.as_ref().map(|s| s.span()).unwrap_or(0..0);
             self.err(s, "budget.burst", format!("{burst} requests at {rate_per_s}/s is more than {burst_s_max} s of budget (a bucket's time wraps after 3.2 days); at most rate_per_s × {burst_s_max} = {}", u64::from(rate_per_s) * burst_s_max));
         }

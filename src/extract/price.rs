@@ -32,19 +32,32 @@ impl std::fmt::Debug for GooglePrice {
 }
 
 impl GooglePrice {
-    /// From the two keys as configured (web-safe base64, padding optional).
+    /// Longest key accepted: HMAC-SHA1's block; a longer one would be hashed down first.
+    pub const KEY_BYTES_MAX: usize = 64;
+    /// Shortest key accepted (Google's keys are 32 bytes).
+    pub const KEY_BYTES_MIN: usize = 16;
+
+    /// One key as configured (web-safe base64, padding optional), decoded; `Err` says what a
+    /// key must be.
+    pub fn key_from_config(key: &str) -> Result<Vec<u8>, String> {
+        let mut out = [0u8; Self::KEY_BYTES_MAX];
+        match websafe_b64(key.as_bytes(), &mut out) {
+            Some(n) if n >= Self::KEY_BYTES_MIN => Ok(out[..n].to_vec()),
+            _ => Err(format!("is not web-safe base64 of a {}..={}-byte key", Self::KEY_BYTES_MIN, Self::KEY_BYTES_MAX)),
+        }
+    }
+
+    /// From the two keys as configured; the first error names the key it is about.
     pub fn from_config(encryption_key: &str, integrity_key: &str) -> Result<GooglePrice, String> {
-        let dec = |name: &str, k: &str| -> Result<Vec<u8>, String> {
-            let mut out = [0u8; 64];
-            match websafe_b64(k.as_bytes(), &mut out) {
-                Some(n) if n >= 16 => Ok(out[..n].to_vec()),
-                _ => Err(format!("{name} is not web-safe base64 of a 16..=48-byte key")),
-            }
-        };
-        let e = dec("encryption_key", encryption_key)?;
-        let i = dec("integrity_key", integrity_key)?;
+        let e = Self::key_from_config(encryption_key).map_err(|why| format!("encryption_key {why}"))?;
+        let i = Self::key_from_config(integrity_key).map_err(|why| format!("integrity_key {why}"))?;
+        Ok(Self::new(&e, &i))
+    }
+
+    /// From the two decoded keys.
+    pub fn new(encryption_key: &[u8], integrity_key: &[u8]) -> GooglePrice {
         let mk = |k: &[u8]| HmacSha1::new_from_slice(k).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-        Ok(GooglePrice { encryption: mk(&e), integrity: mk(&i) })
+        GooglePrice { encryption: mk(encryption_key), integrity: mk(integrity_key) }
     }
 
     /// Decrypts one value to micros; `Err` with the reason.
