@@ -610,7 +610,7 @@ pub const EVENT_KEYS: &[KeySpec] = &[
         NoDefault,
         Range(0, SLOTS as i64),
         "strings and ips share the event's byte area",
-        "The event type's fields, in slot order; see the field keys below.",
+        "The event type's fields, in slot order; see the field keys below. Inline (`fields = [{ … }, …]`) or one `[[event.<type>.fields]]` table each, with or without an `[event.<type>]` header.",
     ),
     k(
         "event.<type>",

@@ -888,7 +888,8 @@ impl Validator<'_> {
         }
     }
 
-    fn config(&mut self, raw: RawConfig) -> Config {
+    fn config(&mut self, mut raw: RawConfig) -> Config {
+        raw.place_implicit_tables();
         // Each check reads the table of the key it names an error on; `reading` names the other
         // tables it reads, for a run whose shape errors took keys out (`Pruned`).
         self.reading(&[]);
@@ -1215,7 +1216,11 @@ impl Validator<'_> {
     /// unkeyed hash of the whole client address or page URL (query and fragment included), and
     /// is not re-keyed on an opt-out as a derived id is: refused whatever `privacy.ip` and
     /// `privacy.referer` say.
-    fn no_unkeyed_id_from(&mut self, raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>, types: &[EventType]) {
+    fn no_unkeyed_id_from(
+        &mut self,
+        raw: &std::collections::BTreeMap<String, raw::Table<raw::RawEvent>>,
+        types: &[EventType],
+    ) {
         for (t, r) in types.iter().zip(raw.values()) {
             let Some(list) = &r.get_ref().id_from else { continue };
             // `t.id_from` was built from this list in order, one source per entry. client.ip
@@ -1247,7 +1252,7 @@ impl Validator<'_> {
     /// as no request could make it (under `origin`, "none" would vanish).
     fn referer_defaults_kept(
         &mut self,
-        raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>,
+        raw: &std::collections::BTreeMap<String, raw::Table<raw::RawEvent>>,
         types: &[EventType],
         policy: RefererPolicy,
     ) {
@@ -1282,7 +1287,11 @@ impl Validator<'_> {
     /// An id derived from the client's address would be an unkeyed hash of the whole address
     /// (ids are made before the privacy step truncates it), which anyone can recompute for
     /// every IPv4 address: with `privacy.ip` other than `keep`, no ip field is identity.
-    fn no_ip_identity(&mut self, raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>, types: &[EventType]) {
+    fn no_ip_identity(
+        &mut self,
+        raw: &std::collections::BTreeMap<String, raw::Table<raw::RawEvent>>,
+        types: &[EventType],
+    ) {
         for (t, r) in types.iter().zip(raw.values()) {
             let Some(ids) = &r.get_ref().identity else { continue };
             for n in ids.get_ref() {
@@ -1302,7 +1311,10 @@ impl Validator<'_> {
         }
     }
 
-    fn types(&mut self, raw: &std::collections::BTreeMap<String, S<raw::RawEvent>>) -> (Vec<EventType>, Schema) {
+    fn types(
+        &mut self,
+        raw: &std::collections::BTreeMap<String, raw::Table<raw::RawEvent>>,
+    ) -> (Vec<EventType>, Schema) {
         let mut types = Vec::new();
         for (i, (name, ev)) in raw.iter().enumerate() {
             if i >= EVENT_TYPES_MAX {
@@ -2162,5 +2174,30 @@ mod tests {
                     [event.x]\nfields = [ { name = \"a\", source = \"query.a\", type = \"u64\" } ]\n";
         let e = errors(text);
         assert!(e.iter().any(|e| e.key == "endpoint[0].redirect.key[1].secret_hex" && e.line == 12), "{e:#?}");
+    }
+
+    /// `[[event.x.fields]]` with no `[event.x]` header (TOML makes `event.x` implicitly), and
+    /// `[[endpoint.redirect.key]]` with no `[endpoint.redirect]`, are the same config as with
+    /// the header: they used to fail with "missing field `$__serde_spanned_private_start`".
+    #[test]
+    fn tables_toml_makes_implicitly_are_read_and_their_errors_name_lines() {
+        let with_headers = "[[endpoint]]\npath = \"/r\"\nevent = \"x\"\nresponse = \"redirect\"\n[endpoint.redirect]\n\
+                            [[endpoint.redirect.key]]\nid = \"k1\"\nsecret_hex = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n\
+                            [event.x]\n[[event.x.fields]]\nname = \"a\"\nsource = \"query.a\"\ntype = \"u64\"\n";
+        let implicit = with_headers.replace("[endpoint.redirect]\n", "").replace("[event.x]\n", "");
+        for text in [with_headers, &implicit] {
+            let c = Config::parse(text, "t.toml").unwrap_or_else(|e| panic!("{text}\n{e:?}"));
+            assert_eq!(c.event_type("x").unwrap().fields[0].name, "a");
+        }
+        // An error in such a table names its line and key.
+        let e = errors(&implicit.replace("type = \"u64\"", "type = \"u65\""));
+        assert_eq!((e.len(), e[0].line, e[0].key.as_str()), (1, 11, "event.x.fields[0].type"), "{e:#?}");
+        // A rule about the implicit table itself names the line of its first field.
+        let types: String = (0..=EVENT_TYPES_MAX)
+            .map(|i| format!("[[event.t{i:03}.fields]]\nname = \"a\"\nsource = \"query.a\"\ntype = \"u64\"\n"))
+            .collect();
+        let e = errors(&format!("{implicit}{types}"));
+        let more = e.iter().find(|e| e.message.contains("event types")).unwrap_or_else(|| panic!("{e:#?}"));
+        assert!(more.line > 11, "{more:?}");
     }
 }

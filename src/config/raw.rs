@@ -3,11 +3,119 @@
 //! the file's shape: `config::deserialize` reports every error in it by deserializing into them
 //! again with each bad key taken out.
 
+use serde::de::{self, IntoDeserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::ops::Range;
 use toml::Spanned;
 
 pub type S<T> = Spanned<T>;
+
+/// A table's value with its place in the text, as `S` gives it, for a table TOML may make
+/// implicitly: `[[event.x.fields]]` with no `[event.x]` header above it makes `event.x` a table
+/// no text spans (so does `[[endpoint.redirect.key]]` for `redirect`). `S` refuses such a
+/// table ("missing field `$__serde_spanned_private_start`"); this takes it, with no span, and
+/// `span()` then falls back to the start of the text (`RawConfig::place_implicit_tables` gives a better one
+/// where there is one).
+pub struct Table<T> {
+    value: T,
+    span: Option<Range<usize>>,
+}
+
+impl<T> Table<T> {
+    pub fn get_ref(&self) -> &T {
+        &self.value
+    }
+
+    /// Where the table is written; 0..0 for a table TOML made implicitly.
+    pub fn span(&self) -> Range<usize> {
+        self.span.clone().unwrap_or(0..0)
+    }
+
+    /// A table TOML made implicitly is placed where its first sub-table is written.
+    fn place_implicit(&mut self, first_inner: impl FnOnce(&T) -> Option<Range<usize>>) {
+        if self.span.is_none() {
+            self.span = first_inner(&self.value);
+        }
+    }
+}
+
+impl RawConfig {
+    /// Gives each table TOML made implicitly the place of its first sub-table (an event type
+    /// with only `[[event.x.fields]]` written: its first field), so errors about the table
+    /// name a line the file has.
+    pub fn place_implicit_tables(&mut self) {
+        for ev in self.event.values_mut() {
+            ev.place_implicit(|e| e.fields.first().map(|f| f.span()));
+        }
+        for ep in &mut self.endpoint {
+            if let Some(r) = ep.get_mut().redirect.as_mut() {
+                r.place_implicit(|r| r.key.first().map(|k| k.span()));
+            }
+        }
+    }
+}
+
+// What the toml crates ask a spanned value's type for and answer it with (serde_spanned's
+// protocol, which `S` speaks too: a struct of this name with these three fields).
+const SPANNED_NAME: &str = "$__serde_spanned_private_Spanned";
+const SPANNED_START: &str = "$__serde_spanned_private_start";
+const SPANNED_END: &str = "$__serde_spanned_private_end";
+const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
+const SPANNED_FIELDS: [&str; 3] = [SPANNED_START, SPANNED_END, SPANNED_VALUE];
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Table<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct(SPANNED_NAME, &SPANNED_FIELDS, TableVisitor(PhantomData))
+    }
+}
+
+struct TableVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for TableVisitor<T> {
+    type Value = Table<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a table")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Table<T>, A::Error> {
+        let first: Option<String> = map.next_key()?;
+        if first.as_deref() == Some(SPANNED_START) {
+            let start: usize = map.next_value()?;
+            let _: Option<String> = map.next_key()?;
+            let end: usize = map.next_value()?;
+            let _: Option<String> = map.next_key()?;
+            let value: T = map.next_value()?;
+            return Ok(Table { value, span: Some(start..end) });
+        }
+        // The table's own keys, the first of them already taken.
+        let value = T::deserialize(de::value::MapAccessDeserializer::new(Prepend { first, map }))?;
+        Ok(Table { value, span: None })
+    }
+}
+
+/// `map` with `first` put back in front of its keys.
+struct Prepend<A> {
+    first: Option<String>,
+    map: A,
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for Prepend<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
+        match self.first.take() {
+            Some(k) => seed.deserialize(k.into_deserializer()).map(Some),
+            None => self.map.next_key_seed(seed),
+        }
+    }
+
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
+    }
+}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -29,7 +137,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub endpoint: Vec<S<RawEndpoint>>,
     #[serde(default)]
-    pub event: BTreeMap<String, S<RawEvent>>,
+    pub event: BTreeMap<String, Table<RawEvent>>,
     #[serde(default)]
     pub collector: Vec<S<super::collector::RawCollector>>,
 }
@@ -138,7 +246,7 @@ pub struct RawEndpoint {
     /// "drop" or "reject" (429) when the source is over its budget.
     pub over_budget: Option<S<String>>,
     /// `[endpoint.redirect]`, for `response = "redirect"` (see config/redirect.rs).
-    pub redirect: Option<S<RawRedirect>>,
+    pub redirect: Option<Table<RawRedirect>>,
 }
 
 #[derive(Deserialize)]

@@ -125,7 +125,7 @@ impl Validator<'_> {
         &mut self,
         r: &RawPrivacy,
         types: &[EventType],
-        raw_events: &std::collections::BTreeMap<String, S<RawEvent>>,
+        raw_events: &std::collections::BTreeMap<String, super::raw::Table<RawEvent>>,
     ) -> PrivacyConfig {
         let ip = self.choice(
             &r.ip,
@@ -287,7 +287,7 @@ impl Validator<'_> {
         strict: bool,
         must_exist: Option<std::ops::Range<usize>>,
         types: &[EventType],
-        raw_events: &std::collections::BTreeMap<String, S<RawEvent>>,
+        raw_events: &std::collections::BTreeMap<String, super::raw::Table<RawEvent>>,
     ) -> Vec<Option<u8>> {
         let k = spec(PRIVACY_KEYS, f.key);
         let super::keys::KeyDefault::Str(default) = k.default else {
