@@ -148,9 +148,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config, listen, journal_dir, shards, admin_listen } => {
-            let mut cfg = match load_config(config.as_deref()) {
+            let overrides = Overrides { listen, journal_dir, shards, admin_listen };
+            // The file is validated as the flags will have it, and the flags applied.
+            let loaded = match config.as_deref() {
+                None => {
+                    let mut c = Config::embedded();
+                    c.apply(&overrides);
+                    Ok(c)
+                }
+                Some(p) => Config::load_with(p, &overrides),
+            };
+            let cfg = match loaded {
                 Ok(c) => c,
-                Err(code) => return code,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
             };
             // Collector options are checked by their kind's build (librdkafka's own checks among
             // them), as check-config does: before anything is bound or opened. Found only when
@@ -160,9 +173,8 @@ fn main() -> ExitCode {
                 eprintln!("{e}");
                 return ExitCode::from(2);
             }
-            let overrides = Overrides { listen, journal_dir, shards, admin_listen };
-            cfg.apply(&overrides);
-            // The file was checked for this; the flags may make the clash too.
+            // The file was checked for this where no flag sets an address; a flag may make the
+            // clash too.
             if tracker::config::listeners_clash(cfg.server.listen, cfg.admin.listen) {
                 eprintln!(
                     "tracker: admin.listen / --admin-listen {} shares a port with server.listen / --listen {}: {}",

@@ -363,7 +363,20 @@ impl Config {
 
     /// `parse_with_errors` of a file, and the file must declare an endpoint.
     pub fn load_with_errors(path: &std::path::Path) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
-        Config::parse_inner(&read_file(path)?, &path.display().to_string(), true)
+        Config::parse_inner(&read_file(path)?, &path.display().to_string(), true, &Overrides::default())
+    }
+
+    /// `load` for `tracker serve` with its flags: the file validated as the flags will have it
+    /// (a clash between `server.listen` and `admin.listen` that a flag replaces is not one),
+    /// then the flags applied. The caller checks the listeners as applied
+    /// ([`listeners_clash`]): a flag can make a clash too.
+    pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<Config, ConfigErrors> {
+        let (mut cfg, errors) = Config::parse_inner(&read_file(path)?, &path.display().to_string(), true, flags)?;
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        cfg.apply(flags);
+        Ok(cfg)
     }
 
     /// Parses and validates config text; `file` names it in errors.
@@ -382,17 +395,29 @@ impl Config {
     /// the same run as the rest. With shape errors, only the collectors made of keys that all
     /// had the right shape are kept (see `Pruned::builds`). Never serve such a config.
     pub fn parse_with_errors(text: &str, file: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
-        Config::parse_inner(text, file, false)
+        Config::parse_inner(text, file, false, &Overrides::default())
     }
 
-    fn parse_inner(text: &str, file: &str, require_endpoint: bool) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    fn parse_inner(
+        text: &str,
+        file: &str,
+        require_endpoint: bool,
+        flags: &Overrides,
+    ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         let Shape { raw, errors: shape, pruned } = deserialize(text, file)?;
         // A file replaces the embedded default whole: one that only tunes `[server]` would
         // otherwise pass and then answer every request 404. (Config text parsed for a test or an
         // embedding program may leave endpoints out.)
         let no_endpoint = require_endpoint && raw.endpoint.is_empty();
-        let mut v =
-            Validator { text, file, errors: Vec::new(), bases: Vec::new(), also: Vec::new(), refused: Vec::new() };
+        let mut v = Validator {
+            text,
+            file,
+            flags,
+            errors: Vec::new(),
+            bases: Vec::new(),
+            also: Vec::new(),
+            refused: Vec::new(),
+        };
         let mut cfg = v.config(raw);
         if no_endpoint {
             v.reading(&[]);
@@ -788,6 +813,8 @@ fn toml_table_at(text: &str, at: usize) -> Option<String> {
 struct Validator<'a> {
     text: &'a str,
     file: &'a str,
+    /// The command-line flags the config will be served with (`load_with`); none otherwise.
+    flags: &'a Overrides,
     errors: Vec<ConfigError>,
     /// What each of `errors` (same index) was decided from.
     bases: Vec<Basis>,
@@ -897,7 +924,11 @@ impl Validator<'_> {
         let journal = self.journal(&raw.journal);
         let admin = self.admin(&raw.admin);
         self.reading(&["server", "admin"]);
-        if listeners_clash(server.listen, admin.listen) {
+        // A flag that sets either address decides what is bound: the caller checks the pair
+        // after applying it (`load_with`), so the file's pair is not refused for a clash the
+        // flag removes.
+        let flag_sets_listen = self.flags.listen.is_some() || self.flags.admin_listen.is_some();
+        if !flag_sets_listen && listeners_clash(server.listen, admin.listen) {
             // On the line that was written: admin.listen's, unless only server.listen was.
             let (span, key, value, other, other_value) = match (&raw.admin.listen, &raw.server.listen) {
                 (None, Some(s)) => (s.span(), "server.listen", server.listen, "admin.listen", admin.listen),

@@ -181,11 +181,11 @@ impl Reloader {
 
     /// Reads, validates and applies the file; on any error the running config stays.
     pub fn reload(&mut self) -> Result<ReloadReport, ReloadError> {
-        let mut next = Config::load(&self.path).map_err(ReloadError::Invalid)?;
+        // Validated as the flags have it, flags applied (as at start).
+        let mut next = Config::load_with(&self.path, &self.overrides).map_err(ReloadError::Invalid)?;
         if let Some(check) = &self.check {
             check(&next).map_err(ReloadError::Invalid)?;
         }
-        next.apply(&self.overrides);
         let needs_restart = restart_only_changes(&self.current, &next);
         // Keep what was sized and opened at start.
         next.server = self.current.server.clone();

@@ -216,3 +216,18 @@ fn a_reload_with_a_collector_option_error_is_refused_like_check_config_refuses_i
     let mut srv = srv;
     assert_eq!(srv.stop(), 0);
 }
+
+/// Flags win over the file (operations.md): a file whose `server.listen` and `admin.listen`
+/// share a port serves when `--listen` and `--admin-listen` replace them, and reloads too. It
+/// used to be refused for a clash the flags remove, at start and at every SIGHUP.
+#[test]
+fn a_listener_clash_that_the_flags_replace_is_not_refused_at_start_or_reload() {
+    let text = CONFIG.replace("listen = \"127.0.0.1:9090\"", "listen = \"127.0.0.1:8080\"");
+    assert!(text.contains("listen = \"0.0.0.0:8080\""), "config/tracker.toml's listen lines changed; update this test");
+    // The harness passes --listen 127.0.0.1:0 and --admin-listen 127.0.0.1:0.
+    let srv = Server::start(Some(&text), &["--shards", "1"]);
+    assert_eq!(srv.connect().get("/i?c=1").status, 200);
+    sighup(&srv);
+    wait_line(&srv, "reload: applied");
+    assert_eq!(srv.connect().get("/i?c=2").status, 200);
+}
