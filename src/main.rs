@@ -132,6 +132,11 @@ enum JournalCmd {
     },
 }
 
+/// The collector kinds' checks of `cfg`'s `[[collector]]` options (each kind's build).
+fn collectors_build(cfg: &Config) -> Result<(), ConfigErrors> {
+    tracker::collector::Registry::builtin().build_all(&cfg.collectors).map(drop)
+}
+
 /// The config named on the command line, or the embedded default; errors are printed (every one,
 /// with file, line and key) and become exit code 2.
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
@@ -149,14 +154,19 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Serve { config, listen, journal_dir, shards, admin_listen } => {
             let overrides = Overrides { listen, journal_dir, shards, admin_listen };
-            // The file is validated as the flags will have it, and the flags applied.
+            // The file is validated as the flags will have it, and the flags applied. Collector
+            // options are checked by their kind's build (librdkafka's own checks among them), as
+            // check-config does, their errors listed with the rest: before anything is bound or
+            // opened. Found only when the collectors start, a bad one failed the process after it
+            // had waited for another process's journal locks (in a handoff, the cue to stop that
+            // process) and served.
             let loaded = match config.as_deref() {
                 None => {
                     let mut c = Config::embedded();
                     c.apply(&overrides);
-                    Ok(c)
+                    collectors_build(&c).map(|()| c)
                 }
-                Some(p) => Config::load_with(p, &overrides),
+                Some(p) => Config::load_with(p, &overrides, &collectors_build),
             };
             let cfg = match loaded {
                 Ok(c) => c,
@@ -165,14 +175,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            // Collector options are checked by their kind's build (librdkafka's own checks among
-            // them), as check-config does: before anything is bound or opened. Found only when
-            // the collectors start, a bad one failed the process after it had waited for another
-            // process's journal locks (in a handoff, the cue to stop that process) and served.
-            if let Err(e) = tracker::collector::Registry::builtin().build_all(&cfg.collectors) {
-                eprintln!("{e}");
-                return ExitCode::from(2);
-            }
             // The file was checked for this where no flag sets an address; a flag may make the
             // clash too.
             if tracker::config::listeners_clash(cfg.server.listen, cfg.admin.listen) {
@@ -190,7 +192,7 @@ fn main() -> ExitCode {
             Ok((c, mut errors)) => {
                 // Collector options are checked by their kind's build, also when the rest has
                 // errors: every error in one run.
-                if let Err(e) = tracker::collector::Registry::builtin().build_all(&c.collectors) {
+                if let Err(e) = collectors_build(&c) {
                     errors.extend(e.0);
                     tracker::config::sort_by_line(&mut errors);
                 }
@@ -399,10 +401,8 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
             .expect("spawn watchdog thread")
     });
     // A reload refuses what check-config refuses, collector options included.
-    let mut reloader = config_path.map(|p| {
-        Reloader::new(p, overrides, started_with, &running)
-            .with_check(Box::new(|c| tracker::collector::Registry::builtin().build_all(&c.collectors).map(drop)))
-    });
+    let mut reloader =
+        config_path.map(|p| Reloader::new(p, overrides, started_with, &running).with_check(Box::new(collectors_build)));
 
     let stop = running.stopper();
     let handle = signals.handle();

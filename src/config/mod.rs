@@ -366,12 +366,22 @@ impl Config {
         Config::parse_inner(&read_file(path)?, &path.display().to_string(), true, &Overrides::default())
     }
 
-    /// `load` for `tracker serve` with its flags: the file validated as the flags will have it
+    /// `load` for `tracker serve` and its reloads: the file validated as the flags will have it
     /// (a clash between `server.listen` and `admin.listen` that a flag replaces is not one),
-    /// then the flags applied. The caller checks the listeners as applied
+    /// and by `extra` (the collector kinds' checks of their options, which this module does
+    /// not know), whose errors are listed with the rest, in line order, as `check-config` lists
+    /// them; then the flags applied. The caller checks the listeners as applied
     /// ([`listeners_clash`]): a flag can make a clash too.
-    pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<Config, ConfigErrors> {
-        let (mut cfg, errors) = Config::parse_inner(&read_file(path)?, &path.display().to_string(), true, flags)?;
+    pub fn load_with(
+        path: &std::path::Path,
+        flags: &Overrides,
+        extra: &dyn Fn(&Config) -> Result<(), ConfigErrors>,
+    ) -> Result<Config, ConfigErrors> {
+        let (mut cfg, mut errors) = Config::parse_inner(&read_file(path)?, &path.display().to_string(), true, flags)?;
+        if let Err(e) = extra(&cfg) {
+            errors.extend(e.0);
+            sort_by_line(&mut errors);
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }

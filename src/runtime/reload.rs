@@ -181,11 +181,10 @@ impl Reloader {
 
     /// Reads, validates and applies the file; on any error the running config stays.
     pub fn reload(&mut self) -> Result<ReloadReport, ReloadError> {
-        // Validated as the flags have it, flags applied (as at start).
-        let mut next = Config::load_with(&self.path, &self.overrides).map_err(ReloadError::Invalid)?;
-        if let Some(check) = &self.check {
-            check(&next).map_err(ReloadError::Invalid)?;
-        }
+        // Validated as the flags have it, and by `check` (its errors listed with the rest),
+        // flags applied: as at start.
+        let check = |c: &Config| self.check.as_ref().map_or(Ok(()), |check| check(c));
+        let mut next = Config::load_with(&self.path, &self.overrides, &check).map_err(ReloadError::Invalid)?;
         let needs_restart = restart_only_changes(&self.current, &next);
         // Keep what was sized and opened at start.
         next.server = self.current.server.clone();

@@ -117,6 +117,18 @@ fn check_config_lists_shape_and_value_errors_in_one_run() {
         assert!(got.starts_with(want.as_str()), "{got:?} is not {want:?} in:\n{err}");
     }
     assert!(!err.contains("is not a declared event type") && !err.contains("is not a field"), "{err}");
+
+    // `serve` refuses the file with the same list, the collector's option error included (it
+    // used to stop at the rest and name the collector's only once the rest was fixed).
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
+        .arg(&p)
+        .arg("--journal-dir")
+        .arg(dir.path().join("journal"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8(out.stderr).unwrap(), err, "serve and check-config list the same errors");
 }
 
 /// Kafka settings librdkafka refuses are config errors, never an endless retry of the producer.
