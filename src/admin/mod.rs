@@ -60,6 +60,11 @@ use crate::runtime::{Running, ShardShared};
 pub const REQUEST_BYTES_MAX: usize = 4096;
 /// Read and write timeout of one admin connection.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest time a client may take to read one whole answer (`/metrics` runs to hundreds of
+/// KiB), however it paces its reads: the write timeout alone bounds each `write`, so a client
+/// reading a few bytes a second kept its thread and CONNECTIONS_MAX slot for as long as it
+/// liked, and sixteen such clients turned the health probes away with 503s.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Admin connections served at once, each on a thread of its own; one more is answered 503 at
 /// once. A few silent clients then cost a thread each for CLIENT_TIMEOUT instead of holding
 /// every request behind them (the health probes included).
@@ -544,6 +549,44 @@ fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], head: bool)
     if !head {
         out.extend_from_slice(body);
     }
-    s.write_all(&out)?;
-    s.flush()
+    write_all_by(s, &out, std::time::Instant::now() + ANSWER_TIMEOUT)
+}
+
+/// `write_all` that gives up at `deadline` (TimedOut), however the peer paces its reads: each
+/// `write` may block only for what is left of the time.
+fn write_all_by(s: &mut TcpStream, mut out: &[u8], deadline: std::time::Instant) -> io::Result<()> {
+    while !out.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the client did not take the answer in time"));
+        }
+        s.set_write_timeout(Some(left))?;
+        match s.write(out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => out = &out[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer its client does not read ends at its deadline: the write neither blocks for
+    /// as long as the client keeps the connection open nor waits a write timeout per `write`.
+    #[test]
+    fn an_answer_the_client_does_not_read_gives_up_at_its_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        // More than the socket buffers of both ends hold.
+        let out = vec![b'x'; 64 << 20];
+        let e = write_all_by(&mut s, &out, std::time::Instant::now() + Duration::from_millis(200)).unwrap_err();
+        // Linux ends a write blocked past SO_SNDTIMEO with EAGAIN; a later try finds no time left.
+        assert!(matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock), "{e}");
+        drop(client);
+    }
 }
