@@ -1865,3 +1865,22 @@ fn a_leftover_made_ahead_segment_after_a_power_loss_does_not_skip_the_last_segme
     append_seqs(&mut j, [4]);
     assert_eq!(seqs(&read_all(&mut JournalReader::open(root).unwrap())), [1, 2, 3, 4]);
 }
+
+/// A header copy the disk cannot read (EIO) is a damaged copy: readers read the other one, and
+/// the writer rewrites it from the other (the write usually makes the drive remap the sector).
+#[test]
+fn an_unreadable_header_copy_is_read_around_and_rewritten() {
+    for (copy, note) in [(0, "first copy was damaged (header cannot be read"), (PAGE_BYTES as u64, "second copy")] {
+        let dir = closed_root(2);
+        let root = dir.path();
+        let path = seg_file(root, 0, 1);
+        let bad = fail_reads(&path, copy..copy + 8);
+        let mut r = JournalReader::open(root).unwrap();
+        assert_eq!(seqs(&read_all(&mut r)), [1, 2], "copy at {copy}");
+        let (_j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+        assert_eq!((report.segment, report.records, report.new_segment_reason), (1, 2, None), "{report:?}");
+        assert!(report.notes.iter().any(|n| n.contains(note) && n.contains("rewritten")), "{report:?}");
+        drop(bad);
+        assert_eq!(read_bytes(&path, 0, PAGE_BYTES), read_bytes(&path, PAGE_BYTES as u64, PAGE_BYTES));
+    }
+}
