@@ -79,9 +79,13 @@
 //!
 //! It then takes the highest-numbered segment (a `.tmp` put back into place included). If the machine restarted since
 //! its writer opened it and that writer did not stop cleanly (`shard-NNN/writer.state`), the
-//! segment is left as it is. Otherwise its slots are scanned for the end of the intact prefix.
+//! segment is left as it is. Otherwise its slots are scanned for the end of the intact prefix,
+//! with `pread` (`pread.rs`), never through a map: a sector the disk cannot read is an error
+//! the scan handles (the segment is left as it is, like one with a bad record), not a SIGBUS at
+//! every start; the segment is mapped only to append to it. A header neither of whose copies
+//! can be read leaves the segment as it is too (not renamed: the disk may answer again).
 //! Nothing after it = clean end; one bad slot and only zeros after it = a torn record, zeroed
-//! and msynced, counted in the [`RecoveryReport`] (only when the last writer did not stop
+//! and synced, counted in the [`RecoveryReport`] (only when the last writer did not stop
 //! cleanly: a clean stop cuts no record, so after one that slot is damage to a record readers
 //! may have passed, and is left in place like the next case); any written data after the first
 //! bad or zero slot = left in place (`sealed_bad_records`), and readers deliver every intact record in it,
