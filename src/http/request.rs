@@ -687,6 +687,33 @@ fn request_line_version(buf: &[u8]) -> Option<(usize, u8, u8)> {
     Some((start + line.len() - 8, major, minor))
 }
 
+/// For a head `parse` found incomplete in `buf`: how many of its bytes the next parse need not
+/// wait on, or 0 while its request line is still coming (whose 414 the parse must check at every
+/// read). The head cannot be whole until a line end and an empty line come after them
+/// ([`head_may_end`]): until then a new read need not be parsed. httparse keeps no state
+/// between calls, so parsing the whole head at every read would cost time quadratic in its size
+/// when a client trickles it a byte at a time.
+pub fn head_pending(buf: &[u8]) -> usize {
+    let at = request_line_start(buf);
+    if memchr::memchr(b'\n', &buf[at..]).is_some() {
+        buf.len()
+    } else {
+        0
+    }
+}
+
+/// Whether the head of which the first `pending` bytes were incomplete ([`head_pending`]) may end
+/// in `buf` now: a line end followed by an empty line (`\r\n\r\n`; or a bare LF form, for the
+/// parser to refuse) that ends after those bytes. Reads only what came after them, and the
+/// three bytes before, where such an end can start.
+pub fn head_may_end(buf: &[u8], pending: usize) -> bool {
+    let from = pending.saturating_sub(3).min(buf.len());
+    memchr::memchr_iter(b'\n', &buf[from..]).any(|i| {
+        let rest = &buf[from + i + 1..];
+        rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
+    })
+}
+
 /// Whether the request in `buf` is a HEAD, by its first word, whether or not its head parses:
 /// the answer to a HEAD carries no body (RFC 9110 §9.3.2), a refusal's neither, since a client
 /// reading it stops at the blank line and would take the reason for the next response.
@@ -1600,5 +1627,30 @@ mod tests {
                 }
             });
         }
+    }
+
+    /// `head_pending` and `head_may_end`: a new read is parsed only where the head can end in
+    /// it; wherever the end falls between two reads it is found, CRLF or bare-LF form.
+    #[test]
+    fn a_pending_head_is_parsed_again_only_where_it_may_end() {
+        let req = b"\r\nGET /i HTTP/1.1\r\nHost: t\r\nX: y\r\n\r\n";
+        for split in 1..req.len() {
+            let (first, all) = (&req[..split], &req[..]);
+            let pending = head_pending(first);
+            // Before the request line's LF nothing is pending: every read is parsed.
+            assert_eq!(pending == 0, !first.get(2..).unwrap_or(&[]).contains(&b'\n'), "split {split}");
+            if pending > 0 {
+                assert!(head_may_end(all, pending), "end missed with the split at {split}");
+            }
+        }
+        let line = b"GET /i HTTP/1.1\r\nHost: t\r\n";
+        let pending = head_pending(line);
+        assert_eq!(pending, line.len());
+        assert!(!head_may_end(b"GET /i HTTP/1.1\r\nHost: t\r\nX-A: b\r", pending));
+        assert!(!head_may_end(b"GET /i HTTP/1.1\r\nHost: t\r\nX-A: b\r\n", pending));
+        assert!(head_may_end(b"GET /i HTTP/1.1\r\nHost: t\r\n\n", pending));
+        assert!(head_may_end(b"GET /i HTTP/1.1\r\nHost: t\r\nX-A: b\n\r\n", pending));
+        // Empty lines before the request line are no head end.
+        assert_eq!(head_pending(b"\r\n\r\nGET /i HT"), 0);
     }
 }

@@ -136,6 +136,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     // small reads costs time linear, not quadratic, in its size.
     let mut need_bytes = 0usize;
     let mut chunked_progress = http::chunked::Progress::default();
+    // The head at the front of the buffer was incomplete over its first this many bytes: it is
+    // parsed again only once it may have ended after them (`http::request::head_pending`), so a
+    // head trickled in costs time linear in its size, as a body does.
+    let mut head_pending = 0usize;
     // The connection closes after a response that said `Connection: close` (an error, or the
     // client's own close): the client may still be sending, so it gets a lingering close.
     let mut linger = false;
@@ -163,10 +167,23 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         let mut served = 0u64;
         ctx.date.borrow_mut().update(now_ns / 1_000_000_000);
         while start < rbuf.len() && rbuf.len() >= need_bytes && wbuf.capacity() - wbuf.len() >= RESPONSE_BYTES_MAX {
+            // Still incomplete unless it may have ended; at the head limit the parse says 431.
+            if start == 0
+                && head_pending > 0
+                && rbuf.len() < limits.header_bytes_max
+                && !http::request::head_may_end(&rbuf, head_pending)
+            {
+                break;
+            }
+            head_pending = 0;
             let mut headers = http::header_buf();
             let req = match http::parse(&rbuf[start..], &mut headers, &limits) {
                 Ok(r) => r,
-                Err(ParseError::Incomplete) => break,
+                Err(ParseError::Incomplete) => {
+                    // Relative to `start`, which becomes the front of the buffer below.
+                    head_pending = http::request::head_pending(&rbuf[start..]);
+                    break;
+                }
                 Err(ParseError::NewerMinorVersion { minor_at }) => {
                     // HTTP/1.x, x > 1, is read as HTTP/1.1: the digit is rewritten in place
                     // and the head parsed again (it then parses as 1.1 or fails otherwise).
@@ -234,8 +251,12 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             chunked_progress = Default::default();
             // At stop, a request with more bytes behind it (pipelined) keeps the connection
             // open so they are answered too; the last request in the buffer says close.
-            let more = start + consumed < rbuf.len();
+            // Only bytes that begin a request count: empty lines after it (an old client's CRLF
+            // after a POST body) are no request to wait for, and a response that said keep-alive
+            // for them would be followed by a close at stop (`begun` below).
             let last_read = reads_shut.is_some();
+            let rest = &rbuf[start + consumed..];
+            let more = !rest.is_empty() && (!(ctx.stopping.get() || last_read) || rest.chunks(2).any(|p| p != b"\r\n"));
             let a = answer(&ctx, &req, &mut bufs.body, body_len, more, last_read, peer, now_ns, &mut wbuf);
             answered_any = true;
             served += 1;
@@ -314,6 +335,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             // extensions) outgrows that room gets here. Anything else would be a parser bug;
             // refuse rather than spin either way.
             let (st, reason) = full_buffer_refusal(&rbuf, &limits);
+            ctx.date.borrow_mut().update(crate::clock::unix_nanos() / 1_000_000_000);
             ctx.shared.counters.request(None, st);
             ctx.shared.counters.reject(Reason::Malformed);
             write_error(&ctx, &mut wbuf, st, reason, false, false, 1, None, None);
@@ -390,6 +412,8 @@ async fn answer_timed_out(ctx: &ShardCtx, stream: &mut TcpStream, mut wbuf: Vec<
     ctx.shared.counters.reject(Reason::HeaderTimeout);
     ctx.shared.counters.request(None, Status::S408);
     let why = "request not received whole within header_read_timeout_ms";
+    // The shard's Date was last set by a batch, which on a quiet shard may be long ago.
+    ctx.date.borrow_mut().update(crate::clock::unix_nanos() / 1_000_000_000);
     write_error(ctx, &mut wbuf, Status::S408, why, false, false, 1, None, None);
     let grace = deadline::ms(deadline::TIMED_OUT_ANSWER_GRACE);
     let (res, b) = write_all(ctx, stream, wbuf, slot, grace).await;

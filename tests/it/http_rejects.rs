@@ -547,3 +547,40 @@ fn an_absolute_form_target_with_an_invalid_authority_is_400_and_close() {
     assert_eq!(s.stop(), 0);
     assert_eq!(journal_cat(&s.journal()).len(), 4, "only the valid requests became events");
 }
+
+/// A head that arrives a little at a time (each part its own TCP segment, which the server
+/// mostly reads on its own): parsed again only once it may have ended, so its end is found
+/// wherever the parts split it, a bare-LF end is refused as soon as it comes, not at the
+/// header deadline, and a trickled head that never ends still meets the head limit.
+#[test]
+fn a_head_sent_in_pieces_is_answered_wherever_its_end_falls() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let req = b"GET /i?c=7 HTTP/1.1\r\nHost: t\r\nUser-Agent: u\r\n\r\n";
+    let mut c = s.connect();
+    c.stream.set_nodelay(true).unwrap();
+    for split in 1..req.len() {
+        c.send(&req[..split]);
+        c.send(&req[split..]);
+        assert_eq!(c.read_response(false).status, 200, "split at {split}");
+    }
+    // One byte per write.
+    for b in req.iter() {
+        c.send(std::slice::from_ref(b));
+    }
+    assert_eq!(c.read_response(false).status, 200);
+    // A bare LF ends the head too, for the parser to refuse: 400 at once.
+    let mut c = s.connect();
+    c.stream.set_nodelay(true).unwrap();
+    c.send(b"GET /i?c=8 HTTP/1.1\r\nHost: t\r\n");
+    c.send(b"\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 400, "{r:?}");
+    // Header lines that never end the head: 431 at header_bytes_max (8 KiB by default).
+    let mut c = s.connect();
+    c.send(b"GET /i?c=9 HTTP/1.1\r\nHost: t\r\n");
+    for _ in 0..200 {
+        c.send(b"X-Pad: 0123456789012345678901234567890123456789\r\n");
+    }
+    assert_eq!(c.read_response(false).status, 431);
+    assert_eq!(s.stop(), 0);
+}

@@ -236,3 +236,15 @@ fn requests_pipelined_when_the_stop_comes_are_all_answered() {
     assert!(waits(running));
     assert_eq!(crate::harness::journal_cat(&dir.path().join("journal")).len(), 3);
 }
+
+/// Regression: empty lines after the request in flight at the stop (an old client's CRLF after
+/// a body) counted as a request behind it, so its response said keep-alive, and the server then
+/// closed the connection anyway: the client could send its next request into the close.
+#[test]
+fn empty_lines_after_the_request_in_flight_at_stop_do_not_keep_it_alive() {
+    let (dir, running, mut s) = stopped_with_a_request_partly_received();
+    let second = exchange(&mut s, b"\r\n\r\n").expect("the request in flight at stop was dropped");
+    assert!(second.starts_with("HTTP/1.1 200") && second.contains("Connection: close"), "{second}");
+    assert!(waits(running));
+    assert_eq!(crate::harness::journal_cat(&dir.path().join("journal")).len(), 2);
+}
