@@ -466,6 +466,11 @@ async fn write_all(
 /// to a pipelined batch) is lost to the client or the proxy in front, which answers 502 or
 /// retries. The FIN after our response lets a client that has read it close at once; one that
 /// keeps sending is read until the grace ends (and at shutdown, until the next sweep).
+///
+/// Not after the sweep shut the reads down (the 408 at a header deadline, a close at a deadline
+/// or at stop): Linux resets a socket in FIN_WAIT with its reads shut when data arrives (RFC
+/// 1122's MUST), whatever is done here. Ending the read with an io_uring cancel instead of
+/// `shutdown(SHUT_RD)` would avoid that, at a cancel handle per read (`deadline.rs`).
 async fn linger_close(ctx: &ShardCtx, stream: &mut TcpStream, mut rbuf: Vec<u8>, slot: usize) -> Vec<u8> {
     let fd = stream.as_raw_fd();
     // SAFETY: `fd` is this connection's open socket; shutdown only changes its state.
