@@ -58,11 +58,33 @@ const REPORT_POLL: Duration = Duration::from_millis(1);
 /// Most events one idle pass takes from an idle producer's queue (statistics every 500 ms, logs).
 const IDLE_EVENTS_MAX: usize = 64;
 
+/// What to do about an error Kafka will answer the same way however often the batch is sent
+/// again as configured (`Delivery::Fatal`); `None` for one a retry may get past.
+fn permanent(code: RDKafkaErrorCode) -> Option<&'static str> {
+    match code {
+        RDKafkaErrorCode::MessageSizeTooLarge => Some(
+            "an event's message is larger than the producer's message.max.bytes or the topic's \
+             max.message.bytes: raise them (properties, and the topic's config), or leave the large field out \
+             of this collector's fields",
+        ),
+        RDKafkaErrorCode::TopicAuthorizationFailed => {
+            Some("the cluster refuses this producer the topic: grant it Write and Describe on the topic (ACLs)")
+        }
+        RDKafkaErrorCode::ClusterAuthorizationFailed => Some(
+            "the cluster refuses this producer: the collector's producer is idempotent, which needs \
+             IdempotentWrite on the cluster (ACLs)",
+        ),
+        _ => None,
+    }
+}
+
 #[derive(Default)]
 struct Reports {
     ok: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// The first delivery report of this attempt with a `permanent` error, said with its fix.
+    fatal: Mutex<Option<String>>,
     /// Per topic, this attempt's messages without a delivery report yet: a timeout names the
     /// topics that did not answer (a topic that does not exist is one), since the topic comes
     /// from a per-type template.
@@ -117,6 +139,10 @@ impl ProducerContext for Ctx {
                 let mut first = self.0.first_error.lock().unwrap_or_else(|p| p.into_inner());
                 if first.is_none() {
                     *first = Some(format!("{topic}: {e}"));
+                }
+                if let Some(fix) = e.rdkafka_error_code().and_then(permanent) {
+                    let mut fatal = self.0.fatal.lock().unwrap_or_else(|p| p.into_inner());
+                    fatal.get_or_insert_with(|| format!("{topic}: {e}; {fix}"));
                 }
             }
         }
@@ -269,6 +295,7 @@ impl Collector for Kafka {
         reports.ok.store(0, Relaxed);
         reports.failed.store(0, Relaxed);
         *reports.first_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *reports.fatal.lock().unwrap_or_else(|p| p.into_inner()) = None;
         reports.unreported.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let mut value = std::mem::take(&mut self.value);
         let producer = match producer(&mut self.producer, &self.config, &self.reports) {
@@ -320,6 +347,9 @@ impl Collector for Kafka {
                     Err((e, _)) => {
                         self.value = value;
                         self.producer = None;
+                        if let Some(fix) = e.rdkafka_error_code().and_then(permanent) {
+                            return Delivery::Fatal(format!("produce to {topic}: {e}; {fix}"));
+                        }
                         return Delivery::Retry(format!("produce to {topic}: {e}"));
                     }
                 }
@@ -341,6 +371,10 @@ impl Collector for Kafka {
         // attempt can be counted here.
         if ok == n && failed == 0 && flushed.is_ok() {
             return Delivery::Acked;
+        }
+        if let Some(why) = reports.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            self.producer = None;
+            return Delivery::Fatal(why);
         }
         // Any failed attempt retries on a new producer. After a timed-out produce librdkafka
         // keeps the idempotent producer's sequence state, and a broker may then answer every

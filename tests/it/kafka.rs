@@ -364,3 +364,30 @@ fn a_key_from_a_money_field_is_the_text_of_the_value() {
     assert_eq!(key.as_deref(), Some(text), "{value}");
     assert_eq!(s.stop(), 0);
 }
+
+/// An error Kafka gives the same way at every attempt stops the collector with the fix, as the
+/// banker's 4xx do, instead of retrying forever: here an event larger than the producer's
+/// `message.max.bytes` (librdkafka refuses it at produce). The journal keeps the event.
+#[test]
+fn a_message_kafka_will_never_take_stops_the_collector_with_the_fix() {
+    let Some(broker) = Broker::start() else { return };
+    let cfg = format!(
+        "{}\n[[collector]]\nname = \"kafka\"\nkind = \"kafka\"\nevents = [\"impression\"]\nfields = [\"*\"]\n\
+         linger_ms = 20\nretry_initial_ms = 100\nretry_max_ms = 1000\n\
+         [collector.options]\nbrokers = \"127.0.0.1:{}\"\ntimeout_ms = 5000\n\
+         properties = {{ \"message.max.bytes\" = \"1000\" }}\n",
+        tracker::config::DEFAULT_TOML,
+        broker.port
+    );
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    // 160 control bytes, each six characters of JSON (\u0001): a message of over 1000 bytes.
+    let consent = "%01".repeat(160);
+    assert_eq!(s.connect().get(&format!("/i?c=1&gdpr=0&gdpr_consent={consent}")).status, 200);
+    let mut seen = Vec::new();
+    assert!(wait_line(&s, &mut seen, "collector kafka: fatal"), "no fatal stop: {seen:?}");
+    let fatal = seen.iter().find(|l| l.contains("collector kafka: fatal")).unwrap();
+    assert!(fatal.contains("message.max.bytes") && fatal.contains("impression"), "{fatal}");
+    assert!(!seen.iter().any(|l| l.contains("attempt 2 failed")), "retried: {seen:?}");
+    s.stop();
+    assert_eq!(journal_cat(&s.journal()).len(), 1);
+}
