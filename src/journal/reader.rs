@@ -71,6 +71,8 @@ pub struct JournalReader {
     only_shard: Option<u16>,
     shards: BTreeMap<u16, ShardCursor>,
     stats: Stats,
+    /// Each shard whose last poll failed, with what it said.
+    failing: BTreeMap<u16, String>,
 }
 
 #[derive(Default)]
@@ -172,7 +174,13 @@ impl JournalReader {
                 ),
             ));
         }
-        Ok(JournalReader { root: root.to_path_buf(), only_shard, shards: BTreeMap::new(), stats: Stats::default() })
+        Ok(JournalReader {
+            root: root.to_path_buf(),
+            only_shard,
+            shards: BTreeMap::new(),
+            stats: Stats::default(),
+            failing: BTreeMap::new(),
+        })
     }
 
     /// Delivers the records that became available since the last call — shard by shard in
@@ -188,11 +196,22 @@ impl JournalReader {
         self.discover_shards()?;
         let mut delivered = 0;
         let mut failed = None;
-        for cursor in self.shards.values_mut() {
+        for (&shard, cursor) in self.shards.iter_mut() {
             match cursor.poll(&mut self.stats, f) {
-                Ok(n) => delivered += n,
-                Err(e) if failed.is_none() => failed = Some(e),
-                Err(e) => self.stats.warn(e),
+                Ok(n) => {
+                    delivered += n;
+                    self.failing.remove(&shard);
+                }
+                Err(e) => {
+                    // A follower polls every second: a shard failing the same way is said once.
+                    let said = e.to_string();
+                    let again = self.failing.insert(shard, said.clone()).is_some_and(|before| before == said);
+                    match failed {
+                        None => failed = Some(e),
+                        Some(_) if !again => self.stats.warn(e),
+                        Some(_) => {}
+                    }
+                }
             }
         }
         match failed {

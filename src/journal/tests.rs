@@ -1884,3 +1884,26 @@ fn an_unreadable_header_copy_is_read_around_and_rewritten() {
         assert_eq!(read_bytes(&path, 0, PAGE_BYTES), read_bytes(&path, PAGE_BYTES as u64, PAGE_BYTES));
     }
 }
+
+/// Two shards failing the same way at every poll (a follower's, each second): the first is the
+/// poll's error, the other a warning once, not at every poll.
+#[test]
+fn a_second_shard_failing_the_same_way_is_warned_of_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut j0, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    let (mut j1, _) = ShardJournal::open(root, 1, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j0, 1..=2);
+    append_seqs(&mut j1, 11..=12);
+    let _bad0 = fail_reads(&seg_file(root, 0, 1), HDR..HDR + REC);
+    let _bad1 = fail_reads(&seg_file(root, 1, 1), HDR..HDR + REC);
+    let mut r = JournalReader::open(root).unwrap();
+    for round in 0..3 {
+        let e = r.poll(&mut |_, _| {}).unwrap_err().to_string();
+        assert!(e.contains("shard-000"), "{e}");
+        let (warnings, _) = r.take_warnings();
+        let expected = usize::from(round == 0);
+        assert_eq!(warnings.len(), expected, "round {round}: {warnings:?}");
+        assert!(warnings.iter().all(|w| w.to_string().contains("shard-001")), "{warnings:?}");
+    }
+}
