@@ -352,7 +352,7 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
             return ExitCode::from(1);
         }
     };
-    let admin = match tracker::admin::start(admin_listener, hlog, &admin_cfg, &running) {
+    let mut admin = match tracker::admin::start(admin_listener, hlog, &admin_cfg, &running) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("tracker: admin: {e}");
@@ -424,6 +424,9 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
         .expect("spawn signal thread");
     let shards = running.shards().to_vec();
     running.wait();
+    // Nothing is served any more: the admin port goes to a new process (a zero-downtime
+    // restart) while this one drains its collectors, instead of both answering on it.
+    admin.stop_listening();
     // A drain that gave up on a failing journal at shutdown (runtime/drain.rs STOP_RETRY).
     let lost: u64 = shards.iter().map(|s| s.events_lost.load(SeqCst)).sum();
     handle.close();

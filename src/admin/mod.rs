@@ -261,11 +261,36 @@ pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
 pub struct Admin {
     addr: SocketAddr,
     hlog: Option<hlog::HlogWriter>,
+    /// The listening socket, shared with the listener thread, to shut down at
+    /// [`Admin::stop_listening`]: open until both let go, so its descriptor is never reused
+    /// under the shutdown.
+    listener: Option<Arc<TcpListener>>,
+    stop_listening: Arc<AtomicBool>,
+    listener_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Admin {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Stops accepting admin connections and closes the listening socket (answers in progress
+    /// finish). Called once the shards have stopped: in a zero-downtime restart the new process
+    /// listens on the same admin port (SO_REUSEPORT) while this one still drains its collectors
+    /// (up to 10 s), and the kernel would split probes and scrapes between the two, so `/ready`
+    /// flapped and `/metrics` alternated between two processes' counters (a counter reset to
+    /// Prometheus at every switch).
+    pub fn stop_listening(&mut self) {
+        self.stop_listening.store(true, SeqCst);
+        if let Some(l) = self.listener.take() {
+            use std::os::fd::AsRawFd;
+            // SAFETY: shutdown on a listening socket we hold open (the Arc); it ends the
+            // thread's blocked accept (EINVAL) and changes nothing else.
+            unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        if let Some(t) = self.listener_thread.take() {
+            let _ = t.join();
+        }
     }
 
     /// Writes the last `.hlog` interval (call after the shards have stopped and published) and
@@ -295,10 +320,18 @@ pub fn start(bound: Bound, hlog: Option<hlog::HlogFile>, cfg: &Config, running: 
         }
         None => None,
     };
-    std::thread::Builder::new().name("tracker-admin".into()).spawn(move || {
+    let listener = Arc::new(listener);
+    let shared = listener.clone();
+    let stop_listening = Arc::new(AtomicBool::new(false));
+    let stopped = stop_listening.clone();
+    let listener_thread = std::thread::Builder::new().name("tracker-admin".into()).spawn(move || {
         let active = Arc::new(AtomicUsize::new(0));
         let refusing = Arc::new(AtomicUsize::new(0));
-        for conn in listener.incoming() {
+        for conn in shared.incoming() {
+            if stopped.load(SeqCst) {
+                // The last holder's drop closes the socket: it leaves the SO_REUSEPORT group.
+                return;
+            }
             match conn {
                 Ok(s) => {
                     if active.load(SeqCst) >= CONNECTIONS_MAX {
@@ -319,7 +352,7 @@ pub fn start(bound: Bound, hlog: Option<hlog::HlogFile>, cfg: &Config, running: 
             }
         }
     })?;
-    Ok(Admin { addr, hlog })
+    Ok(Admin { addr, hlog, listener: Some(listener), stop_listening, listener_thread: Some(listener_thread) })
 }
 
 /// 503 to a connection over CONNECTIONS_MAX, then a lingering close ([`refuse`]) on a thread of

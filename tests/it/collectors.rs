@@ -1446,3 +1446,33 @@ fn string_values_that_are_not_utf8_stay_apart_at_the_banker_and_in_json() {
         assert_eq!(cat.matches(site).count(), 1, "{site} in {cat}");
     }
 }
+
+/// Regression: after its shards stopped, a process kept answering on the admin port while its
+/// collectors drained (up to 10 s). In a zero-downtime restart the new process listens on the
+/// same port (SO_REUSEPORT), so probes and scrapes alternated between the two: `/ready` flapped
+/// and `/metrics` jumped between two processes' counters. The old one now stops listening as
+/// soon as its shards have stopped.
+#[test]
+fn a_stopping_process_leaves_the_admin_port_while_its_collectors_drain() {
+    // A banker that takes connections and never answers: the collector's delivery at the stop
+    // hangs until the process gives up on it (10 s).
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Default::default();
+    let keep = held.clone();
+    let hole_addr = hole.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in hole.incoming().flatten() {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let cfg = config(&banker_collector(hole_addr).replace("timeout_ms = 2000", "timeout_ms = 60000"));
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    assert_eq!(s.connect().get("/i?c=1&p=0.5").status, 200);
+    let admin = s.admin.unwrap();
+    wait_for("the banker's connection", WAIT, || !held.lock().unwrap().is_empty());
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    wait_for("the admin port to be closed", WAIT, || std::net::TcpStream::connect(admin).is_err());
+    assert!(s.child.try_wait().unwrap().is_none(), "the process exited: the port closed with it, not before");
+    assert_eq!(s.wait_exit(), 0);
+}
