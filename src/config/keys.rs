@@ -117,7 +117,7 @@ pub const JOURNAL_KEYS: &[KeySpec] = &[
     k("journal", "sync_interval_ms", "integer", "ms", Int(1000), Range(1, 3_600_000), "",
       "Period of the \"interval\" sync policy."),
     k("journal", "stall_timeout_ms", "integer", "ms", Int(5000), Range(100, 3_600_000), "",
-      "A shard's journal that has taken none of the events waiting in its ring for this long is stalled (a disk that hangs without failing): `ack = \"logged\"` endpoints answer 503 and waiting logged responses are not sent, on every shard, and /ready says why, until it takes one again."),
+      "A shard's journal that has taken none of the events waiting in its ring for this long is stalled (a disk that hangs without failing; checked every 100 ms, so said up to 100 ms later, never sooner): `ack = \"logged\"` endpoints answer 503 and waiting logged responses are not sent, on every shard, and /ready says why, until it takes one again."),
     k("journal", "retention_age_s", "integer", "s", Int(0), Range(0, 10 * 365 * 86_400), "",
       "Delete a segment once every collector's cursor is past it, it is not its shard's newest, and it is older than this. 0 = keep every segment."),
     k("journal", "size_bytes_max", "integer", "bytes", Int(0), Range(0, i64::MAX), "",

@@ -564,6 +564,21 @@ mod tests {
         assert!(!shared.journal_stalled());
     }
 
+    /// Regression: the clock of an event started at the last look, when nothing waited, so with
+    /// the smallest stall_timeout_ms (100, the heartbeat) an event that arrived just before the
+    /// next look made the journal stalled at once.
+    #[test]
+    fn an_event_that_arrives_between_two_looks_is_timed_from_the_look_that_sees_it() {
+        let (shared, mut p) = shard_with_events(0);
+        let mut w = shard::StallWatch::new(0, 0);
+        assert!(!w.check(&shared, 100, 1000), "nothing waits");
+        p.reserve().unwrap();
+        p.commit();
+        assert!(!w.check(&shared, 100, 1100), "waited at most since just before this look");
+        assert!(!w.check(&shared, 100, 1199));
+        assert!(w.check(&shared, 100, 1200), "waited 100 ms since it was seen");
+    }
+
     #[test]
     fn a_failing_journal_is_not_also_called_stalled_and_the_count_of_flags_comes_back_to_zero() {
         let (shared, _p) = shard_with_events(1);

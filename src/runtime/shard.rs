@@ -579,11 +579,17 @@ pub(crate) struct StallWatch {
     /// nothing waited.
     journaled: u64,
     since_ms: u64,
+    /// Events waited at the last look. An event first seen waiting now may have arrived just
+    /// before (the looks are a heartbeat apart): its clock starts now, not at the last look,
+    /// which with `stall_timeout_ms` near the heartbeat called a journal stalled over an event
+    /// that had waited a millisecond. So a stall is declared up to a heartbeat late, never early.
+    waited: bool,
 }
 
 impl StallWatch {
+    /// The clock of events already waiting starts at `now_ms`.
     pub(crate) fn new(journaled: u64, now_ms: u64) -> StallWatch {
-        StallWatch { journaled, since_ms: now_ms }
+        StallWatch { journaled, since_ms: now_ms, waited: true }
     }
 
     /// Looks at `shared`'s journal at `now_ms`, `limit_ms` being the stall timeout, and sets or
@@ -593,7 +599,10 @@ impl StallWatch {
         let pushed = shared.counters.ring.get().map_or(0, |w| w.pushed());
         // Event sequence numbers count this shard's pushes from 1, so nothing waits when the
         // journal holds the last one pushed.
-        if journaled != self.journaled || journaled >= pushed || shared.journal_failing() {
+        let waiting = journaled < pushed;
+        let first_seen = waiting && !self.waited;
+        self.waited = waiting;
+        if journaled != self.journaled || !waiting || first_seen || shared.journal_failing() {
             self.journaled = journaled;
             self.since_ms = now_ms;
             if shared.set_journal_stalled(false) {
