@@ -112,21 +112,32 @@ pub fn watchdog_from_env() -> Option<Duration> {
 
 /// Pings `WATCHDOG=1` while every shard's heartbeat keeps moving.
 pub struct Watchdog {
+    /// How often a ping may go out: half the interval systemd gave (the usual advice).
     period: Duration,
+    /// How long every heartbeat must have moved over to count as alive: the period, but never
+    /// below [`WATCHDOG_MIN`] / 2, a few heartbeats.
+    window: Duration,
 }
 
 impl Watchdog {
-    /// Half the interval systemd gave (the usual advice), never below [`WATCHDOG_MIN`] / 2.
+    /// Pings every half of `interval`. Below [`WATCHDOG_MIN`] the reactors are judged over a
+    /// longer window than that, so a short `WatchdogSec=` is still met (pinging only every
+    /// `WATCHDOG_MIN` / 2 missed systemd's deadline and had the service killed at every start)
+    /// while a stalled reactor is noticed a little later than the interval.
     pub fn new(interval: Duration) -> Watchdog {
-        if interval < WATCHDOG_MIN {
+        let period = interval / 2;
+        let window = period.max(WATCHDOG_MIN / 2);
+        if window > period {
             eprintln!(
-                "tracker: WatchdogSec={}ms is below the {}ms the shard heartbeats need; pinging every {}ms",
+                "tracker: WatchdogSec={}ms is below the {}ms the shard heartbeats need: pinging every {}ms, but a \
+                 stalled reactor stops the pings only after {}ms",
                 interval.as_millis(),
                 WATCHDOG_MIN.as_millis(),
-                WATCHDOG_MIN.as_millis() / 2
+                period.as_millis(),
+                window.as_millis()
             );
         }
-        Watchdog { period: interval.max(WATCHDOG_MIN) / 2 }
+        Watchdog { period, window }
     }
 
     pub fn period(&self) -> Duration {
@@ -137,6 +148,8 @@ impl Watchdog {
     /// A shard that stalls is named once; pings resume when it moves again.
     pub fn run(self, notifier: Arc<Notifier>, shards: Vec<Arc<ShardShared>>, done: Arc<AtomicBool>) {
         let mut last: Vec<u64> = shards.iter().map(|s| s.heartbeat()).collect();
+        let mut looked = std::time::Instant::now();
+        let mut stalled = None;
         let mut stalled_reported = false;
         // The first ping goes out at once: start-up already proved every reactor runs.
         notifier.notify("WATCHDOG=1");
@@ -145,13 +158,17 @@ impl Watchdog {
             if done.load(SeqCst) {
                 break;
             }
-            let mut stalled = None;
-            for (i, s) in shards.iter().enumerate() {
-                let now = s.heartbeat();
-                if now == last[i] && !s.reactor_done.load(SeqCst) {
-                    stalled = Some(s.index);
+            // A verdict over the window; between two, the last one stands.
+            if looked.elapsed() >= self.window {
+                looked = std::time::Instant::now();
+                stalled = None;
+                for (i, s) in shards.iter().enumerate() {
+                    let now = s.heartbeat();
+                    if now == last[i] && !s.reactor_done.load(SeqCst) {
+                        stalled = Some(s.index);
+                    }
+                    last[i] = now;
                 }
-                last[i] = now;
             }
             match stalled {
                 None => {
@@ -161,7 +178,7 @@ impl Watchdog {
                 Some(i) if !stalled_reported => {
                     eprintln!(
                         "tracker: shard {i}: reactor heartbeat did not move for {}ms; withholding the systemd watchdog ping",
-                        self.period.as_millis()
+                        self.window.as_millis()
                     );
                     stalled_reported = true;
                 }
@@ -183,6 +200,16 @@ mod tests {
         assert_eq!(p.as_pathname().unwrap().to_str(), Some("/run/systemd/notify"));
         assert!(Notifier::connect(b"").is_err());
         assert!(Notifier::connect(b"relative").is_err());
+    }
+
+    /// Regression: under WATCHDOG_MIN the pings went out every WATCHDOG_MIN / 2 (400 ms),
+    /// later than `WatchdogSec=300ms` allows, and systemd killed the service at every start.
+    #[test]
+    fn a_short_watchdog_interval_is_pinged_at_half_of_it_and_judged_over_a_few_heartbeats() {
+        let w = Watchdog::new(Duration::from_millis(300));
+        assert_eq!((w.period(), w.window), (Duration::from_millis(150), WATCHDOG_MIN / 2));
+        let w = Watchdog::new(Duration::from_secs(10));
+        assert_eq!((w.period(), w.window), (Duration::from_secs(5), Duration::from_secs(5)));
     }
 
     #[test]
