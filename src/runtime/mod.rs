@@ -254,10 +254,24 @@ impl Running {
         move || stop_all(&stop, &shards)
     }
 
-    /// Waits until every reactor and drain has exited.
+    /// Waits until every reactor and drain has exited. Events a shard pushed that its journal
+    /// never took are counted in `events_lost` (the drain counts them itself when the journal
+    /// fails at the stop; a drain that panicked, in a build that unwinds, cannot).
     pub fn wait(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        for s in &self.shards {
+            let pushed = s.counters.ring.get().map_or(0, |w| w.pushed());
+            let left = pushed.saturating_sub(s.journaled());
+            if left > s.events_lost.load(SeqCst) {
+                eprintln!(
+                    "tracker: shard {}: {left} event(s) acknowledged as received never reached the journal (its \
+                     drain ended early; see above)",
+                    s.index
+                );
+                s.events_lost.store(left, SeqCst);
+            }
         }
     }
 }
