@@ -131,7 +131,7 @@ impl State {
             }
             if s.journal_failing() {
                 why.push(format!(
-                    "shard {}: journal appends are failing (see the log); logged endpoints answer 503 until one succeeds",
+                    "shard {}: journal appends are failing, or a sync failed (see the log); logged endpoints answer 503 until one succeeds (after a failed sync under sync = \"always\": until a restart)",
                     s.index
                 ));
             }

@@ -198,7 +198,7 @@ pub fn metrics(state: &State) -> String {
         &mut out,
         "tracker_journal_unavailable",
         "gauge",
-        "1 while the shard's journal fails (appends retried) or is stalled (events wait, none journaled for journal.stall_timeout_ms); logged endpoints answer 503 meanwhile",
+        "1 while the shard's journal fails (appends retried; under sync = \"always\", from a failed sync until a restart) or is stalled (events wait, none journaled for journal.stall_timeout_ms); logged endpoints answer 503 meanwhile",
     );
     for s in shards {
         for (reason, on) in [("failing", s.journal_failing()), ("stalled", s.journal_stalled())] {
