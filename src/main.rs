@@ -473,11 +473,14 @@ fn reload(
     notifier: &tracker::runtime::notify::Notifier,
     status: &str,
 ) {
+    notifier.reloading();
     let Some(r) = reloader else {
         eprintln!("tracker: SIGHUP: running the embedded config (no --config FILE): nothing to reload");
+        // Under Type=notify-reload systemd waits for READY=1 after the RELOADING=1 it asked for
+        // with this SIGHUP: without it `systemctl reload` hangs until its timeout.
+        notifier.ready(&format!("{status}; nothing to reload (embedded config)"));
         return;
     };
-    notifier.reloading();
     match r.reload() {
         Ok(rep) => {
             for k in &rep.needs_restart {

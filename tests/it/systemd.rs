@@ -104,6 +104,25 @@ fn ready_reloading_watchdog_and_stopping_reach_notify_socket() {
     assert_eq!(srv.wait_exit(), 0);
 }
 
+/// Regression: on the embedded config (no --config) a SIGHUP sent neither RELOADING=1 nor
+/// READY=1, so under `Type=notify-reload` (where systemd sends the SIGHUP and waits for them)
+/// `systemctl reload` hung until its timeout.
+#[test]
+fn a_reload_with_nothing_to_reload_still_answers_systemd() {
+    let name = format!("tracker-it-notify-embedded-{}", std::process::id());
+    let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let notify = format!("@{name}");
+    let mut srv = Server::start_env(tempfile::tempdir().unwrap(), None, &[], &[("NOTIFY_SOCKET", notify.as_str())]);
+    assert!(recv(&sock).starts_with("READY=1\n"));
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGHUP) };
+    recv_until(&sock, "RELOADING=1");
+    let (ready, _) = recv_until(&sock, "READY=1");
+    assert!(ready.contains("nothing to reload"), "{ready}");
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(srv.wait_exit(), 0);
+}
+
 const HANDOFF: &str = include_str!("../../systemd/tracker-handoff.sh");
 
 /// systemd/tracker-handoff.sh decides that the new instance is bound and waiting for the old
