@@ -1794,16 +1794,22 @@ fn a_last_segment_whose_header_cannot_be_read_is_left_and_the_writer_starts_the_
     assert_eq!(seqs(&read_all(&mut r)), [1, 2, 3]);
 }
 
+/// A root with shards 0 and 1, their writers still open, holding seqs 1..=n and 11..=10+n.
+fn two_shards(n: u64) -> (tempfile::TempDir, [ShardJournal; 2]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j0, _) = ShardJournal::open(dir.path(), 0, SEG_8, &schema_a()).unwrap();
+    let (mut j1, _) = ShardJournal::open(dir.path(), 1, SEG_8, &schema_a()).unwrap();
+    append_seqs(&mut j0, 1..=n);
+    append_seqs(&mut j1, 11..=10 + n);
+    (dir, [j0, j1])
+}
+
 /// `journal cat`'s reader: an unreadable record where the writer still appends is an error for
 /// that shard only, retried from the same place; the other shards are delivered in full.
 #[test]
 fn an_unreadable_record_of_one_shards_active_segment_holds_up_only_that_shard() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _writers) = two_shards(4);
     let root = dir.path();
-    let (mut j0, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    let (mut j1, _) = ShardJournal::open(root, 1, SEG_8, &schema_a()).unwrap();
-    append_seqs(&mut j0, 1..=4);
-    append_seqs(&mut j1, 11..=14);
     let rec3 = HDR + 2 * REC;
     let bad = fail_reads(&seg_file(root, 0, 1), rec3..rec3 + REC);
 
@@ -1889,12 +1895,8 @@ fn an_unreadable_header_copy_is_read_around_and_rewritten() {
 /// poll's error, the other a warning once, not at every poll.
 #[test]
 fn a_second_shard_failing_the_same_way_is_warned_of_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _writers) = two_shards(2);
     let root = dir.path();
-    let (mut j0, _) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
-    let (mut j1, _) = ShardJournal::open(root, 1, SEG_8, &schema_a()).unwrap();
-    append_seqs(&mut j0, 1..=2);
-    append_seqs(&mut j1, 11..=12);
     let _bad0 = fail_reads(&seg_file(root, 0, 1), HDR..HDR + REC);
     let _bad1 = fail_reads(&seg_file(root, 1, 1), HDR..HDR + REC);
     let mut r = JournalReader::open(root).unwrap();
