@@ -505,6 +505,22 @@ fn store_text(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Opti
             // nearest proxy appended, the only one it vouches for; the earlier ones are the
             // client's to invent. Only the tail is looked at, so a long list is no error.
             let tail = &raw[raw.iter().rposition(|&b| b == b',').map_or(0, |p| p + 1)..];
+            // `Forwarded` (RFC 7239) says it as the element's `for=` parameter; an element
+            // without one names no client.
+            let tail = match &f.source {
+                Source::Header(h) if h == "forwarded" => match forwarded_for(tail) {
+                    Some(node) => node,
+                    None => return Ok(None),
+                },
+                _ => tail,
+            };
+            // `unknown` (RFC 7239 §6.2; also what Squid writes into X-Forwarded-For when told to
+            // hide the client) and an obfuscated node (`_hidden`, §6.3) name no address: the
+            // field is absent, not a refused request.
+            let node = tail.trim_ascii();
+            if node.eq_ignore_ascii_case(b"unknown") || node.first() == Some(&b'_') {
+                return Ok(None);
+            }
             let (n, long) = if query { percent_decode(tail, &mut buf)? } else { copy(tail, &mut buf) };
             let ip = std::str::from_utf8(&buf[..n])
                 .ok()
@@ -652,9 +668,24 @@ fn copy(src: &[u8], dst: &mut [u8]) -> (usize, bool) {
 }
 
 /// An address as proxies write it: bare, or with the port some add (`198.51.100.7:4711`,
-/// `[2001:db8::7]:4711`); the port is no part of what is stored.
+/// `[2001:db8::7]:4711`), or an IPv6 one in brackets without a port (`Forwarded`'s
+/// `for="[2001:db8::7]"`); the port is no part of what is stored.
 fn parse_ip(s: &str) -> Option<IpAddr> {
-    s.parse::<IpAddr>().ok().or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| s.strip_prefix('[')?.strip_suffix(']')?.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6))
+}
+
+/// The node of one `Forwarded` element (RFC 7239 §4: `for=192.0.2.43;proto=https`): its `for`
+/// parameter's value, unquoted (`for="[2001:db8:cafe::17]:4711"`); None when it has none.
+fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
+    element.split(|&b| b == b';').find_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (name, value) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
+        name.eq_ignore_ascii_case(b"for")
+            .then(|| value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value))
+    })
 }
 
 #[inline]
@@ -936,6 +967,38 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert!(v.get("error_code").is_none());
         assert_eq!(v["ad_playhead"], "00:00:15.000");
+    }
+
+    /// `Forwarded` (RFC 7239) gives the client in its last element's `for=` parameter, which
+    /// was refused as "not an IP address" (every event through such a proxy was lost); and a
+    /// proxy that hides the client (`unknown`, `_hidden`) leaves the field absent.
+    #[test]
+    fn an_ip_field_reads_forwarded_and_takes_unknown_for_absent() {
+        let text = "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[privacy]\nip = \"keep\"\n[event.x]\nfields = [\n\
+                    { name = \"fwd\", source = \"header.forwarded\", type = \"ip\" },\n\
+                    { name = \"xff\", source = \"header.x-forwarded-for\", type = \"ip\" },\n]\n";
+        let cfg = Config::parse(text, "t.toml").unwrap();
+        let addr = |fwd: &[u8], xff: &[u8]| {
+            let h = [
+                httparse::Header { name: "Forwarded", value: fwd },
+                httparse::Header { name: "X-Forwarded-For", value: xff },
+            ];
+            let (_, json) = run(&cfg, "x", b"", &h).unwrap_or_else(|e| panic!("{e:?}"));
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            (v["fwd"].as_str().map(str::to_string), v["xff"].as_str().map(str::to_string))
+        };
+        let ip = |s: &str| Some(s.to_string());
+        assert_eq!(addr(b"for=192.0.2.43", b"198.51.100.7"), (ip("192.0.2.43"), ip("198.51.100.7")));
+        assert_eq!(addr(b"for=192.0.2.60;proto=http;by=203.0.113.43", b"10.0.0.1:4711").0, ip("192.0.2.60"));
+        assert_eq!(addr(b"For=\"[2001:db8:cafe::17]:4711\"", b"10.0.0.1").0, ip("2001:db8:cafe::17"));
+        assert_eq!(addr(b"for=\"[2001:db8::1]\"", b"10.0.0.1").0, ip("2001:db8::1"));
+        // The last element: the one the nearest proxy wrote.
+        assert_eq!(addr(b"for=1.2.3.4, for=192.0.2.43", b"10.0.0.1").0, ip("192.0.2.43"));
+        assert_eq!(addr(b"for=unknown", b"unknown"), (None, None));
+        assert_eq!(addr(b"for=_hidden, proto=https", b"_x").0, None);
+        assert_eq!(addr(b"by=203.0.113.43", b"10.0.0.1").0, None, "no for=: no client named");
+        let h = [httparse::Header { name: "Forwarded", value: b"for=not-an-address" }];
+        assert!(run(&cfg, "x", b"", &h).is_err());
     }
 
     #[test]

@@ -265,14 +265,18 @@ fn an_ip_field_read_from_x_forwarded_for_takes_the_last_address_and_truncates_it
         let r = c.read_response(false);
         assert_eq!(r.status, 200, "{xff}: {:?}", String::from_utf8_lossy(&r.body));
     }
-    c.send(b"GET /cv?c=1&order=junk HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9, unknown\r\n\r\n");
+    c.send(b"GET /cv?c=1&order=junk HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9, 203.0.113\r\n\r\n");
     assert_eq!(c.read_response(false).status, 400, "a last entry that is no address is refused");
+    // `unknown` (what Squid writes when it hides the client) names no address: no ip, not a 400.
+    c.send(b"GET /cv?c=1&order=hidden HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9, unknown\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 200, "an unknown client is no refused request");
     assert_eq!(s.stop(), 0);
     let ev = journal_cat(&s.journal());
     let ip = |o: &str| ev.iter().find(|e| e["order_id"] == o).unwrap_or_else(|| panic!("{o}: {ev:?}"))["ip"].clone();
     assert_eq!(ip("one"), "198.51.100.0");
     assert_eq!(ip("list"), "198.51.100.0");
     assert_eq!(ip("mapped"), "198.51.100.0");
+    assert_eq!(ip("hidden"), serde_json::Value::Null, "absent");
     assert_eq!(ip("port"), "198.51.100.0");
     assert_eq!(ip("v6"), "2001:db8:1::");
 }
