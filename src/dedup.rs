@@ -30,9 +30,11 @@
 //! shards racing on one id both land on the same way and exactly one wins); a fresh entry of
 //! another id → next way. A bucket full of fresh entries evicts its oldest (counted): the table
 //! bounds memory, not traffic, so under overload an old id can be forgotten early — sized right
-//! (`entries` ≥ distinct deduplicated ids per window), it is not. The one race that lets a
-//! duplicate through is two arrivals of the same id while another way of their bucket expires
-//! between their scans; a journal consumer that needs exactly-once still keys by id.
+//! (`entries` ≥ distinct deduplicated ids per window), it is not. The eviction is a
+//! compare-and-swap too (a loser looks again), so two shards evicting for one id at once insert
+//! it once. The one race that lets a duplicate through is two arrivals of the same id while
+//! another way of their bucket expires between their scans; a journal consumer that needs
+//! exactly-once still keys by id.
 //!
 //! 128-bit atomics (`portable_atomic::AtomicU128`): on x86-64 a compare-exchange is
 //! `lock cmpxchg16b`, chosen at run time (CPUID, read once) since the default x86-64 target does
@@ -60,7 +62,7 @@
 //! touches one cache line; an insert one CAS on it.
 
 use portable_atomic::AtomicU128;
-use std::sync::atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed};
 
 /// Entries per bucket: four 16-byte entries fill one 64-byte cache line.
 pub const WAYS: usize = 4;
@@ -195,44 +197,57 @@ impl Dedup {
         // old. Up to one window ahead counts (the window is at most 7 days, far inside i32).
         let window = self.window_cs as i32;
         let fresh = |v: u128| v != 0 && (-window..window).contains(&(now.wrapping_sub(stamp(v)) as i32));
-        // First look for our own live entry in every way: an expired way of another id may sit
-        // before it and would otherwise take a second copy.
-        for w in bucket {
-            let v = w.load(Acquire);
-            if fingerprint(v) == fp && fresh(v) {
-                return Seen::Duplicate(first_copy(v));
-            }
-        }
-        for way in bucket {
-            let mut v = way.load(Acquire);
-            loop {
+        // Until our entry is in or a live one of our id is found: a way that changed under an
+        // eviction's compare-and-swap sends us round again.
+        loop {
+            // First look for our own live entry in every way: an expired way of another id may sit
+            // before it and would otherwise take a second copy.
+            for w in bucket {
+                let v = w.load(Acquire);
                 if fingerprint(v) == fp && fresh(v) {
                     return Seen::Duplicate(first_copy(v));
                 }
-                if fresh(v) {
-                    break; // another id's live entry: try the next way
-                }
-                match way.compare_exchange(v, mine, AcqRel, Acquire) {
-                    Ok(_) => return Seen::New,
-                    Err(now_there) => v = now_there,
+            }
+            for way in bucket {
+                let mut v = way.load(Acquire);
+                loop {
+                    if fingerprint(v) == fp && fresh(v) {
+                        return Seen::Duplicate(first_copy(v));
+                    }
+                    if fresh(v) {
+                        break; // another id's live entry: try the next way
+                    }
+                    match way.compare_exchange(v, mine, AcqRel, Acquire) {
+                        Ok(_) => return Seen::New,
+                        Err(now_there) => v = now_there,
+                    }
                 }
             }
+            // Every way holds a fresh entry of another id: replace the oldest. By compare-and-swap,
+            // not a store: two shards evicting for the same id at once would both insert it (a
+            // duplicate through), and a store could overwrite an entry another shard has just put
+            // there (its id's repeat then through). The loser looks again, and finds the winner's.
+            // One look at every way, which the swap then holds to: our id there now (another
+            // shard's insert since our scans) is a duplicate, not a way to evict.
+            let ways: [u128; WAYS] = std::array::from_fn(|i| bucket[i].load(Acquire));
+            if let Some(&v) = ways.iter().find(|&&v| fingerprint(v) == fp && fresh(v)) {
+                return Seen::Duplicate(first_copy(v));
+            }
+            let (oldest, seen) = ways
+                .iter()
+                .copied()
+                .enumerate()
+                .max_by_key(|&(_, v)| now.wrapping_sub(stamp(v)) as i32)
+                .unwrap_or((0, 0));
+            // AcqRel, as the insert above: a shard that reads this entry (Acquire) must then see
+            // this shard's ring count at least as of this insert, or it would rebuild the first
+            // copy's seq too low and answer a `logged` repeat before that copy is journaled
+            // (`ShardCtx::first_copy_pending`).
+            if bucket[oldest].compare_exchange(seen, mine, AcqRel, Acquire).is_ok() {
+                self.evictions.fetch_add(1, Relaxed);
+                return Seen::New;
+            }
         }
-        // Every way holds a fresh entry of another id: replace the oldest.
-        let (oldest, _) = bucket
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (i, now.wrapping_sub(stamp(w.load(Relaxed))) as i32))
-            .max_by_key(|&(_, age)| age)
-            .unwrap_or((0, 0));
-        // Release, as the CAS path's AcqRel: a shard that reads this entry (Acquire) must then
-        // see this shard's ring count at least as of this insert, or it would rebuild the first
-        // copy's seq too low and answer a `logged` repeat before that copy is journaled
-        // (`ShardCtx::first_copy_pending`). Free on x86; on ARM a Relaxed store could be seen
-        // before the ring's tail store that precedes it.
-        bucket[oldest].store(mine, Release);
-        self.evictions.fetch_add(1, Relaxed);
-        Seen::New
     }
 
     /// Fresh entries forgotten early because their bucket was full.
@@ -411,5 +426,34 @@ mod tests {
         let total: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(total, 2000);
         assert_eq!(d.evictions(), 0);
+    }
+
+    /// Regression: in a table whose buckets are full of fresh entries, two shards that got the
+    /// same id at once both reached the eviction, a plain store, and both inserted it: a
+    /// duplicate through. Each round here starts both at once on a new id.
+    #[test]
+    fn two_shards_evicting_for_the_same_id_at_once_insert_it_once() {
+        let d = Arc::new(Dedup::new(ENTRIES_MIN, 60_000));
+        // Every bucket full of fresh entries of other ids.
+        for n in 0..(ENTRIES_MIN as u64 * 8) {
+            d.check(&id(1_000_000 + n), 3, T0, 0, n + 1);
+        }
+        let rounds = 2000u64;
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = (0..2u16)
+            .map(|t| {
+                let (d, barrier) = (d.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    (0..rounds)
+                        .filter(|&n| {
+                            barrier.wait();
+                            d.check(&id(n), 3, T0, t, n + 1) == Seen::New
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(total as u64, rounds, "an id inserted twice");
     }
 }
