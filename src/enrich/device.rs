@@ -67,13 +67,21 @@ pub fn class(ua: Option<&[u8]>) -> &'static str {
         "bot"
     } else if any(ua, CTV_TOKENS) {
         "ctv"
-    } else if any(ua, TABLET_TOKENS) || (contains(ua, b"android") && !contains(ua, b"mobile")) {
+    } else if any(ua, TABLET_TOKENS) || android_browser_without_mobile(ua) {
         "tablet"
     } else if any(ua, MOBILE_TOKENS) {
         "mobile"
     } else {
         "desktop"
     }
+}
+
+/// An Android browser that does not say `Mobile`: Chrome on Android marks phones so and leaves
+/// tablets unmarked. Only browsers (`Mozilla/`) follow that convention: an app's own HTTP
+/// client or player (`Dalvik/2.1.0 (Linux; U; Android 13; Pixel 7 …)`, ExoPlayer) never says
+/// `Mobile`, and was taken for a tablet; it is classed with the phones, most of Android.
+fn android_browser_without_mobile(ua: &[u8]) -> bool {
+    contains(ua, b"android") && !contains(ua, b"mobile") && ua.starts_with(b"mozilla/")
 }
 
 /// Whether a User-Agent is a crawler, monitor or HTTP library.
@@ -152,6 +160,9 @@ mod tests {
             ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/124.0 Mobile Safari/537.36", "mobile"),
             ("Mozilla/5.0 (Linux; Android 13; SM-X710) AppleWebKit/537.36 Chrome/124.0 Safari/537.36", "tablet"),
             ("Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148", "tablet"),
+            // An app's own HTTP client or player says Android but never Mobile: not a tablet.
+            ("Dalvik/2.1.0 (Linux; U; Android 13; Pixel 7 Build/TQ3A.230805.001)", "mobile"),
+            ("MyApp/1.0 (Linux;Android 13) ExoPlayerLib/2.18.1", "mobile"),
             ("Roku/DVP-9.10 (519.10E04111A)", "ctv"),
             ("Mozilla/5.0 (Linux; Android 9; AFTMM Build/PS7233) AppleWebKit/537.36", "ctv"),
             ("Mozilla/5.0 (SMART-TV; Linux; Tizen 6.0) AppleWebKit/537.36", "ctv"),
