@@ -441,18 +441,24 @@ pub fn text_as_sent<'b>(f: &Field, req: &RequestView<'_>, buf: &'b mut [u8]) -> 
 /// when it fits the scratch buffer, so `a%2Db` and `a-b` stay one user, as for short ids.
 fn store_long_user_id(f: &Field, raw: &[u8], query: bool, ev: &mut Event) -> Result<Option<u64>, &'static str> {
     let mut buf = [0u8; 512];
-    let value = match query.then(|| percent_decode(raw, &mut buf)).transpose()? {
-        Some((n, false)) => &buf[..n],
-        // Longer than the scratch even decoded (or not a query value): the digest of the text
-        // as sent.
-        _ => raw,
-    };
-    if value.len() <= f.max {
-        // Short once decoded: stored as it is.
-        ev.set_str(f.slot, f.offset, f.max, value);
-        return Ok(None);
+    let digest = match query.then(|| percent_decode(raw, &mut buf)).transpose()? {
+        Some((n, false)) if n <= f.max => {
+            // Short once decoded: stored as it is.
+            ev.set_str(f.slot, f.offset, f.max, &buf[..n]);
+            return Ok(None);
+        }
+        Some((n, false)) => xxhash_rust::xxh3::xxh3_128(&buf[..n]),
+        // Longer than the scratch even decoded: the same digest of the decoded value, fed a
+        // piece at a time, so `a-b…` and `a%2Db…` are one user however long (privacy.md).
+        Some((_, true)) => {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            hash_decoded(raw, &mut h);
+            h.digest128()
+        }
+        // A header or cookie value: as sent.
+        None => xxhash_rust::xxh3::xxh3_128(raw),
     }
-    let digest = xxhash_rust::xxh3::xxh3_128(value).to_be_bytes();
+    .to_be_bytes();
     let mut hex = [0u8; 32];
     debug_assert!(f.max >= hex.len(), "config: user id fields hold at least USER_HASH_CHARS");
     let n = crate::event::write_hex(&digest, &mut hex[..f.max.min(32)]);
@@ -771,6 +777,25 @@ mod tests {
             assert_eq!(decoded_hash(raw.as_bytes()), xxhash_rust::xxh3::xxh3_64(decoded.as_bytes()), "{pad}");
         }
         assert_eq!(decoded_hash(b""), xxhash_rust::xxh3::xxh3_64(b""));
+    }
+
+    /// A query user id longer than the decode scratch (512 bytes) was hashed as sent, so `a-b…`
+    /// and `a%2Db…` became two users; it is hashed as decoded, as shorter ones are.
+    #[test]
+    fn a_very_long_query_user_id_is_one_user_however_it_is_encoded() {
+        let text = "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[privacy]\nuser_id_fields = [\"uid\"]\n\
+                    [event.x]\nfields = [ { name = \"uid\", source = \"query.uid\", type = \"string\", max_bytes = 48 } ]\n";
+        let cfg = Config::parse(text, "t.toml").unwrap();
+        let uid = |q: String| {
+            let (_, json) = run(&cfg, "x", q.as_bytes(), &[]).unwrap();
+            serde_json::from_str::<serde_json::Value>(&json).unwrap()["uid"].as_str().unwrap().to_string()
+        };
+        for len in [100, 400, 600] {
+            let plain = uid(format!("uid={}", "a-".repeat(len)));
+            assert_eq!(plain, uid(format!("uid={}", "a%2D".repeat(len))), "{len}");
+            assert_eq!(plain.len(), 32);
+        }
+        assert_ne!(uid(format!("uid={}", "a-".repeat(600))), uid(format!("uid={}", "a-".repeat(601))));
     }
 
     #[test]
