@@ -256,7 +256,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             // for them would be followed by a close at stop (`begun` below).
             let last_read = reads_shut.is_some();
             let rest = &rbuf[start + consumed..];
-            let more = !rest.is_empty() && (!(ctx.stopping.get() || last_read) || rest.chunks(2).any(|p| p != b"\r\n"));
+            let more = !rest.is_empty() && (!(ctx.stopping.get() || last_read) || begins_request(rest));
             let a = answer(&ctx, &req, &mut bufs.body, body_len, more, last_read, peer, now_ns, &mut wbuf);
             answered_any = true;
             served += 1;
@@ -282,7 +282,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         // the header deadline (the idle connection got a 408 at header_read_timeout_ms) nor
         // count as a request partly received at stop. It stays in the buffer: the next request
         // is parsed with it, and a stream of nothing else still meets the 431 head limit.
-        let begun = rbuf[start..].chunks(2).any(|p| p != b"\r\n");
+        let begun = begins_request(&rbuf[start..]);
         // The batch stopped for want of output space, not input: answer the rest after the write.
         let out_full = flush_first || !elsewhere.is_empty() || wbuf.capacity() - wbuf.len() < RESPONSE_BYTES_MAX;
         // Wake the drain once per batch; then wait for the journal if a response needs it.
@@ -404,6 +404,12 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     bufs.write = wbuf;
     drop(stream);
     ctx.conn_closed(bufs);
+}
+
+/// Whether `tail` holds anything of a request: not only the empty lines (CRLF pairs) RFC 9112
+/// §2.2 has a server ignore before a request line.
+fn begins_request(tail: &[u8]) -> bool {
+    tail.chunks(2).any(|p| p != b"\r\n")
 }
 
 /// Answers 408 to a request not received whole within header_read_timeout_ms, counted. Returns
