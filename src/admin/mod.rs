@@ -58,7 +58,7 @@ use crate::runtime::{Running, ShardShared};
 
 /// Longest admin request head read, bytes; longer requests are answered 431.
 pub const REQUEST_BYTES_MAX: usize = 4096;
-/// Read and write timeout of one admin connection.
+/// Time an admin client has to send its request head.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest time a client may take to read one whole answer (`/metrics` runs to hundreds of
 /// KiB), however it paces its reads: the write timeout alone bounds each `write`, so a client
@@ -294,7 +294,8 @@ impl Admin {
     }
 
     /// Writes the last `.hlog` interval (call after the shards have stopped and published) and
-    /// stops the hlog thread. The listener thread ends with the process.
+    /// stops the hlog thread. The listener thread ends at [`Admin::stop_listening`], or with the
+    /// process.
     pub fn finish(self) {
         if let Some(h) = self.hlog {
             h.finish();
@@ -430,7 +431,7 @@ impl Resource {
 
 /// Answers one request on `s` and closes it.
 fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
-    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    s.set_write_timeout(Some(ANSWER_TIMEOUT))?;
     // CLIENT_TIMEOUT bounds the whole head, not each read: a client trickling a byte a second
     // would otherwise hold this connection's thread and CONNECTIONS_MAX slot for an hour; a
     // few such clients would starve the health probes.
@@ -582,7 +583,10 @@ fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], head: bool)
     if !head {
         out.extend_from_slice(body);
     }
-    write_all_by(s, &out, std::time::Instant::now() + ANSWER_TIMEOUT)
+    // The whole answer gets the socket's write timeout (ANSWER_TIMEOUT on a served connection,
+    // BUSY_WRITE_TIMEOUT on a refused one), not each write.
+    let budget = s.write_timeout().ok().flatten().unwrap_or(ANSWER_TIMEOUT);
+    write_all_by(s, &out, std::time::Instant::now() + budget)
 }
 
 /// `write_all` that gives up at `deadline` (TimedOut), however the peer paces its reads: each
@@ -620,6 +624,16 @@ mod tests {
         let e = write_all_by(&mut s, &out, std::time::Instant::now() + Duration::from_millis(200)).unwrap_err();
         // Linux ends a write blocked past SO_SNDTIMEO with EAGAIN; a later try finds no time left.
         assert!(matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock), "{e}");
+        drop(client);
+
+        // An answer's budget is the socket's write timeout: a refused connection's 100 ms
+        // (BUSY_WRITE_TIMEOUT) bounds a busy refusal's whole write, not ANSWER_TIMEOUT's 10 s.
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        s.set_write_timeout(Some(BUSY_WRITE_TIMEOUT)).unwrap();
+        let started = std::time::Instant::now();
+        assert!(respond(&mut s, 503, "text/plain", &out, false).is_err());
+        assert!(started.elapsed() < ANSWER_TIMEOUT, "{:?}", started.elapsed());
         drop(client);
     }
 }
