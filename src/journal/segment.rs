@@ -2151,55 +2151,31 @@ fn recover_records(
         records += 1;
         ControlFlow::Continue(())
     });
-    let sealed = |unreadable| Tail {
-        end_off,
-        records,
-        torn_records: 0,
-        torn_bytes: 0,
-        sealed: true,
-        damaged: false,
-        unreadable,
-    };
+    // The clean end; each outcome below is it with what was found.
+    let clean =
+        Tail { end_off, records, torn_records: 0, torn_bytes: 0, sealed: false, damaged: false, unreadable: false };
     if unreadable {
-        return Ok(sealed(true));
+        return Ok(Tail { sealed: true, unreadable: true, ..clean });
     }
     let after = end_off + if torn_used.is_some() { EVENT_BYTES } else { 0 };
     if after < len {
         for (a, b) in data_ranges(file, after, len) {
             match pread::any_nonzero(file, a, b, &mut buf) {
                 Ok(false) => {}
-                Ok(true) => return Ok(sealed(false)),
-                Err(_) => return Ok(sealed(true)),
+                Ok(true) => return Ok(Tail { sealed: true, ..clean }),
+                Err(_) => return Ok(Tail { sealed: true, unreadable: true, ..clean }),
             }
         }
     }
-    let Some(used) = torn_used else {
-        return Ok(Tail {
-            end_off,
-            records,
-            torn_records: 0,
-            torn_bytes: 0,
-            sealed: false,
-            damaged: false,
-            unreadable: false,
-        });
-    };
+    let Some(used) = torn_used else { return Ok(clean) };
     if !torn_possible {
-        return Ok(Tail { damaged: true, ..sealed(false) });
+        return Ok(Tail { sealed: true, damaged: true, ..clean });
     }
     file.write_all_at(&[0u8; EVENT_BYTES], end_off as u64)
         .map_err(|e| JournalError::with_detail("write", path, format!("zeros over the torn record at {end_off}"), e))?;
     // Durable before any append: the last run's other pages were synced by `open` already.
     file.sync_data().map_err(|e| JournalError::new("fdatasync", path, e))?;
-    Ok(Tail {
-        end_off,
-        records,
-        torn_records: 1,
-        torn_bytes: used as u64 + 1,
-        sealed: false,
-        damaged: false,
-        unreadable: false,
-    })
+    Ok(Tail { torn_records: 1, torn_bytes: used as u64 + 1, ..clean })
 }
 
 /// What readers will find in a segment the writer leaves as is: they deliver its intact records
