@@ -113,8 +113,14 @@ fn stopped_with_a_request_partly_received() -> (tempfile::TempDir, tracker::runt
 
 #[test]
 fn a_request_partly_received_when_the_stop_comes_is_still_answered() {
+    answered_with_close_when_the_stop_comes_before(b"\r\n");
+}
+
+/// The request partly received at the stop, ended by `rest`: answered 200 with `Connection:
+/// close`, the server then stops, and both events are journaled.
+fn answered_with_close_when_the_stop_comes_before(rest: &[u8]) {
     let (dir, running, mut s) = stopped_with_a_request_partly_received();
-    let second = exchange(&mut s, b"\r\n").expect("the request in flight at stop was dropped");
+    let second = exchange(&mut s, rest).expect("the request in flight at stop was dropped");
     assert!(second.starts_with("HTTP/1.1 200") && second.contains("Connection: close"), "{second}");
     assert!(waits(running));
     assert_eq!(crate::harness::journal_cat(&dir.path().join("journal")).len(), 2);
@@ -242,9 +248,5 @@ fn requests_pipelined_when_the_stop_comes_are_all_answered() {
 /// closed the connection anyway: the client could send its next request into the close.
 #[test]
 fn empty_lines_after_the_request_in_flight_at_stop_do_not_keep_it_alive() {
-    let (dir, running, mut s) = stopped_with_a_request_partly_received();
-    let second = exchange(&mut s, b"\r\n\r\n").expect("the request in flight at stop was dropped");
-    assert!(second.starts_with("HTTP/1.1 200") && second.contains("Connection: close"), "{second}");
-    assert!(waits(running));
-    assert_eq!(crate::harness::journal_cat(&dir.path().join("journal")).len(), 2);
+    answered_with_close_when_the_stop_comes_before(b"\r\n\r\n");
 }
