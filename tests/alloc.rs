@@ -290,7 +290,13 @@ fn no_heap_allocation_per_request_once_warm() {
     drop(s);
     let shard = running.shards()[0].clone();
     running.stop();
-    running.wait();
+    // Bounded: a stop that hangs fails the test instead of hanging the suite.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        running.wait();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the server did not stop within 30 s");
     // Every request was recorded (17 × 7000: pixel, OPTIONS on a path, absolute-form pixel, 400, logged, gdpr
     // without and with consent, duplicate, redirect, refused redirect, five JSON posts, preflight, pixel after
     // reload), and every event journaled: pixel, absolute-form pixel, logged, the two gdpr ones, redirect and

@@ -74,7 +74,13 @@ fn a_step_added_in_code_changes_and_refuses_events() {
     assert_eq!(get(&mut s, "/e?n=signup").0, 204);
     drop(s);
     running.stop();
-    running.wait();
+    // Bounded: a stop that hangs fails the test instead of hanging the suite.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        running.wait();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the server did not stop within 30 s");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracker"))
         .args(["journal", "cat", "--journal-dir"])
         .arg(dir.path().join("journal"))

@@ -400,6 +400,27 @@ mod tests {
         assert_eq!(got.status, 200);
     }
 
+    /// The next connection to `l`, within 30 s, with reads bounded the same: a test whose
+    /// client never connects (or stops sending) fails instead of hanging on the server thread.
+    fn accept_one(l: &std::net::TcpListener) -> std::net::TcpStream {
+        const BOUND: Duration = Duration::from_secs(30);
+        l.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + BOUND;
+        loop {
+            match l.accept() {
+                Ok((c, _)) => {
+                    c.set_nonblocking(false).unwrap();
+                    c.set_read_timeout(Some(BOUND)).unwrap();
+                    return c;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("no connection within {BOUND:?}: {e}"),
+            }
+        }
+    }
+
     /// Reads a test request whole (head, then the body `{}`): closing with some of it unread
     /// would reset the connection under the client's read.
     fn read_request(c: &mut std::net::TcpStream) -> Vec<u8> {
@@ -418,7 +439,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
+            let mut c = accept_one(&l);
             read_request(&mut c);
             let _ = c.write_all(answer);
         });
@@ -464,7 +485,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
+            let mut c = accept_one(&l);
             read_request(&mut c);
             let _ = c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n");
             // Open until the client closes (or 20 s pass).
@@ -486,7 +507,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
+            let mut c = accept_one(&l);
             let mut head = Vec::new();
             let mut byte = [0u8; 1];
             while !head.ends_with(b"\r\n\r\n") && c.read(&mut byte).is_ok_and(|n| n == 1) {
@@ -512,7 +533,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
+            let mut c = accept_one(&l);
             let mut req = [0u8; 1024];
             let _ = c.read(&mut req);
             let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n");
@@ -536,7 +557,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             for _ in 0..n {
-                let (mut c, _) = l.accept().unwrap();
+                let mut c = accept_one(&l);
                 read_request(&mut c);
                 let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
             }
@@ -631,7 +652,7 @@ mod tests {
         let l = std::net::TcpListener::bind("[::1]:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
+            let mut c = accept_one(&l);
             let req = read_request(&mut c);
             let _ = c.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
             String::from_utf8(req).unwrap()

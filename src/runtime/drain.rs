@@ -317,13 +317,15 @@ mod tests {
         shared.reactor_done.store(true, SeqCst);
         let drain_shared = shared.clone();
         let long = Duration::from_secs(3600);
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             // The drain's own thread: every msync it makes fails, as on a disk error.
             crate::journal::FAIL_MSYNC.set(true);
             run(drain_shared, consumer, journal, SyncPolicy::Interval, long, long);
-        })
-        .join()
-        .unwrap();
+            let _ = tx.send(());
+        });
+        // Bounded: a drain that never ends fails the test instead of hanging it.
+        rx.recv_timeout(Duration::from_secs(30)).expect("the drain did not end within 30 s");
         assert_eq!(shared.journaled.load(SeqCst), 1, "the event was appended");
         assert!(shared.final_sync_failed());
     }

@@ -593,7 +593,7 @@ fn bad_json_paths_and_origins_are_config_errors() {
 /// Posts one JSON object to /batch until it is taken, as a client retries an `overloaded`
 /// refusal; any other answer (a 429, another reason) fails. Bounded: the drain makes room.
 fn post_until_taken(c: &mut Client, body: &[u8]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + WAIT;
     loop {
         let r = post(c, "/batch", JSON, body);
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

@@ -308,9 +308,7 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let mut c = s.connect();
     assert_eq!(c.get("/i?c=1").status, 200);
     // Answered, kept alive, then silent: the server closes it (bounded by the harness wait).
-    let t = std::time::Instant::now();
     assert!(c.is_closed());
-    assert!(t.elapsed() < WAIT);
     assert_eq!(s.connect().get("/i?c=2").status, 200);
     assert_eq!(s.stop(), 0);
     assert_eq!(journal_cat(&s.journal()).len(), 2);

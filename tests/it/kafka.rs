@@ -2,7 +2,7 @@
 //! a free loopback port, produced through the tracker and consumed back with librdkafka.
 //!
 //! tansu must be installed (`cargo install tansu --version 0.6.0 --locked --features
-//! dynostore`; .ci/run does it when missing). `TRACKER_SKIP_KAFKA=1` skips these tests.
+//! dynostore`; .ci/run does it when missing). Without it these tests fail: none is skipped.
 
 use crate::harness::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -33,26 +33,21 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts tansu on a free loopback port, or `None` when skipped.
-    fn start() -> Option<Broker> {
+    /// Starts tansu on a free loopback port.
+    fn start() -> Broker {
         Broker::start_with(None)
     }
 
     /// Like `start`, advertising 127.0.0.1:`port` to clients as the broker's address instead of
     /// its own (a proxy in front of it).
-    pub fn start_advertising(port: u16) -> Option<Broker> {
+    pub fn start_advertising(port: u16) -> Broker {
         Broker::start_with(Some(port))
     }
 
-    fn start_with(advertised: Option<u16>) -> Option<Broker> {
+    fn start_with(advertised: Option<u16>) -> Broker {
         let Some(bin) = tansu_bin() else {
-            if std::env::var_os("TRACKER_SKIP_KAFKA").is_some() {
-                eprintln!("SKIPPED: tansu is not installed and TRACKER_SKIP_KAFKA is set");
-                return None;
-            }
             panic!(
-                "tansu not found: install it with `cargo install tansu --version 0.6.0 --locked --features dynostore` \
-                 (or set TRACKER_SKIP_KAFKA=1 to skip the Kafka tests)"
+                "tansu not found: install it with `cargo install tansu --version 0.6.0 --locked --features dynostore`"
             );
         };
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -79,7 +74,7 @@ impl Broker {
                 .unwrap();
             assert!(out.status.success(), "tansu topic create: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Some(b)
+        b
     }
 
     fn signal(&self, sig: i32) {
@@ -208,7 +203,7 @@ pub fn send(s: &Server, range: std::ops::Range<u64>) {
 
 #[test]
 fn ten_thousand_events_reach_kafka_each_exactly_once_with_the_idempotent_producer() {
-    let Some(broker) = Broker::start() else { return };
+    let broker = Broker::start();
     let mut s = Server::start(Some(&kafka_collector(broker.port, 30_000)), &["--shards", "2"]);
     let t0 = Instant::now();
     send(&s, 0..10_000);
@@ -232,7 +227,7 @@ fn ten_thousand_events_reach_kafka_each_exactly_once_with_the_idempotent_produce
 
 #[test]
 fn zstd_compressed_batches_reach_kafka_whole() {
-    let Some(broker) = Broker::start() else { return };
+    let broker = Broker::start();
     let cfg = kafka_collector(broker.port, 30_000) + "compression = \"zstd\"\n";
     let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
     send(&s, 0..600);
@@ -244,7 +239,7 @@ fn zstd_compressed_batches_reach_kafka_whole() {
 
 #[test]
 fn a_broker_outage_fails_no_request_loses_nothing_and_the_backlog_drains() {
-    let Some(broker) = Broker::start() else { return };
+    let broker = Broker::start();
     let mut s = Server::start(Some(&kafka_collector(broker.port, 2_000)), &["--shards", "2"]);
     send(&s, 0..1000);
     // The broker freezes (SIGSTOP): produce requests time out, batches are retried.
@@ -252,7 +247,9 @@ fn a_broker_outage_fails_no_request_loses_nothing_and_the_backlog_drains() {
     let t = Instant::now();
     send(&s, 1000..4000);
     eprintln!("3000 requests during the outage answered in {:?}", t.elapsed());
-    std::thread::sleep(Duration::from_secs(4));
+    // Frozen until a batch has failed for it: the outage is seen, not assumed to have lasted.
+    let mut seen = Vec::new();
+    assert!(wait_line(&s, &mut seen, "attempt 1 failed"), "no attempt failed during the outage: {seen:?}");
     broker.signal(libc::SIGCONT);
     send(&s, 4000..5000);
     let got = consume(broker.port, 5000, 5000);
@@ -264,7 +261,7 @@ fn a_broker_outage_fails_no_request_loses_nothing_and_the_backlog_drains() {
 
 #[test]
 fn kill_9_mid_forwarding_then_replay_every_id_reaches_kafka_with_its_id() {
-    let Some(broker) = Broker::start() else { return };
+    let broker = Broker::start();
     let cfg = kafka_collector(broker.port, 30_000);
     let mut s = Server::start(Some(&cfg), &["--shards", "2"]);
     send(&s, 0..3000);
@@ -290,6 +287,9 @@ fn kill_9_mid_forwarding_then_replay_every_id_reaches_kafka_with_its_id() {
     let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "2"]);
     let got = consume(broker.port, 5000, 10_000);
     assert_eq!(got.len(), 5000, "a replay sends the same ids");
+    // consume() also returns at its deadline: every id must have come again, not only once.
+    let once = got.values().filter(|(n, _, _)| *n < 2).count();
+    assert_eq!(once, 0, "{once} ids were not sent again by the replay");
     assert_eq!(s.stop(), 0);
 }
 
@@ -297,14 +297,15 @@ fn kill_9_mid_forwarding_then_replay_every_id_reaches_kafka_with_its_id() {
 fn a_short_broker_stall_that_times_out_a_batch_does_not_stop_delivery() {
     // A review reproduced it with tansu: after one MessageTimedOut every retry was answered
     // PRODUCER_FENCED per message, and nothing more was delivered until a restart.
-    let Some(broker) = Broker::start() else { return };
+    let broker = Broker::start();
     let mut s = Server::start(Some(&kafka_collector(broker.port, 1_000)), &["--shards", "1"]);
     send(&s, 0..5);
     assert_eq!(consume(broker.port, 5, 5).len(), 5);
     broker.signal(libc::SIGSTOP);
     send(&s, 5..10);
-    // Longer than the 1 s message timeout: the batch in flight times out.
-    std::thread::sleep(Duration::from_secs(3));
+    // Frozen until the batch in flight has timed out (the 1 s message timeout).
+    let mut seen = Vec::new();
+    assert!(wait_line(&s, &mut seen, "attempt 1 failed"), "no attempt timed out during the stall: {seen:?}");
     broker.signal(libc::SIGCONT);
     send(&s, 10..15);
     let got = consume(broker.port, 15, 15);
@@ -317,7 +318,7 @@ fn a_short_broker_stall_that_times_out_a_batch_does_not_stop_delivery() {
 /// topic comes from a per-type template: the operator could not tell which one to create.
 #[test]
 fn a_batch_kafka_does_not_acknowledge_names_the_topic() {
-    let Some(broker) = Broker::start() else { return };
+    let broker = Broker::start();
     let cfg = kafka_collector(broker.port, 1_000) + "topic = \"absent.{type}\"\n";
     let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
     send(&s, 0..1);
@@ -325,7 +326,7 @@ fn a_batch_kafka_does_not_acknowledge_names_the_topic() {
     assert!(wait_line(&s, &mut seen, "attempt 1 failed"), "no failed attempt: {seen:?}");
     let failed = seen.iter().find(|l| l.contains("attempt 1 failed")).unwrap();
     assert!(failed.contains("absent.impression"), "{failed}");
-    s.stop();
+    assert_eq!(s.stop(), 0);
 }
 
 /// Regression: with `key = "<money field>"` the message key was the raw micros (`250000`)
@@ -333,7 +334,7 @@ fn a_batch_kafka_does_not_acknowledge_names_the_topic() {
 /// a number 10^6 times the one in the event.
 #[test]
 fn a_key_from_a_money_field_is_the_text_of_the_value() {
-    let Some(broker) = Broker::start() else { return };
+    let broker = Broker::start();
     let cfg = kafka_collector(broker.port, 30_000) + "key = \"price\"\n";
     let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
     let r = s.connect().get("/win?auction=w-key&price=0.25");
@@ -370,7 +371,7 @@ fn a_key_from_a_money_field_is_the_text_of_the_value() {
 /// `message.max.bytes` (librdkafka refuses it at produce). The journal keeps the event.
 #[test]
 fn a_message_kafka_will_never_take_stops_the_collector_with_the_fix() {
-    let Some(broker) = Broker::start() else { return };
+    let broker = Broker::start();
     let cfg = format!(
         "{}\n[[collector]]\nname = \"kafka\"\nkind = \"kafka\"\nevents = [\"impression\"]\nfields = [\"*\"]\n\
          linger_ms = 20\nretry_initial_ms = 100\nretry_max_ms = 1000\n\
@@ -388,6 +389,6 @@ fn a_message_kafka_will_never_take_stops_the_collector_with_the_fix() {
     let fatal = seen.iter().find(|l| l.contains("collector kafka: fatal")).unwrap();
     assert!(fatal.contains("message.max.bytes") && fatal.contains("impression"), "{fatal}");
     assert!(!seen.iter().any(|l| l.contains("attempt 2 failed")), "retried: {seen:?}");
-    s.stop();
+    assert_eq!(s.stop(), 0);
     assert_eq!(journal_cat(&s.journal()).len(), 1);
 }

@@ -152,7 +152,7 @@ fn events_reach_kafka_over_tls_verified_against_the_configured_ca() {
     // The proxy's port first: tansu advertises it as the broker's address.
     let tls_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let tls_port = tls_listener.local_addr().unwrap().port();
-    let Some(broker) = Broker::start_advertising(tls_port) else { return };
+    let broker = Broker::start_advertising(tls_port);
     let proxy = TlsProxy::start(tls_listener, broker.port, &cert, &key, &ca);
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.pem");
@@ -177,7 +177,7 @@ fn a_broker_certificate_from_another_ca_is_refused() {
     let (other_ca, _, _) = certificates();
     let tls_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let tls_port = tls_listener.local_addr().unwrap().port();
-    let Some(broker) = Broker::start_advertising(tls_port) else { return };
+    let broker = Broker::start_advertising(tls_port);
     let proxy = TlsProxy::start(tls_listener, broker.port, &cert, &key, &ca);
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("other-ca.pem");

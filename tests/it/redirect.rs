@@ -93,7 +93,7 @@ fn every_redirect_attack_is_4xx_without_location_and_not_logged() {
 
 #[test]
 fn raw_control_bytes_in_the_target_never_reach_a_location() {
-    let s = Server::start(None, &["--shards", "1"]);
+    let mut s = Server::start(None, &["--shards", "1"]);
     for raw in [
         &b"GET /c?c=1&url=https://example.com/\r\nSet-Cookie: a=1 HTTP/1.1\r\nHost: t\r\n\r\n"[..],
         b"GET /c?c=1&url=https://example.com/\x00 HTTP/1.1\r\nHost: t\r\n\r\n",
@@ -108,6 +108,13 @@ fn raw_control_bytes_in_the_target_never_reach_a_location() {
             assert_eq!(r.header("location"), None);
         }
     }
+    // Still serving (a shard that died on them would close every connection unanswered too),
+    // and none of them became a click.
+    assert_eq!(s.connect().get("/i?c=1").status, 200);
+    assert_eq!(s.stop(), 0);
+    let events = journal_cat(&s.journal());
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "impression");
 }
 
 #[test]
@@ -229,13 +236,11 @@ fn signed_urls_verify_expire_and_rotate() {
     // Rotation: k1 retired from the config; its URLs stop working, k2's keep working.
     let only_k2 = format!("[[endpoint.redirect.key]]\nid = \"k2\"\nfile = \"{}\"\n", keyfile.display());
     let s = Server::start(Some(&config_with("signature", &only_k2)), &["--shards", "1"]);
-    let base2 = format!("http://{}", s.addr);
     let mut c = s.connect();
     let r = c.get(target(&u1).as_str());
     assert_eq!((r.status, r.header("location")), (403, None));
     assert_eq!(String::from_utf8_lossy(&r.body).trim(), "unknown key id (kid)");
     assert_eq!(c.get(&target(&u2)).status, 302);
-    let _ = base2;
 }
 
 #[test]
