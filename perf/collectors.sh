@@ -42,7 +42,7 @@ linger_ms = 100
 url = "http://$BANKER"
 TOML
 CONF="$W/t.toml"; [ "${CATCHUP:-0}" = 1 ] && CONF="$W/plain.toml"
-"$T/tracker" serve --config "$CONF" --listen 127.0.0.1:0 --journal-dir "$W/j" --shards 1 2> "$W/tracker.err" &
+"$T/tracker" serve --config "$CONF" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --journal-dir "$W/j" --shards 1 2> "$W/tracker.err" &
 for _ in $(seq 100); do grep -q "listening on" "$W/tracker.err" && break; sleep 0.05; done
 ADDR=$(sed -n 's/^tracker: listening on \([^ ]*\).*/\1/p' "$W/tracker.err")
 
@@ -59,7 +59,7 @@ END=$(date +%s.%N)
 if [ "${CATCHUP:-0}" = 1 ]; then
   kill %2; wait %2 || true
   START=$(date +%s.%N); END=$START
-  "$T/tracker" serve --config "$W/t.toml" --listen 127.0.0.1:0 --journal-dir "$W/j" --shards 1 2> "$W/tracker2.err" &
+  "$T/tracker" serve --config "$W/t.toml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --journal-dir "$W/j" --shards 1 2> "$W/tracker2.err" &
 fi
 REQS=$(awk '/requests in/ {print $1}' "$W/wrk.out")
 # "Non-2xx or 3xx responses: N": the count is the last word.
@@ -85,7 +85,7 @@ kill -TERM $(jobs -p | tail -n +2) 2>/dev/null || true
 # shellcheck disable=SC2046 # one word per job pid
 wait $(jobs -p | tail -n +2) 2>/dev/null || true
 JOURNALED=$("$T/tracker" journal cat --journal-dir "$W/j" | grep -c '"type":"impression"')
-"$T/tracker" serve --config "$W/t.toml" --listen 127.0.0.1:0 --journal-dir "$W/j" --shards 1 2> "$W/tracker3.err" &
+"$T/tracker" serve --config "$W/t.toml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --journal-dir "$W/j" --shards 1 2> "$W/tracker3.err" &
 for _ in $(seq 600); do
   GOT=$(curl -s "http://$BANKER/balance" | sed -n 's/.*"total_micros":\([0-9]*\).*/\1/p')
   [ "${GOT:-0}" -ge $((JOURNALED * 500000)) ] && break

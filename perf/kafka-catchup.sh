@@ -50,7 +50,7 @@ fields = ["campaign_id", "price"]
 brokers = "127.0.0.1:$PORT"
 TOML
 
-"$BIN" serve --listen 127.0.0.1:0 --journal-dir "$W/j" --shards 1 2> "$W/load.err" &
+"$BIN" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --journal-dir "$W/j" --shards 1 2> "$W/load.err" &
 P=$!
 wait_line "$W/load.err" "listening on"
 ADDR=$(sed -n 's/^tracker: listening on \([^ ]*\).*/\1/p' "$W/load.err")

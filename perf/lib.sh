@@ -273,8 +273,10 @@ start_server() { # start_server KIND DIR PORT ; sets SRV_PIDS SRV_MAIN_PID
   else
     mkdir -p "$d/journal"
     # shellcheck disable=SC2206 # TRACKER_ARGS is meant to be word-split
+    # The admin listener on a free port too: the embedded default (127.0.0.1:9090) may be held
+    # by anything else on the box (another tracker, a Prometheus), which would fail the start.
     cmd=(taskset -c "$SERVER_CPU" "$TRACKER_BIN" serve --listen "127.0.0.1:$port" --shards 1
-      --journal-dir "$d/journal" ${TRACKER_ARGS:-})
+      --admin-listen 127.0.0.1:0 --journal-dir "$d/journal" ${TRACKER_ARGS:-})
   fi
   "${cmd[@]}" >>"$d/server.log" 2>&1 &
   SRV_MAIN_PID=$!
