@@ -216,12 +216,15 @@ pub(super) fn answer(
                 _ if charged_over && ep.over_budget == OverBudget::Reject => Err(Refusal::OverBudget),
                 Err(why) => Err(Refusal::Item(why)),
                 Ok(obj) => {
-                    if charged_over {
-                        // A `drop` endpoint: taken, answered, not journaled (as a pixel over budget).
+                    let view = RequestView { json: Some(obj), item: t.is_array.then_some(index as u32), ..view };
+                    let r = push(ctx, cfg, ty, ep_index, &view, over_budget || charged_over, &mut producer);
+                    if charged_over && r.is_ok() {
+                        // A `drop` endpoint: taken, answered, not journaled (as a pixel over
+                        // budget). Counted once taken: an item refused for its fields is
+                        // counted under that reason only.
                         counters.reject(Reason::OverBudget);
                     }
-                    let view = RequestView { json: Some(obj), item: t.is_array.then_some(index as u32), ..view };
-                    push(ctx, cfg, ty, ep_index, &view, over_budget || charged_over, &mut producer)
+                    r
                 }
             };
             // On a `logged` endpoint the answer waits for each item's event, or a duplicate's
