@@ -86,6 +86,8 @@ pub const SERVER_KEYS: &[KeySpec] = &[
       "A request (head and any body) must arrive whole within this time of its first byte (slowloris guard), else it is answered 408 and the connection closed. A new connection that sends nothing within this time of its accept is closed unanswered."),
     k("server", "idle_timeout_ms", "integer", "ms", Int(60_000), Range(100, 3_600_000), "",
       "A keep-alive connection with no request for this long is closed; so is one whose client takes no response for this long, and one whose `ack = \"logged\"` response waits this long for a journal that hangs (closed unanswered)."),
+    k("server", "stop_request_grace_ms", "integer", "ms", Int(1_000), Range(0, 600_000), "",
+      "At shutdown (SIGTERM, or the old process of a zero-downtime restart), how long a request still arriving (a new connection's first, or the rest of one partly received) may take to arrive whole; it is then answered with `Connection: close`. Idle connections close at once. Delays the exit of a process by up to this much while a client is slow; 0 = closed at once."),
     k("server", "ring_events", "integer", "events", Int(16384), Range(RING_EVENTS_MIN as i64, RING_EVENTS_MAX as i64), "power of two",
       "Events each shard's ring holds between the reactor and the journal drain; costs ring_events × 512 bytes per shard. The first 2048 are a hot tier that stays in cache while the drain keeps up; the rest fill only while it is held up. Full → 503 + Retry-After."),
     k("server", "io_uring_entries", "integer", "entries", Int(1024), Range(32, 32768), "power of two",

@@ -96,6 +96,8 @@ pub struct Server {
     pub body_bytes_max: usize,
     pub header_read_timeout_ms: u64,
     pub idle_timeout_ms: u64,
+    /// At shutdown, how long a request still arriving may take to arrive whole.
+    pub stop_request_grace_ms: u64,
     pub ring_events: usize,
     pub io_uring_entries: u32,
     /// Add IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN to COOP_TASKRUN | TASKRUN_FLAG.
@@ -1108,6 +1110,8 @@ impl Validator<'_> {
             header_read_timeout_ms: self.int(&r.header_read_timeout_ms, spec(SERVER_KEYS, "header_read_timeout_ms"))
                 as u64,
             idle_timeout_ms: self.int(&r.idle_timeout_ms, spec(SERVER_KEYS, "idle_timeout_ms")) as u64,
+            stop_request_grace_ms: self.int(&r.stop_request_grace_ms, spec(SERVER_KEYS, "stop_request_grace_ms"))
+                as u64,
             ring_events: ring_events as usize,
             io_uring_entries: entries as u32,
             io_uring_defer_taskrun: r.io_uring_defer_taskrun.as_ref().is_some_and(|b| *b.get_ref()),

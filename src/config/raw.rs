@@ -154,6 +154,7 @@ pub struct RawServer {
     pub body_bytes_max: Option<S<i64>>,
     pub header_read_timeout_ms: Option<S<i64>>,
     pub idle_timeout_ms: Option<S<i64>>,
+    pub stop_request_grace_ms: Option<S<i64>>,
     pub ring_events: Option<S<i64>>,
     pub io_uring_entries: Option<S<i64>>,
     pub io_uring_defer_taskrun: Option<S<bool>>,

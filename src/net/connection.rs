@@ -124,7 +124,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     let mut head_started: Option<u64> = None;
     // At shutdown a connection that has not been answered yet (accepted from the queue as the
     // shard stopped, or connected just before), or holds part of its next request, still gets
-    // that request read and answered within STOP_UNANSWERED_GRACE; an answered, idle one is
+    // that request read and answered within server.stop_request_grace_ms; an answered, idle one is
     // closed at once.
     let mut answered_any = false;
     // `100 Continue` went out for the request at the front of the buffer (RFC 9110 §10.1.1: a
@@ -501,9 +501,7 @@ async fn linger_close(ctx: &ShardCtx, stream: &mut TcpStream, mut rbuf: Vec<u8>,
 }
 
 fn stop_grace_over(ctx: &ShardCtx) -> bool {
-    ctx.stop_at
-        .get()
-        .is_none_or(|t| crate::clock::mono_coarse_ms() >= t + deadline::ms(deadline::STOP_UNANSWERED_GRACE))
+    ctx.stop_at.get().is_none_or(|t| crate::clock::mono_coarse_ms() >= t + ctx.deadlines.stop_request_grace_ms())
 }
 
 /// Routes, extracts, pushes and writes the response for one well-formed request. `body[..body_len]`

@@ -28,10 +28,6 @@ pub const TIMED_OUT_ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// client still sends, waiting for the client's own close (connection.rs `linger_close`).
 /// Holds the connection's slot that long at most; at shutdown the next sweep ends it.
 pub const LINGER_GRACE: Duration = Duration::from_secs(1);
-/// How long, at shutdown, a request not received whole yet (a connection's first, or one partly
-/// received) may take to arrive. Bounds how much a silent client delays the exit of a draining
-/// process.
-pub const STOP_UNANSWERED_GRACE: Duration = Duration::from_secs(1);
 
 /// What an armed connection is suspended on; decides what shutdown does to it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -40,7 +36,8 @@ pub enum Wait {
     /// once when the shard stops.
     Read,
     /// Reading a request not yet answered: a connection's first, or one partly received. At
-    /// shutdown it still gets STOP_UNANSWERED_GRACE to arrive whole and be answered.
+    /// shutdown it still gets `server.stop_request_grace_ms` to arrive whole and be answered
+    /// (which bounds how much a silent client delays the exit of a draining process).
     Unanswered,
     /// Writing responses: at shutdown they get STOP_WRITE_GRACE.
     Write,
@@ -59,12 +56,19 @@ struct Slot {
 /// One slot per connection a shard may hold (`connections_per_shard_max`).
 pub struct Deadlines {
     slots: Box<[Slot]>,
+    /// `server.stop_request_grace_ms`: what a [`Wait::Unanswered`] gets once the shard stops.
+    stop_request_grace_ms: u64,
 }
 
 impl Deadlines {
-    pub fn new(conns_max: usize) -> Deadlines {
+    pub fn new(conns_max: usize, stop_request_grace_ms: u64) -> Deadlines {
         let slots = (0..conns_max).map(|_| Slot { fd: Cell::new(-1), ..Slot::default() }).collect();
-        Deadlines { slots }
+        Deadlines { slots, stop_request_grace_ms }
+    }
+
+    /// `server.stop_request_grace_ms`.
+    pub fn stop_request_grace_ms(&self) -> u64 {
+        self.stop_request_grace_ms
     }
 
     /// Arms `slot` until the returned guard is dropped. A connection arms only its own slot.
@@ -89,7 +93,7 @@ impl Deadlines {
             let until = match (stop_at_ms, wait) {
                 (None, _) => s.until_ms.get(),
                 (Some(_), Wait::Read) => 0,
-                (Some(t), Wait::Unanswered) => s.until_ms.get().min(t + ms(STOP_UNANSWERED_GRACE)),
+                (Some(t), Wait::Unanswered) => s.until_ms.get().min(t + self.stop_request_grace_ms),
                 (Some(t), Wait::Write) => s.until_ms.get().min(t + ms(STOP_WRITE_GRACE)),
             };
             if now_ms >= until {
@@ -144,7 +148,7 @@ mod tests {
 
     #[test]
     fn fires_only_when_due_and_shuts_reads_down_but_leaves_writes_open() {
-        let d = Deadlines::new(2);
+        let d = Deadlines::new(2, 1_000);
         let (mut client, server) = pair();
         let armed = d.arm(1, server.as_raw_fd(), 1_000, Wait::Read);
         assert_eq!(d.sweep(999, None), 0);
@@ -165,7 +169,7 @@ mod tests {
 
     #[test]
     fn a_write_past_its_deadline_is_shut_both_ways() {
-        let d = Deadlines::new(1);
+        let d = Deadlines::new(1, 1_000);
         let (mut client, server) = pair();
         let armed = d.arm(0, server.as_raw_fd(), 10, Wait::Write);
         assert_eq!(d.sweep(10, None), 1);
@@ -177,7 +181,7 @@ mod tests {
 
     #[test]
     fn disarmed_slots_are_never_touched() {
-        let d = Deadlines::new(1);
+        let d = Deadlines::new(1, 1_000);
         let (mut client, server) = pair();
         drop(d.arm(0, server.as_raw_fd(), 10, Wait::Write));
         assert_eq!(d.sweep(u64::MAX, Some(0)), 0);
@@ -189,7 +193,7 @@ mod tests {
 
     #[test]
     fn stop_closes_answered_readers_at_once_and_gives_the_others_their_grace() {
-        let d = Deadlines::new(3);
+        let d = Deadlines::new(3, 1_500);
         let (_c0, s0) = pair();
         let (_c1, s1) = pair();
         let (_c2, s2) = pair();
@@ -199,7 +203,8 @@ mod tests {
         let c = d.arm(2, s2.as_raw_fd(), far, Wait::Write);
         assert_eq!(d.sweep(100, Some(100)), 1);
         assert!(a.expired() && !b.expired() && !c.expired());
-        assert_eq!(d.sweep(100 + ms(STOP_UNANSWERED_GRACE), Some(100)), 1);
+        assert_eq!(d.sweep(100 + 1_499, Some(100)), 0);
+        assert_eq!(d.sweep(100 + 1_500, Some(100)), 1);
         assert!(b.expired() && !c.expired());
         assert_eq!(d.sweep(100 + ms(STOP_WRITE_GRACE), Some(100)), 1);
         assert!(c.expired());

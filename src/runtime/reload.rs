@@ -285,6 +285,7 @@ pub fn restart_only_changes(running: &Config, file: &Config) -> Vec<String> {
     cmp("server.body_bytes_max", a.body_bytes_max.to_string(), b.body_bytes_max.to_string());
     cmp("server.header_read_timeout_ms", a.header_read_timeout_ms.to_string(), b.header_read_timeout_ms.to_string());
     cmp("server.idle_timeout_ms", a.idle_timeout_ms.to_string(), b.idle_timeout_ms.to_string());
+    cmp("server.stop_request_grace_ms", a.stop_request_grace_ms.to_string(), b.stop_request_grace_ms.to_string());
     cmp("server.ring_events", a.ring_events.to_string(), b.ring_events.to_string());
     cmp("server.io_uring_entries", a.io_uring_entries.to_string(), b.io_uring_entries.to_string());
     cmp("server.io_uring_defer_taskrun", a.io_uring_defer_taskrun.to_string(), b.io_uring_defer_taskrun.to_string());

@@ -134,7 +134,7 @@ impl ShardCtx {
             routes: RefCell::new(Routes::new(&cfg)),
             config_gen: Cell::new(0),
             stop_at: Cell::new(None),
-            deadlines: Deadlines::new(conns_max.max(1)),
+            deadlines: Deadlines::new(conns_max.max(1), cfg.server.stop_request_grace_ms),
             producer: RefCell::new(producer),
             ids: RefCell::new(IdGen::new(index)),
             dedup: tables.dedup,
