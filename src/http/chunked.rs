@@ -54,6 +54,18 @@ pub fn decode(src: &[u8], dst: &mut [u8], body_bytes_max: usize) -> Result<(usiz
 pub struct Progress {
     pos: usize,
     total: usize,
+    /// The input length below which another call cannot get further (0: any more input may).
+    need: usize,
+}
+
+impl Progress {
+    /// After `Incomplete`: how long the input must be before decoding can go on (or fail). Inside
+    /// a chunk's data that is its end plus the first byte after it, so a caller can wait for a
+    /// large chunk sent in many small reads without looking at the body (or at the request head
+    /// before it) at every read; elsewhere it is 0, any byte may complete a line.
+    pub fn input_needed(&self) -> usize {
+        self.need
+    }
 }
 
 /// [`decode`], resuming at `progress` and advancing it over every whole chunk. Between the
@@ -67,7 +79,8 @@ pub fn decode_from(
 ) -> Result<(usize, usize), ParseError> {
     debug_assert!(dst.len() >= body_bytes_max, "chunked scratch shorter than body_bytes_max");
     let limit = body_bytes_max.min(dst.len());
-    let Progress { mut pos, mut total } = *progress;
+    let Progress { mut pos, mut total, .. } = *progress;
+    progress.need = 0;
     debug_assert!(pos <= src.len() && total <= limit);
     loop {
         let (size, line_len) = size_line(&src[pos..])?;
@@ -81,13 +94,16 @@ pub fn decode_from(
         }
         let size = size as usize; // ≤ limit, so it fits.
         let Some(data) = src.get(pos..pos + size) else {
+            // Nothing changes until the data is whole and the byte after it (the CR, or the
+            // framing error) has come.
+            progress.need = pos + size + 1;
             return Err(ParseError::Incomplete);
         };
         dst[total..total + size].copy_from_slice(data);
         total += size;
         pos += size;
         pos += crlf(&src[pos..], "chunk data not followed by CRLF")?;
-        *progress = Progress { pos, total };
+        *progress = Progress { pos, total, need: 0 };
     }
     pos += trailers(&src[pos..])?;
     debug_assert!(total <= limit && pos <= src.len());
@@ -364,12 +380,11 @@ mod tests {
         rejects(&long_line, 431, "chunked trailers too large");
     }
 
+    /// A scratch shorter than the limit breaks the caller's contract: a debug build says so, a
+    /// release build lowers the limit to the scratch rather than write past it.
     #[test]
-    fn short_dst_lowers_the_limit_in_release() {
-        // The debug assertion documents the contract; this pins the release behaviour.
-        if cfg!(debug_assertions) {
-            return;
-        }
+    #[cfg_attr(debug_assertions, should_panic(expected = "chunked scratch shorter than body_bytes_max"))]
+    fn short_dst_is_refused_in_debug_and_lowers_the_limit_in_release() {
         let mut dst = [0u8; 2];
         assert_eq!(decode(b"3\r\n", &mut dst, 64), Err(invalid(413, "body too large")));
     }
@@ -384,13 +399,45 @@ mod tests {
         let mut resumed_past = 0;
         for cut in 0..end {
             assert_eq!(decode_from(&src[..cut], &mut dst, MAX, &mut p), Err(ParseError::Incomplete), "cut {cut}");
-            // Progress only moves forward and never past the input seen.
+            // Progress only moves forward and never past the input seen; what it says is
+            // needed is always more than there is.
             assert!(p.pos >= resumed_past && p.pos <= cut, "cut {cut}: {p:?}");
+            assert!(p.need == 0 || p.need > cut, "cut {cut}: {p:?}");
             resumed_past = p.pos;
         }
-        assert_eq!(p, Progress { pos: 25, total: 6 }, "after the last whole chunk");
+        assert_eq!(p, Progress { pos: 25, total: 6, need: 0 }, "after the last whole chunk");
         assert_eq!(decode_from(src, &mut dst, MAX, &mut p), Ok((6, end)));
         assert_eq!(&dst[..6], b"abcdef");
+    }
+
+    #[test]
+    fn inside_a_chunks_data_the_input_needed_is_its_end_and_one_byte() {
+        let src: &[u8] = b"a\r\n0123456789\r\n0\r\n\r\n";
+        let mut dst = [0u8; MAX];
+        let mut p = Progress::default();
+        // The size line and 4 bytes of the 10: the data ends at 13, the CR comes at 13.
+        assert_eq!(decode_from(&src[..7], &mut dst, MAX, &mut p), Err(ParseError::Incomplete));
+        assert_eq!(p.input_needed(), 14);
+        // Every input shorter than that is incomplete the same way: a caller may wait for it.
+        for cut in 7..13 {
+            assert_eq!(decode_from(&src[..cut], &mut dst, MAX, &mut p), Err(ParseError::Incomplete));
+            assert_eq!(p.input_needed(), 14, "cut {cut}");
+        }
+        // A wrong byte where the CR belongs is refused as soon as it is there.
+        let mut bad = src[..13].to_vec();
+        bad.push(b'X');
+        assert_eq!(
+            decode_from(&bad, &mut dst, MAX, &mut p.clone()),
+            Err(invalid(400, "chunk data not followed by CRLF"))
+        );
+        // Whole: decoded, and nothing more is waited for.
+        assert_eq!(decode_from(src, &mut dst, MAX, &mut p), Ok((10, src.len())));
+        // In a size line (or a CRLF, or the trailers) any byte may complete it.
+        let mut q = Progress::default();
+        assert_eq!(decode_from(b"a", &mut dst, MAX, &mut q), Err(ParseError::Incomplete));
+        assert_eq!(q.input_needed(), 0);
+        assert_eq!(decode_from(b"1\r\nx\r", &mut dst, MAX, &mut q), Err(ParseError::Incomplete));
+        assert_eq!(q.input_needed(), 0);
     }
 
     #[test]

@@ -130,10 +130,11 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     // `100 Continue` went out for the request at the front of the buffer (RFC 9110 §10.1.1: a
     // client that sent `Expect: 100-continue` may wait for it before sending the body).
     let mut continue_sent = false;
-    // The request at the front of the buffer waits for its body: with Content-Length, until
-    // the buffer holds this many bytes (its head is not parsed again before); chunked, decoding
-    // resumes where the last read's whole chunks ended. Either way a body arriving in many
-    // small reads costs time linear, not quadratic, in its size.
+    // The request at the front of the buffer waits for its body until the buffer holds this
+    // many bytes (its head is not parsed again before): with Content-Length, the whole body;
+    // chunked, the rest of the chunk whose data is arriving, and decoding resumes where the last
+    // read's whole chunks ended. Either way a body arriving in many small reads costs time
+    // linear in its size, not in its size times the head's.
     let mut need_bytes = 0usize;
     let mut chunked_progress = http::chunked::Progress::default();
     // The head at the front of the buffer was incomplete over its first this many bytes: it is
@@ -222,6 +223,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                         Ok((n, used)) => (n, head_len + used),
                         // The decoder reports only Incomplete and Invalid.
                         Err(ParseError::Incomplete | ParseError::NewerMinorVersion { .. }) => {
+                            // Inside a chunk's data, neither the head nor the body is looked
+                            // at again until the data can be whole (relative to `start`, which
+                            // becomes the front of the buffer below), as with Content-Length.
+                            need_bytes = head_len + chunked_progress.input_needed();
                             send_continue(&req, &mut continue_sent, &mut wbuf);
                             break;
                         }
