@@ -4,7 +4,7 @@
 #   docker build -t tracker .
 #   docker run -d --name tracker -p 8080:8080 -v tracker-journal:/var/lib/tracker \
 #     --security-opt seccomp=docker/seccomp-io_uring.json --ulimit memlock=67108864 \
-#     --ulimit nofile=1048576 tracker
+#     --ulimit nofile=1048576 --stop-timeout 60 tracker
 #
 # Docker's default seccomp profile (Docker ≥ 25) blocks io_uring_setup/enter/register, and the
 # tracker needs them: without the --security-opt above every shard fails at start with

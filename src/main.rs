@@ -84,7 +84,7 @@ enum Cmd {
         query: String,
     },
     /// Read the journal (cat, tail) and move collectors back over it (replay). `tracker log …`
-    /// is the same command (the name DESIGN.md uses for the log segments).
+    /// is the same command.
     #[command(visible_alias = "log")]
     Journal {
         #[command(subcommand)]

@@ -104,7 +104,7 @@ pub const SERVER_KEYS: &[KeySpec] = &[
 
 pub const CORS_KEYS: &[KeySpec] = &[
     k("cors", "origins", "array of strings", "", Str("[]"), Rule("\"scheme://host[:port]\" exactly as browsers send Origin, or \"*\""), "",
-      "Web origins allowed to POST to response = \"json\" endpoints from a browser: the preflight (OPTIONS) is answered 204 for them and 403 for any other origin; their responses carry Access-Control-Allow-Origin with the origin echoed and Vary: Origin. \"*\" allows any origin, only when listed. Empty = no cross-origin POST (sendBeacon with a text/plain body needs no preflight and still works)."),
+      "Web origins allowed to POST to POST endpoints from a browser: the preflight (OPTIONS) is answered 204 for them and 403 for any other origin; their responses carry Access-Control-Allow-Origin with the origin echoed and Vary: Origin. \"*\" allows any origin, only when listed. Empty = no cross-origin POST (sendBeacon with a text/plain body needs no preflight and still works)."),
     k("cors", "max_age_s", "integer", "s", Int(600), Range(0, 86400), "",
       "How long a browser may cache a preflight answer (Access-Control-Max-Age)."),
 ];

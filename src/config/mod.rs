@@ -1198,7 +1198,7 @@ impl Validator<'_> {
                 self.err(span, key("response"), "response = \"json\" answers a JSON body: the endpoint must be POST");
             }
             let ack = match &r.ack {
-                // DESIGN.md §7 first called the mode "durable"; say which name it has.
+                // The first design notes called the mode "durable"; say which name it has.
                 Some(a) if a.get_ref() == "durable" => {
                     self.err_own(
                         a.span(),

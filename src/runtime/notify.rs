@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use super::ShardShared;
 
-/// How often each reactor bumps its heartbeat counter. The watchdog's period must exceed it;
-/// [`Watchdog::period`] is at least four of these.
+/// How often each reactor bumps its heartbeat counter. The window a shard is judged over
+/// (`Watchdog::new`) is at least four of these, whatever `WatchdogSec=` says.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(100);
 /// Shortest `WatchdogSec=` the tracker honours: pings go out every half of it, and a shard needs
 /// a few heartbeats in each half.

@@ -3,7 +3,7 @@
 //!
 //! The io_uring is built with COOP_TASKRUN | TASKRUN_FLAG: completions are processed when the
 //! reactor next enters the kernel instead of interrupting it with an IPI, which measured
-//! ~6.3 µs/request against ~9 µs without (DESIGN.md §1).
+//! ~6.3 µs/request against ~9 µs without (perf/RESULTS.md).
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -419,7 +419,7 @@ fn runtime_error(shard: u16, entries: u32, e: io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::ENOSYS) => format!("shard {shard}: io_uring is not available in this kernel (io_uring_setup: ENOSYS); tracker needs Linux ≥ 5.19 with io_uring enabled"),
         Some(libc::EPERM) | Some(libc::EACCES) => format!(
-            "shard {shard}: io_uring_setup was denied ({e}): a seccomp profile (Docker's default blocks io_uring; run with --security-opt seccomp=unconfined or a profile allowing io_uring_setup/enter/register) or sysctl kernel.io_uring_disabled=2 forbids it"
+            "shard {shard}: io_uring_setup was denied ({e}): a seccomp profile forbids it (Docker's default blocks io_uring: run with the profile the project ships, --security-opt seccomp=docker/seccomp-io_uring.json, see docs/deployment.md), or sysctl kernel.io_uring_disabled does (2: for every process; 1: for processes outside the group kernel.io_uring_group names)"
         ),
         Some(libc::ENOMEM) => {
             let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
