@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::http::{self, BodyFraming, Limits, ParseError};
 use crate::metrics::Status;
-use crate::net::connection::{self, WRITE_BYTES};
+use crate::net::connection::{self, Invited, WRITE_BYTES};
 use crate::ring::Consumer;
 use crate::runtime::shard::ShardCtx;
 
@@ -120,7 +120,12 @@ impl RequestPath {
                 BodyFraming::None => (0, head_len),
                 BodyFraming::Length(n) => {
                     if self.rbuf.len() - start < head_len + n {
-                        queue_continue(&req, &mut continue_sent, &mut self.wbuf, &mut self.heads);
+                        if invite_body(&self.ctx, &req, &mut continue_sent, &mut self.wbuf, &mut self.heads)
+                            == Invited::Refused
+                        {
+                            answered += 1;
+                            close = true;
+                        }
                         break;
                     }
                     (n, head_len + n)
@@ -132,7 +137,12 @@ impl RequestPath {
                     match http::chunked::decode_from(src, scratch, self.limits.body_bytes_max, &mut progress) {
                         Ok((n, used)) => (n, head_len + used),
                         Err(ParseError::Incomplete | ParseError::NewerMinorVersion { .. }) => {
-                            queue_continue(&req, &mut continue_sent, &mut self.wbuf, &mut self.heads);
+                            if invite_body(&self.ctx, &req, &mut continue_sent, &mut self.wbuf, &mut self.heads)
+                                == Invited::Refused
+                            {
+                                answered += 1;
+                                close = true;
+                            }
                             break;
                         }
                         Err(ParseError::Invalid { status, reason }) => {
@@ -220,13 +230,21 @@ impl RequestPath {
     }
 }
 
-/// `connection::send_continue`, noting in `heads` that the write buffer now holds a 100.
-fn queue_continue(req: &http::Request<'_, '_>, sent: &mut bool, wbuf: &mut Vec<u8>, heads: &mut Vec<bool>) {
+/// `connection::invite_body`, noting in `heads` what the write buffer now holds: a 100, or the
+/// refusal that replaces it.
+fn invite_body(
+    ctx: &ShardCtx,
+    req: &http::Request<'_, '_>,
+    sent: &mut bool,
+    wbuf: &mut Vec<u8>,
+    heads: &mut Vec<bool>,
+) -> Invited {
     let before = wbuf.len();
-    connection::send_continue(req, sent, wbuf);
+    let r = connection::invite_body(ctx, req, sent, wbuf);
     if wbuf.len() != before {
-        heads.push(false);
+        heads.push(req.method == http::Method::Head && r == Invited::Refused);
     }
+    r
 }
 
 /// Panics unless `w` is exactly one complete, well-formed response per entry of `heads` (true:

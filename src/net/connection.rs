@@ -46,7 +46,7 @@ use crate::http::{self, BodyFraming, ParseError};
 use crate::metrics::{Reason, Status};
 use crate::net::deadline::{self, Wait};
 use crate::net::pipeline::{self, Elsewhere};
-use crate::net::post;
+use crate::net::{body, post};
 use crate::redirect;
 use crate::runtime::shard::ShardCtx;
 
@@ -207,9 +207,13 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 BodyFraming::None => (0, head_len),
                 BodyFraming::Length(n) => {
                     if rbuf.len() - start < head_len + n {
+                        if invite_body(&ctx, &req, &mut continue_sent, &mut wbuf) == Invited::Refused {
+                            served += 1;
+                            close = true;
+                            break;
+                        }
                         // Relative to `start`, which becomes the front of the buffer below.
                         need_bytes = head_len + n;
-                        send_continue(&req, &mut continue_sent, &mut wbuf);
                         break;
                     }
                     (n, head_len + n)
@@ -226,8 +230,12 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                             // Inside a chunk's data, neither the head nor the body is looked
                             // at again until the data can be whole (relative to `start`, which
                             // becomes the front of the buffer below), as with Content-Length.
+                            if invite_body(&ctx, &req, &mut continue_sent, &mut wbuf) == Invited::Refused {
+                                served += 1;
+                                close = true;
+                                break;
+                            }
                             need_bytes = head_len + chunked_progress.input_needed();
-                            send_continue(&req, &mut continue_sent, &mut wbuf);
                             break;
                         }
                         Err(ParseError::Invalid { status, reason }) => {
@@ -534,13 +542,7 @@ pub(crate) fn answer(
     // Likewise after the last read: the client must not send a next request nobody reads.
     let ka = req.keep_alive && ((!ctx.stopping.get() && !last_read) || more);
     let v = req.version_minor;
-    let method = match req.method {
-        http::Method::Get => RequestMethod::Get,
-        http::Method::Head => RequestMethod::Head,
-        http::Method::Post => RequestMethod::Post,
-        http::Method::Options => RequestMethod::Options,
-        _ => RequestMethod::Other,
-    };
+    let method = request_method(req.method);
     // Borrowed for this request only: the control task swaps both between requests on reload.
     let cfg = ctx.cfg.borrow();
     let routes = ctx.routes.borrow();
@@ -832,12 +834,65 @@ pub(crate) fn write_error(
     );
 }
 
-/// Queues `100 Continue` once for a request whose body has not all arrived, when it asked for
-/// one. The final response follows when the body is in.
-pub(crate) fn send_continue(req: &http::Request<'_, '_>, sent: &mut bool, wbuf: &mut Vec<u8>) {
-    if req.expect_continue && !*sent {
-        // The batch loop runs only with RESPONSE_BYTES_MAX free in wbuf: 25 bytes always fit.
-        let _ = http::response::continue_100(wbuf);
-        *sent = true;
+fn request_method(m: http::Method) -> RequestMethod {
+    match m {
+        http::Method::Get => RequestMethod::Get,
+        http::Method::Head => RequestMethod::Head,
+        http::Method::Post => RequestMethod::Post,
+        http::Method::Options => RequestMethod::Options,
+        _ => RequestMethod::Other,
     }
+}
+
+/// What [`invite_body`] did for a request whose body has not all arrived.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Invited {
+    /// Wait for the body: `100 Continue` went out if the client asked for it (once).
+    Wait,
+    /// The client asked for `100 Continue`, but the request is refused whatever its body holds:
+    /// the refusal is in `wbuf` (`Connection: close`); answer nothing more and close.
+    Refused,
+}
+
+/// Queues `100 Continue` once for a request whose body has not all arrived, when it asked for
+/// one; the final response follows when the body is in. A request that will be refused whatever
+/// its body holds — no such endpoint, a method its path does not take, a media type or coding
+/// its POST endpoint does not read — is refused instead (RFC 9110 §10.1.1: the final status may
+/// replace the 100), so the client need not send a body to have it thrown away; one it sends
+/// anyway is read and dropped by the lingering close. Without the expectation the body is on its
+/// way already and the request is answered after it, as any other.
+pub(crate) fn invite_body(ctx: &ShardCtx, req: &http::Request<'_, '_>, sent: &mut bool, wbuf: &mut Vec<u8>) -> Invited {
+    if !req.expect_continue || *sent {
+        return Invited::Wait;
+    }
+    let counters = &ctx.shared.counters;
+    let (head, v) = (req.method == http::Method::Head, req.version_minor);
+    let cfg = ctx.cfg.borrow();
+    let refused = match ctx.routes.borrow().route(request_method(req.method), req.path) {
+        Route::NotFound => Some((None, Status::S404, "no such endpoint", None, None)),
+        Route::MethodNotAllowed(allow) => Some((None, Status::S405, "method not allowed", Some(allow), None)),
+        Route::Found(i) if cfg.endpoints[i as usize].method == crate::config::Method::Post => {
+            body::content(req.headers).err().map(|r| {
+                let origin = match http::cors::origin(&cfg.cors, req.headers) {
+                    http::cors::Origin::Allowed(o) => Some(o),
+                    http::cors::Origin::Absent | http::cors::Origin::Denied => None,
+                };
+                (Some(cfg.endpoints[i as usize].counter), Status::from_code(r.status), r.reason, None, origin)
+            })
+        }
+        Route::Found(_) | Route::Options(_) => None,
+    };
+    *sent = true;
+    // The batch loop runs only with RESPONSE_BYTES_MAX free in wbuf: a 100 or an error fits.
+    let Some((counter, st, reason, allow, origin)) = refused else {
+        let _ = http::response::continue_100(wbuf);
+        return Invited::Wait;
+    };
+    counters.request(counter, st);
+    if counter.is_some() {
+        // As the same refusal after the body is counted (net::post).
+        counters.reject(Reason::Malformed);
+    }
+    write_error(ctx, wbuf, st, reason, false, head, v, allow, origin);
+    Invited::Refused
 }

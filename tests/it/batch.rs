@@ -680,6 +680,34 @@ fn expect_100_continue_gets_an_interim_answer_before_the_body() {
     assert_eq!(journal_cat(&s.journal()).iter().filter(|e| e["kind"] == "cont").count(), 4);
 }
 
+/// A request that asked for `100 Continue` but will be refused whatever its body holds gets the
+/// refusal instead, and the connection closes: the client is not invited to upload a body that
+/// would be thrown away.
+#[test]
+fn expect_100_continue_on_a_request_refused_whatever_its_body_gets_the_refusal_instead() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let cases: [(&str, u16, &str); 4] = [
+        ("POST /nope HTTP/1.1\r\nContent-Length: 10\r\n", 404, "no such endpoint"),
+        ("POST /i HTTP/1.1\r\nContent-Length: 10\r\n", 405, "method not allowed"),
+        ("POST /batch HTTP/1.1\r\nContent-Type: application/xml\r\nContent-Length: 10\r\n", 415, ""),
+        ("POST /batch HTTP/1.1\r\nContent-Encoding: br\r\nTransfer-Encoding: chunked\r\n", 415, ""),
+    ];
+    for (head, status, reason) in cases {
+        let mut c = s.connect();
+        c.send(format!("{head}Host: t\r\nExpect: 100-continue\r\n\r\n").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!(r.status, status, "{head}: {:?}", String::from_utf8_lossy(&r.body));
+        assert!(String::from_utf8_lossy(&r.body).contains(reason), "{head}: {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("connection"), Some("close"), "{head}");
+        assert!(c.is_closed(), "{head}: nothing more, no 100 after the refusal");
+    }
+    // A POST endpoint whose media type is fine still gets its 100 (the test above), and the
+    // refusals journaled nothing.
+    assert_eq!(s.connect().get("/i?c=1").status, 200);
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 1);
+}
+
 #[test]
 fn chunked_framing_larger_than_the_request_buffer_is_413_and_counted() {
     let mut s = Server::start(None, &["--shards", "1"]);
