@@ -1054,6 +1054,26 @@ fn a_client_trickling_its_request_is_cut_off_at_the_banker_request_timeout() {
     assert!(trickling.join().unwrap(), "the banker answered only after the client stopped sending");
 }
 
+/// The reference banker frames a body by one Content-Length of digits only: two lengths, or one
+/// with a sign, are refused rather than read the way a proxy in front may not.
+#[test]
+fn the_banker_refuses_an_ambiguous_content_length() {
+    let data = tempfile::tempdir().unwrap();
+    let banker = Banker::start(data.path());
+    for (lengths, why) in [
+        ("Content-Length: 2\r\nContent-Length: 3\r\n", "more than one Content-Length"),
+        ("Content-Length: +2\r\n", "bad Content-Length"),
+        ("Content-Length: 0x2\r\n", "bad Content-Length"),
+    ] {
+        let mut c = Client::connect(banker.addr);
+        c.send(format!("POST /v1/spend HTTP/1.1\r\nHost: b\r\nIdempotency-Key: k\r\n{lengths}\r\n{{}}").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!(r.status, 400, "{lengths:?}");
+        assert!(String::from_utf8_lossy(&r.body).contains(why), "{lengths:?}: {}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(banker.balance()["batches"], 0);
+}
+
 /// A collector's payload carries the flags `journal cat` shows (the documented shape), so a
 /// consumer can tell a HEAD request, an opted-out visitor or an unfilled price macro apart.
 #[test]

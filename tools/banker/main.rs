@@ -108,8 +108,12 @@ impl Ledger {
         }
         let len = l.file.metadata().map_err(|e| e.to_string())?.len();
         if len != good {
+            // The last line only: a crash before its append was synced (so before it was
+            // acknowledged) can leave any prefix of it, or, where the file's size reached the
+            // disk and a page of it did not, a whole line with zeros in it.
             eprintln!("banker: {}: dropping a torn tail of {} bytes", path.display(), len - good);
             l.file.set_len(good).map_err(|e| e.to_string())?;
+            l.file.sync_data().map_err(|e| format!("fsync {}: {e}", path.display()))?;
         }
         Ok(l)
     }
@@ -190,20 +194,28 @@ fn read_request(s: &mut TcpStream, timeout: Duration) -> Result<Option<Request>,
         let mut r = httparse::Request::new(&mut headers);
         match r.parse(&buf) {
             Ok(httparse::Status::Complete(head)) => {
-                let mut len = 0usize;
+                let mut len = None;
                 let mut key = None;
                 for h in r.headers.iter() {
                     if h.name.eq_ignore_ascii_case("content-length") {
-                        len = std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse().ok())
-                            .ok_or((400, "bad Content-Length".to_string()))?;
+                        // Digits only, once (RFC 9112 §6.3): a proxy in front that reads a `+5`
+                        // or the other of two lengths differently would frame another body.
+                        let v = h.value.trim_ascii();
+                        if len.is_some() {
+                            return Err((400, "more than one Content-Length".into()));
+                        }
+                        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+                            return Err((400, "bad Content-Length".into()));
+                        }
+                        // Too many digits for usize is over any limit.
+                        len = Some(std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX));
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                         return Err((400, "Transfer-Encoding is not supported; send Content-Length".into()));
                     } else if h.name.eq_ignore_ascii_case("idempotency-key") {
                         key = std::str::from_utf8(h.value).ok().map(|v| v.trim().to_string());
                     }
                 }
+                let len: usize = len.unwrap_or(0);
                 if len > BODY_BYTES_MAX {
                     return Err((413, format!("body over {BODY_BYTES_MAX} bytes")));
                 }
@@ -391,7 +403,15 @@ fn main() -> ExitCode {
     }
     let active = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
-        let Ok(mut s) = conn else { continue };
+        let mut s = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors or memory: retrying at once would spin a core.
+                eprintln!("banker: accept: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
         if active.load(SeqCst) >= CONNECTIONS_MAX {
             respond(&mut s, 503, &json!({"error": "too many connections"}));
             continue;
