@@ -664,8 +664,14 @@ impl Runner {
                 r.push(entry);
                 base
             };
+            // A recorded range sent again keeps the key it was first sent under, `[from, limit)`,
+            // even when its segment now ends before `limit` (a power loss undid records the
+            // first send had read): a shorter key would be a new batch to the destination, and
+            // the part of the range it applied the first time would be applied again. Under its
+            // own key the destination answers it as the changed body it is (superseded).
+            let key_to = if b.fixed() { b.limit.unwrap_or(b.to) } else { b.to };
             let mut batch = Batch {
-                key: format!("{base}:{shard}:{}:{}-{}", b.segment, b.from, b.to),
+                key: format!("{base}:{shard}:{}:{}-{key_to}", b.segment, b.from),
                 collector: self.name.clone(),
                 shard,
                 segment: b.segment,
