@@ -1112,10 +1112,14 @@ impl ShardJournal {
     /// one still runs (this one is skipped: the next interval's covers its records), else that
     /// outcome (Ok when there was none). Falls back to `sync()` when no thread can be started.
     pub fn sync_in_background(&mut self) -> Option<Result<(), JournalError>> {
-        if self.sync_in_flight() && !self.syncer.as_ref().is_some_and(Syncer::is_finished) {
-            return None;
-        }
-        let before = self.finish_background_sync();
+        let before = if self.sync_in_flight() {
+            // Still running, or its thread holds its lock this instant: this interval's sync
+            // is skipped, not queued.
+            let done = self.syncer.as_mut().and_then(Syncer::try_wait)?;
+            self.apply_sync_outcome(done.number, done.to, done.outcome, done.took_ns)
+        } else {
+            Ok(())
+        };
         let a = &self.active;
         let dir_pending = !self.rename_durable.load(SeqCst);
         if self.retired.is_none() && a.synced_off == a.write_off && !dir_pending {
@@ -1148,7 +1152,13 @@ impl ShardJournal {
             self.syncer = Syncer::start(self.shard).ok();
         }
         match &mut self.syncer {
-            Some(s) => s.submit(number, to, job),
+            Some(s) => {
+                if let Err(job) = s.submit(number, to, job) {
+                    // The thread held its lock at that instant: skipped like a sync still
+                    // running; the left segment's map waits for the next interval.
+                    self.retired = job.retired;
+                }
+            }
             None => {
                 let (outcome, took_ns) = timed(|| super::background_sync::run(job));
                 let r = self.apply_sync_outcome(number, to, outcome, took_ns);
@@ -1162,10 +1172,8 @@ impl ShardJournal {
     /// started). The drain asks at every turn, so a failed one is said without waiting for
     /// the next interval.
     pub fn background_sync_done(&mut self) -> Option<Result<(), JournalError>> {
-        if !self.syncer.as_ref()?.is_finished() {
-            return None;
-        }
-        Some(self.finish_background_sync())
+        let done = self.syncer.as_mut()?.try_wait()?;
+        Some(self.apply_sync_outcome(done.number, done.to, done.outcome, done.took_ns))
     }
 
     /// A background sync was handed over and its outcome not applied yet.
