@@ -264,8 +264,12 @@ pub struct EventType {
     pub id_from: Vec<Source>,
     /// Every query parameter name a field or an id source reads, derived from `fields` and
     /// `id_from`: the one pass over the query string in `extract` compares each pair's name
-    /// with this short list instead of walking every field.
+    /// with this short list instead of walking every field. Sorted by name length (stably:
+    /// keys of one length keep their order), so that a pair is compared only with the keys as
+    /// long as its name ([`EventType::query_keys_of_len`]).
     pub query_keys: Vec<QueryKey>,
+    /// `query_keys[starts[n]..starts[n + 1]]` are the keys of length n.
+    query_key_starts: Vec<usize>,
     /// Column of this type's name in the shards' event counters: `id` until the runtime assigns
     /// the process's own (`metrics::CounterLabels`), which a reload keeps per name.
     pub counter: u16,
@@ -301,9 +305,22 @@ impl EventType {
                 (id_from.iter().enumerate())
                     .filter_map(|(r, s)| key(s).map(|name| QueryKey { name, reader: QueryReader::IdFrom(r) })),
             )
-            .collect();
+            .collect::<Vec<QueryKey>>();
+        let mut query_keys = query_keys;
+        query_keys.sort_by_key(|k| k.name.len());
+        let longest = query_keys.last().map_or(0, |k| k.name.len());
+        let query_key_starts = (0..=longest + 1).map(|n| query_keys.partition_point(|k| k.name.len() < n)).collect();
         let key = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
-        EventType { id, name, fields, identity, id_from, query_keys, counter: id, key }
+        EventType { id, name, fields, identity, id_from, query_keys, query_key_starts, counter: id, key }
+    }
+
+    /// The query keys `n` bytes long, in `query_keys`' order.
+    #[inline]
+    pub fn query_keys_of_len(&self, n: usize) -> &[QueryKey] {
+        match self.query_key_starts.get(n..n + 2) {
+            Some(&[a, b]) => &self.query_keys[a..b],
+            _ => &[],
+        }
     }
 }
 
@@ -1774,6 +1791,23 @@ const ADDRESS_HEADERS: [&str; 7] =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_keys_are_found_by_the_length_of_their_name() {
+        let cfg = Config::embedded();
+        let ty = cfg.types.iter().find(|t| t.name == "impression").unwrap();
+        for n in 0..40 {
+            let want: Vec<&[u8]> = ty.query_keys.iter().filter(|k| k.name.len() == n).map(|k| &k.name[..]).collect();
+            let got: Vec<&[u8]> = ty.query_keys_of_len(n).iter().map(|k| &k.name[..]).collect();
+            assert_eq!(got, want, "length {n}");
+        }
+        // Every key is in the span of its length, and an id source after the field of the
+        // same name, as declared.
+        assert!(ty.query_keys.iter().all(|k| ty.query_keys_of_len(k.name.len()).iter().any(|q| q.name == k.name)));
+        let c: Vec<QueryReader> =
+            ty.query_keys_of_len(1).iter().filter(|k| &k.name[..] == b"c").map(|k| k.reader).collect();
+        assert!(matches!(c[..], [QueryReader::Field(_), ..]), "{c:?}");
+    }
 
     #[test]
     fn a_client_address_header_must_be_stored_as_an_ip() {

@@ -118,7 +118,7 @@ pub fn extract(
     let mut macros = 0u32;
     let mut cut = CutIdentity::default();
     for (k, v) in pairs(req.query) {
-        for qk in &ty.query_keys {
+        for qk in ty.query_keys_of_len(k.len()) {
             if !key_eq(&qk.name, k) {
                 continue;
             }
