@@ -32,7 +32,7 @@
 //! `entries` above the number of prefixes active at once to keep that rare.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst};
 
 pub const ENTRIES_MIN: usize = 1024;
 pub const ENTRIES_MAX: usize = 1 << 24;
@@ -185,8 +185,9 @@ pub(crate) fn nat64_embedded(v6: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Ad
 /// shares both only rarely, and a shared counter can only make a prefix look bigger. So
 /// collisions fail closed here — a prefix may be refused early — and the table (`[budget]
 /// entries` counters of 4 bytes) is sized to keep that rare. Connections accepted at the same
-/// instant on several shards may pass the limit by one each: their two counters are counted
-/// one after the other, so each may see the other's count in only one of them.
+/// instant on several shards never pass the limit together: each counts itself in both
+/// counters, then reads both again, and of those admitted the last to read sees them all (one
+/// total order, SeqCst). Racing, they may all be refused instead: failing closed again.
 pub struct Connections {
     counts: Box<[AtomicU32]>,
     mask: u64,
@@ -233,7 +234,10 @@ impl Connections {
             b = (a + 1) & self.mask as u32;
         }
         let (ca, cb) = (&self.counts[a as usize], &self.counts[b as usize]);
-        let held = (ca.fetch_add(1, AcqRel) + 1).min(cb.fetch_add(1, AcqRel) + 1);
+        let held = (ca.fetch_add(1, SeqCst) + 1).min(cb.fetch_add(1, SeqCst) + 1);
+        // Read again once counted in both: a connection admitted on another shard between our
+        // two increments shows in one of them only at the first reading.
+        let held = held.max(ca.load(SeqCst).min(cb.load(SeqCst)));
         let admitted = Admitted { a, b };
         if held > self.max {
             self.release(admitted);
@@ -369,6 +373,48 @@ mod tests {
         for x in [b, c, other] {
             t.release(x);
         }
+        assert!(t.counts.iter().all(|c| c.load(Acquire) == 0));
+    }
+
+    /// Shards admitting connections of one prefix at the same instant never hold more than the
+    /// limit together (they passed it by one each when each judged by its own increments).
+    #[test]
+    fn connections_admitted_at_once_on_several_shards_never_pass_the_limit() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::{Arc, Barrier};
+        let t = Arc::new(Connections::new(BudgetConfig { connections_per_prefix_max: 1, ..config(0, 1) }).unwrap());
+        const THREADS: usize = 4;
+        const ROUNDS: usize = 20_000;
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let (admitted, worst) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|k| {
+                let (t, barrier, admitted, worst) = (t.clone(), barrier.clone(), admitted.clone(), worst.clone());
+                std::thread::spawn(move || {
+                    let ip: IpAddr = format!("203.0.113.{k}").parse().unwrap();
+                    for _ in 0..ROUNDS {
+                        barrier.wait();
+                        let got = t.admit(ip);
+                        if matches!(got, Admission::Counted(_)) {
+                            admitted.fetch_add(1, SeqCst);
+                        }
+                        // Every admission of the round made, none released yet: all held at once.
+                        barrier.wait();
+                        if k == 0 {
+                            worst.fetch_max(admitted.swap(0, SeqCst), SeqCst);
+                        }
+                        barrier.wait();
+                        if let Admission::Counted(a) = got {
+                            t.release(a);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert_eq!(worst.load(SeqCst), 1, "connections of one prefix held at once");
         assert!(t.counts.iter().all(|c| c.load(Acquire) == 0));
     }
 
