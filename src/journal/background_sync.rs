@@ -67,7 +67,7 @@ pub(super) struct Done {
 
 /// The hand-over between the writer and its sync thread.
 #[derive(Default)]
-struct Slot {
+pub(super) struct Slot {
     /// Given, not yet taken by the thread.
     job: Option<SyncJob>,
     /// The last job's outcome and duration (ns), until the writer takes it.
@@ -76,7 +76,7 @@ struct Slot {
     stop: bool,
 }
 
-struct Shared {
+pub(super) struct Shared {
     slot: Mutex<Slot>,
     /// Signalled on a new job, on stop, and on an outcome.
     changed: Condvar,
@@ -89,7 +89,7 @@ struct Shared {
 impl Shared {
     /// The slot, poisoned or not: nothing panics while holding it (a job's panic is caught
     /// outside the lock), and its fields are consistent at every unlock.
-    fn lock(&self) -> MutexGuard<'_, Slot> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Slot> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -139,6 +139,12 @@ impl Syncer {
         self.in_flight = Some((number, to));
         self.shared.changed.notify_all();
         Ok(())
+    }
+
+    /// The hand-over state, to hold its lock as the thread would (tests).
+    #[cfg(test)]
+    pub(super) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// A job was handed over and its outcome not taken yet.

@@ -1109,8 +1109,9 @@ impl ShardJournal {
 
     /// The `interval` sync without the wait (`background_sync.rs`): starts what `sync()` does on
     /// a helper thread, after collecting the previous one's outcome. None while the previous
-    /// one still runs (this one is skipped: the next interval's covers its records), else that
-    /// outcome (Ok when there was none). Falls back to `sync()` when no thread can be started.
+    /// one still runs, or the thread holds its lock this instant (this one is skipped: the
+    /// caller tries again soon), else that outcome (Ok when there was none). Falls back to
+    /// `sync()` when no thread can be started.
     pub fn sync_in_background(&mut self) -> Option<Result<(), JournalError>> {
         let before = if self.sync_in_flight() {
             // Still running, or its thread holds its lock this instant: this interval's sync
@@ -1155,8 +1156,14 @@ impl ShardJournal {
             Some(s) => {
                 if let Err(job) = s.submit(number, to, job) {
                     // The thread held its lock at that instant: skipped like a sync still
-                    // running; the left segment's map waits for the next interval.
+                    // running (None: the drain tries again shortly, its records still to be
+                    // synced), the left segment's map kept for it. An error in the outcome
+                    // taken above is returned by that one's.
                     self.retired = job.retired;
+                    if let Err(e) = before {
+                        self.deferred_sync_error.get_or_insert(e);
+                    }
+                    return None;
                 }
             }
             None => {
@@ -1174,6 +1181,12 @@ impl ShardJournal {
     pub fn background_sync_done(&mut self) -> Option<Result<(), JournalError>> {
         let done = self.syncer.as_mut()?.try_wait()?;
         Some(self.apply_sync_outcome(done.number, done.to, done.outcome, done.took_ns))
+    }
+
+    /// The sync thread's hand-over state, once the thread was started (tests).
+    #[cfg(test)]
+    pub(super) fn sync_thread_shared(&self) -> Option<std::sync::Arc<super::background_sync::Shared>> {
+        self.syncer.as_ref().map(Syncer::shared)
     }
 
     /// A background sync was handed over and its outcome not applied yet.

@@ -705,6 +705,38 @@ fn background_outcome(j: &mut ShardJournal) -> Result<(), JournalError> {
     }
 }
 
+/// A background sync that could not be handed over because the sync thread held its lock at
+/// that instant is a skip (None: the drain keeps its records to sync and tries again in 10 ms),
+/// not a sync started (which would have the drain wait a whole interval, or for good on a
+/// shard gone quiet).
+#[test]
+fn a_background_sync_skipped_for_the_threads_lock_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, SEG_4, &schema_a()).unwrap();
+    append_seqs(&mut j, 1..2);
+    assert!(matches!(j.sync_in_background(), Some(Ok(()))));
+    background_outcome(&mut j).unwrap();
+    append_seqs(&mut j, 2..3);
+    let shared = j.sync_thread_shared().expect("the sync thread runs");
+    let held = shared.lock();
+    assert!(j.sync_in_background().is_none(), "a sync that could not be handed over was reported started");
+    drop(held);
+    // The thread may take its lock a moment on its way to wait for a job: tried until handed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let started = loop {
+        if let Some(r) = j.sync_in_background() {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "not handed over within 30 s");
+        std::thread::yield_now();
+    };
+    assert!(started.is_ok());
+    background_outcome(&mut j).unwrap();
+    assert_eq!(j.syncs(), 2);
+    let mut r = JournalReader::open(dir.path()).unwrap();
+    assert_eq!(seqs(&read_all(&mut r)), vec![1, 2]);
+}
+
 #[test]
 fn a_background_sync_covers_the_segment_left_at_rotation_and_the_active_one() {
     let dir = tempfile::tempdir().unwrap();
