@@ -868,10 +868,14 @@ pub(crate) fn invite_body(ctx: &ShardCtx, req: &http::Request<'_, '_>, sent: &mu
     let counters = &ctx.shared.counters;
     let (head, v) = (req.method == http::Method::Head, req.version_minor);
     let cfg = ctx.cfg.borrow();
-    let refused = match ctx.routes.borrow().route(request_method(req.method), req.path) {
-        Route::NotFound => Some((None, Status::S404, "no such endpoint", None, None)),
-        Route::MethodNotAllowed(allow) => Some((None, Status::S405, "method not allowed", Some(allow), None)),
-        Route::Found(i) if cfg.endpoints[i as usize].method == crate::config::Method::Post => {
+    // `OPTIONS *` is about the server, answered before routing (`answer`): not refused here.
+    let about_server = req.method == http::Method::Options && req.path == b"*";
+    let route = (!about_server).then(|| ctx.routes.borrow().route(request_method(req.method), req.path));
+    let refused = match route {
+        None => None,
+        Some(Route::NotFound) => Some((None, Status::S404, "no such endpoint", None, None)),
+        Some(Route::MethodNotAllowed(allow)) => Some((None, Status::S405, "method not allowed", Some(allow), None)),
+        Some(Route::Found(i)) if cfg.endpoints[i as usize].method == crate::config::Method::Post => {
             body::content(req.headers).err().map(|r| {
                 let origin = match http::cors::origin(&cfg.cors, req.headers) {
                     http::cors::Origin::Allowed(o) => Some(o),
@@ -880,7 +884,7 @@ pub(crate) fn invite_body(ctx: &ShardCtx, req: &http::Request<'_, '_>, sent: &mu
                 (Some(cfg.endpoints[i as usize].counter), Status::from_code(r.status), r.reason, None, origin)
             })
         }
-        Route::Found(_) | Route::Options(_) => None,
+        Some(Route::Found(_) | Route::Options(_)) => None,
     };
     *sent = true;
     // The batch loop runs only with RESPONSE_BYTES_MAX free in wbuf: a 100 or an error fits.

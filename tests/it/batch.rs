@@ -701,6 +701,12 @@ fn expect_100_continue_on_a_request_refused_whatever_its_body_gets_the_refusal_i
         assert_eq!(r.header("connection"), Some("close"), "{head}");
         assert!(c.is_closed(), "{head}: nothing more, no 100 after the refusal");
     }
+    // `OPTIONS *` is about the server, not a path: invited, then answered as ever.
+    let mut c = s.connect();
+    c.send(b"OPTIONS * HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 100);
+    c.send(b"ok");
+    assert_eq!(c.read_response(false).status, 204);
     // A POST endpoint whose media type is fine still gets its 100 (the test above), and the
     // refusals journaled nothing.
     assert_eq!(s.connect().get("/i?c=1").status, 200);
