@@ -25,6 +25,16 @@ pub enum Origin<'a> {
     Denied,
 }
 
+impl<'a> Origin<'a> {
+    /// The value for `Access-Control-Allow-Origin`, when allowed.
+    pub fn allowed(self) -> Option<&'a [u8]> {
+        match self {
+            Origin::Allowed(o) => Some(o),
+            Origin::Absent | Origin::Denied => None,
+        }
+    }
+}
+
 pub fn origin<'a>(cors: &Cors, headers: &[httparse::Header<'a>]) -> Origin<'a> {
     let Some(o) = header(headers, "origin") else { return Origin::Absent };
     if cors.any {

@@ -587,10 +587,7 @@ pub(crate) fn answer(
     // included (docs/post.md): without it a browser hides the status and the reason from the
     // page's script. GET endpoints never grant it.
     let allow_origin = match ep.method {
-        crate::config::Method::Post => match http::cors::origin(&cfg.cors, req.headers) {
-            http::cors::Origin::Allowed(o) => Some(o),
-            http::cors::Origin::Absent | http::cors::Origin::Denied => None,
-        },
+        crate::config::Method::Post => http::cors::origin(&cfg.cors, req.headers).allowed(),
         crate::config::Method::Get => None,
     };
     // Journal over journal.size_bytes_max (collector/retention.rs): refuse what must be logged
@@ -877,10 +874,7 @@ pub(crate) fn invite_body(ctx: &ShardCtx, req: &http::Request<'_, '_>, sent: &mu
         Some(Route::MethodNotAllowed(allow)) => Some((None, Status::S405, "method not allowed", Some(allow), None)),
         Some(Route::Found(i)) if cfg.endpoints[i as usize].method == crate::config::Method::Post => {
             body::content(req.headers).err().map(|r| {
-                let origin = match http::cors::origin(&cfg.cors, req.headers) {
-                    http::cors::Origin::Allowed(o) => Some(o),
-                    http::cors::Origin::Absent | http::cors::Origin::Denied => None,
-                };
+                let origin = http::cors::origin(&cfg.cors, req.headers).allowed();
                 (Some(cfg.endpoints[i as usize].counter), Status::from_code(r.status), r.reason, None, origin)
             })
         }
