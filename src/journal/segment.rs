@@ -51,7 +51,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use memmap2::{MmapMut, MmapOptions};
 
 use super::ahead::{Ahead, AheadSpec};
-use super::background_sync::{timed, SyncJob, Syncer};
+use super::background_sync::{timed, Done, SyncJob, Syncer};
 use super::error::JournalError;
 use super::pread;
 use super::writer_state;
@@ -1117,7 +1117,7 @@ impl ShardJournal {
             // Still running, or its thread holds its lock this instant: this interval's sync
             // is skipped, not queued.
             let done = self.syncer.as_mut().and_then(Syncer::try_wait)?;
-            self.apply_sync_outcome(done.number, done.to, done.outcome, done.took_ns)
+            self.apply_sync_outcome(done)
         } else {
             Ok(())
         };
@@ -1168,7 +1168,7 @@ impl ShardJournal {
             }
             None => {
                 let (outcome, took_ns) = timed(|| super::background_sync::run(job));
-                let r = self.apply_sync_outcome(number, to, outcome, took_ns);
+                let r = self.apply_sync_outcome(Done { number, to, outcome, took_ns });
                 return Some(before.and(r));
             }
         }
@@ -1180,7 +1180,7 @@ impl ShardJournal {
     /// the next interval.
     pub fn background_sync_done(&mut self) -> Option<Result<(), JournalError>> {
         let done = self.syncer.as_mut()?.try_wait()?;
-        Some(self.apply_sync_outcome(done.number, done.to, done.outcome, done.took_ns))
+        Some(self.apply_sync_outcome(done))
     }
 
     /// The sync thread's hand-over state, once the thread was started (tests).
@@ -1201,7 +1201,7 @@ impl ShardJournal {
         let Some(done) = self.syncer.as_mut().and_then(Syncer::wait) else {
             return Ok(());
         };
-        self.apply_sync_outcome(done.number, done.to, done.outcome, done.took_ns)
+        self.apply_sync_outcome(done)
     }
 
     /// Applies the outcome of a sync job started when segment `number` was written up to `to`
@@ -1209,13 +1209,8 @@ impl ShardJournal {
     /// one left since is retired, and the directory fsync predates that rotation's rename. An
     /// error, or one deferred to this sync, is a failed sync. `took_ns`: how long the job took
     /// (`take_sync_duration_ns`).
-    fn apply_sync_outcome(
-        &mut self,
-        number: u64,
-        to: usize,
-        outcome: Result<bool, JournalError>,
-        took_ns: u64,
-    ) -> Result<(), JournalError> {
+    fn apply_sync_outcome(&mut self, done: Done) -> Result<(), JournalError> {
+        let Done { number, to, outcome, took_ns } = done;
         let r = outcome.and_then(|dir_synced| {
             if self.active.number == number {
                 self.active.synced_off = self.active.synced_off.max(to);
