@@ -265,6 +265,66 @@ mod tests {
         assert_eq!(v["spend"][0]["budget_key"], "site=a\u{2028}b\u{2029}");
     }
 
+    /// docs/banker.md promises that a body is at most three times the event JSON its batch was
+    /// cut by (`bytes_max`), plus the envelope: a key's `,` `=` `%` and invalid bytes take three
+    /// bytes each where the JSON takes one, and every event's JSON carries an envelope (id,
+    /// times, shard) larger than a spend item's. Worst cases: every event its own key, each value
+    /// all escapes, the largest sums.
+    #[test]
+    fn a_body_is_at_most_three_times_its_events_json() {
+        let b = Banker {
+            url: Url::parse("http://127.0.0.1:1").unwrap(),
+            budget_key: vec!["site".into(), "campaign_id".into(), "ip".into()],
+            price_field: "price".into(),
+            timeout: Duration::from_secs(1),
+            over_budget: Vec::new(),
+        };
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // Half the rounds only the bytes a key triples and the JSON does not, at full length.
+        const ALPHABETS: [&[u8]; 2] = [b",=%-\"\x01\xff\xc3a", b",=%"];
+        for round in 0..200 {
+            let events: Vec<CollectedEvent> = (0..1 + next() % 64)
+                .map(|i| {
+                    let len = if round % 2 == 1 { 447 } else { (next() % 448) as usize };
+                    let alphabet = ALPHABETS[round % 2];
+                    let site: Vec<u8> = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+                    let site = match String::from_utf8(site) {
+                        Ok(s) => Value::Str(s),
+                        Err(e) => Value::Bytes(e.into_bytes()),
+                    };
+                    let price = if round % 4 < 2 { i64::MIN + i as i64 } else { i64::MAX - i as i64 };
+                    win(&[
+                        ("site", site),
+                        ("campaign_id", Value::U64(u64::MAX - i)),
+                        ("ip", Value::Ip("2001:db8::1".parse().unwrap())),
+                        ("price", Value::Money(price)),
+                    ])
+                })
+                .collect();
+            let json: usize = events.iter().map(CollectedEvent::json_bytes).sum();
+            let batch = Batch {
+                key: "tracker:banker:65535:18446744073709551615:4294967294-4294967295".into(),
+                collector: Arc::from("banker"),
+                shard: u16::MAX,
+                segment: u64::MAX,
+                from: u32::MAX - 1,
+                to: u32::MAX,
+                attempt: 1,
+                sent_before: false,
+                events,
+            };
+            let body = b.body(&batch).len();
+            let envelope = 256 + batch.key.len() + batch.collector.len();
+            assert!(body <= 3 * json + envelope, "round {round}: body {body} bytes, events' JSON {json}");
+        }
+    }
+
     #[test]
     fn different_values_never_make_the_same_budget_key() {
         let s = |v: &str| Value::Str(v.into());
