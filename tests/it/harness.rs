@@ -125,6 +125,20 @@ impl Server {
         self.stderr.try_iter().collect()
     }
 
+    /// Waits up to WAIT for a stderr line containing `needle`, collecting every line read into
+    /// `seen` (for the failure message); false if none came.
+    pub fn wait_line(&self, seen: &mut Vec<String>, needle: &str) -> bool {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            seen.extend(self.stderr_lines());
+            if seen.iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
     }

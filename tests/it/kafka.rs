@@ -159,18 +159,6 @@ pub fn consume_with(
     got
 }
 
-fn wait_line(s: &Server, seen: &mut Vec<String>, needle: &str) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        seen.extend(s.stderr_lines());
-        if seen.iter().any(|l| l.contains(needle)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 /// Request `i` of a deterministic mix of all six endpoints.
 fn target(i: u64) -> String {
     match i % 6 {
@@ -219,7 +207,7 @@ fn ten_thousand_events_reach_kafka_each_exactly_once_with_the_idempotent_produce
     }
     let mut seen = Vec::new();
     assert!(
-        wait_line(&s, &mut seen, "kafka idempotent producer active (producer id"),
+        s.wait_line(&mut seen, "kafka idempotent producer active (producer id"),
         "no sign the broker assigned an idempotent producer id: {seen:?}"
     );
     assert_eq!(s.stop(), 0);
@@ -249,7 +237,7 @@ fn a_broker_outage_fails_no_request_loses_nothing_and_the_backlog_drains() {
     eprintln!("3000 requests during the outage answered in {:?}", t.elapsed());
     // Frozen until a batch has failed for it: the outage is seen, not assumed to have lasted.
     let mut seen = Vec::new();
-    assert!(wait_line(&s, &mut seen, "attempt 1 failed"), "no attempt failed during the outage: {seen:?}");
+    assert!(s.wait_line(&mut seen, "attempt 1 failed"), "no attempt failed during the outage: {seen:?}");
     broker.signal(libc::SIGCONT);
     send(&s, 4000..5000);
     let got = consume(broker.port, 5000, 5000);
@@ -262,10 +250,20 @@ fn a_broker_outage_fails_no_request_loses_nothing_and_the_backlog_drains() {
 #[test]
 fn kill_9_mid_forwarding_then_replay_every_id_reaches_kafka_with_its_id() {
     let broker = Broker::start();
-    let cfg = kafka_collector(broker.port, 30_000);
+    let cfg = kafka_collector(broker.port, 3_000);
     let mut s = Server::start(Some(&cfg), &["--shards", "2"]);
-    send(&s, 0..3000);
+    send(&s, 0..1500);
+    assert_eq!(consume(broker.port, 1500, 1500).len(), 1500, "the first half reached the topic");
+    // Mid-forwarding by construction: the broker freezes, the second half is journaled and its
+    // batches are handed to the producer, whose attempt times out; the tracker dies then, with
+    // those messages in the producer's memory and the cursor behind them.
+    let _ = s.stderr_lines();
+    broker.signal(libc::SIGSTOP);
+    send(&s, 1500..3000);
+    let mut seen = Vec::new();
+    assert!(s.wait_line(&mut seen, "attempt 1 failed"), "no attempt failed against the frozen broker: {seen:?}");
     s.kill9();
+    broker.signal(libc::SIGCONT);
     let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
     drop(s);
     let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "2"]);
@@ -305,7 +303,7 @@ fn a_short_broker_stall_that_times_out_a_batch_does_not_stop_delivery() {
     send(&s, 5..10);
     // Frozen until the batch in flight has timed out (the 1 s message timeout).
     let mut seen = Vec::new();
-    assert!(wait_line(&s, &mut seen, "attempt 1 failed"), "no attempt timed out during the stall: {seen:?}");
+    assert!(s.wait_line(&mut seen, "attempt 1 failed"), "no attempt timed out during the stall: {seen:?}");
     broker.signal(libc::SIGCONT);
     send(&s, 10..15);
     let got = consume(broker.port, 15, 15);
@@ -323,7 +321,7 @@ fn a_batch_kafka_does_not_acknowledge_names_the_topic() {
     let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
     send(&s, 0..1);
     let mut seen = Vec::new();
-    assert!(wait_line(&s, &mut seen, "attempt 1 failed"), "no failed attempt: {seen:?}");
+    assert!(s.wait_line(&mut seen, "attempt 1 failed"), "no failed attempt: {seen:?}");
     let failed = seen.iter().find(|l| l.contains("attempt 1 failed")).unwrap();
     assert!(failed.contains("absent.impression"), "{failed}");
     assert_eq!(s.stop(), 0);
@@ -385,7 +383,7 @@ fn a_message_kafka_will_never_take_stops_the_collector_with_the_fix() {
     let consent = "%01".repeat(160);
     assert_eq!(s.connect().get(&format!("/i?c=1&gdpr=0&gdpr_consent={consent}")).status, 200);
     let mut seen = Vec::new();
-    assert!(wait_line(&s, &mut seen, "collector kafka: fatal"), "no fatal stop: {seen:?}");
+    assert!(s.wait_line(&mut seen, "collector kafka: fatal"), "no fatal stop: {seen:?}");
     let fatal = seen.iter().find(|l| l.contains("collector kafka: fatal")).unwrap();
     assert!(fatal.contains("message.max.bytes") && fatal.contains("impression"), "{fatal}");
     assert!(!seen.iter().any(|l| l.contains("attempt 2 failed")), "retried: {seen:?}");
