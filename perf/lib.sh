@@ -1,4 +1,5 @@
-# perf/lib.sh: helpers shared by the perf/ scripts (vs-nginx.sh, cpu-at-rate.sh, latency-at-rate.sh, ci-smoke.sh).
+# perf/lib.sh: helpers shared by the perf/ scripts (vs-nginx.sh, cpu-at-rate.sh, latency-at-rate.sh, ci-smoke.sh,
+# pgo-build.sh).
 # Sourced, not run. The sourcing script sets, before calling anything here:
 #   LOG_TAG (prefix of log lines), and before lib_init: TMP (its temp dir), KEEP_TMP,
 #   NGINX, SERVER_CPU, READY_TIMEOUT, PIXEL_PATH (readiness probe), TRACKER_BIN / TRACKER_ARGS
@@ -203,7 +204,7 @@ wait_ready() { # wait_ready NAME PID PORT LOGFILE
     [[ $code == 2?? ]] && return 0
     sleep 0.1
   done
-  log "$name did not answer 2xx on http://127.0.0.1:$port/i within ${READY_TIMEOUT}s (last HTTP code: $code); last lines of $logf:"
+  log "$name did not answer 2xx on http://127.0.0.1:$port$PIXEL_PATH within ${READY_TIMEOUT}s (last HTTP code: $code); last lines of $logf:"
   tail -n 20 "$logf" >&2 || true
   return 1
 }

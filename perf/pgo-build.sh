@@ -5,8 +5,11 @@
 #   Environment (all optional):
 #     RATE=20000       requests/s of the training load (loadgen's built-in mix: /i /v /e /win /cv)
 #     DURATION=10      seconds of training load, after a 1 s warm-up
-#     PGO_DIR=target/pgo-work   where the instrumented build and its raw profiles go
-#     OUT_DIR=target/pgo        the optimized build's target dir; the binary is OUT_DIR/release/tracker
+#     PGO_DIR=<repo>/target/pgo-work   the instrumented build and its raw profiles
+#     OUT_DIR=<repo>/target/pgo        the optimized build's target dir: OUT_DIR/release/tracker
+#   Stdout is only the optimized binary's absolute path; use it as
+#     bin=$(perf/pgo-build.sh) && TRACKER_BIN=$bin perf/vs-nginx.sh --no-build
+#   (with `&&`: `TRACKER_BIN=$(perf/pgo-build.sh) cmd` runs cmd even when the build failed).
 #
 # Steps: build an instrumented tracker (-Cprofile-generate), serve the embedded default config on
 # a free loopback port with one shard, drive it with `loadgen` for DURATION seconds, stop it with
@@ -22,7 +25,7 @@
 set -euo pipefail
 
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 [[ $# -eq 0 ]] || { echo "perf/pgo-build.sh: unexpected argument: $1 (see --help)" >&2; exit 2; }
@@ -37,13 +40,20 @@ source "$REPO_DIR/perf/lib.sh"
 RATE=${RATE:-20000}
 DURATION=${DURATION:-10}
 require_uints RATE DURATION
-((RATE > 0 && DURATION > 0)) || die "RATE and DURATION must be positive"
-PGO_DIR=${PGO_DIR:-$REPO_DIR/target/pgo-work}
-OUT_DIR=${OUT_DIR:-$REPO_DIR/target/pgo}
+[[ $RATE =~ ^[1-9][0-9]*$ && $DURATION =~ ^[1-9][0-9]*$ ]] || die "RATE and DURATION must be positive, without leading zeros"
+# Absolute before the cd below: cargo runs rustc from each dependency's own directory, where a
+# relative -Cprofile-use path does not exist.
+PGO_DIR=$(realpath -m -- "${PGO_DIR:-$REPO_DIR/target/pgo-work}")
+OUT_DIR=$(realpath -m -- "${OUT_DIR:-$REPO_DIR/target/pgo}")
+# cargo splits RUSTFLAGS on whitespace, and ignores it when CARGO_ENCODED_RUSTFLAGS is set.
+[[ $PGO_DIR != *[[:space:]]* ]] || die "PGO_DIR must not contain whitespace (it goes into RUSTFLAGS): $PGO_DIR"
+[[ -z ${CARGO_ENCODED_RUSTFLAGS:-} ]] || die "CARGO_ENCODED_RUSTFLAGS is set: cargo would ignore the profile flags; unset it and use RUSTFLAGS"
 cd "$REPO_DIR"
 
-host=$(rustc -vV | sed -n 's/^host: //p')
-profdata=$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata
+# The llvm-profdata of the rustc that cargo runs: the raw profile format follows its LLVM.
+RUSTC=${RUSTC:-rustc}
+host=$("$RUSTC" -vV | sed -n 's/^host: //p')
+profdata=$("$RUSTC" --print sysroot)/lib/rustlib/$host/bin/llvm-profdata
 if [[ ! -x $profdata ]]; then
   log "llvm-profdata not in the toolchain; adding the rustup component llvm-tools"
   command -v rustup >/dev/null || die "no rustup to add llvm-tools with; install the toolchain's llvm-profdata at $profdata"
@@ -76,17 +86,28 @@ wait_ready tracker "$pid" "$port" "$PGO_DIR/run/tracker.log" || die "the instrum
   --warmup 1s --duration "${DURATION}s" >"$PGO_DIR/run/loadgen.out" 2>"$PGO_DIR/run/loadgen.err" ||
   die "loadgen failed ($PGO_DIR/run/loadgen.err)"
 result=$(grep '^LOADGEN_RESULT' "$PGO_DIR/run/loadgen.out") || die "no LOADGEN_RESULT line in $PGO_DIR/run/loadgen.out"
-ok=$(sed -n 's/.* ok=\([0-9]*\).*/\1/p' <<<"$result")
-[[ ${ok:-0} -gt 0 ]] || die "the training load got no successful answer: $result"
+# A profile of error paths (timeouts, refusals) would optimize the wrong code: every request
+# must have been answered 2xx.
+awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
+       bad = r["non2xx"] + r["conn_errors"] + r["timeouts"] + r["protocol_errors"] + r["missed"]
+       if (r["ok"] + 0 == 0 || bad > 0) exit 1 }' <<<"$result" ||
+  die "the training load was not all answered 2xx: $result"
 log "training load: $result"
 kill -TERM "$pid"
+# The profile is written when the tracker exits: wait for that (its stop is bounded, 10 s for
+# collectors), but not forever, and never SIGKILL it, which would lose the profile.
+for ((i = 0; i < 600; i++)); do
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.1
+done
+kill -0 "$pid" 2>/dev/null && die "the instrumented tracker did not exit within 60 s of SIGTERM ($PGO_DIR/run/tracker.log)"
 status=0
 wait "$pid" || status=$?
 trap - EXIT
 ((status == 0)) || die "the instrumented tracker exited with status $status ($PGO_DIR/run/tracker.log)"
 compgen -G "$PGO_DIR/raw/tracker-*.profraw" >/dev/null || die "the instrumented tracker wrote no profile"
 
-"$profdata" merge -o "$PGO_DIR/tracker.profdata" "$PGO_DIR"/raw/tracker-*.profraw
+"$profdata" merge -o "$PGO_DIR/tracker.profdata" "$PGO_DIR"/raw/tracker-*.profraw >&2
 log "profile merged: $PGO_DIR/tracker.profdata"
 
 log "building the optimized tracker in $OUT_DIR"
