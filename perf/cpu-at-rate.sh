@@ -94,10 +94,11 @@ one() { # one SERVER RATE ROUND
   read -r u1 s1 < <(cpu_ticks "${pids[@]}")
   stop_checked "$kind" "after the run at $rate req/s" "" "$SRV_MAIN_PID"
   line=$(grep '^LOADGEN_RESULT ' "$out") || { cat "$out" >&2; die "no LOADGEN_RESULT from loadgen"; }
-  # A run with failed requests or non-2xx answers is not a measurement of the same work: stop.
+  # A run with failed requests, non-2xx answers or requests it fell too far behind to send is
+  # not a measurement of the same work at the same rate: stop.
   awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
-         bad = r["non2xx"] + r["conn_errors"] + r["timeouts"] + r["protocol_errors"]
-         if (bad > 0) { printf "%d non-2xx, %d connection errors, %d timeouts, %d bad responses\n", r["non2xx"], r["conn_errors"], r["timeouts"], r["protocol_errors"]; exit 1 } }' \
+         bad = r["non2xx"] + r["conn_errors"] + r["timeouts"] + r["protocol_errors"] + r["missed"]
+         if (bad > 0) { printf "%d non-2xx, %d connection errors, %d timeouts, %d bad responses, %d never sent (behind schedule)\n", r["non2xx"], r["conn_errors"], r["timeouts"], r["protocol_errors"], r["missed"]; exit 1 } }' \
     <<<"$line" >"$out.errors" || die "loadgen against $kind at $rate req/s: $(cat "$out.errors"): not a measurement"
   awk -v k="$kind" -v rate="$rate" -v round="$round" -v u="$((u1 - u0))" -v s="$((s1 - s0))" -v tck="$CLK_TCK" '{
       for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }

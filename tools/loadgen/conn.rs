@@ -15,7 +15,9 @@
 //! counters at the end. A connection that is behind schedule when the run ends still sends the
 //! requests it owes (intended inside the run) for up to `drain` more, so a stall at the very end
 //! is measured rather than dropped; they are counted in `sent_after_end`. What it still owes
-//! after that is counted as `missed`, and no request starts later than end + drain.
+//! after that is counted as `missed`, and no request starts later than end + drain; the
+//! measured ones among them are in the histogram too, timed from their intended time to that
+//! cutoff (a lower bound: they were never sent), so a stall at the end shows in the percentiles.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -102,6 +104,9 @@ pub struct Counts {
     /// closed or reset, response timeout, bad response): in the latency histogram up to the
     /// failure. Always conn_errors + timeouts + protocol_errors.
     pub failed_timed: u64,
+    /// Measured requests among `missed`: in the latency histogram from their intended time up to
+    /// the cutoff at end + drain (never sent, so a lower bound of what they would have waited).
+    pub missed_timed: u64,
 }
 
 impl Counts {
@@ -114,6 +119,7 @@ impl Counts {
         self.protocol_errors += o.protocol_errors;
         self.missed += o.missed;
         self.failed_timed += o.failed_timed;
+        self.missed_timed += o.missed_timed;
         self.sent_after_end += o.sent_after_end;
         self.all_ok += o.all_ok;
         self.all_sent += o.all_sent;
@@ -196,7 +202,14 @@ pub fn run(args: ThreadArgs) -> Result<ThreadResult, String> {
         Ok(rt) => rt,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             eprintln!("loadgen: thread {i}: this kernel refuses IORING_SETUP_COOP_TASKRUN (needs Linux ≥ 5.19); running without it, which costs CPU per request");
-            build_runtime(false).map_err(|e| format!("thread {i}: cannot start the io_uring runtime: {e}"))?
+            match build_runtime(false) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let msg = format!("thread {i}: cannot start the io_uring runtime: {e}");
+                    let _ = args.ready.send(Err(msg.clone()));
+                    return Err(msg);
+                }
+            }
         }
         Err(e) => {
             let msg = format!("thread {i}: cannot start the io_uring runtime: {e} (io_uring blocked by seccomp or kernel.io_uring_disabled?)");
@@ -221,23 +234,35 @@ fn build_runtime(coop: bool) -> io::Result<Rt> {
         .build()
 }
 
-async fn thread_main(args: ThreadArgs) -> Result<ThreadResult, String> {
-    let plan = args.plan.clone();
-    // Open every connection and allocate every buffer before the schedule starts.
-    let mut prepared = Vec::with_capacity(args.conns.len());
-    for &k in &args.conns {
-        let stream = match connect(&plan).await {
-            Ok(s) => s,
-            Err(e) => {
-                let msg = format!("connection {k} to {}: {e}", plan.target);
-                let _ = args.ready.send(Err(msg.clone()));
-                return Err(msg);
-            }
-        };
-        let pacer = Pacer::new().map_err(|e| format!("timerfd: {e}"))?;
+/// Every connection of a thread, open, with its timer; and the thread's interval ticker.
+type Prepared = (Vec<(usize, TcpStream, Pacer)>, Pacer);
+
+async fn prepare(plan: &Plan, conns: &[usize]) -> Result<Prepared, String> {
+    let mut prepared = Vec::with_capacity(conns.len());
+    for &k in conns {
+        let stream = connect(plan).await.map_err(|e| format!("connection {k} to {}: {e}", plan.target))?;
+        // Each connection holds two descriptors (its socket and its timerfd): EMFILE here is
+        // `ulimit -n` against --connections.
+        let pacer = Pacer::new()
+            .map_err(|e| format!("connection {k}: timerfd: {e} (each connection needs 2 descriptors: ulimit -n?)"))?;
         prepared.push((k, stream, pacer));
     }
     let ticker = Pacer::new().map_err(|e| format!("timerfd: {e}"))?;
+    Ok((prepared, ticker))
+}
+
+async fn thread_main(args: ThreadArgs) -> Result<ThreadResult, String> {
+    let plan = args.plan.clone();
+    // Open every connection and allocate every buffer before the schedule starts. Every error
+    // is reported on `ready`: main waits there for one answer per thread, and a thread that
+    // returned without one hung the start while the others held the channel open.
+    let (prepared, ticker) = match prepare(&plan, &args.conns).await {
+        Ok(p) => p,
+        Err(msg) => {
+            let _ = args.ready.send(Err(msg.clone()));
+            return Err(msg);
+        }
+    };
     let _ = args.ready.send(Ok(()));
     let Ok(t0) = args.start.recv() else { return Err("main thread went away".into()) };
 
@@ -319,8 +344,22 @@ async fn connection(st: Rc<ThreadState>, k: usize, stream: TcpStream, mut pacer:
         }
         let now = now_ns();
         if now >= end + plan.drain_ns {
-            let missed = plan.scheduled(k as u64).saturating_sub(n);
-            st.count(|x| x.missed += missed);
+            let owed = plan.scheduled(k as u64);
+            // The measured ones wait still: each is timed to now, as a failure is to its failure.
+            // Left out, a stall over the last second of a run vanished from the percentiles.
+            let mut timed = 0u64;
+            let mut h = st.hist.borrow_mut();
+            for m in n..owed {
+                let intended = t0 + plan.offset_ns(k as u64 + m * c);
+                if intended >= m0 && intended < end {
+                    h.saturating_record(now.saturating_sub(intended).max(1));
+                    timed += 1;
+                }
+            }
+            st.count(|x| {
+                x.missed += owed.saturating_sub(n);
+                x.missed_timed += timed;
+            });
             break;
         }
         n += 1;

@@ -182,9 +182,10 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>,
     );
     let _ = writeln!(
         s,
-        "latency from the intended send time (coordinated-omission corrected), µs, {} requests ({} of them failed: timed up to the failure):",
+        "latency from the intended send time (coordinated-omission corrected), µs, {} requests ({} of them failed: timed up to the failure; {} never sent: timed up to end + drain):",
         h.len(),
-        c.failed_timed
+        c.failed_timed,
+        c.missed_timed
     );
     let mut head = String::new();
     let mut vals = String::new();
@@ -219,7 +220,7 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>,
     }
     let _ = write!(
         s,
-        "LOADGEN_RESULT asked_rate={asked_rate} duration_s={duration_s} sent={} achieved_rate={achieved:.1} ok={} non2xx={} conn_errors={} timeouts={} protocol_errors={} failed_timed={} missed={} sent_after_end={} all_sent={} all_ok={} behind_ms_max={:.3} mean_us={:.1}",
+        "LOADGEN_RESULT asked_rate={asked_rate} duration_s={duration_s} sent={} achieved_rate={achieved:.1} ok={} non2xx={} conn_errors={} timeouts={} protocol_errors={} failed_timed={} missed={} missed_timed={} sent_after_end={} all_sent={} all_ok={} behind_ms_max={:.3} mean_us={:.1}",
         c.sent,
         c.ok,
         c.non_2xx,
@@ -228,6 +229,7 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>,
         c.protocol_errors,
         c.failed_timed,
         c.missed,
+        c.missed_timed,
         c.sent_after_end,
         c.all_sent,
         c.all_ok,
