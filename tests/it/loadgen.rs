@@ -66,17 +66,22 @@ fn loadgen_sends_the_asked_rate_and_every_2xx_is_journaled() {
     let text = std::fs::read(&hlog).unwrap();
     let mut de = Deserializer::new();
     let mut counts = Vec::new();
+    let mut durations = Vec::new();
     for e in IntervalLogIterator::new(&text) {
         if let LogEntry::Interval(h) = e.expect("valid interval log") {
             let b = base64_decode(h.encoded_histogram());
             let hist: hdrhistogram::Histogram<u64> = de.deserialize(&mut &b[..]).unwrap();
-            assert_eq!(h.duration().as_secs_f64(), 1.0);
+            durations.push(h.duration().as_secs_f64());
             // The max column is in ms (MaxValueDivisor 1e6 over ns), to the 3 decimals written.
             assert!((h.max() - hist.max() as f64 / 1e6).abs() <= 0.0005, "{} vs {} ns", h.max(), hist.max());
             counts.push(hist.len());
         }
     }
     assert_eq!(counts.len(), 2, "{counts:?}");
+    // The last interval runs until the last answer came, after the end of the run: at least a
+    // second, at most the drain and a response timeout (defaults 1 s and 5 s) more.
+    assert_eq!(durations[0], 1.0);
+    assert!((1.0..7.0).contains(&durations[1]), "{durations:?}");
     assert_eq!(counts.iter().sum::<u64>() as f64, get(&r, "ok"));
     // One header: each of its lines once, before the first interval.
     let text = String::from_utf8(text).unwrap();
@@ -152,7 +157,9 @@ fn requests_that_time_out_are_in_the_percentiles_at_their_timeout() {
 #[test]
 fn requests_never_sent_because_of_a_stall_at_the_end_are_in_the_percentiles() {
     let addr = scripted_server(b"");
-    let (r, stdout) = run_loadgen(addr, &["--timeout", "3s", "--drain", "200ms"]);
+    let dir = tempfile::tempdir().unwrap();
+    let hlog = dir.path().join("run.hlog");
+    let (r, stdout) = run_loadgen(addr, &["--timeout", "3s", "--drain", "200ms", "--hlog", hlog.to_str().unwrap()]);
     // 50 scheduled over 1 s; each of the 2 connections sent its first and waited 3 s for it.
     assert_eq!((get(&r, "sent"), get(&r, "timeouts")), (2.0, 2.0), "{stdout}");
     assert_eq!(get(&r, "missed"), 48.0, "{stdout}");
@@ -160,6 +167,17 @@ fn requests_never_sent_because_of_a_stall_at_the_end_are_in_the_percentiles() {
     assert!(stdout.contains("50 requests (2 of them failed: timed up to the failure; 48 never sent"), "{stdout}");
     // Timed at the cutoff (≥ 3 s after the end of a 1 s run), not dropped.
     assert!(get(&r, "p50_us") >= 2_000_000.0, "{stdout}");
+    // The interval log's one interval holds all 50 and says how long it ran: to the cutoff, 3 s
+    // and more, not the nominal 1 s.
+    let text = std::fs::read(&hlog).unwrap();
+    let intervals: Vec<_> = IntervalLogIterator::new(&text)
+        .filter_map(|e| match e.expect("valid interval log") {
+            LogEntry::Interval(h) => Some(h.duration().as_secs_f64()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(intervals.len(), 1, "{intervals:?}");
+    assert!(intervals[0] >= 3.0, "{intervals:?}");
 }
 
 #[test]

@@ -127,8 +127,10 @@ impl Counts {
     }
 }
 
-/// An interval histogram from one thread: (interval index, histogram of latencies in ns).
-pub type IntervalMsg = (usize, Histogram<u64>);
+/// An interval histogram from one thread: (interval index, histogram of latencies in ns, when
+/// the thread closed it, ns after the start of the measured window). Every interval closes a
+/// second after it opened but the last, which holds everything up to the thread's end.
+pub type IntervalMsg = (usize, Histogram<u64>, u64);
 
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("static histogram bounds are valid")
@@ -283,9 +285,11 @@ async fn thread_main(args: ThreadArgs) -> Result<ThreadResult, String> {
     }
     tick.await;
     // The last interval: everything since the last tick, including responses that arrived after
-    // the end of the run.
+    // the end of the run, so it closes now (at least at the end of the run), not a second after
+    // it opened.
     let last = std::mem::replace(&mut *st.hist.borrow_mut(), new_histogram());
-    let _ = args.intervals.send((plan.intervals() - 1, last));
+    let closed = now_ns().saturating_sub(t0 + plan.warmup_ns).max(plan.duration_ns);
+    let _ = args.intervals.send((plan.intervals() - 1, last, closed));
     let wake = std::mem::replace(&mut *st.wake.borrow_mut(), new_histogram());
     Ok((st.counts.get(), wake))
 }
@@ -300,7 +304,7 @@ async fn tick_intervals(st: Rc<ThreadState>, mut pacer: Pacer, out: Sender<Inter
             return;
         }
         let h = std::mem::replace(&mut *st.hist.borrow_mut(), new_histogram());
-        if out.send((i, h)).is_err() {
+        if out.send((i, h, (i as u64 + 1) * INTERVAL_NS)).is_err() {
             return;
         }
     }

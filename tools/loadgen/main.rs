@@ -259,8 +259,8 @@ fn run(args: Args) -> Result<(), (u8, String)> {
     let mut intervals =
         report::Intervals::new(threads, plan.intervals(), plan.duration_ns, args.hlog.as_deref(), &comment, wall_start)
             .map_err(|e| (1, format!("--hlog: {e}")))?;
-    while let Ok((i, h)) = int_rx.recv() {
-        for (j, m) in intervals.add(i, h).map_err(|e| (1, format!("--hlog: {e}")))? {
+    while let Ok((i, h, closed)) = int_rx.recv() {
+        for (j, m) in intervals.add(i, h, closed).map_err(|e| (1, format!("--hlog: {e}")))? {
             eprintln!(
                 "loadgen: {:>4}s  {:>8} responses  p50 {:>9.1} µs  p99 {:>9.1} µs  max {:>10.1} µs",
                 j + 1,

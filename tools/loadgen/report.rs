@@ -32,7 +32,9 @@ pub struct Intervals {
     threads: usize,
     intervals: usize,
     duration_ns: u64,
-    pending: BTreeMap<usize, (Histogram<u64>, usize)>,
+    /// Per interval: the threads' histograms merged, how many came, and the latest close (ns
+    /// after the start of the measured window).
+    pending: BTreeMap<usize, (Histogram<u64>, usize, u64)>,
     next: usize,
     pub total: Histogram<u64>,
     log: Option<HlogFile>,
@@ -92,19 +94,21 @@ impl Intervals {
         })
     }
 
-    /// One thread's histogram for interval `i`. Returns the merged interval when it completes.
-    pub fn add(&mut self, i: usize, h: Histogram<u64>) -> io::Result<Vec<(usize, Histogram<u64>)>> {
-        let e = self.pending.entry(i).or_insert_with(|| (new_histogram(), 0));
+    /// One thread's histogram for interval `i`, closed `closed_ns` after the start of the
+    /// measured window. Returns the merged interval when it completes.
+    pub fn add(&mut self, i: usize, h: Histogram<u64>, closed_ns: u64) -> io::Result<Vec<(usize, Histogram<u64>)>> {
+        let e = self.pending.entry(i).or_insert_with(|| (new_histogram(), 0, 0));
         e.0.add(&h).expect("same bounds");
         e.1 += 1;
+        e.2 = e.2.max(closed_ns);
         let mut done = Vec::new();
-        while let Some((_, n)) = self.pending.get(&self.next) {
+        while let Some((_, n, _)) = self.pending.get(&self.next) {
             if *n < self.threads {
                 break;
             }
-            let (h, _) = self.pending.remove(&self.next).unwrap();
+            let (h, _, closed_ns) = self.pending.remove(&self.next).unwrap();
             self.total.add(&h).expect("same bounds");
-            self.write(self.next, &h)?;
+            self.write(self.next, &h, closed_ns)?;
             done.push((self.next, h));
             self.next += 1;
         }
@@ -117,12 +121,14 @@ impl Intervals {
 
     /// One interval line, `start,length,max,histogram` (seconds, seconds, max / divisor, V2
     /// deflate in base64), as HdrHistogram's log writers write it; flushed, so a run cut short
-    /// keeps every interval written so far.
-    fn write(&mut self, i: usize, h: &Histogram<u64>) -> io::Result<()> {
+    /// keeps every interval written so far. The length runs to when the interval was closed:
+    /// the last one holds what came in after the end of the run (late answers, the drain, the
+    /// cutoff), and labelled one second long its rate read too high and its stall at the wrong time.
+    fn write(&mut self, i: usize, h: &Histogram<u64>, closed_ns: u64) -> io::Result<()> {
         use base64::Engine as _;
         let Some(log) = &mut self.log else { return Ok(()) };
         let start_ns = i as u64 * INTERVAL_NS;
-        let len_ns = INTERVAL_NS.min(self.duration_ns - start_ns);
+        let len_ns = closed_ns.max(start_ns + INTERVAL_NS.min(self.duration_ns - start_ns)) - start_ns;
         log.bytes.clear();
         log.ser.serialize(h, &mut log.bytes).map_err(|e| io::Error::other(format!("hlog: {e:?}")))?;
         log.text.clear();
