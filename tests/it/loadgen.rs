@@ -203,6 +203,21 @@ fn requests_refused_a_connection_are_in_the_percentiles() {
     assert!(stdout.contains(&format!("{} requests ({} of them failed", conn_errors, conn_errors)), "{stdout}");
 }
 
+/// A measured window too short for any request (1 req/s, the only one in the warm-up) has no
+/// latency: `nan` and n/a, where zeros would read as a perfect server.
+#[test]
+fn a_run_that_measured_no_request_reports_no_latency_rather_than_zero() {
+    let addr = scripted_server(b"HTTP/1.1 204 No Content\r\n\r\n");
+    let args = ["--rate", "1", "--connections", "1", "--warmup", "500ms", "--duration", "400ms"];
+    let (r, stdout) = run_loadgen(addr, &args);
+    assert_eq!((get(&r, "sent"), get(&r, "all_ok")), (0.0, 1.0), "{stdout}");
+    for k in ["mean_us", "p50_us", "p99_us", "max_us"] {
+        assert!(get(&r, k).is_nan(), "{k}\n{stdout}");
+    }
+    assert!(stdout.contains("0 requests (0 of them failed"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.split_whitespace().all(|w| w == "n/a") && l.contains("n/a")), "{stdout}");
+}
+
 #[test]
 fn a_run_that_never_slept_reports_no_timer_lateness_rather_than_zero() {
     // No answers and a 200 ms timeout against a 10 ms schedule on one connection: after the

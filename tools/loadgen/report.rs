@@ -197,7 +197,13 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>,
     let mut vals = String::new();
     for (name, _, q) in PERCENTILES {
         let _ = write!(head, "{name:>10}");
-        let _ = write!(vals, "{:>10.1}", us(at(h, q)));
+        // No measured request (a run shorter than one request's interval): no latency, which
+        // a column of zeros would read as a perfect one.
+        if h.is_empty() {
+            let _ = write!(vals, "{:>10}", "n/a");
+        } else {
+            let _ = write!(vals, "{:>10.1}", us(at(h, q)));
+        }
     }
     let _ = writeln!(s, "{head}\n{vals}");
     if wake.is_empty() {
@@ -226,7 +232,7 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>,
     }
     let _ = write!(
         s,
-        "LOADGEN_RESULT asked_rate={asked_rate} duration_s={duration_s} sent={} achieved_rate={achieved:.1} ok={} non2xx={} conn_errors={} timeouts={} protocol_errors={} failed_timed={} missed={} missed_timed={} sent_after_end={} all_sent={} all_ok={} behind_ms_max={:.3} mean_us={:.1}",
+        "LOADGEN_RESULT asked_rate={asked_rate} duration_s={duration_s} sent={} achieved_rate={achieved:.1} ok={} non2xx={} conn_errors={} timeouts={} protocol_errors={} failed_timed={} missed={} missed_timed={} sent_after_end={} all_sent={} all_ok={} behind_ms_max={:.3} mean_us={}",
         c.sent,
         c.ok,
         c.non_2xx,
@@ -240,10 +246,15 @@ pub fn summary(asked_rate: f64, duration_s: f64, c: &Counts, h: &Histogram<u64>,
         c.all_sent,
         c.all_ok,
         us(c.behind_ns_max) / 1000.0,
-        h.mean() / 1000.0
+        if h.is_empty() { "nan".to_string() } else { format!("{:.1}", h.mean() / 1000.0) }
     );
+    // As for the wake figures below: `nan` when nothing was measured, never a perfect 0.
     for (_, key, q) in PERCENTILES {
-        let _ = write!(s, " {key}={:.1}", us(at(h, q)));
+        if h.is_empty() {
+            let _ = write!(s, " {key}=nan");
+        } else {
+            let _ = write!(s, " {key}={:.1}", us(at(h, q)));
+        }
     }
     // No sleeps, no lateness to report: `nan` (which parses as a number), never a perfect 0.
     if wake.is_empty() {
