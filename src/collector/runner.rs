@@ -518,7 +518,11 @@ impl Runner {
         st.projection = None;
         st.committed = Position { segment: first, index: 0 };
         st.stamp = None;
-        persist(st, true)?;
+        // Not `persist`, which skips a cursor that did not move: from record 0 of segment 1 to
+        // record 0 of the new segment 1 it did not, and the file kept the old journal's stamp.
+        // Every start then found the journal "reset" again, dropped the batch logs and cut
+        // the same ranges under one more key base: a banker applied them once per base.
+        write_cursor(st)?;
         self.status.cursor_resets_total.fetch_add(1, Relaxed);
         Ok(true)
     }
@@ -860,6 +864,12 @@ fn persist(st: &mut ShardState, now: bool) -> Result<(), StepError> {
     if st.committed == st.persisted || (!now && st.persisted_at.elapsed() < CURSOR_PERSIST_EVERY) {
         return Ok(());
     }
+    write_cursor(st)
+}
+
+/// Writes the cursor at `committed`, whether or not it moved: a reset must replace the old
+/// journal's stamp even when the position reads the same (record 0 of segment 1).
+fn write_cursor(st: &mut ShardState) -> Result<(), StepError> {
     // The error names the cursor file (`write …/shard-NNN/cursor: …`). The stamp is read from
     // the disk only when the cursor moved to record 0 of the segment after a finished one (the
     // source is still on that one): the cursor needs its segment's time from the first write,

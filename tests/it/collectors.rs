@@ -1391,6 +1391,43 @@ fn a_cursor_in_segment_one_of_a_wiped_journal_delivers_the_new_segment_one_from_
     assert_eq!(s.stop(), 0);
 }
 
+/// Regression: a reset from a cursor at record 0 of segment 1 (a collector that had delivered
+/// nothing of the old journal) to record 0 of the new segment 1 did not write the cursor, which
+/// skips a position that did not move: the file kept the old journal's stamp, and every later
+/// start "reset" again, dropped the batch logs and cut the same ranges under one more key base
+/// (a banker applies each base's ranges anew). The first start after the wipe resets; the next
+/// one must not.
+#[test]
+fn a_reset_from_record_zero_of_segment_one_is_written_and_not_repeated() {
+    let (mut s, _out, cursor, old) = jsonl_collector_across_a_wiped_journal(100);
+    assert_eq!(s.stop(), 0);
+    // Back to the old journal's cursor at record 0, then a second wipe: the state of a
+    // collector that never got past the first record when its journal was wiped.
+    let stamp = old.split_whitespace().nth(2).unwrap().to_string();
+    std::fs::write(&cursor, format!("1 0 {stamp}\n")).unwrap();
+    std::fs::remove_dir_all(s.journal().join("shard-000")).unwrap();
+    let dir = take_dir(&mut s);
+    drop(s);
+    // The same config again (the harness wrote it into the directory).
+    let cfg = std::fs::read_to_string(dir.path().join("tracker.toml")).unwrap();
+    let start = |dir| Server::start_in(dir, Some(&cfg), &["--shards", "1"]);
+    let mut s = start(dir);
+    wait_for("the reset", WAIT, || collector_metric(&s, "j", "tracker_collector_cursor_resets_total") == Some(1.0));
+    assert_eq!(s.stop(), 0);
+    let now = std::fs::read_to_string(&cursor).unwrap();
+    assert!(now.starts_with("1 0 ") && !now.contains(&stamp), "the reset left the old stamp: {now:?}");
+    let dir = take_dir(&mut s);
+    drop(s);
+    let mut s = start(dir);
+    let mut c = s.connect();
+    assert_eq!(c.get("/cv?c=1&value=1&order=after").status, 200);
+    wait_for("the new event delivered", WAIT, || {
+        collector_metric(&s, "j", "tracker_collector_batches_total").is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(collector_metric(&s, "j", "tracker_collector_cursor_resets_total"), Some(0.0));
+    assert_eq!(s.stop(), 0);
+}
+
 /// Regression: after the journal was wiped under kept collector state, the new segments are
 /// numbered from 1 again, so their batches got the keys of the old journal's batches: the
 /// banker took each as a resend of the old one (same key and, at one price, the same body)
