@@ -104,7 +104,9 @@ pub enum Delivery {
     Retry(String),
     /// Will never succeed as configured (bad credentials, the destination rejects the data):
     /// the collector stops and keeps its cursor; the journal keeps the events for a fix and a
-    /// restart. The string says why and what to do.
+    /// restart. The string says why and what to do. On a batch's first attempt ever it must
+    /// mean that nothing of the batch was applied: the runner then forgets the cut, and after
+    /// the restart the range may be cut differently, under another key.
     Fatal(String),
 }
 
