@@ -200,26 +200,29 @@ pub fn run(args: ThreadArgs) -> Result<ThreadResult, String> {
             eprintln!("loadgen: thread {i}: could not pin to CPU {cpu}; running unpinned");
         }
     }
-    let mut rt = match build_runtime(true) {
+    // Every setup error goes to `ready`: main waits there for one answer per thread, and a
+    // thread that returned without one hung the start while the others held the channel open.
+    let mut rt = match start_runtime(i) {
         Ok(rt) => rt,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            eprintln!("loadgen: thread {i}: this kernel refuses IORING_SETUP_COOP_TASKRUN (needs Linux ≥ 5.19); running without it, which costs CPU per request");
-            match build_runtime(false) {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let msg = format!("thread {i}: cannot start the io_uring runtime: {e}");
-                    let _ = args.ready.send(Err(msg.clone()));
-                    return Err(msg);
-                }
-            }
-        }
-        Err(e) => {
-            let msg = format!("thread {i}: cannot start the io_uring runtime: {e} (io_uring blocked by seccomp or kernel.io_uring_disabled?)");
+        Err(msg) => {
             let _ = args.ready.send(Err(msg.clone()));
             return Err(msg);
         }
     };
     rt.block_on(thread_main(args))
+}
+
+fn start_runtime(i: usize) -> Result<Rt, String> {
+    match build_runtime(true) {
+        Ok(rt) => Ok(rt),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            eprintln!("loadgen: thread {i}: this kernel refuses IORING_SETUP_COOP_TASKRUN (needs Linux ≥ 5.19); running without it, which costs CPU per request");
+            build_runtime(false).map_err(|e| format!("thread {i}: cannot start the io_uring runtime: {e}"))
+        }
+        Err(e) => Err(format!(
+            "thread {i}: cannot start the io_uring runtime: {e} (io_uring blocked by seccomp or kernel.io_uring_disabled?)"
+        )),
+    }
 }
 
 type Rt = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
@@ -255,9 +258,8 @@ async fn prepare(plan: &Plan, conns: &[usize]) -> Result<Prepared, String> {
 
 async fn thread_main(args: ThreadArgs) -> Result<ThreadResult, String> {
     let plan = args.plan.clone();
-    // Open every connection and allocate every buffer before the schedule starts. Every error
-    // is reported on `ready`: main waits there for one answer per thread, and a thread that
-    // returned without one hung the start while the others held the channel open.
+    // Open every connection and allocate every buffer before the schedule starts; an error goes
+    // to `ready`, as in `run`.
     let (prepared, ticker) = match prepare(&plan, &args.conns).await {
         Ok(p) => p,
         Err(msg) => {
