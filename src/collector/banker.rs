@@ -280,12 +280,7 @@ mod tests {
             over_budget: Vec::new(),
         };
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = move || super::super::runner::next_rand(&mut rng);
         // Half the rounds only the bytes a key triples and the JSON does not, at full length.
         const ALPHABETS: [&[u8]; 2] = [b",=%-\"\x01\xff\xc3a", b",=%"];
         for round in 0..200 {

@@ -943,8 +943,8 @@ fn deliver(
     }
 }
 
-/// xorshift64: jitter only, not security.
-fn next_rand(s: &mut u64) -> u64 {
+/// xorshift64: jitter only, not security (also the banker tests' input generator).
+pub(super) fn next_rand(s: &mut u64) -> u64 {
     *s ^= *s << 13;
     *s ^= *s >> 7;
     *s ^= *s << 17;
