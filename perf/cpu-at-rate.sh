@@ -96,10 +96,7 @@ one() { # one SERVER RATE ROUND
   line=$(grep '^LOADGEN_RESULT ' "$out") || { cat "$out" >&2; die "no LOADGEN_RESULT from loadgen"; }
   # A run with failed requests, non-2xx answers or requests it fell too far behind to send is
   # not a measurement of the same work at the same rate: stop.
-  awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
-         bad = r["non2xx"] + r["conn_errors"] + r["timeouts"] + r["protocol_errors"] + r["missed"]
-         if (bad > 0) { printf "%d non-2xx, %d connection errors, %d timeouts, %d bad responses, %d never sent (behind schedule)\n", r["non2xx"], r["conn_errors"], r["timeouts"], r["protocol_errors"], r["missed"]; exit 1 } }' \
-    <<<"$line" >"$out.errors" || die "loadgen against $kind at $rate req/s: $(cat "$out.errors"): not a measurement"
+  loadgen_failures "$line" >"$out.errors" || die "loadgen against $kind at $rate req/s: $(cat "$out.errors"): not a measurement"
   awk -v k="$kind" -v rate="$rate" -v round="$round" -v u="$((u1 - u0))" -v s="$((s1 - s0))" -v tck="$CLK_TCK" '{
       for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
       ok = r["ok"] + 0

@@ -189,6 +189,18 @@ cpu_line() {
 
 children_of() { pgrep -P "$1" || true; }
 
+# loadgen_failures LINE: LINE is loadgen's `LOADGEN_RESULT k=v ...`. Prints what went wrong and
+# returns 1 when the run is not all 2xx at the asked schedule: non-2xx answers, connection
+# errors, timeouts, bad responses, requests never sent (behind schedule), or no 2xx at all.
+loadgen_failures() {
+  awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
+         bad = r["non2xx"] + r["conn_errors"] + r["timeouts"] + r["protocol_errors"] + r["missed"]
+         if (bad > 0 || r["ok"] + 0 == 0) {
+           printf "%d 2xx, %d non-2xx, %d connection errors, %d timeouts, %d bad responses, %d never sent (behind schedule)\n", r["ok"], r["non2xx"], r["conn_errors"], r["timeouts"], r["protocol_errors"], r["missed"]
+           exit 1
+         } }' <<<"$1"
+}
+
 # Poll http://127.0.0.1:PORT/i until it answers 2xx. Bounded by READY_TIMEOUT.
 wait_ready() { # wait_ready NAME PID PORT LOGFILE
   local name=$1 pid=$2 port=$3 logf=$4 code=000 i

@@ -88,10 +88,7 @@ wait_ready tracker "$pid" "$port" "$PGO_DIR/run/tracker.log" || die "the instrum
 result=$(grep '^LOADGEN_RESULT' "$PGO_DIR/run/loadgen.out") || die "no LOADGEN_RESULT line in $PGO_DIR/run/loadgen.out"
 # A profile of error paths (timeouts, refusals) would optimize the wrong code: every request
 # must have been answered 2xx.
-awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
-       bad = r["non2xx"] + r["conn_errors"] + r["timeouts"] + r["protocol_errors"] + r["missed"]
-       if (r["ok"] + 0 == 0 || bad > 0) exit 1 }' <<<"$result" ||
-  die "the training load was not all answered 2xx: $result"
+why=$(loadgen_failures "$result") || die "the training load was not all answered 2xx ($why): $result"
 log "training load: $result"
 kill -TERM "$pid"
 # The profile is written when the tracker exits: wait for that (its stop is bounded, 10 s for
