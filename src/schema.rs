@@ -95,6 +95,17 @@ impl Schema {
         Ok(s)
     }
 
+    /// The version `json` declares when it is one this build does not read because it is
+    /// newer: a segment written by a later tracker, not a damaged one. Readers stop there
+    /// rather than skip it, so a rollback never passes over events a re-upgrade would deliver.
+    pub fn newer_version(json: &[u8]) -> Option<u32> {
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        serde_json::from_slice::<Versioned>(json).ok().map(|v| v.version).filter(|&v| v > SCHEMA_VERSION)
+    }
+
     /// Appends the event as one JSON object (no newline) to `out`: `type`, `id`, `ts`, `ts_ns`,
     /// `shard`, `seq`, `truncated` when set, then every present field by its configured name.
     pub fn write_json(&self, e: &Event, out: &mut String) {

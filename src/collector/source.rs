@@ -8,6 +8,10 @@
 //! reader may have passed (`journal/mod.rs`, "Recover"), so a cursor past a record stays valid
 //! across restarts of the process and of the machine.
 //!
+//! A segment written by a newer tracker (a format or schema version above this build's: a
+//! rollback) is never skipped: reading it is an error, retried, so the collector waits there
+//! for a build that reads it instead of moving its cursor past events nothing would then deliver.
+//!
 //! A record that cannot be read at all (EIO: a bad sector) is an error, retried, while the writer
 //! is on its segment. Once the writer has left it, it is retried for UNREADABLE_SKIP_AFTER and
 //! then skipped and counted like a bad record: a sector that stays unreadable would otherwise
@@ -26,9 +30,9 @@ use std::time::{Duration, Instant};
 use super::cursor::Position;
 use crate::event::{Event, EVENT_BYTES};
 use crate::journal::{
-    list_segments, read_header, segment_created_ns, segment_path, shard_dir, JournalError, SegmentFile,
+    list_segments, read_header, segment_created_ns, segment_path, shard_dir, JournalError, SegmentFile, FORMAT_VERSION,
 };
-use crate::schema::Schema;
+use crate::schema::{Schema, SCHEMA_VERSION};
 
 /// Records read with one `pread` at most.
 const READ_RECORDS_MAX: usize = 128;
@@ -167,6 +171,25 @@ impl ShardSource {
         let file_bytes = file.metadata().map_err(|e| JournalError::new("stat", &path, e))?.len();
         let header =
             read_header(&file, file_bytes, self.shard, n).map_err(|e| JournalError::new("read header", &path, e))?;
+        let newer = match &header {
+            Err(bad) => bad.newer_format().map(|v| format!("format version {v}")),
+            Ok(h) => Schema::newer_version(&h.schema_json).map(|v| format!("schema version {v}")),
+        };
+        if let Some(what) = newer {
+            // A later tracker wrote it and a rollback runs this build. Skipped, its events would
+            // be passed for good: the cursor moves on, and the build that reads them never
+            // comes back to them. So this is an error, retried, until that build runs.
+            return Err(JournalError::invalid(
+                "open",
+                &path,
+                io::ErrorKind::InvalidData,
+                format!(
+                    "written by a newer tracker ({what}; this build reads format versions up to {FORMAT_VERSION} \
+                     and schema version {SCHEMA_VERSION}): nothing from here on is delivered until a build that \
+                     reads it runs"
+                ),
+            ));
+        }
         let parsed = match header {
             Ok(h) => Schema::from_json(&h.schema_json).map(|s| (h, s)).map_err(|m| format!("embedded {m}")),
             Err(bad) => Err(bad.to_string()),
@@ -486,6 +509,58 @@ pub(super) mod tests {
         out.clear();
         assert_eq!(src.read(2, 0, None, 100, &mut out).unwrap(), Tail::Waiting);
         assert_eq!(seqs(&out), [7]);
+    }
+
+    /// A rollback: segment 2 was written by a later tracker, segment 3 by this build after it.
+    /// Reading stops at segment 2 with an error that says why, every time it is asked, and
+    /// never resolves past it to segment 3: skipped, its events would be passed for good.
+    #[test]
+    fn a_segment_of_a_newer_version_is_an_error_never_skipped() {
+        for newer_format in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let seg_bytes = (HDR + 4 * EVENT_BYTES) as u64;
+            let (mut j, _) = ShardJournal::open(d.path(), 0, seg_bytes, &schema()).unwrap();
+            j.append(&mut ev(1)).unwrap();
+            drop(j);
+            // The later build: a new schema version starts segment 2.
+            let later = Schema { version: SCHEMA_VERSION + 1, ..schema() };
+            let (mut j, r) = ShardJournal::open(d.path(), 0, seg_bytes, &later).unwrap();
+            assert_eq!(r.segment, 2);
+            j.append(&mut ev(2)).unwrap();
+            drop(j);
+            let seg2 = segment_path(&shard_dir(d.path(), 0), 2);
+            if newer_format {
+                // Its format version is newer instead (the schema's is then never reached).
+                let f = std::fs::OpenOptions::new().write(true).open(&seg2).unwrap();
+                for copy in [0, PAGE_BYTES as u64] {
+                    f.write_all_at(&(FORMAT_VERSION + 1).to_le_bytes(), copy + 8).unwrap();
+                }
+            }
+            // The rolled-back build: segment 3.
+            let (mut j, r) = ShardJournal::open(d.path(), 0, seg_bytes, &schema()).unwrap();
+            assert_eq!(r.segment, 3);
+            j.append(&mut ev(3)).unwrap();
+
+            let mut src = ShardSource::new(d.path(), 0);
+            let mut out = Vec::new();
+            assert_eq!(src.resolve(Position::default()).unwrap(), Some(Position { segment: 1, index: 0 }));
+            assert_eq!(src.read(1, 0, None, 100, &mut out).unwrap(), Tail::Finished);
+            assert_eq!(seqs(&out), [1]);
+            let what = if newer_format {
+                format!("format version {}", FORMAT_VERSION + 1)
+            } else {
+                format!("schema version {}", SCHEMA_VERSION + 1)
+            };
+            for _ in 0..2 {
+                let e = src.resolve(Position { segment: 2, index: 0 }).unwrap_err().to_string();
+                assert!(e.contains(&seg2.display().to_string()), "{e}");
+                assert!(e.contains(&format!("written by a newer tracker ({what};")), "{e}");
+                assert!(e.contains("nothing from here on is delivered until a build that reads it runs"), "{e}");
+            }
+            out.clear();
+            assert!(src.read(2, 0, None, 100, &mut out).is_err() && out.is_empty());
+            assert_eq!(src.corrupt_segments, 0, "not counted as skipped: it is not");
+        }
     }
 
     /// A page of records that cannot be read (EIO, a bad sector): retried while the writer is on

@@ -322,6 +322,16 @@ pub(crate) enum HeaderError {
 }
 
 impl HeaderError {
+    /// The format version found, when it is newer than this build's: a segment written by a
+    /// later tracker (a rollback ran this build after it), not damage. It is left in place for
+    /// the build that reads it, never set aside or skipped.
+    pub(crate) fn newer_format(&self) -> Option<u32> {
+        match *self {
+            HeaderError::Version { found } if found > FORMAT_VERSION => Some(found),
+            _ => None,
+        }
+    }
+
     /// For [`RecoveryReport::new_segment_reason`].
     pub(crate) fn writer_reason(&self) -> &'static str {
         match self {
@@ -1981,6 +1991,18 @@ fn recover_last(
     };
     let header = match header {
         Ok(h) => h,
+        // Written by a later tracker, which a rollback replaced with this build: not damage.
+        // Renamed aside, its events would reach no reader once that build runs again; left in
+        // place, collectors stop there and wait for it (collector/source.rs).
+        Err(bad) if bad.newer_format().is_some() => {
+            report.new_segment_reason = Some("last segment was written by a newer tracker; left as is");
+            report.detail = Some(format!(
+                "{}: {bad}; written by a newer tracker, left as is for a build that reads it; new events go to a \
+                 new segment",
+                path.display()
+            ));
+            return Ok(None);
+        }
         Err(bad) => {
             let corrupt = set_aside(dir, &path, n, SegmentFile::Corrupt)?;
             dir_file.sync_all().map_err(|e| JournalError::new("fsync dir", dir, e))?;

@@ -395,6 +395,34 @@ fn corrupt_header_is_skipped_with_a_warning_by_the_reader_and_set_aside_by_the_w
     assert_eq!(report.segment, 2);
 }
 
+/// A rollback: the last segment was written by a later tracker, in a format version this build
+/// does not read. Not damage: the writer leaves it where it is for that build (it used to be set
+/// aside as .corrupt, where no reader looks) and goes on in the next segment.
+#[test]
+fn a_last_segment_of_a_newer_format_is_left_in_place_by_the_writer() {
+    let dir = closed_root(2);
+    let root = dir.path();
+    let path = seg_file(root, 0, 1);
+    for copy in [0, PAGE_BYTES as u64] {
+        patch(&path, copy + 8, &(FORMAT_VERSION + 1).to_le_bytes());
+    }
+    let before = fs::read(&path).unwrap();
+
+    let (mut j, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!(report.segment, 2);
+    assert_eq!(report.new_segment_reason, Some("last segment was written by a newer tracker; left as is"));
+    let detail = report.detail.unwrap();
+    assert!(detail.contains(&format!("format version {}", FORMAT_VERSION + 1)), "{detail}");
+    assert_eq!(fs::read(&path).unwrap(), before, "not a byte changed");
+    assert!(!root.join("shard-000/00000000000000000001.seg.corrupt").exists());
+    append_seqs(&mut j, [3]);
+    drop(j);
+    // The next start resumes its own segment, not the newer one.
+    let (_, report) = ShardJournal::open(root, 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!((report.segment, report.records, report.new_segment_reason), (2, 1, None));
+    assert_eq!(fs::read(&path).unwrap(), before);
+}
+
 #[test]
 fn follow_returns_only_new_records_across_rotations_and_new_shards() {
     let dir = tempfile::tempdir().unwrap();

@@ -835,6 +835,75 @@ fn a_collector_names_a_segment_it_skips_for_a_bad_header() {
     assert_eq!(s.stop(), 0);
 }
 
+/// A rollback: segment 2 was written by a later tracker (a format version this build does not
+/// read). The collector delivers segment 1, then stops there and says why, and delivers nothing
+/// past it; once the segment reads again (the later build is back), every event arrives, in
+/// order, none lost and none twice.
+#[test]
+fn a_collector_waits_at_a_segment_of_a_newer_tracker_and_skips_nothing() {
+    let mut s = Server::start(Some(&config("")), &["--shards", "1"]);
+    let mut c = s.connect();
+    let mut i = 0;
+    while segments(&s.journal(), 0).len() < 3 {
+        i += 1;
+        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
+        assert!(i < 5000, "no third segment after {i} pixels");
+    }
+    assert_eq!(s.stop(), 0);
+    let seg2 = s.journal().join("shard-000").join(format!("{:020}.seg", 2));
+    let bytes = std::fs::read(&seg2).unwrap();
+    let header = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as u64;
+    let version = bytes[8..12].to_vec();
+    let set_version = |v: &[u8]| {
+        let f = std::fs::OpenOptions::new().write(true).open(&seg2).unwrap();
+        for at in [8, header / 2 + 8] {
+            std::os::unix::fs::FileExt::write_all_at(&f, v, at).unwrap();
+        }
+    };
+    let newer = u32::from_le_bytes(version[..].try_into().unwrap()) + 1;
+    set_version(&newer.to_le_bytes());
+    // The pixels went one by one over one connection: segment 1 holds campaigns 1..=its records.
+    let seg1 = std::fs::read(s.journal().join("shard-000").join(format!("{:020}.seg", 1))).unwrap();
+    let records = seg1[header as usize..].chunks_exact(512).filter(|r| r[4..6] == [0xE7, 0xE7]).count() as u64;
+    let in_first: Vec<u64> = (1..=records).collect();
+
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("impressions.jsonl");
+    let cfg = config(&jsonl_collector("imp", &path, "[\"impression\"]", "[\"campaign_id\"]"));
+    let mut s = Server::start_in(take_dir(&mut s), Some(&cfg), &["--shards", "1"]);
+    let mut said = Vec::new();
+    wait_for("segment 2 named as a newer tracker's", WAIT, || {
+        said.extend(s.stderr_lines());
+        said.iter().any(|l| {
+            l.contains("collector imp") && l.contains(&format!("{:020}.seg", 2)) && l.contains("newer tracker")
+        })
+    });
+    wait_for("retrying 1, caught_up 0", WAIT, || {
+        collector_metric(&s, "imp", "tracker_collector_retrying") == Some(1.0)
+            && collector_metric(&s, "imp", "tracker_collector_caught_up") == Some(0.0)
+    });
+    // Pixels keep coming meanwhile (segment 3 is this build's own): journaled, not delivered.
+    let mut c = s.connect();
+    for _ in 0..3 {
+        i += 1;
+        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
+    }
+    let delivered = |p: &std::path::Path| -> Vec<u64> {
+        read_jsonl(p).iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(delivered(&path), in_first, "segment 1 only, and nothing past segment 2");
+    assert_eq!(collector_metric(&s, "imp", "tracker_collector_segments_skipped_total"), Some(0.0));
+    assert_eq!(s.stop(), 0);
+
+    // The later build is back (here: the segment reads again). Nothing was passed over.
+    set_version(&version);
+    let mut s = Server::start_in(take_dir(&mut s), Some(&cfg), &["--shards", "1"]);
+    let last = i as u64;
+    wait_for("the last pixel delivered", WAIT, || delivered(&path).last() == Some(&last));
+    assert_eq!(delivered(&path), (1..=last).collect::<Vec<_>>());
+    assert_eq!(s.stop(), 0);
+}
+
 #[test]
 fn a_collector_that_cannot_take_its_lock_says_so_once_and_shows_as_retrying() {
     // The collector's directory cannot be made: a file is in its place.
