@@ -492,6 +492,16 @@ impl Runner {
     fn reset_journal(&mut self, shard: u16, first: u64, why: &str) -> Result<bool, StepError> {
         let st = self.shards.get_mut(&shard).expect("discovered");
         let at = st.committed;
+        // A generation file damaged into a huge number: wrapping to 0 would reuse the first
+        // journal's key base, whose ranges a banker has applied.
+        let generation = st.generation.checked_add(1).ok_or_else(|| {
+            StepError::Io(format!(
+                "{}: generation {} cannot grow; the file is damaged (set it to the number of resets, or remove \
+                 the collector's state)",
+                st.dir.join("generation").display(),
+                st.generation
+            ))
+        })?;
         let msg = format!(
             "shard {shard}: cursor {} points at segment {} record {}, {why}: \
              the journal was reset (its shard directory wiped?) while this collector's state was kept; dropping \
@@ -499,7 +509,7 @@ impl Runner {
             st.dir.join("cursor").display(),
             at.segment,
             at.index,
-            self.key_bases.current_for(st.generation + 1),
+            self.key_bases.current_for(generation),
         );
         eprintln!("tracker: collector {}: {msg}", self.name);
         *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = msg;
@@ -509,7 +519,6 @@ impl Runner {
         // then batch logs, then the cursor: a crash in between finds the same cursor and does
         // this again (one more generation, still a new base), never a moved cursor with the
         // old logs or the old base.
-        let generation = st.generation + 1;
         cursor::write_generation(&st.dir, generation).map_err(|e| StepError::Io(e.to_string()))?;
         st.generation = generation;
         cursor::remove_batches_below(&st.dir, u64::MAX)
@@ -660,7 +669,22 @@ impl Runner {
                 // The range and its key base are on disk before the first attempt: a restart
                 // cuts the same batch under the same key.
                 let base = self.key_bases.current_for(st.generation);
-                let id = self.key_bases.current_id(&base).map_err(StepError::Io)?;
+                let id = match self.key_bases.current_id(&base) {
+                    Ok(id) => id,
+                    Err(KeyBaseError::Io(e)) => return Err(StepError::Io(e)),
+                    // The config names a base no batch may be keyed under: retrying cannot
+                    // change that, so the collector stops like on a destination's Fatal.
+                    Err(KeyBaseError::Clash(why)) => {
+                        eprintln!(
+                            "tracker: collector {}: fatal: {why}; stopped (the journal keeps the events; fix and \
+                             restart)",
+                            self.name
+                        );
+                        *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = why;
+                        self.status.failed.store(true, SeqCst);
+                        return Err(StepError::Halt(Halt::Fatal));
+                    }
+                };
                 let (s, r) = st.recorded.as_mut().expect("loaded when the batch was opened");
                 debug_assert_eq!(*s, b.segment);
                 let entry = Recorded { from: b.from, to: b.to, base: id };
@@ -795,20 +819,20 @@ impl KeyBases {
 
     /// The id of `current` (from [`KeyBases::current_for`]), written to `key_bases` first if
     /// it is new.
-    fn current_id(&mut self, current: &str) -> Result<u32, String> {
+    fn current_id(&mut self, current: &str) -> Result<u32, KeyBaseError> {
         let id = cursor::key_base_id(current);
         let current = current.to_string();
-        match self.known()?.get(&id) {
+        match self.known().map_err(KeyBaseError::Io)?.get(&id) {
             Some(b) if *b == current => {}
             Some(other) => {
                 // Two bases with one CRC32C: entries could not tell them apart.
-                return Err(format!(
+                return Err(KeyBaseError::Clash(format!(
                     "key base \"{current}\" has the id {id:08x} of the recorded \"{other}\"; choose another key_prefix"
-                ));
+                )));
             }
             None => {
-                cursor::add_key_base(&self.dir, id, &current).map_err(|e| e.to_string())?;
-                self.known()?.insert(id, current);
+                cursor::add_key_base(&self.dir, id, &current).map_err(|e| KeyBaseError::Io(e.to_string()))?;
+                self.known().map_err(KeyBaseError::Io)?.insert(id, current);
             }
         }
         Ok(id)
@@ -831,6 +855,13 @@ impl KeyBases {
         }
         Ok(self.current.clone())
     }
+}
+
+enum KeyBaseError {
+    /// Reading or writing `key_bases` failed: retried.
+    Io(String),
+    /// The base's id is a recorded other base's: for good, until the config changes.
+    Clash(String),
 }
 
 enum StepError {

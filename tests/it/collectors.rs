@@ -1497,6 +1497,74 @@ fn a_reset_from_record_zero_of_segment_one_is_written_and_not_repeated() {
     assert_eq!(s.stop(), 0);
 }
 
+/// A `generation` file damaged into the largest number: the reset it would take cannot count
+/// one more, and wrapping to 0 would key the new journal's batches under the first journal's
+/// base (a banker would take them for batches it applied). The collector says so and retries;
+/// nothing is delivered from the new journal.
+#[test]
+fn a_reset_with_a_generation_that_cannot_grow_is_refused_and_said() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("events.jsonl");
+    let cfg = config(&jsonl_collector("j", &path, "\"all\"", "[]"));
+    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    for i in 0..3 {
+        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
+    }
+    wait_for("the old journal delivered", WAIT, || read_jsonl(&path).len() == 3);
+    assert_eq!(s.stop(), 0);
+    let state = s.journal().join("collectors/j/shard-000");
+    std::fs::write(state.join("generation"), format!("{}\n", u64::MAX)).unwrap();
+    std::fs::remove_dir_all(s.journal().join("shard-000")).unwrap();
+    let mut s = Server::start_in(take_dir(&mut s), Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    assert_eq!(c.get("/cv?c=1&value=1&order=new").status, 200);
+    let mut said = Vec::new();
+    wait_for("the damaged generation named", WAIT, || {
+        said.extend(s.stderr_lines());
+        said.iter().any(|l| l.contains("collector j") && l.contains(&format!("generation {} cannot grow", u64::MAX)))
+    });
+    assert_eq!(collector_metric(&s, "j", "tracker_collector_retrying"), Some(1.0));
+    assert_eq!(collector_metric(&s, "j", "tracker_collector_cursor_resets_total"), Some(0.0));
+    assert_eq!(read_jsonl(&path).len(), 3, "nothing of the new journal delivered");
+    assert_eq!(std::fs::read_to_string(state.join("generation")).unwrap(), format!("{}\n", u64::MAX));
+    assert_eq!(s.stop(), 0);
+}
+
+/// Two key prefixes whose bases (`<key_prefix>:j`) have one CRC32C id: batch logs name a base by
+/// its id, so they could not tell the two apart. A collector restarted on the second after
+/// sending under the first stops (`failed`), says why and what to do, and sends nothing; it
+/// used to retry for good.
+#[test]
+fn a_key_prefix_whose_base_id_is_taken_stops_the_collector() {
+    let (first, second) = ("k1371838", "k2000402");
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("events.jsonl");
+    let with_prefix = |p: &str| {
+        let collector = jsonl_collector("j", &path, "\"all\"", "[]");
+        config(&collector.replace("[collector.options]", &format!("key_prefix = \"{p}\"\n[collector.options]")))
+    };
+    let mut s = Server::start(Some(&with_prefix(first)), &["--shards", "1"]);
+    let mut c = s.connect();
+    assert_eq!(c.get("/cv?c=1&value=1&order=a").status, 200);
+    wait_for("the first event delivered", WAIT, || read_jsonl(&path).len() == 1);
+    assert_eq!(s.stop(), 0);
+    let bases = std::fs::read_to_string(s.journal().join("collectors/j/key_bases")).unwrap();
+    assert!(bases.contains(&format!("\na5a6923b {first}:j\n")), "{bases}");
+
+    let mut s = Server::start_in(take_dir(&mut s), Some(&with_prefix(second)), &["--shards", "1"]);
+    let mut c = s.connect();
+    assert_eq!(c.get("/cv?c=1&value=1&order=b").status, 200);
+    wait_for("failed 1", WAIT, || collector_metric(&s, "j", "tracker_collector_failed") == Some(1.0));
+    let said = s.stderr_lines();
+    let want =
+        format!("key base \"{second}:j\" has the id a5a6923b of the recorded \"{first}:j\"; choose another key_prefix");
+    assert!(said.iter().any(|l| l.contains("collector j: fatal") && l.contains(&want)), "{said:?}");
+    assert_eq!(collector_metric(&s, "j", "tracker_collector_retrying"), Some(0.0));
+    assert_eq!(read_jsonl(&path).len(), 1);
+    assert_eq!(s.stop(), 0);
+}
+
 /// Regression: after the journal was wiped under kept collector state, the new segments are
 /// numbered from 1 again, so their batches got the keys of the old journal's batches: the
 /// banker took each as a resend of the old one (same key and, at one price, the same body)
