@@ -80,6 +80,57 @@ pub struct Recorded {
     pub base: u32,
 }
 
+/// One segment's batch log in memory, for finding the range a position falls in with a binary
+/// search: a collector opens a batch per range, so a linear scan per open made a segment of
+/// many small batches quadratic. Ranges never overlap (each is cut at the cursor, never past the
+/// next recorded `from`), so ordering them by `from` orders them.
+#[derive(Debug, Default)]
+pub struct SegmentBatches {
+    /// The log's entries, by `from`.
+    by_from: Vec<Recorded>,
+}
+
+impl SegmentBatches {
+    /// The entries of a log as [`read_batches`] returns them (file order).
+    pub fn new(mut entries: Vec<Recorded>) -> SegmentBatches {
+        entries.sort_unstable_by_key(|r| r.from);
+        SegmentBatches { by_from: entries }
+    }
+
+    /// How many entries the log holds: the number of the next one ([`append_batch`]).
+    pub fn len(&self) -> usize {
+        self.by_from.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_from.is_empty()
+    }
+
+    /// The recorded range holding record `index`, or else the `from` of the first one after it
+    /// (where a new range starting at `index` must end), if any.
+    pub fn around(&self, index: u32) -> Result<Recorded, Option<u32>> {
+        let after = self.by_from.partition_point(|r| r.from <= index);
+        match after.checked_sub(1).map(|i| self.by_from[i]) {
+            Some(r) if index < r.to => Ok(r),
+            _ => Err(self.by_from.get(after).map(|r| r.from)),
+        }
+    }
+
+    /// `r`, just appended to the log.
+    pub fn push(&mut self, r: Recorded) {
+        let at = self.by_from.partition_point(|x| x.from < r.from);
+        self.by_from.insert(at, r);
+    }
+
+    /// The range starting at `from`, the log's last entry, just dropped from it
+    /// ([`drop_last_batch`]).
+    pub fn remove(&mut self, from: u32) {
+        if let Ok(at) = self.by_from.binary_search_by_key(&from, |r| r.from) {
+            self.by_from.remove(at);
+        }
+    }
+}
+
 /// `<journal>/collectors/<name>`.
 pub fn collector_dir(journal: &Path, name: &str) -> PathBuf {
     journal.join("collectors").join(name)
@@ -502,6 +553,26 @@ mod tests {
         assert_eq!(&b[16 + 8..16 + 12], &entry_crc(9, 12).to_le_bytes());
         drop_last_batch(&dir, 2, 1).unwrap();
         assert_eq!(read_batches(&dir, 2).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn segment_batches_find_the_range_around_a_position_in_any_log_order() {
+        let r = |from, to| Recorded { from, to, base: 1 };
+        // File order need not be `from` order: a range cut in a gap before later ones.
+        let mut b = SegmentBatches::new(vec![r(10, 20), r(30, 35), r(0, 5)]);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.around(0), Ok(r(0, 5)));
+        assert_eq!(b.around(4), Ok(r(0, 5)));
+        assert_eq!(b.around(5), Err(Some(10)), "a gap: a new range there ends at the next one");
+        assert_eq!(b.around(19), Ok(r(10, 20)));
+        assert_eq!(b.around(25), Err(Some(30)));
+        assert_eq!(b.around(35), Err(None));
+        assert_eq!(b.around(u32::MAX), Err(None));
+        b.push(r(5, 10));
+        assert_eq!((b.len(), b.around(7), b.around(5)), (4, Ok(r(5, 10)), Ok(r(5, 10))));
+        b.remove(5);
+        assert_eq!((b.len(), b.around(7)), (3, Err(Some(10))));
+        assert!(SegmentBatches::new(Vec::new()).around(3) == Err(None));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::cursor::{self, Position, Recorded};
+use super::cursor::{self, Position, Recorded, SegmentBatches};
 use super::project::Projection;
 use super::source::{ShardSource, Tail};
 use super::{Batch, CollectedEvent, Collector, Delivery, Registry};
@@ -216,7 +216,7 @@ struct ShardState {
     generation: u64,
     persisted_at: Instant,
     projection: Option<(u64, Projection)>,
-    recorded: Option<(u64, Vec<Recorded>)>,
+    recorded: Option<(u64, SegmentBatches)>,
     open: Option<OpenBatch>,
     /// At the last look the reader was at the end of the journal with no event pending.
     caught_up: bool,
@@ -557,16 +557,13 @@ impl Runner {
             st.committed = pos;
             if st.recorded.as_ref().is_none_or(|(s, _)| *s != pos.segment) {
                 let r = cursor::read_batches(&st.dir, pos.segment).map_err(|e| StepError::Io(e.to_string()))?;
-                st.recorded = Some((pos.segment, r));
+                st.recorded = Some((pos.segment, SegmentBatches::new(r)));
             }
             let recorded = &st.recorded.as_ref().expect("loaded").1;
-            st.open = Some(match recorded.iter().find(|r| r.from <= pos.index && pos.index < r.to) {
+            st.open = Some(match recorded.around(pos.index) {
                 // Cut before (a crash, a retry or a replay): the identical range again.
-                Some(r) => OpenBatch::new(pos.segment, r.from, Some(r.to), Some(r.base)),
-                None => {
-                    let next = recorded.iter().map(|r| r.from).filter(|&f| f > pos.index).min();
-                    OpenBatch::new(pos.segment, pos.index, next, None)
-                }
+                Ok(r) => OpenBatch::new(pos.segment, r.from, Some(r.to), Some(r.base)),
+                Err(next) => OpenBatch::new(pos.segment, pos.index, next, None),
             });
             if moved {
                 persist(st, true)?;
@@ -729,9 +726,7 @@ impl Runner {
                 let st = self.shards.get_mut(&shard).expect("discovered");
                 let (_, r) = st.recorded.as_mut().expect("loaded when the batch was opened");
                 match cursor::drop_last_batch(&st.dir, b.segment, r.len() - 1) {
-                    Ok(()) => {
-                        r.pop();
-                    }
+                    Ok(()) => r.remove(b.from),
                     Err(e) => eprintln!(
                         "tracker: collector {}: could not drop the refused batch from the batch log ({e}); \
                          remove the last entry of {} by hand before restarting",
