@@ -3,8 +3,8 @@
 //! range, deliver it until acknowledged (capped exponential backoff with jitter), then move and
 //! persist the cursor. One thread per collector: its failure domain.
 //!
-//! Shutdown: [`Forwarders::stop`] asks every thread to deliver what is already journaled (one
-//! attempt per batch once stopping) and exit; [`Forwarders::join`] waits a bounded time, so a
+//! Shutdown: [`Forwarders::stop`] asks every thread to deliver what is already journaled, up
+//! to where this process's shards stopped (one attempt per batch once stopping), and exit; [`Forwarders::join`] waits a bounded time, so a
 //! hanging destination cannot hold the process.
 
 use crate::metrics::latency::LocalHistogram;
@@ -157,7 +157,8 @@ pub fn start_with_shards(cfg: &Config, registry: &Registry, shards: &[Arc<ShardS
             rng: seed(),
             read_buf: Vec::with_capacity(READ_STEP_RECORDS),
             latency: BTreeMap::new(),
-            latency_to: shards.to_vec(),
+            own_shards: shards.to_vec(),
+            stop_at: None,
             latency_published_at: Instant::now(),
         };
         let t = std::thread::Builder::new()
@@ -240,7 +241,14 @@ struct Runner {
     /// PUBLISH_LATENCY_EVERY to that shard's `latency.collector_publish` when the runtime gave us
     /// the shards (`start_with_shards`).
     latency: BTreeMap<u16, LocalHistogram>,
-    latency_to: Vec<Arc<ShardShared>>,
+    /// This process's shards, when the runtime gave them (`start_with_shards`): for the
+    /// latencies, and for where each one's journal ended at the stop.
+    own_shards: Vec<Arc<ShardShared>>,
+    /// Once stopping: where this process's drains left each shard's journal. A collector stops
+    /// there: in a zero-downtime restart the new process appends past it as soon as the locks
+    /// are let go, and following it would keep this process (and the new one's collectors,
+    /// waiting for the collector lock) going until the join deadline.
+    stop_at: Option<BTreeMap<u16, Position>>,
     latency_published_at: Instant,
 }
 
@@ -296,6 +304,15 @@ impl Runner {
         let mut last_error_logged = Instant::now() - Duration::from_secs(60);
         loop {
             let stopping = self.stop.load(SeqCst);
+            if stopping && self.stop_at.is_none() {
+                // The drains have stopped before collectors are told to (main.rs): final.
+                self.stop_at = Some(
+                    self.own_shards
+                        .iter()
+                        .filter_map(|s| s.journal_end().map(|(segment, index)| (s.index, Position { segment, index })))
+                        .collect(),
+                );
+            }
             // Something of this collector's own failed this pass (a shard it cannot start on, a
             // journal read, a batch-log write): it is retrying, and not caught up, whatever the
             // other shards did.
@@ -362,7 +379,7 @@ impl Runner {
     /// Hands the local publish latencies to the shards' histograms (`wait` on exit paths).
     fn publish_latency(&mut self, wait: bool) {
         for (shard, h) in self.latency.iter_mut() {
-            if let Some(to) = self.latency_to.iter().find(|s| s.index == *shard) {
+            if let Some(to) = self.own_shards.iter().find(|s| s.index == *shard) {
                 let to = &to.counters.latency.collector_publish;
                 if wait {
                     h.publish_wait(to);
@@ -541,6 +558,11 @@ impl Runner {
     fn step(&mut self, shard: u16, stopping: bool) -> Result<bool, StepError> {
         let limits = self.cfg.batch;
         let st = self.shards.get_mut(&shard).expect("discovered");
+        // Stopping: nothing at or past where this process's writer stopped is read.
+        let end = self.stop_at.as_ref().and_then(|m| m.get(&shard).copied()).filter(|_| stopping);
+        if st.open.is_none() && end.is_some_and(|e| st.committed >= e) {
+            return Ok(false);
+        }
         let mut resolved = None;
         if st.open.is_none() {
             let Some(pos) = st.source.resolve(st.committed).map_err(|e| StepError::Io(e.to_string()))? else {
@@ -581,11 +603,16 @@ impl Runner {
         let projection = &st.projection.as_ref().expect("built").1;
         let full = |b: &OpenBatch| !b.fixed() && (b.events.len() >= limits.events_max || b.bytes >= limits.bytes_max);
         let mut progressed = false;
-        if !b.exhausted && !full(b) && b.limit != Some(b.to) {
+        let limit = match end {
+            Some(e) if e.segment == b.segment => Some(b.limit.map_or(e.index, |l| l.min(e.index)).max(b.to)),
+            Some(e) if e.segment < b.segment => Some(b.to),
+            _ => b.limit,
+        };
+        if !b.exhausted && !full(b) && limit != Some(b.to) {
             self.read_buf.clear();
             let tail = st
                 .source
-                .read(b.segment, b.to, b.limit, READ_STEP_RECORDS, &mut self.read_buf)
+                .read(b.segment, b.to, limit, READ_STEP_RECORDS, &mut self.read_buf)
                 .map_err(|e| StepError::Io(e.to_string()))?;
             // Records read but left for the next batch (this one filled up).
             let mut consumed_all = true;
@@ -736,7 +763,7 @@ impl Runner {
                 }
             }
             delivered.map_err(StepError::Halt)?;
-            if !self.latency_to.is_empty() {
+            if !self.own_shards.is_empty() {
                 self.latency.entry(shard).or_default().record(started.elapsed().as_nanos() as u64);
             }
             self.status.events_total.fetch_add(n, Relaxed);

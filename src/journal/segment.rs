@@ -630,6 +630,8 @@ struct Active {
     map: MmapMut,
     /// Offset of the next record; every slot from here to the end is zero.
     write_off: usize,
+    /// Offset of the first record (this segment's header, both copies).
+    header_bytes: usize,
     /// Everything before this offset has been msynced (or fsynced at creation).
     synced_off: usize,
     /// The writer no longer maps any page below this offset (`start_writeback`,
@@ -689,6 +691,7 @@ impl Active {
             path: path.into(),
             map,
             write_off: header_bytes,
+            header_bytes,
             synced_off,
             released_off: header_bytes,
             dropped_off: 0,
@@ -1446,6 +1449,13 @@ impl ShardJournal {
         self.sync_ns.take()
     }
 
+    /// Where the next record goes: the active segment's number and the index of its next slot.
+    /// Every record this writer appended is before it.
+    pub fn end(&self) -> (u64, u32) {
+        let index = (self.active.write_off - self.active.header_bytes) / EVENT_BYTES;
+        (self.active.number, u32::try_from(index).unwrap_or(u32::MAX))
+    }
+
     /// Records in the active segment, recovered ones included.
     pub fn records_in_segment(&self) -> u64 {
         self.active.records
@@ -2110,6 +2120,7 @@ fn recover_last(
         path: path.into(),
         map,
         write_off: tail.end_off,
+        header_bytes,
         // The recovered records may be only in the page cache (the last run may have died
         // before syncing them): the first sync() covers them all.
         synced_off: header_bytes,

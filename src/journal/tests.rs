@@ -395,6 +395,21 @@ fn corrupt_header_is_skipped_with_a_warning_by_the_reader_and_set_aside_by_the_w
     assert_eq!(report.segment, 2);
 }
 
+/// `end` is where the next record goes: what collectors stopping with this process stop at.
+#[test]
+fn end_is_the_next_slot_of_the_active_segment_across_rotation_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = ShardJournal::open(dir.path(), 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!(j.end(), (1, 0));
+    append_seqs(&mut j, 1..=3);
+    assert_eq!(j.end(), (1, 3));
+    append_seqs(&mut j, 4..=10);
+    assert_eq!(j.end(), (2, 2), "8 records fill segment 1");
+    drop(j);
+    let (j, _) = ShardJournal::open(dir.path(), 0, SEG_8, &schema_a()).unwrap();
+    assert_eq!(j.end(), (2, 2), "resumed after its last record");
+}
+
 /// A rollback: the last segment was written by a later tracker, in a format version this build
 /// does not read. Not damage: the writer leaves it where it is for that build (it used to be set
 /// aside as .corrupt, where no reader looks) and goes on in the next segment.

@@ -253,6 +253,7 @@ pub fn run(
     }
     // A clean stop only when every event of the ring made it into the journal.
     // The final sync, timed here: a clean close consumes the journal.
+    shared.set_journal_end(journal.end());
     let start = Instant::now();
     let result = if ring.is_empty() { journal.close_clean() } else { journal.sync() };
     sync_latency.record(start.elapsed().as_nanos() as u64);

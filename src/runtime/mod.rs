@@ -43,6 +43,11 @@ pub struct ShardShared {
     pub counters: ShardCounters,
     /// Sequence number of the last event of this shard in the journal.
     journaled: AtomicU64,
+    /// Where the drain left the journal when it stopped (`ShardJournal::end`): set once, before
+    /// the journal's lock is let go. Collectors stopping with this process deliver up to here
+    /// and no further: past it are a new process's records (a zero-downtime restart), which
+    /// that process's collectors deliver.
+    journal_end: std::sync::Mutex<Option<(u64, u32)>>,
     /// The reactor has `ack = "logged"` requests waiting: the drain must signal the eventfd.
     want_wake: AtomicBool,
     /// Wakes the reactor's control task (journal progress, stop).
@@ -88,6 +93,7 @@ impl ShardShared {
             index,
             counters,
             journaled: AtomicU64::new(0),
+            journal_end: std::sync::Mutex::new(None),
             want_wake: AtomicBool::new(false),
             // SAFETY: fd is a fresh descriptor owned by nobody else.
             eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
@@ -117,6 +123,16 @@ impl ShardShared {
 
     pub fn journaled(&self) -> u64 {
         self.journaled.load(SeqCst)
+    }
+
+    /// Drain side, at its stop: the journal's end (segment, next slot index).
+    pub fn set_journal_end(&self, end: (u64, u32)) {
+        *self.journal_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+    }
+
+    /// The journal's end as the drain left it at its stop; `None` while it runs.
+    pub fn journal_end(&self) -> Option<(u64, u32)> {
+        *self.journal_end.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn journal_failing(&self) -> bool {

@@ -1497,6 +1497,71 @@ fn a_reset_from_record_zero_of_segment_one_is_written_and_not_repeated() {
     assert_eq!(s.stop(), 0);
 }
 
+/// Zero-downtime restart: the old process's collectors deliver what its own shards journaled
+/// and stop there. The new process appends to the same journal as soon as the old one lets go
+/// of the shard locks, before the old collectors finish; they used to follow it, and under a
+/// steady load ran until the 10 s join deadline while the new process's collectors waited for
+/// their lock. By construction here: the old collector's batch is held in a frozen banker while
+/// the new process journals five more events, then the banker answers. The old process must exit
+/// having banked its own event only (the new one's collector points at a closed port, so
+/// whatever the banker holds after that exit was sent by the old process).
+#[test]
+fn stopping_collectors_deliver_up_to_where_their_own_shards_stopped() {
+    let data = tempfile::tempdir().unwrap();
+    let banker = Banker::start(data.path());
+    let held = |addr| banker_collector(addr).replace("timeout_ms = 2000", "timeout_ms = 60000");
+    let mut old = Server::start(Some(&config(&held(banker.addr))), &["--shards", "1"]);
+    banker.signal(libc::SIGSTOP);
+    assert_eq!(old.connect().get("/i?c=1&p=0.5").status, 200);
+    wait_for("the old process's batch in flight", WAIT, || {
+        collector_metric(&old, "banker", "tracker_collector_pending_age_seconds").is_some_and(|a| a > 0.0)
+    });
+
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let new_cfg = old.dir.path().join("new.toml");
+    std::fs::write(&new_cfg, config(&held(closed))).unwrap();
+    let mut new = Command::new(BIN)
+        .args(["serve", "--listen", &old.addr.to_string(), "--admin-listen", "127.0.0.1:0", "--shards", "1"])
+        .arg("--journal-dir")
+        .arg(old.journal())
+        .arg("--config")
+        .arg(&new_cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let new_said = stderr_lines(&mut new);
+    let wait_new = |needle: &str| {
+        let deadline = Instant::now() + WAIT;
+        while let Ok(l) = new_said.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if l.contains(needle) {
+                return;
+            }
+        }
+        panic!("the new process said no {needle:?} within {WAIT:?}");
+    };
+    wait_new("is locked by another tracker process");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(old.child.id() as i32, libc::SIGTERM) };
+    wait_new("tracker: listening on");
+    let mut c = Client::connect(old.addr);
+    for i in 2..=6 {
+        assert_eq!(c.get(&format!("/i?c={i}&p=0.5")).status, 200);
+    }
+    drop(c);
+    wait_for("the new process's events journaled", WAIT, || journal_cat(&old.journal()).len() == 6);
+
+    banker.signal(libc::SIGCONT);
+    assert_eq!(old.wait_exit(), 0);
+    let said = old.stderr_lines();
+    assert!(!said.iter().any(|l| l.contains("did not finish within")), "{said:?}");
+    assert_eq!(banker.balance()["total_micros"].as_i64(), Some(500_000), "the old process banked only its own event");
+    // SAFETY: as above.
+    unsafe { libc::kill(new.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_child(&mut new, "of SIGTERM").code(), Some(0));
+}
+
 /// A `generation` file damaged into the largest number: the reset it would take cannot count
 /// one more, and wrapping to 0 would key the new journal's batches under the first journal's
 /// base (a banker would take them for batches it applied). The collector says so and retries;
