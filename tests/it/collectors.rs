@@ -782,9 +782,9 @@ fn a_shard_whose_cursor_cannot_be_read_shows_as_retrying_and_holds_back_no_other
     assert_eq!(s.stop(), 0);
 }
 
-#[test]
-fn a_collector_names_a_segment_it_skips_for_a_bad_header() {
-    // Pixels over several segments on one shard, no collector yet.
+/// A stopped one-shard server with no collector whose journal holds three segments of pixels,
+/// campaigns 1..=n in order over one connection; returns it and n.
+fn three_segments_of_pixels() -> (Server, u64) {
     let mut s = Server::start(Some(&config("")), &["--shards", "1"]);
     let mut c = s.connect();
     let mut i = 0;
@@ -794,6 +794,12 @@ fn a_collector_names_a_segment_it_skips_for_a_bad_header() {
         assert!(i < 5000, "no third segment after {i} pixels");
     }
     assert_eq!(s.stop(), 0);
+    (s, i)
+}
+
+#[test]
+fn a_collector_names_a_segment_it_skips_for_a_bad_header() {
+    let (mut s, i) = three_segments_of_pixels();
     // After the writer left them: segment 1's header is damaged in both copies (their magic),
     // segment 2's in its first copy only.
     let seg = |n: u64| s.journal().join("shard-000").join(format!("{n:020}.seg"));
@@ -818,7 +824,7 @@ fn a_collector_names_a_segment_it_skips_for_a_bad_header() {
         said.extend(s.stderr_lines());
         said.iter().any(|l| l.contains(&format!("{:020}.seg", 1)) && l.contains("magic") && l.contains("skipped"))
     });
-    let last = i as u64;
+    let last = i;
     wait_for("the last pixel delivered", WAIT, || {
         read_jsonl(&path).last().is_some_and(|e| e["campaign_id"].as_u64() == Some(last))
     });
@@ -841,15 +847,7 @@ fn a_collector_names_a_segment_it_skips_for_a_bad_header() {
 /// order, none lost and none twice.
 #[test]
 fn a_collector_waits_at_a_segment_of_a_newer_tracker_and_skips_nothing() {
-    let mut s = Server::start(Some(&config("")), &["--shards", "1"]);
-    let mut c = s.connect();
-    let mut i = 0;
-    while segments(&s.journal(), 0).len() < 3 {
-        i += 1;
-        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
-        assert!(i < 5000, "no third segment after {i} pixels");
-    }
-    assert_eq!(s.stop(), 0);
+    let (mut s, mut i) = three_segments_of_pixels();
     let seg2 = s.journal().join("shard-000").join(format!("{:020}.seg", 2));
     let bytes = std::fs::read(&seg2).unwrap();
     let header = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as u64;
@@ -898,7 +896,7 @@ fn a_collector_waits_at_a_segment_of_a_newer_tracker_and_skips_nothing() {
     // The later build is back (here: the segment reads again). Nothing was passed over.
     set_version(&version);
     let mut s = Server::start_in(take_dir(&mut s), Some(&cfg), &["--shards", "1"]);
-    let last = i as u64;
+    let last = i;
     wait_for("the last pixel delivered", WAIT, || delivered(&path).last() == Some(&last));
     assert_eq!(delivered(&path), (1..=last).collect::<Vec<_>>());
     assert_eq!(s.stop(), 0);
