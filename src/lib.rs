@@ -31,6 +31,9 @@
 //! - [`metrics`]  per-shard counters and latency histograms (recorded locally, published on a timer)
 //! - [`admin`]    control plane off the shards: `/metrics`, `/health`, `/ready`, `/stats`, `.hlog`
 //!
+//! Beside the flow: [`clock`] (clock reads for timestamps and deadlines), [`constants`],
+//! [`xorshift`] (the collectors' retry jitter and the randomised tests' inputs).
+//!
 //! Synchronous and I/O-free: `http`, `endpoint`, `enrich`, `redirect`, `extract`, `event`,
 //! `schema`, `dedup`, `ring`. Only `net`, `journal`, `runtime`, `collector` and `admin` do I/O;
 //! only `ring`, `dedup`, the budget table and the collectors' cursors cross cores.
@@ -56,3 +59,4 @@ pub mod redirect;
 pub mod ring;
 pub mod runtime;
 pub mod schema;
+pub mod xorshift;

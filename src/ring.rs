@@ -532,13 +532,8 @@ mod tests {
         for (cap, hot) in [(16, 4), (16, 16), (8, 1), (32, 5)] {
             let (mut p, mut c) = tiered(cap, hot);
             let mut model = std::collections::VecDeque::new();
-            let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-            let mut next = || {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng
-            };
+            let mut rng = crate::xorshift::Xorshift64::new(0x9E37_79B9_7F4A_7C15);
+            let mut next = || rng.next();
             let mut seq = 0;
             for step in 0..20_000u64 {
                 match next() % 4 {

@@ -279,8 +279,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             over_budget: Vec::new(),
         };
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || super::super::runner::next_rand(&mut rng);
+        let mut rng = crate::xorshift::Xorshift64::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rng.next();
         // Half the rounds only the bytes a key triples and the JSON does not, at full length.
         const ALPHABETS: [&[u8]; 2] = [b",=%-\"\x01\xff\xc3a", b",=%"];
         for round in 0..200 {

@@ -24,6 +24,7 @@ use super::{Batch, CollectedEvent, Collector, Delivery, Registry};
 use crate::config::{CollectorConfig, Config};
 use crate::event::Event;
 use crate::journal::parse_shard_dir_name;
+use crate::xorshift::Xorshift64;
 
 /// Pause of a collector thread that found nothing to do.
 const IDLE_POLL: Duration = Duration::from_millis(10);
@@ -180,10 +181,12 @@ pub fn start_with_shards(cfg: &Config, registry: &Registry, shards: &[Arc<ShardS
     Ok(Forwarders { stop, threads, statuses })
 }
 
-fn seed() -> u64 {
+/// Each collector's jitter from its own seed, so collectors that fail together do not retry
+/// in step.
+fn seed() -> Xorshift64 {
     let mut b = [0u8; 8];
     let _ = getrandom::getrandom(&mut b);
-    u64::from_le_bytes(b) | 1
+    Xorshift64::new(u64::from_le_bytes(b))
 }
 
 struct OpenBatch {
@@ -235,7 +238,8 @@ struct Runner {
     shards: BTreeMap<u16, ShardState>,
     status: Arc<CollectorStatus>,
     stop: Arc<AtomicBool>,
-    rng: u64,
+    /// The retry jitter's draws.
+    rng: Xorshift64,
     read_buf: Vec<(u32, Event)>,
     /// Publish latency per shard (ns from the first attempt to the acknowledgement), handed every
     /// PUBLISH_LATENCY_EVERY to that shard's `latency.collector_publish` when the runtime gave us
@@ -942,7 +946,7 @@ fn deliver(
     cfg: &CollectorConfig,
     status: &CollectorStatus,
     stop: &AtomicBool,
-    rng: &mut u64,
+    rng: &mut Xorshift64,
 ) -> Result<(), Halt> {
     let mut wait_ms = cfg.retry.initial_ms;
     loop {
@@ -982,7 +986,7 @@ fn deliver(
                     return Err(Halt::Stopped);
                 }
                 let jitter = wait_ms * cfg.retry.jitter_percent as u64 / 100;
-                let sleep = wait_ms - if jitter > 0 { next_rand(rng) % (jitter + 1) } else { 0 };
+                let sleep = wait_ms - if jitter > 0 { rng.below(jitter + 1) } else { 0 };
                 let until = Instant::now() + Duration::from_millis(sleep);
                 while Instant::now() < until {
                     if stop.load(SeqCst) {
@@ -994,12 +998,4 @@ fn deliver(
             }
         }
     }
-}
-
-/// xorshift64: jitter only, not security (also the banker tests' input generator).
-pub(super) fn next_rand(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
 }

@@ -691,13 +691,8 @@ mod tests {
     /// IAB table read bit by bit does, for vendors inside, around and past MaxVendorId.
     #[test]
     fn random_strings_answer_as_the_table_read_bit_by_bit() {
-        let mut rng = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut rng = crate::xorshift::Xorshift64::new(0x2545_F491_4F6C_DD1D);
+        let mut next = |n: u64| rng.below(n);
         let mut consented = 0;
         for _ in 0..4000 {
             let max = next(300) as u16;

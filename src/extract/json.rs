@@ -599,13 +599,8 @@ mod tests {
             b"[1,2,3,{\"x\":\"y\"},[],{}]",
             b"\"just a string\"",
         ];
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut rnd = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut x = crate::xorshift::Xorshift64::new(0x9e37_79b9_7f4a_7c15);
+        let mut rnd = || x.next();
         let alphabet = b"{}[]\":,\\0123456789.eE-+truefalsnul ax\x00\xff";
         for round in 0..4000 {
             let seed = seeds[round % seeds.len()];

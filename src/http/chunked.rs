@@ -443,13 +443,8 @@ mod tests {
     #[test]
     fn mutated_inputs_never_panic() {
         let seed = b"5;a=b\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\n";
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut x = crate::xorshift::Xorshift64::new(0x2545_f491_4f6c_dd1d);
+        let mut next = move || x.next();
         for _ in 0..30_000 {
             let mut src = seed.to_vec();
             for _ in 0..1 + next() % 4 {

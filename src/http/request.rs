@@ -1343,13 +1343,8 @@ mod tests {
     /// upgrade that loosens what it refuses fails here.
     #[test]
     fn head_bytes_match_httparse_plus_line_ends() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut x = crate::xorshift::Xorshift64::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = || x.next();
         let noise = b"\r\n\t\x00\x01\x0b\x1f\x7f\xff :ab";
         let (mut accepted, mut refused_by_line_ends) = (0, 0);
         for _ in 0..200_000 {
@@ -1496,13 +1491,8 @@ mod tests {
             b"GET / HTTP/1.0\r\nContent-Length: 12\r\n\r\n",
             b"GET /v?ev=start HTTP/1.2\r\nHost: a\r\n\r\n",
         ];
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut x = crate::xorshift::Xorshift64::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || x.next();
         for round in 0..30_000 {
             let mut buf = seeds[round % seeds.len()].to_vec();
             for _ in 0..1 + next() % 4 {

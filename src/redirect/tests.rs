@@ -283,13 +283,8 @@ fn fuzzed_landing_urls_never_escape_the_allowlist() {
     let ty = cfg.event_type("click").unwrap();
     let mut ev = Event::ZERO;
     ev.type_id = ty.id;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut seed = crate::xorshift::Xorshift64::new(0x9e37_79b9_7f4a_7c15);
+    let mut next = move || seed.next();
     let mut passed = 0;
     for _ in 0..40_000 {
         let n = 1 + next() % 8;
