@@ -94,6 +94,7 @@ impl SegmentBatches {
     /// The entries of a log as [`read_batches`] returns them (file order).
     pub fn new(mut entries: Vec<Recorded>) -> SegmentBatches {
         entries.sort_unstable_by_key(|r| r.from);
+        debug_assert!(entries.windows(2).all(|w| w[0].to <= w[1].from), "overlapping ranges: {entries:?}");
         SegmentBatches { by_from: entries }
     }
 

@@ -309,7 +309,8 @@ impl Runner {
         loop {
             let stopping = self.stop.load(SeqCst);
             if stopping && self.stop_at.is_none() {
-                // The drains have stopped before collectors are told to (main.rs): final.
+                // The drains have stopped before collectors are told to (main.rs): final. A drain
+                // that never reached its end (it panicked) leaves its shard out.
                 self.stop_at = Some(
                     self.own_shards
                         .iter()
@@ -562,8 +563,16 @@ impl Runner {
     fn step(&mut self, shard: u16, stopping: bool) -> Result<bool, StepError> {
         let limits = self.cfg.batch;
         let st = self.shards.get_mut(&shard).expect("discovered");
-        // Stopping: nothing at or past where this process's writer stopped is read.
-        let end = self.stop_at.as_ref().and_then(|m| m.get(&shard).copied()).filter(|_| stopping);
+        // Stopping: nothing at or past where this process's writer stopped is read. A shard it
+        // did not write (a new process with more shards writes it now, or its drain never
+        // finished) ends before everything (segments count from 1): nothing more is read there,
+        // and the next start delivers it. Without this process's shards there is no bound.
+        let end = match &self.stop_at {
+            Some(ends) if stopping && !self.own_shards.is_empty() => {
+                Some(ends.get(&shard).copied().unwrap_or_default())
+            }
+            _ => None,
+        };
         if st.open.is_none() && end.is_some_and(|e| st.committed >= e) {
             return Ok(false);
         }
@@ -708,7 +717,12 @@ impl Runner {
                              restart)",
                             self.name
                         );
+                        // As a destination's Fatal leaves it: stopped, not retrying, and the
+                        // batch's events waiting (their pending age grows).
+                        let oldest = b.events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
+                        self.status.pending_oldest_ns.store(oldest.max(1), Relaxed);
                         *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = why;
+                        self.status.retrying.store(false, Relaxed);
                         self.status.failed.store(true, SeqCst);
                         return Err(StepError::Halt(Halt::Fatal));
                     }

@@ -32,6 +32,11 @@
 //! `RECORD_MAGIC`), which never reads as a header. Version 1 segments (one copy,
 //! `header_bytes` = its pages) are read and appended to as they are.
 //!
+//! Every later format keeps `magic`, `version` and `header_bytes` where they are and the copy at
+//! `header_bytes / 2`: that is how this build tells a segment a newer tracker wrote (both copies
+//! carry the magic and the same version above [`FORMAT_VERSION`]: a rollback, left in place and
+//! never skipped) from a damaged one (set aside or skipped).
+//!
 //! Records follow from `header_bytes`: raw [`Event`] bytes back to back, each sealed (magic +
 //! CRC32C). The file is preallocated to `segment_bytes`; while the writer is on the segment its
 //! first all-zero slot is the end of the written records (a segment it has left may have a
@@ -296,7 +301,12 @@ pub(crate) enum HeaderError {
     Magic {
         found: [u8; 8],
     },
+    /// A version this build does not read, on one copy only or below ours: damage.
     Version {
+        found: u32,
+    },
+    /// A version above [`FORMAT_VERSION`] that both copies carry: a newer tracker's segment.
+    Newer {
         found: u32,
     },
     Layout {
@@ -327,7 +337,7 @@ impl HeaderError {
     /// the build that reads it, never set aside or skipped.
     pub(crate) fn newer_format(&self) -> Option<u32> {
         match *self {
-            HeaderError::Version { found } if found > FORMAT_VERSION => Some(found),
+            HeaderError::Newer { found } => Some(found),
             _ => None,
         }
     }
@@ -340,6 +350,8 @@ impl HeaderError {
             HeaderError::Unreadable { .. } => "last segment's header cannot be read; renamed to .corrupt",
             HeaderError::Magic { .. } => "last segment's header has a bad magic; renamed to .corrupt",
             HeaderError::Version { .. } => "last segment's format version is not this build's; renamed to .corrupt",
+            // Never set aside (recover_last leaves it in place): for completeness.
+            HeaderError::Newer { .. } => "last segment was written by a newer tracker; left as is",
             HeaderError::Layout { .. } => "last segment's header has impossible lengths; renamed to .corrupt",
             HeaderError::Crc { .. } => "last segment's header fails its CRC; renamed to .corrupt",
             HeaderError::EventBytes { .. } => {
@@ -370,6 +382,13 @@ impl std::fmt::Display for HeaderError {
                     f,
                     "format version {found}, this build reads {FORMAT_VERSION_ONE_HEADER} and {FORMAT_VERSION}; \
                      read it with a matching build"
+                )
+            }
+            HeaderError::Newer { found } => {
+                write!(
+                    f,
+                    "format version {found} in both header copies, newer than this build's {FORMAT_VERSION}: \
+                     written by a newer tracker; read it with a matching build"
                 )
             }
             HeaderError::Layout { header_bytes, schema_bytes, file_bytes } => write!(
@@ -532,8 +551,32 @@ pub(crate) fn read_header(
     }
     match unreadable {
         Some(e) => Err(e),
-        None => Ok(Err(first_bad)),
+        None => Ok(Err(newer_if_both_copies_say_so(file, file_bytes, first_bad)?)),
     }
+}
+
+/// `first_bad`, or [`HeaderError::Newer`] when it is a version above ours that the copy where
+/// the first one's `header_bytes` puts it repeats, magic and all. Damage to the version bytes
+/// of one copy (or of the only copy of a version 1 segment, whose half-way page is records)
+/// stays [`HeaderError::Version`]: that segment is not waited for.
+fn newer_if_both_copies_say_so(file: &File, file_bytes: u64, first_bad: HeaderError) -> io::Result<HeaderError> {
+    let HeaderError::Version { found } = first_bad else { return Ok(first_bad) };
+    if found <= FORMAT_VERSION {
+        return Ok(first_bad);
+    }
+    let mut first = [0u8; HEADER_FIXED_BYTES];
+    pread::read_exact_at(file, &mut first, 0)?;
+    let header_bytes = u32_at(&first, at::HEADER_BYTES) as u64;
+    let off = header_bytes / 2;
+    if off < HEADER_FIXED_BYTES as u64 || !off.is_multiple_of(PAGE_BYTES as u64) || header_bytes > file_bytes {
+        return Ok(first_bad);
+    }
+    let mut second = [0u8; HEADER_FIXED_BYTES];
+    pread::read_exact_at(file, &mut second, off)?;
+    let same = second[at::MAGIC..at::MAGIC + 8] == SEGMENT_MAGIC
+        && u32_at(&second, at::VERSION) == found
+        && u32_at(&second, at::HEADER_BYTES) as u64 == header_bytes;
+    Ok(if same { HeaderError::Newer { found } } else { first_bad })
 }
 
 /// The `created_ns` of the header of segment `number` in the shard directory `dir`, when the

@@ -1025,7 +1025,8 @@ fn header_round_trips_and_each_check_rejects() {
     type Damage = (usize, u8, fn(&HeaderError) -> bool);
     let damaged: [Damage; 5] = [
         (0, b'X', |e| matches!(e, HeaderError::Magic { .. })),
-        (8, 3, |e| *e == HeaderError::Version { found: 3 }),
+        // On both copies this is how a newer tracker's segment reads (HeaderError::Newer).
+        (8, 3, |e| matches!(e, HeaderError::Version { found: 3 } | HeaderError::Newer { found: 3 })),
         (41, 1, |e| matches!(e, HeaderError::Crc { .. })), // event_bytes 512 -> 256: the CRC catches it first
         (12, 1, |e| matches!(e, HeaderError::Layout { .. })), // header_bytes no longer two copies' pages
         (HEADER_FIXED_BYTES + 2, b'~', |e| matches!(e, HeaderError::Crc { .. })), // the schema
@@ -1041,7 +1042,18 @@ fn header_round_trips_and_each_check_rejects() {
         both[PAGE_BYTES + at] = byte;
         let err = check(&both, 5, 9).unwrap_err();
         assert!(is(&err), "byte {at}: {err:?}");
+        if at == 8 {
+            assert_eq!(got.first_copy_bad, Some(HeaderError::Version { found: 3 }), "one copy: damage");
+            assert_eq!(err, HeaderError::Newer { found: 3 }, "both copies: a newer tracker's");
+        }
     }
+    // The only copy of a version 1 header with a version above ours: damage, not a newer
+    // tracker's segment (the page at half its header_bytes is not a copy).
+    let mut v1 = good[..PAGE_BYTES].to_vec();
+    v1[8..12].copy_from_slice(&3u32.to_le_bytes());
+    v1[12..16].copy_from_slice(&(PAGE_BYTES as u32).to_le_bytes());
+    v1.resize(4 * PAGE_BYTES, 0);
+    assert_eq!(check(&v1, 5, 9), Err(HeaderError::Version { found: 3 }));
     // The first copy blank (a page lost): read from the second.
     let mut blank_first = good.clone();
     blank_first[..PAGE_BYTES].fill(0);

@@ -886,6 +886,9 @@ fn a_collector_waits_at_a_segment_of_a_newer_tracker_and_skips_nothing() {
         i += 1;
         assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
     }
+    wait_for("the new pixels journaled", WAIT, || {
+        journal_cat(&s.journal()).last().is_some_and(|e| e["campaign_id"].as_u64() == Some(i))
+    });
     let delivered = |p: &std::path::Path| -> Vec<u64> {
         read_jsonl(p).iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect()
     };
@@ -1500,7 +1503,8 @@ fn a_reset_from_record_zero_of_segment_one_is_written_and_not_repeated() {
 /// of the shard locks, before the old collectors finish; they used to follow it, and under a
 /// steady load ran until the 10 s join deadline while the new process's collectors waited for
 /// their lock. By construction here: the old collector's batch is held in a frozen banker while
-/// the new process journals five more events, then the banker answers. The old process must exit
+/// the new process (with one shard more) journals events on both its shards, then the banker
+/// answers. The old process must exit
 /// having banked its own event only (the new one's collector points at a closed port, so
 /// whatever the banker holds after that exit was sent by the old process).
 #[test]
@@ -1519,7 +1523,7 @@ fn stopping_collectors_deliver_up_to_where_their_own_shards_stopped() {
     let new_cfg = old.dir.path().join("new.toml");
     std::fs::write(&new_cfg, config(&held(closed))).unwrap();
     let mut new = Command::new(BIN)
-        .args(["serve", "--listen", &old.addr.to_string(), "--admin-listen", "127.0.0.1:0", "--shards", "1"])
+        .args(["serve", "--listen", &old.addr.to_string(), "--admin-listen", "127.0.0.1:0", "--shards", "2"])
         .arg("--journal-dir")
         .arg(old.journal())
         .arg("--config")
@@ -1543,12 +1547,19 @@ fn stopping_collectors_deliver_up_to_where_their_own_shards_stopped() {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(old.child.id() as i32, libc::SIGTERM) };
     wait_new("tracker: listening on");
-    let mut c = Client::connect(old.addr);
-    for i in 2..=6 {
-        assert_eq!(c.get(&format!("/i?c={i}&p=0.5")).status, 200);
+    // Fresh connections until both of the new process's shards journaled some: shard 1 is one
+    // the old process never wrote.
+    let mut sent = 1;
+    loop {
+        sent += 1;
+        assert!(sent < 200, "{sent} connections all went to one shard");
+        assert_eq!(Client::connect(old.addr).get(&format!("/i?c={sent}&p=0.5")).status, 200);
+        wait_for("the pixel journaled", WAIT, || journal_cat(&old.journal()).len() == sent);
+        let on_1 = journal_cat(&old.journal()).iter().filter(|e| e["shard"] == 1).count();
+        if on_1 > 0 && on_1 < sent - 1 {
+            break;
+        }
     }
-    drop(c);
-    wait_for("the new process's events journaled", WAIT, || journal_cat(&old.journal()).len() == 6);
 
     banker.signal(libc::SIGCONT);
     assert_eq!(old.wait_exit(), 0);
@@ -1587,7 +1598,7 @@ fn a_reset_with_a_generation_that_cannot_grow_is_refused_and_said() {
         said.extend(s.stderr_lines());
         said.iter().any(|l| l.contains("collector j") && l.contains(&format!("generation {} cannot grow", u64::MAX)))
     });
-    assert_eq!(collector_metric(&s, "j", "tracker_collector_retrying"), Some(1.0));
+    wait_for("retrying 1", WAIT, || collector_metric(&s, "j", "tracker_collector_retrying") == Some(1.0));
     assert_eq!(collector_metric(&s, "j", "tracker_collector_cursor_resets_total"), Some(0.0));
     assert_eq!(read_jsonl(&path).len(), 3, "nothing of the new journal delivered");
     assert_eq!(std::fs::read_to_string(state.join("generation")).unwrap(), format!("{}\n", u64::MAX));
@@ -1619,11 +1630,14 @@ fn a_key_prefix_whose_base_id_is_taken_stops_the_collector() {
     let mut c = s.connect();
     assert_eq!(c.get("/cv?c=1&value=1&order=b").status, 200);
     wait_for("failed 1", WAIT, || collector_metric(&s, "j", "tracker_collector_failed") == Some(1.0));
-    let said = s.stderr_lines();
     let want =
         format!("key base \"{second}:j\" has the id a5a6923b of the recorded \"{first}:j\"; choose another key_prefix");
+    let mut said = Vec::new();
+    assert!(s.wait_line(&mut said, &want), "{said:?}");
     assert!(said.iter().any(|l| l.contains("collector j: fatal") && l.contains(&want)), "{said:?}");
     assert_eq!(collector_metric(&s, "j", "tracker_collector_retrying"), Some(0.0));
+    let age = collector_metric(&s, "j", "tracker_collector_pending_age_seconds");
+    assert!(age.is_some_and(|a| a > 0.0), "the waiting batch's age: {age:?}");
     assert_eq!(read_jsonl(&path).len(), 1);
     assert_eq!(s.stop(), 0);
 }
