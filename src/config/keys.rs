@@ -97,7 +97,7 @@ pub const SERVER_KEYS: &[KeySpec] = &[
     k("server", "batch_events_max", "integer", "events", Int(100), Range(1, BATCH_EVENTS_MAX as i64), "",
       "Most events (array items) in one JSON body of a response = \"json\" endpoint; more → 413 and none is taken. Each rejected item's index and reason is in the answer, which must fit the connection's write buffer: hence the bound."),
     k("server", "body_decoded_bytes_max", "integer", "bytes", Int(262144), Range(1024, BODY_DECODED_BYTES_MAX as i64), "",
-      "Most bytes a Content-Encoding: gzip body may inflate to; more → 413 (a gzip bomb stops here). Costs about 21 bytes per byte per shard (inflate output plus the JSON parser's scratch, sized for the larger of this and body_bytes_max), allocated at start: 262144 ≈ 5 MiB per shard."),
+      "Most bytes a Content-Encoding: gzip body may inflate to; more → 413 (a gzip bomb stops here). Costs about 21 resident bytes per byte per shard (inflate output plus the JSON parser's scratch, sized for the larger of this and body_bytes_max; ~30 reserved), allocated at start: 262144 ≈ 5 MiB per shard."),
     k("server", "body_inflate_ratio_max", "integer", "ratio", Int(100), Range(1, 100_000), "",
       "Most inflated bytes per compressed byte of a gzip body; more → 413. JSON compresses 5–20×; a bomb compresses ~1000×."),
 ];

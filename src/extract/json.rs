@@ -216,6 +216,9 @@ fn split_array(b: &[u8], out: &mut Vec<(u32, u32)>, cap: usize) -> Result<(), &'
         return Err(BODY_NOT_JSON);
     }
     let (mut start, mut depth, mut in_string) = (open + 1, 0usize, false);
+    // Bit d - 1 set: the bracket open at depth d is `{` (else `[`), so `[{"a":1]]` is not
+    // taken for closed brackets. DEPTH_MAX bounds the depth below 64.
+    let mut objects = 0u64;
     let mut i = start;
     while i < b.len() {
         let c = b[i];
@@ -234,8 +237,16 @@ fn split_array(b: &[u8], out: &mut Vec<(u32, u32)>, cap: usize) -> Result<(), &'
                     if depth >= DEPTH_MAX {
                         return Err(BODY_TOO_DEEP);
                     }
+                    let bit = 1u64 << (depth - 1);
+                    objects = if c == b'{' { objects | bit } else { objects & !bit };
                 }
-                b']' | b'}' if depth > 0 => depth -= 1,
+                b']' | b'}' if depth > 0 => {
+                    let open_is_object = objects & (1u64 << (depth - 1)) != 0;
+                    if open_is_object != (c == b'}') {
+                        return Err(BODY_NOT_JSON);
+                    }
+                    depth -= 1;
+                }
                 b',' | b']' if depth == 0 => {
                     let item = &b[start..i];
                     let from = start + item.iter().position(|c| !ws(c)).unwrap_or(item.len());
@@ -362,7 +373,8 @@ pub fn store(f: &Field, v: &Node<'_>, ev: &mut Event) -> Result<Option<u64>, &'s
         Node::Static(StaticNode::I64(i)) => fmt(&mut buf, format_args!("{i}"))?,
         Node::Static(StaticNode::U64(u)) => fmt(&mut buf, format_args!("{u}"))?,
         Node::Static(StaticNode::F64(x)) => {
-            let x = *x;
+            // -0.0 prints as "-0", which the unsigned kinds refuse though the integer -0 is 0.
+            let x = if *x == 0.0 { 0.0 } else { *x };
             let Ok(t) = fmt(&mut buf, format_args!("{x}")) else {
                 // Plain text longer than the buffer: a magnitude below ~1e-30 or above ~1e47,
                 // far under a micro or past every number kind's range. Its exponent form says
@@ -388,7 +400,7 @@ pub fn store(f: &Field, v: &Node<'_>, ev: &mut Event) -> Result<Option<u64>, &'s
                 let t = fmt(&mut rounded, format_args!("{sign}{whole}.{frac:06}"))?;
                 return super::store_text(f, t, false, ev);
             } else {
-                return Err("has over 15 significant digits: send it as a string");
+                return Err("over 15 significant digits: send as string");
             }
         }
     };
@@ -422,11 +434,9 @@ fn significant_digits(t: &[u8]) -> usize {
             pending_zeros = 0;
         }
     }
-    // Zeros at the end of an integer part are significant for the range check only as
-    // magnitude, which f64 holds exactly up to 2^53; count them.
-    if !t.contains(&b'.') {
-        n += pending_zeros;
-    }
+    // Zeros at the end of an integer part are not counted either: the shortest round-trip
+    // text of `1e15` or `2.5e17` is its digits padded to the magnitude, which is the number
+    // that was sent; whether it fits the field is the field's own range check.
     n
 }
 
@@ -455,7 +465,11 @@ mod tests {
         split_array(&nest(DEPTH_MAX - 1), &mut out, 10).unwrap();
         assert_eq!(split_array(&nest(DEPTH_MAX), &mut out, 10), Err(BODY_TOO_DEEP));
         split_array(format!("[\"{}\"]", "[".repeat(40)).as_bytes(), &mut out, 10).unwrap();
-        for bad in [&b"{}"[..], b"", b"  ", b"[1,2", b"[1}", b"[\"]", b"[1] 2", b"x[1]"] {
+        let deep_mixed = format!("[{}1{}]", "{\"a\":[".repeat(15), "]}".repeat(15));
+        split_array(deep_mixed.as_bytes(), &mut out, 10).unwrap();
+        // Mixed bracket kinds do not close each other, at any depth.
+        let mixed = [&b"[{\"type\":\"a\"]]"[..], b"[[1}]", b"[{\"a\":[1}}]", b"[{\"a\":{\"b\":1]}]"];
+        for bad in [&b"{}"[..], b"", b"  ", b"[1,2", b"[1}", b"[\"]", b"[1] 2", b"x[1]"].into_iter().chain(mixed) {
             assert_eq!(split_array(bad, &mut out, 10), Err(BODY_NOT_JSON), "{:?}", String::from_utf8_lossy(bad));
         }
     }
@@ -566,7 +580,10 @@ mod tests {
     fn significant_digit_counts() {
         assert_eq!(significant_digits(b"0.000001"), 1);
         assert_eq!(significant_digits(b"-1.25"), 3);
-        assert_eq!(significant_digits(b"1200"), 4);
+        assert_eq!(significant_digits(b"1200"), 2, "an integer's trailing zeros are its magnitude");
+        assert_eq!(significant_digits(b"1000000000000000"), 1);
+        assert_eq!(significant_digits(b"12345678901234567000"), 17);
+        assert_eq!(significant_digits(b"120.500"), 4);
         assert_eq!(significant_digits(b"999999999.999999"), 15);
         assert_eq!(significant_digits(b"0.1000000000000001"), 16);
     }

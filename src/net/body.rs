@@ -39,6 +39,10 @@ pub enum Encoding {
 /// Checks `Content-Type` (JSON; `text/plain` as `navigator.sendBeacon` sends a string; absent)
 /// and `Content-Encoding` (absent, identity or gzip). Anything else is 415.
 pub fn content(headers: &[httparse::Header<'_>]) -> Result<Encoding, Refused> {
+    // A singleton field (RFC 9110 §8.3): two lines could each be read as the one that counts.
+    if headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-type")).nth(1).is_some() {
+        return Err(refused(400, "more than one Content-Type"));
+    }
     if let Some(ct) = header(headers, "content-type") {
         let media = ct.split(|&b| b == b';').next().unwrap_or(b"");
         let media = media.trim_ascii();
@@ -94,8 +98,10 @@ impl Inflater {
     /// `out()` has `INPUT_PADDING` spare bytes after them.
     pub fn gunzip(&mut self, input: &[u8]) -> Result<usize, Refused> {
         let data = deflate_data(input)?;
-        // The ratio is taken over the whole body, as received.
-        let cap = self.decoded_max.min(input.len().saturating_mul(self.ratio_max));
+        // The ratio is taken over the deflate stream and its trailer: over the whole body, the
+        // optional header fields (an extra field of up to 64 KiB, a name, a comment) would lift
+        // the cap of a tiny stream to megabytes.
+        let cap = self.decoded_max.min(data.len().saturating_mul(self.ratio_max));
         self.state.init();
         let flags = inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
         let (status, used, n) = decompress(&mut self.state, data, &mut self.out[..cap], 0, flags);
@@ -143,6 +149,11 @@ fn deflate_data(b: &[u8]) -> Result<&[u8], Refused> {
         }
     }
     if flg & FHCRC != 0 {
+        // The low 16 bits of the CRC32 of the header before it.
+        let stored = u16::from_le_bytes([*b.get(i).ok_or(BAD)?, *b.get(i + 1).ok_or(BAD)?]);
+        if stored != crc32fast::hash(&b[..i]) as u16 {
+            return Err(refused(400, "gzip header fails its CRC16"));
+        }
         i += 2;
     }
     b.get(i..).ok_or(BAD)
@@ -189,6 +200,34 @@ mod tests {
         let mut inf = Inflater::new(4096, 100);
         let n = inf.gunzip(&v).unwrap();
         assert_eq!(&inf.out()[..n], body);
+        // FHCRC: the low 16 bits of the header's CRC32, checked.
+        let mut h = vec![0x1f, 0x8b, 8, FHCRC, 0, 0, 0, 0, 0, 255];
+        let crc16 = (crc32fast::hash(&h) as u16).to_le_bytes();
+        h.extend(crc16);
+        h.extend(&plain[10..]);
+        let n = inf.gunzip(&h).unwrap();
+        assert_eq!(&inf.out()[..n], body);
+        h[10] ^= 1;
+        assert_eq!(inf.gunzip(&h).unwrap_err().reason, "gzip header fails its CRC16");
+    }
+
+    /// Header fields do not count towards the ratio: 60 KiB of extra field around a stream
+    /// that inflates 1000 times its size is still refused at a ratio of 100.
+    #[test]
+    fn the_ratio_is_over_the_deflate_stream_not_the_header() {
+        let zeros = vec![0u8; 200_000];
+        let plain = gz(&zeros);
+        let stream = plain.len() - 10;
+        assert!(zeros.len() > 100 * stream, "{stream}");
+        let mut padded = vec![0x1f, 0x8b, 8, FEXTRA, 0, 0, 0, 0, 0, 255];
+        padded.extend(60_000u16.to_le_bytes());
+        padded.extend(vec![b'x'; 60_000]);
+        padded.extend(&plain[10..]);
+        assert!(zeros.len() < 100 * padded.len(), "over the whole body it would pass");
+        let mut inf = Inflater::new(1 << 20, 100);
+        let e = inf.gunzip(&padded).unwrap_err();
+        assert_eq!((e.status, e.reason), (413, "gzip body inflates more than body_inflate_ratio_max times its size"));
+        assert_eq!(Inflater::new(1 << 20, 10_000).gunzip(&padded), Ok(zeros.len()));
     }
 
     #[test]
@@ -223,6 +262,8 @@ mod tests {
         let twice = [h("Content-Encoding", b"gzip"), h("Content-Type", b"text/plain"), h("content-encoding", b"gzip")];
         assert_eq!(content(&twice).unwrap_err().reason, "content encoding gzip applied more than once");
         assert_eq!(content(&[h("Content-Encoding", b"gzip"), h("Content-Encoding", b"br")]).unwrap_err().status, 415);
+        let two_types = [h("Content-Type", b"text/plain"), h("content-type", b"application/x-www-form-urlencoded")];
+        assert_eq!(content(&two_types).unwrap_err().reason, "more than one Content-Type");
     }
 
     /// Random bytes, and gzip with random damage, never panic; whatever is accepted keeps to both

@@ -58,6 +58,9 @@ fn a_batch_stores_exactly_the_good_items_and_reports_the_bad_by_index() {
     // Not JSON at all, and an empty body: 400 with the reason, the connection stays usable.
     let r = post(&mut c, "/batch", JSON, b"{nope");
     assert_eq!((r.status, &r.body[..]), (400, &b"body is not valid JSON\n"[..]));
+    // Brackets of another kind do not close an item: the body as a whole, not one bad item.
+    let r = post(&mut c, "/batch", JSON, br#"[{"type":"a"]]"#);
+    assert_eq!((r.status, &r.body[..]), (400, &b"body is not valid JSON\n"[..]));
     let r = post(&mut c, "/batch", JSON, b"");
     assert_eq!(r.status, 400);
     assert_eq!(c.get("/i?c=5").status, 200);
@@ -105,6 +108,28 @@ fn money_from_javascript_float_arithmetic_is_the_nearest_micro() {
     let micros: Vec<i64> = events.iter().map(|e| (e["value"].as_f64().unwrap() * 1e6).round() as i64).collect();
     assert_eq!(micros, [300_000, 70_000, -19_990_000, 20_000_000], "{events:?}");
     assert!(events.iter().all(|e| e["truncated"] == true), "{events:?}");
+}
+
+/// Regression: integer fields refused exact floats. `1e15` and `2.5e17` print as their digits
+/// padded with zeros, which counted as significant (16 and 18 of them), and `-0.0` printed as
+/// `-0`, which an unsigned field refuses though the integer `-0` is 0.
+#[test]
+fn integer_fields_take_exact_floats_and_negative_zero() {
+    let mut s = Server::start(None, &["--shards", "1"]);
+    let mut c = s.connect();
+    let body = br#"[
+        {"type":"a","campaign_id":1e15},
+        {"type":"b","campaign_id":2.5E17},
+        {"type":"c","campaign_id":-0.0},
+        {"type":"d","campaign_id":12345678901234567e3}
+    ]"#;
+    let a = json(&post(&mut c, "/batch", JSON, body));
+    assert_eq!(a["accepted"], 3, "{a}");
+    assert_eq!(a["rejected"][0]["index"], 3, "17 significant digits: not what was sent, maybe: {a}");
+    assert_eq!(s.stop(), 0);
+    let events: Vec<_> = journal_cat(&s.journal()).into_iter().filter(|e| e["type"] == "batch_event").collect();
+    let ids: Vec<u64> = events.iter().map(|e| e["campaign_id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [1_000_000_000_000_000, 250_000_000_000_000_000, 0], "{events:?}");
 }
 
 /// Regression: a float whose plain text is longer than 48 bytes (1e-47 prints as 0.000…01)
