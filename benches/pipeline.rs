@@ -145,7 +145,7 @@ fn bench_request_side(c: &mut Criterion) {
             let mut buf = [0u8; LANDING_URL_BYTES_MAX];
             let url = check(&rule, black_box(q), 1_790_000_000, &mut buf).unwrap().url;
             let mut out = [0u8; LOCATION_BYTES_MAX];
-            black_box(expand(url, &ev, &click, &mut out).unwrap())
+            black_box(expand(url, &ev, &click, true, &mut out).unwrap())
         })
     });
     let mut signed = rule.clone();

@@ -129,12 +129,53 @@ impl Validator<'_> {
                 "the signature would cover the landing URL only (the event type has no identity fields): list the query fields a signed click carries, e.g. signed_fields = [\"campaign_id\", \"creative_id\"], or signed_fields = [] to sign the URL alone",
             );
         }
+        // A signed click's id comes from its identity fields (extract: never an `eid` the
+        // signature does not cover). One left unsigned, anyone holding a signed URL could vary
+        // it and mint clicks with ids of their choosing, each journaled.
+        if let (Some(ty), Some(list), true) =
+            (ty, &r.signed_fields, matches!(require, Require::Signature | Require::Either | Require::Both))
+        {
+            for &i in &ty.identity {
+                let name = &ty.fields[i].name;
+                if !signed.iter().any(|(n, _)| n == name) {
+                    self.err(
+                        list.span(),
+                        key("signed_fields"),
+                        format!(
+                            "identity field \"{name}\" of event.{} is not signed: a signed click's id comes from its \
+                             identity fields, so anyone holding one signed URL could vary it and mint clicks; add it to \
+                             signed_fields, or take it out of the type's identity",
+                            ty.name
+                        ),
+                    );
+                }
+            }
+        }
         let ttl = self.int_at(
             &r.signature_ttl_max_s,
             &key("signature_ttl_max_s"),
             spec(REDIRECT_KEYS, "signature_ttl_max_s"),
         );
-        RedirectRule { path: path.to_string(), param, require, allow, keys, signed, ttl_max_s: ttl as u64 }
+        let identity_params = ty
+            .map(|t| {
+                t.identity.iter().filter_map(|&i| match &t.fields[i].source {
+                    Source::Query(p) => Some(p.clone()),
+                    _ => None,
+                })
+            })
+            .into_iter()
+            .flatten()
+            .collect();
+        RedirectRule {
+            path: path.to_string(),
+            param,
+            require,
+            allow,
+            keys,
+            signed,
+            identity_params,
+            ttl_max_s: ttl as u64,
+        }
     }
 }
 

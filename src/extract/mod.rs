@@ -316,6 +316,12 @@ pub fn extract(
             }
         }
         ev.flags |= FLAG_ID_DERIVED;
+    } else if req.client_id_ignored && !ty.identity.is_empty() {
+        // A signed click takes its id from its identity fields; a fresh id for one that lacks
+        // one would make every replay of the same signed URL a new click (the dedup window
+        // folds repeats by id). The config makes every identity field a signed one.
+        let missing = ty.identity.iter().copied().find(|&i| !ev.has(ty.fields[i].slot)).unwrap_or(0);
+        return Err(Rejected { field: missing, why: "missing: a signed click needs every identity field" });
     } else {
         ev.id = ids.generate(req.now_ns / 1_000_000);
     }

@@ -734,7 +734,7 @@ pub(crate) fn answer(
         None => &[],
         Some(template) => {
             location_buf = [0u8; redirect::LOCATION_BYTES_MAX];
-            match redirect::expand(template.url, slot, ty, &mut location_buf) {
+            match redirect::expand(template.url, slot, ty, template.signed, &mut location_buf) {
                 Ok(n) => &location_buf[..n],
                 Err(refused) => return refuse_redirect(ctx, wbuf, ep.counter, refused, ka, head, v),
             }

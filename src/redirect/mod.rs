@@ -22,7 +22,7 @@ pub mod url;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::config::EventType;
+use crate::config::{EventType, Source};
 use crate::event::{format_uuid, Event};
 use crate::http::query;
 use crate::schema::FieldKind;
@@ -64,6 +64,9 @@ pub struct RedirectRule {
     pub keys: Vec<Key>,
     /// (field name, its query parameter) of each signed field, in config order.
     pub signed: Vec<(String, String)>,
+    /// The query parameters of the event type's identity fields. A signed click must carry each
+    /// (its id comes from them); under a rule that requires a signature they are all signed.
+    pub identity_params: Vec<String>,
     /// A signature whose `exp` lies further ahead than this is refused, seconds.
     pub ttl_max_s: u64,
 }
@@ -184,7 +187,13 @@ fn parse_exp(s: &[u8]) -> Option<u64> {
 /// `{click_id}` are the event id as a UUID; `{field}` is a field of the event type (empty when
 /// the request had no value). An unknown `{name}` is copied as it is. Returns the length, or 414
 /// when the result would be longer than `out`.
-pub fn expand(template: &[u8], ev: &Event, ty: &EventType, out: &mut [u8]) -> Result<usize, Refused> {
+///
+/// `signed`: the landing URL passed a signature, so its signer wrote it. Otherwise the URL is
+/// whatever the requester sent (on an allowlisted host), and only the id and fields read from
+/// the query, which the requester sent too, are filled: a header, cookie or address field
+/// (the clicking browser's own id, its IP) expands empty rather than go to a URL of the
+/// requester's choosing.
+pub fn expand(template: &[u8], ev: &Event, ty: &EventType, signed: bool, out: &mut [u8]) -> Result<usize, Refused> {
     const LONG: Refused = Refused { status: 414, reason: "landing URL too long after macros" };
     let mut w = Cursor { out, n: 0 };
     // A `}` further than the longest name cannot close a macro: looking no further keeps a
@@ -196,7 +205,7 @@ pub fn expand(template: &[u8], ev: &Event, ty: &EventType, out: &mut [u8]) -> Re
         if c == b'{' {
             if let Some(len) = template[i + 1..].iter().take(longest + 1).position(|&b| b == b'}') {
                 let name = &template[i + 1..i + 1 + len];
-                if value(name, ev, ty, &mut w).ok_or(LONG)? {
+                if value(name, ev, ty, signed, &mut w).ok_or(LONG)? {
                     i += len + 2;
                     continue;
                 }
@@ -236,7 +245,7 @@ impl Cursor<'_> {
 }
 
 /// Writes macro `name`'s value; Some(false) when `name` is not a macro, None when out of room.
-fn value(name: &[u8], ev: &Event, ty: &EventType, w: &mut Cursor<'_>) -> Option<bool> {
+fn value(name: &[u8], ev: &Event, ty: &EventType, signed: bool, w: &mut Cursor<'_>) -> Option<bool> {
     if name == b"event_id" || name == b"click_id" {
         let mut id = [0u8; 36];
         format_uuid(&ev.id, &mut id);
@@ -246,7 +255,7 @@ fn value(name: &[u8], ev: &Event, ty: &EventType, w: &mut Cursor<'_>) -> Option<
     let Some(f) = ty.fields.iter().find(|f| f.name.as_bytes() == name) else {
         return Some(false);
     };
-    if !ev.has(f.slot) {
+    if !ev.has(f.slot) || !(signed || matches!(f.source, Source::Query(_))) {
         return Some(true);
     }
     let mut tmp = [0u8; 48];
@@ -340,6 +349,12 @@ pub fn signed_click_url(
         if query::percent_decode_truncating(v, &mut [0u8; 64]).is_err() {
             return Err(format!("{}: bad percent-encoding", String::from_utf8_lossy(k)));
         }
+    }
+    if let Some(p) = rule.identity_params.iter().find(|p| !query::pairs(q).any(|(k, _)| k == p.as_bytes())) {
+        return Err(format!(
+            "the query has no {p}: a signed click needs every identity field of its event type (its id comes from \
+             them, so replays of one URL fold into one click); the server would answer 400"
+        ));
     }
     let exp = exp_s.to_string();
     let mut m = key.start(rule.path.as_bytes(), exp.as_bytes(), landing.as_bytes());

@@ -199,7 +199,7 @@ fn macros_are_filled_and_encoded() {
     let mut out = [0u8; LOCATION_BYTES_MAX];
     let t =
         b"https://example.com/l?cid={campaign_id}&imp={impression_id}&ip={ip}&e={event_id}&k={click_id}&x={nope}&y={";
-    let n = expand(t, &ev, ty, &mut out).unwrap();
+    let n = expand(t, &ev, ty, true, &mut out).unwrap();
     let mut id = [0u8; 36];
     format_uuid(&ev.id, &mut id);
     let id = std::str::from_utf8(&id).unwrap();
@@ -208,7 +208,14 @@ fn macros_are_filled_and_encoded() {
         format!("https://example.com/l?cid=42&imp=a%2Fb%26c%20d&ip=10.1.2.3&e={id}&k={id}&x={{nope}}&y={{")
     );
     let mut small = [0u8; 30];
-    assert_eq!(expand(t, &ev, ty, &mut small).unwrap_err().status, 414);
+    assert_eq!(expand(t, &ev, ty, true, &mut small).unwrap_err().status, 414);
+    // Not signed: the URL is the requester's, so the browser's own values (here its address)
+    // stay out of it; what the query carried, and the id, are filled.
+    let n = expand(t, &ev, ty, false, &mut out).unwrap();
+    assert_eq!(
+        std::str::from_utf8(&out[..n]).unwrap(),
+        format!("https://example.com/l?cid=42&imp=a%2Fb%26c%20d&ip=&e={id}&k={id}&x={{nope}}&y={{")
+    );
 
     // Regression: a name of 64 bytes or more was never filled (the scan for `}` stopped there).
     let long = "site_of_the_publisher_as_the_exchange_sent_it_in_the_bid_request_x";
@@ -219,7 +226,7 @@ fn macros_are_filled_and_encoded() {
     let mut ev = Event::ZERO;
     crate::extract::extract(ty, &req, &mut crate::extract::IdGen::new(0), 0, 0, &mut ev).unwrap();
     let t = format!("https://example.com/l?s={{{long}}}");
-    let n = expand(t.as_bytes(), &ev, ty, &mut out).unwrap();
+    let n = expand(t.as_bytes(), &ev, ty, true, &mut out).unwrap();
     assert_eq!(&out[..n], b"https://example.com/l?s=s");
 }
 
@@ -319,7 +326,7 @@ fn fuzzed_landing_urls_never_escape_the_allowlist() {
         assert!(!authority.contains('@') && !authority.contains('%'), "{text:?}");
         assert!(host == "example.com" || host.ends_with(".example.com"), "{text:?} escaped to {host}");
         let mut out = [0u8; LOCATION_BYTES_MAX];
-        let len = expand(landing, &ev, ty, &mut out).unwrap();
+        let len = expand(landing, &ev, ty, true, &mut out).unwrap();
         let mut wbuf = Vec::with_capacity(4096);
         crate::http::response::redirect(&mut wbuf, &out[..len], true, 1, b"Sun, 06 Nov 1994 08:49:37 GMT")
             .expect("a passed URL is a valid Location");
@@ -371,6 +378,45 @@ fields = [ { name = "campaign_id", source = "query.c", type = "u64", required = 
     assert!(Config::parse(&click.replace("SIGNED", "signed_fields = []"), "t.toml").is_ok());
 }
 
+/// A signed click's id comes from its identity fields: a rule that requires a signature and
+/// leaves one of them unsigned would let anyone vary it and mint clicks (each a new id). A
+/// config error; an event type without identity is the file's choice, as above.
+#[test]
+fn every_identity_field_of_a_signed_click_must_be_signed() {
+    let click = r#"
+[[endpoint]]
+path = "/c"
+event = "click"
+response = "redirect"
+[endpoint.redirect]
+require = "REQUIRE"
+signed_fields = ["campaign_id"]
+[[endpoint.redirect.key]]
+id = "k1"
+secret_hex = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+[event.click]
+identity = ["campaign_id", "impression_id"]
+fields = [
+  { name = "campaign_id", source = "query.c", type = "u64", required = true },
+  { name = "impression_id", source = "query.imp", type = "string", max_bytes = 48 },
+]
+"#;
+    for require in ["signature", "either", "both"] {
+        let e = Config::parse(&click.replace("REQUIRE", require), "t.toml").unwrap_err().0;
+        assert!(
+            e.iter().any(|e| e.key.ends_with("redirect.signed_fields")
+                && e.message.contains("identity field \"impression_id\" of event.click is not signed")),
+            "{require}: {e:?}"
+        );
+    }
+    // Without a signature there is nothing to vary against.
+    assert!(Config::parse(&click.replace("REQUIRE", "allowlist"), "t.toml").is_ok());
+    let both = click
+        .replace("REQUIRE", "signature")
+        .replace("[\"campaign_id\"]\n[[", "[\"campaign_id\", \"impression_id\"]\n[[");
+    assert!(Config::parse(&both, "t.toml").is_ok());
+}
+
 #[test]
 fn sign_url_refuses_what_the_server_would_refuse() {
     let cfg = signed_config("signature");
@@ -404,6 +450,9 @@ fn sign_url_refuses_what_the_server_would_refuse() {
     }
     let long = format!("c=7&cr=1&imp={}", "a".repeat(SIGNED_VALUE_BYTES_MAX + 1));
     assert!(sign(NOW + 60, &long).unwrap_err().contains("longer than 320 bytes"));
+    // Without an identity field the server answers 400 (no id to fold replays by).
+    let e = sign(NOW + 60, "c=7&cr=1").unwrap_err();
+    assert!(e.contains("the query has no imp: a signed click needs every identity field"), "{e}");
 }
 
 #[test]

@@ -243,6 +243,50 @@ fn signed_urls_verify_expire_and_rotate() {
     assert_eq!(c.get(&target(&u2)).status, 302);
 }
 
+/// Regression: a signed click without one of its identity fields (here `imp`) got a fresh random
+/// id, so every replay of that one signed URL was journaled as a new click, until `exp`. It is
+/// now refused with the reason, and nothing is journaled; `sign-url` refuses to print such a URL,
+/// so this one is signed through the library's key, as a third-party signer would.
+#[test]
+fn a_signed_click_without_an_identity_field_is_refused_not_replayable() {
+    let keys = format!("[[endpoint.redirect.key]]\nid = \"k1\"\nsecret_hex = \"{KEY1}\"\n");
+    let text = config_with("signature", &keys);
+    let cfg = tracker::config::Config::parse(&text, "t.toml").unwrap();
+    let rule = cfg.endpoints.iter().find(|e| e.path == "/c").unwrap().redirect.as_deref().unwrap();
+    let landing = "https://advertiser.test/p";
+    let exp =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600).to_string();
+    let mut signer = rule.keys[0].start(rule.path.as_bytes(), exp.as_bytes(), landing.as_bytes());
+    for (name, _) in &rule.signed {
+        let v: &[u8] = match name.as_str() {
+            "campaign_id" => b"9",
+            "creative_id" => b"3",
+            _ => b"",
+        };
+        signer.field(name.as_bytes(), v);
+    }
+    let sig = String::from_utf8(signer.finish().to_vec()).unwrap();
+    let target = format!("/c?c=9&cr=3&url={}&exp={exp}&kid=k1&sig={sig}", enc(landing));
+
+    let mut s = Server::start(Some(&text), &["--shards", "1"]);
+    let mut c = s.connect();
+    for _ in 0..3 {
+        let r = c.get(&target);
+        assert_eq!((r.status, r.header("location")), (400, None));
+        let why = String::from_utf8_lossy(&r.body);
+        assert_eq!(why.trim(), "field impression_id: missing: a signed click needs every identity field");
+    }
+    // The signature itself was good: with imp signed too, the same click goes through.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.toml");
+    std::fs::write(&file, &text).unwrap();
+    let base = format!("http://{}", s.addr);
+    let u = sign_url(&file, None, None, &base, landing, "c=9&cr=3&imp=i-1");
+    assert_eq!(c.get(u.strip_prefix(&base).unwrap()).status, 302);
+    assert_eq!(s.stop(), 0);
+    assert_eq!(journal_cat(&s.journal()).len(), 1, "the refused ones journaled nothing");
+}
+
 #[test]
 fn check_config_refuses_an_open_redirect_allowlist() {
     let dir = tempfile::tempdir().unwrap();
@@ -346,7 +390,10 @@ fn sign_url_asks_which_endpoint_when_the_config_has_several() {
     std::fs::write(&cfg, two_endpoints_sharing_a_key()).unwrap();
     let run = |extra: &[&str]| {
         let mut cmd = Command::new(BIN);
-        cmd.args(["sign-url", "--config"]).arg(&cfg).args(["--url", "https://advertiser.test/", "c=1"]).args(extra);
+        cmd.args(["sign-url", "--config"])
+            .arg(&cfg)
+            .args(["--url", "https://advertiser.test/", "c=1&cr=2&imp=i-1"])
+            .args(extra);
         cmd.output().unwrap()
     };
     for extra in [&[][..], &["--endpoint", "/i"], &["--endpoint", "/nope"]] {
@@ -358,5 +405,5 @@ fn sign_url_asks_which_endpoint_when_the_config_has_several() {
     }
     let out = run(&["--endpoint", "/c2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("http://127.0.0.1:8080/c2?c=1&url="));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("http://127.0.0.1:8080/c2?c=1&cr=2&imp=i-1&url="));
 }
