@@ -407,12 +407,20 @@ fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Exi
     let stop = running.stopper();
     let handle = signals.handle();
     let sig_notifier = notifier.clone();
+    let hlog_reopen = admin.hlog_reopener();
     std::thread::Builder::new()
         .name("tracker-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
                 match sig {
-                    SIGHUP => reload(reloader.as_mut(), &sig_notifier, &status),
+                    SIGHUP => {
+                        // Log rotation renames the .hlog and sends SIGHUP: a new file, with or
+                        // without a config change.
+                        if let Some(r) = &hlog_reopen {
+                            r.store(true, SeqCst);
+                        }
+                        reload(reloader.as_mut(), &sig_notifier, &status)
+                    }
                     _ => {
                         eprintln!("tracker: signal {sig}: stopping (finishing in-flight requests, draining rings)");
                         sig_notifier.stopping();

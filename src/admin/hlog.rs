@@ -12,22 +12,31 @@
 //! #[Logged with tracker 0.1.0: values in ns]
 //! #[Histogram log format version 1.3]
 //! #[StartTime: 1764143800.123 (seconds since epoch)]
-//! #[BaseTime: 1764143800.123 (seconds since epoch)]
+//! #[BaseTime: 0.000 (seconds since epoch)]
 //! "StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"
-//! Tag=service,0.000,10.000,52345.000,HISTFAAAA…
+//! Tag=service,1764143800.123,10.000,52345.000,HISTFAAAA…
 //! ```
-//! Interval timestamps are seconds since BaseTime. Values and Interval_Max are in ns (readers
+//! Interval timestamps are absolute (seconds since the epoch; BaseTime 0): during a
+//! zero-downtime restart the old process appends its last intervals after the new process's
+//! header, and a timestamp relative to a BaseTime would be read against the wrong one. Each
+//! interval's start and length come from the monotonic clock, anchored to the wall clock once,
+//! so a step of the wall clock does not bend them. Values and Interval_Max are in ns (readers
 //! decode the histogram; give HistogramLogProcessor `-outputValueUnitRatio 1000` for µs). An
 //! interval's counts are those the
 //! shards published during it, so its edges are blurred by up to `admin.publish_interval_ms`.
-//! Runs on its own thread. An interval's lines are made in memory and appended with one write;
-//! a write that fails is cut back off the file (so no torn line is left for the next to run
-//! into) and its lines are kept and appended before the next interval's, so a full disk loses
-//! no interval (up to PENDING_BYTES_MAX of them; the error is reported once).
+//! Runs on its own thread. The header, and an interval's lines, are made in memory and appended
+//! with one write. A write that fails part way is cut back off the file when nothing else was
+//! appended meanwhile (else the next append starts on a fresh line), and its lines are kept and
+//! appended before the next interval's, so a full disk loses no interval (up to
+//! PENDING_BYTES_MAX of them; the error is reported once).
+//!
+//! [`HlogWriter::reopen`] (SIGHUP) makes the thread open the path again at its next interval
+//! and write a header there: `logrotate` can rename the file, then reload the tracker.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -40,6 +49,7 @@ use crate::runtime::ShardShared;
 
 pub struct HlogWriter {
     stop: Arc<(Mutex<bool>, Condvar)>,
+    reopen: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
@@ -61,24 +71,54 @@ impl HlogFile {
     }
 }
 
+/// The header one start (or reopen) writes, in one piece; `now_s`: seconds since the epoch.
+fn header(now_s: f64) -> Vec<u8> {
+    format!(
+        "#[Logged with tracker {}: values in ns]\n#[Histogram log format version 1.3]\n#[StartTime: {now_s:.3} (seconds since epoch)]\n#[BaseTime: 0.000 (seconds since epoch)]\n\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
+        env!("CARGO_PKG_VERSION")
+    )
+    .into_bytes()
+}
+
+/// The wall clock read once, and the monotonic clock at that moment: an interval's absolute
+/// start is `epoch_s` plus the monotonic time since `at`.
+#[derive(Clone, Copy)]
+struct Anchor {
+    at: Instant,
+    epoch_s: f64,
+}
+
+impl Anchor {
+    fn now() -> Anchor {
+        let epoch_s = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        Anchor { at: Instant::now(), epoch_s }
+    }
+
+    /// `t` as a duration since the epoch.
+    fn absolute(&self, t: Instant) -> Duration {
+        Duration::from_secs_f64(self.epoch_s) + t.saturating_duration_since(self.at)
+    }
+}
+
 impl HlogWriter {
     /// Writes the header to the opened file and starts the interval thread.
     pub fn start(hlog: HlogFile, interval: Duration, shards: Vec<Arc<ShardShared>>) -> io::Result<HlogWriter> {
         let HlogFile { path, file: mut out } = hlog;
-        let base = SystemTime::now();
-        let base_s = base.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-        write!(
-            out,
-            "#[Logged with tracker {}: values in ns]\n#[Histogram log format version 1.3]\n#[StartTime: {base_s:.3} (seconds since epoch)]\n#[BaseTime: {base_s:.3} (seconds since epoch)]\n\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
-            env!("CARGO_PKG_VERSION")
-        )?;
-        out.flush()?;
+        let anchor = Anchor::now();
+        out.write_all(&header(anchor.epoch_s))?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let st = stop.clone();
+        let reopen = Arc::new(AtomicBool::new(false));
+        let (st, ro) = (stop.clone(), reopen.clone());
         let thread = std::thread::Builder::new()
             .name("tracker-hlog".into())
-            .spawn(move || run(out, path, base, interval, shards, st))?;
-        Ok(HlogWriter { stop, thread })
+            .spawn(move || run(out, path, anchor, interval, shards, st, ro))?;
+        Ok(HlogWriter { stop, reopen, thread })
+    }
+
+    /// A handle that asks the thread to open the path again at its next interval (after the file
+    /// was renamed by log rotation), writing a fresh header there.
+    pub fn reopener(&self) -> Arc<AtomicBool> {
+        self.reopen.clone()
     }
 
     /// Writes the last (partial) interval and joins the thread.
@@ -96,16 +136,19 @@ const PENDING_BYTES_MAX: usize = 4 << 20;
 fn run(
     mut out: File,
     path: PathBuf,
-    base: SystemTime,
+    anchor: Anchor,
     interval: Duration,
     shards: Vec<Arc<ShardShared>>,
     stop: Arc<(Mutex<bool>, Condvar)>,
+    reopen: Arc<AtomicBool>,
 ) {
     let mut serializer = V2DeflateSerializer::new();
     let mut merged = new_histogram();
-    let mut start = base;
-    let mut next = Instant::now() + interval;
+    let mut start = anchor.at;
+    let mut next = start + interval;
     let mut failing = false;
+    // The last append failed part way and could not be cut back: the file may end inside a line.
+    let mut torn = false;
     // Lines made and not appended yet (the appends failed), oldest first.
     let mut pending: Vec<u8> = Vec::new();
     loop {
@@ -120,12 +163,28 @@ fn run(
             }
             *stopped
         };
-        next += interval;
-        let end = SystemTime::now();
-        let since_base = start.duration_since(base).unwrap_or_default();
-        let length = end.duration_since(start).unwrap_or_default();
-        let r = interval_lines(&mut pending, &mut serializer, &mut merged, &shards, since_base, length)
-            .and_then(|()| append_whole(&mut out, &pending));
+        let end = Instant::now();
+        // After a stall (an append that blocked on a slow disk), the next interval starts now:
+        // catching up would write a burst of intervals a few µs long.
+        next = (next + interval).max(end);
+        if reopen.swap(false, SeqCst) {
+            match OpenOptions::new().create(true).append(true).open(&path) {
+                Ok(f) => {
+                    out = f;
+                    torn = false;
+                    // The header goes first; this interval's lines follow it.
+                    let mut h = header(anchor.absolute(end).as_secs_f64());
+                    h.append(&mut pending);
+                    pending = h;
+                }
+                Err(e) => {
+                    eprintln!("tracker: cannot reopen {}: {e}; still appending to the file open before", path.display())
+                }
+            }
+        }
+        let length = end.saturating_duration_since(start);
+        let r = interval_lines(&mut pending, &mut serializer, &mut merged, &shards, anchor.absolute(start), length)
+            .and_then(|()| append_whole(&mut out, &pending, &mut torn));
         match r {
             Ok(()) => {
                 pending.clear();
@@ -155,18 +214,24 @@ fn interval_lines(
     serializer: &mut V2DeflateSerializer,
     merged: &mut hdrhistogram::Histogram<u64>,
     shards: &[Arc<ShardShared>],
-    since_base: Duration,
+    start: Duration,
     length: Duration,
 ) -> io::Result<()> {
     // A builder with no headers writes nothing: the header was written once at start.
-    let mut w = IntervalLogWriterBuilder::new().begin_log_with(lines, serializer)?;
+    let mark = lines.len();
+    let mut w = IntervalLogWriterBuilder::new().begin_log_with(&mut *lines, serializer)?;
     for kind in KINDS {
         merged.reset();
         for s in shards {
             s.counters.latency.get(kind).take_interval(merged);
         }
         let tag = Tag::new(kind.tag());
-        w.write_histogram(merged, since_base, length, tag).map_err(|e| io::Error::other(e.to_string()))?;
+        if let Err(e) = w.write_histogram(merged, start, length, tag) {
+            // The line's prefix is written before its histogram is serialised: drop the whole
+            // interval rather than leave a line the next would be glued onto.
+            lines.truncate(mark);
+            return Err(io::Error::other(e.to_string()));
+        }
     }
     Ok(())
 }
@@ -180,13 +245,39 @@ fn keep_newest_lines(lines: &mut Vec<u8>, max: usize) {
     }
 }
 
-/// Appends `bytes` to `file` whole or not at all: a write that fails part way is cut back off
-/// (the file is opened for append, so its end is where the write began).
-fn append_whole(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+/// Appends `bytes` to `file` whole or not at all. A write that fails part way is cut back off,
+/// but only while the file ends where this write left it: another process appending to the
+/// same path (the new one, in a zero-downtime restart) may have added lines since, and those
+/// are not ours to cut. Otherwise `torn` is set and the next append starts with a line break,
+/// so the fragment is a line of its own, not the start of the next.
+fn append_whole(file: &mut File, bytes: &[u8], torn: &mut bool) -> io::Result<()> {
+    if *torn {
+        file.write_all(b"\n")?;
+        *torn = false;
+    }
     let before = file.metadata()?.len();
-    file.write_all(bytes).inspect_err(|_| {
-        let _ = file.set_len(before);
-    })
+    let mut written = 0;
+    while written < bytes.len() {
+        match file.write(&bytes[written..]) {
+            Ok(0) => return Err(cut_back(file, before, written, torn, io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(cut_back(file, before, written, torn, e)),
+        }
+    }
+    Ok(())
+}
+
+/// After `written` bytes of an append that began at `before` failed with `e`: cuts them off when
+/// the file ends right after them, else marks the file `torn`. Returns `e`.
+fn cut_back(file: &File, before: u64, written: usize, torn: &mut bool, e: io::Error) -> io::Error {
+    if written > 0 {
+        let ours = file.metadata().is_ok_and(|m| m.len() == before + written as u64);
+        if !(ours && file.set_len(before).is_ok()) {
+            *torn = true;
+        }
+    }
+    e
 }
 
 #[cfg(test)]
@@ -198,13 +289,28 @@ mod tests {
     #[test]
     fn a_failed_append_keeps_its_lines_whole_for_the_next() {
         let mut full = OpenOptions::new().append(true).open("/dev/full").unwrap();
-        assert!(append_whole(&mut full, b"Tag=service,0.000,10.000,5.000,HISTF\n").is_err());
+        let mut torn = false;
+        assert!(append_whole(&mut full, b"Tag=service,0.000,10.000,5.000,HISTF\n", &mut torn).is_err());
+        assert!(!torn, "nothing was written");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.hlog");
         let mut f = OpenOptions::new().create(true).append(true).open(&path).unwrap();
-        append_whole(&mut f, b"a\n").unwrap();
-        append_whole(&mut f, b"b\n").unwrap();
+        append_whole(&mut f, b"a\n", &mut torn).unwrap();
+        append_whole(&mut f, b"b\n", &mut torn).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\n");
+        // A fragment another process appended after (it cannot be cut back): the next append
+        // starts on a line of its own.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"Tag=serv").unwrap();
+        let (before, written) = (4, 8);
+        let mut torn = false;
+        let _ = cut_back(&f, before, written, &mut torn, io::ErrorKind::Other.into());
+        assert!(!torn && std::fs::read(&path).unwrap() == b"a\nb\n", "ours alone: cut back");
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"Tag=serv").unwrap();
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"other\n").unwrap();
+        let _ = cut_back(&f, before, written, &mut torn, io::ErrorKind::Other.into());
+        assert!(torn, "another writer's lines follow: not cut");
+        append_whole(&mut f, b"c\n", &mut torn).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\nTag=servother\n\nc\n");
 
         let mut lines = b"one\ntwo\nthree\n".to_vec();
         keep_newest_lines(&mut lines, 100);

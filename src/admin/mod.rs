@@ -293,6 +293,12 @@ impl Admin {
         }
     }
 
+    /// Set on SIGHUP: the `.hlog` writer opens its path again at its next interval (log rotation
+    /// renamed the file). None without `admin.hlog_path`.
+    pub fn hlog_reopener(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+        self.hlog.as_ref().map(|h| h.reopener())
+    }
+
     /// Writes the last `.hlog` interval (call after the shards have stopped and published) and
     /// stops the hlog thread. The listener thread ends at [`Admin::stop_listening`], or with the
     /// process.
@@ -337,7 +343,7 @@ pub fn start(bound: Bound, hlog: Option<hlog::HlogFile>, cfg: &Config, running: 
                 Ok(s) => {
                     if active.load(SeqCst) >= CONNECTIONS_MAX {
                         // Never queue behind slow clients: the health probes must get through.
-                        refuse_busy(s, &refusing);
+                        refuse_busy(s, &refusing, &state);
                         continue;
                     }
                     let slot = Active::take(&active);
@@ -345,7 +351,7 @@ pub fn start(bound: Bound, hlog: Option<hlog::HlogFile>, cfg: &Config, running: 
                     // A failed spawn drops the closure, connection and slot with it.
                     let _ = std::thread::Builder::new().name("tracker-admin-conn".into()).spawn(move || {
                         let _slot = slot;
-                        let _ = serve(&state, s);
+                        let _ = serve(&state, s, false);
                     });
                 }
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -360,20 +366,26 @@ pub fn start(bound: Bound, hlog: Option<hlog::HlogFile>, cfg: &Config, running: 
 /// its own, so the accept thread never waits on it: its request is most likely in the socket
 /// already, and a close with it unread is a reset that can cost the client the 503. Past
 /// REFUSING_MAX such threads, the 503 and an immediate close on the accept thread.
-fn refuse_busy(mut s: TcpStream, refusing: &Arc<AtomicUsize>) {
-    const REASON: &str = "too many admin connections";
+/// On those threads the head is read as [`serve`] reads it, and a liveness probe (`GET /health`)
+/// is answered 200 all the same: slow clients holding every slot must not make a supervisor
+/// take a serving process for dead.
+fn refuse_busy(mut s: TcpStream, refusing: &Arc<AtomicUsize>, state: &Arc<State>) {
     let _ = s.set_write_timeout(Some(BUSY_WRITE_TIMEOUT));
     if refusing.load(SeqCst) >= REFUSING_MAX {
-        let _ = respond(&mut s, 503, "text/plain", format!("{REASON}\n").as_bytes(), false);
+        let _ = respond(&mut s, 503, "text/plain", format!("{BUSY}\n").as_bytes(), false);
         return;
     }
     let slot = Active::take(refusing);
+    let state = state.clone();
     // A failed spawn drops the closure, connection and slot with it.
     let _ = std::thread::Builder::new().name("tracker-admin-busy".into()).spawn(move || {
         let _slot = slot;
-        let _ = refuse(s, 503, REASON, false);
+        let _ = serve(&state, s, true);
     });
 }
+
+/// The 503's reason past CONNECTIONS_MAX.
+const BUSY: &str = "too many admin connections";
 
 /// One of a bounded count of admin connections on threads at once (CONNECTIONS_MAX served,
 /// REFUSING_MAX refused), given back when dropped.
@@ -430,7 +442,9 @@ impl Resource {
 }
 
 /// Answers one request on `s` and closes it.
-fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
+/// Reads one request and answers it. `busy`: over CONNECTIONS_MAX, so everything but a
+/// liveness probe gets 503 ([`refuse_busy`]).
+fn serve(state: &State, mut s: TcpStream, busy: bool) -> io::Result<()> {
     s.set_write_timeout(Some(ANSWER_TIMEOUT))?;
     // CLIENT_TIMEOUT bounds the whole head, not each read: a client trickling a byte a second
     // would otherwise hold this connection's thread and CONNECTIONS_MAX slot for an hour; a
@@ -485,16 +499,22 @@ fn serve(state: &State, mut s: TcpStream) -> io::Result<()> {
     // As on the public listener: an unknown path is 404 whatever the method; on a known one
     // OPTIONS tells the methods (RFC 9110 §9.3.7), and any method but GET, HEAD and OPTIONS is 405.
     match (resource, method) {
+        (Resource::Health, Method::Get | Method::Head) => answer(state, &mut s, resource, head)?,
+        _ if busy => respond(&mut s, 503, "text/plain", format!("{BUSY}\n").as_bytes(), head)?,
         (Resource::Unknown, _) => {
-            respond(&mut s, 404, "text/plain", b"not found: try /metrics, /health, /ready, /stats\n", head)
+            respond(&mut s, 404, "text/plain", b"not found: try /metrics, /health, /ready, /stats\n", head)?
         }
-        (_, Method::Options) => respond(&mut s, 204, "", b"", false),
+        (_, Method::Options) => respond(&mut s, 204, "", b"", false)?,
         // The parser lets `*` through for OPTIONS only (RFC 9112 §3.2.4); answered as it would
         // be, never a panic, should that ever change.
-        (Resource::Server, _) => refuse(s, 400, "invalid request target", head),
-        (_, Method::Get | Method::Head) => answer(state, &mut s, resource, head),
-        (_, Method::Post | Method::Other) => respond(&mut s, 405, "text/plain", b"method not allowed\n", head),
+        (Resource::Server, _) => respond(&mut s, 400, "text/plain", b"invalid request target\n", head)?,
+        (_, Method::Get | Method::Head) => answer(state, &mut s, resource, head)?,
+        (_, Method::Post | Method::Other) => respond(&mut s, 405, "text/plain", b"method not allowed\n", head)?,
     }
+    // A client that sent more after its request (pipelined, though every answer closes) must
+    // not get a reset that costs it this answer.
+    linger_close(s);
+    Ok(())
 }
 
 /// Answers `status` with `reason` to a request not read whole (a refused head, one that did not

@@ -31,7 +31,7 @@ pub fn histograms(state: &State, kind: Kind) -> (Vec<Histogram<u64>>, Histogram<
     (per, all)
 }
 
-fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 

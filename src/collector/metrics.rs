@@ -27,7 +27,9 @@ pub fn write_prometheus(out: &mut String) {
     let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&CollectorStatus) -> String| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in &all {
-            let _ = writeln!(out, "{name}{{collector=\"{}\",kind=\"{}\"}} {}", s.name, s.kind, value(s));
+            // The config keeps names to plain characters; escaped all the same, as every label.
+            let (c, k) = (crate::admin::render::escape(&s.name), crate::admin::render::escape(&s.kind));
+            let _ = writeln!(out, "{name}{{collector=\"{c}\",kind=\"{k}\"}} {}", value(s));
         }
     };
     family("tracker_collector_events_total", "counter", "Events acknowledged by the destination", &|s| {

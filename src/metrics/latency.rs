@@ -1,7 +1,7 @@
 //! Latency histograms: where a shard (or its drain, or a collector) records how long a stage took,
 //! and how those numbers reach the admin thread without a lock or an allocation on the hot path.
 //!
-//! Three measurements, all in nanoseconds, per shard:
+//! Four measurements, all in nanoseconds, per shard:
 //! - `service`: request service time, from the read completion that made a request complete to
 //!   the end of its batch — every request the read completed answered into the connection's
 //!   write buffer, which goes out as one write (recorded by the reactor, once per batch with
@@ -12,6 +12,8 @@
 //! - `journal`: ingest-to-journal latency, from the event's receive time (`Event::ts_ns`, taken
 //!   when the read completed) to the end of the drain batch that appended it to the segment
 //!   (recorded by the drain, once per event, one clock read per batch);
+//! - `journal_sync`: how long each journal sync took (msync, or the background fdatasync whose
+//!   outcome the drain applied), recorded by the drain once per sync;
 //! - `collector_publish`: collector publish latency, from a batch's first delivery attempt to its
 //!   acknowledgement (retries included): each collector thread owns a [`LocalHistogram`] per
 //!   shard and publishes it into `ShardCounters::latency.collector_publish` of the shard whose

@@ -157,6 +157,15 @@ impl Drop for Server {
     }
 }
 
+/// Polls `f` every 50 ms until it holds; fails the test after `within`, naming `what`.
+pub fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Forwards a child's stderr, line by line, to the returned channel (read from a thread, so a
 /// chatty child never blocks on a full pipe).
 pub fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {

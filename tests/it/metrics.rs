@@ -395,6 +395,40 @@ fn hlog_reads_back_with_hdrhistogram_interval_log_iterator() {
     assert!(text.contains("\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\""));
 }
 
+/// Log rotation: the .hlog is renamed and the tracker gets SIGHUP; it opens the path again with
+/// a fresh header and goes on there, and the two files together hold every request once.
+#[test]
+fn hlog_is_reopened_on_sighup_after_a_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let hlog = dir.path().join("tracker.hlog");
+    let rotated = dir.path().join("tracker.hlog.1");
+    let cfg = config_with(&[
+        ("publish_interval_ms = 1000", "publish_interval_ms = 20"),
+        ("# hlog_path = \"tracker.hlog\"", &format!("hlog_path = \"{}\"", hlog.display())),
+        ("hlog_interval_ms = 10000", "hlog_interval_ms = 100"),
+    ]);
+    let mut s = Server::start_in(dir, Some(&cfg), &["--shards", "1"]);
+    let mut c = s.connect();
+    let service =
+        |p: &std::path::Path| std::fs::read(p).map_or(0, |b| tagged_counts(&b).get("service").copied().unwrap_or(0));
+    for i in 0..5 {
+        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
+    }
+    wait_for("the first five in the file", WAIT, || service(&hlog) == 5);
+    std::fs::rename(&hlog, &rotated).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGHUP) };
+    wait_for("a new file with its header", WAIT, || {
+        std::fs::read_to_string(&hlog).is_ok_and(|t| t.contains("\"StartTimestamp\",\"Interval_Length\""))
+    });
+    for i in 5..10 {
+        assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
+    }
+    drop(c);
+    assert_eq!(s.stop(), 0);
+    assert_eq!((service(&rotated), service(&hlog)), (5, 5));
+}
+
 /// Parses a whole .hlog with hdrhistogram's iterator (failing on any unparsable line), decodes
 /// every interval and sums counts per tag; checks StartTime/BaseTime and ordered intervals.
 fn tagged_counts(bytes: &[u8]) -> BTreeMap<String, u64> {
@@ -412,6 +446,8 @@ fn tagged_counts(bytes: &[u8]) -> BTreeMap<String, u64> {
                 let tag = iv.tag().expect("every interval is tagged").as_str().to_string();
                 let raw = base64_decode(iv.encoded_histogram());
                 let h: Histogram<u64> = de.deserialize(&mut &raw[..]).expect("histogram decodes");
+                // Absolute (BaseTime 0): a process's intervals read right after another's header.
+                assert!(iv.start_timestamp().as_secs() > 1_700_000_000, "{:?} is not absolute", iv.start_timestamp());
                 let prev = last_start.insert(tag.clone(), iv.start_timestamp());
                 assert!(prev.is_none_or(|p| p <= iv.start_timestamp()), "{tag} intervals out of order");
                 *counts.entry(tag).or_insert(0) += h.len();
@@ -709,7 +745,9 @@ fn admin_answers_carry_date_and_server_as_the_public_listener_does() {
 
 /// Over CONNECTIONS_MAX the admin listener answers 503 at once. It used to close straight after,
 /// with the request unread, so the close was a reset (RFC 9112 §9.6) that could cost the client
-/// the 503 it had just been sent; now it closes lingering, as after its other refusals.
+/// the 503 it had just been sent; now it closes lingering, as after its other refusals. A
+/// liveness probe is answered all the same: slots held by slow clients used to get it a 503,
+/// and a supervisor would restart a process that was serving.
 #[test]
 fn admin_over_its_connection_limit_answers_503_and_closes_cleanly() {
     use std::io::{Read, Write};
@@ -720,9 +758,13 @@ fn admin_over_its_connection_limit_answers_503_and_closes_cleanly() {
     // listener full: only the slots' own CLIENT_TIMEOUT (2 s, counted once each is served) could
     // free one first.
     let held: Vec<Client> = (0..tracker::admin::CONNECTIONS_MAX).map(|_| Client::connect(admin)).collect();
+    let mut probe = Client::connect(admin);
+    probe.send(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = probe.read_response(false);
+    assert_eq!((r.status, std::str::from_utf8(&r.body).unwrap()), (200, "ok\n"));
     let mut c = Client::connect(admin);
     let before = unix_s();
-    c.send(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n");
+    c.send(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
     let r = c.read_response(false);
     let after = unix_s();
     assert_eq!((r.status, std::str::from_utf8(&r.body).unwrap()), (503, "too many admin connections\n"));
@@ -755,7 +797,7 @@ fn a_flood_over_the_admin_connection_limit_lingers_on_at_most_refusing_max_threa
     let flood: Vec<Client> = (0..REFUSING_MAX + 24)
         .map(|_| {
             let mut c = Client::connect(admin);
-            c.send(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n");
+            c.send(b"GET /ready HTTP/1.1\r\nHost: a\r\n\r\n");
             assert_eq!(c.read_response(false).status, 503);
             c
         })
