@@ -417,6 +417,26 @@ fields = [
     assert!(Config::parse(&both, "t.toml").is_ok());
 }
 
+/// The signature's own parameters cannot also be the landing URL's or a signed field's: the
+/// server would read one value for two meanings.
+#[test]
+fn the_signature_parameters_are_not_for_the_landing_url_or_a_field() {
+    let e = Config::parse(&crate::config::DEFAULT_TOML.replace("param = \"url\"", "param = \"sig\""), "t.toml")
+        .unwrap_err()
+        .0;
+    assert!(
+        e.iter().any(|e| e.key.ends_with("redirect.param") && e.message.contains("a parameter of the signature")),
+        "{e:?}"
+    );
+    let text = with_keys("signature", &format!("[[endpoint.redirect.key]]\nid = \"k1\"\nsecret_hex = \"{KEY1}\"\n"))
+        .replace("source = \"query.imp\"", "source = \"query.kid\"");
+    let e = Config::parse(&text, "t.toml").unwrap_err().0;
+    assert!(
+        e.iter().any(|e| e.key.ends_with("redirect.signed_fields") && e.message.contains("read from query.kid")),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn sign_url_refuses_what_the_server_would_refuse() {
     let cfg = signed_config("signature");
