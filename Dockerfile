@@ -2,9 +2,9 @@
 # tracker container image: docs/deployment.md ("Containers").
 #
 #   docker build -t tracker .
-#   docker run -d --name tracker -p 8080:8080 -v tracker-journal:/var/lib/tracker \
+#   docker run -d --name tracker --network host -v tracker-journal:/var/lib/tracker \
 #     --security-opt seccomp=docker/seccomp-io_uring.json --ulimit memlock=67108864 \
-#     --ulimit nofile=1048576 --stop-timeout 60 tracker
+#     --ulimit nofile=1048576 --stop-timeout 60 --restart on-failure tracker
 #
 # Docker's default seccomp profile (Docker ≥ 25) blocks io_uring_setup/enter/register, and the
 # tracker needs them: without the --security-opt above every shard fails at start with
@@ -27,6 +27,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && strip --strip-debug /usr/local/bin/tracker
 
 FROM debian:bookworm-slim
+# CA certificates: the statically linked OpenSSL (librdkafka's TLS) looks for the system store,
+# and slim images ship none, so a Kafka collector over TLS to a public-CA cluster would fail
+# with "certificate verify failed".
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 # A fixed uid so volume ownership is predictable across image versions.
 RUN groupadd --system --gid 10001 tracker \
     && useradd --system --uid 10001 --gid tracker --home-dir /var/lib/tracker --no-create-home \
@@ -36,11 +42,15 @@ RUN groupadd --system --gid 10001 tracker \
 COPY --from=build /usr/local/bin/tracker /usr/local/bin/tracker
 COPY config/tracker.toml /etc/tracker/tracker.toml
 USER tracker:tracker
+# Relative paths of a config (journal.dir, admin.hlog_path, a jsonl collector's path) land on the
+# volume, which this user can write, not in / which it cannot.
+WORKDIR /var/lib/tracker
 VOLUME /var/lib/tracker
 EXPOSE 8080
 # SIGTERM drains rings into the journal and syncs; give it time (docker stop -t 60).
 STOPSIGNAL SIGTERM
-# Health: the admin listener's /health (loopback 9090, [admin] listen) answers 200 while the
+# Health: the admin listener's /health (loopback 9090, [admin] listen) answers 200 while every
+# reactor turns (503 for one stuck 5 s: the systemd watchdog's check, for containers) and the
 # process is alive. Uses bash's /dev/tcp, so the image needs no curl.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9090 && printf 'GET /health HTTP/1.1\\r\\nHost: health\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -c 12 <&3 | grep -q '^HTTP/1.1 200'"]

@@ -119,6 +119,25 @@ impl State {
         }
     }
 
+    /// Ok while every running reactor turns (its heartbeat is younger than
+    /// `notify::HEALTH_STALL`): the liveness a container runtime or orchestrator probes, the
+    /// systemd watchdog's check where there is none. Otherwise why, one line per shard.
+    pub fn live(&self) -> Result<(), String> {
+        let now_ms = crate::clock::mono_coarse_ms();
+        let limit = crate::runtime::notify::HEALTH_STALL.as_millis() as u64;
+        let stuck: Vec<String> = self
+            .shards
+            .iter()
+            .filter_map(|s| s.not_turned_for_ms(now_ms).filter(|&ms| ms > limit).map(|ms| (s.index, ms)))
+            .map(|(i, ms)| format!("shard {i}: reactor has not turned for {ms} ms"))
+            .collect();
+        if stuck.is_empty() {
+            Ok(())
+        } else {
+            Err(stuck.join("\n"))
+        }
+    }
+
     /// Ok when the tracker should receive traffic; otherwise every reason, one per line.
     pub fn ready(&self) -> Result<(), String> {
         let mut why: Vec<String> = Vec::new();
@@ -556,7 +575,10 @@ fn answer(state: &State, s: &mut TcpStream, resource: Resource, head: bool) -> i
             let body = render::metrics(state);
             respond(s, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), head)
         }
-        Resource::Health => respond(s, 200, "text/plain", b"ok\n", head),
+        Resource::Health => match state.live() {
+            Ok(()) => respond(s, 200, "text/plain", b"ok\n", head),
+            Err(why) => respond(s, 503, "text/plain", format!("{why}\n").as_bytes(), head),
+        },
         Resource::Ready => match state.ready() {
             Ok(()) => respond(s, 200, "text/plain", b"ready\n", head),
             Err(why) => respond(s, 503, "text/plain", format!("{why}\n").as_bytes(), head),

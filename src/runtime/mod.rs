@@ -17,6 +17,7 @@
 //! requests they hold, close connections and exit; then each drain empties its ring into the
 //! journal, syncs and exits. Nothing acknowledged is lost.
 
+mod cgroup;
 mod drain;
 pub mod handoff;
 pub mod notify;
@@ -78,6 +79,10 @@ pub struct ShardShared {
     /// Bumped by the reactor every `notify::HEARTBEAT_PERIOD`; the watchdog pings systemd only
     /// while every shard's moves.
     heartbeat: AtomicU64,
+    /// `clock::mono_coarse_ms` at the last heartbeat (0: none yet): the admin's `/health` fails
+    /// when a reactor has not turned for `notify::HEALTH_STALL` (no systemd watchdog in a
+    /// container).
+    heartbeat_ms: AtomicU64,
     /// Configs handed over by a reload, to the reactor and then the drain.
     pub reload: reload::ShardReload,
 }
@@ -107,6 +112,7 @@ impl ShardShared {
             final_sync_failed: AtomicBool::new(false),
             reactor_panicked: AtomicBool::new(false),
             heartbeat: AtomicU64::new(0),
+            heartbeat_ms: AtomicU64::new(0),
             reload: reload::ShardReload::default(),
         })
     }
@@ -194,6 +200,19 @@ impl ShardShared {
 
     pub fn heartbeat(&self) -> u64 {
         self.heartbeat.load(Relaxed)
+    }
+
+    /// Reactor side, at each heartbeat.
+    pub fn beat(&self, now_ms: u64) {
+        self.heartbeat.fetch_add(1, Relaxed);
+        self.heartbeat_ms.store(now_ms, Relaxed);
+    }
+
+    /// How long this shard's reactor has not turned, at `now_ms` (`clock::mono_coarse_ms`):
+    /// None before its first heartbeat and once it has stopped.
+    pub fn not_turned_for_ms(&self, now_ms: u64) -> Option<u64> {
+        let at = self.heartbeat_ms.load(Relaxed);
+        (at != 0 && !self.reactor_done.load(SeqCst)).then(|| now_ms.saturating_sub(at))
     }
 
     pub fn wake_reactor(&self) {
@@ -352,7 +371,7 @@ fn check_connection_memory(s: &crate::config::Server, shards: usize, memory: Opt
     }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     Err(StartError::new(format!(
-        "connection buffers need up to {:.1} GiB ({shards} shard(s) × server.connections_per_shard_max {} × {per_connection} bytes: header_bytes_max + 2 × body_bytes_max + the write buffer), more than this machine's {:.1} GiB of memory; lower server.connections_per_shard_max or server.body_bytes_max",
+        "connection buffers need up to {:.1} GiB ({shards} shard(s) × server.connections_per_shard_max {} × {per_connection} bytes: header_bytes_max + 2 × body_bytes_max + the write buffer), more than this machine's {:.1} GiB of memory (or its cgroup's memory.max); lower server.connections_per_shard_max or server.body_bytes_max",
         gib(total),
         s.connections_per_shard_max,
         gib(memory)
@@ -395,13 +414,27 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
 pub fn start_with(cfg: Config, status: &dyn Fn(&str), cancelled: &dyn Fn() -> bool) -> Result<Running, StartError> {
     let cpus = allowed_cpus();
     let shards = match cfg.server.shards {
-        0 => cpus.len().max(1),
+        0 => {
+            let quota = cgroup::cpu_limit();
+            let n = cpus.len().max(1).min(quota.unwrap_or(usize::MAX));
+            if n < cpus.len() {
+                eprintln!(
+                    "tracker: shards = 0: {n} shard(s), the cgroup's CPU quota (cpu.max), though {} CPUs are allowed",
+                    cpus.len()
+                );
+            }
+            n
+        }
         n => n,
     };
     if !cpus.is_empty() && shards > cpus.len() {
         eprintln!("tracker: {shards} shards on {} allowed CPUs: shards share CPUs round-robin", cpus.len());
     }
-    check_connection_memory(&cfg.server, shards, physical_memory_bytes())?;
+    let memory = match (physical_memory_bytes(), cgroup::memory_limit()) {
+        (Some(m), Some(c)) => Some(m.min(c)),
+        (m, c) => m.or(c),
+    };
+    check_connection_memory(&cfg.server, shards, memory)?;
     if let Some(w) = dedup_lock_warning(&cfg.dedup, crate::dedup::lock_free()) {
         eprintln!("{w}");
     }

@@ -27,6 +27,9 @@ use super::ShardShared;
 /// How often each reactor bumps its heartbeat counter. The window a shard is judged over
 /// (`Watchdog::new`) is at least four of these, whatever `WatchdogSec=` says.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(100);
+/// A reactor whose heartbeat is older than this fails `/health` (50 heartbeats: no busy reactor
+/// goes that long without its timer task, a stuck one does).
+pub const HEALTH_STALL: Duration = Duration::from_secs(5);
 /// Shortest `WatchdogSec=` the tracker honours: pings go out every half of it, and a shard needs
 /// a few heartbeats in each half.
 pub const WATCHDOG_MIN: Duration = Duration::from_millis(800);

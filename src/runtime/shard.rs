@@ -559,9 +559,10 @@ fn accept_error_hint(e: &std::io::Error) -> String {
 async fn heartbeat(ctx: Rc<ShardCtx>) {
     let mut stall = StallWatch::new(ctx.shared.journaled(), crate::clock::mono_coarse_ms());
     loop {
-        ctx.shared.heartbeat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now_ms = crate::clock::mono_coarse_ms();
+        ctx.shared.beat(now_ms);
         let limit = ctx.cfg.borrow().journal.stall_timeout_ms;
-        if stall.check(&ctx.shared, limit, crate::clock::mono_coarse_ms()) {
+        if stall.check(&ctx.shared, limit, now_ms) {
             // Connections waiting for it: their responses are not sent.
             ctx.wake_journaled();
         }

@@ -429,6 +429,25 @@ fn hlog_is_reopened_on_sighup_after_a_rename() {
     assert_eq!((service(&rotated), service(&hlog)), (5, 5));
 }
 
+/// `/health` is the liveness a container runtime probes (there is no systemd watchdog there):
+/// a reactor held still (ptrace, the thread alone) fails it once its heartbeat is older than
+/// `notify::HEALTH_STALL`, naming the shard; it passes again once the reactor turns.
+#[test]
+fn health_fails_while_a_reactor_does_not_turn() {
+    let s = Server::start(None, &["--shards", "1"]);
+    assert_eq!(s.admin_get("/health").status, 200);
+    let held = HeldThread::hold(s.child.id(), "tracker-shard-0");
+    let mut said = String::new();
+    wait_for("/health 503", WAIT, || {
+        let r = s.admin_get("/health");
+        said = String::from_utf8_lossy(&r.body).into_owned();
+        r.status == 503
+    });
+    assert!(said.starts_with("shard 0: reactor has not turned for "), "{said}");
+    drop(held);
+    wait_for("/health 200 again", WAIT, || s.admin_get("/health").status == 200);
+}
+
 /// Parses a whole .hlog with hdrhistogram's iterator (failing on any unparsable line), decodes
 /// every interval and sums counts per tag; checks StartTime/BaseTime and ordered intervals.
 fn tagged_counts(bytes: &[u8]) -> BTreeMap<String, u64> {
