@@ -74,8 +74,34 @@ fn permanent(code: RDKafkaErrorCode) -> Option<&'static str> {
             "the cluster refuses this producer: the collector's producer is idempotent, which needs \
              IdempotentWrite on the cluster (ACLs)",
         ),
+        RDKafkaErrorCode::UnsupportedFeature => Some(
+            "the brokers do not support what the collector's idempotent producer needs (Kafka 0.11 or later, \
+             idempotence not turned off on the cluster)",
+        ),
         _ => None,
     }
+}
+
+/// The outcome of an attempt whose producer hit a producer-wide fatal error (librdkafka raises
+/// one when the idempotent producer cannot get or keep its producer id): a refusal that every
+/// new producer meets again (`permanent`: the cluster denies IdempotentWrite) stops the
+/// collector with its fix; any other (a fenced or out-of-sequence producer) is retried on a
+/// new producer, which gets a new id. librdkafka reports such a refusal this way, not per
+/// message: the queued messages come back purged.
+fn after_fatal_producer_error(code: RDKafkaErrorCode, why: &str) -> Delivery {
+    match permanent(code) {
+        Some(fix) => Delivery::Fatal(format!("kafka producer fatal error {code:?}: {why}; {fix}")),
+        None => Delivery::Retry(format!("kafka producer fatal error {code:?}: {why}; recreating it")),
+    }
+}
+
+/// A `properties` key the collector owns (`OWNED`), or one that would break it: librdkafka reads
+/// a `topic.` prefix off any name it does not know as global (`topic.message.timeout.ms` is
+/// `message.timeout.ms`), and a transactional producer refuses the plain sends the collector
+/// makes, so every attempt would fail.
+fn owned_property(key: &str) -> bool {
+    let bare = key.strip_prefix("topic.").unwrap_or(key);
+    OWNED.contains(&bare) || bare == "transactional.id"
 }
 
 #[derive(Default)]
@@ -209,12 +235,13 @@ pub fn factory(o: &mut Options) -> Result<Box<dyn Collector>, String> {
     }
     let props = o.string_table("properties");
     for k in props.keys() {
-        if OWNED.contains(&k.as_str()) {
+        if owned_property(k) {
             o.error(
                 "properties",
                 format!(
                     "\"{k}\" is set by the collector (idempotent producer, brokers, compression; linger, \
-                     batch size and message timeout from producer_linger_ms, batch.events_max and timeout_ms)"
+                     batch size and message timeout from producer_linger_ms, batch.events_max and timeout_ms; \
+                     no transactions), under any of its names"
                 ),
             );
         }
@@ -361,9 +388,8 @@ impl Collector for Kafka {
         let fatal = producer.client().fatal_error();
         let (ok, failed) = (reports.ok.load(Relaxed), reports.failed.load(Relaxed));
         if let Some((code, why)) = fatal {
-            // A fatal idempotence error: a new producer gets a new id.
             self.producer = None;
-            return Delivery::Retry(format!("kafka producer fatal error {code:?}: {why}; recreating it"));
+            return after_fatal_producer_error(code, &why);
         }
         // Acked only when this attempt's every message is reported delivered and nothing is
         // left in flight: the reports are counted per producer, and every failed attempt drops
@@ -434,5 +460,32 @@ fn wait_for_reports(producer: &BaseProducer<Ctx>, deadline: Instant) -> KafkaRes
             return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
         }
         producer.poll(left.min(REPORT_POLL));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_properties_are_refused_under_every_name() {
+        for k in ["acks", "linger.ms", "topic.message.timeout.ms", "topic.compression.codec", "transactional.id"] {
+            assert!(owned_property(k), "{k}");
+        }
+        for k in ["client.id", "sasl.username", "topic.metadata.refresh.interval.ms", "message.max.bytes"] {
+            assert!(!owned_property(k), "{k}");
+        }
+    }
+
+    /// The refusal of an idempotent producer's id comes back as a producer-wide fatal error;
+    /// every new producer would meet it again, so it stops the collector with the fix.
+    #[test]
+    fn a_fatal_producer_error_stops_only_when_no_new_producer_gets_past_it() {
+        let d = after_fatal_producer_error(RDKafkaErrorCode::ClusterAuthorizationFailed, "denied");
+        assert!(matches!(&d, Delivery::Fatal(why) if why.contains("IdempotentWrite")), "{d:?}");
+        let d = after_fatal_producer_error(RDKafkaErrorCode::UnsupportedFeature, "no idempotence");
+        assert!(matches!(&d, Delivery::Fatal(why) if why.contains("Kafka 0.11")), "{d:?}");
+        let d = after_fatal_producer_error(RDKafkaErrorCode::OutOfOrderSequenceNumber, "sequence");
+        assert!(matches!(&d, Delivery::Retry(why) if why.contains("recreating it")), "{d:?}");
     }
 }

@@ -1147,7 +1147,30 @@ fn the_banker_refuses_an_ambiguous_content_length() {
         assert_eq!(r.status, 400, "{lengths:?}");
         assert!(String::from_utf8_lossy(&r.body).contains(why), "{lengths:?}: {}", String::from_utf8_lossy(&r.body));
     }
+    // A chunked body (a proxy in front that re-chunks): 501, which the collector retries with
+    // the reason, not a 400 that would stop it.
+    let mut c = Client::connect(banker.addr);
+    c.send(b"POST /v1/spend HTTP/1.1\r\nHost: b\r\nIdempotency-Key: k\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 501, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(banker.balance()["batches"], 0);
+}
+
+/// One banker per data directory: a second one would keep its own set of applied keys and
+/// apply every batch a second time.
+#[test]
+fn a_second_banker_on_the_same_data_directory_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let _first = Banker::start(data.path());
+    let out = Command::new(BANKER)
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another banker holds this data directory"), "{err}");
 }
 
 /// A collector's payload carries the flags `journal cat` shows (the documented shape), so a

@@ -37,6 +37,8 @@ const CONNECTIONS_MAX: usize = 64;
 const REQUEST_TIMEOUT_MS: u64 = 30_000;
 
 struct Ledger {
+    /// The data directory, flock'ed while this banker runs.
+    _lock: File,
     file: File,
     /// Idempotency key → xxh3 of the body it was applied with.
     applied: HashMap<String, u64>,
@@ -55,6 +57,17 @@ impl Ledger {
         // The directory and the ledger's entry in it are made durable before any batch is
         // acknowledged: a power loss must not take the file that holds acknowledged spend.
         tracker::journal::create_dir_durable(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        // One banker per directory: a second one keeps its own set of applied keys, so each
+        // would apply a batch once (and a replay would then count both lines).
+        let lock = File::open(dir).map_err(|e| format!("open {}: {e}", dir.display()))?;
+        // SAFETY: flock on a descriptor we own and keep open (`Ledger::_lock`).
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "{}: another banker holds this data directory ({}); stop it first",
+                dir.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
         let path = dir.join("ledger.jsonl");
         let mut file = OpenOptions::new()
             .create(true)
@@ -64,6 +77,7 @@ impl Ledger {
             .map_err(|e| format!("open {}: {e}", path.display()))?;
         tracker::journal::fsync_dir(dir).map_err(|e| format!("fsync {}: {e}", dir.display()))?;
         let mut l = Ledger {
+            _lock: lock,
             file: file.try_clone().map_err(|e| e.to_string())?,
             applied: HashMap::new(),
             spend: BTreeMap::new(),
@@ -210,7 +224,10 @@ fn read_request(s: &mut TcpStream, timeout: Duration) -> Result<Option<Request>,
                         // Too many digits for usize is over any limit.
                         len = Some(std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX));
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        return Err((400, "Transfer-Encoding is not supported; send Content-Length".into()));
+                        // 501, not 400 (RFC 9112 §6.1): the request may be fine and this server
+                        // lacks the coding (a proxy in front that re-chunks bodies). A client
+                        // retries a 501 and says why; a 400 stops the tracker's collector.
+                        return Err((501, "Transfer-Encoding is not supported; send Content-Length".into()));
                     } else if h.name.eq_ignore_ascii_case("idempotency-key") {
                         key = std::str::from_utf8(h.value).ok().map(|v| v.trim().to_string());
                     }
