@@ -432,7 +432,7 @@ pub const BUDGET_KEYS: &[KeySpec] = &[
         Int(1 << 16),
         Range(crate::enrich::budget::ENTRIES_MIN as i64, crate::enrich::budget::ENTRIES_MAX as i64),
         "power of two",
-        "Table entries shared by all shards; costs entries × 8 bytes. Colliding prefixes get more, never less.",
+        "Table entries shared by all shards; costs entries × 8 bytes. Prefixes that share an entry (a hash seeded at random per process) share its budget while both are active.",
     ),
     k(
         "budget",

@@ -1295,6 +1295,12 @@ impl Validator<'_> {
                         entry.get_ref(),
                         f.name
                     )
+                } else if let (Source::Header(h), true) = (src, src.reads_address_header()) {
+                    format!(
+                        "\"{}\" reads header.{h}, which holds a client address: the event id would be an unkeyed \
+                         hash of the whole address, kept even on an opt-out; leave it out",
+                        entry.get_ref()
+                    )
                 } else if matches!(src, Source::Header(h) if h == "referer") {
                     format!(
                         "\"{}\" reads the Referer: the event id would be an unkeyed hash of the whole page URL, \
@@ -1466,6 +1472,16 @@ impl Validator<'_> {
             // Privacy truncates ip fields only: a client address read from a proxy's header into
             // a string (or number) field would be stored whole.
             if let Source::Header(h) = &source {
+                // The SSAI device address is trusted only once its signature checks
+                // (enrich::ssai), and then reaches client.ip; read as a field, any client sets it.
+                if h == "x-device-ip" {
+                    self.err(
+                        f.source.span(),
+                        key("source"),
+                        "header.x-device-ip is the SSAI device address, which any client can send: read client.ip, \
+                         which takes it once its signature checks ([privacy.ssai])",
+                    );
+                }
                 if ADDRESS_HEADERS.contains(&h.as_str()) && kind != FieldKind::Ip {
                     self.err(
                         f.kind.span(),
@@ -1785,6 +1801,13 @@ impl Config {
 }
 
 /// Request headers that carry a client's address (proxies, CDNs, SSAI stitchers), lowercase.
+impl Source {
+    /// It reads a header that holds a client address.
+    fn reads_address_header(&self) -> bool {
+        matches!(self, Source::Header(h) if ADDRESS_HEADERS.contains(&h.as_str()))
+    }
+}
+
 const ADDRESS_HEADERS: [&str; 7] =
     ["x-forwarded-for", "x-real-ip", "forwarded", "true-client-ip", "cf-connecting-ip", "x-client-ip", "x-device-ip"];
 
@@ -2171,6 +2194,34 @@ mod tests {
         let keep = errors(&format!("[privacy]\nip = \"keep\"\n{text}"));
         assert_eq!((keep.len(), keep[0].key.as_str()), (1, "event.x.id_from"), "{keep:?}");
         assert!(Config::parse(&text.replace("\"header.X-Forwarded-For\"", "\"header.x-request-id\""), "t.toml").is_ok());
+    }
+
+    /// Regression: a client-address header in `id_from` was refused only when an ip field of the
+    /// type read it; on its own it made the event id an unkeyed hash of the whole address. And
+    /// the SSAI device header, which any client can send, was taken as an ip field's source.
+    #[test]
+    fn an_address_header_in_id_from_or_the_ssai_header_as_a_source_is_refused() {
+        let text = "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nid_from = [\"header.x-forwarded-for\"]\nfields = []\n";
+        let e = errors(text);
+        assert_eq!((e.len(), e[0].key.as_str()), (1, "event.x.id_from"), "{e:?}");
+        assert!(e[0].message.contains("holds a client address"), "{}", e[0]);
+        let text = "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nfields = [ { name = \"d\", source = \"header.x-device-ip\", type = \"ip\" } ]\n";
+        let e = errors(text);
+        assert!(e.iter().any(|e| e.key == "event.x.fields[0].source" && e.message.contains("SSAI")), "{e:?}");
+    }
+
+    /// Regression: a user id field's source was refused in `id_from` of its own type only; the
+    /// raw cookie read as another type's id made that id an unkeyed hash of the user id.
+    #[test]
+    fn a_user_ids_source_in_another_types_id_from_is_refused() {
+        let text = DEFAULT_TOML.replace("id_from = [\"json.eid\"]", "id_from = [\"json.eid\", \"cookie.uid\"]");
+        assert!(text.contains("\"cookie.uid\"]"), "the batch type reads id_from json.eid");
+        let e = Config::parse(&text, "t.toml").unwrap_err().0;
+        assert!(
+            e.iter().any(|e| e.key == "privacy.user_id_fields"
+                && e.message.contains("(of event.conversion) is in id_from of event.batch_event")),
+            "{e:?}"
+        );
     }
 
     /// Regression: a built-in in `id_from` was accepted and never read, so the config looked as

@@ -159,8 +159,10 @@ impl Validator<'_> {
                     if t.identity.contains(&i) {
                         self.err(n.span(), "privacy.user_id_fields", format!("\"{name}\" is an identity field of event.{}: the event id would be derived from the raw user id", t.name));
                     }
-                    if t.id_from.contains(&f.source) {
-                        self.err(n.span(), "privacy.user_id_fields", format!("the source of \"{name}\" is in id_from of event.{}: the event id would be an unkeyed hash of the raw user id", t.name));
+                    // In any type's id_from, not only this one's: a cookie read as a user id
+                    // here is the same raw id wherever it is hashed into an event id.
+                    for u in types.iter().filter(|u| u.id_from.contains(&f.source)) {
+                        self.err(n.span(), "privacy.user_id_fields", format!("the source of \"{name}\" (of event.{}) is in id_from of event.{}: the event id would be an unkeyed hash of the raw user id", t.name, u.name));
                     }
                     masks[t.id as usize] |= 1 << i;
                 }

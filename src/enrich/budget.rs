@@ -26,10 +26,14 @@
 //! ahead than both is stale: an entry idle so long its time wrapped, or a wall clock stepped
 //! back. It counts as a fresh bucket, so neither throttles a source that did nothing.
 //!
-//! The table is direct-mapped: an entry holding another prefix's fingerprint is taken over as a
-//! fresh bucket. Two busy prefixes that share an entry therefore reset each other and both get
-//! more than their budget — collisions fail open, never throttling an innocent source. Size
-//! `entries` above the number of prefixes active at once to keep that rare.
+//! The table is direct-mapped, its hash seeded at random per process, so which prefixes share an
+//! entry cannot be worked out ahead. An entry holding another prefix's fingerprint is taken over
+//! as a fresh bucket only when that bucket is idle (its TAT not ahead of now: it holds its whole
+//! burst, so nothing of it is lost). While it is in use the newcomer is charged against it too:
+//! two prefixes that collide while both are busy share one budget. That fails closed, on
+//! purpose: taking over a live bucket let two colliding prefixes take turns resetting each other
+//! (A, B, A, B, … each met a fresh bucket), which is no limit at all. Size `entries` above the
+//! number of prefixes active at once to keep sharing rare.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst};
@@ -85,20 +89,36 @@ pub enum Charge {
 pub struct Budgets {
     table: Box<[AtomicU64]>,
     mask: u64,
+    /// The prefix hash's seed, drawn at start ([`random_seed`]).
+    seed: u64,
     /// In ticks (1/64 µs), as the TAT.
     interval: u64,
     tolerance: u64,
     cfg: BudgetConfig,
 }
 
+/// A seed for the prefix hash, random per process: with a seed in the source, prefixes that
+/// share a table entry could be found offline.
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::getrandom(&mut b);
+    u64::from_le_bytes(b)
+}
+
 impl Budgets {
     pub fn new(cfg: BudgetConfig) -> Budgets {
+        Budgets::with_seed(cfg, random_seed())
+    }
+
+    /// `new` with a given hash seed (tests: which prefixes share an entry is then fixed).
+    pub fn with_seed(cfg: BudgetConfig, seed: u64) -> Budgets {
         let entries = cfg.entries.clamp(ENTRIES_MIN, ENTRIES_MAX).next_power_of_two();
         let rate = u64::from(cfg.rate_per_s.max(1));
         let interval = (1_000_000 * TICKS_PER_US / rate).max(1);
         Budgets {
             table: (0..entries).map(|_| AtomicU64::new(0)).collect(),
             mask: (entries - 1) as u64,
+            seed,
             interval,
             tolerance: (interval * u64::from(cfg.burst.max(1))).min(BURST_S_MAX * 1_000_000 * TICKS_PER_US),
             cfg,
@@ -108,25 +128,29 @@ impl Budgets {
     /// Charges one request from `ip` at `now_ns` (Unix ns).
     #[inline]
     pub fn charge(&self, ip: IpAddr, now_ns: u64) -> Charge {
-        let Some(h) = prefix_hash(&self.cfg, ip) else { return Charge::Within };
+        let Some(h) = prefix_hash(&self.cfg, ip, self.seed) else { return Charge::Within };
         let fp = (h >> 44) | 1; // 20 bits, never 0 (0 marks an empty entry)
         let slot = &self.table[(h & self.mask) as usize];
         // In µs first: now_ns × 64 would overflow.
         let now = ((now_ns / 1000) * TICKS_PER_US + (now_ns % 1000) * TICKS_PER_US / 1000) & TAT_MASK;
         let mut v = slot.load(Acquire);
         for _ in 0..CAS_TRIES {
-            let tat = if v >> TAT_BITS == fp { v & TAT_MASK } else { now };
+            let tat = v & TAT_MASK;
             // Times wrap at 2^44 ticks: compare by wrapping distance. A TAT in the past, or
             // further ahead than any charge puts it (stale, see the module doc), restarts at now.
             let ahead = tat.wrapping_sub(now) & TAT_MASK;
-            let base = if ahead > self.tolerance + self.interval + STALE_SLACK { now } else { tat };
+            // An empty entry (0) is no bucket, whatever its zero TAT would read as.
+            let live = v != 0 && ahead > 0 && ahead <= self.tolerance + self.interval + STALE_SLACK;
+            // Another prefix's bucket: shared while in use, taken over once idle (module doc).
+            let owner = if v >> TAT_BITS == fp || !live { fp } else { v >> TAT_BITS };
+            let base = if live { tat } else { now };
             let next = (base + self.interval) & TAT_MASK;
             let wait = (next.wrapping_sub(now) & TAT_MASK).saturating_sub(self.tolerance);
             if wait > 0 {
                 let per_s = 1_000_000 * TICKS_PER_US;
                 return Charge::Over { retry_after_s: wait.div_ceil(per_s).clamp(1, u32::MAX as u64) as u32 };
             }
-            match slot.compare_exchange(v, fp << TAT_BITS | next, AcqRel, Acquire) {
+            match slot.compare_exchange(v, owner << TAT_BITS | next, AcqRel, Acquire) {
                 Ok(_) => return Charge::Within,
                 Err(cur) => v = cur,
             }
@@ -139,7 +163,7 @@ impl Budgets {
 /// the NAT64 well-known prefix `64:ff9b::/96`, count as IPv4); None for an exempt loopback
 /// address.
 #[inline]
-fn prefix_hash(cfg: &BudgetConfig, ip: IpAddr) -> Option<u64> {
+fn prefix_hash(cfg: &BudgetConfig, ip: IpAddr, seed: u64) -> Option<u64> {
     let mut key = [0u8; 17];
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().or_else(|| nat64_ipv4(&v6)).map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
@@ -158,7 +182,7 @@ fn prefix_hash(cfg: &BudgetConfig, ip: IpAddr) -> Option<u64> {
             key[1..].copy_from_slice(&mask(&a.octets(), cfg.ipv6_prefix_bits));
         }
     }
-    Some(xxhash_rust::xxh3::xxh3_64_with_seed(&key, 0x0000_6275_6467_6574))
+    Some(xxhash_rust::xxh3::xxh3_64_with_seed(&key, seed))
 }
 
 /// The IPv4 client inside a NAT64 well-known-prefix address (RFC 6052, `64:ff9b::a.b.c.d`), as
@@ -191,6 +215,7 @@ pub(crate) fn nat64_embedded(v6: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Ad
 pub struct Connections {
     counts: Box<[AtomicU32]>,
     mask: u64,
+    seed: u64,
     max: u32,
     cfg: BudgetConfig,
 }
@@ -220,6 +245,7 @@ impl Connections {
         (cfg.connections_per_prefix_max > 0).then(|| Connections {
             counts: (0..entries).map(|_| AtomicU32::new(0)).collect(),
             mask: (entries - 1) as u64,
+            seed: random_seed(),
             max: cfg.connections_per_prefix_max,
             cfg,
         })
@@ -227,7 +253,7 @@ impl Connections {
 
     /// Counts a new connection from `ip`, unless its prefix is full.
     pub fn admit(&self, ip: IpAddr) -> Admission {
-        let Some(h) = prefix_hash(&self.cfg, ip) else { return Admission::Exempt };
+        let Some(h) = prefix_hash(&self.cfg, ip, self.seed) else { return Admission::Exempt };
         let a = (h & self.mask) as u32;
         let mut b = ((h >> 32) & self.mask) as u32;
         if b == a {
@@ -282,8 +308,56 @@ mod tests {
         }
     }
 
+    /// A fixed hash seed: which prefixes share an entry is the same on every run.
+    const SEED: u64 = 0x5eed_0fb0_d6e7;
+
     fn budgets(rate: u32, burst: u32) -> Budgets {
-        Budgets::new(config(rate, burst))
+        Budgets::with_seed(config(rate, burst), SEED)
+    }
+
+    /// Two /24s whose buckets share one entry of `b`'s table, with different fingerprints.
+    fn colliding_pair(b: &Budgets) -> (IpAddr, IpAddr) {
+        let mut seen = std::collections::HashMap::new();
+        for n in 0u32..1 << 16 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 | n << 8));
+            let h = prefix_hash(&b.cfg, ip, b.seed).unwrap();
+            if let Some(&(other, fp)) = seen.get(&(h & b.mask)) {
+                if fp != (h >> 44) | 1 {
+                    return (other, ip);
+                }
+            }
+            seen.insert(h & b.mask, (ip, (h >> 44) | 1));
+        }
+        unreachable!("65536 prefixes into 1024 entries always collide")
+    }
+
+    /// Regression: an entry held by another prefix was taken over as a fresh bucket, so two
+    /// colliding prefixes taking turns each met a full burst every time: no limit at all. While
+    /// the entry's bucket is in use they now share it; once it is idle it is taken over.
+    #[test]
+    fn colliding_prefixes_share_a_live_bucket_instead_of_resetting_it() {
+        let b = budgets(1, 4);
+        let (a, c) = colliding_pair(&b);
+        let mut passed = 0;
+        for i in 0..40 {
+            let ip = if i % 2 == 0 { a } else { c };
+            passed += usize::from(b.charge(ip, T0) == Charge::Within);
+        }
+        assert_eq!(passed, 4, "one burst between them, not one each turn");
+        // Idle again (the burst refilled): the other prefix takes the entry over, whole.
+        let later = T0 + 60_000 * MS;
+        for _ in 0..4 {
+            assert_eq!(b.charge(c, later), Charge::Within);
+        }
+        assert!(matches!(b.charge(c, later), Charge::Over { .. }));
+    }
+
+    #[test]
+    fn the_prefix_hash_is_seeded_per_process() {
+        let (x, y) = (Budgets::new(config(1, 1)), Budgets::new(config(1, 1)));
+        assert_ne!(x.seed, y.seed, "two draws of 64 random bits");
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_ne!(prefix_hash(&x.cfg, ip, x.seed), prefix_hash(&y.cfg, ip, y.seed));
     }
 
     #[test]
