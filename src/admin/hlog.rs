@@ -30,7 +30,7 @@
 //! appended before the next interval's, so a full disk loses no interval (up to
 //! PENDING_BYTES_MAX of them; the error is reported once).
 //!
-//! [`HlogWriter::reopen`] (SIGHUP) makes the thread open the path again at its next interval
+//! [`HlogWriter::reopener`] (SIGHUP) makes the thread open the path again at its next interval
 //! and write a header there: `logrotate` can rename the file, then reload the tracker.
 
 use std::fs::{File, OpenOptions};
