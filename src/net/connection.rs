@@ -127,6 +127,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     // that request read and answered within server.stop_request_grace_ms; an answered, idle one is
     // closed at once.
     let mut answered_any = false;
+    // When (coarse monotonic ms) the last batch answered a request: an idle keep-alive
+    // connection's timeout runs from there, not from its last read, so bytes that begin no
+    // request (blank lines) cannot keep it open.
+    let mut idle_since = accepted_ms;
     // `100 Continue` went out for the request at the front of the buffer (RFC 9110 §10.1.1: a
     // client that sent `Expect: 100-continue` may wait for it before sending the body).
     let mut continue_sent = false;
@@ -137,6 +141,11 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
     // linear in its size, not in its size times the head's.
     let mut need_bytes = 0usize;
     let mut chunked_progress = http::chunked::Progress::default();
+    // The head length of the request at the front of the buffer while its chunked body is
+    // incomplete: later reads resume decoding from `chunked_progress` without parsing the head
+    // again, which it is only once the body is whole (or refused). Parsed at every read, a head
+    // near header_bytes_max cost its whole length again for each small chunk a client sent.
+    let mut chunked_head: Option<usize> = None;
     // The head at the front of the buffer was incomplete over its first this many bytes: it is
     // parsed again only once it may have ended after them (`http::request::head_pending`), so a
     // head trickled in costs time linear in its size, as a body does.
@@ -177,6 +186,19 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                 break;
             }
             head_pending = 0;
+            // A chunked body resuming at the front: decoded on, the head left alone until done.
+            let mut decoded = None;
+            if let (0, Some(h)) = (start, chunked_head) {
+                let scratch = &mut bufs.body[..limits.body_bytes_max];
+                match http::chunked::decode_from(&rbuf[h..], scratch, limits.body_bytes_max, &mut chunked_progress) {
+                    Err(ParseError::Incomplete | ParseError::NewerMinorVersion { .. }) => {
+                        need_bytes = h + chunked_progress.input_needed();
+                        break;
+                    }
+                    r => decoded = Some(r),
+                }
+                chunked_head = None;
+            }
             let mut headers = http::header_buf();
             let req = match http::parse(&rbuf[start..], &mut headers, &limits) {
                 Ok(r) => r,
@@ -223,7 +245,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                     let body = &rbuf[start + head_len..];
                     // Only an incomplete body at the front of the buffer carries progress (the
                     // batch breaks at it, and nothing writes the scratch until it resumes).
-                    match http::chunked::decode_from(body, scratch, limits.body_bytes_max, &mut chunked_progress) {
+                    let r = decoded.take().unwrap_or_else(|| {
+                        http::chunked::decode_from(body, scratch, limits.body_bytes_max, &mut chunked_progress)
+                    });
+                    match r {
                         Ok((n, used)) => (n, head_len + used),
                         // The decoder reports only Incomplete and Invalid.
                         Err(ParseError::Incomplete | ParseError::NewerMinorVersion { .. }) => {
@@ -236,6 +261,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
                                 break;
                             }
                             need_bytes = head_len + chunked_progress.input_needed();
+                            chunked_head = Some(head_len);
                             break;
                         }
                         Err(ParseError::Invalid { status, reason }) => {
@@ -262,6 +288,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             }
             need_bytes = 0;
             chunked_progress = Default::default();
+            chunked_head = None;
             // At stop, a request with more bytes behind it (pipelined) keeps the connection
             // open so they are answered too; the last request in the buffer says close.
             // Only bytes that begin a request count: empty lines after it (an old client's CRLF
@@ -289,13 +316,19 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         }
         if served > 0 {
             record_service(&ctx, now_ns, served);
+            idle_since = crate::clock::mono_coarse_ms();
         }
         // RFC 9112 §2.2: empty lines before a request line are ignored (old clients end a POST
         // with an extra CRLF), so a tail of nothing else is no request begun: it must not start
         // the header deadline (the idle connection got a 408 at header_read_timeout_ms) nor
-        // count as a request partly received at stop. It stays in the buffer: the next request
-        // is parsed with it, and a stream of nothing else still meets the 431 head limit.
+        // count as a request partly received at stop. It is dropped: kept, every later read
+        // scanned it all again, and a client sending blank lines paid one scan of a growing
+        // buffer per read (the idle timeout, from the last answer, still ends such a client).
         let begun = begins_request(&rbuf[start..]);
+        if !begun {
+            start = rbuf.len();
+            head_pending = 0;
+        }
         // The batch stopped for want of output space, not input: answer the rest after the write.
         let out_full = flush_first || !elsewhere.is_empty() || wbuf.capacity() - wbuf.len() < RESPONSE_BYTES_MAX;
         // Wake the drain once per batch; then wait for the journal if a response needs it.
@@ -380,7 +413,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         let until_ms = match head_started {
             Some(t) => t + header_timeout,
             None if !answered_any => accepted_ms + header_timeout,
-            None => now_ms + idle,
+            None => idle_since + idle,
         };
         let wait = if answered_any && head_started.is_none() { Wait::Read } else { Wait::Unanswered };
         let armed = ctx.deadlines.arm(slot, fd, until_ms, wait);
