@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::keys::{spec, COLLECTOR_KEYS};
-use super::raw::S;
+use super::raw::{Table, S};
 use super::{line_of, ConfigError, EventType, Validator};
 use crate::schema::FieldKind;
 
@@ -29,7 +29,10 @@ pub struct RawCollector {
     pub retry_max_ms: Option<S<i64>>,
     pub retry_jitter_percent: Option<S<i64>>,
     pub key_prefix: Option<S<String>>,
-    pub options: Option<S<BTreeMap<String, S<toml::Value>>>>,
+    /// `raw::Table`, not `S`: dotted keys (`options.url = …` in `[[collector]]`,
+    /// `properties."client.id" = …` in `[collector.options]`) make tables TOML records no place
+    /// for, which `S` refuses.
+    pub options: Option<Table<BTreeMap<String, Table<toml::Value>>>>,
 }
 
 /// Which event types a collector is attached to.
@@ -222,8 +225,12 @@ impl Validator<'_> {
                 entries: BTreeMap::new(),
             };
             if let Some(o) = &r.options {
+                // A value made of dotted keys has no place of its own: the options table's, or
+                // (dotted too) the collector's.
+                let table = o.span_if_written().unwrap_or(c.span());
                 for (k, v) in o.get_ref() {
-                    options.entries.insert(k.clone(), (line_of(self.text, v.span().start), v.get_ref().clone()));
+                    let at = v.span_if_written().unwrap_or(table.clone()).start;
+                    options.entries.insert(k.clone(), (line_of(self.text, at), v.get_ref().clone()));
                 }
             }
             out.push(CollectorConfig { name, kind, events, fields, field_kinds, batch, retry, key_prefix, options });

@@ -276,7 +276,7 @@ pub const ENDPOINT_KEYS: &[KeySpec] = &[
     k("endpoint", "ack", "string", "", Str("received"), OneOf(&["received", "logged"]), "",
       "Answer once the event is in the shard's ring, or once the drain has written it into the mmapped segment (survives kill -9)."),
     k("endpoint", "over_budget", "string", "", Str("drop"), OneOf(&["drop", "reject"]), "",
-      "When the source is over its [budget]: answer as usual and do not journal (pixels), or 429 with Retry-After (senders that retry)."),
+      "When the source is over its [budget]: answer as usual and do not journal (pixels), or 429 with Retry-After (senders that retry). An ack = \"logged\" endpoint defaults to, and takes only, \"reject\": its 2xx says the event is journaled."),
 ];
 
 /// `[endpoint.redirect]`: the click endpoint's landing-URL rule (docs/redirects.md).

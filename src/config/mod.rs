@@ -1260,12 +1260,26 @@ impl Validator<'_> {
                 self.reading(&[&event]);
             }
             let redirect = self.endpoint_redirect(i, r, response, method, types.get(type_id as usize));
-            let over_budget = self.choice(
-                &r.over_budget,
-                &key("over_budget"),
-                spec(ENDPOINT_KEYS, "over_budget"),
-                &[("drop", OverBudget::Drop), ("reject", OverBudget::Reject)],
-            );
+            // A `logged` endpoint's 2xx says the event is in the journal: over budget it cannot
+            // answer as usual and not journal, so it refuses (the default there), and "drop" is
+            // an error rather than a 2xx for an event that was never written.
+            let over_budget = match (&r.over_budget, ack) {
+                (None, Ack::Logged) => OverBudget::Reject,
+                _ => self.choice(
+                    &r.over_budget,
+                    &key("over_budget"),
+                    spec(ENDPOINT_KEYS, "over_budget"),
+                    &[("drop", OverBudget::Drop), ("reject", OverBudget::Reject)],
+                ),
+            };
+            if let (Some(v), Ack::Logged, OverBudget::Drop) = (&r.over_budget, ack, over_budget) {
+                self.err(
+                    v.span(),
+                    key("over_budget"),
+                    "\"drop\" on an ack = \"logged\" endpoint would answer 2xx for an event never journaled, which \
+                     its 2xx promises: use \"reject\" (429 with Retry-After), the default there",
+                );
+            }
             let counter = out.len() as u16;
             out.push(Endpoint { path: path.clone(), method, type_id, response, ack, over_budget, redirect, counter });
         }
@@ -1447,22 +1461,22 @@ impl Validator<'_> {
             if fields.iter().any(|o| o.name == *fname) {
                 self.err(f.name.span(), key("name"), format!("\"{fname}\" is declared twice"));
             }
-            let kind = match FieldKind::ALL.into_iter().find(|k| k.config_name() == f.kind.get_ref()) {
-                Some(k) => k,
-                None => {
-                    let other = f.kind.get_ref();
-                    let known: Vec<String> =
-                        FieldKind::ALL.iter().map(|k| format!("\"{}\"", k.config_name())).collect();
-                    self.err_own(
-                        f.kind.span(),
-                        key("type"),
-                        format!("\"{other}\" is not a type: expected one of {}", known.join(", ")),
-                    );
-                    FieldKind::U64
-                }
-            };
+            let found = FieldKind::ALL.into_iter().find(|k| k.config_name() == f.kind.get_ref());
+            if found.is_none() {
+                let other = f.kind.get_ref();
+                let known: Vec<String> = FieldKind::ALL.iter().map(|k| format!("\"{}\"", k.config_name())).collect();
+                self.err_own(
+                    f.kind.span(),
+                    key("type"),
+                    format!("\"{other}\" is not a type: expected one of {}", known.join(", ")),
+                );
+            }
             let errors_before = self.errors.len();
             let source = self.source(f.source.get_ref(), f.source.span(), &key("source"));
+            // A misspelt type is reported once, above: its stand-in is the type the field's other
+            // keys imply, so the checks that depend on the type do not each add an error of their
+            // own ("max_bytes applies to type string only" for `type = "strng"`).
+            let kind = found.unwrap_or_else(|| stand_in_kind(&source, f));
             // A bad source is reported once, by `source`: its stand-in (client.ip) must not set
             // off the checks that only a real source can fail.
             let source_ok = self.errors.len() == errors_before;
@@ -1801,6 +1815,22 @@ impl Config {
 }
 
 /// Request headers that carry a client's address (proxies, CDNs, SSAI stitchers), lowercase.
+/// The type a field whose `type` is not one stands in with: the one its source and other keys
+/// imply, so no check that depends on the type refuses the field a second time.
+fn stand_in_kind(source: &Source, f: &raw::RawField) -> FieldKind {
+    match source {
+        Source::ClientIp => FieldKind::Ip,
+        s if s.reads_address_header() => FieldKind::Ip,
+        Source::IsBot => FieldKind::U32,
+        Source::TimeMs => FieldKind::U64,
+        Source::DeviceClass => FieldKind::Str,
+        _ if f.decrypt.is_some() => FieldKind::Money,
+        _ if f.max_bytes.is_some() || f.one_of.is_some() => FieldKind::Str,
+        _ if f.default.as_ref().is_some_and(|d| d.get_ref().is_str()) => FieldKind::Str,
+        _ => FieldKind::U64,
+    }
+}
+
 impl Source {
     /// It reads a header that holds a client address.
     fn reads_address_header(&self) -> bool {
@@ -2194,6 +2224,55 @@ mod tests {
         let keep = errors(&format!("[privacy]\nip = \"keep\"\n{text}"));
         assert_eq!((keep.len(), keep[0].key.as_str()), (1, "event.x.id_from"), "{keep:?}");
         assert!(Config::parse(&text.replace("\"header.X-Forwarded-For\"", "\"header.x-request-id\""), "t.toml").is_ok());
+    }
+
+    /// Regression: a misspelt `type` stood in as u64, so every check that depends on the type
+    /// added errors of its own on a field that was fine but for the spelling.
+    #[test]
+    fn a_misspelt_type_is_one_error() {
+        for (field, _) in [
+            (r#"{ name = "ip", source = "client.ip", type = "IP" }"#, "ip"),
+            (r#"{ name = "s", source = "query.s", type = "strng", max_bytes = 32, default = "n/a" }"#, "string"),
+        ] {
+            let e = errors(&format!("[[endpoint]]\npath = \"/x\"\nevent = \"x\"\n[event.x]\nfields = [ {field} ]\n"));
+            assert_eq!(e.len(), 1, "{field}: {e:?}");
+            assert!(e[0].message.contains("is not a type"), "{}", e[0]);
+        }
+    }
+
+    /// A `logged` endpoint's 2xx says the event is journaled: it refuses over budget by default,
+    /// and `over_budget = "drop"` there is an error.
+    #[test]
+    fn a_logged_endpoint_refuses_over_budget() {
+        let cfg = Config::embedded();
+        let cv = cfg.endpoints.iter().find(|e| e.path == "/cv").unwrap();
+        assert_eq!((cv.ack, cv.over_budget), (Ack::Logged, OverBudget::Reject));
+        let text = "[[endpoint]]\npath = \"/x\"\nevent = \"x\"\nack = \"logged\"\nover_budget = \"drop\"\n[event.x]\nfields = []\n";
+        let e = errors(text);
+        assert_eq!((e.len(), e[0].line, e[0].key.as_str()), (1, 5, "endpoint[0].over_budget"), "{e:?}");
+        let text = text.replace("over_budget = \"drop\"\n", "");
+        let cfg = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(cfg.endpoints[0].over_budget, OverBudget::Reject);
+    }
+
+    /// Regression: dotted keys in a collector's options (`options.path = …` in `[[collector]]`,
+    /// `properties."client.id" = …` in `[collector.options]`) are valid TOML, and were refused
+    /// with serde's internals in the message ("expected a borrowed string").
+    #[test]
+    fn collector_options_may_be_written_with_dotted_keys() {
+        let text = format!(
+            "{DEFAULT_TOML}\n[[collector]]\nname = \"j\"\nkind = \"jsonl\"\nevents = \"all\"\nfields = []\n\
+             options.path = \"/tmp/x.jsonl\"\noptions.fsync = false\n\
+             [[collector]]\nname = \"k\"\nkind = \"kafka\"\nevents = \"all\"\nfields = []\n\
+             [collector.options]\nbrokers = \"127.0.0.1:9092\"\nproperties.\"client.id\" = \"x\"\n"
+        );
+        let cfg = Config::parse(&text, "t.toml").unwrap_or_else(|e| panic!("{:?}", e.0));
+        let j = &cfg.collectors[0].options.entries;
+        assert_eq!(j.get("path").map(|(_, v)| v.as_str()), Some(Some("/tmp/x.jsonl")));
+        assert_eq!(j.get("fsync").map(|(_, v)| v.as_bool()), Some(Some(false)));
+        let k = &cfg.collectors[1].options.entries;
+        let props = k.get("properties").and_then(|(_, v)| v.as_table()).expect("properties");
+        assert_eq!(props.get("client.id").and_then(|v| v.as_str()), Some("x"));
     }
 
     /// Regression: a client-address header in `id_from` was refused only when an ip field of the

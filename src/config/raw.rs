@@ -33,6 +33,11 @@ impl<T> Table<T> {
         self.span.clone().unwrap_or(0..0)
     }
 
+    /// Where it is written; None for a table TOML made implicitly (dotted keys).
+    pub fn span_if_written(&self) -> Option<Range<usize>> {
+        self.span.clone()
+    }
+
     /// A table TOML made implicitly is placed where its first sub-table is written.
     fn place_implicit(&mut self, first_inner: impl FnOnce(&T) -> Option<Range<usize>>) {
         if self.span.is_none() {

@@ -54,6 +54,35 @@ fn notices_over_budget_get_429_with_retry_after() {
     assert_eq!(bills, ok, "every 204 was journaled, no 429 was");
 }
 
+/// Regression: a `logged` endpoint without `over_budget` took the default "drop", so a
+/// conversion over budget was answered 200 — which on a logged endpoint says it is in the
+/// journal — and never journaled. Logged endpoints now refuse (429) over budget: every 2xx
+/// conversion is in the journal.
+#[test]
+fn a_logged_endpoint_over_budget_refuses_rather_than_answer_2xx_unjournaled() {
+    let base = config(1, 2);
+    let text = base.replacen(
+        "response = \"gif\"\nack = \"logged\"\nover_budget = \"reject\"\n",
+        "response = \"gif\"\nack = \"logged\"\n",
+        1,
+    );
+    assert_ne!(text, base, "the /cv endpoint's over_budget line is taken out");
+    let mut s = Server::start(Some(&text), &["--shards", "1"]);
+    let mut c = s.connect();
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..30 {
+        match c.get(&format!("/cv?c=1&order=o-{i}&value=1")).status {
+            200 => ok += 1,
+            429 => refused += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(refused > 0, "nothing was over budget: {ok} answered");
+    assert_eq!(s.stop(), 0);
+    let journaled = journal_cat(&s.journal()).iter().filter(|e| e["type"] == "conversion").count();
+    assert_eq!(journaled, ok, "every 2xx conversion is journaled");
+}
+
 #[test]
 fn a_prefix_over_its_connection_limit_is_closed_at_accept_across_shards_and_freed_at_close() {
     let cfg = "[budget]\nrate_per_s = 0\nconnections_per_prefix_max = 3\nexempt_loopback = false\n".to_string()
