@@ -297,6 +297,12 @@ impl Running {
             let _ = t.join();
         }
         for s in &self.shards {
+            // After a failed sync under `always`, `journaled` stops where durability was last
+            // known while the drain goes on appending: the events after it are in the segment,
+            // not lost, and the failed sync has its own message and exit code.
+            if s.final_sync_failed() || s.journal_failing() {
+                continue;
+            }
             let pushed = s.counters.ring.get().map_or(0, |w| w.pushed());
             let left = pushed.saturating_sub(s.journaled());
             if left > s.events_lost.load(SeqCst) {
