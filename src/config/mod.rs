@@ -1259,7 +1259,11 @@ impl Validator<'_> {
                 );
                 self.reading(&[&event]);
             }
-            let redirect = self.endpoint_redirect(i, r, response, method, types.get(type_id as usize));
+            // An undeclared type stands in as type 0 above; its redirect rule is checked against
+            // no type rather than that one ("not a field of event.<first type>" would follow).
+            let declared = types.iter().any(|t| &t.name == r.event.get_ref());
+            let redirect =
+                self.endpoint_redirect(i, r, response, method, types.get(type_id as usize).filter(|_| declared));
             // A `logged` endpoint's 2xx says the event is in the journal: over budget it cannot
             // answer as usual and not journal, so it refuses (the default there), and "drop" is
             // an error rather than a 2xx for an event that was never written.
@@ -2253,6 +2257,20 @@ mod tests {
         let text = text.replace("over_budget = \"drop\"\n", "");
         let cfg = Config::parse(&text, "t.toml").unwrap();
         assert_eq!(cfg.endpoints[0].over_budget, OverBudget::Reject);
+    }
+
+    /// Regression: an endpoint naming an undeclared type stood in with type 0, and its redirect
+    /// rule was checked against that type: a signed field got "not a field of event.<other>".
+    #[test]
+    fn a_redirect_of_an_undeclared_type_is_not_checked_against_another() {
+        let text = DEFAULT_TOML.replacen("event = \"click\"", "event = \"clik\"", 1).replacen(
+            "param = \"url\"",
+            "param = \"url\"\nsigned_fields = [\"campaign_id\"]",
+            1,
+        );
+        let e = Config::parse(&text, "t.toml").unwrap_err().0;
+        assert!(e.iter().any(|e| e.message.contains("\"clik\" is not a declared event type")), "{e:?}");
+        assert!(!e.iter().any(|e| e.message.contains("is not a field of event.")), "{e:?}");
     }
 
     /// Regression: dotted keys in a collector's options (`options.path = …` in `[[collector]]`,

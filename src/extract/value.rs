@@ -30,9 +30,13 @@ pub fn parse_number(kind: FieldKind, s: &[u8]) -> Result<(u64, bool), Why> {
 }
 
 fn parse_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 {
+    // Leading zeros are no magnitude: `000…042` is 42 however many there are (money already
+    // read it so); the length bound is for the digits that count.
+    let digits = s.iter().position(|&c| c != b'0').map_or(&s[s.len().saturating_sub(1)..], |p| &s[p..]);
+    if s.is_empty() || digits.len() > 20 {
         return None;
     }
+    let s = digits;
     let mut v: u64 = 0;
     for &c in s {
         if !c.is_ascii_digit() {
@@ -141,6 +145,11 @@ mod tests {
         assert_eq!(parse_number(FieldKind::U64, b"18446744073709551615"), Ok((u64::MAX, false)));
         assert!(parse_number(FieldKind::U64, b"18446744073709551616").is_err());
         assert!(parse_number(FieldKind::U64, b"").is_err());
+        // Leading zeros do not count towards the 20 digits (they did: 21 characters were refused).
+        assert_eq!(parse_number(FieldKind::U64, b"000000000000000000042"), Ok((42, false)));
+        assert_eq!(parse_number(FieldKind::U64, b"0000"), Ok((0, false)));
+        assert_eq!(parse_number(FieldKind::I64, b"-0000000000000000000007"), Ok(((-7i64) as u64, false)));
+        assert!(parse_number(FieldKind::U64, b"000000000000000000000018446744073709551616").is_err());
         assert!(parse_number(FieldKind::U64, b"-1").is_err());
         assert!(parse_number(FieldKind::U64, b"1x").is_err());
         assert_eq!(parse_number(FieldKind::U32, b"4294967295"), Ok((u32::MAX as u64, false)));
