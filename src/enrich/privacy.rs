@@ -494,6 +494,8 @@ mod tests {
         assert_eq!(ip("2002:cb00:714d:1:2:3:4:5"), "2002:cb00:7100::");
         // IPv4-mapped is stored as IPv4; native IPv6 keeps its /48.
         assert_eq!(ip("::ffff:203.0.113.77"), "203.0.113.0");
+        // So is an IPv4 client behind a NAT64 translator (it was stored as 64:ff9b:: at /48).
+        assert_eq!(ip("64:ff9b::203.0.113.77"), "203.0.113.0");
         assert_eq!(ip("2001:db8:abcd:12:1:2:3:4"), "2001:db8:abcd::");
         // Prefixes that end inside a byte, and the ends of the range.
         let mut cfg = Config::embedded();

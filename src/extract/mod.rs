@@ -709,8 +709,14 @@ fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
 #[inline]
 fn store_ip(f: &Field, ip: IpAddr, ev: &mut Event) {
     let dst = &mut ev.bytes[f.offset..f.offset + 16];
+    // An IPv4 client seen through a NAT64 translator (`64:ff9b::a.b.c.d`) is that IPv4 client,
+    // as budgets count it: stored as IPv6, privacy's /48 left every such client `64:ff9b::`.
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .or_else(|| crate::enrich::budget::nat64_embedded(&v6))
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     match ip {
