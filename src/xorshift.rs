@@ -29,6 +29,18 @@ impl Xorshift64 {
     }
 }
 
+/// 64 bits from the OS's random source, for a seed that must differ per process (retry jitter,
+/// the budget table's hash). Should the source fail (it does not on Linux ≥ 3.17), the clock
+/// and this process's id stand in: still not a constant anyone can read in the source.
+pub fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_ok() {
+        return u64::from_le_bytes(b);
+    }
+    eprintln!("tracker: warning: the OS random source failed; seeding from the clock and process id");
+    crate::clock::unix_nanos() ^ u64::from(std::process::id()).rotate_left(32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -164,10 +164,12 @@ fn run(
             *stopped
         };
         let end = Instant::now();
-        // After a stall (an append that blocked on a slow disk), the next interval starts now:
-        // catching up would write a burst of intervals a few µs long.
-        next = (next + interval).max(end);
-        if reopen.swap(false, SeqCst) {
+        // After a stall (an append that blocked on a slow disk), the next interval is a whole
+        // one from now: catching up would write a burst of intervals a few µs long.
+        next = if next + interval <= end { end + interval } else { next + interval };
+        // SIGHUP: a new file only when the path no longer names the one open (rotation renamed
+        // it); a reload with no rotation keeps appending, without a second header.
+        if reopen.swap(false, SeqCst) && !names_open_file(&path, &out) {
             match OpenOptions::new().create(true).append(true).open(&path) {
                 Ok(f) => {
                     out = f;
@@ -205,6 +207,15 @@ fn run(
         if stopping {
             return;
         }
+    }
+}
+
+/// Whether `path` is the file `open` (same device and inode).
+fn names_open_file(path: &Path, open: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), open.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

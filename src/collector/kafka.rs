@@ -74,10 +74,6 @@ fn permanent(code: RDKafkaErrorCode) -> Option<&'static str> {
             "the cluster refuses this producer: the collector's producer is idempotent, which needs \
              IdempotentWrite on the cluster (ACLs)",
         ),
-        RDKafkaErrorCode::UnsupportedFeature => Some(
-            "the brokers do not support what the collector's idempotent producer needs (Kafka 0.11 or later, \
-             idempotence not turned off on the cluster)",
-        ),
         _ => None,
     }
 }
@@ -89,7 +85,12 @@ fn permanent(code: RDKafkaErrorCode) -> Option<&'static str> {
 /// new producer, which gets a new id. librdkafka reports such a refusal this way, not per
 /// message: the queued messages come back purged.
 fn after_fatal_producer_error(code: RDKafkaErrorCode, why: &str) -> Delivery {
-    match permanent(code) {
+    // Brokers without idempotence refuse the producer id for good; as a per-message report
+    // (`permanent` alone) the same code may come from a broker mid-upgrade, and is retried.
+    let unsupported = "the brokers do not support what the collector's idempotent producer needs (Kafka 0.11 or \
+                       later, idempotence not turned off on the cluster)";
+    let fix = permanent(code).or((code == RDKafkaErrorCode::UnsupportedFeature).then_some(unsupported));
+    match fix {
         Some(fix) => Delivery::Fatal(format!("kafka producer fatal error {code:?}: {why}; {fix}")),
         None => Delivery::Retry(format!("kafka producer fatal error {code:?}: {why}; recreating it")),
     }

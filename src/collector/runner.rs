@@ -184,9 +184,7 @@ pub fn start_with_shards(cfg: &Config, registry: &Registry, shards: &[Arc<ShardS
 /// Each collector's jitter from its own seed, so collectors that fail together do not retry
 /// in step.
 fn seed() -> Xorshift64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::getrandom(&mut b);
-    Xorshift64::new(u64::from_le_bytes(b))
+    Xorshift64::new(crate::xorshift::random_seed())
 }
 
 struct OpenBatch {

@@ -1818,7 +1818,6 @@ impl Config {
     }
 }
 
-/// Request headers that carry a client's address (proxies, CDNs, SSAI stitchers), lowercase.
 /// The type a field whose `type` is not one stands in with: the one its source and other keys
 /// imply, so no check that depends on the type refuses the field a second time.
 fn stand_in_kind(source: &Source, f: &raw::RawField) -> FieldKind {
@@ -1842,6 +1841,7 @@ impl Source {
     }
 }
 
+/// Request headers that carry a client's address (proxies, CDNs, SSAI stitchers), lowercase.
 const ADDRESS_HEADERS: [&str; 7] =
     ["x-forwarded-for", "x-real-ip", "forwarded", "true-client-ip", "cf-connecting-ip", "x-client-ip", "x-device-ip"];
 

@@ -67,7 +67,7 @@ impl Validator<'_> {
                         key("param"),
                         format!("\"{v}\": expected a parameter name of letters, digits, '_' or '-'"),
                     );
-                } else if ["sig", "exp", "kid"].contains(&v.as_str()) {
+                } else if crate::redirect::SIGNATURE_PARAMS.contains(&v.as_str()) {
                     self.err_own(
                         p.span(),
                         key("param"),
@@ -113,14 +113,16 @@ impl Validator<'_> {
             for (n, sp) in names {
                 match ty.fields.iter().find(|f| f.name == n) {
                     Some(f) => match &f.source {
-                        Source::Query(p) if ["sig", "exp", "kid"].contains(&p.as_str()) || *p == param => self.err(
-                            sp,
-                            key("signed_fields"),
-                            format!(
-                                "\"{n}\" is read from query.{p}, a parameter of the signature or the landing URL: \
+                        Source::Query(p) if crate::redirect::SIGNATURE_PARAMS.contains(&p.as_str()) || *p == param => {
+                            self.err(
+                                sp,
+                                key("signed_fields"),
+                                format!(
+                                    "\"{n}\" is read from query.{p}, a parameter of the signature or the landing URL: \
                                  read it from another parameter"
-                            ),
-                        ),
+                                ),
+                            )
+                        }
                         Source::Query(p) => signed.push((n.clone(), p.clone())),
                         _ => self.err(
                             sp,

@@ -35,6 +35,7 @@
 //! (A, B, A, B, … each met a fresh bucket), which is no limit at all. Size `entries` above the
 //! number of prefixes active at once to keep sharing rare.
 
+use crate::xorshift::random_seed;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst};
 
@@ -97,15 +98,9 @@ pub struct Budgets {
     cfg: BudgetConfig,
 }
 
-/// A seed for the prefix hash, random per process: with a seed in the source, prefixes that
-/// share a table entry could be found offline.
-fn random_seed() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::getrandom(&mut b);
-    u64::from_le_bytes(b)
-}
-
 impl Budgets {
+    /// With a hash seed random per process: with a seed in the source, prefixes that share a
+    /// table entry could be found offline.
     pub fn new(cfg: BudgetConfig) -> Budgets {
         Budgets::with_seed(cfg, random_seed())
     }
@@ -193,6 +188,13 @@ fn nat64_ipv4(v6: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     // A translator never uses the prefix for 127/8 (RFC 6052 §3.1): such an address is not
     // taken for the exempt loopback.
     nat64_embedded(v6).filter(|v4| !v4.is_loopback())
+}
+
+/// The IPv4 client an IPv6 address stands for: IPv4-mapped (`::ffff:a.b.c.d`) or translated by
+/// NAT64 (`64:ff9b::a.b.c.d`). What is stored, budgeted and checked as the client's address.
+#[inline]
+pub(crate) fn ipv4_inside(v6: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    v6.to_ipv4_mapped().or_else(|| nat64_embedded(v6))
 }
 
 /// The IPv4 address inside `64:ff9b::/96` (RFC 6052's well-known NAT64 prefix), whatever it is.

@@ -76,9 +76,7 @@ pub enum Device<'a> {
 /// shared (CGNAT) ranges are usable: an operator's own stitcher may well see its subscribers so.
 pub fn usable_device_ip(ip: IpAddr) -> bool {
     let ip = match ip {
-        IpAddr::V6(v6) => {
-            v6.to_ipv4_mapped().or_else(|| super::budget::nat64_embedded(&v6)).map_or(IpAddr::V6(v6), IpAddr::V4)
-        }
+        IpAddr::V6(v6) => super::budget::ipv4_inside(&v6).map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
     match ip {

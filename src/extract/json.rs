@@ -416,7 +416,7 @@ fn fmt<'b>(buf: &'b mut [u8; NUMBER_TEXT_BYTES_MAX], args: std::fmt::Arguments<'
 }
 
 /// Digits of a plain decimal (`-0.00120`, `1200`) from the first non-zero one, trailing zeros
-/// after the point not counted.
+/// not counted (after the point, or at the end of an integer: `1200` has 2).
 fn significant_digits(t: &[u8]) -> usize {
     let digits = t.iter().filter(|c| c.is_ascii_digit());
     let mut n = 0;

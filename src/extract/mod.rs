@@ -712,11 +712,7 @@ fn store_ip(f: &Field, ip: IpAddr, ev: &mut Event) {
     // An IPv4 client seen through a NAT64 translator (`64:ff9b::a.b.c.d`) is that IPv4 client,
     // as budgets count it: stored as IPv6, privacy's /48 left every such client `64:ff9b::`.
     let ip = match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .or_else(|| crate::enrich::budget::nat64_embedded(&v6))
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => crate::enrich::budget::ipv4_inside(&v6).map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
     match ip {

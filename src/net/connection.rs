@@ -316,7 +316,6 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
         }
         if served > 0 {
             record_service(&ctx, now_ns, served);
-            idle_since = crate::clock::mono_coarse_ms();
         }
         // RFC 9112 §2.2: empty lines before a request line are ignored (old clients end a POST
         // with an extra CRLF), so a tail of nothing else is no request begun: it must not start
@@ -360,6 +359,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, m
             if res.is_err() {
                 break 'conn;
             }
+        }
+        // Idle from here: the answers are out (a `logged` batch's after its journal wait).
+        if served > 0 {
+            idle_since = crate::clock::mono_coarse_ms();
         }
         // At stop, a connection closes once it has no request left to answer: a request partly
         // received (its first, or a later one on a kept-alive connection) still gets the grace.

@@ -35,6 +35,10 @@ pub use url::Domain;
 pub const LANDING_URL_BYTES_MAX: usize = 2048;
 /// Longest `Location` after macro expansion, bytes; longer is refused (414).
 pub const LOCATION_BYTES_MAX: usize = 2048;
+/// The query parameters a signature brings: a landing-URL parameter or a signed field may not
+/// be one of them (config/redirect.rs), and `sign-url` appends them.
+pub const SIGNATURE_PARAMS: [&str; 3] = ["sig", "exp", "kid"];
+
 /// Longest value of one signed field, bytes after percent-decoding.
 pub const SIGNED_VALUE_BYTES_MAX: usize = 320;
 
@@ -338,7 +342,7 @@ pub fn signed_click_url(
     // value that is not valid percent-encoding (every field's extraction refuses it).
     let q = query.as_bytes();
     for (k, v) in query::pairs(q) {
-        for own in [rule.param.as_bytes(), b"exp", b"kid", b"sig"] {
+        for own in std::iter::once(rule.param.as_str()).chain(SIGNATURE_PARAMS).map(str::as_bytes) {
             if k == own {
                 return Err(format!(
                     "the query already has {}: sign-url appends it, and the server refuses a click URL with it twice",
@@ -350,10 +354,13 @@ pub fn signed_click_url(
             return Err(format!("{}: bad percent-encoding", String::from_utf8_lossy(k)));
         }
     }
-    if let Some(p) = rule.identity_params.iter().find(|p| !query::pairs(q).any(|(k, _)| k == p.as_bytes())) {
+    // As the server reads it (extract): the first occurrence that is neither empty nor a macro.
+    let has_value =
+        |p: &str| query::pairs(q).any(|(k, v)| k == p.as_bytes() && !v.is_empty() && !crate::extract::is_macro(v));
+    if let Some(p) = rule.identity_params.iter().find(|p| !has_value(p)) {
         return Err(format!(
-            "the query has no {p}: a signed click needs every identity field of its event type (its id comes from \
-             them, so replays of one URL fold into one click); the server would answer 400"
+            "the query has no value for {p}: a signed click needs every identity field of its event type (its id \
+             comes from them, so replays of one URL fold into one click); the server would answer 400"
         ));
     }
     let exp = exp_s.to_string();

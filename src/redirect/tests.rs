@@ -472,7 +472,10 @@ fn sign_url_refuses_what_the_server_would_refuse() {
     assert!(sign(NOW + 60, &long).unwrap_err().contains("longer than 320 bytes"));
     // Without an identity field the server answers 400 (no id to fold replays by).
     let e = sign(NOW + 60, "c=7&cr=1").unwrap_err();
-    assert!(e.contains("the query has no imp: a signed click needs every identity field"), "{e}");
+    assert!(e.contains("the query has no value for imp: a signed click needs every identity field"), "{e}");
+    for q in ["c=7&cr=1&imp=", "c=7&cr=1&imp=${IMP}"] {
+        assert!(sign(NOW + 60, q).unwrap_err().contains("no value for imp"), "{q}");
+    }
 }
 
 #[test]

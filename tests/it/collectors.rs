@@ -1534,7 +1534,9 @@ fn stopping_collectors_deliver_up_to_where_their_own_shards_stopped() {
         collector_metric(&old, "banker", "tracker_collector_pending_age_seconds").is_some_and(|a| a > 0.0)
     });
 
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // Port 1: nothing listens there, so the new process's collector is refused at once (a port
+    // freed by a dropped listener could be taken by a test running beside this one).
+    let closed: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let new_cfg = old.dir.path().join("new.toml");
     std::fs::write(&new_cfg, config(&held(closed))).unwrap();
     let mut new = Command::new(BIN)

@@ -415,18 +415,30 @@ fn hlog_is_reopened_on_sighup_after_a_rename() {
         assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
     }
     wait_for("the first five in the file", WAIT, || service(&hlog) == 5);
+    // A reload with no rotation keeps appending to the same file, without a second header.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGHUP) };
+    // The reopen is asked for before the reload, which says when it is done.
+    let mut said = Vec::new();
+    assert!(s.wait_line(&mut said, "reload: applied"), "{said:?}");
+    assert_eq!(c.get("/i?c=5").status, 200);
+    wait_for("the sixth in the same file", WAIT, || service(&hlog) == 6);
+    let headers = std::fs::read_to_string(&hlog).unwrap().matches("#[Histogram log format version").count();
+    assert_eq!(headers, 1, "a reload without rotation wrote another header");
     std::fs::rename(&hlog, &rotated).unwrap();
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(s.child.id() as i32, libc::SIGHUP) };
+    said.clear();
+    assert!(s.wait_line(&mut said, "reload: applied"), "{said:?}");
     wait_for("a new file with its header", WAIT, || {
         std::fs::read_to_string(&hlog).is_ok_and(|t| t.contains("\"StartTimestamp\",\"Interval_Length\""))
     });
-    for i in 5..10 {
+    for i in 6..11 {
         assert_eq!(c.get(&format!("/i?c={i}")).status, 200);
     }
     drop(c);
     assert_eq!(s.stop(), 0);
-    assert_eq!((service(&rotated), service(&hlog)), (5, 5));
+    assert_eq!((service(&rotated), service(&hlog)), (6, 5));
 }
 
 /// `/health` is the liveness a container runtime probes (there is no systemd watchdog there):
