@@ -1310,13 +1310,9 @@ fn header_created_ns(segment: &Path) -> u64 {
     u64::from_le_bytes(bytes[32..40].try_into().unwrap())
 }
 
-/// Regression: a collector that delivered the last record of a segment the writer had left
-/// moved its cursor to record 0 of the next segment and wrote it without that segment's
-/// creation time (it knew only the open segment's). Stopped there (the next segment still
-/// empty), the cursor could not tell a journal wiped and regrown past that number before the
-/// next start, and would skip the new journal's records before it.
-#[test]
-fn a_cursor_moved_to_the_next_segment_carries_that_segments_creation_time() {
+/// A stopped one-shard server whose jsonl collector `j` delivered three conversions; with the
+/// directory of its output (kept while it is used), the output file and the config.
+fn three_conversions_delivered_by_j() -> (Server, tempfile::TempDir, PathBuf, String) {
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("events.jsonl");
     let cfg = config(&jsonl_collector("j", &path, "\"all\"", "[]"));
@@ -1325,9 +1321,20 @@ fn a_cursor_moved_to_the_next_segment_carries_that_segments_creation_time() {
     for i in 0..3 {
         assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
     }
-    wait_for("three events delivered", WAIT, || read_jsonl(&path).len() == 3);
+    wait_for("three conversions delivered", WAIT, || read_jsonl(&path).len() == 3);
     drop(c);
     assert_eq!(s.stop(), 0);
+    (s, out, path, cfg)
+}
+
+/// Regression: a collector that delivered the last record of a segment the writer had left
+/// moved its cursor to record 0 of the next segment and wrote it without that segment's
+/// creation time (it knew only the open segment's). Stopped there (the next segment still
+/// empty), the cursor could not tell a journal wiped and regrown past that number before the
+/// next start, and would skip the new journal's records before it.
+#[test]
+fn a_cursor_moved_to_the_next_segment_carries_that_segments_creation_time() {
+    let (mut s, _out, path, cfg) = three_conversions_delivered_by_j();
     let cursor = s.journal().join("collectors/j/shard-000/cursor");
     let shard = s.journal().join("shard-000");
     let first = header_created_ns(&shard.join("00000000000000000001.seg"));
@@ -1594,16 +1601,7 @@ fn stopping_collectors_deliver_up_to_where_their_own_shards_stopped() {
 /// nothing is delivered from the new journal.
 #[test]
 fn a_reset_with_a_generation_that_cannot_grow_is_refused_and_said() {
-    let out = tempfile::tempdir().unwrap();
-    let path = out.path().join("events.jsonl");
-    let cfg = config(&jsonl_collector("j", &path, "\"all\"", "[]"));
-    let mut s = Server::start(Some(&cfg), &["--shards", "1"]);
-    let mut c = s.connect();
-    for i in 0..3 {
-        assert_eq!(c.get(&format!("/cv?c=1&value=1&order=o-{i}")).status, 200);
-    }
-    wait_for("the old journal delivered", WAIT, || read_jsonl(&path).len() == 3);
-    assert_eq!(s.stop(), 0);
+    let (mut s, _out, path, cfg) = three_conversions_delivered_by_j();
     let state = s.journal().join("collectors/j/shard-000");
     std::fs::write(state.join("generation"), format!("{}\n", u64::MAX)).unwrap();
     std::fs::remove_dir_all(s.journal().join("shard-000")).unwrap();
