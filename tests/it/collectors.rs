@@ -1546,31 +1546,12 @@ fn stopping_collectors_deliver_up_to_where_their_own_shards_stopped() {
     let closed: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let new_cfg = old.dir.path().join("new.toml");
     std::fs::write(&new_cfg, config(&held(closed))).unwrap();
-    let mut new = Command::new(BIN)
-        .args(["serve", "--listen", &old.addr.to_string(), "--admin-listen", "127.0.0.1:0", "--shards", "2"])
-        .arg("--journal-dir")
-        .arg(old.journal())
-        .arg("--config")
-        .arg(&new_cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let new_said = stderr_lines(&mut new);
-    let wait_new = |needle: &str| {
-        let deadline = Instant::now() + WAIT;
-        while let Ok(l) = new_said.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            if l.contains(needle) {
-                return;
-            }
-        }
-        panic!("the new process said no {needle:?} within {WAIT:?}");
-    };
-    wait_new("is locked by another tracker process");
+    let extra = ["--admin-listen", "127.0.0.1:0", "--shards", "2", "--config", new_cfg.to_str().unwrap()];
+    let (mut new, new_said) = spawn_beside(old.addr, &old.journal(), &extra);
+    wait_line(&new_said, "is locked by another tracker process");
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(old.child.id() as i32, libc::SIGTERM) };
-    wait_new("tracker: listening on");
+    wait_line(&new_said, "tracker: listening on");
     // Fresh connections until both of the new process's shards journaled some: shard 1 is one
     // the old process never wrote.
     let mut sent = 1;

@@ -157,6 +157,41 @@ impl Drop for Server {
     }
 }
 
+/// Spawns another `tracker serve` on `addr` and `journal` (a running server's) with `extra`
+/// arguments; returns it with its stderr lines.
+pub fn spawn_beside<S: AsRef<std::ffi::OsStr>>(
+    addr: SocketAddr,
+    journal: &std::path::Path,
+    extra: &[S],
+) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen"])
+        .arg(addr.to_string())
+        .arg("--journal-dir")
+        .arg(journal)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stderr_lines(&mut child);
+    (child, rx)
+}
+
+/// Waits up to WAIT for a line of `rx` containing `needle` (lines before it are echoed); panics
+/// if none comes.
+pub fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) if l.contains(needle) => return,
+            Ok(l) => eprintln!("[tracker] {l}"),
+            Err(_) => panic!("no line containing {needle:?} within {WAIT:?}"),
+        }
+    }
+}
+
 /// Polls `f` every 50 ms until it holds; fails the test after `within`, naming `what`.
 pub fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;

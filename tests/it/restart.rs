@@ -11,12 +11,12 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{journal_cat, stderr_lines, wait_child, Client, Server, BIN, WAIT};
+use crate::harness::{journal_cat, spawn_beside, wait_child, wait_line, Client, Server, WAIT};
 
 /// Attempts per request before it counts as failed.
 const ATTEMPTS_MAX: u32 = 20;
@@ -83,39 +83,6 @@ fn start_second(addr: SocketAddr, journal: &std::path::Path) -> (Child, mpsc::Re
     let (child, rx) = spawn_beside(addr, journal, &["--shards", "2", "--admin-listen", "127.0.0.1:0"]);
     wait_line(&rx, "is locked by another tracker process");
     (child, rx)
-}
-
-/// Spawns another `tracker serve` on `addr` and `journal` (a running server's) with `extra`
-/// arguments; returns it with its stderr lines.
-fn spawn_beside<S: AsRef<std::ffi::OsStr>>(
-    addr: SocketAddr,
-    journal: &std::path::Path,
-    extra: &[S],
-) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen"])
-        .arg(addr.to_string())
-        .arg("--journal-dir")
-        .arg(journal)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = stderr_lines(&mut child);
-    (child, rx)
-}
-
-fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(l) if l.contains(needle) => return,
-            Ok(l) => eprintln!("[tracker] {l}"),
-            Err(_) => panic!("no line containing {needle:?} within {WAIT:?}"),
-        }
-    }
 }
 
 /// Regression: an `admin.hlog_path` that cannot be opened (a directory that does not exist, or
